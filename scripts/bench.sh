@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every benchmark built in BUILD_DIR and prints their tables.
+#   scripts/bench.sh BUILD_DIR
+set -euo pipefail
+build=${1:?usage: bench.sh BUILD_DIR}
+for bin in "$build"/bench/bench_*; do
+  [[ -x "$bin" && -f "$bin" ]] || continue
+  echo "== $(basename "$bin")"
+  "$bin"
+done

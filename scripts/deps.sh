@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs every Debian package duplex needs to build, test and benchmark,
+# and only those that are missing. Uses sudo when not root. Idempotent and
+# quick when everything is present (one dpkg-query).
+#
+#   scripts/deps.sh            everything (build, tests, benchmarks)
+#
+# Debian's python3-* packages are seen by /usr/bin/python3 only; the test
+# scripts call that interpreter explicitly.
+set -euo pipefail
+
+packages=(
+  # build
+  build-essential cmake pkg-config
+  libssl-dev zlib1g-dev
+  # tests: unit tests, sanitizers and fuzzers (clang + its runtime libraries)
+  libcmocka-dev clang libclang-rt-14-dev llvm
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$p")
+done
+
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+
+echo "deps: installing ${missing[*]}" >&2
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then
+  command -v sudo >/dev/null || { echo "deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  sudo=(sudo)
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"

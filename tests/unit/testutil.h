@@ -1,0 +1,32 @@
+/*
+ * tests/unit/testutil.h: seams and helpers shared by the unit tests.
+ *
+ *  - a counting allocator that can fail its Nth call (STYLE.md habit 4) and
+ *    reports live allocations, so "no leak after failure" is checkable;
+ *  - a deterministic random seam (xorshift from a seed);
+ *  - a settable clock.
+ */
+#ifndef DX_TESTUTIL_H
+#define DX_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "duplex/duplex.h"
+
+typedef struct dx_test_seams {
+    dx_seams seams;        /* pass &ts.seams to the code under test */
+    long fail_at;          /* 1-based index of the allocation to fail; 0: never */
+    long calls;            /* allocations (not frees) attempted so far */
+    long live;             /* allocations not yet freed */
+    uint64_t rng;          /* xorshift state */
+    uint64_t now;          /* what now_ns returns */
+} dx_test_seams;
+
+/* Initialises `ts` with allocation that never fails, seed 1 and time 0. */
+void dx_test_seams_init(dx_test_seams *ts);
+
+#endif
