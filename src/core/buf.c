@@ -31,7 +31,9 @@ int dx_buf_reserve(dx_buf *b, size_t extra, size_t max)
     if (extra > max || b->len > max - extra)
         return DX_ELIMIT;
     size_t need = b->len + extra;
-    if (b->off + need <= b->cap)
+    /* Not b->off + need <= b->cap: with a huge extra that sum can wrap and
+     * claim room that is not there. off <= cap always holds. */
+    if (need <= b->cap - b->off)
         return 0;
     if (need <= b->cap) {
         /* Enough room once the consumed front is reclaimed. */

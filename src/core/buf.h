@@ -29,8 +29,9 @@ void dx_buf_init(dx_buf *b, const dx_seams *seams);
 /* Frees the storage; the buffer is empty and reusable afterwards. */
 void dx_buf_deinit(dx_buf *b);
 
-/* Readable bytes start here (valid until the next call that may grow). */
-static inline uint8_t *dx_buf_head(const dx_buf *b) { return b->data + b->off; }
+/* Readable bytes start here (valid until the next call that may grow); NULL
+ * while nothing was ever reserved (len is 0 then). NULL + 0 is undefined. */
+static inline uint8_t *dx_buf_head(const dx_buf *b) { return b->data ? b->data + b->off : NULL; }
 
 /*
  * Makes room for `extra` more bytes at the tail without moving readable data
@@ -39,8 +40,9 @@ static inline uint8_t *dx_buf_head(const dx_buf *b) { return b->data + b->off; }
  */
 int dx_buf_reserve(dx_buf *b, size_t extra, size_t max);
 
-/* The writable tail after a successful dx_buf_reserve; commit with dx_buf_commit. */
-static inline uint8_t *dx_buf_tail(const dx_buf *b) { return b->data + b->off + b->len; }
+/* The writable tail after a successful dx_buf_reserve; commit with dx_buf_commit.
+ * NULL while nothing was ever reserved (a reserve of 0 on an empty buffer). */
+static inline uint8_t *dx_buf_tail(const dx_buf *b) { return b->data ? b->data + b->off + b->len : NULL; }
 static inline void dx_buf_commit(dx_buf *b, size_t n) { b->len += n; }
 
 /* Copies `len` bytes to the tail. Returns 0, DX_ENOMEM or DX_ELIMIT (see reserve). */

@@ -2,6 +2,7 @@
  * src/core/log.c: formatting log lines and the default stderr sink.
  *
  * Layer: core. The default sink writes "2026-11-21T11:14:34.123Z level msg\n"
+ * (the level padded to 5 columns)
  * with one write(2) per line, so lines from several threads do not interleave.
  */
 #define _GNU_SOURCE
