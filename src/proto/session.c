@@ -1,0 +1,321 @@
+/*
+ * src/proto/session.c: the WebSocket session state machine (see session.h).
+ *
+ * Layer: proto. Pure: bytes in, events and put() calls out; memory only
+ * through the seams. Built on frame.c (framing and message tracking),
+ * utf8.c and close.c.
+ *
+ * Memory: a message that arrives in one frame within one recv call is handed
+ * to on_message straight from the caller's buffer. Otherwise its bytes gather
+ * in `rx`, which is freed as soon as the message is delivered: an idle
+ * session holds no buffer. A control frame split across reads gathers in rx
+ * too, after the message bytes (ctl_len, at most 125).
+ *
+ * Invariants:
+ *  - state != OPEN means a close frame went out through put (or could not:
+ *    FAILED while CLOSE_SENT) and nothing follows it;
+ *  - rx_opcode != 0 exactly while a received data message is open;
+ *  - tx_opcode != 0 exactly while an outgoing fragmented message is open.
+ */
+#include "proto/session.h"
+
+#include "core/seams.h"
+#include "proto/close.h"
+
+#include <string.h>
+
+void dx__session_init(dx__session *s, const dx__session_cfg *cfg, unsigned rsv_allowed)
+{
+    memset(s, 0, sizeof *s);
+    s->cfg = cfg;
+    dx__frame_decoder_init(&s->dec, cfg->role, rsv_allowed, cfg->limits);
+}
+
+static void rx_release(dx__session *s)
+{
+    dx__free(s->cfg->seams, s->rx);
+    s->rx = NULL;
+    s->rx_len = s->rx_cap = 0;
+    s->ctl_len = 0;
+}
+
+void dx__session_deinit(dx__session *s) { rx_release(s); }
+
+/* Appends to rx (message bytes when ctl is false, else the control tail). */
+static int rx_append(dx__session *s, const uint8_t *p, size_t len, bool ctl)
+{
+    size_t used = s->rx_len + s->ctl_len;
+    if (len > SIZE_MAX - used)
+        return DX_ENOMEM;
+    if (used + len > s->rx_cap) {
+        size_t cap = s->rx_cap ? s->rx_cap : 256;
+        while (cap < used + len)
+            cap = cap > SIZE_MAX / 2 ? used + len : cap * 2;
+        /* Never hold more than the message limit allows plus a control frame. */
+        uint64_t most = s->cfg->limits.max_message ? s->cfg->limits.max_message + DX_CONTROL_MAX : 0;
+        if (most && cap > most && used + len <= most)
+            cap = (size_t)most;
+        uint8_t *n = dx__realloc(s->cfg->seams, s->rx, cap);
+        if (!n)
+            return DX_ENOMEM;
+        s->rx = n;
+        s->rx_cap = cap;
+    }
+    memcpy(s->rx + used, p, len);
+    if (ctl)
+        s->ctl_len = (uint8_t)(s->ctl_len + len);
+    else
+        s->rx_len += len;
+    return 0;
+}
+
+/* ---- sending ------------------------------------------------------------ */
+
+static int put_close(dx__session *s, unsigned code, const char *reason, size_t reason_len)
+{
+    uint8_t payload[DX_CONTROL_MAX];
+    size_t n = dx__close_write(payload, code, reason, reason_len);
+    int rc = s->cfg->put(s, DX__PUT_CLOSE, DX_OP_CLOSE, true, payload, n);
+    if (rc == 0)
+        s->close_sent = (uint16_t)(code ? code : DX_CLOSE_NO_STATUS);
+    return rc;
+}
+
+int dx__session_send(dx__session *s, int opcode, const void *data, size_t len, int fragment, int fin)
+{
+    if (opcode != DX_OP_TEXT && opcode != DX_OP_BINARY)
+        return DX_EINVAL;
+    if (s->state != DX_CODEC_OPEN)
+        return DX_ECLOSED;
+    if (!fragment) {
+        if (s->tx_opcode)
+            return DX_ESTATE;
+        if (opcode == DX_OP_TEXT && !dx__utf8_valid(data, len))
+            return DX_EUTF8;
+        return s->cfg->put(s, DX__PUT_DATA, (unsigned)opcode, true, data, len);
+    }
+    if (s->tx_opcode && s->tx_opcode != opcode)
+        return DX_EINVAL;
+    dx_utf8 v = s->tx_utf8;
+    if (opcode == DX_OP_TEXT) {
+        if (!s->tx_opcode)
+            dx__utf8_init(&v);
+        if (dx__utf8_feed(&v, data, len, NULL) || (fin && dx__utf8_finish(&v)))
+            return DX_EUTF8;
+    }
+    unsigned frame_op = s->tx_opcode ? DX_OP_CONT : (unsigned)opcode;
+    int rc = s->cfg->put(s, DX__PUT_DATA, frame_op, fin != 0, data, len);
+    if (rc)
+        return rc;
+    s->tx_utf8 = v; /* committed only once the frame went out */
+    s->tx_opcode = fin ? 0 : (uint8_t)opcode;
+    return 0;
+}
+
+int dx__session_control(dx__session *s, unsigned opcode, const void *data, size_t len)
+{
+    if (len > DX_CONTROL_MAX || (opcode != DX_OP_PING && opcode != DX_OP_PONG))
+        return DX_EINVAL;
+    if (s->state != DX_CODEC_OPEN)
+        return DX_ECLOSED;
+    int rc = s->cfg->put(s, opcode == DX_OP_PING ? DX__PUT_PING : DX__PUT_PONG, opcode, true, data, len);
+    return rc == DX_ELIMIT ? 0 : rc; /* control frames are not refused by queue limits */
+}
+
+int dx__session_close(dx__session *s, unsigned code, const char *reason, size_t reason_len)
+{
+    if (code == 0 ? reason_len != 0 : !dx_close_code_valid(code))
+        return DX_EINVAL;
+    if (reason_len > DX_CLOSE_REASON_MAX)
+        return DX_EINVAL;
+    if (reason_len && !dx__utf8_valid((const uint8_t *)reason, reason_len))
+        return DX_EUTF8;
+    if (s->state != DX_CODEC_OPEN)
+        return DX_ECLOSED;
+    int rc = put_close(s, code, reason, reason_len);
+    if (rc)
+        return rc;
+    s->state = DX_CODEC_CLOSE_SENT;
+    return 0;
+}
+
+/* ---- receiving ---------------------------------------------------------- */
+
+static const char *fail_reason(int err)
+{
+    switch (err) {
+    case DX_EPROTO:
+        return "protocol error";
+    case DX_EUTF8:
+        return "invalid UTF-8";
+    case DX_ETOOBIG:
+        return "message too big";
+    case DX_EPOLICY:
+        return "too many fragments";
+    default:
+        return "internal error";
+    }
+}
+
+void dx__session_fail(dx__session *s, int err, unsigned code, const char *reason)
+{
+    if (s->state == DX_CODEC_OPEN)
+        (void)put_close(s, code, reason, reason ? strlen(reason) : 0);
+    s->state = DX_CODEC_FAILED;
+    s->err = err;
+    rx_release(s);
+}
+
+/* Fails the connection (§7.1.7) for a receive error; returns err. */
+static int fail_rx(dx__session *s, int err)
+{
+    dx__session_fail(s, err, (unsigned)dx_close_code_for_error(err), fail_reason(err));
+    return err;
+}
+
+static int on_control(dx__session *s, unsigned opcode, const uint8_t *p, size_t len)
+{
+    const dx__session_cfg *cfg = s->cfg;
+    if (opcode == DX_OP_PING) {
+        if (s->state == DX_CODEC_OPEN && cfg->auto_pong) {
+            /* §5.5.3: answer with the same payload. An owner whose queue is
+             * full refuses it (a peer flooding pings and never reading):
+             * the pong is dropped and counted. */
+            int rc = cfg->put(s, DX__PUT_PONG, DX_OP_PONG, true, p, len);
+            if (rc == DX_ELIMIT)
+                s->pongs_dropped++;
+            else if (rc)
+                return fail_rx(s, rc == DX_ENOMEM ? DX_ENOMEM : DX_EINTERNAL);
+        }
+        if (cfg->on_ping)
+            cfg->on_ping(s, p, len);
+        return 0;
+    }
+    if (opcode == DX_OP_PONG) {
+        if (cfg->on_pong)
+            cfg->on_pong(s, p, len);
+        return 0;
+    }
+    /* DX_OP_CLOSE */
+    uint16_t code;
+    const uint8_t *reason;
+    size_t reason_len;
+    int rc = dx__close_parse(p, len, &code, &reason, &reason_len);
+    if (rc)
+        return fail_rx(s, rc);
+    s->close_recv = code;
+    if (s->state == DX_CODEC_OPEN) {
+        /* §5.5.1: reply with a close frame, echoing the status code. */
+        (void)put_close(s, code == DX_CLOSE_NO_STATUS ? 0 : code, NULL, 0);
+    }
+    s->state = DX_CODEC_CLOSED;
+    if (cfg->on_close)
+        cfg->on_close(s, code, (const char *)reason, reason_len);
+    rx_release(s); /* after the handler: reason may point into rx */
+    return 0;
+}
+
+/* Delivers a finished data message and releases the receive buffer. */
+static int finish_message(dx__session *s, const uint8_t *p, size_t len)
+{
+    static const uint8_t empty[1];
+    unsigned op = s->rx_opcode;
+    s->rx_opcode = 0;
+    if (op == DX_OP_TEXT && dx__utf8_finish(&s->rx_utf8))
+        return fail_rx(s, DX_EUTF8); /* a character cut off at the end */
+    if (!p)
+        p = empty; /* handlers always get a valid pointer, even for 0 bytes */
+    if (s->cfg->on_fragment)
+        s->cfg->on_fragment(s, (int)op, p, len, 1);
+    else
+        s->cfg->on_message(s, (int)op, p, len);
+    if (s->rx && s->state != DX_CODEC_FAILED)
+        rx_release(s);
+    return 0;
+}
+
+static int on_header(dx__session *s, const dx_frame_event *ev)
+{
+    const dx_frame_header *h = ev->hdr;
+    if (h->opcode & 0x8) {
+        s->ctl_len = 0;
+        return ev->end ? on_control(s, h->opcode, NULL, 0) : 0;
+    }
+    if (h->opcode != DX_OP_CONT) {
+        s->rx_opcode = h->opcode;
+        s->rx_fragments = 0;
+        dx__utf8_init(&s->rx_utf8);
+    }
+    if (s->cfg->max_fragments && ++s->rx_fragments > s->cfg->max_fragments)
+        return fail_rx(s, DX_EPOLICY);
+    if (ev->end && h->fin)
+        return finish_message(s, s->rx_len ? s->rx : NULL, s->rx_len);
+    return 0;
+}
+
+static int on_data(dx__session *s, const dx_frame_event *ev)
+{
+    const dx_frame_header *h = ev->hdr;
+    if (h->opcode & 0x8) {
+        if (ev->offset == 0 && ev->end)
+            return on_control(s, h->opcode, ev->data, ev->len); /* arrived whole */
+        if (rx_append(s, ev->data, ev->len, true))
+            return fail_rx(s, DX_ENOMEM);
+        if (!ev->end)
+            return 0;
+        uint8_t ctl[DX_CONTROL_MAX];
+        size_t n = s->ctl_len;
+        memcpy(ctl, s->rx + s->rx_len, n);
+        s->ctl_len = 0;
+        if (s->rx_len == 0)
+            rx_release(s);
+        return on_control(s, h->opcode, ctl, n);
+    }
+    if (s->rx_opcode == DX_OP_TEXT && dx__utf8_feed(&s->rx_utf8, ev->data, ev->len, NULL))
+        return fail_rx(s, DX_EUTF8); /* §8.1: fail at the first invalid byte */
+    bool last = ev->end && h->fin;
+    if (s->cfg->on_fragment) {
+        if (last)
+            return finish_message(s, ev->data, ev->len);
+        s->cfg->on_fragment(s, s->rx_opcode, ev->data, ev->len, 0);
+        return 0;
+    }
+    if (last && s->rx_len == 0 && ev->offset == 0 && h->opcode != DX_OP_CONT)
+        return finish_message(s, ev->data, ev->len); /* zero-copy: the frame arrived whole */
+    /* The decoder checked the message limit at the header, so rx stays
+     * within max_message. */
+    if (rx_append(s, ev->data, ev->len, false))
+        return fail_rx(s, DX_ENOMEM);
+    if (last)
+        return finish_message(s, s->rx, s->rx_len);
+    return 0;
+}
+
+int dx__session_recv(dx__session *s, uint8_t *data, size_t len)
+{
+    if (s->state == DX_CODEC_CLOSED || s->state == DX_CODEC_FAILED)
+        return DX_ECLOSED;
+    size_t off = 0;
+    while (s->state == DX_CODEC_OPEN || s->state == DX_CODEC_CLOSE_SENT) {
+        dx_frame_event ev;
+        off += dx__frame_decode(&s->dec, data + off, len - off, &ev);
+        int rc = 0;
+        switch (ev.type) {
+        case DX_FRAME_NEED_MORE:
+            return 0;
+        case DX_FRAME_ERROR:
+            return fail_rx(s, ev.err);
+        case DX_FRAME_HEADER:
+            rc = on_header(s, &ev);
+            break;
+        case DX_FRAME_DATA:
+            rc = on_data(s, &ev);
+            break;
+        }
+        if (rc)
+            return rc;
+    }
+    /* The peer's close frame ended the session during this call; bytes after
+     * it are ignored (§5.5.1). A handler may also have failed it. */
+    return s->state == DX_CODEC_FAILED && s->err ? s->err : 0;
+}

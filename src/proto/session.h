@@ -1,0 +1,92 @@
+/*
+ * src/proto/session.h: the WebSocket session state machine shared by the
+ * public sans-I/O codec (codec.c) and the connections of src/ws.
+ *
+ * A session is the per-connection half: decoder state, the message being
+ * received, close-handshake state. Everything that is the same for many
+ * connections (limits, role, event handlers, how frames are written out)
+ * lives in a dx__session_cfg that sessions point to, so an idle connection
+ * pays only for its own state.
+ *
+ * Output: the session never encodes bytes itself; it asks its owner to
+ * write a frame through cfg->put (the codec appends to a buffer; a socket
+ * connection writes straight to the kernel first). Pure: no I/O here.
+ */
+#ifndef DX_PROTO_SESSION_H
+#define DX_PROTO_SESSION_H
+
+#include "duplex/codec.h"
+#include "proto/frame.h"
+#include "proto/utf8.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct dx__session dx__session;
+
+/* What a frame written through put is, so owners can apply their limits:
+ * data may be refused (DX_ELIMIT), a pong may be dropped, a close must go. */
+enum dx__put_kind { DX__PUT_DATA = 0, DX__PUT_PING, DX__PUT_PONG, DX__PUT_CLOSE };
+
+typedef struct dx__session_cfg {
+    dx_frame_limits limits;   /* max_frame, max_message (0: none) */
+    size_t max_fragments;     /* frames per data message (0: none) → 1008 */
+    uint8_t role;             /* DX_ROLE_SERVER or DX_ROLE_CLIENT */
+    bool auto_pong;           /* answer pings */
+    const dx_seams *seams;    /* allocator for the receive buffer */
+    /* Events; data is borrowed until the handler returns. on_message is
+     * required unless on_fragment is set; the others may be NULL. */
+    void (*on_message)(dx__session *s, int opcode, const uint8_t *data, size_t len);
+    void (*on_fragment)(dx__session *s, int opcode, const uint8_t *data, size_t len, int fin);
+    void (*on_ping)(dx__session *s, const uint8_t *data, size_t len);
+    void (*on_pong)(dx__session *s, const uint8_t *data, size_t len);
+    void (*on_close)(dx__session *s, unsigned code, const char *reason, size_t len);
+    /* Writes one frame (the owner masks it in the client role). Returns 0,
+     * DX_ELIMIT (refused by the owner's queue limit: data is not sent, a
+     * pong is dropped and counted), DX_ENOMEM or DX_ERANDOM. */
+    int (*put)(dx__session *s, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len);
+} dx__session_cfg;
+
+struct dx__session {
+    const dx__session_cfg *cfg;
+    dx_frame_decoder dec;
+    uint8_t *rx;           /* received message bytes (then a split control payload), or NULL */
+    size_t rx_len;         /* message bytes in rx */
+    size_t rx_cap;
+    uint32_t rx_fragments; /* frames of the open received message */
+    dx_utf8 rx_utf8;       /* received text message */
+    dx_utf8 tx_utf8;       /* outgoing fragmented text message */
+    int err;               /* what failed the session, 0 if nothing */
+    uint16_t close_sent;   /* our close code (DX_CLOSE_NO_STATUS: empty close), 0: none */
+    uint16_t close_recv;   /* the peer's, likewise */
+    uint8_t state;         /* enum dx_codec_state */
+    uint8_t rx_opcode;     /* TEXT/BINARY while a received message is open */
+    uint8_t tx_opcode;     /* TEXT/BINARY while an outgoing fragmented message is open */
+    uint8_t ctl_len;       /* bytes of a split control payload after rx_len */
+    uint32_t pongs_dropped;
+};
+
+/* Starts a session in state OPEN; rsv_allowed: extension-negotiated bits. */
+void dx__session_init(dx__session *s, const dx__session_cfg *cfg, unsigned rsv_allowed);
+
+/* Frees the receive buffer. The session must not be used afterwards but
+ * dx__session_init may start it again. */
+void dx__session_deinit(dx__session *s);
+
+/* dx_codec_recv's contract (duplex/codec.h), for a session. */
+int dx__session_recv(dx__session *s, uint8_t *data, size_t len);
+
+/* dx_codec_send / send_fragment / ping / pong / close contracts. `fragment`
+ * 0 sends a whole message (fin ignored). Limits of the owner come back from
+ * put as DX_ELIMIT. */
+int dx__session_send(dx__session *s, int opcode, const void *data, size_t len, int fragment, int fin);
+int dx__session_control(dx__session *s, unsigned opcode, const void *data, size_t len);
+int dx__session_close(dx__session *s, unsigned code, const char *reason, size_t reason_len);
+
+/* Fails the session from outside (e.g. a limit only the owner knows):
+ * queues a close frame with `code` and `reason` if none was sent yet and
+ * moves to DX_CODEC_FAILED with error `err`. */
+void dx__session_fail(dx__session *s, int err, unsigned code, const char *reason);
+
+#endif
