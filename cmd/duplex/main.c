@@ -1,0 +1,42 @@
+/*
+ * cmd/duplex/main.c: the `duplex` command: dispatches to its subcommands.
+ */
+#include "cli.h"
+#include "duplex/duplex.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: duplex <command> [options]\n"
+               "\n"
+               "commands:\n"
+               "  serve      run the WebSocket server (echo endpoint, static files, health check)\n"
+               "  version    print the version\n"
+               "\n"
+               "`duplex <command> --help` describes a command's options.\n"
+               "`connect` (client) and `bench` (load generator) are not built yet.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "serve"))
+        return cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("duplex %s\n", dx_version());
+        return 0;
+    }
+    if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "duplex: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,423 @@
+/*
+ * cmd/duplex/serve.c: `duplex serve`: one loop and one server per worker
+ * thread (SO_REUSEPORT), an echo endpoint, static files and a health check.
+ *
+ * Signals: SIGINT/SIGTERM are blocked in every thread and taken by the main
+ * thread with sigwait: the workers stop accepting, send close 1001 to every
+ * connection and stop once their connections are gone or the close timeout
+ * (plus a second) has passed; the process exits 0.
+ */
+#define _GNU_SOURCE
+#include "cli.h"
+#include "duplex/server.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_CERTS 16
+
+typedef struct worker {
+    int index;
+    dx_loop *loop;
+    dx_server *srv;
+    pthread_t thread;
+    atomic_bool done;
+    int rc;
+} worker;
+
+typedef struct app {
+    dx_server_options opt;
+    dx_tls_cert certs[MAX_CERTS];
+    size_t ncerts;
+    dx_log log;
+    unsigned workers;
+    atomic_bool stopping;
+} app;
+
+static app g_app; /* the process's configuration, set once before threads start */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: duplex serve [options]\n"
+            "\n"
+            "Serves WebSocket and HTTP on one port:\n"
+            "  /echo      every message echoed back with its opcode (conformance endpoint)\n"
+            "  /healthz   200 ok\n"
+            "  /...       static files from --static DIR (index.html for directories)\n"
+            "\n"
+            "options (sizes take K/M/G suffixes, times s/ms/m; defaults in brackets):\n"
+            "  --host H               address to bind [:: and 0.0.0.0]\n"
+            "  --port P               TCP port [8080]\n"
+            "  --unix PATH            listen on a Unix socket instead\n"
+            "  --workers N            threads, each with its own loop [number of cores]\n"
+            "  --tls-cert F --tls-key F  serve TLS; repeat the pair for SNI (first is default)\n"
+            "  --static DIR           directory of static files [none]\n"
+            "  --max-message BYTES    largest message accepted, else close 1009 [1MiB]\n"
+            "  --max-fragments N      frames per message, else close 1008 [1024]\n"
+            "  --max-head BYTES       request head size, else 431 [8KiB]\n"
+            "  --max-headers N        request header lines, else 431 [64]\n"
+            "  --send-max BYTES       unsent bytes per connection before it is dropped with 1008 [1MiB]\n"
+            "  --send-high-water BYTES  queued bytes that arm on_drain [64KiB]\n"
+            "  --handshake-timeout T  accept to upgrade, TLS included [10s]\n"
+            "  --close-timeout T      wait for the peer's close frame / EOF [5s]\n"
+            "  --idle-timeout T       close 1001 after no frame for T [off]\n"
+            "  --ping-interval T      heartbeat ping period, 'off' to disable [30s]\n"
+            "  --pong-timeout T       drop a peer that does not answer a ping [10s]\n"
+            "  --log-level L          error|warn|info|debug [info]\n"
+            "  -h, --help             this text\n");
+}
+
+static int on_upgrade(dx_server *srv, dx_request *req, void *ud)
+{
+    (void)srv;
+    (void)ud;
+    if (req->path_len == 5 && memcmp(req->path, "/echo", 5) == 0)
+        return 0;
+    return 404;
+}
+
+static int on_http(dx_server *srv, dx_conn *c, const char *method, const char *path, size_t len, void *ud)
+{
+    (void)srv;
+    (void)ud;
+    if (len == 8 && memcmp(path, "/healthz", 8) == 0) {
+        if (strcmp(method, "GET") && strcmp(method, "HEAD"))
+            return dx_http_reply(c, 405, NULL, "Allow: GET, HEAD\r\n", "405 Method Not Allowed\n", 23) == 0;
+        return dx_http_reply(c, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3) == 0;
+    }
+    return 0;
+}
+
+static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, void *ud)
+{
+    (void)ud;
+    (void)dx_conn_send(c, opcode, data, len); /* a slow reader is dropped by send_max */
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    w->rc = dx_loop_run(w->loop);
+    atomic_store(&w->done, true);
+    return NULL;
+}
+
+static void shutdown_worker(void *arg)
+{
+    worker *w = arg;
+    size_t left = dx_server_shutdown(w->srv, DX_CLOSE_GOING_AWAY, "server shutting down");
+    if (left == 0)
+        dx_loop_stop(w->loop);
+}
+
+/* Runs on each worker's loop periodically during shutdown. */
+static void check_worker(void *arg)
+{
+    worker *w = arg;
+    if (dx_server_connections(w->srv) == 0)
+        dx_loop_stop(w->loop);
+}
+
+static int parse_level(const char *s)
+{
+    if (!strcmp(s, "error"))
+        return DX_LOG_ERROR;
+    if (!strcmp(s, "warn"))
+        return DX_LOG_WARN;
+    if (!strcmp(s, "info"))
+        return DX_LOG_INFO;
+    if (!strcmp(s, "debug"))
+        return DX_LOG_DEBUG;
+    return -1;
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    rlim_t soft = rl.rlim_cur;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            rl.rlim_cur = soft;
+    }
+    fprintf(stderr, "serve: descriptors: soft limit %llu (was %llu), hard limit %llu\n",
+            (unsigned long long)rl.rlim_cur, (unsigned long long)soft, (unsigned long long)rl.rlim_max);
+}
+
+enum {
+    O_HOST = 256, O_PORT, O_UNIX, O_WORKERS, O_CERT, O_KEY, O_STATIC, O_MAXMSG, O_MAXFRAG, O_MAXHEAD, O_MAXHDRS,
+    O_SENDMAX, O_HIWAT, O_HSTO, O_CLOSETO, O_IDLETO, O_PING, O_PONG, O_LOGLEVEL
+};
+
+static int bad(const char *opt, const char *val)
+{
+    fprintf(stderr, "serve: invalid value for --%s: '%s' (see duplex serve --help)\n", opt, val);
+    return 2;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"host", required_argument, 0, O_HOST},
+        {"port", required_argument, 0, O_PORT},
+        {"unix", required_argument, 0, O_UNIX},
+        {"workers", required_argument, 0, O_WORKERS},
+        {"tls-cert", required_argument, 0, O_CERT},
+        {"tls-key", required_argument, 0, O_KEY},
+        {"static", required_argument, 0, O_STATIC},
+        {"max-message", required_argument, 0, O_MAXMSG},
+        {"max-fragments", required_argument, 0, O_MAXFRAG},
+        {"max-head", required_argument, 0, O_MAXHEAD},
+        {"max-headers", required_argument, 0, O_MAXHDRS},
+        {"send-max", required_argument, 0, O_SENDMAX},
+        {"send-high-water", required_argument, 0, O_HIWAT},
+        {"handshake-timeout", required_argument, 0, O_HSTO},
+        {"close-timeout", required_argument, 0, O_CLOSETO},
+        {"idle-timeout", required_argument, 0, O_IDLETO},
+        {"ping-interval", required_argument, 0, O_PING},
+        {"pong-timeout", required_argument, 0, O_PONG},
+        {"log-level", required_argument, 0, O_LOGLEVEL},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    app *a = &g_app;
+    memset(a, 0, sizeof *a);
+    dx_server_options *o = &a->opt;
+    a->log.level = DX_LOG_INFO;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    a->workers = ncpu > 0 ? (unsigned)ncpu : 1;
+    size_t nkeys = 0;
+    unsigned long v;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        const char *name = "";
+        for (const struct option *lo = longopts; lo->name; lo++)
+            if (lo->val == ch)
+                name = lo->name;
+        switch (ch) {
+        case 'h':
+            usage(stdout);
+            return 0;
+        case O_HOST:
+            o->host = optarg;
+            break;
+        case O_PORT:
+            if (cli_parse_uint(optarg, 1, 65535, &v))
+                return bad(name, optarg);
+            o->port = (unsigned)v;
+            break;
+        case O_UNIX:
+            o->unix_path = optarg;
+            break;
+        case O_WORKERS:
+            if (cli_parse_uint(optarg, 1, 256, &v))
+                return bad(name, optarg);
+            a->workers = (unsigned)v;
+            break;
+        case O_CERT:
+            if (a->ncerts == MAX_CERTS)
+                return bad(name, "more than 16 certificates");
+            a->certs[a->ncerts++].cert_file = optarg;
+            break;
+        case O_KEY:
+            if (nkeys == MAX_CERTS)
+                return bad(name, "more than 16 keys");
+            a->certs[nkeys++].key_file = optarg;
+            break;
+        case O_STATIC:
+            o->static_dir = optarg;
+            break;
+        case O_MAXMSG:
+            if (cli_parse_size(optarg, &o->max_message) || !o->max_message)
+                return bad(name, optarg);
+            break;
+        case O_MAXFRAG:
+            if (cli_parse_uint(optarg, 1, 1u << 30, &v))
+                return bad(name, optarg);
+            o->max_fragments = v;
+            break;
+        case O_MAXHEAD:
+            if (cli_parse_size(optarg, &o->max_head) || o->max_head < 64 || o->max_head > (1u << 20))
+                return bad(name, optarg);
+            break;
+        case O_MAXHDRS:
+            if (cli_parse_uint(optarg, 1, 256, &v))
+                return bad(name, optarg);
+            o->max_headers = v;
+            break;
+        case O_SENDMAX:
+            if (cli_parse_size(optarg, &o->send_max) || !o->send_max)
+                return bad(name, optarg);
+            break;
+        case O_HIWAT:
+            if (cli_parse_size(optarg, &o->send_high_water) || !o->send_high_water)
+                return bad(name, optarg);
+            break;
+        case O_HSTO:
+            if (cli_parse_ms(optarg, &o->handshake_timeout_ms) || !o->handshake_timeout_ms)
+                return bad(name, optarg);
+            break;
+        case O_CLOSETO:
+            if (cli_parse_ms(optarg, &o->close_timeout_ms) || !o->close_timeout_ms)
+                return bad(name, optarg);
+            break;
+        case O_IDLETO:
+            if (cli_parse_ms(optarg, &o->idle_timeout_ms))
+                return bad(name, optarg);
+            break;
+        case O_PING:
+            if (cli_parse_ms(optarg, &o->ping_interval_ms))
+                return bad(name, optarg);
+            if (o->ping_interval_ms == 0)
+                o->ping_interval_ms = (unsigned)-1; /* off */
+            break;
+        case O_PONG:
+            if (cli_parse_ms(optarg, &o->pong_timeout_ms) || !o->pong_timeout_ms)
+                return bad(name, optarg);
+            break;
+        case O_LOGLEVEL:
+            if ((a->log.level = parse_level(optarg)) < 0)
+                return bad(name, optarg);
+            break;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "serve: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (a->ncerts != nkeys) {
+        fprintf(stderr, "serve: --tls-cert and --tls-key must come in pairs (%zu certificates, %zu keys)\n",
+                a->ncerts, nkeys);
+        return 2;
+    }
+    if (!o->send_high_water)
+        o->send_high_water = 64u * 1024u;
+    if (!o->send_max)
+        o->send_max = 1u << 20;
+    if (o->send_high_water > o->send_max) {
+        fprintf(stderr, "serve: --send-high-water must not exceed --send-max\n");
+        return 2;
+    }
+    o->tls = a->ncerts ? a->certs : NULL;
+    o->n_tls = a->ncerts;
+    o->reuse_port = 1;
+    o->cb = (dx_server_callbacks){
+        .on_upgrade = on_upgrade, .on_http = on_http, .on_message = on_message};
+    if (o->unix_path && a->workers > 1)
+        a->workers = 1; /* one listener for a Unix socket */
+
+    /* Signals are taken by this thread only; workers inherit the mask. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    raise_nofile();
+
+    worker *ws = calloc(a->workers, sizeof *ws);
+    if (!ws) {
+        fprintf(stderr, "serve: out of memory\n");
+        return 1;
+    }
+    dx_loop_options lo = {.log = &a->log};
+    int status = 0;
+    unsigned started = 0;
+    for (unsigned i = 0; i < a->workers; i++) {
+        worker *w = &ws[i];
+        int err;
+        w->index = (int)i;
+        w->loop = dx_loop_new(&lo, &err);
+        if (!w->loop) {
+            fprintf(stderr, "serve: cannot create an event loop: %s\n", dx_strerror(err));
+            status = 1;
+            break;
+        }
+        o->instance = i;
+        o->instances = a->workers;
+        w->srv = dx_server_new(w->loop, o, &err);
+        if (!w->srv) {
+            fprintf(stderr, "serve: cannot create the server: %s\n", dx_strerror(err));
+            status = 1;
+            break;
+        }
+        if ((err = dx_server_start(w->srv)) != 0) {
+            fprintf(stderr, "serve: cannot listen: %s (%s)\n", dx_strerror(err), strerror(errno));
+            status = 1;
+            break;
+        }
+        if (i == 0) {
+            o->port = dx_server_port(w->srv); /* the others join the same port */
+            fprintf(stderr, "serve: duplex %s listening on %s%s%s:%u (%s), %u worker%s%s%s\n", dx_version(),
+                    o->host ? "" : "*", o->host ? o->host : "", "", o->unix_path ? 0 : o->port,
+                    a->ncerts ? "wss" : "ws", a->workers, a->workers == 1 ? "" : "s",
+                    o->static_dir ? ", static files from " : "", o->static_dir ? o->static_dir : "");
+        }
+    }
+    if (status == 0) {
+        for (unsigned i = 0; i < a->workers; i++) {
+            if (pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]) != 0) {
+                fprintf(stderr, "serve: cannot start worker %u\n", i);
+                status = 1;
+                break;
+            }
+            started++;
+        }
+    }
+    if (status == 0) {
+        int sig = 0;
+        sigdelset(&set, SIGPIPE);
+        sigwait(&set, &sig);
+        atomic_store(&a->stopping, true);
+        fprintf(stderr, "serve: %s: closing connections with 1001 (up to %u ms)\n", strsignal(sig),
+                o->close_timeout_ms ? o->close_timeout_ms : 5000u);
+        for (unsigned i = 0; i < started; i++)
+            dx_loop_post(ws[i].loop, shutdown_worker, &ws[i]);
+        /* Each connection ends within the close timeout; poll the workers
+         * until they are empty, then stop them. */
+        unsigned limit_ms = (o->close_timeout_ms ? o->close_timeout_ms : 5000u) + 1000u;
+        for (unsigned waited = 0; waited < limit_ms; waited += 50) {
+            bool all = true;
+            for (unsigned i = 0; i < started; i++)
+                if (!atomic_load(&ws[i].done)) {
+                    all = false;
+                    dx_loop_post(ws[i].loop, check_worker, &ws[i]);
+                }
+            if (all)
+                break;
+            struct timespec ts = {0, 50 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    for (unsigned i = 0; i < started; i++) {
+        dx_loop_stop(ws[i].loop);
+        pthread_join(ws[i].thread, NULL);
+    }
+    for (unsigned i = 0; i < a->workers; i++) {
+        if (ws[i].srv)
+            dx_server_free(ws[i].srv);
+        if (ws[i].loop)
+            dx_loop_free(ws[i].loop);
+    }
+    free(ws);
+    if (status == 0)
+        fprintf(stderr, "serve: stopped\n");
+    return status;
+}

@@ -1,0 +1,309 @@
+/*
+ * src/net/loop.c: the event loop (see loop.h and duplex/server.h).
+ *
+ * Layer: net. Owns time and I/O for one thread: epoll (level-triggered),
+ * an eventfd for cross-thread posts and stop, a timerfd ticking the timer
+ * wheel every DX_TICK_MS. No knowledge of WebSocket.
+ *
+ * Invariants: a timer is linked in wheel[due % DX_WHEEL_SLOTS] iff armed;
+ * `timers` counts armed timers; deferred work runs only outside a batch of
+ * epoll events, so memory referenced by a pending event is never freed
+ * while that event may still be dispatched.
+ */
+#define _GNU_SOURCE
+#include "net/loop.h"
+
+#include "core/log.h"
+#include "core/seams.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#define MAX_EVENTS 256
+
+typedef struct post {
+    dx_list node;
+    void (*fn)(void *arg);
+    void *arg;
+} post;
+
+int dx__io_start(dx_loop *loop, dx__io *io, uint32_t events)
+{
+    struct epoll_event ev = {.events = events, .data.ptr = io};
+    if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, io->fd, &ev) < 0)
+        return errno == ENOMEM ? DX_ENOMEM : DX_EIO;
+    io->events = events;
+    return 0;
+}
+
+int dx__io_modify(dx_loop *loop, dx__io *io, uint32_t events)
+{
+    if (io->events == events)
+        return 0;
+    struct epoll_event ev = {.events = events, .data.ptr = io};
+    if (epoll_ctl(loop->epfd, EPOLL_CTL_MOD, io->fd, &ev) < 0)
+        return errno == ENOMEM ? DX_ENOMEM : DX_EIO;
+    io->events = events;
+    return 0;
+}
+
+void dx__io_stop(dx_loop *loop, dx__io *io)
+{
+    if (io->fd >= 0)
+        (void)epoll_ctl(loop->epfd, EPOLL_CTL_DEL, io->fd, NULL);
+    io->events = 0;
+}
+
+static uint64_t now_ms(const dx_loop *loop) { return dx__now_ns(loop->seams) / 1000000u; }
+
+void dx__timer_start(dx_loop *loop, dx__timer *t, uint64_t ms)
+{
+    if (dx__timer_armed(t))
+        dx__timer_stop(loop, t);
+    uint64_t ticks = (ms + DX_TICK_MS - 1) / DX_TICK_MS;
+    if (ticks == 0)
+        ticks = 1;
+    t->due = loop->tick + ticks;
+    dx_list_push_back(&loop->wheel[t->due % DX_WHEEL_SLOTS], &t->node);
+    loop->timers++;
+}
+
+void dx__timer_stop(dx_loop *loop, dx__timer *t)
+{
+    if (!dx__timer_armed(t))
+        return;
+    dx_list_remove(&t->node);
+    loop->timers--;
+}
+
+static void on_tick(dx__io *io, uint32_t events)
+{
+    (void)events;
+    dx_loop *loop = dx_list_entry(io, dx_loop, timer_io);
+    uint64_t n = 0;
+    if (read(loop->timerfd, &n, sizeof n) != (ssize_t)sizeof n)
+        return;
+    loop->now_ms = now_ms(loop);
+    /* A late wake-up catches up on every missed tick (bounded by the wheel). */
+    if (n > DX_WHEEL_SLOTS)
+        n = DX_WHEEL_SLOTS;
+    while (n--) {
+        loop->tick++;
+        dx_list *slot = &loop->wheel[loop->tick % DX_WHEEL_SLOTS];
+        dx_list expired = DX_LIST_INIT(expired);
+        dx_list_foreach_safe(it, tmp, slot)
+        {
+            dx__timer *t = dx_list_entry(it, dx__timer, node);
+            if (t->due <= loop->tick) {
+                dx_list_remove(&t->node);
+                dx_list_push_back(&expired, &t->node);
+            }
+        }
+        /* Fire one at a time: a callback may stop or restart any timer,
+         * including the others that expired with it. */
+        dx_list *it;
+        while ((it = dx_list_first(&expired)) != NULL) {
+            dx__timer *t = dx_list_entry(it, dx__timer, node);
+            dx_list_remove(&t->node);
+            loop->timers--;
+            t->cb(t);
+        }
+    }
+}
+
+static void run_posts(dx_loop *loop)
+{
+    dx_list todo = DX_LIST_INIT(todo);
+    pthread_mutex_lock(loop->post_mu);
+    if (!dx_list_empty(&loop->posts)) {
+        /* move the whole list */
+        todo.next = loop->posts.next;
+        todo.prev = loop->posts.prev;
+        todo.next->prev = &todo;
+        todo.prev->next = &todo;
+        dx_list_init(&loop->posts);
+    }
+    pthread_mutex_unlock(loop->post_mu);
+    dx_list *it;
+    while ((it = dx_list_first(&todo)) != NULL) {
+        post *p = dx_list_entry(it, post, node);
+        dx_list_remove(it);
+        void (*fn)(void *) = p->fn;
+        void *arg = p->arg;
+        dx__free(loop->seams, p);
+        fn(arg);
+    }
+}
+
+static void on_wake(dx__io *io, uint32_t events)
+{
+    (void)events;
+    dx_loop *loop = dx_list_entry(io, dx_loop, wake_io);
+    uint64_t n;
+    ssize_t r = read(loop->wakefd, &n, sizeof n);
+    (void)r; /* EAGAIN: another wake-up already drained it */
+    run_posts(loop);
+}
+
+static void run_deferred(dx_loop *loop)
+{
+    dx_list *it;
+    while ((it = dx_list_first(&loop->deferred)) != NULL) {
+        dx__deferred *d = dx_list_entry(it, dx__deferred, node);
+        dx_list_remove(it);
+        d->fn(d);
+    }
+}
+
+void dx__loop_defer(dx_loop *loop, dx__deferred *d)
+{
+    if (loop->in_batch) {
+        dx_list_push_back(&loop->deferred, &d->node);
+        return;
+    }
+    d->fn(d);
+}
+
+int dx__loop_mask_key(dx_loop *loop, uint8_t key[4])
+{
+    if (loop->key_pos + 4 > sizeof loop->keys) {
+        if (dx__random(loop->seams, loop->keys, sizeof loop->keys))
+            return DX_ERANDOM;
+        loop->key_pos = 0;
+    }
+    memcpy(key, loop->keys + loop->key_pos, 4);
+    loop->key_pos += 4;
+    return 0;
+}
+
+dx_loop *dx_loop_new(const dx_loop_options *opt, int *err)
+{
+    const dx_seams *seams = opt ? opt->seams : NULL;
+    int e = DX_ENOMEM;
+    dx_loop *loop = dx__alloc(seams, sizeof *loop);
+    if (!loop)
+        goto fail;
+    memset(loop, 0, sizeof *loop);
+    loop->seams = seams;
+    loop->log = opt ? opt->log : NULL;
+    loop->epfd = loop->wakefd = loop->timerfd = -1;
+    loop->key_pos = sizeof loop->keys;
+    for (size_t i = 0; i < DX_WHEEL_SLOTS; i++)
+        dx_list_init(&loop->wheel[i]);
+    dx_list_init(&loop->deferred);
+    dx_list_init(&loop->posts);
+    atomic_init(&loop->stop, false);
+    loop->rbuf = dx__alloc(seams, DX_LOOP_RBUF);
+    loop->cork = dx__alloc(seams, DX_LOOP_CORK);
+    loop->post_mu = dx__alloc(seams, sizeof(pthread_mutex_t));
+    if (!loop->rbuf || !loop->cork || !loop->post_mu)
+        goto fail;
+    pthread_mutex_init(loop->post_mu, NULL);
+    e = DX_EIO;
+    loop->epfd = epoll_create1(EPOLL_CLOEXEC);
+    loop->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    loop->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (loop->epfd < 0 || loop->wakefd < 0 || loop->timerfd < 0)
+        goto fail;
+    struct itimerspec its = {.it_interval = {0, DX_TICK_MS * 1000000L}, .it_value = {0, DX_TICK_MS * 1000000L}};
+    if (timerfd_settime(loop->timerfd, 0, &its, NULL) < 0)
+        goto fail;
+    loop->wake_io = (dx__io){.fd = loop->wakefd, .cb = on_wake};
+    loop->timer_io = (dx__io){.fd = loop->timerfd, .cb = on_tick};
+    if (dx__io_start(loop, &loop->wake_io, EPOLLIN) || dx__io_start(loop, &loop->timer_io, EPOLLIN))
+        goto fail;
+    loop->now_ms = loop->start_ms = now_ms(loop);
+    if (err)
+        *err = 0;
+    return loop;
+fail:
+    if (err)
+        *err = e;
+    dx_loop_free(loop);
+    return NULL;
+}
+
+void dx_loop_free(dx_loop *loop)
+{
+    if (!loop)
+        return;
+    const dx_seams *s = loop->seams;
+    if (loop->epfd >= 0)
+        close(loop->epfd);
+    if (loop->wakefd >= 0)
+        close(loop->wakefd);
+    if (loop->timerfd >= 0)
+        close(loop->timerfd);
+    if (loop->post_mu) {
+        dx_list *it;
+        while ((it = dx_list_first(&loop->posts)) != NULL) {
+            dx_list_remove(it);
+            dx__free(s, dx_list_entry(it, post, node));
+        }
+        pthread_mutex_destroy(loop->post_mu);
+        dx__free(s, loop->post_mu);
+    }
+    dx__free(s, loop->rbuf);
+    dx__free(s, loop->cork);
+    dx__free(s, loop);
+}
+
+int dx_loop_post(dx_loop *loop, void (*fn)(void *arg), void *arg)
+{
+    post *p = dx__alloc(loop->seams, sizeof *p);
+    if (!p)
+        return DX_ENOMEM;
+    p->fn = fn;
+    p->arg = arg;
+    pthread_mutex_lock(loop->post_mu);
+    dx_list_push_back(&loop->posts, &p->node);
+    pthread_mutex_unlock(loop->post_mu);
+    uint64_t one = 1;
+    ssize_t r = write(loop->wakefd, &one, sizeof one);
+    (void)r; /* EAGAIN: the counter is already non-zero, a wake-up is pending */
+    return 0;
+}
+
+void dx_loop_stop(dx_loop *loop)
+{
+    atomic_store(&loop->stop, true);
+    uint64_t one = 1;
+    ssize_t r = write(loop->wakefd, &one, sizeof one);
+    (void)r;
+}
+
+int dx_loop_run(dx_loop *loop)
+{
+    sigset_t pipe_set;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
+
+    struct epoll_event events[MAX_EVENTS];
+    atomic_store(&loop->stop, false);
+    while (!atomic_load(&loop->stop)) {
+        int n = epoll_wait(loop->epfd, events, MAX_EVENTS, -1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            dx__log(loop->log, DX_LOG_ERROR, "loop: epoll_wait failed: %s", strerror(errno));
+            return DX_EIO;
+        }
+        loop->now_ms = now_ms(loop);
+        loop->in_batch = true;
+        for (int i = 0; i < n; i++) {
+            dx__io *io = events[i].data.ptr;
+            io->cb(io, events[i].events);
+        }
+        loop->in_batch = false;
+        run_deferred(loop);
+    }
+    return 0;
+}

@@ -1,0 +1,99 @@
+/*
+ * src/net/loop.h: the event loop's internal interface (epoll, coarse timer
+ * wheel, deferred frees, cross-thread posts). Public part: duplex/server.h.
+ *
+ * I/O: an owner embeds a dx__io and registers it; epoll's data.ptr points at
+ * it. Level-triggered. Owners that close during a batch of events must not
+ * free the memory holding a dx__io until the batch is over: they call
+ * dx__loop_defer_free, which runs after the batch (STYLE.md habit 6).
+ *
+ * Timers: a wheel of DX_WHEEL_SLOTS slots, one tick every DX_TICK_MS. A
+ * timer is an intrusive node (no allocation); starting, restarting and
+ * stopping are O(1); a tick visits only its slot. Precision is one tick.
+ */
+#ifndef DX_NET_LOOP_H
+#define DX_NET_LOOP_H
+
+#include "core/list.h"
+#include "duplex/server.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define DX_TICK_MS 250u
+#define DX_WHEEL_SLOTS 256u
+#define DX_LOOP_RBUF (256u * 1024u) /* the per-loop read buffer */
+#define DX_LOOP_CORK (64u * 1024u)  /* the per-loop write-coalescing buffer */
+
+typedef struct dx__io dx__io;
+typedef void (*dx__io_fn)(dx__io *io, uint32_t events);
+
+struct dx__io {
+    int fd;
+    uint32_t events; /* EPOLLIN/EPOLLOUT currently registered (0: not registered) */
+    dx__io_fn cb;
+};
+
+typedef struct dx__timer dx__timer;
+struct dx__timer {
+    dx_list node;   /* linked into a wheel slot while armed */
+    uint64_t due;   /* tick number */
+    void (*cb)(dx__timer *t);
+};
+
+typedef struct dx__deferred {
+    dx_list node;
+    void (*fn)(struct dx__deferred *d);
+} dx__deferred;
+
+struct dx_loop {
+    int epfd;
+    int wakefd;          /* eventfd: posts and stop */
+    int timerfd;         /* ticks */
+    dx__io wake_io, timer_io;
+    const dx_seams *seams;
+    const dx_log *log;
+    uint64_t tick;       /* ticks since start */
+    uint64_t now_ms;     /* monotonic ms, refreshed each iteration */
+    uint64_t start_ms;
+    size_t timers;       /* armed timers */
+    dx_list wheel[DX_WHEEL_SLOTS];
+    dx_list deferred;    /* run after the current batch of events */
+    _Atomic bool stop;
+    bool in_batch;
+    /* cross-thread posts */
+    void *post_mu;       /* pthread_mutex_t, allocated (keeps pthread.h out of here) */
+    dx_list posts;
+    /* per-loop buffers: reads land in rbuf; writes made while a connection
+     * processes a read are coalesced in cork and flushed once */
+    uint8_t *rbuf;
+    uint8_t *cork;
+    size_t cork_len;
+    void *cork_owner;
+    /* mask keys for client frames, refilled from the seams */
+    uint8_t keys[256];
+    size_t key_pos;
+};
+
+int dx__io_start(dx_loop *loop, dx__io *io, uint32_t events);
+int dx__io_modify(dx_loop *loop, dx__io *io, uint32_t events);
+void dx__io_stop(dx_loop *loop, dx__io *io);
+
+/* Arms `t` to fire after about `ms` milliseconds (rounded up to a tick);
+ * re-arming an armed timer moves it. */
+void dx__timer_start(dx_loop *loop, dx__timer *t, uint64_t ms);
+void dx__timer_stop(dx_loop *loop, dx__timer *t);
+static inline bool dx__timer_armed(const dx__timer *t) { return t->node.next && dx_list_linked(&t->node); }
+static inline void dx__timer_init(dx__timer *t, void (*cb)(dx__timer *t))
+{
+    dx_list_init(&t->node);
+    t->cb = cb;
+}
+
+/* Runs d->fn(d) after the current batch of events (or at once, outside one). */
+void dx__loop_defer(dx_loop *loop, dx__deferred *d);
+
+/* A fresh 4-byte mask key from the loop's pool (refilled from the seams). */
+int dx__loop_mask_key(dx_loop *loop, uint8_t key[4]);
+
+#endif

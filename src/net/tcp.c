@@ -1,0 +1,72 @@
+/*
+ * src/net/tcp.c: the plain TCP (and Unix stream) transport.
+ *
+ * Layer: net. recv/sendmsg with MSG_NOSIGNAL: a peer that went away gives
+ * EPIPE, never SIGPIPE.
+ */
+#define _GNU_SOURCE
+#include "net/transport.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static ssize_t map_errno(dx__stream *s, int e, uint8_t want)
+{
+    if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR) {
+        s->want = want;
+        return DX_EAGAIN;
+    }
+    if (e == ECONNRESET || e == EPIPE || e == ETIMEDOUT || e == ENOTCONN)
+        return DX_ECONNRESET;
+    return DX_EIO;
+}
+
+static ssize_t tcp_read(dx__stream *s, uint8_t *buf, size_t len)
+{
+    ssize_t n = recv(s->fd, buf, len, 0);
+    if (n >= 0)
+        return n;
+    return map_errno(s, errno, DX__WANT_READ);
+}
+
+static ssize_t tcp_writev(dx__stream *s, const struct iovec *iov, int n)
+{
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = (struct iovec *)(uintptr_t)iov; /* sendmsg does not write through it */
+    msg.msg_iovlen = (size_t)n;
+    ssize_t w = sendmsg(s->fd, &msg, MSG_NOSIGNAL);
+    if (w >= 0)
+        return w;
+    return map_errno(s, errno, DX__WANT_WRITE);
+}
+
+static int tcp_handshake(dx__stream *s)
+{
+    (void)s;
+    return 0;
+}
+
+static void tcp_shutdown(dx__stream *s)
+{
+    if (s->fd >= 0)
+        (void)shutdown(s->fd, SHUT_WR);
+}
+
+static void tcp_close(dx__stream *s)
+{
+    if (s->fd >= 0)
+        close(s->fd);
+    s->fd = -1;
+}
+
+const dx__transport dx__tcp_transport = {
+    .name = "tcp",
+    .read = tcp_read,
+    .writev = tcp_writev,
+    .handshake = tcp_handshake,
+    .shutdown = tcp_shutdown,
+    .close = tcp_close,
+};

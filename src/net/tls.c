@@ -1,0 +1,276 @@
+/*
+ * src/net/tls.c: the TLS transport (OpenSSL 3), server side.
+ *
+ * Layer: net. The only file that includes <openssl/ssl.h>. Certificates are
+ * PEM files; the first is the default and the others are picked by SNI when
+ * one of their names matches (X509_check_host). ALPN: "http/1.1" when the
+ * client offers it; a client that offers only other protocols (h2) goes on
+ * without ALPN rather than failing. TLS 1.2 is the minimum.
+ *
+ * Memory: SSL_MODE_RELEASE_BUFFERS gives record buffers back while a
+ * connection is idle. Writes: up to 16 KiB of an iovec is coalesced into one
+ * record; a write that blocked is retried with the same leading bytes, which
+ * SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER permits.
+ */
+#define _GNU_SOURCE
+#include "net/transport.h"
+
+#include "core/seams.h"
+
+#include <errno.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define COALESCE_MAX (16u * 1024u)
+
+struct dx__tls_ctx {
+    size_t n;
+    SSL_CTX *ctx[]; /* ctx[0] is the default */
+};
+
+static void tls_errbuf(char *buf, size_t len, const char *what, const char *file)
+{
+    unsigned long e = ERR_get_error();
+    char reason[256] = "unknown error";
+    if (e)
+        ERR_error_string_n(e, reason, sizeof reason);
+    snprintf(buf, len, "%s %s: %s", what, file ? file : "", reason);
+    ERR_clear_error();
+}
+
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                       unsigned int inlen, void *arg)
+{
+    (void)ssl;
+    (void)arg;
+    for (unsigned i = 0; i < inlen;) {
+        unsigned len = in[i];
+        if (i + 1 + len > inlen)
+            break;
+        if (len == 8 && memcmp(in + i + 1, "http/1.1", 8) == 0) {
+            *out = in + i + 1;
+            *outlen = (unsigned char)len;
+            return SSL_TLSEXT_ERR_OK;
+        }
+        i += 1 + len;
+    }
+    return SSL_TLSEXT_ERR_NOACK;
+}
+
+static int sni_select(SSL *ssl, int *alert, void *arg)
+{
+    (void)alert;
+    dx__tls_ctx *tc = arg;
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (!name)
+        return SSL_TLSEXT_ERR_OK; /* no SNI: the default certificate */
+    for (size_t i = 0; i < tc->n; i++) {
+        X509 *cert = SSL_CTX_get0_certificate(tc->ctx[i]);
+        if (cert && X509_check_host(cert, name, 0, 0, NULL) == 1) {
+            if (i)
+                SSL_set_SSL_CTX(ssl, tc->ctx[i]);
+            return SSL_TLSEXT_ERR_OK;
+        }
+    }
+    return SSL_TLSEXT_ERR_OK; /* unknown name: the default certificate */
+}
+
+dx__tls_ctx *dx__tls_server_ctx_new(const dx_tls_cert *certs, size_t n, char *errbuf, size_t errlen, int *err)
+{
+    *err = DX_ENOMEM;
+    if (n == 0) {
+        *err = DX_EINVAL;
+        return NULL;
+    }
+    dx__tls_ctx *tc = dx__alloc(NULL, sizeof *tc + n * sizeof(SSL_CTX *));
+    if (!tc)
+        return NULL;
+    memset(tc, 0, sizeof *tc + n * sizeof(SSL_CTX *));
+    tc->n = n;
+    *err = DX_ETLS;
+    for (size_t i = 0; i < n; i++) {
+        SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+        if (!ctx) {
+            tls_errbuf(errbuf, errlen, "SSL_CTX_new", NULL);
+            goto fail;
+        }
+        tc->ctx[i] = ctx;
+        SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+        SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_COMPRESSION);
+        SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                                  SSL_MODE_RELEASE_BUFFERS);
+        if (SSL_CTX_use_certificate_chain_file(ctx, certs[i].cert_file) != 1) {
+            tls_errbuf(errbuf, errlen, "cannot load certificate", certs[i].cert_file);
+            goto fail;
+        }
+        if (SSL_CTX_use_PrivateKey_file(ctx, certs[i].key_file, SSL_FILETYPE_PEM) != 1) {
+            tls_errbuf(errbuf, errlen, "cannot load private key", certs[i].key_file);
+            goto fail;
+        }
+        if (SSL_CTX_check_private_key(ctx) != 1) {
+            tls_errbuf(errbuf, errlen, "private key does not match certificate", certs[i].cert_file);
+            goto fail;
+        }
+        SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    }
+    SSL_CTX_set_tlsext_servername_callback(tc->ctx[0], sni_select);
+    SSL_CTX_set_tlsext_servername_arg(tc->ctx[0], tc);
+    *err = 0;
+    return tc;
+fail:
+    dx__tls_ctx_free(tc);
+    return NULL;
+}
+
+void dx__tls_ctx_free(dx__tls_ctx *tc)
+{
+    if (!tc)
+        return;
+    for (size_t i = 0; i < tc->n; i++)
+        SSL_CTX_free(tc->ctx[i]);
+    dx__free(NULL, tc);
+}
+
+int dx__tls_accept(dx__tls_ctx *tc, dx__stream *s)
+{
+    SSL *ssl = SSL_new(tc->ctx[0]);
+    if (!ssl)
+        return DX_ENOMEM;
+    if (SSL_set_fd(ssl, s->fd) != 1) {
+        SSL_free(ssl);
+        return DX_ETLS;
+    }
+    SSL_set_accept_state(ssl);
+    s->tls = ssl;
+    s->t = &dx__tls_transport;
+    return 0;
+}
+
+/* Maps an SSL call's failure; sets s->want for the retryable ones. */
+static ssize_t ssl_fail(dx__stream *s, int rc)
+{
+    SSL *ssl = s->tls;
+    int e = SSL_get_error(ssl, rc);
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+        s->want = DX__WANT_READ;
+        return DX_EAGAIN;
+    case SSL_ERROR_WANT_WRITE:
+        s->want = DX__WANT_WRITE;
+        return DX_EAGAIN;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        if (errno == EAGAIN || errno == EINTR) {
+            s->want = DX__WANT_READ;
+            return DX_EAGAIN;
+        }
+        return errno == 0 ? 0 : DX_ECONNRESET;
+    default:
+        ERR_clear_error();
+        return DX_ETLS;
+    }
+}
+
+static ssize_t tls_read(dx__stream *s, uint8_t *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        ERR_clear_error();
+        int chunk = len - got > (size_t)INT32_MAX ? INT32_MAX : (int)(len - got);
+        int rc = SSL_read(s->tls, buf + got, chunk);
+        if (rc > 0) {
+            got += (size_t)rc;
+            continue;
+        }
+        ssize_t r = ssl_fail(s, rc);
+        if (got > 0)
+            return (ssize_t)got; /* report the bytes; the condition repeats next call */
+        return r;
+    }
+    return (ssize_t)got;
+}
+
+static ssize_t tls_write_once(dx__stream *s, const void *p, size_t len)
+{
+    ERR_clear_error();
+    int rc = SSL_write(s->tls, p, len > (size_t)INT32_MAX ? INT32_MAX : (int)len);
+    if (rc > 0)
+        return rc;
+    return ssl_fail(s, rc);
+}
+
+static ssize_t tls_writev(dx__stream *s, const struct iovec *iov, int n)
+{
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += iov[i].iov_len;
+    if (n > 1 && total <= COALESCE_MAX) {
+        uint8_t tmp[COALESCE_MAX];
+        size_t off = 0;
+        for (int i = 0; i < n; i++) {
+            memcpy(tmp + off, iov[i].iov_base, iov[i].iov_len);
+            off += iov[i].iov_len;
+        }
+        ssize_t w = tls_write_once(s, tmp, total);
+        return w == 0 ? DX_ECONNRESET : w;
+    }
+    size_t done = 0;
+    for (int i = 0; i < n; i++) {
+        if (iov[i].iov_len == 0)
+            continue;
+        ssize_t w = tls_write_once(s, iov[i].iov_base, iov[i].iov_len);
+        if (w <= 0) {
+            if (done)
+                return (ssize_t)done;
+            return w == 0 ? DX_ECONNRESET : w;
+        }
+        done += (size_t)w;
+        if ((size_t)w < iov[i].iov_len)
+            break;
+    }
+    return (ssize_t)done;
+}
+
+static int tls_handshake(dx__stream *s)
+{
+    ERR_clear_error();
+    int rc = SSL_do_handshake(s->tls);
+    if (rc == 1)
+        return 0;
+    ssize_t r = ssl_fail(s, rc);
+    return r == DX_EAGAIN ? DX_EAGAIN : (r == 0 ? DX_ECONNRESET : (int)r);
+}
+
+static void tls_shutdown(dx__stream *s)
+{
+    if (s->tls && SSL_is_init_finished(s->tls)) {
+        ERR_clear_error();
+        (void)SSL_shutdown(s->tls); /* sends close_notify; we do not wait for the peer's */
+    }
+    if (s->fd >= 0)
+        (void)shutdown(s->fd, SHUT_WR);
+}
+
+static void tls_close(dx__stream *s)
+{
+    if (s->tls)
+        SSL_free(s->tls);
+    s->tls = NULL;
+    if (s->fd >= 0)
+        close(s->fd);
+    s->fd = -1;
+}
+
+const dx__transport dx__tls_transport = {
+    .name = "tls",
+    .read = tls_read,
+    .writev = tls_writev,
+    .handshake = tls_handshake,
+    .shutdown = tls_shutdown,
+    .close = tls_close,
+};

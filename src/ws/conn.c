@@ -1,0 +1,802 @@
+/*
+ * src/ws/conn.c: one server-side connection, from accept to close.
+ *
+ * Layer: ws. States (ws.h): TLS → HEAD → OPEN → DRAIN → LINGER → DEAD.
+ *
+ * Reading: bytes land in the loop's shared buffer (loop->rbuf) and go to the
+ * session straight from there; a connection owns memory only for a partial
+ * head (HEAD), a partial message (the session's rx) or unsent bytes (wq).
+ *
+ * Writing: while the connection processes a read, frames it sends are
+ * gathered in the loop's cork buffer and written with one call afterwards
+ * (an echo of 16 pipelined messages is one write, not 16). Otherwise a frame
+ * is written straight to the socket; whatever the kernel does not take is
+ * queued in wq, bounded by send_max.
+ *
+ * Closing: a session that is CLOSED (handshake done) or FAILED (we sent our
+ * error close) moves to DRAIN; once wq is empty we send FIN (LINGER) and
+ * read until the peer's EOF, so our close frame is not lost to a reset
+ * (RFC 6455 §7.1.1: the server closes the TCP connection first). Every wait
+ * is bounded by close_timeout_ms. Memory is freed after the current batch
+ * of events (habit 6).
+ */
+#define _GNU_SOURCE
+#include "ws/ws.h"
+
+#include "core/log.h"
+#include "core/seams.h"
+#include "net/sock.h"
+#include "proto/handshake.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define READS_PER_EVENT 4 /* fairness: at most this many full buffers per wake-up */
+
+static dx_conn *conn_of(dx__session *s) { return (dx_conn *)(void *)s; }
+static const dx_log *LOG(const dx_conn *c) { return c->srv->loop->log; }
+
+static void conn_finish(dx_conn *c);
+static void after_session(dx_conn *c);
+static void arm_heartbeat(dx_conn *c);
+
+/* ---- addresses ----------------------------------------------------------- */
+
+const char *dx_conn_remote(const dx_conn *c)
+{
+    static _Thread_local char buf[64];
+    if (c->family == AF_INET) {
+        char h[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, c->addr, h, sizeof h);
+        snprintf(buf, sizeof buf, "%s:%u", h, c->port);
+    } else if (c->family == AF_INET6) {
+        char h[INET6_ADDRSTRLEN];
+        inet_ntop(AF_INET6, c->addr, h, sizeof h);
+        snprintf(buf, sizeof buf, "[%s]:%u", h, c->port);
+    } else {
+        snprintf(buf, sizeof buf, "unix");
+    }
+    return buf;
+}
+
+static void store_addr(dx_conn *c, const struct sockaddr *sa)
+{
+    c->family = (uint8_t)sa->sa_family;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+        memcpy(c->addr, &in->sin_addr, 4);
+        c->port = ntohs(in->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+            c->family = AF_INET;
+            memcpy(c->addr, &in6->sin6_addr.s6_addr[12], 4);
+        } else {
+            memcpy(c->addr, &in6->sin6_addr, 16);
+        }
+        c->port = ntohs(in6->sin6_port);
+    }
+}
+
+/* ---- writing ------------------------------------------------------------- */
+
+static void want_write(dx_conn *c, bool on)
+{
+    if (c->state == CS_DEAD || !!(c->flags & CF_WANT_WRITE) == on)
+        return;
+    if (on)
+        c->flags |= CF_WANT_WRITE;
+    else
+        c->flags &= (uint16_t)~CF_WANT_WRITE;
+    (void)dx__io_modify(c->srv->loop, &c->io, EPOLLIN | EPOLLRDHUP | (on ? EPOLLOUT : 0u));
+}
+
+static int wq_append(dx_conn *c, const void *p, size_t len)
+{
+    if (len == 0)
+        return 0;
+    if (c->wq_off && c->wq_len + len > c->wq_cap) {
+        memmove(c->wq, c->wq + c->wq_off, c->wq_len);
+        c->wq_off = 0;
+    }
+    if (c->wq_off + c->wq_len + len > c->wq_cap) {
+        size_t cap = c->wq_cap ? c->wq_cap : 4096;
+        while (cap < c->wq_len + len)
+            cap *= 2;
+        uint8_t *n = dx__realloc(c->srv->loop->seams, c->wq, cap);
+        if (!n)
+            return DX_ENOMEM;
+        c->wq = n;
+        c->wq_cap = cap;
+    }
+    memcpy(c->wq + c->wq_off + c->wq_len, p, len);
+    c->wq_len += len;
+    if (c->wq_len > c->srv->opt.send_high_water)
+        c->flags |= CF_DRAIN_ARMED;
+    want_write(c, true);
+    return 0;
+}
+
+/* Writes iov now; queues what the kernel did not take. */
+static int write_now(dx_conn *c, struct iovec *iov, int n)
+{
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += iov[i].iov_len;
+    ssize_t w = c->st.t->writev(&c->st, iov, n);
+    if (w < 0 && w != DX_EAGAIN) {
+        /* The peer is gone; the read side will notice and report 1006. */
+        dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed");
+        return DX_ECLOSED;
+    }
+    size_t done = w > 0 ? (size_t)w : 0;
+    c->bytes_out += done;
+    c->srv->st.bytes_out += done;
+    if (done == total)
+        return 0;
+    for (int i = 0; i < n; i++) {
+        if (done >= iov[i].iov_len) {
+            done -= iov[i].iov_len;
+            continue;
+        }
+        int rc = wq_append(c, (const uint8_t *)iov[i].iov_base + done, iov[i].iov_len - done);
+        if (rc)
+            return rc;
+        done = 0;
+    }
+    return 0;
+}
+
+static int flush_cork(dx_conn *c)
+{
+    dx_loop *loop = c->srv->loop;
+    if (loop->cork_owner != c || loop->cork_len == 0)
+        return 0;
+    struct iovec iov = {loop->cork, loop->cork_len};
+    loop->cork_len = 0;
+    if (c->wq_len)
+        return wq_append(c, iov.iov_base, iov.iov_len);
+    return write_now(c, &iov, 1);
+}
+
+int dx__conn_write(dx_conn *c, const void *data, size_t len)
+{
+    if (c->state == CS_DEAD)
+        return DX_ECLOSED;
+    int rc = flush_cork(c);
+    if (rc)
+        return rc;
+    if (c->wq_len)
+        return wq_append(c, data, len);
+    struct iovec iov = {(void *)(uintptr_t)data, len};
+    return write_now(c, &iov, 1);
+}
+
+/* Session output: one frame. Server frames are unmasked. */
+static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len)
+{
+    dx_conn *c = conn_of(s);
+    dx_server *srv = c->srv;
+    dx_loop *loop = srv->loop;
+    if (c->state == CS_DEAD)
+        return DX_ECLOSED;
+    uint8_t hdr[DX_FRAME_HEADER_MAX];
+    size_t hl = dx__frame_header_write(hdr, opcode, fin, 0, len, NULL);
+    size_t total = hl + len;
+    if ((kind == DX__PUT_DATA || kind == DX__PUT_PONG) && c->wq_len + total > srv->opt.send_max) {
+        if (kind == DX__PUT_PONG) {
+            srv->st.pongs_dropped++;
+            return DX_ELIMIT;
+        }
+        /* The peer does not read fast enough: drop it (1008), count it. */
+        srv->st.dropped_slow++;
+        dx__log(LOG(c), DX_LOG_WARN,
+                "conn=%llu slow consumer: %zu bytes queued, send_max %zu; closing with 1008",
+                (unsigned long long)c->id, c->wq_len, srv->opt.send_max);
+        dx__session_fail(s, DX_EPOLICY, DX_CLOSE_POLICY, "send queue full");
+        return DX_ELIMIT;
+    }
+    if (kind == DX__PUT_DATA) {
+        c->msgs_out++;
+        srv->st.messages_out++;
+    }
+    if (c->wq_len)
+        goto queue;
+    if (loop->cork_owner == c) {
+        if (loop->cork_len + total <= DX_LOOP_CORK) {
+            memcpy(loop->cork + loop->cork_len, hdr, hl);
+            if (len)
+                memcpy(loop->cork + loop->cork_len + hl, data, len);
+            loop->cork_len += total;
+            return 0;
+        }
+        int rc = flush_cork(c);
+        if (rc)
+            return rc;
+        if (c->wq_len)
+            goto queue;
+    }
+    struct iovec iov[2] = {{hdr, hl}, {(void *)(uintptr_t)data, len}};
+    return write_now(c, iov, len ? 2 : 1);
+queue:;
+    int rc = wq_append(c, hdr, hl);
+    return rc ? rc : wq_append(c, data, len);
+}
+
+static void flush_queue(dx_conn *c)
+{
+    while (c->wq_len) {
+        struct iovec iov = {c->wq + c->wq_off, c->wq_len};
+        ssize_t w = c->st.t->writev(&c->st, &iov, 1);
+        if (w == DX_EAGAIN)
+            return;
+        if (w <= 0) {
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed");
+            return;
+        }
+        c->bytes_out += (size_t)w;
+        c->srv->st.bytes_out += (size_t)w;
+        c->wq_off += (size_t)w;
+        c->wq_len -= (size_t)w;
+    }
+    /* Empty: give the memory back (an idle connection holds no buffers). */
+    dx__free(c->srv->loop->seams, c->wq);
+    c->wq = NULL;
+    c->wq_off = c->wq_cap = 0;
+    want_write(c, false);
+    if (c->state == CS_DRAIN) {
+        c->st.t->shutdown(&c->st);
+        c->state = CS_LINGER;
+        return;
+    }
+    if ((c->flags & CF_DRAIN_ARMED) && c->state == CS_OPEN) {
+        c->flags &= (uint16_t)~CF_DRAIN_ARMED;
+        if (c->srv->opt.cb.on_drain)
+            c->srv->opt.cb.on_drain(c, c->srv->opt.ud);
+    }
+}
+
+/* ---- session events -------------------------------------------------------- */
+
+static void h_message(dx__session *s, int op, const uint8_t *p, size_t len)
+{
+    dx_conn *c = conn_of(s);
+    c->msgs_in++;
+    c->srv->st.messages_in++;
+    if (c->srv->opt.cb.on_message)
+        c->srv->opt.cb.on_message(c, op, p, len, c->srv->opt.ud);
+}
+
+static void h_pong(dx__session *s, const uint8_t *p, size_t len)
+{
+    (void)p;
+    (void)len;
+    dx_conn *c = conn_of(s);
+    if (c->flags & CF_PING_OUT) {
+        c->flags &= (uint16_t)~CF_PING_OUT;
+        arm_heartbeat(c);
+    }
+}
+
+static void h_close(dx__session *s, unsigned code, const char *reason, size_t len)
+{
+    dx_conn *c = conn_of(s);
+    dx__log(LOG(c), DX_LOG_DEBUG, "conn=%llu peer closed code=%u reason=\"%.*s\"", (unsigned long long)c->id,
+            code, (int)len, reason);
+}
+
+
+void dx__ws_session_cfg(dx_server *srv)
+{
+    srv->scfg = (dx__session_cfg){
+        .limits = {.max_frame = srv->opt.max_message, .max_message = srv->opt.max_message},
+        .max_fragments = srv->opt.max_fragments,
+        .role = DX_ROLE_SERVER,
+        .auto_pong = true,
+        .seams = srv->loop->seams,
+        .on_message = h_message,
+        .on_pong = h_pong,
+        .on_close = h_close,
+        .put = conn_put,
+    };
+}
+
+/* ---- lifecycle -------------------------------------------------------------- */
+
+static void deferred_free(dx__deferred *d)
+{
+    dx_conn *c = dx_list_entry(d, dx_conn, dfree);
+    dx__conn_free_now(c);
+}
+
+void dx__conn_free_now(dx_conn *c)
+{
+    const dx_seams *seams = c->srv->loop->seams;
+    dx__session_deinit(&c->s);
+    dx__free(seams, c->wq);
+    dx__free(seams, c->head);
+    dx__free(seams, c->protocol);
+    dx__free(seams, c);
+}
+
+/* Closes the socket, reports on_close once, frees after the batch. */
+static void conn_finish(dx_conn *c)
+{
+    if (c->state == CS_DEAD)
+        return;
+    dx_server *srv = c->srv;
+    dx_loop *loop = srv->loop;
+    /* What the application is told: an explicit code (TLS failure), else
+     * the peer's close code, else ours when we failed the session, else
+     * 1006: the connection was lost without a close frame. */
+    unsigned code = DX_CLOSE_ABNORMAL;
+    if (c->code)
+        code = c->code;
+    else if (c->s.close_recv)
+        code = c->s.close_recv;
+    else if (c->s.state == DX_CODEC_FAILED && c->s.close_sent)
+        code = c->s.close_sent;
+    if (loop->cork_owner == c) {
+        loop->cork_owner = NULL;
+        loop->cork_len = 0;
+    }
+    c->state = CS_DEAD;
+    dx__timer_stop(loop, &c->timer);
+    dx__io_stop(loop, &c->io);
+    c->st.t->close(&c->st);
+    c->io.fd = -1;
+    dx_list_remove(&c->link);
+    srv->nconns--;
+    srv->st.closed++;
+    if (c->flags & CF_OPENED) {
+        srv->st.open--;
+        dx__log(LOG(c), DX_LOG_INFO,
+                "conn=%llu close remote=%s code=%u duration_ms=%llu bytes_in=%llu bytes_out=%llu msgs_in=%llu "
+                "msgs_out=%llu",
+                (unsigned long long)c->id, dx_conn_remote(c), code,
+                (unsigned long long)(loop->now_ms - c->opened_ms), (unsigned long long)c->bytes_in,
+                (unsigned long long)c->bytes_out, (unsigned long long)c->msgs_in, (unsigned long long)c->msgs_out);
+        if (srv->opt.cb.on_close)
+            srv->opt.cb.on_close(c, code, "", 0, srv->opt.ud);
+    }
+    c->dfree.fn = deferred_free;
+    dx__loop_defer(loop, &c->dfree);
+}
+
+void dx__conn_abort(dx_conn *c, unsigned code, const char *why)
+{
+    if (c->state == CS_DEAD)
+        return;
+    if (code != DX_CLOSE_ABNORMAL)
+        c->code = (uint16_t)code;
+    dx__log(LOG(c), (c->flags & CF_OPENED) ? DX_LOG_INFO : DX_LOG_DEBUG, "conn=%llu dropped remote=%s: %s",
+            (unsigned long long)c->id, dx_conn_remote(c), why);
+    conn_finish(c);
+}
+
+void dx__conn_finish_after_flush(dx_conn *c)
+{
+    if (c->state >= CS_DRAIN)
+        return;
+    c->state = CS_DRAIN;
+    dx__timer_start(c->srv->loop, &c->timer, c->srv->opt.close_timeout_ms);
+    if (c->srv->loop->cork_owner != c && c->wq_len == 0)
+        flush_queue(c); /* nothing queued: FIN now */
+}
+
+/* Called after every session call: move on when the session ended. */
+static void after_session(dx_conn *c)
+{
+    if (c->state != CS_OPEN)
+        return;
+    if (c->s.state == DX_CODEC_CLOSED || c->s.state == DX_CODEC_FAILED) {
+        if (c->s.state == DX_CODEC_FAILED && c->s.err)
+            dx__log(LOG(c), DX_LOG_INFO, "conn=%llu protocol failure remote=%s: %s; sent close %u",
+                    (unsigned long long)c->id, dx_conn_remote(c), dx_strerror(c->s.err), c->s.close_sent);
+        dx__conn_finish_after_flush(c);
+    }
+}
+
+/* ---- heartbeat and timeouts ------------------------------------------------ */
+
+static void arm_heartbeat(dx_conn *c)
+{
+    const dx_server_options *o = &c->srv->opt;
+    if (c->s.state != DX_CODEC_OPEN)
+        return; /* the close timeout owns the timer now */
+    uint64_t next = o->ping_interval_ms == (unsigned)-1 ? 0 : o->ping_interval_ms;
+    if (o->idle_timeout_ms && (!next || o->idle_timeout_ms < next))
+        next = o->idle_timeout_ms;
+    if (next)
+        dx__timer_start(c->srv->loop, &c->timer, next);
+    else
+        dx__timer_stop(c->srv->loop, &c->timer);
+}
+
+static void on_timer(dx__timer *t)
+{
+    dx_conn *c = dx_list_entry(t, dx_conn, timer);
+    dx_server *srv = c->srv;
+    const dx_server_options *o = &srv->opt;
+    uint64_t now = srv->loop->now_ms;
+    switch (c->state) {
+    case CS_TLS:
+    case CS_HEAD:
+        srv->st.handshakes_failed++;
+        dx__log(LOG(c), DX_LOG_INFO, "conn=%llu handshake timeout remote=%s after %u ms (%zu head bytes)",
+                (unsigned long long)c->id, dx_conn_remote(c), o->handshake_timeout_ms, c->head_len);
+        dx__conn_abort(c, DX_CLOSE_ABNORMAL, "handshake timeout");
+        return;
+    case CS_OPEN:
+        if (c->s.state == DX_CODEC_CLOSE_SENT) {
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "close timeout: no close frame from the peer");
+            return;
+        }
+        if (c->flags & CF_PING_OUT) {
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "heartbeat timeout: no pong");
+            return;
+        }
+        if (o->idle_timeout_ms && now - c->last_rx_ms >= o->idle_timeout_ms) {
+            (void)dx_conn_close(c, DX_CLOSE_GOING_AWAY, "idle timeout", 12);
+            return;
+        }
+        if (o->ping_interval_ms != (unsigned)-1) {
+            uint64_t quiet = now - c->last_rx_ms;
+            if (quiet + DX_TICK_MS >= o->ping_interval_ms) {
+                uint8_t payload[8];
+                for (int i = 0; i < 8; i++)
+                    payload[i] = (uint8_t)(now >> (56 - 8 * i));
+                if (dx__session_control(&c->s, DX_OP_PING, payload, sizeof payload) == 0) {
+                    c->flags |= CF_PING_OUT;
+                    dx__timer_start(srv->loop, &c->timer, o->pong_timeout_ms);
+                    return;
+                }
+            } else {
+                /* Traffic arrived meanwhile: ping when the line goes quiet. */
+                dx__timer_start(srv->loop, &c->timer, o->ping_interval_ms - quiet);
+                return;
+            }
+        }
+        arm_heartbeat(c);
+        return;
+    case CS_DRAIN:
+    case CS_LINGER:
+        dx__conn_abort(c, DX_CLOSE_ABNORMAL, c->state == CS_DRAIN ? "close timeout while flushing"
+                                                                  : "close timeout waiting for EOF");
+        return;
+    default:
+        return;
+    }
+}
+
+/* ---- the handshake --------------------------------------------------------- */
+
+typedef struct upgrade_ctx {
+    dx_request pub; /* first: the application's view */
+    const dx_ws_request *ws;
+    const dx_http_request *http;
+    dx_conn *conn;
+    char *protocol;
+    void *user;
+    int rc;
+} upgrade_ctx;
+
+const char *dx_request_header(const dx_request *req, const char *name, size_t *len)
+{
+    const upgrade_ctx *u = (const upgrade_ctx *)(const void *)req;
+    const dx_http_header *h = dx__http_find(u->http->headers, u->http->n_headers, name);
+    if (!h)
+        return NULL;
+    if (len)
+        *len = h->value_len;
+    return h->value;
+}
+
+int dx_request_protocol(const dx_request *req, size_t *cursor, const char **name, size_t *len)
+{
+    const upgrade_ctx *u = (const upgrade_ctx *)(const void *)req;
+    dx_ws_protocol_iter it;
+    dx__ws_protocol_iter_init(&it, u->ws);
+    for (size_t i = 0;; i++) {
+        if (!dx__ws_protocol_next(&it, name, len))
+            return 0;
+        if (i == *cursor) {
+            (*cursor)++;
+            return 1;
+        }
+    }
+}
+
+int dx_request_select_protocol(dx_request *req, const char *name, size_t len)
+{
+    upgrade_ctx *u = (upgrade_ctx *)(void *)req;
+    if (!dx__ws_protocol_offered(u->ws, name, len))
+        return DX_EINVAL;
+    char *p = dx__alloc(u->conn->srv->loop->seams, len + 1);
+    if (!p)
+        return DX_ENOMEM;
+    memcpy(p, name, len);
+    p[len] = 0;
+    dx__free(u->conn->srv->loop->seams, u->protocol);
+    u->protocol = p;
+    return 0;
+}
+
+void dx_request_set_user(dx_request *req, void *user) { ((upgrade_ctx *)(void *)req)->user = user; }
+
+static void refuse(dx_conn *c, int status, const char *extra, const char *why)
+{
+    dx_server *srv = c->srv;
+    srv->st.handshakes_failed++;
+    dx__log(LOG(c), DX_LOG_INFO, "conn=%llu handshake refused remote=%s status=%d: %s", (unsigned long long)c->id,
+            dx_conn_remote(c), status, why);
+    char buf[1024];
+    int n = dx__http_error_response(buf, sizeof buf, status, extra, why);
+    if (n > 0)
+        (void)dx__conn_write(c, buf, (size_t)n);
+    dx__conn_finish_after_flush(c);
+}
+
+/* A complete request head arrived: answer plain HTTP, refuse a bad upgrade,
+ * or accept it and start the session. */
+static void handle_head(dx_conn *c, const dx_http_request *req)
+{
+    dx_server *srv = c->srv;
+    bool upgrade = dx__http_find(req->headers, req->n_headers, "upgrade") != NULL;
+    if (!upgrade) {
+        dx__http_serve(c, req);
+        return;
+    }
+    dx_ws_ext_offer exts[DX_WS_DEFAULT_MAX_EXTS];
+    dx_ws_request ws;
+    int rc = dx__ws_server_check(req, &ws, exts, DX_WS_DEFAULT_MAX_EXTS);
+    if (rc) {
+        int status = dx_http_status_for_error(rc);
+        refuse(c, status, dx__ws_error_headers(rc), dx_strerror(rc));
+        return;
+    }
+    upgrade_ctx u = {.ws = &ws, .http = req, .conn = c};
+    u.pub.path = ws.path;
+    u.pub.path_len = ws.path_len;
+    u.pub.query = ws.query;
+    u.pub.query_len = ws.query_len;
+    u.pub.origin = ws.origin;
+    u.pub.origin_len = ws.origin_len;
+    u.pub.remote = dx_conn_remote(c);
+    int status = srv->opt.cb.on_upgrade ? srv->opt.cb.on_upgrade(srv, &u.pub, srv->opt.ud) : 0;
+    if (status) {
+        dx__free(srv->loop->seams, u.protocol);
+        if (status < 400 || status > 599)
+            status = 500;
+        refuse(c, status, NULL, "refused by the application");
+        return;
+    }
+    char resp[512];
+    int n = dx__ws_server_response(resp, sizeof resp, &ws, u.protocol, NULL, NULL);
+    if (n < 0) {
+        dx__free(srv->loop->seams, u.protocol);
+        refuse(c, 500, NULL, "cannot build the response");
+        return;
+    }
+    c->protocol = u.protocol;
+    c->user = u.user;
+    dx__log(LOG(c), DX_LOG_INFO, "conn=%llu open remote=%s path=%.*s protocol=%s", (unsigned long long)c->id,
+            u.pub.remote, (int)ws.path_len, ws.path, c->protocol ? c->protocol : "-");
+    if (dx__conn_write(c, resp, (size_t)n))
+        return;
+    dx__session_init(&c->s, &srv->scfg, 0);
+    c->state = CS_OPEN;
+    c->flags |= CF_OPENED;
+    c->opened_ms = c->last_rx_ms = srv->loop->now_ms;
+    srv->st.open++;
+    arm_heartbeat(c);
+    if (srv->opt.cb.on_open)
+        srv->opt.cb.on_open(c, srv->opt.ud);
+}
+
+/* Bytes of the request head arrived. Returns how many of `p` belong to the
+ * head (the rest are WebSocket frames sent right behind it). */
+static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
+{
+    dx_server *srv = c->srv;
+    size_t max = srv->opt.max_head;
+    if (!c->head) {
+        c->head = dx__alloc(srv->loop->seams, max);
+        if (!c->head) {
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
+            return len;
+        }
+    }
+    size_t take = len < max - c->head_len ? len : max - c->head_len;
+    size_t before = c->head_len;
+    memcpy(c->head + c->head_len, p, take);
+    c->head_len += take;
+    dx_http_header headers[256];
+    size_t maxh = srv->opt.max_headers < 256 ? srv->opt.max_headers : 256;
+    dx_http_request req;
+    int rc = dx__http_parse_request((const char *)c->head, c->head_len, &req, headers, maxh, max);
+    if (rc == DX_EAGAIN)
+        return len; /* all consumed into the head */
+    if (rc < 0) {
+        int status = dx_http_status_for_error(rc);
+        refuse(c, status, NULL, dx_strerror(rc));
+        return len;
+    }
+    size_t used = (size_t)rc - before; /* bytes of `p` that were head */
+    dx__timer_stop(srv->loop, &c->timer);
+    handle_head(c, &req);
+    dx__free(srv->loop->seams, c->head);
+    c->head = NULL;
+    c->head_len = 0;
+    return used;
+}
+
+/* ---- reading ----------------------------------------------------------------- */
+
+static void process(dx_conn *c, uint8_t *p, size_t n)
+{
+    dx_loop *loop = c->srv->loop;
+    if (c->state == CS_HEAD) {
+        size_t used = feed_head(c, p, n);
+        p += used;
+        n -= used;
+        if (c->state != CS_OPEN || n == 0)
+            return;
+    }
+    if (c->state == CS_OPEN) {
+        c->last_rx_ms = loop->now_ms;
+        loop->cork_owner = c;
+        loop->cork_len = 0;
+        (void)dx__session_recv(&c->s, p, n);
+        if (loop->cork_owner == c) {
+            (void)flush_cork(c);
+            loop->cork_owner = NULL;
+        }
+        after_session(c);
+    }
+    /* DRAIN, LINGER: input is discarded (§5.5.1: nothing after a close). */
+}
+
+static void on_readable(dx_conn *c)
+{
+    dx_loop *loop = c->srv->loop;
+    for (int i = 0; i < READS_PER_EVENT && c->state != CS_DEAD; i++) {
+        ssize_t n = c->st.t->read(&c->st, loop->rbuf, DX_LOOP_RBUF);
+        if (n == DX_EAGAIN)
+            return;
+        if (n == 0) {
+            if (c->state == CS_LINGER) {
+                conn_finish(c); /* the clean end */
+                return;
+            }
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL,
+                           c->state == CS_OPEN ? "peer closed TCP without a close frame" : "peer closed TCP");
+            return;
+        }
+        if (n < 0) {
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, dx_strerror((int)n));
+            return;
+        }
+        c->bytes_in += (size_t)n;
+        c->srv->st.bytes_in += (size_t)n;
+        process(c, loop->rbuf, (size_t)n);
+        if ((size_t)n < DX_LOOP_RBUF)
+            return; /* drained: another read would only say EAGAIN */
+    }
+}
+
+static void drive_tls(dx_conn *c)
+{
+    int rc = c->st.t->handshake(&c->st);
+    if (rc == DX_EAGAIN) {
+        want_write(c, c->st.want == DX__WANT_WRITE);
+        return;
+    }
+    if (rc) {
+        c->srv->st.handshakes_failed++;
+        dx__log(LOG(c), DX_LOG_INFO, "conn=%llu TLS handshake failed remote=%s: %s", (unsigned long long)c->id,
+                dx_conn_remote(c), dx_strerror(rc));
+        dx__conn_abort(c, DX_CLOSE_TLS_HANDSHAKE, "TLS handshake failed");
+        return;
+    }
+    want_write(c, false);
+    c->state = CS_HEAD;
+}
+
+static void on_io(dx__io *io, uint32_t events)
+{
+    dx_conn *c = dx_list_entry(io, dx_conn, io);
+    if (c->state == CS_DEAD)
+        return; /* closed earlier in this batch */
+    if (c->state == CS_TLS) {
+        drive_tls(c);
+        if (c->state != CS_HEAD)
+            return;
+    }
+    if ((events & EPOLLOUT) && c->wq_len)
+        flush_queue(c);
+    if (c->state != CS_DEAD && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+        on_readable(c);
+}
+
+dx_conn *dx__conn_new(dx_server *srv, int fd, const struct sockaddr *sa, socklen_t salen)
+{
+    (void)salen;
+    dx_loop *loop = srv->loop;
+    dx_conn *c = dx__alloc(loop->seams, sizeof *c);
+    if (!c)
+        return NULL;
+    memset(c, 0, sizeof *c);
+    c->srv = srv;
+    c->id = srv->next_id;
+    srv->next_id += srv->opt.instances;
+    c->io = (dx__io){.fd = fd, .cb = on_io};
+    c->st = (dx__stream){.t = &dx__tcp_transport, .fd = fd};
+    store_addr(c, sa);
+    dx__timer_init(&c->timer, on_timer);
+    c->state = CS_HEAD;
+    if (srv->tls) {
+        if (dx__tls_accept(srv->tls, &c->st)) {
+            dx__free(loop->seams, c);
+            return NULL;
+        }
+        c->state = CS_TLS;
+    }
+    if (sa->sa_family != AF_UNIX) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    if (dx__io_start(loop, &c->io, EPOLLIN | EPOLLRDHUP)) {
+        c->st.t->close(&c->st);
+        dx__free(loop->seams, c);
+        return NULL;
+    }
+    dx_list_push_back(&srv->conns, &c->link);
+    srv->nconns++;
+    dx__timer_start(loop, &c->timer, srv->opt.handshake_timeout_ms);
+    return c;
+}
+
+/* ---- public connection API --------------------------------------------------- */
+
+int dx_conn_send(dx_conn *c, int opcode, const void *data, size_t len)
+{
+    if (c->state != CS_OPEN)
+        return DX_ECLOSED;
+    int rc = opcode == DX_OP_PING ? dx__session_control(&c->s, DX_OP_PING, data, len)
+                                  : dx__session_send(&c->s, opcode, data, len, 0, 1);
+    after_session(c);
+    return rc;
+}
+
+int dx_conn_close(dx_conn *c, unsigned code, const char *reason, size_t len)
+{
+    if (c->state != CS_OPEN)
+        return DX_ECLOSED;
+    int rc = dx__session_close(&c->s, code, reason, len);
+    if (rc == 0)
+        dx__timer_start(c->srv->loop, &c->timer, c->srv->opt.close_timeout_ms);
+    after_session(c);
+    return rc;
+}
+
+size_t dx_conn_buffered(const dx_conn *c)
+{
+    size_t n = c->wq_len;
+    if (c->srv->loop->cork_owner == c)
+        n += c->srv->loop->cork_len;
+    return n;
+}
+
+const char *dx_conn_protocol(const dx_conn *c) { return c->protocol; }
+void *dx_conn_user(const dx_conn *c) { return c->user; }
+void dx_conn_set_user(dx_conn *c, void *user) { c->user = user; }
+dx_server *dx_conn_server(const dx_conn *c) { return c->srv; }
+uint64_t dx_conn_id(const dx_conn *c) { return c->id; }

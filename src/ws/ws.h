@@ -1,0 +1,103 @@
+/*
+ * src/ws/ws.h: internals shared by the server endpoint (server.c), its
+ * connections (conn.c) and the plain-HTTP responder (http_static.c).
+ *
+ * Layer: ws. Depends on proto (session, handshake, http) and net (loop,
+ * transports). Owns the RFC's connection behaviour: close handshake,
+ * heartbeat, limits, backpressure.
+ */
+#ifndef DX_WS_WS_H
+#define DX_WS_WS_H
+
+#include "duplex/server.h"
+#include "net/loop.h"
+#include "net/transport.h"
+#include "proto/http.h"
+#include "proto/session.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* Connection states, in order. */
+enum {
+    CS_TLS = 0, /* TLS handshake */
+    CS_HEAD,    /* reading the HTTP request head */
+    CS_OPEN,    /* WebSocket session running (open, or close sent) */
+    CS_DRAIN,   /* last bytes (close frame, HTTP response) being flushed */
+    CS_LINGER,  /* FIN sent; reading until the peer's EOF */
+    CS_DEAD     /* closed; memory freed after the current batch */
+};
+
+enum {
+    CF_OPENED = 1u << 0,       /* on_open fired: on_close is owed */
+    CF_PING_OUT = 1u << 1,     /* a heartbeat ping awaits its pong */
+    CF_DRAIN_ARMED = 1u << 2,  /* queue passed the high-water mark */
+    CF_IN_HTTP = 1u << 3,      /* inside on_http: dx_http_reply allowed */
+    CF_REPLIED = 1u << 4,      /* an HTTP response was queued */
+    CF_WANT_WRITE = 1u << 5,   /* EPOLLOUT registered */
+};
+
+struct dx_conn {
+    dx__session s; /* first: session handlers find the connection */
+    dx__io io;
+    dx__stream st;
+    dx_server *srv;
+    dx__timer timer;
+    dx_list link;  /* in srv->conns */
+    dx__deferred dfree;
+    void *user;
+    uint8_t *wq;   /* bytes the kernel did not take yet (wq_off..wq_len) */
+    size_t wq_off, wq_len, wq_cap;
+    uint8_t *head; /* request head while in CS_HEAD */
+    size_t head_len;
+    char *protocol;
+    uint64_t id;
+    uint64_t opened_ms, last_rx_ms;
+    uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
+    uint8_t addr[16];
+    uint16_t port;
+    uint8_t family; /* AF_INET, AF_INET6, AF_UNIX */
+    uint8_t state;
+    uint16_t flags;
+    uint16_t code;  /* close code to report (0: decide at the end) */
+};
+
+struct dx_server {
+    dx_loop *loop;
+    dx_server_options opt; /* copy; strings below are ours */
+    char *host, *unix_path, *static_root;
+    dx_tls_cert *certs;
+    dx__tls_ctx *tls;
+    dx__session_cfg scfg;
+    dx__io lio;
+    dx__timer accept_timer;
+    dx_list conns;
+    size_t nconns;
+    dx_server_stats st;
+    uint64_t next_id;
+    unsigned port;
+    unsigned accept_errors_burst;
+    bool shutting_down;
+};
+
+/* conn.c */
+dx_conn *dx__conn_new(dx_server *srv, int fd, const struct sockaddr *sa, socklen_t salen);
+/* Drops the connection at once (no close frame), reporting `code` if opened. */
+void dx__conn_abort(dx_conn *c, unsigned code, const char *why);
+/* Queues bytes in order after whatever is queued; writes at once if nothing is. */
+int dx__conn_write(dx_conn *c, const void *data, size_t len);
+/* Flushes, then FIN, then waits for EOF (bounded by close_timeout_ms). */
+void dx__conn_finish_after_flush(dx_conn *c);
+void dx__conn_free_now(dx_conn *c);
+
+/* http_static.c: answers a plain HTTP request (static file, 404, 405). */
+void dx__http_serve(dx_conn *c, const dx_http_request *req);
+
+/* conn.c: the session configuration shared by a server's connections. */
+void dx__ws_session_cfg(dx_server *srv);
+/* Queues a complete response with Connection: close and starts draining. */
+int dx__http_respond(dx_conn *c, int status, const char *content_type, const char *headers, const void *body,
+                     size_t len, bool head_only);
+
+#endif
