@@ -3,7 +3,7 @@
 #   make         build into build/ (gcc)
 #   make test    unit tests (gcc), again under ASan+UBSan (clang), then each
 #                fuzz target for FUZZ_SECONDS (default 30) on its corpus
-#   make run     start the gateway on port 8080 (arrives with the server)
+#   make run     start duplex serve on port 8080 (PORT=...) with the demo page in web/
 #   make bench   benchmarks (optimised build), printed as a table
 #
 # Every target first runs scripts/deps.sh, which installs missing packages.
@@ -40,10 +40,11 @@ fuzz: deps
 test: unit asan fuzz
 	@echo "make test: unit, asan and fuzz stages passed"
 
+PORT ?= 8080
+
 run: build
-	@echo "duplex serve is not built yet: the server arrives with issue 3 (src/net, src/ws)." >&2
-	@echo "Nothing to run; 'make test' exercises the protocol core." >&2
-	@exit 2
+	@echo "duplex: open http://127.0.0.1:$(PORT)/ (demo page), ws://127.0.0.1:$(PORT)/echo; Ctrl-C stops" >&2
+	exec build/duplex serve --port $(PORT) --static web
 
 bench: deps
 	@$(CMAKE) -S . -B build-bench -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=Release -DDX_TESTS=OFF >/dev/null
