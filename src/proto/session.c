@@ -35,7 +35,6 @@ static void rx_release(dx__session *s)
 {
     dx__free(s->cfg->seams, s->rx);
     s->rx = NULL;
-    s->rx_len = s->rx_cap = 0;
     s->ctl_len = 0;
 }
 
@@ -44,28 +43,30 @@ void dx__session_deinit(dx__session *s) { rx_release(s); }
 /* Appends to rx (message bytes when ctl is false, else the control tail). */
 static int rx_append(dx__session *s, const uint8_t *p, size_t len, bool ctl)
 {
-    size_t used = s->rx_len + s->ctl_len;
-    if (len > SIZE_MAX - used)
+    size_t used = dx__session_rx_len(s) + s->ctl_len;
+    if (len > SIZE_MAX - sizeof(dx__rxbuf) - used)
         return DX_ENOMEM;
-    if (used + len > s->rx_cap) {
-        size_t cap = s->rx_cap ? s->rx_cap : 256;
+    if (!s->rx || used + len > s->rx->cap) {
+        size_t cap = s->rx ? s->rx->cap : 256;
         while (cap < used + len)
             cap = cap > SIZE_MAX / 2 ? used + len : cap * 2;
         /* Never hold more than the message limit allows plus a control frame. */
         uint64_t most = s->cfg->limits.max_message ? s->cfg->limits.max_message + DX_CONTROL_MAX : 0;
         if (most && cap > most && used + len <= most)
             cap = (size_t)most;
-        uint8_t *n = dx__realloc(s->cfg->seams, s->rx, cap);
+        dx__rxbuf *n = dx__realloc(s->cfg->seams, s->rx, sizeof *n + cap);
         if (!n)
             return DX_ENOMEM;
+        if (!s->rx)
+            n->len = 0;
+        n->cap = cap;
         s->rx = n;
-        s->rx_cap = cap;
     }
-    memcpy(s->rx + used, p, len);
+    memcpy(s->rx->data + used, p, len);
     if (ctl)
         s->ctl_len = (uint8_t)(s->ctl_len + len);
     else
-        s->rx_len += len;
+        s->rx->len += len;
     return 0;
 }
 
@@ -249,7 +250,7 @@ static int on_header(dx__session *s, const dx_frame_event *ev)
     if (s->cfg->max_fragments && ++s->rx_fragments > s->cfg->max_fragments)
         return fail_rx(s, DX_EPOLICY);
     if (ev->end && h->fin)
-        return finish_message(s, s->rx_len ? s->rx : NULL, s->rx_len);
+        return finish_message(s, s->rx ? s->rx->data : NULL, dx__session_rx_len(s));
     return 0;
 }
 
@@ -265,9 +266,9 @@ static int on_data(dx__session *s, const dx_frame_event *ev)
             return 0;
         uint8_t ctl[DX_CONTROL_MAX];
         size_t n = s->ctl_len;
-        memcpy(ctl, s->rx + s->rx_len, n);
+        memcpy(ctl, s->rx->data + s->rx->len, n);
         s->ctl_len = 0;
-        if (s->rx_len == 0)
+        if (s->rx->len == 0)
             rx_release(s);
         return on_control(s, h->opcode, ctl, n);
     }
@@ -280,14 +281,14 @@ static int on_data(dx__session *s, const dx_frame_event *ev)
         s->cfg->on_fragment(s, s->rx_opcode, ev->data, ev->len, 0);
         return 0;
     }
-    if (last && s->rx_len == 0 && ev->offset == 0 && h->opcode != DX_OP_CONT)
+    if (last && dx__session_rx_len(s) == 0 && ev->offset == 0 && h->opcode != DX_OP_CONT)
         return finish_message(s, ev->data, ev->len); /* zero-copy: the frame arrived whole */
     /* The decoder checked the message limit at the header, so rx stays
      * within max_message. */
     if (rx_append(s, ev->data, ev->len, false))
         return fail_rx(s, DX_ENOMEM);
     if (last)
-        return finish_message(s, s->rx, s->rx_len);
+        return finish_message(s, s->rx->data, s->rx->len);
     return 0;
 }
 

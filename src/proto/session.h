@@ -51,9 +51,7 @@ typedef struct dx__session_cfg {
 struct dx__session {
     const dx__session_cfg *cfg;
     dx_frame_decoder dec;
-    uint8_t *rx;           /* received message bytes (then a split control payload), or NULL */
-    size_t rx_len;         /* message bytes in rx */
-    size_t rx_cap;
+    struct dx__rxbuf *rx;  /* received message bytes (then a split control payload), or NULL */
     uint32_t rx_fragments; /* frames of the open received message */
     dx_utf8 rx_utf8;       /* received text message */
     dx_utf8 tx_utf8;       /* outgoing fragmented text message */
@@ -63,9 +61,19 @@ struct dx__session {
     uint8_t state;         /* enum dx_codec_state */
     uint8_t rx_opcode;     /* TEXT/BINARY while a received message is open */
     uint8_t tx_opcode;     /* TEXT/BINARY while an outgoing fragmented message is open */
-    uint8_t ctl_len;       /* bytes of a split control payload after rx_len */
+    uint8_t ctl_len;       /* bytes of a split control payload after the message bytes */
     uint32_t pongs_dropped;
 };
+
+/* The receive buffer, allocated only while a message or control frame is
+ * split across reads: one pointer in an idle session. */
+typedef struct dx__rxbuf {
+    size_t len; /* message bytes */
+    size_t cap;
+    uint8_t data[];
+} dx__rxbuf;
+
+static inline size_t dx__session_rx_len(const dx__session *s) { return s->rx ? s->rx->len : 0; }
 
 /* Starts a session in state OPEN; rsv_allowed: extension-negotiated bits. */
 void dx__session_init(dx__session *s, const dx__session_cfg *cfg, unsigned rsv_allowed);

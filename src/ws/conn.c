@@ -102,23 +102,27 @@ static int wq_append(dx_conn *c, const void *p, size_t len)
 {
     if (len == 0)
         return 0;
-    if (c->wq_off && c->wq_len + len > c->wq_cap) {
-        memmove(c->wq, c->wq + c->wq_off, c->wq_len);
-        c->wq_off = 0;
+    dx__wq *q = c->wq;
+    if (q && q->off && q->len + len > q->cap) {
+        memmove(q->data, q->data + q->off, q->len);
+        q->off = 0;
     }
-    if (c->wq_off + c->wq_len + len > c->wq_cap) {
-        size_t cap = c->wq_cap ? c->wq_cap : 4096;
-        while (cap < c->wq_len + len)
+    if (!q || q->off + q->len + len > q->cap) {
+        size_t have = q ? q->len : 0;
+        size_t cap = q ? q->cap : 4096;
+        while (cap < have + len)
             cap *= 2;
-        uint8_t *n = dx__realloc(c->srv->loop->seams, c->wq, cap);
+        dx__wq *n = dx__realloc(c->srv->loop->seams, q, sizeof *n + cap);
         if (!n)
             return DX_ENOMEM;
-        c->wq = n;
-        c->wq_cap = cap;
+        if (!q)
+            n->off = n->len = 0;
+        n->cap = cap;
+        c->wq = q = n;
     }
-    memcpy(c->wq + c->wq_off + c->wq_len, p, len);
-    c->wq_len += len;
-    if (c->wq_len > c->srv->opt.send_high_water)
+    memcpy(q->data + q->off + q->len, p, len);
+    q->len += len;
+    if (q->len > c->srv->opt.send_high_water)
         c->flags |= CF_DRAIN_ARMED;
     want_write(c, true);
     return 0;
@@ -161,7 +165,7 @@ static int flush_cork(dx_conn *c)
         return 0;
     struct iovec iov = {loop->cork, loop->cork_len};
     loop->cork_len = 0;
-    if (c->wq_len)
+    if (WQ_LEN(c))
         return wq_append(c, iov.iov_base, iov.iov_len);
     return write_now(c, &iov, 1);
 }
@@ -173,7 +177,7 @@ int dx__conn_write(dx_conn *c, const void *data, size_t len)
     int rc = flush_cork(c);
     if (rc)
         return rc;
-    if (c->wq_len)
+    if (WQ_LEN(c))
         return wq_append(c, data, len);
     struct iovec iov = {(void *)(uintptr_t)data, len};
     return write_now(c, &iov, 1);
@@ -190,7 +194,7 @@ static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const u
     uint8_t hdr[DX_FRAME_HEADER_MAX];
     size_t hl = dx__frame_header_write(hdr, opcode, fin, 0, len, NULL);
     size_t total = hl + len;
-    if ((kind == DX__PUT_DATA || kind == DX__PUT_PONG) && c->wq_len + total > srv->opt.send_max) {
+    if ((kind == DX__PUT_DATA || kind == DX__PUT_PONG) && WQ_LEN(c) + total > srv->opt.send_max) {
         if (kind == DX__PUT_PONG) {
             srv->st.pongs_dropped++;
             return DX_ELIMIT;
@@ -199,7 +203,7 @@ static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const u
         srv->st.dropped_slow++;
         dx__log(LOG(c), DX_LOG_WARN,
                 "conn=%llu slow consumer: %zu bytes queued, send_max %zu; closing with 1008",
-                (unsigned long long)c->id, c->wq_len, srv->opt.send_max);
+                (unsigned long long)c->id, WQ_LEN(c), srv->opt.send_max);
         dx__session_fail(s, DX_EPOLICY, DX_CLOSE_POLICY, "send queue full");
         return DX_ELIMIT;
     }
@@ -207,7 +211,7 @@ static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const u
         c->msgs_out++;
         srv->st.messages_out++;
     }
-    if (c->wq_len)
+    if (WQ_LEN(c))
         goto queue;
     if (loop->cork_owner == c) {
         if (loop->cork_len + total <= DX_LOOP_CORK) {
@@ -220,7 +224,7 @@ static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const u
         int rc = flush_cork(c);
         if (rc)
             return rc;
-        if (c->wq_len)
+        if (WQ_LEN(c))
             goto queue;
     }
     struct iovec iov[2] = {{hdr, hl}, {(void *)(uintptr_t)data, len}};
@@ -232,8 +236,9 @@ queue:;
 
 static void flush_queue(dx_conn *c)
 {
-    while (c->wq_len) {
-        struct iovec iov = {c->wq + c->wq_off, c->wq_len};
+    dx__wq *q = c->wq;
+    while (q && q->len) {
+        struct iovec iov = {q->data + q->off, q->len};
         ssize_t w = c->st.t->writev(&c->st, &iov, 1);
         if (w == DX_EAGAIN)
             return;
@@ -243,13 +248,12 @@ static void flush_queue(dx_conn *c)
         }
         c->bytes_out += (size_t)w;
         c->srv->st.bytes_out += (size_t)w;
-        c->wq_off += (size_t)w;
-        c->wq_len -= (size_t)w;
+        q->off += (size_t)w;
+        q->len -= (size_t)w;
     }
     /* Empty: give the memory back (an idle connection holds no buffers). */
-    dx__free(c->srv->loop->seams, c->wq);
+    dx__free(c->srv->loop->seams, q);
     c->wq = NULL;
-    c->wq_off = c->wq_cap = 0;
     want_write(c, false);
     if (c->state == CS_DRAIN) {
         c->st.t->shutdown(&c->st);
@@ -361,7 +365,7 @@ static void conn_finish(dx_conn *c)
                 "conn=%llu close remote=%s code=%u duration_ms=%llu bytes_in=%llu bytes_out=%llu msgs_in=%llu "
                 "msgs_out=%llu",
                 (unsigned long long)c->id, dx_conn_remote(c), code,
-                (unsigned long long)(loop->now_ms - c->opened_ms), (unsigned long long)c->bytes_in,
+                (unsigned long long)(loop->tick - c->opened_tick) * DX_TICK_MS, (unsigned long long)c->bytes_in,
                 (unsigned long long)c->bytes_out, (unsigned long long)c->msgs_in, (unsigned long long)c->msgs_out);
         if (srv->opt.cb.on_close)
             srv->opt.cb.on_close(c, code, "", 0, srv->opt.ud);
@@ -387,7 +391,7 @@ void dx__conn_finish_after_flush(dx_conn *c)
         return;
     c->state = CS_DRAIN;
     dx__timer_start(c->srv->loop, &c->timer, c->srv->opt.close_timeout_ms);
-    if (c->srv->loop->cork_owner != c && c->wq_len == 0)
+    if (c->srv->loop->cork_owner != c && WQ_LEN(c) == 0)
         flush_queue(c); /* nothing queued: FIN now */
 }
 
@@ -405,6 +409,12 @@ static void after_session(dx_conn *c)
 }
 
 /* ---- heartbeat and timeouts ------------------------------------------------ */
+
+/* Milliseconds since the last read (tick precision). */
+static uint64_t quiet_ms(const dx_conn *c)
+{
+    return (uint64_t)((uint32_t)c->srv->loop->tick - c->last_rx_tick) * DX_TICK_MS;
+}
 
 static void arm_heartbeat(dx_conn *c)
 {
@@ -431,7 +441,7 @@ static void on_timer(dx__timer *t)
     case CS_HEAD:
         srv->st.handshakes_failed++;
         dx__log(LOG(c), DX_LOG_INFO, "conn=%llu handshake timeout remote=%s after %u ms (%zu head bytes)",
-                (unsigned long long)c->id, dx_conn_remote(c), o->handshake_timeout_ms, c->head_len);
+                (unsigned long long)c->id, dx_conn_remote(c), o->handshake_timeout_ms, c->head ? c->head->len : 0);
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, "handshake timeout");
         return;
     case CS_OPEN:
@@ -443,12 +453,12 @@ static void on_timer(dx__timer *t)
             dx__conn_abort(c, DX_CLOSE_ABNORMAL, "heartbeat timeout: no pong");
             return;
         }
-        if (o->idle_timeout_ms && now - c->last_rx_ms >= o->idle_timeout_ms) {
+        if (o->idle_timeout_ms && quiet_ms(c) >= o->idle_timeout_ms) {
             (void)dx_conn_close(c, DX_CLOSE_GOING_AWAY, "idle timeout", 12);
             return;
         }
         if (o->ping_interval_ms != (unsigned)-1) {
-            uint64_t quiet = now - c->last_rx_ms;
+            uint64_t quiet = quiet_ms(c);
             if (quiet + DX_TICK_MS >= o->ping_interval_ms) {
                 uint8_t payload[8];
                 for (int i = 0; i < 8; i++)
@@ -594,7 +604,7 @@ static void handle_head(dx_conn *c, const dx_http_request *req)
     dx__session_init(&c->s, &srv->scfg, 0);
     c->state = CS_OPEN;
     c->flags |= CF_OPENED;
-    c->opened_ms = c->last_rx_ms = srv->loop->now_ms;
+    c->opened_tick = c->last_rx_tick = (uint32_t)srv->loop->tick;
     srv->st.open++;
     arm_heartbeat(c);
     if (srv->opt.cb.on_open)
@@ -608,20 +618,23 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
     dx_server *srv = c->srv;
     size_t max = srv->opt.max_head;
     if (!c->head) {
-        c->head = dx__alloc(srv->loop->seams, max);
+        c->head = dx__alloc(srv->loop->seams, sizeof *c->head + max);
+        if (c->head)
+            c->head->len = 0;
         if (!c->head) {
             dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
             return len;
         }
     }
-    size_t take = len < max - c->head_len ? len : max - c->head_len;
-    size_t before = c->head_len;
-    memcpy(c->head + c->head_len, p, take);
-    c->head_len += take;
+    dx__head *h = c->head;
+    size_t take = len < max - h->len ? len : max - h->len;
+    size_t before = h->len;
+    memcpy(h->data + h->len, p, take);
+    h->len += take;
     dx_http_header headers[256];
     size_t maxh = srv->opt.max_headers < 256 ? srv->opt.max_headers : 256;
     dx_http_request req;
-    int rc = dx__http_parse_request((const char *)c->head, c->head_len, &req, headers, maxh, max);
+    int rc = dx__http_parse_request((const char *)h->data, h->len, &req, headers, maxh, max);
     if (rc == DX_EAGAIN)
         return len; /* all consumed into the head */
     if (rc < 0) {
@@ -634,7 +647,6 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
     handle_head(c, &req);
     dx__free(srv->loop->seams, c->head);
     c->head = NULL;
-    c->head_len = 0;
     return used;
 }
 
@@ -651,7 +663,7 @@ static void process(dx_conn *c, uint8_t *p, size_t n)
             return;
     }
     if (c->state == CS_OPEN) {
-        c->last_rx_ms = loop->now_ms;
+        c->last_rx_tick = (uint32_t)loop->tick;
         loop->cork_owner = c;
         loop->cork_len = 0;
         (void)dx__session_recv(&c->s, p, n);
@@ -720,7 +732,7 @@ static void on_io(dx__io *io, uint32_t events)
         if (c->state != CS_HEAD)
             return;
     }
-    if ((events & EPOLLOUT) && c->wq_len)
+    if ((events & EPOLLOUT) && WQ_LEN(c))
         flush_queue(c);
     if (c->state != CS_DEAD && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
         on_readable(c);
@@ -789,7 +801,7 @@ int dx_conn_close(dx_conn *c, unsigned code, const char *reason, size_t len)
 
 size_t dx_conn_buffered(const dx_conn *c)
 {
-    size_t n = c->wq_len;
+    size_t n = WQ_LEN(c);
     if (c->srv->loop->cork_owner == c)
         n += c->srv->loop->cork_len;
     return n;

@@ -38,23 +38,38 @@ enum {
     CF_WANT_WRITE = 1u << 5,   /* EPOLLOUT registered */
 };
 
+/* Unsent bytes (off..off+len), allocated only while the kernel refuses. */
+typedef struct dx__wq {
+    size_t off, len, cap;
+    uint8_t data[];
+} dx__wq;
+
+/* A request head being read, allocated only during CS_HEAD. */
+typedef struct dx__head {
+    size_t len;
+    uint8_t data[];
+} dx__head;
+
+#define WQ_LEN(c) ((c)->wq ? (c)->wq->len : 0u)
+
 struct dx_conn {
     dx__session s; /* first: session handlers find the connection */
     dx__io io;
     dx__stream st;
     dx_server *srv;
     dx__timer timer;
-    dx_list link;  /* in srv->conns */
-    dx__deferred dfree;
+    union {
+        dx_list link;        /* in srv->conns while alive */
+        dx__deferred dfree;  /* in the loop's deferred list once dead */
+    };
     void *user;
-    uint8_t *wq;   /* bytes the kernel did not take yet (wq_off..wq_len) */
-    size_t wq_off, wq_len, wq_cap;
-    uint8_t *head; /* request head while in CS_HEAD */
-    size_t head_len;
+    dx__wq *wq;
+    dx__head *head;
     char *protocol;
     uint64_t id;
-    uint64_t opened_ms, last_rx_ms;
-    uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
+    uint32_t opened_tick, last_rx_tick;
+    uint64_t bytes_in, bytes_out;
+    uint32_t msgs_in, msgs_out;
     uint8_t addr[16];
     uint16_t port;
     uint8_t family; /* AF_INET, AF_INET6, AF_UNIX */
