@@ -8,3 +8,6 @@ for bin in "$build"/bench/bench_*; do
   echo "== $(basename "$bin")"
   "$bin"
 done
+
+# End-to-end echo comparison: duplex, libwebsockets, node ws, TCP ceiling.
+"$(dirname "$0")/bench_echo.sh" "$build"

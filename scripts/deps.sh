@@ -14,8 +14,15 @@ packages=(
   build-essential cmake pkg-config
   libssl-dev zlib1g-dev
   # tests: unit tests, sanitizers and fuzzers (clang + its runtime libraries)
-  libcmocka-dev clang libclang-rt-14-dev llvm
+  libcmocka-dev clang libclang-rt-14-dev llvm openssl
+  # tests: real peers (Node ws, Python websockets, headless Chromium), fault tests
+  nodejs python3 python3-websockets chromium util-linux procps
+  # benchmarks: peers of scripts/bench_echo.sh, CPU pinning, syscall counts
+  libwebsockets-dev linux-perf strace
 )
+# Debian's nodejs comes without npm; a nodesource nodejs bundles it (and
+# conflicts with Debian's npm package), so npm is added only when missing.
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -106,7 +106,8 @@ typedef struct dx_server_callbacks {
     /* The connection ended. code: the peer's close code, or ours when we
      * failed it (1002, 1007, 1008, 1009, ...), or 1006 when the TCP connection
      * was lost without a close frame (RST, EOF, heartbeat or close timeout).
-     * Called exactly once for every connection that got on_open. */
+     * reason: the peer's close reason when its close frame carried one, else
+     * empty. Called exactly once for every connection that got on_open. */
     void (*on_close)(dx_conn *c, unsigned code, const char *reason, size_t len, void *ud);
 } dx_server_callbacks;
 
@@ -203,8 +204,10 @@ DX_API int dx_conn_close(dx_conn *c, unsigned code, const char *reason, size_t l
 /* Bytes queued for sending (not yet accepted by the kernel). */
 DX_API size_t dx_conn_buffered(const dx_conn *c);
 
-/* "1.2.3.4:5678", "[::1]:5678" or "unix" (NUL-terminated, owned by the connection). */
-DX_API const char *dx_conn_remote(const dx_conn *c);
+/* Writes the peer's address ("1.2.3.4:5678", "[::1]:5678" or "unix") into
+ * buf (NUL-terminated, cut to cap - 1 bytes; 64 bytes always suffice).
+ * Returns the full length, like snprintf. */
+DX_API size_t dx_conn_remote(const dx_conn *c, char *buf, size_t cap);
 
 /* The negotiated subprotocol or NULL. Owned by the connection. */
 DX_API const char *dx_conn_protocol(const dx_conn *c);

@@ -203,9 +203,10 @@ dx_loop *dx_loop_new(const dx_loop_options *opt, int *err)
     loop->rbuf = dx__alloc(seams, DX_LOOP_RBUF);
     loop->cork = dx__alloc(seams, DX_LOOP_CORK);
     loop->post_mu = dx__alloc(seams, sizeof(pthread_mutex_t));
+    if (loop->post_mu)
+        pthread_mutex_init(loop->post_mu, NULL); /* before any failure: free destroys it */
     if (!loop->rbuf || !loop->cork || !loop->post_mu)
         goto fail;
-    pthread_mutex_init(loop->post_mu, NULL);
     e = DX_EIO;
     loop->epfd = epoll_create1(EPOLL_CLOEXEC);
     loop->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -287,7 +288,8 @@ int dx_loop_run(dx_loop *loop)
     pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
 
     struct epoll_event events[MAX_EVENTS];
-    atomic_store(&loop->stop, false);
+    /* A stop requested before run (or during the last run) is honoured; the
+     * flag is cleared on the way out so the loop can run again. */
     while (!atomic_load(&loop->stop)) {
         int n = epoll_wait(loop->epfd, events, MAX_EVENTS, -1);
         if (n < 0) {
@@ -305,5 +307,6 @@ int dx_loop_run(dx_loop *loop)
         loop->in_batch = false;
         run_deferred(loop);
     }
+    atomic_store(&loop->stop, false);
     return 0;
 }

@@ -49,21 +49,31 @@ static void arm_heartbeat(dx_conn *c);
 
 /* ---- addresses ----------------------------------------------------------- */
 
-const char *dx_conn_remote(const dx_conn *c)
+size_t dx_conn_remote(const dx_conn *c, char *buf, size_t cap)
 {
-    static _Thread_local char buf[64];
-    if (c->family == AF_INET) {
-        char h[INET_ADDRSTRLEN];
-        inet_ntop(AF_INET, c->addr, h, sizeof h);
-        snprintf(buf, sizeof buf, "%s:%u", h, c->port);
-    } else if (c->family == AF_INET6) {
-        char h[INET6_ADDRSTRLEN];
-        inet_ntop(AF_INET6, c->addr, h, sizeof h);
-        snprintf(buf, sizeof buf, "[%s]:%u", h, c->port);
-    } else {
-        snprintf(buf, sizeof buf, "unix");
-    }
-    return buf;
+    char h[INET6_ADDRSTRLEN] = "";
+    int n;
+    if (c->family == AF_INET || c->family == AF_INET6)
+        inet_ntop(c->family, c->addr, h, sizeof h);
+    if (c->family == AF_INET)
+        n = snprintf(buf, cap, "%s:%u", h, c->port);
+    else if (c->family == AF_INET6)
+        n = snprintf(buf, cap, "[%s]:%u", h, c->port);
+    else
+        n = snprintf(buf, cap, "unix");
+    return n < 0 ? 0 : (size_t)n;
+}
+
+/* The peer's address for a log line (a value, so several can coexist). */
+typedef struct addr_str {
+    char s[64];
+} addr_str;
+
+static addr_str REMOTE(const dx_conn *c)
+{
+    addr_str a;
+    dx_conn_remote(c, a.s, sizeof a.s);
+    return a;
 }
 
 static void store_addr(dx_conn *c, const struct sockaddr *sa)
@@ -292,6 +302,15 @@ static void h_pong(dx__session *s, const uint8_t *p, size_t len)
 static void h_close(dx__session *s, unsigned code, const char *reason, size_t len)
 {
     dx_conn *c = conn_of(s);
+    /* Keep the reason for on_close (the head slot is free once open). */
+    if (len && !c->head) {
+        c->head = dx__alloc(c->srv->loop->seams, sizeof *c->head + len + 1);
+        if (c->head) {
+            c->head->len = len;
+            memcpy(c->head->data, reason, len);
+            c->head->data[len] = 0;
+        }
+    }
     dx__log(LOG(c), DX_LOG_DEBUG, "conn=%llu peer closed code=%u reason=\"%.*s\"", (unsigned long long)c->id,
             code, (int)len, reason);
 }
@@ -323,7 +342,8 @@ static void deferred_free(dx__deferred *d)
 void dx__conn_free_now(dx_conn *c)
 {
     const dx_seams *seams = c->srv->loop->seams;
-    dx__session_deinit(&c->s);
+    if (c->s.cfg)
+        dx__session_deinit(&c->s); /* only upgraded connections have a session */
     dx__free(seams, c->wq);
     dx__free(seams, c->head);
     dx__free(seams, c->protocol);
@@ -364,11 +384,13 @@ static void conn_finish(dx_conn *c)
         dx__log(LOG(c), DX_LOG_INFO,
                 "conn=%llu close remote=%s code=%u duration_ms=%llu bytes_in=%llu bytes_out=%llu msgs_in=%llu "
                 "msgs_out=%llu",
-                (unsigned long long)c->id, dx_conn_remote(c), code,
+                (unsigned long long)c->id, REMOTE(c).s, code,
                 (unsigned long long)(loop->tick - c->opened_tick) * DX_TICK_MS, (unsigned long long)c->bytes_in,
                 (unsigned long long)c->bytes_out, (unsigned long long)c->msgs_in, (unsigned long long)c->msgs_out);
+        const char *reason = c->head ? (const char *)c->head->data : "";
+        size_t rlen = c->head ? c->head->len : 0;
         if (srv->opt.cb.on_close)
-            srv->opt.cb.on_close(c, code, "", 0, srv->opt.ud);
+            srv->opt.cb.on_close(c, code, reason, rlen, srv->opt.ud);
     }
     c->dfree.fn = deferred_free;
     dx__loop_defer(loop, &c->dfree);
@@ -381,7 +403,7 @@ void dx__conn_abort(dx_conn *c, unsigned code, const char *why)
     if (code != DX_CLOSE_ABNORMAL)
         c->code = (uint16_t)code;
     dx__log(LOG(c), (c->flags & CF_OPENED) ? DX_LOG_INFO : DX_LOG_DEBUG, "conn=%llu dropped remote=%s: %s",
-            (unsigned long long)c->id, dx_conn_remote(c), why);
+            (unsigned long long)c->id, REMOTE(c).s, why);
     conn_finish(c);
 }
 
@@ -403,7 +425,7 @@ static void after_session(dx_conn *c)
     if (c->s.state == DX_CODEC_CLOSED || c->s.state == DX_CODEC_FAILED) {
         if (c->s.state == DX_CODEC_FAILED && c->s.err)
             dx__log(LOG(c), DX_LOG_INFO, "conn=%llu protocol failure remote=%s: %s; sent close %u",
-                    (unsigned long long)c->id, dx_conn_remote(c), dx_strerror(c->s.err), c->s.close_sent);
+                    (unsigned long long)c->id, REMOTE(c).s, dx_strerror(c->s.err), c->s.close_sent);
         dx__conn_finish_after_flush(c);
     }
 }
@@ -441,7 +463,7 @@ static void on_timer(dx__timer *t)
     case CS_HEAD:
         srv->st.handshakes_failed++;
         dx__log(LOG(c), DX_LOG_INFO, "conn=%llu handshake timeout remote=%s after %u ms (%zu head bytes)",
-                (unsigned long long)c->id, dx_conn_remote(c), o->handshake_timeout_ms, c->head ? c->head->len : 0);
+                (unsigned long long)c->id, REMOTE(c).s, o->handshake_timeout_ms, c->head ? c->head->len : 0);
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, "handshake timeout");
         return;
     case CS_OPEN:
@@ -546,7 +568,7 @@ static void refuse(dx_conn *c, int status, const char *extra, const char *why)
     dx_server *srv = c->srv;
     srv->st.handshakes_failed++;
     dx__log(LOG(c), DX_LOG_INFO, "conn=%llu handshake refused remote=%s status=%d: %s", (unsigned long long)c->id,
-            dx_conn_remote(c), status, why);
+            REMOTE(c).s, status, why);
     char buf[1024];
     int n = dx__http_error_response(buf, sizeof buf, status, extra, why);
     if (n > 0)
@@ -579,7 +601,8 @@ static void handle_head(dx_conn *c, const dx_http_request *req)
     u.pub.query_len = ws.query_len;
     u.pub.origin = ws.origin;
     u.pub.origin_len = ws.origin_len;
-    u.pub.remote = dx_conn_remote(c);
+    addr_str remote = REMOTE(c);
+    u.pub.remote = remote.s;
     int status = srv->opt.cb.on_upgrade ? srv->opt.cb.on_upgrade(srv, &u.pub, srv->opt.ud) : 0;
     if (status) {
         dx__free(srv->loop->seams, u.protocol);
@@ -714,7 +737,7 @@ static void drive_tls(dx_conn *c)
     if (rc) {
         c->srv->st.handshakes_failed++;
         dx__log(LOG(c), DX_LOG_INFO, "conn=%llu TLS handshake failed remote=%s: %s", (unsigned long long)c->id,
-                dx_conn_remote(c), dx_strerror(rc));
+                REMOTE(c).s, dx_strerror(rc));
         dx__conn_abort(c, DX_CLOSE_TLS_HANDSHAKE, "TLS handshake failed");
         return;
     }

@@ -99,8 +99,10 @@ int dx__http_respond(dx_conn *c, int status, const char *content_type, const cha
     int rc = dx__conn_write(c, head, (size_t)n);
     if (rc == 0 && !head_only && len)
         rc = dx__conn_write(c, body, len);
+    char remote[64];
+    dx_conn_remote(c, remote, sizeof remote);
     dx__log(c->srv->loop->log, DX_LOG_INFO, "conn=%llu http remote=%s status=%d bytes=%zu",
-            (unsigned long long)c->id, dx_conn_remote(c), status, head_only ? 0 : len);
+            (unsigned long long)c->id, remote, status, head_only ? 0 : len);
     dx__conn_finish_after_flush(c);
     return rc;
 }

@@ -44,7 +44,8 @@ typedef struct dx__wq {
     uint8_t data[];
 } dx__wq;
 
-/* A request head being read, allocated only during CS_HEAD. */
+/* A request head being read during CS_HEAD; once open, the peer's close
+ * reason if its close frame had one. Allocated only then. */
 typedef struct dx__head {
     size_t len;
     uint8_t data[];
