@@ -204,7 +204,10 @@ static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const u
     uint8_t hdr[DX_FRAME_HEADER_MAX];
     size_t hl = dx__frame_header_write(hdr, opcode, fin, 0, len, NULL);
     size_t total = hl + len;
-    if ((kind == DX__PUT_DATA || kind == DX__PUT_PONG) && WQ_LEN(c) + total > srv->opt.send_max) {
+    /* The cap applies to what waits in the queue: a frame larger than
+     * send_max still goes out when nothing is queued, so the queue holds at
+     * most send_max plus one frame. */
+    if ((kind == DX__PUT_DATA || kind == DX__PUT_PONG) && WQ_LEN(c) && WQ_LEN(c) + total > srv->opt.send_max) {
         if (kind == DX__PUT_PONG) {
             srv->st.pongs_dropped++;
             return DX_ELIMIT;
