@@ -478,13 +478,14 @@ static void on_timer(dx__timer *t)
             dx__conn_abort(c, DX_CLOSE_ABNORMAL, "heartbeat timeout: no pong");
             return;
         }
-        if (o->idle_timeout_ms && quiet_ms(c) >= o->idle_timeout_ms) {
-            (void)dx_conn_close(c, DX_CLOSE_GOING_AWAY, "idle timeout", 12);
-            return;
-        }
-        if (o->ping_interval_ms != (unsigned)-1) {
+        {
             uint64_t quiet = quiet_ms(c);
-            if (quiet + DX_TICK_MS >= o->ping_interval_ms) {
+            bool ping_on = o->ping_interval_ms != (unsigned)-1;
+            if (o->idle_timeout_ms && quiet >= o->idle_timeout_ms) {
+                (void)dx_conn_close(c, DX_CLOSE_GOING_AWAY, "idle timeout", 12);
+                return;
+            }
+            if (ping_on && quiet + DX_TICK_MS >= o->ping_interval_ms) {
                 uint8_t payload[8];
                 for (int i = 0; i < 8; i++)
                     payload[i] = (uint8_t)(now >> (56 - 8 * i));
@@ -493,14 +494,16 @@ static void on_timer(dx__timer *t)
                     dx__timer_start(srv->loop, &c->timer, o->pong_timeout_ms);
                     return;
                 }
-            } else {
-                /* Traffic arrived meanwhile: ping when the line goes quiet. */
-                dx__timer_start(srv->loop, &c->timer, o->ping_interval_ms - quiet);
-                return;
             }
+            /* Traffic arrived meanwhile: wake when the next deadline (ping
+             * or idle) would pass if the line stays quiet. */
+            uint64_t next = ping_on && quiet < o->ping_interval_ms ? o->ping_interval_ms - quiet : UINT64_MAX;
+            if (o->idle_timeout_ms && o->idle_timeout_ms - quiet < next)
+                next = o->idle_timeout_ms - quiet;
+            if (next != UINT64_MAX)
+                dx__timer_start(srv->loop, &c->timer, next);
+            return;
         }
-        arm_heartbeat(c);
-        return;
     case CS_DRAIN:
     case CS_LINGER:
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, c->state == CS_DRAIN ? "close timeout while flushing"

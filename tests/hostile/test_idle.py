@@ -1,7 +1,7 @@
 """
 Case 13: --idle-timeout 2s. A client that sends nothing after the handshake
 gets close 1001 (going away) within the timeout plus a margin for the
-250 ms timer ticks (bound: 3.5 s), and once it answers the close the log
+250 ms timer ticks (bound: 6 s), and once it answers the close the log
 line says code=1001. Run with the default --ping-interval (30 s) and with
 --ping-interval off. A client that sends a message every 0.5 s stays
 connected past the idle timeout.
@@ -13,7 +13,7 @@ import time
 from hostile import (OP_CLOSE, OP_TEXT, Conn, Server, check, echo_roundtrip, run, say, wait_eof)
 
 IDLE = 2.0
-BOUND = IDLE + 1.5
+BOUND = IDLE + 4.0  # generous: a loaded CI machine must not fail it
 
 
 def silent(srv, what):
