@@ -381,7 +381,7 @@ static void on_open(struct conn *c, uint64_t now)
     G.opened++;
     hist_add(&G.hs_lat, now - c->t_start);
     if (!G.raw)
-        dx__frame_decoder_init(&c->dec, DX_ROLE_CLIENT, 0, (dx_frame_limits){0, 0});
+        dx__frame_decoder_init(&c->dec, DX_ROLE_CLIENT, 0, NULL);
     if (G.mode == MODE_HANDSHAKES) {
         G.hs_ok++;
         if (G.raw) {

@@ -31,7 +31,7 @@ static bool is_known_opcode(unsigned op)
            op == DX_OP_PONG;
 }
 
-void dx__frame_decoder_init(dx_frame_decoder *d, int role, unsigned rsv_allowed, dx_frame_limits limits)
+void dx__frame_decoder_init(dx_frame_decoder *d, int role, unsigned rsv_allowed, const dx_frame_limits *limits)
 {
     memset(d, 0, sizeof *d);
     d->role = (uint8_t)role;
@@ -42,7 +42,7 @@ void dx__frame_decoder_init(dx_frame_decoder *d, int role, unsigned rsv_allowed,
 
 static size_t fail(dx_frame_decoder *d, dx_frame_event *ev, int err, size_t consumed)
 {
-    d->err = err;
+    d->err = (int8_t)err;
     ev->type = DX_FRAME_ERROR;
     ev->err = err;
     ev->close_code = (uint16_t)dx_close_code_for_error(err);
@@ -96,7 +96,7 @@ static size_t header_size(uint8_t b1)
 /* The header in hbuf is complete: fill hdr and apply the length checks. */
 static int finish_header(dx_frame_decoder *d)
 {
-    const uint8_t *h = d->hbuf;
+    const uint8_t *h = d->u.hbuf; /* `remaining` (same storage) is set only after this */
     dx_frame_header *hdr = &d->hdr;
     unsigned len7 = h[1] & 0x7Fu;
     size_t pos = 2;
@@ -123,11 +123,12 @@ static int finish_header(dx_frame_decoder *d)
     if (hdr->masked)
         memcpy(hdr->key, h + pos, 4);
 
-    if (d->limits.max_frame && len > d->limits.max_frame)
+    const dx_frame_limits *lim = d->limits;
+    if (lim && lim->max_frame && len > lim->max_frame)
         return DX_ETOOBIG;
     if (!is_control(hdr->opcode)) {
         uint64_t before = hdr->opcode == DX_OP_CONT ? d->msg_len : 0;
-        if (d->limits.max_message && len > d->limits.max_message - before)
+        if (lim && lim->max_message && len > lim->max_message - before)
             return DX_ETOOBIG; /* before <= max_message always holds */
         d->msg_len = before + len;
         if (hdr->opcode != DX_OP_CONT)
@@ -167,14 +168,14 @@ size_t dx__frame_decode(dx_frame_decoder *d, uint8_t *in, size_t len, dx_frame_e
             size_t take = (size_t)(d->hneed - d->hlen);
             if (take > len - used)
                 take = len - used;
-            memcpy(d->hbuf + d->hlen, in + used, take);
+            memcpy(d->u.hbuf + d->hlen, in + used, take);
             d->hlen = (uint8_t)(d->hlen + take);
             used += take;
             if (d->hlen == 2 && d->hneed == 2) {
-                int err = check_first_two(d, d->hbuf[0], d->hbuf[1]);
+                int err = check_first_two(d, d->u.hbuf[0], d->u.hbuf[1]);
                 if (err)
                     return fail(d, ev, err, used);
-                d->hneed = (uint8_t)header_size(d->hbuf[1]);
+                d->hneed = (uint8_t)header_size(d->u.hbuf[1]);
             }
         }
         int err = finish_header(d);
@@ -182,9 +183,9 @@ size_t dx__frame_decode(dx_frame_decoder *d, uint8_t *in, size_t len, dx_frame_e
             return fail(d, ev, err, used);
         ev->type = DX_FRAME_HEADER;
         ev->msg_opcode = is_control(d->hdr.opcode) ? 0 : d->msg_opcode;
-        d->remaining = d->hdr.len;
+        d->u.remaining = d->hdr.len;
         d->key_off = 0;
-        if (d->remaining == 0) {
+        if (d->u.remaining == 0) {
             ev->end = true;
             end_frame(d);
         } else {
@@ -197,17 +198,17 @@ size_t dx__frame_decode(dx_frame_decoder *d, uint8_t *in, size_t len, dx_frame_e
     if (len == 0)
         return 0;
     size_t take = len;
-    if ((uint64_t)take > d->remaining)
-        take = (size_t)d->remaining;
+    if ((uint64_t)take > d->u.remaining)
+        take = (size_t)d->u.remaining;
     if (d->hdr.masked)
         d->key_off = (uint8_t)dx__mask(in, take, d->hdr.key, d->key_off);
     ev->type = DX_FRAME_DATA;
     ev->msg_opcode = is_control(d->hdr.opcode) ? 0 : d->msg_opcode;
     ev->data = in;
     ev->len = take;
-    ev->offset = d->hdr.len - d->remaining;
-    d->remaining -= take;
-    if (d->remaining == 0) {
+    ev->offset = d->hdr.len - d->u.remaining;
+    d->u.remaining -= take;
+    if (d->u.remaining == 0) {
         ev->end = true;
         end_frame(d);
     }

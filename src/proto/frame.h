@@ -40,21 +40,21 @@ typedef struct dx_frame_limits {
 } dx_frame_limits;
 
 typedef struct dx_frame_decoder {
-    /* settings: set by dx__frame_decoder_init, may be changed between frames */
+    const dx_frame_limits *limits; /* NULL: no limits; must outlive the decoder */
+    dx_frame_header hdr;  /* the current frame */
+    uint64_t msg_len;     /* payload bytes of the open message so far, this frame included */
+    union {
+        uint8_t hbuf[DX_FRAME_HEADER_MAX]; /* HEADER state: header bytes gathered */
+        uint64_t remaining;                /* PAYLOAD state: payload bytes not yet reported */
+    } u;
     uint8_t role;         /* DX_ROLE_SERVER: frames must be masked; CLIENT: must not */
     uint8_t rsv_allowed;  /* RSV bits an extension negotiated (first frame of a data message only) */
-    dx_frame_limits limits;
-    /* state */
     uint8_t state;        /* internal */
     uint8_t hlen;         /* header bytes gathered */
     uint8_t hneed;        /* header bytes needed (2, then the full size) */
     uint8_t msg_opcode;   /* DX_OP_TEXT/BINARY while a fragmented message is open, else 0 */
-    uint8_t hbuf[DX_FRAME_HEADER_MAX];
     uint8_t key_off;      /* mask phase of the next payload byte */
-    dx_frame_header hdr;  /* the current frame */
-    uint64_t remaining;   /* payload bytes of the current frame not yet reported */
-    uint64_t msg_len;     /* payload bytes of the open message so far, this frame included */
-    int err;              /* sticky error (DX_EPROTO, DX_ETOOBIG) */
+    int8_t err;           /* sticky error (DX_EPROTO, DX_ETOOBIG) */
 } dx_frame_decoder;
 
 enum dx_frame_event_type {
@@ -76,8 +76,10 @@ typedef struct dx_frame_event {
     uint16_t close_code;    /* ERROR: 1002 or 1009 */
 } dx_frame_event;
 
-/* Resets `d` to expect the first frame of a stream. */
-void dx__frame_decoder_init(dx_frame_decoder *d, int role, unsigned rsv_allowed, dx_frame_limits limits);
+/* Resets `d` to expect the first frame of a stream. `limits` (NULL: none)
+ * is read at every frame header and must outlive the decoder; an idle
+ * connection pays one pointer for it. */
+void dx__frame_decoder_init(dx_frame_decoder *d, int role, unsigned rsv_allowed, const dx_frame_limits *limits);
 
 /*
  * Consumes a prefix of in[0..len) and reports one event in *ev. Returns the

@@ -28,7 +28,7 @@ void dx__session_init(dx__session *s, const dx__session_cfg *cfg, unsigned rsv_a
 {
     memset(s, 0, sizeof *s);
     s->cfg = cfg;
-    dx__frame_decoder_init(&s->dec, cfg->role, rsv_allowed, cfg->limits);
+    dx__frame_decoder_init(&s->dec, cfg->role, rsv_allowed, &cfg->limits);
 }
 
 static void rx_release(dx__session *s)

@@ -39,7 +39,7 @@ static void decode_split(const uint8_t *wire, size_t len, int role, unsigned rsv
     uint8_t *buf = malloc(len ? len : 1);
     memcpy(buf, wire, len);
     dx_frame_decoder d;
-    dx__frame_decoder_init(&d, role, rsv, lim);
+    dx__frame_decoder_init(&d, role, rsv, &lim);
     t->n = 0;
     t->s[0] = 0;
     size_t start = 0;
@@ -156,12 +156,12 @@ static void test_rfc_extended_lengths(void **state)
         /* Decode whole and at a sample of splits (every split of 64 KiB is
          * slow and adds nothing over the small vectors). */
         dx_frame_decoder d;
-        dx__frame_decoder_init(&d, DX_ROLE_CLIENT, 0, NOLIM);
+        dx__frame_decoder_init(&d, DX_ROLE_CLIENT, 0, &NOLIM);
         size_t cuts[] = {0, 1, 2, 3, 4, hl - 1, hl, hl + 1, hl + n / 2, hl + n - 1};
         for (size_t c = 0; c < sizeof cuts / sizeof cuts[0]; c++) {
             uint8_t *copy = malloc(hl + n);
             memcpy(copy, wire, hl + n);
-            dx__frame_decoder_init(&d, DX_ROLE_CLIENT, 0, NOLIM);
+            dx__frame_decoder_init(&d, DX_ROLE_CLIENT, 0, &NOLIM);
             size_t off = 0, got = 0, headers = 0;
             size_t stops[] = {cuts[c], hl + n};
             for (size_t k = 0; k < 2; k++) {
@@ -233,7 +233,7 @@ static void test_control_frame_rules(void **state)
     /* Exactly 125 is fine. */
     uint8_t max[6 + 125] = {0x89, 0x80 | 125, 0, 0, 0, 0};
     dx_frame_decoder d;
-    dx__frame_decoder_init(&d, DX_ROLE_SERVER, 0, NOLIM);
+    dx__frame_decoder_init(&d, DX_ROLE_SERVER, 0, &NOLIM);
     dx_frame_event ev;
     assert_int_equal(dx__frame_decode(&d, max, sizeof max, &ev), 6);
     assert_int_equal(ev.type, DX_FRAME_HEADER);
@@ -303,7 +303,7 @@ static void test_limits(void **state)
                      "H2,0,0,4,m2;D01020304;H9,1,0,3,m0;D090909;H0,1,0,2,m2;D0506;");
     /* The error is sticky and consumes nothing more. */
     dx_frame_decoder d;
-    dx__frame_decoder_init(&d, DX_ROLE_CLIENT, 0, lim);
+    dx__frame_decoder_init(&d, DX_ROLE_CLIENT, 0, &lim);
     uint8_t copy[sizeof frame_big];
     memcpy(copy, frame_big, sizeof copy);
     dx_frame_event ev;
@@ -321,7 +321,7 @@ static void test_errors_reported_early(void **state)
      * of a 14-byte header. */
     uint8_t w[2] = {0x83, 0xFF};
     dx_frame_decoder d;
-    dx__frame_decoder_init(&d, DX_ROLE_SERVER, 0, NOLIM);
+    dx__frame_decoder_init(&d, DX_ROLE_SERVER, 0, &NOLIM);
     dx_frame_event ev;
     assert_int_equal(dx__frame_decode(&d, w, 2, &ev), 2);
     assert_int_equal(ev.type, DX_FRAME_ERROR);
@@ -350,7 +350,7 @@ static void test_encoder(void **state)
             assert_int_equal(n, want_plain[i] + (m ? 4 : 0));
             /* It decodes back to the same header. */
             dx_frame_decoder d;
-            dx__frame_decoder_init(&d, m ? DX_ROLE_SERVER : DX_ROLE_CLIENT, 0, NOLIM);
+            dx__frame_decoder_init(&d, m ? DX_ROLE_SERVER : DX_ROLE_CLIENT, 0, &NOLIM);
             dx_frame_event ev;
             assert_int_equal(dx__frame_decode(&d, out, n, &ev), n);
             assert_int_equal(ev.type, DX_FRAME_HEADER);
@@ -408,7 +408,7 @@ static void test_random_streams(void **state)
         }
         /* Decode at ~10 random cut points; reassemble the payload stream. */
         dx_frame_decoder d;
-        dx__frame_decoder_init(&d, DX_ROLE_SERVER, 0, NOLIM);
+        dx__frame_decoder_init(&d, DX_ROLE_SERVER, 0, &NOLIM);
         size_t off = 0, got = 0;
         while (off < wlen) {
             uint8_t r[4];
