@@ -646,26 +646,36 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
 {
     dx_server *srv = c->srv;
     size_t max = srv->opt.max_head;
-    if (!c->head) {
-        c->head = dx__alloc(srv->loop->seams, sizeof *c->head + max);
-        if (c->head)
-            c->head->len = 0;
-        if (!c->head) {
-            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
-            return len;
-        }
+    const uint8_t *buf = p;
+    size_t blen = len < max ? len : max, before = 0;
+    if (c->head) {
+        /* The head came in pieces: gather it (never past max_head). */
+        dx__head *h = c->head;
+        size_t take = len < max - h->len ? len : max - h->len;
+        before = h->len;
+        memcpy(h->data + h->len, p, take);
+        h->len += take;
+        buf = h->data;
+        blen = h->len;
     }
-    dx__head *h = c->head;
-    size_t take = len < max - h->len ? len : max - h->len;
-    size_t before = h->len;
-    memcpy(h->data + h->len, p, take);
-    h->len += take;
+    /* Otherwise the usual case: the whole head is in this read, parsed
+     * where it landed (the loop's buffer), with no allocation. */
     dx_http_header headers[256];
     size_t maxh = srv->opt.max_headers < 256 ? srv->opt.max_headers : 256;
     dx_http_request req;
-    int rc = dx__http_parse_request((const char *)h->data, h->len, &req, headers, maxh, max);
-    if (rc == DX_EAGAIN)
+    int rc = dx__http_parse_request((const char *)buf, blen, &req, headers, maxh, max);
+    if (rc == DX_EAGAIN) {
+        if (!c->head) {
+            c->head = dx__alloc(srv->loop->seams, sizeof *c->head + max);
+            if (!c->head) {
+                dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
+                return len;
+            }
+            memcpy(c->head->data, p, blen); /* blen < max here: the parser would have said too big */
+            c->head->len = blen;
+        }
         return len; /* all consumed into the head */
+    }
     if (rc < 0) {
         int status = dx_http_status_for_error(rc);
         refuse(c, status, NULL, dx_strerror(rc));
