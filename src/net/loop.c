@@ -171,6 +171,32 @@ void dx__loop_defer(dx_loop *loop, dx__deferred *d)
     d->fn(d);
 }
 
+void dx__loop_ready(dx_loop *loop, dx__io *io)
+{
+    if (loop->nready == loop->ready_cap) {
+        size_t cap = loop->ready_cap ? loop->ready_cap * 2 : 64;
+        dx__io **n = dx__realloc(loop->seams, loop->ready, cap * sizeof *n);
+        if (!n)
+            return; /* the next readable event or timer serves it */
+        loop->ready = n;
+        loop->ready_cap = cap;
+    }
+    loop->ready[loop->nready++] = io;
+}
+
+/* Serves the descriptors marked ready during the last batch; those that
+ * mark themselves again go to the next round. */
+static void run_ready(dx_loop *loop)
+{
+    size_t n = loop->nready;
+    for (size_t i = 0; i < n; i++) {
+        dx__io *io = loop->ready[i];
+        io->cb(io, EPOLLIN);
+    }
+    loop->nready -= n;
+    memmove(loop->ready, loop->ready + n, loop->nready * sizeof *loop->ready);
+}
+
 int dx__loop_mask_key(dx_loop *loop, uint8_t key[4])
 {
     if (loop->key_pos + 4 > sizeof loop->keys) {
@@ -253,6 +279,7 @@ void dx_loop_free(dx_loop *loop)
     }
     dx__free(s, loop->rbuf);
     dx__free(s, loop->cork);
+    dx__free(s, loop->ready);
     dx__free(s, loop);
 }
 
@@ -291,7 +318,7 @@ int dx_loop_run(dx_loop *loop)
     /* A stop requested before run (or during the last run) is honoured; the
      * flag is cleared on the way out so the loop can run again. */
     while (!atomic_load(&loop->stop)) {
-        int n = epoll_wait(loop->epfd, events, MAX_EVENTS, -1);
+        int n = epoll_wait(loop->epfd, events, MAX_EVENTS, loop->nready ? 0 : -1);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -304,9 +331,12 @@ int dx_loop_run(dx_loop *loop)
             dx__io *io = events[i].data.ptr;
             io->cb(io, events[i].events);
         }
+        if (loop->nready)
+            run_ready(loop);
         loop->in_batch = false;
         run_deferred(loop);
     }
     atomic_store(&loop->stop, false);
+    loop->nready = 0; /* their owners may be freed before the loop runs again */
     return 0;
 }

@@ -70,6 +70,10 @@ struct dx_loop {
     uint8_t *cork;
     size_t cork_len;
     void *cork_owner;
+    /* descriptors with input buffered in user space (TLS records) that epoll
+     * cannot see: served again after the batch, with a zero poll timeout */
+    dx__io **ready;
+    size_t nready, ready_cap;
     /* mask keys for client frames, refilled from the seams */
     uint8_t keys[256];
     size_t key_pos;
@@ -92,6 +96,10 @@ static inline void dx__timer_init(dx__timer *t, void (*cb)(dx__timer *t))
 
 /* Runs d->fn(d) after the current batch of events (or at once, outside one). */
 void dx__loop_defer(dx_loop *loop, dx__deferred *d);
+
+/* Asks for io->cb(io, EPOLLIN) after the current batch even though the
+ * descriptor may not be readable: its transport holds input of its own. */
+void dx__loop_ready(dx_loop *loop, dx__io *io);
 
 /* A fresh 4-byte mask key from the loop's pool (refilled from the seams). */
 int dx__loop_mask_key(dx_loop *loop, uint8_t key[4]);

@@ -55,6 +55,12 @@ static void tcp_shutdown(dx__stream *s)
         (void)shutdown(s->fd, SHUT_WR);
 }
 
+static int tcp_pending(const dx__stream *s)
+{
+    (void)s;
+    return 0; /* the kernel holds it: epoll sees it */
+}
+
 static void tcp_close(dx__stream *s)
 {
     if (s->fd >= 0)
@@ -68,5 +74,6 @@ const dx__transport dx__tcp_transport = {
     .writev = tcp_writev,
     .handshake = tcp_handshake,
     .shutdown = tcp_shutdown,
+    .pending = tcp_pending,
     .close = tcp_close,
 };

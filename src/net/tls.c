@@ -256,6 +256,11 @@ static void tls_shutdown(dx__stream *s)
         (void)shutdown(s->fd, SHUT_WR);
 }
 
+static int tls_pending(const dx__stream *s)
+{
+    return s->tls && SSL_has_pending(s->tls);
+}
+
 static void tls_close(dx__stream *s)
 {
     if (s->tls)
@@ -272,5 +277,6 @@ const dx__transport dx__tls_transport = {
     .writev = tls_writev,
     .handshake = tls_handshake,
     .shutdown = tls_shutdown,
+    .pending = tls_pending,
     .close = tls_close,
 };

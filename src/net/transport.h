@@ -34,6 +34,9 @@ typedef struct dx__transport {
     int (*handshake)(dx__stream *s);
     /* Stops sending (TCP FIN; TLS close_notify then FIN). Best effort. */
     void (*shutdown)(dx__stream *s);
+    /* True when input is buffered inside the transport (TLS records read
+     * from the socket but not yet returned), which epoll cannot report. */
+    int (*pending)(const dx__stream *s);
     /* Closes the descriptor and frees transport state. */
     void (*close)(dx__stream *s);
 } dx__transport;

@@ -738,9 +738,14 @@ static void on_readable(dx_conn *c)
         c->bytes_in += (size_t)n;
         c->srv->st.bytes_in += (size_t)n;
         process(c, loop->rbuf, (size_t)n);
-        if ((size_t)n < DX_LOOP_RBUF)
+        if ((size_t)n < DX_LOOP_RBUF && !c->st.t->pending(&c->st))
             return; /* drained: another read would only say EAGAIN */
     }
+    /* Fairness: others get their turn. Input still in the kernel wakes epoll
+     * again; input already inside the transport (TLS) would not, so ask the
+     * loop to come back after this batch. */
+    if (c->state != CS_DEAD && c->st.t->pending(&c->st))
+        dx__loop_ready(loop, &c->io);
 }
 
 static void drive_tls(dx_conn *c)

@@ -173,7 +173,9 @@ static int t_setup(void **state)
     assert_non_null(f->loop);
     dx_tls_cert certs[2] = {{g_crt[0], g_key[0]}, {g_crt[1], g_key[1]}};
     dx_server_options o = {.host = "127.0.0.1", .port = DX_PORT_EPHEMERAL, .tls = certs, .n_tls = 2,
-                           .handshake_timeout_ms = 2000, .ud = f};
+                           .handshake_timeout_ms = 2000, .max_message = 8u << 20, .send_max = 16u << 20,
+                           .ping_interval_ms = (unsigned)-1, /* no heartbeat read could hide a stall */
+                           .ud = f};
     o.cb.on_open = t_open;
     o.cb.on_message = t_message;
     o.cb.on_close = t_close;
@@ -462,6 +464,56 @@ static void test_echo_and_close_over_tls(void **state)
     assert_true(s.bytes_in > 3 * 300000);
 }
 
+/* Holds the server's loop until the client has written everything. */
+static _Atomic int g_blocked, g_release;
+
+static void block_loop(void *arg)
+{
+    (void)arg;
+    atomic_store(&g_blocked, 1);
+    while (!atomic_load(&g_release)) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* One wake-up reads at most 4 x 256 KiB. When exactly that much is read and
+ * the rest of the last TLS record sits inside OpenSSL (the socket is empty),
+ * epoll will not report it: the server must come back for it by itself (it
+ * once stalled until the next heartbeat). Layout: a 106-byte frame, then a
+ * frame of 1 MiB on the wire, so byte 1 MiB falls 106 bytes before the end
+ * of a record. */
+static void test_large_burst_over_tls(void **state)
+{
+    tfx *f = *state;
+    tcl c;
+    char cn[64], alpn[32];
+    tcl_open(&c, f->port, "a.test", cn, sizeof cn, alpn, sizeof alpn);
+    tcl_handshake(&c, f->port);
+    wait_atomic(&f->opens, 1);
+    atomic_store(&g_blocked, 0);
+    atomic_store(&g_release, 0);
+    assert_int_equal(dx_loop_post(f->loop, block_loop, NULL), 0);
+    while (!atomic_load(&g_blocked)) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    uint8_t small[100];
+    memset(small, 's', sizeof small);
+    tcl_frame(&c, DX_OP_BINARY, small, sizeof small);        /* 6 + 100 bytes, its own record */
+    size_t n = (1u << 20) - DX_FRAME_HEADER_MAX;               /* 14-byte header: 1 MiB on the wire */
+    uint8_t *m = malloc(n);
+    assert_non_null(m);
+    for (size_t i = 0; i < n; i++)
+        m[i] = (uint8_t)(i * 7 + 3);
+    tcl_frame(&c, DX_OP_BINARY, m, n);
+    atomic_store(&g_release, 1);
+    tcl_expect(&c, DX_OP_BINARY, small, sizeof small);
+    tcl_expect(&c, DX_OP_BINARY, m, n); /* a stall fails at the socket's receive timeout */
+    free(m);
+    tcl_free(&c);
+}
+
 static void test_plain_client_on_tls_port(void **state)
 {
     tfx *f = *state;
@@ -514,6 +566,7 @@ int main(void)
         cmocka_unit_test(test_ctx_errors),
         cmocka_unit_test_setup_teardown(test_sni_and_alpn, t_setup, t_teardown),
         cmocka_unit_test_setup_teardown(test_echo_and_close_over_tls, t_setup, t_teardown),
+        cmocka_unit_test_setup_teardown(test_large_burst_over_tls, t_setup, t_teardown),
         cmocka_unit_test_setup_teardown(test_plain_client_on_tls_port, t_setup, t_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
