@@ -109,6 +109,10 @@ typedef struct dx_server_callbacks {
      * reason: the peer's close reason when its close frame carried one, else
      * empty. Called exactly once for every connection that got on_open. */
     void (*on_close)(dx_conn *c, unsigned code, const char *reason, size_t len, void *ud);
+    /* Optional trace of every frame both ways: dir '>' sent, '<' received;
+     * `head` is at most the first 16 payload bytes (unmasked). */
+    void (*on_frame)(dx_conn *c, int dir, unsigned opcode, int fin, unsigned rsv, uint64_t len, int masked,
+                     const uint8_t *head, size_t head_len, void *ud);
 } dx_server_callbacks;
 
 /* One certificate for TLS; the first is the default, the others are chosen
@@ -149,6 +153,11 @@ typedef struct dx_server_options {
     dx_server_callbacks cb;
     void *ud;                   /* passed to every callback */
 } dx_server_options;
+
+/* The client endpoint that owns a client-side connection (NULL for
+ * server-side ones); see duplex/client.h. */
+struct dx_client;
+DX_API struct dx_client *dx_conn_client(const dx_conn *c);
 
 /* Counters of one server (monotonic since start, except `open`). */
 typedef struct dx_server_stats {

@@ -41,7 +41,7 @@
 #define READS_PER_EVENT 4 /* fairness: at most this many full buffers per wake-up */
 
 static dx_conn *conn_of(dx__session *s) { return (dx_conn *)(void *)s; }
-static const dx_log *LOG(const dx_conn *c) { return c->srv->loop->log; }
+static const dx_log *LOG(const dx_conn *c) { return c->ep->loop->log; }
 
 static void conn_finish(dx_conn *c);
 static void after_session(dx_conn *c);
@@ -105,7 +105,7 @@ static void want_write(dx_conn *c, bool on)
         c->flags |= CF_WANT_WRITE;
     else
         c->flags &= (uint16_t)~CF_WANT_WRITE;
-    (void)dx__io_modify(c->srv->loop, &c->io, EPOLLIN | EPOLLRDHUP | (on ? EPOLLOUT : 0u));
+    (void)dx__io_modify(c->ep->loop, &c->io, EPOLLIN | EPOLLRDHUP | (on ? EPOLLOUT : 0u));
 }
 
 static int wq_append(dx_conn *c, const void *p, size_t len)
@@ -122,7 +122,7 @@ static int wq_append(dx_conn *c, const void *p, size_t len)
         size_t cap = q ? q->cap : 4096;
         while (cap < have + len)
             cap *= 2;
-        dx__wq *n = dx__realloc(c->srv->loop->seams, q, sizeof *n + cap);
+        dx__wq *n = dx__realloc(c->ep->loop->seams, q, sizeof *n + cap);
         if (!n)
             return DX_ENOMEM;
         if (!q)
@@ -132,7 +132,7 @@ static int wq_append(dx_conn *c, const void *p, size_t len)
     }
     memcpy(q->data + q->off + q->len, p, len);
     q->len += len;
-    if (q->len > c->srv->opt.send_high_water)
+    if (q->len > c->ep->opt.send_high_water)
         c->flags |= CF_DRAIN_ARMED;
     want_write(c, true);
     return 0;
@@ -152,7 +152,7 @@ static int write_now(dx_conn *c, struct iovec *iov, int n)
     }
     size_t done = w > 0 ? (size_t)w : 0;
     c->bytes_out += done;
-    c->srv->st.bytes_out += done;
+    c->ep->st.bytes_out += done;
     if (done == total)
         return 0;
     for (int i = 0; i < n; i++) {
@@ -170,7 +170,7 @@ static int write_now(dx_conn *c, struct iovec *iov, int n)
 
 static int flush_cork(dx_conn *c)
 {
-    dx_loop *loop = c->srv->loop;
+    dx_loop *loop = c->ep->loop;
     if (loop->cork_owner != c || loop->cork_len == 0)
         return 0;
     struct iovec iov = {loop->cork, loop->cork_len};
@@ -197,8 +197,8 @@ int dx__conn_write(dx_conn *c, const void *data, size_t len)
 static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len)
 {
     dx_conn *c = conn_of(s);
-    dx_server *srv = c->srv;
-    dx_loop *loop = srv->loop;
+    dx__ep *ep = c->ep;
+    dx_loop *loop = ep->loop;
     if (c->state == CS_DEAD)
         return DX_ECLOSED;
     uint8_t hdr[DX_FRAME_HEADER_MAX];
@@ -207,22 +207,22 @@ static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const u
     /* The cap applies to what waits in the queue: a frame larger than
      * send_max still goes out when nothing is queued, so the queue holds at
      * most send_max plus one frame. */
-    if ((kind == DX__PUT_DATA || kind == DX__PUT_PONG) && WQ_LEN(c) && WQ_LEN(c) + total > srv->opt.send_max) {
+    if ((kind == DX__PUT_DATA || kind == DX__PUT_PONG) && WQ_LEN(c) && WQ_LEN(c) + total > ep->opt.send_max) {
         if (kind == DX__PUT_PONG) {
-            srv->st.pongs_dropped++;
+            ep->st.pongs_dropped++;
             return DX_ELIMIT;
         }
         /* The peer does not read fast enough: drop it (1008), count it. */
-        srv->st.dropped_slow++;
+        ep->st.dropped_slow++;
         dx__log(LOG(c), DX_LOG_WARN,
                 "conn=%llu slow consumer: %zu bytes queued, send_max %zu; closing with 1008",
-                (unsigned long long)c->id, WQ_LEN(c), srv->opt.send_max);
+                (unsigned long long)c->id, WQ_LEN(c), ep->opt.send_max);
         dx__session_fail(s, DX_EPOLICY, DX_CLOSE_POLICY, "send queue full");
         return DX_ELIMIT;
     }
     if (kind == DX__PUT_DATA) {
         c->msgs_out++;
-        srv->st.messages_out++;
+        ep->st.messages_out++;
     }
     if (WQ_LEN(c))
         goto queue;
@@ -260,12 +260,12 @@ static void flush_queue(dx_conn *c)
             return;
         }
         c->bytes_out += (size_t)w;
-        c->srv->st.bytes_out += (size_t)w;
+        c->ep->st.bytes_out += (size_t)w;
         q->off += (size_t)w;
         q->len -= (size_t)w;
     }
     /* Empty: give the memory back (an idle connection holds no buffers). */
-    dx__free(c->srv->loop->seams, q);
+    dx__free(c->ep->loop->seams, q);
     c->wq = NULL;
     want_write(c, false);
     if (c->state == CS_DRAIN) {
@@ -275,8 +275,8 @@ static void flush_queue(dx_conn *c)
     }
     if ((c->flags & CF_DRAIN_ARMED) && c->state == CS_OPEN) {
         c->flags &= (uint16_t)~CF_DRAIN_ARMED;
-        if (c->srv->opt.cb.on_drain)
-            c->srv->opt.cb.on_drain(c, c->srv->opt.ud);
+        if (c->ep->opt.cb.on_drain)
+            c->ep->opt.cb.on_drain(c, c->ep->opt.ud);
     }
 }
 
@@ -286,9 +286,9 @@ static void h_message(dx__session *s, int op, const uint8_t *p, size_t len)
 {
     dx_conn *c = conn_of(s);
     c->msgs_in++;
-    c->srv->st.messages_in++;
-    if (c->srv->opt.cb.on_message)
-        c->srv->opt.cb.on_message(c, op, p, len, c->srv->opt.ud);
+    c->ep->st.messages_in++;
+    if (c->ep->opt.cb.on_message)
+        c->ep->opt.cb.on_message(c, op, p, len, c->ep->opt.ud);
 }
 
 static void h_pong(dx__session *s, const uint8_t *p, size_t len)
@@ -307,7 +307,7 @@ static void h_close(dx__session *s, unsigned code, const char *reason, size_t le
     dx_conn *c = conn_of(s);
     /* Keep the reason for on_close (the head slot is free once open). */
     if (len && !c->head) {
-        c->head = dx__alloc(c->srv->loop->seams, sizeof *c->head + len + 1);
+        c->head = dx__alloc(c->ep->loop->seams, sizeof *c->head + len + 1);
         if (c->head) {
             c->head->len = len;
             memcpy(c->head->data, reason, len);
@@ -319,14 +319,14 @@ static void h_close(dx__session *s, unsigned code, const char *reason, size_t le
 }
 
 
-void dx__ws_session_cfg(dx_server *srv)
+void dx__ws_session_cfg(dx__ep *ep, int role)
 {
-    srv->scfg = (dx__session_cfg){
-        .limits = {.max_frame = srv->opt.max_message, .max_message = srv->opt.max_message},
-        .max_fragments = srv->opt.max_fragments,
-        .role = DX_ROLE_SERVER,
+    ep->scfg = (dx__session_cfg){
+        .limits = {.max_frame = ep->opt.max_message, .max_message = ep->opt.max_message},
+        .max_fragments = ep->opt.max_fragments,
+        .role = (uint8_t)role,
         .auto_pong = true,
-        .seams = srv->loop->seams,
+        .seams = ep->loop->seams,
         .on_message = h_message,
         .on_pong = h_pong,
         .on_close = h_close,
@@ -344,7 +344,7 @@ static void deferred_free(dx__deferred *d)
 
 void dx__conn_free_now(dx_conn *c)
 {
-    const dx_seams *seams = c->srv->loop->seams;
+    const dx_seams *seams = c->ep->loop->seams;
     if (c->s.cfg)
         dx__session_deinit(&c->s); /* only upgraded connections have a session */
     dx__free(seams, c->wq);
@@ -358,8 +358,8 @@ static void conn_finish(dx_conn *c)
 {
     if (c->state == CS_DEAD)
         return;
-    dx_server *srv = c->srv;
-    dx_loop *loop = srv->loop;
+    dx__ep *ep = c->ep;
+    dx_loop *loop = ep->loop;
     /* What the application is told: an explicit code (TLS failure), else
      * the peer's close code, else ours when we failed the session, else
      * 1006: the connection was lost without a close frame. */
@@ -380,10 +380,10 @@ static void conn_finish(dx_conn *c)
     c->st.t->close(&c->st);
     c->io.fd = -1;
     dx_list_remove(&c->link);
-    srv->nconns--;
-    srv->st.closed++;
+    ep->nconns--;
+    ep->st.closed++;
     if (c->flags & CF_OPENED) {
-        srv->st.open--;
+        ep->st.open--;
         dx__log(LOG(c), DX_LOG_INFO,
                 "conn=%llu close remote=%s code=%u duration_ms=%llu bytes_in=%llu bytes_out=%llu msgs_in=%llu "
                 "msgs_out=%llu",
@@ -392,8 +392,8 @@ static void conn_finish(dx_conn *c)
                 (unsigned long long)c->bytes_out, (unsigned long long)c->msgs_in, (unsigned long long)c->msgs_out);
         const char *reason = c->head ? (const char *)c->head->data : "";
         size_t rlen = c->head ? c->head->len : 0;
-        if (srv->opt.cb.on_close)
-            srv->opt.cb.on_close(c, code, reason, rlen, srv->opt.ud);
+        if (ep->opt.cb.on_close)
+            ep->opt.cb.on_close(c, code, reason, rlen, ep->opt.ud);
     }
     c->dfree.fn = deferred_free;
     dx__loop_defer(loop, &c->dfree);
@@ -415,8 +415,8 @@ void dx__conn_finish_after_flush(dx_conn *c)
     if (c->state >= CS_DRAIN)
         return;
     c->state = CS_DRAIN;
-    dx__timer_start(c->srv->loop, &c->timer, c->srv->opt.close_timeout_ms);
-    if (c->srv->loop->cork_owner != c && WQ_LEN(c) == 0)
+    dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.close_timeout_ms);
+    if (c->ep->loop->cork_owner != c && WQ_LEN(c) == 0)
         flush_queue(c); /* nothing queued: FIN now */
 }
 
@@ -438,33 +438,33 @@ static void after_session(dx_conn *c)
 /* Milliseconds since the last read (tick precision). */
 static uint64_t quiet_ms(const dx_conn *c)
 {
-    return (uint64_t)((uint32_t)c->srv->loop->tick - c->last_rx_tick) * DX_TICK_MS;
+    return (uint64_t)((uint32_t)c->ep->loop->tick - c->last_rx_tick) * DX_TICK_MS;
 }
 
 static void arm_heartbeat(dx_conn *c)
 {
-    const dx_server_options *o = &c->srv->opt;
+    const dx_server_options *o = &c->ep->opt;
     if (c->s.state != DX_CODEC_OPEN)
         return; /* the close timeout owns the timer now */
     uint64_t next = o->ping_interval_ms == (unsigned)-1 ? 0 : o->ping_interval_ms;
     if (o->idle_timeout_ms && (!next || o->idle_timeout_ms < next))
         next = o->idle_timeout_ms;
     if (next)
-        dx__timer_start(c->srv->loop, &c->timer, next);
+        dx__timer_start(c->ep->loop, &c->timer, next);
     else
-        dx__timer_stop(c->srv->loop, &c->timer);
+        dx__timer_stop(c->ep->loop, &c->timer);
 }
 
 static void on_timer(dx__timer *t)
 {
     dx_conn *c = dx_list_entry(t, dx_conn, timer);
-    dx_server *srv = c->srv;
-    const dx_server_options *o = &srv->opt;
-    uint64_t now = srv->loop->now_ms;
+    dx__ep *ep = c->ep;
+    const dx_server_options *o = &ep->opt;
+    uint64_t now = ep->loop->now_ms;
     switch (c->state) {
     case CS_TLS:
     case CS_HEAD:
-        srv->st.handshakes_failed++;
+        ep->st.handshakes_failed++;
         dx__log(LOG(c), DX_LOG_INFO, "conn=%llu handshake timeout remote=%s after %u ms (%zu head bytes)",
                 (unsigned long long)c->id, REMOTE(c).s, o->handshake_timeout_ms, c->head ? c->head->len : 0);
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, "handshake timeout");
@@ -491,7 +491,7 @@ static void on_timer(dx__timer *t)
                     payload[i] = (uint8_t)(now >> (56 - 8 * i));
                 if (dx__session_control(&c->s, DX_OP_PING, payload, sizeof payload) == 0) {
                     c->flags |= CF_PING_OUT;
-                    dx__timer_start(srv->loop, &c->timer, o->pong_timeout_ms);
+                    dx__timer_start(ep->loop, &c->timer, o->pong_timeout_ms);
                     return;
                 }
             }
@@ -501,7 +501,7 @@ static void on_timer(dx__timer *t)
             if (o->idle_timeout_ms && o->idle_timeout_ms - quiet < next)
                 next = o->idle_timeout_ms - quiet;
             if (next != UINT64_MAX)
-                dx__timer_start(srv->loop, &c->timer, next);
+                dx__timer_start(ep->loop, &c->timer, next);
             return;
         }
     case CS_DRAIN:
@@ -557,12 +557,12 @@ int dx_request_select_protocol(dx_request *req, const char *name, size_t len)
     upgrade_ctx *u = (upgrade_ctx *)(void *)req;
     if (!dx__ws_protocol_offered(u->ws, name, len))
         return DX_EINVAL;
-    char *p = dx__alloc(u->conn->srv->loop->seams, len + 1);
+    char *p = dx__alloc(u->conn->ep->loop->seams, len + 1);
     if (!p)
         return DX_ENOMEM;
     memcpy(p, name, len);
     p[len] = 0;
-    dx__free(u->conn->srv->loop->seams, u->protocol);
+    dx__free(u->conn->ep->loop->seams, u->protocol);
     u->protocol = p;
     return 0;
 }
@@ -571,8 +571,8 @@ void dx_request_set_user(dx_request *req, void *user) { ((upgrade_ctx *)(void *)
 
 static void refuse(dx_conn *c, int status, const char *extra, const char *why)
 {
-    dx_server *srv = c->srv;
-    srv->st.handshakes_failed++;
+    dx__ep *ep = c->ep;
+    ep->st.handshakes_failed++;
     dx__log(LOG(c), DX_LOG_INFO, "conn=%llu handshake refused remote=%s status=%d: %s", (unsigned long long)c->id,
             REMOTE(c).s, status, why);
     char buf[1024];
@@ -586,7 +586,7 @@ static void refuse(dx_conn *c, int status, const char *extra, const char *why)
  * or accept it and start the session. */
 static void handle_head(dx_conn *c, const dx_http_request *req)
 {
-    dx_server *srv = c->srv;
+    dx__ep *ep = c->ep;
     bool upgrade = dx__http_find(req->headers, req->n_headers, "upgrade") != NULL;
     if (!upgrade) {
         dx__http_serve(c, req);
@@ -609,9 +609,9 @@ static void handle_head(dx_conn *c, const dx_http_request *req)
     u.pub.origin_len = ws.origin_len;
     addr_str remote = REMOTE(c);
     u.pub.remote = remote.s;
-    int status = srv->opt.cb.on_upgrade ? srv->opt.cb.on_upgrade(srv, &u.pub, srv->opt.ud) : 0;
+    int status = ep->opt.cb.on_upgrade ? ep->opt.cb.on_upgrade(ep->srv, &u.pub, ep->opt.ud) : 0;
     if (status) {
-        dx__free(srv->loop->seams, u.protocol);
+        dx__free(ep->loop->seams, u.protocol);
         if (status < 400 || status > 599)
             status = 500;
         refuse(c, status, NULL, "refused by the application");
@@ -620,7 +620,7 @@ static void handle_head(dx_conn *c, const dx_http_request *req)
     char resp[512];
     int n = dx__ws_server_response(resp, sizeof resp, &ws, u.protocol, NULL, NULL);
     if (n < 0) {
-        dx__free(srv->loop->seams, u.protocol);
+        dx__free(ep->loop->seams, u.protocol);
         refuse(c, 500, NULL, "cannot build the response");
         return;
     }
@@ -630,22 +630,22 @@ static void handle_head(dx_conn *c, const dx_http_request *req)
             u.pub.remote, (int)ws.path_len, ws.path, c->protocol ? c->protocol : "-");
     if (dx__conn_write(c, resp, (size_t)n))
         return;
-    dx__session_init(&c->s, &srv->scfg, 0);
+    dx__session_init(&c->s, &ep->scfg, 0);
     c->state = CS_OPEN;
     c->flags |= CF_OPENED;
-    c->opened_tick = c->last_rx_tick = (uint32_t)srv->loop->tick;
-    srv->st.open++;
+    c->opened_tick = c->last_rx_tick = (uint32_t)ep->loop->tick;
+    ep->st.open++;
     arm_heartbeat(c);
-    if (srv->opt.cb.on_open)
-        srv->opt.cb.on_open(c, srv->opt.ud);
+    if (ep->opt.cb.on_open)
+        ep->opt.cb.on_open(c, ep->opt.ud);
 }
 
 /* Bytes of the request head arrived. Returns how many of `p` belong to the
  * head (the rest are WebSocket frames sent right behind it). */
 static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
 {
-    dx_server *srv = c->srv;
-    size_t max = srv->opt.max_head;
+    dx__ep *ep = c->ep;
+    size_t max = ep->opt.max_head;
     const uint8_t *buf = p;
     size_t blen = len < max ? len : max, before = 0;
     if (c->head) {
@@ -661,12 +661,12 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
     /* Otherwise the usual case: the whole head is in this read, parsed
      * where it landed (the loop's buffer), with no allocation. */
     dx_http_header headers[256];
-    size_t maxh = srv->opt.max_headers < 256 ? srv->opt.max_headers : 256;
+    size_t maxh = ep->opt.max_headers < 256 ? ep->opt.max_headers : 256;
     dx_http_request req;
     int rc = dx__http_parse_request((const char *)buf, blen, &req, headers, maxh, max);
     if (rc == DX_EAGAIN) {
         if (!c->head) {
-            c->head = dx__alloc(srv->loop->seams, sizeof *c->head + max);
+            c->head = dx__alloc(ep->loop->seams, sizeof *c->head + max);
             if (!c->head) {
                 dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
                 return len;
@@ -682,9 +682,9 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
         return len;
     }
     size_t used = (size_t)rc - before; /* bytes of `p` that were head */
-    dx__timer_stop(srv->loop, &c->timer);
+    dx__timer_stop(ep->loop, &c->timer);
     handle_head(c, &req);
-    dx__free(srv->loop->seams, c->head);
+    dx__free(ep->loop->seams, c->head);
     c->head = NULL;
     return used;
 }
@@ -693,7 +693,7 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
 
 static void process(dx_conn *c, uint8_t *p, size_t n)
 {
-    dx_loop *loop = c->srv->loop;
+    dx_loop *loop = c->ep->loop;
     if (c->state == CS_HEAD) {
         size_t used = feed_head(c, p, n);
         p += used;
@@ -717,7 +717,7 @@ static void process(dx_conn *c, uint8_t *p, size_t n)
 
 static void on_readable(dx_conn *c)
 {
-    dx_loop *loop = c->srv->loop;
+    dx_loop *loop = c->ep->loop;
     for (int i = 0; i < READS_PER_EVENT && c->state != CS_DEAD; i++) {
         ssize_t n = c->st.t->read(&c->st, loop->rbuf, DX_LOOP_RBUF);
         if (n == DX_EAGAIN)
@@ -736,7 +736,7 @@ static void on_readable(dx_conn *c)
             return;
         }
         c->bytes_in += (size_t)n;
-        c->srv->st.bytes_in += (size_t)n;
+        c->ep->st.bytes_in += (size_t)n;
         process(c, loop->rbuf, (size_t)n);
         if ((size_t)n < DX_LOOP_RBUF && !c->st.t->pending(&c->st))
             return; /* drained: another read would only say EAGAIN */
@@ -756,7 +756,7 @@ static void drive_tls(dx_conn *c)
         return;
     }
     if (rc) {
-        c->srv->st.handshakes_failed++;
+        c->ep->st.handshakes_failed++;
         dx__log(LOG(c), DX_LOG_INFO, "conn=%llu TLS handshake failed remote=%s: %s", (unsigned long long)c->id,
                 REMOTE(c).s, dx_strerror(rc));
         dx__conn_abort(c, DX_CLOSE_TLS_HANDSHAKE, "TLS handshake failed");
@@ -782,41 +782,50 @@ static void on_io(dx__io *io, uint32_t events)
         on_readable(c);
 }
 
-dx_conn *dx__conn_new(dx_server *srv, int fd, const struct sockaddr *sa, socklen_t salen)
+dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state, uint32_t events,
+                       unsigned timeout_ms)
 {
-    (void)salen;
-    dx_loop *loop = srv->loop;
+    dx_loop *loop = ep->loop;
     dx_conn *c = dx__alloc(loop->seams, sizeof *c);
     if (!c)
         return NULL;
     memset(c, 0, sizeof *c);
-    c->srv = srv;
-    c->id = srv->next_id;
-    srv->next_id += srv->opt.instances;
+    c->ep = ep;
+    c->id = ep->next_id;
+    ep->next_id += ep->opt.instances;
     c->io = (dx__io){.fd = fd, .cb = on_io};
     c->st = (dx__stream){.t = &dx__tcp_transport, .fd = fd};
-    store_addr(c, sa);
+    if (sa)
+        store_addr(c, sa);
     dx__timer_init(&c->timer, on_timer);
-    c->state = CS_HEAD;
-    if (srv->tls) {
-        if (dx__tls_accept(srv->tls, &c->st)) {
-            dx__free(loop->seams, c);
-            return NULL;
-        }
-        c->state = CS_TLS;
-    }
-    if (sa->sa_family != AF_UNIX) {
+    c->state = (uint8_t)state;
+    if (!sa || sa->sa_family != AF_UNIX) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
-    if (dx__io_start(loop, &c->io, EPOLLIN | EPOLLRDHUP)) {
-        c->st.t->close(&c->st);
+    if (dx__io_start(loop, &c->io, events)) {
         dx__free(loop->seams, c);
         return NULL;
     }
-    dx_list_push_back(&srv->conns, &c->link);
-    srv->nconns++;
-    dx__timer_start(loop, &c->timer, srv->opt.handshake_timeout_ms);
+    if (events & EPOLLOUT)
+        c->flags |= CF_WANT_WRITE;
+    dx_list_push_back(&ep->conns, &c->link);
+    ep->nconns++;
+    dx__timer_start(loop, &c->timer, timeout_ms);
+    return c;
+}
+
+dx_conn *dx__conn_new(dx_server *srv, int fd, const struct sockaddr *sa, socklen_t salen)
+{
+    (void)salen;
+    dx_conn *c = dx__conn_open(&srv->ep, fd, sa, srv->tls ? CS_TLS : CS_HEAD, EPOLLIN | EPOLLRDHUP,
+                               srv->ep.opt.handshake_timeout_ms);
+    if (!c)
+        return NULL;
+    if (srv->tls && dx__tls_accept(srv->tls, &c->st)) {
+        dx__conn_abort(c, DX_CLOSE_ABNORMAL, "cannot start TLS");
+        return c; /* accepted and dropped: the fd is closed */
+    }
     return c;
 }
 
@@ -838,7 +847,7 @@ int dx_conn_close(dx_conn *c, unsigned code, const char *reason, size_t len)
         return DX_ECLOSED;
     int rc = dx__session_close(&c->s, code, reason, len);
     if (rc == 0)
-        dx__timer_start(c->srv->loop, &c->timer, c->srv->opt.close_timeout_ms);
+        dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.close_timeout_ms);
     after_session(c);
     return rc;
 }
@@ -846,13 +855,14 @@ int dx_conn_close(dx_conn *c, unsigned code, const char *reason, size_t len)
 size_t dx_conn_buffered(const dx_conn *c)
 {
     size_t n = WQ_LEN(c);
-    if (c->srv->loop->cork_owner == c)
-        n += c->srv->loop->cork_len;
+    if (c->ep->loop->cork_owner == c)
+        n += c->ep->loop->cork_len;
     return n;
 }
 
 const char *dx_conn_protocol(const dx_conn *c) { return c->protocol; }
 void *dx_conn_user(const dx_conn *c) { return c->user; }
 void dx_conn_set_user(dx_conn *c, void *user) { c->user = user; }
-dx_server *dx_conn_server(const dx_conn *c) { return c->srv; }
+dx_server *dx_conn_server(const dx_conn *c) { return c->ep->srv; }
+struct dx_client *dx_conn_client(const dx_conn *c) { return c->ep->cl; }
 uint64_t dx_conn_id(const dx_conn *c) { return c->id; }

@@ -101,7 +101,7 @@ int dx__http_respond(dx_conn *c, int status, const char *content_type, const cha
         rc = dx__conn_write(c, body, len);
     char remote[64];
     dx_conn_remote(c, remote, sizeof remote);
-    dx__log(c->srv->loop->log, DX_LOG_INFO, "conn=%llu http remote=%s status=%d bytes=%zu",
+    dx__log(c->ep->loop->log, DX_LOG_INFO, "conn=%llu http remote=%s status=%d bytes=%zu",
             (unsigned long long)c->id, remote, status, head_only ? 0 : len);
     dx__conn_finish_after_flush(c);
     return rc;
@@ -112,7 +112,7 @@ int dx_http_reply(dx_conn *c, int status, const char *content_type, const char *
 {
     if (!(c->flags & CF_IN_HTTP) || (c->flags & CF_REPLIED))
         return DX_ESTATE;
-    if (len > c->srv->opt.send_max)
+    if (len > c->ep->opt.send_max)
         return DX_ELIMIT;
     if (status < 100 || status > 599)
         return DX_EINVAL;
@@ -128,7 +128,7 @@ static void simple(dx_conn *c, int status, const char *headers, bool head_only)
 
 static void serve_file(dx_conn *c, const char *path, bool head_only)
 {
-    dx_server *srv = c->srv;
+    dx_server *srv = c->ep->srv;
     char full[PATH_MAX], real[PATH_MAX];
     if (snprintf(full, sizeof full, "%s%s", srv->static_root, path) >= (int)sizeof full) {
         simple(c, 404, NULL, head_only);
@@ -157,13 +157,13 @@ static void serve_file(dx_conn *c, const char *path, bool head_only)
     }
     if ((uint64_t)st.st_size > DX_STATIC_MAX_FILE) {
         close(fd);
-        dx__log(srv->loop->log, DX_LOG_WARN, "http: %s is %lld bytes, over the %u-byte static file limit", real,
+        dx__log(srv->ep.loop->log, DX_LOG_WARN, "http: %s is %lld bytes, over the %u-byte static file limit", real,
                 (long long)st.st_size, DX_STATIC_MAX_FILE);
         simple(c, 500, NULL, head_only);
         return;
     }
     size_t size = (size_t)st.st_size;
-    uint8_t *buf = dx__alloc(srv->loop->seams, size ? size : 1);
+    uint8_t *buf = dx__alloc(srv->ep.loop->seams, size ? size : 1);
     size_t got = 0;
     while (buf && got < size) {
         ssize_t r = read(fd, buf + got, size - got);
@@ -173,29 +173,29 @@ static void serve_file(dx_conn *c, const char *path, bool head_only)
     }
     close(fd);
     if (!buf || got != size) {
-        dx__free(srv->loop->seams, buf);
+        dx__free(srv->ep.loop->seams, buf);
         simple(c, 500, NULL, head_only);
         return;
     }
     (void)dx__http_respond(c, 200, mime_type(real), NULL, buf, size, head_only);
-    dx__free(srv->loop->seams, buf);
+    dx__free(srv->ep.loop->seams, buf);
 }
 
 void dx__http_serve(dx_conn *c, const dx_http_request *req)
 {
-    dx_server *srv = c->srv;
+    dx_server *srv = c->ep->srv;
     bool get = req->method_len == 3 && memcmp(req->method, "GET", 3) == 0;
     bool head = req->method_len == 4 && memcmp(req->method, "HEAD", 4) == 0;
     size_t plen = 0;
     while (plen < req->target_len && req->target[plen] != '?')
         plen++;
-    if (srv->opt.cb.on_http) {
+    if (srv->ep.opt.cb.on_http) {
         char method[16];
         size_t ml = req->method_len < sizeof method - 1 ? req->method_len : sizeof method - 1;
         memcpy(method, req->method, ml);
         method[ml] = 0;
         c->flags |= CF_IN_HTTP;
-        int handled = srv->opt.cb.on_http(srv, c, method, req->target, plen, srv->opt.ud);
+        int handled = srv->ep.opt.cb.on_http(srv, c, method, req->target, plen, srv->ep.opt.ud);
         c->flags &= (uint16_t)~CF_IN_HTTP;
         if (c->state == CS_DEAD || (c->flags & CF_REPLIED))
             return;

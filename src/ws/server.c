@@ -75,14 +75,14 @@ dx_server *dx_server_new(dx_loop *loop, const dx_server_options *opt, int *err)
     if (!srv)
         goto fail_early;
     memset(srv, 0, sizeof *srv);
-    srv->loop = loop;
-    srv->opt = *opt;
-    set_defaults(&srv->opt);
-    dx_list_init(&srv->conns);
+    srv->ep.loop = loop;
+    srv->ep.opt = *opt;
+    set_defaults(&srv->ep.opt);
+    dx_list_init(&srv->ep.conns);
     srv->lio.fd = -1;
     dx__timer_init(&srv->accept_timer, NULL);
-    srv->next_id = 1 + srv->opt.instance; /* ids start at 1 */
-    if (srv->opt.instance >= srv->opt.instances || srv->opt.max_headers > 256 || srv->opt.max_head < 64 || srv->opt.send_high_water > srv->opt.send_max) {
+    srv->ep.next_id = 1 + srv->ep.opt.instance; /* ids start at 1 */
+    if (srv->ep.opt.instance >= srv->ep.opt.instances || srv->ep.opt.max_headers > 256 || srv->ep.opt.max_head < 64 || srv->ep.opt.send_high_water > srv->ep.opt.send_max) {
         e = DX_EINVAL;
         goto fail;
     }
@@ -90,8 +90,8 @@ dx_server *dx_server_new(dx_loop *loop, const dx_server_options *opt, int *err)
     srv->unix_path = dup_str(seams, opt->unix_path);
     if ((opt->host && !srv->host) || (opt->unix_path && !srv->unix_path))
         goto fail;
-    srv->opt.host = srv->host;
-    srv->opt.unix_path = srv->unix_path;
+    srv->ep.opt.host = srv->host;
+    srv->ep.opt.unix_path = srv->unix_path;
     if (opt->static_dir) {
         char real[PATH_MAX];
         if (!realpath(opt->static_dir, real)) {
@@ -103,7 +103,7 @@ dx_server *dx_server_new(dx_loop *loop, const dx_server_options *opt, int *err)
         if (!srv->static_root)
             goto fail;
     }
-    srv->opt.static_dir = srv->static_root;
+    srv->ep.opt.static_dir = srv->static_root;
     if (opt->n_tls) {
         char why[512];
         srv->tls = dx__tls_server_ctx_new(opt->tls, opt->n_tls, why, sizeof why, &e);
@@ -112,8 +112,9 @@ dx_server *dx_server_new(dx_loop *loop, const dx_server_options *opt, int *err)
             goto fail;
         }
     }
-    srv->opt.tls = NULL; /* not kept: the context holds what it needs */
-    dx__ws_session_cfg(srv);
+    srv->ep.opt.tls = NULL; /* not kept: the context holds what it needs */
+    srv->ep.srv = srv;
+    dx__ws_session_cfg(&srv->ep, DX_ROLE_SERVER);
     if (err)
         *err = 0;
     return srv;
@@ -129,14 +130,14 @@ static void resume_accept(dx__timer *t);
 
 static void pause_accept(dx_server *srv, int e)
 {
-    srv->st.accept_errors++;
+    srv->ep.st.accept_errors++;
     if (srv->accept_errors_burst++ == 0)
-        dx__log(srv->loop->log, DX_LOG_WARN,
+        dx__log(srv->ep.loop->log, DX_LOG_WARN,
                 "server: accept failed: %s; pausing new connections for %u ms (open connections unaffected)",
                 strerror(e), DX_TICK_MS);
-    dx__io_modify(srv->loop, &srv->lio, 0);
+    dx__io_modify(srv->ep.loop, &srv->lio, 0);
     srv->accept_timer.cb = resume_accept;
-    dx__timer_start(srv->loop, &srv->accept_timer, DX_TICK_MS);
+    dx__timer_start(srv->ep.loop, &srv->accept_timer, DX_TICK_MS);
 }
 
 static void resume_accept(dx__timer *t)
@@ -144,7 +145,7 @@ static void resume_accept(dx__timer *t)
     dx_server *srv = dx_list_entry(t, dx_server, accept_timer);
     if (srv->shutting_down || srv->lio.fd < 0)
         return;
-    dx__io_modify(srv->loop, &srv->lio, EPOLLIN);
+    dx__io_modify(srv->ep.loop, &srv->lio, EPOLLIN);
 }
 
 static void on_accept(dx__io *io, uint32_t events)
@@ -162,11 +163,11 @@ static void on_accept(dx__io *io, uint32_t events)
             return;
         }
         if (srv->accept_errors_burst) {
-            dx__log(srv->loop->log, DX_LOG_WARN, "server: accepting again after %u failed attempts",
+            dx__log(srv->ep.loop->log, DX_LOG_WARN, "server: accepting again after %u failed attempts",
                     srv->accept_errors_burst);
             srv->accept_errors_burst = 0;
         }
-        srv->st.accepted++;
+        srv->ep.st.accepted++;
         if (!dx__conn_new(srv, fd, (struct sockaddr *)&ss, sl)) {
             close(fd);
             pause_accept(srv, ENOMEM);
@@ -178,18 +179,18 @@ static void on_accept(dx__io *io, uint32_t events)
 int dx_server_start(dx_server *srv)
 {
     int fd;
-    if (srv->opt.unix_path)
-        fd = dx__listen_unix(srv->opt.unix_path, srv->opt.backlog);
+    if (srv->ep.opt.unix_path)
+        fd = dx__listen_unix(srv->ep.opt.unix_path, srv->ep.opt.backlog);
     else
-        fd = dx__listen_tcp(srv->opt.host, srv->opt.port, srv->opt.backlog, srv->opt.reuse_port != 0, &srv->port);
+        fd = dx__listen_tcp(srv->ep.opt.host, srv->ep.opt.port, srv->ep.opt.backlog, srv->ep.opt.reuse_port != 0, &srv->port);
     if (fd < 0) {
-        dx__log(srv->loop->log, DX_LOG_ERROR, "server: cannot listen on %s%s%u: %s",
-                srv->opt.unix_path ? srv->opt.unix_path : (srv->opt.host ? srv->opt.host : "*"),
-                srv->opt.unix_path ? "" : ":", srv->opt.unix_path ? 0u : srv->opt.port, strerror(errno));
+        dx__log(srv->ep.loop->log, DX_LOG_ERROR, "server: cannot listen on %s%s%u: %s",
+                srv->ep.opt.unix_path ? srv->ep.opt.unix_path : (srv->ep.opt.host ? srv->ep.opt.host : "*"),
+                srv->ep.opt.unix_path ? "" : ":", srv->ep.opt.unix_path ? 0u : srv->ep.opt.port, strerror(errno));
         return fd;
     }
     srv->lio = (dx__io){.fd = fd, .cb = on_accept};
-    if (dx__io_start(srv->loop, &srv->lio, EPOLLIN)) {
+    if (dx__io_start(srv->ep.loop, &srv->lio, EPOLLIN)) {
         close(fd);
         srv->lio.fd = -1;
         return DX_EIO;
@@ -198,19 +199,19 @@ int dx_server_start(dx_server *srv)
 }
 
 unsigned dx_server_port(const dx_server *srv) { return srv->port; }
-size_t dx_server_connections(const dx_server *srv) { return srv->nconns; }
-void dx_server_stats_get(const dx_server *srv, dx_server_stats *out) { *out = srv->st; }
+size_t dx_server_connections(const dx_server *srv) { return srv->ep.nconns; }
+void dx_server_stats_get(const dx_server *srv, dx_server_stats *out) { *out = srv->ep.st; }
 
 static void close_listener(dx_server *srv)
 {
     if (srv->lio.fd >= 0) {
-        dx__io_stop(srv->loop, &srv->lio);
+        dx__io_stop(srv->ep.loop, &srv->lio);
         close(srv->lio.fd);
         srv->lio.fd = -1;
-        if (srv->opt.unix_path)
-            unlink(srv->opt.unix_path);
+        if (srv->ep.opt.unix_path)
+            unlink(srv->ep.opt.unix_path);
     }
-    dx__timer_stop(srv->loop, &srv->accept_timer);
+    dx__timer_stop(srv->ep.loop, &srv->accept_timer);
 }
 
 size_t dx_server_shutdown(dx_server *srv, unsigned code, const char *reason)
@@ -218,7 +219,7 @@ size_t dx_server_shutdown(dx_server *srv, unsigned code, const char *reason)
     srv->shutting_down = true;
     close_listener(srv);
     size_t rlen = reason ? strlen(reason) : 0;
-    dx_list_foreach_safe(it, tmp, &srv->conns)
+    dx_list_foreach_safe(it, tmp, &srv->ep.conns)
     {
         dx_conn *c = dx_list_entry(it, dx_conn, link);
         if (c->state == CS_OPEN)
@@ -226,22 +227,22 @@ size_t dx_server_shutdown(dx_server *srv, unsigned code, const char *reason)
         else if (c->state < CS_OPEN)
             dx__conn_abort(c, DX_CLOSE_GOING_AWAY, "server shutting down");
     }
-    return srv->nconns;
+    return srv->ep.nconns;
 }
 
 void dx_server_free(dx_server *srv)
 {
     if (!srv)
         return;
-    const dx_seams *seams = srv->loop->seams;
+    const dx_seams *seams = srv->ep.loop->seams;
     close_listener(srv);
     dx_list *it;
-    while ((it = dx_list_first(&srv->conns)) != NULL) {
+    while ((it = dx_list_first(&srv->ep.conns)) != NULL) {
         dx_conn *c = dx_list_entry(it, dx_conn, link);
         dx_list_remove(it);
         if (c->state != CS_DEAD) {
-            dx__timer_stop(srv->loop, &c->timer);
-            dx__io_stop(srv->loop, &c->io);
+            dx__timer_stop(srv->ep.loop, &c->timer);
+            dx__io_stop(srv->ep.loop, &c->io);
             c->st.t->close(&c->st);
             dx__conn_free_now(c);
         }

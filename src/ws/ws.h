@@ -38,6 +38,20 @@ enum {
     CF_WANT_WRITE = 1u << 5,   /* EPOLLOUT registered */
 };
 
+/* What connections need from whoever owns them, server or client: the
+ * loop, the settings and callbacks, the session configuration, counters. */
+typedef struct dx__ep {
+    dx_loop *loop;
+    dx_server_options opt;   /* limits and callbacks (a client fills it from its own options) */
+    dx__session_cfg scfg;
+    dx_server_stats st;
+    dx_list conns;
+    size_t nconns;
+    uint64_t next_id;
+    struct dx_server *srv;   /* the owner: exactly one of srv and cl is set */
+    struct dx_client *cl;
+} dx__ep;
+
 /* Unsent bytes (off..off+len), allocated only while the kernel refuses. */
 typedef struct dx__wq {
     size_t off, len, cap;
@@ -57,10 +71,10 @@ struct dx_conn {
     dx__session s; /* first: session handlers find the connection */
     dx__io io;
     dx__stream st;
-    dx_server *srv;
+    dx__ep *ep;
     dx__timer timer;
     union {
-        dx_list link;        /* in srv->conns while alive */
+        dx_list link;        /* in ep->conns while alive */
         dx__deferred dfree;  /* in the loop's deferred list once dead */
     };
     void *user;
@@ -79,25 +93,25 @@ struct dx_conn {
     uint16_t code;  /* close code to report (0: decide at the end) */
 };
 
+
 struct dx_server {
-    dx_loop *loop;
-    dx_server_options opt; /* copy; strings below are ours */
+    dx__ep ep;               /* first */
     char *host, *unix_path, *static_root;
-    dx_tls_cert *certs;
     dx__tls_ctx *tls;
-    dx__session_cfg scfg;
     dx__io lio;
     dx__timer accept_timer;
-    dx_list conns;
-    size_t nconns;
-    dx_server_stats st;
-    uint64_t next_id;
     unsigned port;
     unsigned accept_errors_burst;
     bool shutting_down;
 };
 
 /* conn.c */
+/* A connection on `fd` owned by `ep`, registered for `events`, starting in
+ * `state`, with its first deadline after timeout_ms. NULL on DX_ENOMEM or
+ * when epoll refuses (the caller closes fd then). */
+dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state, uint32_t events,
+                       unsigned timeout_ms);
+/* A server-side connection for an accepted fd (TLS started when configured). */
 dx_conn *dx__conn_new(dx_server *srv, int fd, const struct sockaddr *sa, socklen_t salen);
 /* Drops the connection at once (no close frame), reporting `code` if opened. */
 void dx__conn_abort(dx_conn *c, unsigned code, const char *why);
@@ -111,7 +125,7 @@ void dx__conn_free_now(dx_conn *c);
 void dx__http_serve(dx_conn *c, const dx_http_request *req);
 
 /* conn.c: the session configuration shared by a server's connections. */
-void dx__ws_session_cfg(dx_server *srv);
+void dx__ws_session_cfg(dx__ep *ep, int role);
 /* Queues a complete response with Connection: close and starts draining. */
 int dx__http_respond(dx_conn *c, int status, const char *content_type, const char *headers, const void *body,
                      size_t len, bool head_only);

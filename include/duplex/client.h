@@ -1,0 +1,122 @@
+/*
+ * duplex/client.h: the WebSocket client endpoint.
+ *
+ * A dx_client connects to a ws:// or wss:// URL on a dx_loop and hands the
+ * application the same dx_conn as the server side (duplex/server.h: send,
+ * close, buffered bytes, callbacks): one connection type, two roles. On top
+ * it can reconnect with backoff and hold messages while disconnected.
+ *
+ * Threading: as for servers, everything runs on the loop's thread; call
+ * these functions from that thread (or before dx_loop_run).
+ */
+#ifndef DUPLEX_CLIENT_H
+#define DUPLEX_CLIENT_H
+
+#include "duplex/server.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dx_client dx_client;
+
+typedef struct dx_client_callbacks {
+    /* The handshake completed (after a reconnect too); queued messages have
+     * already been written. */
+    void (*on_open)(dx_conn *c, void *ud);
+    void (*on_message)(dx_conn *c, int opcode, const uint8_t *data, size_t len, void *ud);
+    void (*on_drain)(dx_conn *c, void *ud);
+    /* An open connection ended (codes as for servers). With reconnect on, a
+     * reconnect may follow (on_reconnect). */
+    void (*on_close)(dx_conn *c, unsigned code, const char *reason, size_t len, void *ud);
+    /* A connection attempt failed before opening: DNS, connect, proxy, TLS
+     * (verification failures are named: "certificate verify failed: ..."),
+     * HTTP status or handshake. `what` is a NUL-terminated message. */
+    void (*on_error)(dx_client *cl, int err, const char *what, void *ud);
+    /* A reconnect is scheduled: attempt number (1, 2, ...) and delay. */
+    void (*on_reconnect)(dx_client *cl, unsigned attempt, unsigned delay_ms, void *ud);
+    /* The client gave up (max_attempts reached, or not reconnecting after a
+     * close or an error). Nothing more will happen until dx_client_connect. */
+    void (*on_done)(dx_client *cl, void *ud);
+    /* Optional trace of every frame both ways: dir '>' sent, '<' received;
+     * `head` is at most the first 16 payload bytes (unmasked). */
+    void (*on_frame)(dx_conn *c, int dir, unsigned opcode, int fin, unsigned rsv, uint64_t len, int masked,
+                     const uint8_t *head, size_t head_len, void *ud);
+} dx_client_callbacks;
+
+/* Client settings. Zero means the default in brackets. Strings are copied. */
+typedef struct dx_client_options {
+    const char *url;                /* ws://host[:port]/path?query or wss://...; IPv6 as [::1] */
+    const char *const *protocols;   /* subprotocols to offer */
+    size_t n_protocols;
+    const char *origin;             /* Origin header, or NULL */
+    const char *const *headers;     /* extra header lines "Name: value" */
+    size_t n_headers;
+    const char *proxy;              /* "http://host:port": tunnel through HTTP CONNECT */
+    const char *bind_addr;          /* local source address (e.g. "127.0.0.2"), or NULL */
+
+    int insecure;                   /* 1: do not verify the server's certificate (tests only) */
+    const char *ca_file;            /* PEM CAs to trust instead of the system store */
+
+    unsigned connect_timeout_ms;    /* [10000] DNS + TCP + proxy + TLS + handshake */
+    size_t max_message;             /* [1 MiB] larger incoming messages: close 1009 */
+    size_t max_fragments;           /* [1024] */
+    size_t max_head;                /* [8192] response head */
+    size_t send_high_water;         /* [64 KiB] */
+    size_t send_max;                /* [1 MiB] unsent bytes before the connection is closed 1008 */
+    unsigned close_timeout_ms;      /* [5000] */
+    unsigned ping_interval_ms;      /* [30000]; (unsigned)-1: off */
+    unsigned pong_timeout_ms;       /* [10000] */
+
+    int reconnect;                  /* 1: reconnect after a close or a failed attempt */
+    unsigned backoff_base_ms;       /* [500] first delay bound */
+    unsigned backoff_cap_ms;        /* [30000] delay bound cap */
+    unsigned max_attempts;          /* [0: unlimited] consecutive failed attempts before giving up */
+    size_t queue_max_messages;      /* [0: no queue] messages held while disconnected */
+    size_t queue_max_bytes;         /* [1 MiB when queue_max_messages is set] */
+
+    dx_client_callbacks cb;
+    void *ud;
+} dx_client_options;
+
+typedef struct dx_client_stats {
+    uint64_t attempts, opens, reconnects;
+    uint64_t queued, flushed, dropped; /* offline queue: held, sent after reconnecting, refused */
+    uint64_t messages_in, messages_out, bytes_in, bytes_out;
+} dx_client_stats;
+
+/* A client on `loop` (not connected yet). NULL on failure with *err:
+ * DX_EINVAL (bad URL or option: the URL must be ws:// or wss:// with a
+ * host), DX_ETLS (CA file unusable), DX_ENOMEM. */
+DX_API dx_client *dx_client_new(dx_loop *loop, const dx_client_options *opt, int *err);
+
+/* Starts connecting (asynchronously: DNS runs off the loop's thread).
+ * Returns 0 or DX_ESTATE (already connecting or open). */
+DX_API int dx_client_connect(dx_client *cl);
+
+/*
+ * Sends a message or a ping. Open: as dx_conn_send. Not open and the queue
+ * is on: the message is copied into the queue (0) or, when the queue is full,
+ * refused with DX_ELIMIT and counted in `dropped`. Not open, no queue:
+ * DX_ECLOSED.
+ */
+DX_API int dx_client_send(dx_client *cl, int opcode, const void *data, size_t len);
+
+/* Closes (code, reason as dx_conn_close) and stops reconnecting; on_close
+ * then on_done follow. Returns 0 or DX_ECLOSED when nothing is open
+ * (connection attempts in progress are abandoned, on_done follows). */
+DX_API int dx_client_close(dx_client *cl, unsigned code, const char *reason, size_t len);
+
+/* The open connection, or NULL. */
+DX_API dx_conn *dx_client_conn(const dx_client *cl);
+
+DX_API void dx_client_stats_get(const dx_client *cl, dx_client_stats *out);
+
+/* Frees the client; an open connection is dropped without callbacks. */
+DX_API void dx_client_free(dx_client *cl);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DUPLEX_CLIENT_H */
