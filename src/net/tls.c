@@ -21,6 +21,9 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <arpa/inet.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -28,6 +31,7 @@
 #define COALESCE_MAX (16u * 1024u)
 
 struct dx__tls_ctx {
+    int insecure; /* client contexts only */
     size_t n;
     SSL_CTX *ctx[]; /* ctx[0] is the default */
 };
@@ -148,6 +152,91 @@ int dx__tls_accept(dx__tls_ctx *tc, dx__stream *s)
     s->tls = ssl;
     s->t = &dx__tls_transport;
     return 0;
+}
+
+dx__tls_ctx *dx__tls_client_ctx_new(const char *ca_file, int insecure, char *errbuf, size_t errlen, int *err)
+{
+    *err = DX_ENOMEM;
+    dx__tls_ctx *tc = dx__alloc(NULL, sizeof *tc + sizeof(SSL_CTX *));
+    if (!tc)
+        return NULL;
+    memset(tc, 0, sizeof *tc + sizeof(SSL_CTX *));
+    tc->n = 1;
+    tc->insecure = insecure;
+    *err = DX_ETLS;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        tls_errbuf(errbuf, errlen, "SSL_CTX_new", NULL);
+        goto fail;
+    }
+    tc->ctx[0] = ctx;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_COMPRESSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_RELEASE_BUFFERS);
+    static const unsigned char alpn[] = "\x08http/1.1";
+    SSL_CTX_set_alpn_protos(ctx, alpn, sizeof alpn - 1);
+    if (insecure) {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+        int ok = ca_file ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL) : SSL_CTX_set_default_verify_paths(ctx);
+        if (ok != 1) {
+            tls_errbuf(errbuf, errlen, ca_file ? "cannot load CA file" : "cannot load the system CA store",
+                       ca_file);
+            goto fail;
+        }
+    }
+    *err = 0;
+    return tc;
+fail:
+    dx__tls_ctx_free(tc);
+    return NULL;
+}
+
+int dx__tls_connect(dx__tls_ctx *tc, dx__stream *s, const char *host)
+{
+    SSL *ssl = SSL_new(tc->ctx[0]);
+    if (!ssl)
+        return DX_ENOMEM;
+    if (SSL_set_fd(ssl, s->fd) != 1) {
+        SSL_free(ssl);
+        return DX_ETLS;
+    }
+    SSL_set_connect_state(ssl);
+    unsigned char ip[16];
+    bool is_ip = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1;
+    if (!is_ip)
+        SSL_set_tlsext_host_name(ssl, host); /* SNI: names only (RFC 6066 §3) */
+    if (!tc->insecure) {
+        X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
+        int ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(param, host) : X509_VERIFY_PARAM_set1_host(param, host, 0);
+        if (ok != 1) {
+            SSL_free(ssl);
+            return DX_ETLS;
+        }
+    }
+    s->tls = ssl;
+    s->t = &dx__tls_transport;
+    return 0;
+}
+
+void dx__tls_describe_failure(const dx__stream *s, char *buf, size_t len)
+{
+    long v = s->tls ? SSL_get_verify_result(s->tls) : X509_V_OK;
+    if (v != X509_V_OK) {
+        snprintf(buf, len, "certificate verify failed: %s", X509_verify_cert_error_string(v));
+        return;
+    }
+    unsigned long e = ERR_peek_last_error();
+    if (e) {
+        char reason[200];
+        ERR_error_string_n(e, reason, sizeof reason);
+        snprintf(buf, len, "TLS handshake failed: %s", reason);
+        ERR_clear_error();
+        return;
+    }
+    snprintf(buf, len, "TLS handshake failed");
 }
 
 /* Maps an SSL call's failure; sets s->want for the retryable ones. */

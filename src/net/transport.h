@@ -61,4 +61,14 @@ void dx__tls_ctx_free(dx__tls_ctx *ctx);
 /* Starts a server-side TLS stream on s->fd. Returns 0 or DX_ENOMEM/DX_ETLS. */
 int dx__tls_accept(dx__tls_ctx *ctx, dx__stream *s);
 
+/* TLS client context: verification against the system store (or `ca_file`
+ * only), unless `insecure`. NULL with *err = DX_ETLS and a reason in errbuf. */
+dx__tls_ctx *dx__tls_client_ctx_new(const char *ca_file, int insecure, char *errbuf, size_t errlen, int *err);
+/* Starts a client-side TLS stream on s->fd for `host` (SNI unless an IP
+ * literal; the certificate must match the name or IP unless insecure). */
+int dx__tls_connect(dx__tls_ctx *ctx, dx__stream *s, const char *host);
+/* After a failed TLS handshake: why, e.g. "certificate verify failed:
+ * self-signed certificate" or "hostname mismatch". */
+void dx__tls_describe_failure(const dx__stream *s, char *buf, size_t len);
+
 #endif

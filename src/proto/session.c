@@ -238,6 +238,8 @@ static int finish_message(dx__session *s, const uint8_t *p, size_t len)
 static int on_header(dx__session *s, const dx_frame_event *ev)
 {
     const dx_frame_header *h = ev->hdr;
+    if (s->cfg->on_frame && ev->end)
+        s->cfg->on_frame(s, h, NULL, 0);
     if (h->opcode & 0x8) {
         s->ctl_len = 0;
         return ev->end ? on_control(s, h->opcode, NULL, 0) : 0;
@@ -257,6 +259,8 @@ static int on_header(dx__session *s, const dx_frame_event *ev)
 static int on_data(dx__session *s, const dx_frame_event *ev)
 {
     const dx_frame_header *h = ev->hdr;
+    if (s->cfg->on_frame && ev->offset == 0)
+        s->cfg->on_frame(s, h, ev->data, ev->len < 16 ? ev->len : 16);
     if (h->opcode & 0x8) {
         if (ev->offset == 0 && ev->end)
             return on_control(s, h->opcode, ev->data, ev->len); /* arrived whole */

@@ -42,6 +42,9 @@ typedef struct dx__session_cfg {
     void (*on_ping)(dx__session *s, const uint8_t *data, size_t len);
     void (*on_pong)(dx__session *s, const uint8_t *data, size_t len);
     void (*on_close)(dx__session *s, unsigned code, const char *reason, size_t len);
+    /* Optional trace of each received frame, at its first payload bytes
+     * (head: at most 16, unmasked) or at its header when it is empty. */
+    void (*on_frame)(dx__session *s, const dx_frame_header *h, const uint8_t *head, size_t n);
     /* Writes one frame (the owner masks it in the client role). Returns 0,
      * DX_ELIMIT (refused by the owner's queue limit: data is not sent, a
      * pong is dropped and counted), DX_ENOMEM or DX_ERANDOM. */

@@ -27,6 +27,7 @@
 #include "core/seams.h"
 #include "net/sock.h"
 #include "proto/handshake.h"
+#include "proto/mask.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -43,7 +44,8 @@
 static dx_conn *conn_of(dx__session *s) { return (dx_conn *)(void *)s; }
 static const dx_log *LOG(const dx_conn *c) { return c->ep->loop->log; }
 
-static void conn_finish(dx_conn *c);
+static void conn_finish(dx_conn *c, const char *why);
+static void flush_queue(dx_conn *c);
 static void after_session(dx_conn *c);
 static void arm_heartbeat(dx_conn *c);
 
@@ -194,6 +196,23 @@ int dx__conn_write(dx_conn *c, const void *data, size_t len)
 }
 
 /* Session output: one frame. Server frames are unmasked. */
+/* Appends a frame to wq, masking the payload there in the client role. */
+static int queue_frame(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t *data, size_t len, const uint8_t *key)
+{
+    int rc = wq_append(c, hdr, hl);
+    if (rc || len == 0)
+        return rc;
+    if (!key)
+        return wq_append(c, data, len);
+    size_t at = c->wq->off + c->wq->len;
+    rc = wq_append(c, data, len);
+    if (rc == 0)
+        dx__mask(c->wq->data + at, len, key, 0);
+    return rc;
+}
+
+/* Session output: one frame. Server frames go out unmasked; client frames
+ * are masked with a fresh key from the loop's pool (RFC 6455 §5.3). */
 static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len)
 {
     dx_conn *c = conn_of(s);
@@ -201,8 +220,12 @@ static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const u
     dx_loop *loop = ep->loop;
     if (c->state == CS_DEAD)
         return DX_ECLOSED;
+    bool masked = ep->scfg.role == DX_ROLE_CLIENT;
+    uint8_t key[4];
+    if (masked && dx__loop_mask_key(loop, key))
+        return DX_ERANDOM;
     uint8_t hdr[DX_FRAME_HEADER_MAX];
-    size_t hl = dx__frame_header_write(hdr, opcode, fin, 0, len, NULL);
+    size_t hl = dx__frame_header_write(hdr, opcode, fin, 0, len, masked ? key : NULL);
     size_t total = hl + len;
     /* The cap applies to what waits in the queue: a frame larger than
      * send_max still goes out when nothing is queued, so the queue holds at
@@ -224,12 +247,30 @@ static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const u
         c->msgs_out++;
         ep->st.messages_out++;
     }
+    if (ep->opt.cb.on_frame)
+        ep->opt.cb.on_frame(c, '>', opcode, fin, 0, len, masked, data, len < 16 ? len : 16, ep->opt.ud);
     if (WQ_LEN(c))
-        goto queue;
-    if (loop->cork_owner == c) {
+        return queue_frame(c, hdr, hl, data, len, masked ? key : NULL);
+    /* The cork: while this connection processes a read (or, for a masked
+     * frame, whenever the cork is free: masking needs a copy anyway). */
+    bool corked = loop->cork_owner == c;
+    if (!corked && masked && loop->cork_owner == NULL && total <= DX_LOOP_CORK) {
+        loop->cork_owner = c;
+        loop->cork_len = 0;
+        corked = true;
+        memcpy(loop->cork, hdr, hl);
+        dx__mask_copy(loop->cork + hl, data, len, key, 0);
+        loop->cork_len = total;
+        int rc = flush_cork(c);
+        loop->cork_owner = NULL;
+        return rc;
+    }
+    if (corked) {
         if (loop->cork_len + total <= DX_LOOP_CORK) {
             memcpy(loop->cork + loop->cork_len, hdr, hl);
-            if (len)
+            if (len && masked)
+                dx__mask_copy(loop->cork + loop->cork_len + hl, data, len, key, 0);
+            else if (len)
                 memcpy(loop->cork + loop->cork_len + hl, data, len);
             loop->cork_len += total;
             return 0;
@@ -237,14 +278,15 @@ static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const u
         int rc = flush_cork(c);
         if (rc)
             return rc;
-        if (WQ_LEN(c))
-            goto queue;
+    }
+    if (masked || WQ_LEN(c)) {
+        int rc = queue_frame(c, hdr, hl, data, len, masked ? key : NULL);
+        if (rc == 0 && !corked)
+            flush_queue(c);
+        return rc;
     }
     struct iovec iov[2] = {{hdr, hl}, {(void *)(uintptr_t)data, len}};
     return write_now(c, iov, len ? 2 : 1);
-queue:;
-    int rc = wq_append(c, hdr, hl);
-    return rc ? rc : wq_append(c, data, len);
 }
 
 static void flush_queue(dx_conn *c)
@@ -302,6 +344,13 @@ static void h_pong(dx__session *s, const uint8_t *p, size_t len)
     }
 }
 
+static void h_frame(dx__session *s, const dx_frame_header *h, const uint8_t *head, size_t n)
+{
+    dx_conn *c = conn_of(s);
+    if (c->ep->opt.cb.on_frame)
+        c->ep->opt.cb.on_frame(c, '<', h->opcode, h->fin, h->rsv, h->len, h->masked, head, n, c->ep->opt.ud);
+}
+
 static void h_close(dx__session *s, unsigned code, const char *reason, size_t len)
 {
     dx_conn *c = conn_of(s);
@@ -330,6 +379,7 @@ void dx__ws_session_cfg(dx__ep *ep, int role)
         .on_message = h_message,
         .on_pong = h_pong,
         .on_close = h_close,
+        .on_frame = ep->opt.cb.on_frame ? h_frame : NULL,
         .put = conn_put,
     };
 }
@@ -354,7 +404,7 @@ void dx__conn_free_now(dx_conn *c)
 }
 
 /* Closes the socket, reports on_close once, frees after the batch. */
-static void conn_finish(dx_conn *c)
+static void conn_finish(dx_conn *c, const char *why)
 {
     if (c->state == CS_DEAD)
         return;
@@ -395,6 +445,8 @@ static void conn_finish(dx_conn *c)
         if (ep->opt.cb.on_close)
             ep->opt.cb.on_close(c, code, reason, rlen, ep->opt.ud);
     }
+    if (ep->cl)
+        dx__client_conn_end(c, why);
     c->dfree.fn = deferred_free;
     dx__loop_defer(loop, &c->dfree);
 }
@@ -407,7 +459,7 @@ void dx__conn_abort(dx_conn *c, unsigned code, const char *why)
         c->code = (uint16_t)code;
     dx__log(LOG(c), (c->flags & CF_OPENED) ? DX_LOG_INFO : DX_LOG_DEBUG, "conn=%llu dropped remote=%s: %s",
             (unsigned long long)c->id, REMOTE(c).s, why);
-    conn_finish(c);
+    conn_finish(c, why);
 }
 
 void dx__conn_finish_after_flush(dx_conn *c)
@@ -462,6 +514,8 @@ static void on_timer(dx__timer *t)
     const dx_server_options *o = &ep->opt;
     uint64_t now = ep->loop->now_ms;
     switch (c->state) {
+    case CS_CONNECT:
+    case CS_PROXY:
     case CS_TLS:
     case CS_HEAD:
         ep->st.handshakes_failed++;
@@ -630,14 +684,20 @@ static void handle_head(dx_conn *c, const dx_http_request *req)
             u.pub.remote, (int)ws.path_len, ws.path, c->protocol ? c->protocol : "-");
     if (dx__conn_write(c, resp, (size_t)n))
         return;
+    dx__conn_opened(c);
+    if (ep->opt.cb.on_open)
+        ep->opt.cb.on_open(c, ep->opt.ud);
+}
+
+void dx__conn_opened(dx_conn *c)
+{
+    dx__ep *ep = c->ep;
     dx__session_init(&c->s, &ep->scfg, 0);
     c->state = CS_OPEN;
     c->flags |= CF_OPENED;
     c->opened_tick = c->last_rx_tick = (uint32_t)ep->loop->tick;
     ep->st.open++;
     arm_heartbeat(c);
-    if (ep->opt.cb.on_open)
-        ep->opt.cb.on_open(c, ep->opt.ud);
 }
 
 /* Bytes of the request head arrived. Returns how many of `p` belong to the
@@ -663,7 +723,9 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
     dx_http_header headers[256];
     size_t maxh = ep->opt.max_headers < 256 ? ep->opt.max_headers : 256;
     dx_http_request req;
-    int rc = dx__http_parse_request((const char *)buf, blen, &req, headers, maxh, max);
+    dx_http_response resp;
+    int rc = ep->cl ? dx__client_parse_head(c, (const char *)buf, blen, &resp, headers, maxh)
+                    : dx__http_parse_request((const char *)buf, blen, &req, headers, maxh, max);
     if (rc == DX_EAGAIN) {
         if (!c->head) {
             c->head = dx__alloc(ep->loop->seams, sizeof *c->head + max);
@@ -677,13 +739,20 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
         return len; /* all consumed into the head */
     }
     if (rc < 0) {
+        if (ep->cl) {
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "malformed or oversized HTTP response from the server");
+            return len;
+        }
         int status = dx_http_status_for_error(rc);
         refuse(c, status, NULL, dx_strerror(rc));
         return len;
     }
     size_t used = (size_t)rc - before; /* bytes of `p` that were head */
     dx__timer_stop(ep->loop, &c->timer);
-    handle_head(c, &req);
+    if (ep->cl)
+        dx__client_response(c, &resp);
+    else
+        handle_head(c, &req);
     dx__free(ep->loop->seams, c->head);
     c->head = NULL;
     return used;
@@ -715,6 +784,9 @@ static void process(dx_conn *c, uint8_t *p, size_t n)
     /* DRAIN, LINGER: input is discarded (§5.5.1: nothing after a close). */
 }
 
+void dx__conn_process(dx_conn *c, uint8_t *p, size_t n) { process(c, p, n); }
+void dx__conn_want_write(dx_conn *c, bool on) { want_write(c, on); }
+
 static void on_readable(dx_conn *c)
 {
     dx_loop *loop = c->ep->loop;
@@ -724,7 +796,7 @@ static void on_readable(dx_conn *c)
             return;
         if (n == 0) {
             if (c->state == CS_LINGER) {
-                conn_finish(c); /* the clean end */
+                conn_finish(c, NULL); /* the clean end */
                 return;
             }
             dx__conn_abort(c, DX_CLOSE_ABNORMAL,
@@ -756,21 +828,32 @@ static void drive_tls(dx_conn *c)
         return;
     }
     if (rc) {
+        char why[256];
+        dx__tls_describe_failure(&c->st, why, sizeof why);
         c->ep->st.handshakes_failed++;
         dx__log(LOG(c), DX_LOG_INFO, "conn=%llu TLS handshake failed remote=%s: %s", (unsigned long long)c->id,
-                REMOTE(c).s, dx_strerror(rc));
-        dx__conn_abort(c, DX_CLOSE_TLS_HANDSHAKE, "TLS handshake failed");
+                REMOTE(c).s, why);
+        dx__conn_abort(c, DX_CLOSE_TLS_HANDSHAKE, why);
         return;
     }
     want_write(c, false);
-    c->state = CS_HEAD;
+    if (c->ep->cl)
+        dx__client_transport_ready(c); /* sends the upgrade request, then CS_HEAD */
+    else
+        c->state = CS_HEAD;
 }
+
+void dx__conn_drive_tls(dx_conn *c) { drive_tls(c); }
 
 static void on_io(dx__io *io, uint32_t events)
 {
     dx_conn *c = dx_list_entry(io, dx_conn, io);
     if (c->state == CS_DEAD)
         return; /* closed earlier in this batch */
+    if (c->state < CS_TLS) {
+        dx__client_io(c, events); /* connect, proxy */
+        return;
+    }
     if (c->state == CS_TLS) {
         drive_tls(c);
         if (c->state != CS_HEAD)

@@ -37,7 +37,7 @@ static char *dup_str(const dx_seams *s, const char *str)
     return p;
 }
 
-static void set_defaults(dx_server_options *o)
+void dx__options_defaults(dx_server_options *o)
 {
     if (!o->port)
         o->port = 8080;
@@ -77,7 +77,7 @@ dx_server *dx_server_new(dx_loop *loop, const dx_server_options *opt, int *err)
     memset(srv, 0, sizeof *srv);
     srv->ep.loop = loop;
     srv->ep.opt = *opt;
-    set_defaults(&srv->ep.opt);
+    dx__options_defaults(&srv->ep.opt);
     dx_list_init(&srv->ep.conns);
     srv->lio.fd = -1;
     dx__timer_init(&srv->accept_timer, NULL);

@@ -21,8 +21,10 @@
 
 /* Connection states, in order. */
 enum {
-    CS_TLS = 0, /* TLS handshake */
-    CS_HEAD,    /* reading the HTTP request head */
+    CS_CONNECT = 0, /* client: TCP connect in progress */
+    CS_PROXY,   /* client: HTTP CONNECT sent to the proxy, reading its answer */
+    CS_TLS,     /* TLS handshake */
+    CS_HEAD,    /* reading the HTTP request head (server) or response head (client) */
     CS_OPEN,    /* WebSocket session running (open, or close sent) */
     CS_DRAIN,   /* last bytes (close frame, HTTP response) being flushed */
     CS_LINGER,  /* FIN sent; reading until the peer's EOF */
@@ -120,6 +122,25 @@ int dx__conn_write(dx_conn *c, const void *data, size_t len);
 /* Flushes, then FIN, then waits for EOF (bounded by close_timeout_ms). */
 void dx__conn_finish_after_flush(dx_conn *c);
 void dx__conn_free_now(dx_conn *c);
+/* The handshake succeeded: start the session, heartbeat and counters. */
+void dx__conn_opened(dx_conn *c);
+/* Drives the TLS handshake (client.c starts it after connect/proxy). */
+void dx__conn_drive_tls(dx_conn *c);
+/* Feeds bytes as if read from the socket (client: what followed the 101). */
+void dx__conn_process(dx_conn *c, uint8_t *p, size_t n);
+/* Sets/clears EPOLLOUT interest. */
+void dx__conn_want_write(dx_conn *c, bool on);
+
+/* server.c: fills zero options with their defaults. */
+void dx__options_defaults(dx_server_options *o);
+
+/* client.c: the client's part of a client-side connection's life. */
+void dx__client_io(dx_conn *c, uint32_t events);          /* CS_CONNECT, CS_PROXY */
+void dx__client_transport_ready(dx_conn *c);               /* TCP/TLS up: send the request */
+void dx__client_response(dx_conn *c, const dx_http_response *resp); /* the 101 (or not) */
+void dx__client_conn_end(dx_conn *c, const char *why);     /* the connection is gone */
+int dx__client_parse_head(dx_conn *c, const char *buf, size_t len, dx_http_response *resp,
+                          dx_http_header *headers, size_t max_headers);
 
 /* http_static.c: answers a plain HTTP request (static file, 404, 405). */
 void dx__http_serve(dx_conn *c, const dx_http_request *req);

@@ -1,0 +1,787 @@
+/*
+ * src/ws/client.c: the client endpoint (see duplex/client.h).
+ *
+ * Layer: ws. A client owns at most one connection at a time; the connection
+ * itself is the same dx_conn as on the server side (conn.c), in the client
+ * role: frames masked, the upgrade request sent and the 101 checked here.
+ *
+ * One attempt: resolve (numeric hosts at once, names on a short-lived thread
+ * that posts its answer back to the loop, so the loop never blocks on DNS)
+ * → TCP connect to each address in turn → optional HTTP CONNECT through a
+ * proxy → optional TLS (verification on by default) → upgrade request → 101.
+ * A failed attempt or a lost connection is followed, when reconnecting is on,
+ * by a delay drawn uniformly from [0, min(cap, base * 2^(n-1))] ("full
+ * jitter"), n counting consecutive failures. Messages sent while not open
+ * wait in a bounded queue and are written, in order, right after the next
+ * open; past the bound they are refused and counted.
+ */
+#define _GNU_SOURCE
+#include "duplex/client.h"
+
+#include "core/log.h"
+#include "core/seams.h"
+#include "proto/handshake.h"
+#include "proto/url.h"
+#include "proto/utf8.h"
+#include "ws/ws.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+enum { CL_IDLE = 0, CL_RESOLVING, CL_CONNECTING, CL_OPEN, CL_WAITING, CL_DONE };
+
+#define MAX_PROTOCOLS 32
+#define MAX_HEADERS 64
+
+typedef struct qmsg {
+    dx_list node;
+    int opcode;
+    size_t len;
+    uint8_t data[];
+} qmsg;
+
+/* A DNS lookup running on its own thread. The loop owns it once posted
+ * back; `cl` is cleared when the client stops waiting for it. */
+typedef struct resolve_req {
+    dx_client *cl;
+    dx_loop *loop;
+    char host[DX_URL_HOST_MAX + 1];
+    char port[8];
+    struct addrinfo *res;
+    int gai_err;
+} resolve_req;
+
+struct dx_client {
+    dx__ep ep; /* first */
+    dx_client_options opt;
+    char *strings;         /* one block holding copies of every option string */
+    const char *protocols[MAX_PROTOCOLS];
+    dx_http_header xheaders[MAX_HEADERS];
+    dx_ws_client_opts wsopts;
+    dx_url url, proxy;
+    bool use_proxy;
+    dx__tls_ctx *tls;
+    int state;
+    dx_conn *conn;
+    struct addrinfo *addrs, *next_addr;
+    resolve_req *pending;
+    dx__timer timer;
+    unsigned attempt;
+    bool user_closed, try_next, quiet;
+    int last_err;
+    char key[25];
+    dx_list queue;
+    size_t q_msgs, q_bytes;
+    dx_client_stats st;
+};
+
+static const dx_log *LOG(const dx_client *cl) { return cl->ep.loop->log; }
+
+static void start_attempt(dx_client *cl);
+static void attempt_failed(dx_client *cl, int err, const char *what);
+
+/* ---- options ----------------------------------------------------------------- */
+
+/* Copies every string option into one block and points the copies at it. */
+static int copy_strings(dx_client *cl, const dx_client_options *o)
+{
+    size_t need = 0;
+#define SZ(s) ((s) ? strlen(s) + 1 : 0)
+    need += SZ(o->url) + SZ(o->origin) + SZ(o->proxy) + SZ(o->bind_addr) + SZ(o->ca_file);
+    for (size_t i = 0; i < o->n_protocols; i++)
+        need += SZ(o->protocols[i]);
+    for (size_t i = 0; i < o->n_headers; i++)
+        need += SZ(o->headers[i]);
+    cl->strings = dx__alloc(cl->ep.loop->seams, need ? need : 1);
+    if (!cl->strings)
+        return DX_ENOMEM;
+    char *p = cl->strings;
+#define CP(dst, s)                                                                                                 \
+    do {                                                                                                           \
+        if (s) {                                                                                                   \
+            size_t l_ = strlen(s) + 1;                                                                             \
+            memcpy(p, s, l_);                                                                                      \
+            (dst) = p;                                                                                             \
+            p += l_;                                                                                               \
+        }                                                                                                          \
+    } while (0)
+    CP(cl->opt.url, o->url);
+    CP(cl->opt.origin, o->origin);
+    CP(cl->opt.proxy, o->proxy);
+    CP(cl->opt.bind_addr, o->bind_addr);
+    CP(cl->opt.ca_file, o->ca_file);
+    for (size_t i = 0; i < o->n_protocols; i++)
+        CP(cl->protocols[i], o->protocols[i]);
+    for (size_t i = 0; i < o->n_headers; i++) {
+        char *line = p;
+        CP(line, o->headers[i]);
+        char *colon = strchr(line, ':');
+        if (!colon || colon == line)
+            return DX_EINVAL;
+        *colon = 0;
+        char *v = colon + 1;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        cl->xheaders[i] = (dx_http_header){line, (size_t)(colon - line), v, strlen(v)};
+    }
+#undef CP
+#undef SZ
+    cl->opt.protocols = NULL;
+    cl->opt.headers = NULL;
+    return 0;
+}
+
+dx_client *dx_client_new(dx_loop *loop, const dx_client_options *o, int *err)
+{
+    int e = DX_EINVAL;
+    dx_client *cl = NULL;
+    if (!o || !o->url || o->n_protocols > MAX_PROTOCOLS || o->n_headers > MAX_HEADERS)
+        goto fail;
+    e = DX_ENOMEM;
+    cl = dx__alloc(loop->seams, sizeof *cl);
+    if (!cl)
+        goto fail;
+    memset(cl, 0, sizeof *cl);
+    cl->ep.loop = loop;
+    cl->ep.cl = cl;
+    dx_list_init(&cl->ep.conns);
+    dx_list_init(&cl->queue);
+    dx__timer_init(&cl->timer, NULL);
+    cl->opt = *o;
+    if ((e = copy_strings(cl, o)) != 0)
+        goto fail;
+    e = DX_EINVAL;
+    if (dx__url_parse(cl->opt.url, true, false, &cl->url))
+        goto fail;
+    if (cl->opt.proxy) {
+        if (dx__url_parse(cl->opt.proxy, false, true, &cl->proxy))
+            goto fail;
+        cl->use_proxy = true;
+    }
+    if (cl->opt.bind_addr) {
+        unsigned char tmp[16];
+        if (inet_pton(AF_INET, cl->opt.bind_addr, tmp) != 1 && inet_pton(AF_INET6, cl->opt.bind_addr, tmp) != 1)
+            goto fail;
+    }
+    if (!cl->opt.backoff_base_ms)
+        cl->opt.backoff_base_ms = 500;
+    if (!cl->opt.backoff_cap_ms)
+        cl->opt.backoff_cap_ms = 30000;
+    if (cl->opt.queue_max_messages && !cl->opt.queue_max_bytes)
+        cl->opt.queue_max_bytes = 1u << 20;
+    if (!cl->opt.connect_timeout_ms)
+        cl->opt.connect_timeout_ms = 10000;
+    if (cl->url.tls) {
+        char why[512];
+        cl->tls = dx__tls_client_ctx_new(cl->opt.ca_file, cl->opt.insecure, why, sizeof why, &e);
+        if (!cl->tls) {
+            dx__log(loop->log, DX_LOG_ERROR, "client: TLS: %s", why);
+            goto fail;
+        }
+    }
+    /* The connection side: the same settings block a server uses. */
+    dx_server_options *so = &cl->ep.opt;
+    so->max_message = o->max_message;
+    so->max_fragments = o->max_fragments;
+    so->max_head = o->max_head;
+    so->send_high_water = o->send_high_water;
+    so->send_max = o->send_max;
+    so->close_timeout_ms = o->close_timeout_ms;
+    so->ping_interval_ms = o->ping_interval_ms;
+    so->pong_timeout_ms = o->pong_timeout_ms;
+    so->handshake_timeout_ms = cl->opt.connect_timeout_ms;
+    so->cb.on_message = o->cb.on_message;
+    so->cb.on_drain = o->cb.on_drain;
+    so->cb.on_close = o->cb.on_close;
+    so->cb.on_frame = o->cb.on_frame;
+    so->ud = o->ud;
+    dx__options_defaults(so);
+    if (so->send_high_water > so->send_max)
+        goto fail;
+    cl->ep.next_id = 1;
+    dx__ws_session_cfg(&cl->ep, DX_ROLE_CLIENT);
+    cl->wsopts = (dx_ws_client_opts){
+        .host = cl->url.host,
+        .port = cl->url.default_port ? 0 : cl->url.port,
+        .tls = cl->url.tls,
+        .path = cl->url.path,
+        .protocols = cl->protocols,
+        .n_protocols = o->n_protocols,
+        .origin = cl->opt.origin,
+        .headers = cl->xheaders,
+        .n_headers = o->n_headers,
+    };
+    /* Catch bad subprotocols/headers now rather than at every attempt. */
+    char probe[8192], key[25];
+    int n = dx__ws_client_request(probe, sizeof probe, &cl->wsopts, loop->seams, key);
+    if (n < 0) {
+        e = n == DX_ENOSPC ? DX_EINVAL : n;
+        goto fail;
+    }
+    if (err)
+        *err = 0;
+    return cl;
+fail:
+    if (cl) {
+        dx__tls_ctx_free(cl->tls);
+        dx__free(loop->seams, cl->strings);
+        dx__free(loop->seams, cl);
+    }
+    if (err)
+        *err = e;
+    return NULL;
+}
+
+/* ---- the offline queue -------------------------------------------------------- */
+
+static void queue_clear(dx_client *cl)
+{
+    dx_list *it;
+    while ((it = dx_list_first(&cl->queue)) != NULL) {
+        dx_list_remove(it);
+        dx__free(cl->ep.loop->seams, dx_list_entry(it, qmsg, node));
+    }
+    cl->q_msgs = cl->q_bytes = 0;
+}
+
+static void queue_flush(dx_client *cl)
+{
+    dx_list *it;
+    while (cl->conn && (it = dx_list_first(&cl->queue)) != NULL) {
+        qmsg *m = dx_list_entry(it, qmsg, node);
+        dx_list_remove(it);
+        cl->q_msgs--;
+        cl->q_bytes -= m->len;
+        if (dx_conn_send(cl->conn, m->opcode, m->data, m->len) == 0)
+            cl->st.flushed++;
+        else
+            cl->st.dropped++;
+        dx__free(cl->ep.loop->seams, m);
+    }
+}
+
+/* ---- attempts -------------------------------------------------------------------- */
+
+static void finish(dx_client *cl)
+{
+    cl->state = CL_DONE;
+    dx__timer_stop(cl->ep.loop, &cl->timer);
+    if (cl->addrs) {
+        freeaddrinfo(cl->addrs);
+        cl->addrs = cl->next_addr = NULL;
+    }
+    if (cl->opt.cb.on_done)
+        cl->opt.cb.on_done(cl, cl->opt.ud);
+}
+
+static void on_backoff(dx__timer *t)
+{
+    dx_client *cl = dx_list_entry(t, dx_client, timer);
+    start_attempt(cl);
+}
+
+/* After a failure or a lost connection: wait and try again, or stop. */
+static void next_step(dx_client *cl)
+{
+    if (cl->addrs) {
+        freeaddrinfo(cl->addrs);
+        cl->addrs = cl->next_addr = NULL;
+    }
+    if (cl->user_closed || !cl->opt.reconnect) {
+        finish(cl);
+        return;
+    }
+    cl->attempt++;
+    if (cl->opt.max_attempts && cl->attempt > cl->opt.max_attempts) {
+        dx__log(LOG(cl), DX_LOG_WARN, "client: giving up on %s after %u failed attempts", cl->opt.url,
+                cl->opt.max_attempts);
+        finish(cl);
+        return;
+    }
+    uint64_t bound = cl->opt.backoff_base_ms;
+    for (unsigned i = 1; i < cl->attempt && bound < cl->opt.backoff_cap_ms; i++)
+        bound *= 2;
+    if (bound > cl->opt.backoff_cap_ms)
+        bound = cl->opt.backoff_cap_ms;
+    uint32_t r = 0;
+    (void)dx__random(cl->ep.loop->seams, &r, sizeof r);
+    unsigned delay = (unsigned)(r % (bound + 1));
+    cl->st.reconnects++;
+    cl->state = CL_WAITING;
+    if (cl->opt.cb.on_reconnect)
+        cl->opt.cb.on_reconnect(cl, cl->attempt, delay, cl->opt.ud);
+    if (cl->state != CL_WAITING)
+        return; /* the callback closed or freed us */
+    cl->timer.cb = on_backoff;
+    dx__timer_start(cl->ep.loop, &cl->timer, delay);
+}
+
+static void attempt_failed(dx_client *cl, int err, const char *what)
+{
+    cl->last_err = err;
+    dx__log(LOG(cl), DX_LOG_INFO, "client: %s: %s", cl->opt.url, what);
+    if (!cl->quiet && cl->opt.cb.on_error)
+        cl->opt.cb.on_error(cl, err, what, cl->opt.ud);
+    if (cl->state == CL_DONE || cl->state == CL_IDLE)
+        return; /* the callback closed us */
+    next_step(cl);
+}
+
+/* Connects to the next address; false when none is left. */
+static bool try_connect(dx_client *cl, char *why, size_t whylen)
+{
+    const char *host = cl->use_proxy ? cl->proxy.host : cl->url.host;
+    unsigned port = cl->use_proxy ? cl->proxy.port : cl->url.port;
+    while (cl->next_addr) {
+        struct addrinfo *ai = cl->next_addr;
+        cl->next_addr = ai->ai_next;
+        int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            snprintf(why, whylen, "socket: %s", strerror(errno));
+            continue;
+        }
+        if (cl->opt.bind_addr) {
+            struct addrinfo hints = {.ai_family = ai->ai_family, .ai_flags = AI_NUMERICHOST | AI_PASSIVE,
+                                     .ai_socktype = SOCK_STREAM};
+            struct addrinfo *b = NULL;
+            if (getaddrinfo(cl->opt.bind_addr, NULL, &hints, &b) != 0 || bind(fd, b->ai_addr, b->ai_addrlen) < 0) {
+                snprintf(why, whylen, "cannot bind to %s: %s", cl->opt.bind_addr,
+                         b ? strerror(errno) : "address family differs from the server's");
+                if (b)
+                    freeaddrinfo(b);
+                close(fd);
+                continue;
+            }
+            freeaddrinfo(b);
+        }
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
+            snprintf(why, whylen, "connect to %s:%u: %s", host, port, strerror(errno));
+            close(fd);
+            continue;
+        }
+        dx_conn *c = dx__conn_open(&cl->ep, fd, ai->ai_addr, CS_CONNECT, EPOLLOUT | EPOLLIN | EPOLLRDHUP,
+                                   cl->opt.connect_timeout_ms);
+        if (!c) {
+            snprintf(why, whylen, "out of memory");
+            close(fd);
+            continue;
+        }
+        cl->conn = c;
+        cl->state = CL_CONNECTING;
+        return true;
+    }
+    return false;
+}
+
+static void resolved(dx_client *cl, struct addrinfo *res, int gai_err)
+{
+    dx__timer_stop(cl->ep.loop, &cl->timer);
+    const char *host = cl->use_proxy ? cl->proxy.host : cl->url.host;
+    if (gai_err) {
+        char what[640];
+        snprintf(what, sizeof what, "cannot resolve %s: %s", host, gai_strerror(gai_err));
+        attempt_failed(cl, DX_EADDR, what);
+        return;
+    }
+    cl->addrs = cl->next_addr = res;
+    char why[512] = "no address";
+    if (!try_connect(cl, why, sizeof why))
+        attempt_failed(cl, DX_EADDR, why);
+}
+
+static void resolve_done(void *arg);
+
+/* The lookup's thread: getaddrinfo blocks, the loop does not. The request is
+ * malloc'ed (not through the seams): it crosses threads. */
+static void *resolve_thread(void *arg)
+{
+    resolve_req *r = arg;
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG | AI_NUMERICSERV};
+    r->gai_err = getaddrinfo(r->host, r->port, &hints, &r->res);
+    if (dx_loop_post(r->loop, resolve_done, r) != 0) {
+        /* No memory to post: the attempt's deadline fires; drop the answer. */
+        if (r->res)
+            freeaddrinfo(r->res);
+        free(r);
+    }
+    return NULL;
+}
+
+static void resolve_done(void *arg)
+{
+    resolve_req *r = arg;
+    dx_client *cl = r->cl;
+    if (!cl) { /* abandoned: timed out, closed or freed */
+        if (r->res)
+            freeaddrinfo(r->res);
+        free(r);
+        return;
+    }
+    cl->pending = NULL;
+    struct addrinfo *res = r->res;
+    int e = r->gai_err;
+    free(r);
+    resolved(cl, res, e);
+}
+
+static void on_dns_timeout(dx__timer *t)
+{
+    dx_client *cl = dx_list_entry(t, dx_client, timer);
+    if (cl->pending) {
+        cl->pending->cl = NULL;
+        cl->pending = NULL;
+    }
+    attempt_failed(cl, DX_ETIMEDOUT, "DNS lookup timed out");
+}
+
+static void start_attempt(dx_client *cl)
+{
+    cl->st.attempts++;
+    cl->try_next = false;
+    cl->state = CL_RESOLVING;
+    const char *host = cl->use_proxy ? cl->proxy.host : cl->url.host;
+    unsigned port = cl->use_proxy ? cl->proxy.port : cl->url.port;
+    char portstr[8];
+    snprintf(portstr, sizeof portstr, "%u", port);
+    unsigned char tmp[16];
+    if (inet_pton(AF_INET, host, tmp) == 1 || inet_pton(AF_INET6, host, tmp) == 1) {
+        struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
+        struct addrinfo *res = NULL;
+        int e = getaddrinfo(host, portstr, &hints, &res);
+        resolved(cl, res, e);
+        return;
+    }
+    resolve_req *r = calloc(1, sizeof *r);
+    if (!r) {
+        attempt_failed(cl, DX_ENOMEM, "out of memory");
+        return;
+    }
+    r->cl = cl;
+    r->loop = cl->ep.loop;
+    snprintf(r->host, sizeof r->host, "%s", host);
+    memcpy(r->port, portstr, sizeof r->port);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t th;
+    int rc = pthread_create(&th, &attr, resolve_thread, r);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        free(r);
+        attempt_failed(cl, DX_ENOMEM, "cannot start the DNS thread");
+        return;
+    }
+    cl->pending = r;
+    cl->timer.cb = on_dns_timeout;
+    dx__timer_start(cl->ep.loop, &cl->timer, cl->opt.connect_timeout_ms);
+}
+
+int dx_client_connect(dx_client *cl)
+{
+    if (cl->state != CL_IDLE && cl->state != CL_DONE)
+        return DX_ESTATE;
+    cl->user_closed = false;
+    cl->attempt = 0;
+    start_attempt(cl);
+    return 0;
+}
+
+/* ---- the connection's client part (called from conn.c) --------------------------- */
+
+static dx_client *client_of(const dx_conn *c) { return c->ep->cl; }
+
+static void start_transport(dx_conn *c)
+{
+    dx_client *cl = client_of(c);
+    if (!cl->url.tls) {
+        dx__client_transport_ready(c);
+        return;
+    }
+    if (dx__tls_connect(cl->tls, &c->st, cl->url.host)) {
+        cl->last_err = DX_ETLS;
+        dx__conn_abort(c, DX_CLOSE_ABNORMAL, "cannot start TLS");
+        return;
+    }
+    c->state = CS_TLS;
+    dx__conn_drive_tls(c);
+}
+
+/* Reads the proxy's answer to CONNECT into c->head and checks it. */
+static void read_proxy_answer(dx_conn *c)
+{
+    dx_client *cl = client_of(c);
+    dx_loop *loop = c->ep->loop;
+    size_t max = c->ep->opt.max_head;
+    if (!c->head) {
+        c->head = dx__alloc(loop->seams, sizeof *c->head + max);
+        if (!c->head) {
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
+            return;
+        }
+        c->head->len = 0;
+    }
+    /* Byte by byte is not needed: nothing follows the proxy's head until we
+     * speak (TLS ClientHello or the upgrade request). */
+    ssize_t n = c->st.t->read(&c->st, c->head->data + c->head->len, max - c->head->len);
+    if (n == DX_EAGAIN)
+        return;
+    if (n <= 0) {
+        cl->last_err = DX_ECONNRESET;
+        dx__conn_abort(c, DX_CLOSE_ABNORMAL, "proxy closed the connection");
+        return;
+    }
+    c->head->len += (size_t)n;
+    dx_http_header headers[64];
+    dx_http_response resp;
+    int rc = dx__http_parse_response((const char *)c->head->data, c->head->len, &resp, headers, 64, max);
+    if (rc == DX_EAGAIN)
+        return;
+    char what[640];
+    if (rc < 0 || resp.status / 100 != 2 || (size_t)rc != c->head->len) {
+        if (rc < 0)
+            snprintf(what, sizeof what, "proxy %s:%u: malformed answer to CONNECT", cl->proxy.host, cl->proxy.port);
+        else
+            snprintf(what, sizeof what, "proxy %s:%u refused CONNECT: HTTP %d %.*s", cl->proxy.host,
+                     cl->proxy.port, resp.status, (int)resp.reason_len, resp.reason);
+        cl->last_err = DX_EHANDSHAKE;
+        dx__conn_abort(c, DX_CLOSE_ABNORMAL, what);
+        return;
+    }
+    dx__free(loop->seams, c->head);
+    c->head = NULL;
+    start_transport(c);
+}
+
+void dx__client_io(dx_conn *c, uint32_t events)
+{
+    dx_client *cl = client_of(c);
+    if (c->state == CS_PROXY) {
+        if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+            read_proxy_answer(c);
+        return;
+    }
+    /* CS_CONNECT: writable (or an error) means the connect finished. */
+    int soerr = 0;
+    socklen_t sl = sizeof soerr;
+    if (getsockopt(c->io.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
+        soerr = errno;
+    if (soerr == 0 && !(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+        return;
+    if (soerr) {
+        char what[640];
+        snprintf(what, sizeof what, "connect to %s:%u: %s", cl->use_proxy ? cl->proxy.host : cl->url.host,
+                 cl->use_proxy ? cl->proxy.port : cl->url.port, strerror(soerr));
+        cl->last_err = soerr == ETIMEDOUT ? DX_ETIMEDOUT : DX_EADDR;
+        cl->try_next = cl->next_addr != NULL;
+        dx__conn_abort(c, DX_CLOSE_ABNORMAL, what);
+        return;
+    }
+    if (cl->use_proxy) {
+        char req[DX_URL_HOST_MAX * 2 + 128];
+        bool v6 = strchr(cl->url.host, ':') != NULL;
+        int n = snprintf(req, sizeof req, "CONNECT %s%s%s:%u HTTP/1.1\r\nHost: %s%s%s:%u\r\n\r\n", v6 ? "[" : "",
+                         cl->url.host, v6 ? "]" : "", cl->url.port, v6 ? "[" : "", cl->url.host, v6 ? "]" : "",
+                         cl->url.port);
+        c->state = CS_PROXY;
+        dx__conn_want_write(c, false);
+        (void)dx__conn_write(c, req, (size_t)n);
+        return;
+    }
+    dx__conn_want_write(c, false);
+    start_transport(c);
+}
+
+void dx__client_transport_ready(dx_conn *c)
+{
+    dx_client *cl = client_of(c);
+    char req[8192];
+    int n = dx__ws_client_request(req, sizeof req, &cl->wsopts, c->ep->loop->seams, cl->key);
+    if (n < 0) {
+        cl->last_err = n;
+        dx__conn_abort(c, DX_CLOSE_ABNORMAL, "cannot build the upgrade request");
+        return;
+    }
+    c->state = CS_HEAD;
+    dx__conn_want_write(c, false);
+    (void)dx__conn_write(c, req, (size_t)n);
+}
+
+int dx__client_parse_head(dx_conn *c, const char *buf, size_t len, dx_http_response *resp, dx_http_header *headers,
+                          size_t max_headers)
+{
+    return dx__http_parse_response(buf, len, resp, headers, max_headers, c->ep->opt.max_head);
+}
+
+void dx__client_response(dx_conn *c, const dx_http_response *resp)
+{
+    dx_client *cl = client_of(c);
+    const char *proto = NULL;
+    size_t plen = 0, nexts = 0;
+    dx_ws_ext_offer exts[4];
+    int rc = dx__ws_client_check(resp, cl->key, &cl->wsopts, &proto, &plen, exts, 4, &nexts);
+    if (rc) {
+        char what[640];
+        if (resp->status != 101)
+            snprintf(what, sizeof what, "handshake refused: HTTP %d %.*s", resp->status, (int)resp->reason_len,
+                     resp->reason);
+        else
+            snprintf(what, sizeof what, "handshake failed: %s", dx_strerror(rc));
+        cl->last_err = DX_EHANDSHAKE;
+        dx__conn_abort(c, DX_CLOSE_ABNORMAL, what);
+        return;
+    }
+    if (proto) {
+        c->protocol = dx__alloc(c->ep->loop->seams, plen + 1);
+        if (c->protocol) {
+            memcpy(c->protocol, proto, plen);
+            c->protocol[plen] = 0;
+        }
+    }
+    dx__conn_opened(c);
+    char remote[64];
+    dx_conn_remote(c, remote, sizeof remote);
+    dx__log(LOG(cl), DX_LOG_INFO, "conn=%llu open remote=%s url=%s protocol=%s (client)", (unsigned long long)c->id,
+            remote, cl->opt.url, c->protocol ? c->protocol : "-");
+    if (cl->addrs) {
+        freeaddrinfo(cl->addrs);
+        cl->addrs = cl->next_addr = NULL;
+    }
+    cl->state = CL_OPEN;
+    cl->attempt = 0;
+    cl->st.opens++;
+    queue_flush(cl);
+    if (cl->opt.cb.on_open && c->state == CS_OPEN)
+        cl->opt.cb.on_open(c, cl->opt.ud);
+}
+
+void dx__client_conn_end(dx_conn *c, const char *why)
+{
+    dx_client *cl = client_of(c);
+    if (cl->conn != c)
+        return;
+    cl->conn = NULL;
+    bool opened = (c->flags & CF_OPENED) != 0;
+    if (!opened && cl->try_next && !cl->user_closed) {
+        cl->try_next = false;
+        char w[512];
+        snprintf(w, sizeof w, "%s", why ? why : "connect failed");
+        if (try_connect(cl, w, sizeof w))
+            return;
+        attempt_failed(cl, cl->last_err ? cl->last_err : DX_EADDR, w);
+        return;
+    }
+    if (!opened && !cl->user_closed) {
+        int err = cl->last_err;
+        if (!err)
+            err = c->code == DX_CLOSE_TLS_HANDSHAKE ? DX_ETLS
+                  : why && strstr(why, "timeout") ? DX_ETIMEDOUT
+                                                  : DX_EIO;
+        cl->last_err = 0;
+        attempt_failed(cl, err, why ? why : "connection lost during the handshake");
+        return;
+    }
+    if (cl->state == CL_DONE)
+        return;
+    next_step(cl); /* reconnect, or done */
+}
+
+/* ---- public calls ---------------------------------------------------------------- */
+
+int dx_client_send(dx_client *cl, int opcode, const void *data, size_t len)
+{
+    if (cl->conn && cl->conn->state == CS_OPEN && cl->conn->s.state == DX_CODEC_OPEN)
+        return dx_conn_send(cl->conn, opcode, data, len);
+    if (!cl->opt.queue_max_messages || cl->user_closed)
+        return DX_ECLOSED;
+    if (opcode != DX_OP_TEXT && opcode != DX_OP_BINARY)
+        return DX_ECLOSED; /* pings make no sense later */
+    if (opcode == DX_OP_TEXT && !dx__utf8_valid(data, len))
+        return DX_EUTF8;
+    if (cl->q_msgs + 1 > cl->opt.queue_max_messages || len > cl->opt.queue_max_bytes - cl->q_bytes) {
+        cl->st.dropped++;
+        return DX_ELIMIT;
+    }
+    qmsg *m = dx__alloc(cl->ep.loop->seams, sizeof *m + len);
+    if (!m)
+        return DX_ENOMEM;
+    m->opcode = opcode;
+    m->len = len;
+    if (len)
+        memcpy(m->data, data, len);
+    dx_list_push_back(&cl->queue, &m->node);
+    cl->q_msgs++;
+    cl->q_bytes += len;
+    cl->st.queued++;
+    return 0;
+}
+
+int dx_client_close(dx_client *cl, unsigned code, const char *reason, size_t len)
+{
+    if (cl->state == CL_IDLE || cl->state == CL_DONE)
+        return DX_ECLOSED;
+    cl->user_closed = true;
+    if (cl->conn && cl->conn->state == CS_OPEN)
+        return dx_conn_close(cl->conn, code, reason, len); /* on_close, then on_done */
+    if (cl->conn) {
+        cl->quiet = true;
+        dx__conn_abort(cl->conn, DX_CLOSE_ABNORMAL, "closed by the application");
+        cl->quiet = false;
+    }
+    if (cl->pending) {
+        cl->pending->cl = NULL;
+        cl->pending = NULL;
+    }
+    if (cl->state != CL_DONE)
+        finish(cl);
+    return 0;
+}
+
+dx_conn *dx_client_conn(const dx_client *cl)
+{
+    return cl->conn && cl->conn->state == CS_OPEN ? cl->conn : NULL;
+}
+
+void dx_client_stats_get(const dx_client *cl, dx_client_stats *out)
+{
+    *out = cl->st;
+    out->messages_in = cl->ep.st.messages_in;
+    out->messages_out = cl->ep.st.messages_out;
+    out->bytes_in = cl->ep.st.bytes_in;
+    out->bytes_out = cl->ep.st.bytes_out;
+}
+
+void dx_client_free(dx_client *cl)
+{
+    if (!cl)
+        return;
+    dx_loop *loop = cl->ep.loop;
+    if (cl->pending)
+        cl->pending->cl = NULL;
+    dx__timer_stop(loop, &cl->timer);
+    dx_list *it;
+    while ((it = dx_list_first(&cl->ep.conns)) != NULL) {
+        dx_conn *c = dx_list_entry(it, dx_conn, link);
+        dx_list_remove(it);
+        if (c->state != CS_DEAD) {
+            dx__timer_stop(loop, &c->timer);
+            dx__io_stop(loop, &c->io);
+            c->st.t->close(&c->st);
+            dx__conn_free_now(c);
+        }
+    }
+    queue_clear(cl);
+    if (cl->addrs)
+        freeaddrinfo(cl->addrs);
+    dx__tls_ctx_free(cl->tls);
+    dx__free(loop->seams, cl->strings);
+    dx__free(loop->seams, cl);
+}
