@@ -16,5 +16,7 @@ int cli_parse_ms(const char *s, unsigned *out);
 int cli_parse_uint(const char *s, unsigned long min, unsigned long max, unsigned long *out);
 
 int cmd_serve(int argc, char **argv);
+int cmd_connect(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 #endif

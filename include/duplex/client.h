@@ -42,6 +42,8 @@ typedef struct dx_client_callbacks {
      * `head` is at most the first 16 payload bytes (unmasked). */
     void (*on_frame)(dx_conn *c, int dir, unsigned opcode, int fin, unsigned rsv, uint64_t len, int masked,
                      const uint8_t *head, size_t head_len, void *ud);
+    /* A pong arrived (answering dx_conn_send(DX_OP_PING) or the heartbeat). Optional. */
+    void (*on_pong)(dx_conn *c, const uint8_t *data, size_t len, void *ud);
 } dx_client_callbacks;
 
 /* Client settings. Zero means the default in brackets. Strings are copied. */

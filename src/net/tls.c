@@ -207,7 +207,9 @@ int dx__tls_connect(dx__tls_ctx *tc, dx__stream *s, const char *host)
     unsigned char ip[16];
     bool is_ip = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1;
     if (!is_ip)
-        SSL_set_tlsext_host_name(ssl, host); /* SNI: names only (RFC 6066 §3) */
+        /* SNI: names only (RFC 6066 §3). The macro casts away const; call
+         * the control function it expands to with an explicit cast. */
+        SSL_ctrl(ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name, (void *)(uintptr_t)host);
     if (!tc->insecure) {
         X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
         int ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(param, host) : X509_VERIFY_PARAM_set1_host(param, host, 0);

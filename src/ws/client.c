@@ -203,6 +203,7 @@ dx_client *dx_client_new(dx_loop *loop, const dx_client_options *o, int *err)
     so->cb.on_drain = o->cb.on_drain;
     so->cb.on_close = o->cb.on_close;
     so->cb.on_frame = o->cb.on_frame;
+    so->cb.on_pong = o->cb.on_pong;
     so->ud = o->ud;
     dx__options_defaults(so);
     if (so->send_high_water > so->send_max)

@@ -335,9 +335,9 @@ static void h_message(dx__session *s, int op, const uint8_t *p, size_t len)
 
 static void h_pong(dx__session *s, const uint8_t *p, size_t len)
 {
-    (void)p;
-    (void)len;
     dx_conn *c = conn_of(s);
+    if (c->ep->opt.cb.on_pong)
+        c->ep->opt.cb.on_pong(c, p, len, c->ep->opt.ud);
     if (c->flags & CF_PING_OUT) {
         c->flags &= (uint16_t)~CF_PING_OUT;
         arm_heartbeat(c);
