@@ -6,9 +6,11 @@
 #   scripts/bench_echo.sh BUILD_DIR
 #
 # BUILD_DIR is a configured and built tree (make bench uses build-bench): it
-# must hold bench/loadgen, bench/tcp_echo and bench/lws_echo; duplex is
-# measured when BUILD_DIR/duplex (or BUILD_DIR/cmd/duplex/duplex, or
-# $DUPLEX_BIN) exists. The Node peer's `ws` is installed with `npm ci` from
+# must hold the duplex binary (BUILD_DIR/duplex, BUILD_DIR/cmd/duplex/duplex
+# or $DUPLEX_BIN), bench/loadgen, bench/tcp_echo and bench/lws_echo. The load
+# generator of every WebSocket row is `duplex bench`; bench/loadgen --raw
+# drives only the plain TCP row (duplex bench speaks WebSocket only). The
+# Node peers' `ws` is installed with `npm ci` from
 # bench/peers/package-lock.json into BUILD_DIR/bench/node-peer (once).
 #
 # Every server runs with one worker, pinned to CPU 0; the load generator is
@@ -18,17 +20,21 @@
 #   3. 100 conns x 16 B, one at a time 4. 10 conns x 64 KiB, depth 2
 #   5. server RSS per idle connection (10,000 connections, fresh process)
 #   6. server CPU time per handshake (open, close handshake, TCP close)
-# Rows 1-4 and 6 run BENCH_REPEAT times, interleaved; the median run is shown
-# with the spread (max-min)/median. For row 1 also: server syscalls per
-# message (perf's raw_syscalls tracepoint, else strace) and server CPU
+#   7. client side: duplex bench vs a Node `ws` client (bench/peers/ws_client.js),
+#      the row-1 load against the same duplex serve; client CPU per message
+# Rows 1-4, 6 and 7 run BENCH_REPEAT times, interleaved; the median run is
+# shown with the spread (max-min)/median. For row 1 also: server syscalls
+# per message (perf's raw_syscalls tracepoint, else strace) and server CPU
 # microseconds per message.
 #
 # Environment: BENCH_SECONDS (measured seconds per run, default 3),
 # BENCH_WARMUP (default 1), BENCH_REPEAT (default 3), BENCH_IDLE_CONNS
 # (default 10000), BENCH_HANDSHAKES (default 5000), BENCH_PORT (first port,
 # default 19500). About 4 minutes with the defaults.
-# The table is printed and written to BUILD_DIR/bench-echo.txt. Every process
-# started here is stopped by PID on exit. Exit 1 if any run counted errors.
+# The table is printed and written to BUILD_DIR/bench-echo.txt, and charted
+# by scripts/bench_chart.sh into BUILD_DIR/bench-echo.png when gnuplot is
+# installed. Every process started here is stopped by PID on exit. Exit 1 if
+# any run counted errors.
 set -euo pipefail
 
 build=${1:?usage: bench_echo.sh BUILD_DIR}
@@ -71,12 +77,19 @@ forget_pid() { # removes $1 from pids
 for f in loadgen tcp_echo lws_echo; do
   [[ -x $bin/$f ]] || { log "$bin/$f is missing: build BUILD_DIR first (make bench)"; exit 2; }
 done
+duplex_bin=${DUPLEX_BIN:-}
+if [[ -z $duplex_bin ]]; then
+  for c in "$build/duplex" "$build/cmd/duplex/duplex"; do
+    [[ -x $c ]] && { duplex_bin=$c; break; }
+  done
+fi
+[[ -n $duplex_bin ]] || { log "no duplex binary in $build (or \$DUPLEX_BIN): it serves and, as duplex bench, loads"; exit 2; }
 
 # ---- pinning -----------------------------------------------------------------
 if (($(nproc) >= 2)) && command -v taskset >/dev/null; then
   PIN_SERVER=(taskset -c 0)
   PIN_LOAD=(taskset -c 1)
-  pinning="server on CPU 0, loadgen on CPU 1"
+  pinning="server on CPU 0, load generator on CPU 1"
 else
   PIN_SERVER=()
   PIN_LOAD=()
@@ -110,7 +123,8 @@ else
   sys_source="no perf or strace: not measured"
 fi
 
-# json FIELD LINE: a number or string field of loadgen's flat JSON line.
+# json FIELD LINE: a number or string field of a flat JSON line (duplex bench
+# --json, loadgen, ws_client.js).
 json() { sed -n "s/.*\"$1\":\"\{0,1\}\([^,\"}]*\).*/\1/p" <<<"$2"; }
 
 # ---- the node peer -----------------------------------------------------------------
@@ -128,17 +142,9 @@ if command -v node >/dev/null && command -v npm >/dev/null; then
 fi
 
 # ---- servers ----------------------------------------------------------------------
-duplex_bin=${DUPLEX_BIN:-}
-if [[ -z $duplex_bin ]]; then
-  for c in "$build/duplex" "$build/cmd/duplex/duplex"; do
-    [[ -x $c ]] && { duplex_bin=$c; break; }
-  done
-fi
-
 servers=(duplex lws node tcp)
 declare -A NAME=([duplex]="duplex" [lws]="libwebsockets" [node]="node ws" [tcp]="tcp_echo")
 declare -A SKIP=()
-[[ -n $duplex_bin ]] || SKIP[duplex]="duplex serve not built (no $build/duplex)"
 ((node_ok)) || SKIP[node]="node/npm or the ws package unavailable"
 
 port_free() { ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
@@ -179,13 +185,19 @@ stop_server() {
 }
 
 errors_total=0
-# loadgen ARGS...: runs it pinned, bounded; prints its JSON line (runs in a
-# command substitution: the caller counts errors with check_errors).
+# LG[key]: the load generator of a server: duplex bench for every WebSocket
+# server, loadgen --raw for the plain TCP one.
+declare -A LG=()
+# loadgen KEY ARGS...: runs KEY's load generator pinned, bounded; prints its
+# JSON line (runs in a command substitution: the caller counts errors with
+# check_errors).
 loadgen() {
-  local line rc=0
-  line=$(timeout 120 "${PIN_LOAD[@]}" "$bin/loadgen" "$@" 2>>"$work/loadgen.log") || rc=$?
+  local k=$1 line rc=0
+  shift
+  # shellcheck disable=SC2086 # LG is a command line
+  line=$(timeout 120 "${PIN_LOAD[@]}" ${LG[$k]} "$@" 2>>"$work/loadgen.log") || rc=$?
   if [[ -z $line ]]; then
-    log "loadgen $* failed (exit $rc): $(tail -2 "$work/loadgen.log")"
+    log "${LG[$k]} $* failed (exit $rc): $(tail -2 "$work/loadgen.log")"
     line='{"errors":1}'
   fi
   echo "$line"
@@ -211,9 +223,10 @@ declare -A ROW_TITLE=(
   [3]="100 connections x 16 B, one at a time (depth 1)"
   [4]="10 connections x 64 KiB, depth 2"
   [5]="server RSS per idle connection, $IDLE_N connections"
-  [6]="server CPU per handshake ($HS_N x open + close handshake, 8 at a time)")
+  [6]="server CPU per handshake ($HS_N x open + close handshake, 8 at a time)"
+  [7]="client side: 100 connections x 16 B, depth 16, both clients against the same duplex serve")
 
-declare -A PID=() URL=() RAW=()
+declare -A PID=() URL=()
 
 # Row 5, on the fresh process, so freed buffers of later rows cannot hide
 # the growth. idle_row KEY
@@ -223,11 +236,11 @@ idle_row() {
   # TLS/crypto library touched by the first handshake, lazy allocations) sit
   # in the baseline of every server instead of being divided among the idle
   # connections.
-  # shellcheck disable=SC2086 # RAW is empty or --raw
-  timeout 30 "${PIN_LOAD[@]}" "$bin/loadgen" ${RAW[$k]} --idle -c 16 -t 1 "${URL[$k]}" >/dev/null 2>>"$work/loadgen.log" || true
+  # shellcheck disable=SC2086 # LG is a command line
+  timeout 30 "${PIN_LOAD[@]}" ${LG[$k]} --idle -c 16 -t 1 "${URL[$k]}" >/dev/null 2>>"$work/loadgen.log" || true
   sleep 0.3
-  # shellcheck disable=SC2086 # RAW is empty or --raw
-  timeout 120 "${PIN_LOAD[@]}" "$bin/loadgen" ${RAW[$k]} --idle -c "$IDLE_N" -t 3 --ready-file "$ready" \
+  # shellcheck disable=SC2086 # LG is a command line
+  timeout 120 "${PIN_LOAD[@]}" ${LG[$k]} --idle -c "$IDLE_N" -t 3 --ready-file "$ready" \
     "${URL[$k]}" >"$work/idle-$k.json" 2>>"$work/loadgen.log" &
   lg=$!
   pids+=("$lg")
@@ -255,8 +268,8 @@ load_row() {
   local k=$1 r=$2 i=$3 pid=${PID[$1]} line c0 c1 t0 t1 total
   c0=$(cpu_ns "$pid")
   t0=$(date +%s%N)
-  # shellcheck disable=SC2086 # RAW and ROW_ARGS are meant to split
-  line=$(loadgen ${RAW[$k]} ${ROW_ARGS[$r]} -t "$SECS" -w "$WARM" "${URL[$k]}")
+  # shellcheck disable=SC2086 # ROW_ARGS is meant to split
+  line=$(loadgen "$k" ${ROW_ARGS[$r]} -t "$SECS" -w "$WARM" "${URL[$k]}")
   t1=$(date +%s%N)
   c1=$(cpu_ns "$pid")
   check_errors "${NAME[$k]} row $r" "$line"
@@ -287,7 +300,7 @@ sys_row() {
   pids+=("$tracer")
   sleep 0.5
   # shellcheck disable=SC2086
-  line=$(loadgen ${RAW[$k]} ${ROW_ARGS[1]} -t "$SECS" -w 0.5 "${URL[$k]}")
+  line=$(loadgen "$k" ${ROW_ARGS[1]} -t "$SECS" -w 0.5 "${URL[$k]}")
   check_errors "${NAME[$k]} row 1 ($sys_tool)" "$line"
   kill -INT "$tracer" 2>/dev/null || true
   wait "$tracer" 2>/dev/null || true
@@ -308,7 +321,7 @@ hs_row() {
   local k=$1 i=$2 pid=${PID[$1]} line c0 c1 ok
   c0=$(cpu_ns "$pid")
   # shellcheck disable=SC2086
-  line=$(loadgen ${RAW[$k]} --handshakes "$HS_N" --concurrency 8 "${URL[$k]}")
+  line=$(loadgen "$k" --handshakes "$HS_N" --concurrency 8 "${URL[$k]}")
   sleep 0.3 # the server may still be accepting or closing (tcp_echo's accept lags the client)
   c1=$(cpu_ns "$pid")
   check_errors "${NAME[$k]} row 6" "$line"
@@ -318,6 +331,38 @@ hs_row() {
     R[$k,6,$i,info]="$(json per_s "$line")/s, p50 $(json hs_p50_us "$line") us"
   fi
 }
+
+# Row 7, repetition REP: client_row CLIENT REP, CLIENT = dxb (duplex bench)
+# or nodec (bench/peers/ws_client.js), the row-1 load against duplex serve,
+# the client pinned where the load generator runs. Results go to R[CLIENT,7,...].
+client_row() {
+  local k=$1 i=$2 pid=${PID[duplex]} line c0 c1 t0 t1 rc=0
+  c0=$(cpu_ns "$pid")
+  t0=$(date +%s%N)
+  # shellcheck disable=SC2086 # ROW_ARGS is meant to split
+  if [[ $k == dxb ]]; then
+    line=$(loadgen duplex ${ROW_ARGS[1]} -t "$SECS" -w "$WARM" "${URL[duplex]}")
+  else
+    line=$(timeout 120 "${PIN_LOAD[@]}" env NODE_PATH="$node_dir/node_modules" node "$root/bench/peers/ws_client.js" \
+      ${ROW_ARGS[1]} -t "$SECS" -w "$WARM" "${URL[duplex]}" 2>>"$work/ws_client.log") || rc=$?
+    [[ -n $line ]] || { log "ws_client.js failed (exit $rc): $(tail -2 "$work/ws_client.log")"; line='{"errors":1}'; }
+  fi
+  t1=$(date +%s%N)
+  c1=$(cpu_ns "$pid")
+  check_errors "${CNAME[$k]} row 7" "$line"
+  R[$k,7,$i,v]=$(json msgs_per_s "$line")
+  R[$k,7,$i,p50]=$(json lat_p50_us "$line")
+  R[$k,7,$i,p99]=$(json lat_p99_us "$line")
+  R[$k,7,$i,lgcpu]=$(json cpu_pct "$line")
+  R[$k,7,$i,err]=$(json errors "$line")
+  R[$k,7,$i,srvcpu]=$(awk -v c=$((c1 - c0)) -v t=$((t1 - t0)) 'BEGIN {printf "%.0f", 100 * c / t}')
+  R[$k,7,$i,cpumsg]=$(awk -v p="${R[$k,7,$i,lgcpu]:-}" -v m="${R[$k,7,$i,v]:-}" \
+    'BEGIN { if (m + 0 > 0 && p != "") printf "%.2f", p / 100 / m * 1e6; else print "" }')
+  log "${CNAME[$k]} row 7 run $i: ${R[$k,7,$i,v]:-?} msgs/s, client ${R[$k,7,$i,lgcpu]:-?}% CPU"
+}
+declare -A CNAME=([dxb]="duplex bench" [nodec]="node ws client")
+clients=(dxb)
+((node_ok)) && clients+=(nodec)
 
 # pick_median KEY ROW: copies the fields of the run with the median value to
 # R[KEY,ROW,field] and the spread (max-min)/median to R[KEY,ROW,spread].
@@ -351,8 +396,8 @@ for k in "${servers[@]}"; do
   if start_server "$k"; then
     PID[$k]=$SPID
     URL[$k]=$(url_for "$k" "$SPORT")
-    RAW[$k]=""
-    [[ $k == tcp ]] && RAW[$k]="--raw"
+    LG[$k]="$duplex_bin bench --json"
+    [[ $k == tcp ]] && LG[$k]="$bin/loadgen --raw"
     active+=("$k")
     log "${NAME[$k]}: pid $SPID, ${URL[$k]}"
   else
@@ -368,10 +413,14 @@ for ((rep = 1; rep <= REPS; rep++)); do
     for k in "${active[@]}"; do load_row "$k" "$r" "$rep"; done
   done
   for k in "${active[@]}"; do hs_row "$k" "$rep"; done
+  if [[ -n ${PID[duplex]:-} ]]; then
+    for k in "${clients[@]}"; do client_row "$k" "$rep"; done
+  fi
 done
 if [[ $sys_tool != none ]]; then
   for k in "${active[@]}"; do sys_row "$k"; done
 fi
+for k in "${clients[@]}"; do pick_median "$k" 7; done
 for k in "${active[@]}"; do
   for r in 1 2 3 4 6; do pick_median "$k" "$r"; done
   stop_server "${PID[$k]}"
@@ -385,9 +434,10 @@ cols=(lws node tcp)
 {
   echo "duplex end-to-end echo benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -r), $(nproc) CPUs"
   echo "one worker per server; $pinning; loopback; each run ${SECS}s measured after ${WARM}s warm-up;"
-  echo "rows 1-4 and 6: median of $REPS interleaved runs, spread = (max - min) / median"
+  echo "rows 1-4, 6 and 7: median of $REPS interleaved runs, spread = (max - min) / median"
   echo "load average at start: $load"
-  echo "loadgen: $bin/loadgen (epoll, one thread, verifies every echoed byte)"
+  echo "load generator: $duplex_bin bench for the WebSocket servers, $bin/loadgen --raw for tcp_echo"
+  echo "  (both one thread, epoll, verify every echoed byte)"
   for k in "${servers[@]}"; do
     [[ -n ${SKIP[$k]:-} ]] && echo "  ${NAME[$k]}: ${SKIP[$k]}"
   done
@@ -409,7 +459,7 @@ cols=(lws node tcp)
     done
   done
   echo
-  echo "srv% / lg%: CPU use of the server's core / of loadgen's core during the row (100 = saturated)"
+  echo "srv% / lg%: CPU use of the server's core / of the load generator's core during the row (100 = saturated)"
   echo
   echo "== row 1 per message, server side"
   printf '%-14s %12s %12s %12s\n' server syscalls/msg cpu_us/msg server_cpu%
@@ -418,7 +468,7 @@ cols=(lws node tcp)
     printf '%-14s %12s %12s %12s\n' "${NAME[$k]}" "${R[$k,1,sys]:--}" "${R[$k,1,cpumsg]:--}" "${R[$k,1,srvcpu]:--}"
   done
   echo "syscalls: $sys_source"
-  echo "cpu: $cpu_source, over the whole loadgen run (warm-up included) / every echoed message"
+  echo "cpu: $cpu_source, over the whole load generator run (warm-up included) / every echoed message"
   for r in 5 6; do
     echo
     echo "== $r. ${ROW_TITLE[$r]} (lower is better)"
@@ -437,8 +487,25 @@ cols=(lws node tcp)
   echo "       the baseline taken after a warm-up of 16 connections;"
   echo "       tcp_echo's connections are plain TCP. Kernel socket memory is not in RSS."
   echo "row 6: server CPU ($cpu_source) / handshakes; for tcp_echo: accept + close only."
+  echo
+  echo "== 7. ${ROW_TITLE[7]}"
+  printf '%-16s %10s %6s %8s %8s %5s %7s %5s %3s %8s\n' client msgs/s spread p50_us p99_us cli% us/msg srv% err "vs node"
+  for k in dxb nodec; do
+    if [[ $k == nodec ]] && ! ((node_ok)); then printf '%-16s %s\n' "${CNAME[$k]}" "(node/npm or ws unavailable)"; continue; fi
+    v=${R[$k,7,v]:-}
+    printf '%-16s %10s %6s %8s %8s %5s %7s %5s %3s %8s\n' "${CNAME[$k]}" "${v:--}" "${R[$k,7,spread]:--}" \
+      "${R[$k,7,p50]:--}" "${R[$k,7,p99]:--}" "${R[$k,7,lgcpu]:--}" "${R[$k,7,cpumsg]:--}" "${R[$k,7,srvcpu]:--}" \
+      "${R[$k,7,err]:--}" "$(ratio "$v" "${R[nodec,7,v]:-}")"
+  done
+  echo "row 7: cli% = the client's CPU (its own getrusage / process.cpuUsage) over the measured window;"
+  echo "       us/msg = client CPU microseconds per echoed message; srv% = duplex serve's core"
   echo "whole run: $(($(date +%s) - started)) s"
 } | tee "$out"
+if command -v gnuplot >/dev/null; then
+  "$root/scripts/bench_chart.sh" "$out" || log "chart not written (scripts/bench_chart.sh failed)"
+else
+  log "gnuplot not installed (gnuplot-nox): no chart"
+fi
 
 if ((errors_total > 0)); then
   log "$errors_total run(s) counted errors; server logs:"

@@ -18,7 +18,7 @@ packages=(
   # tests: real peers (Node ws, Python websockets, headless Chromium), fault tests
   nodejs python3 python3-websockets chromium util-linux procps
   # benchmarks: peers of scripts/bench_echo.sh, CPU pinning, syscall counts
-  libwebsockets-dev linux-perf strace
+  libwebsockets-dev linux-perf strace gnuplot-nox
 )
 # Debian's nodejs comes without npm; a nodesource nodejs bundles it (and
 # conflicts with Debian's npm package), so npm is added only when missing.

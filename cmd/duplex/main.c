@@ -1,11 +1,13 @@
 /*
  * cmd/duplex/main.c: the `duplex` command: dispatches to its subcommands.
  */
+#include "bench.h"
 #include "cli.h"
 #include "duplex/duplex.h"
 
 #include <stdio.h>
 #include <string.h>
+
 
 static void usage(FILE *f)
 {
@@ -13,10 +15,11 @@ static void usage(FILE *f)
                "\n"
                "commands:\n"
                "  serve      run the WebSocket server (echo endpoint, static files, health check)\n"
+               "  bench      load generator: connections, echo/rate/subscribe workloads, latency\n"
+               "  connect    WebSocket client for terminals and pipes (wscat); --listen: one-shot server\n"
                "  version    print the version\n"
                "\n"
-               "`duplex <command> --help` describes a command's options.\n"
-               "`connect` (client) and `bench` (load generator) are not built yet.\n");
+               "`duplex <command> --help` describes a command's options.\n");
 }
 
 int main(int argc, char **argv)
@@ -28,6 +31,10 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "serve"))
         return cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench"))
+        return cmd_bench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "connect"))
+        return cmd_connect(argc - 1, argv + 1);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("duplex %s\n", dx_version());
         return 0;

@@ -24,6 +24,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_EVENTS 256
@@ -31,6 +32,7 @@
 typedef struct post {
     dx_list node;
     void (*fn)(void *arg);
+    void (*drop)(void *arg);
     void *arg;
 } post;
 
@@ -158,7 +160,7 @@ static void run_deferred(dx_loop *loop)
     while ((it = dx_list_first(&loop->deferred)) != NULL) {
         dx__deferred *d = dx_list_entry(it, dx__deferred, node);
         dx_list_remove(it);
-        d->fn(d);
+        d->fn(loop, d);
     }
 }
 
@@ -168,7 +170,7 @@ void dx__loop_defer(dx_loop *loop, dx__deferred *d)
         dx_list_push_back(&loop->deferred, &d->node);
         return;
     }
-    d->fn(d);
+    d->fn(loop, d);
 }
 
 void dx__loop_ready(dx_loop *loop, dx__io *io)
@@ -226,6 +228,7 @@ dx_loop *dx_loop_new(const dx_loop_options *opt, int *err)
     dx_list_init(&loop->deferred);
     dx_list_init(&loop->posts);
     atomic_init(&loop->stop, false);
+    atomic_init(&loop->helpers, 0);
     loop->rbuf = dx__alloc(seams, DX_LOOP_RBUF);
     loop->cork = dx__alloc(seams, DX_LOOP_CORK);
     loop->post_mu = dx__alloc(seams, sizeof(pthread_mutex_t));
@@ -262,6 +265,12 @@ void dx_loop_free(dx_loop *loop)
     if (!loop)
         return;
     const dx_seams *s = loop->seams;
+    /* Helper threads (DNS) still running would post into freed memory: wait
+     * for them; getaddrinfo's own timeouts bound this. */
+    while (atomic_load(&loop->helpers) > 0) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
     if (loop->epfd >= 0)
         close(loop->epfd);
     if (loop->wakefd >= 0)
@@ -272,7 +281,10 @@ void dx_loop_free(dx_loop *loop)
         dx_list *it;
         while ((it = dx_list_first(&loop->posts)) != NULL) {
             dx_list_remove(it);
-            dx__free(s, dx_list_entry(it, post, node));
+            post *p = dx_list_entry(it, post, node);
+            if (p->drop)
+                p->drop(p->arg);
+            dx__free(s, p);
         }
         pthread_mutex_destroy(loop->post_mu);
         dx__free(s, loop->post_mu);
@@ -283,12 +295,18 @@ void dx_loop_free(dx_loop *loop)
     dx__free(s, loop);
 }
 
-int dx_loop_post(dx_loop *loop, void (*fn)(void *arg), void *arg)
+int dx_loop_post(dx_loop *loop, void (*fn)(void *arg), void *arg) { return dx__loop_post_ex(loop, fn, NULL, arg); }
+
+void dx__loop_helper_begin(dx_loop *loop) { atomic_fetch_add(&loop->helpers, 1); }
+void dx__loop_helper_end(dx_loop *loop) { atomic_fetch_sub(&loop->helpers, 1); }
+
+int dx__loop_post_ex(dx_loop *loop, void (*fn)(void *arg), void (*drop)(void *arg), void *arg)
 {
     post *p = dx__alloc(loop->seams, sizeof *p);
     if (!p)
         return DX_ENOMEM;
     p->fn = fn;
+    p->drop = drop;
     p->arg = arg;
     pthread_mutex_lock(loop->post_mu);
     dx_list_push_back(&loop->posts, &p->node);

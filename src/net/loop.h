@@ -26,6 +26,7 @@
 #define DX_LOOP_CORK (64u * 1024u)  /* the per-loop write-coalescing buffer */
 
 typedef struct dx__io dx__io;
+typedef struct dx_loop dx_loop;
 typedef void (*dx__io_fn)(dx__io *io, uint32_t events);
 
 struct dx__io {
@@ -43,7 +44,7 @@ struct dx__timer {
 
 typedef struct dx__deferred {
     dx_list node;
-    void (*fn)(struct dx__deferred *d);
+    void (*fn)(dx_loop *loop, struct dx__deferred *d); /* the owner may be gone: use `loop` */
 } dx__deferred;
 
 struct dx_loop {
@@ -64,6 +65,7 @@ struct dx_loop {
     /* cross-thread posts */
     void *post_mu;       /* pthread_mutex_t, allocated (keeps pthread.h out of here) */
     dx_list posts;
+    _Atomic int helpers; /* threads (DNS lookups) that may still post to this loop */
     /* per-loop buffers: reads land in rbuf; writes made while a connection
      * processes a read are coalesced in cork and flushed once */
     uint8_t *rbuf;
@@ -94,12 +96,21 @@ static inline void dx__timer_init(dx__timer *t, void (*cb)(dx__timer *t))
     t->cb = cb;
 }
 
-/* Runs d->fn(d) after the current batch of events (or at once, outside one). */
+/* Runs d->fn(loop, d) after the current batch of events (or at once, outside one). */
 void dx__loop_defer(dx_loop *loop, dx__deferred *d);
 
 /* Asks for io->cb(io, EPOLLIN) after the current batch even though the
  * descriptor may not be readable: its transport holds input of its own. */
 void dx__loop_ready(dx_loop *loop, dx__io *io);
+
+/* dx_loop_post with `drop(arg)` called instead of fn when the loop is freed
+ * before running it (so what arg owns is not leaked). */
+int dx__loop_post_ex(dx_loop *loop, void (*fn)(void *arg), void (*drop)(void *arg), void *arg);
+
+/* A helper thread that will post to the loop starts / is done posting:
+ * dx_loop_free waits until none is left. */
+void dx__loop_helper_begin(dx_loop *loop);
+void dx__loop_helper_end(dx_loop *loop);
 
 /* A fresh 4-byte mask key from the loop's pool (refilled from the seams). */
 int dx__loop_mask_key(dx_loop *loop, uint8_t key[4]);

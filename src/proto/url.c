@@ -8,6 +8,7 @@
 
 #include "duplex/duplex.h"
 
+#include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -68,6 +69,21 @@ int dx__url_parse(const char *url, bool allow_ws, bool allow_http, dx_url *out)
         return DX_EINVAL;
     memcpy(out->host, host, hl);
     out->host[hl] = 0;
+    if (*h == '[') {
+        /* Only an IPv6 literal goes in brackets (RFC 3986 §3.2.2); a zone
+         * follows as "%25" (RFC 6874). */
+        char lit[DX_URL_HOST_MAX + 1];
+        memcpy(lit, out->host, hl + 1);
+        char *zone = strstr(lit, "%25");
+        if (zone) {
+            if (zone[3] == 0)
+                return DX_EINVAL;
+            *zone = 0;
+        }
+        unsigned char a[16];
+        if (inet_pton(AF_INET6, lit, a) != 1)
+            return DX_EINVAL;
+    }
     out->default_port = true;
     if (port_at) {
         if (port_at == end)

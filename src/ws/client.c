@@ -354,6 +354,8 @@ static bool try_connect(dx_client *cl, char *why, size_t whylen)
             struct addrinfo hints = {.ai_family = ai->ai_family, .ai_flags = AI_NUMERICHOST | AI_PASSIVE,
                                      .ai_socktype = SOCK_STREAM};
             struct addrinfo *b = NULL;
+            int one = 1; /* pick the port at connect: one source address, many connections */
+            setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
             if (getaddrinfo(cl->opt.bind_addr, NULL, &hints, &b) != 0 || bind(fd, b->ai_addr, b->ai_addrlen) < 0) {
                 snprintf(why, whylen, "cannot bind to %s: %s", cl->opt.bind_addr,
                          b ? strerror(errno) : "address family differs from the server's");
@@ -401,19 +403,27 @@ static void resolved(dx_client *cl, struct addrinfo *res, int gai_err)
 
 static void resolve_done(void *arg);
 
+static void resolve_drop(void *arg)
+{
+    resolve_req *r = arg;
+    if (r->res)
+        freeaddrinfo(r->res);
+    free(r);
+}
+
 /* The lookup's thread: getaddrinfo blocks, the loop does not. The request is
- * malloc'ed (not through the seams): it crosses threads. */
+ * malloc'ed (not through the seams): it crosses threads. The loop waits for
+ * this thread before it is freed (dx__loop_helper_*), and frees the request
+ * if it is freed before running the post. */
 static void *resolve_thread(void *arg)
 {
     resolve_req *r = arg;
+    dx_loop *loop = r->loop;
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG | AI_NUMERICSERV};
     r->gai_err = getaddrinfo(r->host, r->port, &hints, &r->res);
-    if (dx_loop_post(r->loop, resolve_done, r) != 0) {
-        /* No memory to post: the attempt's deadline fires; drop the answer. */
-        if (r->res)
-            freeaddrinfo(r->res);
-        free(r);
-    }
+    if (dx__loop_post_ex(loop, resolve_done, resolve_drop, r) != 0)
+        resolve_drop(r); /* no memory to post: the attempt's deadline fires */
+    dx__loop_helper_end(loop);
     return NULL;
 }
 
@@ -449,15 +459,22 @@ static void start_attempt(dx_client *cl)
     cl->st.attempts++;
     cl->try_next = false;
     cl->state = CL_RESOLVING;
-    const char *host = cl->use_proxy ? cl->proxy.host : cl->url.host;
+    const char *uhost = cl->use_proxy ? cl->proxy.host : cl->url.host;
     unsigned port = cl->use_proxy ? cl->proxy.port : cl->url.port;
     char portstr[8];
     snprintf(portstr, sizeof portstr, "%u", port);
-    unsigned char tmp[16];
-    if (inet_pton(AF_INET, host, tmp) == 1 || inet_pton(AF_INET6, host, tmp) == 1) {
-        struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
-        struct addrinfo *res = NULL;
-        int e = getaddrinfo(host, portstr, &hints, &res);
+    /* An IPv6 zone is written "%25eth0" in a URL (RFC 6874) but "%eth0" for
+     * getaddrinfo. */
+    char host[DX_URL_HOST_MAX + 1];
+    snprintf(host, sizeof host, "%s", uhost);
+    char *zone = strstr(host, "%25");
+    if (zone)
+        memmove(zone + 1, zone + 3, strlen(zone + 3) + 1);
+    /* A literal (zones included) needs no lookup: answer at once. */
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    int e = getaddrinfo(host, portstr, &hints, &res);
+    if (e != EAI_NONAME) {
         resolved(cl, res, e);
         return;
     }
@@ -474,9 +491,11 @@ static void start_attempt(dx_client *cl)
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_t th;
+    dx__loop_helper_begin(cl->ep.loop);
     int rc = pthread_create(&th, &attr, resolve_thread, r);
     pthread_attr_destroy(&attr);
     if (rc != 0) {
+        dx__loop_helper_end(cl->ep.loop);
         free(r);
         attempt_failed(cl, DX_ENOMEM, "cannot start the DNS thread");
         return;
@@ -684,7 +703,7 @@ void dx__client_conn_end(dx_conn *c, const char *why)
         int err = cl->last_err;
         if (!err)
             err = c->code == DX_CLOSE_TLS_HANDSHAKE ? DX_ETLS
-                  : why && strstr(why, "timeout") ? DX_ETIMEDOUT
+                  : why && (strstr(why, "timed out") || strstr(why, "timeout")) ? DX_ETIMEDOUT
                                                   : DX_EIO;
         cl->last_err = 0;
         attempt_failed(cl, err, why ? why : "connection lost during the handshake");

@@ -386,10 +386,12 @@ void dx__ws_session_cfg(dx__ep *ep, int role)
 
 /* ---- lifecycle -------------------------------------------------------------- */
 
-static void deferred_free(dx__deferred *d)
+/* The last step: only the struct is left (conn_finish released the rest),
+ * and its endpoint may already be gone, so the loop's seams free it. */
+static void deferred_free(dx_loop *loop, dx__deferred *d)
 {
     dx_conn *c = dx_list_entry(d, dx_conn, dfree);
-    dx__conn_free_now(c);
+    dx__free(loop->seams, c);
 }
 
 void dx__conn_free_now(dx_conn *c)
@@ -432,6 +434,14 @@ static void conn_finish(dx_conn *c, const char *why)
     dx_list_remove(&c->link);
     ep->nconns--;
     ep->st.closed++;
+    /* Release what the callbacks below do not need now: a callback may free
+     * the endpoint (the session's config lives there). */
+    const dx_seams *seams = loop->seams;
+    if (c->s.cfg)
+        dx__session_deinit(&c->s);
+    dx__free(seams, c->wq);
+    c->wq = NULL;
+    struct dx_client *cl = ep->cl;
     if (c->flags & CF_OPENED) {
         ep->st.open--;
         dx__log(LOG(c), DX_LOG_INFO,
@@ -445,8 +455,12 @@ static void conn_finish(dx_conn *c, const char *why)
         if (ep->opt.cb.on_close)
             ep->opt.cb.on_close(c, code, reason, rlen, ep->opt.ud);
     }
-    if (ep->cl)
-        dx__client_conn_end(c, why);
+    dx__free(seams, c->head);
+    dx__free(seams, c->protocol);
+    c->head = NULL;
+    c->protocol = NULL;
+    if (cl)
+        dx__client_conn_end(c, why); /* may reconnect, report, or free nothing more of c */
     c->dfree.fn = deferred_free;
     dx__loop_defer(loop, &c->dfree);
 }
@@ -519,6 +533,15 @@ static void on_timer(dx__timer *t)
     case CS_TLS:
     case CS_HEAD:
         ep->st.handshakes_failed++;
+        if (ep->cl) {
+            /* A client names the phase that did not finish. */
+            static const char *const phase[] = {"TCP connect timed out", "proxy answer to CONNECT timed out",
+                                                "TLS handshake timed out", "HTTP response to the upgrade timed out"};
+            char why[128];
+            snprintf(why, sizeof why, "%s (%u ms)", phase[c->state], o->handshake_timeout_ms);
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, why);
+            return;
+        }
         dx__log(LOG(c), DX_LOG_INFO, "conn=%llu handshake timeout remote=%s after %u ms (%zu head bytes)",
                 (unsigned long long)c->id, REMOTE(c).s, o->handshake_timeout_ms, c->head ? c->head->len : 0);
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, "handshake timeout");

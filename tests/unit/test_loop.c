@@ -287,8 +287,9 @@ typedef struct defer_fx {
 /* The deferreds sit in an array inside the fixture: find it from d. */
 static defer_fx *g_defer;
 
-static void deferred_record(dx__deferred *d)
+static void deferred_record(dx_loop *loop, dx__deferred *d)
 {
+    (void)loop;
     defer_fx *f = g_defer;
     size_t i = (size_t)(d - f->d);
     f->ran[i] = ++f->seq;

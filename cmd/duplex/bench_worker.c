@@ -1,0 +1,762 @@
+/*
+ * cmd/duplex/bench_worker.c: one worker of `duplex bench`: a dx_loop on
+ * the calling thread and its share of the client connections.
+ *
+ * Layer: CLI. Uses only the public headers (duplex/client.h); it measures
+ * a server through the same client endpoint applications use.
+ *
+ * Invariants that keep it fast and honest:
+ *  - no allocation per message on our side: a message is built in one
+ *    per-worker scratch buffer (dx_conn_send copies it) and each connection
+ *    has a ring of D send timestamps, allocated once;
+ *  - every echo is verified: message i of a connection carries i in its
+ *    first 8 bytes (letters, so text frames are valid UTF-8) and a fixed
+ *    printable pattern after; opcode, length, order and every byte are
+ *    compared. A mismatch counts err_verify and closes the connection;
+ *  - latency goes into a histogram, never stored samples;
+ *  - the public loop has no timer: a ticker thread posts `tick` with
+ *    dx_loop_post every 10 ms (1 ms with --rate), at most one outstanding.
+ */
+#define _GNU_SOURCE
+#include "bench.h"
+
+#include "duplex/client.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SEQ_BYTES 8u
+#define TICK_NS 10000000u     /* 10 ms: connect pacing, phases */
+#define TICK_RATE_NS 1000000u /* 1 ms with --rate, so sends are spread */
+#define DRAIN_GRACE_NS 2000000000ull /* wait this long for in-flight echoes at the end */
+#define CLOSE_GRACE_NS 3000000000ull /* then this long for the close handshakes */
+
+enum { S_IDLE, S_CONNECTING, S_OPEN, S_CLOSING, S_DONE };
+
+typedef struct bconn {
+    struct worker *w;
+    dx_client *cl;
+    dx_conn *conn;
+    uint64_t *ts;       /* send time of message seq at ts[seq % depth] */
+    uint64_t sent, recv;
+    uint8_t seq_out[SEQ_BYTES], seq_in[SEQ_BYTES]; /* next to send, next expected */
+    uint64_t t_start;   /* connect started */
+    unsigned inflight;
+    unsigned index;     /* global index, picks the source address */
+    uint8_t state;
+    bool failed;        /* counted as an error already */
+    bool ever_opened;
+    char bind[20];
+} bconn;
+
+typedef struct worker {
+    const bench_cfg *cfg;
+    bench_shared *sh;
+    bench_wstate *ws;
+    dx_loop *loop;
+    bconn *c;
+    unsigned nslots;
+    unsigned next_start;  /* next slot to connect (echo/rate/subscribe/idle) */
+    unsigned pending;     /* connecting now */
+    unsigned active;      /* slots not S_IDLE/S_DONE */
+    uint64_t hs_started;  /* BM_HANDSHAKES */
+    uint8_t *msg;         /* scratch message: pattern with the sequence in front */
+    uint8_t *pattern;
+    size_t seq_len;       /* min(size, SEQ_BYTES) */
+    int opcode;
+    uint64_t t0;
+    bool measuring, stopping, closing, finished;
+    uint64_t t_stop, t_close, t_win0;
+    double cpu0;
+    double credit;        /* BM_RATE: messages owed */
+    uint64_t t_credit;
+    unsigned rr;          /* BM_RATE: round-robin cursor */
+    uint64_t win_from, win_to; /* the measurement window, refreshed by tick */
+    uint64_t sent, received;   /* published to ws->c by tick (single writer) */
+    pthread_t ticker;
+    dx_seams seams;
+    uint64_t rng;
+    _Atomic int tick_pending, ticker_stop;
+    dx_log log;
+} worker;
+
+uint64_t bench_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec +
+           (double)ru.ru_stime.tv_usec * 1e-6;
+}
+
+static void inc(_Atomic uint64_t *a) { atomic_fetch_add_explicit(a, 1, memory_order_relaxed); }
+static void dec(_Atomic uint64_t *a) { atomic_fetch_sub_explicit(a, 1, memory_order_relaxed); }
+
+/* ---- histogram ----------------------------------------------------------------- */
+
+static unsigned hist_index(uint64_t v)
+{
+    if (v < BH_SUB)
+        return (unsigned)v;
+    unsigned msb = 63u - (unsigned)__builtin_clzll(v); /* >= 4 */
+    unsigned i = (msb - 3u) * BH_SUB + (unsigned)((v >> (msb - 4u)) & (BH_SUB - 1u));
+    return i < BH_BUCKETS ? i : BH_BUCKETS - 1;
+}
+
+void bench_hist_add(bench_hist *h, uint64_t v)
+{
+    h->b[hist_index(v)]++;
+    h->n++;
+    h->sum += v;
+    if (v > h->max)
+        h->max = v;
+}
+
+void bench_hist_merge(bench_hist *into, const bench_hist *from)
+{
+    for (unsigned i = 0; i < BH_BUCKETS; i++)
+        into->b[i] += from->b[i];
+    into->n += from->n;
+    into->sum += from->sum;
+    if (from->max > into->max)
+        into->max = from->max;
+}
+
+double bench_hist_quantile(const bench_hist *h, double p)
+{
+    if (h->n == 0)
+        return 0;
+    uint64_t target = (uint64_t)(p * (double)h->n + 0.5);
+    if (target < 1)
+        target = 1;
+    uint64_t acc = 0;
+    for (unsigned i = 0; i < BH_BUCKETS; i++) {
+        acc += h->b[i];
+        if (acc < target)
+            continue;
+        double mid;
+        if (i < BH_SUB) {
+            mid = (double)i;
+        } else {
+            unsigned m = i / BH_SUB, sub = i % BH_SUB;
+            double lo = (double)((uint64_t)(BH_SUB + sub) << (m - 1));
+            double hi = (double)((uint64_t)(BH_SUB + sub + 1) << (m - 1));
+            mid = (lo + hi) / 2;
+        }
+        return mid > (double)h->max ? (double)h->max : mid;
+    }
+    return (double)h->max;
+}
+
+/* ---- payload ---------------------------------------------------------------------- */
+
+/* A message's sequence number as 8 base-32 digits 'A'..'`' (ASCII, so a
+ * text frame stays valid UTF-8), least significant first, kept per
+ * connection as a counter: incrementing it is one step amortised, and
+ * checking an echo is one 8-byte compare. */
+#define SEQ_ZERO "AAAAAAAA"
+
+static inline void seq_next(uint8_t e[SEQ_BYTES])
+{
+    for (unsigned i = 0; i < SEQ_BYTES && ++e[i] == 'A' + 32; i++)
+        e[i] = 'A';
+}
+
+/* Builds the next message of `b` in the scratch buffer. */
+static const uint8_t *make_msg(worker *w, const uint8_t seq[SEQ_BYTES])
+{
+    memcpy(w->msg, seq, w->seq_len);
+    return w->msg;
+}
+
+static bool msg_ok(const worker *w, const uint8_t seq[SEQ_BYTES], const uint8_t *d, size_t len)
+{
+    if (len != w->cfg->size || memcmp(d, seq, w->seq_len) != 0)
+        return false;
+    return memcmp(d + w->seq_len, w->pattern + w->seq_len, len - w->seq_len) == 0;
+}
+
+/* ---- connections ------------------------------------------------------------------ */
+
+static void conn_error(bconn *b, _Atomic uint64_t *counter, const char *what)
+{
+    worker *w = b->w;
+    uint64_t before = atomic_fetch_add_explicit(counter, 1, memory_order_relaxed);
+    if (before < 3)
+        fprintf(stderr, "%sduplex bench: connection %u: %s\n", w->cfg->progress ? "\r\033[K" : "", b->index, what);
+    b->failed = true;
+    if (b->state == S_OPEN) {
+        b->state = S_CLOSING;
+        (void)dx_client_close(b->cl, DX_CLOSE_POLICY, "bench: bad echo", 15);
+    }
+}
+
+/* The window as of the last tick (the coordinator's times, copied so the
+ * hot path reads no shared memory). */
+static bool window_open(const worker *w, uint64_t now)
+{
+    return now >= w->win_from && now < w->win_to;
+}
+
+static int send_one(bconn *b, uint64_t now, bool in_win)
+{
+    worker *w = b->w;
+    int rc = dx_conn_send(b->conn, w->opcode, make_msg(w, b->seq_out), w->cfg->size);
+    if (rc != 0) {
+        conn_error(b, &w->ws->c.err_send, dx_strerror(rc));
+        return -1;
+    }
+    b->ts[b->sent % w->cfg->depth] = now;
+    b->sent++;
+    seq_next(b->seq_out);
+    b->inflight++;
+    w->sent++;
+    if (in_win)
+        w->ws->w_sent++;
+    return 0;
+}
+
+static void top_up(bconn *b, uint64_t now, bool in_win)
+{
+    while (b->state == S_OPEN && !b->w->stopping && b->inflight < b->w->cfg->depth)
+        if (send_one(b, now, in_win) < 0)
+            return;
+}
+
+static void start_conn(worker *w, bconn *b);
+
+static void on_open(dx_conn *c, void *ud)
+{
+    bconn *b = ud;
+    worker *w = b->w;
+    uint64_t now = bench_now_ns();
+    b->conn = c;
+    b->state = S_OPEN;
+    b->ever_opened = true;
+    w->pending--;
+    inc(&w->ws->c.opened);
+    inc(&w->ws->c.live);
+    bench_hist_add(&w->ws->hs, now - b->t_start);
+    switch (w->cfg->mode) {
+    case BM_ECHO:
+        top_up(b, now, window_open(w, now));
+        break;
+    case BM_SUBSCRIBE: {
+        char m[600];
+        int n = snprintf(m, sizeof m, "{\"type\":\"subscribe\",\"topic\":\"%s\"}", w->cfg->topic);
+        int rc = dx_conn_send(c, DX_OP_TEXT, m, (size_t)n);
+        if (rc)
+            conn_error(b, &w->ws->c.err_send, dx_strerror(rc));
+        break;
+    }
+    case BM_HANDSHAKES:
+        inc(&w->ws->c.hs_ok);
+        b->state = S_CLOSING;
+        (void)dx_client_close(b->cl, DX_CLOSE_NORMAL, NULL, 0);
+        break;
+    default:
+        break;
+    }
+}
+
+/* The publisher's timestamp: "ts":N, microseconds since the Unix epoch. */
+static bool find_ts(const uint8_t *d, size_t len, uint64_t *us)
+{
+    static const char key[] = "\"ts\":";
+    const size_t kl = sizeof key - 1;
+    for (size_t i = 0; i + kl < len; i++) {
+        if (d[i] != '"' || memcmp(d + i, key, kl) != 0)
+            continue;
+        size_t j = i + kl;
+        while (j < len && d[j] == ' ')
+            j++;
+        uint64_t v = 0;
+        size_t digits = 0;
+        while (j < len && d[j] >= '0' && d[j] <= '9' && digits < 19) {
+            v = v * 10 + (uint64_t)(d[j] - '0');
+            j++, digits++;
+        }
+        if (digits == 0)
+            return false;
+        *us = v;
+        return true;
+    }
+    return false;
+}
+
+static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, void *ud)
+{
+    (void)c;
+    bconn *b = ud;
+    worker *w = b->w;
+    if (b->state != S_OPEN)
+        return;
+    uint64_t now = bench_now_ns();
+    bool in_win = window_open(w, now);
+    if (w->cfg->mode == BM_SUBSCRIBE) {
+        w->received++;
+        if (!in_win)
+            return;
+        w->ws->w_received++;
+        w->ws->w_bytes += len;
+        uint64_t ts_us;
+        if (find_ts(data, len, &ts_us)) {
+            struct timespec rt;
+            clock_gettime(CLOCK_REALTIME, &rt);
+            uint64_t now_us = (uint64_t)rt.tv_sec * 1000000u + (uint64_t)rt.tv_nsec / 1000u;
+            bench_hist_add(&w->ws->lat, now_us > ts_us ? (now_us - ts_us) * 1000u : 0);
+        } else {
+            w->ws->no_ts++;
+        }
+        return;
+    }
+    if (w->cfg->mode != BM_ECHO && w->cfg->mode != BM_RATE) {
+        conn_error(b, &w->ws->c.err_verify, "a message nobody asked for");
+        return;
+    }
+    if (b->inflight == 0) {
+        conn_error(b, &w->ws->c.err_verify, "an echo of a message never sent");
+        return;
+    }
+    if (opcode != w->opcode || !msg_ok(w, b->seq_in, data, len)) {
+        char why[96];
+        snprintf(why, sizeof why, "echo %llu differs from what was sent (%s, %zu bytes)",
+                 (unsigned long long)b->recv, opcode == DX_OP_TEXT ? "text" : "binary", len);
+        conn_error(b, &w->ws->c.err_verify, why);
+        return;
+    }
+    uint64_t lat = now - b->ts[b->recv % w->cfg->depth];
+    b->recv++;
+    seq_next(b->seq_in);
+    b->inflight--;
+    w->received++;
+    if (in_win) {
+        w->ws->w_received++;
+        w->ws->w_bytes += len;
+        bench_hist_add(&w->ws->lat, lat);
+    }
+    if (w->cfg->mode == BM_ECHO)
+        top_up(b, now, in_win);
+}
+
+static void on_close(dx_conn *c, unsigned code, const char *reason, size_t len, void *ud)
+{
+    (void)c;
+    bconn *b = ud;
+    worker *w = b->w;
+    bool expected = b->state == S_CLOSING || w->closing;
+    if (b->state == S_OPEN || b->state == S_CLOSING)
+        dec(&w->ws->c.live);
+    b->conn = NULL;
+    if (!expected && !b->failed) {
+        char why[200];
+        snprintf(why, sizeof why, "closed by the server: code %u%s%.*s", code, len ? ", " : "",
+                 (int)(len > 120 ? 120 : len), reason);
+        conn_error(b, &w->ws->c.err_closed, why);
+    } else if (code != DX_CLOSE_NORMAL && w->cfg->mode != BM_HANDSHAKES && !b->failed && w->closing) {
+        /* our close 1000 answered with something else, or the connection lost */
+        char why[64];
+        snprintf(why, sizeof why, "close ended with code %u", code);
+        conn_error(b, &w->ws->c.err_closed, why);
+    }
+    b->state = S_CLOSING; /* on_done follows */
+}
+
+static void on_error(dx_client *cl, int err, const char *what, void *ud)
+{
+    (void)cl;
+    bconn *b = ud;
+    worker *w = b->w;
+    if (w->closing && w->cfg->mode != BM_HANDSHAKES)
+        return; /* abandoned by us at the end; counted as never opened */
+    _Atomic uint64_t *ctr = (err == DX_EHANDSHAKE || err == DX_EHTTP) ? &w->ws->c.handshake_failed
+                                                                       : &w->ws->c.connect_failed;
+    conn_error(b, ctr, what);
+}
+
+static void restart_slot(void *arg)
+{
+    bconn *b = arg;
+    worker *w = b->w;
+    if (!w->closing && !w->finished && w->hs_started < w->ws->n)
+        start_conn(w, b);
+    else
+        b->state = S_DONE;
+}
+
+static void on_done(dx_client *cl, void *ud)
+{
+    (void)cl;
+    bconn *b = ud;
+    worker *w = b->w;
+    if (b->state == S_CONNECTING)
+        w->pending--;
+    b->state = S_DONE;
+    w->active--;
+    if (w->cfg->mode == BM_HANDSHAKES && !w->closing && w->hs_started < w->ws->n) {
+        /* next cycle on this slot, once the callback stack has unwound */
+        if (dx_loop_post(w->loop, restart_slot, b) != 0)
+            conn_error(b, &w->ws->c.connect_failed, "out of memory");
+    }
+}
+
+static void start_conn(worker *w, bconn *b)
+{
+    const bench_cfg *cfg = w->cfg;
+    if (!b->cl) {
+        dx_client_options o = {0};
+        o.url = cfg->url;
+        o.insecure = cfg->insecure;
+        o.ca_file = cfg->ca_file;
+        o.bind_addr = b->bind[0] ? b->bind : NULL;
+        o.connect_timeout_ms = (unsigned)(cfg->timeout * 1000);
+        size_t frame = cfg->size + 14;
+        o.max_message = cfg->size > (1u << 20) ? cfg->size : 0;
+        if (cfg->mode == BM_SUBSCRIBE)
+            o.max_message = 64u << 20;
+        size_t want = 2 * (size_t)cfg->depth * frame;
+        o.send_max = want > (1u << 20) ? want : 0;
+        o.send_high_water = o.send_max ? o.send_max / 2 : 0;
+        o.cb = (dx_client_callbacks){.on_open = on_open, .on_message = on_message, .on_close = on_close,
+                                     .on_error = on_error, .on_done = on_done};
+        o.ud = b;
+        int err = 0;
+        b->cl = dx_client_new(w->loop, &o, &err);
+        if (!b->cl) {
+            conn_error(b, &w->ws->c.connect_failed, dx_strerror(err));
+            b->state = S_DONE;
+            if (cfg->mode == BM_HANDSHAKES)
+                w->hs_started++;
+            return;
+        }
+    }
+    b->t_start = bench_now_ns();
+    b->state = S_CONNECTING;
+    b->sent = b->recv = 0;
+    memcpy(b->seq_out, SEQ_ZERO, SEQ_BYTES);
+    memcpy(b->seq_in, SEQ_ZERO, SEQ_BYTES);
+    b->inflight = 0;
+    b->failed = false;
+    int rc = dx_client_connect(b->cl);
+    if (rc != 0) {
+        conn_error(b, &w->ws->c.connect_failed, dx_strerror(rc));
+        b->state = S_DONE;
+        if (cfg->mode == BM_HANDSHAKES)
+            w->hs_started++;
+        return;
+    }
+    w->pending++;
+    w->active++;
+    inc(&w->ws->c.started);
+    if (cfg->mode == BM_HANDSHAKES)
+        w->hs_started++;
+}
+
+/* Connects while the rate, the pending bound and the target allow. */
+static void start_more(worker *w, uint64_t now)
+{
+    const bench_cfg *cfg = w->cfg;
+    double per_worker_rate = cfg->connect_rate / cfg->procs;
+    double allowed = per_worker_rate * (double)(now - w->t0) * 1e-9 + 1;
+    if (cfg->mode == BM_HANDSHAKES) {
+        /* the first cycle of each slot; on_done starts the next ones */
+        for (unsigned i = 0; i < w->nslots && w->hs_started < w->ws->n; i++)
+            if (w->c[i].state == S_IDLE)
+                start_conn(w, &w->c[i]);
+        return;
+    }
+    while (w->next_start < w->nslots && w->pending < cfg->max_pending && (double)w->next_start < allowed)
+        start_conn(w, &w->c[w->next_start++]);
+}
+
+/* BM_RATE: sends what is owed, round robin over open connections. */
+static void rate_sends(worker *w, uint64_t now)
+{
+    uint64_t live = atomic_load_explicit(&w->ws->c.live, memory_order_relaxed);
+    if (w->t_credit == 0 || live == 0) {
+        w->t_credit = now;
+        return;
+    }
+    w->credit += w->cfg->rate * (double)live * (double)(now - w->t_credit) * 1e-9;
+    w->t_credit = now;
+    unsigned scanned = 0;
+    while (w->credit >= 1 && scanned < w->nslots) {
+        bconn *b = &w->c[w->rr];
+        w->rr = (w->rr + 1) % w->nslots;
+        if (b->state != S_OPEN) {
+            scanned++;
+            continue;
+        }
+        scanned = 0;
+        w->credit -= 1;
+        if (b->inflight >= w->cfg->depth)
+            w->ws->late++;
+        else
+            (void)send_one(b, now, window_open(w, now));
+    }
+    if (w->credit > (double)live * 4)
+        w->credit = (double)live * 4; /* do not burst after a stall */
+}
+
+static uint64_t inflight_total(const worker *w)
+{
+    uint64_t n = 0;
+    for (unsigned i = 0; i < w->nslots; i++)
+        if (w->c[i].state == S_OPEN)
+            n += w->c[i].inflight;
+    return n;
+}
+
+static void close_all(worker *w)
+{
+    w->closing = true;
+    for (unsigned i = 0; i < w->nslots; i++) {
+        bconn *b = &w->c[i];
+        if (b->state == S_OPEN) {
+            b->state = S_CLOSING;
+            (void)dx_client_close(b->cl, DX_CLOSE_NORMAL, NULL, 0);
+        } else if (b->state == S_CONNECTING) {
+            b->state = S_CLOSING;
+            (void)dx_client_close(b->cl, DX_CLOSE_NORMAL, NULL, 0);
+        }
+    }
+}
+
+/* Copies the hot counters where the coordinator reads them. */
+static void publish(worker *w)
+{
+    atomic_store_explicit(&w->ws->c.sent, w->sent, memory_order_relaxed);
+    atomic_store_explicit(&w->ws->c.received, w->received, memory_order_relaxed);
+}
+
+static void finish(worker *w, uint64_t now)
+{
+    if (w->finished)
+        return;
+    w->finished = true;
+    if (w->measuring) {
+        uint64_t tm = atomic_load(&w->sh->t_measure), te = atomic_load(&w->sh->t_end);
+        uint64_t end = now < te ? now : te;
+        w->ws->window_s = end > tm ? (double)(end - tm) * 1e-9 : 0;
+    }
+    w->ws->t_all_done = now;
+    publish(w);
+    dx_loop_stop(w->loop);
+}
+
+static void tick(void *arg)
+{
+    worker *w = arg;
+    atomic_store_explicit(&w->tick_pending, 0, memory_order_release);
+    const bench_cfg *cfg = w->cfg;
+    uint64_t now = bench_now_ns();
+    bench_wstate *ws = w->ws;
+    if (w->finished)
+        return;
+
+    if (!w->stopping)
+        start_more(w, now);
+    if (!atomic_load(&ws->connected)) {
+        uint64_t settled = atomic_load(&ws->c.opened) + atomic_load(&ws->c.connect_failed) +
+                           atomic_load(&ws->c.handshake_failed);
+        if (cfg->mode != BM_HANDSHAKES && w->next_start >= w->nslots && w->pending == 0 && settled >= w->nslots)
+            atomic_store(&ws->connected, 1);
+    }
+
+    if (cfg->mode == BM_HANDSHAKES) {
+        if (w->hs_started >= ws->n && w->active == 0)
+            finish(w, now);
+        else if (atomic_load(&w->sh->abort_run) && !w->closing) {
+            w->stopping = true;
+            close_all(w);
+            w->t_close = now;
+        } else if (w->closing && now - w->t_close > CLOSE_GRACE_NS)
+            finish(w, now);
+        return;
+    }
+
+    uint64_t tm = atomic_load(&w->sh->t_measure), te = atomic_load(&w->sh->t_end);
+    if (tm) {
+        w->win_from = tm;
+        w->win_to = te;
+    }
+    publish(w);
+    if (!w->measuring && tm && now >= tm && (!te || now < te)) {
+        w->measuring = true;
+        w->cpu0 = cpu_seconds();
+        w->t_win0 = now;
+    }
+    if (cfg->mode == BM_RATE && !w->stopping)
+        rate_sends(w, now);
+
+    bool aborting = atomic_load(&w->sh->abort_run) != 0;
+    if (!w->stopping && ((te && now >= te) || aborting)) {
+        w->stopping = true; /* no new messages from here */
+        w->t_stop = now;
+        if (w->measuring)
+            ws->cpu_s = cpu_seconds() - w->cpu0;
+    }
+    if (w->stopping && !w->closing) {
+        /* let the echoes in flight arrive, so the counts match the server's */
+        if (inflight_total(w) == 0 || now - w->t_stop > DRAIN_GRACE_NS || aborting) {
+            close_all(w);
+            w->t_close = now;
+        }
+    }
+    if (w->closing && (w->active == 0 || now - w->t_close > CLOSE_GRACE_NS))
+        finish(w, now);
+    if (!w->stopping && w->active == 0 && w->next_start >= w->nslots && atomic_load(&ws->connected)) {
+        /* every connection is gone before the end */
+        w->stopping = w->closing = true;
+        if (w->measuring)
+            ws->cpu_s = cpu_seconds() - w->cpu0;
+        finish(w, now);
+    }
+}
+
+static void *ticker_main(void *arg)
+{
+    worker *w = arg;
+    struct timespec next;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    while (!atomic_load(&w->ticker_stop)) {
+        next.tv_nsec += w->cfg->mode == BM_RATE ? TICK_RATE_NS : TICK_NS;
+        if (next.tv_nsec >= 1000000000L) {
+            next.tv_nsec -= 1000000000L;
+            next.tv_sec++;
+        }
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL);
+        if (!atomic_exchange(&w->tick_pending, 1))
+            if (dx_loop_post(w->loop, tick, w) != 0)
+                atomic_store(&w->tick_pending, 0);
+    }
+    return NULL;
+}
+
+static int fast_random(void *ud, void *buf, size_t len)
+{
+    uint64_t *st = ud, x = *st;
+    uint8_t *p = buf;
+    while (len) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        size_t n = len < 8 ? len : 8;
+        memcpy(p, &x, n);
+        p += n, len -= n;
+    }
+    *st = x;
+    return 0;
+}
+
+static void *xcalloc(size_t n, size_t size)
+{
+    return calloc(n ? n : 1, size ? size : 1);
+}
+
+static bool loopback_host(const char *h)
+{
+    return !strncmp(h, "127.", 4) || !strcmp(h, "localhost");
+}
+
+int bench_worker_run(const bench_cfg *cfg, bench_shared *sh, unsigned index)
+{
+    worker W = {0}, *w = &W;
+    int status = 1;
+    w->cfg = cfg;
+    w->sh = sh;
+    w->ws = &sh->w[index];
+    w->opcode = cfg->text ? DX_OP_TEXT : DX_OP_BINARY;
+    w->seq_len = cfg->size < SEQ_BYTES ? cfg->size : SEQ_BYTES;
+    w->log = (dx_log){.level = cfg->log_level};
+    /* Mask keys and Sec-WebSocket-Key from a xorshift generator seeded once
+     * from getrandom(): RFC 6455 §5.3 wants unpredictable masks to protect
+     * intermediaries from cache poisoning by hostile scripts; a load
+     * generator runs no one's scripts, and a getrandom() refill per 256
+     * keys was 4% of its CPU. */
+    w->seams = *dx_seams_default();
+    w->seams.random = fast_random;
+    w->seams.ud = &w->rng;
+    if (getrandom(&w->rng, sizeof w->rng, 0) != (ssize_t)sizeof w->rng || w->rng == 0)
+        w->rng = 0x9E3779B97F4A7C15u ^ (uint64_t)getpid() ^ bench_now_ns();
+    dx_loop_options lo = {.log = &w->log, .seams = &w->seams};
+    int err = 0;
+    w->loop = dx_loop_new(&lo, &err);
+    if (!w->loop) {
+        fprintf(stderr, "duplex bench: cannot create an event loop: %s\n", dx_strerror(err));
+        goto out;
+    }
+    w->nslots = cfg->mode == BM_HANDSHAKES ? cfg->concurrency : w->ws->n;
+    if (cfg->mode == BM_HANDSHAKES && w->nslots > w->ws->n)
+        w->nslots = w->ws->n ? w->ws->n : 1;
+    w->c = xcalloc(w->nslots, sizeof *w->c);
+    w->msg = xcalloc(1, cfg->size);
+    w->pattern = xcalloc(1, cfg->size);
+    if (!w->c || !w->msg || !w->pattern)
+        goto oom;
+    uint64_t x = 0x9E3779B97F4A7C15u;
+    for (size_t i = 0; i < cfg->size; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        w->pattern[i] = (uint8_t)(' ' + x % 95); /* printable ASCII: valid UTF-8 */
+    }
+    memcpy(w->msg, w->pattern, cfg->size);
+    bool sources = cfg->sources > 0 && loopback_host(cfg->host);
+    for (unsigned i = 0; i < w->nslots; i++) {
+        bconn *b = &w->c[i];
+        b->w = w;
+        b->index = w->ws->first + i;
+        if (cfg->mode == BM_ECHO || cfg->mode == BM_RATE) {
+            b->ts = xcalloc(cfg->depth, sizeof *b->ts);
+            if (!b->ts)
+                goto oom;
+        }
+        if (sources)
+            snprintf(b->bind, sizeof b->bind, "127.0.0.%u", 1 + b->index % cfg->sources % 254u);
+    }
+    w->t0 = bench_now_ns();
+    w->ws->t_first_start = w->t0;
+    w->win_from = w->win_to = UINT64_MAX; /* closed until the coordinator opens it */
+    if (pthread_create(&w->ticker, NULL, ticker_main, w) != 0) {
+        fprintf(stderr, "duplex bench: cannot start the ticker thread\n");
+        goto out;
+    }
+    int rc = dx_loop_run(w->loop);
+    atomic_store(&w->ticker_stop, 1);
+    pthread_join(w->ticker, NULL);
+    if (rc != 0)
+        fprintf(stderr, "duplex bench: event loop failed: %s\n", dx_strerror(rc));
+    for (unsigned i = 0; i < w->nslots; i++)
+        if (w->cfg->mode != BM_HANDSHAKES && !w->c[i].ever_opened && !w->c[i].failed)
+            w->ws->never_opened++;
+    status = rc == 0 ? 0 : 1;
+    goto out;
+oom:
+    fprintf(stderr, "duplex bench: out of memory\n");
+out:
+    if (w->c) {
+        for (unsigned i = 0; i < w->nslots; i++) {
+            if (w->c[i].cl)
+                dx_client_free(w->c[i].cl);
+            free(w->c[i].ts);
+        }
+    }
+    free(w->c);
+    free(w->msg);
+    free(w->pattern);
+    if (w->loop)
+        dx_loop_free(w->loop);
+    w->ws->exit_status = status;
+    atomic_store(&w->ws->done, 1);
+    return status;
+}
