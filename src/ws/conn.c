@@ -211,6 +211,55 @@ static int queue_frame(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t 
     return rc;
 }
 
+/* A client frame larger than the cork: masked into the cork a piece at a
+ * time and written, so a big message costs no allocation while the kernel
+ * takes it; what it refuses (the rest of the piece and of the payload,
+ * masked) goes to wq. The cork is free or ours and empty here. */
+static int write_masked(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t *data, size_t len,
+                        const uint8_t *key)
+{
+    dx_loop *loop = c->ep->loop;
+    void *owner = loop->cork_owner;
+    size_t off = 0;
+    bool first = true;
+    while (first || off < len) {
+        size_t n = 0;
+        if (first) {
+            memcpy(loop->cork, hdr, hl);
+            n = hl;
+        }
+        size_t take = len - off < DX_LOOP_CORK - n ? len - off : DX_LOOP_CORK - n;
+        dx__mask_copy(loop->cork + n, data + off, take, key, off & 3);
+        n += take;
+        off += take;
+        first = false;
+        struct iovec iov = {loop->cork, n};
+        ssize_t w = c->st.t->writev(&c->st, &iov, 1);
+        if (w < 0 && w != DX_EAGAIN) {
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed");
+            return DX_ECLOSED;
+        }
+        size_t done = w > 0 ? (size_t)w : 0;
+        c->bytes_out += done;
+        c->ep->st.bytes_out += done;
+        if (done < n) {
+            int rc = wq_append(c, loop->cork + done, n - done);
+            if (rc == 0 && off < len) {
+                size_t at = c->wq->off + c->wq->len;
+                rc = wq_append(c, data + off, len - off);
+                if (rc == 0)
+                    dx__mask(c->wq->data + at, len - off, key, off & 3);
+            }
+            loop->cork_owner = owner;
+            loop->cork_len = 0;
+            return rc;
+        }
+    }
+    loop->cork_owner = owner;
+    loop->cork_len = 0;
+    return 0;
+}
+
 /* Session output: one frame. Server frames go out unmasked; client frames
  * are masked with a fresh key from the loop's pool (RFC 6455 §5.3). */
 static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len)
@@ -254,17 +303,6 @@ static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const u
     /* The cork: while this connection processes a read (or, for a masked
      * frame, whenever the cork is free: masking needs a copy anyway). */
     bool corked = loop->cork_owner == c;
-    if (!corked && masked && loop->cork_owner == NULL && total <= DX_LOOP_CORK) {
-        loop->cork_owner = c;
-        loop->cork_len = 0;
-        corked = true;
-        memcpy(loop->cork, hdr, hl);
-        dx__mask_copy(loop->cork + hl, data, len, key, 0);
-        loop->cork_len = total;
-        int rc = flush_cork(c);
-        loop->cork_owner = NULL;
-        return rc;
-    }
     if (corked) {
         if (loop->cork_len + total <= DX_LOOP_CORK) {
             memcpy(loop->cork + loop->cork_len, hdr, hl);
@@ -279,9 +317,13 @@ static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const u
         if (rc)
             return rc;
     }
-    if (masked || WQ_LEN(c)) {
-        int rc = queue_frame(c, hdr, hl, data, len, masked ? key : NULL);
-        if (rc == 0 && !corked)
+    if (WQ_LEN(c))
+        return queue_frame(c, hdr, hl, data, len, masked ? key : NULL);
+    if (masked && (loop->cork_owner == NULL || loop->cork_owner == c))
+        return write_masked(c, hdr, hl, data, len, key);
+    if (masked) {
+        int rc = queue_frame(c, hdr, hl, data, len, key);
+        if (rc == 0)
             flush_queue(c);
         return rc;
     }
