@@ -116,15 +116,6 @@ static int parse_double(const char *s, double *out)
     return 0;
 }
 
-static int parse_level(const char *s)
-{
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-    for (int i = 0; i < 4; i++)
-        if (!strcmp(s, names[i]))
-            return i;
-    return -1;
-}
-
 /* The host of ws[s]://[user@]host[:port]/... into cfg->host. */
 static int url_host(bench_cfg *cfg)
 {
@@ -517,10 +508,7 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
     int ch;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "c:d:s:t:w:h", longopts, NULL)) != -1) {
-        const char *name = "";
-        for (const struct option *lo = longopts; lo->name; lo++)
-            if (lo->val == ch)
-                name = lo->name;
+        const char *name = cli_option_name(longopts, ch);
         switch (ch) {
         case 'h':
             usage(stdout);
@@ -622,7 +610,7 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
             cfg->ca_file = optarg;
             break;
         case O_LOGLEVEL:
-            if ((cfg->log_level = parse_level(optarg)) < 0)
+            if ((cfg->log_level = cli_parse_log_level(optarg)) < 0)
                 return bad(name, optarg);
             break;
         default:

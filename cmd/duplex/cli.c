@@ -77,3 +77,20 @@ int cli_parse_ms(const char *s, unsigned *out)
     *out = (unsigned)(v * mul);
     return 0;
 }
+
+int cli_parse_log_level(const char *s)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"}; /* DX_LOG_ERROR.. order */
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(s, names[i]))
+            return i;
+    return -1;
+}
+
+const char *cli_option_name(const struct option *opts, int val)
+{
+    for (const struct option *o = opts; o->name; o++)
+        if (o->val == val)
+            return o->name;
+    return "option";
+}

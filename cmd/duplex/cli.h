@@ -5,6 +5,7 @@
 #ifndef DX_CMD_CLI_H
 #define DX_CMD_CLI_H
 
+#include <getopt.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -14,6 +15,11 @@ int cli_parse_size(const char *s, size_t *out);
 int cli_parse_ms(const char *s, unsigned *out);
 /* A whole number in [min, max]. */
 int cli_parse_uint(const char *s, unsigned long min, unsigned long max, unsigned long *out);
+
+/* "error", "warn", "info", "debug" → DX_LOG_*; -1 for anything else. */
+int cli_parse_log_level(const char *s);
+/* The long name of the option whose getopt value is `val` ("option" if none). */
+const char *cli_option_name(const struct option *opts, int val);
 
 int cmd_serve(int argc, char **argv);
 int cmd_connect(int argc, char **argv);

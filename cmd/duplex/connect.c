@@ -682,15 +682,6 @@ static int bad(const char *opt, const char *val)
     return ST_USAGE;
 }
 
-static int parse_level(const char *s)
-{
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-    for (int i = 0; i < 4; i++)
-        if (!strcmp(s, names[i]))
-            return i;
-    return -1;
-}
-
 static int parse_args(app *a, int argc, char **argv, const char **url)
 {
     static const struct option longopts[] = {
@@ -724,10 +715,7 @@ static int parse_args(app *a, int argc, char **argv, const char **url)
     int ch;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "b0neH:s:o:kl:h", longopts, NULL)) != -1) {
-        const char *name = "option";
-        for (const struct option *lo = longopts; lo->name; lo++)
-            if (lo->val == ch)
-                name = lo->name;
+        const char *name = cli_option_name(longopts, ch);
         switch (ch) {
         case 'h':
             usage(stdout);
@@ -818,7 +806,7 @@ static int parse_args(app *a, int argc, char **argv, const char **url)
             a->listen_port = v ? (unsigned)v : DX_PORT_EPHEMERAL;
             break;
         case O_LOGLEVEL:
-            if ((a->log.level = parse_level(optarg)) < 0)
+            if ((a->log.level = cli_parse_log_level(optarg)) < 0)
                 return bad(name, optarg);
             break;
         default:

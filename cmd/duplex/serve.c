@@ -129,19 +129,6 @@ static void check_worker(void *arg)
         dx_loop_stop(w->loop);
 }
 
-static int parse_level(const char *s)
-{
-    if (!strcmp(s, "error"))
-        return DX_LOG_ERROR;
-    if (!strcmp(s, "warn"))
-        return DX_LOG_WARN;
-    if (!strcmp(s, "info"))
-        return DX_LOG_INFO;
-    if (!strcmp(s, "debug"))
-        return DX_LOG_DEBUG;
-    return -1;
-}
-
 static void raise_nofile(void)
 {
     struct rlimit rl;
@@ -204,10 +191,7 @@ int cmd_serve(int argc, char **argv)
     int ch;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        const char *name = "";
-        for (const struct option *lo = longopts; lo->name; lo++)
-            if (lo->val == ch)
-                name = lo->name;
+        const char *name = cli_option_name(longopts, ch);
         switch (ch) {
         case 'h':
             usage(stdout);
@@ -290,7 +274,7 @@ int cmd_serve(int argc, char **argv)
                 return bad(name, optarg);
             break;
         case O_LOGLEVEL:
-            if ((a->log.level = parse_level(optarg)) < 0)
+            if ((a->log.level = cli_parse_log_level(optarg)) < 0)
                 return bad(name, optarg);
             break;
         default:
