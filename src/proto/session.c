@@ -230,8 +230,7 @@ static int finish_message(dx__session *s, const uint8_t *p, size_t len)
         s->cfg->on_fragment(s, (int)op, p, len, 1);
     else
         s->cfg->on_message(s, (int)op, p, len);
-    if (s->rx && s->state != DX_CODEC_FAILED)
-        rx_release(s);
+    rx_release(s); /* an idle session holds no buffer */
     return 0;
 }
 

@@ -635,12 +635,6 @@ void dx__client_transport_ready(dx_conn *c)
     (void)dx__conn_write(c, req, (size_t)n);
 }
 
-int dx__client_parse_head(dx_conn *c, const char *buf, size_t len, dx_http_response *resp, dx_http_header *headers,
-                          size_t max_headers)
-{
-    return dx__http_parse_response(buf, len, resp, headers, max_headers, c->ep->opt.max_head);
-}
-
 void dx__client_response(dx_conn *c, const dx_http_response *resp)
 {
     dx_client *cl = client_of(c);
@@ -787,17 +781,7 @@ void dx_client_free(dx_client *cl)
     if (cl->pending)
         cl->pending->cl = NULL;
     dx__timer_stop(loop, &cl->timer);
-    dx_list *it;
-    while ((it = dx_list_first(&cl->ep.conns)) != NULL) {
-        dx_conn *c = dx_list_entry(it, dx_conn, link);
-        dx_list_remove(it);
-        if (c->state != CS_DEAD) {
-            dx__timer_stop(loop, &c->timer);
-            dx__io_stop(loop, &c->io);
-            c->st.t->close(&c->st);
-            dx__conn_free_now(c);
-        }
-    }
+    dx__ep_drop_conns(&cl->ep);
     queue_clear(cl);
     if (cl->addrs)
         freeaddrinfo(cl->addrs);

@@ -436,15 +436,31 @@ static void deferred_free(dx_loop *loop, dx__deferred *d)
     dx__free(loop->seams, c);
 }
 
-void dx__conn_free_now(dx_conn *c)
+/* Frees a live connection at once: its endpoint is going away. */
+static void conn_free_now(dx_conn *c)
 {
-    const dx_seams *seams = c->ep->loop->seams;
+    dx_loop *loop = c->ep->loop;
+    dx__timer_stop(loop, &c->timer);
+    dx__io_stop(loop, &c->io);
+    c->st.t->close(&c->st);
     if (c->s.cfg)
         dx__session_deinit(&c->s); /* only upgraded connections have a session */
-    dx__free(seams, c->wq);
-    dx__free(seams, c->head);
-    dx__free(seams, c->protocol);
-    dx__free(seams, c);
+    dx__free(loop->seams, c->wq);
+    dx__free(loop->seams, c->head);
+    dx__free(loop->seams, c->protocol);
+    dx__free(loop->seams, c);
+}
+
+void dx__ep_drop_conns(dx__ep *ep)
+{
+    /* Connections that already ended are not in the list: their deferred
+     * free needs only the loop. */
+    dx_list *it;
+    while ((it = dx_list_first(&ep->conns)) != NULL) {
+        dx_list_remove(it);
+        conn_free_now(dx_list_entry(it, dx_conn, link));
+    }
+    ep->nconns = 0;
 }
 
 /* Closes the socket, reports on_close once, frees after the batch. */
@@ -789,7 +805,7 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
     size_t maxh = ep->opt.max_headers < 256 ? ep->opt.max_headers : 256;
     dx_http_request req;
     dx_http_response resp;
-    int rc = ep->cl ? dx__client_parse_head(c, (const char *)buf, blen, &resp, headers, maxh)
+    int rc = ep->cl ? dx__http_parse_response((const char *)buf, blen, &resp, headers, maxh, max)
                     : dx__http_parse_request((const char *)buf, blen, &req, headers, maxh, max);
     if (rc == DX_EAGAIN) {
         if (!c->head) {
@@ -849,7 +865,6 @@ static void process(dx_conn *c, uint8_t *p, size_t n)
     /* DRAIN, LINGER: input is discarded (§5.5.1: nothing after a close). */
 }
 
-void dx__conn_process(dx_conn *c, uint8_t *p, size_t n) { process(c, p, n); }
 void dx__conn_want_write(dx_conn *c, bool on) { want_write(c, on); }
 
 static void on_readable(dx_conn *c)

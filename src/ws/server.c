@@ -236,17 +236,7 @@ void dx_server_free(dx_server *srv)
         return;
     const dx_seams *seams = srv->ep.loop->seams;
     close_listener(srv);
-    dx_list *it;
-    while ((it = dx_list_first(&srv->ep.conns)) != NULL) {
-        dx_conn *c = dx_list_entry(it, dx_conn, link);
-        dx_list_remove(it);
-        if (c->state != CS_DEAD) {
-            dx__timer_stop(srv->ep.loop, &c->timer);
-            dx__io_stop(srv->ep.loop, &c->io);
-            c->st.t->close(&c->st);
-            dx__conn_free_now(c);
-        }
-    }
+    dx__ep_drop_conns(&srv->ep);
     dx__tls_ctx_free(srv->tls);
     dx__free(seams, srv->host);
     dx__free(seams, srv->unix_path);

@@ -121,13 +121,12 @@ void dx__conn_abort(dx_conn *c, unsigned code, const char *why);
 int dx__conn_write(dx_conn *c, const void *data, size_t len);
 /* Flushes, then FIN, then waits for EOF (bounded by close_timeout_ms). */
 void dx__conn_finish_after_flush(dx_conn *c);
-void dx__conn_free_now(dx_conn *c);
+/* Frees every live connection of `ep` at once, without callbacks. */
+void dx__ep_drop_conns(dx__ep *ep);
 /* The handshake succeeded: start the session, heartbeat and counters. */
 void dx__conn_opened(dx_conn *c);
 /* Drives the TLS handshake (client.c starts it after connect/proxy). */
 void dx__conn_drive_tls(dx_conn *c);
-/* Feeds bytes as if read from the socket (client: what followed the 101). */
-void dx__conn_process(dx_conn *c, uint8_t *p, size_t n);
 /* Sets/clears EPOLLOUT interest. */
 void dx__conn_want_write(dx_conn *c, bool on);
 
@@ -139,8 +138,6 @@ void dx__client_io(dx_conn *c, uint32_t events);          /* CS_CONNECT, CS_PROX
 void dx__client_transport_ready(dx_conn *c);               /* TCP/TLS up: send the request */
 void dx__client_response(dx_conn *c, const dx_http_response *resp); /* the 101 (or not) */
 void dx__client_conn_end(dx_conn *c, const char *why);     /* the connection is gone */
-int dx__client_parse_head(dx_conn *c, const char *buf, size_t len, dx_http_response *resp,
-                          dx_http_header *headers, size_t max_headers);
 
 /* http_static.c: answers a plain HTTP request (static file, 404, 405). */
 void dx__http_serve(dx_conn *c, const dx_http_request *req);
