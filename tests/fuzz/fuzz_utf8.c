@@ -10,6 +10,7 @@
  *  - dx__utf8_valid agrees; a failed validator stays failed.
  */
 #include "proto/utf8.h"
+#include "utf8_ref.h"
 
 #include "duplex/duplex.h"
 
@@ -20,48 +21,6 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* Reference (RFC 3629 §3, §10): the first byte at which no completion of
- * the current sequence can be a valid scalar value of its length; *open
- * when the input ends inside a sequence. */
-static size_t ref_check(const uint8_t *p, size_t len, int *open)
-{
-    *open = 0;
-    size_t i = 0;
-    while (i < len) {
-        uint8_t b = p[i];
-        int n;
-        uint32_t v, min;
-        if (b < 0x80) {
-            i++;
-            continue;
-        } else if (b >= 0xC0 && b < 0xE0) {
-            n = 2, v = b & 0x1F, min = 0x80;
-        } else if (b >= 0xE0 && b < 0xF0) {
-            n = 3, v = b & 0x0F, min = 0x800;
-        } else if (b >= 0xF0 && b < 0xF8) {
-            n = 4, v = b & 0x07, min = 0x10000;
-        } else {
-            return i;
-        }
-        for (int k = 0; k < n; k++) {
-            if (k > 0) {
-                if (i + (size_t)k >= len) {
-                    *open = 1;
-                    return len;
-                }
-                if ((p[i + k] & 0xC0) != 0x80)
-                    return i + (size_t)k;
-                v = v << 6 | (p[i + k] & 0x3Fu);
-            }
-            int rest = 6 * (n - 1 - k);
-            uint32_t lo = v << rest, hi = lo | ((UINT32_C(1) << rest) - 1);
-            if (hi < min || lo > 0x10FFFF || (lo >= 0xD800 && hi <= 0xDFFF))
-                return i + (size_t)k;
-        }
-        i += (size_t)n;
-    }
-    return len;
-}
 
 /* Feeds p[0..len) in pieces of `step` bytes, except that the first piece
  * ends at `first` (when first <= len). Returns the absolute first-bad index
