@@ -77,7 +77,7 @@ struct dx_loop {
     dx__io **ready;
     size_t nready, ready_cap;
     /* mask keys for client frames, refilled from the seams */
-    uint8_t keys[256];
+    uint8_t keys[4096];  /* one getrandom per 1024 client frames */
     size_t key_pos;
 };
 
