@@ -1,8 +1,9 @@
 # The short commands. CMake does the building; this file only sequences it.
 #
 #   make         build into build/ (gcc)
-#   make test    unit tests (gcc), again under ASan+UBSan (clang), then each
-#                fuzz target for FUZZ_SECONDS (default 30) on its corpus
+#   make test    unit tests (gcc), again under ASan+UBSan (clang), the
+#                cross-thread tests under ThreadSanitizer (clang, label tsan),
+#                then each fuzz target for FUZZ_SECONDS (default 30) on its corpus
 #   make run     start duplex serve on port 8080 (PORT=...) with the demo page in web/
 #   make bench   benchmarks (optimised build), printed as a table
 #
@@ -12,7 +13,7 @@ JOBS         ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 30
 CMAKE        ?= cmake
 
-.PHONY: all deps build test unit asan fuzz run bench clean
+.PHONY: all deps build test unit asan tsan fuzz run bench clean
 
 all: build
 
@@ -32,18 +33,25 @@ asan: deps
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		ctest --output-on-failure -j $(JOBS)
 
+# Only the library and the tests labelled tsan (the cross-thread ones).
+tsan: deps
+	@$(CMAKE) -S . -B build-tsan -DCMAKE_C_COMPILER=clang -DDX_SANITIZE_THREAD=ON -DDX_BENCH=OFF >/dev/null
+	@$(CMAKE) --build build-tsan -j $(JOBS)
+	cd build-tsan && ctest -L tsan --output-on-failure -j $(JOBS)
+
 fuzz: deps
 	@$(CMAKE) -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DDX_FUZZ=ON >/dev/null
 	@$(CMAKE) --build build-fuzz -j $(JOBS)
 	scripts/fuzz.sh build-fuzz $(FUZZ_SECONDS)
 
 # Reached only when every stage passed; the last line counts what ran.
-test: unit asan fuzz
+test: unit asan tsan fuzz
 	@n1=$$(cd build && ctest -N | sed -n 's/^Total Tests: //p'); \
 	 n2=$$(cd build-asan && ctest -N | sed -n 's/^Total Tests: //p'); \
+	 n4=$$(cd build-tsan && ctest -N -L tsan | sed -n 's/^Total Tests: //p'); \
 	 n3=$$(find build-fuzz/tests/fuzz -maxdepth 1 -type f -name 'fuzz_*' -perm -u+x | wc -l); \
-	 echo "make test: $$n1 tests (gcc), $$n2 tests (clang ASan+UBSan), $$n3 fuzz targets"; \
-	 echo "tests: $$((n1 + n2 + n3)) passed, 0 failed"
+	 echo "make test: $$n1 tests (gcc), $$n2 tests (clang ASan+UBSan), $$n4 tests (clang TSan), $$n3 fuzz targets"; \
+	 echo "tests: $$((n1 + n2 + n4 + n3)) passed, 0 failed"
 
 PORT ?= 8080
 
@@ -57,4 +65,4 @@ bench: deps
 	scripts/bench.sh build-bench
 
 clean:
-	rm -rf build build-asan build-fuzz build-bench
+	rm -rf build build-asan build-tsan build-fuzz build-bench

@@ -2,8 +2,8 @@
  * duplex: a WebSocket toolkit (RFC 6455, RFC 7692).
  *
  * The umbrella public header: version, the error vocabulary, the close-code
- * enum, the seams (allocator, randomness, clock) and the log sink. Every other
- * public header includes this one.
+ * enum, the seams (allocator, randomness, clock), the log sink and the TLS
+ * certificate pair. Every other public header includes this one.
  *
  * Conventions used by every declaration in include/duplex/:
  *  - functions return 0 (or a non-negative count) on success and a negative
@@ -156,6 +156,14 @@ enum dx_role { DX_ROLE_SERVER = 0, DX_ROLE_CLIENT = 1 };
 #define DX_RSV1 0x4u
 #define DX_RSV2 0x2u
 #define DX_RSV3 0x1u
+
+/* One certificate for TLS (dx_server_options.tls): the first of a list is
+ * the default, the others are chosen by SNI when their certificate's names
+ * match. The strings are file paths, read when the endpoint is created. */
+typedef struct dx_tls_cert {
+    const char *cert_file; /* PEM chain */
+    const char *key_file;  /* PEM private key */
+} dx_tls_cert;
 
 /* Log levels, most severe first. */
 enum dx_log_level { DX_LOG_ERROR = 0, DX_LOG_WARN, DX_LOG_INFO, DX_LOG_DEBUG };

@@ -1,11 +1,11 @@
 /*
- * duplex/server.h: event loops, the WebSocket server endpoint and its
- * connections.
+ * duplex/server.h: the WebSocket server endpoint and its connections. The
+ * event loop they run on is in duplex/loop.h (included).
  *
  * Threading: one dx_loop per thread. A loop owns its servers and their
- * connections; every function here except dx_loop_stop and dx_loop_post
- * must be called on the loop's thread (from a callback, or before
- * dx_loop_run). For several cores, run one loop + server per thread with
+ * connections; every function here must be called on the loop's thread
+ * (from a callback, or before dx_loop_run); other threads reach it with
+ * dx_loop_post. For several cores, run one loop + server per thread with
  * `reuse_port` set: the kernel spreads connections over them.
  *
  * Callbacks run on the loop's thread. Data passed to them is borrowed until
@@ -17,6 +17,7 @@
 #define DUPLEX_SERVER_H
 
 #include "duplex/duplex.h"
+#include "duplex/loop.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -25,36 +26,8 @@
 extern "C" {
 #endif
 
-typedef struct dx_loop dx_loop;
 typedef struct dx_server dx_server;
 typedef struct dx_conn dx_conn;
-
-/* ---- loop ---------------------------------------------------------------- */
-
-typedef struct dx_loop_options {
-    const dx_seams *seams; /* NULL: default; must outlive the loop */
-    const dx_log *log;     /* NULL: stderr at INFO; must outlive the loop */
-} dx_loop_options;
-
-/* A new loop (epoll, eventfd wake-up, timer wheel). NULL on failure with *err
- * (if not NULL) set: DX_ENOMEM, DX_EIO (epoll/eventfd/timerfd refused). */
-DX_API dx_loop *dx_loop_new(const dx_loop_options *opt, int *err);
-
-/* Runs until dx_loop_stop. Returns 0, or DX_EIO if epoll_wait fails for a
- * reason other than EINTR. Blocks SIGPIPE on the calling thread, so a write
- * to a closed peer gives EPIPE rather than killing the process. */
-DX_API int dx_loop_run(dx_loop *loop);
-
-/* Makes dx_loop_run return after the current iteration. Thread-safe. */
-DX_API void dx_loop_stop(dx_loop *loop);
-
-/* Runs fn(arg) on the loop's thread at its next iteration. Thread-safe.
- * Returns 0 or DX_ENOMEM. Posted work that has not run when the loop is
- * freed is dropped (fn is not called). */
-DX_API int dx_loop_post(dx_loop *loop, void (*fn)(void *arg), void *arg);
-
-/* Frees the loop. Its servers must have been freed first. */
-DX_API void dx_loop_free(dx_loop *loop);
 
 /* ---- handshake-time view -------------------------------------------------- */
 
@@ -116,13 +89,6 @@ typedef struct dx_server_callbacks {
     /* A pong arrived (answering dx_conn_send(DX_OP_PING) or the heartbeat). Optional. */
     void (*on_pong)(dx_conn *c, const uint8_t *data, size_t len, void *ud);
 } dx_server_callbacks;
-
-/* One certificate for TLS; the first is the default, the others are chosen
- * by SNI when their certificate's names match. */
-typedef struct dx_tls_cert {
-    const char *cert_file; /* PEM chain */
-    const char *key_file;  /* PEM private key */
-} dx_tls_cert;
 
 #define DX_PORT_EPHEMERAL 65536u
 

@@ -1,9 +1,15 @@
 /*
- * src/net/loop.c: the event loop (see loop.h and duplex/server.h).
+ * src/net/loop.c: the event loop (see loop.h and duplex/loop.h).
  *
  * Layer: net. Owns time and I/O for one thread: epoll (level-triggered),
- * an eventfd for cross-thread posts and stop, a timerfd ticking the timer
- * wheel every DX_TICK_MS. No knowledge of WebSocket.
+ * an eventfd for cross-thread posts (post.c) and stop, a timerfd ticking
+ * the timer wheel every DX_TICK_MS, and an epoll_wait timeout set by the
+ * public timers (timer.c). No knowledge of WebSocket.
+ *
+ * One iteration: wait (0 when descriptors are marked ready, else until the
+ * next public timer, else forever); dispatch the batch of events (posts
+ * run from the eventfd's event); serve the ready list; fire expired public
+ * timers; then, outside the batch, run deferred frees.
  *
  * Invariants: a timer is linked in wheel[due % DX_WHEEL_SLOTS] iff armed;
  * `timers` counts armed timers; deferred work runs only outside a batch of
@@ -28,13 +34,6 @@
 #include <unistd.h>
 
 #define MAX_EVENTS 256
-
-typedef struct post {
-    dx_list node;
-    void (*fn)(void *arg);
-    void (*drop)(void *arg);
-    void *arg;
-} post;
 
 int dx__io_start(dx_loop *loop, dx__io *io, uint32_t events)
 {
@@ -120,30 +119,6 @@ static void on_tick(dx__io *io, uint32_t events)
     }
 }
 
-static void run_posts(dx_loop *loop)
-{
-    dx_list todo = DX_LIST_INIT(todo);
-    pthread_mutex_lock(loop->post_mu);
-    if (!dx_list_empty(&loop->posts)) {
-        /* move the whole list */
-        todo.next = loop->posts.next;
-        todo.prev = loop->posts.prev;
-        todo.next->prev = &todo;
-        todo.prev->next = &todo;
-        dx_list_init(&loop->posts);
-    }
-    pthread_mutex_unlock(loop->post_mu);
-    dx_list *it;
-    while ((it = dx_list_first(&todo)) != NULL) {
-        post *p = dx_list_entry(it, post, node);
-        dx_list_remove(it);
-        void (*fn)(void *) = p->fn;
-        void *arg = p->arg;
-        dx__free(loop->seams, p);
-        fn(arg);
-    }
-}
-
 static void on_wake(dx__io *io, uint32_t events)
 {
     (void)events;
@@ -151,7 +126,8 @@ static void on_wake(dx__io *io, uint32_t events)
     uint64_t n;
     ssize_t r = read(loop->wakefd, &n, sizeof n);
     (void)r; /* EAGAIN: another wake-up already drained it */
-    run_posts(loop);
+    /* read before the swap: a post that misses this batch writes again */
+    dx__posts_run(loop);
 }
 
 static void run_deferred(dx_loop *loop)
@@ -226,7 +202,8 @@ dx_loop *dx_loop_new(const dx_loop_options *opt, int *err)
     for (size_t i = 0; i < DX_WHEEL_SLOTS; i++)
         dx_list_init(&loop->wheel[i]);
     dx_list_init(&loop->deferred);
-    dx_list_init(&loop->posts);
+    dx_list_init(&loop->tall);
+    dx_list_init(&loop->wall);
     atomic_init(&loop->stop, false);
     atomic_init(&loop->helpers, 0);
     loop->rbuf = dx__alloc(seams, DX_LOOP_RBUF);
@@ -235,6 +212,8 @@ dx_loop *dx_loop_new(const dx_loop_options *opt, int *err)
     if (loop->post_mu)
         pthread_mutex_init(loop->post_mu, NULL); /* before any failure: free destroys it */
     if (!loop->rbuf || !loop->cork || !loop->post_mu)
+        goto fail;
+    if (dx__posts_init(loop, opt ? opt->post_max : 0))
         goto fail;
     e = DX_EIO;
     loop->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -277,15 +256,12 @@ void dx_loop_free(dx_loop *loop)
         close(loop->wakefd);
     if (loop->timerfd >= 0)
         close(loop->timerfd);
+    /* After the descriptors are closed: a drop function may free what a
+     * watch pointed at. */
+    dx__watches_free_all(loop);
+    dx__timers_free_all(loop);
+    dx__posts_deinit(loop);
     if (loop->post_mu) {
-        dx_list *it;
-        while ((it = dx_list_first(&loop->posts)) != NULL) {
-            dx_list_remove(it);
-            post *p = dx_list_entry(it, post, node);
-            if (p->drop)
-                p->drop(p->arg);
-            dx__free(s, p);
-        }
         pthread_mutex_destroy(loop->post_mu);
         dx__free(s, loop->post_mu);
     }
@@ -295,27 +271,8 @@ void dx_loop_free(dx_loop *loop)
     dx__free(s, loop);
 }
 
-int dx_loop_post(dx_loop *loop, void (*fn)(void *arg), void *arg) { return dx__loop_post_ex(loop, fn, NULL, arg); }
-
 void dx__loop_helper_begin(dx_loop *loop) { atomic_fetch_add(&loop->helpers, 1); }
 void dx__loop_helper_end(dx_loop *loop) { atomic_fetch_sub(&loop->helpers, 1); }
-
-int dx__loop_post_ex(dx_loop *loop, void (*fn)(void *arg), void (*drop)(void *arg), void *arg)
-{
-    post *p = dx__alloc(loop->seams, sizeof *p);
-    if (!p)
-        return DX_ENOMEM;
-    p->fn = fn;
-    p->drop = drop;
-    p->arg = arg;
-    pthread_mutex_lock(loop->post_mu);
-    dx_list_push_back(&loop->posts, &p->node);
-    pthread_mutex_unlock(loop->post_mu);
-    uint64_t one = 1;
-    ssize_t r = write(loop->wakefd, &one, sizeof one);
-    (void)r; /* EAGAIN: the counter is already non-zero, a wake-up is pending */
-    return 0;
-}
 
 void dx_loop_stop(dx_loop *loop)
 {
@@ -336,7 +293,7 @@ int dx_loop_run(dx_loop *loop)
     /* A stop requested before run (or during the last run) is honoured; the
      * flag is cleared on the way out so the loop can run again. */
     while (!atomic_load(&loop->stop)) {
-        int n = epoll_wait(loop->epfd, events, MAX_EVENTS, loop->nready ? 0 : -1);
+        int n = epoll_wait(loop->epfd, events, MAX_EVENTS, loop->nready ? 0 : dx__timers_timeout(loop));
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -351,6 +308,7 @@ int dx_loop_run(dx_loop *loop)
         }
         if (loop->nready)
             run_ready(loop);
+        dx__timers_run(loop);
         loop->in_batch = false;
         run_deferred(loop);
     }

@@ -1,6 +1,9 @@
 /*
  * src/net/loop.h: the event loop's internal interface (epoll, coarse timer
- * wheel, deferred frees, cross-thread posts). Public part: duplex/server.h.
+ * wheel, deferred frees, cross-thread posts, public timers and watches).
+ * Public part: duplex/loop.h. Files: loop.c (epoll, wheel, run), post.c
+ * (cross-thread queue), timer.c (public ms timers), watch.c (public fd
+ * watches). Knows nothing of WebSocket: includes no other public header.
  *
  * I/O: an owner embeds a dx__io and registers it; epoll's data.ptr points at
  * it. Level-triggered. Owners that close during a batch of events must not
@@ -15,7 +18,8 @@
 #define DX_NET_LOOP_H
 
 #include "core/list.h"
-#include "duplex/server.h"
+#include "duplex/duplex.h"
+#include "duplex/loop.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -26,7 +30,6 @@
 #define DX_LOOP_CORK (64u * 1024u)  /* the per-loop write-coalescing buffer */
 
 typedef struct dx__io dx__io;
-typedef struct dx_loop dx_loop;
 typedef void (*dx__io_fn)(dx__io *io, uint32_t events);
 
 struct dx__io {
@@ -41,6 +44,12 @@ struct dx__timer {
     uint64_t due;   /* tick number */
     void (*cb)(dx__timer *t);
 };
+
+typedef struct dx__post {
+    void (*fn)(void *arg);
+    void (*drop)(void *arg);
+    void *arg;
+} dx__post;
 
 typedef struct dx__deferred {
     dx_list node;
@@ -62,10 +71,26 @@ struct dx_loop {
     dx_list deferred;    /* run after the current batch of events */
     _Atomic bool stop;
     bool in_batch;
-    /* cross-thread posts */
+    /* cross-thread posts (post.c): producers append to `in` under post_mu;
+     * the loop swaps `in` and `out` under it and runs `out` unlocked */
     void *post_mu;       /* pthread_mutex_t, allocated (keeps pthread.h out of here) */
-    dx_list posts;
+    dx__post *post_in;   /* under post_mu */
+    size_t post_in_n, post_in_cap;
+    bool post_notified;  /* under post_mu: the eventfd was written since the last swap */
+    dx__post *post_out;  /* loop thread only */
+    size_t post_out_cap;
+    size_t post_max;
+    _Atomic size_t post_queued;      /* accepted and not yet run or dropped */
+    _Atomic uint64_t post_wakes;     /* eventfd writes made by posts (tests read it) */
     _Atomic int helpers; /* threads (DNS lookups) that may still post to this loop */
+    /* public timers (timer.c): a min-heap on (due_ns, seq) with a slot
+     * reserved for every timer that exists, so starting never allocates */
+    struct dx_timer **theap;
+    size_t theap_n, theap_cap, ntimers;
+    uint64_t tseq;
+    struct dx_timer *tfiring; /* the timer whose callback runs; NULL once it is freed */
+    dx_list tall;             /* every live dx_timer */
+    dx_list wall;             /* every live dx_watch */
     /* per-loop buffers: reads land in rbuf; writes made while a connection
      * processes a read are coalesced in cork and flushed once */
     uint8_t *rbuf;
@@ -103,9 +128,27 @@ void dx__loop_defer(dx_loop *loop, dx__deferred *d);
  * descriptor may not be readable: its transport holds input of its own. */
 void dx__loop_ready(dx_loop *loop, dx__io *io);
 
-/* dx_loop_post with `drop(arg)` called instead of fn when the loop is freed
- * before running it (so what arg owns is not leaked). */
-int dx__loop_post_ex(dx_loop *loop, void (*fn)(void *arg), void (*drop)(void *arg), void *arg);
+/* The internal name of dx_loop_post_ex, kept for src/ws. */
+static inline int dx__loop_post_ex(dx_loop *loop, void (*fn)(void *arg), void (*drop)(void *arg), void *arg)
+{
+    return dx_loop_post_ex(loop, fn, drop, arg);
+}
+
+/* post.c, for loop.c: set up the queue (0 or DX_ENOMEM; deinit is safe
+ * after a failed or skipped init as long as the loop was zeroed), run the
+ * batch queued so far, drop everything left. */
+int dx__posts_init(dx_loop *loop, size_t post_max);
+void dx__posts_run(dx_loop *loop);
+void dx__posts_deinit(dx_loop *loop);
+
+/* timer.c, for loop.c: the epoll_wait timeout the public timers allow (-1:
+ * none armed), firing the expired ones, freeing those left at loop free. */
+int dx__timers_timeout(dx_loop *loop);
+void dx__timers_run(dx_loop *loop);
+void dx__timers_free_all(dx_loop *loop);
+
+/* watch.c, for loop.c: free the watches left at loop free. */
+void dx__watches_free_all(dx_loop *loop);
 
 /* A helper thread that will post to the loop starts / is done posting:
  * dx_loop_free waits until none is left. */

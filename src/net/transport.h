@@ -11,7 +11,7 @@
 #ifndef DX_NET_TRANSPORT_H
 #define DX_NET_TRANSPORT_H
 
-#include "duplex/server.h"
+#include "duplex/duplex.h" /* dx_tls_cert */
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,12 +1,18 @@
 /*
- * tests/unit/test_loop.c: src/net/loop.c — loop lifecycle, cross-thread posts
- * and stop, deferred work, mask keys and the timer wheel.
+ * tests/unit/test_loop.c: src/net/loop.c, post.c, timer.c, watch.c — loop
+ * lifecycle, the bounded cross-thread queue and stop, deferred work, mask
+ * keys, the timer wheel, public ms timers and fd watches. Tests named
+ * test_xthread_* are the cross-thread ones: ctest label "tsan" runs them
+ * under ThreadSanitizer too (tests/unit/CMakeLists.txt).
  *
  * The wheel is driven two ways. Most timer tests replace the loop's timerfd
  * with an eventfd the test writes to: writing k there is "k ticks elapsed",
  * and calling the tick handler directly makes the wheel's behaviour exact
  * and instant (no sleeping, no machine-speed assumptions). One test runs the
  * real timerfd through dx_loop_run, with only lower bounds on elapsed time.
+ * The public timers are driven the same way: a settable clock (the test
+ * seams) and expiry passes called directly; one test uses the real clock
+ * with lower bounds and a 10 s upper bound (the wheel would need 25 s).
  */
 #define _GNU_SOURCE
 #include "testutil.h"
@@ -257,21 +263,511 @@ static void never_called(void *p)
     fail_msg("a post ran after its loop was freed");
 }
 
+static int g_ran, g_dropped;
+static void count_ran(void *p)
+{
+    (void)p;
+    g_ran++;
+}
+static void count_drop(void *p)
+{
+    (void)p;
+    g_dropped++;
+}
+
+/* The queue starts with 256 slots; growing past them can fail (nothing is
+ * queued then, and neither fn nor drop runs), and every post left at free
+ * is dropped exactly once. */
 static void test_post_dropped_at_free_and_enomem(void **state)
 {
     (void)state;
     dx_test_seams ts;
     dx_test_seams_init(&ts);
-    dx_loop_options o = {.seams = &ts.seams, .log = &quiet_log};
+    dx_loop_options o = {.seams = &ts.seams, .log = &quiet_log, .post_max = 1000};
     dx_loop *loop = dx_loop_new(&o, NULL);
     assert_non_null(loop);
-    for (int i = 0; i < 5; i++)
-        assert_int_equal(dx_loop_post(loop, never_called, NULL), 0);
+    g_ran = g_dropped = 0;
+    long calls = ts.calls;
+    for (int i = 0; i < 256; i++)
+        assert_int_equal(dx_loop_post_ex(loop, count_ran, count_drop, NULL), 0);
+    assert_int_equal(ts.calls, calls); /* no allocation per post */
     ts.fail_at = ts.calls + 1;
-    assert_int_equal(dx_loop_post(loop, never_called, NULL), DX_ENOMEM);
+    assert_int_equal(dx_loop_post_ex(loop, count_ran, count_drop, NULL), DX_ENOMEM);
     ts.fail_at = 0;
+    assert_int_equal(dx_loop_post_ex(loop, count_ran, count_drop, NULL), 0); /* grows now */
+    assert_int_equal(dx_loop_post(loop, never_called, NULL), 0);             /* no drop: nothing to call */
+    assert_int_equal(dx_loop_post(loop, NULL, NULL), DX_EINVAL);
+    assert_int_equal(atomic_load(&loop->post_queued), 258);
     dx_loop_free(loop);
+    assert_int_equal(g_ran, 0);
+    assert_int_equal(g_dropped, 257);
     assert_int_equal(ts.live, 0);
+}
+
+/* post_max is exact; the count drops as items run (a running fn may post
+ * at the bound); steady traffic allocates nothing once the arrays grew. */
+typedef struct limit_fx {
+    dx_loop *loop;
+    int ran, reposts, limit_inside;
+    int target;
+} limit_fx;
+
+static void limit_item(void *p)
+{
+    limit_fx *f = p;
+    f->ran++;
+    if (f->reposts > 0) {
+        f->reposts--;
+        /* the queue is full again only if this item still counted */
+        if (dx_loop_post(f->loop, limit_item, f) != 0)
+            f->limit_inside++;
+    }
+    if (f->ran == f->target)
+        dx_loop_stop(f->loop);
+}
+
+static void test_post_limit_exact(void **state)
+{
+    (void)state;
+    static limit_fx f;
+    memset(&f, 0, sizeof f);
+    dx_test_seams ts;
+    dx_test_seams_init(&ts);
+    dx_loop_options o = {.seams = &ts.seams, .log = &quiet_log, .post_max = 3};
+    f.loop = dx_loop_new(&o, NULL);
+    assert_non_null(f.loop);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(dx_loop_post(f.loop, limit_item, &f), 0);
+    assert_int_equal(dx_loop_post(f.loop, limit_item, &f), DX_ELIMIT);
+    assert_int_equal(dx_loop_post_ex(f.loop, limit_item, count_drop, &f), DX_ELIMIT);
+    f.reposts = 10;
+    f.target = 13;
+    assert_int_equal(dx_loop_run(f.loop), 0);
+    assert_int_equal(f.ran, 13);
+    assert_int_equal(f.limit_inside, 0);
+    assert_int_equal(atomic_load(&f.loop->post_queued), 0);
+    dx_loop_free(f.loop);
+    assert_int_equal(ts.live, 0);
+
+    /* steady state: rounds of 1000 posts run, with no allocation after the
+     * arrays have grown */
+    o.post_max = 0; /* default */
+    f.loop = dx_loop_new(&o, NULL);
+    assert_non_null(f.loop);
+    long calls = 0;
+    for (int round = 0; round < 5; round++) {
+        f.ran = 0;
+        f.target = 1000;
+        for (int i = 0; i < 1000; i++)
+            assert_int_equal(dx_loop_post(f.loop, limit_item, &f), 0);
+        assert_int_equal(dx_loop_run(f.loop), 0);
+        assert_int_equal(f.ran, 1000);
+        if (round == 1) /* both arrays (they swap each batch) have grown */
+            calls = ts.calls;
+        if (round >= 1)
+            assert_int_equal(ts.calls, calls);
+    }
+    dx_loop_free(f.loop);
+    assert_int_equal(ts.live, 0);
+}
+
+/*
+ * A post that re-posts itself forever runs once per iteration: descriptors
+ * and timers still get their turn (no starvation), and the re-post never
+ * runs in the batch that made it.
+ */
+typedef struct starve_fx {
+    dx_loop *loop;
+    int p[2];
+    dx_watch *w;
+    dx_timer *t;
+    int spins, in_spin;
+    int spins_at_watch, spins_at_timer;
+    int nested; /* the re-post ran while its poster was running or in its batch */
+} starve_fx;
+
+static void starve_spin(void *arg)
+{
+    starve_fx *f = arg;
+    if (f->in_spin)
+        f->nested++;
+    f->in_spin = 1;
+    f->spins++;
+    if (f->spins == 1) {
+        assert_int_equal(write(f->p[1], "x", 1), 1);
+        dx_timer_start(f->t, 0, 0);
+    }
+    if (f->spins < 100000 && !(f->spins_at_watch && f->spins_at_timer))
+        assert_int_equal(dx_loop_post(f->loop, starve_spin, f), 0);
+    else
+        dx_loop_stop(f->loop);
+    f->in_spin = 0;
+}
+
+static void starve_watch(dx_watch *w, int fd, unsigned events, void *ud)
+{
+    starve_fx *f = ud;
+    char c;
+    assert_int_equal(events, DX_WATCH_READ);
+    assert_int_equal(read(fd, &c, 1), 1);
+    f->spins_at_watch = f->spins;
+    dx_watch_free(w);
+    f->w = NULL;
+}
+
+static void starve_timer(dx_timer *t, void *ud)
+{
+    (void)t;
+    starve_fx *f = ud;
+    f->spins_at_timer = f->spins;
+}
+
+static void test_post_reposting_does_not_starve(void **state)
+{
+    (void)state;
+    static starve_fx f;
+    memset(&f, 0, sizeof f);
+    dx_loop_options o = {.log = &quiet_log};
+    f.loop = dx_loop_new(&o, NULL);
+    assert_non_null(f.loop);
+    assert_int_equal(pipe(f.p), 0);
+    f.w = dx_watch_new(f.loop, f.p[0], DX_WATCH_READ, starve_watch, &f, NULL);
+    assert_non_null(f.w);
+    f.t = dx_timer_new(f.loop, starve_timer, &f);
+    assert_non_null(f.t);
+    assert_int_equal(dx_loop_post(f.loop, starve_spin, &f), 0);
+    assert_int_equal(dx_loop_run(f.loop), 0);
+    assert_int_equal(f.nested, 0);
+    /* the pipe became readable in spin 1: the very next poll reports it */
+    assert_true(f.spins_at_watch >= 1 && f.spins_at_watch <= 2);
+    assert_true(f.spins_at_timer >= 1 && f.spins_at_timer <= 2);
+    assert_true(f.spins <= 3);
+    dx_timer_free(f.t);
+    dx_loop_free(f.loop);
+    close(f.p[0]);
+    close(f.p[1]);
+}
+
+/* ---- cross-thread (ctest label tsan: also run under ThreadSanitizer) ------------ */
+
+typedef struct xloop {
+    dx_loop *loop;
+    pthread_t th;
+    int rc;
+    dx_timer *guard;
+    int guard_fired;
+} xloop;
+
+static void *xloop_main(void *p)
+{
+    xloop *x = p;
+    x->rc = dx_loop_run(x->loop);
+    return NULL;
+}
+
+static void xguard(dx_timer *t, void *ud)
+{
+    (void)t;
+    xloop *x = ud;
+    x->guard_fired = 1;
+    dx_loop_stop(x->loop);
+}
+
+/* A loop running on its own thread, stopped by a guard timer after 120 s
+ * only if the test is broken (a lost item would otherwise hang it). */
+static void xloop_start(xloop *x, size_t post_max)
+{
+    memset(x, 0, sizeof *x);
+    dx_loop_options o = {.log = &quiet_log, .post_max = post_max};
+    x->loop = dx_loop_new(&o, NULL);
+    assert_non_null(x->loop);
+    x->guard = dx_timer_new(x->loop, xguard, x);
+    assert_non_null(x->guard);
+    dx_timer_start(x->guard, 120000, 0);
+    assert_int_equal(pthread_create(&x->th, NULL, xloop_main, x), 0);
+}
+
+static void xloop_join(xloop *x)
+{
+    assert_int_equal(pthread_join(x->th, NULL), 0);
+    assert_int_equal(x->rc, 0);
+    assert_int_equal(x->guard_fired, 0);
+}
+
+#define XPROD 4
+#define XPER 100000
+
+typedef struct xq {
+    dx_loop *loop;
+    uint32_t next[XPROD]; /* loop thread only */
+    uint64_t total, expect;
+    long bad_order;
+    int wrong_thread;
+    pthread_t loop_th;
+    /* a post that blocks the loop inside a batch until released */
+    _Atomic int blocked, release;
+    /* producers */
+    _Atomic int go;
+    _Atomic long elimit, errors;
+    long accepted[XPROD];
+    int per, stop_at_limit;
+} xq;
+
+static xq g_xq;
+
+static void *xarg(unsigned pid, uint32_t seq) { return (void *)(((uintptr_t)pid << 32) | seq); }
+
+static void xq_item(void *arg)
+{
+    xq *q = &g_xq;
+    unsigned pid = (unsigned)((uintptr_t)arg >> 32);
+    uint32_t seq = (uint32_t)(uintptr_t)arg;
+    if (!pthread_equal(pthread_self(), q->loop_th))
+        q->wrong_thread++;
+    if (pid >= XPROD || seq != q->next[pid])
+        q->bad_order++;
+    else
+        q->next[pid] = seq + 1;
+    if (++q->total == q->expect)
+        dx_loop_stop(q->loop);
+}
+
+static void xq_block(void *arg)
+{
+    (void)arg;
+    xq *q = &g_xq;
+    q->loop_th = pthread_self();
+    atomic_store(&q->blocked, 1);
+    while (!atomic_load(&q->release))
+        sched_yield();
+}
+
+static void *xq_producer(void *p)
+{
+    unsigned pid = (unsigned)(uintptr_t)p;
+    xq *q = &g_xq;
+    while (!atomic_load(&q->go))
+        sched_yield();
+    for (uint32_t seq = 0; seq < (uint32_t)q->per; seq++) {
+        int r;
+        while ((r = dx_loop_post(q->loop, xq_item, xarg(pid, seq))) == DX_ELIMIT) {
+            atomic_fetch_add(&q->elimit, 1);
+            if (q->stop_at_limit) {
+                /* full: every further try must be refused too (nothing runs) */
+                for (int k = 0; k < 100; k++)
+                    if (dx_loop_post(q->loop, xq_item, xarg(pid, seq)) != DX_ELIMIT)
+                        atomic_fetch_add(&q->errors, 1);
+                return NULL;
+            }
+            sched_yield();
+        }
+        if (r != 0) {
+            atomic_fetch_add(&q->errors, 1);
+            return NULL;
+        }
+        q->accepted[pid]++;
+    }
+    return NULL;
+}
+
+static void xq_run_producers(int per)
+{
+    xq *q = &g_xq;
+    pthread_t th[XPROD];
+    q->per = per;
+    for (unsigned i = 0; i < XPROD; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, xq_producer, (void *)(uintptr_t)i), 0);
+    atomic_store(&q->go, 1);
+    for (unsigned i = 0; i < XPROD; i++)
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+}
+
+static void xq_block_loop(xloop *x)
+{
+    assert_int_equal(dx_loop_post(x->loop, xq_block, NULL), 0);
+    uint64_t t0 = mono_ms();
+    while (!atomic_load(&g_xq.blocked)) {
+        assert_true(mono_ms() - t0 < 60000);
+        usleep(1000);
+    }
+}
+
+/* Four producers post 100,000 items each while the loop drains: every item
+ * runs once, on the loop's thread, in each producer's order; and wake-ups
+ * are coalesced (far fewer eventfd writes than posts). */
+static void test_xthread_producers_count_and_order(void **state)
+{
+    (void)state;
+    static xloop x;
+    memset(&g_xq, 0, sizeof g_xq);
+    xloop_start(&x, 0);
+    g_xq.loop = x.loop;
+    g_xq.loop_th = x.th;
+    g_xq.expect = (uint64_t)XPROD * XPER;
+    xq_run_producers(XPER);
+    xloop_join(&x);
+    assert_int_equal(atomic_load(&g_xq.errors), 0);
+    assert_int_equal(g_xq.total, (uint64_t)XPROD * XPER);
+    assert_int_equal(g_xq.bad_order, 0);
+    assert_int_equal(g_xq.wrong_thread, 0);
+    for (unsigned i = 0; i < XPROD; i++) {
+        assert_int_equal(g_xq.next[i], XPER);
+        assert_int_equal(g_xq.accepted[i], XPER);
+    }
+    uint64_t wakes = atomic_load(&x.loop->post_wakes);
+    print_message("%llu posts, %llu eventfd writes (%.4f per post), %ld DX_ELIMIT retries\n",
+                  (unsigned long long)g_xq.total, (unsigned long long)wakes, (double)wakes / (double)g_xq.total,
+                  atomic_load(&g_xq.elimit));
+    assert_true(wakes >= 1);
+    assert_true(wakes * 4 <= g_xq.total);
+    dx_timer_free(x.guard);
+    dx_loop_free(x.loop);
+}
+
+/* While the loop is busy inside a batch, a burst of 40,000 posts from four
+ * threads writes the eventfd exactly once. */
+static void test_xthread_burst_wakes_once(void **state)
+{
+    (void)state;
+    static xloop x;
+    memset(&g_xq, 0, sizeof g_xq);
+    xloop_start(&x, 0);
+    g_xq.loop = x.loop;
+    g_xq.expect = XPROD * 10000;
+    xq_block_loop(&x);
+    uint64_t w0 = atomic_load(&x.loop->post_wakes);
+    xq_run_producers(10000);
+    uint64_t w1 = atomic_load(&x.loop->post_wakes);
+    atomic_store(&g_xq.release, 1);
+    xloop_join(&x);
+    assert_int_equal(w1 - w0, 1);
+    assert_int_equal(atomic_load(&g_xq.errors), 0);
+    assert_int_equal(atomic_load(&g_xq.elimit), 0);
+    assert_int_equal(g_xq.total, XPROD * 10000);
+    assert_int_equal(g_xq.bad_order, 0);
+    dx_timer_free(x.guard);
+    dx_loop_free(x.loop);
+}
+
+/* A full queue refuses with DX_ELIMIT (exactly post_max accepted while the
+ * loop is blocked, whoever posts) and loses no accepted item. */
+static void test_xthread_full_refuses_and_loses_nothing(void **state)
+{
+    (void)state;
+    static xloop x;
+    enum { MAX = 5000 };
+    memset(&g_xq, 0, sizeof g_xq);
+    xloop_start(&x, MAX);
+    g_xq.loop = x.loop;
+    g_xq.expect = MAX;
+    g_xq.stop_at_limit = 1;
+    xq_block_loop(&x);
+    xq_run_producers(XPER);
+    long sum = 0;
+    for (unsigned i = 0; i < XPROD; i++) {
+        sum += g_xq.accepted[i];
+        assert_true(g_xq.accepted[i] < XPER);
+    }
+    assert_int_equal(sum, MAX);
+    assert_int_equal(atomic_load(&g_xq.elimit), XPROD);
+    assert_int_equal(atomic_load(&g_xq.errors), 0);
+    atomic_store(&g_xq.release, 1);
+    xloop_join(&x);
+    assert_int_equal(g_xq.total, MAX);
+    assert_int_equal(g_xq.bad_order, 0);
+    for (unsigned i = 0; i < XPROD; i++)
+        assert_int_equal(g_xq.next[i], (uint32_t)g_xq.accepted[i]);
+    /* drained: room again */
+    assert_int_equal(atomic_load(&x.loop->post_queued), 0);
+    assert_int_equal(dx_loop_post_ex(x.loop, count_ran, count_drop, NULL), 0);
+    g_ran = g_dropped = 0;
+    dx_timer_free(x.guard);
+    dx_loop_free(x.loop);
+    assert_int_equal(g_dropped, 1);
+    assert_int_equal(g_ran, 0);
+}
+
+/*
+ * Producers post with drop callbacks while the loop runs; the loop stops
+ * part-way (from an item) and is freed on this thread: every accepted item
+ * either ran or was dropped, exactly once, drops on the freeing thread;
+ * a refused one did neither.
+ */
+#define XDROP_PER 20000
+typedef struct xdrop {
+    dx_loop *loop;
+    _Atomic int go;
+    uint8_t ran[XPROD][XDROP_PER];     /* loop thread */
+    uint8_t dropped[XPROD][XDROP_PER]; /* freeing thread */
+    uint8_t refused[XPROD][XDROP_PER]; /* producer pid */
+    long runs;
+    pthread_t freeing;
+    int drop_wrong_thread;
+} xdrop;
+
+static xdrop *g_xd;
+
+static void xd_item(void *arg)
+{
+    unsigned pid = (unsigned)((uintptr_t)arg >> 32);
+    uint32_t seq = (uint32_t)(uintptr_t)arg;
+    g_xd->ran[pid][seq]++;
+    if (++g_xd->runs == XPROD * XDROP_PER / 3)
+        dx_loop_stop(g_xd->loop);
+}
+
+static void xd_drop(void *arg)
+{
+    unsigned pid = (unsigned)((uintptr_t)arg >> 32);
+    uint32_t seq = (uint32_t)(uintptr_t)arg;
+    g_xd->dropped[pid][seq]++;
+    if (!pthread_equal(pthread_self(), g_xd->freeing))
+        g_xd->drop_wrong_thread++;
+}
+
+static void *xd_producer(void *p)
+{
+    unsigned pid = (unsigned)(uintptr_t)p;
+    while (!atomic_load(&g_xd->go))
+        sched_yield();
+    for (uint32_t seq = 0; seq < XDROP_PER; seq++)
+        if (dx_loop_post_ex(g_xd->loop, xd_item, xd_drop, xarg(pid, seq)) != 0)
+            g_xd->refused[pid][seq] = 1;
+    return NULL;
+}
+
+static void test_xthread_drop_exactly_once_at_free(void **state)
+{
+    (void)state;
+    static xloop x;
+    g_xd = calloc(1, sizeof *g_xd);
+    assert_non_null(g_xd);
+    xloop_start(&x, 30000);
+    g_xd->loop = x.loop;
+    g_xd->freeing = pthread_self();
+    pthread_t th[XPROD];
+    for (unsigned i = 0; i < XPROD; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, xd_producer, (void *)(uintptr_t)i), 0);
+    atomic_store(&g_xd->go, 1);
+    for (unsigned i = 0; i < XPROD; i++)
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+    xloop_join(&x);
+    dx_timer_free(x.guard);
+    dx_loop_free(x.loop);
+    long ran = 0, dropped = 0, refused = 0;
+    for (unsigned p = 0; p < XPROD; p++)
+        for (unsigned i = 0; i < XDROP_PER; i++) {
+            ran += g_xd->ran[p][i];
+            dropped += g_xd->dropped[p][i];
+            refused += g_xd->refused[p][i];
+            assert_int_equal(g_xd->ran[p][i] + g_xd->dropped[p][i] + g_xd->refused[p][i], 1);
+        }
+    print_message("ran %ld, dropped %ld, refused (DX_ELIMIT) %ld\n", ran, dropped, refused);
+    assert_true(ran >= XPROD * XDROP_PER / 3);
+    assert_int_equal(ran + dropped + refused, XPROD * XDROP_PER);
+    assert_int_equal(g_xd->drop_wrong_thread, 0);
+    free(g_xd);
+    g_xd = NULL;
 }
 
 /* ---- deferred work --------------------------------------------------------------- */
@@ -698,6 +1194,547 @@ static void test_timer_real_ticks(void **state)
     g_real = NULL;
 }
 
+/* ---- public timers: a fake clock, expiry passes called directly ---------------- */
+
+typedef struct ptimer {
+    dx_timer *t;
+    int fired;
+    int order; /* position in the fire sequence */
+    uint64_t fired_ns;
+    int action;
+    struct ptimer *other, *other2;
+    uint64_t ms;
+} ptimer;
+
+enum { PT_NONE, PT_STOP_SELF_AT_2, PT_FREE_SELF, PT_RESTART_SELF_0, PT_FREE_OTHER };
+
+typedef struct pfx {
+    dx_test_seams ts;
+    dx_loop *loop;
+    ptimer pt[8];
+    int seq;
+} pfx;
+
+static pfx *g_pfx;
+
+static void pt_cb(dx_timer *t, void *ud)
+{
+    ptimer *p = ud;
+    assert_ptr_equal(p->t, t);
+    p->fired++;
+    p->order = ++g_pfx->seq;
+    p->fired_ns = g_pfx->ts.now;
+    switch (p->action) {
+    case PT_STOP_SELF_AT_2:
+        if (p->fired == 2)
+            dx_timer_stop(t);
+        break;
+    case PT_FREE_SELF:
+        dx_timer_free(t);
+        p->t = NULL;
+        break;
+    case PT_RESTART_SELF_0:
+        dx_timer_start(t, 0, 0);
+        break;
+    case PT_FREE_OTHER:
+        /* another timer expired in the same pass: freed before its turn */
+        dx_timer_free(p->other->t);
+        p->other->t = NULL;
+        if (p->other2) /* and one restarted: not in this pass any more */
+            dx_timer_start(p->other2->t, p->other2->ms, 0);
+        break;
+    default:
+        break;
+    }
+}
+
+static int pfx_setup(void **state)
+{
+    pfx *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    dx_test_seams_init(&f->ts);
+    f->ts.now = 1000000000u + 1; /* not on a millisecond */
+    dx_loop_options o = {.seams = &f->ts.seams, .log = &quiet_log};
+    f->loop = dx_loop_new(&o, NULL);
+    assert_non_null(f->loop);
+    for (int i = 0; i < 8; i++) {
+        f->pt[i].t = dx_timer_new(f->loop, pt_cb, &f->pt[i]);
+        assert_non_null(f->pt[i].t);
+    }
+    g_pfx = f;
+    *state = f;
+    return 0;
+}
+
+static int pfx_teardown(void **state)
+{
+    pfx *f = *state;
+    for (int i = 0; i < 8; i++)
+        dx_timer_free(f->pt[i].t);
+    assert_int_equal(f->loop->ntimers, 0);
+    dx_loop_free(f->loop);
+    assert_int_equal(f->ts.live, 0);
+    free(f);
+    g_pfx = NULL;
+    return 0;
+}
+
+static void advance_ms(pfx *f, double ms)
+{
+    f->ts.now += (uint64_t)(ms * 1e6);
+    dx__timers_run(f->loop);
+}
+
+static void test_ptimer_order_and_rounding(void **state)
+{
+    pfx *f = *state;
+    ptimer *p = f->pt;
+    assert_int_equal(dx__timers_timeout(f->loop), -1); /* nothing armed: sleep */
+    dx_timer_start(p[0].t, 30, 0);
+    dx_timer_start(p[1].t, 10, 0);
+    dx_timer_start(p[2].t, 20, 0);
+    dx_timer_start(p[3].t, 15, 0);
+    dx_timer_start(p[4].t, 15, 0); /* same deadline as 3, started after */
+    assert_int_equal(dx__timers_timeout(f->loop), 10);
+    advance_ms(f, 9.5);
+    assert_int_equal(p[1].fired, 0); /* never early */
+    assert_int_equal(dx__timers_timeout(f->loop), 1); /* half a ms left: rounded up */
+    advance_ms(f, 0.5);
+    assert_int_equal(p[1].fired, 1);
+    assert_int_equal(dx__timers_timeout(f->loop), 5);
+    advance_ms(f, 100);
+    assert_int_equal(p[3].order, 2);
+    assert_int_equal(p[4].order, 3);
+    assert_int_equal(p[2].order, 4);
+    assert_int_equal(p[0].order, 5);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(p[i].fired, 1);
+    assert_int_equal(dx__timers_timeout(f->loop), -1);
+    /* restarting an armed timer replaces its deadline; stop disarms */
+    dx_timer_start(p[5].t, 50, 0);
+    dx_timer_start(p[5].t, 5, 0);
+    dx_timer_start(p[6].t, 1, 0);
+    dx_timer_stop(p[6].t);
+    dx_timer_stop(p[6].t); /* twice: harmless */
+    dx_timer_stop(p[7].t); /* never started */
+    advance_ms(f, 5);
+    assert_int_equal(p[5].fired, 1);
+    advance_ms(f, 100);
+    assert_int_equal(p[5].fired, 1);
+    assert_int_equal(p[6].fired, 0);
+    assert_int_equal(f->loop->theap_n, 0);
+}
+
+static void test_ptimer_repeat_stop_free_in_callbacks(void **state)
+{
+    pfx *f = *state;
+    ptimer *p = f->pt;
+    dx_timer_start(p[0].t, 5, 5); /* repeats until the test stops it */
+    p[1].action = PT_STOP_SELF_AT_2;
+    dx_timer_start(p[1].t, 5, 5);
+    p[2].action = PT_FREE_SELF;
+    dx_timer_start(p[2].t, 5, 5);
+    p[3].action = PT_RESTART_SELF_0;
+    dx_timer_start(p[3].t, 5, 0);
+    advance_ms(f, 5);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(p[i].fired, 1);
+    assert_null(p[2].t);
+    advance_ms(f, 4);
+    assert_int_equal(p[0].fired, 1); /* the repeat is measured from the expiry */
+    assert_int_equal(p[3].fired, 2); /* restarted with 0 ms: the next pass, not this one again */
+    advance_ms(f, 1);
+    assert_int_equal(p[0].fired, 2);
+    assert_int_equal(p[1].fired, 2); /* stopped itself now */
+    assert_int_equal(p[3].fired, 3);
+    advance_ms(f, 1000); /* a late loop: one expiry, not a burst of 200 */
+    assert_int_equal(p[0].fired, 3);
+    assert_int_equal(p[1].fired, 2);
+    advance_ms(f, 5);
+    assert_int_equal(p[0].fired, 4);
+    dx_timer_stop(p[0].t);
+    dx_timer_stop(p[3].t);
+    advance_ms(f, 1000);
+    assert_int_equal(p[0].fired, 4);
+    assert_int_equal(p[3].fired, 5);
+    assert_int_equal(f->loop->theap_n, 0);
+}
+
+static void test_ptimer_freed_by_other_in_same_pass(void **state)
+{
+    pfx *f = *state;
+    ptimer *p = f->pt;
+    /* 0, 1, 2 and 3 expire in one pass; 0 fires first and frees 1, restarts 2 */
+    p[0].action = PT_FREE_OTHER;
+    p[0].other = &p[1];
+    p[0].other2 = &p[2];
+    p[2].ms = 50;
+    dx_timer_start(p[0].t, 10, 0);
+    dx_timer_start(p[1].t, 10, 10);
+    dx_timer_start(p[2].t, 10, 0);
+    dx_timer_start(p[3].t, 11, 0);
+    /* 4 frees itself and 5 frees 4's neighbour 6 in the same pass */
+    p[4].action = PT_FREE_SELF;
+    dx_timer_start(p[4].t, 12, 0);
+    p[5].action = PT_FREE_OTHER;
+    p[5].other = &p[6];
+    dx_timer_start(p[5].t, 12, 0);
+    dx_timer_start(p[6].t, 12, 0);
+    advance_ms(f, 20);
+    assert_int_equal(p[0].fired, 1);
+    assert_int_equal(p[1].fired, 0);
+    assert_null(p[1].t);
+    assert_int_equal(p[2].fired, 0);
+    assert_int_equal(p[3].fired, 1);
+    assert_int_equal(p[4].fired, 1);
+    assert_int_equal(p[5].fired, 1);
+    assert_int_equal(p[6].fired, 0);
+    advance_ms(f, 49);
+    assert_int_equal(p[2].fired, 0);
+    advance_ms(f, 1);
+    assert_int_equal(p[2].fired, 1);
+    advance_ms(f, 1000);
+    assert_int_equal(p[1].fired, 0);
+    assert_int_equal(p[6].fired, 0);
+    assert_int_equal(f->loop->theap_n, 0);
+}
+
+static void noop_timer(dx_timer *t, void *ud)
+{
+    (void)t;
+    (void)ud;
+}
+
+static void noop_watch(dx_watch *w, int fd, unsigned events, void *ud)
+{
+    (void)w;
+    (void)fd;
+    (void)events;
+    (void)ud;
+}
+
+/* Every allocation of dx_timer_new and dx_watch_new fails once: NULL, no
+ * leak; timers and watches left alive are freed with the loop. */
+static void test_timer_watch_enomem_and_left_at_free(void **state)
+{
+    (void)state;
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    for (long k = 1;; k++) {
+        dx_test_seams ts;
+        dx_test_seams_init(&ts);
+        dx_loop_options o = {.seams = &ts.seams, .log = &quiet_log};
+        dx_loop *loop = dx_loop_new(&o, NULL);
+        assert_non_null(loop);
+        ts.fail_at = ts.calls + k;
+        int failed = 0, err = 0;
+        for (int i = 0; i < 20; i++) { /* past the heap's first 16 slots */
+            dx_timer *t = dx_timer_new(loop, noop_timer, NULL);
+            if (!t)
+                failed++;
+            else if (i % 2)
+                dx_timer_start(t, 1000, 0);
+        }
+        dx_watch *w = dx_watch_new(loop, p[0], DX_WATCH_READ, noop_watch, NULL, &err);
+        if (!w) {
+            assert_int_equal(err, DX_ENOMEM);
+            failed++;
+        }
+        dx_loop_free(loop);
+        assert_int_equal(ts.live, 0);
+        if (!failed)
+            break;
+        assert_int_equal(failed, 1);
+        assert_true(k < 100);
+    }
+    close(p[0]);
+    close(p[1]);
+}
+
+/* ---- public timers on the real clock ---------------------------------------- */
+
+typedef struct rt_fx {
+    dx_loop *loop;
+    dx_timer *once, *rep, *guard;
+    uint64_t start_ns, once_ns, rep_start_ns;
+    uint64_t rep_ns[100];
+    int reps, guard_fired;
+} rt_fx;
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void rt_once(dx_timer *t, void *ud)
+{
+    (void)t;
+    rt_fx *f = ud;
+    f->once_ns = mono_ns();
+}
+
+static void rt_rep(dx_timer *t, void *ud)
+{
+    rt_fx *f = ud;
+    f->rep_ns[f->reps++] = mono_ns();
+    if (f->reps == 100) {
+        dx_timer_free(t); /* a repeating timer freed inside its callback */
+        f->rep = NULL;
+        dx_loop_stop(f->loop);
+    }
+}
+
+static void rt_guard(dx_timer *t, void *ud)
+{
+    (void)t;
+    rt_fx *f = ud;
+    f->guard_fired = 1;
+    dx_loop_stop(f->loop);
+}
+
+/* Milliseconds, not wheel ticks: a 7 ms timer never fires early, and 100
+ * repeats of 1 ms finish long before 100 ticks of 250 ms (25 s) would. */
+static void test_timer_real_clock_ms(void **state)
+{
+    (void)state;
+    static rt_fx f;
+    memset(&f, 0, sizeof f);
+    dx_loop_options o = {.log = &quiet_log};
+    f.loop = dx_loop_new(&o, NULL);
+    assert_non_null(f.loop);
+    f.once = dx_timer_new(f.loop, rt_once, &f);
+    f.rep = dx_timer_new(f.loop, rt_rep, &f);
+    f.guard = dx_timer_new(f.loop, rt_guard, &f);
+    assert_true(f.once && f.rep && f.guard);
+    dx_timer_start(f.guard, 60000, 0);
+    f.start_ns = mono_ns();
+    dx_timer_start(f.once, 7, 0);
+    f.rep_start_ns = mono_ns();
+    dx_timer_start(f.rep, 1, 1);
+    assert_int_equal(dx_loop_run(f.loop), 0);
+    uint64_t end = mono_ns();
+    assert_int_equal(f.guard_fired, 0);
+    assert_int_equal(f.reps, 100);
+    assert_true(f.once_ns >= f.start_ns + 7000000u);
+    for (int k = 0; k < 100; k++)
+        assert_true(f.rep_ns[k] >= f.rep_start_ns + (uint64_t)(k + 1) * 1000000u);
+    print_message("7 ms timer fired after %.3f ms; 100 x 1 ms repeats took %.1f ms\n",
+                  (double)(f.once_ns - f.start_ns) / 1e6, (double)(end - f.rep_start_ns) / 1e6);
+    assert_true(end - f.rep_start_ns < 10000000000u);
+    dx_timer_free(f.once);
+    dx_timer_free(f.guard);
+    dx_timer_free(NULL);
+    dx_loop_free(f.loop);
+}
+
+/* ---- fd watches ----------------------------------------------------------------- */
+
+typedef struct wfx {
+    dx_loop *loop;
+    int a[2], b[2];
+    dx_watch *wa, *wb, *ww;
+    dx_timer *stop;
+    int fired_a, fired_b, fired_w;
+    unsigned ev_a, ev_w;
+    int reads;
+} wfx;
+
+static void wfx_stop(dx_timer *t, void *ud)
+{
+    (void)t;
+    wfx *f = ud;
+    dx_loop_stop(f->loop);
+}
+
+static void wfx_init(wfx *f)
+{
+    memset(f, 0, sizeof *f);
+    dx_loop_options o = {.log = &quiet_log};
+    f->loop = dx_loop_new(&o, NULL);
+    assert_non_null(f->loop);
+    assert_int_equal(pipe(f->a), 0);
+    assert_int_equal(pipe(f->b), 0);
+    f->stop = dx_timer_new(f->loop, wfx_stop, f);
+    assert_non_null(f->stop);
+}
+
+static void wfx_close(wfx *f)
+{
+    dx_timer_free(f->stop);
+    dx_watch_free(f->wa);
+    dx_watch_free(f->wb);
+    dx_watch_free(f->ww);
+    dx_loop_free(f->loop);
+    for (int i = 0; i < 2; i++) {
+        if (f->a[i] >= 0)
+            close(f->a[i]);
+        if (f->b[i] >= 0)
+            close(f->b[i]);
+    }
+}
+
+/* The write end is writable at once: write a byte, stop asking. The read
+ * end then reports it. After that nothing is asked and nothing fires. */
+static void rw_writer(dx_watch *w, int fd, unsigned events, void *ud)
+{
+    wfx *f = ud;
+    f->fired_w++;
+    f->ev_w = events;
+    assert_int_equal(write(fd, "x", 1), 1);
+    assert_int_equal(dx_watch_set(w, 0), 0);
+}
+
+static void rw_reader(dx_watch *w, int fd, unsigned events, void *ud)
+{
+    (void)w;
+    wfx *f = ud;
+    char c;
+    f->fired_a++;
+    f->ev_a = events;
+    assert_int_equal(read(fd, &c, 1), 1);
+    dx_timer_start(f->stop, 20, 0); /* let a few iterations show that nothing more fires */
+}
+
+static void test_watch_pipe_read_write(void **state)
+{
+    (void)state;
+    static wfx f;
+    wfx_init(&f);
+    int err = 1;
+    f.wa = dx_watch_new(f.loop, f.a[0], DX_WATCH_READ, rw_reader, &f, &err);
+    assert_non_null(f.wa);
+    assert_int_equal(err, 0);
+    f.ww = dx_watch_new(f.loop, f.a[1], DX_WATCH_WRITE, rw_writer, &f, &err);
+    assert_non_null(f.ww);
+    assert_int_equal(dx_loop_run(f.loop), 0);
+    assert_int_equal(f.fired_w, 1);
+    assert_int_equal(f.ev_w, DX_WATCH_WRITE);
+    assert_int_equal(f.fired_a, 1);
+    assert_int_equal(f.ev_a, DX_WATCH_READ);
+    /* asking again works; unknown bits are refused */
+    assert_int_equal(dx_watch_set(f.ww, DX_WATCH_WRITE | DX_WATCH_READ), 0);
+    assert_int_equal(dx_watch_set(f.ww, 8), DX_EINVAL);
+    assert_int_equal(dx_watch_set(f.ww, DX_WATCH_ERROR), DX_EINVAL);
+    dx_timer_start(f.stop, 20, 0);
+    assert_int_equal(dx_loop_run(f.loop), 0);
+    assert_int_equal(f.fired_w, 2);
+    wfx_close(&f);
+}
+
+/* Two watches readable in the same batch; whichever runs first frees both
+ * (itself included): the other's event, already collected, is not
+ * delivered, and neither fires again although both stay readable. */
+static void free_both(dx_watch *w, int fd, unsigned events, void *ud)
+{
+    (void)fd;
+    (void)events;
+    wfx *f = ud;
+    if (w == f->wa)
+        f->fired_a++;
+    else
+        f->fired_b++;
+    dx_watch_free(f->wa);
+    dx_watch_free(f->wb);
+    f->wa = f->wb = NULL;
+    dx_timer_start(f->stop, 20, 0);
+}
+
+static void test_watch_free_in_callback_with_pending_event(void **state)
+{
+    (void)state;
+    static wfx f;
+    wfx_init(&f);
+    assert_int_equal(write(f.a[1], "x", 1), 1);
+    assert_int_equal(write(f.b[1], "y", 1), 1);
+    f.wa = dx_watch_new(f.loop, f.a[0], DX_WATCH_READ, free_both, &f, NULL);
+    f.wb = dx_watch_new(f.loop, f.b[0], DX_WATCH_READ, free_both, &f, NULL);
+    assert_true(f.wa && f.wb);
+    assert_int_equal(dx_loop_run(f.loop), 0);
+    assert_int_equal(f.fired_a + f.fired_b, 1);
+    /* the descriptors are the application's: still open, still readable */
+    char c;
+    assert_int_equal(read(f.a[0], &c, 1), 1);
+    assert_int_equal(read(f.b[0], &c, 1), 1);
+    wfx_close(&f);
+}
+
+/* EPOLLHUP (read end, writer gone) and EPOLLERR (write end, reader gone)
+ * arrive as DX_WATCH_ERROR; asking for nothing silences them. */
+static void hup_cb(dx_watch *w, int fd, unsigned events, void *ud)
+{
+    (void)fd;
+    wfx *f = ud;
+    if (w == f->wa) {
+        f->fired_a++;
+        f->ev_a = events;
+    } else {
+        f->fired_w++;
+        f->ev_w = events;
+    }
+    assert_int_equal(dx_watch_set(w, 0), 0);
+    if (f->fired_a && f->fired_w)
+        dx_timer_start(f->stop, 20, 0);
+}
+
+static void test_watch_hup_is_error(void **state)
+{
+    (void)state;
+    static wfx f;
+    wfx_init(&f);
+    close(f.a[1]);
+    f.a[1] = -1;
+    close(f.b[0]);
+    f.b[0] = -1;
+    f.wa = dx_watch_new(f.loop, f.a[0], DX_WATCH_READ, hup_cb, &f, NULL);
+    /* the write end of a full pipe is not writable: only the error wakes it */
+    f.ww = dx_watch_new(f.loop, f.b[1], DX_WATCH_WRITE, hup_cb, &f, NULL);
+    assert_true(f.wa && f.ww);
+    assert_int_equal(dx_loop_run(f.loop), 0);
+    assert_int_equal(f.fired_a, 1);
+    assert_true(f.ev_a & DX_WATCH_ERROR);
+    assert_false(f.ev_a & DX_WATCH_WRITE);
+    assert_int_equal(f.fired_w, 1);
+    assert_true(f.ev_w & DX_WATCH_ERROR);
+    assert_false(f.ev_w & DX_WATCH_READ);
+    wfx_close(&f);
+}
+
+static void test_watch_refuses_bad_descriptors(void **state)
+{
+    (void)state;
+    static wfx f;
+    wfx_init(&f);
+    char path[] = "/tmp/dx_test_loop_XXXXXX";
+    int file = mkstemp(path);
+    assert_true(file >= 0);
+    unlink(path);
+    int err = 0;
+    assert_null(dx_watch_new(f.loop, file, DX_WATCH_READ, noop_watch, NULL, &err));
+    assert_int_equal(err, DX_EINVAL); /* a regular file: epoll refuses it */
+    err = 0;
+    assert_null(dx_watch_new(f.loop, file, 0, noop_watch, NULL, &err));
+    assert_int_equal(err, DX_EINVAL); /* even when asking for nothing yet */
+    close(file);
+    err = 0;
+    assert_null(dx_watch_new(f.loop, file, DX_WATCH_READ, noop_watch, NULL, &err));
+    assert_int_equal(err, DX_EINVAL); /* closed */
+    err = 0;
+    assert_null(dx_watch_new(f.loop, -1, DX_WATCH_READ, noop_watch, NULL, &err));
+    assert_int_equal(err, DX_EINVAL);
+    err = 0;
+    assert_null(dx_watch_new(f.loop, f.a[0], DX_WATCH_READ | 8u, noop_watch, NULL, &err));
+    assert_int_equal(err, DX_EINVAL);
+    assert_null(dx_watch_new(f.loop, f.a[0], DX_WATCH_READ, NULL, NULL, &err));
+    f.wa = dx_watch_new(f.loop, f.a[0], DX_WATCH_READ, noop_watch, NULL, &err);
+    assert_non_null(f.wa);
+    err = 0;
+    assert_null(dx_watch_new(f.loop, f.a[0], DX_WATCH_WRITE, noop_watch, NULL, &err));
+    assert_int_equal(err, DX_EINVAL); /* already watched */
+    wfx_close(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -708,6 +1745,12 @@ int main(void)
         cmocka_unit_test(test_stop_from_other_thread),
         cmocka_unit_test(test_stop_before_run_starts),
         cmocka_unit_test(test_post_dropped_at_free_and_enomem),
+        cmocka_unit_test(test_post_limit_exact),
+        cmocka_unit_test(test_post_reposting_does_not_starve),
+        cmocka_unit_test(test_xthread_producers_count_and_order),
+        cmocka_unit_test(test_xthread_burst_wakes_once),
+        cmocka_unit_test(test_xthread_full_refuses_and_loses_nothing),
+        cmocka_unit_test(test_xthread_drop_exactly_once_at_free),
         cmocka_unit_test(test_defer_runs_after_batch),
         cmocka_unit_test(test_mask_keys),
         cmocka_unit_test_setup_teardown(test_timer_rounding_and_exact_tick, tfx_setup, tfx_teardown),
@@ -717,6 +1760,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_timer_rearms_itself, tfx_setup, tfx_teardown),
         cmocka_unit_test_setup_teardown(test_timer_many_in_one_slot_and_beyond_horizon, tfx_setup, tfx_teardown),
         cmocka_unit_test(test_timer_real_ticks),
+        cmocka_unit_test_setup_teardown(test_ptimer_order_and_rounding, pfx_setup, pfx_teardown),
+        cmocka_unit_test_setup_teardown(test_ptimer_repeat_stop_free_in_callbacks, pfx_setup, pfx_teardown),
+        cmocka_unit_test_setup_teardown(test_ptimer_freed_by_other_in_same_pass, pfx_setup, pfx_teardown),
+        cmocka_unit_test(test_timer_watch_enomem_and_left_at_free),
+        cmocka_unit_test(test_timer_real_clock_ms),
+        cmocka_unit_test(test_watch_pipe_read_write),
+        cmocka_unit_test(test_watch_free_in_callback_with_pending_event),
+        cmocka_unit_test(test_watch_hup_is_error),
+        cmocka_unit_test(test_watch_refuses_bad_descriptors),
     };
+    dx_test_filter_from_env();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

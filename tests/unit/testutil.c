@@ -50,3 +50,10 @@ void dx_test_seams_init(dx_test_seams *ts)
     ts->seams.ud = ts;
     ts->rng = 1;
 }
+
+void dx_test_filter_from_env(void)
+{
+    const char *f = getenv("DX_TEST_FILTER");
+    if (f && *f)
+        cmocka_set_test_filter(f);
+}

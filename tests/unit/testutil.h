@@ -29,4 +29,9 @@ typedef struct dx_test_seams {
 /* Initialises `ts` with allocation that never fails, seed 1 and time 0. */
 void dx_test_seams_init(dx_test_seams *ts);
 
+/* Call first in main: when DX_TEST_FILTER is set (the TSan build sets it,
+ * see tests/unit/CMakeLists.txt), only the tests whose names match that
+ * cmocka pattern run. */
+void dx_test_filter_from_env(void);
+
 #endif
