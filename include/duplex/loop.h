@@ -92,8 +92,9 @@ DX_API dx_timer *dx_timer_new(dx_loop *loop, dx_timer_fn fn, void *ud);
 
 /* Arms (or re-arms, replacing the previous setting) `t` to fire after_ms
  * milliseconds from now, then every repeat_ms (0: once). A repeat is
- * measured from when the previous expiry was handled, so a late loop does
- * not fire a burst. Never fails, fires no callback; callable from any
+ * measured from the expiry pass that fired it, so a late loop fires once,
+ * not a burst. A timer started during an expiry pass (even with 0 ms)
+ * fires at a later one. Never fails, fires no callback; callable from any
  * callback, including t's own. */
 DX_API void dx_timer_start(dx_timer *t, uint64_t after_ms, uint64_t repeat_ms);
 
@@ -133,8 +134,9 @@ DX_API dx_watch *dx_watch_new(dx_loop *loop, int fd, unsigned events, dx_watch_f
 
 /* Changes what `w` asks for (0: nothing, not even DX_WATCH_ERROR). Returns
  * 0; DX_EINVAL (unknown bits); DX_ENOMEM or DX_EIO (epoll refused: the
- * previous setting stays). Takes effect for the next batch of events; fires
- * no callback. Callable from any callback, including w's own. */
+ * previous setting stays). Takes effect at once: an event the loop already
+ * collected in this batch is narrowed to the new setting. Fires no
+ * callback. Callable from any callback, including w's own. */
 DX_API int dx_watch_set(dx_watch *w, unsigned events);
 
 /* Stops watching and frees `w`; NULL is ignored. Safe inside its own
