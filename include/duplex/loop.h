@@ -29,8 +29,9 @@ typedef struct dx_loop_options {
     size_t post_max;       /* [65536] posts queued and not yet run; past it dx_loop_post gives DX_ELIMIT */
 } dx_loop_options;
 
-/* A new loop (epoll, eventfd wake-up, timers). NULL on failure with *err
- * (if not NULL) set: DX_ENOMEM, DX_EIO (epoll/eventfd/timerfd refused). */
+/* A new loop (epoll, eventfd wake-up, timers); `opt` is copied (NULL: all
+ * defaults). NULL on failure with *err (if not NULL) set: DX_ENOMEM,
+ * DX_EIO (epoll/eventfd/timerfd refused). Any thread may create a loop. */
 DX_API dx_loop *dx_loop_new(const dx_loop_options *opt, int *err);
 
 /* Runs until dx_loop_stop. Returns 0, or DX_EIO if epoll_wait fails for a
@@ -87,7 +88,8 @@ DX_API void dx_loop_free(dx_loop *loop);
 typedef struct dx_timer dx_timer;
 typedef void (*dx_timer_fn)(dx_timer *t, void *ud);
 
-/* A stopped timer calling fn(t, ud) when it fires. NULL: DX_ENOMEM. */
+/* A stopped timer calling fn(t, ud) when it fires. NULL: DX_ENOMEM (or
+ * loop or fn NULL). Fires no callback; callable from any callback. */
 DX_API dx_timer *dx_timer_new(dx_loop *loop, dx_timer_fn fn, void *ud);
 
 /* Arms (or re-arms, replacing the previous setting) `t` to fire after_ms
@@ -129,7 +131,7 @@ typedef void (*dx_watch_fn)(dx_watch *w, int fd, unsigned events, void *ud);
  * watch per descriptor per loop. NULL on failure with *err (if not NULL):
  * DX_EINVAL (a bad descriptor, one epoll refuses such as a regular file, one
  * already watched on this loop, or unknown bits in events), DX_ENOMEM,
- * DX_EIO. Fires no callback. */
+ * DX_EIO. Fires no callback; callable from any callback. */
 DX_API dx_watch *dx_watch_new(dx_loop *loop, int fd, unsigned events, dx_watch_fn fn, void *ud, int *err);
 
 /* Changes what `w` asks for (0: nothing, not even DX_WATCH_ERROR). Returns
