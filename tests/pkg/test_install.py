@@ -4,7 +4,8 @@ would.
 
   1. `cmake --install BUILD --prefix TMP` puts the CLI, libduplex.so (with its
      SONAME links), libduplex.a, the public headers (and nothing from src/),
-     duplex.pc and the CMake package in place;
+     duplex.pc and the CMake package in place; each header compiles alone,
+     as pedantic C11 and as C++;
   2. the examples build against the *installed* files only: with pkg-config
      and a plain cc command (shared, and static through --static), and with
      find_package(duplex) (examples/CMakeLists.txt, shared and static);
@@ -58,6 +59,19 @@ def check_tree(prefix, source, version):
     if got != want or os.listdir(f"{prefix}/include") != ["duplex"]:
         fail(f"installed headers {got} (in {os.listdir(prefix + '/include')}), want exactly {want}")
     return libdir
+
+
+def check_headers(prefix, cc, tmp):
+    """Each installed header compiles on its own, as C11 (pedantic) and as C++."""
+    cxx = "clang++" if "clang" in os.path.basename(cc) else "g++"
+    for h in sorted(os.listdir(f"{prefix}/include/duplex")):
+        src = f"{tmp}/hdr_{h}.c"
+        with open(src, "w") as f:
+            f.write(f"#include <duplex/{h}>\nint dx_test_header_alone;\n")
+        run([cc, "-std=c11", "-Wall", "-Wextra", "-Wpedantic", "-Werror", f"-I{prefix}/include", "-c", src,
+             "-o", f"{tmp}/hdr.o"])
+        run([cxx, "-x", "c++", "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{prefix}/include", "-c", src,
+             "-o", f"{tmp}/hdr.o"])
 
 
 def build_pkgconfig(prefix, libdir, source, cc, flags, out):
@@ -143,6 +157,7 @@ def main():
         prefix = f"{tmp}/prefix"
         run(["cmake", "--install", a.build, "--prefix", prefix])
         libdir = check_tree(prefix, a.source, a.version)
+        check_headers(prefix, a.cc, tmp)
         if build_pkgconfig(prefix, libdir, a.source, a.cc, flags, f"{tmp}/pc") != a.version:
             fail("pkg-config --modversion differs from the project's version")
         build_cmake(prefix, a.source, a.cc, flags, f"{tmp}/cm", static=False)
