@@ -71,7 +71,7 @@ run: build
 # CMAKE_INSTALL_PREFIX is fixed at configure time (GNUInstallDirs derives the
 # library folder from it); duplex.pc and the CMake package are relocatable.
 install: deps
-	@$(CMAKE) -S . -B build -DCMAKE_C_COMPILER=gcc -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
+	@$(CMAKE) -S . -B build -DCMAKE_C_COMPILER=gcc -DDX_TESTS=OFF -DDX_BENCH=OFF -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
 	@$(CMAKE) --build build -j $(JOBS)
 	DESTDIR=$(DESTDIR) $(CMAKE) --install build
 
