@@ -2,7 +2,8 @@
 """pkg_install: install duplex into a temporary prefix and use it as a user
 would.
 
-  1. `cmake --install BUILD --prefix TMP` puts the CLI, libduplex.so (with its
+  1. `cmake --install BUILD --prefix TMP` (then the tree is moved: nothing may
+     depend on where it was installed) puts the CLI, libduplex.so (with its
      SONAME links), libduplex.a, the public headers (and nothing from src/),
      duplex.pc and the CMake package in place; each header compiles alone,
      as pedantic C11 and as C++;
@@ -113,6 +114,19 @@ def build_cmake(prefix, source, cc, flags, out, static):
         fail(f"find_package found duplex at {m and m.group(1)}, not under {prefix}")
 
 
+def check_version_refused(prefix, version, tmp):
+    """find_package(duplex X.Y) refuses another minor (0.x: the API may change)."""
+    major, minor = (int(x) for x in version.split(".")[:2])
+    os.makedirs(f"{tmp}/ver", exist_ok=True)
+    with open(f"{tmp}/ver/CMakeLists.txt", "w") as f:
+        f.write("cmake_minimum_required(VERSION 3.20)\nproject(v LANGUAGES C)\n"
+                f"find_package(duplex {major}.{minor + 1} REQUIRED)\n")
+    p = subprocess.run(["cmake", "-S", f"{tmp}/ver", "-B", f"{tmp}/ver/b", f"-DCMAKE_PREFIX_PATH={prefix}"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=DEADLINE)
+    if p.returncode == 0 or "version" not in p.stdout:
+        fail(f"find_package(duplex {major}.{minor + 1}) accepted {version}:\n{p.stdout}")
+
+
 def client(path, url, *args, n=None):
     cmd = [path, url] + (["-n", str(n)] if n is not None else []) + list(args)
     print("+ " + " ".join(cmd), flush=True)
@@ -154,14 +168,19 @@ def main():
     a = ap.parse_args()
     flags = shlex.split(a.flags)
     with tempfile.TemporaryDirectory(prefix="dx-pkg-") as tmp:
+        # Installed in one place, used from another: duplex.pc and the CMake
+        # package must find everything relative to where they lie (a staged
+        # DESTDIR tree or a moved prefix).
         prefix = f"{tmp}/prefix"
-        run(["cmake", "--install", a.build, "--prefix", prefix])
+        run(["cmake", "--install", a.build, "--prefix", f"{tmp}/first"])
+        os.rename(f"{tmp}/first", prefix)
         libdir = check_tree(prefix, a.source, a.version)
         check_headers(prefix, a.cc, tmp)
         if build_pkgconfig(prefix, libdir, a.source, a.cc, flags, f"{tmp}/pc") != a.version:
             fail("pkg-config --modversion differs from the project's version")
         build_cmake(prefix, a.source, a.cc, flags, f"{tmp}/cm", static=False)
         build_cmake(prefix, a.source, a.cc, flags, f"{tmp}/cms", static=True)
+        check_version_refused(prefix, a.version, tmp)
 
         servers = []
         try:
