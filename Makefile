@@ -1,45 +1,61 @@
 # The short commands. CMake does the building; this file only sequences it.
 #
-#   make         build into build/ (gcc)
-#   make test    unit tests (gcc), again under ASan+UBSan (clang), the
-#                cross-thread tests under ThreadSanitizer (clang, label tsan),
-#                then each fuzz target for FUZZ_SECONDS (default 30) on its corpus
-#   make run     start duplex serve on port 8080 (PORT=...) with the demo page in web/
-#   make bench   benchmarks (optimised build), printed as a table
+#   make          build into build/ (gcc)
+#   make test     every ctest test (gcc), again under ASan+UBSan (clang), the
+#                 cross-thread tests under ThreadSanitizer (clang, label tsan),
+#                 then each fuzz target for FUZZ_SECONDS (default 30) on its corpus
+#   make run      start duplex serve on port 8080 (PORT=...) with the demo page in web/
+#   make bench    benchmarks (optimised build), printed as a table
+#   make install  install the library, headers, duplex.pc, the CMake package
+#                 and the CLI under PREFIX (default /usr/local), staged
+#                 under DESTDIR if set (docs/library.md)
 #
-# Every target first runs scripts/deps.sh, which installs missing packages.
+# Every target first runs scripts/deps.sh with the profile it needs, which
+# installs missing packages: `run` for building and running (make, make run,
+# make install), `test` for make test, `bench` for make bench.
 
 JOBS         ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 30
 CMAKE        ?= cmake
+PREFIX       ?= /usr/local
+DESTDIR      ?=
 
-.PHONY: all deps build test unit asan tsan fuzz run bench clean
+.PHONY: all deps deps-test deps-bench build build-tests test unit asan tsan fuzz run bench install clean
 
 all: build
 
 deps:
-	@scripts/deps.sh
+	@scripts/deps.sh run
+deps-test:
+	@scripts/deps.sh test
+deps-bench:
+	@scripts/deps.sh bench
 
+# The plain build needs nothing of the tests' or benchmarks' tools.
 build: deps
-	@$(CMAKE) -S . -B build -DCMAKE_C_COMPILER=gcc >/dev/null
+	@$(CMAKE) -S . -B build -DCMAKE_C_COMPILER=gcc -DDX_TESTS=OFF -DDX_BENCH=OFF >/dev/null
 	@$(CMAKE) --build build -j $(JOBS)
 
-unit: build
+build-tests: deps-test
+	@$(CMAKE) -S . -B build -DCMAKE_C_COMPILER=gcc -DDX_TESTS=ON -DDX_BENCH=OFF >/dev/null
+	@$(CMAKE) --build build -j $(JOBS)
+
+unit: build-tests
 	cd build && ctest --output-on-failure -j $(JOBS)
 
-asan: deps
+asan: deps-test
 	@$(CMAKE) -S . -B build-asan -DCMAKE_C_COMPILER=clang -DDX_SANITIZE=ON -DDX_BENCH=OFF >/dev/null
 	@$(CMAKE) --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		ctest --output-on-failure -j $(JOBS)
 
 # Only the library and the tests labelled tsan (the cross-thread ones).
-tsan: deps
+tsan: deps-test
 	@$(CMAKE) -S . -B build-tsan -DCMAKE_C_COMPILER=clang -DDX_SANITIZE_THREAD=ON -DDX_BENCH=OFF >/dev/null
 	@$(CMAKE) --build build-tsan -j $(JOBS)
 	cd build-tsan && ctest -L tsan --output-on-failure -j $(JOBS)
 
-fuzz: deps
+fuzz: deps-test
 	@$(CMAKE) -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DDX_FUZZ=ON >/dev/null
 	@$(CMAKE) --build build-fuzz -j $(JOBS)
 	scripts/fuzz.sh build-fuzz $(FUZZ_SECONDS)
@@ -55,11 +71,19 @@ test: unit asan tsan fuzz
 
 PORT ?= 8080
 
+# duplex serve prints the URL once it listens (the demo page at /, the echo
+# endpoint at /echo); Ctrl-C stops it.
 run: build
-	@echo "duplex: open http://127.0.0.1:$(PORT)/ (demo page), ws://127.0.0.1:$(PORT)/echo; Ctrl-C stops" >&2
 	exec build/duplex serve --port $(PORT) --static web
 
-bench: deps
+# CMAKE_INSTALL_PREFIX is fixed at configure time (GNUInstallDirs derives the
+# library folder from it); duplex.pc and the CMake package are relocatable.
+install: deps
+	@$(CMAKE) -S . -B build -DCMAKE_C_COMPILER=gcc -DDX_TESTS=OFF -DDX_BENCH=OFF -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
+	@$(CMAKE) --build build -j $(JOBS)
+	DESTDIR=$(DESTDIR) $(CMAKE) --install build
+
+bench: deps-bench
 	@$(CMAKE) -S . -B build-bench -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=Release -DDX_TESTS=OFF >/dev/null
 	@$(CMAKE) --build build-bench -j $(JOBS)
 	scripts/bench.sh build-bench

@@ -108,7 +108,7 @@ def main():
     try:
         import websockets.server  # noqa: F401
     except ImportError:
-        say("FAIL test_bench_subscribe: python3-websockets missing (run scripts/deps.sh)")
+        say("FAIL test_bench_subscribe: python3-websockets missing (run scripts/deps.sh test)")
         return 1
     p = Publisher()
     try:

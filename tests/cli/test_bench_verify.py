@@ -41,7 +41,7 @@ def need_websockets():
         import websockets  # noqa: F401
         import websockets.server  # noqa: F401
     except ImportError:
-        say("FAIL test_bench_verify: python3-websockets is not installed for %s (run scripts/deps.sh)"
+        say("FAIL test_bench_verify: python3-websockets is not installed for %s (run scripts/deps.sh test)"
             % sys.executable)
         sys.exit(1)
     return websockets

@@ -37,7 +37,7 @@ SKIP = 1  # a missing peer is a failure: scripts/deps.sh installs them all
 
 
 def skip(why):
-    print("FAIL %s: missing prerequisite: %s (run scripts/deps.sh)" % (os.path.basename(sys.argv[0]), why), flush=True)
+    print("FAIL %s: missing prerequisite: %s (run scripts/deps.sh test)" % (os.path.basename(sys.argv[0]), why), flush=True)
     sys.exit(SKIP)
 
 

@@ -15,7 +15,7 @@
 # servers on free loopback ports, runs the client, stops the servers by PID
 # and ends with "interop-PEER: N passed, M failed". Exit status 0 only if
 # nothing failed. A missing peer is a failure, never a skip; install with
-# scripts/deps.sh and `cd tests/interop && npm ci`.
+# scripts/deps.sh test (which also runs `npm ci` in tests/interop).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
