@@ -31,7 +31,7 @@ set_target_properties(duplex_shared PROPERTIES
   LINKER_LANGUAGE C)
 # A missing symbol is a link error here, not a surprise in the user's link.
 # (Not under the sanitizers: their runtime is linked into executables only.)
-if(NOT DX_SANITIZE)
+if(NOT DX_SANITIZE AND NOT DX_SANITIZE_THREAD)
   target_link_options(duplex_shared PRIVATE LINKER:--no-undefined)
 endif()
 # Nothing but our own symbols leaves the library (OpenSSL's stay OpenSSL's).
