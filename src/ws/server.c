@@ -130,6 +130,8 @@ static void resume_accept(dx__timer *t);
 
 static void pause_accept(dx_server *srv, int e)
 {
+    if (srv->ep.freeing)
+        return;
     srv->ep.st.accept_errors++;
     if (srv->accept_errors_burst++ == 0)
         dx__log(srv->ep.loop->log, DX_LOG_WARN,
@@ -152,6 +154,10 @@ static void on_accept(dx__io *io, uint32_t events)
 {
     (void)events;
     dx_server *srv = dx_list_entry(io, dx_server, lio);
+    /* An event fetched in the same batch as the shutdown or free that
+     * closed the listener: nothing to accept (and no timer to re-arm). */
+    if (srv->lio.fd < 0 || srv->ep.freeing)
+        return;
     for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
