@@ -571,7 +571,8 @@ static void driver(void *arg)
     H.round_steps++;
     if (!H.endgame && (H.round_events >= EVENT_BUDGET || H.round_steps >= STEP_BUDGET)) {
         H.endgame = 1;
-        H.free_where = (int)pick(4); /* W_OPEN, W_MESSAGE, W_CLOSE: from a callback; W_DRIVER: from here */
+        /* W_OPEN, W_MESSAGE, W_CLOSE: from a callback; W_DRIVER: from here.
+         * Each round its own (set at its start). */
     }
     if (H.endgame) {
         /* A callback frees the server soon; make sure something happens,
@@ -579,6 +580,9 @@ static void driver(void *arg)
         if (!H.srv_freed && (H.free_where == W_DRIVER || H.round_steps >= STEP_BUDGET + 400))
             srv_free();
         if (H.srv_freed) {
+            if (getenv("DX_HAMMER_VERBOSE"))
+                printf("hammer: round over: free_where %d, %ld events, %ld steps, shut %d\n", H.free_where,
+                       H.round_events, H.round_steps, H.shut);
             end_round_now();
             H.round_done = 1;
             dx_loop_stop(H.loop);
@@ -658,7 +662,11 @@ static void test_hammer(void **state)
     for (int r = 0; r < rounds; r++) {
         start_server();
         H.endgame = 0;
-        H.do_shut = chance(40); /* some rounds shut down gracefully before the free */
+        H.free_where = r % 4;
+        /* Some rounds shut down gracefully before the free (those whose
+         * free comes from on_close or the driver: after a shutdown no
+         * connection opens and messages stop). */
+        H.do_shut = (H.free_where == W_CLOSE || H.free_where == W_DRIVER) && chance(60);
         H.round_done = 0;
         H.round_events = H.round_steps = 0;
         assert_int_equal(dx_loop_post(H.loop, driver, NULL), 0);
@@ -704,7 +712,8 @@ static void test_hammer(void **state)
     assert_true(H.srv_opens >= 100);
     assert_true(H.cl_opens >= 10);
     assert_true(H.rsts > 0 && H.half_closes > 0);
-    assert_true(H.srv_dropped > 0); /* servers were freed with connections open */
+    assert_true(H.srv_dropped > 0);     /* servers were freed with connections open */
+    assert_true(H.srv_frees_in_cb > 0); /* from inside their callbacks */
 }
 
 int main(void)
