@@ -13,8 +13,10 @@
  *  (e) dx_conn_send / dx_conn_close on a connection whose write fails never
  *      run on_close before they return (from main and from a callback).
  *
- * Case (d), the ready list, is in test_loop.c (test_ready_*): it is the
- * loop's list and is tested there deterministically.
+ *  (d) TLS connections with input buffered in user space (on the loop's
+ *      ready list) while another connection's callback frees the server in
+ *      the same pass; the loop-level version, deterministic, is in
+ *      test_loop.c (test_ready_entry_leaves_on_stop).
  *
  * Everything runs on the test's thread: one loop, the server and clients on
  * it, and raw peers written here with blocking sockets (a handshake request,
@@ -29,6 +31,12 @@
 #include "duplex/client.h"
 #include "duplex/server.h"
 #include "net/loop.h"
+#include "ws/ws.h" /* struct dx_conn: is its io on the loop's ready list? */
+
+#include <openssl/ssl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -81,6 +89,7 @@ struct lf {
     int rst_fds[MAXC];    /* peers the "shutdown" message resets just before the shutdown */
     size_t n_rst;
     int shut;
+    int ready_probe, ready_hits; /* (d) */
     int shutdown_on_msg;
     int free_srv_in;      /* which server callback frees the server (enum below) */
     int srv_freed, srv_cb_after_free;
@@ -214,6 +223,16 @@ static void s_message(dx_conn *c, int op, const uint8_t *p, size_t len, void *ud
     if (f->free_srv_in == IN_MESSAGE) {
         srv_free_now(f);
         dx_loop_stop(f->loop);
+    }
+    /* (d): another connection is on the ready list (TLS input already read
+     * from the socket, to be served after this batch): free the server now,
+     * from this callback, in the same pass. */
+    for (size_t i = 0; f->ready_probe && !f->srv_freed && i < f->nconns; i++) {
+        if (f->conns[i] != c && dx__io_is_ready(&f->conns[i]->io)) {
+            f->ready_hits++;
+            srv_free_now(f);
+            dx_loop_stop(f->loop);
+        }
     }
 }
 
@@ -464,6 +483,120 @@ static void test_send_in_callback_to_failing_conn(void **state)
     pump(&f, closed_enough);
     assert_int_equal(f.msgs_after_close, 0);
     teardown(&f);
+}
+
+/* ---- (d) TLS input buffered in user space, freed in the same pass ------------------ */
+
+/* A TLS peer on its own thread: handshake, upgrade, then binary messages of
+ * 1000 bytes as fast as the server takes them, until told to stop or the
+ * server goes away. The server (slower: it decrypts, unmasks and delivers
+ * every message) falls behind, reads full buffers and puts the connection
+ * on the ready list with records still inside OpenSSL. */
+typedef struct tpeer {
+    unsigned port;
+    atomic_int *stop;
+    size_t sent;
+} tpeer;
+
+static atomic_int g_blasters_done;
+
+static void *tls_blaster(void *arg)
+{
+    tpeer *p = arg;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p->port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL *ssl = NULL;
+    if (fd < 0 || !ctx || connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+        goto out;
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    ssl = SSL_new(ctx);
+    if (!ssl || SSL_set_fd(ssl, fd) != 1 || SSL_connect(ssl) != 1)
+        goto out;
+    size_t w;
+    if (SSL_write_ex(ssl, REQ, sizeof REQ - 1, &w) != 1)
+        goto out;
+    char head[1024];
+    size_t got = 0;
+    while (got < 4 || memcmp(head + got - 4, "\r\n\r\n", 4) != 0) {
+        size_t r;
+        if (got == sizeof head || SSL_read_ex(ssl, head + got, 1, &r) != 1)
+            goto out;
+        got += r;
+    }
+    static uint8_t chunk[65 * 1008];
+    uint8_t msg[1000];
+    memset(msg, 'z', sizeof msg);
+    size_t n = 0;
+    while (n + 1008 <= sizeof chunk)
+        n += frame(chunk + n, DX_OP_BINARY, msg, sizeof msg, sizeof msg);
+    while (!atomic_load(p->stop) && p->sent < (256u << 20)) {
+        if (SSL_write_ex(ssl, chunk, n, &w) != 1)
+            break; /* the server dropped us */
+        p->sent += w;
+    }
+out:
+    atomic_fetch_add(&g_blasters_done, 1);
+    if (ssl)
+        SSL_free(ssl);
+    if (ctx)
+        SSL_CTX_free(ctx);
+    if (fd >= 0)
+        close(fd);
+    return NULL;
+}
+
+static bool srv_gone(lf *f) { return f->srv_freed != 0 || atomic_load(&g_blasters_done) == 2; }
+
+static void test_tls_ready_list_freed_in_same_pass(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/dx_life_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char crt[64], key[64], cmd[512];
+    snprintf(crt, sizeof crt, "%s/c.crt", dir);
+    snprintf(key, sizeof key, "%s/c.key", dir);
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=t "
+             "-keyout '%s' -out '%s' >/dev/null 2>&1",
+             key, crt);
+    assert_int_equal(system(cmd), 0);
+    static lf f;
+    setup_loop(&f);
+    dx_tls_cert cert = {crt, key};
+    dx_server_options o = {.host = "127.0.0.1", .port = DX_PORT_EPHEMERAL, .tls = &cert, .n_tls = 1, .ud = &f};
+    o.cb.on_open = s_open;
+    o.cb.on_message = s_message;
+    o.cb.on_close = s_close;
+    f.srv = dx_server_new(f.loop, &o, NULL);
+    assert_non_null(f.srv);
+    assert_int_equal(dx_server_start(f.srv), 0);
+    f.ready_probe = 1;
+    atomic_int stop;
+    atomic_init(&stop, 0);
+    tpeer peers[2] = {{dx_server_port(f.srv), &stop, 0}, {dx_server_port(f.srv), &stop, 0}};
+    pthread_t th[2];
+    atomic_store(&g_blasters_done, 0);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, tls_blaster, &peers[i]), 0);
+    pump(&f, srv_gone); /* ends when a callback freed the server (or a peer's budget ran out: below) */
+    atomic_store(&stop, 1);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    /* The path was taken: a connection was on the ready list when another
+     * one's callback freed the server; it was not served afterwards (under
+     * ASan a stale entry is a use-after-free in the loop's ready pass). */
+    assert_int_equal(f.ready_hits, 1);
+    assert_int_equal(f.srv_cb_after_free, 0);
+    pump_ticks(&f, 1);
+    teardown(&f);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
 }
 
 /* ---- (b) shutdown while on_close handlers send to the others --------------------------- */
@@ -799,6 +932,7 @@ int main(void)
         cmocka_unit_test(test_write_failure_mid_read),
         cmocka_unit_test(test_send_close_never_fire_on_close),
         cmocka_unit_test(test_send_in_callback_to_failing_conn),
+        cmocka_unit_test(test_tls_ready_list_freed_in_same_pass),
         cmocka_unit_test(test_shutdown_with_fan_out_on_close),
         cmocka_unit_test(test_shutdown_from_callback_with_fan_out),
         cmocka_unit_test(test_server_free_in_upgrade),
