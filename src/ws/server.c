@@ -6,6 +6,12 @@
  * descriptors (EMFILE/ENFILE) or memory, the listener is paused for one
  * timer tick and the failure is logged once per burst with its count;
  * existing connections keep being served.
+ *
+ * Lifecycle (habit 6): shutdown and free fire no callback. dx_server_free
+ * drops every connection at once without callbacks (ep.freeing silences
+ * those already dead but not yet reported) and, when called from inside a
+ * callback, releases the memory from the loop's deferred list once the
+ * stack has unwound (ep.dfree, queued after its connections).
  */
 #define _GNU_SOURCE
 #include "ws/ws.h"
