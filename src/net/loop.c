@@ -159,10 +159,24 @@ static void on_wake(dx__io *io, uint32_t events)
     run_posts(loop);
 }
 
+/* Runs the work deferred before this pass. Work it queues (an on_close
+ * handler whose send fails, a free) waits for the next iteration, which
+ * does not sleep: a chain of callbacks that keeps queueing work cannot
+ * starve I/O, and FIFO order is kept (an endpoint's own free stays behind
+ * its connections'). The pass is moved to a local head and consumed from
+ * the front, so work cancelled meanwhile (dx__loop_cancel) just leaves it. */
 static void run_deferred(dx_loop *loop)
 {
+    dx_list pass = DX_LIST_INIT(pass);
+    if (dx_list_empty(&loop->deferred))
+        return;
+    pass.next = loop->deferred.next;
+    pass.prev = loop->deferred.prev;
+    pass.next->prev = &pass;
+    pass.prev->next = &pass;
+    dx_list_init(&loop->deferred);
     dx_list *it;
-    while ((it = dx_list_first(&loop->deferred)) != NULL) {
+    while ((it = dx_list_first(&pass)) != NULL) {
         dx__deferred *d = dx_list_entry(it, dx__deferred, node);
         dx_list_remove(it);
         d->fn(loop, d);
@@ -362,7 +376,7 @@ int dx_loop_run(dx_loop *loop)
         if (!dx_list_empty(&loop->ready))
             run_ready(loop);
         /* Still dispatching: deferred work fires callbacks (on_close) that
-         * may close or free more; that is deferred too and runs below. */
+         * may close or free more; that is deferred to the next iteration. */
         run_deferred(loop);
         loop->in_batch = false;
     }

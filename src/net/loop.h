@@ -10,9 +10,10 @@
  * (epoll and the ready list) at once.
  *
  * Dispatch: one iteration is the batch of epoll events, then the ready list
- * (transports holding input epoll cannot see), then the deferred list until
- * it is empty (work queued there by deferred work runs in the same pass).
- * `in_batch` is true during all three: a callback is on the stack.
+ * (transports holding input epoll cannot see), then the deferred work queued
+ * before that pass (work it queues runs in the next iteration, which does
+ * not sleep). `in_batch` is true during all three: a callback is on the
+ * stack.
  *
  * Timers: a wheel of DX_WHEEL_SLOTS slots, one tick every DX_TICK_MS. A
  * timer is an intrusive node (no allocation); starting, restarting and

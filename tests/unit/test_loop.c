@@ -397,7 +397,8 @@ static void test_ready_entry_leaves_on_stop(void **state)
 
 /* Deferred work queued outside dx_loop_run waits for it (no callback runs
  * inside the caller), and deferred work queued by deferred work runs in the
- * same pass, still "dispatching". */
+ * next iteration of the same dx_loop_run (no sleep in between), still
+ * "dispatching". */
 static int g_later_ran, g_later_dispatching;
 static dx__deferred g_later[2];
 static void later_fn(dx_loop *loop, dx__deferred *d)
