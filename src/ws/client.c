@@ -720,7 +720,14 @@ void dx__client_response(dx_conn *c, const dx_http_response *resp)
     cl->attempt = 0;
     cl->st.opens++;
     queue_flush(cl);
-    if (cl->opt.cb.on_open && c->state == CS_OPEN)
+    if (c->state != CS_OPEN) {
+        /* A queued message's write failed: the connection died before the
+         * application saw it open. No on_open, so no on_close either (both
+         * hinge on CF_OPENED): its end is reported as a failed attempt. */
+        c->flags &= (uint16_t)~CF_OPENED;
+        return;
+    }
+    if (cl->opt.cb.on_open)
         cl->opt.cb.on_open(c, cl->opt.ud);
 }
 

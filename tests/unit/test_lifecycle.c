@@ -31,6 +31,7 @@
 #include "duplex/client.h"
 #include "duplex/server.h"
 #include "net/loop.h"
+#include "proto/handshake.h"
 #include "ws/ws.h" /* struct dx_conn: is its io on the loop's ready list? */
 
 #include <openssl/ssl.h>
@@ -926,6 +927,83 @@ static void test_client_close_is_asynchronous(void **state)
     teardown(&f);
 }
 
+/* The client's queued messages are written right after the 101, before
+ * on_open. When that write fails (the server answered 101 and reset at
+ * once) the application never saw the connection open: it gets on_error,
+ * never an on_close without an on_open. */
+typedef struct fake_srv {
+    int lfd, fd;
+    char req[4096];
+    size_t len;
+} fake_srv;
+static fake_srv g_fake;
+
+static bool fake_got_request(lf *f)
+{
+    (void)f;
+    if (g_fake.fd < 0) {
+        g_fake.fd = accept4(g_fake.lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (g_fake.fd < 0)
+            return false;
+    }
+    ssize_t n = recv(g_fake.fd, g_fake.req + g_fake.len, sizeof g_fake.req - 1 - g_fake.len, 0);
+    if (n > 0)
+        g_fake.len += (size_t)n;
+    g_fake.req[g_fake.len] = 0;
+    return strstr(g_fake.req, "\r\n\r\n") != NULL;
+}
+
+static bool cl_reported(lf *f) { return f->cl_errors + f->cl_closes > 0; }
+
+static void test_client_queue_flush_fails_before_open(void **state)
+{
+    (void)state;
+    static lf f;
+    setup_loop(&f);
+    g_fake.lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    g_fake.fd = -1;
+    g_fake.len = 0;
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof a;
+    assert_int_equal(bind(g_fake.lfd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(g_fake.lfd, 4), 0);
+    assert_int_equal(getsockname(g_fake.lfd, (struct sockaddr *)&a, &sl), 0);
+    char url[64];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%u/x", ntohs(a.sin_port));
+    dx_client_options o = {.url = url, .queue_max_messages = 4, .ud = &f};
+    o.cb.on_open = c_open;
+    o.cb.on_close = c_close;
+    o.cb.on_error = c_error;
+    o.cb.on_done = c_done;
+    f.cl = dx_client_new(f.loop, &o, NULL);
+    assert_non_null(f.cl);
+    assert_int_equal(dx_client_send(f.cl, DX_OP_TEXT, "queued", 6), 0);
+    assert_int_equal(dx_client_connect(f.cl), 0);
+    pump(&f, fake_got_request);
+    const char *k = strstr(g_fake.req, "Sec-WebSocket-Key: ");
+    assert_non_null(k);
+    k += 19;
+    char acc[29];
+    assert_int_equal(dx__ws_accept_key(k, 24, acc), 0);
+    char resp[256];
+    int n = snprintf(resp, sizeof resp,
+                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Accept: %s\r\n\r\n",
+                     acc);
+    send_all(g_fake.fd, resp, (size_t)n);
+    wait_sent(g_fake.fd);
+    rst(g_fake.fd);
+    pump(&f, cl_reported);
+    pump_ticks(&f, 1);
+    assert_int_equal(f.cl_opens, 0);
+    assert_int_equal(f.cl_closes, 0); /* never an on_close without on_open */
+    assert_int_equal(f.cl_errors, 1);
+    assert_int_equal(f.cl_dones, 1);
+    close(g_fake.lfd);
+    teardown(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -946,6 +1024,7 @@ int main(void)
         cmocka_unit_test(test_client_free_in_message),
         cmocka_unit_test(test_client_free_in_close),
         cmocka_unit_test(test_client_close_is_asynchronous),
+        cmocka_unit_test(test_client_queue_flush_fails_before_open),
     };
     if (getenv("DX_TEST_FILTER")) /* e.g. DX_TEST_FILTER='test_client_*' */
         cmocka_set_test_filter(getenv("DX_TEST_FILTER"));
