@@ -303,6 +303,8 @@ static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const u
     }
     if (ep->opt.cb.on_frame)
         ep->opt.cb.on_frame(c, '>', opcode, fin, 0, len, masked, data, len < 16 ? len : 16, ep->opt.ud);
+    if (c->state == CS_DEAD)
+        return DX_ECLOSED; /* the trace freed its endpoint: the transport is closed */
     if (WQ_LEN(c))
         return queue_frame(c, hdr, hl, data, len, masked ? key : NULL);
     /* The cork: while this connection processes a read (or, for a masked
