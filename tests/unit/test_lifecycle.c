@@ -100,7 +100,7 @@ struct lf {
     int cl_opens, cl_closes, cl_errors, cl_reconnects, cl_dones, cl_msgs;
 };
 
-enum { IN_NONE = 0, IN_UPGRADE, IN_OPEN, IN_MESSAGE, IN_CLOSE, IN_ERROR, IN_RECONNECT, IN_DONE };
+enum { IN_NONE = 0, IN_UPGRADE, IN_OPEN, IN_MESSAGE, IN_CLOSE, IN_ERROR, IN_RECONNECT, IN_DONE, IN_PONG };
 
 static void on_tick(dx__timer *t)
 {
@@ -237,6 +237,20 @@ static void s_message(dx_conn *c, int op, const uint8_t *p, size_t len, void *ud
     }
 }
 
+static void s_pong(dx_conn *c, const uint8_t *p, size_t len, void *ud)
+{
+    (void)p;
+    (void)len;
+    lf *f = ud;
+    check_srv_cb(f);
+    if (!is_open(f, c))
+        f->msgs_after_close++;
+    if (f->free_srv_in == IN_PONG) {
+        srv_free_now(f);
+        dx_loop_stop(f->loop);
+    }
+}
+
 static void s_close(dx_conn *c, unsigned code, const char *reason, size_t len, void *ud)
 {
     (void)reason;
@@ -277,6 +291,7 @@ static void start_server(lf *f)
     o.cb.on_upgrade = s_upgrade;
     o.cb.on_open = s_open;
     o.cb.on_message = s_message;
+    o.cb.on_pong = s_pong;
     o.cb.on_close = s_close;
     int err = 0;
     f->srv = dx_server_new(f->loop, &o, &err);
@@ -674,7 +689,7 @@ static void server_free_case(int where)
     int fd = raw_connect(dx_server_port(f.srv));
     int other = -1;
     send_all(fd, REQ, sizeof REQ - 1);
-    if (where == IN_MESSAGE || where == IN_CLOSE) {
+    if (where == IN_MESSAGE || where == IN_CLOSE || where == IN_PONG) {
         f.free_srv_in = IN_NONE;
         g_opens = 1;
         pump(&f, opened_enough);
@@ -684,9 +699,12 @@ static void server_free_case(int where)
         g_opens = 2;
         pump(&f, opened_enough);
         f.free_srv_in = where;
-        if (where == IN_MESSAGE) {
+        if (where == IN_MESSAGE || where == IN_PONG) {
+            /* a pong then a message in one read: nothing after the free */
             uint8_t fr[64];
-            send_all(fd, fr, frame(fr, DX_OP_TEXT, "hi", 2, 2));
+            size_t n = frame(fr, where == IN_PONG ? DX_OP_PONG : DX_OP_TEXT, "hi", 2, 2);
+            n += frame(fr + n, DX_OP_TEXT, "more", 4, 4);
+            send_all(fd, fr, n);
         } else {
             rst(fd);
             fd = -1;
@@ -728,6 +746,11 @@ static void test_server_free_in_message(void **state)
 {
     (void)state;
     server_free_case(IN_MESSAGE);
+}
+static void test_server_free_in_pong(void **state)
+{
+    (void)state;
+    server_free_case(IN_PONG);
 }
 static void test_server_free_in_close(void **state)
 {
@@ -1016,6 +1039,7 @@ int main(void)
         cmocka_unit_test(test_server_free_in_upgrade),
         cmocka_unit_test(test_server_free_in_open),
         cmocka_unit_test(test_server_free_in_message),
+        cmocka_unit_test(test_server_free_in_pong),
         cmocka_unit_test(test_server_free_in_close),
         cmocka_unit_test(test_client_free_in_error),
         cmocka_unit_test(test_client_free_in_reconnect),
