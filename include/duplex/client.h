@@ -8,6 +8,10 @@
  *
  * Threading: as for servers, everything runs on the loop's thread; call
  * these functions from that thread (or before dx_loop_run).
+ *
+ * Lifecycle: as for servers (duplex/server.h), no function here runs a
+ * callback before it returns; every one may be called from any callback of
+ * the loop, the client's own included (dx_client_free too).
  */
 #ifndef DUPLEX_CLIENT_H
 #define DUPLEX_CLIENT_H
@@ -89,32 +93,40 @@ typedef struct dx_client_stats {
 
 /* A client on `loop` (not connected yet). NULL on failure with *err:
  * DX_EINVAL (bad URL or option: the URL must be ws:// or wss:// with a
- * host), DX_ETLS (CA file unusable), DX_ENOMEM. */
+ * host), DX_ETLS (CA file unusable), DX_ENOMEM. Fires no callback. */
 DX_API dx_client *dx_client_new(dx_loop *loop, const dx_client_options *opt, int *err);
 
-/* Starts connecting (asynchronously: DNS runs off the loop's thread).
- * Returns 0 or DX_ESTATE (already connecting or open). */
+/* Starts connecting (asynchronously: the attempt starts from the loop, DNS
+ * runs off the loop's thread). Returns 0 or DX_ESTATE (already connecting
+ * or open). Fires no callback: even an attempt that fails at once reports
+ * on_error (then on_reconnect or on_done) from the loop. Callable from a
+ * callback, e.g. on_done to start again. */
 DX_API int dx_client_connect(dx_client *cl);
 
 /*
  * Sends a message or a ping. Open: as dx_conn_send. Not open and the queue
  * is on: the message is copied into the queue (0) or, when the queue is full,
  * refused with DX_ELIMIT and counted in `dropped`. Not open, no queue:
- * DX_ECLOSED.
+ * DX_ECLOSED. Fires no callback (a failed write: on_close from the loop).
  */
 DX_API int dx_client_send(dx_client *cl, int opcode, const void *data, size_t len);
 
 /* Closes (code, reason as dx_conn_close) and stops reconnecting; on_close
- * then on_done follow. Returns 0 or DX_ECLOSED when nothing is open
- * (connection attempts in progress are abandoned, on_done follows). */
+ * (if a connection was open) then on_done follow, from the loop: none
+ * inside this call. Returns 0, or DX_ECLOSED when already closed or never
+ * connected. An attempt in progress is abandoned without on_error (0; its
+ * on_done follows). */
 DX_API int dx_client_close(dx_client *cl, unsigned code, const char *reason, size_t len);
 
-/* The open connection, or NULL. */
+/* The open connection, or NULL. Fires no callback (nor does the next). */
 DX_API dx_conn *dx_client_conn(const dx_client *cl);
 
 DX_API void dx_client_stats_get(const dx_client *cl, dx_client_stats *out);
 
-/* Frees the client; an open connection is dropped without callbacks. */
+/* Frees the client; an open connection is dropped without callbacks and no
+ * callback of this client fires after the call returns (a pending DNS
+ * answer is ignored). Callable from any of the client's callbacks: the
+ * memory is then released once the callback stack has unwound. */
 DX_API void dx_client_free(dx_client *cl);
 
 #ifdef __cplusplus

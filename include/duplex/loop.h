@@ -37,7 +37,9 @@ DX_API dx_loop *dx_loop_new(const dx_loop_options *opt, int *err);
 /* Runs until dx_loop_stop. Returns 0, or DX_EIO if epoll_wait fails for a
  * reason other than EINTR. Blocks SIGPIPE on the calling thread, so a write
  * to a closed peer gives EPIPE rather than killing the process. Fires every
- * callback of the loop's objects. Not callable from a callback. */
+ * callback of the loop's objects: every callback runs from here (work queued
+ * before it started, e.g. on_close after a send that failed, first). Not
+ * callable from a callback. */
 DX_API int dx_loop_run(dx_loop *loop);
 
 /* Makes dx_loop_run return after the current iteration (a stop requested
@@ -71,7 +73,7 @@ DX_API int dx_loop_post_ex(dx_loop *loop, void (*fn)(void *arg), void (*drop)(vo
 /* Frees the loop: closes its descriptors, runs the drop function of every
  * post not run (on this thread), and frees the timers and watches still
  * alive (their handles become invalid). Servers and clients on the loop
- * must have been freed first, and no other thread may post any more. Not
+ * (and clients) must have been freed first, and no other thread may post any more. Not
  * callable from a callback of this loop. */
 DX_API void dx_loop_free(dx_loop *loop);
 

@@ -8,10 +8,18 @@
  * dx_loop_post. For several cores, run one loop + server per thread with
  * `reuse_port` set: the kernel spreads connections over them.
  *
- * Callbacks run on the loop's thread. Data passed to them is borrowed until
- * they return. A callback may send on or close any connection of its loop,
- * including the one it is called for; a connection's memory stays valid
- * until its on_close has returned.
+ * Callbacks run on the loop's thread, only from dx_loop_run. Data passed to
+ * them is borrowed until they return. A callback may send on or close any
+ * connection of its loop, including the one it is called for, shut down or
+ * free any server or client of its loop, its own included.
+ *
+ * Lifecycle: no function in this header (nor in duplex/client.h) runs a
+ * callback before it returns; the only exception is the on_frame trace of a
+ * frame being sent (dir '>'), which fires inside the call that sends it and
+ * must only read. A failed write marks its connection dead; on_close
+ * follows from the loop once the callback stack has unwound. After
+ * on_close nothing else is delivered for that connection; its memory stays
+ * valid until on_close has returned.
  */
 #ifndef DUPLEX_SERVER_H
 #define DUPLEX_SERVER_H
@@ -138,20 +146,25 @@ typedef struct dx_server_stats {
 
 /* A server on `loop`, copying `opt` (strings included). It listens at
  * dx_server_start. NULL on failure with *err: DX_EINVAL (bad option),
- * DX_ETLS (certificate or key unusable), DX_ENOMEM. */
+ * DX_ETLS (certificate or key unusable), DX_ENOMEM. Fires no callback;
+ * callable from a callback. */
 DX_API dx_server *dx_server_new(dx_loop *loop, const dx_server_options *opt, int *err);
 
 /* Binds and listens. Returns 0, DX_EADDR (cannot resolve or bind; errno is
- * kept), DX_EIO. */
+ * kept), DX_EIO. Fires no callback; callable from a callback. */
 DX_API int dx_server_start(dx_server *srv);
 
-/* The TCP port bound after dx_server_start (0 for a Unix socket). */
+/* The TCP port bound after dx_server_start (0 for a Unix socket). The
+ * getters below fire no callback and are callable anywhere on the loop's
+ * thread. */
 DX_API unsigned dx_server_port(const dx_server *srv);
 
 /* Graceful stop: close the listener, send close `code` (e.g. 1001) to every
  * open connection, drop connections still in the handshake. on_close fires
- * for each as they finish (within close_timeout_ms). Returns the number of
- * connections still open. */
+ * for each as they finish (within close_timeout_ms), from the loop: none
+ * inside this call. Callable from any callback (on_close handlers may send
+ * to or close the others meanwhile). Returns the number of connections not
+ * yet fully closed. */
 DX_API size_t dx_server_shutdown(dx_server *srv, unsigned code, const char *reason);
 
 /* Connections not yet fully closed (handshaking, open or closing). */
@@ -159,7 +172,11 @@ DX_API size_t dx_server_connections(const dx_server *srv);
 
 DX_API void dx_server_stats_get(const dx_server *srv, dx_server_stats *out);
 
-/* Frees the server; connections still open are dropped without callbacks. */
+/* Frees the server; connections still open are dropped without callbacks
+ * (those already closed but not yet reported are not reported either): no
+ * callback of this server fires after the call returns. Callable from any
+ * of the server's callbacks: the memory is then released once the callback
+ * stack has unwound. */
 DX_API void dx_server_free(dx_server *srv);
 
 /* ---- connections ------------------------------------------------------------- */
@@ -167,18 +184,25 @@ DX_API void dx_server_free(dx_server *srv);
 /*
  * Sends a message (DX_OP_TEXT, DX_OP_BINARY) or a ping (DX_OP_PING, <= 125
  * bytes). The bytes are copied (or written at once). Returns 0; DX_EINVAL;
- * DX_EUTF8 (text not UTF-8); DX_ECLOSED (closing or closed); DX_ELIMIT (the
- * send queue would pass send_max: the connection is being closed with 1008
- * and the drop counted); DX_ENOMEM.
+ * DX_EUTF8 (text not UTF-8); DX_ECLOSED (closing or closed, or the write
+ * failed just now: the connection is marked dead and on_close follows from
+ * the loop); DX_ELIMIT (the send queue would pass send_max: the connection
+ * is being closed with 1008 and the drop counted); DX_ENOMEM.
+ * Fires no callback (only the on_frame trace); callable from any callback,
+ * on any connection of the loop.
  */
 DX_API int dx_conn_send(dx_conn *c, int opcode, const void *data, size_t len);
 
 /* Starts the close handshake with `code` (0: none) and an optional UTF-8
  * reason (<= 123 bytes). on_close follows once the peer answers or
- * close_timeout_ms passes. Returns 0, DX_EINVAL, DX_EUTF8, DX_ECLOSED. */
+ * close_timeout_ms passes (or the write fails), always from the loop,
+ * never inside this call. Returns 0, DX_EINVAL, DX_EUTF8, DX_ECLOSED.
+ * Callable from any callback, on any connection of the loop. */
 DX_API int dx_conn_close(dx_conn *c, unsigned code, const char *reason, size_t len);
 
-/* Bytes queued for sending (not yet accepted by the kernel). */
+/* Bytes queued for sending (not yet accepted by the kernel). This and the
+ * accessors below fire no callback; callable from any callback (inside
+ * on_close included). */
 DX_API size_t dx_conn_buffered(const dx_conn *c);
 
 /* Writes the peer's address ("1.2.3.4:5678", "[::1]:5678" or "unix") into
@@ -198,7 +222,8 @@ DX_API uint64_t dx_conn_id(const dx_conn *c);
 /* Inside on_http: answers the plain HTTP request with `status`, extra header
  * lines (each ending in "\r\n", may be NULL), and a body (copied). The
  * connection closes after the response. Returns 0, DX_ESTATE (not inside
- * on_http), DX_ELIMIT (bigger than send_max), DX_ENOMEM. */
+ * on_http), DX_ELIMIT (bigger than send_max), DX_ENOMEM. Fires no
+ * callback. */
 DX_API int dx_http_reply(dx_conn *c, int status, const char *content_type, const char *headers,
                          const void *body, size_t len);
 

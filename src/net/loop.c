@@ -12,9 +12,12 @@
  * timers; then, outside the batch, run deferred frees.
  *
  * Invariants: a timer is linked in wheel[due % DX_WHEEL_SLOTS] iff armed;
- * `timers` counts armed timers; deferred work runs only outside a batch of
- * epoll events, so memory referenced by a pending event is never freed
- * while that event may still be dispatched.
+ * `timers` counts armed timers; deferred work runs only after the batch of
+ * epoll events and the ready list, so memory referenced by a pending event
+ * is never freed while that event may still be dispatched; a stopped io is
+ * in no list of the loop (epoll, ready). Every list walked while callbacks
+ * run is consumed one node at a time from its head (or spliced into a local
+ * head first), so a callback may unlink any node, including the next one.
  */
 #define _GNU_SOURCE
 #include "net/loop.h"
@@ -60,6 +63,8 @@ void dx__io_stop(dx_loop *loop, dx__io *io)
     if (io->fd >= 0)
         (void)epoll_ctl(loop->epfd, EPOLL_CTL_DEL, io->fd, NULL);
     io->events = 0;
+    if (dx__io_is_ready(io))
+        dx_list_remove(&io->ready);
 }
 
 static uint64_t now_ms(const dx_loop *loop) { return dx__now_ns(loop->seams) / 1000000u; }
@@ -130,10 +135,24 @@ static void on_wake(dx__io *io, uint32_t events)
     dx__posts_run(loop);
 }
 
+/* Runs the work deferred before this pass. Work it queues (an on_close
+ * handler whose send fails, a free) waits for the next iteration, which
+ * does not sleep: a chain of callbacks that keeps queueing work cannot
+ * starve I/O, and FIFO order is kept (an endpoint's own free stays behind
+ * its connections'). The pass is moved to a local head and consumed from
+ * the front, so work cancelled meanwhile (dx__loop_cancel) just leaves it. */
 static void run_deferred(dx_loop *loop)
 {
+    dx_list pass = DX_LIST_INIT(pass);
+    if (dx_list_empty(&loop->deferred))
+        return;
+    pass.next = loop->deferred.next;
+    pass.prev = loop->deferred.prev;
+    pass.next->prev = &pass;
+    pass.prev->next = &pass;
+    dx_list_init(&loop->deferred);
     dx_list *it;
-    while ((it = dx_list_first(&loop->deferred)) != NULL) {
+    while ((it = dx_list_first(&pass)) != NULL) {
         dx__deferred *d = dx_list_entry(it, dx__deferred, node);
         dx_list_remove(it);
         d->fn(loop, d);
@@ -149,30 +168,32 @@ void dx__loop_defer(dx_loop *loop, dx__deferred *d)
     d->fn(loop, d);
 }
 
+void dx__loop_later(dx_loop *loop, dx__deferred *d) { dx_list_push_back(&loop->deferred, &d->node); }
+
 void dx__loop_ready(dx_loop *loop, dx__io *io)
 {
-    if (loop->nready == loop->ready_cap) {
-        size_t cap = loop->ready_cap ? loop->ready_cap * 2 : 64;
-        dx__io **n = dx__realloc(loop->seams, loop->ready, cap * sizeof *n);
-        if (!n)
-            return; /* the next readable event or timer serves it */
-        loop->ready = n;
-        loop->ready_cap = cap;
-    }
-    loop->ready[loop->nready++] = io;
+    if (!dx__io_is_ready(io))
+        dx_list_push_back(&loop->ready, &io->ready);
 }
 
-/* Serves the descriptors marked ready during the last batch; those that
- * mark themselves again go to the next round. */
+/* Serves the descriptors marked ready before this round; those that mark
+ * themselves again go to the next round. The round is moved to a local
+ * head and consumed from the front: a callback that stops another io of
+ * the round (closing its connection) unlinks it, and it is not served. */
 static void run_ready(dx_loop *loop)
 {
-    size_t n = loop->nready;
-    for (size_t i = 0; i < n; i++) {
-        dx__io *io = loop->ready[i];
+    dx_list round = DX_LIST_INIT(round);
+    round.next = loop->ready.next;
+    round.prev = loop->ready.prev;
+    round.next->prev = &round;
+    round.prev->next = &round;
+    dx_list_init(&loop->ready);
+    dx_list *it;
+    while ((it = dx_list_first(&round)) != NULL) {
+        dx_list_remove(it);
+        dx__io *io = dx_list_entry(it, dx__io, ready);
         io->cb(io, EPOLLIN);
     }
-    loop->nready -= n;
-    memmove(loop->ready, loop->ready + n, loop->nready * sizeof *loop->ready);
 }
 
 int dx__loop_mask_key(dx_loop *loop, uint8_t key[4])
@@ -204,6 +225,7 @@ dx_loop *dx_loop_new(const dx_loop_options *opt, int *err)
     dx_list_init(&loop->deferred);
     dx_list_init(&loop->tall);
     dx_list_init(&loop->wall);
+    dx_list_init(&loop->ready);
     atomic_init(&loop->stop, false);
     atomic_init(&loop->helpers, 0);
     loop->rbuf = dx__alloc(seams, DX_LOOP_RBUF);
@@ -267,7 +289,6 @@ void dx_loop_free(dx_loop *loop)
     }
     dx__free(s, loop->rbuf);
     dx__free(s, loop->cork);
-    dx__free(s, loop->ready);
     dx__free(s, loop);
 }
 
@@ -293,7 +314,11 @@ int dx_loop_run(dx_loop *loop)
     /* A stop requested before run (or during the last run) is honoured; the
      * flag is cleared on the way out so the loop can run again. */
     while (!atomic_load(&loop->stop)) {
-        int n = epoll_wait(loop->epfd, events, MAX_EVENTS, loop->nready ? 0 : dx__timers_timeout(loop));
+        /* Work already waiting (ready input, or deferred work queued outside
+         * the loop, e.g. a failed send before dx_loop_run): do not sleep;
+         * else sleep until the next public timer. */
+        bool busy = !dx_list_empty(&loop->ready) || !dx_list_empty(&loop->deferred);
+        int n = epoll_wait(loop->epfd, events, MAX_EVENTS, busy ? 0 : dx__timers_timeout(loop));
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -306,13 +331,16 @@ int dx_loop_run(dx_loop *loop)
             dx__io *io = events[i].data.ptr;
             io->cb(io, events[i].events);
         }
-        if (loop->nready)
+        if (!dx_list_empty(&loop->ready))
             run_ready(loop);
         dx__timers_run(loop);
-        loop->in_batch = false;
+        /* Still dispatching: deferred work fires callbacks (on_close) that
+         * may close or free more; that is deferred to the next iteration. */
         run_deferred(loop);
+        loop->in_batch = false;
     }
     atomic_store(&loop->stop, false);
-    loop->nready = 0; /* their owners may be freed before the loop runs again */
+    /* Ready ios stay marked: their owners unmark them (dx__io_stop) when
+     * they are freed before the loop runs again. */
     return 0;
 }

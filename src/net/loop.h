@@ -6,9 +6,17 @@
  * watches). Knows nothing of WebSocket: includes no other public header.
  *
  * I/O: an owner embeds a dx__io and registers it; epoll's data.ptr points at
- * it. Level-triggered. Owners that close during a batch of events must not
- * free the memory holding a dx__io until the batch is over: they call
- * dx__loop_defer_free, which runs after the batch (STYLE.md habit 6).
+ * it. Level-triggered. Owners that close while the loop dispatches must not
+ * free the memory holding a dx__io until the dispatch is over: they queue a
+ * dx__deferred, which runs once the callback stack has unwound (STYLE.md
+ * habit 6). dx__io_stop takes the descriptor out of every list of the loop
+ * (epoll and the ready list) at once.
+ *
+ * Dispatch: one iteration is the batch of epoll events, then the ready list
+ * (transports holding input epoll cannot see), then the deferred work queued
+ * before that pass (work it queues runs in the next iteration, which does
+ * not sleep). `in_batch` is true during all three: a callback is on the
+ * stack.
  *
  * Timers: a wheel of DX_WHEEL_SLOTS slots, one tick every DX_TICK_MS. A
  * timer is an intrusive node (no allocation); starting, restarting and
@@ -36,7 +44,10 @@ struct dx__io {
     int fd;
     uint32_t events; /* EPOLLIN/EPOLLOUT currently registered (0: not registered) */
     dx__io_fn cb;
+    dx_list ready;   /* in loop->ready while marked ready (zeroed or self-linked: not) */
 };
+
+static inline bool dx__io_is_ready(const dx__io *io) { return io->ready.next && dx_list_linked(&io->ready); }
 
 typedef struct dx__timer dx__timer;
 struct dx__timer {
@@ -68,9 +79,9 @@ struct dx_loop {
     uint64_t start_ms;
     size_t timers;       /* armed timers */
     dx_list wheel[DX_WHEEL_SLOTS];
-    dx_list deferred;    /* run after the current batch of events */
+    dx_list deferred;    /* run after the current batch of events (see Dispatch) */
     _Atomic bool stop;
-    bool in_batch;
+    bool in_batch;       /* dispatching: events, ready list, public timers or deferred work */
     /* cross-thread posts (post.c): producers append to `in` under post_mu;
      * the loop swaps `in` and `out` under it and runs `out` unlocked */
     void *post_mu;       /* pthread_mutex_t, allocated (keeps pthread.h out of here) */
@@ -98,9 +109,9 @@ struct dx_loop {
     size_t cork_len;
     void *cork_owner;
     /* descriptors with input buffered in user space (TLS records) that epoll
-     * cannot see: served again after the batch, with a zero poll timeout */
-    dx__io **ready;
-    size_t nready, ready_cap;
+     * cannot see: served again after the batch, with a zero poll timeout.
+     * Intrusive (dx__io.ready): leaving it is O(1) and needs no memory. */
+    dx_list ready;
     /* mask keys for client frames, refilled from the seams */
     uint8_t keys[4096];  /* one getrandom per 1024 client frames */
     size_t key_pos;
@@ -121,11 +132,25 @@ static inline void dx__timer_init(dx__timer *t, void (*cb)(dx__timer *t))
     t->cb = cb;
 }
 
-/* Runs d->fn(loop, d) after the current batch of events (or at once, outside one). */
+/* Runs d->fn(loop, d) after the current dispatch (or at once, outside one:
+ * for work that fires no callback, e.g. a free). */
 void dx__loop_defer(dx_loop *loop, dx__deferred *d);
 
+/* Runs d->fn(loop, d) after the current dispatch, or, called outside
+ * dx_loop_run, early in the next dx_loop_run: never inside the caller. For
+ * work that fires callbacks (on_close after a failed write). d->node must
+ * have been initialised (dx_list_init) if dx__loop_cancel may see it unqueued. */
+void dx__loop_later(dx_loop *loop, dx__deferred *d);
+
+/* Takes d out of the deferred list if it is queued there. */
+static inline void dx__loop_cancel(dx__deferred *d) { dx_list_remove(&d->node); }
+
+/* True while the loop dispatches (a callback may be on the stack). */
+static inline bool dx__loop_dispatching(const dx_loop *loop) { return loop->in_batch; }
+
 /* Asks for io->cb(io, EPOLLIN) after the current batch even though the
- * descriptor may not be readable: its transport holds input of its own. */
+ * descriptor may not be readable: its transport holds input of its own.
+ * Once per io (marking twice is a no-op); dx__io_stop unmarks. */
 void dx__loop_ready(dx_loop *loop, dx__io *io);
 
 /* The internal name of dx_loop_post_ex, kept for src/ws. */

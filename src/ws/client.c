@@ -14,6 +14,13 @@
  * jitter"), n counting consecutive failures. Messages sent while not open
  * wait in a bounded queue and are written, in order, right after the next
  * open; past the bound they are refused and counted.
+ *
+ * Lifecycle: no public call fires a callback before it returns. Starting an
+ * attempt, the end of a connection and on_done after dx_client_close all
+ * run from the loop's deferred list. dx_client_free inside a callback drops
+ * everything at once (no callback after it returns) and frees the memory
+ * once the stack has unwound; code that runs after a callback re-checks
+ * cl->state (CL_DONE once closed or freed) before going on.
  */
 #define _GNU_SOURCE
 #include "duplex/client.h"
@@ -37,7 +44,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-enum { CL_IDLE = 0, CL_RESOLVING, CL_CONNECTING, CL_OPEN, CL_WAITING, CL_DONE };
+enum { CL_IDLE = 0, CL_STARTING, CL_RESOLVING, CL_CONNECTING, CL_OPEN, CL_WAITING, CL_DONE };
 
 #define MAX_PROTOCOLS 32
 #define MAX_HEADERS 64
@@ -76,8 +83,15 @@ struct dx_client {
     resolve_req *pending;
     dx__timer timer;
     unsigned attempt;
-    bool user_closed, try_next, quiet;
+    bool user_closed, try_next;
     int last_err;
+    /* Lifecycle (habit 6): calls the application makes never fire a
+     * callback. dx_client_connect queues `kick` (the attempt starts from the
+     * loop); dx_client_close queues `done` (on_done from the loop); why a
+     * connection died is kept here between its mark and its end. */
+    dx__deferred kick, done;
+    char why[512];
+    bool has_why;
     char key[25];
     dx_list queue;
     size_t q_msgs, q_bytes;
@@ -155,6 +169,8 @@ dx_client *dx_client_new(dx_loop *loop, const dx_client_options *o, int *err)
     cl->ep.cl = cl;
     dx_list_init(&cl->ep.conns);
     dx_list_init(&cl->queue);
+    dx_list_init(&cl->kick.node);
+    dx_list_init(&cl->done.node);
     dx__timer_init(&cl->timer, NULL);
     cl->opt = *o;
     if ((e = copy_strings(cl, o)) != 0)
@@ -257,7 +273,9 @@ static void queue_clear(dx_client *cl)
 static void queue_flush(dx_client *cl)
 {
     dx_list *it;
-    while (cl->conn && (it = dx_list_first(&cl->queue)) != NULL) {
+    /* Stops if a write fails (the connection is marked dead): the rest stays
+     * queued for the next open. */
+    while (cl->conn && cl->conn->state == CS_OPEN && (it = dx_list_first(&cl->queue)) != NULL) {
         qmsg *m = dx_list_entry(it, qmsg, node);
         dx_list_remove(it);
         cl->q_msgs--;
@@ -272,13 +290,30 @@ static void queue_flush(dx_client *cl)
 
 /* ---- attempts -------------------------------------------------------------------- */
 
-static void finish(dx_client *cl)
+static void done_later(dx_loop *loop, dx__deferred *d)
+{
+    (void)loop;
+    dx_client *cl = dx_list_entry(d, dx_client, done);
+    if (cl->opt.cb.on_done && !cl->ep.freeing)
+        cl->opt.cb.on_done(cl, cl->opt.ud);
+}
+
+/* Stops for good. `later`: called from a public function, so on_done is
+ * queued for the loop instead of fired here. */
+static void finish(dx_client *cl, bool later)
 {
     cl->state = CL_DONE;
     dx__timer_stop(cl->ep.loop, &cl->timer);
     if (cl->addrs) {
         freeaddrinfo(cl->addrs);
         cl->addrs = cl->next_addr = NULL;
+    }
+    if (later) {
+        if (!dx_list_linked(&cl->done.node)) {
+            cl->done.fn = done_later;
+            dx__loop_later(cl->ep.loop, &cl->done);
+        }
+        return;
     }
     if (cl->opt.cb.on_done)
         cl->opt.cb.on_done(cl, cl->opt.ud);
@@ -298,14 +333,14 @@ static void next_step(dx_client *cl)
         cl->addrs = cl->next_addr = NULL;
     }
     if (cl->user_closed || !cl->opt.reconnect) {
-        finish(cl);
+        finish(cl, false);
         return;
     }
     cl->attempt++;
     if (cl->opt.max_attempts && cl->attempt > cl->opt.max_attempts) {
         dx__log(LOG(cl), DX_LOG_WARN, "client: giving up on %s after %u failed attempts", cl->opt.url,
                 cl->opt.max_attempts);
-        finish(cl);
+        finish(cl, false);
         return;
     }
     uint64_t bound = cl->opt.backoff_base_ms;
@@ -330,10 +365,10 @@ static void attempt_failed(dx_client *cl, int err, const char *what)
 {
     cl->last_err = err;
     dx__log(LOG(cl), DX_LOG_INFO, "client: %s: %s", cl->opt.url, what);
-    if (!cl->quiet && cl->opt.cb.on_error)
+    if (cl->opt.cb.on_error)
         cl->opt.cb.on_error(cl, err, what, cl->opt.ud);
     if (cl->state == CL_DONE || cl->state == CL_IDLE)
-        return; /* the callback closed us */
+        return; /* the callback closed or freed us */
     next_step(cl);
 }
 
@@ -505,13 +540,25 @@ static void start_attempt(dx_client *cl)
     dx__timer_start(cl->ep.loop, &cl->timer, cl->opt.connect_timeout_ms);
 }
 
+static void kick(dx_loop *loop, dx__deferred *d)
+{
+    (void)loop;
+    dx_client *cl = dx_list_entry(d, dx_client, kick);
+    if (cl->state == CL_STARTING)
+        start_attempt(cl);
+}
+
 int dx_client_connect(dx_client *cl)
 {
-    if (cl->state != CL_IDLE && cl->state != CL_DONE)
+    if (cl->ep.freeing || (cl->state != CL_IDLE && cl->state != CL_DONE))
         return DX_ESTATE;
     cl->user_closed = false;
     cl->attempt = 0;
-    start_attempt(cl);
+    /* The first step may fail at once (a literal address that refuses):
+     * its on_error must come from the loop, not from inside this call. */
+    cl->state = CL_STARTING;
+    cl->kick.fn = kick;
+    dx__loop_later(cl->ep.loop, &cl->kick);
     return 0;
 }
 
@@ -673,16 +720,34 @@ void dx__client_response(dx_conn *c, const dx_http_response *resp)
     cl->attempt = 0;
     cl->st.opens++;
     queue_flush(cl);
-    if (cl->opt.cb.on_open && c->state == CS_OPEN)
+    if (c->state != CS_OPEN) {
+        /* A queued message's write failed: the connection died before the
+         * application saw it open. No on_open, so no on_close either (both
+         * hinge on CF_OPENED): its end is reported as a failed attempt. */
+        c->flags &= (uint16_t)~CF_OPENED;
+        return;
+    }
+    if (cl->opt.cb.on_open)
         cl->opt.cb.on_open(c, cl->opt.ud);
 }
 
-void dx__client_conn_end(dx_conn *c, const char *why)
+void dx__client_conn_marked(dx_conn *c, const char *why)
+{
+    dx_client *cl = client_of(c);
+    if (cl->conn != c)
+        return;
+    cl->has_why = why != NULL;
+    if (why)
+        snprintf(cl->why, sizeof cl->why, "%s", why);
+}
+
+void dx__client_conn_end(dx_conn *c)
 {
     dx_client *cl = client_of(c);
     if (cl->conn != c)
         return;
     cl->conn = NULL;
+    const char *why = cl->has_why ? cl->why : NULL;
     bool opened = (c->flags & CF_OPENED) != 0;
     if (!opened && cl->try_next && !cl->user_closed) {
         cl->try_next = false;
@@ -744,18 +809,21 @@ int dx_client_close(dx_client *cl, unsigned code, const char *reason, size_t len
         return DX_ECLOSED;
     cl->user_closed = true;
     if (cl->conn && cl->conn->state == CS_OPEN)
-        return dx_conn_close(cl->conn, code, reason, len); /* on_close, then on_done */
+        return dx_conn_close(cl->conn, code, reason, len); /* on_close, then on_done, from the loop */
+    dx__loop_cancel(&cl->kick);
     if (cl->conn) {
-        cl->quiet = true;
-        dx__conn_abort(cl->conn, DX_CLOSE_ABNORMAL, "closed by the application");
-        cl->quiet = false;
+        /* Detached first: its end is not the client's any more (no
+         * on_error); an opened one that was closing still gets on_close,
+         * from the loop, before on_done (queued after it). */
+        dx_conn *c = cl->conn;
+        cl->conn = NULL;
+        dx__conn_abort(c, DX_CLOSE_ABNORMAL, "closed by the application");
     }
     if (cl->pending) {
         cl->pending->cl = NULL;
         cl->pending = NULL;
     }
-    if (cl->state != CL_DONE)
-        finish(cl);
+    finish(cl, true);
     return 0;
 }
 
@@ -773,19 +841,37 @@ void dx_client_stats_get(const dx_client *cl, dx_client_stats *out)
     out->bytes_out = cl->ep.st.bytes_out;
 }
 
-void dx_client_free(dx_client *cl)
+/* The last step of a free: nothing of the client is on the stack now. */
+static void client_release(dx_loop *loop, dx__deferred *d)
 {
-    if (!cl)
-        return;
-    dx_loop *loop = cl->ep.loop;
-    if (cl->pending)
-        cl->pending->cl = NULL;
-    dx__timer_stop(loop, &cl->timer);
-    dx__ep_drop_conns(&cl->ep);
+    dx_client *cl = dx_list_entry(d, dx_client, ep.dfree);
     queue_clear(cl);
     if (cl->addrs)
         freeaddrinfo(cl->addrs);
     dx__tls_ctx_free(cl->tls);
     dx__free(loop->seams, cl->strings);
     dx__free(loop->seams, cl);
+}
+
+void dx_client_free(dx_client *cl)
+{
+    if (!cl || cl->ep.freeing)
+        return;
+    dx_loop *loop = cl->ep.loop;
+    if (cl->pending) {
+        cl->pending->cl = NULL; /* the lookup's answer is dropped when it arrives */
+        cl->pending = NULL;
+    }
+    /* Code of ours still on the stack (after on_error, on_reconnect, ...)
+     * sees CL_DONE and stops; nothing fires after this returns. */
+    cl->state = CL_DONE;
+    cl->conn = NULL;
+    dx__timer_stop(loop, &cl->timer);
+    dx__loop_cancel(&cl->kick);
+    dx__loop_cancel(&cl->done);
+    cl->ep.dfree.fn = client_release;
+    if (dx__ep_drop_conns(&cl->ep))
+        dx__loop_later(loop, &cl->ep.dfree);
+    else
+        client_release(loop, &cl->ep.dfree);
 }

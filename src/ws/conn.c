@@ -17,8 +17,13 @@
  * error close) moves to DRAIN; once wq is empty we send FIN (LINGER) and
  * read until the peer's EOF, so our close frame is not lost to a reset
  * (RFC 6455 §7.1.1: the server closes the TCP connection first). Every wait
- * is bounded by close_timeout_ms. Memory is freed after the current batch
- * of events (habit 6).
+ * is bounded by close_timeout_ms.
+ *
+ * Dying (habit 6): a connection is first marked dead (CS_DEAD: out of every
+ * loop list, socket closed, nothing more delivered), which fires no
+ * callback and may happen anywhere, inside a call the application made
+ * included; on_close and the free run later from the loop's deferred list,
+ * once the callback stack has unwound. See "lifecycle" below.
  */
 #define _GNU_SOURCE
 #include "ws/ws.h"
@@ -298,6 +303,8 @@ static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const u
     }
     if (ep->opt.cb.on_frame)
         ep->opt.cb.on_frame(c, '>', opcode, fin, 0, len, masked, data, len < 16 ? len : 16, ep->opt.ud);
+    if (c->state == CS_DEAD)
+        return DX_ECLOSED; /* the trace freed its endpoint: the transport is closed */
     if (WQ_LEN(c))
         return queue_frame(c, hdr, hl, data, len, masked ? key : NULL);
     /* The cork: while this connection processes a read (or, for a masked
@@ -351,24 +358,25 @@ static void flush_queue(dx_conn *c)
     /* Empty: give the memory back (an idle connection holds no buffers). */
     dx__free(c->ep->loop->seams, q);
     c->wq = NULL;
-    want_write(c, false);
+    /* A drain still to report keeps EPOLLOUT: on_io reports it from the
+     * loop, never from inside a send (flush_queue runs there too). */
+    want_write(c, c->state == CS_OPEN && (c->flags & CF_DRAIN_ARMED));
     if (c->state == CS_DRAIN) {
         c->st.t->shutdown(&c->st);
         c->state = CS_LINGER;
         return;
     }
-    if ((c->flags & CF_DRAIN_ARMED) && c->state == CS_OPEN) {
-        c->flags &= (uint16_t)~CF_DRAIN_ARMED;
-        if (c->ep->opt.cb.on_drain)
-            c->ep->opt.cb.on_drain(c, c->ep->opt.ud);
-    }
 }
 
 /* ---- session events -------------------------------------------------------- */
 
+/* Session handlers: nothing is delivered for a connection marked dead while
+ * its read was being processed (the session also stops at the next frame). */
 static void h_message(dx__session *s, int op, const uint8_t *p, size_t len)
 {
     dx_conn *c = conn_of(s);
+    if (c->state == CS_DEAD)
+        return;
     c->msgs_in++;
     c->ep->st.messages_in++;
     if (c->ep->opt.cb.on_message)
@@ -378,9 +386,11 @@ static void h_message(dx__session *s, int op, const uint8_t *p, size_t len)
 static void h_pong(dx__session *s, const uint8_t *p, size_t len)
 {
     dx_conn *c = conn_of(s);
+    if (c->state == CS_DEAD)
+        return;
     if (c->ep->opt.cb.on_pong)
         c->ep->opt.cb.on_pong(c, p, len, c->ep->opt.ud);
-    if (c->flags & CF_PING_OUT) {
+    if (c->state != CS_DEAD && (c->flags & CF_PING_OUT)) {
         c->flags &= (uint16_t)~CF_PING_OUT;
         arm_heartbeat(c);
     }
@@ -389,13 +399,15 @@ static void h_pong(dx__session *s, const uint8_t *p, size_t len)
 static void h_frame(dx__session *s, const dx_frame_header *h, const uint8_t *head, size_t n)
 {
     dx_conn *c = conn_of(s);
-    if (c->ep->opt.cb.on_frame)
+    if (c->state != CS_DEAD && c->ep->opt.cb.on_frame)
         c->ep->opt.cb.on_frame(c, '<', h->opcode, h->fin, h->rsv, h->len, h->masked, head, n, c->ep->opt.ud);
 }
 
 static void h_close(dx__session *s, unsigned code, const char *reason, size_t len)
 {
     dx_conn *c = conn_of(s);
+    if (c->state == CS_DEAD)
+        return;
     /* Keep the reason for on_close (the head slot is free once open). */
     if (len && !c->head) {
         c->head = dx__alloc(c->ep->loop->seams, sizeof *c->head + len + 1);
@@ -428,43 +440,53 @@ void dx__ws_session_cfg(dx__ep *ep, int role)
 
 /* ---- lifecycle -------------------------------------------------------------- */
 
-/* The last step: only the struct is left (conn_finish released the rest),
- * and its endpoint may already be gone, so the loop's seams free it. */
-static void deferred_free(dx_loop *loop, dx__deferred *d)
+/*
+ * A connection dies in two steps (libuv's uv_close, uSockets' closed list):
+ *
+ * 1. conn_mark (dx__conn_abort, the clean end in LINGER, an endpoint being
+ *    freed): may run anywhere, inside a write, a session handler or a call
+ *    the application made. It fires no callback. It decides the close code,
+ *    sets CS_DEAD, stops the session (so the rest of a read is not
+ *    delivered), takes the connection out of every list (epoll, ready,
+ *    timer wheel, cork, ep->conns), closes the socket and queues `dfree`.
+ * 2. conn_closed, from the loop's deferred list once the callback stack has
+ *    unwound: on_close (once, if on_open fired and the owner is not being
+ *    freed), the client's follow-up (reconnect, on_error, on_done), then
+ *    the memory: session receive buffer, queue, reason, protocol, struct.
+ *
+ * Between the two, code still on the stack may touch the struct (it is
+ * alive) but every path checks CS_DEAD before acting.
+ */
+
+/* Releases what a dead connection still holds, then the struct. Its
+ * endpoint may be gone: only the loop (seams) is used. */
+static void conn_release(dx_loop *loop, dx_conn *c)
+{
+    const dx_seams *seams = loop->seams;
+    if (c->s.cfg)
+        dx__session_deinit(&c->s); /* a trailing partial message's buffer too */
+    dx__free(seams, c->wq);
+    dx__free(seams, c->head);
+    dx__free(seams, c->protocol);
+    dx__free(seams, c);
+}
+
+static void conn_closed(dx_loop *loop, dx__deferred *d)
 {
     dx_conn *c = dx_list_entry(d, dx_conn, dfree);
-    dx__free(loop->seams, c);
-}
-
-/* Frees a live connection at once: its endpoint is going away. */
-static void conn_free_now(dx_conn *c)
-{
-    dx_loop *loop = c->ep->loop;
-    dx__timer_stop(loop, &c->timer);
-    dx__io_stop(loop, &c->io);
-    c->st.t->close(&c->st);
-    if (c->s.cfg)
-        dx__session_deinit(&c->s); /* only upgraded connections have a session */
-    dx__free(loop->seams, c->wq);
-    dx__free(loop->seams, c->head);
-    dx__free(loop->seams, c->protocol);
-    dx__free(loop->seams, c);
-}
-
-void dx__ep_drop_conns(dx__ep *ep)
-{
-    /* Connections that already ended are not in the list: their deferred
-     * free needs only the loop. */
-    dx_list *it;
-    while ((it = dx_list_first(&ep->conns)) != NULL) {
-        dx_list_remove(it);
-        conn_free_now(dx_list_entry(it, dx_conn, link));
+    dx__ep *ep = c->ep; /* alive: its own free is queued after us */
+    if (!ep->freeing && (c->flags & CF_OPENED) && ep->opt.cb.on_close) {
+        const char *reason = c->head ? (const char *)c->head->data : "";
+        size_t rlen = c->head ? c->head->len : 0;
+        ep->opt.cb.on_close(c, c->code, reason, rlen, ep->opt.ud);
     }
-    ep->nconns = 0;
+    /* on_close may have freed the endpoint (deferred: still readable). */
+    if (ep->cl && !ep->freeing)
+        dx__client_conn_end(c); /* may reconnect or report; creates new connections only */
+    conn_release(loop, c);
 }
 
-/* Closes the socket, reports on_close once, frees after the batch. */
-static void conn_finish(dx_conn *c, const char *why)
+static void conn_mark(dx_conn *c, const char *why, bool silent)
 {
     if (c->state == CS_DEAD)
         return;
@@ -480,47 +502,66 @@ static void conn_finish(dx_conn *c, const char *why)
         code = c->s.close_recv;
     else if (c->s.state == DX_CODEC_FAILED && c->s.close_sent)
         code = c->s.close_sent;
+    c->code = (uint16_t)code;
     if (loop->cork_owner == c) {
         loop->cork_owner = NULL;
         loop->cork_len = 0;
     }
     c->state = CS_DEAD;
+    /* A session_recv on the stack stops at its next frame: the rest of the
+     * read is discarded (nothing is delivered after the connection died). */
+    if (c->s.cfg)
+        c->s.state = DX_CODEC_FAILED;
     dx__timer_stop(loop, &c->timer);
-    dx__io_stop(loop, &c->io);
+    dx__io_stop(loop, &c->io); /* epoll and the ready list */
     c->st.t->close(&c->st);
     c->io.fd = -1;
     dx_list_remove(&c->link);
     ep->nconns--;
     ep->st.closed++;
-    /* Release what the callbacks below do not need now: a callback may free
-     * the endpoint (the session's config lives there). */
-    const dx_seams *seams = loop->seams;
-    if (c->s.cfg)
-        dx__session_deinit(&c->s);
-    dx__free(seams, c->wq);
-    c->wq = NULL;
-    struct dx_client *cl = ep->cl;
     if (c->flags & CF_OPENED) {
         ep->st.open--;
-        dx__log(LOG(c), DX_LOG_INFO,
-                "conn=%llu close remote=%s code=%u duration_ms=%llu bytes_in=%llu bytes_out=%llu msgs_in=%llu "
-                "msgs_out=%llu",
-                (unsigned long long)c->id, REMOTE(c).s, code,
-                (unsigned long long)(loop->tick - c->opened_tick) * DX_TICK_MS, (unsigned long long)c->bytes_in,
-                (unsigned long long)c->bytes_out, (unsigned long long)c->msgs_in, (unsigned long long)c->msgs_out);
-        const char *reason = c->head ? (const char *)c->head->data : "";
-        size_t rlen = c->head ? c->head->len : 0;
-        if (ep->opt.cb.on_close)
-            ep->opt.cb.on_close(c, code, reason, rlen, ep->opt.ud);
+        if (!silent)
+            dx__log(LOG(c), DX_LOG_INFO,
+                    "conn=%llu close remote=%s code=%u duration_ms=%llu bytes_in=%llu bytes_out=%llu "
+                    "msgs_in=%llu msgs_out=%llu",
+                    (unsigned long long)c->id, REMOTE(c).s, code,
+                    (unsigned long long)(loop->tick - c->opened_tick) * DX_TICK_MS,
+                    (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out,
+                    (unsigned long long)c->msgs_in, (unsigned long long)c->msgs_out);
     }
-    dx__free(seams, c->head);
-    dx__free(seams, c->protocol);
-    c->head = NULL;
-    c->protocol = NULL;
-    if (cl)
-        dx__client_conn_end(c, why); /* may reconnect, report, or free nothing more of c */
-    c->dfree.fn = deferred_free;
-    dx__loop_defer(loop, &c->dfree);
+    if (ep->cl && !silent)
+        dx__client_conn_marked(c, why);
+    c->dfree.fn = conn_closed;
+    dx__loop_later(loop, &c->dfree);
+}
+
+/* The clean end (LINGER saw the peer's EOF). */
+static void conn_finish(dx_conn *c, const char *why) { conn_mark(c, why, false); }
+
+bool dx__ep_drop_conns(dx__ep *ep)
+{
+    dx_loop *loop = ep->loop;
+    ep->freeing = true;
+    dx_list *it;
+    while ((it = dx_list_first(&ep->conns)) != NULL)
+        conn_mark(dx_list_entry(it, dx_conn, link), NULL, true);
+    if (dx__loop_dispatching(loop))
+        return true; /* they, then the owner, are released from the deferred list */
+    /* Nothing is on the stack: release this endpoint's dead connections now
+     * (the others stay queued for the next dx_loop_run). */
+    dx_list_foreach_safe(node, tmp, &loop->deferred)
+    {
+        dx__deferred *d = dx_list_entry(node, dx__deferred, node);
+        if (d->fn != conn_closed)
+            continue;
+        dx_conn *c = dx_list_entry(d, dx_conn, dfree);
+        if (c->ep != ep)
+            continue;
+        dx_list_remove(node);
+        conn_release(loop, c);
+    }
+    return false;
 }
 
 void dx__conn_abort(dx_conn *c, unsigned code, const char *why)
@@ -531,7 +572,7 @@ void dx__conn_abort(dx_conn *c, unsigned code, const char *why)
         c->code = (uint16_t)code;
     dx__log(LOG(c), (c->flags & CF_OPENED) ? DX_LOG_INFO : DX_LOG_DEBUG, "conn=%llu dropped remote=%s: %s",
             (unsigned long long)c->id, REMOTE(c).s, why);
-    conn_finish(c, why);
+    conn_mark(c, why, false);
 }
 
 void dx__conn_finish_after_flush(dx_conn *c)
@@ -568,8 +609,8 @@ static uint64_t quiet_ms(const dx_conn *c)
 static void arm_heartbeat(dx_conn *c)
 {
     const dx_server_options *o = &c->ep->opt;
-    if (c->s.state != DX_CODEC_OPEN)
-        return; /* the close timeout owns the timer now */
+    if (c->state != CS_OPEN || c->s.state != DX_CODEC_OPEN)
+        return; /* the close timeout owns the timer now (or it is dead) */
     uint64_t next = o->ping_interval_ms == (unsigned)-1 ? 0 : o->ping_interval_ms;
     if (o->idle_timeout_ms && (!next || o->idle_timeout_ms < next))
         next = o->idle_timeout_ms;
@@ -624,7 +665,10 @@ static void on_timer(dx__timer *t)
                 uint8_t payload[8];
                 for (int i = 0; i < 8; i++)
                     payload[i] = (uint8_t)(now >> (56 - 8 * i));
-                if (dx__session_control(&c->s, DX_OP_PING, payload, sizeof payload) == 0) {
+                int rc = dx__session_control(&c->s, DX_OP_PING, payload, sizeof payload);
+                if (c->state != CS_OPEN)
+                    return; /* the write failed: marked dead */
+                if (rc == 0) {
                     c->flags |= CF_PING_OUT;
                     dx__timer_start(ep->loop, &c->timer, o->pong_timeout_ms);
                     return;
@@ -890,6 +934,8 @@ static void on_readable(dx_conn *c)
         c->bytes_in += (size_t)n;
         c->ep->st.bytes_in += (size_t)n;
         process(c, loop->rbuf, (size_t)n);
+        if (c->state == CS_DEAD)
+            return; /* the transport is closed */
         if ((size_t)n < DX_LOOP_RBUF && !c->st.t->pending(&c->st))
             return; /* drained: another read would only say EAGAIN */
     }
@@ -939,8 +985,17 @@ static void on_io(dx__io *io, uint32_t events)
         if (c->state != CS_HEAD)
             return;
     }
-    if ((events & EPOLLOUT) && WQ_LEN(c))
-        flush_queue(c);
+    if (events & EPOLLOUT) {
+        if (WQ_LEN(c))
+            flush_queue(c);
+        /* on_drain fires here, from the loop, never from inside a send. */
+        if (c->state == CS_OPEN && !WQ_LEN(c) && (c->flags & CF_DRAIN_ARMED)) {
+            c->flags &= (uint16_t)~CF_DRAIN_ARMED;
+            want_write(c, false);
+            if (c->ep->opt.cb.on_drain)
+                c->ep->opt.cb.on_drain(c, c->ep->opt.ud);
+        }
+    }
     if (c->state != CS_DEAD && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
         on_readable(c);
 }
@@ -1009,7 +1064,7 @@ int dx_conn_close(dx_conn *c, unsigned code, const char *reason, size_t len)
     if (c->state != CS_OPEN)
         return DX_ECLOSED;
     int rc = dx__session_close(&c->s, code, reason, len);
-    if (rc == 0)
+    if (rc == 0 && c->state == CS_OPEN)
         dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.close_timeout_ms);
     after_session(c);
     return rc;

@@ -6,6 +6,12 @@
  * descriptors (EMFILE/ENFILE) or memory, the listener is paused for one
  * timer tick and the failure is logged once per burst with its count;
  * existing connections keep being served.
+ *
+ * Lifecycle (habit 6): shutdown and free fire no callback. dx_server_free
+ * drops every connection at once without callbacks (ep.freeing silences
+ * those already dead but not yet reported) and, when called from inside a
+ * callback, releases the memory from the loop's deferred list once the
+ * stack has unwound (ep.dfree, queued after its connections).
  */
 #define _GNU_SOURCE
 #include "ws/ws.h"
@@ -130,6 +136,8 @@ static void resume_accept(dx__timer *t);
 
 static void pause_accept(dx_server *srv, int e)
 {
+    if (srv->ep.freeing)
+        return;
     srv->ep.st.accept_errors++;
     if (srv->accept_errors_burst++ == 0)
         dx__log(srv->ep.loop->log, DX_LOG_WARN,
@@ -152,6 +160,10 @@ static void on_accept(dx__io *io, uint32_t events)
 {
     (void)events;
     dx_server *srv = dx_list_entry(io, dx_server, lio);
+    /* An event fetched in the same batch as the shutdown or free that
+     * closed the listener: nothing to accept (and no timer to re-arm). */
+    if (srv->lio.fd < 0 || srv->ep.freeing)
+        return;
     for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
@@ -216,12 +228,28 @@ static void close_listener(dx_server *srv)
 
 size_t dx_server_shutdown(dx_server *srv, unsigned code, const char *reason)
 {
+    if (srv->ep.freeing)
+        return 0;
     srv->shutting_down = true;
     close_listener(srv);
     size_t rlen = reason ? strlen(reason) : 0;
-    dx_list_foreach_safe(it, tmp, &srv->ep.conns)
-    {
+    /* No callback runs in here (a failed write only marks its connection),
+     * but the walk does not rely on it: the list is moved aside and consumed
+     * from its head, each connection going back to ep.conns unless it died,
+     * so any node may be unlinked or relinked meanwhile. */
+    dx_list todo = DX_LIST_INIT(todo);
+    if (!dx_list_empty(&srv->ep.conns)) {
+        todo.next = srv->ep.conns.next;
+        todo.prev = srv->ep.conns.prev;
+        todo.next->prev = &todo;
+        todo.prev->next = &todo;
+        dx_list_init(&srv->ep.conns);
+    }
+    dx_list *it;
+    while ((it = dx_list_first(&todo)) != NULL) {
         dx_conn *c = dx_list_entry(it, dx_conn, link);
+        dx_list_remove(it);
+        dx_list_push_back(&srv->ep.conns, it);
         if (c->state == CS_OPEN)
             (void)dx_conn_close(c, code, reason, rlen);
         else if (c->state < CS_OPEN)
@@ -230,16 +258,29 @@ size_t dx_server_shutdown(dx_server *srv, unsigned code, const char *reason)
     return srv->ep.nconns;
 }
 
-void dx_server_free(dx_server *srv)
+/* The last step of a free: nothing of the server is on the stack now. */
+static void server_release(dx_loop *loop, dx__deferred *d)
 {
-    if (!srv)
-        return;
-    const dx_seams *seams = srv->ep.loop->seams;
-    close_listener(srv);
-    dx__ep_drop_conns(&srv->ep);
+    dx_server *srv = dx_list_entry(d, dx_server, ep.dfree);
+    const dx_seams *seams = loop->seams;
     dx__tls_ctx_free(srv->tls);
     dx__free(seams, srv->host);
     dx__free(seams, srv->unix_path);
     dx__free(seams, srv->static_root);
     dx__free(seams, srv);
+}
+
+void dx_server_free(dx_server *srv)
+{
+    if (!srv || srv->ep.freeing)
+        return;
+    close_listener(srv);
+    srv->ep.dfree.fn = server_release;
+    /* Inside one of its callbacks the server's memory is still on the stack:
+     * its connections are dropped now (no callback after this returns) and
+     * the memory goes once the stack has unwound. */
+    if (dx__ep_drop_conns(&srv->ep))
+        dx__loop_later(srv->ep.loop, &srv->ep.dfree);
+    else
+        server_release(srv->ep.loop, &srv->ep.dfree);
 }

@@ -28,7 +28,8 @@ enum {
     CS_OPEN,    /* WebSocket session running (open, or close sent) */
     CS_DRAIN,   /* last bytes (close frame, HTTP response) being flushed */
     CS_LINGER,  /* FIN sent; reading until the peer's EOF */
-    CS_DEAD     /* closed; memory freed after the current batch */
+    CS_DEAD     /* closed: socket, timer and I/O gone, nothing more delivered;
+                   on_close and the free run from the loop's deferred list */
 };
 
 enum {
@@ -52,6 +53,11 @@ typedef struct dx__ep {
     uint64_t next_id;
     struct dx_server *srv;   /* the owner: exactly one of srv and cl is set */
     struct dx_client *cl;
+    /* The owner is being freed: no callback fires any more; its dead
+     * connections still queued in the loop's deferred list release their
+     * memory silently, then `dfree` (queued after them) frees the owner. */
+    bool freeing;
+    dx__deferred dfree;
 } dx__ep;
 
 /* Unsent bytes (off..off+len), allocated only while the kernel refuses. */
@@ -76,8 +82,8 @@ struct dx_conn {
     dx__ep *ep;
     dx__timer timer;
     union {
-        dx_list link;        /* in ep->conns while alive */
-        dx__deferred dfree;  /* in the loop's deferred list once dead */
+        dx_list link;        /* in ep->conns while alive (state < CS_DEAD) */
+        dx__deferred dfree;  /* in the loop's deferred list once dead, until freed */
     };
     void *user;
     dx__wq *wq;
@@ -115,14 +121,21 @@ dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state,
                        unsigned timeout_ms);
 /* A server-side connection for an accepted fd (TLS started when configured). */
 dx_conn *dx__conn_new(dx_server *srv, int fd, const struct sockaddr *sa, socklen_t salen);
-/* Drops the connection at once (no close frame), reporting `code` if opened. */
+/* Drops the connection (no close frame), reporting `code` if opened. Only
+ * marks it: state CS_DEAD, socket closed, out of every loop list, nothing
+ * more delivered; on_close (and the client's follow-up) fire from the
+ * loop's deferred list once the callback stack has unwound. Never fires a
+ * callback itself, so it is safe anywhere (write paths included). */
 void dx__conn_abort(dx_conn *c, unsigned code, const char *why);
 /* Queues bytes in order after whatever is queued; writes at once if nothing is. */
 int dx__conn_write(dx_conn *c, const void *data, size_t len);
 /* Flushes, then FIN, then waits for EOF (bounded by close_timeout_ms). */
 void dx__conn_finish_after_flush(dx_conn *c);
-/* Frees every live connection of `ep` at once, without callbacks. */
-void dx__ep_drop_conns(dx__ep *ep);
+/* The owner of `ep` is being freed: sets ep->freeing, drops every live
+ * connection without callbacks, and, outside a dispatch, frees at once the
+ * dead ones still waiting in the loop's deferred list. Returns true when the
+ * owner must defer its own free (the loop is dispatching: queue ep->dfree). */
+bool dx__ep_drop_conns(dx__ep *ep);
 /* The handshake succeeded: start the session, heartbeat and counters. */
 void dx__conn_opened(dx_conn *c);
 /* Drives the TLS handshake (client.c starts it after connect/proxy). */
@@ -137,7 +150,8 @@ void dx__options_defaults(dx_server_options *o);
 void dx__client_io(dx_conn *c, uint32_t events);          /* CS_CONNECT, CS_PROXY */
 void dx__client_transport_ready(dx_conn *c);               /* TCP/TLS up: send the request */
 void dx__client_response(dx_conn *c, const dx_http_response *resp); /* the 101 (or not) */
-void dx__client_conn_end(dx_conn *c, const char *why);     /* the connection is gone */
+void dx__client_conn_marked(dx_conn *c, const char *why);  /* the connection was marked dead (no callback) */
+void dx__client_conn_end(dx_conn *c);                      /* from the loop: after its on_close */
 
 /* http_static.c: answers a plain HTTP request (static file, 404, 405). */
 void dx__http_serve(dx_conn *c, const dx_http_request *req);

@@ -825,6 +825,111 @@ static void test_defer_runs_after_batch(void **state)
     g_defer = NULL;
 }
 
+/* ---- the ready list --------------------------------------------------------------- */
+
+/* Three descriptors whose transports "hold input" (marked ready by hand).
+ * In the first round, 0 stops and frees 1 (same round: 1 must not be
+ * served), then 2 stops and frees 0, which had marked itself for the next
+ * round (it must leave that list too). As a connection's callback closing a
+ * TLS connection with buffered input would: under ASan a stale entry is a
+ * use-after-free. */
+typedef struct rio {
+    dx__io io;
+    int idx;
+} rio;
+
+static rio *g_rio[3];
+static int g_served[3];
+static const int g_kill[3] = {1, -1, 0};
+static dx_loop *g_rloop;
+
+static void rio_free(int i)
+{
+    dx__io_stop(g_rloop, &g_rio[i]->io);
+    close(g_rio[i]->io.fd);
+    free(g_rio[i]);
+    g_rio[i] = NULL;
+}
+
+static void rio_cb(dx__io *io, uint32_t events)
+{
+    (void)events;
+    rio *r = dx_list_entry(io, rio, io);
+    g_served[r->idx]++;
+    int k = g_kill[r->idx];
+    if (k >= 0 && g_rio[k])
+        rio_free(k);
+    dx__loop_ready(g_rloop, io); /* again: the next round, not this one */
+    dx__loop_ready(g_rloop, io); /* twice is once */
+    dx_loop_stop(g_rloop);
+}
+
+static void test_ready_entry_leaves_on_stop(void **state)
+{
+    (void)state;
+    dx_loop_options o = {.log = &quiet_log};
+    g_rloop = dx_loop_new(&o, NULL);
+    assert_non_null(g_rloop);
+    for (int i = 0; i < 3; i++) {
+        g_rio[i] = calloc(1, sizeof *g_rio[i]);
+        assert_non_null(g_rio[i]);
+        g_rio[i]->idx = i;
+        g_rio[i]->io = (dx__io){.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), .cb = rio_cb};
+        assert_int_equal(dx__io_start(g_rloop, &g_rio[i]->io, EPOLLIN), 0); /* never readable */
+        dx__loop_ready(g_rloop, &g_rio[i]->io);
+    }
+    assert_int_equal(dx_loop_run(g_rloop), 0); /* returns: nothing blocks with ready work */
+    assert_int_equal(g_served[0], 1);
+    assert_int_equal(g_served[1], 0); /* freed by 0 in the same round */
+    assert_int_equal(g_served[2], 1);
+    assert_null(g_rio[0]);
+    assert_null(g_rio[1]);
+    assert_int_equal(dx_loop_run(g_rloop), 0); /* only 2 is left, marked once */
+    assert_int_equal(g_served[0], 1);
+    assert_int_equal(g_served[2], 2);
+    rio_free(2); /* leaves the list: the loop may be freed */
+    dx_loop_free(g_rloop);
+}
+
+/* Deferred work queued outside dx_loop_run waits for it (no callback runs
+ * inside the caller), and deferred work queued by deferred work runs in the
+ * next iteration of the same dx_loop_run (no sleep in between), still
+ * "dispatching". */
+static int g_later_ran, g_later_dispatching;
+static dx__deferred g_later[2];
+static void later_fn(dx_loop *loop, dx__deferred *d)
+{
+    g_later_ran++;
+    g_later_dispatching += dx__loop_dispatching(loop);
+    if (d == &g_later[0])
+        dx__loop_later(loop, &g_later[1]);
+    else
+        dx_loop_stop(loop);
+}
+
+static void test_later_waits_for_the_loop(void **state)
+{
+    (void)state;
+    dx_loop_options o = {.log = &quiet_log};
+    dx_loop *loop = dx_loop_new(&o, NULL);
+    assert_non_null(loop);
+    g_later[0].fn = g_later[1].fn = later_fn;
+    dx_list_init(&g_later[1].node);
+    dx__loop_later(loop, &g_later[0]);
+    assert_int_equal(g_later_ran, 0);
+    dx__loop_cancel(&g_later[1]); /* not queued: a no-op */
+    assert_int_equal(dx_loop_run(loop), 0); /* does not sleep: work is waiting */
+    assert_int_equal(g_later_ran, 2);
+    assert_int_equal(g_later_dispatching, 2);
+    /* cancelled work does not run */
+    dx__loop_later(loop, &g_later[0]);
+    dx__loop_cancel(&g_later[0]);
+    dx_loop_stop(loop);
+    assert_int_equal(dx_loop_run(loop), 0);
+    assert_int_equal(g_later_ran, 2);
+    dx_loop_free(loop);
+}
+
 /* ---- mask keys ------------------------------------------------------------------ */
 
 static int failing_random(void *ud, void *buf, size_t len)
@@ -1752,6 +1857,8 @@ int main(void)
         cmocka_unit_test(test_xthread_full_refuses_and_loses_nothing),
         cmocka_unit_test(test_xthread_drop_exactly_once_at_free),
         cmocka_unit_test(test_defer_runs_after_batch),
+        cmocka_unit_test(test_ready_entry_leaves_on_stop),
+        cmocka_unit_test(test_later_waits_for_the_loop),
         cmocka_unit_test(test_mask_keys),
         cmocka_unit_test_setup_teardown(test_timer_rounding_and_exact_tick, tfx_setup, tfx_teardown),
         cmocka_unit_test_setup_teardown(test_timer_catch_up_and_clock, tfx_setup, tfx_teardown),
