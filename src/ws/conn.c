@@ -101,16 +101,16 @@ static void store_addr(dx_conn *c, const struct sockaddr *sa)
 
 /* ---- writing ------------------------------------------------------------- */
 
-/* What epoll watches: input unless reading is held (a deferred upgrade
- * watches only for the peer's EOF/reset; a paused connection only for
- * errors, which epoll always reports), output while bytes wait. */
+/* What epoll watches: input unless reading is held (a deferred upgrade or
+ * a paused connection watches only for the peer's EOF or reset), output
+ * while bytes wait. */
 static uint32_t io_events(const dx_conn *c)
 {
     uint32_t ev = (c->flags & CF_WANT_WRITE) ? (uint32_t)EPOLLOUT : 0u;
     if (c->flags & (CF_DEFERRED | CF_OPEN_PENDING))
         return ev | EPOLLRDHUP;
     if (c->flags & CF_PAUSED)
-        return ev;
+        return ev | EPOLLRDHUP;
     return ev | EPOLLIN | EPOLLRDHUP;
 }
 
@@ -1269,9 +1269,11 @@ static void on_io(dx__io *io, uint32_t events)
         events |= EPOLLIN;
     }
     if (c->flags & CF_PAUSED) {
-        /* Only errors are watched while paused; they repeat until handled. */
-        if (events & (EPOLLHUP | EPOLLERR))
-            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "connection lost while paused");
+        /* Only the peer leaving is watched while paused (level-triggered:
+         * it repeats until handled). What it sent before is not read: a
+         * peer that leaves without the close handshake gets 1006 anyway. */
+        if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "peer left while the connection was paused (unread input dropped)");
         return;
     }
     if (c->stash) {
