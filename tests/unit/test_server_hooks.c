@@ -562,7 +562,8 @@ static void cl_request(fx *f, cl *c, const char *path, const void *extra, size_t
     char key[25];
     int n = dx__ws_client_request(req, sizeof req, &o, NULL, key);
     assert_true(n > 0 && (size_t)n + extra_len <= sizeof req);
-    memcpy(req + n, extra, extra_len);
+    if (extra_len)
+        memcpy(req + n, extra, extra_len);
     cl_send(c, req, (size_t)n + extra_len);
 }
 
