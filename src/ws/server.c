@@ -289,7 +289,9 @@ static void on_accept(dx__io *io, uint32_t events)
         }
         srv->ep.st.accepted++;
         dx__ep *ep = &srv->ep;
-        if (ep->opt.max_handshaking != (size_t)-1 && ep->nconns - (size_t)ep->st.open >= ep->opt.max_handshaking) {
+        size_t upgraded = (size_t)ep->st.open; /* never more than nconns; guarded all the same */
+        size_t handshaking = ep->nconns > upgraded ? ep->nconns - upgraded : 0;
+        if (ep->opt.max_handshaking != (size_t)-1 && handshaking >= ep->opt.max_handshaking) {
             limit_refused(srv, LIM_HANDSHAKING, &ss);
             close(fd);
             continue;
