@@ -597,6 +597,23 @@ static cl *cl_open(fx *f, const char *src, const char *path)
     return c;
 }
 
+/* CPU time the loop's thread spends over one second of wall time: held
+ * input must not keep waking epoll (level-triggered) in a busy loop. The
+ * second is a measuring window, not a wait for an event; an idle loop uses
+ * well under a millisecond of it, a spinning one most of it. */
+static long loop_cpu_ms_over_1s(fx *f)
+{
+    clockid_t cid;
+    assert_int_equal(pthread_getcpuclockid(f->th, &cid), 0);
+    struct timespec a, b;
+    assert_int_equal(clock_gettime(cid, &a), 0);
+    struct timespec one = {1, 0};
+    while (nanosleep(&one, &one) != 0 && errno == EINTR)
+        ;
+    assert_int_equal(clock_gettime(cid, &b), 0);
+    return (b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000;
+}
+
 /* ---- deferred upgrades ----------------------------------------------------------------------- */
 
 typedef struct answer {
@@ -671,6 +688,11 @@ static void test_defer_accept_later(void **state)
     n += frame_bytes(extra + n, DX_OP_TEXT, "three", 5);
     cl_request(f, c, "/room/7?token=abc", extra, n);
     wait_ev(f, EV_UPGRADE);
+    /* more frames in a later write: these stay in the kernel meanwhile */
+    n = frame_bytes(extra, DX_OP_TEXT, "four", 4);
+    cl_send(c, extra, n);
+    long cpu = loop_cpu_ms_over_1s(f);
+    assert_true(cpu < 100);
     /* other connections are served meanwhile: a second client, accepted later too */
     barrier(f);
     assert_int_equal(count_ev(f, EV_OPEN), 0);
@@ -693,14 +715,14 @@ static void test_defer_accept_later(void **state)
     ev e = wait_ev(f, EV_OPEN);
     assert_string_equal(e.data, "p2");
     assert_int_equal(e.code, 1); /* the user pointer given at accept */
-    const char *want[] = {"one", "two", "three"};
-    for (int i = 0; i < 3; i++) {
+    const char *want[] = {"one", "two", "three", "four"};
+    for (int i = 0; i < 4; i++) {
         ev m = wait_ev(f, EV_MESSAGE);
         assert_string_equal(m.data, want[i]);
         expect_text(c, want[i]);
     }
-    cl_frame(c, DX_OP_TEXT, "four", 4); /* and reading goes on */
-    expect_text(c, "four");
+    cl_frame(c, DX_OP_TEXT, "five", 4); /* and reading goes on */
+    expect_text(c, "five");
     cl_free(c);
     wait_ev(f, EV_CLOSE);
 }
@@ -886,6 +908,7 @@ static void test_pause_backpressure(void **state)
         assert_true(sent < 1000000); /* the server would have to be reading */
     }
     assert_true(sent > 16); /* the kernel took some, then blocked */
+    assert_true(loop_cpu_ms_over_1s(f) < 100); /* the unread input does not keep the loop busy */
     /* the paused connection received nothing; another one is served */
     cl_frame(other, DX_OP_TEXT, "alive", 5);
     expect_text(other, "alive");
