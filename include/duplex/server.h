@@ -134,8 +134,10 @@ DX_API const dx_request *dx_upgrade_request(const dx_upgrade *h);
  * connection will carry. The 101 response is written now; on_open (then
  * any messages the client sent meanwhile) follow from the loop, never
  * inside this call. Returns 0 (handle freed); DX_ECLOSED (the connection
- * is gone: handle freed, on_open never comes); DX_EINVAL (protocol not
- * offered: nothing done, the handle is still owed an answer).
+ * is gone, or the response could not be built or written: handle freed,
+ * on_open never comes); DX_ENOMEM (the connection is refused with 500,
+ * handle freed); DX_EINVAL (protocol not offered: nothing done, the handle
+ * is still owed an answer).
  * Fires no callback.
  */
 DX_API int dx_upgrade_accept(dx_upgrade *h, const char *protocol, void *user);
@@ -307,7 +309,8 @@ DX_API const char *dx_conn_protocol(const dx_conn *c);
  * on_message of this connection (the messages after it in the same read
  * wait). While paused the heartbeat is suspended (no ping, no pong
  * deadline: the pong may sit unread behind the pause); idle_timeout_ms
- * still applies. A peer reset is noticed (the connection ends with 1006).
+ * still applies. A peer that leaves (FIN or reset) is noticed at once: the
+ * connection ends with 1006 and its unread input is dropped.
  * dx_conn_close, or the server closing it, resumes reading so the close
  * handshake can finish. Returns 0 (also when already paused) or DX_ECLOSED
  * (not open). Fires no callback.

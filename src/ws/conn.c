@@ -19,6 +19,14 @@
  * (RFC 6455 §7.1.1: the server closes the TCP connection first). Every wait
  * is bounded by close_timeout_ms. Memory is freed after the current batch
  * of events (habit 6).
+ *
+ * Holding input: while an upgrade decision is deferred (CF_DEFERRED, then
+ * CF_OPEN_PENDING until on_open fires from the loop) or the application
+ * paused the connection (CF_PAUSED), epoll watches only for the peer
+ * leaving, and bytes already read wait in c->stash, in order. Invariant:
+ * the socket is never read while a stash exists; on_io feeds the stash
+ * first. A deferred decision owns a dx_upgrade handle that outlives the
+ * connection (c->upg and h->conn point at each other until either ends).
  */
 #define _GNU_SOURCE
 #include "ws/ws.h"
