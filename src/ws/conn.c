@@ -709,87 +709,6 @@ static void on_timer(dx__timer *t)
 
 /* ---- the handshake --------------------------------------------------------- */
 
-typedef struct upgrade_ctx {
-    dx_request pub; /* first: the application's view */
-    const dx_ws_request *ws;
-    const dx_http_request *http;
-    const dx_seams *seams;
-    char *protocol;
-    void *user;
-    struct dx_upgrade *deferred; /* set by dx_request_defer */
-} upgrade_ctx;
-
-enum { UPG_NONE = 0, UPG_ACCEPT, UPG_REFUSE };
-
-/* A deferred decision. The request is copied in (the head buffer is gone
- * once on_upgrade returns) and re-checked so that ws points into the copy:
- * one allocation, the header array and the strings right behind it. */
-struct dx_upgrade {
-    upgrade_ctx u;  /* first: dx_upgrade_request returns &u.pub */
-    dx_conn *conn;  /* NULL once the connection is gone */
-    const dx_seams *seams;
-    dx_http_request http;
-    dx_ws_request ws;
-    bool in_cb;     /* inside on_upgrade: an answer is recorded, applied on return */
-    int decided;    /* UPG_*: an answer given inside on_upgrade */
-    int status;
-    char *headers;  /* refusal headers given inside on_upgrade */
-    char remote[64];
-    dx_ws_ext_offer exts[DX_WS_DEFAULT_MAX_EXTS];
-    dx_http_header hdrs[];
-};
-
-const char *dx_request_header(const dx_request *req, const char *name, size_t *len)
-{
-    const upgrade_ctx *u = (const upgrade_ctx *)(const void *)req;
-    const dx_http_header *h = dx__http_find(u->http->headers, u->http->n_headers, name);
-    if (!h)
-        return NULL;
-    if (len)
-        *len = h->value_len;
-    return h->value;
-}
-
-int dx_request_protocol(const dx_request *req, size_t *cursor, const char **name, size_t *len)
-{
-    const upgrade_ctx *u = (const upgrade_ctx *)(const void *)req;
-    dx_ws_protocol_iter it;
-    dx__ws_protocol_iter_init(&it, u->ws);
-    for (size_t i = 0;; i++) {
-        if (!dx__ws_protocol_next(&it, name, len))
-            return 0;
-        if (i == *cursor) {
-            (*cursor)++;
-            return 1;
-        }
-    }
-}
-
-static char *dup_mem(const dx_seams *seams, const char *p, size_t len)
-{
-    char *d = dx__alloc(seams, len + 1);
-    if (d) {
-        memcpy(d, p, len);
-        d[len] = 0;
-    }
-    return d;
-}
-
-int dx_request_select_protocol(dx_request *req, const char *name, size_t len)
-{
-    upgrade_ctx *u = (upgrade_ctx *)(void *)req;
-    if (!dx__ws_protocol_offered(u->ws, name, len))
-        return DX_EINVAL;
-    char *p = dup_mem(u->seams, name, len);
-    if (!p)
-        return DX_ENOMEM;
-    dx__free(u->seams, u->protocol);
-    u->protocol = p;
-    return 0;
-}
-
-void dx_request_set_user(dx_request *req, void *user) { ((upgrade_ctx *)(void *)req)->user = user; }
-
 static void refuse(dx_conn *c, int status, const char *extra, const char *why)
 {
     dx__ep *ep = c->ep;
@@ -803,64 +722,6 @@ static void refuse(dx_conn *c, int status, const char *extra, const char *why)
     if (n > 0)
         (void)dx__conn_write(c, buf, (size_t)n);
     dx__conn_finish_after_flush(c);
-}
-
-static void copy_piece(char **at, const char **p, size_t len)
-{
-    if (len)
-        memcpy(*at, *p, len);
-    *p = *at;
-    *at += len;
-}
-
-dx_upgrade *dx_request_defer(dx_request *req)
-{
-    upgrade_ctx *u = (upgrade_ctx *)(void *)req;
-    if (u->deferred)
-        return u->deferred;
-    const dx_http_request *r = u->http;
-    size_t strings = r->method_len + r->target_len;
-    for (size_t i = 0; i < r->n_headers; i++)
-        strings += r->headers[i].name_len + r->headers[i].value_len;
-    size_t size = sizeof(dx_upgrade) + r->n_headers * sizeof(dx_http_header) + strings;
-    dx_upgrade *h = dx__alloc(u->seams, size);
-    if (!h)
-        return NULL;
-    memset(h, 0, sizeof *h);
-    char *at = (char *)(h->hdrs + r->n_headers);
-    h->http = *r;
-    h->http.headers = h->hdrs;
-    copy_piece(&at, &h->http.method, r->method_len);
-    copy_piece(&at, &h->http.target, r->target_len);
-    for (size_t i = 0; i < r->n_headers; i++) {
-        h->hdrs[i] = r->headers[i];
-        copy_piece(&at, &h->hdrs[i].name, r->headers[i].name_len);
-        copy_piece(&at, &h->hdrs[i].value, r->headers[i].value_len);
-    }
-    /* The same bytes passed this check a moment ago; now ws points into the copy. */
-    if (dx__ws_server_check(&h->http, &h->ws, h->exts, DX_WS_DEFAULT_MAX_EXTS)) {
-        dx__free(u->seams, h);
-        return NULL;
-    }
-    snprintf(h->remote, sizeof h->remote, "%s", u->pub.remote);
-    h->u.pub = (dx_request){.path = h->ws.path, .path_len = h->ws.path_len, .query = h->ws.query,
-                            .query_len = h->ws.query_len, .origin = h->ws.origin, .origin_len = h->ws.origin_len,
-                            .remote = h->remote};
-    h->u.ws = &h->ws;
-    h->u.http = &h->http;
-    h->u.seams = h->seams = u->seams;
-    h->in_cb = true;
-    u->deferred = h;
-    return h;
-}
-
-const dx_request *dx_upgrade_request(const dx_upgrade *h) { return &h->u.pub; }
-
-static void upgrade_free(dx_upgrade *h)
-{
-    dx__free(h->seams, h->u.protocol);
-    dx__free(h->seams, h->headers);
-    dx__free(h->seams, h);
 }
 
 /* Writes the 101 and adopts protocol (owned) and user. Returns 0, or
@@ -885,10 +746,9 @@ static int write_101(dx_conn *c, const dx_ws_request *ws, char *protocol, void *
 
 /* on_upgrade deferred without answering: hold reading, keep the deadline
  * counted from accept. */
-static void defer_start(dx_conn *c, dx_upgrade *h)
+static void defer_start(dx_conn *c, struct dx_upgrade *h)
 {
     dx__ep *ep = c->ep;
-    h->conn = c;
     c->upg = h;
     c->flags |= CF_DEFERRED;
     ep->st.upgrades_deferred++;
@@ -900,41 +760,11 @@ static void defer_start(dx_conn *c, dx_upgrade *h)
             REMOTE(c).s);
 }
 
-int dx_upgrade_accept(dx_upgrade *h, const char *protocol, void *user)
+int dx__conn_upgrade_accept(dx_conn *c, const dx_ws_request *ws, char *protocol, void *user)
 {
-    size_t plen = protocol ? strlen(protocol) : 0;
-    if (!h->in_cb && !h->conn) {
-        upgrade_free(h);
-        return DX_ECLOSED;
-    }
-    if (protocol && !dx__ws_protocol_offered(&h->ws, protocol, plen))
-        return DX_EINVAL;
-    char *p = protocol ? dup_mem(h->seams, protocol, plen) : NULL;
-    if (protocol && !p) {
-        if (h->in_cb) {
-            h->decided = UPG_REFUSE;
-            h->status = 500;
-            return DX_ENOMEM;
-        }
-        dx_conn *c = h->conn;
-        c->upg = NULL;
-        c->flags &= (uint16_t)~CF_DEFERRED;
-        upgrade_free(h);
-        refuse(c, 500, NULL, "out of memory");
-        return DX_ENOMEM;
-    }
-    if (h->in_cb) {
-        dx__free(h->seams, h->u.protocol);
-        h->u.protocol = p;
-        h->u.user = user;
-        h->decided = UPG_ACCEPT;
-        return 0;
-    }
-    dx_conn *c = h->conn;
     c->upg = NULL;
     c->flags = (uint16_t)((c->flags & ~CF_DEFERRED) | CF_OPEN_PENDING);
-    int rc = write_101(c, &h->ws, p, user);
-    upgrade_free(h);
+    int rc = write_101(c, ws, protocol, user);
     if (rc)
         return rc;
     /* on_open and the bytes held behind the head come from the loop: the
@@ -945,35 +775,18 @@ int dx_upgrade_accept(dx_upgrade *h, const char *protocol, void *user)
     return 0;
 }
 
-int dx_upgrade_refuse(dx_upgrade *h, int status, const char *headers)
+void dx__conn_upgrade_refuse(dx_conn *c, int status, const char *headers, const char *why)
 {
-    if (status < 400 || status > 599)
-        status = 500;
-    if (h->in_cb) {
-        h->decided = UPG_REFUSE;
-        h->status = status;
-        dx__free(h->seams, h->headers);
-        h->headers = headers ? dup_mem(h->seams, headers, strlen(headers)) : NULL;
-        return 0;
-    }
-    dx_conn *c = h->conn;
-    if (!c) {
-        upgrade_free(h);
-        return DX_ECLOSED;
-    }
     c->upg = NULL;
     c->flags &= (uint16_t)~CF_DEFERRED;
-    refuse(c, status, headers, "refused by the application");
-    upgrade_free(h);
-    return 0;
+    refuse(c, status, headers, why);
 }
 
 /* A complete request head arrived: answer plain HTTP, refuse a bad upgrade,
- * ask the application (now or later), and accept it. */
+ * ask the application (now or later: upgrade.c), and accept it. */
 static void handle_head(dx_conn *c, const dx_http_request *req)
 {
     dx__ep *ep = c->ep;
-    const dx_seams *seams = ep->loop->seams;
     bool upgrade = dx__http_find(req->headers, req->n_headers, "upgrade") != NULL;
     if (!upgrade) {
         dx__http_serve(c, req);
@@ -987,47 +800,19 @@ static void handle_head(dx_conn *c, const dx_http_request *req)
         refuse(c, status, dx__ws_error_headers(rc), dx_strerror(rc));
         return;
     }
-    upgrade_ctx u = {.ws = &ws, .http = req, .seams = seams};
-    u.pub.path = ws.path;
-    u.pub.path_len = ws.path_len;
-    u.pub.query = ws.query;
-    u.pub.query_len = ws.query_len;
-    u.pub.origin = ws.origin;
-    u.pub.origin_len = ws.origin_len;
-    addr_str remote = REMOTE(c);
-    u.pub.remote = remote.s;
-    int status = ep->opt.cb.on_upgrade ? ep->opt.cb.on_upgrade(ep->srv, &u.pub, ep->opt.ud) : 0;
-    dx_upgrade *h = u.deferred;
-    if (h) {
-        /* Once a handle exists it decides, whatever on_upgrade returned. */
-        h->in_cb = false;
-        dx__free(seams, u.protocol);
-        u.protocol = NULL;
-        if (h->decided == UPG_NONE) {
-            defer_start(c, h);
-            return;
-        }
-        if (h->decided == UPG_REFUSE) {
-            refuse(c, h->status, h->headers, "refused by the application");
-            upgrade_free(h);
-            return;
-        }
-        u.protocol = h->u.protocol;
-        u.user = h->u.user;
-        h->u.protocol = NULL;
-        upgrade_free(h);
-        status = 0;
-    } else if (status == DX_UPGRADE_DEFER) {
-        status = 500; /* deferred without a handle (dx_request_defer failed or was not called) */
-    }
-    if (status) {
-        dx__free(seams, u.protocol);
-        if (status < 400 || status > 599)
-            status = 500;
-        refuse(c, status, NULL, "refused by the application");
+    dx__decision d;
+    switch (dx__upgrade_decide(c, req, &ws, &d)) {
+    case DX__DECIDE_DEFER:
+        defer_start(c, d.deferred);
         return;
+    case DX__DECIDE_REFUSE:
+        refuse(c, d.status, d.headers, "refused by the application");
+        dx__decision_done(c, &d);
+        return;
+    default:
+        break;
     }
-    if (write_101(c, &ws, u.protocol, u.user))
+    if (write_101(c, &ws, d.protocol, d.user))
         return;
     dx__conn_opened(c);
     if (ep->opt.cb.on_open)
@@ -1404,7 +1189,7 @@ void dx__conn_hooks_release(dx_conn *c)
     dx__free(c->ep->loop->seams, c->stash);
     c->stash = NULL;
     if (c->upg) {
-        c->upg->conn = NULL; /* the application's answer will get DX_ECLOSED */
+        dx__upgrade_detach(c->upg); /* the application's answer will get DX_ECLOSED */
         c->upg = NULL;
     }
     c->flags &= (uint16_t)~(CF_DEFERRED | CF_OPEN_PENDING | CF_PAUSED);

@@ -12,6 +12,7 @@
 #include "duplex/server.h"
 #include "net/loop.h"
 #include "net/transport.h"
+#include "proto/handshake.h"
 #include "proto/http.h"
 #include "proto/session.h"
 #include "ws/ipcount.h"
@@ -162,6 +163,26 @@ void dx__client_conn_end(dx_conn *c, const char *why);     /* the connection is 
 
 /* http_static.c: answers a plain HTTP request (static file, 404, 405). */
 void dx__http_serve(dx_conn *c, const dx_http_request *req);
+
+/* upgrade.c: the application's decision on a valid upgrade request. */
+enum { DX__DECIDE_ACCEPT = 0, DX__DECIDE_REFUSE, DX__DECIDE_DEFER };
+typedef struct dx__decision {
+    char *protocol;             /* ACCEPT: owned, passed on to the connection */
+    void *user;                 /* ACCEPT */
+    int status;                 /* REFUSE: 400-599 */
+    char *headers;              /* REFUSE: extra header lines or NULL (dx__decision_done frees) */
+    struct dx_upgrade *deferred; /* DEFER: the handle, already pointing at the connection */
+} dx__decision;
+/* Calls on_upgrade (if any) and says what it decided. */
+int dx__upgrade_decide(dx_conn *c, const dx_http_request *req, const dx_ws_request *ws, dx__decision *d);
+void dx__decision_done(dx_conn *c, dx__decision *d);
+/* The connection of a pending handle ended: its answer will get DX_ECLOSED. */
+void dx__upgrade_detach(struct dx_upgrade *h);
+/* conn.c: acting on a deferred answer. Accept writes the 101 (taking
+ * `protocol`) and schedules on_open from the loop; returns 0 or DX_ECLOSED.
+ * Refuse answers `status` and closes. Neither fires a callback. */
+int dx__conn_upgrade_accept(dx_conn *c, const dx_ws_request *ws, char *protocol, void *user);
+void dx__conn_upgrade_refuse(dx_conn *c, int status, const char *headers, const char *why);
 
 /* conn.c: the session configuration shared by a server's connections. */
 void dx__ws_session_cfg(dx__ep *ep, int role);
