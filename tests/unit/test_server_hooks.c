@@ -28,6 +28,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdalign.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,7 +65,7 @@ typedef struct fx {
     char logs[64][256];
     size_t nlogs;
     /* behaviour */
-    int mode;
+    _Atomic int mode; /* set by the test thread, read by on_upgrade */
     size_t ext_size;
     /* loop thread only */
     dx_upgrade *h;
@@ -73,6 +74,8 @@ typedef struct fx {
     /* flood accounting (loop thread; read after a barrier) */
     long flood_got, flood_next, flood_order_bad;
     int pause_rc, resume_rc;
+    _Atomic int answer_on_close;
+    int close_answer_rc;
     /* posted calls */
     void (*call_fn)(struct fx *f, void *arg);
     void *call_arg;
@@ -172,6 +175,8 @@ static void wait_log(fx *f, const char *needle)
 static void log_sink(void *ud, int level, const char *line, size_t len)
 {
     fx *f = ud;
+    if (getenv("DX_TEST_DEBUG"))
+        fprintf(stderr, "%.*s\n", (int)len, line);
     if (level > DX_LOG_WARN)
         return;
     pthread_mutex_lock(&f->mu);
@@ -271,6 +276,11 @@ static void cb_close(dx_conn *c, unsigned code, const char *reason, size_t len, 
     (void)reason;
     (void)len;
     fx *f = ud;
+    if (f->answer_on_close && f->h) {
+        /* a later callback of another connection answers the pending handle */
+        f->close_answer_rc = dx_upgrade_accept(f->h, "p1", &user_marker);
+        f->h = NULL;
+    }
     uint8_t *ext = dx_conn_ext(c);
     for (size_t i = 0; ext && i < f->ext_size; i++)
         if (ext[i] != (uint8_t)(0x40 + dx_conn_id(c) % 64))
@@ -379,7 +389,7 @@ static dx_server_options opts(fx *f)
 static void start(fx *f, const dx_server_options *o)
 {
     /* the sink keeps WARN and up: the limit and timeout lines */
-    g_log = (dx_log){.sink = log_sink, .ud = f, .level = DX_LOG_WARN};
+    g_log = (dx_log){.sink = log_sink, .ud = f, .level = getenv("DX_TEST_DEBUG") ? DX_LOG_DEBUG : DX_LOG_WARN};
     dx_loop_options lo = {.log = &g_log};
     int err = 1;
     f->loop = dx_loop_new(&lo, &err);
@@ -391,10 +401,23 @@ static void start(fx *f, const dx_server_options *o)
     assert_int_equal(pthread_create(&f->th, NULL, loop_thread, f), 0);
 }
 
+static void do_free_server(fx *f, void *arg)
+{
+    (void)arg;
+    dx_server_free(f->srv);
+    f->srv = NULL;
+}
+
+static void do_shutdown(fx *f, void *arg)
+{
+    (void)arg;
+    (void)dx_server_shutdown(f->srv, DX_CLOSE_GOING_AWAY, "bye");
+}
+
 static void answer_leftover(fx *f, void *arg)
 {
     (void)arg;
-    if (f->h)
+    if (f->h && f->srv)
         (void)dx_upgrade_refuse(f->h, 503, NULL);
     f->h = NULL;
 }
@@ -840,6 +863,67 @@ static void test_defer_client_leaves(void **state)
     assert_int_equal(stats(f).upgrade_timeouts, 0);
 }
 
+/* Answered from a later callback (another connection's on_close); a
+ * handle outliving a shutdown, or the server itself, gets DX_ECLOSED and
+ * is freed. */
+static void test_defer_answer_from_callback_and_shutdown(void **state)
+{
+    fx *f = *state;
+    f->mode = M_ACCEPT;
+    dx_server_options o = opts(f);
+    start(f, &o);
+    cl *trigger = cl_open(f, NULL, "/t");
+    wait_ev(f, EV_UPGRADE); /* the trigger's own */
+    wait_ev(f, EV_OPEN);
+    f->mode = M_DEFER;
+    cl *c = cl_new(f, NULL);
+    cl_request(f, c, "/later", NULL, 0);
+    wait_ev(f, EV_UPGRADE);
+    f->answer_on_close = 1;
+    f->close_answer_rc = -1;
+    cl_free(trigger); /* its on_close accepts the pending upgrade */
+    wait_ev(f, EV_CLOSE);
+    char head[1024];
+    assert_int_equal(cl_response(c, head, sizeof head), 101);
+    ev e = wait_ev(f, EV_OPEN);
+    assert_string_equal(e.data, "p1");
+    assert_int_equal(f->close_answer_rc, 0);
+    f->answer_on_close = 0;
+    cl_frame(c, DX_OP_TEXT, "ok", 2);
+    expect_text(c, "ok");
+
+    /* a shutdown drops the pending one; its answer gets DX_ECLOSED */
+    cl *d = cl_new(f, NULL);
+    cl_request(f, d, "/shut", NULL, 0);
+    wait_ev(f, EV_UPGRADE);
+    on_loop(f, do_shutdown, NULL);
+    assert_true(cl_eof(d));
+    answer a = {.status = 403};
+    on_loop(f, do_refuse, &a);
+    assert_int_equal(a.rc, DX_ECLOSED);
+    cl_free(d);
+    cl_free(c);
+    wait_ev(f, EV_CLOSE);
+    wait_conns(f, 0);
+}
+
+static void test_defer_outlives_server(void **state)
+{
+    fx *f = *state;
+    f->mode = M_DEFER;
+    dx_server_options o = opts(f);
+    start(f, &o);
+    cl *c = cl_new(f, NULL);
+    cl_request(f, c, "/gone", NULL, 0);
+    wait_ev(f, EV_UPGRADE);
+    on_loop(f, do_free_server, NULL); /* drops the connection without callbacks */
+    assert_true(cl_eof(c));
+    answer a = {.protocol = "p1"};
+    on_loop(f, do_accept, &a);
+    assert_int_equal(a.rc, DX_ECLOSED); /* the handle is freed: ASan checks */
+    cl_free(c);
+}
+
 /* ---- pause / resume ------------------------------------------------------------------------- */
 
 static void do_pause0(fx *f, void *arg)
@@ -1214,6 +1298,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_defer_refuse, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_defer_timeout, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_defer_client_leaves, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_defer_answer_from_callback_and_shutdown, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_defer_outlives_server, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_pause_backpressure, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_pause_inside_on_message, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_pause_heartbeat_and_idle, fx_setup, fx_teardown),
