@@ -70,6 +70,10 @@ static void usage(FILE *f)
             "  --send-max BYTES       unsent bytes per connection before it is dropped with 1008 [1MiB]\n"
             "  --send-high-water BYTES  queued bytes that arm on_drain [64KiB]\n"
             "  --handshake-timeout T  accept to upgrade, TLS included [10s]\n"
+            "  --max-conns-per-ip N   live connections per client address (IPv6: per /64), 'off' for none;\n"
+            "                         shared out among workers; over it: 503 + Retry-After (TLS: TCP close) [off]\n"
+            "  --max-handshaking N    connections per worker not upgraded yet (TLS, request head, plain HTTP),\n"
+            "                         'off' for none; over it: TCP close at accept [1024]\n"
             "  --close-timeout T      wait for the peer's close frame / EOF [5s]\n"
             "  --idle-timeout T       close 1001 after no frame for T [off]\n"
             "  --ping-interval T      heartbeat ping period, 'off' to disable [30s]\n"
@@ -146,7 +150,7 @@ static void raise_nofile(void)
 
 enum {
     O_HOST = 256, O_PORT, O_UNIX, O_WORKERS, O_CERT, O_KEY, O_STATIC, O_MAXMSG, O_MAXFRAG, O_MAXHEAD, O_MAXHDRS,
-    O_SENDMAX, O_HIWAT, O_HSTO, O_CLOSETO, O_IDLETO, O_PING, O_PONG, O_LOGLEVEL
+    O_SENDMAX, O_HIWAT, O_HSTO, O_CLOSETO, O_IDLETO, O_PING, O_PONG, O_LOGLEVEL, O_PERIP, O_MAXHS
 };
 
 static int bad(const char *opt, const char *val)
@@ -177,6 +181,8 @@ int cmd_serve(int argc, char **argv)
         {"ping-interval", required_argument, 0, O_PING},
         {"pong-timeout", required_argument, 0, O_PONG},
         {"log-level", required_argument, 0, O_LOGLEVEL},
+        {"max-conns-per-ip", required_argument, 0, O_PERIP},
+        {"max-handshaking", required_argument, 0, O_MAXHS},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -273,6 +279,22 @@ int cmd_serve(int argc, char **argv)
             if (cli_parse_ms(optarg, &o->pong_timeout_ms) || !o->pong_timeout_ms)
                 return bad(name, optarg);
             break;
+        case O_PERIP:
+            if (strcmp(optarg, "off") == 0)
+                o->max_conns_per_ip = 0;
+            else if (cli_parse_uint(optarg, 1, 1u << 30, &v))
+                return bad(name, optarg);
+            else
+                o->max_conns_per_ip = v;
+            break;
+        case O_MAXHS:
+            if (strcmp(optarg, "off") == 0)
+                o->max_handshaking = (size_t)-1;
+            else if (cli_parse_uint(optarg, 1, 1u << 30, &v))
+                return bad(name, optarg);
+            else
+                o->max_handshaking = v;
+            break;
         case O_LOGLEVEL:
             if ((a->log.level = cli_parse_log_level(optarg)) < 0)
                 return bad(name, optarg);
@@ -306,6 +328,10 @@ int cmd_serve(int argc, char **argv)
         .on_upgrade = on_upgrade, .on_http = on_http, .on_message = on_message};
     if (o->unix_path && a->workers > 1)
         a->workers = 1; /* one listener for a Unix socket */
+    /* Each worker counts its own connections; the kernel spreads a client's
+     * connections over the workers, so each gets its share of the limit. */
+    if (o->max_conns_per_ip)
+        o->max_conns_per_ip = (o->max_conns_per_ip + a->workers - 1) / a->workers;
 
     /* Signals are taken by this thread only; workers inherit the mask. */
     sigset_t set;

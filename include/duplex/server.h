@@ -67,12 +67,78 @@ DX_API int dx_request_select_protocol(dx_request *req, const char *name, size_t 
 /* Inside on_upgrade: the user pointer the connection will carry. */
 DX_API void dx_request_set_user(dx_request *req, void *user);
 
+/* ---- deferred upgrade decisions ------------------------------------------- */
+
+/* on_upgrade returns this after dx_request_defer: the answer comes later. */
+#define DX_UPGRADE_DEFER 1
+
+/* A pending upgrade decision, answered later with dx_upgrade_accept or
+ * dx_upgrade_refuse. */
+typedef struct dx_upgrade dx_upgrade;
+
+/*
+ * Inside on_upgrade: defers the decision (e.g. an auth check against another
+ * service that must not block the loop). on_upgrade must then return
+ * DX_UPGRADE_DEFER; once a handle exists the return value is ignored and the
+ * handle decides. Calling it again returns the same handle. NULL on
+ * DX_ENOMEM: decide now instead (returning DX_UPGRADE_DEFER without a
+ * handle refuses with 500).
+ *
+ * The handle copies the request (path, query, origin, remote, every header,
+ * the subprotocols offered): dx_upgrade_request gives a dx_request that
+ * stays valid until the handle is answered, usable with dx_request_header
+ * and dx_request_protocol.
+ *
+ * While deferred, nothing is read from the connection (bytes sent behind
+ * the request stay in the kernel, or in a buffer of at most max_head bytes,
+ * and are delivered after on_open, in order); a peer EOF or reset drops the
+ * connection at once. The answer must come within what is left of
+ * handshake_timeout_ms (counted from accept): after it, the connection is
+ * dropped, counted in dx_server_stats.upgrade_timeouts and logged.
+ *
+ * The handle must be answered exactly once, from the loop's thread (a
+ * callback, a dx_loop_post'ed function, a timer), whatever happened to the
+ * connection: an answer after the connection ended returns DX_ECLOSED and
+ * still frees the handle. The handle survives dx_server_free (answer it
+ * before dx_loop_free). Answering inside on_upgrade itself is allowed and
+ * is applied when on_upgrade returns.
+ */
+DX_API dx_upgrade *dx_request_defer(dx_request *req);
+
+/* The copied request of a deferred upgrade. Owned by the handle; valid
+ * until the handle is answered. */
+DX_API const dx_request *dx_upgrade_request(const dx_upgrade *h);
+
+/*
+ * Accepts a deferred upgrade with subprotocol `protocol` (NUL-terminated,
+ * must be one the client offered; NULL: none) and the user pointer the
+ * connection will carry. The 101 response is written now; on_open (then
+ * any messages the client sent meanwhile) follow from the loop, never
+ * inside this call. Returns 0 (handle freed); DX_ECLOSED (the connection
+ * is gone, or the response could not be built or written: handle freed,
+ * on_open never comes); DX_ENOMEM (the connection is refused with 500,
+ * handle freed); DX_EINVAL (protocol not offered: nothing done, the handle
+ * is still owed an answer).
+ * Fires no callback.
+ */
+DX_API int dx_upgrade_accept(dx_upgrade *h, const char *protocol, void *user);
+
+/*
+ * Refuses a deferred upgrade with an HTTP `status` (400-599, else 500) and
+ * optional extra header lines (each ending in "\r\n", e.g.
+ * "Retry-After: 5\r\n"; NULL: none; an invalid block is dropped). The
+ * connection closes after the response. Returns 0 or DX_ECLOSED; the
+ * handle is freed either way. Fires no callback.
+ */
+DX_API int dx_upgrade_refuse(dx_upgrade *h, int status, const char *headers);
+
 /* ---- server ---------------------------------------------------------------- */
 
 typedef struct dx_server_callbacks {
-    /* A valid WebSocket upgrade request arrived. Return 0 to accept, or an
-     * HTTP status (400-599) to refuse it (e.g. 401, 403, 404). NULL: accept
-     * everything. */
+    /* A valid WebSocket upgrade request arrived. Return 0 to accept, an
+     * HTTP status (400-599) to refuse it (e.g. 401, 403, 404), or
+     * DX_UPGRADE_DEFER after dx_request_defer to decide later. NULL:
+     * accept everything. */
     int (*on_upgrade)(dx_server *srv, dx_request *req, void *ud);
     /* A plain HTTP request (not an upgrade) for `path` with `method`. Return
      * 0 to let the server answer it (static files, else 404/405) or reply
@@ -126,6 +192,14 @@ typedef struct dx_server_options {
     unsigned instance;          /* [0] this server's index among `instances` sharing a port */
     unsigned instances;         /* [1] connection ids are instance + k * instances: unique across them */
 
+    size_t max_conns_per_ip;    /* [0: off] live connections per client address (IPv6: per /64), counted
+                                   per server; over it: 503 + Retry-After (plain TCP) or a TCP close (TLS) */
+    size_t max_handshaking;     /* [1024] connections not upgraded yet (TLS, request head, deferred
+                                   decision, plain HTTP); over it: TCP close at accept;
+                                   (size_t)-1: no limit */
+    size_t conn_ext_size;       /* [0] bytes of per-connection user memory allocated inline with each
+                                   connection (dx_conn_ext), zeroed at accept */
+
     dx_server_callbacks cb;
     void *ud;                   /* passed to every callback */
 } dx_server_options;
@@ -142,6 +216,10 @@ typedef struct dx_server_stats {
     uint64_t dropped_slow;      /* connections closed for passing send_max */
     uint64_t pongs_dropped;     /* pongs not queued to peers that do not read */
     uint64_t accept_errors;
+    uint64_t refused_per_ip;    /* connections refused over max_conns_per_ip */
+    uint64_t refused_handshaking; /* connections closed at accept over max_handshaking */
+    uint64_t upgrades_deferred; /* on_upgrade decisions deferred (dx_request_defer) */
+    uint64_t upgrade_timeouts;  /* of those, dropped at handshake_timeout_ms before an answer */
 } dx_server_stats;
 
 /* A server on `loop`, copying `opt` (strings included). It listens at
@@ -212,6 +290,32 @@ DX_API size_t dx_conn_remote(const dx_conn *c, char *buf, size_t cap);
 
 /* The negotiated subprotocol or NULL. Owned by the connection. */
 DX_API const char *dx_conn_protocol(const dx_conn *c);
+
+/*
+ * Stops reading the connection: no on_message (nor on_pong, on_frame) until
+ * dx_conn_resume, even for bytes already received (kept, in order); the
+ * kernel's buffers fill and TCP backpressure slows the peer. Sending,
+ * on_drain and timers go on. Callable from any callback, including
+ * on_message of this connection (the messages after it in the same read
+ * wait). While paused the heartbeat is suspended (no ping, no pong
+ * deadline: the pong may sit unread behind the pause); idle_timeout_ms
+ * still applies. A peer that leaves (FIN or reset) is noticed at once: the
+ * connection ends with 1006 and its unread input is dropped.
+ * dx_conn_close, or the server closing it, resumes reading so the close
+ * handshake can finish. Returns 0 (also when already paused) or DX_ECLOSED
+ * (not open). Fires no callback.
+ */
+DX_API int dx_conn_pause(dx_conn *c);
+
+/* Reading on again: what was received meanwhile is delivered from the loop
+ * (never inside this call), then the socket is read again. Returns 0 (also
+ * when not paused) or DX_ECLOSED. Fires no callback. */
+DX_API int dx_conn_resume(dx_conn *c);
+
+/* The connection's inline user memory (conn_ext_size bytes, aligned for
+ * any type, zeroed at accept), valid until on_close has returned; NULL
+ * when conn_ext_size is 0 (and for client-side connections). */
+DX_API void *dx_conn_ext(dx_conn *c);
 
 DX_API void *dx_conn_user(const dx_conn *c);
 DX_API void dx_conn_set_user(dx_conn *c, void *user);

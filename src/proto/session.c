@@ -297,10 +297,21 @@ static int on_data(dx__session *s, const dx_frame_event *ev)
 
 int dx__session_recv(dx__session *s, uint8_t *data, size_t len)
 {
+    size_t used;
+    return dx__session_recv_ex(s, data, len, &used);
+}
+
+int dx__session_recv_ex(dx__session *s, uint8_t *data, size_t len, size_t *used)
+{
+    *used = len; /* unless held: what is not decoded is ignored */
     if (s->state == DX_CODEC_CLOSED || s->state == DX_CODEC_FAILED)
         return DX_ECLOSED;
     size_t off = 0;
     while (s->state == DX_CODEC_OPEN || s->state == DX_CODEC_CLOSE_SENT) {
+        if (s->hold) {
+            *used = off;
+            return 0;
+        }
         dx_frame_event ev;
         off += dx__frame_decode(&s->dec, data + off, len - off, &ev);
         int rc = 0;

@@ -66,6 +66,7 @@ struct dx__session {
     uint8_t tx_opcode;     /* TEXT/BINARY while an outgoing fragmented message is open */
     uint8_t ctl_len;       /* bytes of a split control payload after the message bytes */
     uint32_t pongs_dropped;
+    bool hold;             /* set by the owner from a handler: dx__session_recv_ex stops after it */
 };
 
 /* The receive buffer, allocated only while a message or control frame is
@@ -87,6 +88,12 @@ void dx__session_deinit(dx__session *s);
 
 /* dx_codec_recv's contract (duplex/codec.h), for a session. */
 int dx__session_recv(dx__session *s, uint8_t *data, size_t len);
+
+/* The same, but stops as soon as a handler sets s->hold (e.g. a connection
+ * paused from on_message): *used gets the bytes consumed, and the rest,
+ * data[*used..len), must be fed again later, unchanged. The decoder keeps
+ * its place, so any split is fine. */
+int dx__session_recv_ex(dx__session *s, uint8_t *data, size_t len, size_t *used);
 
 /* dx_codec_send / send_fragment / ping / pong / close contracts. `fragment`
  * 0 sends a whole message (fin ignored). Limits of the owner come back from

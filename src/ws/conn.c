@@ -24,6 +24,14 @@
  * callback and may happen anywhere, inside a call the application made
  * included; on_close and the free run later from the loop's deferred list,
  * once the callback stack has unwound. See "lifecycle" below.
+ *
+ * Holding input: while an upgrade decision is deferred (CF_DEFERRED, then
+ * CF_OPEN_PENDING until on_open fires from the loop) or the application
+ * paused the connection (CF_PAUSED), epoll watches only for the peer
+ * leaving, and bytes already read wait in c->stash, in order. Invariant:
+ * the socket is never read while a stash exists; on_io feeds the stash
+ * first. A deferred decision owns a dx_upgrade handle that outlives the
+ * connection (c->upg and h->conn point at each other until either ends).
  */
 #define _GNU_SOURCE
 #include "ws/ws.h"
@@ -53,6 +61,8 @@ static void conn_finish(dx_conn *c, const char *why);
 static void flush_queue(dx_conn *c);
 static void after_session(dx_conn *c);
 static void arm_heartbeat(dx_conn *c);
+static void on_io(dx__io *io, uint32_t events);
+static void update_events(dx_conn *c);
 
 /* ---- addresses ----------------------------------------------------------- */
 
@@ -104,6 +114,25 @@ static void store_addr(dx_conn *c, const struct sockaddr *sa)
 
 /* ---- writing ------------------------------------------------------------- */
 
+/* What epoll watches: input unless reading is held (a deferred upgrade or
+ * a paused connection watches only for the peer's EOF or reset), output
+ * while bytes wait. */
+static uint32_t io_events(const dx_conn *c)
+{
+    uint32_t ev = (c->flags & CF_WANT_WRITE) ? (uint32_t)EPOLLOUT : 0u;
+    if (c->flags & (CF_DEFERRED | CF_OPEN_PENDING))
+        return ev | EPOLLRDHUP;
+    if (c->flags & CF_PAUSED)
+        return ev | EPOLLRDHUP;
+    return ev | EPOLLIN | EPOLLRDHUP;
+}
+
+static void update_events(dx_conn *c)
+{
+    if (c->state != CS_DEAD)
+        (void)dx__io_modify(c->ep->loop, &c->io, io_events(c));
+}
+
 static void want_write(dx_conn *c, bool on)
 {
     if (c->state == CS_DEAD || !!(c->flags & CF_WANT_WRITE) == on)
@@ -112,7 +141,7 @@ static void want_write(dx_conn *c, bool on)
         c->flags |= CF_WANT_WRITE;
     else
         c->flags &= (uint16_t)~CF_WANT_WRITE;
-    (void)dx__io_modify(c->ep->loop, &c->io, EPOLLIN | EPOLLRDHUP | (on ? EPOLLOUT : 0u));
+    update_events(c);
 }
 
 static int wq_append(dx_conn *c, const void *p, size_t len)
@@ -507,6 +536,7 @@ static void conn_mark(dx_conn *c, const char *why, bool silent)
         loop->cork_owner = NULL;
         loop->cork_len = 0;
     }
+    dx__conn_hooks_release(c);
     c->state = CS_DEAD;
     /* A session_recv on the stack stops at its next frame: the rest of the
      * read is discarded (nothing is delivered after the connection died). */
@@ -580,6 +610,11 @@ void dx__conn_finish_after_flush(dx_conn *c)
     if (c->state >= CS_DRAIN)
         return;
     c->state = CS_DRAIN;
+    if (c->flags & (CF_PAUSED | CF_DEFERRED | CF_OPEN_PENDING)) {
+        /* Reading must go on: LINGER waits for the peer's EOF. */
+        c->flags &= (uint16_t)~(CF_PAUSED | CF_DEFERRED | CF_OPEN_PENDING);
+        update_events(c);
+    }
     dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.close_timeout_ms);
     if (c->ep->loop->cork_owner != c && WQ_LEN(c) == 0)
         flush_queue(c); /* nothing queued: FIN now */
@@ -631,7 +666,19 @@ static void on_timer(dx__timer *t)
     case CS_PROXY:
     case CS_TLS:
     case CS_HEAD:
+        if (c->flags & CF_OPEN_PENDING) {
+            on_io(&c->io, EPOLLIN); /* the fallback when the ready list could not take it */
+            return;
+        }
         ep->st.handshakes_failed++;
+        if (c->flags & CF_DEFERRED) {
+            ep->st.upgrade_timeouts++;
+            dx__log(LOG(c), DX_LOG_WARN,
+                    "conn=%llu upgrade decision not made within handshake_timeout_ms (%u ms) remote=%s; dropping",
+                    (unsigned long long)c->id, o->handshake_timeout_ms, REMOTE(c).s);
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "upgrade decision timed out");
+            return;
+        }
         if (ep->cl) {
             /* A client names the phase that did not finish. */
             static const char *const phase[] = {"TCP connect timed out", "proxy answer to CONNECT timed out",
@@ -648,6 +695,16 @@ static void on_timer(dx__timer *t)
     case CS_OPEN:
         if (c->s.state == DX_CODEC_CLOSE_SENT) {
             dx__conn_abort(c, DX_CLOSE_ABNORMAL, "close timeout: no close frame from the peer");
+            return;
+        }
+        if (c->flags & CF_PAUSED) {
+            /* Heartbeat suspended (a pong may sit unread behind the pause);
+             * the idle timeout still applies. */
+            uint64_t quiet = quiet_ms(c);
+            if (o->idle_timeout_ms && quiet >= o->idle_timeout_ms)
+                (void)dx_conn_close(c, DX_CLOSE_GOING_AWAY, "idle timeout", 12);
+            else if (o->idle_timeout_ms)
+                dx__timer_start(ep->loop, &c->timer, o->idle_timeout_ms - quiet);
             return;
         }
         if (c->flags & CF_PING_OUT) {
@@ -695,59 +752,6 @@ static void on_timer(dx__timer *t)
 
 /* ---- the handshake --------------------------------------------------------- */
 
-typedef struct upgrade_ctx {
-    dx_request pub; /* first: the application's view */
-    const dx_ws_request *ws;
-    const dx_http_request *http;
-    dx_conn *conn;
-    char *protocol;
-    void *user;
-    int rc;
-} upgrade_ctx;
-
-const char *dx_request_header(const dx_request *req, const char *name, size_t *len)
-{
-    const upgrade_ctx *u = (const upgrade_ctx *)(const void *)req;
-    const dx_http_header *h = dx__http_find(u->http->headers, u->http->n_headers, name);
-    if (!h)
-        return NULL;
-    if (len)
-        *len = h->value_len;
-    return h->value;
-}
-
-int dx_request_protocol(const dx_request *req, size_t *cursor, const char **name, size_t *len)
-{
-    const upgrade_ctx *u = (const upgrade_ctx *)(const void *)req;
-    dx_ws_protocol_iter it;
-    dx__ws_protocol_iter_init(&it, u->ws);
-    for (size_t i = 0;; i++) {
-        if (!dx__ws_protocol_next(&it, name, len))
-            return 0;
-        if (i == *cursor) {
-            (*cursor)++;
-            return 1;
-        }
-    }
-}
-
-int dx_request_select_protocol(dx_request *req, const char *name, size_t len)
-{
-    upgrade_ctx *u = (upgrade_ctx *)(void *)req;
-    if (!dx__ws_protocol_offered(u->ws, name, len))
-        return DX_EINVAL;
-    char *p = dx__alloc(u->conn->ep->loop->seams, len + 1);
-    if (!p)
-        return DX_ENOMEM;
-    memcpy(p, name, len);
-    p[len] = 0;
-    dx__free(u->conn->ep->loop->seams, u->protocol);
-    u->protocol = p;
-    return 0;
-}
-
-void dx_request_set_user(dx_request *req, void *user) { ((upgrade_ctx *)(void *)req)->user = user; }
-
 static void refuse(dx_conn *c, int status, const char *extra, const char *why)
 {
     dx__ep *ep = c->ep;
@@ -756,13 +760,73 @@ static void refuse(dx_conn *c, int status, const char *extra, const char *why)
             REMOTE(c).s, status, why);
     char buf[1024];
     int n = dx__http_error_response(buf, sizeof buf, status, extra, why);
+    if (n < 0 && extra) /* an application's header block that does not fit or is malformed */
+        n = dx__http_error_response(buf, sizeof buf, status, NULL, why);
     if (n > 0)
         (void)dx__conn_write(c, buf, (size_t)n);
     dx__conn_finish_after_flush(c);
 }
 
+/* Writes the 101 and adopts protocol (owned) and user. Returns 0, or
+ * DX_ECLOSED when the connection was refused (500) or dropped. */
+static int write_101(dx_conn *c, const dx_ws_request *ws, char *protocol, void *user)
+{
+    char resp[512];
+    int n = dx__ws_server_response(resp, sizeof resp, ws, protocol, NULL, NULL);
+    if (n < 0) {
+        dx__free(c->ep->loop->seams, protocol);
+        refuse(c, 500, NULL, "cannot build the response");
+        return DX_ECLOSED;
+    }
+    c->protocol = protocol;
+    c->user = user;
+    dx__log(LOG(c), DX_LOG_INFO, "conn=%llu open remote=%s path=%.*s protocol=%s", (unsigned long long)c->id,
+            REMOTE(c).s, (int)ws->path_len, ws->path, c->protocol ? c->protocol : "-");
+    if (dx__conn_write(c, resp, (size_t)n) || c->state == CS_DEAD)
+        return DX_ECLOSED;
+    return 0;
+}
+
+/* on_upgrade deferred without answering: hold reading, keep the deadline
+ * counted from accept. */
+static void defer_start(dx_conn *c, struct dx_upgrade *h)
+{
+    dx__ep *ep = c->ep;
+    c->upg = h;
+    c->flags |= CF_DEFERRED;
+    ep->st.upgrades_deferred++;
+    update_events(c);
+    uint64_t spent = (uint64_t)((uint32_t)ep->loop->tick - c->opened_tick) * DX_TICK_MS;
+    uint64_t left = spent < ep->opt.handshake_timeout_ms ? ep->opt.handshake_timeout_ms - spent : 1;
+    dx__timer_start(ep->loop, &c->timer, left);
+    dx__log(LOG(c), DX_LOG_DEBUG, "conn=%llu upgrade decision deferred remote=%s", (unsigned long long)c->id,
+            REMOTE(c).s);
+}
+
+int dx__conn_upgrade_accept(dx_conn *c, const dx_ws_request *ws, char *protocol, void *user)
+{
+    c->upg = NULL;
+    c->flags = (uint16_t)((c->flags & ~CF_DEFERRED) | CF_OPEN_PENDING);
+    int rc = write_101(c, ws, protocol, user);
+    if (rc)
+        return rc;
+    /* on_open and the bytes held behind the head come from the loop: the
+     * ready list serves the connection after this batch; the timer (one
+     * tick) is the fallback should the ready list be unable to grow. */
+    dx__timer_start(c->ep->loop, &c->timer, 0);
+    dx__loop_ready(c->ep->loop, &c->io);
+    return 0;
+}
+
+void dx__conn_upgrade_refuse(dx_conn *c, int status, const char *headers, const char *why)
+{
+    c->upg = NULL;
+    c->flags &= (uint16_t)~CF_DEFERRED;
+    refuse(c, status, headers, why);
+}
+
 /* A complete request head arrived: answer plain HTTP, refuse a bad upgrade,
- * or accept it and start the session. */
+ * ask the application (now or later: upgrade.c), and accept it. */
 static void handle_head(dx_conn *c, const dx_http_request *req)
 {
     dx__ep *ep = c->ep;
@@ -779,35 +843,19 @@ static void handle_head(dx_conn *c, const dx_http_request *req)
         refuse(c, status, dx__ws_error_headers(rc), dx_strerror(rc));
         return;
     }
-    upgrade_ctx u = {.ws = &ws, .http = req, .conn = c};
-    u.pub.path = ws.path;
-    u.pub.path_len = ws.path_len;
-    u.pub.query = ws.query;
-    u.pub.query_len = ws.query_len;
-    u.pub.origin = ws.origin;
-    u.pub.origin_len = ws.origin_len;
-    addr_str remote = REMOTE(c);
-    u.pub.remote = remote.s;
-    int status = ep->opt.cb.on_upgrade ? ep->opt.cb.on_upgrade(ep->srv, &u.pub, ep->opt.ud) : 0;
-    if (status) {
-        dx__free(ep->loop->seams, u.protocol);
-        if (status < 400 || status > 599)
-            status = 500;
-        refuse(c, status, NULL, "refused by the application");
+    dx__decision d;
+    switch (dx__upgrade_decide(c, req, &ws, &d)) {
+    case DX__DECIDE_DEFER:
+        defer_start(c, d.deferred);
         return;
-    }
-    char resp[512];
-    int n = dx__ws_server_response(resp, sizeof resp, &ws, u.protocol, NULL, NULL);
-    if (n < 0) {
-        dx__free(ep->loop->seams, u.protocol);
-        refuse(c, 500, NULL, "cannot build the response");
+    case DX__DECIDE_REFUSE:
+        refuse(c, d.status, d.headers, "refused by the application");
+        dx__decision_done(c, &d);
         return;
+    default:
+        break;
     }
-    c->protocol = u.protocol;
-    c->user = u.user;
-    dx__log(LOG(c), DX_LOG_INFO, "conn=%llu open remote=%s path=%.*s protocol=%s", (unsigned long long)c->id,
-            u.pub.remote, (int)ws.path_len, ws.path, c->protocol ? c->protocol : "-");
-    if (dx__conn_write(c, resp, (size_t)n))
+    if (write_101(c, &ws, d.protocol, d.user))
         return;
     dx__conn_opened(c);
     if (ep->opt.cb.on_open)
@@ -885,6 +933,29 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
 
 /* ---- reading ----------------------------------------------------------------- */
 
+/* Keeps bytes that were read but must wait (deferred upgrade, pause), in
+ * order, for on_io to feed before the socket is read again. Bounded: one
+ * read (at most max_head bytes while the head is read, else one loop
+ * buffer), since nothing more is read while a stash exists. */
+static void stash_keep(dx_conn *c, const uint8_t *p, size_t n)
+{
+    const dx_seams *seams = c->ep->loop->seams;
+    size_t have = c->stash ? c->stash->len : 0;
+    dx__head *s = dx__realloc(seams, c->stash, sizeof *s + have + n);
+    if (!s) {
+        dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
+        return;
+    }
+    memcpy(s->data + have, p, n);
+    s->len = have + n;
+    c->stash = s;
+}
+
+static bool reading_held(const dx_conn *c)
+{
+    return (c->flags & (CF_DEFERRED | CF_OPEN_PENDING | CF_PAUSED)) || c->stash;
+}
+
 static void process(dx_conn *c, uint8_t *p, size_t n)
 {
     dx_loop *loop = c->ep->loop;
@@ -892,6 +963,10 @@ static void process(dx_conn *c, uint8_t *p, size_t n)
         size_t used = feed_head(c, p, n);
         p += used;
         n -= used;
+        if (n && c->state == CS_HEAD && (c->flags & CF_DEFERRED)) {
+            stash_keep(c, p, n); /* frames right behind the request wait for the answer */
+            return;
+        }
         if (c->state != CS_OPEN || n == 0)
             return;
     }
@@ -899,7 +974,10 @@ static void process(dx_conn *c, uint8_t *p, size_t n)
         c->last_rx_tick = (uint32_t)loop->tick;
         loop->cork_owner = c;
         loop->cork_len = 0;
-        (void)dx__session_recv(&c->s, p, n);
+        size_t used = n;
+        (void)dx__session_recv_ex(&c->s, p, n, &used);
+        if (used < n && c->state == CS_OPEN && (c->flags & CF_PAUSED))
+            stash_keep(c, p + used, n - used); /* paused by a handler: the rest waits */
         if (loop->cork_owner == c) {
             (void)flush_cork(c);
             loop->cork_owner = NULL;
@@ -911,11 +989,36 @@ static void process(dx_conn *c, uint8_t *p, size_t n)
 
 void dx__conn_want_write(dx_conn *c, bool on) { want_write(c, on); }
 
+/* Feeds what was stashed, before anything newer from the socket. */
+static void drain_stash(dx_conn *c)
+{
+    dx__head *s = c->stash;
+    c->stash = NULL;
+    process(c, s->data, s->len); /* may stash a remainder again (paused once more) */
+    dx__free(c->ep->loop->seams, s);
+}
+
+/* A deferred upgrade was accepted: the connection opens now, from the loop. */
+static void open_pending(dx_conn *c)
+{
+    dx__ep *ep = c->ep;
+    c->flags &= (uint16_t)~CF_OPEN_PENDING;
+    dx__conn_opened(c);
+    update_events(c);
+    if (ep->opt.cb.on_open)
+        ep->opt.cb.on_open(c, ep->opt.ud);
+}
+
 static void on_readable(dx_conn *c)
 {
     dx_loop *loop = c->ep->loop;
-    for (int i = 0; i < READS_PER_EVENT && c->state != CS_DEAD; i++) {
-        ssize_t n = c->st.t->read(&c->st, loop->rbuf, DX_LOOP_RBUF);
+    for (int i = 0; i < READS_PER_EVENT && c->state != CS_DEAD && !reading_held(c); i++) {
+        /* While the head is read, read no more than a head: what follows
+         * it may have to wait (deferred decision), and waits bounded. */
+        size_t cap = DX_LOOP_RBUF;
+        if (c->state == CS_HEAD && c->ep->srv && c->ep->opt.max_head < cap)
+            cap = c->ep->opt.max_head;
+        ssize_t n = c->st.t->read(&c->st, loop->rbuf, cap);
         if (n == DX_EAGAIN)
             return;
         if (n == 0) {
@@ -936,13 +1039,13 @@ static void on_readable(dx_conn *c)
         process(c, loop->rbuf, (size_t)n);
         if (c->state == CS_DEAD)
             return; /* the transport is closed */
-        if ((size_t)n < DX_LOOP_RBUF && !c->st.t->pending(&c->st))
+        if ((size_t)n < cap && !c->st.t->pending(&c->st))
             return; /* drained: another read would only say EAGAIN */
     }
     /* Fairness: others get their turn. Input still in the kernel wakes epoll
      * again; input already inside the transport (TLS) would not, so ask the
-     * loop to come back after this batch. */
-    if (c->state != CS_DEAD && c->st.t->pending(&c->st))
+     * loop to come back after this batch (or at resume, when held). */
+    if (c->state != CS_DEAD && !reading_held(c) && c->st.t->pending(&c->st))
         dx__loop_ready(loop, &c->io);
 }
 
@@ -996,7 +1099,37 @@ static void on_io(dx__io *io, uint32_t events)
                 c->ep->opt.cb.on_drain(c, c->ep->opt.ud);
         }
     }
-    if (c->state != CS_DEAD && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+    if (c->state == CS_DEAD)
+        return;
+    if (c->flags & (CF_DEFERRED | CF_OPEN_PENDING)) {
+        /* Nothing is read while the decision is pending, but a peer that
+         * leaves is noticed (EPOLLRDHUP is watched for this). */
+        if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "peer closed while the upgrade decision was pending");
+            return;
+        }
+        if (!(c->flags & CF_OPEN_PENDING))
+            return;
+        open_pending(c);
+        if (c->state != CS_OPEN)
+            return;
+        events |= EPOLLIN;
+    }
+    if (c->flags & CF_PAUSED) {
+        /* Only the peer leaving is watched while paused (level-triggered:
+         * it repeats until handled). What it sent before is not read: a
+         * peer that leaves without the close handshake gets 1006 anyway. */
+        if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "peer left while the connection was paused (unread input dropped)");
+        return;
+    }
+    if (c->stash) {
+        drain_stash(c);
+        if (c->state == CS_DEAD || reading_held(c))
+            return;
+        events |= EPOLLIN; /* then whatever came behind it */
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
         on_readable(c);
 }
 
@@ -1004,10 +1137,13 @@ dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state,
                        unsigned timeout_ms)
 {
     dx_loop *loop = ep->loop;
-    dx_conn *c = dx__alloc(loop->seams, sizeof *c);
+    /* One allocation: the connection, then its user memory (if any). */
+    size_t ext = ep->srv ? ep->opt.conn_ext_size : 0;
+    size_t size = ext ? DX__CONN_EXT_OFF + ext : sizeof(dx_conn);
+    dx_conn *c = dx__alloc(loop->seams, size);
     if (!c)
         return NULL;
-    memset(c, 0, sizeof *c);
+    memset(c, 0, size);
     c->ep = ep;
     c->id = ep->next_id;
     ep->next_id += ep->opt.instances;
@@ -1016,6 +1152,7 @@ dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state,
     if (sa)
         store_addr(c, sa);
     dx__timer_init(&c->timer, on_timer);
+    c->opened_tick = (uint32_t)loop->tick; /* accept time until the upgrade (handshake deadline) */
     c->state = (uint8_t)state;
     if (!sa || sa->sa_family != AF_UNIX) {
         int one = 1;
@@ -1059,10 +1196,67 @@ int dx_conn_send(dx_conn *c, int opcode, const void *data, size_t len)
     return rc;
 }
 
+/* ---- pause, resume, user memory ------------------------------------------------ */
+
+static void resume_reading(dx_conn *c)
+{
+    c->flags &= (uint16_t)~CF_PAUSED;
+    c->s.hold = false;
+    update_events(c);
+    arm_heartbeat(c);
+    /* What epoll cannot announce: bytes kept here, records inside TLS. */
+    if (c->stash || c->st.t->pending(&c->st))
+        dx__loop_ready(c->ep->loop, &c->io);
+}
+
+int dx_conn_pause(dx_conn *c)
+{
+    if (c->state != CS_OPEN || c->s.state != DX_CODEC_OPEN)
+        return DX_ECLOSED;
+    if (c->flags & CF_PAUSED)
+        return 0;
+    c->flags |= CF_PAUSED;
+    c->flags &= (uint16_t)~CF_PING_OUT; /* the pong may sit unread behind the pause */
+    c->s.hold = true;                   /* a handler pausing stops the session's current read */
+    update_events(c);
+    return 0;
+}
+
+int dx_conn_resume(dx_conn *c)
+{
+    if (c->state != CS_OPEN)
+        return DX_ECLOSED;
+    if (c->flags & CF_PAUSED)
+        resume_reading(c);
+    return 0;
+}
+
+void *dx_conn_ext(dx_conn *c)
+{
+    if (!c->ep->srv || !c->ep->opt.conn_ext_size)
+        return NULL;
+    return (char *)c + DX__CONN_EXT_OFF;
+}
+
+void dx__conn_hooks_release(dx_conn *c)
+{
+    dx__free(c->ep->loop->seams, c->stash);
+    c->stash = NULL;
+    if (c->upg) {
+        dx__upgrade_detach(c->upg); /* the application's answer will get DX_ECLOSED */
+        c->upg = NULL;
+    }
+    c->flags &= (uint16_t)~(CF_DEFERRED | CF_OPEN_PENDING | CF_PAUSED);
+    if (c->ep->srv)
+        dx__server_conn_gone(c);
+}
+
 int dx_conn_close(dx_conn *c, unsigned code, const char *reason, size_t len)
 {
     if (c->state != CS_OPEN)
         return DX_ECLOSED;
+    if (c->flags & CF_PAUSED)
+        resume_reading(c); /* the peer's close frame must be read */
     int rc = dx__session_close(&c->s, code, reason, len);
     if (rc == 0 && c->state == CS_OPEN)
         dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.close_timeout_ms);

@@ -12,6 +12,16 @@
  * those already dead but not yet reported) and, when called from inside a
  * callback, releases the memory from the loop's deferred list once the
  * stack has unwound (ep.dfree, queued after its connections).
+ *
+ * Admission limits, checked at accept before anything is allocated for the
+ * connection: max_handshaking (connections not upgraded: nconns - open)
+ * closes the new socket at once; max_conns_per_ip (a table of live
+ * connections per address, ipcount.c) answers 503 with Retry-After without
+ * reading the request on plain TCP (the refusal is a connection in DRAIN,
+ * so it counts as handshaking and stays bounded), and closes at once on TLS
+ * (a TLS handshake is the cost being avoided). A burst of refusals is
+ * logged twice: at its first refusal and, once a second passes without
+ * any, with its total.
  */
 #define _GNU_SOURCE
 #include "ws/ws.h"
@@ -20,7 +30,9 @@
 #include "core/seams.h"
 #include "net/sock.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +43,10 @@
 
 
 #define ACCEPTS_PER_EVENT 64
+#define LIMIT_BURST_MS 1000 /* a burst of refusals ends after this long without one */
+#define RETRY_AFTER_S "5"
+
+enum { LIM_PER_IP = 0, LIM_HANDSHAKING = 1 };
 
 static char *dup_str(const dx_seams *s, const char *str)
 {
@@ -71,6 +87,8 @@ void dx__options_defaults(dx_server_options *o)
         o->pong_timeout_ms = 10000;
     if (!o->instances)
         o->instances = 1;
+    if (!o->max_handshaking)
+        o->max_handshaking = 1024;
 }
 
 dx_server *dx_server_new(dx_loop *loop, const dx_server_options *opt, int *err)
@@ -87,8 +105,10 @@ dx_server *dx_server_new(dx_loop *loop, const dx_server_options *opt, int *err)
     dx_list_init(&srv->ep.conns);
     srv->lio.fd = -1;
     dx__timer_init(&srv->accept_timer, NULL);
+    dx__timer_init(&srv->limit_timer, NULL);
     srv->ep.next_id = 1 + srv->ep.opt.instance; /* ids start at 1 */
-    if (srv->ep.opt.instance >= srv->ep.opt.instances || srv->ep.opt.max_headers > 256 || srv->ep.opt.max_head < 64 || srv->ep.opt.send_high_water > srv->ep.opt.send_max) {
+    if (srv->ep.opt.instance >= srv->ep.opt.instances || srv->ep.opt.max_headers > 256 || srv->ep.opt.max_head < 64 || srv->ep.opt.send_high_water > srv->ep.opt.send_max ||
+        srv->ep.opt.conn_ext_size > ((size_t)1 << 30)) {
         e = DX_EINVAL;
         goto fail;
     }
@@ -156,6 +176,106 @@ static void resume_accept(dx__timer *t)
     dx__io_modify(srv->ep.loop, &srv->lio, EPOLLIN);
 }
 
+/* The table key of a peer address (IPv4-mapped IPv6 counts as IPv4), or
+ * family 0 for addresses not limited (Unix sockets). */
+static int addr_key(const struct sockaddr_storage *ss, uint64_t *key)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)ss;
+        *key = dx__ipcount_key(AF_INET, (const uint8_t *)&in->sin_addr);
+        return AF_INET;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)ss;
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+            *key = dx__ipcount_key(AF_INET, &in6->sin6_addr.s6_addr[12]);
+            return AF_INET;
+        }
+        *key = dx__ipcount_key(AF_INET6, in6->sin6_addr.s6_addr);
+        return AF_INET6;
+    }
+    return 0;
+}
+
+void dx__server_conn_gone(dx_conn *c)
+{
+    if (!(c->flags & CF_IPCOUNTED))
+        return;
+    c->flags &= (uint16_t)~CF_IPCOUNTED;
+    dx_server *srv = c->ep->srv;
+    dx__ipcount_remove(&srv->ipc, srv->ep.loop->seams, c->family, dx__ipcount_key(c->family, c->addr));
+}
+
+static const char *const limit_name[2] = {"max_conns_per_ip", "max_handshaking"};
+
+static void limit_tick(dx__timer *t)
+{
+    dx_server *srv = dx_list_entry(t, dx_server, limit_timer);
+    bool again = false;
+    for (int k = 0; k < 2; k++) {
+        if (srv->limit_fresh[k]) {
+            srv->limit_fresh[k] = 0;
+            again = true;
+        } else if (srv->limit_burst[k]) {
+            dx__log(srv->ep.loop->log, DX_LOG_WARN, "server: %s burst over: %llu connections refused in it",
+                    limit_name[k], (unsigned long long)srv->limit_burst[k]);
+            srv->limit_burst[k] = 0;
+        }
+    }
+    if (again)
+        dx__timer_start(srv->ep.loop, &srv->limit_timer, LIMIT_BURST_MS);
+}
+
+static void limit_refused(dx_server *srv, int kind, const struct sockaddr_storage *ss)
+{
+    dx__ep *ep = &srv->ep;
+    if (kind == LIM_PER_IP)
+        ep->st.refused_per_ip++;
+    else
+        ep->st.refused_handshaking++;
+    srv->limit_fresh[kind]++;
+    if (srv->limit_burst[kind]++ == 0) {
+        char host[INET6_ADDRSTRLEN] = "unix";
+        if (ss->ss_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)ss)->sin_addr, host, sizeof host);
+        else if (ss->ss_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr, host, sizeof host);
+        size_t limit = kind == LIM_PER_IP ? ep->opt.max_conns_per_ip : ep->opt.max_handshaking;
+        dx__log(ep->loop->log, DX_LOG_WARN,
+                "server: %s (%zu) reached, refusing new connections (first from %s; %s); "
+                "one more line when the burst is over",
+                limit_name[kind], limit, host,
+                kind == LIM_PER_IP ? (srv->tls ? "TCP close" : "503 Retry-After") : "TCP close");
+    }
+    if (!dx__timer_armed(&srv->limit_timer)) {
+        srv->limit_timer.cb = limit_tick;
+        dx__timer_start(ep->loop, &srv->limit_timer, LIMIT_BURST_MS);
+    }
+}
+
+/* Over max_conns_per_ip on plain TCP: answer 503 at once, without reading
+ * the request (the connection then lingers until the peer's EOF, discarding
+ * what it sends, bounded by close_timeout_ms). */
+static void refuse_per_ip(dx_server *srv, int fd, const struct sockaddr_storage *ss)
+{
+    if (srv->tls) {
+        close(fd);
+        return;
+    }
+    dx_conn *c = dx__conn_open(&srv->ep, fd, (const struct sockaddr *)ss, CS_HEAD, EPOLLIN | EPOLLRDHUP,
+                               srv->ep.opt.handshake_timeout_ms);
+    if (!c) {
+        close(fd);
+        return;
+    }
+    char buf[256];
+    int n = dx__http_error_response(buf, sizeof buf, 503, "Retry-After: " RETRY_AFTER_S "\r\n",
+                                    "too many connections from this address");
+    if (n > 0)
+        (void)dx__conn_write(c, buf, (size_t)n);
+    dx__conn_finish_after_flush(c);
+}
+
 static void on_accept(dx__io *io, uint32_t events)
 {
     (void)events;
@@ -180,10 +300,39 @@ static void on_accept(dx__io *io, uint32_t events)
             srv->accept_errors_burst = 0;
         }
         srv->ep.st.accepted++;
-        if (!dx__conn_new(srv, fd, (struct sockaddr *)&ss, sl)) {
+        dx__ep *ep = &srv->ep;
+        size_t upgraded = (size_t)ep->st.open; /* never more than nconns; guarded all the same */
+        size_t handshaking = ep->nconns > upgraded ? ep->nconns - upgraded : 0;
+        if (ep->opt.max_handshaking != (size_t)-1 && handshaking >= ep->opt.max_handshaking) {
+            limit_refused(srv, LIM_HANDSHAKING, &ss);
+            close(fd);
+            continue;
+        }
+        uint64_t key = 0;
+        int fam = ep->opt.max_conns_per_ip ? addr_key(&ss, &key) : 0;
+        bool counted = false;
+        if (fam) {
+            int rc = dx__ipcount_add(&srv->ipc, ep->loop->seams, fam, key, ep->opt.max_conns_per_ip);
+            if (rc == DX_ELIMIT) {
+                limit_refused(srv, LIM_PER_IP, &ss);
+                refuse_per_ip(srv, fd, &ss);
+                continue;
+            }
+            counted = rc == 0; /* out of memory for the table: served uncounted rather than refused */
+        }
+        dx_conn *c = dx__conn_new(srv, fd, (struct sockaddr *)&ss, sl);
+        if (!c) {
+            if (counted)
+                dx__ipcount_remove(&srv->ipc, ep->loop->seams, fam, key);
             close(fd);
             pause_accept(srv, ENOMEM);
             return;
+        }
+        if (counted) {
+            if (c->state == CS_DEAD)
+                dx__ipcount_remove(&srv->ipc, ep->loop->seams, fam, key); /* dropped at once (TLS start) */
+            else
+                c->flags |= CF_IPCOUNTED;
         }
     }
 }
@@ -224,6 +373,7 @@ static void close_listener(dx_server *srv)
             unlink(srv->ep.opt.unix_path);
     }
     dx__timer_stop(srv->ep.loop, &srv->accept_timer);
+    dx__timer_stop(srv->ep.loop, &srv->limit_timer);
 }
 
 size_t dx_server_shutdown(dx_server *srv, unsigned code, const char *reason)
@@ -263,6 +413,7 @@ static void server_release(dx_loop *loop, dx__deferred *d)
 {
     dx_server *srv = dx_list_entry(d, dx_server, ep.dfree);
     const dx_seams *seams = loop->seams;
+    dx__ipcount_free(&srv->ipc, seams);
     dx__tls_ctx_free(srv->tls);
     dx__free(seams, srv->host);
     dx__free(seams, srv->unix_path);

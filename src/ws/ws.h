@@ -12,10 +12,13 @@
 #include "duplex/server.h"
 #include "net/loop.h"
 #include "net/transport.h"
+#include "proto/handshake.h"
 #include "proto/http.h"
 #include "proto/session.h"
+#include "ws/ipcount.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -39,6 +42,10 @@ enum {
     CF_IN_HTTP = 1u << 3,      /* inside on_http: dx_http_reply allowed */
     CF_REPLIED = 1u << 4,      /* an HTTP response was queued */
     CF_WANT_WRITE = 1u << 5,   /* EPOLLOUT registered */
+    CF_DEFERRED = 1u << 6,     /* CS_HEAD: on_upgrade deferred, no answer yet (c->upg set) */
+    CF_OPEN_PENDING = 1u << 7, /* CS_HEAD: deferred upgrade accepted, on_open not fired yet */
+    CF_PAUSED = 1u << 8,       /* CS_OPEN: dx_conn_pause, reading off */
+    CF_IPCOUNTED = 1u << 9,    /* counted in the server's per-address table */
 };
 
 /* What connections need from whoever owns them, server or client: the
@@ -88,6 +95,9 @@ struct dx_conn {
     void *user;
     dx__wq *wq;
     dx__head *head;
+    dx__head *stash;         /* bytes read but not yet processed: behind a deferred head, or after a
+                                pause from a handler; fed before the socket is read again */
+    struct dx_upgrade *upg;  /* the application's handle while CF_DEFERRED */
     char *protocol;
     uint64_t id;
     uint32_t opened_tick, last_rx_tick;
@@ -101,6 +111,9 @@ struct dx_conn {
     uint16_t code;  /* close code to report (0: decide at the end) */
 };
 
+/* The connection's inline user memory starts here (conn_ext_size bytes). */
+#define DX__CONN_EXT_OFF ((sizeof(struct dx_conn) + _Alignof(max_align_t) - 1) / _Alignof(max_align_t) * _Alignof(max_align_t))
+
 
 struct dx_server {
     dx__ep ep;               /* first */
@@ -111,6 +124,10 @@ struct dx_server {
     unsigned port;
     unsigned accept_errors_burst;
     bool shutting_down;
+    dx__ipcount ipc;         /* live connections per client address (max_conns_per_ip) */
+    dx__timer limit_timer;   /* ends a burst of limit refusals (one log line per burst) */
+    uint64_t limit_burst[2]; /* refusals in the current burst: per-IP, handshaking */
+    uint64_t limit_fresh[2]; /* refusals since the last tick of limit_timer */
 };
 
 /* conn.c */
@@ -145,6 +162,11 @@ void dx__conn_want_write(dx_conn *c, bool on);
 
 /* server.c: fills zero options with their defaults. */
 void dx__options_defaults(dx_server_options *o);
+/* server.c: a server-side connection ends: its per-address count goes. */
+void dx__server_conn_gone(dx_conn *c);
+/* conn.c: releases what the upgrade/pause hooks hold (stash, deferred
+ * handle, per-address count); called once as the connection ends. */
+void dx__conn_hooks_release(dx_conn *c);
 
 /* client.c: the client's part of a client-side connection's life. */
 void dx__client_io(dx_conn *c, uint32_t events);          /* CS_CONNECT, CS_PROXY */
@@ -155,6 +177,26 @@ void dx__client_conn_end(dx_conn *c);                      /* from the loop: aft
 
 /* http_static.c: answers a plain HTTP request (static file, 404, 405). */
 void dx__http_serve(dx_conn *c, const dx_http_request *req);
+
+/* upgrade.c: the application's decision on a valid upgrade request. */
+enum { DX__DECIDE_ACCEPT = 0, DX__DECIDE_REFUSE, DX__DECIDE_DEFER };
+typedef struct dx__decision {
+    char *protocol;             /* ACCEPT: owned, passed on to the connection */
+    void *user;                 /* ACCEPT */
+    int status;                 /* REFUSE: 400-599 */
+    char *headers;              /* REFUSE: extra header lines or NULL (dx__decision_done frees) */
+    struct dx_upgrade *deferred; /* DEFER: the handle, already pointing at the connection */
+} dx__decision;
+/* Calls on_upgrade (if any) and says what it decided. */
+int dx__upgrade_decide(dx_conn *c, const dx_http_request *req, const dx_ws_request *ws, dx__decision *d);
+void dx__decision_done(dx_conn *c, dx__decision *d);
+/* The connection of a pending handle ended: its answer will get DX_ECLOSED. */
+void dx__upgrade_detach(struct dx_upgrade *h);
+/* conn.c: acting on a deferred answer. Accept writes the 101 (taking
+ * `protocol`) and schedules on_open from the loop; returns 0 or DX_ECLOSED.
+ * Refuse answers `status` and closes. Neither fires a callback. */
+int dx__conn_upgrade_accept(dx_conn *c, const dx_ws_request *ws, char *protocol, void *user);
+void dx__conn_upgrade_refuse(dx_conn *c, int status, const char *headers, const char *why);
 
 /* conn.c: the session configuration shared by a server's connections. */
 void dx__ws_session_cfg(dx__ep *ep, int role);
