@@ -17,6 +17,7 @@
 #define DUPLEX_SERVER_H
 
 #include "duplex/duplex.h"
+#include "duplex/msg.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -3,7 +3,8 @@
  *
  * Layer: net. Owns time and I/O for one thread: epoll (level-triggered),
  * an eventfd for cross-thread posts and stop, a timerfd ticking the timer
- * wheel every DX_TICK_MS. No knowledge of WebSocket.
+ * wheel every DX_TICK_MS, and the hooks of the layers above, run before each
+ * sleep. No knowledge of WebSocket.
  *
  * Invariants: a timer is linked in wheel[due % DX_WHEEL_SLOTS] iff armed;
  * `timers` counts armed timers; deferred work runs only outside a batch of
@@ -199,16 +200,31 @@ static void run_ready(dx_loop *loop)
     memmove(loop->ready, loop->ready + n, loop->nready * sizeof *loop->ready);
 }
 
-int dx__loop_mask_key(dx_loop *loop, uint8_t key[4])
+int dx__loop_attach(dx_loop *loop, const dx__loop_layer *layer)
 {
-    if (loop->key_pos + 4 > sizeof loop->keys) {
-        if (dx__random(loop->seams, loop->keys, sizeof loop->keys))
-            return DX_ERANDOM;
-        loop->key_pos = 0;
-    }
-    memcpy(key, loop->keys + loop->key_pos, 4);
-    loop->key_pos += 4;
+    if (dx__loop_ctx(loop, layer->key))
+        return DX_EINVAL;
+    if (loop->nlayers == DX_LOOP_LAYERS)
+        return DX_ELIMIT;
+    loop->layers[loop->nlayers++] = *layer;
     return 0;
+}
+
+/* The layers' hooks before the loop sleeps, as part of a batch (what they
+ * close is freed after them); deferred work they cause may produce more
+ * for them, so they run again until nothing is deferred. */
+static void before_sleep(dx_loop *loop)
+{
+    for (int round = 0; round < 16; round++) {
+        loop->in_batch = true;
+        for (size_t i = 0; i < loop->nlayers; i++)
+            if (loop->layers[i].before_sleep)
+                loop->layers[i].before_sleep(loop, loop->layers[i].ctx);
+        loop->in_batch = false;
+        if (dx_list_empty(&loop->deferred))
+            return;
+        run_deferred(loop);
+    }
 }
 
 dx_loop *dx_loop_new(const dx_loop_options *opt, int *err)
@@ -222,7 +238,6 @@ dx_loop *dx_loop_new(const dx_loop_options *opt, int *err)
     loop->seams = seams;
     loop->log = opt ? opt->log : NULL;
     loop->epfd = loop->wakefd = loop->timerfd = -1;
-    loop->key_pos = sizeof loop->keys;
     for (size_t i = 0; i < DX_WHEEL_SLOTS; i++)
         dx_list_init(&loop->wheel[i]);
     dx_list_init(&loop->deferred);
@@ -230,11 +245,10 @@ dx_loop *dx_loop_new(const dx_loop_options *opt, int *err)
     atomic_init(&loop->stop, false);
     atomic_init(&loop->helpers, 0);
     loop->rbuf = dx__alloc(seams, DX_LOOP_RBUF);
-    loop->cork = dx__alloc(seams, DX_LOOP_CORK);
     loop->post_mu = dx__alloc(seams, sizeof(pthread_mutex_t));
     if (loop->post_mu)
         pthread_mutex_init(loop->post_mu, NULL); /* before any failure: free destroys it */
-    if (!loop->rbuf || !loop->cork || !loop->post_mu)
+    if (!loop->rbuf || !loop->post_mu)
         goto fail;
     e = DX_EIO;
     loop->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -271,6 +285,11 @@ void dx_loop_free(dx_loop *loop)
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
+    while (loop->nlayers > 0) {
+        dx__loop_layer *l = &loop->layers[--loop->nlayers];
+        if (l->destroy)
+            l->destroy(loop, l->ctx);
+    }
     if (loop->epfd >= 0)
         close(loop->epfd);
     if (loop->wakefd >= 0)
@@ -290,7 +309,6 @@ void dx_loop_free(dx_loop *loop)
         dx__free(s, loop->post_mu);
     }
     dx__free(s, loop->rbuf);
-    dx__free(s, loop->cork);
     dx__free(s, loop->ready);
     dx__free(s, loop);
 }
@@ -336,6 +354,7 @@ int dx_loop_run(dx_loop *loop)
     /* A stop requested before run (or during the last run) is honoured; the
      * flag is cleared on the way out so the loop can run again. */
     while (!atomic_load(&loop->stop)) {
+        before_sleep(loop);
         int n = epoll_wait(loop->epfd, events, MAX_EVENTS, loop->nready ? 0 : -1);
         if (n < 0) {
             if (errno == EINTR)
@@ -354,6 +373,7 @@ int dx_loop_run(dx_loop *loop)
         loop->in_batch = false;
         run_deferred(loop);
     }
+    before_sleep(loop); /* what was gathered in the last iteration goes out too */
     atomic_store(&loop->stop, false);
     loop->nready = 0; /* their owners may be freed before the loop runs again */
     return 0;
