@@ -444,7 +444,8 @@ static int put_private(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t 
             wq_trim(c);
             return DX_ENOMEM;
         }
-        memcpy(d, hdr, hl);
+        if (hl)
+            memcpy(d, hdr, hl);
         if (key)
             dx__mask_copy(d + hl, data, len, key, 0);
         else if (len)
@@ -458,7 +459,8 @@ static int put_private(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t 
             wq_trim(c);
             return DX_ENOMEM;
         }
-        memcpy(d, hdr, hl);
+        if (hl)
+            memcpy(d, hdr, hl);
         if (key)
             dx__mask_copy(d + hl, data, len, key, 0);
         else if (len)
