@@ -256,6 +256,7 @@ static uint8_t *own_reserve(dx_conn *c, size_t len)
                 o->used += len;
                 last->len += len;
                 c->wq->len += len;
+                c->ep->wsl->copied += len;
                 return d;
             }
         }
@@ -269,6 +270,7 @@ static uint8_t *own_reserve(dx_conn *c, size_t len)
     o->cap = cap;
     o->used = len;
     wq_push(c, o->data, len, (uintptr_t)o | SEG_OWN);
+    c->ep->wsl->copied += len;
     return o->data;
 }
 
@@ -351,6 +353,7 @@ static int wq_done(dx_conn *c, bool from_loop)
             o->cap = cap;
             o->used = s->len;
             memcpy(o->data, s->p, s->len);
+            c->ep->wsl->copied += s->len;
             s->p = o->data;
             s->ref = (uintptr_t)o | SEG_OWN;
         }
@@ -466,6 +469,7 @@ static int put_private(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t 
         else if (len)
             memcpy(d + hl, data, len);
         wq_push(c, d, total, SEG_ARENA);
+        c->ep->wsl->copied += total;
         wq_gathered(c);
         return c->wq->len >= gather_max(c) ? flush_now(c) : 0;
     }

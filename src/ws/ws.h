@@ -110,10 +110,14 @@ typedef struct dx__wsl {
     dx__chunk *chunks;     /* the gather arena: chunks in use order */
     dx__chunk *cur;        /* the chunk being filled */
     size_t nchunks;
+    size_t arena_used;     /* chunks used in this pass */
+    size_t arena_peak, arena_keep; /* most used in a pass: this period, the last one */
+    uint64_t arena_since;  /* loop ms when this period began */
     dx__wq *free;          /* pooled queue blocks */
     size_t nfree, inuse, peak;
     uint8_t *scratch;      /* DX_WS_SCRATCH bytes: masking large client frames */
     uint64_t writes;       /* transport writes made for this loop's connections */
+    uint64_t copied;       /* bytes copied into the arena or a backlog (not references) */
     size_t key_pos;
     uint8_t keys[4096];    /* mask keys: one getrandom per 1024 client frames */
 } dx__wsl;

@@ -32,18 +32,34 @@ struct dx__chunk {
     uint8_t data[DX_WS_CHUNK];
 };
 
-#define KEEP_CHUNKS 16        /* arena chunks kept between iterations (1 MiB) */
+#define KEEP_CHUNKS 16        /* arena chunks always kept between iterations (1 MiB) */
+#define ARENA_PERIOD_MS 1000u /* how long the busiest pass's chunks are kept */
 #define KEEP_BLOCKS_MAX 65536 /* pooled queue blocks kept at most (32 MiB) */
 
 static const char ws_layer_key; /* identifies this layer's context on a loop */
 
+/* After the flush: every chunk is free again. Chunks are kept for reuse as
+ * many as the busiest pass of the last period used (at least KEEP_CHUNKS),
+ * so a steady fan-out of private copies allocates nothing, and memory taken
+ * by a burst goes back within two periods once the burst is over. */
 static void arena_reset(dx__wsl *w)
 {
+    if (w->arena_used > w->arena_peak)
+        w->arena_peak = w->arena_used;
+    uint64_t now = w->loop->now_ms;
+    if (now - w->arena_since >= ARENA_PERIOD_MS) {
+        w->arena_keep = w->arena_peak;
+        w->arena_peak = w->arena_used;
+        w->arena_since = now;
+    }
+    size_t keep = w->arena_keep > KEEP_CHUNKS ? w->arena_keep : KEEP_CHUNKS;
+    if (w->arena_peak > keep)
+        keep = w->arena_peak;
     dx__chunk **pp = &w->chunks;
     size_t kept = 0;
     while (*pp) {
         dx__chunk *ch = *pp;
-        if (kept < KEEP_CHUNKS) {
+        if (kept < keep) {
             ch->used = 0;
             kept++;
             pp = &ch->next;
@@ -54,6 +70,7 @@ static void arena_reset(dx__wsl *w)
         w->nchunks--;
     }
     w->cur = w->chunks;
+    w->arena_used = 0;
 }
 
 uint8_t *dx__wsl_arena(dx__wsl *w, size_t len)
@@ -77,6 +94,8 @@ uint8_t *dx__wsl_arena(dx__wsl *w, size_t len)
         w->nchunks++;
     }
     w->cur = ch;
+    if (ch->used == 0)
+        w->arena_used++;
     uint8_t *p = ch->data + ch->used;
     ch->used += len;
     return p;
