@@ -3,14 +3,16 @@
  * connections of one dx_server, per loop iteration, as a gateway does for a
  * broadcast; reported per delivery (one message to one connection):
  *
- *   ns/delivery      wall time from the first send of a round until every
+ *   ns               wall time from the first send of a round until every
  *                    queue is empty (the kernel took everything), divided by
  *                    the round's deliveries;
- *   writev/delivery  transport writes (each one sendmsg(2)) made by the
+ *   send_ns          the part spent in the send calls themselves (queueing),
+ *                    before the loop's flush writes;
+ *   writev           transport writes (each one sendmsg(2)) made by the
  *                    library, counted by the ws layer (dx__wsl.writes);
- *   allocs/delivery  calls to the loop's allocator (a counting dx_seams)
+ *   allocs           calls to the loop's allocator (a counting dx_seams)
  *                    during the measured rounds;
- *   copied/delivery  payload bytes copied into send memory (arena or
+ *   copied           payload bytes copied into send memory (arena or
  *                    backlog: dx__wsl.copied) per delivery; references
  *                    (dx_conn_send_msg) copy none.
  *
@@ -75,7 +77,7 @@ typedef struct bench {
     int sent;
     dx_msg *m[8];
     uint8_t *payload[8];
-    uint64_t t0, ns;
+    uint64_t t0, t_sent, ns, send_ns;
     long allocs0, allocs_sum;
     uint64_t writes0, writes_sum, copied0, copied_sum;
     int failed;
@@ -137,7 +139,7 @@ static void row_begin(void)
         }
     }
     B.round = 0;
-    B.ns = 0;
+    B.ns = B.send_ns = 0;
     B.allocs_sum = 0;
     B.writes_sum = B.copied_sum = 0;
 }
@@ -146,9 +148,9 @@ static void row_end(void)
 {
     const row *r = &rows[B.row];
     double d = (double)B.rounds * (double)B.n * r->per_iter;
-    printf("%-18s %8zu %10d %12.1f %16.4f %16.4f %16.1f\n",
+    printf("%-18s %8zu %10d %10.1f %10.1f %10.4f %10.4f %10.1f\n",
            r->api[0] == 'm' ? "dx_conn_send_msg" : "dx_conn_send", r->payload, r->per_iter, (double)B.ns / d,
-           (double)B.writes_sum / d, (double)B.allocs_sum / d, (double)B.copied_sum / d);
+           (double)B.send_ns / d, (double)B.writes_sum / d, (double)B.allocs_sum / d, (double)B.copied_sum / d);
     fflush(stdout);
     for (int k = 0; k < r->per_iter; k++) {
         dx_msg_unref(B.m[k]);
@@ -172,6 +174,7 @@ static void round_send(void)
                 B.failed = 1;
             }
         }
+    B.t_sent = now_ns();
     B.sent = 1;
 }
 
@@ -203,6 +206,7 @@ static void on_kick(dx__io *io, uint32_t events)
         uint64_t dt = now_ns() - B.t0;
         if (B.round >= WARMUP) {
             B.ns += dt;
+            B.send_ns += B.t_sent - B.t0;
             B.allocs_sum += B.allocs - B.allocs0;
             B.writes_sum += wsl()->writes - B.writes0;
             B.copied_sum += wsl()->copied - B.copied0;
@@ -337,8 +341,8 @@ int main(int argc, char **argv)
     printf("fan-out: one loop, %zu connections (readers: one process of raw sockets), %zu rounds after %d "
            "warm-up, per delivery\n",
            B.n, B.rounds, WARMUP);
-    printf("%-18s %8s %10s %12s %16s %16s %16s\n", "api", "payload", "msgs/iter", "ns", "writev", "allocs",
-           "copied bytes");
+    printf("%-18s %8s %10s %10s %10s %10s %10s %10s\n", "api", "payload", "msgs/iter", "ns", "send_ns", "writev",
+           "allocs", "copied");
     fflush(stdout);
     (void)dx_loop_run(B.loop);
     dx__io_stop(B.loop, &B.kick_io);
