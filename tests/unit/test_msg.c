@@ -856,6 +856,55 @@ static void test_send_errors(void **state)
     stop(f);
 }
 
+/* A connection that got output this iteration and is dropped before the
+ * loop's flush leaves the flush list at once: the flush never sees freed
+ * memory (ASan), and the others still get their bytes. */
+typedef struct drop_arg {
+    dx_msg *m;
+    size_t pend_before, pend_after;
+} drop_arg;
+
+static void do_send_then_drop(mfx *f, void *p)
+{
+    drop_arg *a = p;
+    for (size_t i = 0; i < 4; i++)
+        (void)dx_conn_send_msg(f->conns[i], a->m);
+    (void)dx_conn_send(f->conns[1], DX_OP_TEXT, "private", 7); /* an arena copy too */
+    dx__wsl *w = f->conns[0]->ep->wsl;
+    a->pend_before = 0;
+    dx_list_foreach(it, &w->pend) a->pend_before++;
+    dx__conn_abort(f->conns[1], DX_CLOSE_ABNORMAL, "test: dropped with output pending");
+    dx__conn_abort(f->conns[2], DX_CLOSE_ABNORMAL, "test: dropped with output pending");
+    a->pend_after = 0;
+    dx_list_foreach(it, &w->pend) a->pend_after++;
+}
+
+static void test_dropped_connection_leaves_flush_list(void **state)
+{
+    (void)state;
+    mfx *f = start(0, 0, 1000);
+    rc *cls[4];
+    open_clients(f, cls, 4, 0);
+    drop_arg a = {.m = dx_msg_new(DX_OP_TEXT, "to everyone", 11, NULL)};
+    on_loop(f, do_send_then_drop, &a);
+    assert_int_equal(a.pend_before, 4);
+    assert_int_equal(a.pend_after, 2);
+    rc_expect(cls[0], DX_OP_TEXT, "to everyone", 11, 1 << 16);
+    rc_expect(cls[3], DX_OP_TEXT, "to everyone", 11, 1 << 16);
+    for (size_t i = 1; i < 3; i++) {
+        uint8_t b;
+        ssize_t r = recv(cls[i]->fd, &b, 1, 0);
+        assert_true(r <= 0); /* dropped: nothing was written to them */
+    }
+    send_arg q = {.m = a.m};
+    on_loop(f, do_count, &q);
+    assert_int_equal(q.refs, 1);
+    for (size_t i = 0; i < 4; i++)
+        rc_free(cls[i]);
+    dx_msg_unref(a.m);
+    stop(f);
+}
+
 /* ---- allocations per delivery ------------------------------------------------------ */
 
 typedef struct alloc_arg {
@@ -1011,6 +1060,7 @@ int main(void)
         cmocka_unit_test(test_partial_write_inside_shared_frame),
         cmocka_unit_test(test_order_shared_and_private),
         cmocka_unit_test(test_send_errors),
+        cmocka_unit_test(test_dropped_connection_leaves_flush_list),
         cmocka_unit_test(test_no_allocation_per_delivery),
         cmocka_unit_test(test_client_side_masks_a_copy),
     };
