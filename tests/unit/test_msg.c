@@ -19,6 +19,7 @@
 #include "ws/ws.h"
 
 #include <arpa/inet.h>
+#include <openssl/ssl.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -60,6 +61,9 @@ typedef struct mfx {
     char got[256];
     size_t got_len;
     int got_op;
+    /* TLS rounds: "go:K" makes the server send round K (tls_round) */
+    dx_msg *pool[5];
+    int rounds_mode;
     /* posted call */
     void (*fn)(struct mfx *f, void *arg);
     void *arg;
@@ -102,10 +106,18 @@ static void cb_close(dx_conn *c, unsigned code, const char *reason, size_t len, 
     pthread_mutex_unlock(&f->mu);
 }
 
+static void send_round(mfx *f, dx_conn *c, unsigned k);
+
 static void cb_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, void *ud)
 {
-    (void)c;
     mfx *f = ud;
+    if (f->rounds_mode && len > 3 && len < 16 && memcmp(data, "go:", 3) == 0) {
+        char num[16]; /* the payload is not NUL-terminated */
+        memcpy(num, data + 3, len - 3);
+        num[len - 3] = 0;
+        send_round(f, c, (unsigned)strtoul(num, NULL, 10));
+        return;
+    }
     pthread_mutex_lock(&f->mu);
     f->got_op = opcode;
     f->got_len = len < sizeof f->got ? len : sizeof f->got;
@@ -204,7 +216,8 @@ static void wait_count(mfx *f, const size_t *counter, size_t want)
     pthread_mutex_unlock(&f->mu);
 }
 
-static mfx *start(size_t send_max, size_t high_water, unsigned close_timeout_ms)
+static mfx *start_tls(size_t send_max, size_t high_water, unsigned close_timeout_ms, const dx_tls_cert *tls,
+                      void (*prepare)(mfx *f))
 {
     mfx *f = calloc(1, sizeof *f);
     assert_non_null(f);
@@ -222,6 +235,10 @@ static mfx *start(size_t send_max, size_t high_water, unsigned close_timeout_ms)
     o.ping_interval_ms = (unsigned)-1;
     o.cb = (dx_server_callbacks){.on_open = cb_open, .on_close = cb_close, .on_message = cb_message};
     o.ud = f;
+    o.tls = tls;
+    o.n_tls = tls ? 1 : 0;
+    if (prepare)
+        prepare(f);
     int err = 1;
     f->srv = dx_server_new(f->loop, &o, &err);
     assert_non_null(f->srv);
@@ -229,6 +246,21 @@ static mfx *start(size_t send_max, size_t high_water, unsigned close_timeout_ms)
     f->port = dx_server_port(f->srv);
     assert_int_equal(pthread_create(&f->th, NULL, loop_thread, f), 0);
     return f;
+}
+
+static mfx *start(size_t send_max, size_t high_water, unsigned close_timeout_ms)
+{
+    return start_tls(send_max, high_water, close_timeout_ms, NULL, NULL);
+}
+
+static void stop(mfx *f);
+
+/* stop() for a fixture with a message pool. */
+static void stop_pool(mfx *f)
+{
+    for (int i = 0; i < 5; i++)
+        dx_msg_unref(f->pool[i]);
+    stop(f);
 }
 
 static void stop(mfx *f)
@@ -247,11 +279,29 @@ static void stop(mfx *f)
 
 typedef struct rc {
     int fd;
+    SSL_CTX *ctx;
+    SSL *ssl;
     uint8_t buf[1 << 16];
     size_t off, len;
 } rc;
 
-static rc *rc_open(mfx *f, int rcvbuf)
+static ssize_t rc_recv(rc *c, void *p, size_t len)
+{
+    if (!c->ssl)
+        return recv(c->fd, p, len, 0);
+    int r = SSL_read(c->ssl, p, len > INT32_MAX ? INT32_MAX : (int)len);
+    return r > 0 ? r : -1;
+}
+
+static void rc_send(rc *c, const void *p, size_t len)
+{
+    if (c->ssl)
+        assert_int_equal(SSL_write(c->ssl, p, (int)len), (int)len);
+    else
+        assert_int_equal(send(c->fd, p, len, MSG_NOSIGNAL), (ssize_t)len);
+}
+
+static rc *rc_open_ex(mfx *f, int rcvbuf, int tls)
 {
     rc *c = calloc(1, sizeof *c);
     assert_non_null(c);
@@ -265,15 +315,24 @@ static rc *rc_open(mfx *f, int rcvbuf)
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f->port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(connect(c->fd, (struct sockaddr *)&a, sizeof a), 0);
+    if (tls) {
+        c->ctx = SSL_CTX_new(TLS_client_method());
+        assert_non_null(c->ctx);
+        SSL_CTX_set_verify(c->ctx, SSL_VERIFY_NONE, NULL);
+        c->ssl = SSL_new(c->ctx);
+        assert_non_null(c->ssl);
+        assert_int_equal(SSL_set_fd(c->ssl, c->fd), 1);
+        assert_int_equal(SSL_connect(c->ssl), 1);
+    }
     static const char req[] = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    assert_int_equal(send(c->fd, req, sizeof req - 1, MSG_NOSIGNAL), (ssize_t)(sizeof req - 1));
+    rc_send(c, req, sizeof req - 1);
     /* the 101 head, byte by byte so no frame byte is taken with it */
     char head[1024];
     size_t n = 0;
     while (n < 4 || memcmp(head + n - 4, "\r\n\r\n", 4) != 0) {
         assert_true(n < sizeof head);
-        ssize_t r = recv(c->fd, head + n, 1, 0);
+        ssize_t r = rc_recv(c, head + n, 1);
         assert_int_equal(r, 1);
         n++;
     }
@@ -281,8 +340,14 @@ static rc *rc_open(mfx *f, int rcvbuf)
     return c;
 }
 
+static rc *rc_open(mfx *f, int rcvbuf) { return rc_open_ex(f, rcvbuf, 0); }
+
 static void rc_free(rc *c)
 {
+    if (c->ssl)
+        SSL_free(c->ssl);
+    if (c->ctx)
+        SSL_CTX_free(c->ctx);
     if (c->fd >= 0)
         close(c->fd);
     free(c);
@@ -296,7 +361,7 @@ static void rc_read(rc *c, void *out, size_t len, size_t piece)
     while (len) {
         if (c->off == c->len) {
             size_t want = piece < sizeof c->buf ? piece : sizeof c->buf;
-            ssize_t r = recv(c->fd, c->buf, want, 0);
+            ssize_t r = rc_recv(c, c->buf, want);
             assert_true(r > 0);
             c->off = 0;
             c->len = (size_t)r;
@@ -905,6 +970,119 @@ static void test_dropped_connection_leaves_flush_list(void **state)
     stop(f);
 }
 
+/* ---- TLS: a queue of many segments, retried after blocked writes ------------- */
+
+#define ROUND_MAX 24
+static const size_t pool_len[5] = {10, 100, 3000, 20000, 70000};
+
+typedef struct item {
+    int shared; /* pool index + 1, or 0: private */
+    size_t len;
+    unsigned seed;
+} item;
+
+/* Round k's sends, the same on both sides: shared messages of the pool and
+ * private ones of any size (arena copies, direct writes). */
+static size_t round_items(unsigned k, item *out)
+{
+    uint32_t x = k * 2654435761u + 12345u;
+    x ^= x << 13;
+    x ^= x >> 17;
+    size_t n = 1 + x % ROUND_MAX;
+    for (size_t j = 0; j < n; j++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        bool small = k % 3 == 1; /* a round of small frames only: coalesced by TLS */
+        out[j].shared = (x & 3) ? (int)((x >> 2) % (small ? 2 : 5)) + 1 : 0;
+        out[j].len = out[j].shared ? pool_len[out[j].shared - 1] : 1 + (x >> 8) % (small ? 200 : 30000);
+        out[j].seed = k * 100 + (unsigned)j;
+    }
+    return n;
+}
+
+static void send_round(mfx *f, dx_conn *c, unsigned k)
+{
+    item it[ROUND_MAX];
+    size_t n = round_items(k, it);
+    for (size_t j = 0; j < n; j++) {
+        if (it[j].shared) {
+            (void)dx_conn_send_msg(c, f->pool[it[j].shared - 1]);
+            continue;
+        }
+        uint8_t *p = pattern(it[j].len, it[j].shared ? 100 + (unsigned)(it[j].shared - 1) : it[j].seed);
+        (void)dx_conn_send(c, DX_OP_BINARY, p, it[j].len);
+        free(p);
+    }
+}
+
+static void make_pool(mfx *f)
+{
+    for (int i = 0; i < 5; i++) {
+        uint8_t *p = pattern(pool_len[i], 100 + (unsigned)i);
+        f->pool[i] = dx_msg_new(DX_OP_BINARY, p, pool_len[i], NULL);
+        free(p);
+    }
+    f->rounds_mode = 1;
+}
+
+static void go(rc *c, unsigned k)
+{
+    char m[32];
+    int n = snprintf(m, sizeof m, "go:%u", k);
+    uint8_t fr[6 + 32] = {0x81, (uint8_t)(0x80 | n), 0, 0, 0, 0}; /* masked with a zero key */
+    memcpy(fr + 6, m, (size_t)n);
+    rc_send(c, fr, 6 + (size_t)n);
+}
+
+static void test_tls_many_segments_retried(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/dx_msg_tls_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char crt[64], key[64], cmd[512];
+    snprintf(crt, sizeof crt, "%s/c.crt", dir);
+    snprintf(key, sizeof key, "%s/c.key", dir);
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=t "
+             "-keyout '%s' -out '%s' >/dev/null 2>&1",
+             key, crt);
+    assert_int_equal(system(cmd), 0);
+    dx_tls_cert cert = {crt, key};
+    mfx *f = start_tls(64u << 20, 64 * 1024, 1000, &cert, make_pool);
+    f->small_sndbuf = 1;
+    rc *c = rc_open_ex(f, 4096, 1);
+    wait_count(f, &f->nopen, 1);
+    enum { ROUNDS = 90, AHEAD = 2 };
+    /* Two rounds always asked ahead: the server appends to a queue whose
+     * last write blocked, so retries see more segments than the first try. */
+    for (unsigned k = 0; k < AHEAD; k++)
+        go(c, k);
+    uint32_t x = 99;
+    for (unsigned k = 0; k < ROUNDS; k++) {
+        if (k + AHEAD < ROUNDS)
+            go(c, k + AHEAD);
+        item it[ROUND_MAX];
+        size_t n = round_items(k, it);
+        for (size_t j = 0; j < n; j++) {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            size_t piece = 1 + x % 3000;
+            uint8_t *want = pattern(it[j].len, it[j].shared ? 100 + (unsigned)(it[j].shared - 1) : it[j].seed);
+            rc_expect(c, DX_OP_BINARY, want, it[j].len, piece);
+            free(want);
+        }
+    }
+    dx_server_stats st;
+    on_loop(f, do_stats, &st);
+    assert_int_equal(st.closed, 0); /* no write failed */
+    rc_free(c);
+    stop_pool(f);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 /* ---- allocations per delivery ------------------------------------------------------ */
 
 typedef struct alloc_arg {
@@ -1061,6 +1239,7 @@ int main(void)
         cmocka_unit_test(test_order_shared_and_private),
         cmocka_unit_test(test_send_errors),
         cmocka_unit_test(test_dropped_connection_leaves_flush_list),
+        cmocka_unit_test(test_tls_many_segments_retried),
         cmocka_unit_test(test_no_allocation_per_delivery),
         cmocka_unit_test(test_client_side_masks_a_copy),
     };
