@@ -213,7 +213,9 @@ DX_API int dx_conn_send(dx_conn *c, int opcode, const void *data, size_t len);
  * close_timeout_ms passes. Returns 0, DX_EINVAL, DX_EUTF8, DX_ECLOSED. */
 DX_API int dx_conn_close(dx_conn *c, unsigned code, const char *reason, size_t len);
 
-/* Bytes queued for sending (not yet accepted by the kernel). */
+/* Bytes queued for sending, not yet accepted by the kernel: output gathered
+ * during this loop iteration (written before the loop sleeps) plus what the
+ * kernel refused. */
 DX_API size_t dx_conn_buffered(const dx_conn *c);
 
 /* Writes the peer's address ("1.2.3.4:5678", "[::1]:5678" or "unix") into
