@@ -45,6 +45,7 @@ typedef struct mfx {
     pthread_t loop_tid;
     atomic_int tid_set;
     long loop_calls;
+    long fail_loop_at;     /* > 0: the loop thread's allocation with this number fails */
     dx_loop *loop;
     dx_server *srv;
     pthread_t th;
@@ -142,8 +143,13 @@ static void *count_realloc(void *ud, void *ptr, size_t size)
     mfx *f = ud;
     static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER; /* ts is not thread-safe */
     pthread_mutex_lock(&mu);
-    if (size && atomic_load(&f->tid_set) && pthread_equal(pthread_self(), f->loop_tid))
+    if (size && atomic_load(&f->tid_set) && pthread_equal(pthread_self(), f->loop_tid)) {
         f->loop_calls++;
+        if (f->fail_loop_at > 0 && f->loop_calls == f->fail_loop_at) {
+            pthread_mutex_unlock(&mu);
+            return NULL;
+        }
+    }
     void *r = f->ts.seams.realloc(f->ts.seams.ud, ptr, size);
     pthread_mutex_unlock(&mu);
     return r;
@@ -1083,6 +1089,83 @@ static void test_tls_many_segments_retried(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* ---- every allocation of the send path fails once ------------------------------ */
+
+typedef struct oom_arg {
+    dx_msg *small, *big;
+    const uint8_t *priv;
+    long n;            /* which allocation from here fails */
+    long base;         /* the loop's allocation count before the scenario */
+    long calls_after;  /* allocations the scenario made, its flush included */
+    int bad_rc;
+} oom_arg;
+
+static int rc_ok(int r) { return r == 0 || r == DX_ENOMEM || r == DX_ECLOSED || r == DX_ELIMIT; }
+
+static void do_oom(mfx *f, void *p)
+{
+    oom_arg *a = p;
+    f->fail_loop_at = a->n ? f->loop_calls + a->n : 0;
+    a->base = f->loop_calls;
+    for (size_t i = 0; i < 4; i++) {
+        dx_conn *c = f->conns[i];
+        if (!c)
+            continue;
+        int r[6];
+        r[0] = dx_conn_send_msg(c, a->small);
+        r[1] = dx_conn_send(c, DX_OP_TEXT, "private", 7);        /* arena */
+        r[2] = dx_conn_send_msg(c, a->big);                      /* past the gather limit: written now */
+        r[3] = dx_conn_send(c, DX_OP_BINARY, a->priv, 20000);    /* direct, remainder copied */
+        r[4] = dx_conn_send_msg(c, a->small);                    /* behind a backlog */
+        r[5] = dx_conn_send(c, DX_OP_TEXT, "again", 5);
+        for (int k = 0; k < 6; k++)
+            if (!rc_ok(r[k]))
+                a->bad_rc = r[k];
+    }
+}
+
+/* Runs after the flush that followed do_oom. */
+static void do_after(mfx *f, void *p)
+{
+    oom_arg *a = p;
+    a->calls_after = f->loop_calls - a->base;
+}
+
+static void test_every_allocation_fails_once(void **state)
+{
+    (void)state;
+    uint8_t *priv = pattern(20000, 21), *bigp = pattern(300000, 22);
+    long total = -1;
+    for (long n = 0; total < 0 || n <= total + 2; n++) {
+        mfx *f = start(1 << 20, 64 * 1024, 300);
+        f->small_sndbuf = 1;
+        rc *cls[4];
+        open_clients(f, cls, 4, 4096);
+        oom_arg a = {.small = dx_msg_new(DX_OP_TEXT, "small", 5, NULL),
+                     .big = dx_msg_new(DX_OP_BINARY, bigp, 300000, NULL),
+                     .priv = priv,
+                     .n = n};
+        on_loop(f, do_oom, &a);
+        assert_int_equal(a.bad_rc, 0);
+        on_loop(f, do_after, &a); /* the flush before sleep ran (with its allocations) */
+        if (n == 0)
+            total = a.calls_after; /* the number of allocations to fail in turn (at least) */
+        f->fail_loop_at = 0;
+        for (size_t i = 0; i < 4; i++)
+            rc_free(cls[i]); /* RST or EOF: every connection goes, whatever it held */
+        wait_count(f, &f->nclosed, f->nopen);
+        send_arg q = {.m = a.big};
+        on_loop(f, do_count, &q);
+        assert_int_equal(q.refs, 1); /* no reference leaked on any failure path */
+        dx_msg_unref(a.small);
+        dx_msg_unref(a.big);
+        stop(f); /* asserts that every block, chunk and copy was given back */
+    }
+    assert_true(total >= 4); /* blocks, an arena chunk, backlog copies */
+    free(priv);
+    free(bigp);
+}
+
 /* ---- allocations per delivery ------------------------------------------------------ */
 
 typedef struct alloc_arg {
@@ -1240,6 +1323,7 @@ int main(void)
         cmocka_unit_test(test_send_errors),
         cmocka_unit_test(test_dropped_connection_leaves_flush_list),
         cmocka_unit_test(test_tls_many_segments_retried),
+        cmocka_unit_test(test_every_allocation_fails_once),
         cmocka_unit_test(test_no_allocation_per_delivery),
         cmocka_unit_test(test_client_side_masks_a_copy),
     };
