@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -86,6 +87,12 @@ static void cb_open(dx_conn *c, void *ud)
     pthread_mutex_lock(&f->mu);
     if (f->nopen < MAXC)
         f->conns[f->nopen] = c;
+    else
+        for (size_t i = 0; i < MAXC; i++)
+            if (!f->conns[i]) {
+                f->conns[i] = c; /* a newcomer takes a free slot (churn test) */
+                break;
+            }
     f->nopen++;
     signal_all(f);
     pthread_mutex_unlock(&f->mu);
@@ -1166,6 +1173,155 @@ static void test_every_allocation_fails_once(void **state)
     free(bigp);
 }
 
+/* ---- a randomized fan-out under churn --------------------------------------------- */
+
+typedef struct ham {
+    mfx *f;
+    dx_msg *pool[4];
+    uint32_t rng;
+    atomic_int ticks;
+    atomic_long sends;
+    atomic_int stop;
+    int bad_rc;
+} ham;
+
+static uint32_t ham_rand(ham *h)
+{
+    h->rng ^= h->rng << 13;
+    h->rng ^= h->rng >> 17;
+    h->rng ^= h->rng << 5;
+    return h->rng;
+}
+
+/* On the loop: random shared and private sends to random connections,
+ * closes and drops among them, then again at the next iteration. */
+static void ham_tick(void *p)
+{
+    ham *h = p;
+    mfx *f = h->f;
+    if (atomic_load(&h->stop))
+        return;
+    for (int op = 0; op < 64; op++) {
+        uint32_t r = ham_rand(h);
+        dx_conn *c = f->conns[r % MAXC];
+        if (!c)
+            continue;
+        int e = 0;
+        switch ((r >> 8) % 64) {
+        case 0:
+            e = dx_conn_close(c, 1000, NULL, 0);
+            break;
+        case 1:
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "test: random drop");
+            break;
+        case 2:
+        case 3:
+        case 4: {
+            size_t len = (r >> 12) % 40000;
+            uint8_t *b = malloc(len + 1);
+            memset(b, (int)(r & 0xFF), len);
+            e = dx_conn_send(c, DX_OP_BINARY, b, len);
+            free(b);
+            break;
+        }
+        default:
+            e = dx_conn_send_msg(c, h->pool[(r >> 12) % 4]);
+            break;
+        }
+        if (!rc_ok(e))
+            h->bad_rc = e;
+        if (e == 0)
+            atomic_fetch_add(&h->sends, 1);
+    }
+    atomic_fetch_add(&h->ticks, 1);
+    if (dx_loop_post(f->loop, ham_tick, h))
+        h->bad_rc = -999;
+}
+
+static void ham_kick(mfx *f, void *p)
+{
+    (void)f;
+    ham_tick(p);
+}
+
+static void ham_stop(mfx *f, void *p)
+{
+    (void)f;
+    atomic_store(&((ham *)p)->stop, 1);
+}
+
+static void test_random_fanout_churn(void **state)
+{
+    (void)state;
+    enum { N = 40, SENDS = 20000 };
+    mfx *f = start(256 * 1024, 32 * 1024, 300);
+    f->small_sndbuf = 1;
+    ham h = {.f = f, .rng = 2463534242u};
+    size_t sizes[4] = {0, 100, 5000, 100000};
+    for (int i = 0; i < 4; i++) {
+        uint8_t *p = pattern(sizes[i], 40 + (unsigned)i);
+        h.pool[i] = dx_msg_new(DX_OP_BINARY, p, sizes[i], NULL);
+        free(p);
+    }
+    int fds[N];
+    rc *cls[N];
+    open_clients(f, cls, N, 4096);
+    for (size_t i = 0; i < N; i++)
+        fds[i] = cls[i]->fd;
+    on_loop(f, ham_kick, &h);
+    /* Read (some slowly, some not at all) and reset some, until enough
+     * ticks ran; the server drops, closes and fills queues meanwhile. */
+    uint32_t x = 7;
+    size_t opened = N;
+    static uint8_t sink[1 << 16];
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (atomic_load(&h.sends) < SENDS) {
+        struct timespec t1;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        assert_true(t1.tv_sec - t0.tv_sec < WAIT_MS / 1000);
+        struct pollfd pf[N];
+        for (size_t i = 0; i < N; i++)
+            pf[i] = (struct pollfd){.fd = fds[i], .events = POLLIN};
+        (void)poll(pf, N, 10);
+        for (size_t i = 0; i < N; i++) {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            if (fds[i] < 0 || !(pf[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            if (i % 4 == 3)
+                continue; /* never reads: a slow consumer */
+            size_t want = i % 4 == 2 ? 512 : sizeof sink;
+            ssize_t r = recv(fds[i], sink, want, MSG_DONTWAIT);
+            if (r == 0 || (x % 500) == 0) {
+                /* gone (closed or dropped by the server), or reset by us:
+                 * a new connection takes its place */
+                struct linger lg = {.l_onoff = 1, .l_linger = 0};
+                setsockopt(fds[i], SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+                rc_free(cls[i]);
+                cls[i] = rc_open(f, 4096);
+                fds[i] = cls[i]->fd;
+                opened++;
+            }
+        }
+    }
+    on_loop(f, ham_stop, &h);
+    assert_int_equal(h.bad_rc, 0);
+    assert_true(atomic_load(&h.ticks) > 10);
+    assert_true(opened > N); /* connections came and went */
+    for (size_t i = 0; i < N; i++)
+        rc_free(cls[i]);
+    wait_count(f, &f->nclosed, f->nopen);
+    for (int i = 0; i < 4; i++) {
+        send_arg q = {.m = h.pool[i]};
+        on_loop(f, do_count, &q);
+        assert_int_equal(q.refs, 1);
+        dx_msg_unref(h.pool[i]);
+    }
+    stop(f);
+}
+
 /* ---- allocations per delivery ------------------------------------------------------ */
 
 typedef struct alloc_arg {
@@ -1324,6 +1480,7 @@ int main(void)
         cmocka_unit_test(test_dropped_connection_leaves_flush_list),
         cmocka_unit_test(test_tls_many_segments_retried),
         cmocka_unit_test(test_every_allocation_fails_once),
+        cmocka_unit_test(test_random_fanout_churn),
         cmocka_unit_test(test_no_allocation_per_delivery),
         cmocka_unit_test(test_client_side_masks_a_copy),
     };
