@@ -405,16 +405,21 @@ static int write_masked(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t
         n += take;
         off += take;
         first = false;
-        struct iovec iov = {sc, n};
-        w->writes++;
-        ssize_t r = c->st.t->writev(&c->st, &iov, 1);
-        if (r < 0 && r != DX_EAGAIN) {
-            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed");
-            return DX_ECLOSED;
+        size_t done = 0;
+        while (done < n) { /* a short write may be one TLS record: go on until refused */
+            struct iovec iov = {sc + done, n - done};
+            w->writes++;
+            ssize_t r = c->st.t->writev(&c->st, &iov, 1);
+            if (r < 0 && r != DX_EAGAIN) {
+                dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed");
+                return DX_ECLOSED;
+            }
+            if (r <= 0)
+                break;
+            done += (size_t)r;
+            c->bytes_out += (size_t)r;
+            c->ep->st.bytes_out += (size_t)r;
         }
-        size_t done = r > 0 ? (size_t)r : 0;
-        c->bytes_out += done;
-        c->ep->st.bytes_out += done;
         if (done < n) {
             uint8_t *d = own_reserve(c, (n - done) + (len - off));
             if (!d) {
