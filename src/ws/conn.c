@@ -537,7 +537,9 @@ static int put_frame(dx_conn *c, int kind, unsigned opcode, bool fin, const uint
     if (masked && dx__wsl_mask_key(ep->wsl, key))
         return DX_ERANDOM;
     uint8_t hdr[DX_FRAME_HEADER_MAX];
-    size_t hl = dx__frame_header_write(hdr, opcode, fin, 0, len, masked ? key : NULL);
+    bool shared = frame && !masked; /* the header was encoded once, with the frame */
+    size_t hl = shared ? dx_rcbuf_len(frame) - len
+                       : dx__frame_header_write(hdr, opcode, fin, 0, len, masked ? key : NULL);
     size_t total = hl + len;
     /* The cap applies to what waits in the queue because the kernel refused
      * it: a frame larger than send_max still goes out when nothing waits,
@@ -562,7 +564,7 @@ static int put_frame(dx_conn *c, int kind, unsigned opcode, bool fin, const uint
     }
     if (ep->opt.cb.on_frame)
         ep->opt.cb.on_frame(c, '>', opcode, fin, 0, len, masked, data, len < 16 ? len : 16, ep->opt.ud);
-    if (frame && !masked)
+    if (shared)
         return put_shared(c, frame);
     return put_private(c, hdr, hl, data, len, masked ? key : NULL);
 }
