@@ -1173,6 +1173,56 @@ static void test_every_allocation_fails_once(void **state)
     free(bigp);
 }
 
+/* One message handed to two loops on two threads: each queues references
+ * to it for its own connections while the other does the same, and the
+ * creator drops its reference at once; the last drop (on either loop's
+ * thread) frees it. */
+typedef struct cross_arg {
+    mfx *f;
+    dx_msg *m; /* this loop's reference, dropped after its sends */
+    int times;
+    int bad;
+} cross_arg;
+
+static void cross_send(void *p)
+{
+    cross_arg *a = p;
+    for (int t = 0; t < a->times; t++)
+        for (size_t i = 0; i < 4; i++)
+            a->bad |= dx_conn_send_msg(a->f->conns[i], a->m) != 0;
+    dx_msg_unref(a->m); /* the queues hold their own */
+}
+
+static void test_shared_by_two_loops(void **state)
+{
+    (void)state;
+    enum { TIMES = 200, SZ = 1000 };
+    mfx *f[2] = {start(0, 0, 1000), start(0, 0, 1000)};
+    rc *cls[2][4];
+    for (int l = 0; l < 2; l++)
+        open_clients(f[l], cls[l], 4, 0);
+    uint8_t *p = pattern(SZ, 77);
+    dx_msg *m = dx_msg_new(DX_OP_BINARY, p, SZ, NULL);
+    cross_arg a[2];
+    for (int l = 0; l < 2; l++) {
+        a[l] = (cross_arg){.f = f[l], .m = dx_msg_ref(m), .times = TIMES};
+        assert_int_equal(dx_loop_post(f[l]->loop, cross_send, &a[l]), 0);
+    }
+    dx_msg_unref(m); /* ours goes at once: the loops own theirs */
+    for (int k = 0; k < TIMES; k++)
+        for (int l = 0; l < 2; l++)
+            for (size_t i = 0; i < 4; i++)
+                rc_expect(cls[l][i], DX_OP_BINARY, p, SZ, 1 << 16);
+    for (int l = 0; l < 2; l++) {
+        assert_int_equal(a[l].bad, 0);
+        for (size_t i = 0; i < 4; i++)
+            rc_free(cls[l][i]);
+        wait_count(f[l], &f[l]->nclosed, 4);
+        stop(f[l]);
+    }
+    free(p);
+}
+
 /* ---- a randomized fan-out under churn --------------------------------------------- */
 
 typedef struct ham {
@@ -1481,6 +1531,7 @@ int main(void)
         cmocka_unit_test(test_tls_many_segments_retried),
         cmocka_unit_test(test_every_allocation_fails_once),
         cmocka_unit_test(test_random_fanout_churn),
+        cmocka_unit_test(test_shared_by_two_loops),
         cmocka_unit_test(test_no_allocation_per_delivery),
         cmocka_unit_test(test_client_side_masks_a_copy),
     };
