@@ -2,7 +2,9 @@
  * tests/unit/test_msg.c: src/ws/msg.c (prepared messages) and the send path
  * of src/ws/conn.c + ws_loop.c that carries them: shared segments, gathered
  * writes, send_max with references, partial writes inside a shared frame,
- * order with private sends, allocations per delivery.
+ * order with private sends, TLS retries over many segments, every
+ * allocation failing once, a randomized churn, one message on two loops'
+ * threads, allocations and writes per delivery.
  *
  * A real dx_loop + dx_server on 127.0.0.1 runs in its own thread; the
  * clients are raw blocking sockets in the test thread that speak just
