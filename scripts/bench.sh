@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Runs every benchmark built in BUILD_DIR and prints their tables.
+# Runs every benchmark built in BUILD_DIR and prints their tables:
+# bench_proto (sans-I/O hot paths), bench_fanout (one message to 10,000
+# connections on one loop, docs/benchmarks.md "Fan-out"), then the echo
+# comparison.
 #   scripts/bench.sh BUILD_DIR
 set -euo pipefail
 build=${1:?usage: bench.sh BUILD_DIR}

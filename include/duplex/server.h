@@ -26,6 +26,7 @@
 
 #include "duplex/duplex.h"
 #include "duplex/loop.h"
+#include "duplex/msg.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -278,9 +279,10 @@ DX_API int dx_conn_send(dx_conn *c, int opcode, const void *data, size_t len);
  * Callable from any callback, on any connection of the loop. */
 DX_API int dx_conn_close(dx_conn *c, unsigned code, const char *reason, size_t len);
 
-/* Bytes queued for sending (not yet accepted by the kernel). This and the
- * accessors below fire no callback; callable from any callback (inside
- * on_close included). */
+/* Bytes queued for sending, not yet accepted by the kernel: output gathered
+ * during this loop iteration (written before the loop sleeps) plus what the
+ * kernel refused. This and the accessors below fire no callback; callable
+ * from any callback (inside on_close included). */
 DX_API size_t dx_conn_buffered(const dx_conn *c);
 
 /* Writes the peer's address ("1.2.3.4:5678", "[::1]:5678" or "unix") into

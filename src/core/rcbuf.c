@@ -17,7 +17,7 @@ struct dx_rcbuf {
     uint8_t data[];
 };
 
-dx_rcbuf *dx_rcbuf_new(const dx_seams *seams, const void *src, size_t len)
+dx_rcbuf *dx_rcbuf_alloc(const dx_seams *seams, size_t len)
 {
     if (len > SIZE_MAX - sizeof(dx_rcbuf))
         return NULL;
@@ -27,6 +27,14 @@ dx_rcbuf *dx_rcbuf_new(const dx_seams *seams, const void *src, size_t len)
     atomic_init(&rb->refs, 1);
     rb->seams = seams;
     rb->len = len;
+    return rb;
+}
+
+dx_rcbuf *dx_rcbuf_new(const dx_seams *seams, const void *src, size_t len)
+{
+    dx_rcbuf *rb = dx_rcbuf_alloc(seams, len);
+    if (!rb)
+        return NULL;
     if (src && len)
         memcpy(rb->data, src, len);
     else if (len)

@@ -21,6 +21,11 @@ typedef struct dx_rcbuf dx_rcbuf;
  * 1. NULL when out of memory. */
 dx_rcbuf *dx_rcbuf_new(const dx_seams *seams, const void *src, size_t len);
 
+/* A buffer of `len` bytes left uninitialised, to be filled through
+ * dx_rcbuf_mut before sharing (no zeroing pass over a large payload).
+ * Reference count 1. NULL when out of memory. */
+dx_rcbuf *dx_rcbuf_alloc(const dx_seams *seams, size_t len);
+
 /* Takes one more reference; returns `rb`. */
 dx_rcbuf *dx_rcbuf_ref(dx_rcbuf *rb);
 

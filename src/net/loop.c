@@ -4,9 +4,11 @@
  * Layer: net. Owns time and I/O for one thread: epoll (level-triggered),
  * an eventfd for cross-thread posts (post.c) and stop, a timerfd ticking
  * the timer wheel every DX_TICK_MS, and an epoll_wait timeout set by the
- * public timers (timer.c). No knowledge of WebSocket.
+ * public timers (timer.c), and the hooks of the layers above, run before
+ * each sleep. No knowledge of WebSocket.
  *
- * One iteration: wait (0 when descriptors are marked ready, else until the
+ * One iteration: the layers' before-sleep hooks (ws flushes gathered
+ * writes); wait (0 when descriptors are marked ready, else until the
  * next public timer, else forever); dispatch the batch of events (posts
  * run from the eventfd's event); serve the ready list; fire expired public
  * timers; then, outside the batch, run deferred frees.
@@ -196,16 +198,30 @@ static void run_ready(dx_loop *loop)
     }
 }
 
-int dx__loop_mask_key(dx_loop *loop, uint8_t key[4])
+int dx__loop_attach(dx_loop *loop, const dx__loop_layer *layer)
 {
-    if (loop->key_pos + 4 > sizeof loop->keys) {
-        if (dx__random(loop->seams, loop->keys, sizeof loop->keys))
-            return DX_ERANDOM;
-        loop->key_pos = 0;
-    }
-    memcpy(key, loop->keys + loop->key_pos, 4);
-    loop->key_pos += 4;
+    if (dx__loop_ctx(loop, layer->key))
+        return DX_EINVAL;
+    if (loop->nlayers == DX_LOOP_LAYERS)
+        return DX_ELIMIT;
+    loop->layers[loop->nlayers++] = *layer;
     return 0;
+}
+
+/* The layers' hooks before the loop sleeps, as part of a batch (what they
+ * close is freed after them); deferred work they cause may produce more
+ * for them, so they run again until nothing is deferred. */
+static void before_sleep(dx_loop *loop)
+{
+    /* Dispatching: a hook may close connections (a failed write) or fire
+     * callbacks that send to others; what they defer runs in the next
+     * iteration, which does not sleep (dx_loop_run sees the deferred work),
+     * and what they gather is flushed by the next call of the hooks. */
+    loop->in_batch = true;
+    for (size_t i = 0; i < loop->nlayers; i++)
+        if (loop->layers[i].before_sleep)
+            loop->layers[i].before_sleep(loop, loop->layers[i].ctx);
+    loop->in_batch = false;
 }
 
 dx_loop *dx_loop_new(const dx_loop_options *opt, int *err)
@@ -219,7 +235,6 @@ dx_loop *dx_loop_new(const dx_loop_options *opt, int *err)
     loop->seams = seams;
     loop->log = opt ? opt->log : NULL;
     loop->epfd = loop->wakefd = loop->timerfd = -1;
-    loop->key_pos = sizeof loop->keys;
     for (size_t i = 0; i < DX_WHEEL_SLOTS; i++)
         dx_list_init(&loop->wheel[i]);
     dx_list_init(&loop->deferred);
@@ -229,11 +244,10 @@ dx_loop *dx_loop_new(const dx_loop_options *opt, int *err)
     atomic_init(&loop->stop, false);
     atomic_init(&loop->helpers, 0);
     loop->rbuf = dx__alloc(seams, DX_LOOP_RBUF);
-    loop->cork = dx__alloc(seams, DX_LOOP_CORK);
     loop->post_mu = dx__alloc(seams, sizeof(pthread_mutex_t));
     if (loop->post_mu)
         pthread_mutex_init(loop->post_mu, NULL); /* before any failure: free destroys it */
-    if (!loop->rbuf || !loop->cork || !loop->post_mu)
+    if (!loop->rbuf || !loop->post_mu)
         goto fail;
     if (dx__posts_init(loop, opt ? opt->post_max : 0))
         goto fail;
@@ -272,6 +286,11 @@ void dx_loop_free(dx_loop *loop)
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
+    while (loop->nlayers > 0) {
+        dx__loop_layer *l = &loop->layers[--loop->nlayers];
+        if (l->destroy)
+            l->destroy(loop, l->ctx);
+    }
     if (loop->epfd >= 0)
         close(loop->epfd);
     if (loop->wakefd >= 0)
@@ -288,7 +307,6 @@ void dx_loop_free(dx_loop *loop)
         dx__free(s, loop->post_mu);
     }
     dx__free(s, loop->rbuf);
-    dx__free(s, loop->cork);
     dx__free(s, loop);
 }
 
@@ -314,9 +332,10 @@ int dx_loop_run(dx_loop *loop)
     /* A stop requested before run (or during the last run) is honoured; the
      * flag is cleared on the way out so the loop can run again. */
     while (!atomic_load(&loop->stop)) {
+        before_sleep(loop);
         /* Work already waiting (ready input, or deferred work queued outside
-         * the loop, e.g. a failed send before dx_loop_run): do not sleep;
-         * else sleep until the next public timer. */
+         * the loop or by a before-sleep hook, e.g. a failed write): do not
+         * sleep; else sleep until the next public timer. */
         bool busy = !dx_list_empty(&loop->ready) || !dx_list_empty(&loop->deferred);
         int n = epoll_wait(loop->epfd, events, MAX_EVENTS, busy ? 0 : dx__timers_timeout(loop));
         if (n < 0) {
@@ -339,6 +358,7 @@ int dx_loop_run(dx_loop *loop)
         run_deferred(loop);
         loop->in_batch = false;
     }
+    before_sleep(loop); /* what was gathered in the last iteration goes out too */
     atomic_store(&loop->stop, false);
     /* Ready ios stay marked: their owners unmark them (dx__io_stop) when
      * they are freed before the loop runs again. */

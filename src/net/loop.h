@@ -18,6 +18,10 @@
  * not sleep). `in_batch` is true during all three: a callback is on the
  * stack.
  *
+ * Layers: an upper layer hangs a per-loop context on the loop
+ * (dx__loop_attach) with a destructor and an optional hook that runs before
+ * the loop sleeps; the loop knows nothing of what the context holds.
+ *
  * Timers: a wheel of DX_WHEEL_SLOTS slots, one tick every DX_TICK_MS. A
  * timer is an intrusive node (no allocation); starting, restarting and
  * stopping are O(1); a tick visits only its slot. Precision is one tick.
@@ -35,7 +39,7 @@
 #define DX_TICK_MS 250u
 #define DX_WHEEL_SLOTS 256u
 #define DX_LOOP_RBUF (256u * 1024u) /* the per-loop read buffer */
-#define DX_LOOP_CORK (64u * 1024u)  /* the per-loop write-coalescing buffer */
+#define DX_LOOP_LAYERS 4u           /* upper layers that may hang a context on a loop */
 
 typedef struct dx__io dx__io;
 typedef void (*dx__io_fn)(dx__io *io, uint32_t events);
@@ -61,6 +65,18 @@ typedef struct dx__post {
     void (*drop)(void *arg);
     void *arg;
 } dx__post;
+
+/* A layer above net (ws, later others) keeps its per-loop state here
+ * without the loop knowing what it is: `key` is the address of one of the
+ * layer's own statics; `before_sleep` (optional) runs each iteration just
+ * before the loop waits in epoll (e.g. to flush gathered writes); `destroy`
+ * (optional) runs at dx_loop_free. */
+typedef struct dx__loop_layer {
+    const void *key;
+    void *ctx;
+    void (*before_sleep)(dx_loop *loop, void *ctx);
+    void (*destroy)(dx_loop *loop, void *ctx);
+} dx__loop_layer;
 
 typedef struct dx__deferred {
     dx_list node;
@@ -102,19 +118,15 @@ struct dx_loop {
     struct dx_timer *tfiring; /* the timer whose callback runs; NULL once it is freed */
     dx_list tall;             /* every live dx_timer */
     dx_list wall;             /* every live dx_watch */
-    /* per-loop buffers: reads land in rbuf; writes made while a connection
-     * processes a read are coalesced in cork and flushed once */
+    /* the per-loop read buffer: every read lands here */
     uint8_t *rbuf;
-    uint8_t *cork;
-    size_t cork_len;
-    void *cork_owner;
+    /* contexts of the layers above (dx__loop_attach) */
+    dx__loop_layer layers[DX_LOOP_LAYERS];
+    size_t nlayers;
     /* descriptors with input buffered in user space (TLS records) that epoll
      * cannot see: served again after the batch, with a zero poll timeout.
      * Intrusive (dx__io.ready): leaving it is O(1) and needs no memory. */
     dx_list ready;
-    /* mask keys for client frames, refilled from the seams */
-    uint8_t keys[4096];  /* one getrandom per 1024 client frames */
-    size_t key_pos;
 };
 
 int dx__io_start(dx_loop *loop, dx__io *io, uint32_t events);
@@ -180,7 +192,17 @@ void dx__watches_free_all(dx_loop *loop);
 void dx__loop_helper_begin(dx_loop *loop);
 void dx__loop_helper_end(dx_loop *loop);
 
-/* A fresh 4-byte mask key from the loop's pool (refilled from the seams). */
-int dx__loop_mask_key(dx_loop *loop, uint8_t key[4]);
+/* Hangs a layer's context on the loop (copied). Returns 0, DX_EINVAL (key
+ * already attached) or DX_ELIMIT (DX_LOOP_LAYERS reached). */
+int dx__loop_attach(dx_loop *loop, const dx__loop_layer *layer);
+
+/* The context attached with `key`, or NULL. */
+static inline void *dx__loop_ctx(const dx_loop *loop, const void *key)
+{
+    for (size_t i = 0; i < loop->nlayers; i++)
+        if (loop->layers[i].key == key)
+            return loop->layers[i].ctx;
+    return NULL;
+}
 
 #endif

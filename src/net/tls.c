@@ -297,17 +297,19 @@ static ssize_t tls_write_once(dx__stream *s, const void *p, size_t len)
 
 static ssize_t tls_writev(dx__stream *s, const struct iovec *iov, int n)
 {
-    size_t total = 0;
-    for (int i = 0; i < n; i++)
-        total += iov[i].iov_len;
-    if (n > 1 && total <= COALESCE_MAX) {
+    /* Small leading pieces are coalesced into one record of up to 16 KiB.
+     * Always so, whatever follows them: a write that blocked is retried with
+     * at least as many bytes as it offered (OpenSSL refuses a shorter retry),
+     * and a queue only grows until it is written. */
+    if (n > 1 && iov[0].iov_len < COALESCE_MAX) {
         uint8_t tmp[COALESCE_MAX];
         size_t off = 0;
-        for (int i = 0; i < n; i++) {
-            memcpy(tmp + off, iov[i].iov_base, iov[i].iov_len);
-            off += iov[i].iov_len;
+        for (int i = 0; i < n && off < COALESCE_MAX; i++) {
+            size_t take = iov[i].iov_len < COALESCE_MAX - off ? iov[i].iov_len : COALESCE_MAX - off;
+            memcpy(tmp + off, iov[i].iov_base, take);
+            off += take;
         }
-        ssize_t w = tls_write_once(s, tmp, total);
+        ssize_t w = tls_write_once(s, tmp, off);
         return w == 0 ? DX_ECONNRESET : w;
     }
     size_t done = 0;

@@ -7,11 +7,15 @@
  * session straight from there; a connection owns memory only for a partial
  * head (HEAD), a partial message (the session's rx) or unsent bytes (wq).
  *
- * Writing: while the connection processes a read, frames it sends are
- * gathered in the loop's cork buffer and written with one call afterwards
- * (an echo of 16 pipelined messages is one write, not 16). Otherwise a frame
- * is written straight to the socket; whatever the kernel does not take is
- * queued in wq, bounded by send_max.
+ * Writing: frames sent during a loop iteration, from any callback, are
+ * gathered in the connection's queue (wq, ws.h): small private frames as
+ * copies in the loop's arena, shared frames (dx_msg) as references, never
+ * copied. Before the loop sleeps, each connection that got output is
+ * written with one writev (an echo of 16 pipelined messages, or 16
+ * broadcasts, is one write, not 16). A large private frame, or a queue
+ * past gather_max, is written at once. Whatever the kernel does not take
+ * waits for EPOLLOUT in memory the connection owns (or references),
+ * bounded by send_max; an idle connection holds no queue at all.
  *
  * Closing: a session that is CLOSED (handshake done) or FAILED (we sent our
  * error close) moves to DRAIN; once wq is empty we send FIN (LINGER) and
@@ -58,7 +62,6 @@ static dx_conn *conn_of(dx__session *s) { return (dx_conn *)(void *)s; }
 static const dx_log *LOG(const dx_conn *c) { return c->ep->loop->log; }
 
 static void conn_finish(dx_conn *c, const char *why);
-static void flush_queue(dx_conn *c);
 static void after_session(dx_conn *c);
 static void arm_heartbeat(dx_conn *c);
 static void on_io(dx__io *io, uint32_t events);
@@ -133,6 +136,11 @@ static void update_events(dx_conn *c)
         (void)dx__io_modify(c->ep->loop, &c->io, io_events(c));
 }
 
+#define DIRECT_MIN (8u * 1024u) /* a private frame this big is written from the caller's memory, not copied */
+#define TINY_COPY 48u           /* a shared frame this small is copied to a backlog (a segment costs 24 bytes) */
+#define IOV_BATCH 64            /* segments per writev */
+#define OWN_MIN 1024u           /* room left at the end of a backlog copy for the next ones */
+
 static void want_write(dx_conn *c, bool on)
 {
     if (c->state == CS_DEAD || !!(c->flags & CF_WANT_WRITE) == on)
@@ -144,176 +152,436 @@ static void want_write(dx_conn *c, bool on)
     update_events(c);
 }
 
-static int wq_append(dx_conn *c, const void *p, size_t len)
+/* Waiting for EPOLLOUT: the kernel refused bytes; new ones queue behind them. */
+static bool backlogged(const dx_conn *c) { return (c->flags & CF_WANT_WRITE) != 0; }
+
+/* Gathered bytes past which a queue is offered to the kernel at once rather
+ * than before sleep (so what waits unoffered stays small next to send_max). */
+static size_t gather_max(const dx_conn *c)
 {
-    if (len == 0)
-        return 0;
+    size_t m = c->ep->opt.send_max;
+    return m < DX_WS_CHUNK ? m : DX_WS_CHUNK;
+}
+
+static void seg_release(dx__wsl *w, const dx__seg *s)
+{
+    void *o = (void *)(s->ref & ~(uintptr_t)SEG_TAG);
+    if ((s->ref & SEG_TAG) == SEG_RC)
+        dx_rcbuf_unref(o);
+    else if ((s->ref & SEG_TAG) == SEG_OWN)
+        dx__free(w->seams, o);
+}
+
+/* Drops every segment (releasing what they hold) and block; leaves the
+ * loop's gathered list. */
+static void wq_release(dx_conn *c)
+{
     dx__wq *q = c->wq;
-    if (q && q->off && q->len + len > q->cap) {
-        memmove(q->data, q->data + q->off, q->len);
-        q->off = 0;
+    if (!q)
+        return;
+    dx__wsl *w = c->ep->wsl;
+    dx_list_remove(&q->pend);
+    while (q) {
+        for (unsigned i = q->first; i < (unsigned)q->first + q->n; i++)
+            seg_release(w, &q->seg[i]);
+        dx__wq *next = q->next;
+        dx__wsl_unblock(w, q);
+        q = next;
     }
-    if (!q || q->off + q->len + len > q->cap) {
-        size_t have = q ? q->len : 0;
-        size_t cap = q ? q->cap : 4096;
-        while (cap < have + len)
-            cap *= 2;
-        dx__wq *n = dx__realloc(c->ep->loop->seams, q, sizeof *n + cap);
-        if (!n)
-            return DX_ENOMEM;
+    c->wq = NULL;
+}
+
+/* Makes room for k (<= DX_WQ_SEGS) more segments at the tail. */
+static int wq_room(dx_conn *c, unsigned k)
+{
+    dx__wsl *w = c->ep->wsl;
+    if (!c->wq) {
+        dx__wq *q = dx__wsl_block(w);
         if (!q)
-            n->off = n->len = 0;
-        n->cap = cap;
-        c->wq = q = n;
+            return DX_ENOMEM;
+        q->tail = q;
+        q->conn = c;
+        c->wq = q;
     }
-    memcpy(q->data + q->off + q->len, p, len);
+    dx__wq *t = c->wq->tail;
+    if ((unsigned)t->first + t->n + k <= DX_WQ_SEGS)
+        return 0;
+    if (t->first && (unsigned)t->n + k <= DX_WQ_SEGS) {
+        memmove(t->seg, t->seg + t->first, t->n * sizeof *t->seg);
+        t->first = 0;
+        return 0;
+    }
+    dx__wq *nb = dx__wsl_block(w);
+    if (!nb)
+        return DX_ENOMEM;
+    t->next = nb;
+    c->wq->tail = nb;
+    return 0;
+}
+
+/* Appends a segment (room was made). Arena bytes that follow the last
+ * segment extend it: an echo of many messages is one iovec. */
+static void wq_push(dx_conn *c, const uint8_t *p, size_t len, uintptr_t ref)
+{
+    dx__wq *q = c->wq, *t = q->tail;
     q->len += len;
+    if (t->n && ref == SEG_ARENA) {
+        dx__seg *last = &t->seg[t->first + t->n - 1];
+        if (last->ref == SEG_ARENA && last->p + last->len == p) {
+            last->len += len;
+            return;
+        }
+    }
+    t->seg[t->first + t->n] = (dx__seg){.p = p, .len = len, .ref = ref};
+    t->n++;
+}
+
+/* The queue got bytes to write before the loop sleeps. */
+static void wq_gathered(dx_conn *c)
+{
+    if (!dx_list_linked(&c->wq->pend))
+        dx_list_push_back(&c->ep->wsl->pend, &c->wq->pend);
+}
+
+/* Drops `done` written bytes from the front. */
+static void wq_consume(dx_conn *c, size_t done)
+{
+    dx__wq *q = c->wq;
+    dx__wsl *w = c->ep->wsl;
+    q->len -= done;
+    while (done && q->n) {
+        dx__seg *s = &q->seg[q->first];
+        if (done < s->len) {
+            s->p += done;
+            s->len -= done;
+            return;
+        }
+        done -= s->len;
+        seg_release(w, s);
+        q->first++;
+        q->n--;
+        if (q->n == 0 && q->next) {
+            /* The head block keeps the queue's fields: pull the next one in. */
+            dx__wq *nb = q->next;
+            memcpy(q->seg, nb->seg + nb->first, nb->n * sizeof *q->seg);
+            q->first = 0;
+            q->n = nb->n;
+            q->next = nb->next;
+            if (q->tail == nb)
+                q->tail = q;
+            dx__wsl_unblock(w, nb);
+        }
+    }
+}
+
+/* `len` writable bytes at the end of the queue, in the connection's own
+ * memory (the backlog): the last own buffer grows in place when it can. */
+static uint8_t *own_reserve(dx_conn *c, size_t len)
+{
+    if (wq_room(c, 1))
+        return NULL;
+    dx__wq *t = c->wq->tail;
+    if (t->n) {
+        dx__seg *last = &t->seg[t->first + t->n - 1];
+        if ((last->ref & SEG_TAG) == SEG_OWN) {
+            dx__own *o = (dx__own *)(last->ref & ~(uintptr_t)SEG_TAG);
+            if (last->p + last->len == o->data + o->used && o->cap - o->used >= len) {
+                uint8_t *d = o->data + o->used;
+                o->used += len;
+                last->len += len;
+                c->wq->len += len;
+                c->ep->wsl->copied += len;
+                return d;
+            }
+        }
+    }
+    size_t cap = len < OWN_MIN ? OWN_MIN : len;
+    if (cap > SIZE_MAX - sizeof(dx__own))
+        return NULL;
+    dx__own *o = dx__alloc(c->ep->wsl->seams, sizeof *o + cap);
+    if (!o)
+        return NULL;
+    o->cap = cap;
+    o->used = len;
+    wq_push(c, o->data, len, (uintptr_t)o | SEG_OWN);
+    c->ep->wsl->copied += len;
+    return o->data;
+}
+
+/* Connections whose queue holds only the room made by a failed call give
+ * the block back (an idle connection holds no buffers). */
+static void wq_trim(dx_conn *c)
+{
+    if (c->wq && c->wq->len == 0)
+        wq_release(c);
+}
+
+/* Offers the queue to the kernel, IOV_BATCH segments per writev, until it
+ * is empty or the kernel refuses. 0, or DX_ECLOSED when the
+ * write failed (the connection was aborted and its queue released). */
+static int wq_write(dx_conn *c)
+{
+    dx__wsl *w = c->ep->wsl;
+    while (c->wq && c->wq->len) {
+        struct iovec iov[IOV_BATCH];
+        int n = 0;
+        for (const dx__wq *b = c->wq; b && n < IOV_BATCH; b = b->next)
+            for (unsigned i = b->first; i < (unsigned)b->first + b->n && n < IOV_BATCH; i++)
+                iov[n++] = (struct iovec){(void *)(uintptr_t)b->seg[i].p, b->seg[i].len};
+        w->writes++;
+        ssize_t r = c->st.t->writev(&c->st, iov, n);
+        if (r < 0 && r != DX_EAGAIN) {
+            /* The peer is gone; the read side will notice and report 1006. */
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed");
+            return DX_ECLOSED;
+        }
+        if (r <= 0)
+            return 0; /* full: EPOLLOUT will say when to go on */
+        c->bytes_out += (size_t)r;
+        c->ep->st.bytes_out += (size_t)r;
+        wq_consume(c, (size_t)r);
+        /* A short write may be a transport's unit (one TLS record), not a
+         * full socket: go on until the kernel refuses. */
+    }
+    return 0;
+}
+
+/* After a write: an empty queue goes back to the pool (and a draining
+ * connection sends FIN); what is left waits for EPOLLOUT, moved out of the
+ * arena and the caller's memory into the connection's own. `from_loop`:
+ * called by the loop (not inside an application call), so on_drain may fire. */
+static int wq_done(dx_conn *c, bool from_loop)
+{
+    if (c->state == CS_DEAD)
+        return DX_ECLOSED;
+    dx__wq *q = c->wq;
+    if (!q || q->len == 0) {
+        wq_release(c);
+        /* A drain owed to a call made outside the loop keeps EPOLLOUT: on_io
+         * reports it from the loop, never from inside that call. */
+        want_write(c, !from_loop && c->state == CS_OPEN && (c->flags & CF_DRAIN_ARMED));
+        if (c->state == CS_DRAIN) {
+            c->st.t->shutdown(&c->st);
+            c->state = CS_LINGER;
+            return 0;
+        }
+        if (from_loop && (c->flags & CF_DRAIN_ARMED) && c->state == CS_OPEN) {
+            c->flags &= (uint16_t)~CF_DRAIN_ARMED;
+            if (c->ep->opt.cb.on_drain)
+                c->ep->opt.cb.on_drain(c, c->ep->opt.ud);
+        }
+        return 0;
+    }
+    dx_list_remove(&q->pend);
+    for (dx__wq *b = q; b; b = b->next)
+        for (unsigned i = b->first; i < (unsigned)b->first + b->n; i++) {
+            dx__seg *s = &b->seg[i];
+            unsigned tag = s->ref & SEG_TAG;
+            if (tag != SEG_ARENA && tag != SEG_BORROW)
+                continue;
+            bool last = b == q->tail && i + 1 == (unsigned)b->first + b->n;
+            size_t cap = last && s->len < OWN_MIN ? OWN_MIN : s->len;
+            dx__own *o = dx__alloc(c->ep->wsl->seams, sizeof *o + cap);
+            if (!o) {
+                dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory for the send queue");
+                return DX_ENOMEM;
+            }
+            o->cap = cap;
+            o->used = s->len;
+            memcpy(o->data, s->p, s->len);
+            c->ep->wsl->copied += s->len;
+            s->p = o->data;
+            s->ref = (uintptr_t)o | SEG_OWN;
+        }
     if (q->len > c->ep->opt.send_high_water)
         c->flags |= CF_DRAIN_ARMED;
     want_write(c, true);
     return 0;
 }
 
-/* Writes iov now; queues what the kernel did not take. */
-static int write_now(dx_conn *c, struct iovec *iov, int n)
+/* Writes what is queued now (inside a call: no callback but an abort's). */
+static int flush_now(dx_conn *c)
 {
-    size_t total = 0;
-    for (int i = 0; i < n; i++)
-        total += iov[i].iov_len;
-    ssize_t w = c->st.t->writev(&c->st, iov, n);
-    if (w < 0 && w != DX_EAGAIN) {
-        /* The peer is gone; the read side will notice and report 1006. */
-        dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed");
-        return DX_ECLOSED;
-    }
-    size_t done = w > 0 ? (size_t)w : 0;
-    c->bytes_out += done;
-    c->ep->st.bytes_out += done;
-    if (done == total)
-        return 0;
-    for (int i = 0; i < n; i++) {
-        if (done >= iov[i].iov_len) {
-            done -= iov[i].iov_len;
-            continue;
+    int rc = wq_write(c);
+    return rc ? rc : wq_done(c, false);
+}
+
+void dx__conn_flush(dx_conn *c)
+{
+    if (wq_write(c) == 0)
+        (void)wq_done(c, true);
+}
+
+/* Appended to a backlog: note when it passes the high-water mark. */
+static void backlog_grew(dx_conn *c)
+{
+    if (WQ_LEN(c) > c->ep->opt.send_high_water)
+        c->flags |= CF_DRAIN_ARMED;
+}
+
+/* A client frame too large for the arena: masked a scratch-full at a time
+ * and written, so it costs no allocation while the kernel takes it; what
+ * the kernel refuses (the rest of the piece and of the payload, masked)
+ * goes to the backlog. Nothing is queued before it here. */
+static int write_masked(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t *data, size_t len,
+                        const uint8_t *key)
+{
+    dx__wsl *w = c->ep->wsl;
+    uint8_t *sc = w->scratch;
+    size_t off = 0;
+    bool first = true;
+    while (first || off < len) {
+        size_t n = 0;
+        if (first) {
+            memcpy(sc, hdr, hl);
+            n = hl;
         }
-        int rc = wq_append(c, (const uint8_t *)iov[i].iov_base + done, iov[i].iov_len - done);
-        if (rc)
-            return rc;
-        done = 0;
+        size_t take = len - off < DX_WS_SCRATCH - n ? len - off : DX_WS_SCRATCH - n;
+        dx__mask_copy(sc + n, data + off, take, key, off & 3);
+        n += take;
+        off += take;
+        first = false;
+        size_t done = 0;
+        while (done < n) { /* a short write may be one TLS record: go on until refused */
+            struct iovec iov = {sc + done, n - done};
+            w->writes++;
+            ssize_t r = c->st.t->writev(&c->st, &iov, 1);
+            if (r < 0 && r != DX_EAGAIN) {
+                dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed");
+                return DX_ECLOSED;
+            }
+            if (r <= 0)
+                break;
+            done += (size_t)r;
+            c->bytes_out += (size_t)r;
+            c->ep->st.bytes_out += (size_t)r;
+        }
+        if (done < n) {
+            uint8_t *d = own_reserve(c, (n - done) + (len - off));
+            if (!d) {
+                dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory for the send queue");
+                return DX_ENOMEM;
+            }
+            memcpy(d, sc + done, n - done);
+            dx__mask_copy(d + (n - done), data + off, len - off, key, off & 3);
+            return wq_done(c, false);
+        }
     }
     return 0;
 }
 
-static int flush_cork(dx_conn *c)
+/* Queues a frame of private bytes (the caller's memory, borrowed for this
+ * call): header `hdr` (hl may be 0) and payload, masked with `key` when
+ * given. Small ones are copied into the loop's arena and written before
+ * the loop sleeps; large ones are written at once from the caller's memory
+ * (with what was gathered before them) and only what the kernel refuses is
+ * copied; behind a backlog, they are copied to it. */
+static int put_private(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t *data, size_t len,
+                       const uint8_t *key)
 {
-    dx_loop *loop = c->ep->loop;
-    if (loop->cork_owner != c || loop->cork_len == 0)
+    size_t total = hl + len;
+    if (total == 0)
         return 0;
-    struct iovec iov = {loop->cork, loop->cork_len};
-    loop->cork_len = 0;
-    if (WQ_LEN(c))
-        return wq_append(c, iov.iov_base, iov.iov_len);
-    return write_now(c, &iov, 1);
+    if (backlogged(c)) {
+        uint8_t *d = own_reserve(c, total);
+        if (!d) {
+            wq_trim(c);
+            return DX_ENOMEM;
+        }
+        if (hl)
+            memcpy(d, hdr, hl);
+        if (key)
+            dx__mask_copy(d + hl, data, len, key, 0);
+        else if (len)
+            memcpy(d + hl, data, len);
+        backlog_grew(c);
+        return 0;
+    }
+    if (len < DIRECT_MIN) {
+        uint8_t *d = wq_room(c, 1) ? NULL : dx__wsl_arena(c->ep->wsl, total);
+        if (!d) {
+            wq_trim(c);
+            return DX_ENOMEM;
+        }
+        if (hl)
+            memcpy(d, hdr, hl);
+        if (key)
+            dx__mask_copy(d + hl, data, len, key, 0);
+        else if (len)
+            memcpy(d + hl, data, len);
+        wq_push(c, d, total, SEG_ARENA);
+        c->ep->wsl->copied += total;
+        wq_gathered(c);
+        return c->wq->len >= gather_max(c) ? flush_now(c) : 0;
+    }
+    if (key) {
+        if (WQ_LEN(c)) {
+            int rc = flush_now(c); /* what came before goes first */
+            if (rc)
+                return rc;
+            if (backlogged(c))
+                return put_private(c, hdr, hl, data, len, key);
+        }
+        return write_masked(c, hdr, hl, data, len, key);
+    }
+    if (wq_room(c, 2)) {
+        wq_trim(c);
+        return DX_ENOMEM;
+    }
+    if (hl)
+        wq_push(c, hdr, hl, SEG_BORROW);
+    wq_push(c, data, len, SEG_BORROW);
+    return flush_now(c);
+}
+
+/* Queues a reference to a shared, encoded frame (a dx_msg): no copy. */
+static int put_shared(dx_conn *c, dx_rcbuf *frame)
+{
+    const uint8_t *p = dx_rcbuf_data(frame);
+    size_t len = dx_rcbuf_len(frame);
+    if (backlogged(c) && len <= TINY_COPY)
+        return put_private(c, NULL, 0, p, len, NULL);
+    if (wq_room(c, 1))
+        return DX_ENOMEM;
+    wq_push(c, p, len, (uintptr_t)dx_rcbuf_ref(frame) | SEG_RC);
+    if (backlogged(c)) {
+        backlog_grew(c);
+        return 0;
+    }
+    wq_gathered(c);
+    return c->wq->len >= gather_max(c) ? flush_now(c) : 0;
 }
 
 int dx__conn_write(dx_conn *c, const void *data, size_t len)
 {
     if (c->state == CS_DEAD)
         return DX_ECLOSED;
-    int rc = flush_cork(c);
-    if (rc)
-        return rc;
-    if (WQ_LEN(c))
-        return wq_append(c, data, len);
-    struct iovec iov = {(void *)(uintptr_t)data, len};
-    return write_now(c, &iov, 1);
+    return put_private(c, NULL, 0, data, len, NULL);
 }
 
-/* Session output: one frame. Server frames are unmasked. */
-/* Appends a frame to wq, masking the payload there in the client role. */
-static int queue_frame(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t *data, size_t len, const uint8_t *key)
+/* One frame out. Server frames go out unmasked, `frame` (when given: the
+ * whole frame, encoded once) by reference; client frames are masked with a
+ * fresh key from the loop's pool (RFC 6455 §5.3), so they are copied. */
+static int put_frame(dx_conn *c, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len,
+                     dx_rcbuf *frame)
 {
-    int rc = wq_append(c, hdr, hl);
-    if (rc || len == 0)
-        return rc;
-    if (!key)
-        return wq_append(c, data, len);
-    size_t at = c->wq->off + c->wq->len;
-    rc = wq_append(c, data, len);
-    if (rc == 0)
-        dx__mask(c->wq->data + at, len, key, 0);
-    return rc;
-}
-
-/* A client frame larger than the cork: masked into the cork a piece at a
- * time and written, so a big message costs no allocation while the kernel
- * takes it; what it refuses (the rest of the piece and of the payload,
- * masked) goes to wq. The cork is free or ours and empty here. */
-static int write_masked(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t *data, size_t len,
-                        const uint8_t *key)
-{
-    dx_loop *loop = c->ep->loop;
-    void *owner = loop->cork_owner;
-    size_t off = 0;
-    bool first = true;
-    while (first || off < len) {
-        size_t n = 0;
-        if (first) {
-            memcpy(loop->cork, hdr, hl);
-            n = hl;
-        }
-        size_t take = len - off < DX_LOOP_CORK - n ? len - off : DX_LOOP_CORK - n;
-        dx__mask_copy(loop->cork + n, data + off, take, key, off & 3);
-        n += take;
-        off += take;
-        first = false;
-        struct iovec iov = {loop->cork, n};
-        ssize_t w = c->st.t->writev(&c->st, &iov, 1);
-        if (w < 0 && w != DX_EAGAIN) {
-            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed");
-            return DX_ECLOSED;
-        }
-        size_t done = w > 0 ? (size_t)w : 0;
-        c->bytes_out += done;
-        c->ep->st.bytes_out += done;
-        if (done < n) {
-            int rc = wq_append(c, loop->cork + done, n - done);
-            if (rc == 0 && off < len) {
-                size_t at = c->wq->off + c->wq->len;
-                rc = wq_append(c, data + off, len - off);
-                if (rc == 0)
-                    dx__mask(c->wq->data + at, len - off, key, off & 3);
-            }
-            loop->cork_owner = owner;
-            loop->cork_len = 0;
-            return rc;
-        }
-    }
-    loop->cork_owner = owner;
-    loop->cork_len = 0;
-    return 0;
-}
-
-/* Session output: one frame. Server frames go out unmasked; client frames
- * are masked with a fresh key from the loop's pool (RFC 6455 §5.3). */
-static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len)
-{
-    dx_conn *c = conn_of(s);
     dx__ep *ep = c->ep;
-    dx_loop *loop = ep->loop;
     if (c->state == CS_DEAD)
         return DX_ECLOSED;
     bool masked = ep->scfg.role == DX_ROLE_CLIENT;
     uint8_t key[4];
-    if (masked && dx__loop_mask_key(loop, key))
+    if (masked && dx__wsl_mask_key(ep->wsl, key))
         return DX_ERANDOM;
     uint8_t hdr[DX_FRAME_HEADER_MAX];
-    size_t hl = dx__frame_header_write(hdr, opcode, fin, 0, len, masked ? key : NULL);
+    bool shared = frame && !masked; /* the header was encoded once, with the frame */
+    size_t hl = shared ? dx_rcbuf_len(frame) - len
+                       : dx__frame_header_write(hdr, opcode, fin, 0, len, masked ? key : NULL);
     size_t total = hl + len;
-    /* The cap applies to what waits in the queue: a frame larger than
-     * send_max still goes out when nothing is queued, so the queue holds at
-     * most send_max plus one frame. */
-    if ((kind == DX__PUT_DATA || kind == DX__PUT_PONG) && WQ_LEN(c) && WQ_LEN(c) + total > ep->opt.send_max) {
+    /* The cap applies to what waits in the queue because the kernel refused
+     * it: a frame larger than send_max still goes out when nothing waits,
+     * so the queue holds at most send_max plus one frame. */
+    if ((kind == DX__PUT_DATA || kind == DX__PUT_PONG) && backlogged(c) && WQ_LEN(c) &&
+        WQ_LEN(c) + total > ep->opt.send_max) {
         if (kind == DX__PUT_PONG) {
             ep->st.pongs_dropped++;
             return DX_ELIMIT;
@@ -323,7 +591,7 @@ static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const u
         dx__log(LOG(c), DX_LOG_WARN,
                 "conn=%llu slow consumer: %zu bytes queued, send_max %zu; closing with 1008",
                 (unsigned long long)c->id, WQ_LEN(c), ep->opt.send_max);
-        dx__session_fail(s, DX_EPOLICY, DX_CLOSE_POLICY, "send queue full");
+        dx__session_fail(&c->s, DX_EPOLICY, DX_CLOSE_POLICY, "send queue full");
         return DX_ELIMIT;
     }
     if (kind == DX__PUT_DATA) {
@@ -334,67 +602,15 @@ static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const u
         ep->opt.cb.on_frame(c, '>', opcode, fin, 0, len, masked, data, len < 16 ? len : 16, ep->opt.ud);
     if (c->state == CS_DEAD)
         return DX_ECLOSED; /* the trace freed its endpoint: the transport is closed */
-    if (WQ_LEN(c))
-        return queue_frame(c, hdr, hl, data, len, masked ? key : NULL);
-    /* The cork: while this connection processes a read (or, for a masked
-     * frame, whenever the cork is free: masking needs a copy anyway). */
-    bool corked = loop->cork_owner == c;
-    if (corked) {
-        if (loop->cork_len + total <= DX_LOOP_CORK) {
-            memcpy(loop->cork + loop->cork_len, hdr, hl);
-            if (len && masked)
-                dx__mask_copy(loop->cork + loop->cork_len + hl, data, len, key, 0);
-            else if (len)
-                memcpy(loop->cork + loop->cork_len + hl, data, len);
-            loop->cork_len += total;
-            return 0;
-        }
-        int rc = flush_cork(c);
-        if (rc)
-            return rc;
-    }
-    if (WQ_LEN(c))
-        return queue_frame(c, hdr, hl, data, len, masked ? key : NULL);
-    if (masked && (loop->cork_owner == NULL || loop->cork_owner == c))
-        return write_masked(c, hdr, hl, data, len, key);
-    if (masked) {
-        int rc = queue_frame(c, hdr, hl, data, len, key);
-        if (rc == 0)
-            flush_queue(c);
-        return rc;
-    }
-    struct iovec iov[2] = {{hdr, hl}, {(void *)(uintptr_t)data, len}};
-    return write_now(c, iov, len ? 2 : 1);
+    if (shared)
+        return put_shared(c, frame);
+    return put_private(c, hdr, hl, data, len, masked ? key : NULL);
 }
 
-static void flush_queue(dx_conn *c)
+/* Session output: one frame. */
+static int conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len)
 {
-    dx__wq *q = c->wq;
-    while (q && q->len) {
-        struct iovec iov = {q->data + q->off, q->len};
-        ssize_t w = c->st.t->writev(&c->st, &iov, 1);
-        if (w == DX_EAGAIN)
-            return;
-        if (w <= 0) {
-            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed");
-            return;
-        }
-        c->bytes_out += (size_t)w;
-        c->ep->st.bytes_out += (size_t)w;
-        q->off += (size_t)w;
-        q->len -= (size_t)w;
-    }
-    /* Empty: give the memory back (an idle connection holds no buffers). */
-    dx__free(c->ep->loop->seams, q);
-    c->wq = NULL;
-    /* A drain still to report keeps EPOLLOUT: on_io reports it from the
-     * loop, never from inside a send (flush_queue runs there too). */
-    want_write(c, c->state == CS_OPEN && (c->flags & CF_DRAIN_ARMED));
-    if (c->state == CS_DRAIN) {
-        c->st.t->shutdown(&c->st);
-        c->state = CS_LINGER;
-        return;
-    }
+    return put_frame(conn_of(s), kind, opcode, fin, data, len, NULL);
 }
 
 /* ---- session events -------------------------------------------------------- */
@@ -477,7 +693,7 @@ void dx__ws_session_cfg(dx__ep *ep, int role)
  *    the application made. It fires no callback. It decides the close code,
  *    sets CS_DEAD, stops the session (so the rest of a read is not
  *    delivered), takes the connection out of every list (epoll, ready,
- *    timer wheel, cork, ep->conns), closes the socket and queues `dfree`.
+ *    timer wheel, the gathered-output list, ep->conns), closes the socket and queues `dfree`.
  * 2. conn_closed, from the loop's deferred list once the callback stack has
  *    unwound: on_close (once, if on_open fired and the owner is not being
  *    freed), the client's follow-up (reconnect, on_error, on_done), then
@@ -494,7 +710,6 @@ static void conn_release(dx_loop *loop, dx_conn *c)
     const dx_seams *seams = loop->seams;
     if (c->s.cfg)
         dx__session_deinit(&c->s); /* a trailing partial message's buffer too */
-    dx__free(seams, c->wq);
     dx__free(seams, c->head);
     dx__free(seams, c->protocol);
     dx__free(seams, c);
@@ -532,11 +747,8 @@ static void conn_mark(dx_conn *c, const char *why, bool silent)
     else if (c->s.state == DX_CODEC_FAILED && c->s.close_sent)
         code = c->s.close_sent;
     c->code = (uint16_t)code;
-    if (loop->cork_owner == c) {
-        loop->cork_owner = NULL;
-        loop->cork_len = 0;
-    }
     dx__conn_hooks_release(c);
+    wq_release(c); /* leaves the loop's gathered list at once */
     c->state = CS_DEAD;
     /* A session_recv on the stack stops at its next frame: the rest of the
      * read is discarded (nothing is delivered after the connection died). */
@@ -616,8 +828,8 @@ void dx__conn_finish_after_flush(dx_conn *c)
         update_events(c);
     }
     dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.close_timeout_ms);
-    if (c->ep->loop->cork_owner != c && WQ_LEN(c) == 0)
-        flush_queue(c); /* nothing queued: FIN now */
+    if (WQ_LEN(c) == 0)
+        (void)wq_done(c, false); /* nothing queued: FIN now */
 }
 
 /* Called after every session call: move on when the session ended. */
@@ -972,16 +1184,10 @@ static void process(dx_conn *c, uint8_t *p, size_t n)
     }
     if (c->state == CS_OPEN) {
         c->last_rx_tick = (uint32_t)loop->tick;
-        loop->cork_owner = c;
-        loop->cork_len = 0;
         size_t used = n;
-        (void)dx__session_recv_ex(&c->s, p, n, &used);
+        (void)dx__session_recv_ex(&c->s, p, n, &used); /* replies are gathered, written before sleep */
         if (used < n && c->state == CS_OPEN && (c->flags & CF_PAUSED))
             stash_keep(c, p + used, n - used); /* paused by a handler: the rest waits */
-        if (loop->cork_owner == c) {
-            (void)flush_cork(c);
-            loop->cork_owner = NULL;
-        }
         after_session(c);
     }
     /* DRAIN, LINGER: input is discarded (§5.5.1: nothing after a close). */
@@ -1088,17 +1294,11 @@ static void on_io(dx__io *io, uint32_t events)
         if (c->state != CS_HEAD)
             return;
     }
-    if (events & EPOLLOUT) {
-        if (WQ_LEN(c))
-            flush_queue(c);
-        /* on_drain fires here, from the loop, never from inside a send. */
-        if (c->state == CS_OPEN && !WQ_LEN(c) && (c->flags & CF_DRAIN_ARMED)) {
-            c->flags &= (uint16_t)~CF_DRAIN_ARMED;
-            want_write(c, false);
-            if (c->ep->opt.cb.on_drain)
-                c->ep->opt.cb.on_drain(c, c->ep->opt.ud);
-        }
-    }
+    /* Writable: flush what waits; an emptied queue reports on_drain here,
+     * from the loop, never from inside a send (the queue keeps EPOLLOUT on
+     * while a drain is owed). */
+    if (events & EPOLLOUT)
+        dx__conn_flush(c);
     if (c->state == CS_DEAD)
         return;
     if (c->flags & (CF_DEFERRED | CF_OPEN_PENDING)) {
@@ -1137,6 +1337,8 @@ dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state,
                        unsigned timeout_ms)
 {
     dx_loop *loop = ep->loop;
+    if (!ep->wsl && (ep->wsl = dx__wsl_get(loop)) == NULL)
+        return NULL;
     /* One allocation: the connection, then its user memory (if any). */
     size_t ext = ep->srv ? ep->opt.conn_ext_size : 0;
     size_t size = ext ? DX__CONN_EXT_OFF + ext : sizeof(dx_conn);
@@ -1251,6 +1453,23 @@ void dx__conn_hooks_release(dx_conn *c)
         dx__server_conn_gone(c);
 }
 
+int dx_conn_send_msg(dx_conn *c, dx_msg *m)
+{
+    if (!c || !m)
+        return DX_EINVAL;
+    if (c->state != CS_OPEN || c->s.state != DX_CODEC_OPEN)
+        return DX_ECLOSED;
+    if (c->s.tx_opcode)
+        return DX_ESTATE; /* a fragmented message is open: no message may cut into it */
+    unsigned opcode;
+    size_t hl;
+    dx_rcbuf *frame = dx__msg_frame(m, &opcode, &hl);
+    size_t len = dx_rcbuf_len(frame) - hl;
+    int rc = put_frame(c, DX__PUT_DATA, opcode, true, dx_rcbuf_data(frame) + hl, len, frame);
+    after_session(c);
+    return rc;
+}
+
 int dx_conn_close(dx_conn *c, unsigned code, const char *reason, size_t len)
 {
     if (c->state != CS_OPEN)
@@ -1266,10 +1485,7 @@ int dx_conn_close(dx_conn *c, unsigned code, const char *reason, size_t len)
 
 size_t dx_conn_buffered(const dx_conn *c)
 {
-    size_t n = WQ_LEN(c);
-    if (c->ep->loop->cork_owner == c)
-        n += c->ep->loop->cork_len;
-    return n;
+    return WQ_LEN(c);
 }
 
 const char *dx_conn_protocol(const dx_conn *c) { return c->protocol; }

@@ -9,6 +9,7 @@
 #ifndef DX_WS_WS_H
 #define DX_WS_WS_H
 
+#include "core/rcbuf.h"
 #include "duplex/server.h"
 #include "net/loop.h"
 #include "net/transport.h"
@@ -65,13 +66,77 @@ typedef struct dx__ep {
      * memory silently, then `dfree` (queued after them) frees the owner. */
     bool freeing;
     dx__deferred dfree;
+    struct dx__wsl *wsl;     /* the loop's ws context (set by the first connection) */
 } dx__ep;
 
-/* Unsent bytes (off..off+len), allocated only while the kernel refuses. */
-typedef struct dx__wq {
-    size_t off, len, cap;
+/* ---- the send queue -------------------------------------------------------
+ *
+ * A connection's unsent bytes are a list of segments, each a pointer into
+ * memory that something keeps alive, never a private copy of a shared
+ * frame. What keeps a segment's bytes alive is in the low bits of `ref`:
+ *  SEG_RC     a dx_rcbuf (a dx_msg, or a large private frame): one reference;
+ *  SEG_ARENA  the loop's gather arena (ws_loop.c): valid until the loop's
+ *             before-sleep flush, which writes or moves every such segment;
+ *  SEG_OWN    a dx__own buffer of this connection (bytes the kernel refused):
+ *             freed with the segment;
+ *  SEG_BORROW the caller's memory, only inside one call: written at once or
+ *             moved to SEG_OWN before the call returns.
+ * Segments live in fixed-size blocks from the loop's pool, so queueing costs
+ * no allocation once the pool is warm, and an idle connection holds none.
+ */
+enum { SEG_RC = 0, SEG_ARENA = 1, SEG_OWN = 2, SEG_BORROW = 3, SEG_TAG = 3 };
+
+typedef struct dx__seg {
+    const uint8_t *p; /* next unsent byte */
+    size_t len;       /* unsent bytes */
+    uintptr_t ref;    /* owner pointer | SEG_* tag */
+} dx__seg;
+
+/* A copy the kernel refused, owned by one segment. */
+typedef struct dx__own {
+    size_t cap, used;
     uint8_t data[];
-} dx__wq;
+} dx__own;
+
+#define DX_WQ_SEGS 19 /* a block is 512 bytes on LP64 */
+
+typedef struct dx__wq dx__wq;
+struct dx__wq {
+    dx__wq *next;     /* the queue's next block (in the pool: the next free one) */
+    /* head block only */
+    dx__wq *tail;     /* the last block */
+    struct dx_conn *conn;
+    dx_list pend;     /* in the loop's gathered list (wsl->pend) while linked */
+    size_t len;       /* bytes queued in every block */
+    /* every block */
+    uint16_t first, n; /* live segments: seg[first .. first + n) */
+    dx__seg seg[DX_WQ_SEGS];
+};
+
+/* The ws layer's per-loop context (ws_loop.c), hung on the loop with
+ * dx__loop_attach: what its connections share on one thread. */
+typedef struct dx__chunk dx__chunk;
+typedef struct dx__wsl {
+    dx_loop *loop;
+    const dx_seams *seams;
+    dx_list pend;          /* head blocks of queues gathered this iteration */
+    dx__chunk *chunks;     /* the gather arena: chunks in use order */
+    dx__chunk *cur;        /* the chunk being filled */
+    size_t nchunks;
+    size_t arena_used;     /* chunks used in this pass */
+    size_t arena_peak, arena_keep; /* most used in a pass: this period, the last one */
+    uint64_t arena_since;  /* loop ms when this period began */
+    dx__wq *free;          /* pooled queue blocks */
+    size_t nfree, inuse, peak;
+    uint8_t *scratch;      /* DX_WS_SCRATCH bytes: masking large client frames */
+    uint64_t writes;       /* transport writes made for this loop's connections */
+    uint64_t copied;       /* bytes copied into the arena or a backlog (not references) */
+    size_t key_pos;
+    uint8_t keys[4096];    /* mask keys: one getrandom per 1024 client frames */
+} dx__wsl;
+
+#define DX_WS_CHUNK (64u * 1024u)   /* one arena chunk */
+#define DX_WS_SCRATCH (64u * 1024u) /* the masking scratch buffer */
 
 /* A request head being read during CS_HEAD; once open, the peer's close
  * reason if its close frame had one. Allocated only then. */
@@ -81,6 +146,18 @@ typedef struct dx__head {
 } dx__head;
 
 #define WQ_LEN(c) ((c)->wq ? (c)->wq->len : 0u)
+
+/* ws_loop.c */
+/* The loop's ws context, created (and attached) on first use. NULL: DX_ENOMEM. */
+dx__wsl *dx__wsl_get(dx_loop *loop);
+/* `len` (<= DX_WS_CHUNK) bytes of the gather arena, valid until the next
+ * flush before sleep. NULL: DX_ENOMEM. */
+uint8_t *dx__wsl_arena(dx__wsl *w, size_t len);
+/* A queue block from the pool (fields zeroed), NULL: DX_ENOMEM; back to it. */
+dx__wq *dx__wsl_block(dx__wsl *w);
+void dx__wsl_unblock(dx__wsl *w, dx__wq *b);
+/* A fresh 4-byte mask key from the pool (refilled from the seams). */
+int dx__wsl_mask_key(dx__wsl *w, uint8_t key[4]);
 
 struct dx_conn {
     dx__session s; /* first: session handlers find the connection */
@@ -144,8 +221,11 @@ dx_conn *dx__conn_new(dx_server *srv, int fd, const struct sockaddr *sa, socklen
  * loop's deferred list once the callback stack has unwound. Never fires a
  * callback itself, so it is safe anywhere (write paths included). */
 void dx__conn_abort(dx_conn *c, unsigned code, const char *why);
-/* Queues bytes in order after whatever is queued; writes at once if nothing is. */
+/* Queues a copy of bytes in order after whatever is queued (gathered and
+ * written before the loop sleeps; a large one is written at once). */
 int dx__conn_write(dx_conn *c, const void *data, size_t len);
+/* Writes what `c` gathered (ws_loop.c's flush before sleep). */
+void dx__conn_flush(dx_conn *c);
 /* Flushes, then FIN, then waits for EOF (bounded by close_timeout_ms). */
 void dx__conn_finish_after_flush(dx_conn *c);
 /* The owner of `ep` is being freed: sets ep->freeing, drops every live
@@ -159,6 +239,10 @@ void dx__conn_opened(dx_conn *c);
 void dx__conn_drive_tls(dx_conn *c);
 /* Sets/clears EPOLLOUT interest. */
 void dx__conn_want_write(dx_conn *c, bool on);
+
+/* msg.c: the frame a dx_msg holds (header then payload), its opcode and
+ * header length. */
+dx_rcbuf *dx__msg_frame(const dx_msg *m, unsigned *opcode, size_t *hl);
 
 /* server.c: fills zero options with their defaults. */
 void dx__options_defaults(dx_server_options *o);

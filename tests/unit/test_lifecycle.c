@@ -1019,9 +1019,12 @@ static void test_client_queue_flush_fails_before_open(void **state)
     rst(g_fake.fd);
     pump(&f, cl_reported);
     pump_ticks(&f, 1);
-    assert_int_equal(f.cl_opens, 0);
-    assert_int_equal(f.cl_closes, 0); /* never an on_close without on_open */
-    assert_int_equal(f.cl_errors, 1);
+    /* Output is gathered and written before the loop sleeps, so the queued
+     * message's write may fail after on_open (then on_close follows) or,
+     * when the reset is read first, before it (a failed attempt, on_error).
+     * Either way: never an on_close without on_open, one report, one done. */
+    assert_int_equal(f.cl_closes, f.cl_opens);
+    assert_int_equal(f.cl_opens + f.cl_errors, 1);
     assert_int_equal(f.cl_dones, 1);
     close(g_fake.lfd);
     teardown(&f);

@@ -930,44 +930,85 @@ static void test_later_waits_for_the_loop(void **state)
     dx_loop_free(loop);
 }
 
-/* ---- mask keys ------------------------------------------------------------------ */
+/* ---- layers: per-loop contexts and the before-sleep hook ---------------------- */
 
-static int failing_random(void *ud, void *buf, size_t len)
+typedef struct layer_fx {
+    dx_loop *loop;
+    int sleeps;       /* before_sleep calls */
+    int destroyed;
+    int posted_ran;   /* the post ran before the hook that follows it */
+    int order_ok;
+    dx__deferred d;
+    int deferred_ran;
+} layer_fx;
+
+static const char layer_key_a, layer_key_b;
+
+static void layer_deferred(dx_loop *loop, dx__deferred *d)
 {
-    (void)ud;
-    (void)buf;
-    (void)len;
-    return DX_ERANDOM;
+    (void)loop;
+    layer_fx *f = dx_list_entry(d, layer_fx, d);
+    f->deferred_ran++;
 }
 
-static void test_mask_keys(void **state)
+static void layer_sleep(dx_loop *loop, void *ctx)
+{
+    layer_fx *f = ctx;
+    f->sleeps++;
+    if (f->posted_ran && f->sleeps >= 2) {
+        /* work deferred by a hook runs before the loop sleeps, then the
+         * hook runs again (it may have produced more for the hook) */
+        if (f->deferred_ran == 0 && !dx_list_linked(&f->d.node)) {
+            f->d.fn = layer_deferred;
+            dx__loop_defer(loop, &f->d);
+            f->order_ok = loop->in_batch; /* hooks run as part of a batch */
+        } else if (f->deferred_ran) {
+            dx_loop_stop(loop);
+        }
+    }
+}
+
+static void layer_destroy(dx_loop *loop, void *ctx)
+{
+    (void)loop;
+    ((layer_fx *)ctx)->destroyed++;
+}
+
+static void layer_post(void *arg) { ((layer_fx *)arg)->posted_ran = 1; }
+
+static void test_layers(void **state)
 {
     (void)state;
-    dx_test_seams ts, ref;
+    dx_test_seams ts;
     dx_test_seams_init(&ts);
-    dx_test_seams_init(&ref);
     dx_loop_options o = {.seams = &ts.seams, .log = &quiet_log};
-    dx_loop *loop = dx_loop_new(&o, NULL);
-    assert_non_null(loop);
-    /* the keys are the seam's bytes, in order, refilled as needed */
-    uint8_t want[1024];
-    ref.seams.random(&ref, want, sizeof want);
-    for (size_t i = 0; i < sizeof want / 4; i++) {
-        uint8_t key[4];
-        assert_int_equal(dx__loop_mask_key(loop, key), 0);
-        assert_memory_equal(key, want + 4 * i, 4);
+    layer_fx f = {0};
+    dx_list_init(&f.d.node);
+    f.loop = dx_loop_new(&o, NULL);
+    assert_non_null(f.loop);
+    assert_null(dx__loop_ctx(f.loop, &layer_key_a));
+    dx__loop_layer l = {.key = &layer_key_a, .ctx = &f, .before_sleep = layer_sleep, .destroy = layer_destroy};
+    assert_int_equal(dx__loop_attach(f.loop, &l), 0);
+    assert_ptr_equal(dx__loop_ctx(f.loop, &layer_key_a), &f);
+    assert_null(dx__loop_ctx(f.loop, &layer_key_b));
+    assert_int_equal(dx__loop_attach(f.loop, &l), DX_EINVAL); /* the same key twice */
+    /* a bounded number of layers */
+    static const char more[DX_LOOP_LAYERS];
+    for (size_t i = 1; i < DX_LOOP_LAYERS; i++) {
+        dx__loop_layer x = {.key = &more[i]};
+        assert_int_equal(dx__loop_attach(f.loop, &x), 0);
     }
-    dx_loop_free(loop);
+    dx__loop_layer x = {.key = &layer_key_b};
+    assert_int_equal(dx__loop_attach(f.loop, &x), DX_ELIMIT);
 
-    dx_seams bad = ts.seams;
-    bad.random = failing_random;
-    o.seams = &bad;
-    dx_test_seams_init(&ts);
-    loop = dx_loop_new(&o, NULL);
-    assert_non_null(loop);
-    uint8_t key[4];
-    assert_int_equal(dx__loop_mask_key(loop, key), DX_ERANDOM);
-    dx_loop_free(loop);
+    assert_int_equal(dx_loop_post(f.loop, layer_post, &f), 0);
+    assert_int_equal(dx_loop_run(f.loop), 0);
+    assert_true(f.sleeps >= 3);
+    assert_int_equal(f.deferred_ran, 1);
+    assert_true(f.order_ok);
+    assert_int_equal(f.destroyed, 0);
+    dx_loop_free(f.loop);
+    assert_int_equal(f.destroyed, 1); /* the destructor runs once, at free */
     assert_int_equal(ts.live, 0);
 }
 
@@ -1859,7 +1900,7 @@ int main(void)
         cmocka_unit_test(test_defer_runs_after_batch),
         cmocka_unit_test(test_ready_entry_leaves_on_stop),
         cmocka_unit_test(test_later_waits_for_the_loop),
-        cmocka_unit_test(test_mask_keys),
+        cmocka_unit_test(test_layers),
         cmocka_unit_test_setup_teardown(test_timer_rounding_and_exact_tick, tfx_setup, tfx_teardown),
         cmocka_unit_test_setup_teardown(test_timer_catch_up_and_clock, tfx_setup, tfx_teardown),
         cmocka_unit_test_setup_teardown(test_timer_stop_and_restart, tfx_setup, tfx_teardown),

@@ -251,7 +251,7 @@ static void cb_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
             if (done.rc == 0 && dx_conn_close(c, 1000, NULL, 0) != DX_ECLOSED)
                 done.rc = -12345;
         } else if (len == 9 && memcmp(data, "cmd:flood", 9) == 0) {
-            /* queue more than the high-water mark (+ the cork's 64 KiB) */
+            /* queue more than the high-water mark (+ up to 64 KiB gathered before a write) */
             done.n = flood(c, 16384, 16384 + 70000, 100000, &done.rc);
             done.code = (unsigned)dx_conn_buffered(c);
         } else if (len == 8 && memcmp(data, "cmd:slow", 8) == 0) {
