@@ -45,11 +45,12 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
     }
     size_t n = (size_t)snprintf(line, 32, "%" PRIu64 ": ", dx_conn_id(c));
     memcpy(line + n, data, len);
-    /* BROADCAST: a plain loop, one copy per member. */
-    for (size_t i = 0; i < MAX_MEMBERS; i++)
+    /* BROADCAST: encoded once, one reference per member (no copy). */
+    dx_msg *m = dx_msg_new(DX_OP_TEXT, line, n + len, NULL);
+    for (size_t i = 0; m && i < MAX_MEMBERS; i++)
         if (members[i])
-            dx_conn_send(members[i], DX_OP_TEXT, line, n + len);
-    /* END BROADCAST */
+            dx_conn_send_msg(members[i], m);
+    dx_msg_unref(m);
     free(line);
 }
 

@@ -91,10 +91,12 @@ typedef struct dx_client_stats {
     uint64_t messages_in, messages_out, bytes_in, bytes_out;
 } dx_client_stats;
 
-/* A client on `loop` (not connected yet). NULL on failure with *err:
+/* A client on `loop` (not connected yet; the size rule of option structs
+ * is in duplex/loop.h). NULL on failure with *err:
  * DX_EINVAL (bad URL or option: the URL must be ws:// or wss:// with a
  * host), DX_ETLS (CA file unusable), DX_ENOMEM. Fires no callback. */
-DX_API dx_client *dx_client_new(dx_loop *loop, const dx_client_options *opt, int *err);
+DX_API dx_client *dx_client_new_sized(dx_loop *loop, const dx_client_options *opt, size_t opt_size, int *err);
+#define dx_client_new(loop, opt, err) dx_client_new_sized((loop), (opt), sizeof(dx_client_options), (err))
 
 /* Starts connecting (asynchronously: the attempt starts from the loop, DNS
  * runs off the loop's thread). Returns 0 or DX_ESTATE (already connecting

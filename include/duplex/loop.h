@@ -22,6 +22,16 @@ extern "C" {
 
 typedef struct dx_loop dx_loop;
 
+/* Option structs grow only at their end (new callbacks too are appended
+ * as fields of the options, never inside the nested callbacks struct). The
+ * dx_*_new macros pass the size the caller was compiled against: a binary
+ * built with an older header keeps working with a newer library (the
+ * fields it does not know are zero: their defaults), and one built with a
+ * newer header is refused with DX_EINVAL by an older library only if it
+ * sets a field that library does not know. Code that cannot use the macros
+ * (bindings through an FFI) calls the _sized function with sizeof the
+ * struct it fills. */
+
 /* Loop settings. Zero means the default named in brackets. */
 typedef struct dx_loop_options {
     const dx_seams *seams; /* NULL: default; must outlive the loop */
@@ -32,7 +42,8 @@ typedef struct dx_loop_options {
 /* A new loop (epoll, eventfd wake-up, timers); `opt` is copied (NULL: all
  * defaults). NULL on failure with *err (if not NULL) set: DX_ENOMEM,
  * DX_EIO (epoll/eventfd/timerfd refused). Any thread may create a loop. */
-DX_API dx_loop *dx_loop_new(const dx_loop_options *opt, int *err);
+DX_API dx_loop *dx_loop_new_sized(const dx_loop_options *opt, size_t opt_size, int *err);
+#define dx_loop_new(opt, err) dx_loop_new_sized((opt), sizeof(dx_loop_options), (err))
 
 /* Runs until dx_loop_stop. Returns 0, or DX_EIO if epoll_wait fails for a
  * reason other than EINTR. Blocks SIGPIPE on the calling thread, so a write

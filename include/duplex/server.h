@@ -223,11 +223,13 @@ typedef struct dx_server_stats {
     uint64_t upgrade_timeouts;  /* of those, dropped at handshake_timeout_ms before an answer */
 } dx_server_stats;
 
-/* A server on `loop`, copying `opt` (strings included). It listens at
+/* A server on `loop`, copying `opt` (strings included; the size rule of
+ * option structs is in duplex/loop.h). It listens at
  * dx_server_start. NULL on failure with *err: DX_EINVAL (bad option),
  * DX_ETLS (certificate or key unusable), DX_ENOMEM. Fires no callback;
  * callable from a callback. */
-DX_API dx_server *dx_server_new(dx_loop *loop, const dx_server_options *opt, int *err);
+DX_API dx_server *dx_server_new_sized(dx_loop *loop, const dx_server_options *opt, size_t opt_size, int *err);
+#define dx_server_new(loop, opt, err) dx_server_new_sized((loop), (opt), sizeof(dx_server_options), (err))
 
 /* Binds and listens. Returns 0, DX_EADDR (cannot resolve or bind; errno is
  * kept), DX_EIO. Fires no callback; callable from a callback. */

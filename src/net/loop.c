@@ -25,6 +25,7 @@
 #include "net/loop.h"
 
 #include "core/log.h"
+#include "core/opts.h"
 #include "core/seams.h"
 
 #include <errno.h>
@@ -224,7 +225,20 @@ static void before_sleep(dx_loop *loop)
     loop->in_batch = false;
 }
 
-dx_loop *dx_loop_new(const dx_loop_options *opt, int *err)
+static dx_loop *loop_new(const dx_loop_options *opt, int *err);
+
+dx_loop *dx_loop_new_sized(const dx_loop_options *user, size_t size, int *err)
+{
+    dx_loop_options opt;
+    if (dx__opts_copy(&opt, sizeof opt, user, size)) {
+        if (err)
+            *err = DX_EINVAL;
+        return NULL;
+    }
+    return loop_new(&opt, err);
+}
+
+static dx_loop *loop_new(const dx_loop_options *opt, int *err)
 {
     const dx_seams *seams = opt ? opt->seams : NULL;
     int e = DX_ENOMEM;

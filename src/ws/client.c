@@ -26,6 +26,7 @@
 #include "duplex/client.h"
 
 #include "core/log.h"
+#include "core/opts.h"
 #include "core/seams.h"
 #include "proto/handshake.h"
 #include "proto/url.h"
@@ -154,7 +155,20 @@ static int copy_strings(dx_client *cl, const dx_client_options *o)
     return 0;
 }
 
-dx_client *dx_client_new(dx_loop *loop, const dx_client_options *o, int *err)
+static dx_client *client_new(dx_loop *loop, const dx_client_options *o, int *err);
+
+dx_client *dx_client_new_sized(dx_loop *loop, const dx_client_options *user, size_t size, int *err)
+{
+    dx_client_options opt;
+    if (!user || dx__opts_copy(&opt, sizeof opt, user, size)) {
+        if (err)
+            *err = DX_EINVAL;
+        return NULL;
+    }
+    return client_new(loop, &opt, err);
+}
+
+static dx_client *client_new(dx_loop *loop, const dx_client_options *o, int *err)
 {
     int e = DX_EINVAL;
     dx_client *cl = NULL;

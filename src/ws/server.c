@@ -27,6 +27,7 @@
 #include "ws/ws.h"
 
 #include "core/log.h"
+#include "core/opts.h"
 #include "core/seams.h"
 #include "net/sock.h"
 
@@ -91,7 +92,20 @@ void dx__options_defaults(dx_server_options *o)
         o->max_handshaking = 1024;
 }
 
-dx_server *dx_server_new(dx_loop *loop, const dx_server_options *opt, int *err)
+static dx_server *server_new(dx_loop *loop, const dx_server_options *opt, int *err);
+
+dx_server *dx_server_new_sized(dx_loop *loop, const dx_server_options *user, size_t size, int *err)
+{
+    dx_server_options opt;
+    if (!user || dx__opts_copy(&opt, sizeof opt, user, size)) {
+        if (err)
+            *err = DX_EINVAL;
+        return NULL;
+    }
+    return server_new(loop, &opt, err);
+}
+
+static dx_server *server_new(dx_loop *loop, const dx_server_options *opt, int *err)
 {
     const dx_seams *seams = loop->seams;
     int e = DX_ENOMEM;

@@ -1195,7 +1195,7 @@ static void cross_send(void *p)
     dx_msg_unref(a->m); /* the queues hold their own */
 }
 
-static void test_shared_by_two_loops(void **state)
+static void test_shared_by_two_loop_threads(void **state)
 {
     (void)state;
     enum { TIMES = 200, SZ = 1000 };
@@ -1533,9 +1533,10 @@ int main(void)
         cmocka_unit_test(test_tls_many_segments_retried),
         cmocka_unit_test(test_every_allocation_fails_once),
         cmocka_unit_test(test_random_fanout_churn),
-        cmocka_unit_test(test_shared_by_two_loops),
+        cmocka_unit_test(test_shared_by_two_loop_threads),
         cmocka_unit_test(test_no_allocation_per_delivery),
         cmocka_unit_test(test_client_side_masks_a_copy),
     };
+    dx_test_filter_from_env(); /* the TSan stage runs only the cross-thread cases */
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
