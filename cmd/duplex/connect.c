@@ -39,6 +39,7 @@
 #define MAX_LIST 64                 /* -H and --subprotocol entries */
 #define CHUNK (64u * 1024u)         /* stdin read size; one binary message per read */
 #define HIGH_WATER (64u * 1024u)    /* send_high_water given to the library */
+#define ECHO_MAX_MESSAGE (16u << 20) /* --echo's default --max-message (Autobahn's 9.x cases reach 16 MiB) */
 
 /* Exit statuses (documented in --help and docs/connect.md). */
 enum { ST_OK = 0, ST_FAIL = 1, ST_USAGE = 2, ST_REFUSED = 3 };
@@ -635,7 +636,8 @@ static void usage(FILE *f)
             "  -0, --null               NUL instead of newline separates messages both ways [newline]\n"
             "  -n, --no-input           do not read stdin; print until the peer closes [off]\n"
             "  -e, --echo               send every received message back with its opcode, print\n"
-            "                           nothing (client conformance); implies --no-input [off]\n"
+            "                           nothing (client conformance); implies --no-input and\n"
+            "                           --max-message 16MiB unless given [off]\n"
             "      --show-frames        trace every frame both ways on stderr: direction (> sent,\n"
             "                           < received), opcode, fin, rsv bits, length, masked, first\n"
             "                           16 payload bytes in hex and as text [off]\n"
@@ -650,7 +652,7 @@ static void usage(FILE *f)
             "      --ping-interval T    heartbeat ping period, 'off' to disable [30s]\n"
             "      --pong-timeout T     drop the connection when a ping gets no pong [10s]\n"
             "      --close-timeout T    wait for the peer's close frame [5s]\n"
-            "      --max-message BYTES  larger incoming messages: close 1009 [1MiB]\n"
+            "      --max-message BYTES  larger incoming messages: close 1009 [1MiB; 16MiB with --echo]\n"
             "      --reconnect          reconnect after a close or a failed attempt, with a random\n"
             "                           delay up to min(cap, base * 2^(attempt-1)) [off]\n"
             "      --backoff-base T     first delay bound [500ms]\n"
@@ -713,6 +715,7 @@ static int parse_args(app *a, int argc, char **argv, const char **url)
     dx_client_options *o = &a->copt;
     unsigned long v;
     int ch;
+    bool max_message_set = false;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "b0neH:s:o:kl:h", longopts, NULL)) != -1) {
         const char *name = cli_option_name(longopts, ch);
@@ -782,6 +785,7 @@ static int parse_args(app *a, int argc, char **argv, const char **url)
         case O_MAXMSG:
             if (cli_parse_size(optarg, &o->max_message) || !o->max_message)
                 return bad(name, optarg);
+            max_message_set = true;
             break;
         case O_RECONNECT:
             o->reconnect = 1;
@@ -814,6 +818,8 @@ static int parse_args(app *a, int argc, char **argv, const char **url)
             return ST_USAGE;
         }
     }
+    if (a->echo && !max_message_set)
+        o->max_message = ECHO_MAX_MESSAGE; /* accept what `duplex serve --max-message 16MiB` accepts */
     if (a->listen) {
         if (optind < argc) {
             fprintf(stderr, "connect: --listen takes no URL (got '%s')\n", argv[optind]);

@@ -62,7 +62,8 @@ typedef struct dx_client_options {
 
     unsigned connect_timeout_ms;    /* [10000] DNS + TCP + proxy + TLS + handshake */
     size_t max_message;             /* [1 MiB] larger incoming messages: close 1009 */
-    size_t max_fragments;           /* [1024] */
+    size_t max_fragments;           /* [1024] frames of any size per message; more only while they
+                                       average 64 bytes (DX_CODEC_FRAGMENT_COST rule) → close 1008 */
     size_t max_head;                /* [8192] response head */
     size_t send_high_water;         /* [64 KiB] */
     size_t send_max;                /* [1 MiB] unsent bytes before the connection is closed 1008 */
