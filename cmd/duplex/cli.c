@@ -1,11 +1,17 @@
-/* cmd/duplex/cli.c: argument parsing helpers (see cli.h). */
+/* cmd/duplex/cli.c: argument parsing and log-line helpers (see cli.h). */
+#define _GNU_SOURCE
 #include "cli.h"
+#include "duplex/duplex.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
+#include <unistd.h>
 
 int cli_parse_uint(const char *s, unsigned long min, unsigned long max, unsigned long *out)
 {
@@ -93,4 +99,79 @@ const char *cli_option_name(const struct option *opts, int val)
         if (o->val == val)
             return o->name;
     return "option";
+}
+
+/* ---- log lines ----------------------------------------------------------- */
+
+static const char *level_name(int level)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    return level >= 0 && level < 4 ? names[level] : "debug";
+}
+
+int cli_parse_log_format(const char *s)
+{
+    if (!strcmp(s, "text"))
+        return CLI_LOG_TEXT;
+    if (!strcmp(s, "json"))
+        return CLI_LOG_JSON;
+    return -1;
+}
+
+void cli_log_sink(void *ud, int level, const char *line, size_t len)
+{
+    const int *format = ud;
+    char out[8192];
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    char stamp[64];
+    snprintf(stamp, sizeof stamp, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000L);
+    size_t n;
+    if (!format || *format != CLI_LOG_JSON) {
+        int k = snprintf(out, sizeof out, "%s %-5s %.*s\n", stamp, level_name(level), (int)len, line);
+        if (k < 0)
+            return;
+        n = (size_t)k < sizeof out ? (size_t)k : sizeof out - 1;
+        if (n == sizeof out - 1)
+            out[n - 1] = '\n';
+    } else {
+        /* One JSON object per line; the message escaped per RFC 8259 §7. */
+        int k = snprintf(out, sizeof out, "{\"time\":\"%s\",\"level\":\"%s\",\"msg\":\"", stamp, level_name(level));
+        if (k < 0)
+            return;
+        n = (size_t)k;
+        for (size_t i = 0; i < len && n < sizeof out - 16; i++) {
+            unsigned char ch = (unsigned char)line[i];
+            if (ch == '"' || ch == '\\') {
+                out[n++] = '\\';
+                out[n++] = (char)ch;
+            } else if (ch < 0x20 || ch == 0x7f) {
+                n += (size_t)snprintf(out + n, sizeof out - n, "\\u%04x", ch);
+            } else {
+                out[n++] = (char)ch;
+            }
+        }
+        memcpy(out + n, "\"}\n", 3);
+        n += 3;
+    }
+    ssize_t w = write(STDERR_FILENO, out, n); /* one write per line: threads do not interleave */
+    (void)w;
+}
+
+void cli_logf(const dx_log *log, int level, const char *fmt, ...)
+{
+    if (log && level > log->level)
+        return;
+    char line[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
+    cli_log_sink(log ? log->ud : NULL, level, line, len);
 }

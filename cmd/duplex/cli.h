@@ -21,6 +21,19 @@ int cli_parse_log_level(const char *s);
 /* The long name of the option whose getopt value is `val` ("option" if none). */
 const char *cli_option_name(const struct option *opts, int val);
 
+/* Log lines: every line of a subcommand (its own and the library's, through
+ * dx_log.sink = cli_log_sink, dx_log.ud = a pointer to the int format) goes to
+ * stderr in one format: "2026-11-30T16:00:58.607Z info  msg" (CLI_LOG_TEXT,
+ * the library's default format) or one JSON object per line,
+ * {"time":"...","level":"info","msg":"..."} (CLI_LOG_JSON). */
+enum { CLI_LOG_TEXT = 0, CLI_LOG_JSON = 1 };
+/* "text" or "json" → CLI_LOG_*; -1 for anything else. */
+int cli_parse_log_format(const char *s);
+void cli_log_sink(void *ud, int level, const char *line, size_t len);
+/* Formats one line and writes it through `log` (its level filters it). */
+struct dx_log;
+void cli_logf(const struct dx_log *log, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 int cmd_serve(int argc, char **argv);
 int cmd_connect(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
