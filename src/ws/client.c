@@ -75,6 +75,7 @@ struct dx_client {
     bool socks;            /* the proxy speaks SOCKS5, not HTTP CONNECT */
     uint8_t socks_stage;   /* 1: method answer awaited; 2: CONNECT answer awaited */
     char location[1024];   /* Location of the last 3xx answer, or "" */
+    int unix_errno;        /* a Unix-socket connect that failed at once, reported from the timer */
     dx__tls_ctx *tls;
     int state;
     dx_conn *conn;
@@ -480,7 +481,16 @@ static void on_dns_timeout(dx__timer *t)
     attempt_failed(cl, DX_ETIMEDOUT, "DNS lookup timed out");
 }
 
-/* unix_path: no lookup, one address. */
+static void on_unix_failed(dx__timer *t)
+{
+    dx_client *cl = dx_list_entry(t, dx_client, timer);
+    char what[640];
+    snprintf(what, sizeof what, "connect to unix:%s: %s", cl->opt.unix_path, strerror(cl->unix_errno));
+    attempt_failed(cl, DX_EADDR, what);
+}
+
+/* unix_path: no lookup, one address. A connect that fails at once (no such
+ * socket, refused) is reported from the loop, not inside the call. */
 static void connect_unix(dx_client *cl)
 {
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
@@ -493,10 +503,12 @@ static void connect_unix(dx_client *cl)
     memcpy(sun.sun_path, cl->opt.unix_path, strlen(cl->opt.unix_path) + 1);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0 || (connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0 && errno != EINPROGRESS && errno != EAGAIN)) {
-        snprintf(what, sizeof what, "connect to unix:%s: %s", cl->opt.unix_path, strerror(errno));
+        cl->unix_errno = errno;
         if (fd >= 0)
             close(fd);
-        attempt_failed(cl, DX_EADDR, what);
+        cl->state = CL_RESOLVING; /* as for a lookup: the timer answers */
+        cl->timer.cb = on_unix_failed;
+        dx__timer_start(cl->ep.loop, &cl->timer, 1);
         return;
     }
     dx_conn *c = dx__conn_open(&cl->ep, fd, (struct sockaddr *)&sun, CS_CONNECT, EPOLLOUT | EPOLLIN | EPOLLRDHUP,

@@ -970,7 +970,26 @@ static void test_bad_options(void **state)
     assert_int_equal(f->c_new_err, DX_EINVAL);
 
     default_client(f, "ws://127.0.0.1:9/");
-    f->copt.proxy = "socks5://127.0.0.1:1080";
+    f->copt.proxy = "socks4://127.0.0.1:1080"; /* socks5:// and http:// only */
+    run(f, L_client_start, NULL);
+    assert_null(f->cl);
+    assert_int_equal(f->c_new_err, DX_EINVAL);
+
+    default_client(f, "ws://127.0.0.1:9/");
+    f->copt.proxy = "socks5://127.0.0.1:99999";
+    run(f, L_client_start, NULL);
+    assert_null(f->cl);
+    assert_int_equal(f->c_new_err, DX_EINVAL);
+
+    default_client(f, "wss://127.0.0.1:9/");
+    f->copt.cert_file = "/nonexistent/client.pem"; /* without key_file */
+    run(f, L_client_start, NULL);
+    assert_null(f->cl);
+    assert_int_equal(f->c_new_err, DX_EINVAL);
+
+    default_client(f, "ws://127.0.0.1:9/");
+    f->copt.unix_path = "/tmp/x.sock";
+    f->copt.proxy = "http://127.0.0.1:3128";
     run(f, L_client_start, NULL);
     assert_null(f->cl);
     assert_int_equal(f->c_new_err, DX_EINVAL);
@@ -983,6 +1002,15 @@ static void test_bad_options(void **state)
 
     default_client(f, "wss://127.0.0.1:9/");
     f->copt.ca_file = "/nonexistent/ca.pem";
+    run(f, L_client_start, NULL);
+    assert_null(f->cl);
+    assert_int_equal(f->c_new_err, DX_ETLS);
+
+    /* an unreadable client certificate is DX_ETLS at creation */
+    default_client(f, "wss://127.0.0.1:9/");
+    f->copt.insecure = 1;
+    f->copt.cert_file = "/nonexistent/client.pem";
+    f->copt.key_file = "/nonexistent/client.key";
     run(f, L_client_start, NULL);
     assert_null(f->cl);
     assert_int_equal(f->c_new_err, DX_ETLS);
