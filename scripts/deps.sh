@@ -12,7 +12,7 @@ set -euo pipefail
 packages=(
   # build
   build-essential cmake pkg-config
-  libssl-dev zlib1g-dev
+  libssl-dev zlib1g-dev libedit-dev
   # tests: unit tests, sanitizers and fuzzers (clang + its runtime libraries)
   libcmocka-dev clang libclang-rt-14-dev llvm openssl
   # tests: real peers (Node ws, Python websockets, headless Chromium), fault tests

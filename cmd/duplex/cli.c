@@ -175,3 +175,60 @@ void cli_logf(const dx_log *log, int level, const char *fmt, ...)
     size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
     cli_log_sink(log ? log->ud : NULL, level, line, len);
 }
+
+/* ---- output helpers ------------------------------------------------------ */
+
+/* Interactive: text with the terminal's control characters shown escaped
+ * (C0 and DEL as \n, \t, \r, \e or \xNN; C1 U+0080-U+009F as \u0080), so a
+ * message cannot move the cursor, change colours or retitle the terminal.
+ * A backslash is doubled so the output stays unambiguous. The text is valid
+ * UTF-8 (the library checked it). */
+void cli_put_escaped(FILE *f, const uint8_t *p, size_t n)
+{
+    size_t run = 0; /* start of the bytes not written yet */
+    for (size_t i = 0; i < n; i++) {
+        const char *esc = NULL;
+        char buf[8];
+        size_t skip = 1;
+        uint8_t ch = p[i];
+        if (ch < 0x20 || ch == 0x7f) {
+            switch (ch) {
+            case '\n': esc = "\\n"; break;
+            case '\r': esc = "\\r"; break;
+            case '\t': esc = "\\t"; break;
+            case 0x1b: esc = "\\e"; break;
+            default:
+                snprintf(buf, sizeof buf, "\\x%02x", ch);
+                esc = buf;
+            }
+        } else if (ch == 0xc2 && i + 1 < n && p[i + 1] >= 0x80 && p[i + 1] <= 0x9f) {
+            snprintf(buf, sizeof buf, "\\u%04x", p[i + 1]);
+            esc = buf;
+            skip = 2;
+        } else if (ch == '\\') {
+            esc = "\\\\";
+        }
+        if (!esc)
+            continue;
+        fwrite(p + run, 1, i - run, f);
+        fputs(esc, f);
+        i += skip - 1;
+        run = i + 1;
+    }
+    fwrite(p + run, 1, n - run, f);
+}
+
+void cli_base64(const uint8_t *in, size_t n, char *out)
+{
+    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0) | (i + 2 < n ? in[i + 2] : 0);
+        out[o++] = t[v >> 18 & 63];
+        out[o++] = t[v >> 12 & 63];
+        out[o++] = i + 1 < n ? t[v >> 6 & 63] : '=';
+        out[o++] = i + 2 < n ? t[v & 63] : '=';
+    }
+    out[o] = 0;
+}
+

@@ -6,6 +6,7 @@
 #define DX_CMD_CLI_H
 
 #include <getopt.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,6 +34,12 @@ void cli_log_sink(void *ud, int level, const char *line, size_t len);
 /* Formats one line and writes it through `log` (its level filters it). */
 struct dx_log;
 void cli_logf(const struct dx_log *log, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Writes UTF-8 text with terminal control characters escaped (\n \r \t \e
+ * \xNN for C0 and DEL, \u0080-\u009f for C1, a backslash doubled). */
+void cli_put_escaped(FILE *f, const uint8_t *p, size_t n);
+/* Standard base64 with padding; `out` holds 4 * ceil(n / 3) + 1 bytes. */
+void cli_base64(const uint8_t *in, size_t n, char *out);
 
 int cmd_serve(int argc, char **argv);
 int cmd_connect(int argc, char **argv);

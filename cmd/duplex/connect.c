@@ -27,6 +27,7 @@
 #define _GNU_SOURCE
 #include "cli.h"
 #include "duplex/client.h"
+#include "lineedit.h"
 #include "duplex/server.h"
 
 #include <ctype.h>
@@ -106,7 +107,13 @@ typedef struct app {
     unsigned long received; /* messages received (for --max-messages) */
     unsigned long line_no;
 
+    /* loop thread: output nesting while the line editor runs */
+    unsigned term_depth;
+
     /* the helper thread */
+    char *h_line;       /* a typed line (with libedit) not yet handed over */
+    size_t h_line_off, h_line_len;
+    bool h_eof;         /* Ctrl-D in the line editor, not yet handed over */
     pthread_t helper;
     bool helper_started;
     bool read_stdin;    /* the helper reads stdin */
@@ -118,6 +125,20 @@ typedef struct app {
 
 static volatile sig_atomic_t g_sigints;
 static int g_ctl_fd = -1; /* the control pipe's write end, for the handler */
+
+/* Loop thread, interactive: around terminal output, so it does not land in
+ * the line being typed (lineedit.h). Nests: callbacks may print inside. */
+static void term_begin(app *a)
+{
+    if (a->interactive && a->term_depth++ == 0)
+        le_output_begin();
+}
+
+static void term_end(app *a)
+{
+    if (a->interactive && --a->term_depth == 0)
+        le_output_end();
+}
 
 static app g_app; /* large buffer: static, set up once by cmd_connect */
 
@@ -188,9 +209,11 @@ static void note(const app *a, const char *fmt, ...)
         return;
     va_list ap;
     va_start(ap, fmt);
+    term_begin((app *)a);
     fputs("* ", stderr);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
+    term_end((app *)a);
     va_end(ap);
 }
 
@@ -217,8 +240,10 @@ static void ctl_write(app *a, char cmd)
 static void on_sigint(int sig)
 {
     (void)sig;
-    if (g_sigints++ > 0)
+    if (g_sigints++ > 0) {
+        le_restore_terminal();
         _exit(130);
+    }
     if (g_ctl_fd >= 0) {
         char c = 's';
         ssize_t r = write(g_ctl_fd, &c, 1);
@@ -256,7 +281,9 @@ static void on_signal(void *arg)
 {
     app *a = arg;
     if (a->conn && !a->closing) {
+        term_begin(a);
         fprintf(stderr, "* Ctrl-C: closing with 1000 (Ctrl-C again quits at once)\n");
+        term_end(a);
         start_close(a, DX_CLOSE_NORMAL, NULL, 0);
     } else if (a->cl && !a->conn) {
         (void)dx_client_close(a->cl, DX_CLOSE_NORMAL, NULL, 0); /* abandons the attempt; on_done stops */
@@ -307,12 +334,57 @@ static void post(app *a, void (*fn)(void *))
  * for --wait (armed where 't' is written), and a dx_watch on ctl[0] for the
  * signal handler's byte; ack_reader then re-enables the stdin watch.
  */
+/* Helper thread, inside le_read_char: a line was typed (or Ctrl-D). */
+static void on_typed_line(char *line, void *ud)
+{
+    app *a = ud;
+    if (!line) {
+        a->h_eof = true;
+        return;
+    }
+    a->h_line = line;
+    a->h_line_off = 0;
+    a->h_line_len = strlen(line) + 1; /* the newline is added when copied */
+}
+
+/* Helper thread: the next piece of a typed line (or its end) into rbuf. */
+static void hand_over_line(app *a, bool *posted, bool *reading)
+{
+    if (a->h_line) {
+        size_t n = a->h_line_len - a->h_line_off;
+        if (n > sizeof a->rbuf)
+            n = sizeof a->rbuf;
+        for (size_t i = 0; i < n; i++) {
+            size_t k = a->h_line_off + i;
+            a->rbuf[i] = k + 1 == a->h_line_len ? '\n' : (uint8_t)a->h_line[k];
+        }
+        a->h_line_off += n;
+        if (a->h_line_off == a->h_line_len) {
+            free(a->h_line);
+            a->h_line = NULL;
+        }
+        a->rlen = n;
+        *posted = true;
+    } else {
+        a->h_eof = false;
+        a->rlen = 0;
+        *reading = false;
+        le_stop();
+    }
+    post(a, on_stdin);
+}
+
 static void *helper_main(void *arg)
 {
     app *a = arg;
     bool reading = a->read_stdin, posted = false;
+    bool editing = reading && a->interactive && le_start("> ", on_typed_line, a) == 0;
     uint64_t deadline = 0; /* 0: no timer */
     for (;;) {
+        if (editing && !posted && (a->h_line || a->h_eof)) {
+            hand_over_line(a, &posted, &reading);
+            continue;
+        }
         struct pollfd pf[2] = {{.fd = a->ctl[0], .events = POLLIN}, {.fd = 0, .events = POLLIN}};
         nfds_t nfds = reading && !posted ? 2 : 1;
         int timeout = -1;
@@ -336,6 +408,9 @@ static void *helper_main(void *arg)
             for (ssize_t i = 0; i < n; i++) {
                 switch (cmd[i]) {
                 case 'q':
+                    le_stop();
+                    free(a->h_line);
+                    a->h_line = NULL;
                     return NULL;
                 case 'a':
                     posted = false;
@@ -353,6 +428,10 @@ static void *helper_main(void *arg)
                 }
             }
         }
+        if (nfds == 2 && pf[1].revents && editing) {
+            le_read_char(); /* may set h_line or h_eof: handed over at the top */
+            continue;
+        }
         if (nfds == 2 && pf[1].revents) {
             ssize_t n = read(0, a->rbuf, sizeof a->rbuf);
             if (n < 0 && (errno == EINTR || errno == EAGAIN))
@@ -369,6 +448,7 @@ static void *helper_main(void *arg)
             post(a, on_stdin);
         }
     }
+    le_stop();
     return NULL;
 }
 
@@ -519,14 +599,16 @@ static void command(app *a, const char *s, size_t n)
 static void handle_line(app *a, const uint8_t *s, size_t n)
 {
     a->line_no++;
+    term_begin(a); /* the commands and warnings print */
     if (a->interactive && n && s[0] == '/') {
         if (n > 1 && s[1] == '/')
             send_text(a, s + 1, n - 1);
         else
             command(a, (const char *)s, n);
-        return;
+    } else {
+        send_text(a, s, n);
     }
-    send_text(a, s, n);
+    term_end(a);
 }
 
 /*
@@ -597,46 +679,6 @@ static void flush_out(app *a)
         start_close(a, DX_CLOSE_GOING_AWAY, NULL, 0);
 }
 
-/* Interactive: text with the terminal's control characters shown escaped
- * (C0 and DEL as \n, \t, \r, \e or \xNN; C1 U+0080-U+009F as \u0080), so a
- * message cannot move the cursor, change colours or retitle the terminal.
- * A backslash is doubled so the output stays unambiguous. The text is valid
- * UTF-8 (the library checked it). */
-static void put_escaped(FILE *f, const uint8_t *p, size_t n)
-{
-    size_t run = 0; /* start of the bytes not written yet */
-    for (size_t i = 0; i < n; i++) {
-        const char *esc = NULL;
-        char buf[8];
-        size_t skip = 1;
-        uint8_t ch = p[i];
-        if (ch < 0x20 || ch == 0x7f) {
-            switch (ch) {
-            case '\n': esc = "\\n"; break;
-            case '\r': esc = "\\r"; break;
-            case '\t': esc = "\\t"; break;
-            case 0x1b: esc = "\\e"; break;
-            default:
-                snprintf(buf, sizeof buf, "\\x%02x", ch);
-                esc = buf;
-            }
-        } else if (ch == 0xc2 && i + 1 < n && p[i + 1] >= 0x80 && p[i + 1] <= 0x9f) {
-            snprintf(buf, sizeof buf, "\\u%04x", p[i + 1]);
-            esc = buf;
-            skip = 2;
-        } else if (ch == '\\') {
-            esc = "\\\\";
-        }
-        if (!esc)
-            continue;
-        fwrite(p + run, 1, i - run, f);
-        fputs(esc, f);
-        i += skip - 1;
-        run = i + 1;
-    }
-    fwrite(p + run, 1, n - run, f);
-}
-
 static void count_message(app *a)
 {
     a->received++;
@@ -654,13 +696,14 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
     }
     if (a->out_broken)
         return;
+    term_begin(a);
     if (a->binary) {
         fwrite(data, 1, len, stdout); /* raw, text and binary alike */
     } else {
         if (a->interactive)
             fputs("< ", stdout);
         if (opcode == DX_OP_TEXT && a->interactive) {
-            put_escaped(stdout, data, len);
+            cli_put_escaped(stdout, data, len);
         } else if (opcode == DX_OP_TEXT) {
             fwrite(data, 1, len, stdout);
         } else {
@@ -670,6 +713,7 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
         putchar(a->interactive ? '\n' : a->sep);
     }
     flush_out(a);
+    term_end(a);
     count_message(a);
 }
 
@@ -681,9 +725,11 @@ static void on_frame(dx_conn *c, int dir, unsigned opcode, int fin, unsigned rsv
     if (a->interactive && dir == '<' && opcode == DX_OP_PONG && a->pings) {
         /* No on_pong callback in the API: the trace shows the first 16 bytes. */
         a->pings--;
+        term_begin(a);
         fprintf(stdout, "< pong%s%.*s%s\n", head_len ? ": " : "", (int)head_len, (const char *)head,
                 len > head_len ? "..." : "");
         fflush(stdout);
+        term_end(a);
     }
     if (!a->show_frames)
         return;
@@ -734,9 +780,12 @@ static void on_close(dx_conn *c, unsigned code, const char *reason, size_t len, 
     a->status = normal_code(code) ? ST_OK : ST_FAIL;
     if (a->status == ST_OK)
         note(a, "closed: %u (%s)%s%.*s", code, dx_close_code_name(code), len ? " " : "", (int)len, reason);
-    else
+    else {
+        term_begin(a);
         fprintf(stderr, "connect: closed: %u (%s)%s%.*s\n", code, dx_close_code_name(code), len ? " " : "",
                 (int)len, reason);
+        term_end(a);
+    }
     if (a->listen && (!a->keep || a->input_done)) {
         dx_loop_stop(a->loop); /* one-shot, or --keep and the input ended */
     } else if (a->listen) {
@@ -786,7 +835,9 @@ static void on_error(dx_client *cl, int err, const char *what, void *ud)
 {
     app *a = ud;
     a->status = error_status(err, what);
+    term_begin(a);
     fprintf(stderr, "connect: %s (%s)\n", what && *what ? what : dx_strerror(err), dx_errname(err));
+    term_end(a);
     const char *loc = dx_client_location(cl);
     if (!a->follow_redirects || !loc || a->copt.reconnect)
         return;
@@ -995,20 +1046,6 @@ static bool header_name_ok(const char *line)
     return !strpbrk(line, "\r\n");
 }
 
-static void base64(const uint8_t *in, size_t n, char *out)
-{
-    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t o = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0) | (i + 2 < n ? in[i + 2] : 0);
-        out[o++] = t[v >> 18 & 63];
-        out[o++] = t[v >> 12 & 63];
-        out[o++] = i + 1 < n ? t[v >> 6 & 63] : '=';
-        out[o++] = i + 2 < n ? t[v & 63] : '=';
-    }
-    out[o] = 0;
-}
-
 /* The URL as the library takes it: no scheme means ws://; http(s):// are
  * taken as ws(s)://; ws+unix:///socket/path[:/request/path] (as in Node's
  * ws) connects to the Unix socket, with Host: localhost. 0, or ST_USAGE
@@ -1166,7 +1203,7 @@ static int parse_args(app *a, int argc, char **argv, const char **url, char *url
             a->max_messages = 1;
             break;
         case 'V':
-            printf("duplex connect %s\n", dx_version());
+            printf("duplex connect %s (line editing: %s)\n", dx_version(), le_name());
             return -1;
         case O_AUTH: {
             if (!strchr(optarg, ':'))
@@ -1177,7 +1214,7 @@ static int parse_args(app *a, int argc, char **argv, const char **url, char *url
             if (n > 700)
                 return bad(name, "longer than 700 bytes");
             char b64[960];
-            base64((const uint8_t *)optarg, n, b64);
+            cli_base64((const uint8_t *)optarg, n, b64);
             snprintf(a->auth_header, sizeof a->auth_header, "Authorization: Basic %s", b64);
             a->headers[a->n_headers++] = a->auth_header;
             break;

@@ -367,12 +367,50 @@ def test_control_characters_escaped():
 
     py = PyServer(handler)
     t = Term("ws://127.0.0.1:%d/" % py.port)
-    line = t.expect(b"slash")
+    line = t.expect(b"slash").replace(b"\r\x1b[K", b"")  # the line editor's own "clear the row"
     check(b"\x1b" not in line and b"\x07" not in line, "raw control bytes reached the terminal: %r" % line)
     want = rb"< \e[2J\e]0;title\x07red\tline\nnext\r\x7f\u0085 back\\slash"
     check(want in line, "escaped line %r not in %r" % (want, line))
     os.kill(t.proc.pid, signal.SIGINT)
     t.wait(15)
+    py.stop()
+
+
+def test_line_editing():
+    """libedit: a message arriving while a line is typed is printed above
+    it, and the typed text is redrawn and sent whole; history recalls."""
+    r = connect("--version")
+    check(b"line editing: libedit" in r.out, "built without libedit: %r" % r.out)
+    sent = []
+    typed = threading.Event()
+
+    async def handler(ws, path=None):
+        async for m in ws:
+            sent.append(m)
+            if m == "later":  # answer once the test has typed half a line
+                await asyncio.get_running_loop().run_in_executor(None, typed.wait, 10)
+            await ws.send("got " + m)
+
+    py = PyServer(handler)
+    t = Term("ws://127.0.0.1:%d/" % py.port)
+    t.expect(b"connected to")
+    t.type(b"first line\n")
+    t.expect(b"< got first line")
+    t.type(b"later\n")
+    wait_for(lambda: "later" in sent, 10, "the server to get 'later'")
+    t.type(b"half typ")
+    t.expect(b"half typ")
+    typed.set()
+    t.expect(b"< got later")
+    redraw = t.expect(b"half typ", timeout=10)  # the typed text drawn again below the message
+    check(b"\n" in redraw, "the typed text was not redrawn on its own line: %r" % redraw)
+    t.type(b"ed\n")
+    t.expect(b"< got half typed")
+    t.type(b"\x1b[A\n")  # up arrow: the last line again
+    t.expect(b"< got half typed")
+    check(sent[-2:] == ["half typed", "half typed"], "sent %r" % sent)
+    t.type(b"\x04")
+    check(t.wait() == 0, "Ctrl-D after editing should close with 1000 and exit 0")
     py.stop()
 
 
@@ -424,4 +462,4 @@ def test_listen_origin_and_keep():
 
 main([test_execute_wait_max_messages, test_errors_name_the_problem, test_unix_url, test_basic_auth,
       test_client_certificate, test_socks5, test_follow_redirects, test_ctrl_c, test_control_characters_escaped,
-      test_listen_origin_and_keep])
+      test_line_editing, test_listen_origin_and_keep])
