@@ -133,12 +133,19 @@ def pipe(a, b):
             pass
 
 
-def socks5(refuse=None):
+def trickle(c, data):
+    """Sends one byte at a time: the client must gather split answers."""
+    for i in range(len(data)):
+        c.sendall(data[i:i + 1])
+        time.sleep(0.01)
+
+
+def socks5(refuse=None, split=False):
     """A SOCKS5 proxy (no authentication); records the requested address."""
     def handle(srv, c):
         hello = recv_exact(c, 2)
         recv_exact(c, hello[1])
-        c.sendall(b"\x05\x00")
+        (trickle if split else socket.socket.sendall)(c, b"\x05\x00")
         ver, cmd, _, atyp = recv_exact(c, 4)
         if atyp == 3:
             host = recv_exact(c, recv_exact(c, 1)[0]).decode()
@@ -152,7 +159,9 @@ def socks5(refuse=None):
             c.sendall(bytes([5, refuse, 0, 1, 0, 0, 0, 0, 0, 0]))
             return
         up = socket.create_connection(("127.0.0.1" if host == "localhost" else host, port), timeout=10)
-        c.sendall(b"\x05\x00\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", up.getsockname()[1]))
+        # a domain-name bound address: the variable-length form of the reply
+        reply = b"\x05\x00\x00\x03\x09localhost" + struct.pack("!H", up.getsockname()[1])
+        (trickle if split else socket.socket.sendall)(c, reply)
         t = threading.Thread(target=pipe, args=(up, c), daemon=True)
         t.start()
         pipe(c, up)
@@ -295,6 +304,28 @@ def test_socks5():
     r = connect("--proxy", "socks5://127.0.0.1:%d" % bad.port, srv.url(), data=b"x\n")
     check(r.rc == 3 and "connection refused" in r.errs and "SOCKS5" in r.errs, "refusing proxy: %r" % r)
     bad.stop()
+    slow = socks5(split=True)  # every answer byte by byte
+    r = connect("--proxy", "socks5://127.0.0.1:%d" % slow.port, srv.url(), data=b"split\n")
+    check(r.rc == 0 and r.out == b"split\n", "socks5 with split answers: %r" % r)
+    slow.stop()
+
+    def http_not_socks(rs, c):
+        c.recv(16)
+        c.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    junk = RawServer(http_not_socks)
+    r = connect("--proxy", "socks5://127.0.0.1:%d" % junk.port, srv.url(), data=b"x\n")
+    check(r.rc == 3 and "malformed answer" in r.errs, "an HTTP server as SOCKS5 proxy: %r" % r)
+
+    def hang_up(rs, c):
+        c.recv(16)
+        c.sendall(b"\x05")  # half an answer, then close
+
+    hu = RawServer(hang_up)
+    r = connect("--proxy", "socks5://127.0.0.1:%d" % hu.port, srv.url(), data=b"x\n")
+    check(r.rc == 1 and "proxy closed the connection" in r.errs, "a proxy closing mid-answer: %r" % r)
+    junk.stop()
+    hu.stop()
     srv.stop()
 
 
@@ -358,6 +389,25 @@ def test_ctrl_c():
     check(rc == 130, "second Ctrl-C: exit %s, expected 130" % rc)
     check(time.monotonic() - t0 < 5, "the second Ctrl-C did not exit at once")
     rs.stop()
+
+    # Ctrl-C while the handshake is still pending: the attempt is abandoned.
+    def silent(rs, c):
+        read_head(c)
+        rs.seen.append(1)
+        time.sleep(30)
+
+    hs = RawServer(silent)
+    p = spawn("-n", "ws://127.0.0.1:%d/" % hs.port, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+              stderr=subprocess.PIPE)
+    wait_for(lambda: hs.seen, 10, "the upgrade request (the loop runs: the handler is installed)")
+    p.send_signal(signal.SIGINT)
+    try:
+        out, err = p.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        raise Fail("Ctrl-C during the handshake did not end connect")
+    clitest.no_sanitizer_report(err)
+    check(p.returncode == 1, "Ctrl-C during the handshake: exit %s %r" % (p.returncode, err))
+    hs.stop()
 
 
 def test_control_characters_escaped():
@@ -451,13 +501,22 @@ def test_listen_origin_and_keep():
             await ws.close()
 
     asyncio.run(tool(2))
+
+    async def vanish():  # a client that drops without a close frame
+        ws = await websockets.connect(url)
+        await ws.send("dropping")
+        await asyncio.sleep(0.1)
+        ws.transport.abort()
+
+    asyncio.run(vanish())
+    time.sleep(0.2)
     asyncio.run(tool(3))
     time.sleep(0.2)
     check(p.poll() is None, "--keep exited after a client")
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=15)
-    check(out == b"from http://ok.example\nclient 2\nclient 3\n", "--keep printed %r (%r)" % (out, err))
-    check(p.returncode == 0, "--keep exit status %s after Ctrl-C" % p.returncode)
+    check(out == b"from http://ok.example\nclient 2\ndropping\nclient 3\n", "--keep printed %r (%r)" % (out, err))
+    check(p.returncode == 0, "--keep exit status %s after Ctrl-C (the last client closed with 1000)" % p.returncode)
 
 
 main([test_execute_wait_max_messages, test_errors_name_the_problem, test_unix_url, test_basic_auth,
