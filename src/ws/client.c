@@ -494,32 +494,34 @@ static void on_unix_failed(dx__timer *t)
 static void connect_unix(dx_client *cl)
 {
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
-    char what[640];
-    if (strlen(cl->opt.unix_path) >= sizeof sun.sun_path) {
-        snprintf(what, sizeof what, "connect to unix:%s: path too long", cl->opt.unix_path);
-        attempt_failed(cl, DX_EADDR, what);
-        return;
+    size_t plen = strlen(cl->opt.unix_path);
+    int fd = -1;
+    dx_conn *c = NULL;
+    if (plen >= sizeof sun.sun_path) {
+        cl->unix_errno = ENAMETOOLONG;
+        goto later;
     }
-    memcpy(sun.sun_path, cl->opt.unix_path, strlen(cl->opt.unix_path) + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    memcpy(sun.sun_path, cl->opt.unix_path, plen + 1);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0 || (connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0 && errno != EINPROGRESS && errno != EAGAIN)) {
         cl->unix_errno = errno;
-        if (fd >= 0)
-            close(fd);
-        cl->state = CL_RESOLVING; /* as for a lookup: the timer answers */
-        cl->timer.cb = on_unix_failed;
-        dx__timer_start(cl->ep.loop, &cl->timer, 1);
-        return;
+        goto later;
     }
-    dx_conn *c = dx__conn_open(&cl->ep, fd, (struct sockaddr *)&sun, CS_CONNECT, EPOLLOUT | EPOLLIN | EPOLLRDHUP,
-                               cl->opt.connect_timeout_ms);
+    c = dx__conn_open(&cl->ep, fd, (struct sockaddr *)&sun, CS_CONNECT, EPOLLOUT | EPOLLIN | EPOLLRDHUP,
+                      cl->opt.connect_timeout_ms);
     if (!c) {
-        close(fd);
-        attempt_failed(cl, DX_ENOMEM, "out of memory");
-        return;
+        cl->unix_errno = ENOMEM;
+        goto later;
     }
     cl->conn = c;
     cl->state = CL_CONNECTING;
+    return;
+later:
+    if (fd >= 0)
+        close(fd);
+    cl->state = CL_RESOLVING; /* as for a lookup: the timer answers */
+    cl->timer.cb = on_unix_failed;
+    dx__timer_start(cl->ep.loop, &cl->timer, 1);
 }
 
 static void start_attempt(dx_client *cl)

@@ -858,6 +858,21 @@ static void test_dns_failure(void **state)
     wait_ev(f, C_DONE);
 }
 
+/* unix_path to a socket that is not there: the failure comes from the loop
+ * (on_error, then on_done), never inside dx_client_connect. */
+static void test_unix_path_missing(void **state)
+{
+    fx *f = *state;
+    default_client(f, "ws://localhost/echo");
+    f->copt.unix_path = "/nonexistent-dx-dir/s.sock";
+    start_client(f);
+    assert_non_null(f->cl);
+    ev e = wait_ev(f, C_ERROR);
+    if (e.rc != DX_EADDR || !strstr(e.data, "unix:/nonexistent-dx-dir/s.sock"))
+        fail_msg("on_error(%d \"%s\"), expected DX_EADDR naming the socket", e.rc, e.data);
+    wait_ev(f, C_DONE);
+}
+
 static void test_connect_timeout_full_backlog(void **state)
 {
     fx *f = *state;
@@ -1692,6 +1707,7 @@ int main(void)
         T(test_connection_refused),
         T(test_refused_404),
         T(test_dns_failure),
+        T(test_unix_path_missing),
         T(test_connect_timeout_full_backlog),
         T(test_handshake_timeout_silent_server),
         T(test_not_websocket_server),
