@@ -521,6 +521,29 @@ static void test_fragment_cost(void **state)
     assert_true(strncmp(r.log, "M2:#128000:", 11) == 0);
     free(wire);
 
+    /* The allowance is per message, and control frames between the
+     * fragments cost nothing: two messages of 1024 frames each (1023 empty
+     * + a final one), with a ping after every data frame. */
+    size_t cap = 2 * 1024 * (2 * (DX_FRAME_HEADER_MAX + 1));
+    wire = malloc(cap);
+    assert_non_null(wire);
+    len = 0;
+    for (int m = 0; m < 2; m++)
+        for (int i = 0; i < 1024; i++) {
+            unsigned b0 = (i == 0 ? 0x02u : 0x00u) | (i == 1023 ? 0x80u : 0x00u);
+            len += cframe(wire + len, b0, i == 1023 ? "z" : "", i == 1023 ? 1 : 0);
+            len += cframe(wire + len, 0x89, "", 0);
+        }
+    assert_true(len <= cap);
+    setup quiet = {.role = DX_ROLE_SERVER, .max_message = 16u << 20, .no_auto_pong = 1};
+    run(&quiet, wire, len, NULL, 0, &r);
+    assert_int_equal(r.rc, 0);
+    assert_int_equal(r.state, DX_CODEC_OPEN);
+    const char *first = strstr(r.log, "M2:7a;");
+    assert_non_null(first);
+    assert_non_null(strstr(first + 1, "M2:7a;")); /* both messages delivered */
+    free(wire);
+
     /* A message of exactly max_message in 64-byte frames uses the most
      * frames any message may have: max_fragments + max_message / 64. */
     setup tight = {.role = DX_ROLE_SERVER, .max_message = 64 * 100, .max_fragments = 1};
