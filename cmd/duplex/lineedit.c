@@ -101,6 +101,8 @@ void le_stop(void)
         active = false;
         rl_callback_handler_remove();
         le_restore_terminal();
+        fputs("\r\033[K", stdout); /* the prompt (and any unsent text) goes */
+        fflush(stdout);
     }
     pthread_mutex_unlock(&mu);
 }
