@@ -216,7 +216,7 @@ url_for() { # KEY PORT
 }
 
 rows_load=(1 2 3 4)
-declare -A ROW_ARGS=([1]="-c 100 -s 16 -d 16" [2]="-c 100 -s 16 -d 64" [3]="-c 100 -s 16 -d 1" [4]="-c 10 -s 65536 -d 2")
+declare -A ROW_ARGS=([1]="-c 100 --size 16 -d 16" [2]="-c 100 --size 16 -d 64" [3]="-c 100 --size 16 -d 1" [4]="-c 10 --size 65536 -d 2")
 declare -A ROW_TITLE=(
   [1]="100 connections x 16 B, pipelined depth 16"
   [2]="100 connections x 16 B, pipelined depth 64"
@@ -269,7 +269,7 @@ load_row() {
   c0=$(cpu_ns "$pid")
   t0=$(date +%s%N)
   # shellcheck disable=SC2086 # ROW_ARGS is meant to split
-  line=$(loadgen "$k" ${ROW_ARGS[$r]} -t "$SECS" -w "$WARM" "${URL[$k]}")
+  line=$(loadgen "$k" ${ROW_ARGS[$r]} -t "$SECS" --warmup "$WARM" "${URL[$k]}")
   t1=$(date +%s%N)
   c1=$(cpu_ns "$pid")
   check_errors "${NAME[$k]} row $r" "$line"
@@ -300,7 +300,7 @@ sys_row() {
   pids+=("$tracer")
   sleep 0.5
   # shellcheck disable=SC2086
-  line=$(loadgen "$k" ${ROW_ARGS[1]} -t "$SECS" -w 0.5 "${URL[$k]}")
+  line=$(loadgen "$k" ${ROW_ARGS[1]} -t "$SECS" --warmup 0.5 "${URL[$k]}")
   check_errors "${NAME[$k]} row 1 ($sys_tool)" "$line"
   kill -INT "$tracer" 2>/dev/null || true
   wait "$tracer" 2>/dev/null || true
@@ -341,10 +341,10 @@ client_row() {
   t0=$(date +%s%N)
   # shellcheck disable=SC2086 # ROW_ARGS is meant to split
   if [[ $k == dxb ]]; then
-    line=$(loadgen duplex ${ROW_ARGS[1]} -t "$SECS" -w "$WARM" "${URL[duplex]}")
+    line=$(loadgen duplex ${ROW_ARGS[1]} -t "$SECS" --warmup "$WARM" "${URL[duplex]}")
   else
     line=$(timeout 120 "${PIN_LOAD[@]}" env NODE_PATH="$node_dir/node_modules" node "$root/bench/peers/ws_client.js" \
-      ${ROW_ARGS[1]} -t "$SECS" -w "$WARM" "${URL[duplex]}" 2>>"$work/ws_client.log") || rc=$?
+      ${ROW_ARGS[1]} -t "$SECS" --warmup "$WARM" "${URL[duplex]}" 2>>"$work/ws_client.log") || rc=$?
     [[ -n $line ]] || { log "ws_client.js failed (exit $rc): $(tail -2 "$work/ws_client.log")"; line='{"errors":1}'; }
   fi
   t1=$(date +%s%N)

@@ -20,7 +20,9 @@ const opt = { c: 100, d: 1, s: 16, t: 4, w: 1 };
 let url = null;
 const args = process.argv.slice(2);
 for (let i = 0; i < args.length; i++) {
-  const a = args[i];
+  let a = args[i];
+  if (a === '--size') a = '-s'; // duplex bench spells these out (its -s/-w are free for connect's meanings)
+  if (a === '--warmup') a = '-w';
   if (/^-[cdstw]$/.test(a) && i + 1 < args.length) opt[a[1]] = Number(args[++i]);
   else if (!url && /^wss?:\/\//.test(a)) url = a;
   else {

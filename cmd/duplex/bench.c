@@ -57,10 +57,10 @@ static void usage(FILE *f)
             "\n"
             "options (sizes take K/M suffixes, times s/ms/m or seconds with a fraction):\n"
             "  -c, --conns N          connections, all processes together [100]\n"
-            "  -s, --size S           message payload bytes [16]\n"
+            "      --size S           message payload bytes [16]\n"
             "      --text | --binary  message type [binary]\n"
             "  -t, --duration T       measured time [5s]\n"
-            "  -w, --warmup W         load before measuring, after every connection is open [1s]\n"
+            "      --warmup W         load before measuring, after every connection is open [1s]\n"
             "      --connect-rate C   new connections per second, all processes [20000]\n"
             "      --max-pending P    connections being set up at once, per process [256]\n"
             "      --sources K        connect from 127.0.0.1..127.0.0.K (loopback URLs only)\n"
@@ -70,8 +70,8 @@ static void usage(FILE *f)
             "      --ready-file F     --idle: create F once every connection is open\n"
             "      --json             one JSON line instead of the summary\n"
             "      --progress | --no-progress  live line on stderr [on when stderr is a terminal]\n"
-            "      --insecure         wss: do not verify the certificate (tests only)\n"
-            "      --ca-file F        wss: trust these PEM CAs\n"
+            "  -k, --insecure         wss: do not verify the certificate (tests only)\n"
+            "      --ca F             wss: trust these PEM CAs (also --ca-file)\n"
             "      --log-level L      library log: error|warn|info|debug [warn]\n"
             "  -h, --help             this text\n"
             "\n"
@@ -486,6 +486,7 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
         {"conns", required_argument, 0, 'c'},       {"depth", required_argument, 0, 'd'},
         {"size", required_argument, 0, 's'},        {"duration", required_argument, 0, 't'},
         {"warmup", required_argument, 0, 'w'},      {"rate", required_argument, 0, O_RATE},
+        {"ca", required_argument, 0, O_CAFILE},
         {"text", no_argument, 0, O_TEXT},           {"binary", no_argument, 0, O_BINARY},
         {"subscribe", required_argument, 0, O_SUB}, {"idle", no_argument, 0, O_IDLE},
         {"handshakes", required_argument, 0, O_HS}, {"concurrency", required_argument, 0, O_CONC},
@@ -496,7 +497,7 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
         {"ready-file", required_argument, 0, O_READY},
         {"json", no_argument, 0, O_JSON},           {"progress", no_argument, 0, O_PROGRESS},
         {"no-progress", no_argument, 0, O_NOPROGRESS},
-        {"insecure", no_argument, 0, O_INSECURE},   {"ca-file", required_argument, 0, O_CAFILE},
+        {"insecure", no_argument, 0, 'k'},          {"ca-file", required_argument, 0, O_CAFILE},
         {"log-level", required_argument, 0, O_LOGLEVEL},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
     };
@@ -507,7 +508,9 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
     unsigned long v;
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:d:s:t:w:h", longopts, NULL)) != -1) {
+    /* No -s or -w: in `duplex connect` (and wscat) they are --subprotocol and
+     * --wait; --size and --warmup are spelled out. */
+    while ((ch = getopt_long(argc, argv, "c:d:t:kh", longopts, NULL)) != -1) {
         const char *name = cli_option_name(longopts, ch);
         switch (ch) {
         case 'h':
@@ -603,7 +606,7 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
         case O_NOPROGRESS:
             cfg->progress = false;
             break;
-        case O_INSECURE:
+        case 'k':
             cfg->insecure = true;
             break;
         case O_CAFILE:

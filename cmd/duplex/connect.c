@@ -5,40 +5,53 @@
  * Layer: the CLI. Uses only the public headers (duplex/client.h,
  * duplex/server.h); never src/.
  *
- * Threads: the main thread runs the dx_loop and every library call. stdin is
- * read by a second thread (a dx_loop has no fd-watch API) that hands each
- * chunk to the loop with dx_loop_post and then waits for an acknowledgement:
- * one chunk in flight at a time, so memory stays bounded and a slow peer
- * slows the reading of stdin (the loop acknowledges only when the chunk's
- * complete messages are sent and the send queue is at most HIGH_WATER; else
- * on_drain or on_open resumes). The reader polls stdin together with a wake
- * pipe so the main thread can stop and join it at exit.
+ * Threads: the main thread runs the dx_loop and every library call. A
+ * helper thread (the public API has no fd watch or timer yet) polls three
+ * things and hands each event to the loop with dx_loop_post: stdin, a
+ * control pipe, and the --wait deadline. stdin is read one chunk at a time:
+ * the next read waits for the loop's acknowledgement ('a' on the control
+ * pipe), so memory stays bounded and a slow peer slows the reading of stdin
+ * (the loop acknowledges only when the chunk's complete messages are sent and
+ * the send queue is at most HIGH_WATER; else on_drain or on_open resumes).
+ * The control pipe also carries 't' (arm the --wait timer), 'q' (quit: the
+ * main thread joins the helper at exit) and 's' (SIGINT, written by the
+ * signal handler: the first Ctrl-C closes with 1000, the second exits).
+ * When the loop gains dx_watch/dx_timer (include/duplex/loop.h), the helper
+ * becomes a watch on fd 0 and on the control pipe plus one timer: see
+ * helper_main.
  *
  * Invariants: `a->conn` is the open connection or NULL; input is turned into
- * messages only while it is open; the reader's buffer is touched by the loop
+ * messages only while it is open; the helper's buffer is touched by the loop
  * thread only between a post and its acknowledgement.
  */
 #define _GNU_SOURCE
 #include "cli.h"
 #include "duplex/client.h"
+#include "lineedit.h"
 #include "duplex/server.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_LIST 64                 /* -H and --subprotocol entries */
 #define CHUNK (64u * 1024u)         /* stdin read size; one binary message per read */
 #define HIGH_WATER (64u * 1024u)    /* send_high_water given to the library */
+#define ECHO_MAX_MESSAGE (16u << 20) /* --echo's default --max-message (Autobahn's 9.x cases reach 16 MiB) */
 
 /* Exit statuses (documented in --help and docs/connect.md). */
 enum { ST_OK = 0, ST_FAIL = 1, ST_USAGE = 2, ST_REFUSED = 3 };
@@ -50,7 +63,20 @@ typedef struct bytes {
 
 typedef struct app {
     /* settings */
-    bool interactive, binary, echo, no_input, show_frames, listen;
+    bool interactive, binary, echo, no_input, show_frames, listen, keep;
+    bool wait_set;          /* -w given */
+    bool follow_redirects;  /* -L: follow a 3xx Location */
+    unsigned wait_ms;       /* -w: how long to stay after the input ended */
+    unsigned long max_messages; /* --max-messages / -1: 0 = no limit */
+    const char *execute[MAX_LIST]; /* -x messages */
+    size_t n_execute;
+    const char *origin_allow[MAX_LIST]; /* --listen: browser origins accepted ("*": all) */
+    size_t n_origin_allow;
+    char auth_header[1024]; /* --basic-auth, as a header line */
+    char unix_path[256];    /* ws+unix:// URLs: the socket */
+    char url[8192];         /* the URL being connected to (after redirects) */
+    char redirect[8192];    /* -L: the next URL, set by on_error, used after on_done */
+    unsigned redirects;
     char sep;
     unsigned listen_port;
     const char *headers[MAX_LIST];
@@ -75,20 +101,44 @@ typedef struct app {
     bytes in;           /* stdin bytes not yet turned into messages */
     size_t in_off;
     bool in_eof;
-    bool holding;       /* the reader's chunk is in `in`, not acknowledged yet */
+    bool holding;       /* the helper's chunk is in `in`, not acknowledged yet */
+    bool input_done;    /* stdin ended (or -x was sent): the --wait phase */
+    bool executed;      /* the -x messages went out */
+    unsigned long received; /* messages received (for --max-messages) */
     unsigned long line_no;
 
-    /* stdin reader thread */
-    pthread_t reader;
-    bool reader_started;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool posted;        /* a chunk is with the loop, not acknowledged yet */
-    bool quitting;      /* the main thread is shutting down */
-    int wake[2];        /* main → reader: stop polling stdin */
+    /* loop thread: output nesting while the line editor runs */
+    unsigned term_depth;
+
+    /* the helper thread */
+    char *h_line;       /* a typed line (with libedit) not yet handed over */
+    size_t h_line_off, h_line_len;
+    bool h_eof;         /* Ctrl-D in the line editor, not yet handed over */
+    pthread_t helper;
+    bool helper_started;
+    bool read_stdin;    /* the helper reads stdin */
+    int ctl[2];         /* loop thread / signal handler → helper */
+    atomic_uint timer_ms; /* the --wait delay, set before 't' */
     uint8_t rbuf[CHUNK];
     size_t rlen;        /* 0: end of input */
 } app;
+
+static volatile sig_atomic_t g_sigints;
+static int g_ctl_fd = -1; /* the control pipe's write end, for the handler */
+
+/* Loop thread, interactive: around terminal output, so it does not land in
+ * the line being typed (lineedit.h). Nests: callbacks may print inside. */
+static void term_begin(app *a)
+{
+    if (a->interactive && a->term_depth++ == 0)
+        le_output_begin();
+}
+
+static void term_end(app *a)
+{
+    if (a->interactive && --a->term_depth == 0)
+        le_output_end();
+}
 
 static app g_app; /* large buffer: static, set up once by cmd_connect */
 
@@ -159,9 +209,11 @@ static void note(const app *a, const char *fmt, ...)
         return;
     va_list ap;
     va_start(ap, fmt);
+    term_begin((app *)a);
     fputs("* ", stderr);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
+    term_end((app *)a);
     va_end(ap);
 }
 
@@ -170,11 +222,36 @@ static bool normal_code(unsigned code)
     return code == DX_CLOSE_NORMAL || code == DX_CLOSE_GOING_AWAY;
 }
 
-/* ---- the stdin reader thread --------------------------------------------- */
+/* ---- the helper thread --------------------------------------------------- */
 
 static void process_input(app *a);
+static void start_close(app *a, unsigned code, const char *reason, size_t len);
 
-/* Loop thread: the reader's chunk (or end of input) arrived. */
+static void ctl_write(app *a, char cmd)
+{
+    ssize_t r;
+    do
+        r = write(a->ctl[1], &cmd, 1);
+    while (r < 0 && errno == EINTR);
+}
+
+/* SIGINT: the first asks the loop (through the helper) to close with 1000;
+ * the second exits at once. Async-signal-safe: write and _exit only. */
+static void on_sigint(int sig)
+{
+    (void)sig;
+    if (g_sigints++ > 0) {
+        le_restore_terminal();
+        _exit(130);
+    }
+    if (g_ctl_fd >= 0) {
+        char c = 's';
+        ssize_t r = write(g_ctl_fd, &c, 1);
+        (void)r;
+    }
+}
+
+/* Loop thread: the helper's chunk (or end of input) arrived. */
 static void on_stdin(void *arg)
 {
     app *a = arg;
@@ -199,66 +276,198 @@ static void on_stdin(void *arg)
     process_input(a);
 }
 
-/* Loop thread: the reader may read its next chunk. Only a chunk that
+/* Loop thread: the first Ctrl-C. */
+static void on_signal(void *arg)
+{
+    app *a = arg;
+    if (a->conn && !a->closing) {
+        term_begin(a);
+        fprintf(stderr, "* Ctrl-C: closing with 1000 (Ctrl-C again quits at once)\n");
+        term_end(a);
+        start_close(a, DX_CLOSE_NORMAL, NULL, 0);
+    } else if (a->cl && !a->conn) {
+        (void)dx_client_close(a->cl, DX_CLOSE_NORMAL, NULL, 0); /* abandons the attempt; on_done stops */
+        a->status = ST_FAIL;
+    } else if (!a->conn) {
+        dx_loop_stop(a->loop);
+    }
+}
+
+/* Loop thread: the --wait time after the end of input is over. */
+static void on_wait_done(void *arg)
+{
+    app *a = arg;
+    if (a->conn && !a->closing)
+        start_close(a, DX_CLOSE_NORMAL, NULL, 0);
+}
+
+/* Loop thread: the helper may read its next chunk. Only a chunk that
  * on_stdin has taken in is acknowledged: process_input also runs before a
  * posted chunk arrives (on_open, on_drain), and acknowledging then would let
- * the reader overwrite rbuf before on_stdin copied it. */
+ * the helper overwrite rbuf before on_stdin copied it. */
 static void ack_reader(app *a)
 {
     if (!a->holding)
         return;
     a->holding = false;
-    pthread_mutex_lock(&a->mu);
-    if (a->posted) {
-        a->posted = false;
-        pthread_cond_signal(&a->cv);
-    }
-    pthread_mutex_unlock(&a->mu);
+    ctl_write(a, 'a');
 }
 
-static void *reader_main(void *arg)
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void post(app *a, void (*fn)(void *))
+{
+    if (dx_loop_post(a->loop, fn, a) != 0)
+        fprintf(stderr, "connect: cannot hand an event to the loop (out of memory)\n");
+}
+
+/*
+ * The helper thread: stdin, the control pipe and the --wait deadline, each
+ * turned into a post to the loop. With dx_watch/dx_timer this whole function
+ * is replaced by: a dx_watch on fd 0 (DX_WATCH_READ while no chunk is held;
+ * its callback does the read below and calls on_stdin directly), a dx_timer
+ * for --wait (armed where 't' is written), and a dx_watch on ctl[0] for the
+ * signal handler's byte; ack_reader then re-enables the stdin watch.
+ */
+/* Helper thread, inside le_read_char: a line was typed (or Ctrl-D). */
+static void on_typed_line(char *line, void *ud)
+{
+    app *a = ud;
+    if (!line) {
+        a->h_eof = true;
+        return;
+    }
+    a->h_line = line;
+    a->h_line_off = 0;
+    a->h_line_len = strlen(line) + 1; /* the newline is added when copied */
+}
+
+/* Helper thread: the next piece of a typed line (or its end) into rbuf. */
+static void hand_over_line(app *a, bool *posted, bool *reading)
+{
+    if (a->h_line) {
+        size_t n = a->h_line_len - a->h_line_off;
+        if (n > sizeof a->rbuf)
+            n = sizeof a->rbuf;
+        for (size_t i = 0; i < n; i++) {
+            size_t k = a->h_line_off + i;
+            a->rbuf[i] = k + 1 == a->h_line_len ? '\n' : (uint8_t)a->h_line[k];
+        }
+        a->h_line_off += n;
+        if (a->h_line_off == a->h_line_len) {
+            free(a->h_line);
+            a->h_line = NULL;
+        }
+        a->rlen = n;
+        *posted = true;
+    } else {
+        a->h_eof = false;
+        a->rlen = 0;
+        *reading = false;
+        le_stop();
+    }
+    post(a, on_stdin);
+}
+
+static void *helper_main(void *arg)
 {
     app *a = arg;
+    bool reading = a->read_stdin, posted = false;
+    bool editing = reading && a->interactive && le_start("> ", on_typed_line, a) == 0;
+    uint64_t deadline = 0; /* 0: no timer */
     for (;;) {
-        struct pollfd pf[2] = {{.fd = 0, .events = POLLIN}, {.fd = a->wake[0], .events = POLLIN}};
-        if (poll(pf, 2, -1) < 0) {
+        if (editing && !posted && (a->h_line || a->h_eof)) {
+            hand_over_line(a, &posted, &reading);
+            continue;
+        }
+        struct pollfd pf[2] = {{.fd = a->ctl[0], .events = POLLIN}, {.fd = 0, .events = POLLIN}};
+        nfds_t nfds = reading && !posted ? 2 : 1;
+        int timeout = -1;
+        if (deadline) {
+            uint64_t now = mono_ms();
+            timeout = deadline > now ? (int)(deadline - now) : 0;
+        }
+        int r = poll(pf, nfds, timeout);
+        if (r < 0) {
             if (errno == EINTR)
                 continue;
             break;
         }
-        if (pf[1].revents)
-            break;
-        ssize_t n = read(0, a->rbuf, sizeof a->rbuf);
-        if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        if (deadline && mono_ms() >= deadline) {
+            deadline = 0;
+            post(a, on_wait_done);
+        }
+        if (pf[0].revents) {
+            char cmd[64];
+            ssize_t n = read(a->ctl[0], cmd, sizeof cmd);
+            for (ssize_t i = 0; i < n; i++) {
+                switch (cmd[i]) {
+                case 'q':
+                    le_stop();
+                    free(a->h_line);
+                    a->h_line = NULL;
+                    return NULL;
+                case 'a':
+                    posted = false;
+                    break;
+                case 's':
+                    post(a, on_signal);
+                    break;
+                case 't':
+                    deadline = mono_ms() + atomic_load(&a->timer_ms);
+                    if (!deadline)
+                        deadline = 1;
+                    break;
+                default:
+                    break;
+                }
+            }
+        }
+        if (nfds == 2 && pf[1].revents && editing) {
+            le_read_char(); /* may set h_line or h_eof: handed over at the top */
             continue;
-        if (n < 0) {
-            fprintf(stderr, "connect: reading stdin: %s\n", strerror(errno));
-            n = 0; /* treated as end of input */
         }
-        pthread_mutex_lock(&a->mu);
-        if (a->quitting) {
-            pthread_mutex_unlock(&a->mu);
-            break;
+        if (nfds == 2 && pf[1].revents) {
+            ssize_t n = read(0, a->rbuf, sizeof a->rbuf);
+            if (n < 0 && (errno == EINTR || errno == EAGAIN))
+                continue;
+            if (n < 0) {
+                fprintf(stderr, "connect: reading stdin: %s\n", strerror(errno));
+                n = 0; /* treated as end of input */
+            }
+            a->rlen = (size_t)n; /* published to the loop thread by the post */
+            if (n > 0)
+                posted = true;
+            else
+                reading = false;
+            post(a, on_stdin);
         }
-        a->rlen = (size_t)n;
-        a->posted = true;
-        pthread_mutex_unlock(&a->mu);
-        /* The main thread joins this thread before freeing the loop. */
-        if (dx_loop_post(a->loop, on_stdin, a) != 0) {
-            fprintf(stderr, "connect: out of memory\n");
-            break;
-        }
-        if (n == 0)
-            break;
-        pthread_mutex_lock(&a->mu);
-        while (a->posted && !a->quitting)
-            pthread_cond_wait(&a->cv, &a->mu);
-        bool q = a->quitting;
-        pthread_mutex_unlock(&a->mu);
-        if (q)
-            break;
     }
+    le_stop();
     return NULL;
+}
+
+/* Loop thread: the input ended (stdin's last message sent, or the -x
+ * messages): close now, or after --wait, or when --max-messages arrive. */
+static void finish_input(app *a)
+{
+    if (a->input_done)
+        return;
+    a->input_done = true;
+    if (!a->wait_set && a->max_messages)
+        return; /* wait for the messages (or the peer's close) */
+    if (!a->wait_set || a->wait_ms == 0) {
+        if (a->conn && !a->closing)
+            start_close(a, DX_CLOSE_NORMAL, NULL, 0);
+        return;
+    }
+    atomic_store(&a->timer_ms, a->wait_ms);
+    ctl_write(a, 't');
 }
 
 /* ---- sending ------------------------------------------------------------- */
@@ -390,14 +599,16 @@ static void command(app *a, const char *s, size_t n)
 static void handle_line(app *a, const uint8_t *s, size_t n)
 {
     a->line_no++;
+    term_begin(a); /* the commands and warnings print */
     if (a->interactive && n && s[0] == '/') {
         if (n > 1 && s[1] == '/')
             send_text(a, s + 1, n - 1);
         else
             command(a, (const char *)s, n);
-        return;
+    } else {
+        send_text(a, s, n);
     }
-    send_text(a, s, n);
+    term_end(a);
 }
 
 /*
@@ -453,7 +664,7 @@ static void process_input(app *a)
     if (!a->in_eof)
         ack_reader(a);
     else if (!rest && a->conn && !a->closing)
-        start_close(a, DX_CLOSE_NORMAL, NULL, 0);
+        finish_input(a);
 }
 
 /* ---- receiving ----------------------------------------------------------- */
@@ -468,21 +679,32 @@ static void flush_out(app *a)
         start_close(a, DX_CLOSE_GOING_AWAY, NULL, 0);
 }
 
+static void count_message(app *a)
+{
+    a->received++;
+    if (a->max_messages && a->received >= a->max_messages && a->conn && !a->closing)
+        start_close(a, DX_CLOSE_NORMAL, NULL, 0);
+}
+
 static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, void *ud)
 {
     app *a = ud;
     if (a->echo) {
         report_send(a, dx_conn_send(c, opcode, data, len));
+        count_message(a);
         return;
     }
     if (a->out_broken)
         return;
+    term_begin(a);
     if (a->binary) {
         fwrite(data, 1, len, stdout); /* raw, text and binary alike */
     } else {
         if (a->interactive)
             fputs("< ", stdout);
-        if (opcode == DX_OP_TEXT) {
+        if (opcode == DX_OP_TEXT && a->interactive) {
+            cli_put_escaped(stdout, data, len);
+        } else if (opcode == DX_OP_TEXT) {
             fwrite(data, 1, len, stdout);
         } else {
             printf("[binary %zu bytes] ", len);
@@ -491,6 +713,8 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
         putchar(a->interactive ? '\n' : a->sep);
     }
     flush_out(a);
+    term_end(a);
+    count_message(a);
 }
 
 static void on_frame(dx_conn *c, int dir, unsigned opcode, int fin, unsigned rsv, uint64_t len, int masked,
@@ -501,9 +725,11 @@ static void on_frame(dx_conn *c, int dir, unsigned opcode, int fin, unsigned rsv
     if (a->interactive && dir == '<' && opcode == DX_OP_PONG && a->pings) {
         /* No on_pong callback in the API: the trace shows the first 16 bytes. */
         a->pings--;
+        term_begin(a);
         fprintf(stdout, "< pong%s%.*s%s\n", head_len ? ": " : "", (int)head_len, (const char *)head,
                 len > head_len ? "..." : "");
         fflush(stdout);
+        term_end(a);
     }
     if (!a->show_frames)
         return;
@@ -527,7 +753,16 @@ static void on_open(dx_conn *c, void *ud)
     dx_conn_remote(c, remote, sizeof remote);
     note(a, "connected to %s%s%s%s", remote, p ? " (subprotocol " : "", p ? p : "", p ? ")" : "");
     if (a->interactive && !a->no_input)
-        note(a, "type a line to send it; /help lists commands; Ctrl-D closes");
+        note(a, "type a line to send it; /help lists commands; Ctrl-D or Ctrl-C closes");
+    if (a->n_execute && !a->executed) {
+        a->executed = true;
+        for (size_t i = 0; i < a->n_execute && a->conn; i++) {
+            a->line_no = i + 1;
+            send_text(a, (const uint8_t *)a->execute[i], strlen(a->execute[i]));
+        }
+        finish_input(a);
+        return;
+    }
     process_input(a);
 }
 
@@ -545,11 +780,19 @@ static void on_close(dx_conn *c, unsigned code, const char *reason, size_t len, 
     a->status = normal_code(code) ? ST_OK : ST_FAIL;
     if (a->status == ST_OK)
         note(a, "closed: %u (%s)%s%.*s", code, dx_close_code_name(code), len ? " " : "", (int)len, reason);
-    else
+    else {
+        term_begin(a);
         fprintf(stderr, "connect: closed: %u (%s)%s%.*s\n", code, dx_close_code_name(code), len ? " " : "",
                 (int)len, reason);
-    if (a->listen)
-        dx_loop_stop(a->loop); /* one-shot */
+        term_end(a);
+    }
+    if (a->listen && (!a->keep || a->input_done)) {
+        dx_loop_stop(a->loop); /* one-shot, or --keep and the input ended */
+    } else if (a->listen) {
+        a->accepted = false; /* --keep: the next client */
+        a->closing = false;
+        note(a, "waiting for the next client");
+    }
 }
 
 /* ---- client-only callbacks ----------------------------------------------- */
@@ -563,12 +806,70 @@ static int error_status(int err, const char *what)
     return ST_FAIL;
 }
 
+static int normalize_url(app *a, const char *in, char *out, size_t cap);
+
+/* -L: the absolute URL a Location names, relative to the current URL. */
+static int resolve_location(app *a, const char *loc, char *out, size_t cap)
+{
+    if (strstr(loc, "://"))
+        return normalize_url(a, loc, out, cap);
+    const char *cur = a->url;
+    const char *auth = strstr(cur, "://");
+    if (!auth)
+        return -1;
+    const char *path = strchr(auth + 3, '/');
+    size_t base = path ? (size_t)(path - cur) : strlen(cur);
+    if (loc[0] != '/' && path) {
+        const char *q = strchr(path, '?');
+        size_t plen = q ? (size_t)(q - path) : strlen(path);
+        while (plen && path[plen - 1] != '/')
+            plen--;
+        base += plen; /* a relative reference: the current directory */
+    }
+    if ((size_t)snprintf(out, cap, "%.*s%s%s", (int)base, cur, loc[0] == '/' || path ? "" : "/", loc) >= cap)
+        return -1;
+    return 0;
+}
+
 static void on_error(dx_client *cl, int err, const char *what, void *ud)
 {
     app *a = ud;
-    (void)cl;
     a->status = error_status(err, what);
+    term_begin(a);
     fprintf(stderr, "connect: %s (%s)\n", what && *what ? what : dx_strerror(err), dx_errname(err));
+    term_end(a);
+    const char *loc = dx_client_location(cl);
+    if (!a->follow_redirects || !loc || a->copt.reconnect)
+        return;
+    if (a->redirects >= 5) {
+        fprintf(stderr, "connect: not following more than 5 redirects\n");
+        return;
+    }
+    if (resolve_location(a, loc, a->redirect, sizeof a->redirect)) {
+        fprintf(stderr, "connect: cannot follow Location '%s'\n", loc);
+        a->redirect[0] = 0;
+        return;
+    }
+    a->redirects++;
+    fprintf(stderr, "connect: following the redirect to %s\n", a->redirect);
+}
+
+static int start_client(app *a, const char *url);
+
+/* Posted after on_done: the old client is idle and not on the stack. */
+static void do_redirect(void *arg)
+{
+    app *a = arg;
+    dx_client_free(a->cl);
+    a->cl = NULL;
+    char next[sizeof a->redirect];
+    memcpy(next, a->redirect, sizeof next);
+    a->redirect[0] = 0;
+    int rc = start_client(a, next);
+    if (rc) {
+        a->status = rc;
+        dx_loop_stop(a->loop);
+    }
 }
 
 static void on_reconnect(dx_client *cl, unsigned attempt, unsigned delay_ms, void *ud)
@@ -582,6 +883,8 @@ static void on_done(dx_client *cl, void *ud)
 {
     app *a = ud;
     (void)cl;
+    if (a->redirect[0] && dx_loop_post(a->loop, do_redirect, a) == 0)
+        return;
     dx_loop_stop(a->loop);
 }
 
@@ -592,7 +895,22 @@ static int on_upgrade(dx_server *srv, dx_request *req, void *ud)
     app *a = ud;
     (void)srv;
     if (a->accepted)
-        return 503; /* one client only */
+        return 503; /* one client at a time */
+    if (req->origin) {
+        /* A browser (or a page's script) is asking: refuse it unless its
+         * origin was allowed, so a web page cannot drive this terminal
+         * (cross-site WebSocket hijacking). Tools without Origin pass. */
+        bool ok = false;
+        for (size_t i = 0; i < a->n_origin_allow && !ok; i++)
+            ok = !strcmp(a->origin_allow[i], "*") ||
+                 (strlen(a->origin_allow[i]) == req->origin_len &&
+                  !strncasecmp(a->origin_allow[i], req->origin, req->origin_len));
+        if (!ok) {
+            fprintf(stderr, "connect: refused %s: Origin %.*s (browsers are refused; allow with --origin-allow %.*s)\n",
+                    req->remote, (int)req->origin_len, req->origin, (int)req->origin_len, req->origin);
+            return 403;
+        }
+    }
     a->accepted = true;
     for (size_t i = 0; i < a->n_protocols; i++) {
         size_t cur = 0, len;
@@ -618,12 +936,15 @@ static void usage(FILE *f)
             "       duplex connect [options] --listen PORT\n"
             "\n"
             "A WebSocket client for terminals and pipes. URL is ws://host[:port]/path?query or\n"
-            "wss://...; an IPv6 host is written [::1].\n"
+            "wss://...; an IPv6 host is written [::1]; without a scheme, ws:// is meant (http://\n"
+            "and https:// are read as ws:// and wss://); ws+unix:///socket/path[:/request/path]\n"
+            "connects to a Unix socket.\n"
             "\n"
             "Interactive (stdin is a terminal): each line typed is sent as a text message;\n"
             "received messages are printed after '< ' (binary ones as '[binary N bytes] HEX').\n"
             "Commands: /ping [text], /close [code [reason]], /binary HEX, /help; '//' sends a\n"
-            "leading '/'. Ctrl-D closes with 1000 and exits.\n"
+            "leading '/'. Ctrl-D or Ctrl-C closes with 1000 and exits; a second Ctrl-C exits at\n"
+            "once (status 130). Received text is shown with control characters escaped.\n"
             "\n"
             "Pipe (stdin is not a terminal): each input line is a text message (a line that is\n"
             "not UTF-8 goes as binary), each received message is written as a line (binary as\n"
@@ -634,23 +955,37 @@ static void usage(FILE *f)
             "                           message; received messages written raw, no separator [off]\n"
             "  -0, --null               NUL instead of newline separates messages both ways [newline]\n"
             "  -n, --no-input           do not read stdin; print until the peer closes [off]\n"
+            "  -x, --execute MSG        send MSG as a text message once connected, instead of\n"
+            "                           reading stdin (repeatable: in order) [none]\n"
+            "  -w, --wait T             after the input ended (stdin or -x), stay T before closing\n"
+            "                           with 1000, to print late replies [0; with --max-messages: until\n"
+            "                           they arrived]\n"
+            "      --max-messages N     close with 1000 after N received messages [no limit]\n"
+            "  -1, --one-message        --max-messages 1\n"
             "  -e, --echo               send every received message back with its opcode, print\n"
-            "                           nothing (client conformance); implies --no-input [off]\n"
+            "                           nothing (client conformance); implies --no-input and\n"
+            "                           --max-message 16MiB unless given [off]\n"
             "      --show-frames        trace every frame both ways on stderr: direction (> sent,\n"
             "                           < received), opcode, fin, rsv bits, length, masked, first\n"
             "                           16 payload bytes in hex and as text [off]\n"
             "  -H, --header 'N: v'      extra request header (repeatable) [none]\n"
-            "  -s, --subprotocol P      offer subprotocol P (repeatable); with --listen, accept the\n"
-            "                           first of these the client offers [none]\n"
+            "  -s, --subprotocol P      offer subprotocol P (repeatable; also --protocol); with\n"
+            "                           --listen, accept the first of these the client offers [none]\n"
             "  -o, --origin O           Origin header [none]\n"
             "  -k, --insecure           do not verify the server's certificate (tests only) [verify]\n"
             "      --ca FILE            trust the PEM CAs in FILE instead of the system store [system]\n"
-            "      --proxy URL          tunnel through an HTTP CONNECT proxy http://host:port [none]\n"
+            "      --cert FILE --key FILE  client certificate (PEM) for servers that ask [none]\n"
+            "      --basic-auth U:P     Authorization: Basic header (also --auth) [none]\n"
+            "      --proxy URL          through a proxy: http://host:port (HTTP CONNECT) or\n"
+            "                           socks5://host[:1080] (the proxy resolves the name) [none]\n"
+            "      --socks5 HOST:PORT   same as --proxy socks5://HOST:PORT\n"
+            "  -L, --follow-redirects   follow a 3xx Location (up to 5; shown either way) [off]\n"
+            "  -c, --connect URL        the URL, as an option (wscat)\n"
             "      --connect-timeout T  DNS + TCP + proxy + TLS + handshake [10s]\n"
             "      --ping-interval T    heartbeat ping period, 'off' to disable [30s]\n"
             "      --pong-timeout T     drop the connection when a ping gets no pong [10s]\n"
             "      --close-timeout T    wait for the peer's close frame [5s]\n"
-            "      --max-message BYTES  larger incoming messages: close 1009 [1MiB]\n"
+            "      --max-message BYTES  larger incoming messages: close 1009 [1MiB; 16MiB with --echo]\n"
             "      --reconnect          reconnect after a close or a failed attempt, with a random\n"
             "                           delay up to min(cap, base * 2^(attempt-1)) [off]\n"
             "      --backoff-base T     first delay bound [500ms]\n"
@@ -659,7 +994,13 @@ static void usage(FILE *f)
             "  -l, --listen PORT        one-shot server instead: accept one client on\n"
             "                           127.0.0.1:PORT (0: any free port; the port is printed on\n"
             "                           stderr), print what it sends, exit when it closes [off]\n"
+            "      --keep               with --listen: serve clients one after another until\n"
+            "                           Ctrl-C (or the end of stdin) [off]\n"
+            "      --origin-allow O     with --listen: accept browsers from origin O (repeatable;\n"
+            "                           '*': any). Requests with an Origin header are refused\n"
+            "                           (403) otherwise [refuse]\n"
             "      --log-level L        library log: error|warn|info|debug [warn]\n"
+            "  -V, --version            print the version\n"
             "  -h, --help               this text\n"
             "\n"
             "exit status:\n"
@@ -667,14 +1008,82 @@ static void usage(FILE *f)
             "  1  the connection failed (DNS, TCP, proxy, TLS, timeout) or closed with any other\n"
             "     code (printed on stderr)\n"
             "  2  usage error\n"
+            "  130  a second Ctrl-C\n"
             "  3  TLS certificate verification failed, or the opening handshake failed (the\n"
             "     server answered with an HTTP status other than 101, or an invalid 101)\n");
 }
 
 enum {
     O_SHOW = 256, O_CA, O_PROXY, O_CTO, O_PING, O_PONG, O_CLOSETO, O_MAXMSG, O_RECONNECT, O_BBASE, O_BCAP,
-    O_MAXATT, O_LOGLEVEL
+    O_MAXATT, O_LOGLEVEL, O_MAXMSGS, O_AUTH, O_CERT, O_KEY, O_ORIGIN_ALLOW, O_KEEP, O_SOCKS5
 };
+
+#define DX_CLI_URL_MAX 8192
+
+/* Header names the library writes itself: -H may not set them. */
+static const char *reserved_header(const char *line)
+{
+    static const char *const names[] = {"Host", "Upgrade", "Connection", "Origin"};
+    size_t n = strcspn(line, ":");
+    while (n && (line[n - 1] == ' ' || line[n - 1] == '\t'))
+        n--;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strlen(names[i]) == n && !strncasecmp(line, names[i], n))
+            return names[i];
+    if (n >= 14 && !strncasecmp(line, "Sec-WebSocket-", 14))
+        return "Sec-WebSocket-*";
+    return NULL;
+}
+
+static bool header_name_ok(const char *line)
+{
+    size_t n = strcspn(line, ":");
+    if (n == 0 || !line[n])
+        return false;
+    for (size_t i = 0; i < n; i++) /* RFC 9110 token */
+        if (!isalnum((unsigned char)line[i]) && !strchr("!#$%&'*+-.^_`|~", line[i]))
+            return false;
+    return !strpbrk(line, "\r\n");
+}
+
+/* The URL as the library takes it: no scheme means ws://; http(s):// are
+ * taken as ws(s)://; ws+unix:///socket/path[:/request/path] (as in Node's
+ * ws) connects to the Unix socket, with Host: localhost. 0, or ST_USAGE
+ * after a message. */
+static int normalize_url(app *a, const char *in, char *out, size_t cap)
+{
+    const char *rest = in;
+    const char *scheme = "ws://";
+    if (!strncasecmp(in, "ws+unix://", 10)) {
+        const char *sock = in + 10;
+        const char *colon = strchr(sock, ':');
+        size_t n = colon ? (size_t)(colon - sock) : strlen(sock);
+        if (!n || sock[0] != '/' || n >= sizeof a->unix_path) {
+            fprintf(stderr, "connect: '%s': expected ws+unix:///absolute/socket/path[:/request/path]\n", in);
+            return ST_USAGE;
+        }
+        memcpy(a->unix_path, sock, n);
+        a->unix_path[n] = 0;
+        a->copt.unix_path = a->unix_path;
+        const char *req = colon ? colon + 1 : "/";
+        if ((size_t)snprintf(out, cap, "ws://localhost%s%s", req[0] == '/' ? "" : "/", req) >= cap)
+            return ST_USAGE;
+        return 0;
+    }
+    if (!strncasecmp(in, "http://", 7)) {
+        rest = in + 7;
+    } else if (!strncasecmp(in, "https://", 8)) {
+        rest = in + 8;
+        scheme = "wss://";
+    } else if (strstr(in, "://")) {
+        scheme = "";
+    }
+    if ((size_t)snprintf(out, cap, "%s%s", scheme, rest) >= cap) {
+        fprintf(stderr, "connect: URL too long (more than %zu bytes)\n", cap - 1);
+        return ST_USAGE;
+    }
+    return 0;
+}
 
 static int bad(const char *opt, const char *val)
 {
@@ -682,7 +1091,7 @@ static int bad(const char *opt, const char *val)
     return ST_USAGE;
 }
 
-static int parse_args(app *a, int argc, char **argv, const char **url)
+static int parse_args(app *a, int argc, char **argv, const char **url, char *url_buf)
 {
     static const struct option longopts[] = {
         {"binary", no_argument, 0, 'b'},
@@ -708,13 +1117,35 @@ static int parse_args(app *a, int argc, char **argv, const char **url)
         {"listen", required_argument, 0, 'l'},
         {"log-level", required_argument, 0, O_LOGLEVEL},
         {"help", no_argument, 0, 'h'},
+        {"execute", required_argument, 0, 'x'},
+        {"wait", required_argument, 0, 'w'},
+        {"max-messages", required_argument, 0, O_MAXMSGS},
+        {"one-message", no_argument, 0, '1'},
+        {"version", no_argument, 0, 'V'},
+        {"basic-auth", required_argument, 0, O_AUTH},
+        {"auth", required_argument, 0, O_AUTH},            /* wscat */
+        {"cert", required_argument, 0, O_CERT},
+        {"key", required_argument, 0, O_KEY},
+        {"follow-redirects", no_argument, 0, 'L'},
+        {"location", no_argument, 0, 'L'},                 /* wscat */
+        {"origin-allow", required_argument, 0, O_ORIGIN_ALLOW},
+        {"keep", no_argument, 0, O_KEEP},
+        {"connect", required_argument, 0, 'c'},            /* wscat -c URL */
+        {"protocol", required_argument, 0, 's'},           /* websocat */
+        {"ping-timeout", required_argument, 0, O_PONG},    /* websocat */
+        {"socks5", required_argument, 0, O_SOCKS5},        /* websocat: HOST:PORT */
+        {"insecure-skip-verify", no_argument, 0, 'k'},
+        {"null-terminated", no_argument, 0, '0'},          /* websocat */
         {0, 0, 0, 0},
     };
+    static char socks_buf[300];
+    const char *url_arg = NULL;
     dx_client_options *o = &a->copt;
     unsigned long v;
     int ch;
+    bool max_message_set = false;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "b0neH:s:o:kl:h", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "b0neH:s:o:kl:hx:w:1VLc:", longopts, NULL)) != -1) {
         const char *name = cli_option_name(longopts, ch);
         switch (ch) {
         case 'h':
@@ -735,12 +1166,83 @@ static int parse_args(app *a, int argc, char **argv, const char **url)
         case O_SHOW:
             a->show_frames = true;
             break;
-        case 'H':
-            if (a->n_headers == MAX_LIST)
-                return bad("header", "more than 64 headers");
-            if (!strchr(optarg, ':') || optarg[0] == ':' || strpbrk(optarg, "\r\n"))
-                return bad("header", optarg);
+        case 'H': {
+            if (a->n_headers == MAX_LIST - 1)
+                return bad("header", "more than 63 headers");
+            const char *r = reserved_header(optarg);
+            if (r) {
+                fprintf(stderr, "connect: -H '%s': duplex writes the %s header itself; %s\n", optarg, r,
+                        !strcmp(r, "Origin")            ? "use -o/--origin"
+                        : !strcmp(r, "Sec-WebSocket-*") ? "use -s/--subprotocol for Sec-WebSocket-Protocol"
+                                                        : "it cannot be replaced");
+                return ST_USAGE;
+            }
+            if (!header_name_ok(optarg)) {
+                fprintf(stderr, "connect: -H '%s': expected 'Name: value' (a name of letters, digits and "
+                                "!#$%%&'*+-.^_`|~, no line breaks)\n", optarg);
+                return ST_USAGE;
+            }
             a->headers[a->n_headers++] = optarg;
+            break;
+        }
+        case 'x':
+            if (a->n_execute == MAX_LIST)
+                return bad(name, "more than 64 messages");
+            a->execute[a->n_execute++] = optarg;
+            break;
+        case 'w':
+            if (cli_parse_ms(optarg, &a->wait_ms))
+                return bad(name, optarg);
+            a->wait_set = true;
+            break;
+        case O_MAXMSGS:
+            if (cli_parse_uint(optarg, 1, 4000000000ul, &a->max_messages))
+                return bad(name, optarg);
+            break;
+        case '1':
+            a->max_messages = 1;
+            break;
+        case 'V':
+            printf("duplex connect %s (line editing: %s)\n", dx_version(), le_name());
+            return -1;
+        case O_AUTH: {
+            if (!strchr(optarg, ':'))
+                return bad(name, "expected user:password");
+            if (a->n_headers == MAX_LIST - 1)
+                return bad("header", "more than 63 headers");
+            size_t n = strlen(optarg);
+            if (n > 700)
+                return bad(name, "longer than 700 bytes");
+            char b64[960];
+            cli_base64((const uint8_t *)optarg, n, b64);
+            snprintf(a->auth_header, sizeof a->auth_header, "Authorization: Basic %s", b64);
+            a->headers[a->n_headers++] = a->auth_header;
+            break;
+        }
+        case O_CERT:
+            o->cert_file = optarg;
+            break;
+        case O_KEY:
+            o->key_file = optarg;
+            break;
+        case 'L':
+            a->follow_redirects = true;
+            break;
+        case O_ORIGIN_ALLOW:
+            if (a->n_origin_allow == MAX_LIST)
+                return bad(name, "more than 64 origins");
+            a->origin_allow[a->n_origin_allow++] = optarg;
+            break;
+        case O_KEEP:
+            a->keep = true;
+            break;
+        case 'c':
+            url_arg = optarg;
+            break;
+        case O_SOCKS5:
+            if ((size_t)snprintf(socks_buf, sizeof socks_buf, "socks5://%s", optarg) >= sizeof socks_buf)
+                return bad(name, optarg);
+            o->proxy = socks_buf;
             break;
         case 's':
             if (a->n_protocols == MAX_LIST)
@@ -759,6 +1261,12 @@ static int parse_args(app *a, int argc, char **argv, const char **url)
             o->ca_file = optarg;
             break;
         case O_PROXY:
+            if (strncasecmp(optarg, "http://", 7) && strncasecmp(optarg, "socks5://", 9) &&
+                strncasecmp(optarg, "socks5h://", 10)) {
+                fprintf(stderr, "connect: --proxy '%s': expected http://HOST:PORT (HTTP CONNECT) or "
+                                "socks5://HOST:PORT\n", optarg);
+                return ST_USAGE;
+            }
             o->proxy = optarg;
             break;
         case O_CTO:
@@ -782,6 +1290,7 @@ static int parse_args(app *a, int argc, char **argv, const char **url)
         case O_MAXMSG:
             if (cli_parse_size(optarg, &o->max_message) || !o->max_message)
                 return bad(name, optarg);
+            max_message_set = true;
             break;
         case O_RECONNECT:
             o->reconnect = 1;
@@ -814,26 +1323,47 @@ static int parse_args(app *a, int argc, char **argv, const char **url)
             return ST_USAGE;
         }
     }
+    if (a->keep && !a->listen) {
+        fprintf(stderr, "connect: --keep goes with --listen\n");
+        return ST_USAGE;
+    }
+    if (a->n_origin_allow && !a->listen) {
+        fprintf(stderr, "connect: --origin-allow goes with --listen (the origins it accepts)\n");
+        return ST_USAGE;
+    }
+    if (a->n_execute && (a->echo || a->no_input || a->binary)) {
+        fprintf(stderr, "connect: -x sends text messages instead of stdin: not with --echo, --no-input or --binary\n");
+        return ST_USAGE;
+    }
+    if ((o->cert_file != NULL) != (o->key_file != NULL)) {
+        fprintf(stderr, "connect: --cert and --key go together\n");
+        return ST_USAGE;
+    }
+    if (a->echo && !max_message_set)
+        o->max_message = ECHO_MAX_MESSAGE; /* accept what `duplex serve --max-message 16MiB` accepts */
     if (a->listen) {
         if (optind < argc) {
             fprintf(stderr, "connect: --listen takes no URL (got '%s')\n", argv[optind]);
             return ST_USAGE;
         }
-        if (o->proxy || o->ca_file || o->insecure || o->reconnect || o->origin || a->n_headers) {
-            fprintf(stderr, "connect: --proxy, --ca, --insecure, --reconnect, --origin and -H are client "
-                            "options, not for --listen\n");
+        if (o->proxy || o->ca_file || o->insecure || o->reconnect || o->origin || a->n_headers || o->cert_file ||
+            a->follow_redirects || url_arg) {
+            fprintf(stderr, "connect: --proxy, --socks5, --ca, --insecure, --cert, --reconnect, --origin, -H, "
+                            "--basic-auth, --follow-redirects and -c are client options, not for --listen\n");
             return ST_USAGE;
         }
     } else {
-        if (optind >= argc) {
+        if (!url_arg && optind >= argc) {
             fprintf(stderr, "connect: missing URL (see duplex connect --help)\n");
             return ST_USAGE;
         }
-        if (optind + 1 < argc) {
-            fprintf(stderr, "connect: unexpected argument '%s'\n", argv[optind + 1]);
+        if (optind + (url_arg ? 0 : 1) < argc) {
+            fprintf(stderr, "connect: unexpected argument '%s'\n", argv[optind + (url_arg ? 0 : 1)]);
             return ST_USAGE;
         }
-        *url = argv[optind];
+        if (normalize_url(a, url_arg ? url_arg : argv[optind], url_buf, DX_CLI_URL_MAX))
+            return ST_USAGE;
+        *url = url_buf;
     }
     if (a->binary && a->sep == '\0') {
         fprintf(stderr, "connect: --binary and --null do not go together (binary has no separator)\n");
@@ -851,6 +1381,9 @@ static int parse_args(app *a, int argc, char **argv, const char **url)
 static int start_client(app *a, const char *url)
 {
     dx_client_options *o = &a->copt;
+    if (url != a->url)
+        snprintf(a->url, sizeof a->url, "%s", url);
+    url = a->url;
     o->url = url;
     o->protocols = a->protocols;
     o->n_protocols = a->n_protocols;
@@ -872,10 +1405,23 @@ static int start_client(app *a, const char *url)
     a->cl = dx_client_new(a->loop, o, &err);
     if (!a->cl) {
         if (err == DX_EINVAL) {
-            fprintf(stderr, "connect: invalid URL or option: '%s' (ws://host[:port]/path or wss://...)\n", url);
+            /* Name what is wrong: try again without the proxy. */
+            dx_client_options t = *o;
+            t.proxy = NULL;
+            t.unix_path = NULL;
+            dx_client *probe = o->proxy ? dx_client_new(a->loop, &t, &err) : NULL;
+            if (probe) {
+                dx_client_free(probe);
+                fprintf(stderr, "connect: invalid --proxy '%s' (http://HOST:PORT or socks5://HOST:PORT)\n",
+                        o->proxy);
+            } else {
+                fprintf(stderr, "connect: invalid URL '%s' (ws://host[:port]/path, wss://..., or "
+                                "ws+unix:///socket/path[:/request/path])\n", url);
+            }
             return ST_USAGE;
         }
-        fprintf(stderr, "connect: %s%s\n", dx_strerror(err), err == DX_ETLS ? " (the --ca file is unusable)" : "");
+        fprintf(stderr, "connect: %s%s\n", dx_strerror(err),
+                err == DX_ETLS ? " (the --ca, --cert or --key file is unusable: see the line above)" : "");
         return ST_FAIL;
     }
     if ((err = dx_client_connect(a->cl)) != 0) {
@@ -923,18 +1469,13 @@ static int start_server(app *a)
     return 0;
 }
 
-static void stop_reader(app *a)
+static void stop_helper(app *a)
 {
-    if (!a->reader_started)
+    if (!a->helper_started)
         return;
-    pthread_mutex_lock(&a->mu);
-    a->quitting = true;
-    pthread_cond_signal(&a->cv);
-    pthread_mutex_unlock(&a->mu);
-    ssize_t r = write(a->wake[1], "x", 1);
-    (void)r;
-    pthread_join(a->reader, NULL);
-    a->reader_started = false;
+    ctl_write(a, 'q');
+    pthread_join(a->helper, NULL);
+    a->helper_started = false;
 }
 
 int cmd_connect(int argc, char **argv)
@@ -944,34 +1485,33 @@ int cmd_connect(int argc, char **argv)
     a->sep = '\n';
     a->log.level = DX_LOG_WARN;
     a->status = ST_FAIL; /* until a connection ends normally */
-    a->wake[0] = a->wake[1] = -1;
-    pthread_mutex_init(&a->mu, NULL);
-    pthread_cond_init(&a->cv, NULL);
+    a->ctl[0] = a->ctl[1] = -1;
     const char *url = NULL;
-    int rc = parse_args(a, argc, argv, &url);
-    if (rc) {
-        pthread_cond_destroy(&a->cv);
-        pthread_mutex_destroy(&a->mu);
+    char url_buf[DX_CLI_URL_MAX];
+    int rc = parse_args(a, argc, argv, &url, url_buf);
+    if (rc)
         return rc < 0 ? ST_OK : rc;
-    }
-    a->interactive = isatty(0) && !a->binary && a->sep == '\n' && !a->no_input;
+    a->interactive = isatty(0) && !a->binary && a->sep == '\n' && !a->no_input && !a->n_execute;
+    a->read_stdin = !a->no_input && !a->n_execute;
 
     int err;
     dx_loop_options lo = {.log = &a->log};
     a->loop = dx_loop_new(&lo, &err);
     if (!a->loop) {
         fprintf(stderr, "connect: cannot create an event loop: %s\n", dx_strerror(err));
-        pthread_cond_destroy(&a->cv);
-        pthread_mutex_destroy(&a->mu);
         return ST_FAIL;
     }
     rc = a->listen ? start_server(a) : start_client(a, url);
-    if (rc == 0 && !a->no_input) {
-        if (pipe(a->wake) < 0 || pthread_create(&a->reader, NULL, reader_main, a) != 0) {
-            fprintf(stderr, "connect: cannot start the stdin reader\n");
+    if (rc == 0) {
+        if (pipe2(a->ctl, O_CLOEXEC) < 0 || pthread_create(&a->helper, NULL, helper_main, a) != 0) {
+            fprintf(stderr, "connect: cannot start the stdin/signal thread\n");
             rc = ST_FAIL;
         } else {
-            a->reader_started = true;
+            a->helper_started = true;
+            g_ctl_fd = a->ctl[1];
+            struct sigaction sa = {.sa_handler = on_sigint, .sa_flags = SA_RESTART};
+            sigemptyset(&sa.sa_mask);
+            sigaction(SIGINT, &sa, NULL);
         }
     }
     if (rc == 0) {
@@ -979,18 +1519,18 @@ int cmd_connect(int argc, char **argv)
             fprintf(stderr, "connect: event loop failed\n");
         rc = a->status;
     }
-    stop_reader(a);
+    signal(SIGINT, SIG_DFL);
+    g_ctl_fd = -1;
+    stop_helper(a);
     if (a->cl)
         dx_client_free(a->cl);
     if (a->srv)
         dx_server_free(a->srv);
     dx_loop_free(a->loop);
-    if (a->wake[0] >= 0) {
-        close(a->wake[0]);
-        close(a->wake[1]);
+    if (a->ctl[0] >= 0) {
+        close(a->ctl[0]);
+        close(a->ctl[1]);
     }
-    pthread_cond_destroy(&a->cv);
-    pthread_mutex_destroy(&a->mu);
     free(a->in.p);
     return rc;
 }

@@ -1,11 +1,22 @@
 /*
  * cmd/duplex/serve.c: `duplex serve`: one loop and one server per worker
- * thread (SO_REUSEPORT), an echo endpoint, static files and a health check.
+ * thread, an echo endpoint, static files and a health check.
+ *
+ * Port sharing: the workers of one process share the port with SO_REUSEPORT
+ * (each has its own listening socket). Before they bind, a probe socket
+ * without SO_REUSEPORT binds the same address: if another process listens
+ * there (reuseport or not), the probe fails with EADDRINUSE and serve exits 1
+ * with one message, instead of silently splitting traffic with it. (Two
+ * servers started within the same instant could both pass the probe.)
+ *
+ * Logging: every line, the library's and serve's own, goes through
+ * cli_log_sink in one format with timestamps (--log-format text|json).
  *
  * Signals: SIGINT/SIGTERM are blocked in every thread and taken by the main
  * thread with sigwait: the workers stop accepting, send close 1001 to every
  * connection and stop once their connections are gone or the close timeout
- * (plus a second) has passed; the process exits 0.
+ * (plus a second) has passed; the process exits 0. A second signal during
+ * that wait exits at once with status 1.
  */
 #define _GNU_SOURCE
 #include "cli.h"
@@ -13,6 +24,10 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -40,6 +55,7 @@ typedef struct app {
     dx_tls_cert certs[MAX_CERTS];
     size_t ncerts;
     dx_log log;
+    int log_format;
     unsigned workers;
     atomic_bool stopping;
 } app;
@@ -79,6 +95,11 @@ static void usage(FILE *f)
             "  --ping-interval T      heartbeat ping period, 'off' to disable [30s]\n"
             "  --pong-timeout T       drop a peer that does not answer a ping [10s]\n"
             "  --log-level L          error|warn|info|debug [info]\n"
+            "  --log-format F         text (timestamp level message) or json (one object per line) [text]\n"
+            "\n"
+            "Once every worker listens, serve prints 'duplex: serving http://HOST:PORT/' on stdout.\n"
+            "A port another process listens on is refused (exit 1). The first SIGINT/SIGTERM closes\n"
+            "connections with 1001 and exits 0; a second one exits at once with status 1.\n"
             "  -h, --help             this text\n");
 }
 
@@ -133,6 +154,103 @@ static void check_worker(void *arg)
         dx_loop_stop(w->loop);
 }
 
+/* 0 when a plain bind (no SO_REUSEPORT) of the address the library will
+ * bind succeeds; else prints why and returns 1. Mirrors dx__listen_tcp's
+ * choice: the host given, or "::" then "0.0.0.0". */
+static int probe_port(const char *host, unsigned port)
+{
+    char portstr[16];
+    snprintf(portstr, sizeof portstr, "%u", port);
+    const char *tries[2] = {host, NULL};
+    size_t ntries = 1;
+    if (!host) {
+        tries[0] = "::";
+        tries[1] = "0.0.0.0";
+        ntries = 2;
+    }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    for (size_t t = 0; t < ntries; t++) {
+        struct addrinfo *res = NULL;
+        int gai = getaddrinfo(tries[t], portstr, &hints, &res);
+        if (gai != 0) {
+            if (host) {
+                cli_logf(&g_app.log, DX_LOG_ERROR, "serve: cannot resolve --host '%s': %s", host, gai_strerror(gai));
+                return 1;
+            }
+            continue;
+        }
+        for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+            int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+            if (fd < 0)
+                continue;
+            int one = 1;
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            int rc = bind(fd, ai->ai_addr, ai->ai_addrlen);
+            int e = errno;
+            close(fd);
+            if (rc == 0) {
+                freeaddrinfo(res);
+                return 0;
+            }
+            if (e == EADDRINUSE) {
+                freeaddrinfo(res);
+                cli_logf(&g_app.log, DX_LOG_ERROR,
+                         "serve: port %u is already in use on %s (another server listens there); "
+                         "choose another --port or stop that server",
+                         port, host ? host : "this host");
+                return 1;
+            }
+        }
+        freeaddrinfo(res);
+    }
+    return 0; /* let the library report what fails */
+}
+
+/* A Unix socket path another server is accepting on: refuse it rather than
+ * let the library replace the socket file. 0: free or stale. */
+static int probe_unix(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return 0;
+    if (!S_ISSOCK(st.st_mode)) {
+        cli_logf(&g_app.log, DX_LOG_ERROR, "serve: --unix %s exists and is not a socket", path);
+        return 1;
+    }
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sun.sun_path)
+        return 0;
+    strcpy(sun.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    int rc = connect(fd, (struct sockaddr *)&sun, sizeof sun);
+    close(fd);
+    if (rc == 0) {
+        cli_logf(&g_app.log, DX_LOG_ERROR, "serve: --unix %s is in use (another server accepts on it)", path);
+        return 1;
+    }
+    return 0;
+}
+
+/* The URL a browser would use for the address bound. */
+static void print_url(const dx_server_options *o, unsigned port, bool tls)
+{
+    if (o->unix_path) {
+        printf("duplex: serving unix:%s (WebSocket echo at path /echo)\n", o->unix_path);
+    } else {
+        const char *h = o->host;
+        if (!h || !strcmp(h, "0.0.0.0"))
+            h = "127.0.0.1";
+        else if (!strcmp(h, "::"))
+            h = "::1";
+        bool v6 = strchr(h, ':') != NULL;
+        printf("duplex: serving %s://%s%s%s:%u/ (WebSocket echo at %s://%s%s%s:%u/echo)\n", tls ? "https" : "http",
+               v6 ? "[" : "", h, v6 ? "]" : "", port, tls ? "wss" : "ws", v6 ? "[" : "", h, v6 ? "]" : "", port);
+    }
+    fflush(stdout);
+}
+
 static void raise_nofile(void)
 {
     struct rlimit rl;
@@ -144,13 +262,13 @@ static void raise_nofile(void)
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
             rl.rlim_cur = soft;
     }
-    fprintf(stderr, "serve: descriptors: soft limit %llu (was %llu), hard limit %llu\n",
+    cli_logf(&g_app.log, DX_LOG_INFO, "serve: descriptors: soft limit %llu (was %llu), hard limit %llu",
             (unsigned long long)rl.rlim_cur, (unsigned long long)soft, (unsigned long long)rl.rlim_max);
 }
 
 enum {
     O_HOST = 256, O_PORT, O_UNIX, O_WORKERS, O_CERT, O_KEY, O_STATIC, O_MAXMSG, O_MAXFRAG, O_MAXHEAD, O_MAXHDRS,
-    O_SENDMAX, O_HIWAT, O_HSTO, O_CLOSETO, O_IDLETO, O_PING, O_PONG, O_LOGLEVEL, O_PERIP, O_MAXHS
+    O_SENDMAX, O_HIWAT, O_HSTO, O_CLOSETO, O_IDLETO, O_PING, O_PONG, O_LOGLEVEL, O_PERIP, O_MAXHS, O_LOGFORMAT
 };
 
 static int bad(const char *opt, const char *val)
@@ -183,6 +301,7 @@ int cmd_serve(int argc, char **argv)
         {"log-level", required_argument, 0, O_LOGLEVEL},
         {"max-conns-per-ip", required_argument, 0, O_PERIP},
         {"max-handshaking", required_argument, 0, O_MAXHS},
+        {"log-format", required_argument, 0, O_LOGFORMAT},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -190,6 +309,8 @@ int cmd_serve(int argc, char **argv)
     memset(a, 0, sizeof *a);
     dx_server_options *o = &a->opt;
     a->log.level = DX_LOG_INFO;
+    a->log.sink = cli_log_sink;
+    a->log.ud = &a->log_format;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     a->workers = ncpu > 0 ? (unsigned)ncpu : 1;
     size_t nkeys = 0;
@@ -299,6 +420,10 @@ int cmd_serve(int argc, char **argv)
             if ((a->log.level = cli_parse_log_level(optarg)) < 0)
                 return bad(name, optarg);
             break;
+        case O_LOGFORMAT:
+            if ((a->log_format = cli_parse_log_format(optarg)) < 0)
+                return bad(name, optarg);
+            break;
         default:
             usage(stderr);
             return 2;
@@ -321,13 +446,32 @@ int cmd_serve(int argc, char **argv)
         fprintf(stderr, "serve: --send-high-water must not exceed --send-max\n");
         return 2;
     }
+    if (o->static_dir) {
+        struct stat st;
+        if (stat(o->static_dir, &st) != 0) {
+            fprintf(stderr, "serve: --static %s: %s\n", o->static_dir, strerror(errno));
+            return 2;
+        }
+        if (!S_ISDIR(st.st_mode)) {
+            fprintf(stderr, "serve: --static %s is not a directory (give the directory that holds it)\n",
+                    o->static_dir);
+            return 2;
+        }
+    }
+    if (o->unix_path && o->host) {
+        fprintf(stderr, "serve: --unix and --host do not go together\n");
+        return 2;
+    }
     o->tls = a->ncerts ? a->certs : NULL;
     o->n_tls = a->ncerts;
-    o->reuse_port = 1;
     o->cb = (dx_server_callbacks){
         .on_upgrade = on_upgrade, .on_http = on_http, .on_message = on_message};
     if (o->unix_path && a->workers > 1)
         a->workers = 1; /* one listener for a Unix socket */
+    /* SO_REUSEPORT only between this process's workers, after the probe. */
+    o->reuse_port = a->workers > 1;
+    if (o->unix_path ? probe_unix(o->unix_path) : probe_port(o->host, o->port ? o->port : 8080))
+        return 1;
     /* Each worker counts its own connections; the kernel spreads a client's
      * connections over the workers, so each gets its share of the limit. */
     if (o->max_conns_per_ip)
@@ -356,7 +500,7 @@ int cmd_serve(int argc, char **argv)
         w->index = (int)i;
         w->loop = dx_loop_new(&lo, &err);
         if (!w->loop) {
-            fprintf(stderr, "serve: cannot create an event loop: %s\n", dx_strerror(err));
+            cli_logf(&a->log, DX_LOG_ERROR, "serve: cannot create an event loop: %s", dx_strerror(err));
             status = 1;
             break;
         }
@@ -364,27 +508,36 @@ int cmd_serve(int argc, char **argv)
         o->instances = a->workers;
         w->srv = dx_server_new(w->loop, o, &err);
         if (!w->srv) {
-            fprintf(stderr, "serve: cannot create the server: %s\n", dx_strerror(err));
+            cli_logf(&a->log, DX_LOG_ERROR, "serve: cannot create the server: %s", dx_strerror(err));
             status = 1;
             break;
         }
         if ((err = dx_server_start(w->srv)) != 0) {
-            fprintf(stderr, "serve: cannot listen: %s (%s)\n", dx_strerror(err), strerror(errno));
+            /* The library logged the address and the system's reason. */
             status = 1;
             break;
         }
-        if (i == 0) {
+        if (i == 0 && !o->unix_path)
             o->port = dx_server_port(w->srv); /* the others join the same port */
-            fprintf(stderr, "serve: duplex %s listening on %s%s%s:%u (%s), %u worker%s%s%s\n", dx_version(),
-                    o->host ? "" : "*", o->host ? o->host : "", "", o->unix_path ? 0 : o->port,
-                    a->ncerts ? "wss" : "ws", a->workers, a->workers == 1 ? "" : "s",
-                    o->static_dir ? ", static files from " : "", o->static_dir ? o->static_dir : "");
-        }
+    }
+    if (status == 0) {
+        /* Printed only now that every worker listens: scripts wait for it. */
+        if (o->unix_path)
+            cli_logf(&a->log, DX_LOG_INFO, "serve: duplex %s listening on unix:%s (%s), 1 worker%s%s", dx_version(),
+                     o->unix_path, a->ncerts ? "wss" : "ws", o->static_dir ? ", static files from " : "",
+                     o->static_dir ? o->static_dir : "");
+        else
+            cli_logf(&a->log, DX_LOG_INFO, "serve: duplex %s listening on %s%s%s:%u (%s), %u worker%s%s%s",
+                     dx_version(), o->host && strchr(o->host, ':') ? "[" : "", o->host ? o->host : "*",
+                     o->host && strchr(o->host, ':') ? "]" : "", o->port, a->ncerts ? "wss" : "ws", a->workers,
+                     a->workers == 1 ? "" : "s", o->static_dir ? ", static files from " : "",
+                     o->static_dir ? o->static_dir : "");
+        print_url(o, o->port, a->ncerts != 0);
     }
     if (status == 0) {
         for (unsigned i = 0; i < a->workers; i++) {
             if (pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]) != 0) {
-                fprintf(stderr, "serve: cannot start worker %u\n", i);
+                cli_logf(&a->log, DX_LOG_ERROR, "serve: cannot start worker %u", i);
                 status = 1;
                 break;
             }
@@ -396,8 +549,8 @@ int cmd_serve(int argc, char **argv)
         sigdelset(&set, SIGPIPE);
         sigwait(&set, &sig);
         atomic_store(&a->stopping, true);
-        fprintf(stderr, "serve: %s: closing connections with 1001 (up to %u ms)\n", strsignal(sig),
-                o->close_timeout_ms ? o->close_timeout_ms : 5000u);
+        cli_logf(&a->log, DX_LOG_INFO, "serve: %s: closing connections with 1001 (up to %u ms); again to exit now",
+                 strsignal(sig), o->close_timeout_ms ? o->close_timeout_ms : 5000u);
         for (unsigned i = 0; i < started; i++)
             dx_loop_post(ws[i].loop, shutdown_worker, &ws[i]);
         /* Each connection ends within the close timeout; poll the workers
@@ -412,8 +565,14 @@ int cmd_serve(int argc, char **argv)
                 }
             if (all)
                 break;
+            /* Waits 50 ms for a second signal, which forces the exit. */
             struct timespec ts = {0, 50 * 1000000L};
-            nanosleep(&ts, NULL);
+            int again = sigtimedwait(&set, NULL, &ts);
+            if (again == SIGINT || again == SIGTERM) {
+                cli_logf(&a->log, DX_LOG_WARN, "serve: %s again: exiting now without waiting for connections",
+                         strsignal(again));
+                _exit(1);
+            }
         }
     }
     for (unsigned i = 0; i < started; i++) {
@@ -428,6 +587,6 @@ int cmd_serve(int argc, char **argv)
     }
     free(ws);
     if (status == 0)
-        fprintf(stderr, "serve: stopped\n");
+        cli_logf(&a->log, DX_LOG_INFO, "serve: stopped");
     return status;
 }

@@ -58,15 +58,23 @@ typedef struct dx_client_options {
     const char *origin;             /* Origin header, or NULL */
     const char *const *headers;     /* extra header lines "Name: value" */
     size_t n_headers;
-    const char *proxy;              /* "http://host:port": tunnel through HTTP CONNECT */
+    const char *proxy;              /* "http://host:port": tunnel through HTTP CONNECT;
+                                       "socks5://host[:1080]" (or socks5h://): through a SOCKS5 proxy
+                                       (RFC 1928, no authentication); the URL's host name is sent to
+                                       the proxy, which resolves it */
     const char *bind_addr;          /* local source address (e.g. "127.0.0.2"), or NULL */
 
     int insecure;                   /* 1: do not verify the server's certificate (tests only) */
     const char *ca_file;            /* PEM CAs to trust instead of the system store */
+    const char *cert_file;          /* PEM client certificate (chain) shown to a wss:// server that asks */
+    const char *key_file;           /* its PEM private key; both or neither (else DX_EINVAL) */
+    const char *unix_path;          /* connect to this Unix socket instead of the URL's host and port
+                                       (the URL still gives Host and the path); not with proxy */
 
     unsigned connect_timeout_ms;    /* [10000] DNS + TCP + proxy + TLS + handshake */
     size_t max_message;             /* [1 MiB] larger incoming messages: close 1009 */
-    size_t max_fragments;           /* [1024] */
+    size_t max_fragments;           /* [1024] frames of any size per message; more only while they
+                                       average 64 bytes (DX_CODEC_FRAGMENT_COST rule) → close 1008 */
     size_t max_head;                /* [8192] response head */
     size_t send_high_water;         /* [64 KiB] */
     size_t send_max;                /* [1 MiB] unsent bytes before the connection is closed 1008 */
@@ -94,7 +102,8 @@ typedef struct dx_client_stats {
 /* A client on `loop` (not connected yet; the size rule of option structs
  * is in duplex/loop.h). NULL on failure with *err:
  * DX_EINVAL (bad URL or option: the URL must be ws:// or wss:// with a
- * host), DX_ETLS (CA file unusable), DX_ENOMEM. Fires no callback. */
+ * host; a bad proxy URL, header, subprotocol; cert_file without key_file),
+ * DX_ETLS (CA file, client certificate or key unusable: logged), DX_ENOMEM. Fires no callback. */
 DX_API dx_client *dx_client_new_sized(dx_loop *loop, const dx_client_options *opt, size_t opt_size, int *err);
 #define dx_client_new(loop, opt, err) dx_client_new_sized((loop), (opt), sizeof(dx_client_options), (err))
 
@@ -119,6 +128,12 @@ DX_API int dx_client_send(dx_client *cl, int opcode, const void *data, size_t le
  * connected. An attempt in progress is abandoned without on_error (0; its
  * on_done follows). */
 DX_API int dx_client_close(dx_client *cl, unsigned code, const char *reason, size_t len);
+
+/* The Location header of the last answer with a 3xx status (the redirect
+ * target, as the server wrote it: possibly relative), or NULL. Valid until
+ * the next attempt starts; meant for on_error (err DX_EHANDSHAKE, whose
+ * `what` names it too). The client does not follow redirects itself. */
+DX_API const char *dx_client_location(const dx_client *cl);
 
 /* The open connection, or NULL. Fires no callback (nor does the next). */
 DX_API dx_conn *dx_client_conn(const dx_client *cl);

@@ -38,6 +38,14 @@ typedef struct dx_codec dx_codec;
 
 #define DX_CODEC_DEFAULT_MAX_MESSAGE (1u << 20) /* 1 MiB */
 #define DX_CODEC_DEFAULT_MAX_FRAGMENTS 1024u
+/* The fragment cost rule (docs/limits.md): each frame of a data message
+ * costs this many bytes, paid from max_fragments frames plus the message's
+ * own payload. Frame n is refused (close 1008) when
+ * n > max_fragments + payload / DX_CODEC_FRAGMENT_COST, payload counting the
+ * message's bytes through frame n: messages whose frames average 64 bytes or
+ * more are never refused for their frame count; floods of empty or tiny
+ * frames are refused after about max_fragments frames. */
+#define DX_CODEC_FRAGMENT_COST 64u
 
 /*
  * Callbacks. Every pointer passed to them is borrowed until the callback
@@ -68,7 +76,7 @@ typedef struct dx_codec_config {
     int role;                  /* DX_ROLE_SERVER or DX_ROLE_CLIENT */
     size_t max_message;        /* bytes of one data message; 0: DX_CODEC_DEFAULT_MAX_MESSAGE. Over: 1009 */
     size_t max_frame;          /* bytes of one frame's payload; 0: same as max_message. Over: 1009 */
-    size_t max_fragments;      /* frames in one data message; 0: DX_CODEC_DEFAULT_MAX_FRAGMENTS. Over: 1008 */
+    size_t max_fragments;      /* frame allowance of one data message (the cost rule above); 0: DX_CODEC_DEFAULT_MAX_FRAGMENTS. Over: 1008 */
     size_t max_output;         /* bytes queued for sending before sends fail with DX_ELIMIT; 0: no limit */
     unsigned rsv_allowed;      /* RSV bits negotiated by an extension (DX_RSV1 for permessage-deflate) */
     int no_auto_pong;          /* 1: do not answer pings automatically */

@@ -182,7 +182,8 @@ typedef struct dx_server_options {
     size_t max_headers;         /* [64] header lines → 431 */
     unsigned handshake_timeout_ms; /* [10000] from accept to the end of the upgrade, TLS included */
     size_t max_message;         /* [1 MiB] → close 1009 */
-    size_t max_fragments;       /* [1024] frames per message → close 1008 */
+    size_t max_fragments;       /* [1024] frames of any size per message; more only while they average
+                                   64 bytes (DX_CODEC_FRAGMENT_COST rule) → close 1008 */
     size_t send_high_water;     /* [64 KiB] queued bytes above which on_drain is armed */
     size_t send_max;            /* [1 MiB] queued bytes past which the peer is closed with 1008 */
     unsigned close_timeout_ms;  /* [5000] wait for the peer's close frame / EOF, then drop */

@@ -194,6 +194,25 @@ fail:
     return NULL;
 }
 
+int dx__tls_client_ctx_cert(dx__tls_ctx *tc, const char *cert_file, const char *key_file, char *errbuf,
+                            size_t errlen)
+{
+    SSL_CTX *ctx = tc->ctx[0];
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
+        tls_errbuf(errbuf, errlen, "cannot load the client certificate", cert_file);
+        return DX_ETLS;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1) {
+        tls_errbuf(errbuf, errlen, "cannot load the client key", key_file);
+        return DX_ETLS;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        tls_errbuf(errbuf, errlen, "the client key does not match the certificate", key_file);
+        return DX_ETLS;
+    }
+    return 0;
+}
+
 int dx__tls_connect(dx__tls_ctx *tc, dx__stream *s, const char *host)
 {
     SSL *ssl = SSL_new(tc->ctx[0]);

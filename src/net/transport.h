@@ -64,6 +64,11 @@ int dx__tls_accept(dx__tls_ctx *ctx, dx__stream *s);
 /* TLS client context: verification against the system store (or `ca_file`
  * only), unless `insecure`. NULL with *err = DX_ETLS and a reason in errbuf. */
 dx__tls_ctx *dx__tls_client_ctx_new(const char *ca_file, int insecure, char *errbuf, size_t errlen, int *err);
+/* Adds a client certificate (PEM, chain allowed) and its PEM private key to
+ * a client context, presented when the server asks (mutual TLS). 0, or
+ * DX_ETLS with a reason in errbuf (unreadable file, key not matching). */
+int dx__tls_client_ctx_cert(dx__tls_ctx *ctx, const char *cert_file, const char *key_file, char *errbuf,
+                            size_t errlen);
 /* Starts a client-side TLS stream on s->fd for `host` (SNI unless an IP
  * literal; the certificate must match the name or IP unless insecure). */
 int dx__tls_connect(dx__tls_ctx *ctx, dx__stream *s, const char *host);

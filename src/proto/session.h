@@ -31,7 +31,10 @@ enum dx__put_kind { DX__PUT_DATA = 0, DX__PUT_PING, DX__PUT_PONG, DX__PUT_CLOSE 
 
 typedef struct dx__session_cfg {
     dx_frame_limits limits;   /* max_frame, max_message (0: none) */
-    size_t max_fragments;     /* frames per data message (0: none) → 1008 */
+    /* Fragment allowance (0: none): frame n of a data message is refused
+     * (1008) when n > max_fragments + payload / DX_CODEC_FRAGMENT_COST, payload
+     * counting the message's bytes through frame n. See session.c. */
+    size_t max_fragments;
     uint8_t role;             /* DX_ROLE_SERVER or DX_ROLE_CLIENT */
     bool auto_pong;           /* answer pings */
     const dx_seams *seams;    /* allocator for the receive buffer */
@@ -55,7 +58,8 @@ struct dx__session {
     const dx__session_cfg *cfg;
     dx_frame_decoder dec;
     struct dx__rxbuf *rx;  /* received message bytes (then a split control payload), or NULL */
-    uint32_t rx_fragments; /* frames of the open received message */
+    uint64_t rx_fragments; /* frames of the open received message */
+    uint64_t rx_payload;   /* its payload bytes, the current frame's included */
     dx_utf8 rx_utf8;       /* received text message */
     dx_utf8 tx_utf8;       /* outgoing fragmented text message */
     int err;               /* what failed the session, 0 if nothing */

@@ -7,8 +7,9 @@
  *
  * One attempt: resolve (numeric hosts at once, names on a short-lived thread
  * that posts its answer back to the loop, so the loop never blocks on DNS)
- * → TCP connect to each address in turn → optional HTTP CONNECT through a
- * proxy → optional TLS (verification on by default) → upgrade request → 101.
+ * → TCP connect to each address in turn (or to a Unix socket) → optional
+ * HTTP CONNECT or SOCKS5 through a proxy → optional TLS (verification on by
+ * default, a client certificate when configured) → upgrade request → 101.
  * A failed attempt or a lost connection is followed, when reconnecting is on,
  * by a delay drawn uniformly from [0, min(cap, base * 2^(n-1))] ("full
  * jitter"), n counting consecutive failures. Messages sent while not open
@@ -41,8 +42,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 enum { CL_IDLE = 0, CL_STARTING, CL_RESOLVING, CL_CONNECTING, CL_OPEN, CL_WAITING, CL_DONE };
@@ -77,6 +80,10 @@ struct dx_client {
     dx_ws_client_opts wsopts;
     dx_url url, proxy;
     bool use_proxy;
+    bool socks;            /* the proxy speaks SOCKS5, not HTTP CONNECT */
+    uint8_t socks_stage;   /* 1: method answer awaited; 2: CONNECT answer awaited */
+    char location[1024];   /* Location of the last 3xx answer, or "" */
+    int unix_errno;        /* a Unix-socket connect that failed at once, reported from the timer */
     dx__tls_ctx *tls;
     int state;
     dx_conn *conn;
@@ -112,6 +119,7 @@ static int copy_strings(dx_client *cl, const dx_client_options *o)
     size_t need = 0;
 #define SZ(s) ((s) ? strlen(s) + 1 : 0)
     need += SZ(o->url) + SZ(o->origin) + SZ(o->proxy) + SZ(o->bind_addr) + SZ(o->ca_file);
+    need += SZ(o->cert_file) + SZ(o->key_file) + SZ(o->unix_path);
     for (size_t i = 0; i < o->n_protocols; i++)
         need += SZ(o->protocols[i]);
     for (size_t i = 0; i < o->n_headers; i++)
@@ -134,6 +142,9 @@ static int copy_strings(dx_client *cl, const dx_client_options *o)
     CP(cl->opt.proxy, o->proxy);
     CP(cl->opt.bind_addr, o->bind_addr);
     CP(cl->opt.ca_file, o->ca_file);
+    CP(cl->opt.cert_file, o->cert_file);
+    CP(cl->opt.key_file, o->key_file);
+    CP(cl->opt.unix_path, o->unix_path);
     for (size_t i = 0; i < o->n_protocols; i++)
         CP(cl->protocols[i], o->protocols[i]);
     for (size_t i = 0; i < o->n_headers; i++) {
@@ -193,10 +204,21 @@ static dx_client *client_new(dx_loop *loop, const dx_client_options *o, int *err
     if (dx__url_parse(cl->opt.url, true, false, &cl->url))
         goto fail;
     if (cl->opt.proxy) {
-        if (dx__url_parse(cl->opt.proxy, false, true, &cl->proxy))
+        /* socks5://host:port is parsed with the http:// rules (host, port). */
+        const char *p = cl->opt.proxy;
+        size_t skip = !strncasecmp(p, "socks5://", 9) ? 9 : !strncasecmp(p, "socks5h://", 10) ? 10 : 0;
+        char tmp[DX_URL_HOST_MAX + 64];
+        if (skip && (size_t)snprintf(tmp, sizeof tmp, "http://%s", p + skip) >= sizeof tmp)
             goto fail;
+        if (dx__url_parse(skip ? tmp : p, false, true, &cl->proxy))
+            goto fail;
+        if (skip && cl->proxy.default_port)
+            cl->proxy.port = 1080;
+        cl->socks = skip != 0;
         cl->use_proxy = true;
     }
+    if ((cl->opt.cert_file != NULL) != (cl->opt.key_file != NULL) || (cl->opt.unix_path && cl->use_proxy))
+        goto fail;
     if (cl->opt.bind_addr) {
         unsigned char tmp[16];
         if (inet_pton(AF_INET, cl->opt.bind_addr, tmp) != 1 && inet_pton(AF_INET6, cl->opt.bind_addr, tmp) != 1)
@@ -214,6 +236,11 @@ static dx_client *client_new(dx_loop *loop, const dx_client_options *o, int *err
         char why[512];
         cl->tls = dx__tls_client_ctx_new(cl->opt.ca_file, cl->opt.insecure, why, sizeof why, &e);
         if (!cl->tls) {
+            dx__log(loop->log, DX_LOG_ERROR, "client: TLS: %s", why);
+            goto fail;
+        }
+        if (cl->opt.cert_file &&
+            (e = dx__tls_client_ctx_cert(cl->tls, cl->opt.cert_file, cl->opt.key_file, why, sizeof why)) != 0) {
             dx__log(loop->log, DX_LOG_ERROR, "client: TLS: %s", why);
             goto fail;
         }
@@ -503,10 +530,58 @@ static void on_dns_timeout(dx__timer *t)
     attempt_failed(cl, DX_ETIMEDOUT, "DNS lookup timed out");
 }
 
+static void on_unix_failed(dx__timer *t)
+{
+    dx_client *cl = dx_list_entry(t, dx_client, timer);
+    char what[640];
+    snprintf(what, sizeof what, "connect to unix:%s: %s", cl->opt.unix_path, strerror(cl->unix_errno));
+    attempt_failed(cl, DX_EADDR, what);
+}
+
+/* unix_path: no lookup, one address. A connect that fails at once (no such
+ * socket, refused) is reported from the loop, not inside the call. */
+static void connect_unix(dx_client *cl)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    size_t plen = strlen(cl->opt.unix_path);
+    int fd = -1;
+    dx_conn *c = NULL;
+    if (plen >= sizeof sun.sun_path) {
+        cl->unix_errno = ENAMETOOLONG;
+        goto later;
+    }
+    memcpy(sun.sun_path, cl->opt.unix_path, plen + 1);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || (connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0 && errno != EINPROGRESS && errno != EAGAIN)) {
+        cl->unix_errno = errno;
+        goto later;
+    }
+    c = dx__conn_open(&cl->ep, fd, (struct sockaddr *)&sun, CS_CONNECT, EPOLLOUT | EPOLLIN | EPOLLRDHUP,
+                      cl->opt.connect_timeout_ms);
+    if (!c) {
+        cl->unix_errno = ENOMEM;
+        goto later;
+    }
+    cl->conn = c;
+    cl->state = CL_CONNECTING;
+    return;
+later:
+    if (fd >= 0)
+        close(fd);
+    cl->state = CL_RESOLVING; /* as for a lookup: the timer answers */
+    cl->timer.cb = on_unix_failed;
+    dx__timer_start(cl->ep.loop, &cl->timer, 1);
+}
+
 static void start_attempt(dx_client *cl)
 {
     cl->st.attempts++;
     cl->try_next = false;
+    cl->location[0] = 0;
+    if (cl->opt.unix_path) {
+        connect_unix(cl);
+        return;
+    }
     cl->state = CL_RESOLVING;
     const char *uhost = cl->use_proxy ? cl->proxy.host : cl->url.host;
     unsigned port = cl->use_proxy ? cl->proxy.port : cl->url.port;
@@ -596,6 +671,99 @@ static void start_transport(dx_conn *c)
     dx__conn_drive_tls(c);
 }
 
+static const char *socks_reply_text(unsigned rep)
+{
+    static const char *const texts[] = {"succeeded", "general SOCKS server failure",
+                                        "connection not allowed by ruleset", "network unreachable",
+                                        "host unreachable", "connection refused", "TTL expired",
+                                        "command not supported", "address type not supported"};
+    return rep < sizeof texts / sizeof texts[0] ? texts[rep] : "unknown reply";
+}
+
+static void socks_fail(dx_conn *c, const char *why)
+{
+    dx_client *cl = client_of(c);
+    char what[640];
+    snprintf(what, sizeof what, "SOCKS5 proxy %s:%u: %s", cl->proxy.host, cl->proxy.port, why);
+    cl->last_err = DX_EHANDSHAKE;
+    dx__conn_abort(c, DX_CLOSE_ABNORMAL, what);
+}
+
+/* RFC 1928 §4: CONNECT to the URL's host (an IP literal as such, a name as
+ * a domain name the proxy resolves) and port. */
+static void socks_send_connect(dx_conn *c)
+{
+    dx_client *cl = client_of(c);
+    uint8_t req[4 + 1 + DX_URL_HOST_MAX + 2] = {5, 1, 0};
+    size_t n = 4;
+    if (inet_pton(AF_INET, cl->url.host, req + 4) == 1) {
+        req[3] = 1;
+        n += 4;
+    } else if (inet_pton(AF_INET6, cl->url.host, req + 4) == 1) {
+        req[3] = 4;
+        n += 16;
+    } else {
+        size_t hl = strlen(cl->url.host);
+        if (hl > 255) {
+            socks_fail(c, "host name longer than 255 bytes");
+            return;
+        }
+        req[3] = 3;
+        req[4] = (uint8_t)hl;
+        memcpy(req + 5, cl->url.host, hl);
+        n += 1 + hl;
+    }
+    req[n++] = (uint8_t)(cl->url.port >> 8);
+    req[n++] = (uint8_t)cl->url.port;
+    cl->socks_stage = 2;
+    (void)dx__conn_write(c, req, n);
+}
+
+/* The SOCKS5 answers gather in c->head (a few bytes each); nothing else
+ * arrives before we speak again, so a longer answer is an error. */
+static void read_socks_answer(dx_conn *c)
+{
+    dx_client *cl = client_of(c);
+    size_t have = c->head->len;
+    const uint8_t *h = c->head->data;
+    size_t need = 2;
+    if (cl->socks_stage == 2) {
+        need = 5;
+        if (have >= 5)
+            need = h[3] == 1 ? 10 : h[3] == 4 ? 22 : h[3] == 3 ? 7u + h[4] : 0;
+        if (!need) {
+            socks_fail(c, "malformed answer to CONNECT");
+            return;
+        }
+    }
+    if (have < need)
+        return;
+    if (have > need || h[0] != 5) {
+        socks_fail(c, "malformed answer (not a SOCKS5 proxy?)");
+        return;
+    }
+    if (cl->socks_stage == 1) {
+        if (h[1] != 0) {
+            socks_fail(c, h[1] == 0xff ? "no acceptable authentication method (only 'none' is supported)"
+                                       : "chose an authentication method that was not offered");
+            return;
+        }
+        c->head->len = 0;
+        socks_send_connect(c);
+        return;
+    }
+    if (h[1] != 0) {
+        char why[128];
+        snprintf(why, sizeof why, "CONNECT refused: %s", socks_reply_text(h[1]));
+        socks_fail(c, why);
+        return;
+    }
+    dx__free(c->ep->loop->seams, c->head);
+    c->head = NULL;
+    cl->socks_stage = 0;
+    start_transport(c);
+}
+
 /* Reads the proxy's answer to CONNECT into c->head and checks it. */
 static void read_proxy_answer(dx_conn *c)
 {
@@ -621,6 +789,10 @@ static void read_proxy_answer(dx_conn *c)
         return;
     }
     c->head->len += (size_t)n;
+    if (cl->socks) {
+        read_socks_answer(c);
+        return;
+    }
     dx_http_header headers[64];
     dx_http_response resp;
     int rc = dx__http_parse_response((const char *)c->head->data, c->head->len, &resp, headers, 64, max);
@@ -666,6 +838,14 @@ void dx__client_io(dx_conn *c, uint32_t events)
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, what);
         return;
     }
+    if (cl->use_proxy && cl->socks) {
+        static const uint8_t hello[3] = {5, 1, 0}; /* version 5, one method: no authentication */
+        c->state = CS_PROXY;
+        cl->socks_stage = 1;
+        dx__conn_want_write(c, false);
+        (void)dx__conn_write(c, hello, sizeof hello);
+        return;
+    }
     if (cl->use_proxy) {
         char req[DX_URL_HOST_MAX * 2 + 128];
         bool v6 = strchr(cl->url.host, ':') != NULL;
@@ -704,10 +884,17 @@ void dx__client_response(dx_conn *c, const dx_http_response *resp)
     dx_ws_ext_offer exts[4];
     int rc = dx__ws_client_check(resp, cl->key, &cl->wsopts, &proto, &plen, exts, 4, &nexts);
     if (rc) {
-        char what[640];
+        char what[640 + sizeof cl->location];
+        const dx_http_header *loc = resp->status / 100 == 3
+                                        ? dx__http_find(resp->headers, resp->n_headers, "location")
+                                        : NULL;
+        if (loc && loc->value_len < sizeof cl->location) {
+            memcpy(cl->location, loc->value, loc->value_len);
+            cl->location[loc->value_len] = 0;
+        }
         if (resp->status != 101)
-            snprintf(what, sizeof what, "handshake refused: HTTP %d %.*s", resp->status, (int)resp->reason_len,
-                     resp->reason);
+            snprintf(what, sizeof what, "handshake refused: HTTP %d %.*s%s%s", resp->status, (int)resp->reason_len,
+                     resp->reason, cl->location[0] ? "; Location: " : "", cl->location);
         else
             snprintf(what, sizeof what, "handshake failed: %s", dx_strerror(rc));
         cl->last_err = DX_EHANDSHAKE;
@@ -840,6 +1027,8 @@ int dx_client_close(dx_client *cl, unsigned code, const char *reason, size_t len
     finish(cl, true);
     return 0;
 }
+
+const char *dx_client_location(const dx_client *cl) { return cl->location[0] ? cl->location : NULL; }
 
 dx_conn *dx_client_conn(const dx_client *cl)
 {

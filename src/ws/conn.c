@@ -768,7 +768,7 @@ static void conn_mark(dx_conn *c, const char *why, bool silent)
                     "conn=%llu close remote=%s code=%u duration_ms=%llu bytes_in=%llu bytes_out=%llu "
                     "msgs_in=%llu msgs_out=%llu",
                     (unsigned long long)c->id, REMOTE(c).s, code,
-                    (unsigned long long)(loop->tick - c->opened_tick) * DX_TICK_MS,
+                    (unsigned long long)((dx__now_ns(loop->seams) - c->opened_ns) / 1000000u),
                     (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out,
                     (unsigned long long)c->msgs_in, (unsigned long long)c->msgs_out);
     }
@@ -1081,6 +1081,7 @@ void dx__conn_opened(dx_conn *c)
     c->state = CS_OPEN;
     c->flags |= CF_OPENED;
     c->opened_tick = c->last_rx_tick = (uint32_t)ep->loop->tick;
+    c->opened_ns = dx__now_ns(ep->loop->seams);
     ep->st.open++;
     arm_heartbeat(c);
 }

@@ -84,6 +84,25 @@ static int decode_path(const char *t, size_t len, char *out, size_t cap)
     return 0;
 }
 
+/* The method and path of the request being answered, for the log line:
+ * known while dx__http_serve runs (empty strings otherwise). The query is
+ * left out; both are capped for the log. */
+static void request_names(const dx_conn *c, const char **m, int *ml, const char **p, int *pl)
+{
+    const dx_http_request *req = c->ep->http_conn == c ? c->ep->http_req : NULL;
+    *m = *p = "";
+    *ml = *pl = 0;
+    if (!req)
+        return;
+    size_t plen = 0;
+    while (plen < req->target_len && req->target[plen] != '?')
+        plen++;
+    *m = req->method;
+    *ml = (int)(req->method_len > 16 ? 16 : req->method_len);
+    *p = req->target;
+    *pl = (int)(plen > 256 ? 256 : plen);
+}
+
 int dx__http_respond(dx_conn *c, int status, const char *content_type, const char *headers, const void *body,
                      size_t len, bool head_only)
 {
@@ -101,8 +120,11 @@ int dx__http_respond(dx_conn *c, int status, const char *content_type, const cha
         rc = dx__conn_write(c, body, len);
     char remote[64];
     dx_conn_remote(c, remote, sizeof remote);
-    dx__log(c->ep->loop->log, DX_LOG_INFO, "conn=%llu http remote=%s status=%d bytes=%zu",
-            (unsigned long long)c->id, remote, status, head_only ? 0 : len);
+    const char *m, *p;
+    int ml, pl;
+    request_names(c, &m, &ml, &p, &pl);
+    dx__log(c->ep->loop->log, DX_LOG_INFO, "conn=%llu http remote=%s method=%.*s path=%.*s status=%d bytes=%zu",
+            (unsigned long long)c->id, remote, ml, m, pl, p, status, head_only ? 0 : len);
     dx__conn_finish_after_flush(c);
     return rc;
 }
@@ -181,7 +203,19 @@ static void serve_file(dx_conn *c, const char *path, bool head_only)
     dx__free(srv->ep.loop->seams, buf);
 }
 
+static void http_serve(dx_conn *c, const dx_http_request *req);
+
 void dx__http_serve(dx_conn *c, const dx_http_request *req)
+{
+    dx__ep *ep = c->ep;
+    ep->http_req = req;
+    ep->http_conn = c;
+    http_serve(c, req);
+    ep->http_req = NULL; /* the endpoint outlives this call: a free from on_http is deferred */
+    ep->http_conn = NULL;
+}
+
+static void http_serve(dx_conn *c, const dx_http_request *req)
 {
     dx_server *srv = c->ep->srv;
     bool get = req->method_len == 3 && memcmp(req->method, "GET", 3) == 0;

@@ -359,9 +359,12 @@ int dx_server_start(dx_server *srv)
     else
         fd = dx__listen_tcp(srv->ep.opt.host, srv->ep.opt.port, srv->ep.opt.backlog, srv->ep.opt.reuse_port != 0, &srv->port);
     if (fd < 0) {
-        dx__log(srv->ep.loop->log, DX_LOG_ERROR, "server: cannot listen on %s%s%u: %s",
-                srv->ep.opt.unix_path ? srv->ep.opt.unix_path : (srv->ep.opt.host ? srv->ep.opt.host : "*"),
-                srv->ep.opt.unix_path ? "" : ":", srv->ep.opt.unix_path ? 0u : srv->ep.opt.port, strerror(errno));
+        if (srv->ep.opt.unix_path)
+            dx__log(srv->ep.loop->log, DX_LOG_ERROR, "server: cannot listen on unix:%s: %s", srv->ep.opt.unix_path,
+                    strerror(errno));
+        else
+            dx__log(srv->ep.loop->log, DX_LOG_ERROR, "server: cannot listen on %s:%u: %s",
+                    srv->ep.opt.host ? srv->ep.opt.host : "*", srv->ep.opt.port, strerror(errno));
         return fd;
     }
     srv->lio = (dx__io){.fd = fd, .cb = on_accept};

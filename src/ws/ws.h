@@ -67,6 +67,10 @@ typedef struct dx__ep {
     bool freeing;
     dx__deferred dfree;
     struct dx__wsl *wsl;     /* the loop's ws context (set by the first connection) */
+    /* The plain HTTP request being answered, while dx__http_serve runs (for
+     * the log line of the answer); NULL otherwise. */
+    const struct dx_http_request *http_req;
+    const struct dx_conn *http_conn;
 } dx__ep;
 
 /* ---- the send queue -------------------------------------------------------
@@ -178,6 +182,7 @@ struct dx_conn {
     char *protocol;
     uint64_t id;
     uint32_t opened_tick, last_rx_tick;
+    uint64_t opened_ns;   /* clock at open, for the close line's duration (ticks are 250 ms) */
     uint64_t bytes_in, bytes_out;
     uint32_t msgs_in, msgs_out;
     uint8_t addr[16];

@@ -12,6 +12,8 @@ Standard library only here; tests that need a real peer import Debian's
 python3-websockets (run with /usr/bin/python3).
 """
 import os
+import pty
+import select
 import signal
 import socket
 import subprocess
@@ -130,6 +132,59 @@ def spawn(*args, **kw):
     p = subprocess.Popen(cmd, **kw)
     _procs.append(p)
     return p
+
+
+class Term:
+    """`duplex connect ARGS` with stdin, stdout and stderr on one pty."""
+
+    def __init__(self, *args):
+        self.master, slave = pty.openpty()
+        cmd = [BIN, "connect"] + list(args)
+        say("pty:", " ".join(cmd))
+        self.proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+        _procs.append(self.proc)
+        os.close(slave)
+        self.buf = b""
+
+    def _read(self, timeout):
+        r, _, _ = select.select([self.master], [], [], timeout)
+        if not r:
+            return False
+        try:
+            chunk = os.read(self.master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            return None
+        if not chunk:
+            return None
+        self.buf += chunk
+        return True
+
+    def expect(self, text, timeout=10):
+        """Waits until `text` (bytes) appears after the previous match; returns what came before."""
+        deadline = time.monotonic() + timeout
+        while text not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._read(left) is None:
+                raise Fail("did not see %r on the terminal; got:\n%s" % (text, self.buf.decode(errors="replace")))
+        i = self.buf.index(text) + len(text)
+        before, self.buf = self.buf[:i], self.buf[i:]
+        return before
+
+    def type(self, s):
+        os.write(self.master, s)
+
+    def wait(self, timeout=15):
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise Fail("the interactive client did not exit; terminal:\n" + self.buf.decode(errors="replace"))
+            self._read(0.05)
+        while self._read(0.05):
+            pass
+        os.close(self.master)
+        no_sanitizer_report(self.buf)
+        return self.proc.returncode
+
 
 
 def main(tests):

@@ -133,7 +133,7 @@ def check_counts(j, log, conns):
 def case_echo_counts():
     s = Serve()
     try:
-        j = bench_json("-c", 20, "-d", 8, "-s", 100, "-t", "2", "-w", "0.5", s.url())
+        j = bench_json("-c", 20, "-d", 8, "--size", 100, "-t", "2", "--warmup", "0.5", s.url())
     finally:
         log = s.stop()
     say("  echo depth 8: %s msgs/s, p50 %s us, p99.9 %s us" % (j["msgs_per_s"], j["lat_p50_us"], j["lat_p999_us"]))
@@ -145,7 +145,7 @@ def case_echo_counts():
 def case_text_summary():
     s = Serve()
     try:
-        out, _ = bench("-c", 5, "-s", 3, "--text", "-t", "1", "-w", "0", s.url())
+        out, _ = bench("-c", 5, "--size", 3, "--text", "-t", "1", "--warmup", "0", s.url())
     finally:
         log = s.stop()
     for word in ("messages", "latency", "p50", "p90", "p99", "p99.9", "max", "errors      0"):
@@ -156,7 +156,7 @@ def case_text_summary():
 def case_rate():
     s = Serve()
     try:
-        j = bench_json("-c", 10, "--rate", 200, "-t", "2", "-w", "0.5", s.url())
+        j = bench_json("-c", 10, "--rate", 200, "-t", "2", "--warmup", "0.5", s.url())
     finally:
         log = s.stop()
     want = 10 * 200
@@ -171,7 +171,7 @@ def case_rate():
 def case_procs():
     s = Serve()
     try:
-        j = bench_json("-c", 30, "--procs", 3, "-d", 4, "-t", "1.5", "-w", "0.3", s.url())
+        j = bench_json("-c", 30, "--procs", 3, "-d", 4, "-t", "1.5", "--warmup", "0.3", s.url())
     finally:
         log = s.stop()
     check(j["procs"] == 3, "procs %r" % j["procs"])
@@ -181,7 +181,7 @@ def case_procs():
 def case_sources():
     s = Serve()
     try:
-        j = bench_json("-c", 12, "--sources", 3, "-t", "1", "-w", "0", s.url())
+        j = bench_json("-c", 12, "--sources", 3, "-t", "1", "--warmup", "0", s.url())
     finally:
         log = s.stop()
     check_counts(j, log, 12)

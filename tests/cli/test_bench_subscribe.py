@@ -112,7 +112,7 @@ def main():
         return 1
     p = Publisher()
     try:
-        cmd = [DUPLEX, "bench", "--json", "--subscribe", "news", "-c", "5", "-t", "1", "-w", "0.3",
+        cmd = [DUPLEX, "bench", "--json", "--subscribe", "news", "-c", "5", "-t", "1", "--warmup", "0.3",
                "ws://127.0.0.1:%d/topics" % p.port]
         r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     finally:

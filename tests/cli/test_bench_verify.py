@@ -104,7 +104,7 @@ class PyServer:
 
 
 def run_bench(port, *extra):
-    cmd = [DUPLEX, "bench", "--json", "-c", "4", "-d", "4", "-s", "64", "-t", "1", "-w", "0.2", "--timeout", "10"]
+    cmd = [DUPLEX, "bench", "--json", "-c", "4", "-d", "4", "--size", "64", "-t", "1", "--warmup", "0.2", "--timeout", "10"]
     cmd += [str(a) for a in extra] + ["ws://127.0.0.1:%d/echo" % port]
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     lines = [l for l in r.stdout.decode().splitlines() if l.strip()]

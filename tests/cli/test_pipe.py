@@ -124,7 +124,7 @@ def test_exit_status():
     check(p.returncode == 0, "close 1001 from the server should exit 0: %s %r" % (p.returncode, err))
     # 2: usage
     for args in ([], ["--bogus", "ws://x/"], ["ws://a/", "ws://b/"], ["--ping-interval", "soon", "ws://a/"],
-                 ["http://127.0.0.1:1/"], ["--listen", "70000"], ["--binary", "--null", "ws://a/"]):
+                 ["ftp://127.0.0.1:1/"], ["--listen", "70000"], ["--binary", "--null", "ws://a/"]):
         r = connect(*args)
         check(r.rc == 2, "usage error %r should exit 2: %r" % (args, r))
     r = connect("--help")

@@ -858,6 +858,21 @@ static void test_dns_failure(void **state)
     wait_ev(f, C_DONE);
 }
 
+/* unix_path to a socket that is not there: the failure comes from the loop
+ * (on_error, then on_done), never inside dx_client_connect. */
+static void test_unix_path_missing(void **state)
+{
+    fx *f = *state;
+    default_client(f, "ws://localhost/echo");
+    f->copt.unix_path = "/nonexistent-dx-dir/s.sock";
+    start_client(f);
+    assert_non_null(f->cl);
+    ev e = wait_ev(f, C_ERROR);
+    if (e.rc != DX_EADDR || !strstr(e.data, "unix:/nonexistent-dx-dir/s.sock"))
+        fail_msg("on_error(%d \"%s\"), expected DX_EADDR naming the socket", e.rc, e.data);
+    wait_ev(f, C_DONE);
+}
+
 static void test_connect_timeout_full_backlog(void **state)
 {
     fx *f = *state;
@@ -970,7 +985,26 @@ static void test_bad_options(void **state)
     assert_int_equal(f->c_new_err, DX_EINVAL);
 
     default_client(f, "ws://127.0.0.1:9/");
-    f->copt.proxy = "socks5://127.0.0.1:1080";
+    f->copt.proxy = "socks4://127.0.0.1:1080"; /* socks5:// and http:// only */
+    run(f, L_client_start, NULL);
+    assert_null(f->cl);
+    assert_int_equal(f->c_new_err, DX_EINVAL);
+
+    default_client(f, "ws://127.0.0.1:9/");
+    f->copt.proxy = "socks5://127.0.0.1:99999";
+    run(f, L_client_start, NULL);
+    assert_null(f->cl);
+    assert_int_equal(f->c_new_err, DX_EINVAL);
+
+    default_client(f, "wss://127.0.0.1:9/");
+    f->copt.cert_file = "/nonexistent/client.pem"; /* without key_file */
+    run(f, L_client_start, NULL);
+    assert_null(f->cl);
+    assert_int_equal(f->c_new_err, DX_EINVAL);
+
+    default_client(f, "ws://127.0.0.1:9/");
+    f->copt.unix_path = "/tmp/x.sock";
+    f->copt.proxy = "http://127.0.0.1:3128";
     run(f, L_client_start, NULL);
     assert_null(f->cl);
     assert_int_equal(f->c_new_err, DX_EINVAL);
@@ -983,6 +1017,15 @@ static void test_bad_options(void **state)
 
     default_client(f, "wss://127.0.0.1:9/");
     f->copt.ca_file = "/nonexistent/ca.pem";
+    run(f, L_client_start, NULL);
+    assert_null(f->cl);
+    assert_int_equal(f->c_new_err, DX_ETLS);
+
+    /* an unreadable client certificate is DX_ETLS at creation */
+    default_client(f, "wss://127.0.0.1:9/");
+    f->copt.insecure = 1;
+    f->copt.cert_file = "/nonexistent/client.pem";
+    f->copt.key_file = "/nonexistent/client.key";
     run(f, L_client_start, NULL);
     assert_null(f->cl);
     assert_int_equal(f->c_new_err, DX_ETLS);
@@ -1664,6 +1707,7 @@ int main(void)
         T(test_connection_refused),
         T(test_refused_404),
         T(test_dns_failure),
+        T(test_unix_path_missing),
         T(test_connect_timeout_full_backlog),
         T(test_handshake_timeout_silent_server),
         T(test_not_websocket_server),

@@ -420,6 +420,139 @@ static void test_limits(void **state)
     expect_close_out(&r, 1008);
 }
 
+/* Builds `n` frames of `size` bytes each (the last one fin) of one binary
+ * message; returns the wire length. Caller frees *out. */
+static size_t fragmented(uint8_t **out, size_t n, size_t size, int fin)
+{
+    uint8_t *payload = calloc(size ? size : 1, 1);
+    uint8_t *w = malloc(n * (size + DX_FRAME_HEADER_MAX));
+    assert_non_null(payload);
+    assert_non_null(w);
+    for (size_t i = 0; i < size; i++)
+        payload[i] = (uint8_t)('a' + i % 26);
+    size_t len = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned b0 = (i == 0 ? 0x02u : 0x00u) | (fin && i + 1 == n ? 0x80u : 0x00u);
+        len += cframe(w + len, b0, payload, size);
+    }
+    free(payload);
+    *out = w;
+    return len;
+}
+
+/* The fragment cost rule (DX_CODEC_FRAGMENT_COST): frames are charged 64
+ * bytes each against max_fragments frames plus the message's own payload. */
+static void test_fragment_cost(void **state)
+{
+    (void)state;
+    result r;
+    uint8_t w[1024];
+    /* Boundaries at max_fragments 3: three empty frames, then a fourth of
+     * exactly 64 bytes pays for itself; of 63 bytes it does not. */
+    setup su = {.role = DX_ROLE_SERVER, .max_message = 1 << 20, .max_fragments = 3};
+    uint8_t p64[64];
+    memset(p64, 'x', sizeof p64);
+    size_t n = 0;
+    n += cframe(w + n, 0x02, "", 0);
+    n += cframe(w + n, 0x00, "", 0);
+    n += cframe(w + n, 0x00, "", 0);
+    size_t head = n;
+    n += cframe(w + n, 0x80, p64, 64);
+    run_all(&su, w, n, &r);
+    assert_int_equal(r.rc, 0);
+    assert_true(strncmp(r.log, "M2:#64:", 7) == 0);
+    n = head + cframe(w + head, 0x80, p64, 63);
+    run_all(&su, w, n, &r);
+    assert_int_equal(r.rc, DX_EPOLICY);
+    expect_close_out(&r, 1008);
+    /* The same in streaming mode: the rule is the receiver's, not the buffer's. */
+    setup st = su;
+    st.streaming = 1;
+    run_all(&st, w, n, &r);
+    assert_int_equal(r.rc, DX_EPOLICY);
+
+    /* Default allowance (1024): 1-byte frames are refused at frame 1041,
+     * the first n with n > 1024 + n / 64; 1040 are accepted. */
+    setup def = {.role = DX_ROLE_SERVER, .max_message = 16u << 20};
+    uint8_t *wire;
+    size_t len = fragmented(&wire, 1040, 1, 1);
+    run(&def, wire, len, NULL, 0, &r);
+    assert_int_equal(r.rc, 0);
+    assert_true(strncmp(r.log, "M2:#1040:", 9) == 0);
+    free(wire);
+    len = fragmented(&wire, 1041, 1, 1);
+    run(&def, wire, len, NULL, 0, &r);
+    assert_int_equal(r.rc, DX_EPOLICY);
+    assert_int_equal(r.n, 0);
+    free(wire);
+
+    /* A flood of 1e6 empty frames at max_message 16 MiB: refused with 1008
+     * at frame 1025, the rest is never looked at. */
+    len = fragmented(&wire, 1000000, 0, 0);
+    run(&def, wire, len, NULL, 0, &r);
+    assert_int_equal(r.rc, DX_EPOLICY);
+    expect_close_out(&r, 1008);
+    assert_int_equal(r.sent, 1008);
+    free(wire);
+    len = fragmented(&wire, 1024, 0, 0);
+    run(&def, wire, len, NULL, 0, &r);
+    assert_int_equal(r.rc, 0);
+    assert_int_equal(r.state, DX_CODEC_OPEN);
+    free(wire);
+
+    /* Autobahn 9.3.x / 9.4.x: a 4 MiB message in fragments of 64 B to
+     * 4 MiB, accepted at max_message 16 MiB and the default allowance. */
+    for (size_t size = 64; size <= (4u << 20); size *= 4) {
+        len = fragmented(&wire, (4u << 20) / size, size, 1);
+        run(&def, wire, len, NULL, 0, &r);
+        assert_int_equal(r.rc, 0);
+        assert_true(strncmp(r.log, "M2:#4194304:", 12) == 0);
+        free(wire);
+    }
+
+    /* An empty final frame after 2000 frames of 64 bytes (Python websockets
+     * ends a fragmented message so): the payload still pays for it. */
+    len = fragmented(&wire, 2000, 64, 0);
+    wire = realloc(wire, len + DX_FRAME_HEADER_MAX);
+    assert_non_null(wire);
+    len += cframe(wire + len, 0x80, "", 0);
+    run(&def, wire, len, NULL, 0, &r);
+    assert_int_equal(r.rc, 0);
+    assert_true(strncmp(r.log, "M2:#128000:", 11) == 0);
+    free(wire);
+
+    /* The allowance is per message, and control frames between the
+     * fragments cost nothing: two messages of 1024 frames each (1023 empty
+     * + a final one), with a ping after every data frame. */
+    size_t cap = 2 * 1024 * (2 * (DX_FRAME_HEADER_MAX + 1));
+    wire = malloc(cap);
+    assert_non_null(wire);
+    len = 0;
+    for (int m = 0; m < 2; m++)
+        for (int i = 0; i < 1024; i++) {
+            unsigned b0 = (i == 0 ? 0x02u : 0x00u) | (i == 1023 ? 0x80u : 0x00u);
+            len += cframe(wire + len, b0, i == 1023 ? "z" : "", i == 1023 ? 1 : 0);
+            len += cframe(wire + len, 0x89, "", 0);
+        }
+    assert_true(len <= cap);
+    setup quiet = {.role = DX_ROLE_SERVER, .max_message = 16u << 20, .no_auto_pong = 1};
+    run(&quiet, wire, len, NULL, 0, &r);
+    assert_int_equal(r.rc, 0);
+    assert_int_equal(r.state, DX_CODEC_OPEN);
+    const char *first = strstr(r.log, "M2:7a;");
+    assert_non_null(first);
+    assert_non_null(strstr(first + 1, "M2:7a;")); /* both messages delivered */
+    free(wire);
+
+    /* A message of exactly max_message in 64-byte frames uses the most
+     * frames any message may have: max_fragments + max_message / 64. */
+    setup tight = {.role = DX_ROLE_SERVER, .max_message = 64 * 100, .max_fragments = 1};
+    len = fragmented(&wire, 100, 64, 1);
+    run(&tight, wire, len, NULL, 0, &r);
+    assert_int_equal(r.rc, 0);
+    free(wire);
+}
+
 static void test_echo_in_callback_and_close_sent_state(void **state)
 {
     (void)state;
@@ -774,6 +907,7 @@ int main(void)
         cmocka_unit_test(test_protocol_errors_close_1002),
         cmocka_unit_test(test_utf8_fails_at_first_bad_byte),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_fragment_cost),
         cmocka_unit_test(test_echo_in_callback_and_close_sent_state),
         cmocka_unit_test(test_send_api),
         cmocka_unit_test(test_client_masks_with_fresh_keys),
