@@ -660,8 +660,9 @@ bool dx__http_io(dx_conn *c, uint32_t events)
     if (h->phase == HP_BODY || h->phase == HP_NONE)
         return true;
     if ((events & (EPOLLERR | EPOLLHUP)) || (h->phase == HP_WAIT && (events & EPOLLRDHUP))) {
-        dx__conn_abort(c, DX_CLOSE_ABNORMAL,
-                       h->phase == HP_WAIT ? "peer closed before the answer" : "connection lost while answering");
+        const char *why = h->phase == HP_WAIT ? "peer closed before the answer" : "connection lost while answering";
+        dx__log(LOG(c), DX_LOG_INFO, "conn=%llu http: %s", (unsigned long long)c->id, why);
+        dx__conn_abort(c, DX_CLOSE_ABNORMAL, why);
         return false;
     }
     if (h->phase == HP_SEND && !WQ_LEN(c) && (events & EPOLLOUT))
