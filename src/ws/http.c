@@ -226,6 +226,8 @@ static void answer_done(dx_conn *c)
 {
     dx__http *h = c->http;
     h->phase = HP_NONE;
+    if (!WQ_LEN(c))
+        dx__conn_want_write(c, false); /* level-triggered EPOLLOUT would spin */
     if (c->flags & CF_READ_OFF)
         dx__conn_reading(c, DX__READ_ON); /* drain and linger read until EOF, too */
     if (!h->keep_alive) {

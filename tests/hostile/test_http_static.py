@@ -61,7 +61,7 @@ def conn(port, tls):
     return http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
 
-def get_sha(port, tls, path="/big.bin"):
+def get_sha(port, tls, path="/big.bin", srv=None):
     c = conn(port, tls)
     c.request("GET", path)
     r = c.getresponse()
@@ -78,6 +78,14 @@ def get_sha(port, tls, path="/big.bin"):
     c.request("HEAD", path)
     r2 = c.getresponse()
     check(r2.status == 200 and r2.read() == b"", "HEAD after GET on a kept-alive connection failed")
+    if srv:
+        # the kept-alive connection, idle after 16 MiB: the server must sleep
+        # (a write interest left on would spin: ~1 s of CPU per second)
+        cpu0, t0 = srv.cpu_s(), time.monotonic()
+        time.sleep(1.0)
+        cpu = srv.cpu_s() - cpu0
+        say("idle kept-alive connection: server CPU %.3f s over %.1f s" % (cpu, time.monotonic() - t0))
+        check(cpu < 0.25, "server busy (%.2f s CPU in 1 s) with an idle kept-alive connection" % cpu)
     c.close()
     return h.hexdigest(), n
 
@@ -105,7 +113,7 @@ def one(binary, d, sha, tls):
         args += ["--tls-cert", crt, "--tls-key", key]
     srv = Server(binary, *args)
     try:
-        got, n = get_sha(srv.port, tls)
+        got, n = get_sha(srv.port, tls, srv=srv)
         check(n == SIZE and got == sha, "%s GET: %d bytes, sha %s, want %d bytes %s" % (name, n, got, SIZE, sha))
         say("%s: GET of %d bytes matches sha256" % (name, SIZE))
 
