@@ -949,7 +949,9 @@ void dx__conn_want_write(dx_conn *c, bool on) { want_write(c, on); }
 static void on_readable(dx_conn *c)
 {
     dx_loop *loop = c->ep->loop;
-    for (int i = 0; i < READS_PER_EVENT && c->state != CS_DEAD; i++) {
+    /* Stops as soon as reading is turned off (a plain HTTP answer is
+     * pending: what follows it waits in the kernel, not in our memory). */
+    for (int i = 0; i < READS_PER_EVENT && c->state != CS_DEAD && !(c->flags & CF_READ_OFF); i++) {
         ssize_t n = c->st.t->read(&c->st, loop->rbuf, DX_LOOP_RBUF);
         if (n == DX_EAGAIN)
             return;

@@ -237,8 +237,10 @@ static void answer_done(dx_conn *c)
     c->state = CS_HEAD;
     c->flags |= CF_HTTP_IDLE;
     dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.http_keepalive_ms);
-    if (h->pend)
-        dx__loop_ready(c->ep->loop, &c->io); /* from the loop, not from inside a reply */
+    /* Input kept here or inside the transport (TLS records) would wake no
+     * one: served from the loop (not from inside a reply). */
+    if (h->pend || c->st.t->pending(&c->st))
+        dx__loop_ready(c->ep->loop, &c->io);
 }
 
 /* Waits for the socket to take more (EPOLLOUT), not reading meanwhile. */

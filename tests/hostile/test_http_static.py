@@ -12,7 +12,10 @@ For each transport:
     is stable), its RSS must have grown by less than 16 x send_max (1 MiB)
     + 8 MiB (before the streaming rewrite: +235 MB); a normal client gets
     the file (sha256) meanwhile, and keep-alive serves a second request on
-    its connection.
+    its connection;
+  - 200 pipelined requests in one write (GET /healthz, HEAD and GET of a
+    small file, the last with Connection: close) are all answered, in
+    order, then the server closes.
 """
 import hashlib
 import http.client
@@ -105,6 +108,43 @@ def slow_client(port, tls):
     return s
 
 
+def pipelined(port, tls, n=200):
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    if tls:
+        s = client_ctx().wrap_socket(s)
+    reqs, want = [], []
+    for i in range(n):
+        last = "Connection: close\r\n" if i == n - 1 else ""
+        if i % 3 == 0:
+            reqs.append("GET /healthz?%d HTTP/1.1\r\nHost: x\r\n%s\r\n" % (i, last))
+            want.append(b"ok\n")
+        elif i % 3 == 1:
+            reqs.append("HEAD /small.txt HTTP/1.1\r\nHost: x\r\n%s\r\n" % last)
+            want.append(b"")
+        else:
+            reqs.append("GET /small.txt HTTP/1.1\r\nHost: x\r\n%s\r\n" % last)
+            want.append(b"small %d\n" % 7)
+    s.sendall("".join(reqs).encode())
+    data = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        data += b
+    s.close()
+    got = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        check(sep and head.startswith(b"HTTP/1.1 200"), "pipelined: bad response %r" % data[:80])
+        length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+        blen = 0 if want[len(got)] == b"" and len(got) % 3 == 1 else length
+        got.append(rest[:blen])
+        data = rest[blen:]
+    check(got == want, "pipelined over %s: %d answers, first difference at %s"
+          % ("TLS" if tls else "TCP", len(got),
+             next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))))
+
+
 def one(binary, d, sha, tls):
     name = "TLS" if tls else "TCP"
     args = ["--static", d, "--close-timeout", "60s"]
@@ -116,6 +156,8 @@ def one(binary, d, sha, tls):
         got, n = get_sha(srv.port, tls, srv=srv)
         check(n == SIZE and got == sha, "%s GET: %d bytes, sha %s, want %d bytes %s" % (name, n, got, SIZE, sha))
         say("%s: GET of %d bytes matches sha256" % (name, SIZE))
+        pipelined(srv.port, tls)
+        say("%s: 200 pipelined requests answered in order" % name)
 
         r0 = proc_io(srv.pid, "rchar")
         c = conn(srv.port, tls)
@@ -164,6 +206,8 @@ def main(binary):
         sha = hashlib.sha256(data).hexdigest()
         with open(os.path.join(d, "big.bin"), "wb") as f:
             f.write(data)
+        with open(os.path.join(d, "small.txt"), "wb") as f:
+            f.write(b"small 7\n")
         del data
         one(binary, d, sha, tls=False)
         one(binary, d, sha, tls=True)
