@@ -53,6 +53,7 @@ typedef struct fx {
     int late_rc;         /* under mu */
     int late_done;
     int calls;           /* on_http calls, under mu */
+    int inject_rc;       /* under mu */
 } fx;
 
 static fx F;
@@ -100,6 +101,24 @@ static int on_http(dx_server *srv, dx_http_req *req, void *ud)
     }
     if (req->path_len == 2 && memcmp(req->path, "/n", 2) == 0) {
         (void)dx_http_reply(req, 200, NULL, NULL, req->target, req->target_len);
+        return 1;
+    }
+    if (req->path_len == 5 && memcmp(req->path, "/hdrs", 5) == 0) {
+        /* every header line, in order, and the query */
+        char out[512];
+        size_t o = (size_t)snprintf(out, sizeof out, "q=%.*s", (int)req->query_len, req->query ? req->query : "");
+        const char *n, *v;
+        size_t nl, vl;
+        for (size_t i = 0; dx_http_req_header_at(req, i, &n, &nl, &v, &vl) && o < sizeof out; i++)
+            o += (size_t)snprintf(out + o, sizeof out - o, ";%.*s=%.*s", (int)nl, n, (int)vl, v);
+        (void)dx_http_reply(req, 200, NULL, NULL, out, o < sizeof out ? o : sizeof out - 1);
+        return 1;
+    }
+    if (req->path_len == 7 && memcmp(req->path, "/inject", 7) == 0) {
+        int rc = dx_http_reply(req, 200, NULL, "X-A: 1\r\nX-B: 2", "no", 2); /* not a complete line */
+        pthread_mutex_lock(&f->mu);
+        f->inject_rc = rc;
+        pthread_mutex_unlock(&f->mu);
         return 1;
     }
     if (req->path_len == 5 && memcmp(req->path, "/post", 5) == 0) {
@@ -476,6 +495,17 @@ static void test_body_cap_and_bad_chunks(void **state)
         check_resp(get_resp(&c, false), frame[i].status, NULL);
         hang_up(&c);
     }
+    /* the application's header block is checked: no injection, 500 instead */
+    c = dial(f, 0);
+    puts_(&c, "GET /inject HTTP/1.1\r\nHost: x\r\n\r\n");
+    check_resp(get_resp(&c, false), 500, NULL);
+    pthread_mutex_lock(&f->mu);
+    assert_int_equal(f->inject_rc, DX_EINVAL);
+    pthread_mutex_unlock(&f->mu);
+    /* headers in order, query, through dx_http_req_header_at */
+    puts_(&c, "GET /hdrs?a=1&b HTTP/1.1\r\nHost: x\r\nX-One:  1 \r\nx-two: two\r\n\r\n");
+    check_resp(get_resp(&c, false), 200, "q=a=1&b;Host=x;X-One=1;x-two=two");
+    hang_up(&c);
     /* and everyone else is still served */
     c = dial(f, 0);
     puts_(&c, "GET /n?alive HTTP/1.1\r\nHost: x\r\n\r\n");
