@@ -120,19 +120,22 @@ DX_API int dx_http_req_header_at(const dx_http_req *req, size_t i, const char **
                                  const char **value, size_t *value_len);
 
 /*
- * Answers `req` with `status` (100-599; 1xx are not final answers: use
- * 200-599), a Content-Type (NULL: text/plain; charset=utf-8), extra header
+ * Answers `req` with `status` (200-599: a 1xx is not a final answer), a
+ * Content-Type (NULL: text/plain; charset=utf-8), extra header
  * lines `headers` (NULL, or complete "Name: value\r\n" lines) and a body
  * (copied; not sent for HEAD requests, whose Content-Length still says its
  * length). The server adds Content-Length and, when the connection will
  * close, Connection: close. Call it exactly once per request the
  * application took (on_http returned 1, or it answers inside on_http); on
- * the loop's thread, from a callback or a posted function. It releases the
- * handle whatever it returns (except DX_ESTATE): do not touch req after.
+ * the loop's thread, from a callback or a posted function. Whatever it
+ * returns, the handle is released (at once, or when on_http returns if
+ * called inside it): do not use req after the call (after on_http returns).
  * Returns 0; DX_ECLOSED (the connection is gone: nothing is sent);
- * DX_EINVAL (bad status or header lines) or DX_ELIMIT (body larger than
- * send_max): the peer gets 500 instead; DX_ESTATE: called a second time
- * inside on_http for the same request (ignored). Fires no callback.
+ * DX_EINVAL (bad status, content type or header lines) or DX_ELIMIT (body
+ * larger than send_max): the peer gets 500 instead; DX_ENOMEM (the
+ * connection is dropped); DX_ESTATE: a second call inside on_http for the
+ * same request (ignored). Fires no callback: an answer that frees the
+ * connection for a pipelined request lets the loop read it afterwards.
  */
 DX_API int dx_http_reply(dx_http_req *req, int status, const char *content_type, const char *headers,
                          const void *body, size_t len);

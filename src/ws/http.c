@@ -638,7 +638,7 @@ size_t dx__http_input(dx_conn *c, const uint8_t *p, size_t n)
             http_error(c, 400, "malformed chunked body");
             return n;
         }
-        if (dl && r->pub.body_len + dl + h->ck.size > max) {
+        if (r->pub.body_len + dl + h->ck.size > max) { /* as soon as a chunk-size says so */
             char why[96];
             snprintf(why, sizeof why, "chunked body over max_http_body %zu", max);
             http_error(c, 413, why);
@@ -669,8 +669,12 @@ bool dx__http_io(dx_conn *c, uint32_t events)
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, why);
         return false;
     }
-    if (h->phase == HP_SEND && !WQ_LEN(c) && (events & EPOLLOUT))
-        send_more(c);
+    if (h->phase == HP_SEND && (events & EPOLLOUT)) {
+        if (!WQ_LEN(c))
+            send_more(c);
+        else /* the queue moved (on_io flushed it): progress */
+            dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.close_timeout_ms);
+    }
     return false;
 }
 
