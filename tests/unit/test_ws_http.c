@@ -10,7 +10,9 @@
  * order), an answer from a dx_loop_post'ed function, a client that leaves
  * before its deferred answer (DX_ECLOSED, no leak under ASan), HEAD on a
  * big file (reads nothing: /proc/self/io), a 16 MiB file over sendfile
- * (exact bytes) and 16 slow readers of it (VmRSS bound).
+ * (exact bytes) and 16 slow readers of it (VmRSS bound), and every
+ * allocation of a pipelined chunked/deferred exchange failing once (a clean
+ * drop, no leak, the next client served).
  *
  * Callbacks only record (under a mutex) and never assert; the test thread
  * waits for what it needs with generous deadlines.
@@ -54,6 +56,7 @@ typedef struct fx {
     int late_done;
     int calls;           /* on_http calls, under mu */
     int inject_rc;       /* under mu */
+    const dx_seams *seams;
 } fx;
 
 static fx F;
@@ -164,7 +167,7 @@ static void deadline(struct timespec *ts)
 
 static void start(fx *f, dx_server_options *o)
 {
-    dx_loop_options lo = {.log = &the_log};
+    dx_loop_options lo = {.log = &the_log, .seams = f->seams};
     int err = 0;
     f->loop = dx_loop_new(&lo, &err);
     assert_non_null(f->loop);
@@ -312,6 +315,9 @@ static void put(cl *c, const void *p, size_t len)
 }
 
 static void puts_(cl *c, const char *s) { put(c, s, strlen(s)); }
+
+/* The server may have dropped us meanwhile (allocation failure tests). */
+static void puts_maybe(cl *c, const char *s) { (void)send(c->fd, s, strlen(s), MSG_NOSIGNAL); }
 
 /* One byte per write, TCP_NODELAY: the server sees many small reads. */
 static void trickle(cl *c, const char *s)
@@ -804,6 +810,105 @@ static void test_slow_gets_bounded(void **state)
     wait_conns(f, 0);
 }
 
+/* ---- every allocation fails once ------------------------------------------------------ */
+
+/* An allocator that fails the Nth allocation made on the loop's thread
+ * (posts from the test thread allocate too: they are not counted), and
+ * counts live blocks from every thread. */
+static _Atomic long t_live, t_calls, t_fail_at;
+static pthread_t t_loop;
+static _Atomic int t_loop_known;
+
+static void *t_realloc(void *ud, void *p, size_t n)
+{
+    (void)ud;
+    if (n == 0) {
+        if (p) {
+            t_live--;
+            free(p);
+        }
+        return NULL;
+    }
+    if (t_loop_known && pthread_equal(pthread_self(), t_loop)) {
+        long k = ++t_calls;
+        if (t_fail_at && k == t_fail_at)
+            return NULL;
+    }
+    void *q = realloc(p, n);
+    if (q && !p)
+        t_live++;
+    return q;
+}
+
+static int t_random(void *ud, void *buf, size_t len)
+{
+    (void)ud;
+    memset(buf, 0x5a, len);
+    return 0;
+}
+
+static uint64_t t_now(void *ud)
+{
+    (void)ud;
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+static const dx_seams t_seams = {.realloc = t_realloc, .random = t_random, .now_ns = t_now};
+
+static void do_arm(fx *f, void *arg)
+{
+    (void)f;
+    long n = *(long *)arg;
+    t_fail_at = t_calls + n;
+}
+
+static void do_failed(fx *f, void *arg)
+{
+    (void)f;
+    *(int *)arg = t_calls >= t_fail_at;
+    t_fail_at = 0;
+}
+
+static void test_alloc_failures(void **state)
+{
+    fx *f = *state;
+    t_live = t_calls = t_fail_at = 0;
+    t_loop_known = 0;
+    f->seams = &t_seams;
+    dx_server_options o = {0};
+    start(f, &o);
+    t_loop = f->th;
+    t_loop_known = 1;
+    long n;
+    int failed = 1;
+    for (n = 1; failed && n < 200; n++) {
+        on_loop(f, do_arm, &n);
+        cl c = dial(f, 0);
+        puts_(&c, "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n");
+        puts_maybe(&c, "\r\n5\r\nhello\r\n0\r\n\r\nGET /post?x HTTP/1.1\r\n\r\n"
+                  "GET /n?y HTTP/1.1\r\nConnection: close\r\n\r\n");
+        expect_eof(&c); /* all three answers then FIN, or a drop: either way an end */
+        hang_up(&c);
+        wait_conns(f, 0);
+        on_loop(f, do_failed, &failed);
+        c = dial(f, 0);
+        puts_(&c, "GET /n?ok HTTP/1.1\r\nHost: x\r\n\r\n");
+        check_resp(get_resp(&c, false), 200, "/n?ok");
+        hang_up(&c);
+    }
+    printf("allocation failures injected: %ld (the run after them needed no more)\n", n - 2);
+    assert_true(n > 5 && n < 200);
+    wait_conns(f, 0);
+    dx_loop_stop(f->loop);
+    pthread_join(f->th, NULL);
+    dx_server_free(f->srv);
+    dx_loop_free(f->loop);
+    f->loop = NULL;
+    assert_int_equal(t_live, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -815,6 +920,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_deferred_after_client_left, setup, teardown),
         cmocka_unit_test_setup_teardown(test_static_big, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_gets_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_alloc_failures, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
