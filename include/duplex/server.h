@@ -154,7 +154,11 @@ typedef struct dx_server_callbacks {
      * another callback or a dx_loop_post'ed function), keeping `req`, which
      * must then be answered exactly once. The connection reads nothing more
      * until the answer is sent (pipelined requests are answered in order).
-     * Optional: without it the server answers everything itself. */
+     * A handle still held when its connection ends (the client left, the
+     * server shut down or was freed) is detached, not freed: answering it
+     * returns DX_ECLOSED and frees it (with the loop's seams, so answer it
+     * before those go away). Optional: without it the server answers
+     * everything itself. */
     int (*on_http)(dx_server *srv, dx_http_req *req, void *ud);
     void (*on_open)(dx_conn *c, void *ud);
     /* A complete message; text is valid UTF-8. */
