@@ -815,7 +815,7 @@ static void test_slow_gets_bounded(void **state)
 /* An allocator that fails the Nth allocation made on the loop's thread
  * (posts from the test thread allocate too: they are not counted), and
  * counts live blocks from every thread. */
-static _Atomic long t_live, t_calls, t_fail_at;
+static _Atomic long t_live, t_calls, t_fail_at, t_max;
 static pthread_t t_loop;
 static _Atomic int t_loop_known;
 
@@ -833,6 +833,8 @@ static void *t_realloc(void *ud, void *p, size_t n)
         long k = ++t_calls;
         if (t_fail_at && k == t_fail_at)
             return NULL;
+        if ((long)n > t_max)
+            t_max = (long)n;
     }
     void *q = realloc(p, n);
     if (q && !p)
@@ -909,6 +911,43 @@ static void test_alloc_failures(void **state)
     assert_int_equal(t_live, 0);
 }
 
+/* A head that arrives in pieces costs what it holds, not max_head: its
+ * buffer starts at 512 bytes and doubles. */
+static void test_head_buffer_grows(void **state)
+{
+    fx *f = *state;
+    t_live = t_calls = t_fail_at = t_max = 0;
+    t_loop_known = 0;
+    f->seams = &t_seams;
+    dx_server_options o = {.max_head = 1u << 20};
+    start(f, &o);
+    t_loop = f->th;
+    t_loop_known = 1;
+    cl c = dial(f, 0);
+    long calls0 = t_calls;
+    puts_(&c, "GET /n?grow HTTP/1.1\r\nHost: x\r\n");
+    /* the server allocated the head buffer once it read these bytes */
+    for (int i = 0; t_calls == calls0; i++) {
+        assert_true(i < WAIT_S * 200);
+        usleep(5000);
+    }
+    long first = t_max;
+    char line[64];
+    memset(line, 'v', sizeof line);
+    for (int i = 0; i < 60; i++) { /* about 3.6 KiB more, in 60 pieces */
+        char h[96];
+        snprintf(h, sizeof h, "X-%02d: %.50s\r\n", i, line);
+        puts_(&c, h);
+    }
+    puts_(&c, "\r\n");
+    check_resp(get_resp(&c, false), 200, "/n?grow");
+    printf("head of ~3.7 KiB in 61 pieces, max_head 1 MiB: first head buffer %ld bytes, largest allocation %ld\n",
+           first, (long)t_max);
+    assert_true(first < 2048);
+    assert_true(t_max < 16384);
+    hang_up(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -921,6 +960,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_static_big, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_gets_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_alloc_failures, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_head_buffer_grows, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
