@@ -370,6 +370,8 @@ enum {
 
 void dx__http_chunked_init(dx_http_chunked *d) { memset(d, 0, sizeof *d); }
 
+uint64_t dx__http_chunked_left(const dx_http_chunked *d) { return d->state == C_DATA ? d->size : 0; }
+
 static int hexdigit(unsigned char c)
 {
     if (c >= '0' && c <= '9')

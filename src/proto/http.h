@@ -136,6 +136,11 @@ typedef struct dx_http_chunked {
 
 void dx__http_chunked_init(dx_http_chunked *d);
 
+/* Data bytes still to come in the current chunk once its size line is
+ * complete (0 otherwise): lets a caller refuse a chunk over its cap before
+ * the data arrives, with the same verdict for any split. */
+uint64_t dx__http_chunked_left(const dx_http_chunked *d);
+
 /*
  * Decodes from in[0, len): consumes framing bytes and stops after at most
  * one run of chunk data, which it returns as *data and *data_len (a span of

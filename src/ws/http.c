@@ -638,7 +638,7 @@ size_t dx__http_input(dx_conn *c, const uint8_t *p, size_t n)
             http_error(c, 400, "malformed chunked body");
             return n;
         }
-        if (r->pub.body_len + dl + h->ck.size > max) { /* as soon as a chunk-size says so */
+        if (r->pub.body_len + dl + dx__http_chunked_left(&h->ck) > max) { /* as soon as a chunk-size says so */
             char why[96];
             snprintf(why, sizeof why, "chunked body over max_http_body %zu", max);
             http_error(c, 413, why);

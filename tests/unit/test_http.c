@@ -734,11 +734,19 @@ static void test_chunked(void **state)
     assert_int_equal(dechunk(s, big, 0).rc, DX_EHTTP);
     assert_int_equal(dechunk(s, DX_HTTP_CHUNK_LINE_MAX - 1, 0).rc, 0);
     free(s);
+    dx_http_chunked d0;
+    size_t used, dl;
+    const uint8_t *data;
+    /* the declared size is known once the size line is complete, not before */
+    dx__http_chunked_init(&d0);
+    assert_int_equal(dx__http_chunked_step(&d0, (const uint8_t *)"1f", 2, &used, &data, &dl), 0);
+    assert_int_equal(dx__http_chunked_left(&d0), 0);
+    assert_int_equal(dx__http_chunked_step(&d0, (const uint8_t *)"\r\nab", 4, &used, &data, &dl), 0);
+    assert_int_equal(dl, 2);
+    assert_int_equal(dx__http_chunked_left(&d0), 29);
     /* after the end, nothing more is consumed */
     dx_http_chunked d;
     dx__http_chunked_init(&d);
-    size_t used, dl;
-    const uint8_t *data;
     assert_int_equal(dx__http_chunked_step(&d, (const uint8_t *)"0\r\n\r\nXY", 7, &used, &data, &dl), 1);
     assert_int_equal(used, 5);
     assert_int_equal(dx__http_chunked_step(&d, (const uint8_t *)"XY", 2, &used, &data, &dl), 1);

@@ -165,6 +165,16 @@ static void deadline(struct timespec *ts)
     ts->tv_sec += WAIT_S;
 }
 
+/* Waits on f->cv (f->mu held); on timeout unlocks before failing, so the
+ * loop thread (which takes f->mu to log) can still be stopped. */
+static void wait_cv(fx *f, const struct timespec *dl, const char *what)
+{
+    if (pthread_cond_timedwait(&f->cv, &f->mu, dl) == ETIMEDOUT) {
+        pthread_mutex_unlock(&f->mu);
+        fail_msg("timed out waiting for %s", what);
+    }
+}
+
 static void start(fx *f, dx_server_options *o)
 {
     dx_loop_options lo = {.log = &the_log, .seams = f->seams};
@@ -236,7 +246,7 @@ static void on_loop(fx *f, void (*fn)(fx *f, void *arg), void *arg)
     deadline(&dl);
     pthread_mutex_lock(&f->mu);
     while (!c.done)
-        assert_int_not_equal(pthread_cond_timedwait(&f->cv, &f->mu, &dl), ETIMEDOUT);
+        wait_cv(f, &dl, "the loop");
     pthread_mutex_unlock(&f->mu);
 }
 
@@ -506,8 +516,9 @@ static void test_body_cap_and_bad_chunks(void **state)
     puts_(&c, "GET /inject HTTP/1.1\r\nHost: x\r\n\r\n");
     check_resp(get_resp(&c, false), 500, NULL);
     pthread_mutex_lock(&f->mu);
-    assert_int_equal(f->inject_rc, DX_EINVAL);
+    int inject_rc = f->inject_rc;
     pthread_mutex_unlock(&f->mu);
+    assert_int_equal(inject_rc, DX_EINVAL);
     /* headers in order, query, through dx_http_req_header_at */
     puts_(&c, "GET /hdrs?a=1&b HTTP/1.1\r\nHost: x\r\nX-One:  1 \r\nx-two: two\r\n\r\n");
     check_resp(get_resp(&c, false), 200, "q=a=1&b;Host=x;X-One=1;x-two=two");
@@ -633,24 +644,25 @@ static void test_deferred_after_client_left(void **state)
     deadline(&dl);
     pthread_mutex_lock(&f->mu);
     while (f->held_seen < 1)
-        assert_int_not_equal(pthread_cond_timedwait(&f->cv, &f->mu, &dl), ETIMEDOUT);
+        wait_cv(f, &dl, "the loop thread");
     pthread_mutex_unlock(&f->mu);
     assert_int_equal(dx_loop_post(f->loop, answer_held, f), 0);
     check_resp(get_resp(&c, false), 200, "late");
     deadline(&dl);
     pthread_mutex_lock(&f->mu);
     while (!f->late_done) /* the reply returns after the bytes left */
-        assert_int_not_equal(pthread_cond_timedwait(&f->cv, &f->mu, &dl), ETIMEDOUT);
-    assert_int_equal(f->late_rc, 0);
+        wait_cv(f, &dl, "the loop thread");
+    int late_rc = f->late_rc;
     f->late_done = 0;
     pthread_mutex_unlock(&f->mu);
+    assert_int_equal(late_rc, 0);
     /* held, the client leaves (and more requests were pipelined behind it):
      * the answer returns DX_ECLOSED and frees the handle */
     puts_(&c, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\nGET /n HTTP/1.1\r\n\r\n");
     deadline(&dl);
     pthread_mutex_lock(&f->mu);
     while (f->held_seen < 2)
-        assert_int_not_equal(pthread_cond_timedwait(&f->cv, &f->mu, &dl), ETIMEDOUT);
+        wait_cv(f, &dl, "the loop thread");
     pthread_mutex_unlock(&f->mu);
     hang_up(&c);
     wait_conns(f, 0); /* the server noticed while the answer was pending */
@@ -658,9 +670,10 @@ static void test_deferred_after_client_left(void **state)
     deadline(&dl);
     pthread_mutex_lock(&f->mu);
     while (!f->late_done)
-        assert_int_not_equal(pthread_cond_timedwait(&f->cv, &f->mu, &dl), ETIMEDOUT);
-    assert_int_equal(f->late_rc, DX_ECLOSED);
+        wait_cv(f, &dl, "the loop thread");
+    late_rc = f->late_rc;
     pthread_mutex_unlock(&f->mu);
+    assert_int_equal(late_rc, DX_ECLOSED);
     assert_true(logged(f, "peer closed before the answer"));
     /* held when the server is freed: the handle is detached, answered after */
     c = dial(f, 0);
@@ -668,7 +681,7 @@ static void test_deferred_after_client_left(void **state)
     deadline(&dl);
     pthread_mutex_lock(&f->mu);
     while (f->held_seen < 3)
-        assert_int_not_equal(pthread_cond_timedwait(&f->cv, &f->mu, &dl), ETIMEDOUT);
+        wait_cv(f, &dl, "the loop thread");
     pthread_mutex_unlock(&f->mu);
     dx_loop_stop(f->loop);
     pthread_join(f->th, NULL);
@@ -950,6 +963,7 @@ static void test_head_buffer_grows(void **state)
 
 int main(void)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0); /* progress visible even when piped */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_bodies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_body_cap_and_bad_chunks, setup, teardown),
