@@ -56,6 +56,7 @@ typedef struct fx {
     int late_done;
     int calls;           /* on_http calls, under mu */
     int inject_rc;       /* under mu */
+    int inject_done;
     const dx_seams *seams;
 } fx;
 
@@ -121,6 +122,8 @@ static int on_http(dx_server *srv, dx_http_req *req, void *ud)
         int rc = dx_http_reply(req, 200, NULL, "X-A: 1\r\nX-B: 2", "no", 2); /* not a complete line */
         pthread_mutex_lock(&f->mu);
         f->inject_rc = rc;
+        f->inject_done = 1;
+        pthread_cond_broadcast(&f->cv);
         pthread_mutex_unlock(&f->mu);
         return 1;
     }
@@ -515,7 +518,11 @@ static void test_body_cap_and_bad_chunks(void **state)
     c = dial(f, 0);
     puts_(&c, "GET /inject HTTP/1.1\r\nHost: x\r\n\r\n");
     check_resp(get_resp(&c, false), 500, NULL);
+    struct timespec dl;
+    deadline(&dl);
     pthread_mutex_lock(&f->mu);
+    while (!f->inject_done) /* the reply returns after the bytes left */
+        wait_cv(f, &dl, "the reply's result");
     int inject_rc = f->inject_rc;
     pthread_mutex_unlock(&f->mu);
     assert_int_equal(inject_rc, DX_EINVAL);
