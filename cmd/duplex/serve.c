@@ -94,6 +94,10 @@ static void usage(FILE *f)
             "  --idle-timeout T       close 1001 after no frame for T [off]\n"
             "  --ping-interval T      heartbeat ping period, 'off' to disable [30s]\n"
             "  --pong-timeout T       drop a peer that does not answer a ping [10s]\n"
+            "  --max-http-body BYTES  plain HTTP request body, else 413 [1MiB]\n"
+            "  --http-keepalive T     idle wait for the next HTTP request on a connection, 'off' or 0 to close\n"
+            "                         after each answer [5s]\n"
+            "  --http-max-requests N  HTTP requests per connection [1000]\n"
             "  --log-level L          error|warn|info|debug [info]\n"
             "  --log-format F         text (timestamp level message) or json (one object per line) [text]\n"
             "\n"
@@ -112,14 +116,16 @@ static int on_upgrade(dx_server *srv, dx_request *req, void *ud)
     return 404;
 }
 
-static int on_http(dx_server *srv, dx_conn *c, const char *method, const char *path, size_t len, void *ud)
+static int on_http(dx_server *srv, dx_http_req *req, void *ud)
 {
     (void)srv;
     (void)ud;
-    if (len == 8 && memcmp(path, "/healthz", 8) == 0) {
-        if (strcmp(method, "GET") && strcmp(method, "HEAD"))
-            return dx_http_reply(c, 405, NULL, "Allow: GET, HEAD\r\n", "405 Method Not Allowed\n", 23) == 0;
-        return dx_http_reply(c, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3) == 0;
+    if (req->path_len == 8 && memcmp(req->path, "/healthz", 8) == 0) {
+        if (strcmp(req->method, "GET") && strcmp(req->method, "HEAD"))
+            (void)dx_http_reply(req, 405, NULL, "Allow: GET, HEAD\r\n", "405 Method Not Allowed\n", 23);
+        else
+            (void)dx_http_reply(req, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3);
+        return 1;
     }
     return 0;
 }
@@ -268,7 +274,8 @@ static void raise_nofile(void)
 
 enum {
     O_HOST = 256, O_PORT, O_UNIX, O_WORKERS, O_CERT, O_KEY, O_STATIC, O_MAXMSG, O_MAXFRAG, O_MAXHEAD, O_MAXHDRS,
-    O_SENDMAX, O_HIWAT, O_HSTO, O_CLOSETO, O_IDLETO, O_PING, O_PONG, O_LOGLEVEL, O_PERIP, O_MAXHS, O_LOGFORMAT
+    O_SENDMAX, O_HIWAT, O_HSTO, O_CLOSETO, O_IDLETO, O_PING, O_PONG, O_LOGLEVEL, O_PERIP, O_MAXHS, O_LOGFORMAT,
+    O_HTTPBODY, O_HTTPKA, O_HTTPREQS
 };
 
 static int bad(const char *opt, const char *val)
@@ -302,6 +309,9 @@ int cmd_serve(int argc, char **argv)
         {"max-conns-per-ip", required_argument, 0, O_PERIP},
         {"max-handshaking", required_argument, 0, O_MAXHS},
         {"log-format", required_argument, 0, O_LOGFORMAT},
+        {"max-http-body", required_argument, 0, O_HTTPBODY},
+        {"http-keepalive", required_argument, 0, O_HTTPKA},
+        {"http-max-requests", required_argument, 0, O_HTTPREQS},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -415,6 +425,21 @@ int cmd_serve(int argc, char **argv)
                 return bad(name, optarg);
             else
                 o->max_handshaking = v;
+            break;
+        case O_HTTPBODY:
+            if (cli_parse_size(optarg, &o->max_http_body) || !o->max_http_body)
+                return bad(name, optarg);
+            break;
+        case O_HTTPKA:
+            if (cli_parse_ms(optarg, &o->http_keepalive_ms))
+                return bad(name, optarg);
+            if (o->http_keepalive_ms == 0)
+                o->http_keepalive_ms = (unsigned)-1; /* off */
+            break;
+        case O_HTTPREQS:
+            if (cli_parse_uint(optarg, 1, 1u << 30, &v))
+                return bad(name, optarg);
+            o->http_max_requests = (unsigned)v;
             break;
         case O_LOGLEVEL:
             if ((a->log.level = cli_parse_log_level(optarg)) < 0)

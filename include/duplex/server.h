@@ -37,6 +37,7 @@ extern "C" {
 
 typedef struct dx_server dx_server;
 typedef struct dx_conn dx_conn;
+typedef struct dx_http_req dx_http_req;
 
 /* ---- handshake-time view -------------------------------------------------- */
 
@@ -133,6 +134,59 @@ DX_API int dx_upgrade_accept(dx_upgrade *h, const char *protocol, void *user);
  */
 DX_API int dx_upgrade_refuse(dx_upgrade *h, int status, const char *headers);
 
+/* ---- plain HTTP requests ------------------------------------------------------- */
+
+/* A plain HTTP request as on_http sees it; a handle answered with
+ * dx_http_reply. Every pointer is owned by the handle and valid until it is
+ * answered. method and target are NUL-terminated; path and query are not
+ * (they point into target). body is NUL-terminated too (body[body_len] ==
+ * 0), and "" when the request has none. */
+struct dx_http_req {
+    const char *method;
+    size_t method_len;
+    const char *target; /* path and query as sent */
+    size_t target_len;
+    const char *path;
+    size_t path_len;
+    const char *query;  /* after '?'; NULL when the target has none */
+    size_t query_len;
+    const uint8_t *body; /* Content-Length or de-chunked bytes, at most max_http_body */
+    size_t body_len;
+    int minor_version;  /* x of HTTP/1.x */
+    uint64_t conn_id;   /* as in log lines ("conn=ID") */
+    const char *remote; /* "1.2.3.4:5678", "[::1]:5678" or "unix" */
+};
+
+/* Value of the first header `name` (ASCII case-insensitive) or NULL; *len
+ * (if not NULL) gets its length. Borrowed from the handle. */
+DX_API const char *dx_http_req_header(const dx_http_req *req, const char *name, size_t *len);
+
+/* The i-th header line (0-based): returns 1 and fills the four outputs
+ * (borrowed from the handle; not NUL-terminated), or 0 past the last. */
+DX_API int dx_http_req_header_at(const dx_http_req *req, size_t i, const char **name, size_t *name_len,
+                                 const char **value, size_t *value_len);
+
+/*
+ * Answers `req` with `status` (200-599: a 1xx is not a final answer), a
+ * Content-Type (NULL: text/plain; charset=utf-8), extra header
+ * lines `headers` (NULL, or complete "Name: value\r\n" lines) and a body
+ * (copied; not sent for HEAD requests, whose Content-Length still says its
+ * length). The server adds Content-Length and, when the connection will
+ * close, Connection: close. Call it exactly once per request the
+ * application took (on_http returned 1, or it answers inside on_http); on
+ * the loop's thread, from a callback or a posted function. Whatever it
+ * returns, the handle is released (at once, or when on_http returns if
+ * called inside it): do not use req after the call (after on_http returns).
+ * Returns 0; DX_ECLOSED (the connection is gone: nothing is sent);
+ * DX_EINVAL (bad status, content type or header lines) or DX_ELIMIT (body
+ * larger than send_max): the peer gets 500 instead; DX_ENOMEM (the
+ * connection is dropped); DX_ESTATE: a second call inside on_http for the
+ * same request (ignored). Fires no callback: an answer that frees the
+ * connection for a pipelined request lets the loop read it afterwards.
+ */
+DX_API int dx_http_reply(dx_http_req *req, int status, const char *content_type, const char *headers,
+                         const void *body, size_t len);
+
 /* ---- server ---------------------------------------------------------------- */
 
 typedef struct dx_server_callbacks {
@@ -141,11 +195,19 @@ typedef struct dx_server_callbacks {
      * DX_UPGRADE_DEFER after dx_request_defer to decide later. NULL:
      * accept everything. */
     int (*on_upgrade)(dx_server *srv, dx_request *req, void *ud);
-    /* A plain HTTP request (not an upgrade) for `path` with `method`. Return
-     * 0 to let the server answer it (static files, else 404/405) or reply
-     * through dx_http_reply and return 1. Optional. */
-    int (*on_http)(dx_server *srv, dx_conn *conn, const char *method, const char *path, size_t path_len,
-                   void *ud);
+    /* A plain HTTP request (not an upgrade), head and body complete (see
+     * dx_http_req). Return 0 to let the server answer it (static files for
+     * GET/HEAD, else 404/405; the handle is released on return), or 1 when
+     * the application answers: at once with dx_http_reply, or later (from
+     * another callback or a dx_loop_post'ed function), keeping `req`, which
+     * must then be answered exactly once. The connection reads nothing more
+     * until the answer is sent (pipelined requests are answered in order).
+     * A handle still held when its connection ends (the client left, the
+     * server shut down or was freed) is detached, not freed: answering it
+     * returns DX_ECLOSED and frees it (with the loop's seams, so answer it
+     * before those go away). Optional: without it the server answers
+     * everything itself. */
+    int (*on_http)(dx_server *srv, dx_http_req *req, void *ud);
     void (*on_open)(dx_conn *c, void *ud);
     /* A complete message; text is valid UTF-8. */
     void (*on_message)(dx_conn *c, int opcode, const uint8_t *data, size_t len, void *ud);
@@ -190,6 +252,12 @@ typedef struct dx_server_options {
     unsigned idle_timeout_ms;   /* [0: off] no frame received for this long → close 1001 */
     unsigned ping_interval_ms;  /* [30000] heartbeat ping period; (unsigned)-1: off */
     unsigned pong_timeout_ms;   /* [10000] no pong this long after a ping → drop (1006) */
+
+    /* plain HTTP (not upgrades) */
+    size_t max_http_body;       /* [1 MiB] request body (Content-Length or de-chunked) → 413 */
+    unsigned http_keepalive_ms; /* [5000] wait for the next request on a kept-alive connection;
+                                   (unsigned)-1: no keep-alive (Connection: close on every answer) */
+    unsigned http_max_requests; /* [1000] requests per connection; the last answer closes it */
 
     unsigned instance;          /* [0] this server's index among `instances` sharing a port */
     unsigned instances;         /* [1] connection ids are instance + k * instances: unique across them */
@@ -327,14 +395,6 @@ DX_API void dx_conn_set_user(dx_conn *c, void *user);
 DX_API dx_server *dx_conn_server(const dx_conn *c);
 /* The connection's id, as it appears in log lines ("conn=ID"). */
 DX_API uint64_t dx_conn_id(const dx_conn *c);
-
-/* Inside on_http: answers the plain HTTP request with `status`, extra header
- * lines (each ending in "\r\n", may be NULL), and a body (copied). The
- * connection closes after the response. Returns 0, DX_ESTATE (not inside
- * on_http), DX_ELIMIT (bigger than send_max), DX_ENOMEM. Fires no
- * callback. */
-DX_API int dx_http_reply(dx_conn *c, int status, const char *content_type, const char *headers,
-                         const void *body, size_t len);
 
 #ifdef __cplusplus
 }

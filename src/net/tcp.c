@@ -2,13 +2,15 @@
  * src/net/tcp.c: the plain TCP (and Unix stream) transport.
  *
  * Layer: net. recv/sendmsg with MSG_NOSIGNAL: a peer that went away gives
- * EPIPE, never SIGPIPE.
+ * EPIPE, never SIGPIPE (sendfile has no such flag: the loop thread blocks
+ * SIGPIPE, see dx_loop_run).
  */
 #define _GNU_SOURCE
 #include "net/transport.h"
 
 #include <errno.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -43,6 +45,17 @@ static ssize_t tcp_writev(dx__stream *s, const struct iovec *iov, int n)
     return map_errno(s, errno, DX__WANT_WRITE);
 }
 
+static ssize_t tcp_sendfile(dx__stream *s, int fd, int64_t *off, size_t len)
+{
+    off_t o = (off_t)*off;
+    ssize_t w = sendfile(s->fd, fd, &o, len);
+    if (w >= 0) {
+        *off = (int64_t)o;
+        return w;
+    }
+    return map_errno(s, errno, DX__WANT_WRITE);
+}
+
 static int tcp_handshake(dx__stream *s)
 {
     (void)s;
@@ -72,6 +85,7 @@ const dx__transport dx__tcp_transport = {
     .name = "tcp",
     .read = tcp_read,
     .writev = tcp_writev,
+    .sendfile = tcp_sendfile,
     .handshake = tcp_handshake,
     .shutdown = tcp_shutdown,
     .pending = tcp_pending,

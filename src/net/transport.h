@@ -30,6 +30,10 @@ typedef struct dx__transport {
     /* Writes a prefix of the iovec; the caller keeps the rest. A TLS write
      * that returned DX_EAGAIN must be retried with the same bytes. */
     ssize_t (*writev)(dx__stream *s, const struct iovec *iov, int n);
+    /* Writes up to len bytes of the file `fd` from *off (advanced) straight
+     * from the kernel (sendfile(2)); the file is the caller's. NULL when the
+     * transport cannot (TLS: bytes must go through the library). */
+    ssize_t (*sendfile)(dx__stream *s, int fd, int64_t *off, size_t len);
     /* Drives the transport's own handshake: 0 when done, DX_EAGAIN, error. */
     int (*handshake)(dx__stream *s);
     /* Stops sending (TCP FIN; TLS close_notify then FIN). Best effort. */

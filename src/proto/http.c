@@ -3,19 +3,17 @@
  *
  * Layer: proto. Depends on libc only: no sockets, no allocation, no logging.
  *
- * Invariants: the parser reads buf[0..lim) with lim = min(len, max_head) and
- * nothing else; it reads sequentially and decides at each byte with what it
- * has seen so far, so a prefix never gives an answer that a longer input
- * would contradict: running out of bytes is "incomplete" (DX_EAGAIN, or
- * DX_EHEADTOOBIG when lim reached max_head), never a guess. Every stored
- * pointer lies inside buf[0..lim).
+ * Invariants: the parser reads buf[pos..lim) with lim = min(len, max_head)
+ * and nothing else; it reads sequentially and decides at each byte with
+ * what it has seen so far, so a prefix never gives an answer that a longer
+ * input would contradict: running out of bytes is "incomplete" (DX_EAGAIN,
+ * or DX_EHEADTOOBIG when lim reached max_head), never a guess. Every stored
+ * pointer lies inside buf[0..lim). The chunked decoder likewise keeps O(1)
+ * state and gives the same data and verdict for any split of its input.
  */
 #include "proto/http.h"
 
 #include <limits.h>
-
-/* Internal "ran out of bytes"; turned into DX_EAGAIN or DX_EHEADTOOBIG. */
-#define NEED_MORE DX_EAGAIN
 
 bool dx__http_is_tchar(unsigned char c)
 {
@@ -66,97 +64,42 @@ bool dx__http_eq_ci(const char *a, size_t len, const char *b)
     return b[len] == '\0';
 }
 
-/* Consumes a line end at buf[*pos]: CRLF or bare LF (RFC 9112 §2.2). */
-static int line_end(const char *buf, size_t lim, size_t *pos)
-{
-    size_t p = *pos;
-    if (p >= lim)
-        return NEED_MORE;
-    if (buf[p] == '\n') {
-        *pos = p + 1;
-        return 0;
-    }
-    if (buf[p] != '\r')
-        return DX_EHTTP;
-    if (p + 1 >= lim)
-        return NEED_MORE;
-    if (buf[p + 1] != '\n')
-        return DX_EHTTP; /* a bare CR */
-    *pos = p + 2;
-    return 0;
-}
+/*
+ * The head parser is one byte-at-a-time state machine (dx_http_head): it
+ * keeps its position and state between calls, so a head delivered in n
+ * pieces costs O(total bytes), not O(n * length). It only stores offsets,
+ * never pointers, so the caller's buffer may move (grow) between calls. The
+ * stateless entry points below run the same machine once over a complete
+ * buffer and turn the offsets into pointers: one grammar, two uses.
+ */
+enum {
+    P_RQ_START, /* skipping empty lines before the request-line */
+    P_RQ_START_LF,
+    P_METHOD,
+    P_TARGET0,
+    P_TARGET,
+    P_VERSION,  /* "HTTP/1." DIGIT, sub counts the bytes */
+    P_EOL,      /* after the version: CR or LF */
+    P_EOL_LF,   /* after a CR: LF */
+    P_ST_SP,    /* response: SP after the version */
+    P_ST_CODE,  /* three digits, sub counts them */
+    P_ST_AFTER, /* SP and a reason, or the line end */
+    P_ST_REASON,
+    P_H_START,  /* start of a header line or of the blank line */
+    P_H_NAME,
+    P_H_OWS,
+    P_H_VALUE,
+    P_H_LF,
+    P_END_LF,
+    P_DONE,
+    P_ERROR
+};
 
-/* "HTTP/1." DIGIT; RFC 9112 §2.3. Other majors are not HTTP/1 heads. */
-static int parse_version(const char *buf, size_t lim, size_t *pos, int *minor)
+void dx__http_head_init(dx_http_head *h, bool response)
 {
-    static const char prefix[] = "HTTP/1.";
-    size_t p = *pos;
-    for (size_t i = 0; i < sizeof prefix - 1; i++, p++) {
-        if (p >= lim)
-            return NEED_MORE;
-        if (buf[p] != prefix[i])
-            return DX_EHTTP;
-    }
-    if (p >= lim)
-        return NEED_MORE;
-    if (buf[p] < '0' || buf[p] > '9')
-        return DX_EHTTP;
-    *minor = buf[p] - '0';
-    *pos = p + 1;
-    return 0;
-}
-
-static int parse_headers(const char *buf, size_t lim, size_t *pos, dx_http_header *h, size_t max,
-                         size_t *n_out)
-{
-    size_t p = *pos, n = 0;
-    for (;;) {
-        if (p >= lim)
-            return NEED_MORE;
-        char c = buf[p];
-        if (c == '\r' || c == '\n') {
-            int rc = line_end(buf, lim, &p);
-            if (rc)
-                return rc;
-            *pos = p;
-            *n_out = n;
-            return 0;
-        }
-        /* RFC 9112 §5.2 obs-fold, and §2.2 whitespace before the first
-         * header line: rejected rather than guessed at. */
-        if (is_ows(c))
-            return DX_EHTTP;
-        if (n == max)
-            return DX_ETOOMANYHEADERS;
-        size_t ns = p;
-        while (p < lim && dx__http_is_tchar((unsigned char)buf[p]))
-            p++;
-        if (p >= lim)
-            return NEED_MORE;
-        /* RFC 9112 §5.1: no whitespace between name and colon → 400. */
-        if (p == ns || buf[p] != ':')
-            return DX_EHTTP;
-        size_t ne = p++;
-        while (p < lim && is_ows(buf[p]))
-            p++;
-        size_t vs = p;
-        while (p < lim && buf[p] != '\r' && buf[p] != '\n') {
-            if (!is_field_char((unsigned char)buf[p]))
-                return DX_EHTTP; /* NUL, other CTLs, DEL */
-            p++;
-        }
-        size_t ve = p;
-        int rc = line_end(buf, lim, &p);
-        if (rc)
-            return rc;
-        while (ve > vs && is_ows(buf[ve - 1]))
-            ve--;
-        h[n].name = buf + ns;
-        h[n].name_len = ne - ns;
-        h[n].value = buf + vs;
-        h[n].value_len = ve - vs;
-        n++;
-    }
+    memset(h, 0, sizeof *h);
+    h->response = response;
+    h->state = response ? P_VERSION : P_RQ_START;
 }
 
 static size_t effective_max(size_t max_head)
@@ -166,117 +109,402 @@ static size_t effective_max(size_t max_head)
     return max_head > INT_MAX ? INT_MAX : max_head;
 }
 
-static int finish(int rc, size_t len, size_t max_head, size_t pos)
+/* One header line ended at buf[p] (its CR or LF): count it, and store it
+ * when the caller gave an array (the stateless parse). */
+static void header_done(dx_http_head *h, const char *buf, dx_http_header *out)
 {
-    if (rc == NEED_MORE)
-        return len >= max_head ? DX_EHEADTOOBIG : DX_EAGAIN;
-    if (rc < 0)
-        return rc;
-    return (int)pos;
+    if (out) {
+        dx_http_header *x = &out[h->n_headers];
+        x->name = buf + h->ns;
+        x->name_len = h->ne - h->ns;
+        x->value = buf + h->vs;
+        x->value_len = h->ve - h->vs;
+    }
+    h->n_headers++;
 }
 
-static int request_line(const char *buf, size_t lim, size_t *pos, dx_http_request *req)
+/* Runs the machine over buf[h->pos .. min(len, max_head)). */
+static int head_run(dx_http_head *h, const char *buf, size_t len, size_t max_headers, size_t max_head,
+                    dx_http_header *out)
 {
-    size_t p = *pos;
-    /* RFC 9112 §2.2: ignore empty lines received before the request-line. */
-    while (p < lim && (buf[p] == '\r' || buf[p] == '\n')) {
-        int rc = line_end(buf, lim, &p);
-        if (rc)
-            return rc;
+    static const char version[] = "HTTP/1.";
+    if (h->state == P_ERROR)
+        return h->err;
+    if (h->state == P_DONE)
+        return (int)h->pos;
+    max_head = effective_max(max_head);
+    size_t lim = len < max_head ? len : max_head, p = h->pos;
+    if (p < lim)
+        h->examined += lim - p;
+    int err = DX_EHTTP;
+    for (; p < lim; p++) {
+        unsigned char c = (unsigned char)buf[p];
+        switch (h->state) {
+        case P_RQ_START: /* RFC 9112 §2.2: ignore empty lines before the request-line */
+            if (c == '\r')
+                h->state = P_RQ_START_LF;
+            else if (c == '\n')
+                ;
+            else if (dx__http_is_tchar(c)) {
+                h->ms = (uint32_t)p;
+                h->state = P_METHOD;
+            } else
+                goto fail;
+            break;
+        case P_RQ_START_LF:
+            if (c != '\n')
+                goto fail; /* a bare CR */
+            h->state = P_RQ_START;
+            break;
+        case P_METHOD:
+            if (c == ' ') {
+                h->me = (uint32_t)p;
+                h->state = P_TARGET0;
+            } else if (!dx__http_is_tchar(c))
+                goto fail;
+            break;
+        case P_TARGET0:
+        case P_TARGET:
+            if (c > 0x20 && c < 0x7F) {
+                if (h->state == P_TARGET0)
+                    h->ts = (uint32_t)p;
+                h->state = P_TARGET;
+            } else if (c == ' ' && h->state == P_TARGET) {
+                h->te = (uint32_t)p;
+                h->state = P_VERSION;
+                h->sub = 0;
+            } else
+                goto fail;
+            break;
+        case P_VERSION: /* RFC 9112 §2.3: other majors are not HTTP/1 heads */
+            if (h->sub < sizeof version - 1) {
+                if (c != (unsigned char)version[h->sub])
+                    goto fail;
+                h->sub++;
+                break;
+            }
+            if (c < '0' || c > '9')
+                goto fail;
+            h->minor = (uint8_t)(c - '0');
+            h->state = h->response ? P_ST_SP : P_EOL;
+            break;
+        case P_EOL: /* RFC 9112 §2.2: CRLF or a bare LF */
+            if (c == '\n')
+                h->state = P_H_START;
+            else if (c == '\r')
+                h->state = P_EOL_LF;
+            else
+                goto fail;
+            break;
+        case P_EOL_LF:
+            if (c != '\n')
+                goto fail;
+            h->state = P_H_START;
+            break;
+        case P_ST_SP:
+            if (c != ' ')
+                goto fail;
+            h->state = P_ST_CODE;
+            h->sub = 0;
+            h->status = 0;
+            break;
+        case P_ST_CODE:
+            if (c < '0' || c > '9' || (h->sub == 0 && c == '0'))
+                goto fail;
+            h->status = (uint16_t)(h->status * 10 + (c - '0'));
+            if (++h->sub == 3)
+                h->state = P_ST_AFTER;
+            break;
+        case P_ST_AFTER: /* the SP before an empty reason may be missing */
+            if (c == ' ') {
+                h->ts = h->te = (uint32_t)p + 1;
+                h->state = P_ST_REASON;
+            } else if (c == '\r' || c == '\n') {
+                h->ts = h->te = (uint32_t)p;
+                h->state = c == '\r' ? P_EOL_LF : P_H_START;
+            } else
+                goto fail;
+            break;
+        case P_ST_REASON:
+            if (c == '\r' || c == '\n') {
+                h->te = (uint32_t)p;
+                h->state = c == '\r' ? P_EOL_LF : P_H_START;
+            } else if (!is_field_char(c))
+                goto fail;
+            break;
+        case P_H_START:
+            if (c == '\r') {
+                h->state = P_END_LF;
+            } else if (c == '\n') {
+                h->state = P_DONE;
+            } else if (is_ows((char)c)) {
+                /* RFC 9112 §5.2 obs-fold, and §2.2 whitespace before the
+                 * first header line: rejected rather than guessed at. */
+                goto fail;
+            } else if (h->n_headers == max_headers) {
+                err = DX_ETOOMANYHEADERS;
+                goto fail;
+            } else if (dx__http_is_tchar(c)) {
+                h->ns = (uint32_t)p;
+                h->state = P_H_NAME;
+            } else
+                goto fail;
+            break;
+        case P_H_NAME: /* RFC 9112 §5.1: no whitespace between name and colon */
+            if (c == ':') {
+                h->ne = (uint32_t)p;
+                h->state = P_H_OWS;
+            } else if (!dx__http_is_tchar(c))
+                goto fail;
+            break;
+        case P_H_OWS:
+        case P_H_VALUE:
+            if (c == '\r' || c == '\n') {
+                if (h->state == P_H_OWS)
+                    h->vs = h->ve = (uint32_t)p;
+                if (c == '\r') {
+                    h->state = P_H_LF;
+                } else {
+                    header_done(h, buf, out);
+                    h->state = P_H_START;
+                }
+            } else if (h->state == P_H_OWS && is_ows((char)c)) {
+                ;
+            } else if (is_field_char(c)) { /* not NUL, other CTLs, DEL */
+                if (h->state == P_H_OWS) {
+                    h->vs = (uint32_t)p;
+                    h->state = P_H_VALUE;
+                }
+                if (!is_ows((char)c))
+                    h->ve = (uint32_t)p + 1; /* trailing OWS is trimmed */
+            } else
+                goto fail;
+            break;
+        case P_H_LF:
+            if (c != '\n')
+                goto fail;
+            header_done(h, buf, out);
+            h->state = P_H_START;
+            break;
+        case P_END_LF:
+            if (c != '\n')
+                goto fail;
+            h->state = P_DONE;
+            break;
+        default:
+            goto fail;
+        }
+        if (h->state == P_DONE) {
+            h->pos = (uint32_t)p + 1;
+            return (int)h->pos;
+        }
     }
-    size_t ms = p;
-    while (p < lim && dx__http_is_tchar((unsigned char)buf[p]))
-        p++;
-    if (p >= lim)
-        return NEED_MORE;
-    if (p == ms || buf[p] != ' ')
-        return DX_EHTTP;
-    req->method = buf + ms;
-    req->method_len = p - ms;
-    size_t ts = ++p;
-    while (p < lim && buf[p] > 0x20 && buf[p] < 0x7F)
-        p++;
-    if (p >= lim)
-        return NEED_MORE;
-    if (p == ts || buf[p] != ' ')
-        return DX_EHTTP;
-    req->target = buf + ts;
-    req->target_len = p - ts;
-    p++;
-    int rc = parse_version(buf, lim, &p, &req->minor_version);
-    if (rc)
-        return rc;
-    rc = line_end(buf, lim, &p);
-    if (rc)
-        return rc;
-    *pos = p;
-    return 0;
+    h->pos = (uint32_t)p;
+    return len >= max_head ? DX_EHEADTOOBIG : DX_EAGAIN;
+fail:
+    h->pos = (uint32_t)p;
+    h->state = P_ERROR;
+    h->err = err;
+    return err;
+}
+
+int dx__http_head_feed(dx_http_head *h, const char *buf, size_t len, size_t max_headers, size_t max_head)
+{
+    return head_run(h, buf, len, max_headers, max_head, NULL);
 }
 
 int dx__http_parse_request(const char *buf, size_t len, dx_http_request *req,
                            dx_http_header *headers, size_t max_headers, size_t max_head)
 {
-    max_head = effective_max(max_head);
-    size_t lim = len < max_head ? len : max_head, pos = 0;
-    int rc = request_line(buf, lim, &pos, req);
-    if (rc == 0) {
+    dx_http_head h;
+    dx__http_head_init(&h, false);
+    int rc = head_run(&h, buf, len, max_headers, max_head, headers);
+    if (rc > 0) {
+        req->method = buf + h.ms;
+        req->method_len = h.me - h.ms;
+        req->target = buf + h.ts;
+        req->target_len = h.te - h.ts;
+        req->minor_version = h.minor;
         req->headers = headers;
-        rc = parse_headers(buf, lim, &pos, headers, max_headers, &req->n_headers);
+        req->n_headers = h.n_headers;
     }
-    return finish(rc, len, max_head, pos);
-}
-
-static int status_line(const char *buf, size_t lim, size_t *pos, dx_http_response *resp)
-{
-    size_t p = *pos;
-    int rc = parse_version(buf, lim, &p, &resp->minor_version);
-    if (rc)
-        return rc;
-    if (p >= lim)
-        return NEED_MORE;
-    if (buf[p++] != ' ')
-        return DX_EHTTP;
-    int status = 0;
-    for (int i = 0; i < 3; i++, p++) {
-        if (p >= lim)
-            return NEED_MORE;
-        if (buf[p] < '0' || buf[p] > '9' || (i == 0 && buf[p] == '0'))
-            return DX_EHTTP;
-        status = status * 10 + (buf[p] - '0');
-    }
-    resp->status = status;
-    if (p >= lim)
-        return NEED_MORE;
-    size_t rs = p, re = p;
-    if (buf[p] == ' ') {
-        rs = ++p;
-        while (p < lim && buf[p] != '\r' && buf[p] != '\n') {
-            if (!is_field_char((unsigned char)buf[p]))
-                return DX_EHTTP;
-            p++;
-        }
-        re = p;
-    }
-    rc = line_end(buf, lim, &p);
-    if (rc)
-        return rc;
-    resp->reason = buf + rs;
-    resp->reason_len = re - rs;
-    *pos = p;
-    return 0;
+    return rc;
 }
 
 int dx__http_parse_response(const char *buf, size_t len, dx_http_response *resp,
                             dx_http_header *headers, size_t max_headers, size_t max_head)
 {
-    max_head = effective_max(max_head);
-    size_t lim = len < max_head ? len : max_head, pos = 0;
-    int rc = status_line(buf, lim, &pos, resp);
-    if (rc == 0) {
+    dx_http_head h;
+    dx__http_head_init(&h, true);
+    int rc = head_run(&h, buf, len, max_headers, max_head, headers);
+    if (rc > 0) {
+        resp->minor_version = h.minor;
+        resp->status = h.status;
+        resp->reason = buf + h.ts;
+        resp->reason_len = h.te - h.ts;
         resp->headers = headers;
-        rc = parse_headers(buf, lim, &pos, headers, max_headers, &resp->n_headers);
+        resp->n_headers = h.n_headers;
     }
-    return finish(rc, len, max_head, pos);
+    return rc;
+}
+
+/* ---- chunked transfer coding (RFC 9112 §7.1) ------------------------------ */
+
+enum {
+    C_SIZE0,    /* first hex digit of a chunk-size */
+    C_SIZE,     /* more digits, ';' extensions, or CR */
+    C_SIZE_WS,  /* BWS before ';' */
+    C_EXT,      /* chunk-ext up to CR */
+    C_SIZE_LF,
+    C_DATA,
+    C_DATA_CR,
+    C_DATA_LF,
+    C_TRAILER0, /* start of a trailer line or of the final blank line */
+    C_TRAILER_NAME,
+    C_TRAILER_VALUE,
+    C_TRAILER_LF,
+    C_END_LF,
+    C_DONE,
+    C_ERROR
+};
+
+void dx__http_chunked_init(dx_http_chunked *d) { memset(d, 0, sizeof *d); }
+
+uint64_t dx__http_chunked_left(const dx_http_chunked *d) { return d->state == C_DATA ? d->size : 0; }
+
+static int hexdigit(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int dx__http_chunked_step(dx_http_chunked *d, const uint8_t *in, size_t len, size_t *used, const uint8_t **data,
+                          size_t *data_len)
+{
+    size_t p = 0;
+    *data = NULL;
+    *data_len = 0;
+    *used = 0;
+    if (d->state == C_DONE)
+        return 1;
+    if (d->state == C_ERROR)
+        return DX_EHTTP;
+    while (p < len) {
+        if (d->state == C_DATA) {
+            size_t take = len - p;
+            if (take > d->size)
+                take = (size_t)d->size;
+            *data = in + p;
+            *data_len = take;
+            d->size -= take;
+            p += take;
+            if (d->size == 0)
+                d->state = C_DATA_CR;
+            *used = p;
+            return 0;
+        }
+        unsigned char c = in[p++];
+        d->overhead++;
+        /* A size line (digits and extensions) or a trailer line is bounded. */
+        if (++d->line > DX_HTTP_CHUNK_LINE_MAX)
+            goto fail;
+        int v;
+        switch (d->state) {
+        case C_SIZE0:
+        case C_SIZE:
+            v = hexdigit(c);
+            if (v >= 0) {
+                if (d->size >> 54) /* past 2^58: no real body is that big */
+                    goto fail;
+                d->size = d->size * 16 + (uint64_t)v;
+                d->state = C_SIZE;
+            } else if (d->state == C_SIZE0) {
+                goto fail;
+            } else if (c == ';') {
+                d->state = C_EXT;
+            } else if (is_ows((char)c)) {
+                d->state = C_SIZE_WS;
+            } else if (c == '\r') {
+                d->state = C_SIZE_LF;
+            } else
+                goto fail;
+            break;
+        case C_SIZE_WS:
+            if (c == ';')
+                d->state = C_EXT;
+            else if (!is_ows((char)c))
+                goto fail;
+            break;
+        case C_EXT: /* chunk-ext: not interpreted, only checked for CTLs */
+            if (c == '\r')
+                d->state = C_SIZE_LF;
+            else if (!is_field_char(c))
+                goto fail;
+            break;
+        case C_SIZE_LF:
+            if (c != '\n')
+                goto fail;
+            d->line = 0;
+            d->state = d->size ? C_DATA : C_TRAILER0;
+            break;
+        case C_DATA_CR:
+            if (c != '\r')
+                goto fail;
+            d->state = C_DATA_LF;
+            break;
+        case C_DATA_LF:
+            if (c != '\n')
+                goto fail;
+            d->line = 0;
+            d->state = C_SIZE0;
+            break;
+        case C_TRAILER0:
+            if (c == '\r')
+                d->state = C_END_LF;
+            else if (dx__http_is_tchar(c))
+                d->state = C_TRAILER_NAME;
+            else
+                goto fail;
+            break;
+        case C_TRAILER_NAME:
+            if (c == ':')
+                d->state = C_TRAILER_VALUE;
+            else if (!dx__http_is_tchar(c))
+                goto fail;
+            break;
+        case C_TRAILER_VALUE:
+            if (c == '\r')
+                d->state = C_TRAILER_LF;
+            else if (!is_field_char(c))
+                goto fail;
+            break;
+        case C_TRAILER_LF:
+            if (c != '\n')
+                goto fail;
+            d->line = 0;
+            d->state = C_TRAILER0;
+            break;
+        case C_END_LF:
+            if (c != '\n')
+                goto fail;
+            d->state = C_DONE;
+            *used = p;
+            return 1;
+        default:
+            goto fail;
+        }
+    }
+    *used = p;
+    return 0;
+fail:
+    d->state = C_ERROR;
+    *used = p;
+    return DX_EHTTP;
 }
 
 int dx_http_status_for_error(int err)
@@ -315,11 +543,13 @@ const char *dx_http_status_text(int status)
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
+    case 411: return "Length Required";
     case 413: return "Content Too Large";
     case 426: return "Upgrade Required";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     default: return "Unknown";

@@ -2,12 +2,16 @@
  * src/proto/http.h: HTTP/1.1 head parser (request and response) and the few
  * helpers the WebSocket opening handshake needs (RFC 9110, RFC 9112).
  *
- * Zero-copy and stateless: a parse call reads the whole buffer from its
- * start and fills a caller-provided header array whose entries point into
- * the caller's buffer. Nothing is allocated and nothing is kept between
- * calls, so the result depends only on the bytes given: any prefix of a
- * valid head gives DX_EAGAIN, and the whole head gives the same answer as
- * any longer buffer (bytes after the blank line are never read).
+ * Two ways in, one grammar. The stateless calls (dx__http_parse_request,
+ * _response) read a whole buffer and fill a caller-provided header array
+ * whose entries point into that buffer. The incremental one (dx_http_head,
+ * dx__http_head_feed) keeps its position and a few offsets between calls, so
+ * a head that arrives in many pieces is examined once in total; it says
+ * where the head ends (or why it is refused), and the caller then runs the
+ * stateless parse once to get the fields. Nothing is allocated. The result
+ * depends only on the bytes given: any prefix of a valid head gives
+ * DX_EAGAIN, and the whole head gives the same answer as any longer buffer
+ * (bytes after the blank line are never read).
  *
  * What is accepted (strict where RFC 9112 lets us choose):
  *  - request-line "method SP request-target SP HTTP/1.x", single spaces;
@@ -29,6 +33,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "duplex/duplex.h"
@@ -83,6 +88,70 @@ int dx__http_parse_request(const char *buf, size_t len, dx_http_request *req,
 /* Same for a response head; fills *resp. Same results. */
 int dx__http_parse_response(const char *buf, size_t len, dx_http_response *resp,
                             dx_http_header *headers, size_t max_headers, size_t max_head);
+
+/*
+ * Incremental head parser state (request or response). Holds offsets only,
+ * so the buffer may be moved (grown) between calls; about 48 bytes.
+ */
+typedef struct dx_http_head {
+    uint32_t pos;                   /* bytes examined; where the next call resumes */
+    uint32_t ms, me, ts, te;        /* method / target (request) or reason (response) */
+    uint32_t ns, ne, vs, ve;        /* the header line being read */
+    uint32_t n_headers;
+    uint16_t status;
+    uint8_t state, sub, minor, response;
+    int err;                        /* the error once one was found */
+    uint64_t examined;              /* bytes looked at in total (tests count the work) */
+} dx_http_head;
+
+void dx__http_head_init(dx_http_head *h, bool response);
+
+/*
+ * Feeds the head gathered so far: buf[0..len) holds every byte received
+ * (the same bytes as before, plus new ones at the end; buf itself may have
+ * moved). Examines only buf[h->pos .. min(len, max_head)). Results as
+ * dx__http_parse_request: the head's length once complete (then parse
+ * buf[0..length) with the stateless call for the fields, which gives the
+ * same verdict), DX_EAGAIN, DX_EHEADTOOBIG, DX_ETOOMANYHEADERS, DX_EHTTP.
+ * A verdict other than DX_EAGAIN is final: later calls repeat it.
+ */
+int dx__http_head_feed(dx_http_head *h, const char *buf, size_t len, size_t max_headers, size_t max_head);
+
+/*
+ * Chunked transfer coding decoder (RFC 9112 §7.1), sans-I/O, O(1) state.
+ * Accepts chunk extensions (checked for control characters, not
+ * interpreted) and a trailer section (field lines, checked, discarded).
+ * Strict where smuggling lives: line ends must be CRLF, chunk-size is
+ * 1*HEXDIG (no sign, no "0x", at most 2^58), BWS only before ';'. A size
+ * line or a trailer line longer than DX_HTTP_CHUNK_LINE_MAX is refused.
+ */
+#define DX_HTTP_CHUNK_LINE_MAX 4096
+
+typedef struct dx_http_chunked {
+    uint64_t size;     /* data bytes left in the current chunk (or being summed) */
+    uint64_t overhead; /* framing bytes consumed (everything but data) */
+    size_t line;       /* bytes of the current size or trailer line */
+    uint8_t state;
+} dx_http_chunked;
+
+void dx__http_chunked_init(dx_http_chunked *d);
+
+/* Data bytes still to come in the current chunk once its size line is
+ * complete (0 otherwise): lets a caller refuse a chunk over its cap before
+ * the data arrives, with the same verdict for any split. */
+uint64_t dx__http_chunked_left(const dx_http_chunked *d);
+
+/*
+ * Decodes from in[0, len): consumes framing bytes and stops after at most
+ * one run of chunk data, which it returns as *data and *data_len (a span of
+ * `in`, possibly empty). *used gets the bytes consumed. Returns 0 (call
+ * again with in + *used, or with more input once *used == len), 1 (the
+ * message ended: the final CRLF was at in[*used - 1]; later calls return 1
+ * with nothing used) or DX_EHTTP (malformed; final). Any split of the same
+ * stream gives the same data and the same verdict.
+ */
+int dx__http_chunked_step(dx_http_chunked *d, const uint8_t *in, size_t len, size_t *used, const uint8_t **data,
+                          size_t *data_len);
 
 /*
  * The HTTP status a server answers when a head or handshake fails with err:

@@ -118,15 +118,16 @@ static void store_addr(dx_conn *c, const struct sockaddr *sa)
 /* ---- writing ------------------------------------------------------------- */
 
 /* What epoll watches: input unless reading is held (a deferred upgrade or
- * a paused connection watches only for the peer's EOF or reset), output
- * while bytes wait. */
+ * a paused connection watches only for the peer's EOF or reset; plain HTTP
+ * turns reading off while an answer is pending, http.c), output while
+ * bytes wait. */
 static uint32_t io_events(const dx_conn *c)
 {
     uint32_t ev = (c->flags & CF_WANT_WRITE) ? (uint32_t)EPOLLOUT : 0u;
-    if (c->flags & (CF_DEFERRED | CF_OPEN_PENDING))
+    if (c->flags & (CF_DEFERRED | CF_OPEN_PENDING | CF_PAUSED))
         return ev | EPOLLRDHUP;
-    if (c->flags & CF_PAUSED)
-        return ev | EPOLLRDHUP;
+    if (c->flags & CF_READ_OFF)
+        return ev | ((c->flags & CF_READ_HUP) ? (uint32_t)EPOLLRDHUP : 0u);
     return ev | EPOLLIN | EPOLLRDHUP;
 }
 
@@ -149,6 +150,18 @@ static void want_write(dx_conn *c, bool on)
         c->flags |= CF_WANT_WRITE;
     else
         c->flags &= (uint16_t)~CF_WANT_WRITE;
+    update_events(c);
+}
+
+void dx__conn_reading(dx_conn *c, int mode)
+{
+    if (c->state == CS_DEAD)
+        return;
+    c->flags &= (uint16_t)~(CF_READ_OFF | CF_READ_HUP);
+    if (mode != DX__READ_ON)
+        c->flags |= CF_READ_OFF;
+    if (mode == DX__READ_HUP)
+        c->flags |= CF_READ_HUP;
     update_events(c);
 }
 
@@ -359,7 +372,10 @@ static int wq_done(dx_conn *c, bool from_loop)
         wq_release(c);
         /* A drain owed to a call made outside the loop keeps EPOLLOUT: on_io
          * reports it from the loop, never from inside that call. */
-        want_write(c, !from_loop && c->state == CS_OPEN && (c->flags & CF_DRAIN_ARMED));
+        /* An HTTP answer being sent goes on at EPOLLOUT too (its next piece
+         * must follow what was just flushed, gathered output included). */
+        want_write(c, (!from_loop && c->state == CS_OPEN && (c->flags & CF_DRAIN_ARMED)) ||
+                          (c->state == CS_HTTP && dx__http_sending(c)));
         if (c->state == CS_DRAIN) {
             c->st.t->shutdown(&c->st);
             c->state = CS_LINGER;
@@ -748,6 +764,7 @@ static void conn_mark(dx_conn *c, const char *why, bool silent)
         code = c->s.close_sent;
     c->code = (uint16_t)code;
     dx__conn_hooks_release(c);
+    dx__http_conn_gone(c); /* a held request's handle answers DX_ECLOSED from now on */
     wq_release(c); /* leaves the loop's gathered list at once */
     c->state = CS_DEAD;
     /* A session_recv on the stack stops at its next frame: the rest of the
@@ -882,6 +899,11 @@ static void on_timer(dx__timer *t)
             on_io(&c->io, EPOLLIN); /* the fallback when the ready list could not take it */
             return;
         }
+        if (c->flags & CF_HTTP_IDLE) {
+            /* A kept-alive connection with no new request: a quiet end. */
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "keep-alive idle timeout");
+            return;
+        }
         ep->st.handshakes_failed++;
         if (c->flags & CF_DEFERRED) {
             ep->st.upgrade_timeouts++;
@@ -952,6 +974,9 @@ static void on_timer(dx__timer *t)
                 dx__timer_start(ep->loop, &c->timer, next);
             return;
         }
+    case CS_HTTP:
+        dx__http_timeout(c);
+        return;
     case CS_DRAIN:
     case CS_LINGER:
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, c->state == CS_DRAIN ? "close timeout while flushing"
@@ -1042,11 +1067,6 @@ void dx__conn_upgrade_refuse(dx_conn *c, int status, const char *headers, const 
 static void handle_head(dx_conn *c, const dx_http_request *req)
 {
     dx__ep *ep = c->ep;
-    bool upgrade = dx__http_find(req->headers, req->n_headers, "upgrade") != NULL;
-    if (!upgrade) {
-        dx__http_serve(c, req);
-        return;
-    }
     dx_ws_ext_offer exts[DX_WS_DEFAULT_MAX_EXTS];
     dx_ws_request ws;
     int rc = dx__ws_server_check(req, &ws, exts, DX_WS_DEFAULT_MAX_EXTS);
@@ -1086,43 +1106,80 @@ void dx__conn_opened(dx_conn *c)
     arm_heartbeat(c);
 }
 
+/* Room for `need` head bytes: the buffer starts at what arrived (at least
+ * 512 bytes) and doubles up to max_head, so a slow or small head does not
+ * cost max_head. */
+static dx__head *head_room(dx_conn *c, size_t need, size_t max)
+{
+    dx__head *h = c->head;
+    if (h && need <= h->cap)
+        return h;
+    size_t cap = h ? h->cap : 512;
+    while (cap < need)
+        cap *= 2;
+    if (cap > max)
+        cap = max;
+    dx__head *n = dx__realloc(c->ep->loop->seams, h, sizeof *n + cap);
+    if (!n)
+        return NULL;
+    if (!h)
+        n->len = 0;
+    n->cap = cap;
+    c->head = n;
+    return n;
+}
+
 /* Bytes of the request head arrived. Returns how many of `p` belong to the
- * head (the rest are WebSocket frames sent right behind it). */
+ * head (the rest are WebSocket frames, a body or the next request sent
+ * right behind it). The parser resumes where it stopped: a head trickled in
+ * n pieces is examined once, not n times. */
 static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
 {
     dx__ep *ep = c->ep;
     size_t max = ep->opt.max_head;
-    const uint8_t *buf = p;
-    size_t blen = len < max ? len : max, before = 0;
-    if (c->head) {
-        /* The head came in pieces: gather it (never past max_head). */
-        dx__head *h = c->head;
-        size_t take = len < max - h->len ? len : max - h->len;
-        before = h->len;
-        memcpy(h->data + h->len, p, take);
-        h->len += take;
-        buf = h->data;
-        blen = h->len;
-    }
-    /* Otherwise the usual case: the whole head is in this read, parsed
-     * where it landed (the loop's buffer), with no allocation. */
-    dx_http_header headers[256];
     size_t maxh = ep->opt.max_headers < 256 ? ep->opt.max_headers : 256;
-    dx_http_request req;
-    dx_http_response resp;
-    int rc = ep->cl ? dx__http_parse_response((const char *)buf, blen, &resp, headers, maxh, max)
-                    : dx__http_parse_request((const char *)buf, blen, &req, headers, maxh, max);
-    if (rc == DX_EAGAIN) {
-        if (!c->head) {
-            c->head = dx__alloc(ep->loop->seams, sizeof *c->head + max);
-            if (!c->head) {
+    const uint8_t *buf = p;
+    size_t blen = len, before = 0;
+    int rc;
+    if (c->flags & CF_HTTP_IDLE) {
+        /* The next request on a kept-alive connection has begun: its head
+         * gets the handshake deadline, like a first one. */
+        c->flags &= (uint16_t)~CF_HTTP_IDLE;
+        dx__timer_start(ep->loop, &c->timer, ep->opt.handshake_timeout_ms);
+    }
+    if (!c->head) {
+        /* The usual case: the whole head is in this read, parsed where it
+         * landed (the loop's buffer), with no allocation. */
+        dx_http_head ps;
+        dx__http_head_init(&ps, ep->cl != NULL);
+        rc = dx__http_head_feed(&ps, (const char *)p, len, maxh, max);
+        if (rc == DX_EAGAIN) {
+            dx__head *h = head_room(c, len, max); /* len < max here: the parser would have said too big */
+            if (!h) {
                 dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
                 return len;
             }
-            memcpy(c->head->data, p, blen); /* blen < max here: the parser would have said too big */
-            c->head->len = blen;
+            memcpy(h->data, p, len);
+            h->len = len;
+            h->ps = ps;
+            return len;
         }
-        return len; /* all consumed into the head */
+    } else {
+        /* The head came in pieces: gather it (never past max_head). */
+        before = c->head->len;
+        size_t take = len < max - before ? len : max - before;
+        dx__head *h = head_room(c, before + take, max);
+        if (!h) {
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
+            return len;
+        }
+        memcpy(h->data + before, p, take);
+        h->len += take;
+        rc = dx__http_head_feed(&h->ps, (const char *)h->data, h->len, maxh, max);
+        if (rc == DX_EAGAIN)
+            return len; /* all consumed into the head */
+        buf = h->data;
+        blen = h->len;
     }
     if (rc < 0) {
         if (ep->cl) {
@@ -1133,10 +1190,24 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
         refuse(c, status, NULL, dx_strerror(rc));
         return len;
     }
+    /* Complete: one stateless pass over the head for its fields (the same
+     * grammar, so the same verdict). */
+    (void)blen;
+    dx_http_header headers[256];
+    dx_http_request req;
+    dx_http_response resp;
+    int rc2 = ep->cl ? dx__http_parse_response((const char *)buf, (size_t)rc, &resp, headers, maxh, max)
+                     : dx__http_parse_request((const char *)buf, (size_t)rc, &req, headers, maxh, max);
+    if (rc2 != rc) {
+        dx__conn_abort(c, DX_CLOSE_ABNORMAL, "internal error: head parsers disagree");
+        return len;
+    }
     size_t used = (size_t)rc - before; /* bytes of `p` that were head */
     dx__timer_stop(ep->loop, &c->timer);
     if (ep->cl)
         dx__client_response(c, &resp);
+    else if (!dx__http_find(req.headers, req.n_headers, "upgrade"))
+        dx__http_begin(c, &req, (const char *)buf, (size_t)rc);
     else
         handle_head(c, &req);
     dx__free(ep->loop->seams, c->head);
@@ -1172,27 +1243,29 @@ static bool reading_held(const dx_conn *c)
 static void process(dx_conn *c, uint8_t *p, size_t n)
 {
     dx_loop *loop = c->ep->loop;
-    if (c->state == CS_HEAD) {
-        size_t used = feed_head(c, p, n);
+    /* A head, then (plain HTTP) a body and perhaps the next request on a
+     * kept-alive connection, or (upgrade) frames. */
+    while (n && (c->state == CS_HEAD || c->state == CS_HTTP)) {
+        size_t used = c->state == CS_HEAD ? feed_head(c, p, n) : dx__http_input(c, p, n);
         p += used;
         n -= used;
         if (n && c->state == CS_HEAD && (c->flags & CF_DEFERRED)) {
             stash_keep(c, p, n); /* frames right behind the request wait for the answer */
             return;
         }
-        if (c->state != CS_OPEN || n == 0)
-            return;
-    }
-    if (c->state == CS_OPEN) {
-        c->last_rx_tick = (uint32_t)loop->tick;
-        size_t used = n;
-        (void)dx__session_recv_ex(&c->s, p, n, &used); /* replies are gathered, written before sleep */
-        if (used < n && c->state == CS_OPEN && (c->flags & CF_PAUSED))
-            stash_keep(c, p + used, n - used); /* paused by a handler: the rest waits */
-        after_session(c);
     }
     /* DRAIN, LINGER: input is discarded (§5.5.1: nothing after a close). */
+    if (c->state != CS_OPEN || n == 0)
+        return;
+    c->last_rx_tick = (uint32_t)loop->tick;
+    size_t used = n;
+    (void)dx__session_recv_ex(&c->s, p, n, &used); /* replies are gathered, written before sleep */
+    if (used < n && c->state == CS_OPEN && (c->flags & CF_PAUSED))
+        stash_keep(c, p + used, n - used); /* paused by a handler: the rest waits */
+    after_session(c);
 }
+
+void dx__conn_process(dx_conn *c, uint8_t *p, size_t n) { process(c, p, n); }
 
 void dx__conn_want_write(dx_conn *c, bool on) { want_write(c, on); }
 
@@ -1219,7 +1292,11 @@ static void open_pending(dx_conn *c)
 static void on_readable(dx_conn *c)
 {
     dx_loop *loop = c->ep->loop;
-    for (int i = 0; i < READS_PER_EVENT && c->state != CS_DEAD && !reading_held(c); i++) {
+    /* Stops as soon as reading is held: a deferred upgrade, a pause, or a
+     * plain HTTP answer pending (what follows waits in the kernel, not in
+     * our memory). */
+    for (int i = 0; i < READS_PER_EVENT && c->state != CS_DEAD && !reading_held(c) && !(c->flags & CF_READ_OFF);
+         i++) {
         /* While the head is read, read no more than a head: what follows
          * it may have to wait (deferred decision), and waits bounded. */
         size_t cap = DX_LOOP_RBUF;
@@ -1330,7 +1407,11 @@ static void on_io(dx__io *io, uint32_t events)
             return;
         events |= EPOLLIN; /* then whatever came behind it */
     }
-    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+    if (c->state == CS_HTTP && !dx__http_io(c, events))
+        return; /* an answer pending or being sent: not reading */
+    if (c->state == CS_HEAD && c->http)
+        dx__http_resume(c); /* input kept while the last answer was pending */
+    if (c->state != CS_DEAD && !(c->flags & CF_READ_OFF) && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
         on_readable(c);
 }
 

@@ -90,6 +90,12 @@ void dx__options_defaults(dx_server_options *o)
         o->instances = 1;
     if (!o->max_handshaking)
         o->max_handshaking = 1024;
+    if (!o->max_http_body)
+        o->max_http_body = 1u << 20;
+    if (!o->http_keepalive_ms)
+        o->http_keepalive_ms = 5000;
+    if (!o->http_max_requests)
+        o->http_max_requests = 1000;
 }
 
 static dx_server *server_new(dx_loop *loop, const dx_server_options *opt, int *err);

@@ -1,6 +1,6 @@
 /*
  * src/ws/ws.h: internals shared by the server endpoint (server.c), its
- * connections (conn.c) and the plain-HTTP responder (http_static.c).
+ * connections (conn.c) and the plain-HTTP side (http.c).
  *
  * Layer: ws. Depends on proto (session, handshake, http) and net (loop,
  * transports). Owns the RFC's connection behaviour: close handshake,
@@ -29,6 +29,7 @@ enum {
     CS_PROXY,   /* client: HTTP CONNECT sent to the proxy, reading its answer */
     CS_TLS,     /* TLS handshake */
     CS_HEAD,    /* reading the HTTP request head (server) or response head (client) */
+    CS_HTTP,    /* server: a plain HTTP request's body, its answer, the answer's bytes (http.c) */
     CS_OPEN,    /* WebSocket session running (open, or close sent) */
     CS_DRAIN,   /* last bytes (close frame, HTTP response) being flushed */
     CS_LINGER,  /* FIN sent; reading until the peer's EOF */
@@ -40,13 +41,14 @@ enum {
     CF_OPENED = 1u << 0,       /* on_open fired: on_close is owed */
     CF_PING_OUT = 1u << 1,     /* a heartbeat ping awaits its pong */
     CF_DRAIN_ARMED = 1u << 2,  /* queue passed the high-water mark */
-    CF_IN_HTTP = 1u << 3,      /* inside on_http: dx_http_reply allowed */
-    CF_REPLIED = 1u << 4,      /* an HTTP response was queued */
     CF_WANT_WRITE = 1u << 5,   /* EPOLLOUT registered */
     CF_DEFERRED = 1u << 6,     /* CS_HEAD: on_upgrade deferred, no answer yet (c->upg set) */
     CF_OPEN_PENDING = 1u << 7, /* CS_HEAD: deferred upgrade accepted, on_open not fired yet */
     CF_PAUSED = 1u << 8,       /* CS_OPEN: dx_conn_pause, reading off */
     CF_IPCOUNTED = 1u << 9,    /* counted in the server's per-address table */
+    CF_HTTP_IDLE = 1u << 10,   /* CS_HEAD on a kept-alive connection, before the next request's first byte */
+    CF_READ_OFF = 1u << 11,    /* EPOLLIN off (an HTTP answer is pending or being sent) */
+    CF_READ_HUP = 1u << 12,    /* with CF_READ_OFF: still watch EPOLLRDHUP (the peer leaving) */
 };
 
 /* What connections need from whoever owns them, server or client: the
@@ -142,12 +144,18 @@ typedef struct dx__wsl {
 #define DX_WS_CHUNK (64u * 1024u)   /* one arena chunk */
 #define DX_WS_SCRATCH (64u * 1024u) /* the masking scratch buffer */
 
-/* A request head being read during CS_HEAD; once open, the peer's close
- * reason if its close frame had one. Allocated only then. */
+/* A request (or response) head being read during CS_HEAD, when it did not
+ * come in one read: cap starts at what arrived (at least 512) and doubles up
+ * to max_head; ps keeps the parser's progress, so each byte is examined
+ * once. Once open: the peer's close reason if its close frame had one.
+ * Allocated only then. */
 typedef struct dx__head {
-    size_t len;
+    size_t len, cap;
+    dx_http_head ps;
     uint8_t data[];
 } dx__head;
+
+typedef struct dx__http dx__http;
 
 #define WQ_LEN(c) ((c)->wq ? (c)->wq->len : 0u)
 
@@ -179,6 +187,7 @@ struct dx_conn {
     dx__head *stash;         /* bytes read but not yet processed: behind a deferred head, or after a
                                 pause from a handler; fed before the socket is read again */
     struct dx_upgrade *upg;  /* the application's handle while CF_DEFERRED */
+    dx__http *http; /* plain HTTP state (http.c), from the first request on */
     char *protocol;
     uint64_t id;
     uint32_t opened_tick, last_rx_tick;
@@ -264,8 +273,31 @@ void dx__client_response(dx_conn *c, const dx_http_response *resp); /* the 101 (
 void dx__client_conn_marked(dx_conn *c, const char *why);  /* the connection was marked dead (no callback) */
 void dx__client_conn_end(dx_conn *c);                      /* from the loop: after its on_close */
 
-/* http_static.c: answers a plain HTTP request (static file, 404, 405). */
-void dx__http_serve(dx_conn *c, const dx_http_request *req);
+/* http.c: the plain HTTP side of a server connection. */
+/* A complete request head (not an upgrade) arrived in buf[0..len): take it
+ * (copied), then read its body (CS_HTTP) or answer it. */
+void dx__http_begin(dx_conn *c, const dx_http_request *req, const char *buf, size_t len);
+/* Input while CS_HTTP: returns the bytes taken (body), or keeps the rest for
+ * later when the answer is pending (reading is off then). */
+size_t dx__http_input(dx_conn *c, const uint8_t *p, size_t n);
+/* Readiness while CS_HTTP: returns true when the caller should read. */
+bool dx__http_io(dx_conn *c, uint32_t events);
+/* True while an answer is being sent (it goes on at EPOLLOUT once the send
+ * queue, gathered output included, is empty). */
+bool dx__http_sending(const dx_conn *c);
+/* Input kept from an earlier read, if any, processed now (keep-alive). */
+void dx__http_resume(dx_conn *c);
+/* The connection's timer fired while CS_HTTP. */
+void dx__http_timeout(dx_conn *c);
+/* The connection is going away: releases the HTTP state; a request the
+ * application holds is detached (its answer will return DX_ECLOSED). */
+void dx__http_conn_gone(dx_conn *c);
+/* conn.c: feeds input to the connection as if just read. */
+void dx__conn_process(dx_conn *c, uint8_t *p, size_t n);
+/* conn.c: reading on (READ_ON), off but watching the peer leave (READ_HUP),
+ * or off (READ_OFF). */
+enum { DX__READ_ON, DX__READ_HUP, DX__READ_OFF };
+void dx__conn_reading(dx_conn *c, int mode);
 
 /* upgrade.c: the application's decision on a valid upgrade request. */
 enum { DX__DECIDE_ACCEPT = 0, DX__DECIDE_REFUSE, DX__DECIDE_DEFER };
@@ -289,8 +321,5 @@ void dx__conn_upgrade_refuse(dx_conn *c, int status, const char *headers, const 
 
 /* conn.c: the session configuration shared by a server's connections. */
 void dx__ws_session_cfg(dx__ep *ep, int role);
-/* Queues a complete response with Connection: close and starts draining. */
-int dx__http_respond(dx_conn *c, int status, const char *content_type, const char *headers, const void *body,
-                     size_t len, bool head_only);
 
 #endif

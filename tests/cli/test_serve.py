@@ -40,7 +40,8 @@ def run_serve(*args, timeout=20):
 
 def http_get(port, path, method="GET"):
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall(("%s %s HTTP/1.1\r\nHost: x\r\n\r\n" % (method, path)).encode())
+    # HTTP/1.1 keeps the connection: ask for close, then read to EOF
+    s.sendall(("%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % (method, path)).encode())
     data = b""
     while True:
         chunk = s.recv(4096)

@@ -11,7 +11,15 @@
  *  - DX_EAGAIN only while len < max_head;
  *  - every pointer lies inside the head, names are non-empty tokens,
  *    values have no CR/LF/NUL and no leading or trailing OWS;
- *  - list iteration over each value yields non-empty, trimmed items inside it.
+ *  - list iteration over each value yields non-empty, trimmed items inside it;
+ *  - the incremental parser (dx_http_head), fed the input in pieces (byte by
+ *    byte, at a split point, in pieces sized by the input's first byte) from
+ *    a buffer that moves between calls, gives the stateless verdict at every
+ *    step;
+ *  - the chunked decoder, fed the input whole, byte by byte and in other
+ *    pieces, gives the same data, the same verdict and the same end; its
+ *    data spans lie inside the input and a decoded body is never longer
+ *    than the bytes consumed.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -155,6 +163,92 @@ static void one(bool response, const char *buf, size_t len, size_t max_headers, 
     }
 }
 
+/* Feeds buf[0..len) to the incremental parser in pieces of `piece` bytes
+ * (a split at `split` first when piece is 0), copying the bytes received so
+ * far to a fresh buffer each time (so the state may hold no pointer), and
+ * checks each verdict against the stateless parse of the same prefix. */
+static void incremental(bool response, const char *buf, size_t len, size_t piece, size_t split, size_t max_headers,
+                        size_t max_head)
+{
+    static res ref;
+    dx_http_head h;
+    dx__http_head_init(&h, response);
+    size_t at = 0;
+    int rc = DX_EAGAIN;
+    while (at < len) {
+        size_t step = piece ? piece : (at < split ? split - at : len - at);
+        if (step == 0 || step > len - at)
+            step = len - at;
+        at += step;
+        char *moved = malloc(at ? at : 1);
+        memcpy(moved, buf, at);
+        rc = dx__http_head_feed(&h, moved, at, max_headers, max_head);
+        int want = run(response, moved, at, &ref, max_headers, max_head);
+        check(rc == want);
+        free(moved);
+        if (rc != DX_EAGAIN)
+            break;
+    }
+    /* a final verdict repeats */
+    if (rc != DX_EAGAIN)
+        check(dx__http_head_feed(&h, buf, len, max_headers, max_head) == rc);
+}
+
+typedef struct dechunked {
+    int rc;
+    size_t used;
+    size_t len;
+    uint8_t *data;
+} dechunked;
+
+static dechunked dechunk(const uint8_t *in, size_t len, size_t piece)
+{
+    dechunked o = {0, 0, 0, malloc(len + 1)};
+    dx_http_chunked d;
+    dx__http_chunked_init(&d);
+    size_t at = 0;
+    while (at < len && o.rc == 0) {
+        size_t n = piece && piece < len - at ? piece : len - at;
+        size_t off = 0;
+        while (off < n) {
+            size_t used, dl;
+            const uint8_t *p;
+            int rc = dx__http_chunked_step(&d, in + at + off, n - off, &used, &p, &dl);
+            check(used <= n - off);
+            if (dl) {
+                check(p >= in + at + off && p + dl <= in + at + off + used);
+                memcpy(o.data + o.len, p, dl);
+                o.len += dl;
+            }
+            off += used;
+            if (rc != 0) {
+                check(rc == 1 || rc == DX_EHTTP);
+                o.rc = rc;
+                break;
+            }
+            check(used > 0);
+        }
+        at += off;
+    }
+    o.used = at;
+    check(o.len <= o.used);
+    return o;
+}
+
+static void chunked(const uint8_t *in, size_t len)
+{
+    dechunked whole = dechunk(in, len, 0);
+    size_t pieces[3] = {1, 7, len > 2 ? len / 2 : 1};
+    for (int i = 0; i < 3; i++) {
+        dechunked o = dechunk(in, len, pieces[i]);
+        check(o.rc == whole.rc && o.len == whole.len && memcmp(o.data, whole.data, o.len) == 0);
+        if (whole.rc == 1)
+            check(o.used == whole.used);
+        free(o.data);
+    }
+    free(whole.data);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -164,6 +258,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         one(response, buf, size, MAXH, 0);
         one(response, buf, size, 4, 200);
         one(response, buf, size, 0, 64);
+        size_t piece = size ? (size_t)data[0] % 17 + 1 : 1;
+        incremental(response, buf, size, piece, 0, MAXH, 0);
+        incremental(response, buf, size, 0, size / 2, 4, 200);
+        if (size <= 1024)
+            incremental(response, buf, size, 1, 0, MAXH, 0);
     }
+    chunked(data, size);
     return 0;
 }

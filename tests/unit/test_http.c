@@ -2,9 +2,12 @@
  *
  * Every vector is parsed whole, at every prefix and with bytes after it, each
  * time copied so that it ends against a PROT_NONE page: an over-read faults.
- * The parser is stateless and zero-copy, so a two-way split is "the first
- * part (a prefix) gives DX_EAGAIN, then the whole gives the answer"; the
- * prefix loop covers every split point. */
+ * The stateless parse of a prefix covers every split point of the stateless
+ * entry; the incremental parser (dx_http_head) is fed every vector byte by
+ * byte and at every two-way split, from a buffer that moves between calls,
+ * and must give the stateless verdict at each step. A work count shows that
+ * a trickled head costs what a whole one does. The chunked decoder gets the
+ * same treatment: every split gives the same data and verdict. */
 #define _DEFAULT_SOURCE
 #include "testutil.h"
 
@@ -67,6 +70,44 @@ static int parse_as(bool response, const char *s, size_t len)
     return response ? presp(s, len, &rs) : preq(s, len, &rq);
 }
 
+/* Feeds s[0..k) to the incremental parser, from a buffer at a new place each
+ * time (the state keeps offsets only), ending against the guard page. */
+static int feed_at(guard *g, dx_http_head *h, const char *s, size_t k, size_t shift)
+{
+    char *p = g->base + g->usable - k - (shift % 8);
+    memmove(p, s, k); /* s may already be in the guard region */
+    return dx__http_head_feed(h, p, k, DX_HTTP_DEFAULT_MAX_HEADERS, 0);
+}
+
+/* The incremental parser agrees with the stateless one at every step, fed
+ * byte by byte and at every two-way split. */
+static void check_incremental(bool response, const char *s, size_t len, int want)
+{
+    guard g;
+    guard_init(&g, len + 16);
+    char *copy = malloc(len + 1);
+    memcpy(copy, s, len);
+    dx_http_head h;
+    dx__http_head_init(&h, response);
+    for (size_t k = 1; k <= len; k++) {
+        int rc = feed_at(&g, &h, copy, k, k);
+        int ref = parse_as(response, copy, k);
+        if (rc != ref)
+            fail_msg("byte by byte, %zu of [%s]: incremental %d, stateless %d", k, s, rc, ref);
+    }
+    if (len && feed_at(&g, &h, copy, len, 0) != want)
+        fail_msg("byte by byte [%s]: final verdict differs", s);
+    for (size_t k = 0; k <= len; k++) {
+        dx__http_head_init(&h, response);
+        (void)feed_at(&g, &h, copy, k, 3);
+        int rc = feed_at(&g, &h, copy, len, 5);
+        if (rc != want)
+            fail_msg("split at %zu of [%s]: got %d want %d", k, s, rc, want);
+    }
+    free(copy);
+    guard_free(&g);
+}
+
 /*
  * The split property for one vector: the whole gives `want`; every prefix
  * gives DX_EAGAIN until the answer is known and then the same answer; the
@@ -93,6 +134,7 @@ static void check_vector(bool response, const char *s, int want)
             decided = rc == want;
         }
     }
+    check_incremental(response, s, len, want);
     char *longer = malloc(len + 16);
     memcpy(longer, s, len);
     memcpy(longer + len, "GET / HTTP/1.1\r\n", 16);
@@ -545,6 +587,172 @@ static void test_valid_header_block(void **state)
     assert_false(dx__http_valid_header_block(" A: b\r\n"));
 }
 
+
+/* ---- incremental parsing: work and growth --------------------------------- */
+
+/* An 8 KiB head trickled one byte per call costs the parser the bytes it
+ * has, not the bytes it has times the calls: the trickled run examines the
+ * same number of bytes as the whole one (plus the one stateless pass both
+ * make at the end to get the fields). */
+static void test_incremental_work(void **state)
+{
+    (void)state;
+    size_t cap = 8192;
+    char *head = malloc(cap);
+    size_t len = (size_t)snprintf(head, cap, "GET /x HTTP/1.1\r\nHost: a\r\n");
+    for (int i = 0; len < cap - 40; i++)
+        len += (size_t)snprintf(head + len, cap - len, "X-H%d: %s\r\n", i, "vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv");
+    len += (size_t)snprintf(head + len, cap - len, "\r\n");
+    assert_true(len > 8000 && len < cap);
+    size_t maxh = 1024, maxhead = 16384;
+    dx_http_head whole;
+    dx__http_head_init(&whole, false);
+    assert_int_equal(dx__http_head_feed(&whole, head, len, maxh, maxhead), (int)len);
+    dx_http_head tr;
+    dx__http_head_init(&tr, false);
+    int rc = DX_EAGAIN;
+    for (size_t k = 1; k <= len; k++) {
+        rc = dx__http_head_feed(&tr, head, k, maxh, maxhead);
+        if (k < len)
+            assert_int_equal(rc, DX_EAGAIN);
+    }
+    assert_int_equal(rc, (int)len);
+    printf("head of %zu bytes: whole examined %llu bytes, trickled %llu\n", len,
+           (unsigned long long)whole.examined, (unsigned long long)tr.examined);
+    assert_int_equal(whole.examined, len);
+    assert_true(tr.examined <= 2 * whole.examined); /* today: exactly equal */
+    free(head);
+}
+
+/* ---- chunked transfer coding ------------------------------------------------ */
+
+typedef struct chunk_out {
+    int rc;        /* 1 done, DX_EHTTP, or 0 still incomplete */
+    size_t used;   /* bytes consumed through the end (when done) */
+    char data[512];
+    size_t len;
+} chunk_out;
+
+/* Decodes s in pieces of `piece` bytes (0: whole). */
+static chunk_out dechunk(const char *s, size_t len, size_t piece)
+{
+    chunk_out o = {0};
+    dx_http_chunked d;
+    dx__http_chunked_init(&d);
+    size_t at = 0;
+    guard g;
+    guard_init(&g, len + 1);
+    while (at < len) {
+        size_t n = piece ? (len - at < piece ? len - at : piece) : len - at;
+        const uint8_t *p = (const uint8_t *)guard_put(&g, s + at, n);
+        size_t off = 0;
+        while (off < n) {
+            size_t used, dl;
+            const uint8_t *data;
+            int rc = dx__http_chunked_step(&d, p + off, n - off, &used, &data, &dl);
+            assert_true(used <= n - off);
+            if (dl) {
+                assert_true(data >= p + off && data + dl <= p + off + used);
+                assert_true(o.len + dl <= sizeof o.data);
+                memcpy(o.data + o.len, data, dl);
+                o.len += dl;
+            }
+            off += used;
+            if (rc != 0) {
+                o.rc = rc;
+                o.used = at + off;
+                guard_free(&g);
+                return o;
+            }
+            if (used == 0)
+                fail_msg("no progress at %zu", at + off);
+        }
+        at += n;
+    }
+    guard_free(&g);
+    o.used = len;
+    return o;
+}
+
+/* Every piece size gives the same data, verdict and end. */
+static void check_chunked(const char *s, int want, const char *data)
+{
+    size_t len = strlen(s);
+    chunk_out ref = dechunk(s, len, 0);
+    if (ref.rc != want)
+        fail_msg("[%s]: want %d got %d", s, want, ref.rc);
+    if (data && (ref.len != strlen(data) || memcmp(ref.data, data, ref.len) != 0))
+        fail_msg("[%s]: data [%.*s] want [%s]", s, (int)ref.len, ref.data, data);
+    for (size_t piece = 1; piece <= len; piece++) {
+        chunk_out o = dechunk(s, len, piece);
+        if (o.rc != ref.rc || o.len != ref.len || memcmp(o.data, ref.data, o.len) != 0 ||
+            (want == 1 && o.used != ref.used))
+            fail_msg("[%s] in pieces of %zu: rc %d len %zu, whole rc %d len %zu", s, piece, o.rc, o.len, ref.rc,
+                     ref.len);
+    }
+    /* a prefix of a valid body is incomplete, never an error */
+    if (want == 1)
+        for (size_t k = 0; k < ref.used; k++)
+            assert_int_equal(dechunk(s, k, 0).rc, 0);
+}
+
+static void test_chunked(void **state)
+{
+    (void)state;
+    check_chunked("0\r\n\r\n", 1, "");
+    check_chunked("5\r\nhello\r\n0\r\n\r\n", 1, "hello");
+    check_chunked("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nGET / HTTP/1.1\r\n", 1, "hello world");
+    check_chunked("A\r\n0123456789\r\na\r\nabcdefghij\r\n0\r\n\r\n", 1, "0123456789abcdefghij");
+    check_chunked("0005\r\nhello\r\n000\r\n\r\n", 1, "hello");               /* leading zeros */
+    check_chunked("5;name=value\r\nhello\r\n0;x\r\n\r\n", 1, "hello");       /* extensions */
+    check_chunked("5 ; a=\"q;\" ;b\r\nhello\r\n0\r\n\r\n", 1, "hello");      /* BWS, quoted */
+    check_chunked("5\r\nhello\r\n0\r\nTrailer: x\r\nT2:\r\n\r\n", 1, "hello"); /* trailers */
+    check_chunked("5\r\nhello\r\n0\r\n", 0, "hello");                         /* incomplete */
+    /* malformed */
+    check_chunked("\r\n", DX_EHTTP, NULL);
+    check_chunked("z\r\n", DX_EHTTP, NULL);
+    check_chunked("-1\r\n", DX_EHTTP, NULL);
+    check_chunked("0x5\r\nhello\r\n", DX_EHTTP, NULL);
+    check_chunked("+5\r\nhello\r\n", DX_EHTTP, NULL);
+    check_chunked("5\nhello\r\n0\r\n\r\n", DX_EHTTP, NULL);      /* bare LF */
+    check_chunked("5\r\nhelloX\r\n0\r\n\r\n", DX_EHTTP, NULL);   /* data longer than its size */
+    check_chunked("5\r\nhell\r\n0\r\n\r\n", DX_EHTTP, NULL);     /* shorter */
+    check_chunked("5 \r\nhello\r\n", DX_EHTTP, NULL);            /* BWS without an extension */
+    check_chunked("5;a\x01\r\nhello\r\n", DX_EHTTP, NULL);       /* CTL in an extension */
+    check_chunked("FFFFFFFFFFFFFFFFF\r\n", DX_EHTTP, NULL);      /* overflow */
+    check_chunked("1000000000000000\r\n", DX_EHTTP, NULL);       /* 2^60: too big */
+    check_chunked("0\r\nBad Trailer: x\r\n\r\n", DX_EHTTP, NULL);
+    check_chunked("0\r\n: x\r\n\r\n", DX_EHTTP, NULL);
+    check_chunked("0\r\n\r\r\n", DX_EHTTP, NULL);
+    check_chunked("0\r\n\n", DX_EHTTP, NULL);
+    /* an endless extension is refused once it passes the line limit */
+    size_t big = DX_HTTP_CHUNK_LINE_MAX + 16;
+    char *s = malloc(big + 1);
+    memset(s, 'x', big);
+    memcpy(s, "5;", 2);
+    s[big] = 0;
+    assert_int_equal(dechunk(s, big, 0).rc, DX_EHTTP);
+    assert_int_equal(dechunk(s, DX_HTTP_CHUNK_LINE_MAX - 1, 0).rc, 0);
+    free(s);
+    dx_http_chunked d0;
+    size_t used, dl;
+    const uint8_t *data;
+    /* the declared size is known once the size line is complete, not before */
+    dx__http_chunked_init(&d0);
+    assert_int_equal(dx__http_chunked_step(&d0, (const uint8_t *)"1f", 2, &used, &data, &dl), 0);
+    assert_int_equal(dx__http_chunked_left(&d0), 0);
+    assert_int_equal(dx__http_chunked_step(&d0, (const uint8_t *)"\r\nab", 4, &used, &data, &dl), 0);
+    assert_int_equal(dl, 2);
+    assert_int_equal(dx__http_chunked_left(&d0), 29);
+    /* after the end, nothing more is consumed */
+    dx_http_chunked d;
+    dx__http_chunked_init(&d);
+    assert_int_equal(dx__http_chunked_step(&d, (const uint8_t *)"0\r\n\r\nXY", 7, &used, &data, &dl), 1);
+    assert_int_equal(used, 5);
+    assert_int_equal(dx__http_chunked_step(&d, (const uint8_t *)"XY", 2, &used, &data, &dl), 1);
+    assert_int_equal(used, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -562,6 +770,8 @@ int main(void)
         cmocka_unit_test(test_status),
         cmocka_unit_test(test_error_response),
         cmocka_unit_test(test_valid_header_block),
+        cmocka_unit_test(test_incremental_work),
+        cmocka_unit_test(test_chunked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,5 +1,5 @@
 /*
- * tests/unit/test_server.c: src/ws/server.c, conn.c and http_static.c — a
+ * tests/unit/test_server.c: src/ws/server.c, conn.c and http.c — a
  * real dx_loop + dx_server on 127.0.0.1 (ephemeral port) or a Unix socket,
  * running in its own thread, against a client written here with blocking
  * sockets and the sans-I/O helpers of src/proto (handshake request and
@@ -284,27 +284,30 @@ static void cb_close(dx_conn *c, unsigned code, const char *reason, size_t len, 
     add_ev(f, &e, reason, len);
 }
 
-static int cb_http(dx_server *srv, dx_conn *c, const char *method, const char *path, size_t path_len, void *ud)
+static dx_http_req *held_req; /* loop thread only */
+
+static int cb_http(dx_server *srv, dx_http_req *req, void *ud)
 {
     (void)srv;
     sfx *f = ud;
     char p[256];
-    copy_str(p, sizeof p, path, path_len);
-    ev e = {.type = EV_HTTP, .id = dx_conn_id(c)};
+    copy_str(p, sizeof p, req->path, req->path_len);
+    ev e = {.type = EV_HTTP, .id = req->conn_id};
     char rec[300];
-    snprintf(rec, sizeof rec, "%s %s", method, p);
+    snprintf(rec, sizeof rec, "%s %s", req->method, p);
     int ret = 0;
     if (strcmp(p, "/hello") == 0) {
-        e.rc = dx_http_reply(c, 200, "text/plain", "X-Test: 1\r\n", "hi", 2);
+        e.rc = dx_http_reply(req, 200, "text/plain", "X-Test: 1\r\n", "hi", 2);
         ret = 1;
     } else if (strcmp(p, "/twice") == 0) {
-        e.rc = dx_http_reply(c, 201, NULL, NULL, "one", 3);
-        e.n = dx_http_reply(c, 202, NULL, NULL, "two", 3);
+        e.rc = dx_http_reply(req, 201, NULL, NULL, "one", 3);
+        e.n = dx_http_reply(req, 202, NULL, NULL, "two", 3);
         ret = 1;
     } else if (strcmp(p, "/badstatus") == 0) {
-        e.rc = dx_http_reply(c, 42, NULL, NULL, "x", 1);
-        ret = 1; /* claimed without a valid reply: the server answers 500 */
+        e.rc = dx_http_reply(req, 42, NULL, NULL, "x", 1); /* refused: the server answers 500 */
+        ret = 1;
     } else if (strcmp(p, "/claim") == 0) {
+        held_req = req; /* answered later, from a posted function */
         ret = 1;
     }
     add_ev(f, &e, rec, strlen(rec));
@@ -742,10 +745,18 @@ typedef struct http_res {
     long content_length;
 } http_res;
 
+/* Sends `request` (with "Connection: close" added when it ends its head
+ * there, so the server closes after answering) and reads to EOF. */
 static http_res http(sfx *f, const char *request)
 {
     cl *c = cl_tcp(f, 0);
-    cl_send(c, request, strlen(request));
+    size_t rl = strlen(request);
+    if (rl >= 4 && strcmp(request + rl - 4, "\r\n\r\n") == 0) {
+        cl_send(c, request, rl - 2);
+        cl_send(c, "Connection: close\r\n\r\n", 21);
+    } else {
+        cl_send(c, request, rl);
+    }
     cl_read_to_eof(c);
     cl_close(c);
     http_res r = {0};
@@ -1249,6 +1260,13 @@ static void test_slow_consumer_1008(void **state)
 
 /* ---- tests: plain HTTP ---------------------------------------------------------------- */
 
+static void answer_held(sfx *f, void *arg)
+{
+    (void)f;
+    *(int *)arg = dx_http_reply(held_req, 202, NULL, NULL, "later", 5);
+    held_req = NULL;
+}
+
 static void test_on_http_reply(void **state)
 {
     sfx *f = *state;
@@ -1277,9 +1295,18 @@ static void test_on_http_reply(void **state)
     assert_int_equal(r.status, 500);
     assert_int_equal(wait_ev(f, EV_HTTP).rc, DX_EINVAL);
 
-    r = http(f, "DELETE /claim HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_int_equal(r.status, 500);
+    /* kept by on_http, answered from a posted function */
+    cl *c = cl_tcp(f, 0);
+    const char *claim = "DELETE /claim HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    cl_send(c, claim, strlen(claim));
     assert_string_equal(wait_ev(f, EV_HTTP).data, "DELETE /claim");
+    int late = 1;
+    on_loop(f, answer_held, &late);
+    assert_int_equal(late, 0);
+    cl_read_to_eof(c);
+    assert_true(c->len > 12 && memcmp(c->buf, "HTTP/1.1 202 ", 13) == 0);
+    assert_true(c->len >= 5 && memcmp(c->buf + c->len - 5, "later", 5) == 0);
+    cl_close(c);
 
     /* not handled, no static root: 404 for GET, 405 for others */
     r = http(f, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n");
