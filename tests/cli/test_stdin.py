@@ -15,9 +15,13 @@ on fd 0, or a 0 ms dx_timer when epoll refuses fd 0), and its flow control.
   most 48 MiB more), the peak RSS of connect (VmHWM) stays within 48 MiB of
   an idle run's (without the pacing it would be 200 MiB more), and every
   byte arrives. Also for text lines (64 MiB of 1 KiB lines).
+- a terminal (pty, libedit): lines typed while the handshake is still
+  pending are sent, in order, once it completes; Ctrl-D before it completes
+  gives up at once.
 - fd 0's O_NONBLOCK, added for a pipe, is taken off again when connect
   exits (normally, and by a second Ctrl-C).
 """
+import asyncio
 import base64
 import fcntl
 import hashlib
@@ -32,7 +36,9 @@ import threading
 import time
 
 import clitest
-from clitest import Fail, Serve, check, connect, main, no_sanitizer_report, say, spawn, wait_for
+from clitest import Fail, Serve, Term, check, connect, main, no_sanitizer_report, say, spawn, wait_for
+
+import websockets
 
 TMP = tempfile.mkdtemp(prefix="dx-cli-stdin-")
 MiB = 1 << 20
@@ -425,5 +431,76 @@ def test_idle_pipe_ctrl_c_and_late_eof():
     srv.stop()
 
 
-main([test_file_and_devnull, test_closed_stdin_and_stdout, test_idle_pipe_ctrl_c_and_late_eof,
+class GatedEcho:
+    """A Python websockets echo server whose handshakes wait for `gate`."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.asked = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def process_request(path, headers):
+            self.asked.set()
+            await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 30)
+            return None
+
+        async def echo(ws, path=None):
+            async for m in ws:
+                await ws.send(m)
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+
+            async def start():
+                self.server = await websockets.serve(echo, "127.0.0.1", 0, process_request=process_request)
+                self.port = self.server.sockets[0].getsockname()[1]
+                ready.set()
+
+            self.loop.run_until_complete(start())
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        check(ready.wait(10), "python server did not start")
+
+    def stop(self):
+        self.gate.set()
+
+        async def close():
+            self.server.close()
+            await self.server.wait_closed()
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_typing_before_open():
+    py = GatedEcho()
+    t = Term("ws://127.0.0.1:%d/" % py.port)
+    check(py.asked.wait(10), "connect did not send its upgrade request")
+    t.expect(b"> ")
+    t.type(b"early one\n")
+    t.expect(b"early one")  # the editor keeps taking keys while connecting
+    t.type(b"early two\n")
+    py.gate.set()
+    t.expect(b"connected to")
+    t.expect(b"< early one")
+    t.expect(b"< early two")
+    t.type(b"\x04")
+    check(t.wait() == 0, "Ctrl-D after the early lines should close with 1000 and exit 0")
+    py.stop()
+
+    py = GatedEcho()
+    t = Term("ws://127.0.0.1:%d/" % py.port)
+    check(py.asked.wait(10), "connect did not send its upgrade request")
+    t.expect(b"> ")
+    t.type(b"\x04")  # Ctrl-D while the handshake is pending: give up
+    rc = t.wait(10)
+    check(rc == 1, "Ctrl-D before the connection opened: exit %s, expected 1 (no connection); terminal:\n%s" %
+          (rc, t.buf.decode(errors="replace")))
+    py.stop()
+
+
+main([test_file_and_devnull, test_closed_stdin_and_stdout, test_idle_pipe_ctrl_c_and_late_eof, test_typing_before_open,
       test_backpressure_pipe, test_backpressure_lines, test_backpressure_file])
