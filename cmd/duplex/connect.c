@@ -231,6 +231,7 @@ static bool normal_code(unsigned code)
 
 static void process_input(app *a);
 static void start_close(app *a, unsigned code, const char *reason, size_t len);
+static void set_reading(app *a, bool on);
 
 /* fd 0's flags as they were, if O_NONBLOCK was added (the file description
  * may be shared with the shell or the producer). Async-signal-safe. */
@@ -303,6 +304,7 @@ static void fail_out_of_memory(app *a)
     fprintf(stderr, "connect: out of memory reading stdin\n");
     a->status = ST_FAIL;
     a->in_eof = true; /* nothing more is read */
+    set_reading(a, false);
     dx_loop_stop(a->loop);
 }
 
@@ -450,9 +452,10 @@ static int start_input(app *a)
         a->editing = a->interactive && le_start("> ", on_typed_line, a) == 0;
         if (!a->editing && !isatty(0)) {
             /* A pipe or socket: reads never block the loop, even if another
-             * reader of the same pipe took the bytes first. (Not a terminal:
-             * libedit turns O_NONBLOCK off by itself, and the shell would
-             * keep it after we exit.) */
+             * reader of the same pipe took the bytes first. A terminal is
+             * left as it is (the watch reads it once per readiness): libedit
+             * clears O_NONBLOCK itself, and the shell shares the terminal's
+             * flags, so a crash would leave it non-blocking. */
             int fl = fcntl(0, F_GETFL);
             if (fl >= 0 && !(fl & O_NONBLOCK) && fcntl(0, F_SETFL, fl | O_NONBLOCK) == 0)
                 g_stdin_flags = fl;
