@@ -3,30 +3,32 @@
  * one-shot server mode `duplex connect --listen PORT`.
  *
  * Layer: the CLI. Uses only the public headers (duplex/client.h,
- * duplex/server.h); never src/.
+ * duplex/server.h, duplex/loop.h); never src/.
  *
- * Threads: the main thread runs the dx_loop and every library call. A
- * helper thread (the public API has no fd watch or timer yet) polls three
- * things and hands each event to the loop with dx_loop_post: stdin, a
- * control pipe, and the --wait deadline. stdin is read one chunk at a time:
- * the next read waits for the loop's acknowledgement ('a' on the control
- * pipe), so memory stays bounded and a slow peer slows the reading of stdin
- * (the loop acknowledges only when the chunk's complete messages are sent and
- * the send queue is at most HIGH_WATER; else on_drain or on_open resumes).
- * The control pipe also carries 't' (arm the --wait timer), 'q' (quit: the
- * main thread joins the helper at exit) and 's' (SIGINT, written by the
- * signal handler: the first Ctrl-C closes with 1000, the second exits).
- * When the loop gains dx_watch/dx_timer (include/duplex/loop.h), the helper
- * becomes a watch on fd 0 and on the control pipe plus one timer: see
- * helper_main.
+ * One thread: the dx_loop runs everything. stdin is a dx_watch on fd 0
+ * (level-triggered; one read of at most CHUNK bytes per callback, or one
+ * keystroke for the line editor), or, when epoll refuses fd 0 (a regular
+ * file, /dev/null), a 0 ms dx_timer that reads one chunk per loop iteration.
+ * Ctrl-C reaches the loop through a self-pipe watched like stdin; --wait is
+ * a dx_timer.
+ *
+ * Flow control: reading is on only while everything read so far has been
+ * turned into messages (at most a partial line is left), the connection is
+ * open and its send queue is at most HIGH_WATER; otherwise the watch asks
+ * for nothing (the timer is stopped) until on_open or on_drain lets
+ * process_input finish. So a fast producer piped into connect, or a large
+ * file, waits for a slow peer instead of growing memory: what connect holds
+ * is one chunk plus the line being assembled plus the send queue.
  *
  * Invariants: `a->conn` is the open connection or NULL; input is turned into
- * messages only while it is open; the helper's buffer is touched by the loop
- * thread only between a post and its acknowledgement.
+ * messages only while it is open; `a->reading` says whether the stdin watch
+ * asks for DX_WATCH_READ (or the file timer is armed), and only set_reading
+ * changes it.
  */
 #define _GNU_SOURCE
 #include "cli.h"
 #include "duplex/client.h"
+#include "duplex/loop.h"
 #include "lineedit.h"
 #include "duplex/server.h"
 
@@ -35,17 +37,13 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <fcntl.h>
-#include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 #include <unistd.h>
 
 #define MAX_LIST 64                 /* -H and --subprotocol entries */
@@ -101,32 +99,31 @@ typedef struct app {
     bytes in;           /* stdin bytes not yet turned into messages */
     size_t in_off;
     bool in_eof;
-    bool holding;       /* the helper's chunk is in `in`, not acknowledged yet */
     bool input_done;    /* stdin ended (or -x was sent): the --wait phase */
     bool executed;      /* the -x messages went out */
     unsigned long received; /* messages received (for --max-messages) */
     unsigned long line_no;
 
-    /* loop thread: output nesting while the line editor runs */
+    /* output nesting while the line editor runs */
     unsigned term_depth;
 
-    /* the helper thread */
-    char *h_line;       /* a typed line (with libedit) not yet handed over */
-    size_t h_line_off, h_line_len;
-    bool h_eof;         /* Ctrl-D in the line editor, not yet handed over */
-    pthread_t helper;
-    bool helper_started;
-    bool read_stdin;    /* the helper reads stdin */
-    int ctl[2];         /* loop thread / signal handler → helper */
-    atomic_uint timer_ms; /* the --wait delay, set before 't' */
-    uint8_t rbuf[CHUNK];
-    size_t rlen;        /* 0: end of input */
+    /* stdin, Ctrl-C and --wait on the loop */
+    bool read_stdin;     /* stdin is input (not --no-input, not -x) */
+    bool editing;        /* the line editor has the terminal */
+    bool typed_eof;      /* Ctrl-D in the line editor, seen by read_input */
+    bool reading;        /* in_watch asks for DX_WATCH_READ, or in_timer is armed */
+    dx_watch *in_watch;  /* fd 0 when epoll takes it */
+    dx_timer *in_timer;  /* else: one chunk per expiry (regular file, /dev/null) */
+    dx_timer *wait_timer; /* --wait */
+    dx_watch *sig_watch; /* sig_pipe[0]: the SIGINT handler's byte */
+    int sig_pipe[2];
 } app;
 
 static volatile sig_atomic_t g_sigints;
-static int g_ctl_fd = -1; /* the control pipe's write end, for the handler */
+static volatile int g_sig_fd = -1;      /* the signal pipe's write end, for the handler */
+static volatile int g_stdin_flags = -1; /* fd 0's flags before O_NONBLOCK; -1: untouched */
 
-/* Loop thread, interactive: around terminal output, so it does not land in
+/* Interactive: around terminal output, so it does not land in
  * the line being typed (lineedit.h). Nests: callbacks may print inside. */
 static void term_begin(app *a)
 {
@@ -140,12 +137,13 @@ static void term_end(app *a)
         le_output_end();
 }
 
-static app g_app; /* large buffer: static, set up once by cmd_connect */
+static app g_app; /* static: the signal handler and main share it; set up by cmd_connect */
 
 
 /* ---- small helpers ------------------------------------------------------- */
 
-static int bytes_append(bytes *b, const void *p, size_t n)
+/* Room for n more bytes after b->len. */
+static int bytes_reserve(bytes *b, size_t n)
 {
     if (b->cap - b->len < n) {
         size_t cap = b->cap ? b->cap : 4096;
@@ -157,6 +155,13 @@ static int bytes_append(bytes *b, const void *p, size_t n)
         b->p = q;
         b->cap = cap;
     }
+    return 0;
+}
+
+static int bytes_append(bytes *b, const void *p, size_t n)
+{
+    if (bytes_reserve(b, n))
+        return -1;
     memcpy(b->p + b->len, p, n);
     b->len += n;
     return 0;
@@ -222,64 +227,43 @@ static bool normal_code(unsigned code)
     return code == DX_CLOSE_NORMAL || code == DX_CLOSE_GOING_AWAY;
 }
 
-/* ---- the helper thread --------------------------------------------------- */
+/* ---- stdin, Ctrl-C and --wait on the loop --------------------------------- */
 
 static void process_input(app *a);
 static void start_close(app *a, unsigned code, const char *reason, size_t len);
+static void set_reading(app *a, bool on);
 
-static void ctl_write(app *a, char cmd)
+/* fd 0's flags as they were, if O_NONBLOCK was added (the file description
+ * may be shared with the shell or the producer). Async-signal-safe. */
+static void restore_stdin_flags(void)
 {
-    ssize_t r;
-    do
-        r = write(a->ctl[1], &cmd, 1);
-    while (r < 0 && errno == EINTR);
+    if (g_stdin_flags >= 0)
+        (void)fcntl(0, F_SETFL, g_stdin_flags);
 }
 
-/* SIGINT: the first asks the loop (through the helper) to close with 1000;
- * the second exits at once. Async-signal-safe: write and _exit only. */
+/* SIGINT: the first asks the loop (through the signal pipe) to close with
+ * 1000; the second exits at once. Async-signal-safe: write, fcntl,
+ * tcsetattr and _exit only. */
 static void on_sigint(int sig)
 {
     (void)sig;
+    int saved = errno;
     if (g_sigints++ > 0) {
         le_restore_terminal();
+        restore_stdin_flags();
         _exit(130);
     }
-    if (g_ctl_fd >= 0) {
+    if (g_sig_fd >= 0) {
         char c = 's';
-        ssize_t r = write(g_ctl_fd, &c, 1);
+        ssize_t r = write(g_sig_fd, &c, 1);
         (void)r;
     }
+    errno = saved;
 }
 
-/* Loop thread: the helper's chunk (or end of input) arrived. */
-static void on_stdin(void *arg)
+/* The first Ctrl-C. */
+static void on_signal(app *a)
 {
-    app *a = arg;
-    if (a->rlen == 0) {
-        a->in_eof = true;
-    } else if (bytes_append(&a->in, a->rbuf, a->rlen)) {
-        fprintf(stderr, "connect: out of memory reading stdin\n");
-        a->status = ST_FAIL;
-        dx_loop_stop(a->loop);
-        return;
-    } else {
-        a->holding = true;
-    }
-    if (a->in_eof && !a->conn && a->interactive) {
-        /* Ctrl-D while not connected: give up rather than wait. */
-        if (a->cl)
-            (void)dx_client_close(a->cl, DX_CLOSE_NORMAL, NULL, 0); /* on_done follows */
-        else
-            dx_loop_stop(a->loop);
-        return;
-    }
-    process_input(a);
-}
-
-/* Loop thread: the first Ctrl-C. */
-static void on_signal(void *arg)
-{
-    app *a = arg;
     if (a->conn && !a->closing) {
         term_begin(a);
         fprintf(stderr, "* Ctrl-C: closing with 1000 (Ctrl-C again quits at once)\n");
@@ -293,167 +277,240 @@ static void on_signal(void *arg)
     }
 }
 
-/* Loop thread: the --wait time after the end of input is over. */
-static void on_wait_done(void *arg)
+static void on_sig_ready(dx_watch *w, int fd, unsigned events, void *ud)
 {
-    app *a = arg;
+    (void)w;
+    (void)events;
+    char buf[16];
+    bool got = false;
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0) /* non-blocking: drained */
+        got = true;
+    if (got)
+        on_signal(ud);
+}
+
+/* The --wait time after the end of input is over. */
+static void on_wait_timer(dx_timer *t, void *ud)
+{
+    app *a = ud;
+    (void)t;
     if (a->conn && !a->closing)
         start_close(a, DX_CLOSE_NORMAL, NULL, 0);
 }
 
-/* Loop thread: the helper may read its next chunk. Only a chunk that
- * on_stdin has taken in is acknowledged: process_input also runs before a
- * posted chunk arrives (on_open, on_drain), and acknowledging then would let
- * the helper overwrite rbuf before on_stdin copied it. */
-static void ack_reader(app *a)
+static void fail_out_of_memory(app *a)
 {
-    if (!a->holding)
+    fprintf(stderr, "connect: out of memory reading stdin\n");
+    a->status = ST_FAIL;
+    a->in_eof = true; /* nothing more is read */
+    set_reading(a, false);
+    dx_loop_stop(a->loop);
+}
+
+/* Asks for stdin (on) or stops asking (off). Never on once the input ended.
+ * In file mode the timer is one-shot: on_stdin_timer clears `reading`
+ * before it reads, so asking again re-arms it for the next iteration. */
+static void set_reading(app *a, bool on)
+{
+    on = on && a->read_stdin && !a->in_eof;
+    if (on == a->reading)
         return;
-    a->holding = false;
-    ctl_write(a, 'a');
+    if (a->in_watch) {
+        int err = dx_watch_set(a->in_watch, on ? DX_WATCH_READ : 0);
+        if (err) {
+            /* epoll refused a change for a descriptor it took before: give
+             * up on stdin rather than spin on a watch we cannot silence. */
+            fprintf(stderr, "connect: watching stdin: %s; treating it as ended\n", dx_strerror(err));
+            dx_watch_free(a->in_watch);
+            a->in_watch = NULL;
+            a->in_eof = true;
+            a->reading = false;
+            return;
+        }
+    } else if (a->in_timer) {
+        if (on)
+            dx_timer_start(a->in_timer, 0, 0);
+        else
+            dx_timer_stop(a->in_timer);
+    } else {
+        return;
+    }
+    a->reading = on;
 }
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void post(app *a, void (*fn)(void *))
-{
-    if (dx_loop_post(a->loop, fn, a) != 0)
-        fprintf(stderr, "connect: cannot hand an event to the loop (out of memory)\n");
-}
-
-/*
- * The helper thread: stdin, the control pipe and the --wait deadline, each
- * turned into a post to the loop. With dx_watch/dx_timer this whole function
- * is replaced by: a dx_watch on fd 0 (DX_WATCH_READ while no chunk is held;
- * its callback does the read below and calls on_stdin directly), a dx_timer
- * for --wait (armed where 't' is written), and a dx_watch on ctl[0] for the
- * signal handler's byte; ack_reader then re-enables the stdin watch.
- */
-/* Helper thread, inside le_read_char: a line was typed (or Ctrl-D). */
+/* Inside le_read_char: a line was typed (or Ctrl-D on an empty line). Only
+ * collected here; read_input sends it once the editor has returned. */
 static void on_typed_line(char *line, void *ud)
 {
     app *a = ud;
     if (!line) {
-        a->h_eof = true;
+        a->typed_eof = true;
         return;
     }
-    a->h_line = line;
-    a->h_line_off = 0;
-    a->h_line_len = strlen(line) + 1; /* the newline is added when copied */
+    if (bytes_append(&a->in, line, strlen(line)) || bytes_append(&a->in, "\n", 1))
+        fail_out_of_memory(a);
+    free(line);
 }
 
-/* Helper thread: the next piece of a typed line (or its end) into rbuf. */
-static void hand_over_line(app *a, bool *posted, bool *reading)
+/* stdin is readable (or, in file mode, may be read): one read of at most
+ * CHUNK bytes, or one keystroke for the line editor; then the messages. */
+static void read_input(app *a)
 {
-    if (a->h_line) {
-        size_t n = a->h_line_len - a->h_line_off;
-        if (n > sizeof a->rbuf)
-            n = sizeof a->rbuf;
-        for (size_t i = 0; i < n; i++) {
-            size_t k = a->h_line_off + i;
-            a->rbuf[i] = k + 1 == a->h_line_len ? '\n' : (uint8_t)a->h_line[k];
+    if (a->editing) {
+        le_read_char(); /* may call on_typed_line */
+        if (a->typed_eof) {
+            a->typed_eof = false;
+            a->editing = false;
+            le_stop();
+            a->in_eof = true;
         }
-        a->h_line_off += n;
-        if (a->h_line_off == a->h_line_len) {
-            free(a->h_line);
-            a->h_line = NULL;
-        }
-        a->rlen = n;
-        *posted = true;
     } else {
-        a->h_eof = false;
-        a->rlen = 0;
-        *reading = false;
-        le_stop();
+        if (a->in.cap - a->in.len < CHUNK && bytes_reserve(&a->in, CHUNK)) {
+            fail_out_of_memory(a);
+            return;
+        }
+        ssize_t n = read(0, a->in.p + a->in.len, CHUNK);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) {
+            set_reading(a, true); /* the watch asks again; the file timer is re-armed */
+            return;
+        }
+        if (n < 0) {
+            fprintf(stderr, "connect: reading stdin: %s\n", strerror(errno));
+            n = 0; /* treated as the end of input */
+        }
+        if (n == 0)
+            a->in_eof = true;
+        a->in.len += (size_t)n;
     }
-    post(a, on_stdin);
-}
-
-static void *helper_main(void *arg)
-{
-    app *a = arg;
-    bool reading = a->read_stdin, posted = false;
-    bool editing = reading && a->interactive && le_start("> ", on_typed_line, a) == 0;
-    uint64_t deadline = 0; /* 0: no timer */
-    for (;;) {
-        if (editing && !posted && (a->h_line || a->h_eof)) {
-            hand_over_line(a, &posted, &reading);
-            continue;
-        }
-        struct pollfd pf[2] = {{.fd = a->ctl[0], .events = POLLIN}, {.fd = 0, .events = POLLIN}};
-        nfds_t nfds = reading && !posted ? 2 : 1;
-        int timeout = -1;
-        if (deadline) {
-            uint64_t now = mono_ms();
-            timeout = deadline > now ? (int)(deadline - now) : 0;
-        }
-        int r = poll(pf, nfds, timeout);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        if (deadline && mono_ms() >= deadline) {
-            deadline = 0;
-            post(a, on_wait_done);
-        }
-        if (pf[0].revents) {
-            char cmd[64];
-            ssize_t n = read(a->ctl[0], cmd, sizeof cmd);
-            for (ssize_t i = 0; i < n; i++) {
-                switch (cmd[i]) {
-                case 'q':
-                    le_stop();
-                    free(a->h_line);
-                    a->h_line = NULL;
-                    return NULL;
-                case 'a':
-                    posted = false;
-                    break;
-                case 's':
-                    post(a, on_signal);
-                    break;
-                case 't':
-                    deadline = mono_ms() + atomic_load(&a->timer_ms);
-                    if (!deadline)
-                        deadline = 1;
-                    break;
-                default:
-                    break;
-                }
-            }
-        }
-        if (nfds == 2 && pf[1].revents && editing) {
-            le_read_char(); /* may set h_line or h_eof: handed over at the top */
-            continue;
-        }
-        if (nfds == 2 && pf[1].revents) {
-            ssize_t n = read(0, a->rbuf, sizeof a->rbuf);
-            if (n < 0 && (errno == EINTR || errno == EAGAIN))
-                continue;
-            if (n < 0) {
-                fprintf(stderr, "connect: reading stdin: %s\n", strerror(errno));
-                n = 0; /* treated as end of input */
-            }
-            a->rlen = (size_t)n; /* published to the loop thread by the post */
-            if (n > 0)
-                posted = true;
+    if (a->in_eof) {
+        set_reading(a, false);
+        if (!a->conn && a->interactive) {
+            /* Ctrl-D while not connected: give up rather than wait. */
+            if (a->cl)
+                (void)dx_client_close(a->cl, DX_CLOSE_NORMAL, NULL, 0); /* on_done follows */
             else
-                reading = false;
-            post(a, on_stdin);
+                dx_loop_stop(a->loop);
+            return;
         }
     }
-    le_stop();
-    return NULL;
+    process_input(a);
 }
 
-/* Loop thread: the input ended (stdin's last message sent, or the -x
- * messages): close now, or after --wait, or when --max-messages arrive. */
+static void on_stdin_ready(dx_watch *w, int fd, unsigned events, void *ud)
+{
+    (void)w;
+    (void)fd;
+    (void)events; /* DX_WATCH_ERROR (a hang-up) too: the read says what it is */
+    read_input(ud);
+}
+
+static void on_stdin_timer(dx_timer *t, void *ud)
+{
+    app *a = ud;
+    (void)t;
+    a->reading = false; /* fired: set_reading(a, true) arms it again */
+    read_input(a);
+}
+
+/* Descriptors 0, 1 and 2 must be open before the loop opens anything: a
+ * closed stdin (`<&-`) would otherwise become the epoll descriptor or the
+ * socket, and a closed stdout would receive the messages meant for it. A
+ * closed one is held by /dev/null opened read-only: stdin then ends at once,
+ * and writes to stdout or stderr fail (as they did) instead of landing in a
+ * socket. */
+static void hold_std_fds(void)
+{
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+            continue;
+        int n = open("/dev/null", O_RDONLY | O_CLOEXEC); /* the lowest free slot: fd */
+        if (n >= 0 && n != fd) {
+            (void)dup2(n, fd);
+            close(n);
+        }
+    }
+}
+
+/* Sets up stdin (a watch, or the file timer), the line editor, the signal
+ * pipe and its watch, and the --wait timer. 0, or ST_FAIL after a message. */
+static int start_input(app *a)
+{
+    int err = 0;
+    if (pipe2(a->sig_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+        fprintf(stderr, "connect: cannot create the signal pipe: %s\n", strerror(errno));
+        return ST_FAIL;
+    }
+    a->sig_watch = dx_watch_new(a->loop, a->sig_pipe[0], DX_WATCH_READ, on_sig_ready, a, &err);
+    if (!a->sig_watch)
+        goto fail;
+    if (a->wait_set && a->wait_ms && !(a->wait_timer = dx_timer_new(a->loop, on_wait_timer, a))) {
+        err = DX_ENOMEM;
+        goto fail;
+    }
+    if (a->read_stdin) {
+        a->editing = a->interactive && le_start("> ", on_typed_line, a) == 0;
+        if (!a->editing && !isatty(0)) {
+            /* A pipe or socket: reads never block the loop, even if another
+             * reader of the same pipe took the bytes first. A terminal is
+             * left as it is (the watch reads it once per readiness): libedit
+             * clears O_NONBLOCK itself, and the shell shares the terminal's
+             * flags, so a crash would leave it non-blocking. */
+            int fl = fcntl(0, F_GETFL);
+            if (fl >= 0 && !(fl & O_NONBLOCK) && fcntl(0, F_SETFL, fl | O_NONBLOCK) == 0)
+                g_stdin_flags = fl;
+        }
+        a->in_watch = dx_watch_new(a->loop, 0, DX_WATCH_READ, on_stdin_ready, a, &err);
+        if (a->in_watch) {
+            a->reading = true;
+        } else if (err == DX_EINVAL) {
+            /* epoll refuses regular files and /dev/null (always readable):
+             * read them one chunk per loop iteration instead. */
+            restore_stdin_flags();
+            g_stdin_flags = -1;
+            if (!(a->in_timer = dx_timer_new(a->loop, on_stdin_timer, a))) {
+                err = DX_ENOMEM;
+                goto fail;
+            }
+            set_reading(a, true);
+        } else {
+            goto fail;
+        }
+    }
+    g_sig_fd = a->sig_pipe[1];
+    struct sigaction sa = {.sa_handler = on_sigint, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    return 0;
+fail:
+    fprintf(stderr, "connect: cannot watch stdin or the signal pipe: %s\n", dx_strerror(err));
+    return ST_FAIL;
+}
+
+/* Undoes start_input (whatever part of it was done); before dx_loop_free. */
+static void stop_input(app *a)
+{
+    signal(SIGINT, SIG_DFL);
+    g_sig_fd = -1;
+    a->editing = false;
+    le_stop();
+    restore_stdin_flags();
+    g_stdin_flags = -1;
+    dx_watch_free(a->in_watch);
+    dx_timer_free(a->in_timer);
+    dx_timer_free(a->wait_timer);
+    dx_watch_free(a->sig_watch);
+    a->in_watch = a->sig_watch = NULL;
+    a->in_timer = a->wait_timer = NULL;
+    for (int i = 0; i < 2; i++)
+        if (a->sig_pipe[i] >= 0) {
+            close(a->sig_pipe[i]);
+            a->sig_pipe[i] = -1;
+        }
+}
+
+/* The input ended (stdin's last message sent, or the -x messages): close
+ * now, or after --wait, or when --max-messages arrive. */
 static void finish_input(app *a)
 {
     if (a->input_done)
@@ -466,8 +523,7 @@ static void finish_input(app *a)
             start_close(a, DX_CLOSE_NORMAL, NULL, 0);
         return;
     }
-    atomic_store(&a->timer_ms, a->wait_ms);
-    ctl_write(a, 't');
+    dx_timer_start(a->wait_timer, a->wait_ms, 0);
 }
 
 /* ---- sending ------------------------------------------------------------- */
@@ -612,9 +668,10 @@ static void handle_line(app *a, const uint8_t *s, size_t n)
 }
 
 /*
- * Loop thread: turns buffered stdin into messages while the connection is
- * open and the send queue is below HIGH_WATER; acknowledges the reader when
- * only a partial line is left; at the end of input, closes with 1000.
+ * Turns buffered stdin into messages while the connection is open and the
+ * send queue is at most HIGH_WATER. Reading stays on only if everything but
+ * a partial line went out: otherwise on_open or on_drain calls this again
+ * and reading resumes then. At the end of input, closes with 1000.
  */
 static void process_input(app *a)
 {
@@ -624,14 +681,22 @@ static void process_input(app *a)
     for (;;) {
         if (!a->conn || a->closing) {
             a->processing = false;
-            if (a->closing && !a->in_eof)
-                ack_reader(a); /* input after /close is dropped */
-            if (a->closing)
+            if (a->closing) {
+                /* Input after /close is dropped; the line editor keeps the
+                 * terminal answering until the close completes. */
                 a->in_off = a->in.len = 0;
+                set_reading(a, a->editing);
+            } else {
+                /* Not connected (yet, or again): hold what was read until
+                 * on_open. The line editor keeps taking keys until a line
+                 * is complete, so typing (and Ctrl-D) works meanwhile. */
+                set_reading(a, a->editing && a->in.len == a->in_off);
+            }
             return;
         }
         if (dx_conn_buffered(a->conn) > HIGH_WATER) {
             a->processing = false;
+            set_reading(a, false);
             return; /* on_drain resumes */
         }
         const uint8_t *s = a->in.p ? a->in.p + a->in_off : a->in.p; /* no offset on NULL (UB) */
@@ -662,7 +727,7 @@ static void process_input(app *a)
     a->in_off = 0;
     a->processing = false;
     if (!a->in_eof)
-        ack_reader(a);
+        set_reading(a, true);
     else if (!rest && a->conn && !a->closing)
         finish_input(a);
 }
@@ -1469,23 +1534,15 @@ static int start_server(app *a)
     return 0;
 }
 
-static void stop_helper(app *a)
-{
-    if (!a->helper_started)
-        return;
-    ctl_write(a, 'q');
-    pthread_join(a->helper, NULL);
-    a->helper_started = false;
-}
-
 int cmd_connect(int argc, char **argv)
 {
     app *a = &g_app;
+    hold_std_fds();
     memset(a, 0, sizeof *a);
     a->sep = '\n';
     a->log.level = DX_LOG_WARN;
     a->status = ST_FAIL; /* until a connection ends normally */
-    a->ctl[0] = a->ctl[1] = -1;
+    a->sig_pipe[0] = a->sig_pipe[1] = -1;
     const char *url = NULL;
     char url_buf[DX_CLI_URL_MAX];
     int rc = parse_args(a, argc, argv, &url, url_buf);
@@ -1502,35 +1559,19 @@ int cmd_connect(int argc, char **argv)
         return ST_FAIL;
     }
     rc = a->listen ? start_server(a) : start_client(a, url);
-    if (rc == 0) {
-        if (pipe2(a->ctl, O_CLOEXEC) < 0 || pthread_create(&a->helper, NULL, helper_main, a) != 0) {
-            fprintf(stderr, "connect: cannot start the stdin/signal thread\n");
-            rc = ST_FAIL;
-        } else {
-            a->helper_started = true;
-            g_ctl_fd = a->ctl[1];
-            struct sigaction sa = {.sa_handler = on_sigint, .sa_flags = SA_RESTART};
-            sigemptyset(&sa.sa_mask);
-            sigaction(SIGINT, &sa, NULL);
-        }
-    }
+    if (rc == 0)
+        rc = start_input(a);
     if (rc == 0) {
         if (dx_loop_run(a->loop) != 0)
             fprintf(stderr, "connect: event loop failed\n");
         rc = a->status;
     }
-    signal(SIGINT, SIG_DFL);
-    g_ctl_fd = -1;
-    stop_helper(a);
+    stop_input(a);
     if (a->cl)
         dx_client_free(a->cl);
     if (a->srv)
         dx_server_free(a->srv);
     dx_loop_free(a->loop);
-    if (a->ctl[0] >= 0) {
-        close(a->ctl[0]);
-        close(a->ctl[1]);
-    }
     free(a->in.p);
     return rc;
 }

@@ -1,21 +1,20 @@
 /*
  * cmd/duplex/lineedit.c: see lineedit.h. libedit's readline-compatible
- * callback interface: the stdin thread calls rl_callback_read_char when fd 0
- * is readable, so the thread keeps polling its other descriptors (the
- * control pipe, the --wait deadline) while a line is being edited.
+ * callback interface: connect's loop calls rl_callback_read_char from its
+ * watch on fd 0 when a key is there, so the loop keeps serving the
+ * connection, the signal pipe and the timers while a line is being edited.
  *
- * Invariant: every editor call (read, redraw, install, remove) happens with
- * `mu` held, whichever thread makes it; `active` changes only with `mu` held.
+ * Invariant: one thread (the loop's) makes every call here, so no lock: a
+ * redraw (le_output_*) never runs inside le_read_char, because the line
+ * callback only collects the line and output happens after it returns.
  */
 #include "lineedit.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <termios.h>
 #include <unistd.h>
 
-static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static bool have_termios;
 static struct termios saved; /* the terminal before le_start */
 
@@ -61,7 +60,6 @@ int le_start(const char *prompt, le_line_fn fn, void *ud)
     if (!isatty(0) || !isatty(1))
         return -1;
     have_termios = tcgetattr(0, &saved) == 0;
-    pthread_mutex_lock(&mu);
     line_fn = fn;
     line_ud = ud;
     rl_catch_signals = 0; /* Ctrl-C stays the application's (close 1000) */
@@ -70,13 +68,11 @@ int le_start(const char *prompt, le_line_fn fn, void *ud)
     rl_callback_handler_install(prompt_copy, on_line);
     rl_add_defun("duplex-eof", on_ctrl_d, 4); /* rl_bind_key binds only rl_insert in libedit */
     active = true;
-    pthread_mutex_unlock(&mu);
     return 0;
 }
 
 void le_read_char(void)
 {
-    pthread_mutex_lock(&mu);
     if (active) {
         rl_callback_read_char();
         if (line_done) {
@@ -91,12 +87,10 @@ void le_read_char(void)
             line_fn(NULL, line_ud);
         }
     }
-    pthread_mutex_unlock(&mu);
 }
 
 void le_stop(void)
 {
-    pthread_mutex_lock(&mu);
     if (active) {
         active = false;
         rl_callback_handler_remove();
@@ -104,12 +98,10 @@ void le_stop(void)
         fputs("\r\033[K", stdout); /* the prompt (and any unsent text) goes */
         fflush(stdout);
     }
-    pthread_mutex_unlock(&mu);
 }
 
 void le_output_begin(void)
 {
-    pthread_mutex_lock(&mu);
     if (active) {
         /* Back to the start of the row and clear it: the prompt and the
          * typed text are drawn again by le_output_end. (A typed line longer
@@ -125,7 +117,6 @@ void le_output_end(void)
     fflush(stderr);
     if (active)
         rl_forced_update_display();
-    pthread_mutex_unlock(&mu);
 }
 
 const char *le_name(void) { return "libedit"; }
@@ -142,13 +133,12 @@ int le_start(const char *prompt, le_line_fn fn, void *ud)
 
 void le_read_char(void) {}
 void le_stop(void) {}
-void le_output_begin(void) { pthread_mutex_lock(&mu); }
+void le_output_begin(void) {}
 
 void le_output_end(void)
 {
     fflush(stdout);
     fflush(stderr);
-    pthread_mutex_unlock(&mu);
 }
 
 const char *le_name(void) { return "none"; }

@@ -1,13 +1,14 @@
 /*
  * cmd/duplex/lineedit.h: line editing and history for `duplex connect`'s
- * interactive mode (libedit's readline interface), with output from another
- * thread that does not land in the middle of the line being typed.
+ * interactive mode (libedit's readline interface), with received output
+ * that does not land in the middle of the line being typed.
  *
- * One terminal, one editor per process. Threads: le_start, le_read_char and
- * le_stop run on the thread that reads stdin; le_output_begin/end may be
- * called from any thread (a mutex serializes them with le_read_char). Built
- * without libedit (DX_HAVE_LIBEDIT undefined), le_start fails and the caller
- * reads stdin as before.
+ * One terminal, one editor per process, one thread: every function here is
+ * called on connect's loop thread (le_read_char from the watch on fd 0,
+ * le_output_begin/end around output from the connection's callbacks), never
+ * le_output_* from inside le_read_char's line callback. Built without
+ * libedit (DX_HAVE_LIBEDIT undefined), le_start fails and the caller reads
+ * stdin as before.
  */
 #ifndef DX_CMD_LINEEDIT_H
 #define DX_CMD_LINEEDIT_H
@@ -22,7 +23,9 @@ typedef void (*le_line_fn)(char *line, void *ud);
 /* Takes the terminal (fd 0/1): prompt, raw mode, history. 0, or -1 when
  * line editing is not available (not built in, or not a terminal). */
 int le_start(const char *prompt, le_line_fn fn, void *ud);
-/* stdin is readable: lets the editor take the bytes (may call fn). */
+/* stdin is readable: lets the editor take a key (may call fn, which must
+ * only collect the line: no output, no le_stop inside it). Reads fd 0 once;
+ * fd 0 must be readable (it may be blocking: libedit clears O_NONBLOCK). */
 void le_read_char(void);
 /* Gives the terminal back (its settings as before le_start). Idempotent. */
 void le_stop(void);
