@@ -486,6 +486,18 @@ static int write_masked(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t
     return 0;
 }
 
+/* A frame's header and payload (masked with `key` in the client role) into d. */
+static void frame_copy(uint8_t *d, const uint8_t *hdr, size_t hl, const uint8_t *data, size_t len,
+                       const uint8_t *key)
+{
+    if (hl)
+        memcpy(d, hdr, hl);
+    if (key)
+        dx__mask_copy(d + hl, data, len, key, 0);
+    else if (len)
+        memcpy(d + hl, data, len);
+}
+
 /* Queues a frame of private bytes (the caller's memory, borrowed for this
  * call): header `hdr` (hl may be 0) and payload, masked with `key` when
  * given. Small ones are copied into the loop's arena and written before
@@ -504,12 +516,7 @@ static int put_private(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t 
             wq_trim(c);
             return DX_ENOMEM;
         }
-        if (hl)
-            memcpy(d, hdr, hl);
-        if (key)
-            dx__mask_copy(d + hl, data, len, key, 0);
-        else if (len)
-            memcpy(d + hl, data, len);
+        frame_copy(d, hdr, hl, data, len, key);
         backlog_grew(c);
         return 0;
     }
@@ -519,12 +526,7 @@ static int put_private(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t 
             wq_trim(c);
             return DX_ENOMEM;
         }
-        if (hl)
-            memcpy(d, hdr, hl);
-        if (key)
-            dx__mask_copy(d + hl, data, len, key, 0);
-        else if (len)
-            memcpy(d + hl, data, len);
+        frame_copy(d, hdr, hl, data, len, key);
         wq_push(c, d, total, SEG_ARENA);
         c->ep->wsl->copied += total;
         wq_gathered(c);
