@@ -23,17 +23,6 @@ static void add_ev(fx *f, const ev *e, const void *data, size_t len)
     pthread_mutex_unlock(&f->mu);
 }
 
-static void deadline_in(struct timespec *ts, unsigned ms)
-{
-    clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 static const char *ev_name(int t)
 {
     static const char *names[] = {"?", "S_UPGRADE", "S_OPEN", "S_MSG", "S_CLOSE", "C_OPEN",
@@ -44,7 +33,7 @@ static const char *ev_name(int t)
 ev wait_ev(fx *f, int type)
 {
     struct timespec dl;
-    deadline_in(&dl, WAIT_MS);
+    dx_test_deadline_in(&dl, WAIT_MS);
     pthread_mutex_lock(&f->mu);
     for (;;) {
         for (size_t i = 0; i < f->nev; i++) {
@@ -84,7 +73,7 @@ size_t count_ev(fx *f, int type)
 void wait_count(fx *f, const unsigned *counter, unsigned want, const char *what)
 {
     struct timespec dl;
-    deadline_in(&dl, WAIT_MS);
+    dx_test_deadline_in(&dl, WAIT_MS);
     pthread_mutex_lock(&f->mu);
     while (*counter < want) {
         if (pthread_cond_timedwait(&f->cv, &f->mu, &dl) == ETIMEDOUT) {
@@ -281,7 +270,7 @@ void run(fx *f, void (*fn)(fx *, void *), void *arg)
     pthread_mutex_unlock(&f->mu);
     assert_int_equal(dx_loop_post(f->loop, call_tramp, f), 0);
     struct timespec dl;
-    deadline_in(&dl, WAIT_MS);
+    dx_test_deadline_in(&dl, WAIT_MS);
     pthread_mutex_lock(&f->mu);
     while (!f->call_done) {
         if (pthread_cond_timedwait(&f->cv, &f->mu, &dl) == ETIMEDOUT) {

@@ -108,17 +108,6 @@ static uint64_t fwd_now(void *ud)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-void deadline_in(struct timespec *ts, unsigned ms)
-{
-    clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 static void tramp(void *p)
 {
     mfx *f = p;
@@ -136,7 +125,7 @@ void on_loop(mfx *f, void (*fn)(mfx *f, void *arg), void *arg)
     f->done = 0;
     assert_int_equal(dx_loop_post(f->loop, tramp, f), 0);
     struct timespec dl;
-    deadline_in(&dl, WAIT_MS);
+    dx_test_deadline_in(&dl, WAIT_MS);
     pthread_mutex_lock(&f->mu);
     while (!f->done)
         if (pthread_cond_timedwait(&f->cv, &f->mu, &dl) == ETIMEDOUT) {
@@ -149,7 +138,7 @@ void on_loop(mfx *f, void (*fn)(mfx *f, void *arg), void *arg)
 void wait_count(mfx *f, const size_t *counter, size_t want)
 {
     struct timespec dl;
-    deadline_in(&dl, WAIT_MS);
+    dx_test_deadline_in(&dl, WAIT_MS);
     pthread_mutex_lock(&f->mu);
     while (*counter < want)
         if (pthread_cond_timedwait(&f->cv, &f->mu, &dl) == ETIMEDOUT) {

@@ -67,8 +67,6 @@ typedef struct mfx {
     int done;
 } mfx;
 
-void deadline_in(struct timespec *ts, unsigned ms);
-
 /* Runs fn(f, arg) on the loop's thread and waits for it. */
 void on_loop(mfx *f, void (*fn)(mfx *f, void *arg), void *arg);
 

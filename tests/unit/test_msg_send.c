@@ -467,7 +467,7 @@ static void test_client_side_masks_a_copy(void **state)
     assert_non_null(s.cl);
     /* the server checks the mask (a client frame must be masked) and UTF-8 */
     struct timespec dl;
-    deadline_in(&dl, WAIT_MS);
+    dx_test_deadline_in(&dl, WAIT_MS);
     pthread_mutex_lock(&f->mu);
     while (f->got_len == 0)
         if (pthread_cond_timedwait(&f->cv, &f->mu, &dl) == ETIMEDOUT)

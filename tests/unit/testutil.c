@@ -74,3 +74,14 @@ void dx_test_noop_watch(dx_watch *w, int fd, unsigned events, void *ud)
     (void)events;
     (void)ud;
 }
+
+void dx_test_deadline_in(struct timespec *ts, unsigned ms)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}

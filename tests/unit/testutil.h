@@ -6,7 +6,8 @@
  *  - a deterministic random seam (xorshift from a seed);
  *  - a settable clock;
  *  - the monotonic clock in milliseconds, for bounded waits;
- *  - a do-nothing fd-watch callback.
+ *  - a do-nothing fd-watch callback;
+ *  - a CLOCK_REALTIME deadline for pthread_cond_timedwait.
  */
 #ifndef DX_TESTUTIL_H
 #define DX_TESTUTIL_H
@@ -42,5 +43,9 @@ uint64_t dx_test_mono_ms(void);
 
 /* A watch callback that does nothing (dx_watch_fn). */
 void dx_test_noop_watch(dx_watch *w, int fd, unsigned events, void *ud);
+
+/* *ts = CLOCK_REALTIME now + `ms` (for pthread_cond_timedwait). */
+struct timespec;
+void dx_test_deadline_in(struct timespec *ts, unsigned ms);
 
 #endif
