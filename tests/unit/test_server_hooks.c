@@ -102,21 +102,10 @@ static void add_ev(fx *f, int type, uint64_t id, unsigned code, const void *data
     pthread_mutex_unlock(&f->mu);
 }
 
-static void deadline_in(struct timespec *ts, unsigned ms)
-{
-    clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 static ev wait_ev(fx *f, int type)
 {
     struct timespec dl;
-    deadline_in(&dl, WAIT_MS);
+    dx_test_deadline_in(&dl, WAIT_MS);
     pthread_mutex_lock(&f->mu);
     for (;;) {
         for (size_t i = 0; i < f->nev; i++)
@@ -157,7 +146,7 @@ static size_t count_log(fx *f, const char *needle)
 static void wait_log(fx *f, const char *needle)
 {
     struct timespec dl;
-    deadline_in(&dl, WAIT_MS);
+    dx_test_deadline_in(&dl, WAIT_MS);
     pthread_mutex_lock(&f->mu);
     for (;;) {
         for (size_t i = 0; i < f->nlogs; i++)
@@ -316,7 +305,7 @@ static void on_loop(fx *f, void (*fn)(fx *f, void *arg), void *arg)
     f->call_done = 0;
     assert_int_equal(dx_loop_post(f->loop, call_tramp, f), 0);
     struct timespec dl;
-    deadline_in(&dl, WAIT_MS);
+    dx_test_deadline_in(&dl, WAIT_MS);
     pthread_mutex_lock(&f->mu);
     while (!f->call_done)
         if (pthread_cond_timedwait(&f->cv, &f->mu, &dl) == ETIMEDOUT) {

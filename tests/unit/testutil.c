@@ -1,8 +1,10 @@
 /* tests/unit/testutil.c: see testutil.h. */
+#define _GNU_SOURCE
 #include "testutil.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Each block carries its size in front so realloc-as-free can count. */
 static void *ts_realloc(void *ud, void *ptr, size_t size)
@@ -56,4 +58,30 @@ void dx_test_filter_from_env(void)
     const char *f = getenv("DX_TEST_FILTER");
     if (f && *f)
         cmocka_set_test_filter(f);
+}
+
+uint64_t dx_test_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void dx_test_noop_watch(dx_watch *w, int fd, unsigned events, void *ud)
+{
+    (void)w;
+    (void)fd;
+    (void)events;
+    (void)ud;
+}
+
+void dx_test_deadline_in(struct timespec *ts, unsigned ms)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
 }

@@ -4,7 +4,10 @@
  *  - a counting allocator that can fail its Nth call (STYLE.md habit 4) and
  *    reports live allocations, so "no leak after failure" is checkable;
  *  - a deterministic random seam (xorshift from a seed);
- *  - a settable clock.
+ *  - a settable clock;
+ *  - the monotonic clock in milliseconds, for bounded waits;
+ *  - a do-nothing fd-watch callback;
+ *  - a CLOCK_REALTIME deadline for pthread_cond_timedwait.
  */
 #ifndef DX_TESTUTIL_H
 #define DX_TESTUTIL_H
@@ -16,6 +19,7 @@
 #include <cmocka.h>
 
 #include "duplex/duplex.h"
+#include "duplex/loop.h"
 
 typedef struct dx_test_seams {
     dx_seams seams;        /* pass &ts.seams to the code under test */
@@ -33,5 +37,15 @@ void dx_test_seams_init(dx_test_seams *ts);
  * see tests/unit/CMakeLists.txt), only the tests whose names match that
  * cmocka pattern run. */
 void dx_test_filter_from_env(void);
+
+/* CLOCK_MONOTONIC in milliseconds: for the bounds of waits on real events. */
+uint64_t dx_test_mono_ms(void);
+
+/* A watch callback that does nothing (dx_watch_fn). */
+void dx_test_noop_watch(dx_watch *w, int fd, unsigned events, void *ud);
+
+/* *ts = CLOCK_REALTIME now + `ms` (for pthread_cond_timedwait). */
+struct timespec;
+void dx_test_deadline_in(struct timespec *ts, unsigned ms);
 
 #endif

@@ -1,0 +1,493 @@
+/*
+ * tests/unit/test_conn.c: src/ws/conn.c — one server-side connection from
+ * accept to close, through a real dx_server (server_fx.[ch]): echo of text,
+ * binary and fragmented messages, ping/pong, closing both ways (codes,
+ * 1002 on a protocol error, message limits, 1001 at shutdown), backpressure
+ * (drain after the high-water mark, 1008 for a slow consumer), pipelined and
+ * byte-by-byte input, the handshake and close timeouts, heartbeat and idle
+ * timeout.
+ */
+#define _GNU_SOURCE
+#include "server_fx.h"
+
+/* ---- tests: messages ---------------------------------------------------------------- */
+
+static void test_echo_text_binary_fragmented(void **state)
+{
+    sfx *f = *state;
+    dx_server_options o = base_opts(f);
+    start(f, &o);
+    cl *c = cl_tcp(f, 0);
+    assert_int_equal(cl_handshake(f, c, "/echo").status, 101);
+    wait_ev(f, EV_OPEN);
+
+    cl_frame(c, DX_OP_TEXT, true, "hello", 5);
+    expect_frame(c, DX_OP_TEXT, "hello", 5);
+    ev e = wait_ev(f, EV_MESSAGE);
+    assert_int_equal(e.opcode, DX_OP_TEXT);
+    assert_string_equal(e.data, "hello");
+    assert_int_equal(e.rc, 0);
+
+    const uint8_t bin[] = {0, 1, 0xFF, 0, 0x80};
+    cl_frame(c, DX_OP_BINARY, true, bin, sizeof bin);
+    expect_frame(c, DX_OP_BINARY, bin, sizeof bin);
+    e = wait_ev(f, EV_MESSAGE);
+    assert_int_equal(e.opcode, DX_OP_BINARY);
+    assert_int_equal(e.len, sizeof bin);
+    assert_memory_equal(e.data, bin, sizeof bin);
+
+    /* empty text */
+    cl_frame(c, DX_OP_TEXT, true, "", 0);
+    expect_frame(c, DX_OP_TEXT, "", 0);
+    wait_ev(f, EV_MESSAGE);
+
+    /* fragmented, with a ping between the fragments: one message */
+    cl_frame(c, DX_OP_TEXT, false, "hel", 3);
+    cl_frame(c, DX_OP_PING, true, "p", 1);
+    cl_frame(c, DX_OP_CONT, false, "l", 1);
+    cl_frame(c, DX_OP_CONT, true, "o \xc3\xa9", 4);
+    expect_frame(c, DX_OP_PONG, "p", 1);
+    expect_frame(c, DX_OP_TEXT, "hello \xc3\xa9", 8);
+    e = wait_ev(f, EV_MESSAGE);
+    assert_int_equal(e.opcode, DX_OP_TEXT);
+    assert_string_equal(e.data, "hello \xc3\xa9");
+
+    /* 16-bit and 64-bit lengths */
+    size_t sizes[] = {125, 126, 65535, 65536, 200000};
+    for (size_t k = 0; k < 5; k++) {
+        size_t n = sizes[k];
+        uint8_t *m = malloc(n);
+        assert_non_null(m);
+        for (size_t i = 0; i < n; i++)
+            m[i] = (uint8_t)(i * 7 + k);
+        cl_frame(c, DX_OP_BINARY, true, m, n);
+        expect_frame(c, DX_OP_BINARY, m, n);
+        e = wait_ev(f, EV_MESSAGE);
+        assert_int_equal(e.len, n);
+        free(m);
+    }
+    /* several messages in one write come back in order */
+    uint8_t batch[64];
+    size_t bl = 0;
+    for (int i = 0; i < 4; i++) {
+        char s[2] = {(char)('a' + i), 0};
+        bl += frame_bytes(batch + bl, DX_OP_TEXT, true, s, 1, true);
+    }
+    cl_send(c, batch, bl);
+    for (int i = 0; i < 4; i++) {
+        char s[2] = {(char)('a' + i), 0};
+        expect_frame(c, DX_OP_TEXT, s, 1);
+        wait_ev(f, EV_MESSAGE);
+    }
+    const size_t msgs = 3 + 1 + 5 + 4;
+
+    dx_server_stats s = stats(f);
+    assert_int_equal(s.accepted, 1);
+    assert_int_equal(s.open, 1);
+    assert_int_equal(s.messages_in, msgs);
+    assert_int_equal(s.messages_out, msgs);
+    assert_true(s.bytes_in > 200000 + 65536 + 65535);
+    assert_true(s.bytes_out > 200000 + 65536 + 65535);
+    assert_int_equal(s.closed, 0);
+
+    close_normally(f, c, 1000);
+    s = stats(f);
+    assert_int_equal(s.open, 0);
+    assert_int_equal(s.closed, 1);
+    assert_int_equal(s.handshakes_failed, 0);
+    wait_no_conns(f);
+}
+
+static void test_ping_pong_and_server_ping(void **state)
+{
+    sfx *f = *state;
+    dx_server_options o = base_opts(f);
+    start(f, &o);
+    cl *c = cl_tcp(f, 0);
+    assert_int_equal(cl_handshake(f, c, "/").status, 101);
+    wait_ev(f, EV_OPEN);
+    cl_frame(c, DX_OP_PING, true, "are you there", 13);
+    expect_frame(c, DX_OP_PONG, "are you there", 13);
+    cl_frame(c, DX_OP_PING, true, "", 0);
+    expect_frame(c, DX_OP_PONG, "", 0);
+    /* an unsolicited pong is ignored */
+    cl_frame(c, DX_OP_PONG, true, "x", 1);
+    /* dx_conn_send(PING) */
+    cl_frame(c, DX_OP_TEXT, true, "cmd:ping", 8);
+    expect_frame(c, DX_OP_PING, "srv", 3);
+    assert_int_equal(wait_ev(f, EV_CMD_DONE).rc, 0);
+    /* invalid UTF-8 text is refused by dx_conn_send */
+    cl_frame(c, DX_OP_TEXT, true, "cmd:badutf8", 11);
+    assert_int_equal(wait_ev(f, EV_CMD_DONE).rc, DX_EUTF8);
+    assert_string_equal(wait_ev(f, EV_MESSAGE).data, "cmd:ping");
+    assert_string_equal(wait_ev(f, EV_MESSAGE).data, "cmd:badutf8");
+    close_normally(f, c, 1000);
+    assert_int_equal(count_ev(f, EV_MESSAGE), 2); /* the pong was not a message */
+}
+
+/* ---- tests: closing ---------------------------------------------------------------- */
+
+static void test_server_close_4001(void **state)
+{
+    sfx *f = *state;
+    dx_server_options o = base_opts(f);
+    start(f, &o);
+    cl *c = cl_tcp(f, 0);
+    assert_int_equal(cl_handshake(f, c, "/").status, 101);
+    wait_ev(f, EV_OPEN);
+    cl_frame(c, DX_OP_TEXT, true, "cmd:close", 9);
+    expect_close(c, 4001, "bye");
+    assert_int_equal(wait_ev(f, EV_CMD_DONE).rc, 0);
+    assert_int_equal(count_ev(f, EV_CLOSE), 0); /* waits for our answer */
+    /* a message the peer sent before it saw our close may still arrive
+     * (RFC 6455 §7.1: only after *receiving* a close is data discarded);
+     * answering it is refused: we are closing */
+    cl_frame(c, DX_OP_TEXT, true, "late", 4);
+    wait_ev(f, EV_MESSAGE); /* cmd:close */
+    ev late = wait_ev(f, EV_MESSAGE);
+    assert_string_equal(late.data, "late");
+    assert_int_equal(late.rc, DX_ECLOSED);
+    cl_close_frame(c, 4001, "");
+    expect_eof(c); /* nothing after the close frame, then FIN */
+    cl_close(c);
+    ev e = wait_ev(f, EV_CLOSE);
+    assert_int_equal(e.code, 4001);
+    wait_no_conns(f);
+}
+
+static void test_peer_close_codes(void **state)
+{
+    sfx *f = *state;
+    dx_server_options o = base_opts(f);
+    start(f, &o);
+    const unsigned codes[] = {1000, 1001, 4002, 3000};
+    for (size_t i = 0; i < 4; i++) {
+        cl *c = cl_tcp(f, 0);
+        assert_int_equal(cl_handshake(f, c, "/").status, 101);
+        wait_ev(f, EV_OPEN);
+        close_normally(f, c, codes[i]);
+    }
+    /* a close frame with no code: on_close reports 1005 */
+    cl *c = cl_tcp(f, 0);
+    assert_int_equal(cl_handshake(f, c, "/").status, 101);
+    wait_ev(f, EV_OPEN);
+    cl_frame(c, DX_OP_CLOSE, true, "", 0);
+    frm fr = cl_read_frame(c);
+    assert_int_equal(fr.opcode, DX_OP_CLOSE);
+    assert_int_equal(fr.len, 0);
+    free(fr.data);
+    expect_eof(c);
+    cl_close(c);
+    assert_int_equal(wait_ev(f, EV_CLOSE).code, DX_CLOSE_NO_STATUS);
+    /* TCP dropped without a close frame: 1006 */
+    c = cl_tcp(f, 0);
+    assert_int_equal(cl_handshake(f, c, "/").status, 101);
+    wait_ev(f, EV_OPEN);
+    cl_close(c);
+    assert_int_equal(wait_ev(f, EV_CLOSE).code, DX_CLOSE_ABNORMAL);
+    wait_no_conns(f);
+    dx_server_stats s = stats(f);
+    assert_int_equal(s.closed, 6);
+    assert_int_equal(s.open, 0);
+}
+
+static void test_protocol_error_1002(void **state)
+{
+    sfx *f = *state;
+    dx_server_options o = base_opts(f);
+    start(f, &o);
+    cl *c = cl_tcp(f, 0);
+    assert_int_equal(cl_handshake(f, c, "/").status, 101);
+    wait_ev(f, EV_OPEN);
+    uint8_t b[16];
+    size_t n = frame_bytes(b, DX_OP_TEXT, true, "hi", 2, false); /* unmasked */
+    cl_send(c, b, n);
+    expect_close(c, 1002, NULL);
+    expect_eof(c);
+    cl_close(c);
+    assert_int_equal(wait_ev(f, EV_CLOSE).code, 1002);
+    assert_int_equal(count_ev(f, EV_MESSAGE), 0);
+
+    /* invalid UTF-8 in a text message: 1007 */
+    c = cl_tcp(f, 0);
+    assert_int_equal(cl_handshake(f, c, "/").status, 101);
+    wait_ev(f, EV_OPEN);
+    cl_frame(c, DX_OP_TEXT, true, "\xc3\x28", 2);
+    expect_close(c, 1007, NULL);
+    expect_eof(c);
+    cl_close(c);
+    assert_int_equal(wait_ev(f, EV_CLOSE).code, 1007);
+    wait_no_conns(f);
+}
+
+static void test_message_limits(void **state)
+{
+    sfx *f = *state;
+    dx_server_options o = base_opts(f);
+    o.max_message = 1000;
+    o.max_fragments = 4;
+    start(f, &o);
+    cl *c = cl_tcp(f, 0);
+    assert_int_equal(cl_handshake(f, c, "/").status, 101);
+    wait_ev(f, EV_OPEN);
+    uint8_t m[1001] = {0};
+    cl_frame(c, DX_OP_BINARY, true, m, 1000); /* at the limit: fine */
+    expect_frame(c, DX_OP_BINARY, m, 1000);
+    cl_frame(c, DX_OP_BINARY, true, m, 1001);
+    expect_close(c, 1009, NULL);
+    expect_eof(c);
+    cl_close(c);
+    assert_int_equal(wait_ev(f, EV_CLOSE).code, 1009);
+
+    c = cl_tcp(f, 0);
+    assert_int_equal(cl_handshake(f, c, "/").status, 101);
+    wait_ev(f, EV_OPEN);
+    for (int i = 0; i < 5; i++)
+        cl_frame(c, i ? DX_OP_CONT : DX_OP_TEXT, false, "x", 1);
+    expect_close(c, 1008, NULL);
+    expect_eof(c);
+    cl_close(c);
+    assert_int_equal(wait_ev(f, EV_CLOSE).code, 1008);
+}
+
+static void test_shutdown_1001(void **state)
+{
+    sfx *f = *state;
+    dx_server_options o = base_opts(f);
+    start(f, &o);
+    cl *c[3];
+    for (int i = 0; i < 3; i++) {
+        c[i] = cl_tcp(f, 0);
+        assert_int_equal(cl_handshake(f, c[i], "/").status, 101);
+        wait_ev(f, EV_OPEN);
+    }
+    /* one more still in its handshake (connected, no request yet) */
+    cl *raw = cl_tcp(f, 0);
+    for (int i = 0; stats(f).accepted < 4; i++) {
+        assert_true(i < WAIT_MS / 5);
+        usleep(5000);
+    }
+    assert_int_equal(conns(f), 4);
+    on_loop(f, do_shutdown, NULL);
+    assert_int_equal(f->shutdown_ret, 3);
+    cl_read_to_eof(raw); /* dropped */
+    cl_close(raw);
+    for (int i = 0; i < 3; i++) {
+        expect_close(c[i], 1001, "bye");
+        cl_close_frame(c[i], 1001, "");
+        expect_eof(c[i]);
+        cl_close(c[i]);
+    }
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(wait_ev(f, EV_CLOSE).code, 1001);
+    wait_no_conns(f);
+    /* the listener is gone */
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f->port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), -1);
+    assert_int_equal(errno, ECONNREFUSED);
+    close(fd);
+    /* shutting down again is harmless */
+    on_loop(f, do_shutdown, NULL);
+    assert_int_equal(f->shutdown_ret, 0);
+}
+
+/* ---- tests: backpressure --------------------------------------------------------------- */
+
+static void test_drain_after_high_water(void **state)
+{
+    sfx *f = *state;
+    dx_server_options o = base_opts(f);
+    o.send_high_water = 16384;
+    o.send_max = 64u << 20;
+    start(f, &o);
+    cl *c = cl_tcp(f, 4096); /* a small window: the server's queue fills fast */
+    assert_int_equal(cl_handshake(f, c, "/").status, 101);
+    wait_ev(f, EV_OPEN);
+    cl_frame(c, DX_OP_TEXT, true, "cmd:flood", 9);
+    ev done = wait_ev(f, EV_CMD_DONE); /* we have not read anything yet */
+    assert_int_equal(done.rc, 0);
+    assert_true(done.n > 0);
+    assert_true(done.code > 16384 + 65536); /* queued past the high-water mark */
+    assert_int_equal(count_ev(f, EV_DRAIN), 0);
+    usleep(100000);
+    assert_int_equal(count_ev(f, EV_DRAIN), 0); /* still not: nothing was read */
+    /* now read everything: the queue empties and on_drain fires once */
+    uint8_t *want = malloc(16384);
+    assert_non_null(want);
+    for (long k = 0; k < done.n; k++) {
+        for (size_t i = 0; i < 16384; i++)
+            want[i] = (uint8_t)(k + (long)i);
+        expect_frame(c, DX_OP_BINARY, want, 16384);
+    }
+    free(want);
+    wait_ev(f, EV_DRAIN);
+    /* the connection is still fine */
+    cl_frame(c, DX_OP_TEXT, true, "after", 5);
+    expect_frame(c, DX_OP_TEXT, "after", 5);
+    dx_server_stats s = stats(f);
+    assert_int_equal(s.dropped_slow, 0);
+    assert_int_equal(s.messages_out, (uint64_t)done.n + 1);
+    close_normally(f, c, 1000);
+    assert_int_equal(count_ev(f, EV_DRAIN), 1);
+}
+
+static void test_slow_consumer_1008(void **state)
+{
+    sfx *f = *state;
+    dx_server_options o = base_opts(f);
+    o.send_high_water = 16384;
+    o.send_max = 256u * 1024u;
+    start(f, &o);
+    cl *c = cl_tcp(f, 4096);
+    assert_int_equal(cl_handshake(f, c, "/").status, 101);
+    wait_ev(f, EV_OPEN);
+    cl_frame(c, DX_OP_TEXT, true, "cmd:slow", 8);
+    ev done = wait_ev(f, EV_CMD_DONE);
+    assert_int_equal(done.rc, DX_ELIMIT);
+    assert_true(done.n > 0);
+    /* what was accepted arrives, then close 1008 */
+    long got = 0;
+    for (;;) {
+        frm fr = cl_read_frame(c);
+        if (fr.opcode == DX_OP_CLOSE) {
+            assert_true(fr.len >= 2);
+            assert_int_equal((unsigned)fr.data[0] << 8 | fr.data[1], 1008);
+            free(fr.data);
+            break;
+        }
+        assert_int_equal(fr.opcode, DX_OP_BINARY);
+        assert_int_equal(fr.len, 16384);
+        free(fr.data);
+        got++;
+    }
+    assert_int_equal(got, done.n);
+    expect_eof(c);
+    cl_close(c);
+    assert_int_equal(wait_ev(f, EV_CLOSE).code, 1008);
+    dx_server_stats s = stats(f);
+    assert_int_equal(s.dropped_slow, 1);
+}
+
+static void test_pipelined_and_bytewise(void **state)
+{
+    sfx *f = *state;
+    dx_server_options o = base_opts(f);
+    start(f, &o);
+    /* the first frames right behind the request head, in one write */
+    cl *c = cl_tcp(f, 0);
+    uint8_t extra[64];
+    size_t el = frame_bytes(extra, DX_OP_TEXT, true, "first", 5, true);
+    el += frame_bytes(extra + el, DX_OP_BINARY, true, "2nd", 3, true);
+    dx_ws_client_opts co = {.host = "127.0.0.1", .port = f->port, .path = "/p"};
+    assert_int_equal(cl_handshake_opts(f, c, &co, extra, el, 0).status, 101);
+    expect_frame(c, DX_OP_TEXT, "first", 5);
+    expect_frame(c, DX_OP_BINARY, "2nd", 3);
+    close_normally(f, c, 1000);
+    /* the same, one byte per write */
+    c = cl_tcp(f, 0);
+    assert_int_equal(cl_handshake_opts(f, c, &co, extra, el, 1).status, 101);
+    expect_frame(c, DX_OP_TEXT, "first", 5);
+    expect_frame(c, DX_OP_BINARY, "2nd", 3);
+    uint8_t fr[32];
+    size_t n = frame_bytes(fr, DX_OP_TEXT, true, "slowly", 6, true);
+    for (size_t i = 0; i < n; i++)
+        cl_send(c, fr + i, 1);
+    expect_frame(c, DX_OP_TEXT, "slowly", 6);
+    close_normally(f, c, 1000);
+}
+
+static void test_handshake_and_close_timeouts(void **state)
+{
+    sfx *f = *state;
+    dx_server_options o = base_opts(f);
+    o.handshake_timeout_ms = 500;
+    o.close_timeout_ms = 500;
+    start(f, &o);
+    /* no request at all: dropped after the handshake timeout */
+    cl *raw = cl_tcp(f, 0);
+    const char *part = "GET / HTTP/1.1\r\nHost:";
+    cl_send(raw, part, strlen(part));
+    cl_read_to_eof(raw);
+    cl_close(raw);
+    wait_no_conns(f);
+    assert_int_equal(stats(f).handshakes_failed, 1);
+    /* the server closes, we never answer: on_close(1006) after the timeout */
+    cl *c = cl_tcp(f, 0);
+    assert_int_equal(cl_handshake(f, c, "/").status, 101);
+    wait_ev(f, EV_OPEN);
+    cl_frame(c, DX_OP_TEXT, true, "cmd:close", 9);
+    expect_close(c, 4001, "bye");
+    assert_int_equal(wait_ev(f, EV_CLOSE).code, DX_CLOSE_ABNORMAL);
+    cl_read_to_eof(c);
+    cl_close(c);
+    wait_no_conns(f);
+}
+
+static void test_heartbeat(void **state)
+{
+    sfx *f = *state;
+    dx_server_options o = base_opts(f);
+    o.ping_interval_ms = 500;
+    o.pong_timeout_ms = 500;
+    start(f, &o);
+    cl *c = cl_tcp(f, 0);
+    assert_int_equal(cl_handshake(f, c, "/").status, 101);
+    wait_ev(f, EV_OPEN);
+    /* answered pings keep the connection */
+    for (int i = 0; i < 2; i++) {
+        frm p = cl_read_frame(c);
+        assert_int_equal(p.opcode, DX_OP_PING);
+        cl_frame(c, DX_OP_PONG, true, p.data, p.len);
+        free(p.data);
+    }
+    assert_int_equal(count_ev(f, EV_CLOSE), 0);
+    /* an unanswered one drops it: 1006 */
+    frm p = cl_read_frame(c);
+    assert_int_equal(p.opcode, DX_OP_PING);
+    free(p.data);
+    assert_int_equal(wait_ev(f, EV_CLOSE).code, DX_CLOSE_ABNORMAL);
+    cl_read_to_eof(c);
+    cl_close(c);
+}
+
+static void test_idle_timeout(void **state)
+{
+    sfx *f = *state;
+    dx_server_options o = base_opts(f);
+    o.idle_timeout_ms = 500;
+    o.ping_interval_ms = (unsigned)-1; /* no heartbeat: only the idle timer */
+    start(f, &o);
+    cl *c = cl_tcp(f, 0);
+    assert_int_equal(cl_handshake(f, c, "/").status, 101);
+    wait_ev(f, EV_OPEN);
+    expect_close(c, 1001, "idle timeout");
+    cl_close_frame(c, 1001, "");
+    expect_eof(c);
+    cl_close(c);
+    assert_int_equal(wait_ev(f, EV_CLOSE).code, 1001);
+}
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, sfx_setup, sfx_teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(test_echo_text_binary_fragmented),
+        T(test_ping_pong_and_server_ping),
+        T(test_server_close_4001),
+        T(test_peer_close_codes),
+        T(test_protocol_error_1002),
+        T(test_message_limits),
+        T(test_shutdown_1001),
+        T(test_drain_after_high_water),
+        T(test_slow_consumer_1008),
+        T(test_pipelined_and_bytewise),
+        T(test_handshake_and_close_timeouts),
+        T(test_heartbeat),
+        T(test_idle_timeout),
+    };
+    dx_test_filter_from_env();
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
