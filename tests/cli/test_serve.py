@@ -102,7 +102,8 @@ def test_unix_socket():
     # an error names the path and no port
     bad = "/nonexistent-dir-dx/s.sock"
     rc, out, err = run_serve("--unix", bad)
-    check(rc == 1 and ("unix:%s:" % bad) in err and ":0" not in err, "unix error line: %s %r" % (rc, err))
+    # no port after the path (timestamps have colons and zeros of their own)
+    check(rc == 1 and ("unix:%s: " % bad) in err and ("%s:0" % bad) not in err, "unix error line: %s %r" % (rc, err))
 
 
 def test_bad_host_and_static():
