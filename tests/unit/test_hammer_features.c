@@ -45,6 +45,7 @@
 #include "testutil.h"
 
 #include "core/rcbuf.h"
+#include "duplex/client.h"
 #include "duplex/server.h"
 #include "ws/ws.h"
 
@@ -63,6 +64,7 @@
 #include <unistd.h>
 
 #define MAX_PEER 48
+#define MAX_CL 12
 #define MAX_OPEN 256
 #define MAX_PEND 256
 #define MAX_TIMERS 32
@@ -83,7 +85,8 @@ typedef struct crec {
     struct crec *next;
     int state;
     int accepted;  /* the upgrade was accepted: on_open may come */
-    int peer;      /* index and generation of the raw peer it belongs to */
+    int is_cl;     /* its peer is a dx_client (else a raw peer) */
+    int peer;      /* index and generation of the peer it belongs to */
     unsigned gen;
     unsigned tag;  /* ext pattern */
     int paused, closing;
@@ -110,6 +113,19 @@ typedef struct peer {
     size_t inlen;
 } peer;
 
+/* One dx_client (no reconnect: one connection at most); kept until the end
+ * so that a callback after its free is seen, not a use-after-free. */
+typedef struct clinst {
+    struct clinst *next;
+    dx_client *cl; /* NULL once freed */
+    int slot;
+    unsigned gen;
+    int open, closes, opens;
+    crec *rec;
+    size_t next_idx;
+    uint32_t out_seq;
+} clinst;
+
 typedef struct htimer {
     dx_timer *t;
     int slot;
@@ -130,6 +146,11 @@ typedef struct hammer {
     pend *pends[MAX_PEND];
     size_t npend;
     peer peers[MAX_PEER];
+    clinst *cl[MAX_CL];
+    unsigned cl_gen[MAX_CL];
+    clinst *clinsts;
+    int tls;
+    char crt[128], key[128], dir[64];
     htimer *timers[MAX_TIMERS];
     dx_watch *watch[2];
     int pipes[2][2];
@@ -142,7 +163,7 @@ typedef struct hammer {
     char first_violation[240];
     /* counts */
     long opens, closes, dropped, deferred, answered_ok, answered_closed, refused_now, timers_fired, watches_fired,
-        posts_run, shared_sends, copied_sends, elimits, pauses, resumes, peer_msgs_ok, srv_msgs_ok, frees_in_cb;
+        posts_run, shared_sends, copied_sends, elimits, cl_opens, cl_msgs_ok, cl_frees_in_cb, tls_rounds, pauses, resumes, peer_msgs_ok, srv_msgs_ok, frees_in_cb;
 } hammer;
 
 static hammer H;
@@ -310,7 +331,7 @@ static void fan_out(void)
     for (size_t i = 0; i < n; i++) {
         crec *r = H.open[i];
         const peer *p = &H.peers[r->peer];
-        if (flood ? !(p->noread && p->gen == r->gen) : !chance(pct))
+        if (flood ? r->is_cl || !(p->noread && p->gen == r->gen) : !chance(pct))
             continue;
         send_result(r, dx_conn_send_msg(r->c, m), seq);
         H.shared_sends++;
@@ -437,14 +458,17 @@ static void answer(size_t i)
     free(p);
 }
 
-static int parse_path(const char *p, size_t len, int *idx, unsigned *gen)
+static int parse_path(const char *p, size_t len, crec *r)
 {
-    char tmp[64];
+    char tmp[64], kind = 0;
     if (len >= sizeof tmp)
         return -1;
     memcpy(tmp, p, len);
     tmp[len] = 0;
-    return sscanf(tmp, "/p%dg%u", idx, gen) == 2 ? 0 : -1;
+    if (sscanf(tmp, "/%c%dg%u", &kind, &r->peer, &r->gen) != 3 || (kind != 'p' && kind != 'c'))
+        return -1;
+    r->is_cl = kind == 'c';
+    return r->peer >= 0 && r->peer < (r->is_cl ? MAX_CL : MAX_PEER) ? 0 : -1;
 }
 
 static int s_upgrade(dx_server *srv, dx_request *req, void *ud)
@@ -461,7 +485,7 @@ static int s_upgrade(dx_server *srv, dx_request *req, void *ud)
     r->next = H.recs;
     H.recs = r;
     r->tag = ++H.tags;
-    if (parse_path(req->path, req->path_len, &r->peer, &r->gen) != 0)
+    if (parse_path(req->path, req->path_len, r) != 0)
         violation("bad path", 0, 0);
     srv_acts(NULL); /* other connections, from inside on_upgrade */
     unsigned what = pick(10);
@@ -623,9 +647,15 @@ static void s_open(dx_conn *c, void *ud)
         H.open[H.nopen++] = r;
     else
         violation("open table full", 0, 0);
-    peer *p = &H.peers[r->peer];
-    if (p->fd >= 0 && p->gen == r->gen)
-        p->rec = r;
+    if (r->is_cl) {
+        clinst *ci = H.cl[r->peer];
+        if (ci && ci->gen == r->gen)
+            ci->rec = r;
+    } else {
+        peer *p = &H.peers[r->peer];
+        if (p->fd >= 0 && p->gen == r->gen)
+            p->rec = r;
+    }
     srv_acts(r);
     maybe_free_srv(0);
 }
@@ -701,7 +731,12 @@ static void start_server(void)
     dx_server_options o = {.host = "127.0.0.1", .port = DX_PORT_EPHEMERAL, .close_timeout_ms = 300,
                            .handshake_timeout_ms = 400, .send_high_water = 4096, .send_max = 32768,
                            .max_message = 65536, .ping_interval_ms = 500, .pong_timeout_ms = 600,
-                           .conn_ext_size = EXT_SIZE, .ud = &H};
+                           .conn_ext_size = EXT_SIZE, .max_head = 2048, .ud = &H};
+    dx_tls_cert cert = {H.crt, H.key};
+    if (H.tls) {
+        o.tls = &cert;
+        o.n_tls = 1;
+    }
     o.cb.on_upgrade = s_upgrade;
     o.cb.on_open = s_open;
     o.cb.on_message = s_message;
@@ -761,6 +796,25 @@ static void peer_send(peer *p, const void *b, size_t len)
         peer_close(p, 1);
 }
 
+static size_t frame(uint8_t *out, unsigned op, int fin, const uint8_t *payload, size_t len)
+{
+    size_t n = 0;
+    out[n++] = (uint8_t)((fin ? 0x80 : 0) | op);
+    if (len < 126) {
+        out[n++] = (uint8_t)(0x80 | len);
+    } else {
+        out[n++] = 0x80 | 126;
+        out[n++] = (uint8_t)(len >> 8);
+        out[n++] = (uint8_t)len;
+    }
+    uint8_t key[4] = {(uint8_t)rnd(), (uint8_t)rnd(), (uint8_t)rnd(), (uint8_t)rnd()};
+    memcpy(out + n, key, 4);
+    n += 4;
+    for (size_t i = 0; i < len; i++)
+        out[n + i] = payload[i] ^ key[i & 3];
+    return n + len;
+}
+
 static void peer_open(int idx)
 {
     peer *p = &H.peers[idx];
@@ -794,26 +848,17 @@ static void peer_open(int idx)
                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
                      idx, p->gen);
     peer_send(p, req, (size_t)n);
+    if (chance(40)) { /* frames right behind the request, maybe in the same segment: held while deferred */
+        uint8_t pl[400], buf[3000];
+        size_t m = 0;
+        for (unsigned k = 1 + pick(12); k-- && m + 420 < sizeof buf;) {
+            size_t len = make_payload(pl, ++p->out_seq, 8 + pick(300));
+            m += frame(buf + m, chance(50) ? DX_OP_TEXT : DX_OP_BINARY, 1, pl, len);
+        }
+        peer_send(p, buf, m);
+    }
 }
 
-static size_t frame(uint8_t *out, unsigned op, int fin, const uint8_t *payload, size_t len)
-{
-    size_t n = 0;
-    out[n++] = (uint8_t)((fin ? 0x80 : 0) | op);
-    if (len < 126) {
-        out[n++] = (uint8_t)(0x80 | len);
-    } else {
-        out[n++] = 0x80 | 126;
-        out[n++] = (uint8_t)(len >> 8);
-        out[n++] = (uint8_t)len;
-    }
-    uint8_t key[4] = {(uint8_t)rnd(), (uint8_t)rnd(), (uint8_t)rnd(), (uint8_t)rnd()};
-    memcpy(out + n, key, 4);
-    n += 4;
-    for (size_t i = 0; i < len; i++)
-        out[n + i] = payload[i] ^ key[i & 3];
-    return n + len;
-}
 
 /* Frames from the server: data must be the next queued sequence number. */
 static void peer_parse(peer *p)
@@ -945,6 +990,218 @@ static void peer_step(int idx)
     peer_send(p, buf, n);
 }
 
+
+/* ---- dx_client peers (the only peers of TLS rounds) ------------------------------------ */
+
+static clinst *cl_of(void *ud, const char *what)
+{
+    clinst *ci = ud;
+    if (!ci || !ci->cl) {
+        violation(what, 0, 0);
+        return NULL;
+    }
+    return ci;
+}
+
+static void cl_free(clinst *ci, int in_cb)
+{
+    dx_client_free(ci->cl);
+    ci->cl = NULL;
+    ci->open = 0;
+    ci->rec = NULL;
+    if (H.cl[ci->slot] == ci)
+        H.cl[ci->slot] = NULL;
+    H.cl_frees_in_cb += in_cb;
+}
+
+/* A sequence-numbered message from the client: copied, or as a dx_msg
+ * (a client-side connection masks a copy of it). */
+static void cl_send(clinst *ci)
+{
+    if (!ci->cl || !ci->open)
+        return;
+    uint8_t buf[2000];
+    uint32_t seq = ci->out_seq + 1;
+    size_t len = make_payload(buf, seq, 8 + pick(chance(20) ? 1900 : 200));
+    int rc;
+    if (chance(50)) {
+        dx_msg *m = dx_msg_new(DX_OP_BINARY, buf, len, NULL);
+        if (!m)
+            abort();
+        rc = dx_conn_send_msg(dx_client_conn(ci->cl), m);
+        dx_msg_unref(m);
+    } else {
+        rc = dx_client_send(ci->cl, DX_OP_TEXT, buf, len);
+    }
+    if (rc == 0)
+        ci->out_seq = seq;
+}
+
+static void cl_toggle_pause(clinst *ci)
+{
+    if (!ci->cl || !ci->open)
+        return;
+    dx_conn *c = dx_client_conn(ci->cl);
+    if (!c)
+        return;
+    int rc = chance(50) ? dx_conn_pause(c) : dx_conn_resume(c);
+    if (rc != 0 && rc != DX_ECLOSED)
+        violation("client pause/resume", rc, 0);
+}
+
+static void c_open(dx_conn *c, void *ud)
+{
+    (void)c;
+    event();
+    clinst *ci = cl_of(ud, "client on_open after free");
+    if (!ci)
+        return;
+    if (ci->open || ci->opens)
+        violation("client on_open twice", ci->opens, 0);
+    ci->open = 1;
+    ci->opens++;
+    H.cl_opens++;
+    cl_send(ci);
+    if (chance(5))
+        cl_free(ci, 1);
+}
+
+static void c_message(dx_conn *c, int op, const uint8_t *p, size_t len, void *ud)
+{
+    (void)c;
+    (void)op;
+    event();
+    clinst *ci = cl_of(ud, "client on_message after free");
+    if (!ci)
+        return;
+    uint32_t seq;
+    crec *r = ci->rec;
+    if (!ci->open)
+        violation("client on_message while not open", 0, 0);
+    if (!r)
+        violation("client data before the server's on_open", 0, 0);
+    else if (!check_payload(p, len, &seq) || ci->next_idx >= r->nsent || r->sent[ci->next_idx] != seq)
+        violation("client got a message out of order, corrupt or never sent", (long)ci->next_idx, (long)r->nsent);
+    else
+        H.cl_msgs_ok++;
+    ci->next_idx++;
+    switch (pick(30)) {
+    case 0:
+        cl_free(ci, 1);
+        break;
+    case 1:
+        (void)dx_client_close(ci->cl, 1000, "enough", 6);
+        break;
+    case 2:
+    case 3:
+        cl_toggle_pause(ci);
+        break;
+    case 4:
+        if (!H.srv_freed)
+            srv_acts(NULL); /* the server's calls from a client's callback */
+        break;
+    default:
+        if (chance(20))
+            cl_send(ci);
+        break;
+    }
+}
+
+static void c_close(dx_conn *c, unsigned code, const char *reason, size_t len, void *ud)
+{
+    (void)c;
+    (void)code;
+    (void)reason;
+    (void)len;
+    event();
+    clinst *ci = cl_of(ud, "client on_close after free");
+    if (!ci)
+        return;
+    if (!ci->open)
+        violation("client on_close without on_open", 0, 0);
+    ci->open = 0;
+    ci->closes++;
+    if (chance(20))
+        cl_free(ci, 1);
+}
+
+static void c_error(dx_client *cl, int err, const char *what, void *ud)
+{
+    (void)cl;
+    (void)err;
+    (void)what;
+    event();
+    clinst *ci = cl_of(ud, "client on_error after free");
+    if (ci && chance(20))
+        cl_free(ci, 1);
+}
+
+static void c_done(dx_client *cl, void *ud)
+{
+    (void)cl;
+    event();
+    clinst *ci = cl_of(ud, "client on_done after free");
+    if (ci)
+        cl_free(ci, 1); /* no reconnect: the slot takes a new client */
+}
+
+static void cl_new(int slot)
+{
+    if (H.srv_freed || H.shut)
+        return;
+    clinst *ci = calloc(1, sizeof *ci);
+    if (!ci)
+        abort();
+    ci->next = H.clinsts;
+    H.clinsts = ci;
+    ci->slot = slot;
+    ci->gen = ++H.cl_gen[slot];
+    char url[96];
+    snprintf(url, sizeof url, "%s://127.0.0.1:%u/c%dg%u", H.tls ? "wss" : "ws", H.port, slot, ci->gen);
+    dx_client_options o = {.url = url, .insecure = 1, .close_timeout_ms = 300, .connect_timeout_ms = 1000,
+                           .send_max = 65536, .ud = ci};
+    o.cb.on_open = c_open;
+    o.cb.on_message = c_message;
+    o.cb.on_close = c_close;
+    o.cb.on_error = c_error;
+    o.cb.on_done = c_done;
+    int err = 0;
+    ci->cl = dx_client_new(H.loop, &o, &err);
+    if (!ci->cl) {
+        violation("dx_client_new", err, 0);
+        return;
+    }
+    H.cl[slot] = ci;
+    if (dx_client_connect(ci->cl) != 0)
+        violation("dx_client_connect", 0, 0);
+}
+
+static void cl_step(void)
+{
+    int slot = (int)pick(MAX_CL);
+    clinst *ci = H.cl[slot];
+    if (!ci) {
+        if (chance(50))
+            cl_new(slot);
+        return;
+    }
+    switch (pick(12)) {
+    case 0:
+        cl_free(ci, 0);
+        break;
+    case 1:
+        (void)dx_client_close(ci->cl, 1000, NULL, 0);
+        break;
+    case 2:
+    case 3:
+        cl_toggle_pause(ci);
+        break;
+    default:
+        cl_send(ci);
+        break;
+    }
+}
+
 /* ---- the driver ------------------------------------------------------------------------ */
 
 static void end_round(void)
@@ -961,6 +1218,9 @@ static void end_round(void)
     }
     for (int i = 0; i < MAX_PEER; i++)
         peer_close(&H.peers[i], (int)pick(2));
+    for (int i = 0; i < MAX_CL; i++)
+        if (H.cl[i])
+            cl_free(H.cl[i], 0);
     for (int i = 0; i < MAX_TIMERS; i++)
         if (H.timers[i]) {
             dx_timer_free(H.timers[i]->t);
@@ -996,7 +1256,9 @@ static void driver(void *arg)
     }
     for (unsigned k = 0; k < 4; k++) {
         unsigned what = pick(10);
-        if (what < 6)
+        if (what < 6 && (H.tls || chance(30)))
+            cl_step();
+        else if (what < 6)
             peer_step((int)pick(MAX_PEER));
         else if (what < 7 && H.npend && chance(30))
             answer_random();
@@ -1042,6 +1304,17 @@ static void test_features(void **state)
     for (int i = 0; i < 2; i++) {
         assert_int_equal(pipe2(H.pipes[i], O_NONBLOCK | O_CLOEXEC), 0);
     }
+    /* A certificate for the TLS rounds (as test_tls.c makes its own). */
+    snprintf(H.dir, sizeof H.dir, "/tmp/dx_hammer_XXXXXX");
+    assert_non_null(mkdtemp(H.dir));
+    snprintf(H.crt, sizeof H.crt, "%s/h.crt", H.dir);
+    snprintf(H.key, sizeof H.key, "%s/h.key", H.dir);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=h.test "
+             "-keyout '%s' -out '%s' >/dev/null 2>&1",
+             H.key, H.crt);
+    assert_int_equal(system(cmd), 0);
     dx_test_seams_init(&H.ts);
     H.ts.seams.now_ns = vnow;
     H.vnow = 1000000000u;
@@ -1050,9 +1323,12 @@ static void test_features(void **state)
     assert_non_null(H.loop);
     uint64_t end = mono_ms() + SAFETY_MS;
     for (int r = 0; r < rounds; r++) {
+        H.tls = r % 3 == 2;
         start_server();
         H.endgame = 0;
         H.free_where = r % 4; /* 0 on_open, 1 on_message, 2 on_close, 3 the driver */
+        H.tls = r % 3 == 2;   /* TLS rounds: dx_client peers over wss:// */
+        H.tls_rounds += H.tls;
         H.do_shut = (H.free_where >= 2) && chance(60);
         H.round_done = 0;
         H.round_events = H.round_steps = 0;
@@ -1082,12 +1358,14 @@ static void test_features(void **state)
         close(H.pipes[i][0]);
         close(H.pipes[i][1]);
     }
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", H.dir);
+    assert_int_equal(system(cmd), 0);
     printf("hammer_features: %ld events, %ld steps; %ld opens, %ld closes, %ld dropped (%ld frees in callbacks); "
            "upgrades: %ld deferred, %ld answered 0, %ld DX_ECLOSED, %ld refused at once; %ld shared + %ld copied "
-           "sends, %ld DX_ELIMIT; %ld pauses, %ld resumes; %ld timer, %ld watch, %ld post callbacks; messages "
+           "sends, %ld DX_ELIMIT; clients: %ld opens, %ld messages checked, %ld frees in callbacks, %ld TLS rounds; %ld pauses, %ld resumes; %ld timer, %ld watch, %ld post callbacks; messages "
            "checked: %ld at peers, %ld at the server\n",
            H.events, H.steps, H.opens, H.closes, H.dropped, H.frees_in_cb, H.deferred, H.answered_ok,
-           H.answered_closed, H.refused_now, H.shared_sends, H.copied_sends, H.elimits, H.pauses, H.resumes,
+           H.answered_closed, H.refused_now, H.shared_sends, H.copied_sends, H.elimits, H.cl_opens, H.cl_msgs_ok, H.cl_frees_in_cb, H.tls_rounds, H.pauses, H.resumes,
            H.timers_fired, H.watches_fired, H.posts_run, H.peer_msgs_ok, H.srv_msgs_ok);
     if (H.violations)
         printf("hammer_features: %ld violations, first: %s (seed %llu)\n", H.violations, H.first_violation,
@@ -1104,6 +1382,13 @@ static void test_features(void **state)
         free(r);
     }
     assert_int_equal(closed + dropped, H.opens);
+    while (H.clinsts) {
+        clinst *ci = H.clinsts;
+        H.clinsts = ci->next;
+        assert_null(ci->cl);
+        assert_true(ci->opens <= 1 && ci->closes <= ci->opens);
+        free(ci);
+    }
     assert_int_equal(H.ts.live, 0);
     /* It really hammered. */
     assert_true(H.opens >= 50);
@@ -1111,6 +1396,7 @@ static void test_features(void **state)
     assert_true(H.shared_sends > 0 && H.elimits > 0 && H.pauses > 0);
     assert_true(H.timers_fired > 0 && H.watches_fired > 0 && H.posts_run > 0);
     assert_true(H.peer_msgs_ok > 0 && H.srv_msgs_ok > 0);
+    assert_true(H.cl_opens > 0 && H.cl_msgs_ok > 0);
 }
 
 /* ---- the cross-thread hammer ----------------------------------------------------------- */
