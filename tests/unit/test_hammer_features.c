@@ -85,6 +85,8 @@ typedef struct crec {
     struct crec *next;
     int state;
     int accepted;  /* the upgrade was accepted: on_open may come */
+    long acc_step; /* step at which dx_upgrade_accept returned 0 (0: it did not) */
+    int lost;      /* a shutdown or free came before on_open */
     int is_cl;     /* its peer is a dx_client (else a raw peer) */
     int peer;      /* index and generation of the peer it belongs to */
     unsigned gen;
@@ -138,7 +140,7 @@ typedef struct hammer {
     dx_loop *loop;
     dx_server *srv;
     unsigned port;
-    int srv_freed, shut;
+    int srv_freed, shut, shut_checked;
     crec *open[MAX_OPEN];
     size_t nopen;
     crec *recs;
@@ -163,7 +165,7 @@ typedef struct hammer {
     char first_violation[240];
     /* counts */
     long opens, closes, dropped, deferred, answered_ok, answered_closed, refused_now, timers_fired, watches_fired,
-        posts_run, shared_sends, copied_sends, elimits, cl_opens, cl_msgs_ok, cl_frees_in_cb, tls_rounds, pauses, resumes, peer_msgs_ok, srv_msgs_ok, frees_in_cb;
+        posts_run, shut_checks, shared_sends, copied_sends, elimits, cl_opens, cl_msgs_ok, cl_frees_in_cb, tls_rounds, pauses, resumes, peer_msgs_ok, srv_msgs_ok, frees_in_cb;
 } hammer;
 
 static hammer H;
@@ -381,6 +383,7 @@ static void post_answer(void *arg)
 static void timer_new(void);
 static void watch_poke(void);
 static void srv_free(void);
+static void check_accepted_opened(void);
 
 static void srv_acts(crec *self)
 {
@@ -445,8 +448,10 @@ static void answer(size_t i)
         H.answered_ok++;
         if (H.srv_freed)
             violation("an answer after the server's free gave 0", 0, 0);
-        if (acc)
+        if (acc) {
             p->r->accepted = 1;
+            p->r->acc_step = H.steps;
+        }
         else
             p->r->state = R_NEVER;
     } else if (rc == DX_ECLOSED) {
@@ -677,6 +682,7 @@ static void s_message(dx_conn *c, int op, const uint8_t *data, size_t len, void 
     srv_acts(r);
     if (H.do_shut && !H.srv_freed && !H.shut && H.round_events > EVENT_BUDGET * 3 / 4 && chance(3)) {
         H.shut = 1;
+        check_accepted_opened();
         for (size_t i = 0; i < H.nopen; i++)
             H.open[i]->closing = 1;
         (void)dx_server_shutdown(H.srv, 1001, "going away");
@@ -731,7 +737,8 @@ static void start_server(void)
     dx_server_options o = {.host = "127.0.0.1", .port = DX_PORT_EPHEMERAL, .close_timeout_ms = 300,
                            .handshake_timeout_ms = 400, .send_high_water = 4096, .send_max = 32768,
                            .max_message = 65536, .ping_interval_ms = 500, .pong_timeout_ms = 600,
-                           .conn_ext_size = EXT_SIZE, .max_head = 2048, .ud = &H};
+                           .conn_ext_size = EXT_SIZE, .max_head = 2048,
+                           .idle_timeout_ms = chance(50) ? 1500 : 0, .ud = &H};
     dx_tls_cert cert = {H.crt, H.key};
     if (H.tls) {
         o.tls = &cert;
@@ -748,11 +755,26 @@ static void start_server(void)
     assert_non_null(H.srv);
     assert_int_equal(dx_server_start(H.srv), 0);
     H.port = dx_server_port(H.srv);
-    H.srv_freed = H.shut = 0;
+    H.srv_freed = H.shut = H.shut_checked = 0;
+}
+
+/* dx_upgrade_accept returned 0: on_open must follow from the loop (the
+ * ready list serves it after this batch), unless a shutdown or free comes
+ * first. */
+static void check_accepted_opened(void)
+{
+    for (crec *r = H.recs; r; r = r->next) {
+        if (r->state != R_NEW || r->lost)
+            continue;
+        if (r->acc_step && r->acc_step + 3 < H.steps)
+            violation("dx_upgrade_accept gave 0 but on_open never came", r->tag, H.steps - r->acc_step);
+        r->lost = 1;
+    }
 }
 
 static void srv_free(void)
 {
+    check_accepted_opened();
     for (size_t i = 0; i < H.nopen; i++) {
         H.open[i]->state = R_DROPPED;
         H.dropped++;
@@ -1202,6 +1224,17 @@ static void cl_step(void)
     }
 }
 
+/* An answer, and the peer leaves right behind it (FIN or RST) before the
+ * loop has served the connection. */
+static void answer_then_leave(void)
+{
+    size_t i = pick((unsigned)H.npend);
+    crec *r = H.pends[i]->r;
+    answer(i);
+    if (!r->is_cl && H.peers[r->peer].gen == r->gen)
+        peer_close(&H.peers[r->peer], chance(50));
+}
+
 /* ---- the driver ------------------------------------------------------------------------ */
 
 static void end_round(void)
@@ -1236,9 +1269,26 @@ static void end_round(void)
     }
 }
 
+static void check_msg_refs(const char *what)
+{
+    for (size_t i = 0; i < H.nmsgs; i++) {
+        unsigned op;
+        size_t hl;
+        size_t refs = dx_rcbuf_refs(dx__msg_frame(H.msgs[i], &op, &hl));
+        if (refs != 1)
+            violation(what, (long)i, (long)refs);
+    }
+}
+
 static void driver(void *arg)
 {
     (void)arg;
+    /* A shutdown finished: every connection closed, every queue let go. */
+    if (H.shut && !H.srv_freed && !H.shut_checked && dx_server_connections(H.srv) == 0) {
+        H.shut_checked = 1;
+        H.shut_checks++;
+        check_msg_refs("a dx_msg kept references after every connection closed");
+    }
     H.steps++;
     H.round_steps++;
     H.vnow += 2000000u; /* 2 ms of virtual time per step */
@@ -1262,6 +1312,8 @@ static void driver(void *arg)
             peer_step((int)pick(MAX_PEER));
         else if (what < 7 && H.npend && chance(30))
             answer_random();
+        else if (what < 7 && H.npend)
+            answer_then_leave();
         else if (what < 8 && !H.srv_freed)
             toggle_pause(random_open());
         else if (!H.srv_freed)
@@ -1339,14 +1391,9 @@ static void test_features(void **state)
         }
         assert_int_equal(H.nopen, 0);
         /* The server is gone: every queue that held a message let go of it. */
-        for (size_t i = 0; i < H.nmsgs; i++) {
-            unsigned op;
-            size_t hl;
-            size_t refs = dx_rcbuf_refs(dx__msg_frame(H.msgs[i], &op, &hl));
-            if (refs != 1)
-                violation("a dx_msg kept references after the server's free", (long)i, (long)refs);
+        check_msg_refs("a dx_msg kept references after the server's free");
+        for (size_t i = 0; i < H.nmsgs; i++)
             dx_msg_unref(H.msgs[i]);
-        }
         H.nmsgs = 0;
     }
     long before = H.events;
@@ -1362,10 +1409,10 @@ static void test_features(void **state)
     assert_int_equal(system(cmd), 0);
     printf("hammer_features: %ld events, %ld steps; %ld opens, %ld closes, %ld dropped (%ld frees in callbacks); "
            "upgrades: %ld deferred, %ld answered 0, %ld DX_ECLOSED, %ld refused at once; %ld shared + %ld copied "
-           "sends, %ld DX_ELIMIT; clients: %ld opens, %ld messages checked, %ld frees in callbacks, %ld TLS rounds; %ld pauses, %ld resumes; %ld timer, %ld watch, %ld post callbacks; messages "
+           "sends, %ld DX_ELIMIT; clients: %ld opens, %ld messages checked, %ld frees in callbacks, %ld TLS rounds; %ld shutdowns drained; %ld pauses, %ld resumes; %ld timer, %ld watch, %ld post callbacks; messages "
            "checked: %ld at peers, %ld at the server\n",
            H.events, H.steps, H.opens, H.closes, H.dropped, H.frees_in_cb, H.deferred, H.answered_ok,
-           H.answered_closed, H.refused_now, H.shared_sends, H.copied_sends, H.elimits, H.cl_opens, H.cl_msgs_ok, H.cl_frees_in_cb, H.tls_rounds, H.pauses, H.resumes,
+           H.answered_closed, H.refused_now, H.shared_sends, H.copied_sends, H.elimits, H.cl_opens, H.cl_msgs_ok, H.cl_frees_in_cb, H.tls_rounds, H.shut_checks, H.pauses, H.resumes,
            H.timers_fired, H.watches_fired, H.posts_run, H.peer_msgs_ok, H.srv_msgs_ok);
     if (H.violations)
         printf("hammer_features: %ld violations, first: %s (seed %llu)\n", H.violations, H.first_violation,
