@@ -719,7 +719,12 @@ static void conn_closed(dx_loop *loop, dx__deferred *d)
 {
     dx_conn *c = dx_list_entry(d, dx_conn, dfree);
     dx__ep *ep = c->ep; /* alive: its own free is queued after us */
-    if (!ep->freeing && (c->flags & CF_OPENED) && ep->opt.cb.on_close) {
+    /* Accepted (dx_upgrade_accept returned 0) but lost before the loop
+     * opened it: the application still gets on_open, then on_close, so
+     * the user pointer it handed over comes back. */
+    if (!ep->freeing && (c->flags & CF_OPEN_OWED) && ep->opt.cb.on_open)
+        ep->opt.cb.on_open(c, ep->opt.ud);
+    if (!ep->freeing && (c->flags & (CF_OPENED | CF_OPEN_OWED)) && ep->opt.cb.on_close) {
         const char *reason = c->head ? (const char *)c->head->data : "";
         size_t rlen = c->head ? c->head->len : 0;
         ep->opt.cb.on_close(c, c->code, reason, rlen, ep->opt.ud);
@@ -747,6 +752,8 @@ static void conn_mark(dx_conn *c, const char *why, bool silent)
     else if (c->s.state == DX_CODEC_FAILED && c->s.close_sent)
         code = c->s.close_sent;
     c->code = (uint16_t)code;
+    if ((c->flags & CF_OPEN_PENDING) && !silent)
+        c->flags |= CF_OPEN_OWED; /* cleared below by hooks_release: remember it */
     dx__conn_hooks_release(c);
     wq_release(c); /* leaves the loop's gathered list at once */
     c->state = CS_DEAD;
@@ -1305,12 +1312,14 @@ static void on_io(dx__io *io, uint32_t events)
     if (c->flags & (CF_DEFERRED | CF_OPEN_PENDING)) {
         /* Nothing is read while the decision is pending, but a peer that
          * leaves is noticed (EPOLLRDHUP is watched for this). */
-        if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
-            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "peer closed while the upgrade decision was pending");
+        if (!(c->flags & CF_OPEN_PENDING)) {
+            if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                dx__conn_abort(c, DX_CLOSE_ABNORMAL, "peer closed while the upgrade decision was pending");
             return;
         }
-        if (!(c->flags & CF_OPEN_PENDING))
-            return;
+        /* Accepted: dx_upgrade_accept returned 0, so on_open is owed even
+         * if the peer has left meanwhile; the read below then delivers what
+         * it sent and ends the connection (on_close 1006). */
         open_pending(c);
         if (c->state != CS_OPEN)
             return;

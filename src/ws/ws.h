@@ -47,6 +47,7 @@ enum {
     CF_OPEN_PENDING = 1u << 7, /* CS_HEAD: deferred upgrade accepted, on_open not fired yet */
     CF_PAUSED = 1u << 8,       /* CS_OPEN: dx_conn_pause, reading off */
     CF_IPCOUNTED = 1u << 9,    /* counted in the server's per-address table */
+    CF_OPEN_OWED = 1u << 10,   /* CS_DEAD: died while CF_OPEN_PENDING; on_open, then on_close, are owed */
 };
 
 /* What connections need from whoever owns them, server or client: the
