@@ -129,7 +129,7 @@ typedef struct clinst {
     dx_client *cl; /* NULL once freed */
     int slot;
     unsigned gen;
-    int open, closes, opens;
+    int open, closes, opens, paused;
     crec *rec;
     size_t next_idx;
     uint32_t out_seq;
@@ -391,6 +391,7 @@ static void timer_new(void);
 static void watch_poke(void);
 static void srv_free(void);
 static void check_accepted_opened(void);
+static void maybe_free_srv(int where);
 
 static void srv_acts(crec *self)
 {
@@ -555,6 +556,11 @@ static void timer_fn(dx_timer *t, void *ud)
         srv_acts(NULL);
     if (H.timers[slot] != ht)
         return; /* freed (or replaced) by what it just did */
+    maybe_free_srv(4);
+    if (H.endgame && H.free_where == 4 && !H.srv_freed) {
+        dx_timer_start(t, 1, 0); /* keep one alive until it frees the server */
+        return;
+    }
     /* free another timer (maybe due in this same pass), or this one, or re-arm */
     int other = (int)pick(MAX_TIMERS);
     if (chance(30) && H.timers[other] && other != ht->slot) {
@@ -639,7 +645,6 @@ static void watch_poke(void)
 
 /* ---- server callbacks ------------------------------------------------------------------ */
 
-static void maybe_free_srv(int where);
 
 static void s_open(dx_conn *c, void *ud)
 {
@@ -1085,9 +1090,12 @@ static void cl_toggle_pause(clinst *ci)
     dx_conn *c = dx_client_conn(ci->cl);
     if (!c)
         return;
-    int rc = chance(50) ? dx_conn_pause(c) : dx_conn_resume(c);
+    int pause = chance(50);
+    int rc = pause ? dx_conn_pause(c) : dx_conn_resume(c);
     if (rc != 0 && rc != DX_ECLOSED)
         violation("client pause/resume", rc, 0);
+    if (rc == 0)
+        ci->paused = pause;
 }
 
 static void c_open(dx_conn *c, void *ud)
@@ -1119,6 +1127,8 @@ static void c_message(dx_conn *c, int op, const uint8_t *p, size_t len, void *ud
     crec *r = ci->rec;
     if (!ci->open)
         violation("client on_message while not open", 0, 0);
+    if (ci->paused)
+        violation("client on_message while paused", 0, 0);
     if (!r)
         violation("client data before the server's on_open", 0, 0);
     else if (!check_payload(p, len, &seq) || ci->next_idx >= r->nsent || r->sent[ci->next_idx] != seq)
@@ -1131,6 +1141,7 @@ static void c_message(dx_conn *c, int op, const uint8_t *p, size_t len, void *ud
         cl_free(ci, 1);
         break;
     case 1:
+        ci->paused = 0; /* a close resumes reading */
         (void)dx_client_close(ci->cl, 1000, "enough", 6);
         break;
     case 2:
@@ -1231,6 +1242,7 @@ static void cl_step(void)
         cl_free(ci, 0);
         break;
     case 1:
+        ci->paused = 0;
         (void)dx_client_close(ci->cl, 1000, NULL, 0);
         break;
     case 2:
@@ -1402,10 +1414,12 @@ static void test_features(void **state)
         H.tls = r % 3 == 2;
         start_server();
         H.endgame = 0;
-        H.free_where = r % 4; /* 0 on_open, 1 on_message, 2 on_close, 3 the driver */
+        H.free_where = r % 5; /* 0 on_open, 1 on_message, 2 on_close, 3 the driver, 4 a timer */
         H.tls = r % 3 == 2;   /* TLS rounds: dx_client peers over wss:// */
         H.tls_rounds += H.tls;
         H.do_shut = (H.free_where >= 2) && chance(60);
+        if (H.free_where == 4)
+            timer_new(); /* at least one timer runs in the endgame */
         H.round_done = 0;
         H.round_events = H.round_steps = 0;
         assert_int_equal(dx_loop_post(H.loop, driver, NULL), 0);
