@@ -172,7 +172,7 @@ typedef struct hammer {
     char first_violation[240];
     /* counts */
     long opens, closes, dropped, deferred, answered_ok, answered_closed, refused_now, timers_fired, watches_fired,
-        posts_run, shut_checks, shared_sends, copied_sends, elimits, cl_opens, cl_msgs_ok, cl_frees_in_cb, tls_rounds, pauses, resumes, peer_msgs_ok, srv_msgs_ok, frees_in_cb;
+        posts_run, shut_checks, idle_checks, shared_sends, copied_sends, elimits, cl_opens, cl_msgs_ok, cl_frees_in_cb, tls_rounds, pauses, resumes, peer_msgs_ok, srv_msgs_ok, frees_in_cb;
 } hammer;
 
 static hammer H;
@@ -755,7 +755,9 @@ static void start_server(void)
                            .handshake_timeout_ms = 400, .send_high_water = 4096, .send_max = 32768,
                            .max_message = 65536, .ping_interval_ms = 500, .pong_timeout_ms = 600,
                            .conn_ext_size = EXT_SIZE, .max_head = 2048,
-                           .idle_timeout_ms = chance(50) ? 1500 : 0, .ud = &H};
+                           .idle_timeout_ms = chance(50) ? 1500 : 0,
+                           .max_conns_per_ip = chance(30) ? 40 : 0, /* refusals (503, TCP close) in between */
+                           .max_handshaking = chance(30) ? 16 : 0, .ud = &H};
     dx_tls_cert cert = {H.crt, H.key};
     if (H.tls) {
         o.tls = &cert;
@@ -1324,6 +1326,11 @@ static void driver(void *arg)
         H.shut_checks++;
         check_msg_refs("a dx_msg kept references after every connection closed");
     }
+    /* No connection open (each on_close returned): no queue holds a message. */
+    if (!H.srv_freed && H.nopen == 0 && H.nmsgs) {
+        H.idle_checks++;
+        check_msg_refs("a dx_msg kept references with no connection open");
+    }
     H.steps++;
     H.round_steps++;
     H.vnow += 2000000u; /* 2 ms of virtual time per step */
@@ -1447,10 +1454,10 @@ static void test_features(void **state)
     assert_int_equal(system(cmd), 0);
     printf("hammer_features: %ld events, %ld steps; %ld opens, %ld closes, %ld dropped (%ld frees in callbacks); "
            "upgrades: %ld deferred, %ld answered 0, %ld DX_ECLOSED, %ld refused at once; %ld shared + %ld copied "
-           "sends, %ld DX_ELIMIT; clients: %ld opens, %ld messages checked, %ld frees in callbacks, %ld TLS rounds; %ld shutdowns drained; %ld pauses, %ld resumes; %ld timer, %ld watch, %ld post callbacks; messages "
+           "sends, %ld DX_ELIMIT; clients: %ld opens, %ld messages checked, %ld frees in callbacks, %ld TLS rounds; %ld shutdowns drained, %ld idle checks; %ld pauses, %ld resumes; %ld timer, %ld watch, %ld post callbacks; messages "
            "checked: %ld at peers, %ld at the server\n",
            H.events, H.steps, H.opens, H.closes, H.dropped, H.frees_in_cb, H.deferred, H.answered_ok,
-           H.answered_closed, H.refused_now, H.shared_sends, H.copied_sends, H.elimits, H.cl_opens, H.cl_msgs_ok, H.cl_frees_in_cb, H.tls_rounds, H.shut_checks, H.pauses, H.resumes,
+           H.answered_closed, H.refused_now, H.shared_sends, H.copied_sends, H.elimits, H.cl_opens, H.cl_msgs_ok, H.cl_frees_in_cb, H.tls_rounds, H.shut_checks, H.idle_checks, H.pauses, H.resumes,
            H.timers_fired, H.watches_fired, H.posts_run, H.peer_msgs_ok, H.srv_msgs_ok);
     if (H.violations)
         printf("hammer_features: %ld violations, first: %s (seed %llu)\n", H.violations, H.first_violation,
