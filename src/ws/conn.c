@@ -1027,8 +1027,10 @@ int dx__conn_upgrade_accept(dx_conn *c, const dx_ws_request *ws, char *protocol,
     c->upg = NULL;
     c->flags = (uint16_t)((c->flags & ~CF_DEFERRED) | CF_OPEN_PENDING);
     int rc = write_101(c, ws, protocol, user);
-    if (rc)
+    if (rc) {
+        c->flags &= (uint16_t)~CF_OPEN_OWED; /* DX_ECLOSED: on_open is not owed */
         return rc;
+    }
     /* on_open and the bytes held behind the head come from the loop: the
      * ready list serves the connection after this batch; the timer (one
      * tick) is the fallback should the ready list be unable to grow. */
