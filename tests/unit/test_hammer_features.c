@@ -1494,7 +1494,7 @@ static void test_features(void **state)
 /* ---- the cross-thread hammer ----------------------------------------------------------- */
 
 #define XT_PRODUCERS 3
-#define XT_POSTS 3000 /* attempts per producer */
+#define XT_POSTS 10000 /* attempts per producer */
 #define XT_PEERS 24
 #define XT_OPEN 64
 #define XT_EXTRA 40   /* posts made by the test's thread once the loop has stopped */
