@@ -116,7 +116,11 @@ DX_API const dx_request *dx_upgrade_request(const dx_upgrade *h);
  * must be one the client offered; NULL: none) and the user pointer the
  * connection will carry. The 101 response is written now; on_open (then
  * any messages the client sent meanwhile) follow from the loop, never
- * inside this call. Returns 0 (handle freed); DX_ECLOSED (the connection
+ * inside this call. After 0, on_open comes even if the peer leaves, a
+ * write fails or dx_server_shutdown runs before the loop opens the
+ * connection (on_close then follows at once: 1006, or 1001 for a
+ * shutdown); only dx_server_free drops it unreported. Returns 0 (handle
+ * freed); DX_ECLOSED (the connection
  * is gone, or the response could not be built or written: handle freed,
  * on_open never comes); DX_ENOMEM (the connection is refused with 500,
  * handle freed); DX_EINVAL (protocol not offered: nothing done, the handle

@@ -737,7 +737,12 @@ static void conn_closed(dx_loop *loop, dx__deferred *d)
 {
     dx_conn *c = dx_list_entry(d, dx_conn, dfree);
     dx__ep *ep = c->ep; /* alive: its own free is queued after us */
-    if (!ep->freeing && (c->flags & CF_OPENED) && ep->opt.cb.on_close) {
+    /* Accepted (dx_upgrade_accept returned 0) but lost before the loop
+     * opened it: the application still gets on_open, then on_close, so
+     * the user pointer it handed over comes back. */
+    if (!ep->freeing && (c->flags & CF_OPEN_OWED) && ep->opt.cb.on_open)
+        ep->opt.cb.on_open(c, ep->opt.ud);
+    if (!ep->freeing && (c->flags & (CF_OPENED | CF_OPEN_OWED)) && ep->opt.cb.on_close) {
         const char *reason = c->head ? (const char *)c->head->data : "";
         size_t rlen = c->head ? c->head->len : 0;
         ep->opt.cb.on_close(c, c->code, reason, rlen, ep->opt.ud);
@@ -765,6 +770,8 @@ static void conn_mark(dx_conn *c, const char *why, bool silent)
     else if (c->s.state == DX_CODEC_FAILED && c->s.close_sent)
         code = c->s.close_sent;
     c->code = (uint16_t)code;
+    if ((c->flags & CF_OPEN_PENDING) && !silent)
+        c->flags |= CF_OPEN_OWED; /* cleared below by hooks_release: remember it */
     dx__conn_hooks_release(c);
     dx__http_conn_gone(c); /* a held request's handle answers DX_ECLOSED from now on */
     wq_release(c); /* leaves the loop's gathered list at once */
@@ -1047,8 +1054,10 @@ int dx__conn_upgrade_accept(dx_conn *c, const dx_ws_request *ws, char *protocol,
     c->upg = NULL;
     c->flags = (uint16_t)((c->flags & ~CF_DEFERRED) | CF_OPEN_PENDING);
     int rc = write_101(c, ws, protocol, user);
-    if (rc)
+    if (rc) {
+        c->flags &= (uint16_t)~CF_OPEN_OWED; /* DX_ECLOSED: on_open is not owed */
         return rc;
+    }
     /* on_open and the bytes held behind the head come from the loop: the
      * ready list serves the connection after this batch; the timer (one
      * tick) is the fallback should the ready list be unable to grow. */
@@ -1384,12 +1393,14 @@ static void on_io(dx__io *io, uint32_t events)
     if (c->flags & (CF_DEFERRED | CF_OPEN_PENDING)) {
         /* Nothing is read while the decision is pending, but a peer that
          * leaves is noticed (EPOLLRDHUP is watched for this). */
-        if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
-            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "peer closed while the upgrade decision was pending");
+        if (!(c->flags & CF_OPEN_PENDING)) {
+            if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                dx__conn_abort(c, DX_CLOSE_ABNORMAL, "peer closed while the upgrade decision was pending");
             return;
         }
-        if (!(c->flags & CF_OPEN_PENDING))
-            return;
+        /* Accepted: dx_upgrade_accept returned 0, so on_open is owed even
+         * if the peer has left meanwhile; the read below then delivers what
+         * it sent and ends the connection (on_close 1006). */
         open_pending(c);
         if (c->state != CS_OPEN)
             return;

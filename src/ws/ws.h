@@ -49,6 +49,7 @@ enum {
     CF_HTTP_IDLE = 1u << 10,   /* CS_HEAD on a kept-alive connection, before the next request's first byte */
     CF_READ_OFF = 1u << 11,    /* EPOLLIN off (an HTTP answer is pending or being sent) */
     CF_READ_HUP = 1u << 12,    /* with CF_READ_OFF: still watch EPOLLRDHUP (the peer leaving) */
+    CF_OPEN_OWED = 1u << 13,   /* CS_DEAD: died while CF_OPEN_PENDING; on_open, then on_close, are owed */
 };
 
 /* What connections need from whoever owns them, server or client: the

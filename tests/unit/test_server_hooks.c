@@ -852,6 +852,68 @@ static void test_defer_client_leaves(void **state)
     assert_int_equal(stats(f).upgrade_timeouts, 0);
 }
 
+/* The peer leaves (FIN, RST) or the server shuts down after the answer but
+ * before the loop has opened the connection. dx_upgrade_accept returned 0,
+ * so on_open is owed (with the user pointer), then on_close; before the
+ * fix the connection was dropped without either (test_hammer_features
+ * found it). An accept that notices the loss itself says DX_ECLOSED and
+ * nothing follows. */
+typedef struct leave {
+    cl *c;
+    int how; /* 0 FIN, 1 RST, 2 dx_server_shutdown */
+    int rc;
+} leave;
+
+static void do_leave_then_accept(fx *f, void *arg)
+{
+    leave *l = arg;
+    if (l->how == 0) {
+        shutdown(l->c->fd, SHUT_WR);
+    } else if (l->how == 1) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(l->c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        close(l->c->fd);
+        l->c->fd = -1;
+    }
+    l->rc = dx_upgrade_accept(f->h, "p1", &user_marker);
+    f->h = NULL;
+    if (l->how == 2)
+        (void)dx_server_shutdown(f->srv, 1001, NULL);
+}
+
+static void test_defer_accepted_then_lost(void **state)
+{
+    fx *f = *state;
+    f->mode = M_DEFER;
+    dx_server_options o = opts(f);
+    start(f, &o);
+    size_t opens = 0;
+    for (int how = 0; how < 3; how++) {
+        cl *c = cl_new(f, NULL);
+        cl_request(f, c, "/lost", NULL, 0);
+        wait_ev(f, EV_UPGRADE);
+        wait_conns(f, 1);
+        leave l = {.c = c, .how = how};
+        on_loop(f, do_leave_then_accept, &l);
+        if (l.rc == 0) {
+            ev e = wait_ev(f, EV_OPEN);
+            assert_int_equal(e.code, 1); /* the user pointer given at accept */
+            ev x = wait_ev(f, EV_CLOSE);
+            assert_int_equal(x.id, e.id);
+            assert_int_equal(x.code, how == 2 ? 1001 : 1006);
+            opens++;
+        } else {
+            assert_int_equal(l.rc, DX_ECLOSED);
+        }
+        wait_conns(f, 0);
+        cl_free(c);
+    }
+    barrier(f);
+    assert_int_equal(count_ev(f, EV_OPEN), opens);
+    assert_int_equal(count_ev(f, EV_CLOSE), opens);
+    assert_true(opens >= 2); /* FIN and shutdown always reach the loop after a successful write */
+}
+
 /* Answered from a later callback (another connection's on_close); a
  * handle outliving a shutdown, or the server itself, gets DX_ECLOSED and
  * is freed. */
@@ -1287,6 +1349,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_defer_refuse, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_defer_timeout, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_defer_client_leaves, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_defer_accepted_then_lost, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_defer_answer_from_callback_and_shutdown, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_defer_outlives_server, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_pause_backpressure, fx_setup, fx_teardown),
