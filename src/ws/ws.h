@@ -160,6 +160,21 @@ typedef struct dx__http dx__http;
 
 #define WQ_LEN(c) ((c)->wq ? (c)->wq->len : 0u)
 
+/* send.c: the send queue. */
+/* Session output: one frame (the session's `put`). */
+int dx__conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len);
+/* One frame out; `frame` (when given) is the whole frame encoded once,
+ * queued by reference. 0, DX_ECLOSED, DX_ELIMIT (slow consumer: 1008 sent),
+ * DX_ENOMEM, DX_ERANDOM. */
+int dx__conn_put_frame(dx_conn *c, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len,
+                       dx_rcbuf *frame);
+/* Gives the queue back (references released) and leaves the pending list. */
+void dx__wq_release(dx_conn *c);
+/* After a write: empty queue released (a draining connection sends FIN);
+ * what is left moves to the connection's memory and waits for EPOLLOUT.
+ * `from_loop`: on_drain may fire. */
+int dx__wq_done(dx_conn *c, bool from_loop);
+
 /* ws_loop.c */
 /* The loop's ws context, created (and attached) on first use. NULL: DX_ENOMEM. */
 dx__wsl *dx__wsl_get(dx_loop *loop);

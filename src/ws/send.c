@@ -1,0 +1,502 @@
+/*
+ * src/ws/send.c: a connection's send queue: frames in, one writev per
+ * connection per loop iteration out.
+ *
+ * Layer: ws. Depends on proto (frame headers, masking) and net (the
+ * transport); the loop's ws context (ws_loop.c) gives the gather arena, the
+ * queue-block pool and the list of connections with gathered output, which
+ * it flushes before the loop sleeps.
+ *
+ * A queue (dx__wq, ws.h) is a list of segments: pointer + length into a
+ * shared frame (a dx_msg, by reference), the arena (small private frames,
+ * copied once), the connection's own memory (bytes the kernel refused) or
+ * the caller's memory (only within one call). Invariants: a queue with
+ * gathered output is on the loop's pending list; a connection waiting for
+ * EPOLLOUT (CF_WANT_WRITE) is "backlogged": new frames go behind what the
+ * kernel refused, in its own memory; what waits because the kernel refused
+ * it is bounded by send_max (slow consumer: 1008, counted); an empty queue
+ * is given back (an idle connection holds no buffers). Nothing here fires a
+ * callback inside a call the application made: on_drain comes only from a
+ * flush the loop runs (dx__conn_flush, from_loop).
+ */
+#define _GNU_SOURCE
+#include "ws/ws.h"
+
+#include "core/log.h"
+#include "core/seams.h"
+#include "proto/mask.h"
+
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/uio.h>
+
+#define DIRECT_MIN (8u * 1024u) /* a private frame this big is written from the caller's memory, not copied */
+#define TINY_COPY 48u           /* a shared frame this small is copied to a backlog (a segment costs 24 bytes) */
+#define IOV_BATCH 64            /* segments per writev */
+#define OWN_MIN 1024u           /* room left at the end of a backlog copy for the next ones */
+
+/* Waiting for EPOLLOUT: the kernel refused bytes; new ones queue behind them. */
+static bool backlogged(const dx_conn *c) { return (c->flags & CF_WANT_WRITE) != 0; }
+
+/* Gathered bytes past which a queue is offered to the kernel at once rather
+ * than before sleep (so what waits unoffered stays small next to send_max). */
+static size_t gather_max(const dx_conn *c)
+{
+    size_t m = c->ep->opt.send_max;
+    return m < DX_WS_CHUNK ? m : DX_WS_CHUNK;
+}
+
+static void seg_release(dx__wsl *w, const dx__seg *s)
+{
+    void *o = (void *)(s->ref & ~(uintptr_t)SEG_TAG);
+    if ((s->ref & SEG_TAG) == SEG_RC)
+        dx_rcbuf_unref(o);
+    else if ((s->ref & SEG_TAG) == SEG_OWN)
+        dx__free(w->seams, o);
+}
+
+/* Drops every segment (releasing what they hold) and block; leaves the
+ * loop's gathered list. */
+void dx__wq_release(dx_conn *c)
+{
+    dx__wq *q = c->wq;
+    if (!q)
+        return;
+    dx__wsl *w = c->ep->wsl;
+    dx_list_remove(&q->pend);
+    while (q) {
+        for (unsigned i = q->first; i < (unsigned)q->first + q->n; i++)
+            seg_release(w, &q->seg[i]);
+        dx__wq *next = q->next;
+        dx__wsl_unblock(w, q);
+        q = next;
+    }
+    c->wq = NULL;
+}
+
+/* Makes room for k (<= DX_WQ_SEGS) more segments at the tail. */
+static int wq_room(dx_conn *c, unsigned k)
+{
+    dx__wsl *w = c->ep->wsl;
+    if (!c->wq) {
+        dx__wq *q = dx__wsl_block(w);
+        if (!q)
+            return DX_ENOMEM;
+        q->tail = q;
+        q->conn = c;
+        c->wq = q;
+    }
+    dx__wq *t = c->wq->tail;
+    if ((unsigned)t->first + t->n + k <= DX_WQ_SEGS)
+        return 0;
+    if (t->first && (unsigned)t->n + k <= DX_WQ_SEGS) {
+        memmove(t->seg, t->seg + t->first, t->n * sizeof *t->seg);
+        t->first = 0;
+        return 0;
+    }
+    dx__wq *nb = dx__wsl_block(w);
+    if (!nb)
+        return DX_ENOMEM;
+    t->next = nb;
+    c->wq->tail = nb;
+    return 0;
+}
+
+/* Appends a segment (room was made). Arena bytes that follow the last
+ * segment extend it: an echo of many messages is one iovec. */
+static void wq_push(dx_conn *c, const uint8_t *p, size_t len, uintptr_t ref)
+{
+    dx__wq *q = c->wq, *t = q->tail;
+    q->len += len;
+    if (t->n && ref == SEG_ARENA) {
+        dx__seg *last = &t->seg[t->first + t->n - 1];
+        if (last->ref == SEG_ARENA && last->p + last->len == p) {
+            last->len += len;
+            return;
+        }
+    }
+    t->seg[t->first + t->n] = (dx__seg){.p = p, .len = len, .ref = ref};
+    t->n++;
+}
+
+/* The queue got bytes to write before the loop sleeps. */
+static void wq_gathered(dx_conn *c)
+{
+    if (!dx_list_linked(&c->wq->pend))
+        dx_list_push_back(&c->ep->wsl->pend, &c->wq->pend);
+}
+
+/* Drops `done` written bytes from the front. */
+static void wq_consume(dx_conn *c, size_t done)
+{
+    dx__wq *q = c->wq;
+    dx__wsl *w = c->ep->wsl;
+    q->len -= done;
+    while (done && q->n) {
+        dx__seg *s = &q->seg[q->first];
+        if (done < s->len) {
+            s->p += done;
+            s->len -= done;
+            return;
+        }
+        done -= s->len;
+        seg_release(w, s);
+        q->first++;
+        q->n--;
+        if (q->n == 0 && q->next) {
+            /* The head block keeps the queue's fields: pull the next one in. */
+            dx__wq *nb = q->next;
+            memcpy(q->seg, nb->seg + nb->first, nb->n * sizeof *q->seg);
+            q->first = 0;
+            q->n = nb->n;
+            q->next = nb->next;
+            if (q->tail == nb)
+                q->tail = q;
+            dx__wsl_unblock(w, nb);
+        }
+    }
+}
+
+/* `len` writable bytes at the end of the queue, in the connection's own
+ * memory (the backlog): the last own buffer grows in place when it can. */
+static uint8_t *own_reserve(dx_conn *c, size_t len)
+{
+    if (wq_room(c, 1))
+        return NULL;
+    dx__wq *t = c->wq->tail;
+    if (t->n) {
+        dx__seg *last = &t->seg[t->first + t->n - 1];
+        if ((last->ref & SEG_TAG) == SEG_OWN) {
+            dx__own *o = (dx__own *)(last->ref & ~(uintptr_t)SEG_TAG);
+            if (last->p + last->len == o->data + o->used && o->cap - o->used >= len) {
+                uint8_t *d = o->data + o->used;
+                o->used += len;
+                last->len += len;
+                c->wq->len += len;
+                c->ep->wsl->copied += len;
+                return d;
+            }
+        }
+    }
+    size_t cap = len < OWN_MIN ? OWN_MIN : len;
+    if (cap > SIZE_MAX - sizeof(dx__own))
+        return NULL;
+    dx__own *o = dx__alloc(c->ep->wsl->seams, sizeof *o + cap);
+    if (!o)
+        return NULL;
+    o->cap = cap;
+    o->used = len;
+    wq_push(c, o->data, len, (uintptr_t)o | SEG_OWN);
+    c->ep->wsl->copied += len;
+    return o->data;
+}
+
+/* Connections whose queue holds only the room made by a failed call give
+ * the block back (an idle connection holds no buffers). */
+static void wq_trim(dx_conn *c)
+{
+    if (c->wq && c->wq->len == 0)
+        dx__wq_release(c);
+}
+
+/* Offers the queue to the kernel, IOV_BATCH segments per writev, until it
+ * is empty or the kernel refuses. 0, or DX_ECLOSED when the
+ * write failed (the connection was aborted and its queue released). */
+static int wq_write(dx_conn *c)
+{
+    dx__wsl *w = c->ep->wsl;
+    while (c->wq && c->wq->len) {
+        struct iovec iov[IOV_BATCH];
+        int n = 0;
+        for (const dx__wq *b = c->wq; b && n < IOV_BATCH; b = b->next)
+            for (unsigned i = b->first; i < (unsigned)b->first + b->n && n < IOV_BATCH; i++)
+                iov[n++] = (struct iovec){(void *)(uintptr_t)b->seg[i].p, b->seg[i].len};
+        w->writes++;
+        ssize_t r = c->st.t->writev(&c->st, iov, n);
+        if (r < 0 && r != DX_EAGAIN) {
+            /* The peer is gone; the read side will notice and report 1006. */
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed");
+            return DX_ECLOSED;
+        }
+        if (r <= 0)
+            return 0; /* full: EPOLLOUT will say when to go on */
+        c->bytes_out += (size_t)r;
+        c->ep->st.bytes_out += (size_t)r;
+        wq_consume(c, (size_t)r);
+        /* A short write may be a transport's unit (one TLS record), not a
+         * full socket: go on until the kernel refuses. */
+    }
+    return 0;
+}
+
+/* After a write: an empty queue goes back to the pool (and a draining
+ * connection sends FIN); what is left waits for EPOLLOUT, moved out of the
+ * arena and the caller's memory into the connection's own. `from_loop`:
+ * called by the loop (not inside an application call), so on_drain may fire. */
+int dx__wq_done(dx_conn *c, bool from_loop)
+{
+    if (c->state == CS_DEAD)
+        return DX_ECLOSED;
+    dx__wq *q = c->wq;
+    if (!q || q->len == 0) {
+        dx__wq_release(c);
+        /* A drain owed to a call made outside the loop keeps EPOLLOUT: on_io
+         * reports it from the loop, never from inside that call. */
+        /* An HTTP answer being sent goes on at EPOLLOUT too (its next piece
+         * must follow what was just flushed, gathered output included). */
+        dx__conn_want_write(c, (!from_loop && c->state == CS_OPEN && (c->flags & CF_DRAIN_ARMED)) ||
+                          (c->state == CS_HTTP && dx__http_sending(c)));
+        if (c->state == CS_DRAIN) {
+            c->st.t->shutdown(&c->st);
+            c->state = CS_LINGER;
+            return 0;
+        }
+        if (from_loop && (c->flags & CF_DRAIN_ARMED) && c->state == CS_OPEN) {
+            c->flags &= (uint16_t)~CF_DRAIN_ARMED;
+            if (c->ep->opt.cb.on_drain)
+                c->ep->opt.cb.on_drain(c, c->ep->opt.ud);
+        }
+        return 0;
+    }
+    dx_list_remove(&q->pend);
+    for (dx__wq *b = q; b; b = b->next)
+        for (unsigned i = b->first; i < (unsigned)b->first + b->n; i++) {
+            dx__seg *s = &b->seg[i];
+            unsigned tag = s->ref & SEG_TAG;
+            if (tag != SEG_ARENA && tag != SEG_BORROW)
+                continue;
+            bool last = b == q->tail && i + 1 == (unsigned)b->first + b->n;
+            size_t cap = last && s->len < OWN_MIN ? OWN_MIN : s->len;
+            dx__own *o = dx__alloc(c->ep->wsl->seams, sizeof *o + cap);
+            if (!o) {
+                dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory for the send queue");
+                return DX_ENOMEM;
+            }
+            o->cap = cap;
+            o->used = s->len;
+            memcpy(o->data, s->p, s->len);
+            c->ep->wsl->copied += s->len;
+            s->p = o->data;
+            s->ref = (uintptr_t)o | SEG_OWN;
+        }
+    if (q->len > c->ep->opt.send_high_water)
+        c->flags |= CF_DRAIN_ARMED;
+    dx__conn_want_write(c, true);
+    return 0;
+}
+
+/* Writes what is queued now (inside a call: no callback but an abort's). */
+static int flush_now(dx_conn *c)
+{
+    int rc = wq_write(c);
+    return rc ? rc : dx__wq_done(c, false);
+}
+
+void dx__conn_flush(dx_conn *c)
+{
+    if (wq_write(c) == 0)
+        (void)dx__wq_done(c, true);
+}
+
+/* Appended to a backlog: note when it passes the high-water mark. */
+static void backlog_grew(dx_conn *c)
+{
+    if (WQ_LEN(c) > c->ep->opt.send_high_water)
+        c->flags |= CF_DRAIN_ARMED;
+}
+
+/* A client frame too large for the arena: masked a scratch-full at a time
+ * and written, so it costs no allocation while the kernel takes it; what
+ * the kernel refuses (the rest of the piece and of the payload, masked)
+ * goes to the backlog. Nothing is queued before it here. */
+static int write_masked(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t *data, size_t len,
+                        const uint8_t *key)
+{
+    dx__wsl *w = c->ep->wsl;
+    uint8_t *sc = w->scratch;
+    size_t off = 0;
+    bool first = true;
+    while (first || off < len) {
+        size_t n = 0;
+        if (first) {
+            memcpy(sc, hdr, hl);
+            n = hl;
+        }
+        size_t take = len - off < DX_WS_SCRATCH - n ? len - off : DX_WS_SCRATCH - n;
+        dx__mask_copy(sc + n, data + off, take, key, off & 3);
+        n += take;
+        off += take;
+        first = false;
+        size_t done = 0;
+        while (done < n) { /* a short write may be one TLS record: go on until refused */
+            struct iovec iov = {sc + done, n - done};
+            w->writes++;
+            ssize_t r = c->st.t->writev(&c->st, &iov, 1);
+            if (r < 0 && r != DX_EAGAIN) {
+                dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed");
+                return DX_ECLOSED;
+            }
+            if (r <= 0)
+                break;
+            done += (size_t)r;
+            c->bytes_out += (size_t)r;
+            c->ep->st.bytes_out += (size_t)r;
+        }
+        if (done < n) {
+            uint8_t *d = own_reserve(c, (n - done) + (len - off));
+            if (!d) {
+                dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory for the send queue");
+                return DX_ENOMEM;
+            }
+            memcpy(d, sc + done, n - done);
+            dx__mask_copy(d + (n - done), data + off, len - off, key, off & 3);
+            return dx__wq_done(c, false);
+        }
+    }
+    return 0;
+}
+
+/* A frame's header and payload (masked with `key` in the client role) into d. */
+static void frame_copy(uint8_t *d, const uint8_t *hdr, size_t hl, const uint8_t *data, size_t len,
+                       const uint8_t *key)
+{
+    if (hl)
+        memcpy(d, hdr, hl);
+    if (key)
+        dx__mask_copy(d + hl, data, len, key, 0);
+    else if (len)
+        memcpy(d + hl, data, len);
+}
+
+/* Queues a frame of private bytes (the caller's memory, borrowed for this
+ * call): header `hdr` (hl may be 0) and payload, masked with `key` when
+ * given. Small ones are copied into the loop's arena and written before
+ * the loop sleeps; large ones are written at once from the caller's memory
+ * (with what was gathered before them) and only what the kernel refuses is
+ * copied; behind a backlog, they are copied to it. */
+static int put_private(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t *data, size_t len,
+                       const uint8_t *key)
+{
+    size_t total = hl + len;
+    if (total == 0)
+        return 0;
+    if (backlogged(c)) {
+        uint8_t *d = own_reserve(c, total);
+        if (!d) {
+            wq_trim(c);
+            return DX_ENOMEM;
+        }
+        frame_copy(d, hdr, hl, data, len, key);
+        backlog_grew(c);
+        return 0;
+    }
+    if (len < DIRECT_MIN) {
+        uint8_t *d = wq_room(c, 1) ? NULL : dx__wsl_arena(c->ep->wsl, total);
+        if (!d) {
+            wq_trim(c);
+            return DX_ENOMEM;
+        }
+        frame_copy(d, hdr, hl, data, len, key);
+        wq_push(c, d, total, SEG_ARENA);
+        c->ep->wsl->copied += total;
+        wq_gathered(c);
+        return c->wq->len >= gather_max(c) ? flush_now(c) : 0;
+    }
+    if (key) {
+        if (WQ_LEN(c)) {
+            int rc = flush_now(c); /* what came before goes first */
+            if (rc)
+                return rc;
+            if (backlogged(c))
+                return put_private(c, hdr, hl, data, len, key);
+        }
+        return write_masked(c, hdr, hl, data, len, key);
+    }
+    if (wq_room(c, 2)) {
+        wq_trim(c);
+        return DX_ENOMEM;
+    }
+    if (hl)
+        wq_push(c, hdr, hl, SEG_BORROW);
+    wq_push(c, data, len, SEG_BORROW);
+    return flush_now(c);
+}
+
+/* Queues a reference to a shared, encoded frame (a dx_msg): no copy. */
+static int put_shared(dx_conn *c, dx_rcbuf *frame)
+{
+    const uint8_t *p = dx_rcbuf_data(frame);
+    size_t len = dx_rcbuf_len(frame);
+    if (backlogged(c) && len <= TINY_COPY)
+        return put_private(c, NULL, 0, p, len, NULL);
+    if (wq_room(c, 1))
+        return DX_ENOMEM;
+    wq_push(c, p, len, (uintptr_t)dx_rcbuf_ref(frame) | SEG_RC);
+    if (backlogged(c)) {
+        backlog_grew(c);
+        return 0;
+    }
+    wq_gathered(c);
+    return c->wq->len >= gather_max(c) ? flush_now(c) : 0;
+}
+
+int dx__conn_write(dx_conn *c, const void *data, size_t len)
+{
+    if (c->state == CS_DEAD)
+        return DX_ECLOSED;
+    return put_private(c, NULL, 0, data, len, NULL);
+}
+
+/* One frame out. Server frames go out unmasked, `frame` (when given: the
+ * whole frame, encoded once) by reference; client frames are masked with a
+ * fresh key from the loop's pool (RFC 6455 §5.3), so they are copied. */
+int dx__conn_put_frame(dx_conn *c, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len,
+                     dx_rcbuf *frame)
+{
+    dx__ep *ep = c->ep;
+    if (c->state == CS_DEAD)
+        return DX_ECLOSED;
+    bool masked = ep->scfg.role == DX_ROLE_CLIENT;
+    uint8_t key[4];
+    if (masked && dx__wsl_mask_key(ep->wsl, key))
+        return DX_ERANDOM;
+    uint8_t hdr[DX_FRAME_HEADER_MAX];
+    bool shared = frame && !masked; /* the header was encoded once, with the frame */
+    size_t hl = shared ? dx_rcbuf_len(frame) - len
+                       : dx__frame_header_write(hdr, opcode, fin, 0, len, masked ? key : NULL);
+    size_t total = hl + len;
+    /* The cap applies to what waits in the queue because the kernel refused
+     * it: a frame larger than send_max still goes out when nothing waits,
+     * so the queue holds at most send_max plus one frame. */
+    if ((kind == DX__PUT_DATA || kind == DX__PUT_PONG) && backlogged(c) && WQ_LEN(c) &&
+        WQ_LEN(c) + total > ep->opt.send_max) {
+        if (kind == DX__PUT_PONG) {
+            ep->st.pongs_dropped++;
+            return DX_ELIMIT;
+        }
+        /* The peer does not read fast enough: drop it (1008), count it. */
+        ep->st.dropped_slow++;
+        dx__log(c->ep->loop->log, DX_LOG_WARN,
+                "conn=%llu slow consumer: %zu bytes queued, send_max %zu; closing with 1008",
+                (unsigned long long)c->id, WQ_LEN(c), ep->opt.send_max);
+        dx__session_fail(&c->s, DX_EPOLICY, DX_CLOSE_POLICY, "send queue full");
+        return DX_ELIMIT;
+    }
+    if (kind == DX__PUT_DATA) {
+        c->msgs_out++;
+        ep->st.messages_out++;
+    }
+    if (ep->opt.cb.on_frame)
+        ep->opt.cb.on_frame(c, '>', opcode, fin, 0, len, masked, data, len < 16 ? len : 16, ep->opt.ud);
+    if (c->state == CS_DEAD)
+        return DX_ECLOSED; /* the trace freed its endpoint: the transport is closed */
+    if (shared)
+        return put_shared(c, frame);
+    return put_private(c, hdr, hl, data, len, masked ? key : NULL);
+}
+
+/* Session output: one frame. */
+int dx__conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len)
+{
+    return dx__conn_put_frame((dx_conn *)(void *)s, kind, opcode, fin, data, len, NULL);
+}
