@@ -20,7 +20,7 @@ set -euo pipefail
 profile=${1:-run}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-run_pkgs=(build-essential cmake pkg-config libssl-dev zlib1g-dev libedit-dev)
+run_pkgs=(build-essential cmake pkg-config libssl-dev zlib1g-dev libedit-dev libjansson-dev)
 test_pkgs=(
   # unit tests, sanitizers and fuzzers (the runtime package is added below,
   # for the clang actually installed)
