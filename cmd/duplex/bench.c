@@ -81,12 +81,6 @@ static void usage(FILE *f)
             "Exit 0 without errors, 1 with errors, 2 on bad usage.\n");
 }
 
-static int bad(const char *opt, const char *val)
-{
-    fprintf(stderr, "duplex bench: invalid value for --%s: '%s' (see duplex bench --help)\n", opt, val);
-    return 2;
-}
-
 /* "5", "1.5", "1.5s", "500ms", "2m": seconds. */
 static int parse_seconds(const char *s, double *out)
 {
@@ -477,16 +471,15 @@ static void print_summary(const bench_cfg *cfg, const coord *co, const totals *t
 
 enum {
     O_RATE = 256, O_TEXT, O_BINARY, O_SUB, O_IDLE, O_HS, O_CONC, O_CRATE, O_PENDING, O_SOURCES, O_PROCS,
-    O_TIMEOUT, O_READY, O_JSON, O_PROGRESS, O_NOPROGRESS, O_INSECURE, O_CAFILE, O_LOGLEVEL
+    O_TIMEOUT, O_READY, O_JSON, O_PROGRESS, O_NOPROGRESS
 };
 
 static int parse_args(int argc, char **argv, bench_cfg *cfg)
 {
-    static const struct option longopts[] = {
+    static const struct option own[] = {
         {"conns", required_argument, 0, 'c'},       {"depth", required_argument, 0, 'd'},
         {"size", required_argument, 0, 's'},        {"duration", required_argument, 0, 't'},
         {"warmup", required_argument, 0, 'w'},      {"rate", required_argument, 0, O_RATE},
-        {"ca", required_argument, 0, O_CAFILE},
         {"text", no_argument, 0, O_TEXT},           {"binary", no_argument, 0, O_BINARY},
         {"subscribe", required_argument, 0, O_SUB}, {"idle", no_argument, 0, O_IDLE},
         {"handshakes", required_argument, 0, O_HS}, {"concurrency", required_argument, 0, O_CONC},
@@ -497,51 +490,56 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
         {"ready-file", required_argument, 0, O_READY},
         {"json", no_argument, 0, O_JSON},           {"progress", no_argument, 0, O_PROGRESS},
         {"no-progress", no_argument, 0, O_NOPROGRESS},
-        {"insecure", no_argument, 0, 'k'},          {"ca-file", required_argument, 0, O_CAFILE},
-        {"log-level", required_argument, 0, O_LOGLEVEL},
+        {"ca-file", required_argument, 0, CLI_O_CA},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
     };
     *cfg = (bench_cfg){.mode = BM_ECHO, .conns = 100, .procs = 1, .size = 16, .duration = 5, .warmup = 1,
                        .timeout = 30, .connect_rate = 20000, .max_pending = 256, .concurrency = 8,
                        .log_level = DX_LOG_WARN, .progress = isatty(2) == 1};
+    const cli_common common = {
+        .prefix = "duplex bench", .cmd = "bench",
+        .insecure = &cfg->insecure, .ca_file = &cfg->ca_file, .log_level = &cfg->log_level,
+    };
     bool depth_set = false, sources_set = false;
     unsigned long v;
     int ch;
+    const char *name;
     optind = 1;
     /* No -s or -w: in `duplex connect` (and wscat) they are --subprotocol and
      * --wait; --size and --warmup are spelled out. */
-    while ((ch = getopt_long(argc, argv, "c:d:t:kh", longopts, NULL)) != -1) {
-        const char *name = cli_option_name(longopts, ch);
+    while ((ch = cli_getopt(&common, argc, argv, "c:d:t:kh", own, &name)) != -1) {
         switch (ch) {
+        case CLI_BAD:
+            return CLI_USAGE;
         case 'h':
             usage(stdout);
             return 1;
         case 'c':
             if (cli_parse_uint(optarg, 1, 10000000, &v))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             cfg->conns = (unsigned)v;
             break;
         case 'd':
             if (cli_parse_uint(optarg, 1, 1u << 20, &v))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             cfg->depth = (unsigned)v;
             depth_set = true;
             break;
         case 's':
             if (cli_parse_size(optarg, &cfg->size) || cfg->size == 0 || cfg->size > (256u << 20))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             break;
         case 't':
             if (parse_seconds(optarg, &cfg->duration) || cfg->duration <= 0)
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             break;
         case 'w':
             if (parse_seconds(optarg, &cfg->warmup))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             break;
         case O_RATE:
             if (parse_double(optarg, &cfg->rate))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             cfg->mode = BM_RATE;
             break;
         case O_TEXT:
@@ -552,7 +550,7 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
             break;
         case O_SUB:
             if (!*optarg || strlen(optarg) > 256 || strpbrk(optarg, "\"\\"))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             cfg->topic = optarg;
             cfg->mode = BM_SUBSCRIBE;
             break;
@@ -561,38 +559,38 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
             break;
         case O_HS:
             if (cli_parse_uint(optarg, 1, 1000000000, &v))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             cfg->handshakes = (unsigned)v;
             cfg->mode = BM_HANDSHAKES;
             break;
         case O_CONC:
             if (cli_parse_uint(optarg, 1, 100000, &v))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             cfg->concurrency = (unsigned)v;
             break;
         case O_CRATE:
             if (parse_double(optarg, &cfg->connect_rate))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             break;
         case O_PENDING:
             if (cli_parse_uint(optarg, 1, 1000000, &v))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             cfg->max_pending = (unsigned)v;
             break;
         case O_SOURCES:
             if (cli_parse_uint(optarg, 1, 254, &v))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             cfg->sources = (unsigned)v;
             sources_set = true;
             break;
         case O_PROCS:
             if (cli_parse_uint(optarg, 1, 256, &v))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             cfg->procs = (unsigned)v;
             break;
         case O_TIMEOUT:
             if (parse_seconds(optarg, &cfg->timeout) || cfg->timeout <= 0)
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             break;
         case O_READY:
             cfg->ready_file = optarg;
@@ -605,16 +603,6 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
             break;
         case O_NOPROGRESS:
             cfg->progress = false;
-            break;
-        case 'k':
-            cfg->insecure = true;
-            break;
-        case O_CAFILE:
-            cfg->ca_file = optarg;
-            break;
-        case O_LOGLEVEL:
-            if ((cfg->log_level = cli_parse_log_level(optarg)) < 0)
-                return bad(name, optarg);
             break;
         default:
             usage(stderr);

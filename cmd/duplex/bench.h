@@ -66,7 +66,8 @@ typedef struct bench_cfg {
     unsigned max_pending;      /* per process */
     unsigned sources;          /* 0: connect from the default address */
     const char *ready_file;    /* BM_IDLE */
-    bool json, progress, insecure;
+    bool json, progress;
+    int insecure;              /* -k: 1 */
     const char *ca_file;
     int log_level;
 } bench_cfg;

@@ -1,4 +1,11 @@
-/* cmd/duplex/cli.c: argument parsing and log-line helpers (see cli.h). */
+/*
+ * cmd/duplex/cli.c: argument parsing (values, the options serve, connect
+ * and bench share) and log-line helpers (see cli.h).
+ *
+ * Layer: the CLI, public headers only. The shared options have one table
+ * here: their names, value checks and error messages cannot drift apart
+ * between the subcommands.
+ */
 #define _GNU_SOURCE
 #include "cli.h"
 #include "duplex/duplex.h"
@@ -93,12 +100,152 @@ int cli_parse_log_level(const char *s)
     return -1;
 }
 
-const char *cli_option_name(const struct option *opts, int val)
+/* ---- options the subcommands share ---------------------------------------- */
+
+/* How a shared option's value is checked and stored (see cli.h). */
+enum {
+    K_SIZE,       /* size_t: cli_parse_size, not 0 */
+    K_COUNT,      /* size_t: 1 to 2^30 */
+    K_MS,         /* unsigned: cli_parse_ms, 'off'/0 stored as 0 */
+    K_MS_ON,      /* unsigned: cli_parse_ms, not 0 */
+    K_MS_OFF_MAX, /* unsigned: cli_parse_ms, 'off'/0 stored as (unsigned)-1 */
+    K_FLAG,       /* int: 1 */
+    K_STRING,     /* const char *: the argument */
+    K_LOG_LEVEL,  /* int: cli_parse_log_level */
+    K_LOG_FORMAT, /* int: cli_parse_log_format */
+};
+
+static const struct {
+    struct option opt;
+    int kind;
+} common_opts[] = {
+    {{"max-message", required_argument, 0, CLI_O_MAX_MESSAGE}, K_SIZE},
+    {{"max-fragments", required_argument, 0, CLI_O_MAX_FRAGMENTS}, K_COUNT},
+    {{"send-max", required_argument, 0, CLI_O_SEND_MAX}, K_SIZE},
+    {{"send-high-water", required_argument, 0, CLI_O_SEND_HIGH_WATER}, K_SIZE},
+    {{"handshake-timeout", required_argument, 0, CLI_O_HANDSHAKE_TIMEOUT}, K_MS_ON},
+    {{"close-timeout", required_argument, 0, CLI_O_CLOSE_TIMEOUT}, K_MS_ON},
+    {{"idle-timeout", required_argument, 0, CLI_O_IDLE_TIMEOUT}, K_MS},
+    {{"ping-interval", required_argument, 0, CLI_O_PING_INTERVAL}, K_MS_OFF_MAX},
+    {{"pong-timeout", required_argument, 0, CLI_O_PONG_TIMEOUT}, K_MS_ON},
+    {{"insecure", no_argument, 0, CLI_O_INSECURE}, K_FLAG},
+    {{"ca", required_argument, 0, CLI_O_CA}, K_STRING},
+    {{"log-level", required_argument, 0, CLI_O_LOG_LEVEL}, K_LOG_LEVEL},
+    {{"log-format", required_argument, 0, CLI_O_LOG_FORMAT}, K_LOG_FORMAT},
+};
+#define N_COMMON (sizeof common_opts / sizeof common_opts[0])
+#define CLI_MAX_OPTIONS 96 /* a subcommand's shared and own long options, with the end mark */
+
+/* The field shared option `val` sets, NULL when c does not take it. The
+ * caller converts it back to the field's own type (given by the kind). */
+static void *common_field(const cli_common *c, int val)
 {
-    for (const struct option *o = opts; o->name; o++)
-        if (o->val == val)
-            return o->name;
-    return "option";
+    switch (val) {
+    case CLI_O_MAX_MESSAGE: return c->max_message;
+    case CLI_O_MAX_FRAGMENTS: return c->max_fragments;
+    case CLI_O_SEND_MAX: return c->send_max;
+    case CLI_O_SEND_HIGH_WATER: return c->send_high_water;
+    case CLI_O_HANDSHAKE_TIMEOUT: return c->handshake_timeout_ms;
+    case CLI_O_CLOSE_TIMEOUT: return c->close_timeout_ms;
+    case CLI_O_IDLE_TIMEOUT: return c->idle_timeout_ms;
+    case CLI_O_PING_INTERVAL: return c->ping_interval_ms;
+    case CLI_O_PONG_TIMEOUT: return c->pong_timeout_ms;
+    case CLI_O_INSECURE: return c->insecure;
+    case CLI_O_CA: return c->ca_file;
+    case CLI_O_LOG_LEVEL: return c->log_level;
+    case CLI_O_LOG_FORMAT: return c->log_format;
+    default: return NULL;
+    }
+}
+
+int cli_bad_value(const cli_common *c, const char *name, const char *val)
+{
+    fprintf(stderr, "%s: invalid value for --%s: '%s' (see duplex %s --help)\n", c->prefix, name, val, c->cmd);
+    return CLI_USAGE;
+}
+
+/* Applies shared option common_opts[i] to its field: 0, or CLI_BAD after
+ * the bad-value message. */
+static int apply_common(const cli_common *c, size_t i, void *field, const char *arg)
+{
+    int kind = common_opts[i].kind;
+    size_t size;
+    unsigned ms;
+    unsigned long n;
+    int v;
+    switch (kind) {
+    case K_SIZE:
+        if (cli_parse_size(arg, &size) || !size)
+            break;
+        *(size_t *)field = size;
+        return 0;
+    case K_COUNT:
+        if (cli_parse_uint(arg, 1, 1u << 30, &n))
+            break;
+        *(size_t *)field = n;
+        return 0;
+    case K_MS:
+    case K_MS_ON:
+    case K_MS_OFF_MAX:
+        if (cli_parse_ms(arg, &ms) || (kind == K_MS_ON && !ms))
+            break;
+        if (kind == K_MS_OFF_MAX && !ms)
+            ms = (unsigned)-1; /* the library's "off": 0 would mean its default */
+        *(unsigned *)field = ms;
+        return 0;
+    case K_FLAG:
+        *(int *)field = 1;
+        return 0;
+    case K_STRING:
+        *(const char **)field = arg;
+        return 0;
+    case K_LOG_LEVEL:
+    case K_LOG_FORMAT:
+        if ((v = kind == K_LOG_LEVEL ? cli_parse_log_level(arg) : cli_parse_log_format(arg)) < 0)
+            break;
+        *(int *)field = v;
+        return 0;
+    }
+    cli_bad_value(c, common_opts[i].opt.name, arg);
+    return CLI_BAD;
+}
+
+int cli_getopt(const cli_common *c, int argc, char **argv, const char *shortopts, const struct option *own,
+               const char **name)
+{
+    /* The merged table is rebuilt at each call: getopt_long keeps no pointer
+     * into it between calls, only into argv. */
+    struct option opts[CLI_MAX_OPTIONS];
+    size_t n = 0;
+    for (size_t i = 0; i < N_COMMON; i++)
+        if (common_field(c, common_opts[i].opt.val))
+            opts[n++] = common_opts[i].opt;
+    for (; own->name; own++) {
+        if (n == CLI_MAX_OPTIONS - 1) {
+            fprintf(stderr, "%s: too many options for cli_getopt (raise CLI_MAX_OPTIONS)\n", c->prefix);
+            return CLI_BAD;
+        }
+        opts[n++] = *own;
+    }
+    opts[n] = (struct option){0, 0, 0, 0};
+    int ch;
+    while ((ch = getopt_long(argc, argv, shortopts, opts, NULL)) != -1) {
+        void *field = common_field(c, ch);
+        if (!field)
+            break;
+        size_t i = 0;
+        while (common_opts[i].opt.val != ch)
+            i++; /* every value common_field knows is in the table */
+        if (apply_common(c, i, field, optarg))
+            return CLI_BAD;
+    }
+    *name = "option";
+    for (size_t i = 0; i < n; i++)
+        if (opts[i].val == ch) {
+            *name = opts[i].name;
+            break;
+        }
+    return ch;
 }
 
 /* ---- log lines ----------------------------------------------------------- */

@@ -19,8 +19,73 @@ int cli_parse_uint(const char *s, unsigned long min, unsigned long max, unsigned
 
 /* "error", "warn", "info", "debug" → DX_LOG_*; -1 for anything else. */
 int cli_parse_log_level(const char *s);
-/* The long name of the option whose getopt value is `val` ("option" if none). */
-const char *cli_option_name(const struct option *opts, int val);
+
+/* ---- options the subcommands share --------------------------------------
+ *
+ * serve, connect and bench take some options with the same name, value
+ * syntax, check and error message. Each subcommand fills a cli_common with
+ * pointers to the fields those options set (in its own options struct) and
+ * leaves NULL the ones it does not take: a NULL pointer means the option is
+ * not accepted at all (not in the long-option table, so not even as an
+ * abbreviation). Values (checked as in --help; "X" is the option's value):
+ *   --max-message BYTES, --send-max BYTES, --send-high-water BYTES
+ *                              cli_parse_size, not 0
+ *   --max-fragments N          1 to 2^30
+ *   --handshake-timeout T, --close-timeout T, --pong-timeout T
+ *                              cli_parse_ms, not 0 and not 'off'
+ *   --idle-timeout T           cli_parse_ms; 'off' or 0 is 0 (off)
+ *   --ping-interval T          cli_parse_ms; 'off' or 0 is (unsigned)-1 (off)
+ *   -k, --insecure             *insecure = 1 (the subcommand puts 'k' in its
+ *                              short options)
+ *   --ca FILE                  *ca_file = FILE
+ *   --log-level L              cli_parse_log_level
+ *   --log-format F             cli_parse_log_format
+ * A bad value prints "<prefix>: invalid value for --NAME: 'X' (see duplex
+ * <cmd> --help)" on stderr, NAME being the name above even when an alias
+ * was typed, and gives exit status CLI_USAGE. */
+enum { CLI_USAGE = 2 };
+enum {
+    CLI_O_MAX_MESSAGE = 0x1000, /* getopt values, above any subcommand's own */
+    CLI_O_MAX_FRAGMENTS,
+    CLI_O_SEND_MAX,
+    CLI_O_SEND_HIGH_WATER,
+    CLI_O_HANDSHAKE_TIMEOUT,
+    CLI_O_CLOSE_TIMEOUT,
+    CLI_O_IDLE_TIMEOUT,
+    CLI_O_PING_INTERVAL,
+    CLI_O_PONG_TIMEOUT,
+    CLI_O_CA,
+    CLI_O_LOG_LEVEL,
+    CLI_O_LOG_FORMAT,
+    CLI_O_INSECURE = 'k',
+};
+
+typedef struct cli_common {
+    const char *prefix; /* error messages start "<prefix>: " ("serve", "duplex bench") */
+    const char *cmd;    /* ... and end "(see duplex <cmd> --help)" */
+    size_t *max_message, *max_fragments, *send_max, *send_high_water;
+    unsigned *handshake_timeout_ms, *close_timeout_ms, *idle_timeout_ms, *ping_interval_ms, *pong_timeout_ms;
+    int *insecure;
+    const char **ca_file;
+    int *log_level, *log_format;
+} cli_common;
+
+enum { CLI_BAD = -2 };
+/* getopt_long over argv with `shortopts` and, as long options, the shared
+ * options c takes followed by the subcommand's own table `own` (which may
+ * list aliases of shared options with their CLI_O_* value, such as
+ * connect's --ping-timeout). A shared option is applied here, through c's
+ * pointer; the subcommand's own options are returned as getopt_long returns
+ * them ('?' for an unknown one), with *name set to the option's long name
+ * (the first with that value; "option" if none) for its error messages.
+ * -1 after the last option; CLI_BAD after printing a shared option's
+ * bad-value message (the caller then exits with CLI_USAGE). The caller sets
+ * optind = 1 before the first call. Not thread-safe (getopt's state). */
+int cli_getopt(const cli_common *c, int argc, char **argv, const char *shortopts, const struct option *own,
+               const char **name);
+/* Prints the bad-value message above for option `name` and value `val`;
+ * returns CLI_USAGE. For the subcommands' own options too. */
+int cli_bad_value(const cli_common *c, const char *name, const char *val);
 
 /* Log lines: every line of a subcommand (its own and the library's, through
  * dx_log.sink = cli_log_sink, dx_log.ud = a pointer to the int format) goes to

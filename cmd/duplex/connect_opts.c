@@ -111,8 +111,8 @@ static void usage(FILE *f)
 }
 
 enum {
-    O_SHOW = 256, O_CA, O_PROXY, O_CTO, O_PING, O_PONG, O_CLOSETO, O_MAXMSG, O_RECONNECT, O_BBASE, O_BCAP,
-    O_MAXATT, O_LOGLEVEL, O_MAXMSGS, O_AUTH, O_CERT, O_KEY, O_ORIGIN_ALLOW, O_KEEP, O_SOCKS5
+    O_SHOW = 256, O_PROXY, O_CTO, O_RECONNECT, O_BBASE, O_BCAP, O_MAXATT, O_MAXMSGS, O_AUTH, O_CERT, O_KEY,
+    O_ORIGIN_ALLOW, O_KEEP, O_SOCKS5
 };
 
 
@@ -181,15 +181,9 @@ int connect_normalize_url(app *a, const char *in, char *out, size_t cap)
     return 0;
 }
 
-static int bad(const char *opt, const char *val)
-{
-    fprintf(stderr, "connect: invalid value for --%s: '%s' (see duplex connect --help)\n", opt, val);
-    return ST_USAGE;
-}
-
 int connect_parse_args(app *a, int argc, char **argv, const char **url, char *url_buf)
 {
-    static const struct option longopts[] = {
+    static const struct option own[] = {
         {"binary", no_argument, 0, 'b'},
         {"null", no_argument, 0, '0'},
         {"no-input", no_argument, 0, 'n'},
@@ -198,20 +192,13 @@ int connect_parse_args(app *a, int argc, char **argv, const char **url, char *ur
         {"header", required_argument, 0, 'H'},
         {"subprotocol", required_argument, 0, 's'},
         {"origin", required_argument, 0, 'o'},
-        {"insecure", no_argument, 0, 'k'},
-        {"ca", required_argument, 0, O_CA},
         {"proxy", required_argument, 0, O_PROXY},
         {"connect-timeout", required_argument, 0, O_CTO},
-        {"ping-interval", required_argument, 0, O_PING},
-        {"pong-timeout", required_argument, 0, O_PONG},
-        {"close-timeout", required_argument, 0, O_CLOSETO},
-        {"max-message", required_argument, 0, O_MAXMSG},
         {"reconnect", no_argument, 0, O_RECONNECT},
         {"backoff-base", required_argument, 0, O_BBASE},
         {"backoff-cap", required_argument, 0, O_BCAP},
         {"max-attempts", required_argument, 0, O_MAXATT},
         {"listen", required_argument, 0, 'l'},
-        {"log-level", required_argument, 0, O_LOGLEVEL},
         {"help", no_argument, 0, 'h'},
         {"execute", required_argument, 0, 'x'},
         {"wait", required_argument, 0, 'w'},
@@ -228,22 +215,29 @@ int connect_parse_args(app *a, int argc, char **argv, const char **url, char *ur
         {"keep", no_argument, 0, O_KEEP},
         {"connect", required_argument, 0, 'c'},            /* wscat -c URL */
         {"protocol", required_argument, 0, 's'},           /* websocat */
-        {"ping-timeout", required_argument, 0, O_PONG},    /* websocat */
+        {"ping-timeout", required_argument, 0, CLI_O_PONG_TIMEOUT}, /* websocat */
         {"socks5", required_argument, 0, O_SOCKS5},        /* websocat: HOST:PORT */
-        {"insecure-skip-verify", no_argument, 0, 'k'},
+        {"insecure-skip-verify", no_argument, 0, CLI_O_INSECURE},
         {"null-terminated", no_argument, 0, '0'},          /* websocat */
         {0, 0, 0, 0},
     };
     static char socks_buf[300];
     const char *url_arg = NULL;
     dx_client_options *o = &a->copt;
+    const cli_common common = {
+        .prefix = "connect", .cmd = "connect",
+        .max_message = &o->max_message, .close_timeout_ms = &o->close_timeout_ms,
+        .ping_interval_ms = &o->ping_interval_ms, .pong_timeout_ms = &o->pong_timeout_ms,
+        .insecure = &o->insecure, .ca_file = &o->ca_file, .log_level = &a->log.level,
+    };
     unsigned long v;
     int ch;
-    bool max_message_set = false;
+    const char *name;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "b0neH:s:o:kl:hx:w:1VLc:", longopts, NULL)) != -1) {
-        const char *name = cli_option_name(longopts, ch);
+    while ((ch = cli_getopt(&common, argc, argv, "b0neH:s:o:kl:hx:w:1VLc:", own, &name)) != -1) {
         switch (ch) {
+        case CLI_BAD:
+            return CLI_USAGE;
         case 'h':
             usage(stdout);
             return -1;
@@ -264,7 +258,7 @@ int connect_parse_args(app *a, int argc, char **argv, const char **url, char *ur
             break;
         case 'H': {
             if (a->n_headers == MAX_LIST - 1)
-                return bad("header", "more than 63 headers");
+                return cli_bad_value(&common, "header", "more than 63 headers");
             const char *r = reserved_header(optarg);
             if (r) {
                 fprintf(stderr, "connect: -H '%s': duplex writes the %s header itself; %s\n", optarg, r,
@@ -283,17 +277,17 @@ int connect_parse_args(app *a, int argc, char **argv, const char **url, char *ur
         }
         case 'x':
             if (a->n_execute == MAX_LIST)
-                return bad(name, "more than 64 messages");
+                return cli_bad_value(&common, name, "more than 64 messages");
             a->execute[a->n_execute++] = optarg;
             break;
         case 'w':
             if (cli_parse_ms(optarg, &a->wait_ms))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             a->wait_set = true;
             break;
         case O_MAXMSGS:
             if (cli_parse_uint(optarg, 1, 4000000000ul, &a->max_messages))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             break;
         case '1':
             a->max_messages = 1;
@@ -303,12 +297,12 @@ int connect_parse_args(app *a, int argc, char **argv, const char **url, char *ur
             return -1;
         case O_AUTH: {
             if (!strchr(optarg, ':'))
-                return bad(name, "expected user:password");
+                return cli_bad_value(&common, name, "expected user:password");
             if (a->n_headers == MAX_LIST - 1)
-                return bad("header", "more than 63 headers");
+                return cli_bad_value(&common, "header", "more than 63 headers");
             size_t n = strlen(optarg);
             if (n > 700)
-                return bad(name, "longer than 700 bytes");
+                return cli_bad_value(&common, name, "longer than 700 bytes");
             char b64[960];
             cli_base64((const uint8_t *)optarg, n, b64);
             snprintf(a->auth_header, sizeof a->auth_header, "Authorization: Basic %s", b64);
@@ -326,7 +320,7 @@ int connect_parse_args(app *a, int argc, char **argv, const char **url, char *ur
             break;
         case O_ORIGIN_ALLOW:
             if (a->n_origin_allow == MAX_LIST)
-                return bad(name, "more than 64 origins");
+                return cli_bad_value(&common, name, "more than 64 origins");
             a->origin_allow[a->n_origin_allow++] = optarg;
             break;
         case O_KEEP:
@@ -337,24 +331,18 @@ int connect_parse_args(app *a, int argc, char **argv, const char **url, char *ur
             break;
         case O_SOCKS5:
             if ((size_t)snprintf(socks_buf, sizeof socks_buf, "socks5://%s", optarg) >= sizeof socks_buf)
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             o->proxy = socks_buf;
             break;
         case 's':
             if (a->n_protocols == MAX_LIST)
-                return bad("subprotocol", "more than 64 subprotocols");
+                return cli_bad_value(&common, "subprotocol", "more than 64 subprotocols");
             if (!*optarg || strpbrk(optarg, " ,\t\r\n"))
-                return bad("subprotocol", optarg);
+                return cli_bad_value(&common, "subprotocol", optarg);
             a->protocols[a->n_protocols++] = optarg;
             break;
         case 'o':
             o->origin = optarg;
-            break;
-        case 'k':
-            o->insecure = 1;
-            break;
-        case O_CA:
-            o->ca_file = optarg;
             break;
         case O_PROXY:
             if (strncasecmp(optarg, "http://", 7) && strncasecmp(optarg, "socks5://", 9) &&
@@ -367,52 +355,29 @@ int connect_parse_args(app *a, int argc, char **argv, const char **url, char *ur
             break;
         case O_CTO:
             if (cli_parse_ms(optarg, &o->connect_timeout_ms) || !o->connect_timeout_ms)
-                return bad(name, optarg);
-            break;
-        case O_PING:
-            if (cli_parse_ms(optarg, &o->ping_interval_ms))
-                return bad(name, optarg);
-            if (!o->ping_interval_ms)
-                o->ping_interval_ms = (unsigned)-1; /* off */
-            break;
-        case O_PONG:
-            if (cli_parse_ms(optarg, &o->pong_timeout_ms) || !o->pong_timeout_ms)
-                return bad(name, optarg);
-            break;
-        case O_CLOSETO:
-            if (cli_parse_ms(optarg, &o->close_timeout_ms) || !o->close_timeout_ms)
-                return bad(name, optarg);
-            break;
-        case O_MAXMSG:
-            if (cli_parse_size(optarg, &o->max_message) || !o->max_message)
-                return bad(name, optarg);
-            max_message_set = true;
+                return cli_bad_value(&common, name, optarg);
             break;
         case O_RECONNECT:
             o->reconnect = 1;
             break;
         case O_BBASE:
             if (cli_parse_ms(optarg, &o->backoff_base_ms) || !o->backoff_base_ms)
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             break;
         case O_BCAP:
             if (cli_parse_ms(optarg, &o->backoff_cap_ms) || !o->backoff_cap_ms)
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             break;
         case O_MAXATT:
             if (cli_parse_uint(optarg, 0, 1000000, &v))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             o->max_attempts = (unsigned)v;
             break;
         case 'l':
             if (cli_parse_uint(optarg, 0, 65535, &v))
-                return bad("listen", optarg);
+                return cli_bad_value(&common, "listen", optarg);
             a->listen = true;
             a->listen_port = v ? (unsigned)v : DX_PORT_EPHEMERAL;
-            break;
-        case O_LOGLEVEL:
-            if ((a->log.level = cli_parse_log_level(optarg)) < 0)
-                return bad(name, optarg);
             break;
         default:
             usage(stderr);
@@ -435,7 +400,7 @@ int connect_parse_args(app *a, int argc, char **argv, const char **url, char *ur
         fprintf(stderr, "connect: --cert and --key go together\n");
         return ST_USAGE;
     }
-    if (a->echo && !max_message_set)
+    if (a->echo && !o->max_message) /* 0 is refused: not given */
         o->max_message = ECHO_MAX_MESSAGE; /* accept what `duplex serve --max-message 16MiB` accepts */
     if (a->listen) {
         if (optind < argc) {

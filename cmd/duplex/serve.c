@@ -273,20 +273,13 @@ static void raise_nofile(void)
 }
 
 enum {
-    O_HOST = 256, O_PORT, O_UNIX, O_WORKERS, O_CERT, O_KEY, O_STATIC, O_MAXMSG, O_MAXFRAG, O_MAXHEAD, O_MAXHDRS,
-    O_SENDMAX, O_HIWAT, O_HSTO, O_CLOSETO, O_IDLETO, O_PING, O_PONG, O_LOGLEVEL, O_PERIP, O_MAXHS, O_LOGFORMAT,
+    O_HOST = 256, O_PORT, O_UNIX, O_WORKERS, O_CERT, O_KEY, O_STATIC, O_MAXHEAD, O_MAXHDRS, O_PERIP, O_MAXHS,
     O_HTTPBODY, O_HTTPKA, O_HTTPREQS
 };
 
-static int bad(const char *opt, const char *val)
-{
-    fprintf(stderr, "serve: invalid value for --%s: '%s' (see duplex serve --help)\n", opt, val);
-    return 2;
-}
-
 int cmd_serve(int argc, char **argv)
 {
-    static const struct option longopts[] = {
+    static const struct option own[] = {
         {"host", required_argument, 0, O_HOST},
         {"port", required_argument, 0, O_PORT},
         {"unix", required_argument, 0, O_UNIX},
@@ -294,21 +287,10 @@ int cmd_serve(int argc, char **argv)
         {"tls-cert", required_argument, 0, O_CERT},
         {"tls-key", required_argument, 0, O_KEY},
         {"static", required_argument, 0, O_STATIC},
-        {"max-message", required_argument, 0, O_MAXMSG},
-        {"max-fragments", required_argument, 0, O_MAXFRAG},
         {"max-head", required_argument, 0, O_MAXHEAD},
         {"max-headers", required_argument, 0, O_MAXHDRS},
-        {"send-max", required_argument, 0, O_SENDMAX},
-        {"send-high-water", required_argument, 0, O_HIWAT},
-        {"handshake-timeout", required_argument, 0, O_HSTO},
-        {"close-timeout", required_argument, 0, O_CLOSETO},
-        {"idle-timeout", required_argument, 0, O_IDLETO},
-        {"ping-interval", required_argument, 0, O_PING},
-        {"pong-timeout", required_argument, 0, O_PONG},
-        {"log-level", required_argument, 0, O_LOGLEVEL},
         {"max-conns-per-ip", required_argument, 0, O_PERIP},
         {"max-handshaking", required_argument, 0, O_MAXHS},
-        {"log-format", required_argument, 0, O_LOGFORMAT},
         {"max-http-body", required_argument, 0, O_HTTPBODY},
         {"http-keepalive", required_argument, 0, O_HTTPKA},
         {"http-max-requests", required_argument, 0, O_HTTPREQS},
@@ -323,13 +305,23 @@ int cmd_serve(int argc, char **argv)
     a->log.ud = &a->log_format;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     a->workers = ncpu > 0 ? (unsigned)ncpu : 1;
+    const cli_common common = {
+        .prefix = "serve", .cmd = "serve",
+        .max_message = &o->max_message, .max_fragments = &o->max_fragments,
+        .send_max = &o->send_max, .send_high_water = &o->send_high_water,
+        .handshake_timeout_ms = &o->handshake_timeout_ms, .close_timeout_ms = &o->close_timeout_ms,
+        .idle_timeout_ms = &o->idle_timeout_ms, .ping_interval_ms = &o->ping_interval_ms,
+        .pong_timeout_ms = &o->pong_timeout_ms, .log_level = &a->log.level, .log_format = &a->log_format,
+    };
     size_t nkeys = 0;
     unsigned long v;
     int ch;
+    const char *name;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        const char *name = cli_option_name(longopts, ch);
+    while ((ch = cli_getopt(&common, argc, argv, "h", own, &name)) != -1) {
         switch (ch) {
+        case CLI_BAD:
+            return CLI_USAGE;
         case 'h':
             usage(stdout);
             return 0;
@@ -338,7 +330,7 @@ int cmd_serve(int argc, char **argv)
             break;
         case O_PORT:
             if (cli_parse_uint(optarg, 1, 65535, &v))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             o->port = (unsigned)v;
             break;
         case O_UNIX:
@@ -346,75 +338,36 @@ int cmd_serve(int argc, char **argv)
             break;
         case O_WORKERS:
             if (cli_parse_uint(optarg, 1, 256, &v))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             a->workers = (unsigned)v;
             break;
         case O_CERT:
             if (a->ncerts == MAX_CERTS)
-                return bad(name, "more than 16 certificates");
+                return cli_bad_value(&common, name, "more than 16 certificates");
             a->certs[a->ncerts++].cert_file = optarg;
             break;
         case O_KEY:
             if (nkeys == MAX_CERTS)
-                return bad(name, "more than 16 keys");
+                return cli_bad_value(&common, name, "more than 16 keys");
             a->certs[nkeys++].key_file = optarg;
             break;
         case O_STATIC:
             o->static_dir = optarg;
             break;
-        case O_MAXMSG:
-            if (cli_parse_size(optarg, &o->max_message) || !o->max_message)
-                return bad(name, optarg);
-            break;
-        case O_MAXFRAG:
-            if (cli_parse_uint(optarg, 1, 1u << 30, &v))
-                return bad(name, optarg);
-            o->max_fragments = v;
-            break;
         case O_MAXHEAD:
             if (cli_parse_size(optarg, &o->max_head) || o->max_head < 64 || o->max_head > (1u << 20))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             break;
         case O_MAXHDRS:
             if (cli_parse_uint(optarg, 1, 256, &v))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             o->max_headers = v;
-            break;
-        case O_SENDMAX:
-            if (cli_parse_size(optarg, &o->send_max) || !o->send_max)
-                return bad(name, optarg);
-            break;
-        case O_HIWAT:
-            if (cli_parse_size(optarg, &o->send_high_water) || !o->send_high_water)
-                return bad(name, optarg);
-            break;
-        case O_HSTO:
-            if (cli_parse_ms(optarg, &o->handshake_timeout_ms) || !o->handshake_timeout_ms)
-                return bad(name, optarg);
-            break;
-        case O_CLOSETO:
-            if (cli_parse_ms(optarg, &o->close_timeout_ms) || !o->close_timeout_ms)
-                return bad(name, optarg);
-            break;
-        case O_IDLETO:
-            if (cli_parse_ms(optarg, &o->idle_timeout_ms))
-                return bad(name, optarg);
-            break;
-        case O_PING:
-            if (cli_parse_ms(optarg, &o->ping_interval_ms))
-                return bad(name, optarg);
-            if (o->ping_interval_ms == 0)
-                o->ping_interval_ms = (unsigned)-1; /* off */
-            break;
-        case O_PONG:
-            if (cli_parse_ms(optarg, &o->pong_timeout_ms) || !o->pong_timeout_ms)
-                return bad(name, optarg);
             break;
         case O_PERIP:
             if (strcmp(optarg, "off") == 0)
                 o->max_conns_per_ip = 0;
             else if (cli_parse_uint(optarg, 1, 1u << 30, &v))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             else
                 o->max_conns_per_ip = v;
             break;
@@ -422,32 +375,24 @@ int cmd_serve(int argc, char **argv)
             if (strcmp(optarg, "off") == 0)
                 o->max_handshaking = (size_t)-1;
             else if (cli_parse_uint(optarg, 1, 1u << 30, &v))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             else
                 o->max_handshaking = v;
             break;
         case O_HTTPBODY:
             if (cli_parse_size(optarg, &o->max_http_body) || !o->max_http_body)
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             break;
         case O_HTTPKA:
             if (cli_parse_ms(optarg, &o->http_keepalive_ms))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             if (o->http_keepalive_ms == 0)
                 o->http_keepalive_ms = (unsigned)-1; /* off */
             break;
         case O_HTTPREQS:
             if (cli_parse_uint(optarg, 1, 1u << 30, &v))
-                return bad(name, optarg);
+                return cli_bad_value(&common, name, optarg);
             o->http_max_requests = (unsigned)v;
-            break;
-        case O_LOGLEVEL:
-            if ((a->log.level = cli_parse_log_level(optarg)) < 0)
-                return bad(name, optarg);
-            break;
-        case O_LOGFORMAT:
-            if ((a->log_format = cli_parse_log_format(optarg)) < 0)
-                return bad(name, optarg);
             break;
         default:
             usage(stderr);
