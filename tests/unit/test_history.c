@@ -4,6 +4,7 @@
 
 #include "gateway/history.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -591,6 +592,53 @@ static void test_stitch_gap_reported(void **state)
     assert_int_equal(ts.live, 0);
 }
 
+/* Entries cross threads: references dropped and frames offered concurrently
+ * (the raw frame built lazily by whichever worker needs it first). */
+typedef struct racer {
+    dx__gw_entry *e;
+    dx_msg *won;
+} racer;
+
+static void *race_main(void *arg)
+{
+    racer *r = arg;
+    dx_msg *m = dx_msg_new(DX_OP_TEXT, "payload", 7, NULL);
+    assert_non_null(m);
+    r->won = dx__gw_entry_set_frame(r->e, DX__GW_FRAME_RAW, m);
+    /* Still valid: the winner lives as long as the entry, and we hold it. */
+    assert_int_equal(dx_msg_len(r->won), 7);
+    dx__gw_entry_unref(r->e);
+    return NULL;
+}
+
+static void test_thread_entries_shared(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 50; round++) {
+        dx__gw_log *log = dx__gw_log_new(NULL, NULL, NULL);
+        assert_non_null(log);
+        dx__gw_entry *e = NULL;
+        assert_int_equal(dx__gw_log_append(log, DX__GW_KIND_TEXT, "payload", 7, &e), 0);
+        enum { N = 4 };
+        racer r[N];
+        pthread_t th[N];
+        for (int i = 0; i < N; i++) {
+            r[i].e = dx__gw_entry_ref(e);
+            assert_int_equal(pthread_create(&th[i], NULL, race_main, &r[i]), 0);
+        }
+        if (round % 2)
+            dx__gw_log_free(log); /* the log's reference goes while they run */
+        for (int i = 0; i < N; i++)
+            assert_int_equal(pthread_join(th[i], NULL), 0);
+        for (int i = 1; i < N; i++)
+            assert_ptr_equal(r[i].won, r[0].won); /* one winner for all */
+        assert_ptr_equal(dx__gw_entry_frame(e, DX__GW_FRAME_RAW), r[0].won);
+        dx__gw_entry_unref(e);
+        if (!(round % 2))
+            dx__gw_log_free(log);
+    }
+}
+
 /* ---- every allocation failed once ---------------------------------------- */
 
 /* A scenario over every allocating path; each failure must be DX_ENOMEM
@@ -714,6 +762,7 @@ int main(void)
         cmocka_unit_test(test_history_reads),
         cmocka_unit_test(test_offset_limit),
         cmocka_unit_test(test_prepared_frames),
+        cmocka_unit_test(test_thread_entries_shared),
         cmocka_unit_test(test_stitch_randomized),
         cmocka_unit_test(test_stitch_gap_reported),
         cmocka_unit_test(test_every_allocation_failed_once),
