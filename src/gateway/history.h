@@ -23,7 +23,9 @@
  * entry is trimmed once, so its cost is amortised O(1) per append.
  *
  * None of these functions fires a callback except the stitcher's, which
- * fires its own ops synchronously from the call that feeds it.
+ * fires its own ops synchronously from the call that feeds it. All may be
+ * called from inside any callback of the thread that owns the object.
+ * Accessors (offset, epoch, count, bytes, entry fields) are O(1).
  */
 #ifndef DX_GATEWAY_HISTORY_H
 #define DX_GATEWAY_HISTORY_H
