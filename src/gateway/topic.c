@@ -93,6 +93,75 @@ bool dx__gw_topic_user_id(const char *name, size_t len, const char **id, size_t 
     return true;
 }
 
+/* The next segment of s[*pos..len): its start and length; *pos moves past
+ * it and its dot. */
+static const char *next_seg(const char *s, size_t len, size_t *pos, size_t *n)
+{
+    size_t start = *pos, i = start;
+    while (i < len && s[i] != '.')
+        i++;
+    *n = i - start;
+    *pos = i < len ? i + 1 : len + 1;
+    return s + start;
+}
+
+static bool is_seg(const char *seg, size_t n, char c)
+{
+    return n == 1 && seg[0] == c;
+}
+
+bool dx__gw_topic_matches(const char *pattern, size_t plen, const char *topic, size_t tlen)
+{
+    dx__gw_topic_kind pk = dx__gw_topic_classify(pattern, plen), tk = dx__gw_topic_classify(topic, tlen);
+    if (pk == DX__GW_TOPIC_INVALID || (tk != DX__GW_TOPIC_EXACT && tk != DX__GW_TOPIC_USER))
+        return false;
+    if (plen == tlen && memcmp(pattern, topic, plen) == 0)
+        return true;
+    if (pk != DX__GW_TOPIC_PATTERN || tk == DX__GW_TOPIC_USER)
+        return false;
+    size_t pp = 0, tp = 0;
+    while (pp <= plen) {
+        size_t pn, tn;
+        const char *ps = next_seg(pattern, plen, &pp, &pn);
+        if (is_seg(ps, pn, '>'))
+            return tp <= tlen; /* one or more topic segments left */
+        if (tp > tlen)
+            return false;
+        const char *ts = next_seg(topic, tlen, &tp, &tn);
+        if (!is_seg(ps, pn, '*') && (pn != tn || memcmp(ps, ts, pn) != 0))
+            return false;
+    }
+    return tp > tlen;
+}
+
+bool dx__gw_topic_covers(const char *allowed, size_t alen, const char *req, size_t rlen)
+{
+    dx__gw_topic_kind ak = dx__gw_topic_classify(allowed, alen), rk = dx__gw_topic_classify(req, rlen);
+    if (ak == DX__GW_TOPIC_INVALID || rk == DX__GW_TOPIC_INVALID)
+        return false;
+    if (rk != DX__GW_TOPIC_PATTERN)
+        return dx__gw_topic_matches(allowed, alen, req, rlen);
+    if (ak != DX__GW_TOPIC_PATTERN)
+        return false; /* a topic covers no pattern */
+    size_t ap = 0, rp = 0;
+    while (ap <= alen) {
+        size_t an, rn;
+        const char *as = next_seg(allowed, alen, &ap, &an);
+        if (is_seg(as, an, '>'))
+            return rp <= rlen;
+        if (rp > rlen)
+            return false;
+        const char *rs = next_seg(req, rlen, &rp, &rn);
+        if (is_seg(rs, rn, '>'))
+            return false;
+        if (is_seg(as, an, '*'))
+            continue;
+        if (an != rn || memcmp(as, rs, an) != 0)
+            return false;
+    }
+    return rp > rlen;
+}
+
 /* ---- hash tables ---------------------------------------------------------- */
 
 typedef struct hnode {

@@ -61,6 +61,22 @@ int dx__gw_topic_check_sub(const char *name, size_t len);
  * untouched. O(len). */
 bool dx__gw_topic_user_id(const char *name, size_t len, const char **id, size_t *idlen);
 
+/* True when `pattern` (a topic or a pattern) matches `topic` (a topic):
+ * equal, or a pattern matching it segment by segment; a pattern never
+ * matches a `user:` topic. False when either is invalid or `topic` is a
+ * pattern. For checking a name against a list of allowed patterns (JWT
+ * `publish` claims). O(plen + tlen). Pure. */
+bool dx__gw_topic_matches(const char *pattern, size_t plen, const char *topic, size_t tlen);
+
+/* True when every topic that `req` (a topic or pattern) matches is also
+ * matched by `allowed` (a topic or pattern): for checking a subscription
+ * against allowed patterns (JWT `subscribe` claims). Exact, segment by
+ * segment: `>` covers one or more segments of anything (`*` and `>`
+ * included), `*` covers a literal or `*`, a literal only itself; a `>` in
+ * `req` is covered only by a `>` at the same place. False when either is
+ * invalid. O(alen + rlen). Pure. */
+bool dx__gw_topic_covers(const char *allowed, size_t alen, const char *req, size_t rlen);
+
 typedef struct dx__gw_topic_index dx__gw_topic_index;
 
 /* A new, empty index allocating through `seams` (NULL: the defaults; kept by

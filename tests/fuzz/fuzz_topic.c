@@ -120,8 +120,11 @@ static void check_match(dx__gw_topic_index *ix, const char *t, size_t len)
     int total = 0;
     for (int s = 0; s < NSUB; s++) {
         bool exact = ref_find(s, t, len) >= 0, any = exact;
-        for (size_t i = 0; i < nmodel && !any; i++)
-            any = model[i].sub == s && ref_matches(model[i].name, model[i].len, t, len);
+        for (size_t i = 0; i < nmodel; i++) {
+            bool m = ref_matches(model[i].name, model[i].len, t, len);
+            check(dx__gw_topic_matches(model[i].name, model[i].len, t, len) == m);
+            any = any || (model[i].sub == s && m);
+        }
         check(g.calls[s] == (any ? 1 : 0));
         total += g.calls[s];
         if (!any)

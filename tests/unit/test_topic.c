@@ -297,6 +297,104 @@ static void check_counts(dx__gw_topic_index *ix, const ref *r)
     assert_int_equal(dx__gw_topic_index_subscribers(ix), subs);
 }
 
+static bool matches(const char *p, const char *t)
+{
+    return dx__gw_topic_matches(p, strlen(p), t, strlen(t));
+}
+
+static bool covers(const char *a, const char *r)
+{
+    return dx__gw_topic_covers(a, strlen(a), r, strlen(r));
+}
+
+static void test_matches_and_covers_table(void **state)
+{
+    (void)state;
+    assert_true(matches("a.b", "a.b"));
+    assert_false(matches("a.b", "a.c"));
+    assert_true(matches("a.*", "a.b"));
+    assert_false(matches("a.*", "a"));
+    assert_false(matches("a.*", "a.b.c"));
+    assert_true(matches("a.>", "a.b.c"));
+    assert_false(matches("a.>", "a"));
+    assert_true(matches(">", "x"));
+    assert_true(matches("*.*", "x.y"));
+    assert_true(matches("user:x", "user:x"));
+    assert_false(matches(">", "user:x"));
+    assert_false(matches("*.b", "user:x.b"));
+    assert_true(matches("*.user:x", "a.user:x")); /* only a leading user: is personal */
+    assert_false(matches("a.*", "a.*"));          /* a pattern is not a topic */
+    assert_false(matches("a..b", "a..b"));
+    assert_false(matches("a", ""));
+    assert_true(covers("a.>", "a.*"));
+    assert_true(covers("a.>", "a.b.>"));
+    assert_true(covers("a.>", "a.>"));
+    assert_true(covers(">", "*.*.>"));
+    assert_true(covers("*.*", "a.*"));
+    assert_false(covers("a.*", "a.>"));
+    assert_false(covers("a.*", ">"));
+    assert_false(covers("a.b", "a.*"));
+    assert_false(covers("a.>", "a"));
+    assert_true(covers("a.*", "a.b"));
+    assert_false(covers(">", "user:x"));
+    assert_true(covers("user:x", "user:x"));
+    assert_false(covers("a..b", "a.b"));
+}
+
+/* covers(A, R) equals its definition, checked by brute force: every
+ * pattern over {a, b, *, >} of 1-3 segments, against every topic over
+ * {a, b, q} of 1-4 segments (q: a literal neither uses; 4: one more than a
+ * pattern's longest, enough to tell `>` from fixed lengths). Also checks
+ * matches() against the reference matcher for each pair. */
+static size_t all_names(const char *const *vocab, size_t nv, size_t maxseg, char (*out)[16], bool valid_only)
+{
+    size_t n = 0;
+    size_t idx[8];
+    for (size_t len = 1; len <= maxseg; len++) {
+        memset(idx, 0, sizeof idx);
+        for (;;) {
+            char *o = out[n];
+            o[0] = '\0';
+            for (size_t i = 0; i < len; i++) {
+                if (i)
+                    strcat(o, ".");
+                strcat(o, vocab[idx[i]]);
+            }
+            if (!valid_only || kind_of(o) != DX__GW_TOPIC_INVALID)
+                n++;
+            size_t i = 0;
+            while (i < len && ++idx[i] == nv)
+                idx[i++] = 0;
+            if (i == len)
+                break;
+        }
+    }
+    return n;
+}
+
+static void test_covers_exhaustive(void **state)
+{
+    (void)state;
+    static const char *const pv[] = {"a", "b", "*", ">"};
+    static const char *const tv[] = {"a", "b", "q"};
+    static char pats[100][16], tops[130][16];
+    size_t np = all_names(pv, 4, 3, pats, true), nt = all_names(tv, 3, 4, tops, true);
+    assert_int_equal(nt, 3 + 9 + 27 + 81);
+    for (size_t t = 0; t < nt; t++)
+        for (size_t p = 0; p < np; p++)
+            assert_int_equal(matches(pats[p], tops[t]), ref_matches(pats[p], tops[t]));
+    for (size_t a = 0; a < np; a++) {
+        for (size_t r = 0; r < np; r++) {
+            bool want = true;
+            for (size_t t = 0; t < nt && want; t++)
+                if (matches(pats[r], tops[t]) && !matches(pats[a], tops[t]))
+                    want = false;
+            if (covers(pats[a], pats[r]) != want)
+                fail_msg("covers(%s, %s) = %d, want %d", pats[a], pats[r], !want, want);
+        }
+    }
+}
+
 static uint64_t rng_next(uint64_t *x)
 {
     *x ^= *x << 13;
@@ -636,6 +734,8 @@ int main(void)
         cmocka_unit_test(test_validation_table),
         cmocka_unit_test(test_validation_lengths),
         cmocka_unit_test(test_validation_bytes),
+        cmocka_unit_test(test_matches_and_covers_table),
+        cmocka_unit_test(test_covers_exhaustive),
         cmocka_unit_test(test_random_against_reference),
         cmocka_unit_test(test_at_most_once_overlap),
         cmocka_unit_test(test_callback_cannot_mutate),
