@@ -12,16 +12,17 @@
  *    a topic is required (publish, history, presence);
  *  - a topic beginning with `user:` is the personal topic of the user whose
  *    id is everything after `user:` (dots included: "user:a.b" is the topic
- *    of user "a.b"); the id is not empty and does not begin with a dot. Patterns never match a `user:`
- *    topic, however the topic is split in segments, and a pattern whose
- *    first segment begins with `user:` is refused (it could match nothing).
+ *    of user "a.b"); the id is not empty and does not begin with a dot.
+ *    Patterns never match a `user:` topic, however it splits in segments,
+ *    and a pattern whose first segment begins with `user:` is refused (it
+ *    could match nothing).
  *    The prefix is case-sensitive ("User:x" is an ordinary topic).
  *
  * The index maps topics and patterns to subscribers (opaque pointers: the
  * gateway's per-connection state) for one thread: it is not thread-safe.
  * Exact topics (and `user:` topics) live in a hash table; patterns live in a
  * trie of segments whose literal edges are in one hash table keyed by
- * (parent node, segment). Every memory the index holds is released as
+ * (parent node, segment). All the memory the index holds is released as
  * subscriptions leave: a topic entry, trie node or subscriber record exists
  * only while a subscription needs it, and the hash tables shrink.
  * Hashes are seeded from the seams' randomness.
@@ -88,7 +89,10 @@ int dx__gw_topic_index_new(const dx_seams *seams, dx__gw_topic_index **out);
  * not touched. Not callable from a match callback. O(size). */
 void dx__gw_topic_index_free(dx__gw_topic_index *ix);
 
-/* Subscribes `sub` (not NULL) to `name`, a topic or a pattern. Returns 0
+/* Subscribes `sub` (not NULL) to `name`, a topic or a pattern. `name` is
+ * copied; `sub` is kept (never dereferenced) until this subscription is
+ * unsubscribed or the subscriber removed: remove it before freeing what it
+ * points to, or a later match hands out the stale pointer. Returns 0
  * (added), 1 (already subscribed: nothing changed), DX_EINVAL (invalid name,
  * NULL sub), DX_ENOMEM (nothing changed) or DX_ESTATE (called during a
  * match). The index does not check who may subscribe to a `user:` topic,
@@ -114,16 +118,18 @@ int dx__gw_topic_remove_subscriber(dx__gw_topic_index *ix, void *sub);
  * on this index (those return DX_ESTATE); it may note what to do after. */
 typedef void (*dx__gw_topic_match_fn)(void *ud, void *sub, const char *pattern, size_t plen);
 
-/* Calls `fn` once for each subscriber whose subscriptions match `topic`,
- * however many of them match (at most once per call). Returns the number of
- * calls (>= 0), DX_EINVAL (`topic` is not a publishable topic) or DX_ESTATE
- * (nested in a match). Never allocates. Cost: O(len) to hash, plus the
- * exact topic's subscribers, plus, unless `topic` is a `user:` topic, the
- * trie nodes whose path matches a prefix of `topic`: at most 3 edge
- * lookups (literal, `*`, `>`) per visited node, and a visited node's
- * number is bounded both by the trie's size and by 2^segments (only `*`
- * branches); with few `*` at each level this is O(segments × branching),
- * independent of the number of subscriptions that do not match. */
+/* Calls `fn` (with `ud`) before returning, once for each subscriber whose
+ * subscriptions match `topic` (borrowed for the call), the exact topic's
+ * subscribers first: at most once per subscriber, however many of its
+ * subscriptions match. Returns the number of calls (>= 0), DX_EINVAL
+ * (`topic` is not a publishable topic) or DX_ESTATE (nested in a match).
+ * Never allocates. Cost: O(len) to hash, plus the exact topic's
+ * subscribers, plus, unless `topic` is a `user:` topic, the trie nodes
+ * whose path matches a prefix of `topic` (at most 3 child lookups each:
+ * literal, `*`, `>`) and their subscriptions. The visited nodes are bounded
+ * by the trie's size and by 2^segments (only `*` branches); with few `*`
+ * per level this is O(segments × branching) + O(matches), independent of
+ * the subscriptions that do not match. */
 int dx__gw_topic_match(dx__gw_topic_index *ix, const char *topic, size_t len,
                        dx__gw_topic_match_fn fn, void *ud);
 
