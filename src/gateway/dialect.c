@@ -104,7 +104,8 @@ static void put_str(wr *w, const char *s, size_t len)
         }
         put(w, e, el);
     }
-    put(w, p + len - run, run);
+    if (run)
+        put(w, p + len - run, run);
     put(w, "\"", 1);
 }
 
