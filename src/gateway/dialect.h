@@ -11,6 +11,9 @@
  *    SSE event and its id, hand-written into a dx_buf (see dialect.c for why);
  *  - the parser of SSE positions (Last-Event-ID, ?since=).
  *
+ * Nothing here keeps state between calls or fires a callback: every function
+ * may be called from any thread and from any callback.
+ *
  * Allocation: the parser's own memory (decoded b64, compact JSON text) and
  * every encoder's output go through the seams. jansson's internal
  * allocations stay on malloc: json_set_alloc_funcs is process-global and the

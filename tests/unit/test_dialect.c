@@ -55,6 +55,10 @@ static const row rows[] = {
     {"{\"op\":\"sub\",\"topic\":\"a\",}", 4400, 0, 0, 0},
     {"{'op':'sub'}", 4400, 0, 0, 0},
     {"{\"op\":\"sub\",\"topic\":\"\xff\"}", 4400, 0, 0, 0},
+    {"{\"op\":\"pub\",\"topic\":\"a\",\"data\":\"\\ud800\"}", 4400, 0, 0, 0},       /* lone surrogates */
+    {"{\"op\":\"pub\",\"topic\":\"a\",\"data\":\"\\udc00x\"}", 4400, 0, 0, 0},
+    {"{\"op\":\"pub\",\"topic\":\"a\",\"data\":\"\xed\xa0\x80\"}", 4400, 0, 0, 0}, /* CESU-8 */
+    {"{\"op\":\"pub\",\"topic\":\"a\",\"data\":\"\\ud83d\\ude00\"}", 0, DX__GW_OP_PUB, 0, 0},
     /* duplicate keys */
     {"{\"op\":\"sub\",\"op\":\"sub\",\"topic\":\"a\"}", 4400, 0, 0, 0},
     {"{\"op\":\"pub\",\"topic\":\"a\",\"data\":{\"k\":1,\"k\":2}}", 4400, 0, 0, 0},
