@@ -278,6 +278,26 @@ int dx__gw_msg_encode(dx_buf *out, size_t max, const char *topic, size_t topic_l
     return 0;
 }
 
+int dx__gw_msg_encode_to(uint8_t *dst, size_t cap, size_t *len, const char *topic, size_t topic_len,
+                         uint64_t offset, const char *epoch, size_t epoch_len, enum dx__gw_kind kind,
+                         const uint8_t *payload, size_t payload_len, const char *pattern,
+                         size_t pattern_len)
+{
+    wr w = {0};
+    emit_msg(&w, topic, topic_len, offset, epoch, epoch_len, kind, payload, payload_len, pattern,
+             pattern_len);
+    if (w.err)
+        return w.err;
+    *len = w.n;
+    if (!dst || w.n > cap)
+        return DX_ENOSPC;
+    w.dst = dst;
+    w.n = 0;
+    emit_msg(&w, topic, topic_len, offset, epoch, epoch_len, kind, payload, payload_len, pattern,
+             pattern_len);
+    return 0;
+}
+
 static void emit_ack(wr *w, int64_t id)
 {
     put_lit(w, "{\"op\":\"ack\"");

@@ -152,6 +152,17 @@ int dx__gw_msg_encode(dx_buf *out, size_t max, const char *topic, size_t topic_l
                       enum dx__gw_kind kind, const uint8_t *payload, size_t payload_len,
                       const char *pattern, size_t pattern_len);
 
+/* The same msg into caller-provided memory, e.g. a dx_rcbuf_alloc'd buffer
+ * shared by every subscriber, without an intermediate copy: measures (and
+ * validates) the arguments, sets *len to the exact size, and writes the
+ * bytes to dst when they fit in cap; else DX_ENOSPC and nothing is written
+ * (dst may be NULL with cap 0 to ask for the size only). Other errors as
+ * dx__gw_msg_encode. Never allocates. O(output) per call. */
+int dx__gw_msg_encode_to(uint8_t *dst, size_t cap, size_t *len, const char *topic, size_t topic_len,
+                         uint64_t offset, const char *epoch, size_t epoch_len, enum dx__gw_kind kind,
+                         const uint8_t *payload, size_t payload_len, const char *pattern,
+                         size_t pattern_len);
+
 /* {"op":"ack"[,"id":N]}: the reply to unsub and refresh. */
 int dx__gw_ack_encode(dx_buf *out, size_t max, int64_t id);
 

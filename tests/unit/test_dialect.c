@@ -428,6 +428,41 @@ static void test_msg_encode(void **state)
     dx_buf_deinit(&b);
 }
 
+/* encode_to: the same bytes as encode, sized first, into exact memory */
+static void test_msg_encode_to(void **state)
+{
+    (void)state;
+    dx_buf b;
+    dx_buf_init(&b, NULL);
+    const uint8_t bin[] = {0, 1, 2, 0xff};
+    assert_int_equal(dx__gw_msg_encode(&b, 0, "a.b", 3, 99, "ep", 2, DX__GW_KIND_BINARY, bin, 4, "a.*", 3), 0);
+    size_t len = 0;
+    assert_int_equal(dx__gw_msg_encode_to(NULL, 0, &len, "a.b", 3, 99, "ep", 2, DX__GW_KIND_BINARY, bin, 4,
+                                          "a.*", 3),
+                     DX_ENOSPC);
+    assert_int_equal(len, b.len);
+    uint8_t *dst = malloc(len + 1);
+    assert_non_null(dst);
+    dst[len - 1] = 0xAA;
+    size_t len2 = 0;
+    assert_int_equal(dx__gw_msg_encode_to(dst, len - 1, &len2, "a.b", 3, 99, "ep", 2, DX__GW_KIND_BINARY, bin,
+                                          4, "a.*", 3),
+                     DX_ENOSPC);
+    assert_int_equal(dst[len - 1], 0xAA); /* nothing written */
+    dst[len] = 0x55;
+    assert_int_equal(dx__gw_msg_encode_to(dst, len, &len2, "a.b", 3, 99, "ep", 2, DX__GW_KIND_BINARY, bin, 4,
+                                          "a.*", 3),
+                     0);
+    assert_int_equal(len2, len);
+    assert_memory_equal(dst, dx_buf_head(&b), len);
+    assert_int_equal(dst[len], 0x55); /* not one byte past */
+    assert_int_equal(dx__gw_msg_encode_to(dst, len, &len2, "a.b", 3, 99, "e\xc3", 2, DX__GW_KIND_BINARY, bin,
+                                          4, NULL, 0),
+                     DX_EUTF8);
+    free(dst);
+    dx_buf_deinit(&b);
+}
+
 static void test_escaping(void **state)
 {
     (void)state;
@@ -822,6 +857,7 @@ int main(void)
         cmocka_unit_test(test_size_and_depth_bounds),
         cmocka_unit_test(test_b64),
         cmocka_unit_test(test_msg_encode),
+        cmocka_unit_test(test_msg_encode_to),
         cmocka_unit_test(test_escaping),
         cmocka_unit_test(test_ack_err_gap_encode),
         cmocka_unit_test(test_pub_json_round_trip),
