@@ -6,7 +6,8 @@
  *    carries a known code and a reason, and its err frame is valid JSON; an
  *    accepted pub re-encodes into a msg that jansson parses, whose data/b64
  *    is the published payload (the same string, the same JSON value, the
- *    same bytes), and whose SSE event holds it on one data line.
+ *    same bytes), that dx__gw_msg_encode_to writes byte for byte the same,
+ *    and whose SSE event holds it on one data line.
  *  - byte 0 odd: an SSE position list (bit 1: with epochs). Whatever parses
  *    re-encodes (dx__gw_sse_id_encode) and parses back to the same
  *    positions; with epochs, the encoding is the input itself (the form is
@@ -75,6 +76,15 @@ static void request(const uint8_t *p, size_t len)
             free(dec);
         }
         json_decref(m);
+        size_t need = 0, got = 0;
+        check(dx__gw_msg_encode_to(NULL, 0, &need, req.topic, req.topic_len, 1, "e", 1, req.kind, req.payload,
+                                   req.payload_len, "p.*", 3) == DX_ENOSPC && need == b.len);
+        uint8_t *to = malloc(need);
+        check(to != NULL);
+        check(dx__gw_msg_encode_to(to, need, &got, req.topic, req.topic_len, 1, "e", 1, req.kind, req.payload,
+                                   req.payload_len, "p.*", 3) == 0 && got == need);
+        check(!memcmp(to, dx_buf_head(&b), need));
+        free(to);
         dx__gw_pos pos = {"t", 1, 1, "e", 1};
         dx_buf ev;
         dx_buf_init(&ev, NULL);
