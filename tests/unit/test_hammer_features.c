@@ -32,11 +32,9 @@
  * server's free); every dx_msg's reference count is back to 1 once the
  * server is freed; no leak, no use-after-free (ASan).
  *
- * test_xthread_fanout (also in the TSan stage): producer threads post
- * shared dx_msg sends (dx_loop_post_ex) to a loop whose timer closes,
- * resets and reopens its connections; the producers count DX_ELIMIT; the
- * loop stops with posts pending and dx_loop_free runs each drop exactly
- * once: run + dropped == accepted.
+ * The cross-thread part (test_xthread_fanout) is test_hammer_xthread.c;
+ * what the hammers share (random stream, seed, raw peers' socket and
+ * frames) is hammer_fx.c.
  *
  * Seeded (printed): DX_HAMMER_SEED=n replays the random choices (the
  * kernel's timing still varies), DX_HAMMER_ROUNDS=n sets the rounds,
@@ -44,7 +42,7 @@
  * upgrade that never opened (grep the log for its remote address).
  */
 #define _GNU_SOURCE
-#include "testutil.h"
+#include "hammer_fx.h"
 
 #include "core/rcbuf.h"
 #include "duplex/client.h"
@@ -55,10 +53,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <pthread.h>
-#include <sched.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,8 +71,6 @@
 #define EVENT_BUDGET 5000
 #define STEP_BUDGET 2000
 #define SAFETY_MS 120000
-
-static const dx_log quiet_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_ERROR};
 
 /* ---- state --------------------------------------------------------------------------- */
 
@@ -177,17 +170,8 @@ typedef struct hammer {
 
 static hammer H;
 
-static uint64_t rnd(void)
-{
-    uint64_t x = H.rng;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    H.rng = x;
-    return x;
-}
-static unsigned pick(unsigned n) { return n ? (unsigned)(rnd() % n) : 0; }
-static int chance(unsigned percent) { return pick(100) < percent; }
+static unsigned pick(unsigned n) { return hx_pick(&H.rng, n); }
+static int chance(unsigned percent) { return hx_chance(&H.rng, percent); }
 
 static void violation(const char *what, long a, long b)
 {
@@ -825,11 +809,10 @@ static void peer_close(peer *p, int rst)
 {
     if (p->fd < 0)
         return;
-    if (rst) {
-        struct linger lg = {1, 0};
-        setsockopt(p->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    }
-    close(p->fd);
+    if (rst)
+        dx_test_close_rst(p->fd);
+    else
+        close(p->fd);
     p->fd = -1;
     p->rec = NULL;
 }
@@ -846,21 +829,7 @@ static void peer_send(peer *p, const void *b, size_t len)
 
 static size_t frame(uint8_t *out, unsigned op, int fin, const uint8_t *payload, size_t len)
 {
-    size_t n = 0;
-    out[n++] = (uint8_t)((fin ? 0x80 : 0) | op);
-    if (len < 126) {
-        out[n++] = (uint8_t)(0x80 | len);
-    } else {
-        out[n++] = 0x80 | 126;
-        out[n++] = (uint8_t)(len >> 8);
-        out[n++] = (uint8_t)len;
-    }
-    uint8_t key[4] = {(uint8_t)rnd(), (uint8_t)rnd(), (uint8_t)rnd(), (uint8_t)rnd()};
-    memcpy(out + n, key, 4);
-    n += 4;
-    for (size_t i = 0; i < len; i++)
-        out[n + i] = payload[i] ^ key[i & 3];
-    return n + len;
+    return hx_frame(&H.rng, out, op, fin, payload, len);
 }
 
 static void peer_open(int idx)
@@ -868,21 +837,10 @@ static void peer_open(int idx)
     peer *p = &H.peers[idx];
     if (H.srv_freed || H.shut)
         return;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    p->noread = chance(15);
+    int fd = hx_peer_dial(H.port, p->noread ? 1024 : 0);
     if (fd < 0)
         return;
-    p->noread = chance(15);
-    if (p->noread) {
-        int small = 1024;
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-    }
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)H.port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return;
-    }
-    fcntl(fd, F_SETFL, O_NONBLOCK);
     p->fd = fd;
     p->gen++;
     p->shut_wr = p->head_done = p->refused = 0;
@@ -892,8 +850,7 @@ static void peer_open(int idx)
     p->inlen = 0;
     char req[300];
     int n = snprintf(req, sizeof req,
-                     "GET /p%dg%u HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                     "GET /p%dg%u HTTP/1.1\r\nHost: 127.0.0.1\r\n" DX_TEST_UPGRADE_HEADERS,
                      idx, p->gen);
     peer_send(p, req, (size_t)n);
     if (chance(40)) { /* frames right behind the request, maybe in the same segment: held while deferred */
@@ -1365,32 +1322,11 @@ static void driver(void *arg)
         violation("cannot post the driver", 0, 0);
 }
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static uint64_t seed_from_env(void)
-{
-    uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16);
-    const char *env = getenv("DX_HAMMER_SEED");
-    if (env)
-        seed = strtoull(env, NULL, 0);
-    return seed ? seed : 1;
-}
-
 static void test_features(void **state)
 {
     (void)state;
-    uint64_t seed = seed_from_env();
-    int rounds = 6;
-    if (getenv("DX_HAMMER_ROUNDS"))
-        rounds = atoi(getenv("DX_HAMMER_ROUNDS"));
-    printf("hammer_features: seed %llu (replay: DX_HAMMER_SEED=%llu), %d rounds\n", (unsigned long long)seed,
-           (unsigned long long)seed, rounds);
-    fflush(stdout);
+    uint64_t seed = hx_seed();
+    int rounds = hx_rounds("hammer_features", seed, 6);
     memset(&H, 0, sizeof H);
     H.rng = seed;
     for (int i = 0; i < MAX_PEER; i++)
@@ -1413,10 +1349,11 @@ static void test_features(void **state)
     H.ts.seams.now_ns = vnow;
     H.vnow = 1000000000u;
     static const dx_log debug_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_DEBUG};
-    dx_loop_options lo = {.seams = &H.ts.seams, .log = getenv("DX_HAMMER_VERBOSE") ? &debug_log : &quiet_log};
+    dx_loop_options lo = {.seams = &H.ts.seams,
+                          .log = getenv("DX_HAMMER_VERBOSE") ? &debug_log : &dx_test_quiet_log};
     H.loop = dx_loop_new(&lo, NULL);
     assert_non_null(H.loop);
-    uint64_t end = mono_ms() + SAFETY_MS;
+    uint64_t end = dx_test_mono_ms() + SAFETY_MS;
     for (int r = 0; r < rounds; r++) {
         H.tls = r % 3 == 2;
         start_server();
@@ -1431,7 +1368,7 @@ static void test_features(void **state)
         H.round_events = H.round_steps = 0;
         assert_int_equal(dx_loop_post(H.loop, driver, NULL), 0);
         while (!H.round_done) {
-            assert_true(mono_ms() < end);
+            assert_true(dx_test_mono_ms() < end);
             assert_int_equal(dx_loop_run(H.loop), 0);
         }
         assert_int_equal(H.nopen, 0);
@@ -1491,314 +1428,6 @@ static void test_features(void **state)
     assert_true(H.cl_opens > 0 && H.cl_msgs_ok > 0);
 }
 
-/* ---- the cross-thread hammer ----------------------------------------------------------- */
-
-#define XT_PRODUCERS 3
-#define XT_POSTS 10000 /* attempts per producer */
-#define XT_PEERS 24
-#define XT_OPEN 64
-#define XT_EXTRA 40   /* posts made by the test's thread once the loop has stopped */
-
-typedef struct xjob {
-    dx_msg *m;
-    atomic_int fate; /* 0 queued, 1 run, 2 dropped */
-} xjob;
-
-typedef struct xthread {
-    dx_loop *loop;
-    dx_server *srv;
-    unsigned port;
-    dx_conn *open[XT_OPEN];
-    size_t nopen;
-    int pfd[XT_PEERS];
-    dx_watch *pw[XT_PEERS];
-    dx_timer *chaos;
-    uint64_t rng;                /* the loop thread's */
-    long run_target, ticks, srv_frees, sends, rsts;
-    atomic_long violations, accepted, elimit, ran, dropped, producers_done;
-} xthread;
-
-static xthread X;
-
-static unsigned xpick(unsigned n)
-{
-    uint64_t x = X.rng;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    X.rng = x;
-    return n ? (unsigned)(x % n) : 0;
-}
-
-static void x_chaos_step(void);
-
-static void x_run(void *arg)
-{
-    xjob *j = arg;
-    if (atomic_exchange(&j->fate, 1) != 0)
-        atomic_fetch_add(&X.violations, 1);
-    for (size_t i = 0; i < X.nopen; i++) {
-        int rc = dx_conn_send_msg(X.open[i], j->m);
-        if (rc != 0 && rc != DX_ECLOSED && rc != DX_ELIMIT)
-            atomic_fetch_add(&X.violations, 1);
-        X.sends += rc == 0;
-    }
-    dx_msg_unref(j->m);
-    free(j);
-    long ran = atomic_fetch_add(&X.ran, 1) + 1;
-    if (ran % 8 == 0)
-        x_chaos_step(); /* from inside a post: close, reset, free the server */
-    if (ran >= X.run_target)
-        dx_loop_stop(X.loop); /* producers go on posting: the loop is freed with posts pending */
-}
-
-static void x_drop(void *arg)
-{
-    xjob *j = arg;
-    if (atomic_exchange(&j->fate, 2) != 0)
-        atomic_fetch_add(&X.violations, 1);
-    dx_msg_unref(j->m);
-    free(j);
-    atomic_fetch_add(&X.dropped, 1);
-}
-
-/* 0 accepted, 1 refused (DX_ELIMIT), -1 another error. */
-static int x_post(dx_msg *m)
-{
-    xjob *j = malloc(sizeof *j);
-    if (!j)
-        abort();
-    j->m = dx_msg_ref(m);
-    atomic_init(&j->fate, 0);
-    int rc = dx_loop_post_ex(X.loop, x_run, x_drop, j);
-    if (rc == 0) {
-        atomic_fetch_add(&X.accepted, 1);
-        return 0;
-    }
-    dx_msg_unref(j->m); /* refused: neither fn nor drop will run, the job is still ours */
-    free(j);
-    if (rc == DX_ELIMIT) {
-        atomic_fetch_add(&X.elimit, 1);
-        return 1;
-    }
-    return -1;
-}
-
-static void *x_producer(void *arg)
-{
-    unsigned id = (unsigned)(uintptr_t)arg;
-    dx_msg *m = NULL;
-    char buf[600];
-    for (int i = 0; i < XT_POSTS; i++) {
-        if (i % 16 == 0) { /* a new shared message now and then; ours is dropped here */
-            dx_msg_unref(m);
-            int n = snprintf(buf, sizeof buf, "producer %u message %d ", id, i);
-            memset(buf + n, 'x', (size_t)(i % 500));
-            m = dx_msg_new(DX_OP_TEXT, buf, (size_t)n + (size_t)(i % 500), NULL);
-            if (!m)
-                abort();
-        }
-        int rc = x_post(m);
-        if (rc < 0)
-            atomic_fetch_add(&X.violations, 1);
-        if (rc > 0 || i % 64 == 0)
-            sched_yield(); /* full: let the loop run */
-    }
-    dx_msg_unref(m);
-    atomic_fetch_add(&X.producers_done, 1);
-    return NULL;
-}
-
-static void x_open_cb(dx_conn *c, void *ud)
-{
-    (void)ud;
-    if (X.nopen < XT_OPEN)
-        X.open[X.nopen++] = c;
-    else
-        (void)dx_conn_close(c, 1013, NULL, 0);
-}
-
-static void x_close_cb(dx_conn *c, unsigned code, const char *reason, size_t len, void *ud)
-{
-    (void)code;
-    (void)reason;
-    (void)len;
-    (void)ud;
-    for (size_t i = 0; i < X.nopen; i++)
-        if (X.open[i] == c) {
-            X.open[i] = X.open[--X.nopen];
-            return;
-        }
-}
-
-static void x_peer_close(int i, int rst)
-{
-    if (X.pfd[i] < 0)
-        return;
-    dx_watch_free(X.pw[i]);
-    X.pw[i] = NULL;
-    if (rst) {
-        struct linger lg = {1, 0};
-        setsockopt(X.pfd[i], SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-        X.rsts++;
-    }
-    close(X.pfd[i]);
-    X.pfd[i] = -1;
-}
-
-static void x_peer_read(dx_watch *w, int fd, unsigned events, void *ud)
-{
-    (void)w;
-    (void)events;
-    char b[65536];
-    ssize_t n = recv(fd, b, sizeof b, MSG_DONTWAIT);
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
-        x_peer_close((int)(intptr_t)ud, 0);
-}
-
-static void x_peer_open(int i)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)X.port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return;
-    }
-    static const char req[] = "GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    if (send(fd, req, sizeof req - 1, MSG_NOSIGNAL) != (ssize_t)sizeof req - 1) {
-        close(fd);
-        return;
-    }
-    fcntl(fd, F_SETFL, O_NONBLOCK);
-    X.pfd[i] = fd;
-    X.pw[i] = dx_watch_new(X.loop, fd, DX_WATCH_READ, x_peer_read, (void *)(intptr_t)i, NULL);
-    assert_non_null(X.pw[i]);
-}
-
-static void x_server_start(void)
-{
-    dx_server_options o = {.host = "127.0.0.1", .port = DX_PORT_EPHEMERAL, .close_timeout_ms = 200,
-                           .send_max = 65536};
-    o.cb.on_open = x_open_cb;
-    o.cb.on_close = x_close_cb;
-    X.srv = dx_server_new(X.loop, &o, NULL);
-    assert_non_null(X.srv);
-    assert_int_equal(dx_server_start(X.srv), 0);
-    X.port = dx_server_port(X.srv);
-}
-
-static void x_server_free(void)
-{
-    dx_server_free(X.srv); /* open connections dropped, their queued references released */
-    X.srv = NULL;
-    X.nopen = 0;
-    X.srv_frees++;
-    for (int i = 0; i < XT_PEERS; i++)
-        x_peer_close(i, (int)xpick(2));
-}
-
-/* The loop's own chaos: close, reset, reopen, pause, and now and then free
- * the server with everything open and start another. */
-static void x_chaos_step(void)
-{
-    X.ticks++;
-    if (X.ticks % 80 == 0) {
-        x_server_free();
-        x_server_start();
-    }
-    for (int k = 0; k < 3; k++) {
-        int i = (int)xpick(XT_PEERS);
-        switch (xpick(8)) {
-        case 0:
-            x_peer_close(i, 1);
-            break;
-        case 1:
-            if (X.nopen)
-                (void)dx_conn_close(X.open[xpick((unsigned)X.nopen)], 1000, NULL, 0);
-            break;
-        case 2:
-            if (X.nopen)
-                (void)dx_conn_pause(X.open[xpick((unsigned)X.nopen)]);
-            break;
-        default:
-            if (X.pfd[i] < 0)
-                x_peer_open(i);
-            break;
-        }
-    }
-}
-
-static void x_chaos(dx_timer *t, void *ud)
-{
-    (void)t;
-    (void)ud;
-    x_chaos_step();
-    if (atomic_load(&X.producers_done) == XT_PRODUCERS)
-        dx_loop_stop(X.loop); /* the producers ran out before run_target */
-}
-
-static void *x_loop_thread(void *arg)
-{
-    (void)arg;
-    x_server_start();
-    for (int i = 0; i < XT_PEERS; i++)
-        x_peer_open(i);
-    X.chaos = dx_timer_new(X.loop, x_chaos, NULL);
-    dx_timer_start(X.chaos, 1, 1);
-    (void)dx_loop_run(X.loop);
-    dx_timer_free(X.chaos);
-    x_server_free();
-    return NULL;
-}
-
-static void test_xthread_fanout(void **state)
-{
-    (void)state;
-    memset(&X, 0, sizeof X);
-    X.rng = seed_from_env();
-    printf("xthread_fanout: seed %llu\n", (unsigned long long)X.rng);
-    for (int i = 0; i < XT_PEERS; i++)
-        X.pfd[i] = -1;
-    atomic_init(&X.violations, 0);
-    atomic_init(&X.accepted, 0);
-    atomic_init(&X.elimit, 0);
-    atomic_init(&X.ran, 0);
-    atomic_init(&X.dropped, 0);
-    atomic_init(&X.producers_done, 0);
-    X.run_target = XT_PRODUCERS * XT_POSTS / 5;
-    dx_loop_options lo = {.log = &quiet_log, .post_max = 128};
-    X.loop = dx_loop_new(&lo, NULL);
-    assert_non_null(X.loop);
-    pthread_t lt, pt[XT_PRODUCERS];
-    assert_int_equal(pthread_create(&lt, NULL, x_loop_thread, NULL), 0);
-    for (uintptr_t i = 0; i < XT_PRODUCERS; i++)
-        assert_int_equal(pthread_create(&pt[i], NULL, x_producer, (void *)i), 0);
-    for (int i = 0; i < XT_PRODUCERS; i++)
-        pthread_join(pt[i], NULL);
-    pthread_join(lt, NULL);
-    /* The loop has stopped: these can only be dropped. */
-    dx_msg *m = dx_msg_new(DX_OP_BINARY, "late", 4, NULL);
-    assert_non_null(m);
-    long extra = 0;
-    for (int i = 0; i < XT_EXTRA; i++)
-        extra += x_post(m) == 0;
-    dx_msg_unref(m);
-    long accepted = atomic_load(&X.accepted), ran = atomic_load(&X.ran);
-    dx_loop_free(X.loop);
-    long dropped = atomic_load(&X.dropped);
-    printf("xthread_fanout: %ld posts accepted, %ld DX_ELIMIT, %ld run (%ld sends), %ld dropped at free; %ld "
-           "chaos ticks, %ld server frees, %ld RST\n",
-           accepted, (long)atomic_load(&X.elimit), ran, X.sends, dropped, X.ticks, X.srv_frees, X.rsts);
-    assert_int_equal(atomic_load(&X.violations), 0);
-    assert_int_equal(ran + dropped, accepted); /* each accepted post: run or dropped, exactly once */
-    assert_true(dropped >= extra && dropped > 0); /* the queue may be full already: extra is 0 */
-    assert_true(atomic_load(&X.elimit) > 0);
-    assert_true(X.sends > 0);
-}
-
 int main(void)
 {
     /* The loop blocks SIGPIPE while it runs; one left pending by a write to
@@ -1807,7 +1436,6 @@ int main(void)
     dx_test_filter_from_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_features),
-        cmocka_unit_test(test_xthread_fanout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

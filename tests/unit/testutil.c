@@ -2,9 +2,17 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
+
+const dx_log dx_test_quiet_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_ERROR};
 
 /* Each block carries its size in front so realloc-as-free can count. */
 static void *ts_realloc(void *ud, void *ptr, size_t size)
@@ -84,4 +92,109 @@ void dx_test_deadline_in(struct timespec *ts, unsigned ms)
         ts->tv_sec++;
         ts->tv_nsec -= 1000000000L;
     }
+}
+
+uint64_t dx_test_xorshift(uint64_t *state)
+{
+    uint64_t x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    return x;
+}
+
+uint64_t dx_test_seed_from_env(const char *var)
+{
+    uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16);
+    const char *env = getenv(var);
+    if (env)
+        seed = strtoull(env, NULL, 0);
+    return seed ? seed : 1;
+}
+
+int dx_test_dial(unsigned port, int rcvbuf)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -2;
+    if (rcvbuf > 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) { /* loopback: done by the kernel at once */
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+void dx_test_close_rst(int fd)
+{
+    struct linger lg = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(fd);
+}
+
+size_t dx_test_mask_frame(uint8_t *out, unsigned op, int fin, const void *payload, size_t len,
+                          const uint8_t key[4])
+{
+    const uint8_t *p = payload;
+    size_t n = 0;
+    out[n++] = (uint8_t)((fin ? 0x80 : 0) | op);
+    if (len < 126) {
+        out[n++] = (uint8_t)(0x80 | len);
+    } else {
+        out[n++] = 0x80 | 126;
+        out[n++] = (uint8_t)(len >> 8);
+        out[n++] = (uint8_t)len;
+    }
+    memcpy(out + n, key, 4);
+    n += 4;
+    for (size_t i = 0; i < len; i++)
+        out[n + i] = p[i] ^ key[i & 3];
+    return n + len;
+}
+
+void *dx_test_loop_thread(void *loop)
+{
+    (void)dx_loop_run(loop);
+    return NULL;
+}
+
+typedef struct posted {
+    void (*fn)(void *arg);
+    void *arg;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+} posted;
+
+static void posted_run(void *p)
+{
+    posted *c = p;
+    c->fn(c->arg);
+    pthread_mutex_lock(&c->mu);
+    c->done = 1;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+void dx_test_on_loop(dx_loop *loop, void (*fn)(void *arg), void *arg)
+{
+    posted c = {.fn = fn, .arg = arg, .done = 0};
+    pthread_mutex_init(&c.mu, NULL);
+    pthread_cond_init(&c.cv, NULL);
+    assert_int_equal(dx_loop_post(loop, posted_run, &c), 0);
+    struct timespec dl;
+    dx_test_deadline_in(&dl, 15000);
+    pthread_mutex_lock(&c.mu);
+    while (!c.done)
+        if (pthread_cond_timedwait(&c.cv, &c.mu, &dl) == ETIMEDOUT) {
+            pthread_mutex_unlock(&c.mu);
+            fail_msg("timed out waiting for a call posted to the loop");
+        }
+    pthread_mutex_unlock(&c.mu);
+    pthread_mutex_destroy(&c.mu);
+    pthread_cond_destroy(&c.cv);
 }

@@ -7,7 +7,11 @@
  *  - a settable clock;
  *  - the monotonic clock in milliseconds, for bounded waits;
  *  - a do-nothing fd-watch callback;
- *  - a CLOCK_REALTIME deadline for pthread_cond_timedwait.
+ *  - a CLOCK_REALTIME deadline for pthread_cond_timedwait;
+ *  - a quiet log, a seeded xorshift, and the raw-peer basics every socket
+ *    test needs: dial 127.0.0.1, reset a socket, encode a masked client
+ *    frame, the opening handshake's fixed headers;
+ *  - a loop run on its own thread, and a call posted to it and waited for.
  */
 #ifndef DX_TESTUTIL_H
 #define DX_TESTUTIL_H
@@ -47,5 +51,41 @@ void dx_test_noop_watch(dx_watch *w, int fd, unsigned events, void *ud);
 /* *ts = CLOCK_REALTIME now + `ms` (for pthread_cond_timedwait). */
 struct timespec;
 void dx_test_deadline_in(struct timespec *ts, unsigned ms);
+
+/* A log at DX_LOG_ERROR with no sink: the tests' provoked errors stay quiet. */
+extern const dx_log dx_test_quiet_log;
+
+/* One xorshift64 step of *state (never 0), returned. */
+uint64_t dx_test_xorshift(uint64_t *state);
+
+/* A seed from the environment variable `var` (strtoull, any base), else
+ * from the time and the pid; never 0 (a zero seed becomes 1). */
+uint64_t dx_test_seed_from_env(const char *var);
+
+/* A blocking TCP connection to 127.0.0.1:port (SOCK_CLOEXEC); when rcvbuf
+ * > 0, SO_RCVBUF is set to it before connecting. The fd; -1 when the
+ * connect failed, -2 when no socket could be made. */
+int dx_test_dial(unsigned port, int rcvbuf);
+
+/* Closes `fd` with SO_LINGER {1, 0}: the peer sees an RST, not a FIN. */
+void dx_test_close_rst(int fd);
+
+/* A masked client frame (RFC 6455 section 5.2) with `key` into `out`
+ * (room for len + 8); len < 65536. Returns its length. */
+size_t dx_test_mask_frame(uint8_t *out, unsigned op, int fin, const void *payload, size_t len,
+                          const uint8_t key[4]);
+
+/* The opening handshake's headers after the request line and Host (the
+ * RFC 6455 section 1.3 sample key), ending the head. */
+#define DX_TEST_UPGRADE_HEADERS                                                                              \
+    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"          \
+    "Sec-WebSocket-Version: 13\r\n\r\n"
+
+/* A pthread start routine running dx_loop_run(loop) once. */
+void *dx_test_loop_thread(void *loop);
+
+/* Runs fn(arg) on the thread of `loop` (running elsewhere) through
+ * dx_loop_post and waits for it to return; fails the test after 15 s. */
+void dx_test_on_loop(dx_loop *loop, void (*fn)(void *arg), void *arg);
 
 #endif
