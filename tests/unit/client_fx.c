@@ -244,42 +244,7 @@ static void c_frame(dx_conn *c, int dir, unsigned opcode, int fin, unsigned rsv,
 
 /* ---- the fixture ------------------------------------------------------------------ */
 
-static void *loop_thread(void *p)
-{
-    fx *f = p;
-    (void)dx_loop_run(f->loop);
-    return NULL;
-}
-
-static void call_tramp(void *p)
-{
-    fx *f = p;
-    f->call_fn(f, f->call_arg);
-    pthread_mutex_lock(&f->mu);
-    f->call_done = 1;
-    pthread_cond_broadcast(&f->cv);
-    pthread_mutex_unlock(&f->mu);
-}
-
-void run(fx *f, void (*fn)(fx *, void *), void *arg)
-{
-    pthread_mutex_lock(&f->mu);
-    f->call_fn = fn;
-    f->call_arg = arg;
-    f->call_done = 0;
-    pthread_mutex_unlock(&f->mu);
-    assert_int_equal(dx_loop_post(f->loop, call_tramp, f), 0);
-    struct timespec dl;
-    dx_test_deadline_in(&dl, WAIT_MS);
-    pthread_mutex_lock(&f->mu);
-    while (!f->call_done) {
-        if (pthread_cond_timedwait(&f->cv, &f->mu, &dl) == ETIMEDOUT) {
-            pthread_mutex_unlock(&f->mu);
-            fail_msg("timed out waiting for a posted call");
-        }
-    }
-    pthread_mutex_unlock(&f->mu);
-}
+DX_TEST_ON_LOOP_DEFINE(, run, fx)
 
 void default_client(fx *f, const char *url)
 {
@@ -311,7 +276,7 @@ int fx_setup(void **state)
     if (!f->loop)
         return -1;
     f->s_host = "127.0.0.1";
-    if (pthread_create(&f->th, NULL, loop_thread, f) != 0)
+    if (pthread_create(&f->th, NULL, dx_test_loop_thread, f->loop) != 0)
         return -1;
     *state = f;
     return 0;

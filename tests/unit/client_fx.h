@@ -83,11 +83,6 @@ typedef struct fx {
     unsigned frames[2][2][2];
     unsigned c_pongs_in;
     char c_first_text_head[17];
-
-    /* posted calls */
-    void (*call_fn)(struct fx *f, void *arg);
-    void *call_arg;
-    int call_done;
 } fx;
 
 /* The oldest event of `type` not yet taken; waits for it (fails after WAIT_MS). */

@@ -208,23 +208,7 @@ static void cb_close(dx_conn *c, unsigned code, const char *reason, size_t len, 
 
 /* ---- fixture -------------------------------------------------------------------------- */
 
-typedef struct call {
-    fx *f;
-    void (*fn)(fx *f, void *arg);
-    void *arg;
-} call;
-
-static void call_tramp(void *p)
-{
-    call *c = p;
-    c->fn(c->f, c->arg);
-}
-
-void on_loop(fx *f, void (*fn)(fx *f, void *arg), void *arg)
-{
-    call c = {f, fn, arg};
-    dx_test_on_loop(f->loop, call_tramp, &c);
-}
+DX_TEST_ON_LOOP_DEFINE(, on_loop, fx)
 
 static void do_nothing(fx *f, void *arg)
 {

@@ -108,32 +108,7 @@ static uint64_t fwd_now(void *ud)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static void tramp(void *p)
-{
-    mfx *f = p;
-    f->fn(f, f->arg);
-    pthread_mutex_lock(&f->mu);
-    f->done = 1;
-    signal_all(f);
-    pthread_mutex_unlock(&f->mu);
-}
-
-void on_loop(mfx *f, void (*fn)(mfx *f, void *arg), void *arg)
-{
-    f->fn = fn;
-    f->arg = arg;
-    f->done = 0;
-    assert_int_equal(dx_loop_post(f->loop, tramp, f), 0);
-    struct timespec dl;
-    dx_test_deadline_in(&dl, WAIT_MS);
-    pthread_mutex_lock(&f->mu);
-    while (!f->done)
-        if (pthread_cond_timedwait(&f->cv, &f->mu, &dl) == ETIMEDOUT) {
-            pthread_mutex_unlock(&f->mu);
-            fail_msg("timed out waiting for the loop");
-        }
-    pthread_mutex_unlock(&f->mu);
-}
+DX_TEST_ON_LOOP_DEFINE(, on_loop, mfx)
 
 void wait_count(mfx *f, const size_t *counter, size_t want)
 {

@@ -61,10 +61,6 @@ typedef struct mfx {
     /* TLS rounds: "go:K" makes the server send round K (tls_round) */
     dx_msg *pool[5];
     int rounds_mode;
-    /* posted call */
-    void (*fn)(struct mfx *f, void *arg);
-    void *arg;
-    int done;
 } mfx;
 
 /* Runs fn(f, arg) on the loop's thread and waits for it. */

@@ -212,40 +212,7 @@ static int cb_http(dx_server *srv, dx_http_req *req, void *ud)
 
 /* ---- the fixture --------------------------------------------------------------- */
 
-static void *loop_thread(void *p)
-{
-    sfx *f = p;
-    (void)dx_loop_run(f->loop);
-    return NULL;
-}
-
-static void call_tramp(void *p)
-{
-    sfx *f = p;
-    f->call_fn(f, f->call_arg);
-    pthread_mutex_lock(&f->mu);
-    f->call_done = 1;
-    pthread_cond_broadcast(&f->cv);
-    pthread_mutex_unlock(&f->mu);
-}
-
-void on_loop(sfx *f, void (*fn)(sfx *f, void *arg), void *arg)
-{
-    f->call_fn = fn;
-    f->call_arg = arg;
-    f->call_done = 0;
-    assert_int_equal(dx_loop_post(f->loop, call_tramp, f), 0);
-    struct timespec dl;
-    dx_test_deadline_in(&dl, WAIT_MS);
-    pthread_mutex_lock(&f->mu);
-    while (!f->call_done) {
-        if (pthread_cond_timedwait(&f->cv, &f->mu, &dl) == ETIMEDOUT) {
-            pthread_mutex_unlock(&f->mu);
-            fail_msg("timed out waiting for the loop");
-        }
-    }
-    pthread_mutex_unlock(&f->mu);
-}
+DX_TEST_ON_LOOP_DEFINE(, on_loop, sfx)
 
 static void do_stats(sfx *f, void *out) { dx_server_stats_get(f->srv, out); }
 
@@ -314,7 +281,7 @@ void start(sfx *f, const dx_server_options *o)
     f->port = dx_server_port(f->srv);
     if (!o->unix_path)
         assert_true(f->port > 0 && f->port < 65536);
-    assert_int_equal(pthread_create(&f->th, NULL, loop_thread, f), 0);
+    assert_int_equal(pthread_create(&f->th, NULL, dx_test_loop_thread, f->loop), 0);
     f->running = 1;
 }
 

@@ -85,10 +85,6 @@ typedef struct sfx {
     int open_user_ok;
     char open_remote[64];
     dx_conn *conns[MAXCL]; /* loop thread only */
-    /* posted calls */
-    void (*call_fn)(struct sfx *f, void *arg);
-    void *call_arg;
-    int call_done;
     size_t shutdown_ret;
 } sfx;
 

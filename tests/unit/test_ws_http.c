@@ -156,12 +156,6 @@ static void answer_held(void *arg)
     pthread_mutex_unlock(&f->mu);
 }
 
-static void *loop_main(void *p)
-{
-    (void)dx_loop_run(((fx *)p)->loop);
-    return NULL;
-}
-
 static void deadline(struct timespec *ts)
 {
     clock_gettime(CLOCK_REALTIME, ts);
@@ -192,7 +186,7 @@ static void start(fx *f, dx_server_options *o)
     assert_non_null(f->srv);
     assert_int_equal(dx_server_start(f->srv), 0);
     f->port = dx_server_port(f->srv);
-    assert_int_equal(pthread_create(&f->th, NULL, loop_main, f), 0);
+    assert_int_equal(pthread_create(&f->th, NULL, dx_test_loop_thread, f->loop), 0);
 }
 
 static int setup(void **state)
@@ -223,35 +217,8 @@ static int teardown(void **state)
     return 0;
 }
 
-typedef struct cmd_ctx {
-    fx *f;
-    void (*fn)(fx *f, void *arg);
-    void *arg;
-    int done;
-} cmd_ctx;
-
-static void cmd_tramp(void *p)
-{
-    cmd_ctx *c = p;
-    c->fn(c->f, c->arg);
-    pthread_mutex_lock(&c->f->mu);
-    c->done = 1;
-    pthread_cond_broadcast(&c->f->cv);
-    pthread_mutex_unlock(&c->f->mu);
-}
-
-/* Runs fn on the loop's thread and waits for it. */
-static void on_loop(fx *f, void (*fn)(fx *f, void *arg), void *arg)
-{
-    cmd_ctx c = {f, fn, arg, 0};
-    assert_int_equal(dx_loop_post(f->loop, cmd_tramp, &c), 0);
-    struct timespec dl;
-    deadline(&dl);
-    pthread_mutex_lock(&f->mu);
-    while (!c.done)
-        wait_cv(f, &dl, "the loop");
-    pthread_mutex_unlock(&f->mu);
-}
+/* on_loop(f, fn, arg): runs fn on the loop's thread and waits for it. */
+DX_TEST_ON_LOOP_DEFINE(static, on_loop, fx)
 
 static void do_conns(fx *f, void *out) { *(size_t *)out = dx_server_connections(f->srv); }
 static void do_stats(fx *f, void *out) { dx_server_stats_get(f->srv, out); }

@@ -187,7 +187,7 @@ void dx_test_on_loop(dx_loop *loop, void (*fn)(void *arg), void *arg)
     pthread_cond_init(&c.cv, NULL);
     assert_int_equal(dx_loop_post(loop, posted_run, &c), 0);
     struct timespec dl;
-    dx_test_deadline_in(&dl, 15000);
+    dx_test_deadline_in(&dl, 20000);
     pthread_mutex_lock(&c.mu);
     while (!c.done)
         if (pthread_cond_timedwait(&c.cv, &c.mu, &dl) == ETIMEDOUT) {

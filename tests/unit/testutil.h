@@ -85,7 +85,27 @@ size_t dx_test_mask_frame(uint8_t *out, unsigned op, int fin, const void *payloa
 void *dx_test_loop_thread(void *loop);
 
 /* Runs fn(arg) on the thread of `loop` (running elsewhere) through
- * dx_loop_post and waits for it to return; fails the test after 15 s. */
+ * dx_loop_post and waits for it to return; fails the test after 20 s. */
 void dx_test_on_loop(dx_loop *loop, void (*fn)(void *arg), void *arg);
+
+/* Defines `scope void name(T *f, void (*fn)(T *f, void *arg), void *arg)`,
+ * a fixture's posted call: dx_test_on_loop(f->loop, ...) running fn(f,
+ * arg). `scope` is static or empty. */
+#define DX_TEST_ON_LOOP_DEFINE(scope, name, T)                                                               \
+    typedef struct name##_call {                                                                             \
+        T *f;                                                                                                \
+        void (*fn)(T * f, void *arg);                                                                        \
+        void *arg;                                                                                           \
+    } name##_call;                                                                                           \
+    static void name##_tramp(void *p)                                                                        \
+    {                                                                                                        \
+        name##_call *c = p;                                                                                  \
+        c->fn(c->f, c->arg);                                                                                 \
+    }                                                                                                        \
+    scope void name(T *f, void (*fn)(T * f, void *arg), void *arg)                                           \
+    {                                                                                                        \
+        name##_call c = {f, fn, arg};                                                                        \
+        dx_test_on_loop(f->loop, name##_tramp, &c);                                                          \
+    }
 
 #endif
