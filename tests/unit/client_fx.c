@@ -2,8 +2,6 @@
 #define _GNU_SOURCE
 #include "client_fx.h"
 
-static const dx_log quiet_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_ERROR};
-
 static void add_ev(fx *f, const ev *e, const void *data, size_t len)
 {
     pthread_mutex_lock(&f->mu);
@@ -271,7 +269,7 @@ int fx_setup(void **state)
         return -1;
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);
-    dx_loop_options lo = {.log = &quiet_log};
+    dx_loop_options lo = {.log = &dx_test_quiet_log};
     f->loop = dx_loop_new(&lo, NULL);
     if (!f->loop)
         return -1;

@@ -2,8 +2,6 @@
 #define _GNU_SOURCE
 #include "msg_fx.h"
 
-static const dx_log quiet_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_ERROR};
-
 static void signal_all(mfx *f)
 {
     pthread_cond_broadcast(&f->cv);
@@ -132,7 +130,7 @@ mfx *start_tls(size_t send_max, size_t high_water, unsigned close_timeout_ms, co
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);
     f->seams = (dx_seams){.realloc = count_realloc, .random = fwd_random, .now_ns = fwd_now, .ud = f};
-    dx_loop_options lo = {.seams = &f->seams, .log = &quiet_log};
+    dx_loop_options lo = {.seams = &f->seams, .log = &dx_test_quiet_log};
     f->loop = dx_loop_new(&lo, NULL);
     assert_non_null(f->loop);
     dx_server_options o = {.host = "127.0.0.1", .port = DX_PORT_EPHEMERAL};

@@ -2,8 +2,6 @@
 #define _GNU_SOURCE
 #include "server_fx.h"
 
-const dx_log quiet_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_ERROR};
-
 static int user_marker;
 
 static void add_ev(sfx *f, const ev *e, const void *data, size_t len)
@@ -270,7 +268,7 @@ dx_server_options base_opts(sfx *f)
 
 void start(sfx *f, const dx_server_options *o)
 {
-    dx_loop_options lo = {.log = &quiet_log};
+    dx_loop_options lo = {.log = &dx_test_quiet_log};
     int err = 1;
     f->loop = dx_loop_new(&lo, &err);
     assert_non_null(f->loop);

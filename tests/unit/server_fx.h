@@ -36,8 +36,6 @@
 
 #define MAXCL 16
 
-extern const dx_log quiet_log;
-
 /* ---- events recorded by the callbacks ------------------------------------------- */
 
 enum { EV_UPGRADE = 1, EV_OPEN, EV_MESSAGE, EV_DRAIN, EV_CLOSE, EV_HTTP, EV_CMD_DONE };

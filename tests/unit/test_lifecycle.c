@@ -55,15 +55,6 @@
 #define DEADLINE_MS 20000 /* only a broken library takes this long */
 #define MAXC 32
 
-static const dx_log quiet_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_ERROR};
-
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* ---- fixture ------------------------------------------------------------------------ */
 
 typedef struct lf lf;
@@ -113,9 +104,9 @@ static void on_tick(dx__timer *t)
 /* Runs the loop until cond holds (or the deadline: a failure). */
 static void pump(lf *f, cond_fn cond)
 {
-    uint64_t end = wall_ms() + DEADLINE_MS;
+    uint64_t end = dx_test_mono_ms() + DEADLINE_MS;
     while (!cond(f)) {
-        assert_true(wall_ms() < end);
+        assert_true(dx_test_mono_ms() < end);
         assert_int_equal(dx_loop_run(f->loop), 0);
     }
 }
@@ -278,7 +269,7 @@ static void setup_loop(lf *f)
 {
     memset(f, 0, sizeof *f);
     dx_test_seams_init(&f->ts);
-    dx_loop_options lo = {.seams = &f->ts.seams, .log = &quiet_log};
+    dx_loop_options lo = {.seams = &f->ts.seams, .log = &dx_test_quiet_log};
     f->loop = dx_loop_new(&lo, NULL);
     assert_non_null(f->loop);
     dx__timer_init(&f->tick, on_tick);
@@ -390,13 +381,13 @@ static void rst(int fd)
  * queue holds it), so a RST sent next cannot overtake it. */
 static void wait_sent(int fd)
 {
-    uint64_t end = wall_ms() + DEADLINE_MS;
+    uint64_t end = dx_test_mono_ms() + DEADLINE_MS;
     for (;;) {
         int q = 0;
         assert_int_equal(ioctl(fd, TIOCOUTQ, &q), 0);
         if (q == 0)
             return;
-        assert_true(wall_ms() < end);
+        assert_true(dx_test_mono_ms() < end);
         poll(NULL, 0, 1);
     }
 }
@@ -710,9 +701,9 @@ static void server_free_case(int where)
             fd = -1;
         }
     }
-    uint64_t end = wall_ms() + DEADLINE_MS;
+    uint64_t end = dx_test_mono_ms() + DEADLINE_MS;
     while (!f.srv_freed) {
-        assert_true(wall_ms() < end);
+        assert_true(dx_test_mono_ms() < end);
         dx_loop_run(f.loop);
     }
     /* Its connections were dropped at once: the peers see the end. */

@@ -156,12 +156,6 @@ static void answer_held(void *arg)
     pthread_mutex_unlock(&f->mu);
 }
 
-static void deadline(struct timespec *ts)
-{
-    clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_sec += WAIT_S;
-}
-
 /* Waits on f->cv (f->mu held); on timeout unlocks before failing, so the
  * loop thread (which takes f->mu to log) can still be stopped. */
 static void wait_cv(fx *f, const struct timespec *dl, const char *what)
@@ -486,7 +480,7 @@ static void test_body_cap_and_bad_chunks(void **state)
     puts_(&c, "GET /inject HTTP/1.1\r\nHost: x\r\n\r\n");
     check_resp(get_resp(&c, false), 500, NULL);
     struct timespec dl;
-    deadline(&dl);
+    dx_test_deadline_in(&dl, WAIT_S * 1000);
     pthread_mutex_lock(&f->mu);
     while (!f->inject_done) /* the reply returns after the bytes left */
         wait_cv(f, &dl, "the reply's result");
@@ -615,14 +609,14 @@ static void test_deferred_after_client_left(void **state)
     cl c = dial(f, 0);
     puts_(&c, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n");
     struct timespec dl;
-    deadline(&dl);
+    dx_test_deadline_in(&dl, WAIT_S * 1000);
     pthread_mutex_lock(&f->mu);
     while (f->held_seen < 1)
         wait_cv(f, &dl, "the loop thread");
     pthread_mutex_unlock(&f->mu);
     assert_int_equal(dx_loop_post(f->loop, answer_held, f), 0);
     check_resp(get_resp(&c, false), 200, "late");
-    deadline(&dl);
+    dx_test_deadline_in(&dl, WAIT_S * 1000);
     pthread_mutex_lock(&f->mu);
     while (!f->late_done) /* the reply returns after the bytes left */
         wait_cv(f, &dl, "the loop thread");
@@ -633,7 +627,7 @@ static void test_deferred_after_client_left(void **state)
     /* held, the client leaves (and more requests were pipelined behind it):
      * the answer returns DX_ECLOSED and frees the handle */
     puts_(&c, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\nGET /n HTTP/1.1\r\n\r\n");
-    deadline(&dl);
+    dx_test_deadline_in(&dl, WAIT_S * 1000);
     pthread_mutex_lock(&f->mu);
     while (f->held_seen < 2)
         wait_cv(f, &dl, "the loop thread");
@@ -641,7 +635,7 @@ static void test_deferred_after_client_left(void **state)
     hang_up(&c);
     wait_conns(f, 0); /* the server noticed while the answer was pending */
     assert_int_equal(dx_loop_post(f->loop, answer_held, f), 0);
-    deadline(&dl);
+    dx_test_deadline_in(&dl, WAIT_S * 1000);
     pthread_mutex_lock(&f->mu);
     while (!f->late_done)
         wait_cv(f, &dl, "the loop thread");
@@ -652,7 +646,7 @@ static void test_deferred_after_client_left(void **state)
     /* held when the server is freed: the handle is detached, answered after */
     c = dial(f, 0);
     puts_(&c, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n");
-    deadline(&dl);
+    dx_test_deadline_in(&dl, WAIT_S * 1000);
     pthread_mutex_lock(&f->mu);
     while (f->held_seen < 3)
         wait_cv(f, &dl, "the loop thread");
