@@ -2,25 +2,6 @@
 #define _GNU_SOURCE
 #include "client_fx.h"
 
-static void add_ev(fx *f, const ev *e, const void *data, size_t len)
-{
-    pthread_mutex_lock(&f->mu);
-    if (f->nev < MAXEV) {
-        ev *d = &f->evs[f->nev++];
-        *d = *e;
-        d->taken = 0;
-        d->data = malloc(len + 1);
-        if (d->data) {
-            if (len)
-                memcpy(d->data, data, len);
-            d->data[len] = 0;
-        }
-        d->len = len;
-    }
-    pthread_cond_broadcast(&f->cv);
-    pthread_mutex_unlock(&f->mu);
-}
-
 static const char *ev_name(int t)
 {
     static const char *names[] = {"?", "S_UPGRADE", "S_OPEN", "S_MSG", "S_CLOSE", "C_OPEN",
@@ -28,45 +9,13 @@ static const char *ev_name(int t)
     return t > 0 && t <= C_PONG ? names[t] : "?";
 }
 
-ev wait_ev(fx *f, int type)
-{
-    struct timespec dl;
-    dx_test_deadline_in(&dl, WAIT_MS);
-    pthread_mutex_lock(&f->mu);
-    for (;;) {
-        for (size_t i = 0; i < f->nev; i++) {
-            if (f->evs[i].type == type && !f->evs[i].taken) {
-                f->evs[i].taken = 1;
-                ev e = f->evs[i];
-                pthread_mutex_unlock(&f->mu);
-                return e;
-            }
-        }
-        if (pthread_cond_timedwait(&f->cv, &f->mu, &dl) == ETIMEDOUT) {
-            pthread_mutex_unlock(&f->mu);
-            fail_msg("timed out waiting for %s", ev_name(type));
-        }
-    }
-}
+static void add_ev(fx *f, const ev *e, const void *data, size_t len) { dx_test_rec_add(&f->rec, e, data, len); }
 
-void drain_ev(fx *f, int type)
-{
-    pthread_mutex_lock(&f->mu);
-    for (size_t i = 0; i < f->nev; i++)
-        if (f->evs[i].type == type)
-            f->evs[i].taken = 1;
-    pthread_mutex_unlock(&f->mu);
-}
+ev wait_ev(fx *f, int type) { return dx_test_rec_wait(&f->rec, type); }
 
-size_t count_ev(fx *f, int type)
-{
-    pthread_mutex_lock(&f->mu);
-    size_t n = 0;
-    for (size_t i = 0; i < f->nev; i++)
-        n += f->evs[i].type == type;
-    pthread_mutex_unlock(&f->mu);
-    return n;
-}
+void drain_ev(fx *f, int type) { dx_test_rec_drain(&f->rec, type); }
+
+size_t count_ev(fx *f, int type) { return dx_test_rec_count(&f->rec, type); }
 
 void wait_count(fx *f, const unsigned *counter, unsigned want, const char *what)
 {
@@ -269,6 +218,8 @@ int fx_setup(void **state)
         return -1;
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);
+    dx_test_rec_init(&f->rec, &f->mu, &f->cv, f->evs, MAXEV, WAIT_MS);
+    f->rec.name = ev_name;
     dx_loop_options lo = {.log = &dx_test_quiet_log};
     f->loop = dx_loop_new(&lo, NULL);
     if (!f->loop)
@@ -296,8 +247,7 @@ int fx_teardown(void **state)
     pthread_join(f->th, NULL);
     L_free_all(f, NULL);
     dx_loop_free(f->loop);
-    for (size_t i = 0; i < f->nev; i++)
-        free(f->evs[i].data);
+    dx_test_rec_free(&f->rec);
     free(f->evs);
     pthread_mutex_destroy(&f->mu);
     pthread_cond_destroy(&f->cv);

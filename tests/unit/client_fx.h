@@ -38,16 +38,9 @@ enum {
     C_OPEN, C_MSG, C_CLOSE, C_ERROR, C_RECONNECT, C_DONE, C_PONG,
 };
 
-typedef struct ev {
-    int type;
-    int taken;
-    int opcode;
-    int rc;      /* C_ERROR: err */
-    unsigned code; /* close code; C_RECONNECT: delay */
-    unsigned n;    /* C_RECONNECT: attempt */
-    char *data;    /* NUL-terminated copy (message, reason, what) */
-    size_t len;
-} ev;
+/* rc: C_ERROR's err; code: the close code, C_RECONNECT's delay; n:
+ * C_RECONNECT's attempt; data: the message, reason or what. */
+typedef dx_test_ev ev;
 
 typedef struct fx {
     dx_loop *loop;
@@ -55,7 +48,7 @@ typedef struct fx {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     ev *evs;
-    size_t nev;
+    dx_test_rec rec; /* over mu, cv, evs */
 
     /* server, set before L_server_start */
     dx_server *srv;

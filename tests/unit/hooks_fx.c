@@ -9,54 +9,16 @@
 
 int user_marker;
 
-
 static void add_ev(fx *f, int type, uint64_t id, unsigned code, const void *data, size_t len)
 {
-    pthread_mutex_lock(&f->mu);
-    if (f->nev < MAXEV) {
-        ev *e = &f->evs[f->nev++];
-        memset(e, 0, sizeof *e);
-        e->type = type;
-        e->id = id;
-        e->code = code;
-        e->len = len;
-        size_t n = len < sizeof e->data - 1 ? len : sizeof e->data - 1;
-        if (n)
-            memcpy(e->data, data, n);
-    }
-    pthread_cond_broadcast(&f->cv);
-    pthread_mutex_unlock(&f->mu);
+    ev e = {.type = type, .id = id, .code = code};
+    dx_test_rec_add(&f->rec, &e, data, len);
 }
 
-ev wait_ev(fx *f, int type)
-{
-    struct timespec dl;
-    dx_test_deadline_in(&dl, WAIT_MS);
-    pthread_mutex_lock(&f->mu);
-    for (;;) {
-        for (size_t i = 0; i < f->nev; i++)
-            if (f->evs[i].type == type && !f->evs[i].taken) {
-                f->evs[i].taken = 1;
-                ev e = f->evs[i];
-                pthread_mutex_unlock(&f->mu);
-                return e;
-            }
-        if (pthread_cond_timedwait(&f->cv, &f->mu, &dl) == ETIMEDOUT) {
-            pthread_mutex_unlock(&f->mu);
-            fail_msg("timed out waiting for event %d", type);
-        }
-    }
-}
+ev wait_ev(fx *f, int type) { return dx_test_rec_wait(&f->rec, type); }
 
-size_t count_ev(fx *f, int type)
-{
-    pthread_mutex_lock(&f->mu);
-    size_t n = 0;
-    for (size_t i = 0; i < f->nev; i++)
-        n += f->evs[i].type == type;
-    pthread_mutex_unlock(&f->mu);
-    return n;
-}
+size_t count_ev(fx *f, int type) { return dx_test_rec_count(&f->rec, type); }
+
 
 /* Log lines containing `needle`. */
 size_t count_log(fx *f, const char *needle)
@@ -254,6 +216,7 @@ int fx_setup(void **state)
     assert_non_null(f);
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);
+    dx_test_rec_init(&f->rec, &f->mu, &f->cv, f->evs, MAXEV, WAIT_MS);
     *state = f;
     return 0;
 }
@@ -316,6 +279,7 @@ int fx_teardown(void **state)
     }
     dx_server_free(f->srv);
     dx_loop_free(f->loop);
+    dx_test_rec_free(&f->rec);
     pthread_cond_destroy(&f->cv);
     pthread_mutex_destroy(&f->mu);
     free(f);

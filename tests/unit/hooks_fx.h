@@ -46,13 +46,7 @@
 
 enum { EV_UPGRADE = 1, EV_OPEN, EV_MESSAGE, EV_CLOSE };
 
-typedef struct ev {
-    int type, taken;
-    uint64_t id;
-    unsigned code;
-    char data[64]; /* first bytes, NUL-terminated */
-    size_t len;
-} ev;
+typedef dx_test_ev ev; /* code: EV_OPEN whether the user pointer is &user_marker, EV_MESSAGE the connection's index */
 
 enum { M_ACCEPT = 0, M_DEFER, M_ANSWER_INSIDE };
 
@@ -64,7 +58,7 @@ typedef struct fx {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     ev evs[MAXEV];
-    size_t nev;
+    dx_test_rec rec; /* over mu, cv, evs */
     char logs[64][256];
     size_t nlogs;
     /* behaviour */

@@ -4,55 +4,11 @@
 
 static int user_marker;
 
-static void add_ev(sfx *f, const ev *e, const void *data, size_t len)
-{
-    pthread_mutex_lock(&f->mu);
-    if (f->nev < MAXEV) {
-        ev *d = &f->evs[f->nev++];
-        *d = *e;
-        d->taken = 0;
-        d->data = malloc(len + 1);
-        if (d->data) {
-            if (len)
-                memcpy(d->data, data, len);
-            d->data[len] = 0;
-        }
-        d->len = len;
-    }
-    pthread_cond_broadcast(&f->cv);
-    pthread_mutex_unlock(&f->mu);
-}
+static void add_ev(sfx *f, const ev *e, const void *data, size_t len) { dx_test_rec_add(&f->rec, e, data, len); }
 
-ev wait_ev(sfx *f, int type)
-{
-    struct timespec dl;
-    dx_test_deadline_in(&dl, WAIT_MS);
-    pthread_mutex_lock(&f->mu);
-    for (;;) {
-        for (size_t i = 0; i < f->nev; i++) {
-            if (f->evs[i].type == type && !f->evs[i].taken) {
-                f->evs[i].taken = 1;
-                ev e = f->evs[i];
-                pthread_mutex_unlock(&f->mu);
-                return e;
-            }
-        }
-        if (pthread_cond_timedwait(&f->cv, &f->mu, &dl) == ETIMEDOUT) {
-            pthread_mutex_unlock(&f->mu);
-            fail_msg("timed out waiting for event %d", type);
-        }
-    }
-}
+ev wait_ev(sfx *f, int type) { return dx_test_rec_wait(&f->rec, type); }
 
-size_t count_ev(sfx *f, int type)
-{
-    pthread_mutex_lock(&f->mu);
-    size_t n = 0;
-    for (size_t i = 0; i < f->nev; i++)
-        n += f->evs[i].type == type;
-    pthread_mutex_unlock(&f->mu);
-    return n;
-}
+size_t count_ev(sfx *f, int type) { return dx_test_rec_count(&f->rec, type); }
 
 /* ---- callbacks (loop thread) ------------------------------------------------- */
 
@@ -250,6 +206,7 @@ int sfx_setup(void **state)
     assert_non_null(f);
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);
+    dx_test_rec_init(&f->rec, &f->mu, &f->cv, f->evs, MAXEV, WAIT_MS);
     f->echo = 1;
     for (size_t i = 0; i < MAXCL; i++)
         f->cls[i].fd = -1;
@@ -307,8 +264,7 @@ int sfx_teardown(void **state)
             close(f->cls[i].fd);
         free(f->cls[i].buf);
     }
-    for (size_t i = 0; i < f->nev; i++)
-        free(f->evs[i].data);
+    dx_test_rec_free(&f->rec);
     rm_tree(f->dir);
     pthread_cond_destroy(&f->cv);
     pthread_mutex_destroy(&f->mu);

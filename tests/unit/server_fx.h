@@ -40,17 +40,7 @@
 
 enum { EV_UPGRADE = 1, EV_OPEN, EV_MESSAGE, EV_DRAIN, EV_CLOSE, EV_HTTP, EV_CMD_DONE };
 
-typedef struct ev {
-    int type;
-    int taken;
-    uint64_t id;
-    int opcode;
-    unsigned code;
-    char *data; /* NUL-terminated copy */
-    size_t len;
-    long n;     /* EV_CMD_DONE: a count; EV_CLOSE: reason length */
-    int rc;
-} ev;
+typedef dx_test_ev ev; /* n: EV_CMD_DONE a count, EV_CLOSE the reason length */
 
 typedef struct cl {
     int fd;
@@ -67,7 +57,7 @@ typedef struct sfx {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     ev evs[MAXEV];
-    size_t nev;
+    dx_test_rec rec; /* over mu, cv, evs */
     cl cls[MAXCL];
     size_t ncl;
     char dir[64];

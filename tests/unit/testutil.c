@@ -198,3 +198,82 @@ void dx_test_on_loop(dx_loop *loop, void (*fn)(void *arg), void *arg)
     pthread_mutex_destroy(&c.mu);
     pthread_cond_destroy(&c.cv);
 }
+
+void dx_test_rec_init(dx_test_rec *r, pthread_mutex_t *mu, pthread_cond_t *cv, dx_test_ev *evs, size_t cap,
+                      unsigned wait_ms)
+{
+    memset(r, 0, sizeof *r);
+    r->mu = mu;
+    r->cv = cv;
+    r->evs = evs;
+    r->cap = cap;
+    r->wait_ms = wait_ms;
+}
+
+void dx_test_rec_add(dx_test_rec *r, const dx_test_ev *e, const void *data, size_t len)
+{
+    pthread_mutex_lock(r->mu);
+    if (r->nev < r->cap) {
+        dx_test_ev *d = &r->evs[r->nev++];
+        *d = *e;
+        d->taken = 0;
+        d->data = malloc(len + 1);
+        if (d->data) {
+            if (len)
+                memcpy(d->data, data, len);
+            d->data[len] = 0;
+        }
+        d->len = len;
+    }
+    pthread_cond_broadcast(r->cv);
+    pthread_mutex_unlock(r->mu);
+}
+
+dx_test_ev dx_test_rec_wait(dx_test_rec *r, int type)
+{
+    struct timespec dl;
+    dx_test_deadline_in(&dl, r->wait_ms);
+    pthread_mutex_lock(r->mu);
+    for (;;) {
+        for (size_t i = 0; i < r->nev; i++)
+            if (r->evs[i].type == type && !r->evs[i].taken) {
+                r->evs[i].taken = 1;
+                dx_test_ev e = r->evs[i];
+                pthread_mutex_unlock(r->mu);
+                return e;
+            }
+        if (pthread_cond_timedwait(r->cv, r->mu, &dl) == ETIMEDOUT) {
+            pthread_mutex_unlock(r->mu);
+            if (r->name)
+                fail_msg("timed out waiting for %s", r->name(type));
+            fail_msg("timed out waiting for event %d", type);
+        }
+    }
+}
+
+size_t dx_test_rec_count(dx_test_rec *r, int type)
+{
+    pthread_mutex_lock(r->mu);
+    size_t n = 0;
+    for (size_t i = 0; i < r->nev; i++)
+        n += r->evs[i].type == type;
+    pthread_mutex_unlock(r->mu);
+    return n;
+}
+
+void dx_test_rec_drain(dx_test_rec *r, int type)
+{
+    pthread_mutex_lock(r->mu);
+    for (size_t i = 0; i < r->nev; i++)
+        if (r->evs[i].type == type)
+            r->evs[i].taken = 1;
+    pthread_mutex_unlock(r->mu);
+}
+
+void dx_test_rec_free(dx_test_rec *r)
+{
+    for (size_t i = 0; i < r->nev; i++) {
+        free(r->evs[i].data);
+        r->evs[i].data = NULL;
+    }
+}

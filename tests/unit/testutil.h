@@ -11,11 +11,14 @@
  *  - a quiet log, a seeded xorshift, and the raw-peer basics every socket
  *    test needs: dial 127.0.0.1, reset a socket, encode a masked client
  *    frame, the opening handshake's fixed headers;
- *  - a loop run on its own thread, and a call posted to it and waited for.
+ *  - a loop run on its own thread, and a call posted to it and waited for;
+ *  - an event recorder: callbacks on the loop's thread record events under
+ *    the fixture's mutex (never asserting), the test's thread waits for them.
  */
 #ifndef DX_TESTUTIL_H
 #define DX_TESTUTIL_H
 
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -107,5 +110,53 @@ void dx_test_on_loop(dx_loop *loop, void (*fn)(void *arg), void *arg);
         name##_call c = {f, fn, arg};                                                                        \
         dx_test_on_loop(f->loop, name##_tramp, &c);                                                          \
     }
+
+/* ---- event recorder ------------------------------------------------------------ */
+
+/* One recorded event; a fixture uses the fields its callbacks need. */
+typedef struct dx_test_ev {
+    int type;      /* the fixture's event kind, > 0 */
+    int taken;     /* returned by dx_test_rec_wait already */
+    uint64_t id;   /* a connection id */
+    int opcode;
+    int rc;        /* a result or an error code */
+    unsigned code; /* a close code, or a count */
+    long n;        /* a count */
+    char *data;    /* NUL-terminated copy of the bytes given to dx_test_rec_add (NULL if out of memory) */
+    size_t len;
+} dx_test_ev;
+
+/* Events in the fixture's array `evs` (room for `cap`), guarded by the
+ * fixture's mutex and condition variable (which it may use for its own
+ * waits too). */
+typedef struct dx_test_rec {
+    pthread_mutex_t *mu;
+    pthread_cond_t *cv;
+    dx_test_ev *evs;
+    size_t nev, cap;
+    unsigned wait_ms;                /* how long dx_test_rec_wait waits */
+    const char *(*name)(int type);   /* names a type in the timeout message; may be NULL */
+} dx_test_rec;
+
+/* Sets `r` up over the caller's mutex, condvar and array; none is copied. */
+void dx_test_rec_init(dx_test_rec *r, pthread_mutex_t *mu, pthread_cond_t *cv, dx_test_ev *evs, size_t cap,
+                      unsigned wait_ms);
+
+/* Appends *e (not taken) with a copy of data[0..len), wakes the waiters.
+ * Takes the mutex; past `cap` events the event is dropped. */
+void dx_test_rec_add(dx_test_rec *r, const dx_test_ev *e, const void *data, size_t len);
+
+/* The oldest event of `type` not yet taken, marked taken; waits for it and
+ * fails the test after wait_ms. Its data stays owned by the recorder. */
+dx_test_ev dx_test_rec_wait(dx_test_rec *r, int type);
+
+/* Events of `type` recorded so far, taken or not. */
+size_t dx_test_rec_count(dx_test_rec *r, int type);
+
+/* Marks every event of `type` recorded so far as taken. */
+void dx_test_rec_drain(dx_test_rec *r, int type);
+
+/* Frees the data copies (the loop has stopped); the array stays the caller's. */
+void dx_test_rec_free(dx_test_rec *r);
 
 #endif
