@@ -242,12 +242,8 @@ void start(sfx *f, const dx_server_options *o)
 
 static void rm_tree(const char *dir)
 {
-    char cmd[128];
-    if (dir[0]) {
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "cannot remove %s\n", dir);
-    }
+    if (dir[0] && dx_test_rm_rf(dir) != 0)
+        fprintf(stderr, "cannot remove %s\n", dir);
 }
 
 int sfx_teardown(void **state)

@@ -1337,14 +1337,7 @@ static void test_features(void **state)
     /* A certificate for the TLS rounds (as test_tls.c makes its own). */
     snprintf(H.dir, sizeof H.dir, "/tmp/dx_hammer_XXXXXX");
     assert_non_null(mkdtemp(H.dir));
-    snprintf(H.crt, sizeof H.crt, "%s/h.crt", H.dir);
-    snprintf(H.key, sizeof H.key, "%s/h.key", H.dir);
-    char cmd[512];
-    snprintf(cmd, sizeof cmd,
-             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=h.test "
-             "-keyout '%s' -out '%s' >/dev/null 2>&1",
-             H.key, H.crt);
-    assert_int_equal(system(cmd), 0);
+    dx_test_self_signed(H.dir, "h.test", H.crt, H.key);
     dx_test_seams_init(&H.ts);
     H.ts.seams.now_ns = vnow;
     H.vnow = 1000000000u;
@@ -1387,8 +1380,7 @@ static void test_features(void **state)
         close(H.pipes[i][0]);
         close(H.pipes[i][1]);
     }
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", H.dir);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(dx_test_rm_rf(H.dir), 0);
     printf("hammer_features: %ld events, %ld steps; %ld opens, %ld closes, %ld dropped (%ld frees in callbacks); "
            "upgrades: %ld deferred, %ld answered 0, %ld DX_ECLOSED, %ld refused at once; %ld shared + %ld copied "
            "sends, %ld DX_ELIMIT; clients: %ld opens, %ld messages checked, %ld frees in callbacks, %ld TLS rounds; %ld shutdowns drained, %ld idle checks; %ld pauses, %ld resumes; %ld timer, %ld watch, %ld post callbacks; messages "

@@ -565,14 +565,8 @@ static void test_tls_ready_list_freed_in_same_pass(void **state)
     (void)state;
     char dir[] = "/tmp/dx_life_XXXXXX";
     assert_non_null(mkdtemp(dir));
-    char crt[64], key[64], cmd[512];
-    snprintf(crt, sizeof crt, "%s/c.crt", dir);
-    snprintf(key, sizeof key, "%s/c.key", dir);
-    snprintf(cmd, sizeof cmd,
-             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=t "
-             "-keyout '%s' -out '%s' >/dev/null 2>&1",
-             key, crt);
-    assert_int_equal(system(cmd), 0);
+    char crt[128], key[128];
+    dx_test_self_signed(dir, "t", crt, key);
     static lf f;
     setup_loop(&f);
     dx_tls_cert cert = {crt, key};
@@ -602,8 +596,7 @@ static void test_tls_ready_list_freed_in_same_pass(void **state)
     assert_int_equal(f.srv_cb_after_free, 0);
     pump_ticks(&f, 1);
     teardown(&f);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(dx_test_rm_rf(dir), 0);
 }
 
 /* ---- (b) shutdown while on_close handlers send to the others --------------------------- */

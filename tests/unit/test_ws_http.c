@@ -203,9 +203,7 @@ static int teardown(void **state)
         dx_server_free(f->srv);
         dx_loop_free(f->loop);
     }
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(dx_test_rm_rf(f->dir), 0);
     pthread_cond_destroy(&f->cv);
     pthread_mutex_destroy(&f->mu);
     return 0;

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -276,4 +277,23 @@ void dx_test_rec_free(dx_test_rec *r)
         free(r->evs[i].data);
         r->evs[i].data = NULL;
     }
+}
+
+void dx_test_self_signed(const char *dir, const char *cn, char crt[128], char key[128])
+{
+    char cmd[1024];
+    snprintf(crt, 128, "%s/c.crt", dir);
+    snprintf(key, 128, "%s/c.key", dir);
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=%s "
+             "-keyout '%s' -out '%s' >/dev/null 2>&1",
+             cn, key, crt);
+    assert_int_equal(system(cmd), 0);
+}
+
+int dx_test_rm_rf(const char *dir)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
 }

@@ -111,6 +111,14 @@ void dx_test_on_loop(dx_loop *loop, void (*fn)(void *arg), void *arg);
         dx_test_on_loop(f->loop, name##_tramp, &c);                                                          \
     }
 
+/* A self-signed P-256 certificate for CN=`cn` made by the openssl command
+ * in `dir`: its paths (under 128 bytes) into crt and key. Fails the test
+ * when openssl fails. */
+void dx_test_self_signed(const char *dir, const char *cn, char crt[128], char key[128]);
+
+/* rm -rf `dir`: 0, or -1 when the command failed. */
+int dx_test_rm_rf(const char *dir);
+
 /* ---- event recorder ------------------------------------------------------------ */
 
 /* One recorded event; a fixture uses the fields its callbacks need. */
