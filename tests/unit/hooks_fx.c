@@ -300,9 +300,7 @@ static int tcp_from(fx *f, const char *src)
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct timeval tv = {.tv_sec = WAIT_MS / 1000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    dx_test_io_timeouts(fd, WAIT_MS);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f->port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
@@ -321,55 +319,14 @@ void cl_free(cl *c)
 {
     if (c->fd >= 0)
         close(c->fd);
+    free(c->buf);
     free(c);
 }
 
-void cl_send(cl *c, const void *p, size_t len)
-{
-    const uint8_t *b = p;
-    while (len) {
-        ssize_t w = send(c->fd, b, len, MSG_NOSIGNAL);
-        assert_true(w > 0);
-        b += w;
-        len -= (size_t)w;
-    }
-}
-
-static ssize_t cl_fill(cl *c)
-{
-    assert_true(c->len < sizeof c->buf);
-    ssize_t r = recv(c->fd, c->buf + c->len, sizeof c->buf - c->len, 0);
-    if (r > 0)
-        c->len += (size_t)r;
-    return r;
-}
-
-static void cl_need(cl *c, size_t n)
-{
-    while (c->len < n) {
-        ssize_t r = cl_fill(c);
-        if (r <= 0)
-            fail_msg("client: %s with %zu of %zu bytes", r == 0 ? "EOF" : strerror(errno), c->len, n);
-    }
-}
-
-static void cl_consume(cl *c, size_t n)
-{
-    memmove(c->buf, c->buf + n, c->len - n);
-    c->len -= n;
-}
+void cl_send(cl *c, const void *p, size_t len) { dx_test_send_all(c->fd, p, len); }
 
 /* True when the server ended the connection (EOF or reset) with nothing more sent. */
-int cl_eof(cl *c)
-{
-    for (;;) {
-        ssize_t r = cl_fill(c);
-        if (r == 0 || (r < 0 && errno == ECONNRESET))
-            return 1;
-        if (r < 0)
-            return 0;
-    }
-}
+int cl_eof(cl *c) { return dx_test_peer_eof(c); }
 
 size_t frame_bytes(uint8_t *out, unsigned opcode, const void *data, size_t len)
 {
@@ -389,21 +346,21 @@ void cl_frame(cl *c, unsigned opcode, const void *data, size_t len)
 /* Reads one unmasked server frame; returns its opcode, payload in out. */
 int cl_read_frame(cl *c, char *out, size_t cap, size_t *len)
 {
-    cl_need(c, 2);
+    dx_test_peer_need(c, 2);
     size_t n = c->buf[1] & 0x7F, hl = 2;
     if (n == 126) {
-        cl_need(c, 4);
+        dx_test_peer_need(c, 4);
         n = (size_t)c->buf[2] << 8 | c->buf[3];
         hl = 4;
     }
     assert_true(n < 127 * 1024);
-    cl_need(c, hl + n);
+    dx_test_peer_need(c, hl + n);
     int op = c->buf[0] & 0x0F;
     size_t k = n < cap - 1 ? n : cap - 1;
     memcpy(out, c->buf + hl, k);
     out[k] = 0;
     *len = n;
-    cl_consume(c, hl + n);
+    dx_test_peer_consume(c, hl + n);
     return op;
 }
 
@@ -435,22 +392,15 @@ void cl_request(fx *f, cl *c, const char *path, const void *extra, size_t extra_
 /* Reads the response head; returns its status, head text in `head`. */
 int cl_response(cl *c, char *head, size_t cap)
 {
-    for (;;) {
-        for (size_t i = 0; i + 4 <= c->len; i++)
-            if (memcmp(c->buf + i, "\r\n\r\n", 4) == 0) {
-                dx_http_header h[32];
-                dx_http_response resp;
-                assert_int_equal(dx__http_parse_response((const char *)c->buf, i + 4, &resp, h, 32, 0), (int)(i + 4));
-                size_t k = i + 4 < cap - 1 ? i + 4 : cap - 1;
-                memcpy(head, c->buf, k);
-                head[k] = 0;
-                cl_consume(c, i + 4);
-                return resp.status;
-            }
-        ssize_t r = cl_fill(c);
-        if (r <= 0)
-            fail_msg("client: %s before the end of the response head", r == 0 ? "EOF" : strerror(errno));
-    }
+    size_t hl = dx_test_peer_head(c);
+    dx_http_header h[32];
+    dx_http_response resp;
+    assert_int_equal(dx__http_parse_response((const char *)c->buf, hl, &resp, h, 32, 0), (int)hl);
+    size_t k = hl < cap - 1 ? hl : cap - 1;
+    memcpy(head, c->buf, k);
+    head[k] = 0;
+    dx_test_peer_consume(c, hl);
+    return resp.status;
 }
 
 cl *cl_open(fx *f, const char *src, const char *path)

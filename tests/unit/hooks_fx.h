@@ -76,11 +76,7 @@ typedef struct fx {
 } fx;
 
 /* A blocking raw client and what it has read but not consumed. */
-typedef struct cl {
-    int fd;
-    uint8_t buf[1 << 16];
-    size_t len;
-} cl;
+typedef dx_test_peer cl;
 
 /* The user pointer the deferred answers pass to dx_upgrade_accept. */
 extern int user_marker;

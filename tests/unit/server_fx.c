@@ -285,9 +285,7 @@ static cl *cl_wrap(sfx *f, int fd)
     c->buf = malloc(c->cap);
     assert_non_null(c->buf);
     c->len = 0;
-    struct timeval tv = {.tv_sec = WAIT_MS / 1000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    dx_test_io_timeouts(fd, WAIT_MS);
     return c;
 }
 
@@ -322,69 +320,12 @@ void cl_close(cl *c)
     c->fd = -1;
 }
 
-void cl_send(cl *c, const void *p, size_t len)
-{
-    const uint8_t *b = p;
-    while (len) {
-        ssize_t w = send(c->fd, b, len, MSG_NOSIGNAL);
-        assert_true(w > 0);
-        b += w;
-        len -= (size_t)w;
-    }
-}
-
-/* One recv into the buffer: > 0 bytes, 0 at EOF, -1 on error (errno). */
-static ssize_t cl_fill(cl *c)
-{
-    if (c->len == c->cap) {
-        c->cap *= 2;
-        c->buf = realloc(c->buf, c->cap);
-        assert_non_null(c->buf);
-    }
-    ssize_t r = recv(c->fd, c->buf + c->len, c->cap - c->len, 0);
-    if (r > 0)
-        c->len += (size_t)r;
-    return r;
-}
-
-static void cl_need(cl *c, size_t n)
-{
-    while (c->len < n) {
-        ssize_t r = cl_fill(c);
-        if (r <= 0)
-            fail_msg("client: %s while %zu of %zu bytes were buffered", r == 0 ? "EOF" : strerror(errno), c->len,
-                     n);
-    }
-}
-
-static void cl_consume(cl *c, size_t n)
-{
-    memmove(c->buf, c->buf + n, c->len - n);
-    c->len -= n;
-}
+void cl_send(cl *c, const void *p, size_t len) { dx_test_send_all(c->fd, p, len); }
 
 void cl_read_to_eof(cl *c)
 {
-    for (;;) {
-        ssize_t r = cl_fill(c);
-        if (r == 0 || (r < 0 && errno == ECONNRESET))
-            return;
-        if (r < 0)
-            fail_msg("client: %s before EOF", strerror(errno));
-    }
-}
-
-/* The length of the response head at the front of the buffer. */
-static size_t cl_head(cl *c)
-{
-    for (;;) {
-        for (size_t i = 0; i + 4 <= c->len; i++)
-            if (memcmp(c->buf + i, "\r\n\r\n", 4) == 0)
-                return i + 4;
-        ssize_t r = cl_fill(c);
-        if (r <= 0)
-            fail_msg("client: %s before the end of the head", r == 0 ? "EOF" : strerror(errno));
-    }
+    if (!dx_test_peer_eof(c))
+        fail_msg("client: %s before EOF", strerror(errno));
 }
 
 hs cl_handshake_opts(sfx *f, cl *c, const dx_ws_client_opts *o, const void *extra, size_t extra_len,
@@ -404,7 +345,7 @@ hs cl_handshake_opts(sfx *f, cl *c, const dx_ws_client_opts *o, const void *extr
     } else {
         cl_send(c, req, (size_t)n + extra_len);
     }
-    size_t hl = cl_head(c);
+    size_t hl = dx_test_peer_head(c);
     dx_http_header h[32];
     dx_http_response resp;
     assert_int_equal(dx__http_parse_response((const char *)c->buf, hl, &resp, h, 32, 0), (int)hl);
@@ -417,7 +358,7 @@ hs cl_handshake_opts(sfx *f, cl *c, const dx_ws_client_opts *o, const void *extr
         assert_int_equal(dx__ws_client_check(&resp, key, o, &p, &pl, exts, 4, &ne), 0);
         if (p)
             copy_str(r.protocol, sizeof r.protocol, p, pl);
-        cl_consume(c, hl);
+        dx_test_peer_consume(c, hl);
     }
     return r;
 }
@@ -462,31 +403,31 @@ void cl_close_frame(cl *c, unsigned code, const char *reason)
 
 frm cl_read_frame(cl *c)
 {
-    cl_need(c, 2);
+    dx_test_peer_need(c, 2);
     frm fr = {.opcode = c->buf[0] & 0x0F, .fin = (c->buf[0] & 0x80) != 0};
     assert_int_equal(c->buf[0] & 0x70, 0); /* no RSV bits */
     assert_int_equal(c->buf[1] & 0x80, 0); /* servers do not mask */
     uint64_t len = c->buf[1] & 0x7F;
     size_t hl = 2;
     if (len == 126) {
-        cl_need(c, 4);
+        dx_test_peer_need(c, 4);
         len = (uint64_t)c->buf[2] << 8 | c->buf[3];
         hl = 4;
     } else if (len == 127) {
-        cl_need(c, 10);
+        dx_test_peer_need(c, 10);
         len = 0;
         for (int i = 0; i < 8; i++)
             len = len << 8 | c->buf[2 + i];
         hl = 10;
     }
     assert_true(len < (1u << 26));
-    cl_need(c, hl + (size_t)len);
+    dx_test_peer_need(c, hl + (size_t)len);
     fr.data = malloc((size_t)len + 1);
     assert_non_null(fr.data);
     memcpy(fr.data, c->buf + hl, (size_t)len);
     fr.data[len] = 0;
     fr.len = (size_t)len;
-    cl_consume(c, hl + (size_t)len);
+    dx_test_peer_consume(c, hl + (size_t)len);
     return fr;
 }
 

@@ -42,11 +42,7 @@ enum { EV_UPGRADE = 1, EV_OPEN, EV_MESSAGE, EV_DRAIN, EV_CLOSE, EV_HTTP, EV_CMD_
 
 typedef dx_test_ev ev; /* n: EV_CMD_DONE a count, EV_CLOSE the reason length */
 
-typedef struct cl {
-    int fd;
-    uint8_t *buf;
-    size_t len, cap;
-} cl;
+typedef dx_test_peer cl;
 
 typedef struct sfx {
     dx_loop *loop;

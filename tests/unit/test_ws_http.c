@@ -240,11 +240,7 @@ static bool logged(fx *f, const char *needle)
 
 /* ---- the client ------------------------------------------------------------------ */
 
-typedef struct cl {
-    int fd;
-    char *buf;
-    size_t len, cap;
-} cl;
+typedef dx_test_peer cl;
 
 static cl dial(fx *f, int rcvbuf)
 {
@@ -254,9 +250,7 @@ static cl dial(fx *f, int rcvbuf)
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct timeval tv = {.tv_sec = WAIT_S};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    dx_test_io_timeouts(fd, WAIT_S * 1000);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f->port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
@@ -275,16 +269,7 @@ static void hang_up(cl *c)
     c->buf = NULL;
 }
 
-static void put(cl *c, const void *p, size_t len)
-{
-    const char *b = p;
-    while (len) {
-        ssize_t w = send(c->fd, b, len, MSG_NOSIGNAL);
-        assert_true(w > 0);
-        b += w;
-        len -= (size_t)w;
-    }
-}
+static void put(cl *c, const void *p, size_t len) { dx_test_send_all(c->fd, p, len); }
 
 static void puts_(cl *c, const char *s) { put(c, s, strlen(s)); }
 
@@ -296,20 +281,6 @@ static void trickle(cl *c, const char *s)
 {
     for (size_t i = 0; s[i]; i++)
         put(c, s + i, 1);
-}
-
-/* > 0 bytes, 0 at EOF, -1 on error. */
-static ssize_t fill(cl *c)
-{
-    if (c->len == c->cap) {
-        c->cap *= 2;
-        c->buf = realloc(c->buf, c->cap);
-        assert_non_null(c->buf);
-    }
-    ssize_t r = recv(c->fd, c->buf + c->len, c->cap - c->len, 0);
-    if (r > 0)
-        c->len += (size_t)r;
-    return r;
 }
 
 typedef struct resp {
@@ -328,8 +299,8 @@ static resp get_resp(cl *c, bool head_req)
     dx_http_header h[32];
     dx_http_response hr;
     int hl;
-    while ((hl = dx__http_parse_response(c->buf, c->len, &hr, h, 32, 0)) == DX_EAGAIN)
-        if (fill(c) <= 0)
+    while ((hl = dx__http_parse_response((const char *)c->buf, c->len, &hr, h, 32, 0)) == DX_EAGAIN)
+        if (dx_test_peer_fill(c) <= 0)
             fail_msg("EOF or error (%s) before a complete response head", strerror(errno));
     assert_true(hl > 0);
     r.status = hr.status;
@@ -340,7 +311,7 @@ static resp get_resp(cl *c, bool head_req)
     r.close = x && dx__http_list_has(x->value, x->value_len, "close");
     size_t blen = head_req ? 0 : (size_t)r.clen;
     while (c->len < (size_t)hl + blen)
-        if (fill(c) <= 0)
+        if (dx_test_peer_fill(c) <= 0)
             fail_msg("EOF before the body's %zu bytes", blen);
     assert_true(blen < sizeof r.body);
     memcpy(r.body, c->buf + hl, blen);
@@ -354,7 +325,7 @@ static resp get_resp(cl *c, bool head_req)
 static void expect_eof(cl *c)
 {
     for (;;) {
-        ssize_t r = fill(c);
+        ssize_t r = dx_test_peer_fill(c);
         if (r == 0 || (r < 0 && errno == ECONNRESET))
             return;
         assert_true(r > 0);
@@ -400,12 +371,12 @@ static void test_bodies(void **state)
     assert_int_equal(r.status, 200);
     assert_int_equal(r.clen, 1000);
     while (c.len < 1000)
-        assert_true(fill(&c) > 0);
+        assert_true(dx_test_peer_fill(&c) > 0);
     c.len -= 1000;
     /* Expect: 100-continue gets its interim answer before the body */
     puts_(&c, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
     while (c.len < 25)
-        assert_true(fill(&c) > 0);
+        assert_true(dx_test_peer_fill(&c) > 0);
     assert_memory_equal(c.buf, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     memmove(c.buf, c.buf + 25, c.len - 25);
     c.len -= 25;
@@ -715,13 +686,13 @@ static void test_static_big(void **state)
     dx_http_header h[32];
     dx_http_response hr;
     int hl;
-    while ((hl = dx__http_parse_response(c.buf, c.len, &hr, h, 32, 0)) == DX_EAGAIN)
-        assert_true(fill(&c) > 0);
+    while ((hl = dx__http_parse_response((const char *)c.buf, c.len, &hr, h, 32, 0)) == DX_EAGAIN)
+        assert_true(dx_test_peer_fill(&c) > 0);
     assert_int_equal(hr.status, 200);
     size_t got = 0, bad = 0;
     size_t have = c.len - (size_t)hl;
     for (size_t i = 0; i < have; i++)
-        bad += (uint8_t)c.buf[hl + i] != pattern(got + i);
+        bad += c.buf[hl + i] != pattern(got + i);
     got += have;
     uint8_t in[65536];
     while (got < BIG) {
@@ -758,8 +729,8 @@ static void test_slow_gets_bounded(void **state)
         dx_http_header h[32];
         dx_http_response hr;
         int hl;
-        while ((hl = dx__http_parse_response(cs[i].buf, cs[i].len, &hr, h, 32, 0)) == DX_EAGAIN)
-            assert_true(fill(&cs[i]) > 0);
+        while ((hl = dx__http_parse_response((const char *)cs[i].buf, cs[i].len, &hr, h, 32, 0)) == DX_EAGAIN)
+            assert_true(dx_test_peer_fill(&cs[i]) > 0);
         assert_int_equal(hr.status, 200);
     }
     /* wait until the server stops making progress (the sockets are full) */

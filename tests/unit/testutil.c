@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -296,4 +297,73 @@ int dx_test_rm_rf(const char *dir)
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     return system(cmd) == 0 ? 0 : -1;
+}
+
+void dx_test_send_all(int fd, const void *p, size_t len)
+{
+    const uint8_t *b = p;
+    while (len) {
+        ssize_t w = send(fd, b, len, MSG_NOSIGNAL);
+        assert_true(w > 0);
+        b += w;
+        len -= (size_t)w;
+    }
+}
+
+void dx_test_io_timeouts(int fd, unsigned ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (long)(ms % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+ssize_t dx_test_peer_fill(dx_test_peer *c)
+{
+    if (c->len == c->cap) {
+        c->cap = c->cap ? c->cap * 2 : 65536;
+        c->buf = realloc(c->buf, c->cap);
+        assert_non_null(c->buf);
+    }
+    ssize_t r = recv(c->fd, c->buf + c->len, c->cap - c->len, 0);
+    if (r > 0)
+        c->len += (size_t)r;
+    return r;
+}
+
+void dx_test_peer_need(dx_test_peer *c, size_t n)
+{
+    while (c->len < n) {
+        ssize_t r = dx_test_peer_fill(c);
+        if (r <= 0)
+            fail_msg("peer: %s while %zu of %zu bytes were buffered", r == 0 ? "EOF" : strerror(errno), c->len, n);
+    }
+}
+
+void dx_test_peer_consume(dx_test_peer *c, size_t n)
+{
+    memmove(c->buf, c->buf + n, c->len - n);
+    c->len -= n;
+}
+
+int dx_test_peer_eof(dx_test_peer *c)
+{
+    for (;;) {
+        ssize_t r = dx_test_peer_fill(c);
+        if (r == 0 || (r < 0 && errno == ECONNRESET))
+            return 1;
+        if (r < 0)
+            return 0;
+    }
+}
+
+size_t dx_test_peer_head(dx_test_peer *c)
+{
+    for (;;) {
+        for (size_t i = 0; i + 4 <= c->len; i++)
+            if (memcmp(c->buf + i, "\r\n\r\n", 4) == 0)
+                return i + 4;
+        ssize_t r = dx_test_peer_fill(c);
+        if (r <= 0)
+            fail_msg("peer: %s before the end of the head", r == 0 ? "EOF" : strerror(errno));
+    }
 }

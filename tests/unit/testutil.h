@@ -23,6 +23,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <cmocka.h>
 
 #include "duplex/duplex.h"
@@ -118,6 +119,39 @@ void dx_test_self_signed(const char *dir, const char *cn, char crt[128], char ke
 
 /* rm -rf `dir`: 0, or -1 when the command failed. */
 int dx_test_rm_rf(const char *dir);
+
+/* ---- a blocking raw peer ---------------------------------------------------------- */
+
+/* A blocking socket and what was read from it but not consumed yet. */
+typedef struct dx_test_peer {
+    int fd;
+    uint8_t *buf; /* malloc'd (NULL until the first read), grown as needed */
+    size_t len, cap;
+} dx_test_peer;
+
+/* Sends all of p on the blocking `fd`; fails the test on an error. */
+void dx_test_send_all(int fd, const void *p, size_t len);
+
+/* SO_RCVTIMEO and SO_SNDTIMEO of `fd` set to `ms`: a stuck peer fails. */
+void dx_test_io_timeouts(int fd, unsigned ms);
+
+/* One recv into the buffer (grown first when full): > 0 bytes, 0 at EOF,
+ * -1 on error (errno). */
+ssize_t dx_test_peer_fill(dx_test_peer *c);
+
+/* Reads until n bytes are buffered; fails the test at EOF or an error. */
+void dx_test_peer_need(dx_test_peer *c, size_t n);
+
+/* Drops the first n buffered bytes. */
+void dx_test_peer_consume(dx_test_peer *c, size_t n);
+
+/* Reads to the end: 1 when the other side ended (EOF or reset), 0 when a
+ * read failed otherwise (a timeout). What was read stays buffered. */
+int dx_test_peer_eof(dx_test_peer *c);
+
+/* Reads until the buffer holds an HTTP head (up to the blank line);
+ * returns its length; fails the test at EOF or an error. */
+size_t dx_test_peer_head(dx_test_peer *c);
 
 /* ---- event recorder ------------------------------------------------------------ */
 
