@@ -120,7 +120,6 @@ static void pump_ticks(lf *f, unsigned n)
     pump(f, ticks_done);
 }
 
-static void rst(int fd);
 
 static void srv_free_now(lf *f)
 {
@@ -196,7 +195,7 @@ static void s_message(dx_conn *c, int op, const uint8_t *p, size_t len, void *ud
     if (f->victim && f->victim != c) {
         static uint8_t big[200000];
         f->hits++;
-        rst(f->victim_fd); /* now: so no read of this loop saw it before */
+        dx_test_close_rst(f->victim_fd); /* now: so no read of this loop saw it before */
         f->in_call = 1;
         (void)dx_conn_send(f->victim, DX_OP_BINARY, big, sizeof big);
         (void)dx_conn_close(f->victim, 1000, NULL, 0);
@@ -205,7 +204,7 @@ static void s_message(dx_conn *c, int op, const uint8_t *p, size_t len, void *ud
     }
     if (f->shutdown_on_msg && len == 8 && memcmp(p, "shutdown", 8) == 0) {
         for (size_t i = 0; i < f->n_rst; i++)
-            rst(f->rst_fds[i]);
+            dx_test_close_rst(f->rst_fds[i]);
         f->in_call = 1;
         (void)dx_server_shutdown(f->srv, 1001, "bye");
         f->in_call = 0;
@@ -303,31 +302,14 @@ static void teardown(lf *f)
 
 /* ---- raw peers ------------------------------------------------------------------------ */
 
-static const char REQ[] = "GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+static const char REQ[] = "GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n" DX_TEST_UPGRADE_HEADERS;
 
 static int raw_connect(unsigned port)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = dx_test_dial(port, 0);
     assert_true(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
-    struct timeval tv = {10, 0};
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    dx_test_io_timeouts(fd, 10000);
     return fd;
-}
-
-static void send_all(int fd, const void *p, size_t len)
-{
-    const uint8_t *b = p;
-    while (len) {
-        ssize_t n = send(fd, b, len, MSG_NOSIGNAL);
-        assert_true(n > 0);
-        b += n;
-        len -= (size_t)n;
-    }
 }
 
 static int g_opens;
@@ -337,7 +319,7 @@ static bool opened_enough(lf *f) { return f->opens >= g_opens; }
 static int raw_open(lf *f)
 {
     int fd = raw_connect(dx_server_port(f->srv));
-    send_all(fd, REQ, sizeof REQ - 1);
+    dx_test_send_all(fd, REQ, sizeof REQ - 1);
     g_opens = f->opens + 1;
     pump(f, opened_enough);
     char buf[1024];
@@ -368,13 +350,6 @@ static size_t frame(uint8_t *out, unsigned op, const void *p, size_t len, size_t
     n += 4;
     memcpy(out + n, p, len);
     return n + len;
-}
-
-static void rst(int fd)
-{
-    struct linger lg = {1, 0};
-    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    close(fd);
 }
 
 /* Waits until the kernel delivered everything fd sent (the peer's receive
@@ -418,10 +393,10 @@ static void test_write_failure_mid_read(void **state)
     for (int i = 0; i < N; i++)
         n += frame(buf + n, DX_OP_TEXT, msg, LEN, LEN);
     n += frame(buf + n, DX_OP_TEXT, msg, 10, 200); /* 10 of 200 bytes */
-    send_all(fd, buf, n);
+    dx_test_send_all(fd, buf, n);
     free(buf);
     wait_sent(fd);
-    rst(fd);
+    dx_test_close_rst(fd);
     g_closes = 1;
     pump(&f, closed_enough);
     assert_int_equal(f.closes, 1);
@@ -442,8 +417,8 @@ static void test_send_close_never_fire_on_close(void **state)
     start_server(&f);
     int fa = raw_open(&f), fb = raw_open(&f);
     dx_conn *a = f.conns[0], *b = f.conns[1];
-    rst(fa);
-    rst(fb);
+    dx_test_close_rst(fa);
+    dx_test_close_rst(fb);
     /* From the application's own code (outside the loop). */
     static uint8_t big[200000];
     f.in_call = 1;
@@ -479,7 +454,7 @@ static void test_send_in_callback_to_failing_conn(void **state)
      * server writes to D: the write fails inside dx_conn_send. */
     f.victim_fd = fd;
     uint8_t fr[64];
-    send_all(fc, fr, frame(fr, DX_OP_TEXT, "go", 2, 2));
+    dx_test_send_all(fc, fr, frame(fr, DX_OP_TEXT, "go", 2, 2));
     g_closes = 1;
     pump(&f, closed_enough);
     assert_int_equal(f.cb_in_call, 0);
@@ -621,11 +596,11 @@ static void shutdown_case(bool from_callback)
         for (int i = 0; i < N; i += 2)
             f.rst_fds[f.n_rst++] = fds[i];
         uint8_t fr[64];
-        send_all(fds[1], fr, frame(fr, DX_OP_TEXT, "shutdown", 8, 8));
+        dx_test_send_all(fds[1], fr, frame(fr, DX_OP_TEXT, "shutdown", 8, 8));
         pump(&f, shut_done);
     } else {
         for (int i = 0; i < N; i += 2)
-            rst(fds[i]);
+            dx_test_close_rst(fds[i]);
         f.in_call = 1;
         size_t left = dx_server_shutdown(f.srv, 1001, "bye");
         f.in_call = 0;
@@ -635,7 +610,7 @@ static void shutdown_case(bool from_callback)
     /* The others leave too: some reset, some close cleanly. */
     for (int i = 1; i < N; i += 2) {
         if (i % 4 == 1)
-            rst(fds[i]);
+            dx_test_close_rst(fds[i]);
         else
             close(fds[i]);
     }
@@ -672,14 +647,14 @@ static void server_free_case(int where)
         f.fan_out_on_close = 1;
     int fd = raw_connect(dx_server_port(f.srv));
     int other = -1;
-    send_all(fd, REQ, sizeof REQ - 1);
+    dx_test_send_all(fd, REQ, sizeof REQ - 1);
     if (where == IN_MESSAGE || where == IN_CLOSE || where == IN_PONG) {
         f.free_srv_in = IN_NONE;
         g_opens = 1;
         pump(&f, opened_enough);
         /* A second connection, so the freed server has another to drop. */
         other = raw_connect(dx_server_port(f.srv));
-        send_all(other, REQ, sizeof REQ - 1);
+        dx_test_send_all(other, REQ, sizeof REQ - 1);
         g_opens = 2;
         pump(&f, opened_enough);
         f.free_srv_in = where;
@@ -688,9 +663,9 @@ static void server_free_case(int where)
             uint8_t fr[64];
             size_t n = frame(fr, where == IN_PONG ? DX_OP_PONG : DX_OP_TEXT, "hi", 2, 2);
             n += frame(fr + n, DX_OP_TEXT, "more", 4, 4);
-            send_all(fd, fr, n);
+            dx_test_send_all(fd, fr, n);
         } else {
-            rst(fd);
+            dx_test_close_rst(fd);
             fd = -1;
         }
     }
@@ -998,9 +973,9 @@ static void test_client_queue_flush_fails_before_open(void **state)
                      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Accept: %s\r\n\r\n",
                      acc);
-    send_all(g_fake.fd, resp, (size_t)n);
+    dx_test_send_all(g_fake.fd, resp, (size_t)n);
     wait_sent(g_fake.fd);
-    rst(g_fake.fd);
+    dx_test_close_rst(g_fake.fd);
     pump(&f, cl_reported);
     pump_ticks(&f, 1);
     /* Output is gathered and written before the loop sleeps, so the queued
