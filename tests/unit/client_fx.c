@@ -169,7 +169,9 @@ static void c_done(dx_client *cl, void *ud)
     fx *f = ud;
     if (f->free_in_done && cl == f->cl) {
         dx_client_free(cl);
+        pthread_mutex_lock(&f->mu); /* start_client may be reading it: on_done can follow the posted call */
         f->cl = NULL;
+        pthread_mutex_unlock(&f->mu);
     }
     ev e = {.type = C_DONE};
     add_ev(f, &e, NULL, 0);
@@ -344,7 +346,10 @@ void start_client(fx *f)
     run(f, L_client_start, NULL);
     /* A refused connect on loopback can fail at once, inside
      * dx_client_connect: with free_in_done the client is then already gone. */
-    if (!f->cl && !f->free_in_done)
+    pthread_mutex_lock(&f->mu);
+    int none = f->cl == NULL;
+    pthread_mutex_unlock(&f->mu);
+    if (none && !f->free_in_done)
         fail_msg("dx_client_new failed: %d", f->c_new_err);
     assert_int_equal(f->c_connect_rc, 0);
 }
