@@ -2,9 +2,6 @@
 #define _GNU_SOURCE
 #include "hooks_fx.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdalign.h>
 
 int user_marker;
@@ -18,7 +15,6 @@ static void add_ev(fx *f, int type, uint64_t id, unsigned code, const void *data
 ev wait_ev(fx *f, int type) { return dx_test_rec_wait(&f->rec, type); }
 
 size_t count_ev(fx *f, int type) { return dx_test_rec_count(&f->rec, type); }
-
 
 /* Log lines containing `needle`. */
 size_t count_log(fx *f, const char *needle)

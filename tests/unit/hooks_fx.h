@@ -30,15 +30,7 @@
 #include "proto/http.h"
 #include "proto/mask.h"
 
-#include <errno.h>
-#include <pthread.h>
 #include <stdatomic.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 
 #define WAIT_MS 15000
 #define MAXEV 512

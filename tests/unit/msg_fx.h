@@ -9,20 +9,9 @@
 
 #include "testutil.h"
 
-#include <arpa/inet.h>
 #include <openssl/ssl.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <pthread.h>
 #include <stdatomic.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <poll.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "duplex/client.h"
 #include "duplex/msg.h"

@@ -2,17 +2,7 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
 #include <sys/time.h>
-#include <time.h>
-#include <unistd.h>
 
 const dx_log dx_test_quiet_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_ERROR};
 

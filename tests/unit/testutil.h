@@ -18,12 +18,24 @@
 #ifndef DX_TESTUTIL_H
 #define DX_TESTUTIL_H
 
+/* The POSIX headers every socket test uses, then cmocka (which needs
+ * setjmp.h, stdarg.h, stddef.h first). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "duplex/duplex.h"
