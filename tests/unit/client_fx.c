@@ -2,27 +2,6 @@
 #define _GNU_SOURCE
 #include "client_fx.h"
 
-static const dx_log quiet_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_ERROR};
-
-static void add_ev(fx *f, const ev *e, const void *data, size_t len)
-{
-    pthread_mutex_lock(&f->mu);
-    if (f->nev < MAXEV) {
-        ev *d = &f->evs[f->nev++];
-        *d = *e;
-        d->taken = 0;
-        d->data = malloc(len + 1);
-        if (d->data) {
-            if (len)
-                memcpy(d->data, data, len);
-            d->data[len] = 0;
-        }
-        d->len = len;
-    }
-    pthread_cond_broadcast(&f->cv);
-    pthread_mutex_unlock(&f->mu);
-}
-
 static const char *ev_name(int t)
 {
     static const char *names[] = {"?", "S_UPGRADE", "S_OPEN", "S_MSG", "S_CLOSE", "C_OPEN",
@@ -30,45 +9,13 @@ static const char *ev_name(int t)
     return t > 0 && t <= C_PONG ? names[t] : "?";
 }
 
-ev wait_ev(fx *f, int type)
-{
-    struct timespec dl;
-    dx_test_deadline_in(&dl, WAIT_MS);
-    pthread_mutex_lock(&f->mu);
-    for (;;) {
-        for (size_t i = 0; i < f->nev; i++) {
-            if (f->evs[i].type == type && !f->evs[i].taken) {
-                f->evs[i].taken = 1;
-                ev e = f->evs[i];
-                pthread_mutex_unlock(&f->mu);
-                return e;
-            }
-        }
-        if (pthread_cond_timedwait(&f->cv, &f->mu, &dl) == ETIMEDOUT) {
-            pthread_mutex_unlock(&f->mu);
-            fail_msg("timed out waiting for %s", ev_name(type));
-        }
-    }
-}
+static void add_ev(fx *f, const ev *e, const void *data, size_t len) { dx_test_rec_add(&f->rec, e, data, len); }
 
-void drain_ev(fx *f, int type)
-{
-    pthread_mutex_lock(&f->mu);
-    for (size_t i = 0; i < f->nev; i++)
-        if (f->evs[i].type == type)
-            f->evs[i].taken = 1;
-    pthread_mutex_unlock(&f->mu);
-}
+ev wait_ev(fx *f, int type) { return dx_test_rec_wait(&f->rec, type); }
 
-size_t count_ev(fx *f, int type)
-{
-    pthread_mutex_lock(&f->mu);
-    size_t n = 0;
-    for (size_t i = 0; i < f->nev; i++)
-        n += f->evs[i].type == type;
-    pthread_mutex_unlock(&f->mu);
-    return n;
-}
+void drain_ev(fx *f, int type) { dx_test_rec_drain(&f->rec, type); }
+
+size_t count_ev(fx *f, int type) { return dx_test_rec_count(&f->rec, type); }
 
 void wait_count(fx *f, const unsigned *counter, unsigned want, const char *what)
 {
@@ -222,7 +169,9 @@ static void c_done(dx_client *cl, void *ud)
     fx *f = ud;
     if (f->free_in_done && cl == f->cl) {
         dx_client_free(cl);
+        pthread_mutex_lock(&f->mu); /* start_client may be reading it: on_done can follow the posted call */
         f->cl = NULL;
+        pthread_mutex_unlock(&f->mu);
     }
     ev e = {.type = C_DONE};
     add_ev(f, &e, NULL, 0);
@@ -244,42 +193,7 @@ static void c_frame(dx_conn *c, int dir, unsigned opcode, int fin, unsigned rsv,
 
 /* ---- the fixture ------------------------------------------------------------------ */
 
-static void *loop_thread(void *p)
-{
-    fx *f = p;
-    (void)dx_loop_run(f->loop);
-    return NULL;
-}
-
-static void call_tramp(void *p)
-{
-    fx *f = p;
-    f->call_fn(f, f->call_arg);
-    pthread_mutex_lock(&f->mu);
-    f->call_done = 1;
-    pthread_cond_broadcast(&f->cv);
-    pthread_mutex_unlock(&f->mu);
-}
-
-void run(fx *f, void (*fn)(fx *, void *), void *arg)
-{
-    pthread_mutex_lock(&f->mu);
-    f->call_fn = fn;
-    f->call_arg = arg;
-    f->call_done = 0;
-    pthread_mutex_unlock(&f->mu);
-    assert_int_equal(dx_loop_post(f->loop, call_tramp, f), 0);
-    struct timespec dl;
-    dx_test_deadline_in(&dl, WAIT_MS);
-    pthread_mutex_lock(&f->mu);
-    while (!f->call_done) {
-        if (pthread_cond_timedwait(&f->cv, &f->mu, &dl) == ETIMEDOUT) {
-            pthread_mutex_unlock(&f->mu);
-            fail_msg("timed out waiting for a posted call");
-        }
-    }
-    pthread_mutex_unlock(&f->mu);
-}
+DX_TEST_ON_LOOP_DEFINE(, run, fx)
 
 void default_client(fx *f, const char *url)
 {
@@ -306,12 +220,14 @@ int fx_setup(void **state)
         return -1;
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);
-    dx_loop_options lo = {.log = &quiet_log};
+    dx_test_rec_init(&f->rec, &f->mu, &f->cv, f->evs, MAXEV, WAIT_MS);
+    f->rec.name = ev_name;
+    dx_loop_options lo = {.log = &dx_test_quiet_log};
     f->loop = dx_loop_new(&lo, NULL);
     if (!f->loop)
         return -1;
     f->s_host = "127.0.0.1";
-    if (pthread_create(&f->th, NULL, loop_thread, f) != 0)
+    if (pthread_create(&f->th, NULL, dx_test_loop_thread, f->loop) != 0)
         return -1;
     *state = f;
     return 0;
@@ -333,8 +249,7 @@ int fx_teardown(void **state)
     pthread_join(f->th, NULL);
     L_free_all(f, NULL);
     dx_loop_free(f->loop);
-    for (size_t i = 0; i < f->nev; i++)
-        free(f->evs[i].data);
+    dx_test_rec_free(&f->rec);
     free(f->evs);
     pthread_mutex_destroy(&f->mu);
     pthread_cond_destroy(&f->cv);
@@ -431,7 +346,10 @@ void start_client(fx *f)
     run(f, L_client_start, NULL);
     /* A refused connect on loopback can fail at once, inside
      * dx_client_connect: with free_in_done the client is then already gone. */
-    if (!f->cl && !f->free_in_done)
+    pthread_mutex_lock(&f->mu);
+    int none = f->cl == NULL;
+    pthread_mutex_unlock(&f->mu);
+    if (none && !f->free_in_done)
         fail_msg("dx_client_new failed: %d", f->c_new_err);
     assert_int_equal(f->c_connect_rc, 0);
 }

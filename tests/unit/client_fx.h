@@ -10,19 +10,9 @@
 
 #include "testutil.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <poll.h>
-#include <pthread.h>
 #include <stdatomic.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "duplex/client.h"
 #include "duplex/server.h"
@@ -38,16 +28,9 @@ enum {
     C_OPEN, C_MSG, C_CLOSE, C_ERROR, C_RECONNECT, C_DONE, C_PONG,
 };
 
-typedef struct ev {
-    int type;
-    int taken;
-    int opcode;
-    int rc;      /* C_ERROR: err */
-    unsigned code; /* close code; C_RECONNECT: delay */
-    unsigned n;    /* C_RECONNECT: attempt */
-    char *data;    /* NUL-terminated copy (message, reason, what) */
-    size_t len;
-} ev;
+/* rc: C_ERROR's err; code: the close code, C_RECONNECT's delay; n:
+ * C_RECONNECT's attempt; data: the message, reason or what. */
+typedef dx_test_ev ev;
 
 typedef struct fx {
     dx_loop *loop;
@@ -55,7 +38,7 @@ typedef struct fx {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     ev *evs;
-    size_t nev;
+    dx_test_rec rec; /* over mu, cv, evs */
 
     /* server, set before L_server_start */
     dx_server *srv;
@@ -83,11 +66,6 @@ typedef struct fx {
     unsigned frames[2][2][2];
     unsigned c_pongs_in;
     char c_first_text_head[17];
-
-    /* posted calls */
-    void (*call_fn)(struct fx *f, void *arg);
-    void *call_arg;
-    int call_done;
 } fx;
 
 /* The oldest event of `type` not yet taken; waits for it (fails after WAIT_MS). */

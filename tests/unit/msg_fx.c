@@ -2,8 +2,6 @@
 #define _GNU_SOURCE
 #include "msg_fx.h"
 
-static const dx_log quiet_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_ERROR};
-
 static void signal_all(mfx *f)
 {
     pthread_cond_broadcast(&f->cv);
@@ -108,32 +106,7 @@ static uint64_t fwd_now(void *ud)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static void tramp(void *p)
-{
-    mfx *f = p;
-    f->fn(f, f->arg);
-    pthread_mutex_lock(&f->mu);
-    f->done = 1;
-    signal_all(f);
-    pthread_mutex_unlock(&f->mu);
-}
-
-void on_loop(mfx *f, void (*fn)(mfx *f, void *arg), void *arg)
-{
-    f->fn = fn;
-    f->arg = arg;
-    f->done = 0;
-    assert_int_equal(dx_loop_post(f->loop, tramp, f), 0);
-    struct timespec dl;
-    dx_test_deadline_in(&dl, WAIT_MS);
-    pthread_mutex_lock(&f->mu);
-    while (!f->done)
-        if (pthread_cond_timedwait(&f->cv, &f->mu, &dl) == ETIMEDOUT) {
-            pthread_mutex_unlock(&f->mu);
-            fail_msg("timed out waiting for the loop");
-        }
-    pthread_mutex_unlock(&f->mu);
-}
+DX_TEST_ON_LOOP_DEFINE(, on_loop, mfx)
 
 void wait_count(mfx *f, const size_t *counter, size_t want)
 {
@@ -157,7 +130,7 @@ mfx *start_tls(size_t send_max, size_t high_water, unsigned close_timeout_ms, co
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);
     f->seams = (dx_seams){.realloc = count_realloc, .random = fwd_random, .now_ns = fwd_now, .ud = f};
-    dx_loop_options lo = {.seams = &f->seams, .log = &quiet_log};
+    dx_loop_options lo = {.seams = &f->seams, .log = &dx_test_quiet_log};
     f->loop = dx_loop_new(&lo, NULL);
     assert_non_null(f->loop);
     dx_server_options o = {.host = "127.0.0.1", .port = DX_PORT_EPHEMERAL};

@@ -9,20 +9,9 @@
 
 #include "testutil.h"
 
-#include <arpa/inet.h>
 #include <openssl/ssl.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <pthread.h>
 #include <stdatomic.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <poll.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "duplex/client.h"
 #include "duplex/msg.h"
@@ -61,10 +50,6 @@ typedef struct mfx {
     /* TLS rounds: "go:K" makes the server send round K (tls_round) */
     dx_msg *pool[5];
     int rounds_mode;
-    /* posted call */
-    void (*fn)(struct mfx *f, void *arg);
-    void *arg;
-    int done;
 } mfx;
 
 /* Runs fn(f, arg) on the loop's thread and waits for it. */

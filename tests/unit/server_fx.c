@@ -2,59 +2,13 @@
 #define _GNU_SOURCE
 #include "server_fx.h"
 
-const dx_log quiet_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_ERROR};
-
 static int user_marker;
 
-static void add_ev(sfx *f, const ev *e, const void *data, size_t len)
-{
-    pthread_mutex_lock(&f->mu);
-    if (f->nev < MAXEV) {
-        ev *d = &f->evs[f->nev++];
-        *d = *e;
-        d->taken = 0;
-        d->data = malloc(len + 1);
-        if (d->data) {
-            if (len)
-                memcpy(d->data, data, len);
-            d->data[len] = 0;
-        }
-        d->len = len;
-    }
-    pthread_cond_broadcast(&f->cv);
-    pthread_mutex_unlock(&f->mu);
-}
+static void add_ev(sfx *f, const ev *e, const void *data, size_t len) { dx_test_rec_add(&f->rec, e, data, len); }
 
-ev wait_ev(sfx *f, int type)
-{
-    struct timespec dl;
-    dx_test_deadline_in(&dl, WAIT_MS);
-    pthread_mutex_lock(&f->mu);
-    for (;;) {
-        for (size_t i = 0; i < f->nev; i++) {
-            if (f->evs[i].type == type && !f->evs[i].taken) {
-                f->evs[i].taken = 1;
-                ev e = f->evs[i];
-                pthread_mutex_unlock(&f->mu);
-                return e;
-            }
-        }
-        if (pthread_cond_timedwait(&f->cv, &f->mu, &dl) == ETIMEDOUT) {
-            pthread_mutex_unlock(&f->mu);
-            fail_msg("timed out waiting for event %d", type);
-        }
-    }
-}
+ev wait_ev(sfx *f, int type) { return dx_test_rec_wait(&f->rec, type); }
 
-size_t count_ev(sfx *f, int type)
-{
-    pthread_mutex_lock(&f->mu);
-    size_t n = 0;
-    for (size_t i = 0; i < f->nev; i++)
-        n += f->evs[i].type == type;
-    pthread_mutex_unlock(&f->mu);
-    return n;
-}
+size_t count_ev(sfx *f, int type) { return dx_test_rec_count(&f->rec, type); }
 
 /* ---- callbacks (loop thread) ------------------------------------------------- */
 
@@ -212,40 +166,7 @@ static int cb_http(dx_server *srv, dx_http_req *req, void *ud)
 
 /* ---- the fixture --------------------------------------------------------------- */
 
-static void *loop_thread(void *p)
-{
-    sfx *f = p;
-    (void)dx_loop_run(f->loop);
-    return NULL;
-}
-
-static void call_tramp(void *p)
-{
-    sfx *f = p;
-    f->call_fn(f, f->call_arg);
-    pthread_mutex_lock(&f->mu);
-    f->call_done = 1;
-    pthread_cond_broadcast(&f->cv);
-    pthread_mutex_unlock(&f->mu);
-}
-
-void on_loop(sfx *f, void (*fn)(sfx *f, void *arg), void *arg)
-{
-    f->call_fn = fn;
-    f->call_arg = arg;
-    f->call_done = 0;
-    assert_int_equal(dx_loop_post(f->loop, call_tramp, f), 0);
-    struct timespec dl;
-    dx_test_deadline_in(&dl, WAIT_MS);
-    pthread_mutex_lock(&f->mu);
-    while (!f->call_done) {
-        if (pthread_cond_timedwait(&f->cv, &f->mu, &dl) == ETIMEDOUT) {
-            pthread_mutex_unlock(&f->mu);
-            fail_msg("timed out waiting for the loop");
-        }
-    }
-    pthread_mutex_unlock(&f->mu);
-}
+DX_TEST_ON_LOOP_DEFINE(, on_loop, sfx)
 
 static void do_stats(sfx *f, void *out) { dx_server_stats_get(f->srv, out); }
 
@@ -285,6 +206,7 @@ int sfx_setup(void **state)
     assert_non_null(f);
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);
+    dx_test_rec_init(&f->rec, &f->mu, &f->cv, f->evs, MAXEV, WAIT_MS);
     f->echo = 1;
     for (size_t i = 0; i < MAXCL; i++)
         f->cls[i].fd = -1;
@@ -303,7 +225,7 @@ dx_server_options base_opts(sfx *f)
 
 void start(sfx *f, const dx_server_options *o)
 {
-    dx_loop_options lo = {.log = &quiet_log};
+    dx_loop_options lo = {.log = &dx_test_quiet_log};
     int err = 1;
     f->loop = dx_loop_new(&lo, &err);
     assert_non_null(f->loop);
@@ -314,18 +236,14 @@ void start(sfx *f, const dx_server_options *o)
     f->port = dx_server_port(f->srv);
     if (!o->unix_path)
         assert_true(f->port > 0 && f->port < 65536);
-    assert_int_equal(pthread_create(&f->th, NULL, loop_thread, f), 0);
+    assert_int_equal(pthread_create(&f->th, NULL, dx_test_loop_thread, f->loop), 0);
     f->running = 1;
 }
 
 static void rm_tree(const char *dir)
 {
-    char cmd[128];
-    if (dir[0]) {
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "cannot remove %s\n", dir);
-    }
+    if (dir[0] && dx_test_rm_rf(dir) != 0)
+        fprintf(stderr, "cannot remove %s\n", dir);
 }
 
 int sfx_teardown(void **state)
@@ -342,8 +260,7 @@ int sfx_teardown(void **state)
             close(f->cls[i].fd);
         free(f->cls[i].buf);
     }
-    for (size_t i = 0; i < f->nev; i++)
-        free(f->evs[i].data);
+    dx_test_rec_free(&f->rec);
     rm_tree(f->dir);
     pthread_cond_destroy(&f->cv);
     pthread_mutex_destroy(&f->mu);
@@ -368,9 +285,7 @@ static cl *cl_wrap(sfx *f, int fd)
     c->buf = malloc(c->cap);
     assert_non_null(c->buf);
     c->len = 0;
-    struct timeval tv = {.tv_sec = WAIT_MS / 1000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    dx_test_io_timeouts(fd, WAIT_MS);
     return c;
 }
 
@@ -405,69 +320,12 @@ void cl_close(cl *c)
     c->fd = -1;
 }
 
-void cl_send(cl *c, const void *p, size_t len)
-{
-    const uint8_t *b = p;
-    while (len) {
-        ssize_t w = send(c->fd, b, len, MSG_NOSIGNAL);
-        assert_true(w > 0);
-        b += w;
-        len -= (size_t)w;
-    }
-}
-
-/* One recv into the buffer: > 0 bytes, 0 at EOF, -1 on error (errno). */
-static ssize_t cl_fill(cl *c)
-{
-    if (c->len == c->cap) {
-        c->cap *= 2;
-        c->buf = realloc(c->buf, c->cap);
-        assert_non_null(c->buf);
-    }
-    ssize_t r = recv(c->fd, c->buf + c->len, c->cap - c->len, 0);
-    if (r > 0)
-        c->len += (size_t)r;
-    return r;
-}
-
-static void cl_need(cl *c, size_t n)
-{
-    while (c->len < n) {
-        ssize_t r = cl_fill(c);
-        if (r <= 0)
-            fail_msg("client: %s while %zu of %zu bytes were buffered", r == 0 ? "EOF" : strerror(errno), c->len,
-                     n);
-    }
-}
-
-static void cl_consume(cl *c, size_t n)
-{
-    memmove(c->buf, c->buf + n, c->len - n);
-    c->len -= n;
-}
+void cl_send(cl *c, const void *p, size_t len) { dx_test_send_all(c->fd, p, len); }
 
 void cl_read_to_eof(cl *c)
 {
-    for (;;) {
-        ssize_t r = cl_fill(c);
-        if (r == 0 || (r < 0 && errno == ECONNRESET))
-            return;
-        if (r < 0)
-            fail_msg("client: %s before EOF", strerror(errno));
-    }
-}
-
-/* The length of the response head at the front of the buffer. */
-static size_t cl_head(cl *c)
-{
-    for (;;) {
-        for (size_t i = 0; i + 4 <= c->len; i++)
-            if (memcmp(c->buf + i, "\r\n\r\n", 4) == 0)
-                return i + 4;
-        ssize_t r = cl_fill(c);
-        if (r <= 0)
-            fail_msg("client: %s before the end of the head", r == 0 ? "EOF" : strerror(errno));
-    }
+    if (!dx_test_peer_eof(c))
+        fail_msg("client: %s before EOF", strerror(errno));
 }
 
 hs cl_handshake_opts(sfx *f, cl *c, const dx_ws_client_opts *o, const void *extra, size_t extra_len,
@@ -487,7 +345,7 @@ hs cl_handshake_opts(sfx *f, cl *c, const dx_ws_client_opts *o, const void *extr
     } else {
         cl_send(c, req, (size_t)n + extra_len);
     }
-    size_t hl = cl_head(c);
+    size_t hl = dx_test_peer_head(c);
     dx_http_header h[32];
     dx_http_response resp;
     assert_int_equal(dx__http_parse_response((const char *)c->buf, hl, &resp, h, 32, 0), (int)hl);
@@ -500,7 +358,7 @@ hs cl_handshake_opts(sfx *f, cl *c, const dx_ws_client_opts *o, const void *extr
         assert_int_equal(dx__ws_client_check(&resp, key, o, &p, &pl, exts, 4, &ne), 0);
         if (p)
             copy_str(r.protocol, sizeof r.protocol, p, pl);
-        cl_consume(c, hl);
+        dx_test_peer_consume(c, hl);
     }
     return r;
 }
@@ -545,31 +403,31 @@ void cl_close_frame(cl *c, unsigned code, const char *reason)
 
 frm cl_read_frame(cl *c)
 {
-    cl_need(c, 2);
+    dx_test_peer_need(c, 2);
     frm fr = {.opcode = c->buf[0] & 0x0F, .fin = (c->buf[0] & 0x80) != 0};
     assert_int_equal(c->buf[0] & 0x70, 0); /* no RSV bits */
     assert_int_equal(c->buf[1] & 0x80, 0); /* servers do not mask */
     uint64_t len = c->buf[1] & 0x7F;
     size_t hl = 2;
     if (len == 126) {
-        cl_need(c, 4);
+        dx_test_peer_need(c, 4);
         len = (uint64_t)c->buf[2] << 8 | c->buf[3];
         hl = 4;
     } else if (len == 127) {
-        cl_need(c, 10);
+        dx_test_peer_need(c, 10);
         len = 0;
         for (int i = 0; i < 8; i++)
             len = len << 8 | c->buf[2 + i];
         hl = 10;
     }
     assert_true(len < (1u << 26));
-    cl_need(c, hl + (size_t)len);
+    dx_test_peer_need(c, hl + (size_t)len);
     fr.data = malloc((size_t)len + 1);
     assert_non_null(fr.data);
     memcpy(fr.data, c->buf + hl, (size_t)len);
     fr.data[len] = 0;
     fr.len = (size_t)len;
-    cl_consume(c, hl + (size_t)len);
+    dx_test_peer_consume(c, hl + (size_t)len);
     return fr;
 }
 

@@ -10,19 +10,8 @@
 
 #include "testutil.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "duplex/server.h"
 #include "proto/frame.h"
@@ -36,29 +25,13 @@
 
 #define MAXCL 16
 
-extern const dx_log quiet_log;
-
 /* ---- events recorded by the callbacks ------------------------------------------- */
 
 enum { EV_UPGRADE = 1, EV_OPEN, EV_MESSAGE, EV_DRAIN, EV_CLOSE, EV_HTTP, EV_CMD_DONE };
 
-typedef struct ev {
-    int type;
-    int taken;
-    uint64_t id;
-    int opcode;
-    unsigned code;
-    char *data; /* NUL-terminated copy */
-    size_t len;
-    long n;     /* EV_CMD_DONE: a count; EV_CLOSE: reason length */
-    int rc;
-} ev;
+typedef dx_test_ev ev; /* n: EV_CMD_DONE a count, EV_CLOSE the reason length */
 
-typedef struct cl {
-    int fd;
-    uint8_t *buf;
-    size_t len, cap;
-} cl;
+typedef dx_test_peer cl;
 
 typedef struct sfx {
     dx_loop *loop;
@@ -69,7 +42,7 @@ typedef struct sfx {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     ev evs[MAXEV];
-    size_t nev;
+    dx_test_rec rec; /* over mu, cv, evs */
     cl cls[MAXCL];
     size_t ncl;
     char dir[64];
@@ -85,10 +58,6 @@ typedef struct sfx {
     int open_user_ok;
     char open_remote[64];
     dx_conn *conns[MAXCL]; /* loop thread only */
-    /* posted calls */
-    void (*call_fn)(struct sfx *f, void *arg);
-    void *call_arg;
-    int call_done;
     size_t shutdown_ret;
 } sfx;
 

@@ -62,9 +62,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return dx_test_rm_rf(g_dir);
 }
 
 static dx_tls_cert cert_a, cert_ip;

@@ -31,7 +31,7 @@
  * take about 5 s under ASan).
  */
 #define _GNU_SOURCE
-#include "testutil.h"
+#include "hammer_fx.h"
 
 #include "duplex/client.h"
 #include "duplex/server.h"
@@ -53,8 +53,6 @@
 #define EVENT_BUDGET 3000 /* callbacks per round */
 #define STEP_BUDGET 2500  /* driver steps per round */
 #define SAFETY_MS 120000  /* a hang is a failure, not a wait */
-
-static const dx_log quiet_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_ERROR};
 
 /* ---- state --------------------------------------------------------------------------- */
 
@@ -99,17 +97,8 @@ typedef struct hammer {
 
 static hammer H;
 
-static uint64_t rnd(void)
-{
-    uint64_t x = H.rng;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    H.rng = x;
-    return x;
-}
-static unsigned pick(unsigned n) { return n ? (unsigned)(rnd() % n) : 0; }
-static int chance(unsigned percent) { return pick(100) < percent; }
+static unsigned pick(unsigned n) { return hx_pick(&H.rng, n); }
+static int chance(unsigned percent) { return hx_chance(&H.rng, percent); }
 
 static void violation(const char *what)
 {
@@ -444,8 +433,7 @@ static hcl *random_client(void)
 
 /* ---- raw peers ------------------------------------------------------------------------ */
 
-static const char REQ[] = "GET /raw HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+static const char REQ[] = "GET /raw HTTP/1.1\r\nHost: 127.0.0.1\r\n" DX_TEST_UPGRADE_HEADERS;
 
 static void raw_send(rawp *p, const void *b, size_t len)
 {
@@ -458,11 +446,11 @@ static void raw_close(rawp *p, int how)
     if (p->fd < 0)
         return;
     if (how == 1) {
-        struct linger lg = {1, 0};
-        setsockopt(p->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        dx_test_close_rst(p->fd);
         H.rsts++;
+    } else {
+        close(p->fd);
     }
-    close(p->fd);
     p->fd = -1;
 }
 
@@ -470,16 +458,9 @@ static void raw_open(rawp *p)
 {
     if (H.srv_freed || H.shut)
         return;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = hx_peer_dial(H.port, 0);
     if (fd < 0)
         return;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)H.port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) { /* loopback: done by the kernel at once */
-        close(fd);
-        return;
-    }
-    fcntl(fd, F_SETFL, O_NONBLOCK);
     p->fd = fd;
     p->shut_wr = 0;
     H.raw_opens++;
@@ -488,15 +469,7 @@ static void raw_open(rawp *p)
 
 static size_t frame(uint8_t *out, unsigned op, int fin, const uint8_t *payload, size_t len)
 {
-    size_t n = 0;
-    out[n++] = (uint8_t)((fin ? 0x80 : 0) | op);
-    out[n++] = (uint8_t)(0x80 | len); /* len < 126 here */
-    uint8_t key[4] = {(uint8_t)rnd(), (uint8_t)rnd(), (uint8_t)rnd(), (uint8_t)rnd()};
-    memcpy(out + n, key, 4);
-    n += 4;
-    for (size_t i = 0; i < len; i++)
-        out[n + i] = payload[i] ^ key[i & 3];
-    return n + len;
+    return hx_frame(&H.rng, out, op, fin, payload, len);
 }
 
 static void raw_step(rawp *p)
@@ -627,13 +600,6 @@ static void driver(void *arg)
 
 /* ---- the test ------------------------------------------------------------------------- */
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static void stop_loop(void *arg)
 {
     (void)arg;
@@ -643,25 +609,17 @@ static void stop_loop(void *arg)
 static void test_hammer(void **state)
 {
     (void)state;
-    uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16);
-    const char *env = getenv("DX_HAMMER_SEED");
-    if (env)
-        seed = strtoull(env, NULL, 0);
-    int rounds = 6;
-    if (getenv("DX_HAMMER_ROUNDS"))
-        rounds = atoi(getenv("DX_HAMMER_ROUNDS"));
-    printf("hammer: seed %llu (replay: DX_HAMMER_SEED=%llu), %d rounds\n", (unsigned long long)seed,
-           (unsigned long long)seed, rounds);
-    fflush(stdout);
+    uint64_t seed = hx_seed();
+    int rounds = hx_rounds("hammer", seed, 6);
     memset(&H, 0, sizeof H);
-    H.rng = seed ? seed : 1;
+    H.rng = seed;
     for (int i = 0; i < MAX_RAW; i++)
         H.raw[i].fd = -1;
     dx_test_seams_init(&H.ts);
-    dx_loop_options lo = {.seams = &H.ts.seams, .log = &quiet_log};
+    dx_loop_options lo = {.seams = &H.ts.seams, .log = &dx_test_quiet_log};
     H.loop = dx_loop_new(&lo, NULL);
     assert_non_null(H.loop);
-    uint64_t end = mono_ms() + SAFETY_MS;
+    uint64_t end = dx_test_mono_ms() + SAFETY_MS;
     for (int r = 0; r < rounds; r++) {
         start_server();
         H.endgame = 0;
@@ -674,7 +632,7 @@ static void test_hammer(void **state)
         H.round_events = H.round_steps = 0;
         assert_int_equal(dx_loop_post(H.loop, driver, NULL), 0);
         while (!H.round_done) {
-            assert_true(mono_ms() < end);
+            assert_true(dx_test_mono_ms() < end);
             assert_int_equal(dx_loop_run(H.loop), 0);
         }
         /* Everything the round created is gone: nothing is left to fire. */

@@ -55,15 +55,6 @@
 #define DEADLINE_MS 20000 /* only a broken library takes this long */
 #define MAXC 32
 
-static const dx_log quiet_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_ERROR};
-
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* ---- fixture ------------------------------------------------------------------------ */
 
 typedef struct lf lf;
@@ -113,9 +104,9 @@ static void on_tick(dx__timer *t)
 /* Runs the loop until cond holds (or the deadline: a failure). */
 static void pump(lf *f, cond_fn cond)
 {
-    uint64_t end = wall_ms() + DEADLINE_MS;
+    uint64_t end = dx_test_mono_ms() + DEADLINE_MS;
     while (!cond(f)) {
-        assert_true(wall_ms() < end);
+        assert_true(dx_test_mono_ms() < end);
         assert_int_equal(dx_loop_run(f->loop), 0);
     }
 }
@@ -129,7 +120,6 @@ static void pump_ticks(lf *f, unsigned n)
     pump(f, ticks_done);
 }
 
-static void rst(int fd);
 
 static void srv_free_now(lf *f)
 {
@@ -205,7 +195,7 @@ static void s_message(dx_conn *c, int op, const uint8_t *p, size_t len, void *ud
     if (f->victim && f->victim != c) {
         static uint8_t big[200000];
         f->hits++;
-        rst(f->victim_fd); /* now: so no read of this loop saw it before */
+        dx_test_close_rst(f->victim_fd); /* now: so no read of this loop saw it before */
         f->in_call = 1;
         (void)dx_conn_send(f->victim, DX_OP_BINARY, big, sizeof big);
         (void)dx_conn_close(f->victim, 1000, NULL, 0);
@@ -214,7 +204,7 @@ static void s_message(dx_conn *c, int op, const uint8_t *p, size_t len, void *ud
     }
     if (f->shutdown_on_msg && len == 8 && memcmp(p, "shutdown", 8) == 0) {
         for (size_t i = 0; i < f->n_rst; i++)
-            rst(f->rst_fds[i]);
+            dx_test_close_rst(f->rst_fds[i]);
         f->in_call = 1;
         (void)dx_server_shutdown(f->srv, 1001, "bye");
         f->in_call = 0;
@@ -278,7 +268,7 @@ static void setup_loop(lf *f)
 {
     memset(f, 0, sizeof *f);
     dx_test_seams_init(&f->ts);
-    dx_loop_options lo = {.seams = &f->ts.seams, .log = &quiet_log};
+    dx_loop_options lo = {.seams = &f->ts.seams, .log = &dx_test_quiet_log};
     f->loop = dx_loop_new(&lo, NULL);
     assert_non_null(f->loop);
     dx__timer_init(&f->tick, on_tick);
@@ -312,31 +302,14 @@ static void teardown(lf *f)
 
 /* ---- raw peers ------------------------------------------------------------------------ */
 
-static const char REQ[] = "GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+static const char REQ[] = "GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n" DX_TEST_UPGRADE_HEADERS;
 
 static int raw_connect(unsigned port)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = dx_test_dial(port, 0);
     assert_true(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
-    struct timeval tv = {10, 0};
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    dx_test_io_timeouts(fd, 10000);
     return fd;
-}
-
-static void send_all(int fd, const void *p, size_t len)
-{
-    const uint8_t *b = p;
-    while (len) {
-        ssize_t n = send(fd, b, len, MSG_NOSIGNAL);
-        assert_true(n > 0);
-        b += n;
-        len -= (size_t)n;
-    }
 }
 
 static int g_opens;
@@ -346,7 +319,7 @@ static bool opened_enough(lf *f) { return f->opens >= g_opens; }
 static int raw_open(lf *f)
 {
     int fd = raw_connect(dx_server_port(f->srv));
-    send_all(fd, REQ, sizeof REQ - 1);
+    dx_test_send_all(fd, REQ, sizeof REQ - 1);
     g_opens = f->opens + 1;
     pump(f, opened_enough);
     char buf[1024];
@@ -379,24 +352,17 @@ static size_t frame(uint8_t *out, unsigned op, const void *p, size_t len, size_t
     return n + len;
 }
 
-static void rst(int fd)
-{
-    struct linger lg = {1, 0};
-    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    close(fd);
-}
-
 /* Waits until the kernel delivered everything fd sent (the peer's receive
  * queue holds it), so a RST sent next cannot overtake it. */
 static void wait_sent(int fd)
 {
-    uint64_t end = wall_ms() + DEADLINE_MS;
+    uint64_t end = dx_test_mono_ms() + DEADLINE_MS;
     for (;;) {
         int q = 0;
         assert_int_equal(ioctl(fd, TIOCOUTQ, &q), 0);
         if (q == 0)
             return;
-        assert_true(wall_ms() < end);
+        assert_true(dx_test_mono_ms() < end);
         poll(NULL, 0, 1);
     }
 }
@@ -427,10 +393,10 @@ static void test_write_failure_mid_read(void **state)
     for (int i = 0; i < N; i++)
         n += frame(buf + n, DX_OP_TEXT, msg, LEN, LEN);
     n += frame(buf + n, DX_OP_TEXT, msg, 10, 200); /* 10 of 200 bytes */
-    send_all(fd, buf, n);
+    dx_test_send_all(fd, buf, n);
     free(buf);
     wait_sent(fd);
-    rst(fd);
+    dx_test_close_rst(fd);
     g_closes = 1;
     pump(&f, closed_enough);
     assert_int_equal(f.closes, 1);
@@ -451,8 +417,8 @@ static void test_send_close_never_fire_on_close(void **state)
     start_server(&f);
     int fa = raw_open(&f), fb = raw_open(&f);
     dx_conn *a = f.conns[0], *b = f.conns[1];
-    rst(fa);
-    rst(fb);
+    dx_test_close_rst(fa);
+    dx_test_close_rst(fb);
     /* From the application's own code (outside the loop). */
     static uint8_t big[200000];
     f.in_call = 1;
@@ -488,7 +454,7 @@ static void test_send_in_callback_to_failing_conn(void **state)
      * server writes to D: the write fails inside dx_conn_send. */
     f.victim_fd = fd;
     uint8_t fr[64];
-    send_all(fc, fr, frame(fr, DX_OP_TEXT, "go", 2, 2));
+    dx_test_send_all(fc, fr, frame(fr, DX_OP_TEXT, "go", 2, 2));
     g_closes = 1;
     pump(&f, closed_enough);
     assert_int_equal(f.cb_in_call, 0);
@@ -574,14 +540,8 @@ static void test_tls_ready_list_freed_in_same_pass(void **state)
     (void)state;
     char dir[] = "/tmp/dx_life_XXXXXX";
     assert_non_null(mkdtemp(dir));
-    char crt[64], key[64], cmd[512];
-    snprintf(crt, sizeof crt, "%s/c.crt", dir);
-    snprintf(key, sizeof key, "%s/c.key", dir);
-    snprintf(cmd, sizeof cmd,
-             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=t "
-             "-keyout '%s' -out '%s' >/dev/null 2>&1",
-             key, crt);
-    assert_int_equal(system(cmd), 0);
+    char crt[128], key[128];
+    dx_test_self_signed(dir, "t", crt, key);
     static lf f;
     setup_loop(&f);
     dx_tls_cert cert = {crt, key};
@@ -611,8 +571,7 @@ static void test_tls_ready_list_freed_in_same_pass(void **state)
     assert_int_equal(f.srv_cb_after_free, 0);
     pump_ticks(&f, 1);
     teardown(&f);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(dx_test_rm_rf(dir), 0);
 }
 
 /* ---- (b) shutdown while on_close handlers send to the others --------------------------- */
@@ -637,11 +596,11 @@ static void shutdown_case(bool from_callback)
         for (int i = 0; i < N; i += 2)
             f.rst_fds[f.n_rst++] = fds[i];
         uint8_t fr[64];
-        send_all(fds[1], fr, frame(fr, DX_OP_TEXT, "shutdown", 8, 8));
+        dx_test_send_all(fds[1], fr, frame(fr, DX_OP_TEXT, "shutdown", 8, 8));
         pump(&f, shut_done);
     } else {
         for (int i = 0; i < N; i += 2)
-            rst(fds[i]);
+            dx_test_close_rst(fds[i]);
         f.in_call = 1;
         size_t left = dx_server_shutdown(f.srv, 1001, "bye");
         f.in_call = 0;
@@ -651,7 +610,7 @@ static void shutdown_case(bool from_callback)
     /* The others leave too: some reset, some close cleanly. */
     for (int i = 1; i < N; i += 2) {
         if (i % 4 == 1)
-            rst(fds[i]);
+            dx_test_close_rst(fds[i]);
         else
             close(fds[i]);
     }
@@ -688,14 +647,14 @@ static void server_free_case(int where)
         f.fan_out_on_close = 1;
     int fd = raw_connect(dx_server_port(f.srv));
     int other = -1;
-    send_all(fd, REQ, sizeof REQ - 1);
+    dx_test_send_all(fd, REQ, sizeof REQ - 1);
     if (where == IN_MESSAGE || where == IN_CLOSE || where == IN_PONG) {
         f.free_srv_in = IN_NONE;
         g_opens = 1;
         pump(&f, opened_enough);
         /* A second connection, so the freed server has another to drop. */
         other = raw_connect(dx_server_port(f.srv));
-        send_all(other, REQ, sizeof REQ - 1);
+        dx_test_send_all(other, REQ, sizeof REQ - 1);
         g_opens = 2;
         pump(&f, opened_enough);
         f.free_srv_in = where;
@@ -704,15 +663,15 @@ static void server_free_case(int where)
             uint8_t fr[64];
             size_t n = frame(fr, where == IN_PONG ? DX_OP_PONG : DX_OP_TEXT, "hi", 2, 2);
             n += frame(fr + n, DX_OP_TEXT, "more", 4, 4);
-            send_all(fd, fr, n);
+            dx_test_send_all(fd, fr, n);
         } else {
-            rst(fd);
+            dx_test_close_rst(fd);
             fd = -1;
         }
     }
-    uint64_t end = wall_ms() + DEADLINE_MS;
+    uint64_t end = dx_test_mono_ms() + DEADLINE_MS;
     while (!f.srv_freed) {
-        assert_true(wall_ms() < end);
+        assert_true(dx_test_mono_ms() < end);
         dx_loop_run(f.loop);
     }
     /* Its connections were dropped at once: the peers see the end. */
@@ -1014,9 +973,9 @@ static void test_client_queue_flush_fails_before_open(void **state)
                      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Accept: %s\r\n\r\n",
                      acc);
-    send_all(g_fake.fd, resp, (size_t)n);
+    dx_test_send_all(g_fake.fd, resp, (size_t)n);
     wait_sent(g_fake.fd);
-    rst(g_fake.fd);
+    dx_test_close_rst(g_fake.fd);
     pump(&f, cl_reported);
     pump_ticks(&f, 1);
     /* Output is gathered and written before the loop sleeps, so the queued

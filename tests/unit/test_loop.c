@@ -26,8 +26,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static const dx_log quiet_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_ERROR};
-
 static int count_fds(void)
 {
     DIR *d = opendir("/proc/self/fd");
@@ -48,7 +46,7 @@ static void test_new_free(void **state)
     (void)state;
     int fds = count_fds();
     int err = 1;
-    dx_loop_options o = {.log = &quiet_log};
+    dx_loop_options o = {.log = &dx_test_quiet_log};
     dx_loop *loop = dx_loop_new(&o, &err);
     assert_non_null(loop);
     assert_int_equal(err, 0);
@@ -68,7 +66,7 @@ static void test_new_every_allocation_fails_once(void **state)
     (void)state;
     dx_test_seams ts;
     dx_test_seams_init(&ts);
-    dx_loop_options o = {.seams = &ts.seams, .log = &quiet_log};
+    dx_loop_options o = {.seams = &ts.seams, .log = &dx_test_quiet_log};
     dx_loop *loop = dx_loop_new(&o, NULL);
     assert_non_null(loop);
     long n = ts.calls;
@@ -103,7 +101,7 @@ static void test_new_without_descriptors(void **state)
     for (int k = 0; k < 3; k++) {
         dx_test_seams ts;
         dx_test_seams_init(&ts);
-        dx_loop_options o = {.seams = &ts.seams, .log = &quiet_log};
+        dx_loop_options o = {.seams = &ts.seams, .log = &dx_test_quiet_log};
         struct rlimit lim = old;
         lim.rlim_cur = (rlim_t)(probe + k);
         assert_int_equal(setrlimit(RLIMIT_NOFILE, &lim), 0);
@@ -155,7 +153,7 @@ static void test_defer_runs_after_batch(void **state)
     static defer_fx f;
     memset(&f, 0, sizeof f);
     g_defer = &f;
-    dx_loop_options o = {.log = &quiet_log};
+    dx_loop_options o = {.log = &dx_test_quiet_log};
     f.loop = dx_loop_new(&o, NULL);
     assert_non_null(f.loop);
     for (int i = 0; i < 3; i++)
@@ -214,7 +212,7 @@ static void rio_cb(dx__io *io, uint32_t events)
 static void test_ready_entry_leaves_on_stop(void **state)
 {
     (void)state;
-    dx_loop_options o = {.log = &quiet_log};
+    dx_loop_options o = {.log = &dx_test_quiet_log};
     g_rloop = dx_loop_new(&o, NULL);
     assert_non_null(g_rloop);
     for (int i = 0; i < 3; i++) {
@@ -257,7 +255,7 @@ static void later_fn(dx_loop *loop, dx__deferred *d)
 static void test_later_waits_for_the_loop(void **state)
 {
     (void)state;
-    dx_loop_options o = {.log = &quiet_log};
+    dx_loop_options o = {.log = &dx_test_quiet_log};
     dx_loop *loop = dx_loop_new(&o, NULL);
     assert_non_null(loop);
     g_later[0].fn = g_later[1].fn = later_fn;
@@ -328,7 +326,7 @@ static void test_layers(void **state)
     (void)state;
     dx_test_seams ts;
     dx_test_seams_init(&ts);
-    dx_loop_options o = {.seams = &ts.seams, .log = &quiet_log};
+    dx_loop_options o = {.seams = &ts.seams, .log = &dx_test_quiet_log};
     layer_fx f = {0};
     dx_list_init(&f.d.node);
     f.loop = dx_loop_new(&o, NULL);
@@ -433,7 +431,7 @@ static int tfx_setup(void **state)
     tfx *f = calloc(1, sizeof *f);
     assert_non_null(f);
     dx_test_seams_init(&f->ts);
-    dx_loop_options o = {.seams = &f->ts.seams, .log = &quiet_log};
+    dx_loop_options o = {.seams = &f->ts.seams, .log = &dx_test_quiet_log};
     f->loop = dx_loop_new(&o, NULL);
     assert_non_null(f->loop);
     fake_clock(f->loop);
@@ -666,7 +664,7 @@ static void test_timer_real_ticks(void **state)
     static real_fx f;
     memset(&f, 0, sizeof f);
     g_real = &f;
-    dx_loop_options o = {.log = &quiet_log};
+    dx_loop_options o = {.log = &dx_test_quiet_log};
     f.loop = dx_loop_new(&o, NULL);
     assert_non_null(f.loop);
     dx__timer_init(&f.t, real_cb);

@@ -25,14 +25,8 @@ static void test_tls_many_segments_retried(void **state)
     (void)state;
     char dir[] = "/tmp/dx_msg_tls_XXXXXX";
     assert_non_null(mkdtemp(dir));
-    char crt[64], key[64], cmd[512];
-    snprintf(crt, sizeof crt, "%s/c.crt", dir);
-    snprintf(key, sizeof key, "%s/c.key", dir);
-    snprintf(cmd, sizeof cmd,
-             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=t "
-             "-keyout '%s' -out '%s' >/dev/null 2>&1",
-             key, crt);
-    assert_int_equal(system(cmd), 0);
+    char crt[128], key[128];
+    dx_test_self_signed(dir, "t", crt, key);
     dx_tls_cert cert = {crt, key};
     mfx *f = start_tls(64u << 20, 64 * 1024, 1000, &cert, make_pool);
     f->small_sndbuf = 1;
@@ -64,8 +58,7 @@ static void test_tls_many_segments_retried(void **state)
     assert_int_equal(st.closed, 0); /* no write failed */
     rc_free(c);
     stop_pool(f);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(dx_test_rm_rf(dir), 0);
 }
 
 /* ---- every allocation of the send path fails once ------------------------------ */

@@ -19,8 +19,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static const dx_log quiet_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_ERROR};
-
 /* ---- posts and stop ------------------------------------------------------------ */
 
 #define NPOSTS 2000
@@ -79,7 +77,7 @@ static void test_post_from_other_thread_in_order(void **state)
     static post_fx f;
     static post_arg args[NPOSTS];
     memset(&f, 0, sizeof f);
-    dx_loop_options o = {.log = &quiet_log};
+    dx_loop_options o = {.log = &dx_test_quiet_log};
     f.loop = dx_loop_new(&o, NULL);
     assert_non_null(f.loop);
     assert_int_equal(pthread_create(&f.loop_thread, NULL, run_thread, &f), 0);
@@ -105,7 +103,7 @@ static void test_stop_from_other_thread(void **state)
     (void)state;
     static post_fx f;
     memset(&f, 0, sizeof f);
-    dx_loop_options o = {.log = &quiet_log};
+    dx_loop_options o = {.log = &dx_test_quiet_log};
     f.loop = dx_loop_new(&o, NULL);
     assert_non_null(f.loop);
     for (int round = 0; round < 3; round++) { /* a stopped loop can run again */
@@ -131,7 +129,7 @@ static void test_stop_before_run_starts(void **state)
     (void)state;
     static post_fx f;
     memset(&f, 0, sizeof f);
-    dx_loop_options o = {.log = &quiet_log};
+    dx_loop_options o = {.log = &dx_test_quiet_log};
     f.loop = dx_loop_new(&o, NULL);
     assert_non_null(f.loop);
     f.rc = -1;
@@ -175,7 +173,7 @@ static void test_post_dropped_at_free_and_enomem(void **state)
     (void)state;
     dx_test_seams ts;
     dx_test_seams_init(&ts);
-    dx_loop_options o = {.seams = &ts.seams, .log = &quiet_log, .post_max = 1000};
+    dx_loop_options o = {.seams = &ts.seams, .log = &dx_test_quiet_log, .post_max = 1000};
     dx_loop *loop = dx_loop_new(&o, NULL);
     assert_non_null(loop);
     g_ran = g_dropped = 0;
@@ -225,7 +223,7 @@ static void test_post_limit_exact(void **state)
     memset(&f, 0, sizeof f);
     dx_test_seams ts;
     dx_test_seams_init(&ts);
-    dx_loop_options o = {.seams = &ts.seams, .log = &quiet_log, .post_max = 3};
+    dx_loop_options o = {.seams = &ts.seams, .log = &dx_test_quiet_log, .post_max = 3};
     f.loop = dx_loop_new(&o, NULL);
     assert_non_null(f.loop);
     for (int i = 0; i < 3; i++)
@@ -319,7 +317,7 @@ static void test_post_reposting_does_not_starve(void **state)
     (void)state;
     static starve_fx f;
     memset(&f, 0, sizeof f);
-    dx_loop_options o = {.log = &quiet_log};
+    dx_loop_options o = {.log = &dx_test_quiet_log};
     f.loop = dx_loop_new(&o, NULL);
     assert_non_null(f.loop);
     assert_int_equal(pipe(f.p), 0);
@@ -370,7 +368,7 @@ static void xguard(dx_timer *t, void *ud)
 static void xloop_start(xloop *x, size_t post_max)
 {
     memset(x, 0, sizeof *x);
-    dx_loop_options o = {.log = &quiet_log, .post_max = post_max};
+    dx_loop_options o = {.log = &dx_test_quiet_log, .post_max = post_max};
     x->loop = dx_loop_new(&o, NULL);
     assert_non_null(x->loop);
     x->guard = dx_timer_new(x->loop, xguard, x);

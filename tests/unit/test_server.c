@@ -348,7 +348,7 @@ static void test_conn_remote_per_connection(void **state)
 static void test_new_rejects_bad_options(void **state)
 {
     (void)state;
-    dx_loop_options lo = {.log = &quiet_log};
+    dx_loop_options lo = {.log = &dx_test_quiet_log};
     dx_loop *loop = dx_loop_new(&lo, NULL);
     assert_non_null(loop);
     int err = 0;
@@ -378,7 +378,7 @@ static void test_new_every_allocation_fails_once(void **state)
     assert_non_null(mkdtemp(dir));
     dx_test_seams ts;
     dx_test_seams_init(&ts);
-    dx_loop_options lo = {.seams = &ts.seams, .log = &quiet_log};
+    dx_loop_options lo = {.seams = &ts.seams, .log = &dx_test_quiet_log};
     dx_loop *loop = dx_loop_new(&lo, NULL);
     assert_non_null(loop);
     dx_server_options o = {.host = "127.0.0.1", .unix_path = NULL, .static_dir = dir};

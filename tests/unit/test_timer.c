@@ -17,8 +17,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static const dx_log quiet_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_ERROR};
-
 /* ---- public timers: a fake clock, expiry passes called directly ---------------- */
 
 typedef struct ptimer {
@@ -79,7 +77,7 @@ static int pfx_setup(void **state)
     assert_non_null(f);
     dx_test_seams_init(&f->ts);
     f->ts.now = 1000000000u + 1; /* not on a millisecond */
-    dx_loop_options o = {.seams = &f->ts.seams, .log = &quiet_log};
+    dx_loop_options o = {.seams = &f->ts.seams, .log = &dx_test_quiet_log};
     f->loop = dx_loop_new(&o, NULL);
     assert_non_null(f->loop);
     for (int i = 0; i < 8; i++) {
@@ -240,7 +238,7 @@ static void test_timer_watch_enomem_and_left_at_free(void **state)
     for (long k = 1;; k++) {
         dx_test_seams ts;
         dx_test_seams_init(&ts);
-        dx_loop_options o = {.seams = &ts.seams, .log = &quiet_log};
+        dx_loop_options o = {.seams = &ts.seams, .log = &dx_test_quiet_log};
         dx_loop *loop = dx_loop_new(&o, NULL);
         assert_non_null(loop);
         ts.fail_at = ts.calls + k;
@@ -318,7 +316,7 @@ static void test_timer_real_clock_ms(void **state)
     (void)state;
     static rt_fx f;
     memset(&f, 0, sizeof f);
-    dx_loop_options o = {.log = &quiet_log};
+    dx_loop_options o = {.log = &dx_test_quiet_log};
     f.loop = dx_loop_new(&o, NULL);
     assert_non_null(f.loop);
     f.once = dx_timer_new(f.loop, rt_once, &f);

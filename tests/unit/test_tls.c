@@ -36,17 +36,8 @@
 
 #define WAIT_MS 15000
 
-static const dx_log quiet_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_ERROR};
-
 static char g_dir[64];
 static char g_crt[2][128], g_key[2][128];
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static int make_cert(const char *name, const char *crt, const char *key)
 {
@@ -79,9 +70,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return dx_test_rm_rf(g_dir);
 }
 
 /* ---- certificate loading --------------------------------------------------------- */
@@ -114,7 +103,7 @@ static void test_ctx_errors(void **state)
     assert_true(strlen(why) > 0);
 
     /* through the public API */
-    dx_loop_options lo = {.log = &quiet_log};
+    dx_loop_options lo = {.log = &dx_test_quiet_log};
     dx_loop *loop = dx_loop_new(&lo, NULL);
     assert_non_null(loop);
     dx_server_options o = {.host = "127.0.0.1", .port = DX_PORT_EPHEMERAL, .tls = &mismatch, .n_tls = 1};
@@ -175,7 +164,7 @@ static int t_setup(void **state)
 {
     tfx *f = calloc(1, sizeof *f);
     assert_non_null(f);
-    dx_loop_options lo = {.log = &quiet_log};
+    dx_loop_options lo = {.log = &dx_test_quiet_log};
     f->loop = dx_loop_new(&lo, NULL);
     assert_non_null(f->loop);
     dx_tls_cert certs[2] = {{g_crt[0], g_key[0]}, {g_crt[1], g_key[1]}};
@@ -218,9 +207,9 @@ static dx_server_stats stats(tfx *f)
 {
     atomic_store(&f->stats_done, 0);
     assert_int_equal(dx_loop_post(f->loop, get_stats, f), 0);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = dx_test_mono_ms();
     while (!atomic_load(&f->stats_done)) {
-        assert_true(mono_ms() - t0 < WAIT_MS);
+        assert_true(dx_test_mono_ms() - t0 < WAIT_MS);
         usleep(1000);
     }
     return f->st;
@@ -228,9 +217,9 @@ static dx_server_stats stats(tfx *f)
 
 static void wait_atomic(_Atomic int *v, int want)
 {
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = dx_test_mono_ms();
     while (atomic_load(v) < want) {
-        assert_true(mono_ms() - t0 < WAIT_MS);
+        assert_true(dx_test_mono_ms() - t0 < WAIT_MS);
         usleep(2000);
     }
 }
@@ -598,9 +587,9 @@ static void test_plain_client_on_tls_port(void **state)
         assert_true(r > 0);
     }
     close(fd);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = dx_test_mono_ms();
     while (stats(f).handshakes_failed < 1) {
-        assert_true(mono_ms() - t0 < WAIT_MS);
+        assert_true(dx_test_mono_ms() - t0 < WAIT_MS);
         usleep(2000);
     }
     assert_int_equal(atomic_load(&f->opens), 0);
@@ -613,9 +602,9 @@ static void test_plain_client_on_tls_port(void **state)
         assert_true(r > 0);
     }
     close(fd);
-    t0 = mono_ms();
+    t0 = dx_test_mono_ms();
     while (stats(f).handshakes_failed < 2) {
-        assert_true(mono_ms() - t0 < WAIT_MS);
+        assert_true(dx_test_mono_ms() - t0 < WAIT_MS);
         usleep(2000);
     }
     /* the server still serves TLS clients */

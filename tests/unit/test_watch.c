@@ -15,8 +15,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static const dx_log quiet_log = {.sink = NULL, .ud = NULL, .level = DX_LOG_ERROR};
-
 /* ---- fd watches ----------------------------------------------------------------- */
 
 typedef struct wfx {
@@ -39,7 +37,7 @@ static void wfx_stop(dx_timer *t, void *ud)
 static void wfx_init(wfx *f)
 {
     memset(f, 0, sizeof *f);
-    dx_loop_options o = {.log = &quiet_log};
+    dx_loop_options o = {.log = &dx_test_quiet_log};
     f->loop = dx_loop_new(&o, NULL);
     assert_non_null(f->loop);
     assert_int_equal(pipe(f->a), 0);

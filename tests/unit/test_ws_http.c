@@ -23,19 +23,8 @@
 #include "duplex/server.h"
 #include "proto/http.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 #define WAIT_S 15
 #define BIG (16u << 20)
@@ -156,18 +145,6 @@ static void answer_held(void *arg)
     pthread_mutex_unlock(&f->mu);
 }
 
-static void *loop_main(void *p)
-{
-    (void)dx_loop_run(((fx *)p)->loop);
-    return NULL;
-}
-
-static void deadline(struct timespec *ts)
-{
-    clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_sec += WAIT_S;
-}
-
 /* Waits on f->cv (f->mu held); on timeout unlocks before failing, so the
  * loop thread (which takes f->mu to log) can still be stopped. */
 static void wait_cv(fx *f, const struct timespec *dl, const char *what)
@@ -192,7 +169,7 @@ static void start(fx *f, dx_server_options *o)
     assert_non_null(f->srv);
     assert_int_equal(dx_server_start(f->srv), 0);
     f->port = dx_server_port(f->srv);
-    assert_int_equal(pthread_create(&f->th, NULL, loop_main, f), 0);
+    assert_int_equal(pthread_create(&f->th, NULL, dx_test_loop_thread, f->loop), 0);
 }
 
 static int setup(void **state)
@@ -215,43 +192,14 @@ static int teardown(void **state)
         dx_server_free(f->srv);
         dx_loop_free(f->loop);
     }
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(dx_test_rm_rf(f->dir), 0);
     pthread_cond_destroy(&f->cv);
     pthread_mutex_destroy(&f->mu);
     return 0;
 }
 
-typedef struct cmd_ctx {
-    fx *f;
-    void (*fn)(fx *f, void *arg);
-    void *arg;
-    int done;
-} cmd_ctx;
-
-static void cmd_tramp(void *p)
-{
-    cmd_ctx *c = p;
-    c->fn(c->f, c->arg);
-    pthread_mutex_lock(&c->f->mu);
-    c->done = 1;
-    pthread_cond_broadcast(&c->f->cv);
-    pthread_mutex_unlock(&c->f->mu);
-}
-
-/* Runs fn on the loop's thread and waits for it. */
-static void on_loop(fx *f, void (*fn)(fx *f, void *arg), void *arg)
-{
-    cmd_ctx c = {f, fn, arg, 0};
-    assert_int_equal(dx_loop_post(f->loop, cmd_tramp, &c), 0);
-    struct timespec dl;
-    deadline(&dl);
-    pthread_mutex_lock(&f->mu);
-    while (!c.done)
-        wait_cv(f, &dl, "the loop");
-    pthread_mutex_unlock(&f->mu);
-}
+/* on_loop(f, fn, arg): runs fn on the loop's thread and waits for it. */
+DX_TEST_ON_LOOP_DEFINE(static, on_loop, fx)
 
 static void do_conns(fx *f, void *out) { *(size_t *)out = dx_server_connections(f->srv); }
 static void do_stats(fx *f, void *out) { dx_server_stats_get(f->srv, out); }
@@ -281,11 +229,7 @@ static bool logged(fx *f, const char *needle)
 
 /* ---- the client ------------------------------------------------------------------ */
 
-typedef struct cl {
-    int fd;
-    char *buf;
-    size_t len, cap;
-} cl;
+typedef dx_test_peer cl;
 
 static cl dial(fx *f, int rcvbuf)
 {
@@ -295,9 +239,7 @@ static cl dial(fx *f, int rcvbuf)
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct timeval tv = {.tv_sec = WAIT_S};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    dx_test_io_timeouts(fd, WAIT_S * 1000);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f->port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
@@ -316,16 +258,7 @@ static void hang_up(cl *c)
     c->buf = NULL;
 }
 
-static void put(cl *c, const void *p, size_t len)
-{
-    const char *b = p;
-    while (len) {
-        ssize_t w = send(c->fd, b, len, MSG_NOSIGNAL);
-        assert_true(w > 0);
-        b += w;
-        len -= (size_t)w;
-    }
-}
+static void put(cl *c, const void *p, size_t len) { dx_test_send_all(c->fd, p, len); }
 
 static void puts_(cl *c, const char *s) { put(c, s, strlen(s)); }
 
@@ -337,20 +270,6 @@ static void trickle(cl *c, const char *s)
 {
     for (size_t i = 0; s[i]; i++)
         put(c, s + i, 1);
-}
-
-/* > 0 bytes, 0 at EOF, -1 on error. */
-static ssize_t fill(cl *c)
-{
-    if (c->len == c->cap) {
-        c->cap *= 2;
-        c->buf = realloc(c->buf, c->cap);
-        assert_non_null(c->buf);
-    }
-    ssize_t r = recv(c->fd, c->buf + c->len, c->cap - c->len, 0);
-    if (r > 0)
-        c->len += (size_t)r;
-    return r;
 }
 
 typedef struct resp {
@@ -369,8 +288,8 @@ static resp get_resp(cl *c, bool head_req)
     dx_http_header h[32];
     dx_http_response hr;
     int hl;
-    while ((hl = dx__http_parse_response(c->buf, c->len, &hr, h, 32, 0)) == DX_EAGAIN)
-        if (fill(c) <= 0)
+    while ((hl = dx__http_parse_response((const char *)c->buf, c->len, &hr, h, 32, 0)) == DX_EAGAIN)
+        if (dx_test_peer_fill(c) <= 0)
             fail_msg("EOF or error (%s) before a complete response head", strerror(errno));
     assert_true(hl > 0);
     r.status = hr.status;
@@ -381,7 +300,7 @@ static resp get_resp(cl *c, bool head_req)
     r.close = x && dx__http_list_has(x->value, x->value_len, "close");
     size_t blen = head_req ? 0 : (size_t)r.clen;
     while (c->len < (size_t)hl + blen)
-        if (fill(c) <= 0)
+        if (dx_test_peer_fill(c) <= 0)
             fail_msg("EOF before the body's %zu bytes", blen);
     assert_true(blen < sizeof r.body);
     memcpy(r.body, c->buf + hl, blen);
@@ -395,7 +314,7 @@ static resp get_resp(cl *c, bool head_req)
 static void expect_eof(cl *c)
 {
     for (;;) {
-        ssize_t r = fill(c);
+        ssize_t r = dx_test_peer_fill(c);
         if (r == 0 || (r < 0 && errno == ECONNRESET))
             return;
         assert_true(r > 0);
@@ -441,12 +360,12 @@ static void test_bodies(void **state)
     assert_int_equal(r.status, 200);
     assert_int_equal(r.clen, 1000);
     while (c.len < 1000)
-        assert_true(fill(&c) > 0);
+        assert_true(dx_test_peer_fill(&c) > 0);
     c.len -= 1000;
     /* Expect: 100-continue gets its interim answer before the body */
     puts_(&c, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
     while (c.len < 25)
-        assert_true(fill(&c) > 0);
+        assert_true(dx_test_peer_fill(&c) > 0);
     assert_memory_equal(c.buf, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     memmove(c.buf, c.buf + 25, c.len - 25);
     c.len -= 25;
@@ -519,7 +438,7 @@ static void test_body_cap_and_bad_chunks(void **state)
     puts_(&c, "GET /inject HTTP/1.1\r\nHost: x\r\n\r\n");
     check_resp(get_resp(&c, false), 500, NULL);
     struct timespec dl;
-    deadline(&dl);
+    dx_test_deadline_in(&dl, WAIT_S * 1000);
     pthread_mutex_lock(&f->mu);
     while (!f->inject_done) /* the reply returns after the bytes left */
         wait_cv(f, &dl, "the reply's result");
@@ -648,14 +567,14 @@ static void test_deferred_after_client_left(void **state)
     cl c = dial(f, 0);
     puts_(&c, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n");
     struct timespec dl;
-    deadline(&dl);
+    dx_test_deadline_in(&dl, WAIT_S * 1000);
     pthread_mutex_lock(&f->mu);
     while (f->held_seen < 1)
         wait_cv(f, &dl, "the loop thread");
     pthread_mutex_unlock(&f->mu);
     assert_int_equal(dx_loop_post(f->loop, answer_held, f), 0);
     check_resp(get_resp(&c, false), 200, "late");
-    deadline(&dl);
+    dx_test_deadline_in(&dl, WAIT_S * 1000);
     pthread_mutex_lock(&f->mu);
     while (!f->late_done) /* the reply returns after the bytes left */
         wait_cv(f, &dl, "the loop thread");
@@ -666,7 +585,7 @@ static void test_deferred_after_client_left(void **state)
     /* held, the client leaves (and more requests were pipelined behind it):
      * the answer returns DX_ECLOSED and frees the handle */
     puts_(&c, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\nGET /n HTTP/1.1\r\n\r\n");
-    deadline(&dl);
+    dx_test_deadline_in(&dl, WAIT_S * 1000);
     pthread_mutex_lock(&f->mu);
     while (f->held_seen < 2)
         wait_cv(f, &dl, "the loop thread");
@@ -674,7 +593,7 @@ static void test_deferred_after_client_left(void **state)
     hang_up(&c);
     wait_conns(f, 0); /* the server noticed while the answer was pending */
     assert_int_equal(dx_loop_post(f->loop, answer_held, f), 0);
-    deadline(&dl);
+    dx_test_deadline_in(&dl, WAIT_S * 1000);
     pthread_mutex_lock(&f->mu);
     while (!f->late_done)
         wait_cv(f, &dl, "the loop thread");
@@ -685,7 +604,7 @@ static void test_deferred_after_client_left(void **state)
     /* held when the server is freed: the handle is detached, answered after */
     c = dial(f, 0);
     puts_(&c, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n");
-    deadline(&dl);
+    dx_test_deadline_in(&dl, WAIT_S * 1000);
     pthread_mutex_lock(&f->mu);
     while (f->held_seen < 3)
         wait_cv(f, &dl, "the loop thread");
@@ -756,13 +675,13 @@ static void test_static_big(void **state)
     dx_http_header h[32];
     dx_http_response hr;
     int hl;
-    while ((hl = dx__http_parse_response(c.buf, c.len, &hr, h, 32, 0)) == DX_EAGAIN)
-        assert_true(fill(&c) > 0);
+    while ((hl = dx__http_parse_response((const char *)c.buf, c.len, &hr, h, 32, 0)) == DX_EAGAIN)
+        assert_true(dx_test_peer_fill(&c) > 0);
     assert_int_equal(hr.status, 200);
     size_t got = 0, bad = 0;
     size_t have = c.len - (size_t)hl;
     for (size_t i = 0; i < have; i++)
-        bad += (uint8_t)c.buf[hl + i] != pattern(got + i);
+        bad += c.buf[hl + i] != pattern(got + i);
     got += have;
     uint8_t in[65536];
     while (got < BIG) {
@@ -799,8 +718,8 @@ static void test_slow_gets_bounded(void **state)
         dx_http_header h[32];
         dx_http_response hr;
         int hl;
-        while ((hl = dx__http_parse_response(cs[i].buf, cs[i].len, &hr, h, 32, 0)) == DX_EAGAIN)
-            assert_true(fill(&cs[i]) > 0);
+        while ((hl = dx__http_parse_response((const char *)cs[i].buf, cs[i].len, &hr, h, 32, 0)) == DX_EAGAIN)
+            assert_true(dx_test_peer_fill(&cs[i]) > 0);
         assert_int_equal(hr.status, 200);
     }
     /* wait until the server stops making progress (the sockets are full) */
