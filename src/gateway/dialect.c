@@ -223,6 +223,16 @@ static int wr_reserve(wr *w, dx_buf *out, size_t max)
     return 0;
 }
 
+/* The end of an encoder's pass: after the first (measuring) pass, room for
+ * what it measured; after the second (writing) pass, the bytes committed. */
+static int wr_pass_done(wr *w, dx_buf *out, size_t max, int pass)
+{
+    if (pass == 0)
+        return wr_reserve(w, out, max);
+    dx_buf_commit(out, w->n);
+    return 0;
+}
+
 /* ---- encoders ----------------------------------------------------------- */
 
 static void emit_msg(wr *w, const char *topic, size_t topic_len, uint64_t offset, const char *epoch,
@@ -307,24 +317,21 @@ static void emit_ack(wr *w, int64_t id)
 int dx__gw_ack_encode(dx_buf *out, size_t max, int64_t id)
 {
     wr w = {0};
-    for (int pass = 0; pass < 2; pass++) {
+    int rc = 0;
+    for (int pass = 0; rc == 0 && pass < 2; pass++) {
         emit_ack(&w, id);
         put_lit(&w, "}");
-        if (pass == 0) {
-            int rc = wr_reserve(&w, out, max);
-            if (rc)
-                return rc;
-        }
+        rc = wr_pass_done(&w, out, max, pass);
     }
-    dx_buf_commit(out, w.n);
-    return 0;
+    return rc;
 }
 
 int dx__gw_ack_sub_encode(dx_buf *out, size_t max, int64_t id, const char *topic, size_t topic_len,
                           uint64_t offset, const char *epoch, size_t epoch_len, bool recovered)
 {
     wr w = {0};
-    for (int pass = 0; pass < 2; pass++) {
+    int rc = 0;
+    for (int pass = 0; rc == 0 && pass < 2; pass++) {
         emit_ack(&w, id);
         put_lit(&w, ",\"topic\":");
         put_str(&w, topic, topic_len);
@@ -333,35 +340,26 @@ int dx__gw_ack_sub_encode(dx_buf *out, size_t max, int64_t id, const char *topic
         put_lit(&w, ",\"epoch\":");
         put_str(&w, epoch, epoch_len);
         put_lit(&w, recovered ? ",\"recovered\":true}" : ",\"recovered\":false}");
-        if (pass == 0) {
-            int rc = wr_reserve(&w, out, max);
-            if (rc)
-                return rc;
-        }
+        rc = wr_pass_done(&w, out, max, pass);
     }
-    dx_buf_commit(out, w.n);
-    return 0;
+    return rc;
 }
 
 int dx__gw_ack_pub_encode(dx_buf *out, size_t max, int64_t id, uint64_t offset, const char *epoch,
                           size_t epoch_len)
 {
     wr w = {0};
-    for (int pass = 0; pass < 2; pass++) {
+    int rc = 0;
+    for (int pass = 0; rc == 0 && pass < 2; pass++) {
         emit_ack(&w, id);
         put_lit(&w, ",\"offset\":");
         put_u64(&w, offset);
         put_lit(&w, ",\"epoch\":");
         put_str(&w, epoch, epoch_len);
         put_lit(&w, "}");
-        if (pass == 0) {
-            int rc = wr_reserve(&w, out, max);
-            if (rc)
-                return rc;
-        }
+        rc = wr_pass_done(&w, out, max, pass);
     }
-    dx_buf_commit(out, w.n);
-    return 0;
+    return rc;
 }
 
 int dx__gw_ack_presence_encode(dx_buf *out, size_t max, int64_t id, uint64_t count,
@@ -370,7 +368,8 @@ int dx__gw_ack_presence_encode(dx_buf *out, size_t max, int64_t id, uint64_t cou
     wr w = {0};
     if (n_users && !users)
         return DX_EINVAL;
-    for (int pass = 0; pass < 2; pass++) {
+    int rc = 0;
+    for (int pass = 0; rc == 0 && pass < 2; pass++) {
         emit_ack(&w, id);
         put_lit(&w, ",\"count\":");
         put_u64(&w, count);
@@ -381,14 +380,9 @@ int dx__gw_ack_presence_encode(dx_buf *out, size_t max, int64_t id, uint64_t cou
             put_str(&w, users[i].p, users[i].len);
         }
         put_lit(&w, "]}");
-        if (pass == 0) {
-            int rc = wr_reserve(&w, out, max);
-            if (rc)
-                return rc;
-        }
+        rc = wr_pass_done(&w, out, max, pass);
     }
-    dx_buf_commit(out, w.n);
-    return 0;
+    return rc;
 }
 
 int dx__gw_err_encode(dx_buf *out, size_t max, int64_t id, int code, const char *reason)
@@ -396,7 +390,8 @@ int dx__gw_err_encode(dx_buf *out, size_t max, int64_t id, int code, const char 
     wr w = {0};
     if (code < 0)
         return DX_EINVAL;
-    for (int pass = 0; pass < 2; pass++) {
+    int rc = 0;
+    for (int pass = 0; rc == 0 && pass < 2; pass++) {
         put_lit(&w, "{\"op\":\"err\"");
         put_id(&w, id);
         put_lit(&w, ",\"code\":");
@@ -404,21 +399,17 @@ int dx__gw_err_encode(dx_buf *out, size_t max, int64_t id, int code, const char 
         put_lit(&w, ",\"reason\":");
         put_cstr(&w, reason);
         put_lit(&w, "}");
-        if (pass == 0) {
-            int rc = wr_reserve(&w, out, max);
-            if (rc)
-                return rc;
-        }
+        rc = wr_pass_done(&w, out, max, pass);
     }
-    dx_buf_commit(out, w.n);
-    return 0;
+    return rc;
 }
 
 int dx__gw_gap_encode(dx_buf *out, size_t max, const char *topic, size_t topic_len, uint64_t from,
                       uint64_t to)
 {
     wr w = {0};
-    for (int pass = 0; pass < 2; pass++) {
+    int rc = 0;
+    for (int pass = 0; rc == 0 && pass < 2; pass++) {
         put_lit(&w, "{\"op\":\"gap\",\"topic\":");
         put_str(&w, topic, topic_len);
         put_lit(&w, ",\"from\":");
@@ -426,14 +417,9 @@ int dx__gw_gap_encode(dx_buf *out, size_t max, const char *topic, size_t topic_l
         put_lit(&w, ",\"to\":");
         put_u64(&w, to);
         put_lit(&w, "}");
-        if (pass == 0) {
-            int rc = wr_reserve(&w, out, max);
-            if (rc)
-                return rc;
-        }
+        rc = wr_pass_done(&w, out, max, pass);
     }
-    dx_buf_commit(out, w.n);
-    return 0;
+    return rc;
 }
 
 /* ---- SSE ---------------------------------------------------------------- */
@@ -494,20 +480,16 @@ int dx__gw_sse_event_encode(dx_buf *out, size_t max, const uint8_t *msg, size_t 
     if ((n && !pos) || (!msg && msg_len) || memchr(msg ? (const void *)msg : "", '\n', msg_len) ||
         memchr(msg ? (const void *)msg : "", '\r', msg_len))
         return DX_EINVAL;
-    for (int pass = 0; pass < 2; pass++) {
+    int rc = 0;
+    for (int pass = 0; rc == 0 && pass < 2; pass++) {
         put_lit(&w, "event: msg\ndata: ");
         put(&w, msg, msg_len);
         put_lit(&w, "\nid: ");
         emit_sse_id(&w, pos, n);
         put_lit(&w, "\n\n");
-        if (pass == 0) {
-            int rc = wr_reserve(&w, out, max);
-            if (rc)
-                return rc;
-        }
+        rc = wr_pass_done(&w, out, max, pass);
     }
-    dx_buf_commit(out, w.n);
-    return 0;
+    return rc;
 }
 
 static const char *last_colon(const char *s, size_t len)

@@ -261,11 +261,9 @@ struct dx__gw_topic_index {
     bool matching, closing;
 };
 
-static int ht_reserve(dx__gw_topic_index *ix, htab *t)
+/* Moves every node of t into a new bucket array of `cap` (a power of two). */
+static int ht_rehash(dx__gw_topic_index *ix, htab *t, size_t cap)
 {
-    if (t->n + 1 <= t->cap)
-        return 0;
-    size_t cap = t->cap ? t->cap * 2 : HT_MIN;
     hnode **b = dx__alloc(ix->seams, cap * sizeof *b);
     if (!b)
         return DX_ENOMEM;
@@ -283,6 +281,13 @@ static int ht_reserve(dx__gw_topic_index *ix, htab *t)
     return 0;
 }
 
+static int ht_reserve(dx__gw_topic_index *ix, htab *t)
+{
+    if (t->n + 1 <= t->cap)
+        return 0;
+    return ht_rehash(ix, t, t->cap ? t->cap * 2 : HT_MIN);
+}
+
 /* After ht_reserve. */
 static void ht_insert(htab *t, hnode *e)
 {
@@ -294,21 +299,7 @@ static void ht_insert(htab *t, hnode *e)
 
 static void ht_resize_down(dx__gw_topic_index *ix, htab *t)
 {
-    size_t cap = t->cap / 2;
-    hnode **b = dx__alloc(ix->seams, cap * sizeof *b);
-    if (!b)
-        return; /* keep the larger table: still correct */
-    memset(b, 0, cap * sizeof *b);
-    for (size_t i = 0; i < t->cap; i++) {
-        for (hnode *e = t->b[i], *next; e; e = next) {
-            next = e->next;
-            e->next = b[e->hash & (cap - 1)];
-            b[e->hash & (cap - 1)] = e;
-        }
-    }
-    dx__free(ix->seams, t->b);
-    t->b = b;
-    t->cap = cap;
+    (void)ht_rehash(ix, t, t->cap / 2); /* out of memory: keep the larger table, still correct */
 }
 
 static void ht_remove(dx__gw_topic_index *ix, htab *t, hnode *e)
