@@ -83,6 +83,8 @@ void rc_send(rc *c, const void *p, size_t len);
 rc *rc_open_ex(mfx *f, int rcvbuf, int tls);
 
 rc *rc_open(mfx *f, int rcvbuf);
+/* As rc_open, but NULL when the server ends the connection before its 101. */
+rc *rc_try_open(mfx *f, int rcvbuf);
 
 void rc_free(rc *c);
 
