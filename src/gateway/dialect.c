@@ -277,15 +277,13 @@ int dx__gw_msg_encode(dx_buf *out, size_t max, const char *topic, size_t topic_l
                       const char *pattern, size_t pattern_len)
 {
     wr w = {0};
-    emit_msg(&w, topic, topic_len, offset, epoch, epoch_len, kind, payload, payload_len, pattern,
-             pattern_len);
-    int rc = wr_reserve(&w, out, max);
-    if (rc)
-        return rc;
-    emit_msg(&w, topic, topic_len, offset, epoch, epoch_len, kind, payload, payload_len, pattern,
-             pattern_len);
-    dx_buf_commit(out, w.n);
-    return 0;
+    int rc = 0;
+    for (int pass = 0; rc == 0 && pass < 2; pass++) {
+        emit_msg(&w, topic, topic_len, offset, epoch, epoch_len, kind, payload, payload_len, pattern,
+                 pattern_len);
+        rc = wr_pass_done(&w, out, max, pass);
+    }
+    return rc;
 }
 
 int dx__gw_msg_encode_to(uint8_t *dst, size_t cap, size_t *len, const char *topic, size_t topic_len,
