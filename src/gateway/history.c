@@ -418,7 +418,7 @@ int dx__gw_stitch_live(dx__gw_stitch *st, dx__gw_entry *e)
         size_t cap = st->capheld ? st->capheld * 2 : 8;
         if (cap > SIZE_MAX / sizeof *st->held)
             return DX_ENOMEM;
-        dx__gw_entry **v = dx__realloc(dx__seams(st->seams), st->held, cap * sizeof *v);
+        dx__gw_entry **v = dx__realloc(st->seams, st->held, cap * sizeof *v);
         if (!v)
             return DX_ENOMEM;
         st->held = v;
