@@ -618,7 +618,17 @@ static void handle_head(dx_conn *c, const dx_http_request *req)
         return;
     }
     dx__decision d;
-    switch (dx__upgrade_decide(c, req, &ws, &d)) {
+    int how = dx__upgrade_decide(c, req, &ws, &d);
+    if (c->state == CS_DEAD) {
+        /* Dropped inside on_upgrade (the server freed or shut down from it):
+         * nothing to answer; a handle left pending gets DX_ECLOSED. */
+        if (how == DX__DECIDE_DEFER)
+            dx__upgrade_detach(d.deferred);
+        dx__free(ep->loop->seams, d.protocol);
+        dx__decision_done(c, &d);
+        return;
+    }
+    switch (how) {
     case DX__DECIDE_DEFER:
         defer_start(c, d.deferred);
         return;

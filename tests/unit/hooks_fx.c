@@ -82,6 +82,10 @@ static int cb_upgrade(dx_server *srv, dx_request *req, void *ud)
         f->h = NULL;
         return 0; /* ignored: the handle decided */
     }
+    if (f->mode == M_FREE_INSIDE) {
+        dx_server_free(srv); /* deferred, then the server freed before returning */
+        f->srv = NULL;
+    }
     return DX_UPGRADE_DEFER;
 }
 

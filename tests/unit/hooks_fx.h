@@ -40,7 +40,7 @@ enum { EV_UPGRADE = 1, EV_OPEN, EV_MESSAGE, EV_CLOSE };
 
 typedef dx_test_ev ev; /* code: EV_OPEN whether the user pointer is &user_marker, EV_MESSAGE the connection's index */
 
-enum { M_ACCEPT = 0, M_DEFER, M_ANSWER_INSIDE };
+enum { M_ACCEPT = 0, M_DEFER, M_ANSWER_INSIDE, M_FREE_INSIDE };
 
 typedef struct fx {
     dx_loop *loop;

@@ -308,6 +308,25 @@ static void test_defer_outlives_server(void **state)
     cl_free(c);
 }
 
+/* Deferred, then the server freed inside the same on_upgrade: the
+ * connection is dropped, and the handle's later answer gets DX_ECLOSED
+ * (nothing is armed on the dead connection: ASan checks). */
+static void test_defer_then_free_inside(void **state)
+{
+    fx *f = *state;
+    f->mode = M_FREE_INSIDE;
+    dx_server_options o = opts(f);
+    start(f, &o);
+    cl *c = cl_new(f, NULL);
+    cl_request(f, c, "/gone", NULL, 0);
+    wait_ev(f, EV_UPGRADE);
+    assert_true(cl_eof(c));
+    answer a = {.protocol = "p1"};
+    on_loop(f, do_accept, &a);
+    assert_int_equal(a.rc, DX_ECLOSED);
+    cl_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -319,6 +338,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_defer_accepted_then_lost, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_defer_answer_from_callback_and_shutdown, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_defer_outlives_server, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_defer_then_free_inside, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
