@@ -158,8 +158,7 @@ static void before_sleep(dx_loop *loop, void *ctx)
     dx_list *it;
     while ((it = dx_list_first(&w->pend)) != NULL) {
         dx__wq *q = dx_list_entry(it, dx__wq, pend);
-        dx_list_remove(it);
-        dx_list_init(it);
+        dx_list_remove(it); /* leaves it unlinked */
         dx__conn_flush(q->conn);
     }
     arena_reset(w);
