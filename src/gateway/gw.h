@@ -107,6 +107,7 @@ struct gw_conn {
     bool closing;          /* closed by us, or gone: deliver nothing more */
     bool gone;             /* on_close came / the stream ended: c and s are invalid */
     bool paused;           /* reading paused: too many publishes in flight */
+    bool overflowed;       /* more held before opening than the budget */
     dx_conn *c;            /* WebSocket dialects, once open */
     dx_upgrade *up;        /* raw dialect: the deferred upgrade until its subscriptions are in */
     struct dx_http_stream *s; /* SSE */
