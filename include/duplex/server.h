@@ -191,6 +191,98 @@ DX_API int dx_http_req_header_at(const dx_http_req *req, size_t i, const char **
 DX_API int dx_http_reply(dx_http_req *req, int status, const char *content_type, const char *headers,
                          const void *body, size_t len);
 
+/* ---- streamed HTTP answers (Server-Sent Events) ------------------------------- */
+
+/*
+ * A response whose body is written over time, never Content-Length-ended:
+ * what Server-Sent Events need. It lives on the connection that carried the
+ * request; after its head the connection reads nothing more as HTTP (bytes
+ * the peer sends, pipelined requests included, are read and discarded, at
+ * most 64 KiB in all, past which the connection is dropped: on_close with
+ * DX_EPROTO). Neither handshake_timeout_ms nor http_keepalive_ms applies to
+ * it: a stream lasts until one side ends it. It counts in
+ * dx_server_connections (not in max_handshaking).
+ */
+typedef struct dx_http_stream dx_http_stream;
+
+typedef struct dx_http_stream_callbacks {
+    /* The send queue fell back to empty after it had passed send_high_water.
+     * Optional. */
+    void (*on_drain)(dx_http_stream *s, void *ud);
+    /* The stream ended; fires exactly once per stream, always from the loop
+     * (never inside a call the application made). err: 0 after an end
+     * (dx_http_stream_end, a HEAD request, dx_server_shutdown) once every
+     * byte was handed to the kernel; DX_ECLOSED when the peer left (EOF or
+     * reset), a write failed, an end could not be flushed within
+     * close_timeout_ms, or the server was freed; DX_ELIMIT when the queue
+     * passed send_max (counted in dropped_slow); DX_EPROTO when the peer sent
+     * more than 64 KiB; DX_ENOMEM when a chunk could not be queued. The
+     * handle is valid until this returns, and only calls that return
+     * DX_ECLOSED work on it here. A server freed while its streams are open
+     * reports them from the loop's next iteration; a loop freed before it
+     * runs again releases them without on_close. Optional. */
+    void (*on_close)(dx_http_stream *s, int err, void *ud);
+} dx_http_stream_callbacks;
+
+/*
+ * Answers `req` (as dx_http_reply does: inside on_http, or later for a
+ * request the application took) with `status` (200-599), a Content-Type
+ * (NULL: text/plain; charset=utf-8), extra header lines `headers` (NULL, or
+ * complete "Name: value\r\n" lines: e.g. "Cache-Control: no-cache\r\n";
+ * nothing else is added but X-Content-Type-Options: nosniff and Connection:
+ * close), then keeps the connection for dx_http_stream_send. HTTP/1.1: the
+ * body is Transfer-Encoding: chunked, each send one chunk; HTTP/1.0: the body
+ * is raw and ends when the connection closes. A HEAD request gets the head
+ * only: the stream is ended at once (sends return DX_ECLOSED, on_close(0)
+ * follows). `cb` is copied (NULL: no callbacks); `ud` is passed to them.
+ *
+ * Returns the handle, or NULL with *err (if err is not NULL): DX_ECLOSED
+ * (the connection is gone: nothing is sent); DX_EINVAL (bad status, content
+ * type or header lines, or a head over 2 KiB: the peer gets 500); DX_ENOMEM
+ * (the peer gets 500, or the connection is dropped); DX_ESTATE (req was
+ * already answered). Whatever it returns, `req` is released as by
+ * dx_http_reply. Fires no callback.
+ */
+DX_API dx_http_stream *dx_http_reply_stream(dx_http_req *req, int status, const char *content_type,
+                                            const char *headers, const dx_http_stream_callbacks *cb, void *ud,
+                                            int *err);
+
+/*
+ * Sends `len` bytes (copied, or written at once) as one chunk (HTTP/1.1) or
+ * as they are (HTTP/1.0); len 0 sends nothing. Output is gathered and written
+ * before the loop sleeps (a large piece at once); what the kernel refuses
+ * waits, bounded by send_max. Returns 0; DX_ECLOSED (ended, or the
+ * connection is gone or its write failed just now: on_close follows from
+ * the loop if it has not fired yet); DX_ELIMIT (the queue would pass
+ * send_max: the connection is dropped, on_close(DX_ELIMIT) follows);
+ * DX_ENOMEM (the connection is dropped, on_close(DX_ENOMEM) follows).
+ * Fires no callback; callable from any callback of the loop.
+ */
+DX_API int dx_http_stream_send(dx_http_stream *s, const void *data, size_t len);
+
+/* As dx_http_stream_send, with one chunk made of a[0..alen) then
+ * b[0..blen) (no concatenation copy by the caller). */
+DX_API int dx_http_stream_send2(dx_http_stream *s, const void *a, size_t alen, const void *b, size_t blen);
+
+/* Bytes queued, not yet accepted by the kernel (0 once the connection is
+ * gone). Fires no callback. */
+DX_API size_t dx_http_stream_buffered(const dx_http_stream *s);
+
+/*
+ * Ends the body (the last chunk in HTTP/1.1), flushes what is queued, then
+ * closes the connection (FIN, then waits for the peer's EOF, bounded by
+ * close_timeout_ms). on_close follows from the loop: 0 once everything was
+ * handed to the kernel, DX_ECLOSED if the peer left first. Returns 0 or
+ * DX_ECLOSED (already ended, or the connection is gone: on_close still
+ * comes if it has not fired). Fires no callback; callable from any callback,
+ * on_drain and on_close of this stream included.
+ */
+DX_API int dx_http_stream_end(dx_http_stream *s);
+
+/* The connection's id, as in log lines ("conn=ID"); valid until on_close
+ * has returned. */
+DX_API uint64_t dx_http_stream_id(const dx_http_stream *s);
+
 /* ---- server ---------------------------------------------------------------- */
 
 typedef struct dx_server_callbacks {
