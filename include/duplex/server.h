@@ -19,7 +19,10 @@
  * must only read. A failed write marks its connection dead; on_close
  * follows from the loop once the callback stack has unwound. After
  * on_close nothing else is delivered for that connection; its memory stays
- * valid until on_close has returned.
+ * valid until on_close has returned. A streamed HTTP answer
+ * (dx_http_stream) keeps the same rules: its on_close fires exactly once,
+ * from the loop, whatever ended it (the stream's end, the client leaving,
+ * send_max, dx_server_shutdown, dx_server_free), and nothing after it.
  */
 #ifndef DUPLEX_SERVER_H
 #define DUPLEX_SERVER_H
@@ -361,7 +364,7 @@ typedef struct dx_server_options {
     size_t max_conns_per_ip;    /* [0: off] live connections per client address (IPv6: per /64), counted
                                    per server; over it: 503 + Retry-After (plain TCP) or a TCP close (TLS) */
     size_t max_handshaking;     /* [1024] connections not upgraded yet (TLS, request head, deferred
-                                   decision, plain HTTP); over it: TCP close at accept;
+                                   decision, plain HTTP; not streamed answers); over it: TCP close at accept;
                                    (size_t)-1: no limit */
     size_t conn_ext_size;       /* [0] bytes of per-connection user memory allocated inline with each
                                    connection (dx_conn_ext), zeroed at accept */
@@ -406,7 +409,8 @@ DX_API int dx_server_start(dx_server *srv);
 DX_API unsigned dx_server_port(const dx_server *srv);
 
 /* Graceful stop: close the listener, send close `code` (e.g. 1001) to every
- * open connection, drop connections still in the handshake. on_close fires
+ * open connection, end every streamed answer (dx_http_stream_end), drop
+ * connections still in the handshake. on_close fires
  * for each as they finish (within close_timeout_ms), from the loop: none
  * inside this call. Callable from any callback (on_close handlers may send
  * to or close the others meanwhile). Returns the number of connections not
@@ -420,9 +424,12 @@ DX_API void dx_server_stats_get(const dx_server *srv, dx_server_stats *out);
 
 /* Frees the server; connections still open are dropped without callbacks
  * (those already closed but not yet reported are not reported either): no
- * callback of this server fires after the call returns. Callable from any
- * of the server's callbacks: the memory is then released once the callback
- * stack has unwound. */
+ * callback of this server fires after the call returns. Streamed answers
+ * are dropped too, but their own on_close (DX_ECLOSED) still comes from the
+ * loop: after the callback stack unwinds, or at the next dx_loop_run when
+ * called outside it (a loop freed first releases them without it).
+ * Callable from any of the server's callbacks (a stream's included): the
+ * memory is then released once the callback stack has unwound. */
 DX_API void dx_server_free(dx_server *srv);
 
 /* ---- connections ------------------------------------------------------------- */
