@@ -2,7 +2,8 @@
  * src/ws/http.c: the plain HTTP/1.1 side of a server connection, so one port
  * serves the page, an HTTP API and the socket: request bodies
  * (Content-Length or chunked, capped by max_http_body), the application's
- * answers (at once or later, through a dx_http_req handle), static files
+ * answers (at once or later, through a dx_http_req handle), streamed answers
+ * (Server-Sent Events: dx_http_stream), static files
  * (GET, HEAD), 404, 405, and keep-alive.
  *
  * Layer: ws. conn.c hands over a complete request head (CS_HEAD → CS_HTTP)
@@ -27,6 +28,15 @@
  *  - No callback inside an application call: dx_http_reply never calls
  *    on_http; input kept for later is processed from the loop
  *    (dx__loop_ready), not from inside the reply.
+ *  - Streamed answers (dx_http_reply_stream, for SSE): the connection stays
+ *    CS_HTTP in phase HP_STREAM for good; input is read and dropped (64 KiB
+ *    at most), no deadline is armed, output goes through the send queue
+ *    (send_max, on_drain at EPOLLOUT). The handle (dx_http_stream) outlives
+ *    its connection: conn_mark → dx__http_conn_gone detaches it and queues
+ *    its on_close on the loop's deferred list, whatever ended it (a free
+ *    included); it is freed after on_close, or by the ws layer's destroy
+ *    when the loop is freed first. An end is clean (on_close 0) once the
+ *    connection reached LINGER: every byte was in the kernel.
  *
  * Path rules for static files: the target's path is percent-decoded; NUL,
  * backslashes and ".." segments are refused (400); the resolved path must
