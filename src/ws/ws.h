@@ -69,6 +69,7 @@ typedef struct dx__ep {
      * memory silently, then `dfree` (queued after them) frees the owner. */
     bool freeing;
     dx__deferred dfree;
+    size_t nstreams;         /* of nconns, streamed HTTP answers (http.c): not handshaking */
     struct dx__wsl *wsl;     /* the loop's ws context (set by the first connection) */
     /* The plain HTTP request being answered, while dx__http_serve runs (for
      * the log line of the answer); NULL otherwise. */
@@ -308,6 +309,12 @@ void dx__http_timeout(dx_conn *c);
 /* The connection is going away: releases the HTTP state; a request the
  * application holds is detached (its answer will return DX_ECLOSED). */
 void dx__http_conn_gone(dx_conn *c);
+/* The server shuts down: a streamed answer on `c` is ended cleanly (last
+ * chunk, flush, close); true when it was, false when `c` is no stream. */
+bool dx__http_stream_shutdown(dx_conn *c);
+/* The loop is being freed: streams whose on_close is still queued are
+ * released without it (ws_loop.c's destroy). */
+void dx__http_streams_drop(dx_loop *loop);
 /* conn.c: feeds input to the connection as if just read. */
 void dx__conn_process(dx_conn *c, uint8_t *p, size_t n);
 /* conn.c: reading on (READ_ON), off but watching the peer leave (READ_HUP),
