@@ -637,6 +637,8 @@ static void sub_done(void *ud, int err, dx__bus_topic *t, dx__gw_snapshot *snap)
             send_scratch(g);
     }
     s->last = snap->recovered ? snap->offset - snap->n : snap->offset;
+    s->ack_offset = snap->offset;
+    s->ack_recovered = snap->recovered;
     (void)dx__gw_stitch_history(&s->st, snap);
     dx__gw_stitch_deinit(&s->st);
     if (g->dialect != GW_JSON && --g->waiting == 0)
@@ -1385,6 +1387,7 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
         k->index = i;
         dx_list_init(&k->conns);
         dx_buf_init(&k->scratch, NULL);
+        dx_buf_init(&k->scratch2, NULL);
         if ((e = dx__gw_topic_index_new(NULL, &k->ix)) != 0)
             goto fail;
     }
@@ -1481,8 +1484,6 @@ void dx_gateway_free(dx_gateway *gw)
             gw_conn *g = dx_list_entry(it, gw_conn, node);
             if (g->c)
                 dx_conn_set_user(g->c, NULL); /* the server, freed after, finds no gw_conn */
-            if (g->dialect == GW_SSE)
-                gw_sse_close(g, "gateway freed");
             gw_conn_gone(g);
         }
         if (k->tick)
@@ -1497,6 +1498,7 @@ void dx_gateway_free(dx_gateway *gw)
         pcache_reset(k);
         dx__gw_topic_index_free(k->ix);
         dx_buf_deinit(&k->scratch);
+        dx_buf_deinit(&k->scratch2);
     }
     dx__free(NULL, gw->w);
     free(gw->api_key);
