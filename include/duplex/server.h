@@ -425,7 +425,8 @@ DX_API unsigned dx_server_port(const dx_server *srv);
  * yet fully closed. */
 DX_API size_t dx_server_shutdown(dx_server *srv, unsigned code, const char *reason);
 
-/* Connections not yet fully closed (handshaking, open or closing). */
+/* Connections not yet fully closed (handshaking, open, streaming an HTTP
+ * answer, or closing). */
 DX_API size_t dx_server_connections(const dx_server *srv);
 
 DX_API void dx_server_stats_get(const dx_server *srv, dx_server_stats *out);
