@@ -320,9 +320,9 @@ static peer dial(fx *f, int rcvbuf)
     return p;
 }
 
-static peer dial_tls(fx *f)
+static peer dial_tls(fx *f, int rcvbuf)
 {
-    peer p = dial(f, 0);
+    peer p = dial(f, rcvbuf);
     p.ctx = SSL_CTX_new(TLS_client_method());
     assert_non_null(p.ctx);
     SSL_CTX_set_verify(p.ctx, SSL_VERIFY_NONE, NULL);
@@ -628,12 +628,25 @@ static void do_flood(fx *f, void *arg)
 
 /* A reader that never reads: the queue passes send_max, the send says
  * DX_ELIMIT, the connection is dropped, on_close(DX_ELIMIT), counted. */
-static void test_slow_reader_limit(void **state)
+static void tls_cert(fx *f, dx_server_options *o)
 {
-    fx *f = *state;
+    static char crt[128], key[128];
+    static dx_tls_cert cert;
+    snprintf(f->dir, sizeof f->dir, "/tmp/dx_stream_XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    dx_test_self_signed(f->dir, "t", crt, key);
+    cert = (dx_tls_cert){crt, key};
+    o->tls = &cert;
+    o->n_tls = 1;
+}
+
+static void slow_reader_limit(fx *f, bool tls)
+{
     dx_server_options o = {.send_max = 256 * 1024, .send_high_water = 16 * 1024};
+    if (tls)
+        tls_cert(f, &o);
     start(f, &o);
-    peer p = dial(f, 4096);
+    peer p = tls ? dial_tls(f, 4096) : dial(f, 4096);
     dx_test_ev e = open_stream(f, &p, GET_STREAM, NULL);
     stop_at = 0;
     op fl = {.slot = (int)e.code};
@@ -655,13 +668,17 @@ static void test_slow_reader_limit(void **state)
 /* A reader that catches up: the queue passed send_high_water, emptied:
  * on_drain from the loop, which ends the stream; every byte arrives in
  * order, then the last chunk. */
-static void test_drain_then_end_in_drain(void **state)
+static void test_slow_reader_limit(void **state) { slow_reader_limit(*state, false); }
+static void test_slow_reader_limit_tls(void **state) { slow_reader_limit(*state, true); }
+
+static void drain_then_end_in_drain(fx *f, bool tls)
 {
-    fx *f = *state;
     dx_server_options o = {.send_max = 64u << 20, .send_high_water = 16 * 1024};
+    if (tls)
+        tls_cert(f, &o);
     start(f, &o);
     f->mode = M_END_ON_DRAIN;
-    peer p = dial(f, 4096);
+    peer p = tls ? dial_tls(f, 4096) : dial(f, 4096);
     dx_test_ev e = open_stream(f, &p, GET_STREAM, NULL);
     stop_at = 64 * 1024; /* past the high-water mark, the kernel refusing */
     op fl = {.slot = (int)e.code};
@@ -685,6 +702,9 @@ static void test_drain_then_end_in_drain(void **state)
     assert_int_equal(dx_test_rec_wait(&f->rec, EV_CLOSE).rc, 0);
     assert_int_equal(dx_test_rec_count(&f->rec, EV_DRAIN), 1);
 }
+
+static void test_drain_then_end_in_drain(void **state) { drain_then_end_in_drain(*state, false); }
+static void test_drain_then_end_in_drain_tls(void **state) { drain_then_end_in_drain(*state, true); }
 
 /* A timer of the loop sends and ends. */
 static void test_end_from_timer(void **state)
@@ -1051,14 +1071,10 @@ static void test_streams_not_handshaking(void **state)
 static void test_tls_stream(void **state)
 {
     fx *f = *state;
-    snprintf(f->dir, sizeof f->dir, "/tmp/dx_stream_XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    char crt[128], key[128];
-    dx_test_self_signed(f->dir, "t", crt, key);
-    dx_tls_cert cert = {crt, key};
-    dx_server_options o = {.tls = &cert, .n_tls = 1};
+    dx_server_options o = {0};
+    tls_cert(f, &o);
     start(f, &o);
-    peer p = dial_tls(f);
+    peer p = dial_tls(f, 0);
     const char *head;
     open_stream(f, &p, GET_STREAM, &head);
     assert_non_null(strstr(head, "Transfer-Encoding: chunked\r\n"));
@@ -1074,7 +1090,7 @@ static void test_tls_stream(void **state)
     pclose_(&p);
     assert_int_equal(dx_test_rec_wait(&f->rec, EV_CLOSE).rc, 0);
 
-    p = dial_tls(f);
+    p = dial_tls(f, 0);
     open_stream(f, &p, GET_STREAM, NULL);
     assert_int_equal(send_on(f, 1, "x"), 0);
     assert_int_equal(pchunk(&p, got, sizeof got), 1);
@@ -1093,6 +1109,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_peer_closes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_reader_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_then_end_in_drain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slow_reader_limit_tls, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drain_then_end_in_drain_tls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_end_from_timer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_live, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_live, setup, teardown),
