@@ -267,6 +267,14 @@ DX_API int dx_http_stream_send(dx_http_stream *s, const void *data, size_t len);
  * b[0..blen) (no concatenation copy by the caller). */
 DX_API int dx_http_stream_send2(dx_http_stream *s, const void *a, size_t alen, const void *b, size_t blen);
 
+/* As dx_http_stream_send with the payload of the prepared message `m`
+ * (duplex/msg.h; its opcode is ignored), queued by reference, not copied:
+ * an event encoded once for many streams (the chunk size line is the only
+ * per-stream copy). The stream holds its own reference while the bytes wait;
+ * the caller keeps its own. DX_EINVAL when m is NULL; else as
+ * dx_http_stream_send. */
+DX_API int dx_http_stream_send_msg(dx_http_stream *s, dx_msg *m);
+
 /* Bytes queued, not yet accepted by the kernel (0 once the connection is
  * gone). Fires no callback. */
 DX_API size_t dx_http_stream_buffered(const dx_http_stream *s);
@@ -417,7 +425,8 @@ DX_API unsigned dx_server_port(const dx_server *srv);
  * yet fully closed. */
 DX_API size_t dx_server_shutdown(dx_server *srv, unsigned code, const char *reason);
 
-/* Connections not yet fully closed (handshaking, open or closing). */
+/* Connections not yet fully closed (handshaking, open, streaming an HTTP
+ * answer, or closing). */
 DX_API size_t dx_server_connections(const dx_server *srv);
 
 DX_API void dx_server_stats_get(const dx_server *srv, dx_server_stats *out);

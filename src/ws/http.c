@@ -1014,8 +1014,9 @@ dx_http_stream *dx_http_reply_stream(dx_http_req *req, int status, const char *c
     return s;
 }
 
-/* One chunk (HTTP/1.1) or raw bytes (HTTP/1.0) of a[0..alen) b[0..blen). */
-static int stream_put(dx_http_stream *s, const void *a, size_t alen, const void *b, size_t blen)
+/* One chunk (HTTP/1.1) or raw bytes (HTTP/1.0) of a[0..alen) b[0..blen);
+ * with rb, `a` lies inside it and is queued by reference (blen is 0). */
+static int stream_put(dx_http_stream *s, const void *a, size_t alen, const void *b, size_t blen, dx_rcbuf *rb)
 {
     dx_conn *c = s->conn;
     if (!c || s->ended || c->state != CS_HTTP)
@@ -1039,7 +1040,7 @@ static int stream_put(dx_http_stream *s, const void *a, size_t alen, const void 
     }
     int rc = hl ? dx__conn_write(c, hdr, hl) : 0;
     if (!rc && alen)
-        rc = dx__conn_write(c, a, alen);
+        rc = rb ? dx__conn_write_ref(c, rb, a, alen) : dx__conn_write(c, a, alen);
     if (!rc && blen)
         rc = dx__conn_write(c, b, blen);
     if (!rc && s->chunked)
@@ -1055,12 +1056,22 @@ static int stream_put(dx_http_stream *s, const void *a, size_t alen, const void 
 
 int dx_http_stream_send(dx_http_stream *s, const void *data, size_t len)
 {
-    return stream_put(s, data, len, NULL, 0);
+    return stream_put(s, data, len, NULL, 0, NULL);
 }
 
 int dx_http_stream_send2(dx_http_stream *s, const void *a, size_t alen, const void *b, size_t blen)
 {
-    return stream_put(s, a, alen, b, blen);
+    return stream_put(s, a, alen, b, blen, NULL);
+}
+
+int dx_http_stream_send_msg(dx_http_stream *s, dx_msg *m)
+{
+    if (!m)
+        return DX_EINVAL;
+    unsigned opcode;
+    size_t hl;
+    dx_rcbuf *rb = dx__msg_frame(m, &opcode, &hl); /* the payload follows the frame header */
+    return stream_put(s, dx_rcbuf_data(rb) + hl, dx_rcbuf_len(rb) - hl, NULL, 0, rb);
 }
 
 size_t dx_http_stream_buffered(const dx_http_stream *s) { return s->conn ? WQ_LEN(s->conn) : 0; }

@@ -255,6 +255,9 @@ void dx__conn_abort(dx_conn *c, unsigned code, const char *why);
 /* Queues a copy of bytes in order after whatever is queued (gathered and
  * written before the loop sleeps; a large one is written at once). */
 int dx__conn_write(dx_conn *c, const void *data, size_t len);
+/* send.c: queues a reference to len bytes at p inside rb (a dx_msg's
+ * payload, for a streamed HTTP answer): no copy. 0, DX_ECLOSED, DX_ENOMEM. */
+int dx__conn_write_ref(dx_conn *c, dx_rcbuf *rb, const uint8_t *p, size_t len);
 /* Writes what `c` gathered (ws_loop.c's flush before sleep). */
 void dx__conn_flush(dx_conn *c);
 /* Flushes, then FIN, then waits for EOF (bounded by close_timeout_ms). */

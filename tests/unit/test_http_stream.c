@@ -22,6 +22,7 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 
+#include "duplex/msg.h"
 #include "duplex/server.h"
 
 #include <openssl/ssl.h>
@@ -319,9 +320,9 @@ static peer dial(fx *f, int rcvbuf)
     return p;
 }
 
-static peer dial_tls(fx *f)
+static peer dial_tls(fx *f, int rcvbuf)
 {
-    peer p = dial(f, 0);
+    peer p = dial(f, rcvbuf);
     p.ctx = SSL_CTX_new(TLS_client_method());
     assert_non_null(p.ctx);
     SSL_CTX_set_verify(p.ctx, SSL_VERIFY_NONE, NULL);
@@ -627,12 +628,25 @@ static void do_flood(fx *f, void *arg)
 
 /* A reader that never reads: the queue passes send_max, the send says
  * DX_ELIMIT, the connection is dropped, on_close(DX_ELIMIT), counted. */
-static void test_slow_reader_limit(void **state)
+static void tls_cert(fx *f, dx_server_options *o)
 {
-    fx *f = *state;
+    static char crt[128], key[128];
+    static dx_tls_cert cert;
+    snprintf(f->dir, sizeof f->dir, "/tmp/dx_stream_XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    dx_test_self_signed(f->dir, "t", crt, key);
+    cert = (dx_tls_cert){crt, key};
+    o->tls = &cert;
+    o->n_tls = 1;
+}
+
+static void slow_reader_limit(fx *f, bool tls)
+{
     dx_server_options o = {.send_max = 256 * 1024, .send_high_water = 16 * 1024};
+    if (tls)
+        tls_cert(f, &o);
     start(f, &o);
-    peer p = dial(f, 4096);
+    peer p = tls ? dial_tls(f, 4096) : dial(f, 4096);
     dx_test_ev e = open_stream(f, &p, GET_STREAM, NULL);
     stop_at = 0;
     op fl = {.slot = (int)e.code};
@@ -654,13 +668,17 @@ static void test_slow_reader_limit(void **state)
 /* A reader that catches up: the queue passed send_high_water, emptied:
  * on_drain from the loop, which ends the stream; every byte arrives in
  * order, then the last chunk. */
-static void test_drain_then_end_in_drain(void **state)
+static void test_slow_reader_limit(void **state) { slow_reader_limit(*state, false); }
+static void test_slow_reader_limit_tls(void **state) { slow_reader_limit(*state, true); }
+
+static void drain_then_end_in_drain(fx *f, bool tls)
 {
-    fx *f = *state;
     dx_server_options o = {.send_max = 64u << 20, .send_high_water = 16 * 1024};
+    if (tls)
+        tls_cert(f, &o);
     start(f, &o);
     f->mode = M_END_ON_DRAIN;
-    peer p = dial(f, 4096);
+    peer p = tls ? dial_tls(f, 4096) : dial(f, 4096);
     dx_test_ev e = open_stream(f, &p, GET_STREAM, NULL);
     stop_at = 64 * 1024; /* past the high-water mark, the kernel refusing */
     op fl = {.slot = (int)e.code};
@@ -684,6 +702,9 @@ static void test_drain_then_end_in_drain(void **state)
     assert_int_equal(dx_test_rec_wait(&f->rec, EV_CLOSE).rc, 0);
     assert_int_equal(dx_test_rec_count(&f->rec, EV_DRAIN), 1);
 }
+
+static void test_drain_then_end_in_drain(void **state) { drain_then_end_in_drain(*state, false); }
+static void test_drain_then_end_in_drain_tls(void **state) { drain_then_end_in_drain(*state, true); }
 
 /* A timer of the loop sends and ends. */
 static void test_end_from_timer(void **state)
@@ -955,6 +976,71 @@ static void test_refused(void **state)
     pclose_(&p);
 }
 
+/* One prepared message (encoded once) sent to several streams by
+ * reference, interleaved with copied sends; a reader that lags (small
+ * receive buffer) gets them from its backlog in order. The references go
+ * back (ASan: no leak, no use after free). */
+#define NMSG 200
+
+static void do_send_msgs(fx *f, void *arg)
+{
+    int *rc = arg;
+    static char ev[4096];
+    memset(ev, 'm', sizeof ev);
+    memcpy(ev, "data: ", 6);
+    memcpy(ev + sizeof ev - 2, "\n\n", 2);
+    int err = 0;
+    dx_msg *m = dx_msg_new(DX_OP_BINARY, ev, sizeof ev, &err);
+    *rc = m ? 0 : err;
+    f->in_call = 1;
+    for (int i = 0; i < NMSG && m && !*rc; i++)
+        for (int k = 0; k < 3 && !*rc; k++) {
+            *rc = dx_http_stream_send_msg(f->st[k], m);
+            if (!*rc)
+                *rc = dx_http_stream_send(f->st[k], "data: small\n\n", 13);
+        }
+    if (!*rc && dx_http_stream_send_msg(f->st[0], NULL) != DX_EINVAL)
+        *rc = 1;
+    f->in_call = 0;
+    dx_msg_unref(m); /* the streams hold their own references */
+}
+
+static void test_send_msg_shared(void **state)
+{
+    fx *f = *state;
+    dx_server_options o = {.send_max = 64u << 20};
+    start(f, &o);
+    peer p[3];
+    for (int i = 0; i < 3; i++) {
+        p[i] = dial(f, i == 2 ? 4096 : 0);
+        open_stream(f, &p[i], i == 1 ? "GET /stream HTTP/1.0\r\n\r\n" : GET_STREAM, NULL);
+    }
+    int rc = -1;
+    on_loop(f, do_send_msgs, &rc);
+    assert_int_equal(rc, 0);
+    static char got[4097];
+    for (int i = 0; i < 3; i += 2) /* the chunked ones */
+        for (int n = 0; n < NMSG; n++) {
+            assert_int_equal(pchunk(&p[i], got, sizeof got), 4096);
+            assert_memory_equal(got, "data: mmm", 9);
+            assert_memory_equal(got + 4094, "\n\n", 2);
+            assert_int_equal(pchunk(&p[i], got, sizeof got), 13);
+        }
+    pneed(&p[1], (size_t)NMSG * (4096 + 13)); /* HTTP/1.0: the bytes as they are */
+    for (int n = 0; n < NMSG; n++) {
+        assert_memory_equal(p[1].buf + (size_t)n * 4109, "data: mmm", 9);
+        assert_memory_equal(p[1].buf + (size_t)n * 4109 + 4096, "data: small\n\n", 13);
+    }
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(end_on(f, i), 0);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(peof(&p[i]), 1);
+        pclose_(&p[i]);
+    }
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(dx_test_rec_wait(&f->rec, EV_CLOSE).rc, 0);
+}
+
 /* Streams are not handshakes: with max_handshaking 2, a third stream's
  * connection is still accepted (and a fourth). */
 static void test_streams_not_handshaking(void **state)
@@ -985,14 +1071,10 @@ static void test_streams_not_handshaking(void **state)
 static void test_tls_stream(void **state)
 {
     fx *f = *state;
-    snprintf(f->dir, sizeof f->dir, "/tmp/dx_stream_XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    char crt[128], key[128];
-    dx_test_self_signed(f->dir, "t", crt, key);
-    dx_tls_cert cert = {crt, key};
-    dx_server_options o = {.tls = &cert, .n_tls = 1};
+    dx_server_options o = {0};
+    tls_cert(f, &o);
     start(f, &o);
-    peer p = dial_tls(f);
+    peer p = dial_tls(f, 0);
     const char *head;
     open_stream(f, &p, GET_STREAM, &head);
     assert_non_null(strstr(head, "Transfer-Encoding: chunked\r\n"));
@@ -1008,7 +1090,7 @@ static void test_tls_stream(void **state)
     pclose_(&p);
     assert_int_equal(dx_test_rec_wait(&f->rec, EV_CLOSE).rc, 0);
 
-    p = dial_tls(f);
+    p = dial_tls(f, 0);
     open_stream(f, &p, GET_STREAM, NULL);
     assert_int_equal(send_on(f, 1, "x"), 0);
     assert_int_equal(pchunk(&p, got, sizeof got), 1);
@@ -1027,6 +1109,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_peer_closes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_reader_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_then_end_in_drain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slow_reader_limit_tls, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drain_then_end_in_drain_tls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_end_from_timer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_live, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_live, setup, teardown),
@@ -1036,6 +1120,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pipelined_discarded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keepalive_timer_spares_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_send_msg_shared, setup, teardown),
         cmocka_unit_test_setup_teardown(test_streams_not_handshaking, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tls_stream, setup, teardown),
     };
