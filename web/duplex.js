@@ -110,7 +110,11 @@ export class Duplex {
     this._offline = false;
     if (opts.onState) this.on('state', opts.onState);
     const forceSse = opts.transport === 'sse' || (opts.transport !== 'ws' && typeof WebSocket === 'undefined');
-    if (forceSse) this._startSse(); else this._connect(State.CONNECTING);
+    // Started on a microtask, so listeners added right after construction see the first state.
+    queueMicrotask(() => {
+      if (this._closed || this._offline || this.transport) return;
+      if (forceSse) this._startSse(); else this._connect(State.CONNECTING);
+    });
   }
 
   // ------------------------------------------------------------ events
@@ -263,11 +267,11 @@ export class Duplex {
       this._failures = 0;
       clearTimeout(this._stableTimer);
       this._stableTimer = setTimeout(() => { this._attempt = 0; }, this.backoff.stable);
-      this._setState(State.OPEN, {});
       for (const sub of this._subs.values()) this._sendSub(sub);
       const q = this._queue;
       this._queue = [];
       for (const r of q) this._send(r.req);
+      this._setState(State.OPEN, {}); // after the subscriptions: what the app sends now follows them
     };
     ws.onmessage = (e) => { if (this._ws === ws) this._onFrame(e.data); };
     ws.onerror = () => {};
