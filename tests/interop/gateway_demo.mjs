@@ -371,16 +371,6 @@ try {
     await waitTexts(B, room, ['after restart from bob', 'after restart from alice']);
     await checkOnceInOrder(A, room, ['after restart from bob', 'after restart from alice']);
   });
-  await check('presence shows 2 again and the ticker runs again', async () => {
-    try {
-      await A.waitForFunction(() => document.getElementById('presence-count').textContent === '2', null, { timeout: 15000 });
-    } catch (e) {
-      const shown = await A.$eval('#presence', (el) => el.textContent);
-      const asked = await A.evaluate((r) => window.duplex.presence(`chat.${r}`), room);
-      throw new Error(`alice shows "${shown}", presence op now: ${JSON.stringify(asked)}`);
-    }
-    await tickerMoves(A);
-  });
   await check('the SSE page resumes by itself (Last-Event-ID), says it missed messages, receives new ones', async () => {
     await D.waitForFunction(() => /receive-only/.test(document.getElementById('state').textContent), null, { timeout: 20000 });
     await D.waitForFunction((r) => document.querySelectorAll(`ol.log[data-room="${r}"] li.notice.missed`).length >= 1, room, { timeout: 10000 });
@@ -389,6 +379,16 @@ try {
     await checkOnceInOrder(D, room, ['after restart to sse']);
   });
 
+  await check('presence shows 3 again (alice, bob and the SSE page) and the ticker runs again', async () => {
+    try {
+      await A.waitForFunction(() => document.getElementById('presence-count').textContent === '3', null, { timeout: 15000 });
+    } catch (e) {
+      const shown = await A.$eval('#presence', (el) => el.textContent);
+      const asked = await A.evaluate((r) => window.duplex.presence(`chat.${r}`), room);
+      throw new Error(`alice shows "${shown}", presence op now: ${JSON.stringify(asked)}`);
+    }
+    await tickerMoves(A);
+  });
   // Catch-up: bob is away across a restart while alice publishes in the new epoch.
   await check('bob goes offline; the server restarts again; alice reconnects and publishes', async () => {
     await B.evaluate(() => window.duplex.disconnect());
