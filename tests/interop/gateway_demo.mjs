@@ -29,7 +29,7 @@ const TIMEOUT = Number(opt('--timeout', '240')) * 1000;
 const KEEP = args.includes('--keep');
 const CHROMIUM = '/usr/bin/chromium';
 
-const PLAN = 34;
+const PLAN = 35;
 let passed = 0;
 let failed = 0;
 let ran = 0;
@@ -284,6 +284,39 @@ try {
     await waitTexts(B, room, ['after drop live']);
     await checkOnceInOrder(B, room, ['hello from alice', 'hi alice', ...away, ...dropped, 'after drop live']);
     if (await missedCount(B, room)) throw new Error('a "missed" notice after a resumable reconnect');
+  });
+
+  await check('randomized: 2000 messages while a subscriber\'s socket is closed at random: each once, in order', async () => {
+    const r = await A.evaluate(async (topic) => {
+      const { Duplex } = await import('./duplex.js');
+      const sub = new Duplex('/ws', { backoff: { base: 20, cap: 200 } });
+      const pub = new Duplex('/ws');
+      const got = [];
+      let missed = 0;
+      let drops = 0;
+      sub.on('missed', () => { missed++; });
+      await sub.subscribe(topic, (m) => got.push([m.offset, m.data]));
+      const N = 2000;
+      const dropper = setInterval(() => {
+        if (sub._ws && sub._ws.readyState === 1 && Math.random() < 0.5) { sub._ws.close(); drops++; }
+      }, 25);
+      for (let i = 1; i <= N; i += 20) {
+        await Promise.all(Array.from({ length: 20 }, (_, k) => pub.publish(topic, i + k)));
+        await new Promise((res) => setTimeout(res, 10));
+      }
+      clearInterval(dropper);
+      const t0 = Date.now();
+      while (got.length < N && Date.now() - t0 < 20000) await new Promise((res) => setTimeout(res, 50));
+      sub.close();
+      pub.close();
+      const offsOk = got.every(([o], i) => o === i + 1);
+      const seen = new Set(got.map(([, d]) => d));
+      return { n: got.length, offsOk, distinct: seen.size, drops, missed };
+    }, `stress.${room}`);
+    if (r.n !== 2000 || !r.offsOk || r.distinct !== 2000) throw new Error(JSON.stringify(r));
+    if (r.missed) throw new Error(`"missed" reported: ${JSON.stringify(r)}`);
+    if (r.drops < 10) throw new Error(`only ${r.drops} drops: the run did not test resuming`);
+    console.log(`# randomized resume: ${r.n} messages, ${r.drops} dropped sockets`);
   });
 
   // SSE: the client forced into SSE mode, a page without WebSocket, WebSocket that never connects, plain EventSource.
