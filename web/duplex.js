@@ -148,6 +148,12 @@ export class Duplex {
   subscribe(topic, handler, opts = {}) {
     if (this._closed) return Promise.reject(new DuplexError(0, 'closed'));
     const old = this._subs.get(topic);
+    if (old && old.acked && old.pattern === isPattern(topic)) {
+      // Already subscribed: only the handler and callbacks change; the position is kept.
+      Object.assign(old, { handler, onMissed: opts.onMissed, onGap: opts.onGap });
+      return Promise.resolve({ topic, ...(this._pos.get(topic) || { offset: 0, epoch: '' }), recovered: false });
+    }
+    if (old && old.first) { old.first.reject(new DuplexError(0, 'subscribed again')); old.first = null; }
     const sub = { topic, handler, pattern: isPattern(topic), onMissed: opts.onMissed, onGap: opts.onGap,
                   acked: false, hadMessages: false, first: null, catchUp: false, held: null };
     if (opts.since && !sub.pattern) {
@@ -156,11 +162,7 @@ export class Duplex {
     }
     this._subs.set(topic, sub);
     const first = new Promise((resolve, reject) => { sub.first = { resolve, reject }; });
-    if (old && old.acked) {
-      // Already subscribed on this connection: only the handler changes.
-      sub.acked = true;
-      sub.first.resolve({ topic, ...(this._pos.get(topic) || {}), recovered: false });
-    } else if (this.transport === 'sse') {
+    if (this.transport === 'sse') {
       this._restartSse();
     } else {
       this._sendSub(sub);
@@ -399,8 +401,13 @@ export class Duplex {
       if (sub.hadMessages || since.offset > 0) {
         this._missed(sub, { topic: sub.topic, pattern: false, since, offset: ack.offset, epoch: ack.epoch, epochChanged });
       }
-      this._pos.set(sub.topic, { offset: ack.offset, epoch: ack.epoch });
-      if (epochChanged && ack.offset > 0) this._catchUp(sub, ack.epoch);
+      if (epochChanged && ack.offset > 0) {
+        // From offset 0 of the new epoch: also what a reconnect during the catch-up asks for.
+        this._pos.set(sub.topic, { offset: 0, epoch: ack.epoch });
+        this._catchUp(sub, ack.epoch);
+      } else {
+        this._pos.set(sub.topic, { offset: ack.offset, epoch: ack.epoch });
+      }
     } else {
       // Recovered: the missed messages follow; a since without epoch meant this one.
       const pos = this._pos.get(sub.topic);
