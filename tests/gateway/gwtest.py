@@ -16,7 +16,7 @@ subscriber that never reads, thousands of light connections, exact frames.
 """
 import asyncio
 import base64
-import http.client
+import http.client as httpclient
 import inspect
 import json
 import os
@@ -180,7 +180,7 @@ def http(srv, method, path, body=None, headers=None, key=KEY, timeout=20):
         h.update(headers)
     if isinstance(body, str):
         body = body.encode()
-    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=timeout)
+    c = httpclient.HTTPConnection("127.0.0.1", srv.port, timeout=timeout)
     try:
         c.request(method, path, body=body, headers=h)
         r = c.getresponse()
@@ -714,3 +714,148 @@ def shared(*args, workers=1, api_key=KEY):
     if s is None or not s.alive():
         s = _shared[k] = Serve(*args, workers=workers, api_key=api_key)
     return s
+
+
+# ---------------------------------------------------------------- SSE client
+
+
+class SSE:
+    """GET /sse?QUERY on a plain socket; parses the event stream (chunked
+    or not). events() gives dicts {event, data, id}; comment lines are
+    kept in .comments with their arrival time."""
+
+    def __init__(self, srv, query, headers=None, timeout=10, rcvbuf=None):
+        self.s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.s.settimeout(timeout)
+        self.s.connect(("127.0.0.1", srv.port))
+        h = "GET /sse?%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAccept: text/event-stream\r\n" % (query, srv.port)
+        for k, v in (headers or {}).items():
+            h += "%s: %s\r\n" % (k, v)
+        self.s.sendall((h + "\r\n").encode())
+        self.status, self.head, rest = read_head(self.s.recv)
+        self.headers = {}
+        for ln in self.head.split("\r\n")[1:]:
+            k, _, v = ln.partition(":")
+            self.headers[k.strip().lower()] = v.strip()
+        self.chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
+        self.raw = bytearray(rest)  # bytes as received (maybe chunked)
+        self.text = bytearray()  # the event stream itself
+        self.comments = []
+        self.eof = False
+        self.query = query
+
+    def _dechunk(self):
+        if not self.chunked:
+            self.text += self.raw
+            self.raw.clear()
+            return
+        while True:
+            i = self.raw.find(b"\r\n")
+            if i < 0:
+                return
+            n = int(bytes(self.raw[:i]).split(b";")[0], 16)
+            if len(self.raw) < i + 2 + n + 2:
+                return
+            self.text += self.raw[i + 2:i + 2 + n]
+            del self.raw[:i + 2 + n + 2]
+            if n == 0:
+                self.eof = True
+                return
+
+    def _fill(self, deadline, what):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Fail("SSE ?%s: timed out waiting for %s" % (self.query, what))
+        self.s.settimeout(left)
+        try:
+            chunk = self.s.recv(65536)
+        except socket.timeout:
+            return
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self.eof = True
+            return
+        self.raw += chunk
+        self._dechunk()
+
+    def _line(self, deadline, what):
+        while True:
+            i = self.text.find(b"\n")
+            if i >= 0:
+                ln = bytes(self.text[:i])
+                del self.text[:i + 1]
+                if ln.endswith(b"\r"):
+                    ln = ln[:-1]
+                return ln.decode()
+            if self.eof:
+                return None
+            self._fill(deadline, what)
+
+    def event(self, timeout=10, what="an SSE event"):
+        """The next event {event, data (list of data lines), id}; None at EOF."""
+        deadline = time.monotonic() + timeout
+        ev = {"data": []}
+        while True:
+            ln = self._line(deadline, what)
+            if ln is None:
+                return None
+            if ln == "":
+                if ev["data"] or "event" in ev or "id" in ev:
+                    return ev
+                continue
+            if ln.startswith(":"):
+                self.comments.append((time.monotonic(), ln))
+                continue
+            k, _, v = ln.partition(":")
+            if v.startswith(" "):
+                v = v[1:]
+            if k == "data":
+                ev["data"].append(v)
+            else:
+                ev[k] = v
+
+    def msg(self, timeout=10, what="an SSE msg event"):
+        """The next event, checked: `event: msg`, one `data:` line holding a
+        msg object, an `id:`; returns (msg dict, id string)."""
+        ev = self.event(timeout, what)
+        if ev is None:
+            raise Fail("SSE ?%s: the stream ended while waiting for %s" % (self.query, what))
+        check(ev.get("event") == "msg", "SSE event without 'event: msg': %r" % ev)
+        check(len(ev["data"]) == 1, "SSE msg event with %d data lines (expected one): %r" % (len(ev["data"]), ev))
+        try:
+            m = json.loads(ev["data"][0])
+        except ValueError:
+            raise Fail("SSE data is not JSON: %r" % ev)
+        check("id" in ev, "SSE msg event without id: %r" % ev)
+        return m, ev["id"]
+
+    def wait_comment(self, n, timeout):
+        deadline = time.monotonic() + timeout
+        while len(self.comments) < n:
+            ln = self._line(deadline, "%d comment lines" % n)
+            if ln is None:
+                raise Fail("SSE stream ended while waiting for heartbeat comments")
+            if ln.startswith(":"):
+                self.comments.append((time.monotonic(), ln))
+            elif ln:
+                raise Fail("SSE: expected only heartbeat comments on an idle stream, got %r" % ln)
+
+    def close(self):
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
+
+def parse_sse_id(v):
+    """'a:17:e1,user:bob:3:x' -> {topic: (offset, epoch)}."""
+    out = {}
+    for item in v.split(","):
+        rest, _, epoch = item.rpartition(":")
+        t, _, off = rest.rpartition(":")
+        check(t and off.isdigit() and epoch, "bad SSE id item %r in %r" % (item, v))
+        out[t] = (int(off), epoch)
+    return out

@@ -18,9 +18,7 @@ tests/gateway/test_api.py: the HTTP API of GATEWAY.md against a real
     text format with counters that move (publishes, deliveries, connections
     by dialect).
 """
-import asyncio
-import base64
-import http.client
+import http.client as httpclient
 import json
 import socket
 
@@ -160,7 +158,7 @@ def test_env_api_key():
 def test_keepalive_2000_publishes():
     s = srv()
     t = topic("ka")
-    c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=20)
+    c = httpclient.HTTPConnection("127.0.0.1", s.port, timeout=20)
     c.connect()
     local = c.sock.getsockname()
     hdr = {"Authorization": "Bearer " + KEY, "Content-Type": "application/json"}
@@ -225,7 +223,7 @@ def test_history():
 def test_history_limit_cap():
     s = shared("--history", "2000")
     t = topic("acap")
-    c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=20)
+    c = httpclient.HTTPConnection("127.0.0.1", s.port, timeout=20)
     for i in range(1, 1201):
         c.request("POST", "/api/publish?topic=" + t, body="m%d" % i,
                   headers={"Authorization": "Bearer " + KEY, "Content-Type": "text/plain"})

@@ -18,11 +18,10 @@ websockets clients:
     frame (4400), bad and oversize topics, publish to a pattern (4400),
     user:bob anonymously (4403), over --max-subs (4413).
 """
-import asyncio
 import base64
 import json
 
-from gwtest import (KEY, Fail, J, check, check_msg, check_sub_ack, expect_eq, http, jconnect, main, publish,
+from gwtest import (check, check_msg, check_sub_ack, expect_eq, http, jconnect, main, publish,
                     rconnect, recv_timeout, shared, topic)
 
 

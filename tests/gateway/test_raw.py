@@ -14,10 +14,7 @@ tests/gateway/test_raw.py: the raw dialect of GATEWAY.md
   - since=t:17 resumes with the current epoch (and since ahead / none).
 """
 import asyncio
-import base64
 import json
-
-import websockets
 
 from gwtest import (Fail, check, check_msg, expect_closed, expect_eq, handshake_status, jconnect, main, publish,
                     q, rconnect, recv_timeout, shared, topic)

@@ -21,9 +21,7 @@ import os
 import random
 import time
 
-import websockets
-
-from gwtest import (Fail, Serve, check, check_msg, check_sub_ack, expect_eq, history, jconnect, main, publish,
+from gwtest import (Fail, check, check_msg, check_sub_ack, expect_eq, history, jconnect, main, publish,
                     rconnect, recv_timeout, say, shared, topic, wait_for)
 
 
