@@ -136,6 +136,8 @@ class Serve:
         return self.proc.poll() is None
 
     def stop(self):
+        if self in _servers:
+            _servers.remove(self)
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
             try:
@@ -278,7 +280,7 @@ def metric_sum(ms, name_part, **labels):
 async def jconnect(srv, path="/ws", **kw):
     """A JSON-dialect client (websockets, subprotocol duplex.v1)."""
     ws = await websockets.connect(srv.url(path), subprotocols=[PROTO], open_timeout=10, max_size=None,
-                                  ping_interval=None, close_timeout=2, **kw)
+                                  ping_interval=None, close_timeout=2, max_queue=None, **kw)
     check(ws.subprotocol == PROTO, "GET %s with Sec-WebSocket-Protocol: %s: the server chose %r" % (path, PROTO,
                                                                                                    ws.subprotocol))
     return J(ws)
@@ -685,7 +687,7 @@ def main(tests, timeout_each=120):
             for s in _servers:
                 if not s.alive():
                     say("  server exited with status %s; log tail:\n%s" % (s.proc.returncode, s.log()[-3000:]))
-    for s in _servers:
+    for s in list(_servers):
         try:
             s.stop()
         except Fail as e:

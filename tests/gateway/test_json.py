@@ -349,7 +349,9 @@ async def test_malformed_requests_survive():
     await c.err("pub", 4400, topic="a", b64="AB==")
     await c.err("pub", 4400, data="x")
     await c.err("sub", 4400, topic="a", since={"offset": "1", "epoch": "e"})
-    await c.err("sub", 4400, topic="a", since={"offset": 1})
+    await c.err("sub", 4400, topic="a", since={"offset": 1, "epoch": 5})
+    await c.err("sub", 4400, topic="a", since={"offset": -1, "epoch": "e"})
+    await c.err("sub", 4400, topic="a", since={"offset": 2 ** 53, "epoch": "e"})
     await c.err("sub", 4400, topic="a", since=5)
     for bad in ("", "a b", "a..b", ".a", "a.", "a*", "é", "a,b", "a\u0000b"):
         await c.err("sub", 4400, topic=bad)
@@ -368,10 +370,20 @@ async def test_topic_length():
     check_sub_ack(a, t200, recovered=False)
     r = await c.ack("pub", topic=t200, data="long")
     check_msg(await c.msg(), t200, offset=r["offset"], data="long", what="200-byte topic")
-    for op in ("sub", "pub", "unsub", "presence"):
+    for op in ("sub", "pub", "presence"):
         kw = {"data": "x"} if op == "pub" else {}
         await c.err(op, 4400, topic="y" * 201, **kw)
     await c.err("sub", 4400, topic="z" * 100000)
+    await c.alive()
+    await c.close()
+
+
+async def test_unsub_bad_topic_4400():
+    """GATEWAY.md: a bad topic is 4400 (unsub of a valid topic not
+    subscribed acks; a name that is no topic is malformed)."""
+    c = await jconnect(srv())
+    for bad in ("y" * 201, "a..b", "a b", ""):
+        await c.err("unsub", 4400, topic=bad)
     await c.alive()
     await c.close()
 
@@ -418,6 +430,7 @@ if __name__ == "__main__":
         test_user_topic_forbidden,
         test_malformed_requests_survive,
         test_topic_length,
+        test_unsub_bad_topic_4400,
         test_max_subs_4413,
         test_api_key_not_needed_on_ws,
     ], timeout_each=60)

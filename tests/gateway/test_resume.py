@@ -188,7 +188,7 @@ async def run_json_sub(s, t, epoch, n, sub, rnd, deadline):
         if not (a.get("recovered") is True and a.get("epoch") == epoch):
             raise Fail("subscriber %d (json): resume since %d: expected recovered true with epoch %s, got %r"
                        % (sub.idx, sub.last, epoch, a))
-        quota = rnd.choice([0, 1, 5, 50, 200, 700, 10 ** 9])
+        quota = rnd.choice([0, 1, 5, 20, 50, 100, 300])
         got = 0
         while sub.last < n and got < quota:
             m = await c.msg(timeout=20, what="subscriber %d (json) message %d" % (sub.idx, sub.last + 1))
@@ -210,6 +210,7 @@ async def run_json_sub(s, t, epoch, n, sub, rnd, deadline):
         else:  # stop reading for a while, then drop the connection
             await asyncio.sleep(rnd.random() * 0.05)
             c.ws.transport.abort()
+        await asyncio.wait_for(c.ws.wait_closed(), 10)
         if rnd.random() < 0.3:
             await asyncio.sleep(rnd.random() * 0.05)
 
@@ -219,7 +220,7 @@ async def run_raw_sub(s, t, n, sub, rnd, deadline):
         check(time.monotonic() < deadline, "subscriber %d (raw) stuck at %d of %d" % (sub.idx, sub.last, n))
         ws = await rconnect(s, "subscribe=%s&since=%s:%d" % (t, t, sub.last))
         sub.conns += 1
-        quota = rnd.choice([0, 1, 5, 50, 200, 700, 10 ** 9])
+        quota = rnd.choice([0, 1, 5, 20, 50, 100, 300])
         got = 0
         while sub.last < n and got < quota:
             f = await recv_timeout(ws, 20, "subscriber %d (raw) message %d" % (sub.idx, sub.last + 1))
@@ -236,13 +237,14 @@ async def run_raw_sub(s, t, n, sub, rnd, deadline):
             await ws.close()
         else:
             ws.transport.abort()
+        await asyncio.wait_for(ws.wait_closed(), 10)
 
 
 async def publisher(s, t, n, start, rnd):
     c = await jconnect(s)
     i = start
     while i <= n:
-        k = min(rnd.choice([1, 10, 50, 100]), n - i + 1)
+        k = min(rnd.choice([1, 5, 10, 20]), n - i + 1)
         for j in range(k):
             await c.send({"op": "pub", "id": i + j, "topic": t, "data": {"n": i + j}})
         for j in range(k):
@@ -250,7 +252,7 @@ async def publisher(s, t, n, start, rnd):
             if r.get("op") != "ack" or r.get("id") != i + j or r.get("offset") != i + j:
                 raise Fail("publisher: pub %d expected ack with offset %d, got %r" % (i + j, i + j, r))
         i += k
-        await asyncio.sleep(rnd.random() * 0.004)
+        await asyncio.sleep(rnd.random() * 0.05)
     await c.close()
 
 
@@ -281,7 +283,7 @@ async def test_random_disconnect_resume():
     say("# %d subscribers, %d connections in all, every one got 1..%d in order" % (len(subs), conns, n))
     for sb in subs:
         expect_eq(sb.last, n, "subscriber %d (%s) last offset" % (sb.idx, sb.kind))
-    check(conns >= 3 * len(subs), "the test reconnected too little (%d connections)" % conns)
+    check(conns >= 10 * len(subs), "the test reconnected too little (%d connections)" % conns)
 
 
 if __name__ == "__main__":
