@@ -16,7 +16,7 @@ import resource
 import time
 
 from gwtest import (Fail, FrameParser, check, expect_eq, http, jconnect, main, metric_sum, metrics, publish,
-                    rconnect, recv_timeout, say, shared, topic, wait_for, ws_head)
+                    rconnect, recv_timeout, say, shared, topic, wait_for, ws_head, await_for)
 
 NSUBS = int(os.environ.get("DX_GW_SUBS", "10000"))
 NMSG = 3
@@ -119,8 +119,8 @@ async def test_10k_subscribers():
     say("# /metrics raw connections: %s" % rc)
     for sb in subs:
         sb.tr.close()
-    wait_for(lambda: http(s, "GET", "/api/presence?topic=" + t).json().get("count") == 0, 30,
-             "presence to drop to 0 after the %d subscribers left" % NSUBS)
+    await await_for(lambda: http(s, "GET", "/api/presence?topic=" + t).json().get("count") == 0, 30,
+                    "presence to drop to 0 after the %d subscribers left" % NSUBS)
 
 
 async def test_multiworker_same_order():
