@@ -306,6 +306,17 @@ async def handshake_status(srv, path, subprotocols=None):
     return 101
 
 
+async def handshake_status_origin(srv, path, origin, subprotocols=None):
+    """The status of a WebSocket handshake sent with `Origin: origin`."""
+    try:
+        ws = await websockets.connect(srv.url(path), subprotocols=subprotocols, origin=origin, open_timeout=10,
+                                      ping_interval=None, close_timeout=1)
+    except websockets.exceptions.InvalidStatusCode as e:
+        return e.status_code
+    await ws.close()
+    return 101
+
+
 async def recv_timeout(ws, timeout, what):
     try:
         return await asyncio.wait_for(ws.recv(), timeout)

@@ -265,11 +265,19 @@ async def test_patterns_star_and_gt():
     # a bare ">" matches every topic but user: ones
     c2 = await jconnect(s)
     await c2.sub(">")
+    c3 = await jconnect(s)
+    await c3.sub("*")
     publish(s, "user:bob", "private")
+    publish(s, "user:bob.x", "private")
     t = topic("any")
     publish(s, t, "public")
     m = await c2.msg()
     check_msg(m, t, data="public", pattern=">", what="'>' subscriber (a user: message must not come first)")
+    t1 = topic("one").replace(".", "_")  # one segment, like user:bob
+    publish(s, t1, "single")
+    m = await c3.msg()
+    check_msg(m, t1, data="single", pattern="*", what="'*' subscriber (user:bob is one segment: it must not come first)")
+    await c3.close()
     await c.close()
     await c2.close()
 
@@ -413,6 +421,71 @@ async def test_api_key_not_needed_on_ws():
     await c.close()
 
 
+async def test_origin():
+    """No configuration: requests without Origin are accepted (all the
+    tests above), a browser's Origin must match Host."""
+    s = srv()
+    host = "127.0.0.1:%d" % s.port
+    c = await jconnect(s, origin="http://" + host)
+    await c.alive()
+    await c.close()
+    for bad in ("http://evil.example", "http://127.0.0.1:1", "null"):
+        from gwtest import handshake_status_origin
+        got = await handshake_status_origin(s, "/ws", bad, ["duplex.v1"])
+        expect_eq(got, 403, "GET /ws (JSON dialect) with Origin %s and Host %s" % (bad, host))
+        got = await handshake_status_origin(s, "/ws?subscribe=a", bad, None)
+        expect_eq(got, 403, "GET /ws?subscribe=a (raw) with Origin %s and Host %s" % (bad, host))
+
+
+async def test_startup_line_and_demo():
+    """`duplex serve` with no auth says it runs open; --demo publishes
+    {"n","t","price"} on demo.ticker every --demo-interval."""
+    import time as _t
+    s = shared("--demo", "--demo-interval", "100ms")
+    check("development" in s.log(), "no startup line saying the gateway runs open for development:\n" + s.log()[:2000])
+    c = await jconnect(s)
+    a = await c.sub("demo.ticker")
+    check_sub_ack(a, "demo.ticker", recovered=False)
+    got = await c.msgs(3, timeout=5, what="demo.ticker messages")
+    now = _t.time() * 1000
+    for i, m in enumerate(got):
+        check_msg(m, "demo.ticker", offset=a["offset"] + 1 + i, what="demo ticker")
+        d = m.get("data")
+        check(isinstance(d, dict) and isinstance(d.get("n"), int) and isinstance(d.get("t"), int)
+              and isinstance(d.get("price"), (int, float)) and not isinstance(d.get("price"), bool),
+              "demo.ticker data: expected {n:int, t:unix ms, price:number}, got %r" % d)
+        check(abs(d["t"] - now) < 60000, "demo.ticker t=%r is not the current unix time in ms (%d)" % (d["t"], now))
+    expect_eq([m["data"]["n"] for m in got], [got[0]["data"]["n"] + i for i in range(3)], "demo.ticker n counts up")
+    await c.close()
+
+
+async def test_graceful_stop_1012():
+    """A graceful stop closes gateway connections with 1012 (service
+    restart) and /echo ones with 1001."""
+    import websockets as _w
+    from gwtest import Serve, expect_closed, rconnect
+    s = Serve()
+    j = await jconnect(s)
+    await j.sub(topic("stop"))
+    r = await rconnect(s, "subscribe=" + topic("stop"))
+    e = await _w.connect(s.url("/echo"), open_timeout=10, ping_interval=None)
+    import os as _os
+    import signal as _sig
+    _os.kill(s.proc.pid, _sig.SIGTERM)
+    await expect_closed(j.ws, 1012, 10, "a JSON-dialect connection when the server stops gracefully")
+    await expect_closed(r, 1012, 10, "a raw-dialect connection when the server stops gracefully")
+    await expect_closed(e, 1001, 10, "an /echo connection when the server stops gracefully")
+    s.stop()
+
+
+async def test_message_too_big_1009():
+    s = srv()
+    c = await jconnect(s)
+    await c.send('{"op":"pub","topic":"big","data":"%s"}' % ("x" * (1 << 20)))
+    from gwtest import expect_closed
+    await expect_closed(c.ws, 1009, 10, "a JSON frame over --max-message (1 MiB)")
+
+
 if __name__ == "__main__":
     main([
         test_subprotocol_and_sub_ack_fields,
@@ -433,4 +506,8 @@ if __name__ == "__main__":
         test_unsub_bad_topic_4400,
         test_max_subs_4413,
         test_api_key_not_needed_on_ws,
+        test_origin,
+        test_startup_line_and_demo,
+        test_message_too_big_1009,
+        test_graceful_stop_1012,
     ], timeout_each=60)
