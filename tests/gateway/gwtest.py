@@ -222,6 +222,27 @@ def publish(srv, t, body, ctype="text/plain", key=KEY):
     return j
 
 
+def publish_many(srv, t, bodies, ctype="text/plain"):
+    """Publishes each body on t over keep-alive connections (reopened when
+    the server ends one); returns the offsets."""
+    c = httpclient.HTTPConnection("127.0.0.1", srv.port, timeout=20)
+    offs = []
+    try:
+        for b in bodies:
+            c.request("POST", "/api/publish?topic=" + q(t), body=b,
+                      headers={"Authorization": "Bearer " + KEY, "Content-Type": ctype})
+            r = c.getresponse()
+            data = r.read()
+            if r.status != 200:
+                raise Fail("POST /api/publish?topic=%s: %d %r" % (t, r.status, data[:200]))
+            offs.append(json.loads(data)["offset"])
+            if (r.getheader("Connection") or "").lower() == "close":
+                c.close()
+    finally:
+        c.close()
+    return offs
+
+
 def history(srv, t, since=None, limit=None):
     p = "/api/history?topic=" + q(t)
     if since is not None:

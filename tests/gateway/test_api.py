@@ -23,7 +23,7 @@ import json
 import socket
 
 from gwtest import (KEY, Fail, Serve, check, check_msg, expect_eq, expect_error, expect_status, http, jconnect,
-                    main, metric_sum, metrics, publish, q, rconnect, recv_timeout, say, shared, topic, await_for)
+                    main, metric_sum, metrics, publish, publish_many, q, rconnect, recv_timeout, say, shared, topic, await_for)
 
 
 def srv():
@@ -220,6 +220,29 @@ def test_history():
     expect_error(http(s, "GET", "/api/history"), 400, "history without topic")
 
 
+def test_history_default_retention():
+    """No configuration: a topic keeps its last 1,000 messages; a since
+    below the oldest retained starts at the oldest."""
+    s = srv()
+    t = topic("ret")
+    offs = publish_many(s, t, ["m%d" % i for i in range(1, 1006)])
+    expect_eq(offs, list(range(1, 1006)), "offsets of 1005 publishes")
+    h = http(s, "GET", "/api/history?topic=%s&limit=1000" % t).json()
+    expect_eq([m["offset"] for m in h["messages"]], list(range(6, 1006)), "default history: the last 1000")
+    h = http(s, "GET", "/api/history?topic=%s&since=3&limit=2" % t).json()
+    expect_eq([m["offset"] for m in h["messages"]], [6, 7], "since below the oldest retained: from the oldest")
+
+
+async def test_echo_endpoint():
+    import websockets as _w
+    s = srv()
+    e = await _w.connect(s.url("/echo"), open_timeout=10, ping_interval=None, max_size=None)
+    for x in ("text ✓", b"\x00bin", "", b"x" * 70000):
+        await e.send(x)
+        expect_eq(await recv_timeout(e, 10, "the echo of %r" % (x[:10],)), x, "/echo")
+    await e.close()
+
+
 def test_history_limit_cap():
     s = shared("--history", "2000")
     t = topic("acap")
@@ -336,9 +359,11 @@ if __name__ == "__main__":
         test_env_api_key,
         test_keepalive_2000_publishes,
         test_history,
+        test_history_default_retention,
         test_history_limit_cap,
         test_presence,
         test_disconnect_user,
         test_healthz,
+        test_echo_endpoint,
         test_metrics_move,
     ], timeout_each=90)

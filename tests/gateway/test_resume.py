@@ -109,6 +109,8 @@ async def test_trimmed_by_count():
     e = fill(s, t, 20)["epoch"]
     h = history(s, t)
     expect_eq([m["offset"] for m in h["messages"]], [16, 17, 18, 19, 20], "--history 5: retained offsets")
+    h = history(s, t, since=3)
+    expect_eq([m["offset"] for m in h["messages"]], [16, 17, 18, 19, 20], "--history 5, since=3: from the oldest")
     c = await jconnect(s)
     a = await c.sub(t, since={"offset": 14, "epoch": e})  # 15 was trimmed
     check_sub_ack(a, t, offset=20, epoch=e, recovered=False)

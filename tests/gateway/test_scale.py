@@ -172,8 +172,28 @@ async def test_multiworker_same_order():
         await w.close()
 
 
+async def test_one_ip_1000_connections():
+    """No configuration: per-IP limits allow local testing, at least 1,000
+    connections and 200 handshakes per second from one address."""
+    s = shared(workers=2)
+    t = topic("oneip")
+    loop = asyncio.get_running_loop()
+    sem = asyncio.Semaphore(250)
+    t0 = time.monotonic()
+    subs = await asyncio.gather(*(open_light(loop, s.port, "/ws?subscribe=" + t, "127.0.0.1", sem)
+                                  for _ in range(1000)))
+    dt = time.monotonic() - t0
+    say("# 1000 connections from 127.0.0.1 in %.2f s (%.0f handshakes/s)" % (dt, 1000 / dt))
+    expect_eq(http(s, "GET", "/api/presence?topic=" + t).json().get("count"), 1000, "presence of 1000 subscribers")
+    for sb in subs:
+        sb.tr.close()
+    await await_for(lambda: http(s, "GET", "/api/presence?topic=" + t).json().get("count") == 0, 30,
+                    "the 1000 subscribers to leave")
+
+
 if __name__ == "__main__":
     main([
         test_multiworker_same_order,
+        test_one_ip_1000_connections,
         test_10k_subscribers,
     ], timeout_each=110)
