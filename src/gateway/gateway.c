@@ -453,6 +453,7 @@ static void deliver_one(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, const cha
         if (held_push(g, t, e, NULL, dx__gw_entry_len(e)) != 0 || g->heldbytes > k->gw->o.sub_queue) {
             gw_inc(&k->m.drops[GW_DROP_SLOW_CLOSE], 1);
             g->closing = true;
+            g->overflowed = true; /* refused 503 if still deferred, else closed 1013 at on_open */
             g->fail_status = 503;
         }
         return;
@@ -471,35 +472,46 @@ static void deliver_one(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, const cha
 }
 
 /* Sends what was held while g could not take it (not open yet, or
- * drop-oldest backlog), as far as the budget allows. */
+ * drop-oldest backlog), in order, as far as the budget allows; the rest
+ * waits for on_drain. */
 void gw_flush_held(gw_conn *g)
 {
     gw_worker *k = g->k;
     while (g->nheld && !g->closing && g->open) {
         gw_held *h = &g->held[g->headheld];
-        if (h->m) {
-            size_t need = dx_msg_len(h->m) + 14;
-            if (g->dialect != GW_SSE && dx_conn_buffered(g->c) + need > k->gw->o.sub_queue)
-                return; /* on_drain comes back */
-            if (g->ngaps)
-                gaps_send(g, h->t);
-            if (dx_conn_send_msg(g->c, h->m) != 0) {
-                g->closing = true;
-                return;
-            }
-            gw_inc(&k->m.deliveries, 1);
-            g->heldbytes -= dx_msg_len(h->m);
+        if (g->dialect == GW_SSE) {
             gw_held x = held_pop(g);
+            g->heldbytes -= held_bytes(&x);
+            gw_sse_deliver(g, x.t, x.e);
             dx__bus_topic_unref(x.t);
             dx__gw_entry_unref(x.e);
             dx_msg_unref(x.m);
             continue;
         }
+        dx_msg *m = h->m ? h->m : g->dialect == GW_RAW ? raw_frame(h->e) : json_frame(k, h->t, h->e, NULL, 0);
+        if (!m) {
+            gw_inc(&k->m.drops[GW_DROP_ERROR], 1);
+            conn_close(g, 1011, "out of memory");
+            return;
+        }
+        if (dx_conn_buffered(g->c) + dx_msg_len(m) + 14 > k->gw->o.sub_queue) {
+            if (!(g->dialect == GW_JSON && k->gw->o.slow_policy == DX_GW_SLOW_DROP_OLDEST))
+                slow_close(g);
+            return; /* drop-oldest: on_drain comes back */
+        }
+        if (g->ngaps)
+            gaps_send(g, h->t);
+        int rc = dx_conn_send_msg(g->c, m);
         gw_held x = held_pop(g);
-        g->heldbytes -= dx__gw_entry_len(x.e);
-        deliver_one(g, x.t, x.e, NULL, 0);
+        g->heldbytes -= held_bytes(&x);
         dx__bus_topic_unref(x.t);
         dx__gw_entry_unref(x.e);
+        dx_msg_unref(x.m);
+        if (rc) {
+            g->closing = true;
+            return;
+        }
+        gw_inc(&k->m.deliveries, 1);
     }
     if (!g->nheld && g->ngaps && !g->closing && g->c)
         gaps_send(g, NULL);
@@ -625,6 +637,8 @@ static void sub_done(void *ud, int err, dx__bus_topic *t, dx__gw_snapshot *snap)
             send_scratch(g);
     }
     s->last = snap->recovered ? snap->offset - snap->n : snap->offset;
+    s->ack_offset = snap->offset;
+    s->ack_recovered = snap->recovered;
     (void)dx__gw_stitch_history(&s->st, snap);
     dx__gw_stitch_deinit(&s->st);
     if (g->dialect != GW_JSON && --g->waiting == 0)
@@ -1127,8 +1141,14 @@ static int raw_upgrade(gw_worker *k, dx_request *req)
             break;
         }
     }
-    if (--g->waiting == 0)
-        gw_conn_ready(g);
+    if (--g->waiting == 0) { /* nothing pending (patterns only): answer from the loop, not in here */
+        g->refs++;
+        if (dx_loop_post_ex(k->loop, ready_post, ready_drop, g) != 0) {
+            g->refs--;
+            g->fail_status = 503;
+            gw_conn_ready(g);
+        }
+    }
     return DX_UPGRADE_DEFER;
 }
 
@@ -1202,13 +1222,14 @@ static void on_open(dx_conn *c, void *ud)
     g->id = dx_conn_id(c);
     g->open = true;
     gw_inc(&k->m.conns[g->dialect], 1);
-    if (g->closing && !g->gone) { /* overflowed while the 101 was on its way */
+    if (k->stopping) {
         g->closing = false;
-        slow_close(g);
+        conn_close(g, 1012, "service restart");
         return;
     }
-    if (k->stopping) {
-        conn_close(g, 1012, "service restart");
+    if (g->overflowed) { /* more arrived than the budget while the 101 was on its way */
+        g->closing = false;
+        conn_close(g, 1013, "slow consumer");
         return;
     }
     gw_flush_held(g);
@@ -1366,6 +1387,7 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
         k->index = i;
         dx_list_init(&k->conns);
         dx_buf_init(&k->scratch, NULL);
+        dx_buf_init(&k->scratch2, NULL);
         if ((e = dx__gw_topic_index_new(NULL, &k->ix)) != 0)
             goto fail;
     }
@@ -1462,8 +1484,6 @@ void dx_gateway_free(dx_gateway *gw)
             gw_conn *g = dx_list_entry(it, gw_conn, node);
             if (g->c)
                 dx_conn_set_user(g->c, NULL); /* the server, freed after, finds no gw_conn */
-            if (g->dialect == GW_SSE)
-                gw_sse_close(g, "gateway freed");
             gw_conn_gone(g);
         }
         if (k->tick)
@@ -1478,6 +1498,7 @@ void dx_gateway_free(dx_gateway *gw)
         pcache_reset(k);
         dx__gw_topic_index_free(k->ix);
         dx_buf_deinit(&k->scratch);
+        dx_buf_deinit(&k->scratch2);
     }
     dx__free(NULL, gw->w);
     free(gw->api_key);

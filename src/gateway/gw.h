@@ -81,6 +81,8 @@ typedef struct gw_sub {
     dx__gw_stitch st;      /* while pending */
     dx__bus_topic *t;      /* after the completion (SSE ids, gaps): name + epoch */
     uint64_t last;         /* SSE: last offset delivered */
+    uint64_t ack_offset;   /* SSE: the subscribe's answer, for its ack event */
+    bool ack_recovered;
     bool has_id;
     uint64_t id;           /* JSON: the sub request's id, for the ack */
 } gw_sub;
@@ -107,6 +109,7 @@ struct gw_conn {
     bool closing;          /* closed by us, or gone: deliver nothing more */
     bool gone;             /* on_close came / the stream ended: c and s are invalid */
     bool paused;           /* reading paused: too many publishes in flight */
+    bool overflowed;       /* more held before opening than the budget */
     dx_conn *c;            /* WebSocket dialects, once open */
     dx_upgrade *up;        /* raw dialect: the deferred upgrade until its subscriptions are in */
     struct dx_http_stream *s; /* SSE */
@@ -127,6 +130,7 @@ struct gw_conn {
     gw_gap *gaps;
     size_t ngaps, capgaps;
     uint64_t id;           /* log lines */
+    uint64_t last_write_ms; /* SSE: for heartbeats */
 };
 
 /* Frames built once per delivered entry, per pattern (JSON `pattern`). */
@@ -147,7 +151,7 @@ struct gw_worker {
     dx_timer *demo;         /* worker 0 with --demo */
     uint64_t demo_n;
     bool stopping;
-    dx_buf scratch;
+    dx_buf scratch, scratch2;
     gw_pcache pc[8];
     size_t npc;
     gw_metrics m;
