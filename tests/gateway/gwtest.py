@@ -777,8 +777,10 @@ class SSE:
         self.raw = bytearray(rest)  # bytes as received (maybe chunked)
         self.text = bytearray()  # the event stream itself
         self.comments = []
+        self.others = []  # events other than msg
         self.eof = False
         self.query = query
+        self._dechunk()  # what came with the head
 
     def _dechunk(self):
         if not self.chunked:
@@ -854,9 +856,15 @@ class SSE:
     def msg(self, timeout=10, what="an SSE msg event"):
         """The next event, checked: `event: msg`, one `data:` line holding a
         msg object, an `id:`; returns (msg dict, id string)."""
-        ev = self.event(timeout, what)
-        if ev is None:
-            raise Fail("SSE ?%s: the stream ended while waiting for %s" % (self.query, what))
+        deadline = time.monotonic() + timeout
+        while True:
+            ev = self.event(max(0.01, deadline - time.monotonic()), what)
+            if ev is None:
+                raise Fail("SSE ?%s: the stream ended while waiting for %s" % (self.query, what))
+            if ev.get("event") in ("ack",) and "id" not in ev:
+                self.others.append(ev)  # an extension (docs/gateway.md): one ack per topic at the start
+                continue
+            break
         check(ev.get("event") == "msg", "SSE event without 'event: msg': %r" % ev)
         check(len(ev["data"]) == 1, "SSE msg event with %d data lines (expected one): %r" % (len(ev["data"]), ev))
         try:
@@ -874,7 +882,7 @@ class SSE:
                 raise Fail("SSE stream ended while waiting for heartbeat comments")
             if ln.startswith(":"):
                 self.comments.append((time.monotonic(), ln))
-            elif ln:
+            elif ln.startswith("event:") and ln[6:].strip() == "msg":
                 raise Fail("SSE: expected only heartbeat comments on an idle stream, got %r" % ln)
 
     def close(self):
