@@ -46,6 +46,8 @@ async def test_publish_kinds():
         ("image/png", b"\x89PNG", {"b64": b"\x89PNG"}),
         (None, b"\xff\xfe no type", {"b64": b"\xff\xfe no type"}),
         ("application/x-www-form-urlencoded", b"a=1", {"b64": b"a=1"}),
+        ("Application/JSON", b"[1]", {"data": [1]}),  # media types are case-insensitive (RFC 9110 8.3.1)
+        ("Text/Plain", b"hi", {"data": "hi"}),
     ]
     for ctype, body, want in cases:
         p = publish(s, t, body, ctype)
@@ -218,6 +220,8 @@ def test_history():
     for bad in ("a.*", ">", "a..b", "y" * 201):
         expect_error(http(s, "GET", "/api/history?topic=" + q(bad)), 400, "history of %r" % bad[:20])
     expect_error(http(s, "GET", "/api/history"), 400, "history without topic")
+    for bad in ("since=abc", "since=-1", "limit=abc", "limit=-1", "since=1e3"):
+        expect_error(http(s, "GET", "/api/history?topic=%s&%s" % (t, bad)), 400, "history with %s" % bad)
 
 
 def test_history_default_retention():

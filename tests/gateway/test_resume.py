@@ -170,6 +170,29 @@ async def test_since_in_sub_of_already_subscribed():
     await c.close()
 
 
+async def test_restart_changes_epoch():
+    """The in-memory store restarted: the epoch changes and offsets start
+    again at 1; a resume with the old epoch is not recovered."""
+    from gwtest import Serve
+    s1 = Serve()
+    t = topic("restart")
+    e1 = fill(s1, t, 3)["epoch"]
+    s1.stop()
+    s2 = Serve()
+    try:
+        c = await jconnect(s2)
+        a = await c.sub(t, since={"offset": 3, "epoch": e1})
+        check(a.get("recovered") is False and a.get("epoch") != e1,
+              "resume with the epoch of a server that restarted: expected recovered false and a new epoch, got %r" % a)
+        p = publish(s2, t, "fresh")
+        expect_eq(p["offset"], 1, "first offset after a restart")
+        check(p["epoch"] != e1, "the epoch did not change across a restart (%s)" % e1)
+        check_msg(await c.msg(), t, offset=1, epoch=p["epoch"], data="fresh", what="live after the restart")
+        await c.close()
+    finally:
+        s2.stop()
+
+
 # ---------------------------------------------------------------- randomized
 
 
@@ -297,5 +320,6 @@ if __name__ == "__main__":
         test_trimmed_by_count,
         test_trimmed_by_age,
         test_since_in_sub_of_already_subscribed,
+        test_restart_changes_epoch,
         test_random_disconnect_resume,
     ], timeout_each=110)
