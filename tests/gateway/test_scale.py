@@ -134,6 +134,7 @@ async def test_multiworker_same_order():
     rsubs = [await rconnect(s, "subscribe=" + t) for _ in range(10)]
     wait_for(lambda: http(s, "GET", "/api/presence?topic=" + t).json().get("count") == 50, 10, "50 subscribers")
     acks = {}
+    m0 = metrics(s)
 
     async def pubber(k):
         c = await jconnect(s)
@@ -166,6 +167,15 @@ async def test_multiworker_same_order():
         if got != wantraw:
             k = next(j for j in range(total) if got[j] != wantraw[j])
             raise Fail("raw subscriber %d: at position %d expected %r, got %r" % (i, k, wantraw[k], got[k]))
+    # (informational) how the connections spread: the log's conn ids are
+    # numbered per worker (id % workers), and the hand-offs count one per
+    # worker that has subscribers, per publish
+    import re
+    ids = [int(x) for x in re.findall(r"conn=(\d+) open remote=\S+ path=/ws", s.log())]
+    m1 = metrics(s)
+    h = metric_sum(m1, "handoffs_total")[0] - metric_sum(m0, "handoffs_total")[0]
+    say("# /ws connections by conn id %% 2: %d even, %d odd; hand-offs per publish: %.2f"
+        % (sum(1 for i in ids if i % 2 == 0), sum(1 for i in ids if i % 2), h / total))
     for c in jsubs:
         await c.close()
     for w in rsubs:
