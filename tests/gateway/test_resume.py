@@ -4,15 +4,15 @@ guarantees" state it, against a real `duplex serve`:
   - since with the current epoch and N+1 retained: recovered true, the ack
     has the current offset and epoch, exactly N+1..current in order, then
     live messages with no gap and no duplicate; N = current: recovered true,
-    live only;
+    live only; a server restart changes the epoch (offsets from 1 again);
   - another epoch, N ahead of the current offset, N+1 trimmed by
     --history (count) or --history-age (age): recovered false with the
     current offset and epoch, and only live messages;
   - randomized (seeded, the seed printed; DX_GW_SEED=n replays): a publisher
-    publishes thousands of messages while JSON- and raw-dialect subscribers
-    disconnect at random points (clean close, abort, stop reading) and
-    resubscribe with since; every subscriber ends with 1..N exactly once, in
-    order. With --workers 2 and hundreds of connections, which SO_REUSEPORT
+    publishes 3,000 messages while 12 JSON-dialect, 4 raw-dialect and 4 SSE
+    subscribers disconnect at random points (clean close, abort, stop
+    reading) and resubscribe with since (SSE: Last-Event-ID); every
+    subscriber ends with 1..N exactly once, in order. With --workers 2 and hundreds of connections, which SO_REUSEPORT
     spreads over both workers.
 """
 import asyncio
@@ -265,6 +265,74 @@ async def run_raw_sub(s, t, n, sub, rnd, deadline):
         await asyncio.wait_for(ws.wait_closed(), 10)
 
 
+async def sse_events(reader):
+    """Yields (event dict) from a chunked text/event-stream on an asyncio reader."""
+    text = b""
+    while True:
+        size_line = await reader.readline()
+        if not size_line:
+            return
+        n = int(size_line.split(b";")[0], 16)
+        if n == 0:
+            return
+        text += await reader.readexactly(n)
+        await reader.readexactly(2)
+        while b"\n\n" in text:
+            block, text = text.split(b"\n\n", 1)
+            ev = {"data": []}
+            for ln in block.decode().split("\n"):
+                if ln.startswith(":") or not ln:
+                    continue
+                k, _, v = ln.partition(":")
+                v = v[1:] if v.startswith(" ") else v
+                if k == "data":
+                    ev["data"].append(v)
+                else:
+                    ev[k] = v
+            yield ev
+
+
+async def run_sse_sub(s, t, n, sub, rnd, deadline):
+    """An SSE subscriber resuming with Last-Event-ID (the first time with
+    ?since=t:0)."""
+    last_id = None
+    while sub.last < n:
+        check(time.monotonic() < deadline, "subscriber %d (SSE) stuck at %d of %d" % (sub.idx, sub.last, n))
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+        sub.conns += 1
+        q = "subscribe=%s" % t + ("" if last_id else "&since=%s:0" % t)
+        hdr = ("Last-Event-ID: %s\r\n" % last_id) if last_id else ""
+        writer.write(("GET /sse?%s HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n%s\r\n" % (q, hdr)).encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        check(b" 200 " in head.split(b"\r\n")[0] and b"chunked" in head.lower(),
+              "subscriber %d (SSE): GET /sse?%s with Last-Event-ID %r: %r" % (sub.idx, q, last_id, head[:200]))
+        quota = rnd.choice([0, 1, 5, 20, 50, 100, 300])
+        got = 0
+        it = sse_events(reader).__aiter__()
+        while sub.last < n and got < quota:
+            try:
+                ev = await asyncio.wait_for(it.__anext__(), 20)
+            except StopAsyncIteration:
+                raise Fail("subscriber %d (SSE): the stream ended after %d" % (sub.idx, sub.last))
+            if ev.get("event") != "msg":
+                continue
+            m = json.loads(ev["data"][0])
+            if m.get("offset") != sub.last + 1 or m.get("data") != {"n": sub.last + 1}:
+                raise Fail("subscriber %d (SSE, Last-Event-ID %r): after %d expected offset %d, got %r"
+                           % (sub.idx, last_id, sub.last, sub.last + 1, m))
+            sub.last += 1
+            last_id = ev.get("id")
+            got += 1
+        if rnd.random() < 0.5:
+            writer.close()
+        else:
+            writer.transport.abort()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), 10)
+        except (ConnectionError, OSError):
+            pass
+
+
 async def publisher(s, t, n, start, rnd):
     c = await jconnect(s)
     i = start
@@ -291,15 +359,17 @@ async def test_random_disconnect_resume():
     first = publish(s, t, '{"n":1}', "application/json")
     expect_eq(first["offset"], 1, "first publish")
     epoch = first["epoch"]
-    subs = [Sub(i, "json" if i < 12 else "raw") for i in range(16)]
+    subs = [Sub(i, "json" if i < 12 else "raw" if i < 16 else "sse") for i in range(20)]
     deadline = time.monotonic() + 90
     tasks = [publisher(s, t, n, 2, random.Random(rnd.random()))]
     for sb in subs:
         r2 = random.Random(rnd.random())
         if sb.kind == "json":
             tasks.append(run_json_sub(s, t, epoch, n, sb, r2, deadline))
-        else:
+        elif sb.kind == "raw":
             tasks.append(run_raw_sub(s, t, n, sb, r2, deadline))
+        else:
+            tasks.append(run_sse_sub(s, t, n, sb, r2, deadline))
     res = await asyncio.gather(*tasks, return_exceptions=True)
     for r in res:
         if isinstance(r, BaseException):
