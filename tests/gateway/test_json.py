@@ -16,7 +16,11 @@ websockets clients:
   - errors, each answered with err and the connection surviving: bad JSON,
     not an object, missing/bad fields, bad id, unknown op (4404), a binary
     frame (4400), bad and oversize topics, publish to a pattern (4400),
-    user:bob anonymously (4403), over --max-subs (4413).
+    user:bob anonymously (4403), over --max-subs (4413);
+  - no configuration: Origin must match Host, the startup line says the
+    gateway runs open; --demo's ticker; a frame over 1 MiB closes 1009; a
+    graceful stop closes gateway connections 1012 and /echo ones 1001;
+  - the fan-out cases again on --workers 2 (NAME_2workers).
 """
 import base64
 import json
@@ -25,8 +29,25 @@ from gwtest import (check, check_msg, check_sub_ack, expect_eq, http, jconnect, 
                     rconnect, recv_timeout, shared, topic)
 
 
+W = 1  # workers of the shared server the cases use
+
+
 def srv():
-    return shared()
+    return shared(workers=W)
+
+
+def on_two_workers(f):
+    """The same case against a `--workers 2` server (connections spread over
+    both by SO_REUSEPORT: fan-out, patterns and presence across workers)."""
+    async def g():
+        global W
+        W = 2
+        try:
+            await f()
+        finally:
+            W = 1
+    g.__name__ = f.__name__ + "_2workers"
+    return g
 
 
 async def test_subprotocol_and_sub_ack_fields():
@@ -510,4 +531,13 @@ if __name__ == "__main__":
         test_startup_line_and_demo,
         test_message_too_big_1009,
         test_graceful_stop_1012,
-    ], timeout_each=60)
+    ] + [on_two_workers(f) for f in (
+        test_subprotocol_and_sub_ack_fields,
+        test_kinds_delivered,
+        test_resubscribe_acks_again_no_duplicate,
+        test_unsub,
+        test_presence_ack,
+        test_patterns_star_and_gt,
+        test_at_most_once_overlapping,
+        test_max_subs_4413,
+    )], timeout_each=60)
