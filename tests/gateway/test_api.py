@@ -93,6 +93,25 @@ async def test_publish_400s():
     await c.close()
 
 
+async def test_publish_chunked_body():
+    """A body sent with Transfer-Encoding: chunked (what a backend streaming
+    stdin sends) is published like any other."""
+    s = srv()
+    t = topic("chunk")
+    c = await jconnect(s)
+    await c.sub(t)
+    conn = httpclient.HTTPConnection("127.0.0.1", s.port, timeout=20)
+    conn.request("POST", "/api/publish?topic=" + t, body=iter([b'{"a":', b'[1,2]', b"}"]),
+                 headers={"Authorization": "Bearer " + KEY, "Content-Type": "application/json"},
+                 encode_chunked=True)
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    check(r.status == 200, "POST /api/publish with a chunked body: %d %r" % (r.status, body[:200]))
+    check_msg(await c.msg(), t, offset=1, data={"a": [1, 2]}, what="chunked publish")
+    await c.close()
+
+
 def test_publish_size_limit():
     s = srv()
     t = topic("a413")
@@ -356,6 +375,7 @@ if __name__ == "__main__":
     main([
         test_publish_kinds,
         test_publish_400s,
+        test_publish_chunked_body,
         test_publish_size_limit,
         test_api_key_401_first,
         test_api_404_405_with_key,

@@ -25,7 +25,7 @@ websockets clients:
 import base64
 import json
 
-from gwtest import (check, check_msg, check_sub_ack, expect_eq, http, jconnect, main, publish,
+from gwtest import (check, check_msg, check_sub_ack, expect_eq, http, jconnect, main, publish, q,
                     rconnect, recv_timeout, shared, topic)
 
 
@@ -343,6 +343,49 @@ async def test_at_most_once_overlapping():
     await pats.close()
 
 
+async def test_exact_wins_then_pattern():
+    """The `pattern` field follows the subscriptions held at the time:
+    exact + pattern -> no pattern; exact dropped -> pattern; both dropped ->
+    nothing."""
+    s = srv()
+    base = topic("ew")
+    t = base + ".x"
+    c = await jconnect(s)
+    await c.sub(t)
+    await c.sub(base + ".*")
+    publish(s, t, "1")
+    check_msg(await c.msg(), t, data="1", what="exact + pattern")
+    await c.ack("unsub", topic=t)
+    publish(s, t, "2")
+    check_msg(await c.msg(), t, data="2", pattern=base + ".*", what="pattern only, after unsub of the exact topic")
+    await c.ack("unsub", topic=base + ".*")
+    publish(s, t, "3")
+    u = topic("ewend")
+    await c.sub(u)
+    publish(s, u, "end")
+    check_msg(await c.msg(), u, data="end", what="nothing from the unsubscribed pattern before the sentinel")
+    await c.quiet()
+    await c.close()
+
+
+async def test_topic_charset():
+    """Every byte of [A-Za-z0-9_.:@/-] is allowed in a topic."""
+    s = srv()
+    t = topic("cs") + ".AZaz09_:@/-.x-y/z@w:v"
+    c = await jconnect(s)
+    check_sub_ack(await c.sub(t), t, offset=0, recovered=False)
+    await c.ack("pub", topic=t, data="ws")
+    check_msg(await c.msg(), t, offset=1, data="ws")
+    publish(s, t, "api")
+    check_msg(await c.msg(), t, offset=2, data="api", what="API publish to %s (percent-encoded)" % t)
+    raw = await rconnect(s, "subscribe=" + q(t))
+    publish(s, t, "raw")
+    check_msg(await c.msg(), t, offset=3, data="raw")
+    expect_eq(await recv_timeout(raw, 10, "raw"), "raw", "raw subscriber with a percent-encoded topic")
+    await raw.close()
+    await c.close()
+
+
 async def test_user_topic_forbidden():
     c = await jconnect(srv())
     await c.err("sub", 4403, topic="user:bob")
@@ -521,6 +564,8 @@ if __name__ == "__main__":
         test_patterns_star_and_gt,
         test_pattern_since_and_pub_4400,
         test_at_most_once_overlapping,
+        test_exact_wins_then_pattern,
+        test_topic_charset,
         test_user_topic_forbidden,
         test_malformed_requests_survive,
         test_topic_length,

@@ -11,7 +11,8 @@ tests/gateway/test_raw.py: the raw dialect of GATEWAY.md
   - a bad topic in the query, or a pattern in publish -> 400; user:bob -> 403;
   - the subscriptions are active at the 101: a message published right after
     the handshake completes (from another client, via another worker) arrives;
-  - since=t:17 resumes with the current epoch (and since ahead / none).
+  - since=t:17 (and t:19,u:0 on two topics) resumes with the current epoch;
+    since = current or ahead: live only.
 """
 import asyncio
 import json
@@ -188,6 +189,12 @@ async def test_raw_since():
     ws = await rconnect(s, "subscribe=%s&since=%s:0" % (t, t))
     got = await recv_n(ws, 21, "since=t:0")
     expect_eq(got, ["m%d" % i for i in range(1, 22)], "since=t:0: everything retained")
+    await ws.close()
+    ws = await rconnect(s, "subscribe=%s,%s&since=%s:19,%s:0" % (t, u, t, u))
+    got = await recv_n(ws, 4, "since=t:19,u:0")
+    expect_eq(sorted(got), ["m20", "m21", "u1", "u2"], "since on two topics")
+    expect_eq([g for g in got if g.startswith("m")], ["m20", "m21"], "order within t")
+    expect_eq([g for g in got if g.startswith("u")], ["u1", "u2"], "order within u")
     await ws.close()
     ws = await rconnect(s, "subscribe=%s&since=%s:21" % (t, t))
     ws2 = await rconnect(s, "subscribe=%s&since=%s:500" % (t, t))
