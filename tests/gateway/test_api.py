@@ -139,6 +139,16 @@ def test_api_key_401_first():
     expect_eq(h.json()["offset"], 0, "nothing was published without the key")
 
 
+def test_401_before_413():
+    """GATEWAY.md: a missing or wrong key gives 401 on every /api/* path,
+    before any other check: an oversize body too."""
+    s = srv()
+    for hdr in ({}, {"Authorization": "Bearer wrong"}):
+        r = http(s, "POST", "/api/publish?topic=" + topic("k413"), body=b"\x00" * ((1 << 20) + 1), key=None,
+                 headers=dict(hdr, **{"Content-Type": "application/octet-stream"}))
+        expect_error(r, 401, "a body of 1 MiB + 1 with Authorization %r" % hdr.get("Authorization"))
+
+
 def test_api_404_405_with_key():
     s = srv()
     t = topic("a405")
@@ -378,6 +388,7 @@ if __name__ == "__main__":
         test_publish_chunked_body,
         test_publish_size_limit,
         test_api_key_401_first,
+        test_401_before_413,
         test_api_404_405_with_key,
         test_no_key_configured_403,
         test_env_api_key,
