@@ -1484,14 +1484,22 @@ int dx_gateway_server_options(dx_gateway *gw, unsigned i, dx_server_options *so)
         so->max_http_body = 2 * gw->o.max_message;
     if (!so->http_max_requests)
         so->http_max_requests = 100000; /* a backend publishes on one kept-alive connection */
-    /* on_drain must be reachable below the subscriber budget */
-    if (!so->send_high_water || so->send_high_water > gw->o.sub_queue / 4)
-        so->send_high_water = gw->o.sub_queue / 4;
-    /* The gateway applies its own budget (sub_queue) first; the server's
-     * send_max stays above it by a message and the replies around it. */
-    size_t need = gw->o.sub_queue + 2 * gw->o.max_message + 65536;
-    if (so->send_max < need)
-        so->send_max = need;
+    /* The gateway applies its own budget (sub_queue) before the server's
+     * send_max: by default send_max stays above it by a message and the
+     * replies around it; a send_max the user chose is kept, and the budget
+     * shrinks to half of it when it would not fit (logged once). */
+    if (!so->send_max) {
+        so->send_max = gw->o.sub_queue + 2 * gw->o.max_message + 65536;
+    } else if (gw->o.sub_queue + 65536 > so->send_max) {
+        size_t was = gw->o.sub_queue;
+        gw->o.sub_queue = so->send_max / 2;
+        gw_logf(&gw->w[i], DX_LOG_WARN, "gateway: the subscriber budget (%zu bytes) does not fit under send_max "
+                "(%zu): using %zu", was, so->send_max, gw->o.sub_queue);
+    }
+    /* on_drain must be reachable below the subscriber budget (drop-oldest
+     * also re-checks from the loop, so a larger value only delays it) */
+    if (!so->send_high_water)
+        so->send_high_water = gw->o.sub_queue / 4 < 65536 ? gw->o.sub_queue / 4 : 65536;
     return 0;
 }
 
