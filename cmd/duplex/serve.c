@@ -1,6 +1,8 @@
 /*
  * cmd/duplex/serve.c: `duplex serve`: one loop and one server per worker
- * thread, an echo endpoint, static files and a health check.
+ * thread, all wired to one gateway (include/duplex/gateway.h: /ws, /sse,
+ * /api/..., /metrics, /healthz, /echo), plus static files. This file only
+ * turns options into settings; the gateway is in src/gateway.
  *
  * Port sharing: the workers of one process share the port with SO_REUSEPORT
  * (each has its own listening socket). Before they bind, a probe socket
@@ -20,6 +22,7 @@
  */
 #define _GNU_SOURCE
 #include "cli.h"
+#include "duplex/gateway.h"
 #include "duplex/server.h"
 
 #include <errno.h>
@@ -52,6 +55,8 @@ typedef struct worker {
 
 typedef struct app {
     dx_server_options opt;
+    dx_gateway_options gopt;
+    dx_gateway *gw;
     dx_tls_cert certs[MAX_CERTS];
     size_t ncerts;
     dx_log log;
@@ -67,9 +72,13 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: duplex serve [options]\n"
             "\n"
-            "Serves WebSocket and HTTP on one port:\n"
+            "Serves the duplex gateway (docs/gateway.md) and HTTP on one port:\n"
+            "  /ws        pub/sub WebSocket: JSON dialect (subprotocol duplex.v1) or raw\n"
+            "             (?subscribe=a,b&publish=c&since=a:17)\n"
+            "  /sse       Server-Sent Events (?subscribe=a,b, Last-Event-ID resume)\n"
+            "  /api/...   publish, history, presence, disconnect (Authorization: Bearer KEY)\n"
+            "  /metrics   Prometheus text;  /healthz  200 ok\n"
             "  /echo      every message echoed back with its opcode (conformance endpoint)\n"
-            "  /healthz   200 ok\n"
             "  /...       static files from --static DIR (index.html for directories)\n"
             "\n"
             "options (sizes take K/M/G suffixes, times s/ms/m; defaults in brackets):\n"
@@ -98,6 +107,17 @@ static void usage(FILE *f)
             "  --http-keepalive T     idle wait for the next HTTP request on a connection, 'off' or 0 to close\n"
             "                         after each answer [5s]\n"
             "  --http-max-requests N  HTTP requests per connection [1000]\n"
+            "gateway (defaults: GATEWAY.md \"With no configuration\"):\n"
+            "  --api-key KEY          Bearer key for /api/* (or env DUPLEX_API_KEY); none: /api/* answers 403\n"
+            "  --history N            messages retained per topic, 0 for none [1000]\n"
+            "  --history-age T        retained for at most T, 'off' for no bound [10m]\n"
+            "  --slow-policy P        disconnect (close 1013) or drop-oldest (JSON clients get a gap notice;\n"
+            "                         raw and SSE clients are always disconnected) [disconnect]\n"
+            "  --sub-queue BYTES      queued bytes past which a subscriber is slow [1MiB]\n"
+            "  --max-subs N           subscriptions per connection, else err 4413 / HTTP 400 [100]\n"
+            "  --sse-heartbeat T      comment line on an idle SSE stream [15s]\n"
+            "  --demo                 publish a ticker on demo.ticker (for the demo page)\n"
+            "  --demo-interval T      ticker period [1s]\n"
             "  --log-level L          error|warn|info|debug [info]\n"
             "  --log-format F         text (timestamp level message) or json (one object per line) [text]\n"
             "\n"
@@ -107,33 +127,9 @@ static void usage(FILE *f)
             "  -h, --help             this text\n");
 }
 
-static int on_upgrade(dx_server *srv, dx_request *req, void *ud)
+static void gw_log(void *ud, int level, const char *msg)
 {
-    (void)srv;
-    (void)ud;
-    if (req->path_len == 5 && memcmp(req->path, "/echo", 5) == 0)
-        return 0;
-    return 404;
-}
-
-static int on_http(dx_server *srv, dx_http_req *req, void *ud)
-{
-    (void)srv;
-    (void)ud;
-    if (req->path_len == 8 && memcmp(req->path, "/healthz", 8) == 0) {
-        if (strcmp(req->method, "GET") && strcmp(req->method, "HEAD"))
-            (void)dx_http_reply(req, 405, NULL, "Allow: GET, HEAD\r\n", "405 Method Not Allowed\n", 23);
-        else
-            (void)dx_http_reply(req, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3);
-        return 1;
-    }
-    return 0;
-}
-
-static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, void *ud)
-{
-    (void)ud;
-    (void)dx_conn_send(c, opcode, data, len); /* a slow reader is dropped by send_max */
+    cli_logf(ud, level, "%s", msg);
 }
 
 static void *worker_main(void *arg)
@@ -147,6 +143,7 @@ static void *worker_main(void *arg)
 static void shutdown_worker(void *arg)
 {
     worker *w = arg;
+    (void)dx_gateway_shutdown(g_app.gw, (unsigned)w->index); /* gateway connections: 1012 */
     size_t left = dx_server_shutdown(w->srv, DX_CLOSE_GOING_AWAY, "server shutting down");
     if (left == 0)
         dx_loop_stop(w->loop);
@@ -274,7 +271,8 @@ static void raise_nofile(void)
 
 enum {
     O_HOST = 256, O_PORT, O_UNIX, O_WORKERS, O_CERT, O_KEY, O_STATIC, O_MAXHEAD, O_MAXHDRS, O_PERIP, O_MAXHS,
-    O_HTTPBODY, O_HTTPKA, O_HTTPREQS
+    O_HTTPBODY, O_HTTPKA, O_HTTPREQS, O_APIKEY, O_HIST, O_HISTAGE, O_SLOW, O_SUBQ, O_MAXSUBS, O_SSEHB, O_DEMO,
+    O_DEMOINT
 };
 
 int cmd_serve(int argc, char **argv)
@@ -294,12 +292,22 @@ int cmd_serve(int argc, char **argv)
         {"max-http-body", required_argument, 0, O_HTTPBODY},
         {"http-keepalive", required_argument, 0, O_HTTPKA},
         {"http-max-requests", required_argument, 0, O_HTTPREQS},
+        {"api-key", required_argument, 0, O_APIKEY},
+        {"history", required_argument, 0, O_HIST},
+        {"history-age", required_argument, 0, O_HISTAGE},
+        {"slow-policy", required_argument, 0, O_SLOW},
+        {"sub-queue", required_argument, 0, O_SUBQ},
+        {"max-subs", required_argument, 0, O_MAXSUBS},
+        {"sse-heartbeat", required_argument, 0, O_SSEHB},
+        {"demo", no_argument, 0, O_DEMO},
+        {"demo-interval", required_argument, 0, O_DEMOINT},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     app *a = &g_app;
     memset(a, 0, sizeof *a);
     dx_server_options *o = &a->opt;
+    dx_gateway_options *g = &a->gopt;
     a->log.level = DX_LOG_INFO;
     a->log.sink = cli_log_sink;
     a->log.ud = &a->log_format;
@@ -394,10 +402,63 @@ int cmd_serve(int argc, char **argv)
                 return cli_bad_value(&common, name, optarg);
             o->http_max_requests = (unsigned)v;
             break;
+        case O_APIKEY:
+            if (!*optarg)
+                return cli_bad_value(&common, name, "an empty key");
+            g->api_key = optarg;
+            break;
+        case O_HIST:
+            if (cli_parse_uint(optarg, 0, 1u << 24, &v))
+                return cli_bad_value(&common, name, optarg);
+            g->history_count = v ? v : (size_t)-1;
+            break;
+        case O_HISTAGE: {
+            unsigned ms;
+            if (strcmp(optarg, "off") == 0)
+                g->history_age_ms = UINT64_MAX;
+            else if (cli_parse_ms(optarg, &ms) || ms == 0)
+                return cli_bad_value(&common, name, optarg);
+            else
+                g->history_age_ms = ms;
+            break;
+        }
+        case O_SLOW:
+            if (strcmp(optarg, "disconnect") == 0)
+                g->slow_policy = DX_GW_SLOW_DISCONNECT;
+            else if (strcmp(optarg, "drop-oldest") == 0)
+                g->slow_policy = DX_GW_SLOW_DROP_OLDEST;
+            else
+                return cli_bad_value(&common, name, optarg);
+            break;
+        case O_SUBQ:
+            if (cli_parse_size(optarg, &g->sub_queue) || g->sub_queue < 1024)
+                return cli_bad_value(&common, name, optarg);
+            break;
+        case O_MAXSUBS:
+            if (cli_parse_uint(optarg, 1, 100000, &v))
+                return cli_bad_value(&common, name, optarg);
+            g->max_subs = v;
+            break;
+        case O_SSEHB:
+            if (cli_parse_ms(optarg, &g->sse_heartbeat_ms) || !g->sse_heartbeat_ms)
+                return cli_bad_value(&common, name, optarg);
+            break;
+        case O_DEMO:
+            g->demo = 1;
+            break;
+        case O_DEMOINT:
+            if (cli_parse_ms(optarg, &g->demo_interval_ms) || !g->demo_interval_ms)
+                return cli_bad_value(&common, name, optarg);
+            break;
         default:
             usage(stderr);
             return 2;
         }
+    }
+    if (!g->api_key) {
+        const char *env = getenv("DUPLEX_API_KEY");
+        if (env && *env)
+            g->api_key = env;
     }
     if (optind < argc) {
         fprintf(stderr, "serve: unexpected argument '%s'\n", argv[optind]);
@@ -434,8 +495,6 @@ int cmd_serve(int argc, char **argv)
     }
     o->tls = a->ncerts ? a->certs : NULL;
     o->n_tls = a->ncerts;
-    o->cb = (dx_server_callbacks){
-        .on_upgrade = on_upgrade, .on_http = on_http, .on_message = on_message};
     if (o->unix_path && a->workers > 1)
         a->workers = 1; /* one listener for a Unix socket */
     /* SO_REUSEPORT only between this process's workers, after the probe. */
@@ -456,6 +515,15 @@ int cmd_serve(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     raise_nofile();
 
+    g->max_message = o->max_message;
+    g->log = gw_log;
+    g->log_ud = &a->log;
+    int gerr = 0;
+    a->gw = dx_gateway_new(g, a->workers, &gerr);
+    if (!a->gw) {
+        cli_logf(&a->log, DX_LOG_ERROR, "serve: cannot create the gateway: %s", dx_strerror(gerr));
+        return 1;
+    }
     worker *ws = calloc(a->workers, sizeof *ws);
     if (!ws) {
         fprintf(stderr, "serve: out of memory\n");
@@ -476,9 +544,15 @@ int cmd_serve(int argc, char **argv)
         }
         o->instance = i;
         o->instances = a->workers;
+        (void)dx_gateway_server_options(a->gw, i, o);
         w->srv = dx_server_new(w->loop, o, &err);
         if (!w->srv) {
             cli_logf(&a->log, DX_LOG_ERROR, "serve: cannot create the server: %s", dx_strerror(err));
+            status = 1;
+            break;
+        }
+        if ((err = dx_gateway_attach(a->gw, i, w->loop, w->srv)) != 0) {
+            cli_logf(&a->log, DX_LOG_ERROR, "serve: cannot attach the gateway: %s", dx_strerror(err));
             status = 1;
             break;
         }
@@ -502,6 +576,14 @@ int cmd_serve(int argc, char **argv)
                      o->host && strchr(o->host, ':') ? "]" : "", o->port, a->ncerts ? "wss" : "ws", a->workers,
                      a->workers == 1 ? "" : "s", o->static_dir ? ", static files from " : "",
                      o->static_dir ? o->static_dir : "");
+        cli_logf(&a->log, DX_LOG_INFO,
+                 "serve: gateway open for development: no authentication configured, anonymous clients may "
+                 "subscribe and publish; HTTP API %s; history %zu messages / %s per topic; slow consumers %s",
+                 g->api_key ? "on (Bearer key set)" : "off (no --api-key)",
+                 g->history_count == (size_t)-1 ? (size_t)0 : g->history_count ? g->history_count : 1000,
+                 g->history_age_ms == UINT64_MAX ? "no age bound" : "an age bound (--history-age)",
+                 g->slow_policy == DX_GW_SLOW_DROP_OLDEST ? "drop oldest (JSON) / disconnected (raw, SSE)"
+                                                          : "disconnected (1013)");
         print_url(o, o->port, a->ncerts != 0);
     }
     if (status == 0) {
@@ -549,6 +631,8 @@ int cmd_serve(int argc, char **argv)
         dx_loop_stop(ws[i].loop);
         pthread_join(ws[i].thread, NULL);
     }
+    dx_gateway_free(a->gw); /* before the servers: pending answers are given while they exist */
+    a->gw = NULL;
     for (unsigned i = 0; i < a->workers; i++) {
         if (ws[i].srv)
             dx_server_free(ws[i].srv);

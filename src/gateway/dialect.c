@@ -655,10 +655,14 @@ static int parse_fields(dx__gw_req *req, json_t *root, dx__gw_req_err *err)
         json_t *since = json_object_get(root, "since");
         if (!since)
             return 0;
+        /* Extension (docs/gateway.md): `epoch` may be left out, meaning the
+         * topic's current epoch, as the raw dialect's since= does (a page
+         * joining a room asks for {"offset": 0}: everything retained). */
         if (!json_is_object(since) || !get_uint53(json_object_get(since, "offset"), &req->since_offset) ||
-            !get_str(since, "epoch", &req->since_epoch, &req->since_epoch_len))
+            (json_object_get(since, "epoch") &&
+             !get_str(since, "epoch", &req->since_epoch, &req->since_epoch_len)))
             return refuse(err, DX__GW_E_MALFORMED,
-                          "since must be {\"offset\": integer 0..2^53-1, \"epoch\": string}");
+                          "since must be {\"offset\": integer 0..2^53-1[, \"epoch\": string]}");
         req->has_since = true;
         return 0;
     }

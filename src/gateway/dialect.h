@@ -26,6 +26,7 @@
 
 #include "core/buf.h"
 #include "duplex/duplex.h"
+#include "gateway/kind.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -54,8 +55,6 @@ enum dx__gw_code {
 
 enum dx__gw_op { DX__GW_OP_SUB = 1, DX__GW_OP_UNSUB, DX__GW_OP_PUB, DX__GW_OP_PRESENCE, DX__GW_OP_REFRESH };
 
-/* A message's kind (GATEWAY.md "Topics"), fixed when it is published. */
-enum dx__gw_kind { DX__GW_KIND_JSON = 1, DX__GW_KIND_TEXT, DX__GW_KIND_BINARY };
 
 /*
  * One parsed request. Every pointer borrows from the request itself (from
@@ -72,7 +71,7 @@ typedef struct dx__gw_req {
     size_t topic_len;           /*  yet checked as a topic name (caller's job) */
     bool has_since;             /* sub: a `since` object was given */
     uint64_t since_offset;      /* 0..2^53-1 */
-    const char *since_epoch;    /* any JSON string */
+    const char *since_epoch;    /* any JSON string; NULL when absent (the current epoch) */
     size_t since_epoch_len;
     enum dx__gw_kind kind;      /* pub only */
     const uint8_t *payload;     /* pub: text: the string (UTF-8); json: the value's
@@ -107,7 +106,8 @@ typedef struct dx__gw_req_err {
  *  - `op` missing or not a string → 4400; an unknown op → 4404;
  *  - sub/unsub/pub/presence: `topic` missing or not a string → 4400;
  *    sub: `since`, when present, must be {"offset": integer 0..2^53-1,
- *    "epoch": string}, else 4400;
+ *    "epoch": string}, else 4400; `epoch` may be absent (an extension:
+ *    the current epoch is assumed, as in the raw dialect);
  *  - pub: exactly one of `data` (a string → text; any other JSON value,
  *    null included → json, kept as its compact JSON text) and `b64` (a
  *    string of strict RFC 4648 §4 base64: padded, no whitespace, zero

@@ -245,7 +245,7 @@ int dx__gw_log_append(dx__gw_log *log, dx__gw_kind kind, const void *data, size_
 {
     if (out)
         *out = NULL;
-    if ((unsigned)kind > DX__GW_KIND_BINARY || (!data && len))
+    if (kind < DX__GW_KIND_JSON || kind > DX__GW_KIND_BINARY || (!data && len))
         return DX_EINVAL;
     if (log->offset >= DX__GW_OFFSET_MAX)
         return DX_ELIMIT;

@@ -32,6 +32,7 @@
 
 #include "duplex/duplex.h"
 #include "duplex/msg.h"
+#include "gateway/kind.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -51,11 +52,6 @@
 /* An epoch is this many lowercase hex digits (64 random bits). */
 #define DX__GW_EPOCH_LEN 16
 
-typedef enum dx__gw_kind {
-    DX__GW_KIND_JSON = 0,
-    DX__GW_KIND_TEXT = 1,
-    DX__GW_KIND_BINARY = 2,
-} dx__gw_kind;
 
 /* "json", "text" or "binary"; "?" for any other value. */
 const char *dx__gw_kind_name(dx__gw_kind kind);

@@ -83,7 +83,7 @@ static const row rows[] = {
     {"{\"op\":\"sub\",\"topic\":\"a\",\"since\":{\"offset\":-1,\"epoch\":\"e\"}}", 4400, 0, 0, 0},
     {"{\"op\":\"sub\",\"topic\":\"a\",\"since\":{\"offset\":1.5,\"epoch\":\"e\"}}", 4400, 0, 0, 0},
     {"{\"op\":\"sub\",\"topic\":\"a\",\"since\":{\"offset\":\"1\",\"epoch\":\"e\"}}", 4400, 0, 0, 0},
-    {"{\"op\":\"sub\",\"topic\":\"a\",\"since\":{\"offset\":1}}", 4400, 0, 0, 0},
+    {"{\"op\":\"sub\",\"topic\":\"a\",\"since\":{\"offset\":1}}", 0, DX__GW_OP_SUB, 0, 0}, /* extension: current epoch */
     {"{\"op\":\"sub\",\"topic\":\"a\",\"since\":{\"epoch\":\"e\"}}", 4400, 0, 0, 0},
     {"{\"op\":\"sub\",\"topic\":\"a\",\"since\":{\"offset\":1,\"epoch\":7}}", 4400, 0, 0, 0},
     {"{\"op\":\"sub\",\"topic\":\"a\",\"since\":[1,\"e\"],\"id\":1}", 4400, 0, 1, 1},

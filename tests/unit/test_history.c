@@ -107,7 +107,8 @@ static void test_append_bad_arguments(void **state)
     dx_test_seams_init(&ts);
     dx__gw_log *log = log_with(&ts, 4, 0);
     dx__gw_entry *e = (dx__gw_entry *)&ts; /* must be reset to NULL */
-    assert_int_equal(dx__gw_log_append(log, (dx__gw_kind)3, "x", 1, &e), DX_EINVAL);
+    assert_int_equal(dx__gw_log_append(log, (dx__gw_kind)4, "x", 1, &e), DX_EINVAL);
+    assert_int_equal(dx__gw_log_append(log, (dx__gw_kind)0, "x", 1, &e), DX_EINVAL); /* 0 is no kind */
     assert_null(e);
     assert_int_equal(dx__gw_log_append(log, DX__GW_KIND_TEXT, NULL, 1, NULL), DX_EINVAL);
     assert_int_equal(dx__gw_log_offset(log), 0);

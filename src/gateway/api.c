@@ -1,0 +1,492 @@
+/*
+ * src/gateway/api.c: the gateway's plain HTTP endpoints (GATEWAY.md
+ * "Endpoints"): /api/publish, /api/history, /api/presence, /api/disconnect
+ * (Bearer API key), /metrics (Prometheus text), /healthz, and the hand-off
+ * of /sse to sse.c.
+ *
+ * Order of checks on /api/...: the key first (no key configured: 403; a
+ * missing or wrong key: 401, whatever the path), then the path (404), the
+ * method (405), the parameters and body (400), then the bus. A request
+ * whose body passes the server's max_http_body is answered 413 by the
+ * server itself before the gateway sees it (so before the key check).
+ * Replies are JSON built with jansson, except the msg objects of
+ * /api/history, which use the dialect's encoder (the same bytes as on
+ * the WebSocket). A publish is answered once the bus accepted it.
+ */
+#define _GNU_SOURCE
+#include "gateway/gw.h"
+
+#include "core/seams.h"
+#include "proto/utf8.h"
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <strings.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static bool path_is(const dx_http_req *req, const char *p)
+{
+    size_t n = strlen(p);
+    return req->path_len == n && memcmp(req->path, p, n) == 0;
+}
+
+static bool method_is(const dx_http_req *req, const char *m)
+{
+    return strcmp(req->method, m) == 0;
+}
+
+/* Answers with a JSON value (taken: decref'd here). */
+static void reply_json(dx_http_req *req, int status, json_t *v, const char *headers)
+{
+    char *s = v ? json_dumps(v, JSON_COMPACT) : NULL;
+    json_decref(v);
+    if (!s) {
+        (void)dx_http_reply(req, 500, "application/json", NULL, "{\"error\":\"out of memory\"}", 25);
+        return;
+    }
+    (void)dx_http_reply(req, status, "application/json", headers, s, strlen(s));
+    free(s);
+}
+
+static void reply_error(gw_worker *k, dx_http_req *req, int status, const char *reason, const char *headers)
+{
+    gw_logf(k, status >= 500 ? DX_LOG_WARN : DX_LOG_INFO, "gateway: %s %s %.*s: %d %s", req->remote, req->method,
+            (int)req->path_len, req->path, status, reason);
+    reply_json(req, status, json_pack("{s:s}", "error", reason), headers);
+}
+
+/* The decoded value of query parameter `key` into buf; -1 when absent,
+ * -2 when malformed or too long. */
+static long param(const dx_http_req *req, const char *key, char *buf, size_t cap)
+{
+    const char *v;
+    size_t vlen;
+    if (!gw_query_get(req->query, req->query_len, key, &v, &vlen))
+        return -1;
+    long n = gw_pct_decode(v, vlen, buf, cap);
+    return n < 0 ? -2 : n;
+}
+
+/* A canonical decimal below 2^53; false otherwise. */
+static bool parse_u53(const char *s, long len, uint64_t *out)
+{
+    if (len <= 0 || len > 16 || (len > 1 && s[0] == '0'))
+        return false;
+    uint64_t v = 0;
+    for (long i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    if (v > DX__GW_OFFSET_MAX)
+        return false;
+    *out = v;
+    return true;
+}
+
+static bool key_ok(const dx_gateway *gw, const dx_http_req *req)
+{
+    size_t len;
+    const char *h = dx_http_req_header(req, "Authorization", &len);
+    if (!h || len < 7 || strncasecmp(h, "Bearer ", 7) != 0)
+        return false;
+    h += 7;
+    len -= 7;
+    size_t kl = strlen(gw->o.api_key);
+    /* constant time over the key's length */
+    unsigned char diff = (unsigned char)(len != kl);
+    for (size_t i = 0; i < kl; i++)
+        diff |= (unsigned char)(gw->o.api_key[i] ^ (i < len ? h[i] : 0));
+    return diff == 0;
+}
+
+/* ---- /api/publish -------------------------------------------------------- */
+
+typedef struct api_ctx {
+    gw_worker *k;
+    dx_http_req *req;
+    char topic[DX__GW_TOPIC_MAX + 1];
+    size_t tlen;
+} api_ctx;
+
+static void publish_done(void *ud, int err, uint64_t offset, const char *epoch)
+{
+    api_ctx *a = ud;
+    if (err) {
+        gw_inc(&a->k->m.publishes_refused, 1);
+        if (err == DX_ELIMIT)
+            reply_error(a->k, a->req, 413, "the topic's offsets are exhausted (2^53)", NULL);
+        else
+            reply_error(a->k, a->req, 503, "not accepted: try again", "Retry-After: 1\r\n");
+    } else {
+        gw_inc(&a->k->m.publishes, 1);
+        reply_json(a->req, 200,
+                   json_pack("{s:s#,s:I,s:s}", "topic", a->topic, a->tlen, "offset", (json_int_t)offset, "epoch",
+                             epoch),
+                   NULL);
+    }
+    dx__free(NULL, a);
+}
+
+static api_ctx *ctx_new(gw_worker *k, dx_http_req *req, const char *topic, size_t tlen)
+{
+    api_ctx *a = dx__alloc(NULL, sizeof *a);
+    if (!a)
+        return NULL;
+    a->k = k;
+    a->req = req;
+    memcpy(a->topic, topic, tlen);
+    a->topic[tlen] = 0;
+    a->tlen = tlen;
+    return a;
+}
+
+/* The topic parameter, checked: its length, or -1 after answering 400. */
+static long topic_param(gw_worker *k, dx_http_req *req, char *buf)
+{
+    long n = param(req, "topic", buf, DX__GW_TOPIC_MAX + 1);
+    if (n < 0) {
+        reply_error(k, req, 400, n == -1 ? "missing topic parameter" : "malformed or too long topic", NULL);
+        return -1;
+    }
+    if (dx__gw_topic_check(buf, (size_t)n) != 0) {
+        reply_error(k, req, 400, "bad topic (1-200 bytes of [A-Za-z0-9_.:@/-], no empty segment, not a pattern)",
+                    NULL);
+        return -1;
+    }
+    return n;
+}
+
+static void api_publish(gw_worker *k, dx_http_req *req)
+{
+    char topic[DX__GW_TOPIC_MAX + 1];
+    if (!method_is(req, "POST")) {
+        reply_error(k, req, 405, "use POST", "Allow: POST\r\n");
+        return;
+    }
+    long tlen = topic_param(k, req, topic);
+    if (tlen < 0) {
+        gw_inc(&k->m.publishes_refused, 1);
+        return;
+    }
+    size_t ctl = 0;
+    const char *ct = dx_http_req_header(req, "Content-Type", &ctl);
+    dx__gw_kind kind = DX__GW_KIND_BINARY;
+    size_t base = 0;
+    while (ct && base < ctl && ct[base] != ';' && ct[base] != ' ')
+        base++;
+    if (ct && base == 16 && strncasecmp(ct, "application/json", 16) == 0)
+        kind = DX__GW_KIND_JSON;
+    else if (ct && base >= 5 && strncasecmp(ct, "text/", 5) == 0)
+        kind = DX__GW_KIND_TEXT;
+    if (kind == DX__GW_KIND_JSON) {
+        json_error_t je;
+        json_t *v = json_loadb((const char *)req->body, req->body_len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &je);
+        if (!v) {
+            gw_inc(&k->m.publishes_refused, 1);
+            char why[200];
+            snprintf(why, sizeof why, "body is not valid JSON: %s", je.text);
+            reply_error(k, req, 400, why, NULL);
+            return;
+        }
+        json_decref(v);
+    } else if (kind == DX__GW_KIND_TEXT && !dx__utf8_valid(req->body, req->body_len)) {
+        gw_inc(&k->m.publishes_refused, 1);
+        reply_error(k, req, 400, "text body is not valid UTF-8", NULL);
+        return;
+    }
+    /* policy: the API key holder may publish anywhere */
+    api_ctx *a = ctx_new(k, req, topic, (size_t)tlen);
+    if (!a || dx__bus_publish(k->gw->bus, k->index, topic, (size_t)tlen, kind, req->body, req->body_len,
+                              publish_done, a) != 0) {
+        dx__free(NULL, a);
+        gw_inc(&k->m.publishes_refused, 1);
+        reply_error(k, req, 503, "not accepted: out of memory", "Retry-After: 1\r\n");
+    }
+}
+
+/* ---- /api/history ---------------------------------------------------------- */
+
+static void history_done(void *ud, int err, dx__bus_topic *t, dx__gw_snapshot *snap)
+{
+    api_ctx *a = ud;
+    gw_worker *k = a->k;
+    if (err) {
+        reply_error(k, a->req, 503, "history unavailable: try again", "Retry-After: 1\r\n");
+        dx__free(NULL, a);
+        return;
+    }
+    /* The envelope through jansson, the messages through the dialect's
+     * encoder (their bytes are those of the WebSocket msg). */
+    json_t *head = json_pack("{s:s#,s:s,s:I}", "topic", a->topic, a->tlen, "epoch", snap->epoch, "offset",
+                             (json_int_t)snap->offset);
+    char *hs = head ? json_dumps(head, JSON_COMPACT) : NULL;
+    json_decref(head);
+    dx_buf b;
+    dx_buf_init(&b, NULL);
+    int rc = hs ? 0 : DX_ENOMEM;
+    if (!rc)
+        rc = dx_buf_append(&b, hs, strlen(hs) - 1, 0); /* without its closing brace */
+    if (!rc)
+        rc = dx_buf_append(&b, ",\"messages\":[", 13, 0);
+    for (size_t i = 0; !rc && i < snap->n; i++) {
+        dx__gw_entry *e = snap->entries[i];
+        if (i)
+            rc = dx_buf_append(&b, ",", 1, 0);
+        if (!rc)
+            rc = dx__gw_msg_encode(&b, 0, t->name, t->len, dx__gw_entry_offset(e), snap->epoch, strlen(snap->epoch),
+                                   dx__gw_entry_kind(e), dx__gw_entry_data(e), dx__gw_entry_len(e), NULL, 0);
+    }
+    if (!rc)
+        rc = dx_buf_append(&b, "]}", 2, 0);
+    free(hs);
+    if (rc)
+        reply_error(k, a->req, 500, "out of memory", NULL);
+    else
+        (void)dx_http_reply(a->req, 200, "application/json", NULL, dx_buf_head(&b), b.len);
+    dx_buf_deinit(&b);
+    dx__free(NULL, a);
+}
+
+static void api_history(gw_worker *k, dx_http_req *req)
+{
+    char topic[DX__GW_TOPIC_MAX + 1], num[32];
+    if (!method_is(req, "GET") && !method_is(req, "HEAD")) {
+        reply_error(k, req, 405, "use GET", "Allow: GET, HEAD\r\n");
+        return;
+    }
+    long tlen = topic_param(k, req, topic);
+    if (tlen < 0)
+        return;
+    uint64_t since = 0, limit = DX__GW_HISTORY_LIMIT_DEFAULT;
+    long n = param(req, "since", num, sizeof num);
+    if (n != -1 && !parse_u53(num, n, &since)) {
+        reply_error(k, req, 400, "since must be an integer 0..2^53-1", NULL);
+        return;
+    }
+    n = param(req, "limit", num, sizeof num);
+    if (n != -1 && !parse_u53(num, n, &limit)) {
+        reply_error(k, req, 400, "limit must be an integer", NULL);
+        return;
+    }
+    if (limit > DX__GW_HISTORY_LIMIT_MAX)
+        limit = DX__GW_HISTORY_LIMIT_MAX;
+    api_ctx *a = ctx_new(k, req, topic, (size_t)tlen);
+    if (!a || dx__bus_history(k->gw->bus, k->index, topic, (size_t)tlen, since, (size_t)limit, history_done, a) != 0) {
+        dx__free(NULL, a);
+        reply_error(k, req, 503, "history unavailable: out of memory", "Retry-After: 1\r\n");
+    }
+}
+
+/* ---- /api/presence --------------------------------------------------------------- */
+
+static void presence_done(void *ud, int err, uint64_t count, const char *const *users, const size_t *lens, size_t n)
+{
+    api_ctx *a = ud;
+    if (err) {
+        reply_error(a->k, a->req, 503, "presence unavailable: try again", "Retry-After: 1\r\n");
+    } else {
+        json_t *arr = json_array();
+        for (size_t i = 0; arr && i < n; i++)
+            json_array_append_new(arr, json_stringn(users[i], lens[i]));
+        reply_json(a->req, 200, arr ? json_pack("{s:I,s:o}", "count", (json_int_t)count, "users", arr) : NULL, NULL);
+    }
+    dx__free(NULL, a);
+}
+
+static void api_presence(gw_worker *k, dx_http_req *req)
+{
+    char topic[DX__GW_TOPIC_MAX + 1];
+    if (!method_is(req, "GET") && !method_is(req, "HEAD")) {
+        reply_error(k, req, 405, "use GET", "Allow: GET, HEAD\r\n");
+        return;
+    }
+    long tlen = topic_param(k, req, topic);
+    if (tlen < 0)
+        return;
+    api_ctx *a = ctx_new(k, req, topic, (size_t)tlen);
+    if (!a || dx__bus_presence(k->gw->bus, k->index, topic, (size_t)tlen, presence_done, a) != 0) {
+        dx__free(NULL, a);
+        reply_error(k, req, 503, "presence unavailable: out of memory", "Retry-After: 1\r\n");
+    }
+}
+
+/* ---- /api/disconnect ------------------------------------------------------------------ */
+
+static void disconnect_done(void *ud, int err, uint64_t count)
+{
+    api_ctx *a = ud; /* topic holds the user id */
+    if (err)
+        reply_error(a->k, a->req, 503, "not done: try again", "Retry-After: 1\r\n");
+    else
+        reply_json(a->req, 200, json_pack("{s:s#,s:I}", "user", a->topic, a->tlen, "disconnected", (json_int_t)count),
+                   NULL);
+    dx__free(NULL, a);
+}
+
+static void api_disconnect(gw_worker *k, dx_http_req *req)
+{
+    char user[DX__GW_TOPIC_MAX + 1];
+    if (!method_is(req, "POST")) {
+        reply_error(k, req, 405, "use POST", "Allow: POST\r\n");
+        return;
+    }
+    long ulen = param(req, "user", user, sizeof user);
+    if (ulen <= 0) {
+        reply_error(k, req, 400, ulen == -2 ? "malformed or too long user" : "missing user parameter", NULL);
+        return;
+    }
+    api_ctx *a = ctx_new(k, req, user, (size_t)ulen);
+    if (!a || dx__bus_disconnect_user(k->gw->bus, k->index, user, (size_t)ulen, disconnect_done, a) != 0) {
+        dx__free(NULL, a);
+        reply_error(k, req, 503, "not done: out of memory", "Retry-After: 1\r\n");
+    }
+}
+
+/* ---- /metrics ----------------------------------------------------------------------- */
+
+static uint64_t sum(const dx_gateway *gw, size_t off)
+{
+    uint64_t s = 0;
+    for (unsigned i = 0; i < gw->n; i++)
+        s += atomic_load_explicit((_Atomic uint64_t *)((char *)&gw->w[i].m + off), memory_order_relaxed);
+    return s;
+}
+
+#define SUM(field) sum(gw, offsetof(gw_metrics, field))
+
+static int appendf(dx_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int appendf(dx_buf *b, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof line)
+        return DX_EINVAL;
+    return dx_buf_append(b, line, (size_t)n, 0);
+}
+
+static void metrics(gw_worker *k, dx_http_req *req)
+{
+    dx_gateway *gw = k->gw;
+    static const char *const dialects[GW_NDIALECT] = {"raw", "json", "sse", "echo"};
+    static const char *const drops[GW_NDROP] = {"slow_disconnect", "slow_gap", "error"};
+    dx__bus_stats bs;
+    dx__bus_stats_get(gw->bus, &bs);
+    dx_buf b;
+    dx_buf_init(&b, NULL);
+    int rc = 0;
+#define P(...) (rc = rc ? rc : appendf(&b, __VA_ARGS__))
+    P("# HELP duplex_connections Open gateway connections by dialect.\n# TYPE duplex_connections gauge\n");
+    for (int d = 0; d < GW_NDIALECT; d++)
+        P("duplex_connections{dialect=\"%s\"} %llu\n", dialects[d],
+          (unsigned long long)sum(gw, offsetof(gw_metrics, conns) + (size_t)d * sizeof(_Atomic uint64_t)));
+    P("# HELP duplex_handshakes_total WebSocket and SSE handshakes on gateway paths.\n"
+      "# TYPE duplex_handshakes_total counter\n");
+    P("duplex_handshakes_total{result=\"accepted\"} %llu\n", (unsigned long long)SUM(handshakes));
+    P("duplex_handshakes_total{result=\"refused\"} %llu\n", (unsigned long long)SUM(handshakes_refused));
+    P("# HELP duplex_subscriptions Subscriptions held (topics and patterns).\n# TYPE duplex_subscriptions gauge\n");
+    P("duplex_subscriptions %llu\n", (unsigned long long)SUM(subscriptions));
+    P("# HELP duplex_topics Topics with state (sequencer, history or presence).\n# TYPE duplex_topics gauge\n");
+    P("duplex_topics %llu\n", (unsigned long long)bs.topics);
+    P("# HELP duplex_publishes_total Publishes by result.\n# TYPE duplex_publishes_total counter\n");
+    P("duplex_publishes_total{result=\"accepted\"} %llu\n", (unsigned long long)SUM(publishes));
+    P("duplex_publishes_total{result=\"refused\"} %llu\n", (unsigned long long)SUM(publishes_refused));
+    P("# HELP duplex_deliveries_total Messages handed to subscriber connections.\n"
+      "# TYPE duplex_deliveries_total counter\n");
+    P("duplex_deliveries_total %llu\n", (unsigned long long)SUM(deliveries));
+    P("# HELP duplex_dropped_total Messages not delivered to a subscriber, by reason.\n"
+      "# TYPE duplex_dropped_total counter\n");
+    for (int d = 0; d < GW_NDROP; d++)
+        P("duplex_dropped_total{reason=\"%s\"} %llu\n", drops[d],
+          (unsigned long long)sum(gw, offsetof(gw_metrics, drops) + (size_t)d * sizeof(_Atomic uint64_t)));
+    P("# HELP duplex_queued_bytes Bytes queued to connections (sampled every second).\n"
+      "# TYPE duplex_queued_bytes gauge\n");
+    P("duplex_queued_bytes %llu\n", (unsigned long long)SUM(queued_bytes));
+    P("# HELP duplex_history_messages Retained messages.\n# TYPE duplex_history_messages gauge\n");
+    P("duplex_history_messages %llu\n", (unsigned long long)bs.history_msgs);
+    P("# HELP duplex_history_bytes Retained payload bytes.\n# TYPE duplex_history_bytes gauge\n");
+    P("duplex_history_bytes %llu\n", (unsigned long long)bs.history_bytes);
+    P("# HELP duplex_handoffs_total Cross-thread hand-offs of published messages (one per worker per publish).\n"
+      "# TYPE duplex_handoffs_total counter\n");
+    P("duplex_handoffs_total %llu\n", (unsigned long long)bs.handoffs);
+    P("# HELP duplex_api_requests_total Requests to /api/....\n# TYPE duplex_api_requests_total counter\n");
+    P("duplex_api_requests_total %llu\n", (unsigned long long)SUM(api_requests));
+    P("# HELP duplex_publish_latency_seconds From sequencing to the hand-off to a worker's subscribers.\n"
+      "# TYPE duplex_publish_latency_seconds histogram\n");
+    uint64_t cum = 0;
+    for (int i = 0; i < GW_LAT_N; i++) {
+        cum += sum(gw, offsetof(gw_metrics, lat) + (size_t)i * sizeof(_Atomic uint64_t));
+        if (i < GW_LAT_N - 1)
+            P("duplex_publish_latency_seconds_bucket{le=\"%g\"} %llu\n", gw_lat_bounds[i], (unsigned long long)cum);
+        else
+            P("duplex_publish_latency_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+    }
+    P("duplex_publish_latency_seconds_sum %.9f\n", (double)SUM(lat_sum_ns) / 1e9);
+    P("duplex_publish_latency_seconds_count %llu\n", (unsigned long long)SUM(lat_count));
+    P("# HELP duplex_workers Worker threads.\n# TYPE duplex_workers gauge\nduplex_workers %u\n", gw->n);
+#undef P
+    if (rc)
+        (void)dx_http_reply(req, 500, NULL, NULL, "out of memory\n", 14);
+    else
+        (void)dx_http_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, dx_buf_head(&b), b.len);
+    dx_buf_deinit(&b);
+}
+
+/* ---- dispatch ------------------------------------------------------------------------ */
+
+int gw_api_http(gw_worker *k, dx_http_req *req)
+{
+    dx_gateway *gw = k->gw;
+    if (path_is(req, "/healthz")) {
+        if (!method_is(req, "GET") && !method_is(req, "HEAD"))
+            (void)dx_http_reply(req, 405, NULL, "Allow: GET, HEAD\r\n", "405 Method Not Allowed\n", 23);
+        else if (k->stopping || !dx__bus_healthy(gw->bus))
+            (void)dx_http_reply(req, 503, NULL, NULL, "unavailable\n", 12);
+        else
+            (void)dx_http_reply(req, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3);
+        return 1;
+    }
+    if (path_is(req, "/metrics")) {
+        if (!method_is(req, "GET") && !method_is(req, "HEAD"))
+            (void)dx_http_reply(req, 405, NULL, "Allow: GET, HEAD\r\n", "405 Method Not Allowed\n", 23);
+        else
+            metrics(k, req);
+        return 1;
+    }
+    if (path_is(req, "/sse")) {
+        gw_sse_request(k, req);
+        return 1;
+    }
+    if (!(req->path_len >= 4 && memcmp(req->path, "/api", 4) == 0 && (req->path_len == 4 || req->path[4] == '/')))
+        return 0;
+    gw_inc(&k->m.api_requests, 1);
+    if (!gw->o.api_key) {
+        reply_error(k, req, 403,
+                    "the HTTP API is off: no API key is configured (start duplex serve with --api-key KEY or "
+                    "DUPLEX_API_KEY=KEY)",
+                    NULL);
+        return 1;
+    }
+    if (!key_ok(gw, req)) {
+        reply_error(k, req, 401, "missing or wrong API key (Authorization: Bearer KEY)",
+                    "WWW-Authenticate: Bearer realm=\"duplex\"\r\n");
+        return 1;
+    }
+    if (path_is(req, "/api/publish"))
+        api_publish(k, req);
+    else if (path_is(req, "/api/history"))
+        api_history(k, req);
+    else if (path_is(req, "/api/presence"))
+        api_presence(k, req);
+    else if (path_is(req, "/api/disconnect"))
+        api_disconnect(k, req);
+    else
+        reply_error(k, req, 404, "no such API endpoint (publish, history, presence, disconnect)", NULL);
+    return 1;
+}

@@ -1,0 +1,1485 @@
+/*
+ * src/gateway/gateway.c: the gateway's workers and connections: the
+ * WebSocket endpoints (/ws in its raw and JSON dialects, /echo), delivery
+ * of published messages to subscribers (encode once, share by reference),
+ * slow consumers, and the lifecycle glue between the server's callbacks and
+ * the bus's completions. The HTTP API is in api.c, SSE in sse.c, the
+ * decisions in policy.c.
+ *
+ * A connection (gw_conn) is reference-counted on its worker's thread: one
+ * reference for the connection itself (dropped when it is gone), one per
+ * request out at the bus (publish, subscribe, presence), so a completion
+ * that comes after the connection ended finds its memory and sees `gone`.
+ *
+ * Delivery: the bus hands each worker one reference to each entry; the
+ * worker matches it in its subscription index and, per subscriber, sends
+ * the entry's prepared frame (raw: the payload; JSON: the msg envelope;
+ * built once per entry, by whichever worker needs it first, and then
+ * shared) with dx_conn_send_msg: no copy and no allocation per subscriber.
+ * A JSON subscriber reached through a pattern gets the envelope with
+ * `pattern`, built once per (entry, pattern) on each worker.
+ */
+#define _GNU_SOURCE
+#include "gateway/gw.h"
+
+#include "core/seams.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const double gw_lat_bounds[GW_LAT_N - 1] = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                            0.005,   0.01,   0.025,   0.1,    1.0};
+
+void gw_logf(gw_worker *k, int level, const char *fmt, ...)
+{
+    if (!k->gw->o.log)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    k->gw->o.log(k->gw->o.log_ud, level, line);
+}
+
+/* ---- query strings -------------------------------------------------------- */
+
+bool gw_query_get(const char *q, size_t qlen, const char *key, const char **v, size_t *vlen)
+{
+    size_t klen = strlen(key);
+    size_t i = 0;
+    while (q && i < qlen) {
+        size_t j = i;
+        while (j < qlen && q[j] != '&')
+            j++;
+        if (j - i >= klen && memcmp(q + i, key, klen) == 0 && (j - i == klen || q[i + klen] == '=')) {
+            size_t vs = i + klen + (j - i > klen ? 1 : 0);
+            *v = q + vs;
+            *vlen = j - vs;
+            return true;
+        }
+        i = j + 1;
+    }
+    return false;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+long gw_pct_decode(const char *s, size_t len, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (c == '%') {
+            if (i + 2 >= len)
+                return -1;
+            int h = hexval(s[i + 1]), l = hexval(s[i + 2]);
+            if (h < 0 || l < 0)
+                return -1;
+            c = (char)(h * 16 + l);
+            i += 2;
+        } else if (c == '+') {
+            c = ' ';
+        }
+        if (o + 1 >= cap)
+            return -1;
+        out[o++] = c;
+    }
+    out[o] = 0;
+    return (long)o;
+}
+
+/* ---- connections ---------------------------------------------------------- */
+
+gw_conn *gw_conn_new(gw_worker *k, int dialect)
+{
+    gw_conn *g = dx__alloc(NULL, sizeof *g);
+    if (!g)
+        return NULL;
+    memset(g, 0, sizeof *g);
+    g->k = k;
+    g->dialect = dialect;
+    g->refs = 1;
+    dx_list_push_back(&k->conns, &g->node);
+    return g;
+}
+
+static void sub_free(gw_sub *s)
+{
+    dx__gw_stitch_deinit(&s->st);
+    dx__bus_topic_unref(s->t);
+    dx__free(NULL, s->name);
+    dx__free(NULL, s);
+}
+
+static void held_clear(gw_conn *g)
+{
+    for (size_t i = 0; i < g->nheld; i++) {
+        gw_held *h = &g->held[(g->headheld + i) % g->capheld];
+        dx__bus_topic_unref(h->t);
+        dx__gw_entry_unref(h->e);
+        dx_msg_unref(h->m);
+    }
+    g->nheld = g->headheld = 0;
+    g->heldbytes = 0;
+    for (size_t i = 0; i < g->ngaps; i++)
+        dx__bus_topic_unref(g->gaps[i].t);
+    g->ngaps = 0;
+}
+
+void gw_conn_unref(gw_conn *g)
+{
+    if (--g->refs)
+        return;
+    held_clear(g);
+    dx__free(NULL, g->held);
+    dx__free(NULL, g->gaps);
+    dx__free(NULL, g->subs);
+    dx__free(NULL, g->user);
+    dx__free(NULL, g->pub);
+    dx__free(NULL, g);
+}
+
+/* Removes subscription i of g (already out of the index). */
+static void sub_drop(gw_conn *g, size_t i)
+{
+    gw_worker *k = g->k;
+    gw_sub *s = g->subs[i];
+    g->subs[i] = g->subs[--g->nsubs];
+    dx__bus_interest(k->gw->bus, k->index, -1);
+    gw_dec(&k->m.subscriptions, 1);
+    if (!s->pattern)
+        dx__bus_leave(k->gw->bus, k->index, s->name, s->len, g->user, g->ulen);
+    if (s->pending)
+        s->dead = true; /* the completion frees it */
+    else
+        sub_free(s);
+}
+
+/* The connection ended (or never opened): out of the index, presence left,
+ * nothing more delivered; drops the connection's reference. Idempotent. */
+void gw_conn_gone(gw_conn *g)
+{
+    if (g->gone)
+        return;
+    gw_worker *k = g->k;
+    g->gone = true;
+    g->closing = true;
+    if (g->up) {
+        (void)dx_upgrade_refuse(g->up, 503, NULL);
+        g->up = NULL;
+    }
+    if (g->hreq) {
+        (void)dx_http_reply(g->hreq, 503, "application/json", NULL, "{\"error\":\"shutting down\"}", 25);
+        g->hreq = NULL;
+    }
+    (void)dx__gw_topic_remove_subscriber(k->ix, g);
+    while (g->nsubs)
+        sub_drop(g, g->nsubs - 1);
+    held_clear(g);
+    if (g->open)
+        gw_dec(&k->m.conns[g->dialect], 1);
+    g->open = false;
+    g->c = NULL;
+    g->s = NULL;
+    dx_list_remove(&g->node);
+    dx_list_init(&g->node);
+    gw_conn_unref(g);
+}
+
+static gw_sub *sub_find(gw_conn *g, const char *name, size_t len, size_t *at)
+{
+    for (size_t i = 0; i < g->nsubs; i++) {
+        gw_sub *s = g->subs[i];
+        if (s->len == len && memcmp(s->name, name, len) == 0) {
+            if (at)
+                *at = i;
+            return s;
+        }
+    }
+    return NULL;
+}
+
+/* ---- frames ---------------------------------------------------------------- */
+
+static dx_msg *raw_frame(dx__gw_entry *e)
+{
+    dx_msg *m = dx__gw_entry_frame(e, DX__GW_FRAME_RAW);
+    if (m)
+        return m;
+    int op = dx__gw_entry_kind(e) == DX__GW_KIND_BINARY ? DX_OP_BINARY : DX_OP_TEXT;
+    m = dx_msg_new(op, dx__gw_entry_data(e), dx__gw_entry_len(e), NULL);
+    return m ? dx__gw_entry_set_frame(e, DX__GW_FRAME_RAW, m) : NULL;
+}
+
+/* A new reference to the msg envelope of e (with `pattern` when not NULL). */
+static dx_msg *json_build(gw_worker *k, dx__bus_topic *t, dx__gw_entry *e, const char *pattern, size_t plen)
+{
+    dx_buf_clear(&k->scratch);
+    if (dx__gw_msg_encode(&k->scratch, 0, t->name, t->len, dx__gw_entry_offset(e), t->epoch, strlen(t->epoch),
+                          dx__gw_entry_kind(e), dx__gw_entry_data(e), dx__gw_entry_len(e), pattern, plen))
+        return NULL;
+    return dx_msg_new(DX_OP_TEXT, dx_buf_head(&k->scratch), k->scratch.len, NULL);
+}
+
+/* Borrowed: valid while the caller's reference to e lasts (and, for a
+ * pattern frame, until the pattern cache is reset after the match). */
+static dx_msg *json_frame(gw_worker *k, dx__bus_topic *t, dx__gw_entry *e, const char *pattern, size_t plen)
+{
+    if (!pattern) {
+        dx_msg *m = dx__gw_entry_frame(e, DX__GW_FRAME_JSON);
+        if (m)
+            return m;
+        m = json_build(k, t, e, NULL, 0);
+        return m ? dx__gw_entry_set_frame(e, DX__GW_FRAME_JSON, m) : NULL;
+    }
+    for (size_t i = 0; i < k->npc; i++)
+        if (k->pc[i].plen == plen && memcmp(k->pc[i].pattern, pattern, plen) == 0)
+            return k->pc[i].m;
+    dx_msg *m = json_build(k, t, e, pattern, plen);
+    if (!m)
+        return NULL;
+    if (k->npc == sizeof k->pc / sizeof k->pc[0]) {
+        dx_msg_unref(k->pc[0].m); /* evict the oldest: its senders hold their own references */
+        memmove(k->pc, k->pc + 1, (k->npc - 1) * sizeof k->pc[0]);
+        k->npc--;
+    }
+    k->pc[k->npc++] = (gw_pcache){pattern, plen, m};
+    return m;
+}
+
+static void pcache_reset(gw_worker *k)
+{
+    for (size_t i = 0; i < k->npc; i++)
+        dx_msg_unref(k->pc[i].m);
+    k->npc = 0;
+}
+
+/* ---- sending ---------------------------------------------------------------- */
+
+static void conn_close(gw_conn *g, unsigned code, const char *why)
+{
+    if (g->closing)
+        return;
+    g->closing = true;
+    if (g->dialect == GW_SSE) {
+        gw_sse_close(g, why);
+        return;
+    }
+    if (g->c)
+        (void)dx_conn_close(g->c, code, why, strlen(why));
+}
+
+static void slow_close(gw_conn *g)
+{
+    gw_worker *k = g->k;
+    gw_inc(&k->m.drops[GW_DROP_SLOW_CLOSE], 1);
+    if (g->closing)
+        return;
+    gw_logf(k, DX_LOG_WARN, "gateway: conn=%llu slow consumer (more than %zu bytes queued): closed 1013",
+            (unsigned long long)g->id, k->gw->o.sub_queue);
+    conn_close(g, 1013, "slow consumer");
+}
+
+/* Sends a JSON reply built in k->scratch. */
+static void send_scratch(gw_conn *g)
+{
+    gw_worker *k = g->k;
+    if (g->closing || !g->c)
+        return;
+    if (dx_conn_send(g->c, DX_OP_TEXT, dx_buf_head(&k->scratch), k->scratch.len) != 0)
+        g->closing = true; /* the library closes it and reports on_close */
+}
+
+static void send_err(gw_conn *g, bool has_id, uint64_t id, int code, const char *reason)
+{
+    dx_buf_clear(&g->k->scratch);
+    if (dx__gw_err_encode(&g->k->scratch, 0, has_id ? (int64_t)id : -1, code, reason) == 0)
+        send_scratch(g);
+}
+
+static int held_push(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, dx_msg *m, size_t bytes)
+{
+    if (g->nheld == g->capheld) {
+        size_t cap = g->capheld ? g->capheld * 2 : 16;
+        gw_held *h = dx__alloc(NULL, cap * sizeof *h);
+        if (!h)
+            return DX_ENOMEM;
+        for (size_t i = 0; i < g->nheld; i++)
+            h[i] = g->held[(g->headheld + i) % g->capheld];
+        dx__free(NULL, g->held);
+        g->held = h;
+        g->capheld = cap;
+        g->headheld = 0;
+    }
+    g->held[(g->headheld + g->nheld) % g->capheld] =
+        (gw_held){dx__bus_topic_ref(t), dx__gw_entry_ref(e), m ? dx_msg_ref(m) : NULL};
+    g->nheld++;
+    g->heldbytes += bytes;
+    return 0;
+}
+
+static gw_held held_pop(gw_conn *g)
+{
+    gw_held h = g->held[g->headheld];
+    g->headheld = (g->headheld + 1) % g->capheld;
+    g->nheld--;
+    return h;
+}
+
+static size_t held_bytes(const gw_held *h)
+{
+    return h->m ? dx_msg_len(h->m) : dx__gw_entry_len(h->e);
+}
+
+static void gap_add(gw_conn *g, dx__bus_topic *t, uint64_t off)
+{
+    for (size_t i = 0; i < g->ngaps; i++) {
+        if (g->gaps[i].t == t || (g->gaps[i].t->len == t->len && !memcmp(g->gaps[i].t->name, t->name, t->len))) {
+            if (off < g->gaps[i].from)
+                g->gaps[i].from = off;
+            if (off > g->gaps[i].to)
+                g->gaps[i].to = off;
+            return;
+        }
+    }
+    if (g->ngaps == g->capgaps) {
+        size_t cap = g->capgaps ? g->capgaps * 2 : 4;
+        gw_gap *n = dx__realloc(NULL, g->gaps, cap * sizeof *n);
+        if (!n) {
+            conn_close(g, 1011, "out of memory");
+            return;
+        }
+        g->gaps = n;
+        g->capgaps = cap;
+    }
+    g->gaps[g->ngaps++] = (gw_gap){dx__bus_topic_ref(t), off, off};
+}
+
+/* Sends the gap notice of topic t, if one is pending (all when t is NULL). */
+static void gaps_send(gw_conn *g, dx__bus_topic *t)
+{
+    gw_worker *k = g->k;
+    for (size_t i = 0; i < g->ngaps;) {
+        gw_gap *p = &g->gaps[i];
+        if (t && !(p->t->len == t->len && !memcmp(p->t->name, t->name, t->len))) {
+            i++;
+            continue;
+        }
+        dx_buf_clear(&k->scratch);
+        if (dx__gw_gap_encode(&k->scratch, 0, p->t->name, p->t->len, p->from, p->to) == 0)
+            send_scratch(g);
+        dx__bus_topic_unref(p->t);
+        g->gaps[i] = g->gaps[--g->ngaps];
+    }
+}
+
+/* drop-oldest: e is queued after what is held; the oldest held messages go
+ * (announced by gap) while the held bytes pass the budget. */
+static void overflow(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, dx_msg *m)
+{
+    gw_worker *k = g->k;
+    if (held_push(g, t, e, m, dx_msg_len(m)) != 0) {
+        gw_inc(&k->m.drops[GW_DROP_ERROR], 1);
+        conn_close(g, 1011, "out of memory");
+        return;
+    }
+    while (g->heldbytes > k->gw->o.sub_queue && g->nheld > 1) {
+        gw_held h = held_pop(g);
+        g->heldbytes -= held_bytes(&h);
+        gap_add(g, h.t, dx__gw_entry_offset(h.e));
+        gw_inc(&k->m.drops[GW_DROP_SLOW_GAP], 1);
+        dx__bus_topic_unref(h.t);
+        dx__gw_entry_unref(h.e);
+        dx_msg_unref(h.m);
+    }
+}
+
+static void record_latency(gw_worker *k, dx__gw_entry *e)
+{
+    uint64_t now = dx__now_ns(NULL), t0 = dx__gw_entry_time_ns(e);
+    uint64_t d = now > t0 ? now - t0 : 0;
+    double s = (double)d / 1e9;
+    size_t b = 0;
+    while (b < GW_LAT_N - 1 && s > gw_lat_bounds[b])
+        b++;
+    gw_inc(&k->m.lat[b], 1);
+    gw_inc(&k->m.lat_sum_ns, d);
+    gw_inc(&k->m.lat_count, 1);
+}
+
+/* One entry to one open WebSocket subscriber (frame m borrowed). */
+static void send_frame(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, dx_msg *m)
+{
+    gw_worker *k = g->k;
+    if (g->nheld) { /* drop-oldest backlog: keep the order */
+        overflow(g, t, e, m);
+        return;
+    }
+    size_t need = dx_msg_len(m) + 14;
+    if (dx_conn_buffered(g->c) + need > k->gw->o.sub_queue) {
+        if (g->dialect == GW_JSON && k->gw->o.slow_policy == DX_GW_SLOW_DROP_OLDEST)
+            overflow(g, t, e, m);
+        else
+            slow_close(g);
+        return;
+    }
+    if (g->dialect == GW_JSON && g->ngaps)
+        gaps_send(g, t);
+    if (dx_conn_send_msg(g->c, m) != 0) {
+        g->closing = true;
+        return;
+    }
+    gw_inc(&k->m.deliveries, 1);
+}
+
+static void deliver_one(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, const char *pattern, size_t plen)
+{
+    gw_worker *k = g->k;
+    if (g->closing)
+        return;
+    if (!g->open) { /* raw or SSE before its answer / on_open: held in order */
+        if (held_push(g, t, e, NULL, dx__gw_entry_len(e)) != 0 || g->heldbytes > k->gw->o.sub_queue) {
+            gw_inc(&k->m.drops[GW_DROP_SLOW_CLOSE], 1);
+            g->closing = true;
+            g->fail_status = 503;
+        }
+        return;
+    }
+    if (g->dialect == GW_SSE) {
+        gw_sse_deliver(g, t, e);
+        return;
+    }
+    dx_msg *m = g->dialect == GW_RAW ? raw_frame(e) : json_frame(k, t, e, pattern, plen);
+    if (!m) {
+        gw_inc(&k->m.drops[GW_DROP_ERROR], 1);
+        conn_close(g, 1011, "out of memory");
+        return;
+    }
+    send_frame(g, t, e, m);
+}
+
+/* Sends what was held while g could not take it (not open yet, or
+ * drop-oldest backlog), as far as the budget allows. */
+void gw_flush_held(gw_conn *g)
+{
+    gw_worker *k = g->k;
+    while (g->nheld && !g->closing && g->open) {
+        gw_held *h = &g->held[g->headheld];
+        if (h->m) {
+            size_t need = dx_msg_len(h->m) + 14;
+            if (g->dialect != GW_SSE && dx_conn_buffered(g->c) + need > k->gw->o.sub_queue)
+                return; /* on_drain comes back */
+            if (g->ngaps)
+                gaps_send(g, h->t);
+            if (dx_conn_send_msg(g->c, h->m) != 0) {
+                g->closing = true;
+                return;
+            }
+            gw_inc(&k->m.deliveries, 1);
+            g->heldbytes -= dx_msg_len(h->m);
+            gw_held x = held_pop(g);
+            dx__bus_topic_unref(x.t);
+            dx__gw_entry_unref(x.e);
+            dx_msg_unref(x.m);
+            continue;
+        }
+        gw_held x = held_pop(g);
+        g->heldbytes -= dx__gw_entry_len(x.e);
+        deliver_one(g, x.t, x.e, NULL, 0);
+        dx__bus_topic_unref(x.t);
+        dx__gw_entry_unref(x.e);
+    }
+    if (!g->nheld && g->ngaps && !g->closing && g->c)
+        gaps_send(g, NULL);
+}
+
+/* ---- the stitcher's ops ------------------------------------------------------ */
+
+static void st_deliver(void *ud, dx__gw_entry *e)
+{
+    gw_sub *s = ud;
+    deliver_one(s->g, s->t, e, NULL, 0);
+}
+
+static void st_gap(void *ud, uint64_t from, uint64_t to)
+{
+    gw_sub *s = ud;
+    gw_conn *g = s->g;
+    if (g->dialect == GW_JSON && g->open) {
+        for (uint64_t o = from; o <= to && o >= from; o++) {
+            gap_add(g, s->t, o);
+            if (o == to)
+                break;
+        }
+        gaps_send(g, s->t);
+    } else {
+        conn_close(g, 1013, "messages lost");
+    }
+}
+
+static const dx__gw_stitch_ops stitch_ops = {st_deliver, st_gap};
+
+/* ---- live delivery (bus event) ---------------------------------------------- */
+
+typedef struct match_ctx {
+    gw_worker *k;
+    dx__bus_topic *t;
+    dx__gw_entry *e;
+} match_ctx;
+
+static void on_match(void *ud, void *subscriber, const char *pattern, size_t plen)
+{
+    match_ctx *mc = ud;
+    gw_conn *g = subscriber;
+    if (g->closing)
+        return;
+    if (!pattern && g->npending) {
+        gw_sub *s = sub_find(g, mc->t->name, mc->t->len, NULL);
+        if (s && s->pending) {
+            if (dx__gw_stitch_live(&s->st, mc->e) != 0) {
+                gw_inc(&mc->k->m.drops[GW_DROP_ERROR], 1);
+                conn_close(g, 1011, "out of memory");
+            }
+            return;
+        }
+    }
+    deliver_one(g, mc->t, mc->e, pattern, plen);
+}
+
+static void ev_deliver(void *ud, dx__bus_topic *t, dx__gw_entry *e)
+{
+    gw_worker *k = ud;
+    match_ctx mc = {k, t, e};
+    record_latency(k, e);
+    (void)dx__gw_topic_match(k->ix, t->name, t->len, on_match, &mc);
+    pcache_reset(k);
+}
+
+static size_t ev_disconnect_user(void *ud, const char *user, size_t len)
+{
+    gw_worker *k = ud;
+    size_t n = 0;
+    dx_list_foreach(it, &k->conns) {
+        gw_conn *g = dx_list_entry(it, gw_conn, node);
+        if (g->user && g->ulen == len && memcmp(g->user, user, len) == 0 && !g->closing) {
+            conn_close(g, 4000, "disconnected");
+            n++;
+        }
+    }
+    return n;
+}
+
+static const dx__bus_events bus_events = {ev_deliver, ev_disconnect_user};
+
+/* ---- subscribing ----------------------------------------------------------- */
+
+static void sub_done(void *ud, int err, dx__bus_topic *t, dx__gw_snapshot *snap)
+{
+    gw_sub *s = ud;
+    gw_conn *g = s->g;
+    gw_worker *k = g->k;
+    s->pending = false;
+    g->npending--;
+    if (s->dead) {
+        sub_free(s);
+        gw_conn_unref(g);
+        return;
+    }
+    if (err) {
+        gw_logf(k, DX_LOG_WARN, "gateway: conn=%llu subscribe %s failed: %s", (unsigned long long)g->id, s->name,
+                dx_strerror(err));
+        size_t at;
+        if (sub_find(g, s->name, s->len, &at) == s) {
+            (void)dx__gw_topic_unsubscribe(k->ix, s->name, s->len, g);
+            bool has_id = s->has_id;
+            uint64_t id = s->id;
+            sub_drop(g, at); /* frees s */
+            if (g->dialect == GW_JSON)
+                send_err(g, has_id, id, DX__GW_E_UNAVAILABLE, "subscribe failed: try again");
+        }
+        if (g->dialect != GW_JSON) {
+            g->fail_status = 503;
+            if (--g->waiting == 0)
+                gw_conn_ready(g);
+        }
+        gw_conn_unref(g);
+        return;
+    }
+    s->t = dx__bus_topic_ref(t);
+    if (g->dialect == GW_JSON) {
+        dx_buf_clear(&k->scratch);
+        if (dx__gw_ack_sub_encode(&k->scratch, 0, s->has_id ? (int64_t)s->id : -1, s->name, s->len, snap->offset,
+                                  snap->epoch, strlen(snap->epoch), snap->recovered) == 0)
+            send_scratch(g);
+    }
+    s->last = snap->recovered ? snap->offset - snap->n : snap->offset;
+    (void)dx__gw_stitch_history(&s->st, snap);
+    dx__gw_stitch_deinit(&s->st);
+    if (g->dialect != GW_JSON && --g->waiting == 0)
+        gw_conn_ready(g);
+    gw_conn_unref(g);
+}
+
+int gw_subscribe(gw_conn *g, const char *name, size_t len, bool has_id, uint64_t id, bool resume, uint64_t since,
+                 const char *epoch, size_t elen)
+{
+    gw_worker *k = g->k;
+    if (g->nsubs == g->capsubs) {
+        size_t cap = g->capsubs ? g->capsubs * 2 : 2;
+        gw_sub **n = dx__realloc(NULL, g->subs, cap * sizeof *n);
+        if (!n)
+            return DX_ENOMEM;
+        g->subs = n;
+        g->capsubs = cap;
+    }
+    gw_sub *s = dx__alloc(NULL, sizeof *s);
+    if (!s)
+        return DX_ENOMEM;
+    memset(s, 0, sizeof *s);
+    s->name = dx__alloc(NULL, len + 1);
+    if (!s->name) {
+        dx__free(NULL, s);
+        return DX_ENOMEM;
+    }
+    memcpy(s->name, name, len);
+    s->name[len] = 0;
+    s->len = len;
+    s->g = g;
+    s->has_id = has_id;
+    s->id = id;
+    s->pattern = dx__gw_topic_classify(name, len) == DX__GW_TOPIC_PATTERN;
+    int rc = dx__gw_topic_subscribe(k->ix, name, len, g);
+    if (rc != 0) {
+        sub_free(s);
+        return rc < 0 ? rc : DX_ESTATE;
+    }
+    g->subs[g->nsubs++] = s;
+    dx__bus_interest(k->gw->bus, k->index, 1);
+    gw_inc(&k->m.subscriptions, 1);
+    if (s->pattern)
+        return 0;
+    dx__gw_stitch_init(&s->st, NULL, &stitch_ops, s);
+    s->pending = true;
+    g->npending++;
+    g->refs++;
+    rc = dx__bus_subscribe(k->gw->bus, k->index, name, len, g->user, g->ulen, true, resume, since, epoch, elen,
+                           sub_done, s);
+    if (rc != 0) {
+        s->pending = false;
+        g->npending--;
+        g->refs--;
+        (void)dx__gw_topic_unsubscribe(k->ix, name, len, g);
+        g->nsubs--;
+        dx__bus_interest(k->gw->bus, k->index, -1);
+        gw_dec(&k->m.subscriptions, 1);
+        sub_free(s);
+        return rc;
+    }
+    return 0;
+}
+
+/* ---- the JSON dialect ----------------------------------------------------------- */
+
+typedef struct pub_ctx {
+    gw_conn *g;
+    bool has_id;
+    uint64_t id;
+} pub_ctx;
+
+static void inflight_done(gw_conn *g)
+{
+    g->inflight--;
+    if (g->paused && !g->gone && g->c && g->inflight <= g->k->gw->o.max_inflight / 2) {
+        g->paused = false;
+        (void)dx_conn_resume(g->c);
+    }
+}
+
+static void pub_done(void *ud, int err, uint64_t offset, const char *epoch)
+{
+    pub_ctx *p = ud;
+    gw_conn *g = p->g;
+    gw_worker *k = g->k;
+    inflight_done(g);
+    if (err)
+        gw_inc(&k->m.publishes_refused, 1);
+    else
+        gw_inc(&k->m.publishes, 1);
+    if (!g->gone && !g->closing) {
+        if (g->dialect == GW_JSON) {
+            if (err) {
+                send_err(g, p->has_id, p->id, err == DX_ELIMIT ? DX__GW_E_TOOBIG : DX__GW_E_UNAVAILABLE,
+                         err == DX_ELIMIT ? "topic offset limit reached" : "publish failed: try again");
+            } else {
+                dx_buf_clear(&k->scratch);
+                if (dx__gw_ack_pub_encode(&k->scratch, 0, p->has_id ? (int64_t)p->id : -1, offset, epoch,
+                                          strlen(epoch)) == 0)
+                    send_scratch(g);
+            }
+        } else if (err) {
+            gw_logf(k, DX_LOG_WARN, "gateway: conn=%llu publish on %s failed: %s: closed 1011",
+                    (unsigned long long)g->id, g->pub, dx_strerror(err));
+            conn_close(g, 1011, "publish failed");
+        }
+    }
+    dx__free(NULL, p);
+    gw_conn_unref(g);
+}
+
+static int publish(gw_conn *g, const char *topic, size_t len, dx__gw_kind kind, const void *data, size_t dlen,
+                   bool has_id, uint64_t id)
+{
+    gw_worker *k = g->k;
+    pub_ctx *p = dx__alloc(NULL, sizeof *p);
+    if (!p)
+        return DX_ENOMEM;
+    *p = (pub_ctx){g, has_id, id};
+    int rc = dx__bus_publish(k->gw->bus, k->index, topic, len, kind, data, dlen, pub_done, p);
+    if (rc) {
+        dx__free(NULL, p);
+        return rc;
+    }
+    g->refs++;
+    if (++g->inflight >= k->gw->o.max_inflight && !g->paused && g->c) {
+        g->paused = true;
+        (void)dx_conn_pause(g->c);
+    }
+    return 0;
+}
+
+typedef struct ack_ctx {
+    gw_conn *g;
+    bool has_id;
+    uint64_t id;
+    char topic[];
+} ack_ctx;
+
+/* A sub of a topic already subscribed: acks again with the current offset. */
+static void resub_done(void *ud, int err, dx__bus_topic *t, dx__gw_snapshot *snap)
+{
+    ack_ctx *a = ud;
+    gw_conn *g = a->g;
+    gw_worker *k = g->k;
+    (void)t;
+    if (!g->gone) {
+        if (err) {
+            send_err(g, a->has_id, a->id, DX__GW_E_UNAVAILABLE, "subscribe failed: try again");
+        } else {
+            dx_buf_clear(&k->scratch);
+            if (dx__gw_ack_sub_encode(&k->scratch, 0, a->has_id ? (int64_t)a->id : -1, a->topic, strlen(a->topic),
+                                      snap->offset, snap->epoch, strlen(snap->epoch), false) == 0)
+                send_scratch(g);
+        }
+    }
+    dx__free(NULL, a);
+    gw_conn_unref(g);
+}
+
+static void presence_done(void *ud, int err, uint64_t count, const char *const *users, const size_t *lens, size_t n)
+{
+    ack_ctx *a = ud;
+    gw_conn *g = a->g;
+    gw_worker *k = g->k;
+    if (!g->gone) {
+        if (err) {
+            send_err(g, a->has_id, a->id, DX__GW_E_UNAVAILABLE, "presence failed: try again");
+        } else {
+            dx__gw_str stack[64], *u = n <= 64 ? stack : dx__alloc(NULL, n * sizeof *u);
+            if (u) {
+                for (size_t i = 0; i < n; i++)
+                    u[i] = (dx__gw_str){users[i], lens[i]};
+                dx_buf_clear(&k->scratch);
+                if (dx__gw_ack_presence_encode(&k->scratch, 0, a->has_id ? (int64_t)a->id : -1, count, u, n) == 0)
+                    send_scratch(g);
+                if (u != stack)
+                    dx__free(NULL, u);
+            }
+        }
+    }
+    dx__free(NULL, a);
+    gw_conn_unref(g);
+}
+
+static ack_ctx *ack_new(gw_conn *g, const dx__gw_req *r)
+{
+    ack_ctx *a = dx__alloc(NULL, sizeof *a + r->topic_len + 1);
+    if (!a)
+        return NULL;
+    a->g = g;
+    a->has_id = r->has_id;
+    a->id = r->id;
+    memcpy(a->topic, r->topic, r->topic_len);
+    a->topic[r->topic_len] = 0;
+    return a;
+}
+
+static void json_sub(gw_conn *g, const dx__gw_req *r)
+{
+    gw_worker *k = g->k;
+    dx__gw_topic_kind tk = dx__gw_topic_classify(r->topic, r->topic_len);
+    if (tk == DX__GW_TOPIC_INVALID) {
+        send_err(g, r->has_id, r->id, DX__GW_E_MALFORMED, "bad topic or pattern");
+        return;
+    }
+    int pc = gw_policy_check(g, GW_ACT_SUBSCRIBE, r->topic, r->topic_len);
+    if (pc) {
+        send_err(g, r->has_id, r->id, pc, "subscription not allowed");
+        return;
+    }
+    if (tk == DX__GW_TOPIC_PATTERN && r->has_since) {
+        send_err(g, r->has_id, r->id, DX__GW_E_MALFORMED, "since is not allowed with a pattern");
+        return;
+    }
+    if (sub_find(g, r->topic, r->topic_len, NULL)) {
+        if (tk == DX__GW_TOPIC_PATTERN) {
+            dx_buf_clear(&k->scratch);
+            if (dx__gw_ack_sub_encode(&k->scratch, 0, r->has_id ? (int64_t)r->id : -1, r->topic, r->topic_len, 0, "",
+                                      0, false) == 0)
+                send_scratch(g);
+            return;
+        }
+        ack_ctx *a = ack_new(g, r);
+        if (!a || dx__bus_subscribe(k->gw->bus, k->index, r->topic, r->topic_len, NULL, 0, false, false, 0, NULL, 0,
+                                    resub_done, a) != 0) {
+            dx__free(NULL, a);
+            send_err(g, r->has_id, r->id, DX__GW_E_UNAVAILABLE, "subscribe failed: try again");
+            return;
+        }
+        g->refs++;
+        return;
+    }
+    if (g->nsubs >= k->gw->o.max_subs) {
+        send_err(g, r->has_id, r->id, DX__GW_E_TOOBIG, "too many subscriptions on this connection");
+        return;
+    }
+    int rc = gw_subscribe(g, r->topic, r->topic_len, r->has_id, r->id, r->has_since, r->since_offset,
+                          r->since_epoch, r->since_epoch_len);
+    if (rc) {
+        send_err(g, r->has_id, r->id, DX__GW_E_UNAVAILABLE, "subscribe failed: try again");
+        return;
+    }
+    if (tk == DX__GW_TOPIC_PATTERN) {
+        dx_buf_clear(&k->scratch);
+        if (dx__gw_ack_sub_encode(&k->scratch, 0, r->has_id ? (int64_t)r->id : -1, r->topic, r->topic_len, 0, "", 0,
+                                  false) == 0)
+            send_scratch(g);
+    }
+}
+
+static void json_unsub(gw_conn *g, const dx__gw_req *r)
+{
+    gw_worker *k = g->k;
+    size_t at;
+    if (sub_find(g, r->topic, r->topic_len, &at)) {
+        (void)dx__gw_topic_unsubscribe(k->ix, r->topic, r->topic_len, g);
+        sub_drop(g, at);
+    }
+    dx_buf_clear(&k->scratch);
+    if (dx__gw_ack_encode(&k->scratch, 0, r->has_id ? (int64_t)r->id : -1) == 0)
+        send_scratch(g);
+}
+
+static void json_message(gw_conn *g, const uint8_t *data, size_t len)
+{
+    gw_worker *k = g->k;
+    dx__gw_req r;
+    dx__gw_req_err e;
+    if (dx__gw_req_parse(NULL, data, len, 0, &r, &e) != 0) {
+        send_err(g, e.has_id, e.id, e.code, e.reason);
+        return;
+    }
+    switch (r.op) {
+    case DX__GW_OP_SUB:
+        json_sub(g, &r);
+        break;
+    case DX__GW_OP_UNSUB:
+        json_unsub(g, &r);
+        break;
+    case DX__GW_OP_PUB: {
+        if (dx__gw_topic_check(r.topic, r.topic_len) != 0) {
+            send_err(g, r.has_id, r.id, DX__GW_E_MALFORMED, "bad topic (a pattern cannot be published to)");
+            gw_inc(&k->m.publishes_refused, 1);
+            break;
+        }
+        int pc = gw_policy_check(g, GW_ACT_PUBLISH, r.topic, r.topic_len);
+        if (pc) {
+            send_err(g, r.has_id, r.id, pc, "publish not allowed");
+            gw_inc(&k->m.publishes_refused, 1);
+            break;
+        }
+        if (publish(g, r.topic, r.topic_len, r.kind, r.payload, r.payload_len, r.has_id, r.id) != 0)
+            send_err(g, r.has_id, r.id, DX__GW_E_UNAVAILABLE, "publish failed: try again");
+        break;
+    }
+    case DX__GW_OP_PRESENCE: {
+        if (dx__gw_topic_check(r.topic, r.topic_len) != 0) {
+            send_err(g, r.has_id, r.id, DX__GW_E_MALFORMED, "bad topic");
+            break;
+        }
+        int pc = gw_policy_check(g, GW_ACT_PRESENCE, r.topic, r.topic_len);
+        if (pc) {
+            send_err(g, r.has_id, r.id, pc, "presence not allowed");
+            break;
+        }
+        ack_ctx *a = ack_new(g, &r);
+        if (!a || dx__bus_presence(k->gw->bus, k->index, r.topic, r.topic_len, presence_done, a) != 0) {
+            dx__free(NULL, a);
+            send_err(g, r.has_id, r.id, DX__GW_E_UNAVAILABLE, "presence failed: try again");
+            break;
+        }
+        g->refs++;
+        break;
+    }
+    case DX__GW_OP_REFRESH:
+        /* No authentication is configured (issue 10 adds JWT): nothing to
+         * refresh, the token is accepted as is. */
+        dx_buf_clear(&k->scratch);
+        if (dx__gw_ack_encode(&k->scratch, 0, r.has_id ? (int64_t)r.id : -1) == 0)
+            send_scratch(g);
+        break;
+    default:
+        send_err(g, r.has_id, r.id, DX__GW_E_UNKNOWN_OP, "unknown op");
+        break;
+    }
+    dx__gw_req_free(&r);
+}
+
+/* ---- server callbacks -------------------------------------------------------------- */
+
+static bool offered(const dx_request *req, const char *name)
+{
+    size_t cur = 0, len;
+    const char *p;
+    size_t nl = strlen(name);
+    while (dx_request_protocol(req, &cur, &p, &len))
+        if (len == nl && memcmp(p, name, nl) == 0)
+            return true;
+    return false;
+}
+
+#define GW_LIST_MAX 256 /* topics in one subscribe= / since= list */
+
+/* Splits a comma list (percent-decoded into buf) into names; returns the
+ * count, or -1 when malformed or longer than cap. */
+static int split_list(const char *v, size_t vlen, char *buf, size_t bufcap, const char **names, size_t *lens,
+                      size_t cap)
+{
+    long n = gw_pct_decode(v, vlen, buf, bufcap);
+    if (n < 0)
+        return -1;
+    size_t count = 0, i = 0;
+    while ((size_t)i < (size_t)n) {
+        size_t j = i;
+        while (j < (size_t)n && buf[j] != ',')
+            j++;
+        if (count == cap)
+            return -1;
+        names[count] = buf + i;
+        lens[count] = j - i;
+        count++;
+        i = j + 1;
+    }
+    return (int)count;
+}
+
+static void ready_post(void *arg)
+{
+    gw_conn *g = arg;
+    gw_conn_ready(g);
+    gw_conn_unref(g);
+}
+
+static void ready_drop(void *arg)
+{
+    gw_conn_unref(arg);
+}
+
+static int raw_upgrade(gw_worker *k, dx_request *req)
+{
+    dx_gateway *gw = k->gw;
+    const char *v;
+    size_t vlen;
+    static _Thread_local char subbuf[8192], sincebuf[8192], pubbuf[256];
+    const char *names[GW_LIST_MAX];
+    size_t lens[GW_LIST_MAX];
+    int nsub = 0;
+    if (gw_query_get(req->query, req->query_len, "subscribe", &v, &vlen) && vlen) {
+        nsub = split_list(v, vlen, subbuf, sizeof subbuf, names, lens, GW_LIST_MAX);
+        if (nsub < 0) {
+            gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 400: malformed subscribe list", req->remote);
+            return 400;
+        }
+    }
+    if ((size_t)nsub > gw->o.max_subs) {
+        gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 400: more than %zu subscriptions", req->remote,
+                gw->o.max_subs);
+        return 400;
+    }
+    for (int i = 0; i < nsub; i++) {
+        if (dx__gw_topic_check_sub(names[i], lens[i]) != 0) {
+            gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 400: bad topic '%.*s'", req->remote, (int)lens[i] % 201,
+                    names[i]);
+            return 400;
+        }
+        for (int j = 0; j < i; j++)
+            if (lens[j] == lens[i] && !memcmp(names[j], names[i], lens[i])) {
+                gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 400: topic listed twice", req->remote);
+                return 400;
+            }
+    }
+    long plen = -1;
+    if (gw_query_get(req->query, req->query_len, "publish", &v, &vlen) && vlen) {
+        plen = gw_pct_decode(v, vlen, pubbuf, sizeof pubbuf);
+        if (plen < 0 || dx__gw_topic_check(pubbuf, (size_t)plen) != 0) {
+            gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 400: bad publish topic (a pattern cannot be published to)",
+                    req->remote);
+            return 400;
+        }
+    }
+    dx__gw_pos pos[GW_LIST_MAX];
+    int npos = 0;
+    if (gw_query_get(req->query, req->query_len, "since", &v, &vlen) && vlen) {
+        long sl = gw_pct_decode(v, vlen, sincebuf, sizeof sincebuf);
+        npos = sl < 0 ? -1 : dx__gw_pos_parse(sincebuf, (size_t)sl, false, pos, GW_LIST_MAX);
+        if (npos < 0) {
+            gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 400: malformed since", req->remote);
+            return 400;
+        }
+        for (int i = 0; i < npos; i++) {
+            int j;
+            for (j = 0; j < nsub; j++)
+                if (lens[j] == pos[i].topic_len && !memcmp(names[j], pos[i].topic, lens[j]))
+                    break;
+            if (j == nsub || dx__gw_topic_check(pos[i].topic, pos[i].topic_len) != 0) {
+                gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 400: since names a topic not subscribed", req->remote);
+                return 400;
+            }
+        }
+    }
+    gw_conn *g = gw_conn_new(k, GW_RAW);
+    if (!g)
+        return 503;
+    for (int i = 0; i < nsub; i++) {
+        if (gw_policy_check(g, GW_ACT_SUBSCRIBE, names[i], lens[i]) != 0) {
+            gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 403: may not subscribe to '%.*s'", req->remote,
+                    (int)lens[i], names[i]);
+            gw_conn_gone(g);
+            return 403;
+        }
+    }
+    if (plen >= 0) {
+        if (gw_policy_check(g, GW_ACT_PUBLISH, pubbuf, (size_t)plen) != 0) {
+            gw_conn_gone(g);
+            return 403;
+        }
+        g->pub = dx__alloc(NULL, (size_t)plen + 1);
+        if (!g->pub) {
+            gw_conn_gone(g);
+            return 503;
+        }
+        memcpy(g->pub, pubbuf, (size_t)plen + 1);
+        g->pub_len = (size_t)plen;
+    }
+    /* Deferred, so that on_open is certain once accepted (see
+     * dx_upgrade_accept) and the subscriptions are in before the 101. */
+    g->up = dx_request_defer(req);
+    if (!g->up) {
+        gw_conn_gone(g);
+        return 503;
+    }
+    if (nsub == 0) {
+        g->refs++;
+        if (dx_loop_post_ex(k->loop, ready_post, ready_drop, g) != 0) {
+            g->refs--;
+            g->fail_status = 503;
+            gw_conn_ready(g);
+        }
+        return DX_UPGRADE_DEFER;
+    }
+    g->waiting = 1; /* held until every subscribe is out */
+    for (int i = 0; i < nsub; i++) {
+        bool resume = false;
+        uint64_t since = 0;
+        for (int j = 0; j < npos; j++)
+            if (pos[j].topic_len == lens[i] && !memcmp(pos[j].topic, names[i], lens[i])) {
+                resume = true;
+                since = pos[j].offset;
+            }
+        bool pattern = dx__gw_topic_classify(names[i], lens[i]) == DX__GW_TOPIC_PATTERN;
+        if (!pattern)
+            g->waiting++;
+        if (gw_subscribe(g, names[i], lens[i], false, 0, resume, since, NULL, 0) != 0) {
+            if (!pattern)
+                g->waiting--;
+            g->fail_status = 503;
+            break;
+        }
+    }
+    if (--g->waiting == 0)
+        gw_conn_ready(g);
+    return DX_UPGRADE_DEFER;
+}
+
+void gw_conn_ready(gw_conn *g)
+{
+    gw_worker *k = g->k;
+    if (g->dialect == GW_SSE) {
+        gw_sse_ready(g);
+        return;
+    }
+    dx_upgrade *h = g->up;
+    g->up = NULL;
+    if (!h)
+        return;
+    if (g->fail_status || g->gone) {
+        (void)dx_upgrade_refuse(h, g->fail_status ? g->fail_status : 503, "Retry-After: 1\r\n");
+        gw_inc(&k->m.handshakes_refused, 1);
+        gw_conn_gone(g);
+        return;
+    }
+    if (dx_upgrade_accept(h, NULL, g) != 0) {
+        gw_conn_gone(g); /* on_open never comes */
+        return;
+    }
+    gw_inc(&k->m.handshakes, 1);
+}
+
+static char tag_echo, tag_json; /* only their addresses matter */
+
+static int on_upgrade(dx_server *srv, dx_request *req, void *ud)
+{
+    gw_worker *k = ud;
+    (void)srv;
+    if (k->stopping)
+        return 503;
+    /* JSON and echo connections get their gw_conn in on_open (a 101 that
+     * cannot be written never reaches on_open, and nothing would free it);
+     * the user pointer says which. Raw ones are deferred (raw_upgrade). */
+    if (req->path_len == 5 && memcmp(req->path, "/echo", 5) == 0) {
+        dx_request_set_user(req, &tag_echo);
+        return 0;
+    }
+    if (!(req->path_len == 3 && memcmp(req->path, "/ws", 3) == 0))
+        return 404;
+    if (offered(req, "duplex.v1")) {
+        if (dx_request_select_protocol(req, "duplex.v1", 9) != 0)
+            return 500;
+        dx_request_set_user(req, &tag_json);
+        gw_inc(&k->m.handshakes, 1);
+        return 0;
+    }
+    int st = raw_upgrade(k, req);
+    if (st != 0 && st != DX_UPGRADE_DEFER)
+        gw_inc(&k->m.handshakes_refused, 1);
+    return st;
+}
+
+static void on_open(dx_conn *c, void *ud)
+{
+    gw_worker *k = ud;
+    gw_conn *g = dx_conn_user(c);
+    if (g == (void *)&tag_echo || g == (void *)&tag_json) {
+        g = gw_conn_new(k, g == (void *)&tag_echo ? GW_ECHO : GW_JSON);
+        dx_conn_set_user(c, g);
+    }
+    if (!g) {
+        (void)dx_conn_close(c, 1011, "out of memory", 13);
+        return;
+    }
+    g->c = c;
+    g->id = dx_conn_id(c);
+    g->open = true;
+    gw_inc(&k->m.conns[g->dialect], 1);
+    if (g->closing && !g->gone) { /* overflowed while the 101 was on its way */
+        g->closing = false;
+        slow_close(g);
+        return;
+    }
+    if (k->stopping) {
+        conn_close(g, 1012, "service restart");
+        return;
+    }
+    gw_flush_held(g);
+}
+
+static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, void *ud)
+{
+    gw_worker *k = ud;
+    gw_conn *g = dx_conn_user(c);
+    if (!g || g->closing)
+        return;
+    switch (g->dialect) {
+    case GW_ECHO:
+        (void)dx_conn_send(c, opcode, data, len);
+        return;
+    case GW_JSON:
+        if (opcode != DX_OP_TEXT) {
+            send_err(g, false, 0, DX__GW_E_MALFORMED, "binary frames are not part of the JSON dialect");
+            return;
+        }
+        json_message(g, data, len);
+        return;
+    default:
+        break;
+    }
+    if (!g->pub) {
+        gw_logf(k, DX_LOG_INFO, "gateway: conn=%llu raw client sent a message without ?publish=: closed 1008",
+                (unsigned long long)g->id);
+        conn_close(g, 1008, "no publish topic");
+        return;
+    }
+    int rc = publish(g, g->pub, g->pub_len, opcode == DX_OP_BINARY ? DX__GW_KIND_BINARY : DX__GW_KIND_TEXT, data,
+                     len, false, 0);
+    if (rc) {
+        gw_inc(&k->m.publishes_refused, 1);
+        conn_close(g, 1011, "publish failed");
+    }
+}
+
+static void on_drain(dx_conn *c, void *ud)
+{
+    (void)ud;
+    gw_conn *g = dx_conn_user(c);
+    if (g && (g->nheld || g->ngaps))
+        gw_flush_held(g);
+}
+
+static void on_close(dx_conn *c, unsigned code, const char *reason, size_t len, void *ud)
+{
+    (void)code;
+    (void)reason;
+    (void)len;
+    (void)ud;
+    gw_conn *g = dx_conn_user(c);
+    if (g)
+        gw_conn_gone(g);
+}
+
+static int on_http(dx_server *srv, dx_http_req *req, void *ud)
+{
+    (void)srv;
+    return gw_api_http(ud, req);
+}
+
+/* ---- workers ---------------------------------------------------------------------- */
+
+static void on_tick(dx_timer *t, void *ud)
+{
+    (void)t;
+    gw_worker *k = ud;
+    uint64_t q = 0;
+    dx_list_foreach(it, &k->conns) {
+        gw_conn *g = dx_list_entry(it, gw_conn, node);
+        if (g->c && !g->gone)
+            q += dx_conn_buffered(g->c);
+        else if (g->s && !g->gone)
+            q += gw_sse_buffered(g);
+    }
+    atomic_store_explicit(&k->m.queued_bytes, q, memory_order_relaxed);
+    gw_sse_tick(k);
+}
+
+static void on_demo(dx_timer *t, void *ud)
+{
+    (void)t;
+    gw_worker *k = ud;
+    char buf[128];
+    uint64_t n = ++k->demo_n;
+    uint64_t ms = dx__now_ns(NULL) / 1000000u;
+    /* A made-up price around 100, deterministic from n (a triangle wave
+     * plus a little jitter): the demo page draws it. */
+    uint64_t ph = n % 40;
+    double price = 100.0 + (double)(ph < 20 ? ph : 40 - ph) / 4.0 + (double)((n * 7919) % 11) / 20.0;
+    int len = snprintf(buf, sizeof buf, "{\"n\":%llu,\"t\":%llu,\"price\":%.2f}", (unsigned long long)n,
+                       (unsigned long long)ms, price);
+    (void)dx__bus_publish(k->gw->bus, k->index, "demo.ticker", 11, DX__GW_KIND_JSON, buf, (size_t)len, NULL, NULL);
+}
+
+dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size, unsigned workers, int *err)
+{
+    int e = DX_EINVAL;
+    dx_gateway *gw = NULL;
+    if (workers == 0 || workers > 1024 || opt_size > sizeof(dx_gateway_options))
+        goto fail;
+    e = DX_ENOMEM;
+    gw = dx__alloc(NULL, sizeof *gw);
+    if (!gw)
+        goto fail;
+    memset(gw, 0, sizeof *gw);
+    if (opt)
+        memcpy(&gw->o, opt, opt_size);
+    dx_gateway_options *o = &gw->o;
+    if (!o->sub_queue)
+        o->sub_queue = (size_t)1 << 20;
+    if (!o->max_subs)
+        o->max_subs = 100;
+    if (!o->max_message)
+        o->max_message = (size_t)1 << 20;
+    if (!o->sse_heartbeat_ms)
+        o->sse_heartbeat_ms = 15000;
+    if (!o->max_inflight)
+        o->max_inflight = 256;
+    if (!o->demo_interval_ms)
+        o->demo_interval_ms = 1000;
+    if (o->api_key && !*o->api_key)
+        o->api_key = NULL;
+    if (o->api_key) {
+        gw->api_key = strdup(o->api_key);
+        if (!gw->api_key)
+            goto fail;
+        o->api_key = gw->api_key;
+    }
+    dx__bus_local_opts bo = {.workers = workers};
+    dx__gw_log_opts_default(&bo.history);
+    if (o->history_count == (size_t)-1)
+        bo.history.max_count = 0;
+    else if (o->history_count)
+        bo.history.max_count = o->history_count;
+    if (o->history_age_ms == UINT64_MAX)
+        bo.history.max_age_ns = 0;
+    else if (o->history_age_ms)
+        bo.history.max_age_ns = o->history_age_ms * 1000000u;
+    gw->n = workers;
+    gw->start_ns = dx__now_ns(NULL);
+    gw->bus = dx__bus_local_new(&bo, &e);
+    if (!gw->bus)
+        goto fail;
+    gw->w = dx__alloc(NULL, workers * sizeof *gw->w);
+    if (!gw->w)
+        goto fail;
+    memset(gw->w, 0, workers * sizeof *gw->w);
+    for (unsigned i = 0; i < workers; i++) {
+        gw_worker *k = &gw->w[i];
+        k->gw = gw;
+        k->index = i;
+        dx_list_init(&k->conns);
+        dx_buf_init(&k->scratch, NULL);
+        if ((e = dx__gw_topic_index_new(NULL, &k->ix)) != 0)
+            goto fail;
+    }
+    return gw;
+fail:
+    if (gw) {
+        if (gw->w)
+            for (unsigned i = 0; i < workers; i++)
+                dx__gw_topic_index_free(gw->w[i].ix);
+        dx__free(NULL, gw->w);
+        dx__bus_free(gw->bus);
+        free(gw->api_key);
+        dx__free(NULL, gw);
+    }
+    if (err)
+        *err = e;
+    return NULL;
+}
+
+int dx_gateway_server_options(dx_gateway *gw, unsigned i, dx_server_options *so)
+{
+    if (!gw || i >= gw->n || !so)
+        return DX_EINVAL;
+    so->cb.on_upgrade = on_upgrade;
+    so->cb.on_http = on_http;
+    so->cb.on_open = on_open;
+    so->cb.on_message = on_message;
+    so->cb.on_drain = on_drain;
+    so->cb.on_close = on_close;
+    so->ud = &gw->w[i];
+    so->max_message = gw->o.max_message;
+    if (!so->max_http_body)
+        so->max_http_body = gw->o.max_message;
+    /* The gateway applies its own budget (sub_queue) first; the server's
+     * send_max stays above it by a message and the replies around it. */
+    size_t need = gw->o.sub_queue + 2 * gw->o.max_message + 65536;
+    if (so->send_max < need)
+        so->send_max = need;
+    return 0;
+}
+
+int dx_gateway_attach(dx_gateway *gw, unsigned i, dx_loop *loop, dx_server *srv)
+{
+    if (!gw || i >= gw->n || !loop || !srv)
+        return DX_EINVAL;
+    gw_worker *k = &gw->w[i];
+    k->loop = loop;
+    k->srv = srv;
+    int rc = dx__bus_attach(gw->bus, i, loop, &bus_events, k);
+    if (rc)
+        return rc;
+    k->tick = dx_timer_new(loop, on_tick, k);
+    if (!k->tick)
+        return DX_ENOMEM;
+    dx_timer_start(k->tick, 1000, 1000);
+    if (gw->o.demo && i == 0) {
+        k->demo = dx_timer_new(loop, on_demo, k);
+        if (!k->demo)
+            return DX_ENOMEM;
+        dx_timer_start(k->demo, gw->o.demo_interval_ms, gw->o.demo_interval_ms);
+    }
+    return 0;
+}
+
+size_t dx_gateway_shutdown(dx_gateway *gw, unsigned i)
+{
+    gw_worker *k = &gw->w[i];
+    k->stopping = true;
+    if (k->demo)
+        dx_timer_stop(k->demo);
+    size_t n = 0;
+    dx_list_foreach_safe(it, tmp, &k->conns) {
+        gw_conn *g = dx_list_entry(it, gw_conn, node);
+        if (g->dialect == GW_ECHO)
+            continue;
+        n++;
+        if (g->up || g->hreq) {
+            g->fail_status = 503;
+            gw_conn_gone(g);
+            continue;
+        }
+        conn_close(g, 1012, "service restart");
+    }
+    return n;
+}
+
+void dx_gateway_free(dx_gateway *gw)
+{
+    if (!gw)
+        return;
+    for (unsigned i = 0; i < gw->n; i++) {
+        gw_worker *k = &gw->w[i];
+        dx_list_foreach_safe(it, tmp, &k->conns) {
+            gw_conn *g = dx_list_entry(it, gw_conn, node);
+            if (g->c)
+                dx_conn_set_user(g->c, NULL); /* the server, freed after, finds no gw_conn */
+            if (g->dialect == GW_SSE)
+                gw_sse_close(g, "gateway freed");
+            gw_conn_gone(g);
+        }
+        if (k->tick)
+            dx_timer_free(k->tick);
+        if (k->demo)
+            dx_timer_free(k->demo);
+        k->tick = k->demo = NULL;
+    }
+    dx__bus_free(gw->bus); /* completions of pending requests run now, with DX_ECLOSED */
+    for (unsigned i = 0; i < gw->n; i++) {
+        gw_worker *k = &gw->w[i];
+        pcache_reset(k);
+        dx__gw_topic_index_free(k->ix);
+        dx_buf_deinit(&k->scratch);
+    }
+    dx__free(NULL, gw->w);
+    free(gw->api_key);
+    dx__free(NULL, gw);
+}

@@ -1,0 +1,202 @@
+/*
+ * src/gateway/gw.h: the gateway's internal state shared by its files:
+ * gateway.c (workers, connections, the two WebSocket dialects, delivery),
+ * api.c (the HTTP API, /metrics, /healthz), sse.c (Server-Sent Events),
+ * policy.c (every "may this connection do that" decision).
+ *
+ * Threading: a dx_gateway is shared by N workers; each gw_worker and every
+ * gw_conn on it belong to that worker's loop thread. What crosses threads
+ * goes through the bus (src/bus/bus.h), or is a counter read with relaxed
+ * atomics (/metrics sums every worker's).
+ */
+#ifndef DX_GATEWAY_GW_H
+#define DX_GATEWAY_GW_H
+
+#include "bus/bus.h"
+#include "core/buf.h"
+#include "core/list.h"
+#include "duplex/gateway.h"
+#include "duplex/server.h"
+#include "gateway/dialect.h"
+#include "gateway/history.h"
+#include "gateway/topic.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum gw_dialect { GW_RAW = 0, GW_JSON = 1, GW_SSE = 2, GW_ECHO = 3, GW_NDIALECT = 4 };
+
+/* Reasons a message was not delivered to a subscriber (/metrics label). */
+enum gw_drop {
+    GW_DROP_SLOW_CLOSE = 0, /* the subscriber was disconnected (1013 or SSE ended) */
+    GW_DROP_SLOW_GAP,       /* drop-oldest: announced with gap */
+    GW_DROP_ERROR,          /* out of memory building or queueing the frame: the connection is closed 1011 */
+    GW_NDROP
+};
+
+/* Publish→write latency buckets, seconds (the last is +Inf). */
+#define GW_LAT_N 12
+extern const double gw_lat_bounds[GW_LAT_N - 1];
+
+/* One worker's counters: written by its thread only (relaxed stores), read
+ * by whichever thread answers /metrics. */
+typedef struct gw_metrics {
+    _Atomic uint64_t conns[GW_NDIALECT];     /* gauges */
+    _Atomic uint64_t handshakes;             /* WebSocket upgrades accepted on /ws */
+    _Atomic uint64_t handshakes_refused;     /* /ws and /sse requests refused (4xx) */
+    _Atomic uint64_t subscriptions;          /* gauge */
+    _Atomic uint64_t publishes;              /* accepted publishes asked from this worker */
+    _Atomic uint64_t publishes_refused;      /* refused (bad request, policy, unavailable) */
+    _Atomic uint64_t deliveries;             /* messages handed to a connection */
+    _Atomic uint64_t drops[GW_NDROP];
+    _Atomic uint64_t queued_bytes;           /* gauge, refreshed every second */
+    _Atomic uint64_t api_requests;
+    _Atomic uint64_t lat[GW_LAT_N];          /* publish→write histogram (not cumulative here) */
+    _Atomic uint64_t lat_sum_ns;
+    _Atomic uint64_t lat_count;
+} gw_metrics;
+
+static inline void gw_inc(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n, memory_order_relaxed);
+}
+static inline void gw_dec(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) - n, memory_order_relaxed);
+}
+
+typedef struct gw_conn gw_conn;
+typedef struct gw_worker gw_worker;
+
+/* One subscription of a connection. */
+typedef struct gw_sub {
+    gw_conn *g;
+    char *name;            /* NUL-terminated */
+    size_t len;
+    bool pattern;
+    bool pending;          /* a bus subscribe is out: the request owns this record too */
+    bool dead;             /* unsubscribed or closed while pending: freed by the completion */
+    dx__gw_stitch st;      /* while pending */
+    dx__bus_topic *t;      /* after the completion (SSE ids, gaps): name + epoch */
+    uint64_t last;         /* SSE: last offset delivered */
+    bool has_id;
+    uint64_t id;           /* JSON: the sub request's id, for the ack */
+} gw_sub;
+
+/* A message held for a connection that cannot take it yet (not open, or
+ * drop-oldest overflow). */
+typedef struct gw_held {
+    dx__bus_topic *t;
+    dx__gw_entry *e;
+    dx_msg *m;             /* drop-oldest: the frame to send; NULL: build at flush */
+} gw_held;
+
+typedef struct gw_gap {
+    dx__bus_topic *t;
+    uint64_t from, to;
+} gw_gap;
+
+struct gw_conn {
+    dx_list node;          /* in the worker's conns */
+    gw_worker *k;
+    int dialect;
+    unsigned refs;         /* 1 for the connection + 1 per request out (bus, deferred answer) */
+    bool open;             /* messages may be written */
+    bool closing;          /* closed by us, or gone: deliver nothing more */
+    bool gone;             /* on_close came / the stream ended: c and s are invalid */
+    bool paused;           /* reading paused: too many publishes in flight */
+    dx_conn *c;            /* WebSocket dialects, once open */
+    dx_upgrade *up;        /* raw dialect: the deferred upgrade until its subscriptions are in */
+    struct dx_http_stream *s; /* SSE */
+    dx_http_req *hreq;     /* SSE: the request until its subscriptions are in */
+    unsigned waiting;      /* subscriptions awaited before the upgrade / stream starts */
+    int fail_status;       /* a subscription failed before the answer: refuse with this */
+    char *user;            /* authenticated user id (NUL-terminated), NULL: anonymous */
+    size_t ulen;
+    char *pub;             /* raw dialect: the publish topic */
+    size_t pub_len;
+    gw_sub **subs;
+    size_t nsubs, capsubs;
+    size_t npending;       /* subs with pending set */
+    unsigned inflight;     /* publishes awaiting the bus */
+    gw_held *held;         /* not open yet, or drop-oldest overflow: FIFO */
+    size_t nheld, capheld, headheld;
+    size_t heldbytes;
+    gw_gap *gaps;
+    size_t ngaps, capgaps;
+    uint64_t id;           /* log lines */
+};
+
+/* Frames built once per delivered entry, per pattern (JSON `pattern`). */
+typedef struct gw_pcache {
+    const char *pattern;
+    size_t plen;
+    dx_msg *m;
+} gw_pcache;
+
+struct gw_worker {
+    dx_gateway *gw;
+    unsigned index;
+    dx_loop *loop;
+    dx_server *srv;
+    dx__gw_topic_index *ix;
+    dx_list conns;          /* every gw_conn not yet freed */
+    dx_timer *tick;         /* 1 s: gauges, SSE heartbeats */
+    dx_timer *demo;         /* worker 0 with --demo */
+    uint64_t demo_n;
+    bool stopping;
+    dx_buf scratch;
+    gw_pcache pc[8];
+    size_t npc;
+    gw_metrics m;
+};
+
+struct dx_gateway {
+    dx_gateway_options o;
+    char *api_key;          /* o.api_key's copy */
+    unsigned n;
+    dx__bus *bus;
+    gw_worker *w;
+    uint64_t start_ns;
+};
+
+/* gateway.c */
+void gw_logf(gw_worker *k, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void gw_conn_unref(gw_conn *g);
+gw_conn *gw_conn_new(gw_worker *k, int dialect);
+void gw_conn_gone(gw_conn *g);
+/* Adds subscription `name` to g (checked by the caller): the index, the
+ * worker's interest and a bus subscribe whose completion acks (JSON), or
+ * counts down g->waiting (raw, SSE). since: resume (epoch NULL: current). */
+int gw_subscribe(gw_conn *g, const char *name, size_t len, bool has_id, uint64_t id, bool resume,
+                 uint64_t since, const char *epoch, size_t elen);
+/* The answer to a raw/SSE request is due: all its subscriptions are in. */
+void gw_conn_ready(gw_conn *g);
+void gw_flush_held(gw_conn *g);
+
+/* sse.c */
+void gw_sse_request(gw_worker *k, dx_http_req *req);
+void gw_sse_ready(gw_conn *g);
+void gw_sse_deliver(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e);
+void gw_sse_close(gw_conn *g, const char *why);
+void gw_sse_tick(gw_worker *k);
+size_t gw_sse_buffered(gw_conn *g);
+
+/* api.c */
+/* 1 when the request was taken (answered now or later), 0 to let the server answer. */
+int gw_api_http(gw_worker *k, dx_http_req *req);
+
+/* policy.c: every decision point. 0: allowed; else a GATEWAY.md err code
+ * (4403 forbidden, 4401 not authenticated). */
+enum gw_action { GW_ACT_SUBSCRIBE, GW_ACT_PUBLISH, GW_ACT_PRESENCE, GW_ACT_HISTORY };
+int gw_policy_check(const gw_conn *g, enum gw_action act, const char *topic, size_t len);
+
+/* Helpers shared by the files: query parameter lookup (the raw value, not
+ * decoded) and percent-decoding into out (NUL-terminated; returns the
+ * length, or -1 when malformed or longer than cap-1). */
+bool gw_query_get(const char *q, size_t qlen, const char *key, const char **v, size_t *vlen);
+long gw_pct_decode(const char *s, size_t len, char *out, size_t cap);
+
+#endif
