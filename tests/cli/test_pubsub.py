@@ -17,7 +17,8 @@ HTTP client against a Python HTTP/1.1 stand-in that records what it gets:
   - the HTTP client: one keep-alive connection for many messages, the
     Content-Type of each kind, the Bearer key, a kept-alive connection the
     server dropped while idle is replaced (no message lost or doubled),
-    `Connection: close` honoured, a chunked answer read.
+    `Connection: close` honoured, a chunked answer read, a 429 retried
+    after its Retry-After.
 """
 import base64
 import http.server as httpserver
@@ -370,6 +371,14 @@ def standin(behaviour):
                 log.append((self.conn_no, self.path, dict(self.headers), body))
                 n = len(log)
             how = behaviour(n)
+            if how == "429":
+                ans = b'{"error":"rate limited"}'
+                self.send_response(429)
+                self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", str(len(ans)))
+                self.end_headers()
+                self.wfile.write(ans)
+                return
             ans = json.dumps({"topic": "t", "offset": n, "epoch": "E"}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -428,6 +437,16 @@ def test_http_client():
             check(nconn == (1 if how == "chunked" else 6), "%s: %d connections" % (how, nconn))
         finally:
             srv.shutdown()
+    # 429: the same message again after Retry-After
+    srv, log = standin(lambda n: "429" if n == 1 else "ok")
+    try:
+        t0 = time.monotonic()
+        r = duplex("pub", "http://127.0.0.1:%d" % srv.server_address[1], "t", "once")
+        check(r.rc == 0 and r.lines == ["t 2 E"] and "429" in r.err, "429 then 200: %r" % r)
+        check([b for *_, b in log] == [b"once", b"once"] and time.monotonic() - t0 >= 0.9,
+              "429: retried after Retry-After: %r" % log)
+    finally:
+        srv.shutdown()
 
 
 if __name__ == "__main__":
