@@ -14,6 +14,8 @@ HTTP client against a Python HTTP/1.1 stand-in that records what it gets:
     over the WebSocket (err 4400), sub to a bad topic, nothing listening,
     the server stopping (sub prints the close code, exit 1); usage (exit 2);
   - sub --count, --timeout (with and without --count), SIGINT (exit 0);
+  - https:// and wss:// with --ca (by address and by name), -k, and without
+    a CA (the verification failure named, exit 1);
   - the HTTP client: one keep-alive connection for many messages, the
     Content-Type of each kind, the Bearer key, a kept-alive connection the
     server dropped while idle is replaced (no message lost or doubled),
@@ -24,9 +26,11 @@ import base64
 import http.server as httpserver
 import json
 import os
+import shutil
 import signal
 import socketserver
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -337,6 +341,32 @@ def test_server_stops():
     check(r.rc == 1 and "closed by the server: code 1012" in r.err, "sub when the server stops: %r" % r)
 
 
+def test_tls():
+    tmp = tempfile.mkdtemp(prefix="dx-cli-pubsub-")
+    try:
+        crt, key = os.path.join(tmp, "s.crt"), os.path.join(tmp, "s.key")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", key, "-out", crt, "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+        s = Serve("--workers", "2", "--api-key", KEY, "--tls-cert", crt, "--tls-key", key)
+        https, wss = "https://127.0.0.1:%d" % s.port, "wss://127.0.0.1:%d/ws" % s.port
+        sub = Sub("--ca", crt, "-n", "4", wss, "tls.t")
+        sub.subscribed()
+        check_pub_lines(duplex("pub", "--api-key", KEY, "--ca", crt, https, "tls.t", "a"), "tls.t", 1, 1)
+        check_pub_lines(duplex("pub", "--api-key", KEY, "--ca", crt, "https://localhost:%d" % s.port, "tls.t", "b"),
+                        "tls.t", 2, 1)
+        check_pub_lines(duplex("pub", "--api-key", KEY, "-k", https, "tls.t", "c"), "tls.t", 3, 1)
+        check_pub_lines(duplex("pub", "--ca", crt, wss, "tls.t", "d"), "tls.t", 4, 1)
+        r = sub.finish()
+        check(r.rc == 0 and r.lines == ["tls.t %d %s" % (i + 1, c) for i, c in enumerate("abcd")], "wss sub: %r" % r)
+        for args in (("pub", "--api-key", KEY, https, "tls.t", "x"), ("pub", wss, "tls.t", "x"), ("sub", wss, "tls.t")):
+            r = duplex(*args)
+            check(r.rc == 1 and "verif" in r.err, "%s without --ca: %r" % (args, r))
+        s.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # ---- the HTTP client, against a stand-in -------------------------------------------------
 
 
@@ -452,7 +482,7 @@ def test_http_client():
 if __name__ == "__main__":
     try:
         main([test_pub_http_and_ws_sub_prints, test_kinds, test_sub_json_output, test_since_resume, test_patterns,
-              test_errors, test_sub_count_timeout_signal, test_server_stops, test_http_client])
+              test_errors, test_sub_count_timeout_signal, test_server_stops, test_tls, test_http_client])
     finally:
         if _server is not None:
             _server.stop()
