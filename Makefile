@@ -4,7 +4,7 @@
 #   make test     every ctest test (gcc), again under ASan+UBSan (clang), the
 #                 cross-thread tests under ThreadSanitizer (clang, label tsan),
 #                 then each fuzz target for FUZZ_SECONDS (default 30) on its corpus
-#   make run      start duplex serve on port 8080 (PORT=...) with the demo page in web/
+#   make run      start duplex serve on port 8080 (PORT=...) with the chat demo in web/
 #   make bench    benchmarks (optimised build), printed as a table
 #   make install  install the library, headers, duplex.pc, the CMake package
 #                 and the CLI under PREFIX (default /usr/local), staged
@@ -71,10 +71,12 @@ test: unit asan tsan fuzz
 
 PORT ?= 8080
 
-# duplex serve prints the URL once it listens (the demo page at /, the echo
-# endpoint at /echo); Ctrl-C stops it.
+# duplex serve prints the URL once it listens: the demo (a multi-room chat
+# with presence and a live ticker published by the server on demo.ticker)
+# at /, the gateway at /ws and /sse, the echo endpoint at /echo; Ctrl-C
+# stops it. API_KEY=... turns the HTTP API on (duplex pub, curl).
 run: build
-	exec build/duplex serve --port $(PORT) --static web
+	exec build/duplex serve --port $(PORT) --static web --demo $(if $(API_KEY),--api-key $(API_KEY),)
 
 # CMAKE_INSTALL_PREFIX is fixed at configure time (GNUInstallDirs derives the
 # library folder from it); duplex.pc and the CMake package are relocatable.

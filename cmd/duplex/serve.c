@@ -15,8 +15,8 @@
  * cli_log_sink in one format with timestamps (--log-format text|json).
  *
  * Signals: SIGINT/SIGTERM are blocked in every thread and taken by the main
- * thread with sigwait: the workers stop accepting, send close 1001 to every
- * connection and stop once their connections are gone or the close timeout
+ * thread with sigwait: the workers stop accepting, send close 1012 to
+ * gateway connections (SSE streams end) and 1001 to /echo ones, and stop once their connections are gone or the close timeout
  * (plus a second) has passed; the process exits 0. A second signal during
  * that wait exits at once with status 1.
  */
@@ -123,7 +123,8 @@ static void usage(FILE *f)
             "\n"
             "Once every worker listens, serve prints 'duplex: serving http://HOST:PORT/' on stdout.\n"
             "A port another process listens on is refused (exit 1). The first SIGINT/SIGTERM closes\n"
-            "connections with 1001 and exits 0; a second one exits at once with status 1.\n"
+            "gateway connections with 1012 (/echo ones with 1001) and exits 0; a second one exits at\n"
+            "once with status 1.\n"
             "  -h, --help             this text\n");
 }
 
@@ -601,7 +602,7 @@ int cmd_serve(int argc, char **argv)
         sigdelset(&set, SIGPIPE);
         sigwait(&set, &sig);
         atomic_store(&a->stopping, true);
-        cli_logf(&a->log, DX_LOG_INFO, "serve: %s: closing connections with 1001 (up to %u ms); again to exit now",
+        cli_logf(&a->log, DX_LOG_INFO, "serve: %s: closing connections with 1012 (gateway) and 1001 (echo) (up to %u ms); again to exit now",
                  strsignal(sig), o->close_timeout_ms ? o->close_timeout_ms : 5000u);
         for (unsigned i = 0; i < started; i++)
             dx_loop_post(ws[i].loop, shutdown_worker, &ws[i]);

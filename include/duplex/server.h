@@ -19,7 +19,10 @@
  * must only read. A failed write marks its connection dead; on_close
  * follows from the loop once the callback stack has unwound. After
  * on_close nothing else is delivered for that connection; its memory stays
- * valid until on_close has returned.
+ * valid until on_close has returned. A streamed HTTP answer
+ * (dx_http_stream) keeps the same rules: its on_close fires exactly once,
+ * from the loop, whatever ended it (the stream's end, the client leaving,
+ * send_max, dx_server_shutdown, dx_server_free), and nothing after it.
  */
 #ifndef DUPLEX_SERVER_H
 #define DUPLEX_SERVER_H
@@ -191,6 +194,106 @@ DX_API int dx_http_req_header_at(const dx_http_req *req, size_t i, const char **
 DX_API int dx_http_reply(dx_http_req *req, int status, const char *content_type, const char *headers,
                          const void *body, size_t len);
 
+/* ---- streamed HTTP answers (Server-Sent Events) ------------------------------- */
+
+/*
+ * A response whose body is written over time, never Content-Length-ended:
+ * what Server-Sent Events need. It lives on the connection that carried the
+ * request; after its head the connection reads nothing more as HTTP (bytes
+ * the peer sends, pipelined requests included, are read and discarded, at
+ * most 64 KiB in all, past which the connection is dropped: on_close with
+ * DX_EPROTO). Neither handshake_timeout_ms nor http_keepalive_ms applies to
+ * it: a stream lasts until one side ends it. It counts in
+ * dx_server_connections (not in max_handshaking).
+ */
+typedef struct dx_http_stream dx_http_stream;
+
+typedef struct dx_http_stream_callbacks {
+    /* The send queue fell back to empty after it had passed send_high_water.
+     * Optional. */
+    void (*on_drain)(dx_http_stream *s, void *ud);
+    /* The stream ended; fires exactly once per stream, always from the loop
+     * (never inside a call the application made). err: 0 after an end
+     * (dx_http_stream_end, a HEAD request, dx_server_shutdown) once every
+     * byte was handed to the kernel; DX_ECLOSED when the peer left (EOF or
+     * reset), a write failed, an end could not be flushed within
+     * close_timeout_ms, or the server was freed; DX_ELIMIT when the queue
+     * passed send_max (counted in dropped_slow); DX_EPROTO when the peer sent
+     * more than 64 KiB; DX_ENOMEM when a chunk could not be queued. The
+     * handle is valid until this returns, and only calls that return
+     * DX_ECLOSED work on it here. A server freed while its streams are open
+     * reports them from the loop's next iteration; a loop freed before it
+     * runs again releases them without on_close. Optional. */
+    void (*on_close)(dx_http_stream *s, int err, void *ud);
+} dx_http_stream_callbacks;
+
+/*
+ * Answers `req` (as dx_http_reply does: inside on_http, or later for a
+ * request the application took) with `status` (200-599), a Content-Type
+ * (NULL: text/plain; charset=utf-8), extra header lines `headers` (NULL, or
+ * complete "Name: value\r\n" lines: e.g. "Cache-Control: no-cache\r\n";
+ * nothing else is added but X-Content-Type-Options: nosniff and Connection:
+ * close), then keeps the connection for dx_http_stream_send. HTTP/1.1: the
+ * body is Transfer-Encoding: chunked, each send one chunk; HTTP/1.0: the body
+ * is raw and ends when the connection closes. A HEAD request gets the head
+ * only: the stream is ended at once (sends return DX_ECLOSED, on_close(0)
+ * follows). `cb` is copied (NULL: no callbacks); `ud` is passed to them.
+ *
+ * Returns the handle, or NULL with *err (if err is not NULL): DX_ECLOSED
+ * (the connection is gone: nothing is sent); DX_EINVAL (bad status, content
+ * type or header lines, or a head over 2 KiB: the peer gets 500); DX_ENOMEM
+ * (the peer gets 500, or the connection is dropped); DX_ESTATE (req was
+ * already answered). Whatever it returns, `req` is released as by
+ * dx_http_reply. Fires no callback.
+ */
+DX_API dx_http_stream *dx_http_reply_stream(dx_http_req *req, int status, const char *content_type,
+                                            const char *headers, const dx_http_stream_callbacks *cb, void *ud,
+                                            int *err);
+
+/*
+ * Sends `len` bytes (copied, or written at once) as one chunk (HTTP/1.1) or
+ * as they are (HTTP/1.0); len 0 sends nothing. Output is gathered and written
+ * before the loop sleeps (a large piece at once); what the kernel refuses
+ * waits, bounded by send_max. Returns 0; DX_ECLOSED (ended, or the
+ * connection is gone or its write failed just now: on_close follows from
+ * the loop if it has not fired yet); DX_ELIMIT (the queue would pass
+ * send_max: the connection is dropped, on_close(DX_ELIMIT) follows);
+ * DX_ENOMEM (the connection is dropped, on_close(DX_ENOMEM) follows).
+ * Fires no callback; callable from any callback of the loop.
+ */
+DX_API int dx_http_stream_send(dx_http_stream *s, const void *data, size_t len);
+
+/* As dx_http_stream_send, with one chunk made of a[0..alen) then
+ * b[0..blen) (no concatenation copy by the caller). */
+DX_API int dx_http_stream_send2(dx_http_stream *s, const void *a, size_t alen, const void *b, size_t blen);
+
+/* As dx_http_stream_send with the payload of the prepared message `m`
+ * (duplex/msg.h; its opcode is ignored), queued by reference, not copied:
+ * an event encoded once for many streams (the chunk size line is the only
+ * per-stream copy). The stream holds its own reference while the bytes wait;
+ * the caller keeps its own. DX_EINVAL when m is NULL; else as
+ * dx_http_stream_send. */
+DX_API int dx_http_stream_send_msg(dx_http_stream *s, dx_msg *m);
+
+/* Bytes queued, not yet accepted by the kernel (0 once the connection is
+ * gone). Fires no callback. */
+DX_API size_t dx_http_stream_buffered(const dx_http_stream *s);
+
+/*
+ * Ends the body (the last chunk in HTTP/1.1), flushes what is queued, then
+ * closes the connection (FIN, then waits for the peer's EOF, bounded by
+ * close_timeout_ms). on_close follows from the loop: 0 once everything was
+ * handed to the kernel, DX_ECLOSED if the peer left first. Returns 0 or
+ * DX_ECLOSED (already ended, or the connection is gone: on_close still
+ * comes if it has not fired). Fires no callback; callable from any callback,
+ * on_drain and on_close of this stream included.
+ */
+DX_API int dx_http_stream_end(dx_http_stream *s);
+
+/* The connection's id, as in log lines ("conn=ID"); valid until on_close
+ * has returned. */
+DX_API uint64_t dx_http_stream_id(const dx_http_stream *s);
+
 /* ---- server ---------------------------------------------------------------- */
 
 typedef struct dx_server_callbacks {
@@ -269,7 +372,7 @@ typedef struct dx_server_options {
     size_t max_conns_per_ip;    /* [0: off] live connections per client address (IPv6: per /64), counted
                                    per server; over it: 503 + Retry-After (plain TCP) or a TCP close (TLS) */
     size_t max_handshaking;     /* [1024] connections not upgraded yet (TLS, request head, deferred
-                                   decision, plain HTTP); over it: TCP close at accept;
+                                   decision, plain HTTP; not streamed answers); over it: TCP close at accept;
                                    (size_t)-1: no limit */
     size_t conn_ext_size;       /* [0] bytes of per-connection user memory allocated inline with each
                                    connection (dx_conn_ext), zeroed at accept */
@@ -314,23 +417,28 @@ DX_API int dx_server_start(dx_server *srv);
 DX_API unsigned dx_server_port(const dx_server *srv);
 
 /* Graceful stop: close the listener, send close `code` (e.g. 1001) to every
- * open connection, drop connections still in the handshake. on_close fires
+ * open connection, end every streamed answer (dx_http_stream_end), drop
+ * connections still in the handshake. on_close fires
  * for each as they finish (within close_timeout_ms), from the loop: none
  * inside this call. Callable from any callback (on_close handlers may send
  * to or close the others meanwhile). Returns the number of connections not
  * yet fully closed. */
 DX_API size_t dx_server_shutdown(dx_server *srv, unsigned code, const char *reason);
 
-/* Connections not yet fully closed (handshaking, open or closing). */
+/* Connections not yet fully closed (handshaking, open, streaming an HTTP
+ * answer, or closing). */
 DX_API size_t dx_server_connections(const dx_server *srv);
 
 DX_API void dx_server_stats_get(const dx_server *srv, dx_server_stats *out);
 
 /* Frees the server; connections still open are dropped without callbacks
  * (those already closed but not yet reported are not reported either): no
- * callback of this server fires after the call returns. Callable from any
- * of the server's callbacks: the memory is then released once the callback
- * stack has unwound. */
+ * callback of this server fires after the call returns. Streamed answers
+ * are dropped too, but their own on_close (DX_ECLOSED) still comes from the
+ * loop: after the callback stack unwinds, or at the next dx_loop_run when
+ * called outside it (a loop freed first releases them without it).
+ * Callable from any of the server's callbacks (a stream's included): the
+ * memory is then released once the callback stack has unwound. */
 DX_API void dx_server_free(dx_server *srv);
 
 /* ---- connections ------------------------------------------------------------- */

@@ -81,6 +81,8 @@ typedef struct gw_sub {
     dx__gw_stitch st;      /* while pending */
     dx__bus_topic *t;      /* after the completion (SSE ids, gaps): name + epoch */
     uint64_t last;         /* SSE: last offset delivered */
+    uint64_t ack_offset;   /* SSE: the subscribe's answer, for its ack event */
+    bool ack_recovered;
     bool has_id;
     uint64_t id;           /* JSON: the sub request's id, for the ack */
 } gw_sub;
@@ -91,6 +93,7 @@ typedef struct gw_held {
     dx__bus_topic *t;
     dx__gw_entry *e;
     dx_msg *m;             /* drop-oldest: the frame to send; NULL: build at flush */
+    const char *pattern;   /* SSE before it opens: the matching pattern (a gw_sub's name), or NULL */
 } gw_held;
 
 typedef struct gw_gap {
@@ -107,6 +110,8 @@ struct gw_conn {
     bool closing;          /* closed by us, or gone: deliver nothing more */
     bool gone;             /* on_close came / the stream ended: c and s are invalid */
     bool paused;           /* reading paused: too many publishes in flight */
+    bool overflowed;       /* more held before opening than the budget */
+    bool recheck;          /* a flush of the backlog is posted */
     dx_conn *c;            /* WebSocket dialects, once open */
     dx_upgrade *up;        /* raw dialect: the deferred upgrade until its subscriptions are in */
     struct dx_http_stream *s; /* SSE */
@@ -127,6 +132,7 @@ struct gw_conn {
     gw_gap *gaps;
     size_t ngaps, capgaps;
     uint64_t id;           /* log lines */
+    uint64_t last_write_ms; /* SSE: for heartbeats */
 };
 
 /* Frames built once per delivered entry, per pattern (JSON `pattern`). */
@@ -147,7 +153,7 @@ struct gw_worker {
     dx_timer *demo;         /* worker 0 with --demo */
     uint64_t demo_n;
     bool stopping;
-    dx_buf scratch;
+    dx_buf scratch, scratch2;
     gw_pcache pc[8];
     size_t npc;
     gw_metrics m;
@@ -179,7 +185,7 @@ void gw_flush_held(gw_conn *g);
 /* sse.c */
 void gw_sse_request(gw_worker *k, dx_http_req *req);
 void gw_sse_ready(gw_conn *g);
-void gw_sse_deliver(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e);
+void gw_sse_deliver(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, const char *pattern, size_t plen);
 void gw_sse_close(gw_conn *g, const char *why);
 void gw_sse_tick(gw_worker *k);
 size_t gw_sse_buffered(gw_conn *g);
@@ -189,7 +195,9 @@ size_t gw_sse_buffered(gw_conn *g);
 int gw_api_http(gw_worker *k, dx_http_req *req);
 
 /* policy.c: every decision point. 0: allowed; else a GATEWAY.md err code
- * (4403 forbidden, 4401 not authenticated). */
+ * (4403 forbidden, 4401 not authenticated). gw_policy_origin: may a
+ * handshake with this Origin (NULL: none) and Host proceed. */
+bool gw_policy_origin(const char *origin, size_t olen, const char *host, size_t hlen);
 enum gw_action { GW_ACT_SUBSCRIBE, GW_ACT_PUBLISH, GW_ACT_PRESENCE, GW_ACT_HISTORY };
 int gw_policy_check(const gw_conn *g, enum gw_action act, const char *topic, size_t len);
 

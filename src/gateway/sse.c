@@ -1,14 +1,290 @@
-/* src/gateway/sse.c: Server-Sent Events (placeholder until the library's
- * streaming HTTP answers land; replaced in the same issue). */
+/*
+ * src/gateway/sse.c: GET /sse?subscribe=a,b (GATEWAY.md "SSE").
+ *
+ * The request is held (on_http took it) until every subscription is in:
+ * registered in the worker's index, then read by the topic's owner (the
+ * same path as a raw WebSocket's ?subscribe=). Then the answer starts as a
+ * streamed HTTP answer (dx_http_reply_stream): `text/event-stream`, a
+ * `retry:` line, one `event: ack` per topic (an extension: the JSON
+ * dialect's sub ack, with `offset`, `epoch` and `recovered`, so a page can
+ * tell it missed messages; EventSource ignores it unless listened for; it
+ * has no `id:` so the stream's position is unchanged), then the missed
+ * messages and the live ones as `event: msg` with the msg object on one
+ * `data:` line and `id:` the stream's position in all its topics.
+ *
+ * Resume: Last-Event-ID (topic:offset:epoch,...) or, without that header,
+ * ?since=topic:offset,... (the current epoch assumed), each exactly as the
+ * JSON dialect's since. Items naming a topic not in subscribe= are ignored
+ * (a browser resends its original URL with a newer Last-Event-ID).
+ * Patterns are live only: their messages carry `pattern`, and the `id:`
+ * lists the exact topics' positions only (a position names a topic).
+ *
+ * A comment line (": hb") is sent when nothing was written for
+ * sse_heartbeat_ms (checked every second). A client whose unsent bytes
+ * would pass sub_queue is disconnected (the stream ends), never skipped.
+ */
+#define _GNU_SOURCE
 #include "gateway/gw.h"
+
+#include "core/seams.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define SSE_MAX_TOPICS 64
+
+static void refuse(gw_worker *k, dx_http_req *req, int status, const char *why)
+{
+    char body[256];
+    int n = snprintf(body, sizeof body, "{\"error\":\"%s\"}", why);
+    gw_logf(k, DX_LOG_INFO, "gateway: %s GET /sse refused %d: %s", req->remote, status, why);
+    gw_inc(&k->m.handshakes_refused, 1);
+    (void)dx_http_reply(req, status, "application/json", status == 405 ? "Allow: GET, HEAD\r\n" : NULL, body,
+                        (size_t)n);
+}
+
+static void on_stream_close(dx_http_stream *s, int err, void *ud)
+{
+    gw_conn *g = ud;
+    (void)s;
+    (void)err;
+    gw_conn_gone(g);
+}
+
+static const dx_http_stream_callbacks stream_cb = {NULL, on_stream_close};
 
 void gw_sse_request(gw_worker *k, dx_http_req *req)
 {
-    (void)k;
-    (void)dx_http_reply(req, 503, "application/json", NULL, "{\"error\":\"SSE not available yet\"}", 33);
+    static _Thread_local char subbuf[8192], sincebuf[8192];
+    if (strcmp(req->method, "GET") && strcmp(req->method, "HEAD")) {
+        refuse(k, req, 405, "use GET");
+        return;
+    }
+    if (k->stopping) {
+        refuse(k, req, 503, "shutting down");
+        return;
+    }
+    const char *v;
+    size_t vlen;
+    if (!gw_query_get(req->query, req->query_len, "subscribe", &v, &vlen) || !vlen) {
+        refuse(k, req, 400, "missing subscribe=topic,...");
+        return;
+    }
+    long n = gw_pct_decode(v, vlen, subbuf, sizeof subbuf);
+    const char *names[SSE_MAX_TOPICS];
+    size_t lens[SSE_MAX_TOPICS];
+    size_t nsub = 0;
+    for (long i = 0; n >= 0 && i < n;) {
+        long j = i;
+        while (j < n && subbuf[j] != ',')
+            j++;
+        if (nsub == SSE_MAX_TOPICS || nsub == k->gw->o.max_subs) {
+            refuse(k, req, 400, "too many topics");
+            return;
+        }
+        names[nsub] = subbuf + i;
+        lens[nsub++] = (size_t)(j - i);
+        i = j + 1;
+    }
+    if (n < 0 || nsub == 0) {
+        refuse(k, req, 400, "malformed subscribe list");
+        return;
+    }
+    for (size_t i = 0; i < nsub; i++) {
+        if (dx__gw_topic_check_sub(names[i], lens[i]) != 0) {
+            refuse(k, req, 400, "bad topic or pattern");
+            return;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (lens[j] == lens[i] && !memcmp(names[j], names[i], lens[i])) {
+                refuse(k, req, 400, "topic listed twice");
+                return;
+            }
+    }
+    /* Resume positions: Last-Event-ID (with epochs) wins over ?since=. */
+    dx__gw_pos pos[SSE_MAX_TOPICS];
+    int npos = 0;
+    size_t hl;
+    const char *h = dx_http_req_header(req, "Last-Event-ID", &hl);
+    if (h && hl) {
+        if (hl >= sizeof sincebuf) {
+            refuse(k, req, 400, "Last-Event-ID too long");
+            return;
+        }
+        memcpy(sincebuf, h, hl);
+        npos = dx__gw_pos_parse(sincebuf, hl, true, pos, SSE_MAX_TOPICS);
+    } else if (gw_query_get(req->query, req->query_len, "since", &v, &vlen) && vlen) {
+        long sl = gw_pct_decode(v, vlen, sincebuf, sizeof sincebuf);
+        npos = sl < 0 ? -1 : dx__gw_pos_parse(sincebuf, (size_t)sl, false, pos, SSE_MAX_TOPICS);
+    }
+    if (npos < 0) {
+        refuse(k, req, 400, h ? "malformed Last-Event-ID" : "malformed since");
+        return;
+    }
+    size_t ol = 0, hlen = 0;
+    const char *origin = dx_http_req_header(req, "Origin", &ol);
+    const char *host = dx_http_req_header(req, "Host", &hlen);
+    if (!gw_policy_origin(origin, ol, host, hlen)) {
+        refuse(k, req, 403, "Origin does not match Host");
+        return;
+    }
+    gw_conn *g = gw_conn_new(k, GW_SSE);
+    if (!g) {
+        refuse(k, req, 503, "out of memory");
+        return;
+    }
+    g->id = req->conn_id;
+    for (size_t i = 0; i < nsub; i++) {
+        if (gw_policy_check(g, GW_ACT_SUBSCRIBE, names[i], lens[i]) != 0) {
+            gw_conn_gone(g);
+            refuse(k, req, 403, "subscription not allowed");
+            return;
+        }
+    }
+    g->hreq = req;
+    g->waiting = 1;
+    for (size_t i = 0; i < nsub; i++) {
+        bool resume = false;
+        uint64_t since = 0;
+        const char *epoch = NULL;
+        size_t elen = 0;
+        for (int j = 0; j < npos; j++)
+            if (pos[j].topic_len == lens[i] && !memcmp(pos[j].topic, names[i], lens[i])) {
+                resume = true;
+                since = pos[j].offset;
+                epoch = pos[j].epoch;
+                elen = pos[j].epoch_len;
+            }
+        bool pattern = dx__gw_topic_classify(names[i], lens[i]) == DX__GW_TOPIC_PATTERN;
+        if (pattern)
+            resume = false; /* live only: a position names topics */
+        if (!pattern)
+            g->waiting++;
+        if (gw_subscribe(g, names[i], lens[i], false, 0, resume, since, epoch, elen) != 0) {
+            if (!pattern)
+                g->waiting--;
+            g->fail_status = 503;
+            break;
+        }
+    }
+    if (--g->waiting == 0)
+        gw_sse_ready(g); /* patterns only, or every subscribe failed to go out (503) */
 }
-void gw_sse_ready(gw_conn *g) { (void)g; }
-void gw_sse_deliver(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e) { (void)g; (void)t; (void)e; }
-void gw_sse_close(gw_conn *g, const char *why) { (void)g; (void)why; }
-void gw_sse_tick(gw_worker *k) { (void)k; }
-size_t gw_sse_buffered(gw_conn *g) { (void)g; return 0; }
+
+static void stamp(gw_conn *g)
+{
+    g->last_write_ms = dx__now_ns(NULL) / 1000000u;
+}
+
+void gw_sse_ready(gw_conn *g)
+{
+    gw_worker *k = g->k;
+    dx_http_req *req = g->hreq;
+    g->hreq = NULL;
+    if (!req)
+        return;
+    if (g->fail_status || g->gone) {
+        refuse(k, req, g->fail_status ? g->fail_status : 503, "subscriptions unavailable: try again");
+        gw_conn_gone(g);
+        return;
+    }
+    int err = 0;
+    dx_http_stream *s = dx_http_reply_stream(req, 200, "text/event-stream; charset=utf-8",
+                                             "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n", &stream_cb, g,
+                                             &err);
+    if (!s) {
+        gw_conn_gone(g); /* the client left, or the answer could not be built */
+        return;
+    }
+    g->s = s;
+    g->open = true;
+    gw_inc(&k->m.conns[GW_SSE], 1);
+    gw_inc(&k->m.handshakes, 1);
+    /* retry: the browser's reconnection delay (ms); then one ack per topic */
+    dx_buf_clear(&k->scratch);
+    int rc = dx_buf_append(&k->scratch, "retry: 1000\n\n", 13, 0);
+    for (size_t i = 0; !rc && i < g->nsubs; i++) {
+        gw_sub *sub = g->subs[i];
+        rc = dx_buf_append(&k->scratch, "event: ack\ndata: ", 17, 0);
+        if (!rc)
+            rc = dx__gw_ack_sub_encode(&k->scratch, 0, -1, sub->name, sub->len, sub->ack_offset,
+                                       sub->t ? sub->t->epoch : "", sub->t ? strlen(sub->t->epoch) : 0,
+                                       sub->ack_recovered);
+        if (!rc)
+            rc = dx_buf_append(&k->scratch, "\n\n", 2, 0);
+    }
+    if (rc || dx_http_stream_send(s, dx_buf_head(&k->scratch), k->scratch.len) != 0) {
+        gw_sse_close(g, "could not start");
+        return;
+    }
+    stamp(g);
+    gw_flush_held(g);
+}
+
+void gw_sse_deliver(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, const char *pattern, size_t plen)
+{
+    gw_worker *k = g->k;
+    if (g->closing || !g->s)
+        return;
+    dx__gw_pos pos[SSE_MAX_TOPICS];
+    size_t n = 0;
+    for (size_t i = 0; i < g->nsubs && n < SSE_MAX_TOPICS; i++) {
+        gw_sub *s = g->subs[i];
+        if (s->len == t->len && !memcmp(s->name, t->name, t->len))
+            s->last = dx__gw_entry_offset(e);
+        if (!s->t)
+            continue;
+        pos[n++] = (dx__gw_pos){s->name, s->len, s->last, s->t->epoch, strlen(s->t->epoch)};
+    }
+    dx_buf_clear(&k->scratch);
+    dx_buf_clear(&k->scratch2);
+    if (dx__gw_msg_encode(&k->scratch, 0, t->name, t->len, dx__gw_entry_offset(e), t->epoch, strlen(t->epoch),
+                          dx__gw_entry_kind(e), dx__gw_entry_data(e), dx__gw_entry_len(e), pattern, plen) != 0 ||
+        dx__gw_sse_event_encode(&k->scratch2, 0, dx_buf_head(&k->scratch), k->scratch.len, pos, n) != 0) {
+        gw_inc(&k->m.drops[GW_DROP_ERROR], 1);
+        gw_sse_close(g, "out of memory");
+        return;
+    }
+    if (dx_http_stream_buffered(g->s) + k->scratch2.len > k->gw->o.sub_queue) {
+        gw_inc(&k->m.drops[GW_DROP_SLOW_CLOSE], 1);
+        gw_logf(k, DX_LOG_WARN, "gateway: conn=%llu slow SSE client (more than %zu bytes queued): stream ended",
+                (unsigned long long)g->id, k->gw->o.sub_queue);
+        gw_sse_close(g, "slow consumer");
+        return;
+    }
+    if (dx_http_stream_send(g->s, dx_buf_head(&k->scratch2), k->scratch2.len) != 0) {
+        g->closing = true; /* on_close follows */
+        return;
+    }
+    gw_inc(&k->m.deliveries, 1);
+    stamp(g);
+}
+
+void gw_sse_close(gw_conn *g, const char *why)
+{
+    (void)why;
+    g->closing = true;
+    if (g->s)
+        (void)dx_http_stream_end(g->s); /* on_close follows from the loop */
+}
+
+void gw_sse_tick(gw_worker *k)
+{
+    uint64_t now = dx__now_ns(NULL) / 1000000u;
+    dx_list_foreach(it, &k->conns) {
+        gw_conn *g = dx_list_entry(it, gw_conn, node);
+        if (g->dialect != GW_SSE || !g->s || g->closing)
+            continue;
+        if (now - g->last_write_ms + 500 >= k->gw->o.sse_heartbeat_ms) {
+            if (dx_http_stream_send(g->s, ": hb\n\n", 6) != 0)
+                g->closing = true;
+            else
+                g->last_write_ms = now;
+        }
+    }
+}
+
+size_t gw_sse_buffered(gw_conn *g)
+{
+    return g->s && !g->gone ? dx_http_stream_buffered(g->s) : 0;
+}

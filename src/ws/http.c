@@ -2,7 +2,8 @@
  * src/ws/http.c: the plain HTTP/1.1 side of a server connection, so one port
  * serves the page, an HTTP API and the socket: request bodies
  * (Content-Length or chunked, capped by max_http_body), the application's
- * answers (at once or later, through a dx_http_req handle), static files
+ * answers (at once or later, through a dx_http_req handle), streamed answers
+ * (Server-Sent Events: dx_http_stream), static files
  * (GET, HEAD), 404, 405, and keep-alive.
  *
  * Layer: ws. conn.c hands over a complete request head (CS_HEAD → CS_HTTP)
@@ -27,6 +28,15 @@
  *  - No callback inside an application call: dx_http_reply never calls
  *    on_http; input kept for later is processed from the loop
  *    (dx__loop_ready), not from inside the reply.
+ *  - Streamed answers (dx_http_reply_stream, for SSE): the connection stays
+ *    CS_HTTP in phase HP_STREAM for good; input is read and dropped (64 KiB
+ *    at most), no deadline is armed, output goes through the send queue
+ *    (send_max, on_drain at EPOLLOUT). The handle (dx_http_stream) outlives
+ *    its connection: conn_mark → dx__http_conn_gone detaches it and queues
+ *    its on_close on the loop's deferred list, whatever ended it (a free
+ *    included); it is freed after on_close, or by the ws layer's destroy
+ *    when the loop is freed first. An end is clean (on_close 0) once the
+ *    connection reached LINGER: every byte was in the kernel.
  *
  * Path rules for static files: the target's path is percent-decoded; NUL,
  * backslashes and ".." segments are refused (400); the resolved path must
@@ -54,7 +64,9 @@
 #define SEND_PER_EVENT (1024u * 1024u)  /* file bytes per wake-up: fairness between connections */
 #define CHUNKED_SLACK (64u * 1024u)     /* chunked framing allowed beyond max_http_body / 2 */
 
-enum { HP_NONE = 0, HP_BODY, HP_WAIT, HP_SEND };
+#define STREAM_DISCARD_MAX (64u * 1024u) /* peer bytes read and dropped on a stream before it is cut */
+
+enum { HP_NONE = 0, HP_BODY, HP_WAIT, HP_SEND, HP_STREAM };
 
 /* A request and its handle: the public view first. Headers and a copy of
  * the head follow the struct in the same allocation; the body is separate
@@ -87,6 +99,25 @@ struct dx__http {
     uint64_t left;
     uint8_t *pend;          /* input read past the current request */
     size_t pend_len;
+    dx_http_stream *stream; /* HP_STREAM: the streamed answer (its handle) */
+    size_t discarded;       /* HP_STREAM: peer bytes read and dropped */
+};
+
+/* A streamed answer's handle. It outlives its connection: when the
+ * connection goes (for any reason, dx_server_free included) the handle is
+ * detached (conn NULL) and its on_close queued on the loop's deferred list
+ * (dclose), after which it is freed. */
+struct dx_http_stream {
+    dx_conn *conn;          /* NULL once detached */
+    dx_loop *loop;
+    dx_http_stream_callbacks cb;
+    void *ud;
+    uint64_t id;
+    int err;                /* for on_close, when err_set; else decided as the connection goes */
+    bool err_set;
+    bool chunked;           /* HTTP/1.1: each send is one chunk */
+    bool ended;             /* dx_http_stream_end (or HEAD, or shutdown): nothing more is sent */
+    dx__deferred dclose;
 };
 
 static const dx_log *LOG(const dx_conn *c) { return c->ep->loop->log; }
@@ -384,6 +415,131 @@ static void serve_default(dx_conn *c, const hreq *r)
     serve_file(c, r, path);
 }
 
+/* ---- streamed answers ----------------------------------------------------------- */
+
+/* The stream's on_close, from the loop's deferred list; then its memory. */
+static void stream_closed(dx_loop *loop, dx__deferred *d)
+{
+    dx_http_stream *s = dx_list_entry(d, dx_http_stream, dclose);
+    if (s->cb.on_close)
+        s->cb.on_close(s, s->err, s->ud);
+    dx__free(loop->seams, s);
+}
+
+/* The connection is going (conn_mark, through dx__http_conn_gone): the
+ * handle forgets it and its on_close is queued. An end counts as clean once
+ * the connection reached LINGER: every byte was handed to the kernel. */
+static void stream_detach(dx_conn *c, dx_http_stream *s)
+{
+    c->ep->nstreams--;
+    s->conn = NULL;
+    if (!s->err_set)
+        s->err = s->ended && c->state == CS_LINGER ? 0 : DX_ECLOSED;
+    dx__log(LOG(c), DX_LOG_INFO, "conn=%llu http stream end: %s bytes_out=%llu", (unsigned long long)c->id,
+            s->err ? dx_errname(s->err) : "ok", (unsigned long long)c->bytes_out);
+    s->dclose.fn = stream_closed;
+    dx__loop_later(s->loop, &s->dclose);
+}
+
+/* Ends the stream with `err` for on_close: the connection is dropped. */
+static void stream_fail(dx_http_stream *s, int err, const char *why)
+{
+    s->err = err;
+    s->err_set = true;
+    dx__conn_abort(s->conn, DX_CLOSE_ABNORMAL, why);
+}
+
+/* Peer bytes on a stream are read and dropped, up to a bound. */
+static void stream_discard(dx_conn *c, size_t n)
+{
+    dx__http *h = c->http;
+    h->discarded += n;
+    if (h->discarded > STREAM_DISCARD_MAX && h->stream)
+        stream_fail(h->stream, DX_EPROTO, "peer sent more than 64 KiB on a streamed answer");
+}
+
+/* Readiness of a stream: the queue emptied at EPOLLOUT (on_io flushed it
+ * just before) after it had passed send_high_water: on_drain, from the
+ * loop. A backlogged queue is flushed only there (new output queues behind
+ * it), so no drain is missed. Reading stays on (input is dropped). */
+static bool stream_io(dx_conn *c, uint32_t events)
+{
+    dx_http_stream *s = c->http->stream;
+    if ((events & EPOLLOUT) && (c->flags & CF_DRAIN_ARMED) && !WQ_LEN(c)) {
+        c->flags &= (uint16_t)~CF_DRAIN_ARMED;
+        if (s && !s->ended && s->cb.on_drain)
+            s->cb.on_drain(s, s->ud);
+        if (c->state != CS_HTTP)
+            return false; /* ended, or dropped (the server freed) in on_drain */
+    }
+    return true;
+}
+
+/* The head of a streamed answer is built; write it and turn the connection
+ * into a stream. 0, or DX_ECLOSED / DX_ENOMEM (s not attached). */
+static int stream_start(dx_conn *c, const hreq *r, dx_http_stream *s, const char *head, size_t n, int status)
+{
+    dx__ep *ep = c->ep;
+    dx__http *h = c->http;
+    dx__log(LOG(c), DX_LOG_INFO, "conn=%llu http remote=%s method=%s path=%.*s status=%d stream%s",
+            (unsigned long long)c->id, r->remote, r->pub.method, (int)r->pub.path_len, r->pub.path, status,
+            s->chunked ? " chunked" : "");
+    h->phase = HP_STREAM;
+    int rc = dx__conn_write(c, head, n);
+    if (c->state == CS_DEAD)
+        return DX_ECLOSED;
+    if (rc) {
+        dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory queueing a stream's head");
+        return rc;
+    }
+    h->stream = s;
+    s->conn = c;
+    ep->nstreams++;
+    /* A drain armed by an earlier answer on this connection is not ours. */
+    c->flags &= (uint16_t)~CF_DRAIN_ARMED;
+    dx__timer_stop(ep->loop, &c->timer); /* no keep-alive or handshake deadline on a stream */
+    /* Pipelined input kept while the answer was pending: dropped, counted. */
+    if (h->pend) {
+        size_t pl = h->pend_len;
+        dx__free(ep->loop->seams, h->pend);
+        h->pend = NULL;
+        h->pend_len = 0;
+        stream_discard(c, pl);
+        if (c->state == CS_DEAD)
+            return 0; /* attached: on_close(DX_EPROTO) follows */
+    }
+    if (c->flags & CF_READ_OFF)
+        dx__conn_reading(c, DX__READ_ON);
+    if (c->st.t->pending(&c->st))
+        dx__loop_ready(ep->loop, &c->io); /* TLS records epoll cannot announce: an EOF among them */
+    if (r->head_method) {
+        s->ended = true;
+        dx__conn_finish_after_flush(c);
+    }
+    return 0;
+}
+
+bool dx__http_stream_shutdown(dx_conn *c)
+{
+    dx__http *h = c->http;
+    if (c->state != CS_HTTP || !h || h->phase != HP_STREAM || !h->stream)
+        return false;
+    (void)dx_http_stream_end(h->stream);
+    return true;
+}
+
+void dx__http_streams_drop(dx_loop *loop)
+{
+    dx_list_foreach_safe(node, tmp, &loop->deferred)
+    {
+        dx__deferred *d = dx_list_entry(node, dx__deferred, node);
+        if (d->fn != stream_closed)
+            continue;
+        dx_list_remove(node);
+        dx__free(loop->seams, dx_list_entry(d, dx_http_stream, dclose));
+    }
+}
+
 /* ---- requests ----------------------------------------------------------------- */
 
 /* The request is complete: the application's turn, or the server's. */
@@ -612,6 +768,10 @@ static void stash(dx_conn *c, const uint8_t *p, size_t n)
 size_t dx__http_input(dx_conn *c, const uint8_t *p, size_t n)
 {
     dx__http *h = c->http;
+    if (h->phase == HP_STREAM) {
+        stream_discard(c, n);
+        return n;
+    }
     if (h->phase != HP_BODY) {
         stash(c, p, n);
         return n;
@@ -663,6 +823,8 @@ bool dx__http_sending(const dx_conn *c) { return c->http && c->http->phase == HP
 bool dx__http_io(dx_conn *c, uint32_t events)
 {
     dx__http *h = c->http;
+    if (h->phase == HP_STREAM)
+        return stream_io(c, events);
     if (h->phase == HP_BODY || h->phase == HP_NONE)
         return true;
     if ((events & (EPOLLERR | EPOLLHUP)) || (h->phase == HP_WAIT && (events & EPOLLRDHUP))) {
@@ -697,6 +859,8 @@ void dx__http_resume(dx_conn *c)
 void dx__http_timeout(dx_conn *c)
 {
     dx__http *h = c->http;
+    if (h->phase == HP_STREAM)
+        return; /* a stream has no deadline (its timer is never armed) */
     char why[96];
     snprintf(why, sizeof why, h->phase == HP_BODY ? "HTTP body: nothing received for %u ms"
                                                   : "HTTP answer: peer took nothing for %u ms",
@@ -711,6 +875,8 @@ void dx__http_conn_gone(dx_conn *c)
     if (!h)
         return;
     c->http = NULL;
+    if (h->stream)
+        stream_detach(c, h->stream);
     hreq *r = h->req;
     if (r) {
         r->conn = NULL;
@@ -784,3 +950,149 @@ int dx_http_reply(dx_http_req *req, int status, const char *content_type, const 
         free_req(r);
     return rc;
 }
+
+dx_http_stream *dx_http_reply_stream(dx_http_req *req, int status, const char *content_type, const char *headers,
+                                     const dx_http_stream_callbacks *cb, void *ud, int *err)
+{
+    hreq *r = (hreq *)(void *)req;
+    if (r->answered) {
+        if (err)
+            *err = DX_ESTATE;
+        return NULL;
+    }
+    r->answered = true;
+    dx_conn *c = r->conn;
+    dx_http_stream *s = NULL;
+    int rc = 0;
+    if (!c || c->state == CS_DEAD) {
+        rc = DX_ECLOSED;
+    } else {
+        const dx_seams *seams = c->ep->loop->seams;
+        c->http->req = NULL;
+        r->conn = NULL;
+        char head[2048];
+        int n = 0;
+        bool chunked = r->pub.minor_version >= 1;
+        if (status < 200 || status > 599 || (headers && !dx__http_valid_header_block(headers)) ||
+            (content_type && !dx__http_is_field_value(content_type, strlen(content_type)))) {
+            rc = DX_EINVAL;
+        } else {
+            n = snprintf(head, sizeof head,
+                         "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%sConnection: close\r\n"
+                         "X-Content-Type-Options: nosniff\r\n%s\r\n",
+                         status, dx_http_status_text(status), content_type ? content_type : "text/plain; charset=utf-8",
+                         chunked ? "Transfer-Encoding: chunked\r\n" : "", headers ? headers : "");
+            if (n < 0 || (size_t)n >= sizeof head)
+                rc = DX_EINVAL;
+            else if ((s = dx__alloc(seams, sizeof *s)) == NULL)
+                rc = DX_ENOMEM;
+        }
+        if (rc) {
+            dx__log(LOG(c), DX_LOG_WARN, "conn=%llu http: the application's stream was refused (%s): 500",
+                    (unsigned long long)c->id, dx_strerror(rc));
+            c->http->keep_alive = false;
+            simple(c, r, 500, NULL);
+        } else {
+            memset(s, 0, sizeof *s);
+            s->loop = c->ep->loop;
+            if (cb)
+                s->cb = *cb;
+            s->ud = ud;
+            s->id = c->id;
+            s->chunked = chunked;
+            rc = stream_start(c, r, s, head, (size_t)n, status);
+            if (rc) {
+                dx__free(seams, s);
+                s = NULL;
+            }
+        }
+    }
+    if (!r->in_cb)
+        free_req(r);
+    if (err)
+        *err = rc;
+    return s;
+}
+
+/* One chunk (HTTP/1.1) or raw bytes (HTTP/1.0) of a[0..alen) b[0..blen);
+ * with rb, `a` lies inside it and is queued by reference (blen is 0). */
+static int stream_put(dx_http_stream *s, const void *a, size_t alen, const void *b, size_t blen, dx_rcbuf *rb)
+{
+    dx_conn *c = s->conn;
+    if (!c || s->ended || c->state != CS_HTTP)
+        return DX_ECLOSED;
+    size_t len = alen + blen;
+    if (len == 0)
+        return 0; /* a zero-size chunk would end the body */
+    dx__ep *ep = c->ep;
+    char hdr[24];
+    size_t hl = s->chunked ? (size_t)snprintf(hdr, sizeof hdr, "%zx\r\n", len) : 0;
+    size_t total = hl + len + (s->chunked ? 2u : 0u);
+    /* As for frames (send.c): the cap applies to what waits because the
+     * kernel refused it; a piece larger than send_max goes out when nothing
+     * waits. */
+    if ((c->flags & CF_WANT_WRITE) && WQ_LEN(c) && WQ_LEN(c) + total > ep->opt.send_max) {
+        ep->st.dropped_slow++;
+        dx__log(LOG(c), DX_LOG_WARN, "conn=%llu slow stream reader: %zu bytes queued, send_max %zu; dropping",
+                (unsigned long long)c->id, WQ_LEN(c), ep->opt.send_max);
+        stream_fail(s, DX_ELIMIT, "send queue full");
+        return DX_ELIMIT;
+    }
+    int rc = hl ? dx__conn_write(c, hdr, hl) : 0;
+    if (!rc && alen)
+        rc = rb ? dx__conn_write_ref(c, rb, a, alen) : dx__conn_write(c, a, alen);
+    if (!rc && blen)
+        rc = dx__conn_write(c, b, blen);
+    if (!rc && s->chunked)
+        rc = dx__conn_write(c, "\r\n", 2);
+    if (c->state == CS_DEAD)
+        return DX_ECLOSED; /* the write failed: on_close(DX_ECLOSED) follows */
+    if (rc) {
+        stream_fail(s, rc, "out of memory queueing a chunk"); /* half a chunk may be queued */
+        return rc;
+    }
+    return 0;
+}
+
+int dx_http_stream_send(dx_http_stream *s, const void *data, size_t len)
+{
+    return stream_put(s, data, len, NULL, 0, NULL);
+}
+
+int dx_http_stream_send2(dx_http_stream *s, const void *a, size_t alen, const void *b, size_t blen)
+{
+    return stream_put(s, a, alen, b, blen, NULL);
+}
+
+int dx_http_stream_send_msg(dx_http_stream *s, dx_msg *m)
+{
+    if (!m)
+        return DX_EINVAL;
+    unsigned opcode;
+    size_t hl;
+    dx_rcbuf *rb = dx__msg_frame(m, &opcode, &hl); /* the payload follows the frame header */
+    return stream_put(s, dx_rcbuf_data(rb) + hl, dx_rcbuf_len(rb) - hl, NULL, 0, rb);
+}
+
+size_t dx_http_stream_buffered(const dx_http_stream *s) { return s->conn ? WQ_LEN(s->conn) : 0; }
+
+int dx_http_stream_end(dx_http_stream *s)
+{
+    dx_conn *c = s->conn;
+    if (!c || s->ended || c->state != CS_HTTP)
+        return DX_ECLOSED;
+    s->ended = true;
+    if (s->chunked) {
+        int rc = dx__conn_write(c, "0\r\n\r\n", 5); /* the last chunk, no trailers (RFC 9112 §7.1) */
+        if (c->state == CS_DEAD)
+            return DX_ECLOSED;
+        if (rc) {
+            stream_fail(s, rc, "out of memory queueing the last chunk");
+            return DX_ECLOSED;
+        }
+    }
+    dx__conn_finish_after_flush(c); /* flush, FIN, wait for EOF (close_timeout_ms) */
+    return 0;
+}
+
+uint64_t dx_http_stream_id(const dx_http_stream *s) { return s->id; }

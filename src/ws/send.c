@@ -422,22 +422,33 @@ static int put_private(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t 
     return flush_now(c);
 }
 
-/* Queues a reference to a shared, encoded frame (a dx_msg): no copy. */
-static int put_shared(dx_conn *c, dx_rcbuf *frame)
+/* Queues a reference to len bytes at p inside the shared buffer rb: no copy. */
+static int put_ref(dx_conn *c, dx_rcbuf *rb, const uint8_t *p, size_t len)
 {
-    const uint8_t *p = dx_rcbuf_data(frame);
-    size_t len = dx_rcbuf_len(frame);
     if (backlogged(c) && len <= TINY_COPY)
         return put_private(c, NULL, 0, p, len, NULL);
     if (wq_room(c, 1))
         return DX_ENOMEM;
-    wq_push(c, p, len, (uintptr_t)dx_rcbuf_ref(frame) | SEG_RC);
+    wq_push(c, p, len, (uintptr_t)dx_rcbuf_ref(rb) | SEG_RC);
     if (backlogged(c)) {
         backlog_grew(c);
         return 0;
     }
     wq_gathered(c);
     return c->wq->len >= gather_max(c) ? flush_now(c) : 0;
+}
+
+/* Queues a reference to a shared, encoded frame (a dx_msg): no copy. */
+static int put_shared(dx_conn *c, dx_rcbuf *frame)
+{
+    return put_ref(c, frame, dx_rcbuf_data(frame), dx_rcbuf_len(frame));
+}
+
+int dx__conn_write_ref(dx_conn *c, dx_rcbuf *rb, const uint8_t *p, size_t len)
+{
+    if (c->state == CS_DEAD)
+        return DX_ECLOSED;
+    return len ? put_ref(c, rb, p, len) : 0;
 }
 
 int dx__conn_write(dx_conn *c, const void *data, size_t len)

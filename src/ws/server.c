@@ -321,7 +321,7 @@ static void on_accept(dx__io *io, uint32_t events)
         }
         srv->ep.st.accepted++;
         dx__ep *ep = &srv->ep;
-        size_t upgraded = (size_t)ep->st.open; /* never more than nconns; guarded all the same */
+        size_t upgraded = (size_t)ep->st.open + ep->nstreams; /* never more than nconns; guarded all the same */
         size_t handshaking = ep->nconns > upgraded ? ep->nconns - upgraded : 0;
         if (ep->opt.max_handshaking != (size_t)-1 && handshaking >= ep->opt.max_handshaking) {
             limit_refused(srv, LIM_HANDSHAKING, &ss);
@@ -425,7 +425,7 @@ size_t dx_server_shutdown(dx_server *srv, unsigned code, const char *reason)
         dx_list_push_back(&srv->ep.conns, it);
         if (c->state == CS_OPEN)
             (void)dx_conn_close(c, code, reason, rlen);
-        else if (c->state < CS_OPEN)
+        else if (c->state < CS_OPEN && !dx__http_stream_shutdown(c)) /* a stream ends cleanly */
             dx__conn_abort(c, DX_CLOSE_GOING_AWAY, "server shutting down");
     }
     return srv->ep.nconns;

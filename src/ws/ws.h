@@ -69,6 +69,7 @@ typedef struct dx__ep {
      * memory silently, then `dfree` (queued after them) frees the owner. */
     bool freeing;
     dx__deferred dfree;
+    size_t nstreams;         /* of nconns, streamed HTTP answers (http.c): not handshaking */
     struct dx__wsl *wsl;     /* the loop's ws context (set by the first connection) */
     /* The plain HTTP request being answered, while dx__http_serve runs (for
      * the log line of the answer); NULL otherwise. */
@@ -254,6 +255,9 @@ void dx__conn_abort(dx_conn *c, unsigned code, const char *why);
 /* Queues a copy of bytes in order after whatever is queued (gathered and
  * written before the loop sleeps; a large one is written at once). */
 int dx__conn_write(dx_conn *c, const void *data, size_t len);
+/* send.c: queues a reference to len bytes at p inside rb (a dx_msg's
+ * payload, for a streamed HTTP answer): no copy. 0, DX_ECLOSED, DX_ENOMEM. */
+int dx__conn_write_ref(dx_conn *c, dx_rcbuf *rb, const uint8_t *p, size_t len);
 /* Writes what `c` gathered (ws_loop.c's flush before sleep). */
 void dx__conn_flush(dx_conn *c);
 /* Flushes, then FIN, then waits for EOF (bounded by close_timeout_ms). */
@@ -308,6 +312,12 @@ void dx__http_timeout(dx_conn *c);
 /* The connection is going away: releases the HTTP state; a request the
  * application holds is detached (its answer will return DX_ECLOSED). */
 void dx__http_conn_gone(dx_conn *c);
+/* The server shuts down: a streamed answer on `c` is ended cleanly (last
+ * chunk, flush, close); true when it was, false when `c` is no stream. */
+bool dx__http_stream_shutdown(dx_conn *c);
+/* The loop is being freed: streams whose on_close is still queued are
+ * released without it (ws_loop.c's destroy). */
+void dx__http_streams_drop(dx_loop *loop);
 /* conn.c: feeds input to the connection as if just read. */
 void dx__conn_process(dx_conn *c, uint8_t *p, size_t n);
 /* conn.c: reading on (READ_ON), off but watching the peer leave (READ_HUP),

@@ -166,8 +166,8 @@ static void before_sleep(dx_loop *loop, void *ctx)
 
 static void destroy(dx_loop *loop, void *ctx)
 {
-    (void)loop;
     dx__wsl *w = ctx;
+    dx__http_streams_drop(loop); /* streams whose on_close never ran: the loop will not run again */
     while (w->chunks) {
         dx__chunk *ch = w->chunks;
         w->chunks = ch->next;

@@ -177,7 +177,7 @@ def test_second_signal_forces_exit():
               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
     check(b"101" in s.recv(4096), "upgrade")
     os.kill(srv.proc.pid, signal.SIGINT)
-    wait_for(lambda: "closing connections with 1001" in srv.log(), 15, "the shutdown line")
+    wait_for(lambda: "closing connections with 1012 (gateway) and 1001" in srv.log(), 15, "the shutdown line")
     t0 = time.monotonic()
     os.kill(srv.proc.pid, signal.SIGINT)
     try:

@@ -76,7 +76,7 @@ def main(binary):
         check(rc == 0, "server exited %d after SIGTERM" % rc)
         check(took < CLOSE_TIMEOUT + 3, "server took %.1f s to exit" % took)
         log = srv.log()
-        check("closing connections with 1001" in log and "serve: stopped" in log, "shutdown lines missing in the log")
+        check("closing connections with 1012 (gateway) and 1001" in log and "serve: stopped" in log, "shutdown lines missing in the log")
         n1001 = len(srv.lines(r"close remote=.* code=1001 "))
         say("log: %d close lines with code=1001" % n1001)
         check(n1001 == N, "expected %d close lines with code=1001, got %d" % (N, n1001))
