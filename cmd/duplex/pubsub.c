@@ -871,8 +871,10 @@ static void pub_usage(FILE *f)
             "      --log-level L      library log: error|warn|info|debug [warn]\n"
             "  -h, --help             this text\n"
             "\n"
+            "Options may follow the operands; `--` ends them (a message beginning with '-').\n"
             "Errors (HTTP status and body, err frames) go to stderr. 401, 403, 404 and 405\n"
-            "stop at once (the next messages would fail too); other refusals go on.\n"
+            "stop at once (the next messages would fail too); a 429 is sent again after\n"
+            "its Retry-After; other refusals go on.\n"
             "Exit 0 when every message was accepted, 1 otherwise, 2 on bad usage.\n");
 }
 
@@ -930,7 +932,7 @@ int cmd_pub(int argc, char **argv)
     const char *name;
     int ch;
     optind = 1;
-    while ((ch = cli_getopt(&common, argc, argv, "+qkh", own, &name)) != -1) {
+    while ((ch = cli_getopt(&common, argc, argv, "qkh", own, &name)) != -1) {
         switch (ch) {
         case CLI_BAD:
             return CLI_USAGE;
@@ -1028,7 +1030,7 @@ int cmd_sub(int argc, char **argv)
     int ch, status = CLI_USAGE;
     unsigned long v;
     optind = 1;
-    while ((ch = cli_getopt(&common, argc, argv, "+n:qkh", own, &name)) != -1) {
+    while ((ch = cli_getopt(&common, argc, argv, "n:qkh", own, &name)) != -1) {
         switch (ch) {
         case CLI_BAD:
             goto out;

@@ -159,7 +159,7 @@ def check_pub_lines(r, topic, first, n):
 
 def test_pub_http_and_ws_sub_prints():
     s = server()
-    sub = Sub("-n", "6", ws(s), "ps.one")
+    sub = Sub(ws(s), "ps.one", "-n", "7")
     sub.subscribed()
     e1 = check_pub_lines(duplex("pub", "--api-key", KEY, http(s), "ps.one", "hello", "two words"), "ps.one", 1, 2)
     e2 = check_pub_lines(duplex("pub", ws(s), "ps.one", data=b"three\n\nfour\r\n"), "ps.one", 3, 2)
@@ -167,10 +167,13 @@ def test_pub_http_and_ws_sub_prints():
     # the key from the environment; http:// with a trailing slash
     env = dict(os.environ, DUPLEX_API_KEY=KEY)
     check_pub_lines(duplex("pub", http(s) + "/", "ps.one", data=b"five\nsix\n", env=env), "ps.one", 5, 2)
+    # options after the operands (as docs/gateway.md writes it); `--` before a message with a dash
+    r = duplex("pub", http(s), "ps.one", "--api-key", KEY, "--", "-seven")
+    check_pub_lines(r, "ps.one", 7, 1)
     r = sub.finish()
-    check(r.rc == 0, "sub -n 6: %r" % r)
+    check(r.rc == 0, "sub -n 7: %r" % r)
     want = ["ps.one 1 hello", "ps.one 2 two words", "ps.one 3 three", "ps.one 4 four", "ps.one 5 five",
-            "ps.one 6 six"]
+            "ps.one 6 six", "ps.one 7 -seven"]
     check(r.lines == want, "sub printed %r, want %r" % (r.lines, want))
     check('sub: subscribed to ps.one (offset 0, epoch "' in r.err, "subscription notice: %r" % r)
 
@@ -214,9 +217,10 @@ def test_kinds():
 
 def test_sub_json_output():
     s = server()
-    sub = Sub("--json", "-n", "2", ws(s), "ps.json")
+    # URLs without a path mean /ws; http:// means ws:// for sub
+    sub = Sub("--json", "-n", "2", http(s), "ps.json")
     sub.subscribed()
-    check_pub_lines(duplex("pub", ws(s), "ps.json", "x y"), "ps.json", 1, 1)
+    check_pub_lines(duplex("pub", "ws://127.0.0.1:%d" % s.port, "ps.json", "x y"), "ps.json", 1, 1)
     check_pub_lines(duplex("pub", "--kind", "binary", ws(s), "ps.json", "z"), "ps.json", 2, 1)
     r = sub.finish()
     check(r.rc == 0 and len(r.lines) == 2, "sub --json: %r" % r)
