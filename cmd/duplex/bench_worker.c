@@ -230,7 +230,7 @@ static void conn_error(bconn *b, _Atomic uint64_t *counter, const char *what)
     b->failed = true;
     if (b->state == S_OPEN) {
         b->state = S_CLOSING;
-        (void)dx_client_close(b->cl, DX_CLOSE_POLICY, "bench: bad echo", 15);
+        (void)dx_client_close(b->cl, DX_CLOSE_POLICY, "bench: check failed", 19);
     }
 }
 
