@@ -251,7 +251,8 @@ static int http_publish(httpc *h, const pub_opts *o, const char *base, const voi
     if (a.status == 200) {
         json_error_t je;
         json_t *j = json_loadb(a.body, a.body_len, 0, &je);
-        json_t *jt = json_object_get(j, "topic"), *jo = json_object_get(j, "offset"), *jep = json_object_get(j, "epoch");
+        json_t *jt = json_object_get(j, "topic"), *jo = json_object_get(j, "offset");
+        json_t *jep = json_object_get(j, "epoch");
         if (json_is_integer(jo) && json_is_string(jep)) {
             pub_print(o, json_is_string(jt) ? json_string_value(jt) : o->topic, json_integer_value(jo),
                       json_string_value(jep));
