@@ -41,6 +41,7 @@ struct httpc {
     bool reused;          /* answered a request already: a failure before any answer byte may be retried */
     uint8_t buf[HTTPC_HEAD_MAX];
     size_t len, off;      /* unread bytes: buf[off..len) */
+    uint8_t out[16384];   /* a small request, head and body together */
 };
 typedef struct httpc http_conn;
 
@@ -378,9 +379,19 @@ int httpc_request(httpc *h, const char *head, size_t head_len, const void *body,
             return -1;
         }
         bool reused = h->reused, got_any = false;
-        int rc = hc_write(h, head, head_len);
-        if (rc == 0 && len)
-            rc = hc_write(h, body, len);
+        int rc;
+        if (head_len + len <= sizeof h->out) {
+            /* one write per request: a second small segment would wait for
+             * the server's ACK of the first (Nagle on its side, delayed ACK on ours) */
+            memcpy(h->out, head, head_len);
+            if (len)
+                memcpy(h->out + head_len, body, len);
+            rc = hc_write(h, h->out, head_len + len);
+        } else {
+            rc = hc_write(h, head, head_len);
+            if (rc == 0 && len)
+                rc = hc_write(h, body, len);
+        }
         if (rc == 0)
             rc = hc_answer(h, a, &got_any);
         else
