@@ -969,7 +969,10 @@ static void json_message(gw_conn *g, const uint8_t *data, size_t len)
         break;
     case DX__GW_OP_PUB: {
         if (dx__gw_topic_check(r.topic, r.topic_len) != 0) {
-            send_err(g, r.has_id, r.id, DX__GW_E_MALFORMED, "bad topic (a pattern cannot be published to)");
+            send_err(g, r.has_id, r.id, DX__GW_E_MALFORMED,
+                     dx__gw_topic_classify(r.topic, r.topic_len) == DX__GW_TOPIC_PATTERN
+                         ? "a pattern cannot be published to"
+                         : "bad topic (1-200 bytes of [A-Za-z0-9_.:@/-], no empty segment)");
             gw_inc(&k->m.publishes_refused, 1);
             break;
         }
