@@ -146,7 +146,7 @@ class Serve:
                 self.proc.kill()
                 self.proc.wait()
                 raise Fail("serve did not stop within 15 s of SIGTERM")
-        for m in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+        for m in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:", "WARNING: ThreadSanitizer"):
             check(m not in self.log(), "sanitizer report in the server log:\n" + self.log()[-4000:])
 
 
