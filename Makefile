@@ -2,7 +2,7 @@
 #
 #   make          build into build/ (gcc)
 #   make test     every ctest test (gcc), again under ASan+UBSan (clang), the
-#                 cross-thread tests under ThreadSanitizer (clang, label tsan),
+#                 cross-thread and multi-worker gateway tests under ThreadSanitizer (clang, label tsan),
 #                 then each fuzz target for FUZZ_SECONDS (default 30) on its corpus
 #   make run      start duplex serve on port 8080 (PORT=...) with the chat demo in web/
 #   make bench    benchmarks (optimised build), printed as a table
@@ -49,7 +49,8 @@ asan: deps-test
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		ctest --output-on-failure -j $(JOBS)
 
-# Only the library and the tests labelled tsan (the cross-thread ones).
+# The library, the CLI and the tests labelled tsan: the cross-thread unit
+# tests and the gateway's multi-worker tests (duplex serve --workers 2).
 tsan: deps-test
 	@$(CMAKE) -S . -B build-tsan -DCMAKE_C_COMPILER=clang -DDX_SANITIZE_THREAD=ON -DDX_BENCH=OFF >/dev/null
 	@$(CMAKE) --build build-tsan -j $(JOBS)

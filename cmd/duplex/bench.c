@@ -48,16 +48,20 @@ static void usage(FILE *f)
             "Load generator: opens connections to URL (ws:// or wss://) and measures.\n"
             "Workloads (default: echo, one message at a time):\n"
             "  -d, --depth D          echo with D messages in flight per connection [1]\n"
-            "      --rate R           R messages/s per connection (at most --depth in flight [64])\n"
-            "      --subscribe TOPIC  send {\"type\":\"subscribe\",\"topic\":TOPIC} after open and count\n"
-            "                         what arrives; latency from a \"ts\":MICROSECONDS (Unix time)\n"
-            "                         field the publisher embeds\n"
+            "      --rate R           R messages/s per connection (at most --depth in flight [64]);\n"
+            "                         with --subscribe: publishes/s in all\n"
+            "      --subscribe TOPIC  gateway fan-out: the N connections subscribe to TOPIC in the\n"
+            "                         raw dialect (URL?subscribe=TOPIC); one more connection\n"
+            "                         publishes on it through the JSON dialect (duplex.v1) at\n"
+            "                         --rate R messages/s in all [100]; every delivery is\n"
+            "                         checked for order and gaps; latency is publish to deliver.\n"
+            "                         URL is the gateway's /ws (ws://HOST:PORT/ws)\n"
             "      --idle             open the connections and hold them for --duration, no traffic\n"
             "      --handshakes N     open + close N connections, --concurrency K at a time [8]\n"
             "\n"
             "options (sizes take K/M suffixes, times s/ms/m or seconds with a fraction):\n"
             "  -c, --conns N          connections, all processes together [100]\n"
-            "      --size S           message payload bytes [16]\n"
+            "      --size S           message payload bytes [16; --subscribe --text: 32 at least]\n"
             "      --text | --binary  message type [binary]\n"
             "  -t, --duration T       measured time [5s]\n"
             "      --warmup W         load before measuring, after every connection is open [1s]\n"
@@ -168,7 +172,7 @@ static uint64_t sum_ctr(bench_shared *sh, unsigned procs, size_t off)
 static uint64_t errors_now(const coord *co)
 {
     return SUM(co, connect_failed) + SUM(co, handshake_failed) + SUM(co, err_verify) + SUM(co, err_closed) +
-           SUM(co, err_send);
+           SUM(co, err_send) + SUM(co, err_order) + SUM(co, err_missing) + SUM(co, err_publish);
 }
 
 static void write_ready_file(const bench_cfg *cfg, uint64_t opened)
@@ -319,7 +323,8 @@ static void *coord_thread(void *arg)
 
 typedef struct totals {
     uint64_t started, opened, connect_failed, handshake_failed, err_verify, err_closed, err_send;
-    uint64_t sent, received, hs_ok, w_sent, w_received, w_bytes, late, no_ts, never_opened, dead;
+    uint64_t err_order, err_missing, err_publish, pub_acked, pub_final;
+    uint64_t sent, received, hs_ok, w_sent, w_received, w_bytes, late, never_opened, dead;
     double cpu_s, window_s, span_s;
     bench_hist lat, hs;
     uint64_t errors;
@@ -339,6 +344,10 @@ static void merge(const bench_cfg *cfg, const bench_shared *sh, totals *t)
         t->err_verify += c->err_verify;
         t->err_closed += c->err_closed;
         t->err_send += c->err_send;
+        t->err_order += c->err_order;
+        t->err_missing += c->err_missing;
+        t->err_publish += c->err_publish;
+        t->pub_acked += w->pub_acked;
         t->sent += c->sent;
         t->received += c->received;
         t->hs_ok += c->hs_ok;
@@ -346,7 +355,6 @@ static void merge(const bench_cfg *cfg, const bench_shared *sh, totals *t)
         t->w_received += w->w_received;
         t->w_bytes += w->w_bytes;
         t->late += w->late;
-        t->no_ts += w->no_ts;
         t->never_opened += w->never_opened;
         t->dead += w->exit_status != 0;
         t->cpu_s += w->cpu_s;
@@ -360,8 +368,9 @@ static void merge(const bench_cfg *cfg, const bench_shared *sh, totals *t)
         bench_hist_merge(&t->hs, &w->hs);
     }
     t->span_s = last > first ? (double)(last - first) * 1e-9 : 0;
+    t->pub_final = atomic_load(&sh->pub_final);
     t->errors = t->connect_failed + t->handshake_failed + t->err_verify + t->err_closed + t->err_send +
-                t->never_opened + t->dead;
+                t->err_order + t->err_missing + t->err_publish + t->never_opened + t->dead;
     if (cfg->mode == BM_HANDSHAKES && t->hs_ok + t->connect_failed + t->handshake_failed < cfg->handshakes)
         t->errors += cfg->handshakes - (t->hs_ok + t->connect_failed + t->handshake_failed);
 }
@@ -388,7 +397,12 @@ static void print_json(const bench_cfg *cfg, const coord *co, const totals *t)
             if (cfg->mode == BM_RATE)
                 printf(",\"rate\":%g,\"late\":%llu", cfg->rate, (unsigned long long)t->late);
             if (cfg->mode == BM_SUBSCRIBE)
-                printf(",\"no_ts\":%llu", (unsigned long long)t->no_ts);
+                printf(",\"topic\":\"%s\",\"rate\":%g,\"late\":%llu,\"published\":%llu,\"acked\":%llu,"
+                       "\"deliveries_checked\":%llu,\"out_of_order\":%llu,\"missing\":%llu,\"publish_errors\":%llu",
+                       cfg->topic, cfg->rate, (unsigned long long)t->late, (unsigned long long)t->pub_final,
+                       (unsigned long long)t->pub_acked, (unsigned long long)t->received,
+                       (unsigned long long)t->err_order, (unsigned long long)t->err_missing,
+                       (unsigned long long)t->err_publish);
             printf(",\"msgs\":%llu,\"msgs_out\":%llu,\"msgs_per_s\":%.0f,\"out_per_s\":%.0f,\"mb_per_s\":%.3f",
                    (unsigned long long)t->w_received, (unsigned long long)t->w_sent, (double)t->w_received / s,
                    (double)t->w_sent / s, (double)t->w_bytes / s / 1e6);
@@ -405,11 +419,13 @@ static void print_json(const bench_cfg *cfg, const coord *co, const totals *t)
     printf(",\"hs_p50_us\":%.1f,\"hs_p99_us\":%.1f,\"hs_max_us\":%.1f", us(&t->hs, 0.5), us(&t->hs, 0.99),
            (double)t->hs.max / 1e3);
     printf(",\"errors\":%llu,\"err_connect\":%llu,\"err_handshake\":%llu,\"err_verify\":%llu,"
-           "\"err_closed\":%llu,\"err_send\":%llu,\"err_not_open\":%llu,\"err_worker\":%llu,\"interrupted\":%s}\n",
+           "\"err_closed\":%llu,\"err_send\":%llu,\"err_not_open\":%llu,\"err_worker\":%llu,\"err_order\":%llu,"
+           "\"err_missing\":%llu,\"err_publish\":%llu,\"interrupted\":%s}\n",
            (unsigned long long)t->errors, (unsigned long long)t->connect_failed,
            (unsigned long long)t->handshake_failed, (unsigned long long)t->err_verify,
            (unsigned long long)t->err_closed, (unsigned long long)t->err_send, (unsigned long long)t->never_opened,
-           (unsigned long long)t->dead, co->stopped_by_signal ? "true" : "false");
+           (unsigned long long)t->dead, (unsigned long long)t->err_order, (unsigned long long)t->err_missing,
+           (unsigned long long)t->err_publish, co->stopped_by_signal ? "true" : "false");
 }
 
 static void print_summary(const bench_cfg *cfg, const coord *co, const totals *t)
@@ -427,8 +443,8 @@ static void print_summary(const bench_cfg *cfg, const coord *co, const totals *t
         else if (cfg->mode == BM_RATE)
             printf(" %g msgs/s per connection (at most %u in flight)", cfg->rate, cfg->depth);
         else if (cfg->mode == BM_SUBSCRIBE)
-            printf(" topic \"%s\"", cfg->topic);
-        if (cfg->mode != BM_IDLE && cfg->mode != BM_SUBSCRIBE)
+            printf(" topic \"%s\", publishing %g msgs/s", cfg->topic, cfg->rate);
+        if (cfg->mode != BM_IDLE)
             printf(", %zu B %s", cfg->size, cfg->text ? "text" : "binary");
         printf(", %u connections, %u process%s\n", cfg->conns, cfg->procs, cfg->procs == 1 ? "" : "es");
         printf("  connections %llu open of %u in %.3f s\n", (unsigned long long)t->opened, cfg->conns, co->connect_s);
@@ -437,9 +453,10 @@ static void print_summary(const bench_cfg *cfg, const coord *co, const totals *t
             printf("  held        %.3f s\n", t->window_s);
         } else {
             printf("  window      %.3f s measured after %.3f s of warm-up\n", t->window_s, cfg->warmup);
-            printf("  messages    out %llu (%.0f/s), in %llu (%.0f/s), %.3f MB/s in\n",
-                   (unsigned long long)t->w_sent, (double)t->w_sent / s, (unsigned long long)t->w_received,
-                   (double)t->w_received / s, (double)t->w_bytes / s / 1e6);
+            printf("  messages    out %llu (%.0f/s)%s, in %llu (%.0f/s)%s, %.3f MB/s in\n",
+                   (unsigned long long)t->w_sent, (double)t->w_sent / s, cfg->mode == BM_SUBSCRIBE ? " published" : "",
+                   (unsigned long long)t->w_received, (double)t->w_received / s,
+                   cfg->mode == BM_SUBSCRIBE ? " delivered" : "", (double)t->w_bytes / s / 1e6);
             if (t->lat.n)
                 printf("  latency     p50 %.1f us, p90 %.1f us, p99 %.1f us, p99.9 %.1f us, max %.1f us (%llu)\n",
                        us(&t->lat, 0.5), us(&t->lat, 0.9), us(&t->lat, 0.99), us(&t->lat, 0.999),
@@ -449,9 +466,15 @@ static void print_summary(const bench_cfg *cfg, const coord *co, const totals *t
             if (cfg->mode == BM_RATE)
                 printf("  late        %llu sends skipped with %u already in flight\n", (unsigned long long)t->late,
                        cfg->depth);
-            if (cfg->mode == BM_SUBSCRIBE)
-                printf("  no \"ts\"     %llu messages without a timestamp (no latency)\n",
-                       (unsigned long long)t->no_ts);
+            if (cfg->mode == BM_SUBSCRIBE) {
+                printf("  published   %llu, acknowledged %llu, refused or lost %llu, late %llu (skipped with %u "
+                       "unanswered)\n",
+                       (unsigned long long)t->pub_final, (unsigned long long)t->pub_acked,
+                       (unsigned long long)t->err_publish, (unsigned long long)t->late, PUB_MAX_INFLIGHT);
+                printf("  order       %llu deliveries checked: %llu out of order, %llu missing\n",
+                       (unsigned long long)t->received, (unsigned long long)t->err_order,
+                       (unsigned long long)t->err_missing);
+            }
             printf("  whole run   sent %llu, received %llu (warm-up and drain included)\n",
                    (unsigned long long)t->sent, (unsigned long long)t->received);
         }
@@ -460,11 +483,15 @@ static void print_summary(const bench_cfg *cfg, const coord *co, const totals *t
     printf("  handshake   p50 %.1f us, p99 %.1f us, max %.1f us\n", us(&t->hs, 0.5), us(&t->hs, 0.99),
            (double)t->hs.max / 1e3);
     printf("  errors      %llu (connect %llu, handshake %llu, verify %llu, closed %llu, send %llu, not open %llu, "
-           "workers %llu)%s\n",
+           "workers %llu",
            (unsigned long long)t->errors, (unsigned long long)t->connect_failed,
            (unsigned long long)t->handshake_failed, (unsigned long long)t->err_verify,
            (unsigned long long)t->err_closed, (unsigned long long)t->err_send, (unsigned long long)t->never_opened,
-           (unsigned long long)t->dead, co->stopped_by_signal ? ", interrupted" : "");
+           (unsigned long long)t->dead);
+    if (cfg->mode == BM_SUBSCRIBE)
+        printf(", order %llu, missing %llu, publish %llu", (unsigned long long)t->err_order,
+               (unsigned long long)t->err_missing, (unsigned long long)t->err_publish);
+    printf(")%s\n", co->stopped_by_signal ? ", interrupted" : "");
 }
 
 /* ---- the command ------------------------------------------------------------------- */
@@ -500,7 +527,7 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
         .prefix = "duplex bench", .cmd = "bench",
         .insecure = &cfg->insecure, .ca_file = &cfg->ca_file, .log_level = &cfg->log_level,
     };
-    bool depth_set = false, sources_set = false;
+    bool depth_set = false, sources_set = false, size_set = false, rate_set = false;
     unsigned long v;
     int ch;
     const char *name;
@@ -528,6 +555,7 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
         case 's':
             if (cli_parse_size(optarg, &cfg->size) || cfg->size == 0 || cfg->size > (256u << 20))
                 return cli_bad_value(&common, name, optarg);
+            size_set = true;
             break;
         case 't':
             if (parse_seconds(optarg, &cfg->duration) || cfg->duration <= 0)
@@ -540,7 +568,9 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
         case O_RATE:
             if (parse_double(optarg, &cfg->rate))
                 return cli_bad_value(&common, name, optarg);
-            cfg->mode = BM_RATE;
+            rate_set = true;
+            if (cfg->mode != BM_SUBSCRIBE)
+                cfg->mode = BM_RATE;
             break;
         case O_TEXT:
             cfg->text = true;
@@ -549,7 +579,11 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
             cfg->text = false;
             break;
         case O_SUB:
-            if (!*optarg || strlen(optarg) > 256 || strpbrk(optarg, "\"\\"))
+            /* a topic (GATEWAY.md: 1-200 bytes of [A-Za-z0-9_.:@/-]); not a
+             * pattern, since the bench publishes on it */
+            if (!*optarg || strlen(optarg) > 200 ||
+                strspn(optarg, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:@/-") !=
+                    strlen(optarg))
                 return cli_bad_value(&common, name, optarg);
             cfg->topic = optarg;
             cfg->mode = BM_SUBSCRIBE;
@@ -620,6 +654,24 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
     }
     if (!depth_set)
         cfg->depth = cfg->mode == BM_RATE ? 64 : 1;
+    if (cfg->mode == BM_SUBSCRIBE) {
+        size_t head = cfg->text ? 32 : 16; /* sequence number and send time (bench_worker.c) */
+        if (!size_set && cfg->size < head)
+            cfg->size = head;
+        if (cfg->size < head) {
+            fprintf(stderr, "duplex bench: --subscribe needs --size %zu at least (%s)\n", head,
+                    cfg->text ? "--text" : "binary");
+            return 2;
+        }
+        if (!rate_set)
+            cfg->rate = 100;
+        int n = snprintf(cfg->sub_url, sizeof cfg->sub_url, "%s%csubscribe=%s", cfg->url,
+                         strchr(cfg->url, '?') ? '&' : '?', cfg->topic);
+        if (n < 0 || (size_t)n >= sizeof cfg->sub_url) {
+            fprintf(stderr, "duplex bench: URL too long\n");
+            return 2;
+        }
+    }
     if (cfg->mode == BM_HANDSHAKES) {
         cfg->conns = cfg->concurrency;
         if (cfg->procs > cfg->handshakes)

@@ -25,10 +25,12 @@
 enum bench_mode {
     BM_ECHO,       /* echo, D messages in flight per connection */
     BM_RATE,       /* echo at R messages/s per connection (at most D in flight) */
-    BM_SUBSCRIBE,  /* subscribe to a topic and count what arrives */
+    BM_SUBSCRIBE,  /* gateway fan-out: N raw-dialect subscribers of a topic, one JSON-dialect publisher */
     BM_IDLE,       /* open, hold, no traffic */
     BM_HANDSHAKES  /* open + close N connections, K at a time */
 };
+
+#define PUB_MAX_INFLIGHT 1024u /* BM_SUBSCRIBE: unanswered publishes before a send is skipped (late) */
 
 /* ---- log-linear latency histogram ------------------------------------------ */
 
@@ -59,8 +61,9 @@ typedef struct bench_cfg {
     unsigned depth;            /* in flight per connection */
     size_t size;
     bool text;
-    double rate;               /* BM_RATE: messages/s per connection */
+    double rate;               /* BM_RATE: messages/s per connection; BM_SUBSCRIBE: publishes/s in all */
     const char *topic;         /* BM_SUBSCRIBE */
+    char sub_url[4096];        /* BM_SUBSCRIBE: url with ?subscribe=topic (the raw dialect) */
     unsigned handshakes, concurrency; /* BM_HANDSHAKES */
     double duration, warmup, timeout, connect_rate;
     unsigned max_pending;      /* per process */
@@ -80,6 +83,11 @@ typedef struct bench_counters {
     _Atomic uint64_t err_verify, err_closed, err_send;
     _Atomic uint64_t live;                         /* open connections now */
     _Atomic uint64_t hs_ok;                        /* BM_HANDSHAKES: completed cycles */
+    /* BM_SUBSCRIBE: deliveries out of order (a sequence number below the
+     * next expected: a duplicate or a reordering), messages missing (a
+     * sequence number skipped, or not arrived by the end), publishes
+     * refused (an err frame, the publisher's connection lost) */
+    _Atomic uint64_t err_order, err_missing, err_publish;
 } bench_counters;
 
 typedef struct bench_wstate {
@@ -90,7 +98,7 @@ typedef struct bench_wstate {
     /* written by the worker only, read after `done` */
     uint64_t w_sent, w_received, w_bytes;  /* inside the measurement window */
     uint64_t late;             /* BM_RATE: sends skipped, D already in flight */
-    uint64_t no_ts;            /* BM_SUBSCRIBE: messages without a timestamp */
+    uint64_t pub_acked;        /* BM_SUBSCRIBE (worker 0): publishes acknowledged */
     uint64_t never_opened;     /* connections that did not open before the end */
     double cpu_s;              /* CPU seconds inside the window */
     double window_s;           /* the worker's measured window */
@@ -103,6 +111,12 @@ typedef struct bench_shared {
     _Atomic uint64_t t_measure; /* 0 until every worker is connected (or timed out) */
     _Atomic uint64_t t_end;     /* 0 until known; the coordinator may pull it in (signal) */
     _Atomic int abort_run;      /* stop now: nothing opened, a signal, a fatal error */
+    /* BM_SUBSCRIBE: worker 0 publishes; once it stopped and every publish
+     * was answered it stores how many it sent (sequence numbers 0..n-1)
+     * and sets pub_done, so every worker knows what each subscriber must
+     * have received before it closes. */
+    _Atomic uint64_t pub_final;
+    _Atomic int pub_done;
     bench_wstate w[];           /* cfg.procs of them */
 } bench_shared;
 

@@ -15,12 +15,30 @@
  *    compared. A mismatch counts err_verify and closes the connection;
  *  - latency goes into a histogram, never stored samples;
  *  - the public loop has no timer: a ticker thread posts `tick` with
- *    dx_loop_post every 10 ms (1 ms with --rate), at most one outstanding.
+ *    dx_loop_post every 10 ms (1 ms with --rate and --subscribe), at most
+ *    one outstanding.
+ *
+ * --subscribe (gateway fan-out): the connections are raw-dialect
+ * subscribers (URL?subscribe=TOPIC: the cheapest for the gateway and for
+ * us, no JSON per delivery), and worker 0 also opens one JSON-dialect
+ * connection (subprotocol duplex.v1) on URL that publishes at --rate with
+ * {"op":"pub","id":N,...} and counts the acks and errs. Message n carries n
+ * and its send time (CLOCK_MONOTONIC, one clock for every process of the
+ * machine) in its first bytes (binary: two little-endian u64; text: two
+ * 16-digit hex numbers), the fixed pattern after; every delivery is checked
+ * (opcode, length, pattern) and its number against the next one that
+ * subscriber expects: below is out of order (or a duplicate), above counts
+ * the skipped ones missing. At the end worker 0 publishes in shared memory
+ * how many it sent (sh->pub_final) and each subscriber still open must
+ * have had them all.
  */
 #define _GNU_SOURCE
 #include "bench.h"
+#include "cli.h"
 
 #include "duplex/client.h"
+
+#include <jansson.h>
 
 #include <errno.h>
 #include <pthread.h>
@@ -37,6 +55,7 @@
 #define TICK_RATE_NS 1000000u /* 1 ms with --rate, so sends are spread */
 #define DRAIN_GRACE_NS 2000000000ull /* wait this long for in-flight echoes at the end */
 #define CLOSE_GRACE_NS 3000000000ull /* then this long for the close handshakes */
+#define PUB_SUBPROTOCOL "duplex.v1"
 
 enum { S_IDLE, S_CONNECTING, S_OPEN, S_CLOSING, S_DONE };
 
@@ -53,6 +72,7 @@ typedef struct bconn {
     uint8_t state;
     bool failed;        /* counted as an error already */
     bool ever_opened;
+    bool sub_base;      /* --subscribe: the next expected number is known (opened before publishing) */
     char bind[20];
 } bconn;
 
@@ -85,6 +105,16 @@ typedef struct worker {
     uint64_t rng;
     _Atomic int tick_pending, ticker_stop;
     dx_log log;
+    /* --subscribe, worker 0: the publisher */
+    dx_client *pub_cl;
+    dx_conn *pub_conn;
+    uint8_t pub_state;    /* S_IDLE: none (other workers) */
+    uint64_t pub_seq;     /* publishes sent: the next sequence number */
+    uint64_t pub_answered; /* acks and errs received */
+    double pub_credit;
+    uint64_t pub_t_credit;
+    char *pub_frame;      /* scratch: one pub request */
+    unsigned long errs_printed;
 } worker;
 
 uint64_t bench_now_ns(void)
@@ -200,7 +230,7 @@ static void conn_error(bconn *b, _Atomic uint64_t *counter, const char *what)
     b->failed = true;
     if (b->state == S_OPEN) {
         b->state = S_CLOSING;
-        (void)dx_client_close(b->cl, DX_CLOSE_POLICY, "bench: bad echo", 15);
+        (void)dx_client_close(b->cl, DX_CLOSE_POLICY, "bench: check failed", 19);
     }
 }
 
@@ -254,14 +284,11 @@ static void on_open(dx_conn *c, void *ud)
     case BM_ECHO:
         top_up(b, now, window_open(w, now));
         break;
-    case BM_SUBSCRIBE: {
-        char m[600];
-        int n = snprintf(m, sizeof m, "{\"type\":\"subscribe\",\"topic\":\"%s\"}", w->cfg->topic);
-        int rc = dx_conn_send(c, DX_OP_TEXT, m, (size_t)n);
-        if (rc)
-            conn_error(b, &w->ws->c.err_send, dx_strerror(rc));
+    case BM_SUBSCRIBE:
+        /* subscribed at the 101: from here every publish must arrive */
+        b->sub_base = atomic_load(&w->sh->t_measure) == 0;
+        b->recv = 0;
         break;
-    }
     case BM_HANDSHAKES:
         inc(&w->ws->c.hs_ok);
         b->state = S_CLOSING;
@@ -272,29 +299,320 @@ static void on_open(dx_conn *c, void *ud)
     }
 }
 
-/* The publisher's timestamp: "ts":N, microseconds since the Unix epoch. */
-static bool find_ts(const uint8_t *d, size_t len, uint64_t *us)
+/* ---- --subscribe: payloads and the publisher ------------------------------------------ */
+
+#define SUB_HEAD_BINARY 16u /* u64 sequence, u64 send time, little-endian */
+#define SUB_HEAD_TEXT 32u   /* the same as 16 + 16 hex digits */
+
+static size_t sub_head(const bench_cfg *cfg)
 {
-    static const char key[] = "\"ts\":";
-    const size_t kl = sizeof key - 1;
-    for (size_t i = 0; i + kl < len; i++) {
-        if (d[i] != '"' || memcmp(d + i, key, kl) != 0)
-            continue;
-        size_t j = i + kl;
-        while (j < len && d[j] == ' ')
-            j++;
-        uint64_t v = 0;
-        size_t digits = 0;
-        while (j < len && d[j] >= '0' && d[j] <= '9' && digits < 19) {
-            v = v * 10 + (uint64_t)(d[j] - '0');
-            j++, digits++;
-        }
-        if (digits == 0)
+    return cfg->text ? SUB_HEAD_TEXT : SUB_HEAD_BINARY;
+}
+
+static void put_u64le(uint8_t *p, uint64_t v)
+{
+    for (unsigned i = 0; i < 8; i++, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+static uint64_t get_u64le(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (unsigned i = 8; i-- > 0;)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static void put_hex16(uint8_t *p, uint64_t v)
+{
+    for (unsigned i = 16; i-- > 0; v >>= 4)
+        p[i] = (uint8_t)"0123456789abcdef"[v & 15];
+}
+
+static bool get_hex16(const uint8_t *p, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < 16; i++) {
+        uint8_t c = p[i];
+        unsigned d = c >= '0' && c <= '9' ? (unsigned)(c - '0') : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10) : 16u;
+        if (d == 16)
             return false;
-        *us = v;
+        v = v << 4 | d;
+    }
+    *out = v;
+    return true;
+}
+
+/* Message n's payload in w->msg: n and `ts` in front of the pattern. */
+static void sub_stamp(worker *w, uint64_t n, uint64_t ts)
+{
+    if (w->cfg->text) {
+        put_hex16(w->msg, n);
+        put_hex16(w->msg + 16, ts);
+    } else {
+        put_u64le(w->msg, n);
+        put_u64le(w->msg + 8, ts);
+    }
+}
+
+/* A delivery's number and send time; false when it is not one of ours. */
+static bool sub_unstamp(const worker *w, int opcode, const uint8_t *d, size_t len, uint64_t *n, uint64_t *ts)
+{
+    const bench_cfg *cfg = w->cfg;
+    size_t h = sub_head(cfg);
+    if (opcode != w->opcode || len != cfg->size || memcmp(d + h, w->pattern + h, len - h) != 0)
+        return false;
+    if (!cfg->text) {
+        *n = get_u64le(d);
+        *ts = get_u64le(d + 8);
         return true;
     }
-    return false;
+    return get_hex16(d, n) && get_hex16(d + 16, ts);
+}
+
+/* An error of the run that is not one subscriber's (the publisher's, the
+ * end-of-run check): counted, the first few printed. */
+static void run_error(worker *w, _Atomic uint64_t *counter, uint64_t n, const char *what)
+{
+    atomic_fetch_add_explicit(counter, n, memory_order_relaxed);
+    if (w->errs_printed++ < 3)
+        fprintf(stderr, "%sduplex bench: %s\n", w->cfg->progress ? "\r\033[K" : "", what);
+}
+
+static void pub_on_open(dx_conn *c, void *ud)
+{
+    worker *w = ud;
+    const char *proto = dx_conn_protocol(c);
+    w->pub_conn = c;
+    w->pub_state = S_OPEN;
+    if (!proto || strcmp(proto, PUB_SUBPROTOCOL)) {
+        run_error(w, &w->ws->c.err_publish, 1, "publisher: the server did not accept subprotocol " PUB_SUBPROTOCOL
+                                               " (is the URL a duplex gateway's /ws?)");
+        w->pub_state = S_CLOSING;
+        (void)dx_client_close(w->pub_cl, DX_CLOSE_NORMAL, NULL, 0);
+        atomic_store(&w->sh->abort_run, 1);
+    }
+}
+
+static void pub_on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, void *ud)
+{
+    (void)c;
+    worker *w = ud;
+    /* the gateway's ack, as it writes it: counted without parsing (this
+     * connection runs at the publish rate); anything else goes to jansson */
+    static const char ack[] = "{\"op\":\"ack\",\"id\":";
+    if (opcode == DX_OP_TEXT && len > sizeof ack - 1 && memcmp(data, ack, sizeof ack - 1) == 0) {
+        w->pub_answered++;
+        w->ws->pub_acked++;
+        return;
+    }
+    json_error_t je;
+    json_t *j = opcode == DX_OP_TEXT ? json_loadb((const char *)data, len, 0, &je) : NULL;
+    const char *op = json_string_value(json_object_get(j, "op"));
+    bool has_id = json_is_integer(json_object_get(j, "id"));
+    if (op && !strcmp(op, "ack") && has_id) {
+        w->pub_answered++;
+        w->ws->pub_acked++;
+    } else if (op && !strcmp(op, "err")) {
+        const char *reason = json_string_value(json_object_get(j, "reason"));
+        char why[300];
+        snprintf(why, sizeof why, "publisher: err %lld %s", (long long)json_integer_value(json_object_get(j, "code")),
+                 reason ? reason : "");
+        if (has_id)
+            w->pub_answered++;
+        run_error(w, &w->ws->c.err_publish, 1, why);
+    } else if (!op) {
+        run_error(w, &w->ws->c.err_publish, 1, "publisher: a message that is not a JSON-dialect object");
+    }
+    json_decref(j);
+}
+
+static void pub_on_close(dx_conn *c, unsigned code, const char *reason, size_t len, void *ud)
+{
+    (void)c;
+    worker *w = ud;
+    w->pub_conn = NULL;
+    if (w->pub_state != S_CLOSING && !w->closing) {
+        char why[200];
+        snprintf(why, sizeof why, "publisher: closed by the server: code %u%s%.*s", code, len ? ", " : "",
+                 (int)(len > 120 ? 120 : len), reason);
+        run_error(w, &w->ws->c.err_closed, 1, why);
+    }
+    w->pub_state = S_CLOSING;
+}
+
+static void pub_on_error(dx_client *cl, int err, const char *what, void *ud)
+{
+    (void)cl;
+    worker *w = ud;
+    if (w->closing)
+        return;
+    char why[300];
+    snprintf(why, sizeof why, "publisher: %s", what);
+    run_error(w, (err == DX_EHANDSHAKE || err == DX_EHTTP) ? &w->ws->c.handshake_failed : &w->ws->c.connect_failed,
+              1, why);
+    atomic_store(&w->sh->abort_run, 1); /* nothing to measure without it */
+}
+
+static void pub_on_done(dx_client *cl, void *ud)
+{
+    (void)cl;
+    worker *w = ud;
+    w->pub_state = S_DONE;
+}
+
+static int pub_start(worker *w)
+{
+    const bench_cfg *cfg = w->cfg;
+    static const char *const protos[] = {PUB_SUBPROTOCOL};
+    size_t cap = 128 + strlen(cfg->topic) + 4 * (cfg->size / 3 + 1);
+    w->pub_frame = malloc(cap);
+    if (!w->pub_frame)
+        return DX_ENOMEM;
+    dx_client_options o = {0};
+    o.url = cfg->url;
+    o.protocols = protos;
+    o.n_protocols = 1;
+    o.insecure = cfg->insecure;
+    o.ca_file = cfg->ca_file;
+    o.connect_timeout_ms = (unsigned)(cfg->timeout * 1000);
+    o.send_max = 2 * PUB_MAX_INFLIGHT * cap;
+    o.send_high_water = o.send_max / 2;
+    o.cb = (dx_client_callbacks){.on_open = pub_on_open, .on_message = pub_on_message, .on_close = pub_on_close,
+                                 .on_error = pub_on_error, .on_done = pub_on_done};
+    o.ud = w;
+    int err = 0;
+    w->pub_cl = dx_client_new(w->loop, &o, &err);
+    if (!w->pub_cl)
+        return err;
+    w->pub_state = S_CONNECTING;
+    return dx_client_connect(w->pub_cl);
+}
+
+/* One publish: {"op":"pub","id":n+1,"topic":T,"b64":...} (binary) or
+ * "data":... (text: hex digits and letters, nothing to escape). */
+static void pub_one(worker *w, uint64_t now, bool in_win)
+{
+    const bench_cfg *cfg = w->cfg;
+    sub_stamp(w, w->pub_seq, now);
+    char *f = w->pub_frame;
+    int k = sprintf(f, "{\"op\":\"pub\",\"id\":%llu,\"topic\":\"%s\",\"%s\":\"", (unsigned long long)w->pub_seq + 1,
+                    cfg->topic, cfg->text ? "data" : "b64");
+    size_t n = (size_t)k;
+    if (cfg->text) {
+        memcpy(f + n, w->msg, cfg->size);
+        n += cfg->size;
+    } else {
+        cli_base64(w->msg, cfg->size, f + n);
+        n += strlen(f + n);
+    }
+    memcpy(f + n, "\"}", 2);
+    n += 2;
+    int rc = dx_conn_send(w->pub_conn, DX_OP_TEXT, f, n);
+    if (rc != 0) {
+        char why[100];
+        snprintf(why, sizeof why, "publisher: send: %s", dx_strerror(rc));
+        run_error(w, &w->ws->c.err_send, 1, why);
+        return;
+    }
+    w->pub_seq++;
+    w->sent++;
+    if (in_win)
+        w->ws->w_sent++;
+}
+
+/* Publishes what --rate owes since the last tick. */
+static void pub_sends(worker *w, uint64_t now)
+{
+    if (w->pub_t_credit == 0) {
+        w->pub_t_credit = now;
+        w->pub_credit = 1; /* the first one at once */
+    }
+    w->pub_credit += w->cfg->rate * (double)(now - w->pub_t_credit) * 1e-9;
+    w->pub_t_credit = now;
+    bool in_win = window_open(w, now);
+    while (w->pub_credit >= 1 && w->pub_state == S_OPEN) {
+        w->pub_credit -= 1;
+        if (w->pub_seq - w->pub_answered >= PUB_MAX_INFLIGHT)
+            w->ws->late++;
+        else
+            pub_one(w, now, in_win);
+    }
+    double cap = w->cfg->rate * 0.05 + 1; /* at most 50 ms of backlog after a stall */
+    if (w->pub_credit > cap)
+        w->pub_credit = cap;
+}
+
+/* A subscriber's delivery: ours, in order, none skipped. */
+static void sub_message(bconn *b, int opcode, const uint8_t *data, size_t len, uint64_t now, bool in_win)
+{
+    worker *w = b->w;
+    uint64_t n, ts;
+    w->received++;
+    if (!sub_unstamp(w, opcode, data, len, &n, &ts)) {
+        char why[96];
+        snprintf(why, sizeof why, "a %s message of %zu bytes that the bench did not publish",
+                 opcode == DX_OP_TEXT ? "text" : "binary", len);
+        conn_error(b, &w->ws->c.err_verify, why);
+        return;
+    }
+    if (!b->sub_base) { /* opened while publishing: starts where it joined */
+        b->sub_base = true;
+        b->recv = n;
+    }
+    if (n < b->recv) {
+        char why[96];
+        snprintf(why, sizeof why, "message %llu after %llu: out of order or twice", (unsigned long long)n,
+                 (unsigned long long)b->recv - 1);
+        conn_error(b, &w->ws->c.err_order, why);
+        return;
+    }
+    if (n > b->recv) {
+        char why[96];
+        snprintf(why, sizeof why, "messages %llu to %llu missing", (unsigned long long)b->recv,
+                 (unsigned long long)n - 1);
+        atomic_fetch_add_explicit(&w->ws->c.err_missing, n - b->recv - 1, memory_order_relaxed);
+        conn_error(b, &w->ws->c.err_missing, why); /* counts the last one */
+        return;
+    }
+    b->recv = n + 1;
+    if (in_win) {
+        w->ws->w_received++;
+        w->ws->w_bytes += len;
+        bench_hist_add(&w->ws->lat, now > ts ? now - ts : 0);
+    }
+}
+
+/* --subscribe, after the end: every subscriber still open has every
+ * message the publisher sent (sh->pub_final, once pub_done). */
+static bool subs_caught_up(const worker *w)
+{
+    if (!atomic_load(&w->sh->pub_done))
+        return false;
+    uint64_t fin = atomic_load(&w->sh->pub_final);
+    for (unsigned i = 0; i < w->nslots; i++) {
+        const bconn *b = &w->c[i];
+        if (b->state == S_OPEN && !b->failed && b->sub_base && b->recv < fin)
+            return false;
+    }
+    return true;
+}
+
+static void subs_count_missing(worker *w)
+{
+    if (!atomic_load(&w->sh->pub_done))
+        return;
+    uint64_t fin = atomic_load(&w->sh->pub_final);
+    for (unsigned i = 0; i < w->nslots; i++) {
+        bconn *b = &w->c[i];
+        if (b->state == S_OPEN && !b->failed && b->recv < fin && (b->sub_base || fin > 0)) {
+            uint64_t from = b->sub_base ? b->recv : 0;
+            char why[120];
+            snprintf(why, sizeof why, "connection %u: messages %llu to %llu never arrived", b->index,
+                     (unsigned long long)from, (unsigned long long)fin - 1);
+            run_error(w, &w->ws->c.err_missing, fin - from, why);
+        }
+    }
 }
 
 static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, void *ud)
@@ -307,20 +625,7 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
     uint64_t now = bench_now_ns();
     bool in_win = window_open(w, now);
     if (w->cfg->mode == BM_SUBSCRIBE) {
-        w->received++;
-        if (!in_win)
-            return;
-        w->ws->w_received++;
-        w->ws->w_bytes += len;
-        uint64_t ts_us;
-        if (find_ts(data, len, &ts_us)) {
-            struct timespec rt;
-            clock_gettime(CLOCK_REALTIME, &rt);
-            uint64_t now_us = (uint64_t)rt.tv_sec * 1000000u + (uint64_t)rt.tv_nsec / 1000u;
-            bench_hist_add(&w->ws->lat, now_us > ts_us ? (now_us - ts_us) * 1000u : 0);
-        } else {
-            w->ws->no_ts++;
-        }
+        sub_message(b, opcode, data, len, now, in_win);
         return;
     }
     if (w->cfg->mode != BM_ECHO && w->cfg->mode != BM_RATE) {
@@ -418,7 +723,7 @@ static void start_conn(worker *w, bconn *b)
     const bench_cfg *cfg = w->cfg;
     if (!b->cl) {
         dx_client_options o = {0};
-        o.url = cfg->url;
+        o.url = cfg->mode == BM_SUBSCRIBE ? cfg->sub_url : cfg->url;
         o.insecure = cfg->insecure;
         o.ca_file = cfg->ca_file;
         o.bind_addr = b->bind[0] ? b->bind : NULL;
@@ -533,6 +838,10 @@ static void close_all(worker *w)
             (void)dx_client_close(b->cl, DX_CLOSE_NORMAL, NULL, 0);
         }
     }
+    if (w->pub_state == S_OPEN || w->pub_state == S_CONNECTING) {
+        w->pub_state = S_CLOSING;
+        (void)dx_client_close(w->pub_cl, DX_CLOSE_NORMAL, NULL, 0);
+    }
 }
 
 /* Copies the hot counters where the coordinator reads them. */
@@ -572,7 +881,8 @@ static void tick(void *arg)
     if (!atomic_load(&ws->connected)) {
         uint64_t settled = atomic_load(&ws->c.opened) + atomic_load(&ws->c.connect_failed) +
                            atomic_load(&ws->c.handshake_failed);
-        if (cfg->mode != BM_HANDSHAKES && w->next_start >= w->nslots && w->pending == 0 && settled >= w->nslots)
+        if (cfg->mode != BM_HANDSHAKES && w->next_start >= w->nslots && w->pending == 0 && settled >= w->nslots &&
+            w->pub_state != S_CONNECTING)
             atomic_store(&ws->connected, 1);
     }
 
@@ -601,6 +911,8 @@ static void tick(void *arg)
     }
     if (cfg->mode == BM_RATE && !w->stopping)
         rate_sends(w, now);
+    if (w->pub_state == S_OPEN && tm && !w->stopping)
+        pub_sends(w, now);
 
     bool aborting = atomic_load(&w->sh->abort_run) != 0;
     if (!w->stopping && ((te && now >= te) || aborting)) {
@@ -609,14 +921,36 @@ static void tick(void *arg)
         if (w->measuring)
             ws->cpu_s = cpu_seconds() - w->cpu0;
     }
-    if (w->stopping && !w->closing) {
+    if (w->stopping && !w->closing && cfg->mode == BM_SUBSCRIBE) {
+        /* the publisher waits for its answers, then says how many it sent;
+         * the subscribers wait for all of them */
+        bool late = now - w->t_stop > DRAIN_GRACE_NS;
+        if (w->pub_state != S_IDLE && !atomic_load(&w->sh->pub_done) &&
+            (w->pub_answered >= w->pub_seq || w->pub_state != S_OPEN || late || aborting)) {
+            if (w->pub_answered < w->pub_seq && w->pub_state == S_OPEN) {
+                char why[100];
+                snprintf(why, sizeof why, "publisher: %llu publishes never answered",
+                         (unsigned long long)(w->pub_seq - w->pub_answered));
+                run_error(w, &w->ws->c.err_publish, w->pub_seq - w->pub_answered, why);
+            }
+            atomic_store(&w->sh->pub_final, w->pub_seq);
+            atomic_store(&w->sh->pub_done, 1);
+        }
+        if (subs_caught_up(w) || aborting || now - w->t_stop > DRAIN_GRACE_NS + 1000000000ull) {
+            if (!aborting)
+                subs_count_missing(w);
+            close_all(w);
+            w->t_close = now;
+        }
+    } else if (w->stopping && !w->closing) {
         /* let the echoes in flight arrive, so the counts match the server's */
         if (inflight_total(w) == 0 || now - w->t_stop > DRAIN_GRACE_NS || aborting) {
             close_all(w);
             w->t_close = now;
         }
     }
-    if (w->closing && (w->active == 0 || now - w->t_close > CLOSE_GRACE_NS))
+    bool pub_gone = w->pub_state == S_IDLE || w->pub_state == S_DONE;
+    if (w->closing && ((w->active == 0 && pub_gone) || now - w->t_close > CLOSE_GRACE_NS))
         finish(w, now);
     if (!w->stopping && w->active == 0 && w->next_start >= w->nslots && atomic_load(&ws->connected)) {
         /* every connection is gone before the end */
@@ -633,7 +967,7 @@ static void *ticker_main(void *arg)
     struct timespec next;
     clock_gettime(CLOCK_MONOTONIC, &next);
     while (!atomic_load(&w->ticker_stop)) {
-        next.tv_nsec += w->cfg->mode == BM_RATE ? TICK_RATE_NS : TICK_NS;
+        next.tv_nsec += w->cfg->mode == BM_RATE || w->cfg->mode == BM_SUBSCRIBE ? TICK_RATE_NS : TICK_NS;
         if (next.tv_nsec >= 1000000000L) {
             next.tv_nsec -= 1000000000L;
             next.tv_sec++;
@@ -708,7 +1042,8 @@ int bench_worker_run(const bench_cfg *cfg, bench_shared *sh, unsigned index)
     uint64_t x = 0x9E3779B97F4A7C15u;
     for (size_t i = 0; i < cfg->size; i++) {
         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-        w->pattern[i] = (uint8_t)(' ' + x % 95); /* printable ASCII: valid UTF-8 */
+        /* printable ASCII: valid UTF-8; --subscribe: letters, nothing to escape in JSON */
+        w->pattern[i] = cfg->mode == BM_SUBSCRIBE ? (uint8_t)('a' + x % 26) : (uint8_t)(' ' + x % 95);
     }
     memcpy(w->msg, w->pattern, cfg->size);
     bool sources = cfg->sources > 0 && loopback_host(cfg->host);
@@ -727,6 +1062,10 @@ int bench_worker_run(const bench_cfg *cfg, bench_shared *sh, unsigned index)
     w->t0 = bench_now_ns();
     w->ws->t_first_start = w->t0;
     w->win_from = w->win_to = UINT64_MAX; /* closed until the coordinator opens it */
+    if (cfg->mode == BM_SUBSCRIBE && index == 0 && (err = pub_start(w)) != 0) {
+        fprintf(stderr, "duplex bench: cannot start the publisher: %s\n", dx_strerror(err));
+        goto out;
+    }
     if (pthread_create(&w->ticker, NULL, ticker_main, w) != 0) {
         fprintf(stderr, "duplex bench: cannot start the ticker thread\n");
         goto out;
@@ -751,6 +1090,9 @@ out:
             free(w->c[i].ts);
         }
     }
+    if (w->pub_cl)
+        dx_client_free(w->pub_cl);
+    free(w->pub_frame);
     free(w->c);
     free(w->msg);
     free(w->pattern);

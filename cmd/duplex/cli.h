@@ -109,5 +109,7 @@ void cli_base64(const uint8_t *in, size_t n, char *out);
 int cmd_serve(int argc, char **argv);
 int cmd_connect(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_pub(int argc, char **argv);
+int cmd_sub(int argc, char **argv);
 
 #endif

@@ -14,9 +14,12 @@ static void usage(FILE *f)
     fprintf(f, "usage: duplex <command> [options]\n"
                "\n"
                "commands:\n"
-               "  serve      run the WebSocket server (echo endpoint, static files, health check)\n"
-               "  bench      load generator: connections, echo/rate/subscribe workloads, latency\n"
+               "  serve      run the gateway: topics over WebSocket (JSON and raw dialects), SSE, HTTP API,\n"
+               "             metrics; /echo, static files, health check\n"
+               "  bench      load generator: connections, echo/rate workloads, gateway fan-out (--subscribe), latency\n"
                "  connect    WebSocket client for terminals and pipes (wscat); --listen: one-shot server\n"
+               "  pub        publish on a gateway topic (HTTP API or WebSocket), from arguments or stdin\n"
+               "  sub        subscribe to gateway topics and print each message as a line\n"
                "  version    print the version\n"
                "\n"
                "`duplex <command> --help` describes a command's options.\n");
@@ -35,6 +38,10 @@ int main(int argc, char **argv)
         return cmd_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "connect"))
         return cmd_connect(argc - 1, argv + 1);
+    if (!strcmp(cmd, "pub"))
+        return cmd_pub(argc - 1, argv + 1);
+    if (!strcmp(cmd, "sub"))
+        return cmd_sub(argc - 1, argv + 1);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("duplex %s\n", dx_version());
         return 0;

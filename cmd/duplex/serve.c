@@ -92,8 +92,9 @@ static void usage(FILE *f)
             "  --max-fragments N      frames per message, else close 1008 [1024]\n"
             "  --max-head BYTES       request head size, else 431 [8KiB]\n"
             "  --max-headers N        request header lines, else 431 [64]\n"
-            "  --send-max BYTES       unsent bytes per connection before it is dropped with 1008 [1MiB]\n"
-            "  --send-high-water BYTES  queued bytes that arm on_drain [64KiB]\n"
+            "  --send-max BYTES       unsent bytes per connection before it is dropped with 1008\n"
+            "                         [--sub-queue + 2 x --max-message + 64KiB: the gateway's budget acts first]\n"
+            "  --send-high-water BYTES  queued bytes that arm on_drain [64KiB, at most --sub-queue / 4]\n"
             "  --handshake-timeout T  accept to upgrade, TLS included [10s]\n"
             "  --max-conns-per-ip N   live connections per client address (IPv6: per /64), 'off' for none;\n"
             "                         shared out among workers; over it: 503 + Retry-After (TLS: TCP close) [off]\n"
@@ -470,11 +471,9 @@ int cmd_serve(int argc, char **argv)
                 a->ncerts, nkeys);
         return 2;
     }
-    if (!o->send_high_water)
-        o->send_high_water = 64u * 1024u;
-    if (!o->send_max)
-        o->send_max = 1u << 20;
-    if (o->send_high_water > o->send_max) {
+    /* Left 0 when not given: the gateway chooses them around its
+     * subscriber budget (docs/gateway.md "Configuration and defaults"). */
+    if (o->send_high_water && o->send_max && o->send_high_water > o->send_max) {
         fprintf(stderr, "serve: --send-high-water must not exceed --send-max\n");
         return 2;
     }
@@ -579,11 +578,11 @@ int cmd_serve(int argc, char **argv)
                      o->static_dir ? o->static_dir : "");
         cli_logf(&a->log, DX_LOG_INFO,
                  "serve: gateway open for development: no authentication configured, anonymous clients may "
-                 "subscribe and publish; HTTP API %s; history %zu messages / %s per topic; slow consumers %s",
+                 "subscribe and publish; HTTP API %s; history %zu messages / %s per topic; subscribers that fall behind: %s",
                  g->api_key ? "on (Bearer key set)" : "off (no --api-key)",
                  g->history_count == (size_t)-1 ? (size_t)0 : g->history_count ? g->history_count : 1000,
                  g->history_age_ms == UINT64_MAX ? "no age bound" : "an age bound (--history-age)",
-                 g->slow_policy == DX_GW_SLOW_DROP_OLDEST ? "drop oldest (JSON) / disconnected (raw, SSE)"
+                 g->slow_policy == DX_GW_SLOW_DROP_OLDEST ? "oldest dropped (JSON) / disconnected (raw, SSE)"
                                                           : "disconnected (1013)");
         print_url(o, o->port, a->ncerts != 0);
     }

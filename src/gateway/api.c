@@ -172,6 +172,13 @@ static void api_publish(gw_worker *k, dx_http_req *req)
         gw_inc(&k->m.publishes_refused, 1);
         return;
     }
+    if (req->body_len > k->gw->o.max_message) {
+        gw_inc(&k->m.publishes_refused, 1);
+        char why[96];
+        snprintf(why, sizeof why, "body larger than %zu bytes (--max-message)", k->gw->o.max_message);
+        reply_error(k, req, 413, why, NULL);
+        return;
+    }
     size_t ctl = 0;
     const char *ct = dx_http_req_header(req, "Content-Type", &ctl);
     dx__gw_kind kind = DX__GW_KIND_BINARY;

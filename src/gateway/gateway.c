@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 const double gw_lat_bounds[GW_LAT_N - 1] = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                                             0.005,   0.01,   0.025,   0.1,    1.0};
@@ -309,7 +310,7 @@ static void send_err(gw_conn *g, bool has_id, uint64_t id, int code, const char 
         send_scratch(g);
 }
 
-static int held_push(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, dx_msg *m, size_t bytes)
+static int held_push(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, dx_msg *m, size_t bytes, const char *pattern)
 {
     if (g->nheld == g->capheld) {
         size_t cap = g->capheld ? g->capheld * 2 : 16;
@@ -324,7 +325,7 @@ static int held_push(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, dx_msg *m, s
         g->headheld = 0;
     }
     g->held[(g->headheld + g->nheld) % g->capheld] =
-        (gw_held){dx__bus_topic_ref(t), dx__gw_entry_ref(e), m ? dx_msg_ref(m) : NULL};
+        (gw_held){dx__bus_topic_ref(t), dx__gw_entry_ref(e), m ? dx_msg_ref(m) : NULL, pattern};
     g->nheld++;
     g->heldbytes += bytes;
     return 0;
@@ -390,7 +391,7 @@ static void gaps_send(gw_conn *g, dx__bus_topic *t)
 static void overflow(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, dx_msg *m)
 {
     gw_worker *k = g->k;
-    if (held_push(g, t, e, m, dx_msg_len(m)) != 0) {
+    if (held_push(g, t, e, m, dx_msg_len(m), NULL) != 0) {
         gw_inc(&k->m.drops[GW_DROP_ERROR], 1);
         conn_close(g, 1011, "out of memory");
         return;
@@ -419,6 +420,37 @@ static void record_latency(gw_worker *k, dx__gw_entry *e)
     gw_inc(&k->m.lat_count, 1);
 }
 
+static void recheck_run(void *arg)
+{
+    gw_conn *g = arg;
+    g->recheck = false;
+    if (!g->gone && (g->nheld || g->ngaps))
+        gw_flush_held(g);
+    gw_conn_unref(g);
+}
+
+static void recheck_drop(void *arg)
+{
+    gw_conn_unref(arg);
+}
+
+/* The backlog waits for the socket queue to shrink. on_drain reports that
+ * only when the queue had passed send_high_water at a write, and the
+ * library writes what was queued before the loop sleeps, so the queue may
+ * well be empty by then with nothing to report: look again at the next
+ * iteration (the 1 s tick is the last resort). */
+static void recheck_later(gw_conn *g)
+{
+    if (g->recheck || g->gone)
+        return;
+    g->refs++;
+    if (dx_loop_post_ex(g->k->loop, recheck_run, recheck_drop, g) != 0) {
+        g->refs--;
+        return;
+    }
+    g->recheck = true;
+}
+
 /* One entry to one open WebSocket subscriber (frame m borrowed). */
 static void send_frame(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, dx_msg *m)
 {
@@ -427,12 +459,14 @@ static void send_frame(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, dx_msg *m)
         overflow(g, t, e, m);
         return;
     }
-    size_t need = dx_msg_len(m) + 14;
-    if (dx_conn_buffered(g->c) + need > k->gw->o.sub_queue) {
-        if (g->dialect == GW_JSON && k->gw->o.slow_policy == DX_GW_SLOW_DROP_OLDEST)
+    size_t q = dx_conn_buffered(g->c);
+    if (q && q + dx_msg_len(m) + 14 > k->gw->o.sub_queue) { /* an empty queue takes any one message */
+        if (g->dialect == GW_JSON && k->gw->o.slow_policy == DX_GW_SLOW_DROP_OLDEST) {
             overflow(g, t, e, m);
-        else
+            recheck_later(g);
+        } else {
             slow_close(g);
+        }
         return;
     }
     if (g->dialect == GW_JSON && g->ngaps)
@@ -450,7 +484,12 @@ static void deliver_one(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, const cha
     if (g->closing)
         return;
     if (!g->open) { /* raw or SSE before its answer / on_open: held in order */
-        if (held_push(g, t, e, NULL, dx__gw_entry_len(e)) != 0 || g->heldbytes > k->gw->o.sub_queue) {
+        const char *stable = NULL; /* the pattern as the connection's own record holds it */
+        if (pattern)
+            for (size_t i = 0; i < g->nsubs && !stable; i++)
+                if (g->subs[i]->len == plen && !memcmp(g->subs[i]->name, pattern, plen))
+                    stable = g->subs[i]->name;
+        if (held_push(g, t, e, NULL, dx__gw_entry_len(e), stable) != 0 || g->heldbytes > k->gw->o.sub_queue) {
             gw_inc(&k->m.drops[GW_DROP_SLOW_CLOSE], 1);
             g->closing = true;
             g->overflowed = true; /* refused 503 if still deferred, else closed 1013 at on_open */
@@ -459,7 +498,7 @@ static void deliver_one(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, const cha
         return;
     }
     if (g->dialect == GW_SSE) {
-        gw_sse_deliver(g, t, e);
+        gw_sse_deliver(g, t, e, pattern, plen);
         return;
     }
     dx_msg *m = g->dialect == GW_RAW ? raw_frame(e) : json_frame(k, t, e, pattern, plen);
@@ -482,7 +521,7 @@ void gw_flush_held(gw_conn *g)
         if (g->dialect == GW_SSE) {
             gw_held x = held_pop(g);
             g->heldbytes -= held_bytes(&x);
-            gw_sse_deliver(g, x.t, x.e);
+            gw_sse_deliver(g, x.t, x.e, x.pattern, x.pattern ? strlen(x.pattern) : 0);
             dx__bus_topic_unref(x.t);
             dx__gw_entry_unref(x.e);
             dx_msg_unref(x.m);
@@ -494,10 +533,13 @@ void gw_flush_held(gw_conn *g)
             conn_close(g, 1011, "out of memory");
             return;
         }
-        if (dx_conn_buffered(g->c) + dx_msg_len(m) + 14 > k->gw->o.sub_queue) {
+        size_t q = dx_conn_buffered(g->c);
+        if (q && q + dx_msg_len(m) + 14 > k->gw->o.sub_queue) {
             if (!(g->dialect == GW_JSON && k->gw->o.slow_policy == DX_GW_SLOW_DROP_OLDEST))
                 slow_close(g);
-            return; /* drop-oldest: on_drain comes back */
+            else
+                recheck_later(g); /* on_drain, this post, or the 1 s tick comes back */
+            return;
         }
         if (g->ngaps)
             gaps_send(g, h->t);
@@ -896,6 +938,10 @@ static void json_unsub(gw_conn *g, const dx__gw_req *r)
 {
     gw_worker *k = g->k;
     size_t at;
+    if (dx__gw_topic_check_sub(r->topic, r->topic_len) != 0) {
+        send_err(g, r->has_id, r->id, DX__GW_E_MALFORMED, "bad topic or pattern");
+        return;
+    }
     if (sub_find(g, r->topic, r->topic_len, &at)) {
         (void)dx__gw_topic_unsubscribe(k->ix, r->topic, r->topic_len, g);
         sub_drop(g, at);
@@ -923,7 +969,10 @@ static void json_message(gw_conn *g, const uint8_t *data, size_t len)
         break;
     case DX__GW_OP_PUB: {
         if (dx__gw_topic_check(r.topic, r.topic_len) != 0) {
-            send_err(g, r.has_id, r.id, DX__GW_E_MALFORMED, "bad topic (a pattern cannot be published to)");
+            send_err(g, r.has_id, r.id, DX__GW_E_MALFORMED,
+                     dx__gw_topic_classify(r.topic, r.topic_len) == DX__GW_TOPIC_PATTERN
+                         ? "a pattern cannot be published to"
+                         : "bad topic (1-200 bytes of [A-Za-z0-9_.:@/-], no empty segment)");
             gw_inc(&k->m.publishes_refused, 1);
             break;
         }
@@ -1193,6 +1242,15 @@ static int on_upgrade(dx_server *srv, dx_request *req, void *ud)
     }
     if (!(req->path_len == 3 && memcmp(req->path, "/ws", 3) == 0))
         return 404;
+    size_t hlen = 0;
+    const char *host = dx_request_header(req, "Host", &hlen);
+    if (!gw_policy_origin(req->origin, req->origin_len, host, hlen)) {
+        gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 403: Origin '%.*s' does not match Host '%.*s'", req->remote,
+                (int)(req->origin_len > 200 ? 200 : req->origin_len), req->origin, (int)(hlen > 200 ? 200 : hlen),
+                host ? host : "");
+        gw_inc(&k->m.handshakes_refused, 1);
+        return 403;
+    }
     if (offered(req, "duplex.v1")) {
         if (dx_request_select_protocol(req, "duplex.v1", 9) != 0)
             return 500;
@@ -1307,6 +1365,8 @@ static void on_tick(dx_timer *t, void *ud)
             q += dx_conn_buffered(g->c);
         else if (g->s && !g->gone)
             q += gw_sse_buffered(g);
+        if (g->open && !g->closing && (g->nheld || g->ngaps) && !g->recheck)
+            recheck_later(g); /* not here: flushing may close, and this walks the list */
     }
     atomic_store_explicit(&k->m.queued_bytes, q, memory_order_relaxed);
     gw_sse_tick(k);
@@ -1318,7 +1378,9 @@ static void on_demo(dx_timer *t, void *ud)
     gw_worker *k = ud;
     char buf[128];
     uint64_t n = ++k->demo_n;
-    uint64_t ms = dx__now_ns(NULL) / 1000000u;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
     /* A made-up price around 100, deterministic from n (a triangle wave
      * plus a little jitter): the demo page draws it. */
     uint64_t ph = n % 40;
@@ -1419,13 +1481,28 @@ int dx_gateway_server_options(dx_gateway *gw, unsigned i, dx_server_options *so)
     so->cb.on_close = on_close;
     so->ud = &gw->w[i];
     so->max_message = gw->o.max_message;
+    /* The API checks the key before the size (GATEWAY.md): the server
+     * reads bodies up to twice the limit, the API answers 413 past it. */
     if (!so->max_http_body)
-        so->max_http_body = gw->o.max_message;
-    /* The gateway applies its own budget (sub_queue) first; the server's
-     * send_max stays above it by a message and the replies around it. */
-    size_t need = gw->o.sub_queue + 2 * gw->o.max_message + 65536;
-    if (so->send_max < need)
-        so->send_max = need;
+        so->max_http_body = 2 * gw->o.max_message;
+    if (!so->http_max_requests)
+        so->http_max_requests = 100000; /* a backend publishes on one kept-alive connection */
+    /* The gateway applies its own budget (sub_queue) before the server's
+     * send_max: by default send_max stays above it by a message and the
+     * replies around it; a send_max the user chose is kept, and the budget
+     * shrinks to half of it when it would not fit (logged once). */
+    if (!so->send_max) {
+        so->send_max = gw->o.sub_queue + 2 * gw->o.max_message + 65536;
+    } else if (gw->o.sub_queue + 65536 > so->send_max) {
+        size_t was = gw->o.sub_queue;
+        gw->o.sub_queue = so->send_max / 2;
+        gw_logf(&gw->w[i], DX_LOG_WARN, "gateway: the subscriber budget (%zu bytes) does not fit under send_max "
+                "(%zu): using %zu", was, so->send_max, gw->o.sub_queue);
+    }
+    /* on_drain must be reachable below the subscriber budget (drop-oldest
+     * also re-checks from the loop, so a larger value only delays it) */
+    if (!so->send_high_water)
+        so->send_high_water = gw->o.sub_queue / 4 < 65536 ? gw->o.sub_queue / 4 : 65536;
     return 0;
 }
 

@@ -93,6 +93,7 @@ typedef struct gw_held {
     dx__bus_topic *t;
     dx__gw_entry *e;
     dx_msg *m;             /* drop-oldest: the frame to send; NULL: build at flush */
+    const char *pattern;   /* SSE before it opens: the matching pattern (a gw_sub's name), or NULL */
 } gw_held;
 
 typedef struct gw_gap {
@@ -110,6 +111,7 @@ struct gw_conn {
     bool gone;             /* on_close came / the stream ended: c and s are invalid */
     bool paused;           /* reading paused: too many publishes in flight */
     bool overflowed;       /* more held before opening than the budget */
+    bool recheck;          /* a flush of the backlog is posted */
     dx_conn *c;            /* WebSocket dialects, once open */
     dx_upgrade *up;        /* raw dialect: the deferred upgrade until its subscriptions are in */
     struct dx_http_stream *s; /* SSE */
@@ -183,7 +185,7 @@ void gw_flush_held(gw_conn *g);
 /* sse.c */
 void gw_sse_request(gw_worker *k, dx_http_req *req);
 void gw_sse_ready(gw_conn *g);
-void gw_sse_deliver(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e);
+void gw_sse_deliver(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, const char *pattern, size_t plen);
 void gw_sse_close(gw_conn *g, const char *why);
 void gw_sse_tick(gw_worker *k);
 size_t gw_sse_buffered(gw_conn *g);
@@ -193,7 +195,9 @@ size_t gw_sse_buffered(gw_conn *g);
 int gw_api_http(gw_worker *k, dx_http_req *req);
 
 /* policy.c: every decision point. 0: allowed; else a GATEWAY.md err code
- * (4403 forbidden, 4401 not authenticated). */
+ * (4403 forbidden, 4401 not authenticated). gw_policy_origin: may a
+ * handshake with this Origin (NULL: none) and Host proceed. */
+bool gw_policy_origin(const char *origin, size_t olen, const char *host, size_t hlen);
 enum gw_action { GW_ACT_SUBSCRIBE, GW_ACT_PUBLISH, GW_ACT_PRESENCE, GW_ACT_HISTORY };
 int gw_policy_check(const gw_conn *g, enum gw_action act, const char *topic, size_t len);
 

@@ -16,7 +16,8 @@
  * ?since=topic:offset,... (the current epoch assumed), each exactly as the
  * JSON dialect's since. Items naming a topic not in subscribe= are ignored
  * (a browser resends its original URL with a newer Last-Event-ID).
- * Patterns are refused (400): an SSE position names concrete topics.
+ * Patterns are live only: their messages carry `pattern`, and the `id:`
+ * lists the exact topics' positions only (a position names a topic).
  *
  * A comment line (": hb") is sent when nothing was written for
  * sse_heartbeat_ms (checked every second). A client whose unsent bytes
@@ -90,10 +91,8 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
         return;
     }
     for (size_t i = 0; i < nsub; i++) {
-        if (dx__gw_topic_check(names[i], lens[i]) != 0) {
-            refuse(k, req, 400,
-                   dx__gw_topic_check_sub(names[i], lens[i]) == 0 ? "patterns are not supported on SSE"
-                                                                  : "bad topic");
+        if (dx__gw_topic_check_sub(names[i], lens[i]) != 0) {
+            refuse(k, req, 400, "bad topic or pattern");
             return;
         }
         for (size_t j = 0; j < i; j++)
@@ -120,6 +119,13 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
     }
     if (npos < 0) {
         refuse(k, req, 400, h ? "malformed Last-Event-ID" : "malformed since");
+        return;
+    }
+    size_t ol = 0, hlen = 0;
+    const char *origin = dx_http_req_header(req, "Origin", &ol);
+    const char *host = dx_http_req_header(req, "Host", &hlen);
+    if (!gw_policy_origin(origin, ol, host, hlen)) {
+        refuse(k, req, 403, "Origin does not match Host");
         return;
     }
     gw_conn *g = gw_conn_new(k, GW_SSE);
@@ -149,15 +155,20 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
                 epoch = pos[j].epoch;
                 elen = pos[j].epoch_len;
             }
-        g->waiting++;
+        bool pattern = dx__gw_topic_classify(names[i], lens[i]) == DX__GW_TOPIC_PATTERN;
+        if (pattern)
+            resume = false; /* live only: a position names topics */
+        if (!pattern)
+            g->waiting++;
         if (gw_subscribe(g, names[i], lens[i], false, 0, resume, since, epoch, elen) != 0) {
-            g->waiting--;
+            if (!pattern)
+                g->waiting--;
             g->fail_status = 503;
             break;
         }
     }
     if (--g->waiting == 0)
-        gw_sse_ready(g); /* only when every subscribe failed to go out: answers 503 */
+        gw_sse_ready(g); /* patterns only, or every subscribe failed to go out (503) */
 }
 
 static void stamp(gw_conn *g)
@@ -210,7 +221,7 @@ void gw_sse_ready(gw_conn *g)
     gw_flush_held(g);
 }
 
-void gw_sse_deliver(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e)
+void gw_sse_deliver(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, const char *pattern, size_t plen)
 {
     gw_worker *k = g->k;
     if (g->closing || !g->s)
@@ -228,7 +239,7 @@ void gw_sse_deliver(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e)
     dx_buf_clear(&k->scratch);
     dx_buf_clear(&k->scratch2);
     if (dx__gw_msg_encode(&k->scratch, 0, t->name, t->len, dx__gw_entry_offset(e), t->epoch, strlen(t->epoch),
-                          dx__gw_entry_kind(e), dx__gw_entry_data(e), dx__gw_entry_len(e), NULL, 0) != 0 ||
+                          dx__gw_entry_kind(e), dx__gw_entry_data(e), dx__gw_entry_len(e), pattern, plen) != 0 ||
         dx__gw_sse_event_encode(&k->scratch2, 0, dx_buf_head(&k->scratch), k->scratch.len, pos, n) != 0) {
         gw_inc(&k->m.drops[GW_DROP_ERROR], 1);
         gw_sse_close(g, "out of memory");

@@ -213,7 +213,7 @@ def main(binary):
         check(srv.alive(), "the server died during the churn")
         say("flood: %d publishes; churn done" % sent[0])
         # The stuck subscribers were dropped as slow consumers.
-        srv.wait_log(r"slow consumer", timeout=30)
+        srv.wait_log(r"gateway: conn=\d+ slow consumer", timeout=30)
         for s in stuck:
             rst(s)
         # Every gauge returns to zero once the vanished clients are reaped.
