@@ -29,7 +29,7 @@ const TIMEOUT = Number(opt('--timeout', '240')) * 1000;
 const KEEP = args.includes('--keep');
 const CHROMIUM = '/usr/bin/chromium';
 
-const PLAN = 35;
+const PLAN = 37;
 let passed = 0;
 let failed = 0;
 let ran = 0;
@@ -48,11 +48,13 @@ if (!fs.existsSync(CHROMIUM)) missing.push(`${CHROMIUM} (apt-get install chromiu
 if (!fs.existsSync('/usr/bin/setpriv')) missing.push('/usr/bin/setpriv (apt-get install util-linux)');
 if (!fs.existsSync(path.join(WEB, 'index.html')) || !fs.existsSync(path.join(WEB, 'duplex.js'))) missing.push(`the demo in ${WEB}`);
 let chromium = null;
+let WebSocketNode = null;
 try {
   const require = createRequire(path.join(here, 'node_modules') + '/');
   ({ chromium } = require('playwright-core'));
+  WebSocketNode = require('ws');
 } catch (e) {
-  missing.push('playwright-core (cd tests/interop && npm ci)');
+  missing.push('playwright-core and ws (cd tests/interop && npm ci)');
 }
 if (missing.length) {
   for (const m of missing) notOk('peer missing', m);
@@ -76,11 +78,11 @@ function freePort() {
 
 let server = null;
 let serverRuns = 0;
-async function startServer(port) {
+async function startServer(port, extra = []) {
   serverRuns++;
   const log = fs.openSync(path.join(tmp, `server-${serverRuns}.log`), 'w');
   const argv = ['--pdeathsig', 'KILL', '--', DUPLEX, 'serve', '--host', '127.0.0.1', '--port', String(port),
-                '--static', WEB, '--demo', '--demo-interval', '200ms', '--workers', '2'];
+                '--static', WEB, '--demo', '--demo-interval', '200ms', '--workers', '2', ...extra];
   const p = spawn('/usr/bin/setpriv', argv, { stdio: ['ignore', 'pipe', log] });
   const exited = new Promise((resolve) => p.once('exit', (code, sig) => resolve({ code, sig })));
   const serving = await new Promise((resolve) => {
@@ -286,7 +288,7 @@ try {
     if (await missedCount(B, room)) throw new Error('a "missed" notice after a resumable reconnect');
   });
 
-  await check('randomized: 2000 messages while a subscriber\'s socket is closed at random: each once, in order', async () => {
+  await check('randomized: 2000+ messages while a subscriber\'s socket is closed at random (15+ times): each once, in order', async () => {
     const r = await A.evaluate(async (topic) => {
       const { Duplex } = await import('./duplex.js');
       const sub = new Duplex('/ws', { backoff: { base: 20, cap: 200 } });
@@ -296,12 +298,14 @@ try {
       let drops = 0;
       sub.on('missed', () => { missed++; });
       await sub.subscribe(topic, (m) => got.push([m.offset, m.data]));
-      const N = 2000;
       const dropper = setInterval(() => {
         if (sub._ws && sub._ws.readyState === 1 && Math.random() < 0.5) { sub._ws.close(); drops++; }
       }, 25);
-      for (let i = 1; i <= N; i += 20) {
-        await Promise.all(Array.from({ length: 20 }, (_, k) => pub.publish(topic, i + k)));
+      // At least 2000 messages and 15 dropped sockets (at most 20000 messages).
+      let N = 0;
+      while ((N < 2000 || drops < 15) && N < 20000) {
+        await Promise.all(Array.from({ length: 20 }, (_, k) => pub.publish(topic, N + k + 1)));
+        N += 20;
         await new Promise((res) => setTimeout(res, 10));
       }
       clearInterval(dropper);
@@ -311,11 +315,11 @@ try {
       pub.close();
       const offsOk = got.every(([o], i) => o === i + 1);
       const seen = new Set(got.map(([, d]) => d));
-      return { n: got.length, offsOk, distinct: seen.size, drops, missed };
+      return { N, n: got.length, offsOk, distinct: seen.size, drops, missed };
     }, `stress.${room}`);
-    if (r.n !== 2000 || !r.offsOk || r.distinct !== 2000) throw new Error(JSON.stringify(r));
+    if (r.n !== r.N || !r.offsOk || r.distinct !== r.N) throw new Error(JSON.stringify(r));
     if (r.missed) throw new Error(`"missed" reported: ${JSON.stringify(r)}`);
-    if (r.drops < 10) throw new Error(`only ${r.drops} drops: the run did not test resuming`);
+    if (r.drops < 15) throw new Error(`only ${r.drops} drops: the run did not test resuming`);
     console.log(`# randomized resume: ${r.n} messages, ${r.drops} dropped sockets`);
   });
 
@@ -465,6 +469,46 @@ try {
     if (await stateOf(A) !== 'closed') throw new Error(await stateOf(A));
   });
   await check('the server exits 0 on SIGTERM', async () => {
+    const r = await stopServer();
+    if (r.code !== 0) throw new Error(`exit ${JSON.stringify(r)}`);
+  });
+
+  // gap: a page that stops reading (its main thread blocked) under --slow-policy drop-oldest.
+  let G;
+  await check('drop-oldest: a page blocked while 3000 messages flood in gets gap events; received + gaps = 3000, in order', async () => {
+    const gport = await freePort();
+    await startServer(gport, ['--slow-policy', 'drop-oldest', '--sub-queue', '64KiB']);
+    base = `http://127.0.0.1:${gport}`;
+    G = await openPage(context, 'gap', 'sse.html?topic=none');
+    await G.evaluate(async () => {
+      const { Duplex } = await import('./duplex.js');
+      const c = new Duplex('/ws');
+      window.flood = { n: 0, last: 0, bad: 0, gaps: [], gapCalls: 0, client: c };
+      c.on('gap', (g) => window.flood.gaps.push(g));
+      await c.subscribe('flood', (m) => {
+        const f = window.flood;
+        if (m.offset <= f.last) f.bad++;
+        f.n++;
+        f.last = m.offset;
+      }, { onGap: () => { window.flood.gapCalls++; } });
+    });
+    const p = new WebSocketNode(`ws://127.0.0.1:${gport}/ws`, 'duplex.v1');
+    await new Promise((res, rej) => { p.once('open', res); p.once('error', rej); });
+    let acks = 0;
+    p.on('message', (d) => { if (JSON.parse(d).op === 'ack') acks++; });
+    const busy = G.evaluate(() => { const t = Date.now(); while (Date.now() - t < 4000); });
+    const pad = 'x'.repeat(2000);
+    for (let i = 1; i <= 3000; i++) p.send(JSON.stringify({ op: 'pub', id: i, topic: 'flood', data: { i, pad } }));
+    await busy;
+    await G.waitForFunction(() => window.flood.last === 3000, null, { timeout: 20000 });
+    const f = await G.evaluate(() => ({ ...window.flood, client: undefined, state: window.flood.client.state }));
+    p.close();
+    const dropped = f.gaps.reduce((n, g) => n + g.to - g.from + 1, 0);
+    console.log(`# drop-oldest: ${f.n} received, ${f.gaps.length} gaps (${dropped} messages), ${acks} publishes acked`);
+    if (!f.gaps.length) throw new Error('no gap: the page was not slow enough to test it');
+    if (f.n + dropped !== 3000 || f.bad || f.gapCalls !== f.gaps.length || f.state !== 'open') throw new Error(JSON.stringify({ ...f, gaps: f.gaps.length, dropped }));
+  });
+  await check('that server exits 0 on SIGTERM too', async () => {
     await context.close();
     context = null;
     const r = await stopServer();
