@@ -72,6 +72,7 @@ export class Duplex {
    * @param {'auto'|'ws'|'sse'} [opts.transport] 'auto' (default): WebSocket, SSE when it cannot connect
    * @param {number} [opts.sseAfter] WebSocket failures (never opened) before falling back to SSE (default 3; 0: never)
    * @param {{base?: number, cap?: number, stable?: number}} [opts.backoff] ms: base 500, cap 30000; the attempt count resets after a connection stayed open `stable` ms (5000)
+   * @param {number} [opts.connectTimeout] ms a WebSocket handshake may take before it counts as failed (default 15000)
    * @param {number} [opts.timeout] ms a request waits for its answer, queued while disconnected included (default 10000)
    * @param {string|(() => string|Promise<string>)} [opts.token] a JWT, sent as the second subprotocol `token.<jwt>`
    * @param {number[]} [opts.noReconnect] close codes that end the client instead of reconnecting (default [4000, 4001])
@@ -89,6 +90,7 @@ export class Duplex {
     this.opts = opts;
     this.backoff = { base: 500, cap: 30000, stable: 5000, ...(opts.backoff || {}) };
     this.timeout = opts.timeout ?? 10000;
+    this.connectTimeout = opts.connectTimeout ?? 15000;
     this.sseAfter = opts.sseAfter ?? 3;
     this.noReconnect = opts.noReconnect ?? [4000, 4001];
     this.state = null;
@@ -262,7 +264,14 @@ export class Duplex {
     }
     this._ws = ws;
     let opened = false;
+    // A handshake that hangs (a black-holed address, a proxy that holds it) counts as a failure.
+    const hang = setTimeout(() => {
+      if (this._ws !== ws || opened) return;
+      try { ws.close(); } catch (_) { /* closing anyway */ }
+      this._onWsClose(false, { code: 1006, reason: `no answer within ${this.connectTimeout} ms` });
+    }, this.connectTimeout);
     ws.onopen = () => {
+      clearTimeout(hang);
       if (this._ws !== ws) return;
       opened = true;
       this._everOpened = true;
@@ -277,7 +286,7 @@ export class Duplex {
     };
     ws.onmessage = (e) => { if (this._ws === ws) this._onFrame(e.data); };
     ws.onerror = () => {};
-    ws.onclose = (e) => { if (this._ws === ws) this._onWsClose(opened, e); };
+    ws.onclose = (e) => { clearTimeout(hang); if (this._ws === ws) this._onWsClose(opened, e); };
   }
 
   _onWsClose(opened, e) {

@@ -29,7 +29,7 @@ const TIMEOUT = Number(opt('--timeout', '240')) * 1000;
 const KEEP = args.includes('--keep');
 const CHROMIUM = '/usr/bin/chromium';
 
-const PLAN = 37;
+const PLAN = 38;
 let passed = 0;
 let failed = 0;
 let ran = 0;
@@ -364,6 +364,28 @@ try {
     if (r.filter((s) => s === 'connecting').length < 3 || !r.includes('sse')) throw new Error(`states ${JSON.stringify(r)}`);
     await A.waitForFunction(() => window.fallback.got.includes('to erin'), null, { timeout: 10000 });
     await A.evaluate(() => window.fallbackClient.close());
+  });
+  await check('a WebSocket handshake that hangs (a silent TCP listener) times out; after 3 the client uses SSE', async () => {
+    const held = [];
+    const silent = net.createServer((sock) => { held.push(sock); sock.on('error', () => {}); });
+    await new Promise((res) => silent.listen(0, '127.0.0.1', res));
+    try {
+      const r = await A.evaluate(async ([wsUrl, topic]) => {
+        const { Duplex } = await import('./duplex.js');
+        const states = [];
+        const c = new Duplex(wsUrl, { sseUrl: '/sse', connectTimeout: 300, backoff: { base: 50 }, onState: (s, i) => states.push(s + (i.reason ? `(${i.reason})` : '')) });
+        const got = [];
+        await c.subscribe(topic, (m) => got.push(m.data.text), { since: { offset: 0 } });
+        const t0 = Date.now();
+        while (!got.includes('to erin') && Date.now() - t0 < 10000) await new Promise((res) => setTimeout(res, 50));
+        c.close();
+        return { states, got: got.includes('to erin') };
+      }, [`ws://127.0.0.1:${silent.address().port}/ws`, `chat.${room}`]);
+      if (!r.got || !r.states.includes('sse') || r.states.filter((s) => s === 'connecting').length !== 3 || r.states.filter((s) => /no answer within 300 ms/.test(s)).length !== 2) throw new Error(JSON.stringify(r));
+    } finally {
+      for (const sock of held) sock.destroy();
+      silent.close();
+    }
   });
   let F;
   await check('a plain EventSource page (sse.html) receives the same topic', async () => {
