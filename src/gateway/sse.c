@@ -13,8 +13,9 @@
  * `data:` line and `id:` the stream's position in all its topics.
  *
  * Resume: Last-Event-ID (topic:offset:epoch,...) or, without that header,
- * ?since=topic:offset,... (the current epoch assumed), each exactly as the
- * JSON dialect's since. Items naming a topic not in subscribe= are ignored
+ * ?last-event-id= (the same value: an extension for pages that open their
+ * own EventSource and cannot set the header), or ?since=topic:offset,...
+ * (the current epoch assumed), each exactly as the JSON dialect's since. Items naming a topic not in subscribe= are ignored
  * (a browser resends its original URL with a newer Last-Event-ID).
  * Patterns are live only: their messages carry `pattern`, and the `id:`
  * lists the exact topics' positions only (a position names a topic).
@@ -113,6 +114,12 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
         }
         memcpy(sincebuf, h, hl);
         npos = dx__gw_pos_parse(sincebuf, hl, true, pos, SSE_MAX_TOPICS);
+    } else if (gw_query_get(req->query, req->query_len, "last-event-id", &v, &vlen) && vlen) {
+        /* extension: the same value as a query parameter, for a page that
+         * opens a new EventSource itself (it cannot set the header) */
+        long sl = gw_pct_decode(v, vlen, sincebuf, sizeof sincebuf);
+        npos = sl < 0 ? -1 : dx__gw_pos_parse(sincebuf, (size_t)sl, true, pos, SSE_MAX_TOPICS);
+        h = "";
     } else if (gw_query_get(req->query, req->query_len, "since", &v, &vlen) && vlen) {
         long sl = gw_pct_decode(v, vlen, sincebuf, sizeof sincebuf);
         npos = sl < 0 ? -1 : dx__gw_pos_parse(sincebuf, (size_t)sl, false, pos, SSE_MAX_TOPICS);

@@ -111,6 +111,26 @@ def test_sse_since_query():
     c.close()
 
 
+def test_sse_last_event_id_query():
+    """Extension: ?last-event-id= carries the header's value (with epochs)."""
+    s = srv()
+    a = topic("sle")
+    epoch = None
+    for x in ("a1", "a2", "a3"):
+        epoch = publish(s, a, x)["epoch"]
+    c = open_sse(s, "subscribe=%s&last-event-id=%s:1:%s" % (a, a, epoch))
+    got = [c.msg(what="events after a:1 in the current epoch")[0]["offset"] for _ in range(2)]
+    expect_eq(got, [2, 3], "?last-event-id=a:1:<current epoch>")
+    c.close()
+    # another epoch: nothing is recovered, only live messages follow
+    c = open_sse(s, "subscribe=%s&last-event-id=%s:1:%s" % (a, a, "0" * 16))
+    wait_for(lambda: presence(s, a) == 1, 10, "the SSE subscription")
+    publish(s, a, "a4")
+    m, i = c.msg(what="the live message only")
+    check_msg(m, a, offset=4, data="a4")
+    c.close()
+
+
 def test_sse_wrong_epoch_live_only():
     s = srv()
     a = topic("swe")
@@ -160,6 +180,7 @@ if __name__ == "__main__":
         test_sse_event_format,
         test_sse_last_event_id_resume,
         test_sse_since_query,
+        test_sse_last_event_id_query,
         test_sse_wrong_epoch_live_only,
         test_sse_heartbeat,
         test_sse_bad_topics,
