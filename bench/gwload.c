@@ -29,10 +29,11 @@
  *   alone    one frame per write(), a write every 1 / rate seconds;
  *   api      POST /api/publish on one keep-alive connection, one request in
  *            flight, as fast as the server answers (rates ignored: one step).
- * The step ramp ends when deliveries/s stop rising (less than 5% over the
- * best step so far), when a subscriber is closed, or when the deliveries of
- * a step are not all in 3 s after its end (the server or the readers fell
- * behind).
+ * The step ramp ends when deliveries/s stop rising (two steps in a row
+ * without 5% more than the best step so far: one could be noise), when a
+ * subscriber is closed, or when the deliveries of a step are not all in 3 s
+ * after its end (the server or the readers fell behind). A last line
+ * {"server":..,"mode":..,"stop":"why"} says which.
  *
  * Per step, after --warmup seconds of it, over the rest of the step: the
  * deliveries/s, the server's CPU (sum of /proc/PID/task/x/schedstat run
@@ -892,6 +893,7 @@ int main(int argc, char **argv)
     nanosleep(&settle, NULL);
 
     double best = 0;
+    int flat = 0;
     int nsteps = api ? 1 : o_nrates;
     uint64_t published = 0;
     for (int s = 0; s < nsteps; s++) {
@@ -947,12 +949,24 @@ int main(int argc, char **argv)
                 pps, dps, (unsigned long long)missing);
         if (order || closed || bad || pub_errors)
             rc = 1;
-        if (order || closed || bad || pub_errors || missing)
-            break; /* fell behind or broke: the ramp ends here */
-        if (s > 0 && dps < best * 1.05)
-            break; /* deliveries stopped rising */
+        const char *stop = NULL;
+        if (order || closed || bad || pub_errors)
+            stop = "errors";
+        else if (missing)
+            stop = "behind: the step's deliveries were not all in 3 s after it";
+        else if (dps < best * 1.05 && ++flat >= 2)
+            stop = "flat: two steps without 5% more deliveries/s than the best";
+        else if (s == nsteps - 1)
+            stop = "last rate";
+        if (dps >= best * 1.05)
+            flat = 0;
         if (dps > best)
             best = dps;
+        if (stop) {
+            printf("{\"server\":\"%s\",\"mode\":\"%s\",\"stop\":\"%s\"}\n", o_label, o_mode, stop);
+            fflush(stdout);
+            break;
+        }
         nanosleep(&settle, NULL);
     }
 out:

@@ -17,8 +17,9 @@
 # every connection without publish= as a subscriber), one publisher
 # (ws://H:P/ws?publish=bench.t: each binary frame of 16 bytes is one
 # publish) and steps the publish rate through BENCH_GW_RATES until the
-# deliveries/s stop rising (less than 5% over the best step), a subscriber is
-# closed, or a step's deliveries are not all in 3 s after it:
+# deliveries/s stop rising (two steps in a row without 5% over the best
+# one), a subscriber is closed, or a step's deliveries are not all in 3 s
+# after it (the table says which):
 #   batched  the publisher writes 16 frames per write();
 #   alone    one frame per write(), paced.
 # Then the HTTP API: POST /api/publish on one keep-alive connection, one
@@ -190,7 +191,9 @@ elapsed=$(($(date +%s) - started))
 python3 - "$raw" "$SUBS" "$SECS" "$WARM" <<EOF | tee "$out"
 import json, sys
 raw, subs, secs, warm = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-rows = [json.loads(l) for l in open(raw) if l.startswith('{')]
+lines = [json.loads(l) for l in open(raw) if l.startswith('{')]
+rows = [r for r in lines if 'step' in r]
+stops = {(r['server'], r['mode']): r['stop'] for r in lines if 'stop' in r}
 def f(v, fmt):
     return '-' if v is None or v < 0 else fmt.format(v)
 def err(r):
@@ -215,6 +218,8 @@ for mode in ('batched', 'alone'):
             n = node.get(r['target_per_s'])
             ratio = '-' if srv == 'node' or not n or n['deliv_per_s'] <= 0 else f"{r['deliv_per_s'] / n['deliv_per_s']:.2f}x"
             print(f"{srv:<7} {r['target_per_s']:>6.0f} {r['pub_per_s']:>7.0f} {r['deliv_per_s']:>9.0f} {r['offered_deliv_per_s']:>9.0f} {r['srv_cpu_pct']:>5.0f} {f(r['srv_ns_per_deliv'], '{:.0f}'):>7} {f(r['sys_per_deliv'], '{:.3f}'):>7} {f(r['wsys_per_deliv'], '{:.3f}'):>7} {r['p50_us'] / 1e3:>8.1f} {r['p99_us'] / 1e3:>8.1f} {r['rd_cpu_pct']:>4.0f} {err(r):>3} {ratio:>11}")
+        if (srv, mode) in stops:
+            print(f"{'':<7} ramp ended: {stops[srv, mode]}")
         if rs:
             peak = max(rs, key=lambda r: r['deliv_per_s'])
             # half saturation: the step whose deliveries/s is closest to half the peak
