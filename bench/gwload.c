@@ -25,7 +25,8 @@
  *
  * Publisher (the parent): one raw-dialect connection (--pub-path), stepped
  * through --rates (msgs/s), each step --step-secs long:
- *   batched  k = --batch frames per write(), a write every k / rate seconds;
+ *   batched  k frames per write(), a write every k / rate seconds, k =
+ *            --batch (16) but at least 4 writes a second (k = rate / 4);
  *   alone    one frame per write(), a write every 1 / rate seconds;
  *   api      POST /api/publish on one keep-alive connection, one request in
  *            flight, as fast as the server answers (rates ignored: one step).
@@ -692,13 +693,22 @@ static totals sum_readers(void)
 
 static uint64_t subs_open;
 
+/* Frames per write in batched mode: --batch, but at least 4 writes a
+ * second, so a low rate still publishes within a step (2/s: 1, 10/s: 2,
+ * 64/s and more: 16). */
+static int batch_for(double rate)
+{
+    int k = (int)(rate / 4);
+    return k < 1 ? 1 : k > o_batch ? o_batch : k;
+}
+
 /* Publishes step `step` at `rate` msgs/s for o_step_secs (api mode: as fast
  * as answered). Fills the window figures. Returns messages published. */
 static uint64_t run_step(uint32_t step, double rate, uint64_t *w_t0, uint64_t *w_t1, totals *a, totals *b,
                          uint64_t *srv0, uint64_t *srv1, uint64_t *pub_in_window)
 {
     bool api = strcmp(o_mode, "api") == 0, alone = strcmp(o_mode, "alone") == 0;
-    int k = alone || api ? 1 : o_batch;
+    int k = alone || api ? 1 : batch_for(rate);
     uint8_t out[22 * 256];
     uint64_t t0 = now_ns(), len = (uint64_t)(o_step_secs * 1e9), warm = (uint64_t)(o_warmup * 1e9);
     uint64_t sent = 0, sent_at_w0 = 0;
@@ -932,16 +942,17 @@ int main(int argc, char **argv)
                "\"pub_per_s\":%.0f,\"deliv_per_s\":%.0f,\"offered_deliv_per_s\":%.0f,\"published\":%llu,"
                "\"step_deliveries\":%llu,\"missing\":%llu,\"srv_cpu_pct\":%.0f,\"srv_ns_per_deliv\":%.1f,"
                "\"srv_us_per_pub\":%.2f,\"rd_cpu_pct\":%.0f,\"sys_per_deliv\":%.4f,\"wsys_per_deliv\":%.4f,"
-               "\"p50_us\":%.0f,\"p99_us\":%.0f,\"order_err\":%llu,\"closed\":%llu,\"bad\":%llu,"
+               "\"sys_per_pub\":%.2f,\"p50_us\":%.0f,\"p99_us\":%.0f,\"order_err\":%llu,\"closed\":%llu,\"bad\":%llu,"
                "\"pub_errors\":%llu}\n",
-               o_label, o_mode, api || !strcmp(o_mode, "alone") ? 1 : o_batch, (unsigned long long)subs_open, s,
+               o_label, o_mode, api || !strcmp(o_mode, "alone") ? 1 : batch_for(o_rates[s]), (unsigned long long)subs_open, s,
                api ? 0 : o_rates[s], pps, dps, pps * (double)subs_open, (unsigned long long)sent,
                (unsigned long long)step_n, (unsigned long long)missing,
                win > 0 ? 100.0 * (double)(c1 - c0) / (win * 1e9) : 0, dels > 0 ? (double)(c1 - c0) / dels : -1,
                pubw ? (double)(c1 - c0) / (double)pubw / 1e3 : -1,
                win > 0 ? 100.0 * (double)(b.reader_ns - a.reader_ns) / (win * 1e9) : 0,
                sys_all >= 0 && step_dels > 0 ? sys_all / step_dels : -1,
-               sys_w >= 0 && step_dels > 0 ? sys_w / step_dels : -1, pct(hist, step_n, 0.50) / 1e3,
+               sys_w >= 0 && step_dels > 0 ? sys_w / step_dels : -1, sys_all >= 0 && sent ? sys_all / (double)sent : -1,
+               pct(hist, step_n, 0.50) / 1e3,
                pct(hist, step_n, 0.99) / 1e3, (unsigned long long)order, (unsigned long long)closed,
                (unsigned long long)bad, (unsigned long long)pub_errors);
         fflush(stdout);

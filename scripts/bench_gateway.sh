@@ -20,7 +20,8 @@
 # deliveries/s stop rising (two steps in a row without 5% over the best
 # one), a subscriber is closed, or a step's deliveries are not all in 3 s
 # after it (the table says which):
-#   batched  the publisher writes 16 frames per write();
+#   batched  the publisher writes k frames per write(): 16, but at least
+#            4 writes a second (k = rate / 4 below 64 msgs/s);
 #   alone    one frame per write(), paced.
 # Then the HTTP API: POST /api/publish on one keep-alive connection, one
 # request in flight, BENCH_GW_STEP_SECS long, with no subscriber and with
@@ -32,7 +33,7 @@
 # connection; the default closes it after 1000 requests).
 #
 # Environment: BENCH_GW_SUBS (default 10000), BENCH_GW_RATES (msgs/s,
-# default 10,20,50,100,200,500,1000,2000,5000), BENCH_GW_STEP_SECS (default
+# default 2,5,10,20,50,100,200,500,1000,2000,5000), BENCH_GW_STEP_SECS (default
 # 3), BENCH_GW_WARMUP (seconds of each step not measured, default 0.5),
 # BENCH_GW_API_SUBS (default 1000), BENCH_PORT (first port, default 19600).
 # About 3 minutes with the defaults. The table is printed and written to
@@ -50,7 +51,7 @@ out=$build/bench-gateway.txt
 raw=$build/bench-gateway.jsonl
 
 SUBS=${BENCH_GW_SUBS:-10000}
-RATES=${BENCH_GW_RATES:-10,20,50,100,200,500,1000,2000,5000}
+RATES=${BENCH_GW_RATES:-2,5,10,20,50,100,200,500,1000,2000,5000}
 SECS=${BENCH_GW_STEP_SECS:-3}
 WARM=${BENCH_GW_WARMUP:-0.5}
 API_SUBS=${BENCH_GW_API_SUBS:-1000}
@@ -184,7 +185,7 @@ for mode in batched alone; do
   done
 done
 log "duplex /api/publish"
-run duplex -c 0 --mode api --api-key "$KEY"
+run duplex -c 0 --mode api --api-key "$KEY" "${PERF[@]}"
 run duplex -c "$API_SUBS" --mode api --api-key "$KEY" "${PERF[@]}"
 elapsed=$(($(date +%s) - started))
 
@@ -207,17 +208,17 @@ print("p50/p99 = publish -> deliver latency of the step's messages (CLOCK_MONOTO
 print("err = out-of-order or missing messages + closed subscribers + failed publishes (must be 0)")
 summary = {}
 for mode in ('batched', 'alone'):
-    what = 'the publisher writes 16 frames per write()' if mode == 'batched' else 'one frame per write(), paced'
+    what = 'the publisher writes k frames per write() (16, at least 4 writes/s)' if mode == 'batched' else 'one frame per write(), paced (k = 1)'
     print()
     print(f"== {mode}: {what}")
-    print(f"{'server':<7} {'rate':>6} {'pub/s':>7} {'deliv/s':>9} {'offered':>9} {'srv%':>5} {'ns/dlv':>7} {'sys/dlv':>7} {'wr/dlv':>7} {'p50_ms':>8} {'p99_ms':>8} {'rd%':>4} {'err':>3} {'dlv vs node':>11}")
+    print(f"{'server':<7} {'rate':>6} {'k':>3} {'pub/s':>7} {'deliv/s':>9} {'offered':>9} {'srv%':>5} {'ns/dlv':>7} {'sys/dlv':>7} {'wr/dlv':>7} {'p50_ms':>8} {'p99_ms':>8} {'rd%':>4} {'err':>3} {'dlv vs node':>11}")
     node = {r['target_per_s']: r for r in rows if r['server'] == 'node' and r['mode'] == mode}
     for srv in ('duplex', 'node'):
         rs = [r for r in rows if r['server'] == srv and r['mode'] == mode]
         for r in rs:
             n = node.get(r['target_per_s'])
             ratio = '-' if srv == 'node' or not n or n['deliv_per_s'] <= 0 else f"{r['deliv_per_s'] / n['deliv_per_s']:.2f}x"
-            print(f"{srv:<7} {r['target_per_s']:>6.0f} {r['pub_per_s']:>7.0f} {r['deliv_per_s']:>9.0f} {r['offered_deliv_per_s']:>9.0f} {r['srv_cpu_pct']:>5.0f} {f(r['srv_ns_per_deliv'], '{:.0f}'):>7} {f(r['sys_per_deliv'], '{:.3f}'):>7} {f(r['wsys_per_deliv'], '{:.3f}'):>7} {r['p50_us'] / 1e3:>8.1f} {r['p99_us'] / 1e3:>8.1f} {r['rd_cpu_pct']:>4.0f} {err(r):>3} {ratio:>11}")
+            print(f"{srv:<7} {r['target_per_s']:>6.0f} {r['batch']:>3} {r['pub_per_s']:>7.0f} {r['deliv_per_s']:>9.0f} {r['offered_deliv_per_s']:>9.0f} {r['srv_cpu_pct']:>5.0f} {f(r['srv_ns_per_deliv'], '{:.0f}'):>7} {f(r['sys_per_deliv'], '{:.3f}'):>7} {f(r['wsys_per_deliv'], '{:.3f}'):>7} {r['p50_us'] / 1e3:>8.1f} {r['p99_us'] / 1e3:>8.1f} {r['rd_cpu_pct']:>4.0f} {err(r):>3} {ratio:>11}")
         if (srv, mode) in stops:
             print(f"{'':<7} ramp ended: {stops[srv, mode]}")
         if rs:
@@ -260,9 +261,11 @@ api = [r for r in rows if r['mode'] == 'api']
 if api:
     print()
     print("== /api/publish on one keep-alive connection, one request in flight (duplex)")
-    print(f"{'subs':>6} {'publishes/s':>11} {'deliv/s':>9} {'srv%':>5} {'us/publish':>10} {'sys/dlv':>7} {'p50_ms':>8} {'p99_ms':>8} {'err':>3}")
+    print(f"{'subs':>6} {'publishes/s':>11} {'deliv/s':>9} {'srv%':>5} {'us/publish':>10} {'sys/pub':>7} {'sys/dlv':>7} {'p50_ms':>8} {'p99_ms':>8} {'rd%':>4} {'err':>3}")
     for r in api:
-        print(f"{r['subs']:>6} {r['pub_per_s']:>11.0f} {r['deliv_per_s']:>9.0f} {r['srv_cpu_pct']:>5.0f} {r['srv_us_per_pub']:>10.1f} {f(r['sys_per_deliv'], '{:.3f}'):>7} {f(r['p50_us'] / 1e3 if r['subs'] else -1, '{:.1f}'):>8} {f(r['p99_us'] / 1e3 if r['subs'] else -1, '{:.1f}'):>8} {err(r):>3}")
+        print(f"{r['subs']:>6} {r['pub_per_s']:>11.0f} {r['deliv_per_s']:>9.0f} {r['srv_cpu_pct']:>5.0f} {r['srv_us_per_pub']:>10.1f} {f(r['sys_per_pub'], '{:.1f}'):>7} {f(r['sys_per_deliv'], '{:.3f}'):>7} {f(r['p50_us'] / 1e3 if r['subs'] else -1, '{:.1f}'):>8} {f(r['p99_us'] / 1e3 if r['subs'] else -1, '{:.1f}'):>8} {r['rd_cpu_pct']:>4.0f} {err(r):>3}")
+    print("us/publish = server CPU per publish (its deliveries included); p50/p99 = publish -> deliver; rd% = the readers,")
+    print("which share the load generator's core with the publisher (one request in flight: the publisher waits for them)")
 print()
 print("rd% = CPU of gwload's reader processes (100 = the load generator's core is saturated)")
 print("syscalls: $sys_source, over each step and its drain")
