@@ -175,6 +175,7 @@ run() {
 }
 
 started=$(date +%s)
+started_utc=$(date -u '+%Y-%m-%d %H:%M UTC')
 load=$(cut -d' ' -f1 /proc/loadavg)
 servers=(duplex)
 if [[ -n $node_mods ]]; then servers+=(node); else log "skipping node ws: node or the ws package unavailable"; fi
@@ -202,7 +203,7 @@ def f(v, fmt):
     return '-' if v is None or v < 0 else fmt.format(v)
 def err(r):
     return r['order_err'] + r['closed'] + r['bad'] + r['pub_errors']
-print("duplex gateway fan-out benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -r), $(nproc) CPUs, load average at start $load")
+print("duplex gateway fan-out benchmark, $started_utc, $(uname -r), $(nproc) CPUs, load average at start $load")
 print("one worker per server; $pinning; loopback; $duplex_bin serve --workers 1 vs node $(node --version 2>/dev/null || echo -) ws_broadcast.js")
 print(f"{subs} subscribers (raw dialect) on one topic, 16 B binary messages; each step {secs} s, the first {warm} s not measured")
 print("deliv/s = messages received by all subscribers per second; offered = publishes/s x subscribers")
