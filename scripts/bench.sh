@@ -2,7 +2,7 @@
 # Runs every benchmark built in BUILD_DIR and prints their tables:
 # bench_proto (sans-I/O hot paths), bench_fanout (one message to 10,000
 # connections on one loop, docs/benchmarks.md "Fan-out"), then the echo
-# comparison.
+# comparison, then the gateway fan-out (duplex serve against Node ws).
 #   scripts/bench.sh BUILD_DIR
 set -euo pipefail
 build=${1:?usage: bench.sh BUILD_DIR}
@@ -14,3 +14,6 @@ done
 
 # End-to-end echo comparison: duplex, libwebsockets, node ws, TCP ceiling.
 "$(dirname "$0")/bench_echo.sh" "$build"
+
+# Gateway fan-out: duplex serve --workers 1 against a Node ws broadcast server.
+"$(dirname "$0")/bench_gateway.sh" "$build"
