@@ -58,6 +58,10 @@ typedef struct dx__bus_events {
     void (*deliver)(void *ud, dx__bus_topic *t, dx__gw_entry *e);
     /* Close every connection of `user` here; return how many. */
     size_t (*disconnect_user)(void *ud, const char *user, size_t len);
+    /* The bus finished a batch of work for this worker (deliveries
+     * included): what `deliver` gathered may be written now. Completions
+     * may come before it within the batch. May be NULL. */
+    void (*flush)(void *ud);
 } dx__bus_events;
 
 /* Completions. `ud` is the caller's, per request. */

@@ -181,6 +181,8 @@ static void drain(void *arg)
     pthread_mutex_unlock(&w->mu);
     for (size_t i = 0; i < n; i++)
         q[i].run(w->b, w->index, &q[i]);
+    if (n && w->ev && w->ev->flush)
+        w->ev->flush(w->ud);
     pthread_mutex_lock(&w->mu);
     if (!w->spare) {
         w->spare = q;

@@ -246,7 +246,7 @@ static dx_msg *json_frame(gw_worker *k, dx__bus_topic *t, dx__gw_entry *e, const
         return m ? dx__gw_entry_set_frame(e, DX__GW_FRAME_JSON, m) : NULL;
     }
     for (size_t i = 0; i < k->npc; i++)
-        if (k->pc[i].plen == plen && memcmp(k->pc[i].pattern, pattern, plen) == 0)
+        if (k->pc[i].e == e && k->pc[i].plen == plen && memcmp(k->pc[i].pattern, pattern, plen) == 0)
             return k->pc[i].m;
     dx_msg *m = json_build(k, t, e, pattern, plen);
     if (!m)
@@ -256,7 +256,7 @@ static dx_msg *json_frame(gw_worker *k, dx__bus_topic *t, dx__gw_entry *e, const
         memmove(k->pc, k->pc + 1, (k->npc - 1) * sizeof k->pc[0]);
         k->npc--;
     }
-    k->pc[k->npc++] = (gw_pcache){pattern, plen, m};
+    k->pc[k->npc++] = (gw_pcache){pattern, plen, e, m};
     return m;
 }
 
@@ -587,38 +587,109 @@ static const dx__gw_stitch_ops stitch_ops = {st_deliver, st_gap};
 
 /* ---- live delivery (bus event) ---------------------------------------------- */
 
+/* A run of entries of one topic, matched once: each subscriber is touched
+ * once per run (its memory is cold: that touch is most of the cost of a
+ * delivery), then gets the run's entries in order. */
 typedef struct match_ctx {
     gw_worker *k;
     dx__bus_topic *t;
-    dx__gw_entry *e;
+    const gw_pend *run;
+    size_t n;
 } match_ctx;
 
 static void on_match(void *ud, void *subscriber, const char *pattern, size_t plen)
 {
     match_ctx *mc = ud;
     gw_conn *g = subscriber;
-    if (g->closing)
-        return;
+    gw_sub *s = NULL;
     if (!pattern && g->npending) {
-        gw_sub *s = sub_find(g, mc->t->name, mc->t->len, NULL);
-        if (s && s->pending) {
-            if (dx__gw_stitch_live(&s->st, mc->e) != 0) {
+        s = sub_find(g, mc->t->name, mc->t->len, NULL);
+        if (s && !s->pending)
+            s = NULL;
+    }
+    for (size_t i = 0; i < mc->n && !g->closing; i++) {
+        if (s) { /* a subscribe in flight: the stitcher orders live and history */
+            if (dx__gw_stitch_live(&s->st, mc->run[i].e) != 0) {
                 gw_inc(&mc->k->m.drops[GW_DROP_ERROR], 1);
                 conn_close(g, 1011, "out of memory");
             }
-            return;
+            continue;
         }
+        deliver_one(g, mc->t, mc->run[i].e, pattern, plen);
     }
-    deliver_one(g, mc->t, mc->e, pattern, plen);
+}
+
+static void deliver_run(gw_worker *k, dx__bus_topic *t, const gw_pend *run, size_t n)
+{
+    match_ctx mc = {k, t, run, n};
+    for (size_t i = 0; i < n; i++)
+        record_latency(k, run[i].e);
+    (void)dx__gw_topic_match(k->ix, t->name, t->len, on_match, &mc);
+    pcache_reset(k);
+}
+
+/* Delivers what the bus handed over since the last flush: consecutive
+ * entries of one topic as one run. Called when the bus finished a batch,
+ * and before anything that must see deliveries in order with it (a
+ * subscribe's completion, a new subscription). */
+void gw_flush_pending(gw_worker *k)
+{
+    if (k->flushing || !k->npend)
+        return;
+    k->flushing = true;
+    gw_pend *v = k->pend; /* taken whole: deliveries handed over meanwhile go to the spare */
+    size_t n = k->npend, cap = k->cappend;
+    k->pend = k->pend_spare;
+    k->cappend = k->cappend_spare;
+    k->npend = 0;
+    k->pend_spare = NULL;
+    k->cappend_spare = 0;
+    for (size_t i = 0; i < n;) {
+        size_t j = i + 1;
+        while (j < n && v[j].t == v[i].t)
+            j++;
+        deliver_run(k, v[i].t, v + i, j - i);
+        i = j;
+    }
+    for (size_t i = 0; i < n; i++) {
+        dx__bus_topic_unref(v[i].t);
+        dx__gw_entry_unref(v[i].e);
+    }
+    if (!k->pend) { /* keep both arrays: no allocation in steady state */
+        k->pend = v;
+        k->cappend = cap;
+    } else if (!k->pend_spare) {
+        k->pend_spare = v;
+        k->cappend_spare = cap;
+    } else {
+        dx__free(NULL, v);
+    }
+    k->flushing = false;
+    if (k->npend) /* handed over while flushing (nothing does today) */
+        gw_flush_pending(k);
 }
 
 static void ev_deliver(void *ud, dx__bus_topic *t, dx__gw_entry *e)
 {
     gw_worker *k = ud;
-    match_ctx mc = {k, t, e};
-    record_latency(k, e);
-    (void)dx__gw_topic_match(k->ix, t->name, t->len, on_match, &mc);
-    pcache_reset(k);
+    if (k->npend == k->cappend) {
+        size_t cap = k->cappend ? k->cappend * 2 : 64;
+        gw_pend *v = dx__realloc(NULL, k->pend, cap * sizeof *v);
+        if (!v) { /* deliver this one alone, now */
+            gw_flush_pending(k);
+            gw_pend one = {t, e};
+            deliver_run(k, t, &one, 1);
+            return;
+        }
+        k->pend = v;
+        k->cappend = cap;
+    }
+    k->pend[k->npend++] = (gw_pend){dx__bus_topic_ref(t), dx__gw_entry_ref(e)};
+}
+
+static void ev_flush(void *ud)
+{
+    gw_flush_pending(ud);
 }
 
 static size_t ev_disconnect_user(void *ud, const char *user, size_t len)
@@ -635,7 +706,7 @@ static size_t ev_disconnect_user(void *ud, const char *user, size_t len)
     return n;
 }
 
-static const dx__bus_events bus_events = {ev_deliver, ev_disconnect_user};
+static const dx__bus_events bus_events = {ev_deliver, ev_disconnect_user, ev_flush};
 
 /* ---- subscribing ----------------------------------------------------------- */
 
@@ -644,6 +715,7 @@ static void sub_done(void *ud, int err, dx__bus_topic *t, dx__gw_snapshot *snap)
     gw_sub *s = ud;
     gw_conn *g = s->g;
     gw_worker *k = g->k;
+    gw_flush_pending(k); /* what came before this answer goes through the stitcher first */
     s->pending = false;
     g->npending--;
     if (s->dead) {
@@ -692,6 +764,7 @@ int gw_subscribe(gw_conn *g, const char *name, size_t len, bool has_id, uint64_t
                  const char *epoch, size_t elen)
 {
     gw_worker *k = g->k;
+    gw_flush_pending(k); /* messages handed over before this subscription are not for it */
     if (g->nsubs == g->capsubs) {
         size_t cap = g->capsubs ? g->capsubs * 2 : 2;
         gw_sub **n = dx__realloc(NULL, g->subs, cap * sizeof *n);
@@ -1572,6 +1645,12 @@ void dx_gateway_free(dx_gateway *gw)
     dx__bus_free(gw->bus); /* completions of pending requests run now, with DX_ECLOSED */
     for (unsigned i = 0; i < gw->n; i++) {
         gw_worker *k = &gw->w[i];
+        for (size_t j = 0; j < k->npend; j++) {
+            dx__bus_topic_unref(k->pend[j].t);
+            dx__gw_entry_unref(k->pend[j].e);
+        }
+        dx__free(NULL, k->pend);
+        dx__free(NULL, k->pend_spare);
         pcache_reset(k);
         dx__gw_topic_index_free(k->ix);
         dx_buf_deinit(&k->scratch);

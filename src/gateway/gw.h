@@ -139,8 +139,15 @@ struct gw_conn {
 typedef struct gw_pcache {
     const char *pattern;
     size_t plen;
+    const dx__gw_entry *e;
     dx_msg *m;
 } gw_pcache;
+
+/* An entry the bus handed over, waiting for the end of the bus's batch. */
+typedef struct gw_pend {
+    dx__bus_topic *t;
+    dx__gw_entry *e;
+} gw_pend;
 
 struct gw_worker {
     dx_gateway *gw;
@@ -154,7 +161,10 @@ struct gw_worker {
     uint64_t demo_n;
     bool stopping;
     dx_buf scratch, scratch2;
-    gw_pcache pc[8];
+    gw_pcache pc[16];
+    gw_pend *pend, *pend_spare; /* handed over, not yet delivered (gw_flush_pending) */
+    size_t npend, cappend, cappend_spare;
+    bool flushing;
     size_t npc;
     gw_metrics m;
 };
@@ -181,6 +191,7 @@ int gw_subscribe(gw_conn *g, const char *name, size_t len, bool has_id, uint64_t
 /* The answer to a raw/SSE request is due: all its subscriptions are in. */
 void gw_conn_ready(gw_conn *g);
 void gw_flush_held(gw_conn *g);
+void gw_flush_pending(gw_worker *k);
 
 /* sse.c */
 void gw_sse_request(gw_worker *k, dx_http_req *req);

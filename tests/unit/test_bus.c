@@ -34,6 +34,7 @@ typedef struct wstate {
     dx__gw_stitch st;          /* test_thread_subscribe_seam */
     uint64_t st_next, st_bad, st_n;
     bool stitching;
+    uint64_t flushes;          /* batches the bus reported done */
 } wstate;
 
 typedef struct bus_fx {
@@ -73,7 +74,12 @@ static size_t ev_disconnect(void *ud, const char *user, size_t len)
     return len == 3 && memcmp(user, "bob", 3) == 0 ? w->disc_users : 0;
 }
 
-static const dx__bus_events events = {ev_deliver, ev_disconnect};
+static void ev_flush(void *ud)
+{
+    ((wstate *)ud)->flushes++;
+}
+
+static const dx__bus_events events = {ev_deliver, ev_disconnect, ev_flush};
 
 static void fx_start(bus_fx *f, bool threads)
 {
@@ -159,7 +165,7 @@ static void wait_done(bus_fx *f, unsigned n)
 
 typedef struct read_arg {
     wstate *w;
-    uint64_t got[NTOPIC], last[NTOPIC], disorder;
+    uint64_t got[NTOPIC], last[NTOPIC], disorder, flushes;
 } read_arg;
 
 static void read_state(void *arg)
@@ -168,6 +174,7 @@ static void read_state(void *arg)
     memcpy(r->got, r->w->got, sizeof r->got);
     memcpy(r->last, r->w->last, sizeof r->last);
     r->disorder = r->w->disorder;
+    r->flushes = r->w->flushes;
 }
 
 /* Every worker publishes on 4 topics at once; workers 0 and 2 hold
@@ -208,6 +215,8 @@ static void test_thread_fanout_order(void **state)
             usleep(1000);
         }
         assert_int_equal(r.disorder, 0);
+        if (i != 1) /* deliveries come in batches, each followed by a flush */
+            assert_true(r.flushes >= 1 && r.flushes <= r.got[0] * NTOPIC + 3 * NW * NPUB * NTOPIC);
         for (int t = 0; t < NTOPIC; t++) {
             assert_int_equal(r.got[t], i == 1 ? 0 : n);
             if (i != 1)
