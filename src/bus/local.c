@@ -398,6 +398,16 @@ typedef struct req {
 
 enum { R_PUB, R_SUB, R_LEAVE, R_HIST, R_PRES, R_DISC };
 
+/* Copies s (len bytes) to *p with a NUL; returns the copy, advances *p. */
+static char *put_str(char **p, const char *s, size_t len)
+{
+    char *d = *p;
+    memcpy(d, s, len);
+    d[len] = 0;
+    *p += len + 1;
+    return d;
+}
+
 static req *req_new(unsigned from, int kind, const char *topic, size_t tlen, const char *user,
                     size_t ulen, const char *epoch, size_t elen, const void *data, size_t dlen)
 {
@@ -409,25 +419,12 @@ static req *req_new(unsigned from, int kind, const char *topic, size_t tlen, con
     char *p = (char *)(r + 1);
     r->from = from;
     r->kind = kind;
-    r->topic = p;
-    memcpy(p, topic, tlen);
-    p[tlen] = 0;
+    r->topic = put_str(&p, topic, tlen);
     r->tlen = tlen;
-    p += tlen + 1;
-    if (user) {
-        r->user = p;
-        memcpy(p, user, ulen);
-        p[ulen] = 0;
-        r->ulen = ulen;
-        p += ulen + 1;
-    }
-    if (epoch) {
-        r->epoch = p;
-        memcpy(p, epoch, elen);
-        p[elen] = 0;
-        r->elen = elen;
-        p += elen + 1;
-    }
+    r->user = user ? put_str(&p, user, ulen) : NULL;
+    r->ulen = user ? ulen : 0;
+    r->epoch = epoch ? put_str(&p, epoch, elen) : NULL;
+    r->elen = epoch ? elen : 0;
     r->data = (uint8_t *)p;
     if (dlen)
         memcpy(p, data, dlen);

@@ -1142,6 +1142,18 @@ static void ready_drop(void *arg)
     gw_conn_unref(arg);
 }
 
+/* Answers g's deferred upgrade from the loop, not inside on_upgrade (see
+ * on_upgrade: only a deferred accept guarantees on_open). */
+static void answer_later(gw_conn *g)
+{
+    g->refs++;
+    if (dx_loop_post_ex(g->k->loop, ready_post, ready_drop, g) != 0) {
+        g->refs--;
+        g->fail_status = 503;
+        gw_conn_ready(g);
+    }
+}
+
 static int raw_upgrade(gw_worker *k, dx_request *req)
 {
     dx_gateway *gw = k->gw;
@@ -1236,12 +1248,7 @@ static int raw_upgrade(gw_worker *k, dx_request *req)
         return 503;
     }
     if (nsub == 0) {
-        g->refs++;
-        if (dx_loop_post_ex(k->loop, ready_post, ready_drop, g) != 0) {
-            g->refs--;
-            g->fail_status = 503;
-            gw_conn_ready(g);
-        }
+        answer_later(g);
         return DX_UPGRADE_DEFER;
     }
     g->waiting = 1; /* held until every subscribe is out */
@@ -1263,14 +1270,8 @@ static int raw_upgrade(gw_worker *k, dx_request *req)
             break;
         }
     }
-    if (--g->waiting == 0) { /* nothing pending (patterns only): answer from the loop, not in here */
-        g->refs++;
-        if (dx_loop_post_ex(k->loop, ready_post, ready_drop, g) != 0) {
-            g->refs--;
-            g->fail_status = 503;
-            gw_conn_ready(g);
-        }
-    }
+    if (--g->waiting == 0) /* nothing pending (patterns only) */
+        answer_later(g);
     return DX_UPGRADE_DEFER;
 }
 
