@@ -82,6 +82,7 @@ typedef struct dx__bus_stats {
     uint64_t history_msgs;   /* retained entries */
     uint64_t history_bytes;  /* retained payload bytes */
     uint64_t handoffs;       /* cross-thread hand-offs of live entries (one per worker per publish) */
+    uint64_t lost;           /* hand-offs that could not be queued (out of memory): a worker missed a message */
 } dx__bus_stats;
 
 typedef struct dx__bus_vt {

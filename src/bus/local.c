@@ -109,7 +109,8 @@ typedef struct lworker {
     ltopic **tab;
     size_t tab_cap, ntopics;
     size_t hist_msgs, hist_bytes;
-    _Atomic uint64_t st_topics, st_msgs, st_bytes, st_handoffs;
+    struct req *retry;       /* answers that could not be queued (out of memory): the tick retries */
+    _Atomic uint64_t st_topics, st_msgs, st_bytes, st_handoffs, st_lost;
 } lworker;
 
 struct lbus {
@@ -298,10 +299,13 @@ static void sweep(lworker *w)
     stats_sync(w);
 }
 
+static void retry_answers(lworker *w);
+
 static void on_tick(dx_timer *tm, void *ud)
 {
     (void)tm;
     lworker *w = ud;
+    retry_answers(w);
     drain(w);
     if (++w->ticks % 5 == 0)
         sweep(w);
@@ -360,7 +364,8 @@ static void presence_remove(ltopic *t, const char *user, size_t ulen)
 
 /* One request: allocated by the asking worker, run by the owner, completed
  * back on the asking worker; topic, user and payload inline after it. */
-typedef struct req {
+typedef struct req req;
+struct req {
     unsigned from;
     int kind;
     union {
@@ -392,9 +397,10 @@ typedef struct req {
     char **users;
     size_t *ulens;
     size_t nusers;
+    struct req *retry_next;  /* in the answering worker's retry list */
     _Atomic unsigned remaining; /* disconnect: workers still to answer */
     _Atomic uint64_t total;
-} req;
+};
 
 enum { R_PUB, R_SUB, R_LEAVE, R_HIST, R_PRES, R_DISC };
 
@@ -496,10 +502,21 @@ static void reply(lbus *b, unsigned w, req *r)
     }
     item it = {.run = run_complete, .drop = drop_complete, .p = {r, NULL}};
     if (push(b, r->from, &it) != 0) {
-        /* Out of memory queueing the answer: the asker is never told; the
-         * gateway's request stays pending until its connection ends. Logged
-         * by nobody here (no logger in the bus): counted instead. */
-        req_free(r);
+        /* Out of memory queueing the answer: kept, and pushed again by this
+         * worker's tick (the asker must hear back: its request holds memory). */
+        r->retry_next = b->w[w].retry;
+        b->w[w].retry = r;
+    }
+}
+
+static void retry_answers(lworker *w)
+{
+    struct req *r = w->retry;
+    w->retry = NULL;
+    while (r) {
+        struct req *next = r->retry_next;
+        reply(w->b, w->index, r); /* back on the list if it fails again */
+        r = next;
     }
 }
 
@@ -532,10 +549,11 @@ static void fan_out(lbus *b, unsigned owner, ltopic *t, dx__gw_entry *e)
         }
         item it = {.run = run_deliver, .drop = drop_deliver,
                    .p = {dx__bus_topic_ref(t->t), dx__gw_entry_ref(e)}};
-        if (push(b, i, &it) != 0) {
+        if (push(b, i, &it) != 0) { /* out of memory: that worker's subscribers miss it, counted */
             dx__bus_topic_unref(t->t);
             dx__gw_entry_unref(e);
-            continue; /* the worker's subscribers miss it; see dx__bus_stats */
+            atomic_fetch_add_explicit(&b->w[owner].st_lost, 1, memory_order_relaxed);
+            continue;
         }
         atomic_fetch_add_explicit(&b->w[owner].st_handoffs, 1, memory_order_relaxed);
     }
@@ -663,17 +681,9 @@ static void drop_disc(lbus *b, item *it)
     }
 }
 
-static void drop_req(lbus *b, item *it)
-{
-    (void)b;
-    req *r = it->p[0];
-    r->err = DX_ECLOSED;
-    complete(r);
-}
-
 static int send_req(lbus *b, req *r)
 {
-    item it = {.run = run_req, .drop = drop_req, .p = {r, NULL}};
+    item it = {.run = run_req, .drop = drop_complete, .p = {r, NULL}};
     int rc = push(b, owner_of(b, r->topic, r->tlen), &it);
     if (rc)
         req_free(r);
@@ -826,6 +836,7 @@ static void l_stats(dx__bus *base, dx__bus_stats *out)
         out->history_msgs += atomic_load_explicit(&b->w[i].st_msgs, memory_order_relaxed);
         out->history_bytes += atomic_load_explicit(&b->w[i].st_bytes, memory_order_relaxed);
         out->handoffs += atomic_load_explicit(&b->w[i].st_handoffs, memory_order_relaxed);
+        out->lost += atomic_load_explicit(&b->w[i].st_lost, memory_order_relaxed);
     }
 }
 
@@ -852,6 +863,11 @@ static void l_free(dx__bus *base)
             dx__free(NULL, q);
         }
         dx__free(NULL, lw->spare);
+        for (struct req *r = lw->retry, *next; r; r = next) {
+            next = r->retry_next;
+            r->err = DX_ECLOSED;
+            complete(r);
+        }
         for (size_t k = 0; k < lw->tab_cap; k++) {
             for (ltopic *t = lw->tab[k], *nx; t; t = nx) {
                 nx = t->next;

@@ -422,6 +422,9 @@ static void metrics(gw_worker *k, dx_http_req *req)
     P("# HELP duplex_handoffs_total Cross-thread hand-offs of published messages (one per worker per publish).\n"
       "# TYPE duplex_handoffs_total counter\n");
     P("duplex_handoffs_total %llu\n", (unsigned long long)bs.handoffs);
+    P("# HELP duplex_handoffs_lost_total Hand-offs that could not be queued (out of memory): a worker's "
+      "subscribers missed a message.\n# TYPE duplex_handoffs_lost_total counter\n");
+    P("duplex_handoffs_lost_total %llu\n", (unsigned long long)bs.lost);
     P("# HELP duplex_api_requests_total Requests to /api/....\n# TYPE duplex_api_requests_total counter\n");
     P("duplex_api_requests_total %llu\n", (unsigned long long)SUM(api_requests));
     P("# HELP duplex_publish_latency_seconds From sequencing to the hand-off to a worker's subscribers.\n"
