@@ -124,14 +124,12 @@ static void sub_free(gw_sub *s)
     dx__free(NULL, s);
 }
 
+static void held_release(struct gw_held *h);
+
 static void held_clear(gw_conn *g)
 {
-    for (size_t i = 0; i < g->nheld; i++) {
-        gw_held *h = &g->held[(g->headheld + i) % g->capheld];
-        dx__bus_topic_unref(h->t);
-        dx__gw_entry_unref(h->e);
-        dx_msg_unref(h->m);
-    }
+    for (size_t i = 0; i < g->nheld; i++)
+        held_release(&g->held[(g->headheld + i) % g->capheld]);
     g->nheld = g->headheld = 0;
     g->heldbytes = 0;
     for (size_t i = 0; i < g->ngaps; i++)
@@ -152,15 +150,16 @@ void gw_conn_unref(gw_conn *g)
     dx__free(NULL, g);
 }
 
-/* Removes subscription i of g (already out of the index). */
-static void sub_drop(gw_conn *g, size_t i)
+/* Removes subscription i of g (already out of the index); `leave`: tell
+ * the topic's owner (presence), false when its subscribe failed there. */
+void gw_sub_drop(gw_conn *g, size_t i, bool leave)
 {
     gw_worker *k = g->k;
     gw_sub *s = g->subs[i];
     g->subs[i] = g->subs[--g->nsubs];
     dx__bus_interest(k->gw->bus, k->index, -1);
     gw_dec(&k->m.subscriptions, 1);
-    if (!s->pattern)
+    if (!s->pattern && leave)
         dx__bus_leave(k->gw->bus, k->index, s->name, s->len, g->user, g->ulen);
     if (s->pending)
         s->dead = true; /* the completion frees it */
@@ -187,7 +186,7 @@ void gw_conn_gone(gw_conn *g)
     }
     (void)dx__gw_topic_remove_subscriber(k->ix, g);
     while (g->nsubs)
-        sub_drop(g, g->nsubs - 1);
+        gw_sub_drop(g, g->nsubs - 1, true);
     held_clear(g);
     if (g->open)
         gw_dec(&k->m.conns[g->dialect], 1);
@@ -199,7 +198,7 @@ void gw_conn_gone(gw_conn *g)
     gw_conn_unref(g);
 }
 
-static gw_sub *sub_find(gw_conn *g, const char *name, size_t len, size_t *at)
+gw_sub *gw_sub_find(gw_conn *g, const char *name, size_t len, size_t *at)
 {
     for (size_t i = 0; i < g->nsubs; i++) {
         gw_sub *s = g->subs[i];
@@ -269,7 +268,7 @@ static void pcache_reset(gw_worker *k)
 
 /* ---- sending ---------------------------------------------------------------- */
 
-static void conn_close(gw_conn *g, unsigned code, const char *why)
+void gw_conn_close(gw_conn *g, unsigned code, const char *why)
 {
     if (g->closing)
         return;
@@ -290,11 +289,11 @@ static void slow_close(gw_conn *g)
         return;
     gw_logf(k, DX_LOG_WARN, "gateway: conn=%llu slow consumer (more than %zu bytes queued): closed 1013",
             (unsigned long long)g->id, k->gw->o.sub_queue);
-    conn_close(g, 1013, "slow consumer");
+    gw_conn_close(g, 1013, "slow consumer");
 }
 
 /* Sends a JSON reply built in k->scratch. */
-static void send_scratch(gw_conn *g)
+void gw_send_scratch(gw_conn *g)
 {
     gw_worker *k = g->k;
     if (g->closing || !g->c)
@@ -303,11 +302,11 @@ static void send_scratch(gw_conn *g)
         g->closing = true; /* the library closes it and reports on_close */
 }
 
-static void send_err(gw_conn *g, bool has_id, uint64_t id, int code, const char *reason)
+void gw_send_err(gw_conn *g, bool has_id, uint64_t id, int code, const char *reason)
 {
     dx_buf_clear(&g->k->scratch);
-    if (dx__gw_err_encode(&g->k->scratch, 0, has_id ? (int64_t)id : -1, code, reason) == 0)
-        send_scratch(g);
+    if (dx__gw_err_encode(&g->k->scratch, 0, gw_req_id(has_id, id), code, reason) == 0)
+        gw_send_scratch(g);
 }
 
 static int held_push(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, dx_msg *m, size_t bytes, const char *pattern)
@@ -331,27 +330,38 @@ static int held_push(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, dx_msg *m, s
     return 0;
 }
 
-static gw_held held_pop(gw_conn *g)
-{
-    gw_held h = g->held[g->headheld];
-    g->headheld = (g->headheld + 1) % g->capheld;
-    g->nheld--;
-    return h;
-}
-
 static size_t held_bytes(const gw_held *h)
 {
     return h->m ? dx_msg_len(h->m) : dx__gw_entry_len(h->e);
 }
 
-static void gap_add(gw_conn *g, dx__bus_topic *t, uint64_t off)
+/* Takes the oldest held message out (the caller releases it). */
+static gw_held held_pop(gw_conn *g)
+{
+    gw_held h = g->held[g->headheld];
+    g->headheld = (g->headheld + 1) % g->capheld;
+    g->nheld--;
+    g->heldbytes -= held_bytes(&h);
+    return h;
+}
+
+static void held_release(gw_held *h)
+{
+    dx__bus_topic_unref(h->t);
+    dx__gw_entry_unref(h->e);
+    dx_msg_unref(h->m);
+}
+
+/* Offsets from..to of topic t will not reach g: merged into t's pending
+ * gap notice. */
+static void gap_add(gw_conn *g, dx__bus_topic *t, uint64_t from, uint64_t to)
 {
     for (size_t i = 0; i < g->ngaps; i++) {
         if (g->gaps[i].t == t || (g->gaps[i].t->len == t->len && !memcmp(g->gaps[i].t->name, t->name, t->len))) {
-            if (off < g->gaps[i].from)
-                g->gaps[i].from = off;
-            if (off > g->gaps[i].to)
-                g->gaps[i].to = off;
+            if (from < g->gaps[i].from)
+                g->gaps[i].from = from;
+            if (to > g->gaps[i].to)
+                g->gaps[i].to = to;
             return;
         }
     }
@@ -359,13 +369,13 @@ static void gap_add(gw_conn *g, dx__bus_topic *t, uint64_t off)
         size_t cap = g->capgaps ? g->capgaps * 2 : 4;
         gw_gap *n = dx__realloc(NULL, g->gaps, cap * sizeof *n);
         if (!n) {
-            conn_close(g, 1011, "out of memory");
+            gw_conn_close(g, 1011, "out of memory");
             return;
         }
         g->gaps = n;
         g->capgaps = cap;
     }
-    g->gaps[g->ngaps++] = (gw_gap){dx__bus_topic_ref(t), off, off};
+    g->gaps[g->ngaps++] = (gw_gap){dx__bus_topic_ref(t), from, to};
 }
 
 /* Sends the gap notice of topic t, if one is pending (all when t is NULL). */
@@ -380,7 +390,7 @@ static void gaps_send(gw_conn *g, dx__bus_topic *t)
         }
         dx_buf_clear(&k->scratch);
         if (dx__gw_gap_encode(&k->scratch, 0, p->t->name, p->t->len, p->from, p->to) == 0)
-            send_scratch(g);
+            gw_send_scratch(g);
         dx__bus_topic_unref(p->t);
         g->gaps[i] = g->gaps[--g->ngaps];
     }
@@ -393,17 +403,15 @@ static void overflow(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, dx_msg *m)
     gw_worker *k = g->k;
     if (held_push(g, t, e, m, dx_msg_len(m), NULL) != 0) {
         gw_inc(&k->m.drops[GW_DROP_ERROR], 1);
-        conn_close(g, 1011, "out of memory");
+        gw_conn_close(g, 1011, "out of memory");
         return;
     }
     while (g->heldbytes > k->gw->o.sub_queue && g->nheld > 1) {
         gw_held h = held_pop(g);
-        g->heldbytes -= held_bytes(&h);
-        gap_add(g, h.t, dx__gw_entry_offset(h.e));
+        uint64_t off = dx__gw_entry_offset(h.e);
+        gap_add(g, h.t, off, off);
         gw_inc(&k->m.drops[GW_DROP_SLOW_GAP], 1);
-        dx__bus_topic_unref(h.t);
-        dx__gw_entry_unref(h.e);
-        dx_msg_unref(h.m);
+        held_release(&h);
     }
 }
 
@@ -451,6 +459,19 @@ static void recheck_later(gw_conn *g)
     g->recheck = true;
 }
 
+/* Would queueing m pass g's budget? An empty queue takes any one message
+ * (one larger than the budget still goes). */
+static bool over_budget(const gw_conn *g, const dx_msg *m)
+{
+    size_t q = dx_conn_buffered(g->c);
+    return q && q + dx_msg_len(m) + 14 > g->k->gw->o.sub_queue;
+}
+
+static bool drops_oldest(const gw_conn *g)
+{
+    return g->dialect == GW_JSON && g->k->gw->o.slow_policy == DX_GW_SLOW_DROP_OLDEST;
+}
+
 /* One entry to one open WebSocket subscriber (frame m borrowed). */
 static void send_frame(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, dx_msg *m)
 {
@@ -459,9 +480,8 @@ static void send_frame(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, dx_msg *m)
         overflow(g, t, e, m);
         return;
     }
-    size_t q = dx_conn_buffered(g->c);
-    if (q && q + dx_msg_len(m) + 14 > k->gw->o.sub_queue) { /* an empty queue takes any one message */
-        if (g->dialect == GW_JSON && k->gw->o.slow_policy == DX_GW_SLOW_DROP_OLDEST) {
+    if (over_budget(g, m)) {
+        if (drops_oldest(g)) {
             overflow(g, t, e, m);
             recheck_later(g);
         } else {
@@ -504,7 +524,7 @@ static void deliver_one(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, const cha
     dx_msg *m = g->dialect == GW_RAW ? raw_frame(e) : json_frame(k, t, e, pattern, plen);
     if (!m) {
         gw_inc(&k->m.drops[GW_DROP_ERROR], 1);
-        conn_close(g, 1011, "out of memory");
+        gw_conn_close(g, 1011, "out of memory");
         return;
     }
     send_frame(g, t, e, m);
@@ -520,35 +540,28 @@ void gw_flush_held(gw_conn *g)
         gw_held *h = &g->held[g->headheld];
         if (g->dialect == GW_SSE) {
             gw_held x = held_pop(g);
-            g->heldbytes -= held_bytes(&x);
             gw_sse_deliver(g, x.t, x.e, x.pattern, x.pattern ? strlen(x.pattern) : 0);
-            dx__bus_topic_unref(x.t);
-            dx__gw_entry_unref(x.e);
-            dx_msg_unref(x.m);
+            held_release(&x);
             continue;
         }
         dx_msg *m = h->m ? h->m : g->dialect == GW_RAW ? raw_frame(h->e) : json_frame(k, h->t, h->e, NULL, 0);
         if (!m) {
             gw_inc(&k->m.drops[GW_DROP_ERROR], 1);
-            conn_close(g, 1011, "out of memory");
+            gw_conn_close(g, 1011, "out of memory");
             return;
         }
-        size_t q = dx_conn_buffered(g->c);
-        if (q && q + dx_msg_len(m) + 14 > k->gw->o.sub_queue) {
-            if (!(g->dialect == GW_JSON && k->gw->o.slow_policy == DX_GW_SLOW_DROP_OLDEST))
-                slow_close(g);
-            else
+        if (over_budget(g, m)) {
+            if (drops_oldest(g))
                 recheck_later(g); /* on_drain, this post, or the 1 s tick comes back */
+            else
+                slow_close(g);
             return;
         }
         if (g->ngaps)
             gaps_send(g, h->t);
         int rc = dx_conn_send_msg(g->c, m);
         gw_held x = held_pop(g);
-        g->heldbytes -= held_bytes(&x);
-        dx__bus_topic_unref(x.t);
-        dx__gw_entry_unref(x.e);
-        dx_msg_unref(x.m);
+        held_release(&x);
         if (rc) {
             g->closing = true;
             return;
@@ -572,14 +585,10 @@ static void st_gap(void *ud, uint64_t from, uint64_t to)
     gw_sub *s = ud;
     gw_conn *g = s->g;
     if (g->dialect == GW_JSON && g->open) {
-        for (uint64_t o = from; o <= to && o >= from; o++) {
-            gap_add(g, s->t, o);
-            if (o == to)
-                break;
-        }
+        gap_add(g, s->t, from, to);
         gaps_send(g, s->t);
     } else {
-        conn_close(g, 1013, "messages lost");
+        gw_conn_close(g, 1013, "messages lost");
     }
 }
 
@@ -603,7 +612,7 @@ static void on_match(void *ud, void *subscriber, const char *pattern, size_t ple
     gw_conn *g = subscriber;
     gw_sub *s = NULL;
     if (!pattern && g->npending) {
-        s = sub_find(g, mc->t->name, mc->t->len, NULL);
+        s = gw_sub_find(g, mc->t->name, mc->t->len, NULL);
         if (s && !s->pending)
             s = NULL;
     }
@@ -611,7 +620,7 @@ static void on_match(void *ud, void *subscriber, const char *pattern, size_t ple
         if (s) { /* a subscribe in flight: the stitcher orders live and history */
             if (dx__gw_stitch_live(&s->st, mc->run[i].e) != 0) {
                 gw_inc(&mc->k->m.drops[GW_DROP_ERROR], 1);
-                conn_close(g, 1011, "out of memory");
+                gw_conn_close(g, 1011, "out of memory");
             }
             continue;
         }
@@ -699,7 +708,7 @@ static size_t ev_disconnect_user(void *ud, const char *user, size_t len)
     dx_list_foreach(it, &k->conns) {
         gw_conn *g = dx_list_entry(it, gw_conn, node);
         if (g->user && g->ulen == len && memcmp(g->user, user, len) == 0 && !g->closing) {
-            conn_close(g, 4000, "disconnected");
+            gw_conn_close(g, 4000, "disconnected");
             n++;
         }
     }
@@ -727,13 +736,13 @@ static void sub_done(void *ud, int err, dx__bus_topic *t, dx__gw_snapshot *snap)
         gw_logf(k, DX_LOG_WARN, "gateway: conn=%llu subscribe %s failed: %s", (unsigned long long)g->id, s->name,
                 dx_strerror(err));
         size_t at;
-        if (sub_find(g, s->name, s->len, &at) == s) {
+        if (gw_sub_find(g, s->name, s->len, &at) == s) {
             (void)dx__gw_topic_unsubscribe(k->ix, s->name, s->len, g);
             bool has_id = s->has_id;
             uint64_t id = s->id;
-            sub_drop(g, at); /* frees s */
+            gw_sub_drop(g, at, false); /* frees s; the owner kept no presence for it */
             if (g->dialect == GW_JSON)
-                send_err(g, has_id, id, DX__GW_E_UNAVAILABLE, "subscribe failed: try again");
+                gw_send_err(g, has_id, id, DX__GW_E_UNAVAILABLE, "subscribe failed: try again");
         }
         if (g->dialect != GW_JSON) {
             g->fail_status = 503;
@@ -746,9 +755,9 @@ static void sub_done(void *ud, int err, dx__bus_topic *t, dx__gw_snapshot *snap)
     s->t = dx__bus_topic_ref(t);
     if (g->dialect == GW_JSON) {
         dx_buf_clear(&k->scratch);
-        if (dx__gw_ack_sub_encode(&k->scratch, 0, s->has_id ? (int64_t)s->id : -1, s->name, s->len, snap->offset,
+        if (dx__gw_ack_sub_encode(&k->scratch, 0, gw_req_id(s->has_id, s->id), s->name, s->len, snap->offset,
                                   snap->epoch, strlen(snap->epoch), snap->recovered) == 0)
-            send_scratch(g);
+            gw_send_scratch(g);
     }
     s->last = snap->recovered ? snap->offset - snap->n : snap->offset;
     s->ack_offset = snap->offset;
@@ -819,279 +828,6 @@ int gw_subscribe(gw_conn *g, const char *name, size_t len, bool has_id, uint64_t
     return 0;
 }
 
-/* ---- the JSON dialect ----------------------------------------------------------- */
-
-typedef struct pub_ctx {
-    gw_conn *g;
-    bool has_id;
-    uint64_t id;
-} pub_ctx;
-
-static void inflight_done(gw_conn *g)
-{
-    g->inflight--;
-    if (g->paused && !g->gone && g->c && g->inflight <= g->k->gw->o.max_inflight / 2) {
-        g->paused = false;
-        (void)dx_conn_resume(g->c);
-    }
-}
-
-static void pub_done(void *ud, int err, uint64_t offset, const char *epoch)
-{
-    pub_ctx *p = ud;
-    gw_conn *g = p->g;
-    gw_worker *k = g->k;
-    inflight_done(g);
-    if (err)
-        gw_inc(&k->m.publishes_refused, 1);
-    else
-        gw_inc(&k->m.publishes, 1);
-    if (!g->gone && !g->closing) {
-        if (g->dialect == GW_JSON) {
-            if (err) {
-                send_err(g, p->has_id, p->id, err == DX_ELIMIT ? DX__GW_E_TOOBIG : DX__GW_E_UNAVAILABLE,
-                         err == DX_ELIMIT ? "topic offset limit reached" : "publish failed: try again");
-            } else {
-                dx_buf_clear(&k->scratch);
-                if (dx__gw_ack_pub_encode(&k->scratch, 0, p->has_id ? (int64_t)p->id : -1, offset, epoch,
-                                          strlen(epoch)) == 0)
-                    send_scratch(g);
-            }
-        } else if (err) {
-            gw_logf(k, DX_LOG_WARN, "gateway: conn=%llu publish on %s failed: %s: closed 1011",
-                    (unsigned long long)g->id, g->pub, dx_strerror(err));
-            conn_close(g, 1011, "publish failed");
-        }
-    }
-    dx__free(NULL, p);
-    gw_conn_unref(g);
-}
-
-static int publish(gw_conn *g, const char *topic, size_t len, dx__gw_kind kind, const void *data, size_t dlen,
-                   bool has_id, uint64_t id)
-{
-    gw_worker *k = g->k;
-    pub_ctx *p = dx__alloc(NULL, sizeof *p);
-    if (!p)
-        return DX_ENOMEM;
-    *p = (pub_ctx){g, has_id, id};
-    int rc = dx__bus_publish(k->gw->bus, k->index, topic, len, kind, data, dlen, pub_done, p);
-    if (rc) {
-        dx__free(NULL, p);
-        return rc;
-    }
-    g->refs++;
-    if (++g->inflight >= k->gw->o.max_inflight && !g->paused && g->c) {
-        g->paused = true;
-        (void)dx_conn_pause(g->c);
-    }
-    return 0;
-}
-
-typedef struct ack_ctx {
-    gw_conn *g;
-    bool has_id;
-    uint64_t id;
-    char topic[];
-} ack_ctx;
-
-/* A sub of a topic already subscribed: acks again with the current offset. */
-static void resub_done(void *ud, int err, dx__bus_topic *t, dx__gw_snapshot *snap)
-{
-    ack_ctx *a = ud;
-    gw_conn *g = a->g;
-    gw_worker *k = g->k;
-    (void)t;
-    if (!g->gone) {
-        if (err) {
-            send_err(g, a->has_id, a->id, DX__GW_E_UNAVAILABLE, "subscribe failed: try again");
-        } else {
-            dx_buf_clear(&k->scratch);
-            if (dx__gw_ack_sub_encode(&k->scratch, 0, a->has_id ? (int64_t)a->id : -1, a->topic, strlen(a->topic),
-                                      snap->offset, snap->epoch, strlen(snap->epoch), false) == 0)
-                send_scratch(g);
-        }
-    }
-    dx__free(NULL, a);
-    gw_conn_unref(g);
-}
-
-static void presence_done(void *ud, int err, uint64_t count, const char *const *users, const size_t *lens, size_t n)
-{
-    ack_ctx *a = ud;
-    gw_conn *g = a->g;
-    gw_worker *k = g->k;
-    if (!g->gone) {
-        if (err) {
-            send_err(g, a->has_id, a->id, DX__GW_E_UNAVAILABLE, "presence failed: try again");
-        } else {
-            dx__gw_str stack[64], *u = n <= 64 ? stack : dx__alloc(NULL, n * sizeof *u);
-            if (u) {
-                for (size_t i = 0; i < n; i++)
-                    u[i] = (dx__gw_str){users[i], lens[i]};
-                dx_buf_clear(&k->scratch);
-                if (dx__gw_ack_presence_encode(&k->scratch, 0, a->has_id ? (int64_t)a->id : -1, count, u, n) == 0)
-                    send_scratch(g);
-                if (u != stack)
-                    dx__free(NULL, u);
-            }
-        }
-    }
-    dx__free(NULL, a);
-    gw_conn_unref(g);
-}
-
-static ack_ctx *ack_new(gw_conn *g, const dx__gw_req *r)
-{
-    ack_ctx *a = dx__alloc(NULL, sizeof *a + r->topic_len + 1);
-    if (!a)
-        return NULL;
-    a->g = g;
-    a->has_id = r->has_id;
-    a->id = r->id;
-    memcpy(a->topic, r->topic, r->topic_len);
-    a->topic[r->topic_len] = 0;
-    return a;
-}
-
-static void json_sub(gw_conn *g, const dx__gw_req *r)
-{
-    gw_worker *k = g->k;
-    dx__gw_topic_kind tk = dx__gw_topic_classify(r->topic, r->topic_len);
-    if (tk == DX__GW_TOPIC_INVALID) {
-        send_err(g, r->has_id, r->id, DX__GW_E_MALFORMED, "bad topic or pattern");
-        return;
-    }
-    int pc = gw_policy_check(g, GW_ACT_SUBSCRIBE, r->topic, r->topic_len);
-    if (pc) {
-        send_err(g, r->has_id, r->id, pc, "subscription not allowed");
-        return;
-    }
-    if (tk == DX__GW_TOPIC_PATTERN && r->has_since) {
-        send_err(g, r->has_id, r->id, DX__GW_E_MALFORMED, "since is not allowed with a pattern");
-        return;
-    }
-    if (sub_find(g, r->topic, r->topic_len, NULL)) {
-        if (tk == DX__GW_TOPIC_PATTERN) {
-            dx_buf_clear(&k->scratch);
-            if (dx__gw_ack_sub_encode(&k->scratch, 0, r->has_id ? (int64_t)r->id : -1, r->topic, r->topic_len, 0, "",
-                                      0, false) == 0)
-                send_scratch(g);
-            return;
-        }
-        ack_ctx *a = ack_new(g, r);
-        if (!a || dx__bus_subscribe(k->gw->bus, k->index, r->topic, r->topic_len, NULL, 0, false, false, 0, NULL, 0,
-                                    resub_done, a) != 0) {
-            dx__free(NULL, a);
-            send_err(g, r->has_id, r->id, DX__GW_E_UNAVAILABLE, "subscribe failed: try again");
-            return;
-        }
-        g->refs++;
-        return;
-    }
-    if (g->nsubs >= k->gw->o.max_subs) {
-        send_err(g, r->has_id, r->id, DX__GW_E_TOOBIG, "too many subscriptions on this connection");
-        return;
-    }
-    int rc = gw_subscribe(g, r->topic, r->topic_len, r->has_id, r->id, r->has_since, r->since_offset,
-                          r->since_epoch, r->since_epoch_len);
-    if (rc) {
-        send_err(g, r->has_id, r->id, DX__GW_E_UNAVAILABLE, "subscribe failed: try again");
-        return;
-    }
-    if (tk == DX__GW_TOPIC_PATTERN) {
-        dx_buf_clear(&k->scratch);
-        if (dx__gw_ack_sub_encode(&k->scratch, 0, r->has_id ? (int64_t)r->id : -1, r->topic, r->topic_len, 0, "", 0,
-                                  false) == 0)
-            send_scratch(g);
-    }
-}
-
-static void json_unsub(gw_conn *g, const dx__gw_req *r)
-{
-    gw_worker *k = g->k;
-    size_t at;
-    if (dx__gw_topic_check_sub(r->topic, r->topic_len) != 0) {
-        send_err(g, r->has_id, r->id, DX__GW_E_MALFORMED, "bad topic or pattern");
-        return;
-    }
-    if (sub_find(g, r->topic, r->topic_len, &at)) {
-        (void)dx__gw_topic_unsubscribe(k->ix, r->topic, r->topic_len, g);
-        sub_drop(g, at);
-    }
-    dx_buf_clear(&k->scratch);
-    if (dx__gw_ack_encode(&k->scratch, 0, r->has_id ? (int64_t)r->id : -1) == 0)
-        send_scratch(g);
-}
-
-static void json_message(gw_conn *g, const uint8_t *data, size_t len)
-{
-    gw_worker *k = g->k;
-    dx__gw_req r;
-    dx__gw_req_err e;
-    if (dx__gw_req_parse(NULL, data, len, 0, &r, &e) != 0) {
-        send_err(g, e.has_id, e.id, e.code, e.reason);
-        return;
-    }
-    switch (r.op) {
-    case DX__GW_OP_SUB:
-        json_sub(g, &r);
-        break;
-    case DX__GW_OP_UNSUB:
-        json_unsub(g, &r);
-        break;
-    case DX__GW_OP_PUB: {
-        if (dx__gw_topic_check(r.topic, r.topic_len) != 0) {
-            send_err(g, r.has_id, r.id, DX__GW_E_MALFORMED,
-                     dx__gw_topic_classify(r.topic, r.topic_len) == DX__GW_TOPIC_PATTERN
-                         ? "a pattern cannot be published to"
-                         : "bad topic (1-200 bytes of [A-Za-z0-9_.:@/-], no empty segment)");
-            gw_inc(&k->m.publishes_refused, 1);
-            break;
-        }
-        int pc = gw_policy_check(g, GW_ACT_PUBLISH, r.topic, r.topic_len);
-        if (pc) {
-            send_err(g, r.has_id, r.id, pc, "publish not allowed");
-            gw_inc(&k->m.publishes_refused, 1);
-            break;
-        }
-        if (publish(g, r.topic, r.topic_len, r.kind, r.payload, r.payload_len, r.has_id, r.id) != 0)
-            send_err(g, r.has_id, r.id, DX__GW_E_UNAVAILABLE, "publish failed: try again");
-        break;
-    }
-    case DX__GW_OP_PRESENCE: {
-        if (dx__gw_topic_check(r.topic, r.topic_len) != 0) {
-            send_err(g, r.has_id, r.id, DX__GW_E_MALFORMED, "bad topic");
-            break;
-        }
-        int pc = gw_policy_check(g, GW_ACT_PRESENCE, r.topic, r.topic_len);
-        if (pc) {
-            send_err(g, r.has_id, r.id, pc, "presence not allowed");
-            break;
-        }
-        ack_ctx *a = ack_new(g, &r);
-        if (!a || dx__bus_presence(k->gw->bus, k->index, r.topic, r.topic_len, presence_done, a) != 0) {
-            dx__free(NULL, a);
-            send_err(g, r.has_id, r.id, DX__GW_E_UNAVAILABLE, "presence failed: try again");
-            break;
-        }
-        g->refs++;
-        break;
-    }
-    case DX__GW_OP_REFRESH:
-        /* No authentication is configured (issue 10 adds JWT): nothing to
-         * refresh, the token is accepted as is. */
-        dx_buf_clear(&k->scratch);
-        if (dx__gw_ack_encode(&k->scratch, 0, r.has_id ? (int64_t)r.id : -1) == 0)
-            send_scratch(g);
-        break;
-    default:
-        send_err(g, r.has_id, r.id, DX__GW_E_UNKNOWN_OP, "unknown op");
-        break;
-    }
-    dx__gw_req_free(&r);
-}
-
 /* ---- server callbacks -------------------------------------------------------------- */
 
 static bool offered(const dx_request *req, const char *name)
@@ -1107,10 +843,8 @@ static bool offered(const dx_request *req, const char *name)
 
 #define GW_LIST_MAX 256 /* topics in one subscribe= / since= list */
 
-/* Splits a comma list (percent-decoded into buf) into names; returns the
- * count, or -1 when malformed or longer than cap. */
-static int split_list(const char *v, size_t vlen, char *buf, size_t bufcap, const char **names, size_t *lens,
-                      size_t cap)
+int gw_split_list(const char *v, size_t vlen, char *buf, size_t bufcap, const char **names, size_t *lens,
+                  size_t cap)
 {
     long n = gw_pct_decode(v, vlen, buf, bufcap);
     if (n < 0)
@@ -1128,6 +862,31 @@ static int split_list(const char *v, size_t vlen, char *buf, size_t bufcap, cons
         i = j + 1;
     }
     return (int)count;
+}
+
+bool gw_subscribe_list(gw_conn *g, const char *const *names, const size_t *lens, size_t n, const dx__gw_pos *pos,
+                       size_t npos)
+{
+    g->waiting = 1; /* held until every subscribe is out */
+    for (size_t i = 0; i < n; i++) {
+        const dx__gw_pos *p = NULL;
+        for (size_t j = 0; j < npos; j++)
+            if (pos[j].topic_len == lens[i] && !memcmp(pos[j].topic, names[i], lens[i]))
+                p = &pos[j];
+        bool pattern = dx__gw_topic_classify(names[i], lens[i]) == DX__GW_TOPIC_PATTERN;
+        if (pattern)
+            p = NULL; /* live only: a position names topics */
+        else
+            g->waiting++;
+        if (gw_subscribe(g, names[i], lens[i], false, 0, p != NULL, p ? p->offset : 0, p ? p->epoch : NULL,
+                         p ? p->epoch_len : 0) != 0) {
+            if (!pattern)
+                g->waiting--;
+            g->fail_status = 503;
+            break;
+        }
+    }
+    return --g->waiting == 0;
 }
 
 static void ready_post(void *arg)
@@ -1164,7 +923,7 @@ static int raw_upgrade(gw_worker *k, dx_request *req)
     size_t lens[GW_LIST_MAX];
     int nsub = 0;
     if (gw_query_get(req->query, req->query_len, "subscribe", &v, &vlen) && vlen) {
-        nsub = split_list(v, vlen, subbuf, sizeof subbuf, names, lens, GW_LIST_MAX);
+        nsub = gw_split_list(v, vlen, subbuf, sizeof subbuf, names, lens, GW_LIST_MAX);
         if (nsub < 0) {
             gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 400: malformed subscribe list", req->remote);
             return 400;
@@ -1251,26 +1010,7 @@ static int raw_upgrade(gw_worker *k, dx_request *req)
         answer_later(g);
         return DX_UPGRADE_DEFER;
     }
-    g->waiting = 1; /* held until every subscribe is out */
-    for (int i = 0; i < nsub; i++) {
-        bool resume = false;
-        uint64_t since = 0;
-        for (int j = 0; j < npos; j++)
-            if (pos[j].topic_len == lens[i] && !memcmp(pos[j].topic, names[i], lens[i])) {
-                resume = true;
-                since = pos[j].offset;
-            }
-        bool pattern = dx__gw_topic_classify(names[i], lens[i]) == DX__GW_TOPIC_PATTERN;
-        if (!pattern)
-            g->waiting++;
-        if (gw_subscribe(g, names[i], lens[i], false, 0, resume, since, NULL, 0) != 0) {
-            if (!pattern)
-                g->waiting--;
-            g->fail_status = 503;
-            break;
-        }
-    }
-    if (--g->waiting == 0) /* nothing pending (patterns only) */
+    if (gw_subscribe_list(g, names, lens, (size_t)nsub, pos, (size_t)npos)) /* patterns only */
         answer_later(g);
     return DX_UPGRADE_DEFER;
 }
@@ -1356,12 +1096,12 @@ static void on_open(dx_conn *c, void *ud)
     gw_inc(&k->m.conns[g->dialect], 1);
     if (k->stopping) {
         g->closing = false;
-        conn_close(g, 1012, "service restart");
+        gw_conn_close(g, 1012, "service restart");
         return;
     }
     if (g->overflowed) { /* more arrived than the budget while the 101 was on its way */
         g->closing = false;
-        conn_close(g, 1013, "slow consumer");
+        gw_conn_close(g, 1013, "slow consumer");
         return;
     }
     gw_flush_held(g);
@@ -1379,10 +1119,10 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
         return;
     case GW_JSON:
         if (opcode != DX_OP_TEXT) {
-            send_err(g, false, 0, DX__GW_E_MALFORMED, "binary frames are not part of the JSON dialect");
+            gw_send_err(g, false, 0, DX__GW_E_MALFORMED, "binary frames are not part of the JSON dialect");
             return;
         }
-        json_message(g, data, len);
+        gw_json_message(g, data, len);
         return;
     default:
         break;
@@ -1390,14 +1130,14 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
     if (!g->pub) {
         gw_logf(k, DX_LOG_INFO, "gateway: conn=%llu raw client sent a message without ?publish=: closed 1008",
                 (unsigned long long)g->id);
-        conn_close(g, 1008, "no publish topic");
+        gw_conn_close(g, 1008, "no publish topic");
         return;
     }
-    int rc = publish(g, g->pub, g->pub_len, opcode == DX_OP_BINARY ? DX__GW_KIND_BINARY : DX__GW_KIND_TEXT, data,
+    int rc = gw_publish(g, g->pub, g->pub_len, opcode == DX_OP_BINARY ? DX__GW_KIND_BINARY : DX__GW_KIND_TEXT, data,
                      len, false, 0);
     if (rc) {
         gw_inc(&k->m.publishes_refused, 1);
-        conn_close(g, 1011, "publish failed");
+        gw_conn_close(g, 1011, "publish failed");
     }
 }
 
@@ -1524,6 +1264,7 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
         dx_list_init(&k->conns);
         dx_buf_init(&k->scratch, NULL);
         dx_buf_init(&k->scratch2, NULL);
+        dx_buf_init(&k->sse_msg, NULL);
         if ((e = dx__gw_topic_index_new(NULL, &k->ix)) != 0)
             goto fail;
     }
@@ -1620,7 +1361,7 @@ size_t dx_gateway_shutdown(dx_gateway *gw, unsigned i)
             gw_conn_gone(g);
             continue;
         }
-        conn_close(g, 1012, "service restart");
+        gw_conn_close(g, 1012, "service restart");
     }
     return n;
 }
@@ -1656,6 +1397,7 @@ void dx_gateway_free(dx_gateway *gw)
         dx__gw_topic_index_free(k->ix);
         dx_buf_deinit(&k->scratch);
         dx_buf_deinit(&k->scratch2);
+        gw_sse_release(k);
     }
     dx__free(NULL, gw->w);
     free(gw->api_key);

@@ -132,7 +132,8 @@ struct gw_conn {
     gw_gap *gaps;
     size_t ngaps, capgaps;
     uint64_t id;           /* log lines */
-    uint64_t last_write_ms; /* SSE: for heartbeats */
+    bool sse_wrote;        /* SSE: written since the last tick (heartbeats) */
+    unsigned sse_idle_ms;  /* SSE: idle ticks, in ms */
 };
 
 /* Frames built once per delivered entry, per pattern (JSON `pattern`). */
@@ -162,6 +163,11 @@ struct gw_worker {
     bool stopping;
     dx_buf scratch, scratch2;
     gw_pcache pc[16];
+    /* SSE: the last msg object encoded (sse.c msg_cached), for a reference to sse_e */
+    dx__gw_entry *sse_e;
+    size_t sse_plen;       /* (size_t)-1: no pattern */
+    char sse_pat[DX__GW_TOPIC_MAX];
+    dx_buf sse_msg;
     gw_pend *pend, *pend_spare; /* handed over, not yet delivered (gw_flush_pending) */
     size_t npend, cappend, cappend_spare;
     bool flushing;
@@ -188,6 +194,40 @@ void gw_conn_gone(gw_conn *g);
  * counts down g->waiting (raw, SSE). since: resume (epoch NULL: current). */
 int gw_subscribe(gw_conn *g, const char *name, size_t len, bool has_id, uint64_t id, bool resume,
                  uint64_t since, const char *epoch, size_t elen);
+/* Closes g with `code` (an SSE stream is ended); idempotent. */
+void gw_conn_close(gw_conn *g, unsigned code, const char *why);
+/* Sends the JSON reply built in g's worker's scratch buffer / an err. */
+void gw_send_scratch(gw_conn *g);
+void gw_send_err(gw_conn *g, bool has_id, uint64_t id, int code, const char *reason);
+/* g's subscription to exactly `name` (and its index in g->subs), or NULL. */
+gw_sub *gw_sub_find(gw_conn *g, const char *name, size_t len, size_t *at);
+/* Removes subscription `at` of g (already out of the index); `leave`: tell
+ * the owner (presence), false when its subscribe failed there. */
+void gw_sub_drop(gw_conn *g, size_t at, bool leave);
+/* A request's id for the encoders: -1 when it had none. */
+static inline int64_t gw_req_id(bool has_id, uint64_t id)
+{
+    return has_id ? (int64_t)id : -1;
+}
+
+/* json.c: a publish from g (raw frame or JSON pub) to the bus, answered
+ * (JSON) or failed (raw: closed 1011) from its completion; past
+ * max_inflight unanswered, g's reading pauses. 0 or DX_ENOMEM. */
+int gw_publish(gw_conn *g, const char *topic, size_t len, dx__gw_kind kind, const void *data, size_t dlen,
+               bool has_id, uint64_t id);
+/* json.c: one text frame of the JSON dialect. */
+void gw_json_message(gw_conn *g, const uint8_t *data, size_t len);
+
+/* Splits a percent-encoded comma list (decoded into buf) into names;
+ * returns the count, or -1 when malformed or longer than cap. */
+int gw_split_list(const char *v, size_t vlen, char *buf, size_t bufcap, const char **names, size_t *lens,
+                  size_t cap);
+/* Subscribes a raw or SSE connection to each name (checked by the
+ * caller), resuming those named in pos (a pattern never resumes); counts
+ * the answers awaited in g->waiting (fail_status 503 when one could not be
+ * asked). True when none is awaited: the caller answers now. */
+bool gw_subscribe_list(gw_conn *g, const char *const *names, const size_t *lens, size_t n, const dx__gw_pos *pos,
+                       size_t npos);
 /* The answer to a raw/SSE request is due: all its subscriptions are in. */
 void gw_conn_ready(gw_conn *g);
 void gw_flush_held(gw_conn *g);
@@ -200,6 +240,7 @@ void gw_sse_deliver(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, const char *p
 void gw_sse_close(gw_conn *g, const char *why);
 void gw_sse_tick(gw_worker *k);
 size_t gw_sse_buffered(gw_conn *g);
+void gw_sse_release(gw_worker *k); /* the worker's SSE cache, at free */
 
 /* api.c */
 /* 1 when the request was taken (answered now or later), 0 to let the server answer. */

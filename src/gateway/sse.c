@@ -71,26 +71,15 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
         refuse(k, req, 400, "missing subscribe=topic,...");
         return;
     }
-    long n = gw_pct_decode(v, vlen, subbuf, sizeof subbuf);
     const char *names[SSE_MAX_TOPICS];
     size_t lens[SSE_MAX_TOPICS];
-    size_t nsub = 0;
-    for (long i = 0; n >= 0 && i < n;) {
-        long j = i;
-        while (j < n && subbuf[j] != ',')
-            j++;
-        if (nsub == SSE_MAX_TOPICS || nsub == k->gw->o.max_subs) {
-            refuse(k, req, 400, "too many topics");
-            return;
-        }
-        names[nsub] = subbuf + i;
-        lens[nsub++] = (size_t)(j - i);
-        i = j + 1;
-    }
-    if (n < 0 || nsub == 0) {
-        refuse(k, req, 400, "malformed subscribe list");
+    size_t cap = k->gw->o.max_subs < SSE_MAX_TOPICS ? k->gw->o.max_subs : SSE_MAX_TOPICS;
+    int got = gw_split_list(v, vlen, subbuf, sizeof subbuf, names, lens, cap);
+    if (got <= 0) {
+        refuse(k, req, 400, "malformed subscribe list, or too many topics");
         return;
     }
+    size_t nsub = (size_t)got;
     for (size_t i = 0; i < nsub; i++) {
         if (dx__gw_topic_check_sub(names[i], lens[i]) != 0) {
             refuse(k, req, 400, "bad topic or pattern");
@@ -149,38 +138,8 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
         }
     }
     g->hreq = req;
-    g->waiting = 1;
-    for (size_t i = 0; i < nsub; i++) {
-        bool resume = false;
-        uint64_t since = 0;
-        const char *epoch = NULL;
-        size_t elen = 0;
-        for (int j = 0; j < npos; j++)
-            if (pos[j].topic_len == lens[i] && !memcmp(pos[j].topic, names[i], lens[i])) {
-                resume = true;
-                since = pos[j].offset;
-                epoch = pos[j].epoch;
-                elen = pos[j].epoch_len;
-            }
-        bool pattern = dx__gw_topic_classify(names[i], lens[i]) == DX__GW_TOPIC_PATTERN;
-        if (pattern)
-            resume = false; /* live only: a position names topics */
-        if (!pattern)
-            g->waiting++;
-        if (gw_subscribe(g, names[i], lens[i], false, 0, resume, since, epoch, elen) != 0) {
-            if (!pattern)
-                g->waiting--;
-            g->fail_status = 503;
-            break;
-        }
-    }
-    if (--g->waiting == 0)
+    if (gw_subscribe_list(g, names, lens, nsub, pos, npos < 0 ? 0 : (size_t)npos))
         gw_sse_ready(g); /* patterns only, or every subscribe failed to go out (503) */
-}
-
-static void stamp(gw_conn *g)
-{
-    g->last_write_ms = dx__now_ns(NULL) / 1000000u;
 }
 
 void gw_sse_ready(gw_conn *g)
@@ -224,8 +183,40 @@ void gw_sse_ready(gw_conn *g)
         gw_sse_close(g, "could not start");
         return;
     }
-    stamp(g);
+    g->sse_wrote = true;
     gw_flush_held(g);
+}
+
+/* The msg object of (e, pattern) in k->sse_msg, encoded once for every SSE
+ * client of this worker that gets it next (the event around it differs per
+ * client: its id). The cache holds a reference to e, so its address is not
+ * reused while it is the key. */
+static int msg_cached(gw_worker *k, dx__bus_topic *t, dx__gw_entry *e, const char *pattern, size_t plen)
+{
+    if (k->sse_e == e && k->sse_plen == (pattern ? plen : (size_t)-1) &&
+        (!pattern || memcmp(k->sse_pat, pattern, plen) == 0))
+        return 0;
+    dx__gw_entry_unref(k->sse_e);
+    k->sse_e = NULL;
+    dx_buf_clear(&k->sse_msg);
+    if (pattern && plen > DX__GW_TOPIC_MAX)
+        return DX_EINVAL;
+    int rc = dx__gw_msg_encode(&k->sse_msg, 0, t->name, t->len, dx__gw_entry_offset(e), t->epoch, strlen(t->epoch),
+                               dx__gw_entry_kind(e), dx__gw_entry_data(e), dx__gw_entry_len(e), pattern, plen);
+    if (rc)
+        return rc;
+    k->sse_e = dx__gw_entry_ref(e);
+    k->sse_plen = pattern ? plen : (size_t)-1;
+    if (pattern)
+        memcpy(k->sse_pat, pattern, plen);
+    return 0;
+}
+
+void gw_sse_release(gw_worker *k)
+{
+    dx__gw_entry_unref(k->sse_e);
+    k->sse_e = NULL;
+    dx_buf_deinit(&k->sse_msg);
 }
 
 void gw_sse_deliver(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, const char *pattern, size_t plen)
@@ -243,16 +234,15 @@ void gw_sse_deliver(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, const char *p
             continue;
         pos[n++] = (dx__gw_pos){s->name, s->len, s->last, s->t->epoch, strlen(s->t->epoch)};
     }
-    dx_buf_clear(&k->scratch);
     dx_buf_clear(&k->scratch2);
-    if (dx__gw_msg_encode(&k->scratch, 0, t->name, t->len, dx__gw_entry_offset(e), t->epoch, strlen(t->epoch),
-                          dx__gw_entry_kind(e), dx__gw_entry_data(e), dx__gw_entry_len(e), pattern, plen) != 0 ||
-        dx__gw_sse_event_encode(&k->scratch2, 0, dx_buf_head(&k->scratch), k->scratch.len, pos, n) != 0) {
+    if (msg_cached(k, t, e, pattern, plen) != 0 ||
+        dx__gw_sse_event_encode(&k->scratch2, 0, dx_buf_head(&k->sse_msg), k->sse_msg.len, pos, n) != 0) {
         gw_inc(&k->m.drops[GW_DROP_ERROR], 1);
         gw_sse_close(g, "out of memory");
         return;
     }
-    if (dx_http_stream_buffered(g->s) + k->scratch2.len > k->gw->o.sub_queue) {
+    size_t q = dx_http_stream_buffered(g->s);
+    if (q && q + k->scratch2.len > k->gw->o.sub_queue) { /* an empty queue takes any one event */
         gw_inc(&k->m.drops[GW_DROP_SLOW_CLOSE], 1);
         gw_logf(k, DX_LOG_WARN, "gateway: conn=%llu slow SSE client (more than %zu bytes queued): stream ended",
                 (unsigned long long)g->id, k->gw->o.sub_queue);
@@ -264,7 +254,7 @@ void gw_sse_deliver(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, const char *p
         return;
     }
     gw_inc(&k->m.deliveries, 1);
-    stamp(g);
+    g->sse_wrote = true;
 }
 
 void gw_sse_close(gw_conn *g, const char *why)
@@ -275,19 +265,25 @@ void gw_sse_close(gw_conn *g, const char *why)
         (void)dx_http_stream_end(g->s); /* on_close follows from the loop */
 }
 
+/* Every second: a stream written to since the last tick is not idle;
+ * one idle for sse_heartbeat_ms (to the second) gets a comment line. */
 void gw_sse_tick(gw_worker *k)
 {
-    uint64_t now = dx__now_ns(NULL) / 1000000u;
     dx_list_foreach(it, &k->conns) {
         gw_conn *g = dx_list_entry(it, gw_conn, node);
         if (g->dialect != GW_SSE || !g->s || g->closing)
             continue;
-        if (now - g->last_write_ms + 500 >= k->gw->o.sse_heartbeat_ms) {
-            if (dx_http_stream_send(g->s, ": hb\n\n", 6) != 0)
-                g->closing = true;
-            else
-                g->last_write_ms = now;
+        if (g->sse_wrote) {
+            g->sse_wrote = false;
+            g->sse_idle_ms = 0;
+            continue;
         }
+        g->sse_idle_ms += 1000;
+        if (g->sse_idle_ms + 500 < k->gw->o.sse_heartbeat_ms)
+            continue;
+        g->sse_idle_ms = 0;
+        if (dx_http_stream_send(g->s, ": hb\n\n", 6) != 0)
+            g->closing = true;
     }
 }
 
