@@ -258,14 +258,21 @@ static void history_done(void *ud, int err, dx__bus_topic *t, dx__gw_snapshot *s
     dx__free(NULL, a);
 }
 
+/* A GET (or HEAD) with a topic parameter: its length, or -1 after
+ * answering 405 or 400. */
+static long get_topic(gw_worker *k, dx_http_req *req, char *topic)
+{
+    if (!method_is(req, "GET") && !method_is(req, "HEAD")) {
+        reply_error(k, req, 405, "use GET", "Allow: GET, HEAD\r\n");
+        return -1;
+    }
+    return topic_param(k, req, topic);
+}
+
 static void api_history(gw_worker *k, dx_http_req *req)
 {
     char topic[DX__GW_TOPIC_MAX + 1], num[32];
-    if (!method_is(req, "GET") && !method_is(req, "HEAD")) {
-        reply_error(k, req, 405, "use GET", "Allow: GET, HEAD\r\n");
-        return;
-    }
-    long tlen = topic_param(k, req, topic);
+    long tlen = get_topic(k, req, topic);
     if (tlen < 0)
         return;
     uint64_t since = 0, limit = DX__GW_HISTORY_LIMIT_DEFAULT;
@@ -307,11 +314,7 @@ static void presence_done(void *ud, int err, uint64_t count, const char *const *
 static void api_presence(gw_worker *k, dx_http_req *req)
 {
     char topic[DX__GW_TOPIC_MAX + 1];
-    if (!method_is(req, "GET") && !method_is(req, "HEAD")) {
-        reply_error(k, req, 405, "use GET", "Allow: GET, HEAD\r\n");
-        return;
-    }
-    long tlen = topic_param(k, req, topic);
+    long tlen = get_topic(k, req, topic);
     if (tlen < 0)
         return;
     api_ctx *a = ctx_new(k, req, topic, (size_t)tlen);
@@ -453,20 +456,16 @@ static void metrics(gw_worker *k, dx_http_req *req)
 int gw_api_http(gw_worker *k, dx_http_req *req)
 {
     dx_gateway *gw = k->gw;
-    if (path_is(req, "/healthz")) {
+    bool health = path_is(req, "/healthz");
+    if (health || path_is(req, "/metrics")) {
         if (!method_is(req, "GET") && !method_is(req, "HEAD"))
             (void)dx_http_reply(req, 405, NULL, "Allow: GET, HEAD\r\n", "405 Method Not Allowed\n", 23);
+        else if (!health)
+            metrics(k, req);
         else if (k->stopping || !dx__bus_healthy(gw->bus))
             (void)dx_http_reply(req, 503, NULL, NULL, "unavailable\n", 12);
         else
             (void)dx_http_reply(req, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3);
-        return 1;
-    }
-    if (path_is(req, "/metrics")) {
-        if (!method_is(req, "GET") && !method_is(req, "HEAD"))
-            (void)dx_http_reply(req, 405, NULL, "Allow: GET, HEAD\r\n", "405 Method Not Allowed\n", 23);
-        else
-            metrics(k, req);
         return 1;
     }
     if (path_is(req, "/sse")) {
