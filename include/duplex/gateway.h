@@ -128,8 +128,9 @@ typedef struct dx_gateway_options {
     size_t n_api_keys;
     const char *api_keys_file;    /* NULL or a file of "name key" lines, re-read on reload */
     /* Origin: requests whose Origin header is in this list (exact, or a
-     * "https://*.example.com" wildcard: any subdomain, one or more labels,
-     * never the bare domain; scheme and port must match; case-insensitive)
+     * wildcard whose host is "*.example.com" after the scheme: any subdomain,
+     * one or more labels, never the bare domain; scheme and port must match;
+     * case-insensitive)
      * are allowed. Empty list: Origin must match Host (default ports
      * equivalent). Anything else → 403. */
     const char *const *origins;
