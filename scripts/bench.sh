@@ -17,3 +17,6 @@ done
 
 # Gateway fan-out: duplex serve --workers 1 against a Node ws broadcast server.
 "$(dirname "$0")/bench_gateway.sh" "$build"
+
+# permessage-deflate: ratio, wire bytes, CPU and memory against Node ws; fan-out.
+"$(dirname "$0")/bench_deflate.sh" "$build"
