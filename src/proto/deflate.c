@@ -133,8 +133,9 @@ static const char *parse_params(const dx_ws_ext_offer *e, bool response, offer *
     return NULL;
 }
 
-int dx__pmd_response(const dx__pmd_params *p, bool name_server_bits, bool name_client_bits, char *out, size_t cap)
+int dx__pmd_response(const dx__pmd_params *p, char *out, size_t cap)
 {
+    bool name_server_bits = p->named & DX_PMD_NAME_SBITS, name_client_bits = p->named & DX_PMD_NAME_CBITS;
     int n = snprintf(out, cap, "%s%s%s", DX_PMD_NAME, p->server_nct ? "; server_no_context_takeover" : "",
                      p->client_nct ? "; client_no_context_takeover" : "");
     if (n < 0 || (size_t)n >= cap)
@@ -174,13 +175,15 @@ int dx__pmd_server_accept(const dx_deflate_options *o, const dx_ws_ext_offer *ex
         dx__pmd_params p = {0};
         p.server_nct = f.snct || o->server_no_context_takeover || force_nct;
         p.client_nct = f.cnct || o->client_no_context_takeover || force_nct;
-        /* §7.1.2.1: the server uses at most what the client asked for; it
-         * may name a smaller window even if the client did not ask. */
+        /* §7.1.2.1: the server uses at most what the client asked for,
+         * and names it then. A smaller window of our own choosing needs no
+         * announcement (the client inflates with whatever it allowed), and
+         * naming it unasked, though allowed, is refused by some browsers. */
         unsigned sb = opt_bits(o->server_max_window_bits);
         if (f.sbits && (unsigned)f.sbits < sb)
             sb = (unsigned)f.sbits;
         p.server_bits = (uint8_t)sb;
-        bool name_sb = f.sbits || sb < 15;
+        bool name_sb = f.sbits != 0;
         /* §7.1.2.2: client_max_window_bits may be answered only when
          * offered; its value limits the client's window (our inflater). */
         unsigned cb = 15;
@@ -192,7 +195,8 @@ int dx__pmd_server_accept(const dx_deflate_options *o, const dx_ws_ext_offer *ex
             name_cb = cb < 15;
         }
         p.client_bits = (uint8_t)cb;
-        if (dx__pmd_response(&p, name_sb, name_cb, resp, cap) < 0) {
+        p.named = (uint8_t)((name_sb ? DX_PMD_NAME_SBITS : 0) | (name_cb ? DX_PMD_NAME_CBITS : 0));
+        if (dx__pmd_response(&p, resp, cap) < 0) {
             reason = "response does not fit";
             continue;
         }

@@ -50,7 +50,10 @@ typedef struct dx__pmd_params {
     uint8_t client_nct;  /* client_no_context_takeover */
     uint8_t server_bits; /* server_max_window_bits in force (8-15; 15 when not named) */
     uint8_t client_bits; /* client_max_window_bits in force */
+    uint8_t named;       /* server: DX_PMD_NAME_SBITS / CBITS when the response names them */
 } dx__pmd_params;
+
+enum { DX_PMD_NAME_SBITS = 1, DX_PMD_NAME_CBITS = 2 };
 
 /* ---- negotiation -------------------------------------------------------- */
 
@@ -68,10 +71,9 @@ typedef struct dx__pmd_params {
 int dx__pmd_server_accept(const dx_deflate_options *o, const dx_ws_ext_offer *exts, size_t n, bool force_nct,
                           dx__pmd_params *out, char *resp, size_t cap, const char **why);
 
-/* The response element for `p` (what dx__pmd_server_accept wrote).
- * Returns its length or DX_ENOSPC. */
-int dx__pmd_response(const dx__pmd_params *p, bool name_server_bits, bool name_client_bits, char *out,
-                     size_t cap);
+/* The response element for `p` (what dx__pmd_server_accept wrote; the
+ * windows named as p->named says). Returns its length or DX_ENOSPC. */
+int dx__pmd_response(const dx__pmd_params *p, char *out, size_t cap);
 
 /* Client side: the offer for `o` (an element of Sec-WebSocket-Extensions,
  * NUL-terminated). Returns its length, DX_EINVAL (a window outside 8-15) or

@@ -555,8 +555,8 @@ static int write_101(dx_conn *c, const dx_ws_request *ws, char *protocol, void *
     if (c->s.pmd) {
         const dx__pmd_params *p = dx__pmd_params_of(c->s.pmd);
         /* The element chosen at the head (negotiate_deflate), written again
-         * from the parameters: windows named when below 15. */
-        if (dx__pmd_response(p, p->server_bits < 15, p->client_bits < 15, ext, sizeof ext) > 0)
+         * from the parameters. */
+        if (dx__pmd_response(p, ext, sizeof ext) > 0)
             exts = ext;
     }
     int n = dx__ws_server_response(resp, sizeof resp, ws, protocol, exts, NULL);
