@@ -78,7 +78,8 @@ static int next_key(dx_codec *c, uint8_t key[4])
 
 /* Encodes one frame into `out`. Data and pongs respect max_output (data is
  * refused, a pong dropped); pings and closes always go. */
-static int h_put(dx__session *s, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len)
+static int h_put(dx__session *s, int kind, unsigned opcode, bool fin, unsigned rsv, const uint8_t *data,
+                 size_t len)
 {
     dx_codec *c = codec_of(s);
     bool masked = c->scfg.role == DX_ROLE_CLIENT;
@@ -95,7 +96,7 @@ static int h_put(dx__session *s, int kind, unsigned opcode, bool fin, const uint
     if (rc)
         return rc;
     uint8_t *p = dx_buf_tail(&c->out);
-    p += dx__frame_header_write(p, opcode, fin, 0, len, masked ? key : NULL);
+    p += dx__frame_header_write(p, opcode, fin, rsv, len, masked ? key : NULL);
     if (len) {
         if (masked)
             dx__mask_copy(p, data, len, key, 0);
