@@ -15,8 +15,9 @@ data message):
     with a bad block type, a zlib-wrapped stream)             -> GARBAGE_CODE
 Edge cases that must work:
   - an uncompressed message (RSV1 clear) on a deflate connection;
-  - a compressed empty message (RSV1 with an empty payload, and with the
-    empty stored block 00), echoed empty;
+  - a compressed empty message (the empty stored block 00), echoed empty;
+  - RSV1 on an empty payload (not a whole DEFLATE block once the tail is
+    appended): close 1002, or delivered empty with the next message intact;
   - messages ended with a final block (BFINAL = 1, RFC 7692 section
     7.2.3.3) twice on one connection with context takeover;
   - context takeover: a message whose back-references reach into the
@@ -24,7 +25,9 @@ Edge cases that must work:
   - negotiation: offers the server must decline (unknown parameter,
     window 7 and 16, a repeated parameter, a value on
     server_no_context_takeover, a bad value) get a 101 without the
-    extension; a bad offer followed by a good one gets the good one.
+    extension; the longest valid offer (all four parameters, two-digit
+    windows) is accepted whole; a bad offer followed by a good one gets the
+    good one.
 """
 import zlib
 
@@ -108,14 +111,10 @@ def edges(srv):
     c = pmd(srv)
     echo(c, OP_TEXT, b"not compressed on a deflate connection", "uncompressed message on a deflate connection",
          compressed=False)
-    c.sock.sendall(frame(OP_BINARY, b"", rsv=4))
-    op, got, _ = c.read_message()
-    check(op == OP_BINARY and got == b"", "RSV1 with an empty payload: got %r" % got[:20])
-    say("ok RSV1 with an empty payload: echoed empty")
     c.sock.sendall(frame(OP_BINARY, b"\x00", rsv=4))
     op, got, _ = c.read_message()
     check(op == OP_BINARY and got == b"", "the empty stored block 00: got %r" % got[:20])
-    say("ok the empty stored block 00: echoed empty")
+    say("ok the empty stored block 00 (RFC 7692 section 7.2.3.6): echoed empty")
     for i in range(2):
         echo(c, OP_TEXT, b"final block %d " % i * 50, "message %d ended with a final block (BFINAL)" % (i + 1),
              final=True)
@@ -140,6 +139,29 @@ def edges(srv):
     c.close()
 
 
+def empty_rsv1(srv):
+    """RSV1 on an empty payload: with the 00 00 ff ff tail appended that is
+    not a whole DEFLATE block (a stored block header and half its length),
+    so the inflater is left inside a block. The server must either fail the
+    connection (1002, invalid compressed data) or not let it leak into the
+    next message: a valid compressed message after it must arrive intact."""
+    c = pmd(srv)
+    c.sock.sendall(frame(OP_BINARY, b"", rsv=4))
+    try:
+        op, got, _ = c.read_message()
+        check(got == b"", "RSV1 with an empty payload: delivered %r" % got[:20])
+        nxt = b"next message " * 10
+        c.send_message(OP_BINARY, nxt)
+        op, got, _ = c.read_message()
+        check(got == nxt, "RSV1 with an empty payload leaves the inflater inside a stored block: the next valid "
+              "compressed message (%d bytes) arrived as %d bytes %r" % (len(nxt), len(got), got[:16]))
+        say("ok RSV1 with an empty payload: delivered empty, the next message intact")
+        c.close()
+    except Closed as e:
+        check(e.code == 1002, "RSV1 with an empty payload: close %d, expected 1002 or an intact next message" % e.code)
+        say("ok RSV1 with an empty payload: close 1002")
+
+
 def negotiation(srv):
     bad = ["permessage-deflate; foo",
            "permessage-deflate; server_max_window_bits=7",
@@ -153,6 +175,15 @@ def negotiation(srv):
         check(c.ext is None, "offer %r accepted: %r" % (offer, c.headers.get("sec-websocket-extensions")))
         echo(c, OP_TEXT, b"plain", "offer %r declined, connection works without it" % offer, compressed=False)
         c.close()
+    longest = ("permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
+               "server_max_window_bits=10; client_max_window_bits=10")
+    c = PmdConn.open(srv.port, offer=longest)
+    want = {"server_no_context_takeover": True, "client_no_context_takeover": True,
+            "server_max_window_bits": 10, "client_max_window_bits": 10}
+    check(c.ext == want, "the longest valid offer (all four parameters, two-digit windows; the answer is 128 "
+          "bytes) was answered %r" % c.headers.get("sec-websocket-extensions"))
+    echo(c, OP_TEXT, b"all four " * 20, "the longest valid offer is accepted whole")
+    c.close()
     c = PmdConn.open(srv.port, offer="permessage-deflate; foo=1, permessage-deflate; server_no_context_takeover")
     check(c.ext == {"server_no_context_takeover": True},
           "a bad offer then a good one: answered %r" % c.headers.get("sec-websocket-extensions"))
@@ -164,9 +195,14 @@ def main(binary):
     srv = Server(binary, workers=1)
     try:
         echo_roundtrip(srv.port)
-        violations(srv)
-        edges(srv)
-        negotiation(srv)
+        failed = []
+        for case in (violations, edges, empty_rsv1, negotiation):
+            try:
+                case(srv)
+            except (Fail, Closed, OSError, EOFError) as e:
+                failed.append("%s: %s" % (case.__name__, e))
+                say("FAILED %s" % failed[-1])
+        check(not failed, "; ".join(failed))
         srv.wait_log(r"1002")
         echo_roundtrip(srv.port)
         srv.stop()
