@@ -14,7 +14,9 @@
 //   node deflate_load.js fanout --url U --pub-url P --conns C --rate R --count N --size S --offer JSON
 //        C subscribers on U (deflate as offered), one publisher on P (no
 //        deflate) sending N messages at R/s; waits until every subscriber
-//        got all N (in order, compared), prints one JSON line.
+//        got all N (in order, compared), or the publishing time + 60 s
+//        (then "finished": false: the server did not keep up), prints one
+//        JSON line.
 // --offer: ws's perMessageDeflate client options, or false. Exit 1 on any error.
 'use strict';
 
@@ -101,11 +103,13 @@ async function main() {
     const subs = await openAll(o.url, conns, offer);
     const msgs = Array.from({ length: 64 }, (_, k) => makeMessage(k, size));
     let done = 0;
+    let delivered = 0;
     const finished = new Promise((resolve, reject) => {
       for (const ws of subs) {
         let got = 0;
         ws.on('message', (data) => {
           if (Buffer.compare(data, msgs[got % msgs.length]) !== 0) return reject(new Error(`delivery ${got} differs`));
+          delivered++;
           if (++got === count && ++done === subs.length) resolve();
         });
         ws.on('close', () => { if (got < count) reject(new Error(`subscriber closed after ${got}`)); });
@@ -122,15 +126,16 @@ async function main() {
       while (sent < due) pub.send(msgs[sent++ % msgs.length], { binary: false });
       if (sent >= count) clearInterval(tick);
     }, 5);
-    const timeout = setTimeout(() => fail(`fan-out not finished: ${done}/${subs.length} subscribers complete`),
-      (count / rate) * 1000 + 60000);
-    await finished;
-    clearTimeout(timeout);
+    // A server that cannot keep up is a result, not an error: after the
+    // publishing time + 60 s the run ends with what was delivered.
+    let finishedOk = true;
+    await Promise.race([finished, new Promise((r) => setTimeout(() => { finishedOk = false; r(); },
+      (count / rate) * 1000 + 60000))]);
     const secs = Number(process.hrtime.bigint() - t0) / 1e9;
     const w1 = wire(subs);
     console.log(JSON.stringify({
-      mode, conns, size, messages: count, deliveries: count * conns, secs, negotiated: subs[0].extensions || '',
-      raw_bytes_delivered: count * conns * size, wire_in: w1.inn - w0.inn,
+      mode, conns, size, messages: count, deliveries: delivered, expected: count * conns, finished: finishedOk,
+      secs, negotiated: subs[0].extensions || '', raw_bytes_delivered: delivered * size, wire_in: w1.inn - w0.inn,
     }));
     for (const ws of subs) ws.terminate();
     pub.terminate();
