@@ -310,10 +310,14 @@ static int rx_inflated(void *ud, const uint8_t *p, size_t n)
 {
     dx__session *s = ud;
     uint64_t max = s->cfg->limits.max_message;
-    if (max && n > max - dx__session_rx_len(s))
-        return DX_ETOOBIG;
-    if (s->rx_opcode == DX_OP_TEXT && dx__utf8_feed(&s->rx_utf8, p, n, NULL))
+    /* The first bad byte decides, however the output was cut: bytes up to
+     * the limit are checked for UTF-8 first, the one past it is 1009. */
+    bool over = max && n > max - dx__session_rx_len(s);
+    size_t ok = over ? (size_t)(max - dx__session_rx_len(s)) : n;
+    if (s->rx_opcode == DX_OP_TEXT && dx__utf8_feed(&s->rx_utf8, p, ok, NULL))
         return DX_EUTF8;
+    if (over)
+        return DX_ETOOBIG;
     return rx_append(s, p, n, false);
 }
 
