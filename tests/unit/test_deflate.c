@@ -10,6 +10,7 @@
  */
 #include "testutil.h"
 
+#include "core/seams.h"
 #include "proto/deflate.h"
 #include "proto/mask.h"
 #include "proto/session.h"
@@ -926,7 +927,11 @@ static size_t idle_cost(bool takeover, int mem_level, unsigned bits, size_t *sha
     }
     /* The shared streams (and output buffer) once: what one more
      * connection adds is the slope. */
-    /* Less the ctx's compressed-output buffer, made once per ctx. */
+    /* Less what the ctx makes once: its compressed-output buffer and the
+     * receive buffer it keeps for the next message. */
+    void *spare = dx__pmd_spare_take(a[0].s.pmd);
+    assert_non_null(spare); /* the last message's buffer was kept */
+    dx__free(&cs.seams, spare);
     size_t total = cs.cur - before - (DX_PMD_CHUNK + 4);
     *shared = dx__pmd_ctx_mem(ctx);
     size_t per = total / N;
@@ -955,6 +960,39 @@ static void test_idle_memory(void **state)
     assert_in_range(small, 1, 40 * 1024);
 }
 
+/* Once warm (streams made, the kept receive buffer), receiving and
+ * sending compressed messages allocates nothing, in both modes. */
+static void test_no_alloc_per_message(void **state)
+{
+    (void)state;
+    for (int takeover = 0; takeover < 2; takeover++) {
+        cseams cs;
+        cseams_init(&cs);
+        side a;
+        dx__pmd_ctx *ctx;
+        server_side(&a, &ctx, &cs.seams, 1 << 20, takeover != 0);
+        uint8_t msg[3000], z[4096], f[8192];
+        uint64_t rng = 9;
+        fill_text(msg, sizeof msg, &rng);
+        size_t zl = zlib_compress(msg, sizeof msg, z, sizeof z, 15);
+        long warm = 0;
+        for (int i = 0; i < 101; i++) {
+            if (i == 1)
+                warm = cs.calls;
+            size_t n = raw_frame(f, DX_OP_TEXT, true, DX_RSV1, z, zl);
+            assert_int_equal(dx__session_recv(&a.s, f, n), 0);
+            assert_int_equal(dx__session_send(&a.s, DX_OP_TEXT, msg, sizeof msg, 0, 1), 0);
+            a.out_len = 0;
+        }
+        assert_int_equal(a.nmsg, 101);
+        assert_memory_equal(a.msg, msg, sizeof msg);
+        assert_int_equal(cs.calls, warm);
+        side_deinit(&a);
+        dx__pmd_ctx_free(ctx);
+        assert_int_equal(cs.live, 0);
+    }
+}
+
 int main(void)
 {
     dx_test_filter_from_env();
@@ -965,6 +1003,7 @@ int main(void)
         cmocka_unit_test(test_bombs),               cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_shared_decompressor), cmocka_unit_test(test_takeover_keeps_context),
         cmocka_unit_test(test_send_framing),        cmocka_unit_test(test_idle_memory),
+        cmocka_unit_test(test_no_alloc_per_message),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
