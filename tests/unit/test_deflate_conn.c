@@ -13,9 +13,13 @@
 
 #include "duplex/client.h"
 #include "duplex/server.h"
+#include "proto/deflate.h"
 #include "proto/handshake.h"
+#include "ws/ws.h"
 
 #include <arpa/inet.h>
+#include <stdatomic.h>
+#include <zlib.h>
 #include <netinet/in.h>
 #include <pthread.h>
 
@@ -428,13 +432,80 @@ static void test_client_refuses_bad_answers(void **state)
     assert_int_equal(attempt("x-webkit-deflate-frame", &cd, &neg, what, sizeof what), DX_EHANDSHAKE);
 }
 
+/* ---- compress once across threads ------------------------------------------------- */
+
+typedef struct zarg {
+    dx_msg *m;
+    atomic_int *go;
+    dx_rcbuf *got;
+} zarg;
+
+static void *zworker(void *p)
+{
+    zarg *a = p;
+    dx_deflate_options o = {.enable = 1};
+    dx__pmd_ctx *ctx = dx__pmd_ctx_new(NULL, &o); /* each loop has its own */
+    while (!atomic_load(a->go))
+        ;
+    a->got = dx__msg_zframe(a->m, ctx, 15);
+    dx__pmd_ctx_free(ctx);
+    return NULL;
+}
+
+/* One dx_msg, eight threads asking for its compressed frame at once: one
+ * frame is published (the losers free theirs), every thread gets it, and
+ * it inflates to the payload. */
+static void test_compress_once_threads(void **state)
+{
+    (void)state;
+    enum { T = 8 };
+    uint8_t payload[5000];
+    fill(payload, sizeof payload);
+    dx_msg *m = dx_msg_new(DX_OP_BINARY, payload, sizeof payload, NULL);
+    assert_non_null(m);
+    atomic_int go = 0;
+    pthread_t th[T];
+    zarg a[T];
+    for (int i = 0; i < T; i++) {
+        a[i] = (zarg){.m = m, .go = &go};
+        assert_int_equal(pthread_create(&th[i], NULL, zworker, &a[i]), 0);
+    }
+    atomic_store(&go, 1);
+    for (int i = 0; i < T; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < T; i++)
+        assert_ptr_equal(a[i].got, a[0].got);
+    dx_rcbuf *z = a[0].got;
+    assert_non_null(z);
+    const uint8_t *d = dx_rcbuf_data(z);
+    assert_int_equal(d[0], 0x80 | 0x40 | DX_OP_BINARY); /* FIN, RSV1 */
+    size_t hl = dx__msg_zframe_hl(z);
+    uint8_t in[4096], out[sizeof payload + 16];
+    size_t zl = dx_rcbuf_len(z) - hl;
+    assert_true(zl + 4 <= sizeof in);
+    memcpy(in, d + hl, zl);
+    memcpy(in + zl, "\x00\x00\xff\xff", 4);
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    assert_int_equal(inflateInit2(&zs, -15), Z_OK);
+    zs.next_in = in;
+    zs.avail_in = (uInt)(zl + 4);
+    zs.next_out = out;
+    zs.avail_out = sizeof out;
+    assert_int_equal(inflate(&zs, Z_SYNC_FLUSH), Z_OK);
+    assert_int_equal(sizeof out - zs.avail_out, sizeof payload);
+    assert_memory_equal(out, payload, sizeof payload);
+    inflateEnd(&zs);
+    dx_msg_unref(m); /* frees the published frame too (ASan: no leak of the losers' either) */
+}
+
 int main(void)
 {
     dx_test_filter_from_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_negotiated_echo), cmocka_unit_test(test_not_negotiated),
         cmocka_unit_test(test_budget),          cmocka_unit_test(test_compress_once),
-        cmocka_unit_test(test_client_refuses_bad_answers),
+        cmocka_unit_test(test_client_refuses_bad_answers), cmocka_unit_test(test_compress_once_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
