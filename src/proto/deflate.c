@@ -36,6 +36,7 @@ struct dx__pmd_ctx {
     z_stream *shared_rx;       /* window 15: decompressor for peers that reset per message */
     dx__pmd *rx_owner;
     uint8_t *buf;              /* DX_PMD_CHUNK + 4: compressed output before it is framed */
+    void *spare;               /* a session receive buffer kept between messages */
     dx__pmd_stats st;
 };
 
@@ -417,6 +418,7 @@ void dx__pmd_ctx_free(dx__pmd_ctx *ctx)
         deflater_free(ctx, ctx->shared_tx[i]);
     inflater_free(ctx, ctx->shared_rx);
     dx__free(ctx->seams, ctx->buf);
+    dx__free(ctx->seams, ctx->spare);
     dx__free(ctx->seams, ctx);
 }
 
@@ -430,6 +432,21 @@ void dx__pmd_reserve(dx__pmd *pm, size_t cost)
 }
 const dx__pmd_stats *dx__pmd_ctx_stats(const dx__pmd_ctx *ctx) { return &ctx->st; }
 int dx__pmd_ctx_mem_level(const dx__pmd_ctx *ctx) { return ctx->mem_level; }
+
+void *dx__pmd_spare_take(dx__pmd *pm)
+{
+    void *b = pm->ctx->spare;
+    pm->ctx->spare = NULL;
+    return b;
+}
+
+bool dx__pmd_spare_give(dx__pmd *pm, void *buf)
+{
+    if (pm->ctx->spare)
+        return false;
+    pm->ctx->spare = buf;
+    return true;
+}
 
 /* ---- a connection ------------------------------------------------------------- */
 

@@ -126,6 +126,15 @@ size_t dx__pmd_ctx_reserved(const dx__pmd_ctx *ctx);
  * what mem_budget decisions count. */
 size_t dx__pmd_deflate_cost(unsigned bits, int mem_level);
 size_t dx__pmd_inflate_cost(unsigned bits);
+/* One receive buffer (the session's, at most DX_PMD_SPARE_MAX bytes) kept
+ * by the ctx between messages, so inflating a message costs no allocation
+ * once warm: take returns it (or NULL), give keeps `buf` when no buffer is
+ * kept yet and returns true (else the caller frees it). Freed with the ctx
+ * through its seams. */
+#define DX_PMD_SPARE_MAX (64u * 1024u)
+void *dx__pmd_spare_take(dx__pmd *pm);
+bool dx__pmd_spare_give(dx__pmd *pm, void *buf);
+
 /* The ctx's mem_level (after defaults). */
 int dx__pmd_ctx_mem_level(const dx__pmd_ctx *ctx);
 

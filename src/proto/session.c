@@ -40,7 +40,10 @@ void dx__session_init(dx__session *s, const dx__session_cfg *cfg, unsigned rsv_a
 
 static void rx_release(dx__session *s)
 {
-    dx__free(s->cfg->seams, s->rx);
+    /* With the extension on, a small buffer goes back to the ctx for the
+     * next message (inflated messages always need one). */
+    if (!(s->rx && s->pmd && s->rx->cap <= DX_PMD_SPARE_MAX && dx__pmd_spare_give(s->pmd, s->rx)))
+        dx__free(s->cfg->seams, s->rx);
     s->rx = NULL;
     s->ctl_len = 0;
 }
@@ -65,6 +68,8 @@ static int rx_append(dx__session *s, const uint8_t *p, size_t len, bool ctl)
     size_t used = dx__session_rx_len(s) + s->ctl_len;
     if (len > SIZE_MAX - sizeof(dx__rxbuf) - used)
         return DX_ENOMEM;
+    if (!s->rx && s->pmd && (s->rx = dx__pmd_spare_take(s->pmd)) != NULL)
+        s->rx->len = 0; /* the ctx's kept buffer: no allocation */
     if (!s->rx || used + len > s->rx->cap) {
         size_t cap = s->rx ? s->rx->cap : 256;
         while (cap < used + len)
@@ -310,10 +315,14 @@ static int rx_inflated(void *ud, const uint8_t *p, size_t n)
 {
     dx__session *s = ud;
     uint64_t max = s->cfg->limits.max_message;
-    if (max && n > max - dx__session_rx_len(s))
-        return DX_ETOOBIG;
-    if (s->rx_opcode == DX_OP_TEXT && dx__utf8_feed(&s->rx_utf8, p, n, NULL))
+    /* The first bad byte decides, however the output was cut: bytes up to
+     * the limit are checked for UTF-8 first, the one past it is 1009. */
+    bool over = max && n > max - dx__session_rx_len(s);
+    size_t ok = over ? (size_t)(max - dx__session_rx_len(s)) : n;
+    if (s->rx_opcode == DX_OP_TEXT && dx__utf8_feed(&s->rx_utf8, p, ok, NULL))
         return DX_EUTF8;
+    if (over)
+        return DX_ETOOBIG;
     return rx_append(s, p, n, false);
 }
 

@@ -10,6 +10,7 @@
  */
 #include "testutil.h"
 
+#include "core/seams.h"
 #include "proto/deflate.h"
 #include "proto/mask.h"
 #include "proto/session.h"
@@ -895,6 +896,103 @@ static void test_send_framing(void **state)
     dx__pmd_ctx_free(cctx);
 }
 
+/* What an idle connection costs once it has received and sent one
+ * compressed message, per takeover mode (docs/deflate.md quotes these
+ * figures): with no context takeover both ways only its small dx__pmd
+ * (zlib memory is the ctx's shared streams, the same for any number of
+ * connections); with takeover both ways its own compressor and
+ * decompressor, as zlib's formula says. */
+static size_t idle_cost(bool takeover, int mem_level, unsigned bits, size_t *shared)
+{
+    enum { N = 50 };
+    cseams cs;
+    cseams_init(&cs);
+    dx_deflate_options o = {.enable = 1, .mem_level = mem_level};
+    dx__pmd_ctx *ctx = dx__pmd_ctx_new(&cs.seams, &o);
+    static side a[N];
+    uint8_t msg[2000], z[2048], f[4096];
+    uint64_t rng = 1;
+    fill_text(msg, sizeof msg, &rng);
+    size_t zl = zlib_compress(msg, sizeof msg, z, sizeof z, (int)bits);
+    dx__pmd_params p = {.server_nct = !takeover, .client_nct = !takeover, .server_bits = (uint8_t)bits,
+                        .client_bits = (uint8_t)bits};
+    size_t before = cs.cur;
+    for (int i = 0; i < N; i++) {
+        side_init(&a[i], DX_ROLE_SERVER, &cs.seams, 1 << 20);
+        dx__session_set_pmd(&a[i].s, dx__pmd_new(ctx, DX_ROLE_SERVER, &p));
+        size_t n = raw_frame(f, DX_OP_TEXT, true, DX_RSV1, z, zl);
+        assert_int_equal(dx__session_recv(&a[i].s, f, n), 0);
+        assert_int_equal(dx__session_send(&a[i].s, DX_OP_TEXT, msg, sizeof msg, 0, 1), 0);
+        a[i].out_len = 0;
+    }
+    /* The shared streams (and output buffer) once: what one more
+     * connection adds is the slope. */
+    /* Less what the ctx makes once: its compressed-output buffer and the
+     * receive buffer it keeps for the next message. */
+    void *spare = dx__pmd_spare_take(a[0].s.pmd);
+    assert_non_null(spare); /* the last message's buffer was kept */
+    dx__free(&cs.seams, spare);
+    size_t total = cs.cur - before - (DX_PMD_CHUNK + 4);
+    *shared = dx__pmd_ctx_mem(ctx);
+    size_t per = total / N;
+    if (!takeover)
+        per = (total - *shared) / N;
+    for (int i = 0; i < N; i++)
+        side_deinit(&a[i]);
+    dx__pmd_ctx_free(ctx);
+    return per;
+}
+
+static void test_idle_memory(void **state)
+{
+    (void)state;
+    size_t shared;
+    size_t nct = idle_cost(false, 8, 15, &shared);
+    print_message("idle connection, no context takeover: %zu bytes (shared streams %zu bytes per ctx)\n", nct,
+                  shared);
+    assert_in_range(nct, 1, 128); /* the dx__pmd alone: no zlib state per connection */
+    size_t tk = idle_cost(true, 8, 15, &shared);
+    print_message("idle connection, context takeover, window 15, memLevel 8: %zu bytes\n", tk);
+    size_t formula = dx__pmd_deflate_cost(15, 8) + dx__pmd_inflate_cost(15);
+    assert_in_range(tk, formula * 9 / 10, formula * 11 / 10);
+    size_t small = idle_cost(true, 1, 9, &shared);
+    print_message("idle connection, context takeover, window 9, memLevel 1: %zu bytes\n", small);
+    assert_in_range(small, 1, 40 * 1024);
+}
+
+/* Once warm (streams made, the kept receive buffer), receiving and
+ * sending compressed messages allocates nothing, in both modes. */
+static void test_no_alloc_per_message(void **state)
+{
+    (void)state;
+    for (int takeover = 0; takeover < 2; takeover++) {
+        cseams cs;
+        cseams_init(&cs);
+        side a;
+        dx__pmd_ctx *ctx;
+        server_side(&a, &ctx, &cs.seams, 1 << 20, takeover != 0);
+        uint8_t msg[3000], z[4096], f[8192];
+        uint64_t rng = 9;
+        fill_text(msg, sizeof msg, &rng);
+        size_t zl = zlib_compress(msg, sizeof msg, z, sizeof z, 15);
+        long warm = 0;
+        for (int i = 0; i < 101; i++) {
+            if (i == 1)
+                warm = cs.calls;
+            size_t n = raw_frame(f, DX_OP_TEXT, true, DX_RSV1, z, zl);
+            assert_int_equal(dx__session_recv(&a.s, f, n), 0);
+            assert_int_equal(dx__session_send(&a.s, DX_OP_TEXT, msg, sizeof msg, 0, 1), 0);
+            a.out_len = 0;
+        }
+        assert_int_equal(a.nmsg, 101);
+        assert_memory_equal(a.msg, msg, sizeof msg);
+        assert_int_equal(cs.calls, warm);
+        side_deinit(&a);
+        dx__pmd_ctx_free(ctx);
+        assert_int_equal(cs.live, 0);
+    }
+}
+
 int main(void)
 {
     dx_test_filter_from_env();
@@ -904,7 +1002,8 @@ int main(void)
         cmocka_unit_test(test_round_trips),         cmocka_unit_test(test_rsv_rules),
         cmocka_unit_test(test_bombs),               cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_shared_decompressor), cmocka_unit_test(test_takeover_keeps_context),
-        cmocka_unit_test(test_send_framing),
+        cmocka_unit_test(test_send_framing),        cmocka_unit_test(test_idle_memory),
+        cmocka_unit_test(test_no_alloc_per_message),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
