@@ -22,7 +22,8 @@ sizes) and 13.* (every parameter combination), with our own peers:
 
 For each offer and configuration the expected answer comes from
 `negotiate()`, the negotiation rules of docs/deflate.md; each client checks
-the answer it got against it, then echoes text and binary messages of 0, 1,
+the answer it got against it (and the server's log line for the connection
+must name the same extension), then echoes text and binary messages of 0, 1,
 125, 126, 65536 and 1048575 bytes (compressible and random), fragmented
 messages, and checks context takeover from the bytes on the wire. The
 servers' /metrics must show compressed messages both ways after the run,
@@ -313,6 +314,22 @@ def check_metrics(srv, res, want_traffic):
         res.check(out == 0 and inn == 0, name, f"deflate messages out {out}, in {inn}")
 
 
+def check_server_log(srv, offset, want, label, res):
+    """Our side of the negotiation: the server logs each open connection
+    with the extension it answered (" extensions=..."); the client's
+    connection is the only one opened during its run."""
+    with open(srv.log, errors="replace") as f:
+        f.seek(offset)
+        opens = [ln for ln in f.read().splitlines() if " open " in ln and "path=/echo" in ln]
+    name = f"{label}: the server's log names the negotiated extension"
+    if len(opens) != 1:
+        res.fail(name, f"{len(opens)} open lines for one client")
+        return
+    m = re.search(r" extensions=(.*)$", opens[0])
+    got = parse_params(m.group(1)) if m else None
+    res.check(got == want, name, f"log says {m.group(1) if m else 'no extension'!r}, expected {want!r}")
+
+
 def run_serve_mode(mode, a, tmp, res):
     servers = {name: DuplexServer(f"serve-{name}", a.duplex, tmp, cfg) for name, cfg in SERVERS.items()}
     try:
@@ -326,6 +343,7 @@ def run_serve_mode(mode, a, tmp, res):
                 label = f"{mode} offer {oname} -> serve {sname}"
                 url = s.base("ws") + "/echo"
                 expect = "none" if want is None else json.dumps(want)
+                log_at = os.path.getsize(s.log)
                 if mode == "node":
                     argv = [shutil.which("node") or "node", os.path.join(HERE, "deflate_node_client.mjs"),
                             "--url", url, "--label", label, "--offer", json.dumps(ws_options(offer)),
@@ -334,6 +352,7 @@ def run_serve_mode(mode, a, tmp, res):
                     argv = [harness.PYTHON, os.path.join(HERE, "deflate_py_client.py"), "--url", url,
                             "--label", label, "--offer", json.dumps(offer), "--expect", expect]
                 run_driver(argv, float(t), res)
+                check_server_log(s, log_at, want, label, res)
         for sname, s in servers.items():
             check_metrics(s, res, SERVERS[sname] is not None)
         harness.stop_servers(list(servers.values()), res)
