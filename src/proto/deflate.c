@@ -261,7 +261,8 @@ int dx__pmd_client_accept(const dx_deflate_options *o, const dx_ws_ext_offer *ex
     return 0;
 }
 
-int dx__pmd_parse_params(dx_deflate_options *o, const char *params)
+/* dx_deflate_options_parse (duplex/deflate.h): *o changes only on success. */
+int dx_deflate_options_parse(dx_deflate_options *o, const char *params)
 {
     if (!o || !params)
         return DX_EINVAL;
