@@ -88,6 +88,34 @@ typedef struct dx_deflate_info {
     unsigned client_max_window_bits;
 } dx_deflate_info;
 
+/*
+ * The handshake's half for applications that do their own (the sans-I/O
+ * codec, duplex/codec.h); the server and client endpoints do this
+ * themselves. Strings are NUL-terminated; nothing is kept.
+ *
+ * dx_deflate_client_offer: the Sec-WebSocket-Extensions value a client
+ * sends for `o`. Returns its length, DX_EINVAL (a window outside 8-15) or
+ * DX_ENOSPC (160 bytes always suffice).
+ *
+ * dx_deflate_server_accept: `offers` is the request's
+ * Sec-WebSocket-Extensions value (several headers joined with ", "). Returns
+ * 1 with the value to answer in resp and the parameters in *info when an
+ * offer is acceptable under `o` (the first one, RFC 7692 §7), 0 when none
+ * is (answer no extension), DX_EEXTENSION when `offers` is malformed (the
+ * RFC's answer is 400), DX_ENOSPC (128 bytes always suffice).
+ *
+ * dx_deflate_client_check: `response` is the server's
+ * Sec-WebSocket-Extensions value. Returns 1 with *info set when it accepted
+ * the offer made from `o`, 0 when it did not name permessage-deflate (no
+ * compression), DX_EEXTENSION when the client must fail the connection
+ * (malformed, unknown or repeated parameters, windows it did not allow, an
+ * extension named twice: docs/deflate.md).
+ */
+DX_API int dx_deflate_client_offer(const dx_deflate_options *o, char *out, size_t cap);
+DX_API int dx_deflate_server_accept(const dx_deflate_options *o, const char *offers, char *resp, size_t cap,
+                                    dx_deflate_info *info);
+DX_API int dx_deflate_client_check(const dx_deflate_options *o, const char *response, dx_deflate_info *info);
+
 struct dx_conn;
 /* 1 when permessage-deflate was negotiated on `c` (then *out, if not NULL,
  * is filled), 0 when not (or not open yet). Fires no callback; callable

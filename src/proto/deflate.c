@@ -261,7 +261,8 @@ int dx__pmd_client_accept(const dx_deflate_options *o, const dx_ws_ext_offer *ex
     return 0;
 }
 
-int dx__pmd_parse_params(dx_deflate_options *o, const char *params)
+/* dx_deflate_options_parse (duplex/deflate.h): *o changes only on success. */
+int dx_deflate_options_parse(dx_deflate_options *o, const char *params)
 {
     if (!o || !params)
         return DX_EINVAL;
@@ -743,4 +744,63 @@ int dx__pmd_rx_park(dx__pmd *pm, bool failed)
     if (rc || failed)
         pm->rx_state = RX_IDLE;
     return rc;
+}
+
+/* ---- the handshake's half for the codec's users (duplex/deflate.h) ---------- */
+
+static void info_of(const dx__pmd_params *p, dx_deflate_info *i)
+{
+    *i = (dx_deflate_info){.server_no_context_takeover = p->server_nct,
+                           .client_no_context_takeover = p->client_nct,
+                           .server_max_window_bits = p->server_bits,
+                           .client_max_window_bits = p->client_bits};
+}
+
+int dx_deflate_client_offer(const dx_deflate_options *o, char *out, size_t cap)
+{
+    if (!o || !out)
+        return DX_EINVAL;
+    return dx__pmd_client_offer(o, out, cap);
+}
+
+int dx_deflate_server_accept(const dx_deflate_options *o, const char *offers, char *resp, size_t cap,
+                             dx_deflate_info *info)
+{
+    if (!o || !offers || !resp || !info)
+        return DX_EINVAL;
+    dx_ws_ext_offer exts[DX_WS_DEFAULT_MAX_EXTS];
+    size_t n = 0;
+    if (dx__ws_ext_parse(offers, strlen(offers), exts, DX_WS_DEFAULT_MAX_EXTS, &n))
+        return DX_EEXTENSION;
+    char r[128];
+    dx__pmd_params p;
+    if (!dx__pmd_server_accept(o, exts, n, false, &p, r, sizeof r, NULL))
+        return 0;
+    size_t len = strlen(r);
+    if (len >= cap)
+        return DX_ENOSPC;
+    memcpy(resp, r, len + 1);
+    info_of(&p, info);
+    return 1;
+}
+
+int dx_deflate_client_check(const dx_deflate_options *o, const char *response, dx_deflate_info *info)
+{
+    if (!o || !response || !info)
+        return DX_EINVAL;
+    dx_ws_ext_offer exts[4];
+    size_t n = 0;
+    if (dx__ws_ext_parse(response, strlen(response), exts, 4, &n))
+        return DX_EEXTENSION;
+    if (n == 0)
+        return 0;
+    /* We offered one extension, once (RFC 6455 §9.1: nothing else may come). */
+    if (n > 1 || !name_is_ci(exts[0].name, exts[0].name_len, DX_PMD_NAME))
+        return DX_EEXTENSION;
+    dx__pmd_params p;
+    const char *why;
+    if (dx__pmd_client_accept(o, &exts[0], &p, &why))
+        return DX_EEXTENSION;
+    info_of(&p, info);
+    return 1;
 }

@@ -92,10 +92,6 @@ int dx__pmd_client_offer(const dx_deflate_options *o, char *out, size_t cap);
 int dx__pmd_client_accept(const dx_deflate_options *o, const dx_ws_ext_offer *ext, dx__pmd_params *out,
                           const char **why);
 
-/* Parses a parameter list ("a; b=1", an optional leading extension name)
- * into the four RFC fields of *o (dx_deflate_options_parse's contract). */
-int dx__pmd_parse_params(dx_deflate_options *o, const char *params);
-
 /* ---- compression state --------------------------------------------------- */
 
 typedef struct dx__pmd_ctx dx__pmd_ctx;

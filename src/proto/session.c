@@ -134,9 +134,11 @@ static int send_whole(dx__session *s, int opcode, const void *data, size_t len)
     zsend z = {s, (unsigned)opcode, false};
     int rc = dx__pmd_compress(s->pmd, data, len, zsend_emit, &z);
     unsigned bits;
-    if (rc && (z.sent || !dx__pmd_tx_stateless(s->pmd, &bits)) && s->state == DX_CODEC_OPEN)
-        dx__session_fail(s, rc == DX_ELIMIT ? DX_EPOLICY : rc, rc == DX_ELIMIT ? DX_CLOSE_POLICY : DX_CLOSE_INTERNAL_ERROR,
+    if (rc && (z.sent || !dx__pmd_tx_stateless(s->pmd, &bits)) && s->state == DX_CODEC_OPEN) {
+        bool limit = rc == DX_ELIMIT; /* an owner's queue limit (the codec's max_output) */
+        dx__session_fail(s, limit ? DX_EPOLICY : rc, limit ? DX_CLOSE_POLICY : DX_CLOSE_INTERNAL_ERROR,
                          "cannot send a compressed message");
+    }
     return rc;
 }
 

@@ -624,15 +624,6 @@ bool dx__deflate_options_valid(const dx_deflate_options *o)
            o->level <= 9 && o->mem_level >= 0 && o->mem_level <= 9;
 }
 
-int dx_deflate_options_parse(dx_deflate_options *o, const char *params)
-{
-    dx_deflate_options t = o ? *o : (dx_deflate_options){0};
-    int rc = dx__pmd_parse_params(&t, params);
-    if (rc == 0)
-        *o = t;
-    return rc;
-}
-
 int dx__ep_deflate_start(dx__ep *ep)
 {
     if (!ep->opt.deflate.enable)

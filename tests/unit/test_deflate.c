@@ -11,6 +11,7 @@
 #include "testutil.h"
 
 #include "core/seams.h"
+#include "duplex/codec.h"
 #include "proto/deflate.h"
 #include "proto/mask.h"
 #include "proto/session.h"
@@ -993,6 +994,112 @@ static void test_no_alloc_per_message(void **state)
     }
 }
 
+/* ---- the public codec ------------------------------------------------------------ */
+
+typedef struct cpeer {
+    dx_codec *c;
+    uint8_t *msg;
+    size_t len;
+    unsigned n;
+} cpeer;
+
+static void cp_message(void *ud, int op, const uint8_t *p, size_t len)
+{
+    cpeer *k = ud;
+    (void)op;
+    free(k->msg);
+    k->msg = malloc(len ? len : 1);
+    memcpy(k->msg, p, len);
+    k->len = len;
+    k->n++;
+}
+
+/* Moves a's output to b; returns what b's recv said. */
+static int cp_pipe(cpeer *a, cpeer *b, unsigned *rsv1)
+{
+    size_t n;
+    const uint8_t *o = dx_codec_out(a->c, &n);
+    if (!n)
+        return 0;
+    uint8_t *copy = malloc(n);
+    memcpy(copy, o, n);
+    if (rsv1)
+        *rsv1 = (copy[0] & 0x40) != 0;
+    dx_codec_out_consume(a->c, n);
+    int rc = dx_codec_recv(b->c, copy, n);
+    free(copy);
+    return rc;
+}
+
+/* The codec's users negotiate with the public helpers, then hand the
+ * parameters to dx_codec_new_sized: messages are compressed both ways;
+ * dx_codec_new (the config before the deflate fields) stays uncompressed,
+ * RSV1 then refused (1002) as before. */
+static void test_codec(void **state)
+{
+    (void)state;
+    dx_deflate_options co = {.enable = 1, .client_no_context_takeover = 1}, so = {.enable = 1};
+    char offer[160], resp[128];
+    assert_true(dx_deflate_client_offer(&co, offer, sizeof offer) > 0);
+    dx_deflate_info si, ci;
+    assert_int_equal(dx_deflate_server_accept(&so, offer, resp, sizeof resp, &si), 1);
+    assert_string_equal(resp, "permessage-deflate; client_no_context_takeover");
+    assert_int_equal(dx_deflate_client_check(&co, resp, &ci), 1);
+    assert_memory_equal(&si, &ci, sizeof si);
+    assert_int_equal(dx_deflate_server_accept(&so, "x-other, foo; a=1", resp, sizeof resp, &si), 0);
+    assert_int_equal(dx_deflate_server_accept(&so, "permessage-deflate; =", resp, sizeof resp, &si), DX_EEXTENSION);
+    assert_int_equal(dx_deflate_client_check(&co, "", &ci), 0);
+    assert_int_equal(dx_deflate_client_check(&co, "permessage-deflate; foo", &ci), DX_EEXTENSION);
+    assert_int_equal(dx_deflate_client_check(&co, "x-other", &ci), DX_EEXTENSION);
+    assert_int_equal(dx_deflate_client_check(&co, "permessage-deflate, permessage-deflate", &ci), DX_EEXTENSION);
+    assert_int_equal(dx_deflate_client_check(&co, "permessage-deflate; client_max_window_bits=9", &ci), 1);
+    assert_int_equal(ci.client_max_window_bits, 9);
+    assert_int_equal(dx_deflate_client_check(&co, resp, &ci), 1);
+
+    cpeer s = {0}, c = {0};
+    dx_codec_config cfg = {.role = DX_ROLE_SERVER, .deflate = &si, .cb.on_message = cp_message, .ud = &s};
+    s.c = dx_codec_new_sized(&cfg, sizeof cfg, NULL);
+    assert_non_null(s.c);
+    cfg = (dx_codec_config){.role = DX_ROLE_CLIENT, .deflate = &ci, .cb.on_message = cp_message, .ud = &c};
+    c.c = dx_codec_new_sized(&cfg, sizeof cfg, NULL);
+    assert_non_null(c.c);
+    uint8_t msg[4000];
+    uint64_t rng = 2;
+    fill_text(msg, sizeof msg, &rng);
+    unsigned rsv1 = 0;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(dx_codec_send(c.c, DX_OP_TEXT, msg, sizeof msg), 0);
+        assert_int_equal(cp_pipe(&c, &s, &rsv1), 0);
+        assert_int_equal(rsv1, 1);
+        assert_int_equal(s.len, sizeof msg);
+        assert_memory_equal(s.msg, msg, sizeof msg);
+        assert_int_equal(dx_codec_send(s.c, DX_OP_BINARY, msg, sizeof msg), 0);
+        assert_int_equal(cp_pipe(&s, &c, &rsv1), 0);
+        assert_int_equal(rsv1, 1);
+        assert_memory_equal(c.msg, msg, sizeof msg);
+    }
+    /* Bad windows are refused. */
+    dx_deflate_info bad = {.server_max_window_bits = 16};
+    cfg.deflate = &bad;
+    int err = 0;
+    assert_null(dx_codec_new_sized(&cfg, sizeof cfg, &err));
+    assert_int_equal(err, DX_EINVAL);
+    /* A codec made without the extension refuses RSV1 (1002). */
+    cpeer p = {0};
+    cfg = (dx_codec_config){.role = DX_ROLE_SERVER, .deflate = &si, .cb.on_message = cp_message, .ud = &p};
+    p.c = dx_codec_new(&cfg, NULL); /* stops before .deflate: off */
+    assert_non_null(p.c);
+    assert_int_equal(dx_codec_send(c.c, DX_OP_TEXT, msg, sizeof msg), 0);
+    assert_int_equal(cp_pipe(&c, &p, NULL), DX_EPROTO);
+    assert_int_equal(dx_codec_close_sent(p.c), 1002);
+    dx_codec_free(p.c);
+    dx_codec_free(s.c);
+    dx_codec_free(c.c);
+    free(s.msg);
+    free(c.msg);
+    free(p.msg);
+}
+
 int main(void)
 {
     dx_test_filter_from_env();
@@ -1003,7 +1110,7 @@ int main(void)
         cmocka_unit_test(test_bombs),               cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_shared_decompressor), cmocka_unit_test(test_takeover_keeps_context),
         cmocka_unit_test(test_send_framing),        cmocka_unit_test(test_idle_memory),
-        cmocka_unit_test(test_no_alloc_per_message),
+        cmocka_unit_test(test_no_alloc_per_message), cmocka_unit_test(test_codec),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
