@@ -21,3 +21,6 @@ done
 # Instructions per echoed message and per handshake under callgrind (issue 13's
 # stable measure), duplex against libwebsockets and the plain TCP echo.
 "$(dirname "$0")/bench_instr.sh" "$build"
+
+# permessage-deflate: ratio, wire bytes, CPU and memory against Node ws; fan-out.
+"$(dirname "$0")/bench_deflate.sh" "$build"

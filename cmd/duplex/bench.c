@@ -74,6 +74,9 @@ static void usage(FILE *f)
             "      --ready-file F     --idle: create F once every connection is open\n"
             "      --json             one JSON line instead of the summary\n"
             "      --progress | --no-progress  live line on stderr [on when stderr is a terminal]\n"
+            "      --deflate[=PARAMS] offer permessage-deflate (RFC 7692) with these parameters, e.g.\n"
+            "                         --deflate='client_no_context_takeover; server_max_window_bits=10' [off]\n"
+            "      --no-deflate       do not offer it [default]\n"
             "  -k, --insecure         wss: do not verify the certificate (tests only)\n"
             "      --ca F             wss: trust these PEM CAs (also --ca-file)\n"
             "      --log-level L      library log: error|warn|info|debug [warn]\n"
@@ -526,6 +529,7 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
     const cli_common common = {
         .prefix = "duplex bench", .cmd = "bench",
         .insecure = &cfg->insecure, .ca_file = &cfg->ca_file, .log_level = &cfg->log_level,
+        .deflate = &cfg->deflate,
     };
     bool depth_set = false, sources_set = false, size_set = false, rate_set = false;
     unsigned long v;

@@ -17,6 +17,8 @@
 #ifndef DX_CMD_BENCH_H
 #define DX_CMD_BENCH_H
 
+#include "duplex/deflate.h"
+
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -70,6 +72,7 @@ typedef struct bench_cfg {
     unsigned sources;          /* 0: connect from the default address */
     const char *ready_file;    /* BM_IDLE */
     bool json, progress;
+    dx_deflate_options deflate; /* --deflate[=PARAMS]: offered by every connection [off] */
     int insecure;              /* -k: 1 */
     const char *ca_file;
     int log_level;

@@ -475,6 +475,7 @@ static int pub_start(worker *w)
     o.n_protocols = 1;
     o.insecure = cfg->insecure;
     o.ca_file = cfg->ca_file;
+    o.deflate = cfg->deflate;
     o.connect_timeout_ms = (unsigned)(cfg->timeout * 1000);
     o.send_max = 2 * PUB_MAX_INFLIGHT * cap;
     o.send_high_water = o.send_max / 2;
@@ -726,6 +727,7 @@ static void start_conn(worker *w, bconn *b)
         o.url = cfg->mode == BM_SUBSCRIBE ? cfg->sub_url : cfg->url;
         o.insecure = cfg->insecure;
         o.ca_file = cfg->ca_file;
+        o.deflate = cfg->deflate;
         o.bind_addr = b->bind[0] ? b->bind : NULL;
         o.connect_timeout_ms = (unsigned)(cfg->timeout * 1000);
         size_t frame = cfg->size + 14;

@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include "cli.h"
+#include "duplex/deflate.h"
 #include "duplex/duplex.h"
 
 #include <ctype.h>
@@ -113,6 +114,8 @@ enum {
     K_STRING,     /* const char *: the argument */
     K_LOG_LEVEL,  /* int: cli_parse_log_level */
     K_LOG_FORMAT, /* int: cli_parse_log_format */
+    K_DEFLATE,    /* dx_deflate_options: enable, and the parameters given (dx_deflate_options_parse) */
+    K_NO_DEFLATE, /* dx_deflate_options: enable = 0 */
 };
 
 static const struct {
@@ -132,6 +135,10 @@ static const struct {
     {{"ca", required_argument, 0, CLI_O_CA}, K_STRING},
     {{"log-level", required_argument, 0, CLI_O_LOG_LEVEL}, K_LOG_LEVEL},
     {{"log-format", required_argument, 0, CLI_O_LOG_FORMAT}, K_LOG_FORMAT},
+    {{"deflate", optional_argument, 0, CLI_O_DEFLATE}, K_DEFLATE},
+    {{"no-deflate", no_argument, 0, CLI_O_NO_DEFLATE}, K_NO_DEFLATE},
+    {{"deflate-min-size", required_argument, 0, CLI_O_DEFLATE_MIN_SIZE}, K_SIZE},
+    {{"deflate-mem-budget", required_argument, 0, CLI_O_DEFLATE_MEM_BUDGET}, K_SIZE},
 };
 #define N_COMMON (sizeof common_opts / sizeof common_opts[0])
 #define CLI_MAX_OPTIONS 96 /* a subcommand's shared and own long options, with the end mark */
@@ -154,6 +161,10 @@ static void *common_field(const cli_common *c, int val)
     case CLI_O_CA: return c->ca_file;
     case CLI_O_LOG_LEVEL: return c->log_level;
     case CLI_O_LOG_FORMAT: return c->log_format;
+    case CLI_O_DEFLATE:
+    case CLI_O_NO_DEFLATE: return c->deflate;
+    case CLI_O_DEFLATE_MIN_SIZE: return c->deflate_min_size;
+    case CLI_O_DEFLATE_MEM_BUDGET: return c->deflate_mem_budget;
     default: return NULL;
     }
 }
@@ -205,8 +216,17 @@ static int apply_common(const cli_common *c, size_t i, void *field, const char *
             break;
         *(int *)field = v;
         return 0;
+    case K_DEFLATE:
+        /* --deflate alone: the defaults; --deflate=PARAMS: those parameters
+         * (an empty PARAMS is the defaults too). */
+        if (dx_deflate_options_parse(field, arg ? arg : ""))
+            break;
+        return 0;
+    case K_NO_DEFLATE:
+        ((dx_deflate_options *)field)->enable = 0;
+        return 0;
     }
-    cli_bad_value(c, common_opts[i].opt.name, arg);
+    cli_bad_value(c, common_opts[i].opt.name, arg ? arg : "");
     return CLI_BAD;
 }
 

@@ -40,6 +40,12 @@ int cli_parse_log_level(const char *s);
  *   --ca FILE                  *ca_file = FILE
  *   --log-level L              cli_parse_log_level
  *   --log-format F             cli_parse_log_format
+ *   --deflate[=PARAMS]         permessage-deflate on, with the extension
+ *                              parameters PARAMS (dx_deflate_options_parse:
+ *                              "server_no_context_takeover;
+ *                              client_max_window_bits=10"); --no-deflate off
+ *   --deflate-min-size BYTES, --deflate-mem-budget BYTES
+ *                              cli_parse_size, not 0
  * A bad value prints "<prefix>: invalid value for --NAME: 'X' (see duplex
  * <cmd> --help)" on stderr, NAME being the name above even when an alias
  * was typed, and gives exit status CLI_USAGE. */
@@ -57,6 +63,10 @@ enum {
     CLI_O_CA,
     CLI_O_LOG_LEVEL,
     CLI_O_LOG_FORMAT,
+    CLI_O_DEFLATE,
+    CLI_O_NO_DEFLATE,
+    CLI_O_DEFLATE_MIN_SIZE,
+    CLI_O_DEFLATE_MEM_BUDGET,
     CLI_O_INSECURE = 'k',
 };
 
@@ -68,6 +78,8 @@ typedef struct cli_common {
     int *insecure;
     const char **ca_file;
     int *log_level, *log_format;
+    struct dx_deflate_options *deflate;               /* --deflate[=PARAMS], --no-deflate */
+    size_t *deflate_min_size, *deflate_mem_budget;    /* serve: --deflate-min-size, --deflate-mem-budget */
 } cli_common;
 
 enum { CLI_BAD = -2 };

@@ -473,13 +473,26 @@ static void start_close(app *a, unsigned code, const char *reason, size_t len)
         fprintf(stderr, "connect: close failed: %s\n", dx_strerror(err));
 }
 
+/* dx_conn_send of a message; with --show-frames, a compressed one (RSV1,
+ * seen by on_frame) gets a line with both lengths. */
+static int msg_send(app *a, dx_conn *c, int opcode, const void *data, size_t len)
+{
+    a->zout = false;
+    a->zout_wire = 0;
+    int err = dx_conn_send(c, opcode, data, len);
+    if (a->show_frames && a->zout)
+        fprintf(stderr, "message > compressed rsv1=1 len=%zu wire=%" PRIu64 "\n", len, a->zout_wire);
+    a->zout = false;
+    return err;
+}
+
 static void send_text(app *a, const uint8_t *s, size_t n)
 {
-    int err = dx_conn_send(a->conn, DX_OP_TEXT, s, n);
+    int err = msg_send(a, a->conn, DX_OP_TEXT, s, n);
     if (err == DX_EUTF8) {
         fprintf(stderr, "connect: line %lu is not valid UTF-8: sent as a binary message\n", a->line_no);
         if (a->conn)
-            err = dx_conn_send(a->conn, DX_OP_BINARY, s, n);
+            err = msg_send(a, a->conn, DX_OP_BINARY, s, n);
     }
     report_send(a, err);
 }
@@ -571,7 +584,7 @@ static void command(app *a, const char *s, size_t n)
         if (hi >= 0) {
             fprintf(stderr, "* odd number of hex digits\n");
         } else {
-            report_send(a, dx_conn_send(a->conn, DX_OP_BINARY, b.p ? b.p : (const uint8_t *)"", b.len));
+            report_send(a, msg_send(a, a->conn, DX_OP_BINARY, b.p ? b.p : (const uint8_t *)"", b.len));
         }
         free(b.p);
     } else if (w == 5 && !memcmp(s, "/help", 5)) {
@@ -634,7 +647,7 @@ static void process_input(app *a)
             if (!avail)
                 break;
             a->in_off += avail;
-            report_send(a, dx_conn_send(a->conn, DX_OP_BINARY, s, avail));
+            report_send(a, msg_send(a, a->conn, DX_OP_BINARY, s, avail));
             continue;
         }
         const uint8_t *e = avail ? memchr(s, a->sep, avail) : NULL;
@@ -683,8 +696,11 @@ static void count_message(app *a)
 static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, void *ud)
 {
     app *a = ud;
+    if (a->show_frames && a->zin)
+        fprintf(stderr, "message < compressed rsv1=1 wire=%" PRIu64 " len=%zu\n", a->zin_wire, len);
+    a->zin = false;
     if (a->echo) {
-        report_send(a, dx_conn_send(c, opcode, data, len));
+        report_send(a, msg_send(a, c, opcode, data, len));
         count_message(a);
         return;
     }
@@ -727,6 +743,15 @@ static void on_frame(dx_conn *c, int dir, unsigned opcode, int fin, unsigned rsv
     }
     if (!a->show_frames)
         return;
+    if (opcode < 8) { /* data frames: the wire bytes of a compressed message */
+        bool *z = dir == '<' ? &a->zin : &a->zout;
+        uint64_t *w = dir == '<' ? &a->zin_wire : &a->zout_wire;
+        if (opcode != DX_OP_CONT) {
+            *z = (rsv & DX_RSV1) != 0;
+            *w = 0;
+        }
+        *w += len;
+    }
     char text[17];
     for (size_t i = 0; i < head_len && i < 16; i++)
         text[i] = head[i] >= 0x20 && head[i] < 0x7f ? (char)head[i] : '.';
@@ -988,6 +1013,7 @@ static int start_server(app *a)
     s->ping_interval_ms = o->ping_interval_ms;
     s->pong_timeout_ms = o->pong_timeout_ms;
     s->handshake_timeout_ms = o->connect_timeout_ms;
+    s->deflate = o->deflate; /* --deflate: accepted from the client, with these parameters */
     s->cb = (dx_server_callbacks){
         .on_upgrade = on_upgrade,
         .on_open = on_open,

@@ -33,6 +33,10 @@ typedef struct bytes {
 typedef struct app {
     /* settings */
     bool interactive, binary, echo, no_input, show_frames, listen, keep;
+    /* --show-frames of compressed messages (RSV1): wire bytes of the one
+     * being received / just sent, shown with the inflated / raw length. */
+    bool zin, zout;
+    uint64_t zin_wire, zout_wire;
     bool wait_set;          /* -w given */
     bool follow_redirects;  /* -L: follow a 3xx Location */
     unsigned wait_ms;       /* -w: how long to stay after the input ended */

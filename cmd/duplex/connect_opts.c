@@ -64,7 +64,13 @@ static void usage(FILE *f)
             "                           --max-message 16MiB unless given [off]\n"
             "      --show-frames        trace every frame both ways on stderr: direction (> sent,\n"
             "                           < received), opcode, fin, rsv bits, length, masked, first\n"
-            "                           16 payload bytes in hex and as text [off]\n"
+            "                           16 payload bytes in hex and as text; a compressed message\n"
+            "                           (rsv=100) gets a line with its length and its wire bytes [off]\n"
+            "      --deflate[=PARAMS]   offer permessage-deflate (RFC 7692); PARAMS: the offer's\n"
+            "                           parameters, e.g. --deflate='server_no_context_takeover;\n"
+            "                           client_max_window_bits=10'; with --listen, what the server\n"
+            "                           accepts and asks for (docs/deflate.md) [off]\n"
+            "      --no-deflate         do not offer it [default]\n"
             "  -H, --header 'N: v'      extra request header (repeatable) [none]\n"
             "  -s, --subprotocol P      offer subprotocol P (repeatable; also --protocol); with\n"
             "                           --listen, accept the first of these the client offers [none]\n"
@@ -229,6 +235,7 @@ int connect_parse_args(app *a, int argc, char **argv, const char **url, char *ur
         .max_message = &o->max_message, .close_timeout_ms = &o->close_timeout_ms,
         .ping_interval_ms = &o->ping_interval_ms, .pong_timeout_ms = &o->pong_timeout_ms,
         .insecure = &o->insecure, .ca_file = &o->ca_file, .log_level = &a->log.level,
+        .deflate = &o->deflate,
     };
     unsigned long v;
     int ch;

@@ -108,6 +108,14 @@ static void usage(FILE *f)
             "  --http-keepalive T     idle wait for the next HTTP request on a connection, 'off' or 0 to close\n"
             "                         after each answer [5s]\n"
             "  --http-max-requests N  HTTP requests per connection [1000]\n"
+            "  --deflate[=PARAMS]     permessage-deflate (RFC 7692) [on]; PARAMS: what the server asks for, e.g.\n"
+            "                         --deflate='server_no_context_takeover; client_max_window_bits=10'\n"
+            "                         (server_no_context_takeover, client_no_context_takeover,\n"
+            "                         server_max_window_bits=8-15, client_max_window_bits=8-15; docs/deflate.md)\n"
+            "  --no-deflate           no compression (offers are declined)\n"
+            "  --deflate-min-size BYTES  messages shorter go uncompressed [64]\n"
+            "  --deflate-mem-budget BYTES  zlib memory per worker; past it new connections get\n"
+            "                         no_context_takeover, then no compression [64MiB]\n"
             "gateway (defaults: GATEWAY.md \"With no configuration\"):\n"
             "  --api-key KEY          Bearer key for /api/* (or env DUPLEX_API_KEY); none: /api/* answers 403\n"
             "  --history N            messages retained per topic, 0 for none [1000]\n"
@@ -322,7 +330,10 @@ int cmd_serve(int argc, char **argv)
         .handshake_timeout_ms = &o->handshake_timeout_ms, .close_timeout_ms = &o->close_timeout_ms,
         .idle_timeout_ms = &o->idle_timeout_ms, .ping_interval_ms = &o->ping_interval_ms,
         .pong_timeout_ms = &o->pong_timeout_ms, .log_level = &a->log.level, .log_format = &a->log_format,
+        .deflate = &o->deflate, .deflate_min_size = &o->deflate.min_size,
+        .deflate_mem_budget = &o->deflate.mem_budget,
     };
+    o->deflate.enable = 1; /* serve compresses by default; --no-deflate turns it off */
     size_t nkeys = 0;
     unsigned long v;
     int ch;

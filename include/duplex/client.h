@@ -91,6 +91,11 @@ typedef struct dx_client_options {
 
     dx_client_callbacks cb;
     void *ud;
+
+    /* permessage-deflate (duplex/deflate.h): [off]. enable offers it; a
+     * response the client cannot accept fails the attempt (on_error with
+     * DX_EEXTENSION). */
+    dx_deflate_options deflate;
 } dx_client_options;
 
 typedef struct dx_client_stats {

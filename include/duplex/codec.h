@@ -18,13 +18,20 @@
  *  - runs the close handshake: once a close frame is sent nothing else is;
  *    a received close is answered with a close echoing its code;
  *  - on any protocol violation it queues the RFC's close frame (1002, 1007,
- *    1008, 1009) and stops reading.
+ *    1008, 1009) and stops reading;
+ *  - permessage-deflate (RFC 7692) once the application's handshake
+ *    negotiated it (duplex/deflate.h: dx_deflate_client_offer,
+ *    dx_deflate_server_accept, dx_deflate_client_check give the header
+ *    values and the parameters): compressed messages are inflated (bounded
+ *    by max_message, counted inflated) and whole messages of at least
+ *    min_size bytes are sent compressed.
  *
  * Not thread-safe: a codec belongs to one thread at a time.
  */
 #ifndef DUPLEX_CODEC_H
 #define DUPLEX_CODEC_H
 
+#include "duplex/deflate.h"
 #include "duplex/duplex.h"
 
 #include <stddef.h>
@@ -83,6 +90,11 @@ typedef struct dx_codec_config {
     const dx_seams *seams;     /* NULL: dx_seams_default(); must outlive the codec */
     dx_codec_callbacks cb;
     void *ud;                  /* passed to every callback */
+
+    /* Read by dx_codec_new_sized only (dx_codec_new stops before them). */
+    const dx_deflate_info *deflate;        /* permessage-deflate as negotiated; NULL: off (rsv_allowed
+                                              then decides what RSV bits pass through raw) */
+    const dx_deflate_options *deflate_opt; /* level, mem_level, min_size; NULL: the defaults */
 } dx_codec_config;
 
 enum dx_codec_state {
@@ -95,6 +107,12 @@ enum dx_codec_state {
 /* A new codec in state OPEN. `cfg` is copied. NULL on DX_ENOMEM or a config
  * that makes no sense (role not a dx_role); *err (if not NULL) says which. */
 DX_API dx_codec *dx_codec_new(const dx_codec_config *cfg, int *err);
+
+/* The same, for a config of `cfg_size` bytes (sizeof(dx_codec_config) of
+ * the caller's header; the size rule of option structs is in
+ * duplex/loop.h): the fields past dx_codec_new's (permessage-deflate) are
+ * read only here. Also DX_EINVAL for deflate parameters out of range. */
+DX_API dx_codec *dx_codec_new_sized(const dx_codec_config *cfg, size_t cfg_size, int *err);
 
 /* Frees the codec and everything it buffered. NULL is ignored. */
 DX_API void dx_codec_free(dx_codec *c);

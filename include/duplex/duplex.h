@@ -1,6 +1,6 @@
 /*
- * duplex: a WebSocket toolkit (RFC 6455; permessage-deflate, RFC 7692, is
- * not implemented yet: no extension is offered or accepted).
+ * duplex: a WebSocket toolkit (RFC 6455, with permessage-deflate, RFC 7692:
+ * duplex/deflate.h).
  *
  * The umbrella public header: version, the error vocabulary, the close-code
  * enum, the seams (allocator, randomness, clock), the log sink and the TLS

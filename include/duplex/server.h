@@ -27,6 +27,7 @@
 #ifndef DUPLEX_SERVER_H
 #define DUPLEX_SERVER_H
 
+#include "duplex/deflate.h"
 #include "duplex/duplex.h"
 #include "duplex/loop.h"
 #include "duplex/msg.h"
@@ -379,6 +380,10 @@ typedef struct dx_server_options {
 
     dx_server_callbacks cb;
     void *ud;                   /* passed to every callback */
+
+    /* permessage-deflate (duplex/deflate.h): [off]. enable accepts it from
+     * clients that offer it. */
+    dx_deflate_options deflate;
 } dx_server_options;
 
 /* The client endpoint that owns a client-side connection (NULL for
@@ -397,6 +402,16 @@ typedef struct dx_server_stats {
     uint64_t refused_handshaking; /* connections closed at accept over max_handshaking */
     uint64_t upgrades_deferred; /* on_upgrade decisions deferred (dx_request_defer) */
     uint64_t upgrade_timeouts;  /* of those, dropped at handshake_timeout_ms before an answer */
+    /* permessage-deflate (duplex/deflate.h) */
+    uint64_t deflate_messages_out; /* messages sent compressed (RSV1) */
+    uint64_t deflate_bytes_raw;    /* their payload bytes before compression */
+    uint64_t deflate_bytes_wire;   /* ... and after (frame payloads, tail removed) */
+    uint64_t inflate_messages_in;  /* compressed messages received and inflated */
+    uint64_t inflate_bytes_wire;   /* their payload bytes as received */
+    uint64_t inflate_bytes_raw;    /* ... and inflated */
+    uint64_t deflate_downgrades;   /* connections given no_context_takeover by mem_budget */
+    uint64_t deflate_refused;      /* offers declined by mem_budget (no compression) */
+    uint64_t deflate_mem;          /* gauge: bytes zlib holds now for this endpoint */
 } dx_server_stats;
 
 /* A server on `loop`, copying `opt` (strings included; the size rule of

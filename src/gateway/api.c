@@ -436,6 +436,25 @@ static void metrics(gw_worker *k, dx_http_req *req)
     }
     P("duplex_publish_latency_seconds_sum %.9f\n", (double)SUM(lat_sum_ns) / 1e9);
     P("duplex_publish_latency_seconds_count %llu\n", (unsigned long long)SUM(lat_count));
+#define PMD(i) ((unsigned long long)sum(gw, offsetof(gw_metrics, pmd) + (size_t)(i) * sizeof(_Atomic uint64_t)))
+    P("# HELP duplex_deflate_messages_total Messages compressed (out) and inflated (in) by permessage-deflate "
+      "(sampled every second).\n# TYPE duplex_deflate_messages_total counter\n");
+    P("duplex_deflate_messages_total{direction=\"out\"} %llu\n", PMD(GW_PMD_MSGS_OUT));
+    P("duplex_deflate_messages_total{direction=\"in\"} %llu\n", PMD(GW_PMD_MSGS_IN));
+    P("# HELP duplex_deflate_bytes_total Payload bytes of those messages, uncompressed (raw) and on the wire.\n"
+      "# TYPE duplex_deflate_bytes_total counter\n");
+    P("duplex_deflate_bytes_total{direction=\"out\",form=\"raw\"} %llu\n", PMD(GW_PMD_RAW_OUT));
+    P("duplex_deflate_bytes_total{direction=\"out\",form=\"wire\"} %llu\n", PMD(GW_PMD_WIRE_OUT));
+    P("duplex_deflate_bytes_total{direction=\"in\",form=\"raw\"} %llu\n", PMD(GW_PMD_RAW_IN));
+    P("duplex_deflate_bytes_total{direction=\"in\",form=\"wire\"} %llu\n", PMD(GW_PMD_WIRE_IN));
+    P("# HELP duplex_deflate_downgrades_total Connections given no_context_takeover by --deflate-mem-budget.\n"
+      "# TYPE duplex_deflate_downgrades_total counter\nduplex_deflate_downgrades_total %llu\n",
+      PMD(GW_PMD_DOWNGRADES));
+    P("# HELP duplex_deflate_refused_total Offers declined by --deflate-mem-budget (no compression).\n"
+      "# TYPE duplex_deflate_refused_total counter\nduplex_deflate_refused_total %llu\n", PMD(GW_PMD_REFUSED));
+    P("# HELP duplex_deflate_mem_bytes zlib memory held for permessage-deflate, all workers.\n"
+      "# TYPE duplex_deflate_mem_bytes gauge\nduplex_deflate_mem_bytes %llu\n", PMD(GW_PMD_MEM));
+#undef PMD
     P("# HELP duplex_workers Worker threads.\n# TYPE duplex_workers gauge\nduplex_workers %u\n", gw->n);
 #undef P
     if (rc)

@@ -1183,6 +1183,19 @@ static void on_tick(dx_timer *t, void *ud)
             recheck_later(g); /* not here: flushing may close, and this walks the list */
     }
     atomic_store_explicit(&k->m.queued_bytes, q, memory_order_relaxed);
+    if (k->srv) {
+        dx_server_stats st;
+        dx_server_stats_get(k->srv, &st);
+        const uint64_t v[GW_NPMD] = {
+            [GW_PMD_MSGS_OUT] = st.deflate_messages_out, [GW_PMD_RAW_OUT] = st.deflate_bytes_raw,
+            [GW_PMD_WIRE_OUT] = st.deflate_bytes_wire,   [GW_PMD_MSGS_IN] = st.inflate_messages_in,
+            [GW_PMD_WIRE_IN] = st.inflate_bytes_wire,    [GW_PMD_RAW_IN] = st.inflate_bytes_raw,
+            [GW_PMD_DOWNGRADES] = st.deflate_downgrades, [GW_PMD_REFUSED] = st.deflate_refused,
+            [GW_PMD_MEM] = st.deflate_mem,
+        };
+        for (int i = 0; i < GW_NPMD; i++)
+            atomic_store_explicit(&k->m.pmd[i], v[i], memory_order_relaxed);
+    }
     gw_sse_tick(k);
     /* a reload whose post to this worker could not be queued */
     pthread_mutex_lock(&k->gw->pol_mu);

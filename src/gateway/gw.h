@@ -44,6 +44,14 @@ extern const double gw_lat_bounds[GW_LAT_N - 1];
 
 /* One worker's counters: written by its thread only (relaxed stores), read
  * by whichever thread answers /metrics. */
+/* gw_metrics.pmd: the deflate fields of dx_server_stats, in this order */
+enum {
+    GW_PMD_MSGS_OUT, GW_PMD_RAW_OUT, GW_PMD_WIRE_OUT,
+    GW_PMD_MSGS_IN, GW_PMD_WIRE_IN, GW_PMD_RAW_IN,
+    GW_PMD_DOWNGRADES, GW_PMD_REFUSED, GW_PMD_MEM,
+    GW_NPMD
+};
+
 typedef struct gw_metrics {
     _Atomic uint64_t conns[GW_NDIALECT];     /* gauges */
     _Atomic uint64_t handshakes;             /* WebSocket upgrades accepted on /ws */
@@ -58,6 +66,8 @@ typedef struct gw_metrics {
     _Atomic uint64_t lat[GW_LAT_N];          /* publish→write histogram (not cumulative here) */
     _Atomic uint64_t lat_sum_ns;
     _Atomic uint64_t lat_count;
+    /* permessage-deflate: copies of this worker's dx_server_stats, refreshed every second */
+    _Atomic uint64_t pmd[GW_NPMD];
 } gw_metrics;
 
 static inline void gw_inc(_Atomic uint64_t *c, uint64_t n)

@@ -9,10 +9,12 @@
 #include "duplex/codec.h"
 
 #include "core/buf.h"
+#include "core/opts.h"
 #include "core/seams.h"
 #include "proto/mask.h"
 #include "proto/session.h"
 
+#include <stddef.h>
 #include <string.h>
 
 #define KEY_POOL 64 /* mask keys drawn from the seams 16 at a time */
@@ -23,6 +25,7 @@ struct dx_codec {
     dx_codec_callbacks cb;
     void *ud;
     size_t max_output;
+    dx__pmd_ctx *pmd; /* permessage-deflate's shared state (this codec's alone), or NULL */
     dx_buf out;
     uint8_t key_pos; /* next unused byte in keys; KEY_POOL: empty */
     uint8_t keys[KEY_POOL];
@@ -78,7 +81,8 @@ static int next_key(dx_codec *c, uint8_t key[4])
 
 /* Encodes one frame into `out`. Data and pongs respect max_output (data is
  * refused, a pong dropped); pings and closes always go. */
-static int h_put(dx__session *s, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len)
+static int h_put(dx__session *s, int kind, unsigned opcode, bool fin, unsigned rsv, const uint8_t *data,
+                 size_t len)
 {
     dx_codec *c = codec_of(s);
     bool masked = c->scfg.role == DX_ROLE_CLIENT;
@@ -95,7 +99,7 @@ static int h_put(dx__session *s, int kind, unsigned opcode, bool fin, const uint
     if (rc)
         return rc;
     uint8_t *p = dx_buf_tail(&c->out);
-    p += dx__frame_header_write(p, opcode, fin, 0, len, masked ? key : NULL);
+    p += dx__frame_header_write(p, opcode, fin, rsv, len, masked ? key : NULL);
     if (len) {
         if (masked)
             dx__mask_copy(p, data, len, key, 0);
@@ -106,11 +110,44 @@ static int h_put(dx__session *s, int kind, unsigned opcode, bool fin, const uint
     return 0;
 }
 
+/* A negotiated window: 8-15 (0: 15, not named). */
+static bool bits_ok(unsigned b) { return b == 0 || (b >= 8 && b <= 15); }
+
+/* permessage-deflate for the codec (cfg->deflate set): its own ctx. */
+static int codec_deflate(dx_codec *c, const dx_codec_config *cfg)
+{
+    const dx_deflate_info *d = cfg->deflate;
+    dx_deflate_options o = cfg->deflate_opt ? *cfg->deflate_opt : (dx_deflate_options){0};
+    if (!bits_ok(d->server_max_window_bits) || !bits_ok(d->client_max_window_bits) || o.level < 0 ||
+        o.level > 9 || o.mem_level < 0 || o.mem_level > 9)
+        return DX_EINVAL;
+    dx__pmd_params p = {.server_nct = d->server_no_context_takeover != 0,
+                        .client_nct = d->client_no_context_takeover != 0,
+                        .server_bits = (uint8_t)(d->server_max_window_bits ? d->server_max_window_bits : 15),
+                        .client_bits = (uint8_t)(d->client_max_window_bits ? d->client_max_window_bits : 15)};
+    c->pmd = dx__pmd_ctx_new(cfg->seams, &o);
+    dx__pmd *pm = c->pmd ? dx__pmd_new(c->pmd, cfg->role, &p) : NULL;
+    if (!pm)
+        return DX_ENOMEM;
+    dx__session_set_pmd(&c->s, pm);
+    return 0;
+}
+
 dx_codec *dx_codec_new(const dx_codec_config *cfg, int *err)
+{
+    /* The config as it was before permessage-deflate's fields. */
+    return dx_codec_new_sized(cfg, offsetof(dx_codec_config, deflate), err);
+}
+
+dx_codec *dx_codec_new_sized(const dx_codec_config *user, size_t cfg_size, int *err)
 {
     int e = DX_EINVAL;
     dx_codec *c = NULL;
-    if (!cfg || (cfg->role != DX_ROLE_SERVER && cfg->role != DX_ROLE_CLIENT))
+    dx_codec_config copy;
+    const dx_codec_config *cfg = &copy;
+    if (!user || dx__opts_copy(&copy, sizeof copy, user, cfg_size))
+        goto out;
+    if (cfg->role != DX_ROLE_SERVER && cfg->role != DX_ROLE_CLIENT)
         goto out;
     e = DX_ENOMEM;
     c = dx__alloc(cfg->seams, sizeof *c);
@@ -138,6 +175,11 @@ dx_codec *dx_codec_new(const dx_codec_config *cfg, int *err)
     dx_buf_init(&c->out, cfg->seams);
     c->key_pos = KEY_POOL;
     dx__session_init(&c->s, &c->scfg, cfg->rsv_allowed);
+    if (cfg->deflate && (e = codec_deflate(c, cfg)) != 0) {
+        dx_codec_free(c);
+        c = NULL;
+        goto out;
+    }
     e = 0;
 out:
     if (err)
@@ -149,7 +191,8 @@ void dx_codec_free(dx_codec *c)
 {
     if (!c)
         return;
-    dx__session_deinit(&c->s);
+    dx__session_deinit(&c->s); /* its dx__pmd first, then the ctx */
+    dx__pmd_ctx_free(c->pmd);
     dx_buf_deinit(&c->out);
     dx__free(c->scfg.seams, c);
 }

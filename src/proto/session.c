@@ -11,6 +11,13 @@
  * session holds no buffer. A control frame split across reads gathers in rx
  * too, after the message bytes (ctl_len, at most 125).
  *
+ * Compressed messages (permessage-deflate, deflate.c): a message whose
+ * first frame has RSV1 is inflated as its payload arrives, in bounded
+ * pieces, into rx; max_message counts the inflated bytes and is checked
+ * while inflating (a few KB that would inflate to GBs cost at most
+ * max_message plus a piece). Whole messages at least min_size long are
+ * sent compressed; fragmented sends go uncompressed.
+ *
  * Invariants:
  *  - state != OPEN means a close frame went out through put (or could not:
  *    FAILED while CLOSE_SENT) and nothing follows it;
@@ -33,12 +40,27 @@ void dx__session_init(dx__session *s, const dx__session_cfg *cfg, unsigned rsv_a
 
 static void rx_release(dx__session *s)
 {
-    dx__free(s->cfg->seams, s->rx);
+    /* With the extension on, a small buffer goes back to the ctx for the
+     * next message (inflated messages always need one). */
+    if (!(s->rx && s->pmd && s->rx->cap <= DX_PMD_SPARE_MAX && dx__pmd_spare_give(s->pmd, s->rx)))
+        dx__free(s->cfg->seams, s->rx);
     s->rx = NULL;
     s->ctl_len = 0;
 }
 
-void dx__session_deinit(dx__session *s) { rx_release(s); }
+void dx__session_set_pmd(dx__session *s, dx__pmd *pmd)
+{
+    s->pmd = pmd;
+    if (pmd)
+        s->dec.rsv_allowed |= DX_RSV1;
+}
+
+void dx__session_deinit(dx__session *s)
+{
+    rx_release(s);
+    dx__pmd_free(s->pmd);
+    s->pmd = NULL;
+}
 
 /* Appends to rx (message bytes when ctl is false, else the control tail). */
 static int rx_append(dx__session *s, const uint8_t *p, size_t len, bool ctl)
@@ -46,6 +68,8 @@ static int rx_append(dx__session *s, const uint8_t *p, size_t len, bool ctl)
     size_t used = dx__session_rx_len(s) + s->ctl_len;
     if (len > SIZE_MAX - sizeof(dx__rxbuf) - used)
         return DX_ENOMEM;
+    if (!s->rx && s->pmd && (s->rx = dx__pmd_spare_take(s->pmd)) != NULL)
+        s->rx->len = 0; /* the ctx's kept buffer: no allocation */
     if (!s->rx || used + len > s->rx->cap) {
         size_t cap = s->rx ? s->rx->cap : 256;
         while (cap < used + len)
@@ -76,10 +100,57 @@ static int put_close(dx__session *s, unsigned code, const char *reason, size_t r
 {
     uint8_t payload[DX_CONTROL_MAX];
     size_t n = dx__close_write(payload, code, reason, reason_len);
-    int rc = s->cfg->put(s, DX__PUT_CLOSE, DX_OP_CLOSE, true, payload, n);
+    int rc = s->cfg->put(s, DX__PUT_CLOSE, DX_OP_CLOSE, true, 0, payload, n);
     if (rc == 0)
         s->close_sent = (uint16_t)(code ? code : DX_CLOSE_NO_STATUS);
     return rc;
+}
+
+/* Frames of a compressed message (dx__pmd_compress's emit). */
+typedef struct zsend {
+    dx__session *s;
+    unsigned opcode;
+    bool sent; /* a frame went out */
+} zsend;
+
+static int zsend_emit(void *ud, bool first, bool fin, const uint8_t *data, size_t len)
+{
+    zsend *z = ud;
+    int rc = z->s->cfg->put(z->s, DX__PUT_DATA, first ? z->opcode : DX_OP_CONT, fin, first ? DX_RSV1 : 0u, data,
+                            len);
+    if (rc == 0)
+        z->sent = true;
+    return rc;
+}
+
+/* A whole message, compressed when the extension is on and it is long
+ * enough. A failure once a frame went out (or with a compressor that keeps
+ * its context, which has taken the message in) leaves the peer's view
+ * unrecoverable: the session fails (1011) unless the owner already did. */
+static int send_whole(dx__session *s, int opcode, const void *data, size_t len)
+{
+    if (!s->pmd || !dx__pmd_want_compress(s->pmd, len))
+        return s->cfg->put(s, DX__PUT_DATA, (unsigned)opcode, true, 0, data, len);
+    zsend z = {s, (unsigned)opcode, false};
+    int rc = dx__pmd_compress(s->pmd, data, len, zsend_emit, &z);
+    unsigned bits;
+    if (rc && (z.sent || !dx__pmd_tx_stateless(s->pmd, &bits)) && s->state == DX_CODEC_OPEN) {
+        bool limit = rc == DX_ELIMIT; /* an owner's queue limit (the codec's max_output) */
+        dx__session_fail(s, limit ? DX_EPOLICY : rc, limit ? DX_CLOSE_POLICY : DX_CLOSE_INTERNAL_ERROR,
+                         "cannot send a compressed message");
+    }
+    return rc;
+}
+
+int dx__session_send_valid(dx__session *s, int opcode, const void *data, size_t len)
+{
+    if (opcode != DX_OP_TEXT && opcode != DX_OP_BINARY)
+        return DX_EINVAL;
+    if (s->state != DX_CODEC_OPEN)
+        return DX_ECLOSED;
+    if (s->tx_opcode)
+        return DX_ESTATE;
+    return send_whole(s, opcode, data, len);
 }
 
 int dx__session_send(dx__session *s, int opcode, const void *data, size_t len, int fragment, int fin)
@@ -93,7 +164,7 @@ int dx__session_send(dx__session *s, int opcode, const void *data, size_t len, i
             return DX_ESTATE;
         if (opcode == DX_OP_TEXT && !dx__utf8_valid(data, len))
             return DX_EUTF8;
-        return s->cfg->put(s, DX__PUT_DATA, (unsigned)opcode, true, data, len);
+        return send_whole(s, opcode, data, len);
     }
     if (s->tx_opcode && s->tx_opcode != opcode)
         return DX_EINVAL;
@@ -105,7 +176,7 @@ int dx__session_send(dx__session *s, int opcode, const void *data, size_t len, i
             return DX_EUTF8;
     }
     unsigned frame_op = s->tx_opcode ? DX_OP_CONT : (unsigned)opcode;
-    int rc = s->cfg->put(s, DX__PUT_DATA, frame_op, fin != 0, data, len);
+    int rc = s->cfg->put(s, DX__PUT_DATA, frame_op, fin != 0, 0, data, len);
     if (rc)
         return rc;
     s->tx_utf8 = v; /* committed only once the frame went out */
@@ -119,7 +190,7 @@ int dx__session_control(dx__session *s, unsigned opcode, const void *data, size_
         return DX_EINVAL;
     if (s->state != DX_CODEC_OPEN)
         return DX_ECLOSED;
-    int rc = s->cfg->put(s, opcode == DX_OP_PING ? DX__PUT_PING : DX__PUT_PONG, opcode, true, data, len);
+    int rc = s->cfg->put(s, opcode == DX_OP_PING ? DX__PUT_PING : DX__PUT_PONG, opcode, true, 0, data, len);
     return rc == DX_ELIMIT ? 0 : rc; /* control frames are not refused by queue limits */
 }
 
@@ -182,7 +253,7 @@ static int on_control(dx__session *s, unsigned opcode, const uint8_t *p, size_t 
             /* §5.5.3: answer with the same payload. An owner whose queue is
              * full refuses it (a peer flooding pings and never reading):
              * the pong is dropped and counted. */
-            int rc = cfg->put(s, DX__PUT_PONG, DX_OP_PONG, true, p, len);
+            int rc = cfg->put(s, DX__PUT_PONG, DX_OP_PONG, true, 0, p, len);
             if (rc == DX_ELIMIT)
                 s->pongs_dropped++;
             else if (rc)
@@ -222,6 +293,12 @@ static int finish_message(dx__session *s, const uint8_t *p, size_t len)
     static const uint8_t empty[1];
     unsigned op = s->rx_opcode;
     s->rx_opcode = 0;
+    if (s->rx_z) {
+        /* The decompressor is done with this message before any handler
+         * runs (a shared one goes back now). */
+        s->rx_z = false;
+        dx__pmd_rx_end(s->pmd);
+    }
     if (op == DX_OP_TEXT && dx__utf8_finish(&s->rx_utf8))
         return fail_rx(s, DX_EUTF8); /* a character cut off at the end */
     if (!p)
@@ -232,6 +309,32 @@ static int finish_message(dx__session *s, const uint8_t *p, size_t len)
         s->cfg->on_message(s, (int)op, p, len);
     rx_release(s); /* an idle session holds no buffer */
     return 0;
+}
+
+/* A piece of an inflated message (dx__pmd_inflate's out): counted against
+ * max_message before it is kept, so nothing past the limit is ever held. */
+static int rx_inflated(void *ud, const uint8_t *p, size_t n)
+{
+    dx__session *s = ud;
+    uint64_t max = s->cfg->limits.max_message;
+    /* The first bad byte decides, however the output was cut: bytes up to
+     * the limit are checked for UTF-8 first, the one past it is 1009. */
+    bool over = max && n > max - dx__session_rx_len(s);
+    size_t ok = over ? (size_t)(max - dx__session_rx_len(s)) : n;
+    if (s->rx_opcode == DX_OP_TEXT && dx__utf8_feed(&s->rx_utf8, p, ok, NULL))
+        return DX_EUTF8;
+    if (over)
+        return DX_ETOOBIG;
+    return rx_append(s, p, n, false);
+}
+
+static int fail_inflate(dx__session *s, int rc)
+{
+    if (rc == DX_EPROTO) {
+        dx__session_fail(s, DX_EPROTO, DX_CLOSE_PROTOCOL_ERROR, "invalid compressed data");
+        return DX_EPROTO;
+    }
+    return fail_rx(s, rc);
 }
 
 static int on_header(dx__session *s, const dx_frame_event *ev)
@@ -248,6 +351,16 @@ static int on_header(dx__session *s, const dx_frame_event *ev)
         s->rx_fragments = 0;
         s->rx_payload = 0;
         dx__utf8_init(&s->rx_utf8);
+        /* The decoder allows RSV1 only on a first frame, and only once the
+         * extension was negotiated (else 1002). */
+        s->rx_z = s->pmd && (h->rsv & DX_RSV1);
+        if (s->rx_z) {
+            int rc = dx__pmd_rx_begin(s->pmd);
+            if (rc) {
+                s->rx_z = false;
+                return fail_rx(s, rc);
+            }
+        }
     }
     /* The fragment cost rule: each frame of a message costs
      * DX_CODEC_FRAGMENT_COST bytes, paid from an allowance of max_fragments
@@ -264,8 +377,14 @@ static int on_header(dx__session *s, const dx_frame_event *ev)
     if (s->cfg->max_fragments &&
         s->rx_fragments > (uint64_t)s->cfg->max_fragments + s->rx_payload / DX_CODEC_FRAGMENT_COST)
         return fail_rx(s, DX_EPOLICY);
-    if (ev->end && h->fin)
+    if (ev->end && h->fin) {
+        if (s->rx_z) {
+            int rc = dx__pmd_inflate(s->pmd, NULL, 0, true, rx_inflated, s);
+            if (rc)
+                return fail_inflate(s, rc);
+        }
         return finish_message(s, s->rx ? s->rx->data : NULL, dx__session_rx_len(s));
+    }
     return 0;
 }
 
@@ -289,9 +408,17 @@ static int on_data(dx__session *s, const dx_frame_event *ev)
             rx_release(s);
         return on_control(s, h->opcode, ctl, n);
     }
+    bool last = ev->end && h->fin;
+    if (s->rx_z) {
+        /* Inflated in pieces into rx; the limit and UTF-8 are checked on
+         * each piece (rx_inflated). */
+        int rc = dx__pmd_inflate(s->pmd, ev->data, ev->len, last, rx_inflated, s);
+        if (rc)
+            return fail_inflate(s, rc);
+        return last ? finish_message(s, s->rx ? s->rx->data : NULL, dx__session_rx_len(s)) : 0;
+    }
     if (s->rx_opcode == DX_OP_TEXT && dx__utf8_feed(&s->rx_utf8, ev->data, ev->len, NULL))
         return fail_rx(s, DX_EUTF8); /* §8.1: fail at the first invalid byte */
-    bool last = ev->end && h->fin;
     if (s->cfg->on_fragment) {
         if (last)
             return finish_message(s, ev->data, ev->len);
@@ -315,7 +442,24 @@ int dx__session_recv(dx__session *s, uint8_t *data, size_t len)
     return dx__session_recv_ex(s, data, len, &used);
 }
 
+static int recv_frames(dx__session *s, uint8_t *data, size_t len, size_t *used);
+
 int dx__session_recv_ex(dx__session *s, uint8_t *data, size_t len, size_t *used)
+{
+    int rc = recv_frames(s, data, len, used);
+    /* A compressed message still open on the shared decompressor keeps a
+     * copy of its own until it ends: the shared one serves others. */
+    if (s->pmd) {
+        bool dead = s->state == DX_CODEC_CLOSED || s->state == DX_CODEC_FAILED;
+        if (dx__pmd_rx_park(s->pmd, dead || !s->rx_z) && !dead) {
+            s->rx_z = false;
+            rc = fail_rx(s, DX_ENOMEM);
+        }
+    }
+    return rc;
+}
+
+static int recv_frames(dx__session *s, uint8_t *data, size_t len, size_t *used)
 {
     *used = len; /* unless held: what is not decoded is ignored */
     if (s->state == DX_CODEC_CLOSED || s->state == DX_CODEC_FAILED)

@@ -16,6 +16,7 @@
 #define DX_PROTO_SESSION_H
 
 #include "duplex/codec.h"
+#include "proto/deflate.h"
 #include "proto/frame.h"
 #include "proto/utf8.h"
 
@@ -48,16 +49,19 @@ typedef struct dx__session_cfg {
     /* Optional trace of each received frame, at its first payload bytes
      * (head: at most 16, unmasked) or at its header when it is empty. */
     void (*on_frame)(dx__session *s, const dx_frame_header *h, const uint8_t *head, size_t n);
-    /* Writes one frame (the owner masks it in the client role). Returns 0,
+    /* Writes one frame (the owner masks it in the client role); rsv is
+     * DX_RSV1 on the first frame of a compressed message, else 0. Returns 0,
      * DX_ELIMIT (refused by the owner's queue limit: data is not sent, a
      * pong is dropped and counted), DX_ENOMEM or DX_ERANDOM. */
-    int (*put)(dx__session *s, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len);
+    int (*put)(dx__session *s, int kind, unsigned opcode, bool fin, unsigned rsv, const uint8_t *data,
+               size_t len);
 } dx__session_cfg;
 
 struct dx__session {
     const dx__session_cfg *cfg;
     dx_frame_decoder dec;
     struct dx__rxbuf *rx;  /* received message bytes (then a split control payload), or NULL */
+    dx__pmd *pmd;          /* permessage-deflate state when negotiated (owned), else NULL */
     uint64_t rx_fragments; /* frames of the open received message */
     uint64_t rx_payload;   /* its payload bytes, the current frame's included */
     dx_utf8 rx_utf8;       /* received text message */
@@ -70,6 +74,7 @@ struct dx__session {
     uint8_t tx_opcode;     /* TEXT/BINARY while an outgoing fragmented message is open */
     uint8_t ctl_len;       /* bytes of a split control payload after the message bytes */
     uint32_t pongs_dropped;
+    bool rx_z;             /* the received message is compressed (RSV1 on its first frame) */
     bool hold;             /* set by the owner from a handler: dx__session_recv_ex stops after it */
 };
 
@@ -85,6 +90,11 @@ static inline size_t dx__session_rx_len(const dx__session *s) { return s->rx ? s
 
 /* Starts a session in state OPEN; rsv_allowed: extension-negotiated bits. */
 void dx__session_init(dx__session *s, const dx__session_cfg *cfg, unsigned rsv_allowed);
+
+/* Hands the session its permessage-deflate state (owned from now on, freed
+ * by dx__session_deinit) and allows RSV1 on first frames (§6 of RFC 7692).
+ * Call right after dx__session_init, before any byte is received. */
+void dx__session_set_pmd(dx__session *s, dx__pmd *pmd);
 
 /* Frees the receive buffer. The session must not be used afterwards but
  * dx__session_init may start it again. */
@@ -103,6 +113,9 @@ int dx__session_recv_ex(dx__session *s, uint8_t *data, size_t len, size_t *used)
  * 0 sends a whole message (fin ignored). Limits of the owner come back from
  * put as DX_ELIMIT. */
 int dx__session_send(dx__session *s, int opcode, const void *data, size_t len, int fragment, int fin);
+/* A whole message whose text was validated already (a dx_msg): compressed
+ * when permessage-deflate says so, like dx__session_send. */
+int dx__session_send_valid(dx__session *s, int opcode, const void *data, size_t len);
 int dx__session_control(dx__session *s, unsigned opcode, const void *data, size_t len);
 int dx__session_close(dx__session *s, unsigned code, const char *reason, size_t reason_len);
 

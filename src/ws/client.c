@@ -101,6 +101,7 @@ struct dx_client {
     char why[512];
     bool has_why;
     char key[25];
+    char ext_offer[192];   /* the permessage-deflate offer, when opt.deflate.enable */
     dx_list queue;
     size_t q_msgs, q_bytes;
     dx_client_stats st;
@@ -267,6 +268,15 @@ static dx_client *client_new(dx_loop *loop, const dx_client_options *o, int *err
         goto fail;
     cl->ep.next_id = 1;
     dx__ws_session_cfg(&cl->ep, DX_ROLE_CLIENT);
+    cl->ep.opt.deflate = o->deflate;
+    if (!dx__deflate_options_valid(&o->deflate))
+        goto fail;
+    if (o->deflate.enable && dx__pmd_client_offer(&o->deflate, cl->ext_offer, sizeof cl->ext_offer) < 0)
+        goto fail;
+    e = DX_ENOMEM;
+    if (dx__ep_deflate_start(&cl->ep))
+        goto fail;
+    e = DX_EINVAL;
     cl->wsopts = (dx_ws_client_opts){
         .host = cl->url.host,
         .port = cl->url.default_port ? 0 : cl->url.port,
@@ -277,6 +287,7 @@ static dx_client *client_new(dx_loop *loop, const dx_client_options *o, int *err
         .origin = cl->opt.origin,
         .headers = cl->xheaders,
         .n_headers = o->n_headers,
+        .extensions = o->deflate.enable ? cl->ext_offer : NULL,
     };
     /* Catch bad subprotocols/headers now rather than at every attempt. */
     char probe[8192], key[25];
@@ -291,6 +302,7 @@ static dx_client *client_new(dx_loop *loop, const dx_client_options *o, int *err
 fail:
     if (cl) {
         dx__tls_ctx_free(cl->tls);
+        dx__pmd_ctx_free(cl->ep.pmd);
         dx__free(loop->seams, cl->strings);
         dx__free(loop->seams, cl);
     }
@@ -901,6 +913,26 @@ void dx__client_response(dx_conn *c, const dx_http_response *resp)
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, what);
         return;
     }
+    /* RFC 7692 §7.1: a response we cannot accept fails the connection.
+     * dx__ws_client_check let through only extensions we offered, each
+     * once: here only permessage-deflate. */
+    for (size_t i = 0; i < nexts && cl->ep.pmd; i++) {
+        dx__pmd_params p;
+        const char *why = NULL;
+        if (dx__pmd_client_accept(&cl->opt.deflate, &exts[i], &p, &why)) {
+            char what[256];
+            snprintf(what, sizeof what, "handshake failed: %s: permessage-deflate response: %s",
+                     dx_strerror(DX_EEXTENSION), why);
+            cl->last_err = DX_EEXTENSION;
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, what);
+            return;
+        }
+        if (!(c->s.pmd = dx__pmd_new(cl->ep.pmd, DX_ROLE_CLIENT, &p))) {
+            cl->last_err = DX_ENOMEM;
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
+            return;
+        }
+    }
     if (proto) {
         c->protocol = dx__alloc(c->ep->loop->seams, plen + 1);
         if (c->protocol) {
@@ -1052,6 +1084,7 @@ static void client_release(dx_loop *loop, dx__deferred *d)
     if (cl->addrs)
         freeaddrinfo(cl->addrs);
     dx__tls_ctx_free(cl->tls);
+    dx__pmd_ctx_free(cl->ep.pmd); /* after its connections: they were released first */
     dx__free(loop->seams, cl->strings);
     dx__free(loop->seams, cl);
 }

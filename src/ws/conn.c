@@ -259,6 +259,8 @@ static void conn_release(dx_loop *loop, dx_conn *c)
     const dx_seams *seams = loop->seams;
     if (c->s.cfg)
         dx__session_deinit(&c->s); /* a trailing partial message's buffer too */
+    else
+        dx__pmd_free(c->s.pmd); /* negotiated, never opened */
     dx__free(seams, c->head);
     dx__free(seams, c->protocol);
     dx__free(seams, c);
@@ -548,8 +550,16 @@ static void refuse(dx_conn *c, int status, const char *extra, const char *why)
  * DX_ECLOSED when the connection was refused (500) or dropped. */
 static int write_101(dx_conn *c, const dx_ws_request *ws, char *protocol, void *user)
 {
-    char resp[512];
-    int n = dx__ws_server_response(resp, sizeof resp, ws, protocol, NULL, NULL);
+    char resp[640], ext[128];
+    const char *exts = NULL;
+    if (c->s.pmd) {
+        const dx__pmd_params *p = dx__pmd_params_of(c->s.pmd);
+        /* The element chosen at the head (negotiate_deflate), written again
+         * from the parameters. */
+        if (dx__pmd_response(p, ext, sizeof ext) > 0)
+            exts = ext;
+    }
+    int n = dx__ws_server_response(resp, sizeof resp, ws, protocol, exts, NULL);
     if (n < 0) {
         dx__free(c->ep->loop->seams, protocol);
         refuse(c, 500, NULL, "cannot build the response");
@@ -557,8 +567,9 @@ static int write_101(dx_conn *c, const dx_ws_request *ws, char *protocol, void *
     }
     c->protocol = protocol;
     c->user = user;
-    dx__log(LOG(c), DX_LOG_INFO, "conn=%llu open remote=%s path=%.*s protocol=%s", (unsigned long long)c->id,
-            REMOTE(c).s, (int)ws->path_len, ws->path, c->protocol ? c->protocol : "-");
+    dx__log(LOG(c), DX_LOG_INFO, "conn=%llu open remote=%s path=%.*s protocol=%s%s%s", (unsigned long long)c->id,
+            REMOTE(c).s, (int)ws->path_len, ws->path, c->protocol ? c->protocol : "-", exts ? " extensions=" : "",
+            exts ? exts : "");
     if (dx__conn_write(c, resp, (size_t)n) || c->state == CS_DEAD)
         return DX_ECLOSED;
     return 0;
@@ -604,6 +615,111 @@ void dx__conn_upgrade_refuse(dx_conn *c, int status, const char *headers, const 
     refuse(c, status, headers, why);
 }
 
+/* ---- permessage-deflate ------------------------------------------------------ */
+
+bool dx__deflate_options_valid(const dx_deflate_options *o)
+{
+    unsigned sb = o->server_max_window_bits, cb = o->client_max_window_bits;
+    return (sb == 0 || (sb >= 8 && sb <= 15)) && (cb == 0 || (cb >= 8 && cb <= 15)) && o->level >= 0 &&
+           o->level <= 9 && o->mem_level >= 0 && o->mem_level <= 9;
+}
+
+int dx__ep_deflate_start(dx__ep *ep)
+{
+    if (!ep->opt.deflate.enable)
+        return 0;
+    ep->pmd = dx__pmd_ctx_new(ep->loop->seams, &ep->opt.deflate);
+    return ep->pmd ? 0 : DX_ENOMEM;
+}
+
+void dx__ep_deflate_stats(const dx__ep *ep, dx_server_stats *st)
+{
+    if (!ep->pmd)
+        return;
+    const dx__pmd_stats *z = dx__pmd_ctx_stats(ep->pmd);
+    st->deflate_messages_out = z->msgs_out;
+    st->deflate_bytes_raw = z->raw_out;
+    st->deflate_bytes_wire = z->wire_out;
+    st->inflate_messages_in = z->msgs_in;
+    st->inflate_bytes_wire = z->wire_in;
+    st->inflate_bytes_raw = z->raw_in;
+    st->deflate_mem = dx__pmd_ctx_mem(ep->pmd);
+}
+
+/*
+ * The server's half of RFC 7692 §7 for the offers in the request: the
+ * first acceptable one wins (declined ones are logged at debug). The memory
+ * budget decides how much state the connection may hold:
+ *  - what zlib holds now plus a connection that keeps both contexts
+ *    (its own compressor and decompressor, at the windows negotiated) fits
+ *    in mem_budget: the client's parameters (and our options) apply;
+ *  - it does not fit, but what zlib holds now does: the answer carries both
+ *    no_context_takeover parameters, so an idle connection holds nothing
+ *    (shared compressor and decompressor; a message split across reads
+ *    holds a decompressor only until it ends): counted in deflate_downgrades;
+ *  - zlib already holds mem_budget or more: no compression for this
+ *    connection (deflate_refused).
+ */
+static void negotiate_deflate(dx_conn *c, const dx_ws_request *ws)
+{
+    dx__ep *ep = c->ep;
+    if (!ep->pmd || !ws->n_exts)
+        return;
+    const dx_deflate_options *o = &ep->opt.deflate;
+    size_t budget = o->mem_budget ? o->mem_budget : DX_PMD_DEFAULT_MEM_BUDGET;
+    size_t used = dx__pmd_ctx_mem(ep->pmd);
+    size_t reserved = dx__pmd_ctx_reserved(ep->pmd);
+    dx__pmd_params p;
+    char resp[128];
+    const char *why = NULL;
+    if (!dx__pmd_server_accept(o, ws->exts, ws->n_exts, false, &p, resp, sizeof resp, &why)) {
+        if (why)
+            dx__log(LOG(c), DX_LOG_DEBUG, "conn=%llu permessage-deflate offer declined remote=%s: %s",
+                    (unsigned long long)c->id, REMOTE(c).s, why);
+        return;
+    }
+    if (used >= budget) {
+        ep->st.deflate_refused++;
+        dx__log(LOG(c), DX_LOG_DEBUG,
+                "conn=%llu permessage-deflate declined remote=%s: zlib memory %zu >= mem_budget %zu",
+                (unsigned long long)c->id, REMOTE(c).s, used, budget);
+        return;
+    }
+    size_t cost = 0;
+    if (!p.server_nct)
+        cost += dx__pmd_deflate_cost(p.server_bits, dx__pmd_ctx_mem_level(ep->pmd));
+    if (!p.client_nct)
+        cost += dx__pmd_inflate_cost(p.client_bits);
+    if (cost && (reserved + cost > budget || used + cost > budget)) {
+        (void)dx__pmd_server_accept(o, ws->exts, ws->n_exts, true, &p, resp, sizeof resp, &why);
+        ep->st.deflate_downgrades++;
+        dx__log(LOG(c), DX_LOG_DEBUG,
+                "conn=%llu permessage-deflate without context takeover remote=%s: zlib memory %zu (reserved "
+                "%zu) + %zu > mem_budget %zu",
+                (unsigned long long)c->id, REMOTE(c).s, used, reserved, cost, budget);
+        cost = 0;
+    }
+    /* Before the 101 (and before the application decides): without the
+     * memory the extension is simply not accepted. */
+    c->s.pmd = dx__pmd_new(ep->pmd, DX_ROLE_SERVER, &p);
+    if (c->s.pmd)
+        dx__pmd_reserve(c->s.pmd, cost);
+}
+
+int dx_conn_deflate(const dx_conn *c, dx_deflate_info *out)
+{
+    if (!c || !c->s.cfg || !c->s.pmd)
+        return 0;
+    if (out) {
+        const dx__pmd_params *p = dx__pmd_params_of(c->s.pmd);
+        *out = (dx_deflate_info){.server_no_context_takeover = p->server_nct,
+                                 .client_no_context_takeover = p->client_nct,
+                                 .server_max_window_bits = p->server_bits,
+                                 .client_max_window_bits = p->client_bits};
+    }
+    return 1;
+}
+
 /* A complete request head arrived: answer plain HTTP, refuse a bad upgrade,
  * ask the application (now or later: upgrade.c), and accept it. */
 static void handle_head(dx_conn *c, const dx_http_request *req)
@@ -617,6 +733,7 @@ static void handle_head(dx_conn *c, const dx_http_request *req)
         refuse(c, status, dx__ws_error_headers(rc), dx_strerror(rc));
         return;
     }
+    negotiate_deflate(c, &ws);
     dx__decision d;
     int how = dx__upgrade_decide(c, req, &ws, &d);
     if (c->state == CS_DEAD) {
@@ -649,7 +766,9 @@ static void handle_head(dx_conn *c, const dx_http_request *req)
 void dx__conn_opened(dx_conn *c)
 {
     dx__ep *ep = c->ep;
+    dx__pmd *pmd = c->s.pmd; /* negotiated during the handshake (or NULL) */
     dx__session_init(&c->s, &ep->scfg, 0);
+    dx__session_set_pmd(&c->s, pmd);
     c->state = CS_OPEN;
     c->flags |= CF_OPENED;
     c->opened_tick = c->last_rx_tick = (uint32_t)ep->loop->tick;
@@ -1101,7 +1220,25 @@ int dx_conn_send_msg(dx_conn *c, dx_msg *m)
     size_t hl;
     dx_rcbuf *frame = dx__msg_frame(m, &opcode, &hl);
     size_t len = dx_rcbuf_len(frame) - hl;
-    int rc = dx__conn_put_frame(c, DX__PUT_DATA, opcode, true, dx_rcbuf_data(frame) + hl, len, frame);
+    int rc;
+    unsigned bits;
+    if (c->s.pmd && dx__pmd_want_compress(c->s.pmd, len)) {
+        /* Compressed: once per message and window for connections that keep
+         * no context (server role: the frame is shared unmasked), else per
+         * connection through the session. */
+        dx_rcbuf *z = NULL;
+        if (!c->ep->cl && dx__pmd_tx_stateless(c->s.pmd, &bits))
+            z = dx__msg_zframe(m, c->ep->pmd, bits);
+        if (z) {
+            size_t zhl = dx__msg_zframe_hl(z);
+            rc = dx__conn_put_frame(c, DX__PUT_DATA, opcode, true, DX_RSV1, dx_rcbuf_data(z) + zhl,
+                                    dx_rcbuf_len(z) - zhl, z);
+        } else {
+            rc = dx__session_send_valid(&c->s, (int)opcode, dx_rcbuf_data(frame) + hl, len);
+        }
+    } else {
+        rc = dx__conn_put_frame(c, DX__PUT_DATA, opcode, true, 0, dx_rcbuf_data(frame) + hl, len, frame);
+    }
     after_session(c);
     return rc;
 }

@@ -461,8 +461,8 @@ int dx__conn_write(dx_conn *c, const void *data, size_t len)
 /* One frame out. Server frames go out unmasked, `frame` (when given: the
  * whole frame, encoded once) by reference; client frames are masked with a
  * fresh key from the loop's pool (RFC 6455 §5.3), so they are copied. */
-int dx__conn_put_frame(dx_conn *c, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len,
-                     dx_rcbuf *frame)
+int dx__conn_put_frame(dx_conn *c, int kind, unsigned opcode, bool fin, unsigned rsv, const uint8_t *data,
+                       size_t len, dx_rcbuf *frame)
 {
     dx__ep *ep = c->ep;
     if (c->state == CS_DEAD)
@@ -474,7 +474,7 @@ int dx__conn_put_frame(dx_conn *c, int kind, unsigned opcode, bool fin, const ui
     uint8_t hdr[DX_FRAME_HEADER_MAX];
     bool shared = frame && !masked; /* the header was encoded once, with the frame */
     size_t hl = shared ? dx_rcbuf_len(frame) - len
-                       : dx__frame_header_write(hdr, opcode, fin, 0, len, masked ? key : NULL);
+                       : dx__frame_header_write(hdr, opcode, fin, rsv, len, masked ? key : NULL);
     size_t total = hl + len;
     /* The cap applies to what waits in the queue because the kernel refused
      * it: a frame larger than send_max still goes out when nothing waits,
@@ -498,7 +498,7 @@ int dx__conn_put_frame(dx_conn *c, int kind, unsigned opcode, bool fin, const ui
         ep->st.messages_out++;
     }
     if (ep->opt.cb.on_frame)
-        ep->opt.cb.on_frame(c, '>', opcode, fin, 0, len, masked, data, len < 16 ? len : 16, ep->opt.ud);
+        ep->opt.cb.on_frame(c, '>', opcode, fin, rsv, len, masked, data, len < 16 ? len : 16, ep->opt.ud);
     if (c->state == CS_DEAD)
         return DX_ECLOSED; /* the trace freed its endpoint: the transport is closed */
     if (shared)
@@ -507,7 +507,8 @@ int dx__conn_put_frame(dx_conn *c, int kind, unsigned opcode, bool fin, const ui
 }
 
 /* Session output: one frame. */
-int dx__conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len)
+int dx__conn_put(dx__session *s, int kind, unsigned opcode, bool fin, unsigned rsv, const uint8_t *data,
+                 size_t len)
 {
-    return dx__conn_put_frame((dx_conn *)(void *)s, kind, opcode, fin, data, len, NULL);
+    return dx__conn_put_frame((dx_conn *)(void *)s, kind, opcode, fin, rsv, data, len, NULL);
 }

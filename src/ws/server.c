@@ -161,6 +161,12 @@ static dx_server *server_new(dx_loop *loop, const dx_server_options *opt, int *e
     srv->ep.opt.tls = NULL; /* not kept: the context holds what it needs */
     srv->ep.srv = srv;
     dx__ws_session_cfg(&srv->ep, DX_ROLE_SERVER);
+    if (!dx__deflate_options_valid(&opt->deflate)) {
+        e = DX_EINVAL;
+        goto fail;
+    }
+    if (dx__ep_deflate_start(&srv->ep))
+        goto fail;
     if (err)
         *err = 0;
     return srv;
@@ -384,7 +390,11 @@ int dx_server_start(dx_server *srv)
 
 unsigned dx_server_port(const dx_server *srv) { return srv->port; }
 size_t dx_server_connections(const dx_server *srv) { return srv->ep.nconns; }
-void dx_server_stats_get(const dx_server *srv, dx_server_stats *out) { *out = srv->ep.st; }
+void dx_server_stats_get(const dx_server *srv, dx_server_stats *out)
+{
+    *out = srv->ep.st;
+    dx__ep_deflate_stats(&srv->ep, out);
+}
 
 static void close_listener(dx_server *srv)
 {
@@ -438,6 +448,7 @@ static void server_release(dx_loop *loop, dx__deferred *d)
     const dx_seams *seams = loop->seams;
     dx__ipcount_free(&srv->ipc, seams);
     dx__tls_ctx_free(srv->tls);
+    dx__pmd_ctx_free(srv->ep.pmd); /* after its connections: they were released first */
     dx__free(seams, srv->host);
     dx__free(seams, srv->unix_path);
     dx__free(seams, srv->static_root);

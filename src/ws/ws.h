@@ -75,6 +75,9 @@ typedef struct dx__ep {
      * the log line of the answer); NULL otherwise. */
     const struct dx_http_request *http_req;
     const struct dx_conn *http_conn;
+    /* permessage-deflate: what the endpoint's connections share (zlib
+     * settings, memory account, shared streams); NULL when off. */
+    dx__pmd_ctx *pmd;
 } dx__ep;
 
 /* ---- the send queue -------------------------------------------------------
@@ -163,12 +166,13 @@ typedef struct dx__http dx__http;
 
 /* send.c: the send queue. */
 /* Session output: one frame (the session's `put`). */
-int dx__conn_put(dx__session *s, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len);
+int dx__conn_put(dx__session *s, int kind, unsigned opcode, bool fin, unsigned rsv, const uint8_t *data,
+                 size_t len);
 /* One frame out; `frame` (when given) is the whole frame encoded once,
  * queued by reference. 0, DX_ECLOSED, DX_ELIMIT (slow consumer: 1008 sent),
  * DX_ENOMEM, DX_ERANDOM. */
-int dx__conn_put_frame(dx_conn *c, int kind, unsigned opcode, bool fin, const uint8_t *data, size_t len,
-                       dx_rcbuf *frame);
+int dx__conn_put_frame(dx_conn *c, int kind, unsigned opcode, bool fin, unsigned rsv, const uint8_t *data,
+                       size_t len, dx_rcbuf *frame);
 /* Gives the queue back (references released) and leaves the pending list. */
 void dx__wq_release(dx_conn *c);
 /* After a write: empty queue released (a draining connection sends FIN);
@@ -277,6 +281,16 @@ void dx__conn_want_write(dx_conn *c, bool on);
 /* msg.c: the frame a dx_msg holds (header then payload), its opcode and
  * header length. */
 dx_rcbuf *dx__msg_frame(const dx_msg *m, unsigned *opcode, size_t *hl);
+/* msg.c: the message's frame compressed with no context and window `bits`
+ * (9-15), RSV1 set, built on first use with ctx's shared compressor and
+ * kept with the message (borrowed: valid while the caller holds m; queue it
+ * by reference). NULL when it cannot be built (no memory): compress per
+ * connection instead. Thread-safe. */
+dx_rcbuf *dx__msg_zframe(dx_msg *m, dx__pmd_ctx *ctx, unsigned bits);
+/* The message's reference count (tests). */
+size_t dx__msg_refs(const dx_msg *m);
+/* Header bytes of such a frame. */
+size_t dx__msg_zframe_hl(const dx_rcbuf *z);
 
 /* server.c: fills zero options with their defaults. */
 void dx__options_defaults(dx_server_options *o);
@@ -344,6 +358,14 @@ void dx__upgrade_detach(struct dx_upgrade *h);
  * Refuse answers `status` and closes. Neither fires a callback. */
 int dx__conn_upgrade_accept(dx_conn *c, const dx_ws_request *ws, char *protocol, void *user);
 void dx__conn_upgrade_refuse(dx_conn *c, int status, const char *headers, const char *why);
+
+/* conn.c: permessage-deflate. dx__ep_deflate_start makes ep->pmd when
+ * opt.deflate.enable is set (0 or DX_ENOMEM); dx__ep_deflate_stats adds its
+ * counters to *st. */
+int dx__ep_deflate_start(dx__ep *ep);
+/* The deflate options are usable: windows 0 or 8-15, level 0-9, mem_level 0-9. */
+bool dx__deflate_options_valid(const dx_deflate_options *o);
+void dx__ep_deflate_stats(const dx__ep *ep, dx_server_stats *st);
 
 /* conn.c: the session configuration shared by a server's connections. */
 void dx__ws_session_cfg(dx__ep *ep, int role);

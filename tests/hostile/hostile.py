@@ -220,9 +220,9 @@ class Conn:
         self.lport = sock.getsockname()[1]
 
     @classmethod
-    def open(cls, port, path="/echo", **kw):
+    def open(cls, port, path="/echo", extra=(), **kw):
         c = cls(connect(port, **kw))
-        c.handshake(path)
+        c.headers = c.handshake(path, extra)
         return c
 
     def local_port(self):
@@ -250,18 +250,21 @@ class Conn:
             hdrs[k.strip().lower()] = v.strip()
         return int(parts[1]), hdrs, head
 
-    def handshake(self, path="/echo"):
-        req, key = request(path)
+    def handshake(self, path="/echo", extra=()):
+        """Upgrades with the extra header lines given; returns the 101's headers (lowercased names)."""
+        req, key = request(path, extra=extra)
         self.sock.sendall(req)
         status, hdrs, head = self.read_head()
         check(status == 101, "handshake: expected 101, got %d: %r" % (status, head))
         check(hdrs.get("sec-websocket-accept") == accept_for(key), "handshake: bad Sec-WebSocket-Accept")
+        return hdrs
 
     def read_frame(self):
         """Returns (fin, opcode, payload). Server frames must be unmasked."""
         while len(self.buf) < 2:
             self._fill()
         b0, b1 = self.buf[0], self.buf[1]
+        self.last_rsv = (b0 >> 4) & 7  # RSV1 = 4 (permessage-deflate), RSV2 = 2, RSV3 = 1
         check(not (b1 & 0x80), "server sent a masked frame")
         n = b1 & 0x7F
         pos = 2

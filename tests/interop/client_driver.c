@@ -18,12 +18,27 @@
  *       message containing TEXT (and error CODE, e.g. -22 for DX_ETLS), and
  *       never to open.
  *
+ * With --deflate PARAMS (echo mode; tests/interop/deflate_peers.py) the
+ * client offers permessage-deflate with those extension parameters
+ * ("" for none: dx_deflate_options_parse) and --expect-deflate says what must
+ * come of it: "refused" (the peer answers the offer with an HTTP error: the
+ * attempt fails through on_error and never opens, as in error mode), "none"
+ * (opens without the extension), "on" (negotiated, every parameter at its
+ * default) or the parameters the response must carry ("server_no_context_takeover;
+ * client_max_window_bits=12"). Then also: what dx_conn_deflate() reports
+ * matches; the peer's own view agrees (the peer's deflate echo server
+ * answers the text "negotiated?" with the parameters it accepted, as JSON);
+ * every size is also echoed as compressible binary; the peer's data
+ * frames came with RSV1 (compressed) and ours went with RSV1 when
+ * negotiated, none either way when not.
+ *
  * Output: "plan N", then one "ok - L: NAME" or "not ok - L: NAME: WHY" per
  * case. Exit status 0 only if every case passed. Bounded: a watchdog stops
  * the loop after --timeout seconds (default 60) and fails what is left.
  */
 #define _GNU_SOURCE
 #include "duplex/client.h"
+#include "duplex/deflate.h"
 #include "duplex/duplex.h"
 #include "duplex/server.h"
 
@@ -40,6 +55,10 @@ static const size_t SIZES[] = {0, 125, 126, 65535, 65536, 4u << 20};
 #define NSIZES (sizeof SIZES / sizeof *SIZES)
 /* text and binary of each size, a fragmented reply, ping, close, masking */
 #define ECHO_PLAN (2 * NSIZES + 4)
+/* with --deflate: compressible binary of each size too; negotiated as
+ * expected, the peer agrees, RSV1 both ways */
+#define DEFLATE_PLAN (NSIZES + 3)
+#define NEGOTIATED_ASK "negotiated?"
 /* The peer's echo servers answer this text with "alpha-", "beta-", "gamma"
  * as one message in three frames (text, continuation, continuation). */
 #define FRAG_ASK "fragment-me"
@@ -53,7 +72,16 @@ typedef struct drv {
     const char *want;
     int want_err; /* 0: any */
     /* echo progress */
-    size_t step;  /* index into 2*NSIZES: even text, odd binary */
+    size_t step;  /* index into nkinds*NSIZES: text, random binary, compressible binary */
+    size_t nkinds; /* 2, or 3 with --deflate */
+    /* permessage-deflate */
+    int deflate;              /* offered */
+    int want_deflate;         /* 1: negotiated as want_info, 0: not */
+    dx_deflate_info want_info;
+    int asked_peer;           /* 0 not yet, 1 waiting for the answer to NEGOTIATED_ASK, 2 done */
+    dx_deflate_info got_info;
+    int got_deflate;
+    unsigned rsv1_in, rsv1_out, data_in, data_out;
     uint8_t *expect;
     size_t expect_len;
     int expect_op;
@@ -91,14 +119,25 @@ static void notok(drv *d, const char *name, const char *fmt, ...)
     fflush(stdout);
 }
 
-/* Message k: text (valid UTF-8, multi-byte) when k is even, binary when odd. */
-static uint8_t *make_msg(size_t k, size_t *len, int *op)
+/* Message k of nkinds per size: kind 0 text (valid UTF-8, multi-byte), 1
+ * random binary, 2 compressible binary (JSON-like records). */
+static uint8_t *make_msg(size_t k, size_t nkinds, size_t *len, int *op)
 {
-    size_t n = SIZES[k / 2];
+    size_t n = SIZES[k / nkinds];
     uint8_t *p = malloc(n ? n : 1);
     if (!p)
         return NULL;
-    if (k % 2 == 0) {
+    if (k % nkinds == 2) {
+        size_t i = 0;
+        for (unsigned rec = 0; i < n; rec++) {
+            char line[96];
+            int w = snprintf(line, sizeof line, "{\"id\":%u,\"user\":\"user-%u\",\"ok\":%s},", rec, rec % 97,
+                             rec % 3 ? "true" : "false");
+            for (int j = 0; j < w && i < n; j++)
+                p[i++] = (uint8_t)line[j];
+        }
+        *op = DX_OP_BINARY;
+    } else if (k % nkinds == 0) {
         /* "é" (2 bytes) repeated, an ASCII letter to fill an odd length */
         for (size_t i = 0; i + 1 < n; i += 2) {
             p[i] = 0xc3;
@@ -121,18 +160,66 @@ static uint8_t *make_msg(size_t k, size_t *len, int *op)
     return p;
 }
 
-static void case_name(size_t k, char *buf, size_t cap)
+static void case_name(const drv *d, size_t k, char *buf, size_t cap)
 {
-    snprintf(buf, cap, "echo %s of %zu bytes", k % 2 == 0 ? "text" : "binary", SIZES[k / 2]);
+    static const char *const kinds[] = {"text", "binary", "compressible binary"};
+    snprintf(buf, cap, "echo %s of %zu bytes", kinds[k % d->nkinds], SIZES[k / d->nkinds]);
+}
+
+static void params_of(const dx_deflate_info *i, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "server_no_context_takeover=%d client_no_context_takeover=%d server_max_window_bits=%u "
+                       "client_max_window_bits=%u",
+             i->server_no_context_takeover, i->client_no_context_takeover, i->server_max_window_bits,
+             i->client_max_window_bits);
+}
+
+static int same_info(const dx_deflate_info *a, const dx_deflate_info *b)
+{
+    return !a->server_no_context_takeover == !b->server_no_context_takeover &&
+           !a->client_no_context_takeover == !b->client_no_context_takeover &&
+           a->server_max_window_bits == b->server_max_window_bits &&
+           a->client_max_window_bits == b->client_max_window_bits;
+}
+
+/* The peer's JSON answer to NEGOTIATED_ASK ({"server_no_context_takeover":true,
+ * "client_max_window_bits":12} or null) as a dx_deflate_info; the window
+ * bits not named are 15 (RFC 7692 section 7.1.2). Returns 0 for null. */
+static int peer_info(const uint8_t *data, size_t len, dx_deflate_info *out)
+{
+    char buf[512];
+    size_t n = len < sizeof buf - 1 ? len : sizeof buf - 1;
+    memcpy(buf, data, n);
+    buf[n] = 0;
+    if (strncmp(buf, "null", 4) == 0)
+        return 0;
+    *out = (dx_deflate_info){.server_max_window_bits = 15, .client_max_window_bits = 15};
+    out->server_no_context_takeover = strstr(buf, "\"server_no_context_takeover\"") != NULL;
+    out->client_no_context_takeover = strstr(buf, "\"client_no_context_takeover\"") != NULL;
+    const char *p = strstr(buf, "\"server_max_window_bits\":");
+    if (p)
+        out->server_max_window_bits = (unsigned)atoi(p + strlen("\"server_max_window_bits\":"));
+    p = strstr(buf, "\"client_max_window_bits\":");
+    if (p && p[strlen("\"client_max_window_bits\":")] != 't') /* true: no value, 15 */
+        out->client_max_window_bits = (unsigned)atoi(p + strlen("\"client_max_window_bits\":"));
+    return 1;
 }
 
 static void send_next(drv *d)
 {
-    while (d->step < 2 * NSIZES) {
+    if (d->deflate && !d->asked_peer) {
+        d->asked_peer = 1;
+        int rc = dx_client_send(d->cl, DX_OP_TEXT, NEGOTIATED_ASK, strlen(NEGOTIATED_ASK));
+        if (rc == 0)
+            return;
+        d->asked_peer = 2;
+        notok(d, "the peer agrees on the parameters", "dx_client_send: %s", dx_strerror(rc));
+    }
+    while (d->step < d->nkinds * NSIZES) {
         free(d->expect);
-        d->expect = make_msg(d->step, &d->expect_len, &d->expect_op);
+        d->expect = make_msg(d->step, d->nkinds, &d->expect_len, &d->expect_op);
         char name[64];
-        case_name(d->step, name, sizeof name);
+        case_name(d, d->step, name, sizeof name);
         if (!d->expect) {
             notok(d, name, "out of memory");
             d->step++;
@@ -175,13 +262,26 @@ static void send_next(drv *d)
 
 static void on_open(dx_conn *c, void *ud)
 {
-    (void)c;
     drv *d = ud;
     d->opened = 1;
     if (!d->mode_echo) {
         notok(d, "connection refused with an error", "the connection opened");
         dx_client_close(d->cl, 1000, NULL, 0);
         return;
+    }
+    if (d->deflate) {
+        d->got_deflate = dx_conn_deflate(c, &d->got_info);
+        char got[200], want[200];
+        params_of(&d->got_info, got, sizeof got);
+        params_of(&d->want_info, want, sizeof want);
+        printf("# %s: dx_conn_deflate: %d %s\n", d->label, d->got_deflate, d->got_deflate ? got : "");
+        const char *name = "negotiated as expected (dx_conn_deflate)";
+        if (d->got_deflate != d->want_deflate)
+            notok(d, name, "dx_conn_deflate says %d, expected %d", d->got_deflate, d->want_deflate);
+        else if (d->want_deflate && !same_info(&d->got_info, &d->want_info))
+            notok(d, name, "got %s, expected %s", got, want);
+        else
+            ok(d, name);
     }
     send_next(d);
 }
@@ -190,6 +290,27 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
 {
     (void)c;
     drv *d = ud;
+    if (d->mode_echo && d->asked_peer == 1) {
+        d->asked_peer = 2;
+        const char *name = "the peer agrees on the parameters";
+        dx_deflate_info peer;
+        int has = opcode == DX_OP_TEXT && peer_info(data, len, &peer);
+        char a[200], b[200];
+        if (has)
+            params_of(&peer, a, sizeof a);
+        params_of(&d->got_info, b, sizeof b);
+        if (opcode != DX_OP_TEXT)
+            notok(d, name, "the answer to \"%s\" came with opcode %d", NEGOTIATED_ASK, opcode);
+        else if (has != d->got_deflate)
+            notok(d, name, "peer says %.*s, we say %s", (int)(len > 200 ? 200 : len), data,
+                  d->got_deflate ? b : "not negotiated");
+        else if (has && !same_info(&peer, &d->got_info))
+            notok(d, name, "peer: %s; us: %s", a, b);
+        else
+            ok(d, name);
+        send_next(d);
+        return;
+    }
     if (d->mode_echo && d->frag == 1) {
         d->frag = 2;
         const char *name = "fragmented message reassembled";
@@ -202,12 +323,12 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
         send_next(d);
         return;
     }
-    if (!d->mode_echo || d->step >= 2 * NSIZES || !d->expect) {
+    if (!d->mode_echo || d->step >= d->nkinds * NSIZES || !d->expect) {
         notok(d, "no unexpected messages", "got a message (opcode %d, %zu bytes) nobody asked for", opcode, len);
         return;
     }
     char name[64];
-    case_name(d->step, name, sizeof name);
+    case_name(d, d->step, name, sizeof name);
     if (opcode != d->expect_op)
         notok(d, name, "got opcode %d, sent %d", opcode, d->expect_op);
     else if (len != d->expect_len)
@@ -223,14 +344,19 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
 static void on_frame(dx_conn *c, int dir, unsigned opcode, int fin, unsigned rsv, uint64_t len, int masked,
                      const uint8_t *head, size_t head_len, void *ud)
 {
-    (void)c, (void)fin, (void)rsv, (void)len;
+    (void)c, (void)fin, (void)len;
     drv *d = ud;
+    unsigned data = opcode == DX_OP_TEXT || opcode == DX_OP_BINARY;
     if (dir == '>') {
         d->out_frames++;
         d->out_unmasked += !masked;
+        d->data_out += data;
+        d->rsv1_out += data && (rsv & DX_RSV1);
     } else {
         d->in_masked += masked != 0;
         d->cont_in += opcode == DX_OP_CONT;
+        d->data_in += data;
+        d->rsv1_in += data && (rsv & DX_RSV1);
     }
     if (dir == '<' && opcode == DX_OP_PONG && d->pinged && !d->ponged) {
         d->ponged = 1;
@@ -315,7 +441,8 @@ static void *watch(void *p)
 static int usage(void)
 {
     fprintf(stderr, "usage: client_driver echo|error URL [--ca FILE] [--insecure] [--want TEXT] [--err CODE]\n"
-                    "                     [--label L] [--timeout SECONDS]\n");
+                    "                     [--label L] [--timeout SECONDS]\n"
+                    "                     [--deflate PARAMS --expect-deflate refused|none|on|PARAMS]\n");
     return 2;
 }
 
@@ -332,6 +459,7 @@ int main(int argc, char **argv)
     const char *ca = NULL;
     int insecure = 0;
     unsigned timeout = 60;
+    const char *deflate = NULL, *expect_deflate = NULL;
     for (int i = 3; i < argc; i++) {
         if (strcmp(argv[i], "--insecure") == 0)
             insecure = 1;
@@ -345,12 +473,46 @@ int main(int argc, char **argv)
             d.label = argv[++i];
         else if (i + 1 < argc && strcmp(argv[i], "--timeout") == 0)
             timeout = (unsigned)atoi(argv[++i]);
+        else if (i + 1 < argc && strcmp(argv[i], "--deflate") == 0)
+            deflate = argv[++i];
+        else if (i + 1 < argc && strcmp(argv[i], "--expect-deflate") == 0)
+            expect_deflate = argv[++i];
         else
             return usage();
     }
+    dx_deflate_options dopt = {0};
+    d.nkinds = 2;
+    if (deflate) {
+        if (!d.mode_echo || !expect_deflate)
+            return usage();
+        if (dx_deflate_options_parse(&dopt, deflate) != 0) {
+            fprintf(stderr, "client_driver: bad --deflate parameters \"%s\"\n", deflate);
+            return 2;
+        }
+        if (strcmp(expect_deflate, "refused") == 0) {
+            d.mode_echo = 0; /* the attempt must fail: error mode */
+            d.want = "";
+        } else if (strcmp(expect_deflate, "none") != 0) {
+            dx_deflate_options w = {0};
+            if (dx_deflate_options_parse(&w, strcmp(expect_deflate, "on") == 0 ? "" : expect_deflate) != 0) {
+                fprintf(stderr, "client_driver: bad --expect-deflate \"%s\"\n", expect_deflate);
+                return 2;
+            }
+            d.want_deflate = 1;
+            d.want_info = (dx_deflate_info){
+                .server_no_context_takeover = w.server_no_context_takeover,
+                .client_no_context_takeover = w.client_no_context_takeover,
+                .server_max_window_bits = w.server_max_window_bits ? w.server_max_window_bits : 15,
+                .client_max_window_bits = w.client_max_window_bits ? w.client_max_window_bits : 15,
+            };
+        }
+        d.deflate = d.mode_echo;
+        if (d.deflate)
+            d.nkinds = 3;
+    }
     if (!d.mode_echo && !d.want)
         return usage();
-    int plan = d.mode_echo ? (int)ECHO_PLAN : 2;
+    int plan = d.mode_echo ? (int)(ECHO_PLAN + (d.deflate ? DEFLATE_PLAN : 0)) : 2;
     printf("plan %d\n", plan);
     fflush(stdout);
 
@@ -372,6 +534,7 @@ int main(int argc, char **argv)
         .cb = {.on_open = on_open, .on_message = on_message, .on_close = on_close, .on_error = on_error,
                .on_done = on_done, .on_frame = on_frame},
         .ud = &d,
+        .deflate = dopt,
     };
     d.cl = dx_client_new(d.loop, &o, &err);
     if (!d.cl) {
@@ -406,6 +569,19 @@ int main(int argc, char **argv)
         else
             notok(&d, "client frames masked, server frames not", "%u unmasked sent of %u, %u masked received",
                   d.out_unmasked, d.out_frames, d.in_masked);
+        if (d.deflate) {
+            /* negotiated: the peers compress every message (threshold 0) and so do we
+             * for messages of min_size (64) bytes and more; not: no RSV1 at all */
+            const char *name = d.got_deflate ? "RSV1 (compressed) on data frames both ways"
+                                             : "no RSV1 on any data frame (no extension)";
+            printf("# %s: data frames in %u (RSV1 %u), out %u (RSV1 %u)\n", d.label, d.data_in, d.rsv1_in,
+                   d.data_out, d.rsv1_out);
+            if (d.got_deflate ? d.rsv1_in > 0 && d.rsv1_out > 0 : d.rsv1_in + d.rsv1_out == 0)
+                ok(&d, name);
+            else
+                notok(&d, name, "data frames in %u (RSV1 %u), out %u (RSV1 %u)", d.data_in, d.rsv1_in, d.data_out,
+                      d.rsv1_out);
+        }
     } else {
         if (!d.opened && d.done)
             ok(&d, "never opens, on_done follows");

@@ -492,6 +492,8 @@ static void cl_new(int slot)
     snprintf(url, sizeof url, "%s://127.0.0.1:%u/c%dg%u", H.tls ? "wss" : "ws", H.port, slot, ci->gen);
     dx_client_options o = {.url = url, .insecure = 1, .close_timeout_ms = 300, .connect_timeout_ms = 1000,
                            .send_max = 65536, .ud = ci};
+    o.deflate.enable = chance(75);
+    o.deflate.client_no_context_takeover = chance(50);
     o.cb.on_open = c_open;
     o.cb.on_message = c_message;
     o.cb.on_close = c_close;

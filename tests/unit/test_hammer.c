@@ -262,6 +262,12 @@ static void start_server(void)
     dx_server_options o = {.host = "127.0.0.1", .port = DX_PORT_EPHEMERAL, .close_timeout_ms = 300,
                            .handshake_timeout_ms = 2000, .send_high_water = 2048, .send_max = 16384,
                            .max_message = 65536, .ud = &H};
+    /* permessage-deflate on most servers, in both takeover modes, with a
+     * budget that downgrades some connections (docs/deflate.md). */
+    o.deflate.enable = chance(75);
+    o.deflate.server_no_context_takeover = chance(50);
+    o.deflate.min_size = 1 + hx_pick(&H.rng, 200);
+    o.deflate.mem_budget = chance(30) ? 600 * 1024 : 0;
     o.cb.on_open = s_open;
     o.cb.on_message = s_message;
     o.cb.on_pong = s_pong;
@@ -400,6 +406,10 @@ static void new_client(void)
     dx_client_options o = {.url = url, .reconnect = chance(50), .backoff_base_ms = 1, .backoff_cap_ms = 1,
                            .max_attempts = 3, .close_timeout_ms = 300, .connect_timeout_ms = 2000,
                            .queue_max_messages = chance(50) ? 8 : 0, .ud = h};
+    o.deflate.enable = chance(75);
+    o.deflate.client_no_context_takeover = chance(50);
+    o.deflate.server_max_window_bits = chance(30) ? 8 + hx_pick(&H.rng, 8) : 0;
+    o.deflate.min_size = 1 + hx_pick(&H.rng, 200);
     o.cb.on_open = c_open;
     o.cb.on_message = c_message;
     o.cb.on_close = c_close;

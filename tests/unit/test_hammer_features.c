@@ -529,6 +529,11 @@ static void start_server(void)
                            .idle_timeout_ms = chance(50) ? 1500 : 0,
                            .max_conns_per_ip = chance(30) ? 40 : 0, /* refusals (503, TCP close) in between */
                            .max_handshaking = chance(30) ? 16 : 0, .ud = &H};
+    /* permessage-deflate on most servers: compress-once fan-out to
+     * no-context-takeover connections, per connection otherwise. */
+    o.deflate.enable = chance(75);
+    o.deflate.server_no_context_takeover = chance(50);
+    o.deflate.min_size = 1 + pick(200);
     dx_tls_cert cert = {H.crt, H.key};
     if (H.tls) {
         o.tls = &cert;
