@@ -772,7 +772,7 @@ int dx_deflate_server_accept(const dx_deflate_options *o, const char *offers, ch
     size_t n = 0;
     if (dx__ws_ext_parse(offers, strlen(offers), exts, DX_WS_DEFAULT_MAX_EXTS, &n))
         return DX_EEXTENSION;
-    char r[128];
+    char r[DX__PMD_RESPONSE_MAX];
     dx__pmd_params p;
     if (!dx__pmd_server_accept(o, exts, n, false, &p, r, sizeof r, NULL))
         return 0;

@@ -55,6 +55,10 @@ typedef struct dx__pmd_params {
 
 enum { DX_PMD_NAME_SBITS = 1, DX_PMD_NAME_CBITS = 2 };
 
+/* Room for any response element: the longest, with all four parameters and
+ * two-digit windows, is 128 characters plus the NUL. */
+#define DX__PMD_RESPONSE_MAX 160
+
 /* ---- negotiation -------------------------------------------------------- */
 
 /*
@@ -64,7 +68,7 @@ enum { DX_PMD_NAME_SBITS = 1, DX_PMD_NAME_CBITS = 2 };
  * declined and the next one is tried). `force_nct`: answer with both
  * no_context_takeover parameters whatever `o` says (the memory budget).
  * Returns 1 with *out set and the response element written to resp
- * (NUL-terminated; 128 bytes suffice), 0 when no offer is acceptable (why,
+ * (NUL-terminated; DX__PMD_RESPONSE_MAX bytes suffice), 0 when no offer is acceptable (why,
  * if not NULL, gets a static text naming the last reason, NULL when the
  * client offered no permessage-deflate at all).
  */

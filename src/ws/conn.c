@@ -550,7 +550,7 @@ static void refuse(dx_conn *c, int status, const char *extra, const char *why)
  * DX_ECLOSED when the connection was refused (500) or dropped. */
 static int write_101(dx_conn *c, const dx_ws_request *ws, char *protocol, void *user)
 {
-    char resp[640], ext[128];
+    char resp[640], ext[DX__PMD_RESPONSE_MAX];
     const char *exts = NULL;
     if (c->s.pmd) {
         const dx__pmd_params *p = dx__pmd_params_of(c->s.pmd);
@@ -670,7 +670,7 @@ static void negotiate_deflate(dx_conn *c, const dx_ws_request *ws)
     size_t used = dx__pmd_ctx_mem(ep->pmd);
     size_t reserved = dx__pmd_ctx_reserved(ep->pmd);
     dx__pmd_params p;
-    char resp[128];
+    char resp[DX__PMD_RESPONSE_MAX];
     const char *why = NULL;
     if (!dx__pmd_server_accept(o, ws->exts, ws->n_exts, false, &p, resp, sizeof resp, &why)) {
         if (why)
@@ -691,7 +691,12 @@ static void negotiate_deflate(dx_conn *c, const dx_ws_request *ws)
     if (!p.client_nct)
         cost += dx__pmd_inflate_cost(p.client_bits);
     if (cost && (reserved + cost > budget || used + cost > budget)) {
-        (void)dx__pmd_server_accept(o, ws->exts, ws->n_exts, true, &p, resp, sizeof resp, &why);
+        if (!dx__pmd_server_accept(o, ws->exts, ws->n_exts, true, &p, resp, sizeof resp, &why)) {
+            ep->st.deflate_refused++; /* no acceptable offer without context takeover: none at all */
+            dx__log(LOG(c), DX_LOG_DEBUG, "conn=%llu permessage-deflate declined remote=%s: over mem_budget, %s",
+                    (unsigned long long)c->id, REMOTE(c).s, why ? why : "no offer without context takeover");
+            return;
+        }
         ep->st.deflate_downgrades++;
         dx__log(LOG(c), DX_LOG_DEBUG,
                 "conn=%llu permessage-deflate without context takeover remote=%s: zlib memory %zu (reserved "

@@ -19,6 +19,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -519,8 +520,11 @@ try {
     let acks = 0;
     p.on('message', (d) => { if (JSON.parse(d).op === 'ack') acks++; });
     const busy = G.evaluate(() => { const t = Date.now(); while (Date.now() - t < 4000); });
-    const pad = 'x'.repeat(2000);
-    for (let i = 1; i <= 3000; i++) p.send(JSON.stringify({ op: 'pub', id: i, topic: 'flood', data: { i, pad } }));
+    // random base64: permessage-deflate (on by default in serve) cannot shrink it
+    for (let i = 1; i <= 3000; i++) {
+      const pad = randomBytes(1500).toString('base64');
+      p.send(JSON.stringify({ op: 'pub', id: i, topic: 'flood', data: { i, pad } }));
+    }
     await busy;
     await G.waitForFunction(() => window.flood.last === 3000, null, { timeout: 20000 });
     const f = await G.evaluate(() => ({ ...window.flood, client: undefined, state: window.flood.client.state }));
