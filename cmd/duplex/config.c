@@ -1077,8 +1077,7 @@ int cfg_parse_args(serve_args *a, int argc, char **argv)
             f->val = (f->r->fl & R_NOARG) ? "true" : optarg;
             f->name = name;
         } else {
-            fprintf(stderr, "serve: see duplex serve --help\n");
-            return CLI_USAGE;
+            return -1; /* getopt said why; the caller prints the usage */
         }
     }
     if (optind < argc) {
@@ -1309,6 +1308,8 @@ static void fmt_source(const serve_config *c, const row *r, char *buf, size_t le
 {
     size_t i = row_index(r);
     char env[64];
+    if (!r->flag && r->kind == K_SEQ && c->src[i] > CFG_SRC_FILE)
+        r = find_row("listen.tls[].cert"); /* the only list with a flag: its certificates' */
     switch (c->src[i]) {
     case CFG_SRC_FILE: snprintf(buf, len, "file %s:%u", c->file, c->line[i]); break;
     case CFG_SRC_ENV:

@@ -60,7 +60,8 @@ typedef struct serve_args {
 } serve_args;
 
 /* Parses argv (flags only: a value's check happens in cfg_build). Returns
- * 0, or CLI_USAGE after a message on stderr. */
+ * 0, CLI_USAGE after a message on stderr, or -1 for an unknown option or a
+ * missing value (getopt's message printed; the caller adds the usage). */
 int cfg_parse_args(serve_args *a, int argc, char **argv);
 void cfg_args_free(serve_args *a);
 

@@ -393,8 +393,12 @@ int cmd_serve(int argc, char **argv)
     a->log.sink = cli_log_sink;
     a->log.ud = &a->log_format;
     int rc = cfg_parse_args(&a->args, argc, argv);
-    if (rc)
-        return rc;
+    if (rc) {
+        if (rc < 0)
+            usage(stderr);
+        cfg_args_free(&a->args);
+        return CLI_USAGE;
+    }
     if (a->args.help || a->args.help_config) {
         if (a->args.help)
             usage(stdout);
