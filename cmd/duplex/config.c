@@ -1304,6 +1304,16 @@ static void fmt_value(const row *r, const void *base, char *buf, size_t len)
     }
 }
 
+/* The value as --check-config prints it: a key left at its default shows
+ * the default as documented. */
+static void fmt_effective(const serve_config *c, const row *r, char *buf, size_t len)
+{
+    if (c->src[row_index(r)] == CFG_SRC_DEFAULT && r->where != W_APP)
+        snprintf(buf, len, "%s", r->def);
+    else
+        fmt_value(r, row_base((serve_config *)c, r), buf, len);
+}
+
 static void fmt_source(const serve_config *c, const row *r, char *buf, size_t len)
 {
     size_t i = row_index(r);
@@ -1380,10 +1390,7 @@ void cfg_print(const serve_config *c, FILE *f)
                 fprintf(f, "%s[%zu]: \"%s\"\n", r->key, k, c->origins[k]);
             continue;
         }
-        if (c->src[i] == CFG_SRC_DEFAULT && r->where != W_APP)
-            snprintf(v, sizeof v, "%s", r->def);
-        else
-            fmt_value(r, row_base((serve_config *)c, r), v, sizeof v);
+        fmt_effective(c, r, v, sizeof v);
         fprintf(f, "%s: %s%s  # %s\n", r->key, v, r->kind == K_FILE && c->src[i] ? " (file)" : "", src);
     }
 }
@@ -1433,8 +1440,8 @@ size_t cfg_restart_diffs(const serve_config *old, const serve_config *neu,
         if ((r->fl & R_RELOAD) || r->kind == K_SEQ || r->kind == K_LIST || strchr(r->key, '['))
             continue;
         char a[256], b[256];
-        fmt_value(r, row_base((serve_config *)old, r), a, sizeof a);
-        fmt_value(r, row_base((serve_config *)neu, r), b, sizeof b);
+        fmt_effective(old, r, a, sizeof a);
+        fmt_effective(neu, r, b, sizeof b);
         if (strcmp(a, b)) {
             note(ud, r->key, r->kind == K_SECRET ? "(secret)" : a, r->kind == K_SECRET ? "(secret)" : b);
             n++;
