@@ -436,6 +436,10 @@ static void metrics(gw_worker *k, dx_http_req *req)
     }
     P("duplex_publish_latency_seconds_sum %.9f\n", (double)SUM(lat_sum_ns) / 1e9);
     P("duplex_publish_latency_seconds_count %llu\n", (unsigned long long)SUM(lat_count));
+    P("# HELP duplex_config_reloads_total Policy reloads (dx_gateway_reload, SIGHUP in duplex serve): applied, or "
+      "refused with the old policy kept.\n# TYPE duplex_config_reloads_total counter\n");
+    P("duplex_config_reloads_total{result=\"applied\"} %llu\n", (unsigned long long)atomic_load(&gw->reloads[0]));
+    P("duplex_config_reloads_total{result=\"refused\"} %llu\n", (unsigned long long)atomic_load(&gw->reloads[1]));
     P("# HELP duplex_workers Worker threads.\n# TYPE duplex_workers gauge\nduplex_workers %u\n", gw->n);
 #undef P
     if (rc)

@@ -17,7 +17,8 @@ echoes without pause while the test:
   5. reloads a file with an unknown key (refused), then one that changes
      gateway.max_subs: "needs a restart", the rest (API key) applied;
   6. five SIGHUPs in a row.
-Then every connection must still be open, none lost an echo (each message
+/metrics counts the applied reloads (duplex_config_reloads_total). Then
+every connection must still be open, none lost an echo (each message
 is checked in order), and the server exits 0 on SIGTERM.
 """
 import asyncio
@@ -76,6 +77,11 @@ def api_status(port, key):
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
+
+
+def get_metrics(port):
+    with urllib.request.urlopen("https://127.0.0.1:%d/metrics" % port, timeout=10, context=client_ctx()) as r:
+        return r.read().decode()
 
 
 def write_config(path, cert, key, api_key, extra=""):
@@ -219,6 +225,10 @@ async def main_async(binary, websockets):
         await wait_log(srv, r"serve: reload %d done" % reloads, 1)
     await progressed()
 
+    metrics = await blocking(get_metrics, port)
+    check('duplex_config_reloads_total{result="applied"} %d' % reloads in metrics,
+          "duplex_config_reloads_total does not count %d applied reloads:\n%s"
+          % (reloads, "\n".join(l for l in metrics.splitlines() if "reload" in l)))
     stop.set()
     await asyncio.gather(*tasks)
     check(not errors, "errors on live connections: %s" % errors[:5])
