@@ -239,7 +239,7 @@ async def main_async(binary, websockets):
         check(ws.open, "a connection was closed during the reloads")
     for ws in conns:
         await ws.close()
-    check(not srv.lines(r"AddressSanitizer|LeakSanitizer|runtime error"), "sanitizer report in the log")
+    check(not srv.lines(r"AddressSanitizer|LeakSanitizer|ThreadSanitizer|runtime error"), "sanitizer report in the log")
     srv.stop()
 
 
