@@ -2,7 +2,9 @@
  * cmd/duplex/serve.c: `duplex serve`: one loop and one server per worker
  * thread, all wired to one gateway (include/duplex/gateway.h: /ws, /sse,
  * /api/..., /metrics, /healthz, /echo), plus static files. This file only
- * turns options into settings; the gateway is in src/gateway.
+ * runs the settings that config.c builds from the configuration file, the
+ * DUPLEX_* environment and the flags (docs/configuration.md); the gateway
+ * is in src/gateway.
  *
  * Port sharing: the workers of one process share the port with SO_REUSEPORT
  * (each has its own listening socket). Before they bind, a probe socket
@@ -18,7 +20,9 @@
  * thread with sigwait: the workers stop accepting, send close 1012 to
  * gateway connections (SSE streams end) and 1001 to /echo ones, and stop once their connections are gone or the close timeout
  * (plus a second) has passed; the process exits 0. A second signal during
- * that wait exits at once with status 1.
+ * that wait exits at once with status 1. SIGHUP (the same sigwait) reloads
+ * the configuration (reload()): the gateway's policy and the TLS
+ * certificates, from the main thread, while the workers run.
  */
 #define _GNU_SOURCE
 #include "cli.h"
