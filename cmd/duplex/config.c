@@ -483,7 +483,9 @@ static int apply(build *b, const row *r, void *base, const char *key, const char
         if (r->kind == K_FILE) {
             if (S_ISDIR(st.st_mode))
                 return fail(b, o, key, "%s is a directory, expected a file", val);
-            int fd = open(val, O_RDONLY | O_CLOEXEC);
+            if (!S_ISREG(st.st_mode)) /* a FIFO or a device would block or never end */
+                return fail(b, o, key, "%s is not a regular file", val);
+            int fd = open(val, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
             if (fd < 0)
                 return fail(b, o, key, "cannot read %s: %s", val, strerror(errno));
             char byte;
