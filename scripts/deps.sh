@@ -4,7 +4,7 @@
 # is present (one dpkg-query per package).
 #
 #   scripts/deps.sh [run]   build and run: compiler, cmake, pkg-config, OpenSSL,
-#                           zlib (make, make run, make install)
+#                           zlib, libedit, jansson, libyaml (make, make run, make install)
 #   scripts/deps.sh test    run + what the tests need: cmocka, clang and the
 #                           sanitizer/fuzzer runtime of the installed clang,
 #                           Python websockets, Node.js + npm (and `npm ci` of
@@ -20,7 +20,7 @@ set -euo pipefail
 profile=${1:-run}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-run_pkgs=(build-essential cmake pkg-config libssl-dev zlib1g-dev libedit-dev libjansson-dev)
+run_pkgs=(build-essential cmake pkg-config libssl-dev zlib1g-dev libedit-dev libjansson-dev libyaml-dev)
 test_pkgs=(
   # unit tests, sanitizers and fuzzers (the runtime package is added below,
   # for the clang actually installed)

@@ -2,7 +2,9 @@
  * cmd/duplex/serve.c: `duplex serve`: one loop and one server per worker
  * thread, all wired to one gateway (include/duplex/gateway.h: /ws, /sse,
  * /api/..., /metrics, /healthz, /echo), plus static files. This file only
- * turns options into settings; the gateway is in src/gateway.
+ * runs the settings that config.c builds from the configuration file, the
+ * DUPLEX_* environment and the flags (docs/configuration.md); the gateway
+ * is in src/gateway.
  *
  * Port sharing: the workers of one process share the port with SO_REUSEPORT
  * (each has its own listening socket). Before they bind, a probe socket
@@ -18,10 +20,13 @@
  * thread with sigwait: the workers stop accepting, send close 1012 to
  * gateway connections (SSE streams end) and 1001 to /echo ones, and stop once their connections are gone or the close timeout
  * (plus a second) has passed; the process exits 0. A second signal during
- * that wait exits at once with status 1.
+ * that wait exits at once with status 1. SIGHUP (the same sigwait) reloads
+ * the configuration (reload()): the gateway's policy and the TLS
+ * certificates, from the main thread, while the workers run.
  */
 #define _GNU_SOURCE
 #include "cli.h"
+#include "config.h"
 #include "duplex/gateway.h"
 #include "duplex/server.h"
 
@@ -42,8 +47,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_CERTS 16
-
 typedef struct worker {
     int index;
     dx_loop *loop;
@@ -54,18 +57,23 @@ typedef struct worker {
 } worker;
 
 typedef struct app {
-    dx_server_options opt;
+    serve_args args;        /* the command line, read again by each reload */
+    serve_config cfg;       /* the configuration the process started with */
+    serve_config *last;     /* the last one a reload applied (NULL: none yet) */
+    dx_server_options opt;  /* working copies of cfg's, adjusted for the workers */
     dx_gateway_options gopt;
     dx_gateway *gw;
-    dx_tls_cert certs[MAX_CERTS];
     size_t ncerts;
     dx_log log;
     int log_format;
     unsigned workers;
+    unsigned reloads;
     atomic_bool stopping;
 } app;
 
 static app g_app; /* the process's configuration, set once before threads start */
+
+static int serve_run(app *a);
 
 static void usage(FILE *f)
 {
@@ -129,9 +137,30 @@ static void usage(FILE *f)
             "  --demo-interval T      ticker period [1s]\n"
             "  --log-level L          error|warn|info|debug [info]\n"
             "  --log-format F         text (timestamp level message) or json (one object per line) [text]\n"
+            "  --max-inflight N       publishes per connection awaiting sequencing before reading pauses [256]\n"
+            "policy (reloaded by SIGHUP; docs/configuration.md, docs/security.md):\n"
+            "  --api-keys-file F      file of 'name key' lines for /api/* (re-read on reload)\n"
+            "  --jwt-secret S | --jwt-key PEM | --jwks FILE   JWT authentication (one key source)\n"
+            "  --jwt-audience A, --jwt-issuer I, --jwt-leeway T [30s], --refresh-grace T [off],\n"
+            "  --token-cookie NAME, --anonymous on|off, --anonymous-publish on|off\n"
+            "  --origin O             allowed Origin (repeat; https://*.example.com for subdomains)\n"
+            "  --allow-no-origin on|off  requests without an Origin header [on]\n"
+            "  --conns-per-user N, --conns-per-ip N [1000], --handshakes-per-ip R [200], --handshake-burst N,\n"
+            "  --msg-rate R [1000], --msg-burst N, --rate-policy pause|refuse|close [pause],\n"
+            "  --max-topic BYTES [200], --max-api-body BYTES [--max-message]  ('off' where a limit can be off)\n"
+            "  --drain T              on shutdown, time given to queued messages [10s]\n"
+            "  --reconnect-hint T     retry delay sent in the 1012 close reason [2s]\n"
+            "configuration:\n"
+            "  --config FILE          YAML configuration file (or env DUPLEX_CONFIG); every key also has a flag\n"
+            "                         and an environment variable DUPLEX_<FLAG>: flag > env > file > default\n"
+            "  --check-config         print the effective configuration (secrets masked) and exit; exits 2 on\n"
+            "                         an unknown key or a bad value, naming file:line: key\n"
+            "  --help-config          every configuration key with its flag, variable, default and reloadability\n"
             "\n"
             "Once every worker listens, serve prints 'duplex: serving http://HOST:PORT/' on stdout.\n"
-            "A port another process listens on is refused (exit 1). The first SIGINT/SIGTERM closes\n"
+            "A port another process listens on is refused (exit 1). SIGHUP reloads the configuration (the\n"
+            "policy and the TLS certificates; a bad one is refused and the current one stays; keys that need\n"
+            "a restart keep their values). The first SIGINT/SIGTERM closes\n"
             "gateway connections with 1012 (/echo ones with 1001) and exits 0; a second one exits at\n"
             "once with status 1.\n"
             "  -h, --help             this text\n");
@@ -165,6 +194,95 @@ static void check_worker(void *arg)
     worker *w = arg;
     if (dx_server_connections(w->srv) == 0)
         dx_loop_stop(w->loop);
+}
+
+static void note_restart(void *ud, const char *key, const char *was, const char *now)
+{
+    app *a = ud;
+    cli_logf(&a->log, DX_LOG_WARN, "serve: reload: %s changed (%s -> %s): needs a restart; keeping %s", key, was,
+             now, was);
+}
+
+/* The configuration now in force (the start's or the last reload's). */
+static const serve_config *current(const app *a)
+{
+    return a->last ? a->last : &a->cfg;
+}
+
+/* SIGHUP, on the main thread: reads the configuration again (file,
+ * environment, the same flags). A bad one is refused with one log line and
+ * the current one stays. Keys that need a restart keep their old values
+ * (one warning each). The TLS certificates are swapped for new handshakes
+ * (dx_server_reload_tls), then the gateway's policy (dx_gateway_reload); if
+ * the gateway refuses the policy, the previous certificates are put back. */
+static void reload(app *a, worker *ws, unsigned n)
+{
+    char err[1024], why[512];
+    const serve_config *cur = current(a);
+    cli_logf(&a->log, DX_LOG_INFO, "serve: SIGHUP: reloading the configuration%s%s", cur->file ? " from " : "",
+             cur->file ? cur->file : " (no --config file: environment and flags)");
+    serve_config *nc = calloc(1, sizeof *nc);
+    if (!nc) {
+        cli_logf(&a->log, DX_LOG_ERROR, "serve: reload refused (out of memory); the current configuration stays");
+        return;
+    }
+    if (cfg_build(nc, &a->args, err, sizeof err)) {
+        cli_logf(&a->log, DX_LOG_ERROR, "serve: reload refused: %s; the current configuration stays", err);
+        goto refused;
+    }
+    (void)cfg_restart_diffs(&a->cfg, nc, note_restart, a);
+    bool tls = nc->ncerts && cur->ncerts;
+    if (nc->ncerts != 0 && cur->ncerts == 0)
+        cli_logf(&a->log, DX_LOG_WARN, "serve: reload: listen.tls: turning TLS on needs a restart; serving without");
+    else if (nc->ncerts == 0 && cur->ncerts != 0)
+        cli_logf(&a->log, DX_LOG_WARN,
+                 "serve: reload: listen.tls: turning TLS off needs a restart; keeping the current certificates");
+    for (unsigned i = 0; tls && i < n; i++) {
+        if (dx_server_reload_tls(ws[i].srv, nc->certs, nc->ncerts, why, sizeof why) != 0) {
+            cli_logf(&a->log, DX_LOG_ERROR, "serve: reload refused: listen.tls: %s; the current configuration stays",
+                     why);
+            for (unsigned j = 0; j < i; j++)
+                (void)dx_server_reload_tls(ws[j].srv, cur->certs, cur->ncerts, NULL, 0);
+            goto refused;
+        }
+    }
+    /* the policy part comes from the new configuration; the rest is not
+     * read by dx_gateway_reload */
+    dx_gateway_options go = a->gopt;
+    go.api_key = nc->go.api_key;
+    go.auth = nc->go.auth;
+    go.api_keys = nc->go.api_keys;
+    go.n_api_keys = nc->go.n_api_keys;
+    go.api_keys_file = nc->go.api_keys_file;
+    go.origins = nc->go.origins;
+    go.n_origins = nc->go.n_origins;
+    go.allow_no_origin = nc->go.allow_no_origin;
+    go.limits = nc->go.limits;
+    go.namespaces = nc->go.namespaces;
+    go.n_namespaces = nc->go.n_namespaces;
+    go.drain_ms = nc->go.drain_ms;
+    go.reconnect_hint_ms = nc->go.reconnect_hint_ms;
+    if (dx_gateway_reload(a->gw, &go, why, sizeof why) != 0) {
+        cli_logf(&a->log, DX_LOG_ERROR, "serve: reload refused: gateway policy: %s; the current configuration stays",
+                 why);
+        for (unsigned i = 0; tls && i < n; i++)
+            (void)dx_server_reload_tls(ws[i].srv, cur->certs, cur->ncerts, NULL, 0);
+        goto refused;
+    }
+    /* the gateway copied what it keeps; the previous reload's strings can go */
+    if (a->last) {
+        cfg_free(a->last);
+        free(a->last);
+    }
+    a->last = nc;
+    a->reloads++;
+    cli_logf(&a->log, DX_LOG_INFO,
+             "serve: reload %u done: gateway policy replaced for new connections and requests%s", a->reloads,
+             tls ? "; TLS certificates replaced for new handshakes" : "");
+    return;
+refused:
+    cfg_free(nc);
+    free(nc);
 }
 
 /* 0 when a plain bind (no SO_REUSEPORT) of the address the library will
@@ -279,233 +397,63 @@ static void raise_nofile(void)
             (unsigned long long)rl.rlim_cur, (unsigned long long)soft, (unsigned long long)rl.rlim_max);
 }
 
-enum {
-    O_HOST = 256, O_PORT, O_UNIX, O_WORKERS, O_CERT, O_KEY, O_STATIC, O_MAXHEAD, O_MAXHDRS, O_PERIP, O_MAXHS,
-    O_HTTPBODY, O_HTTPKA, O_HTTPREQS, O_APIKEY, O_HIST, O_HISTAGE, O_SLOW, O_SUBQ, O_MAXSUBS, O_SSEHB, O_DEMO,
-    O_DEMOINT
-};
-
 int cmd_serve(int argc, char **argv)
 {
-    static const struct option own[] = {
-        {"host", required_argument, 0, O_HOST},
-        {"port", required_argument, 0, O_PORT},
-        {"unix", required_argument, 0, O_UNIX},
-        {"workers", required_argument, 0, O_WORKERS},
-        {"tls-cert", required_argument, 0, O_CERT},
-        {"tls-key", required_argument, 0, O_KEY},
-        {"static", required_argument, 0, O_STATIC},
-        {"max-head", required_argument, 0, O_MAXHEAD},
-        {"max-headers", required_argument, 0, O_MAXHDRS},
-        {"max-conns-per-ip", required_argument, 0, O_PERIP},
-        {"max-handshaking", required_argument, 0, O_MAXHS},
-        {"max-http-body", required_argument, 0, O_HTTPBODY},
-        {"http-keepalive", required_argument, 0, O_HTTPKA},
-        {"http-max-requests", required_argument, 0, O_HTTPREQS},
-        {"api-key", required_argument, 0, O_APIKEY},
-        {"history", required_argument, 0, O_HIST},
-        {"history-age", required_argument, 0, O_HISTAGE},
-        {"slow-policy", required_argument, 0, O_SLOW},
-        {"sub-queue", required_argument, 0, O_SUBQ},
-        {"max-subs", required_argument, 0, O_MAXSUBS},
-        {"sse-heartbeat", required_argument, 0, O_SSEHB},
-        {"demo", no_argument, 0, O_DEMO},
-        {"demo-interval", required_argument, 0, O_DEMOINT},
-        {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0},
-    };
     app *a = &g_app;
     memset(a, 0, sizeof *a);
-    dx_server_options *o = &a->opt;
-    dx_gateway_options *g = &a->gopt;
     a->log.level = DX_LOG_INFO;
     a->log.sink = cli_log_sink;
     a->log.ud = &a->log_format;
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    a->workers = ncpu > 0 ? (unsigned)ncpu : 1;
-    const cli_common common = {
-        .prefix = "serve", .cmd = "serve",
-        .max_message = &o->max_message, .max_fragments = &o->max_fragments,
-        .send_max = &o->send_max, .send_high_water = &o->send_high_water,
-        .handshake_timeout_ms = &o->handshake_timeout_ms, .close_timeout_ms = &o->close_timeout_ms,
-        .idle_timeout_ms = &o->idle_timeout_ms, .ping_interval_ms = &o->ping_interval_ms,
-        .pong_timeout_ms = &o->pong_timeout_ms, .log_level = &a->log.level, .log_format = &a->log_format,
-        .deflate = &o->deflate, .deflate_min_size = &o->deflate.min_size,
-        .deflate_mem_budget = &o->deflate.mem_budget,
-    };
-    o->deflate.enable = 1; /* serve compresses by default; --no-deflate turns it off */
-    size_t nkeys = 0;
-    unsigned long v;
-    int ch;
-    const char *name;
-    optind = 1;
-    while ((ch = cli_getopt(&common, argc, argv, "h", own, &name)) != -1) {
-        switch (ch) {
-        case CLI_BAD:
-            return CLI_USAGE;
-        case 'h':
-            usage(stdout);
-            return 0;
-        case O_HOST:
-            o->host = optarg;
-            break;
-        case O_PORT:
-            if (cli_parse_uint(optarg, 1, 65535, &v))
-                return cli_bad_value(&common, name, optarg);
-            o->port = (unsigned)v;
-            break;
-        case O_UNIX:
-            o->unix_path = optarg;
-            break;
-        case O_WORKERS:
-            if (cli_parse_uint(optarg, 1, 256, &v))
-                return cli_bad_value(&common, name, optarg);
-            a->workers = (unsigned)v;
-            break;
-        case O_CERT:
-            if (a->ncerts == MAX_CERTS)
-                return cli_bad_value(&common, name, "more than 16 certificates");
-            a->certs[a->ncerts++].cert_file = optarg;
-            break;
-        case O_KEY:
-            if (nkeys == MAX_CERTS)
-                return cli_bad_value(&common, name, "more than 16 keys");
-            a->certs[nkeys++].key_file = optarg;
-            break;
-        case O_STATIC:
-            o->static_dir = optarg;
-            break;
-        case O_MAXHEAD:
-            if (cli_parse_size(optarg, &o->max_head) || o->max_head < 64 || o->max_head > (1u << 20))
-                return cli_bad_value(&common, name, optarg);
-            break;
-        case O_MAXHDRS:
-            if (cli_parse_uint(optarg, 1, 256, &v))
-                return cli_bad_value(&common, name, optarg);
-            o->max_headers = v;
-            break;
-        case O_PERIP:
-            if (strcmp(optarg, "off") == 0)
-                o->max_conns_per_ip = 0;
-            else if (cli_parse_uint(optarg, 1, 1u << 30, &v))
-                return cli_bad_value(&common, name, optarg);
-            else
-                o->max_conns_per_ip = v;
-            break;
-        case O_MAXHS:
-            if (strcmp(optarg, "off") == 0)
-                o->max_handshaking = (size_t)-1;
-            else if (cli_parse_uint(optarg, 1, 1u << 30, &v))
-                return cli_bad_value(&common, name, optarg);
-            else
-                o->max_handshaking = v;
-            break;
-        case O_HTTPBODY:
-            if (cli_parse_size(optarg, &o->max_http_body) || !o->max_http_body)
-                return cli_bad_value(&common, name, optarg);
-            break;
-        case O_HTTPKA:
-            if (cli_parse_ms(optarg, &o->http_keepalive_ms))
-                return cli_bad_value(&common, name, optarg);
-            if (o->http_keepalive_ms == 0)
-                o->http_keepalive_ms = (unsigned)-1; /* off */
-            break;
-        case O_HTTPREQS:
-            if (cli_parse_uint(optarg, 1, 1u << 30, &v))
-                return cli_bad_value(&common, name, optarg);
-            o->http_max_requests = (unsigned)v;
-            break;
-        case O_APIKEY:
-            if (!*optarg)
-                return cli_bad_value(&common, name, "an empty key");
-            g->api_key = optarg;
-            break;
-        case O_HIST:
-            if (cli_parse_uint(optarg, 0, 1u << 24, &v))
-                return cli_bad_value(&common, name, optarg);
-            g->history_count = v ? v : (size_t)-1;
-            break;
-        case O_HISTAGE: {
-            unsigned ms;
-            if (strcmp(optarg, "off") == 0)
-                g->history_age_ms = UINT64_MAX;
-            else if (cli_parse_ms(optarg, &ms) || ms == 0)
-                return cli_bad_value(&common, name, optarg);
-            else
-                g->history_age_ms = ms;
-            break;
-        }
-        case O_SLOW:
-            if (strcmp(optarg, "disconnect") == 0)
-                g->slow_policy = DX_GW_SLOW_DISCONNECT;
-            else if (strcmp(optarg, "drop-oldest") == 0)
-                g->slow_policy = DX_GW_SLOW_DROP_OLDEST;
-            else
-                return cli_bad_value(&common, name, optarg);
-            break;
-        case O_SUBQ:
-            if (cli_parse_size(optarg, &g->sub_queue) || g->sub_queue < 1024)
-                return cli_bad_value(&common, name, optarg);
-            break;
-        case O_MAXSUBS:
-            if (cli_parse_uint(optarg, 1, 100000, &v))
-                return cli_bad_value(&common, name, optarg);
-            g->max_subs = v;
-            break;
-        case O_SSEHB:
-            if (cli_parse_ms(optarg, &g->sse_heartbeat_ms) || !g->sse_heartbeat_ms)
-                return cli_bad_value(&common, name, optarg);
-            break;
-        case O_DEMO:
-            g->demo = 1;
-            break;
-        case O_DEMOINT:
-            if (cli_parse_ms(optarg, &g->demo_interval_ms) || !g->demo_interval_ms)
-                return cli_bad_value(&common, name, optarg);
-            break;
-        default:
+    int rc = cfg_parse_args(&a->args, argc, argv);
+    if (rc) {
+        if (rc < 0)
             usage(stderr);
-            return 2;
-        }
+        cfg_args_free(&a->args);
+        return CLI_USAGE;
     }
-    if (!g->api_key) {
-        const char *env = getenv("DUPLEX_API_KEY");
-        if (env && *env)
-            g->api_key = env;
+    if (a->args.help || a->args.help_config) {
+        if (a->args.help)
+            usage(stdout);
+        else
+            cfg_print_schema(stdout);
+        cfg_args_free(&a->args);
+        return 0;
     }
-    if (optind < argc) {
-        fprintf(stderr, "serve: unexpected argument '%s'\n", argv[optind]);
-        return 2;
+    char err[1024];
+    if (cfg_build(&a->cfg, &a->args, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        cfg_free(&a->cfg);
+        cfg_args_free(&a->args);
+        return CLI_USAGE;
     }
-    if (a->ncerts != nkeys) {
-        fprintf(stderr, "serve: --tls-cert and --tls-key must come in pairs (%zu certificates, %zu keys)\n",
-                a->ncerts, nkeys);
-        return 2;
+    if (a->args.check) {
+        cfg_print(&a->cfg, stdout);
+        cfg_free(&a->cfg);
+        cfg_args_free(&a->args);
+        return 0;
     }
-    /* Left 0 when not given: the gateway chooses them around its
-     * subscriber budget (docs/gateway.md "Configuration and defaults"). */
-    if (o->send_high_water && o->send_max && o->send_high_water > o->send_max) {
-        fprintf(stderr, "serve: --send-high-water must not exceed --send-max\n");
-        return 2;
+    rc = serve_run(a);
+    cfg_free(&a->cfg);
+    if (a->last) {
+        cfg_free(a->last);
+        free(a->last);
     }
-    if (o->static_dir) {
-        struct stat st;
-        if (stat(o->static_dir, &st) != 0) {
-            fprintf(stderr, "serve: --static %s: %s\n", o->static_dir, strerror(errno));
-            return 2;
-        }
-        if (!S_ISDIR(st.st_mode)) {
-            fprintf(stderr, "serve: --static %s is not a directory (give the directory that holds it)\n",
-                    o->static_dir);
-            return 2;
-        }
-    }
-    if (o->unix_path && o->host) {
-        fprintf(stderr, "serve: --unix and --host do not go together\n");
-        return 2;
-    }
-    o->tls = a->ncerts ? a->certs : NULL;
-    o->n_tls = a->ncerts;
+    cfg_args_free(&a->args);
+    return rc;
+}
+
+/* Runs the configuration a->cfg until a signal stops it. */
+static int serve_run(app *a)
+{
+    /* working copies: serve adjusts a few values for the workers */
+    a->opt = a->cfg.so;
+    a->gopt = a->cfg.go;
+    a->workers = a->cfg.workers;
+    a->log.level = a->cfg.log_level;
+    a->log_format = a->cfg.log_format;
+    a->ncerts = a->cfg.ncerts;
+    dx_server_options *o = &a->opt;
+    dx_gateway_options *g = &a->gopt;
     if (o->unix_path && a->workers > 1)
         a->workers = 1; /* one listener for a Unix socket */
     /* SO_REUSEPORT only between this process's workers, after the probe. */
@@ -522,6 +470,7 @@ int cmd_serve(int argc, char **argv)
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
     sigaddset(&set, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     raise_nofile();
@@ -610,7 +559,12 @@ int cmd_serve(int argc, char **argv)
     if (status == 0) {
         int sig = 0;
         sigdelset(&set, SIGPIPE);
-        sigwait(&set, &sig);
+        for (;;) {
+            sigwait(&set, &sig);
+            if (sig != SIGHUP)
+                break;
+            reload(a, ws, started);
+        }
         atomic_store(&a->stopping, true);
         cli_logf(&a->log, DX_LOG_INFO, "serve: %s: closing connections with 1012 (gateway) and 1001 (echo) (up to %u ms); again to exit now",
                  strsignal(sig), o->close_timeout_ms ? o->close_timeout_ms : 5000u);

@@ -446,6 +446,18 @@ DX_API size_t dx_server_connections(const dx_server *srv);
 
 DX_API void dx_server_stats_get(const dx_server *srv, dx_server_stats *out);
 
+/* Replaces the TLS certificates (and keys) of a server started with TLS,
+ * for the handshakes that start after it: the new contexts are built during
+ * the call (files read and checked here, on the caller's thread) and taken
+ * by the loop thread at its next accept. Connections already accepted keep
+ * the certificate they were accepted with. Callable from any thread while
+ * the server exists; fires no callback. Returns 0, DX_EINVAL (no
+ * certificate, or a server without TLS: turning TLS on needs a new server),
+ * DX_ETLS (a file unreadable, a key not matching) or DX_ENOMEM, with a
+ * one-line reason in why[0..why_len) (may be NULL); on error the current
+ * certificates stay. */
+DX_API int dx_server_reload_tls(dx_server *srv, const dx_tls_cert *certs, size_t n, char *why, size_t why_len);
+
 /* Frees the server; connections still open are dropped without callbacks
  * (those already closed but not yet reported are not reported either): no
  * callback of this server fires after the call returns. Streamed answers

@@ -455,6 +455,10 @@ static void metrics(gw_worker *k, dx_http_req *req)
     P("# HELP duplex_deflate_mem_bytes zlib memory held for permessage-deflate, all workers.\n"
       "# TYPE duplex_deflate_mem_bytes gauge\nduplex_deflate_mem_bytes %llu\n", PMD(GW_PMD_MEM));
 #undef PMD
+    P("# HELP duplex_config_reloads_total Policy reloads (dx_gateway_reload, SIGHUP in duplex serve): applied, or "
+      "refused with the old policy kept.\n# TYPE duplex_config_reloads_total counter\n");
+    P("duplex_config_reloads_total{result=\"applied\"} %llu\n", (unsigned long long)atomic_load(&gw->reloads[0]));
+    P("duplex_config_reloads_total{result=\"refused\"} %llu\n", (unsigned long long)atomic_load(&gw->reloads[1]));
     P("# HELP duplex_workers Worker threads.\n# TYPE duplex_workers gauge\nduplex_workers %u\n", gw->n);
 #undef P
     if (rc)

@@ -196,6 +196,7 @@ struct dx_gateway {
     dx__bus *bus;
     gw_worker *w;
     uint64_t start_ns;
+    _Atomic uint64_t reloads[2]; /* dx_gateway_reload calls: applied, refused (duplex_config_reloads_total) */
 };
 
 /* gateway.c */

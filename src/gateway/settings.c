@@ -201,8 +201,11 @@ int dx_gateway_reload_sized(dx_gateway *gw, const dx_gateway_options *opt, size_
     memset(&o, 0, sizeof o);
     memcpy(&o, opt, opt_size);
     gw_policy *p = gw_policy_new(&o, why, why_len);
-    if (!p)
+    if (!p) {
+        atomic_fetch_add_explicit(&gw->reloads[1], 1, memory_order_relaxed);
         return DX_EINVAL;
+    }
+    atomic_fetch_add_explicit(&gw->reloads[0], 1, memory_order_relaxed);
     pthread_mutex_lock(&gw->pol_mu);
     gw_policy *old = gw->pol;
     gw->pol = p;

@@ -11,6 +11,13 @@
  * connection is idle. Writes: up to 16 KiB of an iovec is coalesced into one
  * record; a write that blocked is retried with the same leading bytes, which
  * SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER permits.
+ *
+ * Certificate reload (dx_server_reload_tls): a server context is reference
+ * counted: its owner holds one reference and each accepted SSL another
+ * (kept in the SSL's ex_data, dropped by tls_close), because the SNI
+ * callback of a handshake still in progress reads the context's list. A
+ * swapped-out context thus lives until its last connection closes; the
+ * connections keep the certificate they were accepted with.
  */
 #define _GNU_SOURCE
 #include "net/transport.h"
@@ -18,6 +25,8 @@
 #include "core/seams.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -32,6 +41,7 @@
 
 struct dx__tls_ctx {
     int insecure; /* client contexts only */
+    atomic_uint refs; /* the owner's, plus one per server-side SSL made from it (dx__tls_accept) */
     size_t n;
     SSL_CTX *ctx[]; /* ctx[0] is the default */
 };
@@ -65,6 +75,14 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
     return SSL_TLSEXT_ERR_NOACK;
 }
 
+/* The SSL ex_data slot holding a server SSL's dx__tls_ctx reference. */
+static int ssl_ctx_idx = -1;
+static pthread_once_t ssl_ctx_once = PTHREAD_ONCE_INIT;
+static void ssl_ctx_idx_init(void)
+{
+    ssl_ctx_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
 static int sni_select(SSL *ssl, int *alert, void *arg)
 {
     (void)alert;
@@ -94,8 +112,14 @@ dx__tls_ctx *dx__tls_server_ctx_new(const dx_tls_cert *certs, size_t n, char *er
     if (!tc)
         return NULL;
     memset(tc, 0, sizeof *tc + n * sizeof(SSL_CTX *));
+    atomic_init(&tc->refs, 1);
     tc->n = n;
     *err = DX_ETLS;
+    pthread_once(&ssl_ctx_once, ssl_ctx_idx_init);
+    if (ssl_ctx_idx < 0) {
+        tls_errbuf(errbuf, errlen, "SSL_get_ex_new_index", NULL);
+        goto fail;
+    }
     for (size_t i = 0; i < n; i++) {
         SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
         if (!ctx) {
@@ -132,7 +156,7 @@ fail:
 
 void dx__tls_ctx_free(dx__tls_ctx *tc)
 {
-    if (!tc)
+    if (!tc || atomic_fetch_sub(&tc->refs, 1) != 1)
         return;
     for (size_t i = 0; i < tc->n; i++)
         SSL_CTX_free(tc->ctx[i]);
@@ -148,6 +172,11 @@ int dx__tls_accept(dx__tls_ctx *tc, dx__stream *s)
         SSL_free(ssl);
         return DX_ETLS;
     }
+    if (SSL_set_ex_data(ssl, ssl_ctx_idx, tc) != 1) {
+        SSL_free(ssl);
+        return DX_ENOMEM;
+    }
+    atomic_fetch_add(&tc->refs, 1); /* dropped by tls_close */
     SSL_set_accept_state(ssl);
     s->tls = ssl;
     s->t = &dx__tls_transport;
@@ -161,6 +190,7 @@ dx__tls_ctx *dx__tls_client_ctx_new(const char *ca_file, int insecure, char *err
     if (!tc)
         return NULL;
     memset(tc, 0, sizeof *tc + sizeof(SSL_CTX *));
+    atomic_init(&tc->refs, 1);
     tc->n = 1;
     tc->insecure = insecure;
     *err = DX_ETLS;
@@ -375,8 +405,11 @@ static int tls_pending(const dx__stream *s)
 
 static void tls_close(dx__stream *s)
 {
-    if (s->tls)
+    if (s->tls) {
+        dx__tls_ctx *tc = ssl_ctx_idx >= 0 ? SSL_get_ex_data(s->tls, ssl_ctx_idx) : NULL;
         SSL_free(s->tls);
+        dx__tls_ctx_free(tc); /* a server SSL's reference (client SSLs hold none) */
+    }
     s->tls = NULL;
     if (s->fd >= 0)
         close(s->fd);

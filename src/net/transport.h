@@ -61,6 +61,8 @@ extern const dx__transport dx__tls_transport;
 typedef struct dx__tls_ctx dx__tls_ctx;
 dx__tls_ctx *dx__tls_server_ctx_new(const dx_tls_cert *certs, size_t n, char *errbuf, size_t errlen,
                                     int *err);
+/* Drops the caller's reference: the context is freed once no SSL accepted
+ * from it remains (each holds a reference until its stream is closed). */
 void dx__tls_ctx_free(dx__tls_ctx *ctx);
 /* Starts a server-side TLS stream on s->fd. Returns 0 or DX_ENOMEM/DX_ETLS. */
 int dx__tls_accept(dx__tls_ctx *ctx, dx__stream *s);

@@ -1135,11 +1135,12 @@ dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state,
 dx_conn *dx__conn_new(dx_server *srv, int fd, const struct sockaddr *sa, socklen_t salen)
 {
     (void)salen;
-    dx_conn *c = dx__conn_open(&srv->ep, fd, sa, srv->tls ? CS_TLS : CS_HEAD, EPOLLIN | EPOLLRDHUP,
+    dx__tls_ctx *tls = dx__server_tls(srv);
+    dx_conn *c = dx__conn_open(&srv->ep, fd, sa, tls ? CS_TLS : CS_HEAD, EPOLLIN | EPOLLRDHUP,
                                srv->ep.opt.handshake_timeout_ms);
     if (!c)
         return NULL;
-    if (srv->tls && dx__tls_accept(srv->tls, &c->st)) {
+    if (tls && dx__tls_accept(tls, &c->st)) {
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, "cannot start TLS");
         return c; /* accepted and dropped: the fd is closed */
     }

@@ -35,6 +35,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -388,6 +389,42 @@ int dx_server_start(dx_server *srv)
     return 0;
 }
 
+dx__tls_ctx *dx__server_tls(dx_server *srv)
+{
+    if (atomic_load_explicit(&srv->tls_next, memory_order_relaxed)) {
+        dx__tls_ctx *next = atomic_exchange(&srv->tls_next, NULL);
+        if (next) {
+            dx__tls_ctx_free(srv->tls); /* lives on while connections accepted with it do */
+            srv->tls = next;
+        }
+    }
+    return srv->tls;
+}
+
+int dx_server_reload_tls(dx_server *srv, const dx_tls_cert *certs, size_t n, char *why, size_t why_len)
+{
+    char tmp[2];
+    if (!why || !why_len) {
+        why = tmp;
+        why_len = sizeof tmp;
+    }
+    why[0] = '\0';
+    if (!srv || !certs || n == 0) {
+        snprintf(why, why_len, "no certificate given");
+        return DX_EINVAL;
+    }
+    if (!srv->tls) {
+        snprintf(why, why_len, "the server was started without TLS (turning it on needs a restart)");
+        return DX_EINVAL;
+    }
+    int e;
+    dx__tls_ctx *tc = dx__tls_server_ctx_new(certs, n, why, why_len, &e);
+    if (!tc)
+        return e;
+    dx__tls_ctx_free(atomic_exchange(&srv->tls_next, tc)); /* one not taken yet is replaced */
+    return 0;
+}
+
 unsigned dx_server_port(const dx_server *srv) { return srv->port; }
 size_t dx_server_connections(const dx_server *srv) { return srv->ep.nconns; }
 void dx_server_stats_get(const dx_server *srv, dx_server_stats *out)
@@ -449,6 +486,7 @@ static void server_release(dx_loop *loop, dx__deferred *d)
     dx__ipcount_free(&srv->ipc, seams);
     dx__tls_ctx_free(srv->tls);
     dx__pmd_ctx_free(srv->ep.pmd); /* after its connections: they were released first */
+    dx__tls_ctx_free(atomic_exchange(&srv->tls_next, NULL));
     dx__free(seams, srv->host);
     dx__free(seams, srv->unix_path);
     dx__free(seams, srv->static_root);

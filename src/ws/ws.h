@@ -18,6 +18,7 @@
 #include "proto/session.h"
 #include "ws/ipcount.h"
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -230,7 +231,8 @@ struct dx_conn {
 struct dx_server {
     dx__ep ep;               /* first */
     char *host, *unix_path, *static_root;
-    dx__tls_ctx *tls;
+    dx__tls_ctx *tls;        /* the loop thread's; replaced by tls_next at the next accept */
+    _Atomic(dx__tls_ctx *) tls_next; /* dx_server_reload_tls's new context, from any thread */
     dx__io lio;
     dx__timer accept_timer;
     unsigned port;
@@ -248,6 +250,9 @@ struct dx_server {
  * when epoll refuses (the caller closes fd then). */
 dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state, uint32_t events,
                        unsigned timeout_ms);
+/* The server's TLS context for a new connection (NULL: plain TCP), after
+ * taking the one dx_server_reload_tls left, if any. Loop thread. */
+dx__tls_ctx *dx__server_tls(dx_server *srv);
 /* A server-side connection for an accepted fd (TLS started when configured). */
 dx_conn *dx__conn_new(dx_server *srv, int fd, const struct sockaddr *sa, socklen_t salen);
 /* Drops the connection (no close frame), reporting `code` if opened. Only

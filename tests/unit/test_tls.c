@@ -2,7 +2,8 @@
  * tests/unit/test_tls.c: src/net/tls.c — the TLS transport under a real
  * dx_server: certificate loading errors, SNI choosing among certificates,
  * ALPN, a WebSocket session (echo, large messages, close handshake) over
- * TLS, and a client that does not speak TLS.
+ * TLS, a client that does not speak TLS, and certificate reload
+ * (dx_server_reload_tls) with connections open and mid-handshake.
  *
  * Certificates are generated per run with the `openssl` command into a
  * temporary directory (EC P-256, self-signed; the client does not verify
@@ -249,10 +250,17 @@ static int tcp_connect(unsigned port)
 
 /* Connects with TLS, offering SNI `sni` (NULL: none) and ALPN http/1.1.
  * Returns the CN of the certificate the server chose. */
+static void tcl_open_fd(tcl *c, int fd, const char *sni, char *cn, size_t cn_cap, char *alpn, size_t alpn_cap);
 static void tcl_open(tcl *c, unsigned port, const char *sni, char *cn, size_t cn_cap, char *alpn, size_t alpn_cap)
 {
+    tcl_open_fd(c, tcp_connect(port), sni, cn, cn_cap, alpn, alpn_cap);
+}
+
+/* The same on a TCP connection already made. */
+static void tcl_open_fd(tcl *c, int fd, const char *sni, char *cn, size_t cn_cap, char *alpn, size_t alpn_cap)
+{
     memset(c, 0, sizeof *c);
-    c->fd = tcp_connect(port);
+    c->fd = fd;
     c->ctx = SSL_CTX_new(TLS_client_method());
     assert_non_null(c->ctx);
     SSL_CTX_set_verify(c->ctx, SSL_VERIFY_NONE, NULL);
@@ -618,6 +626,118 @@ static void test_plain_client_on_tls_port(void **state)
     assert_int_equal(atomic_load(&f->last_code), DX_CLOSE_ABNORMAL);
 }
 
+/* ---- certificate reload (dx_server_reload_tls) ---------------------------------------- */
+
+static _Atomic size_t g_nconns;
+static _Atomic int g_nconns_done;
+
+static void get_nconns(void *p)
+{
+    atomic_store(&g_nconns, dx_server_connections(((tfx *)p)->srv));
+    atomic_store(&g_nconns_done, 1);
+}
+
+/* Waits until the server counts `want` connections (accepted ones included). */
+static void wait_conns(tfx *f, size_t want)
+{
+    uint64_t t0 = dx_test_mono_ms();
+    for (;;) {
+        atomic_store(&g_nconns_done, 0);
+        assert_int_equal(dx_loop_post(f->loop, get_nconns, f), 0);
+        while (!atomic_load(&g_nconns_done)) {
+            assert_true(dx_test_mono_ms() - t0 < WAIT_MS);
+            usleep(1000);
+        }
+        if (atomic_load(&g_nconns) == want)
+            return;
+        assert_true(dx_test_mono_ms() - t0 < WAIT_MS);
+        usleep(2000);
+    }
+}
+
+static void expect_cn(tfx *f, const char *sni, const char *want)
+{
+    tcl c;
+    char cn[64], alpn[32];
+    tcl_open(&c, f->port, sni, cn, sizeof cn, alpn, sizeof alpn);
+    assert_string_equal(cn, want);
+    tcl_free(&c);
+}
+
+/* The certificates are swapped from this (non-loop) thread for the
+ * handshakes that start afterwards; an open connection and one accepted
+ * before the swap whose handshake (with its SNI callback) runs after it
+ * keep the old context, which is freed once they close (ASan: no leak, no
+ * use after free). Bad files are refused and the current certificates stay. */
+static void test_reload_tls(void **state)
+{
+    tfx *f = *state;
+    char cn[64], alpn[32], why[256];
+    tcl open_c;
+    tcl_open(&open_c, f->port, NULL, cn, sizeof cn, alpn, sizeof alpn);
+    assert_string_equal(cn, "a.test");
+    tcl_handshake(&open_c, f->port);
+    wait_atomic(&f->opens, 1);
+    int early = tcp_connect(f->port);
+    wait_conns(f, 2); /* accepted: its SSL exists, its handshake has not begun */
+
+    dx_tls_cert only_b[1] = {{g_crt[1], g_key[1]}};
+    assert_int_equal(dx_server_reload_tls(f->srv, only_b, 1, why, sizeof why), 0);
+    expect_cn(f, NULL, "b.test");
+    expect_cn(f, "a.test", "b.test"); /* a is gone from the new list */
+
+    /* the early connection's handshake runs on the old context: SNI a.test still finds a */
+    tcl e;
+    tcl_open_fd(&e, early, "a.test", cn, sizeof cn, alpn, sizeof alpn);
+    assert_string_equal(cn, "a.test");
+    tcl_handshake(&e, f->port);
+    tcl_frame(&e, DX_OP_TEXT, "early", 5);
+    tcl_expect(&e, DX_OP_TEXT, "early", 5);
+    /* the connection open before the reload carries on */
+    tcl_frame(&open_c, DX_OP_TEXT, "still", 5);
+    tcl_expect(&open_c, DX_OP_TEXT, "still", 5);
+
+    /* refused: a key that does not match, a missing file, nothing */
+    dx_tls_cert mismatch[1] = {{g_crt[1], g_key[0]}};
+    why[0] = 0;
+    assert_int_equal(dx_server_reload_tls(f->srv, mismatch, 1, why, sizeof why), DX_ETLS);
+    assert_non_null(strstr(why, "private key"));
+    dx_tls_cert missing[1] = {{"/nonexistent/x.crt", g_key[0]}};
+    assert_int_equal(dx_server_reload_tls(f->srv, missing, 1, why, sizeof why), DX_ETLS);
+    assert_non_null(strstr(why, "/nonexistent/x.crt"));
+    assert_int_equal(dx_server_reload_tls(f->srv, only_b, 0, NULL, 0), DX_EINVAL);
+    expect_cn(f, NULL, "b.test");
+
+    /* two swaps before any accept: the first, never used, is freed */
+    dx_tls_cert both[2] = {{g_crt[0], g_key[0]}, {g_crt[1], g_key[1]}};
+    assert_int_equal(dx_server_reload_tls(f->srv, only_b, 1, NULL, 0), 0);
+    assert_int_equal(dx_server_reload_tls(f->srv, both, 2, NULL, 0), 0);
+    expect_cn(f, NULL, "a.test");
+    expect_cn(f, "b.test", "b.test");
+    /* one left pending at free time is freed with the server (teardown) */
+    assert_int_equal(dx_server_reload_tls(f->srv, only_b, 1, NULL, 0), 0);
+    tcl_free(&e);
+    tcl_free(&open_c);
+}
+
+/* A server without TLS cannot get certificates by a reload. */
+static void test_reload_tls_plain_server(void **state)
+{
+    (void)state;
+    dx_loop_options lo = {.log = &dx_test_quiet_log};
+    dx_loop *loop = dx_loop_new(&lo, NULL);
+    assert_non_null(loop);
+    dx_server_options o = {.host = "127.0.0.1", .port = DX_PORT_EPHEMERAL};
+    dx_server *srv = dx_server_new(loop, &o, NULL);
+    assert_non_null(srv);
+    char why[256];
+    dx_tls_cert c[1] = {{g_crt[0], g_key[0]}};
+    assert_int_equal(dx_server_reload_tls(srv, c, 1, why, sizeof why), DX_EINVAL);
+    assert_non_null(strstr(why, "restart"));
+    dx_server_free(srv);
+    dx_loop_free(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -627,6 +747,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_large_burst_over_tls, t_setup, t_teardown),
         cmocka_unit_test_setup_teardown(test_plain_client_on_tls_port, t_setup, t_teardown),
         cmocka_unit_test_setup_teardown(test_pause_resume_over_tls, t_setup, t_teardown),
+        cmocka_unit_test_setup_teardown(test_reload_tls, t_setup, t_teardown),
+        cmocka_unit_test(test_reload_tls_plain_server),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
