@@ -1184,6 +1184,12 @@ static void on_tick(dx_timer *t, void *ud)
     }
     atomic_store_explicit(&k->m.queued_bytes, q, memory_order_relaxed);
     gw_sse_tick(k);
+    /* a reload whose post to this worker could not be queued */
+    pthread_mutex_lock(&k->gw->pol_mu);
+    bool stale = k->pol != k->gw->pol;
+    pthread_mutex_unlock(&k->gw->pol_mu);
+    if (stale)
+        gw_policy_take(k);
 }
 
 static void on_demo(dx_timer *t, void *ud)
@@ -1208,6 +1214,7 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
 {
     int e = DX_EINVAL;
     dx_gateway *gw = NULL;
+    char why[256];
     if (workers == 0 || workers > 1024 || opt_size > sizeof(dx_gateway_options))
         goto fail;
     e = DX_ENOMEM;
@@ -1230,14 +1237,17 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
         o->max_inflight = 256;
     if (!o->demo_interval_ms)
         o->demo_interval_ms = 1000;
-    if (o->api_key && !*o->api_key)
-        o->api_key = NULL;
-    if (o->api_key) {
-        gw->api_key = strdup(o->api_key);
-        if (!gw->api_key)
-            goto fail;
-        o->api_key = gw->api_key;
+    pthread_mutex_init(&gw->pol_mu, NULL);
+    gw->pol = gw_policy_new(o, why, sizeof why);
+    if (!gw->pol) {
+        e = strcmp(why, "out of memory") == 0 ? DX_ENOMEM : DX_EINVAL;
+        if (o->log)
+            o->log(o->log_ud, DX_LOG_ERROR, why);
+        goto fail;
     }
+    /* the policy is read from gw->pol only: nothing borrowed is kept */
+    o->api_key = NULL;
+    memset(&o->auth, 0, sizeof *o - offsetof(dx_gateway_options, auth));
     dx__bus_local_opts bo = {.workers = workers};
     dx__gw_log_opts_default(&bo.history);
     if (o->history_count == (size_t)-1)
@@ -1276,7 +1286,7 @@ fail:
                 dx__gw_topic_index_free(gw->w[i].ix);
         dx__free(NULL, gw->w);
         dx__bus_free(gw->bus);
-        free(gw->api_key);
+        gw_policy_unref(gw->pol);
         dx__free(NULL, gw);
     }
     if (err)
@@ -1328,6 +1338,7 @@ int dx_gateway_attach(dx_gateway *gw, unsigned i, dx_loop *loop, dx_server *srv)
     gw_worker *k = &gw->w[i];
     k->loop = loop;
     k->srv = srv;
+    gw_policy_take(k);
     int rc = dx__bus_attach(gw->bus, i, loop, &bus_events, k);
     if (rc)
         return rc;
@@ -1399,7 +1410,10 @@ void dx_gateway_free(dx_gateway *gw)
         dx_buf_deinit(&k->scratch2);
         gw_sse_release(k);
     }
+    for (unsigned i = 0; i < gw->n; i++)
+        gw_policy_unref(gw->w[i].pol);
     dx__free(NULL, gw->w);
-    free(gw->api_key);
+    gw_policy_unref(gw->pol);
+    pthread_mutex_destroy(&gw->pol_mu);
     dx__free(NULL, gw);
 }

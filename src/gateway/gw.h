@@ -19,8 +19,10 @@
 #include "duplex/server.h"
 #include "gateway/dialect.h"
 #include "gateway/history.h"
+#include "gateway/policy.h"
 #include "gateway/topic.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -172,12 +174,14 @@ struct gw_worker {
     size_t npend, cappend, cappend_spare;
     bool flushing;
     size_t npc;
+    gw_policy *pol;         /* this worker's reference to the current policy (settings.c) */
     gw_metrics m;
 };
 
 struct dx_gateway {
-    dx_gateway_options o;
-    char *api_key;          /* o.api_key's copy */
+    dx_gateway_options o;   /* the policy fields (auth onwards) are zeroed: read them from a gw_policy */
+    pthread_mutex_t pol_mu; /* guards pol */
+    gw_policy *pol;         /* the current policy; workers take references (gw_policy_take) */
     unsigned n;
     dx__bus *bus;
     gw_worker *w;
@@ -241,6 +245,9 @@ void gw_sse_close(gw_conn *g, const char *why);
 void gw_sse_tick(gw_worker *k);
 size_t gw_sse_buffered(gw_conn *g);
 void gw_sse_release(gw_worker *k); /* the worker's SSE cache, at free */
+
+/* settings.c: on worker k's thread, k->pol becomes the gateway's current policy. */
+void gw_policy_take(gw_worker *k);
 
 /* api.c */
 /* 1 when the request was taken (answered now or later), 0 to let the server answer. */
