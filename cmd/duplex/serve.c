@@ -119,6 +119,18 @@ static void usage(FILE *f)
             "  --sse-heartbeat T      comment line on an idle SSE stream [15s]\n"
             "  --demo                 publish a ticker on demo.ticker (for the demo page)\n"
             "  --demo-interval T      ticker period [1s]\n"
+            "authentication (docs/gateway.md \"Authentication\"; at most one key source):\n"
+            "  --jwt-secret S         HS256 secret, at least 32 bytes (or env DUPLEX_JWT_SECRET)\n"
+            "  --jwt-key FILE         PEM public key: RSA (RS256), EC P-256 (ES256) or Ed25519 (EdDSA)\n"
+            "  --jwks FILE            JSON Web Key Set; the token's kid picks the key\n"
+            "  --jwt-audience A       aud must be (or contain) A [not checked]\n"
+            "  --jwt-issuer I         iss must be I [not checked]\n"
+            "  --jwt-leeway T         clock skew allowed on exp/nbf, whole seconds [30s]\n"
+            "  --refresh-grace T      after exp, time still allowed for a refresh before close 4001 [0]\n"
+            "  --token-cookie NAME    also read the token from this cookie [none]\n"
+            "  --anonymous on|off     connections without a token [on; off with a key source]\n"
+            "  --anonymous-publish on|off  anonymous connections may publish [on; off with a key source]\n"
+            "  --api-keys-file FILE   named API keys, one \"name key\" per line (--api-key is \"default\")\n"
             "  --log-level L          error|warn|info|debug [info]\n"
             "  --log-format F         text (timestamp level message) or json (one object per line) [text]\n"
             "\n"
@@ -274,8 +286,17 @@ static void raise_nofile(void)
 enum {
     O_HOST = 256, O_PORT, O_UNIX, O_WORKERS, O_CERT, O_KEY, O_STATIC, O_MAXHEAD, O_MAXHDRS, O_PERIP, O_MAXHS,
     O_HTTPBODY, O_HTTPKA, O_HTTPREQS, O_APIKEY, O_HIST, O_HISTAGE, O_SLOW, O_SUBQ, O_MAXSUBS, O_SSEHB, O_DEMO,
-    O_DEMOINT
+    O_DEMOINT,
+    /* authentication (issue 10, helper C; folded into the config system by D) */
+    O_JWTSECRET, O_JWTKEY, O_JWKS, O_JWTAUD, O_JWTISS, O_JWTLEEWAY, O_JWTGRACE, O_TOKCOOKIE, O_ANON, O_ANONPUB,
+    O_APIKEYSFILE
 };
+
+/* "on" / "off" → 1 / -1 (the gateway's "set -1 for 0"); else 0. */
+static int on_off(const char *s)
+{
+    return strcmp(s, "on") == 0 ? 1 : strcmp(s, "off") == 0 ? -1 : 0;
+}
 
 int cmd_serve(int argc, char **argv)
 {
@@ -303,6 +324,18 @@ int cmd_serve(int argc, char **argv)
         {"sse-heartbeat", required_argument, 0, O_SSEHB},
         {"demo", no_argument, 0, O_DEMO},
         {"demo-interval", required_argument, 0, O_DEMOINT},
+        /* authentication: one block (docs/gateway.md "Authentication") */
+        {"jwt-secret", required_argument, 0, O_JWTSECRET},
+        {"jwt-key", required_argument, 0, O_JWTKEY},
+        {"jwks", required_argument, 0, O_JWKS},
+        {"jwt-audience", required_argument, 0, O_JWTAUD},
+        {"jwt-issuer", required_argument, 0, O_JWTISS},
+        {"jwt-leeway", required_argument, 0, O_JWTLEEWAY},
+        {"refresh-grace", required_argument, 0, O_JWTGRACE},
+        {"token-cookie", required_argument, 0, O_TOKCOOKIE},
+        {"anonymous", required_argument, 0, O_ANON},
+        {"anonymous-publish", required_argument, 0, O_ANONPUB},
+        {"api-keys-file", required_argument, 0, O_APIKEYSFILE},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -452,10 +485,61 @@ int cmd_serve(int argc, char **argv)
             if (cli_parse_ms(optarg, &g->demo_interval_ms) || !g->demo_interval_ms)
                 return cli_bad_value(&common, name, optarg);
             break;
+        /* ---- authentication ---- */
+        case O_JWTSECRET:
+            if (!*optarg)
+                return cli_bad_value(&common, name, "an empty secret");
+            g->auth.jwt_secret = optarg;
+            break;
+        case O_JWTKEY:
+            g->auth.jwt_public_key = optarg;
+            break;
+        case O_JWKS:
+            g->auth.jwks_file = optarg;
+            break;
+        case O_JWTAUD:
+            g->auth.audience = optarg;
+            break;
+        case O_JWTISS:
+            g->auth.issuer = optarg;
+            break;
+        case O_JWTLEEWAY: {
+            unsigned ms;
+            if (cli_parse_ms(optarg, &ms) || ms % 1000)
+                return cli_bad_value(&common, name, optarg);
+            g->auth.leeway_s = ms ? ms / 1000 : (unsigned)-1;
+            break;
+        }
+        case O_JWTGRACE:
+            if (cli_parse_ms(optarg, &g->auth.refresh_grace_ms))
+                return cli_bad_value(&common, name, optarg);
+            break;
+        case O_TOKCOOKIE:
+            if (!*optarg)
+                return cli_bad_value(&common, name, "an empty cookie name");
+            g->auth.cookie = optarg;
+            break;
+        case O_ANON:
+            if (!(g->auth.anonymous = on_off(optarg)))
+                return cli_bad_value(&common, name, optarg);
+            break;
+        case O_ANONPUB:
+            if (!(g->auth.anonymous_publish = on_off(optarg)))
+                return cli_bad_value(&common, name, optarg);
+            break;
+        case O_APIKEYSFILE:
+            g->api_keys_file = optarg;
+            break;
         default:
             usage(stderr);
             return 2;
         }
+    }
+    if (!g->auth.jwt_secret && !g->auth.jwt_public_key && !g->auth.jwks_file) {
+        /* a secret is better kept out of argv (ps) */
+        const char *env = getenv("DUPLEX_JWT_SECRET");
+        if (env && *env)
+            g->auth.jwt_secret = env;
     }
     if (!g->api_key) {
         const char *env = getenv("DUPLEX_API_KEY");
@@ -576,10 +660,21 @@ int cmd_serve(int argc, char **argv)
                      o->host && strchr(o->host, ':') ? "]" : "", o->port, a->ncerts ? "wss" : "ws", a->workers,
                      a->workers == 1 ? "" : "s", o->static_dir ? ", static files from " : "",
                      o->static_dir ? o->static_dir : "");
+        bool jwt = g->auth.jwt_secret || g->auth.jwt_public_key || g->auth.jwks_file;
+        if (jwt)
+            cli_logf(&a->log, DX_LOG_INFO,
+                     "serve: authentication: JWT (%s)%s%s%s%s; anonymous connections %s, anonymous publish %s",
+                     g->auth.jwt_secret ? "HS256 secret" : g->auth.jwt_public_key ? "public key" : "JWKS",
+                     g->auth.audience ? ", audience " : "", g->auth.audience ? g->auth.audience : "",
+                     g->auth.issuer ? ", issuer " : "", g->auth.issuer ? g->auth.issuer : "",
+                     g->auth.anonymous > 0 ? "allowed" : "refused (403)",
+                     g->auth.anonymous_publish > 0 ? "on" : "off");
         cli_logf(&a->log, DX_LOG_INFO,
-                 "serve: gateway open for development: no authentication configured, anonymous clients may "
-                 "subscribe and publish; HTTP API %s; history %zu messages / %s per topic; subscribers that fall behind: %s",
-                 g->api_key ? "on (Bearer key set)" : "off (no --api-key)",
+                 "serve: gateway %s; HTTP API %s; history %zu messages / %s per topic; subscribers that fall behind: %s",
+                 jwt ? "with authentication"
+                     : "open for development: no authentication configured, anonymous clients may subscribe and "
+                       "publish",
+                 g->api_key || g->api_keys_file ? "on (Bearer key set)" : "off (no --api-key)",
                  g->history_count == (size_t)-1 ? (size_t)0 : g->history_count ? g->history_count : 1000,
                  g->history_age_ms == UINT64_MAX ? "no age bound" : "an age bound (--history-age)",
                  g->slow_policy == DX_GW_SLOW_DROP_OLDEST ? "oldest dropped (JSON) / disconnected (raw, SSE)"

@@ -17,6 +17,7 @@
 #include "core/list.h"
 #include "duplex/gateway.h"
 #include "duplex/server.h"
+#include "gateway/auth.h"
 #include "gateway/dialect.h"
 #include "gateway/history.h"
 #include "gateway/policy.h"
@@ -38,6 +39,9 @@ enum gw_drop {
     GW_NDROP
 };
 
+#define GW_KEYSTAT_MAX 32  /* distinct API key names counted; more go to "other" */
+#define GW_KEYSTAT_NAME 64
+
 /* Publish→write latency buckets, seconds (the last is +Inf). */
 #define GW_LAT_N 12
 extern const double gw_lat_bounds[GW_LAT_N - 1];
@@ -58,6 +62,18 @@ typedef struct gw_metrics {
     _Atomic uint64_t lat[GW_LAT_N];          /* publish→write histogram (not cumulative here) */
     _Atomic uint64_t lat_sum_ns;
     _Atomic uint64_t lat_count;
+    /* auth (auth.c) */
+    _Atomic uint64_t auth_ok;                /* handshakes authenticated by a token */
+    _Atomic uint64_t auth_refused[GW_AUTH_NREASON];
+    _Atomic uint64_t auth_expired;           /* connections closed 4001 */
+    _Atomic uint64_t refresh_ok, refresh_refused;
+    /* API requests per API key name: append-only (name written, then
+     * nkeystat released), read by /metrics on another thread */
+    struct {
+        char name[GW_KEYSTAT_NAME];
+        _Atomic uint64_t n;
+    } keystat[GW_KEYSTAT_MAX];
+    _Atomic size_t nkeystat;
 } gw_metrics;
 
 static inline void gw_inc(_Atomic uint64_t *c, uint64_t n)
@@ -87,6 +103,8 @@ typedef struct gw_sub {
     bool ack_recovered;
     bool has_id;
     uint64_t id;           /* JSON: the sub request's id, for the ack */
+    bool quiet;            /* made during the handshake (JSON: the user: topic): no ack, counts
+                              down g->waiting as raw and SSE subscriptions do */
 } gw_sub;
 
 /* A message held for a connection that cannot take it yet (not open, or
@@ -122,6 +140,9 @@ struct gw_conn {
     int fail_status;       /* a subscription failed before the answer: refuse with this */
     char *user;            /* authenticated user id (NUL-terminated), NULL: anonymous */
     size_t ulen;
+    dx__jwt_claims *claims; /* the token's (auth.c), NULL: anonymous */
+    int64_t exp_ms;        /* close 4001 at (ms since the epoch) */
+    size_t exp_ix;         /* 1 + slot in k->exph, 0: not queued */
     char *pub;             /* raw dialect: the publish topic */
     size_t pub_len;
     gw_sub **subs;
@@ -175,6 +196,8 @@ struct gw_worker {
     bool flushing;
     size_t npc;
     gw_policy *pol;         /* this worker's reference to the current policy (settings.c) */
+    gw_conn **exph;         /* auth.c: authenticated connections, min-heap by exp_ms */
+    size_t nexp, capexp;
     gw_metrics m;
 };
 
