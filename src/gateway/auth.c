@@ -145,9 +145,11 @@ int gw_auth_handshake(gw_worker *k, const gw_auth_req *r, dx__jwt_claims **claim
     const char *tok = NULL, *src = NULL;
     size_t tl = 0;
     static _Thread_local char qbuf[DX__JWT_MAX_TOKEN + 2];
-    if (r->authz && r->authz_len >= 7 && strncasecmp(r->authz, "Bearer ", 7) == 0) {
-        tok = r->authz + 7;
-        tl = r->authz_len - 7;
+    /* "Bearer" alone (its trailing space trimmed as OWS) is an empty token */
+    if (r->authz && r->authz_len >= 6 && strncasecmp(r->authz, "Bearer", 6) == 0 &&
+        (r->authz_len == 6 || r->authz[6] == ' ')) {
+        tok = r->authz + 6;
+        tl = r->authz_len - 6;
         while (tl && *tok == ' ') {
             tok++;
             tl--;
