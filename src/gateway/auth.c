@@ -213,6 +213,38 @@ int gw_auth_handshake(gw_worker *k, const gw_auth_req *r, dx__jwt_claims **claim
     return 0;
 }
 
+int gw_auth_upgrade(gw_worker *k, dx_request *req, dx__jwt_claims **claims)
+{
+    gw_auth_req ar = {.query = req->query, .query_len = req->query_len, .remote = req->remote, .what = "/ws"};
+    ar.authz = dx_request_header(req, "Authorization", &ar.authz_len);
+    ar.cookie = dx_request_header(req, "Cookie", &ar.cookie_len);
+    size_t cur = 0, pl;
+    const char *pn;
+    while (dx_request_protocol(req, &cur, &pn, &pl))
+        if (pl >= 6 && !memcmp(pn, "token.", 6)) {
+            ar.proto = pn + 6;
+            ar.proto_len = pl - 6;
+            break;
+        }
+    int st = gw_auth_handshake(k, &ar, claims);
+    if (st == 401) {
+        /* deferred only to answer with WWW-Authenticate (RFC 6750 §3) */
+        dx_upgrade *h = dx_request_defer(req);
+        if (h) {
+            (void)dx_upgrade_refuse(h, 401, GW_AUTH_401_HEADERS);
+            return DX_UPGRADE_DEFER;
+        }
+    }
+    return st;
+}
+
+size_t gw_auth_user_topic(const dx__jwt_claims *c, char *buf)
+{
+    memcpy(buf, "user:", 5);
+    memcpy(buf + 5, c->sub, c->sub_len + 1);
+    return c->sub_len + 5;
+}
+
 /* ---- the expiry heap ------------------------------------------------------------ */
 
 static void heap_set(gw_worker *k, size_t i, gw_conn *g)

@@ -20,6 +20,7 @@ typedef struct gw_worker gw_worker;
 typedef struct gw_conn gw_conn;
 typedef struct gw_policy gw_policy;
 typedef struct dx_gateway_options dx_gateway_options;
+typedef struct dx_request dx_request;
 
 /* Refusal reasons (duplex_auth_refused_total{reason}): the JWT errors
  * (dx__jwt_reason) then these. */
@@ -56,6 +57,17 @@ void gw_auth_policy_free(gw_policy *p);
  * or 403 (no token and anonymous access off). Logs the refusal (never the
  * token) and counts it. */
 int gw_auth_handshake(gw_worker *k, const gw_auth_req *r, dx__jwt_claims **claims);
+
+/* on_upgrade's part: the request's token sources (Authorization, Cookie,
+ * ?token=, an offered "token.<jwt>" subprotocol) through
+ * gw_auth_handshake. 0 (go on, *claims as there), or what on_upgrade
+ * returns: a 401 is answered here with WWW-Authenticate (a deferred
+ * refusal: DX_UPGRADE_DEFER), a 403 or 503 is returned as is. */
+int gw_auth_upgrade(gw_worker *k, dx_request *req, dx__jwt_claims **claims);
+
+/* "user:<sub>" into buf (DX__GW_TOPIC_MAX + 1 bytes: sub was checked at
+ * verification); its length. */
+size_t gw_auth_user_topic(const dx__jwt_claims *c, char *buf);
 
 /* The header line sent with a 401. */
 #define GW_AUTH_401_HEADERS "WWW-Authenticate: Bearer realm=\"duplex\", error=\"invalid_token\"\r\n"

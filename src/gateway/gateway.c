@@ -917,14 +917,6 @@ static void answer_later(gw_conn *g)
     }
 }
 
-/* The user: topic of an authenticated connection, in buf. */
-static size_t user_topic(const dx__jwt_claims *c, char *buf)
-{
-    memcpy(buf, "user:", 5);
-    memcpy(buf + 5, c->sub, c->sub_len + 1);
-    return c->sub_len + 5;
-}
-
 /* JSON dialect with a token: deferred like a raw one, so that its user:
  * topic is subscribed (quietly: no ack) before the 101 and the
  * connection carries its claims from the start. claims: owned. */
@@ -941,7 +933,7 @@ static int json_upgrade(gw_worker *k, dx_request *req, dx__jwt_claims *claims)
     }
     char ut[DX__GW_TOPIC_MAX + 1];
     const char *name = ut;
-    size_t len = user_topic(g->claims, ut);
+    size_t len = gw_auth_user_topic(g->claims, ut);
     if (gw_subscribe_list(g, &name, &len, 1, NULL, 0))
         answer_later(g); /* the subscribe could not go out: 503 */
     return DX_UPGRADE_DEFER;
@@ -1050,7 +1042,7 @@ static int raw_upgrade(gw_worker *k, dx_request *req, dx__jwt_claims *claims)
     }
     if (g->claims) {
         /* the user: topic, unless the client listed it itself */
-        size_t ul = user_topic(g->claims, userbuf);
+        size_t ul = gw_auth_user_topic(g->claims, userbuf);
         int i;
         for (i = 0; i < nsub; i++)
             if (lens[i] == ul && !memcmp(names[i], userbuf, ul))
@@ -1142,31 +1134,10 @@ static int on_upgrade(dx_server *srv, dx_request *req, void *ud)
         gw_inc(&k->m.handshakes_refused, 1);
         return 403;
     }
-    /* Authentication (auth.c): a token from a header, the cookie, the
-     * query or an offered subprotocol "token.<jwt>" (never selected). */
-    gw_auth_req ar = {.query = req->query, .query_len = req->query_len, .remote = req->remote, .what = "/ws"};
-    ar.authz = dx_request_header(req, "Authorization", &ar.authz_len);
-    ar.cookie = dx_request_header(req, "Cookie", &ar.cookie_len);
-    size_t cur = 0, pl;
-    const char *pn;
-    while (dx_request_protocol(req, &cur, &pn, &pl))
-        if (pl >= 6 && !memcmp(pn, "token.", 6)) {
-            ar.proto = pn + 6;
-            ar.proto_len = pl - 6;
-            break;
-        }
     dx__jwt_claims *claims = NULL;
-    int st = gw_auth_handshake(k, &ar, &claims);
+    int st = gw_auth_upgrade(k, req, &claims); /* auth.c: who is this */
     if (st) {
         gw_inc(&k->m.handshakes_refused, 1);
-        if (st == 401) {
-            /* deferred only to answer with WWW-Authenticate (RFC 6750 §3) */
-            dx_upgrade *h = dx_request_defer(req);
-            if (h) {
-                (void)dx_upgrade_refuse(h, 401, GW_AUTH_401_HEADERS);
-                return DX_UPGRADE_DEFER;
-            }
-        }
         return st;
     }
     if (offered(req, "duplex.v1")) {

@@ -162,7 +162,7 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
     static _Thread_local char userbuf[DX__GW_TOPIC_MAX + 1];
     if (g->claims) {
         /* the user: topic, unless listed */
-        size_t ul = (size_t)snprintf(userbuf, sizeof userbuf, "user:%s", g->claims->sub);
+        size_t ul = gw_auth_user_topic(g->claims, userbuf);
         size_t i;
         for (i = 0; i < nsub; i++)
             if (lens[i] == ul && !memcmp(names[i], userbuf, ul))
