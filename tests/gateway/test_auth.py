@@ -169,9 +169,10 @@ def server(name):
         return _servers[name]
     if name == "hs":
         # --max-head 32K: a 10 KB token reaches authentication (else 431)
+        # two workers: user topics, presence and /api/disconnect cross them
         s = Serve("--jwt-secret", SECRET, "--jwt-leeway", "0", "--token-cookie", "dxtok", "--anonymous", "on",
-                  "--max-head", "32K",
-                  "--jwt-audience", "duplex", "--jwt-issuer", "https://issuer.test")
+                  "--max-head", "32K", "--jwt-audience", "duplex", "--jwt-issuer", "https://issuer.test",
+                  workers=2)
     elif name == "closed":
         s = Serve("--jwt-secret", SECRET, "--jwt-leeway", "0")  # anonymous off by default
     elif name in ("rs", "es", "ed"):
@@ -190,7 +191,7 @@ def server(name):
         s = Serve("--jwks", write("keys.jwks", json.dumps({"keys": keys})), "--jwt-leeway", "0")
     elif name == "apikeys":
         f = write("api.keys", "# name key\nci ci-key-%s\n\nbackend backend-key-%s\n" % (SECRET[-8:], SECRET[-8:]))
-        s = Serve("--api-keys-file", f)
+        s = Serve("--api-keys-file", f, workers=2)
     else:
         raise Fail("no server " + name)
     _servers[name] = s
