@@ -52,10 +52,9 @@ int64_t gw_auth_now_ms(void)
 
 /* ---- policy ------------------------------------------------------------------ */
 
-int gw_auth_policy_init(gw_policy *p, const dx_gateway_options *o, char *why, size_t why_len)
+int gw_auth_policy_init(gw_policy *p, char *why, size_t why_len)
 {
-    const dx_gateway_auth *a = &p->auth;
-    (void)o;
+    const dx_gateway_auth *a = &p->auth; /* already copied into p */
     dx__jwt_key_src src = {.secret = a->jwt_secret, .pem_file = a->jwt_public_key, .jwks_file = a->jwks_file};
     char sub[300] = "";
     int rc = dx__jwt_keys_load(&src, &p->keys, sub, sizeof sub);

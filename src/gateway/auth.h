@@ -19,7 +19,6 @@
 typedef struct gw_worker gw_worker;
 typedef struct gw_conn gw_conn;
 typedef struct gw_policy gw_policy;
-typedef struct dx_gateway_options dx_gateway_options;
 typedef struct dx_request dx_request;
 
 /* Refusal reasons (duplex_auth_refused_total{reason}): the JWT errors
@@ -46,10 +45,10 @@ typedef struct gw_auth_req {
     const char *what;      /* "/ws", "/sse" */
 } gw_auth_req;
 
-/* The auth part of a policy snapshot, built by gw_policy_new: the key set
- * (files read now), rules, anonymous settings. 0 or DX_EINVAL/DX_ENOMEM
+/* The auth part of a policy snapshot, built by gw_policy_new from p->auth
+ * (already copied): the key set (files read now), rules, anonymous settings. 0 or DX_EINVAL/DX_ENOMEM
  * with a reason in why. gw_auth_policy_free releases what it built. */
-int gw_auth_policy_init(gw_policy *p, const dx_gateway_options *o, char *why, size_t why_len);
+int gw_auth_policy_init(gw_policy *p, char *why, size_t why_len);
 void gw_auth_policy_free(gw_policy *p);
 
 /* Decides a handshake: 0 (authenticated: *claims set, the caller owns it;

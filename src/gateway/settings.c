@@ -184,7 +184,7 @@ gw_policy *gw_policy_new(const dx_gateway_options *o, char *why, size_t why_len)
     }
     if (o->api_keys_file && read_api_keys_file(p, o->api_keys_file, why, why_len) != 0)
         goto fail;
-    if (gw_auth_policy_init(p, o, why, why_len) != 0)
+    if (gw_auth_policy_init(p, why, why_len) != 0)
         goto fail;
 
     /* ---- origins, limits, namespaces, drain (helper E) ---- */

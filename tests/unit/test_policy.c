@@ -4,10 +4,12 @@
  * Origin a handshake may carry (GATEWAY.md "With no configuration"); a
  * token's subscribe/publish claims and anonymous publishing (auth).
  */
+#define _POSIX_C_SOURCE 200809L
 #include "testutil.h"
 
 #include "gateway/gw.h"
 
+#include <fcntl.h>
 #include <string.h>
 
 static bool origin_ok(const char *origin, const char *host)
@@ -123,6 +125,33 @@ static void test_claims(void **state)
     o.api_keys_file = "/nonexistent/keys";
     assert_null(gw_policy_new(&o, why, sizeof why));
     assert_non_null(strstr(why, "/nonexistent/keys"));
+    /* an API key file: names, comments; a malformed line named by number, never quoting a key */
+    char path[] = "/tmp/dx_test_policy_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char *good = "# comment\n\nci  s3cret-ci\nbackend\ts3cret-be\n";
+    assert_int_equal(write(fd, good, strlen(good)), (ssize_t)strlen(good));
+    close(fd);
+    o.api_keys_file = path;
+    o.api_key = "k0";
+    gw_policy *p = gw_policy_new(&o, why, sizeof why);
+    assert_non_null(p);
+    assert_int_equal(p->n_api_keys, 3);
+    assert_string_equal(gw_policy_api_key(p, "s3cret-be", 9)->name, "backend");
+    assert_string_equal(gw_policy_api_key(p, "k0", 2)->name, "default");
+    assert_null(gw_policy_api_key(p, "s3cret-b", 8));
+    gw_policy_unref(p);
+    const char *bads[] = {"ci s3cret-ci extra\n", "lonely-s3cret\n", "ci s3cret-1\nci s3cret-2\n", "default s3cret\n"};
+    for (size_t i = 0; i < sizeof bads / sizeof bads[0]; i++) {
+        fd = open(path, O_WRONLY | O_TRUNC);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, bads[i], strlen(bads[i])), (ssize_t)strlen(bads[i]));
+        close(fd);
+        assert_null(gw_policy_new(&o, why, sizeof why));
+        assert_non_null(strstr(why, path));
+        assert_null(strstr(why, "s3cret"));
+    }
+    unlink(path);
 }
 
 int main(void)
