@@ -189,15 +189,30 @@ static dx__jwt_keys *keys_new(size_t cap)
     return ks;
 }
 
+/* OpenSSL's checks of a public key: RSA (e odd and > 1, n odd, ...), EC
+ * (the point on the curve). An e of 1 would make any message its own
+ * signature. */
+static bool pkey_valid(EVP_PKEY *pk)
+{
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new_from_pkey(NULL, pk, NULL);
+    bool ok = c && EVP_PKEY_public_check(c) == 1;
+    EVP_PKEY_CTX_free(c);
+    return ok;
+}
+
 /* Which algorithm a public key verifies; -1 when unsupported (why says). */
 static int pkey_alg(EVP_PKEY *pk, char *why, size_t why_len)
 {
     if (EVP_PKEY_is_a(pk, "RSA")) {
         if (EVP_PKEY_get_bits(pk) < 2048)
             return fail(why, why_len, -1, "RSA key of %d bits (RS256 needs at least 2048)", EVP_PKEY_get_bits(pk));
+        if (!pkey_valid(pk))
+            return fail(why, why_len, -1, "RSA key fails OpenSSL's public key check (exponent, modulus)");
         return ALG_RS256;
     }
     if (EVP_PKEY_is_a(pk, "EC")) {
+        if (!pkey_valid(pk))
+            return fail(why, why_len, -1, "EC key: not a point on its curve");
         char grp[64];
         size_t gl = 0;
         if (!EVP_PKEY_get_utf8_string_param(pk, OSSL_PKEY_PARAM_GROUP_NAME, grp, sizeof grp, &gl) ||
@@ -322,14 +337,9 @@ static EVP_PKEY *jwk_ec(json_t *j, char *why, size_t why_len)
         OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pt, sizeof pt))
         pk = fromdata("EC", bld);
     OSSL_PARAM_BLD_free(bld);
-    if (pk) {
-        /* a point not on the curve must not get as far as a verification */
-        EVP_PKEY_CTX *c = EVP_PKEY_CTX_new_from_pkey(NULL, pk, NULL);
-        if (!c || EVP_PKEY_public_check(c) <= 0) {
-            EVP_PKEY_free(pk);
-            pk = NULL;
-        }
-        EVP_PKEY_CTX_free(c);
+    if (pk && !pkey_valid(pk)) { /* a point not on the curve must not get as far as a verification */
+        EVP_PKEY_free(pk);
+        pk = NULL;
     }
     if (!pk)
         fail(why, why_len, 0, "EC key: not a point on P-256");

@@ -558,6 +558,13 @@ static void test_jwks(void **state)
                      DX_EINVAL);
     assert_int_equal(refuse_jwks("{\"keys\":[{\"kty\":\"RSA\",\"n\":\"AQAB\"}]}", "n and e"), DX_EINVAL);
     assert_int_equal(refuse_jwks("{\"keys\":[{\"kty\":\"RSA\",\"n\":\"AQ==\",\"e\":\"AQAB\"}]}", "n and e"), DX_EINVAL);
+    /* RSA with e = 1 (every message its own signature) */
+    {
+        char n[700];
+        bn_param_b64(rsa_key, OSSL_PKEY_PARAM_RSA_N, n);
+        snprintf(json, sizeof json, "{\"keys\":[{\"kty\":\"RSA\",\"n\":\"%s\",\"e\":\"AQ\"}]}", n);
+        assert_int_equal(refuse_jwks(json, "public key check"), DX_EINVAL);
+    }
     jwk_members(rsa1024_key, rsa, sizeof rsa);
     snprintf(json, sizeof json, "{\"keys\":[{%s}]}", rsa);
     assert_int_equal(refuse_jwks(json, "2048"), DX_EINVAL);
