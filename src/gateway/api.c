@@ -539,6 +539,8 @@ int gw_api_http(gw_worker *k, dx_http_req *req)
         return 1;
     }
     gw_auth_count_key(k, key->name);
+    gw_logf(k, DX_LOG_DEBUG, "gateway: %s %s %.*s with API key '%s'", req->remote, req->method, (int)req->path_len,
+            req->path, key->name);
     if (path_is(req, "/api/publish"))
         api_publish(k, req);
     else if (path_is(req, "/api/history"))
