@@ -8,6 +8,7 @@
  * whose handshake is still being answered. Plus: the deadline is exp +
  * leeway + grace; user ids and the user topic; the reasons' names.
  */
+#define _POSIX_C_SOURCE 200809L
 #include "testutil.h"
 
 #include "core/seams.h"
@@ -173,12 +174,72 @@ static void test_deadline_and_names(void **state)
     assert_string_equal(gw_auth_reason(DX__JWT_E_SIGNATURE), "signature");
 }
 
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fputs(text, f) >= 0, 1);
+    fclose(f);
+}
+
+/* dx_gateway_reload re-reads the JWKS and the API key file; a file that
+ * no longer loads keeps the old policy and says why. */
+static void test_reload_rereads_files(void **state)
+{
+    (void)state;
+    char jwks[] = "/tmp/dx_test_auth_jwks_XXXXXX", keys[] = "/tmp/dx_test_auth_keys_XXXXXX";
+    int fd = mkstemp(jwks);
+    assert_true(fd >= 0);
+    close(fd);
+    fd = mkstemp(keys);
+    assert_true(fd >= 0);
+    close(fd);
+    const char *k1 = "{\"kty\":\"oct\",\"kid\":\"a\",\"k\":\"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY\"}";
+    const char *k2 = "{\"kty\":\"oct\",\"kid\":\"b\",\"k\":\"YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODk\"}";
+    char text[512];
+    snprintf(text, sizeof text, "{\"keys\":[%s]}", k1);
+    write_file(jwks, text);
+    write_file(keys, "ci key-one\n");
+    dx_gateway_options o = {0};
+    o.auth.jwks_file = jwks;
+    o.api_keys_file = keys;
+    int err = 0;
+    dx_gateway *gw = dx_gateway_new(&o, 1, &err);
+    assert_non_null(gw);
+    assert_int_equal(dx__jwt_keys_count(gw->pol->keys), 1);
+    assert_int_equal(gw->pol->n_api_keys, 1);
+    snprintf(text, sizeof text, "{\"keys\":[%s,%s]}", k1, k2);
+    write_file(jwks, text);
+    write_file(keys, "ci key-one\nbackend key-two\n");
+    char why[256] = "";
+    assert_int_equal(dx_gateway_reload(gw, &o, why, sizeof why), 0);
+    assert_int_equal(dx__jwt_keys_count(gw->pol->keys), 2);
+    assert_int_equal(gw->pol->n_api_keys, 2);
+    assert_true(gw->pol->jwt);
+    assert_false(gw->pol->anonymous);
+    /* a broken JWKS: refused, the old policy stays */
+    write_file(jwks, "{\"keys\":[");
+    assert_int_equal(dx_gateway_reload(gw, &o, why, sizeof why), DX_EINVAL);
+    assert_non_null(strstr(why, jwks));
+    assert_int_equal(dx__jwt_keys_count(gw->pol->keys), 2);
+    /* auth turned off by a reload */
+    o.auth.jwks_file = NULL;
+    assert_int_equal(dx_gateway_reload(gw, &o, why, sizeof why), 0);
+    assert_false(gw->pol->jwt);
+    assert_null(gw->pol->keys);
+    assert_true(gw->pol->anonymous);
+    dx_gateway_free(gw);
+    unlink(jwks);
+    unlink(keys);
+}
+
 int main(void)
 {
     dx_test_filter_from_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_expiry_queue),
         cmocka_unit_test(test_deadline_and_names),
+        cmocka_unit_test(test_reload_rereads_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
