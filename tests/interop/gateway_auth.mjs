@@ -4,8 +4,9 @@
 // duplex.v1 (never the token), the page receives what a backend publishes on
 // its user:<sub> topic, refresh() is acknowledged (and refused with 4401 for
 // another user), a token left to expire ends the client (close 4001, state
-// "closed"), a socket without a token is refused, and over SSE the token
-// travels in ?token=.
+// "closed"), a socket without a token is refused, over SSE the token
+// travels in ?token=, and the demo page (web/index.html?token=) connects and
+// publishes with one and never opens without.
 //
 //   node tests/interop/gateway_auth.mjs --duplex build/duplex [--web DIR] [--timeout S]
 //
@@ -32,7 +33,7 @@ const CHROMIUM = '/usr/bin/chromium';
 const SECRET = crypto.randomBytes(32).toString('hex');
 const API_KEY = `k-${crypto.randomBytes(8).toString('hex')}`;
 
-const PLAN = 8;
+const PLAN = 9;
 let passed = 0;
 let failed = 0;
 let ran = 0;
@@ -199,6 +200,25 @@ try {
     await publish('user:carol', 'for carol');
     await page.waitForFunction(() => window.gotSse.includes('for carol'), null, { timeout: 15000 });
     await page.evaluate(() => { window.s.close(); window.c.close(); });
+  });
+
+  await check('the demo page with ?token= connects and publishes; without a token it never opens', async () => {
+    const demo = await context.newPage();
+    demo.on('pageerror', (e) => pageErrors.push(`demo: ${e.message}`));
+    const r = await demo.goto(`${base}/?room=authroom&nick=dora&token=${mint('dora')}`, { timeout: 30000 });
+    if (!r || r.status() !== 200) throw new Error(`demo page: ${r ? r.status() : 'no answer'}`);
+    await demo.waitForFunction(() => document.getElementById('state').dataset.state === 'open', null, { timeout: 20000 });
+    const pub = await demo.evaluate(() => window.duplex.publish('chat.authroom', 'hi').then((a) => typeof a.offset, (e) => e.message));
+    if (pub !== 'number') throw new Error(`publish from the demo with a token: ${pub}`);
+    await demo.evaluate(() => window.duplex.close());
+    const anon = await context.newPage();
+    await anon.goto(`${base}/?room=authroom&nick=eve&transport=ws`, { timeout: 30000 });
+    await anon.waitForFunction(() => document.getElementById('state').dataset.state === 'reconnecting', null, { timeout: 20000 });
+    const st = await anon.evaluate(() => document.getElementById('state').dataset.state);
+    if (st === 'open') throw new Error('a page without a token opened');
+    await anon.evaluate(() => window.duplex.close());
+    await demo.close();
+    await anon.close();
   });
 
   await check('no page error, and no token in the server log', async () => {
