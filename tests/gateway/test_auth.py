@@ -443,6 +443,40 @@ def test_api_keys_by_name():
     check(ci not in log and backend not in log, "an API key appears in the server log")
 
 
+def test_startup_errors():
+    """Bad auth settings stop `duplex serve` at start with a reason (never
+    the secret); a secret of exactly 32 bytes is enough, 31 is not."""
+    import subprocess
+    import gwtest
+    bad = [
+        (["--jwt-secret", "x" * 31], "at least 32"),
+        (["--jwt-key", "/nonexistent/key.pem"], "/nonexistent/key.pem"),
+        (["--jwks", write("empty.jwks", '{"keys":[]}')], "no usable"),
+        (["--jwt-key", write("not.pem", "hello")], "PEM"),
+        (["--jwt-secret", "y" * 40, "--jwks", write("k2.jwks", "{}")], "one of"),
+        (["--api-keys-file", write("bad.keys", "lonely\n")], "name key"),
+    ]
+    for args, want in bad:
+        p = subprocess.run([gwtest.BIN, "serve", "--host", "127.0.0.1", "--port", "1"] + args,
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
+        out = p.stdout + p.stderr
+        check(p.returncode != 0, "serve %s: exited %d, expected a failure:\n%s" % (args, p.returncode, out))
+        check(want in out, "serve %s: the reason lacks %r:\n%s" % (args, want, out))
+        check("x" * 31 not in out, "the secret is quoted in the error")
+    s = Serve("--jwt-secret", "z" * 32)
+    ws, err = await_free_connect(s, mint("zed", key="z" * 32))
+    s.stop()
+
+
+def await_free_connect(s, tok):
+    async def go():
+        ws, err = await try_connect(s, token=tok)
+        check(ws is not None, "a 32-byte secret: refused %r" % (err,))
+        await ws.close()
+        return ws, err
+    return asyncio.run(go())
+
+
 def test_log_has_no_token():
     for name, s in _servers.items():
         log = s.log()
@@ -465,5 +499,6 @@ if __name__ == "__main__":
         test_anonymous_policy,
         test_presence_and_disconnect,
         test_api_keys_by_name,
+        test_startup_errors,
         test_log_has_no_token,
     ], timeout_each=90)
