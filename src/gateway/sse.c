@@ -34,18 +34,23 @@
 
 #define SSE_MAX_TOPICS 64
 
-static void refuse(gw_worker *k, dx_http_req *req, int status, const char *why)
+/* The refusal, counted; refuse() also logs it (auth.c logs its own). */
+static void answer_refused(gw_worker *k, dx_http_req *req, int status, const char *why)
 {
     char body[256];
     int n = snprintf(body, sizeof body, "{\"error\":\"%s\"}", why);
-    if (status != 401 && status != 403) /* auth.c logged those, with the reason */
-        gw_logf(k, DX_LOG_INFO, "gateway: %s GET /sse refused %d: %s", req->remote, status, why);
     gw_inc(&k->m.handshakes_refused, 1);
     (void)dx_http_reply(req, status, "application/json",
                         status == 405   ? "Allow: GET, HEAD\r\n"
                         : status == 401 ? GW_AUTH_401_HEADERS
                                         : NULL,
                         body, (size_t)n);
+}
+
+static void refuse(gw_worker *k, dx_http_req *req, int status, const char *why)
+{
+    gw_logf(k, DX_LOG_INFO, "gateway: %s GET /sse refused %d: %s", req->remote, status, why);
+    answer_refused(k, req, status, why);
 }
 
 static void on_stream_close(dx_http_stream *s, int err, void *ud)
@@ -125,7 +130,6 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
     const char *origin = dx_http_req_header(req, "Origin", &ol);
     const char *host = dx_http_req_header(req, "Host", &hlen);
     if (!gw_policy_origin(origin, ol, host, hlen)) {
-        gw_logf(k, DX_LOG_INFO, "gateway: %s GET /sse refused 403: Origin does not match Host", req->remote);
         refuse(k, req, 403, "Origin does not match Host");
         return;
     }
@@ -135,7 +139,7 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
     dx__jwt_claims *claims = NULL;
     int st = gw_auth_handshake(k, &ar, &claims);
     if (st) {
-        refuse(k, req, st, st == 401 ? "invalid token" : st == 403 ? "anonymous access is off" : "try again");
+        answer_refused(k, req, st, st == 401 ? "invalid token" : st == 403 ? "anonymous access is off" : "try again");
         return;
     }
     gw_conn *g = gw_conn_new(k, GW_SSE);
@@ -152,8 +156,8 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
     }
     for (size_t i = 0; i < nsub; i++) {
         if (gw_policy_check(g, GW_ACT_SUBSCRIBE, names[i], lens[i]) != 0) {
-            gw_logf(k, DX_LOG_INFO, "gateway: %s GET /sse refused 403: may not subscribe to '%.*s'", req->remote,
-                    (int)lens[i], names[i]);
+            gw_logf(k, DX_LOG_INFO, "gateway: %s GET /sse may not subscribe to '%.*s'", req->remote, (int)lens[i],
+                    names[i]);
             gw_conn_gone(g);
             refuse(k, req, 403, "subscription not allowed");
             return;
