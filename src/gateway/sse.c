@@ -156,8 +156,6 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
     }
     for (size_t i = 0; i < nsub; i++) {
         if (gw_policy_check(g, GW_ACT_SUBSCRIBE, names[i], lens[i]) != 0) {
-            gw_logf(k, DX_LOG_INFO, "gateway: %s GET /sse may not subscribe to '%.*s'", req->remote, (int)lens[i],
-                    names[i]);
             gw_conn_gone(g);
             refuse(k, req, 403, "subscription not allowed");
             return;
