@@ -279,8 +279,14 @@ void gw_conn_close(gw_conn *g, unsigned code, const char *why)
         gw_sse_close(g, why);
         return;
     }
-    if (g->c)
+    if (g->c) {
         (void)dx_conn_close(g->c, code, why, strlen(why));
+    } else if (!g->gone) {
+        /* its handshake is still being answered (an authenticated user
+         * disconnected meanwhile): on_open closes it */
+        g->early_code = code;
+        g->early_why = why;
+    }
 }
 
 static void slow_close(gw_conn *g)
@@ -1178,6 +1184,11 @@ static void on_open(dx_conn *c, void *ud)
     if (k->stopping) {
         g->closing = false;
         gw_conn_close(g, 1012, "service restart");
+        return;
+    }
+    if (g->early_code) { /* closed while the 101 was on its way */
+        g->closing = false;
+        gw_conn_close(g, g->early_code, g->early_why);
         return;
     }
     if (g->overflowed) { /* more arrived than the budget while the 101 was on its way */

@@ -132,6 +132,8 @@ struct gw_conn {
     bool paused;           /* reading paused: too many publishes in flight */
     bool overflowed;       /* more held before opening than the budget */
     bool recheck;          /* a flush of the backlog is posted */
+    unsigned early_code;   /* closed (e.g. /api/disconnect) before its WebSocket opened: on_open */
+    const char *early_why; /* closes it with this code and reason (a literal) */
     dx_conn *c;            /* WebSocket dialects, once open */
     dx_upgrade *up;        /* raw dialect: the deferred upgrade until its subscriptions are in */
     struct dx_http_stream *s; /* SSE */

@@ -186,6 +186,11 @@ void gw_sse_ready(gw_conn *g)
     g->hreq = NULL;
     if (!req)
         return;
+    if (g->closing && !g->gone && !g->fail_status) { /* disconnected (/api/disconnect) before it started */
+        refuse(k, req, 403, "disconnected");
+        gw_conn_gone(g);
+        return;
+    }
     if (g->fail_status || g->gone) {
         refuse(k, req, g->fail_status ? g->fail_status : 503, "subscriptions unavailable: try again");
         gw_conn_gone(g);

@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import json
 import os
+import random
 import tempfile
 import time
 
@@ -424,6 +425,48 @@ async def test_presence_and_disconnect():
     await c.close()
 
 
+async def test_disconnect_races_handshake():
+    """/api/disconnect?user=U fired while U's handshakes are in flight:
+    whatever the order, every connection that opened either is closed 4000
+    or still answers requests (never an open connection the gateway has
+    given up on)."""
+    s = server("hs")
+    loop = asyncio.get_running_loop()
+    opened = closed = 0
+    for i in range(40):
+        user = "race%d-%s" % (i, os.urandom(2).hex())
+        tok = mint(user, **aud_iss())
+        conns = [asyncio.ensure_future(try_connect(s, token=tok, how=("header", "query")[j % 2],
+                                                   subprotocols=["duplex.v1"] if j < 2 else None))
+                 for j in range(3)]
+        await asyncio.sleep(random.random() * 0.004)
+        r = await loop.run_in_executor(None, lambda: http(s, "POST", "/api/disconnect?user=" + user))
+        expect_eq(r.status, 200, "disconnect during handshakes")
+        for j, c in enumerate(conns):
+            ws, err = await c
+            if ws is None:
+                check(err[0] in (403, 503), "handshake %d of %s: status %r" % (j, user, err))
+                continue
+            opened += 1
+            try:
+                if ws.subprotocol == "duplex.v1":
+                    await ws.send(json.dumps({"op": "unsub", "id": 1, "topic": "x"}))
+                    f = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    expect_eq(f.get("op"), "ack", "an open connection answers")
+                else:
+                    publish(s, "user:" + user, "ping")
+                    expect_eq(await asyncio.wait_for(ws.recv(), 10), "ping", "an open raw connection receives")
+            except websockets.exceptions.ConnectionClosed as e:
+                rc = getattr(e, "rcvd", None)
+                check(rc is not None and rc.code == 4000, "connection %d of %s ended with %s, expected 4000" %
+                      (j, user, rc and rc.code))
+                closed += 1
+            except asyncio.TimeoutError:
+                raise Fail("connection %d of %s opened but neither answers nor closes" % (j, user))
+            await ws.close()
+    say("disconnect races: %d opened, %d of them closed 4000" % (opened, closed))
+
+
 def test_api_keys_by_name():
     s = server("apikeys")
     ci, backend = "ci-key-" + SECRET[-8:], "backend-key-" + SECRET[-8:]
@@ -498,6 +541,7 @@ if __name__ == "__main__":
         test_refresh_and_expiry,
         test_anonymous_policy,
         test_presence_and_disconnect,
+        test_disconnect_races_handshake,
         test_api_keys_by_name,
         test_startup_errors,
         test_log_has_no_token,
