@@ -27,6 +27,8 @@ test_pkgs=(
   libcmocka-dev clang llvm
   # real peers (Node ws, Python websockets, headless Chromium), certificates, fault tests
   nodejs python3 python3-websockets chromium openssl util-linux procps
+  # JWT tokens and keys minted at test time (tests/gateway/test_auth.py)
+  python3-jwt python3-cryptography
 )
 bench_pkgs=(
   # peers of scripts/bench_echo.sh (libwebsockets, Node ws), syscall counts,

@@ -75,6 +75,7 @@ export class Duplex {
    * @param {number} [opts.connectTimeout] ms a WebSocket handshake may take before it counts as failed (default 15000)
    * @param {number} [opts.timeout] ms a request waits for its answer, queued while disconnected included (default 10000)
    * @param {string|(() => string|Promise<string>)} [opts.token] a JWT, sent as the second subprotocol `token.<jwt>`
+   *   (never selected by the gateway; over SSE it goes in ?token=); see refresh()
    * @param {number[]} [opts.noReconnect] close codes that end the client instead of reconnecting (default [4000, 4001])
    */
   constructor(url = '/ws', opts = {}) {
@@ -204,6 +205,20 @@ export class Duplex {
     return this._request({ op: 'presence', topic }).then((a) => ({ count: a.count, users: a.users || [] }));
   }
 
+  /**
+   * Hands the gateway a new JWT for the same user before the current one expires (the JSON
+   * dialect's `refresh`; the gateway closes with 4001 at expiry otherwise). Resolves once
+   * acknowledged; rejects with a DuplexError (4401: invalid, or for another user). Later
+   * reconnects offer the new token (a function given as opts.token is asked again instead).
+   * Over SSE the stream is reopened with the new token.
+   */
+  refresh(token) {
+    if (typeof this.opts.token !== 'function') this.opts.token = token;
+    this._token = token;
+    if (this.transport === 'sse') { this._restartSse(); return Promise.resolve(); }
+    return this._request({ op: 'refresh', token }).then(() => undefined);
+  }
+
   /** The last position delivered on a topic, {offset, epoch}, or undefined. */
   position(topic) { return this._pos.get(topic); }
 
@@ -248,7 +263,10 @@ export class Duplex {
     if (this.opts.token) {
       try {
         const t = typeof this.opts.token === 'function' ? await this.opts.token() : this.opts.token;
-        if (t) protocols = [PROTOCOL, `token.${t}`];
+        if (t) {
+          protocols = [PROTOCOL, `token.${t}`];
+          this._token = t;
+        }
       } catch (e) {
         this._emit('error', e);
       }
@@ -527,6 +545,9 @@ export class Duplex {
       if (p) { since.push(`${t}:${p.offset}`); sent.set(t, { ...p }); }
     }
     if (since.length) url.searchParams.set('since', since.join(','));
+    // EventSource cannot set headers: the token (the last one used, or a string opts.token) goes in ?token=
+    const tok = this._token || (typeof this.opts.token === 'string' ? this.opts.token : null);
+    if (tok) url.searchParams.set('token', tok);
     const es = new EventSource(url.href);
     this._es = es;
     es.addEventListener('open', () => {

@@ -536,10 +536,21 @@ static int serve_run(app *a)
                      o->host && strchr(o->host, ':') ? "]" : "", o->port, a->ncerts ? "wss" : "ws", a->workers,
                      a->workers == 1 ? "" : "s", o->static_dir ? ", static files from " : "",
                      o->static_dir ? o->static_dir : "");
+        bool jwt = g->auth.jwt_secret || g->auth.jwt_public_key || g->auth.jwks_file;
+        if (jwt)
+            cli_logf(&a->log, DX_LOG_INFO,
+                     "serve: authentication: JWT (%s)%s%s%s%s; anonymous connections %s, anonymous publish %s",
+                     g->auth.jwt_secret ? "HS256 secret" : g->auth.jwt_public_key ? "public key" : "JWKS",
+                     g->auth.audience ? ", audience " : "", g->auth.audience ? g->auth.audience : "",
+                     g->auth.issuer ? ", issuer " : "", g->auth.issuer ? g->auth.issuer : "",
+                     g->auth.anonymous > 0 ? "allowed" : "refused (403)",
+                     g->auth.anonymous_publish > 0 ? "on" : "off");
         cli_logf(&a->log, DX_LOG_INFO,
-                 "serve: gateway open for development: no authentication configured, anonymous clients may "
-                 "subscribe and publish; HTTP API %s; history %zu messages / %s per topic; subscribers that fall behind: %s",
-                 g->api_key ? "on (Bearer key set)" : "off (no --api-key)",
+                 "serve: gateway %s; HTTP API %s; history %zu messages / %s per topic; subscribers that fall behind: %s",
+                 jwt ? "with authentication"
+                     : "open for development: no authentication configured, anonymous clients may subscribe and "
+                       "publish",
+                 g->api_key || g->api_keys_file ? "on (Bearer key set)" : "off (no --api-key)",
                  g->history_count == (size_t)-1 ? (size_t)0 : g->history_count ? g->history_count : 1000,
                  g->history_age_ms == UINT64_MAX ? "no age bound" : "an age bound (--history-age)",
                  g->slow_policy == DX_GW_SLOW_DROP_OLDEST ? "oldest dropped (JSON) / disconnected (raw, SSE)"

@@ -422,8 +422,64 @@ static void metrics(gw_worker *k, dx_http_req *req)
     P("# HELP duplex_handoffs_lost_total Hand-offs that could not be queued (out of memory): a worker's "
       "subscribers missed a message.\n# TYPE duplex_handoffs_lost_total counter\n");
     P("duplex_handoffs_lost_total %llu\n", (unsigned long long)bs.lost);
-    P("# HELP duplex_api_requests_total Requests to /api/....\n# TYPE duplex_api_requests_total counter\n");
-    P("duplex_api_requests_total %llu\n", (unsigned long long)SUM(api_requests));
+    /* by API key name; key="" for requests refused before a key matched */
+    P("# HELP duplex_api_requests_total Requests to /api/... by API key name.\n"
+      "# TYPE duplex_api_requests_total counter\n");
+    uint64_t keyed = 0;
+    for (unsigned w = 0; w < gw->n; w++) {
+        size_t n = atomic_load_explicit(&gw->w[w].m.nkeystat, memory_order_acquire);
+        for (size_t i = 0; i < n; i++)
+            keyed += atomic_load_explicit(&gw->w[w].m.keystat[i].n, memory_order_relaxed);
+    }
+    /* each name once, summed over the workers (each has its own table) */
+    for (unsigned w = 0; w < gw->n; w++) {
+        size_t n = atomic_load_explicit(&gw->w[w].m.nkeystat, memory_order_acquire);
+        for (size_t i = 0; i < n; i++) {
+            const char *name = gw->w[w].m.keystat[i].name;
+            bool seen = false;
+            for (unsigned v = 0; v < w && !seen; v++) {
+                size_t vn = atomic_load_explicit(&gw->w[v].m.nkeystat, memory_order_acquire);
+                for (size_t j = 0; j < vn && !seen; j++)
+                    seen = !strcmp(gw->w[v].m.keystat[j].name, name);
+            }
+            if (seen)
+                continue;
+            uint64_t c = 0;
+            for (unsigned v = w; v < gw->n; v++) {
+                size_t vn = atomic_load_explicit(&gw->w[v].m.nkeystat, memory_order_acquire);
+                for (size_t j = 0; j < vn; j++)
+                    if (!strcmp(gw->w[v].m.keystat[j].name, name))
+                        c += atomic_load_explicit(&gw->w[v].m.keystat[j].n, memory_order_relaxed);
+            }
+            char esc[2 * GW_KEYSTAT_NAME];
+            size_t e = 0;
+            for (const char *q = name; *q && e + 2 < sizeof esc; q++) {
+                if (*q == '"' || *q == '\\')
+                    esc[e++] = '\\';
+                esc[e++] = *q == '\n' ? ' ' : *q;
+            }
+            esc[e] = 0;
+            P("duplex_api_requests_total{key=\"%s\"} %llu\n", esc, (unsigned long long)c);
+        }
+    }
+    uint64_t all = SUM(api_requests);
+    P("duplex_api_requests_total{key=\"\"} %llu\n", (unsigned long long)(all > keyed ? all - keyed : 0));
+    P("# HELP duplex_auth_total Handshakes (/ws, /sse) authenticated by a token.\n"
+      "# TYPE duplex_auth_total counter\nduplex_auth_total %llu\n",
+      (unsigned long long)SUM(auth_ok));
+    P("# HELP duplex_auth_refused_total Handshakes refused by authentication (401/403), by reason.\n"
+      "# TYPE duplex_auth_refused_total counter\n");
+    for (int r = 1; r < GW_AUTH_NREASON; r++)
+        if (r != DX__JWT_E_NOMEM)
+            P("duplex_auth_refused_total{reason=\"%s\"} %llu\n", gw_auth_reason(r),
+              (unsigned long long)sum(gw, offsetof(gw_metrics, auth_refused) + (size_t)r * sizeof(_Atomic uint64_t)));
+    P("# HELP duplex_auth_expired_total Connections closed 4001: token expired without refresh.\n"
+      "# TYPE duplex_auth_expired_total counter\nduplex_auth_expired_total %llu\n",
+      (unsigned long long)SUM(auth_expired));
+    P("# HELP duplex_auth_refresh_total Token refreshes (JSON dialect), by result.\n"
+      "# TYPE duplex_auth_refresh_total counter\n");
+    P("duplex_auth_refresh_total{result=\"ok\"} %llu\n", (unsigned long long)SUM(refresh_ok));
+    P("duplex_auth_refresh_total{result=\"refused\"} %llu\n", (unsigned long long)SUM(refresh_refused));
     P("# HELP duplex_publish_latency_seconds From sequencing to the hand-off to a worker's subscribers.\n"
       "# TYPE duplex_publish_latency_seconds histogram\n");
     uint64_t cum = 0;
@@ -499,11 +555,15 @@ int gw_api_http(gw_worker *k, dx_http_req *req)
                     NULL);
         return 1;
     }
-    if (!request_key(k, req)) {
+    const gw_api_key *key = request_key(k, req);
+    if (!key) {
         reply_error(k, req, 401, "missing or wrong API key (Authorization: Bearer KEY)",
                     "WWW-Authenticate: Bearer realm=\"duplex\"\r\n");
         return 1;
     }
+    gw_auth_count_key(k, key->name);
+    gw_logf(k, DX_LOG_DEBUG, "gateway: %s %s %.*s with API key '%s'", req->remote, req->method, (int)req->path_len,
+            req->path, key->name);
     if (path_is(req, "/api/publish"))
         api_publish(k, req);
     else if (path_is(req, "/api/history"))

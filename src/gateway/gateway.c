@@ -145,6 +145,7 @@ void gw_conn_unref(gw_conn *g)
     dx__free(NULL, g->held);
     dx__free(NULL, g->gaps);
     dx__free(NULL, g->subs);
+    dx__jwt_claims_free(g->claims);
     dx__free(NULL, g->user);
     dx__free(NULL, g->pub);
     dx__free(NULL, g);
@@ -184,6 +185,7 @@ void gw_conn_gone(gw_conn *g)
         (void)dx_http_reply(g->hreq, 503, "application/json", NULL, "{\"error\":\"shutting down\"}", 25);
         g->hreq = NULL;
     }
+    gw_auth_detach(g);
     (void)dx__gw_topic_remove_subscriber(k->ix, g);
     while (g->nsubs)
         gw_sub_drop(g, g->nsubs - 1, true);
@@ -277,8 +279,14 @@ void gw_conn_close(gw_conn *g, unsigned code, const char *why)
         gw_sse_close(g, why);
         return;
     }
-    if (g->c)
+    if (g->c) {
         (void)dx_conn_close(g->c, code, why, strlen(why));
+    } else if (!g->gone) {
+        /* its handshake is still being answered (an authenticated user
+         * disconnected meanwhile): on_open closes it */
+        g->early_code = code;
+        g->early_why = why;
+    }
 }
 
 static void slow_close(gw_conn *g)
@@ -732,6 +740,7 @@ static void sub_done(void *ud, int err, dx__bus_topic *t, dx__gw_snapshot *snap)
         gw_conn_unref(g);
         return;
     }
+    bool quiet = s->quiet; /* a handshake's subscription (s may be freed below) */
     if (err) {
         gw_logf(k, DX_LOG_WARN, "gateway: conn=%llu subscribe %s failed: %s", (unsigned long long)g->id, s->name,
                 dx_strerror(err));
@@ -741,10 +750,10 @@ static void sub_done(void *ud, int err, dx__bus_topic *t, dx__gw_snapshot *snap)
             bool has_id = s->has_id;
             uint64_t id = s->id;
             gw_sub_drop(g, at, false); /* frees s; the owner kept no presence for it */
-            if (g->dialect == GW_JSON)
+            if (g->dialect == GW_JSON && !quiet)
                 gw_send_err(g, has_id, id, DX__GW_E_UNAVAILABLE, "subscribe failed: try again");
         }
-        if (g->dialect != GW_JSON) {
+        if (g->dialect != GW_JSON || quiet) {
             g->fail_status = 503;
             if (--g->waiting == 0)
                 gw_conn_ready(g);
@@ -753,7 +762,7 @@ static void sub_done(void *ud, int err, dx__bus_topic *t, dx__gw_snapshot *snap)
         return;
     }
     s->t = dx__bus_topic_ref(t);
-    if (g->dialect == GW_JSON) {
+    if (g->dialect == GW_JSON && !quiet) {
         dx_buf_clear(&k->scratch);
         if (dx__gw_ack_sub_encode(&k->scratch, 0, gw_req_id(s->has_id, s->id), s->name, s->len, snap->offset,
                                   snap->epoch, strlen(snap->epoch), snap->recovered) == 0)
@@ -764,7 +773,7 @@ static void sub_done(void *ud, int err, dx__bus_topic *t, dx__gw_snapshot *snap)
     s->ack_recovered = snap->recovered;
     (void)dx__gw_stitch_history(&s->st, snap);
     dx__gw_stitch_deinit(&s->st);
-    if (g->dialect != GW_JSON && --g->waiting == 0)
+    if ((g->dialect != GW_JSON || quiet) && --g->waiting == 0)
         gw_conn_ready(g);
     gw_conn_unref(g);
 }
@@ -797,6 +806,7 @@ int gw_subscribe(gw_conn *g, const char *name, size_t len, bool has_id, uint64_t
     s->g = g;
     s->has_id = has_id;
     s->id = id;
+    s->quiet = g->dialect == GW_JSON && g->up != NULL; /* the JSON dialect's handshake: user: topic */
     s->pattern = dx__gw_topic_classify(name, len) == DX__GW_TOPIC_PATTERN;
     int rc = dx__gw_topic_subscribe(k->ix, name, len, g);
     if (rc != 0) {
@@ -913,14 +923,37 @@ static void answer_later(gw_conn *g)
     }
 }
 
-static int raw_upgrade(gw_worker *k, dx_request *req)
+/* JSON dialect with a token: deferred like a raw one, so that its user:
+ * topic is subscribed (quietly: no ack) before the 101 and the
+ * connection carries its claims from the start. claims: owned. */
+static int json_upgrade(gw_worker *k, dx_request *req, dx__jwt_claims *claims)
+{
+    gw_conn *g = gw_conn_new(k, GW_JSON);
+    if (!g) {
+        dx__jwt_claims_free(claims);
+        return 503;
+    }
+    if (gw_auth_attach(g, claims) != 0 || !(g->up = dx_request_defer(req))) {
+        gw_conn_gone(g);
+        return 503;
+    }
+    char ut[DX__GW_TOPIC_MAX + 1];
+    const char *name = ut;
+    size_t len = gw_auth_user_topic(g->claims, ut);
+    if (gw_subscribe_list(g, &name, &len, 1, NULL, 0))
+        answer_later(g); /* the subscribe could not go out: 503 */
+    return DX_UPGRADE_DEFER;
+}
+
+/* The checks of a raw request's query (GATEWAY.md "Raw dialect"): 0 or
+ * the HTTP status refusing it. */
+static int raw_parse(gw_worker *k, dx_request *req, const char **names, size_t *lens, int *nsubp, long *plenp,
+                     char *pubbuf, size_t pubcap, dx__gw_pos *pos, int *nposp)
 {
     dx_gateway *gw = k->gw;
     const char *v;
     size_t vlen;
-    static _Thread_local char subbuf[8192], sincebuf[8192], pubbuf[256];
-    const char *names[GW_LIST_MAX];
-    size_t lens[GW_LIST_MAX];
+    static _Thread_local char subbuf[8192], sincebuf[8192];
     int nsub = 0;
     if (gw_query_get(req->query, req->query_len, "subscribe", &v, &vlen) && vlen) {
         nsub = gw_split_list(v, vlen, subbuf, sizeof subbuf, names, lens, GW_LIST_MAX);
@@ -948,14 +981,13 @@ static int raw_upgrade(gw_worker *k, dx_request *req)
     }
     long plen = -1;
     if (gw_query_get(req->query, req->query_len, "publish", &v, &vlen) && vlen) {
-        plen = gw_pct_decode(v, vlen, pubbuf, sizeof pubbuf);
+        plen = gw_pct_decode(v, vlen, pubbuf, pubcap);
         if (plen < 0 || dx__gw_topic_check(pubbuf, (size_t)plen) != 0) {
             gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 400: bad publish topic (a pattern cannot be published to)",
                     req->remote);
             return 400;
         }
     }
-    dx__gw_pos pos[GW_LIST_MAX];
     int npos = 0;
     if (gw_query_get(req->query, req->query_len, "since", &v, &vlen) && vlen) {
         long sl = gw_pct_decode(v, vlen, sincebuf, sizeof sincebuf);
@@ -975,9 +1007,37 @@ static int raw_upgrade(gw_worker *k, dx_request *req)
             }
         }
     }
+    *nsubp = nsub;
+    *plenp = plen;
+    *nposp = npos;
+    return 0;
+}
+
+/* claims: the token's (owned from here on), NULL: anonymous. */
+static int raw_upgrade(gw_worker *k, dx_request *req, dx__jwt_claims *claims)
+{
+    static _Thread_local char pubbuf[256], userbuf[DX__GW_TOPIC_MAX + 1];
+    const char *names[GW_LIST_MAX + 1];
+    size_t lens[GW_LIST_MAX + 1];
+    dx__gw_pos pos[GW_LIST_MAX];
+    int nsub = 0, npos = 0;
+    long plen = -1;
+    int st = raw_parse(k, req, names, lens, &nsub, &plen, pubbuf, sizeof pubbuf, pos, &npos);
+    if (st) {
+        dx__jwt_claims_free(claims);
+        return st;
+    }
     gw_conn *g = gw_conn_new(k, GW_RAW);
-    if (!g)
+    if (!g) {
+        dx__jwt_claims_free(claims);
         return 503;
+    }
+    if (claims) {
+        if (gw_auth_attach(g, claims) != 0) {
+            gw_conn_gone(g);
+            return 503;
+        }
+    }
     for (int i = 0; i < nsub; i++) {
         if (gw_policy_check(g, GW_ACT_SUBSCRIBE, names[i], lens[i]) != 0) {
             gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 403: may not subscribe to '%.*s'", req->remote,
@@ -986,8 +1046,22 @@ static int raw_upgrade(gw_worker *k, dx_request *req)
             return 403;
         }
     }
+    if (g->claims) {
+        /* the user: topic, unless the client listed it itself */
+        size_t ul = gw_auth_user_topic(g->claims, userbuf);
+        int i;
+        for (i = 0; i < nsub; i++)
+            if (lens[i] == ul && !memcmp(names[i], userbuf, ul))
+                break;
+        if (i == nsub) {
+            names[nsub] = userbuf;
+            lens[nsub++] = ul;
+        }
+    }
     if (plen >= 0) {
         if (gw_policy_check(g, GW_ACT_PUBLISH, pubbuf, (size_t)plen) != 0) {
+            gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 403: may not publish to '%.*s'", req->remote, (int)plen,
+                    pubbuf);
             gw_conn_gone(g);
             return 403;
         }
@@ -1032,7 +1106,8 @@ void gw_conn_ready(gw_conn *g)
         gw_conn_gone(g);
         return;
     }
-    if (dx_upgrade_accept(h, NULL, g) != 0) {
+    /* JSON: duplex.v1, never a token.<jwt> the client also offered */
+    if (dx_upgrade_accept(h, g->dialect == GW_JSON ? "duplex.v1" : NULL, g) != 0) {
         gw_conn_gone(g); /* on_open never comes */
         return;
     }
@@ -1065,14 +1140,26 @@ static int on_upgrade(dx_server *srv, dx_request *req, void *ud)
         gw_inc(&k->m.handshakes_refused, 1);
         return 403;
     }
+    dx__jwt_claims *claims = NULL;
+    int st = gw_auth_upgrade(k, req, &claims); /* auth.c: who is this */
+    if (st) {
+        gw_inc(&k->m.handshakes_refused, 1);
+        return st;
+    }
     if (offered(req, "duplex.v1")) {
+        if (claims) {
+            st = json_upgrade(k, req, claims);
+            if (st != DX_UPGRADE_DEFER)
+                gw_inc(&k->m.handshakes_refused, 1);
+            return st;
+        }
         if (dx_request_select_protocol(req, "duplex.v1", 9) != 0)
             return 500;
         dx_request_set_user(req, &tag_json);
         gw_inc(&k->m.handshakes, 1);
         return 0;
     }
-    int st = raw_upgrade(k, req);
+    st = raw_upgrade(k, req, claims);
     if (st != 0 && st != DX_UPGRADE_DEFER)
         gw_inc(&k->m.handshakes_refused, 1);
     return st;
@@ -1097,6 +1184,11 @@ static void on_open(dx_conn *c, void *ud)
     if (k->stopping) {
         g->closing = false;
         gw_conn_close(g, 1012, "service restart");
+        return;
+    }
+    if (g->early_code) { /* closed while the 101 was on its way */
+        g->closing = false;
+        gw_conn_close(g, g->early_code, g->early_why);
         return;
     }
     if (g->overflowed) { /* more arrived than the budget while the 101 was on its way */
@@ -1197,6 +1289,7 @@ static void on_tick(dx_timer *t, void *ud)
             atomic_store_explicit(&k->m.pmd[i], v[i], memory_order_relaxed);
     }
     gw_sse_tick(k);
+    gw_auth_tick(k);
     /* a reload whose post to this worker could not be queued */
     pthread_mutex_lock(&k->gw->pol_mu);
     bool stale = k->pol != k->gw->pol;
@@ -1422,6 +1515,7 @@ void dx_gateway_free(dx_gateway *gw)
         dx_buf_deinit(&k->scratch);
         dx_buf_deinit(&k->scratch2);
         gw_sse_release(k);
+        gw_auth_worker_free(k);
     }
     for (unsigned i = 0; i < gw->n; i++)
         gw_policy_unref(gw->w[i].pol);

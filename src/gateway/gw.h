@@ -17,6 +17,7 @@
 #include "core/list.h"
 #include "duplex/gateway.h"
 #include "duplex/server.h"
+#include "gateway/auth.h"
 #include "gateway/dialect.h"
 #include "gateway/history.h"
 #include "gateway/policy.h"
@@ -37,6 +38,9 @@ enum gw_drop {
     GW_DROP_ERROR,          /* out of memory building or queueing the frame: the connection is closed 1011 */
     GW_NDROP
 };
+
+#define GW_KEYSTAT_MAX 32  /* distinct API key names counted; more go to "other" */
+#define GW_KEYSTAT_NAME 64
 
 /* Publish→write latency buckets, seconds (the last is +Inf). */
 #define GW_LAT_N 12
@@ -68,6 +72,18 @@ typedef struct gw_metrics {
     _Atomic uint64_t lat_count;
     /* permessage-deflate: copies of this worker's dx_server_stats, refreshed every second */
     _Atomic uint64_t pmd[GW_NPMD];
+    /* auth (auth.c) */
+    _Atomic uint64_t auth_ok;                /* handshakes authenticated by a token */
+    _Atomic uint64_t auth_refused[GW_AUTH_NREASON];
+    _Atomic uint64_t auth_expired;           /* connections closed 4001 */
+    _Atomic uint64_t refresh_ok, refresh_refused;
+    /* API requests per API key name: append-only (name written, then
+     * nkeystat released), read by /metrics on another thread */
+    struct {
+        char name[GW_KEYSTAT_NAME];
+        _Atomic uint64_t n;
+    } keystat[GW_KEYSTAT_MAX];
+    _Atomic size_t nkeystat;
 } gw_metrics;
 
 static inline void gw_inc(_Atomic uint64_t *c, uint64_t n)
@@ -97,6 +113,8 @@ typedef struct gw_sub {
     bool ack_recovered;
     bool has_id;
     uint64_t id;           /* JSON: the sub request's id, for the ack */
+    bool quiet;            /* made during the handshake (JSON: the user: topic): no ack, counts
+                              down g->waiting as raw and SSE subscriptions do */
 } gw_sub;
 
 /* A message held for a connection that cannot take it yet (not open, or
@@ -124,6 +142,8 @@ struct gw_conn {
     bool paused;           /* reading paused: too many publishes in flight */
     bool overflowed;       /* more held before opening than the budget */
     bool recheck;          /* a flush of the backlog is posted */
+    unsigned early_code;   /* closed (e.g. /api/disconnect) before its WebSocket opened: on_open */
+    const char *early_why; /* closes it with this code and reason (a literal) */
     dx_conn *c;            /* WebSocket dialects, once open */
     dx_upgrade *up;        /* raw dialect: the deferred upgrade until its subscriptions are in */
     struct dx_http_stream *s; /* SSE */
@@ -132,6 +152,9 @@ struct gw_conn {
     int fail_status;       /* a subscription failed before the answer: refuse with this */
     char *user;            /* authenticated user id (NUL-terminated), NULL: anonymous */
     size_t ulen;
+    dx__jwt_claims *claims; /* the token's (auth.c), NULL: anonymous */
+    int64_t exp_ms;        /* close 4001 at (ms since the epoch) */
+    size_t exp_ix;         /* 1 + slot in k->exph, 0: not queued */
     char *pub;             /* raw dialect: the publish topic */
     size_t pub_len;
     gw_sub **subs;
@@ -185,6 +208,8 @@ struct gw_worker {
     bool flushing;
     size_t npc;
     gw_policy *pol;         /* this worker's reference to the current policy (settings.c) */
+    gw_conn **exph;         /* auth.c: authenticated connections, min-heap by exp_ms */
+    size_t nexp, capexp;
     gw_metrics m;
 };
 

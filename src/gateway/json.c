@@ -271,13 +271,20 @@ void gw_json_message(gw_conn *g, const uint8_t *data, size_t len)
         g->refs++;
         break;
     }
-    case DX__GW_OP_REFRESH:
-        /* No authentication is configured (issue 10 adds JWT): nothing to
-         * refresh, the token is accepted as is. */
+    case DX__GW_OP_REFRESH: {
+        /* a new token for the same sub before the old one runs out
+         * (auth.c); without JWT auth there is nothing to refresh: acked */
+        const char *why = NULL;
+        int rc = k->pol->jwt ? gw_auth_refresh(g, r.token, r.token_len, &why) : 0;
+        if (rc) {
+            gw_send_err(g, r.has_id, r.id, rc, why);
+            break;
+        }
         dx_buf_clear(&k->scratch);
         if (dx__gw_ack_encode(&k->scratch, 0, gw_req_id(r.has_id, r.id)) == 0)
             gw_send_scratch(g);
         break;
+    }
     default:
         gw_send_err(g, r.has_id, r.id, DX__GW_E_UNKNOWN_OP, "unknown op");
         break;

@@ -3,23 +3,57 @@
  * gateway goes through gw_policy_check, so authentication and per-namespace
  * rules (issue 10) change one function.
  *
- * Today (no configuration, GATEWAY.md "With no configuration"): anonymous
- * connections may subscribe and publish anywhere, except that a `user:<id>`
- * topic may be subscribed to only by a connection authenticated as <id>
- * (none is, until authentication exists): 4403.
+ * Authentication (auth.c): a `user:<id>` topic may be subscribed to only
+ * by a connection authenticated as <id> (4403); a token's `subscribe` and
+ * `publish` claims, when present, list the patterns it may read (subscribe,
+ * presence, history) and publish to; anonymous connections publish only
+ * when the policy allows it (anonymous_publish: on with no key source, off
+ * with one, unless configured). With no configuration (GATEWAY.md "With no
+ * configuration") anonymous connections may subscribe and publish anywhere
+ * but another user's topic.
  */
 #include "gateway/gw.h"
 
 #include <string.h>
 #include <strings.h>
 
+/* Is topic (or pattern) within one of a claim's patterns? */
+static bool claim_covers(char *const *pats, const size_t *lens, size_t n, const char *topic, size_t len)
+{
+    for (size_t i = 0; i < n; i++)
+        if (dx__gw_topic_covers(pats[i], lens[i], topic, len))
+            return true;
+    return false;
+}
+
 int gw_policy_check(const gw_conn *g, enum gw_action act, const char *topic, size_t len)
 {
     const char *id;
     size_t idlen;
-    if (act == GW_ACT_SUBSCRIBE && dx__gw_topic_user_id(topic, len, &id, &idlen)) {
-        if (!g->user || g->ulen != idlen || memcmp(g->user, id, idlen) != 0)
+    const gw_policy *p = g->k->pol;
+    const dx__jwt_claims *c = g->claims;
+    bool own = false;
+    if (dx__gw_topic_user_id(topic, len, &id, &idlen)) {
+        own = g->user && g->ulen == idlen && memcmp(g->user, id, idlen) == 0;
+        if (act == GW_ACT_SUBSCRIBE && !own)
+            return DX__GW_E_FORBIDDEN; /* GATEWAY.md: nobody else may subscribe to it */
+    }
+    switch (act) {
+    case GW_ACT_SUBSCRIBE:
+    case GW_ACT_PRESENCE:
+    case GW_ACT_HISTORY:
+        /* the token's `subscribe` claim narrows what it may read; its own
+         * user: topic is always allowed */
+        if (c && c->has_subscribe && !own &&
+            !claim_covers(c->subscribe, c->subscribe_len, c->n_subscribe, topic, len))
             return DX__GW_E_FORBIDDEN;
+        break;
+    case GW_ACT_PUBLISH:
+        if (!g->user && !p->anonymous_publish)
+            return DX__GW_E_FORBIDDEN;
+        if (c && c->has_publish && !claim_covers(c->publish, c->publish_len, c->n_publish, topic, len))
+            return DX__GW_E_FORBIDDEN;
+        break;
     }
     return 0;
 }

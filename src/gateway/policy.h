@@ -16,6 +16,7 @@
 #define DX_GATEWAY_POLICY_H
 
 #include "duplex/gateway.h"
+#include "gateway/jwt.h"
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -43,6 +44,11 @@ typedef struct gw_policy {
     bool jwt;                    /* a key source is configured */
     gw_api_key *api_keys;        /* o.api_key as "default", then o.api_keys, then api_keys_file's */
     size_t n_api_keys;
+    struct dx__jwt_keys *keys;   /* jwt: the key set (auth.c, jwt.h), files read at build */
+    dx__jwt_rules rules;         /* audience, issuer, leeway resolved */
+    bool anonymous;              /* connections without a token allowed */
+    bool anonymous_publish;      /* ... and may publish */
+    uint64_t grace_ms;           /* auth.refresh_grace_ms */
 
     /* ---- origins, limits, namespaces, drain (helper E) ---- */
     char **origins;

@@ -8,6 +8,8 @@
 #include "gateway/gw.h"
 #include "gateway/policy.h"
 
+#include <openssl/crypto.h>
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +35,7 @@ char *gw_policy_strdup(gw_policy *p, const char *s)
 
 static void pol_free(gw_policy *p)
 {
+    gw_auth_policy_free(p);
     for (size_t i = 0; i < p->nowned; i++)
         free(p->owned[i]);
     free(p->owned);
@@ -84,6 +87,57 @@ const gw_api_key *gw_policy_api_key(const gw_policy *p, const char *key, size_t 
     return hit;
 }
 
+/* "name key" per line; blank lines and lines starting with # skipped. The
+ * error names the file and line, never a key. */
+static int read_api_keys_file(gw_policy *p, const char *path, char *why, size_t why_len)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(why, why_len, "api_keys_file %s: %s", path, strerror(errno));
+        return DX_EINVAL;
+    }
+    char line[1024];
+    unsigned no = 0;
+    int rc = 0;
+    while (!rc && fgets(line, sizeof line, f)) {
+        no++;
+        size_t l = strlen(line);
+        if (l == sizeof line - 1 && line[l - 1] != '\n') {
+            snprintf(why, why_len, "api_keys_file %s:%u: line longer than %zu bytes", path, no, sizeof line - 2);
+            rc = DX_EINVAL;
+            break;
+        }
+        char *save = NULL, *name = strtok_r(line, " \t\r\n", &save);
+        if (!name || *name == '#')
+            continue;
+        char *key = strtok_r(NULL, " \t\r\n", &save);
+        if (!key || strtok_r(NULL, " \t\r\n", &save)) {
+            snprintf(why, why_len, "api_keys_file %s:%u: expected \"name key\"", path, no);
+            rc = DX_EINVAL;
+        } else if (strlen(name) >= GW_KEYSTAT_NAME) {
+            snprintf(why, why_len, "api_keys_file %s:%u: name longer than %d bytes", path, no, GW_KEYSTAT_NAME - 1);
+            rc = DX_EINVAL;
+        } else {
+            for (size_t j = 0; j < p->n_api_keys && !rc; j++)
+                if (!strcmp(p->api_keys[j].name, name)) {
+                    snprintf(why, why_len, "api_keys_file %s:%u: name '%s' used twice", path, no, name);
+                    rc = DX_EINVAL;
+                }
+            if (!rc && add_api_key(p, name, key) != 0) {
+                snprintf(why, why_len, "out of memory");
+                rc = DX_ENOMEM;
+            }
+        }
+    }
+    if (!rc && ferror(f)) {
+        snprintf(why, why_len, "api_keys_file %s: read error", path);
+        rc = DX_EINVAL;
+    }
+    fclose(f);
+    OPENSSL_cleanse(line, sizeof line);
+    return rc;
+}
+
 #define FAIL(...)                                                                                                 \
     do {                                                                                                          \
         snprintf(why, why_len, __VA_ARGS__);                                                                      \
@@ -128,7 +182,10 @@ gw_policy *gw_policy_new(const dx_gateway_options *o, char *why, size_t why_len)
         if (add_api_key(p, k->name, k->key) != 0)
             FAIL("out of memory");
     }
-    /* api_keys_file: helper C */
+    if (o->api_keys_file && read_api_keys_file(p, o->api_keys_file, why, why_len) != 0)
+        goto fail;
+    if (gw_auth_policy_init(p, why, why_len) != 0)
+        goto fail;
 
     /* ---- origins, limits, namespaces, drain (helper E) ---- */
     if (o->n_origins) {

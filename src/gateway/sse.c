@@ -34,14 +34,23 @@
 
 #define SSE_MAX_TOPICS 64
 
-static void refuse(gw_worker *k, dx_http_req *req, int status, const char *why)
+/* The refusal, counted; refuse() also logs it (auth.c logs its own). */
+static void answer_refused(gw_worker *k, dx_http_req *req, int status, const char *why)
 {
     char body[256];
     int n = snprintf(body, sizeof body, "{\"error\":\"%s\"}", why);
-    gw_logf(k, DX_LOG_INFO, "gateway: %s GET /sse refused %d: %s", req->remote, status, why);
     gw_inc(&k->m.handshakes_refused, 1);
-    (void)dx_http_reply(req, status, "application/json", status == 405 ? "Allow: GET, HEAD\r\n" : NULL, body,
-                        (size_t)n);
+    (void)dx_http_reply(req, status, "application/json",
+                        status == 405   ? "Allow: GET, HEAD\r\n"
+                        : status == 401 ? GW_AUTH_401_HEADERS
+                                        : NULL,
+                        body, (size_t)n);
+}
+
+static void refuse(gw_worker *k, dx_http_req *req, int status, const char *why)
+{
+    gw_logf(k, DX_LOG_INFO, "gateway: %s GET /sse refused %d: %s", req->remote, status, why);
+    answer_refused(k, req, status, why);
 }
 
 static void on_stream_close(dx_http_stream *s, int err, void *ud)
@@ -71,8 +80,8 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
         refuse(k, req, 400, "missing subscribe=topic,...");
         return;
     }
-    const char *names[SSE_MAX_TOPICS];
-    size_t lens[SSE_MAX_TOPICS];
+    const char *names[SSE_MAX_TOPICS + 1];
+    size_t lens[SSE_MAX_TOPICS + 1];
     size_t cap = k->gw->o.max_subs < SSE_MAX_TOPICS ? k->gw->o.max_subs : SSE_MAX_TOPICS;
     int got = gw_split_list(v, vlen, subbuf, sizeof subbuf, names, lens, cap);
     if (got <= 0) {
@@ -124,17 +133,45 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
         refuse(k, req, 403, "Origin does not match Host");
         return;
     }
+    gw_auth_req ar = {.query = req->query, .query_len = req->query_len, .remote = req->remote, .what = "GET /sse"};
+    ar.authz = dx_http_req_header(req, "Authorization", &ar.authz_len);
+    ar.cookie = dx_http_req_header(req, "Cookie", &ar.cookie_len);
+    dx__jwt_claims *claims = NULL;
+    int st = gw_auth_handshake(k, &ar, &claims);
+    if (st) {
+        answer_refused(k, req, st, st == 401 ? "invalid token" : st == 403 ? "anonymous access is off" : "try again");
+        return;
+    }
     gw_conn *g = gw_conn_new(k, GW_SSE);
     if (!g) {
+        dx__jwt_claims_free(claims);
         refuse(k, req, 503, "out of memory");
         return;
     }
     g->id = req->conn_id;
+    if (claims && gw_auth_attach(g, claims) != 0) {
+        gw_conn_gone(g);
+        refuse(k, req, 503, "out of memory");
+        return;
+    }
     for (size_t i = 0; i < nsub; i++) {
         if (gw_policy_check(g, GW_ACT_SUBSCRIBE, names[i], lens[i]) != 0) {
             gw_conn_gone(g);
             refuse(k, req, 403, "subscription not allowed");
             return;
+        }
+    }
+    static _Thread_local char userbuf[DX__GW_TOPIC_MAX + 1];
+    if (g->claims) {
+        /* the user: topic, unless listed */
+        size_t ul = gw_auth_user_topic(g->claims, userbuf);
+        size_t i;
+        for (i = 0; i < nsub; i++)
+            if (lens[i] == ul && !memcmp(names[i], userbuf, ul))
+                break;
+        if (i == nsub) {
+            names[nsub] = userbuf;
+            lens[nsub++] = ul;
         }
     }
     g->hreq = req;
@@ -149,6 +186,11 @@ void gw_sse_ready(gw_conn *g)
     g->hreq = NULL;
     if (!req)
         return;
+    if (g->closing && !g->gone && !g->fail_status) { /* disconnected (/api/disconnect) before it started */
+        refuse(k, req, 403, "disconnected");
+        gw_conn_gone(g);
+        return;
+    }
     if (g->fail_status || g->gone) {
         refuse(k, req, g->fail_status ? g->fail_status : 503, "subscriptions unavailable: try again");
         gw_conn_gone(g);
