@@ -51,6 +51,8 @@ typedef struct worker {
     pthread_t thread;
     atomic_bool done;
     int rc;
+    bool server_stopped;   /* shutdown: the drain is over */
+    uint64_t drain_end_ms; /* CLOCK_MONOTONIC */
 } worker;
 
 typedef struct app {
@@ -119,6 +121,22 @@ static void usage(FILE *f)
             "  --sse-heartbeat T      comment line on an idle SSE stream [15s]\n"
             "  --demo                 publish a ticker on demo.ticker (for the demo page)\n"
             "  --demo-interval T      ticker period [1s]\n"
+            "limits (docs/security.md; 'off' for none):\n"
+            "  --origin O             allowed browser Origin, repeatable: https://app.example.com or\n"
+            "                         https://*.example.com (subdomains); none: Origin must match Host\n"
+            "  --allow-no-origin on|off  requests without Origin (non-browser clients) [on]\n"
+            "  --conns-per-user N     live gateway connections per authenticated user, else 429 [off]\n"
+            "  --conns-per-ip N       live gateway connections per address (IPv6: /64), else 429 [1000]\n"
+            "  --handshakes-per-ip R  /ws and /sse requests per second per address, else 429 + Retry-After [200]\n"
+            "  --handshake-burst N    their bucket size [= --handshakes-per-ip]\n"
+            "  --msg-rate R           messages per second per connection [1000]\n"
+            "  --msg-burst N          its bucket size [= --msg-rate]\n"
+            "  --rate-policy P        over --msg-rate: pause (stop reading), refuse (JSON err 4429; raw:\n"
+            "                         close 1008) or close (1008) [pause]\n"
+            "  --max-topic BYTES      topic name or pattern length, at most 200, else 4400 / 400 [200]\n"
+            "  --max-api-body BYTES   /api/publish body, else 413 [--max-message]\n"
+            "  --drain T              on SIGTERM, time for queued messages to go out before the 1012 [10s]\n"
+            "  --reconnect-hint T     retry delay in the 1012 close reason (\"retry=MS\") [2s]\n"
             "  --log-level L          error|warn|info|debug [info]\n"
             "  --log-format F         text (timestamp level message) or json (one object per line) [text]\n"
             "\n"
@@ -142,19 +160,38 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* Drain first (the gateway's connections get 1012 "retry=MS" once their
+ * queues are out, /healthz answers 503 "draining", the listener stays up
+ * so a balancer can see that), then the server's shutdown (the listener,
+ * /echo: 1001). */
+static void server_stop(worker *w)
+{
+    if (w->server_stopped)
+        return;
+    w->server_stopped = true;
+    if (dx_server_shutdown(w->srv, DX_CLOSE_GOING_AWAY, "server shutting down") == 0)
+        dx_loop_stop(w->loop);
+}
+
 static void shutdown_worker(void *arg)
 {
     worker *w = arg;
-    (void)dx_gateway_shutdown(g_app.gw, (unsigned)w->index); /* gateway connections: 1012 */
-    size_t left = dx_server_shutdown(w->srv, DX_CLOSE_GOING_AWAY, "server shutting down");
-    if (left == 0)
-        dx_loop_stop(w->loop);
+    if (dx_gateway_shutdown(g_app.gw, (unsigned)w->index) == 0)
+        server_stop(w);
 }
 
 /* Runs on each worker's loop periodically during shutdown. */
 static void check_worker(void *arg)
 {
     worker *w = arg;
+    if (!w->server_stopped) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t now = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+        if (dx_gateway_shutdown(g_app.gw, (unsigned)w->index) == 0 || now >= w->drain_end_ms)
+            server_stop(w);
+        return;
+    }
     if (dx_server_connections(w->srv) == 0)
         dx_loop_stop(w->loop);
 }
@@ -274,8 +311,104 @@ static void raise_nofile(void)
 enum {
     O_HOST = 256, O_PORT, O_UNIX, O_WORKERS, O_CERT, O_KEY, O_STATIC, O_MAXHEAD, O_MAXHDRS, O_PERIP, O_MAXHS,
     O_HTTPBODY, O_HTTPKA, O_HTTPREQS, O_APIKEY, O_HIST, O_HISTAGE, O_SLOW, O_SUBQ, O_MAXSUBS, O_SSEHB, O_DEMO,
-    O_DEMOINT
+    O_DEMOINT,
+    /* limits, origins, drain (issue 10, docs/security.md): parsed by limit_flag */
+    O_LIM_FIRST = 400, O_CONNS_USER = O_LIM_FIRST, O_CONNS_IP, O_HS_IP, O_HS_BURST, O_MSG_RATE, O_MSG_BURST,
+    O_RATE_POLICY, O_MAX_TOPIC, O_MAX_API_BODY, O_ORIGIN, O_NO_ORIGIN, O_DRAIN, O_RECONNECT_HINT, O_LIM_LAST
 };
+
+#define MAX_ORIGINS 64
+
+/* A limit given as a count, or 'off' ((size_t)-1: none). */
+static int parse_count(const char *s, size_t *out)
+{
+    unsigned long v;
+    if (strcmp(s, "off") == 0) {
+        *out = (size_t)-1;
+        return 0;
+    }
+    if (cli_parse_uint(s, 1, 1ul << 30, &v))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* A rate per second, or 'off' (-1: none). */
+static int parse_rate(const char *s, double *out)
+{
+    char *end;
+    if (strcmp(s, "off") == 0) {
+        *out = -1;
+        return 0;
+    }
+    double v = strtod(s, &end);
+    if (end == s || *end || !(v > 0) || v > 1e9)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* The limit, Origin and drain flags: 0, or -1 for a bad value. */
+static int limit_flag(int ch, const char *arg, dx_gateway_options *g)
+{
+    static const char *origins[MAX_ORIGINS];
+    dx_gateway_limits *l = &g->limits;
+    size_t sz;
+    switch (ch) {
+    case O_CONNS_USER:
+        return parse_count(arg, &l->conns_per_user);
+    case O_CONNS_IP:
+        return parse_count(arg, &l->conns_per_ip);
+    case O_HS_IP:
+        return parse_rate(arg, &l->handshakes_per_ip);
+    case O_HS_BURST:
+        return parse_rate(arg, &l->handshake_burst) || l->handshake_burst < 1 ? -1 : 0;
+    case O_MSG_RATE:
+        return parse_rate(arg, &l->msg_rate);
+    case O_MSG_BURST:
+        return parse_rate(arg, &l->msg_burst) || l->msg_burst < 1 ? -1 : 0;
+    case O_RATE_POLICY:
+        if (!strcmp(arg, "pause"))
+            l->rate_policy = DX_GW_RATE_PAUSE;
+        else if (!strcmp(arg, "refuse"))
+            l->rate_policy = DX_GW_RATE_REFUSE;
+        else if (!strcmp(arg, "close"))
+            l->rate_policy = DX_GW_RATE_CLOSE;
+        else
+            return -1;
+        return 0;
+    case O_MAX_TOPIC:
+        if (cli_parse_size(arg, &sz) || sz < 1 || sz > 200)
+            return -1;
+        l->max_topic = sz;
+        return 0;
+    case O_MAX_API_BODY:
+        if (cli_parse_size(arg, &sz) || !sz)
+            return -1;
+        l->max_api_body = sz;
+        return 0;
+    case O_ORIGIN:
+        if (g->n_origins == MAX_ORIGINS || !*arg)
+            return -1;
+        origins[g->n_origins++] = arg;
+        g->origins = origins;
+        return 0;
+    case O_NO_ORIGIN:
+        if (!strcmp(arg, "on"))
+            g->allow_no_origin = 1;
+        else if (!strcmp(arg, "off"))
+            g->allow_no_origin = -1;
+        else
+            return -1;
+        return 0;
+    case O_DRAIN:
+        return cli_parse_ms(arg, &g->drain_ms) || !g->drain_ms ? -1 : 0;
+    case O_RECONNECT_HINT:
+        return cli_parse_ms(arg, &g->reconnect_hint_ms) || !g->reconnect_hint_ms ? -1 : 0;
+    default:
+        return -1;
+    }
+}
 
 int cmd_serve(int argc, char **argv)
 {
@@ -303,6 +436,19 @@ int cmd_serve(int argc, char **argv)
         {"sse-heartbeat", required_argument, 0, O_SSEHB},
         {"demo", no_argument, 0, O_DEMO},
         {"demo-interval", required_argument, 0, O_DEMOINT},
+        {"conns-per-user", required_argument, 0, O_CONNS_USER},
+        {"conns-per-ip", required_argument, 0, O_CONNS_IP},
+        {"handshakes-per-ip", required_argument, 0, O_HS_IP},
+        {"handshake-burst", required_argument, 0, O_HS_BURST},
+        {"msg-rate", required_argument, 0, O_MSG_RATE},
+        {"msg-burst", required_argument, 0, O_MSG_BURST},
+        {"rate-policy", required_argument, 0, O_RATE_POLICY},
+        {"max-topic", required_argument, 0, O_MAX_TOPIC},
+        {"max-api-body", required_argument, 0, O_MAX_API_BODY},
+        {"origin", required_argument, 0, O_ORIGIN},
+        {"allow-no-origin", required_argument, 0, O_NO_ORIGIN},
+        {"drain", required_argument, 0, O_DRAIN},
+        {"reconnect-hint", required_argument, 0, O_RECONNECT_HINT},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -453,6 +599,11 @@ int cmd_serve(int argc, char **argv)
                 return cli_bad_value(&common, name, optarg);
             break;
         default:
+            if (ch >= O_LIM_FIRST && ch < O_LIM_LAST) {
+                if (limit_flag(ch, optarg, g))
+                    return cli_bad_value(&common, name, optarg);
+                break;
+            }
             usage(stderr);
             return 2;
         }
@@ -601,13 +752,20 @@ int cmd_serve(int argc, char **argv)
         sigdelset(&set, SIGPIPE);
         sigwait(&set, &sig);
         atomic_store(&a->stopping, true);
-        cli_logf(&a->log, DX_LOG_INFO, "serve: %s: closing connections with 1012 (gateway) and 1001 (echo) (up to %u ms); again to exit now",
-                 strsignal(sig), o->close_timeout_ms ? o->close_timeout_ms : 5000u);
-        for (unsigned i = 0; i < started; i++)
+        cli_logf(&a->log, DX_LOG_INFO, "serve: %s: draining: /healthz answers 503, gateway connections get 1012 "
+                 "\"retry=%u\" once their queues are out (up to %u ms), then 1001 (echo) (up to %u ms); again to exit now",
+                 strsignal(sig), g->reconnect_hint_ms ? g->reconnect_hint_ms : 2000u,
+                 g->drain_ms ? g->drain_ms : 10000u, o->close_timeout_ms ? o->close_timeout_ms : 5000u);
+        unsigned drain_ms = g->drain_ms ? g->drain_ms : 10000u;
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        for (unsigned i = 0; i < started; i++) {
+            ws[i].drain_end_ms = (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u + drain_ms + 500u;
             dx_loop_post(ws[i].loop, shutdown_worker, &ws[i]);
-        /* Each connection ends within the close timeout; poll the workers
-         * until they are empty, then stop them. */
-        unsigned limit_ms = (o->close_timeout_ms ? o->close_timeout_ms : 5000u) + 1000u;
+        }
+        /* The drain, then each connection ends within the close timeout;
+         * poll the workers until they are empty, then stop them. */
+        unsigned limit_ms = drain_ms + 500u + (o->close_timeout_ms ? o->close_timeout_ms : 5000u) + 1000u;
         for (unsigned waited = 0; waited < limit_ms; waited += 50) {
             bool all = true;
             for (unsigned i = 0; i < started; i++)

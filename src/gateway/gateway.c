@@ -184,6 +184,7 @@ void gw_conn_gone(gw_conn *g)
         (void)dx_http_reply(g->hreq, 503, "application/json", NULL, "{\"error\":\"shutting down\"}", 25);
         g->hreq = NULL;
     }
+    gw_admit_release(g);
     (void)dx__gw_topic_remove_subscriber(k->ix, g);
     while (g->nsubs)
         gw_sub_drop(g, g->nsubs - 1, true);
@@ -467,9 +468,13 @@ static bool over_budget(const gw_conn *g, const dx_msg *m)
     return q && q + dx_msg_len(m) + 14 > g->k->gw->o.sub_queue;
 }
 
-static bool drops_oldest(const gw_conn *g)
+/* The slow-consumer policy of topic t's namespace (the gateway's when none). */
+static bool drops_oldest(const gw_conn *g, const dx__bus_topic *t)
 {
-    return g->dialect == GW_JSON && g->k->gw->o.slow_policy == DX_GW_SLOW_DROP_OLDEST;
+    if (g->dialect != GW_JSON)
+        return false;
+    const gw_ns *ns = gw_limits_ns(gw_lim(g->k), t->name, t->len);
+    return (ns ? ns->slow_policy : g->k->gw->o.slow_policy) == DX_GW_SLOW_DROP_OLDEST;
 }
 
 /* One entry to one open WebSocket subscriber (frame m borrowed). */
@@ -481,7 +486,7 @@ static void send_frame(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, dx_msg *m)
         return;
     }
     if (over_budget(g, m)) {
-        if (drops_oldest(g)) {
+        if (drops_oldest(g, t)) {
             overflow(g, t, e, m);
             recheck_later(g);
         } else {
@@ -551,7 +556,7 @@ void gw_flush_held(gw_conn *g)
             return;
         }
         if (over_budget(g, m)) {
-            if (drops_oldest(g))
+            if (drops_oldest(g, h->t))
                 recheck_later(g); /* on_drain, this post, or the 1 s tick comes back */
             else
                 slow_close(g);
@@ -940,6 +945,8 @@ static int raw_upgrade(gw_worker *k, dx_request *req)
                     names[i]);
             return 400;
         }
+        if (!gw_admit_topic(k, names[i], lens[i]))
+            return 400;
         for (int j = 0; j < i; j++)
             if (lens[j] == lens[i] && !memcmp(names[j], names[i], lens[i])) {
                 gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 400: topic listed twice", req->remote);
@@ -954,6 +961,8 @@ static int raw_upgrade(gw_worker *k, dx_request *req)
                     req->remote);
             return 400;
         }
+        if (!gw_admit_topic(k, pubbuf, (size_t)plen))
+            return 400;
     }
     dx__gw_pos pos[GW_LIST_MAX];
     int npos = 0;
@@ -978,6 +987,10 @@ static int raw_upgrade(gw_worker *k, dx_request *req)
     gw_conn *g = gw_conn_new(k, GW_RAW);
     if (!g)
         return 503;
+    if (gw_admit_count_ip(g, req->remote, true) != 0) {
+        gw_conn_gone(g);
+        return 429;
+    }
     for (int i = 0; i < nsub; i++) {
         if (gw_policy_check(g, GW_ACT_SUBSCRIBE, names[i], lens[i]) != 0) {
             gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 403: may not subscribe to '%.*s'", req->remote,
@@ -988,6 +1001,7 @@ static int raw_upgrade(gw_worker *k, dx_request *req)
     }
     if (plen >= 0) {
         if (gw_policy_check(g, GW_ACT_PUBLISH, pubbuf, (size_t)plen) != 0) {
+            gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 403: may not publish to '%s'", req->remote, pubbuf);
             gw_conn_gone(g);
             return 403;
         }
@@ -1058,12 +1072,15 @@ static int on_upgrade(dx_server *srv, dx_request *req, void *ud)
         return 404;
     size_t hlen = 0;
     const char *host = dx_request_header(req, "Host", &hlen);
-    if (!gw_policy_origin(req->origin, req->origin_len, host, hlen)) {
-        gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 403: Origin '%.*s' does not match Host '%.*s'", req->remote,
-                (int)(req->origin_len > 200 ? 200 : req->origin_len), req->origin, (int)(hlen > 200 ? 200 : hlen),
-                host ? host : "");
+    char hdr[64];
+    int st = gw_admit_request(k, "/ws", req->remote, req->origin, req->origin_len, host, hlen, hdr, sizeof hdr);
+    if (st) {
         gw_inc(&k->m.handshakes_refused, 1);
-        return 403;
+        dx_upgrade *h = hdr[0] ? dx_request_defer(req) : NULL;
+        if (!h)
+            return st;
+        (void)dx_upgrade_refuse(h, st, hdr); /* applied when on_upgrade returns: with Retry-After */
+        return DX_UPGRADE_DEFER;
     }
     if (offered(req, "duplex.v1")) {
         if (dx_request_select_protocol(req, "duplex.v1", 9) != 0)
@@ -1072,7 +1089,7 @@ static int on_upgrade(dx_server *srv, dx_request *req, void *ud)
         gw_inc(&k->m.handshakes, 1);
         return 0;
     }
-    int st = raw_upgrade(k, req);
+    st = raw_upgrade(k, req);
     if (st != 0 && st != DX_UPGRADE_DEFER)
         gw_inc(&k->m.handshakes_refused, 1);
     return st;
@@ -1094,9 +1111,16 @@ static void on_open(dx_conn *c, void *ud)
     g->id = dx_conn_id(c);
     g->open = true;
     gw_inc(&k->m.conns[g->dialect], 1);
-    if (k->stopping) {
+    if (g->dialect == GW_JSON) { /* checked at on_upgrade; counted from here (raw: at its upgrade) */
+        char remote[64];
+        if (dx_conn_remote(c, remote, sizeof remote) < sizeof remote)
+            (void)gw_admit_count_ip(g, remote, false);
+    }
+    if (k->stopping) { /* opened while draining: straight to the 1012 */
+        char why[32];
+        snprintf(why, sizeof why, "retry=%u", gw_lim(k)->reconnect_hint_ms);
         g->closing = false;
-        gw_conn_close(g, 1012, "service restart");
+        gw_conn_close(g, 1012, why);
         return;
     }
     if (g->overflowed) { /* more arrived than the budget while the 101 was on its way */
@@ -1133,6 +1157,16 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
         gw_conn_close(g, 1008, "no publish topic");
         return;
     }
+    if (!gw_admit_message(g, false, 0))
+        return; /* refused (closed 1008) */
+    const char *why = NULL;
+    int ac = gw_admit_publish(g, g->pub, g->pub_len, len, false, 0, &why);
+    if (ac == DX__GW_E_TOOBIG) {
+        gw_conn_close(g, 1009, "message too big for this namespace");
+        return;
+    }
+    if (ac)
+        return;
     int rc = gw_publish(g, g->pub, g->pub_len, opcode == DX_OP_BINARY ? DX__GW_KIND_BINARY : DX__GW_KIND_TEXT, data,
                      len, false, 0);
     if (rc) {
@@ -1147,6 +1181,8 @@ static void on_drain(dx_conn *c, void *ud)
     gw_conn *g = dx_conn_user(c);
     if (g && (g->nheld || g->ngaps))
         gw_flush_held(g);
+    if (g && g->draining)
+        gw_admit_drain_check(g);
 }
 
 static void on_close(dx_conn *c, unsigned code, const char *reason, size_t len, void *ud)
@@ -1232,6 +1268,19 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
         o->demo_interval_ms = 1000;
     if (o->api_key && !*o->api_key)
         o->api_key = NULL;
+    char why[256] = "";
+    gw->lim = gw_limits_cfg_new(o, why, sizeof why, &e);
+    if (!gw->lim) {
+        if (o->log)
+            o->log(o->log_ud, DX_LOG_ERROR, why);
+        goto fail;
+    }
+    if ((e = gw_counts_init(&gw->counts, 0)) != 0) {
+        gw_limits_cfg_free(gw->lim);
+        gw->lim = NULL;
+        goto fail;
+    }
+    e = DX_ENOMEM;
     if (o->api_key) {
         gw->api_key = strdup(o->api_key);
         if (!gw->api_key)
@@ -1262,6 +1311,7 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
         k->gw = gw;
         k->index = i;
         dx_list_init(&k->conns);
+        dx_list_init(&k->rpaused);
         dx_buf_init(&k->scratch, NULL);
         dx_buf_init(&k->scratch2, NULL);
         dx_buf_init(&k->sse_msg, NULL);
@@ -1277,6 +1327,10 @@ fail:
         dx__free(NULL, gw->w);
         dx__bus_free(gw->bus);
         free(gw->api_key);
+        if (gw->lim) {
+            gw_limits_cfg_free(gw->lim);
+            gw_counts_deinit(&gw->counts);
+        }
         dx__free(NULL, gw);
     }
     if (err)
@@ -1344,24 +1398,22 @@ int dx_gateway_attach(dx_gateway *gw, unsigned i, dx_loop *loop, dx_server *srv)
     return 0;
 }
 
+/* The first call starts the drain (admit.c): new requests get 503 and
+ * /healthz "draining"; each connection is closed 1012 "retry=MS" once its
+ * backlog is out, all by drain_ms. Later calls only count. */
 size_t dx_gateway_shutdown(dx_gateway *gw, unsigned i)
 {
     gw_worker *k = &gw->w[i];
-    k->stopping = true;
-    if (k->demo)
-        dx_timer_stop(k->demo);
+    if (!k->stopping) {
+        k->stopping = true;
+        if (k->demo)
+            dx_timer_stop(k->demo);
+        gw_admit_drain_start(k);
+    }
     size_t n = 0;
-    dx_list_foreach_safe(it, tmp, &k->conns) {
+    dx_list_foreach(it, &k->conns) {
         gw_conn *g = dx_list_entry(it, gw_conn, node);
-        if (g->dialect == GW_ECHO)
-            continue;
-        n++;
-        if (g->up || g->hreq) {
-            g->fail_status = 503;
-            gw_conn_gone(g);
-            continue;
-        }
-        gw_conn_close(g, 1012, "service restart");
+        n += g->dialect != GW_ECHO && !g->gone;
     }
     return n;
 }
@@ -1383,6 +1435,7 @@ void dx_gateway_free(dx_gateway *gw)
         if (k->demo)
             dx_timer_free(k->demo);
         k->tick = k->demo = NULL;
+        gw_admit_worker_free(k);
     }
     dx__bus_free(gw->bus); /* completions of pending requests run now, with DX_ECLOSED */
     for (unsigned i = 0; i < gw->n; i++) {
@@ -1401,5 +1454,7 @@ void dx_gateway_free(dx_gateway *gw)
     }
     dx__free(NULL, gw->w);
     free(gw->api_key);
+    gw_limits_cfg_free(gw->lim);
+    gw_counts_deinit(&gw->counts);
     dx__free(NULL, gw);
 }
