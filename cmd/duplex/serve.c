@@ -137,13 +137,18 @@ static void usage(FILE *f)
             "  --max-api-body BYTES   /api/publish body, else 413 [--max-message]\n"
             "  --drain T              on SIGTERM, time for queued messages to go out before the 1012 [10s]\n"
             "  --reconnect-hint T     retry delay in the 1012 close reason (\"retry=MS\") [2s]\n"
+            "  --namespace P[,k=v...] settings of the topics starting with P (the longest prefix wins;\n"
+            "                         repeatable): history=N|off, history-age=T|off, publish=on|off,\n"
+            "                         presence=on|off, slow-policy=P, rate=R, burst=N, rate-policy=P,\n"
+            "                         max-message=BYTES; e.g. --namespace 'news.,publish=off,history=50'\n"
             "  --log-level L          error|warn|info|debug [info]\n"
             "  --log-format F         text (timestamp level message) or json (one object per line) [text]\n"
             "\n"
             "Once every worker listens, serve prints 'duplex: serving http://HOST:PORT/' on stdout.\n"
-            "A port another process listens on is refused (exit 1). The first SIGINT/SIGTERM closes\n"
-            "gateway connections with 1012 (/echo ones with 1001) and exits 0; a second one exits at\n"
-            "once with status 1.\n"
+            "A port another process listens on is refused (exit 1). The first SIGINT/SIGTERM drains:\n"
+            "/healthz answers 503, new requests 503, each gateway connection gets 1012 \"retry=MS\" once\n"
+            "its queue is out (all by --drain), /echo ones 1001; then serve exits 0. A second one exits\n"
+            "at once with status 1.\n"
             "  -h, --help             this text\n");
 }
 
@@ -314,10 +319,11 @@ enum {
     O_DEMOINT,
     /* limits, origins, drain (issue 10, docs/security.md): parsed by limit_flag */
     O_LIM_FIRST = 400, O_CONNS_USER = O_LIM_FIRST, O_CONNS_IP, O_HS_IP, O_HS_BURST, O_MSG_RATE, O_MSG_BURST,
-    O_RATE_POLICY, O_MAX_TOPIC, O_MAX_API_BODY, O_ORIGIN, O_NO_ORIGIN, O_DRAIN, O_RECONNECT_HINT, O_LIM_LAST
+    O_RATE_POLICY, O_MAX_TOPIC, O_MAX_API_BODY, O_ORIGIN, O_NO_ORIGIN, O_DRAIN, O_RECONNECT_HINT, O_NAMESPACE, O_LIM_LAST
 };
 
 #define MAX_ORIGINS 64
+#define MAX_NAMESPACES 64
 
 /* A limit given as a count, or 'off' ((size_t)-1: none). */
 static int parse_count(const char *s, size_t *out)
@@ -348,10 +354,80 @@ static int parse_rate(const char *s, double *out)
     return 0;
 }
 
+/* --namespace PREFIX[,key=value...]: one namespace (',' is not a topic
+ * character). 0, or -1 when malformed. The string is modified in place
+ * (it lives as long as argv). */
+static int parse_namespace(char *arg, dx_gateway_namespace *ns)
+{
+    memset(ns, 0, sizeof *ns);
+    char *save = NULL, *p = strchr(arg, ',');
+    ns->prefix = arg;
+    if (!p)
+        return 0;
+    *p++ = 0;
+    for (char *kv = strtok_r(p, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+        char *v = strchr(kv, '=');
+        if (!v)
+            return -1;
+        *v++ = 0;
+        unsigned long n;
+        unsigned ms;
+        bool on = !strcmp(v, "on"), off = !strcmp(v, "off");
+        if (!strcmp(kv, "history")) {
+            if (off || !strcmp(v, "0"))
+                ns->history_count = (size_t)-1;
+            else if (cli_parse_uint(v, 1, 1u << 24, &n))
+                return -1;
+            else
+                ns->history_count = n;
+        } else if (!strcmp(kv, "history-age")) {
+            if (off)
+                ns->history_age_ms = UINT64_MAX;
+            else if (cli_parse_ms(v, &ms) || !ms)
+                return -1;
+            else
+                ns->history_age_ms = ms;
+        } else if (!strcmp(kv, "publish") && (on || off)) {
+            ns->publish = on ? 1 : -1;
+        } else if (!strcmp(kv, "presence") && (on || off)) {
+            ns->presence = on ? 1 : -1;
+        } else if (!strcmp(kv, "slow-policy")) {
+            if (!strcmp(v, "disconnect"))
+                ns->slow_policy = DX_GW_SLOW_DISCONNECT + 1;
+            else if (!strcmp(v, "drop-oldest"))
+                ns->slow_policy = DX_GW_SLOW_DROP_OLDEST + 1;
+            else
+                return -1;
+        } else if (!strcmp(kv, "rate")) {
+            if (parse_rate(v, &ns->msg_rate) || ns->msg_rate < 0)
+                return -1;
+        } else if (!strcmp(kv, "burst")) {
+            if (parse_rate(v, &ns->msg_burst) || ns->msg_burst < 1)
+                return -1;
+        } else if (!strcmp(kv, "rate-policy")) {
+            if (!strcmp(v, "pause"))
+                ns->rate_policy = DX_GW_RATE_PAUSE + 1;
+            else if (!strcmp(v, "refuse"))
+                ns->rate_policy = DX_GW_RATE_REFUSE + 1;
+            else if (!strcmp(v, "close"))
+                ns->rate_policy = DX_GW_RATE_CLOSE + 1;
+            else
+                return -1;
+        } else if (!strcmp(kv, "max-message")) {
+            if (cli_parse_size(v, &ns->max_message) || !ns->max_message)
+                return -1;
+        } else {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* The limit, Origin and drain flags: 0, or -1 for a bad value. */
-static int limit_flag(int ch, const char *arg, dx_gateway_options *g)
+static int limit_flag(int ch, char *arg, dx_gateway_options *g)
 {
     static const char *origins[MAX_ORIGINS];
+    static dx_gateway_namespace spaces[MAX_NAMESPACES];
     dx_gateway_limits *l = &g->limits;
     size_t sz;
     switch (ch) {
@@ -401,6 +477,12 @@ static int limit_flag(int ch, const char *arg, dx_gateway_options *g)
         else
             return -1;
         return 0;
+    case O_NAMESPACE:
+        if (g->n_namespaces == MAX_NAMESPACES || parse_namespace(arg, &spaces[g->n_namespaces]))
+            return -1;
+        g->namespaces = spaces;
+        g->n_namespaces++;
+        return 0;
     case O_DRAIN:
         return cli_parse_ms(arg, &g->drain_ms) || !g->drain_ms ? -1 : 0;
     case O_RECONNECT_HINT:
@@ -449,6 +531,7 @@ int cmd_serve(int argc, char **argv)
         {"allow-no-origin", required_argument, 0, O_NO_ORIGIN},
         {"drain", required_argument, 0, O_DRAIN},
         {"reconnect-hint", required_argument, 0, O_RECONNECT_HINT},
+        {"namespace", required_argument, 0, O_NAMESPACE},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -752,8 +835,9 @@ int cmd_serve(int argc, char **argv)
         sigdelset(&set, SIGPIPE);
         sigwait(&set, &sig);
         atomic_store(&a->stopping, true);
-        cli_logf(&a->log, DX_LOG_INFO, "serve: %s: draining: /healthz answers 503, gateway connections get 1012 "
-                 "\"retry=%u\" once their queues are out (up to %u ms), then 1001 (echo) (up to %u ms); again to exit now",
+        cli_logf(&a->log, DX_LOG_INFO, "serve: %s: draining (/healthz answers 503): closing connections with 1012 "
+                 "(gateway) and 1001 (echo): 1012 \"retry=%u\" once a connection's queue is out (up to %u ms), "
+                 "then the close handshakes (up to %u ms); again to exit now",
                  strsignal(sig), g->reconnect_hint_ms ? g->reconnect_hint_ms : 2000u,
                  g->drain_ms ? g->drain_ms : 10000u, o->close_timeout_ms ? o->close_timeout_ms : 5000u);
         unsigned drain_ms = g->drain_ms ? g->drain_ms : 10000u;

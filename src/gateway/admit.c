@@ -354,6 +354,18 @@ int gw_policy_check_ns(const gw_conn *g, enum gw_action act, const char *topic, 
     return 0;
 }
 
+void gw_admit_history_for(void *ud, unsigned w, const char *topic, size_t len, dx__gw_log_opts *out)
+{
+    dx_gateway *gw = ud;
+    if (w >= gw->n || !gw->lim)
+        return;
+    const gw_ns *ns = gw_limits_ns(gw_lim(&gw->w[w]), topic, len);
+    if (!ns)
+        return;
+    out->max_count = ns->history_count;
+    out->max_age_ns = ns->history_age_ms * 1000000u;
+}
+
 /* ---- drain ---------------------------------------------------------------------------- */
 
 static void drain_close(gw_conn *g)

@@ -1287,7 +1287,7 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
             goto fail;
         o->api_key = gw->api_key;
     }
-    dx__bus_local_opts bo = {.workers = workers};
+    dx__bus_local_opts bo = {.workers = workers, .history_for = gw_admit_history_for, .history_ud = gw};
     dx__gw_log_opts_default(&bo.history);
     if (o->history_count == (size_t)-1)
         bo.history.max_count = 0;
