@@ -17,3 +17,7 @@ done
 
 # Gateway fan-out: duplex serve --workers 1 against a Node ws broadcast server.
 "$(dirname "$0")/bench_gateway.sh" "$build"
+
+# Instructions per echoed message and per handshake under callgrind (issue 13's
+# stable measure), duplex against libwebsockets and the plain TCP echo.
+"$(dirname "$0")/bench_instr.sh" "$build"

@@ -282,8 +282,13 @@ bool gw_admit_message(gw_conn *g, bool has_id, uint64_t id)
 }
 
 /* g's bucket for namespace ns, made on first use (NULL: out of memory). */
-static gw_bucket *ns_bucket(gw_conn *g, const gw_ns *ns, uint64_t now)
+static gw_bucket *ns_bucket(gw_conn *g, const gw_nspace *ns, uint64_t now)
 {
+    const gw_limits_cfg *cfg = gw_lim(g->k);
+    if (g->nsb_cfg != cfg) { /* the namespaces were reloaded: start afresh */
+        g->nnsb = 0;
+        g->nsb_cfg = cfg;
+    }
     for (size_t i = 0; i < g->nnsb; i++)
         if (g->nsb[i].ns == ns->index)
             return &g->nsb[i].b;
@@ -311,8 +316,8 @@ int gw_admit_publish(gw_conn *g, const char *topic, size_t len, size_t dlen, boo
 {
     gw_worker *k = g->k;
     const gw_limits_cfg *c = gw_lim(k);
-    const gw_ns *ns = gw_limits_ns(c, topic, len);
-    size_t maxm = ns ? ns->max_message : c->max_message;
+    const gw_nspace *ns = gw_limits_ns(c, topic, len);
+    size_t maxm = ns && ns->max_message ? ns->max_message : k->gw->o.max_message;
     if (dlen > maxm) {
         refused(k, GW_LIM_MESSAGE_SIZE, "gateway: conn=%llu publish of %zu bytes on '%.*s' refused: above %zu",
                 (unsigned long long)g->id, dlen, (int)len, topic, maxm);
@@ -336,9 +341,9 @@ int gw_admit_publish(gw_conn *g, const char *topic, size_t len, size_t dlen, boo
 int gw_policy_check_ns(const gw_conn *g, enum gw_action act, const char *topic, size_t len)
 {
     gw_worker *k = g->k;
-    if ((act != GW_ACT_PUBLISH && act != GW_ACT_PRESENCE) || !k || !k->gw->lim)
+    if ((act != GW_ACT_PUBLISH && act != GW_ACT_PRESENCE) || !k || !k->pol)
         return 0;
-    const gw_ns *ns = gw_limits_ns(gw_lim(k), topic, len);
+    const gw_nspace *ns = gw_limits_ns(gw_lim(k), topic, len);
     if (!ns)
         return 0;
     if (act == GW_ACT_PUBLISH && !ns->publish) {
@@ -357,13 +362,15 @@ int gw_policy_check_ns(const gw_conn *g, enum gw_action act, const char *topic, 
 void gw_admit_history_for(void *ud, unsigned w, const char *topic, size_t len, dx__gw_log_opts *out)
 {
     dx_gateway *gw = ud;
-    if (w >= gw->n || !gw->lim)
+    if (w >= gw->n || !gw->w[w].pol)
         return;
-    const gw_ns *ns = gw_limits_ns(gw_lim(&gw->w[w]), topic, len);
+    const gw_nspace *ns = gw_limits_ns(gw_lim(&gw->w[w]), topic, len);
     if (!ns)
         return;
-    out->max_count = ns->history_count;
-    out->max_age_ns = ns->history_age_ms * 1000000u;
+    if (ns->history_set)
+        out->max_count = ns->history_count;
+    if (ns->age_set)
+        out->max_age_ns = ns->history_age_ms * 1000000u;
 }
 
 /* ---- drain ---------------------------------------------------------------------------- */

@@ -87,20 +87,14 @@ static bool parse_u53(const char *s, long len, uint64_t *out)
     return true;
 }
 
-static bool key_ok(const dx_gateway *gw, const dx_http_req *req)
+/* The API key the request presents (Authorization: Bearer KEY), or NULL. */
+static const gw_api_key *request_key(const gw_worker *k, const dx_http_req *req)
 {
     size_t len;
     const char *h = dx_http_req_header(req, "Authorization", &len);
     if (!h || len < 7 || strncasecmp(h, "Bearer ", 7) != 0)
-        return false;
-    h += 7;
-    len -= 7;
-    size_t kl = strlen(gw->o.api_key);
-    /* constant time over the key's length */
-    unsigned char diff = (unsigned char)(len != kl);
-    for (size_t i = 0; i < kl; i++)
-        diff |= (unsigned char)(gw->o.api_key[i] ^ (i < len ? h[i] : 0));
-    return diff == 0;
+        return NULL;
+    return gw_policy_api_key(k->pol, h + 7, len - 7);
 }
 
 /* ---- /api/publish -------------------------------------------------------- */
@@ -177,15 +171,17 @@ static void api_publish(gw_worker *k, dx_http_req *req)
         return;
     }
     const gw_limits_cfg *lim = gw_lim(k);
-    const gw_ns *ns = gw_limits_ns(lim, topic, (size_t)tlen);
-    if (req->body_len > lim->max_api_body || (ns && req->body_len > ns->max_message)) {
-        bool api = req->body_len > lim->max_api_body;
+    const gw_nspace *ns = gw_limits_ns(lim, topic, (size_t)tlen);
+    size_t max_api = lim->max_api_body && lim->max_api_body < k->gw->o.max_message ? lim->max_api_body
+                                                                                   : k->gw->o.max_message;
+    if (req->body_len > max_api || (ns && ns->max_message && req->body_len > ns->max_message)) {
+        bool api = req->body_len > max_api;
         gw_inc(&k->m.publishes_refused, 1);
         gw_inc(&k->m.limit[api ? GW_LIM_API_BODY : GW_LIM_MESSAGE_SIZE], 1);
         char why[128];
         snprintf(why, sizeof why, api ? "body larger than %zu bytes (--max-api-body)"
                                       : "body larger than %zu bytes (this topic's namespace)",
-                 api ? lim->max_api_body : ns->max_message);
+                 api ? max_api : ns->max_message);
         reply_error(k, req, 413, why, NULL);
         return;
     }
@@ -327,7 +323,7 @@ static void api_presence(gw_worker *k, dx_http_req *req)
     long tlen = get_topic(k, req, topic);
     if (tlen < 0)
         return;
-    const gw_ns *ns = gw_limits_ns(gw_lim(k), topic, (size_t)tlen);
+    const gw_nspace *ns = gw_limits_ns(gw_lim(k), topic, (size_t)tlen);
     if (ns && !ns->presence) {
         gw_inc(&k->m.limit[GW_LIM_NS_PRESENCE], 1);
         reply_error(k, req, 403, "presence is off in this topic's namespace", NULL);
@@ -519,14 +515,14 @@ int gw_api_http(gw_worker *k, dx_http_req *req)
     if (!(req->path_len >= 4 && memcmp(req->path, "/api", 4) == 0 && (req->path_len == 4 || req->path[4] == '/')))
         return 0;
     gw_inc(&k->m.api_requests, 1);
-    if (!gw->o.api_key) {
+    if (!k->pol->n_api_keys) {
         reply_error(k, req, 403,
                     "the HTTP API is off: no API key is configured (start duplex serve with --api-key KEY or "
                     "DUPLEX_API_KEY=KEY)",
                     NULL);
         return 1;
     }
-    if (!key_ok(gw, req)) {
+    if (!request_key(k, req)) {
         reply_error(k, req, 401, "missing or wrong API key (Authorization: Bearer KEY)",
                     "WWW-Authenticate: Bearer realm=\"duplex\"\r\n");
         return 1;

@@ -473,8 +473,8 @@ static bool drops_oldest(const gw_conn *g, const dx__bus_topic *t)
 {
     if (g->dialect != GW_JSON)
         return false;
-    const gw_ns *ns = gw_limits_ns(gw_lim(g->k), t->name, t->len);
-    return (ns ? ns->slow_policy : g->k->gw->o.slow_policy) == DX_GW_SLOW_DROP_OLDEST;
+    const gw_nspace *ns = gw_limits_ns(gw_lim(g->k), t->name, t->len);
+    return (ns && ns->slow_policy >= 0 ? ns->slow_policy : g->k->gw->o.slow_policy) == DX_GW_SLOW_DROP_OLDEST;
 }
 
 /* One entry to one open WebSocket subscriber (frame m borrowed). */
@@ -1220,6 +1220,12 @@ static void on_tick(dx_timer *t, void *ud)
     }
     atomic_store_explicit(&k->m.queued_bytes, q, memory_order_relaxed);
     gw_sse_tick(k);
+    /* a reload whose post to this worker could not be queued */
+    pthread_mutex_lock(&k->gw->pol_mu);
+    bool stale = k->pol != k->gw->pol;
+    pthread_mutex_unlock(&k->gw->pol_mu);
+    if (stale)
+        gw_policy_take(k);
 }
 
 static void on_demo(dx_timer *t, void *ud)
@@ -1244,6 +1250,7 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
 {
     int e = DX_EINVAL;
     dx_gateway *gw = NULL;
+    char why[256];
     if (workers == 0 || workers > 1024 || opt_size > sizeof(dx_gateway_options))
         goto fail;
     e = DX_ENOMEM;
@@ -1266,27 +1273,21 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
         o->max_inflight = 256;
     if (!o->demo_interval_ms)
         o->demo_interval_ms = 1000;
-    if (o->api_key && !*o->api_key)
-        o->api_key = NULL;
-    char why[256] = "";
-    gw->lim = gw_limits_cfg_new(o, why, sizeof why, &e);
-    if (!gw->lim) {
+    pthread_mutex_init(&gw->pol_mu, NULL);
+    gw->pol = gw_policy_new(o, why, sizeof why);
+    if (!gw->pol) {
+        e = strcmp(why, "out of memory") == 0 ? DX_ENOMEM : DX_EINVAL;
         if (o->log)
             o->log(o->log_ud, DX_LOG_ERROR, why);
         goto fail;
     }
-    if ((e = gw_counts_init(&gw->counts, 0)) != 0) {
-        gw_limits_cfg_free(gw->lim);
-        gw->lim = NULL;
+    /* the policy is read from gw->pol only: nothing borrowed is kept */
+    o->api_key = NULL;
+    memset(&o->auth, 0, sizeof *o - offsetof(dx_gateway_options, auth));
+    if ((e = gw_counts_init(&gw->counts, 0)) != 0)
         goto fail;
-    }
+    gw->counts_ok = true;
     e = DX_ENOMEM;
-    if (o->api_key) {
-        gw->api_key = strdup(o->api_key);
-        if (!gw->api_key)
-            goto fail;
-        o->api_key = gw->api_key;
-    }
     dx__bus_local_opts bo = {.workers = workers, .history_for = gw_admit_history_for, .history_ud = gw};
     dx__gw_log_opts_default(&bo.history);
     if (o->history_count == (size_t)-1)
@@ -1326,11 +1327,9 @@ fail:
                 dx__gw_topic_index_free(gw->w[i].ix);
         dx__free(NULL, gw->w);
         dx__bus_free(gw->bus);
-        free(gw->api_key);
-        if (gw->lim) {
-            gw_limits_cfg_free(gw->lim);
+        gw_policy_unref(gw->pol);
+        if (gw->counts_ok)
             gw_counts_deinit(&gw->counts);
-        }
         dx__free(NULL, gw);
     }
     if (err)
@@ -1382,6 +1381,7 @@ int dx_gateway_attach(dx_gateway *gw, unsigned i, dx_loop *loop, dx_server *srv)
     gw_worker *k = &gw->w[i];
     k->loop = loop;
     k->srv = srv;
+    gw_policy_take(k);
     int rc = dx__bus_attach(gw->bus, i, loop, &bus_events, k);
     if (rc)
         return rc;
@@ -1452,9 +1452,11 @@ void dx_gateway_free(dx_gateway *gw)
         dx_buf_deinit(&k->scratch2);
         gw_sse_release(k);
     }
+    for (unsigned i = 0; i < gw->n; i++)
+        gw_policy_unref(gw->w[i].pol);
     dx__free(NULL, gw->w);
-    free(gw->api_key);
-    gw_limits_cfg_free(gw->lim);
+    gw_policy_unref(gw->pol);
+    pthread_mutex_destroy(&gw->pol_mu);
     gw_counts_deinit(&gw->counts);
     dx__free(NULL, gw);
 }

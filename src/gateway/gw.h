@@ -20,8 +20,10 @@
 #include "gateway/dialect.h"
 #include "gateway/history.h"
 #include "gateway/limits.h"
+#include "gateway/policy.h"
 #include "gateway/topic.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -167,6 +169,7 @@ struct gw_conn {
     dx_list rnode;         /* rate_paused: in the worker's rpaused */
     gw_ns_bucket *nsb;     /* per-namespace buckets, made on first use */
     size_t nnsb;
+    const gw_limits_cfg *nsb_cfg; /* the policy they were made under (a reload renumbers) */
 };
 
 /* Frames built once per delivered entry, per pattern (JSON `pattern`). */
@@ -205,6 +208,7 @@ struct gw_worker {
     size_t npend, cappend, cappend_spare;
     bool flushing;
     size_t npc;
+    gw_policy *pol;         /* this worker's reference to the current policy (settings.c) */
     dx_list rpaused;        /* connections paused by a rate limit (admit.c) */
     dx_timer *rtimer;       /* resumes them; armed only while the list is not empty */
     uint64_t rtimer_at;     /* when it fires (0: not armed) */
@@ -214,14 +218,15 @@ struct gw_worker {
 };
 
 struct dx_gateway {
-    dx_gateway_options o;
-    char *api_key;          /* o.api_key's copy */
+    dx_gateway_options o;   /* the policy fields (auth onwards) are zeroed: read them from a gw_policy */
+    pthread_mutex_t pol_mu; /* guards pol */
+    gw_policy *pol;         /* the current policy; workers take references (gw_policy_take) */
     unsigned n;
     dx__bus *bus;
     gw_worker *w;
     uint64_t start_ns;
-    gw_limits_cfg *lim;     /* origins, limits, namespaces, drain (E); moves into gw_policy */
-    gw_counts counts;       /* live counts shared by the workers (admit.c) */
+    gw_counts counts;       /* live counts shared by the workers (admit.c): they outlive reloads */
+    bool counts_ok;
 };
 
 /* gateway.c */
@@ -282,6 +287,9 @@ void gw_sse_tick(gw_worker *k);
 size_t gw_sse_buffered(gw_conn *g);
 void gw_sse_release(gw_worker *k); /* the worker's SSE cache, at free */
 
+/* settings.c: on worker k's thread, k->pol becomes the gateway's current policy. */
+void gw_policy_take(gw_worker *k);
+
 /* api.c */
 /* 1 when the request was taken (answered now or later), 0 to let the server answer. */
 int gw_api_http(gw_worker *k, dx_http_req *req);
@@ -297,7 +305,7 @@ int gw_policy_check(const gw_conn *g, enum gw_action act, const char *topic, siz
  * and counted. */
 static inline const gw_limits_cfg *gw_lim(const gw_worker *k)
 {
-    return k->gw->lim;
+    return k->pol->lim;
 }
 /* A /ws or /sse request: Origin, handshakes per second and live
  * connections per address. 0 when it may proceed; else the HTTP status

@@ -441,7 +441,7 @@ bool gw_limits_origin_ok(const gw_limits_cfg *c, const char *origin, size_t olen
 
 static int ns_cmp(const void *a, const void *b)
 {
-    const gw_ns *x = a, *y = b;
+    const gw_nspace *x = a, *y = b;
     size_t n = x->plen < y->plen ? x->plen : y->plen;
     int c = memcmp(x->prefix, y->prefix, n);
     if (c)
@@ -449,12 +449,12 @@ static int ns_cmp(const void *a, const void *b)
     return x->plen < y->plen ? -1 : x->plen > y->plen;
 }
 
-static bool is_prefix(const gw_ns *p, const char *s, size_t len)
+static bool is_prefix(const gw_nspace *p, const char *s, size_t len)
 {
     return p->plen <= len && !memcmp(p->prefix, s, p->plen);
 }
 
-const gw_ns *gw_limits_ns(const gw_limits_cfg *c, const char *topic, size_t len)
+const gw_nspace *gw_limits_ns(const gw_limits_cfg *c, const char *topic, size_t len)
 {
     if (!c || !c->nns)
         return NULL;
@@ -462,7 +462,7 @@ const gw_ns *gw_limits_ns(const gw_limits_cfg *c, const char *topic, size_t len)
     size_t lo = 0, hi = c->nns;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        const gw_ns *m = &c->ns[mid];
+        const gw_nspace *m = &c->ns[mid];
         size_t n = m->plen < len ? m->plen : len;
         int r = memcmp(m->prefix, topic, n);
         if (r < 0 || (r == 0 && m->plen <= len))
@@ -538,7 +538,7 @@ gw_limits_cfg *gw_limits_cfg_new(const dx_gateway_options *o, char *why, size_t 
     }
     memset(c, 0, sizeof *c);
     const dx_gateway_limits *l = &o->limits;
-    size_t max_message = o->max_message ? o->max_message : (size_t)1 << 20;
+    size_t max_message = o->max_message; /* 0 on a reload: not checked here */
     c->allow_no_origin = o->allow_no_origin >= 0;
     c->conns_per_user = lim_size(l->conns_per_user, SIZE_MAX);
     c->conns_per_ip = lim_size(l->conns_per_ip, 1000);
@@ -548,8 +548,7 @@ gw_limits_cfg *gw_limits_cfg_new(const dx_gateway_options *o, char *why, size_t 
     c->msg_burst = l->msg_burst > 0 ? l->msg_burst : c->msg_rate;
     c->rate_policy = l->rate_policy;
     c->max_topic = l->max_topic ? l->max_topic : DX__GW_TOPIC_MAX;
-    c->max_api_body = lim_size(l->max_api_body, max_message);
-    c->max_message = max_message;
+    c->max_api_body = l->max_api_body == (size_t)-1 ? 0 : l->max_api_body;
     c->drain_ms = o->drain_ms ? o->drain_ms : 10000;
     c->reconnect_hint_ms = o->reconnect_hint_ms ? o->reconnect_hint_ms : 2000;
     *err = DX_EINVAL;
@@ -561,8 +560,6 @@ gw_limits_cfg *gw_limits_cfg_new(const dx_gateway_options *o, char *why, size_t 
         why_set(why, why_len, "%s", "limits.max_topic is at most 200 bytes");
         goto fail;
     }
-    if (c->max_api_body > max_message)
-        c->max_api_body = max_message; /* the server reads no more */
     if (o->n_origins) {
         *err = DX_ENOMEM;
         c->origins = dx__alloc(NULL, o->n_origins * sizeof *c->origins);
@@ -616,7 +613,7 @@ gw_limits_cfg *gw_limits_cfg_new(const dx_gateway_options *o, char *why, size_t 
         memset(c->ns, 0, o->n_namespaces * sizeof *c->ns);
         for (size_t i = 0; i < o->n_namespaces; i++) {
             const dx_gateway_namespace *s = &o->namespaces[i];
-            gw_ns *n = &c->ns[i];
+            gw_nspace *n = &c->ns[i];
             *err = DX_EINVAL;
             if (!s->prefix || strlen(s->prefix) > DX__GW_TOPIC_MAX) {
                 why_set(why, why_len, "%s", "a namespace needs a prefix of at most 200 bytes (\"\" for every topic)");
@@ -627,7 +624,7 @@ gw_limits_cfg *gw_limits_cfg_new(const dx_gateway_options *o, char *why, size_t 
                 why_set(why, why_len, "namespace '%.200s': bad slow or rate policy", s->prefix);
                 goto fail;
             }
-            if (s->max_message > max_message) {
+            if (max_message && s->max_message > max_message) {
                 why_set(why, why_len, "namespace '%.200s': max_message above the gateway's", s->prefix);
                 goto fail;
             }
@@ -638,17 +635,17 @@ gw_limits_cfg *gw_limits_cfg_new(const dx_gateway_options *o, char *why, size_t 
                 goto fail;
             n->plen = strlen(s->prefix);
             n->index = i;
-            size_t hc = o->history_count == (size_t)-1 ? 0 : o->history_count ? o->history_count : 1000;
-            n->history_count = s->history_count == (size_t)-1 ? 0 : s->history_count ? s->history_count : hc;
-            uint64_t ha = o->history_age_ms == UINT64_MAX ? 0 : o->history_age_ms ? o->history_age_ms : 600000;
-            n->history_age_ms = s->history_age_ms == UINT64_MAX ? 0 : s->history_age_ms ? s->history_age_ms : ha;
+            n->history_set = s->history_count != 0;
+            n->history_count = s->history_count == (size_t)-1 ? 0 : s->history_count;
+            n->age_set = s->history_age_ms != 0;
+            n->history_age_ms = s->history_age_ms == UINT64_MAX ? 0 : s->history_age_ms;
             n->publish = s->publish >= 0;
             n->presence = s->presence >= 0;
-            n->slow_policy = s->slow_policy ? s->slow_policy - 1 : o->slow_policy;
+            n->slow_policy = s->slow_policy ? s->slow_policy - 1 : -1;
             n->msg_rate = s->msg_rate > 0 ? s->msg_rate : 0;
             n->msg_burst = s->msg_burst > 0 ? s->msg_burst : n->msg_rate;
             n->rate_policy = s->rate_policy ? s->rate_policy - 1 : c->rate_policy;
-            n->max_message = s->max_message ? s->max_message : max_message;
+            n->max_message = s->max_message;
         }
         qsort(c->ns, c->nns, sizeof *c->ns, ns_cmp);
         for (size_t i = 0; i < c->nns; i++) {

@@ -132,23 +132,26 @@ bool gw_origin_parse(const char *s, size_t len, char *scheme, size_t scap, char 
 
 /* ---- namespaces ------------------------------------------------------------------------- */
 
-/* A namespace resolved: the gateway-wide values filled in where it left
- * zero. */
-typedef struct gw_ns {
+/* A namespace resolved from the policy fields alone (a reload passes
+ * those only): what it inherits from the gateway's other settings
+ * (history, slow policy, max_message) is marked and resolved at use. */
+typedef struct gw_nspace {
     char *prefix;
     size_t plen;
+    bool history_set;       /* else the gateway's history bounds */
     size_t history_count;   /* 0: none */
+    bool age_set;
     uint64_t history_age_ms; /* 0: no bound */
     bool publish;           /* clients may publish (before authentication's own rules) */
     bool presence;
-    int slow_policy;        /* DX_GW_SLOW_* */
+    int slow_policy;        /* DX_GW_SLOW_*, -1: the gateway's */
     double msg_rate;        /* 0: no own bucket */
     double msg_burst;
     int rate_policy;        /* DX_GW_RATE_* */
-    size_t max_message;
+    size_t max_message;     /* 0: the gateway's */
     size_t parent;          /* the longest other prefix of `prefix`, or (size_t)-1 */
     size_t index;           /* in the caller's order (dx_gateway_options.namespaces) */
-} gw_ns;
+} gw_nspace;
 
 /* ---- the immutable configuration ---------------------------------------------------- */
 
@@ -163,17 +166,16 @@ typedef struct gw_limits_cfg {
     double msg_rate, msg_burst;
     int rate_policy;
     size_t max_topic;
-    size_t max_api_body;
-    size_t max_message;
+    size_t max_api_body;     /* 0: the gateway's max_message */
     unsigned drain_ms;
     unsigned reconnect_hint_ms;
-    gw_ns *ns;              /* sorted by prefix (bytewise) */
+    gw_nspace *ns;          /* sorted by prefix (bytewise) */
     size_t nns;
 } gw_limits_cfg;
 
-/* Builds the configuration from opt (already holding the gateway's
- * resolved max_message and slow_policy). NULL with a one-line reason in
- * why (DX_EINVAL: a bad origin or namespace; DX_ENOMEM) in *err. */
+/* Builds the configuration from opt's policy fields (origins onwards;
+ * max_message, when set, bounds the namespaces' own). NULL with a one-line
+ * reason in why and *err (DX_EINVAL: a bad origin or namespace; DX_ENOMEM). */
 gw_limits_cfg *gw_limits_cfg_new(const dx_gateway_options *opt, char *why, size_t why_len, int *err);
 void gw_limits_cfg_free(gw_limits_cfg *c);
 
@@ -183,7 +185,7 @@ void gw_limits_cfg_free(gw_limits_cfg *c);
 bool gw_limits_origin_ok(const gw_limits_cfg *c, const char *origin, size_t olen, const char *host, size_t hlen);
 
 /* The namespace of a topic (the longest prefix), or NULL. O(log n + depth). */
-const gw_ns *gw_limits_ns(const gw_limits_cfg *c, const char *topic, size_t len);
+const gw_nspace *gw_limits_ns(const gw_limits_cfg *c, const char *topic, size_t len);
 
 /* Per-connection namespace buckets: a small array made on first use. */
 typedef struct gw_ns_bucket {

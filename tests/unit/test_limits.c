@@ -268,7 +268,7 @@ static void test_defaults(void **state)
     assert_true(c->msg_rate == 1000 && c->msg_burst == 1000);
     assert_int_equal(c->rate_policy, DX_GW_RATE_PAUSE);
     assert_int_equal(c->max_topic, 200);
-    assert_int_equal(c->max_api_body, 1 << 20);
+    assert_int_equal(c->max_api_body, 0); /* the gateway's max_message */
     assert_int_equal(c->drain_ms, 10000);
     assert_int_equal(c->reconnect_hint_ms, 2000);
     assert_true(c->allow_no_origin);
@@ -309,26 +309,29 @@ static void test_namespaces(void **state)
     ns[3].msg_rate = 5;
     dx_gateway_options o;
     memset(&o, 0, sizeof o);
+    o.max_message = (size_t)1 << 20;
     o.namespaces = ns;
     o.n_namespaces = np;
     o.history_count = 50;
     int err;
     gw_limits_cfg *c = gw_limits_cfg_new(&o, NULL, 0, &err);
     assert_non_null(c);
-    const gw_ns *x = gw_limits_ns(c, "chat.vip.room", 13);
+    const gw_nspace *x = gw_limits_ns(c, "chat.vip.room", 13);
     assert_non_null(x);
     assert_string_equal(x->prefix, "chat.vip.");
     assert_false(x->publish);
     assert_true(x->presence);
     assert_int_equal(x->max_message, 100);
     assert_int_equal(x->slow_policy, DX_GW_SLOW_DROP_OLDEST);
-    assert_int_equal(x->history_count, 0);
+    assert_true(x->history_set && x->history_count == 0);
     assert_int_equal(x->index, 1);
     x = gw_limits_ns(c, "chat.x", 6);
     assert_string_equal(x->prefix, "chat.");
     assert_true(x->publish);
-    assert_int_equal(x->history_count, 50);
-    assert_int_equal(x->max_message, 1 << 20);
+    assert_false(x->history_set); /* the gateway's, resolved by the bus */
+    assert_false(x->age_set);
+    assert_int_equal(x->slow_policy, -1);
+    assert_int_equal(x->max_message, 0);
     x = gw_limits_ns(c, "ticker.eur", 10);
     assert_true(x->msg_rate == 5 && x->msg_burst == 5);
     assert_string_equal(gw_limits_ns(c, "chat", 4)->prefix, "c");
@@ -349,7 +352,7 @@ static void test_namespaces(void **state)
         }
         topic[len] = 0;
         const char *want = model_ns(p, np, topic);
-        const gw_ns *got = gw_limits_ns(c, topic, len);
+        const gw_nspace *got = gw_limits_ns(c, topic, len);
         if (!want)
             assert_null(got);
         else
