@@ -375,13 +375,56 @@ static void test_namespaces(void **state)
     assert_null(gw_limits_cfg_new(&o, NULL, 0, &err));
 }
 
+/* The policy snapshot holds this configuration; a reload with a bad
+ * origin is refused with its reason and the old policy stays. */
+static void test_policy_snapshot(void **state)
+{
+    (void)state;
+    static const char *const good[] = {"https://*.example.org"};
+    static const char *const bad[] = {"https://example.com/path"};
+    dx_gateway_options o;
+    memset(&o, 0, sizeof o);
+    o.origins = good;
+    o.n_origins = 1;
+    o.limits.conns_per_ip = 7;
+    char why[200] = "";
+    gw_policy *p = gw_policy_new(&o, why, sizeof why);
+    assert_non_null(p);
+    assert_int_equal(p->lim->norigins, 1);
+    assert_true(p->lim->origins[0].wildcard);
+    assert_int_equal(p->lim->conns_per_ip, 7);
+    gw_policy_unref(p);
+    o.origins = bad;
+    assert_null(gw_policy_new(&o, why, sizeof why));
+    assert_non_null(strstr(why, "example.com/path"));
+    int err = 0;
+    dx_gateway *gw = dx_gateway_new(&o, 1, &err);
+    assert_null(gw); /* the same refusal at creation */
+    assert_int_equal(err, DX_EINVAL);
+    o.origins = good;
+    gw = dx_gateway_new(&o, 1, &err);
+    assert_non_null(gw);
+    o.origins = bad;
+    why[0] = 0;
+    assert_int_equal(dx_gateway_reload(gw, &o, why, sizeof why), DX_EINVAL);
+    assert_non_null(strstr(why, "bad origin"));
+    assert_true(gw->pol->lim->origins[0].wildcard); /* the old one stays */
+    o.origins = NULL;
+    o.n_origins = 0;
+    o.limits.max_topic = 10;
+    assert_int_equal(dx_gateway_reload(gw, &o, why, sizeof why), 0);
+    assert_int_equal(gw->pol->lim->norigins, 0);
+    assert_int_equal(gw->pol->lim->max_topic, 10);
+    dx_gateway_free(gw);
+}
+
 int main(void)
 {
     dx_test_filter_from_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bucket),     cmocka_unit_test(test_addr_key), cmocka_unit_test(test_hstable),
         cmocka_unit_test(test_users),      cmocka_unit_test(test_origins),  cmocka_unit_test(test_defaults),
-        cmocka_unit_test(test_namespaces),
+        cmocka_unit_test(test_namespaces), cmocka_unit_test(test_policy_snapshot),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
