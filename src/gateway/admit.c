@@ -240,6 +240,12 @@ static void on_rtimer(dx_timer *t, void *ud)
     resume_due(ud);
 }
 
+void gw_admit_tick(gw_worker *k)
+{
+    if (!dx_list_empty(&k->rpaused) && !k->rtimer_at) /* no timer could be made */
+        resume_due(k);
+}
+
 /* Over a rate: what the policy says. True when the message is handled. */
 static bool over_rate(gw_conn *g, gw_bucket *b, double rate, double burst, int policy, uint64_t now, bool has_id,
                       uint64_t id, const char *what)

@@ -1220,6 +1220,7 @@ static void on_tick(dx_timer *t, void *ud)
     }
     atomic_store_explicit(&k->m.queued_bytes, q, memory_order_relaxed);
     gw_sse_tick(k);
+    gw_admit_tick(k);
     /* a reload whose post to this worker could not be queued */
     pthread_mutex_lock(&k->gw->pol_mu);
     bool stale = k->pol != k->gw->pol;

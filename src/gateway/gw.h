@@ -337,6 +337,8 @@ void gw_admit_resume(gw_conn *g);
 /* Drain (dx_gateway_shutdown): g's backlog is out: close it 1012 retry=MS. */
 void gw_admit_drain_check(gw_conn *g);
 void gw_admit_drain_start(gw_worker *k);
+/* The worker's 1 s tick: the backstop of the rate timer. */
+void gw_admit_tick(gw_worker *k);
 /* The bus's history_for: a topic's namespace sets its history bounds. */
 void gw_admit_history_for(void *ud, unsigned w, const char *topic, size_t len, dx__gw_log_opts *out);
 void gw_admit_worker_free(gw_worker *k);
