@@ -128,7 +128,7 @@ static void usage(FILE *f)
             "  --conns-per-user N     live gateway connections per authenticated user, else 429 [off]\n"
             "  --conns-per-ip N       live gateway connections per address (IPv6: /64), else 429 [1000]\n"
             "  --handshakes-per-ip R  /ws and /sse requests per second per address, else 429 + Retry-After [200]\n"
-            "  --handshake-burst N    their bucket size [= --handshakes-per-ip]\n"
+            "  --handshake-burst N    their bucket size [1000; = --handshakes-per-ip when that is given]\n"
             "  --msg-rate R           messages per second per connection [1000]\n"
             "  --msg-burst N          its bucket size [= --msg-rate]\n"
             "  --rate-policy P        over --msg-rate: pause (stop reading), refuse (JSON err 4429; raw:\n"

@@ -79,7 +79,8 @@ typedef struct dx_gateway_limits {
     size_t conns_per_ip;          /* [1000] live connections per client address (IPv6: /64) → 429 */
     double handshakes_per_ip;     /* [200] per second per client address, token bucket → 429 +
                                      Retry-After */
-    double handshake_burst;       /* [= handshakes_per_ip] bucket size */
+    double handshake_burst;       /* [= handshakes_per_ip when that is set; 1000 with its default, so
+                                     one address may open its 1,000 connections at once] bucket size */
     double msg_rate;              /* [1000] messages per second per connection (token bucket) */
     double msg_burst;             /* [= msg_rate] bucket size */
     int rate_policy;              /* [DX_GW_RATE_PAUSE] over msg_rate */

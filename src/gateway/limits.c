@@ -543,7 +543,10 @@ gw_limits_cfg *gw_limits_cfg_new(const dx_gateway_options *o, char *why, size_t 
     c->conns_per_user = lim_size(l->conns_per_user, SIZE_MAX);
     c->conns_per_ip = lim_size(l->conns_per_ip, 1000);
     c->handshakes_per_ip = lim_rate(l->handshakes_per_ip, 200);
-    c->handshake_burst = l->handshake_burst > 0 ? l->handshake_burst : c->handshakes_per_ip;
+    /* the default pair lets one address open its 1,000 connections at once
+     * (GATEWAY.md: local testing); a rate given alone is its own burst */
+    c->handshake_burst = l->handshake_burst > 0 ? l->handshake_burst : l->handshakes_per_ip == 0 ? 1000
+                                                                                             : c->handshakes_per_ip;
     c->msg_rate = lim_rate(l->msg_rate, 1000);
     c->msg_burst = l->msg_burst > 0 ? l->msg_burst : c->msg_rate;
     c->rate_policy = l->rate_policy;

@@ -264,7 +264,7 @@ static void test_defaults(void **state)
     assert_non_null(c);
     assert_int_equal(c->conns_per_ip, 1000);
     assert_true(c->conns_per_user == SIZE_MAX);
-    assert_true(c->handshakes_per_ip == 200 && c->handshake_burst == 200);
+    assert_true(c->handshakes_per_ip == 200 && c->handshake_burst == 1000);
     assert_true(c->msg_rate == 1000 && c->msg_burst == 1000);
     assert_int_equal(c->rate_policy, DX_GW_RATE_PAUSE);
     assert_int_equal(c->max_topic, 200);
@@ -272,6 +272,10 @@ static void test_defaults(void **state)
     assert_int_equal(c->drain_ms, 10000);
     assert_int_equal(c->reconnect_hint_ms, 2000);
     assert_true(c->allow_no_origin);
+    gw_limits_cfg_free(c);
+    o.limits.handshakes_per_ip = 50; /* a rate given alone is its own burst */
+    c = gw_limits_cfg_new(&o, NULL, 0, &err);
+    assert_true(c->handshakes_per_ip == 50 && c->handshake_burst == 50);
     gw_limits_cfg_free(c);
     o.limits.conns_per_ip = (size_t)-1;
     o.limits.msg_rate = -1;
