@@ -1143,7 +1143,8 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
         return;
     case GW_JSON:
         if (opcode != DX_OP_TEXT) {
-            gw_send_err(g, false, 0, DX__GW_E_MALFORMED, "binary frames are not part of the JSON dialect");
+            if (gw_admit_message(g, false, 0))
+                gw_send_err(g, false, 0, DX__GW_E_MALFORMED, "binary frames are not part of the JSON dialect");
             return;
         }
         gw_json_message(g, data, len);
@@ -1409,7 +1410,8 @@ size_t dx_gateway_shutdown(dx_gateway *gw, unsigned i)
         k->stopping = true;
         if (k->demo)
             dx_timer_stop(k->demo);
-        gw_admit_drain_start(k);
+        if (k->loop) /* attached: it may have connections */
+            gw_admit_drain_start(k);
     }
     size_t n = 0;
     dx_list_foreach(it, &k->conns) {

@@ -228,7 +228,8 @@ void gw_json_message(gw_conn *g, const uint8_t *data, size_t len)
     dx__gw_req r;
     dx__gw_req_err e;
     if (dx__gw_req_parse(NULL, data, len, 0, &r, &e) != 0) {
-        gw_send_err(g, e.has_id, e.id, e.code, e.reason);
+        if (gw_admit_message(g, e.has_id, e.id)) /* a malformed message counts too */
+            gw_send_err(g, e.has_id, e.id, e.code, e.reason);
         return;
     }
     if (!gw_admit_message(g, r.has_id, r.id)) { /* over the rate: refused (4429) or closed */

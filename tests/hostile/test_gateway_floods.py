@@ -212,6 +212,12 @@ async def test_rate_refuse():
             expect_eq(r.get("code"), 4429, "after the flood: %r" % r)
             check(time.monotonic() < deadline, "still refused 10 s after the flood")
             await asyncio.sleep(0.1)
+        # malformed requests count too (each would cost an err reply)
+        for i in range(n):
+            await flood.send("{not json %d" % i)
+        codes = [(await flood.reply(timeout=30, what="replies to malformed frames")).get("code") for _ in range(n)]
+        check(codes.count(4429) > 0 and set(codes) <= {4400, 4429},
+              "malformed flood: %d x 4429, codes %r" % (codes.count(4429), sorted(set(codes))))
         ms = metrics(srv)
         r, _ = metric_sum(ms, "duplex_limit_rate_total", action="refused")
         check(r >= errs, "duplex_limit_rate_total{action=refused} = %r, errs %d" % (r, errs))
