@@ -126,19 +126,42 @@ int gw_admit_count_ip(gw_conn *g, const char *remote, bool strict)
     return 0; /* out of memory: not counted, not refused */
 }
 
-int gw_admit_count_user(gw_conn *g)
+static void user_refused(gw_worker *k, const char *who, const char *user, size_t len, size_t limit)
+{
+    refused(k, GW_LIM_CONNS_USER, "gateway: %s user '%.*s' refused 429: %zu connections already", who,
+            (int)(len > 100 ? 100 : len), user, limit);
+}
+
+bool gw_admit_user_room(gw_worker *k, const char *remote, const char *user, size_t len)
+{
+    const gw_limits_cfg *c = gw_lim(k);
+    if (!user || c->conns_per_user == SIZE_MAX)
+        return true;
+    gw_counts *cn = &k->gw->counts;
+    pthread_mutex_lock(&cn->mu);
+    size_t live = gw_users_get(&cn->users, user, len);
+    pthread_mutex_unlock(&cn->mu);
+    if (live < c->conns_per_user)
+        return true;
+    user_refused(k, remote, user, len, c->conns_per_user);
+    return false;
+}
+
+int gw_admit_count_user(gw_conn *g, bool strict)
 {
     gw_worker *k = g->k;
     const gw_limits_cfg *c = gw_lim(k);
     if (!g->user || g->user_counted)
         return 0;
+    size_t limit = !strict || c->conns_per_user == SIZE_MAX ? 0 : c->conns_per_user;
     gw_counts *cn = &k->gw->counts;
     pthread_mutex_lock(&cn->mu);
-    int rc = gw_users_add(&cn->users, g->user, g->ulen, c->conns_per_user == SIZE_MAX ? 0 : c->conns_per_user);
+    int rc = gw_users_add(&cn->users, g->user, g->ulen, limit);
     pthread_mutex_unlock(&cn->mu);
     if (rc == DX_ELIMIT) {
-        refused(k, GW_LIM_CONNS_USER, "gateway: conn=%llu user '%.*s' refused 429: %zu connections already",
-                (unsigned long long)g->id, (int)(g->ulen > 100 ? 100 : g->ulen), g->user, c->conns_per_user);
+        char who[32];
+        snprintf(who, sizeof who, "conn=%llu", (unsigned long long)g->id);
+        user_refused(k, who, g->user, g->ulen, c->conns_per_user);
         return DX_ELIMIT;
     }
     g->user_counted = rc == 0;

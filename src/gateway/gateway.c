@@ -999,6 +999,10 @@ static int raw_upgrade(gw_worker *k, dx_request *req)
             return 403;
         }
     }
+    if (gw_admit_count_user(g, true) != 0) { /* an authenticated user past conns_per_user */
+        gw_conn_gone(g);
+        return 429;
+    }
     if (plen >= 0) {
         if (gw_policy_check(g, GW_ACT_PUBLISH, pubbuf, (size_t)plen) != 0) {
             gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 403: may not publish to '%s'", req->remote, pubbuf);
@@ -1115,6 +1119,7 @@ static void on_open(dx_conn *c, void *ud)
         char remote[64];
         if (dx_conn_remote(c, remote, sizeof remote) < sizeof remote)
             (void)gw_admit_count_ip(g, remote, false);
+        (void)gw_admit_count_user(g, false); /* checked at on_upgrade (gw_admit_user_room) */
     }
     if (k->stopping) { /* opened while draining: straight to the 1012 */
         char why[32];

@@ -315,9 +315,15 @@ int gw_admit_request(gw_worker *k, const char *path, const char *remote, const c
 /* Counts g against its address (remote as the server spells it); strict:
  * refused past conns_per_ip (DX_ELIMIT). Undone by gw_conn_gone. */
 int gw_admit_count_ip(gw_conn *g, const char *remote, bool strict);
-/* Counts g against its user (g->user): DX_ELIMIT past conns_per_user.
- * For the authentication code, once g->user is set at the handshake. */
-int gw_admit_count_user(gw_conn *g);
+/* Live connections per user. At a handshake whose gw_conn does not exist
+ * yet (JSON: on_upgrade), once the user is known: false (counted, logged)
+ * when the user has conns_per_user already: answer 429. */
+bool gw_admit_user_room(gw_worker *k, const char *remote, const char *user, size_t len);
+/* Counts g against its user (g->user; nothing without one), undone by
+ * gw_conn_gone; strict: DX_ELIMIT past conns_per_user (raw: at its
+ * upgrade, after g->user is set), else counted anyway (JSON: on_open,
+ * checked by gw_admit_user_room before). */
+int gw_admit_count_user(gw_conn *g, bool strict);
 /* gw_conn_gone: undoes the counts, leaves the rate list. */
 void gw_admit_release(gw_conn *g);
 /* A message read from g (either dialect) against its rate: true to handle

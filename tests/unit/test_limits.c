@@ -11,6 +11,8 @@
 #include "gateway/gw.h"
 #include "gateway/limits.h"
 
+#include "core/seams.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -422,6 +424,93 @@ static void test_policy_snapshot(void **state)
     dx_gateway_free(gw);
 }
 
+/* A connection of worker k for user u (NULL: anonymous), from remote. */
+static gw_conn *conn_of(gw_worker *k, const char *u, const char *remote, int *rc_ip, int *rc_user)
+{
+    gw_conn *g = gw_conn_new(k, GW_RAW);
+    assert_non_null(g);
+    if (u) {
+        g->ulen = strlen(u);
+        g->user = dx__alloc(NULL, g->ulen + 1);
+        assert_non_null(g->user);
+        memcpy(g->user, u, g->ulen + 1);
+    }
+    *rc_ip = gw_admit_count_ip(g, remote, true);
+    *rc_user = gw_admit_count_user(g, true);
+    return g;
+}
+
+/* The gateway's shared counts: per user and per address across two
+ * workers, released when connections end (the per-user limit needs
+ * authentication end to end; here its accounting). */
+static void test_gateway_counts(void **state)
+{
+    (void)state;
+    dx_gateway_options o;
+    memset(&o, 0, sizeof o);
+    o.limits.conns_per_user = 3;
+    o.limits.conns_per_ip = 4;
+    int err = 0;
+    dx_gateway *gw = dx_gateway_new(&o, 2, &err);
+    assert_non_null(gw);
+    gw_worker *k0 = &gw->w[0], *k1 = &gw->w[1];
+    gw_policy_take(k0); /* as dx_gateway_attach does */
+    gw_policy_take(k1);
+    gw_conn *c[8];
+    int ri, ru;
+    /* alice: 3 connections over both workers and two addresses, the 4th refused */
+    c[0] = conn_of(k0, "alice", "10.0.0.1:1", &ri, &ru);
+    assert_true(ri == 0 && ru == 0);
+    c[1] = conn_of(k1, "alice", "10.0.0.1:2", &ri, &ru);
+    assert_true(ri == 0 && ru == 0);
+    c[2] = conn_of(k1, "alice", "10.0.0.2:2", &ri, &ru);
+    assert_true(ri == 0 && ru == 0);
+    assert_false(gw_admit_user_room(k0, "10.0.0.3:1", "alice", 5));
+    assert_true(gw_admit_user_room(k0, "10.0.0.3:1", "bob", 3));
+    c[3] = conn_of(k0, "alice", "10.0.0.3:1", &ri, &ru);
+    assert_int_equal(ru, DX_ELIMIT);
+    gw_conn_gone(c[3]);
+    /* 10.0.0.1: two more (anonymous and bob), then refused on either worker */
+    c[4] = conn_of(k0, NULL, "10.0.0.1:3", &ri, &ru);
+    assert_true(ri == 0 && ru == 0);
+    c[5] = conn_of(k1, "bob", "10.0.0.1:4", &ri, &ru);
+    assert_true(ri == 0 && ru == 0);
+    c[6] = conn_of(k0, "carol", "10.0.0.1:5", &ri, &ru);
+    assert_int_equal(ri, DX_ELIMIT);
+    gw_conn_gone(c[6]);
+    c[6] = conn_of(k0, NULL, "[::ffff:10.0.0.1]:6", &ri, &ru); /* the same address */
+    assert_int_equal(ri, DX_ELIMIT);
+    gw_conn_gone(c[6]);
+    c[6] = conn_of(k0, NULL, "unix", &ri, &ru); /* not counted */
+    assert_int_equal(ri, 0);
+    gw_conn_gone(c[6]);
+    /* one of alice's ends (on the other worker): room for her and 10.0.0.1 */
+    gw_conn_gone(c[1]);
+    assert_true(gw_admit_user_room(k0, "x", "alice", 5));
+    c[1] = conn_of(k0, "alice", "10.0.0.1:7", &ri, &ru);
+    assert_true(ri == 0 && ru == 0);
+    pthread_mutex_lock(&gw->counts.mu);
+    assert_int_equal(gw_users_get(&gw->counts.users, "alice", 5), 3);
+    pthread_mutex_unlock(&gw->counts.mu);
+    /* a reload lowers the limit: live connections stay, new ones are refused */
+    o.limits.conns_per_user = 1;
+    char why[100];
+    assert_int_equal(dx_gateway_reload(gw, &o, why, sizeof why), 0);
+    gw_policy_take(k0);
+    gw_policy_take(k1);
+    assert_false(gw_admit_user_room(k1, "x", "bob", 3));
+    gw_conn_gone(c[0]);
+    gw_conn_gone(c[1]);
+    gw_conn_gone(c[2]);
+    gw_conn_gone(c[4]);
+    gw_conn_gone(c[5]);
+    pthread_mutex_lock(&gw->counts.mu);
+    assert_int_equal(gw->counts.users.n, 0);
+    assert_int_equal(gw->counts.ip.n, 0);
+    pthread_mutex_unlock(&gw->counts.mu);
+    dx_gateway_free(gw);
+}
+
 int main(void)
 {
     dx_test_filter_from_env();
@@ -429,6 +518,7 @@ int main(void)
         cmocka_unit_test(test_bucket),     cmocka_unit_test(test_addr_key), cmocka_unit_test(test_hstable),
         cmocka_unit_test(test_users),      cmocka_unit_test(test_origins),  cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_namespaces), cmocka_unit_test(test_policy_snapshot),
+        cmocka_unit_test(test_gateway_counts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
