@@ -549,6 +549,11 @@ gw_limits_cfg *gw_limits_cfg_new(const dx_gateway_options *o, char *why, size_t 
                                                                                              : c->handshakes_per_ip;
     c->msg_rate = lim_rate(l->msg_rate, 1000);
     c->msg_burst = l->msg_burst > 0 ? l->msg_burst : c->msg_rate;
+    /* a bucket smaller than one token would refuse everything */
+    if (c->handshake_burst < 1)
+        c->handshake_burst = 1;
+    if (c->msg_burst < 1)
+        c->msg_burst = 1;
     c->rate_policy = l->rate_policy;
     c->max_topic = l->max_topic ? l->max_topic : DX__GW_TOPIC_MAX;
     c->max_api_body = l->max_api_body == (size_t)-1 ? 0 : l->max_api_body;
@@ -646,7 +651,7 @@ gw_limits_cfg *gw_limits_cfg_new(const dx_gateway_options *o, char *why, size_t 
             n->presence = s->presence >= 0;
             n->slow_policy = s->slow_policy ? s->slow_policy - 1 : -1;
             n->msg_rate = s->msg_rate > 0 ? s->msg_rate : 0;
-            n->msg_burst = s->msg_burst > 0 ? s->msg_burst : n->msg_rate;
+            n->msg_burst = s->msg_burst >= 1 ? s->msg_burst : n->msg_rate >= 1 ? n->msg_rate : 1;
             n->rate_policy = s->rate_policy ? s->rate_policy - 1 : c->rate_policy;
             n->max_message = s->max_message;
         }

@@ -275,6 +275,11 @@ static void test_defaults(void **state)
     assert_int_equal(c->reconnect_hint_ms, 2000);
     assert_true(c->allow_no_origin);
     gw_limits_cfg_free(c);
+    o.limits.msg_rate = 0.5; /* a burst under one token is one token */
+    c = gw_limits_cfg_new(&o, NULL, 0, &err);
+    assert_true(c->msg_rate == 0.5 && c->msg_burst == 1);
+    gw_limits_cfg_free(c);
+    o.limits.msg_rate = 0;
     o.limits.handshakes_per_ip = 50; /* a rate given alone is its own burst */
     c = gw_limits_cfg_new(&o, NULL, 0, &err);
     assert_true(c->handshakes_per_ip == 50 && c->handshake_burst == 50);
