@@ -14,7 +14,8 @@ tests/hostile/test_gateway_floods.py: floods against the gateway's limits
   (err 4429, the connection stays), close (1008);
 - subscriptions per connection: err 4413 past --max-subs;
 - drain (SIGTERM): queued messages reach a subscriber that reads late,
-  before its close 1012 "retry=MS"; /healthz answers 503 "draining"
+  before its close 1012 "retry=MS"; an SSE stream gets "retry: MS" and ends;
+  /healthz answers 503 "draining"
   meanwhile; idle clients get their 1012 at once; serve exits 0.
 
 Per-user connection counting needs authentication (another branch): its
@@ -312,6 +313,8 @@ def test_drain():
     check(b'"ack"' in payload, "sub ack: %r" % payload)
     idle = RawWS(srv, "/ws", protocol="duplex.v1")
     expect_eq(idle.status, 101, "idle client")
+    sse = SSE(srv, "subscribe=" + topic("drain-sse"))
+    expect_eq(sse.status, 200, "SSE client")
     n, body = 1000, "d" * 10000  # 10 MB: more than the kernel's socket buffers hold
     for i in range(n):
         r = http(srv, "POST", "/api/publish?topic=" + q(t), body="%05d" % i + body,
@@ -325,6 +328,16 @@ def test_drain():
     expect_eq(int.from_bytes(payload[:2], "big"), 1012, "idle client's close code")
     expect_eq(payload[2:].decode(), "retry=%d" % hint, "idle client's close reason")
     idle.close()
+    # the SSE stream gets the hint as its reconnection delay, then ends
+    lines = []
+    deadline = time.monotonic() + 10
+    while True:
+        ln = sse._line(deadline, "the end of the SSE stream")
+        if ln is None:
+            break
+        lines.append(ln)
+    sse.close()
+    check("retry: %d" % hint in lines, "SSE stream during the drain: no 'retry: %d' line in %r" % (hint, lines[-5:]))
     # draining: /healthz says so while the slow one's queue is out; new handshakes 503
 
     def health():
