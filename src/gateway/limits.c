@@ -19,7 +19,6 @@
 #include "gateway/gw.h"
 
 #include <arpa/inet.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,8 +48,9 @@ static uint64_t wait_for_one(const gw_bucket *b, double rate)
 {
     if (b->tokens >= 1.0)
         return 0;
-    double s = (1.0 - b->tokens) / rate;
-    return (uint64_t)ceil(s * 1e9);
+    double ns = (1.0 - b->tokens) / rate * 1e9;
+    uint64_t w = (uint64_t)ns; /* rounded up, without libm */
+    return (double)w < ns ? w + 1 : w;
 }
 
 bool gw_bucket_take(gw_bucket *b, double rate, double burst, uint64_t now_ns, uint64_t *wait_ns)
@@ -673,6 +673,8 @@ gw_limits_cfg *gw_limits_cfg_new(const dx_gateway_options *o, char *why, size_t 
     *err = 0;
     return c;
 fail:
+    if (*err == DX_ENOMEM)
+        why_set(why, why_len, "%s", "out of memory"); /* the caller tells DX_ENOMEM by this text */
     gw_limits_cfg_free(c);
     return NULL;
 }
