@@ -63,6 +63,12 @@ function absoluteUrl(u, scheme) {
   return url;
 }
 
+/** The MS of a close reason "retry=MS" (a draining server's hint), or null; capped at 10 minutes. */
+export function retryHint(reason) {
+  const m = /^retry=(\d{1,9})$/.exec(reason || '');
+  return m ? Math.min(Number(m[1]), 600000) : null;
+}
+
 export class Duplex {
   /**
    * @param {string} [url] WebSocket URL of the gateway's /ws (ws://, wss://, http(s):// or a path; default '/ws' on this page's host)
@@ -332,13 +338,16 @@ export class Duplex {
       this._startSse();
       return;
     }
-    this._schedule(() => this._connect(State.CONNECTING), { code: e.code, reason: e.reason });
+    // 1012 "retry=MS": the server drains for a restart (docs/gateway.md "Drain"): come back after MS plus a
+    // random jitter of up to MS, so a node's clients do not all reconnect at the same instant.
+    const hint = e.code === 1012 ? retryHint(e.reason) : null;
+    this._schedule(() => this._connect(State.CONNECTING), { code: e.code, reason: e.reason }, hint);
   }
 
-  _schedule(fn, info = {}) {
-    // Full jitter: a uniform delay in [0, min(cap, base * 2^attempt)].
+  _schedule(fn, info = {}, hint = null) {
+    // Full jitter: a uniform delay in [0, min(cap, base * 2^attempt)]; after a drain hint, in [hint, 2 * hint].
     const ceil = Math.min(this.backoff.cap, this.backoff.base * 2 ** Math.min(this._attempt, 30));
-    const delay = Math.floor(Math.random() * ceil);
+    const delay = hint !== null ? hint + Math.floor(Math.random() * (hint + 1)) : Math.floor(Math.random() * ceil);
     this._attempt++;
     this._setState(State.RECONNECTING, { ...info, delay, attempt: this._attempt });
     clearTimeout(this._timer);

@@ -1049,7 +1049,7 @@ typedef struct shared_vals {
 #define UNSET_MS ((unsigned)-2)
 #define UNSET_INT (-100)
 
-enum { O_CONFIG = 0x3000, O_CHECK, O_HELP_CONFIG, O_NO_DEFLATE, O_ROW = 0x3100 };
+enum { O_CONFIG = 0x3000, O_CHECK, O_HELP_CONFIG, O_NO_DEFLATE, O_NAMESPACE, O_ROW = 0x3100 };
 
 int cfg_parse_args(serve_args *a, int argc, char **argv)
 {
@@ -1082,6 +1082,7 @@ int cfg_parse_args(serve_args *a, int argc, char **argv)
     own[n++] = (struct option){"check-config", no_argument, 0, O_CHECK};
     own[n++] = (struct option){"help-config", no_argument, 0, O_HELP_CONFIG};
     own[n++] = (struct option){"no-deflate", no_argument, 0, O_NO_DEFLATE};
+    own[n++] = (struct option){"namespace", required_argument, 0, O_NAMESPACE};
     own[n++] = (struct option){"help", no_argument, 0, 'h'};
     own[n] = (struct option){0, 0, 0, 0};
     int ch;
@@ -1098,6 +1099,13 @@ int cfg_parse_args(serve_args *a, int argc, char **argv)
             a->config = optarg;
         } else if (ch == O_CHECK) {
             a->check = 1;
+        } else if (ch == O_NAMESPACE) {
+            const char **slot = push(&a->nsflags, &a->nnsflags, sizeof *a->nsflags);
+            if (!slot) {
+                fprintf(stderr, "serve: out of memory\n");
+                return CLI_USAGE;
+            }
+            *slot = optarg;
         } else if (ch == O_NO_DEFLATE || (ch >= O_ROW && ch < O_ROW + (int)NROWS)) {
             cfg_flag *f = push(&a->flags, &a->nflags, sizeof *a->flags);
             if (!f) {
@@ -1127,6 +1135,7 @@ int cfg_parse_args(serve_args *a, int argc, char **argv)
 void cfg_args_free(serve_args *a)
 {
     free(a->flags);
+    free(a->nsflags);
     free(a->shared);
     memset(a, 0, sizeof *a);
 }
@@ -1166,6 +1175,55 @@ static void apply_shared(build *b, const shared_vals *sh)
     for (size_t i = 0; i < sizeof given / sizeof given[0]; i++)
         if (given[i].given)
             mark(b, find_row(given[i].key), &o);
+}
+
+/* --namespace PREFIX[,key=value...] (',' is not a topic character): the
+ * flags replace the file's list. Keys are the file's, with '-' for '_' and
+ * rate / burst for msg_rate / msg_burst; values are checked by the same rows. */
+static int ns_flags(build *b, const serve_args *a)
+{
+    serve_config *c = b->c;
+    const row *seq = find_row("namespaces");
+    c->nns = 0;
+    for (size_t i = 0; i < a->nnsflags; i++) {
+        origin o = {.src = CFG_SRC_FLAG, .flag = "namespace"};
+        char buf[1024];
+        size_t len = strlen(a->nsflags[i]);
+        if (len >= sizeof buf)
+            return fail_flag(b, &o, a->nsflags[i]);
+        memcpy(buf, a->nsflags[i], len + 1);
+        dx_gateway_namespace *ns = push(&c->ns, &c->nns, sizeof *c->ns);
+        if (!ns)
+            return fail(b, &o, "namespaces", "out of memory");
+        char *save = NULL, *rest = strchr(buf, ',');
+        if (rest)
+            *rest++ = '\0';
+        if (!(ns->prefix = keep(c, buf, strlen(buf))))
+            return fail(b, &o, "namespaces", "out of memory");
+        for (size_t j = 0; j + 1 < c->nns; j++)
+            if (!strcmp(c->ns[j].prefix, ns->prefix))
+                return fail(b, &o, "namespaces", "prefix \"%s\" given twice", ns->prefix);
+        for (char *kv = rest ? strtok_r(rest, ",", &save) : NULL; kv; kv = strtok_r(NULL, ",", &save)) {
+            char *v = strchr(kv, '=');
+            if (!v)
+                return fail(b, &o, "namespaces", "expected key=value, got \"%s\"", kv);
+            *v++ = '\0';
+            char key[64];
+            snprintf(key, sizeof key, "namespaces[].%s", !strcmp(kv, "rate") ? "msg_rate" : !strcmp(kv, "burst") ? "msg_burst" : kv);
+            for (char *p = key; *p; p++)
+                if (*p == '-')
+                    *p = '_';
+            const row *r = find_row(key);
+            if (!r || r->where != W_NS || !strcmp(key, "namespaces[].prefix"))
+                return fail(b, &o, "namespaces", "unknown namespace key \"%s\"", kv);
+            char dkey[96];
+            snprintf(dkey, sizeof dkey, "namespaces[%zu].%s", c->nns - 1, key + strlen("namespaces[]."));
+            if (apply(b, r, ns, dkey, v, &o))
+                return -1;
+        }
+    }
+    mark(b, seq, &(origin){.src = CFG_SRC_FLAG, .flag = "namespace"});
+    return 0;
 }
 
 /* ---- building ---------------------------------------------------------------- */
@@ -1222,6 +1280,8 @@ int cfg_build(serve_config *c, const serve_args *a, char *err, size_t errlen)
             return -1;
     }
     apply_shared(&b, a->shared);
+    if (a->nnsflags && ns_flags(&b, a))
+        return -1;
     /* compression.deflate (checked by apply): the server options */
     size_t pmd_min = c->so.deflate.min_size, pmd_budget = c->so.deflate.mem_budget;
     if (c->deflate && !strcmp(c->deflate, "off")) {

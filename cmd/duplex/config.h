@@ -58,6 +58,8 @@ typedef struct serve_args {
     cfg_flag *flags;     /* the schema flags given, in order */
     size_t nflags;
     void *shared;        /* the shared CLI options given (cli_common), applied last */
+    const char **nsflags; /* --namespace PREFIX[,key=value...], in order (they replace the file's list) */
+    size_t nnsflags;
 } serve_args;
 
 /* Parses argv (flags only: a value's check happens in cfg_build). Returns

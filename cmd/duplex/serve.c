@@ -54,6 +54,8 @@ typedef struct worker {
     pthread_t thread;
     atomic_bool done;
     int rc;
+    bool server_stopped;   /* shutdown: the drain is over */
+    uint64_t drain_end_ms; /* CLOCK_MONOTONIC */
 } worker;
 
 typedef struct app {
@@ -135,6 +137,26 @@ static void usage(FILE *f)
             "  --sse-heartbeat T      comment line on an idle SSE stream [15s]\n"
             "  --demo                 publish a ticker on demo.ticker (for the demo page)\n"
             "  --demo-interval T      ticker period [1s]\n"
+            "limits (docs/security.md; 'off' for none):\n"
+            "  --origin O             allowed browser Origin, repeatable: https://app.example.com or\n"
+            "                         https://*.example.com (subdomains); none: Origin must match Host\n"
+            "  --allow-no-origin on|off  requests without Origin (non-browser clients) [on]\n"
+            "  --conns-per-user N     live gateway connections per authenticated user, else 429 [off]\n"
+            "  --conns-per-ip N       live gateway connections per address (IPv6: /64), else 429 [1000]\n"
+            "  --handshakes-per-ip R  /ws and /sse requests per second per address, else 429 + Retry-After [200]\n"
+            "  --handshake-burst N    their bucket size [1000; = --handshakes-per-ip when that is given]\n"
+            "  --msg-rate R           messages per second per connection [1000]\n"
+            "  --msg-burst N          its bucket size [= --msg-rate]\n"
+            "  --rate-policy P        over --msg-rate: pause (stop reading), refuse (JSON err 4429; raw:\n"
+            "                         close 1008) or close (1008) [pause]\n"
+            "  --max-topic BYTES      topic name or pattern length, at most 200, else 4400 / 400 [200]\n"
+            "  --max-api-body BYTES   /api/publish body, else 413 [--max-message]\n"
+            "  --drain T              on SIGTERM, time for queued messages to go out before the 1012 [10s]\n"
+            "  --reconnect-hint T     retry delay in the 1012 close reason (\"retry=MS\") [2s]\n"
+            "  --namespace P[,k=v...] settings of the topics starting with P (the longest prefix wins;\n"
+            "                         repeatable): history=N|off, history-age=T|off, publish=on|off,\n"
+            "                         presence=on|off, slow-policy=P, rate=R, burst=N, rate-policy=P,\n"
+            "                         max-message=BYTES; e.g. --namespace 'news.,publish=off,history=50'\n"
             "  --log-level L          error|warn|info|debug [info]\n"
             "  --log-format F         text (timestamp level message) or json (one object per line) [text]\n"
             "  --max-inflight N       publishes per connection awaiting sequencing before reading pauses [256]\n"
@@ -160,9 +182,9 @@ static void usage(FILE *f)
             "Once every worker listens, serve prints 'duplex: serving http://HOST:PORT/' on stdout.\n"
             "A port another process listens on is refused (exit 1). SIGHUP reloads the configuration (the\n"
             "policy and the TLS certificates; a bad one is refused and the current one stays; keys that need\n"
-            "a restart keep their values). The first SIGINT/SIGTERM closes\n"
-            "gateway connections with 1012 (/echo ones with 1001) and exits 0; a second one exits at\n"
-            "once with status 1.\n"
+            "a restart keep their values). The first SIGINT/SIGTERM drains: /healthz answers 503, new\n"
+            "requests 503, each gateway connection gets 1012 \"retry=MS\" once its queue is out (all by\n"
+            "--drain), /echo ones 1001; then serve exits 0. A second one exits at once with status 1.\n"
             "  -h, --help             this text\n");
 }
 
@@ -179,19 +201,38 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* Drain first (the gateway's connections get 1012 "retry=MS" once their
+ * queues are out, /healthz answers 503 "draining", the listener stays up
+ * so a balancer can see that), then the server's shutdown (the listener,
+ * /echo: 1001). */
+static void server_stop(worker *w)
+{
+    if (w->server_stopped)
+        return;
+    w->server_stopped = true;
+    if (dx_server_shutdown(w->srv, DX_CLOSE_GOING_AWAY, "server shutting down") == 0)
+        dx_loop_stop(w->loop);
+}
+
 static void shutdown_worker(void *arg)
 {
     worker *w = arg;
-    (void)dx_gateway_shutdown(g_app.gw, (unsigned)w->index); /* gateway connections: 1012 */
-    size_t left = dx_server_shutdown(w->srv, DX_CLOSE_GOING_AWAY, "server shutting down");
-    if (left == 0)
-        dx_loop_stop(w->loop);
+    if (dx_gateway_shutdown(g_app.gw, (unsigned)w->index) == 0)
+        server_stop(w);
 }
 
 /* Runs on each worker's loop periodically during shutdown. */
 static void check_worker(void *arg)
 {
     worker *w = arg;
+    if (!w->server_stopped) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t now = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+        if (dx_gateway_shutdown(g_app.gw, (unsigned)w->index) == 0 || now >= w->drain_end_ms)
+            server_stop(w);
+        return;
+    }
     if (dx_server_connections(w->srv) == 0)
         dx_loop_stop(w->loop);
 }
@@ -577,13 +618,21 @@ static int serve_run(app *a)
             reload(a, ws, started);
         }
         atomic_store(&a->stopping, true);
-        cli_logf(&a->log, DX_LOG_INFO, "serve: %s: closing connections with 1012 (gateway) and 1001 (echo) (up to %u ms); again to exit now",
-                 strsignal(sig), o->close_timeout_ms ? o->close_timeout_ms : 5000u);
-        for (unsigned i = 0; i < started; i++)
+        cli_logf(&a->log, DX_LOG_INFO, "serve: %s: draining (/healthz answers 503): closing connections with 1012 "
+                 "(gateway) and 1001 (echo): 1012 \"retry=%u\" once a connection's queue is out (up to %u ms), "
+                 "then the close handshakes (up to %u ms); again to exit now",
+                 strsignal(sig), g->reconnect_hint_ms ? g->reconnect_hint_ms : 2000u,
+                 g->drain_ms ? g->drain_ms : 10000u, o->close_timeout_ms ? o->close_timeout_ms : 5000u);
+        unsigned drain_ms = g->drain_ms ? g->drain_ms : 10000u;
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        for (unsigned i = 0; i < started; i++) {
+            ws[i].drain_end_ms = (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u + drain_ms + 500u;
             dx_loop_post(ws[i].loop, shutdown_worker, &ws[i]);
-        /* Each connection ends within the close timeout; poll the workers
-         * until they are empty, then stop them. */
-        unsigned limit_ms = (o->close_timeout_ms ? o->close_timeout_ms : 5000u) + 1000u;
+        }
+        /* The drain, then each connection ends within the close timeout;
+         * poll the workers until they are empty, then stop them. */
+        unsigned limit_ms = drain_ms + 500u + (o->close_timeout_ms ? o->close_timeout_ms : 5000u) + 1000u;
         for (unsigned waited = 0; waited < limit_ms; waited += 50) {
             bool all = true;
             for (unsigned i = 0; i < started; i++)

@@ -11,8 +11,10 @@
  *       srv = dx_server_new(loop_i, &server_opt, &err);
  *       dx_gateway_attach(gw, i, loop_i, srv);
  *   run the loops; to stop: on each worker's thread dx_gateway_shutdown(gw, i)
- *   (gateway connections get 1012, SSE streams end), then dx_server_shutdown
- *   (the rest: 1001); after every loop returned: dx_gateway_free(gw), then
+ *   (the drain: gateway connections get 1012 "retry=MS" once their queues are
+ *   out, SSE streams end), again until it returns 0 or drain_ms passed, then
+ *   dx_server_shutdown (the rest: 1001); after every loop returned:
+ *   dx_gateway_free(gw), then
  *   the servers, then the loops.
  */
 #ifndef DUPLEX_GATEWAY_H
@@ -79,7 +81,8 @@ typedef struct dx_gateway_limits {
     size_t conns_per_ip;          /* [1000] live connections per client address (IPv6: /64) → 429 */
     double handshakes_per_ip;     /* [200] per second per client address, token bucket → 429 +
                                      Retry-After */
-    double handshake_burst;       /* [= handshakes_per_ip] bucket size */
+    double handshake_burst;       /* [= handshakes_per_ip when that is set; 1000 with its default, so
+                                     one address may open its 1,000 connections at once] bucket size */
     double msg_rate;              /* [1000] messages per second per connection (token bucket) */
     double msg_burst;             /* [= msg_rate] bucket size */
     int rate_policy;              /* [DX_GW_RATE_PAUSE] over msg_rate */
@@ -158,8 +161,14 @@ DX_API int dx_gateway_server_options(dx_gateway *gw, unsigned i, dx_server_optio
 /* Worker i runs on `loop` with server `srv`. Before the loop runs. */
 DX_API int dx_gateway_attach(dx_gateway *gw, unsigned i, dx_loop *loop, dx_server *srv);
 
-/* On worker i's thread: closes its gateway connections with 1012 and ends
- * its SSE streams; stops the demo publisher. Returns the connections left. */
+/* On worker i's thread. The first call starts the drain: /healthz answers
+ * 503 "draining", new /ws and /sse requests 503, held handshakes are refused
+ * 503, SSE streams get "retry: MS" and end, the demo publisher stops, and
+ * each WebSocket connection is closed with 1012 "retry=MS"
+ * (reconnect_hint_ms) once its queue is out, all of them by drain_ms. Every
+ * call returns the gateway connections not yet gone (call it again, e.g.
+ * from a timer, until 0 or drain_ms, then dx_server_shutdown). Fires no
+ * callback. */
 DX_API size_t dx_gateway_shutdown(dx_gateway *gw, unsigned i);
 
 /* Replaces the policy part of the settings (auth and its key files, API

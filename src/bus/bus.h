@@ -115,6 +115,11 @@ struct dx__bus {
 typedef struct dx__bus_local_opts {
     unsigned workers;          /* N >= 1 */
     dx__gw_log_opts history;   /* per topic */
+    /* NULL, or: the history bounds of a topic being created, from its
+     * name (per-namespace history); called on the owner worker's thread
+     * (index w), `out` holding `history` above to change or keep. */
+    void (*history_for)(void *ud, unsigned w, const char *topic, size_t len, dx__gw_log_opts *out);
+    void *history_ud;
 } dx__bus_local_opts;
 
 /* The in-process bus: each topic is owned by one worker (a hash of its

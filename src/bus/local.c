@@ -241,7 +241,10 @@ static ltopic *topic_get(lworker *w, const char *name, size_t len)
         return NULL;
     memset(t, 0, sizeof *t);
     int err = 0;
-    t->log = dx__gw_log_new(NULL, &w->b->o.history, &err);
+    dx__gw_log_opts ho = w->b->o.history;
+    if (w->b->o.history_for) /* the topic's namespace picks its bounds once, here */
+        w->b->o.history_for(w->b->o.history_ud, w->index, name, len, &ho);
+    t->log = dx__gw_log_new(NULL, &ho, &err);
     if (!t->log) {
         dx__free(NULL, t);
         return NULL;

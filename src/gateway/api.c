@@ -151,6 +151,10 @@ static long topic_param(gw_worker *k, dx_http_req *req, char *buf)
                     NULL);
         return -1;
     }
+    if (!gw_admit_topic(k, buf, (size_t)n)) {
+        reply_error(k, req, 400, "topic longer than max_topic", NULL);
+        return -1;
+    }
     return n;
 }
 
@@ -166,10 +170,18 @@ static void api_publish(gw_worker *k, dx_http_req *req)
         gw_inc(&k->m.publishes_refused, 1);
         return;
     }
-    if (req->body_len > k->gw->o.max_message) {
+    const gw_limits_cfg *lim = gw_lim(k);
+    const gw_nspace *ns = gw_limits_ns(lim, topic, (size_t)tlen);
+    size_t max_api = lim->max_api_body && lim->max_api_body < k->gw->o.max_message ? lim->max_api_body
+                                                                                   : k->gw->o.max_message;
+    if (req->body_len > max_api || (ns && ns->max_message && req->body_len > ns->max_message)) {
+        bool api = req->body_len > max_api;
         gw_inc(&k->m.publishes_refused, 1);
-        char why[96];
-        snprintf(why, sizeof why, "body larger than %zu bytes (--max-message)", k->gw->o.max_message);
+        gw_inc(&k->m.limit[api ? GW_LIM_API_BODY : GW_LIM_MESSAGE_SIZE], 1);
+        char why[128];
+        snprintf(why, sizeof why, api ? "body larger than %zu bytes (--max-api-body)"
+                                      : "body larger than %zu bytes (this topic's namespace)",
+                 api ? max_api : ns->max_message);
         reply_error(k, req, 413, why, NULL);
         return;
     }
@@ -311,6 +323,12 @@ static void api_presence(gw_worker *k, dx_http_req *req)
     long tlen = get_topic(k, req, topic);
     if (tlen < 0)
         return;
+    const gw_nspace *ns = gw_limits_ns(gw_lim(k), topic, (size_t)tlen);
+    if (ns && !ns->presence) {
+        gw_inc(&k->m.limit[GW_LIM_NS_PRESENCE], 1);
+        reply_error(k, req, 403, "presence is off in this topic's namespace", NULL);
+        return;
+    }
     api_ctx *a = ctx_new(k, req, topic, (size_t)tlen);
     if (!a || dx__bus_presence(k->gw->bus, k->index, topic, (size_t)tlen, presence_done, a) != 0) {
         dx__free(NULL, a);
@@ -515,6 +533,32 @@ static void metrics(gw_worker *k, dx_http_req *req)
       "refused with the old policy kept.\n# TYPE duplex_config_reloads_total counter\n");
     P("duplex_config_reloads_total{result=\"applied\"} %llu\n", (unsigned long long)atomic_load(&gw->reloads[0]));
     P("duplex_config_reloads_total{result=\"refused\"} %llu\n", (unsigned long long)atomic_load(&gw->reloads[1]));
+    static const char *const lims[GW_NLIM] = {"origin",       "no_origin",    "handshake_rate",   "conns_per_ip",
+                                              "conns_per_user", "topic_length", "message_size",    "api_body",
+                                              "namespace_publish", "namespace_presence"};
+    static const char *const racts[GW_NRATE] = {"paused", "refused", "closed"};
+    P("# HELP duplex_limit_refused_total Requests, handshakes and messages refused by a limit.\n"
+      "# TYPE duplex_limit_refused_total counter\n");
+    for (int l = 0; l < GW_NLIM; l++)
+        P("duplex_limit_refused_total{limit=\"%s\"} %llu\n", lims[l],
+          (unsigned long long)sum(gw, offsetof(gw_metrics, limit) + (size_t)l * sizeof(_Atomic uint64_t)));
+    P("# HELP duplex_limit_rate_total Connections over a message rate, by what was done.\n"
+      "# TYPE duplex_limit_rate_total counter\n");
+    for (int r = 0; r < GW_NRATE; r++)
+        P("duplex_limit_rate_total{action=\"%s\"} %llu\n", racts[r],
+          (unsigned long long)sum(gw, offsetof(gw_metrics, rate) + (size_t)r * sizeof(_Atomic uint64_t)));
+    pthread_mutex_lock(&gw->counts.mu);
+    uint64_t ev = gw->counts.hs.evictions, hsu = gw->counts.hs.used;
+    pthread_mutex_unlock(&gw->counts.mu);
+    P("# HELP duplex_limit_handshake_evictions_total Live handshake buckets forgotten for a new address (the "
+      "table is full: a flood of distinct addresses).\n# TYPE duplex_limit_handshake_evictions_total counter\n"
+      "duplex_limit_handshake_evictions_total %llu\n", (unsigned long long)ev);
+    P("# HELP duplex_limit_handshake_addresses Addresses in the handshake table.\n"
+      "# TYPE duplex_limit_handshake_addresses gauge\nduplex_limit_handshake_addresses %llu\n",
+      (unsigned long long)hsu);
+    P("# HELP duplex_limit_drained_total Connections closed 1012 by a drain.\n"
+      "# TYPE duplex_limit_drained_total counter\nduplex_limit_drained_total %llu\n",
+      (unsigned long long)SUM(drained));
     P("# HELP duplex_workers Worker threads.\n# TYPE duplex_workers gauge\nduplex_workers %u\n", gw->n);
 #undef P
     if (rc)
@@ -535,7 +579,9 @@ int gw_api_http(gw_worker *k, dx_http_req *req)
             (void)dx_http_reply(req, 405, NULL, "Allow: GET, HEAD\r\n", "405 Method Not Allowed\n", 23);
         else if (!health)
             metrics(k, req);
-        else if (k->stopping || !dx__bus_healthy(gw->bus))
+        else if (k->stopping) /* a load balancer stops sending here (docs/deploy.md) */
+            (void)dx_http_reply(req, 503, "text/plain; charset=utf-8", NULL, "draining\n", 9);
+        else if (!dx__bus_healthy(gw->bus))
             (void)dx_http_reply(req, 503, NULL, NULL, "unavailable\n", 12);
         else
             (void)dx_http_reply(req, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3);

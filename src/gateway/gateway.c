@@ -185,6 +185,7 @@ void gw_conn_gone(gw_conn *g)
         (void)dx_http_reply(g->hreq, 503, "application/json", NULL, "{\"error\":\"shutting down\"}", 25);
         g->hreq = NULL;
     }
+    gw_admit_release(g); /* before the user goes */
     gw_auth_detach(g);
     (void)dx__gw_topic_remove_subscriber(k->ix, g);
     while (g->nsubs)
@@ -475,9 +476,13 @@ static bool over_budget(const gw_conn *g, const dx_msg *m)
     return q && q + dx_msg_len(m) + 14 > g->k->gw->o.sub_queue;
 }
 
-static bool drops_oldest(const gw_conn *g)
+/* The slow-consumer policy of topic t's namespace (the gateway's when none). */
+static bool drops_oldest(const gw_conn *g, const dx__bus_topic *t)
 {
-    return g->dialect == GW_JSON && g->k->gw->o.slow_policy == DX_GW_SLOW_DROP_OLDEST;
+    if (g->dialect != GW_JSON)
+        return false;
+    const gw_nspace *ns = gw_limits_ns(gw_lim(g->k), t->name, t->len);
+    return (ns && ns->slow_policy >= 0 ? ns->slow_policy : g->k->gw->o.slow_policy) == DX_GW_SLOW_DROP_OLDEST;
 }
 
 /* One entry to one open WebSocket subscriber (frame m borrowed). */
@@ -489,7 +494,7 @@ static void send_frame(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, dx_msg *m)
         return;
     }
     if (over_budget(g, m)) {
-        if (drops_oldest(g)) {
+        if (drops_oldest(g, t)) {
             overflow(g, t, e, m);
             recheck_later(g);
         } else {
@@ -559,7 +564,7 @@ void gw_flush_held(gw_conn *g)
             return;
         }
         if (over_budget(g, m)) {
-            if (drops_oldest(g))
+            if (drops_oldest(g, h->t))
                 recheck_later(g); /* on_drain, this post, or the 1 s tick comes back */
             else
                 slow_close(g);
@@ -933,7 +938,16 @@ static int json_upgrade(gw_worker *k, dx_request *req, dx__jwt_claims *claims)
         dx__jwt_claims_free(claims);
         return 503;
     }
-    if (gw_auth_attach(g, claims) != 0 || !(g->up = dx_request_defer(req))) {
+    if (gw_auth_attach(g, claims) != 0) {
+        gw_conn_gone(g);
+        return 503;
+    }
+    /* the limits counted now, strictly (anonymous JSON ones: at on_open) */
+    if (gw_admit_count_ip(g, req->remote, true) != 0 || gw_admit_count_user(g, true) != 0) {
+        gw_conn_gone(g);
+        return 429;
+    }
+    if (!(g->up = dx_request_defer(req))) {
         gw_conn_gone(g);
         return 503;
     }
@@ -973,6 +987,8 @@ static int raw_parse(gw_worker *k, dx_request *req, const char **names, size_t *
                     names[i]);
             return 400;
         }
+        if (!gw_admit_topic(k, names[i], lens[i]))
+            return 400;
         for (int j = 0; j < i; j++)
             if (lens[j] == lens[i] && !memcmp(names[j], names[i], lens[i])) {
                 gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 400: topic listed twice", req->remote);
@@ -987,6 +1003,8 @@ static int raw_parse(gw_worker *k, dx_request *req, const char **names, size_t *
                     req->remote);
             return 400;
         }
+        if (!gw_admit_topic(k, pubbuf, (size_t)plen))
+            return 400;
     }
     int npos = 0;
     if (gw_query_get(req->query, req->query_len, "since", &v, &vlen) && vlen) {
@@ -1038,6 +1056,10 @@ static int raw_upgrade(gw_worker *k, dx_request *req, dx__jwt_claims *claims)
             return 503;
         }
     }
+    if (gw_admit_count_ip(g, req->remote, true) != 0) {
+        gw_conn_gone(g);
+        return 429;
+    }
     for (int i = 0; i < nsub; i++) {
         if (gw_policy_check(g, GW_ACT_SUBSCRIBE, names[i], lens[i]) != 0) {
             gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 403: may not subscribe to '%.*s'", req->remote,
@@ -1057,6 +1079,10 @@ static int raw_upgrade(gw_worker *k, dx_request *req, dx__jwt_claims *claims)
             names[nsub] = userbuf;
             lens[nsub++] = ul;
         }
+    }
+    if (gw_admit_count_user(g, true) != 0) { /* an authenticated user past conns_per_user */
+        gw_conn_gone(g);
+        return 429;
     }
     if (plen >= 0) {
         if (gw_policy_check(g, GW_ACT_PUBLISH, pubbuf, (size_t)plen) != 0) {
@@ -1133,15 +1159,18 @@ static int on_upgrade(dx_server *srv, dx_request *req, void *ud)
         return 404;
     size_t hlen = 0;
     const char *host = dx_request_header(req, "Host", &hlen);
-    if (!gw_policy_origin(req->origin, req->origin_len, host, hlen)) {
-        gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 403: Origin '%.*s' does not match Host '%.*s'", req->remote,
-                (int)(req->origin_len > 200 ? 200 : req->origin_len), req->origin, (int)(hlen > 200 ? 200 : hlen),
-                host ? host : "");
+    char hdr[64];
+    int st = gw_admit_request(k, "/ws", req->remote, req->origin, req->origin_len, host, hlen, hdr, sizeof hdr);
+    if (st) {
         gw_inc(&k->m.handshakes_refused, 1);
-        return 403;
+        dx_upgrade *h = hdr[0] ? dx_request_defer(req) : NULL;
+        if (!h)
+            return st;
+        (void)dx_upgrade_refuse(h, st, hdr); /* applied when on_upgrade returns: with Retry-After */
+        return DX_UPGRADE_DEFER;
     }
     dx__jwt_claims *claims = NULL;
-    int st = gw_auth_upgrade(k, req, &claims); /* auth.c: who is this */
+    st = gw_auth_upgrade(k, req, &claims); /* auth.c: who is this */
     if (st) {
         gw_inc(&k->m.handshakes_refused, 1);
         return st;
@@ -1181,9 +1210,17 @@ static void on_open(dx_conn *c, void *ud)
     g->id = dx_conn_id(c);
     g->open = true;
     gw_inc(&k->m.conns[g->dialect], 1);
-    if (k->stopping) {
+    if (g->dialect == GW_JSON) { /* checked at on_upgrade; counted from here (raw: at its upgrade) */
+        char remote[64];
+        if (dx_conn_remote(c, remote, sizeof remote) < sizeof remote)
+            (void)gw_admit_count_ip(g, remote, false);
+        (void)gw_admit_count_user(g, false); /* checked at on_upgrade (gw_admit_user_room) */
+    }
+    if (k->stopping) { /* opened while draining: straight to the 1012 */
+        char why[32];
+        snprintf(why, sizeof why, "retry=%u", gw_lim(k)->reconnect_hint_ms);
         g->closing = false;
-        gw_conn_close(g, 1012, "service restart");
+        gw_conn_close(g, 1012, why);
         return;
     }
     if (g->early_code) { /* closed while the 101 was on its way */
@@ -1211,7 +1248,8 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
         return;
     case GW_JSON:
         if (opcode != DX_OP_TEXT) {
-            gw_send_err(g, false, 0, DX__GW_E_MALFORMED, "binary frames are not part of the JSON dialect");
+            if (gw_admit_message(g, false, 0))
+                gw_send_err(g, false, 0, DX__GW_E_MALFORMED, "binary frames are not part of the JSON dialect");
             return;
         }
         gw_json_message(g, data, len);
@@ -1225,6 +1263,16 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
         gw_conn_close(g, 1008, "no publish topic");
         return;
     }
+    if (!gw_admit_message(g, false, 0))
+        return; /* refused (closed 1008) */
+    const char *why = NULL;
+    int ac = gw_admit_publish(g, g->pub, g->pub_len, len, false, 0, &why);
+    if (ac == DX__GW_E_TOOBIG) {
+        gw_conn_close(g, 1009, "message too big for this namespace");
+        return;
+    }
+    if (ac)
+        return;
     int rc = gw_publish(g, g->pub, g->pub_len, opcode == DX_OP_BINARY ? DX__GW_KIND_BINARY : DX__GW_KIND_TEXT, data,
                      len, false, 0);
     if (rc) {
@@ -1239,6 +1287,8 @@ static void on_drain(dx_conn *c, void *ud)
     gw_conn *g = dx_conn_user(c);
     if (g && (g->nheld || g->ngaps))
         gw_flush_held(g);
+    if (g && g->draining)
+        gw_admit_drain_check(g);
 }
 
 static void on_close(dx_conn *c, unsigned code, const char *reason, size_t len, void *ud)
@@ -1290,6 +1340,7 @@ static void on_tick(dx_timer *t, void *ud)
     }
     gw_sse_tick(k);
     gw_auth_tick(k);
+    gw_admit_tick(k);
     /* a reload whose post to this worker could not be queued */
     pthread_mutex_lock(&k->gw->pol_mu);
     bool stale = k->pol != k->gw->pol;
@@ -1354,7 +1405,11 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
     /* the policy is read from gw->pol only: nothing borrowed is kept */
     o->api_key = NULL;
     memset(&o->auth, 0, sizeof *o - offsetof(dx_gateway_options, auth));
-    dx__bus_local_opts bo = {.workers = workers};
+    if ((e = gw_counts_init(&gw->counts, 0)) != 0)
+        goto fail;
+    gw->counts_ok = true;
+    e = DX_ENOMEM;
+    dx__bus_local_opts bo = {.workers = workers, .history_for = gw_admit_history_for, .history_ud = gw};
     dx__gw_log_opts_default(&bo.history);
     if (o->history_count == (size_t)-1)
         bo.history.max_count = 0;
@@ -1378,6 +1433,7 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
         k->gw = gw;
         k->index = i;
         dx_list_init(&k->conns);
+        dx_list_init(&k->rpaused);
         dx_buf_init(&k->scratch, NULL);
         dx_buf_init(&k->scratch2, NULL);
         dx_buf_init(&k->sse_msg, NULL);
@@ -1393,6 +1449,8 @@ fail:
         dx__free(NULL, gw->w);
         dx__bus_free(gw->bus);
         gw_policy_unref(gw->pol);
+        if (gw->counts_ok)
+            gw_counts_deinit(&gw->counts);
         dx__free(NULL, gw);
     }
     if (err)
@@ -1461,24 +1519,23 @@ int dx_gateway_attach(dx_gateway *gw, unsigned i, dx_loop *loop, dx_server *srv)
     return 0;
 }
 
+/* The first call starts the drain (admit.c): new requests get 503 and
+ * /healthz "draining"; each connection is closed 1012 "retry=MS" once its
+ * backlog is out, all by drain_ms. Later calls only count. */
 size_t dx_gateway_shutdown(dx_gateway *gw, unsigned i)
 {
     gw_worker *k = &gw->w[i];
-    k->stopping = true;
-    if (k->demo)
-        dx_timer_stop(k->demo);
+    if (!k->stopping) {
+        k->stopping = true;
+        if (k->demo)
+            dx_timer_stop(k->demo);
+        if (k->loop) /* attached: it may have connections */
+            gw_admit_drain_start(k);
+    }
     size_t n = 0;
-    dx_list_foreach_safe(it, tmp, &k->conns) {
+    dx_list_foreach(it, &k->conns) {
         gw_conn *g = dx_list_entry(it, gw_conn, node);
-        if (g->dialect == GW_ECHO)
-            continue;
-        n++;
-        if (g->up || g->hreq) {
-            g->fail_status = 503;
-            gw_conn_gone(g);
-            continue;
-        }
-        gw_conn_close(g, 1012, "service restart");
+        n += g->dialect != GW_ECHO && !g->gone;
     }
     return n;
 }
@@ -1500,6 +1557,7 @@ void dx_gateway_free(dx_gateway *gw)
         if (k->demo)
             dx_timer_free(k->demo);
         k->tick = k->demo = NULL;
+        gw_admit_worker_free(k);
     }
     dx__bus_free(gw->bus); /* completions of pending requests run now, with DX_ECLOSED */
     for (unsigned i = 0; i < gw->n; i++) {
@@ -1522,5 +1580,6 @@ void dx_gateway_free(dx_gateway *gw)
     dx__free(NULL, gw->w);
     gw_policy_unref(gw->pol);
     pthread_mutex_destroy(&gw->pol_mu);
+    gw_counts_deinit(&gw->counts);
     dx__free(NULL, gw);
 }

@@ -20,6 +20,7 @@
 #include "gateway/auth.h"
 #include "gateway/dialect.h"
 #include "gateway/history.h"
+#include "gateway/limits.h"
 #include "gateway/policy.h"
 #include "gateway/topic.h"
 
@@ -41,6 +42,23 @@ enum gw_drop {
 
 #define GW_KEYSTAT_MAX 32  /* distinct API key names counted; more go to "other" */
 #define GW_KEYSTAT_NAME 64
+/* Limits that refused something (/metrics duplex_limit_refused_total). */
+enum gw_limit {
+    GW_LIM_ORIGIN = 0,      /* Origin not allowed (403) */
+    GW_LIM_NO_ORIGIN,       /* no Origin while allow_no_origin is off (403) */
+    GW_LIM_HANDSHAKE_RATE,  /* handshakes per second per address (429) */
+    GW_LIM_CONNS_IP,        /* live connections per address (429) */
+    GW_LIM_CONNS_USER,      /* live connections per user (429) */
+    GW_LIM_TOPIC_LEN,       /* topic past max_topic (4400 / 400) */
+    GW_LIM_MESSAGE_SIZE,    /* message past its namespace's max_message (4413 / 1009 / 413) */
+    GW_LIM_API_BODY,        /* /api/publish body past max_api_body (413) */
+    GW_LIM_NS_PUBLISH,      /* publish into a namespace that forbids it (4403 / 403) */
+    GW_LIM_NS_PRESENCE,     /* presence in a namespace without it (4403) */
+    GW_NLIM
+};
+
+/* What the message rate limit did (duplex_limit_rate_total{action}). */
+enum gw_rate_act { GW_RATE_PAUSED = 0, GW_RATE_REFUSED, GW_RATE_CLOSED, GW_NRATE };
 
 /* Publish→write latency buckets, seconds (the last is +Inf). */
 #define GW_LAT_N 12
@@ -84,6 +102,9 @@ typedef struct gw_metrics {
         _Atomic uint64_t n;
     } keystat[GW_KEYSTAT_MAX];
     _Atomic size_t nkeystat;
+    _Atomic uint64_t limit[GW_NLIM];         /* limits.c/admit.c refusals */
+    _Atomic uint64_t rate[GW_NRATE];
+    _Atomic uint64_t drained;                /* connections closed 1012 by a drain */
 } gw_metrics;
 
 static inline void gw_inc(_Atomic uint64_t *c, uint64_t n)
@@ -169,6 +190,18 @@ struct gw_conn {
     uint64_t id;           /* log lines */
     bool sse_wrote;        /* SSE: written since the last tick (heartbeats) */
     unsigned sse_idle_ms;  /* SSE: idle ticks, in ms */
+    /* limits (admit.c) */
+    int ipfam;             /* 0: not counted per address */
+    uint64_t ipkey;
+    bool user_counted;     /* counted in the gateway's per-user table */
+    bool rate_paused;      /* reading paused by the message rate (see paused: in flight) */
+    bool draining;         /* dx_gateway_shutdown: closed 1012 once its backlog is out */
+    gw_bucket rate;        /* messages per second (rate.last_ns 0: not started) */
+    uint64_t resume_ns;    /* rate_paused: when reading resumes */
+    dx_list rnode;         /* rate_paused: in the worker's rpaused */
+    gw_ns_bucket *nsb;     /* per-namespace buckets, made on first use */
+    size_t nnsb;
+    const gw_limits_cfg *nsb_cfg; /* the policy they were made under (a reload renumbers) */
 };
 
 /* Frames built once per delivered entry, per pattern (JSON `pattern`). */
@@ -210,6 +243,11 @@ struct gw_worker {
     gw_policy *pol;         /* this worker's reference to the current policy (settings.c) */
     gw_conn **exph;         /* auth.c: authenticated connections, min-heap by exp_ms */
     size_t nexp, capexp;
+    dx_list rpaused;        /* connections paused by a rate limit (admit.c) */
+    dx_timer *rtimer;       /* resumes them; armed only while the list is not empty */
+    uint64_t rtimer_at;     /* when it fires (0: not armed) */
+    dx_timer *dtimer;       /* drain: polls the connections left, then the deadline */
+    uint64_t drain_end_ns;
     gw_metrics m;
 };
 
@@ -222,6 +260,8 @@ struct dx_gateway {
     gw_worker *w;
     uint64_t start_ns;
     _Atomic uint64_t reloads[2]; /* dx_gateway_reload calls: applied, refused (duplex_config_reloads_total) */
+    gw_counts counts;       /* live counts shared by the workers (admit.c): they outlive reloads */
+    bool counts_ok;
 };
 
 /* gateway.c */
@@ -295,6 +335,61 @@ int gw_api_http(gw_worker *k, dx_http_req *req);
 bool gw_policy_origin(const char *origin, size_t olen, const char *host, size_t hlen);
 enum gw_action { GW_ACT_SUBSCRIBE, GW_ACT_PUBLISH, GW_ACT_PRESENCE, GW_ACT_HISTORY };
 int gw_policy_check(const gw_conn *g, enum gw_action act, const char *topic, size_t len);
+
+/* admit.c: the limits applied (docs/security.md). Each refusal is logged
+ * and counted. */
+static inline const gw_limits_cfg *gw_lim(const gw_worker *k)
+{
+    return k->pol->lim;
+}
+/* A /ws or /sse request: Origin, handshakes per second and live
+ * connections per address. 0 when it may proceed; else the HTTP status
+ * (403, 429) with any headers to send (Retry-After) in hdr. */
+int gw_admit_request(gw_worker *k, const char *path, const char *remote, const char *origin, size_t olen,
+                     const char *host, size_t hlen, char *hdr, size_t hdrcap);
+/* Counts g against its address (remote as the server spells it); strict:
+ * refused past conns_per_ip (DX_ELIMIT). Undone by gw_conn_gone. */
+int gw_admit_count_ip(gw_conn *g, const char *remote, bool strict);
+/* Live connections per user. At a handshake whose gw_conn does not exist
+ * yet (JSON: on_upgrade), once the user is known: false (counted, logged)
+ * when the user has conns_per_user already: answer 429. */
+bool gw_admit_user_room(gw_worker *k, const char *remote, const char *user, size_t len);
+/* Counts g against its user (g->user; nothing without one), undone by
+ * gw_conn_gone; strict: DX_ELIMIT past conns_per_user (raw: at its
+ * upgrade, after g->user is set), else counted anyway (JSON: on_open,
+ * checked by gw_admit_user_room before). */
+int gw_admit_count_user(gw_conn *g, bool strict);
+/* gw_conn_gone: undoes the counts, leaves the rate list. */
+void gw_admit_release(gw_conn *g);
+/* A message read from g (either dialect) against its rate: true to handle
+ * it; false when it was refused (err 4429 sent) or g was closed. Pause:
+ * handled, and reading pauses until the bucket has a token again. */
+bool gw_admit_message(gw_conn *g, bool has_id, uint64_t id);
+/* A publish from g to topic (client dialects): its namespace's rules
+ * (publish allowed, max_message, rate). 0, or a GATEWAY.md err code
+ * (4403, 4413, 4429) with *why; -1 when g was closed (rate policy close). */
+int gw_admit_publish(gw_conn *g, const char *topic, size_t len, size_t dlen, bool has_id, uint64_t id,
+                     const char **why);
+/* The topic length limit: true when within max_topic. */
+bool gw_admit_topic(gw_worker *k, const char *topic, size_t len);
+/* Reading of g may resume for the in-flight rule: only if the rate does
+ * not hold it (and vice versa). */
+void gw_admit_resume(gw_conn *g);
+/* Drain (dx_gateway_shutdown): g's backlog is out: close it 1012 retry=MS. */
+void gw_admit_drain_check(gw_conn *g);
+void gw_admit_drain_start(gw_worker *k);
+/* The worker's 1 s tick: the backstop of the rate timer. */
+void gw_admit_tick(gw_worker *k);
+/* The bus's history_for: a topic's namespace sets its history bounds. */
+void gw_admit_history_for(void *ud, unsigned w, const char *topic, size_t len, dx__gw_log_opts *out);
+void gw_admit_worker_free(gw_worker *k);
+/* policy.c's namespace part: publish and presence allowed in topic's namespace. */
+int gw_policy_check_ns(const gw_conn *g, enum gw_action act, const char *topic, size_t len);
+/* SSE CORS: the headers of an answer to a request with this Origin
+ * (Access-Control-Allow-Origin, Vary) into hdr; answers an OPTIONS
+ * preflight itself (returns true: taken). */
+bool gw_admit_sse_preflight(gw_worker *k, dx_http_req *req);
+size_t gw_admit_cors_headers(gw_worker *k, const char *origin, size_t olen, char *hdr, size_t cap);
 
 /* Helpers shared by the files: query parameter lookup (the raw value, not
  * decoded) and percent-decoding into out (NUL-terminated; returns the

@@ -23,7 +23,7 @@ static void inflight_done(gw_conn *g)
     g->inflight--;
     if (g->paused && !g->gone && g->c && g->inflight <= g->k->gw->o.max_inflight / 2) {
         g->paused = false;
-        (void)dx_conn_resume(g->c);
+        gw_admit_resume(g); /* unless the message rate holds it */
     }
 }
 
@@ -74,7 +74,8 @@ int gw_publish(gw_conn *g, const char *topic, size_t len, dx__gw_kind kind, cons
     g->refs++;
     if (++g->inflight >= k->gw->o.max_inflight && !g->paused && g->c) {
         g->paused = true;
-        (void)dx_conn_pause(g->c);
+        if (!g->rate_paused)
+            (void)dx_conn_pause(g->c);
     }
     return 0;
 }
@@ -162,6 +163,10 @@ static void json_sub(gw_conn *g, const dx__gw_req *r)
         gw_send_err(g, r->has_id, r->id, DX__GW_E_MALFORMED, "bad topic or pattern");
         return;
     }
+    if (!gw_admit_topic(k, r->topic, r->topic_len)) {
+        gw_send_err(g, r->has_id, r->id, DX__GW_E_MALFORMED, "topic longer than max_topic");
+        return;
+    }
     int pc = gw_policy_check(g, GW_ACT_SUBSCRIBE, r->topic, r->topic_len);
     if (pc) {
         gw_send_err(g, r->has_id, r->id, pc, "subscription not allowed");
@@ -223,7 +228,12 @@ void gw_json_message(gw_conn *g, const uint8_t *data, size_t len)
     dx__gw_req r;
     dx__gw_req_err e;
     if (dx__gw_req_parse(NULL, data, len, 0, &r, &e) != 0) {
-        gw_send_err(g, e.has_id, e.id, e.code, e.reason);
+        if (gw_admit_message(g, e.has_id, e.id)) /* a malformed message counts too */
+            gw_send_err(g, e.has_id, e.id, e.code, e.reason);
+        return;
+    }
+    if (!gw_admit_message(g, r.has_id, r.id)) { /* over the rate: refused (4429) or closed */
+        dx__gw_req_free(&r);
         return;
     }
     switch (r.op) {
@@ -242,9 +252,22 @@ void gw_json_message(gw_conn *g, const uint8_t *data, size_t len)
             gw_inc(&k->m.publishes_refused, 1);
             break;
         }
+        if (!gw_admit_topic(k, r.topic, r.topic_len)) {
+            gw_send_err(g, r.has_id, r.id, DX__GW_E_MALFORMED, "topic longer than max_topic");
+            gw_inc(&k->m.publishes_refused, 1);
+            break;
+        }
         int pc = gw_policy_check(g, GW_ACT_PUBLISH, r.topic, r.topic_len);
         if (pc) {
             gw_send_err(g, r.has_id, r.id, pc, "publish not allowed");
+            gw_inc(&k->m.publishes_refused, 1);
+            break;
+        }
+        const char *why = NULL;
+        pc = gw_admit_publish(g, r.topic, r.topic_len, r.payload_len, r.has_id, r.id, &why);
+        if (pc) {
+            if (pc > 0)
+                gw_send_err(g, r.has_id, r.id, pc, why);
             gw_inc(&k->m.publishes_refused, 1);
             break;
         }
@@ -259,7 +282,7 @@ void gw_json_message(gw_conn *g, const uint8_t *data, size_t len)
         }
         int pc = gw_policy_check(g, GW_ACT_PRESENCE, r.topic, r.topic_len);
         if (pc) {
-            gw_send_err(g, r.has_id, r.id, pc, "presence not allowed");
+            gw_send_err(g, r.has_id, r.id, pc, "presence not allowed (off in this namespace)");
             break;
         }
         ack_ctx *a = ack_new(g, &r);

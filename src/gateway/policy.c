@@ -55,7 +55,7 @@ int gw_policy_check(const gw_conn *g, enum gw_action act, const char *topic, siz
             return DX__GW_E_FORBIDDEN;
         break;
     }
-    return 0;
+    return gw_policy_check_ns(g, act, topic, len); /* namespaces (admit.c) */
 }
 
 /* GATEWAY.md "With no configuration": requests without Origin are accepted

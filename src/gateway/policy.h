@@ -17,6 +17,7 @@
 
 #include "duplex/gateway.h"
 #include "gateway/jwt.h"
+#include "gateway/limits.h"
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -27,12 +28,6 @@ typedef struct gw_api_key {
     char *key;
     size_t len;
 } gw_api_key;
-
-typedef struct gw_ns {
-    char *prefix;
-    size_t plen;
-    dx_gateway_namespace o; /* o.prefix == prefix; zero fields inherit */
-} gw_ns;
 
 typedef struct gw_policy {
     atomic_size_t refs;
@@ -51,14 +46,7 @@ typedef struct gw_policy {
     uint64_t grace_ms;           /* auth.refresh_grace_ms */
 
     /* ---- origins, limits, namespaces, drain (helper E) ---- */
-    char **origins;
-    size_t n_origins;
-    bool allow_no_origin;
-    dx_gateway_limits limits;    /* defaults resolved */
-    gw_ns *ns;
-    size_t n_ns;
-    unsigned drain_ms;
-    unsigned reconnect_hint_ms;
+    gw_limits_cfg *lim;          /* limits.h: origins parsed, limits resolved, namespaces sorted */
 } gw_policy;
 
 /* Builds a snapshot of o's policy fields. NULL on failure with a one-line

@@ -40,8 +40,7 @@ static void pol_free(gw_policy *p)
         free(p->owned[i]);
     free(p->owned);
     free(p->api_keys);
-    free(p->origins);
-    free(p->ns);
+    gw_limits_cfg_free(p->lim);
     free(p);
 }
 
@@ -188,35 +187,9 @@ gw_policy *gw_policy_new(const dx_gateway_options *o, char *why, size_t why_len)
         goto fail;
 
     /* ---- origins, limits, namespaces, drain (helper E) ---- */
-    if (o->n_origins) {
-        if (!(p->origins = calloc(o->n_origins, sizeof *p->origins)))
-            FAIL("out of memory");
-        for (size_t i = 0; i < o->n_origins; i++) {
-            if (!o->origins[i] || !*o->origins[i])
-                FAIL("origins[%zu]: empty", i);
-            if (!(p->origins[i] = gw_policy_strdup(p, o->origins[i])))
-                FAIL("out of memory");
-        }
-        p->n_origins = o->n_origins;
-    }
-    p->allow_no_origin = o->allow_no_origin >= 0;
-    p->limits = o->limits;
-    if (o->n_namespaces) {
-        if (!(p->ns = calloc(o->n_namespaces, sizeof *p->ns)))
-            FAIL("out of memory");
-        for (size_t i = 0; i < o->n_namespaces; i++) {
-            if (!o->namespaces[i].prefix)
-                FAIL("namespaces[%zu]: no prefix", i);
-            p->ns[i].o = o->namespaces[i];
-            if (!(p->ns[i].prefix = gw_policy_strdup(p, o->namespaces[i].prefix)))
-                FAIL("out of memory");
-            p->ns[i].o.prefix = p->ns[i].prefix;
-            p->ns[i].plen = strlen(p->ns[i].prefix);
-        }
-        p->n_ns = o->n_namespaces;
-    }
-    p->drain_ms = o->drain_ms ? o->drain_ms : 10000;
-    p->reconnect_hint_ms = o->reconnect_hint_ms ? o->reconnect_hint_ms : 2000;
+    int err;
+    if (!(p->lim = gw_limits_cfg_new(o, why, why_len, &err)))
+        goto fail;
     return p;
 fail:
     pol_free(p);

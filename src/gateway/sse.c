@@ -34,23 +34,24 @@
 
 #define SSE_MAX_TOPICS 64
 
-/* The refusal, counted; refuse() also logs it (auth.c logs its own). */
-static void answer_refused(gw_worker *k, dx_http_req *req, int status, const char *why)
+static void refuse_h(gw_worker *k, dx_http_req *req, int status, const char *why, const char *hdr)
 {
     char body[256];
     int n = snprintf(body, sizeof body, "{\"error\":\"%s\"}", why);
+    if (!hdr) /* admit.c logged its own */
+        gw_logf(k, DX_LOG_INFO, "gateway: %s GET /sse refused %d: %s", req->remote, status, why);
     gw_inc(&k->m.handshakes_refused, 1);
     (void)dx_http_reply(req, status, "application/json",
-                        status == 405   ? "Allow: GET, HEAD\r\n"
+                        status == 405   ? "Allow: GET, HEAD, OPTIONS\r\n"
                         : status == 401 ? GW_AUTH_401_HEADERS
+                        : hdr && *hdr   ? hdr
                                         : NULL,
                         body, (size_t)n);
 }
 
 static void refuse(gw_worker *k, dx_http_req *req, int status, const char *why)
 {
-    gw_logf(k, DX_LOG_INFO, "gateway: %s GET /sse refused %d: %s", req->remote, status, why);
-    answer_refused(k, req, status, why);
+    refuse_h(k, req, status, why, NULL);
 }
 
 static void on_stream_close(dx_http_stream *s, int err, void *ud)
@@ -66,6 +67,8 @@ static const dx_http_stream_callbacks stream_cb = {NULL, on_stream_close};
 void gw_sse_request(gw_worker *k, dx_http_req *req)
 {
     static _Thread_local char subbuf[8192], sincebuf[8192];
+    if (gw_admit_sse_preflight(k, req)) /* OPTIONS: CORS preflight */
+        return;
     if (strcmp(req->method, "GET") && strcmp(req->method, "HEAD")) {
         refuse(k, req, 405, "use GET");
         return;
@@ -92,6 +95,10 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
     for (size_t i = 0; i < nsub; i++) {
         if (dx__gw_topic_check_sub(names[i], lens[i]) != 0) {
             refuse(k, req, 400, "bad topic or pattern");
+            return;
+        }
+        if (!gw_admit_topic(k, names[i], lens[i])) {
+            refuse_h(k, req, 400, "topic longer than max_topic", "");
             return;
         }
         for (size_t j = 0; j < i; j++)
@@ -129,23 +136,30 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
     size_t ol = 0, hlen = 0;
     const char *origin = dx_http_req_header(req, "Origin", &ol);
     const char *host = dx_http_req_header(req, "Host", &hlen);
-    if (!gw_policy_origin(origin, ol, host, hlen)) {
-        refuse(k, req, 403, "Origin does not match Host");
+    char hdr[64];
+    int st = gw_admit_request(k, "GET /sse", req->remote, origin, ol, host, hlen, hdr, sizeof hdr);
+    if (st) {
+        refuse_h(k, req, st, st == 403 ? "origin not allowed" : "too many requests: retry later", hdr);
         return;
     }
     gw_auth_req ar = {.query = req->query, .query_len = req->query_len, .remote = req->remote, .what = "GET /sse"};
     ar.authz = dx_http_req_header(req, "Authorization", &ar.authz_len);
     ar.cookie = dx_http_req_header(req, "Cookie", &ar.cookie_len);
     dx__jwt_claims *claims = NULL;
-    int st = gw_auth_handshake(k, &ar, &claims);
+    st = gw_auth_handshake(k, &ar, &claims);
     if (st) {
-        answer_refused(k, req, st, st == 401 ? "invalid token" : st == 403 ? "anonymous access is off" : "try again");
+        refuse_h(k, req, st, st == 401 ? "invalid token" : st == 403 ? "anonymous access is off" : "try again", "");
         return;
     }
     gw_conn *g = gw_conn_new(k, GW_SSE);
     if (!g) {
         dx__jwt_claims_free(claims);
         refuse(k, req, 503, "out of memory");
+        return;
+    }
+    if (gw_admit_count_ip(g, req->remote, true) != 0) {
+        gw_conn_gone(g);
+        refuse_h(k, req, 429, "too many connections from this address", "Retry-After: 5\r\n");
         return;
     }
     g->id = req->conn_id;
@@ -197,9 +211,12 @@ void gw_sse_ready(gw_conn *g)
         return;
     }
     int err = 0;
-    dx_http_stream *s = dx_http_reply_stream(req, 200, "text/event-stream; charset=utf-8",
-                                             "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n", &stream_cb, g,
-                                             &err);
+    /* CORS: an allowed cross-origin page may read the stream */
+    char hdr[512] = "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n";
+    size_t ol = 0, hl = strlen(hdr);
+    const char *origin = dx_http_req_header(req, "Origin", &ol);
+    (void)gw_admit_cors_headers(k, origin, ol, hdr + hl, sizeof hdr - hl);
+    dx_http_stream *s = dx_http_reply_stream(req, 200, "text/event-stream; charset=utf-8", hdr, &stream_cb, g, &err);
     if (!s) {
         gw_conn_gone(g); /* the client left, or the answer could not be built */
         return;

@@ -142,10 +142,11 @@ static void test_reload_swaps_on_every_worker(void **state)
     assert_false(has_key(p1, "key-one"));
     assert_false(has_key(p1, "changed"));
     assert_string_equal(gw_policy_api_key(p1, "key-ci", 6)->name, "ci");
-    assert_int_equal(p1->n_ns, 1);
-    assert_string_equal(p1->ns[0].prefix, "chat.");
-    assert_string_equal(p1->origins[0], "https://app.example");
-    assert_int_equal(p1->drain_ms, 1234);
+    assert_int_equal(p1->lim->nns, 1);
+    assert_string_equal(p1->lim->ns[0].prefix, "chat.");
+    assert_int_equal(p1->lim->norigins, 1);
+    assert_string_equal(p1->lim->origins[0].host, "app.example");
+    assert_int_equal(p1->lim->drain_ms, 1234);
     /* each worker took it on its own thread (the reload posted to it; a
      * post runs before the probe posted after it) */
     for (unsigned i = 0; i < NW; i++)
