@@ -1218,6 +1218,8 @@ static int ns_flags(build *b, const serve_args *a)
                 return fail(b, &o, "namespaces", "unknown namespace key \"%s\"", kv);
             char dkey[96];
             snprintf(dkey, sizeof dkey, "namespaces[%zu].%s", c->nns - 1, key + strlen("namespaces[]."));
+            if (!strcmp(key, "namespaces[].history") && !strcmp(v, "off"))
+                v = "0"; /* none retained, as in the file */
             if (apply(b, r, ns, dkey, v, &o))
                 return -1;
         }
@@ -1427,8 +1429,12 @@ static void fmt_source(const serve_config *c, const row *r, char *buf, size_t le
 {
     size_t i = row_index(r);
     char env[64];
+    if (!r->flag && r->kind == K_SEQ && c->src[i] == CFG_SRC_FLAG && !strcmp(r->key, "namespaces")) {
+        snprintf(buf, len, "flag --namespace");
+        return;
+    }
     if (!r->flag && r->kind == K_SEQ && c->src[i] > CFG_SRC_FILE)
-        r = find_row("listen.tls[].cert"); /* the only list with a flag: its certificates' */
+        r = find_row("listen.tls[].cert"); /* the other list with a flag: its certificates' */
     switch (c->src[i]) {
     case CFG_SRC_FILE: snprintf(buf, len, "file %s:%u", c->file, c->line[i]); break;
     case CFG_SRC_ENV:
