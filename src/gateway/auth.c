@@ -244,6 +244,19 @@ size_t gw_auth_user_topic(const dx__jwt_claims *c, char *buf)
     return c->sub_len + 5;
 }
 
+size_t gw_auth_list_user_topic(const gw_conn *g, char *buf, const char **names, size_t *lens, size_t n)
+{
+    if (!g->claims)
+        return n;
+    size_t ul = gw_auth_user_topic(g->claims, buf);
+    for (size_t i = 0; i < n; i++)
+        if (lens[i] == ul && !memcmp(names[i], buf, ul))
+            return n;
+    names[n] = buf;
+    lens[n] = ul;
+    return n + 1;
+}
+
 /* ---- the expiry heap ------------------------------------------------------------ */
 
 static void heap_set(gw_worker *k, size_t i, gw_conn *g)

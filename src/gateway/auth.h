@@ -68,6 +68,11 @@ int gw_auth_upgrade(gw_worker *k, dx_request *req, dx__jwt_claims **claims);
  * verification); its length. */
 size_t gw_auth_user_topic(const dx__jwt_claims *c, char *buf);
 
+/* A raw or SSE subscribe list: an authenticated g's user: topic (written
+ * to buf, as above) is appended to names/lens[0..n) unless listed already
+ * (the arrays have room for one more). Returns the new count. */
+size_t gw_auth_list_user_topic(const gw_conn *g, char *buf, const char **names, size_t *lens, size_t n);
+
 /* The header line sent with a 401. */
 #define GW_AUTH_401_HEADERS "WWW-Authenticate: Bearer realm=\"duplex\", error=\"invalid_token\"\r\n"
 

@@ -1068,18 +1068,7 @@ static int raw_upgrade(gw_worker *k, dx_request *req, dx__jwt_claims *claims)
             return 403;
         }
     }
-    if (g->claims) {
-        /* the user: topic, unless the client listed it itself */
-        size_t ul = gw_auth_user_topic(g->claims, userbuf);
-        int i;
-        for (i = 0; i < nsub; i++)
-            if (lens[i] == ul && !memcmp(names[i], userbuf, ul))
-                break;
-        if (i == nsub) {
-            names[nsub] = userbuf;
-            lens[nsub++] = ul;
-        }
-    }
+    nsub = (int)gw_auth_list_user_topic(g, userbuf, names, lens, (size_t)nsub); /* unless listed */
     if (gw_admit_count_user(g, true) != 0) { /* an authenticated user past conns_per_user */
         gw_conn_gone(g);
         return 429;

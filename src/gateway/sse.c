@@ -176,18 +176,7 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
         }
     }
     static _Thread_local char userbuf[DX__GW_TOPIC_MAX + 1];
-    if (g->claims) {
-        /* the user: topic, unless listed */
-        size_t ul = gw_auth_user_topic(g->claims, userbuf);
-        size_t i;
-        for (i = 0; i < nsub; i++)
-            if (lens[i] == ul && !memcmp(names[i], userbuf, ul))
-                break;
-        if (i == nsub) {
-            names[nsub] = userbuf;
-            lens[nsub++] = ul;
-        }
-    }
+    nsub = gw_auth_list_user_topic(g, userbuf, names, lens, nsub); /* unless listed */
     g->hreq = req;
     if (gw_subscribe_list(g, names, lens, nsub, pos, npos < 0 ? 0 : (size_t)npos))
         gw_sse_ready(g); /* patterns only, or every subscribe failed to go out (503) */
