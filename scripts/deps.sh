@@ -8,7 +8,8 @@
 #   scripts/deps.sh test    run + what the tests need: cmocka, clang and the
 #                           sanitizer/fuzzer runtime of the installed clang,
 #                           Python websockets, Node.js + npm (and `npm ci` of
-#                           the interop peers), Chromium, openssl, prlimit (make test)
+#                           the interop peers), Chromium, openssl, prlimit, and for
+#                           tests/cluster redis-server, nginx, haproxy, iproute2, PyJWT (make test)
 #   scripts/deps.sh bench   run + the benchmark peers and tools: libwebsockets,
 #                           Node.js + npm, perf, strace, gnuplot, valgrind (make bench)
 #
@@ -27,6 +28,9 @@ test_pkgs=(
   libcmocka-dev clang llvm
   # real peers (Node ws, Python websockets, headless Chromium), certificates, fault tests
   nodejs python3 python3-websockets chromium openssl util-linux procps
+  # multi-node deployment tests (tests/cluster): Redis, the load balancers in
+  # front of the nodes, network namespaces and veth links, JWTs for user topics
+  redis-server nginx haproxy iproute2 python3-jwt
 )
 bench_pkgs=(
   # peers of scripts/bench_echo.sh (libwebsockets, Node ws), syscall counts,
