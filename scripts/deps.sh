@@ -11,7 +11,7 @@
 #                           the interop peers), Chromium, openssl, prlimit, and for
 #                           tests/cluster redis-server, nginx, haproxy, iproute2, PyJWT (make test)
 #   scripts/deps.sh bench   run + the benchmark peers and tools: libwebsockets,
-#                           Node.js + npm, perf, strace, gnuplot, valgrind (make bench)
+#                           Node.js + npm, perf, strace, gnuplot, valgrind, redis-server (make bench)
 #
 # Debian's python3-* packages are seen by /usr/bin/python3 only; the test
 # scripts call that interpreter explicitly. Node: Debian 12's nodejs (18) is
@@ -36,6 +36,8 @@ bench_pkgs=(
   # peers of scripts/bench_echo.sh (libwebsockets, Node ws), syscall counts,
   # charts, allocation counts
   libwebsockets-dev nodejs linux-perf strace gnuplot-nox valgrind
+  # the cross-node fan-out (scripts/bench_cluster.sh): Redis and redis-cli
+  redis-server redis-tools
 )
 
 case $profile in
