@@ -171,7 +171,7 @@ for ln in open(statf):
     if ln.startswith('cmdstat_'):
         cmd, _, rest = ln[8:].strip().partition(':')
         calls[cmd] = int(dict(kv.split('=', 1) for kv in rest.split(','))['calls'])
-calls.pop('config', None); calls.pop('info', None)
+calls = {k: v for k, v in calls.items() if not k.startswith(('config', 'info'))}  # the script's own
 wall = float(t1) - float(t0)
 cpu = [(int(b) - int(a)) / int(hz) / wall * 100 for a, b in zip(c0.split(), c1.split())]
 s.update(row=name, wall_s=round(wall, 2), redis_calls=calls,
@@ -209,8 +209,8 @@ for r in rows:
     cpus = {"redis": r["cpu_redis"], "node1": r["cpu_nodes"][0], "node2": r["cpu_nodes"][1],
             "node3": r["cpu_nodes"][2], "gwload readers": r.get("rd_cpu_pct", 0)}
     busiest = max(cpus, key=cpus.get)
-    lat50 = "-" if r["p50_us"] < 0 else "%.0f" % r["p50_us"]
-    lat99 = "-" if r["p99_us"] < 0 else "%.0f" % r["p99_us"]
+    lat50 = "-" if r["p50_us"] < 0 or not r["subs"] else "%.0f" % r["p50_us"]
+    lat99 = "-" if r["p99_us"] < 0 or not r["subs"] else "%.0f" % r["p99_us"]
     print("%-14s %6d %9.0f %11.0f %8s %8s %9s %6d %16s %7d  %s %d%%%s" % (
         r["row"], r["subs"], r["pub_per_s"], r["deliv_per_s"], lat50, lat99,
         "-" if r["cmds_per_pub"] is None else r["cmds_per_pub"], r["cpu_redis"],
