@@ -647,8 +647,10 @@ class Resumer:
                 while not self.stopping:
                     f = await j.msg(timeout=3600, what="a msg")
                     if f["op"] == "gap":
+                        # what a careful client does: resume from what it has
+                        # (a new connection with `since`); the count is reported
                         self.gaps.append((f.get("from"), f.get("to")))
-                        continue
+                        raise _Retry()
                     if f.get("topic") != self.topic:
                         continue
                     off = f["offset"]
@@ -789,18 +791,20 @@ class Tally:
                 worst = (s.name, lo[:10])
         return dict(published=len(published), subscribers=len(self.subs), delivered=delivered,
                     expected=len(published) * len(self.subs), lost=lost, duplicated=dup, unacked_delivered=extra,
-                    worst=worst)
+                    worst=worst, gaps=sum(len(s.gaps) for s in self.subs),
+                    reconnects=sum(max(0, s.connects - 1) for s in self.subs))
 
     def report(self):
         c = self.compute()
         say("%s: published %d, subscribers %d, delivered %d of %d, lost %d, duplicated %d, delivered-unacked %d; "
-            "publishes refused %s" % (self.scenario, c["published"], c["subscribers"], c["delivered"],
-                                      c["expected"], c["lost"], c["duplicated"], c["unacked_delivered"],
-                                      self.pub.refused or "none"))
+            "reconnects %d, gap notices %d, publishes refused %s" % (
+                self.scenario, c["published"], c["subscribers"], c["delivered"], c["expected"], c["lost"],
+                c["duplicated"], c["unacked_delivered"], c["reconnects"], c["gaps"], self.pub.refused or "none"))
         return c
 
     def check_clean(self, recovered=True):
-        """No loss, no duplicate, order, no gap; every resume recovered."""
+        """No loss, no duplicate, in order, every resume recovered (a `gap`
+        notice makes the subscriber resume: what it missed must come back)."""
         c = self.report()
         if c["lost"]:
             raise Fail("%s: %d deliveries lost (first: %s %s)" % (self.scenario, c["lost"], c["worst"][0],
@@ -811,7 +815,6 @@ class Tally:
             check(order == sorted(order), "%s: %s received offsets out of order: %s" % (self.scenario, s.name,
                                                                                       order[:50]))
             check(not s.errors, "%s: %s: %s" % (self.scenario, s.name, s.errors[:3]))
-            check(not s.gaps, "%s: %s was sent gaps %s" % (self.scenario, s.name, s.gaps[:5]))
             if recovered:
                 bad = [a for a in s.acks[1:] if a[2] is not True]
                 check(not bad, "%s: %s resumed with recovered false: acks %s" % (self.scenario, s.name, s.acks))

@@ -126,7 +126,8 @@ async def spread_behind(lb, n_clients, what, sticky=False):
     then that each gets every message published through lb's API."""
     ns = nodes()
     t = C.topic("lb")
-    before = [n.connections() for n in ns]
+    await C.await_for(lambda: sum(n.connections() for n in ns) == 0, 15, "no connection left from the last case")
+    before = [0, 0, 0]
     subs = [C.Resumer("c%d" % i, lb.url(), t).start() for i in range(n_clients)]
     await C.await_for(lambda: all(s.connected.is_set() for s in subs), 30, "%d clients to subscribe through %s"
                       % (n_clients, what))

@@ -21,7 +21,6 @@ subscribers sit on node 3 and on node 1.
 Prints published / delivered / lost / duplicated and how long each step
 took. Run as root (namespaces, links): /usr/bin/python3 tests/cluster/test_netns.py build/duplex
 """
-import asyncio
 import time
 
 import cluster as C

@@ -68,7 +68,11 @@ async def redis_goes_away(name, kill):
     check(refused > 0, "the publisher saw no refusal while Redis was away")
     expect_eq(len(pub.epochs), 1, "epochs of the acknowledged publishes (Redis kept its data)")
     offs = sorted(pub.acked)
-    expect_eq(offs, list(range(offs[0], offs[0] + len(offs))), "acknowledged offsets have no hole")
+    holes = sorted(set(range(offs[0], offs[-1] + 1)) - set(offs))
+    say("%s: offsets %d..%d, not acknowledged in between: %s" % (name, offs[0], offs[-1], holes or "none"))
+    # a publish Redis stored just before SIGKILL, whose reply died with it,
+    # was answered 503 (its outcome unknown to the node): at most one
+    check(len(holes) <= (1 if kill else 0), "holes in the acknowledged offsets: %s" % holes)
     await C.wait_delivered(pub, subs, 30)
     kept = sum(1 for s in subs if s.connects == 1)
     say("%s: %d of %d subscribers kept their connection through the outage; closes seen %s" % (
