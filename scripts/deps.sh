@@ -4,12 +4,12 @@
 # is present (one dpkg-query per package).
 #
 #   scripts/deps.sh [run]   build and run: compiler, cmake, pkg-config, OpenSSL,
-#                           zlib (make, make run, make install)
+#                           zlib, jansson, hiredis (make, make run, make install)
 #   scripts/deps.sh test    run + what the tests need: cmocka, clang and the
 #                           sanitizer/fuzzer runtime of the installed clang,
-#                           Python websockets, Node.js + npm (and `npm ci` of
+#                           Python websockets, redis-server, Node.js + npm (and `npm ci` of
 #                           the interop peers), Chromium, openssl, prlimit, and for
-#                           tests/cluster redis-server, nginx, haproxy, iproute2, PyJWT (make test)
+#                           tests/cluster nginx, haproxy, iproute2, PyJWT (make test)
 #   scripts/deps.sh bench   run + the benchmark peers and tools: libwebsockets,
 #                           Node.js + npm, perf, strace, gnuplot, valgrind, redis-server (make bench)
 #
@@ -21,16 +21,18 @@ set -euo pipefail
 profile=${1:-run}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-run_pkgs=(build-essential cmake pkg-config libssl-dev zlib1g-dev libedit-dev libjansson-dev)
+run_pkgs=(build-essential cmake pkg-config libssl-dev zlib1g-dev libedit-dev libjansson-dev libhiredis-dev)
 test_pkgs=(
   # unit tests, sanitizers and fuzzers (the runtime package is added below,
   # for the clang actually installed)
   libcmocka-dev clang llvm
   # real peers (Node ws, Python websockets, headless Chromium), certificates, fault tests
   nodejs python3 python3-websockets chromium openssl util-linux procps
-  # multi-node deployment tests (tests/cluster): Redis, the load balancers in
-  # front of the nodes, network namespaces and veth links, JWTs for user topics
-  redis-server nginx haproxy iproute2 python3-jwt
+  # the Redis bus's cluster tests (tests/gateway/test_redis.py) start their own redis-server
+  redis-server
+  # multi-node deployment tests (tests/cluster): the load balancers in front
+  # of the nodes, network namespaces and veth links, JWTs for user topics
+  nginx haproxy iproute2 python3-jwt
 )
 bench_pkgs=(
   # peers of scripts/bench_echo.sh (libwebsockets, Node ws), syscall counts,

@@ -119,6 +119,11 @@ static void usage(FILE *f)
             "  --sse-heartbeat T      comment line on an idle SSE stream [15s]\n"
             "  --demo                 publish a ticker on demo.ticker (for the demo page)\n"
             "  --demo-interval T      ticker period [1s]\n"
+            "cluster (docs/gateway.md \"The Redis bus\"):\n"
+            "  --redis URL            share topics, offsets, history and presence with every node using the\n"
+            "                         same Redis: redis://[user:pass@]host[:port][/db] or unix:///path\n"
+            "  --redis-pending-max B  publishes awaiting Redis, in payload bytes; past it → 503 [64MiB]\n"
+            "  --presence-ttl T       a dead node's presence and user counts expire within T [15s]\n"
             "  --log-level L          error|warn|info|debug [info]\n"
             "  --log-format F         text (timestamp level message) or json (one object per line) [text]\n"
             "\n"
@@ -274,7 +279,7 @@ static void raise_nofile(void)
 enum {
     O_HOST = 256, O_PORT, O_UNIX, O_WORKERS, O_CERT, O_KEY, O_STATIC, O_MAXHEAD, O_MAXHDRS, O_PERIP, O_MAXHS,
     O_HTTPBODY, O_HTTPKA, O_HTTPREQS, O_APIKEY, O_HIST, O_HISTAGE, O_SLOW, O_SUBQ, O_MAXSUBS, O_SSEHB, O_DEMO,
-    O_DEMOINT
+    O_DEMOINT, O_REDIS, O_REDISPEND, O_PRESTTL
 };
 
 int cmd_serve(int argc, char **argv)
@@ -303,6 +308,9 @@ int cmd_serve(int argc, char **argv)
         {"sse-heartbeat", required_argument, 0, O_SSEHB},
         {"demo", no_argument, 0, O_DEMO},
         {"demo-interval", required_argument, 0, O_DEMOINT},
+        {"redis", required_argument, 0, O_REDIS},
+        {"redis-pending-max", required_argument, 0, O_REDISPEND},
+        {"presence-ttl", required_argument, 0, O_PRESTTL},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -450,6 +458,20 @@ int cmd_serve(int argc, char **argv)
             break;
         case O_DEMOINT:
             if (cli_parse_ms(optarg, &g->demo_interval_ms) || !g->demo_interval_ms)
+                return cli_bad_value(&common, name, optarg);
+            break;
+        /* cluster: the Redis bus (redis-bus branch) */
+        case O_REDIS:
+            if (!*optarg)
+                return cli_bad_value(&common, name, "an empty URL");
+            g->redis_url = optarg;
+            break;
+        case O_REDISPEND:
+            if (cli_parse_size(optarg, &g->redis_pending_max) || g->redis_pending_max < 1024)
+                return cli_bad_value(&common, name, optarg);
+            break;
+        case O_PRESTTL:
+            if (cli_parse_ms(optarg, &g->presence_ttl_ms) || g->presence_ttl_ms < 300)
                 return cli_bad_value(&common, name, optarg);
             break;
         default:

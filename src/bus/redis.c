@@ -1,0 +1,2329 @@
+/*
+ * src/bus/redis.c: the Redis bus (redis.h, bus.h). docs/gateway.md "The
+ * Redis bus" is the reference for the keys, scripts and faults; in short:
+ *
+ * Keys per topic T (the {T} hash tag keeps them in one slot):
+ *   dx:{T}:o   current offset (string integer)
+ *   dx:{T}:e   epoch (16 hex digits); replaced, with the stream deleted,
+ *              whenever dx:{T}:o is found missing (continuity lost)
+ *   dx:{T}:s   history: a stream, ids by Redis time (so MINID trims by age),
+ *              fields o (offset), k (kind), t (ms), d (payload); MAXLEN = count
+ *   dx:{T}:p / dx:{T}:pz   presence: hash member → "count len:user...",
+ *              zset member → expiry (ms); member = "<node>.<worker>"
+ *   channel dx:m:T  live entries: "<offset> <kind> <ms> <epoch>\n<payload>"
+ *   channel dx:ctl  control: "d <tag> <user>" (disconnect), "r <tag> <n>"
+ *   dx:uc:{U}  connections of user U: hash member → count
+ *   dx:alive:<member>  a worker's liveness (PX presence_ttl)
+ *
+ * One EVALSHA per publish (PUB below): sequences, appends, trims, publishes,
+ * answers {offset, epoch}. Subscribe and history are one EVALSHA each (READ).
+ *
+ * Threading: each worker has its own two connections (commands, pub/sub),
+ * its own topic table and its own requests, all on its loop thread. Only
+ * the counters and the health flags are shared (atomics).
+ *
+ * Fan-out: each worker SUBSCRIBEs to the exact topics its connections hold
+ * (on the first, unsubscribed in a batch a tick after the last leaves) and
+ * PSUBSCRIBEs to its patterns (`*` and `>` segments both become Redis's `*`,
+ * a superset; the gateway's own index matches exactly). A worker delivers
+ * each offset of a topic once (exact and pattern subscriptions may both
+ * bring it) and in order; a hole (lost pub/sub connection, a skipped
+ * offset) is filled from the stream through a stitcher before later live
+ * entries go on.
+ *
+ * Subscribe with resume: SUBSCRIBE, then, once Redis confirmed it, READ on
+ * the command connection: every entry sequenced after the read arrives live
+ * (bus.h's ordering contract).
+ */
+#define _GNU_SOURCE
+#include "bus/redis.h"
+#include "core/buf.h"
+#include "core/seams.h"
+#include "gateway/topic.h"
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <netdb.h>
+#include <openssl/sha.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+/* ---- URL ------------------------------------------------------------------ */
+
+static int why_set(char *why, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int why_set(char *why, size_t len, const char *fmt, ...)
+{
+    if (why && len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, len, fmt, ap);
+        va_end(ap);
+    }
+    return DX_EINVAL;
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = tolower(c);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Percent-decodes s[0..n) into out (cap bytes with the NUL); -1 if bad or too long. */
+static int pct(const char *s, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)s[i];
+        if (c == '%') {
+            if (i + 2 >= n)
+                return -1;
+            int h = hexval(s[i + 1]), l = hexval(s[i + 2]);
+            if (h < 0 || l < 0)
+                return -1;
+            c = h * 16 + l;
+            i += 2;
+        }
+        if (o + 1 >= cap)
+            return -1;
+        out[o++] = (char)c;
+    }
+    out[o] = 0;
+    return 0;
+}
+
+static int parse_uint(const char *s, size_t n, long max, long *out)
+{
+    if (n == 0 || n > 9)
+        return -1;
+    long v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    if (v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int dx__redis_url_parse(const char *url, dx__redis_url *out, char *why, size_t why_len)
+{
+    memset(out, 0, sizeof *out);
+    out->port = 6379;
+    if (!url)
+        return why_set(why, why_len, "no Redis URL");
+    const char *p;
+    if (strncmp(url, "unix://", 7) == 0) {
+        out->unix_socket = true;
+        p = url + 7;
+        const char *q = strchr(p, '?');
+        size_t n = q ? (size_t)(q - p) : strlen(p);
+        if (n == 0 || p[0] != '/')
+            return why_set(why, why_len, "unix:// URL needs an absolute path (unix:///path/to/socket)");
+        if (pct(p, n, out->path, sizeof out->path) != 0)
+            return why_set(why, why_len, "unix socket path too long or badly encoded");
+        if (q) {
+            long db;
+            if (strncmp(q, "?db=", 4) != 0 || parse_uint(q + 4, strlen(q + 4), 1000000, &db) != 0)
+                return why_set(why, why_len, "unix:// URL: only ?db=N may follow the path");
+            out->db = (int)db;
+        }
+        return 0;
+    }
+    if (strncmp(url, "redis://", 8) == 0) {
+        p = url + 8;
+    } else if (strncmp(url, "rediss://", 9) == 0) {
+        out->tls = true;
+        p = url + 9;
+    } else {
+        return why_set(why, why_len, "Redis URL must start with redis://, rediss:// or unix://");
+    }
+    const char *end = p + strcspn(p, "/?#");
+    const char *at = NULL;
+    for (const char *c = p; c < end; c++)
+        if (*c == '@')
+            at = c;
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        if (colon) {
+            if (pct(p, (size_t)(colon - p), out->user, sizeof out->user) != 0 ||
+                pct(colon + 1, (size_t)(at - colon - 1), out->pass, sizeof out->pass) != 0)
+                return why_set(why, why_len, "Redis URL: user or password too long or badly encoded");
+        } else if (pct(p, (size_t)(at - p), out->pass, sizeof out->pass) != 0) {
+            return why_set(why, why_len, "Redis URL: password too long or badly encoded");
+        }
+        p = at + 1;
+    }
+    const char *hend;
+    if (*p == '[') {
+        const char *rb = memchr(p, ']', (size_t)(end - p));
+        if (!rb)
+            return why_set(why, why_len, "Redis URL: unterminated [IPv6] host");
+        if ((size_t)(rb - p - 1) >= sizeof out->host || rb == p + 1)
+            return why_set(why, why_len, "Redis URL: bad host");
+        memcpy(out->host, p + 1, (size_t)(rb - p - 1));
+        hend = rb + 1;
+    } else {
+        hend = p;
+        while (hend < end && *hend != ':')
+            hend++;
+        if (hend == p || (size_t)(hend - p) >= sizeof out->host)
+            return why_set(why, why_len, "Redis URL: missing or too long host");
+        memcpy(out->host, p, (size_t)(hend - p));
+    }
+    if (hend < end) {
+        long port;
+        if (*hend != ':' || parse_uint(hend + 1, (size_t)(end - hend - 1), 65535, &port) != 0 || port == 0)
+            return why_set(why, why_len, "Redis URL: bad port");
+        out->port = (int)port;
+    }
+    if (*end == '/' && end[1]) {
+        long db;
+        if (parse_uint(end + 1, strlen(end + 1), 1000000, &db) != 0)
+            return why_set(why, why_len, "Redis URL: the path must be a database number (/0)");
+        out->db = (int)db;
+    } else if (*end && !(*end == '/' && !end[1])) {
+        return why_set(why, why_len, "Redis URL: unexpected '%s'", end);
+    }
+    return 0;
+}
+
+/* ---- scripts --------------------------------------------------------------- */
+
+/* KEYS o e s; ARGV kind data max_count max_age_ms new_epoch channel ttl_ms.
+ * Returns {offset, epoch, ms}; error "ELIMIT" at 2^53-1. */
+static const char pub_lua[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local ep = redis.call('GET', KEYS[2])\n"
+    "if redis.call('EXISTS', KEYS[1]) == 0 or not ep then\n"
+    "  ep = ARGV[5]\n"
+    "  redis.call('SET', KEYS[2], ep)\n"
+    "  redis.call('DEL', KEYS[3])\n"
+    "  redis.call('SET', KEYS[1], 0)\n"
+    "end\n"
+    "if tonumber(redis.call('GET', KEYS[1])) >= 9007199254740991 then\n"
+    "  return redis.error_reply('ELIMIT offsets exhausted')\n"
+    "end\n"
+    "local off = redis.call('INCR', KEYS[1])\n"
+    "local cnt = tonumber(ARGV[3])\n"
+    "local age = tonumber(ARGV[4])\n"
+    "local ttl = tonumber(ARGV[7])\n"
+    "local so = string.format('%.0f', off)\n"
+    "local sn = string.format('%.0f', now)\n"
+    "if cnt > 0 then\n"
+    "  redis.call('XADD', KEYS[3], 'MAXLEN', cnt, '*', 'o', so, 'k', ARGV[1], 't', sn, 'd', ARGV[2])\n"
+    "  if age > 0 then redis.call('XTRIM', KEYS[3], 'MINID', string.format('%.0f', now - age)) end\n"
+    "  if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end\n"
+    "end\n"
+    "if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl); redis.call('PEXPIRE', KEYS[2], ttl) end\n"
+    "redis.call('PUBLISH', ARGV[6], so .. ' ' .. ARGV[1] .. ' ' .. sn .. ' ' .. ep .. '\\n' .. ARGV[2])\n"
+    "return {off, ep, now}\n";
+
+/* KEYS o e s; ARGV mode(r resume, c current, h history) since limit new_epoch
+ * max_age_ms max_count client_epoch("" = current) ttl_ms.
+ * Returns {offset, epoch, recovered, o1, k1, t1, d1, ...}. */
+static const char read_lua[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local off = redis.call('GET', KEYS[1])\n"
+    "local ep = redis.call('GET', KEYS[2])\n"
+    "local mode = ARGV[1]\n"
+    "if not off or not ep then\n"
+    "  if mode == 'h' then return {0, '', 0} end\n"
+    "  ep = ARGV[4]\n"
+    "  redis.call('SET', KEYS[1], 0)\n"
+    "  redis.call('SET', KEYS[2], ep)\n"
+    "  redis.call('DEL', KEYS[3])\n"
+    "  off = 0\n"
+    "else\n"
+    "  off = tonumber(off)\n"
+    "end\n"
+    "local ttl = tonumber(ARGV[8])\n"
+    "if ttl > 0 and mode ~= 'h' then\n"
+    "  redis.call('PEXPIRE', KEYS[1], ttl); redis.call('PEXPIRE', KEYS[2], ttl); redis.call('PEXPIRE', KEYS[3], ttl)\n"
+    "end\n"
+    "local age = tonumber(ARGV[5])\n"
+    "if age > 0 then redis.call('XTRIM', KEYS[3], 'MINID', string.format('%.0f', now - age)) end\n"
+    "local since = tonumber(ARGV[2])\n"
+    "local res = {off, ep, 0}\n"
+    "if mode == 'c' then return res end\n"
+    "if mode == 'r' then\n"
+    "  if (ARGV[7] ~= '' and ARGV[7] ~= ep) or since > off then return res end\n"
+    "  if since == off then res[3] = 1; return res end\n"
+    "  local n = off - since\n"
+    "  if n > tonumber(ARGV[6]) then return res end\n"
+    "  local r = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', n)\n"
+    "  if #r ~= n or tonumber(r[#r][2][2]) ~= since + 1 then return res end\n"
+    "  res[3] = 1\n"
+    "  for i = #r, 1, -1 do local f = r[i][2]; table.insert(res, f[2]); table.insert(res, f[4]); "
+    "table.insert(res, f[6]); table.insert(res, f[8]) end\n"
+    "  return res\n"
+    "end\n"
+    "if since >= off then res[3] = 1; return res end\n"
+    "local n = off - since\n"
+    "local len = redis.call('XLEN', KEYS[3])\n"
+    "if n > len then n = len end\n"
+    "if n <= 0 then return res end\n"
+    "local r = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', n)\n"
+    "if #r > 0 and tonumber(r[#r][2][2]) == since + 1 then res[3] = 1 end\n"
+    "local lim = tonumber(ARGV[3])\n"
+    "local k = 0\n"
+    "for i = #r, 1, -1 do\n"
+    "  if k >= lim then break end\n"
+    "  local f = r[i][2]; table.insert(res, f[2]); table.insert(res, f[4]); table.insert(res, f[6]); "
+    "table.insert(res, f[8])\n"
+    "  k = k + 1\n"
+    "end\n"
+    "return res\n";
+
+/* KEYS p pz o e s; ARGV op(s set, g get) member value ttl_ms topic_ttl_ms.
+ * set: value "" removes the member. get: drops expired members, returns the values. */
+static const char pres_lua[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "if ARGV[1] == 's' then\n"
+    "  if ARGV[3] == '' then\n"
+    "    redis.call('HDEL', KEYS[1], ARGV[2]); redis.call('ZREM', KEYS[2], ARGV[2])\n"
+    "  else\n"
+    "    local ttl = tonumber(ARGV[4])\n"
+    "    redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])\n"
+    "    redis.call('ZADD', KEYS[2], now + ttl, ARGV[2])\n"
+    "    redis.call('PEXPIRE', KEYS[1], 2 * ttl); redis.call('PEXPIRE', KEYS[2], 2 * ttl)\n"
+    "    local tt = tonumber(ARGV[5])\n"
+    "    if tt > 0 then for i = 3, 5 do redis.call('PEXPIRE', KEYS[i], tt) end end\n"
+    "  end\n"
+    "  return 0\n"
+    "end\n"
+    "local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)\n"
+    "for _, m in ipairs(dead) do redis.call('HDEL', KEYS[1], m) end\n"
+    "if #dead > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end\n"
+    "return redis.call('HVALS', KEYS[1])\n";
+
+/* KEYS uc; ARGV member delta alive_prefix. Returns the live sum. */
+static const char uc_lua[] =
+    "local d = tonumber(ARGV[2])\n"
+    "if d ~= 0 then\n"
+    "  local v = redis.call('HINCRBY', KEYS[1], ARGV[1], d)\n"
+    "  if v <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end\n"
+    "end\n"
+    "local all = redis.call('HGETALL', KEYS[1])\n"
+    "local n = 0\n"
+    "for i = 1, #all, 2 do\n"
+    "  if redis.call('EXISTS', ARGV[3] .. all[i]) == 1 then n = n + tonumber(all[i + 1])\n"
+    "  else redis.call('HDEL', KEYS[1], all[i]) end\n"
+    "end\n"
+    "return n\n";
+
+enum { SC_PUB, SC_READ, SC_PRES, SC_UC, SC_N };
+static const char *const scripts[SC_N] = {pub_lua, read_lua, pres_lua, uc_lua};
+
+/* ---- state ----------------------------------------------------------------- */
+
+typedef struct rbus rbus;
+typedef struct rworker rworker;
+typedef struct rtopic rtopic;
+
+enum { S_NONE, S_SUBSCRIBING, S_ACTIVE, S_UNSUBSCRIBING };
+
+/* One connection (commands or pub/sub) and its loop adapter. */
+typedef struct rconn {
+    rworker *w;
+    bool is_sub;
+    redisAsyncContext *ac;     /* NULL: down */
+    bool up;                   /* handshake answered */
+    uint64_t started_ns;       /* connect began */
+    uint64_t next_try_ns;      /* reconnect no earlier */
+    unsigned attempts;         /* since the last success: backoff */
+    bool was_up;               /* once up: a later success is a reconnect */
+} rconn;
+
+/* hiredis's event hooks for one context (freed by its cleanup hook). */
+typedef struct radapter {
+    redisAsyncContext *ac;
+    dx_watch *watch;
+    unsigned events;
+} radapter;
+
+typedef struct ruser {
+    char *id;
+    size_t len;
+    uint64_t n;
+} ruser;
+
+typedef struct rreq rreq;
+
+struct rtopic {
+    rtopic *next;
+    uint64_t hash;
+    dx__bus_topic *bt;         /* name + the epoch last seen ("" before) */
+    long refs;                 /* exact subscriptions (joined) on this worker */
+    int state;                 /* S_* of its channel */
+    rreq *waiting;             /* reads waiting for the subscription (FIFO) */
+    rreq **waiting_tail;
+    unsigned busy;             /* requests holding this record */
+    uint64_t present;          /* presence: connections here */
+    ruser *users;
+    size_t nusers, capusers;
+    bool pres_dirty, pres_pushed;
+    bool have_last;            /* last is meaningful */
+    uint64_t last;             /* the last offset delivered to this worker */
+    bool need_catch;           /* the subscription was lost: read what was missed once back */
+    bool catching;             /* a catch-up read is out: live entries wait in st */
+    dx__gw_stitch st;
+    uint64_t touched_ns;
+};
+
+typedef struct rpat {
+    struct rpat *next;
+    long refs;
+    int state;
+    size_t len;
+    char name[];               /* the Redis pattern, "dx:m:..." */
+} rpat;
+
+enum { Q_PUB, Q_SUB, Q_CUR, Q_HIST, Q_PRES, Q_DISC, Q_UCONN, Q_CATCH };
+
+struct rreq {
+    rreq *next;                /* waiting list, or the worker's disconnects */
+    rworker *w;
+    int kind;
+    union {
+        dx__bus_pub_fn pub;
+        dx__bus_snap_fn snap;
+        dx__bus_presence_fn pres;
+        dx__bus_count_fn count;
+    } fn;
+    void *ud;
+    rtopic *t;                 /* Q_SUB, Q_CATCH */
+    bool resume, has_epoch;
+    uint64_t since;
+    size_t limit;
+    char epoch[DX__GW_EPOCH_LEN + 1];
+    size_t bytes;              /* Q_PUB: counted in pending */
+    /* Q_DISC */
+    unsigned refs;
+    uint64_t id;
+    long long expected;        /* receivers (-1 until PUBLISH answers) */
+    long long got;
+    uint64_t count;
+    uint64_t deadline_ns;
+    bool done;
+    char *user;
+    size_t ulen;
+    size_t tlen;
+    char topic[];              /* topic (or user for Q_DISC/Q_UCONN), NUL-terminated; then user */
+};
+
+struct rworker {
+    rbus *b;
+    unsigned index;
+    dx_loop *loop;
+    const dx__bus_events *ev;
+    void *ud;
+    dx_timer *tick;
+    rconn cmd, sub;
+    char member[48];           /* "<node>.<index>" */
+    rtopic **tab;
+    size_t tab_cap, ntopics;
+    rpat *pats;
+    rreq *discs;
+    uint64_t disc_seq;
+    bool pres_any_dirty;
+    bool unsub_due;
+    bool need_flush;
+    bool freeing;
+    uint64_t ping_sent_ns;     /* 0: none out */
+    uint64_t last_ping_ns, last_refresh_ns, last_sweep_ns;
+    uint64_t rng;
+    _Atomic bool healthy;
+    _Atomic uint64_t st_topics;
+};
+
+struct rbus {
+    dx__bus base;
+    dx__bus_redis_opts o;
+    dx__redis_url url;
+    char addr[INET6_ADDRSTRLEN];
+    char node[17];
+    char sha[SC_N][41];
+    uint64_t ttl_ms;           /* topic keys: history age + 60 s; 0 without an age bound */
+    rworker *w;
+    _Atomic size_t pending;
+    _Atomic uint64_t st_refused, st_reconnects, st_recovered, st_lost, st_received;
+};
+
+#define CTL_CHANNEL "dx:ctl"
+#define MSG_PREFIX "dx:m:"
+#define MSG_PREFIX_LEN 5
+#define DISC_TIMEOUT_NS (UINT64_C(2) * 1000000000u)
+#define TICK_MS 100
+
+static void blog(rbus *b, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void blog(rbus *b, int level, const char *fmt, ...)
+{
+    if (!b->o.log)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    b->o.log(b->o.log_ud, level, line);
+}
+
+static uint64_t next_rand(rworker *w)
+{
+    uint64_t z = (w->rng += 0x9e3779b97f4a7c15ull); /* splitmix64 from a random seed */
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void new_epoch(rworker *w, char out[DX__GW_EPOCH_LEN + 1])
+{
+    snprintf(out, DX__GW_EPOCH_LEN + 1, "%016llx", (unsigned long long)next_rand(w));
+}
+
+static uint64_t hash_name(const char *s, size_t len)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (uint8_t)s[i];
+        h *= 1099511628211ull;
+    }
+    return h ^ (h >> 29);
+}
+
+/* ---- the loop adapter (hiredis's ev hooks on dx_watch) ----------------------- */
+
+static void ad_set(radapter *a, unsigned bit, bool on)
+{
+    unsigned ev = on ? a->events | bit : a->events & ~bit;
+    if (ev == a->events)
+        return;
+    a->events = ev;
+    if (a->watch)
+        (void)dx_watch_set(a->watch, ev);
+}
+static void ad_add_read(void *p) { ad_set(p, DX_WATCH_READ, true); }
+static void ad_del_read(void *p) { ad_set(p, DX_WATCH_READ, false); }
+static void ad_add_write(void *p) { ad_set(p, DX_WATCH_WRITE, true); }
+static void ad_del_write(void *p) { ad_set(p, DX_WATCH_WRITE, false); }
+static void ad_cleanup(void *p)
+{
+    radapter *a = p;
+    dx_watch_free(a->watch);
+    dx__free(NULL, a);
+}
+
+static void worker_flush(rworker *w)
+{
+    if (w->need_flush && !w->freeing) {
+        w->need_flush = false;
+        if (w->ev && w->ev->flush)
+            w->ev->flush(w->ud);
+    }
+}
+
+static void ad_event(dx_watch *wt, int fd, unsigned events, void *ud)
+{
+    (void)wt;
+    (void)fd;
+    radapter *a = ud;
+    redisAsyncContext *ac = a->ac;
+    rconn *c = ac->data;
+    rworker *w = c->w;
+    /* hiredis may free ac (and a) inside either call: the write runs only
+     * while this context is still the connection's */
+    if (events & (DX_WATCH_READ | DX_WATCH_ERROR))
+        redisAsyncHandleRead(ac);
+    if ((events & DX_WATCH_WRITE) && c->ac == ac)
+        redisAsyncHandleWrite(ac);
+    worker_flush(w);
+}
+
+static int ad_attach(rworker *w, redisAsyncContext *ac)
+{
+    radapter *a = dx__alloc(NULL, sizeof *a);
+    if (!a)
+        return DX_ENOMEM;
+    a->ac = ac;
+    a->events = 0;
+    int err = 0;
+    a->watch = dx_watch_new(w->loop, ac->c.fd, 0, ad_event, a, &err);
+    if (!a->watch) {
+        dx__free(NULL, a);
+        return err ? err : DX_ENOMEM;
+    }
+    ac->ev.data = a;
+    ac->ev.addRead = ad_add_read;
+    ac->ev.delRead = ad_del_read;
+    ac->ev.addWrite = ad_add_write;
+    ac->ev.delWrite = ad_del_write;
+    ac->ev.cleanup = ad_cleanup;
+    return 0;
+}
+
+/* ---- topics ---------------------------------------------------------------- */
+
+static rtopic *topic_find(rworker *w, const char *name, size_t len)
+{
+    if (!w->tab_cap)
+        return NULL;
+    uint64_t h = hash_name(name, len);
+    for (rtopic *t = w->tab[h & (w->tab_cap - 1)]; t; t = t->next)
+        if (t->hash == h && t->bt->len == len && memcmp(t->bt->name, name, len) == 0)
+            return t;
+    return NULL;
+}
+
+static rtopic *topic_get(rworker *w, const char *name, size_t len)
+{
+    rtopic *t = topic_find(w, name, len);
+    if (t)
+        return t;
+    if (w->ntopics + 1 > w->tab_cap / 2) {
+        size_t cap = w->tab_cap ? w->tab_cap * 2 : 64;
+        rtopic **tab = dx__alloc(NULL, cap * sizeof *tab);
+        if (!tab)
+            return NULL;
+        memset(tab, 0, cap * sizeof *tab);
+        for (size_t i = 0; i < w->tab_cap; i++) {
+            for (rtopic *x = w->tab[i], *nx; x; x = nx) {
+                nx = x->next;
+                x->next = tab[x->hash & (cap - 1)];
+                tab[x->hash & (cap - 1)] = x;
+            }
+        }
+        dx__free(NULL, w->tab);
+        w->tab = tab;
+        w->tab_cap = cap;
+    }
+    t = dx__alloc(NULL, sizeof *t);
+    if (!t)
+        return NULL;
+    memset(t, 0, sizeof *t);
+    t->bt = dx__bus_topic_new(name, len, "");
+    if (!t->bt) {
+        dx__free(NULL, t);
+        return NULL;
+    }
+    t->waiting_tail = &t->waiting;
+    t->hash = hash_name(name, len);
+    t->next = w->tab[t->hash & (w->tab_cap - 1)];
+    w->tab[t->hash & (w->tab_cap - 1)] = t;
+    w->ntopics++;
+    atomic_store_explicit(&w->st_topics, w->ntopics, memory_order_relaxed);
+    t->touched_ns = dx__now_ns(NULL);
+    return t;
+}
+
+static void topic_free(rtopic *t)
+{
+    if (t->catching)
+        dx__gw_stitch_deinit(&t->st);
+    dx__bus_topic_unref(t->bt);
+    for (size_t i = 0; i < t->nusers; i++)
+        dx__free(NULL, t->users[i].id);
+    dx__free(NULL, t->users);
+    dx__free(NULL, t);
+}
+
+/* The record's epoch becomes `epoch`: a new topic object; what was
+ * delivered under the old one no longer orders anything. */
+static int topic_epoch(rtopic *t, const char *epoch)
+{
+    if (strcmp(t->bt->epoch, epoch) == 0)
+        return 0;
+    dx__bus_topic *nt = dx__bus_topic_new(t->bt->name, t->bt->len, epoch);
+    if (!nt)
+        return DX_ENOMEM;
+    bool had = t->bt->epoch[0] != 0;
+    dx__bus_topic_unref(t->bt);
+    t->bt = nt;
+    if (had)
+        t->have_last = false;
+    return 0;
+}
+
+static int presence_add(rworker *w, rtopic *t, const char *user, size_t ulen)
+{
+    if (user) {
+        size_t i = 0;
+        while (i < t->nusers && !(t->users[i].len == ulen && memcmp(t->users[i].id, user, ulen) == 0))
+            i++;
+        if (i == t->nusers) {
+            if (t->nusers == t->capusers) {
+                size_t cap = t->capusers ? t->capusers * 2 : 4;
+                ruser *u = dx__realloc(NULL, t->users, cap * sizeof *u);
+                if (!u)
+                    return DX_ENOMEM;
+                t->users = u;
+                t->capusers = cap;
+            }
+            char *id = dx__alloc(NULL, ulen + 1);
+            if (!id)
+                return DX_ENOMEM;
+            memcpy(id, user, ulen);
+            id[ulen] = 0;
+            t->users[t->nusers++] = (ruser){id, ulen, 0};
+        }
+        t->users[i].n++;
+    }
+    t->present++;
+    t->pres_dirty = true;
+    w->pres_any_dirty = true;
+    return 0;
+}
+
+static void presence_remove(rworker *w, rtopic *t, const char *user, size_t ulen)
+{
+    if (t->present)
+        t->present--;
+    if (user) {
+        for (size_t i = 0; i < t->nusers; i++) {
+            if (t->users[i].len == ulen && memcmp(t->users[i].id, user, ulen) == 0) {
+                if (--t->users[i].n == 0) {
+                    dx__free(NULL, t->users[i].id);
+                    t->users[i] = t->users[--t->nusers];
+                }
+                break;
+            }
+        }
+    }
+    t->pres_dirty = true;
+    w->pres_any_dirty = true;
+}
+
+/* ---- commands --------------------------------------------------------------- */
+
+typedef struct keys3 {
+    char k[3][DX__GW_TOPIC_MAX + 16];
+    size_t n[3];
+} keys3;
+
+static void topic_keys(keys3 *k, const char *topic, size_t len, const char *a, const char *b2, const char *c)
+{
+    const char *suf[3] = {a, b2, c};
+    for (int i = 0; i < 3; i++)
+        k->n[i] = (size_t)snprintf(k->k[i], sizeof k->k[i], "dx:{%.*s}:%s", (int)len, topic, suf[i]);
+}
+
+static int cmd_argv(rconn *c, redisCallbackFn *fn, void *pd, int argc, const char **argv, const size_t *lens)
+{
+    if (!c->ac || !c->up)
+        return DX_EIO;
+    return redisAsyncCommandArgv(c->ac, fn, pd, argc, argv, lens) == REDIS_OK ? 0 : DX_EIO;
+}
+
+static rreq *req_new(rworker *w, int kind, const char *topic, size_t tlen, const char *user, size_t ulen)
+{
+    rreq *r = dx__alloc(NULL, sizeof *r + tlen + 1 + (user ? ulen + 1 : 0));
+    if (!r)
+        return NULL;
+    memset(r, 0, sizeof *r);
+    r->w = w;
+    r->kind = kind;
+    r->tlen = tlen;
+    memcpy(r->topic, topic, tlen);
+    r->topic[tlen] = 0;
+    if (user) {
+        r->user = r->topic + tlen + 1;
+        memcpy(r->user, user, ulen);
+        r->user[ulen] = 0;
+        r->ulen = ulen;
+    }
+    r->expected = -1;
+    return r;
+}
+
+static uint64_t parse_u64(const char *s, size_t n, bool *ok)
+{
+    uint64_t v = 0;
+    if (n == 0 || n > 19)
+        *ok = false;
+    for (size_t i = 0; i < n && *ok; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            *ok = false;
+        else
+            v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    return v;
+}
+
+static dx__gw_kind kind_of(const char *s, size_t n)
+{
+    if (n == 1 && s[0] >= '1' && s[0] <= '3')
+        return (dx__gw_kind)(s[0] - '0');
+    return (dx__gw_kind)0;
+}
+
+/* ---- READ: snapshots ------------------------------------------------------------ */
+
+static int read_issue(rreq *r, char mode);
+
+/* Builds a snapshot from READ's reply. 0, DX_EIO (malformed), DX_ENOMEM. */
+static int snap_from_reply(redisReply *rep, dx__gw_snapshot *s)
+{
+    memset(s, 0, sizeof *s);
+    if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 || (rep->elements - 3) % 4 != 0 ||
+        rep->element[0]->type != REDIS_REPLY_INTEGER || rep->element[1]->type != REDIS_REPLY_STRING ||
+        rep->element[2]->type != REDIS_REPLY_INTEGER || rep->element[1]->len > DX__GW_EPOCH_LEN)
+        return DX_EIO;
+    s->offset = (uint64_t)rep->element[0]->integer;
+    memcpy(s->epoch, rep->element[1]->str, rep->element[1]->len);
+    s->epoch[rep->element[1]->len] = 0;
+    s->recovered = rep->element[2]->integer != 0;
+    size_t n = (rep->elements - 3) / 4;
+    if (!n)
+        return 0;
+    s->entries = dx__alloc(NULL, n * sizeof *s->entries);
+    if (!s->entries)
+        return DX_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        redisReply **f = rep->element + 3 + 4 * i;
+        bool ok = true;
+        for (int j = 0; j < 4; j++)
+            if (f[j]->type != REDIS_REPLY_STRING)
+                ok = false;
+        uint64_t off = ok ? parse_u64(f[0]->str, f[0]->len, &ok) : 0;
+        uint64_t ms = ok ? parse_u64(f[2]->str, f[2]->len, &ok) : 0;
+        dx__gw_kind k = ok ? kind_of(f[1]->str, f[1]->len) : (dx__gw_kind)0;
+        dx__gw_entry *e = ok && k ? dx__gw_entry_new(NULL, k, f[3]->str, f[3]->len, off, ms * 1000000u) : NULL;
+        if (!e) {
+            if (s->n == 0) {
+                dx__free(NULL, s->entries);
+                s->entries = NULL;
+            }
+            dx__gw_snapshot_deinit(s);
+            return ok && k ? DX_ENOMEM : DX_EIO;
+        }
+        s->entries[s->n++] = e;
+    }
+    return 0;
+}
+
+static void deliver_entry(rworker *w, rtopic *t, dx__gw_entry *e)
+{
+    uint64_t off = dx__gw_entry_offset(e);
+    if (t->have_last && off <= t->last)
+        return;
+    t->last = off;
+    t->have_last = true;
+    if (w->ev && w->ev->deliver && !w->freeing) {
+        w->ev->deliver(w->ud, t->bt, e);
+        w->need_flush = true;
+    }
+}
+
+/* The catch-up stitcher's ud: the worker and the topic. */
+typedef struct catch_ctx {
+    rworker *w;
+    rtopic *t;
+} catch_ctx;
+
+static void catch_deliver(void *ud, dx__gw_entry *e)
+{
+    catch_ctx *c = ud;
+    atomic_fetch_add_explicit(&c->w->b->st_recovered, 1, memory_order_relaxed);
+    deliver_entry(c->w, c->t, e);
+}
+
+static void catch_gap(void *ud, uint64_t from, uint64_t to)
+{
+    catch_ctx *c = ud;
+    atomic_fetch_add_explicit(&c->w->b->st_lost, to - from + 1, memory_order_relaxed);
+    blog(c->w->b, DX_LOG_WARN, "redis bus: topic %s: offsets %llu-%llu are no longer in history: lost here",
+         c->t->bt->name, (unsigned long long)from, (unsigned long long)to);
+    c->t->last = to;
+}
+
+static const dx__gw_stitch_ops catch_ops = {catch_deliver, catch_gap};
+
+/* Starts reading what this worker missed of t (after last); live entries
+ * wait in the stitcher until the read answers. */
+static void catch_start(rworker *w, rtopic *t)
+{
+    t->need_catch = false;
+    if (t->catching || !t->have_last || !w->cmd.up)
+        return;
+    rreq *r = req_new(w, Q_CATCH, t->bt->name, t->bt->len, NULL, 0);
+    catch_ctx *cc = dx__alloc(NULL, sizeof *cc);
+    if (!r || !cc) {
+        dx__free(NULL, r);
+        dx__free(NULL, cc);
+        return;
+    }
+    cc->w = w;
+    cc->t = t;
+    r->t = t;
+    r->resume = true;
+    r->has_epoch = true;
+    r->since = t->last;
+    snprintf(r->epoch, sizeof r->epoch, "%s", t->bt->epoch);
+    r->ud = cc;
+    t->busy++;
+    t->catching = true;
+    dx__gw_stitch_init(&t->st, NULL, &catch_ops, cc);
+    if (read_issue(r, 'r') != 0) {
+        t->catching = false;
+        dx__gw_stitch_deinit(&t->st);
+        t->busy--;
+        dx__free(NULL, cc);
+        dx__free(NULL, r);
+    }
+}
+
+static void catch_done(rreq *r, redisReply *rep)
+{
+    rtopic *t = r->t;
+    rworker *w = r->w;
+    catch_ctx *cc = r->ud;
+    t->busy--;
+    if (!w->freeing && t->catching) {
+        dx__gw_snapshot s;
+        int rc = snap_from_reply(rep, &s);
+        if (rc || strcmp(s.epoch, t->bt->epoch) != 0) {
+            if (!rc)
+                dx__gw_snapshot_deinit(&s);
+            memset(&s, 0, sizeof s); /* not recovered: the held live entries go on, after a gap */
+            s.offset = t->last;
+            snprintf(s.epoch, sizeof s.epoch, "%s", t->bt->epoch);
+        }
+        (void)dx__gw_stitch_history(&t->st, &s);
+        dx__gw_snapshot_deinit(&s);
+        dx__gw_stitch_deinit(&t->st);
+        t->catching = false;
+    }
+    dx__free(NULL, cc);
+    dx__free(NULL, r);
+}
+
+static void sub_fail(rreq *r, int err);
+
+static void req_done_read(rreq *r, redisReply *rep)
+{
+    rworker *w = r->w;
+    if (r->kind == Q_CATCH) {
+        catch_done(r, rep);
+        return;
+    }
+    dx__gw_snapshot s;
+    int rc = DX_EIO;
+    if (rep && rep->type == REDIS_REPLY_ERROR)
+        blog(w->b, DX_LOG_WARN, "redis bus: read of %s failed: %s", r->topic, rep->str);
+    else if (rep)
+        rc = snap_from_reply(rep, &s);
+    if (w->freeing) {
+        if (!rc)
+            dx__gw_snapshot_deinit(&s);
+        if (r->t)
+            r->t->busy--;
+        dx__free(NULL, r);
+        return;
+    }
+    if (rc) {
+        if (r->kind == Q_SUB) {
+            sub_fail(r, rc);
+            return;
+        }
+        r->fn.snap(r->ud, rc, NULL, NULL);
+        dx__free(NULL, r);
+        return;
+    }
+    dx__bus_topic *bt = NULL;
+    if (r->t) {
+        rtopic *t = r->t;
+        t->busy--;
+        if (!t->bt->epoch[0])
+            (void)topic_epoch(t, s.epoch);
+        if (strcmp(t->bt->epoch, s.epoch) == 0)
+            bt = dx__bus_topic_ref(t->bt);
+    }
+    if (!bt)
+        bt = dx__bus_topic_new(r->topic, r->tlen, s.epoch);
+    if (!bt) {
+        dx__gw_snapshot_deinit(&s);
+        if (r->kind == Q_SUB) {
+            r->t->busy++;
+            sub_fail(r, DX_ENOMEM);
+            return;
+        }
+        r->fn.snap(r->ud, DX_ENOMEM, NULL, NULL);
+        dx__free(NULL, r);
+        return;
+    }
+    r->fn.snap(r->ud, 0, bt, &s);
+    dx__bus_topic_unref(bt);
+    dx__gw_snapshot_deinit(&s);
+    dx__free(NULL, r);
+}
+
+static void on_read_reply(redisAsyncContext *ac, void *reply, void *pd)
+{
+    (void)ac;
+    req_done_read(pd, reply);
+}
+
+static int read_issue(rreq *r, char mode)
+{
+    rworker *w = r->w;
+    rbus *b = w->b;
+    keys3 k;
+    topic_keys(&k, r->topic, r->tlen, "o", "e", "s");
+    char m[2] = {mode, 0}, since[24], limit[24], ep[DX__GW_EPOCH_LEN + 1], age[24], cnt[24], ttl[24];
+    snprintf(since, sizeof since, "%llu", (unsigned long long)r->since);
+    snprintf(limit, sizeof limit, "%zu", r->limit);
+    new_epoch(w, ep);
+    snprintf(age, sizeof age, "%llu", (unsigned long long)(b->o.history.max_age_ns / 1000000u));
+    snprintf(cnt, sizeof cnt, "%zu", b->o.history.max_count);
+    snprintf(ttl, sizeof ttl, "%llu", (unsigned long long)b->ttl_ms);
+    const char *argv[] = {"EVALSHA", b->sha[SC_READ], "3", k.k[0], k.k[1], k.k[2], m, since, limit, ep,
+                          age, cnt, r->has_epoch ? r->epoch : "", ttl};
+    size_t lens[14];
+    for (int i = 0; i < 14; i++)
+        lens[i] = strlen(argv[i]);
+    lens[3] = k.n[0];
+    lens[4] = k.n[1];
+    lens[5] = k.n[2];
+    return cmd_argv(&w->cmd, on_read_reply, r, 14, argv, lens);
+}
+
+/* ---- subscriptions (the pub/sub connection) ------------------------------------- */
+
+static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd);
+
+static int send_sub(rworker *w, const char *verb, const char *const *names, const size_t *lens, size_t n)
+{
+    if (!n)
+        return 0;
+    if (!w->sub.ac || !w->sub.up)
+        return DX_EIO;
+    const char **argv = dx__alloc(NULL, (n + 1) * sizeof *argv);
+    size_t *al = dx__alloc(NULL, (n + 1) * sizeof *al);
+    int rc = DX_ENOMEM;
+    if (argv && al) {
+        argv[0] = verb;
+        al[0] = strlen(verb);
+        for (size_t i = 0; i < n; i++) {
+            argv[i + 1] = names[i];
+            al[i + 1] = lens[i];
+        }
+        bool unsub = strstr(verb, "UNSUB") != NULL;
+        rc = redisAsyncCommandArgv(w->sub.ac, unsub ? NULL : on_sub_msg, w, (int)n + 1, argv, al) == REDIS_OK
+                 ? 0
+                 : DX_EIO;
+    }
+    dx__free(NULL, argv);
+    dx__free(NULL, al);
+    return rc;
+}
+
+static int subscribe_topic(rworker *w, rtopic *t)
+{
+    char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1];
+    int n = snprintf(ch, sizeof ch, MSG_PREFIX "%s", t->bt->name);
+    const char *names[1] = {ch};
+    size_t lens[1] = {(size_t)n};
+    int rc = send_sub(w, "SUBSCRIBE", names, lens, 1);
+    if (!rc)
+        t->state = S_SUBSCRIBING;
+    return rc;
+}
+
+static void sub_fail(rreq *r, int err)
+{
+    rworker *w = r->w;
+    rtopic *t = r->t;
+    t->busy--;
+    t->refs--;
+    presence_remove(w, t, r->user, r->ulen);
+    if (!t->refs)
+        w->unsub_due = true;
+    if (!w->freeing)
+        r->fn.snap(r->ud, err, NULL, NULL);
+    dx__free(NULL, r);
+}
+
+/* t's subscription is active: its waiting reads go out. */
+static void topic_active(rworker *w, rtopic *t)
+{
+    t->state = S_ACTIVE;
+    rreq *r = t->waiting;
+    t->waiting = NULL;
+    t->waiting_tail = &t->waiting;
+    while (r) {
+        rreq *next = r->next;
+        r->next = NULL;
+        int rc = read_issue(r, r->resume ? 'r' : 'c');
+        if (rc)
+            sub_fail(r, rc);
+        r = next;
+    }
+    if (t->need_catch)
+        catch_start(w, t);
+}
+
+static void waiting_fail(rworker *w, rtopic *t, int err)
+{
+    (void)w;
+    rreq *r = t->waiting;
+    t->waiting = NULL;
+    t->waiting_tail = &t->waiting;
+    while (r) {
+        rreq *next = r->next;
+        sub_fail(r, err);
+        r = next;
+    }
+}
+
+static rpat *pat_find(rworker *w, const char *name, size_t len)
+{
+    for (rpat *p = w->pats; p; p = p->next)
+        if (p->len == len && memcmp(p->name, name, len) == 0)
+            return p;
+    return NULL;
+}
+
+static void ctl_message(rworker *w, const char *s, size_t n);
+
+/* A live entry on channel dx:m:T. */
+static void live_message(rworker *w, const char *ch, size_t chlen, const char *p, size_t n)
+{
+    if (chlen <= MSG_PREFIX_LEN || chlen - MSG_PREFIX_LEN > DX__GW_TOPIC_MAX)
+        return;
+    const char *name = ch + MSG_PREFIX_LEN;
+    size_t len = chlen - MSG_PREFIX_LEN;
+    const char *nl = memchr(p, '\n', n);
+    const char *f[4];
+    size_t fl[4];
+    const char *q = p;
+    bool ok = nl != NULL;
+    for (int i = 0; i < 4 && ok; i++) {
+        const char *end = i < 3 ? memchr(q, ' ', (size_t)(nl - q)) : nl;
+        if (!end) {
+            ok = false;
+            break;
+        }
+        f[i] = q;
+        fl[i] = (size_t)(end - q);
+        q = end + 1;
+    }
+    uint64_t off = ok ? parse_u64(f[0], fl[0], &ok) : 0;
+    uint64_t ms = ok ? parse_u64(f[2], fl[2], &ok) : 0;
+    dx__gw_kind kind = ok ? kind_of(f[1], fl[1]) : (dx__gw_kind)0;
+    if (!ok || !kind || fl[3] != DX__GW_EPOCH_LEN) {
+        blog(w->b, DX_LOG_WARN, "redis bus: malformed message on %.*s: ignored", (int)chlen, ch);
+        return;
+    }
+    atomic_fetch_add_explicit(&w->b->st_received, 1, memory_order_relaxed);
+    rtopic *t = topic_get(w, name, len);
+    char ep[DX__GW_EPOCH_LEN + 1];
+    memcpy(ep, f[3], DX__GW_EPOCH_LEN);
+    ep[DX__GW_EPOCH_LEN] = 0;
+    if (!t || topic_epoch(t, ep) != 0) {
+        atomic_fetch_add_explicit(&w->b->st_lost, 1, memory_order_relaxed);
+        return;
+    }
+    t->touched_ns = dx__now_ns(NULL);
+    if (t->have_last && off <= t->last && !t->catching)
+        return; /* already delivered (an exact and a pattern subscription both brought it) */
+    dx__gw_entry *e = dx__gw_entry_new(NULL, kind, nl + 1, n - (size_t)(nl + 1 - p), off, ms * 1000000u);
+    if (!e) {
+        atomic_fetch_add_explicit(&w->b->st_lost, 1, memory_order_relaxed);
+        return;
+    }
+    if (!t->catching && t->have_last && off > t->last + 1 && w->cmd.up)
+        catch_start(w, t);
+    if (t->catching) {
+        if (dx__gw_stitch_live(&t->st, e) != 0)
+            atomic_fetch_add_explicit(&w->b->st_lost, 1, memory_order_relaxed);
+    } else {
+        deliver_entry(w, t, e);
+    }
+    dx__gw_entry_unref(e);
+}
+
+static bool rstr(const redisReply *r, const char *s)
+{
+    return r->type == REDIS_REPLY_STRING && r->len == strlen(s) && memcmp(r->str, s, r->len) == 0;
+}
+
+static void set_health(rworker *w)
+{
+    atomic_store_explicit(&w->healthy, w->cmd.up && w->sub.up, memory_order_release);
+}
+
+static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
+{
+    (void)ac;
+    rworker *w = pd;
+    redisReply *r = reply;
+    if (!r || w->freeing || r->type != REDIS_REPLY_ARRAY || r->elements < 3 || r->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    redisReply *kind = r->element[0], *a = r->element[1], *c = r->element[2];
+    if (rstr(kind, "message") && a->type == REDIS_REPLY_STRING && c->type == REDIS_REPLY_STRING) {
+        if (a->len == sizeof CTL_CHANNEL - 1 && memcmp(a->str, CTL_CHANNEL, a->len) == 0)
+            ctl_message(w, c->str, c->len);
+        else
+            live_message(w, a->str, a->len, c->str, c->len);
+    } else if (rstr(kind, "pmessage") && r->elements >= 4 && c->type == REDIS_REPLY_STRING &&
+               r->element[3]->type == REDIS_REPLY_STRING) {
+        live_message(w, c->str, c->len, r->element[3]->str, r->element[3]->len);
+    } else if (rstr(kind, "subscribe") && a->type == REDIS_REPLY_STRING) {
+        if (a->len == sizeof CTL_CHANNEL - 1 && memcmp(a->str, CTL_CHANNEL, a->len) == 0) {
+            if (!w->sub.up) {
+                w->sub.up = true;
+                w->sub.attempts = 0;
+                if (w->sub.was_up) {
+                    atomic_fetch_add_explicit(&w->b->st_reconnects, 1, memory_order_relaxed);
+                    blog(w->b, DX_LOG_INFO, "redis bus: worker %u: pub/sub connection to Redis restored", w->index);
+                }
+                w->sub.was_up = true;
+                set_health(w);
+            }
+            return;
+        }
+        if (a->len > MSG_PREFIX_LEN) {
+            rtopic *t = topic_find(w, a->str + MSG_PREFIX_LEN, a->len - MSG_PREFIX_LEN);
+            if (t && t->state == S_SUBSCRIBING)
+                topic_active(w, t);
+        }
+    } else if (rstr(kind, "unsubscribe") && a->type == REDIS_REPLY_STRING && a->len > MSG_PREFIX_LEN) {
+        rtopic *t = topic_find(w, a->str + MSG_PREFIX_LEN, a->len - MSG_PREFIX_LEN);
+        if (t && t->state == S_UNSUBSCRIBING) {
+            t->state = S_NONE;
+            if (t->refs > 0 || t->waiting) {
+                if (subscribe_topic(w, t) != 0)
+                    waiting_fail(w, t, DX_EIO);
+            } else {
+                t->have_last = false; /* nothing ordered here any more */
+            }
+        }
+    } else if (rstr(kind, "psubscribe") && a->type == REDIS_REPLY_STRING) {
+        rpat *p = pat_find(w, a->str, a->len);
+        if (p && p->state == S_SUBSCRIBING)
+            p->state = S_ACTIVE;
+    } else if (rstr(kind, "punsubscribe") && a->type == REDIS_REPLY_STRING) {
+        rpat *p = pat_find(w, a->str, a->len);
+        if (p && p->state == S_UNSUBSCRIBING) {
+            p->state = S_NONE;
+            if (p->refs > 0) {
+                const char *names[1] = {p->name};
+                size_t lens[1] = {p->len};
+                if (send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
+                    p->state = S_SUBSCRIBING;
+            }
+        }
+    }
+}
+
+/* ---- connections -------------------------------------------------------------- */
+
+static void conn_down(rconn *c, const char *why);
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    (void)status;
+    rconn *c = ac->data;
+    if (c->ac != ac)
+        return; /* dropped by us already */
+    c->ac = NULL;
+    conn_down(c, ac->errstr[0] ? ac->errstr : "connection closed");
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    rconn *c = ac->data;
+    if (status != REDIS_OK && c->ac == ac) {
+        c->ac = NULL; /* hiredis frees ac after this callback */
+        conn_down(c, ac->errstr[0] ? ac->errstr : "connect failed");
+    }
+}
+
+/* Drops c's context (if any) and runs conn_down. Pending callbacks run
+ * with NULL replies (failing their requests). */
+static void conn_drop(rconn *c, const char *why)
+{
+    redisAsyncContext *ac = c->ac;
+    c->ac = NULL;
+    if (ac)
+        redisAsyncFree(ac);
+    conn_down(c, why);
+}
+
+static void conn_down(rconn *c, const char *why)
+{
+    rworker *w = c->w;
+    rbus *b = w->b;
+    bool was = c->up;
+    c->up = false;
+    set_health(w);
+    uint64_t now = dx__now_ns(NULL);
+    uint64_t delay = 100u << (c->attempts < 6 ? c->attempts : 6); /* ms: 100 .. 6400, capped at 5 s */
+    if (delay > 5000)
+        delay = 5000;
+    delay = delay / 2 + next_rand(w) % (delay / 2 + 1); /* jitter */
+    c->attempts++;
+    c->next_try_ns = now + delay * 1000000u;
+    if (w->freeing)
+        return;
+    if (was || c->attempts == 1)
+        blog(b, DX_LOG_WARN, "redis bus: worker %u: %s connection to Redis lost: %s (retrying)", w->index,
+             c->is_sub ? "pub/sub" : "command", why);
+    if (c->is_sub) {
+        for (size_t i = 0; i < w->tab_cap; i++) {
+            for (rtopic *t = w->tab[i]; t; t = t->next) {
+                if (t->state != S_NONE) {
+                    t->state = S_NONE;
+                    waiting_fail(w, t, DX_EIO);
+                    if (t->refs > 0 && t->have_last)
+                        t->need_catch = true;
+                    else
+                        t->have_last = false;
+                }
+            }
+        }
+        for (rpat *p = w->pats; p; p = p->next)
+            p->state = S_NONE;
+    } else {
+        w->ping_sent_ns = 0;
+        for (rreq *r = w->discs; r; r = r->next)
+            if (r->deadline_ns > now)
+                r->deadline_ns = now; /* no reply can come through this connection: answer with what came */
+    }
+}
+
+static void on_hs_reply(redisAsyncContext *ac, void *reply, void *pd)
+{
+    rconn *c = pd;
+    redisReply *r = reply;
+    if (!r || c->ac != ac)
+        return;
+    if (r->type == REDIS_REPLY_ERROR) {
+        blog(c->w->b, DX_LOG_ERROR, "redis bus: Redis refused the connection setup: %s", r->str);
+        conn_drop(c, "setup refused");
+    }
+}
+
+static void on_ping(redisAsyncContext *ac, void *reply, void *pd)
+{
+    rconn *c = pd;
+    rworker *w = c->w;
+    if (!reply || c->ac != ac || w->freeing)
+        return;
+    w->ping_sent_ns = 0;
+    if (!c->up) {
+        c->up = true;
+        c->attempts = 0;
+        if (c->was_up) {
+            atomic_fetch_add_explicit(&w->b->st_reconnects, 1, memory_order_relaxed);
+            blog(w->b, DX_LOG_INFO, "redis bus: worker %u: command connection to Redis restored", w->index);
+        }
+        c->was_up = true;
+        set_health(w);
+        w->last_refresh_ns = 0; /* presence and liveness now */
+        for (size_t i = 0; i < w->tab_cap; i++)
+            for (rtopic *t = w->tab[i]; t; t = t->next) {
+                if (t->present || t->pres_pushed) {
+                    t->pres_dirty = true;
+                    w->pres_any_dirty = true;
+                }
+                if (t->need_catch && t->state == S_ACTIVE)
+                    catch_start(w, t);
+            }
+    }
+}
+
+static int conn_start(rconn *c)
+{
+    rworker *w = c->w;
+    rbus *b = w->b;
+    redisAsyncContext *ac = b->url.unix_socket ? redisAsyncConnectUnix(b->url.path)
+                                               : redisAsyncConnect(b->addr, b->url.port);
+    c->started_ns = dx__now_ns(NULL);
+    if (!ac)
+        return DX_ENOMEM;
+    if (ac->err) {
+        char why[128];
+        snprintf(why, sizeof why, "%s", ac->errstr);
+        redisAsyncFree(ac);
+        conn_down(c, why);
+        return 0;
+    }
+    ac->data = c;
+    int rc = ad_attach(w, ac);
+    if (rc) {
+        redisAsyncFree(ac);
+        conn_down(c, "cannot watch the socket");
+        return 0;
+    }
+    c->ac = ac;
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    /* setup, pipelined: AUTH, SELECT, then (commands) the scripts and a PING
+     * whose answer marks the connection up, or (pub/sub) the subscriptions */
+    if (b->url.pass[0]) {
+        if (b->url.user[0])
+            redisAsyncCommand(ac, on_hs_reply, c, "AUTH %s %s", b->url.user, b->url.pass);
+        else
+            redisAsyncCommand(ac, on_hs_reply, c, "AUTH %s", b->url.pass);
+    }
+    if (b->url.db)
+        redisAsyncCommand(ac, on_hs_reply, c, "SELECT %d", b->url.db);
+    if (!c->is_sub) {
+        for (int i = 0; i < SC_N; i++)
+            redisAsyncCommand(ac, on_hs_reply, c, "SCRIPT LOAD %s", scripts[i]);
+        w->ping_sent_ns = dx__now_ns(NULL);
+        redisAsyncCommand(ac, on_ping, c, "PING");
+        return 0;
+    }
+    /* every exact topic with subscribers, every pattern, then the control
+     * channel (its confirmation marks the connection up) */
+    c->up = true; /* let send_sub write; the flag is reset below */
+    for (size_t i = 0; i < w->tab_cap; i++)
+        for (rtopic *t = w->tab[i]; t; t = t->next)
+            if ((t->refs > 0 || t->waiting) && subscribe_topic(w, t) != 0)
+                waiting_fail(w, t, DX_EIO);
+    for (rpat *p = w->pats; p; p = p->next) {
+        if (p->refs > 0) {
+            const char *names[1] = {p->name};
+            size_t lens[1] = {p->len};
+            if (send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
+                p->state = S_SUBSCRIBING;
+        }
+    }
+    const char *names[1] = {CTL_CHANNEL};
+    size_t lens[1] = {sizeof CTL_CHANNEL - 1};
+    (void)send_sub(w, "SUBSCRIBE", names, lens, 1);
+    c->up = false;
+    return 0;
+}
+
+/* ---- presence and liveness ------------------------------------------------------ */
+
+static void on_ignore(redisAsyncContext *ac, void *reply, void *pd)
+{
+    (void)ac;
+    (void)pd;
+    (void)reply;
+}
+
+static void presence_push(rworker *w, rtopic *t)
+{
+    rbus *b = w->b;
+    dx_buf v;
+    dx_buf_init(&v, NULL);
+    char num[32];
+    int rc = 0;
+    if (t->present) {
+        int n = snprintf(num, sizeof num, "%llu", (unsigned long long)t->present);
+        rc = dx_buf_append(&v, num, (size_t)n, 0);
+        for (size_t i = 0; i < t->nusers && !rc; i++) {
+            n = snprintf(num, sizeof num, " %zu:", t->users[i].len);
+            rc = dx_buf_append(&v, num, (size_t)n, 0);
+            if (!rc)
+                rc = dx_buf_append(&v, t->users[i].id, t->users[i].len, 0);
+        }
+    }
+    if (rc) {
+        dx_buf_deinit(&v);
+        return; /* out of memory: stays dirty */
+    }
+    char k[5][DX__GW_TOPIC_MAX + 16];
+    size_t kl[5];
+    static const char *const suf[5] = {"p", "pz", "o", "e", "s"};
+    for (int i = 0; i < 5; i++)
+        kl[i] = (size_t)snprintf(k[i], sizeof k[i], "dx:{%s}:%s", t->bt->name, suf[i]);
+    char ttl[24], tttl[24];
+    snprintf(ttl, sizeof ttl, "%u", b->o.presence_ttl_ms);
+    snprintf(tttl, sizeof tttl, "%llu", (unsigned long long)b->ttl_ms);
+    const char *argv[] = {"EVALSHA", b->sha[SC_PRES], "5", k[0], k[1], k[2], k[3], k[4], "s", w->member,
+                          v.len ? (const char *)dx_buf_head(&v) : "", ttl, tttl};
+    size_t lens[13];
+    for (int i = 0; i < 13; i++)
+        lens[i] = i >= 3 && i <= 7 ? kl[i - 3] : i == 10 ? v.len : strlen(argv[i]);
+    if (cmd_argv(&w->cmd, on_ignore, NULL, 13, argv, lens) == 0) {
+        t->pres_dirty = false;
+        t->pres_pushed = t->present > 0;
+    }
+    dx_buf_deinit(&v);
+}
+
+static void refresh_alive(rworker *w)
+{
+    char key[80];
+    int n = snprintf(key, sizeof key, "dx:alive:%s", w->member);
+    char ttl[24];
+    snprintf(ttl, sizeof ttl, "%u", w->b->o.presence_ttl_ms);
+    const char *argv[] = {"SET", key, "1", "PX", ttl};
+    size_t lens[] = {3, (size_t)n, 1, 2, strlen(ttl)};
+    (void)cmd_argv(&w->cmd, on_ignore, NULL, 5, argv, lens);
+}
+
+/* ---- the tick ----------------------------------------------------------------------- */
+
+static void unsub_batch(rworker *w)
+{
+    w->unsub_due = false;
+    if (!w->sub.up)
+        return;
+    size_t cap = 64, n = 0;
+    const char **names = dx__alloc(NULL, cap * sizeof *names);
+    size_t *lens = dx__alloc(NULL, cap * sizeof *lens);
+    char *chans = dx__alloc(NULL, cap * (DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1));
+    if (!names || !lens || !chans) {
+        w->unsub_due = true;
+        goto out;
+    }
+    for (size_t i = 0; i < w->tab_cap; i++) {
+        for (rtopic *t = w->tab[i]; t; t = t->next) {
+            if (t->refs > 0 || t->state != S_ACTIVE || t->waiting)
+                continue;
+            if (n == cap) {
+                w->unsub_due = true; /* the rest next tick */
+                break;
+            }
+            char *ch = chans + n * (DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1);
+            lens[n] = (size_t)snprintf(ch, DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1, MSG_PREFIX "%s", t->bt->name);
+            names[n++] = ch;
+            t->state = S_UNSUBSCRIBING;
+        }
+    }
+    if (n && send_sub(w, "UNSUBSCRIBE", names, lens, n) != 0)
+        w->unsub_due = true;
+    for (rpat **pp = &w->pats; *pp;) {
+        rpat *p = *pp;
+        if (p->refs <= 0 && p->state == S_ACTIVE) {
+            const char *nm[1] = {p->name};
+            size_t ln[1] = {p->len};
+            if (send_sub(w, "PUNSUBSCRIBE", nm, ln, 1) == 0)
+                p->state = S_UNSUBSCRIBING;
+        }
+        if (p->refs <= 0 && p->state == S_NONE) {
+            *pp = p->next;
+            dx__free(NULL, p);
+            /* topics seen only through patterns are no longer ordered here */
+            for (size_t i = 0; i < w->tab_cap; i++)
+                for (rtopic *t = w->tab[i]; t; t = t->next)
+                    if (t->refs <= 0 && t->state == S_NONE)
+                        t->have_last = false;
+            continue;
+        }
+        pp = &p->next;
+    }
+out:
+    dx__free(NULL, names);
+    dx__free(NULL, lens);
+    dx__free(NULL, chans);
+}
+
+static void sweep(rworker *w, uint64_t now)
+{
+    for (size_t i = 0; i < w->tab_cap; i++) {
+        for (rtopic **pp = &w->tab[i]; *pp;) {
+            rtopic *t = *pp;
+            if (t->refs <= 0 && t->state == S_NONE && !t->busy && !t->catching && !t->present && !t->pres_dirty &&
+                !t->waiting && now - t->touched_ns > UINT64_C(60) * 1000000000u) {
+                *pp = t->next;
+                topic_free(t);
+                w->ntopics--;
+                continue;
+            }
+            pp = &t->next;
+        }
+    }
+    atomic_store_explicit(&w->st_topics, w->ntopics, memory_order_relaxed);
+}
+
+static void disc_finish(rworker *w, rreq *r, int err);
+
+static void on_tick(dx_timer *tm, void *ud)
+{
+    (void)tm;
+    rworker *w = ud;
+    rbus *b = w->b;
+    uint64_t now = dx__now_ns(NULL);
+    uint64_t to = (uint64_t)b->o.connect_timeout_ms * 1000000u;
+    rconn *cs[2] = {&w->cmd, &w->sub};
+    for (int i = 0; i < 2; i++) {
+        rconn *c = cs[i];
+        if (!c->ac && now >= c->next_try_ns)
+            (void)conn_start(c);
+        else if (c->ac && !c->up && now - c->started_ns > to)
+            conn_drop(c, "connect timed out");
+    }
+    if (w->cmd.up) {
+        if (w->ping_sent_ns && now - w->ping_sent_ns > to) {
+            /* Redis does not answer: both connections go (the pub/sub one
+             * is as stuck), requests out fail, and reconnecting starts */
+            conn_drop(&w->cmd, "PING unanswered");
+            if (w->sub.ac)
+                conn_drop(&w->sub, "PING unanswered on the command connection");
+        } else if (!w->ping_sent_ns && now - w->last_ping_ns >= UINT64_C(1000000000)) {
+            w->last_ping_ns = now;
+            const char *argv[] = {"PING"};
+            size_t lens[] = {4};
+            if (cmd_argv(&w->cmd, on_ping, &w->cmd, 1, argv, lens) == 0)
+                w->ping_sent_ns = now;
+        }
+    }
+    if (w->cmd.up) {
+        uint64_t every = (uint64_t)b->o.presence_ttl_ms * 1000000u / 3;
+        if (!w->last_refresh_ns || now - w->last_refresh_ns >= every) {
+            w->last_refresh_ns = now;
+            refresh_alive(w);
+            for (size_t i = 0; i < w->tab_cap; i++)
+                for (rtopic *t = w->tab[i]; t; t = t->next)
+                    if (t->present) {
+                        t->pres_dirty = true;
+                        w->pres_any_dirty = true;
+                    }
+        }
+        if (w->pres_any_dirty) {
+            w->pres_any_dirty = false;
+            for (size_t i = 0; i < w->tab_cap; i++)
+                for (rtopic *t = w->tab[i]; t; t = t->next)
+                    if (t->pres_dirty) {
+                        presence_push(w, t);
+                        if (t->pres_dirty)
+                            w->pres_any_dirty = true;
+                    }
+        }
+    }
+    if (w->unsub_due)
+        unsub_batch(w);
+    for (rreq *r = w->discs, *next; r; r = next) {
+        next = r->next;
+        if (now >= r->deadline_ns)
+            disc_finish(w, r, 0);
+    }
+    if (now - w->last_sweep_ns > UINT64_C(5000000000)) {
+        w->last_sweep_ns = now;
+        sweep(w, now);
+    }
+    worker_flush(w);
+}
+
+/* ---- disconnect across nodes ------------------------------------------------------- */
+
+static void disc_unref(rreq *r)
+{
+    if (--r->refs == 0)
+        dx__free(NULL, r);
+}
+
+static void disc_finish(rworker *w, rreq *r, int err)
+{
+    if (r->done)
+        return;
+    r->done = true;
+    for (rreq **pp = &w->discs; *pp; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    if (!w->freeing)
+        r->fn.count(r->ud, err, r->count);
+    disc_unref(r);
+}
+
+static void on_disc_pub(redisAsyncContext *ac, void *reply, void *pd)
+{
+    (void)ac;
+    rreq *r = pd;
+    redisReply *rep = reply;
+    if (!r->done) {
+        if (!rep || rep->type != REDIS_REPLY_INTEGER) {
+            disc_finish(r->w, r, DX_EIO);
+        } else {
+            r->expected = rep->integer;
+            if (r->got >= r->expected)
+                disc_finish(r->w, r, 0);
+        }
+    }
+    disc_unref(r);
+}
+
+static void ctl_message(rworker *w, const char *s, size_t n)
+{
+    /* "d <tag> <user>" or "r <tag> <count>" */
+    if (n < 4 || s[1] != ' ')
+        return;
+    const char *tag = s + 2;
+    const char *sp = memchr(tag, ' ', n - 2);
+    if (!sp)
+        return;
+    size_t taglen = (size_t)(sp - tag);
+    const char *arg = sp + 1;
+    size_t alen = n - (size_t)(arg - s);
+    if (s[0] == 'd') {
+        size_t closed = w->ev && w->ev->disconnect_user ? w->ev->disconnect_user(w->ud, arg, alen) : 0;
+        char msg[128];
+        int m = snprintf(msg, sizeof msg, "r %.*s %zu", (int)(taglen < 80 ? taglen : 80), tag, closed);
+        const char *argv[] = {"PUBLISH", CTL_CHANNEL, msg};
+        size_t lens[] = {7, sizeof CTL_CHANNEL - 1, (size_t)m};
+        (void)cmd_argv(&w->cmd, on_ignore, NULL, 3, argv, lens);
+        return;
+    }
+    if (s[0] != 'r')
+        return;
+    /* ours: "<member>.<id>" */
+    size_t ml = strlen(w->member);
+    if (taglen <= ml + 1 || memcmp(tag, w->member, ml) != 0 || tag[ml] != '.')
+        return;
+    bool ok = true;
+    uint64_t id = parse_u64(tag + ml + 1, taglen - ml - 1, &ok);
+    uint64_t cnt = parse_u64(arg, alen, &ok);
+    if (!ok)
+        return;
+    for (rreq *r = w->discs; r; r = r->next) {
+        if (r->id == id) {
+            r->got++;
+            r->count += cnt;
+            if (r->expected >= 0 && r->got >= r->expected)
+                disc_finish(w, r, 0);
+            return;
+        }
+    }
+}
+
+/* ---- the vtable -------------------------------------------------------------------- */
+
+static int r_attach(dx__bus *base, unsigned wi, dx_loop *loop, const dx__bus_events *ev, void *ud)
+{
+    rbus *b = (rbus *)base;
+    if (wi >= b->o.workers || !loop)
+        return DX_EINVAL;
+    rworker *w = &b->w[wi];
+    w->loop = loop;
+    w->ev = ev;
+    w->ud = ud;
+    w->tick = dx_timer_new(loop, on_tick, w);
+    if (!w->tick)
+        return DX_ENOMEM;
+    dx_timer_start(w->tick, 0, TICK_MS);
+    return 0;
+}
+
+static void r_detach(dx__bus *base, unsigned wi)
+{
+    rbus *b = (rbus *)base;
+    rworker *w = &b->w[wi];
+    w->ev = NULL;
+    w->ud = NULL;
+}
+
+static int refuse(rbus *b, int err)
+{
+    atomic_fetch_add_explicit(&b->st_refused, 1, memory_order_relaxed);
+    return err;
+}
+
+static void on_pub_reply(redisAsyncContext *ac, void *reply, void *pd)
+{
+    (void)ac;
+    rreq *r = pd;
+    rworker *w = r->w;
+    rbus *b = w->b;
+    redisReply *rep = reply;
+    atomic_fetch_sub_explicit(&b->pending, r->bytes, memory_order_relaxed);
+    int err = DX_EIO;
+    uint64_t off = 0;
+    char ep[DX__GW_EPOCH_LEN + 1] = "";
+    if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements >= 2 && rep->element[0]->type == REDIS_REPLY_INTEGER &&
+        rep->element[1]->type == REDIS_REPLY_STRING && rep->element[1]->len <= DX__GW_EPOCH_LEN) {
+        err = 0;
+        off = (uint64_t)rep->element[0]->integer;
+        memcpy(ep, rep->element[1]->str, rep->element[1]->len);
+        ep[rep->element[1]->len] = 0;
+    } else if (rep && rep->type == REDIS_REPLY_ERROR) {
+        if (strstr(rep->str, "ELIMIT")) {
+            err = DX_ELIMIT;
+        } else {
+            blog(b, DX_LOG_WARN, "redis bus: publish on %s failed: %s", r->topic, rep->str);
+            if (strncmp(rep->str, "NOSCRIPT", 8) == 0 && w->cmd.up)
+                for (int i = 0; i < SC_N; i++)
+                    redisAsyncCommand(w->cmd.ac, on_ignore, NULL, "SCRIPT LOAD %s", scripts[i]);
+        }
+    }
+    if (!w->freeing && r->fn.pub)
+        r->fn.pub(r->ud, err, off, ep);
+    dx__free(NULL, r);
+}
+
+static int r_publish(dx__bus *base, unsigned wi, const char *topic, size_t len, dx__gw_kind kind, const void *data,
+                     size_t dlen, dx__bus_pub_fn fn, void *ud)
+{
+    rbus *b = (rbus *)base;
+    rworker *w = &b->w[wi];
+    if (len == 0 || len > DX__GW_TOPIC_MAX || kind < DX__GW_KIND_JSON || kind > DX__GW_KIND_BINARY)
+        return DX_EINVAL;
+    if (!w->cmd.up)
+        return refuse(b, DX_EIO);
+    size_t was = atomic_fetch_add_explicit(&b->pending, dlen, memory_order_relaxed);
+    if (was + dlen > b->o.pending_max) {
+        atomic_fetch_sub_explicit(&b->pending, dlen, memory_order_relaxed);
+        return refuse(b, DX_ELIMIT);
+    }
+    rreq *r = req_new(w, Q_PUB, topic, len, NULL, 0);
+    if (!r) {
+        atomic_fetch_sub_explicit(&b->pending, dlen, memory_order_relaxed);
+        return DX_ENOMEM;
+    }
+    r->bytes = dlen;
+    r->fn.pub = fn;
+    r->ud = ud;
+    keys3 k;
+    topic_keys(&k, topic, len, "o", "e", "s");
+    char kd[2] = {(char)('0' + kind), 0}, cnt[24], age[24], ep[DX__GW_EPOCH_LEN + 1], ttl[24];
+    char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1];
+    snprintf(cnt, sizeof cnt, "%zu", b->o.history.max_count);
+    snprintf(age, sizeof age, "%llu", (unsigned long long)(b->o.history.max_age_ns / 1000000u));
+    new_epoch(w, ep);
+    snprintf(ttl, sizeof ttl, "%llu", (unsigned long long)b->ttl_ms);
+    int chn = snprintf(ch, sizeof ch, MSG_PREFIX "%.*s", (int)len, topic);
+    const char *argv[] = {"EVALSHA", b->sha[SC_PUB], "3", k.k[0], k.k[1], k.k[2], kd, dlen ? data : "", cnt, age,
+                          ep, ch, ttl};
+    size_t lens[13];
+    for (int i = 0; i < 13; i++)
+        lens[i] = strlen(argv[i]);
+    lens[3] = k.n[0];
+    lens[4] = k.n[1];
+    lens[5] = k.n[2];
+    lens[7] = dlen;
+    lens[11] = (size_t)chn;
+    int rc = cmd_argv(&w->cmd, on_pub_reply, r, 13, argv, lens);
+    if (rc) {
+        atomic_fetch_sub_explicit(&b->pending, dlen, memory_order_relaxed);
+        dx__free(NULL, r);
+        return refuse(b, rc);
+    }
+    return 0;
+}
+
+static int r_subscribe(dx__bus *base, unsigned wi, const char *topic, size_t len, const char *user, size_t ulen,
+                       bool join, bool resume, uint64_t since, const char *epoch, size_t elen, dx__bus_snap_fn fn,
+                       void *ud)
+{
+    rbus *b = (rbus *)base;
+    rworker *w = &b->w[wi];
+    if (len == 0 || len > DX__GW_TOPIC_MAX || (epoch && elen > DX__GW_EPOCH_LEN))
+        return DX_EINVAL;
+    if (!w->cmd.up || (join && !w->sub.up))
+        return refuse(b, DX_EIO);
+    rreq *r = req_new(w, join ? Q_SUB : Q_CUR, topic, len, user, user ? ulen : 0);
+    if (!r)
+        return DX_ENOMEM;
+    r->fn.snap = fn;
+    r->ud = ud;
+    r->resume = resume;
+    r->since = since;
+    r->limit = 0;
+    if (epoch) {
+        r->has_epoch = true;
+        memcpy(r->epoch, epoch, elen);
+        r->epoch[elen] = 0;
+    }
+    if (!join) {
+        int rc = read_issue(r, resume ? 'r' : 'c');
+        if (rc)
+            dx__free(NULL, r);
+        return rc;
+    }
+    rtopic *t = topic_get(w, topic, len);
+    if (!t || presence_add(w, t, user, user ? ulen : 0) != 0) {
+        dx__free(NULL, r);
+        return DX_ENOMEM;
+    }
+    t->touched_ns = dx__now_ns(NULL);
+    t->refs++;
+    t->busy++;
+    r->t = t;
+    int rc = 0;
+    switch (t->state) {
+    case S_ACTIVE:
+        rc = read_issue(r, resume ? 'r' : 'c');
+        break;
+    case S_NONE:
+        rc = subscribe_topic(w, t);
+        /* fall through */
+    default:
+        if (!rc) {
+            *t->waiting_tail = r;
+            t->waiting_tail = &r->next;
+        }
+        break;
+    }
+    if (rc) {
+        t->busy--;
+        t->refs--;
+        presence_remove(w, t, user, user ? ulen : 0);
+        dx__free(NULL, r);
+        return refuse(b, rc);
+    }
+    return 0;
+}
+
+static void r_leave(dx__bus *base, unsigned wi, const char *topic, size_t len, const char *user, size_t ulen)
+{
+    rbus *b = (rbus *)base;
+    rworker *w = &b->w[wi];
+    rtopic *t = topic_find(w, topic, len);
+    if (!t || t->refs <= 0)
+        return;
+    t->refs--;
+    presence_remove(w, t, user, user ? ulen : 0);
+    t->touched_ns = dx__now_ns(NULL);
+    if (!t->refs)
+        w->unsub_due = true;
+}
+
+static int r_history(dx__bus *base, unsigned wi, const char *topic, size_t len, uint64_t since, size_t limit,
+                     dx__bus_snap_fn fn, void *ud)
+{
+    rbus *b = (rbus *)base;
+    rworker *w = &b->w[wi];
+    if (len == 0 || len > DX__GW_TOPIC_MAX)
+        return DX_EINVAL;
+    if (!w->cmd.up)
+        return refuse(b, DX_EIO);
+    rreq *r = req_new(w, Q_HIST, topic, len, NULL, 0);
+    if (!r)
+        return DX_ENOMEM;
+    r->since = since;
+    r->limit = limit > DX__GW_HISTORY_LIMIT_MAX ? DX__GW_HISTORY_LIMIT_MAX : limit;
+    r->fn.snap = fn;
+    r->ud = ud;
+    int rc = read_issue(r, 'h');
+    if (rc) {
+        dx__free(NULL, r);
+        return refuse(b, rc);
+    }
+    return 0;
+}
+
+/* Adds the users of one presence value ("count len:id len:id...") to the
+ * answer; false when malformed. */
+static bool pres_parse(const char *s, size_t n, uint64_t *count, char ***users, size_t **lens, size_t *nu,
+                       size_t *cap)
+{
+    size_t i = 0;
+    while (i < n && s[i] != ' ')
+        i++;
+    bool ok = true;
+    *count += parse_u64(s, i, &ok);
+    while (ok && i < n) {
+        i++; /* the space */
+        size_t j = i;
+        while (j < n && s[j] != ':')
+            j++;
+        uint64_t l = parse_u64(s + i, j - i, &ok);
+        if (!ok || j >= n || l > n - j - 1)
+            return false;
+        const char *id = s + j + 1;
+        bool dup = false;
+        for (size_t k = 0; k < *nu && !dup; k++)
+            dup = (*lens)[k] == l && memcmp((*users)[k], id, l) == 0;
+        if (!dup) {
+            if (*nu == *cap) {
+                size_t nc = *cap ? *cap * 2 : 8;
+                char **u = dx__realloc(NULL, *users, nc * sizeof *u);
+                if (!u)
+                    return false;
+                *users = u;
+                size_t *ll = dx__realloc(NULL, *lens, nc * sizeof *ll);
+                if (!ll)
+                    return false;
+                *lens = ll;
+                *cap = nc;
+            }
+            char *c = dx__alloc(NULL, l + 1);
+            if (!c)
+                return false;
+            memcpy(c, id, l);
+            c[l] = 0;
+            (*users)[*nu] = c;
+            (*lens)[*nu] = l;
+            (*nu)++;
+        }
+        i = j + 1 + l;
+    }
+    return ok;
+}
+
+static void on_pres_reply(redisAsyncContext *ac, void *reply, void *pd)
+{
+    (void)ac;
+    rreq *r = pd;
+    redisReply *rep = reply;
+    uint64_t count = 0;
+    char **users = NULL;
+    size_t *lens = NULL, nu = 0, cap = 0;
+    int err = 0;
+    if (!rep || rep->type != REDIS_REPLY_ARRAY) {
+        err = DX_EIO;
+    } else {
+        for (size_t i = 0; i < rep->elements && !err; i++)
+            if (rep->element[i]->type != REDIS_REPLY_STRING ||
+                !pres_parse(rep->element[i]->str, rep->element[i]->len, &count, &users, &lens, &nu, &cap))
+                err = DX_EIO;
+    }
+    if (!r->w->freeing)
+        r->fn.pres(r->ud, err, count, (const char *const *)users, lens, err ? 0 : nu);
+    for (size_t i = 0; i < nu; i++)
+        dx__free(NULL, users[i]);
+    dx__free(NULL, users);
+    dx__free(NULL, lens);
+    dx__free(NULL, r);
+}
+
+static int r_presence(dx__bus *base, unsigned wi, const char *topic, size_t len, dx__bus_presence_fn fn, void *ud)
+{
+    rbus *b = (rbus *)base;
+    rworker *w = &b->w[wi];
+    if (len == 0 || len > DX__GW_TOPIC_MAX)
+        return DX_EINVAL;
+    if (!w->cmd.up)
+        return refuse(b, DX_EIO);
+    rreq *r = req_new(w, Q_PRES, topic, len, NULL, 0);
+    if (!r)
+        return DX_ENOMEM;
+    r->fn.pres = fn;
+    r->ud = ud;
+    /* this worker's pending changes first, so a reader here sees its own joins */
+    rtopic *t = topic_find(w, topic, len);
+    if (t && t->pres_dirty)
+        presence_push(w, t);
+    char k[5][DX__GW_TOPIC_MAX + 16];
+    size_t kl[5];
+    static const char *const suf[5] = {"p", "pz", "o", "e", "s"};
+    for (int i = 0; i < 5; i++)
+        kl[i] = (size_t)snprintf(k[i], sizeof k[i], "dx:{%.*s}:%s", (int)len, topic, suf[i]);
+    const char *argv[] = {"EVALSHA", b->sha[SC_PRES], "5", k[0], k[1], k[2], k[3], k[4], "g", w->member, "", "0",
+                          "0"};
+    size_t lens[13];
+    for (int i = 0; i < 13; i++)
+        lens[i] = i >= 3 && i <= 7 ? kl[i - 3] : strlen(argv[i]);
+    int rc = cmd_argv(&w->cmd, on_pres_reply, r, 13, argv, lens);
+    if (rc) {
+        dx__free(NULL, r);
+        return refuse(b, rc);
+    }
+    return 0;
+}
+
+static int r_disconnect_user(dx__bus *base, unsigned wi, const char *user, size_t ulen, dx__bus_count_fn fn,
+                             void *ud)
+{
+    rbus *b = (rbus *)base;
+    rworker *w = &b->w[wi];
+    if (ulen == 0 || ulen > 1024)
+        return DX_EINVAL;
+    if (!w->cmd.up)
+        return refuse(b, DX_EIO);
+    rreq *r = req_new(w, Q_DISC, user, ulen, NULL, 0);
+    char *msg = dx__alloc(NULL, ulen + 80);
+    if (!r || !msg) {
+        dx__free(NULL, r);
+        dx__free(NULL, msg);
+        return DX_ENOMEM;
+    }
+    r->id = ++w->disc_seq;
+    r->fn.count = fn;
+    r->ud = ud;
+    r->refs = 2; /* the list, the PUBLISH callback */
+    r->deadline_ns = dx__now_ns(NULL) + DISC_TIMEOUT_NS;
+    int m = snprintf(msg, 80, "d %s.%llu ", w->member, (unsigned long long)r->id);
+    memcpy(msg + m, user, ulen);
+    const char *argv[] = {"PUBLISH", CTL_CHANNEL, msg};
+    size_t lens[] = {7, sizeof CTL_CHANNEL - 1, (size_t)m + ulen};
+    int rc = cmd_argv(&w->cmd, on_disc_pub, r, 3, argv, lens);
+    dx__free(NULL, msg);
+    if (rc) {
+        dx__free(NULL, r);
+        return refuse(b, rc);
+    }
+    r->next = w->discs;
+    w->discs = r;
+    return 0;
+}
+
+static void r_interest(dx__bus *base, unsigned w, long delta)
+{
+    /* each worker receives only what it subscribed to: nothing to skip */
+    (void)base;
+    (void)w;
+    (void)delta;
+}
+
+/* "dx:m:" + the pattern with each `*` and `>` segment as Redis's `*`. */
+static size_t redis_pattern(const char *pat, size_t len, char *out, size_t cap)
+{
+    size_t o = (size_t)snprintf(out, cap, MSG_PREFIX);
+    for (size_t i = 0; i < len && o + 1 < cap; i++)
+        out[o++] = pat[i] == '>' ? '*' : pat[i];
+    out[o] = 0;
+    return o;
+}
+
+static void r_pattern(dx__bus *base, unsigned wi, const char *pat, size_t len, long delta)
+{
+    rbus *b = (rbus *)base;
+    rworker *w = &b->w[wi];
+    char name[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1];
+    if (len > DX__GW_TOPIC_MAX)
+        return;
+    size_t n = redis_pattern(pat, len, name, sizeof name);
+    rpat *p = pat_find(w, name, n);
+    if (!p) {
+        if (delta <= 0)
+            return;
+        p = dx__alloc(NULL, sizeof *p + n + 1);
+        if (!p)
+            return; /* out of memory: topics only this pattern matches are not received here */
+        memset(p, 0, sizeof *p);
+        p->len = n;
+        memcpy(p->name, name, n + 1);
+        p->next = w->pats;
+        w->pats = p;
+    }
+    p->refs += delta;
+    if (p->refs > 0 && p->state == S_NONE) {
+        const char *names[1] = {p->name};
+        size_t lens[1] = {p->len};
+        if (send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
+            p->state = S_SUBSCRIBING;
+    } else if (p->refs <= 0) {
+        w->unsub_due = true;
+    }
+}
+
+static void on_uc_reply(redisAsyncContext *ac, void *reply, void *pd)
+{
+    (void)ac;
+    rreq *r = pd;
+    redisReply *rep = reply;
+    int err = rep && rep->type == REDIS_REPLY_INTEGER ? 0 : DX_EIO;
+    if (!r->w->freeing && r->fn.count)
+        r->fn.count(r->ud, err, err ? 0 : (uint64_t)(rep->integer < 0 ? 0 : rep->integer));
+    dx__free(NULL, r);
+}
+
+static int r_user_conns(dx__bus *base, unsigned wi, const char *user, size_t ulen, long delta, dx__bus_count_fn fn,
+                        void *ud)
+{
+    rbus *b = (rbus *)base;
+    rworker *w = &b->w[wi];
+    if (ulen == 0 || ulen > 1024)
+        return DX_EINVAL;
+    if (!w->cmd.up)
+        return refuse(b, DX_EIO);
+    rreq *r = req_new(w, Q_UCONN, user, ulen, NULL, 0);
+    char *key = dx__alloc(NULL, ulen + 16);
+    if (!r || !key) {
+        dx__free(NULL, r);
+        dx__free(NULL, key);
+        return DX_ENOMEM;
+    }
+    r->fn.count = fn;
+    r->ud = ud;
+    int kn = snprintf(key, 16, "dx:uc:{");
+    memcpy(key + kn, user, ulen);
+    key[kn + (int)ulen] = '}';
+    char d[24];
+    snprintf(d, sizeof d, "%ld", delta);
+    const char *argv[] = {"EVALSHA", b->sha[SC_UC], "1", key, w->member, d, "dx:alive:"};
+    size_t lens[] = {7, 40, 1, (size_t)kn + ulen + 1, strlen(w->member), strlen(d), 9};
+    int rc = cmd_argv(&w->cmd, on_uc_reply, r, 7, argv, lens);
+    dx__free(NULL, key);
+    if (rc) {
+        dx__free(NULL, r);
+        return refuse(b, rc);
+    }
+    return 0;
+}
+
+static bool r_healthy(dx__bus *base)
+{
+    rbus *b = (rbus *)base;
+    bool any = false;
+    for (unsigned i = 0; i < b->o.workers; i++) {
+        if (!b->w[i].loop)
+            continue;
+        any = true;
+        if (!atomic_load_explicit(&b->w[i].healthy, memory_order_acquire))
+            return false;
+    }
+    return any;
+}
+
+static void r_stats(dx__bus *base, dx__bus_stats *out)
+{
+    rbus *b = (rbus *)base;
+    memset(out, 0, sizeof *out);
+    for (unsigned i = 0; i < b->o.workers; i++)
+        out->topics += atomic_load_explicit(&b->w[i].st_topics, memory_order_relaxed);
+    out->handoffs = atomic_load_explicit(&b->st_received, memory_order_relaxed);
+    out->lost = atomic_load_explicit(&b->st_lost, memory_order_relaxed);
+    out->pending_bytes = atomic_load_explicit(&b->pending, memory_order_relaxed);
+    out->refused = atomic_load_explicit(&b->st_refused, memory_order_relaxed);
+    out->reconnects = atomic_load_explicit(&b->st_reconnects, memory_order_relaxed);
+    out->recovered = atomic_load_explicit(&b->st_recovered, memory_order_relaxed);
+}
+
+/* Every worker loop has stopped. Completions are not called (bus.h). */
+static void r_free(dx__bus *base)
+{
+    rbus *b = (rbus *)base;
+    for (unsigned i = 0; i < b->o.workers; i++) {
+        rworker *w = &b->w[i];
+        w->freeing = true;
+        if (w->tick)
+            dx_timer_free(w->tick);
+        w->tick = NULL;
+        rconn *cs[2] = {&w->cmd, &w->sub};
+        for (int j = 0; j < 2; j++) {
+            redisAsyncContext *ac = cs[j]->ac;
+            cs[j]->ac = NULL;
+            cs[j]->up = false;
+            if (ac)
+                redisAsyncFree(ac); /* pending callbacks run with NULL and only free */
+        }
+        while (w->discs)
+            disc_finish(w, w->discs, DX_ECLOSED);
+        for (size_t k = 0; k < w->tab_cap; k++) {
+            for (rtopic *t = w->tab[k], *nx; t; t = nx) {
+                nx = t->next;
+                for (rreq *r = t->waiting, *rn; r; r = rn) {
+                    rn = r->next;
+                    dx__free(NULL, r);
+                }
+                topic_free(t);
+            }
+        }
+        dx__free(NULL, w->tab);
+        for (rpat *p = w->pats, *nx; p; p = nx) {
+            nx = p->next;
+            dx__free(NULL, p);
+        }
+    }
+    dx__free(NULL, b->w);
+    dx__free(NULL, b);
+}
+
+static const dx__bus_vt redis_vt = {
+    .attach = r_attach,
+    .detach = r_detach,
+    .publish = r_publish,
+    .subscribe = r_subscribe,
+    .leave = r_leave,
+    .history = r_history,
+    .presence = r_presence,
+    .disconnect_user = r_disconnect_user,
+    .interest = r_interest,
+    .pattern = r_pattern,
+    .user_conns = r_user_conns,
+    .healthy = r_healthy,
+    .stats = r_stats,
+    .free = r_free,
+};
+
+dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, size_t why_len)
+{
+    int e = DX_EINVAL;
+    rbus *b = NULL;
+    if (why && why_len)
+        why[0] = 0;
+    if (!o || o->workers == 0 || o->workers > 1024) {
+        why_set(why, why_len, "bad worker count");
+        goto fail;
+    }
+    dx__redis_url url;
+    if (dx__redis_url_parse(o->url, &url, why, why_len) != 0)
+        goto fail;
+    if (url.tls) {
+        why_set(why, why_len, "rediss:// (TLS) needs hiredis >= 1.0 with hiredis_ssl; this build has hiredis %d.%d "
+                "(Debian 12): use redis:// on a private network, or a TLS tunnel (stunnel) to Redis",
+                HIREDIS_MAJOR, HIREDIS_MINOR);
+        goto fail;
+    }
+    e = DX_ENOMEM;
+    b = dx__alloc(NULL, sizeof *b);
+    if (!b)
+        goto fail;
+    memset(b, 0, sizeof *b);
+    b->base.vt = &redis_vt;
+    b->o = *o;
+    b->o.url = NULL;
+    b->url = url;
+    if (!b->o.pending_max)
+        b->o.pending_max = (size_t)64 << 20;
+    if (!b->o.presence_ttl_ms)
+        b->o.presence_ttl_ms = 15000;
+    if (b->o.presence_ttl_ms < 300)
+        b->o.presence_ttl_ms = 300;
+    if (!b->o.connect_timeout_ms)
+        b->o.connect_timeout_ms = 3000;
+    b->ttl_ms = b->o.history.max_age_ns ? b->o.history.max_age_ns / 1000000u + 60000u : 0;
+    if (!url.unix_socket) {
+        /* resolved once, here (not on a loop): hiredis's connect would block on DNS */
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+        int gr = getaddrinfo(url.host, NULL, &hints, &res);
+        if (gr != 0 || !res) {
+            why_set(why, why_len, "Redis host '%s' does not resolve: %s", url.host, gai_strerror(gr));
+            e = DX_EADDR;
+            goto fail;
+        }
+        void *addr = res->ai_family == AF_INET6 ? (void *)&((struct sockaddr_in6 *)res->ai_addr)->sin6_addr
+                                                : (void *)&((struct sockaddr_in *)res->ai_addr)->sin_addr;
+        inet_ntop(res->ai_family, addr, b->addr, sizeof b->addr);
+        freeaddrinfo(res);
+    }
+    uint64_t seed[2];
+    if (dx__random(NULL, seed, sizeof seed) != 0) {
+        e = DX_ERANDOM;
+        goto fail;
+    }
+    snprintf(b->node, sizeof b->node, "%016llx", (unsigned long long)seed[0]);
+    for (int i = 0; i < SC_N; i++) {
+        unsigned char md[SHA_DIGEST_LENGTH];
+        SHA1((const unsigned char *)scripts[i], strlen(scripts[i]), md);
+        for (int j = 0; j < SHA_DIGEST_LENGTH; j++)
+            snprintf(b->sha[i] + 2 * j, 3, "%02x", md[j]);
+    }
+    b->w = dx__alloc(NULL, o->workers * sizeof *b->w);
+    if (!b->w)
+        goto fail;
+    memset(b->w, 0, o->workers * sizeof *b->w);
+    for (unsigned i = 0; i < o->workers; i++) {
+        rworker *w = &b->w[i];
+        w->b = b;
+        w->index = i;
+        w->cmd.w = w->sub.w = w;
+        w->sub.is_sub = true;
+        w->rng = seed[1] ^ ((uint64_t)i * 0x9e3779b97f4a7c15ull);
+        snprintf(w->member, sizeof w->member, "%s.%u", b->node, i);
+        atomic_init(&w->healthy, false);
+    }
+    return &b->base;
+fail:
+    if (b) {
+        dx__free(NULL, b->w);
+        dx__free(NULL, b);
+    }
+    if (err)
+        *err = e;
+    return NULL;
+}
