@@ -16,18 +16,24 @@
 #              stamps each message with CLOCK_MONOTONIC at send);
 #   api        POST /api/publish on node 1, one request in flight (each
 #              publish waits for Redis's reply before the next);
-#   pipelined  the raw publisher at BENCH_CL_PIPE_RATE msgs/s, 64 frames per
-#              write, so node 1 has many publishes in flight to Redis at once;
-#              3 subscribers (one per node).
+#   pipelined R  the raw publisher at R msgs/s (BENCH_CL_PIPE_RATES), 64
+#              frames per write, so node 1 has many publishes in flight to
+#              Redis at once; 3 subscribers (one per node);
+#   1 node R, 1 node api  the baseline: the same loads on one more
+#              `duplex serve` without --redis (the in-process bus), every
+#              subscriber on it (BENCH_CL_SOLO_RATES).
 #
-# For each row: Redis commands per publish (INFO commandstats before and
-# after, every command counted, divided by the publishes), and the CPU of
-# each process over the run (/proc/PID/stat utime+stime: redis-server, the
+# For each row, from the moment every subscriber is open to the end of the
+# run (the step and its drain): Redis commands per publish (INFO
+# commandstats, reset at the start: the EVALSHA a node sends and every
+# command its script runs, divided by the publishes), and the CPU of each
+# process (/proc/PID/stat utime+stime: redis-server, the
 # three nodes, gwload's readers as gwload reports them): the busiest one is
 # named as the bottleneck when it is near a full core.
 #
 # Environment: BENCH_CL_SUBS (default 3000), BENCH_CL_RATES (default
-# 100,500,1000,2000), BENCH_CL_PIPE_RATE (default 20000), BENCH_CL_SECS
+# 50,100,200,500,1000), BENCH_CL_PIPE_RATES (default 10000,20000,40000),
+# BENCH_CL_SOLO_RATES (default 100,500), BENCH_CL_SECS
 # (default 4), BENCH_PORT (first port, default 19700). No CPU pinning: the
 # five processes share the machine's CPUs (the table prints how many).
 # The table goes to stdout and BUILD_DIR/bench-cluster.txt, the raw lines to
@@ -43,8 +49,9 @@ out=$build/bench-cluster.txt
 raw=$build/bench-cluster.jsonl
 
 SUBS=${BENCH_CL_SUBS:-3000}
-RATES=${BENCH_CL_RATES:-100,500,1000,2000}
-PIPE_RATE=${BENCH_CL_PIPE_RATE:-20000}
+RATES=${BENCH_CL_RATES:-50,100,200,500,1000}
+PIPE_RATES=${BENCH_CL_PIPE_RATES:-10000,20000,40000}
+SOLO_RATES=${BENCH_CL_SOLO_RATES:-100,500}
 SECS=${BENCH_CL_SECS:-4}
 WARM=0.5
 port=${BENCH_PORT:-19700}
@@ -138,28 +145,48 @@ for i in 0 1 2; do
   exit 2
 done
 sub_ports=$(IFS=,; echo "${NPORTS[*]}")
+# the baseline: one node without Redis (the in-process bus), same flags
+next_port
+SOLO_PORT=$PORT_OUT
+"$duplex_bin" serve --host "$HOST" --port "$SOLO_PORT" --workers 1 --api-key "$KEY" --log-level warn \
+  --http-max-requests 1000000000 >"$work/solo.log" 2>&1 &
+SOLO_PID=$!
+pids+=("$SOLO_PID")
+wait_listen "$SOLO_PID" "$SOLO_PORT" solo
 
 errors=0
 : >"$raw"
 # run NAME ARGS...: one gwload run (one step); a JSON line with the step and
 # the CPU of each process and Redis's commands per publish goes to $raw.
-run() {
-  local name=$1 rc=0 before after c0=() c1=() p
-  shift
+run() { # NAME PUBLISH-PORT GWLOAD-ARGS...
+  local name=$1 pport=$2 rc=0 c0=() c1=() p gw t0 t1
+  shift 2
+  : >"$work/gw.err"
+  timeout 300 "$bin/gwload" --host "$HOST" --port "$pport" --label "$name" --step-secs "$SECS" \
+    --warmup "$WARM" --topic bench.t "$@" >"$work/run.jsonl" 2>"$work/gw.err" &
+  gw=$!
+  # the window starts once every subscriber is open (gwload then waits
+  # 0.3 s and publishes): subscribing costs Redis commands and CPU that are
+  # not the publishes'
+  for _ in $(seq 1200); do
+    grep -q 'subscribers open' "$work/gw.err" && break
+    kill -0 "$gw" 2>/dev/null || break
+    sleep 0.05
+  done
   rcli CONFIG RESETSTAT >/dev/null
-  for p in "$RPID" "${NPIDS[@]}"; do c0+=("$(ticks "$p")"); done
-  local t0; t0=$(date +%s.%N)
-  timeout 300 "$bin/gwload" --host "$HOST" --port "${NPORTS[0]}" --label "$name" --step-secs "$SECS" \
-    --warmup "$WARM" --topic bench.c "$@" >"$work/run.jsonl" 2>>"$work/gwload.log" || rc=$?
-  local t1; t1=$(date +%s.%N)
-  for p in "$RPID" "${NPIDS[@]}"; do c1+=("$(ticks "$p")"); done
+  for p in "$RPID" "${NPIDS[@]}" "$SOLO_PID"; do c0+=("$(ticks "$p")"); done
+  t0=$(date +%s.%N)
+  wait "$gw" || rc=$?
+  t1=$(date +%s.%N)
+  for p in "$RPID" "${NPIDS[@]}" "$SOLO_PID"; do c1+=("$(ticks "$p")"); done
   rcli INFO commandstats >"$work/cmdstats.txt"
+  cat "$work/gw.err" >>"$work/gwload.log"
   if ((rc != 0)); then
     errors=$((errors + 1))
-    log "$name: gwload exit $rc: $(tail -3 "$work/gwload.log")"
+    log "$name: gwload exit $rc: $(tail -3 "$work/gw.err")"
   fi
   python3 - "$work/run.jsonl" "$work/cmdstats.txt" "$name" "$t0" "$t1" "$(getconf CLK_TCK)" \
-    "${c0[*]}" "${c1[*]}" >>"$raw" <<'EOF'
+    "${c0[*]}" "${c1[*]}" >>"$raw" <<'PY'
 import json, sys
 runf, statf, name, t0, t1, hz, c0, c1 = sys.argv[1:9]
 steps = [json.loads(l) for l in open(runf) if l.startswith('{') and '"step"' in l]
@@ -174,11 +201,13 @@ for ln in open(statf):
 calls = {k: v for k, v in calls.items() if not k.startswith(('config', 'info'))}  # the script's own
 wall = float(t1) - float(t0)
 cpu = [(int(b) - int(a)) / int(hz) / wall * 100 for a, b in zip(c0.split(), c1.split())]
+# EVALSHA is what a node sends per publish; the rest runs inside the script
 s.update(row=name, wall_s=round(wall, 2), redis_calls=calls,
          cmds_per_pub=round(sum(calls.values()) / s['published'], 2) if s['published'] else None,
-         cpu_redis=round(cpu[0]), cpu_nodes=[round(x) for x in cpu[1:]])
+         evalsha_per_pub=round(calls.get('evalsha', 0) / s['published'], 2) if s['published'] else None,
+         cpu_redis=round(cpu[0]), cpu_nodes=[round(x) for x in cpu[1:4]], cpu_solo=round(cpu[4]))
 print(json.dumps(s))
-EOF
+PY
 }
 
 started=$(date +%s)
@@ -187,14 +216,24 @@ load=$(cut -d' ' -f1 /proc/loadavg)
 IFS=, read -r -a rates <<<"$RATES"
 for r in "${rates[@]}"; do
   log "fanout: $SUBS subscribers over 3 nodes, $r msgs/s through node 1"
-  run "fanout $r" -c "$SUBS" --sub-ports "$sub_ports" --mode batched --batch 16 --rates "$r"
+  run "fanout $r" "${NPORTS[0]}" -c "$SUBS" --sub-ports "$sub_ports" --mode batched --batch 16 --rates "$r"
 done
 log "api: POST /api/publish on node 1, one in flight, no subscriber"
-run "api" -c 0 --mode api --api-key "$KEY"
-log "api: the same with $SUBS subscribers over 3 nodes"
-run "api+subs" -c "$SUBS" --sub-ports "$sub_ports" --mode api --api-key "$KEY"
-log "pipelined: $PIPE_RATE msgs/s, 64 per write, 3 subscribers"
-run "pipelined" -c 3 --sub-ports "$sub_ports" --mode batched --batch 64 --rates "$PIPE_RATE"
+run "api" "${NPORTS[0]}" -c 0 --mode api --api-key "$KEY"
+log "api: the same with $SUBS subscribers on nodes 2 and 3"
+run "api+subs 2,3" "${NPORTS[0]}" -c "$SUBS" --sub-ports "${NPORTS[1]},${NPORTS[2]}" --mode api --api-key "$KEY"
+IFS=, read -r -a prates <<<"$PIPE_RATES"
+for r in "${prates[@]}"; do
+  log "pipelined: $r msgs/s, 64 per write, 3 subscribers (one per node)"
+  run "pipelined $r" "${NPORTS[0]}" -c 3 --sub-ports "$sub_ports" --mode batched --batch 64 --rates "$r"
+done
+IFS=, read -r -a srates <<<"$SOLO_RATES"
+for r in "${srates[@]}"; do
+  log "baseline: one node without Redis, $SUBS subscribers, $r msgs/s"
+  run "1 node $r" "$SOLO_PORT" -c "$SUBS" --mode batched --batch 16 --rates "$r"
+done
+log "baseline: one node without Redis, /api/publish"
+run "1 node api" "$SOLO_PORT" -c 0 --mode api --api-key "$KEY"
 elapsed=$(($(date +%s) - started))
 
 python3 - "$raw" "$SUBS" "$SECS" "$(nproc)" "$load" "$started_utc" "$elapsed" <<'EOF' | tee "$out"
@@ -203,23 +242,34 @@ raw, subs, secs, ncpu, load, when, elapsed = sys.argv[1:8]
 rows = [json.loads(l) for l in open(raw) if l.startswith('{')]
 print("Cross-node fan-out: 3 duplex nodes (1 worker each) + 1 redis-server on %s CPUs, loopback; %s; "
       "load before %s; %s s" % (ncpu, when, load, elapsed))
-print("%-14s %6s %9s %11s %8s %8s %9s %6s %16s %7s  %s" % (
-    "row", "subs", "pub/s", "deliv/s", "p50 us", "p99 us", "cmds/pub", "redis%", "nodes% (1,2,3)", "load%", "busiest"))
+print("%-16s %5s %7s %9s %8s %8s %11s %6s %14s %4s  %s" % (
+    "row", "subs", "pub/s", "deliv/s", "p50 us", "p99 us", "cmds/pub", "redis%", "nodes% 1,2,3", "rd%", "busiest"))
+solo_rows = [r for r in rows if r["row"].startswith("1 node")]
+rows = [r for r in rows if not r["row"].startswith("1 node")]
 for r in rows:
     cpus = {"redis": r["cpu_redis"], "node1": r["cpu_nodes"][0], "node2": r["cpu_nodes"][1],
             "node3": r["cpu_nodes"][2], "gwload readers": r.get("rd_cpu_pct", 0)}
     busiest = max(cpus, key=cpus.get)
     lat50 = "-" if r["p50_us"] < 0 or not r["subs"] else "%.0f" % r["p50_us"]
     lat99 = "-" if r["p99_us"] < 0 or not r["subs"] else "%.0f" % r["p99_us"]
-    print("%-14s %6d %9.0f %11.0f %8s %8s %9s %6d %16s %7d  %s %d%%%s" % (
+    print("%-16s %5d %7.0f %9.0f %8s %8s %11s %6d %14s %4d  %s %d%%%s" % (
         r["row"], r["subs"], r["pub_per_s"], r["deliv_per_s"], lat50, lat99,
-        "-" if r["cmds_per_pub"] is None else r["cmds_per_pub"], r["cpu_redis"],
+        "-" if r["cmds_per_pub"] is None else "%s (%s)" % (r["cmds_per_pub"], r["evalsha_per_pub"]), r["cpu_redis"],
         ",".join(str(x) for x in r["cpu_nodes"]), r.get("rd_cpu_pct", 0), busiest, cpus[busiest],
-        "" if not (r["order_err"] or r["closed"] or r["bad"] or r["pub_errors"] or r["missing"]) else
-        "  ERRORS order %d closed %d bad %d pub %d missing %d" % (r["order_err"], r["closed"], r["bad"],
-                                                                 r["pub_errors"], r["missing"])))
+        "  ERRORS order %d closed %d bad %d pub %d" % (r["order_err"], r["closed"], r["bad"], r["pub_errors"])
+        if r["order_err"] or r["closed"] or r["bad"] or r["pub_errors"] else
+        "  BEHIND: %d deliveries not in 3 s after the step" % r["missing"] if r["missing"] else ""))
+print("baseline, one node without Redis:")
+for r in solo_rows:
+    lat50 = "-" if r["p50_us"] < 0 or not r["subs"] else "%.0f" % r["p50_us"]
+    lat99 = "-" if r["p99_us"] < 0 or not r["subs"] else "%.0f" % r["p99_us"]
+    print("%-16s %5d %7.0f %9.0f %8s %8s %11s %6s %14s %4d  node %d%%" % (
+        r["row"], r["subs"], r["pub_per_s"], r["deliv_per_s"], lat50, lat99, "-", "-", "-",
+        r.get("rd_cpu_pct", 0), r["cpu_solo"]))
+print("cmds/pub: every Redis command per publish (in brackets the EVALSHA calls per publish);"
+      " CPU %% of one core over the window; rd%%: gwload's readers")
 print("Redis commands per row (calls):")
 for r in rows:
-    print("  %-14s %s" % (r["row"], ", ".join("%s %d" % kv for kv in sorted(r["redis_calls"].items()))))
+    print("  %-16s %s" % (r["row"], ", ".join("%s %d" % kv for kv in sorted(r["redis_calls"].items()))))
 EOF
 ((errors == 0)) || { log "$errors run(s) counted errors"; exit 1; }
