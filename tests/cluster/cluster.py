@@ -703,6 +703,102 @@ class Resumer:
                 self.task.cancel()
 
 
+class SSEResumer:
+    """An SSE subscriber of `topic` through host:port (a load balancer)
+    that reconnects whenever its stream ends and resumes with the last
+    `id:` it saw in `Last-Event-ID`, as a browser's EventSource does. HTTP/1.0
+    (the stream ends at close, no chunking). The same counters as Resumer;
+    the `ack` events (an extension) give `recovered`."""
+
+    def __init__(self, name, host, port, t):
+        self.name, self.host, self.port, self.topic = name, host, port, t
+        self.got, self.epoch, self.last = [], None, 0
+        self.last_id = None
+        self.closes, self.acks, self.gaps, self.sub_errors, self.errors = [], [], [], [], []
+        self.connects = self.failed_connects = 0
+        self.stopping = False
+        self.connected = asyncio.Event()
+        self.task = None
+        self.writer = None
+
+    def start(self):
+        self.task = asyncio.create_task(self.run())
+        return self
+
+    async def _once(self):
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 10)
+        self.writer = writer
+        try:
+            head = "GET /sse?subscribe=%s HTTP/1.0\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n" % (
+                q(self.topic), self.host, self.port)
+            if self.last_id:
+                head += "Last-Event-ID: %s\r\n" % self.last_id
+            writer.write((head + "\r\n").encode())
+            status = await asyncio.wait_for(reader.readline(), 10)
+            if b" 200 " not in status:
+                self.failed_connects += 1
+                return
+            while (await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
+                pass
+            self.connects += 1
+            ev = {}
+            while not self.stopping:
+                ln = await reader.readline()
+                if not ln:
+                    self.closes.append(None)
+                    return
+                ln = ln.decode().rstrip("\r\n")
+                if ln.startswith(":"):
+                    continue
+                if ln:
+                    k, _, v = ln.partition(":")
+                    ev[k] = v[1:] if v.startswith(" ") else v
+                    continue
+                kind, data = ev.get("event"), ev.get("data")
+                if kind == "ack" and data:
+                    a = json.loads(data)
+                    self.acks.append((a.get("offset"), a.get("epoch"), a.get("recovered")))
+                    if self.epoch is None:
+                        self.epoch = a.get("epoch")
+                    self.connected.set()
+                elif kind == "msg" and data:
+                    m = json.loads(data)
+                    if m.get("topic") == self.topic:
+                        off = m["offset"]
+                        self.got.append(off)
+                        self.last = max(self.last, off)
+                        if self.epoch is not None and m["epoch"] != self.epoch:
+                            self.errors.append("epoch changed %s -> %s" % (self.epoch, m["epoch"]))
+                    if "id" in ev:
+                        self.last_id = ev["id"]
+                ev = {}
+        finally:
+            self.connected.clear()
+            writer.close()
+
+    async def run(self):
+        while not self.stopping:
+            try:
+                await self._once()
+            except (OSError, asyncio.TimeoutError, ValueError) as e:
+                self.failed_connects += 1
+                if self.failed_connects > 400:
+                    self.errors.append("could not reconnect: %r" % e)
+                    return
+            if not self.stopping:
+                await asyncio.sleep(random.uniform(0.05, 0.25))
+
+    async def stop(self):
+        self.stopping = True
+        if self.writer is not None:
+            self.writer.close()
+        if self.task is not None:
+            try:
+                await asyncio.wait_for(self.task, 10)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+                self.task.cancel()
+
+
 class Publisher:
     """Publishes `topic` through `targets` (objects with .http) at about
     `rate` messages/s: body `{"seq":N}`. A 200 counts as published (its

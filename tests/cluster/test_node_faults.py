@@ -8,6 +8,7 @@ nginx.conf), while a publisher keeps publishing through a node that stays
   them when the node's sockets go); they reconnect through nginx, which
   sends them to nodes 2 and 3, and resume with `since`: every one ends with
   every published offset exactly once, in order, each resume `recovered`;
+  SSE streams through the same nginx resume with `Last-Event-ID`;
 - drain_node: SIGTERM of node 1. Its clients get close 1012, reconnect
   through nginx to the others and resume the same way; node 1 exits 0.
 
@@ -20,7 +21,8 @@ import signal
 import cluster as C
 from cluster import check, expect_eq, say
 
-CLIENTS = 12
+CLIENTS = 12  # JSON dialect
+SSE_CLIENTS = 3  # SSE streams (Last-Event-ID), through the same nginx
 RATE = 40  # publishes per second through node 3's API
 
 
@@ -30,7 +32,8 @@ async def lose_a_node(name, how):
     ng = C.Nginx([n1, n2, n3], "nginx.conf").start()
     t = C.topic(name)
     subs = [C.Resumer("c%d" % i, ng.url(), t).start() for i in range(CLIENTS)]
-    await C.await_for(lambda: all(s.connected.is_set() for s in subs), 30, "%d clients to subscribe" % CLIENTS)
+    subs += [C.SSEResumer("sse%d" % i, "127.0.0.1", ng.port, t).start() for i in range(SSE_CLIENTS)]
+    await C.await_for(lambda: all(s.connected.is_set() for s in subs), 30, "%d clients to subscribe" % len(subs))
     on1 = n1.connections()
     say("%s: clients per node %s" % (name, [n.connections() for n in (n1, n2, n3)]))
     check(on1 >= 1, "nginx round robin gave node 1 no client")
@@ -57,11 +60,13 @@ async def lose_a_node(name, how):
     codes = sorted(set(c for s in moved for c in s.closes[:1]), key=str)
     say("%s: %d clients moved; their first close codes %s; failed reconnect attempts %d" % (
         name, len(moved), codes, sum(s.failed_connects for s in subs)))
+    say("%s: of them %d SSE streams" % (name, sum(1 for s in moved if isinstance(s, C.SSEResumer))))
     if how == "drain":
-        check(all(s.closes[:1] == [1012] for s in moved), "drained clients get close 1012: %s" %
-              [s.closes for s in moved])
+        ws_moved = [s for s in moved if isinstance(s, C.Resumer)]
+        check(all(s.closes[:1] == [1012] for s in ws_moved), "drained WebSocket clients get close 1012: %s" %
+              [s.closes for s in ws_moved])
     now = [n.connections() for n in (n2, n3)]
-    expect_eq(sum(now), CLIENTS, "connections on nodes 2 and 3 after the fault")
+    expect_eq(sum(now), len(subs), "connections on nodes 2 and 3 after the fault")
     for s in subs:
         await s.stop()
     C.Tally(name, pub, subs).check_clean()
