@@ -484,7 +484,7 @@ class Nginx:
         self.prefix = os.path.join(tmpdir(), name)
         os.makedirs(os.path.join(self.prefix, "logs"), exist_ok=True)
         os.chmod(self.prefix, 0o755)
-        servers = "".join("        server %s:%d max_fails=1 fail_timeout=10s;\n" % (n.host, n.port) for n in nodes)
+        servers = "".join("        server %s:%d max_fails=1 fail_timeout=3s;\n" % (n.host, n.port) for n in nodes)
         self.conf = render(conf, name + ".conf", PORT=self.port, PREFIX=self.prefix, UPSTREAMS=servers.rstrip()
                            .lstrip())
         self.p = Proc(name, [exe, "-p", self.prefix + "/", "-c", self.conf, "-e", os.path.join(self.prefix,
