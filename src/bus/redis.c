@@ -390,6 +390,7 @@ struct rtopic {
     uint64_t last;             /* the last offset delivered to this worker */
     bool need_catch;           /* the subscription was lost: read what was missed once back */
     bool catching;             /* a catch-up read is out: live entries wait in st */
+    uint64_t catch_gen;        /* which catch-up read is the current one */
     dx__gw_stitch st;
     uint64_t touched_ns;
 };
@@ -463,6 +464,7 @@ struct rworker {
     uint64_t ping_sent_ns;     /* 0: none out */
     uint64_t last_ping_ns, last_refresh_ns, last_sweep_ns;
     uint64_t rng;
+    _Atomic bool attached;
     _Atomic bool healthy;
     _Atomic uint64_t st_topics;
 };
@@ -658,7 +660,8 @@ static void topic_free(rtopic *t)
 }
 
 /* The record's epoch becomes `epoch`: a new topic object; what was
- * delivered under the old one no longer orders anything. */
+ * delivered under the old one no longer orders anything (a catch-up of
+ * the old epoch is dropped). */
 static int topic_epoch(rtopic *t, const char *epoch)
 {
     if (strcmp(t->bt->epoch, epoch) == 0)
@@ -669,8 +672,14 @@ static int topic_epoch(rtopic *t, const char *epoch)
     bool had = t->bt->epoch[0] != 0;
     dx__bus_topic_unref(t->bt);
     t->bt = nt;
-    if (had)
+    if (had) {
         t->have_last = false;
+        t->need_catch = false;
+        if (t->catching) { /* its answer finds catching false and only frees */
+            dx__gw_stitch_deinit(&t->st);
+            t->catching = false;
+        }
+    }
     return 0;
 }
 
@@ -872,9 +881,13 @@ static const dx__gw_stitch_ops catch_ops = {catch_deliver, catch_gap};
  * wait in the stitcher until the read answers. */
 static void catch_start(rworker *w, rtopic *t)
 {
-    t->need_catch = false;
-    if (t->catching || !t->have_last || !w->cmd.up)
+    if (t->catching || !t->have_last) {
+        t->need_catch = false;
         return;
+    }
+    if (!w->cmd.up)
+        return; /* need_catch stays: started once the command connection is back */
+    t->need_catch = false;
     rreq *r = req_new(w, Q_CATCH, t->bt->name, t->bt->len, NULL, 0);
     catch_ctx *cc = dx__alloc(NULL, sizeof *cc);
     if (!r || !cc) {
@@ -885,6 +898,7 @@ static void catch_start(rworker *w, rtopic *t)
     cc->w = w;
     cc->t = t;
     r->t = t;
+    r->id = ++t->catch_gen;
     r->resume = true;
     r->has_epoch = true;
     r->since = t->last;
@@ -908,7 +922,7 @@ static void catch_done(rreq *r, redisReply *rep)
     rworker *w = r->w;
     catch_ctx *cc = r->ud;
     t->busy--;
-    if (!w->freeing && t->catching) {
+    if (!w->freeing && t->catching && r->id == t->catch_gen) {
         dx__gw_snapshot s;
         int rc = snap_from_reply(rep, &s);
         if (rc || strcmp(s.epoch, t->bt->epoch) != 0) {
@@ -1815,6 +1829,7 @@ static int r_attach(dx__bus *base, unsigned wi, dx_loop *loop, const dx__bus_eve
     if (!w->tick)
         return DX_ENOMEM;
     dx_timer_start(w->tick, 0, TICK_MS);
+    atomic_store_explicit(&w->attached, true, memory_order_release);
     return 0;
 }
 
@@ -2261,7 +2276,7 @@ static bool r_healthy(dx__bus *base)
     rbus *b = (rbus *)base;
     bool any = false;
     for (unsigned i = 0; i < b->o.workers; i++) {
-        if (!b->w[i].loop)
+        if (!atomic_load_explicit(&b->w[i].attached, memory_order_acquire))
             continue;
         any = true;
         if (!atomic_load_explicit(&b->w[i].healthy, memory_order_acquire))
@@ -2420,6 +2435,7 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
         snprintf(w->member, sizeof w->member, "%s.%u", b->node, i);
         snprintf(w->wchan, sizeof w->wchan, "dx:w:%s", w->member);
         atomic_init(&w->healthy, false);
+        atomic_init(&w->attached, false);
     }
     return &b->base;
 fail:
