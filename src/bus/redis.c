@@ -132,11 +132,22 @@ int dx__redis_url_parse(const char *url, dx__redis_url *out, char *why, size_t w
             return why_set(why, why_len, "unix:// URL needs an absolute path (unix:///path/to/socket)");
         if (pct(p, n, out->path, sizeof out->path) != 0)
             return why_set(why, why_len, "unix socket path too long or badly encoded");
-        if (q) {
+        /* ?db=N&user=U&password=P, any order */
+        while (q && *q) {
+            const char *k = q + 1;
+            const char *amp = strchr(k, '&');
+            size_t kn = amp ? (size_t)(amp - k) : strlen(k);
             long db;
-            if (strncmp(q, "?db=", 4) != 0 || parse_uint(q + 4, strlen(q + 4), 1000000, &db) != 0)
-                return why_set(why, why_len, "unix:// URL: only ?db=N may follow the path");
-            out->db = (int)db;
+            if (kn > 3 && strncmp(k, "db=", 3) == 0 && parse_uint(k + 3, kn - 3, 1000000, &db) == 0)
+                out->db = (int)db;
+            else if (kn > 5 && strncmp(k, "user=", 5) == 0 && pct(k + 5, kn - 5, out->user, sizeof out->user) == 0)
+                ;
+            else if (kn > 9 && strncmp(k, "password=", 9) == 0 &&
+                     pct(k + 9, kn - 9, out->pass, sizeof out->pass) == 0)
+                ;
+            else
+                return why_set(why, why_len, "unix:// URL: after the path only ?db=N&user=U&password=P");
+            q = amp;
         }
         return 0;
     }
@@ -1427,7 +1438,8 @@ static void on_hs_reply(redisAsyncContext *ac, void *reply, void *pd)
     if (!r || c->ac != ac)
         return;
     if (r->type == REDIS_REPLY_ERROR) {
-        blog(c->w->b, DX_LOG_ERROR, "redis bus: Redis refused the connection setup: %s", r->str);
+        if (c->attempts == 0) /* once per run of failures */
+            blog(c->w->b, DX_LOG_ERROR, "redis bus: Redis refused the connection setup: %s", r->str);
         conn_drop(c, "setup refused");
     }
 }

@@ -78,7 +78,12 @@ static void test_unix(void **state)
     url[8 + 107] = 0;
     bad(url, "too long");
     bad("unix://relative", "absolute path");
+    ok("unix:///tmp/r.sock?password=a%20b&db=4&user=u", &u);
+    assert_string_equal(u.pass, "a b");
+    assert_string_equal(u.user, "u");
+    assert_int_equal(u.db, 4);
     bad("unix:///x?database=1", "?db=N");
+    bad("unix:///x?db=", "?db=N");
 }
 
 static void test_bad(void **state)
