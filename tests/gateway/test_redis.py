@@ -18,8 +18,9 @@ PID). Nodes run --workers 2 on their own free ports (no load balancer).
   - Redis stopped (SIGSTOP within the bound, then SIGCONT): a publish is
     answered only once Redis answered; past --redis-pending-max, 503 at
     once;
-  - Redis killed: /healthz 503 and publish 503 on every node, subscribers
-    stay connected; Redis restarted on the same data (AOF): nodes recover,
+  - Redis killed: /healthz 503 and publish 503 on every node (JSON err
+    4503, a raw publisher closed 1013, a raw subscribe handshake 503),
+    subscribers stay connected; Redis restarted on the same data (AOF): nodes recover,
     offsets and epoch continue, a resumer gets what Redis kept, live
     delivery resumes; Redis flushed: a new epoch, a resumer gets
     recovered:false;
@@ -39,8 +40,9 @@ import threading
 import time
 
 import gwtest
-from gwtest import (Fail, Serve, check, check_msg, check_sub_ack, expect_eq, free_port, history, http, jconnect,
-                    main, metric_sum, metrics, publish, rconnect, recv_timeout, say, topic, wait_for)
+import websockets
+from gwtest import (Fail, Serve, check, check_msg, check_sub_ack, expect_eq, free_port, handshake_status, history,
+                    http, jconnect, main, metric_sum, metrics, publish, rconnect, recv_timeout, say, topic, wait_for)
 
 REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -436,6 +438,18 @@ async def test_redis_killed_then_restarted_same_data():
     expect_eq(resp.status, 503, "publish with Redis down")
     resp = http(b, "GET", "/api/history?topic=" + t)
     expect_eq(resp.status, 503, "history with Redis down")
+    e = await jb.req("pub", topic=t, data="lost too")
+    check(e["op"] == "err" and e["code"] == 4503, "JSON pub with Redis down: %r" % e)
+    raw = await rconnect(b, "publish=" + t)  # a raw publisher: closed 1013 (try again later)
+    await raw.send("lost as well")
+    try:
+        await asyncio.wait_for(raw.recv(), 10)
+        raise Fail("raw publisher with Redis down: a message arrived instead of a close")
+    except websockets.exceptions.ConnectionClosed as ex:
+        expect_eq(ex.rcvd.code if ex.rcvd else None, 1013, "raw publisher with Redis down: close code")
+    expect_eq(await handshake_status(b, "/ws?subscribe=" + t), 503, "raw subscribe handshake with Redis down")
+    e = await jb.req("sub", topic=topic("new"))
+    check(e["op"] == "err" and e["code"] == 4503, "JSON sub with Redis down: %r" % e)
     await jb.alive()  # the subscriber stays connected
     r.start()
     wait_healthy(a, b, timeout=30)
