@@ -1325,6 +1325,13 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
         rpat *p = pat_find(w, a->str, a->len);
         if (p && p->state == S_UNSUBSCRIBING) {
             p->state = S_NONE;
+            /* topics seen only through patterns were not received for a
+             * while: no catch-up may bring their older entries to later
+             * pattern subscribers */
+            for (size_t i = 0; i < w->tab_cap; i++)
+                for (rtopic *t = w->tab[i]; t; t = t->next)
+                    if (t->refs <= 0 && t->state == S_NONE && !t->catching)
+                        t->have_last = false;
             if (p->refs > 0) {
                 const char *names[1] = {p->name};
                 size_t lens[1] = {p->len};
