@@ -121,7 +121,8 @@ static void usage(FILE *f)
             "  --demo-interval T      ticker period [1s]\n"
             "cluster (docs/gateway.md \"The Redis bus\"):\n"
             "  --redis URL            share topics, offsets, history and presence with every node using the\n"
-            "                         same Redis: redis://[user:pass@]host[:port][/db] or unix:///path\n"
+            "                         same Redis: redis://[user:pass@]host[:port][/db] or\n"
+            "                         unix:///path[?db=N&password=P] (or env DUPLEX_REDIS_URL)\n"
             "  --redis-pending-max B  publishes awaiting Redis, in payload bytes; past it → 503 [64MiB]\n"
             "  --presence-ttl T       a dead node's presence and user counts expire within T [15s]\n"
             "  --log-level L          error|warn|info|debug [info]\n"
@@ -483,6 +484,11 @@ int cmd_serve(int argc, char **argv)
         const char *env = getenv("DUPLEX_API_KEY");
         if (env && *env)
             g->api_key = env;
+    }
+    if (!g->redis_url) { /* a Redis password kept out of argv */
+        const char *env = getenv("DUPLEX_REDIS_URL");
+        if (env && *env)
+            g->redis_url = env;
     }
     if (optind < argc) {
         fprintf(stderr, "serve: unexpected argument '%s'\n", argv[optind]);

@@ -132,11 +132,22 @@ int dx__redis_url_parse(const char *url, dx__redis_url *out, char *why, size_t w
             return why_set(why, why_len, "unix:// URL needs an absolute path (unix:///path/to/socket)");
         if (pct(p, n, out->path, sizeof out->path) != 0)
             return why_set(why, why_len, "unix socket path too long or badly encoded");
-        if (q) {
+        /* ?db=N&user=U&password=P, any order */
+        while (q && *q) {
+            const char *k = q + 1;
+            const char *amp = strchr(k, '&');
+            size_t kn = amp ? (size_t)(amp - k) : strlen(k);
             long db;
-            if (strncmp(q, "?db=", 4) != 0 || parse_uint(q + 4, strlen(q + 4), 1000000, &db) != 0)
-                return why_set(why, why_len, "unix:// URL: only ?db=N may follow the path");
-            out->db = (int)db;
+            if (kn > 3 && strncmp(k, "db=", 3) == 0 && parse_uint(k + 3, kn - 3, 1000000, &db) == 0)
+                out->db = (int)db;
+            else if (kn > 5 && strncmp(k, "user=", 5) == 0 && pct(k + 5, kn - 5, out->user, sizeof out->user) == 0)
+                ;
+            else if (kn > 9 && strncmp(k, "password=", 9) == 0 &&
+                     pct(k + 9, kn - 9, out->pass, sizeof out->pass) == 0)
+                ;
+            else
+                return why_set(why, why_len, "unix:// URL: after the path only ?db=N&user=U&password=P");
+            q = amp;
         }
         return 0;
     }
@@ -231,9 +242,15 @@ static const char pub_lua[] =
     "return {off, ep, now}\n";
 
 /* KEYS o e s; ARGV mode(r resume, c current, h history) since limit new_epoch
- * max_age_ms max_count client_epoch("" = current) ttl_ms.
- * Returns {offset, epoch, recovered, o1, k1, t1, d1, ...}. */
+ * max_age_ms max_count client_epoch("" = current) ttl_ms barrier_channel token.
+ * Returns {offset, epoch, recovered, o1, k1, t1, d1, ...}; then, unless
+ * barrier_channel is "", PUBLISHes token on it: once the asking worker's
+ * pub/sub connection receives it, every live entry sequenced before the
+ * read has reached that worker too (Redis delivers a client's messages in
+ * the order they were published), so the read's answer can go out without
+ * a live entry it covers arriving after it. */
 static const char read_lua[] =
+    "local function body()\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local off = redis.call('GET', KEYS[1])\n"
@@ -285,6 +302,10 @@ static const char read_lua[] =
     "table.insert(res, f[8])\n"
     "  k = k + 1\n"
     "end\n"
+    "return res\n"
+    "end\n"
+    "local res = body()\n"
+    "if ARGV[9] ~= '' then redis.call('PUBLISH', ARGV[9], ARGV[10]) end\n"
     "return res\n";
 
 /* KEYS p pz o e s; ARGV op(s set, g get) member value ttl_ms topic_ttl_ms.
@@ -380,6 +401,7 @@ struct rtopic {
     uint64_t last;             /* the last offset delivered to this worker */
     bool need_catch;           /* the subscription was lost: read what was missed once back */
     bool catching;             /* a catch-up read is out: live entries wait in st */
+    uint64_t catch_gen;        /* which catch-up read is the current one */
     dx__gw_stitch st;
     uint64_t touched_ns;
 };
@@ -411,6 +433,10 @@ struct rreq {
     size_t limit;
     char epoch[DX__GW_EPOCH_LEN + 1];
     size_t bytes;              /* Q_PUB: counted in pending */
+    /* Q_SUB: the read's answer waits for its barrier (read_lua) */
+    bool have_reply, have_barrier, lost_barrier;
+    int rc;
+    dx__gw_snapshot snap;
     /* Q_DISC */
     unsigned refs;
     uint64_t id;
@@ -439,6 +465,9 @@ struct rworker {
     rpat *pats;
     rreq *discs;
     uint64_t disc_seq;
+    rreq *barriers;            /* subscribe reads out, until their barrier came */
+    uint64_t barrier_seq;
+    char wchan[64];            /* "dx:w:<member>": this worker's barriers */
     bool pres_any_dirty;
     bool unsub_due;
     bool need_flush;
@@ -446,6 +475,7 @@ struct rworker {
     uint64_t ping_sent_ns;     /* 0: none out */
     uint64_t last_ping_ns, last_refresh_ns, last_sweep_ns;
     uint64_t rng;
+    _Atomic bool attached;
     _Atomic bool healthy;
     _Atomic uint64_t st_topics;
 };
@@ -641,7 +671,8 @@ static void topic_free(rtopic *t)
 }
 
 /* The record's epoch becomes `epoch`: a new topic object; what was
- * delivered under the old one no longer orders anything. */
+ * delivered under the old one no longer orders anything (a catch-up of
+ * the old epoch is dropped). */
 static int topic_epoch(rtopic *t, const char *epoch)
 {
     if (strcmp(t->bt->epoch, epoch) == 0)
@@ -652,8 +683,14 @@ static int topic_epoch(rtopic *t, const char *epoch)
     bool had = t->bt->epoch[0] != 0;
     dx__bus_topic_unref(t->bt);
     t->bt = nt;
-    if (had)
+    if (had) {
         t->have_last = false;
+        t->need_catch = false;
+        if (t->catching) { /* its answer finds catching false and only frees */
+            dx__gw_stitch_deinit(&t->st);
+            t->catching = false;
+        }
+    }
     return 0;
 }
 
@@ -855,9 +892,13 @@ static const dx__gw_stitch_ops catch_ops = {catch_deliver, catch_gap};
  * wait in the stitcher until the read answers. */
 static void catch_start(rworker *w, rtopic *t)
 {
-    t->need_catch = false;
-    if (t->catching || !t->have_last || !w->cmd.up)
+    if (t->catching || !t->have_last) {
+        t->need_catch = false;
         return;
+    }
+    if (!w->cmd.up)
+        return; /* need_catch stays: started once the command connection is back */
+    t->need_catch = false;
     rreq *r = req_new(w, Q_CATCH, t->bt->name, t->bt->len, NULL, 0);
     catch_ctx *cc = dx__alloc(NULL, sizeof *cc);
     if (!r || !cc) {
@@ -868,6 +909,7 @@ static void catch_start(rworker *w, rtopic *t)
     cc->w = w;
     cc->t = t;
     r->t = t;
+    r->id = ++t->catch_gen;
     r->resume = true;
     r->has_epoch = true;
     r->since = t->last;
@@ -891,7 +933,7 @@ static void catch_done(rreq *r, redisReply *rep)
     rworker *w = r->w;
     catch_ctx *cc = r->ud;
     t->busy--;
-    if (!w->freeing && t->catching) {
+    if (!w->freeing && t->catching && r->id == t->catch_gen) {
         dx__gw_snapshot s;
         int rc = snap_from_reply(rep, &s);
         if (rc || strcmp(s.epoch, t->bt->epoch) != 0) {
@@ -912,6 +954,65 @@ static void catch_done(rreq *r, redisReply *rep)
 
 static void sub_fail(rreq *r, int err);
 
+/* Answers read r from its snapshot s (taken over), or with err. */
+static void read_answer(rreq *r, int err, dx__gw_snapshot *s)
+{
+    rworker *w = r->w;
+    if (w->freeing) {
+        if (!err)
+            dx__gw_snapshot_deinit(s);
+        if (r->t)
+            r->t->busy--;
+        dx__free(NULL, r);
+        return;
+    }
+    dx__bus_topic *bt = NULL;
+    if (!err) {
+        if (r->t) {
+            rtopic *t = r->t;
+            if (!t->bt->epoch[0])
+                (void)topic_epoch(t, s->epoch);
+            if (strcmp(t->bt->epoch, s->epoch) == 0)
+                bt = dx__bus_topic_ref(t->bt);
+        }
+        if (!bt)
+            bt = dx__bus_topic_new(r->topic, r->tlen, s->epoch);
+        if (!bt) {
+            dx__gw_snapshot_deinit(s);
+            err = DX_ENOMEM;
+        }
+    }
+    if (err) {
+        if (r->kind == Q_SUB) {
+            sub_fail(r, err);
+            return;
+        }
+        r->fn.snap(r->ud, err, NULL, NULL);
+        dx__free(NULL, r);
+        return;
+    }
+    if (r->t)
+        r->t->busy--;
+    r->fn.snap(r->ud, 0, bt, s);
+    dx__bus_topic_unref(bt);
+    dx__gw_snapshot_deinit(s);
+    dx__free(NULL, r);
+}
+
+/* A subscribe's read has its answer and its barrier (or failed): out of
+ * the worker's barrier list, answered. */
+static void sub_finish(rreq *r)
+{
+    rworker *w = r->w;
+    for (rreq **pp = &w->barriers; *pp; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    r->next = NULL;
+    read_answer(r, r->rc, &r->snap);
+}
+
 static void req_done_read(rreq *r, redisReply *rep)
 {
     rworker *w = r->w;
@@ -921,53 +1022,43 @@ static void req_done_read(rreq *r, redisReply *rep)
     }
     dx__gw_snapshot s;
     int rc = DX_EIO;
-    if (rep && rep->type == REDIS_REPLY_ERROR)
+    if (rep && rep->type == REDIS_REPLY_ERROR && !w->freeing)
         blog(w->b, DX_LOG_WARN, "redis bus: read of %s failed: %s", r->topic, rep->str);
     else if (rep)
         rc = snap_from_reply(rep, &s);
-    if (w->freeing) {
-        if (!rc)
+    if (r->kind == Q_SUB) {
+        if (!rc && r->lost_barrier) { /* the pub/sub connection was lost meanwhile */
             dx__gw_snapshot_deinit(&s);
-        if (r->t)
-            r->t->busy--;
-        dx__free(NULL, r);
+            rc = DX_EIO;
+        }
+        r->have_reply = true;
+        r->rc = rc;
+        if (!rc)
+            r->snap = s;
+        /* wait for the barrier, unless the read failed (no barrier then) */
+        if (rc || r->have_barrier || w->freeing)
+            sub_finish(r);
         return;
     }
-    if (rc) {
-        if (r->kind == Q_SUB) {
-            sub_fail(r, rc);
+    read_answer(r, rc, &s);
+}
+
+/* The barrier `token` of a subscribe's read reached this worker's pub/sub
+ * connection. */
+static void barrier_message(rworker *w, const char *s, size_t n)
+{
+    bool ok = true;
+    uint64_t id = parse_u64(s, n, &ok);
+    if (!ok)
+        return;
+    for (rreq *r = w->barriers; r; r = r->next) {
+        if (r->id == id) {
+            r->have_barrier = true;
+            if (r->have_reply)
+                sub_finish(r);
             return;
         }
-        r->fn.snap(r->ud, rc, NULL, NULL);
-        dx__free(NULL, r);
-        return;
     }
-    dx__bus_topic *bt = NULL;
-    if (r->t) {
-        rtopic *t = r->t;
-        t->busy--;
-        if (!t->bt->epoch[0])
-            (void)topic_epoch(t, s.epoch);
-        if (strcmp(t->bt->epoch, s.epoch) == 0)
-            bt = dx__bus_topic_ref(t->bt);
-    }
-    if (!bt)
-        bt = dx__bus_topic_new(r->topic, r->tlen, s.epoch);
-    if (!bt) {
-        dx__gw_snapshot_deinit(&s);
-        if (r->kind == Q_SUB) {
-            r->t->busy++;
-            sub_fail(r, DX_ENOMEM);
-            return;
-        }
-        r->fn.snap(r->ud, DX_ENOMEM, NULL, NULL);
-        dx__free(NULL, r);
-        return;
-    }
-    r->fn.snap(r->ud, 0, bt, &s);
-    dx__bus_topic_unref(bt);
-    dx__gw_snapshot_deinit(&s);
-    dx__free(NULL, r);
 }
 
 static void on_read_reply(redisAsyncContext *ac, void *reply, void *pd)
@@ -989,15 +1080,26 @@ static int read_issue(rreq *r, char mode)
     snprintf(age, sizeof age, "%llu", (unsigned long long)(b->o.history.max_age_ns / 1000000u));
     snprintf(cnt, sizeof cnt, "%zu", b->o.history.max_count);
     snprintf(ttl, sizeof ttl, "%llu", (unsigned long long)b->ttl_ms);
+    char token[24] = "";
+    bool barrier = r->kind == Q_SUB;
+    if (barrier) {
+        r->id = ++w->barrier_seq;
+        snprintf(token, sizeof token, "%llu", (unsigned long long)r->id);
+    }
     const char *argv[] = {"EVALSHA", b->sha[SC_READ], "3", k.k[0], k.k[1], k.k[2], m, since, limit, ep,
-                          age, cnt, r->has_epoch ? r->epoch : "", ttl};
-    size_t lens[14];
-    for (int i = 0; i < 14; i++)
+                          age, cnt, r->has_epoch ? r->epoch : "", ttl, barrier ? w->wchan : "", token};
+    size_t lens[16];
+    for (int i = 0; i < 16; i++)
         lens[i] = strlen(argv[i]);
     lens[3] = k.n[0];
     lens[4] = k.n[1];
     lens[5] = k.n[2];
-    return cmd_argv(&w->cmd, on_read_reply, r, 14, argv, lens);
+    int rc = cmd_argv(&w->cmd, on_read_reply, r, 16, argv, lens);
+    if (!rc && barrier) {
+        r->next = w->barriers;
+        w->barriers = r;
+    }
+    return rc;
 }
 
 /* ---- subscriptions (the pub/sub connection) ------------------------------------- */
@@ -1176,6 +1278,8 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
     if (rstr(kind, "message") && a->type == REDIS_REPLY_STRING && c->type == REDIS_REPLY_STRING) {
         if (a->len == sizeof CTL_CHANNEL - 1 && memcmp(a->str, CTL_CHANNEL, a->len) == 0)
             ctl_message(w, c->str, c->len);
+        else if (a->len == strlen(w->wchan) && memcmp(a->str, w->wchan, a->len) == 0)
+            barrier_message(w, c->str, c->len);
         else
             live_message(w, a->str, a->len, c->str, c->len);
     } else if (rstr(kind, "pmessage") && r->elements >= 4 && c->type == REDIS_REPLY_STRING &&
@@ -1203,13 +1307,15 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
     } else if (rstr(kind, "unsubscribe") && a->type == REDIS_REPLY_STRING && a->len > MSG_PREFIX_LEN) {
         rtopic *t = topic_find(w, a->str + MSG_PREFIX_LEN, a->len - MSG_PREFIX_LEN);
         if (t && t->state == S_UNSUBSCRIBING) {
+            /* Entries published while unsubscribed never came: nothing is
+             * ordered here any more (the subscribers that arrived since are
+             * all waiting for their read, which comes after the new
+             * subscription, so none of them needs a catch-up). */
             t->state = S_NONE;
-            if (t->refs > 0 || t->waiting) {
-                if (subscribe_topic(w, t) != 0)
-                    waiting_fail(w, t, DX_EIO);
-            } else {
-                t->have_last = false; /* nothing ordered here any more */
-            }
+            t->have_last = false;
+            t->need_catch = false;
+            if ((t->refs > 0 || t->waiting) && subscribe_topic(w, t) != 0)
+                waiting_fail(w, t, DX_EIO);
         }
     } else if (rstr(kind, "psubscribe") && a->type == REDIS_REPLY_STRING) {
         rpat *p = pat_find(w, a->str, a->len);
@@ -1219,6 +1325,13 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
         rpat *p = pat_find(w, a->str, a->len);
         if (p && p->state == S_UNSUBSCRIBING) {
             p->state = S_NONE;
+            /* topics seen only through patterns were not received for a
+             * while: no catch-up may bring their older entries to later
+             * pattern subscribers */
+            for (size_t i = 0; i < w->tab_cap; i++)
+                for (rtopic *t = w->tab[i]; t; t = t->next)
+                    if (t->refs <= 0 && t->state == S_NONE && !t->catching)
+                        t->have_last = false;
             if (p->refs > 0) {
                 const char *names[1] = {p->name};
                 size_t lens[1] = {p->len};
@@ -1297,6 +1410,26 @@ static void conn_down(rconn *c, const char *why)
         }
         for (rpat *p = w->pats; p; p = p->next)
             p->state = S_NONE;
+        /* reads whose barrier can no longer come: failed (the answer would
+         * not be ordered with the live entries); an answer still out frees
+         * its request when it comes */
+        rreq *r = w->barriers;
+        w->barriers = NULL;
+        while (r) {
+            rreq *next = r->next;
+            r->next = NULL;
+            if (r->have_reply) {
+                if (!r->rc)
+                    dx__gw_snapshot_deinit(&r->snap);
+                r->rc = DX_EIO;
+                read_answer(r, DX_EIO, &r->snap);
+            } else {
+                r->have_barrier = true; /* not waited for */
+                r->rc = DX_EIO;
+                r->lost_barrier = true;
+            }
+            r = next;
+        }
     } else {
         w->ping_sent_ns = 0;
         for (rreq *r = w->discs; r; r = r->next)
@@ -1312,7 +1445,8 @@ static void on_hs_reply(redisAsyncContext *ac, void *reply, void *pd)
     if (!r || c->ac != ac)
         return;
     if (r->type == REDIS_REPLY_ERROR) {
-        blog(c->w->b, DX_LOG_ERROR, "redis bus: Redis refused the connection setup: %s", r->str);
+        if (c->attempts == 0) /* once per run of failures */
+            blog(c->w->b, DX_LOG_ERROR, "redis bus: Redis refused the connection setup: %s", r->str);
         conn_drop(c, "setup refused");
     }
 }
@@ -1404,9 +1538,9 @@ static int conn_start(rconn *c)
                 p->state = S_SUBSCRIBING;
         }
     }
-    const char *names[1] = {CTL_CHANNEL};
-    size_t lens[1] = {sizeof CTL_CHANNEL - 1};
-    (void)send_sub(w, "SUBSCRIBE", names, lens, 1);
+    const char *names[2] = {w->wchan, CTL_CHANNEL};
+    size_t lens[2] = {strlen(w->wchan), sizeof CTL_CHANNEL - 1};
+    (void)send_sub(w, "SUBSCRIBE", names, lens, 2);
     c->up = false;
     return 0;
 }
@@ -1714,6 +1848,7 @@ static int r_attach(dx__bus *base, unsigned wi, dx_loop *loop, const dx__bus_eve
     if (!w->tick)
         return DX_ENOMEM;
     dx_timer_start(w->tick, 0, TICK_MS);
+    atomic_store_explicit(&w->attached, true, memory_order_release);
     return 0;
 }
 
@@ -2160,7 +2295,7 @@ static bool r_healthy(dx__bus *base)
     rbus *b = (rbus *)base;
     bool any = false;
     for (unsigned i = 0; i < b->o.workers; i++) {
-        if (!b->w[i].loop)
+        if (!atomic_load_explicit(&b->w[i].attached, memory_order_acquire))
             continue;
         any = true;
         if (!atomic_load_explicit(&b->w[i].healthy, memory_order_acquire))
@@ -2203,6 +2338,8 @@ static void r_free(dx__bus *base)
         }
         while (w->discs)
             disc_finish(w, w->discs, DX_ECLOSED);
+        while (w->barriers) /* answered, barrier never came */
+            sub_finish(w->barriers);
         for (size_t k = 0; k < w->tab_cap; k++) {
             for (rtopic *t = w->tab[k], *nx; t; t = nx) {
                 nx = t->next;
@@ -2315,7 +2452,9 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
         w->sub.is_sub = true;
         w->rng = seed[1] ^ ((uint64_t)i * 0x9e3779b97f4a7c15ull);
         snprintf(w->member, sizeof w->member, "%s.%u", b->node, i);
+        snprintf(w->wchan, sizeof w->wchan, "dx:w:%s", w->member);
         atomic_init(&w->healthy, false);
+        atomic_init(&w->attached, false);
     }
     return &b->base;
 fail:

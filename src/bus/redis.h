@@ -19,7 +19,7 @@
 /* A parsed Redis URL:
  *   redis://[[user]:pass@]host[:port][/db]   (host: a name, IPv4, or [IPv6])
  *   rediss://...                             (TLS: parsed, refused by this build)
- *   unix:///path/to/socket[?db=N]
+ *   unix:///path/to/socket[?db=N&user=U&password=P]
  * user and pass are percent-decoded. */
 typedef struct dx__redis_url {
     bool tls;

@@ -1142,7 +1142,8 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
                      len, false, 0);
     if (rc) {
         gw_inc(&k->m.publishes_refused, 1);
-        gw_conn_close(g, 1011, "publish failed");
+        /* the bus unreachable or full (Redis): try again later, like a 503 */
+        gw_conn_close(g, rc == DX_EIO || rc == DX_ELIMIT ? 1013 : 1011, "publish failed");
     }
 }
 
