@@ -267,7 +267,7 @@ for r in solo_rows:
         r["row"], r["subs"], r["pub_per_s"], r["deliv_per_s"], lat50, lat99, "-", "-", "-",
         r.get("rd_cpu_pct", 0), r["cpu_solo"]))
 print("cmds/pub: every Redis command per publish (in brackets the EVALSHA calls per publish);"
-      " CPU %% of one core over the window; rd%%: gwload's readers")
+      " CPU % of one core over the window; rd%: gwload's readers")
 print("Redis commands per row (calls):")
 for r in rows:
     print("  %-16s %s" % (r["row"], ", ".join("%s %d" % kv for kv in sorted(r["redis_calls"].items()))))
