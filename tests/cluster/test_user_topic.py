@@ -4,9 +4,10 @@ personal topic reaches every one of its connections, whichever node each
 is on (issue 11, scenario 2; GATEWAY.md "Topics": `user:<id>` is subscribed
 on connect, on every node).
 
-Needs authentication (`duplex serve --jwt-secret`, issue 10): the tokens
-are HS256 JWTs minted here with PyJWT (Debian python3-jwt, /usr/bin/python3).
-A binary without `--jwt-secret` fails the test saying so.
+Needs authentication (`duplex serve --jwt-secret S --anonymous on`, issue
+10): the tokens are HS256 JWTs minted here with PyJWT (Debian python3-jwt,
+/usr/bin/python3). A binary without `--jwt-secret` fails the test saying
+so. (Passed against this branch merged with gw-auth, in a scratch clone.)
 
 - alice connects once to each of the three nodes (JSON dialect, the token
   in `?token=`), bob to node 1, and an anonymous client to node 2;
@@ -40,7 +41,7 @@ async def user_topic_across_nodes():
     check("--jwt-secret" in help_text, "this duplex has no `serve --jwt-secret` (authentication, issue 10): "
           "scenario 2 needs it")
     redis = C.Redis().start()
-    ns = C.cluster(redis, 3, "--jwt-secret", SECRET)
+    ns = C.cluster(redis, 3, "--jwt-secret", SECRET, "--anonymous", "on")
     n1, n2, n3 = ns
     alice = [await C.jconnect(n.url("/ws?token=" + token("alice"))) for n in ns]
     bob = await C.jconnect(n1.url("/ws?token=" + token("bob")))
