@@ -593,10 +593,13 @@ class Resumer:
     offset and epoch, and whenever the connection ends (a close frame or a
     dead TCP connection) reconnects after 50-250 ms and resumes. Every
     received offset is kept (duplicates counted), each ack's `recovered`
-    and each close code are recorded."""
+    and each close code are recorded. `url` may be a list: each connection
+    attempt takes the next one (a client moving from node to node)."""
 
     def __init__(self, name, url, t, start_since=None):
-        self.name, self.url, self.topic = name, url, t
+        self.name, self.topic = name, t
+        self.urls = url if isinstance(url, list) else [url]
+        self.attempt = 0
         self.got = []  # offsets in arrival order
         self.epoch = None
         self.last = 0
@@ -619,8 +622,10 @@ class Resumer:
 
     async def run(self):
         while not self.stopping:
+            url = self.urls[self.attempt % len(self.urls)]
+            self.attempt += 1
             try:
-                j = await jconnect(self.url)
+                j = await jconnect(url)
             except (OSError, asyncio.TimeoutError, websockets.exceptions.InvalidHandshake,
                     websockets.exceptions.ConnectionClosed) as e:
                 self.failed_connects += 1
@@ -688,6 +693,12 @@ class Resumer:
                     pass
             if not self.stopping:
                 await asyncio.sleep(random.uniform(0.05, 0.25))
+
+    def drop(self):
+        """Ends the TCP connection abruptly (no close frame): the client
+        reconnects and resumes."""
+        if self.j is not None and self.connected.is_set():
+            self.j.ws.transport.abort()
 
     async def stop(self):
         self.stopping = True
@@ -871,6 +882,7 @@ class Tally:
         pubset = set(published)
         delivered = lost = dup = extra = 0
         worst = None
+        unacked = set()
         for s in self.subs:
             seen = {}
             for o in s.got:
@@ -879,6 +891,7 @@ class Tally:
             lo = [o for o in published if o not in seen]
             du = sum(c - 1 for c in seen.values() if c > 1)
             ex = sum(1 for o in seen if o not in pubset and o > self.start_after)
+            unacked.update(o for o in seen if o not in pubset and o > self.start_after)
             delivered += d
             lost += len(lo)
             dup += du
@@ -888,14 +901,15 @@ class Tally:
         return dict(published=len(published), subscribers=len(self.subs), delivered=delivered,
                     expected=len(published) * len(self.subs), lost=lost, duplicated=dup, unacked_delivered=extra,
                     worst=worst, gaps=sum(len(s.gaps) for s in self.subs),
-                    reconnects=sum(max(0, s.connects - 1) for s in self.subs))
+                    reconnects=sum(max(0, s.connects - 1) for s in self.subs), unacked=sorted(unacked))
 
     def report(self):
         c = self.compute()
         say("%s: published %d, subscribers %d, delivered %d of %d, lost %d, duplicated %d, delivered-unacked %d; "
-            "reconnects %d, gap notices %d, publishes refused %s" % (
+            "reconnects %d, gap notices %d, publishes refused %s%s" % (
                 self.scenario, c["published"], c["subscribers"], c["delivered"], c["expected"], c["lost"],
-                c["duplicated"], c["unacked_delivered"], c["reconnects"], c["gaps"], self.pub.refused or "none"))
+                c["duplicated"], c["unacked_delivered"], c["reconnects"], c["gaps"], self.pub.refused or "none",
+                "; offsets delivered but not answered 200: %s" % c["unacked"][:10] if c["unacked"] else ""))
         return c
 
     def check_clean(self, recovered=True):

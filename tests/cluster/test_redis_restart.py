@@ -12,7 +12,10 @@ publisher through every node's API in turn:
   /healthz 200 again, publishes 200 with the same epoch and the next
   offsets; every subscriber ends with every acknowledged offset exactly
   once, in order;
-- redis_restarted: the same with a clean stop (SIGTERM) and restart.
+- redis_restarted: the same with a clean stop (SIGTERM) and restart;
+- in both, three more clients lose their connection while Redis is away,
+  try to resume (refused while the bus is down) and resume on another node
+  once it is back: they too miss nothing.
 
 Prints, per case, published / delivered / lost / duplicated and how many
 publishes were refused while Redis was away, and whether subscribers kept
@@ -33,6 +36,10 @@ async def redis_goes_away(name, kill):
     ns = C.cluster(redis, 3)
     t = C.topic(name)
     subs = [C.Resumer("%s-c%d" % (n.name, i), n.url(), t).start() for n in ns for i in range(PER_NODE)]
+    # clients that lose their connection while Redis is away and come back
+    # on the next node each time (resuming with `since`)
+    movers = [C.Resumer("mover%d" % i, [n.url() for n in ns[i:] + ns[:i]], t).start() for i in range(3)]
+    subs += movers
     await C.await_for(lambda: all(s.connected.is_set() for s in subs), 30, "the subscribers to subscribe")
     pub = C.Publisher(ns, t, rate=RATE).start()
     await C.await_for(lambda: pub.count() >= RATE, 30, "a second of publishes")
@@ -52,8 +59,15 @@ async def redis_goes_away(name, kill):
     for n in ns:
         r = n.publish(t, "while Redis is away")
         C.gwtest.expect_error(r, 503, "%s: POST /api/publish with Redis away" % n.name)
-    await asyncio.sleep(1.0)  # the publisher keeps trying: every try refused
+    # the publisher keeps trying: every try refused
+    await C.await_for(lambda: sum(pub.refused.values()) >= refused0 + 5, 30, "5 publishes refused with Redis away")
     expect_eq(pub.count(), acked0, "publishes acknowledged while Redis was away")
+    for m in movers:
+        m.drop()
+    await C.await_for(lambda: all(m.connects >= 2 or m.failed_connects + len(m.sub_errors) >= 1 for m in movers),
+                      30, "the movers to try to resume with Redis away")
+    say("%s: movers with Redis away: subscribe errors %s, failed handshakes %s" % (
+        name, [[a.get("code") for a in m.sub_errors] for m in movers], [m.failed_connects for m in movers]))
     say("%s: %d of %d subscribers connected while Redis is away" % (name, sum(1 for s in subs if
                                                                           s.connected.is_set()), len(subs)))
     redis.start()
@@ -74,6 +88,7 @@ async def redis_goes_away(name, kill):
     # was answered 503 (its outcome unknown to the node): at most one
     check(len(holes) <= (1 if kill else 0), "holes in the acknowledged offsets: %s" % holes)
     await C.wait_delivered(pub, subs, 30)
+    check(all(m.connects >= 2 for m in movers), "every mover resumed: %s" % [m.connects for m in movers])
     kept = sum(1 for s in subs if s.connects == 1)
     say("%s: %d of %d subscribers kept their connection through the outage; closes seen %s" % (
         name, kept, len(subs), sorted(set(c for s in subs for c in s.closes), key=str)))
