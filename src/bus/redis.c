@@ -211,11 +211,15 @@ int dx__redis_url_parse(const char *url, dx__redis_url *out, char *why, size_t w
 
 /* ---- scripts --------------------------------------------------------------- */
 
-/* KEYS o e s; ARGV kind data max_count max_age_ms new_epoch channel ttl_ms.
- * Returns {offset, epoch, ms}; error "ELIMIT" at 2^53-1. */
+/* KEYS o e s; ARGV kind data max_count max_age_ms new_epoch channel ttl_ms
+ * deadline_ms (Redis's clock; 0: none).
+ * Returns {offset, epoch, ms}; error "ELIMIT" at 2^53-1, "ELATE" when run
+ * after its deadline (nothing done: the node may already have answered 503). */
 static const char pub_lua[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local dl = tonumber(ARGV[8])\n"
+    "if dl > 0 and now > dl then return redis.error_reply('ELATE publish arrived after its deadline') end\n"
     "local ep = redis.call('GET', KEYS[2])\n"
     "if redis.call('EXISTS', KEYS[1]) == 0 or not ep then\n"
     "  ep = ARGV[5]\n"
@@ -433,6 +437,8 @@ struct rreq {
     size_t limit;
     char epoch[DX__GW_EPOCH_LEN + 1];
     size_t bytes;              /* Q_PUB: counted in pending */
+    uint64_t sent_ns;          /* Q_PUB: when it was written */
+    rreq *pnext;               /* Q_PUB: in the worker's publishes out */
     /* Q_SUB: the read's answer waits for its barrier (read_lua) */
     bool have_reply, have_barrier, lost_barrier;
     int rc;
@@ -472,7 +478,11 @@ struct rworker {
     bool unsub_due;
     bool need_flush;
     bool freeing;
-    uint64_t ping_sent_ns;     /* 0: none out */
+    uint64_t ping_sent_ns;     /* 0: none out (the health check is TIME) */
+    int64_t clock_off_ms;      /* Redis's clock minus ours (ms), from the last TIME */
+    bool have_clock;
+    bool stuck;                /* Redis stopped answering: refuse, drop once no publish can still run */
+    rreq *pubs, *pubs_tail;    /* publishes out, oldest first (answers come in order) */
     uint64_t last_ping_ns, last_refresh_ns, last_sweep_ns;
     uint64_t rng;
     _Atomic bool attached;
@@ -1264,7 +1274,7 @@ static bool rstr(const redisReply *r, const char *s)
 
 static void set_health(rworker *w)
 {
-    atomic_store_explicit(&w->healthy, w->cmd.up && w->sub.up, memory_order_release);
+    atomic_store_explicit(&w->healthy, w->cmd.up && w->sub.up && !w->stuck, memory_order_release);
 }
 
 static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
@@ -1432,6 +1442,7 @@ static void conn_down(rconn *c, const char *why)
         }
     } else {
         w->ping_sent_ns = 0;
+        w->stuck = false;
         for (rreq *r = w->discs; r; r = r->next)
             if (r->deadline_ns > now)
                 r->deadline_ns = now; /* no reply can come through this connection: answer with what came */
@@ -1457,6 +1468,19 @@ static void on_ping(redisAsyncContext *ac, void *reply, void *pd)
     rworker *w = c->w;
     if (!reply || c->ac != ac || w->freeing)
         return;
+    redisReply *r = reply;
+    uint64_t now = dx__now_ns(NULL);
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_STRING &&
+        r->element[1]->type == REDIS_REPLY_STRING && w->ping_sent_ns) {
+        bool ok = true;
+        uint64_t sec = parse_u64(r->element[0]->str, r->element[0]->len, &ok);
+        uint64_t usec = parse_u64(r->element[1]->str, r->element[1]->len, &ok);
+        if (ok) {
+            int64_t mid_ms = (int64_t)((w->ping_sent_ns + now) / 2 / 1000000u);
+            w->clock_off_ms = (int64_t)(sec * 1000u + usec / 1000u) - mid_ms;
+            w->have_clock = true;
+        }
+    }
     w->ping_sent_ns = 0;
     if (!c->up) {
         c->up = true;
@@ -1520,7 +1544,7 @@ static int conn_start(rconn *c)
         for (int i = 0; i < SC_N; i++)
             redisAsyncCommand(ac, on_hs_reply, c, "SCRIPT LOAD %s", scripts[i]);
         w->ping_sent_ns = dx__now_ns(NULL);
-        redisAsyncCommand(ac, on_ping, c, "PING");
+        redisAsyncCommand(ac, on_ping, c, "TIME");
         return 0;
     }
     /* every exact topic with subscribers, every pattern, then the control
@@ -1699,15 +1723,22 @@ static void on_tick(dx_timer *tm, void *ud)
             conn_drop(c, "connect timed out");
     }
     if (w->cmd.up) {
-        if (w->ping_sent_ns && now - w->ping_sent_ns > to) {
-            /* Redis does not answer: both connections go (the pub/sub one
-             * is as stuck), requests out fail, and reconnecting starts */
-            conn_drop(&w->cmd, "PING unanswered");
+        /* Redis does not answer (a TIME or a publish out too long): new
+         * requests are refused at once; the connections go (requests out
+         * fail, reconnecting starts) once every publish out is past its
+         * deadline, so none answered 503 can still be published */
+        if (!w->stuck && ((w->ping_sent_ns && now - w->ping_sent_ns > to) || (w->pubs && now - w->pubs->sent_ns > to))) {
+            w->stuck = true;
+            set_health(w);
+            blog(b, DX_LOG_WARN, "redis bus: worker %u: Redis does not answer", w->index);
+        }
+        if (w->stuck && (!w->pubs_tail || now - w->pubs_tail->sent_ns > to)) {
+            conn_drop(&w->cmd, "Redis does not answer");
             if (w->sub.ac)
-                conn_drop(&w->sub, "PING unanswered on the command connection");
+                conn_drop(&w->sub, "Redis does not answer on the command connection");
         } else if (!w->ping_sent_ns && now - w->last_ping_ns >= UINT64_C(1000000000)) {
             w->last_ping_ns = now;
-            const char *argv[] = {"PING"};
+            const char *argv[] = {"TIME"};
             size_t lens[] = {4};
             if (cmd_argv(&w->cmd, on_ping, &w->cmd, 1, argv, lens) == 0)
                 w->ping_sent_ns = now;
@@ -1874,6 +1905,18 @@ static void on_pub_reply(redisAsyncContext *ac, void *reply, void *pd)
     rbus *b = w->b;
     redisReply *rep = reply;
     atomic_fetch_sub_explicit(&b->pending, r->bytes, memory_order_relaxed);
+    rreq *prev = NULL;
+    for (rreq *x = w->pubs; x; prev = x, x = x->pnext) { /* the head, answers coming in order */
+        if (x == r) {
+            if (prev)
+                prev->pnext = r->pnext;
+            else
+                w->pubs = r->pnext;
+            if (w->pubs_tail == r)
+                w->pubs_tail = prev;
+            break;
+        }
+    }
     int err = DX_EIO;
     uint64_t off = 0;
     char ep[DX__GW_EPOCH_LEN + 1] = "";
@@ -1886,6 +1929,8 @@ static void on_pub_reply(redisAsyncContext *ac, void *reply, void *pd)
     } else if (rep && rep->type == REDIS_REPLY_ERROR) {
         if (strstr(rep->str, "ELIMIT")) {
             err = DX_ELIMIT;
+        } else if (strstr(rep->str, "ELATE")) {
+            err = DX_EIO; /* not published */
         } else {
             blog(b, DX_LOG_WARN, "redis bus: publish on %s failed: %s", r->topic, rep->str);
             if (strncmp(rep->str, "NOSCRIPT", 8) == 0 && w->cmd.up)
@@ -1905,7 +1950,7 @@ static int r_publish(dx__bus *base, unsigned wi, const char *topic, size_t len, 
     rworker *w = &b->w[wi];
     if (len == 0 || len > DX__GW_TOPIC_MAX || kind < DX__GW_KIND_JSON || kind > DX__GW_KIND_BINARY)
         return DX_EINVAL;
-    if (!w->cmd.up)
+    if (!w->cmd.up || w->stuck)
         return refuse(b, DX_EIO);
     size_t was = atomic_fetch_add_explicit(&b->pending, dlen, memory_order_relaxed);
     if (was + dlen > b->o.pending_max) {
@@ -1929,22 +1974,35 @@ static int r_publish(dx__bus *base, unsigned wi, const char *topic, size_t len, 
     new_epoch(w, ep);
     snprintf(ttl, sizeof ttl, "%llu", (unsigned long long)b->ttl_ms);
     int chn = snprintf(ch, sizeof ch, MSG_PREFIX "%.*s", (int)len, topic);
+    /* Redis refuses it past half the answer bound: by the time this node
+     * gives up on it (the whole bound), it cannot run any more */
+    uint64_t now = dx__now_ns(NULL);
+    char dl[24] = "0";
+    if (w->have_clock)
+        snprintf(dl, sizeof dl, "%lld",
+                 (long long)((int64_t)(now / 1000000u) + w->clock_off_ms + (int64_t)b->o.connect_timeout_ms / 2));
     const char *argv[] = {"EVALSHA", b->sha[SC_PUB], "3", k.k[0], k.k[1], k.k[2], kd, dlen ? data : "", cnt, age,
-                          ep, ch, ttl};
-    size_t lens[13];
-    for (int i = 0; i < 13; i++)
+                          ep, ch, ttl, dl};
+    size_t lens[14];
+    for (int i = 0; i < 14; i++)
         lens[i] = strlen(argv[i]);
     lens[3] = k.n[0];
     lens[4] = k.n[1];
     lens[5] = k.n[2];
     lens[7] = dlen;
     lens[11] = (size_t)chn;
-    int rc = cmd_argv(&w->cmd, on_pub_reply, r, 13, argv, lens);
+    int rc = cmd_argv(&w->cmd, on_pub_reply, r, 14, argv, lens);
     if (rc) {
         atomic_fetch_sub_explicit(&b->pending, dlen, memory_order_relaxed);
         dx__free(NULL, r);
         return refuse(b, rc);
     }
+    r->sent_ns = now;
+    if (w->pubs_tail)
+        w->pubs_tail->pnext = r;
+    else
+        w->pubs = r;
+    w->pubs_tail = r;
     return 0;
 }
 
