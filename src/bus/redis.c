@@ -55,304 +55,6 @@
 #include <string.h>
 #include <sys/socket.h>
 
-/* ---- URL ------------------------------------------------------------------ */
-
-static int why_set(char *why, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int why_set(char *why, size_t len, const char *fmt, ...)
-{
-    if (why && len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(why, len, fmt, ap);
-        va_end(ap);
-    }
-    return DX_EINVAL;
-}
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-/* Percent-decodes s[0..n) into out (cap bytes with the NUL); -1 if bad or too long. */
-static int pct(const char *s, size_t n, char *out, size_t cap)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        int c = (unsigned char)s[i];
-        if (c == '%') {
-            if (i + 2 >= n)
-                return -1;
-            int h = hexval(s[i + 1]), l = hexval(s[i + 2]);
-            if (h < 0 || l < 0)
-                return -1;
-            c = h * 16 + l;
-            i += 2;
-        }
-        if (o + 1 >= cap)
-            return -1;
-        out[o++] = (char)c;
-    }
-    out[o] = 0;
-    return 0;
-}
-
-static int parse_uint(const char *s, size_t n, long max, long *out)
-{
-    if (n == 0 || n > 9)
-        return -1;
-    long v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return -1;
-        v = v * 10 + (s[i] - '0');
-    }
-    if (v > max)
-        return -1;
-    *out = v;
-    return 0;
-}
-
-int dx__redis_url_parse(const char *url, dx__redis_url *out, char *why, size_t why_len)
-{
-    memset(out, 0, sizeof *out);
-    out->port = 6379;
-    if (!url)
-        return why_set(why, why_len, "no Redis URL");
-    const char *p;
-    if (strncmp(url, "unix://", 7) == 0) {
-        out->unix_socket = true;
-        p = url + 7;
-        const char *q = strchr(p, '?');
-        size_t n = q ? (size_t)(q - p) : strlen(p);
-        if (n == 0 || p[0] != '/')
-            return why_set(why, why_len, "unix:// URL needs an absolute path (unix:///path/to/socket)");
-        if (pct(p, n, out->path, sizeof out->path) != 0)
-            return why_set(why, why_len, "unix socket path too long or badly encoded");
-        /* ?db=N&user=U&password=P, any order */
-        while (q && *q) {
-            const char *k = q + 1;
-            const char *amp = strchr(k, '&');
-            size_t kn = amp ? (size_t)(amp - k) : strlen(k);
-            long db;
-            if (kn > 3 && strncmp(k, "db=", 3) == 0 && parse_uint(k + 3, kn - 3, 1000000, &db) == 0)
-                out->db = (int)db;
-            else if (kn > 5 && strncmp(k, "user=", 5) == 0 && pct(k + 5, kn - 5, out->user, sizeof out->user) == 0)
-                ;
-            else if (kn > 9 && strncmp(k, "password=", 9) == 0 &&
-                     pct(k + 9, kn - 9, out->pass, sizeof out->pass) == 0)
-                ;
-            else
-                return why_set(why, why_len, "unix:// URL: after the path only ?db=N&user=U&password=P");
-            q = amp;
-        }
-        return 0;
-    }
-    if (strncmp(url, "redis://", 8) == 0) {
-        p = url + 8;
-    } else if (strncmp(url, "rediss://", 9) == 0) {
-        out->tls = true;
-        p = url + 9;
-    } else {
-        return why_set(why, why_len, "Redis URL must start with redis://, rediss:// or unix://");
-    }
-    const char *end = p + strcspn(p, "/?#");
-    const char *at = NULL;
-    for (const char *c = p; c < end; c++)
-        if (*c == '@')
-            at = c;
-    if (at) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        if (colon) {
-            if (pct(p, (size_t)(colon - p), out->user, sizeof out->user) != 0 ||
-                pct(colon + 1, (size_t)(at - colon - 1), out->pass, sizeof out->pass) != 0)
-                return why_set(why, why_len, "Redis URL: user or password too long or badly encoded");
-        } else if (pct(p, (size_t)(at - p), out->pass, sizeof out->pass) != 0) {
-            return why_set(why, why_len, "Redis URL: password too long or badly encoded");
-        }
-        p = at + 1;
-    }
-    const char *hend;
-    if (*p == '[') {
-        const char *rb = memchr(p, ']', (size_t)(end - p));
-        if (!rb)
-            return why_set(why, why_len, "Redis URL: unterminated [IPv6] host");
-        if ((size_t)(rb - p - 1) >= sizeof out->host || rb == p + 1)
-            return why_set(why, why_len, "Redis URL: bad host");
-        memcpy(out->host, p + 1, (size_t)(rb - p - 1));
-        hend = rb + 1;
-    } else {
-        hend = p;
-        while (hend < end && *hend != ':')
-            hend++;
-        if (hend == p || (size_t)(hend - p) >= sizeof out->host)
-            return why_set(why, why_len, "Redis URL: missing or too long host");
-        memcpy(out->host, p, (size_t)(hend - p));
-    }
-    if (hend < end) {
-        long port;
-        if (*hend != ':' || parse_uint(hend + 1, (size_t)(end - hend - 1), 65535, &port) != 0 || port == 0)
-            return why_set(why, why_len, "Redis URL: bad port");
-        out->port = (int)port;
-    }
-    if (*end == '/' && end[1]) {
-        long db;
-        if (parse_uint(end + 1, strlen(end + 1), 1000000, &db) != 0)
-            return why_set(why, why_len, "Redis URL: the path must be a database number (/0)");
-        out->db = (int)db;
-    } else if (*end && !(*end == '/' && !end[1])) {
-        return why_set(why, why_len, "Redis URL: unexpected '%s'", end);
-    }
-    return 0;
-}
-
-/* ---- scripts --------------------------------------------------------------- */
-
-/* KEYS o e s; ARGV kind data max_count max_age_ms new_epoch channel ttl_ms
- * deadline_ms (Redis's clock; 0: none).
- * Returns {offset, epoch, ms}; error "ELIMIT" at 2^53-1, "ELATE" when run
- * after its deadline (nothing done: the node may already have answered 503). */
-static const char pub_lua[] =
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local dl = tonumber(ARGV[8])\n"
-    "if dl > 0 and now > dl then return redis.error_reply('ELATE publish arrived after its deadline') end\n"
-    "local ep = redis.call('GET', KEYS[2])\n"
-    "if redis.call('EXISTS', KEYS[1]) == 0 or not ep then\n"
-    "  ep = ARGV[5]\n"
-    "  redis.call('SET', KEYS[2], ep)\n"
-    "  redis.call('DEL', KEYS[3])\n"
-    "  redis.call('SET', KEYS[1], 0)\n"
-    "end\n"
-    "if tonumber(redis.call('GET', KEYS[1])) >= 9007199254740991 then\n"
-    "  return redis.error_reply('ELIMIT offsets exhausted')\n"
-    "end\n"
-    "local off = redis.call('INCR', KEYS[1])\n"
-    "local cnt = tonumber(ARGV[3])\n"
-    "local age = tonumber(ARGV[4])\n"
-    "local ttl = tonumber(ARGV[7])\n"
-    "local so = string.format('%.0f', off)\n"
-    "local sn = string.format('%.0f', now)\n"
-    "if cnt > 0 then\n"
-    "  redis.call('XADD', KEYS[3], 'MAXLEN', cnt, '*', 'o', so, 'k', ARGV[1], 't', sn, 'd', ARGV[2])\n"
-    "  if age > 0 then redis.call('XTRIM', KEYS[3], 'MINID', string.format('%.0f', now - age)) end\n"
-    "  if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end\n"
-    "end\n"
-    "if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl); redis.call('PEXPIRE', KEYS[2], ttl) end\n"
-    "redis.call('PUBLISH', ARGV[6], so .. ' ' .. ARGV[1] .. ' ' .. sn .. ' ' .. ep .. '\\n' .. ARGV[2])\n"
-    "return {off, ep, now}\n";
-
-/* KEYS o e s; ARGV mode(r resume, c current, h history) since limit new_epoch
- * max_age_ms max_count client_epoch("" = current) ttl_ms barrier_channel token.
- * Returns {offset, epoch, recovered, o1, k1, t1, d1, ...}; then, unless
- * barrier_channel is "", PUBLISHes token on it: once the asking worker's
- * pub/sub connection receives it, every live entry sequenced before the
- * read has reached that worker too (Redis delivers a client's messages in
- * the order they were published), so the read's answer can go out without
- * a live entry it covers arriving after it. */
-static const char read_lua[] =
-    "local function body()\n"
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local off = redis.call('GET', KEYS[1])\n"
-    "local ep = redis.call('GET', KEYS[2])\n"
-    "local mode = ARGV[1]\n"
-    "if not off or not ep then\n"
-    "  if mode == 'h' then return {0, '', 0} end\n"
-    "  ep = ARGV[4]\n"
-    "  redis.call('SET', KEYS[1], 0)\n"
-    "  redis.call('SET', KEYS[2], ep)\n"
-    "  redis.call('DEL', KEYS[3])\n"
-    "  off = 0\n"
-    "else\n"
-    "  off = tonumber(off)\n"
-    "end\n"
-    "local ttl = tonumber(ARGV[8])\n"
-    "if ttl > 0 and mode ~= 'h' then\n"
-    "  redis.call('PEXPIRE', KEYS[1], ttl); redis.call('PEXPIRE', KEYS[2], ttl); redis.call('PEXPIRE', KEYS[3], ttl)\n"
-    "end\n"
-    "local age = tonumber(ARGV[5])\n"
-    "if age > 0 then redis.call('XTRIM', KEYS[3], 'MINID', string.format('%.0f', now - age)) end\n"
-    "local since = tonumber(ARGV[2])\n"
-    "local res = {off, ep, 0}\n"
-    "if mode == 'c' then return res end\n"
-    "if mode == 'r' then\n"
-    "  if (ARGV[7] ~= '' and ARGV[7] ~= ep) or since > off then return res end\n"
-    "  if since == off then res[3] = 1; return res end\n"
-    "  local n = off - since\n"
-    "  if n > tonumber(ARGV[6]) then return res end\n"
-    "  local r = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', n)\n"
-    "  if #r ~= n or tonumber(r[#r][2][2]) ~= since + 1 then return res end\n"
-    "  res[3] = 1\n"
-    "  for i = #r, 1, -1 do local f = r[i][2]; table.insert(res, f[2]); table.insert(res, f[4]); "
-    "table.insert(res, f[6]); table.insert(res, f[8]) end\n"
-    "  return res\n"
-    "end\n"
-    "if since >= off then res[3] = 1; return res end\n"
-    "local n = off - since\n"
-    "local len = redis.call('XLEN', KEYS[3])\n"
-    "if n > len then n = len end\n"
-    "if n <= 0 then return res end\n"
-    "local r = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', n)\n"
-    "if #r > 0 and tonumber(r[#r][2][2]) == since + 1 then res[3] = 1 end\n"
-    "local lim = tonumber(ARGV[3])\n"
-    "local k = 0\n"
-    "for i = #r, 1, -1 do\n"
-    "  if k >= lim then break end\n"
-    "  local f = r[i][2]; table.insert(res, f[2]); table.insert(res, f[4]); table.insert(res, f[6]); "
-    "table.insert(res, f[8])\n"
-    "  k = k + 1\n"
-    "end\n"
-    "return res\n"
-    "end\n"
-    "local res = body()\n"
-    "if ARGV[9] ~= '' then redis.call('PUBLISH', ARGV[9], ARGV[10]) end\n"
-    "return res\n";
-
-/* KEYS p pz o e s; ARGV op(s set, g get) member value ttl_ms topic_ttl_ms.
- * set: value "" removes the member. get: drops expired members, returns the values. */
-static const char pres_lua[] =
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "if ARGV[1] == 's' then\n"
-    "  if ARGV[3] == '' then\n"
-    "    redis.call('HDEL', KEYS[1], ARGV[2]); redis.call('ZREM', KEYS[2], ARGV[2])\n"
-    "  else\n"
-    "    local ttl = tonumber(ARGV[4])\n"
-    "    redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])\n"
-    "    redis.call('ZADD', KEYS[2], now + ttl, ARGV[2])\n"
-    "    redis.call('PEXPIRE', KEYS[1], 2 * ttl); redis.call('PEXPIRE', KEYS[2], 2 * ttl)\n"
-    "    local tt = tonumber(ARGV[5])\n"
-    "    if tt > 0 then for i = 3, 5 do redis.call('PEXPIRE', KEYS[i], tt) end end\n"
-    "  end\n"
-    "  return 0\n"
-    "end\n"
-    "local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)\n"
-    "for _, m in ipairs(dead) do redis.call('HDEL', KEYS[1], m) end\n"
-    "if #dead > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end\n"
-    "return redis.call('HVALS', KEYS[1])\n";
-
-/* KEYS uc; ARGV member delta alive_prefix. Returns the live sum. */
-static const char uc_lua[] =
-    "local d = tonumber(ARGV[2])\n"
-    "if d ~= 0 then\n"
-    "  local v = redis.call('HINCRBY', KEYS[1], ARGV[1], d)\n"
-    "  if v <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end\n"
-    "end\n"
-    "local all = redis.call('HGETALL', KEYS[1])\n"
-    "local n = 0\n"
-    "for i = 1, #all, 2 do\n"
-    "  if redis.call('EXISTS', ARGV[3] .. all[i]) == 1 then n = n + tonumber(all[i + 1])\n"
-    "  else redis.call('HDEL', KEYS[1], all[i]) end\n"
-    "end\n"
-    "return n\n";
-
-enum { SC_PUB, SC_READ, SC_PRES, SC_UC, SC_N };
-static const char *const scripts[SC_N] = {pub_lua, read_lua, pres_lua, uc_lua};
-
 /* ---- state ----------------------------------------------------------------- */
 
 typedef struct rbus rbus;
@@ -372,13 +74,6 @@ typedef struct rconn {
     unsigned attempts;         /* since the last success: backoff */
     bool was_up;               /* once up: a later success is a reconnect */
 } rconn;
-
-/* hiredis's event hooks for one context (freed by its cleanup hook). */
-typedef struct radapter {
-    redisAsyncContext *ac;
-    dx_watch *watch;
-    unsigned events;
-} radapter;
 
 typedef struct ruser {
     char *id;
@@ -496,7 +191,7 @@ struct rbus {
     dx__redis_url url;
     char addr[INET6_ADDRSTRLEN];
     char node[17];
-    char sha[SC_N][41];
+    char sha[DX__REDIS_LUA_N][41];
     uint64_t ttl_ms;           /* topic keys: history age + 60 s; 0 without an age bound */
     rworker *w;
     _Atomic size_t pending;
@@ -545,28 +240,6 @@ static uint64_t hash_name(const char *s, size_t len)
     return h ^ (h >> 29);
 }
 
-/* ---- the loop adapter (hiredis's ev hooks on dx_watch) ----------------------- */
-
-static void ad_set(radapter *a, unsigned bit, bool on)
-{
-    unsigned ev = on ? a->events | bit : a->events & ~bit;
-    if (ev == a->events)
-        return;
-    a->events = ev;
-    if (a->watch)
-        (void)dx_watch_set(a->watch, ev);
-}
-static void ad_add_read(void *p) { ad_set(p, DX_WATCH_READ, true); }
-static void ad_del_read(void *p) { ad_set(p, DX_WATCH_READ, false); }
-static void ad_add_write(void *p) { ad_set(p, DX_WATCH_WRITE, true); }
-static void ad_del_write(void *p) { ad_set(p, DX_WATCH_WRITE, false); }
-static void ad_cleanup(void *p)
-{
-    radapter *a = p;
-    dx_watch_free(a->watch);
-    dx__free(NULL, a);
-}
-
 static void worker_flush(rworker *w)
 {
     if (w->need_flush && !w->freeing) {
@@ -576,43 +249,10 @@ static void worker_flush(rworker *w)
     }
 }
 
-static void ad_event(dx_watch *wt, int fd, unsigned events, void *ud)
+/* After each event on a connection: what the batch gathered may be written. */
+static void after_event(void *ud)
 {
-    (void)wt;
-    (void)fd;
-    radapter *a = ud;
-    redisAsyncContext *ac = a->ac;
-    rconn *c = ac->data;
-    rworker *w = c->w;
-    /* hiredis may free ac (and a) inside either call: the write runs only
-     * while this context is still the connection's */
-    if (events & (DX_WATCH_READ | DX_WATCH_ERROR))
-        redisAsyncHandleRead(ac);
-    if ((events & DX_WATCH_WRITE) && c->ac == ac)
-        redisAsyncHandleWrite(ac);
-    worker_flush(w);
-}
-
-static int ad_attach(rworker *w, redisAsyncContext *ac)
-{
-    radapter *a = dx__alloc(NULL, sizeof *a);
-    if (!a)
-        return DX_ENOMEM;
-    a->ac = ac;
-    a->events = 0;
-    int err = 0;
-    a->watch = dx_watch_new(w->loop, ac->c.fd, 0, ad_event, a, &err);
-    if (!a->watch) {
-        dx__free(NULL, a);
-        return err ? err : DX_ENOMEM;
-    }
-    ac->ev.data = a;
-    ac->ev.addRead = ad_add_read;
-    ac->ev.delRead = ad_del_read;
-    ac->ev.addWrite = ad_add_write;
-    ac->ev.delWrite = ad_del_write;
-    ac->ev.cleanup = ad_cleanup;
-    return 0;
+    worker_flush(ud);
 }
 
 /* ---- topics ---------------------------------------------------------------- */
@@ -1096,7 +736,7 @@ static int read_issue(rreq *r, char mode)
         r->id = ++w->barrier_seq;
         snprintf(token, sizeof token, "%llu", (unsigned long long)r->id);
     }
-    const char *argv[] = {"EVALSHA", b->sha[SC_READ], "3", k.k[0], k.k[1], k.k[2], m, since, limit, ep,
+    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_READ], "3", k.k[0], k.k[1], k.k[2], m, since, limit, ep,
                           age, cnt, r->has_epoch ? r->epoch : "", ttl, barrier ? w->wchan : "", token};
     size_t lens[16];
     for (int i = 0; i < 16; i++)
@@ -1521,7 +1161,7 @@ static int conn_start(rconn *c)
         return 0;
     }
     ac->data = c;
-    int rc = ad_attach(w, ac);
+    int rc = dx__redis_loop_attach(w->loop, ac, after_event, w);
     if (rc) {
         redisAsyncFree(ac);
         conn_down(c, "cannot watch the socket");
@@ -1541,8 +1181,8 @@ static int conn_start(rconn *c)
     if (b->url.db)
         redisAsyncCommand(ac, on_hs_reply, c, "SELECT %d", b->url.db);
     if (!c->is_sub) {
-        for (int i = 0; i < SC_N; i++)
-            redisAsyncCommand(ac, on_hs_reply, c, "SCRIPT LOAD %s", scripts[i]);
+        for (int i = 0; i < DX__REDIS_LUA_N; i++)
+            redisAsyncCommand(ac, on_hs_reply, c, "SCRIPT LOAD %s", dx__redis_lua[i]);
         w->ping_sent_ns = dx__now_ns(NULL);
         redisAsyncCommand(ac, on_ping, c, "TIME");
         return 0;
@@ -1607,7 +1247,7 @@ static void presence_push(rworker *w, rtopic *t)
     char ttl[24], tttl[24];
     snprintf(ttl, sizeof ttl, "%u", b->o.presence_ttl_ms);
     snprintf(tttl, sizeof tttl, "%llu", (unsigned long long)b->ttl_ms);
-    const char *argv[] = {"EVALSHA", b->sha[SC_PRES], "5", k[0], k[1], k[2], k[3], k[4], "s", w->member,
+    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_PRES], "5", k[0], k[1], k[2], k[3], k[4], "s", w->member,
                           v.len ? (const char *)dx_buf_head(&v) : "", ttl, tttl};
     size_t lens[13];
     for (int i = 0; i < 13; i++)
@@ -1934,8 +1574,8 @@ static void on_pub_reply(redisAsyncContext *ac, void *reply, void *pd)
         } else {
             blog(b, DX_LOG_WARN, "redis bus: publish on %s failed: %s", r->topic, rep->str);
             if (strncmp(rep->str, "NOSCRIPT", 8) == 0 && w->cmd.up)
-                for (int i = 0; i < SC_N; i++)
-                    redisAsyncCommand(w->cmd.ac, on_ignore, NULL, "SCRIPT LOAD %s", scripts[i]);
+                for (int i = 0; i < DX__REDIS_LUA_N; i++)
+                    redisAsyncCommand(w->cmd.ac, on_ignore, NULL, "SCRIPT LOAD %s", dx__redis_lua[i]);
         }
     }
     if (!w->freeing && r->fn.pub)
@@ -1981,7 +1621,7 @@ static int r_publish(dx__bus *base, unsigned wi, const char *topic, size_t len, 
     if (w->have_clock)
         snprintf(dl, sizeof dl, "%lld",
                  (long long)((int64_t)(now / 1000000u) + w->clock_off_ms + (int64_t)b->o.connect_timeout_ms / 2));
-    const char *argv[] = {"EVALSHA", b->sha[SC_PUB], "3", k.k[0], k.k[1], k.k[2], kd, dlen ? data : "", cnt, age,
+    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_PUB], "3", k.k[0], k.k[1], k.k[2], kd, dlen ? data : "", cnt, age,
                           ep, ch, ttl, dl};
     size_t lens[14];
     for (int i = 0; i < 14; i++)
@@ -2204,7 +1844,7 @@ static int r_presence(dx__bus *base, unsigned wi, const char *topic, size_t len,
     static const char *const suf[5] = {"p", "pz", "o", "e", "s"};
     for (int i = 0; i < 5; i++)
         kl[i] = (size_t)snprintf(k[i], sizeof k[i], "dx:{%.*s}:%s", (int)len, topic, suf[i]);
-    const char *argv[] = {"EVALSHA", b->sha[SC_PRES], "5", k[0], k[1], k[2], k[3], k[4], "g", w->member, "", "0",
+    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_PRES], "5", k[0], k[1], k[2], k[3], k[4], "g", w->member, "", "0",
                           "0"};
     size_t lens[13];
     for (int i = 0; i < 13; i++)
@@ -2337,7 +1977,7 @@ static int r_user_conns(dx__bus *base, unsigned wi, const char *user, size_t ule
     key[kn + (int)ulen] = '}';
     char d[24];
     snprintf(d, sizeof d, "%ld", delta);
-    const char *argv[] = {"EVALSHA", b->sha[SC_UC], "1", key, w->member, d, "dx:alive:"};
+    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_UC], "1", key, w->member, d, "dx:alive:"};
     size_t lens[] = {7, 40, 1, (size_t)kn + ulen + 1, strlen(w->member), strlen(d), 9};
     int rc = cmd_argv(&w->cmd, on_uc_reply, r, 7, argv, lens);
     dx__free(NULL, key);
@@ -2439,17 +2079,21 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
 {
     int e = DX_EINVAL;
     rbus *b = NULL;
-    if (why && why_len)
-        why[0] = 0;
+    char dummy[1];
+    if (!why || !why_len) {
+        why = dummy;
+        why_len = sizeof dummy;
+    }
+    why[0] = 0;
     if (!o || o->workers == 0 || o->workers > 1024) {
-        why_set(why, why_len, "bad worker count");
+        snprintf(why, why_len, "bad worker count");
         goto fail;
     }
     dx__redis_url url;
     if (dx__redis_url_parse(o->url, &url, why, why_len) != 0)
         goto fail;
     if (url.tls) {
-        why_set(why, why_len, "rediss:// (TLS) needs hiredis >= 1.0 with hiredis_ssl; this build has hiredis %d.%d "
+        snprintf(why, why_len, "rediss:// (TLS) needs hiredis >= 1.0 with hiredis_ssl; this build has hiredis %d.%d "
                 "(Debian 12): use redis:// on a private network, or a TLS tunnel (stunnel) to Redis",
                 HIREDIS_MAJOR, HIREDIS_MINOR);
         goto fail;
@@ -2477,7 +2121,7 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
         struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
         int gr = getaddrinfo(url.host, NULL, &hints, &res);
         if (gr != 0 || !res) {
-            why_set(why, why_len, "Redis host '%s' does not resolve: %s", url.host, gai_strerror(gr));
+            snprintf(why, why_len, "Redis host '%s' does not resolve: %s", url.host, gai_strerror(gr));
             e = DX_EADDR;
             goto fail;
         }
@@ -2492,9 +2136,9 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
         goto fail;
     }
     snprintf(b->node, sizeof b->node, "%016llx", (unsigned long long)seed[0]);
-    for (int i = 0; i < SC_N; i++) {
+    for (int i = 0; i < DX__REDIS_LUA_N; i++) {
         unsigned char md[SHA_DIGEST_LENGTH];
-        SHA1((const unsigned char *)scripts[i], strlen(scripts[i]), md);
+        SHA1((const unsigned char *)dx__redis_lua[i], strlen(dx__redis_lua[i]), md);
         for (int j = 0; j < SHA_DIGEST_LENGTH; j++)
             snprintf(b->sha[i] + 2 * j, 3, "%02x", md[j]);
     }
