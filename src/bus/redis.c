@@ -36,176 +36,17 @@
  * (bus.h's ordering contract).
  */
 #define _GNU_SOURCE
-#include "bus/redis.h"
+#include "bus/redis_int.h"
 #include "core/buf.h"
-#include "core/seams.h"
-#include "gateway/topic.h"
 
-#include <hiredis/async.h>
-#include <hiredis/hiredis.h>
-
-#include <arpa/inet.h>
-#include <ctype.h>
 #include <netdb.h>
 #include <openssl/sha.h>
 #include <stdarg.h>
-#include <stdatomic.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
-/* ---- state ----------------------------------------------------------------- */
-
-typedef struct rbus rbus;
-typedef struct rworker rworker;
-typedef struct rtopic rtopic;
-
-enum { S_NONE, S_SUBSCRIBING, S_ACTIVE, S_UNSUBSCRIBING };
-
-/* One connection (commands or pub/sub) and its loop adapter. */
-typedef struct rconn {
-    rworker *w;
-    bool is_sub;
-    redisAsyncContext *ac;     /* NULL: down */
-    bool up;                   /* handshake answered */
-    uint64_t started_ns;       /* connect began */
-    uint64_t next_try_ns;      /* reconnect no earlier */
-    unsigned attempts;         /* since the last success: backoff */
-    bool was_up;               /* once up: a later success is a reconnect */
-} rconn;
-
-typedef struct ruser {
-    char *id;
-    size_t len;
-    uint64_t n;
-} ruser;
-
-typedef struct rreq rreq;
-
-struct rtopic {
-    rtopic *next;
-    uint64_t hash;
-    dx__bus_topic *bt;         /* name + the epoch last seen ("" before) */
-    long refs;                 /* exact subscriptions (joined) on this worker */
-    int state;                 /* S_* of its channel */
-    rreq *waiting;             /* reads waiting for the subscription (FIFO) */
-    rreq **waiting_tail;
-    unsigned busy;             /* requests holding this record */
-    uint64_t present;          /* presence: connections here */
-    ruser *users;
-    size_t nusers, capusers;
-    bool pres_dirty, pres_pushed;
-    bool have_last;            /* last is meaningful */
-    uint64_t last;             /* the last offset delivered to this worker */
-    bool need_catch;           /* the subscription was lost: read what was missed once back */
-    bool catching;             /* a catch-up read is out: live entries wait in st */
-    uint64_t catch_gen;        /* which catch-up read is the current one */
-    dx__gw_stitch st;
-    uint64_t touched_ns;
-};
-
-typedef struct rpat {
-    struct rpat *next;
-    long refs;
-    int state;
-    size_t len;
-    char name[];               /* the Redis pattern, "dx:m:..." */
-} rpat;
-
-enum { Q_PUB, Q_SUB, Q_CUR, Q_HIST, Q_PRES, Q_DISC, Q_UCONN, Q_CATCH };
-
-struct rreq {
-    rreq *next;                /* waiting list, or the worker's disconnects */
-    rworker *w;
-    int kind;
-    union {
-        dx__bus_pub_fn pub;
-        dx__bus_snap_fn snap;
-        dx__bus_presence_fn pres;
-        dx__bus_count_fn count;
-    } fn;
-    void *ud;
-    rtopic *t;                 /* Q_SUB, Q_CATCH */
-    bool resume, has_epoch;
-    uint64_t since;
-    size_t limit;
-    char epoch[DX__GW_EPOCH_LEN + 1];
-    size_t bytes;              /* Q_PUB: counted in pending */
-    uint64_t sent_ns;          /* Q_PUB: when it was written */
-    rreq *pnext;               /* Q_PUB: in the worker's publishes out */
-    /* Q_SUB: the read's answer waits for its barrier (read_lua) */
-    bool have_reply, have_barrier, lost_barrier;
-    int rc;
-    dx__gw_snapshot snap;
-    /* Q_DISC */
-    unsigned refs;
-    uint64_t id;
-    long long expected;        /* receivers (-1 until PUBLISH answers) */
-    long long got;
-    uint64_t count;
-    uint64_t deadline_ns;
-    bool done;
-    char *user;
-    size_t ulen;
-    size_t tlen;
-    char topic[];              /* topic (or user for Q_DISC/Q_UCONN), NUL-terminated; then user */
-};
-
-struct rworker {
-    rbus *b;
-    unsigned index;
-    dx_loop *loop;
-    const dx__bus_events *ev;
-    void *ud;
-    dx_timer *tick;
-    rconn cmd, sub;
-    char member[48];           /* "<node>.<index>" */
-    rtopic **tab;
-    size_t tab_cap, ntopics;
-    rpat *pats;
-    rreq *discs;
-    uint64_t disc_seq;
-    rreq *barriers;            /* subscribe reads out, until their barrier came */
-    uint64_t barrier_seq;
-    char wchan[64];            /* "dx:w:<member>": this worker's barriers */
-    bool pres_any_dirty;
-    bool unsub_due;
-    bool need_flush;
-    bool freeing;
-    uint64_t ping_sent_ns;     /* 0: none out (the health check is TIME) */
-    int64_t clock_off_ms;      /* Redis's clock minus ours (ms), from the last TIME */
-    bool have_clock;
-    bool stuck;                /* Redis stopped answering: refuse, drop once no publish can still run */
-    rreq *pubs, *pubs_tail;    /* publishes out, oldest first (answers come in order) */
-    uint64_t last_ping_ns, last_refresh_ns, last_sweep_ns;
-    uint64_t rng;
-    _Atomic bool attached;
-    _Atomic bool healthy;
-    _Atomic uint64_t st_topics;
-};
-
-struct rbus {
-    dx__bus base;
-    dx__bus_redis_opts o;
-    dx__redis_url url;
-    char addr[INET6_ADDRSTRLEN];
-    char node[17];
-    char sha[DX__REDIS_LUA_N][41];
-    uint64_t ttl_ms;           /* topic keys: history age + 60 s; 0 without an age bound */
-    rworker *w;
-    _Atomic size_t pending;
-    _Atomic uint64_t st_refused, st_reconnects, st_recovered, st_lost, st_received;
-};
-
-#define CTL_CHANNEL "dx:ctl"
-#define MSG_PREFIX "dx:m:"
-#define MSG_PREFIX_LEN 5
-#define DISC_TIMEOUT_NS (UINT64_C(2) * 1000000000u)
-#define TICK_MS 100
-
-static void blog(rbus *b, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void blog(rbus *b, int level, const char *fmt, ...)
+void dx__rb_log(rbus *b, int level, const char *fmt, ...)
 {
     if (!b->o.log)
         return;
@@ -217,30 +58,7 @@ static void blog(rbus *b, int level, const char *fmt, ...)
     b->o.log(b->o.log_ud, level, line);
 }
 
-static uint64_t next_rand(rworker *w)
-{
-    uint64_t z = (w->rng += 0x9e3779b97f4a7c15ull); /* splitmix64 from a random seed */
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static void new_epoch(rworker *w, char out[DX__GW_EPOCH_LEN + 1])
-{
-    snprintf(out, DX__GW_EPOCH_LEN + 1, "%016llx", (unsigned long long)next_rand(w));
-}
-
-static uint64_t hash_name(const char *s, size_t len)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (uint8_t)s[i];
-        h *= 1099511628211ull;
-    }
-    return h ^ (h >> 29);
-}
-
-static void worker_flush(rworker *w)
+void dx__rb_worker_flush(rworker *w)
 {
     if (w->need_flush && !w->freeing) {
         w->need_flush = false;
@@ -250,9 +68,9 @@ static void worker_flush(rworker *w)
 }
 
 /* After each event on a connection: what the batch gathered may be written. */
-static void after_event(void *ud)
+void dx__rb_after_event(void *ud)
 {
-    worker_flush(ud);
+    dx__rb_worker_flush(ud);
 }
 
 /* ---- topics ---------------------------------------------------------------- */
@@ -309,7 +127,7 @@ static rtopic *topic_get(rworker *w, const char *name, size_t len)
     return t;
 }
 
-static void topic_free(rtopic *t)
+void dx__rb_topic_free(rtopic *t)
 {
     if (t->catching)
         dx__gw_stitch_deinit(&t->st);
@@ -407,7 +225,7 @@ static void topic_keys(keys3 *k, const char *topic, size_t len, const char *a, c
         k->n[i] = (size_t)snprintf(k->k[i], sizeof k->k[i], "dx:{%.*s}:%s", (int)len, topic, suf[i]);
 }
 
-static int cmd_argv(rconn *c, redisCallbackFn *fn, void *pd, int argc, const char **argv, const size_t *lens)
+int dx__rb_cmd_argv(rconn *c, redisCallbackFn *fn, void *pd, int argc, const char **argv, const size_t *lens)
 {
     if (!c->ac || !c->up)
         return DX_EIO;
@@ -435,7 +253,7 @@ static rreq *req_new(rworker *w, int kind, const char *topic, size_t tlen, const
     return r;
 }
 
-static uint64_t parse_u64(const char *s, size_t n, bool *ok)
+uint64_t dx__rb_parse_u64(const char *s, size_t n, bool *ok)
 {
     uint64_t v = 0;
     if (n == 0 || n > 19)
@@ -484,8 +302,8 @@ static int snap_from_reply(redisReply *rep, dx__gw_snapshot *s)
         for (int j = 0; j < 4; j++)
             if (f[j]->type != REDIS_REPLY_STRING)
                 ok = false;
-        uint64_t off = ok ? parse_u64(f[0]->str, f[0]->len, &ok) : 0;
-        uint64_t ms = ok ? parse_u64(f[2]->str, f[2]->len, &ok) : 0;
+        uint64_t off = ok ? dx__rb_parse_u64(f[0]->str, f[0]->len, &ok) : 0;
+        uint64_t ms = ok ? dx__rb_parse_u64(f[2]->str, f[2]->len, &ok) : 0;
         dx__gw_kind k = ok ? kind_of(f[1]->str, f[1]->len) : (dx__gw_kind)0;
         dx__gw_entry *e = ok && k ? dx__gw_entry_new(NULL, k, f[3]->str, f[3]->len, off, ms * 1000000u) : NULL;
         if (!e) {
@@ -531,7 +349,7 @@ static void catch_gap(void *ud, uint64_t from, uint64_t to)
 {
     catch_ctx *c = ud;
     atomic_fetch_add_explicit(&c->w->b->st_lost, to - from + 1, memory_order_relaxed);
-    blog(c->w->b, DX_LOG_WARN, "redis bus: topic %s: offsets %llu-%llu are no longer in history: lost here",
+    dx__rb_log(c->w->b, DX_LOG_WARN, "redis bus: topic %s: offsets %llu-%llu are no longer in history: lost here",
          c->t->bt->name, (unsigned long long)from, (unsigned long long)to);
     c->t->last = to;
 }
@@ -540,7 +358,7 @@ static const dx__gw_stitch_ops catch_ops = {catch_deliver, catch_gap};
 
 /* Starts reading what this worker missed of t (after last); live entries
  * wait in the stitcher until the read answers. */
-static void catch_start(rworker *w, rtopic *t)
+void dx__rb_catch_start(rworker *w, rtopic *t)
 {
     if (t->catching || !t->have_last) {
         t->need_catch = false;
@@ -605,7 +423,7 @@ static void catch_done(rreq *r, redisReply *rep)
 static void sub_fail(rreq *r, int err);
 
 /* Answers read r from its snapshot s (taken over), or with err. */
-static void read_answer(rreq *r, int err, dx__gw_snapshot *s)
+void dx__rb_read_answer(rreq *r, int err, dx__gw_snapshot *s)
 {
     rworker *w = r->w;
     if (w->freeing) {
@@ -660,7 +478,7 @@ static void sub_finish(rreq *r)
             break;
         }
     r->next = NULL;
-    read_answer(r, r->rc, &r->snap);
+    dx__rb_read_answer(r, r->rc, &r->snap);
 }
 
 static void req_done_read(rreq *r, redisReply *rep)
@@ -673,7 +491,7 @@ static void req_done_read(rreq *r, redisReply *rep)
     dx__gw_snapshot s;
     int rc = DX_EIO;
     if (rep && rep->type == REDIS_REPLY_ERROR && !w->freeing)
-        blog(w->b, DX_LOG_WARN, "redis bus: read of %s failed: %s", r->topic, rep->str);
+        dx__rb_log(w->b, DX_LOG_WARN, "redis bus: read of %s failed: %s", r->topic, rep->str);
     else if (rep)
         rc = snap_from_reply(rep, &s);
     if (r->kind == Q_SUB) {
@@ -690,7 +508,7 @@ static void req_done_read(rreq *r, redisReply *rep)
             sub_finish(r);
         return;
     }
-    read_answer(r, rc, &s);
+    dx__rb_read_answer(r, rc, &s);
 }
 
 /* The barrier `token` of a subscribe's read reached this worker's pub/sub
@@ -698,7 +516,7 @@ static void req_done_read(rreq *r, redisReply *rep)
 static void barrier_message(rworker *w, const char *s, size_t n)
 {
     bool ok = true;
-    uint64_t id = parse_u64(s, n, &ok);
+    uint64_t id = dx__rb_parse_u64(s, n, &ok);
     if (!ok)
         return;
     for (rreq *r = w->barriers; r; r = r->next) {
@@ -744,7 +562,7 @@ static int read_issue(rreq *r, char mode)
     lens[3] = k.n[0];
     lens[4] = k.n[1];
     lens[5] = k.n[2];
-    int rc = cmd_argv(&w->cmd, on_read_reply, r, 16, argv, lens);
+    int rc = dx__rb_cmd_argv(&w->cmd, on_read_reply, r, 16, argv, lens);
     if (!rc && barrier) {
         r->next = w->barriers;
         w->barriers = r;
@@ -756,7 +574,7 @@ static int read_issue(rreq *r, char mode)
 
 static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd);
 
-static int send_sub(rworker *w, const char *verb, const char *const *names, const size_t *lens, size_t n)
+int dx__rb_send_sub(rworker *w, const char *verb, const char *const *names, const size_t *lens, size_t n)
 {
     if (!n)
         return 0;
@@ -782,13 +600,13 @@ static int send_sub(rworker *w, const char *verb, const char *const *names, cons
     return rc;
 }
 
-static int subscribe_topic(rworker *w, rtopic *t)
+int dx__rb_subscribe_topic(rworker *w, rtopic *t)
 {
     char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1];
     int n = snprintf(ch, sizeof ch, MSG_PREFIX "%s", t->bt->name);
     const char *names[1] = {ch};
     size_t lens[1] = {(size_t)n};
-    int rc = send_sub(w, "SUBSCRIBE", names, lens, 1);
+    int rc = dx__rb_send_sub(w, "SUBSCRIBE", names, lens, 1);
     if (!rc)
         t->state = S_SUBSCRIBING;
     return rc;
@@ -824,10 +642,10 @@ static void topic_active(rworker *w, rtopic *t)
         r = next;
     }
     if (t->need_catch)
-        catch_start(w, t);
+        dx__rb_catch_start(w, t);
 }
 
-static void waiting_fail(rworker *w, rtopic *t, int err)
+void dx__rb_waiting_fail(rworker *w, rtopic *t, int err)
 {
     (void)w;
     rreq *r = t->waiting;
@@ -847,8 +665,6 @@ static rpat *pat_find(rworker *w, const char *name, size_t len)
             return p;
     return NULL;
 }
-
-static void ctl_message(rworker *w, const char *s, size_t n);
 
 /* A live entry on channel dx:m:T. */
 static void live_message(rworker *w, const char *ch, size_t chlen, const char *p, size_t n)
@@ -872,11 +688,11 @@ static void live_message(rworker *w, const char *ch, size_t chlen, const char *p
         fl[i] = (size_t)(end - q);
         q = end + 1;
     }
-    uint64_t off = ok ? parse_u64(f[0], fl[0], &ok) : 0;
-    uint64_t ms = ok ? parse_u64(f[2], fl[2], &ok) : 0;
+    uint64_t off = ok ? dx__rb_parse_u64(f[0], fl[0], &ok) : 0;
+    uint64_t ms = ok ? dx__rb_parse_u64(f[2], fl[2], &ok) : 0;
     dx__gw_kind kind = ok ? kind_of(f[1], fl[1]) : (dx__gw_kind)0;
     if (!ok || !kind || fl[3] != DX__GW_EPOCH_LEN) {
-        blog(w->b, DX_LOG_WARN, "redis bus: malformed message on %.*s: ignored", (int)chlen, ch);
+        dx__rb_log(w->b, DX_LOG_WARN, "redis bus: malformed message on %.*s: ignored", (int)chlen, ch);
         return;
     }
     atomic_fetch_add_explicit(&w->b->st_received, 1, memory_order_relaxed);
@@ -897,7 +713,7 @@ static void live_message(rworker *w, const char *ch, size_t chlen, const char *p
         return;
     }
     if (!t->catching && t->have_last && off > t->last + 1 && w->cmd.up)
-        catch_start(w, t);
+        dx__rb_catch_start(w, t);
     if (t->catching) {
         if (dx__gw_stitch_live(&t->st, e) != 0)
             atomic_fetch_add_explicit(&w->b->st_lost, 1, memory_order_relaxed);
@@ -912,7 +728,7 @@ static bool rstr(const redisReply *r, const char *s)
     return r->type == REDIS_REPLY_STRING && r->len == strlen(s) && memcmp(r->str, s, r->len) == 0;
 }
 
-static void set_health(rworker *w)
+void dx__rb_set_health(rworker *w)
 {
     atomic_store_explicit(&w->healthy, w->cmd.up && w->sub.up && !w->stuck, memory_order_release);
 }
@@ -927,7 +743,7 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
     redisReply *kind = r->element[0], *a = r->element[1], *c = r->element[2];
     if (rstr(kind, "message") && a->type == REDIS_REPLY_STRING && c->type == REDIS_REPLY_STRING) {
         if (a->len == sizeof CTL_CHANNEL - 1 && memcmp(a->str, CTL_CHANNEL, a->len) == 0)
-            ctl_message(w, c->str, c->len);
+            dx__rb_ctl_message(w, c->str, c->len);
         else if (a->len == strlen(w->wchan) && memcmp(a->str, w->wchan, a->len) == 0)
             barrier_message(w, c->str, c->len);
         else
@@ -942,10 +758,10 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
                 w->sub.attempts = 0;
                 if (w->sub.was_up) {
                     atomic_fetch_add_explicit(&w->b->st_reconnects, 1, memory_order_relaxed);
-                    blog(w->b, DX_LOG_INFO, "redis bus: worker %u: pub/sub connection to Redis restored", w->index);
+                    dx__rb_log(w->b, DX_LOG_INFO, "redis bus: worker %u: pub/sub connection to Redis restored", w->index);
                 }
                 w->sub.was_up = true;
-                set_health(w);
+                dx__rb_set_health(w);
             }
             return;
         }
@@ -964,8 +780,8 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
             t->state = S_NONE;
             t->have_last = false;
             t->need_catch = false;
-            if ((t->refs > 0 || t->waiting) && subscribe_topic(w, t) != 0)
-                waiting_fail(w, t, DX_EIO);
+            if ((t->refs > 0 || t->waiting) && dx__rb_subscribe_topic(w, t) != 0)
+                dx__rb_waiting_fail(w, t, DX_EIO);
         }
     } else if (rstr(kind, "psubscribe") && a->type == REDIS_REPLY_STRING) {
         rpat *p = pat_find(w, a->str, a->len);
@@ -985,521 +801,9 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
             if (p->refs > 0) {
                 const char *names[1] = {p->name};
                 size_t lens[1] = {p->len};
-                if (send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
+                if (dx__rb_send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
                     p->state = S_SUBSCRIBING;
             }
-        }
-    }
-}
-
-/* ---- connections -------------------------------------------------------------- */
-
-static void conn_down(rconn *c, const char *why);
-
-static void on_disconnect(const redisAsyncContext *ac, int status)
-{
-    (void)status;
-    rconn *c = ac->data;
-    if (c->ac != ac)
-        return; /* dropped by us already */
-    c->ac = NULL;
-    conn_down(c, ac->errstr[0] ? ac->errstr : "connection closed");
-}
-
-static void on_connect(const redisAsyncContext *ac, int status)
-{
-    rconn *c = ac->data;
-    if (status != REDIS_OK && c->ac == ac) {
-        c->ac = NULL; /* hiredis frees ac after this callback */
-        conn_down(c, ac->errstr[0] ? ac->errstr : "connect failed");
-    }
-}
-
-/* Drops c's context (if any) and runs conn_down. Pending callbacks run
- * with NULL replies (failing their requests). */
-static void conn_drop(rconn *c, const char *why)
-{
-    redisAsyncContext *ac = c->ac;
-    c->ac = NULL;
-    if (ac)
-        redisAsyncFree(ac);
-    conn_down(c, why);
-}
-
-static void conn_down(rconn *c, const char *why)
-{
-    rworker *w = c->w;
-    rbus *b = w->b;
-    bool was = c->up;
-    c->up = false;
-    set_health(w);
-    uint64_t now = dx__now_ns(NULL);
-    uint64_t delay = 100u << (c->attempts < 6 ? c->attempts : 6); /* ms: 100 .. 6400, capped at 5 s */
-    if (delay > 5000)
-        delay = 5000;
-    delay = delay / 2 + next_rand(w) % (delay / 2 + 1); /* jitter */
-    c->attempts++;
-    c->next_try_ns = now + delay * 1000000u;
-    if (w->freeing)
-        return;
-    if (was || c->attempts == 1)
-        blog(b, DX_LOG_WARN, "redis bus: worker %u: %s connection to Redis lost: %s (retrying)", w->index,
-             c->is_sub ? "pub/sub" : "command", why);
-    if (c->is_sub) {
-        for (size_t i = 0; i < w->tab_cap; i++) {
-            for (rtopic *t = w->tab[i]; t; t = t->next) {
-                if (t->state != S_NONE) {
-                    t->state = S_NONE;
-                    waiting_fail(w, t, DX_EIO);
-                    if (t->refs > 0 && t->have_last)
-                        t->need_catch = true;
-                    else
-                        t->have_last = false;
-                }
-            }
-        }
-        for (rpat *p = w->pats; p; p = p->next)
-            p->state = S_NONE;
-        /* reads whose barrier can no longer come: failed (the answer would
-         * not be ordered with the live entries); an answer still out frees
-         * its request when it comes */
-        rreq *r = w->barriers;
-        w->barriers = NULL;
-        while (r) {
-            rreq *next = r->next;
-            r->next = NULL;
-            if (r->have_reply) {
-                if (!r->rc)
-                    dx__gw_snapshot_deinit(&r->snap);
-                r->rc = DX_EIO;
-                read_answer(r, DX_EIO, &r->snap);
-            } else {
-                r->have_barrier = true; /* not waited for */
-                r->rc = DX_EIO;
-                r->lost_barrier = true;
-            }
-            r = next;
-        }
-    } else {
-        w->ping_sent_ns = 0;
-        w->stuck = false;
-        for (rreq *r = w->discs; r; r = r->next)
-            if (r->deadline_ns > now)
-                r->deadline_ns = now; /* no reply can come through this connection: answer with what came */
-    }
-}
-
-static void on_hs_reply(redisAsyncContext *ac, void *reply, void *pd)
-{
-    rconn *c = pd;
-    redisReply *r = reply;
-    if (!r || c->ac != ac)
-        return;
-    if (r->type == REDIS_REPLY_ERROR) {
-        if (c->attempts == 0) /* once per run of failures */
-            blog(c->w->b, DX_LOG_ERROR, "redis bus: Redis refused the connection setup: %s", r->str);
-        conn_drop(c, "setup refused");
-    }
-}
-
-static void on_ping(redisAsyncContext *ac, void *reply, void *pd)
-{
-    rconn *c = pd;
-    rworker *w = c->w;
-    if (!reply || c->ac != ac || w->freeing)
-        return;
-    redisReply *r = reply;
-    uint64_t now = dx__now_ns(NULL);
-    if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_STRING &&
-        r->element[1]->type == REDIS_REPLY_STRING && w->ping_sent_ns) {
-        bool ok = true;
-        uint64_t sec = parse_u64(r->element[0]->str, r->element[0]->len, &ok);
-        uint64_t usec = parse_u64(r->element[1]->str, r->element[1]->len, &ok);
-        if (ok) {
-            int64_t mid_ms = (int64_t)((w->ping_sent_ns + now) / 2 / 1000000u);
-            w->clock_off_ms = (int64_t)(sec * 1000u + usec / 1000u) - mid_ms;
-            w->have_clock = true;
-        }
-    }
-    w->ping_sent_ns = 0;
-    if (!c->up) {
-        c->up = true;
-        c->attempts = 0;
-        if (c->was_up) {
-            atomic_fetch_add_explicit(&w->b->st_reconnects, 1, memory_order_relaxed);
-            blog(w->b, DX_LOG_INFO, "redis bus: worker %u: command connection to Redis restored", w->index);
-        }
-        c->was_up = true;
-        set_health(w);
-        w->last_refresh_ns = 0; /* presence and liveness now */
-        for (size_t i = 0; i < w->tab_cap; i++)
-            for (rtopic *t = w->tab[i]; t; t = t->next) {
-                if (t->present || t->pres_pushed) {
-                    t->pres_dirty = true;
-                    w->pres_any_dirty = true;
-                }
-                if (t->need_catch && t->state == S_ACTIVE)
-                    catch_start(w, t);
-            }
-    }
-}
-
-static int conn_start(rconn *c)
-{
-    rworker *w = c->w;
-    rbus *b = w->b;
-    redisAsyncContext *ac = b->url.unix_socket ? redisAsyncConnectUnix(b->url.path)
-                                               : redisAsyncConnect(b->addr, b->url.port);
-    c->started_ns = dx__now_ns(NULL);
-    if (!ac)
-        return DX_ENOMEM;
-    if (ac->err) {
-        char why[128];
-        snprintf(why, sizeof why, "%s", ac->errstr);
-        redisAsyncFree(ac);
-        conn_down(c, why);
-        return 0;
-    }
-    ac->data = c;
-    int rc = dx__redis_loop_attach(w->loop, ac, after_event, w);
-    if (rc) {
-        redisAsyncFree(ac);
-        conn_down(c, "cannot watch the socket");
-        return 0;
-    }
-    c->ac = ac;
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    /* setup, pipelined: AUTH, SELECT, then (commands) the scripts and a PING
-     * whose answer marks the connection up, or (pub/sub) the subscriptions */
-    if (b->url.pass[0]) {
-        if (b->url.user[0])
-            redisAsyncCommand(ac, on_hs_reply, c, "AUTH %s %s", b->url.user, b->url.pass);
-        else
-            redisAsyncCommand(ac, on_hs_reply, c, "AUTH %s", b->url.pass);
-    }
-    if (b->url.db)
-        redisAsyncCommand(ac, on_hs_reply, c, "SELECT %d", b->url.db);
-    if (!c->is_sub) {
-        for (int i = 0; i < DX__REDIS_LUA_N; i++)
-            redisAsyncCommand(ac, on_hs_reply, c, "SCRIPT LOAD %s", dx__redis_lua[i]);
-        w->ping_sent_ns = dx__now_ns(NULL);
-        redisAsyncCommand(ac, on_ping, c, "TIME");
-        return 0;
-    }
-    /* every exact topic with subscribers, every pattern, then the control
-     * channel (its confirmation marks the connection up) */
-    c->up = true; /* let send_sub write; the flag is reset below */
-    for (size_t i = 0; i < w->tab_cap; i++)
-        for (rtopic *t = w->tab[i]; t; t = t->next)
-            if ((t->refs > 0 || t->waiting) && subscribe_topic(w, t) != 0)
-                waiting_fail(w, t, DX_EIO);
-    for (rpat *p = w->pats; p; p = p->next) {
-        if (p->refs > 0) {
-            const char *names[1] = {p->name};
-            size_t lens[1] = {p->len};
-            if (send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
-                p->state = S_SUBSCRIBING;
-        }
-    }
-    const char *names[2] = {w->wchan, CTL_CHANNEL};
-    size_t lens[2] = {strlen(w->wchan), sizeof CTL_CHANNEL - 1};
-    (void)send_sub(w, "SUBSCRIBE", names, lens, 2);
-    c->up = false;
-    return 0;
-}
-
-/* ---- presence and liveness ------------------------------------------------------ */
-
-static void on_ignore(redisAsyncContext *ac, void *reply, void *pd)
-{
-    (void)ac;
-    (void)pd;
-    (void)reply;
-}
-
-static void presence_push(rworker *w, rtopic *t)
-{
-    rbus *b = w->b;
-    dx_buf v;
-    dx_buf_init(&v, NULL);
-    char num[32];
-    int rc = 0;
-    if (t->present) {
-        int n = snprintf(num, sizeof num, "%llu", (unsigned long long)t->present);
-        rc = dx_buf_append(&v, num, (size_t)n, 0);
-        for (size_t i = 0; i < t->nusers && !rc; i++) {
-            n = snprintf(num, sizeof num, " %zu:", t->users[i].len);
-            rc = dx_buf_append(&v, num, (size_t)n, 0);
-            if (!rc)
-                rc = dx_buf_append(&v, t->users[i].id, t->users[i].len, 0);
-        }
-    }
-    if (rc) {
-        dx_buf_deinit(&v);
-        return; /* out of memory: stays dirty */
-    }
-    char k[5][DX__GW_TOPIC_MAX + 16];
-    size_t kl[5];
-    static const char *const suf[5] = {"p", "pz", "o", "e", "s"};
-    for (int i = 0; i < 5; i++)
-        kl[i] = (size_t)snprintf(k[i], sizeof k[i], "dx:{%s}:%s", t->bt->name, suf[i]);
-    char ttl[24], tttl[24];
-    snprintf(ttl, sizeof ttl, "%u", b->o.presence_ttl_ms);
-    snprintf(tttl, sizeof tttl, "%llu", (unsigned long long)b->ttl_ms);
-    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_PRES], "5", k[0], k[1], k[2], k[3], k[4], "s", w->member,
-                          v.len ? (const char *)dx_buf_head(&v) : "", ttl, tttl};
-    size_t lens[13];
-    for (int i = 0; i < 13; i++)
-        lens[i] = i >= 3 && i <= 7 ? kl[i - 3] : i == 10 ? v.len : strlen(argv[i]);
-    if (cmd_argv(&w->cmd, on_ignore, NULL, 13, argv, lens) == 0) {
-        t->pres_dirty = false;
-        t->pres_pushed = t->present > 0;
-    }
-    dx_buf_deinit(&v);
-}
-
-static void refresh_alive(rworker *w)
-{
-    char key[80];
-    int n = snprintf(key, sizeof key, "dx:alive:%s", w->member);
-    char ttl[24];
-    snprintf(ttl, sizeof ttl, "%u", w->b->o.presence_ttl_ms);
-    const char *argv[] = {"SET", key, "1", "PX", ttl};
-    size_t lens[] = {3, (size_t)n, 1, 2, strlen(ttl)};
-    (void)cmd_argv(&w->cmd, on_ignore, NULL, 5, argv, lens);
-}
-
-/* ---- the tick ----------------------------------------------------------------------- */
-
-static void unsub_batch(rworker *w)
-{
-    w->unsub_due = false;
-    if (!w->sub.up)
-        return;
-    size_t cap = 64, n = 0;
-    const char **names = dx__alloc(NULL, cap * sizeof *names);
-    size_t *lens = dx__alloc(NULL, cap * sizeof *lens);
-    char *chans = dx__alloc(NULL, cap * (DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1));
-    if (!names || !lens || !chans) {
-        w->unsub_due = true;
-        goto out;
-    }
-    for (size_t i = 0; i < w->tab_cap; i++) {
-        for (rtopic *t = w->tab[i]; t; t = t->next) {
-            if (t->refs > 0 || t->state != S_ACTIVE || t->waiting)
-                continue;
-            if (n == cap) {
-                w->unsub_due = true; /* the rest next tick */
-                break;
-            }
-            char *ch = chans + n * (DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1);
-            lens[n] = (size_t)snprintf(ch, DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1, MSG_PREFIX "%s", t->bt->name);
-            names[n++] = ch;
-            t->state = S_UNSUBSCRIBING;
-        }
-    }
-    if (n && send_sub(w, "UNSUBSCRIBE", names, lens, n) != 0)
-        w->unsub_due = true;
-    for (rpat **pp = &w->pats; *pp;) {
-        rpat *p = *pp;
-        if (p->refs <= 0 && p->state == S_ACTIVE) {
-            const char *nm[1] = {p->name};
-            size_t ln[1] = {p->len};
-            if (send_sub(w, "PUNSUBSCRIBE", nm, ln, 1) == 0)
-                p->state = S_UNSUBSCRIBING;
-        }
-        if (p->refs <= 0 && p->state == S_NONE) {
-            *pp = p->next;
-            dx__free(NULL, p);
-            /* topics seen only through patterns are no longer ordered here */
-            for (size_t i = 0; i < w->tab_cap; i++)
-                for (rtopic *t = w->tab[i]; t; t = t->next)
-                    if (t->refs <= 0 && t->state == S_NONE)
-                        t->have_last = false;
-            continue;
-        }
-        pp = &p->next;
-    }
-out:
-    dx__free(NULL, names);
-    dx__free(NULL, lens);
-    dx__free(NULL, chans);
-}
-
-static void sweep(rworker *w, uint64_t now)
-{
-    for (size_t i = 0; i < w->tab_cap; i++) {
-        for (rtopic **pp = &w->tab[i]; *pp;) {
-            rtopic *t = *pp;
-            if (t->refs <= 0 && t->state == S_NONE && !t->busy && !t->catching && !t->present && !t->pres_dirty &&
-                !t->waiting && now - t->touched_ns > UINT64_C(60) * 1000000000u) {
-                *pp = t->next;
-                topic_free(t);
-                w->ntopics--;
-                continue;
-            }
-            pp = &t->next;
-        }
-    }
-    atomic_store_explicit(&w->st_topics, w->ntopics, memory_order_relaxed);
-}
-
-static void disc_finish(rworker *w, rreq *r, int err);
-
-static void on_tick(dx_timer *tm, void *ud)
-{
-    (void)tm;
-    rworker *w = ud;
-    rbus *b = w->b;
-    uint64_t now = dx__now_ns(NULL);
-    uint64_t to = (uint64_t)b->o.connect_timeout_ms * 1000000u;
-    rconn *cs[2] = {&w->cmd, &w->sub};
-    for (int i = 0; i < 2; i++) {
-        rconn *c = cs[i];
-        if (!c->ac && now >= c->next_try_ns)
-            (void)conn_start(c);
-        else if (c->ac && !c->up && now - c->started_ns > to)
-            conn_drop(c, "connect timed out");
-    }
-    if (w->cmd.up) {
-        /* Redis does not answer (a TIME or a publish out too long): new
-         * requests are refused at once; the connections go (requests out
-         * fail, reconnecting starts) once every publish out is past its
-         * deadline, so none answered 503 can still be published */
-        if (!w->stuck && ((w->ping_sent_ns && now - w->ping_sent_ns > to) || (w->pubs && now - w->pubs->sent_ns > to))) {
-            w->stuck = true;
-            set_health(w);
-            blog(b, DX_LOG_WARN, "redis bus: worker %u: Redis does not answer", w->index);
-        }
-        if (w->stuck && (!w->pubs_tail || now - w->pubs_tail->sent_ns > to)) {
-            conn_drop(&w->cmd, "Redis does not answer");
-            if (w->sub.ac)
-                conn_drop(&w->sub, "Redis does not answer on the command connection");
-        } else if (!w->ping_sent_ns && now - w->last_ping_ns >= UINT64_C(1000000000)) {
-            w->last_ping_ns = now;
-            const char *argv[] = {"TIME"};
-            size_t lens[] = {4};
-            if (cmd_argv(&w->cmd, on_ping, &w->cmd, 1, argv, lens) == 0)
-                w->ping_sent_ns = now;
-        }
-    }
-    if (w->cmd.up) {
-        uint64_t every = (uint64_t)b->o.presence_ttl_ms * 1000000u / 3;
-        if (!w->last_refresh_ns || now - w->last_refresh_ns >= every) {
-            w->last_refresh_ns = now;
-            refresh_alive(w);
-            for (size_t i = 0; i < w->tab_cap; i++)
-                for (rtopic *t = w->tab[i]; t; t = t->next)
-                    if (t->present) {
-                        t->pres_dirty = true;
-                        w->pres_any_dirty = true;
-                    }
-        }
-        if (w->pres_any_dirty) {
-            w->pres_any_dirty = false;
-            for (size_t i = 0; i < w->tab_cap; i++)
-                for (rtopic *t = w->tab[i]; t; t = t->next)
-                    if (t->pres_dirty) {
-                        presence_push(w, t);
-                        if (t->pres_dirty)
-                            w->pres_any_dirty = true;
-                    }
-        }
-    }
-    if (w->unsub_due)
-        unsub_batch(w);
-    for (rreq *r = w->discs, *next; r; r = next) {
-        next = r->next;
-        if (now >= r->deadline_ns)
-            disc_finish(w, r, 0);
-    }
-    if (now - w->last_sweep_ns > UINT64_C(5000000000)) {
-        w->last_sweep_ns = now;
-        sweep(w, now);
-    }
-    worker_flush(w);
-}
-
-/* ---- disconnect across nodes ------------------------------------------------------- */
-
-static void disc_unref(rreq *r)
-{
-    if (--r->refs == 0)
-        dx__free(NULL, r);
-}
-
-static void disc_finish(rworker *w, rreq *r, int err)
-{
-    if (r->done)
-        return;
-    r->done = true;
-    for (rreq **pp = &w->discs; *pp; pp = &(*pp)->next)
-        if (*pp == r) {
-            *pp = r->next;
-            break;
-        }
-    if (!w->freeing)
-        r->fn.count(r->ud, err, r->count);
-    disc_unref(r);
-}
-
-static void on_disc_pub(redisAsyncContext *ac, void *reply, void *pd)
-{
-    (void)ac;
-    rreq *r = pd;
-    redisReply *rep = reply;
-    if (!r->done) {
-        if (!rep || rep->type != REDIS_REPLY_INTEGER) {
-            disc_finish(r->w, r, DX_EIO);
-        } else {
-            r->expected = rep->integer;
-            if (r->got >= r->expected)
-                disc_finish(r->w, r, 0);
-        }
-    }
-    disc_unref(r);
-}
-
-static void ctl_message(rworker *w, const char *s, size_t n)
-{
-    /* "d <tag> <user>" or "r <tag> <count>" */
-    if (n < 4 || s[1] != ' ')
-        return;
-    const char *tag = s + 2;
-    const char *sp = memchr(tag, ' ', n - 2);
-    if (!sp)
-        return;
-    size_t taglen = (size_t)(sp - tag);
-    const char *arg = sp + 1;
-    size_t alen = n - (size_t)(arg - s);
-    if (s[0] == 'd') {
-        size_t closed = w->ev && w->ev->disconnect_user ? w->ev->disconnect_user(w->ud, arg, alen) : 0;
-        char msg[128];
-        int m = snprintf(msg, sizeof msg, "r %.*s %zu", (int)(taglen < 80 ? taglen : 80), tag, closed);
-        const char *argv[] = {"PUBLISH", CTL_CHANNEL, msg};
-        size_t lens[] = {7, sizeof CTL_CHANNEL - 1, (size_t)m};
-        (void)cmd_argv(&w->cmd, on_ignore, NULL, 3, argv, lens);
-        return;
-    }
-    if (s[0] != 'r')
-        return;
-    /* ours: "<member>.<id>" */
-    size_t ml = strlen(w->member);
-    if (taglen <= ml + 1 || memcmp(tag, w->member, ml) != 0 || tag[ml] != '.')
-        return;
-    bool ok = true;
-    uint64_t id = parse_u64(tag + ml + 1, taglen - ml - 1, &ok);
-    uint64_t cnt = parse_u64(arg, alen, &ok);
-    if (!ok)
-        return;
-    for (rreq *r = w->discs; r; r = r->next) {
-        if (r->id == id) {
-            r->got++;
-            r->count += cnt;
-            if (r->expected >= 0 && r->got >= r->expected)
-                disc_finish(w, r, 0);
-            return;
         }
     }
 }
@@ -1515,7 +819,7 @@ static int r_attach(dx__bus *base, unsigned wi, dx_loop *loop, const dx__bus_eve
     w->loop = loop;
     w->ev = ev;
     w->ud = ud;
-    w->tick = dx_timer_new(loop, on_tick, w);
+    w->tick = dx_timer_new(loop, dx__rb_on_tick, w);
     if (!w->tick)
         return DX_ENOMEM;
     dx_timer_start(w->tick, 0, TICK_MS);
@@ -1572,10 +876,10 @@ static void on_pub_reply(redisAsyncContext *ac, void *reply, void *pd)
         } else if (strstr(rep->str, "ELATE")) {
             err = DX_EIO; /* not published */
         } else {
-            blog(b, DX_LOG_WARN, "redis bus: publish on %s failed: %s", r->topic, rep->str);
+            dx__rb_log(b, DX_LOG_WARN, "redis bus: publish on %s failed: %s", r->topic, rep->str);
             if (strncmp(rep->str, "NOSCRIPT", 8) == 0 && w->cmd.up)
                 for (int i = 0; i < DX__REDIS_LUA_N; i++)
-                    redisAsyncCommand(w->cmd.ac, on_ignore, NULL, "SCRIPT LOAD %s", dx__redis_lua[i]);
+                    redisAsyncCommand(w->cmd.ac, dx__rb_on_ignore, NULL, "SCRIPT LOAD %s", dx__redis_lua[i]);
         }
     }
     if (!w->freeing && r->fn.pub)
@@ -1631,7 +935,7 @@ static int r_publish(dx__bus *base, unsigned wi, const char *topic, size_t len, 
     lens[5] = k.n[2];
     lens[7] = dlen;
     lens[11] = (size_t)chn;
-    int rc = cmd_argv(&w->cmd, on_pub_reply, r, 14, argv, lens);
+    int rc = dx__rb_cmd_argv(&w->cmd, on_pub_reply, r, 14, argv, lens);
     if (rc) {
         atomic_fetch_sub_explicit(&b->pending, dlen, memory_order_relaxed);
         dx__free(NULL, r);
@@ -1690,7 +994,7 @@ static int r_subscribe(dx__bus *base, unsigned wi, const char *topic, size_t len
         rc = read_issue(r, resume ? 'r' : 'c');
         break;
     case S_NONE:
-        rc = subscribe_topic(w, t);
+        rc = dx__rb_subscribe_topic(w, t);
         /* fall through */
     default:
         if (!rc) {
@@ -1756,13 +1060,13 @@ static bool pres_parse(const char *s, size_t n, uint64_t *count, char ***users, 
     while (i < n && s[i] != ' ')
         i++;
     bool ok = true;
-    *count += parse_u64(s, i, &ok);
+    *count += dx__rb_parse_u64(s, i, &ok);
     while (ok && i < n) {
         i++; /* the space */
         size_t j = i;
         while (j < n && s[j] != ':')
             j++;
-        uint64_t l = parse_u64(s + i, j - i, &ok);
+        uint64_t l = dx__rb_parse_u64(s + i, j - i, &ok);
         if (!ok || j >= n || l > n - j - 1)
             return false;
         const char *id = s + j + 1;
@@ -1838,7 +1142,7 @@ static int r_presence(dx__bus *base, unsigned wi, const char *topic, size_t len,
     /* this worker's pending changes first, so a reader here sees its own joins */
     rtopic *t = topic_find(w, topic, len);
     if (t && t->pres_dirty)
-        presence_push(w, t);
+        dx__rb_presence_push(w, t);
     char k[5][DX__GW_TOPIC_MAX + 16];
     size_t kl[5];
     static const char *const suf[5] = {"p", "pz", "o", "e", "s"};
@@ -1849,7 +1153,7 @@ static int r_presence(dx__bus *base, unsigned wi, const char *topic, size_t len,
     size_t lens[13];
     for (int i = 0; i < 13; i++)
         lens[i] = i >= 3 && i <= 7 ? kl[i - 3] : strlen(argv[i]);
-    int rc = cmd_argv(&w->cmd, on_pres_reply, r, 13, argv, lens);
+    int rc = dx__rb_cmd_argv(&w->cmd, on_pres_reply, r, 13, argv, lens);
     if (rc) {
         dx__free(NULL, r);
         return refuse(b, rc);
@@ -1882,7 +1186,7 @@ static int r_disconnect_user(dx__bus *base, unsigned wi, const char *user, size_
     memcpy(msg + m, user, ulen);
     const char *argv[] = {"PUBLISH", CTL_CHANNEL, msg};
     size_t lens[] = {7, sizeof CTL_CHANNEL - 1, (size_t)m + ulen};
-    int rc = cmd_argv(&w->cmd, on_disc_pub, r, 3, argv, lens);
+    int rc = dx__rb_cmd_argv(&w->cmd, dx__rb_on_disc_pub, r, 3, argv, lens);
     dx__free(NULL, msg);
     if (rc) {
         dx__free(NULL, r);
@@ -1936,7 +1240,7 @@ static void r_pattern(dx__bus *base, unsigned wi, const char *pat, size_t len, l
     if (p->refs > 0 && p->state == S_NONE) {
         const char *names[1] = {p->name};
         size_t lens[1] = {p->len};
-        if (send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
+        if (dx__rb_send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
             p->state = S_SUBSCRIBING;
     } else if (p->refs <= 0) {
         w->unsub_due = true;
@@ -1979,7 +1283,7 @@ static int r_user_conns(dx__bus *base, unsigned wi, const char *user, size_t ule
     snprintf(d, sizeof d, "%ld", delta);
     const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_UC], "1", key, w->member, d, "dx:alive:"};
     size_t lens[] = {7, 40, 1, (size_t)kn + ulen + 1, strlen(w->member), strlen(d), 9};
-    int rc = cmd_argv(&w->cmd, on_uc_reply, r, 7, argv, lens);
+    int rc = dx__rb_cmd_argv(&w->cmd, on_uc_reply, r, 7, argv, lens);
     dx__free(NULL, key);
     if (rc) {
         dx__free(NULL, r);
@@ -2035,7 +1339,7 @@ static void r_free(dx__bus *base)
                 redisAsyncFree(ac); /* pending callbacks run with NULL and only free */
         }
         while (w->discs)
-            disc_finish(w, w->discs, DX_ECLOSED);
+            dx__rb_disc_finish(w, w->discs, DX_ECLOSED);
         while (w->barriers) /* answered, barrier never came */
             sub_finish(w->barriers);
         for (size_t k = 0; k < w->tab_cap; k++) {
@@ -2045,7 +1349,7 @@ static void r_free(dx__bus *base)
                     rn = r->next;
                     dx__free(NULL, r);
                 }
-                topic_free(t);
+                dx__rb_topic_free(t);
             }
         }
         dx__free(NULL, w->tab);
