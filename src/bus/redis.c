@@ -738,7 +738,8 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
     (void)ac;
     rworker *w = pd;
     redisReply *r = reply;
-    if (!r || w->freeing || r->type != REDIS_REPLY_ARRAY || r->elements < 3 || r->element[0]->type != REDIS_REPLY_STRING)
+    if (!r || w->freeing || r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING)
         return;
     redisReply *kind = r->element[0], *a = r->element[1], *c = r->element[2];
     if (rstr(kind, "message") && a->type == REDIS_REPLY_STRING && c->type == REDIS_REPLY_STRING) {
@@ -758,7 +759,8 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
                 w->sub.attempts = 0;
                 if (w->sub.was_up) {
                     atomic_fetch_add_explicit(&w->b->st_reconnects, 1, memory_order_relaxed);
-                    dx__rb_log(w->b, DX_LOG_INFO, "redis bus: worker %u: pub/sub connection to Redis restored", w->index);
+                    dx__rb_log(w->b, DX_LOG_INFO, "redis bus: worker %u: pub/sub connection to Redis restored",
+                               w->index);
                 }
                 w->sub.was_up = true;
                 dx__rb_set_health(w);
@@ -925,8 +927,8 @@ static int r_publish(dx__bus *base, unsigned wi, const char *topic, size_t len, 
     if (w->have_clock)
         snprintf(dl, sizeof dl, "%lld",
                  (long long)((int64_t)(now / 1000000u) + w->clock_off_ms + (int64_t)b->o.connect_timeout_ms / 2));
-    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_PUB], "3", k.k[0], k.k[1], k.k[2], kd, dlen ? data : "", cnt, age,
-                          ep, ch, ttl, dl};
+    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_PUB], "3", k.k[0], k.k[1], k.k[2], kd, dlen ? data : "",
+                          cnt, age, ep, ch, ttl, dl};
     size_t lens[14];
     for (int i = 0; i < 14; i++)
         lens[i] = strlen(argv[i]);
@@ -1148,8 +1150,8 @@ static int r_presence(dx__bus *base, unsigned wi, const char *topic, size_t len,
     static const char *const suf[5] = {"p", "pz", "o", "e", "s"};
     for (int i = 0; i < 5; i++)
         kl[i] = (size_t)snprintf(k[i], sizeof k[i], "dx:{%.*s}:%s", (int)len, topic, suf[i]);
-    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_PRES], "5", k[0], k[1], k[2], k[3], k[4], "g", w->member, "", "0",
-                          "0"};
+    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_PRES], "5", k[0], k[1], k[2], k[3], k[4], "g", w->member,
+                          "", "0", "0"};
     size_t lens[13];
     for (int i = 0; i < 13; i++)
         lens[i] = i >= 3 && i <= 7 ? kl[i - 3] : strlen(argv[i]);

@@ -384,7 +384,8 @@ void dx__rb_on_tick(dx_timer *tm, void *ud)
          * requests are refused at once; the connections go (requests out
          * fail, reconnecting starts) once every publish out is past its
          * deadline, so none answered 503 can still be published */
-        if (!w->stuck && ((w->ping_sent_ns && now - w->ping_sent_ns > to) || (w->pubs && now - w->pubs->sent_ns > to))) {
+        bool late = (w->ping_sent_ns && now - w->ping_sent_ns > to) || (w->pubs && now - w->pubs->sent_ns > to);
+        if (!w->stuck && late) {
             w->stuck = true;
             dx__rb_set_health(w);
             dx__rb_log(b, DX_LOG_WARN, "redis bus: worker %u: Redis does not answer", w->index);
