@@ -36,471 +36,17 @@
  * (bus.h's ordering contract).
  */
 #define _GNU_SOURCE
-#include "bus/redis.h"
+#include "bus/redis_int.h"
 #include "core/buf.h"
-#include "core/seams.h"
-#include "gateway/topic.h"
 
-#include <hiredis/async.h>
-#include <hiredis/hiredis.h>
-
-#include <arpa/inet.h>
-#include <ctype.h>
 #include <netdb.h>
 #include <openssl/sha.h>
 #include <stdarg.h>
-#include <stdatomic.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
-/* ---- URL ------------------------------------------------------------------ */
-
-static int why_set(char *why, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int why_set(char *why, size_t len, const char *fmt, ...)
-{
-    if (why && len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(why, len, fmt, ap);
-        va_end(ap);
-    }
-    return DX_EINVAL;
-}
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-/* Percent-decodes s[0..n) into out (cap bytes with the NUL); -1 if bad or too long. */
-static int pct(const char *s, size_t n, char *out, size_t cap)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        int c = (unsigned char)s[i];
-        if (c == '%') {
-            if (i + 2 >= n)
-                return -1;
-            int h = hexval(s[i + 1]), l = hexval(s[i + 2]);
-            if (h < 0 || l < 0)
-                return -1;
-            c = h * 16 + l;
-            i += 2;
-        }
-        if (o + 1 >= cap)
-            return -1;
-        out[o++] = (char)c;
-    }
-    out[o] = 0;
-    return 0;
-}
-
-static int parse_uint(const char *s, size_t n, long max, long *out)
-{
-    if (n == 0 || n > 9)
-        return -1;
-    long v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return -1;
-        v = v * 10 + (s[i] - '0');
-    }
-    if (v > max)
-        return -1;
-    *out = v;
-    return 0;
-}
-
-int dx__redis_url_parse(const char *url, dx__redis_url *out, char *why, size_t why_len)
-{
-    memset(out, 0, sizeof *out);
-    out->port = 6379;
-    if (!url)
-        return why_set(why, why_len, "no Redis URL");
-    const char *p;
-    if (strncmp(url, "unix://", 7) == 0) {
-        out->unix_socket = true;
-        p = url + 7;
-        const char *q = strchr(p, '?');
-        size_t n = q ? (size_t)(q - p) : strlen(p);
-        if (n == 0 || p[0] != '/')
-            return why_set(why, why_len, "unix:// URL needs an absolute path (unix:///path/to/socket)");
-        if (pct(p, n, out->path, sizeof out->path) != 0)
-            return why_set(why, why_len, "unix socket path too long or badly encoded");
-        /* ?db=N&user=U&password=P, any order */
-        while (q && *q) {
-            const char *k = q + 1;
-            const char *amp = strchr(k, '&');
-            size_t kn = amp ? (size_t)(amp - k) : strlen(k);
-            long db;
-            if (kn > 3 && strncmp(k, "db=", 3) == 0 && parse_uint(k + 3, kn - 3, 1000000, &db) == 0)
-                out->db = (int)db;
-            else if (kn > 5 && strncmp(k, "user=", 5) == 0 && pct(k + 5, kn - 5, out->user, sizeof out->user) == 0)
-                ;
-            else if (kn > 9 && strncmp(k, "password=", 9) == 0 &&
-                     pct(k + 9, kn - 9, out->pass, sizeof out->pass) == 0)
-                ;
-            else
-                return why_set(why, why_len, "unix:// URL: after the path only ?db=N&user=U&password=P");
-            q = amp;
-        }
-        return 0;
-    }
-    if (strncmp(url, "redis://", 8) == 0) {
-        p = url + 8;
-    } else if (strncmp(url, "rediss://", 9) == 0) {
-        out->tls = true;
-        p = url + 9;
-    } else {
-        return why_set(why, why_len, "Redis URL must start with redis://, rediss:// or unix://");
-    }
-    const char *end = p + strcspn(p, "/?#");
-    const char *at = NULL;
-    for (const char *c = p; c < end; c++)
-        if (*c == '@')
-            at = c;
-    if (at) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        if (colon) {
-            if (pct(p, (size_t)(colon - p), out->user, sizeof out->user) != 0 ||
-                pct(colon + 1, (size_t)(at - colon - 1), out->pass, sizeof out->pass) != 0)
-                return why_set(why, why_len, "Redis URL: user or password too long or badly encoded");
-        } else if (pct(p, (size_t)(at - p), out->pass, sizeof out->pass) != 0) {
-            return why_set(why, why_len, "Redis URL: password too long or badly encoded");
-        }
-        p = at + 1;
-    }
-    const char *hend;
-    if (*p == '[') {
-        const char *rb = memchr(p, ']', (size_t)(end - p));
-        if (!rb)
-            return why_set(why, why_len, "Redis URL: unterminated [IPv6] host");
-        if ((size_t)(rb - p - 1) >= sizeof out->host || rb == p + 1)
-            return why_set(why, why_len, "Redis URL: bad host");
-        memcpy(out->host, p + 1, (size_t)(rb - p - 1));
-        hend = rb + 1;
-    } else {
-        hend = p;
-        while (hend < end && *hend != ':')
-            hend++;
-        if (hend == p || (size_t)(hend - p) >= sizeof out->host)
-            return why_set(why, why_len, "Redis URL: missing or too long host");
-        memcpy(out->host, p, (size_t)(hend - p));
-    }
-    if (hend < end) {
-        long port;
-        if (*hend != ':' || parse_uint(hend + 1, (size_t)(end - hend - 1), 65535, &port) != 0 || port == 0)
-            return why_set(why, why_len, "Redis URL: bad port");
-        out->port = (int)port;
-    }
-    if (*end == '/' && end[1]) {
-        long db;
-        if (parse_uint(end + 1, strlen(end + 1), 1000000, &db) != 0)
-            return why_set(why, why_len, "Redis URL: the path must be a database number (/0)");
-        out->db = (int)db;
-    } else if (*end && !(*end == '/' && !end[1])) {
-        return why_set(why, why_len, "Redis URL: unexpected '%s'", end);
-    }
-    return 0;
-}
-
-/* ---- scripts --------------------------------------------------------------- */
-
-/* KEYS o e s; ARGV kind data max_count max_age_ms new_epoch channel ttl_ms.
- * Returns {offset, epoch, ms}; error "ELIMIT" at 2^53-1. */
-static const char pub_lua[] =
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local ep = redis.call('GET', KEYS[2])\n"
-    "if redis.call('EXISTS', KEYS[1]) == 0 or not ep then\n"
-    "  ep = ARGV[5]\n"
-    "  redis.call('SET', KEYS[2], ep)\n"
-    "  redis.call('DEL', KEYS[3])\n"
-    "  redis.call('SET', KEYS[1], 0)\n"
-    "end\n"
-    "if tonumber(redis.call('GET', KEYS[1])) >= 9007199254740991 then\n"
-    "  return redis.error_reply('ELIMIT offsets exhausted')\n"
-    "end\n"
-    "local off = redis.call('INCR', KEYS[1])\n"
-    "local cnt = tonumber(ARGV[3])\n"
-    "local age = tonumber(ARGV[4])\n"
-    "local ttl = tonumber(ARGV[7])\n"
-    "local so = string.format('%.0f', off)\n"
-    "local sn = string.format('%.0f', now)\n"
-    "if cnt > 0 then\n"
-    "  redis.call('XADD', KEYS[3], 'MAXLEN', cnt, '*', 'o', so, 'k', ARGV[1], 't', sn, 'd', ARGV[2])\n"
-    "  if age > 0 then redis.call('XTRIM', KEYS[3], 'MINID', string.format('%.0f', now - age)) end\n"
-    "  if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end\n"
-    "end\n"
-    "if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl); redis.call('PEXPIRE', KEYS[2], ttl) end\n"
-    "redis.call('PUBLISH', ARGV[6], so .. ' ' .. ARGV[1] .. ' ' .. sn .. ' ' .. ep .. '\\n' .. ARGV[2])\n"
-    "return {off, ep, now}\n";
-
-/* KEYS o e s; ARGV mode(r resume, c current, h history) since limit new_epoch
- * max_age_ms max_count client_epoch("" = current) ttl_ms barrier_channel token.
- * Returns {offset, epoch, recovered, o1, k1, t1, d1, ...}; then, unless
- * barrier_channel is "", PUBLISHes token on it: once the asking worker's
- * pub/sub connection receives it, every live entry sequenced before the
- * read has reached that worker too (Redis delivers a client's messages in
- * the order they were published), so the read's answer can go out without
- * a live entry it covers arriving after it. */
-static const char read_lua[] =
-    "local function body()\n"
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local off = redis.call('GET', KEYS[1])\n"
-    "local ep = redis.call('GET', KEYS[2])\n"
-    "local mode = ARGV[1]\n"
-    "if not off or not ep then\n"
-    "  if mode == 'h' then return {0, '', 0} end\n"
-    "  ep = ARGV[4]\n"
-    "  redis.call('SET', KEYS[1], 0)\n"
-    "  redis.call('SET', KEYS[2], ep)\n"
-    "  redis.call('DEL', KEYS[3])\n"
-    "  off = 0\n"
-    "else\n"
-    "  off = tonumber(off)\n"
-    "end\n"
-    "local ttl = tonumber(ARGV[8])\n"
-    "if ttl > 0 and mode ~= 'h' then\n"
-    "  redis.call('PEXPIRE', KEYS[1], ttl); redis.call('PEXPIRE', KEYS[2], ttl); redis.call('PEXPIRE', KEYS[3], ttl)\n"
-    "end\n"
-    "local age = tonumber(ARGV[5])\n"
-    "if age > 0 then redis.call('XTRIM', KEYS[3], 'MINID', string.format('%.0f', now - age)) end\n"
-    "local since = tonumber(ARGV[2])\n"
-    "local res = {off, ep, 0}\n"
-    "if mode == 'c' then return res end\n"
-    "if mode == 'r' then\n"
-    "  if (ARGV[7] ~= '' and ARGV[7] ~= ep) or since > off then return res end\n"
-    "  if since == off then res[3] = 1; return res end\n"
-    "  local n = off - since\n"
-    "  if n > tonumber(ARGV[6]) then return res end\n"
-    "  local r = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', n)\n"
-    "  if #r ~= n or tonumber(r[#r][2][2]) ~= since + 1 then return res end\n"
-    "  res[3] = 1\n"
-    "  for i = #r, 1, -1 do local f = r[i][2]; table.insert(res, f[2]); table.insert(res, f[4]); "
-    "table.insert(res, f[6]); table.insert(res, f[8]) end\n"
-    "  return res\n"
-    "end\n"
-    "if since >= off then res[3] = 1; return res end\n"
-    "local n = off - since\n"
-    "local len = redis.call('XLEN', KEYS[3])\n"
-    "if n > len then n = len end\n"
-    "if n <= 0 then return res end\n"
-    "local r = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', n)\n"
-    "if #r > 0 and tonumber(r[#r][2][2]) == since + 1 then res[3] = 1 end\n"
-    "local lim = tonumber(ARGV[3])\n"
-    "local k = 0\n"
-    "for i = #r, 1, -1 do\n"
-    "  if k >= lim then break end\n"
-    "  local f = r[i][2]; table.insert(res, f[2]); table.insert(res, f[4]); table.insert(res, f[6]); "
-    "table.insert(res, f[8])\n"
-    "  k = k + 1\n"
-    "end\n"
-    "return res\n"
-    "end\n"
-    "local res = body()\n"
-    "if ARGV[9] ~= '' then redis.call('PUBLISH', ARGV[9], ARGV[10]) end\n"
-    "return res\n";
-
-/* KEYS p pz o e s; ARGV op(s set, g get) member value ttl_ms topic_ttl_ms.
- * set: value "" removes the member. get: drops expired members, returns the values. */
-static const char pres_lua[] =
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "if ARGV[1] == 's' then\n"
-    "  if ARGV[3] == '' then\n"
-    "    redis.call('HDEL', KEYS[1], ARGV[2]); redis.call('ZREM', KEYS[2], ARGV[2])\n"
-    "  else\n"
-    "    local ttl = tonumber(ARGV[4])\n"
-    "    redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])\n"
-    "    redis.call('ZADD', KEYS[2], now + ttl, ARGV[2])\n"
-    "    redis.call('PEXPIRE', KEYS[1], 2 * ttl); redis.call('PEXPIRE', KEYS[2], 2 * ttl)\n"
-    "    local tt = tonumber(ARGV[5])\n"
-    "    if tt > 0 then for i = 3, 5 do redis.call('PEXPIRE', KEYS[i], tt) end end\n"
-    "  end\n"
-    "  return 0\n"
-    "end\n"
-    "local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)\n"
-    "for _, m in ipairs(dead) do redis.call('HDEL', KEYS[1], m) end\n"
-    "if #dead > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end\n"
-    "return redis.call('HVALS', KEYS[1])\n";
-
-/* KEYS uc; ARGV member delta alive_prefix. Returns the live sum. */
-static const char uc_lua[] =
-    "local d = tonumber(ARGV[2])\n"
-    "if d ~= 0 then\n"
-    "  local v = redis.call('HINCRBY', KEYS[1], ARGV[1], d)\n"
-    "  if v <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end\n"
-    "end\n"
-    "local all = redis.call('HGETALL', KEYS[1])\n"
-    "local n = 0\n"
-    "for i = 1, #all, 2 do\n"
-    "  if redis.call('EXISTS', ARGV[3] .. all[i]) == 1 then n = n + tonumber(all[i + 1])\n"
-    "  else redis.call('HDEL', KEYS[1], all[i]) end\n"
-    "end\n"
-    "return n\n";
-
-enum { SC_PUB, SC_READ, SC_PRES, SC_UC, SC_N };
-static const char *const scripts[SC_N] = {pub_lua, read_lua, pres_lua, uc_lua};
-
-/* ---- state ----------------------------------------------------------------- */
-
-typedef struct rbus rbus;
-typedef struct rworker rworker;
-typedef struct rtopic rtopic;
-
-enum { S_NONE, S_SUBSCRIBING, S_ACTIVE, S_UNSUBSCRIBING };
-
-/* One connection (commands or pub/sub) and its loop adapter. */
-typedef struct rconn {
-    rworker *w;
-    bool is_sub;
-    redisAsyncContext *ac;     /* NULL: down */
-    bool up;                   /* handshake answered */
-    uint64_t started_ns;       /* connect began */
-    uint64_t next_try_ns;      /* reconnect no earlier */
-    unsigned attempts;         /* since the last success: backoff */
-    bool was_up;               /* once up: a later success is a reconnect */
-} rconn;
-
-/* hiredis's event hooks for one context (freed by its cleanup hook). */
-typedef struct radapter {
-    redisAsyncContext *ac;
-    dx_watch *watch;
-    unsigned events;
-} radapter;
-
-typedef struct ruser {
-    char *id;
-    size_t len;
-    uint64_t n;
-} ruser;
-
-typedef struct rreq rreq;
-
-struct rtopic {
-    rtopic *next;
-    uint64_t hash;
-    dx__bus_topic *bt;         /* name + the epoch last seen ("" before) */
-    long refs;                 /* exact subscriptions (joined) on this worker */
-    int state;                 /* S_* of its channel */
-    rreq *waiting;             /* reads waiting for the subscription (FIFO) */
-    rreq **waiting_tail;
-    unsigned busy;             /* requests holding this record */
-    uint64_t present;          /* presence: connections here */
-    ruser *users;
-    size_t nusers, capusers;
-    bool pres_dirty, pres_pushed;
-    bool have_last;            /* last is meaningful */
-    uint64_t last;             /* the last offset delivered to this worker */
-    bool need_catch;           /* the subscription was lost: read what was missed once back */
-    bool catching;             /* a catch-up read is out: live entries wait in st */
-    uint64_t catch_gen;        /* which catch-up read is the current one */
-    dx__gw_stitch st;
-    uint64_t touched_ns;
-};
-
-typedef struct rpat {
-    struct rpat *next;
-    long refs;
-    int state;
-    size_t len;
-    char name[];               /* the Redis pattern, "dx:m:..." */
-} rpat;
-
-enum { Q_PUB, Q_SUB, Q_CUR, Q_HIST, Q_PRES, Q_DISC, Q_UCONN, Q_CATCH };
-
-struct rreq {
-    rreq *next;                /* waiting list, or the worker's disconnects */
-    rworker *w;
-    int kind;
-    union {
-        dx__bus_pub_fn pub;
-        dx__bus_snap_fn snap;
-        dx__bus_presence_fn pres;
-        dx__bus_count_fn count;
-    } fn;
-    void *ud;
-    rtopic *t;                 /* Q_SUB, Q_CATCH */
-    bool resume, has_epoch;
-    uint64_t since;
-    size_t limit;
-    char epoch[DX__GW_EPOCH_LEN + 1];
-    size_t bytes;              /* Q_PUB: counted in pending */
-    /* Q_SUB: the read's answer waits for its barrier (read_lua) */
-    bool have_reply, have_barrier, lost_barrier;
-    int rc;
-    dx__gw_snapshot snap;
-    /* Q_DISC */
-    unsigned refs;
-    uint64_t id;
-    long long expected;        /* receivers (-1 until PUBLISH answers) */
-    long long got;
-    uint64_t count;
-    uint64_t deadline_ns;
-    bool done;
-    char *user;
-    size_t ulen;
-    size_t tlen;
-    char topic[];              /* topic (or user for Q_DISC/Q_UCONN), NUL-terminated; then user */
-};
-
-struct rworker {
-    rbus *b;
-    unsigned index;
-    dx_loop *loop;
-    const dx__bus_events *ev;
-    void *ud;
-    dx_timer *tick;
-    rconn cmd, sub;
-    char member[48];           /* "<node>.<index>" */
-    rtopic **tab;
-    size_t tab_cap, ntopics;
-    rpat *pats;
-    rreq *discs;
-    uint64_t disc_seq;
-    rreq *barriers;            /* subscribe reads out, until their barrier came */
-    uint64_t barrier_seq;
-    char wchan[64];            /* "dx:w:<member>": this worker's barriers */
-    bool pres_any_dirty;
-    bool unsub_due;
-    bool need_flush;
-    bool freeing;
-    uint64_t ping_sent_ns;     /* 0: none out */
-    uint64_t last_ping_ns, last_refresh_ns, last_sweep_ns;
-    uint64_t rng;
-    _Atomic bool attached;
-    _Atomic bool healthy;
-    _Atomic uint64_t st_topics;
-};
-
-struct rbus {
-    dx__bus base;
-    dx__bus_redis_opts o;
-    dx__redis_url url;
-    char addr[INET6_ADDRSTRLEN];
-    char node[17];
-    char sha[SC_N][41];
-    uint64_t ttl_ms;           /* topic keys: history age + 60 s; 0 without an age bound */
-    rworker *w;
-    _Atomic size_t pending;
-    _Atomic uint64_t st_refused, st_reconnects, st_recovered, st_lost, st_received;
-};
-
-#define CTL_CHANNEL "dx:ctl"
-#define MSG_PREFIX "dx:m:"
-#define MSG_PREFIX_LEN 5
-#define DISC_TIMEOUT_NS (UINT64_C(2) * 1000000000u)
-#define TICK_MS 100
-
-static void blog(rbus *b, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void blog(rbus *b, int level, const char *fmt, ...)
+void dx__rb_log(rbus *b, int level, const char *fmt, ...)
 {
     if (!b->o.log)
         return;
@@ -512,52 +58,7 @@ static void blog(rbus *b, int level, const char *fmt, ...)
     b->o.log(b->o.log_ud, level, line);
 }
 
-static uint64_t next_rand(rworker *w)
-{
-    uint64_t z = (w->rng += 0x9e3779b97f4a7c15ull); /* splitmix64 from a random seed */
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static void new_epoch(rworker *w, char out[DX__GW_EPOCH_LEN + 1])
-{
-    snprintf(out, DX__GW_EPOCH_LEN + 1, "%016llx", (unsigned long long)next_rand(w));
-}
-
-static uint64_t hash_name(const char *s, size_t len)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (uint8_t)s[i];
-        h *= 1099511628211ull;
-    }
-    return h ^ (h >> 29);
-}
-
-/* ---- the loop adapter (hiredis's ev hooks on dx_watch) ----------------------- */
-
-static void ad_set(radapter *a, unsigned bit, bool on)
-{
-    unsigned ev = on ? a->events | bit : a->events & ~bit;
-    if (ev == a->events)
-        return;
-    a->events = ev;
-    if (a->watch)
-        (void)dx_watch_set(a->watch, ev);
-}
-static void ad_add_read(void *p) { ad_set(p, DX_WATCH_READ, true); }
-static void ad_del_read(void *p) { ad_set(p, DX_WATCH_READ, false); }
-static void ad_add_write(void *p) { ad_set(p, DX_WATCH_WRITE, true); }
-static void ad_del_write(void *p) { ad_set(p, DX_WATCH_WRITE, false); }
-static void ad_cleanup(void *p)
-{
-    radapter *a = p;
-    dx_watch_free(a->watch);
-    dx__free(NULL, a);
-}
-
-static void worker_flush(rworker *w)
+void dx__rb_worker_flush(rworker *w)
 {
     if (w->need_flush && !w->freeing) {
         w->need_flush = false;
@@ -566,43 +67,10 @@ static void worker_flush(rworker *w)
     }
 }
 
-static void ad_event(dx_watch *wt, int fd, unsigned events, void *ud)
+/* After each event on a connection: what the batch gathered may be written. */
+void dx__rb_after_event(void *ud)
 {
-    (void)wt;
-    (void)fd;
-    radapter *a = ud;
-    redisAsyncContext *ac = a->ac;
-    rconn *c = ac->data;
-    rworker *w = c->w;
-    /* hiredis may free ac (and a) inside either call: the write runs only
-     * while this context is still the connection's */
-    if (events & (DX_WATCH_READ | DX_WATCH_ERROR))
-        redisAsyncHandleRead(ac);
-    if ((events & DX_WATCH_WRITE) && c->ac == ac)
-        redisAsyncHandleWrite(ac);
-    worker_flush(w);
-}
-
-static int ad_attach(rworker *w, redisAsyncContext *ac)
-{
-    radapter *a = dx__alloc(NULL, sizeof *a);
-    if (!a)
-        return DX_ENOMEM;
-    a->ac = ac;
-    a->events = 0;
-    int err = 0;
-    a->watch = dx_watch_new(w->loop, ac->c.fd, 0, ad_event, a, &err);
-    if (!a->watch) {
-        dx__free(NULL, a);
-        return err ? err : DX_ENOMEM;
-    }
-    ac->ev.data = a;
-    ac->ev.addRead = ad_add_read;
-    ac->ev.delRead = ad_del_read;
-    ac->ev.addWrite = ad_add_write;
-    ac->ev.delWrite = ad_del_write;
-    ac->ev.cleanup = ad_cleanup;
-    return 0;
+    dx__rb_worker_flush(ud);
 }
 
 /* ---- topics ---------------------------------------------------------------- */
@@ -659,7 +127,7 @@ static rtopic *topic_get(rworker *w, const char *name, size_t len)
     return t;
 }
 
-static void topic_free(rtopic *t)
+void dx__rb_topic_free(rtopic *t)
 {
     if (t->catching)
         dx__gw_stitch_deinit(&t->st);
@@ -757,7 +225,7 @@ static void topic_keys(keys3 *k, const char *topic, size_t len, const char *a, c
         k->n[i] = (size_t)snprintf(k->k[i], sizeof k->k[i], "dx:{%.*s}:%s", (int)len, topic, suf[i]);
 }
 
-static int cmd_argv(rconn *c, redisCallbackFn *fn, void *pd, int argc, const char **argv, const size_t *lens)
+int dx__rb_cmd_argv(rconn *c, redisCallbackFn *fn, void *pd, int argc, const char **argv, const size_t *lens)
 {
     if (!c->ac || !c->up)
         return DX_EIO;
@@ -785,7 +253,7 @@ static rreq *req_new(rworker *w, int kind, const char *topic, size_t tlen, const
     return r;
 }
 
-static uint64_t parse_u64(const char *s, size_t n, bool *ok)
+uint64_t dx__rb_parse_u64(const char *s, size_t n, bool *ok)
 {
     uint64_t v = 0;
     if (n == 0 || n > 19)
@@ -834,8 +302,8 @@ static int snap_from_reply(redisReply *rep, dx__gw_snapshot *s)
         for (int j = 0; j < 4; j++)
             if (f[j]->type != REDIS_REPLY_STRING)
                 ok = false;
-        uint64_t off = ok ? parse_u64(f[0]->str, f[0]->len, &ok) : 0;
-        uint64_t ms = ok ? parse_u64(f[2]->str, f[2]->len, &ok) : 0;
+        uint64_t off = ok ? dx__rb_parse_u64(f[0]->str, f[0]->len, &ok) : 0;
+        uint64_t ms = ok ? dx__rb_parse_u64(f[2]->str, f[2]->len, &ok) : 0;
         dx__gw_kind k = ok ? kind_of(f[1]->str, f[1]->len) : (dx__gw_kind)0;
         dx__gw_entry *e = ok && k ? dx__gw_entry_new(NULL, k, f[3]->str, f[3]->len, off, ms * 1000000u) : NULL;
         if (!e) {
@@ -881,7 +349,7 @@ static void catch_gap(void *ud, uint64_t from, uint64_t to)
 {
     catch_ctx *c = ud;
     atomic_fetch_add_explicit(&c->w->b->st_lost, to - from + 1, memory_order_relaxed);
-    blog(c->w->b, DX_LOG_WARN, "redis bus: topic %s: offsets %llu-%llu are no longer in history: lost here",
+    dx__rb_log(c->w->b, DX_LOG_WARN, "redis bus: topic %s: offsets %llu-%llu are no longer in history: lost here",
          c->t->bt->name, (unsigned long long)from, (unsigned long long)to);
     c->t->last = to;
 }
@@ -890,7 +358,7 @@ static const dx__gw_stitch_ops catch_ops = {catch_deliver, catch_gap};
 
 /* Starts reading what this worker missed of t (after last); live entries
  * wait in the stitcher until the read answers. */
-static void catch_start(rworker *w, rtopic *t)
+void dx__rb_catch_start(rworker *w, rtopic *t)
 {
     if (t->catching || !t->have_last) {
         t->need_catch = false;
@@ -955,7 +423,7 @@ static void catch_done(rreq *r, redisReply *rep)
 static void sub_fail(rreq *r, int err);
 
 /* Answers read r from its snapshot s (taken over), or with err. */
-static void read_answer(rreq *r, int err, dx__gw_snapshot *s)
+void dx__rb_read_answer(rreq *r, int err, dx__gw_snapshot *s)
 {
     rworker *w = r->w;
     if (w->freeing) {
@@ -1010,7 +478,7 @@ static void sub_finish(rreq *r)
             break;
         }
     r->next = NULL;
-    read_answer(r, r->rc, &r->snap);
+    dx__rb_read_answer(r, r->rc, &r->snap);
 }
 
 static void req_done_read(rreq *r, redisReply *rep)
@@ -1023,7 +491,7 @@ static void req_done_read(rreq *r, redisReply *rep)
     dx__gw_snapshot s;
     int rc = DX_EIO;
     if (rep && rep->type == REDIS_REPLY_ERROR && !w->freeing)
-        blog(w->b, DX_LOG_WARN, "redis bus: read of %s failed: %s", r->topic, rep->str);
+        dx__rb_log(w->b, DX_LOG_WARN, "redis bus: read of %s failed: %s", r->topic, rep->str);
     else if (rep)
         rc = snap_from_reply(rep, &s);
     if (r->kind == Q_SUB) {
@@ -1040,7 +508,7 @@ static void req_done_read(rreq *r, redisReply *rep)
             sub_finish(r);
         return;
     }
-    read_answer(r, rc, &s);
+    dx__rb_read_answer(r, rc, &s);
 }
 
 /* The barrier `token` of a subscribe's read reached this worker's pub/sub
@@ -1048,7 +516,7 @@ static void req_done_read(rreq *r, redisReply *rep)
 static void barrier_message(rworker *w, const char *s, size_t n)
 {
     bool ok = true;
-    uint64_t id = parse_u64(s, n, &ok);
+    uint64_t id = dx__rb_parse_u64(s, n, &ok);
     if (!ok)
         return;
     for (rreq *r = w->barriers; r; r = r->next) {
@@ -1086,7 +554,7 @@ static int read_issue(rreq *r, char mode)
         r->id = ++w->barrier_seq;
         snprintf(token, sizeof token, "%llu", (unsigned long long)r->id);
     }
-    const char *argv[] = {"EVALSHA", b->sha[SC_READ], "3", k.k[0], k.k[1], k.k[2], m, since, limit, ep,
+    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_READ], "3", k.k[0], k.k[1], k.k[2], m, since, limit, ep,
                           age, cnt, r->has_epoch ? r->epoch : "", ttl, barrier ? w->wchan : "", token};
     size_t lens[16];
     for (int i = 0; i < 16; i++)
@@ -1094,7 +562,7 @@ static int read_issue(rreq *r, char mode)
     lens[3] = k.n[0];
     lens[4] = k.n[1];
     lens[5] = k.n[2];
-    int rc = cmd_argv(&w->cmd, on_read_reply, r, 16, argv, lens);
+    int rc = dx__rb_cmd_argv(&w->cmd, on_read_reply, r, 16, argv, lens);
     if (!rc && barrier) {
         r->next = w->barriers;
         w->barriers = r;
@@ -1106,7 +574,7 @@ static int read_issue(rreq *r, char mode)
 
 static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd);
 
-static int send_sub(rworker *w, const char *verb, const char *const *names, const size_t *lens, size_t n)
+int dx__rb_send_sub(rworker *w, const char *verb, const char *const *names, const size_t *lens, size_t n)
 {
     if (!n)
         return 0;
@@ -1132,13 +600,13 @@ static int send_sub(rworker *w, const char *verb, const char *const *names, cons
     return rc;
 }
 
-static int subscribe_topic(rworker *w, rtopic *t)
+int dx__rb_subscribe_topic(rworker *w, rtopic *t)
 {
     char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1];
     int n = snprintf(ch, sizeof ch, MSG_PREFIX "%s", t->bt->name);
     const char *names[1] = {ch};
     size_t lens[1] = {(size_t)n};
-    int rc = send_sub(w, "SUBSCRIBE", names, lens, 1);
+    int rc = dx__rb_send_sub(w, "SUBSCRIBE", names, lens, 1);
     if (!rc)
         t->state = S_SUBSCRIBING;
     return rc;
@@ -1174,10 +642,10 @@ static void topic_active(rworker *w, rtopic *t)
         r = next;
     }
     if (t->need_catch)
-        catch_start(w, t);
+        dx__rb_catch_start(w, t);
 }
 
-static void waiting_fail(rworker *w, rtopic *t, int err)
+void dx__rb_waiting_fail(rworker *w, rtopic *t, int err)
 {
     (void)w;
     rreq *r = t->waiting;
@@ -1197,8 +665,6 @@ static rpat *pat_find(rworker *w, const char *name, size_t len)
             return p;
     return NULL;
 }
-
-static void ctl_message(rworker *w, const char *s, size_t n);
 
 /* A live entry on channel dx:m:T. */
 static void live_message(rworker *w, const char *ch, size_t chlen, const char *p, size_t n)
@@ -1222,11 +688,11 @@ static void live_message(rworker *w, const char *ch, size_t chlen, const char *p
         fl[i] = (size_t)(end - q);
         q = end + 1;
     }
-    uint64_t off = ok ? parse_u64(f[0], fl[0], &ok) : 0;
-    uint64_t ms = ok ? parse_u64(f[2], fl[2], &ok) : 0;
+    uint64_t off = ok ? dx__rb_parse_u64(f[0], fl[0], &ok) : 0;
+    uint64_t ms = ok ? dx__rb_parse_u64(f[2], fl[2], &ok) : 0;
     dx__gw_kind kind = ok ? kind_of(f[1], fl[1]) : (dx__gw_kind)0;
     if (!ok || !kind || fl[3] != DX__GW_EPOCH_LEN) {
-        blog(w->b, DX_LOG_WARN, "redis bus: malformed message on %.*s: ignored", (int)chlen, ch);
+        dx__rb_log(w->b, DX_LOG_WARN, "redis bus: malformed message on %.*s: ignored", (int)chlen, ch);
         return;
     }
     atomic_fetch_add_explicit(&w->b->st_received, 1, memory_order_relaxed);
@@ -1247,7 +713,7 @@ static void live_message(rworker *w, const char *ch, size_t chlen, const char *p
         return;
     }
     if (!t->catching && t->have_last && off > t->last + 1 && w->cmd.up)
-        catch_start(w, t);
+        dx__rb_catch_start(w, t);
     if (t->catching) {
         if (dx__gw_stitch_live(&t->st, e) != 0)
             atomic_fetch_add_explicit(&w->b->st_lost, 1, memory_order_relaxed);
@@ -1262,9 +728,9 @@ static bool rstr(const redisReply *r, const char *s)
     return r->type == REDIS_REPLY_STRING && r->len == strlen(s) && memcmp(r->str, s, r->len) == 0;
 }
 
-static void set_health(rworker *w)
+void dx__rb_set_health(rworker *w)
 {
-    atomic_store_explicit(&w->healthy, w->cmd.up && w->sub.up, memory_order_release);
+    atomic_store_explicit(&w->healthy, w->cmd.up && w->sub.up && !w->stuck, memory_order_release);
 }
 
 static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
@@ -1272,12 +738,13 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
     (void)ac;
     rworker *w = pd;
     redisReply *r = reply;
-    if (!r || w->freeing || r->type != REDIS_REPLY_ARRAY || r->elements < 3 || r->element[0]->type != REDIS_REPLY_STRING)
+    if (!r || w->freeing || r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING)
         return;
     redisReply *kind = r->element[0], *a = r->element[1], *c = r->element[2];
     if (rstr(kind, "message") && a->type == REDIS_REPLY_STRING && c->type == REDIS_REPLY_STRING) {
         if (a->len == sizeof CTL_CHANNEL - 1 && memcmp(a->str, CTL_CHANNEL, a->len) == 0)
-            ctl_message(w, c->str, c->len);
+            dx__rb_ctl_message(w, c->str, c->len);
         else if (a->len == strlen(w->wchan) && memcmp(a->str, w->wchan, a->len) == 0)
             barrier_message(w, c->str, c->len);
         else
@@ -1292,10 +759,11 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
                 w->sub.attempts = 0;
                 if (w->sub.was_up) {
                     atomic_fetch_add_explicit(&w->b->st_reconnects, 1, memory_order_relaxed);
-                    blog(w->b, DX_LOG_INFO, "redis bus: worker %u: pub/sub connection to Redis restored", w->index);
+                    dx__rb_log(w->b, DX_LOG_INFO, "redis bus: worker %u: pub/sub connection to Redis restored",
+                               w->index);
                 }
                 w->sub.was_up = true;
-                set_health(w);
+                dx__rb_set_health(w);
             }
             return;
         }
@@ -1314,8 +782,8 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
             t->state = S_NONE;
             t->have_last = false;
             t->need_catch = false;
-            if ((t->refs > 0 || t->waiting) && subscribe_topic(w, t) != 0)
-                waiting_fail(w, t, DX_EIO);
+            if ((t->refs > 0 || t->waiting) && dx__rb_subscribe_topic(w, t) != 0)
+                dx__rb_waiting_fail(w, t, DX_EIO);
         }
     } else if (rstr(kind, "psubscribe") && a->type == REDIS_REPLY_STRING) {
         rpat *p = pat_find(w, a->str, a->len);
@@ -1335,500 +803,9 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
             if (p->refs > 0) {
                 const char *names[1] = {p->name};
                 size_t lens[1] = {p->len};
-                if (send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
+                if (dx__rb_send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
                     p->state = S_SUBSCRIBING;
             }
-        }
-    }
-}
-
-/* ---- connections -------------------------------------------------------------- */
-
-static void conn_down(rconn *c, const char *why);
-
-static void on_disconnect(const redisAsyncContext *ac, int status)
-{
-    (void)status;
-    rconn *c = ac->data;
-    if (c->ac != ac)
-        return; /* dropped by us already */
-    c->ac = NULL;
-    conn_down(c, ac->errstr[0] ? ac->errstr : "connection closed");
-}
-
-static void on_connect(const redisAsyncContext *ac, int status)
-{
-    rconn *c = ac->data;
-    if (status != REDIS_OK && c->ac == ac) {
-        c->ac = NULL; /* hiredis frees ac after this callback */
-        conn_down(c, ac->errstr[0] ? ac->errstr : "connect failed");
-    }
-}
-
-/* Drops c's context (if any) and runs conn_down. Pending callbacks run
- * with NULL replies (failing their requests). */
-static void conn_drop(rconn *c, const char *why)
-{
-    redisAsyncContext *ac = c->ac;
-    c->ac = NULL;
-    if (ac)
-        redisAsyncFree(ac);
-    conn_down(c, why);
-}
-
-static void conn_down(rconn *c, const char *why)
-{
-    rworker *w = c->w;
-    rbus *b = w->b;
-    bool was = c->up;
-    c->up = false;
-    set_health(w);
-    uint64_t now = dx__now_ns(NULL);
-    uint64_t delay = 100u << (c->attempts < 6 ? c->attempts : 6); /* ms: 100 .. 6400, capped at 5 s */
-    if (delay > 5000)
-        delay = 5000;
-    delay = delay / 2 + next_rand(w) % (delay / 2 + 1); /* jitter */
-    c->attempts++;
-    c->next_try_ns = now + delay * 1000000u;
-    if (w->freeing)
-        return;
-    if (was || c->attempts == 1)
-        blog(b, DX_LOG_WARN, "redis bus: worker %u: %s connection to Redis lost: %s (retrying)", w->index,
-             c->is_sub ? "pub/sub" : "command", why);
-    if (c->is_sub) {
-        for (size_t i = 0; i < w->tab_cap; i++) {
-            for (rtopic *t = w->tab[i]; t; t = t->next) {
-                if (t->state != S_NONE) {
-                    t->state = S_NONE;
-                    waiting_fail(w, t, DX_EIO);
-                    if (t->refs > 0 && t->have_last)
-                        t->need_catch = true;
-                    else
-                        t->have_last = false;
-                }
-            }
-        }
-        for (rpat *p = w->pats; p; p = p->next)
-            p->state = S_NONE;
-        /* reads whose barrier can no longer come: failed (the answer would
-         * not be ordered with the live entries); an answer still out frees
-         * its request when it comes */
-        rreq *r = w->barriers;
-        w->barriers = NULL;
-        while (r) {
-            rreq *next = r->next;
-            r->next = NULL;
-            if (r->have_reply) {
-                if (!r->rc)
-                    dx__gw_snapshot_deinit(&r->snap);
-                r->rc = DX_EIO;
-                read_answer(r, DX_EIO, &r->snap);
-            } else {
-                r->have_barrier = true; /* not waited for */
-                r->rc = DX_EIO;
-                r->lost_barrier = true;
-            }
-            r = next;
-        }
-    } else {
-        w->ping_sent_ns = 0;
-        for (rreq *r = w->discs; r; r = r->next)
-            if (r->deadline_ns > now)
-                r->deadline_ns = now; /* no reply can come through this connection: answer with what came */
-    }
-}
-
-static void on_hs_reply(redisAsyncContext *ac, void *reply, void *pd)
-{
-    rconn *c = pd;
-    redisReply *r = reply;
-    if (!r || c->ac != ac)
-        return;
-    if (r->type == REDIS_REPLY_ERROR) {
-        if (c->attempts == 0) /* once per run of failures */
-            blog(c->w->b, DX_LOG_ERROR, "redis bus: Redis refused the connection setup: %s", r->str);
-        conn_drop(c, "setup refused");
-    }
-}
-
-static void on_ping(redisAsyncContext *ac, void *reply, void *pd)
-{
-    rconn *c = pd;
-    rworker *w = c->w;
-    if (!reply || c->ac != ac || w->freeing)
-        return;
-    w->ping_sent_ns = 0;
-    if (!c->up) {
-        c->up = true;
-        c->attempts = 0;
-        if (c->was_up) {
-            atomic_fetch_add_explicit(&w->b->st_reconnects, 1, memory_order_relaxed);
-            blog(w->b, DX_LOG_INFO, "redis bus: worker %u: command connection to Redis restored", w->index);
-        }
-        c->was_up = true;
-        set_health(w);
-        w->last_refresh_ns = 0; /* presence and liveness now */
-        for (size_t i = 0; i < w->tab_cap; i++)
-            for (rtopic *t = w->tab[i]; t; t = t->next) {
-                if (t->present || t->pres_pushed) {
-                    t->pres_dirty = true;
-                    w->pres_any_dirty = true;
-                }
-                if (t->need_catch && t->state == S_ACTIVE)
-                    catch_start(w, t);
-            }
-    }
-}
-
-static int conn_start(rconn *c)
-{
-    rworker *w = c->w;
-    rbus *b = w->b;
-    redisAsyncContext *ac = b->url.unix_socket ? redisAsyncConnectUnix(b->url.path)
-                                               : redisAsyncConnect(b->addr, b->url.port);
-    c->started_ns = dx__now_ns(NULL);
-    if (!ac)
-        return DX_ENOMEM;
-    if (ac->err) {
-        char why[128];
-        snprintf(why, sizeof why, "%s", ac->errstr);
-        redisAsyncFree(ac);
-        conn_down(c, why);
-        return 0;
-    }
-    ac->data = c;
-    int rc = ad_attach(w, ac);
-    if (rc) {
-        redisAsyncFree(ac);
-        conn_down(c, "cannot watch the socket");
-        return 0;
-    }
-    c->ac = ac;
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    /* setup, pipelined: AUTH, SELECT, then (commands) the scripts and a PING
-     * whose answer marks the connection up, or (pub/sub) the subscriptions */
-    if (b->url.pass[0]) {
-        if (b->url.user[0])
-            redisAsyncCommand(ac, on_hs_reply, c, "AUTH %s %s", b->url.user, b->url.pass);
-        else
-            redisAsyncCommand(ac, on_hs_reply, c, "AUTH %s", b->url.pass);
-    }
-    if (b->url.db)
-        redisAsyncCommand(ac, on_hs_reply, c, "SELECT %d", b->url.db);
-    if (!c->is_sub) {
-        for (int i = 0; i < SC_N; i++)
-            redisAsyncCommand(ac, on_hs_reply, c, "SCRIPT LOAD %s", scripts[i]);
-        w->ping_sent_ns = dx__now_ns(NULL);
-        redisAsyncCommand(ac, on_ping, c, "PING");
-        return 0;
-    }
-    /* every exact topic with subscribers, every pattern, then the control
-     * channel (its confirmation marks the connection up) */
-    c->up = true; /* let send_sub write; the flag is reset below */
-    for (size_t i = 0; i < w->tab_cap; i++)
-        for (rtopic *t = w->tab[i]; t; t = t->next)
-            if ((t->refs > 0 || t->waiting) && subscribe_topic(w, t) != 0)
-                waiting_fail(w, t, DX_EIO);
-    for (rpat *p = w->pats; p; p = p->next) {
-        if (p->refs > 0) {
-            const char *names[1] = {p->name};
-            size_t lens[1] = {p->len};
-            if (send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
-                p->state = S_SUBSCRIBING;
-        }
-    }
-    const char *names[2] = {w->wchan, CTL_CHANNEL};
-    size_t lens[2] = {strlen(w->wchan), sizeof CTL_CHANNEL - 1};
-    (void)send_sub(w, "SUBSCRIBE", names, lens, 2);
-    c->up = false;
-    return 0;
-}
-
-/* ---- presence and liveness ------------------------------------------------------ */
-
-static void on_ignore(redisAsyncContext *ac, void *reply, void *pd)
-{
-    (void)ac;
-    (void)pd;
-    (void)reply;
-}
-
-static void presence_push(rworker *w, rtopic *t)
-{
-    rbus *b = w->b;
-    dx_buf v;
-    dx_buf_init(&v, NULL);
-    char num[32];
-    int rc = 0;
-    if (t->present) {
-        int n = snprintf(num, sizeof num, "%llu", (unsigned long long)t->present);
-        rc = dx_buf_append(&v, num, (size_t)n, 0);
-        for (size_t i = 0; i < t->nusers && !rc; i++) {
-            n = snprintf(num, sizeof num, " %zu:", t->users[i].len);
-            rc = dx_buf_append(&v, num, (size_t)n, 0);
-            if (!rc)
-                rc = dx_buf_append(&v, t->users[i].id, t->users[i].len, 0);
-        }
-    }
-    if (rc) {
-        dx_buf_deinit(&v);
-        return; /* out of memory: stays dirty */
-    }
-    char k[5][DX__GW_TOPIC_MAX + 16];
-    size_t kl[5];
-    static const char *const suf[5] = {"p", "pz", "o", "e", "s"};
-    for (int i = 0; i < 5; i++)
-        kl[i] = (size_t)snprintf(k[i], sizeof k[i], "dx:{%s}:%s", t->bt->name, suf[i]);
-    char ttl[24], tttl[24];
-    snprintf(ttl, sizeof ttl, "%u", b->o.presence_ttl_ms);
-    snprintf(tttl, sizeof tttl, "%llu", (unsigned long long)b->ttl_ms);
-    const char *argv[] = {"EVALSHA", b->sha[SC_PRES], "5", k[0], k[1], k[2], k[3], k[4], "s", w->member,
-                          v.len ? (const char *)dx_buf_head(&v) : "", ttl, tttl};
-    size_t lens[13];
-    for (int i = 0; i < 13; i++)
-        lens[i] = i >= 3 && i <= 7 ? kl[i - 3] : i == 10 ? v.len : strlen(argv[i]);
-    if (cmd_argv(&w->cmd, on_ignore, NULL, 13, argv, lens) == 0) {
-        t->pres_dirty = false;
-        t->pres_pushed = t->present > 0;
-    }
-    dx_buf_deinit(&v);
-}
-
-static void refresh_alive(rworker *w)
-{
-    char key[80];
-    int n = snprintf(key, sizeof key, "dx:alive:%s", w->member);
-    char ttl[24];
-    snprintf(ttl, sizeof ttl, "%u", w->b->o.presence_ttl_ms);
-    const char *argv[] = {"SET", key, "1", "PX", ttl};
-    size_t lens[] = {3, (size_t)n, 1, 2, strlen(ttl)};
-    (void)cmd_argv(&w->cmd, on_ignore, NULL, 5, argv, lens);
-}
-
-/* ---- the tick ----------------------------------------------------------------------- */
-
-static void unsub_batch(rworker *w)
-{
-    w->unsub_due = false;
-    if (!w->sub.up)
-        return;
-    size_t cap = 64, n = 0;
-    const char **names = dx__alloc(NULL, cap * sizeof *names);
-    size_t *lens = dx__alloc(NULL, cap * sizeof *lens);
-    char *chans = dx__alloc(NULL, cap * (DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1));
-    if (!names || !lens || !chans) {
-        w->unsub_due = true;
-        goto out;
-    }
-    for (size_t i = 0; i < w->tab_cap; i++) {
-        for (rtopic *t = w->tab[i]; t; t = t->next) {
-            if (t->refs > 0 || t->state != S_ACTIVE || t->waiting)
-                continue;
-            if (n == cap) {
-                w->unsub_due = true; /* the rest next tick */
-                break;
-            }
-            char *ch = chans + n * (DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1);
-            lens[n] = (size_t)snprintf(ch, DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1, MSG_PREFIX "%s", t->bt->name);
-            names[n++] = ch;
-            t->state = S_UNSUBSCRIBING;
-        }
-    }
-    if (n && send_sub(w, "UNSUBSCRIBE", names, lens, n) != 0)
-        w->unsub_due = true;
-    for (rpat **pp = &w->pats; *pp;) {
-        rpat *p = *pp;
-        if (p->refs <= 0 && p->state == S_ACTIVE) {
-            const char *nm[1] = {p->name};
-            size_t ln[1] = {p->len};
-            if (send_sub(w, "PUNSUBSCRIBE", nm, ln, 1) == 0)
-                p->state = S_UNSUBSCRIBING;
-        }
-        if (p->refs <= 0 && p->state == S_NONE) {
-            *pp = p->next;
-            dx__free(NULL, p);
-            /* topics seen only through patterns are no longer ordered here */
-            for (size_t i = 0; i < w->tab_cap; i++)
-                for (rtopic *t = w->tab[i]; t; t = t->next)
-                    if (t->refs <= 0 && t->state == S_NONE)
-                        t->have_last = false;
-            continue;
-        }
-        pp = &p->next;
-    }
-out:
-    dx__free(NULL, names);
-    dx__free(NULL, lens);
-    dx__free(NULL, chans);
-}
-
-static void sweep(rworker *w, uint64_t now)
-{
-    for (size_t i = 0; i < w->tab_cap; i++) {
-        for (rtopic **pp = &w->tab[i]; *pp;) {
-            rtopic *t = *pp;
-            if (t->refs <= 0 && t->state == S_NONE && !t->busy && !t->catching && !t->present && !t->pres_dirty &&
-                !t->waiting && now - t->touched_ns > UINT64_C(60) * 1000000000u) {
-                *pp = t->next;
-                topic_free(t);
-                w->ntopics--;
-                continue;
-            }
-            pp = &t->next;
-        }
-    }
-    atomic_store_explicit(&w->st_topics, w->ntopics, memory_order_relaxed);
-}
-
-static void disc_finish(rworker *w, rreq *r, int err);
-
-static void on_tick(dx_timer *tm, void *ud)
-{
-    (void)tm;
-    rworker *w = ud;
-    rbus *b = w->b;
-    uint64_t now = dx__now_ns(NULL);
-    uint64_t to = (uint64_t)b->o.connect_timeout_ms * 1000000u;
-    rconn *cs[2] = {&w->cmd, &w->sub};
-    for (int i = 0; i < 2; i++) {
-        rconn *c = cs[i];
-        if (!c->ac && now >= c->next_try_ns)
-            (void)conn_start(c);
-        else if (c->ac && !c->up && now - c->started_ns > to)
-            conn_drop(c, "connect timed out");
-    }
-    if (w->cmd.up) {
-        if (w->ping_sent_ns && now - w->ping_sent_ns > to) {
-            /* Redis does not answer: both connections go (the pub/sub one
-             * is as stuck), requests out fail, and reconnecting starts */
-            conn_drop(&w->cmd, "PING unanswered");
-            if (w->sub.ac)
-                conn_drop(&w->sub, "PING unanswered on the command connection");
-        } else if (!w->ping_sent_ns && now - w->last_ping_ns >= UINT64_C(1000000000)) {
-            w->last_ping_ns = now;
-            const char *argv[] = {"PING"};
-            size_t lens[] = {4};
-            if (cmd_argv(&w->cmd, on_ping, &w->cmd, 1, argv, lens) == 0)
-                w->ping_sent_ns = now;
-        }
-    }
-    if (w->cmd.up) {
-        uint64_t every = (uint64_t)b->o.presence_ttl_ms * 1000000u / 3;
-        if (!w->last_refresh_ns || now - w->last_refresh_ns >= every) {
-            w->last_refresh_ns = now;
-            refresh_alive(w);
-            for (size_t i = 0; i < w->tab_cap; i++)
-                for (rtopic *t = w->tab[i]; t; t = t->next)
-                    if (t->present) {
-                        t->pres_dirty = true;
-                        w->pres_any_dirty = true;
-                    }
-        }
-        if (w->pres_any_dirty) {
-            w->pres_any_dirty = false;
-            for (size_t i = 0; i < w->tab_cap; i++)
-                for (rtopic *t = w->tab[i]; t; t = t->next)
-                    if (t->pres_dirty) {
-                        presence_push(w, t);
-                        if (t->pres_dirty)
-                            w->pres_any_dirty = true;
-                    }
-        }
-    }
-    if (w->unsub_due)
-        unsub_batch(w);
-    for (rreq *r = w->discs, *next; r; r = next) {
-        next = r->next;
-        if (now >= r->deadline_ns)
-            disc_finish(w, r, 0);
-    }
-    if (now - w->last_sweep_ns > UINT64_C(5000000000)) {
-        w->last_sweep_ns = now;
-        sweep(w, now);
-    }
-    worker_flush(w);
-}
-
-/* ---- disconnect across nodes ------------------------------------------------------- */
-
-static void disc_unref(rreq *r)
-{
-    if (--r->refs == 0)
-        dx__free(NULL, r);
-}
-
-static void disc_finish(rworker *w, rreq *r, int err)
-{
-    if (r->done)
-        return;
-    r->done = true;
-    for (rreq **pp = &w->discs; *pp; pp = &(*pp)->next)
-        if (*pp == r) {
-            *pp = r->next;
-            break;
-        }
-    if (!w->freeing)
-        r->fn.count(r->ud, err, r->count);
-    disc_unref(r);
-}
-
-static void on_disc_pub(redisAsyncContext *ac, void *reply, void *pd)
-{
-    (void)ac;
-    rreq *r = pd;
-    redisReply *rep = reply;
-    if (!r->done) {
-        if (!rep || rep->type != REDIS_REPLY_INTEGER) {
-            disc_finish(r->w, r, DX_EIO);
-        } else {
-            r->expected = rep->integer;
-            if (r->got >= r->expected)
-                disc_finish(r->w, r, 0);
-        }
-    }
-    disc_unref(r);
-}
-
-static void ctl_message(rworker *w, const char *s, size_t n)
-{
-    /* "d <tag> <user>" or "r <tag> <count>" */
-    if (n < 4 || s[1] != ' ')
-        return;
-    const char *tag = s + 2;
-    const char *sp = memchr(tag, ' ', n - 2);
-    if (!sp)
-        return;
-    size_t taglen = (size_t)(sp - tag);
-    const char *arg = sp + 1;
-    size_t alen = n - (size_t)(arg - s);
-    if (s[0] == 'd') {
-        size_t closed = w->ev && w->ev->disconnect_user ? w->ev->disconnect_user(w->ud, arg, alen) : 0;
-        char msg[128];
-        int m = snprintf(msg, sizeof msg, "r %.*s %zu", (int)(taglen < 80 ? taglen : 80), tag, closed);
-        const char *argv[] = {"PUBLISH", CTL_CHANNEL, msg};
-        size_t lens[] = {7, sizeof CTL_CHANNEL - 1, (size_t)m};
-        (void)cmd_argv(&w->cmd, on_ignore, NULL, 3, argv, lens);
-        return;
-    }
-    if (s[0] != 'r')
-        return;
-    /* ours: "<member>.<id>" */
-    size_t ml = strlen(w->member);
-    if (taglen <= ml + 1 || memcmp(tag, w->member, ml) != 0 || tag[ml] != '.')
-        return;
-    bool ok = true;
-    uint64_t id = parse_u64(tag + ml + 1, taglen - ml - 1, &ok);
-    uint64_t cnt = parse_u64(arg, alen, &ok);
-    if (!ok)
-        return;
-    for (rreq *r = w->discs; r; r = r->next) {
-        if (r->id == id) {
-            r->got++;
-            r->count += cnt;
-            if (r->expected >= 0 && r->got >= r->expected)
-                disc_finish(w, r, 0);
-            return;
         }
     }
 }
@@ -1844,7 +821,7 @@ static int r_attach(dx__bus *base, unsigned wi, dx_loop *loop, const dx__bus_eve
     w->loop = loop;
     w->ev = ev;
     w->ud = ud;
-    w->tick = dx_timer_new(loop, on_tick, w);
+    w->tick = dx_timer_new(loop, dx__rb_on_tick, w);
     if (!w->tick)
         return DX_ENOMEM;
     dx_timer_start(w->tick, 0, TICK_MS);
@@ -1874,6 +851,18 @@ static void on_pub_reply(redisAsyncContext *ac, void *reply, void *pd)
     rbus *b = w->b;
     redisReply *rep = reply;
     atomic_fetch_sub_explicit(&b->pending, r->bytes, memory_order_relaxed);
+    rreq *prev = NULL;
+    for (rreq *x = w->pubs; x; prev = x, x = x->pnext) { /* the head, answers coming in order */
+        if (x == r) {
+            if (prev)
+                prev->pnext = r->pnext;
+            else
+                w->pubs = r->pnext;
+            if (w->pubs_tail == r)
+                w->pubs_tail = prev;
+            break;
+        }
+    }
     int err = DX_EIO;
     uint64_t off = 0;
     char ep[DX__GW_EPOCH_LEN + 1] = "";
@@ -1886,11 +875,13 @@ static void on_pub_reply(redisAsyncContext *ac, void *reply, void *pd)
     } else if (rep && rep->type == REDIS_REPLY_ERROR) {
         if (strstr(rep->str, "ELIMIT")) {
             err = DX_ELIMIT;
+        } else if (strstr(rep->str, "ELATE")) {
+            err = DX_EIO; /* not published */
         } else {
-            blog(b, DX_LOG_WARN, "redis bus: publish on %s failed: %s", r->topic, rep->str);
+            dx__rb_log(b, DX_LOG_WARN, "redis bus: publish on %s failed: %s", r->topic, rep->str);
             if (strncmp(rep->str, "NOSCRIPT", 8) == 0 && w->cmd.up)
-                for (int i = 0; i < SC_N; i++)
-                    redisAsyncCommand(w->cmd.ac, on_ignore, NULL, "SCRIPT LOAD %s", scripts[i]);
+                for (int i = 0; i < DX__REDIS_LUA_N; i++)
+                    redisAsyncCommand(w->cmd.ac, dx__rb_on_ignore, NULL, "SCRIPT LOAD %s", dx__redis_lua[i]);
         }
     }
     if (!w->freeing && r->fn.pub)
@@ -1905,7 +896,7 @@ static int r_publish(dx__bus *base, unsigned wi, const char *topic, size_t len, 
     rworker *w = &b->w[wi];
     if (len == 0 || len > DX__GW_TOPIC_MAX || kind < DX__GW_KIND_JSON || kind > DX__GW_KIND_BINARY)
         return DX_EINVAL;
-    if (!w->cmd.up)
+    if (!w->cmd.up || w->stuck)
         return refuse(b, DX_EIO);
     size_t was = atomic_fetch_add_explicit(&b->pending, dlen, memory_order_relaxed);
     if (was + dlen > b->o.pending_max) {
@@ -1929,22 +920,35 @@ static int r_publish(dx__bus *base, unsigned wi, const char *topic, size_t len, 
     new_epoch(w, ep);
     snprintf(ttl, sizeof ttl, "%llu", (unsigned long long)b->ttl_ms);
     int chn = snprintf(ch, sizeof ch, MSG_PREFIX "%.*s", (int)len, topic);
-    const char *argv[] = {"EVALSHA", b->sha[SC_PUB], "3", k.k[0], k.k[1], k.k[2], kd, dlen ? data : "", cnt, age,
-                          ep, ch, ttl};
-    size_t lens[13];
-    for (int i = 0; i < 13; i++)
+    /* Redis refuses it past half the answer bound: by the time this node
+     * gives up on it (the whole bound), it cannot run any more */
+    uint64_t now = dx__now_ns(NULL);
+    char dl[24] = "0";
+    if (w->have_clock)
+        snprintf(dl, sizeof dl, "%lld",
+                 (long long)((int64_t)(now / 1000000u) + w->clock_off_ms + (int64_t)b->o.connect_timeout_ms / 2));
+    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_PUB], "3", k.k[0], k.k[1], k.k[2], kd, dlen ? data : "",
+                          cnt, age, ep, ch, ttl, dl};
+    size_t lens[14];
+    for (int i = 0; i < 14; i++)
         lens[i] = strlen(argv[i]);
     lens[3] = k.n[0];
     lens[4] = k.n[1];
     lens[5] = k.n[2];
     lens[7] = dlen;
     lens[11] = (size_t)chn;
-    int rc = cmd_argv(&w->cmd, on_pub_reply, r, 13, argv, lens);
+    int rc = dx__rb_cmd_argv(&w->cmd, on_pub_reply, r, 14, argv, lens);
     if (rc) {
         atomic_fetch_sub_explicit(&b->pending, dlen, memory_order_relaxed);
         dx__free(NULL, r);
         return refuse(b, rc);
     }
+    r->sent_ns = now;
+    if (w->pubs_tail)
+        w->pubs_tail->pnext = r;
+    else
+        w->pubs = r;
+    w->pubs_tail = r;
     return 0;
 }
 
@@ -1992,7 +996,7 @@ static int r_subscribe(dx__bus *base, unsigned wi, const char *topic, size_t len
         rc = read_issue(r, resume ? 'r' : 'c');
         break;
     case S_NONE:
-        rc = subscribe_topic(w, t);
+        rc = dx__rb_subscribe_topic(w, t);
         /* fall through */
     default:
         if (!rc) {
@@ -2058,13 +1062,13 @@ static bool pres_parse(const char *s, size_t n, uint64_t *count, char ***users, 
     while (i < n && s[i] != ' ')
         i++;
     bool ok = true;
-    *count += parse_u64(s, i, &ok);
+    *count += dx__rb_parse_u64(s, i, &ok);
     while (ok && i < n) {
         i++; /* the space */
         size_t j = i;
         while (j < n && s[j] != ':')
             j++;
-        uint64_t l = parse_u64(s + i, j - i, &ok);
+        uint64_t l = dx__rb_parse_u64(s + i, j - i, &ok);
         if (!ok || j >= n || l > n - j - 1)
             return false;
         const char *id = s + j + 1;
@@ -2140,18 +1144,18 @@ static int r_presence(dx__bus *base, unsigned wi, const char *topic, size_t len,
     /* this worker's pending changes first, so a reader here sees its own joins */
     rtopic *t = topic_find(w, topic, len);
     if (t && t->pres_dirty)
-        presence_push(w, t);
+        dx__rb_presence_push(w, t);
     char k[5][DX__GW_TOPIC_MAX + 16];
     size_t kl[5];
     static const char *const suf[5] = {"p", "pz", "o", "e", "s"};
     for (int i = 0; i < 5; i++)
         kl[i] = (size_t)snprintf(k[i], sizeof k[i], "dx:{%.*s}:%s", (int)len, topic, suf[i]);
-    const char *argv[] = {"EVALSHA", b->sha[SC_PRES], "5", k[0], k[1], k[2], k[3], k[4], "g", w->member, "", "0",
-                          "0"};
+    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_PRES], "5", k[0], k[1], k[2], k[3], k[4], "g", w->member,
+                          "", "0", "0"};
     size_t lens[13];
     for (int i = 0; i < 13; i++)
         lens[i] = i >= 3 && i <= 7 ? kl[i - 3] : strlen(argv[i]);
-    int rc = cmd_argv(&w->cmd, on_pres_reply, r, 13, argv, lens);
+    int rc = dx__rb_cmd_argv(&w->cmd, on_pres_reply, r, 13, argv, lens);
     if (rc) {
         dx__free(NULL, r);
         return refuse(b, rc);
@@ -2184,7 +1188,7 @@ static int r_disconnect_user(dx__bus *base, unsigned wi, const char *user, size_
     memcpy(msg + m, user, ulen);
     const char *argv[] = {"PUBLISH", CTL_CHANNEL, msg};
     size_t lens[] = {7, sizeof CTL_CHANNEL - 1, (size_t)m + ulen};
-    int rc = cmd_argv(&w->cmd, on_disc_pub, r, 3, argv, lens);
+    int rc = dx__rb_cmd_argv(&w->cmd, dx__rb_on_disc_pub, r, 3, argv, lens);
     dx__free(NULL, msg);
     if (rc) {
         dx__free(NULL, r);
@@ -2238,7 +1242,7 @@ static void r_pattern(dx__bus *base, unsigned wi, const char *pat, size_t len, l
     if (p->refs > 0 && p->state == S_NONE) {
         const char *names[1] = {p->name};
         size_t lens[1] = {p->len};
-        if (send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
+        if (dx__rb_send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
             p->state = S_SUBSCRIBING;
     } else if (p->refs <= 0) {
         w->unsub_due = true;
@@ -2279,9 +1283,9 @@ static int r_user_conns(dx__bus *base, unsigned wi, const char *user, size_t ule
     key[kn + (int)ulen] = '}';
     char d[24];
     snprintf(d, sizeof d, "%ld", delta);
-    const char *argv[] = {"EVALSHA", b->sha[SC_UC], "1", key, w->member, d, "dx:alive:"};
+    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_UC], "1", key, w->member, d, "dx:alive:"};
     size_t lens[] = {7, 40, 1, (size_t)kn + ulen + 1, strlen(w->member), strlen(d), 9};
-    int rc = cmd_argv(&w->cmd, on_uc_reply, r, 7, argv, lens);
+    int rc = dx__rb_cmd_argv(&w->cmd, on_uc_reply, r, 7, argv, lens);
     dx__free(NULL, key);
     if (rc) {
         dx__free(NULL, r);
@@ -2337,7 +1341,7 @@ static void r_free(dx__bus *base)
                 redisAsyncFree(ac); /* pending callbacks run with NULL and only free */
         }
         while (w->discs)
-            disc_finish(w, w->discs, DX_ECLOSED);
+            dx__rb_disc_finish(w, w->discs, DX_ECLOSED);
         while (w->barriers) /* answered, barrier never came */
             sub_finish(w->barriers);
         for (size_t k = 0; k < w->tab_cap; k++) {
@@ -2347,7 +1351,7 @@ static void r_free(dx__bus *base)
                     rn = r->next;
                     dx__free(NULL, r);
                 }
-                topic_free(t);
+                dx__rb_topic_free(t);
             }
         }
         dx__free(NULL, w->tab);
@@ -2381,17 +1385,21 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
 {
     int e = DX_EINVAL;
     rbus *b = NULL;
-    if (why && why_len)
-        why[0] = 0;
+    char dummy[1];
+    if (!why || !why_len) {
+        why = dummy;
+        why_len = sizeof dummy;
+    }
+    why[0] = 0;
     if (!o || o->workers == 0 || o->workers > 1024) {
-        why_set(why, why_len, "bad worker count");
+        snprintf(why, why_len, "bad worker count");
         goto fail;
     }
     dx__redis_url url;
     if (dx__redis_url_parse(o->url, &url, why, why_len) != 0)
         goto fail;
     if (url.tls) {
-        why_set(why, why_len, "rediss:// (TLS) needs hiredis >= 1.0 with hiredis_ssl; this build has hiredis %d.%d "
+        snprintf(why, why_len, "rediss:// (TLS) needs hiredis >= 1.0 with hiredis_ssl; this build has hiredis %d.%d "
                 "(Debian 12): use redis:// on a private network, or a TLS tunnel (stunnel) to Redis",
                 HIREDIS_MAJOR, HIREDIS_MINOR);
         goto fail;
@@ -2419,7 +1427,7 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
         struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
         int gr = getaddrinfo(url.host, NULL, &hints, &res);
         if (gr != 0 || !res) {
-            why_set(why, why_len, "Redis host '%s' does not resolve: %s", url.host, gai_strerror(gr));
+            snprintf(why, why_len, "Redis host '%s' does not resolve: %s", url.host, gai_strerror(gr));
             e = DX_EADDR;
             goto fail;
         }
@@ -2434,9 +1442,9 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
         goto fail;
     }
     snprintf(b->node, sizeof b->node, "%016llx", (unsigned long long)seed[0]);
-    for (int i = 0; i < SC_N; i++) {
+    for (int i = 0; i < DX__REDIS_LUA_N; i++) {
         unsigned char md[SHA_DIGEST_LENGTH];
-        SHA1((const unsigned char *)scripts[i], strlen(scripts[i]), md);
+        SHA1((const unsigned char *)dx__redis_lua[i], strlen(dx__redis_lua[i]), md);
         for (int j = 0; j < SHA_DIGEST_LENGTH; j++)
             snprintf(b->sha[i] + 2 * j, 3, "%02x", md[j]);
     }

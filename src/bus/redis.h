@@ -55,4 +55,26 @@ typedef struct dx__bus_redis_opts {
  * attaches. */
 dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, size_t why_len);
 
+/* ---- the pieces (redis_lua.c, redis_loop.c) ------------------------------- */
+
+/* The scripts, by use; redis_lua.c documents each one's keys and arguments. */
+enum {
+    DX__REDIS_LUA_PUB = 0, /* one publish: sequence, append, trim, PUBLISH */
+    DX__REDIS_LUA_READ,    /* offset, epoch, resume snapshot or history; then a barrier */
+    DX__REDIS_LUA_PRES,    /* presence: write one worker's entry, or read all live ones */
+    DX__REDIS_LUA_UC,      /* connections per user, cluster-wide */
+    DX__REDIS_LUA_N
+};
+extern const char *const dx__redis_lua[DX__REDIS_LUA_N];
+
+struct redisAsyncContext;
+
+/* Drives hiredis context `ac` (connecting or connected) from `loop`: a
+ * dx_watch on its descriptor asking for what hiredis asks for; after each
+ * batch of events on it, `after(ud)` (may be NULL) is called, even when
+ * hiredis freed the context meanwhile. The hooks are freed by hiredis's
+ * cleanup when it frees the context. On the loop's thread. 0, DX_ENOMEM,
+ * or dx_watch_new's error (the context is then unchanged). */
+int dx__redis_loop_attach(dx_loop *loop, struct redisAsyncContext *ac, void (*after)(void *ud), void *ud);
+
 #endif

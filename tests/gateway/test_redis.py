@@ -17,7 +17,8 @@ PID). Nodes run --workers 2 on their own free ports (no load balancer).
     message, in order, exactly once (read back from the stream);
   - Redis stopped (SIGSTOP within the bound, then SIGCONT): a publish is
     answered only once Redis answered; past --redis-pending-max, 503 at
-    once;
+    once; stopped past the bound: the publish out answers 503 within
+    about 3 s, /healthz 503, the node serves meanwhile, then recovers;
   - Redis killed: /healthz 503 and publish 503 on every node (JSON err
     4503, a raw publisher closed 1013, a raw subscribe handshake 503),
     subscribers stay connected; Redis restarted on the same data (AOF): nodes recover,
@@ -422,6 +423,38 @@ def test_pending_bound_and_answer_on_reply():
     s.stop()
 
 
+def test_redis_frozen():
+    """Redis stops answering (SIGSTOP): within the PING bound (3 s) the
+    publish out is answered 503, /healthz says 503, other requests are
+    served meanwhile (no loop blocks); SIGCONT: healthy again."""
+    r, a, b = cluster()
+    t = topic("frozen")
+    publish(a, t, "before")
+    os.kill(r.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        res = {}
+
+        def out():
+            res["r"] = http(a, "POST", "/api/publish?topic=" + t, body=b"while frozen",
+                            headers={"Content-Type": "text/plain"})
+
+        th = threading.Thread(target=out)
+        th.start()
+        # the node keeps serving while its publish waits on Redis
+        expect_eq(http(a, "GET", "/metrics", key=None, timeout=5).status, 200, "/metrics while Redis is frozen")
+        th.join(20)
+        check("r" in res, "the publish was never answered while Redis was frozen")
+        expect_eq(res["r"].status, 503, "a publish Redis never answered")
+        dt = time.monotonic() - t0
+        check(dt < 12, "answered after %.1f s: the bound is 3 s (PING) + a tick" % dt)
+        wait_for(lambda: not healthy(a), 10, "/healthz 503 with Redis frozen", step=0.05)
+    finally:
+        os.kill(r.proc.pid, signal.SIGCONT)
+    wait_healthy(a, b, timeout=30)
+    expect_eq(publish(b, t, "after")["offset"], 2, "offset after Redis came back")
+
+
 async def test_redis_killed_then_restarted_same_data():
     r, a, b = cluster()
     t = topic("crash")
@@ -508,5 +541,6 @@ if __name__ == "__main__":
         test_disconnect_answered_by_every_node,
         test_pubsub_connections_killed_nothing_lost,
         test_pending_bound_and_answer_on_reply,
+        test_redis_frozen,
         test_redis_killed_then_restarted_same_data,
     ])

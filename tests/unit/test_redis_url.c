@@ -1,8 +1,8 @@
 /*
  * tests/unit/test_redis_url.c: src/bus/redis.c's URL parser (redis.h:
  * redis://, rediss://, unix://) at and past each limit, and the Redis bus's
- * refusals at creation (bad URL, TLS in this build, no workers). The bus itself is tested against a real redis-server in
- * tests/gateway/test_redis.py.
+ * refusals at creation (bad URL, TLS in this build, no workers). The bus
+ * itself is tested against a real redis-server in tests/gateway/test_redis.py.
  */
 #define _GNU_SOURCE
 #include "testutil.h"
