@@ -65,6 +65,14 @@ def tmpdir():
     return TMP
 
 
+def _die_with_parent():
+    """preexec_fn: the child gets SIGKILL when this script dies (a ctest
+    timeout), so no server outlives the test (`ip netns exec` execs its
+    command, which keeps the setting)."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def need(prog, package):
     path = shutil.which(prog) or next((p for p in ("/usr/sbin/" + prog, "/sbin/" + prog) if os.path.exists(p)),
                                       None)
@@ -98,7 +106,8 @@ class Proc:
         e.pop("DUPLEX_API_KEY", None)
         if self.env:
             e.update(self.env)
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=e)
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=e,
+                                     preexec_fn=_die_with_parent)
         logf.close()
 
     @property
@@ -289,7 +298,21 @@ class Netns:
     heal() sets it up again. Names and addresses are random per run, so
     parallel tests do not collide; removed at exit."""
 
+    @staticmethod
+    def sweep():
+        """Removes namespaces an earlier run left behind (its script was
+        killed before its cleanup): `dxc-TAG-PID` whose PID is gone. Their
+        veth pairs go with them."""
+        for ln in ip("netns", "list", check_rc=False).stdout.splitlines():
+            name = ln.split()[0] if ln.split() else ""
+            parts = name.split("-")
+            if len(parts) == 3 and parts[0] == "dxc" and parts[2].isdigit() and \
+                    not os.path.exists("/proc/%s" % parts[2]):
+                say("removing namespace %s left by an earlier run" % name)
+                ip("netns", "del", name, check_rc=False)
+
     def __init__(self):
+        self.sweep()
         tag = "%04x" % random.getrandbits(16)
         self.name = "dxc-%s-%d" % (tag, os.getpid())
         a, b = random.randint(64, 250), random.randint(1, 250)
@@ -487,8 +510,12 @@ class Nginx:
         servers = "".join("        server %s:%d max_fails=1 fail_timeout=3s;\n" % (n.host, n.port) for n in nodes)
         self.conf = render(conf, name + ".conf", PORT=self.port, PREFIX=self.prefix, UPSTREAMS=servers.rstrip()
                            .lstrip())
+        # `-g "master_process off;"`: one process, so it dies with the test
+        # like the others (its workers would outlive a killed master); the
+        # file itself stays the one docs/deploy.md shows
         self.p = Proc(name, [exe, "-p", self.prefix + "/", "-c", self.conf, "-e", os.path.join(self.prefix,
-                                                                                              "logs/error.log")])
+                                                                                              "logs/error.log"),
+                             "-g", "master_process off;"])
 
     def start(self):
         self.p.start()
