@@ -310,6 +310,8 @@ class Netns:
                     not os.path.exists("/proc/%s" % parts[2]):
                 say("removing namespace %s left by an earlier run" % name)
                 ip("netns", "del", name, check_rc=False)
+                for end in "cr":  # the host ends (the namespace may outlive its name a while)
+                    ip("link", "del", "dxc%s%s" % (parts[1], end), check_rc=False)
 
     def __init__(self):
         self.sweep()
