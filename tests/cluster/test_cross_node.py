@@ -13,7 +13,8 @@ balancer configuration of tests/cluster:
 - nginx round robin (tests/cluster/nginx.conf) spreads connections over the
   three nodes and every subscriber gets every message published through
   nginx's API; nginx ip_hash (nginx-sticky.conf) keeps one client address on
-  one node; HAProxy (haproxy.cfg) health-checks /healthz and spreads.
+  one node; HAProxy (haproxy.cfg) health-checks /healthz and spreads;
+- docs/deploy.md quotes those three files verbatim.
 
 Run: /usr/bin/python3 tests/cluster/test_cross_node.py build/duplex [CASE]
 """
@@ -167,5 +168,16 @@ async def haproxy_round_robin():
     hp.stop()
 
 
+def deploy_doc_quotes_the_configs():
+    """docs/deploy.md shows the files the tests run, verbatim."""
+    import os
+    with open(os.path.join(C.HERE, "..", "..", "docs", "deploy.md")) as f:
+        doc = f.read()
+    for name in ("nginx.conf", "nginx-sticky.conf", "haproxy.cfg"):
+        with open(os.path.join(C.HERE, name)) as f:
+            check(f.read() in doc, "docs/deploy.md does not quote tests/cluster/%s verbatim" % name)
+
+
 if __name__ == "__main__":
-    C.run([publish_node3_to_subscribers_on_1_and_2, nginx_round_robin, nginx_ip_hash, haproxy_round_robin])
+    C.run([publish_node3_to_subscribers_on_1_and_2, nginx_round_robin, nginx_ip_hash, haproxy_round_robin,
+           deploy_doc_quotes_the_configs])
