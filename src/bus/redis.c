@@ -118,6 +118,7 @@ static rtopic *topic_get(rworker *w, const char *name, size_t len)
         return NULL;
     }
     t->waiting_tail = &t->waiting;
+    t->w = w;
     t->hash = hash_name(name, len);
     t->next = w->tab[t->hash & (w->tab_cap - 1)];
     w->tab[t->hash & (w->tab_cap - 1)] = t;
@@ -154,10 +155,7 @@ static int topic_epoch(rtopic *t, const char *epoch)
     if (had) {
         t->have_last = false;
         t->need_catch = false;
-        if (t->catching) { /* its answer finds catching false and only frees */
-            dx__gw_stitch_deinit(&t->st);
-            t->catching = false;
-        }
+        dx__rb_catch_stop(t); /* its answer finds catching false and only frees */
     }
     return 0;
 }
@@ -332,91 +330,199 @@ static void deliver_entry(rworker *w, rtopic *t, dx__gw_entry *e)
     }
 }
 
-/* The catch-up stitcher's ud: the worker and the topic. */
-typedef struct catch_ctx {
-    rworker *w;
-    rtopic *t;
-} catch_ctx;
-
 static void catch_deliver(void *ud, dx__gw_entry *e)
 {
-    catch_ctx *c = ud;
-    atomic_fetch_add_explicit(&c->w->b->st_recovered, 1, memory_order_relaxed);
-    deliver_entry(c->w, c->t, e);
+    rtopic *t = ud;
+    atomic_fetch_add_explicit(&t->w->b->st_recovered, 1, memory_order_relaxed);
+    deliver_entry(t->w, t, e);
 }
 
+/* Offsets from..to of t will not be delivered here: logged, counted, and
+ * last moves past them. */
 static void catch_gap(void *ud, uint64_t from, uint64_t to)
 {
-    catch_ctx *c = ud;
-    atomic_fetch_add_explicit(&c->w->b->st_lost, to - from + 1, memory_order_relaxed);
-    dx__rb_log(c->w->b, DX_LOG_WARN, "redis bus: topic %s: offsets %llu-%llu are no longer in history: lost here",
-         c->t->bt->name, (unsigned long long)from, (unsigned long long)to);
-    c->t->last = to;
+    rtopic *t = ud;
+    rworker *w = t->w;
+    atomic_fetch_add_explicit(&w->b->st_lost, to - from + 1, memory_order_relaxed);
+    dx__rb_log(w->b, DX_LOG_WARN, "redis bus: topic %s: offsets %llu-%llu are no longer in history: lost here",
+               t->bt->name, (unsigned long long)from, (unsigned long long)to);
+    t->last = to;
 }
 
 static const dx__gw_stitch_ops catch_ops = {catch_deliver, catch_gap};
 
-/* Starts reading what this worker missed of t (after last); live entries
- * wait in the stitcher until the read answers. */
-void dx__rb_catch_start(rworker *w, rtopic *t)
+static void catch_end(rtopic *t)
 {
-    if (t->catching || !t->have_last) {
-        t->need_catch = false;
+    if (!t->catching)
         return;
+    dx__gw_stitch_deinit(&t->st);
+    t->catching = false;
+    t->catch_out = false;
+    t->catch_seen = 0;
+}
+
+/* The subscribe reads that waited for t's catch-up are answered: every
+ * entry the catch-up delivered reached the gateway before their snapshot
+ * (its stitcher drops those the snapshot covers). */
+static void catch_release(rtopic *t)
+{
+    while (t->deferred) {
+        rreq *r = t->deferred;
+        t->deferred = r->next;
+        r->next = NULL;
+        dx__rb_read_answer(r, r->rc, &r->snap);
     }
-    if (!w->cmd.up)
-        return; /* need_catch stays: started once the command connection is back */
-    t->need_catch = false;
+}
+
+void dx__rb_catch_stop(rtopic *t)
+{
+    catch_end(t);
+    catch_release(t);
+}
+
+/* May t's catch-up read go out now? Only while its live entries are
+ * received (every entry sequenced after the read then arrives live): its
+ * exact subscription confirmed, or, pattern-only, the pub/sub connection up. */
+static bool catch_ready(rworker *w, rtopic *t)
+{
+    return w->cmd.up && !w->stuck &&
+           (t->state == S_ACTIVE || (t->state == S_NONE && t->refs <= 0 && w->sub.up));
+}
+
+/* Sends t's catch-up read (after last); on failure it stays due. */
+static void catch_issue(rworker *w, rtopic *t)
+{
     rreq *r = req_new(w, Q_CATCH, t->bt->name, t->bt->len, NULL, 0);
-    catch_ctx *cc = dx__alloc(NULL, sizeof *cc);
-    if (!r || !cc) {
-        dx__free(NULL, r);
-        dx__free(NULL, cc);
+    if (!r) {
+        w->catch_due = true;
         return;
     }
-    cc->w = w;
-    cc->t = t;
     r->t = t;
     r->id = ++t->catch_gen;
     r->resume = true;
     r->has_epoch = true;
     r->since = t->last;
+    r->limit = w->b->o.history.max_count; /* all the stream holds after last */
     snprintf(r->epoch, sizeof r->epoch, "%s", t->bt->epoch);
-    r->ud = cc;
     t->busy++;
-    t->catching = true;
-    dx__gw_stitch_init(&t->st, NULL, &catch_ops, cc);
-    if (read_issue(r, 'r') != 0) {
-        t->catching = false;
-        dx__gw_stitch_deinit(&t->st);
+    if (read_issue(r, 'h') != 0) {
         t->busy--;
-        dx__free(NULL, cc);
         dx__free(NULL, r);
+        w->catch_due = true;
+        return;
     }
+    t->catch_out = true;
 }
 
+void dx__rb_catch_start(rworker *w, rtopic *t)
+{
+    if (t->catching && t->catch_out)
+        return; /* a need_catch set meanwhile starts another once this one answered */
+    t->need_catch = false;
+    if (!t->have_last || !w->b->o.history.max_count)
+        return; /* nothing ordered here, or no history to read back (live_message reports holes) */
+    if (!t->catching) {
+        t->catching = true;
+        t->catch_out = false;
+        t->catch_seen = 0;
+        dx__gw_stitch_init(&t->st, NULL, &catch_ops, t);
+    }
+    if (catch_ready(w, t))
+        catch_issue(w, t);
+    else
+        w->catch_due = true;
+}
+
+/* A live entry of t while it catches up: held, or past the bound (the
+ * history's count: a read never brings more) noted to be read back. */
+static void catch_hold(rtopic *t, dx__gw_entry *e, uint64_t off)
+{
+    if (t->st.nheld < t->w->b->o.history.max_count && dx__gw_stitch_live(&t->st, e) == 0)
+        return;
+    if (off > t->catch_seen)
+        t->catch_seen = off;
+}
+
+/* Delivers e of t in order: dropped if already delivered; a hole before it
+ * reported (catch_gap) first. */
+static void catch_pass(rtopic *t, dx__gw_entry *e, bool read_back)
+{
+    uint64_t off = dx__gw_entry_offset(e);
+    if (t->have_last && off <= t->last)
+        return;
+    if (t->have_last && off > t->last + 1)
+        catch_gap(t, t->last + 1, off - 1);
+    if (read_back)
+        atomic_fetch_add_explicit(&t->w->b->st_recovered, 1, memory_order_relaxed);
+    deliver_entry(t->w, t, e);
+}
+
+/* The catch-up read answered (rep NULL: its connection went). The read
+ * (history mode) brings what the stream still has after last, up to the
+ * offset `upto` current at the read; the held live entries were sequenced
+ * before or after it. Both go on merged in offset order, each hole
+ * reported; what neither has up to `upto` is gone (reported); then the
+ * held entries above it. */
 static void catch_done(rreq *r, redisReply *rep)
 {
     rtopic *t = r->t;
     rworker *w = r->w;
-    catch_ctx *cc = r->ud;
     t->busy--;
     if (!w->freeing && t->catching && r->id == t->catch_gen) {
+        t->catch_out = false;
+        if (!rep) { /* read again once the command connection is back, still holding */
+            w->catch_due = true;
+            dx__free(NULL, r);
+            return;
+        }
         dx__gw_snapshot s;
         int rc = snap_from_reply(rep, &s);
-        if (rc || strcmp(s.epoch, t->bt->epoch) != 0) {
-            if (!rc)
-                dx__gw_snapshot_deinit(&s);
-            memset(&s, 0, sizeof s); /* not recovered: the held live entries go on, after a gap */
-            s.offset = t->last;
-            snprintf(s.epoch, sizeof s.epoch, "%s", t->bt->epoch);
+        if (rc && rep->type == REDIS_REPLY_ERROR)
+            dx__rb_log(w->b, DX_LOG_WARN, "redis bus: catch-up read of %s failed: %s", t->bt->name, rep->str);
+        if (!rc && strcmp(s.epoch, t->bt->epoch) != 0) { /* a new epoch's entries reset the topic */
+            dx__gw_snapshot_deinit(&s);
+            rc = DX_EIO;
         }
-        (void)dx__gw_stitch_history(&t->st, &s);
+        if (rc)
+            memset(&s, 0, sizeof s);
+        uint64_t upto = rc ? 0 : s.offset;
+        /* the read brings at most `limit` entries (the oldest after last):
+         * the rest is read next, the live entries above it stay held */
+        bool more = !rc && s.n && s.n >= r->limit && dx__gw_entry_offset(s.entries[s.n - 1]) < upto;
+        if (more)
+            upto = dx__gw_entry_offset(s.entries[s.n - 1]);
+        dx__gw_entry **held = t->st.held;
+        size_t nheld = t->st.nheld, i = 0, j = 0;
+        while (i < s.n || (j < nheld && dx__gw_entry_offset(held[j]) <= upto)) {
+            if (j >= nheld || (i < s.n && dx__gw_entry_offset(s.entries[i]) <= dx__gw_entry_offset(held[j])))
+                catch_pass(t, s.entries[i++], true);
+            else
+                catch_pass(t, held[j++], false);
+        }
         dx__gw_snapshot_deinit(&s);
-        dx__gw_stitch_deinit(&t->st);
-        t->catching = false;
+        if (more) {
+            for (size_t k = 0; k < j; k++)
+                dx__gw_entry_unref(held[k]);
+            if (nheld > j)
+                memmove(held, held + j, (nheld - j) * sizeof *held);
+            t->st.nheld = nheld - j;
+            dx__free(NULL, r);
+            dx__rb_catch_start(w, t);
+            return;
+        }
+        if (!rc && t->have_last && t->last < upto)
+            catch_gap(t, t->last + 1, upto);
+        while (j < nheld)
+            catch_pass(t, held[j++], false);
+        bool again = t->need_catch || (t->have_last && t->catch_seen > t->last);
+        catch_end(t);
+        /* live entries past the bound (not held), or the subscription
+         * lost while the read was out: read again from the new last */
+        if (again)
+            dx__rb_catch_start(w, t);
+        if (!t->catching)
+            catch_release(t);
     }
-    dx__free(NULL, cc);
     dx__free(NULL, r);
 }
 
@@ -478,6 +584,17 @@ static void sub_finish(rreq *r)
             break;
         }
     r->next = NULL;
+    rtopic *t = r->t;
+    if (t && t->catching && !r->rc && !w->freeing) {
+        /* t catches up: entries older than this snapshot are still to be
+         * delivered here; answered after them (catch_release), or the
+         * gateway would pass them to this subscriber past its snapshot */
+        rreq **pp = &t->deferred;
+        while (*pp)
+            pp = &(*pp)->next;
+        *pp = r;
+        return;
+    }
     dx__rb_read_answer(r, r->rc, &r->snap);
 }
 
@@ -641,7 +758,7 @@ static void topic_active(rworker *w, rtopic *t)
             sub_fail(r, rc);
         r = next;
     }
-    if (t->need_catch)
+    if (t->need_catch || (t->catching && !t->catch_out))
         dx__rb_catch_start(w, t);
 }
 
@@ -712,11 +829,16 @@ static void live_message(rworker *w, const char *ch, size_t chlen, const char *p
         atomic_fetch_add_explicit(&w->b->st_lost, 1, memory_order_relaxed);
         return;
     }
-    if (!t->catching && t->have_last && off > t->last + 1 && w->cmd.up)
+    /* A hole (offsets skipped): read them back before anything later of t
+     * goes on, even while the command connection is down (the read waits
+     * for it; last stays at what was delivered, where the read starts). */
+    if (!t->catching && t->have_last && off > t->last + 1) {
         dx__rb_catch_start(w, t);
+        if (!t->catching) /* no history to read them from */
+            catch_gap(t, t->last + 1, off - 1);
+    }
     if (t->catching) {
-        if (dx__gw_stitch_live(&t->st, e) != 0)
-            atomic_fetch_add_explicit(&w->b->st_lost, 1, memory_order_relaxed);
+        catch_hold(t, e, off);
     } else {
         deliver_entry(w, t, e);
     }
@@ -782,6 +904,7 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
             t->state = S_NONE;
             t->have_last = false;
             t->need_catch = false;
+            dx__rb_catch_stop(t);
             if ((t->refs > 0 || t->waiting) && dx__rb_subscribe_topic(w, t) != 0)
                 dx__rb_waiting_fail(w, t, DX_EIO);
         }
@@ -1351,6 +1474,7 @@ static void r_free(dx__bus *base)
                     rn = r->next;
                     dx__free(NULL, r);
                 }
+                catch_release(t); /* freeing: only frees */
                 dx__rb_topic_free(t);
             }
         }

@@ -70,10 +70,12 @@ void dx__rb_conn_down(rconn *c, const char *why)
                 if (t->state != S_NONE) {
                     t->state = S_NONE;
                     dx__rb_waiting_fail(w, t, DX_EIO);
-                    if (t->refs > 0 && t->have_last)
-                        t->need_catch = true;
-                    else
+                    if (t->refs > 0 && t->have_last) {
+                        t->need_catch = true; /* a catch-up holding entries keeps them */
+                    } else {
                         t->have_last = false;
+                        dx__rb_catch_stop(t);
+                    }
                 }
             }
         }
@@ -157,7 +159,9 @@ static void on_ping(redisAsyncContext *ac, void *reply, void *pd)
                     t->pres_dirty = true;
                     w->pres_any_dirty = true;
                 }
-                if (t->need_catch && t->state == S_ACTIVE)
+                /* catch-ups that waited for this connection: their reads
+                 * start from the last offset delivered */
+                if ((t->need_catch && t->state == S_ACTIVE) || (t->catching && !t->catch_out))
                     dx__rb_catch_start(w, t);
             }
     }
@@ -334,8 +338,10 @@ static void unsub_batch(rworker *w)
             /* topics seen only through patterns are no longer ordered here */
             for (size_t i = 0; i < w->tab_cap; i++)
                 for (rtopic *t = w->tab[i]; t; t = t->next)
-                    if (t->refs <= 0 && t->state == S_NONE)
+                    if (t->refs <= 0 && t->state == S_NONE) {
                         t->have_last = false;
+                        dx__rb_catch_stop(t);
+                    }
             continue;
         }
         pp = &p->next;
@@ -427,6 +433,13 @@ void dx__rb_on_tick(dx_timer *tm, void *ud)
     }
     if (w->unsub_due)
         unsub_batch(w);
+    if (w->catch_due && w->cmd.up) { /* catch-ups whose read could not go out yet */
+        w->catch_due = false;
+        for (size_t i = 0; i < w->tab_cap; i++)
+            for (rtopic *t = w->tab[i]; t; t = t->next)
+                if (t->catching && !t->catch_out)
+                    dx__rb_catch_start(w, t);
+    }
     for (rreq *r = w->discs, *next; r; r = next) {
         next = r->next;
         if (now >= r->deadline_ns)

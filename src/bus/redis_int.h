@@ -64,9 +64,14 @@ struct rtopic {
     bool have_last;            /* last is meaningful */
     uint64_t last;             /* the last offset delivered to this worker */
     bool need_catch;           /* the subscription was lost: read what was missed once back */
-    bool catching;             /* a catch-up read is out: live entries wait in st */
+    bool catching;             /* a catch-up is due or out: live entries wait in st (at most the
+                                  history's count of them), last does not move */
+    bool catch_out;            /* its read is out (else it waits for the command connection) */
+    uint64_t catch_seen;       /* the highest live offset not held (past the bound): read again */
     uint64_t catch_gen;        /* which catch-up read is the current one */
     dx__gw_stitch st;
+    rworker *w;                /* its worker */
+    rreq *deferred;            /* subscribe reads answered while catching: answered once it ended */
     uint64_t touched_ns;
 };
 
@@ -138,6 +143,7 @@ struct rworker {
     bool unsub_due;
     bool need_flush;
     bool freeing;
+    bool catch_due;            /* a catch-up waits for its read to go out: the tick retries */
     uint64_t ping_sent_ns;     /* 0: none out (the health check is TIME) */
     int64_t clock_off_ms;      /* Redis's clock minus ours (ms), from the last TIME */
     bool have_clock;
@@ -201,8 +207,14 @@ void dx__rb_log(rbus *b, int level, const char *fmt, ...) __attribute__((format(
 void dx__rb_worker_flush(rworker *w);
 /* dx__redis_loop_attach's `after` (ud: the worker). */
 void dx__rb_after_event(void *ud);
-/* Starts reading back what w missed of t (after t->last); live entries wait meanwhile. */
+/* Starts reading back what w missed of t (after t->last, the last offset
+ * delivered); live entries wait meanwhile. The read goes out once the
+ * command connection is up and t's live entries are received (at once if
+ * they are); until its answer nothing of t is delivered, so a live entry
+ * that skips offsets never moves last past the hole. */
 void dx__rb_catch_start(rworker *w, rtopic *t);
+/* Drops t's catch-up (its held entries; a read out is ignored when it answers). */
+void dx__rb_catch_stop(rtopic *t);
 /* Queues a command on c (0), or DX_EIO when c is down. fn(reply NULL) when the connection goes. */
 int dx__rb_cmd_argv(rconn *c, redisCallbackFn *fn, void *pd, int argc, const char **argv, const size_t *lens);
 /* Decimal digits (1..19) to a number; *ok false when not. */

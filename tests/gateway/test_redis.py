@@ -15,6 +15,14 @@ PID). Nodes run --workers 2 on their own free ports (no load balancer).
   - the pub/sub connections are killed (CLIENT KILL TYPE pubsub) while a
     publisher runs: subscribers stay connected and still get every
     message, in order, exactly once (read back from the stream);
+  - the pub/sub connection back before the command connection (node C
+    reaches Redis through a proxy in this script that tells the two apart
+    and refuses one kind at will): entries published while C's pub/sub
+    connection was away, then live entries that skip them while its
+    command connection is still away: C's subscriber gets every offset, in
+    order, once the command connection is back (none straight after the
+    hole, no gap); with --history 4 (the most held per topic) and more
+    entries than that, the same;
   - Redis stopped (SIGSTOP within the bound, then SIGCONT): a publish is
     answered only once Redis answered; past --redis-pending-max, 503 at
     once; stopped past the bound: the publish out answers 503 within
@@ -133,6 +141,99 @@ class Redis:
                 self.proc.kill()
                 self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Proxy:
+    """A TCP proxy to Redis for one node: each connection is classified by
+    its first command (SUBSCRIBE/PSUBSCRIBE: the pub/sub connection, else
+    the command connection); `refuse` holds the kinds closed as soon as
+    classified; cut() closes the open ones of the given kinds."""
+
+    def __init__(self, port):
+        self.port = port
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.refuse = set()
+        self.open = []          # (kind, client socket, redis socket)
+        self.accepted = {"cmd": 0, "sub": 0}
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self):
+        return "redis://127.0.0.1:%d" % self.lsock.getsockname()[1]
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        first = b""
+        try:
+            while first.count(b"\r\n") < 3:  # "*N", "$L", the command's name
+                d = c.recv(65536)
+                if not d:
+                    c.close()
+                    return
+                first += d
+        except OSError:
+            c.close()
+            return
+        kind = "sub" if b"SUBSCRIBE" in first.upper() else "cmd"
+        with self.lock:
+            if kind in self.refuse:
+                c.close()
+                return
+            try:
+                r = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            except OSError:
+                c.close()
+                return
+            r.settimeout(None)
+            self.open.append((kind, c, r))
+            self.accepted[kind] += 1
+        r.sendall(first)
+        threading.Thread(target=self._pump, args=(r, c), daemon=True).start()
+        self._pump(c, r)
+
+    def _pump(self, src, dst):
+        try:
+            while True:
+                d = src.recv(65536)
+                if not d:
+                    break
+                dst.sendall(d)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self, *kinds):
+        with self.lock:
+            keep = []
+            for k, c, r in self.open:
+                if k in kinds:
+                    for s in (c, r):
+                        try:
+                            s.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+                        s.close()
+                else:
+                    keep.append((k, c, r))
+            self.open = keep
+
+    def close(self):
+        self.lsock.close()
+        self.cut("cmd", "sub")
 
 
 def node(r, *args, workers=2):
@@ -386,6 +487,80 @@ async def test_pubsub_connections_killed_nothing_lost():
     say("  recovered from the stream on B: %s" % rec)
 
 
+def numsub(r, t):
+    rep = r.cmd("PUBSUB", "NUMSUB", "dx:m:" + t)
+    return rep[1]
+
+
+async def pubsub_back_before_cmd(history):
+    """Node C (one worker, through a Proxy): its pub/sub connection comes
+    back while its command connection is still refused, and receives live
+    entries that skip what it missed; nothing may reach the subscriber out
+    of order, nothing may be lost once the command connection is back."""
+    r, a, b = cluster()
+    px = Proxy(r.port)
+    args = ["--history", str(history)] if history else []
+    c = Serve("--redis", px.url(), *args, workers=1)
+    try:
+        wait_healthy(c)
+        t = topic("early")
+        jc = await jconnect(c)
+        await jc.sub(t)
+        wait_for(lambda: numsub(r, t) == 1, 10, "C subscribed to %s in Redis" % t)
+        ep = publish(b, t, "m1")["epoch"]
+        for i in range(2, 4):
+            publish(b, t, "m%d" % i)
+        await expect_msgs(jc, t, 1, 3, ep, "C before the outage")
+        base = metrics(c)
+        got0 = metric_sum(base, "duplex_handoffs_total")[0]
+        # both connections away; only the pub/sub one may come back
+        px.refuse = {"cmd", "sub"}
+        px.cut("cmd", "sub")
+        wait_for(lambda: not healthy(c), 10, "C's /healthz 503 with its connections cut", step=0.05)
+        wait_for(lambda: numsub(r, t) == 0, 10, "C's subscription gone from Redis")
+        n_missed = 6 if history else 3
+        for i in range(4, 4 + n_missed):  # missed by C
+            publish(b, t, "m%d" % i)
+        px.refuse = {"cmd"}
+        wait_for(lambda: numsub(r, t) == 1, 15, "C's pub/sub connection back and subscribed again")
+        first_live = 4 + n_missed
+        n_live = 6 if history else 3
+        last = first_live + n_live - 1
+        for i in range(first_live, last + 1):  # live, skipping the missed ones
+            publish(b, t, "m%d" % i)
+        # C received them (its command connection still refused)
+        wait_for(lambda: metric_sum(metrics(c), "duplex_handoffs_total")[0] >= got0 + n_live, 15,
+                 "C to receive the live entries after the hole")
+        check(not healthy(c), "C healthy with its command connection refused")
+        check(px.accepted["cmd"] == 1, "C's command connection got through the proxy")
+        # nothing may go out past the hole: the next frame must be offset 4
+        px.refuse = set()
+        wait_healthy(c)
+        await expect_msgs(jc, t, 4, last, ep, "C after its connections came back (pub/sub first)")
+        publish(b, t, "after")
+        await expect_msgs(jc, t, last + 1, last + 1, ep, "C live again")
+        await jc.quiet(0.3)
+        ms = metrics(c)
+        lost = metric_sum(ms, "duplex_handoffs_lost_total")[0] - metric_sum(base, "duplex_handoffs_lost_total")[0]
+        rec = metric_sum(ms, "duplex_bus_recovered_total")[0] - metric_sum(base, "duplex_bus_recovered_total")[0]
+        expect_eq(lost, 0, "messages C counted lost")
+        check(rec >= n_missed, "C recovered %d from the stream, expected at least %d" % (rec, n_missed))
+        say("  history %s: %d missed, %d live after the hole: recovered %d, lost %d" % (
+            history or "default", n_missed, n_live, rec, lost))
+        await jc.close()
+    finally:
+        px.close()
+        c.stop()
+
+
+async def test_pubsub_back_before_command_connection():
+    await pubsub_back_before_cmd(None)
+
+
+async def test_pubsub_back_before_command_connection_bound():
+    await pubsub_back_before_cmd(4)
+
+
 def test_pending_bound_and_answer_on_reply():
     r, a, b = cluster()
     s = node(r, "--redis-pending-max", "1024", workers=1)
@@ -540,6 +715,8 @@ if __name__ == "__main__":
         test_presence_across_nodes_and_dead_node,
         test_disconnect_answered_by_every_node,
         test_pubsub_connections_killed_nothing_lost,
+        test_pubsub_back_before_command_connection,
+        test_pubsub_back_before_command_connection_bound,
         test_pending_bound_and_answer_on_reply,
         test_redis_frozen,
         test_redis_killed_then_restarted_same_data,
