@@ -10,11 +10,14 @@
  *          [--sub-path /ws?subscribe=bench.t] [--pub-path /ws?publish=bench.t]
  *          [--mode batched|alone|api] [--batch K] [--rates 50,100,...]
  *          [--step-secs S] [--warmup W] [--server-pid PID] [--perf]
- *          [--api-key KEY] [--topic T] [--label NAME]
+ *          [--api-key KEY] [--topic T] [--label NAME] [--sub-ports P1,P2,...]
  *
  * Readers: --procs child processes (forked before the publisher starts)
  * open SUBS subscriber connections between them, raw sockets on one epoll
- * each, and parse the server's frames in place. Every message is a binary
+ * each, and parse the server's frames in place. With --sub-ports the
+ * subscribers are spread round robin over those ports (several gateway
+ * nodes on one host: scripts/bench_cluster.sh), the publisher still goes to
+ * --port. Every message is a binary
  * frame of 16 bytes: u32 sequence number, u32 step index, u64
  * CLOCK_MONOTONIC ns at send (little-endian). Per subscriber the sequence
  * must be exactly the previous + 1 (the first one 0): anything else counts
@@ -117,6 +120,9 @@ static bool o_perf;
 static const char *o_api_key = "";
 static const char *o_topic = "bench.t";
 static const char *o_label = "server";
+#define MAX_PORTS 16
+static int o_sub_ports[MAX_PORTS]; /* --sub-ports: subscribers spread over these; none: --port */
+static int o_nsub_ports;
 
 static shared *sh;
 
@@ -168,14 +174,14 @@ static uint64_t get64(const uint8_t *p)
     return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
 }
 
-static int tcp_connect(bool nonblock)
+static int tcp_connect_to(int port, bool nonblock)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0);
     if (fd < 0)
         return -1;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)o_port)};
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     if (inet_pton(AF_INET, o_host, &sa.sin_addr) != 1) {
         close(fd);
         return -1;
@@ -185,6 +191,11 @@ static int tcp_connect(bool nonblock)
         return -1;
     }
     return fd;
+}
+
+static int tcp_connect(bool nonblock)
+{
+    return tcp_connect_to(o_port, nonblock);
 }
 
 static int upgrade_request(char *buf, size_t cap, const char *path)
@@ -328,7 +339,9 @@ static void reader_main(int id, int n)
     while (opened + failed < n) {
         while (started < n && inflight < HS_INFLIGHT) {
             rconn *c = &cs[started];
-            c->fd = tcp_connect(true);
+            /* subscriber number id + started * procs over all readers */
+            int g = id + started * o_procs;
+            c->fd = o_nsub_ports ? tcp_connect_to(o_sub_ports[g % o_nsub_ports], true) : tcp_connect(true);
             if (c->fd < 0) {
                 c->state = 3;
                 failed++;
@@ -800,7 +813,8 @@ static void usage(void)
 {
     fprintf(stderr, "usage: gwload --port P [--host H] [-c SUBS] [--procs N] [--sub-path PATH] [--pub-path PATH]\n"
                     "  [--mode batched|alone|api] [--batch K] [--rates R1,R2,...] [--step-secs S] [--warmup W]\n"
-                    "  [--server-pid PID] [--perf] [--api-key KEY] [--topic T] [--label NAME]\n");
+                    "  [--server-pid PID] [--perf] [--api-key KEY] [--topic T] [--label NAME]\n"
+                    "  [--sub-ports P1,P2,...]\n");
     exit(2);
 }
 
@@ -811,7 +825,7 @@ int main(int argc, char **argv)
         {"sub-path", 1, 0, 's'},   {"pub-path", 1, 0, 'u'},  {"mode", 1, 0, 'm'},      {"batch", 1, 0, 'k'},
         {"rates", 1, 0, 'r'},      {"step-secs", 1, 0, 't'}, {"warmup", 1, 0, 'w'},    {"server-pid", 1, 0, 'S'},
         {"perf", 0, 0, 'f'},       {"api-key", 1, 0, 'K'},   {"topic", 1, 0, 'T'},     {"label", 1, 0, 'L'},
-        {0, 0, 0, 0}};
+        {"sub-ports", 1, 0, 'A'},  {0, 0, 0, 0}};
     parse_rates("100,1000");
     int ch;
     while ((ch = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
@@ -832,6 +846,18 @@ int main(int argc, char **argv)
         case 'K': o_api_key = optarg; break;
         case 'T': o_topic = optarg; break;
         case 'L': o_label = optarg; break;
+        case 'A':
+            for (const char *q = optarg; *q;) {
+                char *end;
+                long v = strtol(q, &end, 10);
+                if (end == q || v <= 0 || v > 65535 || o_nsub_ports == MAX_PORTS)
+                    usage();
+                o_sub_ports[o_nsub_ports++] = (int)v;
+                q = *end == ',' ? end + 1 : end;
+                if (*end && *end != ',')
+                    usage();
+            }
+            break;
         default: usage();
         }
     }

@@ -22,7 +22,8 @@ set(dx_lib_include
 
 add_library(duplex_shared SHARED ${dx_objects})
 target_include_directories(duplex_shared PUBLIC ${dx_lib_include})
-target_link_libraries(duplex_shared PRIVATE OpenSSL::SSL OpenSSL::Crypto ZLIB::ZLIB Threads::Threads ${JANSSON_LINK_LIBRARIES})
+target_link_libraries(duplex_shared PRIVATE OpenSSL::SSL OpenSSL::Crypto ZLIB::ZLIB Threads::Threads ${JANSSON_LINK_LIBRARIES}
+  ${HIREDIS_LINK_LIBRARIES})
 set_target_properties(duplex_shared PROPERTIES
   OUTPUT_NAME duplex
   EXPORT_NAME duplex
@@ -39,10 +40,10 @@ target_link_options(duplex_shared PRIVATE LINKER:--exclude-libs,ALL)
 
 add_library(duplex_static STATIC ${dx_objects})
 target_include_directories(duplex_static PUBLIC ${dx_lib_include})
-# jansson (the gateway's JSON) by plain name, so the exported target needs no
-# imported target in the user's project: -ljansson.
-# zlib (permessage-deflate) likewise: -lz.
-target_link_libraries(duplex_static PUBLIC OpenSSL::SSL OpenSSL::Crypto Threads::Threads jansson z)
+# jansson (the gateway's JSON), zlib (permessage-deflate) and hiredis (the
+# Redis bus) by plain name, so the exported target needs no imported target
+# in the user's project.
+target_link_libraries(duplex_static PUBLIC OpenSSL::SSL OpenSSL::Crypto Threads::Threads jansson z hiredis)
 set_target_properties(duplex_static PROPERTIES
   OUTPUT_NAME duplex
   EXPORT_NAME duplex_static

@@ -2,7 +2,8 @@
 # Runs every benchmark built in BUILD_DIR and prints their tables:
 # bench_proto (sans-I/O hot paths), bench_fanout (one message to 10,000
 # connections on one loop, docs/benchmarks.md "Fan-out"), then the echo
-# comparison, then the gateway fan-out (duplex serve against Node ws).
+# comparison, then the gateway fan-out (duplex serve against Node ws), then
+# the cross-node fan-out (three duplex serve --redis nodes, one redis-server).
 #   scripts/bench.sh BUILD_DIR
 set -euo pipefail
 build=${1:?usage: bench.sh BUILD_DIR}
@@ -24,3 +25,6 @@ done
 
 # permessage-deflate: ratio, wire bytes, CPU and memory against Node ws; fan-out.
 "$(dirname "$0")/bench_deflate.sh" "$build"
+
+# Cross-node fan-out: three duplex serve --redis nodes and one redis-server.
+"$(dirname "$0")/bench_cluster.sh" "$build"

@@ -4,13 +4,14 @@
 # is present (one dpkg-query per package).
 #
 #   scripts/deps.sh [run]   build and run: compiler, cmake, pkg-config, OpenSSL,
-#                           zlib, libedit, jansson, libyaml (make, make run, make install)
+#                           zlib, libedit, jansson, libyaml, hiredis (make, make run, make install)
 #   scripts/deps.sh test    run + what the tests need: cmocka, clang and the
 #                           sanitizer/fuzzer runtime of the installed clang,
-#                           Python websockets, Node.js + npm (and `npm ci` of
-#                           the interop peers), Chromium, openssl, prlimit (make test)
+#                           Python websockets, redis-server, Node.js + npm (and `npm ci` of
+#                           the interop peers), Chromium, openssl, prlimit, and for
+#                           tests/cluster nginx, haproxy, iproute2, PyJWT (make test)
 #   scripts/deps.sh bench   run + the benchmark peers and tools: libwebsockets,
-#                           Node.js + npm, perf, strace, gnuplot, valgrind (make bench)
+#                           Node.js + npm, perf, strace, gnuplot, valgrind, redis-server (make bench)
 #
 # Debian's python3-* packages are seen by /usr/bin/python3 only; the test
 # scripts call that interpreter explicitly. Node: Debian 12's nodejs (18) is
@@ -20,7 +21,7 @@ set -euo pipefail
 profile=${1:-run}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-run_pkgs=(build-essential cmake pkg-config libssl-dev zlib1g-dev libedit-dev libjansson-dev libyaml-dev)
+run_pkgs=(build-essential cmake pkg-config libssl-dev zlib1g-dev libedit-dev libjansson-dev libyaml-dev libhiredis-dev)
 test_pkgs=(
   # unit tests, sanitizers and fuzzers (the runtime package is added below,
   # for the clang actually installed)
@@ -29,11 +30,18 @@ test_pkgs=(
   nodejs python3 python3-websockets chromium openssl util-linux procps
   # JWT tokens and keys minted at test time (tests/gateway/test_auth.py)
   python3-jwt python3-cryptography
+  # the Redis bus's cluster tests (tests/gateway/test_redis.py) start their own redis-server
+  redis-server
+  # multi-node deployment tests (tests/cluster): the load balancers in front
+  # of the nodes, network namespaces and veth links, JWTs for user topics
+  nginx haproxy iproute2
 )
 bench_pkgs=(
   # peers of scripts/bench_echo.sh (libwebsockets, Node ws), syscall counts,
   # charts, allocation counts
   libwebsockets-dev nodejs linux-perf strace gnuplot-nox valgrind
+  # the cross-node fan-out (scripts/bench_cluster.sh): Redis and redis-cli
+  redis-server redis-tools
 )
 
 case $profile in

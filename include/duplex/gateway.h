@@ -149,6 +149,14 @@ typedef struct dx_gateway_options {
                                      flush before connections are closed */
     unsigned reconnect_hint_ms;   /* [2000] the retry delay put in the 1012 close reason ("retry=MS"),
                                      clients add jitter (duplex.js: up to 2x) */
+
+    /* ---- cluster (issue 11; docs/gateway.md "The Redis bus"): read by
+     * dx_gateway_new only, not reloadable ---- */
+    const char *redis_url;        /* NULL: the in-process bus; else redis://[user:pass@]host:port/db or
+                                     unix:///path: every node with the same URL acts as one gateway */
+    size_t redis_pending_max;     /* [64 MiB] payload bytes of publishes awaiting Redis; past it → 503 */
+    unsigned presence_ttl_ms;     /* [15000] Redis bus: a dead node's presence and user counts expire
+                                     within this */
 } dx_gateway_options;
 
 #define dx_gateway_new(opt, workers, err) dx_gateway_new_sized((opt), sizeof(dx_gateway_options), (workers), (err))

@@ -21,10 +21,20 @@
  * live entries reach a worker in offset order.
  *
  * Interest: a worker reports how many subscriptions it holds (dx__bus_interest);
- * a bus may skip workers that hold none.
+ * a bus may skip workers that hold none. Patterns are not subscribed
+ * through the bus (they have no offsets): a worker reports each pattern it
+ * starts or stops matching (dx__bus_pattern), so a networked bus can route
+ * the topics that match it to the worker; the worker matches them itself.
+ * Each entry reaches a worker at most once, however many of its exact
+ * topics and patterns cover it.
  *
- * Implementations: local.c (in-process, the default). A networked bus
- * (Redis, NATS) fills another dx__bus_vt.
+ * User connections: dx__bus_user_conns counts the connections of a user in
+ * the whole cluster (this process, with the in-process bus), +1 when one
+ * opens and -1 when it ends, for the per-user connection limit.
+ *
+ * Implementations: local.c (in-process, the default), redis.c (redis.h:
+ * several processes sharing one Redis). Another networked bus (NATS) fills
+ * another dx__bus_vt.
  */
 #ifndef DX_BUS_BUS_H
 #define DX_BUS_BUS_H
@@ -83,6 +93,11 @@ typedef struct dx__bus_stats {
     uint64_t history_bytes;  /* retained payload bytes */
     uint64_t handoffs;       /* cross-thread hand-offs of live entries (one per worker per publish) */
     uint64_t lost;           /* hand-offs that could not be queued (out of memory): a worker missed a message */
+    /* networked buses (0 for the in-process one) */
+    uint64_t pending_bytes;  /* payload bytes of publishes handed to the bus and not yet confirmed (gauge) */
+    uint64_t refused;        /* requests refused at once: bus unreachable or pending_bytes over its limit */
+    uint64_t reconnects;     /* connections to the bus re-established after a loss */
+    uint64_t recovered;      /* live entries missed (bus connection lost, or a hole) then read back from history */
 } dx__bus_stats;
 
 typedef struct dx__bus_vt {
@@ -102,6 +117,13 @@ typedef struct dx__bus_vt {
     int (*disconnect_user)(dx__bus *b, unsigned w, const char *user, size_t ulen,
                            dx__bus_count_fn fn, void *ud);
     void (*interest)(dx__bus *b, unsigned w, long delta);
+    /* A subscription pattern of worker w: +1 when a connection there
+     * subscribes to it, -1 when it leaves. Fires nothing. */
+    void (*pattern)(dx__bus *b, unsigned w, const char *pat, size_t len, long delta);
+    /* Adds delta (+1, -1 or 0 to read) to the count of connections of
+     * `user` and answers the count after it, cluster-wide. */
+    int (*user_conns)(dx__bus *b, unsigned w, const char *user, size_t ulen, long delta, dx__bus_count_fn fn,
+                      void *ud);
     bool (*healthy)(dx__bus *b);
     void (*stats)(dx__bus *b, dx__bus_stats *out);
     void (*free)(dx__bus *b);
@@ -167,6 +189,15 @@ static inline int dx__bus_disconnect_user(dx__bus *b, unsigned w, const char *u,
     return b->vt->disconnect_user(b, w, u, ulen, fn, ud);
 }
 static inline void dx__bus_interest(dx__bus *b, unsigned w, long delta) { b->vt->interest(b, w, delta); }
+static inline void dx__bus_pattern(dx__bus *b, unsigned w, const char *p, size_t len, long delta)
+{
+    b->vt->pattern(b, w, p, len, delta);
+}
+static inline int dx__bus_user_conns(dx__bus *b, unsigned w, const char *u, size_t ulen, long delta,
+                                     dx__bus_count_fn fn, void *ud)
+{
+    return b->vt->user_conns(b, w, u, ulen, delta, fn, ud);
+}
 static inline bool dx__bus_healthy(dx__bus *b) { return b->vt->healthy(b); }
 static inline void dx__bus_stats_get(dx__bus *b, dx__bus_stats *out) { b->vt->stats(b, out); }
 static inline void dx__bus_free(dx__bus *b)

@@ -108,6 +108,8 @@ typedef struct lworker {
     /* owned topics (this thread only) */
     ltopic **tab;
     size_t tab_cap, ntopics;
+    /* connections per user owned here (dx__bus_user_conns; this thread only) */
+    struct ucount *uc;
     size_t hist_msgs, hist_bytes;
     struct req *retry;       /* answers that could not be queued (out of memory): the tick retries */
     _Atomic uint64_t st_topics, st_msgs, st_bytes, st_handoffs, st_lost;
@@ -400,12 +402,55 @@ struct req {
     char **users;
     size_t *ulens;
     size_t nusers;
+    long delta;              /* user_conns */
     struct req *retry_next;  /* in the answering worker's retry list */
     _Atomic unsigned remaining; /* disconnect: workers still to answer */
     _Atomic uint64_t total;
 };
 
-enum { R_PUB, R_SUB, R_LEAVE, R_HIST, R_PRES, R_DISC };
+enum { R_PUB, R_SUB, R_LEAVE, R_HIST, R_PRES, R_DISC, R_UCONN };
+
+/* Connections of one user, kept by the user's owner (a list: the per-user
+ * limit is checked once per handshake of an authenticated user). */
+struct ucount {
+    struct ucount *next;
+    uint64_t n;
+    size_t len;
+    char id[];
+};
+
+/* Adds delta to user's count (floored at 0; an entry at 0 is freed);
+ * returns the count after, or -1 when out of memory. */
+static int64_t ucount_add(lworker *w, const char *user, size_t len, long delta)
+{
+    struct ucount **pp = &w->uc;
+    for (; *pp; pp = &(*pp)->next)
+        if ((*pp)->len == len && memcmp((*pp)->id, user, len) == 0)
+            break;
+    struct ucount *u = *pp;
+    if (!u) {
+        if (delta <= 0)
+            return 0;
+        u = dx__alloc(NULL, sizeof *u + len);
+        if (!u)
+            return -1;
+        u->next = NULL;
+        u->n = 0;
+        u->len = len;
+        memcpy(u->id, user, len);
+        *pp = u;
+    }
+    if (delta < 0 && u->n < (uint64_t)-delta)
+        u->n = 0;
+    else
+        u->n += (uint64_t)delta;
+    uint64_t n = u->n;
+    if (n == 0) {
+        *pp = u->next;
+        dx__free(NULL, u);
+    }
+    return (int64_t)n;
+}
 
 /* Copies s (len bytes) to *p with a NUL; returns the copy, advances *p. */
 static char *put_str(char **p, const char *s, size_t len)
@@ -471,6 +516,9 @@ static void complete(req *r)
         break;
     case R_DISC:
         r->fn.count(r->ud, r->err, atomic_load(&r->total));
+        break;
+    case R_UCONN:
+        r->fn.count(r->ud, r->err, r->count);
         break;
     default:
         break;
@@ -658,6 +706,14 @@ static void run_req(lbus *b, unsigned w, item *it)
         }
         r->count = t ? t->present : 0;
         break;
+    case R_UCONN: {
+        int64_t n = ucount_add(lw, r->topic, r->tlen, r->delta);
+        if (n < 0)
+            r->err = DX_ENOMEM;
+        else
+            r->count = (uint64_t)n;
+        break;
+    }
     default:
         break;
     }
@@ -824,6 +880,29 @@ static void l_interest(dx__bus *base, unsigned w, long delta)
     atomic_fetch_add_explicit(&b->w[w].interest, delta, memory_order_release);
 }
 
+static void l_pattern(dx__bus *base, unsigned w, const char *pat, size_t len, long delta)
+{
+    /* every worker with interest gets every entry: nothing to route */
+    (void)base;
+    (void)w;
+    (void)pat;
+    (void)len;
+    (void)delta;
+}
+
+static int l_user_conns(dx__bus *base, unsigned w, const char *user, size_t ulen, long delta, dx__bus_count_fn fn,
+                        void *ud)
+{
+    lbus *b = (lbus *)base;
+    req *r = req_new(w, R_UCONN, user, ulen, NULL, 0, NULL, 0, NULL, 0);
+    if (!r)
+        return DX_ENOMEM;
+    r->delta = delta;
+    r->fn.count = fn;
+    r->ud = ud;
+    return send_req(b, r);
+}
+
 static bool l_healthy(dx__bus *base)
 {
     (void)base;
@@ -878,6 +957,10 @@ static void l_free(dx__bus *base)
             }
         }
         dx__free(NULL, lw->tab);
+        for (struct ucount *u = lw->uc, *nx; u; u = nx) {
+            nx = u->next;
+            dx__free(NULL, u);
+        }
         pthread_mutex_destroy(&lw->mu);
     }
     dx__free(NULL, b->w);
@@ -894,6 +977,8 @@ static const dx__bus_vt local_vt = {
     .presence = l_presence,
     .disconnect_user = l_disconnect_user,
     .interest = l_interest,
+    .pattern = l_pattern,
+    .user_conns = l_user_conns,
     .healthy = l_healthy,
     .stats = l_stats,
     .free = l_free,

@@ -440,6 +440,16 @@ static void metrics(gw_worker *k, dx_http_req *req)
     P("# HELP duplex_handoffs_lost_total Hand-offs that could not be queued (out of memory): a worker's "
       "subscribers missed a message.\n# TYPE duplex_handoffs_lost_total counter\n");
     P("duplex_handoffs_lost_total %llu\n", (unsigned long long)bs.lost);
+    P("# HELP duplex_bus_pending_bytes Payload bytes of publishes handed to the bus (Redis) and not yet confirmed.\n"
+      "# TYPE duplex_bus_pending_bytes gauge\nduplex_bus_pending_bytes %llu\n", (unsigned long long)bs.pending_bytes);
+    P("# HELP duplex_bus_refused_total Bus requests refused at once (bus unreachable, or pending bytes over the limit).\n"
+      "# TYPE duplex_bus_refused_total counter\nduplex_bus_refused_total %llu\n", (unsigned long long)bs.refused);
+    P("# HELP duplex_bus_reconnects_total Connections to the bus re-established after a loss.\n"
+      "# TYPE duplex_bus_reconnects_total counter\nduplex_bus_reconnects_total %llu\n",
+      (unsigned long long)bs.reconnects);
+    P("# HELP duplex_bus_recovered_total Live messages missed by this node and read back from the bus's history.\n"
+      "# TYPE duplex_bus_recovered_total counter\nduplex_bus_recovered_total %llu\n",
+      (unsigned long long)bs.recovered);
     /* by API key name; key="" for requests refused before a key matched */
     P("# HELP duplex_api_requests_total Requests to /api/... by API key name.\n"
       "# TYPE duplex_api_requests_total counter\n");

@@ -22,6 +22,7 @@
 #define _GNU_SOURCE
 #include "gateway/gw.h"
 
+#include "bus/redis.h"
 #include "core/seams.h"
 
 #include <stdarg.h>
@@ -162,6 +163,8 @@ void gw_sub_drop(gw_conn *g, size_t i, bool leave)
     gw_dec(&k->m.subscriptions, 1);
     if (!s->pattern && leave)
         dx__bus_leave(k->gw->bus, k->index, s->name, s->len, g->user, g->ulen);
+    if (s->pattern)
+        dx__bus_pattern(k->gw->bus, k->index, s->name, s->len, -1);
     if (s->pending)
         s->dead = true; /* the completion frees it */
     else
@@ -821,8 +824,10 @@ int gw_subscribe(gw_conn *g, const char *name, size_t len, bool has_id, uint64_t
     g->subs[g->nsubs++] = s;
     dx__bus_interest(k->gw->bus, k->index, 1);
     gw_inc(&k->m.subscriptions, 1);
-    if (s->pattern)
+    if (s->pattern) {
+        dx__bus_pattern(k->gw->bus, k->index, name, len, 1);
         return 0;
+    }
     dx__gw_stitch_init(&s->st, NULL, &stitch_ops, s);
     s->pending = true;
     g->npending++;
@@ -1266,7 +1271,8 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
                      len, false, 0);
     if (rc) {
         gw_inc(&k->m.publishes_refused, 1);
-        gw_conn_close(g, 1011, "publish failed");
+        /* the bus unreachable or full (Redis): try again later, like a 503 */
+        gw_conn_close(g, rc == DX_EIO || rc == DX_ELIMIT ? 1013 : 1011, "publish failed");
     }
 }
 
@@ -1391,6 +1397,10 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
             o->log(o->log_ud, DX_LOG_ERROR, why);
         goto fail;
     }
+    /* the cluster settings are read here, before the policy part is cleared */
+    const char *redis_url = o->redis_url;
+    size_t redis_pending_max = o->redis_pending_max;
+    unsigned presence_ttl_ms = o->presence_ttl_ms;
     /* the policy is read from gw->pol only: nothing borrowed is kept */
     o->api_key = NULL;
     memset(&o->auth, 0, sizeof *o - offsetof(dx_gateway_options, auth));
@@ -1410,7 +1420,16 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
         bo.history.max_age_ns = o->history_age_ms * 1000000u;
     gw->n = workers;
     gw->start_ns = dx__now_ns(NULL);
-    gw->bus = dx__bus_local_new(&bo, &e);
+    if (redis_url) {
+        dx__bus_redis_opts ro = {.workers = workers, .url = redis_url, .history = bo.history,
+                                 .pending_max = redis_pending_max, .presence_ttl_ms = presence_ttl_ms,
+                                 .log = o->log, .log_ud = o->log_ud};
+        gw->bus = dx__bus_redis_new(&ro, &e, why, sizeof why);
+        if (!gw->bus && o->log)
+            o->log(o->log_ud, DX_LOG_ERROR, why);
+    } else {
+        gw->bus = dx__bus_local_new(&bo, &e);
+    }
     if (!gw->bus)
         goto fail;
     gw->w = dx__alloc(NULL, workers * sizeof *gw->w);

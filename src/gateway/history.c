@@ -122,6 +122,21 @@ static dx__gw_entry *entry_new(const dx_seams *seams, dx__gw_kind kind, const vo
     return e;
 }
 
+dx__gw_entry *dx__gw_entry_new(const dx_seams *seams, dx__gw_kind kind, const void *data, size_t len,
+                               uint64_t offset, uint64_t time_ns)
+{
+    if (kind != DX__GW_KIND_JSON && kind != DX__GW_KIND_TEXT && kind != DX__GW_KIND_BINARY)
+        return NULL;
+    if (!data && len)
+        return NULL;
+    dx__gw_entry *e = entry_new(seams, kind, data, len);
+    if (e) {
+        e->offset = offset;
+        e->time_ns = time_ns;
+    }
+    return e;
+}
+
 /* ---- the log ----------------------------------------------------------- */
 
 void dx__gw_log_opts_default(dx__gw_log_opts *o)

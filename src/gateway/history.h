@@ -103,6 +103,15 @@ dx_msg *dx__gw_entry_frame(dx__gw_entry *e, dx__gw_frame slot);
  */
 dx_msg *dx__gw_entry_set_frame(dx__gw_entry *e, dx__gw_frame slot, dx_msg *m);
 
+/*
+ * A new entry made outside a log, for a bus that sequences elsewhere (the
+ * Redis bus rebuilds the entries it reads or receives): the given offset,
+ * kind, time and a copy of the payload, one reference. `seams` as for
+ * dx__gw_log_new. NULL when out of memory or kind is bad. O(len).
+ */
+dx__gw_entry *dx__gw_entry_new(const dx_seams *seams, dx__gw_kind kind, const void *data, size_t len,
+                               uint64_t offset, uint64_t time_ns);
+
 /* ---- the topic log ----------------------------------------------------- */
 
 typedef struct dx__gw_log dx__gw_log;

@@ -49,9 +49,10 @@ static void pub_done(void *ud, int err, uint64_t offset, const char *epoch)
                     gw_send_scratch(g);
             }
         } else if (err) {
-            gw_logf(k, DX_LOG_WARN, "gateway: conn=%llu publish on %s failed: %s: closed 1011",
-                    (unsigned long long)g->id, g->pub, dx_strerror(err));
-            gw_conn_close(g, 1011, "publish failed");
+            unsigned code = err == DX_EIO ? 1013 : 1011; /* the bus (Redis) lost it: try again later */
+            gw_logf(k, DX_LOG_WARN, "gateway: conn=%llu publish on %s failed: %s: closed %u",
+                    (unsigned long long)g->id, g->pub, dx_strerror(err), code);
+            gw_conn_close(g, code, "publish failed");
         }
     }
     dx__free(NULL, p);

@@ -436,6 +436,42 @@ static void test_presence_disconnect_history(void **state)
     fx_stop(&f, false);
 }
 
+/* dx__bus_user_conns: +1/-1 from any worker add up in one count per user
+ * (the owner's), 0 reads, the count never goes below 0, completions never
+ * inside the call. */
+static void test_user_conns(void **state)
+{
+    (void)state;
+    bus_fx f;
+    fx_start(&f, false);
+    res r = {0};
+    for (unsigned i = 0; i < 5; i++)
+        assert_int_equal(dx__bus_user_conns(f.bus, i % NW, "carol", 5, 1, count_done, &r), 0);
+    assert_int_equal(r.calls, 0);
+    run_all(&f);
+    assert_int_equal(r.calls, 5);
+    assert_int_equal(r.err, 0);
+    res o = {0};
+    assert_int_equal(dx__bus_user_conns(f.bus, 2, "dave", 4, 1, count_done, &o), 0);
+    run_all(&f);
+    assert_int_equal(o.count, 1);
+    memset(&r, 0, sizeof r);
+    assert_int_equal(dx__bus_user_conns(f.bus, 1, "carol", 5, 0, count_done, &r), 0);
+    run_all(&f);
+    assert_int_equal(r.count, 5);
+    for (int i = 0; i < 7; i++) /* two more -1 than +1: floored at 0 */
+        assert_int_equal(dx__bus_user_conns(f.bus, (unsigned)i % NW, "carol", 5, -1, count_done, &r), 0);
+    run_all(&f);
+    assert_int_equal(r.count, 0);
+    assert_int_equal(dx__bus_user_conns(f.bus, 0, "carol", 5, 1, NULL, NULL), 0); /* nobody to tell */
+    run_all(&f);
+    memset(&r, 0, sizeof r);
+    assert_int_equal(dx__bus_user_conns(f.bus, 0, "carol", 5, 0, count_done, &r), 0);
+    run_all(&f);
+    assert_int_equal(r.count, 1);
+    fx_stop(&f, false); /* the remaining counts are freed (ASan: no leak) */
+}
+
 /* Requests still queued when the bus is freed are completed with
  * DX_ECLOSED (nothing leaks under ASan, nothing is called twice). */
 static void test_free_with_pending(void **state)
@@ -469,6 +505,7 @@ int main(void)
         cmocka_unit_test(test_thread_fanout_order),
         cmocka_unit_test(test_thread_subscribe_seam),
         cmocka_unit_test(test_presence_disconnect_history),
+        cmocka_unit_test(test_user_conns),
         cmocka_unit_test(test_free_with_pending),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
