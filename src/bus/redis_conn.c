@@ -147,6 +147,9 @@ static void on_ping(redisAsyncContext *ac, void *reply, void *pd)
         if (c->was_up) {
             atomic_fetch_add_explicit(&w->b->st_reconnects, 1, memory_order_relaxed);
             dx__rb_log(w->b, DX_LOG_INFO, "redis bus: worker %u: command connection to Redis restored", w->index);
+        } else if (w->index == 0) {
+            dx__rb_log(w->b, DX_LOG_INFO, "redis bus: connected to Redis at %s (db %d) as node %s",
+                       w->b->url.unix_socket ? w->b->url.path : w->b->addr, w->b->url.db, w->b->node);
         }
         c->was_up = true;
         dx__rb_set_health(w);
