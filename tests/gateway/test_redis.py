@@ -265,6 +265,16 @@ async def test_resume_on_b_with_since_from_a():
     check_sub_ack(ack, t, offset=11, epoch=ep0, recovered=False)
     publish(a, t, "m12")
     await expect_msgs(jc, t, 12, 12, ep0, "non-recovered subscriber")
+    for bad_ep in ("", "x" * 40):  # an empty or overlong epoch is not the current one
+        jx = await jconnect(a)
+        ack = await jx.sub(t, since={"offset": 11, "epoch": bad_ep})
+        check_sub_ack(ack, t, offset=12, epoch=ep0, recovered=False)
+        await jx.close()
+    raw = await rconnect(b, "subscribe=%s&since=%s:10" % (t, t))  # raw since: the current epoch
+    for i in (11, 12):
+        m = await recv_timeout(raw, 15, "raw resumer on B: message %d" % i)
+        expect_eq(m, "m%d" % i, "raw resumer on B")
+    await raw.close()
     # history: the same through both nodes
     ha, hb = history(a, t), history(b, t, since=4, limit=3)
     expect_eq([m["offset"] for m in ha["messages"]], list(range(1, 13)), "history through A")
