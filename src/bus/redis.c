@@ -764,6 +764,14 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
                 }
                 w->sub.was_up = true;
                 dx__rb_set_health(w);
+                /* the control channel is confirmed last: every pattern is
+                 * active again, so topics seen only through one can be read
+                 * back now (those seen through an exact subscription are,
+                 * once theirs is confirmed) */
+                for (size_t i = 0; i < w->tab_cap; i++)
+                    for (rtopic *t = w->tab[i]; t; t = t->next)
+                        if (t->need_catch && t->refs <= 0)
+                            dx__rb_catch_start(w, t);
             }
             return;
         }

@@ -74,6 +74,8 @@ void dx__rb_conn_down(rconn *c, const char *why)
                         t->need_catch = true;
                     else
                         t->have_last = false;
+                } else if (t->refs <= 0 && t->have_last) {
+                    t->need_catch = true; /* seen through a pattern: read back once subscribed again */
                 }
             }
         }
@@ -160,7 +162,7 @@ static void on_ping(redisAsyncContext *ac, void *reply, void *pd)
                     t->pres_dirty = true;
                     w->pres_any_dirty = true;
                 }
-                if (t->need_catch && t->state == S_ACTIVE)
+                if (t->need_catch && (t->state == S_ACTIVE || (t->refs <= 0 && w->sub.up)))
                     dx__rb_catch_start(w, t);
             }
     }

@@ -13,8 +13,9 @@ PID). Nodes run --workers 2 on their own free ports (no load balancer).
     within --presence-ttl (plus a wide margin);
   - /api/disconnect is answered once every node's workers answered;
   - the pub/sub connections are killed (CLIENT KILL TYPE pubsub) while a
-    publisher runs: subscribers stay connected and still get every
-    message, in order, exactly once (read back from the stream);
+    publisher runs: subscribers (exact and pattern) stay connected and
+    still get every message, in order, exactly once (read back from the
+    stream);
   - Redis stopped (SIGSTOP within the bound, then SIGCONT): a publish is
     answered only once Redis answered; past --redis-pending-max, 503 at
     once; stopped past the bound: the publish out answers 503 within
@@ -370,22 +371,31 @@ def test_disconnect_answered_by_every_node():
 async def test_pubsub_connections_killed_nothing_lost():
     r, a, b = cluster()
     t = topic("kill")
+    pt = t + ".p"  # reached through a pattern subscription only
     jb = await jconnect(b)
     await jb.sub(t)
+    jp = await jconnect(b)
+    await jp.ack("sub", topic=t + ".*")
     ep = publish(a, t, "m1")["epoch"]
+    pep = publish(a, pt, "p1")["epoch"]
     n = 300
     killed = []
 
     def publisher():
         for i in range(2, n + 1):
             publish(a, t, "m%d" % i)
+            if i % 3 == 0:
+                publish(a, pt, "p%d" % (i // 3 + 1))
             if i in (60, 180):
                 wait_healthy(a, b)  # every worker subscribed again since the last kill
                 killed.append(r.cmd("CLIENT", "KILL", "TYPE", "pubsub"))
+        publish(a, pt, "p-last")  # the pattern's last message
 
     th = threading.Thread(target=publisher)
     th.start()
     await expect_msgs(jb, t, 1, n, ep, "subscriber on B through pub/sub losses")
+    await expect_msgs(jp, pt, 1, n // 3 + 2, pep, "pattern subscriber on B through pub/sub losses",
+                      pattern=t + ".*")
     th.join()
     check(all(isinstance(k, int) and k >= 1 for k in killed), "CLIENT KILL answers: %r" % killed)
     await jb.alive()
