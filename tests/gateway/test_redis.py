@@ -8,7 +8,8 @@ PID). Nodes run --workers 2 on their own free ports (no load balancer).
     every message in order, offsets 1..N with one epoch; patterns too, once
     per message even with an overlapping exact subscription;
   - resume on node B with a since from node A: recovered, no gap, no
-    duplicate, then live; history is the same through every node;
+    duplicate, then live (JSON, raw `since=`, SSE Last-Event-ID); history
+    is the same through every node;
   - presence counts connections across nodes; a SIGKILLed node drops out
     within --presence-ttl (plus a wide margin);
   - /api/disconnect is answered once every node's workers answered;
@@ -287,6 +288,34 @@ async def test_resume_on_b_with_since_from_a():
     await jc.close()
 
 
+def test_sse_resume_on_another_node():
+    """An SSE stream on node B, then Last-Event-ID on node A: the missed
+    messages, in order, once."""
+    r, a, b = cluster()
+    t = topic("sse")
+    s1 = gwtest.SSE(b, "subscribe=" + t)
+    expect_eq(s1.status, 200, "SSE on B")
+    ep = None
+    for i in range(1, 4):
+        ep = publish(a, t, "s%d" % i)["epoch"]
+    last = None
+    for i in range(1, 4):
+        m, last = s1.msg(what="SSE on B: message %d" % i)
+        check_msg(m, t, offset=i, epoch=ep, data="s%d" % i, what="SSE on B")
+    s1.close()
+    for i in range(4, 7):
+        publish(b, t, "s%d" % i)
+    s2 = gwtest.SSE(a, "subscribe=" + t, headers={"Last-Event-ID": last})
+    expect_eq(s2.status, 200, "SSE on A with Last-Event-ID")
+    for i in range(4, 7):
+        m, _ = s2.msg(what="SSE resumed on A: message %d" % i)
+        check_msg(m, t, offset=i, epoch=ep, data="s%d" % i, what="SSE resumed on A")
+    publish(b, t, "s7")
+    m, _ = s2.msg(what="SSE on A: live")
+    check_msg(m, t, offset=7, epoch=ep, data="s7", what="SSE on A live")
+    s2.close()
+
+
 async def test_resume_stress_across_nodes():
     """Subscribers that drop at random and resume on the other node end
     with every offset exactly once, in order, while a publisher alternates
@@ -556,6 +585,7 @@ if __name__ == "__main__":
         test_publish_on_a_delivered_on_b,
         test_pattern_across_nodes_once,
         test_resume_on_b_with_since_from_a,
+        test_sse_resume_on_another_node,
         test_resume_stress_across_nodes,
         test_presence_across_nodes_and_dead_node,
         test_disconnect_answered_by_every_node,
