@@ -17,6 +17,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdatomic.h>
 #include <sys/wait.h>
 
@@ -61,6 +62,7 @@ static void redis_start(void)
     redis_pid = fork();
     assert_true(redis_pid >= 0);
     if (redis_pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* a test that aborts leaves no redis-server behind */
         int devnull = open("/dev/null", O_WRONLY);
         dup2(devnull, 1);
         dup2(devnull, 2);
