@@ -672,7 +672,7 @@ static int read_issue(rreq *r, char mode)
         snprintf(token, sizeof token, "%llu", (unsigned long long)r->id);
     }
     const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_READ], "3", k.k[0], k.k[1], k.k[2], m, since, limit, ep,
-                          age, cnt, r->has_epoch ? r->epoch : "", ttl, barrier ? w->wchan : "", token};
+                          age, cnt, r->has_epoch ? r->epoch : "*", ttl, barrier ? w->wchan : "", token};
     size_t lens[16];
     for (int i = 0; i < 16; i++)
         lens[i] = strlen(argv[i]);
@@ -886,6 +886,14 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
                 }
                 w->sub.was_up = true;
                 dx__rb_set_health(w);
+                /* the control channel is confirmed last: every pattern is
+                 * active again, so topics seen only through one can be read
+                 * back now (those seen through an exact subscription are,
+                 * once theirs is confirmed) */
+                for (size_t i = 0; i < w->tab_cap; i++)
+                    for (rtopic *t = w->tab[i]; t; t = t->next)
+                        if (t->need_catch && t->refs <= 0)
+                            dx__rb_catch_start(w, t);
             }
             return;
         }
@@ -1081,7 +1089,7 @@ static int r_subscribe(dx__bus *base, unsigned wi, const char *topic, size_t len
 {
     rbus *b = (rbus *)base;
     rworker *w = &b->w[wi];
-    if (len == 0 || len > DX__GW_TOPIC_MAX || (epoch && elen > DX__GW_EPOCH_LEN))
+    if (len == 0 || len > DX__GW_TOPIC_MAX)
         return DX_EINVAL;
     if (!w->cmd.up || (join && !w->sub.up))
         return refuse(b, DX_EIO);
@@ -1095,8 +1103,12 @@ static int r_subscribe(dx__bus *base, unsigned wi, const char *topic, size_t len
     r->limit = 0;
     if (epoch) {
         r->has_epoch = true;
-        memcpy(r->epoch, epoch, elen);
-        r->epoch[elen] = 0;
+        if (elen <= DX__GW_EPOCH_LEN) {
+            memcpy(r->epoch, epoch, elen);
+            r->epoch[elen] = 0;
+        } else {
+            snprintf(r->epoch, sizeof r->epoch, "-"); /* no epoch is that long: never the current one */
+        }
     }
     if (!join) {
         int rc = read_issue(r, resume ? 'r' : 'c');

@@ -76,6 +76,8 @@ void dx__rb_conn_down(rconn *c, const char *why)
                         t->have_last = false;
                         dx__rb_catch_stop(t);
                     }
+                } else if (t->refs <= 0 && t->have_last) {
+                    t->need_catch = true; /* seen through a pattern: read back once subscribed again */
                 }
             }
         }
@@ -149,6 +151,9 @@ static void on_ping(redisAsyncContext *ac, void *reply, void *pd)
         if (c->was_up) {
             atomic_fetch_add_explicit(&w->b->st_reconnects, 1, memory_order_relaxed);
             dx__rb_log(w->b, DX_LOG_INFO, "redis bus: worker %u: command connection to Redis restored", w->index);
+        } else if (w->index == 0) {
+            dx__rb_log(w->b, DX_LOG_INFO, "redis bus: connected to Redis at %s (db %d) as node %s",
+                       w->b->url.unix_socket ? w->b->url.path : w->b->addr, w->b->url.db, w->b->node);
         }
         c->was_up = true;
         dx__rb_set_health(w);
@@ -161,7 +166,8 @@ static void on_ping(redisAsyncContext *ac, void *reply, void *pd)
                 }
                 /* catch-ups that waited for this connection: their reads
                  * start from the last offset delivered */
-                if ((t->need_catch && t->state == S_ACTIVE) || (t->catching && !t->catch_out))
+                if ((t->need_catch && (t->state == S_ACTIVE || (t->refs <= 0 && w->sub.up))) ||
+                    (t->catching && !t->catch_out))
                     dx__rb_catch_start(w, t);
             }
     }

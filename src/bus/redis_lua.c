@@ -41,7 +41,7 @@ static const char pub_lua[] =
     "return {off, ep, now}\n";
 
 /* KEYS o e s; ARGV mode(r resume, c current, h history) since limit new_epoch
- * max_age_ms max_count client_epoch("" = current) ttl_ms barrier_channel token.
+ * max_age_ms max_count client_epoch("*": the current one) ttl_ms barrier_channel token.
  * Returns {offset, epoch, recovered, o1, k1, t1, d1, ...}; then, unless
  * barrier_channel is "", PUBLISHes token on it: once the asking worker's
  * pub/sub connection receives it, every live entry sequenced before the
@@ -75,7 +75,7 @@ static const char read_lua[] =
     "local res = {off, ep, 0}\n"
     "if mode == 'c' then return res end\n"
     "if mode == 'r' then\n"
-    "  if (ARGV[7] ~= '' and ARGV[7] ~= ep) or since > off then return res end\n"
+    "  if (ARGV[7] ~= '*' and ARGV[7] ~= ep) or since > off then return res end\n"
     "  if since == off then res[3] = 1; return res end\n"
     "  local n = off - since\n"
     "  if n > tonumber(ARGV[6]) then return res end\n"

@@ -217,7 +217,7 @@ static void api_publish(gw_worker *k, dx_http_req *req)
                               publish_done, a) != 0) {
         dx__free(NULL, a);
         gw_inc(&k->m.publishes_refused, 1);
-        reply_error(k, req, 503, "not accepted: out of memory", "Retry-After: 1\r\n");
+        reply_error(k, req, 503, "not accepted: the bus is unavailable (or out of memory)", "Retry-After: 1\r\n");
     }
 }
 
@@ -297,7 +297,7 @@ static void api_history(gw_worker *k, dx_http_req *req)
     api_ctx *a = ctx_new(k, req, topic, (size_t)tlen);
     if (!a || dx__bus_history(k->gw->bus, k->index, topic, (size_t)tlen, since, (size_t)limit, history_done, a) != 0) {
         dx__free(NULL, a);
-        reply_error(k, req, 503, "history unavailable: out of memory", "Retry-After: 1\r\n");
+        reply_error(k, req, 503, "history: the bus is unavailable (or out of memory)", "Retry-After: 1\r\n");
     }
 }
 
@@ -332,7 +332,7 @@ static void api_presence(gw_worker *k, dx_http_req *req)
     api_ctx *a = ctx_new(k, req, topic, (size_t)tlen);
     if (!a || dx__bus_presence(k->gw->bus, k->index, topic, (size_t)tlen, presence_done, a) != 0) {
         dx__free(NULL, a);
-        reply_error(k, req, 503, "presence unavailable: out of memory", "Retry-After: 1\r\n");
+        reply_error(k, req, 503, "presence: the bus is unavailable (or out of memory)", "Retry-After: 1\r\n");
     }
 }
 
@@ -364,7 +364,7 @@ static void api_disconnect(gw_worker *k, dx_http_req *req)
     api_ctx *a = ctx_new(k, req, user, (size_t)ulen);
     if (!a || dx__bus_disconnect_user(k->gw->bus, k->index, user, (size_t)ulen, disconnect_done, a) != 0) {
         dx__free(NULL, a);
-        reply_error(k, req, 503, "not done: out of memory", "Retry-After: 1\r\n");
+        reply_error(k, req, 503, "not done: the bus is unavailable (or out of memory)", "Retry-After: 1\r\n");
     }
 }
 
@@ -442,7 +442,8 @@ static void metrics(gw_worker *k, dx_http_req *req)
     P("duplex_handoffs_lost_total %llu\n", (unsigned long long)bs.lost);
     P("# HELP duplex_bus_pending_bytes Payload bytes of publishes handed to the bus (Redis) and not yet confirmed.\n"
       "# TYPE duplex_bus_pending_bytes gauge\nduplex_bus_pending_bytes %llu\n", (unsigned long long)bs.pending_bytes);
-    P("# HELP duplex_bus_refused_total Bus requests refused at once (bus unreachable, or pending bytes over the limit).\n"
+    P("# HELP duplex_bus_refused_total Bus requests refused at once (bus unreachable, or pending bytes over "
+      "the limit).\n"
       "# TYPE duplex_bus_refused_total counter\nduplex_bus_refused_total %llu\n", (unsigned long long)bs.refused);
     P("# HELP duplex_bus_reconnects_total Connections to the bus re-established after a loss.\n"
       "# TYPE duplex_bus_reconnects_total counter\nduplex_bus_reconnects_total %llu\n",

@@ -8,13 +8,15 @@ PID). Nodes run --workers 2 on their own free ports (no load balancer).
     every message in order, offsets 1..N with one epoch; patterns too, once
     per message even with an overlapping exact subscription;
   - resume on node B with a since from node A: recovered, no gap, no
-    duplicate, then live; history is the same through every node;
+    duplicate, then live (JSON, raw `since=`, SSE Last-Event-ID); history
+    is the same through every node;
   - presence counts connections across nodes; a SIGKILLed node drops out
     within --presence-ttl (plus a wide margin);
   - /api/disconnect is answered once every node's workers answered;
   - the pub/sub connections are killed (CLIENT KILL TYPE pubsub) while a
-    publisher runs: subscribers stay connected and still get every
-    message, in order, exactly once (read back from the stream);
+    publisher runs: subscribers (exact and pattern) stay connected and
+    still get every message, in order, exactly once (read back from the
+    stream);
   - the pub/sub connection back before the command connection (node C
     reaches Redis through a proxy in this script that tells the two apart
     and refuses one kind at will): entries published while C's pub/sub
@@ -366,6 +368,16 @@ async def test_resume_on_b_with_since_from_a():
     check_sub_ack(ack, t, offset=11, epoch=ep0, recovered=False)
     publish(a, t, "m12")
     await expect_msgs(jc, t, 12, 12, ep0, "non-recovered subscriber")
+    for bad_ep in ("", "x" * 40):  # an empty or overlong epoch is not the current one
+        jx = await jconnect(a)
+        ack = await jx.sub(t, since={"offset": 11, "epoch": bad_ep})
+        check_sub_ack(ack, t, offset=12, epoch=ep0, recovered=False)
+        await jx.close()
+    raw = await rconnect(b, "subscribe=%s&since=%s:10" % (t, t))  # raw since: the current epoch
+    for i in (11, 12):
+        m = await recv_timeout(raw, 15, "raw resumer on B: message %d" % i)
+        expect_eq(m, "m%d" % i, "raw resumer on B")
+    await raw.close()
     # history: the same through both nodes
     ha, hb = history(a, t), history(b, t, since=4, limit=3)
     expect_eq([m["offset"] for m in ha["messages"]], list(range(1, 13)), "history through A")
@@ -375,6 +387,34 @@ async def test_resume_on_b_with_since_from_a():
     expect_eq((hn["offset"], hn["messages"]), (0, []), "history of an unknown topic")
     await jb.close()
     await jc.close()
+
+
+def test_sse_resume_on_another_node():
+    """An SSE stream on node B, then Last-Event-ID on node A: the missed
+    messages, in order, once."""
+    r, a, b = cluster()
+    t = topic("sse")
+    s1 = gwtest.SSE(b, "subscribe=" + t)
+    expect_eq(s1.status, 200, "SSE on B")
+    ep = None
+    for i in range(1, 4):
+        ep = publish(a, t, "s%d" % i)["epoch"]
+    last = None
+    for i in range(1, 4):
+        m, last = s1.msg(what="SSE on B: message %d" % i)
+        check_msg(m, t, offset=i, epoch=ep, data="s%d" % i, what="SSE on B")
+    s1.close()
+    for i in range(4, 7):
+        publish(b, t, "s%d" % i)
+    s2 = gwtest.SSE(a, "subscribe=" + t, headers={"Last-Event-ID": last})
+    expect_eq(s2.status, 200, "SSE on A with Last-Event-ID")
+    for i in range(4, 7):
+        m, _ = s2.msg(what="SSE resumed on A: message %d" % i)
+        check_msg(m, t, offset=i, epoch=ep, data="s%d" % i, what="SSE resumed on A")
+    publish(b, t, "s7")
+    m, _ = s2.msg(what="SSE on A: live")
+    check_msg(m, t, offset=7, epoch=ep, data="s7", what="SSE on A live")
+    s2.close()
 
 
 async def test_resume_stress_across_nodes():
@@ -461,22 +501,31 @@ def test_disconnect_answered_by_every_node():
 async def test_pubsub_connections_killed_nothing_lost():
     r, a, b = cluster()
     t = topic("kill")
+    pt = t + ".p"  # reached through a pattern subscription only
     jb = await jconnect(b)
     await jb.sub(t)
+    jp = await jconnect(b)
+    await jp.ack("sub", topic=t + ".*")
     ep = publish(a, t, "m1")["epoch"]
+    pep = publish(a, pt, "p1")["epoch"]
     n = 300
     killed = []
 
     def publisher():
         for i in range(2, n + 1):
             publish(a, t, "m%d" % i)
+            if i % 3 == 0:
+                publish(a, pt, "p%d" % (i // 3 + 1))
             if i in (60, 180):
                 wait_healthy(a, b)  # every worker subscribed again since the last kill
                 killed.append(r.cmd("CLIENT", "KILL", "TYPE", "pubsub"))
+        publish(a, pt, "p-last")  # the pattern's last message
 
     th = threading.Thread(target=publisher)
     th.start()
     await expect_msgs(jb, t, 1, n, ep, "subscriber on B through pub/sub losses")
+    await expect_msgs(jp, pt, 1, n // 3 + 2, pep, "pattern subscriber on B through pub/sub losses",
+                      pattern=t + ".*")
     th.join()
     check(all(isinstance(k, int) and k >= 1 for k in killed), "CLIENT KILL answers: %r" % killed)
     await jb.alive()
@@ -711,6 +760,7 @@ if __name__ == "__main__":
         test_publish_on_a_delivered_on_b,
         test_pattern_across_nodes_once,
         test_resume_on_b_with_since_from_a,
+        test_sse_resume_on_another_node,
         test_resume_stress_across_nodes,
         test_presence_across_nodes_and_dead_node,
         test_disconnect_answered_by_every_node,
