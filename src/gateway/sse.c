@@ -168,6 +168,11 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
         refuse(k, req, 503, "out of memory");
         return;
     }
+    if (gw_admit_count_user(g, true) != 0) { /* an authenticated user past conns_per_user (logged) */
+        gw_conn_gone(g);
+        refuse_h(k, req, 429, "too many connections for this user", "Retry-After: 5\r\n");
+        return;
+    }
     for (size_t i = 0; i < nsub; i++) {
         if (gw_policy_check(g, GW_ACT_SUBSCRIBE, names[i], lens[i]) != 0) {
             gw_conn_gone(g);

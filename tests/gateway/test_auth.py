@@ -190,6 +190,8 @@ def server(name):
         h["kid"] = "h1"
         keys.append(h)
         s = Serve("--jwks", write("keys.jwks", json.dumps({"keys": keys})), "--jwt-leeway", "0")
+    elif name == "peruser":
+        s = Serve("--jwt-secret", SECRET, "--jwt-leeway", "0", "--conns-per-user", "3", workers=2)
     elif name == "apikeys":
         f = write("api.keys", "# name key\nci ci-key-%s\n\nbackend backend-key-%s\n" % (SECRET[-8:], SECRET[-8:]))
         s = Serve("--api-keys-file", f, workers=2)
@@ -467,6 +469,45 @@ async def test_disconnect_races_handshake():
     say("disconnect races: %d opened, %d of them closed 4000" % (opened, closed))
 
 
+async def test_conns_per_user():
+    """--conns-per-user 3 on two workers: a user's fourth connection is
+    refused 429 on every endpoint (JSON, raw, SSE) while other users are
+    served; a slot freed by a close is usable again; 20 handshakes of one
+    user at once open exactly 3 (counted strictly at the handshake)."""
+    s = server("peruser")
+    hows = ("header", "query", "subprotocol")
+    mine = [await jopen(s, mint("mia"), how=h) for h in hows]
+    await expect_refused(s, 429, "mia's fourth JSON connection", token=mint("mia"), subprotocols=["duplex.v1"])
+    await expect_refused(s, 429, "mia's fourth connection, raw", token=mint("mia"), path="/ws?subscribe=x")
+    c = SSE(s, "subscribe=x&token=" + q(mint("mia")))
+    expect_eq(c.status, 429, "mia's fourth connection, SSE")
+    c.close()
+    other = await jopen(s, mint("ned"))
+    await mine[0].close()
+
+    async def reopen():
+        ws, err = await try_connect(s, token=mint("mia"), subprotocols=["duplex.v1"])
+        return ws
+
+    ws = await await_for(reopen, 10, "a slot freed by mia's close, usable again")
+    for w in mine[1:] + [ws, other]:
+        await w.close()
+
+    async def one():
+        ws, err = await try_connect(s, token=mint("oz"), subprotocols=["duplex.v1"])
+        return ws, err
+
+    got = await asyncio.gather(*(one() for _ in range(20)))
+    ok = [w for w, e in got if w is not None]
+    codes = sorted(set(e[0] for w, e in got if w is None))
+    expect_eq((len(ok), codes), (3, [429]), "20 handshakes of one user at once: opened, refused with")
+    for w in ok:
+        await w.close()
+    m = metrics(s)
+    n = m.get(("duplex_limit_refused_total", frozenset({("limit", "conns_per_user")})), 0)
+    check(n >= 20, "duplex_limit_refused_total{limit=conns_per_user} = %s, expected >= 20" % n)
+
+
 def test_api_keys_by_name():
     s = server("apikeys")
     ci, backend = "ci-key-" + SECRET[-8:], "backend-key-" + SECRET[-8:]
@@ -542,6 +583,7 @@ if __name__ == "__main__":
         test_anonymous_policy,
         test_presence_and_disconnect,
         test_disconnect_races_handshake,
+        test_conns_per_user,
         test_api_keys_by_name,
         test_startup_errors,
         test_log_has_no_token,
