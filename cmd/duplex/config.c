@@ -368,6 +368,25 @@ typedef struct build {
     size_t tls_certs, tls_keys; /* env/flag: certificates and keys given by that source */
 } build;
 
+/* An error is one line: control characters a value brought (a YAML
+ * scalar folded over lines, a tab) are written as \n, \t or \xHH. */
+static void one_line(char *err, size_t errlen)
+{
+    char tmp[1024];
+    size_t j = 0;
+    for (size_t i = 0; err[i] && j + 5 < sizeof tmp; i++) {
+        unsigned char ch = (unsigned char)err[i];
+        if (ch == '\n' || ch == '\t' || ch == '\r')
+            j += (size_t)snprintf(tmp + j, sizeof tmp - j, "\\%c", ch == '\n' ? 'n' : ch == '\t' ? 't' : 'r');
+        else if (ch < 0x20 || ch == 0x7f)
+            j += (size_t)snprintf(tmp + j, sizeof tmp - j, "\\x%02x", ch);
+        else
+            tmp[j++] = (char)ch;
+    }
+    tmp[j] = '\0';
+    snprintf(err, errlen, "%s", tmp);
+}
+
 static int fail(build *b, const origin *o, const char *key, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static int fail(build *b, const origin *o, const char *key, const char *fmt, ...)
@@ -385,6 +404,7 @@ static int fail(build *b, const origin *o, const char *key, const char *fmt, ...
         snprintf(b->err, b->errlen, "serve: --%s %s", o->flag, msg);
     else
         snprintf(b->err, b->errlen, "%s: %s", key, msg);
+    one_line(b->err, b->errlen);
     return -1;
 }
 
@@ -392,6 +412,7 @@ static int fail(build *b, const origin *o, const char *key, const char *fmt, ...
 static int fail_flag(build *b, const origin *o, const char *val)
 {
     snprintf(b->err, b->errlen, "serve: invalid value for --%s: '%s' (see duplex serve --help)", o->flag, val);
+    one_line(b->err, b->errlen);
     return -1;
 }
 
@@ -739,6 +760,7 @@ static int yfail(yreader *r, unsigned line, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     snprintf(r->b->err, r->b->errlen, "%s:%u: %s", r->o.file, line, msg);
+    one_line(r->b->err, r->b->errlen);
     return -1;
 }
 

@@ -287,6 +287,8 @@ ERRORS = [
      "is empty"),
     ("not a mapping", "- a\n- b\n", 1, None, "expected a mapping of keys at the top level"),
     ("two documents", "workers: 1\n---\nworkers: 2\n", 2, None, "one YAML document only"),
+    # a plain scalar folded over a blank line holds a newline: the error stays one line (found by fuzz_config)
+    ("folded scalar", "listen:\n  port: 8080\nworkers: 2\n\n  port; 8\n", 3, "workers", 'got "2\\nport; 8"'),
 ]
 
 
