@@ -255,8 +255,8 @@ static const row schema[] = {
      0, 0},
     {"namespaces[].prefix", K_STR, NS(prefix), ST_STR, R_RELOAD | R_EMPTY, NULL, "required",
      "topic prefix, e.g. \"chat.\" (\"\" matches every topic)", 0, 0, NULL, 0, 0},
-    {"namespaces[].history", K_NUM, NS(history_count), ST_SIZE, R_RELOAD | R_ZERO, NULL, "gateway.history",
-     "messages retained per topic, 0 for none", 1, 16777216, NULL, 0, SIZE_MAX},
+    {"namespaces[].history", K_NUM, NS(history_count), ST_SIZE, R_RELOAD | R_ZERO | R_OFF, NULL, "gateway.history",
+     "messages retained per topic, 0 or off for none", 1, 16777216, NULL, SIZE_MAX, SIZE_MAX},
     {"namespaces[].history_age", K_MS, NS(history_age_ms), ST_U64, R_RELOAD | R_OFF, NULL, "gateway.history_age",
      "retained for at most this long, off for no bound", 1, 4294967294.0, NULL, UINT64_MAX, 0},
     {"namespaces[].publish", K_BOOL, NS(publish), ST_INT, R_RELOAD | R_TRI, NULL, "true (auth rules apply)",
@@ -1248,8 +1248,6 @@ static int ns_flags(build *b, const serve_args *a)
                 return fail(b, &o, "namespaces", "unknown namespace key \"%s\"", kv);
             char dkey[96];
             snprintf(dkey, sizeof dkey, "namespaces[%zu].%s", c->nns - 1, key + strlen("namespaces[]."));
-            if (!strcmp(key, "namespaces[].history") && !strcmp(v, "off"))
-                v = "0"; /* none retained, as in the file */
             if (apply(b, r, ns, dkey, v, &o))
                 return -1;
         }
