@@ -2,18 +2,14 @@
  * cmd/duplex/config.c: `duplex serve`'s settings from a YAML file, the
  * environment and flags (config.h, docs/configuration.md).
  *
- * The file is read with libyaml's event parser into a small tree (scalars,
- * mappings, sequences, each with its line), then walked against `schema`:
- * every scalar is typed by its key's row, never by YAML's own rules, so
- * `no`, `on`, `1.0` or `010` are what the key's type says (a string stays a
- * string; a boolean is exactly true/false/on/off; a number is decimal).
- * Anchors, aliases and tags are refused (nothing in the schema needs them,
- * and aliases are how a small file becomes a large tree).
+ * Here: the schema (one row per key), values and their checks, the
+ * environment and flags, building and printing. The YAML file is read by
+ * config_yaml.c (config_int.h is what the two share).
  *
  * Layer: the CLI (public headers only).
  */
 #define _GNU_SOURCE
-#include "config.h"
+#include "config_int.h"
 #include "duplex/deflate.h"
 
 #include "cli.h"
@@ -31,56 +27,9 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <yaml.h>
 
-#define MAX_CERTS 16
-#define MAX_DEPTH 16
 
 /* ---- the schema ------------------------------------------------------------ */
-
-enum kind {
-    K_STR,    /* a non-empty string (R_EMPTY: "" allowed) */
-    K_SECRET, /* a non-empty string, never printed */
-    K_FILE,   /* a path to a readable file */
-    K_DIR,    /* a path to a directory */
-    K_NUM,    /* a whole number in [min, max] */
-    K_SIZE,   /* bytes, with an optional suffix, in [min, max] */
-    K_MS,     /* a duration in milliseconds in [min, max] */
-    K_SECS,   /* a duration stored in whole seconds */
-    K_RATE,   /* a decimal number >= min (per second) */
-    K_BOOL,   /* true/false/on/off */
-    K_ENUM,   /* one of names[] */
-    K_LIST,   /* a sequence of strings */
-    K_SEQ,    /* a sequence of mappings (the rows "key[].x" describe them) */
-    K_PMD,    /* permessage-deflate: on, off, or extension parameters (dx_deflate_options_parse) */
-};
-enum where { W_APP, W_SO, W_GO, W_TLS, W_KEY, W_NS };
-enum store { ST_NONE, ST_SIZE, ST_UINT, ST_U64, ST_INT, ST_DBL, ST_STR };
-enum {
-    R_RELOAD = 1,  /* applied by a reload */
-    R_OFF = 2,     /* "off" accepted: stores offv (K_RATE: -1) */
-    R_ZERO = 4,    /* 0 accepted and stored as zerov */
-    R_TRI = 8,     /* K_BOOL: true 1, false -1 (the library's "set -1 for 0") */
-    R_PLUS1 = 16,  /* K_ENUM: stored as index + 1 (0 means inherit) */
-    R_NOARG = 32,  /* the flag takes no value (sets true) */
-    R_EMPTY = 64,  /* K_STR: "" allowed */
-    R_SHARED = 128, /* the flag is one of the CLI's shared options (cli.c) */
-    R_OPTARG = 256  /* the flag's value is optional (absent: "on") */
-};
-
-typedef struct row {
-    const char *key;
-    unsigned char kind, where;
-    size_t off;
-    unsigned char store;
-    unsigned short fl;
-    const char *flag;
-    const char *def;
-    const char *help;
-    double min, max;
-    const char *const *names;
-    uint64_t offv, zerov;
-} row;
 
 static const char *const slow_names[] = {"disconnect", "drop-oldest", NULL};
 static const char *const rate_names[] = {"pause", "refuse", "close", NULL};
@@ -276,7 +225,7 @@ static const row schema[] = {
 };
 #define NROWS (sizeof schema / sizeof schema[0])
 
-static const row *find_row(const char *key)
+const row *cfg_find_row(const char *key)
 {
     for (size_t i = 0; i < NROWS; i++)
         if (!strcmp(schema[i].key, key))
@@ -285,7 +234,7 @@ static const row *find_row(const char *key)
 }
 
 /* True when some row lies under `prefix` (a section such as "limits"). */
-static bool is_section(const char *prefix)
+bool cfg_is_section(const char *prefix)
 {
     size_t n = strlen(prefix);
     for (size_t i = 0; i < NROWS; i++)
@@ -339,7 +288,7 @@ void cfg_free(serve_config *c)
 }
 
 /* Grows *arr (elements of `size`) by one zeroed element; NULL on ENOMEM. */
-static void *push(void *arr, size_t *n, size_t size)
+void *cfg_push(void *arr, size_t *n, size_t size)
 {
     char *p = realloc(*(void **)arr, (*n + 1) * size);
     if (!p)
@@ -351,26 +300,10 @@ static void *push(void *arr, size_t *n, size_t size)
 
 /* ---- values ---------------------------------------------------------------- */
 
-/* Where a value came from, for error messages. */
-typedef struct origin {
-    int src;
-    const char *file; /* CFG_SRC_FILE */
-    unsigned line;
-    const char *env;  /* CFG_SRC_ENV: the variable */
-    const char *flag; /* CFG_SRC_FLAG: the flag's name */
-} origin;
-
-typedef struct build {
-    serve_config *c;
-    char *err;
-    size_t errlen;
-    unsigned char *list_src; /* per row: the source that last replaced a list */
-    size_t tls_certs, tls_keys; /* env/flag: certificates and keys given by that source */
-} build;
 
 /* An error is one line: control characters a value brought (a YAML
  * scalar folded over lines, a tab) are written as \n, \t or \xHH. */
-static void one_line(char *err, size_t errlen)
+void cfg_one_line(char *err, size_t errlen)
 {
     char tmp[1024];
     size_t j = 0;
@@ -387,9 +320,7 @@ static void one_line(char *err, size_t errlen)
     snprintf(err, errlen, "%s", tmp);
 }
 
-static int fail(build *b, const origin *o, const char *key, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(build *b, const origin *o, const char *key, const char *fmt, ...)
+int cfg_fail(build *b, const origin *o, const char *key, const char *fmt, ...)
 {
     char msg[400];
     va_list ap;
@@ -404,7 +335,7 @@ static int fail(build *b, const origin *o, const char *key, const char *fmt, ...
         snprintf(b->err, b->errlen, "serve: --%s %s", o->flag, msg);
     else
         snprintf(b->err, b->errlen, "%s: %s", key, msg);
-    one_line(b->err, b->errlen);
+    cfg_one_line(b->err, b->errlen);
     return -1;
 }
 
@@ -412,11 +343,11 @@ static int fail(build *b, const origin *o, const char *key, const char *fmt, ...
 static int fail_flag(build *b, const origin *o, const char *val)
 {
     snprintf(b->err, b->errlen, "serve: invalid value for --%s: '%s' (see duplex serve --help)", o->flag, val);
-    one_line(b->err, b->errlen);
+    cfg_one_line(b->err, b->errlen);
     return -1;
 }
 
-static const char *expected(const row *r, char *buf, size_t len)
+const char *cfg_expected(const row *r, char *buf, size_t len)
 {
     const char *off = r->fl & R_OFF ? " or off" : "";
     switch (r->kind) {
@@ -501,7 +432,7 @@ static void store(void *base, const row *r, uint64_t u, double d, const char *s)
 }
 
 /* Checks and stores scalar `val` of row r into base. */
-static int apply(build *b, const row *r, void *base, const char *key, const char *val, const origin *o)
+int cfg_apply(build *b, const row *r, void *base, const char *key, const char *val, const origin *o)
 {
     char exp[200];
     uint64_t u = 0;
@@ -514,7 +445,7 @@ static int apply(build *b, const row *r, void *base, const char *key, const char
         if (!*val && !(r->fl & R_EMPTY))
             goto bad;
         if (!(s = keep(b->c, val, strlen(val))))
-            return fail(b, o, key, "out of memory");
+            return cfg_fail(b, o, key, "out of memory");
         break;
     case K_PMD: {
         dx_deflate_options tmp;
@@ -522,7 +453,7 @@ static int apply(build *b, const row *r, void *base, const char *key, const char
         if (strcmp(val, "on") && !off && dx_deflate_options_parse(&tmp, val) != 0)
             goto bad;
         if (!(s = keep(b->c, val, strlen(val))))
-            return fail(b, o, key, "out of memory");
+            return cfg_fail(b, o, key, "out of memory");
         break;
     }
     case K_FILE:
@@ -531,28 +462,28 @@ static int apply(build *b, const row *r, void *base, const char *key, const char
         if (!*val)
             goto bad;
         if (stat(val, &st) != 0)
-            return fail(b, o, key, "%s: %s", val, strerror(errno));
+            return cfg_fail(b, o, key, "%s: %s", val, strerror(errno));
         if (r->kind == K_DIR && !S_ISDIR(st.st_mode))
-            return fail(b, o, key, "%s is not a directory (give the directory that holds it)", val);
+            return cfg_fail(b, o, key, "%s is not a directory (give the directory that holds it)", val);
         if (r->kind == K_FILE) {
             if (S_ISDIR(st.st_mode))
-                return fail(b, o, key, "%s is a directory, expected a file", val);
+                return cfg_fail(b, o, key, "%s is a directory, expected a file", val);
             if (!S_ISREG(st.st_mode)) /* a FIFO or a device would block or never end */
-                return fail(b, o, key, "%s is not a regular file", val);
+                return cfg_fail(b, o, key, "%s is not a regular file", val);
             int fd = open(val, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
             if (fd < 0)
-                return fail(b, o, key, "cannot read %s: %s", val, strerror(errno));
+                return cfg_fail(b, o, key, "cannot read %s: %s", val, strerror(errno));
             char byte;
             ssize_t n = read(fd, &byte, 1);
             int e = errno;
             close(fd);
             if (n < 0)
-                return fail(b, o, key, "cannot read %s: %s", val, strerror(e));
+                return cfg_fail(b, o, key, "cannot read %s: %s", val, strerror(e));
             if (n == 0)
-                return fail(b, o, key, "%s is empty", val);
+                return cfg_fail(b, o, key, "%s is empty", val);
         }
         if (!(s = keep(b->c, val, strlen(val))))
-            return fail(b, o, key, "out of memory");
+            return cfg_fail(b, o, key, "out of memory");
         break;
     }
     case K_NUM: {
@@ -623,17 +554,17 @@ static int apply(build *b, const row *r, void *base, const char *key, const char
         break;
     }
     default:
-        return fail(b, o, key, "not a scalar key");
+        return cfg_fail(b, o, key, "not a scalar key");
     }
     store(base, r, u, d, s);
     return 0;
 bad:
     if (o->src == CFG_SRC_FLAG)
         return fail_flag(b, o, val);
-    return fail(b, o, key, "expected %s, got \"%s\"", expected(r, exp, sizeof exp), val);
+    return cfg_fail(b, o, key, "expected %s, got \"%s\"", cfg_expected(r, exp, sizeof exp), val);
 }
 
-static void *row_base(serve_config *c, const row *r)
+void *cfg_row_base(serve_config *c, const row *r)
 {
     switch (r->where) {
     case W_SO: return &c->so;
@@ -642,29 +573,29 @@ static void *row_base(serve_config *c, const row *r)
     }
 }
 
-static size_t row_index(const row *r) { return (size_t)(r - schema); }
+size_t cfg_row_index(const row *r) { return (size_t)(r - schema); }
 
-static void mark(build *b, const row *r, const origin *o)
+void cfg_mark(build *b, const row *r, const origin *o)
 {
-    b->c->src[row_index(r)] = (unsigned char)o->src;
-    b->c->line[row_index(r)] = o->line;
+    b->c->src[cfg_row_index(r)] = (unsigned char)o->src;
+    b->c->line[cfg_row_index(r)] = o->line;
 }
 
 /* A list value (origins) from one source: the first value a source gives
  * replaces the lower sources' list. */
-static int list_add(build *b, const row *r, const char *val, size_t n, const origin *o)
+int cfg_list_add(build *b, const row *r, const char *val, size_t n, const origin *o)
 {
     serve_config *c = b->c;
-    if (b->list_src[row_index(r)] != o->src) {
+    if (b->list_src[cfg_row_index(r)] != o->src) {
         c->norigins = 0;
-        b->list_src[row_index(r)] = (unsigned char)o->src;
+        b->list_src[cfg_row_index(r)] = (unsigned char)o->src;
     }
     if (n == 0)
-        return o->src == CFG_SRC_FLAG ? fail_flag(b, o, "") : fail(b, o, r->key, "an empty origin");
-    const char **slot = push(&c->origins, &c->norigins, sizeof *c->origins);
+        return o->src == CFG_SRC_FLAG ? fail_flag(b, o, "") : cfg_fail(b, o, r->key, "an empty origin");
+    const char **slot = cfg_push(&c->origins, &c->norigins, sizeof *c->origins);
     if (!slot || !(*slot = keep(c, val, n)))
-        return fail(b, o, r->key, "out of memory");
-    mark(b, r, o);
+        return cfg_fail(b, o, r->key, "out of memory");
+    cfg_mark(b, r, o);
     return 0;
 }
 
@@ -673,25 +604,25 @@ static int list_add(build *b, const row *r, const char *val, size_t n, const ori
 static int tls_add(build *b, const row *r, const char *val, const origin *o)
 {
     serve_config *c = b->c;
-    const row *seq = find_row("listen.tls");
-    if (b->list_src[row_index(seq)] != o->src) {
+    const row *seq = cfg_find_row("listen.tls");
+    if (b->list_src[cfg_row_index(seq)] != o->src) {
         c->ncerts = 0;
         b->tls_certs = b->tls_keys = 0;
-        b->list_src[row_index(seq)] = (unsigned char)o->src;
+        b->list_src[cfg_row_index(seq)] = (unsigned char)o->src;
     }
     bool cert = r->off == offsetof(dx_tls_cert, cert_file);
     size_t *have = cert ? &b->tls_certs : &b->tls_keys;
     if (*have == MAX_CERTS)
         return o->src == CFG_SRC_FLAG ? fail_flag(b, o, cert ? "more than 16 certificates" : "more than 16 keys")
-                                      : fail(b, o, r->key, "more than %d certificates", MAX_CERTS);
-    if (*have == c->ncerts && !push(&c->certs, &c->ncerts, sizeof *c->certs))
-        return fail(b, o, r->key, "out of memory");
+                                      : cfg_fail(b, o, r->key, "more than %d certificates", MAX_CERTS);
+    if (*have == c->ncerts && !cfg_push(&c->certs, &c->ncerts, sizeof *c->certs))
+        return cfg_fail(b, o, r->key, "out of memory");
     char key[64];
     snprintf(key, sizeof key, "listen.tls[%zu].%s", *have, cert ? "cert" : "key");
-    if (apply(b, r, &c->certs[*have], key, val, o))
+    if (cfg_apply(b, r, &c->certs[*have], key, val, o))
         return -1;
     (*have)++;
-    mark(b, seq, o);
+    cfg_mark(b, seq, o);
     return 0;
 }
 
@@ -706,358 +637,20 @@ static int apply_src(build *b, const row *r, const char *val, const origin *o)
             size_t n = e ? (size_t)(e - p) : strlen(p);
             char tmp[4096];
             if (n >= sizeof tmp)
-                return fail(b, o, r->key, "value too long");
+                return cfg_fail(b, o, r->key, "value too long");
             memcpy(tmp, p, n);
             tmp[n] = '\0';
-            if (r->kind == K_LIST ? list_add(b, r, tmp, n, o) : tls_add(b, r, tmp, o))
+            if (r->kind == K_LIST ? cfg_list_add(b, r, tmp, n, o) : tls_add(b, r, tmp, o))
                 return -1;
             if (!e)
                 return 0;
             p = e + 1;
         }
     }
-    if (apply(b, r, row_base(b->c, r), r->key, val, o))
+    if (cfg_apply(b, r, cfg_row_base(b->c, r), r->key, val, o))
         return -1;
-    mark(b, r, o);
+    cfg_mark(b, r, o);
     return 0;
-}
-
-/* ---- the YAML file ----------------------------------------------------------- */
-
-enum { Y_SCALAR, Y_MAP, Y_SEQ };
-typedef struct ynode {
-    int type;
-    unsigned line;
-    bool null;          /* a plain empty, ~ or null scalar */
-    char *s;            /* Y_SCALAR */
-    struct ynode **kid; /* Y_MAP: key, value, key, value...; Y_SEQ: items */
-    size_t n;
-} ynode;
-
-static void yfree(ynode *y)
-{
-    if (!y)
-        return;
-    for (size_t i = 0; i < y->n; i++)
-        yfree(y->kid[i]);
-    free(y->kid);
-    free(y->s);
-    free(y);
-}
-
-typedef struct yreader {
-    yaml_parser_t p;
-    build *b;
-    origin o;
-} yreader;
-
-static int yfail(yreader *r, unsigned line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int yfail(yreader *r, unsigned line, const char *fmt, ...)
-{
-    char msg[300];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    snprintf(r->b->err, r->b->errlen, "%s:%u: %s", r->o.file, line, msg);
-    one_line(r->b->err, r->b->errlen);
-    return -1;
-}
-
-static int ynext(yreader *r, yaml_event_t *ev)
-{
-    if (yaml_parser_parse(&r->p, ev))
-        return 0;
-    const yaml_mark_t *m = r->p.problem_mark.line || r->p.problem_mark.column ? &r->p.problem_mark
-                                                                              : &r->p.context_mark;
-    return yfail(r, (unsigned)m->line + 1, "YAML syntax: %s%s%s", r->p.problem ? r->p.problem : "error",
-                 r->p.context ? " " : "", r->p.context ? r->p.context : "");
-}
-
-/* The node starting with event ev (consumed); NULL after an error. */
-static ynode *ynode_read(yreader *r, yaml_event_t *ev, int depth)
-{
-    unsigned line = (unsigned)ev->start_mark.line + 1;
-    if (depth > MAX_DEPTH) {
-        yfail(r, line, "nested too deeply");
-        return NULL;
-    }
-    const yaml_char_t *anchor = NULL, *tag = NULL;
-    int type;
-    switch (ev->type) {
-    case YAML_SCALAR_EVENT:
-        anchor = ev->data.scalar.anchor;
-        tag = ev->data.scalar.tag;
-        type = Y_SCALAR;
-        break;
-    case YAML_SEQUENCE_START_EVENT:
-        anchor = ev->data.sequence_start.anchor;
-        tag = ev->data.sequence_start.tag;
-        type = Y_SEQ;
-        break;
-    case YAML_MAPPING_START_EVENT:
-        anchor = ev->data.mapping_start.anchor;
-        tag = ev->data.mapping_start.tag;
-        type = Y_MAP;
-        break;
-    case YAML_ALIAS_EVENT:
-        yfail(r, line, "YAML aliases (*name) are not accepted");
-        return NULL;
-    default:
-        yfail(r, line, "unexpected YAML event");
-        return NULL;
-    }
-    if (anchor || tag) {
-        yfail(r, line, "YAML %s are not accepted", anchor ? "anchors (&name)" : "tags (!name)");
-        return NULL;
-    }
-    ynode *y = calloc(1, sizeof *y);
-    if (!y) {
-        yfail(r, line, "out of memory");
-        return NULL;
-    }
-    y->type = type;
-    y->line = line;
-    if (type == Y_SCALAR) {
-        const char *v = (const char *)ev->data.scalar.value;
-        size_t n = ev->data.scalar.length;
-        if (memchr(v, '\0', n)) {
-            yfail(r, line, "a NUL character in a value");
-            free(y);
-            return NULL;
-        }
-        y->s = strndup(v, n);
-        y->null = ev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
-                  (n == 0 || !strcmp(v, "~") || !strcmp(v, "null") || !strcmp(v, "Null") || !strcmp(v, "NULL"));
-        if (!y->s) {
-            yfail(r, line, "out of memory");
-            free(y);
-            return NULL;
-        }
-        return y;
-    }
-    yaml_event_type_t end = type == Y_SEQ ? YAML_SEQUENCE_END_EVENT : YAML_MAPPING_END_EVENT;
-    for (;;) {
-        yaml_event_t e;
-        if (ynext(r, &e))
-            goto fail;
-        if (e.type == end) {
-            yaml_event_delete(&e);
-            return y;
-        }
-        if (type == Y_MAP && (y->n % 2) == 0 && e.type != YAML_SCALAR_EVENT) {
-            yfail(r, (unsigned)e.start_mark.line + 1, "a key must be a plain name");
-            yaml_event_delete(&e);
-            goto fail;
-        }
-        ynode *k = ynode_read(r, &e, depth + 1);
-        yaml_event_delete(&e);
-        if (!k)
-            goto fail;
-        ynode **kids = realloc(y->kid, (y->n + 1) * sizeof *kids);
-        if (!kids) {
-            yfree(k);
-            yfail(r, line, "out of memory");
-            goto fail;
-        }
-        y->kid = kids;
-        y->kid[y->n++] = k;
-    }
-fail:
-    yfree(y);
-    return NULL;
-}
-
-/* The document's root (NULL and no error for an empty file). */
-static int yload(yreader *r, FILE *f, ynode **root)
-{
-    *root = NULL;
-    yaml_event_t ev;
-    yaml_parser_set_input_file(&r->p, f);
-    int docs = 0;
-    for (;;) {
-        if (ynext(r, &ev))
-            return -1;
-        yaml_event_type_t t = ev.type;
-        if (t == YAML_STREAM_END_EVENT) {
-            yaml_event_delete(&ev);
-            return 0;
-        }
-        if (t == YAML_DOCUMENT_START_EVENT && ++docs > 1) {
-            unsigned line = (unsigned)ev.start_mark.line + 1;
-            yaml_event_delete(&ev);
-            return yfail(r, line, "one YAML document only");
-        }
-        if (t == YAML_SCALAR_EVENT || t == YAML_SEQUENCE_START_EVENT || t == YAML_MAPPING_START_EVENT ||
-            t == YAML_ALIAS_EVENT) {
-            ynode *y = ynode_read(r, &ev, 0);
-            yaml_event_delete(&ev);
-            if (!y)
-                return -1;
-            if (y->type == Y_SCALAR && y->null) {
-                yfree(y); /* an empty document */
-                continue;
-            }
-            if (y->type != Y_MAP) {
-                unsigned line = y->line;
-                yfree(y);
-                return yfail(r, line, "expected a mapping of keys at the top level");
-            }
-            *root = y;
-            continue;
-        }
-        yaml_event_delete(&ev);
-    }
-}
-
-static int walk_map(yreader *r, const ynode *m, const char *spath, const char *dpath, void *elem, int where);
-
-/* A sequence of mappings (listen.tls, api.keys, namespaces). */
-static int walk_seq(yreader *r, const row *seq, const ynode *v, const char *dpath)
-{
-    serve_config *c = r->b->c;
-    r->o.line = v->line;
-    if (v->type != Y_SEQ)
-        return fail(r->b, &r->o, dpath, "expected a list (lines starting with '- ')");
-    int where = !strcmp(seq->key, "listen.tls") ? W_TLS : !strcmp(seq->key, "api.keys") ? W_KEY : W_NS;
-    if (where == W_TLS) {
-        c->ncerts = 0;
-        r->b->list_src[row_index(seq)] = CFG_SRC_FILE;
-    } else if (where == W_KEY) {
-        c->nkeys = 0;
-    } else {
-        c->nns = 0;
-    }
-    for (size_t i = 0; i < v->n; i++) {
-        const ynode *item = v->kid[i];
-        char dp[192], sp[64];
-        snprintf(dp, sizeof dp, "%s[%zu]", dpath, i);
-        snprintf(sp, sizeof sp, "%s[]", seq->key);
-        r->o.line = item->line;
-        if (item->type != Y_MAP)
-            return fail(r->b, &r->o, dp, "expected a mapping (key: value lines)");
-        void *elem;
-        if (where == W_TLS) {
-            if (c->ncerts == MAX_CERTS)
-                return fail(r->b, &r->o, dp, "more than %d certificates", MAX_CERTS);
-            elem = push(&c->certs, &c->ncerts, sizeof *c->certs);
-        } else if (where == W_KEY) {
-            elem = push(&c->keys, &c->nkeys, sizeof *c->keys);
-        } else {
-            elem = push(&c->ns, &c->nns, sizeof *c->ns);
-        }
-        if (!elem)
-            return fail(r->b, &r->o, dp, "out of memory");
-        if (walk_map(r, item, sp, dp, elem, where))
-            return -1;
-        r->o.line = item->line;
-        if (where == W_TLS) {
-            dx_tls_cert *t = elem;
-            if (!t->cert_file || !t->key_file)
-                return fail(r->b, &r->o, dp, "needs both cert and key");
-        } else if (where == W_KEY) {
-            dx_gateway_api_key *k = elem;
-            if (!k->name || !k->key)
-                return fail(r->b, &r->o, dp, "needs both name and key");
-            for (size_t j = 0; j + 1 < c->nkeys; j++)
-                if (!strcmp(c->keys[j].name, k->name))
-                    return fail(r->b, &r->o, dp, "API key name \"%s\" used twice", k->name);
-        } else {
-            dx_gateway_namespace *n = elem;
-            if (!n->prefix)
-                return fail(r->b, &r->o, dp, "a namespace needs a prefix");
-            for (size_t j = 0; j + 1 < c->nns; j++)
-                if (!strcmp(c->ns[j].prefix, n->prefix))
-                    return fail(r->b, &r->o, dp, "prefix \"%s\" given twice", n->prefix);
-        }
-    }
-    r->o.line = v->line;
-    mark(r->b, seq, &r->o);
-    return 0;
-}
-
-static int walk_map(yreader *r, const ynode *m, const char *spath, const char *dpath, void *elem, int where)
-{
-    for (size_t i = 0; i + 1 < m->n; i += 2) {
-        const ynode *k = m->kid[i], *v = m->kid[i + 1];
-        char skey[128], dkey[160];
-        snprintf(skey, sizeof skey, "%s%s%s", spath, *spath ? "." : "", k->s);
-        snprintf(dkey, sizeof dkey, "%s%s%s", dpath, *dpath ? "." : "", k->s);
-        r->o.line = k->line;
-        for (size_t j = 0; j < i; j += 2)
-            if (!strcmp(m->kid[j]->s, k->s))
-                return fail(r->b, &r->o, dkey, "duplicate key (first at line %u)", m->kid[j]->line);
-        const row *rw = find_row(skey);
-        if (!rw) {
-            if (is_section(skey) && !strchr(skey, '[')) {
-                if (v->type != Y_MAP) {
-                    r->o.line = v->line;
-                    return fail(r->b, &r->o, dkey, "expected a mapping (a section of keys)");
-                }
-                if (walk_map(r, v, skey, dkey, NULL, W_APP))
-                    return -1;
-                continue;
-            }
-            return fail(r->b, &r->o, dkey, "unknown key");
-        }
-        if (rw->kind == K_SEQ) {
-            if (walk_seq(r, rw, v, dkey))
-                return -1;
-            continue;
-        }
-        r->o.line = v->line;
-        if (rw->kind == K_LIST) {
-            if (v->type != Y_SEQ)
-                return fail(r->b, &r->o, dkey, "expected a list (lines starting with '- ')");
-            r->b->c->norigins = 0;
-            r->b->list_src[row_index(rw)] = CFG_SRC_FILE;
-            for (size_t j = 0; j < v->n; j++) {
-                r->o.line = v->kid[j]->line;
-                if (v->kid[j]->type != Y_SCALAR || v->kid[j]->null)
-                    return fail(r->b, &r->o, dkey, "expected a list of strings");
-                if (list_add(r->b, rw, v->kid[j]->s, strlen(v->kid[j]->s), &r->o))
-                    return -1;
-            }
-            r->o.line = v->line;
-            mark(r->b, rw, &r->o);
-            continue;
-        }
-        if (v->type != Y_SCALAR)
-            return fail(r->b, &r->o, dkey, "expected a single value, got a %s", v->type == Y_MAP ? "mapping" : "list");
-        if (v->null) {
-            char exp[200];
-            return fail(r->b, &r->o, dkey, "expected %s, got nothing", expected(rw, exp, sizeof exp));
-        }
-        void *base = where == W_APP ? row_base(r->b->c, rw) : elem;
-        if (apply(r->b, rw, base, dkey, v->s, &r->o))
-            return -1;
-        if (where == W_APP)
-            mark(r->b, rw, &r->o);
-    }
-    return 0;
-}
-
-static int load_file(build *b, const char *path)
-{
-    yreader r = {.b = b, .o = {.src = CFG_SRC_FILE, .file = path, .line = 0}};
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(b->err, b->errlen, "%s: cannot read the configuration file: %s", path, strerror(errno));
-        return -1;
-    }
-    if (!yaml_parser_initialize(&r.p)) {
-        fclose(f);
-        snprintf(b->err, b->errlen, "%s: out of memory", path);
-        return -1;
-    }
-    ynode *root = NULL;
-    int rc = yload(&r, f, &root);
-    if (rc == 0 && root)
-        rc = walk_map(&r, root, "", "", NULL, W_APP);
-    yfree(root);
-    yaml_parser_delete(&r.p);
-    fclose(f);
-    return rc;
 }
 
 /* ---- the command line -------------------------------------------------------- */
@@ -1130,20 +723,20 @@ int cfg_parse_args(serve_args *a, int argc, char **argv)
         } else if (ch == O_CHECK) {
             a->check = 1;
         } else if (ch == O_NAMESPACE) {
-            const char **slot = push(&a->nsflags, &a->nnsflags, sizeof *a->nsflags);
+            const char **slot = cfg_push(&a->nsflags, &a->nnsflags, sizeof *a->nsflags);
             if (!slot) {
                 fprintf(stderr, "serve: out of memory\n");
                 return CLI_USAGE;
             }
             *slot = optarg;
         } else if (ch == O_NO_DEFLATE || (ch >= O_ROW && ch < O_ROW + (int)NROWS)) {
-            cfg_flag *f = push(&a->flags, &a->nflags, sizeof *a->flags);
+            cfg_flag *f = cfg_push(&a->flags, &a->nflags, sizeof *a->flags);
             if (!f) {
                 fprintf(stderr, "serve: out of memory\n");
                 return CLI_USAGE;
             }
             if (ch == O_NO_DEFLATE) { /* --deflate=off */
-                f->r = find_row("compression.deflate");
+                f->r = cfg_find_row("compression.deflate");
                 f->val = "off";
                 f->name = name;
                 continue;
@@ -1204,7 +797,7 @@ static void apply_shared(build *b, const shared_vals *sh)
     if (given[10].given) c->log_format = sh->format;
     for (size_t i = 0; i < sizeof given / sizeof given[0]; i++)
         if (given[i].given)
-            mark(b, find_row(given[i].key), &o);
+            cfg_mark(b, cfg_find_row(given[i].key), &o);
 }
 
 /* --namespace PREFIX[,key=value...] (',' is not a topic character): the
@@ -1213,7 +806,7 @@ static void apply_shared(build *b, const shared_vals *sh)
 static int ns_flags(build *b, const serve_args *a)
 {
     serve_config *c = b->c;
-    const row *seq = find_row("namespaces");
+    const row *seq = cfg_find_row("namespaces");
     c->nns = 0;
     for (size_t i = 0; i < a->nnsflags; i++) {
         origin o = {.src = CFG_SRC_FLAG, .flag = "namespace"};
@@ -1222,37 +815,37 @@ static int ns_flags(build *b, const serve_args *a)
         if (len >= sizeof buf)
             return fail_flag(b, &o, a->nsflags[i]);
         memcpy(buf, a->nsflags[i], len + 1);
-        dx_gateway_namespace *ns = push(&c->ns, &c->nns, sizeof *c->ns);
+        dx_gateway_namespace *ns = cfg_push(&c->ns, &c->nns, sizeof *c->ns);
         if (!ns)
-            return fail(b, &o, "namespaces", "out of memory");
+            return cfg_fail(b, &o, "namespaces", "out of memory");
         char *save = NULL, *rest = strchr(buf, ',');
         if (rest)
             *rest++ = '\0';
         if (!(ns->prefix = keep(c, buf, strlen(buf))))
-            return fail(b, &o, "namespaces", "out of memory");
+            return cfg_fail(b, &o, "namespaces", "out of memory");
         for (size_t j = 0; j + 1 < c->nns; j++)
             if (!strcmp(c->ns[j].prefix, ns->prefix))
-                return fail(b, &o, "namespaces", "prefix \"%s\" given twice", ns->prefix);
+                return cfg_fail(b, &o, "namespaces", "prefix \"%s\" given twice", ns->prefix);
         for (char *kv = rest ? strtok_r(rest, ",", &save) : NULL; kv; kv = strtok_r(NULL, ",", &save)) {
             char *v = strchr(kv, '=');
             if (!v)
-                return fail(b, &o, "namespaces", "expected key=value, got \"%s\"", kv);
+                return cfg_fail(b, &o, "namespaces", "expected key=value, got \"%s\"", kv);
             *v++ = '\0';
             char key[64];
             snprintf(key, sizeof key, "namespaces[].%s", !strcmp(kv, "rate") ? "msg_rate" : !strcmp(kv, "burst") ? "msg_burst" : kv);
             for (char *p = key; *p; p++)
                 if (*p == '-')
                     *p = '_';
-            const row *r = find_row(key);
+            const row *r = cfg_find_row(key);
             if (!r || r->where != W_NS || !strcmp(key, "namespaces[].prefix"))
-                return fail(b, &o, "namespaces", "unknown namespace key \"%s\"", kv);
+                return cfg_fail(b, &o, "namespaces", "unknown namespace key \"%s\"", kv);
             char dkey[96];
             snprintf(dkey, sizeof dkey, "namespaces[%zu].%s", c->nns - 1, key + strlen("namespaces[]."));
-            if (apply(b, r, ns, dkey, v, &o))
+            if (cfg_apply(b, r, ns, dkey, v, &o))
                 return -1;
         }
     }
-    mark(b, seq, &(origin){.src = CFG_SRC_FLAG, .flag = "namespace"});
+    cfg_mark(b, seq, &(origin){.src = CFG_SRC_FLAG, .flag = "namespace"});
     return 0;
 }
 
@@ -1287,7 +880,7 @@ int cfg_build(serve_config *c, const serve_args *a, char *err, size_t errlen)
             snprintf(err, errlen, "serve: out of memory");
             return -1;
         }
-        if (load_file(&b, c->file))
+        if (cfg_load_file(&b, c->file))
             return -1;
     }
     /* the environment: every key with a flag */
@@ -1325,8 +918,8 @@ int cfg_build(serve_config *c, const serve_args *a, char *err, size_t errlen)
     c->so.deflate.mem_budget = pmd_budget;
 
     /* across keys */
-    const row *tls = find_row("listen.tls");
-    unsigned char tls_src = list_src[row_index(tls)];
+    const row *tls = cfg_find_row("listen.tls");
+    unsigned char tls_src = list_src[cfg_row_index(tls)];
     if ((tls_src == CFG_SRC_ENV || tls_src == CFG_SRC_FLAG) && b.tls_certs != b.tls_keys) {
         if (tls_src == CFG_SRC_FLAG)
             snprintf(err, errlen, "serve: --tls-cert and --tls-key must come in pairs (%zu certificates, %zu keys)",
@@ -1447,22 +1040,22 @@ static void fmt_value(const row *r, const void *base, char *buf, size_t len)
  * the default as documented. */
 static void fmt_effective(const serve_config *c, const row *r, char *buf, size_t len)
 {
-    if (c->src[row_index(r)] == CFG_SRC_DEFAULT && r->where != W_APP)
+    if (c->src[cfg_row_index(r)] == CFG_SRC_DEFAULT && r->where != W_APP)
         snprintf(buf, len, "%s", r->def);
     else
-        fmt_value(r, row_base((serve_config *)c, r), buf, len);
+        fmt_value(r, cfg_row_base((serve_config *)c, r), buf, len);
 }
 
 static void fmt_source(const serve_config *c, const row *r, char *buf, size_t len)
 {
-    size_t i = row_index(r);
+    size_t i = cfg_row_index(r);
     char env[64];
     if (!r->flag && r->kind == K_SEQ && c->src[i] == CFG_SRC_FLAG && !strcmp(r->key, "namespaces")) {
         snprintf(buf, len, "flag --namespace");
         return;
     }
     if (!r->flag && r->kind == K_SEQ && c->src[i] > CFG_SRC_FILE)
-        r = find_row("listen.tls[].cert"); /* the other list with a flag: its certificates' */
+        r = cfg_find_row("listen.tls[].cert"); /* the other list with a flag: its certificates' */
     switch (c->src[i]) {
     case CFG_SRC_FILE: snprintf(buf, len, "file %s:%u", c->file, c->line[i]); break;
     case CFG_SRC_ENV:
