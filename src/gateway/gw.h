@@ -311,6 +311,17 @@ bool gw_subscribe_list(gw_conn *g, const char *const *names, const size_t *lens,
 /* The answer to a raw/SSE request is due: all its subscriptions are in. */
 void gw_conn_ready(gw_conn *g);
 void gw_flush_held(gw_conn *g);
+/* deliver.c: a held entry's references released. */
+void gw_held_release(gw_held *h);
+/* deliver.c: the worker's per-pattern frame cache emptied. */
+void gw_pcache_reset(gw_worker *k);
+/* deliver.c: g's held queue is looked at again from the loop (a post), not
+ * from the caller's stack. */
+void gw_recheck_later(gw_conn *g);
+/* deliver.c: the stitcher's operations for a subscription, and the bus's
+ * events for a worker. */
+extern const dx__gw_stitch_ops gw_stitch_ops;
+extern const dx__bus_events gw_bus_events;
 void gw_flush_pending(gw_worker *k);
 
 /* sse.c */
