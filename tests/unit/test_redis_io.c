@@ -584,6 +584,29 @@ static void test_free_inside_disconnect_callback(void **state)
     sc_stop();
 }
 
+static void test_free_inside_a_null_callback(void **state)
+{
+    (void)state;
+    /* the owner fails a request on its NULL and drops the connection from
+     * there (redis_conn.c's conn_drop): the rest get NULL inside that
+     * free, and no disconnect callback comes */
+    static const char out[] = ":1\r\n";
+    char path[128];
+    sc_start(out, sizeof out - 1, PING_LEN, false, true, path);
+    dx__rio_opts o = {.unix_path = path};
+    dx__rio *io = rec_connect(&R, &o);
+    R.free_at = 2;
+    for (int i = 0; i < 4; i++)
+        cmd(io, "PING%s", "");
+    want_n = 4;
+    run_until(got_n, "4 callbacks");
+    assert_int_equal(R.n, 4);
+    assert_int_equal(R.ival[0], 1);
+    assert_int_equal(R.nulls, 3);
+    assert_int_equal(R.disconnects, 0);
+    sc_stop();
+}
+
 /* ---- TLS ---- */
 
 static void make_certs(void)
@@ -713,6 +736,7 @@ int main(void)
         cmocka_unit_test_setup(test_out_limit_refuses, setup),
         cmocka_unit_test_setup(test_server_closes_mid_reply, setup),
         cmocka_unit_test_setup(test_free_inside_disconnect_callback, setup),
+        cmocka_unit_test_setup(test_free_inside_a_null_callback, setup),
         cmocka_unit_test_setup(test_tls, setup),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
