@@ -33,7 +33,8 @@
 
 enum { ST_CONNECTING, ST_HANDSHAKE, ST_UP, ST_DEAD };
 
-#define READ_CHUNK 16384
+#define READ_CHUNK 16384             /* bytes per read(2) or SSL_read round */
+#define OUT_KEEP ((size_t)1 << 20)   /* an output buffer larger than this is freed once written */
 
 typedef struct rio_cb {
     dx__rio_fn *fn;
@@ -41,6 +42,7 @@ typedef struct rio_cb {
 } rio_cb;
 
 struct dx__rio {
+    const dx_seams *seams;  /* the allocator (NULL: the default) */
     dx_loop *loop;
     dx_watch *watch;
     dx_timer *later;        /* a connect refused at once: reported from the loop */
@@ -76,9 +78,10 @@ static void destroy(dx__rio *io)
 {
     if (io->rd)
         redisReaderFree(io->rd);
-    dx__free(NULL, io->q);
-    dx__free(NULL, io->out);
-    dx__free(NULL, io);
+    const dx_seams *sm = io->seams;
+    dx__free(sm, io->q);
+    dx__free(sm, io->out);
+    dx__free(sm, io);
 }
 
 static void enter(dx__rio *io) { io->depth++; }
@@ -144,6 +147,8 @@ void dx__rio_free(dx__rio *io)
     if (!io || io->freed)
         return;
     io->freed = true;
+    if (io->state == ST_UP && io->s.fd >= 0)
+        io->s.t->shutdown(&io->s); /* TLS: close_notify, best effort (no waiting) */
     io->state = ST_DEAD;
     close_socket(io);
     enter(io);
@@ -302,6 +307,11 @@ static void do_write(dx__rio *io)
         io->opos += (size_t)n;
     }
     io->opos = io->olen = 0;
+    if (io->ocap > OUT_KEEP) { /* a burst's buffer is not kept */
+        dx__free(io->seams, io->out);
+        io->out = NULL;
+        io->ocap = 0;
+    }
 }
 
 static void up(dx__rio *io)
@@ -436,12 +446,12 @@ static int queue(dx__rio *io, dx__rio_fn *fn, void *pd, const char *cmd, size_t 
     bool slot = !(kind && (io->pubsub || sets_push));
     if (slot && io->qn == io->qcap) {
         size_t cap = io->qcap ? io->qcap * 2 : 16;
-        rio_cb *q = dx__alloc(NULL, cap * sizeof *q);
+        rio_cb *q = dx__alloc(io->seams, cap * sizeof *q);
         if (!q)
             return DX_ENOMEM;
         for (size_t i = 0; i < io->qn; i++)
             q[i] = io->q[(io->qhead + i) % io->qcap];
-        dx__free(NULL, io->q);
+        dx__free(io->seams, io->q);
         io->q = q;
         io->qcap = cap;
         io->qhead = 0;
@@ -456,7 +466,7 @@ static int queue(dx__rio *io, dx__rio_fn *fn, void *pd, const char *cmd, size_t 
             size_t cap = io->ocap ? io->ocap : 4096;
             while (cap < io->olen + len)
                 cap *= 2;
-            char *o = dx__realloc(NULL, io->out, cap);
+            char *o = dx__realloc(io->seams, io->out, cap);
             if (!o)
                 return DX_ENOMEM;
             io->out = o;
@@ -573,11 +583,12 @@ dx__rio *dx__rio_new(dx_loop *loop, const dx__rio_opts *o, int *err, char *why, 
         goto fail;
     }
     e = DX_ENOMEM;
-    io = dx__alloc(NULL, sizeof *io);
+    io = dx__alloc(o->seams, sizeof *io);
     if (!io)
         goto fail;
     memset(io, 0, sizeof *io);
     io->s.fd = -1;
+    io->seams = o->seams;
     io->loop = loop;
     io->o = *o;
     if (!io->o.out_max)

@@ -42,6 +42,8 @@ typedef void dx__rio_fn(dx__rio *io, void *reply, void *privdata);
 #define DX__RIO_ELEMENTS_MAX (16u << 20)        /* elements of one array (nested ones each) */
 
 typedef struct dx__rio_opts {
+    const dx_seams *seams;       /* our allocations (NULL: the default; hiredis's reader and
+                                    formatter use malloc); must outlive the connection */
     const char *addr;            /* TCP: a numeric IPv4 or IPv6 address (no DNS here) */
     int port;                    /* TCP */
     const char *unix_path;       /* non-NULL: a Unix socket instead of TCP */

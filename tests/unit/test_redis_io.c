@@ -342,6 +342,46 @@ static void test_connect_refused_from_the_loop(void **state)
     dx__rio_free(io);
 }
 
+static void test_every_allocation_fails_once(void **state)
+{
+    (void)state;
+    rsrv s;
+    redis_start(&s, 0);
+    for (long i = 1;; i++) {
+        dx_test_seams ts;
+        dx_test_seams_init(&ts);
+        ts.fail_at = i;
+        dx__rio_opts o = {.addr = "127.0.0.1", .port = (int)s.port, .seams = &ts.seams,
+                          .on_connect = on_connect, .on_disconnect = on_disconnect, .ud = &R};
+        memset(&R, 0, sizeof R);
+        int err = 0;
+        dx__rio *io = dx__rio_new(loop, &o, &err, NULL, 0);
+        if (!io) {
+            assert_int_equal(err, DX_ENOMEM);
+            assert_int_equal(ts.live, 0);
+            continue;
+        }
+        R.io = io;
+        int ok = 0;
+        for (int k = 0; k < 600; k++) { /* past the FIFO's and the buffer's first sizes */
+            int rc = dx__rio_fmt(io, on_reply, &R, "PING");
+            assert_true(rc == 0 || rc == DX_ENOMEM);
+            ok += rc == 0;
+        }
+        want_n = ok;
+        run_until(got_disc_or_n, "the replies");
+        assert_int_equal(R.disconnects, 0);
+        assert_int_equal(R.nulls, 0);
+        for (int k = 0; k < ok; k++)
+            assert_string_equal(R.sval[k], "PONG");
+        dx__rio_free(io);
+        assert_int_equal(ts.live, 0);
+        if (ts.calls < i)
+            break; /* no allocation failed: every one was tried */
+    }
+    redis_stop(&s);
+}
+
 /* ---- the scripted server ---- */
 
 typedef struct script {
@@ -731,6 +771,7 @@ int main(void)
         cmocka_unit_test_setup(test_free_inside_reply_callback, setup),
         cmocka_unit_test_setup(test_pubsub_push_handler, setup),
         cmocka_unit_test_setup(test_connect_refused_from_the_loop, setup),
+        cmocka_unit_test_setup(test_every_allocation_fails_once, setup),
         cmocka_unit_test_setup(test_reply_split_at_every_byte, setup),
         cmocka_unit_test_setup(test_reply_over_the_limit_drops, setup),
         cmocka_unit_test_setup(test_out_limit_refuses, setup),
