@@ -1578,7 +1578,7 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
         e = DX_ENOMEM;
     }
     if (!url.unix_socket) {
-        /* resolved once, here (not on a loop): hiredis's connect would block on DNS */
+        /* resolved once, here (not on a loop): a lookup blocks */
         struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
         int gr = getaddrinfo(url.host, NULL, &hints, &res);
         if (gr != 0 || !res) {
