@@ -63,8 +63,8 @@ void dx__rb_conn_down(rconn *c, const char *why)
     if (w->freeing)
         return;
     if (was || c->attempts == 1)
-        dx__rb_log(b, DX_LOG_WARN, "redis bus: worker %u: %s connection to Redis lost: %s (retrying)", w->index,
-             c->is_sub ? "pub/sub" : "command", why);
+        dx__rb_log(b, DX_LOG_WARN, "redis bus: worker %u: %s connection to Redis %s: %s (retrying)", w->index,
+             c->is_sub ? "pub/sub" : "command", was ? "lost" : "failed", why);
     if (c->is_sub) {
         for (size_t i = 0; i < w->tab_cap; i++) {
             for (rtopic *t = w->tab[i]; t; t = t->next) {

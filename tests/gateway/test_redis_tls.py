@@ -145,7 +145,7 @@ def test_wrong_ca_503_and_logged():
 
 def test_no_client_certificate_503():
     redis_up()
-    refused_node(("--redis-tls-ca", f("ca.pem")), "connection to Redis lost")
+    refused_node(("--redis-tls-ca", f("ca.pem")), "connection to Redis failed")
 
 
 def test_bad_tls_options_refused():
