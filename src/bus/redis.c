@@ -1534,14 +1534,6 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
     dx__redis_url url;
     if (dx__redis_url_parse(o->url, &url, why, why_len) != 0)
         goto fail;
-    if (!url.tls && (o->tls_ca || o->tls_cert || o->tls_key)) {
-        snprintf(why, why_len, "--redis-tls-ca, --redis-tls-cert and --redis-tls-key need a rediss:// URL");
-        goto fail;
-    }
-    if (!o->tls_cert != !o->tls_key) {
-        snprintf(why, why_len, "--redis-tls-cert and --redis-tls-key go together");
-        goto fail;
-    }
     e = DX_ENOMEM;
     b = dx__alloc(NULL, sizeof *b);
     if (!b)
@@ -1560,23 +1552,9 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
     if (!b->o.connect_timeout_ms)
         b->o.connect_timeout_ms = 3000;
     b->ttl_ms = b->o.history.max_age_ns ? b->o.history.max_age_ns / 1000000u + 60000u : 0;
-    b->o.tls_ca = b->o.tls_cert = b->o.tls_key = NULL; /* not kept: loaded here */
-    if (url.tls) {
-        /* the CA store and the client certificate, loaded once, here (not
-         * on a loop); every connection's handshake verifies the server's
-         * certificate against the URL's host */
-        char tw[200];
-        b->tls = dx__tls_client_ctx_new(o->tls_ca, 0, tw, sizeof tw, &e);
-        if (!b->tls) {
-            snprintf(why, why_len, "Redis TLS: %s", tw);
-            goto fail;
-        }
-        if (o->tls_cert && (e = dx__tls_client_ctx_cert(b->tls, o->tls_cert, o->tls_key, tw, sizeof tw)) != 0) {
-            snprintf(why, why_len, "Redis TLS: %s", tw);
-            goto fail;
-        }
-        e = DX_ENOMEM;
-    }
+    if ((e = dx__rb_tls_setup(b, o, why, why_len)) != 0)
+        goto fail;
+    e = DX_ENOMEM;
     if (!url.unix_socket) {
         /* resolved once, here (not on a loop): a lookup blocks */
         struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;

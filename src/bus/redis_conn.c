@@ -15,6 +15,32 @@
 
 /* ---- connections -------------------------------------------------------------- */
 
+int dx__rb_tls_setup(rbus *b, const dx__bus_redis_opts *o, char *why, size_t why_len)
+{
+    b->o.tls_ca = b->o.tls_cert = b->o.tls_key = NULL; /* not kept: loaded here */
+    if (!b->url.tls && (o->tls_ca || o->tls_cert || o->tls_key)) {
+        snprintf(why, why_len, "--redis-tls-ca, --redis-tls-cert and --redis-tls-key need a rediss:// URL");
+        return DX_EINVAL;
+    }
+    if (!o->tls_cert != !o->tls_key) {
+        snprintf(why, why_len, "--redis-tls-cert and --redis-tls-key go together");
+        return DX_EINVAL;
+    }
+    if (!b->url.tls)
+        return 0;
+    /* the CA store and the client certificate, loaded once (not on a loop);
+     * every connection's handshake verifies the server's certificate
+     * against the URL's host */
+    char tw[200];
+    int e = 0;
+    b->tls = dx__tls_client_ctx_new(o->tls_ca, 0, tw, sizeof tw, &e);
+    if (b->tls && o->tls_cert)
+        e = dx__tls_client_ctx_cert(b->tls, o->tls_cert, o->tls_key, tw, sizeof tw);
+    if (e)
+        snprintf(why, why_len, "Redis TLS: %s", tw);
+    return e;
+}
+
 static void on_disconnect(dx__rio *io, const char *why, void *ud)
 {
     rconn *c = ud;

@@ -234,6 +234,10 @@ void dx__rb_topic_free(rtopic *t);
 void dx__rb_waiting_fail(rworker *w, rtopic *t, int err);
 
 /* redis_conn.c */
+/* rediss://: b->tls from o's CA file and client certificate (the options'
+ * consistency checked first). 0, or DX_EINVAL / DX_ETLS / DX_ENOMEM with
+ * the reason in why (b->tls may be set: freed with b). */
+int dx__rb_tls_setup(rbus *b, const dx__bus_redis_opts *o, char *why, size_t why_len);
 /* A control-channel message ("d ..." or "r ..."). */
 void dx__rb_ctl_message(rworker *w, const char *s, size_t n);
 /* Answers disconnect r (once) with what came, off w's list. */
