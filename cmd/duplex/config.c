@@ -122,12 +122,19 @@ static const row schema[] = {
      4294967294.0, NULL, 0, 0},
     /* the Redis bus (docs/gateway.md "The Redis bus") */
     {"cluster.redis", K_SECRET, GO(redis_url), ST_STR, 0, "redis", "none (one node)",
-     "Redis URL shared by every node: redis://[user:pass@]host[:port][/db] or unix:///path[?db=N&password=P]", 0,
+     "Redis URL shared by every node: redis://[user:pass@]host[:port][/db], rediss://... (TLS) or "
+     "unix:///path[?db=N&password=P]", 0,
      0, NULL, 0, 0},
     {"cluster.redis_pending_max", K_SIZE, GO(redis_pending_max), ST_SIZE, 0, "redis-pending-max", "64MiB",
      "payload bytes of publishes awaiting Redis; past it 503", 1024, (double)SIZE_MAX, NULL, 0, 0},
     {"cluster.presence_ttl", K_MS, GO(presence_ttl_ms), ST_UINT, 0, "presence-ttl", "15s",
      "a dead node's presence entries and user counts expire within this", 300, 4294967294.0, NULL, 0, 0},
+    {"cluster.redis_tls_ca", K_FILE, GO(redis_tls_ca), ST_STR, 0, "redis-tls-ca", "system store",
+     "rediss://: PEM CA certificates the Redis server's certificate must chain to", 0, 0, NULL, 0, 0},
+    {"cluster.redis_tls_cert", K_FILE, GO(redis_tls_cert), ST_STR, 0, "redis-tls-cert", "none",
+     "rediss://: PEM client certificate for Redis's tls-auth-clients (with --redis-tls-key)", 0, 0, NULL, 0, 0},
+    {"cluster.redis_tls_key", K_FILE, GO(redis_tls_key), ST_STR, 0, "redis-tls-key", "none",
+     "rediss://: the client certificate's PEM private key", 0, 0, NULL, 0, 0},
     /* permessage-deflate (docs/deflate.md) */
     {"compression.deflate", K_PMD, APP(deflate), ST_STR, R_OPTARG, "deflate", "on",
      "permessage-deflate: on, off (flag: --no-deflate), or the parameters the server asks for, e.g. "

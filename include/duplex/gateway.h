@@ -152,11 +152,16 @@ typedef struct dx_gateway_options {
 
     /* ---- cluster (issue 11; docs/gateway.md "The Redis bus"): read by
      * dx_gateway_new only, not reloadable ---- */
-    const char *redis_url;        /* NULL: the in-process bus; else redis://[user:pass@]host:port/db or
-                                     unix:///path: every node with the same URL acts as one gateway */
+    const char *redis_url;        /* NULL: the in-process bus; else redis://[user:pass@]host:port/db,
+                                     rediss://... (TLS) or unix:///path: every node with the same URL
+                                     acts as one gateway */
     size_t redis_pending_max;     /* [64 MiB] payload bytes of publishes awaiting Redis; past it → 503 */
     unsigned presence_ttl_ms;     /* [15000] Redis bus: a dead node's presence and user counts expire
                                      within this */
+    const char *redis_tls_ca;     /* rediss://: PEM CA file the server's certificate must chain to
+                                     (NULL: the system store) */
+    const char *redis_tls_cert;   /* rediss://: PEM client certificate (Redis tls-auth-clients) and */
+    const char *redis_tls_key;    /* its PEM key: both or neither */
 } dx_gateway_options;
 
 #define dx_gateway_new(opt, workers, err) dx_gateway_new_sized((opt), sizeof(dx_gateway_options), (workers), (err))

@@ -223,11 +223,11 @@ static void topic_keys(keys3 *k, const char *topic, size_t len, const char *a, c
         k->n[i] = (size_t)snprintf(k->k[i], sizeof k->k[i], "dx:{%.*s}:%s", (int)len, topic, suf[i]);
 }
 
-int dx__rb_cmd_argv(rconn *c, redisCallbackFn *fn, void *pd, int argc, const char **argv, const size_t *lens)
+int dx__rb_cmd_argv(rconn *c, dx__rio_fn *fn, void *pd, int argc, const char **argv, const size_t *lens)
 {
-    if (!c->ac || !c->up)
+    if (!c->io || !c->up)
         return DX_EIO;
-    return redisAsyncCommandArgv(c->ac, fn, pd, argc, argv, lens) == REDIS_OK ? 0 : DX_EIO;
+    return dx__rio_argv(c->io, fn, pd, argc, argv, lens) == 0 ? 0 : DX_EIO;
 }
 
 static rreq *req_new(rworker *w, int kind, const char *topic, size_t tlen, const char *user, size_t ulen)
@@ -646,9 +646,9 @@ static void barrier_message(rworker *w, const char *s, size_t n)
     }
 }
 
-static void on_read_reply(redisAsyncContext *ac, void *reply, void *pd)
+static void on_read_reply(dx__rio *io, void *reply, void *pd)
 {
-    (void)ac;
+    (void)io;
     req_done_read(pd, reply);
 }
 
@@ -689,13 +689,13 @@ static int read_issue(rreq *r, char mode)
 
 /* ---- subscriptions (the pub/sub connection) ------------------------------------- */
 
-static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd);
+static void on_sub_msg(dx__rio *io, void *reply, void *pd);
 
 int dx__rb_send_sub(rworker *w, const char *verb, const char *const *names, const size_t *lens, size_t n)
 {
     if (!n)
         return 0;
-    if (!w->sub.ac || !w->sub.up)
+    if (!w->sub.io || !w->sub.up)
         return DX_EIO;
     const char **argv = dx__alloc(NULL, (n + 1) * sizeof *argv);
     size_t *al = dx__alloc(NULL, (n + 1) * sizeof *al);
@@ -708,7 +708,7 @@ int dx__rb_send_sub(rworker *w, const char *verb, const char *const *names, cons
             al[i + 1] = lens[i];
         }
         bool unsub = strstr(verb, "UNSUB") != NULL;
-        rc = redisAsyncCommandArgv(w->sub.ac, unsub ? NULL : on_sub_msg, w, (int)n + 1, argv, al) == REDIS_OK
+        rc = dx__rio_argv(w->sub.io, unsub ? NULL : on_sub_msg, w, (int)n + 1, argv, al) == 0
                  ? 0
                  : DX_EIO;
     }
@@ -855,9 +855,9 @@ void dx__rb_set_health(rworker *w)
     atomic_store_explicit(&w->healthy, w->cmd.up && w->sub.up && !w->stuck, memory_order_release);
 }
 
-static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
+static void on_sub_msg(dx__rio *io, void *reply, void *pd)
 {
-    (void)ac;
+    (void)io;
     rworker *w = pd;
     redisReply *r = reply;
     if (!r || w->freeing || r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
@@ -974,9 +974,9 @@ static int refuse(rbus *b, int err)
     return err;
 }
 
-static void on_pub_reply(redisAsyncContext *ac, void *reply, void *pd)
+static void on_pub_reply(dx__rio *io, void *reply, void *pd)
 {
-    (void)ac;
+    (void)io;
     rreq *r = pd;
     rworker *w = r->w;
     rbus *b = w->b;
@@ -1012,7 +1012,7 @@ static void on_pub_reply(redisAsyncContext *ac, void *reply, void *pd)
             dx__rb_log(b, DX_LOG_WARN, "redis bus: publish on %s failed: %s", r->topic, rep->str);
             if (strncmp(rep->str, "NOSCRIPT", 8) == 0 && w->cmd.up)
                 for (int i = 0; i < DX__REDIS_LUA_N; i++)
-                    redisAsyncCommand(w->cmd.ac, dx__rb_on_ignore, NULL, "SCRIPT LOAD %s", dx__redis_lua[i]);
+                    dx__rio_fmt(w->cmd.io, dx__rb_on_ignore, NULL, "SCRIPT LOAD %s", dx__redis_lua[i]);
         }
     }
     if (!w->freeing && r->fn.pub)
@@ -1237,9 +1237,9 @@ static bool pres_parse(const char *s, size_t n, uint64_t *count, char ***users, 
     return ok;
 }
 
-static void on_pres_reply(redisAsyncContext *ac, void *reply, void *pd)
+static void on_pres_reply(dx__rio *io, void *reply, void *pd)
 {
-    (void)ac;
+    (void)io;
     rreq *r = pd;
     redisReply *rep = reply;
     uint64_t count = 0;
@@ -1384,9 +1384,9 @@ static void r_pattern(dx__bus *base, unsigned wi, const char *pat, size_t len, l
     }
 }
 
-static void on_uc_reply(redisAsyncContext *ac, void *reply, void *pd)
+static void on_uc_reply(dx__rio *io, void *reply, void *pd)
 {
-    (void)ac;
+    (void)io;
     rreq *r = pd;
     redisReply *rep = reply;
     int err = rep && rep->type == REDIS_REPLY_INTEGER ? 0 : DX_EIO;
@@ -1469,11 +1469,10 @@ static void r_free(dx__bus *base)
         w->tick = NULL;
         rconn *cs[2] = {&w->cmd, &w->sub};
         for (int j = 0; j < 2; j++) {
-            redisAsyncContext *ac = cs[j]->ac;
-            cs[j]->ac = NULL;
+            dx__rio *io = cs[j]->io;
+            cs[j]->io = NULL;
             cs[j]->up = false;
-            if (ac)
-                redisAsyncFree(ac); /* pending callbacks run with NULL and only free */
+            dx__rio_free(io); /* pending callbacks run with NULL and only free */
         }
         while (w->discs)
             dx__rb_disc_finish(w, w->discs, DX_ECLOSED);
@@ -1496,6 +1495,7 @@ static void r_free(dx__bus *base)
             dx__free(NULL, p);
         }
     }
+    dx__tls_ctx_free(b->tls);
     dx__free(NULL, b->w);
     dx__free(NULL, b);
 }
@@ -1534,12 +1534,6 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
     dx__redis_url url;
     if (dx__redis_url_parse(o->url, &url, why, why_len) != 0)
         goto fail;
-    if (url.tls) {
-        snprintf(why, why_len, "rediss:// (TLS) needs hiredis >= 1.0 with hiredis_ssl; this build has hiredis %d.%d "
-                "(Debian 12): use redis:// on a private network, or a TLS tunnel (stunnel) to Redis",
-                HIREDIS_MAJOR, HIREDIS_MINOR);
-        goto fail;
-    }
     e = DX_ENOMEM;
     b = dx__alloc(NULL, sizeof *b);
     if (!b)
@@ -1558,8 +1552,11 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
     if (!b->o.connect_timeout_ms)
         b->o.connect_timeout_ms = 3000;
     b->ttl_ms = b->o.history.max_age_ns ? b->o.history.max_age_ns / 1000000u + 60000u : 0;
+    if ((e = dx__rb_tls_setup(b, o, why, why_len)) != 0)
+        goto fail;
+    e = DX_ENOMEM;
     if (!url.unix_socket) {
-        /* resolved once, here (not on a loop): hiredis's connect would block on DNS */
+        /* resolved once, here (not on a loop): a lookup blocks */
         struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
         int gr = getaddrinfo(url.host, NULL, &hints, &res);
         if (gr != 0 || !res) {
@@ -1603,6 +1600,7 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
     return &b->base;
 fail:
     if (b) {
+        dx__tls_ctx_free(b->tls);
         dx__free(NULL, b->w);
         dx__free(NULL, b);
     }

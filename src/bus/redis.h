@@ -4,9 +4,11 @@
  * live in Redis; live messages travel by Redis pub/sub. docs/gateway.md,
  * "The Redis bus", has the keys, the scripts and the fault behaviour.
  *
- * Driven by each worker's own loop through hiredis's async API (an adapter
- * on dx_watch and dx_timer): no thread of its own, no blocking call on a
- * loop (the host name is resolved once, when the bus is made).
+ * Driven by each worker's own loop through our own Redis connections
+ * (redis_io.h: dx_watch, TLS for rediss://, hiredis's reply parser and
+ * command formatter): no thread of its own, no blocking call on a loop (the
+ * host name is resolved and the TLS files are loaded once, when the bus is
+ * made).
  */
 #ifndef DX_BUS_REDIS_H
 #define DX_BUS_REDIS_H
@@ -18,7 +20,7 @@
 
 /* A parsed Redis URL:
  *   redis://[[user]:pass@]host[:port][/db]   (host: a name, IPv4, or [IPv6])
- *   rediss://...                             (TLS: parsed, refused by this build)
+ *   rediss://...                             (TLS: the certificate must match host)
  *   unix:///path/to/socket[?db=N&user=U&password=P]
  * user and pass are percent-decoded. */
 typedef struct dx__redis_url {
@@ -40,6 +42,10 @@ typedef void (*dx__bus_log_fn)(void *ud, int level, const char *msg);
 typedef struct dx__bus_redis_opts {
     unsigned workers;            /* N >= 1 */
     const char *url;             /* see dx__redis_url */
+    const char *tls_ca;          /* rediss://: PEM CA file the server's certificate must chain to
+                                    (NULL: the system store) */
+    const char *tls_cert;        /* rediss://: a PEM client certificate (Redis tls-auth-clients), */
+    const char *tls_key;         /* and its PEM key: both or neither */
     dx__gw_log_opts history;     /* per topic: the stream's MAXLEN and MINID age */
     size_t pending_max;          /* [64 MiB] payload bytes of publishes awaiting Redis; past it a
                                     publish is refused at once (the gateway answers 503) */
@@ -50,12 +56,13 @@ typedef struct dx__bus_redis_opts {
     void *log_ud;
 } dx__bus_redis_opts;
 
-/* NULL with *err: DX_EINVAL (bad options or URL; `why` says why), DX_EADDR
+/* NULL with *err: DX_EINVAL (bad options or URL; `why` says why), DX_ETLS
+ * (rediss://: the CA file, client certificate or key unusable), DX_EADDR
  * (the host does not resolve), DX_ENOMEM. Nothing connects until a worker
  * attaches. */
 dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, size_t why_len);
 
-/* ---- the pieces (redis_lua.c, redis_loop.c) ------------------------------- */
+/* ---- the pieces (redis_lua.c; the connections: redis_io.h) ---------------- */
 
 /* The scripts, by use; redis_lua.c documents each one's keys and arguments. */
 enum {
@@ -66,15 +73,5 @@ enum {
     DX__REDIS_LUA_N
 };
 extern const char *const dx__redis_lua[DX__REDIS_LUA_N];
-
-struct redisAsyncContext;
-
-/* Drives hiredis context `ac` (connecting or connected) from `loop`: a
- * dx_watch on its descriptor asking for what hiredis asks for; after each
- * batch of events on it, `after(ud)` (may be NULL) is called, even when
- * hiredis freed the context meanwhile. The hooks are freed by hiredis's
- * cleanup when it frees the context. On the loop's thread. 0, DX_ENOMEM,
- * or dx_watch_new's error (the context is then unchanged). */
-int dx__redis_loop_attach(dx_loop *loop, struct redisAsyncContext *ac, void (*after)(void *ud), void *ud);
 
 #endif

@@ -15,33 +15,60 @@
 
 /* ---- connections -------------------------------------------------------------- */
 
-static void on_disconnect(const redisAsyncContext *ac, int status)
+int dx__rb_tls_setup(rbus *b, const dx__bus_redis_opts *o, char *why, size_t why_len)
 {
-    (void)status;
-    rconn *c = ac->data;
-    if (c->ac != ac)
-        return; /* dropped by us already */
-    c->ac = NULL;
-    dx__rb_conn_down(c, ac->errstr[0] ? ac->errstr : "connection closed");
-}
-
-static void on_connect(const redisAsyncContext *ac, int status)
-{
-    rconn *c = ac->data;
-    if (status != REDIS_OK && c->ac == ac) {
-        c->ac = NULL; /* hiredis frees ac after this callback */
-        dx__rb_conn_down(c, ac->errstr[0] ? ac->errstr : "connect failed");
+    b->o.tls_ca = b->o.tls_cert = b->o.tls_key = NULL; /* not kept: loaded here */
+    if (!b->url.tls && (o->tls_ca || o->tls_cert || o->tls_key)) {
+        snprintf(why, why_len, "--redis-tls-ca, --redis-tls-cert and --redis-tls-key need a rediss:// URL");
+        return DX_EINVAL;
     }
+    if (!o->tls_cert != !o->tls_key) {
+        snprintf(why, why_len, "--redis-tls-cert and --redis-tls-key go together");
+        return DX_EINVAL;
+    }
+    if (!b->url.tls)
+        return 0;
+    /* the CA store and the client certificate, loaded once (not on a loop);
+     * every connection's handshake verifies the server's certificate
+     * against the URL's host */
+    char tw[200];
+    int e = 0;
+    b->tls = dx__tls_client_ctx_new(o->tls_ca, 0, tw, sizeof tw, &e);
+    if (b->tls && o->tls_cert)
+        e = dx__tls_client_ctx_cert(b->tls, o->tls_cert, o->tls_key, tw, sizeof tw);
+    if (e)
+        snprintf(why, why_len, "Redis TLS: %s", tw);
+    return e;
 }
 
-/* Drops c's context (if any) and runs dx__rb_conn_down. Pending callbacks run
- * with NULL replies (failing their requests). */
+static void on_disconnect(dx__rio *io, const char *why, void *ud)
+{
+    rconn *c = ud;
+    if (c->io != io)
+        return; /* dropped by us already */
+    c->io = NULL;
+    dx__rio_free(io);
+    dx__rb_conn_down(c, why);
+}
+
+static void on_connect(dx__rio *io, void *ud)
+{
+    (void)io;
+    (void)ud; /* up once the setup is answered (on_ping, or the control channel's subscription) */
+}
+
+static void after_event(void *ud)
+{
+    dx__rb_after_event(((rconn *)ud)->w);
+}
+
+/* Drops c's connection (if any) and runs dx__rb_conn_down. Pending callbacks
+ * run with NULL replies (failing their requests). */
 static void conn_drop(rconn *c, const char *why)
 {
-    redisAsyncContext *ac = c->ac;
-    c->ac = NULL;
-    if (ac)
-        redisAsyncFree(ac);
+    dx__rio *io = c->io;
+    c->io = NULL;
+    dx__rio_free(io);
     dx__rb_conn_down(c, why);
 }
 
@@ -62,8 +89,8 @@ void dx__rb_conn_down(rconn *c, const char *why)
     if (w->freeing)
         return;
     if (was || c->attempts == 1)
-        dx__rb_log(b, DX_LOG_WARN, "redis bus: worker %u: %s connection to Redis lost: %s (retrying)", w->index,
-             c->is_sub ? "pub/sub" : "command", why);
+        dx__rb_log(b, DX_LOG_WARN, "redis bus: worker %u: %s connection to Redis %s: %s (retrying)", w->index,
+             c->is_sub ? "pub/sub" : "command", was ? "lost" : "failed", why);
     if (c->is_sub) {
         for (size_t i = 0; i < w->tab_cap; i++) {
             for (rtopic *t = w->tab[i]; t; t = t->next) {
@@ -112,11 +139,11 @@ void dx__rb_conn_down(rconn *c, const char *why)
     }
 }
 
-static void on_hs_reply(redisAsyncContext *ac, void *reply, void *pd)
+static void on_hs_reply(dx__rio *io, void *reply, void *pd)
 {
     rconn *c = pd;
     redisReply *r = reply;
-    if (!r || c->ac != ac)
+    if (!r || c->io != io)
         return;
     if (r->type == REDIS_REPLY_ERROR) {
         if (c->attempts == 0) /* once per run of failures */
@@ -125,11 +152,11 @@ static void on_hs_reply(redisAsyncContext *ac, void *reply, void *pd)
     }
 }
 
-static void on_ping(redisAsyncContext *ac, void *reply, void *pd)
+static void on_ping(dx__rio *io, void *reply, void *pd)
 {
     rconn *c = pd;
     rworker *w = c->w;
-    if (!reply || c->ac != ac || w->freeing)
+    if (!reply || c->io != io || w->freeing)
         return;
     redisReply *r = reply;
     uint64_t now = dx__now_ns(NULL);
@@ -177,43 +204,43 @@ static int conn_start(rconn *c)
 {
     rworker *w = c->w;
     rbus *b = w->b;
-    redisAsyncContext *ac = b->url.unix_socket ? redisAsyncConnectUnix(b->url.path)
-                                               : redisAsyncConnect(b->addr, b->url.port);
+    dx__rio_opts o = {
+        .addr = b->url.unix_socket ? NULL : b->addr,
+        .port = b->url.port,
+        .unix_path = b->url.unix_socket ? b->url.path : NULL,
+        .tls = b->tls,
+        .tls_host = b->url.host,
+        .on_connect = on_connect,
+        .on_disconnect = on_disconnect,
+        .after = after_event,
+        .ud = c,
+    };
+    char why[256];
+    int err = 0;
     c->started_ns = dx__now_ns(NULL);
-    if (!ac)
-        return DX_ENOMEM;
-    if (ac->err) {
-        char why[128];
-        snprintf(why, sizeof why, "%s", ac->errstr);
-        redisAsyncFree(ac);
-        dx__rb_conn_down(c, why);
+    dx__rio *io = dx__rio_new(w->loop, &o, &err, why, sizeof why);
+    if (!io) {
+        if (err == DX_ENOMEM)
+            return DX_ENOMEM;
+        dx__rb_conn_down(c, why[0] ? why : dx_strerror(err));
         return 0;
     }
-    ac->data = c;
-    int rc = dx__redis_loop_attach(w->loop, ac, dx__rb_after_event, w);
-    if (rc) {
-        redisAsyncFree(ac);
-        dx__rb_conn_down(c, "cannot watch the socket");
-        return 0;
-    }
-    c->ac = ac;
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    c->io = io;
     /* setup, pipelined: AUTH, SELECT, then (commands) the scripts and a PING
      * whose answer marks the connection up, or (pub/sub) the subscriptions */
     if (b->url.pass[0]) {
         if (b->url.user[0])
-            redisAsyncCommand(ac, on_hs_reply, c, "AUTH %s %s", b->url.user, b->url.pass);
+            dx__rio_fmt(io, on_hs_reply, c, "AUTH %s %s", b->url.user, b->url.pass);
         else
-            redisAsyncCommand(ac, on_hs_reply, c, "AUTH %s", b->url.pass);
+            dx__rio_fmt(io, on_hs_reply, c, "AUTH %s", b->url.pass);
     }
     if (b->url.db)
-        redisAsyncCommand(ac, on_hs_reply, c, "SELECT %d", b->url.db);
+        dx__rio_fmt(io, on_hs_reply, c, "SELECT %d", b->url.db);
     if (!c->is_sub) {
         for (int i = 0; i < DX__REDIS_LUA_N; i++)
-            redisAsyncCommand(ac, on_hs_reply, c, "SCRIPT LOAD %s", dx__redis_lua[i]);
+            dx__rio_fmt(io, on_hs_reply, c, "SCRIPT LOAD %s", dx__redis_lua[i]);
         w->ping_sent_ns = dx__now_ns(NULL);
-        redisAsyncCommand(ac, on_ping, c, "TIME");
+        dx__rio_fmt(io, on_ping, c, "TIME");
         return 0;
     }
     /* every exact topic with subscribers, every pattern, then the control
@@ -240,9 +267,9 @@ static int conn_start(rconn *c)
 
 /* ---- presence and liveness ------------------------------------------------------ */
 
-void dx__rb_on_ignore(redisAsyncContext *ac, void *reply, void *pd)
+void dx__rb_on_ignore(dx__rio *io, void *reply, void *pd)
 {
-    (void)ac;
+    (void)io;
     (void)pd;
     (void)reply;
 }
@@ -386,9 +413,9 @@ void dx__rb_on_tick(dx_timer *tm, void *ud)
     rconn *cs[2] = {&w->cmd, &w->sub};
     for (int i = 0; i < 2; i++) {
         rconn *c = cs[i];
-        if (!c->ac && now >= c->next_try_ns)
+        if (!c->io && now >= c->next_try_ns)
             (void)conn_start(c);
-        else if (c->ac && !c->up && now - c->started_ns > to)
+        else if (c->io && !c->up && now - c->started_ns > to)
             conn_drop(c, "connect timed out");
     }
     if (w->cmd.up) {
@@ -404,7 +431,7 @@ void dx__rb_on_tick(dx_timer *tm, void *ud)
         }
         if (w->stuck && (!w->pubs_tail || now - w->pubs_tail->sent_ns > to)) {
             conn_drop(&w->cmd, "Redis does not answer");
-            if (w->sub.ac)
+            if (w->sub.io)
                 conn_drop(&w->sub, "Redis does not answer on the command connection");
         } else if (!w->ping_sent_ns && now - w->last_ping_ns >= UINT64_C(1000000000)) {
             w->last_ping_ns = now;
@@ -481,9 +508,9 @@ void dx__rb_disc_finish(rworker *w, rreq *r, int err)
     disc_unref(r);
 }
 
-void dx__rb_on_disc_pub(redisAsyncContext *ac, void *reply, void *pd)
+void dx__rb_on_disc_pub(dx__rio *io, void *reply, void *pd)
 {
-    (void)ac;
+    (void)io;
     rreq *r = pd;
     redisReply *rep = reply;
     if (!r->done) {

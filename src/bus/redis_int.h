@@ -8,11 +8,12 @@
 #define DX_BUS_REDIS_INT_H
 
 #include "bus/redis.h"
+#include "bus/redis_io.h"
 #include "core/seams.h"
 #include "gateway/topic.h"
+#include "net/transport.h"
 
-#include <hiredis/async.h>
-#include <hiredis/hiredis.h>
+#include <hiredis/hiredis.h> /* redisReply */
 
 #include <arpa/inet.h>
 #include <stdatomic.h>
@@ -28,11 +29,11 @@ typedef struct rtopic rtopic;
 
 enum { S_NONE, S_SUBSCRIBING, S_ACTIVE, S_UNSUBSCRIBING };
 
-/* One connection (commands or pub/sub) and its loop adapter. */
+/* One connection (commands or pub/sub). */
 typedef struct rconn {
     rworker *w;
     bool is_sub;
-    redisAsyncContext *ac;     /* NULL: down */
+    dx__rio *io;               /* NULL: down */
     bool up;                   /* handshake answered */
     uint64_t started_ns;       /* connect began */
     uint64_t next_try_ns;      /* reconnect no earlier */
@@ -163,6 +164,7 @@ struct rbus {
     char addr[INET6_ADDRSTRLEN];
     char node[17];
     char sha[DX__REDIS_LUA_N][41];
+    dx__tls_ctx *tls;          /* rediss://: the client context (CA store, client certificate) */
     uint64_t ttl_ms;           /* topic keys: history age + 60 s; 0 without an age bound */
     rworker *w;
     _Atomic size_t pending;
@@ -205,7 +207,7 @@ static inline uint64_t hash_name(const char *s, size_t len)
 void dx__rb_log(rbus *b, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* The bus finished a batch for w: the gateway's flush event, if deliveries were handed over. */
 void dx__rb_worker_flush(rworker *w);
-/* dx__redis_loop_attach's `after` (ud: the worker). */
+/* After a batch of events on one of w's connections (ud: the worker). */
 void dx__rb_after_event(void *ud);
 /* Starts reading back what w missed of t (after t->last, the last offset
  * delivered); live entries wait meanwhile. The read goes out once the
@@ -216,7 +218,7 @@ void dx__rb_catch_start(rworker *w, rtopic *t);
 /* Drops t's catch-up (its held entries; a read out is ignored when it answers). */
 void dx__rb_catch_stop(rtopic *t);
 /* Queues a command on c (0), or DX_EIO when c is down. fn(reply NULL) when the connection goes. */
-int dx__rb_cmd_argv(rconn *c, redisCallbackFn *fn, void *pd, int argc, const char **argv, const size_t *lens);
+int dx__rb_cmd_argv(rconn *c, dx__rio_fn *fn, void *pd, int argc, const char **argv, const size_t *lens);
 /* Decimal digits (1..19) to a number; *ok false when not. */
 uint64_t dx__rb_parse_u64(const char *s, size_t n, bool *ok);
 /* Answers read r from snapshot s (taken over) or with err; frees r. */
@@ -232,13 +234,17 @@ void dx__rb_topic_free(rtopic *t);
 void dx__rb_waiting_fail(rworker *w, rtopic *t, int err);
 
 /* redis_conn.c */
+/* rediss://: b->tls from o's CA file and client certificate (the options'
+ * consistency checked first). 0, or DX_EINVAL / DX_ETLS / DX_ENOMEM with
+ * the reason in why (b->tls may be set: freed with b). */
+int dx__rb_tls_setup(rbus *b, const dx__bus_redis_opts *o, char *why, size_t why_len);
 /* A control-channel message ("d ..." or "r ..."). */
 void dx__rb_ctl_message(rworker *w, const char *s, size_t n);
 /* Answers disconnect r (once) with what came, off w's list. */
 void dx__rb_disc_finish(rworker *w, rreq *r, int err);
-void dx__rb_on_disc_pub(redisAsyncContext *ac, void *reply, void *pd);
+void dx__rb_on_disc_pub(dx__rio *io, void *reply, void *pd);
 /* A reply nobody waits for. */
-void dx__rb_on_ignore(redisAsyncContext *ac, void *reply, void *pd);
+void dx__rb_on_ignore(dx__rio *io, void *reply, void *pd);
 /* The worker's 100 ms timer. */
 void dx__rb_on_tick(dx_timer *tm, void *ud);
 /* Writes w's presence entry for t (its count and users, or its removal). */

@@ -878,6 +878,7 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
     const char *redis_url = o->redis_url;
     size_t redis_pending_max = o->redis_pending_max;
     unsigned presence_ttl_ms = o->presence_ttl_ms;
+    const char *redis_tls[3] = {o->redis_tls_ca, o->redis_tls_cert, o->redis_tls_key};
     /* the policy is read from gw->pol only: nothing borrowed is kept */
     o->api_key = NULL;
     memset(&o->auth, 0, sizeof *o - offsetof(dx_gateway_options, auth));
@@ -898,7 +899,8 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
     gw->n = workers;
     gw->start_ns = dx__now_ns(NULL);
     if (redis_url) {
-        dx__bus_redis_opts ro = {.workers = workers, .url = redis_url, .history = bo.history,
+        dx__bus_redis_opts ro = {.workers = workers, .url = redis_url, .tls_ca = redis_tls[0],
+                                 .tls_cert = redis_tls[1], .tls_key = redis_tls[2], .history = bo.history,
                                  .pending_max = redis_pending_max, .presence_ttl_ms = presence_ttl_ms,
                                  .log = o->log, .log_ud = o->log_ud};
         gw->bus = dx__bus_redis_new(&ro, &e, why, sizeof why);

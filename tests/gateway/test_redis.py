@@ -737,7 +737,7 @@ async def test_redis_killed_then_restarted_same_data():
 
 def test_bad_urls_refused():
     for url, what in (("http://127.0.0.1:1", "must start with"), ("redis://127.0.0.1:99999", "bad port"),
-                      ("rediss://127.0.0.1:6380", "TLS"), ("redis://h/x", "database number"),
+                      ("redis://h/x", "database number"),
                       ("unix://relative", "absolute path")):
         port = free_port()
         p = subprocess.run([gwtest.BIN, "serve", "--host", "127.0.0.1", "--port", str(port), "--redis", url],

@@ -117,10 +117,31 @@ static void test_bus_refusals(void **state)
     (void)state;
     char why[300];
     int err = 0;
+    /* rediss://: made (the system CA store), never attached */
     dx__bus_redis_opts o = {.workers = 1, .url = "rediss://127.0.0.1:6380"};
+    dx__bus *tb = dx__bus_redis_new(&o, &err, why, sizeof why);
+    assert_non_null(tb);
+    dx__bus_free(tb);
+    /* its files: unreadable CA file, a certificate without its key, TLS
+     * options on a redis:// URL */
+    o.tls_ca = "/nonexistent/ca.pem";
+    assert_null(dx__bus_redis_new(&o, &err, why, sizeof why));
+    assert_int_equal(err, DX_ETLS);
+    assert_non_null(strstr(why, "CA file"));
+    o.tls_ca = NULL;
+    o.tls_cert = "/nonexistent/cert.pem";
     assert_null(dx__bus_redis_new(&o, &err, why, sizeof why));
     assert_int_equal(err, DX_EINVAL);
-    assert_non_null(strstr(why, "TLS"));
+    assert_non_null(strstr(why, "go together"));
+    o.tls_key = "/nonexistent/key.pem";
+    assert_null(dx__bus_redis_new(&o, &err, why, sizeof why));
+    assert_int_equal(err, DX_ETLS);
+    assert_non_null(strstr(why, "client certificate"));
+    o.url = "redis://127.0.0.1:6380";
+    assert_null(dx__bus_redis_new(&o, &err, why, sizeof why));
+    assert_int_equal(err, DX_EINVAL);
+    assert_non_null(strstr(why, "rediss://"));
+    o.tls_cert = o.tls_key = NULL;
     o.url = "redis://h:99999";
     assert_null(dx__bus_redis_new(&o, &err, why, sizeof why));
     assert_int_equal(err, DX_EINVAL);
