@@ -30,7 +30,9 @@
  *
  * User connections: dx__bus_user_conns counts the connections of a user in
  * the whole cluster (this process, with the in-process bus), +1 when one
- * opens and -1 when it ends, for the per-user connection limit.
+ * opens and -1 when it ends, for the per-user connection limit: a +1 with a
+ * limit is checked and added in one step (two nodes racing for the last
+ * slot: exactly one gets it).
  *
  * Implementations: local.c (in-process, the default), redis.c (redis.h:
  * several processes sharing one Redis). Another networked bus (NATS) fills
@@ -121,9 +123,12 @@ typedef struct dx__bus_vt {
      * subscribes to it, -1 when it leaves. Fires nothing. */
     void (*pattern)(dx__bus *b, unsigned w, const char *pat, size_t len, long delta);
     /* Adds delta (+1, -1 or 0 to read) to the count of connections of
-     * `user` and answers the count after it, cluster-wide. */
-    int (*user_conns)(dx__bus *b, unsigned w, const char *user, size_t ulen, long delta, dx__bus_count_fn fn,
-                      void *ud);
+     * `user` and answers the count after it, cluster-wide. limit > 0 and
+     * delta > 0: added only if the count after is at most limit, in the
+     * same atomic step as the check; otherwise nothing is added and fn
+     * gets DX_ELIMIT with the count as it stands. fn may be NULL. */
+    int (*user_conns)(dx__bus *b, unsigned w, const char *user, size_t ulen, long delta, uint64_t limit,
+                      dx__bus_count_fn fn, void *ud);
     bool (*healthy)(dx__bus *b);
     void (*stats)(dx__bus *b, dx__bus_stats *out);
     void (*free)(dx__bus *b);
@@ -194,9 +199,9 @@ static inline void dx__bus_pattern(dx__bus *b, unsigned w, const char *p, size_t
     b->vt->pattern(b, w, p, len, delta);
 }
 static inline int dx__bus_user_conns(dx__bus *b, unsigned w, const char *u, size_t ulen, long delta,
-                                     dx__bus_count_fn fn, void *ud)
+                                     uint64_t limit, dx__bus_count_fn fn, void *ud)
 {
-    return b->vt->user_conns(b, w, u, ulen, delta, fn, ud);
+    return b->vt->user_conns(b, w, u, ulen, delta, limit, fn, ud);
 }
 static inline bool dx__bus_healthy(dx__bus *b) { return b->vt->healthy(b); }
 static inline void dx__bus_stats_get(dx__bus *b, dx__bus_stats *out) { b->vt->stats(b, out); }

@@ -12,7 +12,7 @@
  *              zset member → expiry (ms); member = "<node>.<worker>"
  *   channel dx:m:T  live entries: "<offset> <kind> <ms> <epoch>\n<payload>"
  *   channel dx:ctl  control: "d <tag> <user>" (disconnect), "r <tag> <n>"
- *   dx:uc:{U}  connections of user U: hash member → count
+ *   dx:uc:{U}  connections of user U: hash member → count (redis_uc.c)
  *   dx:alive:<member>  a worker's liveness (PX presence_ttl)
  *
  * One EVALSHA per publish (PUB below): sequences, appends, trims, publishes,
@@ -1384,51 +1384,6 @@ static void r_pattern(dx__bus *base, unsigned wi, const char *pat, size_t len, l
     }
 }
 
-static void on_uc_reply(redisAsyncContext *ac, void *reply, void *pd)
-{
-    (void)ac;
-    rreq *r = pd;
-    redisReply *rep = reply;
-    int err = rep && rep->type == REDIS_REPLY_INTEGER ? 0 : DX_EIO;
-    if (!r->w->freeing && r->fn.count)
-        r->fn.count(r->ud, err, err ? 0 : (uint64_t)(rep->integer < 0 ? 0 : rep->integer));
-    dx__free(NULL, r);
-}
-
-static int r_user_conns(dx__bus *base, unsigned wi, const char *user, size_t ulen, long delta, dx__bus_count_fn fn,
-                        void *ud)
-{
-    rbus *b = (rbus *)base;
-    rworker *w = &b->w[wi];
-    if (ulen == 0 || ulen > 1024)
-        return DX_EINVAL;
-    if (!w->cmd.up)
-        return refuse(b, DX_EIO);
-    rreq *r = req_new(w, Q_UCONN, user, ulen, NULL, 0);
-    char *key = dx__alloc(NULL, ulen + 16);
-    if (!r || !key) {
-        dx__free(NULL, r);
-        dx__free(NULL, key);
-        return DX_ENOMEM;
-    }
-    r->fn.count = fn;
-    r->ud = ud;
-    int kn = snprintf(key, 16, "dx:uc:{");
-    memcpy(key + kn, user, ulen);
-    key[kn + (int)ulen] = '}';
-    char d[24];
-    snprintf(d, sizeof d, "%ld", delta);
-    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_UC], "1", key, w->member, d, "dx:alive:"};
-    size_t lens[] = {7, 40, 1, (size_t)kn + ulen + 1, strlen(w->member), strlen(d), 9};
-    int rc = dx__rb_cmd_argv(&w->cmd, on_uc_reply, r, 7, argv, lens);
-    dx__free(NULL, key);
-    if (rc) {
-        dx__free(NULL, r);
-        return refuse(b, rc);
-    }
-    return 0;
-}
-
 static bool r_healthy(dx__bus *base)
 {
     rbus *b = (rbus *)base;
@@ -1495,6 +1450,7 @@ static void r_free(dx__bus *base)
             nx = p->next;
             dx__free(NULL, p);
         }
+        dx__rb_uc_free(w);
     }
     dx__free(NULL, b->w);
     dx__free(NULL, b);
@@ -1511,7 +1467,7 @@ static const dx__bus_vt redis_vt = {
     .disconnect_user = r_disconnect_user,
     .interest = r_interest,
     .pattern = r_pattern,
-    .user_conns = r_user_conns,
+    .user_conns = dx__rb_user_conns,
     .healthy = r_healthy,
     .stats = r_stats,
     .free = r_free,

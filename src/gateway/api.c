@@ -546,7 +546,7 @@ static void metrics(gw_worker *k, dx_http_req *req)
     P("duplex_config_reloads_total{result=\"refused\"} %llu\n", (unsigned long long)atomic_load(&gw->reloads[1]));
     static const char *const lims[GW_NLIM] = {"origin",       "no_origin",    "handshake_rate",   "conns_per_ip",
                                               "conns_per_user", "topic_length", "message_size",    "api_body",
-                                              "namespace_publish", "namespace_presence"};
+                                              "namespace_publish", "namespace_presence", "conns_per_user_unavailable"};
     static const char *const racts[GW_NRATE] = {"paused", "refused", "closed"};
     P("# HELP duplex_limit_refused_total Requests, handshakes and messages refused by a limit.\n"
       "# TYPE duplex_limit_refused_total counter\n");
