@@ -74,6 +74,11 @@ typedef struct dx__bus_events {
      * included): what `deliver` gathered may be written now. Completions
      * may come before it within the batch. May be NULL. */
     void (*flush)(void *ud);
+    /* Offsets from..to of topic t will not be delivered to this worker
+     * (a networked bus lost its subscription and, once back, history no
+     * longer held them). In order with `deliver`: after the entries before
+     * `from`, before those after `to`. May be NULL. */
+    void (*gap)(void *ud, dx__bus_topic *t, uint64_t from, uint64_t to);
 } dx__bus_events;
 
 /* Completions. `ud` is the caller's, per request. */
@@ -100,6 +105,7 @@ typedef struct dx__bus_stats {
     uint64_t refused;        /* requests refused at once: bus unreachable or pending_bytes over its limit */
     uint64_t reconnects;     /* connections to the bus re-established after a loss */
     uint64_t recovered;      /* live entries missed (bus connection lost, or a hole) then read back from history */
+    uint64_t epochs;         /* epoch changes met on a topic a worker was delivering (the bus lost its data) */
 } dx__bus_stats;
 
 typedef struct dx__bus_vt {

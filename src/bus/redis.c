@@ -149,13 +149,24 @@ static int topic_epoch(rtopic *t, const char *epoch)
     dx__bus_topic *nt = dx__bus_topic_new(t->bt->name, t->bt->len, epoch);
     if (!nt)
         return DX_ENOMEM;
-    bool had = t->bt->epoch[0] != 0;
+    bool had = t->bt->epoch[0] != 0, ordered = t->have_last;
     dx__bus_topic_unref(t->bt);
     t->bt = nt;
     if (had) {
         t->have_last = false;
         t->need_catch = false;
         dx__rb_catch_stop(t); /* its answer finds catching false and only frees */
+        if (ordered) {
+            /* the worker was delivering t: the new epoch is delivered from
+             * its offset 1 (read back, or announced as a gap), so nothing
+             * of it is lost silently; the old epoch's tail went with
+             * Redis's data (the new epoch on the next entry says so) */
+            atomic_fetch_add_explicit(&t->w->b->st_epochs, 1, memory_order_relaxed);
+            dx__rb_log(t->w->b, DX_LOG_WARN, "redis bus: topic %s: new epoch %s (continuity lost in Redis)",
+                       t->bt->name, epoch);
+            t->have_last = true;
+            t->last = 0;
+        }
     }
     return 0;
 }
@@ -347,6 +358,10 @@ static void catch_gap(void *ud, uint64_t from, uint64_t to)
     dx__rb_log(w->b, DX_LOG_WARN, "redis bus: topic %s: offsets %llu-%llu are no longer in history: lost here",
                t->bt->name, (unsigned long long)from, (unsigned long long)to);
     t->last = to;
+    if (w->ev && w->ev->gap && !w->freeing) { /* the subscribers here are told (gap), in order */
+        w->ev->gap(w->ud, t->bt, from, to);
+        w->need_flush = true;
+    }
 }
 
 static const dx__gw_stitch_ops catch_ops = {catch_deliver, catch_gap};
@@ -479,9 +494,16 @@ static void catch_done(rreq *r, redisReply *rep)
         int rc = snap_from_reply(rep, &s);
         if (rc && rep->type == REDIS_REPLY_ERROR)
             dx__rb_log(w->b, DX_LOG_WARN, "redis bus: catch-up read of %s failed: %s", t->bt->name, rep->str);
-        if (!rc && strcmp(s.epoch, t->bt->epoch) != 0) { /* a new epoch's entries reset the topic */
+        if (!rc && strcmp(s.epoch, t->bt->epoch) != 0) {
+            /* Redis lost the topic's data while we were away: the new
+             * epoch is read from its start (topic_epoch ends this catch-up) */
+            char ep[DX__GW_EPOCH_LEN + 1];
+            snprintf(ep, sizeof ep, "%s", s.epoch);
             dx__gw_snapshot_deinit(&s);
-            rc = DX_EIO;
+            dx__free(NULL, r);
+            if (topic_epoch(t, ep) == 0 && t->have_last)
+                dx__rb_catch_start(w, t);
+            return;
         }
         if (rc)
             memset(&s, 0, sizeof s);
@@ -1410,6 +1432,7 @@ static void r_stats(dx__bus *base, dx__bus_stats *out)
     out->refused = atomic_load_explicit(&b->st_refused, memory_order_relaxed);
     out->reconnects = atomic_load_explicit(&b->st_reconnects, memory_order_relaxed);
     out->recovered = atomic_load_explicit(&b->st_recovered, memory_order_relaxed);
+    out->epochs = atomic_load_explicit(&b->st_epochs, memory_order_relaxed);
 }
 
 /* Every worker loop has stopped. Completions are not called (bus.h). */

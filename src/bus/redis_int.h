@@ -169,7 +169,7 @@ struct rbus {
     uint64_t ttl_ms;           /* topic keys: history age + 60 s; 0 without an age bound */
     rworker *w;
     _Atomic size_t pending;
-    _Atomic uint64_t st_refused, st_reconnects, st_recovered, st_lost, st_received;
+    _Atomic uint64_t st_refused, st_reconnects, st_recovered, st_lost, st_received, st_epochs;
 };
 
 #define CTL_CHANNEL "dx:ctl"

@@ -37,6 +37,7 @@ enum gw_drop {
     GW_DROP_SLOW_CLOSE = 0, /* the subscriber was disconnected (1013 or SSE ended) */
     GW_DROP_SLOW_GAP,       /* drop-oldest: announced with gap */
     GW_DROP_ERROR,          /* out of memory building or queueing the frame: the connection is closed 1011 */
+    GW_DROP_HISTORY_GAP,    /* the bus lost them (history trimmed while its subscription was down): gap / 1013 */
     GW_NDROP
 };
 

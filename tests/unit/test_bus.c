@@ -79,7 +79,7 @@ static void ev_flush(void *ud)
     ((wstate *)ud)->flushes++;
 }
 
-static const dx__bus_events events = {ev_deliver, ev_disconnect, ev_flush};
+static const dx__bus_events events = {ev_deliver, ev_disconnect, ev_flush, NULL};
 
 static void fx_start(bus_fx *f, bool threads)
 {

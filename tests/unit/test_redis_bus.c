@@ -114,7 +114,7 @@ static size_t ev_disconnect_user(void *ud, const char *user, size_t len)
     return n->disc_answer;
 }
 
-static const dx__bus_events events = {ev_deliver, ev_disconnect_user, NULL};
+static const dx__bus_events events = {ev_deliver, ev_disconnect_user, NULL, NULL};
 
 static void node_start(node *n, size_t disc_answer)
 {
