@@ -5,16 +5,18 @@ while a node's subscription was down are announced, never lost silently
 Redis bus", "Faults").
 
 Two nodes with `--history 5` on one redis-server. Node 1 holds a JSON
-subscriber and a raw subscriber of topic T. Node 1 is frozen (SIGSTOP)
+subscriber and a raw subscriber of topic T (and, in the first case, a JSON
+subscriber of a pattern matching T and an SSE subscriber). Node 1 is frozen (SIGSTOP)
 and its pub/sub connection killed in Redis (`CLIENT KILL TYPE pubsub`), so
 what is published meanwhile never reaches it; node 2 publishes more than
 history holds; node 1 resumes (SIGCONT), reconnects and catches up:
 
 - history_trimmed: offsets 1-2 delivered before; 3-12 published while cut
-  off, history keeps 8-12: the JSON subscriber gets `gap` {T, 3, 7}, then
-  8-12, then live 13; the raw subscriber is closed 1013 (it cannot be
-  told); `duplex_dropped_total{reason="history_gap"}` counts 5 per
-  subscriber;
+  off, history keeps 8-12: each JSON subscriber (exact and pattern) gets
+  `gap` {T, 3, 7}, then 8-12, then live 13; the raw subscriber is closed
+  1013 and the SSE stream ends (they cannot be told), neither having had
+  anything after 2; `duplex_dropped_total{reason="history_gap"}` counts 5
+  per subscriber (20);
 - epoch_changed: as above, but Redis is restarted without its data while
   node 1 is frozen, and node 2 publishes 8 messages in the new epoch
   (history keeps 4-8): the JSON subscriber gets `gap` {T, 1, 3}, then 4-8
@@ -77,8 +79,16 @@ async def expect_gap_then(j, t, frm, to, offs, epoch=None):
 async def history_trimmed():
     redis = C.Redis().start()
     n1, n2 = nodes(redis)
-    t = C.topic("gap")
+    base = C.topic("gap")
+    t = base + ".t"
+    jp = await C.jconnect(n1.url())
+    await jp.sub(base + ".*")
+    sse = C.gwtest.SSE(n1, "subscribe=" + C.q(t), timeout=20)
+    expect_eq(sse.status, 200, "GET /sse on node 1")
     j, raw, _ = await setup(n1, n2, t)
+    expect_eq([m["offset"] for m in await jp.msgs(2, 15, "the pattern subscriber before the cut")], [1, 2],
+              "the pattern subscriber before the cut")
+    expect_eq([sse.msg(15)[0]["offset"] for _ in range(2)], [1, 2], "the SSE subscriber before the cut")
     cut_off(redis, n1)
     try:
         for i in range(10):
@@ -86,15 +96,25 @@ async def history_trimmed():
     finally:
         os.kill(n1.pid, signal.SIGCONT)
     await expect_gap_then(j, t, 3, 7, list(range(8, 13)))
+    await expect_gap_then(jp, t, 3, 7, list(range(8, 13)))
     await C.gwtest.expect_closed(raw, 1013, 20, "the raw subscriber (cannot be told of the gap)")
+    evs = []
+    while True:
+        ev = sse.event(20, "the end of the SSE stream")
+        if ev is None:
+            break
+        evs.append(ev)
+    check(not any(e.get("event") == "msg" for e in evs), "the SSE stream ended with nothing after 2: %r" % evs)
     r = n2.publish(t, "live")
     expect_eq(r.json()["offset"], 13, "the live publish's offset")
-    m = await j.msg(15, "the live message after the gap")
-    expect_eq((m["op"], m["offset"], m.get("data")), ("msg", 13, "live"), "live after the gap")
-    await j.quiet()
-    expect_eq(drops(n1), 10, "node 1 duplex_dropped_total{reason=history_gap} (5 offsets x 2 subscribers)")
+    for who in (j, jp):
+        m = await who.msg(15, "the live message after the gap")
+        expect_eq((m["op"], m["offset"], m.get("data")), ("msg", 13, "live"), "live after the gap")
+        await who.quiet()
+    expect_eq(drops(n1), 20, "node 1 duplex_dropped_total{reason=history_gap} (5 offsets x 4 subscribers)")
     check("offsets 3-7 lost by the bus" in n1.log(), "node 1 logs the gap:\n" + n1.log()[-1500:])
     await j.close()
+    await jp.close()
     for n in (n1, n2):
         expect_eq(n.stop(), 0, "%s exit status" % n.name)
     redis.stop()
