@@ -11,8 +11,8 @@ HS256 tokens minted here with PyJWT (Debian python3-jwt):
   counted; one closed on node 1 → node 2 admits; node 1 killed with SIGKILL
   → within the presence TTL (2 s here) its connection no longer counts and
   node 2 admits another, and no more;
-- race_for_last_slot: one slot left, a handshake on each node at the same
-  moment: exactly one is admitted (8 rounds);
+- race_for_last_slot: two workers per node; one slot left, a handshake on
+  each node at the same moment: exactly one is admitted (8 rounds);
 - redis_faults: Redis stopped with SIGSTOP → a handshake of a user is
   refused 503 within the count's timeout (3 s) plus the margin (fail
   closed), and once Redis answers again the slot that late answer may have
@@ -41,9 +41,9 @@ def token(user):
     return jwt.encode({"sub": user, "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
 
 
-def nodes(redis, n=2):
+def nodes(redis, n=2, workers=1):
     return C.cluster(redis, n, "--jwt-secret", SECRET, "--anonymous", "on", "--conns-per-user", "2",
-                     "--presence-ttl", "%ds" % TTL_S)
+                     "--presence-ttl", "%ds" % TTL_S, workers=workers)
 
 
 async def attempt(node, user, dialect="json"):
@@ -121,7 +121,7 @@ async def limit_across_nodes():
 
 async def race_for_last_slot():
     redis = C.Redis().start()
-    n1, n2 = nodes(redis)
+    n1, n2 = nodes(redis, workers=2)  # four counting workers
     holder = await admitted(n1, "wes", "wes's first connection")
     for rnd in range(8):
         dialects = ("json", "raw") if rnd % 2 else ("raw", "json")
