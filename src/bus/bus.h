@@ -132,7 +132,9 @@ typedef struct dx__bus_vt {
      * `user` and answers the count after it, cluster-wide. limit > 0 and
      * delta > 0: added only if the count after is at most limit, in the
      * same atomic step as the check; otherwise nothing is added and fn
-     * gets DX_ELIMIT with the count as it stands. fn may be NULL. */
+     * gets DX_ELIMIT with the count as it stands. fn may be NULL. A -1
+     * is applied even when the call fails (the connection is gone): a
+     * networked bus tells the cluster once it can. */
     int (*user_conns)(dx__bus *b, unsigned w, const char *user, size_t ulen, long delta, uint64_t limit,
                       dx__bus_count_fn fn, void *ud);
     bool (*healthy)(dx__bus *b);

@@ -190,20 +190,19 @@ int dx__rb_user_conns(dx__bus *base, unsigned wi, const char *user, size_t ulen,
         atomic_fetch_add_explicit(&b->st_refused, 1, memory_order_relaxed);
         return DX_EIO;
     }
-    struct ruc *e = delta < 0 ? uc_find(w, user, ulen, hash_name(user, ulen)) : uc_get(w, user, ulen);
+    struct ruc *e = uc_get(w, user, ulen);
     if (!e)
-        return delta < 0 ? 0 : DX_ENOMEM; /* -1 of a user not counted here: nothing to take back */
+        return DX_ENOMEM;
     if (e->dirty && !e->out && uc_send(w, e, true, 0, 0, NULL, NULL) == 0)
         e->dirty = false; /* re-stated first (the tick may not have come yet): the check below counts right */
     if (delta < 0) /* the connection is gone whatever Redis answers */
         e->n = e->n < (uint64_t)-delta ? 0 : e->n - (uint64_t)-delta;
     int rc = uc_send(w, e, false, delta, delta > 0 ? limit : 0, fn, ud);
     if (rc) {
-        if (delta < 0) {
-            uc_mark(w, e); /* Redis still counts it: re-stated once back */
-            return 0;      /* taken back here; nothing will be called */
-        }
-        uc_maybe_drop(w, e);
+        if (delta < 0)
+            uc_mark(w, e); /* taken back here all the same; Redis is told once back (re-stated) */
+        else
+            uc_maybe_drop(w, e);
         atomic_fetch_add_explicit(&b->st_refused, 1, memory_order_relaxed);
         return rc;
     }
