@@ -186,7 +186,7 @@ static const row schema[] = {
      "requests without Origin (non-browser clients) allowed", 0, 0, NULL, 0, 0},
     /* limits */
     {"limits.conns_per_user", K_NUM, GO(limits.conns_per_user), ST_SIZE, R_RELOAD | R_OFF, "conns-per-user", "off",
-     "live gateway connections per authenticated user → 429", 1, G30, NULL, 0, 0},
+     "live gateway connections per authenticated user, cluster-wide with --redis → 429", 1, G30, NULL, 0, 0},
     {"limits.conns_per_ip", K_NUM, GO(limits.conns_per_ip), ST_SIZE, R_RELOAD | R_OFF, "conns-per-ip", "1000",
      "live gateway connections per client address (IPv6: /64) → 429", 1, G30, NULL, SIZE_MAX, 0},
     {"limits.handshakes_per_ip", K_RATE, GO(limits.handshakes_per_ip), ST_DBL, R_RELOAD | R_OFF,

@@ -30,7 +30,9 @@
  *
  * User connections: dx__bus_user_conns counts the connections of a user in
  * the whole cluster (this process, with the in-process bus), +1 when one
- * opens and -1 when it ends, for the per-user connection limit.
+ * opens and -1 when it ends, for the per-user connection limit: a +1 with a
+ * limit is checked and added in one step (two nodes racing for the last
+ * slot: exactly one gets it).
  *
  * Implementations: local.c (in-process, the default), redis.c (redis.h:
  * several processes sharing one Redis). Another networked bus (NATS) fills
@@ -72,6 +74,11 @@ typedef struct dx__bus_events {
      * included): what `deliver` gathered may be written now. Completions
      * may come before it within the batch. May be NULL. */
     void (*flush)(void *ud);
+    /* Offsets from..to of topic t will not be delivered to this worker
+     * (a networked bus lost its subscription and, once back, history no
+     * longer held them). In order with `deliver`: after the entries before
+     * `from`, before those after `to`. May be NULL. */
+    void (*gap)(void *ud, dx__bus_topic *t, uint64_t from, uint64_t to);
 } dx__bus_events;
 
 /* Completions. `ud` is the caller's, per request. */
@@ -98,6 +105,7 @@ typedef struct dx__bus_stats {
     uint64_t refused;        /* requests refused at once: bus unreachable or pending_bytes over its limit */
     uint64_t reconnects;     /* connections to the bus re-established after a loss */
     uint64_t recovered;      /* live entries missed (bus connection lost, or a hole) then read back from history */
+    uint64_t epochs;         /* epoch changes met on a topic a worker was delivering (the bus lost its data) */
 } dx__bus_stats;
 
 typedef struct dx__bus_vt {
@@ -121,9 +129,14 @@ typedef struct dx__bus_vt {
      * subscribes to it, -1 when it leaves. Fires nothing. */
     void (*pattern)(dx__bus *b, unsigned w, const char *pat, size_t len, long delta);
     /* Adds delta (+1, -1 or 0 to read) to the count of connections of
-     * `user` and answers the count after it, cluster-wide. */
-    int (*user_conns)(dx__bus *b, unsigned w, const char *user, size_t ulen, long delta, dx__bus_count_fn fn,
-                      void *ud);
+     * `user` and answers the count after it, cluster-wide. limit > 0 and
+     * delta > 0: added only if the count after is at most limit, in the
+     * same atomic step as the check; otherwise nothing is added and fn
+     * gets DX_ELIMIT with the count as it stands. fn may be NULL. A -1
+     * is applied even when the call fails (the connection is gone): a
+     * networked bus tells the cluster once it can. */
+    int (*user_conns)(dx__bus *b, unsigned w, const char *user, size_t ulen, long delta, uint64_t limit,
+                      dx__bus_count_fn fn, void *ud);
     bool (*healthy)(dx__bus *b);
     void (*stats)(dx__bus *b, dx__bus_stats *out);
     void (*free)(dx__bus *b);
@@ -194,9 +207,9 @@ static inline void dx__bus_pattern(dx__bus *b, unsigned w, const char *p, size_t
     b->vt->pattern(b, w, p, len, delta);
 }
 static inline int dx__bus_user_conns(dx__bus *b, unsigned w, const char *u, size_t ulen, long delta,
-                                     dx__bus_count_fn fn, void *ud)
+                                     uint64_t limit, dx__bus_count_fn fn, void *ud)
 {
-    return b->vt->user_conns(b, w, u, ulen, delta, fn, ud);
+    return b->vt->user_conns(b, w, u, ulen, delta, limit, fn, ud);
 }
 static inline bool dx__bus_healthy(dx__bus *b) { return b->vt->healthy(b); }
 static inline void dx__bus_stats_get(dx__bus *b, dx__bus_stats *out) { b->vt->stats(b, out); }

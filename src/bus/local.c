@@ -403,6 +403,7 @@ struct req {
     size_t *ulens;
     size_t nusers;
     long delta;              /* user_conns */
+    uint64_t ulimit;         /* user_conns: 0 none */
     struct req *retry_next;  /* in the answering worker's retry list */
     _Atomic unsigned remaining; /* disconnect: workers still to answer */
     _Atomic uint64_t total;
@@ -421,13 +422,17 @@ struct ucount {
 
 /* Adds delta to user's count (floored at 0; an entry at 0 is freed);
  * returns the count after, or -1 when out of memory. */
-static int64_t ucount_add(lworker *w, const char *user, size_t len, long delta)
+/* -1: out of memory; -2: over `limit` (nothing added, *now the count). */
+static int64_t ucount_add(lworker *w, const char *user, size_t len, long delta, uint64_t limit, uint64_t *now)
 {
     struct ucount **pp = &w->uc;
     for (; *pp; pp = &(*pp)->next)
         if ((*pp)->len == len && memcmp((*pp)->id, user, len) == 0)
             break;
     struct ucount *u = *pp;
+    *now = u ? u->n : 0;
+    if (delta > 0 && limit && *now + (uint64_t)delta > limit)
+        return -2;
     if (!u) {
         if (delta <= 0)
             return 0;
@@ -707,11 +712,16 @@ static void run_req(lbus *b, unsigned w, item *it)
         r->count = t ? t->present : 0;
         break;
     case R_UCONN: {
-        int64_t n = ucount_add(lw, r->topic, r->tlen, r->delta);
-        if (n < 0)
+        uint64_t cur = 0;
+        int64_t n = ucount_add(lw, r->topic, r->tlen, r->delta, r->ulimit, &cur);
+        if (n == -2) {
+            r->err = DX_ELIMIT;
+            r->count = cur;
+        } else if (n < 0) {
             r->err = DX_ENOMEM;
-        else
+        } else {
             r->count = (uint64_t)n;
+        }
         break;
     }
     default:
@@ -890,14 +900,15 @@ static void l_pattern(dx__bus *base, unsigned w, const char *pat, size_t len, lo
     (void)delta;
 }
 
-static int l_user_conns(dx__bus *base, unsigned w, const char *user, size_t ulen, long delta, dx__bus_count_fn fn,
-                        void *ud)
+static int l_user_conns(dx__bus *base, unsigned w, const char *user, size_t ulen, long delta, uint64_t limit,
+                        dx__bus_count_fn fn, void *ud)
 {
     lbus *b = (lbus *)base;
     req *r = req_new(w, R_UCONN, user, ulen, NULL, 0, NULL, 0, NULL, 0);
     if (!r)
         return DX_ENOMEM;
     r->delta = delta;
+    r->ulimit = limit;
     r->fn.count = fn;
     r->ud = ud;
     return send_req(b, r);

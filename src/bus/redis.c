@@ -12,7 +12,7 @@
  *              zset member → expiry (ms); member = "<node>.<worker>"
  *   channel dx:m:T  live entries: "<offset> <kind> <ms> <epoch>\n<payload>"
  *   channel dx:ctl  control: "d <tag> <user>" (disconnect), "r <tag> <n>"
- *   dx:uc:{U}  connections of user U: hash member → count
+ *   dx:uc:{U}  connections of user U: hash member → count (redis_uc.c)
  *   dx:alive:<member>  a worker's liveness (PX presence_ttl)
  *
  * One EVALSHA per publish (PUB below): sequences, appends, trims, publishes,
@@ -149,13 +149,24 @@ static int topic_epoch(rtopic *t, const char *epoch)
     dx__bus_topic *nt = dx__bus_topic_new(t->bt->name, t->bt->len, epoch);
     if (!nt)
         return DX_ENOMEM;
-    bool had = t->bt->epoch[0] != 0;
+    bool had = t->bt->epoch[0] != 0, ordered = t->have_last;
     dx__bus_topic_unref(t->bt);
     t->bt = nt;
     if (had) {
         t->have_last = false;
         t->need_catch = false;
         dx__rb_catch_stop(t); /* its answer finds catching false and only frees */
+        if (ordered) {
+            /* the worker was delivering t: the new epoch is delivered from
+             * its offset 1 (read back, or announced as a gap), so nothing
+             * of it is lost silently; the old epoch's tail went with
+             * Redis's data (the new epoch on the next entry says so) */
+            atomic_fetch_add_explicit(&t->w->b->st_epochs, 1, memory_order_relaxed);
+            dx__rb_log(t->w->b, DX_LOG_WARN, "redis bus: topic %s: new epoch %s (continuity lost in Redis)",
+                       t->bt->name, epoch);
+            t->have_last = true;
+            t->last = 0;
+        }
     }
     return 0;
 }
@@ -347,6 +358,10 @@ static void catch_gap(void *ud, uint64_t from, uint64_t to)
     dx__rb_log(w->b, DX_LOG_WARN, "redis bus: topic %s: offsets %llu-%llu are no longer in history: lost here",
                t->bt->name, (unsigned long long)from, (unsigned long long)to);
     t->last = to;
+    if (w->ev && w->ev->gap && !w->freeing) { /* the subscribers here are told (gap), in order */
+        w->ev->gap(w->ud, t->bt, from, to);
+        w->need_flush = true;
+    }
 }
 
 static const dx__gw_stitch_ops catch_ops = {catch_deliver, catch_gap};
@@ -479,9 +494,16 @@ static void catch_done(rreq *r, redisReply *rep)
         int rc = snap_from_reply(rep, &s);
         if (rc && rep->type == REDIS_REPLY_ERROR)
             dx__rb_log(w->b, DX_LOG_WARN, "redis bus: catch-up read of %s failed: %s", t->bt->name, rep->str);
-        if (!rc && strcmp(s.epoch, t->bt->epoch) != 0) { /* a new epoch's entries reset the topic */
+        if (!rc && strcmp(s.epoch, t->bt->epoch) != 0) {
+            /* Redis lost the topic's data while we were away: the new
+             * epoch is read from its start (topic_epoch ends this catch-up) */
+            char ep[DX__GW_EPOCH_LEN + 1];
+            snprintf(ep, sizeof ep, "%s", s.epoch);
             dx__gw_snapshot_deinit(&s);
-            rc = DX_EIO;
+            dx__free(NULL, r);
+            if (topic_epoch(t, ep) == 0 && t->have_last)
+                dx__rb_catch_start(w, t);
+            return;
         }
         if (rc)
             memset(&s, 0, sizeof s);
@@ -1384,51 +1406,6 @@ static void r_pattern(dx__bus *base, unsigned wi, const char *pat, size_t len, l
     }
 }
 
-static void on_uc_reply(dx__rio *io, void *reply, void *pd)
-{
-    (void)io;
-    rreq *r = pd;
-    redisReply *rep = reply;
-    int err = rep && rep->type == REDIS_REPLY_INTEGER ? 0 : DX_EIO;
-    if (!r->w->freeing && r->fn.count)
-        r->fn.count(r->ud, err, err ? 0 : (uint64_t)(rep->integer < 0 ? 0 : rep->integer));
-    dx__free(NULL, r);
-}
-
-static int r_user_conns(dx__bus *base, unsigned wi, const char *user, size_t ulen, long delta, dx__bus_count_fn fn,
-                        void *ud)
-{
-    rbus *b = (rbus *)base;
-    rworker *w = &b->w[wi];
-    if (ulen == 0 || ulen > 1024)
-        return DX_EINVAL;
-    if (!w->cmd.up)
-        return refuse(b, DX_EIO);
-    rreq *r = req_new(w, Q_UCONN, user, ulen, NULL, 0);
-    char *key = dx__alloc(NULL, ulen + 16);
-    if (!r || !key) {
-        dx__free(NULL, r);
-        dx__free(NULL, key);
-        return DX_ENOMEM;
-    }
-    r->fn.count = fn;
-    r->ud = ud;
-    int kn = snprintf(key, 16, "dx:uc:{");
-    memcpy(key + kn, user, ulen);
-    key[kn + (int)ulen] = '}';
-    char d[24];
-    snprintf(d, sizeof d, "%ld", delta);
-    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_UC], "1", key, w->member, d, "dx:alive:"};
-    size_t lens[] = {7, 40, 1, (size_t)kn + ulen + 1, strlen(w->member), strlen(d), 9};
-    int rc = dx__rb_cmd_argv(&w->cmd, on_uc_reply, r, 7, argv, lens);
-    dx__free(NULL, key);
-    if (rc) {
-        dx__free(NULL, r);
-        return refuse(b, rc);
-    }
-    return 0;
-}
-
 static bool r_healthy(dx__bus *base)
 {
     rbus *b = (rbus *)base;
@@ -1455,6 +1432,7 @@ static void r_stats(dx__bus *base, dx__bus_stats *out)
     out->refused = atomic_load_explicit(&b->st_refused, memory_order_relaxed);
     out->reconnects = atomic_load_explicit(&b->st_reconnects, memory_order_relaxed);
     out->recovered = atomic_load_explicit(&b->st_recovered, memory_order_relaxed);
+    out->epochs = atomic_load_explicit(&b->st_epochs, memory_order_relaxed);
 }
 
 /* Every worker loop has stopped. Completions are not called (bus.h). */
@@ -1494,6 +1472,7 @@ static void r_free(dx__bus *base)
             nx = p->next;
             dx__free(NULL, p);
         }
+        dx__rb_uc_free(w);
     }
     dx__tls_ctx_free(b->tls);
     dx__free(NULL, b->w);
@@ -1511,7 +1490,7 @@ static const dx__bus_vt redis_vt = {
     .disconnect_user = r_disconnect_user,
     .interest = r_interest,
     .pattern = r_pattern,
-    .user_conns = r_user_conns,
+    .user_conns = dx__rb_user_conns,
     .healthy = r_healthy,
     .stats = r_stats,
     .free = r_free,

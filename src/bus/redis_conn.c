@@ -185,6 +185,8 @@ static void on_ping(dx__rio *io, void *reply, void *pd)
         c->was_up = true;
         dx__rb_set_health(w);
         w->last_refresh_ns = 0; /* presence and liveness now */
+        if (!c->is_sub)
+            dx__rb_uc_all_dirty(w); /* and the user counts, which Redis may have lost */
         for (size_t i = 0; i < w->tab_cap; i++)
             for (rtopic *t = w->tab[i]; t; t = t->next) {
                 if (t->present || t->pres_pushed) {
@@ -464,6 +466,8 @@ void dx__rb_on_tick(dx_timer *tm, void *ud)
                     }
         }
     }
+    if (w->uc_dirty && w->cmd.up && !w->stuck)
+        dx__rb_uc_sync(w);
     if (w->unsub_due)
         unsub_batch(w);
     if (w->catch_due && w->cmd.up) { /* catch-ups whose read could not go out yet */

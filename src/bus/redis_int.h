@@ -150,6 +150,9 @@ struct rworker {
     bool have_clock;
     bool stuck;                /* Redis stopped answering: refuse, drop once no publish can still run */
     rreq *pubs, *pubs_tail;    /* publishes out, oldest first (answers come in order) */
+    struct ruc **uc;           /* redis_uc.c: connections per user counted by this worker */
+    size_t uc_cap, nuc;
+    bool uc_dirty;             /* a user's count waits to be re-stated (the tick) */
     uint64_t last_ping_ns, last_refresh_ns, last_sweep_ns;
     uint64_t rng;
     _Atomic bool attached;
@@ -168,7 +171,7 @@ struct rbus {
     uint64_t ttl_ms;           /* topic keys: history age + 60 s; 0 without an age bound */
     rworker *w;
     _Atomic size_t pending;
-    _Atomic uint64_t st_refused, st_reconnects, st_recovered, st_lost, st_received;
+    _Atomic uint64_t st_refused, st_reconnects, st_recovered, st_lost, st_received, st_epochs;
 };
 
 #define CTL_CHANNEL "dx:ctl"
@@ -251,5 +254,16 @@ void dx__rb_on_tick(dx_timer *tm, void *ud);
 void dx__rb_presence_push(rworker *w, rtopic *t);
 /* c was lost (or dropped): state reset, requests waiting on it failed, a reconnect scheduled. */
 void dx__rb_conn_down(rconn *c, const char *why);
+
+/* redis_uc.c */
+/* The vtable's user_conns. */
+int dx__rb_user_conns(dx__bus *base, unsigned wi, const char *user, size_t ulen, long delta, uint64_t limit,
+                      dx__bus_count_fn fn, void *ud);
+/* The command connection came up: every user count of w is re-stated. */
+void dx__rb_uc_all_dirty(rworker *w);
+/* Re-states the counts marked dirty (the tick, with the command connection up). */
+void dx__rb_uc_sync(rworker *w);
+/* Frees w's counts (bus free, after its connections). */
+void dx__rb_uc_free(rworker *w);
 
 #endif

@@ -130,19 +130,33 @@ static const char pres_lua[] =
     "if #dead > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end\n"
     "return redis.call('HVALS', KEYS[1])\n";
 
-/* KEYS uc; ARGV member delta alive_prefix. Returns the live sum. */
+/* KEYS uc; ARGV member mode(d delta, s set) value limit alive_prefix alive_ttl_ms.
+ * The hash holds one count per worker (member "<node>.<worker>"); a member
+ * whose alive key is gone (its node died: no refresh within the presence
+ * TTL) is dropped and not counted. The asking worker is alive: its key is
+ * refreshed first. d: adds value; a value > 0 with limit > 0 is added only
+ * if the live sum after it is at most limit (the check and the add are one
+ * step). s: sets this member's count to value (a worker re-stating its
+ * counts after a lost connection, or Redis lost its data).
+ * Returns {admitted (1/0), live sum after}. */
 static const char uc_lua[] =
-    "local d = tonumber(ARGV[2])\n"
-    "if d ~= 0 then\n"
-    "  local v = redis.call('HINCRBY', KEYS[1], ARGV[1], d)\n"
-    "  if v <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end\n"
-    "end\n"
+    "local me = ARGV[1]\n"
+    "redis.call('SET', ARGV[5] .. me, '1', 'PX', ARGV[6])\n"
     "local all = redis.call('HGETALL', KEYS[1])\n"
-    "local n = 0\n"
+    "local own, others = 0, 0\n"
     "for i = 1, #all, 2 do\n"
-    "  if redis.call('EXISTS', ARGV[3] .. all[i]) == 1 then n = n + tonumber(all[i + 1])\n"
+    "  if all[i] == me then own = tonumber(all[i + 1])\n"
+    "  elseif redis.call('EXISTS', ARGV[5] .. all[i]) == 1 then others = others + tonumber(all[i + 1])\n"
     "  else redis.call('HDEL', KEYS[1], all[i]) end\n"
     "end\n"
-    "return n\n";
+    "local v = tonumber(ARGV[3])\n"
+    "local lim = tonumber(ARGV[4])\n"
+    "if ARGV[2] == 's' then own = v\n"
+    "else\n"
+    "  if v > 0 and lim > 0 and others + own + v > lim then return {0, others + own} end\n"
+    "  own = own + v\n"
+    "end\n"
+    "if own > 0 then redis.call('HSET', KEYS[1], me, own) else own = 0; redis.call('HDEL', KEYS[1], me) end\n"
+    "return {1, others + own}\n";
 
 const char *const dx__redis_lua[DX__REDIS_LUA_N] = {pub_lua, read_lua, pres_lua, uc_lua};

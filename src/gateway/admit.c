@@ -30,7 +30,7 @@
 
 static const char *const lim_name[GW_NLIM] = {"origin",     "no_origin",    "handshake_rate", "conns_per_ip",
                                               "conns_per_user", "topic_length", "message_size", "api_body",
-                                              "namespace_publish", "namespace_presence"};
+                                              "namespace_publish", "namespace_presence", "conns_per_user_unavailable"};
 
 /* Counts a refusal by limit `l` and logs it, at most once a second per
  * limit on this worker (a flood must not flood the log). */
@@ -168,9 +168,157 @@ int gw_admit_count_user(gw_conn *g, bool strict)
     return 0;
 }
 
+/* ---- connections per user, cluster-wide ---------------------------------------------- */
+
+/* A +1 asked of the bus for g's user (gw_admit_bus_user). */
+typedef struct gw_ucreq {
+    dx_list node;         /* in k->ucq until its deadline or g goes, then in k->uclate */
+    gw_worker *k;
+    gw_conn *g;           /* NULL: timed out or gone; an admitted answer is given back (-1) */
+    uint64_t deadline_ns;
+    size_t ulen;
+    char user[];
+} gw_ucreq;
+
+static void on_uctimer(dx_timer *t, void *ud);
+
+/* The timer for the oldest count out (all have the same timeout: the
+ * queue is in deadline order). */
+static void uc_arm(gw_worker *k)
+{
+    if (dx_list_empty(&k->ucq)) {
+        if (k->uctimer)
+            dx_timer_stop(k->uctimer);
+        return;
+    }
+    if (!k->uctimer && !(k->uctimer = dx_timer_new(k->loop, on_uctimer, k)))
+        return; /* the 1 s tick expires them (gw_admit_tick) */
+    gw_ucreq *r = dx_list_entry(k->ucq.next, gw_ucreq, node);
+    uint64_t now = dx__now_ns(NULL);
+    uint64_t ms = r->deadline_ns > now ? (r->deadline_ns - now + 999999u) / 1000000u : 0;
+    dx_timer_start(k->uctimer, ms ? ms : 1, 0);
+}
+
+/* r leaves the queue without its answer: g's handshake goes on without it. */
+static void uc_detach(gw_ucreq *r)
+{
+    dx_list_remove(&r->node);
+    dx_list_push_back(&r->k->uclate, &r->node);
+    if (r->g)
+        r->g->ucreq = NULL;
+    r->g = NULL;
+}
+
+static void uc_expire(gw_worker *k)
+{
+    uint64_t now = dx__now_ns(NULL);
+    while (!dx_list_empty(&k->ucq)) {
+        gw_ucreq *r = dx_list_entry(k->ucq.next, gw_ucreq, node);
+        if (r->deadline_ns > now + 500000u)
+            break;
+        gw_conn *g = r->g;
+        uc_detach(r);
+        refused(k, GW_LIM_CONNS_USER_BUS,
+                "gateway: conn=%llu user '%.*s' refused 503: no cluster-wide connection count within %u ms",
+                (unsigned long long)g->id, (int)(g->ulen > 100 ? 100 : g->ulen), g->user, GW_USER_COUNT_TIMEOUT_MS);
+        if (!g->fail_status)
+            g->fail_status = 503;
+        if (--g->waiting == 0)
+            gw_conn_ready(g);
+    }
+    uc_arm(k);
+}
+
+static void on_uctimer(dx_timer *t, void *ud)
+{
+    (void)t;
+    uc_expire(ud);
+}
+
+static void uc_done(void *ud, int err, uint64_t count)
+{
+    gw_ucreq *r = ud;
+    gw_worker *k = r->k;
+    gw_conn *g = r->g;
+    dx_list_remove(&r->node);
+    if (!g) { /* nobody waits: a slot it got goes back */
+        if (!err && !k->gw->freeing)
+            (void)dx__bus_user_conns(k->gw->bus, k->index, r->user, r->ulen, -1, 0, NULL, NULL);
+        dx__free(NULL, r);
+        return;
+    }
+    dx__free(NULL, r);
+    g->ucreq = NULL;
+    if (err == DX_ELIMIT) {
+        refused(k, GW_LIM_CONNS_USER, "gateway: conn=%llu user '%.*s' refused 429: %llu connections already, cluster-wide",
+                (unsigned long long)g->id, (int)(g->ulen > 100 ? 100 : g->ulen), g->user, (unsigned long long)count);
+        if (!g->fail_status)
+            g->fail_status = 429;
+    } else if (err) {
+        refused(k, GW_LIM_CONNS_USER_BUS,
+                "gateway: conn=%llu user '%.*s' refused 503: the cluster-wide connection count failed: %s",
+                (unsigned long long)g->id, (int)(g->ulen > 100 ? 100 : g->ulen), g->user, dx_strerror(err));
+        if (!g->fail_status)
+            g->fail_status = 503;
+    } else {
+        g->bus_counted = true;
+    }
+    uc_arm(k);
+    if (--g->waiting == 0)
+        gw_conn_ready(g);
+}
+
+int gw_admit_bus_user(gw_conn *g)
+{
+    gw_worker *k = g->k;
+    const gw_limits_cfg *c = gw_lim(k);
+    if (!k->gw->users_on_bus || !g->user || c->conns_per_user == SIZE_MAX || g->bus_counted || g->ucreq)
+        return 0;
+    gw_ucreq *r = dx__alloc(NULL, sizeof *r + g->ulen + 1);
+    if (!r)
+        return 503;
+    memset(r, 0, sizeof *r);
+    r->k = k;
+    r->g = g;
+    r->ulen = g->ulen;
+    memcpy(r->user, g->user, g->ulen + 1);
+    int rc = dx__bus_user_conns(k->gw->bus, k->index, g->user, g->ulen, 1, (uint64_t)c->conns_per_user, uc_done, r);
+    if (rc) {
+        dx__free(NULL, r);
+        refused(k, GW_LIM_CONNS_USER_BUS,
+                "gateway: conn=%llu user '%.*s' refused 503: the cluster-wide connection count is unavailable: %s",
+                (unsigned long long)g->id, (int)(g->ulen > 100 ? 100 : g->ulen), g->user, dx_strerror(rc));
+        return 503;
+    }
+    r->deadline_ns = dx__now_ns(NULL) + (uint64_t)GW_USER_COUNT_TIMEOUT_MS * 1000000u;
+    bool first = dx_list_empty(&k->ucq);
+    dx_list_push_back(&k->ucq, &r->node);
+    g->ucreq = r;
+    g->waiting++;
+    if (first)
+        uc_arm(k);
+    return 0;
+}
+
+void gw_admit_bus_free(gw_worker *k)
+{
+    dx_list *ls[2] = {&k->ucq, &k->uclate};
+    for (int i = 0; i < 2; i++)
+        while (!dx_list_empty(ls[i])) {
+            gw_ucreq *r = dx_list_entry(ls[i]->next, gw_ucreq, node);
+            dx_list_remove(&r->node);
+            dx__free(NULL, r);
+        }
+}
+
 void gw_admit_release(gw_conn *g)
 {
     gw_counts *cn = &g->k->gw->counts;
+    if (g->ucreq)
+        uc_detach(g->ucreq);
+    if (g->bus_counted && !g->k->gw->freeing)
+        (void)dx__bus_user_conns(g->k->gw->bus, g->k->index, g->user, g->ulen, -1, 0, NULL, NULL);
+    g->bus_counted = false;
     if (g->ipfam || g->user_counted) {
         pthread_mutex_lock(&cn->mu);
         if (g->ipfam)
@@ -267,6 +415,8 @@ void gw_admit_tick(gw_worker *k)
 {
     if (!dx_list_empty(&k->rpaused) && !k->rtimer_at) /* no timer could be made */
         resume_due(k);
+    if (!dx_list_empty(&k->ucq) && !k->uctimer)
+        uc_expire(k);
 }
 
 /* Over a rate: what the policy says. True when the message is handled. */
@@ -482,7 +632,9 @@ void gw_admit_worker_free(gw_worker *k)
         dx_timer_free(k->rtimer);
     if (k->dtimer)
         dx_timer_free(k->dtimer);
-    k->rtimer = k->dtimer = NULL;
+    if (k->uctimer)
+        dx_timer_free(k->uctimer);
+    k->rtimer = k->dtimer = k->uctimer = NULL;
 }
 
 /* ---- SSE and CORS -------------------------------------------------------------------------- */

@@ -397,7 +397,7 @@ static void metrics(gw_worker *k, dx_http_req *req)
 {
     dx_gateway *gw = k->gw;
     static const char *const dialects[GW_NDIALECT] = {"raw", "json", "sse", "echo"};
-    static const char *const drops[GW_NDROP] = {"slow_disconnect", "slow_gap", "error"};
+    static const char *const drops[GW_NDROP] = {"slow_disconnect", "slow_gap", "error", "history_gap"};
     dx__bus_stats bs;
     dx__bus_stats_get(gw->bus, &bs);
     dx_buf b;
@@ -451,6 +451,9 @@ static void metrics(gw_worker *k, dx_http_req *req)
     P("# HELP duplex_bus_recovered_total Live messages missed by this node and read back from the bus's history.\n"
       "# TYPE duplex_bus_recovered_total counter\nduplex_bus_recovered_total %llu\n",
       (unsigned long long)bs.recovered);
+    P("# HELP duplex_bus_epoch_changes_total Topics being delivered here whose epoch changed (the bus lost their "
+      "history: continuity lost).\n# TYPE duplex_bus_epoch_changes_total counter\nduplex_bus_epoch_changes_total %llu\n",
+      (unsigned long long)bs.epochs);
     /* by API key name; key="" for requests refused before a key matched */
     P("# HELP duplex_api_requests_total Requests to /api/... by API key name.\n"
       "# TYPE duplex_api_requests_total counter\n");
@@ -546,7 +549,7 @@ static void metrics(gw_worker *k, dx_http_req *req)
     P("duplex_config_reloads_total{result=\"refused\"} %llu\n", (unsigned long long)atomic_load(&gw->reloads[1]));
     static const char *const lims[GW_NLIM] = {"origin",       "no_origin",    "handshake_rate",   "conns_per_ip",
                                               "conns_per_user", "topic_length", "message_size",    "api_body",
-                                              "namespace_publish", "namespace_presence"};
+                                              "namespace_publish", "namespace_presence", "conns_per_user_unavailable"};
     static const char *const racts[GW_NRATE] = {"paused", "refused", "closed"};
     P("# HELP duplex_limit_refused_total Requests, handshakes and messages refused by a limit.\n"
       "# TYPE duplex_limit_refused_total counter\n");

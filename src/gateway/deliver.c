@@ -537,4 +537,49 @@ static size_t ev_disconnect_user(void *ud, const char *user, size_t len)
     return n;
 }
 
-const dx__bus_events gw_bus_events = {ev_deliver, ev_disconnect_user, ev_flush};
+/* The bus will not deliver offsets from..to of t here: its subscription
+ * was lost and history no longer held them once back. JSON subscribers get
+ * `gap` (after what was delivered before it); raw and SSE ones cannot be
+ * told and are closed 1013 "messages lost" (GATEWAY.md: nothing lost
+ * silently). Subscribers whose subscribe is still out are skipped: their
+ * answer comes after the bus's catch-up and starts past the gap. Counted
+ * per subscriber: duplex_dropped_total{reason="history_gap"}. */
+typedef struct gap_ctx {
+    gw_worker *k;
+    dx__bus_topic *t;
+    uint64_t from, to;
+} gap_ctx;
+
+static void on_gap_match(void *ud, void *subscriber, const char *pattern, size_t plen)
+{
+    (void)plen;
+    gap_ctx *c = ud;
+    gw_conn *g = subscriber;
+    if (g->closing)
+        return;
+    if (!pattern && g->npending) {
+        gw_sub *s = gw_sub_find(g, c->t->name, c->t->len, NULL);
+        if (s && s->pending)
+            return;
+    }
+    gw_inc(&c->k->m.drops[GW_DROP_HISTORY_GAP], c->to - c->from + 1);
+    if (g->dialect == GW_JSON) {
+        gap_add(g, c->t, c->from, c->to);
+        if (g->open && !g->nheld && g->c)
+            gaps_send(g, c->t); /* else before its next held message, or when it opens */
+    } else {
+        gw_conn_close(g, 1013, "messages lost");
+    }
+}
+
+static void ev_gap(void *ud, dx__bus_topic *t, uint64_t from, uint64_t to)
+{
+    gw_worker *k = ud;
+    gw_flush_pending(k); /* the entries before the gap go first */
+    gap_ctx c = {k, t, from, to};
+    gw_logf(k, DX_LOG_WARN, "gateway: topic %s: offsets %llu-%llu lost by the bus: announced with gap (JSON), "
+            "raw and SSE subscribers closed 1013", t->name, (unsigned long long)from, (unsigned long long)to);
+    (void)dx__gw_topic_match(k->ix, t->name, t->len, on_gap_match, &c);
+}
+
+const dx__bus_events gw_bus_events = {ev_deliver, ev_disconnect_user, ev_flush, ev_gap};

@@ -40,62 +40,6 @@ void gw_logf(gw_worker *k, int level, const char *fmt, ...)
     k->gw->o.log(k->gw->o.log_ud, level, line);
 }
 
-/* ---- query strings -------------------------------------------------------- */
-
-bool gw_query_get(const char *q, size_t qlen, const char *key, const char **v, size_t *vlen)
-{
-    size_t klen = strlen(key);
-    size_t i = 0;
-    while (q && i < qlen) {
-        size_t j = i;
-        while (j < qlen && q[j] != '&')
-            j++;
-        if (j - i >= klen && memcmp(q + i, key, klen) == 0 && (j - i == klen || q[i + klen] == '=')) {
-            size_t vs = i + klen + (j - i > klen ? 1 : 0);
-            *v = q + vs;
-            *vlen = j - vs;
-            return true;
-        }
-        i = j + 1;
-    }
-    return false;
-}
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-long gw_pct_decode(const char *s, size_t len, char *out, size_t cap)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (c == '%') {
-            if (i + 2 >= len)
-                return -1;
-            int h = hexval(s[i + 1]), l = hexval(s[i + 2]);
-            if (h < 0 || l < 0)
-                return -1;
-            c = (char)(h * 16 + l);
-            i += 2;
-        } else if (c == '+') {
-            c = ' ';
-        }
-        if (o + 1 >= cap)
-            return -1;
-        out[o++] = c;
-    }
-    out[o] = 0;
-    return (long)o;
-}
-
 /* ---- connections ---------------------------------------------------------- */
 
 gw_conn *gw_conn_new(gw_worker *k, int dialect)
@@ -340,31 +284,10 @@ static bool offered(const dx_request *req, const char *name)
 
 #define GW_LIST_MAX 256 /* topics in one subscribe= / since= list */
 
-int gw_split_list(const char *v, size_t vlen, char *buf, size_t bufcap, const char **names, size_t *lens,
-                  size_t cap)
-{
-    long n = gw_pct_decode(v, vlen, buf, bufcap);
-    if (n < 0)
-        return -1;
-    size_t count = 0, i = 0;
-    while ((size_t)i < (size_t)n) {
-        size_t j = i;
-        while (j < (size_t)n && buf[j] != ',')
-            j++;
-        if (count == cap)
-            return -1;
-        names[count] = buf + i;
-        lens[count] = j - i;
-        count++;
-        i = j + 1;
-    }
-    return (int)count;
-}
-
 bool gw_subscribe_list(gw_conn *g, const char *const *names, const size_t *lens, size_t n, const dx__gw_pos *pos,
                        size_t npos)
 {
-    g->waiting = 1; /* held until every subscribe is out */
+    g->waiting++; /* held until every subscribe is out (a cluster-wide user count may be awaited too) */
     for (size_t i = 0; i < n; i++) {
         const dx__gw_pos *p = NULL;
         for (size_t j = 0; j < npos; j++)
@@ -429,9 +352,10 @@ static int json_upgrade(gw_worker *k, dx_request *req, dx__jwt_claims *claims)
         gw_conn_gone(g);
         return 429;
     }
-    if (!(g->up = dx_request_defer(req))) {
+    int st = gw_admit_bus_user(g); /* cluster-wide: its answer is awaited like a subscription */
+    if (st || !(g->up = dx_request_defer(req))) {
         gw_conn_gone(g);
-        return 503;
+        return st ? st : 503;
     }
     char ut[DX__GW_TOPIC_MAX + 1];
     const char *name = ut;
@@ -555,6 +479,10 @@ static int raw_upgrade(gw_worker *k, dx_request *req, dx__jwt_claims *claims)
         gw_conn_gone(g);
         return 429;
     }
+    if ((st = gw_admit_bus_user(g)) != 0) { /* cluster-wide: awaited like a subscription */
+        gw_conn_gone(g);
+        return st;
+    }
     if (plen >= 0) {
         if (gw_policy_check(g, GW_ACT_PUBLISH, pubbuf, (size_t)plen) != 0) {
             gw_logf(k, DX_LOG_INFO, "gateway: %s /ws refused 403: may not publish to '%.*s'", req->remote, (int)plen,
@@ -577,12 +505,8 @@ static int raw_upgrade(gw_worker *k, dx_request *req, dx__jwt_claims *claims)
         gw_conn_gone(g);
         return 503;
     }
-    if (nsub == 0) {
-        answer_later(g);
-        return DX_UPGRADE_DEFER;
-    }
-    if (gw_subscribe_list(g, names, lens, (size_t)nsub, pos, (size_t)npos)) /* patterns only */
-        answer_later(g);
+    if (nsub == 0 ? g->waiting == 0 : gw_subscribe_list(g, names, lens, (size_t)nsub, pos, (size_t)npos))
+        answer_later(g); /* nothing awaited (patterns only) */
     return DX_UPGRADE_DEFER;
 }
 
@@ -884,6 +808,7 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
     memset(&o->auth, 0, sizeof *o - offsetof(dx_gateway_options, auth));
     if ((e = gw_counts_init(&gw->counts, 0)) != 0)
         goto fail;
+    gw->users_on_bus = redis_url != NULL;
     gw->counts_ok = true;
     e = DX_ENOMEM;
     dx__bus_local_opts bo = {.workers = workers, .history_for = gw_admit_history_for, .history_ud = gw};
@@ -921,6 +846,8 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
         k->index = i;
         dx_list_init(&k->conns);
         dx_list_init(&k->rpaused);
+        dx_list_init(&k->ucq);
+        dx_list_init(&k->uclate);
         dx_buf_init(&k->scratch, NULL);
         dx_buf_init(&k->scratch2, NULL);
         dx_buf_init(&k->sse_msg, NULL);
@@ -1031,6 +958,7 @@ void dx_gateway_free(dx_gateway *gw)
 {
     if (!gw)
         return;
+    gw->freeing = true;
     for (unsigned i = 0; i < gw->n; i++) {
         gw_worker *k = &gw->w[i];
         dx_list_foreach_safe(it, tmp, &k->conns) {
@@ -1056,6 +984,7 @@ void dx_gateway_free(dx_gateway *gw)
         dx__free(NULL, k->pend);
         dx__free(NULL, k->pend_spare);
         gw_pcache_reset(k);
+        gw_admit_bus_free(k);
         dx__gw_topic_index_free(k->ix);
         dx_buf_deinit(&k->scratch);
         dx_buf_deinit(&k->scratch2);

@@ -37,6 +37,7 @@ enum gw_drop {
     GW_DROP_SLOW_CLOSE = 0, /* the subscriber was disconnected (1013 or SSE ended) */
     GW_DROP_SLOW_GAP,       /* drop-oldest: announced with gap */
     GW_DROP_ERROR,          /* out of memory building or queueing the frame: the connection is closed 1011 */
+    GW_DROP_HISTORY_GAP,    /* the bus lost them (history trimmed while its subscription was down): gap / 1013 */
     GW_NDROP
 };
 
@@ -54,6 +55,7 @@ enum gw_limit {
     GW_LIM_API_BODY,        /* /api/publish body past max_api_body (413) */
     GW_LIM_NS_PUBLISH,      /* publish into a namespace that forbids it (4403 / 403) */
     GW_LIM_NS_PRESENCE,     /* presence in a namespace without it (4403) */
+    GW_LIM_CONNS_USER_BUS,  /* conns_per_user with a shared bus: the count could not be had in time (503) */
     GW_NLIM
 };
 
@@ -194,6 +196,8 @@ struct gw_conn {
     int ipfam;             /* 0: not counted per address */
     uint64_t ipkey;
     bool user_counted;     /* counted in the gateway's per-user table */
+    bool bus_counted;      /* counted cluster-wide (gw_admit_bus_user): -1 at the end */
+    struct gw_ucreq *ucreq; /* that count's request, while out */
     bool rate_paused;      /* reading paused by the message rate (see paused: in flight) */
     bool draining;         /* dx_gateway_shutdown: closed 1012 once its backlog is out */
     gw_bucket rate;        /* messages per second (rate.last_ns 0: not started) */
@@ -247,6 +251,9 @@ struct gw_worker {
     dx_timer *rtimer;       /* resumes them; armed only while the list is not empty */
     uint64_t rtimer_at;     /* when it fires (0: not armed) */
     dx_timer *dtimer;       /* drain: polls the connections left, then the deadline */
+    dx_list ucq;            /* admit.c: cluster-wide user counts out, oldest first (their deadlines) */
+    dx_list uclate;         /* past their deadline or their connection gone, answer still due */
+    dx_timer *uctimer;      /* the deadline of the oldest in ucq */
     uint64_t drain_end_ns;
     gw_metrics m;
 };
@@ -261,6 +268,8 @@ struct dx_gateway {
     uint64_t start_ns;
     _Atomic uint64_t reloads[2]; /* dx_gateway_reload calls: applied, refused (duplex_config_reloads_total) */
     gw_counts counts;       /* live counts shared by the workers (admit.c): they outlive reloads */
+    bool users_on_bus;      /* a networked bus: conns_per_user is counted cluster-wide through it */
+    bool freeing;           /* dx_gateway_free: nothing more asked of the bus */
     bool counts_ok;
 };
 
@@ -370,6 +379,17 @@ bool gw_admit_user_room(gw_worker *k, const char *remote, const char *user, size
  * upgrade, after g->user is set), else counted anyway (JSON: on_open,
  * checked by gw_admit_user_room before). */
 int gw_admit_count_user(gw_conn *g, bool strict);
+/* The cluster-wide count of g's user (a networked bus and conns_per_user
+ * set; else nothing, 0): asks the bus for +1 within the limit and holds
+ * g's answer (g->waiting + 1) until it comes, or GW_USER_COUNT_TIMEOUT_MS
+ * passed; refused: g->fail_status 429 (over the limit) or 503 (no answer,
+ * the bus down: fail closed), logged and counted. 0, or the HTTP status
+ * to refuse with at once (503: the bus refused to ask). Before the
+ * upgrade is deferred (gw_conn_gone handles one still out). */
+int gw_admit_bus_user(gw_conn *g);
+#define GW_USER_COUNT_TIMEOUT_MS 3000
+/* dx_gateway_free, after the bus: frees the counts never answered. */
+void gw_admit_bus_free(gw_worker *k);
 /* gw_conn_gone: undoes the counts, leaves the rate list. */
 void gw_admit_release(gw_conn *g);
 /* A message read from g (either dialect) against its rate: true to handle

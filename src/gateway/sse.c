@@ -180,6 +180,11 @@ void gw_sse_request(gw_worker *k, dx_http_req *req)
             return;
         }
     }
+    if ((st = gw_admit_bus_user(g)) != 0) { /* cluster-wide: awaited like a subscription */
+        gw_conn_gone(g);
+        refuse_h(k, req, st, "connection count unavailable: try again", "Retry-After: 1\r\n");
+        return;
+    }
     static _Thread_local char userbuf[DX__GW_TOPIC_MAX + 1];
     nsub = gw_auth_list_user_topic(g, userbuf, names, lens, nsub); /* unless listed */
     g->hreq = req;
@@ -196,6 +201,11 @@ void gw_sse_ready(gw_conn *g)
         return;
     if (g->closing && !g->gone && !g->fail_status) { /* disconnected (/api/disconnect) before it started */
         refuse(k, req, 403, "disconnected");
+        gw_conn_gone(g);
+        return;
+    }
+    if (g->fail_status == 429) { /* conns_per_user, cluster-wide (gw_admit_bus_user) */
+        refuse_h(k, req, 429, "too many connections for this user", "Retry-After: 5\r\n");
         gw_conn_gone(g);
         return;
     }

@@ -79,7 +79,7 @@ static void ev_flush(void *ud)
     ((wstate *)ud)->flushes++;
 }
 
-static const dx__bus_events events = {ev_deliver, ev_disconnect, ev_flush};
+static const dx__bus_events events = {ev_deliver, ev_disconnect, ev_flush, NULL};
 
 static void fx_start(bus_fx *f, bool threads)
 {
@@ -446,29 +446,44 @@ static void test_user_conns(void **state)
     fx_start(&f, false);
     res r = {0};
     for (unsigned i = 0; i < 5; i++)
-        assert_int_equal(dx__bus_user_conns(f.bus, i % NW, "carol", 5, 1, count_done, &r), 0);
+        assert_int_equal(dx__bus_user_conns(f.bus, i % NW, "carol", 5, 1, 0, count_done, &r), 0);
     assert_int_equal(r.calls, 0);
     run_all(&f);
     assert_int_equal(r.calls, 5);
     assert_int_equal(r.err, 0);
     res o = {0};
-    assert_int_equal(dx__bus_user_conns(f.bus, 2, "dave", 4, 1, count_done, &o), 0);
+    assert_int_equal(dx__bus_user_conns(f.bus, 2, "dave", 4, 1, 0, count_done, &o), 0);
     run_all(&f);
     assert_int_equal(o.count, 1);
     memset(&r, 0, sizeof r);
-    assert_int_equal(dx__bus_user_conns(f.bus, 1, "carol", 5, 0, count_done, &r), 0);
+    assert_int_equal(dx__bus_user_conns(f.bus, 1, "carol", 5, 0, 0, count_done, &r), 0);
     run_all(&f);
     assert_int_equal(r.count, 5);
     for (int i = 0; i < 7; i++) /* two more -1 than +1: floored at 0 */
-        assert_int_equal(dx__bus_user_conns(f.bus, (unsigned)i % NW, "carol", 5, -1, count_done, &r), 0);
+        assert_int_equal(dx__bus_user_conns(f.bus, (unsigned)i % NW, "carol", 5, -1, 0, count_done, &r), 0);
     run_all(&f);
     assert_int_equal(r.count, 0);
-    assert_int_equal(dx__bus_user_conns(f.bus, 0, "carol", 5, 1, NULL, NULL), 0); /* nobody to tell */
+    assert_int_equal(dx__bus_user_conns(f.bus, 0, "carol", 5, 1, 0, NULL, NULL), 0); /* nobody to tell */
     run_all(&f);
     memset(&r, 0, sizeof r);
-    assert_int_equal(dx__bus_user_conns(f.bus, 0, "carol", 5, 0, count_done, &r), 0);
+    assert_int_equal(dx__bus_user_conns(f.bus, 0, "carol", 5, 0, 0, count_done, &r), 0);
     run_all(&f);
     assert_int_equal(r.count, 1);
+    /* with a limit: +1 within it is added, past it refused (DX_ELIMIT, the count unchanged) */
+    memset(&r, 0, sizeof r);
+    assert_int_equal(dx__bus_user_conns(f.bus, 1, "carol", 5, 1, 2, count_done, &r), 0);
+    run_all(&f);
+    assert_int_equal(r.err, 0);
+    assert_int_equal(r.count, 2);
+    memset(&r, 0, sizeof r);
+    assert_int_equal(dx__bus_user_conns(f.bus, 2, "carol", 5, 1, 2, count_done, &r), 0);
+    run_all(&f);
+    assert_int_equal(r.err, DX_ELIMIT);
+    assert_int_equal(r.count, 2);
+    memset(&r, 0, sizeof r);
+    assert_int_equal(dx__bus_user_conns(f.bus, 0, "carol", 5, 0, 0, count_done, &r), 0);
+    run_all(&f);
+    assert_int_equal(r.count, 2);
     fx_stop(&f, false); /* the remaining counts are freed (ASan: no leak) */
 }
 

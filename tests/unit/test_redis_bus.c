@@ -114,7 +114,7 @@ static size_t ev_disconnect_user(void *ud, const char *user, size_t len)
     return n->disc_answer;
 }
 
-static const dx__bus_events events = {ev_deliver, ev_disconnect_user, NULL};
+static const dx__bus_events events = {ev_deliver, ev_disconnect_user, NULL, NULL};
 
 static void node_start(node *n, size_t disc_answer)
 {
@@ -162,6 +162,7 @@ typedef struct call {
     node *n;
     const char *topic, *user;
     long delta;
+    uint64_t limit;
     bool join;
     result *r;
 } call;
@@ -197,7 +198,9 @@ static void pres_done(void *ud, int err, uint64_t count, const char *const *user
 static void do_uconn(void *arg)
 {
     call *c = arg;
-    assert_int_equal(dx__bus_user_conns(c->n->bus, 0, c->user, strlen(c->user), c->delta, count_done, c->r), 0);
+    assert_int_equal(dx__bus_user_conns(c->n->bus, 0, c->user, strlen(c->user), c->delta, c->limit, count_done,
+                                        c->r),
+                     0);
 }
 
 static void do_sub(void *arg)
@@ -320,6 +323,39 @@ static void test_cluster_users_presence_disconnect(void **state)
     dx_test_on_loop(n1.loop, do_uconn, &c);
     wait_calls(&ru, 1);
     assert_int_equal(ru.count, 2);
+
+    /* the limit is checked and added in one step: erin has 1 of 2 (node
+     * 1); node 1 and node 2 ask for the last slot at once: exactly one
+     * gets it, the other DX_ELIMIT with the count 2; the winner gives it
+     * back (5 rounds) */
+    result re;
+    memset(&re, 0, sizeof re);
+    c = (call){.n = &n1, .user = "erin", .delta = 1, .limit = 2, .r = &re};
+    dx_test_on_loop(n1.loop, do_uconn, &c);
+    wait_calls(&re, 1);
+    assert_int_equal(re.err, 0);
+    assert_int_equal(re.count, 1);
+    for (int round = 0; round < 5; round++) {
+        result ra, rb;
+        memset(&ra, 0, sizeof ra);
+        memset(&rb, 0, sizeof rb);
+        call ca = {.n = &n1, .user = "erin", .delta = 1, .limit = 2, .r = &ra};
+        call cb = {.n = &n2, .user = "erin", .delta = 1, .limit = 2, .r = &rb};
+        assert_int_equal(dx_loop_post(n2.loop, do_uconn, &cb), 0); /* runs while node 1 asks */
+        dx_test_on_loop(n1.loop, do_uconn, &ca);
+        wait_calls(&ra, 1);
+        wait_calls(&rb, 1);
+        assert_true((ra.err == 0) != (rb.err == 0));
+        result *lost = ra.err ? &ra : &rb;
+        assert_int_equal(lost->err, DX_ELIMIT);
+        assert_int_equal(lost->count, 2);
+        assert_int_equal(ra.err ? rb.count : ra.count, 2);
+        memset(&re, 0, sizeof re);
+        c = (call){.n = ra.err ? &n2 : &n1, .user = "erin", .delta = -1, .r = &re};
+        dx_test_on_loop(c.n->loop, do_uconn, &c);
+        wait_calls(&re, 1);
+        assert_int_equal(re.count, 1);
+    }
 
     /* node 2 stops (its loop halted: no refresh): its connection of carol
      * and its presence expire within the TTL (600 ms; waited up to 10 s) */
