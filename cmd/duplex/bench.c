@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <arpa/inet.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -67,7 +68,8 @@ static void usage(FILE *f)
             "      --warmup W         load before measuring, after every connection is open [1s]\n"
             "      --connect-rate C   new connections per second, all processes [20000]\n"
             "      --max-pending P    connections being set up at once, per process [256]\n"
-            "      --sources K        connect from 127.0.0.1..127.0.0.K (loopback URLs only)\n"
+            "      --sources K[@ADDR] connect from K loopback addresses counting up from ADDR\n"
+            "                         [127.0.0.1], e.g. 40@127.0.1.1 (loopback URLs only, K <= 4096)\n"
             "                         [1 + N/4000 above 4000 connections, else the default]\n"
             "      --procs P          worker processes; each holds N/P connections [1]\n"
             "      --timeout T        give up opening connections after T [30s]\n"
@@ -103,6 +105,32 @@ static int parse_seconds(const char *s, double *out)
     else if (*end && strcmp(end, "s"))
         return -1;
     *out = v;
+    return 0;
+}
+
+/* --sources K or K@A.B.C.D: K loopback source addresses counting up from
+ * A.B.C.D [127.0.0.1], all inside 127.0.0.0/8, K at most BENCH_SOURCES_MAX. */
+#define BENCH_SOURCES_MAX 4096u
+static int parse_sources(const char *s, bench_cfg *cfg)
+{
+    char *end;
+    errno = 0;
+    unsigned long k = strtoul(s, &end, 10);
+    if (errno || end == s || k < 1 || k > BENCH_SOURCES_MAX)
+        return -1;
+    uint32_t base = 0x7F000001u;
+    if (*end == '@') {
+        struct in_addr in;
+        if (inet_pton(AF_INET, end + 1, &in) != 1)
+            return -1;
+        base = ntohl(in.s_addr);
+    } else if (*end) {
+        return -1;
+    }
+    if ((base >> 24) != 127u || (base & 0x00FFFFFFu) + k - 1 > 0x00FFFFFEu)
+        return -1;
+    cfg->sources = (unsigned)k;
+    cfg->source_base = base;
     return 0;
 }
 
@@ -616,9 +644,8 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
             cfg->max_pending = (unsigned)v;
             break;
         case O_SOURCES:
-            if (cli_parse_uint(optarg, 1, 254, &v))
+            if (parse_sources(optarg, cfg))
                 return cli_bad_value(&common, name, optarg);
-            cfg->sources = (unsigned)v;
             sources_set = true;
             break;
         case O_PROCS:
@@ -685,7 +712,9 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
         cfg->procs = cfg->conns;
     if (!sources_set && cfg->conns > 4000)
         cfg->sources = 1 + cfg->conns / 4000;
-    if (cfg->sources > 254)
+    if (!cfg->source_base)
+        cfg->source_base = 0x7F000001u;
+    if (!sources_set && cfg->sources > 254)
         cfg->sources = 254;
     if (cfg->sources && strncmp(cfg->host, "127.", 4) && strcmp(cfg->host, "localhost")) {
         if (sources_set)

@@ -1058,8 +1058,10 @@ int bench_worker_run(const bench_cfg *cfg, bench_shared *sh, unsigned index)
             if (!b->ts)
                 goto oom;
         }
-        if (sources)
-            snprintf(b->bind, sizeof b->bind, "127.0.0.%u", 1 + b->index % cfg->sources % 254u);
+        if (sources) {
+            uint32_t a = cfg->source_base + b->index % cfg->sources;
+            snprintf(b->bind, sizeof b->bind, "%u.%u.%u.%u", a >> 24, (a >> 16) & 255u, (a >> 8) & 255u, a & 255u);
+        }
     }
     w->t0 = bench_now_ns();
     w->ws->t_first_start = w->t0;

@@ -191,6 +191,23 @@ def case_sources():
     check(remotes == {"127.0.0.1", "127.0.0.2", "127.0.0.3"}, "source addresses seen by the server: %s" % remotes)
 
 
+def case_sources_base():
+    """--sources K@ADDR: K addresses counting up from ADDR, across an octet."""
+    s = Serve()
+    try:
+        j = bench_json("-c", 12, "--sources", "3@127.0.2.254", "-t", "1", "--warmup", "0", s.url())
+    finally:
+        log = s.stop()
+    check_counts(j, log, 12)
+    remotes = set(re.findall(r"conn=\d+ open remote=([\d.]+):", log))
+    if not remotes:
+        remotes = set(re.findall(r"conn=\d+ close remote=([\d.]+):", log))
+    check(remotes == {"127.0.2.254", "127.0.2.255", "127.0.3.0"}, "source addresses seen by the server: %s" % remotes)
+    for bad in ("0", "3@10.0.0.1", "2@127.255.255.254", "3@127.0.0", "3x", "4097"):
+        out, err = bench("--sources", bad, "-c", "1", s.url(), expect_rc=2)
+        check("--sources" in err, "--sources %s: no message naming the flag: %r" % (bad, err))
+
+
 def case_idle():
     s = Serve()
     ready = tempfile.mktemp(prefix="duplex-bench-ready-")
@@ -237,8 +254,8 @@ def case_not_echo():
     check(j["err_handshake"] + j["err_connect"] == 3, "404 not counted: %r" % j)
 
 
-CASES = [case_usage, case_echo_counts, case_text_summary, case_rate, case_procs, case_sources, case_idle,
-         case_handshakes, case_not_echo]
+CASES = [case_usage, case_echo_counts, case_text_summary, case_rate, case_procs, case_sources, case_sources_base,
+         case_idle, case_handshakes, case_not_echo]
 
 
 def main():
