@@ -58,6 +58,9 @@ static void usage(FILE *f)
             "                         checked for order and gaps; latency is publish to deliver.\n"
             "                         URL is the gateway's /ws (ws://HOST:PORT/ws)\n"
             "      --idle             open the connections and hold them for --duration, no traffic\n"
+            "      --idle --subscribe TOPIC  hold subscribers of TOPIC (raw dialect) and count what others\n"
+            "                         publish on it; a payload 'dxts NS' (NS: CLOCK_MONOTONIC ns at the\n"
+            "                         publish, same machine) gives the publish-to-delivery time\n"
             "      --handshakes N     open + close N connections, --concurrency K at a time [8]\n"
             "\n"
             "options (sizes take K/M suffixes, times s/ms/m or seconds with a fraction):\n"
@@ -445,6 +448,11 @@ static void print_json(const bench_cfg *cfg, const coord *co, const totals *t)
             printf(",\"sent_total\":%llu,\"received_total\":%llu,\"total_msgs\":%llu", (unsigned long long)t->sent,
                    (unsigned long long)t->received, (unsigned long long)t->received);
         }
+        if (cfg->idle_sub)
+            printf(",\"topic\":\"%s\",\"delivered\":%llu,\"lat_n\":%llu,\"lat_p50_us\":%.1f,\"lat_p99_us\":%.1f,"
+                   "\"lat_max_us\":%.1f",
+                   cfg->topic, (unsigned long long)t->received, (unsigned long long)t->lat.n, us(&t->lat, 0.50),
+                   us(&t->lat, 0.99), (double)t->lat.max / 1e3);
         printf(",\"cpu_pct\":%.1f", t->window_s > 0 ? 100 * t->cpu_s / t->window_s : 0.0);
     }
     printf(",\"hs_p50_us\":%.1f,\"hs_p99_us\":%.1f,\"hs_max_us\":%.1f", us(&t->hs, 0.5), us(&t->hs, 0.99),
@@ -482,6 +490,11 @@ static void print_summary(const bench_cfg *cfg, const coord *co, const totals *t
         double s = t->window_s > 0 ? t->window_s : 1e300;
         if (cfg->mode == BM_IDLE) {
             printf("  held        %.3f s\n", t->window_s);
+            if (cfg->idle_sub)
+                printf("  delivered   %llu on topic \"%s\"; stamped: %llu, publish to delivery p50 %.1f us, "
+                       "p99 %.1f us, max %.1f us\n",
+                       (unsigned long long)t->received, cfg->topic, (unsigned long long)t->lat.n,
+                       us(&t->lat, 0.5), us(&t->lat, 0.99), (double)t->lat.max / 1e3);
         } else {
             printf("  window      %.3f s measured after %.3f s of warm-up\n", t->window_s, cfg->warmup);
             printf("  messages    out %llu (%.0f/s)%s, in %llu (%.0f/s)%s, %.3f MB/s in\n",
@@ -559,7 +572,7 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
         .insecure = &cfg->insecure, .ca_file = &cfg->ca_file, .log_level = &cfg->log_level,
         .deflate = &cfg->deflate,
     };
-    bool depth_set = false, sources_set = false, size_set = false, rate_set = false;
+    bool depth_set = false, sources_set = false, size_set = false, rate_set = false, idle_set = false;
     unsigned long v;
     int ch;
     const char *name;
@@ -622,6 +635,7 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
             break;
         case O_IDLE:
             cfg->mode = BM_IDLE;
+            idle_set = true;
             break;
         case O_HS:
             if (cli_parse_uint(optarg, 1, 1000000000, &v))
@@ -685,8 +699,16 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
     }
     if (!depth_set)
         cfg->depth = cfg->mode == BM_RATE ? 64 : 1;
-    if (cfg->mode == BM_SUBSCRIBE) {
-        size_t head = cfg->text ? 32 : 16; /* sequence number and send time (bench_worker.c) */
+    if (idle_set && cfg->topic) {
+        if (rate_set) {
+            fprintf(stderr, "duplex bench: --idle --subscribe holds subscribers and publishes nothing: no --rate\n");
+            return 2;
+        }
+        cfg->mode = BM_IDLE;
+        cfg->idle_sub = true;
+    }
+    if (cfg->mode == BM_SUBSCRIBE || cfg->idle_sub) {
+        size_t head = cfg->idle_sub ? 0 : cfg->text ? 32 : 16; /* sequence number and send time (bench_worker.c) */
         if (!size_set && cfg->size < head)
             cfg->size = head;
         if (cfg->size < head) {
