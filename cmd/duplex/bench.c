@@ -58,6 +58,7 @@ static void usage(FILE *f)
             "                         checked for order and gaps; latency is publish to deliver.\n"
             "                         URL is the gateway's /ws (ws://HOST:PORT/ws)\n"
             "      --idle             open the connections and hold them for --duration, no traffic\n"
+            "                         (no heartbeat pings from the bench either)\n"
             "      --idle --subscribe TOPIC  hold subscribers of TOPIC (raw dialect) and count what others\n"
             "                         publish on it; a payload 'dxts NS' (NS: CLOCK_MONOTONIC ns at the\n"
             "                         publish, same machine) gives the publish-to-delivery time\n"

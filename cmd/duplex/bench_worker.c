@@ -754,6 +754,8 @@ static void start_conn(worker *w, bconn *b)
         o.deflate = cfg->deflate;
         o.bind_addr = b->bind[0] ? b->bind : NULL;
         o.connect_timeout_ms = (unsigned)(cfg->timeout * 1000);
+        if (cfg->mode == BM_IDLE)
+            o.ping_interval_ms = (unsigned)-1; /* held without traffic: no heartbeat from our side either */
         size_t frame = cfg->size + 14;
         o.max_message = cfg->size > (1u << 20) ? cfg->size : 0;
         if (cfg->mode == BM_SUBSCRIBE || cfg->idle_sub)
