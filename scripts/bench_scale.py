@@ -269,7 +269,7 @@ set key top left
 set datafile missing "NaN"
 set logscale x
 set output "{0}"
-set title "throughput against active connections ({3} msgs/s in all): flat is the claim"
+set title "throughput against active connections ({3} msgs/s in all, server --workers 1)"
 set xlabel "active connections"
 set ylabel "server CPU us per echoed message"
 set y2label "client p99 latency (us)"
@@ -282,7 +282,8 @@ plot "{4}/a.dat" using 1:2 with linespoints lw 2 title "server us/msg", \\
 set output "{1}"
 unset y2tics
 unset y2label
-set title "server RSS per idle connection (bytes): flat is the claim"
+set key top right
+set title "server RSS per idle connection (bytes, server --workers 1)"
 set xlabel "idle connections"
 set ylabel "bytes per connection"
 set yrange [0:*]
