@@ -76,9 +76,11 @@ class Procs:
 
     def wait_exit(self, timeout=30):
         try:
-            return self.proc.wait(timeout)
+            rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             raise Fail("the supervisor did not exit within %d s; log:\n%s" % (timeout, self.log()))
+        clitest.no_sanitizer_report(self.log())
+        return rc
 
 
 def alive(pid):
