@@ -6,6 +6,7 @@
 #                 then each fuzz target for FUZZ_SECONDS (default 30) on its corpus
 #   make run      start duplex serve on port 8080 (PORT=...) with the chat demo in web/
 #   make bench    benchmarks (optimised build), printed as a table
+#   make bench-million  a million idle connections and a broadcast (docs/scaling.md)
 #   make install  install the library, headers, duplex.pc, the CMake package
 #                 and the CLI under PREFIX (default /usr/local), staged
 #                 under DESTDIR if set (docs/library.md)
@@ -20,7 +21,7 @@ CMAKE        ?= cmake
 PREFIX       ?= /usr/local
 DESTDIR      ?=
 
-.PHONY: all deps deps-test deps-bench build build-tests test unit asan tsan fuzz run bench install clean
+.PHONY: all deps deps-test deps-bench build build-tests test unit asan tsan fuzz run bench bench-million install clean
 
 all: build
 
@@ -90,6 +91,13 @@ bench: deps-bench
 	@$(CMAKE) -S . -B build-bench -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=Release -DDX_TESTS=OFF >/dev/null
 	@$(CMAKE) --build build-bench -j $(JOBS)
 	scripts/bench.sh build-bench
+
+# A million idle connections and a broadcast to them (docs/scaling.md): minutes
+# and most of the memory, so not in bench; DX_MILLION_TARGET=100000 for a trial.
+bench-million: deps-bench
+	@$(CMAKE) -S . -B build-bench -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=Release -DDX_TESTS=OFF >/dev/null
+	@$(CMAKE) --build build-bench -j $(JOBS) --target duplex
+	scripts/bench_million.sh build-bench
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz build-bench

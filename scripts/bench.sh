@@ -28,3 +28,12 @@ done
 
 # Cross-node fan-out: three duplex serve --redis nodes and one redis-server.
 "$(dirname "$0")/bench_cluster.sh" "$build"
+
+# Scale: cost against connections (active and idle) and handshake concurrency.
+"$(dirname "$0")/bench_scale.sh" "$build"
+
+# A million connections (scripts/bench_million.sh, also `make bench-million`):
+# only when asked, it takes minutes and most of the machine's memory.
+if [[ ${DX_BENCH_MILLION:-0} != 0 ]]; then
+  "$(dirname "$0")/bench_million.sh" "$build"
+fi

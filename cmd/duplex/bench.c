@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <arpa/inet.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -57,6 +58,10 @@ static void usage(FILE *f)
             "                         checked for order and gaps; latency is publish to deliver.\n"
             "                         URL is the gateway's /ws (ws://HOST:PORT/ws)\n"
             "      --idle             open the connections and hold them for --duration, no traffic\n"
+            "                         (no heartbeat pings from the bench either)\n"
+            "      --idle --subscribe TOPIC  hold subscribers of TOPIC (raw dialect) and count what others\n"
+            "                         publish on it; a payload 'dxts NS' (NS: CLOCK_MONOTONIC ns at the\n"
+            "                         publish, same machine) gives the publish-to-delivery time\n"
             "      --handshakes N     open + close N connections, --concurrency K at a time [8]\n"
             "\n"
             "options (sizes take K/M suffixes, times s/ms/m or seconds with a fraction):\n"
@@ -67,7 +72,8 @@ static void usage(FILE *f)
             "      --warmup W         load before measuring, after every connection is open [1s]\n"
             "      --connect-rate C   new connections per second, all processes [20000]\n"
             "      --max-pending P    connections being set up at once, per process [256]\n"
-            "      --sources K        connect from 127.0.0.1..127.0.0.K (loopback URLs only)\n"
+            "      --sources K[@ADDR] connect from K loopback addresses counting up from ADDR\n"
+            "                         [127.0.0.1], e.g. 40@127.0.1.1 (loopback URLs only, K <= 4096)\n"
             "                         [1 + N/4000 above 4000 connections, else the default]\n"
             "      --procs P          worker processes; each holds N/P connections [1]\n"
             "      --timeout T        give up opening connections after T [30s]\n"
@@ -103,6 +109,32 @@ static int parse_seconds(const char *s, double *out)
     else if (*end && strcmp(end, "s"))
         return -1;
     *out = v;
+    return 0;
+}
+
+/* --sources K or K@A.B.C.D: K loopback source addresses counting up from
+ * A.B.C.D [127.0.0.1], all inside 127.0.0.0/8, K at most BENCH_SOURCES_MAX. */
+#define BENCH_SOURCES_MAX 4096u
+static int parse_sources(const char *s, bench_cfg *cfg)
+{
+    char *end;
+    errno = 0;
+    unsigned long k = strtoul(s, &end, 10);
+    if (errno || end == s || k < 1 || k > BENCH_SOURCES_MAX)
+        return -1;
+    uint32_t base = 0x7F000001u;
+    if (*end == '@') {
+        struct in_addr in;
+        if (inet_pton(AF_INET, end + 1, &in) != 1)
+            return -1;
+        base = ntohl(in.s_addr);
+    } else if (*end) {
+        return -1;
+    }
+    if ((base >> 24) != 127u || (base & 0x00FFFFFFu) + k - 1 > 0x00FFFFFEu)
+        return -1;
+    cfg->sources = (unsigned)k;
+    cfg->source_base = base;
     return 0;
 }
 
@@ -417,6 +449,11 @@ static void print_json(const bench_cfg *cfg, const coord *co, const totals *t)
             printf(",\"sent_total\":%llu,\"received_total\":%llu,\"total_msgs\":%llu", (unsigned long long)t->sent,
                    (unsigned long long)t->received, (unsigned long long)t->received);
         }
+        if (cfg->idle_sub)
+            printf(",\"topic\":\"%s\",\"delivered\":%llu,\"lat_n\":%llu,\"lat_p50_us\":%.1f,\"lat_p99_us\":%.1f,"
+                   "\"lat_max_us\":%.1f",
+                   cfg->topic, (unsigned long long)t->received, (unsigned long long)t->lat.n, us(&t->lat, 0.50),
+                   us(&t->lat, 0.99), (double)t->lat.max / 1e3);
         printf(",\"cpu_pct\":%.1f", t->window_s > 0 ? 100 * t->cpu_s / t->window_s : 0.0);
     }
     printf(",\"hs_p50_us\":%.1f,\"hs_p99_us\":%.1f,\"hs_max_us\":%.1f", us(&t->hs, 0.5), us(&t->hs, 0.99),
@@ -454,6 +491,11 @@ static void print_summary(const bench_cfg *cfg, const coord *co, const totals *t
         double s = t->window_s > 0 ? t->window_s : 1e300;
         if (cfg->mode == BM_IDLE) {
             printf("  held        %.3f s\n", t->window_s);
+            if (cfg->idle_sub)
+                printf("  delivered   %llu on topic \"%s\"; stamped: %llu, publish to delivery p50 %.1f us, "
+                       "p99 %.1f us, max %.1f us\n",
+                       (unsigned long long)t->received, cfg->topic, (unsigned long long)t->lat.n,
+                       us(&t->lat, 0.5), us(&t->lat, 0.99), (double)t->lat.max / 1e3);
         } else {
             printf("  window      %.3f s measured after %.3f s of warm-up\n", t->window_s, cfg->warmup);
             printf("  messages    out %llu (%.0f/s)%s, in %llu (%.0f/s)%s, %.3f MB/s in\n",
@@ -531,7 +573,7 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
         .insecure = &cfg->insecure, .ca_file = &cfg->ca_file, .log_level = &cfg->log_level,
         .deflate = &cfg->deflate,
     };
-    bool depth_set = false, sources_set = false, size_set = false, rate_set = false;
+    bool depth_set = false, sources_set = false, size_set = false, rate_set = false, idle_set = false;
     unsigned long v;
     int ch;
     const char *name;
@@ -594,6 +636,7 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
             break;
         case O_IDLE:
             cfg->mode = BM_IDLE;
+            idle_set = true;
             break;
         case O_HS:
             if (cli_parse_uint(optarg, 1, 1000000000, &v))
@@ -616,9 +659,8 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
             cfg->max_pending = (unsigned)v;
             break;
         case O_SOURCES:
-            if (cli_parse_uint(optarg, 1, 254, &v))
+            if (parse_sources(optarg, cfg))
                 return cli_bad_value(&common, name, optarg);
-            cfg->sources = (unsigned)v;
             sources_set = true;
             break;
         case O_PROCS:
@@ -658,8 +700,16 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
     }
     if (!depth_set)
         cfg->depth = cfg->mode == BM_RATE ? 64 : 1;
-    if (cfg->mode == BM_SUBSCRIBE) {
-        size_t head = cfg->text ? 32 : 16; /* sequence number and send time (bench_worker.c) */
+    if (idle_set && cfg->topic) {
+        if (rate_set) {
+            fprintf(stderr, "duplex bench: --idle --subscribe holds subscribers and publishes nothing: no --rate\n");
+            return 2;
+        }
+        cfg->mode = BM_IDLE;
+        cfg->idle_sub = true;
+    }
+    if (cfg->mode == BM_SUBSCRIBE || cfg->idle_sub) {
+        size_t head = cfg->idle_sub ? 0 : cfg->text ? 32 : 16; /* sequence number and send time (bench_worker.c) */
         if (!size_set && cfg->size < head)
             cfg->size = head;
         if (cfg->size < head) {
@@ -685,7 +735,9 @@ static int parse_args(int argc, char **argv, bench_cfg *cfg)
         cfg->procs = cfg->conns;
     if (!sources_set && cfg->conns > 4000)
         cfg->sources = 1 + cfg->conns / 4000;
-    if (cfg->sources > 254)
+    if (!cfg->source_base)
+        cfg->source_base = 0x7F000001u;
+    if (!sources_set && cfg->sources > 254)
         cfg->sources = 254;
     if (cfg->sources && strncmp(cfg->host, "127.", 4) && strcmp(cfg->host, "localhost")) {
         if (sources_set)

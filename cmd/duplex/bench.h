@@ -70,7 +70,9 @@ typedef struct bench_cfg {
     double duration, warmup, timeout, connect_rate;
     unsigned max_pending;      /* per process */
     unsigned sources;          /* 0: connect from the default address */
+    uint32_t source_base;      /* the first source address, host order [127.0.0.1] */
     const char *ready_file;    /* BM_IDLE */
+    bool idle_sub;             /* BM_IDLE with --subscribe: held subscribers that count deliveries */
     bool json, progress;
     dx_deflate_options deflate; /* --deflate[=PARAMS]: offered by every connection [off] */
     int insecure;              /* -k: 1 */

@@ -616,6 +616,26 @@ static void subs_count_missing(worker *w)
     }
 }
 
+/* --idle --subscribe: a publish made elsewhere, counted; a payload that
+ * starts with IDLE_STAMP and a decimal CLOCK_MONOTONIC time in ns (the
+ * publisher's clock: the same machine) gives the publish-to-delivery time. */
+#define IDLE_STAMP "dxts "
+static void idle_delivery(bconn *b, const uint8_t *data, size_t len, uint64_t now)
+{
+    worker *w = b->w;
+    b->recv++;
+    w->received++;
+    size_t k = sizeof IDLE_STAMP - 1;
+    if (len > k && len < k + 21 && memcmp(data, IDLE_STAMP, k) == 0) {
+        uint64_t ts = 0;
+        size_t i = k;
+        for (; i < len && data[i] >= '0' && data[i] <= '9'; i++)
+            ts = ts * 10u + (uint64_t)(data[i] - '0');
+        if (i == len && ts <= now)
+            bench_hist_add(&w->ws->lat, now - ts);
+    }
+}
+
 static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, void *ud)
 {
     (void)c;
@@ -627,6 +647,10 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
     bool in_win = window_open(w, now);
     if (w->cfg->mode == BM_SUBSCRIBE) {
         sub_message(b, opcode, data, len, now, in_win);
+        return;
+    }
+    if (w->cfg->idle_sub) {
+        idle_delivery(b, data, len, now);
         return;
     }
     if (w->cfg->mode != BM_ECHO && w->cfg->mode != BM_RATE) {
@@ -724,15 +748,17 @@ static void start_conn(worker *w, bconn *b)
     const bench_cfg *cfg = w->cfg;
     if (!b->cl) {
         dx_client_options o = {0};
-        o.url = cfg->mode == BM_SUBSCRIBE ? cfg->sub_url : cfg->url;
+        o.url = cfg->mode == BM_SUBSCRIBE || cfg->idle_sub ? cfg->sub_url : cfg->url;
         o.insecure = cfg->insecure;
         o.ca_file = cfg->ca_file;
         o.deflate = cfg->deflate;
         o.bind_addr = b->bind[0] ? b->bind : NULL;
         o.connect_timeout_ms = (unsigned)(cfg->timeout * 1000);
+        if (cfg->mode == BM_IDLE)
+            o.ping_interval_ms = (unsigned)-1; /* held without traffic: no heartbeat from our side either */
         size_t frame = cfg->size + 14;
         o.max_message = cfg->size > (1u << 20) ? cfg->size : 0;
-        if (cfg->mode == BM_SUBSCRIBE)
+        if (cfg->mode == BM_SUBSCRIBE || cfg->idle_sub)
             o.max_message = 64u << 20;
         size_t want = 2 * (size_t)cfg->depth * frame;
         o.send_max = want > (1u << 20) ? want : 0;
@@ -1058,8 +1084,10 @@ int bench_worker_run(const bench_cfg *cfg, bench_shared *sh, unsigned index)
             if (!b->ts)
                 goto oom;
         }
-        if (sources)
-            snprintf(b->bind, sizeof b->bind, "127.0.0.%u", 1 + b->index % cfg->sources % 254u);
+        if (sources) {
+            uint32_t a = cfg->source_base + b->index % cfg->sources;
+            snprintf(b->bind, sizeof b->bind, "%u.%u.%u.%u", a >> 24, (a >> 16) & 255u, (a >> 8) & 255u, a & 255u);
+        }
     }
     w->t0 = bench_now_ns();
     w->ws->t_first_start = w->t0;

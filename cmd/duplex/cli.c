@@ -340,7 +340,10 @@ void cli_logf(const dx_log *log, int level, const char *fmt, ...)
     if (n < 0)
         return;
     size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
-    cli_log_sink(log ? log->ud : NULL, level, line, len);
+    if (log && log->sink)
+        log->sink(log->ud, level, line, len); /* serve --procs: a child's sink adds its prefix */
+    else
+        cli_log_sink(log ? log->ud : NULL, level, line, len);
 }
 
 /* ---- output helpers ------------------------------------------------------ */

@@ -62,6 +62,8 @@ static const row schema[] = {
      0, 0},
     {"workers", K_NUM, APP(workers), ST_UINT, 0, "workers", "number of cores", "threads, each with its own loop", 1,
      256, NULL, 0, 0},
+    {"procs", K_NUM, APP(procs), ST_UINT, 0, "procs", "1",
+     "processes on the one port (SO_REUSEPORT), supervised; topics per process unless --redis", 1, 256, NULL, 0, 0},
     {"log.level", K_ENUM, APP(log_level), ST_INT, R_SHARED, "log-level", "info", "error|warn|info|debug", 0, 0,
      level_names, 0, 0},
     {"log.format", K_ENUM, APP(log_format), ST_INT, R_SHARED, "log-format", "text", "text|json", 0, 0,
@@ -872,6 +874,7 @@ int cfg_build(serve_config *c, const serve_args *a, char *err, size_t errlen)
     }
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     c->workers = ncpu > 0 ? (unsigned)ncpu : 1;
+    c->procs = 1;
     c->log_level = DX_LOG_INFO;
     c->log_format = CLI_LOG_TEXT;
     c->deflate = "on"; /* duplex serve compresses by default (docs/deflate.md) */

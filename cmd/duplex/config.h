@@ -32,6 +32,7 @@ typedef struct serve_config {
     dx_server_options so; /* tls/n_tls point at certs */
     dx_gateway_options go; /* origins, api_keys, namespaces point below */
     unsigned workers;
+    unsigned procs; /* --procs: processes on the port (1: no supervisor) */
     int log_level, log_format;
     dx_tls_cert *certs;
     size_t ncerts;

@@ -27,6 +27,7 @@
 #define _GNU_SOURCE
 #include "cli.h"
 #include "config.h"
+#include "serve_procs.h"
 #include "duplex/gateway.h"
 #include "duplex/server.h"
 
@@ -71,9 +72,18 @@ typedef struct app {
     unsigned workers;
     unsigned reloads;
     atomic_bool stopping;
+    /* --procs N: set in a child of the supervisor (serve_procs.c) */
+    bool supervised;
+    unsigned proc_slot;
+    int ready_fd;
+    char log_prefix[48]; /* "proc S pid P: " on each of the child's lines */
 } app;
 
 static app g_app; /* the process's configuration, set once before threads start */
+
+/* --procs: the supervisor kills children still running this long after the
+ * longest a child's own stop may take (drain + close timeout + 1.5 s). */
+#define PROCS_STOP_MARGIN_MS 5000u
 
 static int serve_run(app *a);
 
@@ -96,6 +106,9 @@ static void usage(FILE *f)
             "  --port P               TCP port [8080]\n"
             "  --unix PATH            listen on a Unix socket instead\n"
             "  --workers N            threads, each with its own loop [number of cores]\n"
+            "  --procs N              processes on the one port (SO_REUSEPORT), each with --workers threads,\n"
+            "                         supervised: signals forwarded, a crashed one restarted; topics are per\n"
+            "                         process unless --redis joins them [1: no supervisor]\n"
             "  --tls-cert F --tls-key F  serve TLS; repeat the pair for SNI (first is default)\n"
             "  --static DIR           directory of static files [none]\n"
             "  --max-message BYTES    largest message accepted, else close 1009 [1MiB]\n"
@@ -440,6 +453,64 @@ static void raise_nofile(void)
             (unsigned long long)rl.rlim_cur, (unsigned long long)soft, (unsigned long long)rl.rlim_max);
 }
 
+/* A child's lines carry "proc S pid P: " so a log shows which process said what. */
+static void proc_log_sink(void *ud, int level, const char *line, size_t len)
+{
+    char buf[8192];
+    int k = snprintf(buf, sizeof buf, "%s%.*s", g_app.log_prefix, (int)len, line);
+    if (k < 0)
+        return;
+    cli_log_sink(ud, level, buf, (size_t)k < sizeof buf ? (size_t)k : sizeof buf - 1);
+}
+
+/* serve_procs.c: the body of child `slot`. */
+static int proc_child(void *ud, unsigned slot, int ready_fd)
+{
+    app *a = ud;
+    a->supervised = true;
+    a->proc_slot = slot;
+    a->ready_fd = ready_fd;
+    snprintf(a->log_prefix, sizeof a->log_prefix, "proc %u pid %d: ", slot, (int)getpid());
+    a->log.sink = proc_log_sink;
+    return serve_run(a);
+}
+
+static void proc_ready(void *ud)
+{
+    app *a = ud;
+    cli_logf(&a->log, DX_LOG_INFO, "serve: all %u processes listen on port %u", a->cfg.procs,
+             a->cfg.so.port ? a->cfg.so.port : 8080u);
+    dx_server_options o = a->cfg.so;
+    print_url(&o, o.port ? o.port : 8080u, a->cfg.ncerts != 0);
+}
+
+/* --procs N (N > 1): probe the address once here, then supervise N
+ * processes that each run serve_run without a probe. */
+static int serve_procs(app *a)
+{
+    a->log.level = a->cfg.log_level;
+    a->log_format = a->cfg.log_format;
+    if (a->cfg.so.unix_path) {
+        fprintf(stderr, "serve: --procs %u needs a TCP port: a Unix socket (--unix) has one listener\n",
+                a->cfg.procs);
+        return CLI_USAGE;
+    }
+    if (!a->cfg.so.port)
+        a->cfg.so.port = 8080; /* every child binds the same port */
+    if (probe_port(a->cfg.so.host, a->cfg.so.port))
+        return 1;
+    raise_nofile(); /* the children inherit the raised limit */
+    unsigned drain = a->cfg.go.drain_ms ? a->cfg.go.drain_ms : 10000u;
+    unsigned close_ms = a->cfg.so.close_timeout_ms ? a->cfg.so.close_timeout_ms : 5000u;
+    procs_options po = {.n = a->cfg.procs,
+                        .stop_grace_ms = drain + close_ms + 1500u + PROCS_STOP_MARGIN_MS,
+                        .log = &a->log,
+                        .child = proc_child,
+                        .ready = proc_ready,
+                        .ud = a};
+    return procs_supervise(&po);
+}
+
 int cmd_serve(int argc, char **argv)
 {
     app *a = &g_app;
@@ -475,7 +546,7 @@ int cmd_serve(int argc, char **argv)
         cfg_args_free(&a->args);
         return 0;
     }
-    rc = serve_run(a);
+    rc = a->cfg.procs > 1 ? serve_procs(a) : serve_run(a);
     cfg_free(&a->cfg);
     if (a->last) {
         cfg_free(a->last);
@@ -499,14 +570,17 @@ static int serve_run(app *a)
     dx_gateway_options *g = &a->gopt;
     if (o->unix_path && a->workers > 1)
         a->workers = 1; /* one listener for a Unix socket */
-    /* SO_REUSEPORT only between this process's workers, after the probe. */
-    o->reuse_port = a->workers > 1;
-    if (o->unix_path ? probe_unix(o->unix_path) : probe_port(o->host, o->port ? o->port : 8080))
+    /* SO_REUSEPORT only between this process's workers (and, with --procs,
+     * its siblings), after the probe: the supervisor probed before forking. */
+    o->reuse_port = a->workers > 1 || a->supervised;
+    if (!a->supervised && (o->unix_path ? probe_unix(o->unix_path) : probe_port(o->host, o->port ? o->port : 8080)))
         return 1;
     /* Each worker counts its own connections; the kernel spreads a client's
-     * connections over the workers, so each gets its share of the limit. */
+     * connections over the workers (of every process), so each gets its
+     * share of the limit. */
+    unsigned shares = a->workers * (a->supervised ? a->cfg.procs : 1u);
     if (o->max_conns_per_ip)
-        o->max_conns_per_ip = (o->max_conns_per_ip + a->workers - 1) / a->workers;
+        o->max_conns_per_ip = (o->max_conns_per_ip + shares - 1) / shares;
 
     /* Signals are taken by this thread only; workers inherit the mask. */
     sigset_t set;
@@ -598,7 +672,8 @@ static int serve_run(app *a)
                  g->history_age_ms == UINT64_MAX ? "no age bound" : "an age bound (--history-age)",
                  g->slow_policy == DX_GW_SLOW_DROP_OLDEST ? "oldest dropped (JSON) / disconnected (raw, SSE)"
                                                           : "disconnected (1013)");
-        print_url(o, o->port, a->ncerts != 0);
+        if (!a->supervised)
+            print_url(o, o->port, a->ncerts != 0);
     }
     if (status == 0) {
         for (unsigned i = 0; i < a->workers; i++) {
@@ -609,6 +684,12 @@ static int serve_run(app *a)
             }
             started++;
         }
+    }
+    if (status == 0 && a->supervised) {
+        procs_ready r = {.slot = a->proc_slot, .pid = (int32_t)getpid()};
+        if (write(a->ready_fd, &r, sizeof r) != (ssize_t)sizeof r)
+            cli_logf(&a->log, DX_LOG_WARN, "serve: cannot tell the supervisor this process is ready: %s",
+                     strerror(errno));
     }
     if (status == 0) {
         int sig = 0;

@@ -14,6 +14,7 @@ of msgs_in / msgs_out equal the bench's sent_total / received_total. Also:
 Bounded: every subprocess has a timeout. No machine-speed assertions except
 --rate, whose achieved rate is checked within a wide margin.
 """
+import http.client
 import json
 import os
 import re
@@ -52,12 +53,12 @@ def free_port():
 class Serve:
     """duplex serve on a free port; stop() returns its stderr."""
 
-    def __init__(self):
+    def __init__(self, *extra):
         self.port = free_port()
         self.log = tempfile.TemporaryFile()
         self.p = subprocess.Popen(
             [DUPLEX, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--log-level", "info"], stdout=subprocess.DEVNULL, stderr=self.log)
+             "--log-level", "info"] + list(extra), stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.time() + 10
         while time.time() < deadline:
             check(self.p.poll() is None, "duplex serve exited at start")
@@ -191,6 +192,23 @@ def case_sources():
     check(remotes == {"127.0.0.1", "127.0.0.2", "127.0.0.3"}, "source addresses seen by the server: %s" % remotes)
 
 
+def case_sources_base():
+    """--sources K@ADDR: K addresses counting up from ADDR, across an octet."""
+    s = Serve()
+    try:
+        j = bench_json("-c", 12, "--sources", "3@127.0.2.254", "-t", "1", "--warmup", "0", s.url())
+    finally:
+        log = s.stop()
+    check_counts(j, log, 12)
+    remotes = set(re.findall(r"conn=\d+ open remote=([\d.]+):", log))
+    if not remotes:
+        remotes = set(re.findall(r"conn=\d+ close remote=([\d.]+):", log))
+    check(remotes == {"127.0.2.254", "127.0.2.255", "127.0.3.0"}, "source addresses seen by the server: %s" % remotes)
+    for bad in ("0", "3@10.0.0.1", "2@127.255.255.254", "3@127.0.0", "3x", "4097"):
+        out, err = bench("--sources", bad, "-c", "1", s.url(), expect_rc=2)
+        check("--sources" in err, "--sources %s: no message naming the flag: %r" % (bad, err))
+
+
 def case_idle():
     s = Serve()
     ready = tempfile.mktemp(prefix="duplex-bench-ready-")
@@ -205,6 +223,46 @@ def case_idle():
     check(j["mode"] == "idle" and j["open"] == 40 and j["errors"] == 0, "idle: %r" % j)
     srv_in, srv_out = server_sums(log, 40)
     check(srv_in == 0 and srv_out == 0, "idle connections carried messages")
+
+
+def case_idle_subscribe():
+    """--idle --subscribe T: held subscribers count what is published
+    elsewhere (here: POST /api/publish); a 'dxts NS' payload gives the
+    publish-to-delivery time; nothing else is an error."""
+    key = "bench-test-key"
+    s = Serve("--api-key", key)
+    ready = tempfile.mktemp(prefix="duplex-bench-ready-")
+    cmd = [DUPLEX, "bench", "--json", "--idle", "--subscribe", "idle.t", "-c", "30", "-t", "10", "--ready-file",
+           ready, s.url("/ws")]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 30
+        while not os.path.exists(ready):
+            check(p.poll() is None and time.time() < deadline, "bench did not open its 30 subscribers")
+            time.sleep(0.05)
+        bodies = [b"dxts %d" % time.monotonic_ns(), b"not stamped", b"dxts %d" % time.monotonic_ns()]
+        for body in bodies:
+            c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=20)
+            c.request("POST", "/api/publish?topic=idle.t", body=body,
+                      headers={"Authorization": "Bearer " + key, "Content-Type": "text/plain"})
+            r = c.getresponse()
+            check(r.status == 200, "publish: %d %r" % (r.status, r.read()))
+            c.close()
+        out, err = p.communicate(timeout=40)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+        log = s.stop()
+        if os.path.exists(ready):
+            os.unlink(ready)
+    check(p.returncode == 0, "bench exit %d: %s" % (p.returncode, err.decode()[-1000:]))
+    j = json.loads([l for l in out.decode().splitlines() if l.startswith("{")][-1])
+    check(j["mode"] == "idle" and j["open"] == 30 and j["errors"] == 0, "idle subscribe: %r" % j)
+    check(j["delivered"] == 90, "delivered %r, want 90 (30 subscribers x 3 publishes)" % j["delivered"])
+    check(j["lat_n"] == 60 and 0 < j["lat_max_us"] < 20e6, "stamped deliveries: %r" % j)
+    out, err = bench("--idle", "--subscribe", "idle.t", "--rate", "5", "-c", "1", s.url("/ws"), expect_rc=2)
+    check("--rate" in err, "--idle --subscribe --rate: %r" % err)
 
 
 def case_handshakes():
@@ -237,8 +295,8 @@ def case_not_echo():
     check(j["err_handshake"] + j["err_connect"] == 3, "404 not counted: %r" % j)
 
 
-CASES = [case_usage, case_echo_counts, case_text_summary, case_rate, case_procs, case_sources, case_idle,
-         case_handshakes, case_not_echo]
+CASES = [case_usage, case_echo_counts, case_text_summary, case_rate, case_procs, case_sources, case_sources_base,
+         case_idle, case_idle_subscribe, case_handshakes, case_not_echo]
 
 
 def main():
