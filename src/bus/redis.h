@@ -35,11 +35,19 @@ typedef struct dx__redis_url {
 /* Parses url into *out. 0, or DX_EINVAL with a one-line reason in why. */
 int dx__redis_url_parse(const char *url, dx__redis_url *out, char *why, size_t why_len);
 
+/* Client-side sharding: at most this many servers in the URL list. */
+#define DX__REDIS_SHARDS_MAX 16
+/* Points per server on the hash ring (consistent hashing of topic names). */
+#define DX__REDIS_RING_POINTS 128
+
 typedef void (*dx__bus_log_fn)(void *ud, int level, const char *msg);
 
 typedef struct dx__bus_redis_opts {
     unsigned workers;            /* N >= 1 */
-    const char *url;             /* see dx__redis_url */
+    const char *url;             /* see dx__redis_url; several, separated by commas (at most
+                                    DX__REDIS_SHARDS_MAX): client-side sharding, each topic on one
+                                    server (consistent hashing). Every node lists the same servers
+                                    in the same order. */
     dx__gw_log_opts history;     /* per topic: the stream's MAXLEN and MINID age */
     size_t pending_max;          /* [64 MiB] payload bytes of publishes awaiting Redis; past it a
                                     publish is refused at once (the gateway answers 503) */
