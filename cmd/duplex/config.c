@@ -65,7 +65,8 @@ enum {
     R_NOARG = 32,  /* the flag takes no value (sets true) */
     R_EMPTY = 64,  /* K_STR: "" allowed */
     R_SHARED = 128, /* the flag is one of the CLI's shared options (cli.c) */
-    R_OPTARG = 256  /* the flag's value is optional (absent: "on") */
+    R_OPTARG = 256, /* the flag's value is optional (absent: "on") */
+    R_JOIN = 512    /* K_STR/K_SECRET: a YAML list is taken as its items joined with commas */
 };
 
 typedef struct row {
@@ -172,9 +173,9 @@ static const row schema[] = {
     {"gateway.demo_interval", K_MS, GO(demo_interval_ms), ST_UINT, 0, "demo-interval", "1s", "ticker period", 1,
      4294967294.0, NULL, 0, 0},
     /* the Redis bus (docs/gateway.md "The Redis bus") */
-    {"cluster.redis", K_SECRET, GO(redis_url), ST_STR, 0, "redis", "none (one node)",
-     "Redis URL shared by every node: redis://[user:pass@]host[:port][/db] or unix:///path[?db=N&password=P]", 0,
-     0, NULL, 0, 0},
+    {"cluster.redis", K_SECRET, GO(redis_url), ST_STR, R_JOIN, "redis", "none (one node)",
+     "Redis URL shared by every node: redis://[user:pass@]host[:port][/db] or unix:///path[?db=N&password=P]; "
+     "several, comma-separated (YAML: a list), shard the topics over independent servers", 0, 0, NULL, 0, 0},
     {"cluster.redis_pending_max", K_SIZE, GO(redis_pending_max), ST_SIZE, 0, "redis-pending-max", "64MiB",
      "payload bytes of publishes awaiting Redis; past it 503", 1024, (double)SIZE_MAX, NULL, 0, 0},
     {"cluster.presence_ttl", K_MS, GO(presence_ttl_ms), ST_UINT, 0, "presence-ttl", "15s",
@@ -1019,6 +1020,28 @@ static int walk_map(yreader *r, const ynode *m, const char *spath, const char *d
                     return -1;
             }
             r->o.line = v->line;
+            mark(r->b, rw, &r->o);
+            continue;
+        }
+        if (v->type == Y_SEQ && (rw->fl & R_JOIN) && v->n) {
+            char joined[8192];
+            size_t n = 0;
+            for (size_t j = 0; j < v->n; j++) {
+                r->o.line = v->kid[j]->line;
+                if (v->kid[j]->type != Y_SCALAR || v->kid[j]->null || !v->kid[j]->s[0])
+                    return fail(r->b, &r->o, dkey, "expected a list of strings");
+                size_t l = strlen(v->kid[j]->s);
+                if (n + l + 2 > sizeof joined)
+                    return fail(r->b, &r->o, dkey, "list too long");
+                if (n)
+                    joined[n++] = ',';
+                memcpy(joined + n, v->kid[j]->s, l);
+                n += l;
+            }
+            joined[n] = 0;
+            r->o.line = v->line;
+            if (apply(r->b, rw, row_base(r->b->c, rw), dkey, joined, &r->o))
+                return -1;
             mark(r->b, rw, &r->o);
             continue;
         }
