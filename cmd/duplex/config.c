@@ -176,6 +176,9 @@ static const row schema[] = {
     {"cluster.redis", K_SECRET, GO(redis_url), ST_STR, R_JOIN, "redis", "none (one node)",
      "Redis URL shared by every node: redis://[user:pass@]host[:port][/db] or unix:///path[?db=N&password=P]; "
      "several, comma-separated (YAML: a list), shard the topics over independent servers", 0, 0, NULL, 0, 0},
+    {"cluster.redis_cluster", K_BOOL, GO(redis_cluster), ST_INT, R_NOARG, "redis-cluster", "false",
+     "the --redis URLs are seed nodes of a Redis Cluster (Redis 7): topics routed by slot, sharded pub/sub", 0, 0,
+     NULL, 0, 0},
     {"cluster.redis_pending_max", K_SIZE, GO(redis_pending_max), ST_SIZE, 0, "redis-pending-max", "64MiB",
      "payload bytes of publishes awaiting Redis; past it 503", 1024, (double)SIZE_MAX, NULL, 0, 0},
     {"cluster.presence_ttl", K_MS, GO(presence_ttl_ms), ST_UINT, 0, "presence-ttl", "15s",

@@ -165,6 +165,8 @@ static void usage(FILE *f)
             "                         same Redis: redis://[user:pass@]host[:port][/db] or\n"
             "                         unix:///path[?db=N&password=P] (or env DUPLEX_REDIS); URL1,URL2,...:\n"
             "                         topics sharded over independent servers (same list on every node)\n"
+            "  --redis-cluster        the --redis URLs are seed nodes of a Redis Cluster (Redis 7: sharded\n"
+            "                         pub/sub, topics routed by hash slot)\n"
             "  --redis-pending-max B  publishes awaiting Redis, in payload bytes; past it → 503 [64MiB]\n"
             "  --presence-ttl T       a dead node's presence and user counts expire within T [15s]\n"
             "authentication (reloaded by SIGHUP; docs/gateway.md \"Authentication\", docs/security.md):\n"

@@ -155,6 +155,8 @@ typedef struct dx_gateway_options {
     const char *redis_url;        /* NULL: the in-process bus; else redis://[user:pass@]host:port/db or
                                      unix:///path: every node with the same URL acts as one gateway */
     size_t redis_pending_max;     /* [64 MiB] payload bytes of publishes awaiting Redis; past it → 503 */
+    int redis_cluster;            /* [0] nonzero: redis_url names seed nodes of a Redis Cluster (Redis 7):
+                                     topics routed by hash slot, sharded pub/sub */
     unsigned presence_ttl_ms;     /* [15000] Redis bus: a dead node's presence and user counts expire
                                      within this */
 } dx_gateway_options;

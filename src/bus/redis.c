@@ -226,6 +226,8 @@ int dx__rb_cmd_argv(rconn *c, redisCallbackFn *fn, void *pd, int argc, const cha
 {
     if (!c->ac || !c->up)
         return DX_EIO;
+    if (c->w->slots && argc >= 4 && lens[0] == 7 && memcmp(argv[0], "EVALSHA", 7) == 0)
+        return dx__rb_cmd_routed(c, fn, pd, argc, argv, lens); /* cluster: follows MOVED and ASK */
     return redisAsyncCommandArgv(c->ac, fn, pd, argc, argv, lens) == REDIS_OK ? 0 : DX_EIO;
 }
 
@@ -708,7 +710,10 @@ int dx__rb_send_sub(rshard *s, const char *verb, const char *const *names, const
             argv[i + 1] = names[i];
             al[i + 1] = lens[i];
         }
-        bool unsub = strstr(verb, "UNSUB") != NULL;
+        /* UNSUBSCRIBE and PUNSUBSCRIBE answer through the subscribe's
+         * callback; SSUBSCRIBE and SUNSUBSCRIBE (unknown to this hiredis)
+         * keep theirs for an error answer (MOVED) */
+        bool unsub = strstr(verb, "UNSUB") != NULL && verb[0] != 'S';
         rc = redisAsyncCommandArgv(s->sub.ac, unsub ? NULL : on_sub_msg, s, (int)n + 1, argv, al) == REDIS_OK
                  ? 0
                  : DX_EIO;
@@ -718,17 +723,64 @@ int dx__rb_send_sub(rshard *s, const char *verb, const char *const *names, const
     return rc;
 }
 
+size_t dx__rb_chan(const rbus *b, const char *name, size_t len, char *out, size_t cap)
+{
+    int n = b->o.cluster ? snprintf(out, cap, MSG_PREFIX "{%.*s}", (int)len, name)
+                         : snprintf(out, cap, MSG_PREFIX "%.*s", (int)len, name);
+    return n < 0 ? 0 : (size_t)n;
+}
+
+/* The topic of channel ch ("dx:m:T", or with braces "dx:m:{T}"). */
+static bool chan_topic(const char *ch, size_t n, bool braces, const char **name, size_t *len)
+{
+    if (n <= MSG_PREFIX_LEN || memcmp(ch, MSG_PREFIX, MSG_PREFIX_LEN) != 0)
+        return false;
+    *name = ch + MSG_PREFIX_LEN;
+    *len = n - MSG_PREFIX_LEN;
+    if (braces) {
+        if (*len < 3 || (*name)[0] != '{' || (*name)[*len - 1] != '}')
+            return false;
+        (*name)++;
+        *len -= 2;
+    }
+    return *len <= DX__GW_TOPIC_MAX;
+}
+
 int dx__rb_subscribe_topic(rworker *w, rtopic *t)
 {
-    char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1];
-    int n = snprintf(ch, sizeof ch, MSG_PREFIX "%s", t->bt->name);
+    char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3];
     const char *names[1] = {ch};
-    size_t lens[1] = {(size_t)n};
-    (void)w;
+    size_t lens[1] = {dx__rb_chan(w->b, t->bt->name, t->bt->len, ch, sizeof ch)};
     int rc = dx__rb_send_sub(t->s, "SUBSCRIBE", names, lens, 1);
+    /* cluster: SUBSCRIBE (never published to) makes this hiredis pass the
+     * shard channel's messages to us; SSUBSCRIBE receives them */
+    if (!rc && w->b->o.cluster)
+        rc = dx__rb_send_sub(t->s, "SSUBSCRIBE", names, lens, 1);
     if (!rc)
         t->state = S_SUBSCRIBING;
     return rc;
+}
+
+void dx__rb_topic_move(rworker *w, rtopic *t, rshard *ns, bool sharded)
+{
+    if (t->state == S_NONE) {
+        t->s = ns;
+        if (t->present || t->pres_pushed) {
+            t->pres_dirty = true;
+            w->pres_any_dirty = true;
+        }
+        return;
+    }
+    t->moving = true; /* the unsubscribe's answer subscribes it on its node */
+    if (t->state == S_UNSUBSCRIBING)
+        return;
+    char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3];
+    const char *names[1] = {ch};
+    size_t lens[1] = {dx__rb_chan(w->b, t->bt->name, t->bt->len, ch, sizeof ch)};
+    if (sharded)
+        (void)dx__rb_send_sub(t->s, "SUNSUBSCRIBE", names, lens, 1);
+    if (dx__rb_send_sub(t->s, "UNSUBSCRIBE", names, lens, 1) == 0)
+        t->state = S_UNSUBSCRIBING;
 }
 
 static void sub_fail(rreq *r, int err)
@@ -785,13 +837,13 @@ static rpat *pat_find(rworker *w, const char *name, size_t len)
     return NULL;
 }
 
-/* A live entry on channel dx:m:T. */
-static void live_message(rworker *w, const char *ch, size_t chlen, const char *p, size_t n)
+/* A live entry on channel ch (dx:m:T, or dx:m:{T}), braces: which. */
+static void live_message(rworker *w, const char *ch, size_t chlen, bool braces, const char *p, size_t n)
 {
-    if (chlen <= MSG_PREFIX_LEN || chlen - MSG_PREFIX_LEN > DX__GW_TOPIC_MAX)
+    const char *name;
+    size_t len;
+    if (!chan_topic(ch, chlen, braces, &name, &len))
         return;
-    const char *name = ch + MSG_PREFIX_LEN;
-    size_t len = chlen - MSG_PREFIX_LEN;
     const char *nl = memchr(p, '\n', n);
     const char *f[4];
     size_t fl[4];
@@ -857,26 +909,72 @@ void dx__rb_set_health(rshard *s)
     atomic_store_explicit(&s->healthy, s->cmd.up && s->sub.up && !s->stuck, memory_order_release);
 }
 
+/* Cluster: an error answer on sh's pub/sub connection (an SSUBSCRIBE
+ * sent to a node that does not have the channel's slot: MOVED). */
+static void sub_error(rworker *w, rshard *sh, redisReply *r)
+{
+    unsigned slot = 0;
+    bool ask = false;
+    int k = dx__rb_redirect(w, r->str, r->len, &slot, &ask);
+    if (k < 0) {
+        dx__rb_log(w->b, DX_LOG_WARN, "redis bus: Redis %s refused a subscription: %s", sh->sv.label, r->str);
+        return;
+    }
+    if (!ask)
+        w->slots[slot] = (uint8_t)k;
+    w->map_due = true;
+    dx__rb_cluster_map(w);
+    for (size_t i = 0; i < w->tab_cap; i++)
+        for (rtopic *t = w->tab[i]; t; t = t->next)
+            if (t->s == sh && t->state == S_SUBSCRIBING && dx__rb_slot(t->bt->name, t->bt->len) == slot)
+                dx__rb_topic_move(w, t, &w->sh[k], false);
+}
+
 static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
 {
     (void)ac;
     rshard *sh = pd;
     rworker *w = sh->w;
     redisReply *r = reply;
+    bool cl = w->b->o.cluster;
+    if (r && !w->freeing && r->type == REDIS_REPLY_ERROR && cl) {
+        sub_error(w, sh, r);
+        return;
+    }
     if (!r || w->freeing || r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
         r->element[0]->type != REDIS_REPLY_STRING)
         return;
     redisReply *kind = r->element[0], *a = r->element[1], *c = r->element[2];
+    const char *nm;
+    size_t nl;
+    if (cl && rstr(kind, "smessage") && a->type == REDIS_REPLY_STRING && c->type == REDIS_REPLY_STRING) {
+        live_message(w, a->str, a->len, true, c->str, c->len);
+        return;
+    }
+    if (cl && (rstr(kind, "ssubscribe") || rstr(kind, "sunsubscribe")) && a->type == REDIS_REPLY_STRING) {
+        rtopic *t = chan_topic(a->str, a->len, true, &nm, &nl) ? dx__rb_topic_find(w, nm, nl) : NULL;
+        if (!t || t->s != sh)
+            return;
+        if (kind->str[1] == 's' && t->state == S_SUBSCRIBING) {
+            topic_active(w, t);
+        } else if (kind->str[1] == 'u' && (t->state == S_ACTIVE || t->state == S_SUBSCRIBING)) {
+            /* not asked for: the slot moved to another node */
+            w->map_due = true;
+            dx__rb_cluster_map(w);
+            dx__rb_topic_move(w, t, t->s, false);
+        }
+        return;
+    }
     if (rstr(kind, "message") && a->type == REDIS_REPLY_STRING && c->type == REDIS_REPLY_STRING) {
         if (a->len == sizeof CTL_CHANNEL - 1 && memcmp(a->str, CTL_CHANNEL, a->len) == 0)
             dx__rb_ctl_message(sh, c->str, c->len);
         else if (a->len == strlen(w->wchan) && memcmp(a->str, w->wchan, a->len) == 0)
             barrier_message(sh, c->str, c->len);
         else
-            live_message(w, a->str, a->len, c->str, c->len);
+            live_message(w, a->str, a->len, false, c->str, c->len);
     } else if (rstr(kind, "pmessage") && r->elements >= 4 && c->type == REDIS_REPLY_STRING &&
                r->element[3]->type == REDIS_REPLY_STRING) {
-        live_message(w, c->str, c->len, r->element[3]->str, r->element[3]->len);
+        live_message(w, c->str, c->len, false, r->element[3]->str, r->element[3]->len);
     } else if (rstr(kind, "subscribe") && a->type == REDIS_REPLY_STRING) {
         if (a->len == sizeof CTL_CHANNEL - 1 && memcmp(a->str, CTL_CHANNEL, a->len) == 0) {
             if (!sh->sub.up) {
@@ -885,7 +983,7 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
                 if (sh->sub.was_up) {
                     atomic_fetch_add_explicit(&w->b->st_reconnects, 1, memory_order_relaxed);
                     dx__rb_log(w->b, DX_LOG_INFO, "redis bus: worker %u: pub/sub connection to Redis %s restored",
-                               w->index, w->b->srv[sh->index].label);
+                               w->index, sh->sv.label);
                 }
                 sh->sub.was_up = true;
                 dx__rb_set_health(sh);
@@ -900,14 +998,30 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
             }
             return;
         }
-        if (a->len > MSG_PREFIX_LEN) {
-            rtopic *t = dx__rb_topic_find(w, a->str + MSG_PREFIX_LEN, a->len - MSG_PREFIX_LEN);
+        if (!cl && chan_topic(a->str, a->len, false, &nm, &nl)) { /* cluster: the ssubscribe's answer */
+            rtopic *t = dx__rb_topic_find(w, nm, nl);
             if (t && t->state == S_SUBSCRIBING)
                 topic_active(w, t);
         }
-    } else if (rstr(kind, "unsubscribe") && a->type == REDIS_REPLY_STRING && a->len > MSG_PREFIX_LEN) {
-        rtopic *t = dx__rb_topic_find(w, a->str + MSG_PREFIX_LEN, a->len - MSG_PREFIX_LEN);
-        if (t && t->state == S_UNSUBSCRIBING) {
+    } else if (rstr(kind, "unsubscribe") && a->type == REDIS_REPLY_STRING && chan_topic(a->str, a->len, cl, &nm, &nl)) {
+        rtopic *t = dx__rb_topic_find(w, nm, nl);
+        if (t && t->state == S_UNSUBSCRIBING && t->moving) {
+            /* cluster: its slot moved: subscribed on the node that has it
+             * now; entries published meanwhile are read back from there */
+            t->moving = false;
+            t->state = S_NONE;
+            t->s = dx__rb_shard_of(w, nm, nl);
+            if (t->refs > 0 && t->have_last)
+                t->need_catch = true;
+            else if (t->refs <= 0)
+                t->have_last = false;
+            if (t->present || t->pres_pushed) {
+                t->pres_dirty = true;
+                w->pres_any_dirty = true;
+            }
+            if ((t->refs > 0 || t->waiting) && dx__rb_subscribe_topic(w, t) != 0)
+                dx__rb_waiting_fail(w, t, DX_EIO);
+        } else if (t && t->state == S_UNSUBSCRIBING) {
             /* Entries published while unsubscribed never came: nothing is
              * ordered here any more (the subscribers that arrived since are
              * all waiting for their read, which comes after the new
@@ -1121,7 +1235,7 @@ static void r_pattern(dx__bus *base, unsigned wi, const char *pat, size_t len, l
         /* Redis has no pattern across servers: PSUBSCRIBEd on each one */
         const char *names[1] = {p->name};
         size_t lens[1] = {p->len};
-        for (unsigned i = 0; i < b->nsrv; i++)
+        for (unsigned i = 0; i < w->nsh; i++)
             if (p->state[i] == S_NONE && dx__rb_send_sub(&w->sh[i], "PSUBSCRIBE", names, lens, 1) == 0)
                 p->state[i] = S_SUBSCRIBING;
     } else {
@@ -1138,7 +1252,8 @@ static uint64_t down_mask(rbus *b, bool *any)
         if (!atomic_load_explicit(&b->w[i].attached, memory_order_acquire))
             continue;
         *any = true;
-        for (unsigned j = 0; j < b->nsrv; j++)
+        unsigned n = atomic_load_explicit(&b->w[i].nsh, memory_order_acquire);
+        for (unsigned j = 0; j < n; j++)
             if (!atomic_load_explicit(&b->w[i].sh[j].healthy, memory_order_acquire))
                 m |= UINT64_C(1) << j;
     }
@@ -1153,7 +1268,8 @@ static bool r_healthy(dx__bus *base)
     rbus *b = (rbus *)base;
     bool any;
     uint64_t m = down_mask(b, &any);
-    return any && m != (UINT64_C(1) << b->nsrv) - 1;
+    unsigned n = any ? atomic_load_explicit(&b->w[0].nsh, memory_order_acquire) : 0;
+    return any && m != (UINT64_C(1) << n) - 1;
 }
 
 static void r_stats(dx__bus *base, dx__bus_stats *out)
@@ -1169,7 +1285,7 @@ static void r_stats(dx__bus *base, dx__bus_stats *out)
     out->reconnects = atomic_load_explicit(&b->st_reconnects, memory_order_relaxed);
     out->recovered = atomic_load_explicit(&b->st_recovered, memory_order_relaxed);
     bool any;
-    out->shards = b->nsrv;
+    out->shards = atomic_load_explicit(&b->w[0].nsh, memory_order_acquire);
     out->shards_down_mask = down_mask(b, &any);
     out->shards_down = (uint64_t)__builtin_popcountll(out->shards_down_mask);
 }
@@ -1184,7 +1300,7 @@ static void r_free(dx__bus *base)
         if (w->tick)
             dx_timer_free(w->tick);
         w->tick = NULL;
-        for (unsigned si = 0; w->sh && si < b->nsrv; si++) {
+        for (unsigned si = 0; w->sh && si < w->nsh; si++) {
             rconn *cs[2] = {&w->sh[si].cmd, &w->sh[si].sub};
             for (int j = 0; j < 2; j++) {
                 redisAsyncContext *ac = cs[j]->ac;
@@ -1196,7 +1312,7 @@ static void r_free(dx__bus *base)
         }
         while (w->discs)
             dx__rb_disc_finish(w, w->discs, DX_ECLOSED);
-        for (unsigned si = 0; w->sh && si < b->nsrv; si++)
+        for (unsigned si = 0; w->sh && si < w->nsh; si++)
             while (w->sh[si].barriers) /* answered, barrier never came */
                 sub_finish(w->sh[si].barriers);
         for (size_t k = 0; k < w->tab_cap; k++) {
@@ -1216,6 +1332,7 @@ static void r_free(dx__bus *base)
             dx__free(NULL, p);
         }
         dx__free(NULL, w->sh);
+        dx__free(NULL, w->slots);
     }
     dx__free(NULL, b->w);
     dx__rb_servers_free(b);
@@ -1293,14 +1410,24 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
         rworker *w = &b->w[i];
         w->b = b;
         w->index = i;
-        w->sh = dx__alloc(NULL, b->nsrv * sizeof *w->sh);
+        unsigned cap = o->cluster ? DX__REDIS_SHARDS_MAX : b->nsrv;
+        w->sh = dx__alloc(NULL, cap * sizeof *w->sh);
         if (!w->sh)
             goto fail;
-        memset(w->sh, 0, b->nsrv * sizeof *w->sh);
+        memset(w->sh, 0, cap * sizeof *w->sh);
+        if (o->cluster) { /* the seeds first; the masters as CLUSTER SLOTS names them */
+            w->slots = dx__alloc(NULL, 16384);
+            if (!w->slots)
+                goto fail;
+            memset(w->slots, 0xff, 16384);
+            w->map_due = true;
+        }
+        atomic_init(&w->nsh, b->nsrv);
         for (unsigned j = 0; j < b->nsrv; j++) {
             rshard *s = &w->sh[j];
             s->w = w;
             s->index = j;
+            s->sv = b->srv[j];
             s->cmd.w = s->sub.w = w;
             s->cmd.s = s->sub.s = s;
             s->sub.is_sub = true;
@@ -1314,8 +1441,10 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
     return &b->base;
 fail:
     if (b) {
-        for (unsigned i = 0; b->w && i < o->workers; i++)
+        for (unsigned i = 0; b->w && i < o->workers; i++) {
             dx__free(NULL, b->w[i].sh);
+            dx__free(NULL, b->w[i].slots);
+        }
         dx__free(NULL, b->w);
         dx__rb_servers_free(b);
         dx__free(NULL, b);

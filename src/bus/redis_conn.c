@@ -64,7 +64,7 @@ void dx__rb_conn_down(rconn *c, const char *why)
         return;
     if (was || c->attempts == 1)
         dx__rb_log(b, DX_LOG_WARN, "redis bus: worker %u: %s connection to Redis %s lost: %s (retrying)", w->index,
-                   c->is_sub ? "pub/sub" : "command", b->srv[s->index].label, why);
+                   c->is_sub ? "pub/sub" : "command", s->sv.label, why);
     if (c->is_sub) {
         for (size_t i = 0; i < w->tab_cap; i++) {
             for (rtopic *t = w->tab[i]; t; t = t->next) {
@@ -155,10 +155,10 @@ static void on_ping(redisAsyncContext *ac, void *reply, void *pd)
         if (c->was_up) {
             atomic_fetch_add_explicit(&w->b->st_reconnects, 1, memory_order_relaxed);
             dx__rb_log(w->b, DX_LOG_INFO, "redis bus: worker %u: command connection to Redis %s restored", w->index,
-                       w->b->srv[s->index].label);
+                       s->sv.label);
         } else if (w->index == 0) {
             dx__rb_log(w->b, DX_LOG_INFO, "redis bus: connected to Redis at %s (db %d, server %u of %u) as node %s",
-                       w->b->srv[s->index].label, w->b->srv[s->index].url.db, s->index + 1, w->b->nsrv,
+                       s->sv.label, s->sv.url.db, s->index + 1, (unsigned)w->nsh,
                        w->b->node);
         }
         c->was_up = true;
@@ -185,7 +185,7 @@ static int conn_start(rconn *c)
 {
     rworker *w = c->w;
     rshard *s = c->s;
-    const rserver *sv = &w->b->srv[s->index];
+    const rserver *sv = &s->sv;
     redisAsyncContext *ac = sv->url.unix_socket ? redisAsyncConnectUnix(sv->url.path)
                                                 : redisAsyncConnect(sv->addr, sv->url.port);
     c->started_ns = dx__now_ns(NULL);
@@ -299,6 +299,8 @@ void dx__rb_presence_push(rworker *w, rtopic *t)
 
 static void refresh_alive(rworker *w)
 {
+    if (w->b->o.cluster)
+        return; /* a script may not read another slot's key: cluster user counts do not check liveness */
     char key[80];
     int n = snprintf(key, sizeof key, "dx:alive:%s", w->member);
     char ttl[24];
@@ -306,7 +308,7 @@ static void refresh_alive(rworker *w)
     const char *argv[] = {"SET", key, "1", "PX", ttl};
     size_t lens[] = {3, (size_t)n, 1, 2, strlen(ttl)};
     /* on every server: each one's user counts (dx:uc:{U}) check it there */
-    for (unsigned i = 0; i < w->b->nsrv; i++)
+    for (unsigned i = 0; i < w->nsh; i++)
         (void)dx__rb_cmd_argv(&w->sh[i].cmd, dx__rb_on_ignore, NULL, 5, argv, lens);
 }
 
@@ -318,7 +320,7 @@ static void unsub_topics(rworker *w, rshard *s)
     size_t cap = 64, n = 0;
     const char **names = dx__alloc(NULL, cap * sizeof *names);
     size_t *lens = dx__alloc(NULL, cap * sizeof *lens);
-    char *chans = dx__alloc(NULL, cap * (DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1));
+    char *chans = dx__alloc(NULL, cap * (DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3));
     if (!names || !lens || !chans) {
         w->unsub_due = true;
         goto out;
@@ -331,12 +333,14 @@ static void unsub_topics(rworker *w, rshard *s)
                 w->unsub_due = true; /* the rest next tick */
                 break;
             }
-            char *ch = chans + n * (DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1);
-            lens[n] = (size_t)snprintf(ch, DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1, MSG_PREFIX "%s", t->bt->name);
+            char *ch = chans + n * (DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3);
+            lens[n] = dx__rb_chan(w->b, t->bt->name, t->bt->len, ch, DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3);
             names[n++] = ch;
             t->state = S_UNSUBSCRIBING;
         }
     }
+    if (n && w->b->o.cluster)
+        (void)dx__rb_send_sub(s, "SUNSUBSCRIBE", names, lens, n); /* then the SUBSCRIBE that routes them */
     if (n && dx__rb_send_sub(s, "UNSUBSCRIBE", names, lens, n) != 0)
         w->unsub_due = true;
 out:
@@ -348,14 +352,13 @@ out:
 static void unsub_batch(rworker *w)
 {
     w->unsub_due = false;
-    rbus *b = w->b;
-    for (unsigned k = 0; k < b->nsrv; k++)
+    for (unsigned k = 0; k < w->nsh; k++)
         if (w->sh[k].sub.up)
             unsub_topics(w, &w->sh[k]);
     for (rpat **pp = &w->pats; *pp;) {
         rpat *p = *pp;
         bool none = true;
-        for (unsigned k = 0; k < b->nsrv && p->refs <= 0; k++) {
+        for (unsigned k = 0; k < w->nsh && p->refs <= 0; k++) {
             if (p->state[k] == S_ACTIVE && w->sh[k].sub.up) {
                 const char *nm[1] = {p->name};
                 size_t ln[1] = {p->len};
@@ -420,7 +423,7 @@ static void shard_tick(rworker *w, rshard *s, uint64_t now, uint64_t to)
         s->stuck = true;
         dx__rb_set_health(s);
         dx__rb_log(w->b, DX_LOG_WARN, "redis bus: worker %u: Redis %s does not answer", w->index,
-                   w->b->srv[s->index].label);
+                   s->sv.label);
     }
     if (s->stuck && (!s->pubs_tail || now - s->pubs_tail->sent_ns > to)) {
         conn_drop(&s->cmd, "Redis does not answer");
@@ -443,7 +446,7 @@ void dx__rb_on_tick(dx_timer *tm, void *ud)
     uint64_t now = dx__now_ns(NULL);
     uint64_t to = (uint64_t)b->o.connect_timeout_ms * 1000000u;
     bool any_up = false;
-    for (unsigned k = 0; k < b->nsrv; k++) {
+    for (unsigned k = 0; k < w->nsh; k++) {
         shard_tick(w, &w->sh[k], now, to);
         any_up = any_up || w->sh[k].cmd.up;
     }
@@ -472,6 +475,7 @@ void dx__rb_on_tick(dx_timer *tm, void *ud)
     }
     if (w->unsub_due)
         unsub_batch(w);
+    dx__rb_cluster_map(w);
     if (w->catch_due) { /* catch-ups whose read could not go out yet (each waits for its server) */
         w->catch_due = false;
         for (size_t i = 0; i < w->tab_cap; i++)
@@ -534,6 +538,10 @@ void dx__rb_on_disc_pub(redisAsyncContext *ac, void *reply, void *pd)
 void dx__rb_ctl_message(rshard *sh, const char *s, size_t n)
 {
     rworker *w = sh->w;
+    /* cluster: a PUBLISH reaches every node, each worker hears it on each
+     * of its connections: only the first one's count (where it publishes) */
+    if (w->b->o.cluster && sh->index != 0)
+        return;
     /* "d <tag> <user>" or "r <tag> <count>" */
     if (n < 4 || s[1] != ' ')
         return;

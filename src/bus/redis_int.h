@@ -73,6 +73,7 @@ struct rtopic {
     bool have_last;            /* last is meaningful */
     uint64_t last;             /* the last offset delivered to this worker */
     bool need_catch;           /* the subscription was lost: read what was missed once back */
+    bool moving;               /* cluster: its slot moved; resubscribed on its new node once unsubscribed */
     bool catching;             /* a catch-up is due or out: live entries wait in st (at most the
                                   history's count of them), last does not move */
     bool catch_out;            /* its read is out (else it waits for the command connection) */
@@ -133,10 +134,18 @@ struct rreq {
     char topic[];              /* topic (or user for Q_DISC/Q_UCONN), NUL-terminated; then user */
 };
 
+/* One Redis server of the list. */
+typedef struct rserver {
+    dx__redis_url url;
+    char addr[INET6_ADDRSTRLEN];
+    char label[300];           /* host:port or the socket path, for logs */
+} rserver;
+
 /* One worker's connections to one server, and what waits on them. */
 struct rshard {
     rworker *w;
-    unsigned index;            /* in rbus.srv */
+    unsigned index;            /* in rbus.srv (sharded) or as discovered (cluster) */
+    rserver sv;                /* where it connects (a copy: cluster nodes are found per worker) */
     rconn cmd, sub;
     rreq *barriers;            /* subscribe reads out on this server, until their barrier came */
     uint64_t ping_sent_ns;     /* 0: none out (the health check is TIME) */
@@ -147,13 +156,6 @@ struct rshard {
     uint64_t last_ping_ns;
     _Atomic bool healthy;
 };
-
-/* One Redis server of the list. */
-typedef struct rserver {
-    dx__redis_url url;
-    char addr[INET6_ADDRSTRLEN];
-    char label[300];           /* host:port or the socket path, for logs */
-} rserver;
 
 /* A point of the hash ring: positions on a 64-bit circle, sorted. */
 typedef struct rpoint {
@@ -168,7 +170,12 @@ struct rworker {
     const dx__bus_events *ev;
     void *ud;
     dx_timer *tick;
-    rshard *sh;                /* one per server (rbus.nsrv) */
+    rshard *sh;                /* one per server: rbus.nsrv, or (cluster) DX__REDIS_SHARDS_MAX slots */
+    _Atomic unsigned nsh;      /* in use: rbus.nsrv, or (cluster) the nodes found so far */
+    uint8_t *slots;            /* cluster: the shard of each of the 16384 slots (0xff: not known) */
+    bool map_due;              /* cluster: the slot map is to be read again (CLUSTER SLOTS) */
+    bool map_out;              /* a CLUSTER SLOTS is out */
+    uint64_t map_asked_ns;
     char member[48];           /* "<node>.<index>" */
     rtopic **tab;
     size_t tab_cap, ntopics;
@@ -242,6 +249,16 @@ int dx__rb_servers_init(rbus *b, const char *urls, char *why, size_t why_len);
 void dx__rb_servers_free(rbus *b);
 /* The server (index) that holds `name` (a topic, or a user's key). */
 unsigned dx__rb_server_of(const rbus *b, const char *name, size_t len);
+/* Cluster: the hash slot of the keys of `name` (CRC16 of its hash tag). */
+unsigned dx__rb_slot(const char *name, size_t len);
+/* Cluster: the shard of node host:port on w (added when new), or -1. */
+int dx__rb_cluster_node(rworker *w, const char *host, size_t hlen, int port);
+/* Cluster: asks for the slot map on a connection that is up (if due and none out). */
+void dx__rb_cluster_map(rworker *w);
+/* Cluster: reads a "MOVED slot host:port" or "ASK ..." error: the shard or -1; *slot, *ask. */
+int dx__rb_redirect(rworker *w, const char *err, size_t n, unsigned *slot, bool *ask);
+/* Cluster: sends a keyed command (EVALSHA) on c following redirections: as dx__rb_cmd_argv. */
+int dx__rb_cmd_routed(rconn *c, redisCallbackFn *fn, void *pd, int argc, const char **argv, const size_t *lens);
 /* w's connections to the server that holds name. */
 rshard *dx__rb_shard_of(rworker *w, const char *name, size_t len);
 /* A request refused at once: counted, err returned. */
@@ -274,6 +291,10 @@ int dx__rb_send_sub(rshard *s, const char *verb, const char *const *names, const
 void dx__rb_set_health(rshard *s);
 /* SUBSCRIBEs t's channel on its server (state S_SUBSCRIBING): 0 or as send_sub. */
 int dx__rb_subscribe_topic(rworker *w, rtopic *t);
+/* The channel of topic name: "dx:m:T", or (cluster) "dx:m:{T}" (in T's slot). */
+size_t dx__rb_chan(const rbus *b, const char *name, size_t len, char *out, size_t cap);
+/* Cluster: t's slot is on node ns now: unsubscribed where it was, subscribed there (with a catch-up). */
+void dx__rb_topic_move(rworker *w, rtopic *t, rshard *ns, bool sharded);
 /* The record of topic name on w, or NULL. */
 rtopic *dx__rb_topic_find(rworker *w, const char *name, size_t len);
 /* A new request of `kind` for topic (or user) with an optional user. */

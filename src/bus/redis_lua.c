@@ -7,7 +7,9 @@
 #include "bus/redis.h"
 
 /* KEYS o e s; ARGV kind data max_count max_age_ms new_epoch channel ttl_ms
- * deadline_ms (Redis's clock; 0: none).
+ * deadline_ms (Redis's clock; 0: none) sharded ("s": SPUBLISH on channel, in
+ * the keys' slot, and PUBLISH on pattern_channel; else PUBLISH on channel)
+ * pattern_channel.
  * Returns {offset, epoch, ms}; error "ELIMIT" at 2^53-1, "ELATE" when run
  * after its deadline (nothing done: the node may already have answered 503). */
 static const char pub_lua[] =
@@ -37,7 +39,13 @@ static const char pub_lua[] =
     "  if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end\n"
     "end\n"
     "if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl); redis.call('PEXPIRE', KEYS[2], ttl) end\n"
-    "redis.call('PUBLISH', ARGV[6], so .. ' ' .. ARGV[1] .. ' ' .. sn .. ' ' .. ep .. '\\n' .. ARGV[2])\n"
+    "local msg = so .. ' ' .. ARGV[1] .. ' ' .. sn .. ' ' .. ep .. '\\n' .. ARGV[2]\n"
+    "if ARGV[9] == 's' then\n"
+    "  redis.call('SPUBLISH', ARGV[6], msg)\n"
+    "  redis.call('PUBLISH', ARGV[10], msg)\n"
+    "else\n"
+    "  redis.call('PUBLISH', ARGV[6], msg)\n"
+    "end\n"
     "return {off, ep, now}\n";
 
 /* KEYS o e s; ARGV mode(r resume, c current, h history) since limit new_epoch
@@ -130,7 +138,8 @@ static const char pres_lua[] =
     "if #dead > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end\n"
     "return redis.call('HVALS', KEYS[1])\n";
 
-/* KEYS uc; ARGV member delta alive_prefix. Returns the live sum. */
+/* KEYS uc; ARGV member delta alive_prefix ("": no liveness check, for a
+ * cluster, where the alive keys are in other slots). Returns the sum. */
 static const char uc_lua[] =
     "local d = tonumber(ARGV[2])\n"
     "if d ~= 0 then\n"
@@ -140,7 +149,7 @@ static const char uc_lua[] =
     "local all = redis.call('HGETALL', KEYS[1])\n"
     "local n = 0\n"
     "for i = 1, #all, 2 do\n"
-    "  if redis.call('EXISTS', ARGV[3] .. all[i]) == 1 then n = n + tonumber(all[i + 1])\n"
+    "  if ARGV[3] == '' or redis.call('EXISTS', ARGV[3] .. all[i]) == 1 then n = n + tonumber(all[i + 1])\n"
     "  else redis.call('HDEL', KEYS[1], all[i]) end\n"
     "end\n"
     "return n\n";

@@ -51,7 +51,7 @@ static void on_pub_reply(redisAsyncContext *ac, void *reply, void *pd)
             err = DX_EIO; /* not published */
         } else {
             dx__rb_log(b, DX_LOG_WARN, "redis bus: publish on %s failed (Redis %s): %s", r->topic,
-                       b->srv[s->index].label, rep->str);
+                       s->sv.label, rep->str);
             if (strncmp(rep->str, "NOSCRIPT", 8) == 0 && s->cmd.up)
                 for (int i = 0; i < DX__REDIS_LUA_N; i++)
                     redisAsyncCommand(s->cmd.ac, dx__rb_on_ignore, NULL, "SCRIPT LOAD %s", dx__redis_lua[i]);
@@ -92,12 +92,15 @@ int dx__rb_publish(dx__bus *base, unsigned wi, const char *topic, size_t len, dx
     for (int i = 0; i < 3; i++)
         kl[i] = (size_t)snprintf(k[i], sizeof k[i], "dx:{%.*s}:%s", (int)len, topic, suf[i]);
     char kd[2] = {(char)('0' + kind), 0}, cnt[24], age[24], ep[DX__GW_EPOCH_LEN + 1], ttl[24];
-    char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1];
+    char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3], pch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1];
     snprintf(cnt, sizeof cnt, "%zu", b->o.history.max_count);
     snprintf(age, sizeof age, "%llu", (unsigned long long)(b->o.history.max_age_ns / 1000000u));
     new_epoch(w, ep);
     snprintf(ttl, sizeof ttl, "%llu", (unsigned long long)b->ttl_ms);
-    int chn = snprintf(ch, sizeof ch, MSG_PREFIX "%.*s", (int)len, topic);
+    size_t chn = dx__rb_chan(b, topic, len, ch, sizeof ch);
+    /* cluster: SPUBLISH on dx:m:{T}, and PUBLISH on dx:m:T for patterns
+     * (Redis has no sharded PSUBSCRIBE; docs/gateway.md "Redis Cluster") */
+    int pchn = b->o.cluster ? snprintf(pch, sizeof pch, MSG_PREFIX "%.*s", (int)len, topic) : 0;
     /* Redis refuses it past half the answer bound: by the time this node
      * gives up on it (the whole bound), it cannot run any more */
     uint64_t now = dx__now_ns(NULL);
@@ -106,16 +109,17 @@ int dx__rb_publish(dx__bus *base, unsigned wi, const char *topic, size_t len, dx
         snprintf(dl, sizeof dl, "%lld",
                  (long long)((int64_t)(now / 1000000u) + s->clock_off_ms + (int64_t)b->o.connect_timeout_ms / 2));
     const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_PUB], "3", k[0], k[1], k[2], kd, dlen ? data : "",
-                          cnt, age, ep, ch, ttl, dl};
-    size_t lens[14];
-    for (int i = 0; i < 14; i++)
+                          cnt, age, ep, ch, ttl, dl, b->o.cluster ? "s" : "", b->o.cluster ? pch : ""};
+    size_t lens[16];
+    for (int i = 0; i < 16; i++)
         lens[i] = strlen(argv[i]);
+    lens[15] = (size_t)pchn;
     lens[3] = kl[0];
     lens[4] = kl[1];
     lens[5] = kl[2];
     lens[7] = dlen;
-    lens[11] = (size_t)chn;
-    int rc = dx__rb_cmd_argv(&s->cmd, on_pub_reply, r, 14, argv, lens);
+    lens[11] = chn;
+    int rc = dx__rb_cmd_argv(&s->cmd, on_pub_reply, r, 16, argv, lens);
     if (rc) {
         atomic_fetch_sub_explicit(&b->pending, dlen, memory_order_relaxed);
         dx__free(NULL, r);
@@ -254,7 +258,7 @@ int dx__rb_disconnect_user(dx__bus *base, unsigned wi, const char *user, size_t 
     /* on the server that owns the user (every worker of every node listens
      * to the control channel of every server): its PUBLISH count is then
      * every worker of the cluster, whose answers come back on it */
-    rshard *s = dx__rb_shard_of(w, user, ulen);
+    rshard *s = b->o.cluster ? &w->sh[0] : dx__rb_shard_of(w, user, ulen); /* cluster: a PUBLISH reaches all */
     if (!s->cmd.up)
         return dx__rb_refuse(b, DX_EIO);
     rreq *r = dx__rb_req_new(w, Q_DISC, user, ulen, NULL, 0);
@@ -321,8 +325,9 @@ int dx__rb_user_conns(dx__bus *base, unsigned wi, const char *user, size_t ulen,
     key[kn + (int)ulen] = '}';
     char d[24];
     snprintf(d, sizeof d, "%ld", delta);
-    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_UC], "1", key, w->member, d, "dx:alive:"};
-    size_t lens[] = {7, 40, 1, (size_t)kn + ulen + 1, strlen(w->member), strlen(d), 9};
+    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_UC], "1", key, w->member, d,
+                          b->o.cluster ? "" : "dx:alive:"};
+    size_t lens[] = {7, 40, 1, (size_t)kn + ulen + 1, strlen(w->member), strlen(d), b->o.cluster ? 0 : 9};
     int rc = dx__rb_cmd_argv(&s->cmd, on_uc_reply, r, 7, argv, lens);
     dx__free(NULL, key);
     if (rc) {

@@ -13,6 +13,15 @@
  *
  * A user's connection counts and the control messages of a disconnect of
  * that user go to the server that owns the user id, hashed the same way.
+ *
+ * Redis Cluster (`--redis-cluster`): the URLs are seed nodes. Each worker
+ * reads the slot map (CLUSTER SLOTS) once a connection is up, connects to
+ * every master it names (one rshard each, up to DX__REDIS_SHARDS_MAX), and
+ * routes a topic to the master of its slot (CRC16 of the hash tag: the
+ * keys are dx:{T}:..., the channel dx:m:{T}). A MOVED answer updates that
+ * slot, asks for the map again and sends the command to the node named;
+ * ASK sends it there once, after ASKING; at most DX__REDIS_REDIRECTS_MAX
+ * redirections per command, then it fails (503).
  */
 #define _GNU_SOURCE
 #include "bus/redis_int.h"
@@ -62,7 +71,245 @@ unsigned dx__rb_server_of(const rbus *b, const char *name, size_t len)
 
 rshard *dx__rb_shard_of(rworker *w, const char *name, size_t len)
 {
+    if (w->slots) {
+        uint8_t k = w->slots[dx__rb_slot(name, len)];
+        return &w->sh[k == 0xff ? 0 : k]; /* not known yet: a seed answers MOVED */
+    }
     return &w->sh[dx__rb_server_of(w->b, name, len)];
+}
+
+/* ---- Redis Cluster ------------------------------------------------------------- */
+
+/* CRC16-CCITT (XMODEM: polynomial 0x1021, initial 0), as Redis Cluster uses. */
+static uint16_t crc16(const char *p, size_t n)
+{
+    uint16_t c = 0;
+    for (size_t i = 0; i < n; i++) {
+        c ^= (uint16_t)((uint8_t)p[i] << 8);
+        for (int k = 0; k < 8; k++)
+            c = (uint16_t)(c & 0x8000 ? (c << 1) ^ 0x1021 : c << 1);
+    }
+    return c;
+}
+
+unsigned dx__rb_slot(const char *name, size_t len)
+{
+    /* the keys are "dx:{name}...": the tag is name up to its first '}' */
+    const char *close = memchr(name, '}', len);
+    size_t n = close ? (size_t)(close - name) : len;
+    return crc16(name, n ? n : len) & 16383u;
+}
+
+int dx__rb_cluster_node(rworker *w, const char *host, size_t hlen, int port)
+{
+    char label[300];
+    if (hlen == 0 || hlen >= INET6_ADDRSTRLEN || port <= 0 || port > 65535)
+        return -1;
+    snprintf(label, sizeof label, "%.*s:%d", (int)hlen, host, port);
+    unsigned n = atomic_load_explicit(&w->nsh, memory_order_relaxed);
+    for (unsigned i = 0; i < n; i++)
+        if (strcmp(w->sh[i].sv.label, label) == 0)
+            return (int)i;
+    char addr[INET6_ADDRSTRLEN];
+    memcpy(addr, host, hlen);
+    addr[hlen] = 0;
+    unsigned char tmp[16];
+    if (inet_pton(AF_INET, addr, tmp) != 1 && inet_pton(AF_INET6, addr, tmp) != 1) {
+        dx__rb_log(w->b, DX_LOG_WARN, "redis bus: cluster node '%s' is not an IP address: not used", label);
+        return -1;
+    }
+    if (n >= DX__REDIS_SHARDS_MAX) {
+        dx__rb_log(w->b, DX_LOG_ERROR, "redis bus: cluster node %s: more than %d masters (DX__REDIS_SHARDS_MAX)",
+                   label, DX__REDIS_SHARDS_MAX);
+        return -1;
+    }
+    rshard *s = &w->sh[n];
+    memset(s, 0, sizeof *s);
+    s->w = w;
+    s->index = n;
+    s->sv.url = w->sh[0].sv.url; /* the seed's user and password */
+    snprintf(s->sv.url.host, sizeof s->sv.url.host, "%s", addr);
+    s->sv.url.port = port;
+    s->sv.url.unix_socket = false;
+    snprintf(s->sv.addr, sizeof s->sv.addr, "%s", addr);
+    snprintf(s->sv.label, sizeof s->sv.label, "%s", label);
+    s->cmd.w = s->sub.w = w;
+    s->cmd.s = s->sub.s = s;
+    s->sub.is_sub = true;
+    atomic_init(&s->healthy, false);
+    atomic_store_explicit(&w->nsh, n + 1, memory_order_release); /* connected by the next tick */
+    if (w->index == 0)
+        dx__rb_log(w->b, DX_LOG_INFO, "redis bus: cluster node %s found", label);
+    return (int)n;
+}
+
+static void retarget(rworker *w)
+{
+    for (size_t i = 0; i < w->tab_cap; i++)
+        for (rtopic *t = w->tab[i]; t; t = t->next) {
+            rshard *ns = dx__rb_shard_of(w, t->bt->name, t->bt->len);
+            if (ns != t->s)
+                dx__rb_topic_move(w, t, ns, true);
+        }
+}
+
+static void on_slots(redisAsyncContext *ac, void *reply, void *pd)
+{
+    (void)ac;
+    rworker *w = pd;
+    redisReply *r = reply;
+    if (w->freeing)
+        return;
+    w->map_out = false;
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        if (r && r->type == REDIS_REPLY_ERROR)
+            dx__rb_log(w->b, DX_LOG_ERROR, "redis bus: CLUSTER SLOTS failed: %s (is it a cluster?)", r->str);
+        w->map_due = true;
+        return;
+    }
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 || e->element[0]->type != REDIS_REPLY_INTEGER ||
+            e->element[1]->type != REDIS_REPLY_INTEGER || e->element[2]->type != REDIS_REPLY_ARRAY ||
+            e->element[2]->elements < 2 || e->element[2]->element[0]->type != REDIS_REPLY_STRING ||
+            e->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
+            continue;
+        long long lo = e->element[0]->integer, hi = e->element[1]->integer;
+        redisReply *m = e->element[2];
+        int k = dx__rb_cluster_node(w, m->element[0]->str, m->element[0]->len, (int)m->element[1]->integer);
+        if (k < 0 || lo < 0 || hi > 16383)
+            continue;
+        for (long long sl = lo; sl <= hi; sl++)
+            w->slots[sl] = (uint8_t)k;
+    }
+    retarget(w);
+}
+
+void dx__rb_cluster_map(rworker *w)
+{
+    if (!w->b->o.cluster || !w->map_due || w->map_out)
+        return;
+    uint64_t now = dx__now_ns(NULL);
+    if (w->map_asked_ns && now - w->map_asked_ns < (uint64_t)DX__REDIS_MAP_MIN_MS * 1000000u)
+        return;
+    unsigned n = w->nsh;
+    for (unsigned i = 0; i < n; i++) {
+        rshard *s = &w->sh[i];
+        if (!s->cmd.up || s->stuck)
+            continue;
+        const char *argv[] = {"CLUSTER", "SLOTS"};
+        size_t lens[] = {7, 5};
+        if (dx__rb_cmd_argv(&s->cmd, on_slots, w, 2, argv, lens) == 0) {
+            w->map_due = false;
+            w->map_out = true;
+            w->map_asked_ns = now;
+            return;
+        }
+    }
+}
+
+int dx__rb_redirect(rworker *w, const char *err, size_t n, unsigned *slot, bool *ask)
+{
+    size_t skip;
+    if (n > 6 && memcmp(err, "MOVED ", 6) == 0) {
+        skip = 6;
+        *ask = false;
+    } else if (n > 4 && memcmp(err, "ASK ", 4) == 0) {
+        skip = 4;
+        *ask = true;
+    } else {
+        return -1;
+    }
+    const char *p = err + skip, *end = err + n;
+    const char *sp = memchr(p, ' ', (size_t)(end - p));
+    if (!sp)
+        return -1;
+    bool ok = true;
+    uint64_t sl = dx__rb_parse_u64(p, (size_t)(sp - p), &ok);
+    const char *hp = sp + 1;
+    const char *colon = NULL;
+    for (const char *q = hp; q < end; q++)
+        if (*q == ':')
+            colon = q; /* the last one: IPv6 addresses hold colons */
+    if (!ok || sl > 16383 || !colon)
+        return -1;
+    uint64_t port = dx__rb_parse_u64(colon + 1, (size_t)(end - colon - 1), &ok);
+    if (!ok || port > 65535)
+        return -1;
+    *slot = (unsigned)sl;
+    return dx__rb_cluster_node(w, hp, (size_t)(colon - hp), (int)port);
+}
+
+/* A keyed command in flight: its arguments, kept to be sent again. */
+typedef struct rroute {
+    rworker *w;
+    redisCallbackFn *fn;
+    void *pd;
+    unsigned tries;
+    int argc;
+    const char **argv;
+    size_t *lens;
+} rroute;
+
+static void on_routed(redisAsyncContext *ac, void *reply, void *pd)
+{
+    rroute *rt = pd;
+    rworker *w = rt->w;
+    redisReply *r = reply;
+    if (r && r->type == REDIS_REPLY_ERROR && !w->freeing) {
+        unsigned slot = 0;
+        bool ask = false;
+        int k = dx__rb_redirect(w, r->str, r->len, &slot, &ask);
+        if (k >= 0 && rt->tries < DX__REDIS_REDIRECTS_MAX) {
+            if (!ask) {
+                w->slots[slot] = (uint8_t)k;
+                w->map_due = true;
+                dx__rb_cluster_map(w);
+            }
+            rshard *s = &w->sh[k];
+            rt->tries++;
+            if (s->cmd.ac && s->cmd.up) {
+                if (ask)
+                    redisAsyncCommand(s->cmd.ac, dx__rb_on_ignore, NULL, "ASKING");
+                if (redisAsyncCommandArgv(s->cmd.ac, on_routed, rt, rt->argc, rt->argv, rt->lens) == REDIS_OK)
+                    return;
+            }
+        } else if (k >= 0) {
+            dx__rb_log(w->b, DX_LOG_WARN, "redis bus: a command was redirected %u times (DX__REDIS_REDIRECTS_MAX): "
+                       "failed", rt->tries);
+        }
+    }
+    rt->fn(ac, reply, rt->pd);
+    dx__free(NULL, rt);
+}
+
+int dx__rb_cmd_routed(rconn *c, redisCallbackFn *fn, void *pd, int argc, const char **argv, const size_t *lens)
+{
+    size_t total = 0;
+    for (int i = 0; i < argc; i++)
+        total += lens[i];
+    rroute *rt = dx__alloc(NULL, sizeof *rt + (size_t)argc * (sizeof *rt->argv + sizeof *rt->lens) + total);
+    if (!rt)
+        return DX_ENOMEM;
+    rt->w = c->w;
+    rt->fn = fn;
+    rt->pd = pd;
+    rt->tries = 0;
+    rt->argc = argc;
+    rt->argv = (const char **)(rt + 1);
+    rt->lens = (size_t *)(rt->argv + argc);
+    char *p = (char *)(rt->lens + argc);
+    for (int i = 0; i < argc; i++) {
+        memcpy(p, argv[i], lens[i]);
+        rt->argv[i] = p;
+        rt->lens[i] = lens[i];
+        p += lens[i];
+    }
+    if (redisAsyncCommandArgv(c->ac, on_routed, rt, argc, rt->argv, rt->lens) != REDIS_OK) {
+        dx__free(NULL, rt);
+        return DX_EIO;
+    }
+    return 0;
 }
 
 int dx__rb_refuse(rbus *b, int err)
@@ -147,6 +394,10 @@ int dx__rb_servers_init(rbus *b, const char *urls, char *why, size_t why_len)
         int rc = server_init(&b->srv[i], p, len, i, why, why_len);
         if (rc)
             return rc;
+        if (b->o.cluster && b->srv[i].url.db) {
+            snprintf(why, why_len, "Redis URL %u: a Redis Cluster has database 0 only (--redis-cluster)", i + 1);
+            return DX_EINVAL;
+        }
         for (unsigned j = 0; j < i; j++) {
             const rserver *o = &b->srv[j];
             if (strcmp(o->label, b->srv[i].label) == 0 && o->url.db == b->srv[i].url.db) {

@@ -1400,6 +1400,7 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
     /* the cluster settings are read here, before the policy part is cleared */
     const char *redis_url = o->redis_url;
     size_t redis_pending_max = o->redis_pending_max;
+    bool redis_cluster = o->redis_cluster != 0;
     unsigned presence_ttl_ms = o->presence_ttl_ms;
     /* the policy is read from gw->pol only: nothing borrowed is kept */
     o->api_key = NULL;
@@ -1421,7 +1422,7 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
     gw->n = workers;
     gw->start_ns = dx__now_ns(NULL);
     if (redis_url) {
-        dx__bus_redis_opts ro = {.workers = workers, .url = redis_url, .history = bo.history,
+        dx__bus_redis_opts ro = {.workers = workers, .url = redis_url, .cluster = redis_cluster, .history = bo.history,
                                  .pending_max = redis_pending_max, .presence_ttl_ms = presence_ttl_ms,
                                  .log = o->log, .log_ud = o->log_ud};
         gw->bus = dx__bus_redis_new(&ro, &e, why, sizeof why);
