@@ -746,7 +746,58 @@ static bool chan_topic(const char *ch, size_t n, bool braces, const char **name,
     return *len <= DX__GW_TOPIC_MAX;
 }
 
+static int subscribe_now(rworker *w, rtopic *t);
+
+/* Cluster: the probe (EXISTS on the topic's offset key, following MOVED)
+ * answered: the node that answered has the slot. An SSUBSCRIBE sent to
+ * another node would be answered with an error this hiredis cannot route
+ * on a pub/sub connection (it drops the connection). */
+static void on_probe(redisAsyncContext *ac, void *reply, void *pd)
+{
+    rtopic *t = pd;
+    rworker *w = t->w;
+    if (w->freeing)
+        return;
+    t->busy--;
+    if (!t->probing)
+        return;
+    t->probing = false;
+    redisReply *r = reply;
+    if (r && r->type == REDIS_REPLY_INTEGER) {
+        for (unsigned k = 0; k < w->nsh; k++)
+            if (w->sh[k].cmd.ac == ac) {
+                w->slots[dx__rb_slot(t->bt->name, t->bt->len)] = (uint8_t)k;
+                if (t->state == S_SUBSCRIBING)
+                    t->s = &w->sh[k]; /* nothing sent on the old node yet */
+                break;
+            }
+    }
+    if (t->state != S_SUBSCRIBING)
+        return; /* the connection went meanwhile: subscribed again when back */
+    if (subscribe_now(w, t) != 0) {
+        t->state = S_NONE;
+        dx__rb_waiting_fail(w, t, DX_EIO);
+    }
+}
+
 int dx__rb_subscribe_topic(rworker *w, rtopic *t)
+{
+    if (w->b->o.cluster && !t->probing) {
+        char key[DX__GW_TOPIC_MAX + 16];
+        int n = snprintf(key, sizeof key, "dx:{%s}:o", t->bt->name);
+        const char *argv[] = {"EXISTS", key};
+        size_t lens[] = {6, (size_t)n};
+        if (t->s->sub.ac && t->s->sub.up && dx__rb_cmd_routed(&t->s->cmd, on_probe, t, 2, argv, lens) == 0) {
+            t->probing = true;
+            t->busy++;
+            t->state = S_SUBSCRIBING;
+            return 0;
+        }
+    }
+    return subscribe_now(w, t);
+}
+
+static int subscribe_now(rworker *w, rtopic *t)
 {
     char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3];
     const char *names[1] = {ch};
@@ -1252,6 +1303,8 @@ static uint64_t down_mask(rbus *b, bool *any)
         if (!atomic_load_explicit(&b->w[i].attached, memory_order_acquire))
             continue;
         *any = true;
+        if (b->o.cluster && !atomic_load_explicit(&b->w[i].map_ok, memory_order_acquire))
+            m |= 1; /* no slot map yet: not ready */
         unsigned n = atomic_load_explicit(&b->w[i].nsh, memory_order_acquire);
         for (unsigned j = 0; j < n; j++)
             if (!atomic_load_explicit(&b->w[i].sh[j].healthy, memory_order_acquire))
@@ -1437,6 +1490,7 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
         snprintf(w->member, sizeof w->member, "%s.%u", b->node, i);
         snprintf(w->wchan, sizeof w->wchan, "dx:w:%s", w->member);
         atomic_init(&w->attached, false);
+        atomic_init(&w->map_ok, false);
     }
     return &b->base;
 fail:

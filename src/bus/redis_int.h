@@ -74,6 +74,7 @@ struct rtopic {
     uint64_t last;             /* the last offset delivered to this worker */
     bool need_catch;           /* the subscription was lost: read what was missed once back */
     bool moving;               /* cluster: its slot moved; resubscribed on its new node once unsubscribed */
+    bool probing;              /* cluster: a keyed command finds its slot's node before the SSUBSCRIBE */
     bool catching;             /* a catch-up is due or out: live entries wait in st (at most the
                                   history's count of them), last does not move */
     bool catch_out;            /* its read is out (else it waits for the command connection) */
@@ -175,6 +176,7 @@ struct rworker {
     uint8_t *slots;            /* cluster: the shard of each of the 16384 slots (0xff: not known) */
     bool map_due;              /* cluster: the slot map is to be read again (CLUSTER SLOTS) */
     bool map_out;              /* a CLUSTER SLOTS is out */
+    _Atomic bool map_ok;       /* a slot map was read (the worker is not ready before) */
     uint64_t map_asked_ns;
     char member[48];           /* "<node>.<index>" */
     rtopic **tab;

@@ -182,6 +182,7 @@ static void on_slots(redisAsyncContext *ac, void *reply, void *pd)
         for (long long sl = lo; sl <= hi; sl++)
             w->slots[sl] = (uint8_t)k;
     }
+    atomic_store_explicit(&w->map_ok, true, memory_order_release);
     retarget(w);
 }
 
@@ -285,6 +286,8 @@ static void on_routed(redisAsyncContext *ac, void *reply, void *pd)
 
 int dx__rb_cmd_routed(rconn *c, redisCallbackFn *fn, void *pd, int argc, const char **argv, const size_t *lens)
 {
+    if (!c->ac || !c->up)
+        return DX_EIO;
     size_t total = 0;
     for (int i = 0; i < argc; i++)
         total += lens[i];
