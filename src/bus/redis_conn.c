@@ -65,6 +65,17 @@ void dx__rb_conn_down(rconn *c, const char *why)
     if (was || c->attempts == 1)
         dx__rb_log(b, DX_LOG_WARN, "redis bus: worker %u: %s connection to Redis %s lost: %s (retrying)", w->index,
                    c->is_sub ? "pub/sub" : "command", s->sv.label, why);
+    if (c->is_sub && w->slots) {
+        /* cluster: an error answer drops a pub/sub connection (hiredis);
+         * a MOVED one names where the slot went */
+        unsigned slot;
+        bool ask;
+        int k = dx__rb_redirect(w, why, strlen(why), &slot, &ask);
+        if (k >= 0) {
+            w->slots[slot] = (uint8_t)k;
+            w->map_due = true;
+        }
+    }
     if (c->is_sub) {
         for (size_t i = 0; i < w->tab_cap; i++) {
             for (rtopic *t = w->tab[i]; t; t = t->next) {
@@ -106,6 +117,11 @@ void dx__rb_conn_down(rconn *c, const char *why)
             }
             r = next;
         }
+        if (w->slots) /* cluster: topics whose slot is known to be elsewhere go there now */
+            for (size_t i = 0; i < w->tab_cap; i++)
+                for (rtopic *t = w->tab[i]; t; t = t->next)
+                    if (t->s == s && dx__rb_shard_of(w, t->bt->name, t->bt->len) != s)
+                        dx__rb_topic_move(w, t, dx__rb_shard_of(w, t->bt->name, t->bt->len), false);
     } else {
         s->ping_sent_ns = 0;
         s->stuck = false;
@@ -230,7 +246,7 @@ static int conn_start(rconn *c)
     c->up = true; /* let dx__rb_send_sub write; the flag is reset below */
     for (size_t i = 0; i < w->tab_cap; i++)
         for (rtopic *t = w->tab[i]; t; t = t->next)
-            if (t->s == s && (t->refs > 0 || t->waiting) && dx__rb_subscribe_topic(w, t) != 0)
+            if (t->s == s && (t->refs > 0 || t->waiting) && dx__rb_subscribe_now(w, t) != 0)
                 dx__rb_waiting_fail(w, t, DX_EIO);
     for (rpat *p = w->pats; p; p = p->next) {
         if (p->refs > 0) {

@@ -291,8 +291,13 @@ void dx__rb_read_answer(rreq *r, int err, dx__gw_snapshot *s);
 int dx__rb_send_sub(rshard *s, const char *verb, const char *const *names, const size_t *lens, size_t n);
 /* s's health flag from its connections. */
 void dx__rb_set_health(rshard *s);
-/* SUBSCRIBEs t's channel on its server (state S_SUBSCRIBING): 0 or as send_sub. */
+/* SUBSCRIBEs t's channel on its server (state S_SUBSCRIBING): 0 or as send_sub.
+ * Cluster: after a probe that finds the slot's node (redis_shard.c). */
 int dx__rb_subscribe_topic(rworker *w, rtopic *t);
+/* The (S)SUBSCRIBE itself, on t->s. */
+int dx__rb_subscribe_now(rworker *w, rtopic *t);
+/* Cluster: an error answer on sh's pub/sub connection (MOVED for an SSUBSCRIBE). */
+void dx__rb_sub_error(rworker *w, rshard *sh, redisReply *r);
 /* The channel of topic name: "dx:m:T", or (cluster) "dx:m:{T}" (in T's slot). */
 size_t dx__rb_chan(const rbus *b, const char *name, size_t len, char *out, size_t cap);
 /* Cluster: t's slot is on node ns now: unsubscribed where it was, subscribed there (with a catch-up). */

@@ -315,6 +315,102 @@ int dx__rb_cmd_routed(rconn *c, redisCallbackFn *fn, void *pd, int argc, const c
     return 0;
 }
 
+/* ---- cluster subscriptions ---------------------------------------------------- */
+
+/* Cluster: the probe (EXISTS on the topic's offset key, following MOVED)
+ * answered: the node that answered has the slot. An SSUBSCRIBE sent to
+ * another node would be answered with an error this hiredis cannot route
+ * on a pub/sub connection (it drops the connection). */
+static void on_probe(redisAsyncContext *ac, void *reply, void *pd)
+{
+    rtopic *t = pd;
+    rworker *w = t->w;
+    if (w->freeing)
+        return;
+    t->busy--;
+    if (!t->probing)
+        return;
+    t->probing = false;
+    redisReply *r = reply;
+    if (r && r->type == REDIS_REPLY_INTEGER) {
+        for (unsigned k = 0; k < w->nsh; k++)
+            if (w->sh[k].cmd.ac == ac) {
+                w->slots[dx__rb_slot(t->bt->name, t->bt->len)] = (uint8_t)k;
+                if (t->state == S_SUBSCRIBING)
+                    t->s = &w->sh[k]; /* nothing sent on the old node yet */
+                break;
+            }
+    }
+    if (t->state != S_SUBSCRIBING)
+        return; /* the connection went meanwhile: subscribed again when back */
+    if (dx__rb_subscribe_now(w, t) != 0) {
+        t->state = S_NONE;
+        dx__rb_waiting_fail(w, t, DX_EIO);
+    }
+}
+
+int dx__rb_subscribe_topic(rworker *w, rtopic *t)
+{
+    if (w->b->o.cluster && !t->probing) {
+        char key[DX__GW_TOPIC_MAX + 16];
+        int n = snprintf(key, sizeof key, "dx:{%s}:o", t->bt->name);
+        const char *argv[] = {"EXISTS", key};
+        size_t lens[] = {6, (size_t)n};
+        if (t->s->sub.ac && t->s->sub.up && dx__rb_cmd_routed(&t->s->cmd, on_probe, t, 2, argv, lens) == 0) {
+            t->probing = true;
+            t->busy++;
+            t->state = S_SUBSCRIBING;
+            return 0;
+        }
+    }
+    return dx__rb_subscribe_now(w, t);
+}
+
+void dx__rb_topic_move(rworker *w, rtopic *t, rshard *ns, bool sharded)
+{
+    if (t->state == S_NONE) {
+        t->s = ns;
+        if (t->present || t->pres_pushed) {
+            t->pres_dirty = true;
+            w->pres_any_dirty = true;
+        }
+        if ((t->refs > 0 || t->waiting) && ns->sub.up && dx__rb_subscribe_topic(w, t) != 0)
+            dx__rb_waiting_fail(w, t, DX_EIO);
+        return;
+    }
+    t->moving = true; /* the unsubscribe's answer subscribes it on its node */
+    if (t->state == S_UNSUBSCRIBING)
+        return;
+    char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3];
+    const char *names[1] = {ch};
+    size_t lens[1] = {dx__rb_chan(w->b, t->bt->name, t->bt->len, ch, sizeof ch)};
+    if (sharded)
+        (void)dx__rb_send_sub(t->s, "SUNSUBSCRIBE", names, lens, 1);
+    if (dx__rb_send_sub(t->s, "UNSUBSCRIBE", names, lens, 1) == 0)
+        t->state = S_UNSUBSCRIBING;
+}
+
+/* Cluster: an error answer on sh's pub/sub connection (an SSUBSCRIBE
+ * sent to a node that does not have the channel's slot: MOVED). */
+void dx__rb_sub_error(rworker *w, rshard *sh, redisReply *r)
+{
+    unsigned slot = 0;
+    bool ask = false;
+    int k = dx__rb_redirect(w, r->str, r->len, &slot, &ask);
+    if (k < 0) {
+        dx__rb_log(w->b, DX_LOG_WARN, "redis bus: Redis %s refused a subscription: %s", sh->sv.label, r->str);
+        return;
+    }
+    if (!ask)
+        w->slots[slot] = (uint8_t)k;
+    w->map_due = true;
+    dx__rb_cluster_map(w);
+    for (size_t i = 0; i < w->tab_cap; i++)
+        for (rtopic *t = w->tab[i]; t; t = t->next)
+            if (t->s == sh && t->state == S_SUBSCRIBING && dx__rb_slot(t->bt->name, t->bt->len) == slot)
+                dx__rb_topic_move(w, t, &w->sh[k], false);
+}
+
 int dx__rb_refuse(rbus *b, int err)
 {
     atomic_fetch_add_explicit(&b->st_refused, 1, memory_order_relaxed);

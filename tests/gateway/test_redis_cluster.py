@@ -14,6 +14,8 @@ master, B with the other two.
     other node and history agree;
   - a pattern subscription receives topics of every master, once each;
   - /api/disconnect is answered by every worker of both nodes;
+  - every master kills the nodes' pub/sub connections: kept subscribers
+    get every message once, in order (resubscribed, gap read back);
   - a topic's slot migrated to another master (CLUSTER SETSLOT
     IMPORTING/MIGRATING, MIGRATE of its keys, SETSLOT NODE on every
     master): publishes through both nodes follow (MOVED), offsets and epoch
@@ -29,15 +31,38 @@ import subprocess
 import time
 
 import gwtest
-from gwtest import (Fail, Serve, check, check_sub_ack, expect_eq, history, http, jconnect, main, publish, say, topic,
-                    wait_for)
+from gwtest import (Fail, Serve, check, check_sub_ack, expect_eq, free_port, history, http, jconnect, main, publish,
+                    say, topic, wait_for)
 from test_redis import REDIS_BIN, Redis
 
 CLI_BIN = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
 
+def port_pair_free(p):
+    """p and its cluster bus port p+10000 both free (a fresh port each try)."""
+    import socket
+    for q in (p, p + 10000):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", q))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
+
+
 class ClusterNode(Redis):
+    def __init__(self):
+        for _ in range(50):  # a port whose bus port (+10000) is free too
+            p = free_port()
+            if p < 55535 and port_pair_free(p):
+                break
+        self.fixed_port = p
+        Redis.__init__(self)
+
     def start(self):
+        self.port = self.fixed_port
         self.logf = open(os.path.join(self.dir, "redis.log"), "ab")
         self.proc = subprocess.Popen(
             [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
@@ -61,8 +86,8 @@ def cluster():
     global A, B
     if not RS:
         check(os.path.exists(CLI_BIN), "redis-cli not found (Debian: redis-tools; scripts/deps.sh test)")
-        for _ in range(3):
-            RS.append(ClusterNode())
+        nodes = [ClusterNode() for _ in range(3)]
+        RS.extend(nodes)
         p = subprocess.run([CLI_BIN, "--cluster", "create"] + ["127.0.0.1:%d" % r.port for r in RS] +
                            ["--cluster-replicas", "0", "--cluster-yes"],
                            stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
@@ -249,6 +274,33 @@ async def test_slot_migration_no_loss():
     await jc.close()
 
 
+async def test_pubsub_connections_killed_resubscribed():
+    """Every master drops the nodes' pub/sub connections (CLIENT KILL TYPE
+    pubsub) between publishes: the kept subscribers get every message once,
+    in order (resubscribed, the gap read back)."""
+    a, b = cluster()
+    ts = topics_per_master("ck")
+    jb = await jconnect(b)
+    for t in ts:
+        await jb.sub(t)
+    for n in range(2, 5):
+        for t in ts:
+            publish(a, t, "%s-%d" % (t, n))
+    for r in RS:
+        check(r.cmd("CLIENT", "KILL", "TYPE", "pubsub") >= 1, "CLIENT KILL TYPE pubsub on :%d" % r.port)
+    for n in range(5, 8):
+        for t in ts:
+            publish(a if n % 2 else b, t, "%s-%d" % (t, n))
+    got = {t: [] for t in ts}
+    for _ in range(18):
+        m = await jb.msg(timeout=20, what="subscriber across the kills")
+        got[m["topic"]].append(m["offset"])
+    for t in ts:
+        expect_eq(got[t], list(range(2, 8)), "subscriber of %s across the kills" % t)
+    await jb.quiet(0.3)
+    await jb.close()
+
+
 def teardown():
     for r in RS:
         r.stop()
@@ -262,4 +314,5 @@ if __name__ == "__main__":
         test_pattern_every_master,
         test_disconnect_answered_by_every_worker,
         test_slot_migration_no_loss,
+        test_pubsub_connections_killed_resubscribed,
     ])
