@@ -378,6 +378,8 @@ void dx__rb_topic_move(rworker *w, rtopic *t, rshard *ns, bool sharded)
             dx__rb_waiting_fail(w, t, DX_EIO);
         return;
     }
+    if (t->probing)
+        return; /* nothing sent yet: its probe's answer names the node */
     t->moving = true; /* the unsubscribe's answer subscribes it on its node */
     if (t->state == S_UNSUBSCRIBING)
         return;
@@ -499,9 +501,10 @@ int dx__rb_servers_init(rbus *b, const char *urls, char *why, size_t why_len)
         }
         for (unsigned j = 0; j < i; j++) {
             const rserver *o = &b->srv[j];
-            if (strcmp(o->label, b->srv[i].label) == 0 && o->url.db == b->srv[i].url.db) {
-                snprintf(why, why_len, "Redis URLs %u and %u name the same server and database (%s)", j + 1, i + 1,
-                         o->label);
+            /* pub/sub is not per database: two databases of one server
+             * would hear each other's channels (and share one core) */
+            if (strcmp(o->label, b->srv[i].label) == 0) {
+                snprintf(why, why_len, "Redis URLs %u and %u name the same server (%s)", j + 1, i + 1, o->label);
                 return DX_EINVAL;
             }
         }

@@ -110,9 +110,11 @@ static void test_bad_lists(void **state)
     for (int i = 0; i <= DX__REDIS_SHARDS_MAX; i++)
         snprintf(many + strlen(many), sizeof many - strlen(many), "%sredis://127.0.0.1:%d", i ? "," : "", 7000 + i);
     refused(many, DX_EINVAL, "at most 16");
-    /* the same host, another database: two servers as far as the ring goes */
-    rbus *a = bus_new("redis://127.0.0.1:7001/0,redis://127.0.0.1:7001/1");
-    assert_int_equal(a->nsrv, 2);
+    /* another database of the same server: refused too (pub/sub channels
+     * are not per database) */
+    refused("redis://127.0.0.1:7001/0,redis://127.0.0.1:7001/1", DX_EINVAL, "name the same server");
+    rbus *a = bus_new("redis://127.0.0.1:7001/2");
+    assert_int_equal(a->nsrv, 1);
     dx__bus_free(&a->base);
 }
 
