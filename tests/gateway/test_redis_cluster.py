@@ -17,8 +17,8 @@ master, B with the other two.
   - every master kills the nodes' pub/sub connections: kept subscribers
     get every message once, in order (resubscribed, gap read back);
   - a topic's slot migrated to another master (CLUSTER SETSLOT
-    IMPORTING/MIGRATING, MIGRATE of its keys, SETSLOT NODE on every
-    master): publishes through both nodes follow (MOVED), offsets and epoch
+    IMPORTING/MIGRATING, MIGRATE of its keys, a publish answered ASK in
+    between (ASKING seen on the target), SETSLOT NODE on every master): publishes through both nodes follow (MOVED), offsets and epoch
     continue, the kept subscriber gets every message once (its shard
     channel unsubscribed by Redis, subscribed again on the new master, the
     gap read back), and a resumer gets everything since its offset.
@@ -218,9 +218,11 @@ def test_disconnect_answered_by_every_worker():
         check(dt < 1.5, "disconnect took %.2f s: a worker did not answer" % dt)
 
 
-def migrate_slot(sl, src, dst):
+def migrate_slot(sl, src, dst, between=None):
     """Moves slot sl from master src to dst with its keys (what
-    `redis-cli --cluster reshard` does for one slot)."""
+    `redis-cli --cluster reshard` does for one slot); between() runs once
+    the keys moved and before the slot is handed over (the source then
+    answers ASK for them)."""
     sid, did = src.id(), dst.id()
     expect_eq(dst.cmd("CLUSTER", "SETSLOT", sl, "IMPORTING", sid), "OK", "SETSLOT IMPORTING")
     expect_eq(src.cmd("CLUSTER", "SETSLOT", sl, "MIGRATING", did), "OK", "SETSLOT MIGRATING")
@@ -228,6 +230,8 @@ def migrate_slot(sl, src, dst):
     check(keys, "keys in slot %d" % sl)
     rep = src.cmd("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *keys)
     expect_eq(rep, "OK", "MIGRATE of %d keys" % len(keys))
+    if between:
+        between()
     for r in (dst, src) + tuple(x for x in RS if x is not src and x is not dst):
         expect_eq(r.cmd("CLUSTER", "SETSLOT", sl, "NODE", did), "OK", "SETSLOT NODE on :%d" % r.port)
     return len(keys)
@@ -247,14 +251,19 @@ async def test_slot_migration_no_loss():
         publish(a if n % 2 else b, t, "m%d" % n)
     offs = [(await jb.msg(timeout=15, what="before the migration"))["offset"] for _ in range(5)]
     expect_eq(offs, [1, 2, 3, 4, 5], "kept subscriber before the migration")
-    nkeys = migrate_slot(sl, RS[src], RS[dst])
+    def during():  # keys on the target, slot still the source's: ASK, then ASKING on the target
+        p = publish(a, t, "m6")
+        expect_eq((p["offset"], p["epoch"]), (6, ep), "publish during the migration (ASK)")
+        stats = RS[dst].cmd("INFO", "commandstats").decode()
+        check("cmdstat_asking:calls=" in stats, "the publish during the migration came with ASKING to the target")
+    nkeys = migrate_slot(sl, RS[src], RS[dst], between=during)
     expect_eq(owner(t), dst, "owner of %s after the migration" % t)
     # both nodes' maps are stale: MOVED is followed
-    for n in range(6, 12):
+    for n in range(7, 12):
         p = publish(a if n % 2 else b, t, "m%d" % n)
         expect_eq((p["offset"], p["epoch"]), (n, ep), "publish %d after the migration" % n)
     got = []
-    for _ in range(6):
+    for _ in range(6):  # m6 was published on the target before the subscriber moved: read back
         m = await jb.msg(timeout=20, what="kept subscriber after the migration")
         got.append((m["offset"], m["data"]))
     expect_eq(got, [(n, "m%d" % n) for n in range(6, 12)], "kept subscriber after the migration")
@@ -268,8 +277,8 @@ async def test_slot_migration_no_loss():
     offs = [(await jc.msg(timeout=15, what="resumer after the migration"))["offset"] for _ in range(9)]
     expect_eq(offs, list(range(3, 12)), "resumer after the migration")
     await jc.quiet(0.3)
-    say("  slot %d (%d keys) moved from master %d to %d: published 11, kept subscriber got 11, resumer 3..11, "
-        "lost 0, duplicated 0" % (sl, nkeys, src + 1, dst + 1))
+    say("  slot %d (%d keys) moved from master %d to %d (one publish answered ASK): published 11, kept "
+        "subscriber got 11, resumer 3..11, lost 0, duplicated 0" % (sl, nkeys, src + 1, dst + 1))
     await jb.close()
     await jc.close()
 
