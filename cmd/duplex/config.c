@@ -66,7 +66,8 @@ enum {
     R_EMPTY = 64,  /* K_STR: "" allowed */
     R_SHARED = 128, /* the flag is one of the CLI's shared options (cli.c) */
     R_OPTARG = 256, /* the flag's value is optional (absent: "on") */
-    R_JOIN = 512    /* K_STR/K_SECRET: a YAML list is taken as its items joined with commas */
+    R_JOIN = 512    /* K_STR/K_SECRET: a YAML list, or the flag repeated, is taken as its items joined with
+                       commas */
 };
 
 typedef struct row {
@@ -175,7 +176,7 @@ static const row schema[] = {
     /* the Redis bus (docs/gateway.md "The Redis bus") */
     {"cluster.redis", K_SECRET, GO(redis_url), ST_STR, R_JOIN, "redis", "none (one node)",
      "Redis URL shared by every node: redis://[user:pass@]host[:port][/db] or unix:///path[?db=N&password=P]; "
-     "several, comma-separated (YAML: a list), shard the topics over independent servers", 0, 0, NULL, 0, 0},
+     "several, comma-separated (YAML: a list; flag: repeat), shard the topics over independent servers", 0, 0, NULL, 0, 0},
     {"cluster.redis_cluster", K_BOOL, GO(redis_cluster), ST_INT, R_NOARG, "redis-cluster", "false",
      "the --redis URLs are seed nodes of a Redis Cluster (Redis 7): topics routed by slot, sharded pub/sub", 0, 0,
      NULL, 0, 0},
@@ -719,6 +720,21 @@ static int apply_src(build *b, const row *r, const char *val, const origin *o)
                 return 0;
             p = e + 1;
         }
+    }
+    const char *prev = r->store == ST_STR ? *(const char **)((char *)row_base(b->c, r) + r->off) : NULL;
+    if ((r->fl & R_JOIN) && o->src == CFG_SRC_FLAG && b->c->src[row_index(r)] == CFG_SRC_FLAG && prev && *val) {
+        /* the flag repeated: the values joined with commas (--redis A --redis B) */
+        char joined[8192];
+        size_t pl = strlen(prev), vl = strlen(val);
+        if (pl + vl + 2 > sizeof joined)
+            return fail(b, o, r->key, "value too long");
+        memcpy(joined, prev, pl);
+        joined[pl] = ',';
+        memcpy(joined + pl + 1, val, vl + 1);
+        if (apply(b, r, row_base(b->c, r), r->key, joined, o))
+            return -1;
+        mark(b, r, o);
+        return 0;
     }
     if (apply(b, r, row_base(b->c, r), r->key, val, o))
         return -1;
