@@ -30,8 +30,9 @@ test_pkgs=(
   nodejs python3 python3-websockets chromium openssl util-linux procps
   # JWT tokens and keys minted at test time (tests/gateway/test_auth.py)
   python3-jwt python3-cryptography
-  # the Redis bus's cluster tests (tests/gateway/test_redis.py) start their own redis-server
-  redis-server
+  # the Redis bus's cluster tests (tests/gateway/test_redis*.py) start their own redis-servers;
+  # test_redis_cluster.py joins three into a Redis Cluster with redis-cli
+  redis-server redis-tools
   # multi-node deployment tests (tests/cluster): the load balancers in front
   # of the nodes, network namespaces and veth links, JWTs for user topics
   nginx haproxy iproute2

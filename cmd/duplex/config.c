@@ -123,10 +123,12 @@ static const row schema[] = {
     {"gateway.demo_interval", K_MS, GO(demo_interval_ms), ST_UINT, 0, "demo-interval", "1s", "ticker period", 1,
      4294967294.0, NULL, 0, 0},
     /* the Redis bus (docs/gateway.md "The Redis bus") */
-    {"cluster.redis", K_SECRET, GO(redis_url), ST_STR, 0, "redis", "none (one node)",
-     "Redis URL shared by every node: redis://[user:pass@]host[:port][/db], rediss://... (TLS) or "
-     "unix:///path[?db=N&password=P]", 0,
-     0, NULL, 0, 0},
+    {"cluster.redis", K_SECRET, GO(redis_url), ST_STR, R_JOIN, "redis", "none (one node)",
+     "Redis URL shared by every node: redis://[user:pass@]host[:port][/db], rediss://... (TLS) or unix:///path[?db=N&password=P]; "
+     "several, comma-separated (YAML: a list; flag: repeat), shard the topics over independent servers", 0, 0, NULL, 0, 0},
+    {"cluster.redis_cluster", K_BOOL, GO(redis_cluster), ST_INT, R_NOARG, "redis-cluster", "false",
+     "the --redis URLs are seed nodes of a Redis Cluster (Redis 7): topics routed by slot, sharded pub/sub", 0, 0,
+     NULL, 0, 0},
     {"cluster.redis_pending_max", K_SIZE, GO(redis_pending_max), ST_SIZE, 0, "redis-pending-max", "64MiB",
      "payload bytes of publishes awaiting Redis; past it 503", 1024, (double)SIZE_MAX, NULL, 0, 0},
     {"cluster.presence_ttl", K_MS, GO(presence_ttl_ms), ST_UINT, 0, "presence-ttl", "15s",
@@ -655,6 +657,21 @@ static int apply_src(build *b, const row *r, const char *val, const origin *o)
                 return 0;
             p = e + 1;
         }
+    }
+    const char *prev = r->store == ST_STR ? *(const char **)((char *)cfg_row_base(b->c, r) + r->off) : NULL;
+    if ((r->fl & R_JOIN) && o->src == CFG_SRC_FLAG && b->c->src[cfg_row_index(r)] == CFG_SRC_FLAG && prev && *val) {
+        /* the flag repeated: the values joined with commas (--redis A --redis B) */
+        char joined[8192];
+        size_t pl = strlen(prev), vl = strlen(val);
+        if (pl + vl + 2 > sizeof joined)
+            return cfg_fail(b, o, r->key, "value too long");
+        memcpy(joined, prev, pl);
+        joined[pl] = ',';
+        memcpy(joined + pl + 1, val, vl + 1);
+        if (cfg_apply(b, r, cfg_row_base(b->c, r), r->key, joined, o))
+            return -1;
+        cfg_mark(b, r, o);
+        return 0;
     }
     if (cfg_apply(b, r, cfg_row_base(b->c, r), r->key, val, o))
         return -1;

@@ -42,7 +42,9 @@ enum {
     R_NOARG = 32,  /* the flag takes no value (sets true) */
     R_EMPTY = 64,  /* K_STR: "" allowed */
     R_SHARED = 128, /* the flag is one of the CLI's shared options (cli.c) */
-    R_OPTARG = 256  /* the flag's value is optional (absent: "on") */
+    R_OPTARG = 256, /* the flag's value is optional (absent: "on") */
+    R_JOIN = 512    /* K_STR/K_SECRET: a YAML list, or the flag repeated, is taken as its items joined with
+                       commas */
 };
 
 typedef struct row {

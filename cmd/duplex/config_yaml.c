@@ -306,6 +306,28 @@ static int walk_map(yreader *r, const ynode *m, const char *spath, const char *d
             continue;
         }
         r->o.line = v->line;
+        if (v->type == Y_SEQ && (rw->fl & R_JOIN) && v->n) {
+            char joined[8192];
+            size_t n = 0;
+            for (size_t j = 0; j < v->n; j++) {
+                r->o.line = v->kid[j]->line;
+                if (v->kid[j]->type != Y_SCALAR || v->kid[j]->null || !v->kid[j]->s[0])
+                    return cfg_fail(r->b, &r->o, dkey, "expected a list of strings");
+                size_t l = strlen(v->kid[j]->s);
+                if (n + l + 2 > sizeof joined)
+                    return cfg_fail(r->b, &r->o, dkey, "list too long");
+                if (n)
+                    joined[n++] = ',';
+                memcpy(joined + n, v->kid[j]->s, l);
+                n += l;
+            }
+            joined[n] = 0;
+            r->o.line = v->line;
+            if (cfg_apply(r->b, rw, cfg_row_base(r->b->c, rw), dkey, joined, &r->o))
+                return -1;
+            cfg_mark(r->b, rw, &r->o);
+            continue;
+        }
         if (rw->kind == K_LIST) {
             if (v->type != Y_SEQ)
                 return cfg_fail(r->b, &r->o, dkey, "expected a list (lines starting with '- ')");

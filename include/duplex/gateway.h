@@ -156,6 +156,8 @@ typedef struct dx_gateway_options {
                                      rediss://... (TLS) or unix:///path: every node with the same URL
                                      acts as one gateway */
     size_t redis_pending_max;     /* [64 MiB] payload bytes of publishes awaiting Redis; past it → 503 */
+    int redis_cluster;            /* [0] nonzero: redis_url names seed nodes of a Redis Cluster (Redis 7):
+                                     topics routed by hash slot, sharded pub/sub */
     unsigned presence_ttl_ms;     /* [15000] Redis bus: a dead node's presence and user counts expire
                                      within this */
     const char *redis_tls_ca;     /* rediss://: PEM CA file the server's certificate must chain to

@@ -106,6 +106,9 @@ typedef struct dx__bus_stats {
     uint64_t reconnects;     /* connections to the bus re-established after a loss */
     uint64_t recovered;      /* live entries missed (bus connection lost, or a hole) then read back from history */
     uint64_t epochs;         /* epoch changes met on a topic a worker was delivering (the bus lost its data) */
+    uint64_t shards;         /* servers the topics are spread over (0: the in-process bus) */
+    uint64_t shards_down;    /* of those, how many some worker cannot reach now: their topics answer 503 */
+    uint64_t shards_down_mask; /* bit i: server i (in the order configured) is down */
 } dx__bus_stats;
 
 typedef struct dx__bus_vt {

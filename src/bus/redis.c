@@ -39,12 +39,10 @@
 #include "bus/redis_int.h"
 #include "core/buf.h"
 
-#include <netdb.h>
 #include <openssl/sha.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 void dx__rb_log(rbus *b, int level, const char *fmt, ...)
 {
@@ -75,7 +73,7 @@ void dx__rb_after_event(void *ud)
 
 /* ---- topics ---------------------------------------------------------------- */
 
-static rtopic *topic_find(rworker *w, const char *name, size_t len)
+rtopic *dx__rb_topic_find(rworker *w, const char *name, size_t len)
 {
     if (!w->tab_cap)
         return NULL;
@@ -88,7 +86,7 @@ static rtopic *topic_find(rworker *w, const char *name, size_t len)
 
 static rtopic *topic_get(rworker *w, const char *name, size_t len)
 {
-    rtopic *t = topic_find(w, name, len);
+    rtopic *t = dx__rb_topic_find(w, name, len);
     if (t)
         return t;
     if (w->ntopics + 1 > w->tab_cap / 2) {
@@ -119,6 +117,7 @@ static rtopic *topic_get(rworker *w, const char *name, size_t len)
     }
     t->waiting_tail = &t->waiting;
     t->w = w;
+    t->s = dx__rb_shard_of(w, name, len);
     t->hash = hash_name(name, len);
     t->next = w->tab[t->hash & (w->tab_cap - 1)];
     w->tab[t->hash & (w->tab_cap - 1)] = t;
@@ -238,10 +237,12 @@ int dx__rb_cmd_argv(rconn *c, dx__rio_fn *fn, void *pd, int argc, const char **a
 {
     if (!c->io || !c->up)
         return DX_EIO;
+    if (c->w->slots && argc >= 4 && lens[0] == 7 && memcmp(argv[0], "EVALSHA", 7) == 0)
+        return dx__rb_cmd_routed(c, fn, pd, argc, argv, lens); /* cluster: follows MOVED and ASK */
     return dx__rio_argv(c->io, fn, pd, argc, argv, lens) == 0 ? 0 : DX_EIO;
 }
 
-static rreq *req_new(rworker *w, int kind, const char *topic, size_t tlen, const char *user, size_t ulen)
+rreq *dx__rb_req_new(rworker *w, int kind, const char *topic, size_t tlen, const char *user, size_t ulen)
 {
     rreq *r = dx__alloc(NULL, sizeof *r + tlen + 1 + (user ? ulen + 1 : 0));
     if (!r)
@@ -400,14 +401,15 @@ void dx__rb_catch_stop(rtopic *t)
  * exact subscription confirmed, or, pattern-only, the pub/sub connection up. */
 static bool catch_ready(rworker *w, rtopic *t)
 {
-    return w->cmd.up && !w->stuck &&
-           (t->state == S_ACTIVE || (t->state == S_NONE && t->refs <= 0 && w->sub.up));
+    rshard *s = t->s;
+    (void)w;
+    return s->cmd.up && !s->stuck && (t->state == S_ACTIVE || (t->state == S_NONE && t->refs <= 0 && s->sub.up));
 }
 
 /* Sends t's catch-up read (after last); on failure it stays due. */
 static void catch_issue(rworker *w, rtopic *t)
 {
-    rreq *r = req_new(w, Q_CATCH, t->bt->name, t->bt->len, NULL, 0);
+    rreq *r = dx__rb_req_new(w, Q_CATCH, t->bt->name, t->bt->len, NULL, 0);
     if (!r) {
         w->catch_due = true;
         return;
@@ -600,7 +602,7 @@ void dx__rb_read_answer(rreq *r, int err, dx__gw_snapshot *s)
 static void sub_finish(rreq *r)
 {
     rworker *w = r->w;
-    for (rreq **pp = &w->barriers; *pp; pp = &(*pp)->next)
+    for (rreq **pp = &r->s->barriers; *pp; pp = &(*pp)->next)
         if (*pp == r) {
             *pp = r->next;
             break;
@@ -652,13 +654,13 @@ static void req_done_read(rreq *r, redisReply *rep)
 
 /* The barrier `token` of a subscribe's read reached this worker's pub/sub
  * connection. */
-static void barrier_message(rworker *w, const char *s, size_t n)
+static void barrier_message(rshard *sh, const char *s, size_t n)
 {
     bool ok = true;
     uint64_t id = dx__rb_parse_u64(s, n, &ok);
     if (!ok)
         return;
-    for (rreq *r = w->barriers; r; r = r->next) {
+    for (rreq *r = sh->barriers; r; r = r->next) {
         if (r->id == id) {
             r->have_barrier = true;
             if (r->have_reply)
@@ -701,10 +703,11 @@ static int read_issue(rreq *r, char mode)
     lens[3] = k.n[0];
     lens[4] = k.n[1];
     lens[5] = k.n[2];
-    int rc = dx__rb_cmd_argv(&w->cmd, on_read_reply, r, 16, argv, lens);
+    r->s = dx__rb_shard_of(w, r->topic, r->tlen);
+    int rc = dx__rb_cmd_argv(&r->s->cmd, on_read_reply, r, 16, argv, lens);
     if (!rc && barrier) {
-        r->next = w->barriers;
-        w->barriers = r;
+        r->next = r->s->barriers;
+        r->s->barriers = r;
     }
     return rc;
 }
@@ -713,11 +716,11 @@ static int read_issue(rreq *r, char mode)
 
 static void on_sub_msg(dx__rio *io, void *reply, void *pd);
 
-int dx__rb_send_sub(rworker *w, const char *verb, const char *const *names, const size_t *lens, size_t n)
+int dx__rb_send_sub(rshard *s, const char *verb, const char *const *names, const size_t *lens, size_t n)
 {
     if (!n)
         return 0;
-    if (!w->sub.io || !w->sub.up)
+    if (!s->sub.io || !s->sub.up)
         return DX_EIO;
     const char **argv = dx__alloc(NULL, (n + 1) * sizeof *argv);
     size_t *al = dx__alloc(NULL, (n + 1) * sizeof *al);
@@ -730,7 +733,7 @@ int dx__rb_send_sub(rworker *w, const char *verb, const char *const *names, cons
             al[i + 1] = lens[i];
         }
         bool unsub = strstr(verb, "UNSUB") != NULL;
-        rc = dx__rio_argv(w->sub.io, unsub ? NULL : on_sub_msg, w, (int)n + 1, argv, al) == 0
+        rc = dx__rio_argv(s->sub.io, unsub ? NULL : on_sub_msg, s, (int)n + 1, argv, al) == 0
                  ? 0
                  : DX_EIO;
     }
@@ -739,13 +742,39 @@ int dx__rb_send_sub(rworker *w, const char *verb, const char *const *names, cons
     return rc;
 }
 
-int dx__rb_subscribe_topic(rworker *w, rtopic *t)
+size_t dx__rb_chan(const rbus *b, const char *name, size_t len, char *out, size_t cap)
 {
-    char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1];
-    int n = snprintf(ch, sizeof ch, MSG_PREFIX "%s", t->bt->name);
+    int n = b->o.cluster ? snprintf(out, cap, MSG_PREFIX "{%.*s}", (int)len, name)
+                         : snprintf(out, cap, MSG_PREFIX "%.*s", (int)len, name);
+    return n < 0 ? 0 : (size_t)n;
+}
+
+/* The topic of channel ch ("dx:m:T", or with braces "dx:m:{T}"). */
+static bool chan_topic(const char *ch, size_t n, bool braces, const char **name, size_t *len)
+{
+    if (n <= MSG_PREFIX_LEN || memcmp(ch, MSG_PREFIX, MSG_PREFIX_LEN) != 0)
+        return false;
+    *name = ch + MSG_PREFIX_LEN;
+    *len = n - MSG_PREFIX_LEN;
+    if (braces) {
+        if (*len < 3 || (*name)[0] != '{' || (*name)[*len - 1] != '}')
+            return false;
+        (*name)++;
+        *len -= 2;
+    }
+    return *len <= DX__GW_TOPIC_MAX;
+}
+
+int dx__rb_subscribe_now(rworker *w, rtopic *t)
+{
+    char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3];
     const char *names[1] = {ch};
-    size_t lens[1] = {(size_t)n};
-    int rc = dx__rb_send_sub(w, "SUBSCRIBE", names, lens, 1);
+    size_t lens[1] = {dx__rb_chan(w->b, t->bt->name, t->bt->len, ch, sizeof ch)};
+    int rc = dx__rb_send_sub(t->s, "SUBSCRIBE", names, lens, 1);
+    /* cluster: SUBSCRIBE (never published to) makes this hiredis pass the
+     * shard channel's messages to us; SSUBSCRIBE receives them */
+    if (!rc && w->b->o.cluster)
+        rc = dx__rb_send_sub(t->s, "SSUBSCRIBE", names, lens, 1);
     if (!rc)
         t->state = S_SUBSCRIBING;
     return rc;
@@ -805,13 +834,13 @@ static rpat *pat_find(rworker *w, const char *name, size_t len)
     return NULL;
 }
 
-/* A live entry on channel dx:m:T. */
-static void live_message(rworker *w, const char *ch, size_t chlen, const char *p, size_t n)
+/* A live entry on channel ch (dx:m:T, or dx:m:{T}), braces: which. */
+static void live_message(rworker *w, const char *ch, size_t chlen, bool braces, const char *p, size_t n)
 {
-    if (chlen <= MSG_PREFIX_LEN || chlen - MSG_PREFIX_LEN > DX__GW_TOPIC_MAX)
+    const char *name;
+    size_t len;
+    if (!chan_topic(ch, chlen, braces, &name, &len))
         return;
-    const char *name = ch + MSG_PREFIX_LEN;
-    size_t len = chlen - MSG_PREFIX_LEN;
     const char *nl = memchr(p, '\n', n);
     const char *f[4];
     size_t fl[4];
@@ -872,61 +901,103 @@ static bool rstr(const redisReply *r, const char *s)
     return r->type == REDIS_REPLY_STRING && r->len == strlen(s) && memcmp(r->str, s, r->len) == 0;
 }
 
-void dx__rb_set_health(rworker *w)
+void dx__rb_set_health(rshard *s)
 {
-    atomic_store_explicit(&w->healthy, w->cmd.up && w->sub.up && !w->stuck, memory_order_release);
+    atomic_store_explicit(&s->healthy, s->cmd.up && s->sub.up && !s->stuck, memory_order_release);
 }
 
 static void on_sub_msg(dx__rio *io, void *reply, void *pd)
 {
     (void)io;
-    rworker *w = pd;
+    rshard *sh = pd;
+    rworker *w = sh->w;
     redisReply *r = reply;
+    bool cl = w->b->o.cluster;
+    if (r && !w->freeing && r->type == REDIS_REPLY_ERROR && cl) {
+        dx__rb_sub_error(w, sh, r);
+        return;
+    }
     if (!r || w->freeing || r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
         r->element[0]->type != REDIS_REPLY_STRING)
         return;
     redisReply *kind = r->element[0], *a = r->element[1], *c = r->element[2];
+    const char *nm;
+    size_t nl;
+    if (cl && rstr(kind, "smessage") && a->type == REDIS_REPLY_STRING && c->type == REDIS_REPLY_STRING) {
+        live_message(w, a->str, a->len, true, c->str, c->len);
+        return;
+    }
+    if (cl && (rstr(kind, "ssubscribe") || rstr(kind, "sunsubscribe")) && a->type == REDIS_REPLY_STRING) {
+        rtopic *t = chan_topic(a->str, a->len, true, &nm, &nl) ? dx__rb_topic_find(w, nm, nl) : NULL;
+        if (!t || t->s != sh)
+            return;
+        if (kind->str[1] == 's' && t->state == S_SUBSCRIBING) {
+            topic_active(w, t);
+        } else if (kind->str[1] == 'u' && (t->state == S_ACTIVE || t->state == S_SUBSCRIBING)) {
+            /* not asked for: the slot moved to another node */
+            w->map_due = true;
+            dx__rb_cluster_map(w);
+            dx__rb_topic_move(w, t, t->s, false);
+        }
+        return;
+    }
     if (rstr(kind, "message") && a->type == REDIS_REPLY_STRING && c->type == REDIS_REPLY_STRING) {
         if (a->len == sizeof CTL_CHANNEL - 1 && memcmp(a->str, CTL_CHANNEL, a->len) == 0)
-            dx__rb_ctl_message(w, c->str, c->len);
+            dx__rb_ctl_message(sh, c->str, c->len);
         else if (a->len == strlen(w->wchan) && memcmp(a->str, w->wchan, a->len) == 0)
-            barrier_message(w, c->str, c->len);
+            barrier_message(sh, c->str, c->len);
         else
-            live_message(w, a->str, a->len, c->str, c->len);
+            live_message(w, a->str, a->len, false, c->str, c->len);
     } else if (rstr(kind, "pmessage") && r->elements >= 4 && c->type == REDIS_REPLY_STRING &&
                r->element[3]->type == REDIS_REPLY_STRING) {
-        live_message(w, c->str, c->len, r->element[3]->str, r->element[3]->len);
+        live_message(w, c->str, c->len, false, r->element[3]->str, r->element[3]->len);
     } else if (rstr(kind, "subscribe") && a->type == REDIS_REPLY_STRING) {
         if (a->len == sizeof CTL_CHANNEL - 1 && memcmp(a->str, CTL_CHANNEL, a->len) == 0) {
-            if (!w->sub.up) {
-                w->sub.up = true;
-                w->sub.attempts = 0;
-                if (w->sub.was_up) {
+            if (!sh->sub.up) {
+                sh->sub.up = true;
+                sh->sub.attempts = 0;
+                if (sh->sub.was_up) {
                     atomic_fetch_add_explicit(&w->b->st_reconnects, 1, memory_order_relaxed);
-                    dx__rb_log(w->b, DX_LOG_INFO, "redis bus: worker %u: pub/sub connection to Redis restored",
-                               w->index);
+                    dx__rb_log(w->b, DX_LOG_INFO, "redis bus: worker %u: pub/sub connection to Redis %s restored",
+                               w->index, sh->sv.label);
                 }
-                w->sub.was_up = true;
-                dx__rb_set_health(w);
+                sh->sub.was_up = true;
+                dx__rb_set_health(sh);
                 /* the control channel is confirmed last: every pattern is
                  * active again, so topics seen only through one can be read
                  * back now (those seen through an exact subscription are,
                  * once theirs is confirmed) */
                 for (size_t i = 0; i < w->tab_cap; i++)
                     for (rtopic *t = w->tab[i]; t; t = t->next)
-                        if (t->need_catch && t->refs <= 0)
+                        if (t->need_catch && t->refs <= 0 && t->s == sh)
                             dx__rb_catch_start(w, t);
             }
             return;
         }
-        if (a->len > MSG_PREFIX_LEN) {
-            rtopic *t = topic_find(w, a->str + MSG_PREFIX_LEN, a->len - MSG_PREFIX_LEN);
+        if (!cl && chan_topic(a->str, a->len, false, &nm, &nl)) { /* cluster: the ssubscribe's answer */
+            rtopic *t = dx__rb_topic_find(w, nm, nl);
             if (t && t->state == S_SUBSCRIBING)
                 topic_active(w, t);
         }
-    } else if (rstr(kind, "unsubscribe") && a->type == REDIS_REPLY_STRING && a->len > MSG_PREFIX_LEN) {
-        rtopic *t = topic_find(w, a->str + MSG_PREFIX_LEN, a->len - MSG_PREFIX_LEN);
-        if (t && t->state == S_UNSUBSCRIBING) {
+    } else if (rstr(kind, "unsubscribe") && a->type == REDIS_REPLY_STRING && chan_topic(a->str, a->len, cl, &nm, &nl)) {
+        rtopic *t = dx__rb_topic_find(w, nm, nl);
+        if (t && t->state == S_UNSUBSCRIBING && t->moving) {
+            /* cluster: its slot moved: subscribed on the node that has it
+             * now; entries published meanwhile are read back from there */
+            t->moving = false;
+            t->state = S_NONE;
+            t->s = dx__rb_shard_of(w, nm, nl);
+            if (t->refs > 0 && t->have_last)
+                t->need_catch = true;
+            else if (t->refs <= 0)
+                t->have_last = false;
+            if (t->present || t->pres_pushed) {
+                t->pres_dirty = true;
+                w->pres_any_dirty = true;
+            }
+            if ((t->refs > 0 || t->waiting) && dx__rb_subscribe_topic(w, t) != 0)
+                dx__rb_waiting_fail(w, t, DX_EIO);
+        } else if (t && t->state == S_UNSUBSCRIBING) {
             /* Entries published while unsubscribed never came: nothing is
              * ordered here any more (the subscribers that arrived since are
              * all waiting for their read, which comes after the new
@@ -940,24 +1011,24 @@ static void on_sub_msg(dx__rio *io, void *reply, void *pd)
         }
     } else if (rstr(kind, "psubscribe") && a->type == REDIS_REPLY_STRING) {
         rpat *p = pat_find(w, a->str, a->len);
-        if (p && p->state == S_SUBSCRIBING)
-            p->state = S_ACTIVE;
+        if (p && p->state[sh->index] == S_SUBSCRIBING)
+            p->state[sh->index] = S_ACTIVE;
     } else if (rstr(kind, "punsubscribe") && a->type == REDIS_REPLY_STRING) {
         rpat *p = pat_find(w, a->str, a->len);
-        if (p && p->state == S_UNSUBSCRIBING) {
-            p->state = S_NONE;
+        if (p && p->state[sh->index] == S_UNSUBSCRIBING) {
+            p->state[sh->index] = S_NONE;
             /* topics seen only through patterns were not received for a
              * while: no catch-up may bring their older entries to later
              * pattern subscribers */
             for (size_t i = 0; i < w->tab_cap; i++)
                 for (rtopic *t = w->tab[i]; t; t = t->next)
-                    if (t->refs <= 0 && t->state == S_NONE && !t->catching)
+                    if (t->refs <= 0 && t->state == S_NONE && !t->catching && t->s == sh)
                         t->have_last = false;
             if (p->refs > 0) {
                 const char *names[1] = {p->name};
                 size_t lens[1] = {p->len};
-                if (dx__rb_send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
-                    p->state = S_SUBSCRIBING;
+                if (dx__rb_send_sub(sh, "PSUBSCRIBE", names, lens, 1) == 0)
+                    p->state[sh->index] = S_SUBSCRIBING;
             }
         }
     }
@@ -990,121 +1061,6 @@ static void r_detach(dx__bus *base, unsigned wi)
     w->ud = NULL;
 }
 
-static int refuse(rbus *b, int err)
-{
-    atomic_fetch_add_explicit(&b->st_refused, 1, memory_order_relaxed);
-    return err;
-}
-
-static void on_pub_reply(dx__rio *io, void *reply, void *pd)
-{
-    (void)io;
-    rreq *r = pd;
-    rworker *w = r->w;
-    rbus *b = w->b;
-    redisReply *rep = reply;
-    atomic_fetch_sub_explicit(&b->pending, r->bytes, memory_order_relaxed);
-    rreq *prev = NULL;
-    for (rreq *x = w->pubs; x; prev = x, x = x->pnext) { /* the head, answers coming in order */
-        if (x == r) {
-            if (prev)
-                prev->pnext = r->pnext;
-            else
-                w->pubs = r->pnext;
-            if (w->pubs_tail == r)
-                w->pubs_tail = prev;
-            break;
-        }
-    }
-    int err = DX_EIO;
-    uint64_t off = 0;
-    char ep[DX__GW_EPOCH_LEN + 1] = "";
-    if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements >= 2 && rep->element[0]->type == REDIS_REPLY_INTEGER &&
-        rep->element[1]->type == REDIS_REPLY_STRING && rep->element[1]->len <= DX__GW_EPOCH_LEN) {
-        err = 0;
-        off = (uint64_t)rep->element[0]->integer;
-        memcpy(ep, rep->element[1]->str, rep->element[1]->len);
-        ep[rep->element[1]->len] = 0;
-    } else if (rep && rep->type == REDIS_REPLY_ERROR) {
-        if (strstr(rep->str, "ELIMIT")) {
-            err = DX_ELIMIT;
-        } else if (strstr(rep->str, "ELATE")) {
-            err = DX_EIO; /* not published */
-        } else {
-            dx__rb_log(b, DX_LOG_WARN, "redis bus: publish on %s failed: %s", r->topic, rep->str);
-            if (strncmp(rep->str, "NOSCRIPT", 8) == 0 && w->cmd.up)
-                for (int i = 0; i < DX__REDIS_LUA_N; i++)
-                    dx__rio_fmt(w->cmd.io, dx__rb_on_ignore, NULL, "SCRIPT LOAD %s", dx__redis_lua[i]);
-        }
-    }
-    if (!w->freeing && r->fn.pub)
-        r->fn.pub(r->ud, err, off, ep);
-    dx__free(NULL, r);
-}
-
-static int r_publish(dx__bus *base, unsigned wi, const char *topic, size_t len, dx__gw_kind kind, const void *data,
-                     size_t dlen, dx__bus_pub_fn fn, void *ud)
-{
-    rbus *b = (rbus *)base;
-    rworker *w = &b->w[wi];
-    if (len == 0 || len > DX__GW_TOPIC_MAX || kind < DX__GW_KIND_JSON || kind > DX__GW_KIND_BINARY)
-        return DX_EINVAL;
-    if (!w->cmd.up || w->stuck)
-        return refuse(b, DX_EIO);
-    size_t was = atomic_fetch_add_explicit(&b->pending, dlen, memory_order_relaxed);
-    if (was + dlen > b->o.pending_max) {
-        atomic_fetch_sub_explicit(&b->pending, dlen, memory_order_relaxed);
-        return refuse(b, DX_ELIMIT);
-    }
-    rreq *r = req_new(w, Q_PUB, topic, len, NULL, 0);
-    if (!r) {
-        atomic_fetch_sub_explicit(&b->pending, dlen, memory_order_relaxed);
-        return DX_ENOMEM;
-    }
-    r->bytes = dlen;
-    r->fn.pub = fn;
-    r->ud = ud;
-    keys3 k;
-    topic_keys(&k, topic, len, "o", "e", "s");
-    char kd[2] = {(char)('0' + kind), 0}, cnt[24], age[24], ep[DX__GW_EPOCH_LEN + 1], ttl[24];
-    char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1];
-    snprintf(cnt, sizeof cnt, "%zu", b->o.history.max_count);
-    snprintf(age, sizeof age, "%llu", (unsigned long long)(b->o.history.max_age_ns / 1000000u));
-    new_epoch(w, ep);
-    snprintf(ttl, sizeof ttl, "%llu", (unsigned long long)b->ttl_ms);
-    int chn = snprintf(ch, sizeof ch, MSG_PREFIX "%.*s", (int)len, topic);
-    /* Redis refuses it past half the answer bound: by the time this node
-     * gives up on it (the whole bound), it cannot run any more */
-    uint64_t now = dx__now_ns(NULL);
-    char dl[24] = "0";
-    if (w->have_clock)
-        snprintf(dl, sizeof dl, "%lld",
-                 (long long)((int64_t)(now / 1000000u) + w->clock_off_ms + (int64_t)b->o.connect_timeout_ms / 2));
-    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_PUB], "3", k.k[0], k.k[1], k.k[2], kd, dlen ? data : "",
-                          cnt, age, ep, ch, ttl, dl};
-    size_t lens[14];
-    for (int i = 0; i < 14; i++)
-        lens[i] = strlen(argv[i]);
-    lens[3] = k.n[0];
-    lens[4] = k.n[1];
-    lens[5] = k.n[2];
-    lens[7] = dlen;
-    lens[11] = (size_t)chn;
-    int rc = dx__rb_cmd_argv(&w->cmd, on_pub_reply, r, 14, argv, lens);
-    if (rc) {
-        atomic_fetch_sub_explicit(&b->pending, dlen, memory_order_relaxed);
-        dx__free(NULL, r);
-        return refuse(b, rc);
-    }
-    r->sent_ns = now;
-    if (w->pubs_tail)
-        w->pubs_tail->pnext = r;
-    else
-        w->pubs = r;
-    w->pubs_tail = r;
-    return 0;
-}
-
 static int r_subscribe(dx__bus *base, unsigned wi, const char *topic, size_t len, const char *user, size_t ulen,
                        bool join, bool resume, uint64_t since, const char *epoch, size_t elen, dx__bus_snap_fn fn,
                        void *ud)
@@ -1113,9 +1069,10 @@ static int r_subscribe(dx__bus *base, unsigned wi, const char *topic, size_t len
     rworker *w = &b->w[wi];
     if (len == 0 || len > DX__GW_TOPIC_MAX)
         return DX_EINVAL;
-    if (!w->cmd.up || (join && !w->sub.up))
-        return refuse(b, DX_EIO);
-    rreq *r = req_new(w, join ? Q_SUB : Q_CUR, topic, len, user, user ? ulen : 0);
+    rshard *s = dx__rb_shard_of(w, topic, len);
+    if (!s->cmd.up || (join && !s->sub.up))
+        return dx__rb_refuse(b, DX_EIO);
+    rreq *r = dx__rb_req_new(w, join ? Q_SUB : Q_CUR, topic, len, user, user ? ulen : 0);
     if (!r)
         return DX_ENOMEM;
     r->fn.snap = fn;
@@ -1167,7 +1124,7 @@ static int r_subscribe(dx__bus *base, unsigned wi, const char *topic, size_t len
         t->refs--;
         presence_remove(w, t, user, user ? ulen : 0);
         dx__free(NULL, r);
-        return refuse(b, rc);
+        return dx__rb_refuse(b, rc);
     }
     return 0;
 }
@@ -1176,7 +1133,7 @@ static void r_leave(dx__bus *base, unsigned wi, const char *topic, size_t len, c
 {
     rbus *b = (rbus *)base;
     rworker *w = &b->w[wi];
-    rtopic *t = topic_find(w, topic, len);
+    rtopic *t = dx__rb_topic_find(w, topic, len);
     if (!t || t->refs <= 0)
         return;
     t->refs--;
@@ -1193,9 +1150,9 @@ static int r_history(dx__bus *base, unsigned wi, const char *topic, size_t len, 
     rworker *w = &b->w[wi];
     if (len == 0 || len > DX__GW_TOPIC_MAX)
         return DX_EINVAL;
-    if (!w->cmd.up)
-        return refuse(b, DX_EIO);
-    rreq *r = req_new(w, Q_HIST, topic, len, NULL, 0);
+    if (!dx__rb_shard_of(w, topic, len)->cmd.up)
+        return dx__rb_refuse(b, DX_EIO);
+    rreq *r = dx__rb_req_new(w, Q_HIST, topic, len, NULL, 0);
     if (!r)
         return DX_ENOMEM;
     r->since = since;
@@ -1205,154 +1162,8 @@ static int r_history(dx__bus *base, unsigned wi, const char *topic, size_t len, 
     int rc = read_issue(r, 'h');
     if (rc) {
         dx__free(NULL, r);
-        return refuse(b, rc);
+        return dx__rb_refuse(b, rc);
     }
-    return 0;
-}
-
-/* Adds the users of one presence value ("count len:id len:id...") to the
- * answer; false when malformed. */
-static bool pres_parse(const char *s, size_t n, uint64_t *count, char ***users, size_t **lens, size_t *nu,
-                       size_t *cap)
-{
-    size_t i = 0;
-    while (i < n && s[i] != ' ')
-        i++;
-    bool ok = true;
-    *count += dx__rb_parse_u64(s, i, &ok);
-    while (ok && i < n) {
-        i++; /* the space */
-        size_t j = i;
-        while (j < n && s[j] != ':')
-            j++;
-        uint64_t l = dx__rb_parse_u64(s + i, j - i, &ok);
-        if (!ok || j >= n || l > n - j - 1)
-            return false;
-        const char *id = s + j + 1;
-        bool dup = false;
-        for (size_t k = 0; k < *nu && !dup; k++)
-            dup = (*lens)[k] == l && memcmp((*users)[k], id, l) == 0;
-        if (!dup) {
-            if (*nu == *cap) {
-                size_t nc = *cap ? *cap * 2 : 8;
-                char **u = dx__realloc(NULL, *users, nc * sizeof *u);
-                if (!u)
-                    return false;
-                *users = u;
-                size_t *ll = dx__realloc(NULL, *lens, nc * sizeof *ll);
-                if (!ll)
-                    return false;
-                *lens = ll;
-                *cap = nc;
-            }
-            char *c = dx__alloc(NULL, l + 1);
-            if (!c)
-                return false;
-            memcpy(c, id, l);
-            c[l] = 0;
-            (*users)[*nu] = c;
-            (*lens)[*nu] = l;
-            (*nu)++;
-        }
-        i = j + 1 + l;
-    }
-    return ok;
-}
-
-static void on_pres_reply(dx__rio *io, void *reply, void *pd)
-{
-    (void)io;
-    rreq *r = pd;
-    redisReply *rep = reply;
-    uint64_t count = 0;
-    char **users = NULL;
-    size_t *lens = NULL, nu = 0, cap = 0;
-    int err = 0;
-    if (!rep || rep->type != REDIS_REPLY_ARRAY) {
-        err = DX_EIO;
-    } else {
-        for (size_t i = 0; i < rep->elements && !err; i++)
-            if (rep->element[i]->type != REDIS_REPLY_STRING ||
-                !pres_parse(rep->element[i]->str, rep->element[i]->len, &count, &users, &lens, &nu, &cap))
-                err = DX_EIO;
-    }
-    if (!r->w->freeing)
-        r->fn.pres(r->ud, err, count, (const char *const *)users, lens, err ? 0 : nu);
-    for (size_t i = 0; i < nu; i++)
-        dx__free(NULL, users[i]);
-    dx__free(NULL, users);
-    dx__free(NULL, lens);
-    dx__free(NULL, r);
-}
-
-static int r_presence(dx__bus *base, unsigned wi, const char *topic, size_t len, dx__bus_presence_fn fn, void *ud)
-{
-    rbus *b = (rbus *)base;
-    rworker *w = &b->w[wi];
-    if (len == 0 || len > DX__GW_TOPIC_MAX)
-        return DX_EINVAL;
-    if (!w->cmd.up)
-        return refuse(b, DX_EIO);
-    rreq *r = req_new(w, Q_PRES, topic, len, NULL, 0);
-    if (!r)
-        return DX_ENOMEM;
-    r->fn.pres = fn;
-    r->ud = ud;
-    /* this worker's pending changes first, so a reader here sees its own joins */
-    rtopic *t = topic_find(w, topic, len);
-    if (t && t->pres_dirty)
-        dx__rb_presence_push(w, t);
-    char k[5][DX__GW_TOPIC_MAX + 16];
-    size_t kl[5];
-    static const char *const suf[5] = {"p", "pz", "o", "e", "s"};
-    for (int i = 0; i < 5; i++)
-        kl[i] = (size_t)snprintf(k[i], sizeof k[i], "dx:{%.*s}:%s", (int)len, topic, suf[i]);
-    const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_PRES], "5", k[0], k[1], k[2], k[3], k[4], "g", w->member,
-                          "", "0", "0"};
-    size_t lens[13];
-    for (int i = 0; i < 13; i++)
-        lens[i] = i >= 3 && i <= 7 ? kl[i - 3] : strlen(argv[i]);
-    int rc = dx__rb_cmd_argv(&w->cmd, on_pres_reply, r, 13, argv, lens);
-    if (rc) {
-        dx__free(NULL, r);
-        return refuse(b, rc);
-    }
-    return 0;
-}
-
-static int r_disconnect_user(dx__bus *base, unsigned wi, const char *user, size_t ulen, dx__bus_count_fn fn,
-                             void *ud)
-{
-    rbus *b = (rbus *)base;
-    rworker *w = &b->w[wi];
-    if (ulen == 0 || ulen > 1024)
-        return DX_EINVAL;
-    if (!w->cmd.up)
-        return refuse(b, DX_EIO);
-    rreq *r = req_new(w, Q_DISC, user, ulen, NULL, 0);
-    char *msg = dx__alloc(NULL, ulen + 80);
-    if (!r || !msg) {
-        dx__free(NULL, r);
-        dx__free(NULL, msg);
-        return DX_ENOMEM;
-    }
-    r->id = ++w->disc_seq;
-    r->fn.count = fn;
-    r->ud = ud;
-    r->refs = 2; /* the list, the PUBLISH callback */
-    r->deadline_ns = dx__now_ns(NULL) + DISC_TIMEOUT_NS;
-    int m = snprintf(msg, 80, "d %s.%llu ", w->member, (unsigned long long)r->id);
-    memcpy(msg + m, user, ulen);
-    const char *argv[] = {"PUBLISH", CTL_CHANNEL, msg};
-    size_t lens[] = {7, sizeof CTL_CHANNEL - 1, (size_t)m + ulen};
-    int rc = dx__rb_cmd_argv(&w->cmd, dx__rb_on_disc_pub, r, 3, argv, lens);
-    dx__free(NULL, msg);
-    if (rc) {
-        dx__free(NULL, r);
-        return refuse(b, rc);
-    }
-    r->next = w->discs;
-    w->discs = r;
     return 0;
 }
 
@@ -1396,28 +1207,47 @@ static void r_pattern(dx__bus *base, unsigned wi, const char *pat, size_t len, l
         w->pats = p;
     }
     p->refs += delta;
-    if (p->refs > 0 && p->state == S_NONE) {
+    if (p->refs > 0) {
+        /* Redis has no pattern across servers: PSUBSCRIBEd on each one */
         const char *names[1] = {p->name};
         size_t lens[1] = {p->len};
-        if (dx__rb_send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
-            p->state = S_SUBSCRIBING;
-    } else if (p->refs <= 0) {
+        for (unsigned i = 0; i < w->nsh; i++)
+            if (p->state[i] == S_NONE && dx__rb_send_sub(&w->sh[i], "PSUBSCRIBE", names, lens, 1) == 0)
+                p->state[i] = S_SUBSCRIBING;
+    } else {
         w->unsub_due = true;
     }
 }
 
-static bool r_healthy(dx__bus *base)
+/* Bit i: server i is unreachable from some attached worker; *any: a worker is attached. */
+static uint64_t down_mask(rbus *b, bool *any)
 {
-    rbus *b = (rbus *)base;
-    bool any = false;
+    uint64_t m = 0;
+    *any = false;
     for (unsigned i = 0; i < b->o.workers; i++) {
         if (!atomic_load_explicit(&b->w[i].attached, memory_order_acquire))
             continue;
-        any = true;
-        if (!atomic_load_explicit(&b->w[i].healthy, memory_order_acquire))
-            return false;
+        *any = true;
+        if (b->o.cluster && !atomic_load_explicit(&b->w[i].map_ok, memory_order_acquire))
+            m |= 1; /* no slot map yet: not ready */
+        unsigned n = atomic_load_explicit(&b->w[i].nsh, memory_order_acquire);
+        for (unsigned j = 0; j < n; j++)
+            if (!atomic_load_explicit(&b->w[i].sh[j].healthy, memory_order_acquire))
+                m |= UINT64_C(1) << j;
     }
-    return any;
+    return m;
+}
+
+/* Healthy while some server is reachable: with several, the topics of a
+ * server that is down answer 503 and the others work (the stats say which,
+ * /healthz says "degraded"). */
+static bool r_healthy(dx__bus *base)
+{
+    rbus *b = (rbus *)base;
+    bool any;
+    uint64_t m = down_mask(b, &any);
+    unsigned n = any ? atomic_load_explicit(&b->w[0].nsh, memory_order_acquire) : 0;
+    return any && m != (UINT64_C(1) << n) - 1;
 }
 
 static void r_stats(dx__bus *base, dx__bus_stats *out)
@@ -1433,6 +1263,10 @@ static void r_stats(dx__bus *base, dx__bus_stats *out)
     out->reconnects = atomic_load_explicit(&b->st_reconnects, memory_order_relaxed);
     out->recovered = atomic_load_explicit(&b->st_recovered, memory_order_relaxed);
     out->epochs = atomic_load_explicit(&b->st_epochs, memory_order_relaxed);
+    bool any;
+    out->shards = atomic_load_explicit(&b->w[0].nsh, memory_order_acquire);
+    out->shards_down_mask = down_mask(b, &any);
+    out->shards_down = (uint64_t)__builtin_popcountll(out->shards_down_mask);
 }
 
 /* Every worker loop has stopped. Completions are not called (bus.h). */
@@ -1445,17 +1279,20 @@ static void r_free(dx__bus *base)
         if (w->tick)
             dx_timer_free(w->tick);
         w->tick = NULL;
-        rconn *cs[2] = {&w->cmd, &w->sub};
-        for (int j = 0; j < 2; j++) {
-            dx__rio *io = cs[j]->io;
-            cs[j]->io = NULL;
-            cs[j]->up = false;
-            dx__rio_free(io); /* pending callbacks run with NULL and only free */
+        for (unsigned si = 0; w->sh && si < w->nsh; si++) {
+            rconn *cs[2] = {&w->sh[si].cmd, &w->sh[si].sub};
+            for (int j = 0; j < 2; j++) {
+                dx__rio *io = cs[j]->io;
+                cs[j]->io = NULL;
+                cs[j]->up = false;
+                dx__rio_free(io); /* pending callbacks run with NULL and only free */
+            }
         }
         while (w->discs)
             dx__rb_disc_finish(w, w->discs, DX_ECLOSED);
-        while (w->barriers) /* answered, barrier never came */
-            sub_finish(w->barriers);
+        for (unsigned si = 0; w->sh && si < w->nsh; si++)
+            while (w->sh[si].barriers) /* answered, barrier never came */
+                sub_finish(w->sh[si].barriers);
         for (size_t k = 0; k < w->tab_cap; k++) {
             for (rtopic *t = w->tab[k], *nx; t; t = nx) {
                 nx = t->next;
@@ -1473,21 +1310,24 @@ static void r_free(dx__bus *base)
             dx__free(NULL, p);
         }
         dx__rb_uc_free(w);
+        dx__free(NULL, w->sh);
+        dx__free(NULL, w->slots);
     }
     dx__tls_ctx_free(b->tls);
     dx__free(NULL, b->w);
+    dx__rb_servers_free(b);
     dx__free(NULL, b);
 }
 
 static const dx__bus_vt redis_vt = {
     .attach = r_attach,
     .detach = r_detach,
-    .publish = r_publish,
+    .publish = dx__rb_publish,
     .subscribe = r_subscribe,
     .leave = r_leave,
     .history = r_history,
-    .presence = r_presence,
-    .disconnect_user = r_disconnect_user,
+    .presence = dx__rb_presence,
+    .disconnect_user = dx__rb_disconnect_user,
     .interest = r_interest,
     .pattern = r_pattern,
     .user_conns = dx__rb_user_conns,
@@ -1510,9 +1350,6 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
         snprintf(why, why_len, "bad worker count");
         goto fail;
     }
-    dx__redis_url url;
-    if (dx__redis_url_parse(o->url, &url, why, why_len) != 0)
-        goto fail;
     e = DX_ENOMEM;
     b = dx__alloc(NULL, sizeof *b);
     if (!b)
@@ -1521,7 +1358,9 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
     b->base.vt = &redis_vt;
     b->o = *o;
     b->o.url = NULL;
-    b->url = url;
+    if ((e = dx__rb_servers_init(b, o->url, why, why_len)) != 0)
+        goto fail;
+    e = DX_ENOMEM;
     if (!b->o.pending_max)
         b->o.pending_max = (size_t)64 << 20;
     if (!b->o.presence_ttl_ms)
@@ -1533,21 +1372,6 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
     b->ttl_ms = b->o.history.max_age_ns ? b->o.history.max_age_ns / 1000000u + 60000u : 0;
     if ((e = dx__rb_tls_setup(b, o, why, why_len)) != 0)
         goto fail;
-    e = DX_ENOMEM;
-    if (!url.unix_socket) {
-        /* resolved once, here (not on a loop): a lookup blocks */
-        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
-        int gr = getaddrinfo(url.host, NULL, &hints, &res);
-        if (gr != 0 || !res) {
-            snprintf(why, why_len, "Redis host '%s' does not resolve: %s", url.host, gai_strerror(gr));
-            e = DX_EADDR;
-            goto fail;
-        }
-        void *addr = res->ai_family == AF_INET6 ? (void *)&((struct sockaddr_in6 *)res->ai_addr)->sin6_addr
-                                                : (void *)&((struct sockaddr_in *)res->ai_addr)->sin_addr;
-        inet_ntop(res->ai_family, addr, b->addr, sizeof b->addr);
-        freeaddrinfo(res);
-    }
     uint64_t seed[2];
     if (dx__random(NULL, seed, sizeof seed) != 0) {
         e = DX_ERANDOM;
@@ -1568,19 +1392,45 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
         rworker *w = &b->w[i];
         w->b = b;
         w->index = i;
-        w->cmd.w = w->sub.w = w;
-        w->sub.is_sub = true;
+        unsigned cap = o->cluster ? DX__REDIS_SHARDS_MAX : b->nsrv;
+        w->sh = dx__alloc(NULL, cap * sizeof *w->sh);
+        if (!w->sh)
+            goto fail;
+        memset(w->sh, 0, cap * sizeof *w->sh);
+        if (o->cluster) { /* the seeds first; the masters as CLUSTER SLOTS names them */
+            w->slots = dx__alloc(NULL, 16384);
+            if (!w->slots)
+                goto fail;
+            memset(w->slots, 0xff, 16384);
+            w->map_due = true;
+        }
+        atomic_init(&w->nsh, b->nsrv);
+        for (unsigned j = 0; j < b->nsrv; j++) {
+            rshard *s = &w->sh[j];
+            s->w = w;
+            s->index = j;
+            s->sv = b->srv[j];
+            s->cmd.w = s->sub.w = w;
+            s->cmd.s = s->sub.s = s;
+            s->sub.is_sub = true;
+            atomic_init(&s->healthy, false);
+        }
         w->rng = seed[1] ^ ((uint64_t)i * 0x9e3779b97f4a7c15ull);
         snprintf(w->member, sizeof w->member, "%s.%u", b->node, i);
         snprintf(w->wchan, sizeof w->wchan, "dx:w:%s", w->member);
-        atomic_init(&w->healthy, false);
         atomic_init(&w->attached, false);
+        atomic_init(&w->map_ok, false);
     }
     return &b->base;
 fail:
     if (b) {
         dx__tls_ctx_free(b->tls);
+        for (unsigned i = 0; b->w && i < o->workers; i++) {
+            dx__free(NULL, b->w[i].sh);
+            dx__free(NULL, b->w[i].slots);
+        }
         dx__free(NULL, b->w);
+        dx__rb_servers_free(b);
         dx__free(NULL, b);
     }
     if (err)

@@ -37,11 +37,25 @@ typedef struct dx__redis_url {
 /* Parses url into *out. 0, or DX_EINVAL with a one-line reason in why. */
 int dx__redis_url_parse(const char *url, dx__redis_url *out, char *why, size_t why_len);
 
+/* Client-side sharding: at most this many servers in the URL list. */
+#define DX__REDIS_SHARDS_MAX 16
+/* Points per server on the hash ring (consistent hashing of topic names). */
+#define DX__REDIS_RING_POINTS 128
+/* Redis Cluster: MOVED/ASK redirections followed per command before it fails. */
+#define DX__REDIS_REDIRECTS_MAX 5
+/* Redis Cluster: the slot map is read again at most this often (ms). */
+#define DX__REDIS_MAP_MIN_MS 200
+
 typedef void (*dx__bus_log_fn)(void *ud, int level, const char *msg);
 
 typedef struct dx__bus_redis_opts {
     unsigned workers;            /* N >= 1 */
-    const char *url;             /* see dx__redis_url */
+    bool cluster;                /* the URLs are seed nodes of a Redis Cluster (Redis 7): topics
+                                    routed by slot, sharded pub/sub (SSUBSCRIBE/SPUBLISH) */
+    const char *url;             /* see dx__redis_url; several, separated by commas (at most
+                                    DX__REDIS_SHARDS_MAX): client-side sharding, each topic on one
+                                    server (consistent hashing). Every node lists the same servers
+                                    in the same order. */
     const char *tls_ca;          /* rediss://: PEM CA file the server's certificate must chain to
                                     (NULL: the system store) */
     const char *tls_cert;        /* rediss://: a PEM client certificate (Redis tls-auth-clients), */

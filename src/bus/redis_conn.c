@@ -1,6 +1,6 @@
 /*
  * src/bus/redis_conn.c: the Redis bus's connections (redis_int.h): each
- * worker's command and pub/sub connections to Redis (connect, setup,
+ * worker's command and pub/sub connections to each Redis server (connect, setup,
  * health by TIME, loss, reconnect with backoff and jitter, resubscribe),
  * its 100 ms tick (reconnects, health, presence and liveness refresh,
  * batched unsubscribes, sweeps), presence writes, and /api/disconnect
@@ -18,7 +18,10 @@
 int dx__rb_tls_setup(rbus *b, const dx__bus_redis_opts *o, char *why, size_t why_len)
 {
     b->o.tls_ca = b->o.tls_cert = b->o.tls_key = NULL; /* not kept: loaded here */
-    if (!b->url.tls && (o->tls_ca || o->tls_cert || o->tls_key)) {
+    bool tls = false;
+    for (unsigned i = 0; i < b->nsrv; i++)
+        tls = tls || b->srv[i].url.tls;
+    if (!tls && (o->tls_ca || o->tls_cert || o->tls_key)) {
         snprintf(why, why_len, "--redis-tls-ca, --redis-tls-cert and --redis-tls-key need a rediss:// URL");
         return DX_EINVAL;
     }
@@ -26,7 +29,7 @@ int dx__rb_tls_setup(rbus *b, const dx__bus_redis_opts *o, char *why, size_t why
         snprintf(why, why_len, "--redis-tls-cert and --redis-tls-key go together");
         return DX_EINVAL;
     }
-    if (!b->url.tls)
+    if (!tls)
         return 0;
     /* the CA store and the client certificate, loaded once (not on a loop);
      * every connection's handshake verifies the server's certificate
@@ -75,10 +78,11 @@ static void conn_drop(rconn *c, const char *why)
 void dx__rb_conn_down(rconn *c, const char *why)
 {
     rworker *w = c->w;
+    rshard *s = c->s;
     rbus *b = w->b;
     bool was = c->up;
     c->up = false;
-    dx__rb_set_health(w);
+    dx__rb_set_health(s);
     uint64_t now = dx__now_ns(NULL);
     uint64_t delay = 100u << (c->attempts < 6 ? c->attempts : 6); /* ms: 100 .. 6400, capped at 5 s */
     if (delay > 5000)
@@ -89,11 +93,23 @@ void dx__rb_conn_down(rconn *c, const char *why)
     if (w->freeing)
         return;
     if (was || c->attempts == 1)
-        dx__rb_log(b, DX_LOG_WARN, "redis bus: worker %u: %s connection to Redis %s: %s (retrying)", w->index,
-             c->is_sub ? "pub/sub" : "command", was ? "lost" : "failed", why);
+        dx__rb_log(b, DX_LOG_WARN, "redis bus: worker %u: %s connection to Redis %s %s: %s (retrying)", w->index,
+                   c->is_sub ? "pub/sub" : "command", s->sv.label, was ? "lost" : "failed", why);
+    if (c->is_sub && w->slots) {
+        /* cluster: an error naming where a slot went (MOVED) */
+        unsigned slot;
+        bool ask;
+        int k = dx__rb_redirect(w, why, strlen(why), &slot, &ask);
+        if (k >= 0) {
+            w->slots[slot] = (uint8_t)k;
+            w->map_due = true;
+        }
+    }
     if (c->is_sub) {
         for (size_t i = 0; i < w->tab_cap; i++) {
             for (rtopic *t = w->tab[i]; t; t = t->next) {
+                if (t->s != s)
+                    continue; /* on another server */
                 if (t->state != S_NONE) {
                     t->state = S_NONE;
                     dx__rb_waiting_fail(w, t, DX_EIO);
@@ -109,12 +125,12 @@ void dx__rb_conn_down(rconn *c, const char *why)
             }
         }
         for (rpat *p = w->pats; p; p = p->next)
-            p->state = S_NONE;
+            p->state[s->index] = S_NONE;
         /* reads whose barrier can no longer come: failed (the answer would
          * not be ordered with the live entries); an answer still out frees
          * its request when it comes */
-        rreq *r = w->barriers;
-        w->barriers = NULL;
+        rreq *r = s->barriers;
+        s->barriers = NULL;
         while (r) {
             rreq *next = r->next;
             r->next = NULL;
@@ -130,11 +146,16 @@ void dx__rb_conn_down(rconn *c, const char *why)
             }
             r = next;
         }
+        if (w->slots) /* cluster: topics whose slot is known to be elsewhere go there now */
+            for (size_t i = 0; i < w->tab_cap; i++)
+                for (rtopic *t = w->tab[i]; t; t = t->next)
+                    if (t->s == s && dx__rb_shard_of(w, t->bt->name, t->bt->len) != s)
+                        dx__rb_topic_move(w, t, dx__rb_shard_of(w, t->bt->name, t->bt->len), false);
     } else {
-        w->ping_sent_ns = 0;
-        w->stuck = false;
+        s->ping_sent_ns = 0;
+        s->stuck = false;
         for (rreq *r = w->discs; r; r = r->next)
-            if (r->deadline_ns > now)
+            if (r->s == s && r->deadline_ns > now)
                 r->deadline_ns = now; /* no reply can come through this connection: answer with what came */
     }
 }
@@ -156,46 +177,51 @@ static void on_ping(dx__rio *io, void *reply, void *pd)
 {
     rconn *c = pd;
     rworker *w = c->w;
+    rshard *s = c->s;
     if (!reply || c->io != io || w->freeing)
         return;
     redisReply *r = reply;
     uint64_t now = dx__now_ns(NULL);
     if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_STRING &&
-        r->element[1]->type == REDIS_REPLY_STRING && w->ping_sent_ns) {
+        r->element[1]->type == REDIS_REPLY_STRING && s->ping_sent_ns) {
         bool ok = true;
         uint64_t sec = dx__rb_parse_u64(r->element[0]->str, r->element[0]->len, &ok);
         uint64_t usec = dx__rb_parse_u64(r->element[1]->str, r->element[1]->len, &ok);
         if (ok) {
-            int64_t mid_ms = (int64_t)((w->ping_sent_ns + now) / 2 / 1000000u);
-            w->clock_off_ms = (int64_t)(sec * 1000u + usec / 1000u) - mid_ms;
-            w->have_clock = true;
+            int64_t mid_ms = (int64_t)((s->ping_sent_ns + now) / 2 / 1000000u);
+            s->clock_off_ms = (int64_t)(sec * 1000u + usec / 1000u) - mid_ms;
+            s->have_clock = true;
         }
     }
-    w->ping_sent_ns = 0;
+    s->ping_sent_ns = 0;
     if (!c->up) {
         c->up = true;
         c->attempts = 0;
         if (c->was_up) {
             atomic_fetch_add_explicit(&w->b->st_reconnects, 1, memory_order_relaxed);
-            dx__rb_log(w->b, DX_LOG_INFO, "redis bus: worker %u: command connection to Redis restored", w->index);
+            dx__rb_log(w->b, DX_LOG_INFO, "redis bus: worker %u: command connection to Redis %s restored", w->index,
+                       s->sv.label);
         } else if (w->index == 0) {
-            dx__rb_log(w->b, DX_LOG_INFO, "redis bus: connected to Redis at %s (db %d) as node %s",
-                       w->b->url.unix_socket ? w->b->url.path : w->b->addr, w->b->url.db, w->b->node);
+            dx__rb_log(w->b, DX_LOG_INFO, "redis bus: connected to Redis at %s (db %d, server %u of %u) as node %s",
+                       s->sv.label, s->sv.url.db, s->index + 1, (unsigned)w->nsh,
+                       w->b->node);
         }
         c->was_up = true;
-        dx__rb_set_health(w);
+        dx__rb_set_health(s);
         w->last_refresh_ns = 0; /* presence and liveness now */
         if (!c->is_sub)
             dx__rb_uc_all_dirty(w); /* and the user counts, which Redis may have lost */
         for (size_t i = 0; i < w->tab_cap; i++)
             for (rtopic *t = w->tab[i]; t; t = t->next) {
+                if (t->s != s)
+                    continue;
                 if (t->present || t->pres_pushed) {
                     t->pres_dirty = true;
                     w->pres_any_dirty = true;
                 }
                 /* catch-ups that waited for this connection: their reads
                  * start from the last offset delivered */
-                if ((t->need_catch && (t->state == S_ACTIVE || (t->refs <= 0 && w->sub.up))) ||
+                if ((t->need_catch && (t->state == S_ACTIVE || (t->refs <= 0 && s->sub.up))) ||
                     (t->catching && !t->catch_out))
                     dx__rb_catch_start(w, t);
             }
@@ -206,12 +232,14 @@ static int conn_start(rconn *c)
 {
     rworker *w = c->w;
     rbus *b = w->b;
+    rshard *s = c->s;
+    const rserver *sv = &s->sv;
     dx__rio_opts o = {
-        .addr = b->url.unix_socket ? NULL : b->addr,
-        .port = b->url.port,
-        .unix_path = b->url.unix_socket ? b->url.path : NULL,
-        .tls = b->tls,
-        .tls_host = b->url.host,
+        .addr = sv->url.unix_socket ? NULL : sv->addr,
+        .port = sv->url.port,
+        .unix_path = sv->url.unix_socket ? sv->url.path : NULL,
+        .tls = sv->url.tls ? b->tls : NULL,
+        .tls_host = sv->url.host,
         .on_connect = on_connect,
         .on_disconnect = on_disconnect,
         .after = after_event,
@@ -230,39 +258,39 @@ static int conn_start(rconn *c)
     c->io = io;
     /* setup, pipelined: AUTH, SELECT, then (commands) the scripts and a PING
      * whose answer marks the connection up, or (pub/sub) the subscriptions */
-    if (b->url.pass[0]) {
-        if (b->url.user[0])
-            dx__rio_fmt(io, on_hs_reply, c, "AUTH %s %s", b->url.user, b->url.pass);
+    if (sv->url.pass[0]) {
+        if (sv->url.user[0])
+            dx__rio_fmt(io, on_hs_reply, c, "AUTH %s %s", sv->url.user, sv->url.pass);
         else
-            dx__rio_fmt(io, on_hs_reply, c, "AUTH %s", b->url.pass);
+            dx__rio_fmt(io, on_hs_reply, c, "AUTH %s", sv->url.pass);
     }
-    if (b->url.db)
-        dx__rio_fmt(io, on_hs_reply, c, "SELECT %d", b->url.db);
+    if (sv->url.db)
+        dx__rio_fmt(io, on_hs_reply, c, "SELECT %d", sv->url.db);
     if (!c->is_sub) {
         for (int i = 0; i < DX__REDIS_LUA_N; i++)
             dx__rio_fmt(io, on_hs_reply, c, "SCRIPT LOAD %s", dx__redis_lua[i]);
-        w->ping_sent_ns = dx__now_ns(NULL);
+        s->ping_sent_ns = dx__now_ns(NULL);
         dx__rio_fmt(io, on_ping, c, "TIME");
         return 0;
     }
-    /* every exact topic with subscribers, every pattern, then the control
-     * channel (its confirmation marks the connection up) */
+    /* every exact topic of this server with subscribers, every pattern,
+     * then the control channel (its confirmation marks the connection up) */
     c->up = true; /* let dx__rb_send_sub write; the flag is reset below */
     for (size_t i = 0; i < w->tab_cap; i++)
         for (rtopic *t = w->tab[i]; t; t = t->next)
-            if ((t->refs > 0 || t->waiting) && dx__rb_subscribe_topic(w, t) != 0)
+            if (t->s == s && (t->refs > 0 || t->waiting) && dx__rb_subscribe_now(w, t) != 0)
                 dx__rb_waiting_fail(w, t, DX_EIO);
     for (rpat *p = w->pats; p; p = p->next) {
         if (p->refs > 0) {
             const char *names[1] = {p->name};
             size_t lens[1] = {p->len};
-            if (dx__rb_send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
-                p->state = S_SUBSCRIBING;
+            if (dx__rb_send_sub(s, "PSUBSCRIBE", names, lens, 1) == 0)
+                p->state[s->index] = S_SUBSCRIBING;
         }
     }
     const char *names[2] = {w->wchan, CTL_CHANNEL};
     size_t lens[2] = {strlen(w->wchan), sizeof CTL_CHANNEL - 1};
-    (void)dx__rb_send_sub(w, "SUBSCRIBE", names, lens, 2);
+    (void)dx__rb_send_sub(s, "SUBSCRIBE", names, lens, 2);
     c->up = false;
     return 0;
 }
@@ -310,7 +338,7 @@ void dx__rb_presence_push(rworker *w, rtopic *t)
     size_t lens[13];
     for (int i = 0; i < 13; i++)
         lens[i] = i >= 3 && i <= 7 ? kl[i - 3] : i == 10 ? v.len : strlen(argv[i]);
-    if (dx__rb_cmd_argv(&w->cmd, dx__rb_on_ignore, NULL, 13, argv, lens) == 0) {
+    if (dx__rb_cmd_argv(&t->s->cmd, dx__rb_on_ignore, NULL, 13, argv, lens) == 0) {
         t->pres_dirty = false;
         t->pres_pushed = t->present > 0;
     }
@@ -319,55 +347,75 @@ void dx__rb_presence_push(rworker *w, rtopic *t)
 
 static void refresh_alive(rworker *w)
 {
+    if (w->b->o.cluster)
+        return; /* a script may not read another slot's key: cluster user counts do not check liveness */
     char key[80];
     int n = snprintf(key, sizeof key, "dx:alive:%s", w->member);
     char ttl[24];
     snprintf(ttl, sizeof ttl, "%u", w->b->o.presence_ttl_ms);
     const char *argv[] = {"SET", key, "1", "PX", ttl};
     size_t lens[] = {3, (size_t)n, 1, 2, strlen(ttl)};
-    (void)dx__rb_cmd_argv(&w->cmd, dx__rb_on_ignore, NULL, 5, argv, lens);
+    /* on every server: each one's user counts (dx:uc:{U}) check it there */
+    for (unsigned i = 0; i < w->nsh; i++)
+        (void)dx__rb_cmd_argv(&w->sh[i].cmd, dx__rb_on_ignore, NULL, 5, argv, lens);
 }
 
 /* ---- the tick ----------------------------------------------------------------------- */
 
-static void unsub_batch(rworker *w)
+/* UNSUBSCRIBEs (batched) the topics of server s nobody here holds any more. */
+static void unsub_topics(rworker *w, rshard *s)
 {
-    w->unsub_due = false;
-    if (!w->sub.up)
-        return;
     size_t cap = 64, n = 0;
     const char **names = dx__alloc(NULL, cap * sizeof *names);
     size_t *lens = dx__alloc(NULL, cap * sizeof *lens);
-    char *chans = dx__alloc(NULL, cap * (DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1));
+    char *chans = dx__alloc(NULL, cap * (DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3));
     if (!names || !lens || !chans) {
         w->unsub_due = true;
         goto out;
     }
     for (size_t i = 0; i < w->tab_cap; i++) {
         for (rtopic *t = w->tab[i]; t; t = t->next) {
-            if (t->refs > 0 || t->state != S_ACTIVE || t->waiting)
+            if (t->s != s || t->refs > 0 || t->state != S_ACTIVE || t->waiting)
                 continue;
             if (n == cap) {
                 w->unsub_due = true; /* the rest next tick */
                 break;
             }
-            char *ch = chans + n * (DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1);
-            lens[n] = (size_t)snprintf(ch, DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1, MSG_PREFIX "%s", t->bt->name);
+            char *ch = chans + n * (DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3);
+            lens[n] = dx__rb_chan(w->b, t->bt->name, t->bt->len, ch, DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3);
             names[n++] = ch;
             t->state = S_UNSUBSCRIBING;
         }
     }
-    if (n && dx__rb_send_sub(w, "UNSUBSCRIBE", names, lens, n) != 0)
+    if (n && w->b->o.cluster)
+        (void)dx__rb_send_sub(s, "SUNSUBSCRIBE", names, lens, n); /* then the SUBSCRIBE that routes them */
+    if (n && dx__rb_send_sub(s, "UNSUBSCRIBE", names, lens, n) != 0)
         w->unsub_due = true;
+out:
+    dx__free(NULL, names);
+    dx__free(NULL, lens);
+    dx__free(NULL, chans);
+}
+
+static void unsub_batch(rworker *w)
+{
+    w->unsub_due = false;
+    for (unsigned k = 0; k < w->nsh; k++)
+        if (w->sh[k].sub.up)
+            unsub_topics(w, &w->sh[k]);
     for (rpat **pp = &w->pats; *pp;) {
         rpat *p = *pp;
-        if (p->refs <= 0 && p->state == S_ACTIVE) {
-            const char *nm[1] = {p->name};
-            size_t ln[1] = {p->len};
-            if (dx__rb_send_sub(w, "PUNSUBSCRIBE", nm, ln, 1) == 0)
-                p->state = S_UNSUBSCRIBING;
+        bool none = true;
+        for (unsigned k = 0; k < w->nsh && p->refs <= 0; k++) {
+            if (p->state[k] == S_ACTIVE && w->sh[k].sub.up) {
+                const char *nm[1] = {p->name};
+                size_t ln[1] = {p->len};
+                if (dx__rb_send_sub(&w->sh[k], "PUNSUBSCRIBE", nm, ln, 1) == 0)
+                    p->state[k] = S_UNSUBSCRIBING;
+            }
+            none = none && p->state[k] == S_NONE;
         }
-        if (p->refs <= 0 && p->state == S_NONE) {
+        if (p->refs <= 0 && none) {
             *pp = p->next;
             dx__free(NULL, p);
             /* topics seen only through patterns are no longer ordered here */
@@ -381,10 +429,6 @@ static void unsub_batch(rworker *w)
         }
         pp = &p->next;
     }
-out:
-    dx__free(NULL, names);
-    dx__free(NULL, lens);
-    dx__free(NULL, chans);
 }
 
 static void sweep(rworker *w, uint64_t now)
@@ -405,14 +449,10 @@ static void sweep(rworker *w, uint64_t now)
     atomic_store_explicit(&w->st_topics, w->ntopics, memory_order_relaxed);
 }
 
-void dx__rb_on_tick(dx_timer *tm, void *ud)
+/* s's connections: (re)connect, connect timeouts, and the health check. */
+static void shard_tick(rworker *w, rshard *s, uint64_t now, uint64_t to)
 {
-    (void)tm;
-    rworker *w = ud;
-    rbus *b = w->b;
-    uint64_t now = dx__now_ns(NULL);
-    uint64_t to = (uint64_t)b->o.connect_timeout_ms * 1000000u;
-    rconn *cs[2] = {&w->cmd, &w->sub};
+    rconn *cs[2] = {&s->cmd, &s->sub};
     for (int i = 0; i < 2; i++) {
         rconn *c = cs[i];
         if (!c->io && now >= c->next_try_ns)
@@ -420,30 +460,45 @@ void dx__rb_on_tick(dx_timer *tm, void *ud)
         else if (c->io && !c->up && now - c->started_ns > to)
             conn_drop(c, "connect timed out");
     }
-    if (w->cmd.up) {
-        /* Redis does not answer (a TIME or a publish out too long): new
-         * requests are refused at once; the connections go (requests out
-         * fail, reconnecting starts) once every publish out is past its
-         * deadline, so none answered 503 can still be published */
-        bool late = (w->ping_sent_ns && now - w->ping_sent_ns > to) || (w->pubs && now - w->pubs->sent_ns > to);
-        if (!w->stuck && late) {
-            w->stuck = true;
-            dx__rb_set_health(w);
-            dx__rb_log(b, DX_LOG_WARN, "redis bus: worker %u: Redis does not answer", w->index);
-        }
-        if (w->stuck && (!w->pubs_tail || now - w->pubs_tail->sent_ns > to)) {
-            conn_drop(&w->cmd, "Redis does not answer");
-            if (w->sub.io)
-                conn_drop(&w->sub, "Redis does not answer on the command connection");
-        } else if (!w->ping_sent_ns && now - w->last_ping_ns >= UINT64_C(1000000000)) {
-            w->last_ping_ns = now;
-            const char *argv[] = {"TIME"};
-            size_t lens[] = {4};
-            if (dx__rb_cmd_argv(&w->cmd, on_ping, &w->cmd, 1, argv, lens) == 0)
-                w->ping_sent_ns = now;
-        }
+    if (!s->cmd.up)
+        return;
+    /* Redis does not answer (a TIME or a publish out too long): new
+     * requests are refused at once; the connections go (requests out
+     * fail, reconnecting starts) once every publish out is past its
+     * deadline, so none answered 503 can still be published */
+    bool late = (s->ping_sent_ns && now - s->ping_sent_ns > to) || (s->pubs && now - s->pubs->sent_ns > to);
+    if (!s->stuck && late) {
+        s->stuck = true;
+        dx__rb_set_health(s);
+        dx__rb_log(w->b, DX_LOG_WARN, "redis bus: worker %u: Redis %s does not answer", w->index,
+                   s->sv.label);
     }
-    if (w->cmd.up) {
+    if (s->stuck && (!s->pubs_tail || now - s->pubs_tail->sent_ns > to)) {
+        conn_drop(&s->cmd, "Redis does not answer");
+        if (s->sub.io)
+            conn_drop(&s->sub, "Redis does not answer on the command connection");
+    } else if (!s->ping_sent_ns && now - s->last_ping_ns >= UINT64_C(1000000000)) {
+        s->last_ping_ns = now;
+        const char *argv[] = {"TIME"};
+        size_t lens[] = {4};
+        if (dx__rb_cmd_argv(&s->cmd, on_ping, &s->cmd, 1, argv, lens) == 0)
+            s->ping_sent_ns = now;
+    }
+}
+
+void dx__rb_on_tick(dx_timer *tm, void *ud)
+{
+    (void)tm;
+    rworker *w = ud;
+    rbus *b = w->b;
+    uint64_t now = dx__now_ns(NULL);
+    uint64_t to = (uint64_t)b->o.connect_timeout_ms * 1000000u;
+    bool any_up = false;
+    for (unsigned k = 0; k < w->nsh; k++) {
+        shard_tick(w, &w->sh[k], now, to);
+        any_up = any_up || w->sh[k].cmd.up;
+    }
+    if (any_up) {
         uint64_t every = (uint64_t)b->o.presence_ttl_ms * 1000000u / 3;
         if (!w->last_refresh_ns || now - w->last_refresh_ns >= every) {
             w->last_refresh_ns = now;
@@ -460,17 +515,18 @@ void dx__rb_on_tick(dx_timer *tm, void *ud)
             for (size_t i = 0; i < w->tab_cap; i++)
                 for (rtopic *t = w->tab[i]; t; t = t->next)
                     if (t->pres_dirty) {
-                        dx__rb_presence_push(w, t);
+                        dx__rb_presence_push(w, t); /* stays dirty while its server is down */
                         if (t->pres_dirty)
                             w->pres_any_dirty = true;
                     }
         }
     }
-    if (w->uc_dirty && w->cmd.up && !w->stuck)
+    if (w->uc_dirty && any_up)
         dx__rb_uc_sync(w);
     if (w->unsub_due)
         unsub_batch(w);
-    if (w->catch_due && w->cmd.up) { /* catch-ups whose read could not go out yet */
+    dx__rb_cluster_map(w);
+    if (w->catch_due) { /* catch-ups whose read could not go out yet (each waits for its server) */
         w->catch_due = false;
         for (size_t i = 0; i < w->tab_cap; i++)
             for (rtopic *t = w->tab[i]; t; t = t->next)
@@ -529,8 +585,13 @@ void dx__rb_on_disc_pub(dx__rio *io, void *reply, void *pd)
     disc_unref(r);
 }
 
-void dx__rb_ctl_message(rworker *w, const char *s, size_t n)
+void dx__rb_ctl_message(rshard *sh, const char *s, size_t n)
 {
+    rworker *w = sh->w;
+    /* cluster: a PUBLISH reaches every node, each worker hears it on each
+     * of its connections: only the first one's count (where it publishes) */
+    if (w->b->o.cluster && sh->index != 0)
+        return;
     /* "d <tag> <user>" or "r <tag> <count>" */
     if (n < 4 || s[1] != ' ')
         return;
@@ -547,7 +608,7 @@ void dx__rb_ctl_message(rworker *w, const char *s, size_t n)
         int m = snprintf(msg, sizeof msg, "r %.*s %zu", (int)(taglen < 80 ? taglen : 80), tag, closed);
         const char *argv[] = {"PUBLISH", CTL_CHANNEL, msg};
         size_t lens[] = {7, sizeof CTL_CHANNEL - 1, (size_t)m};
-        (void)dx__rb_cmd_argv(&w->cmd, dx__rb_on_ignore, NULL, 3, argv, lens);
+        (void)dx__rb_cmd_argv(&sh->cmd, dx__rb_on_ignore, NULL, 3, argv, lens); /* where it came from */
         return;
     }
     if (s[0] != 'r')

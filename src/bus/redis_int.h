@@ -1,8 +1,15 @@
 /*
- * src/bus/redis_int.h: the Redis bus's state and the functions its two
- * files share (redis.c: topics, reads, subscriptions, live entries, the
- * vtable; redis_conn.c: connections, the tick, presence, disconnects).
+ * src/bus/redis_int.h: the Redis bus's state and the functions its files
+ * share (redis.c: topics, reads, subscriptions, live entries, the vtable;
+ * redis_req.c: publishes, presence reads, user counts, disconnects;
+ * redis_conn.c: connections, the tick, presence writes, the control
+ * channel; redis_shard.c: the servers, the hash ring, routing).
  * Everything here belongs to one worker's loop thread, except the atomics.
+ *
+ * Sharding: the bus talks to one or more independent Redis servers (a
+ * comma-separated URL list); each topic, and each user's counts, belongs to
+ * one of them by consistent hashing (redis_shard.c). A worker has one
+ * rshard (a command and a pub/sub connection) per server.
  */
 #ifndef DX_BUS_REDIS_INT_H
 #define DX_BUS_REDIS_INT_H
@@ -26,12 +33,14 @@
 typedef struct rbus rbus;
 typedef struct rworker rworker;
 typedef struct rtopic rtopic;
+typedef struct rshard rshard;
 
 enum { S_NONE, S_SUBSCRIBING, S_ACTIVE, S_UNSUBSCRIBING };
 
 /* One connection (commands or pub/sub). */
 typedef struct rconn {
     rworker *w;
+    rshard *s;                 /* the server it talks to */
     bool is_sub;
     dx__rio *io;               /* NULL: down */
     bool up;                   /* handshake answered */
@@ -65,6 +74,8 @@ struct rtopic {
     bool have_last;            /* last is meaningful */
     uint64_t last;             /* the last offset delivered to this worker */
     bool need_catch;           /* the subscription was lost: read what was missed once back */
+    bool moving;               /* cluster: its slot moved; resubscribed on its new node once unsubscribed */
+    bool probing;              /* cluster: a keyed command finds its slot's node before the SSUBSCRIBE */
     bool catching;             /* a catch-up is due or out: live entries wait in st (at most the
                                   history's count of them), last does not move */
     bool catch_out;            /* its read is out (else it waits for the command connection) */
@@ -72,6 +83,7 @@ struct rtopic {
     uint64_t catch_gen;        /* which catch-up read is the current one */
     dx__gw_stitch st;
     rworker *w;                /* its worker */
+    rshard *s;                 /* the server that holds it (the ring) */
     rreq *deferred;            /* subscribe reads answered while catching: answered once it ended */
     uint64_t touched_ns;
 };
@@ -79,7 +91,7 @@ struct rtopic {
 typedef struct rpat {
     struct rpat *next;
     long refs;
-    int state;
+    unsigned char state[DX__REDIS_SHARDS_MAX]; /* S_* on each server (PSUBSCRIBEd on every one) */
     size_t len;
     char name[];               /* the Redis pattern, "dx:m:..." */
 } rpat;
@@ -89,6 +101,7 @@ enum { Q_PUB, Q_SUB, Q_CUR, Q_HIST, Q_PRES, Q_DISC, Q_UCONN, Q_CATCH };
 struct rreq {
     rreq *next;                /* waiting list, or the worker's disconnects */
     rworker *w;
+    rshard *s;                 /* the server it went to */
     int kind;
     union {
         dx__bus_pub_fn pub;
@@ -123,6 +136,35 @@ struct rreq {
     char topic[];              /* topic (or user for Q_DISC/Q_UCONN), NUL-terminated; then user */
 };
 
+/* One Redis server of the list. */
+typedef struct rserver {
+    dx__redis_url url;
+    char addr[INET6_ADDRSTRLEN];
+    char label[300];           /* host:port or the socket path, for logs */
+} rserver;
+
+/* One worker's connections to one server, and what waits on them. */
+struct rshard {
+    rworker *w;
+    unsigned index;            /* in rbus.srv (sharded) or as discovered (cluster) */
+    rserver sv;                /* where it connects (a copy: cluster nodes are found per worker) */
+    rconn cmd, sub;
+    rreq *barriers;            /* subscribe reads out on this server, until their barrier came */
+    uint64_t ping_sent_ns;     /* 0: none out (the health check is TIME) */
+    int64_t clock_off_ms;      /* this Redis's clock minus ours (ms), from the last TIME */
+    bool have_clock;
+    bool stuck;                /* Redis stopped answering: refuse, drop once no publish can still run */
+    rreq *pubs, *pubs_tail;    /* publishes out, oldest first (answers come in order) */
+    uint64_t last_ping_ns;
+    _Atomic bool healthy;
+};
+
+/* A point of the hash ring: positions on a 64-bit circle, sorted. */
+typedef struct rpoint {
+    uint64_t pos;
+    unsigned srv;
+} rpoint;
+
 struct rworker {
     rbus *b;
     unsigned index;
@@ -130,14 +172,19 @@ struct rworker {
     const dx__bus_events *ev;
     void *ud;
     dx_timer *tick;
-    rconn cmd, sub;
+    rshard *sh;                /* one per server: rbus.nsrv, or (cluster) DX__REDIS_SHARDS_MAX slots */
+    _Atomic unsigned nsh;      /* in use: rbus.nsrv, or (cluster) the nodes found so far */
+    uint8_t *slots;            /* cluster: the shard of each of the 16384 slots (0xff: not known) */
+    bool map_due;              /* cluster: the slot map is to be read again (CLUSTER SLOTS) */
+    bool map_out;              /* a CLUSTER SLOTS is out */
+    _Atomic bool map_ok;       /* a slot map was read (the worker is not ready before) */
+    uint64_t map_asked_ns;
     char member[48];           /* "<node>.<index>" */
     rtopic **tab;
     size_t tab_cap, ntopics;
     rpat *pats;
     rreq *discs;
     uint64_t disc_seq;
-    rreq *barriers;            /* subscribe reads out, until their barrier came */
     uint64_t barrier_seq;
     char wchan[64];            /* "dx:w:<member>": this worker's barriers */
     bool pres_any_dirty;
@@ -145,15 +192,10 @@ struct rworker {
     bool need_flush;
     bool freeing;
     bool catch_due;            /* a catch-up waits for its read to go out: the tick retries */
-    uint64_t ping_sent_ns;     /* 0: none out (the health check is TIME) */
-    int64_t clock_off_ms;      /* Redis's clock minus ours (ms), from the last TIME */
-    bool have_clock;
-    bool stuck;                /* Redis stopped answering: refuse, drop once no publish can still run */
-    rreq *pubs, *pubs_tail;    /* publishes out, oldest first (answers come in order) */
     struct ruc **uc;           /* redis_uc.c: connections per user counted by this worker */
     size_t uc_cap, nuc;
     bool uc_dirty;             /* a user's count waits to be re-stated (the tick) */
-    uint64_t last_ping_ns, last_refresh_ns, last_sweep_ns;
+    uint64_t last_refresh_ns, last_sweep_ns;
     uint64_t rng;
     _Atomic bool attached;
     _Atomic bool healthy;
@@ -163,8 +205,10 @@ struct rworker {
 struct rbus {
     dx__bus base;
     dx__bus_redis_opts o;
-    dx__redis_url url;
-    char addr[INET6_ADDRSTRLEN];
+    rserver *srv;              /* the servers, in the order given */
+    unsigned nsrv;
+    rpoint *ring;              /* DX__REDIS_RING_POINTS per server, sorted by pos */
+    size_t nring;
     char node[17];
     char sha[DX__REDIS_LUA_N][41];
     dx__tls_ctx *tls;          /* rediss://: the client context (CA store, client certificate) */
@@ -203,7 +247,29 @@ static inline uint64_t hash_name(const char *s, size_t len)
     return h ^ (h >> 29);
 }
 
-/* ---- shared between redis.c and redis_conn.c ---- */
+/* ---- shared between the files ---- */
+
+/* redis_shard.c */
+/* Parses the URL list (comma-separated), resolves each host once and
+ * builds the ring: 0, or DX_EINVAL / DX_EADDR / DX_ENOMEM with why. */
+int dx__rb_servers_init(rbus *b, const char *urls, char *why, size_t why_len);
+void dx__rb_servers_free(rbus *b);
+/* The server (index) that holds `name` (a topic, or a user's key). */
+unsigned dx__rb_server_of(const rbus *b, const char *name, size_t len);
+/* Cluster: the hash slot of the keys of `name` (CRC16 of its hash tag). */
+unsigned dx__rb_slot(const char *name, size_t len);
+/* Cluster: the shard of node host:port on w (added when new), or -1. */
+int dx__rb_cluster_node(rworker *w, const char *host, size_t hlen, int port);
+/* Cluster: asks for the slot map on a connection that is up (if due and none out). */
+void dx__rb_cluster_map(rworker *w);
+/* Cluster: reads a "MOVED slot host:port" or "ASK ..." error: the shard or -1; *slot, *ask. */
+int dx__rb_redirect(rworker *w, const char *err, size_t n, unsigned *slot, bool *ask);
+/* Cluster: sends a keyed command (EVALSHA) on c following redirections: as dx__rb_cmd_argv. */
+int dx__rb_cmd_routed(rconn *c, dx__rio_fn *fn, void *pd, int argc, const char **argv, const size_t *lens);
+/* w's connections to the server that holds name. */
+rshard *dx__rb_shard_of(rworker *w, const char *name, size_t len);
+/* A request refused at once: counted, err returned. */
+int dx__rb_refuse(rbus *b, int err);
 
 /* redis.c */
 /* A line through the gateway's log sink (nothing without one). */
@@ -226,23 +292,43 @@ int dx__rb_cmd_argv(rconn *c, dx__rio_fn *fn, void *pd, int argc, const char **a
 uint64_t dx__rb_parse_u64(const char *s, size_t n, bool *ok);
 /* Answers read r from snapshot s (taken over) or with err; frees r. */
 void dx__rb_read_answer(rreq *r, int err, dx__gw_snapshot *s);
-/* (P)(UN)SUBSCRIBE `verb` names on w's pub/sub connection: 0 or DX_EIO/DX_ENOMEM. */
-int dx__rb_send_sub(rworker *w, const char *verb, const char *const *names, const size_t *lens, size_t n);
-/* w's health flag from its connections. */
-void dx__rb_set_health(rworker *w);
-/* SUBSCRIBEs t's channel (state S_SUBSCRIBING): 0 or as send_sub. */
+/* (P)(UN)SUBSCRIBE `verb` names on s's pub/sub connection: 0 or DX_EIO/DX_ENOMEM. */
+int dx__rb_send_sub(rshard *s, const char *verb, const char *const *names, const size_t *lens, size_t n);
+/* s's health flag from its connections. */
+void dx__rb_set_health(rshard *s);
+/* SUBSCRIBEs t's channel on its server (state S_SUBSCRIBING): 0 or as send_sub.
+ * Cluster: after a probe that finds the slot's node (redis_shard.c). */
 int dx__rb_subscribe_topic(rworker *w, rtopic *t);
+/* The (S)SUBSCRIBE itself, on t->s. */
+int dx__rb_subscribe_now(rworker *w, rtopic *t);
+/* Cluster: an error answer on sh's pub/sub connection (MOVED for an SSUBSCRIBE). */
+void dx__rb_sub_error(rworker *w, rshard *sh, redisReply *r);
+/* The channel of topic name: "dx:m:T", or (cluster) "dx:m:{T}" (in T's slot). */
+size_t dx__rb_chan(const rbus *b, const char *name, size_t len, char *out, size_t cap);
+/* Cluster: t's slot is on node ns now: unsubscribed where it was, subscribed there (with a catch-up). */
+void dx__rb_topic_move(rworker *w, rtopic *t, rshard *ns, bool sharded);
+/* The record of topic name on w, or NULL. */
+rtopic *dx__rb_topic_find(rworker *w, const char *name, size_t len);
+/* A new request of `kind` for topic (or user) with an optional user. */
+rreq *dx__rb_req_new(rworker *w, int kind, const char *topic, size_t tlen, const char *user, size_t ulen);
 void dx__rb_topic_free(rtopic *t);
 /* Fails t's subscribes waiting for their subscription with err. */
 void dx__rb_waiting_fail(rworker *w, rtopic *t, int err);
+
+/* redis_req.c: the vtable's publish, history... one-shot requests */
+int dx__rb_publish(dx__bus *base, unsigned wi, const char *topic, size_t len, dx__gw_kind kind, const void *data,
+                   size_t dlen, dx__bus_pub_fn fn, void *ud);
+int dx__rb_presence(dx__bus *base, unsigned wi, const char *topic, size_t len, dx__bus_presence_fn fn, void *ud);
+int dx__rb_disconnect_user(dx__bus *base, unsigned wi, const char *user, size_t ulen, dx__bus_count_fn fn,
+                           void *ud);
 
 /* redis_conn.c */
 /* rediss://: b->tls from o's CA file and client certificate (the options'
  * consistency checked first). 0, or DX_EINVAL / DX_ETLS / DX_ENOMEM with
  * the reason in why (b->tls may be set: freed with b). */
 int dx__rb_tls_setup(rbus *b, const dx__bus_redis_opts *o, char *why, size_t why_len);
-/* A control-channel message ("d ..." or "r ..."). */
-void dx__rb_ctl_message(rworker *w, const char *s, size_t n);
+/* A control-channel message ("d ..." or "r ...") that came from server s. */
+void dx__rb_ctl_message(rshard *s, const char *m, size_t n);
 /* Answers disconnect r (once) with what came, off w's list. */
 void dx__rb_disc_finish(rworker *w, rreq *r, int err);
 void dx__rb_on_disc_pub(dx__rio *io, void *reply, void *pd);

@@ -7,7 +7,9 @@
 #include "bus/redis.h"
 
 /* KEYS o e s; ARGV kind data max_count max_age_ms new_epoch channel ttl_ms
- * deadline_ms (Redis's clock; 0: none).
+ * deadline_ms (Redis's clock; 0: none) sharded ("s": SPUBLISH on channel, in
+ * the keys' slot, and PUBLISH on pattern_channel; else PUBLISH on channel)
+ * pattern_channel.
  * Returns {offset, epoch, ms}; error "ELIMIT" at 2^53-1, "ELATE" when run
  * after its deadline (nothing done: the node may already have answered 503). */
 static const char pub_lua[] =
@@ -37,7 +39,13 @@ static const char pub_lua[] =
     "  if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end\n"
     "end\n"
     "if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl); redis.call('PEXPIRE', KEYS[2], ttl) end\n"
-    "redis.call('PUBLISH', ARGV[6], so .. ' ' .. ARGV[1] .. ' ' .. sn .. ' ' .. ep .. '\\n' .. ARGV[2])\n"
+    "local msg = so .. ' ' .. ARGV[1] .. ' ' .. sn .. ' ' .. ep .. '\\n' .. ARGV[2]\n"
+    "if ARGV[9] == 's' then\n"
+    "  redis.call('SPUBLISH', ARGV[6], msg)\n"
+    "  redis.call('PUBLISH', ARGV[10], msg)\n"
+    "else\n"
+    "  redis.call('PUBLISH', ARGV[6], msg)\n"
+    "end\n"
     "return {off, ep, now}\n";
 
 /* KEYS o e s; ARGV mode(r resume, c current, h history) since limit new_epoch
@@ -138,15 +146,17 @@ static const char pres_lua[] =
  * if the live sum after it is at most limit (the check and the add are one
  * step). s: sets this member's count to value (a worker re-stating its
  * counts after a lost connection, or Redis lost its data).
+ * alive_prefix "" (a Redis Cluster, where the alive keys are in other
+ * slots): no liveness check, no alive key written.
  * Returns {admitted (1/0), live sum after}. */
 static const char uc_lua[] =
     "local me = ARGV[1]\n"
-    "redis.call('SET', ARGV[5] .. me, '1', 'PX', ARGV[6])\n"
+    "if ARGV[5] ~= '' then redis.call('SET', ARGV[5] .. me, '1', 'PX', ARGV[6]) end\n"
     "local all = redis.call('HGETALL', KEYS[1])\n"
     "local own, others = 0, 0\n"
     "for i = 1, #all, 2 do\n"
     "  if all[i] == me then own = tonumber(all[i + 1])\n"
-    "  elseif redis.call('EXISTS', ARGV[5] .. all[i]) == 1 then others = others + tonumber(all[i + 1])\n"
+    "  elseif ARGV[5] == '' or redis.call('EXISTS', ARGV[5] .. all[i]) == 1 then others = others + tonumber(all[i + 1])\n"
     "  else redis.call('HDEL', KEYS[1], all[i]) end\n"
     "end\n"
     "local v = tonumber(ARGV[3])\n"

@@ -165,11 +165,15 @@ static int uc_send(rworker *w, struct ruc *e, bool set, long delta, uint64_t lim
         snprintf(v, sizeof v, "%ld", delta);
     snprintf(lim, sizeof lim, "%llu", (unsigned long long)limit);
     snprintf(ttl, sizeof ttl, "%u", b->o.presence_ttl_ms);
+    /* the user's server (redis_shard.c); in a Redis Cluster no liveness
+     * check (the alive keys are in other slots) */
+    rshard *s = dx__rb_shard_of(w, e->id, e->len);
+    const char *alive = b->o.cluster ? "" : "dx:alive:";
     const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_UC], "1", key, w->member, set ? "s" : "d", v, lim,
-                          "dx:alive:", ttl};
-    size_t lens[] = {7, 40, 1, (size_t)kn + e->len + 1, strlen(w->member), 1, strlen(v), strlen(lim), 9,
+                          alive, ttl};
+    size_t lens[] = {7, 40, 1, (size_t)kn + e->len + 1, strlen(w->member), 1, strlen(v), strlen(lim), strlen(alive),
                      strlen(ttl)};
-    int rc = dx__rb_cmd_argv(&w->cmd, on_uc_reply, r, 10, argv, lens);
+    int rc = s->stuck ? DX_EIO : dx__rb_cmd_argv(&s->cmd, on_uc_reply, r, 10, argv, lens);
     dx__free(NULL, key);
     if (rc) {
         dx__free(NULL, r);
@@ -186,7 +190,8 @@ int dx__rb_user_conns(dx__bus *base, unsigned wi, const char *user, size_t ulen,
     rworker *w = &b->w[wi];
     if (ulen == 0 || ulen > 1024)
         return DX_EINVAL;
-    if (delta > 0 && (!w->cmd.up || w->stuck)) {
+    rshard *s = dx__rb_shard_of(w, user, ulen);
+    if (delta > 0 && (!s->cmd.up || s->stuck)) {
         atomic_fetch_add_explicit(&b->st_refused, 1, memory_order_relaxed);
         return DX_EIO;
     }

@@ -448,6 +448,14 @@ static void metrics(gw_worker *k, dx_http_req *req)
     P("# HELP duplex_bus_reconnects_total Connections to the bus re-established after a loss.\n"
       "# TYPE duplex_bus_reconnects_total counter\nduplex_bus_reconnects_total %llu\n",
       (unsigned long long)bs.reconnects);
+    if (bs.shards) {
+        P("# HELP duplex_bus_shards Redis servers the topics are spread over.\n"
+          "# TYPE duplex_bus_shards gauge\nduplex_bus_shards %llu\n", (unsigned long long)bs.shards);
+        P("# HELP duplex_bus_shard_up Whether every worker reaches Redis server N (1-based, as configured).\n"
+          "# TYPE duplex_bus_shard_up gauge\n");
+        for (unsigned i = 0; i < bs.shards && i < 64; i++)
+            P("duplex_bus_shard_up{shard=\"%u\"} %d\n", i + 1, (bs.shards_down_mask >> i) & 1 ? 0 : 1);
+    }
     P("# HELP duplex_bus_recovered_total Live messages missed by this node and read back from the bus's history.\n"
       "# TYPE duplex_bus_recovered_total counter\nduplex_bus_recovered_total %llu\n",
       (unsigned long long)bs.recovered);
@@ -582,6 +590,32 @@ static void metrics(gw_worker *k, dx_http_req *req)
     dx_buf_deinit(&b);
 }
 
+/* /healthz while the bus works: "ok", or, with some Redis servers of a
+ * sharded bus down (their topics answer 503, the others work), 200
+ * "degraded: ..." naming them (docs/gateway.md, "Sharding"). */
+static void health_ok(dx_gateway *gw, dx_http_req *req)
+{
+    dx__bus_stats bs;
+    dx__bus_stats_get(gw->bus, &bs);
+    if (!bs.shards_down) {
+        (void)dx_http_reply(req, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3);
+        return;
+    }
+    char msg[256];
+    int n = snprintf(msg, sizeof msg, "degraded: %llu of %llu Redis servers down (", (unsigned long long)bs.shards_down,
+                     (unsigned long long)bs.shards);
+    for (unsigned i = 0, first = 1; i < 64 && n > 0 && (size_t)n < sizeof msg; i++)
+        if (bs.shards_down_mask & (UINT64_C(1) << i)) {
+            n += snprintf(msg + n, sizeof msg - (size_t)n, "%s%u", first ? "server " : ", ", i + 1);
+            first = 0;
+        }
+    if (n > 0 && (size_t)n < sizeof msg)
+        n += snprintf(msg + n, sizeof msg - (size_t)n, "): their topics answer 503\n");
+    if (n < 0 || (size_t)n >= sizeof msg)
+        n = (int)sizeof msg - 1;
+    (void)dx_http_reply(req, 200, "text/plain; charset=utf-8", NULL, msg, (size_t)n);
+}
+
 /* ---- dispatch ------------------------------------------------------------------------ */
 
 int gw_api_http(gw_worker *k, dx_http_req *req)
@@ -598,7 +632,7 @@ int gw_api_http(gw_worker *k, dx_http_req *req)
         else if (!dx__bus_healthy(gw->bus))
             (void)dx_http_reply(req, 503, NULL, NULL, "unavailable\n", 12);
         else
-            (void)dx_http_reply(req, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3);
+            health_ok(gw, req);
         return 1;
     }
     if (path_is(req, "/sse")) {

@@ -801,6 +801,7 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
     /* the cluster settings are read here, before the policy part is cleared */
     const char *redis_url = o->redis_url;
     size_t redis_pending_max = o->redis_pending_max;
+    bool redis_cluster = o->redis_cluster != 0;
     unsigned presence_ttl_ms = o->presence_ttl_ms;
     const char *redis_tls[3] = {o->redis_tls_ca, o->redis_tls_cert, o->redis_tls_key};
     /* the policy is read from gw->pol only: nothing borrowed is kept */
@@ -824,7 +825,7 @@ dx_gateway *dx_gateway_new_sized(const dx_gateway_options *opt, size_t opt_size,
     gw->n = workers;
     gw->start_ns = dx__now_ns(NULL);
     if (redis_url) {
-        dx__bus_redis_opts ro = {.workers = workers, .url = redis_url, .tls_ca = redis_tls[0],
+        dx__bus_redis_opts ro = {.workers = workers, .url = redis_url, .cluster = redis_cluster, .tls_ca = redis_tls[0],
                                  .tls_cert = redis_tls[1], .tls_key = redis_tls[2], .history = bo.history,
                                  .pending_max = redis_pending_max, .presence_ttl_ms = presence_ttl_ms,
                                  .log = o->log, .log_ud = o->log_ud};

@@ -325,6 +325,25 @@ def test_errors():
     check(r.rc == 0 and "listen.port: 8080  # default" in r.text, repr(r))
 
 
+def test_redis_list():
+    """cluster.redis as a YAML list: its items joined with commas (one
+    server per item: the bus names the item a bad URL is in)."""
+    ok = write("rl.yaml", "cluster:\n  redis:\n    - redis://127.0.0.1:1\n    - redis://127.0.0.1:2\n")
+    r = serve("--config", ok, "--check-config")
+    check(r.rc == 0 and re.search(r"^cluster.redis: .*# .*rl.yaml", r.text, re.M), repr(r))
+    bad = write("rl2.yaml", "cluster:\n  redis:\n    - redis://127.0.0.1:1\n    - http://x\n")
+    r = serve("--config", bad, "--unix", os.path.join(TMP, "rl.sock"))
+    check(r.rc != 0 and "Redis URL 2 of the list" in r.errs + r.text, repr(r))
+    # the flag repeated: joined (the second item is the bad one); a flag replaces the file's list
+    r = serve("--redis", "redis://127.0.0.1:1", "--redis", "http://y", "--unix", os.path.join(TMP, "rl.sock"))
+    check(r.rc != 0 and "Redis URL 2 of the list" in r.errs + r.text, repr(r))
+    r = serve("--config", bad, "--redis", "redis://127.0.0.1:1", "--check-config")
+    check(r.rc == 0 and re.search(r"^cluster.redis: .*# .*flag", r.text, re.M), repr(r))
+    empty = write("rl3.yaml", "cluster:\n  redis:\n    - redis://127.0.0.1:1\n    - ''\n")
+    r = serve("--config", empty, "--check-config")
+    check(r.rc == 2 and "expected a list of strings" in r.errs, repr(r))
+
+
 def value(out, key):
     m = re.search(r"^%s: (.*?)  # (.*)$" % re.escape(key), out, re.M)
     check(m, "%s not printed:\n%s" % (key, out))
@@ -397,4 +416,5 @@ def test_serve_runs_with_file():
 
 
 if __name__ == "__main__":
-    clitest.main([test_docs_and_help, test_every_key, test_errors, test_precedence, test_serve_runs_with_file])
+    clitest.main([test_docs_and_help, test_every_key, test_errors, test_precedence, test_serve_runs_with_file,
+                  test_redis_list])

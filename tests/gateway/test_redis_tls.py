@@ -145,7 +145,7 @@ def test_wrong_ca_503_and_logged():
 
 def test_no_client_certificate_503():
     redis_up()
-    refused_node(("--redis-tls-ca", f("ca.pem")), "connection to Redis failed")
+    refused_node(("--redis-tls-ca", f("ca.pem")), "connection to Redis 127.0.0.1:%d failed" % PORT)
 
 
 def test_bad_tls_options_refused():
