@@ -71,11 +71,47 @@ static void update_events(dx_conn *c);
 
 /* ---- addresses ----------------------------------------------------------- */
 
+/* Written by hand: inet_ntop and snprintf cost a thousand instructions per
+ * handshake (the upgrade request's `remote`), this a few dozen. */
+size_t dx__ipv4_port(char t[22], const uint8_t a[4], unsigned port)
+{
+    size_t n = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = a[i];
+        if (v >= 100)
+            t[n++] = (char)('0' + v / 100);
+        if (v >= 10)
+            t[n++] = (char)('0' + v / 10 % 10);
+        t[n++] = (char)('0' + v % 10);
+        t[n++] = i < 3 ? '.' : ':';
+    }
+    char d[5];
+    int k = 0;
+    do {
+        d[k++] = (char)('0' + port % 10);
+        port /= 10;
+    } while (port && k < 5);
+    while (k)
+        t[n++] = d[--k];
+    t[n] = 0;
+    return n;
+}
+
 size_t dx_conn_remote(const dx_conn *c, char *buf, size_t cap)
 {
     char h[INET6_ADDRSTRLEN] = "";
     int n;
-    if (c->family == AF_INET || c->family == AF_INET6)
+    if (c->family == AF_INET) {
+        char t[24];
+        size_t len = dx__ipv4_port(t, c->addr, c->port);
+        if (cap) {
+            size_t m = len < cap ? len : cap - 1;
+            memcpy(buf, t, m);
+            buf[m] = 0;
+        }
+        return len;
+    }
+    if (c->family == AF_INET6)
         inet_ntop(c->family, c->addr, h, sizeof h);
     if (c->family == AF_INET)
         n = snprintf(buf, cap, "%s:%u", h, c->port);
@@ -322,7 +358,7 @@ static void conn_mark(dx_conn *c, const char *why, bool silent)
     ep->st.closed++;
     if (c->flags & CF_OPENED) {
         ep->st.open--;
-        if (!silent)
+        if (!silent && dx__log_on(LOG(c), DX_LOG_INFO))
             dx__log(LOG(c), DX_LOG_INFO,
                     "conn=%llu close remote=%s code=%u duration_ms=%llu bytes_in=%llu bytes_out=%llu "
                     "msgs_in=%llu msgs_out=%llu",
@@ -371,8 +407,9 @@ void dx__conn_abort(dx_conn *c, unsigned code, const char *why)
         return;
     if (code != DX_CLOSE_ABNORMAL)
         c->code = (uint16_t)code;
-    dx__log(LOG(c), (c->flags & CF_OPENED) ? DX_LOG_INFO : DX_LOG_DEBUG, "conn=%llu dropped remote=%s: %s",
-            (unsigned long long)c->id, REMOTE(c).s, why);
+    int level = (c->flags & CF_OPENED) ? DX_LOG_INFO : DX_LOG_DEBUG;
+    if (dx__log_on(LOG(c), level))
+        dx__log(LOG(c), level, "conn=%llu dropped remote=%s: %s", (unsigned long long)c->id, REMOTE(c).s, why);
     conn_mark(c, why, false);
 }
 
@@ -567,9 +604,10 @@ static int write_101(dx_conn *c, const dx_ws_request *ws, char *protocol, void *
     }
     c->protocol = protocol;
     c->user = user;
-    dx__log(LOG(c), DX_LOG_INFO, "conn=%llu open remote=%s path=%.*s protocol=%s%s%s", (unsigned long long)c->id,
-            REMOTE(c).s, (int)ws->path_len, ws->path, c->protocol ? c->protocol : "-", exts ? " extensions=" : "",
-            exts ? exts : "");
+    if (dx__log_on(LOG(c), DX_LOG_INFO))
+        dx__log(LOG(c), DX_LOG_INFO, "conn=%llu open remote=%s path=%.*s protocol=%s%s%s",
+                (unsigned long long)c->id, REMOTE(c).s, (int)ws->path_len, ws->path,
+                c->protocol ? c->protocol : "-", exts ? " extensions=" : "", exts ? exts : "");
     if (dx__conn_write(c, resp, (size_t)n) || c->state == CS_DEAD)
         return DX_ECLOSED;
     return 0;
@@ -815,8 +853,12 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
     size_t max = ep->opt.max_head;
     size_t maxh = ep->opt.max_headers < 256 ? ep->opt.max_headers : 256;
     const uint8_t *buf = p;
-    size_t blen = len, before = 0;
+    size_t before = 0;
     int rc;
+    bool parsed = false; /* req/resp hold the fields already */
+    dx_http_header headers[256];
+    dx_http_request req;
+    dx_http_response resp;
     if (c->flags & CF_HTTP_IDLE) {
         /* The next request on a kept-alive connection has begun: its head
          * gets the handshake deadline, like a first one. */
@@ -824,12 +866,17 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
         dx__timer_start(ep->loop, &c->timer, ep->opt.handshake_timeout_ms);
     }
     if (!c->head) {
-        /* The usual case: the whole head is in this read, parsed where it
-         * landed (the loop's buffer), with no allocation. */
-        dx_http_head ps;
-        dx__http_head_init(&ps, ep->cl != NULL);
-        rc = dx__http_head_feed(&ps, (const char *)p, len, maxh, max);
+        /* The usual case: the whole head is in this read, parsed once for
+         * its fields where it landed (the loop's buffer), with no
+         * allocation. A part of a head: the incremental parser takes note
+         * of its progress, so later pieces do not examine it again. */
+        rc = ep->cl ? dx__http_parse_response((const char *)p, len, &resp, headers, maxh, max)
+                    : dx__http_parse_request((const char *)p, len, &req, headers, maxh, max);
+        parsed = true;
         if (rc == DX_EAGAIN) {
+            dx_http_head ps;
+            dx__http_head_init(&ps, ep->cl != NULL);
+            (void)dx__http_head_feed(&ps, (const char *)p, len, maxh, max); /* the same verdict: DX_EAGAIN */
             dx__head *h = head_room(c, len, max); /* len < max here: the parser would have said too big */
             if (!h) {
                 dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
@@ -855,7 +902,6 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
         if (rc == DX_EAGAIN)
             return len; /* all consumed into the head */
         buf = h->data;
-        blen = h->len;
     }
     if (rc < 0) {
         if (ep->cl) {
@@ -866,17 +912,15 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
         refuse(c, status, NULL, dx_strerror(rc));
         return len;
     }
-    /* Complete: one stateless pass over the head for its fields (the same
-     * grammar, so the same verdict). */
-    (void)blen;
-    dx_http_header headers[256];
-    dx_http_request req;
-    dx_http_response resp;
-    int rc2 = ep->cl ? dx__http_parse_response((const char *)buf, (size_t)rc, &resp, headers, maxh, max)
-                     : dx__http_parse_request((const char *)buf, (size_t)rc, &req, headers, maxh, max);
-    if (rc2 != rc) {
-        dx__conn_abort(c, DX_CLOSE_ABNORMAL, "internal error: head parsers disagree");
-        return len;
+    /* Complete. Gathered in pieces: one stateless pass over the head for
+     * its fields (the same grammar, so the same verdict). */
+    if (!parsed) {
+        int rc2 = ep->cl ? dx__http_parse_response((const char *)buf, (size_t)rc, &resp, headers, maxh, max)
+                         : dx__http_parse_request((const char *)buf, (size_t)rc, &req, headers, maxh, max);
+        if (rc2 != rc) {
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "internal error: head parsers disagree");
+            return len;
+        }
     }
     size_t used = (size_t)rc - before; /* bytes of `p` that were head */
     dx__timer_stop(ep->loop, &c->timer);

@@ -245,6 +245,8 @@ struct dx_server {
 };
 
 /* conn.c */
+/* "a.b.c.d:port" (port < 65536) into t, NUL-terminated; its length. */
+size_t dx__ipv4_port(char t[22], const uint8_t a[4], unsigned port);
 /* A connection on `fd` owned by `ep`, registered for `events`, starting in
  * `state`, with its first deadline after timeout_ms. NULL on DX_ENOMEM or
  * when epoll refuses (the caller closes fd then). */
