@@ -1160,7 +1160,7 @@ dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state,
     dx__timer_init(&c->timer, on_timer);
     c->opened_tick = (uint32_t)loop->tick; /* accept time until the upgrade (handshake deadline) */
     c->state = (uint8_t)state;
-    if (!sa || sa->sa_family != AF_UNIX) {
+    if (!ep->srv && (!sa || sa->sa_family != AF_UNIX)) { /* accepted ones inherit it (dx_server_start) */
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }

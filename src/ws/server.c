@@ -34,6 +34,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -384,6 +385,13 @@ int dx_server_start(dx_server *srv)
             dx__log(srv->ep.loop->log, DX_LOG_ERROR, "server: cannot listen on %s:%u: %s",
                     srv->ep.opt.host ? srv->ep.opt.host : "*", srv->ep.opt.port, strerror(errno));
         return fd;
+    }
+    if (!srv->ep.opt.unix_path) {
+        /* Accepted sockets inherit TCP_NODELAY from the listener (Linux
+         * copies the listener's options into each child): one setsockopt
+         * here instead of one per connection. */
+        int one = 1;
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     srv->lio = (dx__io){.fd = fd, .cb = on_accept};
     if (dx__io_start(srv->ep.loop, &srv->lio, EPOLLIN)) {

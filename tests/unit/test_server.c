@@ -21,6 +21,7 @@
 #include "ws/ws.h"
 
 #include <arpa/inet.h>
+#include <netinet/tcp.h>
 
 /* ---- tests: the handshake ----------------------------------------------------------- */
 
@@ -319,10 +320,15 @@ static void test_unix_socket(void **state)
 }
 
 static char remote_a[64], remote_b[64];
+static int nodelay_a = -1;
 
 static void do_remotes(sfx *f, void *arg)
 {
     (void)arg;
+    /* an accepted socket has TCP_NODELAY, inherited from the listener */
+    int v = 0;
+    socklen_t vl = sizeof v;
+    nodelay_a = getsockopt(f->conns[0]->io.fd, IPPROTO_TCP, TCP_NODELAY, &v, &vl) == 0 ? v : -1;
     assert_true(dx_conn_remote(f->conns[0], remote_a, sizeof remote_a) < sizeof remote_a);
     assert_true(dx_conn_remote(f->conns[1], remote_b, sizeof remote_b) < sizeof remote_b);
     /* a buffer too small is cut, NUL-terminated, and the full length returned */
@@ -344,6 +350,7 @@ static void test_conn_remote_per_connection(void **state)
     wait_ev(f, EV_OPEN);
     on_loop(f, do_remotes, NULL);
     assert_string_not_equal(remote_a, remote_b);
+    assert_int_equal(nodelay_a, 1);
     /* IPv4 is formatted by hand (conn.c): exactly "127.0.0.1:PORT", the
      * port the client's socket got */
     char want1[64], want2[64];
