@@ -299,7 +299,7 @@ static void conn_release(dx_loop *loop, dx_conn *c)
         dx__pmd_free(c->s.pmd); /* negotiated, never opened */
     dx__free(seams, c->head);
     dx__free(seams, c->protocol);
-    dx__free(seams, c);
+    dx__wsl_conn_free(dx__wsl_find(loop), c); /* the loop's: it made c */
 }
 
 static void conn_closed(dx_loop *loop, dx__deferred *d)
@@ -1146,7 +1146,7 @@ dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state,
     /* One allocation: the connection, then its user memory (if any). */
     size_t ext = ep->srv ? ep->opt.conn_ext_size : 0;
     size_t size = ext ? DX__CONN_EXT_OFF + ext : sizeof(dx_conn);
-    dx_conn *c = dx__alloc(loop->seams, size);
+    dx_conn *c = dx__wsl_conn_alloc(ep->wsl, size);
     if (!c)
         return NULL;
     memset(c, 0, size);
@@ -1165,7 +1165,7 @@ dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state,
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     if (dx__io_start(loop, &c->io, events)) {
-        dx__free(loop->seams, c);
+        dx__wsl_conn_free(ep->wsl, c);
         return NULL;
     }
     if (events & EPOLLOUT)

@@ -10,6 +10,7 @@
 #define DX_WS_WS_H
 
 #include "core/rcbuf.h"
+#include "core/slab.h"
 #include "duplex/server.h"
 #include "net/loop.h"
 #include "net/transport.h"
@@ -128,6 +129,7 @@ struct dx__wq {
 /* The ws layer's per-loop context (ws_loop.c), hung on the loop with
  * dx__loop_attach: what its connections share on one thread. */
 typedef struct dx__chunk dx__chunk;
+#define DX_WS_SLABS 4 /* connection sizes with a slab of their own, per loop */
 typedef struct dx__wsl {
     dx_loop *loop;
     const dx_seams *seams;
@@ -145,6 +147,10 @@ typedef struct dx__wsl {
     uint64_t copied;       /* bytes copied into the arena or a backlog (not references) */
     size_t key_pos;
     uint8_t keys[4096];    /* mask keys: one getrandom per 1024 client frames */
+    /* The loop's connections, one slab per size (a server's conn_ext_size
+     * makes its own); a fifth size, or one too large for a slab page,
+     * comes from the allocator. */
+    dx__slab conns[DX_WS_SLABS];
 } dx__wsl;
 
 #define DX_WS_CHUNK (64u * 1024u)   /* one arena chunk */
@@ -190,6 +196,12 @@ uint8_t *dx__wsl_arena(dx__wsl *w, size_t len);
 /* A queue block from the pool (fields zeroed), NULL: DX_ENOMEM; back to it. */
 dx__wq *dx__wsl_block(dx__wsl *w);
 void dx__wsl_unblock(dx__wsl *w, dx__wq *b);
+/* A connection's memory (`size` bytes, uninitialised, aligned for
+ * max_align_t) from the loop's slabs, NULL: DX_ENOMEM; back to them. */
+void *dx__wsl_conn_alloc(dx__wsl *w, size_t size);
+void dx__wsl_conn_free(dx__wsl *w, void *p);
+/* The loop's ws context if it has one (no allocation), else NULL. */
+dx__wsl *dx__wsl_find(dx_loop *loop);
 /* A fresh 4-byte mask key from the pool (refilled from the seams). */
 int dx__wsl_mask_key(dx__wsl *w, uint8_t key[4]);
 
