@@ -231,7 +231,7 @@ void dx__server_conn_gone(dx_conn *c)
         return;
     c->flags &= (uint16_t)~CF_IPCOUNTED;
     dx_server *srv = c->ep->srv;
-    dx__ipcount_remove(&srv->ipc, srv->ep.loop->seams, c->family, dx__ipcount_key(c->family, c->addr));
+    dx__ipcount_remove(&srv->ipc, srv->ep.loop->seams, c->family, dx__ipcount_key(c->family, dx__conn_addr(c)));
 }
 
 static const char *const limit_name[2] = {"max_conns_per_ip", "max_handshaking"};
