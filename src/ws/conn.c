@@ -544,8 +544,9 @@ static void on_timer(dx__timer *t)
             dx__conn_abort(c, DX_CLOSE_ABNORMAL, why);
             return;
         }
+        const dx__head *part = DX_COLD(c, head);
         dx__log(LOG(c), DX_LOG_INFO, "conn=%llu handshake timeout remote=%s after %u ms (%zu head bytes)",
-                (unsigned long long)c->id, REMOTE(c).s, o->handshake_timeout_ms, DX_COLD(c, head) ? DX_COLD(c, head)->len : 0);
+                (unsigned long long)c->id, REMOTE(c).s, o->handshake_timeout_ms, part ? part->len : 0);
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, "handshake timeout");
         return;
     case CS_OPEN:
