@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include "server_fx.h"
+#include "ws/ws.h"
 
 /* ---- tests: messages ---------------------------------------------------------------- */
 
@@ -469,6 +470,83 @@ static void test_idle_timeout(void **state)
     assert_int_equal(wait_ev(f, EV_CLOSE).code, 1001);
 }
 
+/* ---- memory per idle connection (issue 13) ------------------------------------- */
+
+/* The hot struct's budget: what an idle, open connection costs in its
+ * slab slot (ws.h struct dx_conn; docs/benchmarks.md "RSS per idle
+ * connection"). Raising it needs a reason in the commit. */
+#define CONN_BUDGET 336u
+
+static size_t idle_seen, idle_bad, idle_live, idle_slot;
+
+static void do_idle_state(sfx *f, void *arg)
+{
+    (void)arg;
+    idle_seen = idle_bad = 0;
+    for (size_t i = 0; i < MAXCL; i++) {
+        dx_conn *c = f->conns[i];
+        if (!c)
+            continue;
+        idle_seen++;
+        /* nothing but the struct: no cold block (head, stash, protocol),
+         * no send queue, no receive buffer */
+        if (c->cold || c->wq || c->s.rx)
+            idle_bad++;
+    }
+    dx__wsl *w = dx__wsl_find(f->loop);
+    idle_live = idle_slot = 0;
+    for (size_t i = 0; w && i < DX_WS_SLABS; i++) {
+        idle_live += w->conns[i].live;
+        if (w->conns[i].slot)
+            idle_slot = w->conns[i].slot;
+    }
+}
+
+static void test_idle_memory_budget(void **state)
+{
+    sfx *f = *state;
+    assert_true(sizeof(struct dx_conn) <= CONN_BUDGET);
+    assert_true(DX__CONN_EXT_OFF <= CONN_BUDGET);
+    dx_server_options o = base_opts(f);
+    start(f, &o);
+    dx_ws_client_opts co = {.host = "127.0.0.1", .port = f->port, .path = "/"};
+    cl *c[4];
+    for (int i = 0; i < 4; i++) {
+        c[i] = cl_tcp(f, 0);
+        /* two heads one byte per write (gathered in the cold block), two whole */
+        assert_int_equal(cl_handshake_opts(f, c[i], &co, NULL, 0, i < 2).status, 101);
+        wait_ev(f, EV_OPEN);
+    }
+    /* traffic and a close reason's worth of state come and go */
+    cl_frame(c[0], DX_OP_TEXT, true, "x", 1);
+    expect_frame(c[0], DX_OP_TEXT, "x", 1);
+    wait_ev(f, EV_MESSAGE);
+    on_loop(f, do_idle_state, NULL);
+    assert_int_equal(idle_seen, 4);
+    assert_int_equal(idle_bad, 0);
+    assert_int_equal(idle_live, 4); /* from the loop's slab */
+    assert_true(idle_slot > 0 && idle_slot <= CONN_BUDGET);
+    /* one closed, one opened: the freed slot is reused, the others intact */
+    close_normally(f, c[1], 1000);
+    c[1] = cl_tcp(f, 0);
+    assert_int_equal(cl_handshake(f, c[1], "/").status, 101);
+    wait_ev(f, EV_OPEN);
+    for (int i = 0; i < 4; i++) {
+        cl_frame(c[i], DX_OP_BINARY, true, "ok", 2);
+        expect_frame(c[i], DX_OP_BINARY, "ok", 2);
+        wait_ev(f, EV_MESSAGE);
+    }
+    on_loop(f, do_idle_state, NULL);
+    assert_int_equal(idle_seen, 4);
+    assert_int_equal(idle_bad, 0);
+    assert_int_equal(idle_live, 4);
+    for (int i = 0; i < 4; i++)
+        close_normally(f, c[i], 1000);
+    wait_no_conns(f);
+    on_loop(f, do_idle_state, NULL);
+    assert_int_equal(idle_live, 0); /* every slot back */
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, sfx_setup, sfx_teardown)
 
 int main(void)
@@ -487,6 +565,7 @@ int main(void)
         T(test_handshake_and_close_timeouts),
         T(test_heartbeat),
         T(test_idle_timeout),
+        T(test_idle_memory_budget),
     };
     dx_test_filter_from_env();
     return cmocka_run_group_tests(tests, NULL, NULL);
