@@ -392,6 +392,8 @@ void dx__conn_finish_after_flush(dx_conn *c)
 }
 
 /* Called after every session call: move on when the session ended. */
+void dx__conn_after_session(dx_conn *c) { after_session(c); }
+
 static void after_session(dx_conn *c)
 {
     if (c->state != CS_OPEN)
@@ -1148,16 +1150,6 @@ dx_conn *dx__conn_new(dx_server *srv, int fd, const struct sockaddr *sa, socklen
 }
 
 /* ---- public connection API --------------------------------------------------- */
-
-int dx_conn_send(dx_conn *c, int opcode, const void *data, size_t len)
-{
-    if (c->state != CS_OPEN)
-        return DX_ECLOSED;
-    int rc = opcode == DX_OP_PING ? dx__session_control(&c->s, DX_OP_PING, data, len)
-                                  : dx__session_send(&c->s, opcode, data, len, 0, 1);
-    after_session(c);
-    return rc;
-}
 
 /* ---- pause, resume, user memory ------------------------------------------------ */
 

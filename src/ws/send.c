@@ -285,8 +285,9 @@ int dx__wq_done(dx_conn *c, bool from_loop)
     return 0;
 }
 
-/* Writes what is queued now (inside a call: no callback but an abort's). */
-static int flush_now(dx_conn *c)
+/* Writes what is queued now (inside a call: no callback but an abort's).
+ * Out of line: the fast paths that end in it stay small. */
+__attribute__((noinline)) static int flush_now(dx_conn *c)
 {
     int rc = wq_write(c);
     return rc ? rc : dx__wq_done(c, false);
@@ -422,6 +423,99 @@ static int put_private(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t 
     return flush_now(c);
 }
 
+/* Copies a small payload with a few moves instead of a call (n <= 16 is
+ * the common echo and chat size); larger ones go to memcpy. */
+__attribute__((always_inline)) static inline void copy_small(uint8_t *d, const uint8_t *src, size_t n)
+{
+    if (n > 16) {
+        memcpy(d, src, n);
+    } else if (n >= 8) {
+        uint64_t a, b;
+        memcpy(&a, src, 8);
+        memcpy(&b, src + n - 8, 8);
+        memcpy(d, &a, 8);
+        memcpy(d + n - 8, &b, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, src, 4);
+        memcpy(&b, src + n - 4, 4);
+        memcpy(d, &a, 4);
+        memcpy(d + n - 4, &b, 4);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            d[i] = src[i];
+    }
+}
+
+/* The common frame on the common path: a small unmasked private frame for
+ * a connection that is not backlogged, whose queue's last segment ends
+ * where the arena's free space begins (the replies to a batch of messages
+ * read at once). The frame is written there, header and payload, and the
+ * segment grows: what put_private's arena branch does, minus its general
+ * cases. False when it does not apply (nothing was done). */
+__attribute__((always_inline)) static inline bool put_small_fast(dx_conn *c, unsigned opcode, bool fin, unsigned rsv, const uint8_t *data, size_t len)
+{
+    dx__wq *q = c->wq;
+    dx__chunk *ch = c->ep->wsl->cur;
+    if (!q || !ch || len >= DIRECT_MIN)
+        return false;
+    size_t hl = len <= 125 ? 2 : 4; /* DIRECT_MIN < 65536: never the 64-bit form */
+    size_t total = hl + len;
+    dx__wq *t = q->tail;
+    if (ch->used + total > DX_WS_CHUNK || t->n == 0)
+        return false;
+    dx__seg *last = &t->seg[t->first + t->n - 1];
+    uint8_t *d = ch->data + ch->used;
+    if (last->ref != SEG_ARENA || last->p + last->len != d)
+        return false;
+    d[0] = (uint8_t)((fin ? 0x80u : 0) | ((rsv & 0x7u) << 4) | (opcode & 0x0Fu));
+    if (hl == 2) {
+        d[1] = (uint8_t)len;
+    } else {
+        d[1] = 126;
+        d[2] = (uint8_t)(len >> 8);
+        d[3] = (uint8_t)len;
+    }
+    copy_small(d + hl, data, len);
+    ch->used += total;
+    last->len += total;
+    q->len += total;
+    c->ep->wsl->copied += total;
+    return true;
+}
+
+/* dx_conn_send (duplex/server.h). The common case, a small whole message
+ * from a server connection that is not backlogged (a reply inside a
+ * batch), skips the session and the general put: the same frame and
+ * counters, the same checks (dx__session_plain_send, put_small_fast). */
+int dx_conn_send(dx_conn *c, int opcode, const void *data, size_t len)
+{
+    if (c->state != CS_OPEN)
+        return DX_ECLOSED;
+    int rc;
+    if ((opcode == DX_OP_BINARY || (opcode == DX_OP_TEXT && dx__utf8_valid(data, len))) &&
+        dx__session_plain_send(&c->s)) {
+        dx__ep *ep = c->ep;
+        if (ep->scfg.role == DX_ROLE_SERVER && !backlogged(c) && !ep->opt.cb.on_frame) {
+            /* dx__conn_put_frame's path for this case: no queue limit
+             * applies (not backlogged), no trace. */
+            c->msgs_out++;
+            ep->st.messages_out++;
+            if (put_small_fast(c, (unsigned)opcode, true, 0, data, len))
+                return c->wq->len >= gather_max(c) ? flush_now(c) : 0;
+            uint8_t hdr[DX_FRAME_HEADER_MAX];
+            size_t hl = dx__frame_header_write(hdr, (unsigned)opcode, true, 0, len, NULL);
+            return put_private(c, hdr, hl, data, len, NULL);
+        }
+        rc = dx__session_send_valid(&c->s, opcode, data, len); /* validated once, above */
+    } else {
+        rc = opcode == DX_OP_PING ? dx__session_control(&c->s, DX_OP_PING, data, len)
+                                  : dx__session_send(&c->s, opcode, data, len, 0, 1);
+    }
+    dx__conn_after_session(c);
+    return rc;
+}
+
 /* Queues a reference to len bytes at p inside the shared buffer rb: no copy. */
 static int put_ref(dx_conn *c, dx_rcbuf *rb, const uint8_t *p, size_t len)
 {
@@ -467,6 +561,17 @@ int dx__conn_put_frame(dx_conn *c, int kind, unsigned opcode, bool fin, unsigned
     dx__ep *ep = c->ep;
     if (c->state == CS_DEAD)
         return DX_ECLOSED;
+    /* The fast path: what the general path below does for a small server
+     * frame when nothing is backlogged (so no queue limit applies) and no
+     * trace is set. */
+    if (!frame && ep->scfg.role == DX_ROLE_SERVER && !backlogged(c) && !ep->opt.cb.on_frame &&
+        put_small_fast(c, opcode, fin, rsv, data, len)) {
+        if (kind == DX__PUT_DATA) {
+            c->msgs_out++;
+            ep->st.messages_out++;
+        }
+        return c->wq->len >= gather_max(c) ? flush_now(c) : 0;
+    }
     bool masked = ep->scfg.role == DX_ROLE_CLIENT;
     uint8_t key[4];
     if (masked && dx__wsl_mask_key(ep->wsl, key))
