@@ -495,6 +495,8 @@ static int recv_frames(dx__session *s, uint8_t *data, size_t len, size_t *used)
             *used = off;
             return 0;
         }
+        if (off == len)
+            return 0; /* all decoded (dx__frame_decode would say NEED_MORE) */
         uint8_t *p;
         size_t n;
         unsigned op;

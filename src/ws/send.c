@@ -233,6 +233,29 @@ static int wq_write(dx_conn *c)
  * connection sends FIN); what is left waits for EPOLLOUT, moved out of the
  * arena and the caller's memory into the connection's own. `from_loop`:
  * called by the loop (not inside an application call), so on_drain may fire. */
+/* The queue is empty (released): FIN for a draining connection, on_drain
+ * when owed and `from_loop`. */
+static int queue_emptied(dx_conn *c, bool from_loop)
+{
+    /* A drain owed to a call made outside the loop keeps EPOLLOUT: on_io
+     * reports it from the loop, never from inside that call. */
+    /* An HTTP answer being sent goes on at EPOLLOUT too (its next piece
+     * must follow what was just flushed, gathered output included). */
+    dx__conn_want_write(c, (!from_loop && c->state == CS_OPEN && (c->flags & CF_DRAIN_ARMED)) ||
+                               (c->state == CS_HTTP && dx__http_sending(c)));
+    if (c->state == CS_DRAIN) {
+        c->st.t->shutdown(&c->st);
+        c->state = CS_LINGER;
+        return 0;
+    }
+    if (from_loop && (c->flags & CF_DRAIN_ARMED) && c->state == CS_OPEN) {
+        c->flags &= (uint16_t)~CF_DRAIN_ARMED;
+        if (c->ep->opt.cb.on_drain)
+            c->ep->opt.cb.on_drain(c, c->ep->opt.ud);
+    }
+    return 0;
+}
+
 int dx__wq_done(dx_conn *c, bool from_loop)
 {
     if (c->state == CS_DEAD)
@@ -240,23 +263,7 @@ int dx__wq_done(dx_conn *c, bool from_loop)
     dx__wq *q = c->wq;
     if (!q || q->len == 0) {
         dx__wq_release(c);
-        /* A drain owed to a call made outside the loop keeps EPOLLOUT: on_io
-         * reports it from the loop, never from inside that call. */
-        /* An HTTP answer being sent goes on at EPOLLOUT too (its next piece
-         * must follow what was just flushed, gathered output included). */
-        dx__conn_want_write(c, (!from_loop && c->state == CS_OPEN && (c->flags & CF_DRAIN_ARMED)) ||
-                          (c->state == CS_HTTP && dx__http_sending(c)));
-        if (c->state == CS_DRAIN) {
-            c->st.t->shutdown(&c->st);
-            c->state = CS_LINGER;
-            return 0;
-        }
-        if (from_loop && (c->flags & CF_DRAIN_ARMED) && c->state == CS_OPEN) {
-            c->flags &= (uint16_t)~CF_DRAIN_ARMED;
-            if (c->ep->opt.cb.on_drain)
-                c->ep->opt.cb.on_drain(c, c->ep->opt.ud);
-        }
-        return 0;
+        return queue_emptied(c, from_loop);
     }
     dx_list_remove(&q->pend);
     for (dx__wq *b = q; b; b = b->next)
@@ -295,6 +302,34 @@ __attribute__((noinline)) static int flush_now(dx_conn *c)
 
 void dx__conn_flush(dx_conn *c)
 {
+    dx__wq *q = c->wq;
+    if (q && !q->next && q->len) {
+        /* The common case (the replies gathered in one iteration): one
+         * block, one writev, and the kernel takes all of it. */
+        struct iovec iov[DX_WQ_SEGS];
+        int n = 0;
+        for (unsigned i = q->first; i < (unsigned)q->first + q->n; i++)
+            iov[n++] = (struct iovec){(void *)(uintptr_t)q->seg[i].p, q->seg[i].len};
+        c->ep->wsl->writes++;
+        ssize_t r = c->st.t->writev(&c->st, iov, n);
+        if (r < 0 && r != DX_EAGAIN) {
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed"); /* as wq_write */
+            return;
+        }
+        if (r > 0) {
+            c->bytes_out += (size_t)r;
+            c->ep->st.bytes_out += (size_t)r;
+            if ((size_t)r == q->len) {
+                dx__wq_release(c);
+                (void)queue_emptied(c, true);
+                return;
+            }
+            wq_consume(c, (size_t)r); /* a short write: go on as wq_write does */
+        } else {
+            (void)dx__wq_done(c, true); /* refused: wait for EPOLLOUT */
+            return;
+        }
+    }
     if (wq_write(c) == 0)
         (void)dx__wq_done(c, true);
 }
@@ -448,26 +483,43 @@ __attribute__((always_inline)) static inline void copy_small(uint8_t *d, const u
 }
 
 /* The common frame on the common path: a small unmasked private frame for
- * a connection that is not backlogged, whose queue's last segment ends
- * where the arena's free space begins (the replies to a batch of messages
- * read at once). The frame is written there, header and payload, and the
- * segment grows: what put_private's arena branch does, minus its general
- * cases. False when it does not apply (nothing was done). */
-__attribute__((always_inline)) static inline bool put_small_fast(dx_conn *c, unsigned opcode, bool fin, unsigned rsv, const uint8_t *data, size_t len)
+ * a connection that is not backlogged, with room for it in the arena's
+ * current chunk. The frame is written there, header and payload; when the
+ * queue's last segment ends right where it starts (the replies to a batch
+ * of messages read at once) that segment grows, else a segment is added.
+ * What put_private's arena branch does, minus its general cases (a new
+ * chunk, a full block). False when it does not apply (nothing was done). */
+__attribute__((always_inline)) static inline bool put_small_fast(dx_conn *c, unsigned opcode, bool fin,
+                                                                unsigned rsv, const uint8_t *data, size_t len)
 {
-    dx__wq *q = c->wq;
-    dx__chunk *ch = c->ep->wsl->cur;
-    if (!q || !ch || len >= DIRECT_MIN)
+    dx__wsl *w = c->ep->wsl;
+    dx__chunk *ch = w->cur;
+    if (!ch || len >= DIRECT_MIN)
         return false;
     size_t hl = len <= 125 ? 2 : 4; /* DIRECT_MIN < 65536: never the 64-bit form */
     size_t total = hl + len;
-    dx__wq *t = q->tail;
-    if (ch->used + total > DX_WS_CHUNK || t->n == 0)
+    if (ch->used + total > DX_WS_CHUNK)
         return false;
-    dx__seg *last = &t->seg[t->first + t->n - 1];
     uint8_t *d = ch->data + ch->used;
-    if (last->ref != SEG_ARENA || last->p + last->len != d)
-        return false;
+    dx__wq *q = c->wq;
+    dx__seg *last = NULL;
+    if (q) {
+        dx__wq *t = q->tail;
+        if (t->n)
+            last = &t->seg[t->first + t->n - 1];
+        if (last && (last->ref != SEG_ARENA || last->p + last->len != d))
+            last = NULL; /* not contiguous: a new segment */
+        if (!last && (unsigned)t->first + t->n >= DX_WQ_SEGS)
+            return false; /* the tail block is full: wq_room's general case */
+    } else {
+        if (!(q = dx__wsl_block(w)))
+            return false;
+        q->tail = q;
+        q->conn = c;
+        c->wq = q;
+    }
+    if (ch->used == 0)
+        w->arena_used++; /* as dx__wsl_arena counts a chunk's first use */
     d[0] = (uint8_t)((fin ? 0x80u : 0) | ((rsv & 0x7u) << 4) | (opcode & 0x0Fu));
     if (hl == 2) {
         d[1] = (uint8_t)len;
@@ -478,9 +530,16 @@ __attribute__((always_inline)) static inline bool put_small_fast(dx_conn *c, uns
     }
     copy_small(d + hl, data, len);
     ch->used += total;
-    last->len += total;
     q->len += total;
-    c->ep->wsl->copied += total;
+    w->copied += total;
+    if (last) {
+        last->len += total;
+    } else {
+        dx__wq *t = q->tail;
+        t->seg[t->first + t->n] = (dx__seg){.p = d, .len = total, .ref = SEG_ARENA};
+        t->n++;
+        wq_gathered(c);
+    }
     return true;
 }
 
