@@ -31,14 +31,23 @@ static inline void dx__mask0(uint8_t *p, size_t len, const uint8_t key[4])
         (void)dx__mask(p, len, key, 0);
         return;
     }
-    uint8_t kk[12]; /* the key three times: any phase's 8-byte key starts in the first 4 */
+    /* The key as it repeats in memory, 8 bytes from phase 0 (kw) and from
+     * the phase of byte len - 8, which is len & 3 (kt). */
+    uint32_t k4;
+    memcpy(&k4, key, 4);
+    uint64_t kw = (uint64_t)k4 * UINT64_C(0x100000001), kt;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    unsigned r = (unsigned)(len & 3) * 8; /* byte j of kt is byte j + r of kw, cyclically */
+    kt = (kw >> r) | (kw << ((64 - r) & 63));
+#else
+    uint8_t kk[12];
     memcpy(kk, key, 4);
     memcpy(kk + 4, key, 4);
     memcpy(kk + 8, key, 4);
+    memcpy(&kt, kk + (len & 3), 8);
+#endif
     if (len >= 8) {
-        uint64_t kw, kt, t, w;
-        memcpy(&kw, kk, 8);
-        memcpy(&kt, kk + (len & 3), 8); /* byte len - 8 has phase len & 3 */
+        uint64_t t, w;
         memcpy(&t, p + len - 8, 8);
         if (len <= 16) {
             memcpy(&w, p, 8);
@@ -54,18 +63,20 @@ static inline void dx__mask0(uint8_t *p, size_t len, const uint8_t key[4])
         t ^= kt;
         memcpy(p + len - 8, &t, 8);
     } else if (len >= 4) {
-        uint32_t k0, kt, a, b;
+        uint32_t k0 = (uint32_t)kw, kt4 = (uint32_t)kt, a, b; /* the first 4 bytes in memory order */
+#if !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
         memcpy(&k0, kk, 4);
-        memcpy(&kt, kk + (len & 3), 4);
+        memcpy(&kt4, kk + (len & 3), 4);
+#endif
         memcpy(&a, p, 4);
         memcpy(&b, p + len - 4, 4);
         a ^= k0;
-        b ^= kt;
+        b ^= kt4;
         memcpy(p, &a, 4);
         memcpy(p + len - 4, &b, 4);
     } else {
         for (size_t i = 0; i < len; i++)
-            p[i] ^= kk[i];
+            p[i] ^= key[i];
     }
 }
 
