@@ -237,6 +237,10 @@ static int wq_write(dx_conn *c)
  * when owed and `from_loop`. */
 static int queue_emptied(dx_conn *c, bool from_loop)
 {
+    /* The common case, an open connection flushed by the loop with no
+     * EPOLLOUT and no drain owed: nothing below applies. */
+    if (from_loop && c->state == CS_OPEN && !(c->flags & (CF_WANT_WRITE | CF_DRAIN_ARMED)))
+        return 0;
     /* A drain owed to a call made outside the loop keeps EPOLLOUT: on_io
      * reports it from the loop, never from inside that call. */
     /* An HTTP answer being sent goes on at EPOLLOUT too (its next piece
