@@ -311,10 +311,12 @@ void dx__conn_flush(dx_conn *c)
         /* The common case (the replies gathered in one iteration): one
          * block, one writev, and the kernel takes all of it. */
         struct iovec iov[DX_WQ_SEGS];
-        int n = 0;
-        for (unsigned i = q->first; i < (unsigned)q->first + q->n; i++)
-            iov[n++] = (struct iovec){(void *)(uintptr_t)q->seg[i].p, q->seg[i].len};
-        c->ep->wsl->writes++;
+        const dx__seg *sg = q->seg + q->first;
+        int n = q->n;
+        for (int i = 0; i < n; i++)
+            iov[i] = (struct iovec){(void *)(uintptr_t)sg[i].p, sg[i].len};
+        dx__wsl *w = c->ep->wsl;
+        w->writes++;
         ssize_t r = c->st.t->writev(&c->st, iov, n);
         if (r < 0 && r != DX_EAGAIN) {
             dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed"); /* as wq_write */
@@ -324,7 +326,13 @@ void dx__conn_flush(dx_conn *c)
             c->bytes_out += (size_t)r;
             c->ep->st.bytes_out += (size_t)r;
             if ((size_t)r == q->len) {
-                dx__wq_release(c);
+                /* dx__wq_release for one block: arena segments own nothing. */
+                for (int i = 0; i < n; i++)
+                    if (sg[i].ref != SEG_ARENA)
+                        seg_release(w, &sg[i]);
+                dx_list_remove(&q->pend);
+                c->wq = NULL;
+                dx__wsl_unblock(w, q);
                 (void)queue_emptied(c, true);
                 return;
             }
