@@ -392,8 +392,6 @@ void dx__conn_finish_after_flush(dx_conn *c)
 }
 
 /* Called after every session call: move on when the session ended. */
-void dx__conn_after_session(dx_conn *c) { after_session(c); }
-
 static void after_session(dx_conn *c)
 {
     if (c->state != CS_OPEN)
@@ -405,6 +403,8 @@ static void after_session(dx_conn *c)
         dx__conn_finish_after_flush(c);
     }
 }
+
+void dx__conn_after_session(dx_conn *c) { after_session(c); }
 
 /* ---- heartbeat and timeouts ------------------------------------------------ */
 

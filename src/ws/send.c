@@ -18,6 +18,12 @@
  * is given back (an idle connection holds no buffers). Nothing here fires a
  * callback inside a call the application made: on_drain comes only from a
  * flush the loop runs (dx__conn_flush, from_loop).
+ *
+ * Fast paths (docs/performance.md "Small messages"): dx_conn_send, which
+ * lives here, writes a small reply of a server connection straight into the
+ * arena (put_small_fast: what put_private's arena branch does, minus its
+ * general cases); the flush writes and releases a one-block queue in one
+ * step. Both are compared with the general path by tests/unit/test_conn.c.
  */
 #define _GNU_SOURCE
 #include "ws/ws.h"
@@ -229,10 +235,6 @@ static int wq_write(dx_conn *c)
     return 0;
 }
 
-/* After a write: an empty queue goes back to the pool (and a draining
- * connection sends FIN); what is left waits for EPOLLOUT, moved out of the
- * arena and the caller's memory into the connection's own. `from_loop`:
- * called by the loop (not inside an application call), so on_drain may fire. */
 /* The queue is empty (released): FIN for a draining connection, on_drain
  * when owed and `from_loop`. */
 static int queue_emptied(dx_conn *c, bool from_loop)
@@ -260,6 +262,10 @@ static int queue_emptied(dx_conn *c, bool from_loop)
     return 0;
 }
 
+/* After a write: an empty queue goes back to the pool (and a draining
+ * connection sends FIN); what is left waits for EPOLLOUT, moved out of the
+ * arena and the caller's memory into the connection's own. `from_loop`:
+ * called by the loop (not inside an application call), so on_drain may fire. */
 int dx__wq_done(dx_conn *c, bool from_loop)
 {
     if (c->state == CS_DEAD)
