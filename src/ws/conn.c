@@ -484,6 +484,8 @@ static void after_session(dx_conn *c)
     }
 }
 
+void dx__conn_after_session(dx_conn *c) { after_session(c); }
+
 /* ---- heartbeat and timeouts ------------------------------------------------ */
 
 /* Milliseconds since the last read (tick precision). */
@@ -1264,16 +1266,6 @@ dx_conn *dx__conn_new(dx_server *srv, int fd, const struct sockaddr *sa, socklen
 }
 
 /* ---- public connection API --------------------------------------------------- */
-
-int dx_conn_send(dx_conn *c, int opcode, const void *data, size_t len)
-{
-    if (c->state != CS_OPEN)
-        return DX_ECLOSED;
-    int rc = opcode == DX_OP_PING ? dx__session_control(&c->s, DX_OP_PING, data, len)
-                                  : dx__session_send(&c->s, opcode, data, len, 0, 1);
-    after_session(c);
-    return rc;
-}
 
 /* ---- pause, resume, user memory ------------------------------------------------ */
 

@@ -156,6 +156,14 @@ typedef struct dx__wsl {
 #define DX_WS_CHUNK (64u * 1024u)   /* one arena chunk */
 #define DX_WS_SCRATCH (64u * 1024u) /* the masking scratch buffer */
 
+/* One chunk of the gather arena (ws_loop.c; send.c appends to the current
+ * one in its fast path). */
+struct dx__chunk {
+    dx__chunk *next;
+    size_t used;
+    uint8_t data[DX_WS_CHUNK];
+};
+
 /* A request (or response) head being read during CS_HEAD, when it did not
  * come in one read: cap starts at what arrived (at least 512) and doubles up
  * to max_head; ps keeps the parser's progress, so each byte is examined
@@ -378,6 +386,9 @@ bool dx__http_stream_shutdown(dx_conn *c);
 /* The loop is being freed: streams whose on_close is still queued are
  * released without it (ws_loop.c's destroy). */
 void dx__http_streams_drop(dx_loop *loop);
+/* conn.c: after a session call (send.c's dx_conn_send): a session that
+ * ended (closed or failed) moves the connection on to DRAIN. */
+void dx__conn_after_session(dx_conn *c);
 /* conn.c: feeds input to the connection as if just read. */
 void dx__conn_process(dx_conn *c, uint8_t *p, size_t n);
 /* conn.c: reading on (READ_ON), off but watching the peer leave (READ_HUP),

@@ -26,12 +26,6 @@
 
 #include <string.h>
 
-struct dx__chunk {
-    dx__chunk *next;
-    size_t used;
-    uint8_t data[DX_WS_CHUNK];
-};
-
 #define KEEP_CHUNKS 16        /* arena chunks always kept between iterations (1 MiB) */
 #define ARENA_PERIOD_MS 1000u /* how long the busiest pass's chunks are kept */
 #define KEEP_BLOCKS_MAX 65536 /* pooled queue blocks kept at most (32 MiB) */
