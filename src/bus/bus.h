@@ -98,6 +98,8 @@ typedef struct dx__bus_stats {
     uint64_t refused;        /* requests refused at once: bus unreachable or pending_bytes over its limit */
     uint64_t reconnects;     /* connections to the bus re-established after a loss */
     uint64_t recovered;      /* live entries missed (bus connection lost, or a hole) then read back from history */
+    uint64_t bus_subscriptions; /* channels (topics, patterns) this node holds subscribed in the bus (gauge) */
+    uint64_t relayed;        /* live entries forwarded from a channel's owner worker to another worker's queue */
 } dx__bus_stats;
 
 typedef struct dx__bus_vt {

@@ -665,14 +665,20 @@ static int read_issue(rreq *r, char mode)
     snprintf(age, sizeof age, "%llu", (unsigned long long)(b->o.history.max_age_ns / 1000000u));
     snprintf(cnt, sizeof cnt, "%zu", b->o.history.max_count);
     snprintf(ttl, sizeof ttl, "%llu", (unsigned long long)b->ttl_ms);
-    char token[24] = "";
+    char token[40] = "";
     bool barrier = r->kind == Q_SUB;
+    const char *bchan = "";
     if (barrier) {
+        /* the barrier travels the way the topic's messages do: through the
+         * wchan of the channel's owner, which forwards it here (redis_relay.c) */
+        char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 1];
+        int chn = snprintf(ch, sizeof ch, MSG_PREFIX "%.*s", (int)r->tlen, r->topic);
+        bchan = b->w[dx__rr_owner(b, ch, (size_t)chn)].wchan;
         r->id = ++w->barrier_seq;
-        snprintf(token, sizeof token, "%llu", (unsigned long long)r->id);
+        snprintf(token, sizeof token, "%u.%llu", w->index, (unsigned long long)r->id);
     }
     const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_READ], "3", k.k[0], k.k[1], k.k[2], m, since, limit, ep,
-                          age, cnt, r->has_epoch ? r->epoch : "*", ttl, barrier ? w->wchan : "", token};
+                          age, cnt, r->has_epoch ? r->epoch : "*", ttl, bchan, token};
     size_t lens[16];
     for (int i = 0; i < 16; i++)
         lens[i] = strlen(argv[i]);
@@ -692,6 +698,13 @@ static int read_issue(rreq *r, char mode)
 static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd);
 
 int dx__rb_send_sub(rworker *w, const char *verb, const char *const *names, const size_t *lens, size_t n)
+{
+    if (n && dx__rr_is_relayed(names[0], lens[0]))
+        return dx__rr_send(w, verb, names, lens, n);
+    return dx__rb_redis_sub(w, verb, names, lens, n);
+}
+
+int dx__rb_redis_sub(rworker *w, const char *verb, const char *const *names, const size_t *lens, size_t n)
 {
     if (!n)
         return 0;
@@ -783,6 +796,16 @@ static rpat *pat_find(rworker *w, const char *name, size_t len)
     return NULL;
 }
 
+rpat *dx__rb_pat_find(rworker *w, const char *name, size_t len)
+{
+    return pat_find(w, name, len);
+}
+
+rtopic *dx__rb_topic_find(rworker *w, const char *name, size_t len)
+{
+    return topic_find(w, name, len);
+}
+
 /* A live entry on channel dx:m:T. */
 static void live_message(rworker *w, const char *ch, size_t chlen, const char *p, size_t n)
 {
@@ -855,6 +878,104 @@ void dx__rb_set_health(rworker *w)
     atomic_store_explicit(&w->healthy, w->cmd.up && w->sub.up && !w->stuck, memory_order_release);
 }
 
+/* Pattern-only topics of w (seen through a pattern, no exact subscription)
+ * whose entries may have been missed: read back now that a pattern is
+ * active again. */
+static void pattern_catch(rworker *w)
+{
+    for (size_t i = 0; i < w->tab_cap; i++)
+        for (rtopic *t = w->tab[i]; t; t = t->next)
+            if (t->need_catch && t->refs <= 0)
+                dx__rb_catch_start(w, t);
+}
+
+void dx__rb_sub_event(rworker *w, int ev, const char *a, size_t alen, const char *p, size_t n)
+{
+    if (w->freeing)
+        return;
+    switch (ev) {
+    case RR_MESSAGE:
+        live_message(w, a, alen, p, n);
+        break;
+    case RR_BARRIER:
+        barrier_message(w, p, n);
+        break;
+    case RR_DOWN:
+    case RR_PDOWN:
+        dx__rb_chan_down(w, ev == RR_PDOWN, a, alen);
+        break;
+    case RR_SUBSCRIBE:
+        if (alen > MSG_PREFIX_LEN) {
+            rtopic *t = topic_find(w, a + MSG_PREFIX_LEN, alen - MSG_PREFIX_LEN);
+            if (t && t->state == S_SUBSCRIBING) {
+                topic_active(w, t);
+                if (t->refs <= 0 && !t->waiting)
+                    w->unsub_due = true; /* left (or failed) while subscribing */
+            }
+        }
+        break;
+    case RR_UNSUBSCRIBE:
+        if (alen > MSG_PREFIX_LEN) {
+            rtopic *t = topic_find(w, a + MSG_PREFIX_LEN, alen - MSG_PREFIX_LEN);
+            if (t && t->state == S_UNSUBSCRIBING) {
+                /* Entries published while unsubscribed never came: nothing is
+                 * ordered here any more (the subscribers that arrived since are
+                 * all waiting for their read, which comes after the new
+                 * subscription, so none of them needs a catch-up). */
+                t->state = S_NONE;
+                t->have_last = false;
+                t->need_catch = false;
+                dx__rb_catch_stop(t);
+                if ((t->refs > 0 || t->waiting) && dx__rb_subscribe_topic(w, t) != 0)
+                    dx__rb_waiting_fail(w, t, DX_EIO);
+            }
+        }
+        break;
+    case RR_PSUBSCRIBE: {
+        rpat *pt = pat_find(w, a, alen);
+        if (pt && pt->state == S_SUBSCRIBING) {
+            pt->state = S_ACTIVE;
+            if (pt->refs <= 0)
+                w->unsub_due = true;
+            pattern_catch(w); /* its owner subscribed it again after a loss */
+        }
+        break;
+    }
+    case RR_PUNSUBSCRIBE: {
+        rpat *pt = pat_find(w, a, alen);
+        if (pt && pt->state == S_UNSUBSCRIBING) {
+            pt->state = S_NONE;
+            /* topics seen only through patterns were not received for a
+             * while: no catch-up may bring their older entries to later
+             * pattern subscribers */
+            for (size_t i = 0; i < w->tab_cap; i++)
+                for (rtopic *t = w->tab[i]; t; t = t->next)
+                    if (t->refs <= 0 && t->state == S_NONE && !t->catching)
+                        t->have_last = false;
+            if (pt->refs > 0) {
+                const char *names[1] = {pt->name};
+                size_t lens[1] = {pt->len};
+                if (dx__rb_send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
+                    pt->state = S_SUBSCRIBING;
+            }
+        }
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+static const char *rs(const redisReply *r, size_t *len)
+{
+    if (!r || r->type != REDIS_REPLY_STRING) {
+        *len = 0;
+        return NULL;
+    }
+    *len = r->len;
+    return r->str;
+}
+
 static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
 {
     (void)ac;
@@ -864,81 +985,36 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *pd)
         r->element[0]->type != REDIS_REPLY_STRING)
         return;
     redisReply *kind = r->element[0], *a = r->element[1], *c = r->element[2];
-    if (rstr(kind, "message") && a->type == REDIS_REPLY_STRING && c->type == REDIS_REPLY_STRING) {
-        if (a->len == sizeof CTL_CHANNEL - 1 && memcmp(a->str, CTL_CHANNEL, a->len) == 0)
-            dx__rb_ctl_message(w, c->str, c->len);
-        else if (a->len == strlen(w->wchan) && memcmp(a->str, w->wchan, a->len) == 0)
-            barrier_message(w, c->str, c->len);
-        else
-            live_message(w, a->str, a->len, c->str, c->len);
-    } else if (rstr(kind, "pmessage") && r->elements >= 4 && c->type == REDIS_REPLY_STRING &&
-               r->element[3]->type == REDIS_REPLY_STRING) {
-        live_message(w, c->str, c->len, r->element[3]->str, r->element[3]->len);
-    } else if (rstr(kind, "subscribe") && a->type == REDIS_REPLY_STRING) {
-        if (a->len == sizeof CTL_CHANNEL - 1 && memcmp(a->str, CTL_CHANNEL, a->len) == 0) {
-            if (!w->sub.up) {
-                w->sub.up = true;
-                w->sub.attempts = 0;
-                if (w->sub.was_up) {
-                    atomic_fetch_add_explicit(&w->b->st_reconnects, 1, memory_order_relaxed);
-                    dx__rb_log(w->b, DX_LOG_INFO, "redis bus: worker %u: pub/sub connection to Redis restored",
-                               w->index);
-                }
-                w->sub.was_up = true;
-                dx__rb_set_health(w);
-                /* the control channel is confirmed last: every pattern is
-                 * active again, so topics seen only through one can be read
-                 * back now (those seen through an exact subscription are,
-                 * once theirs is confirmed) */
-                for (size_t i = 0; i < w->tab_cap; i++)
-                    for (rtopic *t = w->tab[i]; t; t = t->next)
-                        if (t->need_catch && t->refs <= 0)
-                            dx__rb_catch_start(w, t);
-            }
-            return;
-        }
-        if (a->len > MSG_PREFIX_LEN) {
-            rtopic *t = topic_find(w, a->str + MSG_PREFIX_LEN, a->len - MSG_PREFIX_LEN);
-            if (t && t->state == S_SUBSCRIBING)
-                topic_active(w, t);
-        }
-    } else if (rstr(kind, "unsubscribe") && a->type == REDIS_REPLY_STRING && a->len > MSG_PREFIX_LEN) {
-        rtopic *t = topic_find(w, a->str + MSG_PREFIX_LEN, a->len - MSG_PREFIX_LEN);
-        if (t && t->state == S_UNSUBSCRIBING) {
-            /* Entries published while unsubscribed never came: nothing is
-             * ordered here any more (the subscribers that arrived since are
-             * all waiting for their read, which comes after the new
-             * subscription, so none of them needs a catch-up). */
-            t->state = S_NONE;
-            t->have_last = false;
-            t->need_catch = false;
-            dx__rb_catch_stop(t);
-            if ((t->refs > 0 || t->waiting) && dx__rb_subscribe_topic(w, t) != 0)
-                dx__rb_waiting_fail(w, t, DX_EIO);
-        }
-    } else if (rstr(kind, "psubscribe") && a->type == REDIS_REPLY_STRING) {
-        rpat *p = pat_find(w, a->str, a->len);
-        if (p && p->state == S_SUBSCRIBING)
-            p->state = S_ACTIVE;
-    } else if (rstr(kind, "punsubscribe") && a->type == REDIS_REPLY_STRING) {
-        rpat *p = pat_find(w, a->str, a->len);
-        if (p && p->state == S_UNSUBSCRIBING) {
-            p->state = S_NONE;
-            /* topics seen only through patterns were not received for a
-             * while: no catch-up may bring their older entries to later
-             * pattern subscribers */
-            for (size_t i = 0; i < w->tab_cap; i++)
-                for (rtopic *t = w->tab[i]; t; t = t->next)
-                    if (t->refs <= 0 && t->state == S_NONE && !t->catching)
-                        t->have_last = false;
-            if (p->refs > 0) {
-                const char *names[1] = {p->name};
-                size_t lens[1] = {p->len};
-                if (dx__rb_send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
-                    p->state = S_SUBSCRIBING;
-            }
-        }
+    bool ctl = a->type == REDIS_REPLY_STRING && a->len == sizeof CTL_CHANNEL - 1 &&
+               memcmp(a->str, CTL_CHANNEL, a->len) == 0;
+    if (ctl && rstr(kind, "message") && c->type == REDIS_REPLY_STRING) {
+        dx__rb_ctl_message(w, c->str, c->len);
+        return;
     }
+    if (ctl && rstr(kind, "subscribe")) {
+        if (!w->sub.up) {
+            w->sub.up = true;
+            w->sub.attempts = 0;
+            if (w->sub.was_up) {
+                atomic_fetch_add_explicit(&w->b->st_reconnects, 1, memory_order_relaxed);
+                dx__rb_log(w->b, DX_LOG_INFO, "redis bus: worker %u: pub/sub connection to Redis restored",
+                           w->index);
+            }
+            w->sub.was_up = true;
+            dx__rb_set_health(w);
+            /* the control channel is confirmed last (after this worker's
+             * wchan, which carries the barriers of the channels it owns):
+             * the owned channels are confirmed to the workers that want
+             * them; topics seen only through a pattern can be read back */
+            dx__rr_sub_up(w);
+            pattern_catch(w);
+        }
+        return;
+    }
+    /* topics, patterns, this worker's barriers: its relay's, as their owner */
+    size_t al, cl, dl;
+    const char *as = rs(a, &al), *cs = rs(c, &cl), *ds = rs(r->elements >= 4 ? r->element[3] : NULL, &dl);
+    (void)dx__rr_on_pubsub(w, kind->str, as, al, cs, cl, ds, dl);
 }
 
 /* ---- the vtable -------------------------------------------------------------------- */
@@ -956,6 +1032,7 @@ static int r_attach(dx__bus *base, unsigned wi, dx_loop *loop, const dx__bus_eve
     if (!w->tick)
         return DX_ENOMEM;
     dx_timer_start(w->tick, 0, TICK_MS);
+    dx__rr_attach(w, loop);
     atomic_store_explicit(&w->attached, true, memory_order_release);
     return 0;
 }
@@ -1455,6 +1532,7 @@ static void r_stats(dx__bus *base, dx__bus_stats *out)
     out->refused = atomic_load_explicit(&b->st_refused, memory_order_relaxed);
     out->reconnects = atomic_load_explicit(&b->st_reconnects, memory_order_relaxed);
     out->recovered = atomic_load_explicit(&b->st_recovered, memory_order_relaxed);
+    dx__rr_stats(b, out);
 }
 
 /* Every worker loop has stopped. Completions are not called (bus.h). */
@@ -1496,6 +1574,7 @@ static void r_free(dx__bus *base)
             dx__free(NULL, p);
         }
     }
+    dx__rr_free(b);
     dx__free(NULL, b->w);
     dx__free(NULL, b);
 }
@@ -1600,9 +1679,12 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
         atomic_init(&w->healthy, false);
         atomic_init(&w->attached, false);
     }
+    if (dx__rr_init(b) != 0)
+        goto fail;
     return &b->base;
 fail:
     if (b) {
+        dx__rr_free(b);
         dx__free(NULL, b->w);
         dx__free(NULL, b);
     }

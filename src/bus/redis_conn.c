@@ -15,6 +15,59 @@
 
 /* ---- connections -------------------------------------------------------------- */
 
+void dx__rb_chan_down(rworker *w, bool pat, const char *ch, size_t len)
+{
+    if (pat) {
+        rpat *p = dx__rb_pat_find(w, ch, len);
+        if (!p || p->state == S_NONE)
+            return;
+        if (p->state != S_UNSUBSCRIBING)
+            p->state = S_SUBSCRIBING; /* its owner subscribes again and confirms */
+        /* topics seen through a pattern: read back once it is active again */
+        for (size_t i = 0; i < w->tab_cap; i++)
+            for (rtopic *t = w->tab[i]; t; t = t->next)
+                if (t->state == S_NONE && t->refs <= 0 && t->have_last)
+                    t->need_catch = true;
+        return;
+    }
+    if (len <= MSG_PREFIX_LEN)
+        return;
+    rtopic *t = dx__rb_topic_find(w, ch + MSG_PREFIX_LEN, len - MSG_PREFIX_LEN);
+    if (!t || t->state == S_NONE)
+        return;
+    if (t->state != S_UNSUBSCRIBING)
+        t->state = S_SUBSCRIBING; /* its owner keeps the interest: confirmed again once back */
+    dx__rb_waiting_fail(w, t, DX_EIO);
+    if (t->refs > 0 && t->have_last) {
+        t->need_catch = true; /* a catch-up holding entries keeps them */
+    } else {
+        t->have_last = false;
+        dx__rb_catch_stop(t);
+    }
+    /* reads of t whose barrier can no longer come (it travels with t's
+     * messages): failed (the answer would not be ordered with the live
+     * entries); an answer still out frees its request when it comes */
+    for (rreq **pp = &w->barriers; *pp;) {
+        rreq *r = *pp;
+        if (r->t != t) {
+            pp = &r->next;
+            continue;
+        }
+        *pp = r->next;
+        r->next = NULL;
+        if (r->have_reply) {
+            if (!r->rc)
+                dx__gw_snapshot_deinit(&r->snap);
+            r->rc = DX_EIO;
+            dx__rb_read_answer(r, DX_EIO, &r->snap);
+        } else {
+            r->have_barrier = true; /* not waited for */
+            r->rc = DX_EIO;
+            r->lost_barrier = true;
+        }
+    }
+}
+
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     (void)status;
@@ -65,44 +118,9 @@ void dx__rb_conn_down(rconn *c, const char *why)
         dx__rb_log(b, DX_LOG_WARN, "redis bus: worker %u: %s connection to Redis lost: %s (retrying)", w->index,
              c->is_sub ? "pub/sub" : "command", why);
     if (c->is_sub) {
-        for (size_t i = 0; i < w->tab_cap; i++) {
-            for (rtopic *t = w->tab[i]; t; t = t->next) {
-                if (t->state != S_NONE) {
-                    t->state = S_NONE;
-                    dx__rb_waiting_fail(w, t, DX_EIO);
-                    if (t->refs > 0 && t->have_last) {
-                        t->need_catch = true; /* a catch-up holding entries keeps them */
-                    } else {
-                        t->have_last = false;
-                        dx__rb_catch_stop(t);
-                    }
-                } else if (t->refs <= 0 && t->have_last) {
-                    t->need_catch = true; /* seen through a pattern: read back once subscribed again */
-                }
-            }
-        }
-        for (rpat *p = w->pats; p; p = p->next)
-            p->state = S_NONE;
-        /* reads whose barrier can no longer come: failed (the answer would
-         * not be ordered with the live entries); an answer still out frees
-         * its request when it comes */
-        rreq *r = w->barriers;
-        w->barriers = NULL;
-        while (r) {
-            rreq *next = r->next;
-            r->next = NULL;
-            if (r->have_reply) {
-                if (!r->rc)
-                    dx__gw_snapshot_deinit(&r->snap);
-                r->rc = DX_EIO;
-                dx__rb_read_answer(r, DX_EIO, &r->snap);
-            } else {
-                r->have_barrier = true; /* not waited for */
-                r->rc = DX_EIO;
-                r->lost_barrier = true;
-            }
-            r = next;
-        }
+        /* the channels this worker holds for the node: each worker that
+         * wants one is told (dx__rb_chan_down, through its queue) */
+        dx__rr_conn_down(w);
     } else {
         w->ping_sent_ns = 0;
         w->stuck = false;
@@ -216,24 +234,14 @@ static int conn_start(rconn *c)
         redisAsyncCommand(ac, on_ping, c, "TIME");
         return 0;
     }
-    /* every exact topic with subscribers, every pattern, then the control
+    /* the topics and patterns this worker holds for the node (redis_relay.c:
+     * every worker's interests), its barrier channel, then the control
      * channel (its confirmation marks the connection up) */
-    c->up = true; /* let dx__rb_send_sub write; the flag is reset below */
-    for (size_t i = 0; i < w->tab_cap; i++)
-        for (rtopic *t = w->tab[i]; t; t = t->next)
-            if ((t->refs > 0 || t->waiting) && dx__rb_subscribe_topic(w, t) != 0)
-                dx__rb_waiting_fail(w, t, DX_EIO);
-    for (rpat *p = w->pats; p; p = p->next) {
-        if (p->refs > 0) {
-            const char *names[1] = {p->name};
-            size_t lens[1] = {p->len};
-            if (dx__rb_send_sub(w, "PSUBSCRIBE", names, lens, 1) == 0)
-                p->state = S_SUBSCRIBING;
-        }
-    }
+    c->up = true; /* let dx__rb_redis_sub write; the flag is reset below */
+    dx__rr_conn_start(w); /* the channels this worker holds for the node */
     const char *names[2] = {w->wchan, CTL_CHANNEL};
     size_t lens[2] = {strlen(w->wchan), sizeof CTL_CHANNEL - 1};
-    (void)dx__rb_send_sub(w, "SUBSCRIBE", names, lens, 2);
+    (void)dx__rb_redis_sub(w, "SUBSCRIBE", names, lens, 2);
     c->up = false;
     return 0;
 }
@@ -303,9 +311,7 @@ static void refresh_alive(rworker *w)
 
 static void unsub_batch(rworker *w)
 {
-    w->unsub_due = false;
-    if (!w->sub.up)
-        return;
+    w->unsub_due = false; /* sent to the channels' owners (redis_relay.c): no connection of w needed */
     size_t cap = 64, n = 0;
     const char **names = dx__alloc(NULL, cap * sizeof *names);
     size_t *lens = dx__alloc(NULL, cap * sizeof *lens);
@@ -439,6 +445,7 @@ void dx__rb_on_tick(dx_timer *tm, void *ud)
     }
     if (w->unsub_due)
         unsub_batch(w);
+    dx__rr_tick(w);
     if (w->catch_due && w->cmd.up) { /* catch-ups whose read could not go out yet */
         w->catch_due = false;
         for (size_t i = 0; i < w->tab_cap; i++)

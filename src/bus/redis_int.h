@@ -154,6 +154,7 @@ struct rworker {
     _Atomic bool attached;
     _Atomic bool healthy;
     _Atomic uint64_t st_topics;
+    struct rrelay *rr;         /* the in-node relay's state (redis_relay.c) */
 };
 
 struct rbus {
@@ -221,8 +222,19 @@ int dx__rb_cmd_argv(rconn *c, redisCallbackFn *fn, void *pd, int argc, const cha
 uint64_t dx__rb_parse_u64(const char *s, size_t n, bool *ok);
 /* Answers read r from snapshot s (taken over) or with err; frees r. */
 void dx__rb_read_answer(rreq *r, int err, dx__gw_snapshot *s);
-/* (P)(UN)SUBSCRIBE `verb` names on w's pub/sub connection: 0 or DX_EIO/DX_ENOMEM. */
+/* (P)(UN)SUBSCRIBE `verb` names for w: topic and pattern channels (dx:m:...)
+ * through the relay (their owner holds the subscription), the others on w's
+ * own pub/sub connection. 0 or DX_EIO/DX_ENOMEM. */
 int dx__rb_send_sub(rworker *w, const char *verb, const char *const *names, const size_t *lens, size_t n);
+/* (P)(UN)SUBSCRIBE `verb` names on w's own pub/sub connection: 0 or DX_EIO/DX_ENOMEM. */
+int dx__rb_redis_sub(rworker *w, const char *verb, const char *const *names, const size_t *lens, size_t n);
+/* A pub/sub event for w (RR_*): from a channel's owner (the relay), as
+ * Redis would have sent it to w's own connection: a message of channel ch
+ * (payload p), a (p)(un)subscribe confirmation of ch, a barrier (p: its
+ * id), or the loss of ch's subscription (RR_DOWN, RR_PDOWN). */
+void dx__rb_sub_event(rworker *w, int ev, const char *ch, size_t chlen, const char *p, size_t n);
+rtopic *dx__rb_topic_find(rworker *w, const char *name, size_t len);
+rpat *dx__rb_pat_find(rworker *w, const char *name, size_t len);
 /* w's health flag from its connections. */
 void dx__rb_set_health(rworker *w);
 /* SUBSCRIBEs t's channel (state S_SUBSCRIBING): 0 or as send_sub. */
@@ -245,5 +257,37 @@ void dx__rb_on_tick(dx_timer *tm, void *ud);
 void dx__rb_presence_push(rworker *w, rtopic *t);
 /* c was lost (or dropped): state reset, requests waiting on it failed, a reconnect scheduled. */
 void dx__rb_conn_down(rconn *c, const char *why);
+/* The subscription of topic channel (or pattern) ch that w wants was lost
+ * with its owner's pub/sub connection: what w did for it when its own
+ * connection was lost; the owner confirms it again once back. */
+void dx__rb_chan_down(rworker *w, bool pat, const char *ch, size_t len);
+
+/* redis_relay.c: one Redis subscription per channel per node (see there) */
+/* Events to a worker (dx__rb_sub_event). */
+enum { RR_MESSAGE = 1, RR_SUBSCRIBE, RR_UNSUBSCRIBE, RR_PSUBSCRIBE, RR_PUNSUBSCRIBE, RR_BARRIER, RR_DOWN, RR_PDOWN };
+/* The relay's state for each worker: 0 or DX_ENOMEM (dx__rr_free frees what was made). */
+int dx__rr_init(rbus *b);
+void dx__rr_free(rbus *b);
+/* w is attached to loop: what was queued for it meanwhile is run. */
+void dx__rr_attach(rworker *w, dx_loop *loop);
+/* The worker owning channel (or pattern) ch: hash % workers. */
+unsigned dx__rr_owner(rbus *b, const char *ch, size_t len);
+/* Is name a channel the relay carries (dx:m:...)? */
+bool dx__rr_is_relayed(const char *name, size_t len);
+/* w wants (or stops wanting) names: sent to their owners. 0 or DX_ENOMEM. */
+int dx__rr_send(rworker *w, const char *verb, const char *const *names, const size_t *lens, size_t n);
+/* A pub/sub reply on w's own connection, but for the control channel:
+ * kind ("message", "pmessage", "subscribe", ...), then its string elements
+ * (NULL when absent or not a string). true if it was the relay's. */
+bool dx__rr_on_pubsub(rworker *w, const char *kind, const char *a, size_t alen, const char *c, size_t clen,
+                      const char *d, size_t dlen);
+/* w's pub/sub connection: being set up (subscribe its owned channels),
+ * up (confirm them to the interested workers), lost (tell them). */
+void dx__rr_conn_start(rworker *w);
+void dx__rr_sub_up(rworker *w);
+void dx__rr_conn_down(rworker *w);
+/* From w's tick: a queue whose wake-up failed; batched unsubscribes. */
+void dx__rr_tick(rworker *w);
+void dx__rr_stats(rbus *b, dx__bus_stats *out);
 
 #endif

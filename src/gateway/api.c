@@ -451,6 +451,13 @@ static void metrics(gw_worker *k, dx_http_req *req)
     P("# HELP duplex_bus_recovered_total Live messages missed by this node and read back from the bus's history.\n"
       "# TYPE duplex_bus_recovered_total counter\nduplex_bus_recovered_total %llu\n",
       (unsigned long long)bs.recovered);
+    P("# HELP duplex_bus_subscriptions Channels (topics and patterns) this node holds subscribed in the bus: one "
+      "per channel per node, held by the channel's owner worker.\n"
+      "# TYPE duplex_bus_subscriptions gauge\nduplex_bus_subscriptions %llu\n",
+      (unsigned long long)bs.bus_subscriptions);
+    P("# HELP duplex_bus_relayed_total Live messages a channel's owner worker forwarded to an interested worker of "
+      "this node.\n# TYPE duplex_bus_relayed_total counter\nduplex_bus_relayed_total %llu\n",
+      (unsigned long long)bs.relayed);
     /* by API key name; key="" for requests refused before a key matched */
     P("# HELP duplex_api_requests_total Requests to /api/... by API key name.\n"
       "# TYPE duplex_api_requests_total counter\n");
