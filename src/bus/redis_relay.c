@@ -424,22 +424,25 @@ static void barrier_forward(rworker *w, const char *s, size_t n)
     }
 }
 
-/* A message of owned channel c (Redis's order): to each confirmed worker. */
+/* A message of owned channel c (Redis's order): to each confirmed worker,
+ * one buffer for all (its references all taken before the first push: a
+ * receiver may drop its own before the next push). */
 static void forward(rworker *w, rrchan *c, const char *ch, size_t chlen, const char *p, size_t n)
 {
-    rrbuf *m = NULL;
+    unsigned k = 0;
+    for (unsigned i = 0; i < w->b->o.workers; i++)
+        k += c->want[i] == W_YES;
+    if (!k)
+        return;
+    rrbuf *m = buf_new(ch, chlen, p, n);
+    if (!m) {
+        atomic_fetch_add_explicit(&w->b->st_lost, k, memory_order_relaxed);
+        return;
+    }
+    atomic_store_explicit(&m->refs, k, memory_order_relaxed); /* not shared yet */
     for (unsigned i = 0; i < w->b->o.workers; i++) {
         if (c->want[i] != W_YES)
             continue;
-        if (!m) {
-            m = buf_new(ch, chlen, p, n);
-            if (!m) {
-                atomic_fetch_add_explicit(&w->b->st_lost, 1, memory_order_relaxed);
-                return;
-            }
-        } else {
-            atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
-        }
         if (push(w->b, i, RR_MESSAGE, w->index, m) != 0) {
             buf_unref(m);
             atomic_fetch_add_explicit(&w->b->st_lost, 1, memory_order_relaxed);
@@ -447,7 +450,6 @@ static void forward(rworker *w, rrchan *c, const char *ch, size_t chlen, const c
         }
         atomic_fetch_add_explicit(&w->rr->st_relayed, 1, memory_order_relaxed);
     }
-    buf_unref(m); /* the first reference, ours */
 }
 
 /* Redis confirmed the (P)SUBSCRIBE of c. */
