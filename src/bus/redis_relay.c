@@ -540,8 +540,11 @@ void dx__rr_conn_down(rworker *w)
     for (size_t i = 0; i < rr->tab_cap; i++) {
         for (rrchan *c = rr->tab[i], *nx; c; c = nx) {
             nx = c->next;
-            if (c->state == S_NONE)
+            if (c->state == S_NONE) {
+                if (!c->nwant)
+                    chan_free(w, c);
                 continue; /* its workers were told when it became so (a loss once per outage) */
+            }
             set_state(w, c, S_NONE);
             if (!c->nwant)
                 chan_free(w, c);
