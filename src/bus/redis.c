@@ -22,10 +22,12 @@
  * its own topic table and its own requests, all on its loop thread. Only
  * the counters and the health flags are shared (atomics).
  *
- * Fan-out: each worker SUBSCRIBEs to the exact topics its connections hold
- * (on the first, unsubscribed in a batch a tick after the last leaves) and
- * PSUBSCRIBEs to its patterns (`*` and `>` segments both become Redis's `*`,
- * a superset; the gateway's own index matches exactly). A worker delivers
+ * Fan-out: each worker wants the exact topics its connections hold (on
+ * the first, given up in a batch a tick after the last leaves) and its
+ * patterns (`*` and `>` segments both become Redis's `*`, a superset; the
+ * gateway's own index matches exactly); the channel's owner worker holds
+ * the one SUBSCRIBE (PSUBSCRIBE) of the node and forwards what Redis sends
+ * (redis_relay.c; dx__rb_sub_event runs a worker's side). A worker delivers
  * each offset of a topic once (exact and pattern subscriptions may both
  * bring it) and in order; a hole (lost pub/sub connection, a skipped
  * offset) is filled from the stream through a stitcher before later live
@@ -33,7 +35,8 @@
  *
  * Subscribe with resume: SUBSCRIBE, then, once Redis confirmed it, READ on
  * the command connection: every entry sequenced after the read arrives live
- * (bus.h's ordering contract).
+ * (bus.h's ordering contract); the read's barrier comes through the topic's
+ * owner like its entries.
  */
 #define _GNU_SOURCE
 #include "bus/redis_int.h"

@@ -1,7 +1,8 @@
 /*
  * src/bus/redis_int.h: the Redis bus's state and the functions its two
  * files share (redis.c: topics, reads, subscriptions, live entries, the
- * vtable; redis_conn.c: connections, the tick, presence, disconnects).
+ * vtable; redis_conn.c: connections, the tick, presence, disconnects;
+ * redis_relay.c: one Redis subscription per channel per node).
  * Everything here belongs to one worker's loop thread, except the atomics.
  */
 #ifndef DX_BUS_REDIS_INT_H
