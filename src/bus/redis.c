@@ -383,13 +383,24 @@ void dx__rb_catch_stop(rtopic *t)
     catch_release(t);
 }
 
+/* Is every pattern w holds confirmed by its owner (redis_relay.c: each
+ * pattern's owner confirms on its own, after its own connection is up)? */
+static bool pats_active(rworker *w)
+{
+    for (rpat *p = w->pats; p; p = p->next)
+        if (p->refs > 0 && p->state != S_ACTIVE)
+            return false;
+    return true;
+}
+
 /* May t's catch-up read go out now? Only while its live entries are
  * received (every entry sequenced after the read then arrives live): its
- * exact subscription confirmed, or, pattern-only, the pub/sub connection up. */
+ * exact subscription confirmed, or, pattern-only, every pattern confirmed
+ * (any may be the one that brings t). */
 static bool catch_ready(rworker *w, rtopic *t)
 {
     return w->cmd.up && !w->stuck &&
-           (t->state == S_ACTIVE || (t->state == S_NONE && t->refs <= 0 && w->sub.up));
+           (t->state == S_ACTIVE || (t->state == S_NONE && t->refs <= 0 && w->sub.up && pats_active(w)));
 }
 
 /* Sends t's catch-up read (after last); on failure it stays due. */
@@ -882,13 +893,13 @@ void dx__rb_set_health(rworker *w)
 }
 
 /* Pattern-only topics of w (seen through a pattern, no exact subscription)
- * whose entries may have been missed: read back now that a pattern is
- * active again. */
+ * whose entries may have been missed, or whose catch-up waits to go out:
+ * read back now that a pattern is active again (once all are: catch_ready). */
 static void pattern_catch(rworker *w)
 {
     for (size_t i = 0; i < w->tab_cap; i++)
         for (rtopic *t = w->tab[i]; t; t = t->next)
-            if (t->need_catch && t->refs <= 0)
+            if (t->refs <= 0 && (t->need_catch || (t->catching && !t->catch_out)))
                 dx__rb_catch_start(w, t);
 }
 
