@@ -2,7 +2,7 @@
 # Runs every benchmark built in BUILD_DIR and prints their tables:
 # bench_proto (sans-I/O hot paths), bench_fanout (one message to 10,000
 # connections on one loop, docs/benchmarks.md "Fan-out"), then the echo
-# comparison, then the gateway fan-out (duplex serve against Node ws), then
+# comparison, then memory per idle connection per endpoint, then the gateway fan-out (duplex serve against Node ws), then
 # the cross-node fan-out (three duplex serve --redis nodes, one redis-server).
 #   scripts/bench.sh BUILD_DIR
 set -euo pipefail
@@ -15,6 +15,10 @@ done
 
 # End-to-end echo comparison: duplex, libwebsockets, node ws, TCP ceiling.
 "$(dirname "$0")/bench_echo.sh" "$build"
+
+# User memory per idle connection on duplex serve's /echo and /ws endpoints
+# (issue 13; docs/benchmarks.md "Memory per idle connection").
+"$(dirname "$0")/bench_idle.sh" "$build"
 
 # Gateway fan-out: duplex serve --workers 1 against a Node ws broadcast server.
 "$(dirname "$0")/bench_gateway.sh" "$build"

@@ -16,6 +16,11 @@
  * default (stderr, level INFO). */
 void dx__log(const dx_log *log, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* True when a line at `level` would be emitted: callers test it first when
+ * the arguments cost something to compute (an address formatted, a clock
+ * read), so a quiet log costs nothing per connection. */
+static inline int dx__log_on(const dx_log *log, int level) { return level <= (log ? log->level : DX_LOG_INFO); }
+
 /* "error", "warn", "info", "debug". */
 const char *dx__log_level_name(int level);
 

@@ -427,7 +427,7 @@ static void metrics(gw_worker *k, dx_http_req *req)
     for (int d = 0; d < GW_NDROP; d++)
         P("duplex_dropped_total{reason=\"%s\"} %llu\n", drops[d],
           (unsigned long long)sum(gw, offsetof(gw_metrics, drops) + (size_t)d * sizeof(_Atomic uint64_t)));
-    P("# HELP duplex_queued_bytes Bytes queued to connections (sampled every second).\n"
+    P("# HELP duplex_queued_bytes Bytes queued to gateway connections, /echo excepted (sampled every second).\n"
       "# TYPE duplex_queued_bytes gauge\n");
     P("duplex_queued_bytes %llu\n", (unsigned long long)SUM(queued_bytes));
     P("# HELP duplex_history_messages Retained messages.\n# TYPE duplex_history_messages gauge\n");

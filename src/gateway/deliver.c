@@ -130,7 +130,9 @@ void gw_send_err(gw_conn *g, bool has_id, uint64_t id, int code, const char *rea
 static int held_push(gw_conn *g, dx__bus_topic *t, dx__gw_entry *e, dx_msg *m, size_t bytes, const char *pattern)
 {
     if (g->nheld == g->capheld) {
-        size_t cap = g->capheld ? g->capheld * 2 : 16;
+        if (g->capheld > UINT32_MAX / 2)
+            return DX_ENOMEM; /* the count is 32-bit (gw.h); the byte budget acts long before */
+        size_t cap = g->capheld ? (size_t)g->capheld * 2 : 16;
         gw_held *h = dx__alloc(NULL, cap * sizeof *h);
         if (!h)
             return DX_ENOMEM;

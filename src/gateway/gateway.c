@@ -535,7 +535,10 @@ void gw_conn_ready(gw_conn *g)
     gw_inc(&k->m.handshakes, 1);
 }
 
-static char tag_echo, tag_json; /* only their addresses matter */
+/* Only their addresses matter. tag_echo stays an /echo connection's user
+ * pointer for its whole life: it needs no gw_conn (nothing but the echo and
+ * the open-connections gauge), so an idle one costs the gateway nothing. */
+static char tag_echo, tag_json;
 
 static int on_upgrade(dx_server *srv, dx_request *req, void *ud)
 {
@@ -593,8 +596,17 @@ static void on_open(dx_conn *c, void *ud)
 {
     gw_worker *k = ud;
     gw_conn *g = dx_conn_user(c);
-    if (g == (void *)&tag_echo || g == (void *)&tag_json) {
-        g = gw_conn_new(k, g == (void *)&tag_echo ? GW_ECHO : GW_JSON);
+    if (g == (void *)&tag_echo) {
+        gw_inc(&k->m.conns[GW_ECHO], 1);
+        if (k->stopping) { /* opened while draining: straight to the 1012 */
+            char why[32];
+            snprintf(why, sizeof why, "retry=%u", gw_lim(k)->reconnect_hint_ms);
+            (void)dx_conn_close(c, 1012, why, strlen(why));
+        }
+        return;
+    }
+    if (g == (void *)&tag_json) {
+        g = gw_conn_new(k, GW_JSON);
         dx_conn_set_user(c, g);
     }
     if (!g) {
@@ -635,12 +647,13 @@ static void on_message(dx_conn *c, int opcode, const uint8_t *data, size_t len, 
 {
     gw_worker *k = ud;
     gw_conn *g = dx_conn_user(c);
+    if (g == (void *)&tag_echo) {
+        (void)dx_conn_send(c, opcode, data, len);
+        return;
+    }
     if (!g || g->closing)
         return;
     switch (g->dialect) {
-    case GW_ECHO:
-        (void)dx_conn_send(c, opcode, data, len);
-        return;
     case GW_JSON:
         if (opcode != DX_OP_TEXT) {
             if (gw_admit_message(g, false, 0))
@@ -681,6 +694,8 @@ static void on_drain(dx_conn *c, void *ud)
 {
     (void)ud;
     gw_conn *g = dx_conn_user(c);
+    if (g == (void *)&tag_echo)
+        return;
     if (g && (g->nheld || g->ngaps))
         gw_flush_held(g);
     if (g && g->draining)
@@ -692,8 +707,12 @@ static void on_close(dx_conn *c, unsigned code, const char *reason, size_t len, 
     (void)code;
     (void)reason;
     (void)len;
-    (void)ud;
     gw_conn *g = dx_conn_user(c);
+    if (g == (void *)&tag_echo) {
+        gw_worker *k = ud;
+        gw_dec(&k->m.conns[GW_ECHO], 1);
+        return;
+    }
     if (g)
         gw_conn_gone(g);
 }

@@ -154,58 +154,62 @@ typedef struct gw_gap {
     uint64_t from, to;
 } gw_gap;
 
+/* Laid out by size (pointers, then 64-bit values, then 32-bit counts,
+ * then flags) so an idle connection's record has no padding: every /ws
+ * and /sse connection pays for it (docs/benchmarks.md "RSS per idle
+ * connection"). Counts are 32-bit: each is bounded far below 2^32 by a
+ * limit (--max-subs, the held-message budget, a namespace table). */
 struct gw_conn {
     dx_list node;          /* in the worker's conns */
     gw_worker *k;
+    const char *early_why; /* closes it with this code and reason (a literal) */
+    dx_conn *c;            /* WebSocket dialects, once open */
+    dx_upgrade *up;        /* raw dialect: the deferred upgrade until its subscriptions are in */
+    struct dx_http_stream *s; /* SSE */
+    dx_http_req *hreq;     /* SSE: the request until its subscriptions are in */
+    char *user;            /* authenticated user id (NUL-terminated), NULL: anonymous */
+    dx__jwt_claims *claims; /* the token's (auth.c), NULL: anonymous */
+    char *pub;             /* raw dialect: the publish topic */
+    gw_sub **subs;
+    gw_held *held;         /* not open yet, or drop-oldest overflow: FIFO */
+    gw_gap *gaps;
+    gw_ns_bucket *nsb;     /* per-namespace buckets, made on first use */
+    const gw_limits_cfg *nsb_cfg; /* the policy they were made under (a reload renumbers) */
+    dx_list rnode;         /* rate_paused: in the worker's rpaused */
+    gw_bucket rate;        /* messages per second (rate.last_ns 0: not started) */
+    int64_t exp_ms;        /* close 4001 at (ms since the epoch) */
+    uint64_t id;           /* log lines */
+    uint64_t ipkey;
+    uint64_t resume_ns;    /* rate_paused: when reading resumes */
+    size_t heldbytes;
     int dialect;
     unsigned refs;         /* 1 for the connection + 1 per request out (bus, deferred answer) */
+    unsigned early_code;   /* closed (e.g. /api/disconnect) before its WebSocket opened: on_open */
+    unsigned waiting;      /* subscriptions awaited before the upgrade / stream starts */
+    int fail_status;       /* a subscription failed before the answer: refuse with this */
+    unsigned inflight;     /* publishes awaiting the bus */
+    unsigned sse_idle_ms;  /* SSE: idle ticks, in ms */
+    int ipfam;             /* 0: not counted per address */
+    uint32_t ulen;
+    uint32_t exp_ix;       /* 1 + slot in k->exph, 0: not queued */
+    uint32_t pub_len;
+    uint32_t nsubs, capsubs;
+    uint32_t npending;     /* subs with pending set */
+    uint32_t nheld, capheld, headheld;
+    uint32_t ngaps, capgaps;
+    uint32_t nnsb;
     bool open;             /* messages may be written */
     bool closing;          /* closed by us, or gone: deliver nothing more */
     bool gone;             /* on_close came / the stream ended: c and s are invalid */
     bool paused;           /* reading paused: too many publishes in flight */
     bool overflowed;       /* more held before opening than the budget */
     bool recheck;          /* a flush of the backlog is posted */
-    unsigned early_code;   /* closed (e.g. /api/disconnect) before its WebSocket opened: on_open */
-    const char *early_why; /* closes it with this code and reason (a literal) */
-    dx_conn *c;            /* WebSocket dialects, once open */
-    dx_upgrade *up;        /* raw dialect: the deferred upgrade until its subscriptions are in */
-    struct dx_http_stream *s; /* SSE */
-    dx_http_req *hreq;     /* SSE: the request until its subscriptions are in */
-    unsigned waiting;      /* subscriptions awaited before the upgrade / stream starts */
-    int fail_status;       /* a subscription failed before the answer: refuse with this */
-    char *user;            /* authenticated user id (NUL-terminated), NULL: anonymous */
-    size_t ulen;
-    dx__jwt_claims *claims; /* the token's (auth.c), NULL: anonymous */
-    int64_t exp_ms;        /* close 4001 at (ms since the epoch) */
-    size_t exp_ix;         /* 1 + slot in k->exph, 0: not queued */
-    char *pub;             /* raw dialect: the publish topic */
-    size_t pub_len;
-    gw_sub **subs;
-    size_t nsubs, capsubs;
-    size_t npending;       /* subs with pending set */
-    unsigned inflight;     /* publishes awaiting the bus */
-    gw_held *held;         /* not open yet, or drop-oldest overflow: FIFO */
-    size_t nheld, capheld, headheld;
-    size_t heldbytes;
-    gw_gap *gaps;
-    size_t ngaps, capgaps;
-    uint64_t id;           /* log lines */
     bool sse_wrote;        /* SSE: written since the last tick (heartbeats) */
-    unsigned sse_idle_ms;  /* SSE: idle ticks, in ms */
-    /* limits (admit.c) */
-    int ipfam;             /* 0: not counted per address */
-    uint64_t ipkey;
     bool user_counted;     /* counted in the gateway's per-user table */
     bool bus_counted;      /* counted cluster-wide (gw_admit_bus_user): -1 at the end */
     struct gw_ucreq *ucreq; /* that count's request, while out */
     bool rate_paused;      /* reading paused by the message rate (see paused: in flight) */
     bool draining;         /* dx_gateway_shutdown: closed 1012 once its backlog is out */
-    gw_bucket rate;        /* messages per second (rate.last_ns 0: not started) */
-    uint64_t resume_ns;    /* rate_paused: when reading resumes */
-    dx_list rnode;         /* rate_paused: in the worker's rpaused */
-    gw_ns_bucket *nsb;     /* per-namespace buckets, made on first use */
-    size_t nnsb;
-    const gw_limits_cfg *nsb_cfg; /* the policy they were made under (a reload renumbers) */
 };
 
 /* Frames built once per delivered entry, per pattern (JSON `pattern`). */

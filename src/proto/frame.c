@@ -21,7 +21,7 @@
 
 #include <string.h>
 
-enum { ST_HEADER = 0, ST_PAYLOAD = 1 };
+enum { ST_HEADER = DX__FRAME_ST_HEADER, ST_PAYLOAD = DX__FRAME_ST_PAYLOAD };
 
 static bool is_control(unsigned op) { return (op & 0x8) != 0; }
 

@@ -16,6 +16,7 @@
 #define DX_PROTO_FRAME_H
 
 #include "duplex/duplex.h"
+#include "proto/mask.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -98,6 +99,74 @@ void dx__frame_decoder_init(dx_frame_decoder *d, int role, unsigned rsv_allowed,
  *                  total would exceed max_message (checked at the header).
  */
 size_t dx__frame_decode(dx_frame_decoder *d, uint8_t *in, size_t len, dx_frame_event *ev);
+
+/* Decoder states (dx_frame_decoder.state). */
+enum { DX__FRAME_ST_HEADER = 0, DX__FRAME_ST_PAYLOAD = 1 };
+
+/*
+ * The fast path for the common frame: a whole final TEXT or BINARY frame
+ * with no RSV bit, masked as the role requires, with 1 to 65535 payload
+ * bytes within the limits, that arrived in one piece while the decoder is
+ * between frames. What it needs from the decoder is read once per batch of
+ * input into a dx_frame_fast (dx__frame_fast_init), which stays valid
+ * while only dx__frame_whole runs; after a dx__frame_decode call, call
+ * dx__frame_fast_init again.
+ */
+typedef struct dx_frame_fast {
+    uint64_t max1;  /* the smaller of max_frame and max_message, minus 1 (no limit: UINT64_MAX) */
+    unsigned mbit;  /* 0x80 when frames must be masked (server role), else 0 */
+    bool ok;        /* between frames: no header byte gathered, no message open, no error */
+} dx_frame_fast;
+
+static inline void dx__frame_fast_init(const dx_frame_decoder *d, dx_frame_fast *f)
+{
+    const dx_frame_limits *lim = d->limits;
+    uint64_t a = lim ? lim->max_frame - 1 : UINT64_MAX, b = lim ? lim->max_message - 1 : UINT64_MAX;
+    f->max1 = a < b ? a : b; /* a zero limit (none) wraps to UINT64_MAX */
+    f->mbit = d->role == DX_ROLE_SERVER ? 0x80u : 0;
+    f->ok = (d->state | d->hlen | d->msg_opcode | d->err) == 0;
+}
+
+/*
+ * When f->ok and in[0..len) starts with such a frame: unmasks its payload in
+ * place, stores where it lies in *payload and *plen and its opcode in
+ * *opcode, and returns the frame's size (header included). Otherwise
+ * returns 0 and changes nothing: the caller goes on with dx__frame_decode,
+ * which also reports every error (a frame refused here is not necessarily
+ * bad). The decoder stays between frames, as dx__frame_decode leaves it
+ * after the frame's HEADER and its one DATA event with `end` (d->hdr is not
+ * updated: it describes a frame only while an event points to it), so the
+ * two paths can be mixed at any frame boundary with the same results
+ * (tests/unit/test_codec.c and fuzz_codec compare them).
+ */
+static inline size_t dx__frame_whole(const dx_frame_fast *f, uint8_t *in, size_t len, uint8_t **payload,
+                                     size_t *plen, unsigned *opcode)
+{
+    if (!f->ok || len < 2)
+        return 0;
+    unsigned b0 = in[0], b1 = in[1];
+    if (b0 - (0x80u | DX_OP_TEXT) > 1u)
+        return 0; /* FIN, no RSV bit, TEXT (0x81) or BINARY (0x82) */
+    if ((b1 & 0x80u) != f->mbit)
+        return 0; /* §5.1: refused by the slow path (1002) */
+    size_t n = b1 & 0x7Fu, hl = 2 + (f->mbit >> 5); /* + 4 for the key */
+    if (n - 1 >= 125) {
+        if (n != 126 || len < 4)
+            return 0; /* empty frames and 64-bit lengths: the slow path */
+        n = ((size_t)in[2] << 8) | in[3];
+        if (n == 0)
+            return 0;
+        hl += 2;
+    }
+    if (len < hl + n || n - 1 > f->max1)
+        return 0; /* incomplete, or over a limit (1009 from the slow path) */
+    if (f->mbit)
+        dx__mask0(in + hl, n, in + hl - 4);
+    *payload = in + hl;
+    *plen = n;
+    *opcode = b0 & 0x0Fu;
+    return hl + n;
+}
 
 /* Header size for a payload of `len` bytes (2-14). */
 size_t dx__frame_header_size(uint64_t len, bool masked);

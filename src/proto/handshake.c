@@ -15,6 +15,8 @@
 
 #include <openssl/evp.h>
 
+#include <stdatomic.h>
+
 #include "core/seams.h"
 
 static bool is_ows(char c) { return c == ' ' || c == '\t'; }
@@ -144,6 +146,30 @@ static bool valid_ext_list(const char *list)
     return rc == 0;
 }
 
+/* SHA-1, fetched from the default provider once per process. EVP_sha1()
+ * makes EVP_Digest fetch the implementation again on every call (a name
+ * lookup under a lock: about two thirds of the instructions of a server
+ * handshake before this cache). The one write-once global of this layer:
+ * a fetched EVP_MD is immutable and thread-safe; it stays until exit (a
+ * reachable pointer, not a leak). NULL when the provider has no SHA-1. */
+static _Atomic(EVP_MD *) sha1_cache;
+
+static const EVP_MD *sha1_md(void)
+{
+    EVP_MD *md = atomic_load_explicit(&sha1_cache, memory_order_acquire);
+    if (md)
+        return md;
+    EVP_MD *fresh = EVP_MD_fetch(NULL, "SHA1", NULL);
+    if (!fresh)
+        return NULL;
+    if (!atomic_compare_exchange_strong_explicit(&sha1_cache, &md, fresh, memory_order_acq_rel,
+                                                 memory_order_acquire)) {
+        EVP_MD_free(fresh); /* another thread cached one first: md is it */
+        return md;
+    }
+    return fresh;
+}
+
 int dx__ws_accept_key(const char *key, size_t key_len, char out[29])
 {
     unsigned char buf[64 + sizeof DX_WS_GUID], md[EVP_MAX_MD_SIZE];
@@ -152,7 +178,8 @@ int dx__ws_accept_key(const char *key, size_t key_len, char out[29])
         return DX_EINVAL;
     memcpy(buf, key, key_len);
     memcpy(buf + key_len, DX_WS_GUID, sizeof DX_WS_GUID - 1);
-    if (!EVP_Digest(buf, key_len + sizeof DX_WS_GUID - 1, md, &md_len, EVP_sha1(), NULL) || md_len != 20)
+    const EVP_MD *sha1 = sha1_md();
+    if (!sha1 || !EVP_Digest(buf, key_len + sizeof DX_WS_GUID - 1, md, &md_len, sha1, NULL) || md_len != 20)
         return DX_EINTERNAL;
     if (EVP_EncodeBlock((unsigned char *)out, md, 20) != 28)
         return DX_EINTERNAL;
@@ -221,6 +248,60 @@ static bool single(const dx_http_header *h, size_t n, const char *name, const dx
 
 /* ---- server -------------------------------------------------------------- */
 
+/* The headers the server's check reads, found in one pass over the head
+ * (a lookup per header name walked the list nine times per handshake):
+ * the last of each single-valued one and how many there were, whether any
+ * Upgrade / Connection header lists the token, whether protocols or
+ * extensions were offered at all. */
+typedef struct ws_seen {
+    const dx_http_header *host, *version, *key, *origin;
+    unsigned n_host, n_version, n_key, n_origin;
+    bool upgrade, connection, protocols, extensions;
+} ws_seen;
+
+static void ws_scan(const dx_http_header *h, size_t n, ws_seen *w)
+{
+    memset(w, 0, sizeof *w);
+    for (size_t i = 0; i < n; i++) {
+        const char *nm = h[i].name;
+        size_t len = h[i].name_len;
+        switch (len) {
+        case 4:
+            if (dx__http_eq_ci(nm, len, "Host") && !w->n_host++)
+                w->host = &h[i];
+            break;
+        case 6:
+            if (dx__http_eq_ci(nm, len, "Origin") && !w->n_origin++)
+                w->origin = &h[i];
+            break;
+        case 7:
+            if (!w->upgrade && dx__http_eq_ci(nm, len, "Upgrade"))
+                w->upgrade = dx__http_list_has(h[i].value, h[i].value_len, "websocket");
+            break;
+        case 10:
+            if (!w->connection && dx__http_eq_ci(nm, len, "Connection"))
+                w->connection = dx__http_list_has(h[i].value, h[i].value_len, "upgrade");
+            break;
+        case 17:
+            if (dx__http_eq_ci(nm, len, "Sec-WebSocket-Key") && !w->n_key++)
+                w->key = &h[i];
+            break;
+        case 21:
+            if (dx__http_eq_ci(nm, len, "Sec-WebSocket-Version") && !w->n_version++)
+                w->version = &h[i];
+            break;
+        case 22:
+            w->protocols = w->protocols || dx__http_eq_ci(nm, len, "Sec-WebSocket-Protocol");
+            break;
+        case 24:
+            w->extensions = w->extensions || dx__http_eq_ci(nm, len, "Sec-WebSocket-Extensions");
+            break;
+        default:
+            break;
+        }
+    }
+}
+
 int dx__ws_server_check(const dx_http_request *req, dx_ws_request *out, dx_ws_ext_offer *exts, size_t max_exts)
 {
     const dx_http_header *h = req->headers, *f;
@@ -243,47 +324,50 @@ int dx__ws_server_check(const dx_http_request *req, dx_ws_request *out, dx_ws_ex
         out->query = q + 1;
         out->query_len = req->target_len - out->path_len - 1;
     }
+    ws_seen w;
+    ws_scan(h, n, &w);
     /* item 2: Host; RFC 9112 §3.2: exactly one, else 400. */
-    if (!single(h, n, "Host", &f) || f->value_len == 0)
+    if (w.n_host != 1 || w.host->value_len == 0)
         return DX_EHANDSHAKE;
-    out->host = f->value;
-    out->host_len = f->value_len;
+    out->host = w.host->value;
+    out->host_len = w.host->value_len;
     /* items 3 and 4 */
-    if (!dx__http_headers_have(h, n, "Upgrade", "websocket"))
-        return DX_EHANDSHAKE;
-    if (!dx__http_headers_have(h, n, "Connection", "upgrade"))
+    if (!w.upgrade || !w.connection)
         return DX_EHANDSHAKE;
     /* item 6, checked before the key so that a client speaking another
      * version learns ours (§4.2.2: 426 with Sec-WebSocket-Version). */
-    if (!single(h, n, "Sec-WebSocket-Version", &f) || f->value_len != 2 || memcmp(f->value, "13", 2) != 0)
+    f = w.version;
+    if (w.n_version != 1 || f->value_len != 2 || memcmp(f->value, "13", 2) != 0)
         return DX_EVERSION;
     /* item 5 */
-    if (!single(h, n, "Sec-WebSocket-Key", &f) || !valid_key(f->value, f->value_len))
+    f = w.key;
+    if (w.n_key != 1 || !valid_key(f->value, f->value_len))
         return DX_EHANDSHAKE;
     out->key = f->value;
     out->key_len = f->value_len;
     /* item 7: optional; RFC 6454 §7.3 allows one Origin. */
-    if (dx__http_count(h, n, "Origin") > 1)
+    if (w.n_origin > 1)
         return DX_EHANDSHAKE;
-    f = dx__http_find(h, n, "Origin");
-    if (f) {
-        out->origin = f->value;
-        out->origin_len = f->value_len;
+    if (w.origin) {
+        out->origin = w.origin->value;
+        out->origin_len = w.origin->value_len;
     }
     out->headers = h;
     out->n_headers = n;
     /* item 8: protocols are tokens (§4.1 item 10). */
-    dx_ws_protocol_iter it;
-    const char *item;
-    size_t len;
-    dx__ws_protocol_iter_init(&it, out);
-    while (dx__ws_protocol_next(&it, &item, &len))
-        if (!dx__http_is_token(item, len))
-            return DX_EHANDSHAKE;
+    if (w.protocols) {
+        dx_ws_protocol_iter it;
+        const char *item;
+        size_t len;
+        dx__ws_protocol_iter_init(&it, out);
+        while (dx__ws_protocol_next(&it, &item, &len))
+            if (!dx__http_is_token(item, len))
+                return DX_EHANDSHAKE;
+    }
     /* item 9: every Sec-WebSocket-Extensions header, as one list. */
     out->exts = exts;
     out->n_exts = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; w.extensions && i < n; i++) {
         if (!dx__http_eq_ci(h[i].name, h[i].name_len, "Sec-WebSocket-Extensions"))
             continue;
         int rc = dx__ws_ext_parse(h[i].value, h[i].value_len, exts, max_exts, &out->n_exts);

@@ -169,6 +169,10 @@ static int head_run(dx_http_head *h, const char *buf, size_t len, size_t max_hea
                 if (h->state == P_TARGET0)
                     h->ts = (uint32_t)p;
                 h->state = P_TARGET;
+                /* The rest of the target in a tight loop: the same test,
+                 * without a trip through the switch per byte. */
+                while (p + 1 < lim && (unsigned char)buf[p + 1] > 0x20 && (unsigned char)buf[p + 1] < 0x7F)
+                    p++;
             } else if (c == ' ' && h->state == P_TARGET) {
                 h->te = (uint32_t)p;
                 h->state = P_VERSION;
@@ -256,6 +260,9 @@ static int head_run(dx_http_head *h, const char *buf, size_t len, size_t max_hea
                 h->state = P_H_OWS;
             } else if (!dx__http_is_tchar(c))
                 goto fail;
+            else
+                while (p + 1 < lim && dx__http_is_tchar((unsigned char)buf[p + 1]))
+                    p++; /* the rest of the name, as above */
             break;
         case P_H_OWS:
         case P_H_VALUE:
@@ -277,6 +284,18 @@ static int head_run(dx_http_head *h, const char *buf, size_t len, size_t max_hea
                 }
                 if (!is_ows((char)c))
                     h->ve = (uint32_t)p + 1; /* trailing OWS is trimmed */
+                /* The rest of the value in a tight loop: each byte does
+                 * exactly what this case would do with it in P_H_VALUE. */
+                uint32_t ve = h->ve;
+                while (p + 1 < lim) {
+                    unsigned char d = (unsigned char)buf[p + 1];
+                    if (d == '\r' || d == '\n' || !is_field_char(d))
+                        break;
+                    p++;
+                    if (!is_ows((char)d))
+                        ve = (uint32_t)p + 1;
+                }
+                h->ve = ve;
             } else
                 goto fail;
             break;

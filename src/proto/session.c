@@ -459,19 +459,58 @@ int dx__session_recv_ex(dx__session *s, uint8_t *data, size_t len, size_t *used)
     return rc;
 }
 
+/* A whole unfragmented message that arrived in one frame (dx__frame_whole):
+ * what on_header then on_data do for it, straight from the caller's
+ * buffer. The fragment allowance cannot refuse a one-frame message
+ * (max_fragments is 0, none, or at least 1). */
+static int whole_message(dx__session *s, unsigned op, const uint8_t *p, size_t len)
+{
+    /* rx_fragments and rx_payload count an open message's frames: the next
+     * message's first frame resets them, so they are left alone here. */
+    if (op == DX_OP_TEXT && !dx__utf8_valid(p, len)) {
+        s->rx_opcode = (uint8_t)op;
+        return fail_rx(s, DX_EUTF8); /* §8.1 */
+    }
+    if (s->cfg->on_fragment)
+        s->cfg->on_fragment(s, (int)op, p, len, 1);
+    else
+        s->cfg->on_message(s, (int)op, p, len);
+    if (s->rx)
+        rx_release(s);
+    return 0;
+}
+
 static int recv_frames(dx__session *s, uint8_t *data, size_t len, size_t *used)
 {
     *used = len; /* unless held: what is not decoded is ignored */
     if (s->state == DX_CODEC_CLOSED || s->state == DX_CODEC_FAILED)
         return DX_ECLOSED;
     size_t off = 0;
+    /* The fast path skips the per-frame trace: taken only without one. */
+    bool fast = s->cfg->on_frame == NULL;
+    dx_frame_fast ff;
+    dx__frame_fast_init(&s->dec, &ff);
     while (s->state == DX_CODEC_OPEN || s->state == DX_CODEC_CLOSE_SENT) {
         if (s->hold) {
             *used = off;
             return 0;
         }
+        if (off == len)
+            return 0; /* all decoded (dx__frame_decode would say NEED_MORE) */
+        uint8_t *p;
+        size_t n;
+        unsigned op;
+        size_t fl = fast ? dx__frame_whole(&ff, data + off, len - off, &p, &n, &op) : 0;
+        if (fl) {
+            off += fl;
+            int rc = whole_message(s, op, p, n);
+            if (rc)
+                return rc;
+            continue;
+        }
         dx_frame_event ev;
         off += dx__frame_decode(&s->dec, data + off, len - off, &ev);
+        dx__frame_fast_init(&s->dec, &ff);
         int rc = 0;
         switch (ev.type) {
         case DX_FRAME_NEED_MORE:

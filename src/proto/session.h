@@ -117,6 +117,14 @@ int dx__session_send(dx__session *s, int opcode, const void *data, size_t len, i
  * when permessage-deflate says so, like dx__session_send. */
 int dx__session_send_valid(dx__session *s, int opcode, const void *data, size_t len);
 int dx__session_control(dx__session *s, unsigned opcode, const void *data, size_t len);
+/* True when dx__session_send of a whole, valid message would write it as
+ * one plain frame through put and change nothing else (open, no
+ * fragmented send open, no compression): an owner may then write that
+ * frame itself (the ws layer's send fast path). */
+static inline bool dx__session_plain_send(const dx__session *s)
+{
+    return s->state == DX_CODEC_OPEN && s->tx_opcode == 0 && s->pmd == NULL;
+}
 int dx__session_close(dx__session *s, unsigned code, const char *reason, size_t reason_len);
 
 /* Fails the session from outside (e.g. a limit only the owner knows):

@@ -731,13 +731,15 @@ static void socks_send_connect(dx_conn *c)
     (void)dx__conn_write(c, req, n);
 }
 
-/* The SOCKS5 answers gather in c->head (a few bytes each); nothing else
- * arrives before we speak again, so a longer answer is an error. */
+/* The SOCKS5 answers gather in the cold block's head (a few bytes each);
+ * nothing else arrives before we speak again, so a longer answer is an
+ * error. */
 static void read_socks_answer(dx_conn *c)
 {
     dx_client *cl = client_of(c);
-    size_t have = c->head->len;
-    const uint8_t *h = c->head->data;
+    dx__head *hd = c->cold->head; /* read_proxy_answer made it */
+    size_t have = hd->len;
+    const uint8_t *h = hd->data;
     size_t need = 2;
     if (cl->socks_stage == 2) {
         need = 5;
@@ -760,7 +762,7 @@ static void read_socks_answer(dx_conn *c)
                                        : "chose an authentication method that was not offered");
             return;
         }
-        c->head->len = 0;
+        hd->len = 0;
         socks_send_connect(c);
         return;
     }
@@ -770,29 +772,34 @@ static void read_socks_answer(dx_conn *c)
         socks_fail(c, why);
         return;
     }
-    dx__free(c->ep->loop->seams, c->head);
-    c->head = NULL;
+    dx__free(c->ep->loop->seams, hd);
+    c->cold->head = NULL;
+    dx__conn_cold_trim(c);
     cl->socks_stage = 0;
     start_transport(c);
 }
 
-/* Reads the proxy's answer to CONNECT into c->head and checks it. */
+/* Reads the proxy's answer to CONNECT into the cold block's head and checks
+ * it. */
 static void read_proxy_answer(dx_conn *c)
 {
     dx_client *cl = client_of(c);
     dx_loop *loop = c->ep->loop;
     size_t max = c->ep->opt.max_head;
-    if (!c->head) {
-        c->head = dx__alloc(loop->seams, sizeof *c->head + max);
-        if (!c->head) {
+    if (!DX_COLD(c, head)) {
+        dx__cold *k = dx__conn_cold(c);
+        dx__head *fresh = k ? dx__alloc(loop->seams, sizeof *fresh + max) : NULL;
+        if (!fresh) {
             dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
             return;
         }
-        c->head->len = 0;
+        fresh->len = 0;
+        k->head = fresh;
     }
+    dx__head *hd = c->cold->head;
     /* Byte by byte is not needed: nothing follows the proxy's head until we
      * speak (TLS ClientHello or the upgrade request). */
-    ssize_t n = c->st.t->read(&c->st, c->head->data + c->head->len, max - c->head->len);
+    ssize_t n = c->st.t->read(&c->st, hd->data + hd->len, max - hd->len);
     if (n == DX_EAGAIN)
         return;
     if (n <= 0) {
@@ -800,18 +807,18 @@ static void read_proxy_answer(dx_conn *c)
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, "proxy closed the connection");
         return;
     }
-    c->head->len += (size_t)n;
+    hd->len += (size_t)n;
     if (cl->socks) {
         read_socks_answer(c);
         return;
     }
     dx_http_header headers[64];
     dx_http_response resp;
-    int rc = dx__http_parse_response((const char *)c->head->data, c->head->len, &resp, headers, 64, max);
+    int rc = dx__http_parse_response((const char *)hd->data, hd->len, &resp, headers, 64, max);
     if (rc == DX_EAGAIN)
         return;
     char what[640];
-    if (rc < 0 || resp.status / 100 != 2 || (size_t)rc != c->head->len) {
+    if (rc < 0 || resp.status / 100 != 2 || (size_t)rc != hd->len) {
         if (rc < 0)
             snprintf(what, sizeof what, "proxy %s:%u: malformed answer to CONNECT", cl->proxy.host, cl->proxy.port);
         else
@@ -821,8 +828,9 @@ static void read_proxy_answer(dx_conn *c)
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, what);
         return;
     }
-    dx__free(loop->seams, c->head);
-    c->head = NULL;
+    dx__free(loop->seams, hd);
+    c->cold->head = NULL;
+    dx__conn_cold_trim(c);
     start_transport(c);
 }
 
@@ -934,17 +942,19 @@ void dx__client_response(dx_conn *c, const dx_http_response *resp)
         }
     }
     if (proto) {
-        c->protocol = dx__alloc(c->ep->loop->seams, plen + 1);
-        if (c->protocol) {
-            memcpy(c->protocol, proto, plen);
-            c->protocol[plen] = 0;
+        dx__cold *k = dx__conn_cold(c);
+        char *p = k ? dx__alloc(c->ep->loop->seams, plen + 1) : NULL;
+        if (p) {
+            memcpy(p, proto, plen);
+            p[plen] = 0;
+            k->protocol = p;
         }
     }
     dx__conn_opened(c);
     char remote[64];
     dx_conn_remote(c, remote, sizeof remote);
     dx__log(LOG(cl), DX_LOG_INFO, "conn=%llu open remote=%s url=%s protocol=%s (client)", (unsigned long long)c->id,
-            remote, cl->opt.url, c->protocol ? c->protocol : "-");
+            remote, cl->opt.url, DX_COLD(c, protocol) ? DX_COLD(c, protocol) : "-");
     if (cl->addrs) {
         freeaddrinfo(cl->addrs);
         cl->addrs = cl->next_addr = NULL;

@@ -71,18 +71,52 @@ static void update_events(dx_conn *c);
 
 /* ---- addresses ----------------------------------------------------------- */
 
+/* Written by hand: inet_ntop and snprintf cost a thousand instructions per
+ * handshake (the upgrade request's `remote`), this a few dozen. */
+size_t dx__ipv4_port(char t[22], const uint8_t a[4], unsigned port)
+{
+    size_t n = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = a[i];
+        if (v >= 100)
+            t[n++] = (char)('0' + v / 100);
+        if (v >= 10)
+            t[n++] = (char)('0' + v / 10 % 10);
+        t[n++] = (char)('0' + v % 10);
+        t[n++] = i < 3 ? '.' : ':';
+    }
+    char d[5];
+    int k = 0;
+    do {
+        d[k++] = (char)('0' + port % 10);
+        port /= 10;
+    } while (port && k < 5);
+    while (k)
+        t[n++] = d[--k];
+    t[n] = 0;
+    return n;
+}
+
 size_t dx_conn_remote(const dx_conn *c, char *buf, size_t cap)
 {
     char h[INET6_ADDRSTRLEN] = "";
     int n;
-    if (c->family == AF_INET || c->family == AF_INET6)
-        inet_ntop(c->family, c->addr, h, sizeof h);
-    if (c->family == AF_INET)
-        n = snprintf(buf, cap, "%s:%u", h, c->port);
-    else if (c->family == AF_INET6)
+    if (c->family == AF_INET) {
+        char t[24];
+        size_t len = dx__ipv4_port(t, c->addr, c->port);
+        if (cap) {
+            size_t m = len < cap ? len : cap - 1;
+            memcpy(buf, t, m);
+            buf[m] = 0;
+        }
+        return len;
+    }
+    if (c->family == AF_INET6) {
+        inet_ntop(AF_INET6, c->cold->addr6, h, sizeof h);
         n = snprintf(buf, cap, "[%s]:%u", h, c->port);
-    else
+    } else {
         n = snprintf(buf, cap, "unix");
+    }
     return n < 0 ? 0 : (size_t)n;
 }
 
@@ -98,7 +132,9 @@ static addr_str REMOTE(const dx_conn *c)
     return a;
 }
 
-static void store_addr(dx_conn *c, const struct sockaddr *sa)
+/* Fails (DX_ENOMEM) only for an IPv6 peer whose cold block could not be
+ * made. */
+static int store_addr(dx_conn *c, const struct sockaddr *sa)
 {
     c->family = (uint8_t)sa->sa_family;
     if (sa->sa_family == AF_INET) {
@@ -111,10 +147,14 @@ static void store_addr(dx_conn *c, const struct sockaddr *sa)
             c->family = AF_INET;
             memcpy(c->addr, &in6->sin6_addr.s6_addr[12], 4);
         } else {
-            memcpy(c->addr, &in6->sin6_addr, 16);
+            dx__cold *k = dx__conn_cold(c);
+            if (!k)
+                return DX_ENOMEM;
+            memcpy(k->addr6, &in6->sin6_addr, 16);
         }
         c->port = ntohs(in6->sin6_port);
     }
+    return 0;
 }
 
 /* ---- writing ------------------------------------------------------------- */
@@ -203,12 +243,14 @@ static void h_close(dx__session *s, unsigned code, const char *reason, size_t le
     if (c->state == CS_DEAD)
         return;
     /* Keep the reason for on_close (the head slot is free once open). */
-    if (len && !c->head) {
-        c->head = dx__alloc(c->ep->loop->seams, sizeof *c->head + len + 1);
-        if (c->head) {
-            c->head->len = len;
-            memcpy(c->head->data, reason, len);
-            c->head->data[len] = 0;
+    if (len && !DX_COLD(c, head)) {
+        dx__cold *k = dx__conn_cold(c);
+        dx__head *r = k ? dx__alloc(c->ep->loop->seams, sizeof *r + len + 1) : NULL;
+        if (r) {
+            r->len = len;
+            memcpy(r->data, reason, len);
+            r->data[len] = 0;
+            k->head = r;
         }
     }
     dx__log(LOG(c), DX_LOG_DEBUG, "conn=%llu peer closed code=%u reason=\"%.*s\"", (unsigned long long)c->id,
@@ -230,6 +272,27 @@ void dx__ws_session_cfg(dx__ep *ep, int role)
         .on_frame = ep->opt.cb.on_frame ? h_frame : NULL,
         .put = dx__conn_put,
     };
+}
+
+/* ---- the cold block ---------------------------------------------------------- */
+
+dx__cold *dx__conn_cold(dx_conn *c)
+{
+    if (!c->cold) {
+        c->cold = dx__alloc(c->ep->loop->seams, sizeof *c->cold);
+        if (c->cold)
+            memset(c->cold, 0, sizeof *c->cold);
+    }
+    return c->cold;
+}
+
+void dx__conn_cold_trim(dx_conn *c)
+{
+    dx__cold *k = c->cold;
+    if (k && !k->head && !k->stash && !k->upg && !k->http && !k->protocol && c->family != AF_INET6) {
+        c->cold = NULL;
+        dx__free(c->ep->loop->seams, k);
+    }
 }
 
 /* ---- lifecycle -------------------------------------------------------------- */
@@ -261,9 +324,12 @@ static void conn_release(dx_loop *loop, dx_conn *c)
         dx__session_deinit(&c->s); /* a trailing partial message's buffer too */
     else
         dx__pmd_free(c->s.pmd); /* negotiated, never opened */
-    dx__free(seams, c->head);
-    dx__free(seams, c->protocol);
-    dx__free(seams, c);
+    if (c->cold) { /* stash, upg and http went as it died (hooks_release, http_conn_gone) */
+        dx__free(seams, c->cold->head);
+        dx__free(seams, c->cold->protocol);
+        dx__free(seams, c->cold);
+    }
+    dx__wsl_conn_free(dx__wsl_find(loop), c); /* the loop's: it made c */
 }
 
 static void conn_closed(dx_loop *loop, dx__deferred *d)
@@ -276,14 +342,27 @@ static void conn_closed(dx_loop *loop, dx__deferred *d)
     if (!ep->freeing && (c->flags & CF_OPEN_OWED) && ep->opt.cb.on_open)
         ep->opt.cb.on_open(c, ep->opt.ud);
     if (!ep->freeing && (c->flags & (CF_OPENED | CF_OPEN_OWED)) && ep->opt.cb.on_close) {
-        const char *reason = c->head ? (const char *)c->head->data : "";
-        size_t rlen = c->head ? c->head->len : 0;
+        const dx__head *r = DX_COLD(c, head);
+        const char *reason = r ? (const char *)r->data : "";
+        size_t rlen = r ? r->len : 0;
         ep->opt.cb.on_close(c, c->code, reason, rlen, ep->opt.ud);
     }
     /* on_close may have freed the endpoint (deferred: still readable). */
     if (ep->cl && !ep->freeing)
         dx__client_conn_end(c); /* may reconnect or report; creates new connections only */
     conn_release(loop, c);
+}
+
+/* Milliseconds since open, exact: the ticks since open (250 ms steps, 32
+ * bits: 34 years) give a value within far less than 2^31 ms of it, and the
+ * low 32 bits of the loop's clock at open then fix it to the millisecond. */
+static uint64_t open_duration_ms(const dx_conn *c)
+{
+    const dx_loop *loop = c->ep->loop;
+    uint64_t coarse = (uint64_t)((uint32_t)loop->tick - c->opened_tick) * DX_TICK_MS;
+    uint32_t fine = (uint32_t)loop->now_ms - c->opened_ms;
+    int64_t d = (int64_t)coarse + (int32_t)(fine - (uint32_t)coarse);
+    return d > 0 ? (uint64_t)d : 0;
 }
 
 static void conn_mark(dx_conn *c, const char *why, bool silent)
@@ -322,12 +401,12 @@ static void conn_mark(dx_conn *c, const char *why, bool silent)
     ep->st.closed++;
     if (c->flags & CF_OPENED) {
         ep->st.open--;
-        if (!silent)
+        if (!silent && dx__log_on(LOG(c), DX_LOG_INFO))
             dx__log(LOG(c), DX_LOG_INFO,
                     "conn=%llu close remote=%s code=%u duration_ms=%llu bytes_in=%llu bytes_out=%llu "
                     "msgs_in=%llu msgs_out=%llu",
                     (unsigned long long)c->id, REMOTE(c).s, code,
-                    (unsigned long long)((dx__now_ns(loop->seams) - c->opened_ns) / 1000000u),
+                    (unsigned long long)open_duration_ms(c),
                     (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out,
                     (unsigned long long)c->msgs_in, (unsigned long long)c->msgs_out);
     }
@@ -371,8 +450,9 @@ void dx__conn_abort(dx_conn *c, unsigned code, const char *why)
         return;
     if (code != DX_CLOSE_ABNORMAL)
         c->code = (uint16_t)code;
-    dx__log(LOG(c), (c->flags & CF_OPENED) ? DX_LOG_INFO : DX_LOG_DEBUG, "conn=%llu dropped remote=%s: %s",
-            (unsigned long long)c->id, REMOTE(c).s, why);
+    int level = (c->flags & CF_OPENED) ? DX_LOG_INFO : DX_LOG_DEBUG;
+    if (dx__log_on(LOG(c), level))
+        dx__log(LOG(c), level, "conn=%llu dropped remote=%s: %s", (unsigned long long)c->id, REMOTE(c).s, why);
     conn_mark(c, why, false);
 }
 
@@ -403,6 +483,8 @@ static void after_session(dx_conn *c)
         dx__conn_finish_after_flush(c);
     }
 }
+
+void dx__conn_after_session(dx_conn *c) { after_session(c); }
 
 /* ---- heartbeat and timeouts ------------------------------------------------ */
 
@@ -464,8 +546,9 @@ static void on_timer(dx__timer *t)
             dx__conn_abort(c, DX_CLOSE_ABNORMAL, why);
             return;
         }
+        const dx__head *part = DX_COLD(c, head);
         dx__log(LOG(c), DX_LOG_INFO, "conn=%llu handshake timeout remote=%s after %u ms (%zu head bytes)",
-                (unsigned long long)c->id, REMOTE(c).s, o->handshake_timeout_ms, c->head ? c->head->len : 0);
+                (unsigned long long)c->id, REMOTE(c).s, o->handshake_timeout_ms, part ? part->len : 0);
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, "handshake timeout");
         return;
     case CS_OPEN:
@@ -565,11 +648,20 @@ static int write_101(dx_conn *c, const dx_ws_request *ws, char *protocol, void *
         refuse(c, 500, NULL, "cannot build the response");
         return DX_ECLOSED;
     }
-    c->protocol = protocol;
+    if (protocol) {
+        dx__cold *k = dx__conn_cold(c);
+        if (!k) {
+            dx__free(c->ep->loop->seams, protocol);
+            refuse(c, 500, NULL, "out of memory");
+            return DX_ECLOSED;
+        }
+        k->protocol = protocol;
+    }
     c->user = user;
-    dx__log(LOG(c), DX_LOG_INFO, "conn=%llu open remote=%s path=%.*s protocol=%s%s%s", (unsigned long long)c->id,
-            REMOTE(c).s, (int)ws->path_len, ws->path, c->protocol ? c->protocol : "-", exts ? " extensions=" : "",
-            exts ? exts : "");
+    if (dx__log_on(LOG(c), DX_LOG_INFO))
+        dx__log(LOG(c), DX_LOG_INFO, "conn=%llu open remote=%s path=%.*s protocol=%s%s%s",
+                (unsigned long long)c->id, REMOTE(c).s, (int)ws->path_len, ws->path,
+                protocol ? protocol : "-", exts ? " extensions=" : "", exts ? exts : "");
     if (dx__conn_write(c, resp, (size_t)n) || c->state == CS_DEAD)
         return DX_ECLOSED;
     return 0;
@@ -580,7 +672,13 @@ static int write_101(dx_conn *c, const dx_ws_request *ws, char *protocol, void *
 static void defer_start(dx_conn *c, struct dx_upgrade *h)
 {
     dx__ep *ep = c->ep;
-    c->upg = h;
+    dx__cold *k = dx__conn_cold(c);
+    if (!k) {
+        dx__upgrade_detach(h); /* the application's answer will get DX_ECLOSED */
+        dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
+        return;
+    }
+    k->upg = h;
     c->flags |= CF_DEFERRED;
     ep->st.upgrades_deferred++;
     update_events(c);
@@ -593,7 +691,8 @@ static void defer_start(dx_conn *c, struct dx_upgrade *h)
 
 int dx__conn_upgrade_accept(dx_conn *c, const dx_ws_request *ws, char *protocol, void *user)
 {
-    c->upg = NULL;
+    if (c->cold)
+        c->cold->upg = NULL;
     c->flags = (uint16_t)((c->flags & ~CF_DEFERRED) | CF_OPEN_PENDING);
     int rc = write_101(c, ws, protocol, user);
     if (rc) {
@@ -610,7 +709,8 @@ int dx__conn_upgrade_accept(dx_conn *c, const dx_ws_request *ws, char *protocol,
 
 void dx__conn_upgrade_refuse(dx_conn *c, int status, const char *headers, const char *why)
 {
-    c->upg = NULL;
+    if (c->cold)
+        c->cold->upg = NULL;
     c->flags &= (uint16_t)~CF_DEFERRED;
     refuse(c, status, headers, why);
 }
@@ -777,8 +877,9 @@ void dx__conn_opened(dx_conn *c)
     c->state = CS_OPEN;
     c->flags |= CF_OPENED;
     c->opened_tick = c->last_rx_tick = (uint32_t)ep->loop->tick;
-    c->opened_ns = dx__now_ns(ep->loop->seams);
+    c->opened_ms = (uint32_t)ep->loop->now_ms;
     ep->st.open++;
+    dx__conn_cold_trim(c); /* an idle open connection keeps none, unless a subprotocol or a stash */
     arm_heartbeat(c);
 }
 
@@ -787,7 +888,10 @@ void dx__conn_opened(dx_conn *c)
  * cost max_head. */
 static dx__head *head_room(dx_conn *c, size_t need, size_t max)
 {
-    dx__head *h = c->head;
+    dx__cold *k = dx__conn_cold(c);
+    if (!k)
+        return NULL;
+    dx__head *h = k->head;
     if (h && need <= h->cap)
         return h;
     size_t cap = h ? h->cap : 512;
@@ -801,7 +905,7 @@ static dx__head *head_room(dx_conn *c, size_t need, size_t max)
     if (!h)
         n->len = 0;
     n->cap = cap;
-    c->head = n;
+    k->head = n;
     return n;
 }
 
@@ -815,21 +919,30 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
     size_t max = ep->opt.max_head;
     size_t maxh = ep->opt.max_headers < 256 ? ep->opt.max_headers : 256;
     const uint8_t *buf = p;
-    size_t blen = len, before = 0;
+    size_t before = 0;
     int rc;
+    bool parsed = false; /* req/resp hold the fields already */
+    dx_http_header headers[256];
+    dx_http_request req;
+    dx_http_response resp;
     if (c->flags & CF_HTTP_IDLE) {
         /* The next request on a kept-alive connection has begun: its head
          * gets the handshake deadline, like a first one. */
         c->flags &= (uint16_t)~CF_HTTP_IDLE;
         dx__timer_start(ep->loop, &c->timer, ep->opt.handshake_timeout_ms);
     }
-    if (!c->head) {
-        /* The usual case: the whole head is in this read, parsed where it
-         * landed (the loop's buffer), with no allocation. */
-        dx_http_head ps;
-        dx__http_head_init(&ps, ep->cl != NULL);
-        rc = dx__http_head_feed(&ps, (const char *)p, len, maxh, max);
+    if (!DX_COLD(c, head)) {
+        /* The usual case: the whole head is in this read, parsed once for
+         * its fields where it landed (the loop's buffer), with no
+         * allocation. A part of a head: the incremental parser takes note
+         * of its progress, so later pieces do not examine it again. */
+        rc = ep->cl ? dx__http_parse_response((const char *)p, len, &resp, headers, maxh, max)
+                    : dx__http_parse_request((const char *)p, len, &req, headers, maxh, max);
+        parsed = true;
         if (rc == DX_EAGAIN) {
+            dx_http_head ps;
+            dx__http_head_init(&ps, ep->cl != NULL);
+            (void)dx__http_head_feed(&ps, (const char *)p, len, maxh, max); /* the same verdict: DX_EAGAIN */
             dx__head *h = head_room(c, len, max); /* len < max here: the parser would have said too big */
             if (!h) {
                 dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
@@ -842,7 +955,7 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
         }
     } else {
         /* The head came in pieces: gather it (never past max_head). */
-        before = c->head->len;
+        before = c->cold->head->len;
         size_t take = len < max - before ? len : max - before;
         dx__head *h = head_room(c, before + take, max);
         if (!h) {
@@ -855,7 +968,6 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
         if (rc == DX_EAGAIN)
             return len; /* all consumed into the head */
         buf = h->data;
-        blen = h->len;
     }
     if (rc < 0) {
         if (ep->cl) {
@@ -866,17 +978,15 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
         refuse(c, status, NULL, dx_strerror(rc));
         return len;
     }
-    /* Complete: one stateless pass over the head for its fields (the same
-     * grammar, so the same verdict). */
-    (void)blen;
-    dx_http_header headers[256];
-    dx_http_request req;
-    dx_http_response resp;
-    int rc2 = ep->cl ? dx__http_parse_response((const char *)buf, (size_t)rc, &resp, headers, maxh, max)
-                     : dx__http_parse_request((const char *)buf, (size_t)rc, &req, headers, maxh, max);
-    if (rc2 != rc) {
-        dx__conn_abort(c, DX_CLOSE_ABNORMAL, "internal error: head parsers disagree");
-        return len;
+    /* Complete. Gathered in pieces: one stateless pass over the head for
+     * its fields (the same grammar, so the same verdict). */
+    if (!parsed) {
+        int rc2 = ep->cl ? dx__http_parse_response((const char *)buf, (size_t)rc, &resp, headers, maxh, max)
+                         : dx__http_parse_request((const char *)buf, (size_t)rc, &req, headers, maxh, max);
+        if (rc2 != rc) {
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "internal error: head parsers disagree");
+            return len;
+        }
     }
     size_t used = (size_t)rc - before; /* bytes of `p` that were head */
     dx__timer_stop(ep->loop, &c->timer);
@@ -886,8 +996,11 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
         dx__http_begin(c, &req, (const char *)buf, (size_t)rc);
     else
         handle_head(c, &req);
-    dx__free(ep->loop->seams, c->head);
-    c->head = NULL;
+    if (c->cold) { /* the gathered head (the request's fields pointed into it) */
+        dx__free(ep->loop->seams, c->cold->head);
+        c->cold->head = NULL;
+        dx__conn_cold_trim(c);
+    }
     return used;
 }
 
@@ -900,20 +1013,21 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
 static void stash_keep(dx_conn *c, const uint8_t *p, size_t n)
 {
     const dx_seams *seams = c->ep->loop->seams;
-    size_t have = c->stash ? c->stash->len : 0;
-    dx__head *s = dx__realloc(seams, c->stash, sizeof *s + have + n);
+    dx__cold *k = dx__conn_cold(c);
+    size_t have = k && k->stash ? k->stash->len : 0;
+    dx__head *s = k ? dx__realloc(seams, k->stash, sizeof *s + have + n) : NULL;
     if (!s) {
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
         return;
     }
     memcpy(s->data + have, p, n);
     s->len = have + n;
-    c->stash = s;
+    k->stash = s;
 }
 
 static bool reading_held(const dx_conn *c)
 {
-    return (c->flags & (CF_DEFERRED | CF_OPEN_PENDING | CF_PAUSED)) || c->stash;
+    return (c->flags & (CF_DEFERRED | CF_OPEN_PENDING | CF_PAUSED)) || DX_COLD(c, stash);
 }
 
 static void process(dx_conn *c, uint8_t *p, size_t n)
@@ -948,10 +1062,11 @@ void dx__conn_want_write(dx_conn *c, bool on) { want_write(c, on); }
 /* Feeds what was stashed, before anything newer from the socket. */
 static void drain_stash(dx_conn *c)
 {
-    dx__head *s = c->stash;
-    c->stash = NULL;
+    dx__head *s = c->cold->stash; /* called with a stash: the block exists */
+    c->cold->stash = NULL;
     process(c, s->data, s->len); /* may stash a remainder again (paused once more) */
     dx__free(c->ep->loop->seams, s);
+    dx__conn_cold_trim(c);
 }
 
 /* A deferred upgrade was accepted: the connection opens now, from the loop. */
@@ -1079,7 +1194,7 @@ static void on_io(dx__io *io, uint32_t events)
             dx__conn_abort(c, DX_CLOSE_ABNORMAL, "peer left while the connection was paused (unread input dropped)");
         return;
     }
-    if (c->stash) {
+    if (DX_COLD(c, stash)) {
         drain_stash(c);
         if (c->state == CS_DEAD || reading_held(c))
             return;
@@ -1087,7 +1202,7 @@ static void on_io(dx__io *io, uint32_t events)
     }
     if (c->state == CS_HTTP && !dx__http_io(c, events))
         return; /* an answer pending or being sent: not reading */
-    if (c->state == CS_HEAD && c->http)
+    if (c->state == CS_HEAD && DX_COLD(c, http))
         dx__http_resume(c); /* input kept while the last answer was pending */
     if (c->state != CS_DEAD && !(c->flags & CF_READ_OFF) && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
         on_readable(c);
@@ -1102,7 +1217,7 @@ dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state,
     /* One allocation: the connection, then its user memory (if any). */
     size_t ext = ep->srv ? ep->opt.conn_ext_size : 0;
     size_t size = ext ? DX__CONN_EXT_OFF + ext : sizeof(dx_conn);
-    dx_conn *c = dx__alloc(loop->seams, size);
+    dx_conn *c = dx__wsl_conn_alloc(ep->wsl, size);
     if (!c)
         return NULL;
     memset(c, 0, size);
@@ -1111,17 +1226,20 @@ dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state,
     ep->next_id += ep->opt.instances;
     c->io = (dx__io){.fd = fd, .cb = on_io};
     c->st = (dx__stream){.t = &dx__tcp_transport, .fd = fd};
-    if (sa)
-        store_addr(c, sa);
+    if (sa && store_addr(c, sa)) {
+        dx__wsl_conn_free(ep->wsl, c);
+        return NULL;
+    }
     dx__timer_init(&c->timer, on_timer);
     c->opened_tick = (uint32_t)loop->tick; /* accept time until the upgrade (handshake deadline) */
     c->state = (uint8_t)state;
-    if (!sa || sa->sa_family != AF_UNIX) {
+    if (!ep->srv && (!sa || sa->sa_family != AF_UNIX)) { /* accepted ones inherit it (dx_server_start) */
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     if (dx__io_start(loop, &c->io, events)) {
-        dx__free(loop->seams, c);
+        dx__free(loop->seams, c->cold); /* an IPv6 peer's address */
+        dx__wsl_conn_free(ep->wsl, c);
         return NULL;
     }
     if (events & EPOLLOUT)
@@ -1149,16 +1267,6 @@ dx_conn *dx__conn_new(dx_server *srv, int fd, const struct sockaddr *sa, socklen
 
 /* ---- public connection API --------------------------------------------------- */
 
-int dx_conn_send(dx_conn *c, int opcode, const void *data, size_t len)
-{
-    if (c->state != CS_OPEN)
-        return DX_ECLOSED;
-    int rc = opcode == DX_OP_PING ? dx__session_control(&c->s, DX_OP_PING, data, len)
-                                  : dx__session_send(&c->s, opcode, data, len, 0, 1);
-    after_session(c);
-    return rc;
-}
-
 /* ---- pause, resume, user memory ------------------------------------------------ */
 
 static void resume_reading(dx_conn *c)
@@ -1168,7 +1276,7 @@ static void resume_reading(dx_conn *c)
     update_events(c);
     arm_heartbeat(c);
     /* What epoll cannot announce: bytes kept here, records inside TLS. */
-    if (c->stash || c->st.t->pending(&c->st))
+    if (DX_COLD(c, stash) || c->st.t->pending(&c->st))
         dx__loop_ready(c->ep->loop, &c->io);
 }
 
@@ -1203,11 +1311,13 @@ void *dx_conn_ext(dx_conn *c)
 
 void dx__conn_hooks_release(dx_conn *c)
 {
-    dx__free(c->ep->loop->seams, c->stash);
-    c->stash = NULL;
-    if (c->upg) {
-        dx__upgrade_detach(c->upg); /* the application's answer will get DX_ECLOSED */
-        c->upg = NULL;
+    if (c->cold) {
+        dx__free(c->ep->loop->seams, c->cold->stash);
+        c->cold->stash = NULL;
+        if (c->cold->upg) {
+            dx__upgrade_detach(c->cold->upg); /* the application's answer will get DX_ECLOSED */
+            c->cold->upg = NULL;
+        }
     }
     c->flags &= (uint16_t)~(CF_DEFERRED | CF_OPEN_PENDING | CF_PAUSED);
     if (c->ep->srv)
@@ -1267,7 +1377,7 @@ size_t dx_conn_buffered(const dx_conn *c)
     return WQ_LEN(c);
 }
 
-const char *dx_conn_protocol(const dx_conn *c) { return c->protocol; }
+const char *dx_conn_protocol(const dx_conn *c) { return DX_COLD(c, protocol); }
 void *dx_conn_user(const dx_conn *c) { return c->user; }
 void dx_conn_set_user(dx_conn *c, void *user) { c->user = user; }
 dx_server *dx_conn_server(const dx_conn *c) { return c->ep->srv; }

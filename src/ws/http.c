@@ -198,7 +198,7 @@ static void send_more(dx_conn *c);
 static int respond(dx_conn *c, const hreq *r, int status, const char *ctype, const char *extra, const void *body,
                    size_t len, int fd, uint64_t flen)
 {
-    dx__http *h = c->http;
+    dx__http *h = DX_COLD(c, http);
     bool head_only = r->head_method;
     uint64_t clen = fd >= 0 ? flen : len;
     const char *conn_hdr = !h->keep_alive ? "Connection: close\r\n"
@@ -255,7 +255,7 @@ static void simple(dx_conn *c, const hreq *r, int status, const char *extra)
 /* The answer is entirely in the kernel: next request, or close. */
 static void answer_done(dx_conn *c)
 {
-    dx__http *h = c->http;
+    dx__http *h = DX_COLD(c, http);
     h->phase = HP_NONE;
     if (!WQ_LEN(c))
         dx__conn_want_write(c, false); /* level-triggered EPOLLOUT would spin */
@@ -288,7 +288,7 @@ static void wait_writable(dx_conn *c)
  * time or not at all (sendfile). */
 static void send_more(dx_conn *c)
 {
-    dx__http *h = c->http;
+    dx__http *h = DX_COLD(c, http);
     size_t budget = SEND_PER_EVENT;
     while (h->left) {
         if (WQ_LEN(c)) {
@@ -350,7 +350,7 @@ static void send_more(dx_conn *c)
  * and the connection closes after it (the rest of the body is not read). */
 static void http_error(dx_conn *c, int status, const char *why)
 {
-    dx__http *h = c->http;
+    dx__http *h = DX_COLD(c, http);
     hreq *r = h->req;
     h->req = NULL;
     r->conn = NULL;
@@ -452,7 +452,7 @@ static void stream_fail(dx_http_stream *s, int err, const char *why)
 /* Peer bytes on a stream are read and dropped, up to a bound. */
 static void stream_discard(dx_conn *c, size_t n)
 {
-    dx__http *h = c->http;
+    dx__http *h = DX_COLD(c, http);
     h->discarded += n;
     if (h->discarded > STREAM_DISCARD_MAX && h->stream)
         stream_fail(h->stream, DX_EPROTO, "peer sent more than 64 KiB on a streamed answer");
@@ -464,7 +464,7 @@ static void stream_discard(dx_conn *c, size_t n)
  * it), so no drain is missed. Reading stays on (input is dropped). */
 static bool stream_io(dx_conn *c, uint32_t events)
 {
-    dx_http_stream *s = c->http->stream;
+    dx_http_stream *s = DX_COLD(c, http)->stream;
     if ((events & EPOLLOUT) && (c->flags & CF_DRAIN_ARMED) && !WQ_LEN(c)) {
         c->flags &= (uint16_t)~CF_DRAIN_ARMED;
         if (s && !s->ended && s->cb.on_drain)
@@ -480,7 +480,7 @@ static bool stream_io(dx_conn *c, uint32_t events)
 static int stream_start(dx_conn *c, const hreq *r, dx_http_stream *s, const char *head, size_t n, int status)
 {
     dx__ep *ep = c->ep;
-    dx__http *h = c->http;
+    dx__http *h = DX_COLD(c, http);
     dx__log(LOG(c), DX_LOG_INFO, "conn=%llu http remote=%s method=%s path=%.*s status=%d stream%s",
             (unsigned long long)c->id, r->remote, r->pub.method, (int)r->pub.path_len, r->pub.path, status,
             s->chunked ? " chunked" : "");
@@ -521,7 +521,7 @@ static int stream_start(dx_conn *c, const hreq *r, dx_http_stream *s, const char
 
 bool dx__http_stream_shutdown(dx_conn *c)
 {
-    dx__http *h = c->http;
+    dx__http *h = DX_COLD(c, http);
     if (c->state != CS_HTTP || !h || h->phase != HP_STREAM || !h->stream)
         return false;
     (void)dx_http_stream_end(h->stream);
@@ -546,7 +546,7 @@ void dx__http_streams_drop(dx_loop *loop)
 static void dispatch(dx_conn *c)
 {
     dx__ep *ep = c->ep;
-    dx__http *h = c->http;
+    dx__http *h = DX_COLD(c, http);
     hreq *r = h->req;
     h->phase = HP_WAIT;
     dx__timer_stop(ep->loop, &c->timer);
@@ -637,16 +637,22 @@ void dx__http_begin(dx_conn *c, const dx_http_request *req, const char *buf, siz
 {
     dx__ep *ep = c->ep;
     const dx_seams *seams = ep->loop->seams;
-    dx__http *h = c->http;
+    dx__http *h = DX_COLD(c, http);
     if (!h) {
         h = dx__alloc(seams, sizeof *h);
         if (!h) {
             dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
             return;
         }
+        dx__cold *k = dx__conn_cold(c);
+        if (!k) {
+            dx__free(seams, h);
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
+            return;
+        }
         memset(h, 0, sizeof *h);
         h->fd = -1;
-        c->http = h;
+        k->http = h;
     }
     size_t nh = req->n_headers;
     hreq *r = dx__alloc(seams, sizeof *r + nh * sizeof(dx_http_header) + len + 1);
@@ -754,7 +760,7 @@ void dx__http_begin(dx_conn *c, const dx_http_request *req, const char *buf, siz
 /* Input read past a request whose answer is pending: kept for later. */
 static void stash(dx_conn *c, const uint8_t *p, size_t n)
 {
-    dx__http *h = c->http;
+    dx__http *h = DX_COLD(c, http);
     uint8_t *b = dx__realloc(c->ep->loop->seams, h->pend, h->pend_len + n);
     if (!b) {
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
@@ -767,7 +773,7 @@ static void stash(dx_conn *c, const uint8_t *p, size_t n)
 
 size_t dx__http_input(dx_conn *c, const uint8_t *p, size_t n)
 {
-    dx__http *h = c->http;
+    dx__http *h = DX_COLD(c, http);
     if (h->phase == HP_STREAM) {
         stream_discard(c, n);
         return n;
@@ -818,11 +824,11 @@ size_t dx__http_input(dx_conn *c, const uint8_t *p, size_t n)
     return used;
 }
 
-bool dx__http_sending(const dx_conn *c) { return c->http && c->http->phase == HP_SEND; }
+bool dx__http_sending(const dx_conn *c) { return DX_COLD(c, http) && DX_COLD(c, http)->phase == HP_SEND; }
 
 bool dx__http_io(dx_conn *c, uint32_t events)
 {
-    dx__http *h = c->http;
+    dx__http *h = DX_COLD(c, http);
     if (h->phase == HP_STREAM)
         return stream_io(c, events);
     if (h->phase == HP_BODY || h->phase == HP_NONE)
@@ -844,7 +850,7 @@ bool dx__http_io(dx_conn *c, uint32_t events)
 
 void dx__http_resume(dx_conn *c)
 {
-    dx__http *h = c->http;
+    dx__http *h = DX_COLD(c, http);
     if (!h->pend)
         return;
     const dx_seams *seams = c->ep->loop->seams;
@@ -858,7 +864,7 @@ void dx__http_resume(dx_conn *c)
 
 void dx__http_timeout(dx_conn *c)
 {
-    dx__http *h = c->http;
+    dx__http *h = DX_COLD(c, http);
     if (h->phase == HP_STREAM)
         return; /* a stream has no deadline (its timer is never armed) */
     char why[96];
@@ -871,10 +877,10 @@ void dx__http_timeout(dx_conn *c)
 
 void dx__http_conn_gone(dx_conn *c)
 {
-    dx__http *h = c->http;
+    dx__http *h = DX_COLD(c, http);
     if (!h)
         return;
-    c->http = NULL;
+    c->cold->http = NULL;
     if (h->stream)
         stream_detach(c, h->stream);
     hreq *r = h->req;
@@ -928,7 +934,7 @@ int dx_http_reply(dx_http_req *req, int status, const char *content_type, const 
     if (!c || c->state == CS_DEAD) {
         rc = DX_ECLOSED;
     } else {
-        c->http->req = NULL;
+        DX_COLD(c, http)->req = NULL;
         r->conn = NULL;
         rc = 0;
         if (status < 200 || status > 599 || (headers && !dx__http_valid_header_block(headers)) ||
@@ -968,7 +974,7 @@ dx_http_stream *dx_http_reply_stream(dx_http_req *req, int status, const char *c
         rc = DX_ECLOSED;
     } else {
         const dx_seams *seams = c->ep->loop->seams;
-        c->http->req = NULL;
+        DX_COLD(c, http)->req = NULL;
         r->conn = NULL;
         char head[2048];
         int n = 0;
@@ -990,7 +996,7 @@ dx_http_stream *dx_http_reply_stream(dx_http_req *req, int status, const char *c
         if (rc) {
             dx__log(LOG(c), DX_LOG_WARN, "conn=%llu http: the application's stream was refused (%s): 500",
                     (unsigned long long)c->id, dx_strerror(rc));
-            c->http->keep_alive = false;
+            DX_COLD(c, http)->keep_alive = false;
             simple(c, r, 500, NULL);
         } else {
             memset(s, 0, sizeof *s);

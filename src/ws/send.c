@@ -18,6 +18,12 @@
  * is given back (an idle connection holds no buffers). Nothing here fires a
  * callback inside a call the application made: on_drain comes only from a
  * flush the loop runs (dx__conn_flush, from_loop).
+ *
+ * Fast paths (docs/performance.md "Small messages"): dx_conn_send, which
+ * lives here, writes a small reply of a server connection straight into the
+ * arena (put_small_fast: what put_private's arena branch does, minus its
+ * general cases); the flush writes and releases a one-block queue in one
+ * step. Both are compared with the general path by tests/unit/test_conn.c.
  */
 #define _GNU_SOURCE
 #include "ws/ws.h"
@@ -229,6 +235,33 @@ static int wq_write(dx_conn *c)
     return 0;
 }
 
+/* The queue is empty (released): FIN for a draining connection, on_drain
+ * when owed and `from_loop`. */
+static int queue_emptied(dx_conn *c, bool from_loop)
+{
+    /* The common case, an open connection flushed by the loop with no
+     * EPOLLOUT and no drain owed: nothing below applies. */
+    if (from_loop && c->state == CS_OPEN && !(c->flags & (CF_WANT_WRITE | CF_DRAIN_ARMED)))
+        return 0;
+    /* A drain owed to a call made outside the loop keeps EPOLLOUT: on_io
+     * reports it from the loop, never from inside that call. */
+    /* An HTTP answer being sent goes on at EPOLLOUT too (its next piece
+     * must follow what was just flushed, gathered output included). */
+    dx__conn_want_write(c, (!from_loop && c->state == CS_OPEN && (c->flags & CF_DRAIN_ARMED)) ||
+                               (c->state == CS_HTTP && dx__http_sending(c)));
+    if (c->state == CS_DRAIN) {
+        c->st.t->shutdown(&c->st);
+        c->state = CS_LINGER;
+        return 0;
+    }
+    if (from_loop && (c->flags & CF_DRAIN_ARMED) && c->state == CS_OPEN) {
+        c->flags &= (uint16_t)~CF_DRAIN_ARMED;
+        if (c->ep->opt.cb.on_drain)
+            c->ep->opt.cb.on_drain(c, c->ep->opt.ud);
+    }
+    return 0;
+}
+
 /* After a write: an empty queue goes back to the pool (and a draining
  * connection sends FIN); what is left waits for EPOLLOUT, moved out of the
  * arena and the caller's memory into the connection's own. `from_loop`:
@@ -240,23 +273,7 @@ int dx__wq_done(dx_conn *c, bool from_loop)
     dx__wq *q = c->wq;
     if (!q || q->len == 0) {
         dx__wq_release(c);
-        /* A drain owed to a call made outside the loop keeps EPOLLOUT: on_io
-         * reports it from the loop, never from inside that call. */
-        /* An HTTP answer being sent goes on at EPOLLOUT too (its next piece
-         * must follow what was just flushed, gathered output included). */
-        dx__conn_want_write(c, (!from_loop && c->state == CS_OPEN && (c->flags & CF_DRAIN_ARMED)) ||
-                          (c->state == CS_HTTP && dx__http_sending(c)));
-        if (c->state == CS_DRAIN) {
-            c->st.t->shutdown(&c->st);
-            c->state = CS_LINGER;
-            return 0;
-        }
-        if (from_loop && (c->flags & CF_DRAIN_ARMED) && c->state == CS_OPEN) {
-            c->flags &= (uint16_t)~CF_DRAIN_ARMED;
-            if (c->ep->opt.cb.on_drain)
-                c->ep->opt.cb.on_drain(c, c->ep->opt.ud);
-        }
-        return 0;
+        return queue_emptied(c, from_loop);
     }
     dx_list_remove(&q->pend);
     for (dx__wq *b = q; b; b = b->next)
@@ -285,8 +302,9 @@ int dx__wq_done(dx_conn *c, bool from_loop)
     return 0;
 }
 
-/* Writes what is queued now (inside a call: no callback but an abort's). */
-static int flush_now(dx_conn *c)
+/* Writes what is queued now (inside a call: no callback but an abort's).
+ * Out of line: the fast paths that end in it stay small. */
+__attribute__((noinline)) static int flush_now(dx_conn *c)
 {
     int rc = wq_write(c);
     return rc ? rc : dx__wq_done(c, false);
@@ -294,6 +312,42 @@ static int flush_now(dx_conn *c)
 
 void dx__conn_flush(dx_conn *c)
 {
+    dx__wq *q = c->wq;
+    if (q && !q->next && q->len) {
+        /* The common case (the replies gathered in one iteration): one
+         * block, one writev, and the kernel takes all of it. */
+        struct iovec iov[DX_WQ_SEGS];
+        const dx__seg *sg = q->seg + q->first;
+        int n = q->n;
+        for (int i = 0; i < n; i++)
+            iov[i] = (struct iovec){(void *)(uintptr_t)sg[i].p, sg[i].len};
+        dx__wsl *w = c->ep->wsl;
+        w->writes++;
+        ssize_t r = c->st.t->writev(&c->st, iov, n);
+        if (r < 0 && r != DX_EAGAIN) {
+            dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed"); /* as wq_write */
+            return;
+        }
+        if (r > 0) {
+            c->bytes_out += (size_t)r;
+            c->ep->st.bytes_out += (size_t)r;
+            if ((size_t)r == q->len) {
+                /* dx__wq_release for one block: arena segments own nothing. */
+                for (int i = 0; i < n; i++)
+                    if (sg[i].ref != SEG_ARENA)
+                        seg_release(w, &sg[i]);
+                dx_list_remove(&q->pend);
+                c->wq = NULL;
+                dx__wsl_unblock(w, q);
+                (void)queue_emptied(c, true);
+                return;
+            }
+            wq_consume(c, (size_t)r); /* a short write: go on as wq_write does */
+        } else {
+            (void)dx__wq_done(c, true); /* refused: wait for EPOLLOUT */
+            return;
+        }
+    }
     if (wq_write(c) == 0)
         (void)dx__wq_done(c, true);
 }
@@ -422,6 +476,123 @@ static int put_private(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t 
     return flush_now(c);
 }
 
+/* Copies a small payload with a few moves instead of a call (n <= 16 is
+ * the common echo and chat size); larger ones go to memcpy. */
+__attribute__((always_inline)) static inline void copy_small(uint8_t *d, const uint8_t *src, size_t n)
+{
+    if (n > 16) {
+        memcpy(d, src, n);
+    } else if (n >= 8) {
+        uint64_t a, b;
+        memcpy(&a, src, 8);
+        memcpy(&b, src + n - 8, 8);
+        memcpy(d, &a, 8);
+        memcpy(d + n - 8, &b, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, src, 4);
+        memcpy(&b, src + n - 4, 4);
+        memcpy(d, &a, 4);
+        memcpy(d + n - 4, &b, 4);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            d[i] = src[i];
+    }
+}
+
+/* The common frame on the common path: a small unmasked private frame for
+ * a connection that is not backlogged, with room for it in the arena's
+ * current chunk. The frame is written there, header and payload; when the
+ * queue's last segment ends right where it starts (the replies to a batch
+ * of messages read at once) that segment grows, else a segment is added.
+ * What put_private's arena branch does, minus its general cases (a new
+ * chunk, a full block). False when it does not apply (nothing was done). */
+__attribute__((always_inline)) static inline bool put_small_fast(dx_conn *c, unsigned opcode, bool fin,
+                                                                unsigned rsv, const uint8_t *data, size_t len)
+{
+    dx__wsl *w = c->ep->wsl;
+    dx__chunk *ch = w->cur;
+    if (!ch || len >= DIRECT_MIN)
+        return false;
+    size_t hl = len <= 125 ? 2 : 4; /* DIRECT_MIN < 65536: never the 64-bit form */
+    size_t total = hl + len;
+    if (ch->used + total > DX_WS_CHUNK)
+        return false;
+    uint8_t *d = ch->data + ch->used;
+    dx__wq *q = c->wq;
+    dx__seg *last = NULL;
+    if (q) {
+        dx__wq *t = q->tail;
+        if (t->n)
+            last = &t->seg[t->first + t->n - 1];
+        if (last && (last->ref != SEG_ARENA || last->p + last->len != d))
+            last = NULL; /* not contiguous: a new segment */
+        if (!last && (unsigned)t->first + t->n >= DX_WQ_SEGS)
+            return false; /* the tail block is full: wq_room's general case */
+    } else {
+        if (!(q = dx__wsl_block(w)))
+            return false;
+        q->tail = q;
+        q->conn = c;
+        c->wq = q;
+    }
+    if (ch->used == 0)
+        w->arena_used++; /* as dx__wsl_arena counts a chunk's first use */
+    d[0] = (uint8_t)((fin ? 0x80u : 0) | ((rsv & 0x7u) << 4) | (opcode & 0x0Fu));
+    if (hl == 2) {
+        d[1] = (uint8_t)len;
+    } else {
+        d[1] = 126;
+        d[2] = (uint8_t)(len >> 8);
+        d[3] = (uint8_t)len;
+    }
+    copy_small(d + hl, data, len);
+    ch->used += total;
+    q->len += total;
+    w->copied += total;
+    if (last) {
+        last->len += total;
+    } else {
+        dx__wq *t = q->tail;
+        t->seg[t->first + t->n] = (dx__seg){.p = d, .len = total, .ref = SEG_ARENA};
+        t->n++;
+        wq_gathered(c);
+    }
+    return true;
+}
+
+/* dx_conn_send (duplex/server.h). The common case, a small whole message
+ * from a server connection that is not backlogged (a reply inside a
+ * batch), skips the session and the general put: the same frame and
+ * counters, the same checks (dx__session_plain_send, put_small_fast). */
+int dx_conn_send(dx_conn *c, int opcode, const void *data, size_t len)
+{
+    if (c->state != CS_OPEN)
+        return DX_ECLOSED;
+    int rc;
+    if ((opcode == DX_OP_BINARY || (opcode == DX_OP_TEXT && dx__utf8_valid(data, len))) &&
+        dx__session_plain_send(&c->s)) {
+        dx__ep *ep = c->ep;
+        if (ep->scfg.role == DX_ROLE_SERVER && !backlogged(c) && !ep->opt.cb.on_frame) {
+            /* dx__conn_put_frame's path for this case: no queue limit
+             * applies (not backlogged), no trace. */
+            c->msgs_out++;
+            ep->st.messages_out++;
+            if (put_small_fast(c, (unsigned)opcode, true, 0, data, len))
+                return c->wq->len >= gather_max(c) ? flush_now(c) : 0;
+            uint8_t hdr[DX_FRAME_HEADER_MAX];
+            size_t hl = dx__frame_header_write(hdr, (unsigned)opcode, true, 0, len, NULL);
+            return put_private(c, hdr, hl, data, len, NULL);
+        }
+        rc = dx__session_send_valid(&c->s, opcode, data, len); /* validated once, above */
+    } else {
+        rc = opcode == DX_OP_PING ? dx__session_control(&c->s, DX_OP_PING, data, len)
+                                  : dx__session_send(&c->s, opcode, data, len, 0, 1);
+    }
+    dx__conn_after_session(c);
+    return rc;
+}
+
 /* Queues a reference to len bytes at p inside the shared buffer rb: no copy. */
 static int put_ref(dx_conn *c, dx_rcbuf *rb, const uint8_t *p, size_t len)
 {
@@ -467,6 +638,17 @@ int dx__conn_put_frame(dx_conn *c, int kind, unsigned opcode, bool fin, unsigned
     dx__ep *ep = c->ep;
     if (c->state == CS_DEAD)
         return DX_ECLOSED;
+    /* The fast path: what the general path below does for a small server
+     * frame when nothing is backlogged (so no queue limit applies) and no
+     * trace is set. */
+    if (!frame && ep->scfg.role == DX_ROLE_SERVER && !backlogged(c) && !ep->opt.cb.on_frame &&
+        put_small_fast(c, opcode, fin, rsv, data, len)) {
+        if (kind == DX__PUT_DATA) {
+            c->msgs_out++;
+            ep->st.messages_out++;
+        }
+        return c->wq->len >= gather_max(c) ? flush_now(c) : 0;
+    }
     bool masked = ep->scfg.role == DX_ROLE_CLIENT;
     uint8_t key[4];
     if (masked && dx__wsl_mask_key(ep->wsl, key))

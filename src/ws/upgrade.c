@@ -45,8 +45,8 @@ struct dx_upgrade {
     int status;
     char *headers;  /* refusal headers given inside on_upgrade */
     char remote[64];
-    dx_ws_ext_offer exts[DX_WS_DEFAULT_MAX_EXTS];
-    dx_http_header hdrs[];
+    dx_ws_ext_offer *exts; /* the request's extension offers (ws.n_exts of them), in the tail */
+    dx_http_header hdrs[]; /* then the offers, then the head's strings */
 };
 
 const char *dx_request_header(const dx_request *req, const char *name, size_t *len)
@@ -117,12 +117,19 @@ dx_upgrade *dx_request_defer(dx_request *req)
     size_t strings = r->method_len + r->target_len;
     for (size_t i = 0; i < r->n_headers; i++)
         strings += r->headers[i].name_len + r->headers[i].value_len;
-    size_t size = sizeof(dx_upgrade) + r->n_headers * sizeof(dx_http_header) + strings;
+    /* Room for as many extension offers as the request made (the same
+     * bytes parse to as many again), not DX_WS_DEFAULT_MAX_EXTS of them: a
+     * handle lives through every deferred handshake (the gateway's /ws),
+     * and 16 offers are 4.6 KiB. */
+    size_t nexts = u->ws->n_exts;
+    size_t size = sizeof(dx_upgrade) + r->n_headers * sizeof(dx_http_header) + nexts * sizeof(dx_ws_ext_offer) +
+                  strings;
     dx_upgrade *h = dx__alloc(u->seams, size);
     if (!h)
         return NULL;
     memset(h, 0, sizeof *h);
-    char *at = (char *)(h->hdrs + r->n_headers);
+    h->exts = (dx_ws_ext_offer *)(void *)(h->hdrs + r->n_headers);
+    char *at = (char *)(h->exts + nexts);
     h->http = *r;
     h->http.headers = h->hdrs;
     copy_piece(&at, &h->http.method, r->method_len);
@@ -133,7 +140,7 @@ dx_upgrade *dx_request_defer(dx_request *req)
         copy_piece(&at, &h->hdrs[i].value, r->headers[i].value_len);
     }
     /* The same bytes passed this check a moment ago; now ws points into the copy. */
-    if (dx__ws_server_check(&h->http, &h->ws, h->exts, DX_WS_DEFAULT_MAX_EXTS)) {
+    if (dx__ws_server_check(&h->http, &h->ws, h->exts, nexts) || h->ws.n_exts != nexts) {
         dx__free(u->seams, h);
         return NULL;
     }

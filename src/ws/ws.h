@@ -10,6 +10,7 @@
 #define DX_WS_WS_H
 
 #include "core/rcbuf.h"
+#include "core/slab.h"
 #include "duplex/server.h"
 #include "net/loop.h"
 #include "net/transport.h"
@@ -128,6 +129,7 @@ struct dx__wq {
 /* The ws layer's per-loop context (ws_loop.c), hung on the loop with
  * dx__loop_attach: what its connections share on one thread. */
 typedef struct dx__chunk dx__chunk;
+#define DX_WS_SLABS 4 /* connection sizes with a slab of their own, per loop */
 typedef struct dx__wsl {
     dx_loop *loop;
     const dx_seams *seams;
@@ -145,10 +147,22 @@ typedef struct dx__wsl {
     uint64_t copied;       /* bytes copied into the arena or a backlog (not references) */
     size_t key_pos;
     uint8_t keys[4096];    /* mask keys: one getrandom per 1024 client frames */
+    /* The loop's connections, one slab per size (a server's conn_ext_size
+     * makes its own); a fifth size, or one too large for a slab page,
+     * comes from the allocator. */
+    dx__slab conns[DX_WS_SLABS];
 } dx__wsl;
 
 #define DX_WS_CHUNK (64u * 1024u)   /* one arena chunk */
 #define DX_WS_SCRATCH (64u * 1024u) /* the masking scratch buffer */
+
+/* One chunk of the gather arena (ws_loop.c; send.c appends to the current
+ * one in its fast path). */
+struct dx__chunk {
+    dx__chunk *next;
+    size_t used;
+    uint8_t data[DX_WS_CHUNK];
+};
 
 /* A request (or response) head being read during CS_HEAD, when it did not
  * come in one read: cap starts at what arrived (at least 512) and doubles up
@@ -162,6 +176,25 @@ typedef struct dx__head {
 } dx__head;
 
 typedef struct dx__http dx__http;
+
+/* A connection's rare state: what only a handshake, a plain HTTP request,
+ * a pause, a close reason or a subprotocol needs, out of the hot struct so
+ * an idle connection does not pay for it. Allocated on first need
+ * (dx__conn_cold), freed once all of it is gone (dx__conn_cold_trim: at the
+ * end of a head, of a stash, at open) or with the connection. Never cache
+ * c->cold across a call that may trim it. */
+typedef struct dx__cold {
+    dx__head *head;          /* CS_HEAD: the head gathered in pieces; open: the peer's close reason */
+    dx__head *stash;         /* bytes read but not yet processed: behind a deferred head, or after a
+                                pause from a handler; fed before the socket is read again */
+    struct dx_upgrade *upg;  /* the application's handle while CF_DEFERRED */
+    dx__http *http;          /* plain HTTP state (http.c), from the first request on */
+    char *protocol;          /* the subprotocol agreed on (owned), or NULL */
+    uint8_t addr6[16];       /* the peer's address when family is AF_INET6 (kept for life) */
+} dx__cold;
+
+/* A rare field of c, NULL when c has no cold block. */
+#define DX_COLD(c, f) ((c)->cold ? (c)->cold->f : NULL)
 
 #define WQ_LEN(c) ((c)->wq ? (c)->wq->len : 0u)
 
@@ -190,6 +223,12 @@ uint8_t *dx__wsl_arena(dx__wsl *w, size_t len);
 /* A queue block from the pool (fields zeroed), NULL: DX_ENOMEM; back to it. */
 dx__wq *dx__wsl_block(dx__wsl *w);
 void dx__wsl_unblock(dx__wsl *w, dx__wq *b);
+/* A connection's memory (`size` bytes, uninitialised, aligned for
+ * max_align_t) from the loop's slabs, NULL: DX_ENOMEM; back to them. */
+void *dx__wsl_conn_alloc(dx__wsl *w, size_t size);
+void dx__wsl_conn_free(dx__wsl *w, void *p);
+/* The loop's ws context if it has one (no allocation), else NULL. */
+dx__wsl *dx__wsl_find(dx_loop *loop);
 /* A fresh 4-byte mask key from the pool (refilled from the seams). */
 int dx__wsl_mask_key(dx__wsl *w, uint8_t key[4]);
 
@@ -205,24 +244,25 @@ struct dx_conn {
     };
     void *user;
     dx__wq *wq;
-    dx__head *head;
-    dx__head *stash;         /* bytes read but not yet processed: behind a deferred head, or after a
-                                pause from a handler; fed before the socket is read again */
-    struct dx_upgrade *upg;  /* the application's handle while CF_DEFERRED */
-    dx__http *http; /* plain HTTP state (http.c), from the first request on */
-    char *protocol;
+    dx__cold *cold;          /* rare state, NULL when none (ws.h dx__cold) */
     uint64_t id;
     uint32_t opened_tick, last_rx_tick;
-    uint64_t opened_ns;   /* clock at open, for the close line's duration (ticks are 250 ms) */
+    uint32_t opened_ms;   /* loop->now_ms at open, low 32 bits: the close line's duration to the
+                             millisecond (ticks are 250 ms; conn.c duration_ms) */
     uint64_t bytes_in, bytes_out;
     uint32_t msgs_in, msgs_out;
-    uint8_t addr[16];
+    uint8_t addr[4]; /* the peer's IPv4 address (v4-mapped ones included); IPv6: cold->addr6 */
     uint16_t port;
-    uint8_t family; /* AF_INET, AF_INET6, AF_UNIX */
+    uint8_t family; /* AF_INET, AF_INET6 (then c->cold is never NULL), AF_UNIX */
     uint8_t state;
     uint16_t flags;
     uint16_t code;  /* close code to report (0: decide at the end) */
 };
+
+static inline const uint8_t *dx__conn_addr(const struct dx_conn *c)
+{
+    return c->family == AF_INET6 ? c->cold->addr6 : c->addr;
+}
 
 /* The connection's inline user memory starts here (conn_ext_size bytes). */
 #define DX__CONN_EXT_OFF ((sizeof(struct dx_conn) + _Alignof(max_align_t) - 1) / _Alignof(max_align_t) * _Alignof(max_align_t))
@@ -245,6 +285,15 @@ struct dx_server {
 };
 
 /* conn.c */
+/* c's cold block, made (zeroed) if it has none; NULL: DX_ENOMEM. */
+dx__cold *dx__conn_cold(dx_conn *c);
+/* The peer's address: 4 bytes (AF_INET) or 16 (AF_INET6). */
+static inline const uint8_t *dx__conn_addr(const struct dx_conn *c);
+/* Frees c's cold block if every field of it is NULL (and it holds no IPv6
+ * address). */
+void dx__conn_cold_trim(dx_conn *c);
+/* "a.b.c.d:port" (port < 65536) into t, NUL-terminated; its length. */
+size_t dx__ipv4_port(char t[22], const uint8_t a[4], unsigned port);
 /* A connection on `fd` owned by `ep`, registered for `events`, starting in
  * `state`, with its first deadline after timeout_ms. NULL on DX_ENOMEM or
  * when epoll refuses (the caller closes fd then). */
@@ -337,6 +386,9 @@ bool dx__http_stream_shutdown(dx_conn *c);
 /* The loop is being freed: streams whose on_close is still queued are
  * released without it (ws_loop.c's destroy). */
 void dx__http_streams_drop(dx_loop *loop);
+/* conn.c: after a session call (send.c's dx_conn_send): a session that
+ * ended (closed or failed) moves the connection on to DRAIN. */
+void dx__conn_after_session(dx_conn *c);
 /* conn.c: feeds input to the connection as if just read. */
 void dx__conn_process(dx_conn *c, uint8_t *p, size_t n);
 /* conn.c: reading on (READ_ON), off but watching the peer leave (READ_HUP),

@@ -26,12 +26,6 @@
 
 #include <string.h>
 
-struct dx__chunk {
-    dx__chunk *next;
-    size_t used;
-    uint8_t data[DX_WS_CHUNK];
-};
-
 #define KEEP_CHUNKS 16        /* arena chunks always kept between iterations (1 MiB) */
 #define ARENA_PERIOD_MS 1000u /* how long the busiest pass's chunks are kept */
 #define KEEP_BLOCKS_MAX 65536 /* pooled queue blocks kept at most (32 MiB) */
@@ -164,10 +158,35 @@ static void before_sleep(dx_loop *loop, void *ctx)
     arena_reset(w);
 }
 
+void *dx__wsl_conn_alloc(dx__wsl *w, size_t size)
+{
+    for (size_t i = 0; i < DX_WS_SLABS; i++) {
+        dx__slab *s = &w->conns[i];
+        if (!s->slot && dx__slab_init(s, w->seams, size) != 0)
+            break; /* too large for a page */
+        if (s->slot == (size + DX_SLAB_ALIGN - 1) / DX_SLAB_ALIGN * DX_SLAB_ALIGN)
+            return dx__slab_alloc(s);
+    }
+    return dx__alloc(w->seams, size);
+}
+
+void dx__wsl_conn_free(dx__wsl *w, void *p)
+{
+    for (size_t i = 0; i < DX_WS_SLABS && w->conns[i].slot; i++) {
+        if (dx__slab_owns(&w->conns[i], p)) {
+            dx__slab_free(&w->conns[i], p);
+            return;
+        }
+    }
+    dx__free(w->seams, p);
+}
+
 static void destroy(dx_loop *loop, void *ctx)
 {
     dx__wsl *w = ctx;
     dx__http_streams_drop(loop); /* streams whose on_close never ran: the loop will not run again */
+    for (size_t i = 0; i < DX_WS_SLABS; i++)
+        dx__slab_deinit(&w->conns[i]); /* connections still allocated died with their endpoint */
     while (w->chunks) {
         dx__chunk *ch = w->chunks;
         w->chunks = ch->next;
@@ -181,6 +200,8 @@ static void destroy(dx_loop *loop, void *ctx)
     dx__free(w->seams, w->scratch);
     dx__free(w->seams, w);
 }
+
+dx__wsl *dx__wsl_find(dx_loop *loop) { return dx__loop_ctx(loop, &ws_layer_key); }
 
 dx__wsl *dx__wsl_get(dx_loop *loop)
 {

@@ -11,7 +11,10 @@
  *     matches its error;
  *  3. every message delivered, sent back through a codec of the peer's role
  *     and decoded by a codec of ours, comes out identical (re-encoding
- *     round trip).
+ *     round trip);
+ *  4. the stream fed one byte at a time (never a whole frame in one call:
+ *     the decoder's slow path alone) gives what the whole stream gives
+ *     (whole small frames take the fast path, dx__frame_whole).
  */
 #include "duplex/codec.h"
 #include "proto/frame.h"
@@ -175,11 +178,19 @@ static void run(int role, uint8_t sel, const uint8_t *data, size_t len, size_t c
     dx_codec *c = make(role, sel, &o->r);
     uint8_t *copy = malloc(len + 1);
     memcpy(copy, data, len);
-    size_t pieces[2][2] = {{0, cut}, {cut, len}};
-    for (int i = 0; i < 2; i++) {
-        int rc = dx_codec_recv(c, copy + pieces[i][0], pieces[i][1] - pieces[i][0]);
-        if (rc && rc != DX_ECLOSED && !o->rc)
-            o->rc = rc;
+    if (cut == SIZE_MAX) { /* one byte at a time */
+        for (size_t i = 0; i < len; i++) {
+            int rc = dx_codec_recv(c, copy + i, 1);
+            if (rc && rc != DX_ECLOSED && !o->rc)
+                o->rc = rc;
+        }
+    } else {
+        size_t pieces[2][2] = {{0, cut}, {cut, len}};
+        for (int i = 0; i < 2; i++) {
+            int rc = dx_codec_recv(c, copy + pieces[i][0], pieces[i][1] - pieces[i][0]);
+            if (rc && rc != DX_ECLOSED && !o->rc)
+                o->rc = rc;
+        }
     }
     size_t olen;
     const uint8_t *out = dx_codec_out(c, &olen);
@@ -280,7 +291,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const uint8_t *stream = data + 3;
     int role = (sel & 1) ? DX_ROLE_CLIENT : DX_ROLE_SERVER;
 
-    outcome whole, split;
+    outcome whole, split, bytes;
     run(role, sel, stream, len, len, &whole);
     run(role, sel, stream, len, cut, &split);
     CHECK(whole.r.hash == split.r.hash);
@@ -289,6 +300,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(whole.state == split.state);
     CHECK(whole.out_len == split.out_len);
     CHECK(whole.out_len == 0 || memcmp(whole.out, split.out, whole.out_len) == 0);
+    run(role, sel, stream, len, SIZE_MAX, &bytes);
+    CHECK(whole.r.hash == bytes.r.hash);
+    CHECK(whole.r.events == bytes.r.events);
+    CHECK(whole.rc == bytes.rc);
+    CHECK(whole.state == bytes.state);
+    CHECK(whole.out_len == bytes.out_len);
+    CHECK(whole.out_len == 0 || memcmp(whole.out, bytes.out, whole.out_len) == 0);
+    free(bytes.out);
+    free(bytes.r.msgs);
     check_output(role, &whole);
     check_round_trip(role, &whole);
     free(whole.out);

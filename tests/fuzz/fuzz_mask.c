@@ -4,7 +4,8 @@
  * Input: 4 key bytes, a phase byte, a split byte, an alignment byte, then the
  * payload. Invariants (abort() when broken): dx__mask_copy and dx__mask, whole
  * and in two pieces chained by the returned phase, at the chosen alignment,
- * equal RFC 6455 §5.3 applied byte by byte; masking twice is the identity.
+ * equal RFC 6455 §5.3 applied byte by byte; masking twice is the identity;
+ * dx__mask0 (whole small frames, phase 0) equals dx__mask from phase 0.
  */
 #include "proto/mask.h"
 
@@ -42,6 +43,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     if (dx__mask(d + cut, len - cut, key, ph) != next || memcmp(d, want, len) != 0)
         abort();
+    /* dx__mask0 against dx__mask, phase 0, in place at the same alignment. */
+    memcpy(d, src, len);
+    dx__mask0(d, len, key);
+    for (size_t i = 0; i < len; i++)
+        if (d[i] != (src[i] ^ key[i & 3]))
+            abort();
     free(want);
     free(buf);
     return 0;

@@ -270,10 +270,16 @@ async def test_echo_endpoint():
     import websockets as _w
     s = srv()
     e = await _w.connect(s.url("/echo"), open_timeout=10, ping_interval=None, max_size=None)
+    e2 = await _w.connect(s.url("/echo"), open_timeout=10, ping_interval=None)
     for x in ("text ✓", b"\x00bin", "", b"x" * 70000):
         await e.send(x)
         expect_eq(await recv_timeout(e, 10, "the echo of %r" % (x[:10],)), x, "/echo")
+    # an /echo connection keeps no gateway record, but is counted while open
+    expect_eq(metric_sum(metrics(s), "duplex_connections", dialect="echo")[0], 2.0, "echo connections open")
     await e.close()
+    await e2.close()
+    await await_for(lambda: metric_sum(metrics(s), "duplex_connections", dialect="echo")[0] == 0.0, 10,
+                    "the echo gauge back to 0 after both closed")
 
 
 def test_history_limit_cap():

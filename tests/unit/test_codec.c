@@ -17,7 +17,7 @@
 typedef struct result {
     char log[1 << 15];
     size_t n;
-    uint8_t out[1 << 12];
+    uint8_t out[1 << 14];
     size_t out_len;
     int rc;
     int state;
@@ -29,6 +29,9 @@ typedef struct session {
     dx_codec *c;
     int echo;       /* on_message sends the message back */
     int close_in;   /* on_message starts a close with this code */
+    int concat;     /* streaming: log each message's pieces joined, at its end */
+    uint8_t acc[1 << 17];
+    size_t acc_len;
 } session;
 
 static void logf_(result *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -70,6 +73,17 @@ static void cb_message(void *ud, int op, const uint8_t *p, size_t len)
 static void cb_fragment(void *ud, int op, const uint8_t *p, size_t len, int fin)
 {
     session *s = ud;
+    if (s->concat) {
+        /* How a message is cut into pieces depends on how it arrived. */
+        assert_true(len <= sizeof s->acc - s->acc_len);
+        memcpy(s->acc + s->acc_len, p, len);
+        s->acc_len += len;
+        if (!fin)
+            return;
+        p = s->acc;
+        len = s->acc_len;
+        s->acc_len = 0;
+    }
     logf_(s->r, "F%d,%d:", op, fin);
     log_bytes(s->r, p, len);
     logf_(s->r, ";");
@@ -100,7 +114,7 @@ static void cb_close(void *ud, unsigned code, const char *reason, size_t len)
 typedef struct setup {
     int role;
     size_t max_message, max_fragments, max_output;
-    int streaming, echo, close_in, no_auto_pong;
+    int streaming, echo, close_in, no_auto_pong, concat;
 } setup;
 
 static dx_codec *make(const setup *su, session *s, dx_test_seams *ts)
@@ -124,6 +138,8 @@ static dx_codec *make(const setup *su, session *s, dx_test_seams *ts)
     s->c = c;
     s->echo = su->echo;
     s->close_in = su->close_in;
+    s->concat = su->concat;
+    s->acc_len = 0;
     return c;
 }
 
@@ -133,7 +149,8 @@ static void run(const setup *su, const uint8_t *wire, size_t len, const size_t *
     memset(r, 0, sizeof *r);
     dx_test_seams ts;
     dx_test_seams_init(&ts);
-    session s = {.r = r};
+    static session s;
+    s = (session){.r = r};
     dx_codec *c = make(su, &s, &ts);
     uint8_t *buf = malloc(len + 1);
     memcpy(buf, wire, len);
@@ -896,6 +913,185 @@ static void test_round_trip(void **state)
     assert_int_equal(ts.live, 0);
 }
 
+/* ---- the fast path against the slow path -----------------------------------
+ *
+ * A whole small data frame that arrives in one piece is decoded by
+ * dx__frame_whole and delivered by the session without the decoder's
+ * per-byte state machine. Fed one byte at a time, no frame ever arrives
+ * whole, so the bytewise run of run_all is the slow path alone; the whole
+ * run and the two-way splits mix both. Random streams of every kind of
+ * frame the fast path takes or refuses must give the same events, output
+ * (close code included), return code and state in every run. */
+
+static uint64_t rng_state;
+
+static uint32_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 11);
+}
+
+static size_t rnd_below(size_t n) { return n ? rnd() % n : 0; }
+
+/* Header: len_form 0 minimal, 1 the 16-bit form, 2 the 64-bit form (the
+ * non-minimal ones are valid: §5.2 binds the sender only). `masked`
+ * decides the mask bit and key; the payload is masked here. */
+static size_t gen_frame(uint8_t *out, unsigned b0, const uint8_t *payload, uint64_t len, int len_form, bool masked,
+                        uint64_t len_field)
+{
+    size_t h = 0;
+    out[h++] = (uint8_t)b0;
+    uint8_t mbit = masked ? 0x80 : 0;
+    if (len_form == 0 && len_field <= 125) {
+        out[h++] = (uint8_t)(mbit | len_field);
+    } else if (len_form <= 1 && len_field <= 0xFFFF) {
+        out[h++] = (uint8_t)(mbit | 126);
+        out[h++] = (uint8_t)(len_field >> 8);
+        out[h++] = (uint8_t)len_field;
+    } else {
+        out[h++] = (uint8_t)(mbit | 127);
+        for (int i = 0; i < 8; i++)
+            out[h++] = (uint8_t)(len_field >> (56 - 8 * i));
+    }
+    uint8_t key[4] = {(uint8_t)rnd(), (uint8_t)rnd(), (uint8_t)rnd(), (uint8_t)rnd()};
+    if (masked) {
+        memcpy(out + h, key, 4);
+        h += 4;
+        dx__mask_copy(out + h, payload, (size_t)len, key, 0);
+    } else if (len) {
+        memcpy(out + h, payload, (size_t)len);
+    }
+    return h + (size_t)len;
+}
+
+static const size_t fast_lens[] = {1,  2,  3,  4,  5,  7,   8,   9,   12,  15,  16,  17,  24,
+                                   31, 32, 33, 63, 64, 65, 100, 124, 125, 126, 127, 200, 1000};
+
+/* A payload: binary noise, or text (ASCII, two- to four-byte characters),
+ * made invalid (a bad byte, a character cut off at the end) when `bad`. */
+static void gen_payload(uint8_t *p, size_t len, bool text, bool bad)
+{
+    if (!text) {
+        for (size_t i = 0; i < len; i++)
+            p[i] = (uint8_t)rnd();
+        return;
+    }
+    static const char *const chars[] = {"a", "Z", "~", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80"};
+    size_t i = 0;
+    while (i < len) {
+        const char *ch = chars[rnd_below(6)];
+        size_t n = strlen(ch);
+        if (n > len - i)
+            ch = "b", n = 1;
+        memcpy(p + i, ch, n);
+        i += n;
+    }
+    if (bad) {
+        if (len >= 3 && rnd() % 2)
+            memcpy(p + len - 2, "\xe2\x82", 2); /* cut off at the end */
+        else
+            p[rnd_below(len)] = 0xFF;
+    }
+}
+
+/* Appends one random piece of traffic; returns its size. *ended: an error
+ * or a close frame was appended (nothing after it is decoded). */
+static size_t gen_piece(uint8_t *out, int role, bool big, bool *ended)
+{
+    static uint8_t pay[70000];
+    bool masked = role == DX_ROLE_SERVER;
+    size_t n = 0;
+    unsigned kind = (unsigned)rnd_below(100);
+    if (kind < 55) { /* a whole message in one frame: the fast path's case */
+        bool text = rnd() % 2;
+        size_t len = rnd() % 16 == 0 ? 0 : fast_lens[rnd_below(sizeof fast_lens / sizeof *fast_lens)];
+        if (big && rnd() % 4 == 0)
+            len = rnd() % 2 ? 65535 : 65536;
+        bool bad = text && len && rnd() % 12 == 0;
+        gen_payload(pay, len, text, bad);
+        int form = rnd() % 10 == 0 ? (int)rnd_below(3) : 0;
+        n = gen_frame(out, 0x80u | (text ? DX_OP_TEXT : DX_OP_BINARY), pay, len, form, masked, len);
+        *ended = bad;
+    } else if (kind < 75) { /* fragments, control frames between them */
+        bool text = rnd() % 2;
+        unsigned frags = 2 + (unsigned)rnd_below(3);
+        for (unsigned f = 0; f < frags; f++) {
+            size_t len = fast_lens[rnd_below(10)];
+            gen_payload(pay, len, false, false);
+            if (text)
+                memset(pay, 'x', len);
+            unsigned op = f == 0 ? (text ? DX_OP_TEXT : DX_OP_BINARY) : DX_OP_CONT;
+            n += gen_frame(out + n, (f + 1 == frags ? 0x80u : 0) | op, pay, len, 0, masked, len);
+            if (rnd() % 2) {
+                size_t cl = rnd_below(6);
+                gen_payload(pay, cl, false, false);
+                n += gen_frame(out + n, 0x80u | (rnd() % 2 ? DX_OP_PING : DX_OP_PONG), pay, cl, 0, masked, cl);
+            }
+        }
+    } else if (kind < 85) { /* a control frame */
+        size_t len = rnd() % 3 == 0 ? 125 : rnd_below(20);
+        gen_payload(pay, len, false, false);
+        n = gen_frame(out, 0x80u | (rnd() % 2 ? DX_OP_PING : DX_OP_PONG), pay, len, 0, masked, len);
+    } else if (kind < 88) { /* the close handshake */
+        uint8_t cp[2] = {0x03, 0xE8};
+        n = gen_frame(out, 0x80u | DX_OP_CLOSE, cp, 2, 0, masked, 2);
+        *ended = true;
+    } else { /* a frame one check of the fast path refuses, most of them errors */
+        size_t len = fast_lens[rnd_below(12)];
+        gen_payload(pay, len, false, false);
+        unsigned b0 = 0x80u | DX_OP_BINARY;
+        bool m = masked;
+        uint64_t field = len;
+        switch (rnd_below(7)) {
+        case 0: b0 = 0x80u | 3; break;                  /* reserved opcode: 1002 */
+        case 1: b0 |= 0x10u << rnd_below(3); break;     /* RSV bit: 1002 */
+        case 2: m = !m; break;                          /* §5.1: 1002 */
+        case 3: b0 = 0x80u | DX_OP_CONT; break;         /* nothing to continue: 1002 */
+        case 4: b0 = DX_OP_PING; break;                 /* fragmented control frame: 1002 */
+        case 5: /* a 64-bit length with the top bit set: 1002 */
+            n = gen_frame(out, b0, pay, 0, 2, m, UINT64_C(1) << 63);
+            *ended = true;
+            return n;
+        default: b0 = 0x80u | DX_OP_PING; len = 0; field = 126; break; /* control frame over 125 */
+        }
+        if (field == 126) {
+            n = gen_frame(out, b0, pay, 0, 1, m, 126);
+            memset(out + n, 'p', 126);
+            n += 126; /* masked or not: the header alone fails it */
+        } else {
+            n = gen_frame(out, b0, pay, len, 0, m, field);
+        }
+        *ended = true;
+    }
+    return n;
+}
+
+static void test_fast_path_matches_slow_path(void **state)
+{
+    (void)state;
+    static uint8_t wire[1 << 18];
+    static result whole;
+    rng_state = UINT64_C(0x9E3779B97F4A7C15);
+    for (int iter = 0; iter < 400; iter++) {
+        setup su = {.role = rnd() % 2 ? DX_ROLE_CLIENT : DX_ROLE_SERVER};
+        static const size_t maxes[] = {0, 64, 126, 1000, 1 << 20};
+        su.max_message = maxes[rnd_below(5)];
+        su.max_fragments = rnd() % 4 == 0 ? 2 : 0;
+        su.streaming = su.concat = rnd() % 4 == 0;
+        bool big = iter % 16 == 15;
+        size_t len = 0;
+        bool ended = false;
+        unsigned pieces = 1 + (unsigned)rnd_below(big ? 3 : 10);
+        for (unsigned k = 0; k < pieces && !ended; k++)
+            len += gen_piece(wire + len, su.role, big, &ended);
+        /* Echo fills the output buffer: only for small streams. */
+        su.echo = !big && len < 1500 && !su.streaming && rnd() % 2;
+        run_all(&su, wire, len, &whole);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -916,6 +1112,7 @@ int main(void)
         cmocka_unit_test(test_recv_after_end),
         cmocka_unit_test(test_fail_every_allocation),
         cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_fast_path_matches_slow_path),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include "server_fx.h"
+#include "ws/ws.h"
 
 /* ---- tests: messages ---------------------------------------------------------------- */
 
@@ -469,6 +470,140 @@ static void test_idle_timeout(void **state)
     assert_int_equal(wait_ev(f, EV_CLOSE).code, 1001);
 }
 
+/* ---- memory per idle connection (issue 13) ------------------------------------- */
+
+/* The hot struct's budget: what an idle, open connection costs in its
+ * slab slot (ws.h struct dx_conn; docs/benchmarks.md "RSS per idle
+ * connection"). Raising it needs a reason in the commit. */
+#define CONN_BUDGET 336u
+
+static size_t idle_seen, idle_bad, idle_live, idle_slot;
+
+static void do_idle_state(sfx *f, void *arg)
+{
+    (void)arg;
+    idle_seen = idle_bad = 0;
+    for (size_t i = 0; i < MAXCL; i++) {
+        dx_conn *c = f->conns[i];
+        if (!c)
+            continue;
+        idle_seen++;
+        /* nothing but the struct: no cold block (head, stash, protocol),
+         * no send queue, no receive buffer */
+        if (c->cold || c->wq || c->s.rx)
+            idle_bad++;
+    }
+    dx__wsl *w = dx__wsl_find(f->loop);
+    idle_live = idle_slot = 0;
+    for (size_t i = 0; w && i < DX_WS_SLABS; i++) {
+        idle_live += w->conns[i].live;
+        if (w->conns[i].slot)
+            idle_slot = w->conns[i].slot;
+    }
+}
+
+static void test_idle_memory_budget(void **state)
+{
+    sfx *f = *state;
+    assert_true(sizeof(struct dx_conn) <= CONN_BUDGET);
+    assert_true(DX__CONN_EXT_OFF <= CONN_BUDGET);
+    dx_server_options o = base_opts(f);
+    start(f, &o);
+    dx_ws_client_opts co = {.host = "127.0.0.1", .port = f->port, .path = "/"};
+    cl *c[4];
+    for (int i = 0; i < 4; i++) {
+        c[i] = cl_tcp(f, 0);
+        /* two heads one byte per write (gathered in the cold block), two whole */
+        assert_int_equal(cl_handshake_opts(f, c[i], &co, NULL, 0, i < 2).status, 101);
+        wait_ev(f, EV_OPEN);
+    }
+    /* traffic and a close reason's worth of state come and go */
+    cl_frame(c[0], DX_OP_TEXT, true, "x", 1);
+    expect_frame(c[0], DX_OP_TEXT, "x", 1);
+    wait_ev(f, EV_MESSAGE);
+    on_loop(f, do_idle_state, NULL);
+    assert_int_equal(idle_seen, 4);
+    assert_int_equal(idle_bad, 0);
+    assert_int_equal(idle_live, 4); /* from the loop's slab */
+    assert_true(idle_slot > 0 && idle_slot <= CONN_BUDGET);
+    /* one closed, one opened: the freed slot is reused, the others intact */
+    close_normally(f, c[1], 1000);
+    c[1] = cl_tcp(f, 0);
+    assert_int_equal(cl_handshake(f, c[1], "/").status, 101);
+    wait_ev(f, EV_OPEN);
+    for (int i = 0; i < 4; i++) {
+        cl_frame(c[i], DX_OP_BINARY, true, "ok", 2);
+        expect_frame(c[i], DX_OP_BINARY, "ok", 2);
+        wait_ev(f, EV_MESSAGE);
+    }
+    on_loop(f, do_idle_state, NULL);
+    assert_int_equal(idle_seen, 4);
+    assert_int_equal(idle_bad, 0);
+    assert_int_equal(idle_live, 4);
+    for (int i = 0; i < 4; i++)
+        close_normally(f, c[i], 1000);
+    wait_no_conns(f);
+    on_loop(f, do_idle_state, NULL);
+    assert_int_equal(idle_live, 0); /* every slot back */
+}
+
+/* ---- the send fast path against the general one ---------------------------------
+ *
+ * dx_conn_send writes a small reply of a server connection straight into
+ * the gather arena (send.c's put_small_fast); a connection with a frame
+ * trace takes the general path (session, put, put_private). Both must put
+ * the same bytes on the wire: a burst of echoed messages of every size
+ * class (empty, 7/8-byte and 16-bit header boundaries, the arena's direct
+ * write at 8 KiB, 64-bit lengths), text and binary, arriving in few reads
+ * so that replies follow each other in the arena, must come back exactly
+ * as encoded here (minimal header, unmasked, in order). */
+
+static void trace_noop(dx_conn *c, int dir, unsigned opcode, int fin, unsigned rsv, uint64_t len, int masked,
+                       const uint8_t *head, size_t n, void *ud)
+{
+    (void)c, (void)dir, (void)opcode, (void)fin, (void)rsv, (void)len, (void)masked, (void)head, (void)n, (void)ud;
+}
+
+static void echo_burst_same_bytes(sfx *f, bool trace)
+{
+    dx_server_options o = base_opts(f);
+    if (trace)
+        o.cb.on_frame = trace_noop;
+    start(f, &o);
+    cl *c = cl_tcp(f, 0);
+    assert_int_equal(cl_handshake(f, c, "/echo").status, 101);
+    wait_ev(f, EV_OPEN);
+    static const size_t sizes[] = {0, 1, 3, 7, 8, 9, 15, 16, 17, 64, 100, 125, 126, 127, 1000, 8191, 8192, 65535, 65536};
+    enum { MSGS = 160, BIG = 2 };
+    uint8_t *in = malloc(1u << 20), *want = malloc(1u << 20), *pay = malloc(65536);
+    assert_true(in && want && pay);
+    size_t in_len = 0, want_len = 0;
+    uint32_t x = 7;
+    unsigned big = 0;
+    for (unsigned k = 0; k < MSGS; k++) {
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        size_t len = sizes[x % (sizeof sizes / sizeof *sizes)];
+        if (len >= 8192 && big++ >= BIG)
+            len = x % 300;
+        unsigned op = (x >> 8) & 1 ? DX_OP_TEXT : DX_OP_BINARY;
+        for (size_t i = 0; i < len; i++)
+            pay[i] = (uint8_t)(op == DX_OP_TEXT ? 'a' + (k + i) % 26 : k * 7 + i);
+        in_len += frame_bytes(in + in_len, op, true, pay, len, true);
+        want_len += frame_bytes(want + want_len, op, true, pay, len, false);
+    }
+    cl_send(c, in, in_len);
+    dx_test_peer_need(c, want_len);
+    assert_memory_equal(c->buf, want, want_len);
+    dx_test_peer_consume(c, want_len);
+    free(in);
+    free(want);
+    free(pay);
+    close_normally(f, c, 1000);
+}
+
+static void test_send_fast_path_bytes(void **state) { echo_burst_same_bytes(*state, false); }
+static void test_send_general_path_bytes(void **state) { echo_burst_same_bytes(*state, true); }
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, sfx_setup, sfx_teardown)
 
 int main(void)
@@ -487,6 +622,9 @@ int main(void)
         T(test_handshake_and_close_timeouts),
         T(test_heartbeat),
         T(test_idle_timeout),
+        T(test_idle_memory_budget),
+        T(test_send_fast_path_bytes),
+        T(test_send_general_path_bytes),
     };
     dx_test_filter_from_env();
     return cmocka_run_group_tests(tests, NULL, NULL);

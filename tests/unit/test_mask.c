@@ -116,6 +116,31 @@ static void test_inplace_every_length_phase_alignment(void **state)
     }
 }
 
+/* dx__mask0 (the inline one for whole small frames, phase 0): every length
+ * 0..300 (the vector loop past DX_MASK_INLINE_MAX), misalignment 0..15,
+ * the bytes around untouched. */
+static void test_mask0_every_length_alignment(void **state)
+{
+    (void)state;
+    rng_state = 5;
+    static _Alignas(64) uint8_t buf[MAXLEN + 2 * GUARD + 64];
+    uint8_t orig[MAXLEN], want[MAXLEN], key[4];
+    for (size_t len = 0; len <= MAXLEN; len++) {
+        for (size_t a = 0; a < 16; a++) {
+            fill(key, 4);
+            memset(buf, 0x5A, sizeof buf);
+            uint8_t *p = buf + GUARD + a;
+            fill(orig, len);
+            memcpy(p, orig, len);
+            ref_mask(want, orig, len, key, 0);
+            dx__mask0(p, len, key);
+            assert_memory_equal(p, want, len);
+            assert_true(all_eq(buf, (size_t)(p - buf), 0x5A));
+            assert_true(all_eq(p + len, (size_t)(buf + sizeof buf - (p + len)), 0x5A));
+        }
+    }
+}
+
 static void test_one_mebibyte(void **state)
 {
     (void)state;
@@ -198,6 +223,7 @@ int main(void)
         cmocka_unit_test(test_rfc6455_example),
         cmocka_unit_test(test_copy_every_length_phase_alignment),
         cmocka_unit_test(test_inplace_every_length_phase_alignment),
+        cmocka_unit_test(test_mask0_every_length_alignment),
         cmocka_unit_test(test_one_mebibyte),
         cmocka_unit_test(test_split_anywhere),
         cmocka_unit_test(test_random_pieces),

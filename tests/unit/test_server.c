@@ -18,6 +18,10 @@
  */
 #define _GNU_SOURCE
 #include "server_fx.h"
+#include "ws/ws.h"
+
+#include <arpa/inet.h>
+#include <netinet/tcp.h>
 
 /* ---- tests: the handshake ----------------------------------------------------------- */
 
@@ -316,10 +320,15 @@ static void test_unix_socket(void **state)
 }
 
 static char remote_a[64], remote_b[64];
+static int nodelay_a = -1;
 
 static void do_remotes(sfx *f, void *arg)
 {
     (void)arg;
+    /* an accepted socket has TCP_NODELAY, inherited from the listener */
+    int v = 0;
+    socklen_t vl = sizeof v;
+    nodelay_a = getsockopt(f->conns[0]->io.fd, IPPROTO_TCP, TCP_NODELAY, &v, &vl) == 0 ? v : -1;
     assert_true(dx_conn_remote(f->conns[0], remote_a, sizeof remote_a) < sizeof remote_a);
     assert_true(dx_conn_remote(f->conns[1], remote_b, sizeof remote_b) < sizeof remote_b);
     /* a buffer too small is cut, NUL-terminated, and the full length returned */
@@ -341,8 +350,39 @@ static void test_conn_remote_per_connection(void **state)
     wait_ev(f, EV_OPEN);
     on_loop(f, do_remotes, NULL);
     assert_string_not_equal(remote_a, remote_b);
+    assert_int_equal(nodelay_a, 1);
+    /* IPv4 is formatted by hand (conn.c): exactly "127.0.0.1:PORT", the
+     * port the client's socket got */
+    char want1[64], want2[64];
+    struct sockaddr_in la;
+    socklen_t ll = sizeof la;
+    assert_int_equal(getsockname(c1->fd, (struct sockaddr *)&la, &ll), 0);
+    snprintf(want1, sizeof want1, "127.0.0.1:%u", (unsigned)ntohs(la.sin_port));
+    ll = sizeof la;
+    assert_int_equal(getsockname(c2->fd, (struct sockaddr *)&la, &ll), 0);
+    snprintf(want2, sizeof want2, "127.0.0.1:%u", (unsigned)ntohs(la.sin_port));
+    assert_true((strcmp(remote_a, want1) == 0 && strcmp(remote_b, want2) == 0) ||
+                (strcmp(remote_a, want2) == 0 && strcmp(remote_b, want1) == 0));
     close_normally(f, c1, 1000);
     close_normally(f, c2, 1000);
+}
+
+/* conn.c: the hand-written IPv4 formatter says what inet_ntop and
+ * snprintf say, for every digit count of every octet and of the port. */
+static void test_ipv4_port_format(void **state)
+{
+    (void)state;
+    static const unsigned oct[] = {0, 1, 9, 10, 99, 100, 199, 255};
+    static const unsigned ports[] = {0, 7, 80, 443, 8080, 12345, 65535};
+    for (size_t i = 0; i < 8; i++)
+        for (size_t p = 0; p < 7; p++) {
+            uint8_t a[4] = {(uint8_t)oct[i], (uint8_t)oct[(i + 3) % 8], (uint8_t)oct[(i + 5) % 8], (uint8_t)oct[7 - i]};
+            char want[64], ip[INET_ADDRSTRLEN], got[22];
+            assert_non_null(inet_ntop(AF_INET, a, ip, sizeof ip));
+            int n = snprintf(want, sizeof want, "%s:%u", ip, ports[p]);
+            assert_int_equal(dx__ipv4_port(got, a, ports[p]), (size_t)n);
+            assert_string_equal(got, want);
+        }
 }
 
 static void test_new_rejects_bad_options(void **state)
@@ -413,6 +453,7 @@ int main(void)
         T(test_static_files),
         T(test_unix_socket),
         T(test_conn_remote_per_connection),
+        cmocka_unit_test(test_ipv4_port_format),
         cmocka_unit_test(test_new_rejects_bad_options),
         cmocka_unit_test(test_new_every_allocation_fails_once),
     };

@@ -72,6 +72,41 @@ static void test_defer_accept_later(void **state)
     wait_ev(f, EV_CLOSE);
 }
 
+/* A deferred request with extension offers (3 in one header, then 13 more
+ * in a second: DX_WS_DEFAULT_MAX_EXTS in all): the handle copies exactly
+ * as many as the request made, and the accept still answers 101. */
+static void test_defer_with_extension_offers(void **state)
+{
+    fx *f = *state;
+    f->mode = M_DEFER;
+    dx_server_options o = opts(f);
+    start(f, &o);
+    cl *c = cl_new(f, NULL);
+    char req[2048];
+    int n = snprintf(req, sizeof req,
+                     "GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                     "Sec-WebSocket-Protocol: p1, p2\r\n"
+                     "Sec-WebSocket-Extensions: foo; a=1; b, bar, x-webkit-deflate-frame\r\n"
+                     "Sec-WebSocket-Extensions: e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15; q=\"v\", e16\r\n"
+                     "\r\n");
+    assert_true(n > 0 && (size_t)n < sizeof req);
+    cl_send(c, req, (size_t)n);
+    wait_ev(f, EV_UPGRADE);
+    barrier(f);
+    answer a = {.protocol = "p1"};
+    on_loop(f, do_accept, &a);
+    assert_int_equal(a.rc, 0);
+    assert_string_equal(a.path, "/x");
+    char head[1024];
+    assert_int_equal(cl_response(c, head, sizeof head), 101);
+    wait_ev(f, EV_OPEN);
+    cl_frame(c, DX_OP_TEXT, "hi", 2);
+    expect_text(c, "hi");
+    cl_free(c);
+    wait_ev(f, EV_CLOSE);
+}
+
 /* Answered inside on_upgrade (accept, and refuse with a status): applied
  * when on_upgrade returns, whatever it returned. */
 static void test_defer_answer_inside(void **state)
@@ -331,6 +366,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_defer_accept_later, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_defer_with_extension_offers, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_defer_answer_inside, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_defer_refuse, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_defer_timeout, fx_setup, fx_teardown),
