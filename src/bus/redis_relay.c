@@ -32,17 +32,20 @@
  * to the reading worker through the same queue as the topic's messages:
  * it arrives after every message of T published before the read.
  *
+ * The barrier is published on T's server, where every worker subscribes
+ * its wchan.
+ *
  * Every item names its server: a worker runs it as if it had come on its
- * own connection to that server (dx__rr_event: redis.c's state per topic,
- * and per pattern per server).
+ * own connection to that server (rr_event: redis.c's state per topic, and
+ * per pattern per server).
  *
  * Cluster mode (--redis-cluster) has no relay: each worker subscribes
  * itself (SSUBSCRIBE on the slot's master, redis.c), dx__rr_is_relayed is
  * false there.
  *
- * Faults: when the owner's pub/sub connection to a server is lost, every interested
- * worker gets a DOWN event for each of the owner's channels on that server
- * (chan_down: what a worker did for its topics when its own pub/sub
+ * Faults: when the owner's pub/sub connection to a server is lost, every
+ * interested worker gets a DOWN event for each of the owner's channels on
+ * that server only (chan_down: what a worker did for its topics when its own pub/sub
  * connection was lost: subscribes waiting failed, barriers of reads of T
  * failed, a catch-up due); the owner keeps the interest, subscribes again
  * once reconnected and confirms again to every interested worker once its
