@@ -109,6 +109,8 @@ typedef struct dx__bus_stats {
     uint64_t shards;         /* servers the topics are spread over (0: the in-process bus) */
     uint64_t shards_down;    /* of those, how many some worker cannot reach now: their topics answer 503 */
     uint64_t shards_down_mask; /* bit i: server i (in the order configured) is down */
+    uint64_t bus_subscriptions; /* channels (topics, patterns) this node holds subscribed in the bus (gauge) */
+    uint64_t relayed;        /* live entries forwarded from a channel's owner worker to another worker's queue */
 } dx__bus_stats;
 
 typedef struct dx__bus_vt {

@@ -22,10 +22,12 @@
  * its own topic table and its own requests, all on its loop thread. Only
  * the counters and the health flags are shared (atomics).
  *
- * Fan-out: each worker SUBSCRIBEs to the exact topics its connections hold
- * (on the first, unsubscribed in a batch a tick after the last leaves) and
- * PSUBSCRIBEs to its patterns (`*` and `>` segments both become Redis's `*`,
- * a superset; the gateway's own index matches exactly). A worker delivers
+ * Fan-out: each worker wants the exact topics its connections hold (on the
+ * first, given up in a batch a tick after the last leaves) and its patterns
+ * (`*` and `>` segments both become Redis's `*`, a superset; the gateway's
+ * own index matches exactly); the channel's owner worker holds the node's
+ * one SUBSCRIBE (PSUBSCRIBE) on each server and forwards what Redis sends
+ * (redis_relay.c; in cluster mode each worker subscribes itself). A worker delivers
  * each offset of a topic once (exact and pattern subscriptions may both
  * bring it) and in order; a hole (lost pub/sub connection, a skipped
  * offset) is filled from the stream through a stitcher before later live
@@ -396,14 +398,25 @@ void dx__rb_catch_stop(rtopic *t)
     catch_release(t);
 }
 
+/* Is every pattern w holds confirmed on server s (the relay: each
+ * pattern's owner confirms on its own, once its own connection is up)? */
+static bool pats_active(rworker *w, const rshard *s)
+{
+    for (rpat *p = w->pats; p && !w->b->o.cluster; p = p->next)
+        if (p->refs > 0 && p->state[s->index] != S_ACTIVE)
+            return false;
+    return true;
+}
+
 /* May t's catch-up read go out now? Only while its live entries are
  * received (every entry sequenced after the read then arrives live): its
- * exact subscription confirmed, or, pattern-only, the pub/sub connection up. */
+ * exact subscription confirmed, or, pattern-only, the pub/sub connection up
+ * and every pattern confirmed there (any may be the one that brings t). */
 static bool catch_ready(rworker *w, rtopic *t)
 {
     rshard *s = t->s;
-    (void)w;
-    return s->cmd.up && !s->stuck && (t->state == S_ACTIVE || (t->state == S_NONE && t->refs <= 0 && s->sub.up));
+    return s->cmd.up && !s->stuck &&
+           (t->state == S_ACTIVE || (t->state == S_NONE && t->refs <= 0 && s->sub.up && pats_active(w, s)));
 }
 
 /* Sends t's catch-up read (after last); on failure it stays due. */
@@ -654,7 +667,7 @@ static void req_done_read(rreq *r, redisReply *rep)
 
 /* The barrier `token` of a subscribe's read reached this worker's pub/sub
  * connection. */
-static void barrier_message(rshard *sh, const char *s, size_t n)
+void dx__rb_barrier_message(rshard *sh, const char *s, size_t n)
 {
     bool ok = true;
     uint64_t id = dx__rb_parse_u64(s, n, &ok);
@@ -689,14 +702,25 @@ static int read_issue(rreq *r, char mode)
     snprintf(age, sizeof age, "%llu", (unsigned long long)(b->o.history.max_age_ns / 1000000u));
     snprintf(cnt, sizeof cnt, "%zu", b->o.history.max_count);
     snprintf(ttl, sizeof ttl, "%llu", (unsigned long long)b->ttl_ms);
-    char token[24] = "";
+    char token[40] = "";
     bool barrier = r->kind == Q_SUB;
+    const char *bchan = "";
     if (barrier) {
         r->id = ++w->barrier_seq;
-        snprintf(token, sizeof token, "%llu", (unsigned long long)r->id);
+        if (b->o.cluster) {
+            bchan = w->wchan;
+            snprintf(token, sizeof token, "%llu", (unsigned long long)r->id);
+        } else {
+            /* the barrier travels the way the topic's messages do: through
+             * the wchan of the channel's owner, which forwards it here */
+            char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3];
+            size_t chn = dx__rb_chan(b, r->topic, r->tlen, ch, sizeof ch);
+            bchan = b->w[dx__rr_owner(b, ch, chn)].wchan;
+            snprintf(token, sizeof token, "%u.%llu", w->index, (unsigned long long)r->id);
+        }
     }
     const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_READ], "3", k.k[0], k.k[1], k.k[2], m, since, limit, ep,
-                          age, cnt, r->has_epoch ? r->epoch : "*", ttl, barrier ? w->wchan : "", token};
+                          age, cnt, r->has_epoch ? r->epoch : "*", ttl, bchan, token};
     size_t lens[16];
     for (int i = 0; i < 16; i++)
         lens[i] = strlen(argv[i]);
@@ -717,6 +741,13 @@ static int read_issue(rreq *r, char mode)
 static void on_sub_msg(dx__rio *io, void *reply, void *pd);
 
 int dx__rb_send_sub(rshard *s, const char *verb, const char *const *names, const size_t *lens, size_t n)
+{
+    if (n && dx__rr_is_relayed(s->w->b, names[0], lens[0]))
+        return dx__rr_send(s->w, s->index, verb, names, lens, n);
+    return dx__rb_redis_sub(s, verb, names, lens, n);
+}
+
+int dx__rb_redis_sub(rshard *s, const char *verb, const char *const *names, const size_t *lens, size_t n)
 {
     if (!n)
         return 0;
@@ -795,7 +826,7 @@ static void sub_fail(rreq *r, int err)
 }
 
 /* t's subscription is active: its waiting reads go out. */
-static void topic_active(rworker *w, rtopic *t)
+void dx__rb_topic_active(rworker *w, rtopic *t)
 {
     t->state = S_ACTIVE;
     rreq *r = t->waiting;
@@ -826,7 +857,7 @@ void dx__rb_waiting_fail(rworker *w, rtopic *t, int err)
     }
 }
 
-static rpat *pat_find(rworker *w, const char *name, size_t len)
+rpat *dx__rb_pat_find(rworker *w, const char *name, size_t len)
 {
     for (rpat *p = w->pats; p; p = p->next)
         if (p->len == len && memcmp(p->name, name, len) == 0)
@@ -834,8 +865,7 @@ static rpat *pat_find(rworker *w, const char *name, size_t len)
     return NULL;
 }
 
-/* A live entry on channel ch (dx:m:T, or dx:m:{T}), braces: which. */
-static void live_message(rworker *w, const char *ch, size_t chlen, bool braces, const char *p, size_t n)
+void dx__rb_live_message(rworker *w, const char *ch, size_t chlen, bool braces, const char *p, size_t n)
 {
     const char *name;
     size_t len;
@@ -923,8 +953,18 @@ static void on_sub_msg(dx__rio *io, void *reply, void *pd)
     redisReply *kind = r->element[0], *a = r->element[1], *c = r->element[2];
     const char *nm;
     size_t nl;
+    if (!cl && !(a->type == REDIS_REPLY_STRING && a->len == sizeof CTL_CHANNEL - 1 &&
+                 memcmp(a->str, CTL_CHANNEL, a->len) == 0)) {
+        /* topics, patterns, barriers: the relay's (this worker as their owner) */
+        redisReply *d = r->elements >= 4 ? r->element[3] : NULL;
+        bool as = a->type == REDIS_REPLY_STRING, cs = c->type == REDIS_REPLY_STRING;
+        bool ds = d && d->type == REDIS_REPLY_STRING;
+        dx__rr_on_pubsub(sh, kind->str, as ? a->str : NULL, as ? a->len : 0, cs ? c->str : NULL, cs ? c->len : 0,
+                         ds ? d->str : NULL, ds ? d->len : 0);
+        return;
+    }
     if (cl && rstr(kind, "smessage") && a->type == REDIS_REPLY_STRING && c->type == REDIS_REPLY_STRING) {
-        live_message(w, a->str, a->len, true, c->str, c->len);
+        dx__rb_live_message(w, a->str, a->len, true, c->str, c->len);
         return;
     }
     if (cl && (rstr(kind, "ssubscribe") || rstr(kind, "sunsubscribe")) && a->type == REDIS_REPLY_STRING) {
@@ -932,7 +972,7 @@ static void on_sub_msg(dx__rio *io, void *reply, void *pd)
         if (!t || t->s != sh)
             return;
         if (kind->str[1] == 's' && t->state == S_SUBSCRIBING) {
-            topic_active(w, t);
+            dx__rb_topic_active(w, t);
         } else if (kind->str[1] == 'u' && (t->state == S_ACTIVE || t->state == S_SUBSCRIBING)) {
             /* not asked for: the slot moved to another node */
             w->map_due = true;
@@ -945,12 +985,12 @@ static void on_sub_msg(dx__rio *io, void *reply, void *pd)
         if (a->len == sizeof CTL_CHANNEL - 1 && memcmp(a->str, CTL_CHANNEL, a->len) == 0)
             dx__rb_ctl_message(sh, c->str, c->len);
         else if (a->len == strlen(w->wchan) && memcmp(a->str, w->wchan, a->len) == 0)
-            barrier_message(sh, c->str, c->len);
+            dx__rb_barrier_message(sh, c->str, c->len);
         else
-            live_message(w, a->str, a->len, false, c->str, c->len);
+            dx__rb_live_message(w, a->str, a->len, false, c->str, c->len);
     } else if (rstr(kind, "pmessage") && r->elements >= 4 && c->type == REDIS_REPLY_STRING &&
                r->element[3]->type == REDIS_REPLY_STRING) {
-        live_message(w, c->str, c->len, false, r->element[3]->str, r->element[3]->len);
+        dx__rb_live_message(w, c->str, c->len, false, r->element[3]->str, r->element[3]->len);
     } else if (rstr(kind, "subscribe") && a->type == REDIS_REPLY_STRING) {
         if (a->len == sizeof CTL_CHANNEL - 1 && memcmp(a->str, CTL_CHANNEL, a->len) == 0) {
             if (!sh->sub.up) {
@@ -971,13 +1011,15 @@ static void on_sub_msg(dx__rio *io, void *reply, void *pd)
                     for (rtopic *t = w->tab[i]; t; t = t->next)
                         if (t->need_catch && t->refs <= 0 && t->s == sh)
                             dx__rb_catch_start(w, t);
+                if (!cl) /* the channels w owns there: confirmed to the workers that want them */
+                    dx__rr_sub_up(sh);
             }
             return;
         }
         if (!cl && chan_topic(a->str, a->len, false, &nm, &nl)) { /* cluster: the ssubscribe's answer */
             rtopic *t = dx__rb_topic_find(w, nm, nl);
             if (t && t->state == S_SUBSCRIBING)
-                topic_active(w, t);
+                dx__rb_topic_active(w, t);
         }
     } else if (rstr(kind, "unsubscribe") && a->type == REDIS_REPLY_STRING && chan_topic(a->str, a->len, cl, &nm, &nl)) {
         rtopic *t = dx__rb_topic_find(w, nm, nl);
@@ -1010,11 +1052,11 @@ static void on_sub_msg(dx__rio *io, void *reply, void *pd)
                 dx__rb_waiting_fail(w, t, DX_EIO);
         }
     } else if (rstr(kind, "psubscribe") && a->type == REDIS_REPLY_STRING) {
-        rpat *p = pat_find(w, a->str, a->len);
+        rpat *p = dx__rb_pat_find(w, a->str, a->len);
         if (p && p->state[sh->index] == S_SUBSCRIBING)
             p->state[sh->index] = S_ACTIVE;
     } else if (rstr(kind, "punsubscribe") && a->type == REDIS_REPLY_STRING) {
-        rpat *p = pat_find(w, a->str, a->len);
+        rpat *p = dx__rb_pat_find(w, a->str, a->len);
         if (p && p->state[sh->index] == S_UNSUBSCRIBING) {
             p->state[sh->index] = S_NONE;
             /* topics seen only through patterns were not received for a
@@ -1049,6 +1091,7 @@ static int r_attach(dx__bus *base, unsigned wi, dx_loop *loop, const dx__bus_eve
     if (!w->tick)
         return DX_ENOMEM;
     dx_timer_start(w->tick, 0, TICK_MS);
+    dx__rr_attach(w, loop);
     atomic_store_explicit(&w->attached, true, memory_order_release);
     return 0;
 }
@@ -1193,7 +1236,7 @@ static void r_pattern(dx__bus *base, unsigned wi, const char *pat, size_t len, l
     if (len > DX__GW_TOPIC_MAX)
         return;
     size_t n = redis_pattern(pat, len, name, sizeof name);
-    rpat *p = pat_find(w, name, n);
+    rpat *p = dx__rb_pat_find(w, name, n);
     if (!p) {
         if (delta <= 0)
             return;
@@ -1267,6 +1310,7 @@ static void r_stats(dx__bus *base, dx__bus_stats *out)
     out->shards = atomic_load_explicit(&b->w[0].nsh, memory_order_acquire);
     out->shards_down_mask = down_mask(b, &any);
     out->shards_down = (uint64_t)__builtin_popcountll(out->shards_down_mask);
+    dx__rr_stats(b, out);
 }
 
 /* Every worker loop has stopped. Completions are not called (bus.h). */
@@ -1314,6 +1358,7 @@ static void r_free(dx__bus *base)
         dx__free(NULL, w->slots);
     }
     dx__tls_ctx_free(b->tls);
+    dx__rr_free(b);
     dx__free(NULL, b->w);
     dx__rb_servers_free(b);
     dx__free(NULL, b);
@@ -1421,6 +1466,10 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
         atomic_init(&w->attached, false);
         atomic_init(&w->map_ok, false);
     }
+    if (dx__rr_init(b) != 0) {
+        e = DX_ENOMEM;
+        goto fail;
+    }
     return &b->base;
 fail:
     if (b) {
@@ -1429,6 +1478,7 @@ fail:
             dx__free(NULL, b->w[i].sh);
             dx__free(NULL, b->w[i].slots);
         }
+        dx__rr_free(b);
         dx__free(NULL, b->w);
         dx__rb_servers_free(b);
         dx__free(NULL, b);

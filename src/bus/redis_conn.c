@@ -105,7 +105,11 @@ void dx__rb_conn_down(rconn *c, const char *why)
             w->map_due = true;
         }
     }
-    if (c->is_sub) {
+    if (c->is_sub && !b->o.cluster) {
+        /* the channels this worker holds for the node on this server: each
+         * worker that wants one is told (through its queue, redis_relay.c) */
+        dx__rr_conn_down(s);
+    } else if (c->is_sub) {
         for (size_t i = 0; i < w->tab_cap; i++) {
             for (rtopic *t = w->tab[i]; t; t = t->next) {
                 if (t->s != s)
@@ -273,14 +277,18 @@ static int conn_start(rconn *c)
         dx__rio_fmt(io, on_ping, c, "TIME");
         return 0;
     }
-    /* every exact topic of this server with subscribers, every pattern,
-     * then the control channel (its confirmation marks the connection up) */
-    c->up = true; /* let dx__rb_send_sub write; the flag is reset below */
-    for (size_t i = 0; i < w->tab_cap; i++)
+    /* every exact topic of this server with subscribers, every pattern (not
+     * in cluster mode: the channels this worker holds there for the node,
+     * redis_relay.c), its barrier channel, then the control channel (its
+     * confirmation marks the connection up) */
+    c->up = true; /* let dx__rb_redis_sub write; the flag is reset below */
+    if (!b->o.cluster)
+        dx__rr_conn_start(s);
+    for (size_t i = 0; i < w->tab_cap && b->o.cluster; i++)
         for (rtopic *t = w->tab[i]; t; t = t->next)
             if (t->s == s && (t->refs > 0 || t->waiting) && dx__rb_subscribe_now(w, t) != 0)
                 dx__rb_waiting_fail(w, t, DX_EIO);
-    for (rpat *p = w->pats; p; p = p->next) {
+    for (rpat *p = b->o.cluster ? w->pats : NULL; p; p = p->next) {
         if (p->refs > 0) {
             const char *names[1] = {p->name};
             size_t lens[1] = {p->len};
@@ -290,7 +298,7 @@ static int conn_start(rconn *c)
     }
     const char *names[2] = {w->wchan, CTL_CHANNEL};
     size_t lens[2] = {strlen(w->wchan), sizeof CTL_CHANNEL - 1};
-    (void)dx__rb_send_sub(s, "SUBSCRIBE", names, lens, 2);
+    (void)dx__rb_redis_sub(s, "SUBSCRIBE", names, lens, 2);
     c->up = false;
     return 0;
 }
@@ -400,14 +408,15 @@ out:
 static void unsub_batch(rworker *w)
 {
     w->unsub_due = false;
+    bool relay = !w->b->o.cluster; /* sent to the channels' owners: no connection of w needed */
     for (unsigned k = 0; k < w->nsh; k++)
-        if (w->sh[k].sub.up)
+        if (relay || w->sh[k].sub.up)
             unsub_topics(w, &w->sh[k]);
     for (rpat **pp = &w->pats; *pp;) {
         rpat *p = *pp;
         bool none = true;
         for (unsigned k = 0; k < w->nsh && p->refs <= 0; k++) {
-            if (p->state[k] == S_ACTIVE && w->sh[k].sub.up) {
+            if (p->state[k] == S_ACTIVE && (relay || w->sh[k].sub.up)) {
                 const char *nm[1] = {p->name};
                 size_t ln[1] = {p->len};
                 if (dx__rb_send_sub(&w->sh[k], "PUNSUBSCRIBE", nm, ln, 1) == 0)
@@ -525,6 +534,8 @@ void dx__rb_on_tick(dx_timer *tm, void *ud)
         dx__rb_uc_sync(w);
     if (w->unsub_due)
         unsub_batch(w);
+    if (!b->o.cluster)
+        dx__rr_tick(w);
     dx__rb_cluster_map(w);
     if (w->catch_due) { /* catch-ups whose read could not go out yet (each waits for its server) */
         w->catch_due = false;

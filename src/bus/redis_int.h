@@ -3,7 +3,8 @@
  * share (redis.c: topics, reads, subscriptions, live entries, the vtable;
  * redis_req.c: publishes, presence reads, user counts, disconnects;
  * redis_conn.c: connections, the tick, presence writes, the control
- * channel; redis_shard.c: the servers, the hash ring, routing).
+ * channel; redis_shard.c: the servers, the hash ring, routing;
+ * redis_relay.c: one Redis subscription per channel per node).
  * Everything here belongs to one worker's loop thread, except the atomics.
  *
  * Sharding: the bus talks to one or more independent Redis servers (a
@@ -200,6 +201,7 @@ struct rworker {
     _Atomic bool attached;
     _Atomic bool healthy;
     _Atomic uint64_t st_topics;
+    struct rrelay *rr;         /* the in-node relay's state (redis_relay.c) */
 };
 
 struct rbus {
@@ -292,8 +294,22 @@ int dx__rb_cmd_argv(rconn *c, dx__rio_fn *fn, void *pd, int argc, const char **a
 uint64_t dx__rb_parse_u64(const char *s, size_t n, bool *ok);
 /* Answers read r from snapshot s (taken over) or with err; frees r. */
 void dx__rb_read_answer(rreq *r, int err, dx__gw_snapshot *s);
-/* (P)(UN)SUBSCRIBE `verb` names on s's pub/sub connection: 0 or DX_EIO/DX_ENOMEM. */
+/* (P)(UN)SUBSCRIBE `verb` names for s's worker on s's server: topic and
+ * pattern channels (dx:m:..., not in cluster mode) through the relay (their
+ * owner holds the subscription), the others on s's own pub/sub connection.
+ * 0 or DX_EIO/DX_ENOMEM. */
 int dx__rb_send_sub(rshard *s, const char *verb, const char *const *names, const size_t *lens, size_t n);
+/* (P)(UN)SUBSCRIBE `verb` names on s's own pub/sub connection: 0 or DX_EIO/DX_ENOMEM. */
+int dx__rb_redis_sub(rshard *s, const char *verb, const char *const *names, const size_t *lens, size_t n);
+/* The worker side of the subscriptions (redis.c), run on the relay's events. */
+void dx__rb_topic_active(rworker *w, rtopic *t);
+rpat *dx__rb_pat_find(rworker *w, const char *name, size_t len);
+/* A live entry on channel ch (dx:m:T, or dx:m:{T}), braces: which. */
+void dx__rb_live_message(rworker *w, const char *ch, size_t chlen, bool braces, const char *p, size_t n);
+/* The barrier `token` of a subscribe's read on server sh reached w. */
+void dx__rb_barrier_message(rshard *sh, const char *s, size_t n);
+/* Pattern-only topics of w whose catch-up waits: started (catch_ready decides). */
+void dx__rb_pattern_catch(rworker *w);
 /* s's health flag from its connections. */
 void dx__rb_set_health(rshard *s);
 /* SUBSCRIBEs t's channel on its server (state S_SUBSCRIBING): 0 or as send_sub.
@@ -340,6 +356,36 @@ void dx__rb_on_tick(dx_timer *tm, void *ud);
 void dx__rb_presence_push(rworker *w, rtopic *t);
 /* c was lost (or dropped): state reset, requests waiting on it failed, a reconnect scheduled. */
 void dx__rb_conn_down(rconn *c, const char *why);
+
+/* redis_relay.c: one Redis subscription per channel per node (see there);
+ * not in cluster mode (each worker subscribes itself there). */
+/* Events to a worker (dx__rr_event). */
+enum { RR_MESSAGE = 1, RR_SUBSCRIBE, RR_UNSUBSCRIBE, RR_PSUBSCRIBE, RR_PUNSUBSCRIBE, RR_BARRIER, RR_DOWN, RR_PDOWN };
+/* The relay's state for each worker: 0 or DX_ENOMEM (dx__rr_free frees what was made). */
+int dx__rr_init(rbus *b);
+void dx__rr_free(rbus *b);
+/* w is attached to loop: what was queued for it meanwhile is run. */
+void dx__rr_attach(rworker *w, dx_loop *loop);
+/* The worker owning channel (or pattern) ch: hash % workers. */
+unsigned dx__rr_owner(rbus *b, const char *ch, size_t len);
+/* Is name a channel the relay carries (dx:m:..., not in cluster mode)? */
+bool dx__rr_is_relayed(const rbus *b, const char *name, size_t len);
+/* w wants (or stops wanting) names on server srv: sent to their owners. 0 or DX_ENOMEM. */
+int dx__rr_send(rworker *w, unsigned srv, const char *verb, const char *const *names, const size_t *lens, size_t n);
+/* A pub/sub reply on w's own connection to server sh but for the control
+ * channel: kind ("message", "pmessage", "subscribe", ...), then its string
+ * elements (NULL when absent or not a string). */
+void dx__rr_on_pubsub(rshard *sh, const char *kind, const char *a, size_t alen, const char *c, size_t clen,
+                      const char *d, size_t dlen);
+/* w's pub/sub connection to sh: being set up (subscribe its owned
+ * channels there), up (confirm them to the interested workers), lost
+ * (tell them). */
+void dx__rr_conn_start(rshard *sh);
+void dx__rr_sub_up(rshard *sh);
+void dx__rr_conn_down(rshard *sh);
+/* From w's tick: a queue whose wake-up failed; batched unsubscribes. */
+void dx__rr_tick(rworker *w);
+void dx__rr_stats(rbus *b, dx__bus_stats *out);
 
 /* redis_uc.c */
 /* The vtable's user_conns. */

@@ -462,6 +462,13 @@ static void metrics(gw_worker *k, dx_http_req *req)
     P("# HELP duplex_bus_epoch_changes_total Topics being delivered here whose epoch changed (the bus lost their "
       "history: continuity lost).\n# TYPE duplex_bus_epoch_changes_total counter\nduplex_bus_epoch_changes_total %llu\n",
       (unsigned long long)bs.epochs);
+    P("# HELP duplex_bus_subscriptions Channels (topics and patterns) this node holds subscribed in the bus: one "
+      "per channel per node, held by the channel's owner worker.\n"
+      "# TYPE duplex_bus_subscriptions gauge\nduplex_bus_subscriptions %llu\n",
+      (unsigned long long)bs.bus_subscriptions);
+    P("# HELP duplex_bus_relayed_total Live messages a channel's owner worker forwarded to an interested worker of "
+      "this node.\n# TYPE duplex_bus_relayed_total counter\nduplex_bus_relayed_total %llu\n",
+      (unsigned long long)bs.relayed);
     /* by API key name; key="" for requests refused before a key matched */
     P("# HELP duplex_api_requests_total Requests to /api/... by API key name.\n"
       "# TYPE duplex_api_requests_total counter\n");

@@ -35,7 +35,16 @@ PID). Nodes run --workers 2 on their own free ports (no load balancer).
     offsets and epoch continue, a resumer gets what Redis kept, live
     delivery resumes; Redis flushed: a new epoch, a resumer gets
     recovered:false;
-  - bad --redis URLs are refused at startup with a clear message.
+  - bad --redis URLs are refused at startup with a clear message;
+  - the in-node relay (--workers 4: one Redis subscription per channel per
+    node, held by its owner worker): 40 JSON subscribers spread over the
+    workers cost one subscription (PUBSUB NUMSUB 1; 2 with a second node),
+    each message reaches each worker once and every subscriber in order;
+    subscribe/unsubscribe churn from every worker at once (topics and
+    patterns) while stable subscribers receive everything ends with no
+    subscription; the resume stress across two 4-worker nodes; Redis
+    restarted with subscribers (exact and pattern) on every worker: they
+    keep their connections and get every message, a resumer too.
 
 A missing redis-server fails the test (nothing is skipped).
 """
@@ -422,7 +431,11 @@ async def test_resume_stress_across_nodes():
     with every offset exactly once, in order, while a publisher alternates
     nodes."""
     r, a, b = cluster()
-    t = topic("stress")
+    await resume_stress(a, b, "stress")
+
+
+async def resume_stress(a, b, tag):
+    t = topic(tag)
     n = 400
     ep = publish(a, t, "m1")["epoch"]
     stop = threading.Event()
@@ -498,6 +511,38 @@ def test_disconnect_answered_by_every_node():
     check(dt < 1.5, "disconnect took %.2f s: a node did not answer" % dt)
 
 
+async def pattern_active(j, probe, via):
+    """Publishes on topic `probe` (matched by j's pattern) until j receives
+    one: a pattern subscription is acked at once and receives only once
+    Redis (through the pattern's owner worker) confirmed it (docs/gateway.md
+    "Known limits"). Every probe published after the first received one
+    arrives too: read up to the last."""
+    deadline = time.monotonic() + 10
+    last = 0
+    while True:
+        last = publish(via, probe, "probe")["offset"]
+        try:
+            m = await j.msg(timeout=0.2, what="a probe")
+            break
+        except Fail:
+            check(time.monotonic() < deadline, "the pattern subscription never received a probe in 10 s")
+    while m["offset"] < last:
+        m = await j.msg(timeout=10, what="the probes after the first")
+    check(m["topic"] == probe, "probe: %r" % m)
+
+
+async def patterns_active(js, probe, via):
+    """pattern_active for several subscribers of one pattern, then one more
+    probe read by all: none has a probe left in its stream."""
+    for j in js:
+        await pattern_active(j, probe, via)
+    last = publish(via, probe, "probe")["offset"]
+    for j in js:
+        m = await j.msg(timeout=10, what="the last probe")
+        while m["offset"] < last:
+            m = await j.msg(timeout=10, what="the last probe")
+
+
 async def test_pubsub_connections_killed_nothing_lost():
     r, a, b = cluster()
     t = topic("kill")
@@ -506,6 +551,7 @@ async def test_pubsub_connections_killed_nothing_lost():
     await jb.sub(t)
     jp = await jconnect(b)
     await jp.ack("sub", topic=t + ".*")
+    await pattern_active(jp, t + ".probe", a)
     ep = publish(a, t, "m1")["epoch"]
     pep = publish(a, pt, "p1")["epoch"]
     n = 300
@@ -747,6 +793,184 @@ def test_bad_urls_refused():
         check(what in out, "--redis %s: expected %r in the message, got:\n%s" % (url, what, out[-500:]))
 
 
+def numpat(r):
+    return r.cmd("PUBSUB", "NUMPAT")
+
+
+async def test_relay_one_subscription_per_node():
+    """--workers 4: 40 JSON subscribers of one topic spread over the
+    workers (SO_REUSEPORT): one Redis subscription per node (NUMSUB 1; 2
+    with a second node), every subscriber gets every message in order, each
+    message reaches each worker holding the topic once (handoffs) through
+    its owner (relayed)."""
+    r, a, b = cluster()
+    n1 = node(r, workers=4)
+    n2 = node(r, workers=4)
+    try:
+        wait_healthy(n1, n2)
+        t = topic("relay")
+        subs1 = []
+        for _ in range(40):
+            j = await jconnect(n1)
+            await j.sub(t)
+            subs1.append(j)
+        expect_eq(numsub(r, t), 1, "PUBSUB NUMSUB with 40 subscribers on node 1's 4 workers")
+        expect_eq(metric_sum(metrics(n1), "duplex_bus_subscriptions")[0], 1, "node 1's bus subscriptions")
+        subs2 = []
+        for _ in range(12):
+            j = await jconnect(n2)
+            await j.sub(t)
+            subs2.append(j)
+        expect_eq(numsub(r, t), 2, "PUBSUB NUMSUB with a second node")
+        m0 = metrics(n1)
+        n = 30
+        ep = None
+        for i in range(1, n + 1):
+            p = publish(a if i % 2 else n2, t, "m%d" % i)
+            ep = ep or p["epoch"]
+        for k, j in enumerate(subs1 + subs2):
+            await expect_msgs(j, t, 1, n, ep, "subscriber %d" % k)
+        m1 = metrics(n1)
+        hand = metric_sum(m1, "duplex_handoffs_total")[0] - metric_sum(m0, "duplex_handoffs_total")[0]
+        rel = metric_sum(m1, "duplex_bus_relayed_total")[0] - metric_sum(m0, "duplex_bus_relayed_total")[0]
+        check(hand % n == 0 and 2 <= hand // n <= 4,
+              "node 1: %d messages received %d times by its workers: expected once per worker holding it" % (n, hand))
+        expect_eq(rel, hand, "node 1: messages forwarded by the owner (one per worker per message)")
+        say("  node 1: %d subscribers on %d workers, 1 Redis subscription, %d forwards for %d messages" % (
+            len(subs1), hand // n, rel, n))
+        for j in subs1 + subs2:
+            await j.close()
+        wait_for(lambda: numsub(r, t) == 0, 10, "no subscription left once every subscriber left")
+        wait_for(lambda: metric_sum(metrics(n1), "duplex_bus_subscriptions")[0] == 0, 10,
+                 "node 1's bus subscriptions gauge back to 0")
+    finally:
+        n1.stop()
+        n2.stop()
+
+
+async def test_relay_churn_flood():
+    """Subscribe/unsubscribe churn from 40 connections over 4 workers at
+    once (a topic and a pattern), while 8 stable subscribers receive every
+    message in order: once everyone left, no subscription is left in
+    Redis."""
+    r, a, b = cluster()
+    s = node(r, workers=4)
+    try:
+        wait_healthy(s)
+        t = topic("churn")
+        pat = t + ".*"
+        pats0 = numpat(r)
+        stable = []
+        for _ in range(8):
+            j = await jconnect(s)
+            await j.sub(t)
+            stable.append(j)
+        n = 150
+        ep = publish(a, t, "m1")["epoch"]
+        done = threading.Event()
+
+        def publisher():
+            try:
+                for i in range(2, n + 1):
+                    publish(a if i % 2 else b, t, "m%d" % i)
+            finally:
+                done.set()
+
+        async def churner(k):
+            j = await jconnect(s)
+            for i in range(10):
+                what = t if (k + i) % 3 else pat
+                await j.ack("sub", topic=what)
+                await j.ack("unsub", topic=what)
+            return j
+
+        th = threading.Thread(target=publisher)
+        th.start()
+        churners = await asyncio.gather(*[churner(k) for k in range(40)])
+        th.join()
+        check(done.is_set(), "publisher finished")
+        for k, j in enumerate(stable):
+            await expect_msgs(j, t, 1, n, ep, "stable subscriber %d through the churn" % k)
+        expect_eq(numsub(r, t), 1, "NUMSUB with the stable subscribers after the churn")
+        for j in churners + stable:
+            await j.close()
+        wait_for(lambda: numsub(r, t) == 0, 10, "no subscription of %s left after the churn" % t)
+        wait_for(lambda: numpat(r) <= pats0, 10, "no pattern subscription left after the churn")
+    finally:
+        s.stop()
+
+
+async def test_relay_resume_stress_four_workers():
+    """The resume stress across two 4-worker nodes: a subscriber's topic is
+    held by its owner worker, which is usually another worker."""
+    r, a, b = cluster()
+    n1 = node(r, workers=4)
+    n2 = node(r, workers=4)
+    try:
+        wait_healthy(n1, n2)
+        await resume_stress(n1, n2, "relaystress")
+    finally:
+        n1.stop()
+        n2.stop()
+
+
+async def test_relay_redis_restart_every_worker():
+    """Redis killed and restarted (same data) with exact and pattern
+    subscribers on every worker of a 4-worker node: connections kept, every
+    message after the restart arrives in order (the owners subscribe again
+    and confirm to the other workers, which read back what they missed),
+    one subscription per node again; a resumer gets what Redis kept."""
+    r, a, b = cluster()
+    s = node(r, workers=4)
+    try:
+        wait_healthy(s)
+        t = topic("rrestart")
+        pt = t + ".p"
+        subs, psubs = [], []
+        for _ in range(16):
+            j = await jconnect(s)
+            await j.sub(t)
+            subs.append(j)
+        for _ in range(6):
+            j = await jconnect(s)
+            await j.ack("sub", topic=t + ".*")
+            psubs.append(j)
+        await patterns_active(psubs, t + ".probe", a)
+        ep = None
+        for i in range(1, 6):
+            ep = publish(a, t, "m%d" % i)["epoch"]
+        pep = publish(a, pt, "p1")["epoch"]
+        for j in subs:
+            await expect_msgs(j, t, 1, 5, ep, "before the restart")
+        for j in psubs:
+            await expect_msgs(j, pt, 1, 1, pep, "pattern subscriber before the restart", pattern=t + ".*")
+        r.kill()
+        wait_for(lambda: not healthy(s), 15, "/healthz 503 with Redis down", step=0.05)
+        r.start()
+        wait_healthy(a, b, s, timeout=30)
+        for i in range(6, 11):
+            expect_eq(publish(a, t, "m%d" % i)["offset"], i, "publish %d after the restart" % i)
+        for i in range(2, 4):
+            publish(b, pt, "p%d" % i)
+        for k, j in enumerate(subs):
+            await expect_msgs(j, t, 6, 10, ep, "subscriber %d after the restart" % k)
+        for k, j in enumerate(psubs):
+            await expect_msgs(j, pt, 2, 3, pep, "pattern subscriber %d after the restart" % k, pattern=t + ".*")
+        wait_for(lambda: numsub(r, t) == 1, 10, "one subscription for the node after the restart")
+        jr = await jconnect(s)
+        ack = await jr.sub(t, since={"offset": 3, "epoch": ep})
+        check_sub_ack(ack, t, offset=10, epoch=ep, recovered=True)
+        await expect_msgs(jr, t, 4, 10, ep, "resumer after the restart")
+        publish(a, t, "m11")
+        for j in subs + [jr]:
+            await expect_msgs(j, t, 11, 11, ep, "live after the restart")
+            await j.close()
+        for j in psubs:
+            await j.close()
+    finally:
+        s.stop()
+
+
 def teardown():
     if R is not None:
         R.stop()
@@ -770,4 +994,8 @@ if __name__ == "__main__":
         test_pending_bound_and_answer_on_reply,
         test_redis_frozen,
         test_redis_killed_then_restarted_same_data,
+        test_relay_one_subscription_per_node,
+        test_relay_churn_flood,
+        test_relay_resume_stress_four_workers,
+        test_relay_redis_restart_every_worker,
     ])

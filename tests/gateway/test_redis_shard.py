@@ -21,18 +21,27 @@ them in the same order.
     and epoch continue, the kept subscriber gets the new messages and a
     resumer everything since its offset (no loss, no duplicate);
   - every server killed: /healthz 503;
+  - the relay on 2 servers (a third node, --workers 4, listing 2 of them):
+    a topic held by subscribers on every worker is subscribed once, on its
+    own server (PUBSUB NUMSUB 1 there, 0 on the other), a pattern once on
+    each server (duplex_bus_subscriptions 4 for 2 topics and a pattern);
+    every subscriber gets every message in order while one server's pub/sub
+    connections are killed twice (CLIENT KILL TYPE pubsub): nothing lost,
+    nothing twice, the topic subscribed again on its server only; all gone
+    from Redis once the subscribers leave;
   - bad lists are refused at startup.
 
 A missing redis-server fails the test (nothing is skipped).
 """
 import os
 import subprocess
+import threading
 import time
 
 import gwtest
 from gwtest import (Fail, Serve, check, check_sub_ack, expect_eq, free_port, history, http, jconnect, main,
                     metric_sum, metrics, publish, say, topic, wait_for)
-from test_redis import Redis, presence_count
+from test_redis import Redis, expect_msgs, pattern_active, presence_count
 
 RS = []
 A = None
@@ -281,6 +290,91 @@ def test_every_server_down_unhealthy():
         wait_for(lambda: health(s) == (200, "ok\n"), 30, "node :%d /healthz ok again" % s.port, step=0.05)
 
 
+async def test_relay_two_servers_one_subscription_per_node():
+    cluster()
+    rs = RS[:2]
+    s = Serve("--redis", ",".join(r.url() for r in rs), workers=4)
+    try:
+        wait_for(lambda: health(s) == (200, "ok\n"), 30, "relay node /healthz 200 ok", step=0.05)
+        base = topic("relay2")
+        ts = [None, None]  # a topic on each server
+        for i in range(200):
+            if all(ts):
+                break
+            t = "%s.x%d" % (base, i)
+            publish(s, t, "first")
+            o = [k for k, r in enumerate(rs) if r.cmd("EXISTS", "dx:{%s}:o" % t) == 1]
+            expect_eq(len(o), 1, "servers holding the keys of " + t)
+            ts[o[0]] = ts[o[0]] or t
+        check(all(ts), "topics on both servers: %r" % ts)
+        jp = await jconnect(s)  # a pattern over both servers' topics
+        await jp.ack("sub", topic=base + ".*")
+        for t in ts:  # confirmed on each server (its owner's PSUBSCRIBE there)
+            await pattern_active(jp, t, s)
+        subs = {t: [] for t in ts}
+        for t in ts:
+            for _ in range(16):  # spread over the 4 workers (SO_REUSEPORT)
+                j = await jconnect(s)
+                await j.sub(t)
+                subs[t].append(j)
+        for k, t in enumerate(ts):
+            expect_eq(numsub(rs[k], "dx:m:" + t), 1, "NUMSUB of %s on its server %d" % (t, k + 1))
+            expect_eq(numsub(rs[1 - k], "dx:m:" + t), 0, "NUMSUB of %s on the other server" % t)
+        wait_for(lambda: metric_sum(metrics(s), "duplex_bus_subscriptions")[0] == 4, 10,
+                 "duplex_bus_subscriptions 4: the 2 topics, the pattern on each server")
+        m0 = metrics(s)
+        first = {}
+        for t in ts:
+            p = publish(s, t, "m1")
+            first[t] = (p["offset"], p["epoch"])
+        n = 150
+        killed = []
+
+        def publisher():
+            for i in range(2, n + 1):
+                for t in ts:
+                    publish(s, t, "m%d" % i)
+                if i in (50, 110):
+                    wait_for(lambda: health(s) == (200, "ok\n"), 30, "relay node back to ok", step=0.05)
+                    killed.append(rs[0].cmd("CLIENT", "KILL", "TYPE", "pubsub"))
+
+        th = threading.Thread(target=publisher)
+        th.start()
+        try:
+            for t in ts:
+                off, ep = first[t]
+                for k, j in enumerate(subs[t]):
+                    await expect_msgs(j, t, off, off + n - 1, ep, "%s subscriber %d" % (t, k))
+            got = {t: [] for t in ts}
+            for _ in range(2 * n):
+                m = await jp.msg(timeout=15, what="pattern delivery")
+                got[m["topic"]].append(m["offset"])
+            for t in ts:
+                expect_eq(got[t], list(range(first[t][0], first[t][0] + n)), "pattern deliveries of " + t)
+        finally:
+            th.join()
+        check(all(isinstance(k, int) and k >= 1 for k in killed), "CLIENT KILL answers: %r" % killed)
+        for k, t in enumerate(ts):
+            wait_for(lambda: numsub(rs[k], "dx:m:" + t) == 1, 15, "%s subscribed again on its server" % t)
+            expect_eq(numsub(rs[1 - k], "dx:m:" + t), 0, "NUMSUB of %s on the other server after the kills" % t)
+        m1 = metrics(s)
+        rel = metric_sum(m1, "duplex_bus_relayed_total")[0] - metric_sum(m0, "duplex_bus_relayed_total")[0]
+        check(rel >= 2 * n, "messages forwarded by the owners: %d for %d messages" % (rel, 2 * n))
+        say("  2 servers, 4 workers: 1 subscription per topic on its server, %d forwards, recovered %d" % (
+            rel, metric_sum(m1, "duplex_bus_recovered_total")[0]))
+        for js in subs.values():
+            for j in js:
+                await j.quiet(0.05)
+                await j.close()
+        await jp.close()
+        for k, t in enumerate(ts):
+            wait_for(lambda: numsub(rs[k], "dx:m:" + t) == 0, 10, "no subscription of %s left" % t)
+        wait_for(lambda: metric_sum(metrics(s), "duplex_bus_subscriptions")[0] == 0, 10,
+                 "duplex_bus_subscriptions back to 0")
+    finally:
+        s.stop()
+
+
 def test_bad_lists_refused():
     p1, p2 = free_port(), free_port()
     for url, what in (("redis://127.0.0.1:%d,,redis://127.0.0.1:%d" % (p1, p2), "URL 2 of the list is empty"),
@@ -308,6 +402,7 @@ if __name__ == "__main__":
         test_pubsub_resume_history_presence_every_server,
         test_pattern_over_every_server,
         test_disconnect_every_user_server,
+        test_relay_two_servers_one_subscription_per_node,
         test_one_server_down_others_work_then_recover,
         test_every_server_down_unhealthy,
     ])

@@ -7,6 +7,13 @@
  * lists across nodes, /api/disconnect counts summed over nodes, and
  * cluster-wide connections per user, including a node that stops
  * refreshing (its loop stopped: its counts expire with --presence-ttl).
+ * The in-node relay (redis_relay.c) on one bus with 4 workers on 4 loop
+ * threads: one Redis subscription per channel for the node (PUBSUB NUMSUB
+ * and NUMPAT, read with hiredis's blocking API from the test's thread),
+ * every worker gets every entry in order, through a loss of every pub/sub
+ * connection too; subscribe/leave churn from every worker at once ends
+ * with no subscription; the bus freed while entries are in flight between
+ * workers (ASan, TSan: this program runs whole under TSan).
  * Publish/subscribe, resume and faults are covered end to end by
  * tests/gateway/test_redis.py.
  */
@@ -14,6 +21,8 @@
 #include "testutil.h"
 
 #include "bus/redis.h"
+
+#include <hiredis/hiredis.h>
 
 #include <fcntl.h>
 #include <signal.h>
@@ -379,11 +388,339 @@ static void test_cluster_users_presence_disconnect(void **state)
     redis_stop();
 }
 
+
+/* ---- the in-node relay: one bus, 4 workers on 4 loops ---- */
+
+#define MW 4
+
+typedef struct wrec {
+    struct mnode *m;
+    unsigned index;
+    const char *topic;          /* deliveries of this topic are checked */
+    _Atomic uint64_t got;       /* entries of `topic` delivered here */
+    _Atomic uint64_t last;      /* the last offset */
+    _Atomic uint64_t disorder;  /* entries not last + 1 */
+    _Atomic int subs;           /* subscribe completions */
+    _Atomic int sub_errs;
+    _Atomic int pubs;           /* publish completions */
+    _Atomic int pub_errs;
+} wrec;
+
+typedef struct mnode {
+    dx__bus *bus;
+    dx_loop *loop[MW];
+    pthread_t th[MW];
+    wrec rec[MW];
+} mnode;
+
+static void mw_deliver(void *ud, dx__bus_topic *t, dx__gw_entry *e)
+{
+    wrec *r = ud;
+    if (!r->topic || strcmp(t->name, r->topic) != 0)
+        return;
+    uint64_t off = dx__gw_entry_offset(e);
+    if (off != atomic_load(&r->last) + 1)
+        atomic_fetch_add(&r->disorder, 1);
+    atomic_store(&r->last, off);
+    atomic_fetch_add(&r->got, 1);
+}
+
+static const dx__bus_events mw_events = {mw_deliver, ev_disconnect_user, NULL, NULL};
+
+static void mnode_start(mnode *m)
+{
+    memset(m, 0, sizeof *m);
+    char url[64], why[256];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%u", redis_port);
+    dx__bus_redis_opts o = {.workers = MW, .url = url, .presence_ttl_ms = 600};
+    dx__gw_log_opts_default(&o.history);
+    int err = 0;
+    m->bus = dx__bus_redis_new(&o, &err, why, sizeof why);
+    if (!m->bus)
+        fail_msg("dx__bus_redis_new: %s (%s)", dx_strerror(err), why);
+    for (unsigned i = 0; i < MW; i++) {
+        m->rec[i].m = m;
+        m->rec[i].index = i;
+        m->loop[i] = dx_loop_new(NULL, &err);
+        assert_non_null(m->loop[i]);
+        assert_int_equal(dx__bus_attach(m->bus, i, m->loop[i], &mw_events, &m->rec[i]), 0);
+    }
+    for (unsigned i = 0; i < MW; i++)
+        assert_int_equal(pthread_create(&m->th[i], NULL, dx_test_loop_thread, m->loop[i]), 0);
+}
+
+static void mnode_wait_healthy(mnode *m)
+{
+    uint64_t until = dx_test_mono_ms() + 20000;
+    while (!dx__bus_healthy(m->bus)) {
+        if (dx_test_mono_ms() > until)
+            fail_msg("the bus did not reach Redis within 20 s");
+        usleep(10000);
+    }
+}
+
+static void mnode_free(mnode *m)
+{
+    for (unsigned i = 0; i < MW; i++)
+        dx_loop_stop(m->loop[i]);
+    for (unsigned i = 0; i < MW; i++)
+        pthread_join(m->th[i], NULL);
+    dx__bus_free(m->bus);
+    for (unsigned i = 0; i < MW; i++)
+        dx_loop_free(m->loop[i]);
+}
+
+typedef struct mcall {
+    wrec *r;
+    const char *topic;
+    int n;        /* repetitions */
+    bool leave;   /* subscribe then leave at once, n times */
+    long delta;   /* patterns */
+} mcall;
+
+static void mw_sub_done(void *ud, int err, dx__bus_topic *t, dx__gw_snapshot *snap)
+{
+    wrec *r = ud;
+    (void)t;
+    (void)snap;
+    if (err)
+        atomic_fetch_add(&r->sub_errs, 1);
+    atomic_fetch_add(&r->subs, 1);
+}
+
+static void mw_pub_done(void *ud, int err, uint64_t offset, const char *epoch)
+{
+    wrec *r = ud;
+    (void)offset;
+    (void)epoch;
+    if (err)
+        atomic_fetch_add(&r->pub_errs, 1);
+    atomic_fetch_add(&r->pubs, 1);
+}
+
+static void do_msub(void *arg)
+{
+    mcall *c = arg;
+    dx__bus *b = c->r->m->bus;
+    for (int i = 0; i < c->n; i++) {
+        assert_int_equal(dx__bus_subscribe(b, c->r->index, c->topic, strlen(c->topic), NULL, 0, true, false, 0, NULL,
+                                           0, mw_sub_done, c->r),
+                         0);
+        if (c->leave)
+            dx__bus_leave(b, c->r->index, c->topic, strlen(c->topic), NULL, 0);
+    }
+}
+
+static void do_mleave(void *arg)
+{
+    mcall *c = arg;
+    for (int i = 0; i < c->n; i++)
+        dx__bus_leave(c->r->m->bus, c->r->index, c->topic, strlen(c->topic), NULL, 0);
+}
+
+static void do_mpattern(void *arg)
+{
+    mcall *c = arg;
+    for (int i = 0; i < c->n; i++)
+        dx__bus_pattern(c->r->m->bus, c->r->index, c->topic, strlen(c->topic), c->delta);
+}
+
+static void do_mpub(void *arg)
+{
+    mcall *c = arg;
+    for (int i = 0; i < c->n; i++) {
+        char body[32];
+        int n = snprintf(body, sizeof body, "m%d", i);
+        int rc = dx__bus_publish(c->r->m->bus, c->r->index, c->topic, strlen(c->topic), DX__GW_KIND_TEXT, body,
+                                 (size_t)n, mw_pub_done, c->r);
+        if (rc) { /* refused at once: counted as a completion with an error */
+            atomic_fetch_add(&c->r->pub_errs, 1);
+            atomic_fetch_add(&c->r->pubs, 1);
+        }
+    }
+}
+
+static void wait_atomic(_Atomic int *v, int n, const char *what)
+{
+    uint64_t until = dx_test_mono_ms() + 20000;
+    while (atomic_load(v) < n) {
+        if (dx_test_mono_ms() > until)
+            fail_msg("%s: %d of %d within 20 s", what, atomic_load(v), n);
+        usleep(5000);
+    }
+}
+
+static void wait_got(wrec *r, uint64_t n, const char *what)
+{
+    uint64_t until = dx_test_mono_ms() + 20000;
+    while (atomic_load(&r->got) < n) {
+        if (dx_test_mono_ms() > until)
+            fail_msg("%s: worker %u got %llu of %llu within 20 s", what, r->index,
+                     (unsigned long long)atomic_load(&r->got), (unsigned long long)n);
+        usleep(5000);
+    }
+}
+
+/* PUBSUB NUMSUB dx:m:<topic>, or (topic NULL) PUBSUB NUMPAT. */
+static long long redis_numsub(const char *topic)
+{
+    redisContext *c = redisConnect("127.0.0.1", (int)redis_port);
+    assert_non_null(c);
+    assert_int_equal(c->err, 0);
+    redisReply *r = topic ? redisCommand(c, "PUBSUB NUMSUB dx:m:%s", topic) : redisCommand(c, "PUBSUB NUMPAT");
+    assert_non_null(r);
+    long long n = -1;
+    if (topic && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[1]->type == REDIS_REPLY_INTEGER)
+        n = r->element[1]->integer;
+    else if (!topic && r->type == REDIS_REPLY_INTEGER)
+        n = r->integer;
+    freeReplyObject(r);
+    redisFree(c);
+    return n;
+}
+
+static void wait_numsub(const char *topic, long long want, const char *what)
+{
+    uint64_t until = dx_test_mono_ms() + 20000;
+    long long n;
+    while ((n = redis_numsub(topic)) != want) {
+        if (dx_test_mono_ms() > until)
+            fail_msg("%s: %s %s is %lld, expected %lld", what, topic ? "NUMSUB" : "NUMPAT", topic ? topic : "", n,
+                     want);
+        usleep(10000);
+    }
+}
+
+static void redis_kill_pubsub(void)
+{
+    redisContext *c = redisConnect("127.0.0.1", (int)redis_port);
+    assert_non_null(c);
+    redisReply *r = redisCommand(c, "CLIENT KILL TYPE pubsub");
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    assert_true(r->integer >= 1);
+    freeReplyObject(r);
+    redisFree(c);
+}
+
+static void publish_from(mnode *m, unsigned w, const char *topic, int n)
+{
+    int before = atomic_load(&m->rec[w].pubs);
+    mcall c = {.r = &m->rec[w], .topic = topic, .n = n};
+    dx_test_on_loop(m->loop[w], do_mpub, &c);
+    wait_atomic(&m->rec[w].pubs, before + n, "publish completions");
+    assert_int_equal(atomic_load(&m->rec[w].pub_errs), 0);
+}
+
+static void test_relay_one_subscription_per_node(void **state)
+{
+    (void)state;
+    redis_start();
+    mnode m;
+    mnode_start(&m);
+    mnode_wait_healthy(&m);
+    static const char *const topic = "relay.room";
+
+    /* every worker subscribes (twice): one Redis subscription for the node */
+    for (unsigned i = 0; i < MW; i++) {
+        m.rec[i].topic = topic;
+        mcall c = {.r = &m.rec[i], .topic = topic, .n = 2};
+        dx_test_on_loop(m.loop[i], do_msub, &c);
+    }
+    for (unsigned i = 0; i < MW; i++) {
+        wait_atomic(&m.rec[i].subs, 2, "subscribe completions");
+        assert_int_equal(atomic_load(&m.rec[i].sub_errs), 0);
+    }
+    assert_int_equal(redis_numsub(topic), 1);
+    dx__bus_stats st;
+    dx__bus_stats_get(m.bus, &st);
+    assert_int_equal(st.bus_subscriptions, 1);
+
+    /* every entry reaches every worker, in order, one forward per worker */
+    publish_from(&m, 1, topic, 50);
+    for (unsigned i = 0; i < MW; i++)
+        wait_got(&m.rec[i], 50, "live entries through the owner");
+    dx__bus_stats_get(m.bus, &st);
+    assert_int_equal(st.relayed, 50 * MW);
+
+    /* every pub/sub connection killed: publishes meanwhile are read back,
+     * later ones come live, each worker has every offset once, in order */
+    redis_kill_pubsub();
+    publish_from(&m, 2, topic, 20);
+    mnode_wait_healthy(&m);
+    wait_numsub(topic, 1, "subscribed again by the owner alone");
+    publish_from(&m, 3, topic, 20);
+    for (unsigned i = 0; i < MW; i++) {
+        wait_got(&m.rec[i], 90, "entries after the pub/sub connections were lost");
+        assert_int_equal(atomic_load(&m.rec[i].last), 90);
+        assert_int_equal(atomic_load(&m.rec[i].disorder), 0);
+        assert_int_equal(atomic_load(&m.rec[i].got), 90);
+    }
+
+    /* everyone leaves: unsubscribed in Redis */
+    for (unsigned i = 0; i < MW; i++) {
+        mcall c = {.r = &m.rec[i], .topic = topic, .n = 2};
+        dx_test_on_loop(m.loop[i], do_mleave, &c);
+    }
+    wait_numsub(topic, 0, "after every worker left");
+
+    /* churn: every worker subscribes and leaves 8 topics 25 times each at
+     * once, and a pattern +1/-1: nothing stays subscribed */
+    static const char *const churn[8] = {"ch.a", "ch.b", "ch.c", "ch.d", "ch.e", "ch.f", "ch.g", "ch.h"};
+    for (unsigned i = 0; i < MW; i++)
+        atomic_store(&m.rec[i].subs, 0);
+    for (int k = 0; k < 8; k++) {
+        for (unsigned i = 0; i < MW; i++) {
+            mcall c = {.r = &m.rec[i], .topic = churn[k], .n = 25, .leave = true};
+            dx_test_on_loop(m.loop[i], do_msub, &c);
+            mcall p = {.r = &m.rec[i], .topic = "ch.*", .n = 1, .delta = (k % 2) ? -1 : 1};
+            dx_test_on_loop(m.loop[i], do_mpattern, &p);
+        }
+    }
+    for (unsigned i = 0; i < MW; i++)
+        wait_atomic(&m.rec[i].subs, 8 * 25, "churn subscribe completions");
+    for (int k = 0; k < 8; k++)
+        wait_numsub(churn[k], 0, "after the churn");
+    wait_numsub(NULL, 0, "patterns after the churn");
+    /* a pattern held by every worker: one PSUBSCRIBE for the node */
+    for (unsigned i = 0; i < MW; i++) {
+        mcall p = {.r = &m.rec[i], .topic = "pt.*", .n = 1, .delta = 1};
+        dx_test_on_loop(m.loop[i], do_mpattern, &p);
+    }
+    wait_numsub(NULL, 1, "a pattern on every worker");
+    for (unsigned i = 0; i < MW; i++) {
+        mcall p = {.r = &m.rec[i], .topic = "pt.*", .n = 1, .delta = -1};
+        dx_test_on_loop(m.loop[i], do_mpattern, &p);
+    }
+    wait_numsub(NULL, 0, "the pattern left by every worker");
+    dx__bus_stats_get(m.bus, &st);
+    assert_int_equal(st.bus_subscriptions, 0);
+
+    /* freed while entries are in flight between workers (queued, posted) */
+    static const char *const fl = "relay.flight";
+    for (unsigned i = 0; i < MW; i++) {
+        m.rec[i].topic = fl;
+        atomic_store(&m.rec[i].got, 0);
+        atomic_store(&m.rec[i].last, 0);
+        atomic_store(&m.rec[i].subs, 0);
+        mcall c = {.r = &m.rec[i], .topic = fl, .n = 1};
+        dx_test_on_loop(m.loop[i], do_msub, &c);
+    }
+    for (unsigned i = 0; i < MW; i++)
+        wait_atomic(&m.rec[i].subs, 1, "subscribe completions");
+    mcall pc = {.r = &m.rec[0], .topic = fl, .n = 300};
+    dx_test_on_loop(m.loop[0], do_mpub, &pc);
+    wait_got(&m.rec[1], 1, "the first entry in flight");
+    mnode_free(&m);
+    redis_stop();
+}
+
 int main(void)
 {
     dx_test_filter_from_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cluster_users_presence_disconnect),
+        cmocka_unit_test(test_relay_one_subscription_per_node),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     redis_stop();
