@@ -34,6 +34,9 @@ typedef struct dx__redis_url {
     int db;           /* [0] */
 } dx__redis_url;
 
+/* Formats a one-line reason into why (when given); returns DX_EINVAL. */
+int dx__redis_why(char *why, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Parses url into *out. 0, or DX_EINVAL with a one-line reason in why. */
 int dx__redis_url_parse(const char *url, dx__redis_url *out, char *why, size_t why_len);
 

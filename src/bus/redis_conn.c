@@ -15,6 +15,20 @@
 
 /* ---- connections -------------------------------------------------------------- */
 
+void dx__rb_barrier_lost(rreq *r)
+{
+    if (r->have_reply) {
+        if (!r->rc)
+            dx__gw_snapshot_deinit(&r->snap);
+        r->rc = DX_EIO;
+        dx__rb_read_answer(r, DX_EIO, &r->snap);
+    } else {
+        r->have_barrier = true; /* not waited for */
+        r->rc = DX_EIO;
+        r->lost_barrier = true;
+    }
+}
+
 int dx__rb_tls_setup(rbus *b, const dx__bus_redis_opts *o, char *why, size_t why_len)
 {
     b->o.tls_ca = b->o.tls_cert = b->o.tls_key = NULL; /* not kept: loaded here */
@@ -138,16 +152,7 @@ void dx__rb_conn_down(rconn *c, const char *why)
         while (r) {
             rreq *next = r->next;
             r->next = NULL;
-            if (r->have_reply) {
-                if (!r->rc)
-                    dx__gw_snapshot_deinit(&r->snap);
-                r->rc = DX_EIO;
-                dx__rb_read_answer(r, DX_EIO, &r->snap);
-            } else {
-                r->have_barrier = true; /* not waited for */
-                r->rc = DX_EIO;
-                r->lost_barrier = true;
-            }
+            dx__rb_barrier_lost(r);
             r = next;
         }
         if (w->slots) /* cluster: topics whose slot is known to be elsewhere go there now */

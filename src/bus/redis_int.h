@@ -354,6 +354,10 @@ void dx__rb_on_ignore(dx__rio *io, void *reply, void *pd);
 void dx__rb_on_tick(dx_timer *tm, void *ud);
 /* Writes w's presence entry for t (its count and users, or its removal). */
 void dx__rb_presence_push(rworker *w, rtopic *t);
+/* Subscribe read r (off its server's barrier list) will not get its barrier:
+ * answered DX_EIO now if its reply came (the answer would not be ordered with
+ * the live entries), else marked so its reply, when it comes, only frees it. */
+void dx__rb_barrier_lost(rreq *r);
 /* c was lost (or dropped): state reset, requests waiting on it failed, a reconnect scheduled. */
 void dx__rb_conn_down(rconn *c, const char *why);
 

@@ -12,6 +12,7 @@
  */
 #define _GNU_SOURCE
 #include "bus/redis_io.h"
+#include "bus/redis.h"
 #include "core/seams.h"
 #include "net/transport.h"
 
@@ -528,17 +529,6 @@ size_t dx__rio_queued_bytes(const dx__rio *io) { return io->olen - io->opos; }
 
 /* ---- connecting ------------------------------------------------------------------------- */
 
-static int why_set(char *why, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int why_set(char *why, size_t len, const char *fmt, ...)
-{
-    if (why && len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(why, len, fmt, ap);
-        va_end(ap);
-    }
-    return DX_EINVAL;
-}
 
 dx__rio *dx__rio_new(dx_loop *loop, const dx__rio_opts *o, int *err, char *why, size_t why_len)
 {
@@ -552,7 +542,7 @@ dx__rio *dx__rio_new(dx_loop *loop, const dx__rio_opts *o, int *err, char *why, 
     if (o->unix_path) {
         struct sockaddr_un *un = (struct sockaddr_un *)&ss;
         if (strlen(o->unix_path) >= sizeof un->sun_path) {
-            why_set(why, why_len, "Unix socket path too long: %s", o->unix_path);
+            dx__redis_why(why, why_len, "Unix socket path too long: %s", o->unix_path);
             goto fail;
         }
         un->sun_family = AF_UNIX;
@@ -562,7 +552,7 @@ dx__rio *dx__rio_new(dx_loop *loop, const dx__rio_opts *o, int *err, char *why, 
         struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
         struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
         if (!o->addr || o->port <= 0 || o->port > 65535) {
-            why_set(why, why_len, "no Redis address or a bad port");
+            dx__redis_why(why, why_len, "no Redis address or a bad port");
             goto fail;
         }
         if (inet_pton(AF_INET, o->addr, &a4->sin_addr) == 1) {
@@ -574,12 +564,12 @@ dx__rio *dx__rio_new(dx_loop *loop, const dx__rio_opts *o, int *err, char *why, 
             a6->sin6_port = htons((uint16_t)o->port);
             sl = sizeof *a6;
         } else {
-            why_set(why, why_len, "not a numeric address: %s", o->addr);
+            dx__redis_why(why, why_len, "not a numeric address: %s", o->addr);
             goto fail;
         }
     }
     if (o->tls && (!o->tls_host || strlen(o->tls_host) >= sizeof io->tls_host)) {
-        why_set(why, why_len, "TLS needs the server's name");
+        dx__redis_why(why, why_len, "TLS needs the server's name");
         goto fail;
     }
     e = DX_ENOMEM;
@@ -612,7 +602,7 @@ dx__rio *dx__rio_new(dx_loop *loop, const dx__rio_opts *o, int *err, char *why, 
     io->s.fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (io->s.fd < 0) {
         e = DX_EIO;
-        why_set(why, why_len, "socket: %s", strerror(errno));
+        dx__redis_why(why, why_len, "socket: %s", strerror(errno));
         goto fail;
     }
     if (ss.ss_family != AF_UNIX) {
@@ -624,7 +614,7 @@ dx__rio *dx__rio_new(dx_loop *loop, const dx__rio_opts *o, int *err, char *why, 
     int cerr = rc == 0 ? 0 : errno;
     io->watch = dx_watch_new(loop, io->s.fd, 0, on_event, io, &e);
     if (!io->watch) {
-        why_set(why, why_len, "cannot watch the socket: %s", dx_strerror(e));
+        dx__redis_why(why, why_len, "cannot watch the socket: %s", dx_strerror(e));
         goto fail;
     }
     if (cerr && cerr != EINPROGRESS) {

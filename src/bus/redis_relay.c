@@ -405,16 +405,7 @@ static void chan_down(rworker *w, rshard *sh, bool pat, const char *ch, size_t l
         }
         *pp = r->next;
         r->next = NULL;
-        if (r->have_reply) {
-            if (!r->rc)
-                dx__gw_snapshot_deinit(&r->snap);
-            r->rc = DX_EIO;
-            dx__rb_read_answer(r, DX_EIO, &r->snap);
-        } else {
-            r->have_barrier = true; /* not waited for */
-            r->rc = DX_EIO;
-            r->lost_barrier = true;
-        }
+        dx__rb_barrier_lost(r);
     }
 }
 

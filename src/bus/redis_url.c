@@ -5,14 +5,13 @@
  */
 #define _GNU_SOURCE
 #include "bus/redis.h"
+#include "core/hex.h"
 
-#include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
-static int why_set(char *why, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int why_set(char *why, size_t len, const char *fmt, ...)
+int dx__redis_why(char *why, size_t len, const char *fmt, ...)
 {
     if (why && len) {
         va_list ap;
@@ -21,14 +20,6 @@ static int why_set(char *why, size_t len, const char *fmt, ...)
         va_end(ap);
     }
     return DX_EINVAL;
-}
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
 /* Percent-decodes s[0..n) into out (cap bytes with the NUL); -1 if bad or too long. */
@@ -40,7 +31,7 @@ static int pct(const char *s, size_t n, char *out, size_t cap)
         if (c == '%') {
             if (i + 2 >= n)
                 return -1;
-            int h = hexval(s[i + 1]), l = hexval(s[i + 2]);
+            int h = dx__hexval(s[i + 1]), l = dx__hexval(s[i + 2]);
             if (h < 0 || l < 0)
                 return -1;
             c = h * 16 + l;
@@ -75,7 +66,7 @@ int dx__redis_url_parse(const char *url, dx__redis_url *out, char *why, size_t w
     memset(out, 0, sizeof *out);
     out->port = 6379;
     if (!url)
-        return why_set(why, why_len, "no Redis URL");
+        return dx__redis_why(why, why_len, "no Redis URL");
     const char *p;
     if (strncmp(url, "unix://", 7) == 0) {
         out->unix_socket = true;
@@ -83,9 +74,9 @@ int dx__redis_url_parse(const char *url, dx__redis_url *out, char *why, size_t w
         const char *q = strchr(p, '?');
         size_t n = q ? (size_t)(q - p) : strlen(p);
         if (n == 0 || p[0] != '/')
-            return why_set(why, why_len, "unix:// URL needs an absolute path (unix:///path/to/socket)");
+            return dx__redis_why(why, why_len, "unix:// URL needs an absolute path (unix:///path/to/socket)");
         if (pct(p, n, out->path, sizeof out->path) != 0)
-            return why_set(why, why_len, "unix socket path too long or badly encoded");
+            return dx__redis_why(why, why_len, "unix socket path too long or badly encoded");
         /* ?db=N&user=U&password=P, any order */
         while (q && *q) {
             const char *k = q + 1;
@@ -100,7 +91,7 @@ int dx__redis_url_parse(const char *url, dx__redis_url *out, char *why, size_t w
                      pct(k + 9, kn - 9, out->pass, sizeof out->pass) == 0)
                 ;
             else
-                return why_set(why, why_len, "unix:// URL: after the path only ?db=N&user=U&password=P");
+                return dx__redis_why(why, why_len, "unix:// URL: after the path only ?db=N&user=U&password=P");
             q = amp;
         }
         return 0;
@@ -111,7 +102,7 @@ int dx__redis_url_parse(const char *url, dx__redis_url *out, char *why, size_t w
         out->tls = true;
         p = url + 9;
     } else {
-        return why_set(why, why_len, "Redis URL must start with redis://, rediss:// or unix://");
+        return dx__redis_why(why, why_len, "Redis URL must start with redis://, rediss:// or unix://");
     }
     const char *end = p + strcspn(p, "/?#");
     const char *at = NULL;
@@ -123,9 +114,9 @@ int dx__redis_url_parse(const char *url, dx__redis_url *out, char *why, size_t w
         if (colon) {
             if (pct(p, (size_t)(colon - p), out->user, sizeof out->user) != 0 ||
                 pct(colon + 1, (size_t)(at - colon - 1), out->pass, sizeof out->pass) != 0)
-                return why_set(why, why_len, "Redis URL: user or password too long or badly encoded");
+                return dx__redis_why(why, why_len, "Redis URL: user or password too long or badly encoded");
         } else if (pct(p, (size_t)(at - p), out->pass, sizeof out->pass) != 0) {
-            return why_set(why, why_len, "Redis URL: password too long or badly encoded");
+            return dx__redis_why(why, why_len, "Redis URL: password too long or badly encoded");
         }
         p = at + 1;
     }
@@ -133,9 +124,9 @@ int dx__redis_url_parse(const char *url, dx__redis_url *out, char *why, size_t w
     if (*p == '[') {
         const char *rb = memchr(p, ']', (size_t)(end - p));
         if (!rb)
-            return why_set(why, why_len, "Redis URL: unterminated [IPv6] host");
+            return dx__redis_why(why, why_len, "Redis URL: unterminated [IPv6] host");
         if ((size_t)(rb - p - 1) >= sizeof out->host || rb == p + 1)
-            return why_set(why, why_len, "Redis URL: bad host");
+            return dx__redis_why(why, why_len, "Redis URL: bad host");
         memcpy(out->host, p + 1, (size_t)(rb - p - 1));
         hend = rb + 1;
     } else {
@@ -143,22 +134,22 @@ int dx__redis_url_parse(const char *url, dx__redis_url *out, char *why, size_t w
         while (hend < end && *hend != ':')
             hend++;
         if (hend == p || (size_t)(hend - p) >= sizeof out->host)
-            return why_set(why, why_len, "Redis URL: missing or too long host");
+            return dx__redis_why(why, why_len, "Redis URL: missing or too long host");
         memcpy(out->host, p, (size_t)(hend - p));
     }
     if (hend < end) {
         long port;
         if (*hend != ':' || parse_uint(hend + 1, (size_t)(end - hend - 1), 65535, &port) != 0 || port == 0)
-            return why_set(why, why_len, "Redis URL: bad port");
+            return dx__redis_why(why, why_len, "Redis URL: bad port");
         out->port = (int)port;
     }
     if (*end == '/' && end[1]) {
         long db;
         if (parse_uint(end + 1, strlen(end + 1), 1000000, &db) != 0)
-            return why_set(why, why_len, "Redis URL: the path must be a database number (/0)");
+            return dx__redis_why(why, why_len, "Redis URL: the path must be a database number (/0)");
         out->db = (int)db;
     } else if (*end && !(*end == '/' && !end[1])) {
-        return why_set(why, why_len, "Redis URL: unexpected '%s'", end);
+        return dx__redis_why(why, why_len, "Redis URL: unexpected '%s'", end);
     }
     return 0;
 }

@@ -4,6 +4,7 @@
  * lists. Moved out of gateway.c (its size).
  */
 #include "gateway/gw.h"
+#include "core/hex.h"
 
 #include <string.h>
 
@@ -26,16 +27,6 @@ bool gw_query_get(const char *q, size_t qlen, const char *key, const char **v, s
     return false;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 long gw_pct_decode(const char *s, size_t len, char *out, size_t cap)
 {
@@ -45,7 +36,7 @@ long gw_pct_decode(const char *s, size_t len, char *out, size_t cap)
         if (c == '%') {
             if (i + 2 >= len)
                 return -1;
-            int h = hexval(s[i + 1]), l = hexval(s[i + 2]);
+            int h = dx__hexval(s[i + 1]), l = dx__hexval(s[i + 2]);
             if (h < 0 || l < 0)
                 return -1;
             c = (char)(h * 16 + l);

@@ -12,6 +12,7 @@
  * state and gives the same data and verdict for any split of its input.
  */
 #include "proto/http.h"
+#include "core/hex.h"
 
 #include <limits.h>
 
@@ -391,16 +392,6 @@ void dx__http_chunked_init(dx_http_chunked *d) { memset(d, 0, sizeof *d); }
 
 uint64_t dx__http_chunked_left(const dx_http_chunked *d) { return d->state == C_DATA ? d->size : 0; }
 
-static int hexdigit(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 int dx__http_chunked_step(dx_http_chunked *d, const uint8_t *in, size_t len, size_t *used, const uint8_t **data,
                           size_t *data_len)
@@ -436,7 +427,7 @@ int dx__http_chunked_step(dx_http_chunked *d, const uint8_t *in, size_t len, siz
         switch (d->state) {
         case C_SIZE0:
         case C_SIZE:
-            v = hexdigit(c);
+            v = dx__hexval(c);
             if (v >= 0) {
                 if (d->size >> 54) /* past 2^58: no real body is that big */
                     goto fail;

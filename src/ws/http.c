@@ -46,6 +46,7 @@
 #define _GNU_SOURCE
 #include "ws/ws.h"
 
+#include "core/hex.h"
 #include "core/log.h"
 #include "core/seams.h"
 
@@ -150,16 +151,6 @@ static const char *mime_type(const char *path)
     return "application/octet-stream";
 }
 
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
 
 /* Decodes the path part of a target into out; 0 or -1 when it is unsafe. */
 static int decode_path(const char *t, size_t len, char *out, size_t cap)
@@ -168,9 +159,9 @@ static int decode_path(const char *t, size_t len, char *out, size_t cap)
     for (size_t i = 0; i < len && t[i] != '?' && t[i] != '#'; i++) {
         char ch = t[i];
         if (ch == '%') {
-            if (i + 2 >= len + 0 || hexval(t[i + 1]) < 0 || hexval(t[i + 2]) < 0)
+            if (i + 2 >= len + 0 || dx__hexval(t[i + 1]) < 0 || dx__hexval(t[i + 2]) < 0)
                 return -1;
-            ch = (char)(hexval(t[i + 1]) * 16 + hexval(t[i + 2]));
+            ch = (char)(dx__hexval(t[i + 1]) * 16 + dx__hexval(t[i + 2]));
             i += 2;
         }
         if (ch == '\0' || ch == '\\' || o + 1 >= cap)
