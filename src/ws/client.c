@@ -71,18 +71,42 @@ typedef struct resolve_req {
     int gai_err;
 } resolve_req;
 
+/* A parsed URL as the client keeps it: host and path point into the
+ * client's string block (a dx_url holds fixed 4 KiB arrays: kept only on
+ * the stack while parsing). */
+typedef struct cl_url {
+    const char *host;
+    const char *path;
+    unsigned port;
+    bool tls, default_port;
+} cl_url;
+
+/* The longest Location header kept for dx_client_location (longer: not kept,
+ * the attempt still fails with DX_EHANDSHAKE). */
+#define CL_LOCATION_MAX 1023
+/* Why a connection died, kept between its mark and its end (truncated). */
+#define CL_WHY_MAX 511
+#define CL_EXT_OFFER_MAX 192
+
+/* Per-connection memory matters: `duplex bench --idle` holds one client per
+ * connection (up to hundreds of thousands per process), so nothing here is a
+ * fixed array sized for the worst case. Strings, the URL parts, the
+ * subprotocol and header tables and the deflate offer live in one block sized
+ * for this client (`strings`); a Location and a death reason are allocated
+ * only while there is one. test_client_footprint pins the budget. */
 struct dx_client {
     dx__ep ep; /* first */
     dx_client_options opt;
-    char *strings;         /* one block holding copies of every option string */
-    const char *protocols[MAX_PROTOCOLS];
-    dx_http_header xheaders[MAX_HEADERS];
+    char *strings;         /* one block: header table, protocol table, every string (see copy_strings) */
+    const char **protocols;
+    dx_http_header *xheaders;
     dx_ws_client_opts wsopts;
-    dx_url url, proxy;
+    cl_url url, proxy;
     bool use_proxy;
     bool socks;            /* the proxy speaks SOCKS5, not HTTP CONNECT */
     uint8_t socks_stage;   /* 1: method answer awaited; 2: CONNECT answer awaited */
-    char location[1024];   /* Location of the last 3xx answer, or "" */
+    bool user_closed, try_next;
+    char *location;        /* Location of the last 3xx answer (allocated), or NULL */
     int unix_errno;        /* a Unix-socket connect that failed at once, reported from the timer */
     dx__tls_ctx *tls;
     int state;
@@ -91,17 +115,16 @@ struct dx_client {
     resolve_req *pending;
     dx__timer timer;
     unsigned attempt;
-    bool user_closed, try_next;
     int last_err;
     /* Lifecycle (habit 6): calls the application makes never fire a
      * callback. dx_client_connect queues `kick` (the attempt starts from the
      * loop); dx_client_close queues `done` (on_done from the loop); why a
-     * connection died is kept here between its mark and its end. */
+     * connection died is kept here (allocated, or NULL) between its mark
+     * and its end. */
     dx__deferred kick, done;
-    char why[512];
-    bool has_why;
+    char *why;
     char key[25];
-    char ext_offer[192];   /* the permessage-deflate offer, when opt.deflate.enable */
+    char *ext_offer;       /* the permessage-deflate offer (in `strings`), when opt.deflate.enable */
     dx_list queue;
     size_t q_msgs, q_bytes;
     dx_client_stats st;
@@ -114,10 +137,14 @@ static void attempt_failed(dx_client *cl, int err, const char *what);
 
 /* ---- options ----------------------------------------------------------------- */
 
-/* Copies every string option into one block and points the copies at it. */
-static int copy_strings(dx_client *cl, const dx_client_options *o)
+/* Copies every string option, the parsed URLs' host and path and room for
+ * the deflate offer into one block and points the copies at it. Layout:
+ * the header table, the protocol table (both pointer-aligned at the
+ * block's start), then the characters. */
+static int copy_strings(dx_client *cl, const dx_client_options *o, const dx_url *u, const dx_url *px)
 {
-    size_t need = 0;
+    size_t need = o->n_headers * sizeof(dx_http_header) + o->n_protocols * sizeof(const char *);
+    size_t tables = need;
 #define SZ(s) ((s) ? strlen(s) + 1 : 0)
     need += SZ(o->url) + SZ(o->origin) + SZ(o->proxy) + SZ(o->bind_addr) + SZ(o->ca_file);
     need += SZ(o->cert_file) + SZ(o->key_file) + SZ(o->unix_path);
@@ -125,10 +152,18 @@ static int copy_strings(dx_client *cl, const dx_client_options *o)
         need += SZ(o->protocols[i]);
     for (size_t i = 0; i < o->n_headers; i++)
         need += SZ(o->headers[i]);
+    need += SZ(u->host) + SZ(u->path);
+    if (px)
+        need += SZ(px->host);
+    if (o->deflate.enable)
+        need += CL_EXT_OFFER_MAX;
     cl->strings = dx__alloc(cl->ep.loop->seams, need ? need : 1);
     if (!cl->strings)
         return DX_ENOMEM;
-    char *p = cl->strings;
+    cl->xheaders = o->n_headers ? (dx_http_header *)(void *)cl->strings : NULL;
+    cl->protocols =
+        o->n_protocols ? (const char **)(void *)(cl->strings + o->n_headers * sizeof(dx_http_header)) : NULL;
+    char *p = cl->strings + tables;
 #define CP(dst, s)                                                                                                 \
     do {                                                                                                           \
         if (s) {                                                                                                   \
@@ -146,6 +181,17 @@ static int copy_strings(dx_client *cl, const dx_client_options *o)
     CP(cl->opt.cert_file, o->cert_file);
     CP(cl->opt.key_file, o->key_file);
     CP(cl->opt.unix_path, o->unix_path);
+    cl->url = (cl_url){.port = u->port, .tls = u->tls, .default_port = u->default_port};
+    CP(cl->url.host, u->host);
+    CP(cl->url.path, u->path);
+    if (px) {
+        cl->proxy = (cl_url){.port = px->port, .tls = px->tls, .default_port = px->default_port};
+        CP(cl->proxy.host, px->host);
+    }
+    if (o->deflate.enable) {
+        cl->ext_offer = p;
+        p += CL_EXT_OFFER_MAX;
+    }
     for (size_t i = 0; i < o->n_protocols; i++)
         CP(cl->protocols[i], o->protocols[i]);
     for (size_t i = 0; i < o->n_headers; i++) {
@@ -199,25 +245,28 @@ static dx_client *client_new(dx_loop *loop, const dx_client_options *o, int *err
     dx_list_init(&cl->done.node);
     dx__timer_init(&cl->timer, NULL);
     cl->opt = *o;
-    if ((e = copy_strings(cl, o)) != 0)
-        goto fail;
+    /* Parsed on the stack (dx_url is large), kept compact (copy_strings). */
+    dx_url u, px;
     e = DX_EINVAL;
-    if (dx__url_parse(cl->opt.url, true, false, &cl->url))
+    if (dx__url_parse(o->url, true, false, &u))
         goto fail;
-    if (cl->opt.proxy) {
+    if (o->proxy) {
         /* socks5://host:port is parsed with the http:// rules (host, port). */
-        const char *p = cl->opt.proxy;
+        const char *p = o->proxy;
         size_t skip = !strncasecmp(p, "socks5://", 9) ? 9 : !strncasecmp(p, "socks5h://", 10) ? 10 : 0;
         char tmp[DX_URL_HOST_MAX + 64];
         if (skip && (size_t)snprintf(tmp, sizeof tmp, "http://%s", p + skip) >= sizeof tmp)
             goto fail;
-        if (dx__url_parse(skip ? tmp : p, false, true, &cl->proxy))
+        if (dx__url_parse(skip ? tmp : p, false, true, &px))
             goto fail;
-        if (skip && cl->proxy.default_port)
-            cl->proxy.port = 1080;
+        if (skip && px.default_port)
+            px.port = 1080;
         cl->socks = skip != 0;
         cl->use_proxy = true;
     }
+    if ((e = copy_strings(cl, o, &u, cl->use_proxy ? &px : NULL)) != 0)
+        goto fail;
+    e = DX_EINVAL;
     if ((cl->opt.cert_file != NULL) != (cl->opt.key_file != NULL) || (cl->opt.unix_path && cl->use_proxy))
         goto fail;
     if (cl->opt.bind_addr) {
@@ -271,7 +320,7 @@ static dx_client *client_new(dx_loop *loop, const dx_client_options *o, int *err
     cl->ep.opt.deflate = o->deflate;
     if (!dx__deflate_options_valid(&o->deflate))
         goto fail;
-    if (o->deflate.enable && dx__pmd_client_offer(&o->deflate, cl->ext_offer, sizeof cl->ext_offer) < 0)
+    if (o->deflate.enable && dx__pmd_client_offer(&o->deflate, cl->ext_offer, CL_EXT_OFFER_MAX) < 0)
         goto fail;
     e = DX_ENOMEM;
     if (dx__ep_deflate_start(&cl->ep))
@@ -589,7 +638,8 @@ static void start_attempt(dx_client *cl)
 {
     cl->st.attempts++;
     cl->try_next = false;
-    cl->location[0] = 0;
+    dx__free(cl->ep.loop->seams, cl->location);
+    cl->location = NULL;
     if (cl->opt.unix_path) {
         connect_unix(cl);
         return;
@@ -904,17 +954,20 @@ void dx__client_response(dx_conn *c, const dx_http_response *resp)
     dx_ws_ext_offer exts[4];
     int rc = dx__ws_client_check(resp, cl->key, &cl->wsopts, &proto, &plen, exts, 4, &nexts);
     if (rc) {
-        char what[640 + sizeof cl->location];
+        char what[640 + CL_LOCATION_MAX + 1];
         const dx_http_header *loc = resp->status / 100 == 3
                                         ? dx__http_find(resp->headers, resp->n_headers, "location")
                                         : NULL;
-        if (loc && loc->value_len < sizeof cl->location) {
+        dx__free(c->ep->loop->seams, cl->location);
+        cl->location = NULL;
+        if (loc && loc->value_len && loc->value_len <= CL_LOCATION_MAX &&
+            (cl->location = dx__alloc(c->ep->loop->seams, loc->value_len + 1)) != NULL) {
             memcpy(cl->location, loc->value, loc->value_len);
             cl->location[loc->value_len] = 0;
         }
         if (resp->status != 101)
             snprintf(what, sizeof what, "handshake refused: HTTP %d %.*s%s%s", resp->status, (int)resp->reason_len,
-                     resp->reason, cl->location[0] ? "; Location: " : "", cl->location);
+                     resp->reason, cl->location ? "; Location: " : "", cl->location ? cl->location : "");
         else
             snprintf(what, sizeof what, "handshake failed: %s", dx_strerror(rc));
         cl->last_err = DX_EHANDSHAKE;
@@ -979,9 +1032,16 @@ void dx__client_conn_marked(dx_conn *c, const char *why)
     dx_client *cl = client_of(c);
     if (cl->conn != c)
         return;
-    cl->has_why = why != NULL;
-    if (why)
-        snprintf(cl->why, sizeof cl->why, "%s", why);
+    dx__free(c->ep->loop->seams, cl->why);
+    cl->why = NULL;
+    if (why) {
+        size_t n = strnlen(why, CL_WHY_MAX);
+        /* Out of memory: the end is reported without its reason. */
+        if ((cl->why = dx__alloc(c->ep->loop->seams, n + 1)) != NULL) {
+            memcpy(cl->why, why, n);
+            cl->why[n] = 0;
+        }
+    }
 }
 
 void dx__client_conn_end(dx_conn *c)
@@ -990,7 +1050,16 @@ void dx__client_conn_end(dx_conn *c)
     if (cl->conn != c)
         return;
     cl->conn = NULL;
-    const char *why = cl->has_why ? cl->why : NULL;
+    /* The reason moves to the stack: the client holds no memory for it
+     * while no connection is ending. */
+    char whybuf[CL_WHY_MAX + 1];
+    const char *why = NULL;
+    if (cl->why) {
+        snprintf(whybuf, sizeof whybuf, "%s", cl->why);
+        dx__free(c->ep->loop->seams, cl->why);
+        cl->why = NULL;
+        why = whybuf;
+    }
     bool opened = (c->flags & CF_OPENED) != 0;
     if (!opened && cl->try_next && !cl->user_closed) {
         cl->try_next = false;
@@ -1070,7 +1139,7 @@ int dx_client_close(dx_client *cl, unsigned code, const char *reason, size_t len
     return 0;
 }
 
-const char *dx_client_location(const dx_client *cl) { return cl->location[0] ? cl->location : NULL; }
+const char *dx_client_location(const dx_client *cl) { return cl->location; }
 
 dx_conn *dx_client_conn(const dx_client *cl)
 {
@@ -1093,6 +1162,8 @@ static void client_release(dx_loop *loop, dx__deferred *d)
     queue_clear(cl);
     if (cl->addrs)
         freeaddrinfo(cl->addrs);
+    dx__free(loop->seams, cl->location);
+    dx__free(loop->seams, cl->why);
     dx__tls_ctx_free(cl->tls);
     dx__pmd_ctx_free(cl->ep.pmd); /* after its connections: they were released first */
     dx__free(loop->seams, cl->strings);
