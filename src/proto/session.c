@@ -289,7 +289,7 @@ void dx__session_fail(dx__session *s, int err, unsigned code, const char *reason
     if (s->state == DX_CODEC_OPEN)
         (void)put_close(s, code, reason, reason ? strlen(reason) : 0);
     s->state = DX_CODEC_FAILED;
-    s->err = err;
+    s->err = (int16_t)err;
     rx_release(s);
 }
 
@@ -309,8 +309,10 @@ static int on_control(dx__session *s, unsigned opcode, const uint8_t *p, size_t 
              * full refuses it (a peer flooding pings and never reading):
              * the pong is dropped and counted. */
             int rc = cfg->put(s, DX__PUT_PONG, DX_OP_PONG, true, 0, p, len);
-            if (rc == DX_ELIMIT)
-                s->pongs_dropped++;
+            if (rc == DX_ELIMIT) {
+                if (cfg->on_pong_dropped)
+                    cfg->on_pong_dropped(s);
+            }
             else if (rc)
                 return fail_rx(s, rc == DX_ENOMEM ? DX_ENOMEM : DX_EINTERNAL);
         }

@@ -46,6 +46,9 @@ typedef struct dx__session_cfg {
     void (*on_ping)(dx__session *s, const uint8_t *data, size_t len);
     void (*on_pong)(dx__session *s, const uint8_t *data, size_t len);
     void (*on_close)(dx__session *s, unsigned code, const char *reason, size_t len);
+    /* An automatic pong was refused by put (DX_ELIMIT) and dropped: the
+     * owner counts it (the session keeps no counter). May be NULL. */
+    void (*on_pong_dropped)(dx__session *s);
     /* Optional trace of each received frame, at its first payload bytes
      * (head: at most 16, unmasked) or at its header when it is empty. */
     void (*on_frame)(dx__session *s, const dx_frame_header *h, const uint8_t *head, size_t n);
@@ -81,8 +84,7 @@ struct dx__session {
     dx__rxs *rx;           /* a frame or message in progress (see dx__rxs), else NULL */
     dx__pmd *pmd;          /* permessage-deflate state when negotiated (owned), else NULL */
     dx_utf8 tx_utf8;       /* outgoing fragmented text message */
-    uint32_t pongs_dropped;
-    int err;               /* what failed the session, 0 if nothing */
+    int16_t err;           /* what failed the session (a DX_E* code), 0 if nothing */
     uint16_t close_sent;   /* our close code (DX_CLOSE_NO_STATUS: empty close), 0: none */
     uint16_t close_recv;   /* the peer's, likewise */
     uint8_t state;         /* enum dx_codec_state */

@@ -475,7 +475,7 @@ static void test_idle_timeout(void **state)
 /* The hot struct's budget: what an idle, open connection costs in its
  * slab slot (ws.h struct dx_conn; docs/benchmarks.md "RSS per idle
  * connection"). Raising it needs a reason in the commit. */
-#define CONN_BUDGET 336u
+#define CONN_BUDGET 240u
 
 static size_t idle_seen, idle_bad, idle_live, idle_slot;
 
