@@ -521,6 +521,11 @@ static void test_idle_memory_budget(void **state)
     cl_frame(c[0], DX_OP_TEXT, true, "x", 1);
     expect_frame(c[0], DX_OP_TEXT, "x", 1);
     wait_ev(f, EV_MESSAGE);
+    /* a fragmented message: its receive state (s.rx) lives only until its end */
+    cl_frame(c[2], DX_OP_TEXT, false, "a", 1);
+    cl_frame(c[2], DX_OP_CONT, true, "b", 1);
+    expect_frame(c[2], DX_OP_TEXT, "ab", 2);
+    wait_ev(f, EV_MESSAGE);
     on_loop(f, do_idle_state, NULL);
     assert_int_equal(idle_seen, 4);
     assert_int_equal(idle_bad, 0);
