@@ -120,7 +120,7 @@ int gw_admit_count_ip(gw_conn *g, const char *remote, bool strict)
         return DX_ELIMIT;
     }
     if (rc == 0) {
-        g->ipfam = fam;
+        g->ipfam = (uint8_t)fam;
         g->ipkey = key;
     }
     return 0; /* out of memory: not counted, not refused */

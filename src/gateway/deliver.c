@@ -94,7 +94,7 @@ void gw_conn_close(gw_conn *g, unsigned code, const char *why)
     } else if (!g->gone) {
         /* its handshake is still being answered (an authenticated user
          * disconnected meanwhile): on_open closes it */
-        g->early_code = code;
+        g->early_code = (uint16_t)code;
         g->early_why = why;
     }
 }

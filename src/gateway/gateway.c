@@ -49,7 +49,7 @@ gw_conn *gw_conn_new(gw_worker *k, int dialect)
         return NULL;
     memset(g, 0, sizeof *g);
     g->k = k;
-    g->dialect = dialect;
+    g->dialect = (uint8_t)dialect;
     g->refs = 1;
     dx_list_push_back(&k->conns, &g->node);
     return g;

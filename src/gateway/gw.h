@@ -175,6 +175,7 @@ struct gw_conn {
     gw_gap *gaps;
     gw_ns_bucket *nsb;     /* per-namespace buckets, made on first use */
     const gw_limits_cfg *nsb_cfg; /* the policy they were made under (a reload renumbers) */
+    struct gw_ucreq *ucreq; /* the per-user count's cluster-wide request (bus_counted), while out */
     dx_list rnode;         /* rate_paused: in the worker's rpaused */
     gw_bucket rate;        /* messages per second (rate.last_ns 0: not started) */
     int64_t exp_ms;        /* close 4001 at (ms since the epoch) */
@@ -182,14 +183,12 @@ struct gw_conn {
     uint64_t ipkey;
     uint64_t resume_ns;    /* rate_paused: when reading resumes */
     size_t heldbytes;
-    int dialect;
+    /* Counts and small fields, by size (no padding: an idle connection
+     * pays for each; see docs/benchmarks.md "RSS per idle connection"). */
     unsigned refs;         /* 1 for the connection + 1 per request out (bus, deferred answer) */
-    unsigned early_code;   /* closed (e.g. /api/disconnect) before its WebSocket opened: on_open */
     unsigned waiting;      /* subscriptions awaited before the upgrade / stream starts */
-    int fail_status;       /* a subscription failed before the answer: refuse with this */
     unsigned inflight;     /* publishes awaiting the bus */
     unsigned sse_idle_ms;  /* SSE: idle ticks, in ms */
-    int ipfam;             /* 0: not counted per address */
     uint32_t ulen;
     uint32_t exp_ix;       /* 1 + slot in k->exph, 0: not queued */
     uint32_t pub_len;
@@ -198,6 +197,10 @@ struct gw_conn {
     uint32_t nheld, capheld, headheld;
     uint32_t ngaps, capgaps;
     uint32_t nnsb;
+    uint16_t early_code;   /* closed (e.g. /api/disconnect) before its WebSocket opened: on_open */
+    int16_t fail_status;   /* a subscription failed before the answer: refuse with this (HTTP status) */
+    uint8_t dialect;       /* enum gw_dialect */
+    uint8_t ipfam;         /* AF_INET/AF_INET6; 0: not counted per address */
     bool open;             /* messages may be written */
     bool closing;          /* closed by us, or gone: deliver nothing more */
     bool gone;             /* on_close came / the stream ended: c and s are invalid */
@@ -207,7 +210,6 @@ struct gw_conn {
     bool sse_wrote;        /* SSE: written since the last tick (heartbeats) */
     bool user_counted;     /* counted in the gateway's per-user table */
     bool bus_counted;      /* counted cluster-wide (gw_admit_bus_user): -1 at the end */
-    struct gw_ucreq *ucreq; /* that count's request, while out */
     bool rate_paused;      /* reading paused by the message rate (see paused: in flight) */
     bool draining;         /* dx_gateway_shutdown: closed 1012 once its backlog is out */
 };

@@ -25,6 +25,7 @@ struct dx_codec {
     dx_codec_callbacks cb;
     void *ud;
     size_t max_output;
+    uint64_t pongs_dropped; /* automatic pongs refused by max_output */
     dx__pmd_ctx *pmd; /* permessage-deflate's shared state (this codec's alone), or NULL */
     dx_buf out;
     uint8_t key_pos; /* next unused byte in keys; KEY_POOL: empty */
@@ -66,6 +67,8 @@ static void h_close(dx__session *s, unsigned code, const char *reason, size_t le
     if (c->cb.on_close)
         c->cb.on_close(c->ud, code, reason, len);
 }
+
+static void h_pong_dropped(dx__session *s) { codec_of(s)->pongs_dropped++; }
 
 static int next_key(dx_codec *c, uint8_t key[4])
 {
@@ -167,6 +170,7 @@ dx_codec *dx_codec_new_sized(const dx_codec_config *user, size_t cfg_size, int *
         .on_ping = h_ping,
         .on_pong = h_pong,
         .on_close = h_close,
+        .on_pong_dropped = h_pong_dropped,
         .put = h_put,
     };
     c->cb = cfg->cb;
@@ -234,4 +238,4 @@ int dx_codec_state(const dx_codec *c) { return c->s.state; }
 unsigned dx_codec_close_sent(const dx_codec *c) { return c->s.close_sent; }
 unsigned dx_codec_close_received(const dx_codec *c) { return c->s.close_recv; }
 int dx_codec_error(const dx_codec *c) { return c->s.err; }
-uint64_t dx_codec_pongs_dropped(const dx_codec *c) { return c->s.pongs_dropped; }
+uint64_t dx_codec_pongs_dropped(const dx_codec *c) { return c->pongs_dropped; }

@@ -35,62 +35,117 @@ void dx__session_init(dx__session *s, const dx__session_cfg *cfg, unsigned rsv_a
 {
     memset(s, 0, sizeof *s);
     s->cfg = cfg;
-    dx__frame_decoder_init(&s->dec, cfg->role, rsv_allowed, &cfg->limits);
+    s->rsv_allowed = (uint8_t)rsv_allowed;
 }
 
+/* Releases the receive buffer (not the dx__rxs: see rx_settle). */
 static void rx_release(dx__session *s)
 {
+    dx__rxs *r = s->rx;
+    if (!r)
+        return;
     /* With the extension on, a small buffer goes back to the ctx for the
      * next message (inflated messages always need one). */
-    if (!(s->rx && s->pmd && s->rx->cap <= DX_PMD_SPARE_MAX && dx__pmd_spare_give(s->pmd, s->rx)))
-        dx__free(s->cfg->seams, s->rx);
-    s->rx = NULL;
-    s->ctl_len = 0;
+    if (!(r->buf && s->pmd && r->buf->cap <= DX_PMD_SPARE_MAX && dx__pmd_spare_give(s->pmd, r->buf)))
+        dx__free(s->cfg->seams, r->buf);
+    r->buf = NULL;
+    r->ctl_len = 0;
+}
+
+/* Between frames, no message open, nothing buffered: the state holds
+ * nothing a fresh one would not. */
+static bool rx_idle(const dx__rxs *r)
+{
+    const dx_frame_decoder *d = &r->dec;
+    return (d->state | d->hlen | d->msg_opcode | r->opcode | r->ctl_len) == 0 && !r->z && !r->buf;
+}
+
+/* A fresh receive state (between frames, no message open). */
+static void rx_fresh(const dx__session *s, dx__rxs *r)
+{
+    memset(r, 0, sizeof *r);
+    dx__frame_decoder_init(&r->dec, s->cfg->role, s->rsv_allowed, &s->cfg->limits);
+}
+
+/* The outermost dx__session_recv_ex ends: a receive state that is back
+ * between messages (or on a session that ended) goes; one in progress on
+ * the stack moves to the heap. Returns 0 or DX_ENOMEM (the state is then
+ * dropped: the caller fails the session). */
+static int rx_settle(dx__session *s, dx__rxs *stack)
+{
+    dx__rxs *r = s->rx;
+    if (!r)
+        return 0;
+    bool ended = s->state == DX_CODEC_CLOSED || s->state == DX_CODEC_FAILED;
+    if (ended || rx_idle(r)) {
+        rx_release(s);
+        if (r->heap)
+            dx__free(s->cfg->seams, r);
+        s->rx = NULL;
+        return 0;
+    }
+    if (r != stack)
+        return 0; /* already on the heap */
+    dx__rxs *h = dx__alloc(s->cfg->seams, sizeof *h);
+    if (!h) {
+        rx_release(s);
+        s->rx = NULL;
+        return DX_ENOMEM;
+    }
+    *h = *r;
+    h->heap = true;
+    s->rx = h;
+    return 0;
 }
 
 void dx__session_set_pmd(dx__session *s, dx__pmd *pmd)
 {
     s->pmd = pmd;
     if (pmd)
-        s->dec.rsv_allowed |= DX_RSV1;
+        s->rsv_allowed |= DX_RSV1;
 }
 
 void dx__session_deinit(dx__session *s)
 {
     rx_release(s);
+    if (s->rx && s->rx->heap)
+        dx__free(s->cfg->seams, s->rx);
+    s->rx = NULL;
     dx__pmd_free(s->pmd);
     s->pmd = NULL;
 }
 
-/* Appends to rx (message bytes when ctl is false, else the control tail). */
+/* Appends to the receive buffer (message bytes when ctl is false, else the
+ * control tail). Only while receiving (s->rx set). */
 static int rx_append(dx__session *s, const uint8_t *p, size_t len, bool ctl)
 {
-    size_t used = dx__session_rx_len(s) + s->ctl_len;
+    dx__rxs *r = s->rx;
+    size_t used = dx__session_rx_len(s) + r->ctl_len;
     if (len > SIZE_MAX - sizeof(dx__rxbuf) - used)
         return DX_ENOMEM;
-    if (!s->rx && s->pmd && (s->rx = dx__pmd_spare_take(s->pmd)) != NULL)
-        s->rx->len = 0; /* the ctx's kept buffer: no allocation */
-    if (!s->rx || used + len > s->rx->cap) {
-        size_t cap = s->rx ? s->rx->cap : 256;
+    if (!r->buf && s->pmd && (r->buf = dx__pmd_spare_take(s->pmd)) != NULL)
+        r->buf->len = 0; /* the ctx's kept buffer: no allocation */
+    if (!r->buf || used + len > r->buf->cap) {
+        size_t cap = r->buf ? r->buf->cap : 256;
         while (cap < used + len)
             cap = cap > SIZE_MAX / 2 ? used + len : cap * 2;
         /* Never hold more than the message limit allows plus a control frame. */
         uint64_t most = s->cfg->limits.max_message ? s->cfg->limits.max_message + DX_CONTROL_MAX : 0;
         if (most && cap > most && used + len <= most)
             cap = (size_t)most;
-        dx__rxbuf *n = dx__realloc(s->cfg->seams, s->rx, sizeof *n + cap);
+        dx__rxbuf *n = dx__realloc(s->cfg->seams, r->buf, sizeof *n + cap);
         if (!n)
             return DX_ENOMEM;
-        if (!s->rx)
+        if (!r->buf)
             n->len = 0;
         n->cap = cap;
-        s->rx = n;
+        r->buf = n;
     }
-    memcpy(s->rx->data + used, p, len);
+    memcpy(r->buf->data + used, p, len);
     if (ctl)
-        s->ctl_len = (uint8_t)(s->ctl_len + len);
+        r->ctl_len = (uint8_t)(r->ctl_len + len);
     else
-        s->rx->len += len;
+        r->buf->len += len;
     return 0;
 }
 
@@ -234,7 +289,7 @@ void dx__session_fail(dx__session *s, int err, unsigned code, const char *reason
     if (s->state == DX_CODEC_OPEN)
         (void)put_close(s, code, reason, reason ? strlen(reason) : 0);
     s->state = DX_CODEC_FAILED;
-    s->err = err;
+    s->err = (int16_t)err;
     rx_release(s);
 }
 
@@ -254,8 +309,10 @@ static int on_control(dx__session *s, unsigned opcode, const uint8_t *p, size_t 
              * full refuses it (a peer flooding pings and never reading):
              * the pong is dropped and counted. */
             int rc = cfg->put(s, DX__PUT_PONG, DX_OP_PONG, true, 0, p, len);
-            if (rc == DX_ELIMIT)
-                s->pongs_dropped++;
+            if (rc == DX_ELIMIT) {
+                if (cfg->on_pong_dropped)
+                    cfg->on_pong_dropped(s);
+            }
             else if (rc)
                 return fail_rx(s, rc == DX_ENOMEM ? DX_ENOMEM : DX_EINTERNAL);
         }
@@ -291,15 +348,15 @@ static int on_control(dx__session *s, unsigned opcode, const uint8_t *p, size_t 
 static int finish_message(dx__session *s, const uint8_t *p, size_t len)
 {
     static const uint8_t empty[1];
-    unsigned op = s->rx_opcode;
-    s->rx_opcode = 0;
-    if (s->rx_z) {
+    unsigned op = s->rx->opcode;
+    s->rx->opcode = 0;
+    if (s->rx->z) {
         /* The decompressor is done with this message before any handler
          * runs (a shared one goes back now). */
-        s->rx_z = false;
+        s->rx->z = false;
         dx__pmd_rx_end(s->pmd);
     }
-    if (op == DX_OP_TEXT && dx__utf8_finish(&s->rx_utf8))
+    if (op == DX_OP_TEXT && dx__utf8_finish(&s->rx->utf8))
         return fail_rx(s, DX_EUTF8); /* a character cut off at the end */
     if (!p)
         p = empty; /* handlers always get a valid pointer, even for 0 bytes */
@@ -321,7 +378,7 @@ static int rx_inflated(void *ud, const uint8_t *p, size_t n)
      * the limit are checked for UTF-8 first, the one past it is 1009. */
     bool over = max && n > max - dx__session_rx_len(s);
     size_t ok = over ? (size_t)(max - dx__session_rx_len(s)) : n;
-    if (s->rx_opcode == DX_OP_TEXT && dx__utf8_feed(&s->rx_utf8, p, ok, NULL))
+    if (s->rx->opcode == DX_OP_TEXT && dx__utf8_feed(&s->rx->utf8, p, ok, NULL))
         return DX_EUTF8;
     if (over)
         return DX_ETOOBIG;
@@ -343,21 +400,21 @@ static int on_header(dx__session *s, const dx_frame_event *ev)
     if (s->cfg->on_frame && ev->end)
         s->cfg->on_frame(s, h, NULL, 0);
     if (h->opcode & 0x8) {
-        s->ctl_len = 0;
+        s->rx->ctl_len = 0;
         return ev->end ? on_control(s, h->opcode, NULL, 0) : 0;
     }
     if (h->opcode != DX_OP_CONT) {
-        s->rx_opcode = h->opcode;
-        s->rx_fragments = 0;
-        s->rx_payload = 0;
-        dx__utf8_init(&s->rx_utf8);
+        s->rx->opcode = h->opcode;
+        s->rx->fragments = 0;
+        s->rx->payload = 0;
+        dx__utf8_init(&s->rx->utf8);
         /* The decoder allows RSV1 only on a first frame, and only once the
          * extension was negotiated (else 1002). */
-        s->rx_z = s->pmd && (h->rsv & DX_RSV1);
-        if (s->rx_z) {
+        s->rx->z = s->pmd && (h->rsv & DX_RSV1);
+        if (s->rx->z) {
             int rc = dx__pmd_rx_begin(s->pmd);
             if (rc) {
-                s->rx_z = false;
+                s->rx->z = false;
                 return fail_rx(s, rc);
             }
         }
@@ -372,18 +429,18 @@ static int on_header(dx__session *s, const dx_frame_event *ev)
      * max_fragments + max_message / DX_CODEC_FRAGMENT_COST frames. Not
      * dec.msg_len: the decoder has reset it when an empty final frame's
      * header is reported. */
-    s->rx_fragments++;
-    s->rx_payload += h->len;
+    s->rx->fragments++;
+    s->rx->payload += h->len;
     if (s->cfg->max_fragments &&
-        s->rx_fragments > (uint64_t)s->cfg->max_fragments + s->rx_payload / DX_CODEC_FRAGMENT_COST)
+        s->rx->fragments > (uint64_t)s->cfg->max_fragments + s->rx->payload / DX_CODEC_FRAGMENT_COST)
         return fail_rx(s, DX_EPOLICY);
     if (ev->end && h->fin) {
-        if (s->rx_z) {
+        if (s->rx->z) {
             int rc = dx__pmd_inflate(s->pmd, NULL, 0, true, rx_inflated, s);
             if (rc)
                 return fail_inflate(s, rc);
         }
-        return finish_message(s, s->rx ? s->rx->data : NULL, dx__session_rx_len(s));
+        return finish_message(s, s->rx->buf ? s->rx->buf->data : NULL, dx__session_rx_len(s));
     }
     return 0;
 }
@@ -401,28 +458,28 @@ static int on_data(dx__session *s, const dx_frame_event *ev)
         if (!ev->end)
             return 0;
         uint8_t ctl[DX_CONTROL_MAX];
-        size_t n = s->ctl_len;
-        memcpy(ctl, s->rx->data + s->rx->len, n);
-        s->ctl_len = 0;
-        if (s->rx->len == 0)
+        size_t n = s->rx->ctl_len;
+        memcpy(ctl, s->rx->buf->data + s->rx->buf->len, n);
+        s->rx->ctl_len = 0;
+        if (s->rx->buf->len == 0)
             rx_release(s);
         return on_control(s, h->opcode, ctl, n);
     }
     bool last = ev->end && h->fin;
-    if (s->rx_z) {
+    if (s->rx->z) {
         /* Inflated in pieces into rx; the limit and UTF-8 are checked on
          * each piece (rx_inflated). */
         int rc = dx__pmd_inflate(s->pmd, ev->data, ev->len, last, rx_inflated, s);
         if (rc)
             return fail_inflate(s, rc);
-        return last ? finish_message(s, s->rx ? s->rx->data : NULL, dx__session_rx_len(s)) : 0;
+        return last ? finish_message(s, s->rx->buf ? s->rx->buf->data : NULL, dx__session_rx_len(s)) : 0;
     }
-    if (s->rx_opcode == DX_OP_TEXT && dx__utf8_feed(&s->rx_utf8, ev->data, ev->len, NULL))
+    if (s->rx->opcode == DX_OP_TEXT && dx__utf8_feed(&s->rx->utf8, ev->data, ev->len, NULL))
         return fail_rx(s, DX_EUTF8); /* §8.1: fail at the first invalid byte */
     if (s->cfg->on_fragment) {
         if (last)
             return finish_message(s, ev->data, ev->len);
-        s->cfg->on_fragment(s, s->rx_opcode, ev->data, ev->len, 0);
+        s->cfg->on_fragment(s, s->rx->opcode, ev->data, ev->len, 0);
         return 0;
     }
     if (last && dx__session_rx_len(s) == 0 && ev->offset == 0 && h->opcode != DX_OP_CONT)
@@ -432,7 +489,7 @@ static int on_data(dx__session *s, const dx_frame_event *ev)
     if (rx_append(s, ev->data, ev->len, false))
         return fail_rx(s, DX_ENOMEM);
     if (last)
-        return finish_message(s, s->rx->data, s->rx->len);
+        return finish_message(s, s->rx->buf->data, s->rx->buf->len);
     return 0;
 }
 
@@ -446,16 +503,27 @@ static int recv_frames(dx__session *s, uint8_t *data, size_t len, size_t *used);
 
 int dx__session_recv_ex(dx__session *s, uint8_t *data, size_t len, size_t *used)
 {
+    /* Between messages the receive state lives on this stack frame; the
+     * outermost call settles it (rx_settle) before it returns. */
+    dx__rxs stack;
+    if (!s->rx && s->state != DX_CODEC_CLOSED && s->state != DX_CODEC_FAILED) {
+        rx_fresh(s, &stack);
+        s->rx = &stack;
+    }
+    s->depth++;
     int rc = recv_frames(s, data, len, used);
     /* A compressed message still open on the shared decompressor keeps a
      * copy of its own until it ends: the shared one serves others. */
     if (s->pmd) {
         bool dead = s->state == DX_CODEC_CLOSED || s->state == DX_CODEC_FAILED;
-        if (dx__pmd_rx_park(s->pmd, dead || !s->rx_z) && !dead) {
-            s->rx_z = false;
+        bool z = s->rx && s->rx->z;
+        if (dx__pmd_rx_park(s->pmd, dead || !z) && !dead) {
+            s->rx->z = false;
             rc = fail_rx(s, DX_ENOMEM);
         }
     }
+    if (--s->depth == 0 && rx_settle(s, &stack) && s->state != DX_CODEC_CLOSED && s->state != DX_CODEC_FAILED)
+        rc = fail_rx(s, DX_ENOMEM);
     return rc;
 }
 
@@ -468,14 +536,14 @@ static int whole_message(dx__session *s, unsigned op, const uint8_t *p, size_t l
     /* rx_fragments and rx_payload count an open message's frames: the next
      * message's first frame resets them, so they are left alone here. */
     if (op == DX_OP_TEXT && !dx__utf8_valid(p, len)) {
-        s->rx_opcode = (uint8_t)op;
+        s->rx->opcode = (uint8_t)op;
         return fail_rx(s, DX_EUTF8); /* §8.1 */
     }
     if (s->cfg->on_fragment)
         s->cfg->on_fragment(s, (int)op, p, len, 1);
     else
         s->cfg->on_message(s, (int)op, p, len);
-    if (s->rx)
+    if (s->rx->buf)
         rx_release(s);
     return 0;
 }
@@ -489,7 +557,7 @@ static int recv_frames(dx__session *s, uint8_t *data, size_t len, size_t *used)
     /* The fast path skips the per-frame trace: taken only without one. */
     bool fast = s->cfg->on_frame == NULL;
     dx_frame_fast ff;
-    dx__frame_fast_init(&s->dec, &ff);
+    dx__frame_fast_init(&s->rx->dec, &ff);
     while (s->state == DX_CODEC_OPEN || s->state == DX_CODEC_CLOSE_SENT) {
         if (s->hold) {
             *used = off;
@@ -509,8 +577,8 @@ static int recv_frames(dx__session *s, uint8_t *data, size_t len, size_t *used)
             continue;
         }
         dx_frame_event ev;
-        off += dx__frame_decode(&s->dec, data + off, len - off, &ev);
-        dx__frame_fast_init(&s->dec, &ff);
+        off += dx__frame_decode(&s->rx->dec, data + off, len - off, &ev);
+        dx__frame_fast_init(&s->rx->dec, &ff);
         int rc = 0;
         switch (ev.type) {
         case DX_FRAME_NEED_MORE:

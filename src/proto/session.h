@@ -46,6 +46,9 @@ typedef struct dx__session_cfg {
     void (*on_ping)(dx__session *s, const uint8_t *data, size_t len);
     void (*on_pong)(dx__session *s, const uint8_t *data, size_t len);
     void (*on_close)(dx__session *s, unsigned code, const char *reason, size_t len);
+    /* An automatic pong was refused by put (DX_ELIMIT) and dropped: the
+     * owner counts it (the session keeps no counter). May be NULL. */
+    void (*on_pong_dropped)(dx__session *s);
     /* Optional trace of each received frame, at its first payload bytes
      * (head: at most 16, unmasked) or at its header when it is empty. */
     void (*on_frame)(dx__session *s, const dx_frame_header *h, const uint8_t *head, size_t n);
@@ -57,36 +60,49 @@ typedef struct dx__session_cfg {
                size_t len);
 } dx__session_cfg;
 
+/* The receive side of a frame or message in progress: the frame decoder,
+ * the open message's counters and its bytes. A session between frames with
+ * no message open has none (s->rx NULL): dx__session_recv_ex decodes with
+ * one on its stack and moves it to the heap only when the input ends
+ * mid-frame or mid-message (or a split control frame), and frees it as soon
+ * as the session is back between messages. So an idle connection pays one
+ * pointer for it, and whole frames (data or control) never allocate. */
+typedef struct dx__rxs {
+    dx_frame_decoder dec;
+    struct dx__rxbuf *buf; /* received message bytes (then a split control payload), or NULL */
+    uint64_t fragments;    /* frames of the open received message */
+    uint64_t payload;      /* its payload bytes, the current frame's included */
+    dx_utf8 utf8;          /* received text message */
+    uint8_t opcode;        /* TEXT/BINARY while a received message is open */
+    uint8_t ctl_len;       /* bytes of a split control payload after the message bytes */
+    bool z;                /* the received message is compressed (RSV1 on its first frame) */
+    bool heap;             /* allocated (through cfg->seams), not recv's stack copy */
+} dx__rxs;
+
 struct dx__session {
     const dx__session_cfg *cfg;
-    dx_frame_decoder dec;
-    struct dx__rxbuf *rx;  /* received message bytes (then a split control payload), or NULL */
+    dx__rxs *rx;           /* a frame or message in progress (see dx__rxs), else NULL */
     dx__pmd *pmd;          /* permessage-deflate state when negotiated (owned), else NULL */
-    uint64_t rx_fragments; /* frames of the open received message */
-    uint64_t rx_payload;   /* its payload bytes, the current frame's included */
-    dx_utf8 rx_utf8;       /* received text message */
     dx_utf8 tx_utf8;       /* outgoing fragmented text message */
-    int err;               /* what failed the session, 0 if nothing */
+    int16_t err;           /* what failed the session (a DX_E* code), 0 if nothing */
     uint16_t close_sent;   /* our close code (DX_CLOSE_NO_STATUS: empty close), 0: none */
     uint16_t close_recv;   /* the peer's, likewise */
     uint8_t state;         /* enum dx_codec_state */
-    uint8_t rx_opcode;     /* TEXT/BINARY while a received message is open */
     uint8_t tx_opcode;     /* TEXT/BINARY while an outgoing fragmented message is open */
-    uint8_t ctl_len;       /* bytes of a split control payload after the message bytes */
-    uint32_t pongs_dropped;
-    bool rx_z;             /* the received message is compressed (RSV1 on its first frame) */
+    uint8_t rsv_allowed;   /* RSV bits an extension negotiated (the decoder's, at each frame) */
+    uint8_t depth;         /* dx__session_recv_ex calls on the stack (a handler may feed again) */
     bool hold;             /* set by the owner from a handler: dx__session_recv_ex stops after it */
 };
 
 /* The receive buffer, allocated only while a message or control frame is
- * split across reads: one pointer in an idle session. */
+ * split across reads. */
 typedef struct dx__rxbuf {
     size_t len; /* message bytes */
     size_t cap;
     uint8_t data[];
 } dx__rxbuf;
 
-static inline size_t dx__session_rx_len(const dx__session *s) { return s->rx ? s->rx->len : 0; }
+static inline size_t dx__session_rx_len(const dx__session *s) { return s->rx && s->rx->buf ? s->rx->buf->len : 0; }
 
 /* Starts a session in state OPEN; rsv_allowed: extension-negotiated bits. */
 void dx__session_init(dx__session *s, const dx__session_cfg *cfg, unsigned rsv_allowed);

@@ -247,10 +247,10 @@ struct dx_conn {
     dx__cold *cold;          /* rare state, NULL when none (ws.h dx__cold) */
     uint64_t id;
     uint32_t opened_tick, last_rx_tick;
-    uint32_t opened_ms;   /* loop->now_ms at open, low 32 bits: the close line's duration to the
-                             millisecond (ticks are 250 ms; conn.c duration_ms) */
     uint64_t bytes_in, bytes_out;
     uint32_t msgs_in, msgs_out;
+    uint32_t opened_ms;   /* loop->now_ms at open, low 32 bits: the close line's duration to the
+                             millisecond (ticks are 250 ms; conn.c duration_ms) */
     uint8_t addr[4]; /* the peer's IPv4 address (v4-mapped ones included); IPv6: cold->addr6 */
     uint16_t port;
     uint8_t family; /* AF_INET, AF_INET6 (then c->cold is never NULL), AF_UNIX */

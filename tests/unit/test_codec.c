@@ -1092,6 +1092,100 @@ static void test_fast_path_matches_slow_path(void **state)
     }
 }
 
+/* An idle session holds no receive state (issue 13): whole frames, data or
+ * control, decode without an allocation; a frame or message in progress
+ * holds its state (and bytes) only until it ends; a session closed, failed
+ * or freed mid-message leaks nothing. ts.live counts what is held. */
+static void cb_ping_close(void *ud, const uint8_t *p, size_t len)
+{
+    session *s = ud;
+    cb_ping(ud, p, len);
+    assert_int_equal(dx_codec_close(s->c, 1001, "away", 4), 0); /* from a handler, mid-message */
+}
+
+static void test_idle_session_holds_nothing(void **state)
+{
+    (void)state;
+    static uint8_t w[1 << 17], big[70000];
+    memset(big, 'b', sizeof big);
+    dx_test_seams ts;
+    dx_test_seams_init(&ts);
+    session s = {0};
+    result r;
+    memset(&r, 0, sizeof r);
+    s.r = &r;
+    setup su = {.role = DX_ROLE_SERVER, .no_auto_pong = 1};
+    dx_codec *c = make(&su, &s, &ts);
+    long base = ts.live, calls = ts.calls;
+    /* whole frames: fast path, empty ones, control frames, a 64-bit length */
+    size_t n = cframe(w, 0x81, "hi", 2);
+    n += cframe(w + n, 0x82, "", 0);
+    n += cframe(w + n, 0x89, "p", 1);
+    n += cframe(w + n, 0x8A, "q", 1);
+    n += cframe(w + n, 0x82, big, sizeof big);
+    assert_int_equal(dx_codec_recv(c, w, n), 0);
+    assert_int_equal(ts.calls, calls); /* no allocation at all */
+    assert_int_equal(ts.live, base);
+    /* a frame cut in its header, then in its payload: state held, then gone */
+    n = cframe(w, 0x81, "hello", 5);
+    assert_int_equal(dx_codec_recv(c, w, 1), 0);
+    assert_int_equal(ts.live, base + 1);
+    assert_int_equal(dx_codec_recv(c, w + 1, 7), 0);
+    assert_int_equal(ts.live, base + 2); /* and the two payload bytes so far */
+    assert_int_equal(dx_codec_recv(c, w + 8, n - 8), 0);
+    assert_int_equal(ts.live, base);
+    /* a fragmented message whose frames arrive whole: held between them */
+    n = cframe(w, 0x01, "ab", 2);
+    assert_int_equal(dx_codec_recv(c, w, n), 0);
+    assert_true(ts.live > base);
+    n = cframe(w, 0x89, "", 0); /* a whole ping inside it */
+    n += cframe(w + n, 0x80, "c", 1);
+    assert_int_equal(dx_codec_recv(c, w, n), 0);
+    assert_int_equal(ts.live, base);
+    assert_string_equal(r.log, "M1:6869;M2:;PI:70;PO:71;M2:#70000:64b9dfc5;M1:68656c6c6f;PI:;M1:616263;");
+    dx_codec_free(c);
+    assert_int_equal(ts.live, 0);
+
+    /* Freed mid-frame and mid-message: nothing leaks (ts.live). */
+    for (int cut = 0; cut < 2; cut++) {
+        dx_test_seams_init(&ts);
+        memset(&r, 0, sizeof r);
+        c = make(&su, &s, &ts);
+        n = cframe(w, 0x02, "xyz", 3);
+        assert_int_equal(dx_codec_recv(c, w, cut ? n : n - 1), 0);
+        dx_codec_free(c);
+        assert_int_equal(ts.live, 0);
+    }
+
+    /* Closed from a handler while a message is open (its state on the heap),
+     * then the peer's close: the state goes with the session's end. */
+    dx_test_seams_init(&ts);
+    memset(&r, 0, sizeof r);
+    c = make(&su, &s, &ts);
+    dx_codec_free(c);
+    dx_codec_config cfg = {.role = DX_ROLE_SERVER, .seams = &ts.seams, .ud = &s,
+                           .cb = {.on_message = cb_message, .on_ping = cb_ping_close, .on_close = cb_close}};
+    c = dx_codec_new(&cfg, NULL);
+    assert_non_null(c);
+    s.c = c;
+    assert_int_equal(dx_codec_ping(c, "x", 1), 0); /* the output buffer exists from here on */
+    base = ts.live;
+    n = cframe(w, 0x01, "ab", 2);
+    n += cframe(w + n, 0x89, "", 0);
+    size_t m = n;
+    n += cframe(w + n, 0x80, "c", 1);
+    n += cframe(w + n, 0x88, "\x03\xe9", 2);
+    assert_int_equal(dx_codec_recv(c, w, m + 1), 0); /* ends inside the last data frame */
+    assert_int_equal(dx_codec_state(c), DX_CODEC_CLOSE_SENT);
+    assert_true(ts.live > base);
+    assert_int_equal(dx_codec_recv(c, w + m + 1, n - m - 1), 0);
+    assert_int_equal(dx_codec_state(c), DX_CODEC_CLOSED);
+    assert_int_equal(ts.live, base);
+    assert_string_equal(r.log, "PI:;M1:616263;C1001:;");
+    dx_codec_free(c);
+    assert_int_equal(ts.live, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1113,6 +1207,7 @@ int main(void)
         cmocka_unit_test(test_fail_every_allocation),
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_fast_path_matches_slow_path),
+        cmocka_unit_test(test_idle_session_holds_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
