@@ -319,8 +319,12 @@ void dx__conn_flush(dx_conn *c)
         struct iovec iov[DX_WQ_SEGS];
         const dx__seg *sg = q->seg + q->first;
         int n = q->n;
-        for (int i = 0; i < n; i++)
-            iov[i] = (struct iovec){(void *)(uintptr_t)sg[i].p, sg[i].len};
+        if (n == 1) { /* the replies to one read: one arena segment */
+            iov[0] = (struct iovec){(void *)(uintptr_t)sg[0].p, sg[0].len};
+        } else {
+            for (int i = 0; i < n; i++)
+                iov[i] = (struct iovec){(void *)(uintptr_t)sg[i].p, sg[i].len};
+        }
         dx__wsl *w = c->ep->wsl;
         w->writes++;
         ssize_t r = c->st.t->writev(&c->st, iov, n);
@@ -333,13 +337,16 @@ void dx__conn_flush(dx_conn *c)
             c->ep->st.bytes_out += (size_t)r;
             if ((size_t)r == q->len) {
                 /* dx__wq_release for one block: arena segments own nothing. */
-                for (int i = 0; i < n; i++)
-                    if (sg[i].ref != SEG_ARENA)
-                        seg_release(w, &sg[i]);
+                if (n != 1 || sg[0].ref != SEG_ARENA)
+                    for (int i = 0; i < n; i++)
+                        if (sg[i].ref != SEG_ARENA)
+                            seg_release(w, &sg[i]);
                 dx_list_remove(&q->pend);
                 c->wq = NULL;
                 dx__wsl_unblock(w, q);
-                (void)queue_emptied(c, true);
+                /* queue_emptied's common case inline: nothing applies. */
+                if (c->state != CS_OPEN || (c->flags & (CF_WANT_WRITE | CF_DRAIN_ARMED)))
+                    (void)queue_emptied(c, true);
                 return;
             }
             wq_consume(c, (size_t)r); /* a short write: go on as wq_write does */
