@@ -1123,7 +1123,7 @@ static void on_readable(dx_conn *c)
             process(c, loop->rbuf, (size_t)n);
         if (c->state == CS_DEAD)
             return; /* the transport is closed */
-        if ((size_t)n < cap && !c->st.t->pending(&c->st))
+        if ((size_t)n < cap && (c->st.t == &dx__tcp_transport || !c->st.t->pending(&c->st)))
             return; /* drained: another read would only say EAGAIN */
     }
     /* Fairness: others get their turn. Input still in the kernel wakes epoll
