@@ -5,12 +5,16 @@
  * EPIPE, never SIGPIPE (sendfile has no such flag: the loop thread blocks
  * SIGPIPE, see dx_loop_run).
  *
- * The two hot calls go through syscall(2), not libc's recv/sendmsg: those
+ * The two hot calls go through syscall(2), not libc's recv/sendmsg/send: those
  * are thread cancellation points, and in a process with more than one
  * thread each call pays for switching asynchronous cancellation on and off
  * (about 40 instructions, a third of the user-space cost of a small
  * read). Nothing in duplex cancels threads; the system calls and their
- * errors are the same.
+ * errors are the same. On x86-64 they are issued inline (raw_syscall6:
+ * the kernel's calling convention, -errno on failure): glibc's syscall()
+ * is a variadic call that shuffles all six arguments and sets errno, about
+ * 20 instructions per call, a tenth of the server's per-read cost at
+ * depth 1 (docs/benchmarks.md). Elsewhere syscall() is used.
  */
 #define _GNU_SOURCE
 #include "net/transport.h"
@@ -21,6 +25,28 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* The system call `nr`: its result, or -errno (never sets errno). */
+static inline long raw_syscall6(long nr, long a, long b, long c, long d, long e, long f)
+{
+    long ret;
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    register long r9 __asm__("r9") = f;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+#else
+static inline long raw_syscall6(long nr, long a, long b, long c, long d, long e, long f)
+{
+    long r = syscall(nr, a, b, c, d, e, f);
+    return r < 0 ? -errno : r;
+}
+#endif
 
 static ssize_t map_errno(dx__stream *s, int e, uint8_t want)
 {
@@ -35,22 +61,29 @@ static ssize_t map_errno(dx__stream *s, int e, uint8_t want)
 
 static ssize_t tcp_read(dx__stream *s, uint8_t *buf, size_t len)
 {
-    ssize_t n = syscall(SYS_recvfrom, s->fd, buf, len, 0, NULL, NULL); /* recv(2), not a cancellation point */
+    /* recv(2), not a cancellation point */
+    long n = raw_syscall6(SYS_recvfrom, s->fd, (long)(uintptr_t)buf, (long)len, 0, 0, 0);
     if (n >= 0)
         return n;
-    return map_errno(s, errno, DX__WANT_READ);
+    return map_errno(s, (int)-n, DX__WANT_READ);
 }
 
 static ssize_t tcp_writev(dx__stream *s, const struct iovec *iov, int n)
 {
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = (struct iovec *)(uintptr_t)iov; /* sendmsg does not write through it */
-    msg.msg_iovlen = (size_t)n;
-    ssize_t w = syscall(SYS_sendmsg, s->fd, &msg, MSG_NOSIGNAL); /* sendmsg(2), likewise */
+    long w;
+    if (n == 1) { /* send(2) (sendto without an address): no message header to fill */
+        w = raw_syscall6(SYS_sendto, s->fd, (long)(uintptr_t)iov[0].iov_base, (long)iov[0].iov_len, MSG_NOSIGNAL, 0,
+                         0);
+    } else {
+        struct msghdr msg;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = (struct iovec *)(uintptr_t)iov; /* sendmsg does not write through it */
+        msg.msg_iovlen = (size_t)n;
+        w = raw_syscall6(SYS_sendmsg, s->fd, (long)(uintptr_t)&msg, MSG_NOSIGNAL, 0, 0, 0); /* likewise */
+    }
     if (w >= 0)
         return w;
-    return map_errno(s, errno, DX__WANT_WRITE);
+    return map_errno(s, (int)-w, DX__WANT_WRITE);
 }
 
 static ssize_t tcp_sendfile(dx__stream *s, int fd, int64_t *off, size_t len)

@@ -319,8 +319,12 @@ void dx__conn_flush(dx_conn *c)
         struct iovec iov[DX_WQ_SEGS];
         const dx__seg *sg = q->seg + q->first;
         int n = q->n;
-        for (int i = 0; i < n; i++)
-            iov[i] = (struct iovec){(void *)(uintptr_t)sg[i].p, sg[i].len};
+        if (n == 1) { /* the replies to one read: one arena segment */
+            iov[0] = (struct iovec){(void *)(uintptr_t)sg[0].p, sg[0].len};
+        } else {
+            for (int i = 0; i < n; i++)
+                iov[i] = (struct iovec){(void *)(uintptr_t)sg[i].p, sg[i].len};
+        }
         dx__wsl *w = c->ep->wsl;
         w->writes++;
         ssize_t r = c->st.t->writev(&c->st, iov, n);
@@ -333,13 +337,16 @@ void dx__conn_flush(dx_conn *c)
             c->ep->st.bytes_out += (size_t)r;
             if ((size_t)r == q->len) {
                 /* dx__wq_release for one block: arena segments own nothing. */
-                for (int i = 0; i < n; i++)
-                    if (sg[i].ref != SEG_ARENA)
-                        seg_release(w, &sg[i]);
+                if (n != 1 || sg[0].ref != SEG_ARENA)
+                    for (int i = 0; i < n; i++)
+                        if (sg[i].ref != SEG_ARENA)
+                            seg_release(w, &sg[i]);
                 dx_list_remove(&q->pend);
                 c->wq = NULL;
                 dx__wsl_unblock(w, q);
-                (void)queue_emptied(c, true);
+                /* queue_emptied's common case inline: nothing applies. */
+                if (c->state != CS_OPEN || (c->flags & (CF_WANT_WRITE | CF_DRAIN_ARMED)))
+                    (void)queue_emptied(c, true);
                 return;
             }
             wq_consume(c, (size_t)r); /* a short write: go on as wq_write does */
@@ -561,11 +568,29 @@ __attribute__((always_inline)) static inline bool put_small_fast(dx_conn *c, uns
     return true;
 }
 
+static int send_general(dx_conn *c, int opcode, const void *data, size_t len);
+
 /* dx_conn_send (duplex/server.h). The common case, a small whole message
  * from a server connection that is not backlogged (a reply inside a
  * batch), skips the session and the general put: the same frame and
- * counters, the same checks (dx__session_plain_send, put_small_fast). */
+ * counters, the same checks (dx__session_plain_send, put_small_fast).
+ * Everything else is send_general, out of line, so this path saves few
+ * registers. */
 int dx_conn_send(dx_conn *c, int opcode, const void *data, size_t len)
+{
+    if (c->state == CS_OPEN && (opcode == DX_OP_BINARY || (opcode == DX_OP_TEXT && dx__utf8_valid(data, len))) &&
+        dx__session_plain_send(&c->s) && c->ep->scfg.role == DX_ROLE_SERVER && !backlogged(c) &&
+        !c->ep->opt.cb.on_frame && put_small_fast(c, (unsigned)opcode, true, 0, data, len)) {
+        c->msgs_out++;
+        c->ep->st.messages_out++;
+        return c->wq->len >= gather_max(c) ? flush_now(c) : 0;
+    }
+    return send_general(c, opcode, data, len);
+}
+
+/* dx_conn_send's other cases (put_small_fast refused, or did not apply):
+ * nothing was done yet. */
+__attribute__((noinline)) static int send_general(dx_conn *c, int opcode, const void *data, size_t len)
 {
     if (c->state != CS_OPEN)
         return DX_ECLOSED;
@@ -578,8 +603,6 @@ int dx_conn_send(dx_conn *c, int opcode, const void *data, size_t len)
              * applies (not backlogged), no trace. */
             c->msgs_out++;
             ep->st.messages_out++;
-            if (put_small_fast(c, (unsigned)opcode, true, 0, data, len))
-                return c->wq->len >= gather_max(c) ? flush_now(c) : 0;
             uint8_t hdr[DX_FRAME_HEADER_MAX];
             size_t hl = dx__frame_header_write(hdr, (unsigned)opcode, true, 0, len, NULL);
             return put_private(c, hdr, hl, data, len, NULL);

@@ -220,9 +220,42 @@ dx__wsl *dx__wsl_get(dx_loop *loop);
 /* `len` (<= DX_WS_CHUNK) bytes of the gather arena, valid until the next
  * flush before sleep. NULL: DX_ENOMEM. */
 uint8_t *dx__wsl_arena(dx__wsl *w, size_t len);
-/* A queue block from the pool (fields zeroed), NULL: DX_ENOMEM; back to it. */
-dx__wq *dx__wsl_block(dx__wsl *w);
-void dx__wsl_unblock(dx__wsl *w, dx__wq *b);
+/* A queue block from the pool (fields zeroed), NULL: DX_ENOMEM; back to it.
+ * Inline: a reply batch takes one and gives it back per wake-up (the depth-1
+ * echo path); the pool's misses and trims are the out-of-line halves. */
+#define DX_WS_KEEP_BLOCKS 65536 /* pooled queue blocks kept at most (32 MiB) */
+dx__wq *dx__wsl_block_new(dx__wsl *w);
+void dx__wsl_unblock_free(dx__wsl *w, dx__wq *b);
+static inline dx__wq *dx__wsl_block(dx__wsl *w)
+{
+    dx__wq *b = w->free;
+    if (!b)
+        return dx__wsl_block_new(w);
+    w->free = b->next;
+    w->nfree--;
+    b->next = b->tail = NULL;
+    b->conn = NULL;
+    dx_list_init(&b->pend);
+    b->len = 0;
+    b->first = b->n = 0;
+    if (++w->inuse > w->peak)
+        w->peak = w->inuse;
+    return b;
+}
+static inline void dx__wsl_unblock(dx__wsl *w, dx__wq *b)
+{
+    /* Keep as many as were ever needed at once (at most
+     * DX_WS_KEEP_BLOCKS): a fan-out that filled them will again, and its
+     * steady state then allocates nothing. */
+    if (w->nfree >= w->peak || w->nfree >= DX_WS_KEEP_BLOCKS) {
+        dx__wsl_unblock_free(w, b);
+        return;
+    }
+    w->inuse--;
+    b->next = w->free;
+    w->free = b;
+    w->nfree++;
+}
 /* A connection's memory (`size` bytes, uninitialised, aligned for
  * max_align_t) from the loop's slabs, NULL: DX_ENOMEM; back to them. */
 void *dx__wsl_conn_alloc(dx__wsl *w, size_t size);

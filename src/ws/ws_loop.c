@@ -28,7 +28,6 @@
 
 #define KEEP_CHUNKS 16        /* arena chunks always kept between iterations (1 MiB) */
 #define ARENA_PERIOD_MS 1000u /* how long the busiest pass's chunks are kept */
-#define KEEP_BLOCKS_MAX 65536 /* pooled queue blocks kept at most (32 MiB) */
 
 static const char ws_layer_key; /* identifies this layer's context on a loop */
 
@@ -95,17 +94,12 @@ uint8_t *dx__wsl_arena(dx__wsl *w, size_t len)
     return p;
 }
 
-dx__wq *dx__wsl_block(dx__wsl *w)
+/* The pool is empty: a new block (dx__wsl_block's slow half). */
+dx__wq *dx__wsl_block_new(dx__wsl *w)
 {
-    dx__wq *b = w->free;
-    if (b) {
-        w->free = b->next;
-        w->nfree--;
-    } else {
-        b = dx__alloc(w->seams, sizeof *b);
-        if (!b)
-            return NULL;
-    }
+    dx__wq *b = dx__alloc(w->seams, sizeof *b);
+    if (!b)
+        return NULL;
     b->next = b->tail = NULL;
     b->conn = NULL;
     dx_list_init(&b->pend);
@@ -116,18 +110,12 @@ dx__wq *dx__wsl_block(dx__wsl *w)
     return b;
 }
 
-void dx__wsl_unblock(dx__wsl *w, dx__wq *b)
+/* dx__wsl_unblock's slow half: the pool already holds as many as were ever
+ * in use at once (or DX_WS_KEEP_BLOCKS), so this one is freed. */
+void dx__wsl_unblock_free(dx__wsl *w, dx__wq *b)
 {
     w->inuse--;
-    /* Keep as many as were ever needed at once: a fan-out that filled them
-     * will again, and its steady state then allocates nothing. */
-    if (w->nfree >= w->peak || w->nfree >= KEEP_BLOCKS_MAX) {
-        dx__free(w->seams, b);
-        return;
-    }
-    b->next = w->free;
-    w->free = b;
-    w->nfree++;
+    dx__free(w->seams, b);
 }
 
 int dx__wsl_mask_key(dx__wsl *w, uint8_t key[4])

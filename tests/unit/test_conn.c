@@ -609,6 +609,69 @@ static void echo_burst_same_bytes(sfx *f, bool trace)
 static void test_send_fast_path_bytes(void **state) { echo_burst_same_bytes(*state, false); }
 static void test_send_general_path_bytes(void **state) { echo_burst_same_bytes(*state, true); }
 
+/* ---- the per-read path under short writes -----------------------------------------
+ *
+ * The depth-1 fast paths (conn.c on_io's open-connection test, send.c's
+ * one-segment flush through send(2), the inline queue-block pool) against a
+ * socket that takes only part of a write: the server's send buffer and the
+ * client's receive buffer are tiny and the client reads nothing until it
+ * has sent every frame, in pieces of every size (frames cut anywhere, many
+ * frames per read or one). Replies then stop fitting mid-batch: a short
+ * write, EAGAIN, the backlog, EPOLLOUT while input still arrives (on_io's
+ * general path), and back. Every reply must come back whole and in order. */
+
+static void set_sndbuf(sfx *f, void *arg)
+{
+    int sz = *(int *)arg;
+    assert_non_null(f->conns[0]);
+    assert_int_equal(setsockopt(f->conns[0]->io.fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz), 0);
+}
+
+static void test_echo_short_writes_in_order(void **state)
+{
+    sfx *f = *state;
+    dx_server_options o = base_opts(f);
+    start(f, &o);
+    cl *c = cl_tcp(f, 4096);
+    assert_int_equal(cl_handshake(f, c, "/echo").status, 101);
+    wait_ev(f, EV_OPEN);
+    int sz = 4096;
+    on_loop(f, set_sndbuf, &sz);
+    /* ~135 KB of replies: past both buffers, under send_max (1 MiB); and
+     * fewer messages than the recorder holds (MAXEV), with room for the
+     * drains and the close. */
+    enum { MSGS = 900 };
+    uint8_t *in = malloc(1u << 19), *want = malloc(1u << 19), pay[300];
+    assert_true(in && want);
+    size_t in_len = 0, want_len = 0;
+    uint32_t x = 11;
+    for (unsigned k = 0; k < MSGS; k++) {
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        size_t len = 1 + x % 300; /* 7- and 16-bit lengths */
+        for (size_t i = 0; i < len; i++)
+            pay[i] = (uint8_t)(k * 31 + i);
+        in_len += frame_bytes(in + in_len, DX_OP_BINARY, true, pay, len, true);
+        want_len += frame_bytes(want + want_len, DX_OP_BINARY, true, pay, len, false);
+    }
+    assert_true(in_len <= (1u << 19) && want_len <= (1u << 19));
+    for (size_t off = 0; off < in_len;) {
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        size_t n = x % 4 == 0 ? 1 + x % 7 : 1 + x % 3000; /* a frame cut anywhere, or many at once */
+        if (n > in_len - off)
+            n = in_len - off;
+        cl_send(c, in + off, n);
+        off += n;
+    }
+    dx_test_peer_need(c, want_len);
+    assert_memory_equal(c->buf, want, want_len);
+    dx_test_peer_consume(c, want_len);
+    dx_server_stats st = stats(f);
+    assert_int_equal(st.dropped_slow, 0);
+    free(in);
+    free(want);
+    close_normally(f, c, 1000);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, sfx_setup, sfx_teardown)
 
 int main(void)
@@ -630,6 +693,7 @@ int main(void)
         T(test_idle_memory_budget),
         T(test_send_fast_path_bytes),
         T(test_send_general_path_bytes),
+        T(test_echo_short_writes_in_order),
     };
     dx_test_filter_from_env();
     return cmocka_run_group_tests(tests, NULL, NULL);
