@@ -1356,8 +1356,8 @@ static void r_free(dx__bus *base)
         dx__rb_uc_free(w);
         dx__free(NULL, w->sh);
         dx__free(NULL, w->slots);
+        dx__tls_ctx_free(w->tls);
     }
-    dx__tls_ctx_free(b->tls);
     dx__rr_free(b);
     dx__free(NULL, b->w);
     dx__rb_servers_free(b);
@@ -1415,8 +1415,6 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
     if (!b->o.connect_timeout_ms)
         b->o.connect_timeout_ms = 3000;
     b->ttl_ms = b->o.history.max_age_ns ? b->o.history.max_age_ns / 1000000u + 60000u : 0;
-    if ((e = dx__rb_tls_setup(b, o, why, why_len)) != 0)
-        goto fail;
     uint64_t seed[2];
     if (dx__random(NULL, seed, sizeof seed) != 0) {
         e = DX_ERANDOM;
@@ -1466,6 +1464,8 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
         atomic_init(&w->attached, false);
         atomic_init(&w->map_ok, false);
     }
+    if ((e = dx__rb_tls_setup(b, o, why, why_len)) != 0)
+        goto fail;
     if (dx__rr_init(b) != 0) {
         e = DX_ENOMEM;
         goto fail;
@@ -1473,10 +1473,10 @@ dx__bus *dx__bus_redis_new(const dx__bus_redis_opts *o, int *err, char *why, siz
     return &b->base;
 fail:
     if (b) {
-        dx__tls_ctx_free(b->tls);
         for (unsigned i = 0; b->w && i < o->workers; i++) {
             dx__free(NULL, b->w[i].sh);
             dx__free(NULL, b->w[i].slots);
+            dx__tls_ctx_free(b->w[i].tls);
         }
         dx__rr_free(b);
         dx__free(NULL, b->w);

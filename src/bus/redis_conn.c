@@ -45,17 +45,25 @@ int dx__rb_tls_setup(rbus *b, const dx__bus_redis_opts *o, char *why, size_t why
     }
     if (!tls)
         return 0;
-    /* the CA store and the client certificate, loaded once (not on a loop);
-     * every connection's handshake verifies the server's certificate
-     * against the URL's host */
-    char tw[200];
-    int e = 0;
-    b->tls = dx__tls_client_ctx_new(o->tls_ca, 0, tw, sizeof tw, &e);
-    if (b->tls && o->tls_cert)
-        e = dx__tls_client_ctx_cert(b->tls, o->tls_cert, o->tls_key, tw, sizeof tw);
-    if (e)
-        snprintf(why, why_len, "Redis TLS: %s", tw);
-    return e;
+    /* the CA store and the client certificate, loaded here (not on a loop)
+     * once per worker: an OpenSSL context is not shared between loop
+     * threads (its lazily cached certificate fields are written without a
+     * lock a reader takes), as the server's contexts are per loop too.
+     * Every connection's handshake verifies the server's certificate
+     * against the URL's host. */
+    for (unsigned i = 0; i < b->o.workers; i++) {
+        char tw[200];
+        int e = 0;
+        rworker *w = &b->w[i];
+        w->tls = dx__tls_client_ctx_new(o->tls_ca, 0, tw, sizeof tw, &e);
+        if (w->tls && o->tls_cert)
+            e = dx__tls_client_ctx_cert(w->tls, o->tls_cert, o->tls_key, tw, sizeof tw);
+        if (e) {
+            snprintf(why, why_len, "Redis TLS: %s", tw);
+            return e;
+        }
+    }
+    return 0;
 }
 
 static void on_disconnect(dx__rio *io, const char *why, void *ud)
@@ -247,7 +255,7 @@ static int conn_start(rconn *c)
         .addr = sv->url.unix_socket ? NULL : sv->addr,
         .port = sv->url.port,
         .unix_path = sv->url.unix_socket ? sv->url.path : NULL,
-        .tls = sv->url.tls ? b->tls : NULL,
+        .tls = sv->url.tls ? w->tls : NULL,
         .tls_host = sv->url.host,
         .on_connect = on_connect,
         .on_disconnect = on_disconnect,

@@ -198,6 +198,7 @@ struct rworker {
     bool uc_dirty;             /* a user's count waits to be re-stated (the tick) */
     uint64_t last_refresh_ns, last_sweep_ns;
     uint64_t rng;
+    dx__tls_ctx *tls;          /* rediss://: this worker's client context (CA store, client certificate) */
     _Atomic bool attached;
     _Atomic bool healthy;
     _Atomic uint64_t st_topics;
@@ -213,7 +214,6 @@ struct rbus {
     size_t nring;
     char node[17];
     char sha[DX__REDIS_LUA_N][41];
-    dx__tls_ctx *tls;          /* rediss://: the client context (CA store, client certificate) */
     uint64_t ttl_ms;           /* topic keys: history age + 60 s; 0 without an age bound */
     rworker *w;
     _Atomic size_t pending;
@@ -340,8 +340,9 @@ int dx__rb_disconnect_user(dx__bus *base, unsigned wi, const char *user, size_t 
 
 /* redis_conn.c */
 /* rediss://: b->tls from o's CA file and client certificate (the options'
- * consistency checked first). 0, or DX_EINVAL / DX_ETLS / DX_ENOMEM with
- * the reason in why (b->tls may be set: freed with b). */
+ * consistency checked first), one per worker (b->w made). 0, or DX_EINVAL /
+ * DX_ETLS / DX_ENOMEM with the reason in why (contexts made so far are
+ * freed with b). */
 int dx__rb_tls_setup(rbus *b, const dx__bus_redis_opts *o, char *why, size_t why_len);
 /* A control-channel message ("d ..." or "r ...") that came from server s. */
 void dx__rb_ctl_message(rshard *s, const char *m, size_t n);

@@ -118,7 +118,7 @@ static void test_bad_lists(void **state)
     /* TLS to some servers only: each connection uses TLS as its URL says */
     rbus *t = bus_new("redis://127.0.0.1:7001,rediss://127.0.0.1:7002");
     assert_int_equal(t->nsrv, 2);
-    assert_non_null(t->tls);
+    assert_non_null(t->w[0].tls);
     assert_false(t->srv[0].url.tls);
     assert_true(t->srv[1].url.tls);
     dx__bus_free(&t->base);
