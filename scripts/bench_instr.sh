@@ -14,9 +14,10 @@
 # tcp_echo) on CPU 1. Echo rows: 100 connections x 16 B at depth 1, 16, 64:
 # once every connection is established and INSTR_WARMUP (3 s) has passed,
 # callgrind's counters are zeroed, and INSTR_WINDOW (5 s) later dumped; the
-# instructions of that window are divided by the messages the load
-# generator measured in a window that contains it (steady state: its rate
-# times the window). Handshake row: counters zeroed, INSTR_HANDSHAKES (1000)
+# instructions of that window are divided by the messages echoed in it,
+# counted exactly from the same dump (the calls of the function the server
+# runs once per echoed message: dx_conn_send, lws_write); tcp_echo, which
+# echoes bytes, by the load generator's rate times the window. Handshake row: counters zeroed, INSTR_HANDSHAKES (1000)
 # connections opened and closed 8 at a time, dumped: instructions / N (for
 # tcp_echo: accept + echo-less close, the TCP floor).
 #
@@ -119,9 +120,23 @@ dump() {
     [[ -n $f ]] && grep -q "^summary:" "$f" && break
     sleep 0.1
   done
-  [[ -n $f ]] || { log "no callgrind dump for $2"; echo 0; return; }
-  awk '/^summary:/ {print $2; exit}' "$f"
+  [[ -n $f ]] || { log "no callgrind dump for $2"; echo 0 -; return; }
+  echo "$(awk '/^summary:/ {print $2; exit}' "$f") $f"
 }
+
+# calls FILE FN: the calls to function FN that callgrind's dump FILE counted
+# (the sum of its call arcs' counts; 0 when none).
+calls() {
+  [[ -f $1 ]] || { echo 0; return; }
+  awk -v fn="cfn=$2" '$0 == fn { getline; if ($1 ~ /^calls=/) { sub(/^calls=/, "", $1); s += $1 } }
+       END { printf "%d\n", s }' "$1"
+}
+
+# The function a server calls exactly once per echoed message: its calls in
+# the window are the messages echoed in it, counted exactly (the load
+# generator's rate is measured over a window that is not callgrind's).
+# tcp_echo echoes bytes, not messages: it keeps the rate times the window.
+declare -A PER_MSG_FN=([duplex]=dx_conn_send [lws]=lws_write)
 
 declare -A R=()
 errors=0
@@ -150,15 +165,22 @@ for k in duplex lws tcp; do
     sleep "$WARM"
     callgrind_control -z "$SPID" >/dev/null 2>&1
     sleep "$WIN"
-    ir=$(dump "$SPID" "window$depth")
+    read -r ir cgf < <(dump "$SPID" "window$depth")
     wait "$lpid" || true
     line=$(cat "$work/load.json")
     rate=$(json msgs_per_s "$line")
     e=$(json errors "$line")
     ((${e:-1} == 0)) || { errors=$((errors + 1)); log "$k depth $depth: load errors: $line"; }
     stop "$SPID"
-    R[$k,$depth]=$(awk -v ir="$ir" -v r="${rate:-0}" -v w="$WIN" 'BEGIN { if (r > 0) printf "%.0f", ir / (r * w); else print "-" }')
-    log "$k depth $depth: $ir instructions in ${WIN}s at ${rate:-?} msg/s -> ${R[$k,$depth]} per message"
+    if [[ -n ${PER_MSG_FN[$k]:-} ]]; then
+      n=$(calls "$cgf" "${PER_MSG_FN[$k]}")
+      how="$n calls of ${PER_MSG_FN[$k]}"
+    else
+      n=$(awk -v r="${rate:-0}" -v w="$WIN" 'BEGIN { printf "%.0f", r * w }')
+      how="${rate:-?} msg/s x ${WIN}s"
+    fi
+    R[$k,$depth]=$(awk -v ir="$ir" -v n="${n:-0}" 'BEGIN { if (n > 0) printf "%.0f", ir / n; else print "-" }')
+    log "$k depth $depth: $ir instructions / $how -> ${R[$k,$depth]} per message"
   done
   start "$k" || { errors=$((errors + 1)); continue; }
   callgrind_control -z "$SPID" >/dev/null 2>&1
@@ -168,7 +190,7 @@ for k in duplex lws tcp; do
     line=$(loadgen "$k" --handshakes "$HS_N" 2>>"$work/load.log" || true)
   fi
   sleep 0.5 # the server may still be closing the last connections
-  ir=$(dump "$SPID" handshakes)
+  read -r ir _ < <(dump "$SPID" handshakes)
   ok=$(json ok "$line")
   [[ -z $ok ]] && ok=$(json n "$line")
   e=$(json errors "$line")

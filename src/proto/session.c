@@ -501,17 +501,73 @@ int dx__session_recv(dx__session *s, uint8_t *data, size_t len)
 
 static int recv_frames(dx__session *s, uint8_t *data, size_t len, size_t *used);
 
+static bool rx_live(const dx__session *s)
+{
+    return s->state == DX_CODEC_OPEN || s->state == DX_CODEC_CLOSE_SENT;
+}
+
+/* The path of a session between messages (no receive state) fed whole,
+ * unfragmented data frames, the common case: each is checked, unmasked and
+ * delivered straight from the caller's buffer (dx__frame_whole), with no
+ * receive state at all. Returns the bytes consumed; stops at the first
+ * frame that is not such a frame (recv_frames takes it from there, with
+ * the same results: dx__frame_whole's contract), when a handler holds the
+ * session, ends it, or leaves a receive state (a nested recv that stopped
+ * mid-frame). *rc: a failure (invalid UTF-8). */
+static size_t recv_whole(dx__session *s, uint8_t *data, size_t len, int *rc)
+{
+    const dx__session_cfg *cfg = s->cfg;
+    const dx_frame_limits *lim = &cfg->limits;
+    uint64_t a = lim->max_frame - 1, b = lim->max_message - 1;
+    dx_frame_fast ff = {.max1 = a < b ? a : b, /* a zero limit (none) wraps to UINT64_MAX */
+                        .mbit = cfg->role == DX_ROLE_SERVER ? 0x80u : 0,
+                        .ok = true};
+    size_t off = 0;
+    s->depth++;
+    while (off < len && !s->hold && !s->rx && rx_live(s)) {
+        uint8_t *p;
+        size_t n;
+        unsigned op;
+        size_t fl = dx__frame_whole(&ff, data + off, len - off, &p, &n, &op);
+        if (!fl)
+            break;
+        off += fl;
+        if (op == DX_OP_TEXT && !dx__utf8_valid(p, n)) {
+            *rc = fail_rx(s, DX_EUTF8); /* §8.1 */
+            break;
+        }
+        if (cfg->on_fragment)
+            cfg->on_fragment(s, (int)op, p, n, 1);
+        else
+            cfg->on_message(s, (int)op, p, n);
+    }
+    s->depth--;
+    return off;
+}
+
 int dx__session_recv_ex(dx__session *s, uint8_t *data, size_t len, size_t *used)
 {
+    size_t off = 0;
+    int rc = 0;
+    if (!s->rx && !s->pmd && !s->cfg->on_frame && rx_live(s)) {
+        off = recv_whole(s, data, len, &rc);
+        if (off == len || rc || s->hold || !rx_live(s)) {
+            *used = s->hold ? off : len; /* unless held: what is not decoded is ignored */
+            return rc ? rc : s->state == DX_CODEC_FAILED && s->err ? s->err : 0;
+        }
+    }
     /* Between messages the receive state lives on this stack frame; the
-     * outermost call settles it (rx_settle) before it returns. */
+     * call that made it settles it (rx_settle) before it returns. */
     dx__rxs stack;
+    bool mine = false;
     if (!s->rx && s->state != DX_CODEC_CLOSED && s->state != DX_CODEC_FAILED) {
         rx_fresh(s, &stack);
         s->rx = &stack;
+        mine = true;
     }
     s->depth++;
-    int rc = recv_frames(s, data, len, used);
+    rc = recv_frames(s, data + off, len - off, used);
+    *used += off;
     /* A compressed message still open on the shared decompressor keeps a
      * copy of its own until it ends: the shared one serves others. */
     if (s->pmd) {
@@ -522,7 +578,8 @@ int dx__session_recv_ex(dx__session *s, uint8_t *data, size_t len, size_t *used)
             rc = fail_rx(s, DX_ENOMEM);
         }
     }
-    if (--s->depth == 0 && rx_settle(s, &stack) && s->state != DX_CODEC_CLOSED && s->state != DX_CODEC_FAILED)
+    if ((--s->depth == 0 || mine) && rx_settle(s, &stack) && s->state != DX_CODEC_CLOSED &&
+        s->state != DX_CODEC_FAILED)
         rc = fail_rx(s, DX_ENOMEM);
     return rc;
 }
