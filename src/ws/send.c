@@ -341,7 +341,8 @@ void dx__conn_flush(dx_conn *c)
                     for (int i = 0; i < n; i++)
                         if (sg[i].ref != SEG_ARENA)
                             seg_release(w, &sg[i]);
-                dx_list_remove(&q->pend);
+                if (dx_list_linked(&q->pend)) /* before_sleep unlinked it already */
+                    dx_list_remove(&q->pend);
                 c->wq = NULL;
                 dx__wsl_unblock(w, q);
                 /* queue_emptied's common case inline: nothing applies. */
