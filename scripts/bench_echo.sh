@@ -461,14 +461,21 @@ cols=(lws node tcp)
   echo
   echo "srv% / lg%: CPU use of the server's core / of the load generator's core during the row (100 = saturated)"
   echo
-  echo "== row 1 per message, server side"
-  printf '%-14s %12s %12s %12s\n' server syscalls/msg cpu_us/msg server_cpu%
+  echo "== rows 1-3 per message, server side"
+  printf '%-14s %12s %12s %12s %12s %12s %12s\n' server syscalls/msg "cpu_us d16" server_cpu% "cpu_us d64" "d64-tcp_ns" \
+    "cpu_us d1"
   for k in "${servers[@]}"; do
     [[ -n ${SKIP[$k]:-} ]] && continue
-    printf '%-14s %12s %12s %12s\n' "${NAME[$k]}" "${R[$k,1,sys]:--}" "${R[$k,1,cpumsg]:--}" "${R[$k,1,srvcpu]:--}"
+    d64=${R[$k,2,cpumsg]:-}
+    diff=-
+    [[ -n $d64 && -n ${R[tcp,2,cpumsg]:-} ]] && diff=$(awk -v a="$d64" -v b="${R[tcp,2,cpumsg]}" 'BEGIN {printf "%+.0f", (a - b) * 1e3}')
+    printf '%-14s %12s %12s %12s %12s %12s %12s\n' "${NAME[$k]}" "${R[$k,1,sys]:--}" "${R[$k,1,cpumsg]:--}" \
+      "${R[$k,1,srvcpu]:--}" "${d64:--}" "$diff" "${R[$k,3,cpumsg]:--}"
   done
   echo "syscalls: $sys_source"
-  echo "cpu: $cpu_source, over the whole load generator run (warm-up included) / every echoed message"
+  echo "cpu: $cpu_source, over the whole load generator run (warm-up included) / every echoed message;"
+  echo "     d16 / d64 / d1 = rows 1 / 2 / 3 (the median run of each); d64-tcp_ns: row 2's cost above tcp_echo's, in ns"
+  echo "     (issue 13's target: within 60 ns)"
   for r in 5 6; do
     echo
     echo "== $r. ${ROW_TITLE[$r]} (lower is better)"
