@@ -383,11 +383,15 @@ static void on_open(struct conn *c, uint64_t now)
     if (!G.raw)
         dx__frame_decoder_init(&c->dec, DX_ROLE_CLIENT, 0, NULL);
     if (G.mode == MODE_HANDSHAKES) {
-        G.hs_ok++;
         if (G.raw) {
-            conn_close(c);
+            /* The TCP floor of a handshake: connect, one request-sized
+             * message echoed (as a request and its 101), close; counted
+             * once the echo is back (consume). */
+            if (put_message(c, now) < 0 || conn_flush(c) < 0)
+                conn_fail(c, &G.err_io, "write failed");
             return;
         }
+        G.hs_ok++;
         if (put_close(c) < 0 || conn_flush(c) < 0) {
             conn_fail(c, &G.err_io, "write failed");
             return;
@@ -422,6 +426,11 @@ static int consume(struct conn *c, uint8_t *p, size_t len, uint64_t now)
                 message_done(c, now);
                 if (c->fd < 0)
                     return -1;
+                if (G.mode == MODE_HANDSHAKES) {
+                    G.hs_ok++;
+                    conn_close(c); /* the floor's cycle is complete */
+                    return -1;
+                }
             }
         }
         return 0;
@@ -633,7 +642,8 @@ static void usage(FILE *f)
           "      --idle         open N connections and hold them, no traffic\n"
           "      --ready-file F idle: create F once every connection is open\n"
           "      --handshakes N open and close N connections (handshake + close\n"
-          "                     handshake), --concurrency K at a time (default 8)\n"
+          "                     handshake; with --raw: connect, one --size message\n"
+          "                     echoed, close), --concurrency K at a time (default 8)\n"
           "      --sources K    source addresses 127.0.0.1..K (default: 1 per 4000 conns)\n"
           "      --rate R       connects per second (default 20000)\n"
           "      --max-pending P  connects + handshakes in progress (default 256)\n"
