@@ -801,11 +801,8 @@ int dx__rb_subscribe_now(rworker *w, rtopic *t)
     char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3];
     const char *names[1] = {ch};
     size_t lens[1] = {dx__rb_chan(w->b, t->bt->name, t->bt->len, ch, sizeof ch)};
-    int rc = dx__rb_send_sub(t->s, "SUBSCRIBE", names, lens, 1);
-    /* cluster: SUBSCRIBE (never published to) makes this hiredis pass the
-     * shard channel's messages to us; SSUBSCRIBE receives them */
-    if (!rc && w->b->o.cluster)
-        rc = dx__rb_send_sub(t->s, "SSUBSCRIBE", names, lens, 1);
+    /* cluster: a shard channel (SSUBSCRIBE, confirmed by `ssubscribe`) */
+    int rc = dx__rb_send_sub(t->s, w->b->o.cluster ? "SSUBSCRIBE" : "SUBSCRIBE", names, lens, 1);
     if (!rc)
         t->state = S_SUBSCRIBING;
     return rc;
@@ -936,6 +933,43 @@ void dx__rb_set_health(rshard *s)
     atomic_store_explicit(&s->healthy, s->cmd.up && s->sub.up && !s->stuck, memory_order_release);
 }
 
+void dx__rb_topic_moved(rworker *w, rtopic *t)
+{
+    t->moving = false;
+    t->state = S_NONE;
+    t->s = dx__rb_shard_of(w, t->bt->name, t->bt->len);
+    if (t->refs > 0 && t->have_last)
+        t->need_catch = true;
+    else if (t->refs <= 0)
+        t->have_last = false;
+    if (t->present || t->pres_pushed) {
+        t->pres_dirty = true;
+        w->pres_any_dirty = true;
+    }
+    if ((t->refs > 0 || t->waiting) && dx__rb_subscribe_topic(w, t) != 0)
+        dx__rb_waiting_fail(w, t, DX_EIO);
+}
+
+/* Redis confirmed t's unsubscription (S_UNSUBSCRIBING): subscribed again
+ * if wanted meanwhile (cluster: on the node its slot moved to). */
+void dx__rb_topic_unsubscribed(rworker *w, rtopic *t)
+{
+    if (t->moving) {
+        dx__rb_topic_moved(w, t);
+        return;
+    }
+    /* Entries published while unsubscribed never came: nothing is ordered
+     * here any more (the subscribers that arrived since are all waiting
+     * for their read, which comes after the new subscription, so none of
+     * them needs a catch-up). */
+    t->state = S_NONE;
+    t->have_last = false;
+    t->need_catch = false;
+    dx__rb_catch_stop(t);
+    if ((t->refs > 0 || t->waiting) && dx__rb_subscribe_topic(w, t) != 0)
+        dx__rb_waiting_fail(w, t, DX_EIO);
+}
+
 static void on_sub_msg(dx__rio *io, void *reply, void *pd)
 {
     (void)io;
@@ -971,13 +1005,17 @@ static void on_sub_msg(dx__rio *io, void *reply, void *pd)
         rtopic *t = chan_topic(a->str, a->len, true, &nm, &nl) ? dx__rb_topic_find(w, nm, nl) : NULL;
         if (!t || t->s != sh)
             return;
-        if (kind->str[1] == 's' && t->state == S_SUBSCRIBING) {
-            dx__rb_topic_active(w, t);
-        } else if (kind->str[1] == 'u' && (t->state == S_ACTIVE || t->state == S_SUBSCRIBING)) {
-            /* not asked for: the slot moved to another node */
+        if (kind->str[1] == 's') {
+            if (t->state == S_SUBSCRIBING)
+                dx__rb_topic_active(w, t);
+        } else if (t->state == S_ACTIVE) {
+            /* not asked for: the slot moved to another node (a subscription
+             * still waiting for its answer gets that answer, or MOVED) */
             w->map_due = true;
             dx__rb_cluster_map(w);
             dx__rb_topic_move(w, t, t->s, false);
+        } else if (t->state == S_UNSUBSCRIBING) {
+            dx__rb_topic_unsubscribed(w, t);
         }
         return;
     }
@@ -1016,41 +1054,7 @@ static void on_sub_msg(dx__rio *io, void *reply, void *pd)
             }
             return;
         }
-        if (!cl && chan_topic(a->str, a->len, false, &nm, &nl)) { /* cluster: the ssubscribe's answer */
-            rtopic *t = dx__rb_topic_find(w, nm, nl);
-            if (t && t->state == S_SUBSCRIBING)
-                dx__rb_topic_active(w, t);
-        }
-    } else if (rstr(kind, "unsubscribe") && a->type == REDIS_REPLY_STRING && chan_topic(a->str, a->len, cl, &nm, &nl)) {
-        rtopic *t = dx__rb_topic_find(w, nm, nl);
-        if (t && t->state == S_UNSUBSCRIBING && t->moving) {
-            /* cluster: its slot moved: subscribed on the node that has it
-             * now; entries published meanwhile are read back from there */
-            t->moving = false;
-            t->state = S_NONE;
-            t->s = dx__rb_shard_of(w, nm, nl);
-            if (t->refs > 0 && t->have_last)
-                t->need_catch = true;
-            else if (t->refs <= 0)
-                t->have_last = false;
-            if (t->present || t->pres_pushed) {
-                t->pres_dirty = true;
-                w->pres_any_dirty = true;
-            }
-            if ((t->refs > 0 || t->waiting) && dx__rb_subscribe_topic(w, t) != 0)
-                dx__rb_waiting_fail(w, t, DX_EIO);
-        } else if (t && t->state == S_UNSUBSCRIBING) {
-            /* Entries published while unsubscribed never came: nothing is
-             * ordered here any more (the subscribers that arrived since are
-             * all waiting for their read, which comes after the new
-             * subscription, so none of them needs a catch-up). */
-            t->state = S_NONE;
-            t->have_last = false;
-            t->need_catch = false;
-            dx__rb_catch_stop(t);
-            if ((t->refs > 0 || t->waiting) && dx__rb_subscribe_topic(w, t) != 0)
-                dx__rb_waiting_fail(w, t, DX_EIO);
-        }
+        /* topics: their owner's (the relay), or shard channels (cluster) */
     } else if (rstr(kind, "psubscribe") && a->type == REDIS_REPLY_STRING) {
         rpat *p = dx__rb_pat_find(w, a->str, a->len);
         if (p && p->state[sh->index] == S_SUBSCRIBING)

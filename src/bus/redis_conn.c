@@ -408,10 +408,21 @@ static void unsub_topics(rworker *w, rshard *s)
             t->state = S_UNSUBSCRIBING;
         }
     }
-    if (n && w->b->o.cluster)
-        (void)dx__rb_send_sub(s, "SUNSUBSCRIBE", names, lens, n); /* then the SUBSCRIBE that routes them */
-    if (n && dx__rb_send_sub(s, "UNSUBSCRIBE", names, lens, n) != 0)
+    if (w->b->o.cluster) {
+        /* one SUNSUBSCRIBE per channel: Redis refuses channels of several
+         * slots in one (CROSSSLOT), and the error would name none of them */
+        for (size_t i = 0; i < n; i++) {
+            if (dx__rb_send_sub(s, "SUNSUBSCRIBE", names + i, lens + i, 1) != 0) {
+                const char *nm = names[i] + MSG_PREFIX_LEN + 1; /* "dx:m:{T}" */
+                rtopic *t = dx__rb_topic_find(w, nm, lens[i] - MSG_PREFIX_LEN - 2);
+                if (t)
+                    t->state = S_ACTIVE; /* still held: next tick */
+                w->unsub_due = true;
+            }
+        }
+    } else if (n && dx__rb_send_sub(s, "UNSUBSCRIBE", names, lens, n) != 0) {
         w->unsub_due = true;
+    }
 out:
     dx__free(NULL, names);
     dx__free(NULL, lens);

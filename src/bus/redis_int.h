@@ -321,8 +321,16 @@ int dx__rb_subscribe_now(rworker *w, rtopic *t);
 void dx__rb_sub_error(rworker *w, rshard *sh, redisReply *r);
 /* The channel of topic name: "dx:m:T", or (cluster) "dx:m:{T}" (in T's slot). */
 size_t dx__rb_chan(const rbus *b, const char *name, size_t len, char *out, size_t cap);
-/* Cluster: t's slot is on node ns now: unsubscribed where it was, subscribed there (with a catch-up). */
+/* Cluster: t's slot is on node ns now: unsubscribed where it was (sharded:
+ * its shard subscription still held there; else Redis ended or refused it),
+ * subscribed there (with a catch-up). */
 void dx__rb_topic_move(rworker *w, rtopic *t, rshard *ns, bool sharded);
+/* Cluster: t holds no subscription any more (unsubscribed, ended or refused
+ * by Redis): subscribed on the node its slot map names, missed entries read back. */
+void dx__rb_topic_moved(rworker *w, rtopic *t);
+/* Cluster: Redis confirmed (or made moot) t's SUNSUBSCRIBE (S_UNSUBSCRIBING):
+ * subscribed again if wanted meanwhile (moving: on its slot's new node). */
+void dx__rb_topic_unsubscribed(rworker *w, rtopic *t);
 /* The record of topic name on w, or NULL. */
 rtopic *dx__rb_topic_find(rworker *w, const char *name, size_t len);
 /* A new request of `kind` for topic (or user) with an optional user. */

@@ -318,9 +318,9 @@ int dx__rb_cmd_routed(rconn *c, dx__rio_fn *fn, void *pd, int argc, const char *
 /* ---- cluster subscriptions ---------------------------------------------------- */
 
 /* Cluster: the probe (EXISTS on the topic's offset key, following MOVED)
- * answered: the node that answered has the slot. An SSUBSCRIBE sent to
- * another node would be answered with an error this hiredis cannot route
- * on a pub/sub connection (it drops the connection). */
+ * answered: the node that answered has the slot, so the SSUBSCRIBE goes
+ * there the first time (one sent elsewhere is answered MOVED on the pub/sub
+ * connection: dx__rb_sub_error). */
 static void on_probe(dx__rio *io, void *reply, void *pd)
 {
     rtopic *t = pd;
@@ -380,16 +380,22 @@ void dx__rb_topic_move(rworker *w, rtopic *t, rshard *ns, bool sharded)
     }
     if (t->probing)
         return; /* nothing sent yet: its probe's answer names the node */
-    t->moving = true; /* the unsubscribe's answer subscribes it on its node */
+    if (!sharded && t->state != S_UNSUBSCRIBING) {
+        /* Redis holds no shard subscription of it there (ended by Redis
+         * with `sunsubscribe`, or refused with MOVED): on its node now */
+        dx__rb_topic_moved(w, t);
+        return;
+    }
+    t->moving = true; /* the sunsubscribe's answer subscribes it on its node */
     if (t->state == S_UNSUBSCRIBING)
         return;
     char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3];
     const char *names[1] = {ch};
     size_t lens[1] = {dx__rb_chan(w->b, t->bt->name, t->bt->len, ch, sizeof ch)};
-    if (sharded)
-        (void)dx__rb_send_sub(t->s, "SUNSUBSCRIBE", names, lens, 1);
-    if (dx__rb_send_sub(t->s, "UNSUBSCRIBE", names, lens, 1) == 0)
+    if (dx__rb_send_sub(t->s, "SUNSUBSCRIBE", names, lens, 1) == 0)
         t->state = S_UNSUBSCRIBING;
+    else
+        dx__rb_topic_moved(w, t); /* the connection is down: nothing held there */
 }
 
 /* Cluster: an error answer on sh's pub/sub connection (an SSUBSCRIBE
@@ -407,10 +413,18 @@ void dx__rb_sub_error(rworker *w, rshard *sh, redisReply *r)
         w->slots[slot] = (uint8_t)k;
     w->map_due = true;
     dx__rb_cluster_map(w);
+    /* the node does not have the slot, so it holds none of its shard
+     * subscriptions: those being made are made on the node named, those
+     * being ended are ended (a SUNSUBSCRIBE may be answered MOVED too) */
     for (size_t i = 0; i < w->tab_cap; i++)
-        for (rtopic *t = w->tab[i]; t; t = t->next)
-            if (t->s == sh && t->state == S_SUBSCRIBING && dx__rb_slot(t->bt->name, t->bt->len) == slot)
+        for (rtopic *t = w->tab[i]; t; t = t->next) {
+            if (t->s != sh || dx__rb_slot(t->bt->name, t->bt->len) != slot)
+                continue;
+            if (t->state == S_SUBSCRIBING)
                 dx__rb_topic_move(w, t, &w->sh[k], false);
+            else if (t->state == S_UNSUBSCRIBING)
+                dx__rb_topic_unsubscribed(w, t);
+        }
 }
 
 int dx__rb_refuse(rbus *b, int err)
