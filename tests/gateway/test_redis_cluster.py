@@ -24,13 +24,20 @@ master, B with the other two.
     between (ASKING seen on the target), SETSLOT NODE on every master): publishes through both nodes follow (MOVED), offsets and epoch
     continue, the kept subscriber gets every message once (its shard
     channel unsubscribed by Redis, subscribed again on the new master, the
-    gap read back), and a resumer gets everything since its offset.
+    gap read back), and a resumer gets everything since its offset;
+  - the relay with a --workers 4 node C: one shard subscription per node
+    (SHARDNUMSUB 1) and its metrics, a slot migrated and the owners'
+    connections killed under subscribers on every worker, the resume
+    stress, subscribe churn, resumes across two migrations: every offset
+    once, in order.
 
 A missing redis-server or redis-cli fails the test (nothing is skipped).
 """
+import asyncio
 import os
 import shutil
 import subprocess
+import threading
 import time
 
 import gwtest
@@ -534,6 +541,128 @@ async def test_relay_resume_stress_four_workers():
         c.stop()
 
 
+async def test_relay_churn_four_workers():
+    """Subscribe/unsubscribe churn from 30 connections over node C's 4
+    workers on a topic of each master, while 8 stable subscribers receive
+    every message in order and a publisher runs: once everyone left, no
+    shard subscription is left on any master, and the gauge is back to 0."""
+    a, b = cluster()
+    c = node4()
+    try:
+        ts = topics_per_master("rchurn")
+        stable = await subscribers(c, ts, 8)
+        n = 60
+        done = threading.Event()
+
+        def publisher():
+            try:
+                for k in range(2, n + 1):
+                    for t in ts:
+                        publish(a if k % 2 else b, t, "m%d" % k)
+            finally:
+                done.set()
+
+        async def churner(k):
+            j = await jconnect(c)
+            for i in range(8):
+                t = ts[(k + i) % 3]
+                await j.ack("sub", topic=t)
+                await j.ack("unsub", topic=t)
+            return j
+
+        th = threading.Thread(target=publisher)
+        th.start()
+        churners = await asyncio.gather(*[churner(k) for k in range(30)])
+        th.join()
+        check(done.is_set(), "publisher finished")
+        await expect_exact(stable, ts, 2, n, "stable subscribers through the churn")
+        for i, t in enumerate(ts):
+            expect_eq(shardnumsub(RS[i], "dx:m:{%s}" % t), 1, "SHARDNUMSUB of %s with the stable subscribers" % t)
+        for j in churners + stable:
+            await j.close()
+        for i, t in enumerate(ts):
+            wait_for(lambda: shardnumsub(RS[i], "dx:m:{%s}" % t) == 0, 10, "no shard subscription of %s left" % t)
+        wait_for(lambda: metric_sum(metrics(c), "duplex_bus_subscriptions")[0] == 0, 10,
+                 "node C's bus subscriptions gauge back to 0")
+        no_bus_warnings(a, b, c)
+    finally:
+        c.stop()
+
+
+async def test_relay_resume_across_migration():
+    """Subscribers hopping between node C (--workers 4) and node B, each
+    resuming from its last offset, while a publisher runs and the topic's
+    slot migrates (twice: away and back): a subscribe may answer 4503 when
+    its read was out as the slot moved (it resumes again), but every offset
+    reaches every subscriber once, in order."""
+    a, b = cluster()
+    c = node4()
+    try:
+        t = topic("rrmig")
+        n = 240
+        ep = publish(a, t, "m1")["epoch"]
+        src = owner(t)
+        dst = (src + 1) % 3
+        sl = slot_of(t)
+        pubbed = [1]
+        stop = threading.Event()
+
+        def publisher():
+            try:
+                for k in range(2, n + 1):
+                    p = publish((a, b, c)[k % 3], t, "m%d" % k)
+                    expect_eq(p["offset"], k, "publish %d" % k)
+                    pubbed[0] = k
+                    time.sleep(0.004)
+            finally:
+                stop.set()
+
+        errs = [0]
+
+        async def subscriber(k):
+            got, since, i = [], 0, k
+            while len(got) < n:
+                j = await jconnect((c, b, c)[i % 3])
+                i += 1
+                r = await j.req("sub", topic=t, since={"offset": since, "epoch": ep})
+                if r["op"] == "err":
+                    expect_eq(r.get("code"), 4503, "subscriber %d: err %r" % (k, r))
+                    errs[0] += 1
+                    await j.close()
+                    await asyncio.sleep(0.05)
+                    continue
+                expect_eq(r.get("recovered"), True, "subscriber %d: resume from %d recovered (%r)" % (k, since, r))
+                for _ in range(10 + (k * 7 + i * 13) % 30):
+                    if len(got) >= n:
+                        break
+                    m = await j.msg(timeout=20, what="subscriber %d after %d" % (k, len(got)))
+                    check(m["op"] == "msg", "subscriber %d: %r" % (k, m))
+                    got.append(m["offset"])
+                    since = m["offset"]
+                await j.close()
+            expect_eq(got, list(range(1, n + 1)), "subscriber %d: offsets" % k)
+
+        def migrations():
+            wait_for(lambda: pubbed[0] >= n // 3, 30, "a third published", step=0.01)
+            migrate_slot(sl, RS[src], RS[dst])
+            wait_for(lambda: pubbed[0] >= 2 * n // 3, 30, "two thirds published", step=0.01)
+            migrate_slot(sl, RS[dst], RS[src])
+
+        th = threading.Thread(target=publisher)
+        th.start()
+        mig = asyncio.get_running_loop().run_in_executor(None, migrations)
+        await asyncio.gather(*[subscriber(k) for k in range(8)])
+        await mig
+        th.join()
+        expect_eq(owner(t), src, "the slot back on its first master")
+        wait_for(lambda: shardnumsub(RS[src], "dx:m:{%s}" % t) == 0, 10, "nothing left subscribed", step=0.05)
+        say("  8 subscribers hopping between nodes across 2 slot migrations: %d messages each, lost 0, "
+            "duplicated 0 (%d subscribes answered 4503 and resumed)" % (n, errs[0]))
+        no_bus_warnings(a, b, c)
+    finally:
+        c.stop()
+
+
 def ssub_clients(r):
     """ids of r's clients holding shard subscriptions (CLIENT LIST ssub=N)."""
     out = []
@@ -601,4 +730,6 @@ if __name__ == "__main__":
         test_relay_slot_migration_four_workers,
         test_relay_owner_connection_killed,
         test_relay_resume_stress_four_workers,
+        test_relay_churn_four_workers,
+        test_relay_resume_across_migration,
     ])
