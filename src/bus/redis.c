@@ -27,7 +27,7 @@
  * (`*` and `>` segments both become Redis's `*`, a superset; the gateway's
  * own index matches exactly); the channel's owner worker holds the node's
  * one SUBSCRIBE (PSUBSCRIBE) on each server and forwards what Redis sends
- * (redis_relay.c; in cluster mode each worker subscribes itself). A worker delivers
+ * (redis_relay.c; in cluster mode topics only: SSUBSCRIBE). A worker delivers
  * each offset of a topic once (exact and pattern subscriptions may both
  * bring it) and in order; a hole (lost pub/sub connection, a skipped
  * offset) is filled from the stream through a stitcher before later live
@@ -667,20 +667,21 @@ static void req_done_read(rreq *r, redisReply *rep)
 
 /* The barrier `token` of a subscribe's read reached this worker's pub/sub
  * connection. */
-void dx__rb_barrier_message(rshard *sh, const char *s, size_t n)
+bool dx__rb_barrier_message(rshard *sh, const char *s, size_t n)
 {
     bool ok = true;
     uint64_t id = dx__rb_parse_u64(s, n, &ok);
     if (!ok)
-        return;
+        return false;
     for (rreq *r = sh->barriers; r; r = r->next) {
         if (r->id == id) {
             r->have_barrier = true;
             if (r->have_reply)
                 sub_finish(r);
-            return;
+            return true;
         }
     }
+    return false;
 }
 
 static void on_read_reply(dx__rio *io, void *reply, void *pd)
@@ -702,33 +703,37 @@ static int read_issue(rreq *r, char mode)
     snprintf(age, sizeof age, "%llu", (unsigned long long)(b->o.history.max_age_ns / 1000000u));
     snprintf(cnt, sizeof cnt, "%zu", b->o.history.max_count);
     snprintf(ttl, sizeof ttl, "%llu", (unsigned long long)b->ttl_ms);
-    char token[40] = "";
+    char token[96] = "";
     bool barrier = r->kind == Q_SUB;
     const char *bchan = "";
+    char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3];
     if (barrier) {
+        /* the barrier travels the way the topic's messages do, to the
+         * channel's owner, which forwards it here after them: on the
+         * owner's wchan, or (cluster) SPUBLISHed on the topic's own shard
+         * channel (its slot's node, the owner's subscription: a classic
+         * PUBLISH would reach the owner on every master, one copy not
+         * ordered with the topic's messages), naming this node */
         r->id = ++w->barrier_seq;
+        size_t chn = dx__rb_chan(b, r->topic, r->tlen, ch, sizeof ch);
         if (b->o.cluster) {
-            bchan = w->wchan;
-            snprintf(token, sizeof token, "%llu", (unsigned long long)r->id);
+            bchan = ch;
+            snprintf(token, sizeof token, "b %s.%llu", w->member, (unsigned long long)r->id);
         } else {
-            /* the barrier travels the way the topic's messages do: through
-             * the wchan of the channel's owner, which forwards it here */
-            char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3];
-            size_t chn = dx__rb_chan(b, r->topic, r->tlen, ch, sizeof ch);
             bchan = b->w[dx__rr_owner(b, ch, chn)].wchan;
             snprintf(token, sizeof token, "%u.%llu", w->index, (unsigned long long)r->id);
         }
     }
     const char *argv[] = {"EVALSHA", b->sha[DX__REDIS_LUA_READ], "3", k.k[0], k.k[1], k.k[2], m, since, limit, ep,
-                          age, cnt, r->has_epoch ? r->epoch : "*", ttl, bchan, token};
-    size_t lens[16];
-    for (int i = 0; i < 16; i++)
+                          age, cnt, r->has_epoch ? r->epoch : "*", ttl, bchan, token, b->o.cluster ? "s" : ""};
+    size_t lens[17];
+    for (int i = 0; i < 17; i++)
         lens[i] = strlen(argv[i]);
     lens[3] = k.n[0];
     lens[4] = k.n[1];
     lens[5] = k.n[2];
     r->s = dx__rb_shard_of(w, r->topic, r->tlen);
-    int rc = dx__rb_cmd_argv(&r->s->cmd, on_read_reply, r, 16, argv, lens);
+    int rc = dx__rb_cmd_argv(&r->s->cmd, on_read_reply, r, 17, argv, lens);
     if (!rc && barrier) {
         r->next = r->s->barriers;
         r->s->barriers = r;
@@ -742,7 +747,7 @@ static void on_sub_msg(dx__rio *io, void *reply, void *pd);
 
 int dx__rb_send_sub(rshard *s, const char *verb, const char *const *names, const size_t *lens, size_t n)
 {
-    if (n && dx__rr_is_relayed(s->w->b, names[0], lens[0]))
+    if (n && dx__rr_is_relayed(s->w->b, verb, names[0], lens[0]))
         return dx__rr_send(s->w, s->index, verb, names, lens, n);
     return dx__rb_redis_sub(s, verb, names, lens, n);
 }
@@ -780,8 +785,7 @@ size_t dx__rb_chan(const rbus *b, const char *name, size_t len, char *out, size_
     return n < 0 ? 0 : (size_t)n;
 }
 
-/* The topic of channel ch ("dx:m:T", or with braces "dx:m:{T}"). */
-static bool chan_topic(const char *ch, size_t n, bool braces, const char **name, size_t *len)
+bool dx__rb_chan_topic(const char *ch, size_t n, bool braces, const char **name, size_t *len)
 {
     if (n <= MSG_PREFIX_LEN || memcmp(ch, MSG_PREFIX, MSG_PREFIX_LEN) != 0)
         return false;
@@ -796,16 +800,13 @@ static bool chan_topic(const char *ch, size_t n, bool braces, const char **name,
     return *len <= DX__GW_TOPIC_MAX;
 }
 
-int dx__rb_subscribe_now(rworker *w, rtopic *t)
+int dx__rb_subscribe_topic(rworker *w, rtopic *t)
 {
     char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3];
     const char *names[1] = {ch};
     size_t lens[1] = {dx__rb_chan(w->b, t->bt->name, t->bt->len, ch, sizeof ch)};
-    int rc = dx__rb_send_sub(t->s, "SUBSCRIBE", names, lens, 1);
-    /* cluster: SUBSCRIBE (never published to) makes this hiredis pass the
-     * shard channel's messages to us; SSUBSCRIBE receives them */
-    if (!rc && w->b->o.cluster)
-        rc = dx__rb_send_sub(t->s, "SSUBSCRIBE", names, lens, 1);
+    /* through the channel's owner (redis_relay.c); cluster: a shard channel */
+    int rc = dx__rb_send_sub(t->s, w->b->o.cluster ? "SSUBSCRIBE" : "SUBSCRIBE", names, lens, 1);
     if (!rc)
         t->state = S_SUBSCRIBING;
     return rc;
@@ -869,7 +870,7 @@ void dx__rb_live_message(rworker *w, const char *ch, size_t chlen, bool braces, 
 {
     const char *name;
     size_t len;
-    if (!chan_topic(ch, chlen, braces, &name, &len))
+    if (!dx__rb_chan_topic(ch, chlen, braces, &name, &len))
         return;
     const char *nl = memchr(p, '\n', n);
     const char *f[4];
@@ -951,8 +952,6 @@ static void on_sub_msg(dx__rio *io, void *reply, void *pd)
         r->element[0]->type != REDIS_REPLY_STRING)
         return;
     redisReply *kind = r->element[0], *a = r->element[1], *c = r->element[2];
-    const char *nm;
-    size_t nl;
     if (!cl && !(a->type == REDIS_REPLY_STRING && a->len == sizeof CTL_CHANNEL - 1 &&
                  memcmp(a->str, CTL_CHANNEL, a->len) == 0)) {
         /* topics, patterns, barriers: the relay's (this worker as their owner) */
@@ -963,22 +962,11 @@ static void on_sub_msg(dx__rio *io, void *reply, void *pd)
                          ds ? d->str : NULL, ds ? d->len : 0);
         return;
     }
-    if (cl && rstr(kind, "smessage") && a->type == REDIS_REPLY_STRING && c->type == REDIS_REPLY_STRING) {
-        dx__rb_live_message(w, a->str, a->len, true, c->str, c->len);
-        return;
-    }
-    if (cl && (rstr(kind, "ssubscribe") || rstr(kind, "sunsubscribe")) && a->type == REDIS_REPLY_STRING) {
-        rtopic *t = chan_topic(a->str, a->len, true, &nm, &nl) ? dx__rb_topic_find(w, nm, nl) : NULL;
-        if (!t || t->s != sh)
-            return;
-        if (kind->str[1] == 's' && t->state == S_SUBSCRIBING) {
-            dx__rb_topic_active(w, t);
-        } else if (kind->str[1] == 'u' && (t->state == S_ACTIVE || t->state == S_SUBSCRIBING)) {
-            /* not asked for: the slot moved to another node */
-            w->map_due = true;
-            dx__rb_cluster_map(w);
-            dx__rb_topic_move(w, t, t->s, false);
-        }
+    if (cl && (rstr(kind, "smessage") || rstr(kind, "ssubscribe") || rstr(kind, "sunsubscribe"))) {
+        /* topics' shard channels: the relay's (this worker as their owner) */
+        bool as = a->type == REDIS_REPLY_STRING, cs = c->type == REDIS_REPLY_STRING;
+        dx__rr_on_pubsub(sh, kind->str, as ? a->str : NULL, as ? a->len : 0, cs ? c->str : NULL, cs ? c->len : 0,
+                         NULL, 0);
         return;
     }
     if (rstr(kind, "message") && a->type == REDIS_REPLY_STRING && c->type == REDIS_REPLY_STRING) {
@@ -1011,46 +999,11 @@ static void on_sub_msg(dx__rio *io, void *reply, void *pd)
                     for (rtopic *t = w->tab[i]; t; t = t->next)
                         if (t->need_catch && t->refs <= 0 && t->s == sh)
                             dx__rb_catch_start(w, t);
-                if (!cl) /* the channels w owns there: confirmed to the workers that want them */
-                    dx__rr_sub_up(sh);
+                dx__rr_sub_up(sh); /* the channels w owns there: confirmed to the workers that want them */
             }
             return;
         }
-        if (!cl && chan_topic(a->str, a->len, false, &nm, &nl)) { /* cluster: the ssubscribe's answer */
-            rtopic *t = dx__rb_topic_find(w, nm, nl);
-            if (t && t->state == S_SUBSCRIBING)
-                dx__rb_topic_active(w, t);
-        }
-    } else if (rstr(kind, "unsubscribe") && a->type == REDIS_REPLY_STRING && chan_topic(a->str, a->len, cl, &nm, &nl)) {
-        rtopic *t = dx__rb_topic_find(w, nm, nl);
-        if (t && t->state == S_UNSUBSCRIBING && t->moving) {
-            /* cluster: its slot moved: subscribed on the node that has it
-             * now; entries published meanwhile are read back from there */
-            t->moving = false;
-            t->state = S_NONE;
-            t->s = dx__rb_shard_of(w, nm, nl);
-            if (t->refs > 0 && t->have_last)
-                t->need_catch = true;
-            else if (t->refs <= 0)
-                t->have_last = false;
-            if (t->present || t->pres_pushed) {
-                t->pres_dirty = true;
-                w->pres_any_dirty = true;
-            }
-            if ((t->refs > 0 || t->waiting) && dx__rb_subscribe_topic(w, t) != 0)
-                dx__rb_waiting_fail(w, t, DX_EIO);
-        } else if (t && t->state == S_UNSUBSCRIBING) {
-            /* Entries published while unsubscribed never came: nothing is
-             * ordered here any more (the subscribers that arrived since are
-             * all waiting for their read, which comes after the new
-             * subscription, so none of them needs a catch-up). */
-            t->state = S_NONE;
-            t->have_last = false;
-            t->need_catch = false;
-            dx__rb_catch_stop(t);
-            if ((t->refs > 0 || t->waiting) && dx__rb_subscribe_topic(w, t) != 0)
-                dx__rb_waiting_fail(w, t, DX_EIO);
-        }
+        /* topics: their owner's (the relay), or shard channels (cluster) */
     } else if (rstr(kind, "psubscribe") && a->type == REDIS_REPLY_STRING) {
         rpat *p = dx__rb_pat_find(w, a->str, a->len);
         if (p && p->state[sh->index] == S_SUBSCRIBING)

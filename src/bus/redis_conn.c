@@ -127,48 +127,24 @@ void dx__rb_conn_down(rconn *c, const char *why)
             w->map_due = true;
         }
     }
-    if (c->is_sub && !b->o.cluster) {
+    if (c->is_sub) {
         /* the channels this worker holds for the node on this server: each
          * worker that wants one is told (through its queue, redis_relay.c) */
         dx__rr_conn_down(s);
-    } else if (c->is_sub) {
-        for (size_t i = 0; i < w->tab_cap; i++) {
-            for (rtopic *t = w->tab[i]; t; t = t->next) {
-                if (t->s != s)
-                    continue; /* on another server */
-                if (t->state != S_NONE) {
-                    t->state = S_NONE;
-                    dx__rb_waiting_fail(w, t, DX_EIO);
-                    if (t->refs > 0 && t->have_last) {
-                        t->need_catch = true; /* a catch-up holding entries keeps them */
-                    } else {
-                        t->have_last = false;
-                        dx__rb_catch_stop(t);
-                    }
-                } else if (t->refs <= 0 && t->have_last) {
+    }
+    if (c->is_sub && b->o.cluster) {
+        /* cluster: patterns are this worker's own, on every master */
+        for (size_t i = 0; i < w->tab_cap; i++)
+            for (rtopic *t = w->tab[i]; t; t = t->next)
+                if (t->s == s && t->state == S_NONE && t->refs <= 0 && t->have_last)
                     t->need_catch = true; /* seen through a pattern: read back once subscribed again */
-                }
-            }
-        }
         for (rpat *p = w->pats; p; p = p->next)
             p->state[s->index] = S_NONE;
-        /* reads whose barrier can no longer come: failed (the answer would
-         * not be ordered with the live entries); an answer still out frees
-         * its request when it comes */
-        rreq *r = s->barriers;
-        s->barriers = NULL;
-        while (r) {
-            rreq *next = r->next;
-            r->next = NULL;
-            dx__rb_barrier_lost(r);
-            r = next;
-        }
-        if (w->slots) /* cluster: topics whose slot is known to be elsewhere go there now */
-            for (size_t i = 0; i < w->tab_cap; i++)
-                for (rtopic *t = w->tab[i]; t; t = t->next)
-                    if (t->s == s && dx__rb_shard_of(w, t->bt->name, t->bt->len) != s)
-                        dx__rb_topic_move(w, t, dx__rb_shard_of(w, t->bt->name, t->bt->len), false);
-    } else {
+        /* topics whose slot is known to be elsewhere: their reads go there now */
+        for (size_t i = 0; i < w->tab_cap; i++)
+            for (rtopic *t = w->tab[i]; t; t = t->next)
+                dx__rb_topic_move(w, t, dx__rb_shard_of(w, t->bt->name, t->bt->len));
+    } else if (!c->is_sub) {
         s->ping_sent_ns = 0;
         s->stuck = false;
         for (rreq *r = w->discs; r; r = r->next)
@@ -290,17 +266,11 @@ static int conn_start(rconn *c)
         dx__rio_fmt(io, on_ping, c, "TIME");
         return 0;
     }
-    /* every exact topic of this server with subscribers, every pattern (not
-     * in cluster mode: the channels this worker holds there for the node,
-     * redis_relay.c), its barrier channel, then the control channel (its
-     * confirmation marks the connection up) */
+    /* the channels this worker holds there for the node (redis_relay.c),
+     * (cluster) this worker's patterns, its barrier channel, then the
+     * control channel (its confirmation marks the connection up) */
     c->up = true; /* let dx__rb_redis_sub write; the flag is reset below */
-    if (!b->o.cluster)
-        dx__rr_conn_start(s);
-    for (size_t i = 0; i < w->tab_cap && b->o.cluster; i++)
-        for (rtopic *t = w->tab[i]; t; t = t->next)
-            if (t->s == s && (t->refs > 0 || t->waiting) && dx__rb_subscribe_now(w, t) != 0)
-                dx__rb_waiting_fail(w, t, DX_EIO);
+    dx__rr_conn_start(s);
     for (rpat *p = b->o.cluster ? w->pats : NULL; p; p = p->next) {
         if (p->refs > 0) {
             const char *names[1] = {p->name};
@@ -408,9 +378,9 @@ static void unsub_topics(rworker *w, rshard *s)
             t->state = S_UNSUBSCRIBING;
         }
     }
-    if (n && w->b->o.cluster)
-        (void)dx__rb_send_sub(s, "SUNSUBSCRIBE", names, lens, n); /* then the SUBSCRIBE that routes them */
-    if (n && dx__rb_send_sub(s, "UNSUBSCRIBE", names, lens, n) != 0)
+    /* to the channels' owners (cluster: each owner sends one SUNSUBSCRIBE
+     * per channel, channels of several slots may not share one) */
+    if (n && dx__rb_send_sub(s, w->b->o.cluster ? "SUNSUBSCRIBE" : "UNSUBSCRIBE", names, lens, n) != 0)
         w->unsub_due = true;
 out:
     dx__free(NULL, names);
@@ -421,10 +391,11 @@ out:
 static void unsub_batch(rworker *w)
 {
     w->unsub_due = false;
-    bool relay = !w->b->o.cluster; /* sent to the channels' owners: no connection of w needed */
+    /* sent to the channels' owners: no connection of w needed (cluster:
+     * patterns are w's own, on each master's connection) */
+    bool relay = !w->b->o.cluster;
     for (unsigned k = 0; k < w->nsh; k++)
-        if (relay || w->sh[k].sub.up)
-            unsub_topics(w, &w->sh[k]);
+        unsub_topics(w, &w->sh[k]);
     for (rpat **pp = &w->pats; *pp;) {
         rpat *p = *pp;
         bool none = true;
@@ -547,8 +518,7 @@ void dx__rb_on_tick(dx_timer *tm, void *ud)
         dx__rb_uc_sync(w);
     if (w->unsub_due)
         unsub_batch(w);
-    if (!b->o.cluster)
-        dx__rr_tick(w);
+    dx__rr_tick(w);
     dx__rb_cluster_map(w);
     if (w->catch_due) { /* catch-ups whose read could not go out yet (each waits for its server) */
         w->catch_due = false;

@@ -75,8 +75,6 @@ struct rtopic {
     bool have_last;            /* last is meaningful */
     uint64_t last;             /* the last offset delivered to this worker */
     bool need_catch;           /* the subscription was lost: read what was missed once back */
-    bool moving;               /* cluster: its slot moved; resubscribed on its new node once unsubscribed */
-    bool probing;              /* cluster: a keyed command finds its slot's node before the SSUBSCRIBE */
     bool catching;             /* a catch-up is due or out: live entries wait in st (at most the
                                   history's count of them), last does not move */
     bool catch_out;            /* its read is out (else it waits for the command connection) */
@@ -294,8 +292,8 @@ int dx__rb_cmd_argv(rconn *c, dx__rio_fn *fn, void *pd, int argc, const char **a
 uint64_t dx__rb_parse_u64(const char *s, size_t n, bool *ok);
 /* Answers read r from snapshot s (taken over) or with err; frees r. */
 void dx__rb_read_answer(rreq *r, int err, dx__gw_snapshot *s);
-/* (P)(UN)SUBSCRIBE `verb` names for s's worker on s's server: topic and
- * pattern channels (dx:m:..., not in cluster mode) through the relay (their
+/* (P|S)(UN)SUBSCRIBE `verb` names for s's worker on s's server: topic and
+ * pattern channels (dx:m:...; cluster: topics only) through the relay (their
  * owner holds the subscription), the others on s's own pub/sub connection.
  * 0 or DX_EIO/DX_ENOMEM. */
 int dx__rb_send_sub(rshard *s, const char *verb, const char *const *names, const size_t *lens, size_t n);
@@ -306,23 +304,24 @@ void dx__rb_topic_active(rworker *w, rtopic *t);
 rpat *dx__rb_pat_find(rworker *w, const char *name, size_t len);
 /* A live entry on channel ch (dx:m:T, or dx:m:{T}), braces: which. */
 void dx__rb_live_message(rworker *w, const char *ch, size_t chlen, bool braces, const char *p, size_t n);
-/* The barrier `token` of a subscribe's read on server sh reached w. */
-void dx__rb_barrier_message(rshard *sh, const char *s, size_t n);
+/* The barrier `token` of a subscribe's read on server sh reached w: false
+ * when no read out on sh has that id. */
+bool dx__rb_barrier_message(rshard *sh, const char *s, size_t n);
 /* Pattern-only topics of w whose catch-up waits: started (catch_ready decides). */
 void dx__rb_pattern_catch(rworker *w);
 /* s's health flag from its connections. */
 void dx__rb_set_health(rshard *s);
-/* SUBSCRIBEs t's channel on its server (state S_SUBSCRIBING): 0 or as send_sub.
- * Cluster: after a probe that finds the slot's node (redis_shard.c). */
+/* (S)SUBSCRIBEs t's channel through its owner (state S_SUBSCRIBING): 0 or as send_sub. */
 int dx__rb_subscribe_topic(rworker *w, rtopic *t);
-/* The (S)SUBSCRIBE itself, on t->s. */
-int dx__rb_subscribe_now(rworker *w, rtopic *t);
-/* Cluster: an error answer on sh's pub/sub connection (MOVED for an SSUBSCRIBE). */
+/* Cluster: an error answer on sh's pub/sub connection (MOVED for an S(UN)SUBSCRIBE). */
 void dx__rb_sub_error(rworker *w, rshard *sh, redisReply *r);
+/* The topic of channel ch ("dx:m:T", or with braces "dx:m:{T}"): false when not one. */
+bool dx__rb_chan_topic(const char *ch, size_t n, bool braces, const char **name, size_t *len);
 /* The channel of topic name: "dx:m:T", or (cluster) "dx:m:{T}" (in T's slot). */
 size_t dx__rb_chan(const rbus *b, const char *name, size_t len, char *out, size_t cap);
-/* Cluster: t's slot is on node ns now: unsubscribed where it was, subscribed there (with a catch-up). */
-void dx__rb_topic_move(rworker *w, rtopic *t, rshard *ns, bool sharded);
+/* Cluster: t's slot is on node ns now (w's reads and presence go there;
+ * its subscription is its owner's, which follows the slot itself). */
+void dx__rb_topic_move(rworker *w, rtopic *t, rshard *ns);
 /* The record of topic name on w, or NULL. */
 rtopic *dx__rb_topic_find(rworker *w, const char *name, size_t len);
 /* A new request of `kind` for topic (or user) with an optional user. */
@@ -363,7 +362,7 @@ void dx__rb_barrier_lost(rreq *r);
 void dx__rb_conn_down(rconn *c, const char *why);
 
 /* redis_relay.c: one Redis subscription per channel per node (see there);
- * not in cluster mode (each worker subscribes itself there). */
+ * in cluster mode topics only (patterns: each worker on every master). */
 /* Events to a worker (dx__rr_event). */
 enum { RR_MESSAGE = 1, RR_SUBSCRIBE, RR_UNSUBSCRIBE, RR_PSUBSCRIBE, RR_PUNSUBSCRIBE, RR_BARRIER, RR_DOWN, RR_PDOWN };
 /* The relay's state for each worker: 0 or DX_ENOMEM (dx__rr_free frees what was made). */
@@ -373,8 +372,8 @@ void dx__rr_free(rbus *b);
 void dx__rr_attach(rworker *w, dx_loop *loop);
 /* The worker owning channel (or pattern) ch: hash % workers. */
 unsigned dx__rr_owner(rbus *b, const char *ch, size_t len);
-/* Is name a channel the relay carries (dx:m:..., not in cluster mode)? */
-bool dx__rr_is_relayed(const rbus *b, const char *name, size_t len);
+/* Is name (for (un)subscribe `verb`) a channel the relay carries (dx:m:...; cluster: not a pattern)? */
+bool dx__rr_is_relayed(const rbus *b, const char *verb, const char *name, size_t len);
 /* w wants (or stops wanting) names on server srv: sent to their owners. 0 or DX_ENOMEM. */
 int dx__rr_send(rworker *w, unsigned srv, const char *verb, const char *const *names, const size_t *lens, size_t n);
 /* A pub/sub reply on w's own connection to server sh but for the control
@@ -390,6 +389,12 @@ void dx__rr_sub_up(rshard *sh);
 void dx__rr_conn_down(rshard *sh);
 /* From w's tick: a queue whose wake-up failed; batched unsubscribes. */
 void dx__rr_tick(rworker *w);
+/* Cluster: a (S)(UN)SUBSCRIBE on sh's pub/sub connection was answered
+ * MOVED/ASK for `slot` (node `to` has it): w's channels of that slot there
+ * go to `to` (those being unsubscribed are done). */
+void dx__rr_sub_error(rshard *sh, unsigned slot, int to);
+/* Cluster: w read a new slot map: channels waiting for a node that no longer has their slot go to the new one. */
+void dx__rr_retarget(rworker *w);
 void dx__rr_stats(rbus *b, dx__bus_stats *out);
 
 /* redis_uc.c */

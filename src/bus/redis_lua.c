@@ -49,13 +49,14 @@ static const char pub_lua[] =
     "return {off, ep, now}\n";
 
 /* KEYS o e s; ARGV mode(r resume, c current, h history) since limit new_epoch
- * max_age_ms max_count client_epoch("*": the current one) ttl_ms barrier_channel token.
+ * max_age_ms max_count client_epoch("*": the current one) ttl_ms barrier_channel token
+ * sharded ("s": SPUBLISH, the channel in the keys' slot; else PUBLISH).
  * Returns {offset, epoch, recovered, o1, k1, t1, d1, ...}; then, unless
- * barrier_channel is "", PUBLISHes token on it: once the asking worker's
- * pub/sub connection receives it, every live entry sequenced before the
- * read has reached that worker too (Redis delivers a client's messages in
- * the order they were published), so the read's answer can go out without
- * a live entry it covers arriving after it. */
+ * barrier_channel is "", publishes token on it: once the pub/sub connection
+ * carrying the topic's messages (the owner worker's) receives it, every
+ * live entry sequenced before the read has arrived there too (Redis
+ * delivers a client's messages in the order they were published), so the
+ * read's answer can go out without a live entry it covers arriving after it. */
 static const char read_lua[] =
     "local function body()\n"
     "local t = redis.call('TIME')\n"
@@ -112,7 +113,7 @@ static const char read_lua[] =
     "return res\n"
     "end\n"
     "local res = body()\n"
-    "if ARGV[9] ~= '' then redis.call('PUBLISH', ARGV[9], ARGV[10]) end\n"
+    "if ARGV[9] ~= '' then redis.call(ARGV[11] == 's' and 'SPUBLISH' or 'PUBLISH', ARGV[9], ARGV[10]) end\n"
     "return res\n";
 
 /* KEYS p pz o e s; ARGV op(s set, g get) member value ttl_ms topic_ttl_ms.

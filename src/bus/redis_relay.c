@@ -39,9 +39,20 @@
  * own connection to that server (rr_event: redis.c's state per topic, and
  * per pattern per server).
  *
- * Cluster mode (--redis-cluster) has no relay: each worker subscribes
- * itself (SSUBSCRIBE on the slot's master, redis.c), dx__rr_is_relayed is
- * false there.
+ * Cluster mode (--redis-cluster): topics only (patterns are PSUBSCRIBEd by
+ * each worker on every master). Each worker finds the masters on its own
+ * (its shard indices differ), so items carry no server (0): the owner
+ * SSUBSCRIBEs the topic's shard channel dx:m:{T} on the node its own slot
+ * map names (c->srv, a MOVED answer corrects it: dx__rr_sub_error), and a
+ * worker finds the topic of an event by its name. A subscribe's barrier is
+ * SPUBLISHed by the read on dx:m:{T} itself ("b <node>.<worker>.<id>": in
+ * the topic's slot, so it reaches the owner on the connection that carries
+ * the topic's messages, in order with them; a classic PUBLISH on the wchan
+ * would reach it from every master); the owner forwards ours and drops
+ * other nodes'. When Redis ends a shard subscription that was active
+ * (`sunsubscribe`: the slot moved), the owner tells every interested
+ * worker DOWN (as for a lost connection: each reads back what it missed
+ * once confirmed again) and subscribes it again where the map says.
  *
  * Faults: when the owner's pub/sub connection to a server is lost, every
  * interested worker gets a DOWN event for each of the owner's channels on
@@ -77,7 +88,8 @@ typedef struct rrbuf {
 typedef struct rritem {
     int kind;                  /* RR_* (to a worker) or RQ_* (to an owner) */
     unsigned from;             /* RQ_*: the asking worker */
-    unsigned srv;              /* the server the channel is (to be) subscribed on */
+    unsigned srv;              /* the server the channel is (to be) subscribed on; 0 in cluster mode
+                                  (each worker maps a channel to a node with its own slot map) */
     rrbuf *m;                  /* one reference, the item's */
 } rritem;
 
@@ -87,7 +99,9 @@ enum { W_NO, W_WAIT, W_YES };  /* a worker's interest in a channel: none, unconf
 typedef struct rrchan {
     struct rrchan *next;
     uint64_t hash;
-    unsigned srv;              /* the server it is subscribed on (its worker's w->sh[srv]) */
+    unsigned key;              /* the items' srv: its identity with the name (0 in cluster mode) */
+    unsigned srv;              /* the server it is subscribed on (its worker's w->sh[srv]): key, or
+                                  (cluster) the node the owner's slot map names, followed on moves */
     bool pat;
     int state;                 /* S_* of the owner's subscription in Redis */
     unsigned nwant;            /* workers interested */
@@ -199,21 +213,31 @@ static uint64_t chan_hash(unsigned srv, const char *name, size_t len)
     return hash_name(name, len) ^ ((uint64_t)srv * 0x9e3779b97f4a7c15ull);
 }
 
-static rrchan *chan_find(struct rrelay *rr, bool pat, unsigned srv, const char *name, size_t len)
+static rrchan *chan_find(struct rrelay *rr, bool pat, unsigned key, const char *name, size_t len)
 {
     if (!rr->tab_cap)
         return NULL;
-    uint64_t h = chan_hash(srv, name, len);
+    uint64_t h = chan_hash(key, name, len);
     for (rrchan *c = rr->tab[bucket(rr, h)]; c; c = c->next)
-        if (c->hash == h && c->srv == srv && c->pat == pat && c->len == len && memcmp(c->name, name, len) == 0)
+        if (c->hash == h && c->key == key && c->pat == pat && c->len == len && memcmp(c->name, name, len) == 0)
             return c;
     return NULL;
 }
 
-static rrchan *chan_get(rworker *w, bool pat, unsigned srv, const char *name, size_t len)
+/* Cluster: the node owner w's slot map names for topic channel c ("dx:m:{T}"). */
+static unsigned chan_node(rworker *w, const rrchan *c)
+{
+    const char *nm;
+    size_t nl;
+    if (!dx__rb_chan_topic(c->name, c->len, true, &nm, &nl))
+        return 0;
+    return dx__rb_shard_of(w, nm, nl)->index;
+}
+
+static rrchan *chan_get(rworker *w, bool pat, unsigned key, const char *name, size_t len)
 {
     struct rrelay *rr = w->rr;
-    rrchan *c = chan_find(rr, pat, srv, name, len);
+    rrchan *c = chan_find(rr, pat, key, name, len);
     if (c)
         return c;
     if (rr->nchans + 1 > rr->tab_cap / 2) {
@@ -240,8 +264,9 @@ static rrchan *chan_get(rworker *w, bool pat, unsigned srv, const char *name, si
     if (!c)
         return NULL;
     memset(c, 0, sizeof *c);
-    c->hash = chan_hash(srv, name, len);
-    c->srv = srv;
+    c->hash = chan_hash(key, name, len);
+    c->key = key;
+    c->srv = key;
     c->pat = pat;
     c->state = S_NONE;
     c->len = len;
@@ -249,6 +274,8 @@ static rrchan *chan_get(rworker *w, bool pat, unsigned srv, const char *name, si
     c->name[len] = 0;
     c->want = (uint8_t *)c->name + len + 1;
     memset(c->want, W_NO, nw);
+    if (w->b->o.cluster && !pat)
+        c->srv = chan_node(w, c);
     c->next = rr->tab[bucket(rr, c->hash)];
     rr->tab[bucket(rr, c->hash)] = c;
     rr->nchans++;
@@ -284,21 +311,37 @@ static void chan_free(rworker *w, rrchan *c)
     dx__free(NULL, c);
 }
 
-static int redis_sub(rworker *w, rrchan *c)
+static bool cluster_topic(const rworker *w, const rrchan *c)
+{
+    return w->b->o.cluster && !c->pat;
+}
+
+/* (S|P)SUBSCRIBEs c: on its server; cluster: on node `to`, or (to < 0) on
+ * the node w's slot map names now (c->srv follows, even when it fails:
+ * subscribed once that node's connection is up). */
+static int redis_sub_on(rworker *w, rrchan *c, int to)
 {
     const char *names[1] = {c->name};
     size_t lens[1] = {c->len};
-    int rc = dx__rb_redis_sub(&w->sh[c->srv], c->pat ? "PSUBSCRIBE" : "SUBSCRIBE", names, lens, 1);
+    if (cluster_topic(w, c))
+        c->srv = to >= 0 ? (unsigned)to : chan_node(w, c);
+    const char *verb = c->pat ? "PSUBSCRIBE" : w->b->o.cluster ? "SSUBSCRIBE" : "SUBSCRIBE";
+    int rc = dx__rb_redis_sub(&w->sh[c->srv], verb, names, lens, 1);
     if (!rc)
         set_state(w, c, S_SUBSCRIBING);
     return rc;
+}
+
+static int redis_sub(rworker *w, rrchan *c)
+{
+    return redis_sub_on(w, c, -1);
 }
 
 /* Each interested worker whose interest is unconfirmed: confirmed (c is active). */
 static void confirm_all(rworker *w, rrchan *c)
 {
     for (unsigned i = 0; i < w->b->o.workers; i++)
-        if (c->want[i] == W_WAIT && tell(w, i, c->pat ? RR_PSUBSCRIBE : RR_SUBSCRIBE, c->srv, c->name, c->len) == 0)
+        if (c->want[i] == W_WAIT && tell(w, i, c->pat ? RR_PSUBSCRIBE : RR_SUBSCRIBE, c->key, c->name, c->len) == 0)
             c->want[i] = W_YES;
 }
 
@@ -308,7 +351,7 @@ static void down_all(rworker *w, rrchan *c)
 {
     for (unsigned i = 0; i < w->b->o.workers; i++) {
         if (c->want[i] != W_NO) {
-            (void)tell(w, i, c->pat ? RR_PDOWN : RR_DOWN, c->srv, c->name, c->len);
+            (void)tell(w, i, c->pat ? RR_PDOWN : RR_DOWN, c->key, c->name, c->len);
             c->want[i] = W_WAIT;
         }
     }
@@ -321,7 +364,9 @@ static void owner_want(rworker *w, unsigned from, bool pat, unsigned srv, const 
         (void)tell(w, from, pat ? RR_PDOWN : RR_DOWN, srv, name, len);
         return;
     }
-    bool up = w->sh[srv].sub.up;
+    if (c->state == S_NONE && cluster_topic(w, c))
+        c->srv = chan_node(w, c); /* where it is to be subscribed */
+    bool up = w->sh[c->srv].sub.up;
     if (c->want[from] == W_NO) {
         c->want[from] = W_WAIT;
         c->nwant++;
@@ -362,41 +407,23 @@ void dx__rb_pattern_catch(rworker *w)
                 dx__rb_catch_start(w, t);
 }
 
-/* The subscription of topic channel (or pattern) ch on sh's server that w
- * wants was lost with its owner's pub/sub connection: what w did for it
- * when its own connection was lost; the owner confirms it again once back. */
-static void chan_down(rworker *w, rshard *sh, bool pat, const char *ch, size_t len)
+/* w's record of topic channel ch (sh: the server the event names, NULL in
+ * cluster mode, where the name alone says which topic), or NULL. */
+static rtopic *chan_rtopic(rworker *w, rshard *sh, const char *ch, size_t len)
 {
-    if (pat) {
-        rpat *p = dx__rb_pat_find(w, ch, len);
-        if (!p || p->state[sh->index] == S_NONE)
-            return;
-        if (p->state[sh->index] != S_UNSUBSCRIBING)
-            p->state[sh->index] = S_SUBSCRIBING; /* its owner subscribes again and confirms */
-        /* topics of that server seen through a pattern: read back once it is active again */
-        for (size_t i = 0; i < w->tab_cap; i++)
-            for (rtopic *t = w->tab[i]; t; t = t->next)
-                if (t->s == sh && t->state == S_NONE && t->refs <= 0 && t->have_last)
-                    t->need_catch = true;
-        return;
-    }
-    if (len <= MSG_PREFIX_LEN)
-        return;
-    rtopic *t = dx__rb_topic_find(w, ch + MSG_PREFIX_LEN, len - MSG_PREFIX_LEN);
-    if (!t || t->s != sh || t->state == S_NONE)
-        return;
-    if (t->state != S_UNSUBSCRIBING)
-        t->state = S_SUBSCRIBING; /* its owner keeps the interest: confirmed again once back */
-    dx__rb_waiting_fail(w, t, DX_EIO);
-    if (t->refs > 0 && t->have_last) {
-        t->need_catch = true; /* a catch-up holding entries keeps them */
-    } else {
-        t->have_last = false;
-        dx__rb_catch_stop(t);
-    }
-    /* reads of t whose barrier can no longer come (it travels with t's
-     * messages): failed (the answer would not be ordered with the live
-     * entries); an answer still out frees its request when it comes */
+    const char *nm;
+    size_t nl;
+    if (!dx__rb_chan_topic(ch, len, sh == NULL, &nm, &nl))
+        return NULL;
+    rtopic *t = dx__rb_topic_find(w, nm, nl);
+    return t && (!sh || t->s == sh) ? t : NULL;
+}
+
+/* Reads of t whose barrier can no longer come (it travels with t's
+ * messages): failed (the answer would not be ordered with the live
+ * entries); an answer still out frees its request when it comes. */
+static void barriers_lost(rshard *sh, rtopic *t)
+{
     for (rreq **pp = &sh->barriers; *pp;) {
         rreq *r = *pp;
         if (r->t != t) {
@@ -409,26 +436,74 @@ static void chan_down(rworker *w, rshard *sh, bool pat, const char *ch, size_t l
     }
 }
 
+/* The subscription of topic channel (or pattern) ch on sh's server (NULL:
+ * cluster mode) that w wants was lost with its owner's pub/sub connection
+ * (cluster: or its slot moved): what w did for it when its own connection
+ * was lost; the owner confirms it again once back. */
+static void chan_down(rworker *w, rshard *sh, bool pat, const char *ch, size_t len)
+{
+    if (pat) {
+        if (!sh)
+            return; /* cluster: patterns are not relayed */
+        rpat *p = dx__rb_pat_find(w, ch, len);
+        if (!p || p->state[sh->index] == S_NONE)
+            return;
+        if (p->state[sh->index] != S_UNSUBSCRIBING)
+            p->state[sh->index] = S_SUBSCRIBING; /* its owner subscribes again and confirms */
+        /* topics of that server seen through a pattern: read back once it is active again */
+        for (size_t i = 0; i < w->tab_cap; i++)
+            for (rtopic *t = w->tab[i]; t; t = t->next)
+                if (t->s == sh && t->state == S_NONE && t->refs <= 0 && t->have_last)
+                    t->need_catch = true;
+        return;
+    }
+    rtopic *t = chan_rtopic(w, sh, ch, len);
+    if (!t || t->state == S_NONE)
+        return;
+    if (t->state != S_UNSUBSCRIBING)
+        t->state = S_SUBSCRIBING; /* its owner keeps the interest: confirmed again once back */
+    dx__rb_waiting_fail(w, t, DX_EIO);
+    if (t->refs > 0 && t->have_last) {
+        t->need_catch = true; /* a catch-up holding entries keeps them */
+    } else {
+        t->have_last = false;
+        dx__rb_catch_stop(t);
+    }
+    if (sh) {
+        barriers_lost(sh, t);
+    } else { /* cluster: a read went to the node its command connections found */
+        for (unsigned k = 0; k < w->nsh; k++)
+            barriers_lost(&w->sh[k], t);
+    }
+}
+
 /* An event for w from a channel's owner, as Redis would have sent it to
  * w's own connection to sh's server: a message of channel a (payload p), a
  * (p)(un)subscribe confirmation of a, a barrier (p: its id), or the loss
- * of a's subscription (RR_DOWN, RR_PDOWN). */
+ * of a's subscription (RR_DOWN, RR_PDOWN). sh is NULL in cluster mode (the
+ * owner's node for a is not one w can name: its own slot map may differ;
+ * the topic is found by name; patterns are not relayed there). */
 static void rr_event(rworker *w, rshard *sh, int ev, const char *a, size_t alen, const char *p, size_t n)
 {
     rtopic *t = NULL;
-    if ((ev == RR_SUBSCRIBE || ev == RR_UNSUBSCRIBE) && alen > MSG_PREFIX_LEN) {
-        t = dx__rb_topic_find(w, a + MSG_PREFIX_LEN, alen - MSG_PREFIX_LEN);
-        if (t && t->s != sh)
-            t = NULL;
-    }
+    if (ev == RR_SUBSCRIBE || ev == RR_UNSUBSCRIBE)
+        t = chan_rtopic(w, sh, a, alen);
+    if (!sh && (ev == RR_PSUBSCRIBE || ev == RR_PUNSUBSCRIBE))
+        return;
     rpat *pt = ev == RR_PSUBSCRIBE || ev == RR_PUNSUBSCRIBE ? dx__rb_pat_find(w, a, alen) : NULL;
-    unsigned k = sh->index;
+    unsigned k = sh ? sh->index : 0;
     switch (ev) {
     case RR_MESSAGE:
-        dx__rb_live_message(w, a, alen, false, p, n);
+        dx__rb_live_message(w, a, alen, sh == NULL, p, n);
         break;
     case RR_BARRIER:
-        dx__rb_barrier_message(sh, p, n);
+        if (sh) {
+            (void)dx__rb_barrier_message(sh, p, n);
+        } else { /* cluster: on the list of the node its read went to */
+            for (unsigned i = 0; i < w->nsh; i++)
+                if (dx__rb_barrier_message(&w->sh[i], p, n))
+                    break;
+        }
         break;
     case RR_DOWN:
     case RR_PDOWN:
@@ -501,7 +576,9 @@ static void run_item(rworker *w, rritem *it)
         owner_unwant(w, it->from, it->kind == RQ_PUNWANT, it->srv, m->data, m->chlen);
         break;
     default:
-        if (it->srv < w->nsh)
+        if (w->b->o.cluster)
+            rr_event(w, NULL, it->kind, m->data, m->chlen, m->data + m->chlen + 1, m->plen);
+        else if (it->srv < w->nsh)
             rr_event(w, &w->sh[it->srv], it->kind, m->data, m->chlen, m->data + m->chlen + 1, m->plen);
         break;
     }
@@ -539,13 +616,17 @@ static void rr_drain(void *arg)
 
 /* ---- hooks ---------------------------------------------------------------------- */
 
-bool dx__rr_is_relayed(const rbus *b, const char *name, size_t len)
+bool dx__rr_is_relayed(const rbus *b, const char *verb, const char *name, size_t len)
 {
-    return !b->o.cluster && len > MSG_PREFIX_LEN && memcmp(name, MSG_PREFIX, MSG_PREFIX_LEN) == 0;
+    if (b->o.cluster && verb[0] == 'P')
+        return false; /* cluster: patterns are PSUBSCRIBEd by each worker on every master */
+    return len > MSG_PREFIX_LEN && memcmp(name, MSG_PREFIX, MSG_PREFIX_LEN) == 0;
 }
 
 int dx__rr_send(rworker *w, unsigned srv, const char *verb, const char *const *names, const size_t *lens, size_t n)
 {
+    if (w->b->o.cluster)
+        srv = 0; /* the owner finds the node with its own slot map */
     bool pat = verb[0] == 'P';
     bool unsub = strstr(verb, "UNSUB") != NULL;
     int kind = pat ? (unsub ? RQ_PUNWANT : RQ_PWANT) : (unsub ? RQ_UNWANT : RQ_WANT);
@@ -579,6 +660,17 @@ static void barrier_forward(rworker *w, unsigned srv, const char *s, size_t n)
     }
 }
 
+/* Cluster: a barrier on topic channel ch (SPUBLISHed by a read in the
+ * topic's slot, so it came in order with the topic's messages):
+ * "b <node>.<worker>.<id>"; another node's is not ours. */
+static void cluster_barrier(rworker *w, const char *p, size_t n)
+{
+    size_t nl = strlen(w->b->node);
+    if (n < 2 + nl + 1 || memcmp(p + 2, w->b->node, nl) != 0 || p[2 + nl] != '.')
+        return;
+    barrier_forward(w, 0, p + 3 + nl, n - 3 - nl);
+}
+
 /* A message of owned channel c (Redis's order): to each confirmed worker,
  * one buffer for all (its references all taken before the first push: a
  * receiver may drop its own before the next push). */
@@ -598,7 +690,7 @@ static void forward(rworker *w, rrchan *c, const char *ch, size_t chlen, const c
     for (unsigned i = 0; i < w->b->o.workers; i++) {
         if (c->want[i] != W_YES)
             continue;
-        if (push(w->b, i, RR_MESSAGE, w->index, c->srv, m) != 0) {
+        if (push(w->b, i, RR_MESSAGE, w->index, c->key, m) != 0) {
             buf_unref(m);
             atomic_fetch_add_explicit(&w->b->st_lost, 1, memory_order_relaxed);
             continue;
@@ -619,7 +711,8 @@ static void on_subscribed(rworker *w, rrchan *c)
         w->rr->unsub_due = true;
 }
 
-/* Redis confirmed the (P)UNSUBSCRIBE of c. */
+/* Redis confirmed the (P|S)UNSUBSCRIBE of c (cluster: or ended it, the
+ * node no longer having its slot). */
 static void on_unsubscribed(rworker *w, rrchan *c)
 {
     if (c->state != S_UNSUBSCRIBING)
@@ -633,12 +726,99 @@ static void on_unsubscribed(rworker *w, rrchan *c)
         down_all(w, c);
 }
 
+/* Cluster: Redis ended the shard subscription of c, which was active: its
+ * slot moved. The interested workers are told (as for a lost connection:
+ * each reads back what it missed once confirmed again); c is subscribed
+ * again where the slot map says (MOVED from a node that no longer has it
+ * corrects the map: dx__rr_sub_error), and confirmed once Redis confirms. */
+static void slot_moved(rworker *w, rrchan *c)
+{
+    set_state(w, c, S_NONE);
+    down_all(w, c);
+    w->map_due = true;
+    dx__rb_cluster_map(w);
+    if (!c->nwant) {
+        chan_free(w, c);
+        return;
+    }
+    (void)redis_sub(w, c); /* or once the node's connection is up (dx__rr_sub_up) */
+}
+
+/* Cluster: a shard channel's push on sh (kind "smessage", "ssubscribe",
+ * "sunsubscribe"; a: the channel, c: the payload). */
+static void cluster_pubsub(rshard *sh, const char *kind, const char *a, size_t alen, const char *c, size_t clen)
+{
+    rworker *w = sh->w;
+    rrchan *ch = a ? chan_find(w->rr, false, 0, a, alen) : NULL;
+    if (strcmp(kind, "smessage") == 0) {
+        if (!c)
+            return;
+        if (clen >= 2 && c[0] == 'b' && c[1] == ' ')
+            cluster_barrier(w, c, clen);
+        else if (ch && ch->srv == sh->index)
+            forward(w, ch, a, alen, c, clen);
+        return;
+    }
+    if (!ch || ch->srv != sh->index)
+        return; /* not (or no longer) subscribed there */
+    if (strcmp(kind, "ssubscribe") == 0) {
+        on_subscribed(w, ch);
+    } else if (strcmp(kind, "sunsubscribe") == 0) {
+        if (ch->state == S_UNSUBSCRIBING)
+            on_unsubscribed(w, ch);
+        else if (ch->state == S_ACTIVE)
+            slot_moved(w, ch); /* not asked for; one still subscribing gets its answer, or MOVED */
+    }
+}
+
+void dx__rr_sub_error(rshard *sh, unsigned slot, int to)
+{
+    rworker *w = sh->w;
+    struct rrelay *rr = w->rr;
+    /* that node does not have the slot, so it holds none of its shard
+     * subscriptions: those being made there go to node `to`, those being
+     * ended are ended */
+    for (size_t i = 0; i < rr->tab_cap; i++) {
+        for (rrchan *c = rr->tab[i], *nx; c; c = nx) {
+            nx = c->next;
+            if (c->pat || c->srv != sh->index)
+                continue;
+            const char *nm;
+            size_t nl;
+            if (!dx__rb_chan_topic(c->name, c->len, true, &nm, &nl) || dx__rb_slot(nm, nl) != slot)
+                continue;
+            if (c->state == S_SUBSCRIBING) {
+                set_state(w, c, S_NONE);
+                if (!c->nwant)
+                    chan_free(w, c);
+                else if (redis_sub_on(w, c, to) != 0)
+                    down_all(w, c); /* subscribed once that node's connection is up */
+            } else if (c->state == S_UNSUBSCRIBING) {
+                on_unsubscribed(w, c);
+            }
+        }
+    }
+}
+
+void dx__rr_retarget(rworker *w)
+{
+    struct rrelay *rr = w->rr;
+    for (size_t i = 0; i < rr->tab_cap; i++)
+        for (rrchan *c = rr->tab[i]; c; c = c->next)
+            if (!c->pat && c->state == S_NONE && c->nwant && chan_node(w, c) != c->srv)
+                (void)redis_sub(w, c); /* no longer waiting for a node that lost the slot */
+}
+
 void dx__rr_on_pubsub(rshard *sh, const char *kind, const char *a, size_t alen, const char *c, size_t clen,
                       const char *d, size_t dlen)
 {
     rworker *w = sh->w;
     struct rrelay *rr = w->rr;
     unsigned srv = sh->index;
+    if (w->b->o.cluster) {
+        cluster_pubsub(sh, kind, a, alen, c, clen);
+        return;
+    }
     if (strcmp(kind, "message") == 0 && a && c) {
         if (alen == strlen(w->wchan) && memcmp(a, w->wchan, alen) == 0) {
             barrier_forward(w, srv, c, clen);
@@ -707,10 +887,13 @@ void dx__rr_conn_down(rshard *sh)
                 continue; /* its workers were told when it became so (a loss once per outage) */
             }
             set_state(w, c, S_NONE);
-            if (!c->nwant)
+            if (!c->nwant) {
                 chan_free(w, c);
-            else
-                down_all(w, c);
+                continue;
+            }
+            down_all(w, c);
+            if (cluster_topic(w, c) && chan_node(w, c) != sh->index)
+                (void)redis_sub(w, c); /* its slot is known to be elsewhere now */
         }
     }
 }
@@ -754,6 +937,16 @@ static void unsub_server(rworker *w, unsigned srv)
     }
     if (!n)
         return;
+    if (w->b->o.cluster) {
+        /* one per command: channels of several slots may not share one (CROSSSLOT) */
+        for (size_t i = 0; i < n; i++) {
+            if (dx__rb_redis_sub(sh, "SUNSUBSCRIBE", names + i, lens + i, 1) == 0)
+                set_state(w, cs[i], S_UNSUBSCRIBING);
+            else
+                rr->unsub_due = true;
+        }
+        return;
+    }
     if (dx__rb_redis_sub(sh, "UNSUBSCRIBE", names, lens, n) != 0) {
         rr->unsub_due = true;
         return;

@@ -143,14 +143,14 @@ int dx__rb_cluster_node(rworker *w, const char *host, size_t hlen, int port)
     return (int)n;
 }
 
+/* A new slot map: each topic's reads and presence go to its slot's node;
+ * the channels this worker holds for the node that wait for a node follow. */
 static void retarget(rworker *w)
 {
     for (size_t i = 0; i < w->tab_cap; i++)
-        for (rtopic *t = w->tab[i]; t; t = t->next) {
-            rshard *ns = dx__rb_shard_of(w, t->bt->name, t->bt->len);
-            if (ns != t->s)
-                dx__rb_topic_move(w, t, ns, true);
-        }
+        for (rtopic *t = w->tab[i]; t; t = t->next)
+            dx__rb_topic_move(w, t, dx__rb_shard_of(w, t->bt->name, t->bt->len));
+    dx__rr_retarget(w);
 }
 
 static void on_slots(dx__rio *io, void *reply, void *pd)
@@ -317,83 +317,20 @@ int dx__rb_cmd_routed(rconn *c, dx__rio_fn *fn, void *pd, int argc, const char *
 
 /* ---- cluster subscriptions ---------------------------------------------------- */
 
-/* Cluster: the probe (EXISTS on the topic's offset key, following MOVED)
- * answered: the node that answered has the slot. An SSUBSCRIBE sent to
- * another node would be answered with an error this hiredis cannot route
- * on a pub/sub connection (it drops the connection). */
-static void on_probe(dx__rio *io, void *reply, void *pd)
+void dx__rb_topic_move(rworker *w, rtopic *t, rshard *ns)
 {
-    rtopic *t = pd;
-    rworker *w = t->w;
-    if (w->freeing)
+    if (t->s == ns)
         return;
-    t->busy--;
-    if (!t->probing)
-        return;
-    t->probing = false;
-    redisReply *r = reply;
-    if (r && r->type == REDIS_REPLY_INTEGER) {
-        for (unsigned k = 0; k < w->nsh; k++)
-            if (w->sh[k].cmd.io == io) {
-                w->slots[dx__rb_slot(t->bt->name, t->bt->len)] = (uint8_t)k;
-                if (t->state == S_SUBSCRIBING)
-                    t->s = &w->sh[k]; /* nothing sent on the old node yet */
-                break;
-            }
-    }
-    if (t->state != S_SUBSCRIBING)
-        return; /* the connection went meanwhile: subscribed again when back */
-    if (dx__rb_subscribe_now(w, t) != 0) {
-        t->state = S_NONE;
-        dx__rb_waiting_fail(w, t, DX_EIO);
+    t->s = ns;
+    if (t->present || t->pres_pushed) {
+        t->pres_dirty = true;
+        w->pres_any_dirty = true;
     }
 }
 
-int dx__rb_subscribe_topic(rworker *w, rtopic *t)
-{
-    if (w->b->o.cluster && !t->probing) {
-        char key[DX__GW_TOPIC_MAX + 16];
-        int n = snprintf(key, sizeof key, "dx:{%s}:o", t->bt->name);
-        const char *argv[] = {"EXISTS", key};
-        size_t lens[] = {6, (size_t)n};
-        if (t->s->sub.io && t->s->sub.up && dx__rb_cmd_routed(&t->s->cmd, on_probe, t, 2, argv, lens) == 0) {
-            t->probing = true;
-            t->busy++;
-            t->state = S_SUBSCRIBING;
-            return 0;
-        }
-    }
-    return dx__rb_subscribe_now(w, t);
-}
-
-void dx__rb_topic_move(rworker *w, rtopic *t, rshard *ns, bool sharded)
-{
-    if (t->state == S_NONE) {
-        t->s = ns;
-        if (t->present || t->pres_pushed) {
-            t->pres_dirty = true;
-            w->pres_any_dirty = true;
-        }
-        if ((t->refs > 0 || t->waiting) && ns->sub.up && dx__rb_subscribe_topic(w, t) != 0)
-            dx__rb_waiting_fail(w, t, DX_EIO);
-        return;
-    }
-    if (t->probing)
-        return; /* nothing sent yet: its probe's answer names the node */
-    t->moving = true; /* the unsubscribe's answer subscribes it on its node */
-    if (t->state == S_UNSUBSCRIBING)
-        return;
-    char ch[DX__GW_TOPIC_MAX + MSG_PREFIX_LEN + 3];
-    const char *names[1] = {ch};
-    size_t lens[1] = {dx__rb_chan(w->b, t->bt->name, t->bt->len, ch, sizeof ch)};
-    if (sharded)
-        (void)dx__rb_send_sub(t->s, "SUNSUBSCRIBE", names, lens, 1);
-    if (dx__rb_send_sub(t->s, "UNSUBSCRIBE", names, lens, 1) == 0)
-        t->state = S_UNSUBSCRIBING;
-}
-
-/* Cluster: an error answer on sh's pub/sub connection (an SSUBSCRIBE
- * sent to a node that does not have the channel's slot: MOVED). */
+/* Cluster: an error answer on sh's pub/sub connection (an SSUBSCRIBE sent
+ * to a node that does not have the channel's slot, or an SUNSUBSCRIBE to
+ * one that lost it: MOVED). The error names the slot, not the channel. */
 void dx__rb_sub_error(rworker *w, rshard *sh, redisReply *r)
 {
     unsigned slot = 0;
@@ -407,10 +344,7 @@ void dx__rb_sub_error(rworker *w, rshard *sh, redisReply *r)
         w->slots[slot] = (uint8_t)k;
     w->map_due = true;
     dx__rb_cluster_map(w);
-    for (size_t i = 0; i < w->tab_cap; i++)
-        for (rtopic *t = w->tab[i]; t; t = t->next)
-            if (t->s == sh && t->state == S_SUBSCRIBING && dx__rb_slot(t->bt->name, t->bt->len) == slot)
-                dx__rb_topic_move(w, t, &w->sh[k], false);
+    dx__rr_sub_error(sh, slot, k); /* the shard channels this worker holds for the node */
 }
 
 int dx__rb_refuse(rbus *b, int err)

@@ -10,8 +10,11 @@ master, B with the other two.
   - topics of every master (checked with CLUSTER KEYSLOT / COUNTKEYSINSLOT
     on each master): publish through either node, subscribers on both
     receive every message in order; the topic's shard channel dx:m:{T} is
-    SSUBSCRIBEd on its master only (PUBSUB SHARDNUMSUB); resume on the
-    other node and history agree;
+    SSUBSCRIBEd on its master only (PUBSUB SHARDNUMSUB), with no classic
+    subscription (PUBSUB NUMSUB 0); resume on the other node and history
+    agree;
+  - the last subscriber leaving ends the shard subscription (SHARDNUMSUB
+    0), subscribing again works, a subscribe closed at once leaves nothing;
   - a pattern subscription receives topics of every master, once each;
   - /api/disconnect is answered by every worker of both nodes;
   - every master kills the nodes' pub/sub connections: kept subscribers
@@ -21,19 +24,26 @@ master, B with the other two.
     between (ASKING seen on the target), SETSLOT NODE on every master): publishes through both nodes follow (MOVED), offsets and epoch
     continue, the kept subscriber gets every message once (its shard
     channel unsubscribed by Redis, subscribed again on the new master, the
-    gap read back), and a resumer gets everything since its offset.
+    gap read back), and a resumer gets everything since its offset;
+  - the relay with a --workers 4 node C: one shard subscription per node
+    (SHARDNUMSUB 1) and its metrics, a slot migrated and the owners'
+    connections killed under subscribers on every worker, the resume
+    stress, subscribe churn, resumes across two migrations: every offset
+    once, in order.
 
 A missing redis-server or redis-cli fails the test (nothing is skipped).
 """
+import asyncio
 import os
 import shutil
 import subprocess
+import threading
 import time
 
 import gwtest
-from gwtest import (Fail, Serve, check, check_sub_ack, expect_eq, free_port, history, http, jconnect, main, publish,
-                    say, topic, wait_for)
-from test_redis import REDIS_BIN, Redis, pattern_active
+from gwtest import (Fail, Serve, check, check_sub_ack, expect_eq, free_port, history, http, jconnect, main, metric_sum,
+                    metrics, publish, say, topic, wait_for)
+from test_redis import REDIS_BIN, Redis, pattern_active, resume_stress
 
 CLI_BIN = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
@@ -125,6 +135,16 @@ def owner(t):
     return own[0]
 
 
+def slot_master(t):
+    """The master serving t's slot, from CLUSTER SLOTS (no key needed)."""
+    sl = slot_of(t)
+    for rng in RS[0].cmd("CLUSTER", "SLOTS"):
+        if rng[0] <= sl <= rng[1]:
+            port = rng[2][1]
+            return [r.port for r in RS].index(port)
+    raise Fail("slot %d of %s not in CLUSTER SLOTS" % (sl, t))
+
+
 def topics_per_master(prefix):
     got = {}
     for _ in range(100):
@@ -158,9 +178,12 @@ async def test_cross_node_every_master():
         for k, r in enumerate(RS):
             n = shardnumsub(r, "dx:m:{%s}" % t)
             if k == i:
-                check(n >= 2, "master %d: dx:m:{%s} shard subscribers %d, expected both nodes" % (k + 1, t, n))
+                expect_eq(n, 2, "master %d: shard subscribers of dx:m:{%s} (one per node)" % (k + 1, t))
             else:
                 expect_eq(n, 0, "master %d: shard subscribers of dx:m:{%s} (on master %d)" % (k + 1, t, i + 1))
+            # no classic subscription next to the shard one
+            expect_eq(int(r.cmd("PUBSUB", "NUMSUB", "dx:m:{%s}" % t)[1]), 0,
+                      "master %d: classic subscribers of dx:m:{%s}" % (k + 1, t))
     for n in range(2, 10):
         for t in ts:
             p = publish(a if n % 2 else b, t, "%s-%d" % (t, n))
@@ -190,15 +213,17 @@ async def test_cross_node_every_master():
 async def test_pattern_every_master():
     a, b = cluster()
     base = topic("cpat")
-    # a probe topic under the pattern on each master (published once before
-    # the pattern exists, so owner() finds its slot's keys)
+    # a probe topic under the pattern on each master, found from the slot
+    # map without publishing: a publish made before the pattern exists
+    # also goes out classic (PUBLISH, for patterns), which the cluster bus
+    # carries to the other masters at its own pace, so it could still reach
+    # one after the PSUBSCRIBE there (an unexpected message)
     probes = {}
     for i in range(200):
         if len(probes) == 3:
             break
         t = "%s.probe%d" % (base, i)
-        publish(a, t, "first")
-        probes.setdefault(owner(t), t)
+        probes.setdefault(slot_master(t), t)
     check(len(probes) == 3, "probe topics cover the 3 masters: %r" % probes)
     jb = await jconnect(b)
     await jb.ack("sub", topic=base + ".*")
@@ -219,6 +244,55 @@ async def test_pattern_every_master():
     expect_eq(sorted(m["topic"] for m in got), sorted(names), "pattern deliveries: each topic once")
     await jb.quiet(0.5)
     await jb.close()
+
+
+async def test_unsubscribed_and_again():
+    """The last subscriber of a topic leaves: the shard channel is
+    SUNSUBSCRIBEd (SHARDNUMSUB 0 on its master, the bookkeeping keyed on
+    Redis's `sunsubscribe`); subscribed again, it receives again, and
+    leaving while the SSUBSCRIBE is still out ends with nothing held."""
+    a, b = cluster()
+    ts = topics_per_master("us")
+    # and a second topic on each master, in another slot: channels of several
+    # slots cannot share one SUNSUBSCRIBE (CROSSSLOT)
+    more = {}
+    for i in range(300):
+        if len(more) == 3:
+            break
+        t = topic("us2")
+        k = slot_master(t)
+        if k not in more and slot_of(t) != slot_of(ts[k]):
+            more[k] = t
+    check(len(more) == 3, "second topics cover the 3 masters")
+    ts = ts + [more[k] for k in range(3)]
+    for rnd in range(3):
+        js = [await jconnect(a) for _ in range(4)]
+        for j in js:
+            for t in ts:
+                await j.sub(t)
+        for i, t in enumerate(ts):
+            i %= 3
+            wait_for(lambda: shardnumsub(RS[i], "dx:m:{%s}" % t) >= 1, 10, "dx:m:{%s} subscribed" % t, step=0.05)
+            p = publish(b, t, "r%d" % rnd)
+            for j in js:
+                m = await j.msg(timeout=15, what="round %d on %s" % (rnd, t))
+                expect_eq((m["topic"], m["offset"], m["data"]), (t, p["offset"], "r%d" % rnd), "round %d" % rnd)
+        for j in js:
+            await j.close()
+        for i, t in enumerate(ts):
+            i %= 3
+            wait_for(lambda: shardnumsub(RS[i], "dx:m:{%s}" % t) == 0, 10,
+                     "dx:m:{%s} unsubscribed on master %d after round %d" % (t, i + 1, rnd), step=0.05)
+    # subscribe and leave at once, many times: nothing stays subscribed
+    for _ in range(5):
+        j = await jconnect(a)
+        for t in ts:
+            await j.send({"op": "sub", "topic": t})
+        await j.close()
+    for i, t in enumerate(ts):
+        i %= 3
+        wait_for(lambda: shardnumsub(RS[i], "dx:m:{%s}" % t) == 0, 10,
+                 "dx:m:{%s} unsubscribed on master %d after sub+close" % (t, i + 1), step=0.05)
 
 
 def test_disconnect_answered_by_every_worker():
@@ -324,6 +398,319 @@ async def test_pubsub_connections_killed_resubscribed():
     await jb.close()
 
 
+def no_bus_warnings(*nodes):
+    """No bus warning that would mean a relay item went astray: a barrier
+    taken for a live entry, a subscription Redis refused."""
+    for s in nodes:
+        for bad in ("malformed", "refused a subscription", "out of memory"):
+            check(bad not in s.log(), "node :%d log: %r:\n%s" % (s.port, bad, s.log()[-3000:]))
+
+
+def node4():
+    """Node C: --workers 4, seeded with the first master."""
+    c = Serve("--redis", "redis://127.0.0.1:%d" % RS[0].port, "--redis-cluster", workers=4)
+    wait_for(lambda: health(c) == (200, "ok\n"), 30, "node :%d /healthz ok" % c.port, step=0.05)
+    return c
+
+
+async def subscribers(s, ts, n):
+    """n JSON connections to s (spread over its workers), each subscribed to every topic of ts."""
+    js = []
+    for _ in range(n):
+        j = await jconnect(s)
+        for t in ts:
+            await j.sub(t)
+        js.append(j)
+    return js
+
+
+async def expect_exact(js, ts, first, last, what):
+    """Each connection of js gets offsets first..last of every topic of ts,
+    in order per topic, nothing else (no loss, no duplicate)."""
+    for k, j in enumerate(js):
+        got = {t: [] for t in ts}
+        for _ in range(len(ts) * (last - first + 1)):
+            m = await j.msg(timeout=20, what="%s: subscriber %d" % (what, k))
+            check(m["topic"] in got, "%s: subscriber %d: unexpected %r" % (what, k, m))
+            got[m["topic"]].append(m["offset"])
+        for t in ts:
+            expect_eq(got[t], list(range(first, last + 1)), "%s: subscriber %d of %s" % (what, k, t))
+
+
+async def test_relay_one_shard_subscription_per_node():
+    """--workers 4: 40 subscribers of a topic per master spread over the
+    workers: one shard subscription per node (SHARDNUMSUB 1 on the topic's
+    master, 2 once node B subscribes too), every subscriber gets every
+    message in order, each message reaches each worker holding the topic
+    once through its owner (duplex_bus_relayed_total), the gauge
+    duplex_bus_subscriptions counts the node's 3; none left after."""
+    a, b = cluster()
+    c = node4()
+    try:
+        ts = topics_per_master("rl")
+        js = await subscribers(c, ts, 40)
+        figs = []
+        for i, t in enumerate(ts):
+            n = shardnumsub(RS[i], "dx:m:{%s}" % t)
+            figs.append(n)
+            expect_eq(n, 1, "master %d: SHARDNUMSUB dx:m:{%s} with 40 subscribers on node C's 4 workers" % (i + 1, t))
+        expect_eq(metric_sum(metrics(c), "duplex_bus_subscriptions")[0], 3, "node C's bus subscriptions")
+        jb = await subscribers(b, ts, 6)
+        for i, t in enumerate(ts):
+            expect_eq(shardnumsub(RS[i], "dx:m:{%s}" % t), 2, "master %d: SHARDNUMSUB with node B too" % (i + 1))
+        m0 = metrics(c)
+        n = 12
+        for k in range(2, n + 1):
+            for t in ts:
+                publish(a if k % 2 else b, t, "m%d" % k)
+        await expect_exact(js + jb, ts, 2, n, "relayed")
+        m1 = metrics(c)
+        hand = metric_sum(m1, "duplex_handoffs_total")[0] - metric_sum(m0, "duplex_handoffs_total")[0]
+        rel = metric_sum(m1, "duplex_bus_relayed_total")[0] - metric_sum(m0, "duplex_bus_relayed_total")[0]
+        per = (n - 1) * len(ts)
+        check(hand % per == 0 and 2 <= hand // per <= 4,
+              "node C: %d messages received %d times by its workers: expected once per worker" % (per, hand))
+        expect_eq(rel, hand, "node C: messages forwarded by the owners (one per worker per message)")
+        say("  node C: 40 subscribers per topic on %d workers: SHARDNUMSUB %r, %d forwards for %d messages" % (
+            hand // per, figs, rel, per))
+        for j in js + jb:
+            await j.close()
+        for i, t in enumerate(ts):
+            wait_for(lambda: shardnumsub(RS[i], "dx:m:{%s}" % t) == 0, 10, "no shard subscription of %s left" % t)
+        wait_for(lambda: metric_sum(metrics(c), "duplex_bus_subscriptions")[0] == 0, 10,
+                 "node C's bus subscriptions gauge back to 0")
+        no_bus_warnings(a, b, c)
+    finally:
+        c.stop()
+
+
+async def test_relay_slot_migration_four_workers():
+    """A topic held on every worker of node C (--workers 4) and on node B
+    moves to another master while publishes go on (one answered ASK): every
+    subscriber gets every offset once, in order; afterwards one shard
+    subscription per node on the new master, none on the old one."""
+    a, b = cluster()
+    c = node4()
+    try:
+        t = topic("rmig")
+        ep = publish(a, t, "m1")["epoch"]
+        src = owner(t)
+        dst = (src + 2) % 3
+        js = await subscribers(c, [t], 16) + await subscribers(b, [t], 4)
+        expect_eq(shardnumsub(RS[src], "dx:m:{%s}" % t), 2, "SHARDNUMSUB before (nodes B and C)")
+        for k in range(2, 6):
+            publish(a if k % 2 else c, t, "m%d" % k)
+        nxt = [6]
+
+        def during():
+            p = publish(c, t, "m%d" % nxt[0])
+            expect_eq((p["offset"], p["epoch"]), (nxt[0], ep), "publish during the migration")
+            nxt[0] += 1
+        migrate_slot(slot_of(t), RS[src], RS[dst], between=during)
+        for k in range(nxt[0], nxt[0] + 8):
+            p = publish((a, b, c)[k % 3], t, "m%d" % k)
+            expect_eq(p["offset"], k, "publish %d after the migration" % k)
+        last = nxt[0] + 7
+        await expect_exact(js, [t], 2, last, "across the migration")
+        wait_for(lambda: shardnumsub(RS[dst], "dx:m:{%s}" % t) == 2, 10,
+                 "one shard subscription per node on the new master", step=0.05)
+        expect_eq(shardnumsub(RS[src], "dx:m:{%s}" % t), 0, "shard subscribers left on the old master")
+        publish(a, t, "m%d" % (last + 1))
+        await expect_exact(js, [t], last + 1, last + 1, "after the migration")
+        for j in js:
+            await j.quiet(0.1)
+            await j.close()
+        say("  slot of %s moved from master %d to %d under 20 subscribers (16 on 4 workers): %d messages each, "
+            "lost 0, duplicated 0; SHARDNUMSUB 2 on the new master (one per node)" % (t, src + 1, dst + 1, last))
+        no_bus_warnings(a, b, c)
+    finally:
+        c.stop()
+
+
+async def test_relay_resume_stress_four_workers():
+    """Subscribers hopping between node C (--workers 4) and node B, each
+    resuming where it left while publishes alternate nodes: every offset
+    once, in order (a subscribe's barrier travels on the topic's shard
+    channel to its owner, which forwards it after the topic's messages)."""
+    a, b = cluster()
+    c = node4()
+    try:
+        await resume_stress(c, b, "clstress")
+        no_bus_warnings(a, b, c)
+    finally:
+        c.stop()
+
+
+async def test_relay_churn_four_workers():
+    """Subscribe/unsubscribe churn from 30 connections over node C's 4
+    workers on a topic of each master, while 8 stable subscribers receive
+    every message in order and a publisher runs: once everyone left, no
+    shard subscription is left on any master, and the gauge is back to 0."""
+    a, b = cluster()
+    c = node4()
+    try:
+        ts = topics_per_master("rchurn")
+        stable = await subscribers(c, ts, 8)
+        n = 60
+        done = threading.Event()
+
+        def publisher():
+            try:
+                for k in range(2, n + 1):
+                    for t in ts:
+                        publish(a if k % 2 else b, t, "m%d" % k)
+            finally:
+                done.set()
+
+        async def churner(k):
+            j = await jconnect(c)
+            for i in range(8):
+                t = ts[(k + i) % 3]
+                await j.ack("sub", topic=t)
+                await j.ack("unsub", topic=t)
+            return j
+
+        th = threading.Thread(target=publisher)
+        th.start()
+        churners = await asyncio.gather(*[churner(k) for k in range(30)])
+        th.join()
+        check(done.is_set(), "publisher finished")
+        await expect_exact(stable, ts, 2, n, "stable subscribers through the churn")
+        for i, t in enumerate(ts):
+            expect_eq(shardnumsub(RS[i], "dx:m:{%s}" % t), 1, "SHARDNUMSUB of %s with the stable subscribers" % t)
+        for j in churners + stable:
+            await j.close()
+        for i, t in enumerate(ts):
+            wait_for(lambda: shardnumsub(RS[i], "dx:m:{%s}" % t) == 0, 10, "no shard subscription of %s left" % t)
+        wait_for(lambda: metric_sum(metrics(c), "duplex_bus_subscriptions")[0] == 0, 10,
+                 "node C's bus subscriptions gauge back to 0")
+        no_bus_warnings(a, b, c)
+    finally:
+        c.stop()
+
+
+async def test_relay_resume_across_migration():
+    """Subscribers hopping between node C (--workers 4) and node B, each
+    resuming from its last offset, while a publisher runs and the topic's
+    slot migrates (twice: away and back): a subscribe may answer 4503 when
+    its read was out as the slot moved (it resumes again), but every offset
+    reaches every subscriber once, in order."""
+    a, b = cluster()
+    c = node4()
+    try:
+        t = topic("rrmig")
+        n = 240
+        ep = publish(a, t, "m1")["epoch"]
+        src = owner(t)
+        dst = (src + 1) % 3
+        sl = slot_of(t)
+        pubbed = [1]
+        stop = threading.Event()
+
+        def publisher():
+            try:
+                for k in range(2, n + 1):
+                    p = publish((a, b, c)[k % 3], t, "m%d" % k)
+                    expect_eq(p["offset"], k, "publish %d" % k)
+                    pubbed[0] = k
+                    time.sleep(0.004)
+            finally:
+                stop.set()
+
+        errs = [0]
+
+        async def subscriber(k):
+            got, since, i = [], 0, k
+            while len(got) < n:
+                j = await jconnect((c, b, c)[i % 3])
+                i += 1
+                r = await j.req("sub", topic=t, since={"offset": since, "epoch": ep})
+                if r["op"] == "err":
+                    expect_eq(r.get("code"), 4503, "subscriber %d: err %r" % (k, r))
+                    errs[0] += 1
+                    await j.close()
+                    await asyncio.sleep(0.05)
+                    continue
+                expect_eq(r.get("recovered"), True, "subscriber %d: resume from %d recovered (%r)" % (k, since, r))
+                for _ in range(10 + (k * 7 + i * 13) % 30):
+                    if len(got) >= n:
+                        break
+                    m = await j.msg(timeout=20, what="subscriber %d after %d" % (k, len(got)))
+                    check(m["op"] == "msg", "subscriber %d: %r" % (k, m))
+                    got.append(m["offset"])
+                    since = m["offset"]
+                await j.close()
+            expect_eq(got, list(range(1, n + 1)), "subscriber %d: offsets" % k)
+
+        def migrations():
+            wait_for(lambda: pubbed[0] >= n // 3, 30, "a third published", step=0.01)
+            migrate_slot(sl, RS[src], RS[dst])
+            wait_for(lambda: pubbed[0] >= 2 * n // 3, 30, "two thirds published", step=0.01)
+            migrate_slot(sl, RS[dst], RS[src])
+
+        th = threading.Thread(target=publisher)
+        th.start()
+        mig = asyncio.get_running_loop().run_in_executor(None, migrations)
+        await asyncio.gather(*[subscriber(k) for k in range(8)])
+        await mig
+        th.join()
+        expect_eq(owner(t), src, "the slot back on its first master")
+        wait_for(lambda: shardnumsub(RS[src], "dx:m:{%s}" % t) == 0, 10, "nothing left subscribed", step=0.05)
+        say("  8 subscribers hopping between nodes across 2 slot migrations: %d messages each, lost 0, "
+            "duplicated 0 (%d subscribes answered 4503 and resumed)" % (n, errs[0]))
+        no_bus_warnings(a, b, c)
+    finally:
+        c.stop()
+
+
+def ssub_clients(r):
+    """ids of r's clients holding shard subscriptions (CLIENT LIST ssub=N)."""
+    out = []
+    for line in r.cmd("CLIENT", "LIST").decode().splitlines():
+        f = dict(kv.split("=", 1) for kv in line.split(" ") if "=" in kv)
+        if int(f.get("ssub", "0")) > 0:
+            out.append(f["id"])
+    return out
+
+
+async def test_relay_owner_connection_killed():
+    """The connections holding the shard subscriptions (the owners', one per
+    node) are killed on every master, the other workers' pub/sub connections
+    stay: every subscriber on the 4 workers of node C (and on B) gets every
+    offset once, in order (the owner tells the others, which read back what
+    they missed once it subscribed again); one shard subscription per node again."""
+    a, b = cluster()
+    c = node4()
+    try:
+        ts = topics_per_master("rkill")
+        js = await subscribers(c, ts, 16) + await subscribers(b, ts, 4)
+        for k in range(2, 5):
+            for t in ts:
+                publish(a, t, "%s-%d" % (t, k))
+        for rnd in range(3):
+            for i, t in enumerate(ts):  # subscribed again (both nodes) since the last round
+                wait_for(lambda: shardnumsub(RS[i], "dx:m:{%s}" % t) >= 2, 10, "%s subscribed on both nodes" % t,
+                         step=0.02)
+            for r in RS:
+                ids = ssub_clients(r)
+                check(ids, "clients with shard subscriptions on :%d" % r.port)
+                for i in ids:
+                    r.cmd("CLIENT", "KILL", "ID", i)
+            for k in range(5 + 3 * rnd, 8 + 3 * rnd):
+                for t in ts:
+                    publish((a, b, c)[k % 3], t, "%s-%d" % (t, k))
+        await expect_exact(js, ts, 2, 13, "across the owners' connections killed")
+        for i, t in enumerate(ts):
+            wait_for(lambda: shardnumsub(RS[i], "dx:m:{%s}" % t) == 2, 10,
+                     "one shard subscription per node again for %s" % t, step=0.05)
+        for j in js:
+            await j.quiet(0.1)
+            await j.close()
+        no_bus_warnings(a, b, c)
+    finally:
+        c.stop()
+
+
 def teardown():
     for r in RS:
         r.stop()
@@ -335,7 +722,14 @@ if __name__ == "__main__":
     main([
         test_cross_node_every_master,
         test_pattern_every_master,
+        test_unsubscribed_and_again,
         test_disconnect_answered_by_every_worker,
         test_slot_migration_no_loss,
         test_pubsub_connections_killed_resubscribed,
+        test_relay_one_shard_subscription_per_node,
+        test_relay_slot_migration_four_workers,
+        test_relay_owner_connection_killed,
+        test_relay_resume_stress_four_workers,
+        test_relay_churn_four_workers,
+        test_relay_resume_across_migration,
     ])
