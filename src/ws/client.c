@@ -724,7 +724,7 @@ static void start_transport(dx_conn *c)
         dx__client_transport_ready(c);
         return;
     }
-    if (dx__tls_connect(cl->tls, &c->st, cl->url.host)) {
+    if (dx__tls_connect(cl->tls, &c->st, c->io.fd, cl->url.host)) {
         cl->last_err = DX_ETLS;
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, "cannot start TLS");
         return;
@@ -849,7 +849,7 @@ static void read_proxy_answer(dx_conn *c)
     dx__head *hd = c->cold->head;
     /* Byte by byte is not needed: nothing follows the proxy's head until we
      * speak (TLS ClientHello or the upgrade request). */
-    ssize_t n = c->st.t->read(&c->st, hd->data + hd->len, max - hd->len);
+    ssize_t n = dx__stream_read(&c->st, c->io.fd, hd->data + hd->len, max - hd->len);
     if (n == DX_EAGAIN)
         return;
     if (n <= 0) {

@@ -394,7 +394,7 @@ static void conn_mark(dx_conn *c, const char *why, bool silent)
         c->s.state = DX_CODEC_FAILED;
     dx__timer_stop(loop, &c->timer);
     dx__io_stop(loop, &c->io); /* epoll and the ready list */
-    c->st.t->close(&c->st);
+    dx__stream_close(&c->st, c->io.fd);
     c->io.fd = -1;
     dx_list_remove(&c->link);
     ep->nconns--;
@@ -1099,7 +1099,7 @@ static void on_readable(dx_conn *c)
         size_t cap = DX_LOOP_RBUF;
         if (c->state == CS_HEAD && c->ep->srv && c->ep->opt.max_head < cap)
             cap = c->ep->opt.max_head;
-        ssize_t n = c->st.t->read(&c->st, loop->rbuf, cap);
+        ssize_t n = dx__stream_read(&c->st, c->io.fd, loop->rbuf, cap);
         if (n == DX_EAGAIN)
             return;
         if (n == 0) {
@@ -1123,21 +1123,21 @@ static void on_readable(dx_conn *c)
             process(c, loop->rbuf, (size_t)n);
         if (c->state == CS_DEAD)
             return; /* the transport is closed */
-        if ((size_t)n < cap && (c->st.t == &dx__tcp_transport || !c->st.t->pending(&c->st)))
+        if ((size_t)n < cap && !dx__stream_pending(&c->st))
             return; /* drained: another read would only say EAGAIN */
     }
     /* Fairness: others get their turn. Input still in the kernel wakes epoll
      * again; input already inside the transport (TLS) would not, so ask the
      * loop to come back after this batch (or at resume, when held). */
-    if (c->state != CS_DEAD && !reading_held(c) && c->st.t->pending(&c->st))
+    if (c->state != CS_DEAD && !reading_held(c) && dx__stream_pending(&c->st))
         dx__loop_ready(loop, &c->io);
 }
 
 static void drive_tls(dx_conn *c)
 {
-    int rc = c->st.t->handshake(&c->st);
+    int rc = dx__stream_handshake(&c->st);
     if (rc == DX_EAGAIN) {
-        want_write(c, c->st.want == DX__WANT_WRITE);
+        want_write(c, dx__stream_want(&c->st) == DX__WANT_WRITE);
         return;
     }
     if (rc) {
@@ -1241,7 +1241,6 @@ dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state,
     c->id = ep->next_id;
     ep->next_id += ep->opt.instances;
     c->io = (dx__io){.fd = fd, .cb = on_io};
-    c->st = (dx__stream){.t = &dx__tcp_transport, .fd = fd};
     if (sa && store_addr(c, sa)) {
         dx__wsl_conn_free(ep->wsl, c);
         return NULL;
@@ -1274,7 +1273,7 @@ dx_conn *dx__conn_new(dx_server *srv, int fd, const struct sockaddr *sa, socklen
                                srv->ep.opt.handshake_timeout_ms);
     if (!c)
         return NULL;
-    if (tls && dx__tls_accept(tls, &c->st)) {
+    if (tls && dx__tls_accept(tls, &c->st, c->io.fd)) {
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, "cannot start TLS");
         return c; /* accepted and dropped: the fd is closed */
     }
@@ -1292,7 +1291,7 @@ static void resume_reading(dx_conn *c)
     update_events(c);
     arm_heartbeat(c);
     /* What epoll cannot announce: bytes kept here, records inside TLS. */
-    if (DX_COLD(c, stash) || c->st.t->pending(&c->st))
+    if (DX_COLD(c, stash) || dx__stream_pending(&c->st))
         dx__loop_ready(c->ep->loop, &c->io);
 }
 

@@ -261,7 +261,7 @@ static void answer_done(dx_conn *c)
     dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.http_keepalive_ms);
     /* Input kept here or inside the transport (TLS records) would wake no
      * one: served from the loop (not from inside a reply). */
-    if (h->pend || c->st.t->pending(&c->st))
+    if (h->pend || dx__stream_pending(&c->st))
         dx__loop_ready(c->ep->loop, &c->io);
 }
 
@@ -291,8 +291,8 @@ static void send_more(dx_conn *c)
             return;
         }
         size_t want = h->left < budget ? (size_t)h->left : budget;
-        if (c->st.t->sendfile) {
-            ssize_t w = c->st.t->sendfile(&c->st, h->fd, &h->off, want);
+        if (dx__stream_can_sendfile(&c->st)) {
+            ssize_t w = dx__stream_sendfile(&c->st, c->io.fd, h->fd, &h->off, want);
             if (w == DX_EAGAIN) {
                 wait_writable(c);
                 return;
@@ -501,7 +501,7 @@ static int stream_start(dx_conn *c, const hreq *r, dx_http_stream *s, const char
     }
     if (c->flags & CF_READ_OFF)
         dx__conn_reading(c, DX__READ_ON);
-    if (c->st.t->pending(&c->st))
+    if (dx__stream_pending(&c->st))
         dx__loop_ready(ep->loop, &c->io); /* TLS records epoll cannot announce: an EOF among them */
     if (r->head_method) {
         s->ended = true;

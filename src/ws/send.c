@@ -218,7 +218,7 @@ static int wq_write(dx_conn *c)
             for (unsigned i = b->first; i < (unsigned)b->first + b->n && n < IOV_BATCH; i++)
                 iov[n++] = (struct iovec){(void *)(uintptr_t)b->seg[i].p, b->seg[i].len};
         w->writes++;
-        ssize_t r = c->st.t->writev(&c->st, iov, n);
+        ssize_t r = dx__stream_writev(&c->st, c->io.fd, iov, n);
         if (r < 0 && r != DX_EAGAIN) {
             /* The peer is gone; the read side will notice and report 1006. */
             dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed");
@@ -250,7 +250,7 @@ static int queue_emptied(dx_conn *c, bool from_loop)
     dx__conn_want_write(c, (!from_loop && c->state == CS_OPEN && (c->flags & CF_DRAIN_ARMED)) ||
                                (c->state == CS_HTTP && dx__http_sending(c)));
     if (c->state == CS_DRAIN) {
-        c->st.t->shutdown(&c->st);
+        dx__stream_shutdown(&c->st, c->io.fd);
         c->state = CS_LINGER;
         return 0;
     }
@@ -327,7 +327,7 @@ void dx__conn_flush(dx_conn *c)
         }
         dx__wsl *w = c->ep->wsl;
         w->writes++;
-        ssize_t r = c->st.t->writev(&c->st, iov, n);
+        ssize_t r = dx__stream_writev(&c->st, c->io.fd, iov, n);
         if (r < 0 && r != DX_EAGAIN) {
             dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed"); /* as wq_write */
             return;
@@ -392,7 +392,7 @@ static int write_masked(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t
         while (done < n) { /* a short write may be one TLS record: go on until refused */
             struct iovec iov = {sc + done, n - done};
             w->writes++;
-            ssize_t r = c->st.t->writev(&c->st, &iov, 1);
+            ssize_t r = dx__stream_writev(&c->st, c->io.fd, &iov, 1);
             if (r < 0 && r != DX_EAGAIN) {
                 dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed");
                 return DX_ECLOSED;
