@@ -305,9 +305,10 @@ void dx__conn_cold_trim(dx_conn *c)
  *    the application made. It fires no callback. It decides the close code,
  *    sets CS_DEAD, stops the session (so the rest of a read is not
  *    delivered), takes the connection out of every list (epoll, ready,
- *    timer wheel, the gathered-output list, ep->conns), closes the socket and queues `dfree`.
- * 2. conn_closed, from the loop's deferred list once the callback stack has
- *    unwound: on_close (once, if on_open fired and the owner is not being
+ *    timer wheel, the gathered-output list, ep->conns), closes the socket and
+ *    appends it to the loop's dead list (wsl->dead, by its `link`).
+ * 2. conn_closed, from the loop's deferred list (dx__conn_reap, queued while
+ *    the dead list is not empty) once the callback stack has unwound: on_close (once, if on_open fired and the owner is not being
  *    freed), the client's follow-up (reconnect, on_error, on_done), then
  *    the memory: session receive buffer, queue, reason, protocol, struct.
  *
@@ -332,9 +333,8 @@ static void conn_release(dx_loop *loop, dx_conn *c)
     dx__wsl_conn_free(dx__wsl_find(loop), c); /* the loop's: it made c */
 }
 
-static void conn_closed(dx_loop *loop, dx__deferred *d)
+static void conn_closed(dx_loop *loop, dx_conn *c)
 {
-    dx_conn *c = dx_list_entry(d, dx_conn, dfree);
     dx__ep *ep = c->ep; /* alive: its own free is queued after us */
     /* Accepted (dx_upgrade_accept returned 0) but lost before the loop
      * opened it: the application still gets on_open, then on_close, so
@@ -392,7 +392,7 @@ static void conn_mark(dx_conn *c, const char *why, bool silent)
      * read is discarded (nothing is delivered after the connection died). */
     if (c->s.cfg)
         c->s.state = DX_CODEC_FAILED;
-    dx__timer_stop(loop, &c->timer);
+    dx__conn_timer_stop(c); /* back in ep->conns */
     dx__io_stop(loop, &c->io); /* epoll and the ready list */
     dx__stream_close(&c->st, c->io.fd);
     c->io.fd = -1;
@@ -412,30 +412,91 @@ static void conn_mark(dx_conn *c, const char *why, bool silent)
     }
     if (ep->cl && !silent)
         dx__client_conn_marked(c, why);
-    c->dfree.fn = conn_closed;
-    dx__loop_later(loop, &c->dfree);
+    dx__wsl *w = ep->wsl;
+    dx_list_push_back(&w->dead, &c->link);
+    if (!dx_list_linked(&w->reap.node))
+        dx__loop_later(loop, &w->reap);
+}
+
+/* The dead connections queued before this pass, oldest first. Those that
+ * die meanwhile (an on_close closing others) queue the reaper again, for
+ * the next pass: behind whatever their death queued before (a client's
+ * on_done), ahead of what is queued after (an endpoint's own free). */
+void dx__conn_reap(dx_loop *loop, dx__deferred *d)
+{
+    dx__wsl *w = dx_list_entry(d, dx__wsl, reap);
+    dx_list batch = DX_LIST_INIT(batch);
+    if (dx_list_empty(&w->dead))
+        return;
+    batch.next = w->dead.next;
+    batch.prev = w->dead.prev;
+    batch.next->prev = &batch;
+    batch.prev->next = &batch;
+    dx_list_init(&w->dead);
+    dx_list *it;
+    while ((it = dx_list_first(&batch)) != NULL) {
+        dx_list_remove(it);
+        conn_closed(loop, dx_list_entry(it, dx_conn, link));
+    }
 }
 
 /* The clean end (LINGER saw the peer's EOF). */
 static void conn_finish(dx_conn *c, const char *why) { conn_mark(c, why, false); }
 
+void dx__ep_take_conns(dx__ep *ep, dx_list *todo)
+{
+    dx_list_init(todo);
+    if (!dx_list_empty(&ep->conns)) {
+        todo->next = ep->conns.next;
+        todo->prev = ep->conns.prev;
+        todo->next->prev = todo;
+        todo->prev->next = todo;
+        dx_list_init(&ep->conns);
+    }
+    dx__wsl *w = ep->wsl;
+    if (!w || !w->armed)
+        return;
+    /* The armed ones share the loop's wheel with other endpoints'. A walk
+     * of every armed connection of the loop: for an endpoint's shutdown or
+     * free, not for anything per message or per tick. */
+    for (size_t i = 0; i < DX_WHEEL_SLOTS; i++)
+        dx_list_foreach_safe(it, tmp, &w->wheel[i])
+        {
+            if (dx_list_entry(it, dx_conn, link)->ep != ep)
+                continue;
+            dx_list_remove(it);
+            dx_list_push_back(todo, it);
+        }
+}
+
+void dx__conn_put_back(dx_conn *c)
+{
+    dx_list_remove(&c->link);
+    if (c->flags & CF_TIMER)
+        dx_list_push_back(&c->ep->wsl->wheel[c->due % DX_WHEEL_SLOTS], &c->link);
+    else
+        dx_list_push_back(&c->ep->conns, &c->link);
+}
+
 bool dx__ep_drop_conns(dx__ep *ep)
 {
     dx_loop *loop = ep->loop;
     ep->freeing = true;
+    dx_list todo;
+    dx__ep_take_conns(ep, &todo);
     dx_list *it;
-    while ((it = dx_list_first(&ep->conns)) != NULL)
-        conn_mark(dx_list_entry(it, dx_conn, link), NULL, true);
-    if (dx__loop_dispatching(loop))
-        return true; /* they, then the owner, are released from the deferred list */
+    while ((it = dx_list_first(&todo)) != NULL) {
+        dx_conn *c = dx_list_entry(it, dx_conn, link);
+        dx__conn_put_back(c);
+        conn_mark(c, NULL, true);
+    }
+    if (dx__loop_dispatching(loop) || !ep->wsl)
+        return dx__loop_dispatching(loop); /* they, then the owner, are released from the deferred list */
     /* Nothing is on the stack: release this endpoint's dead connections now
      * (the others stay queued for the next dx_loop_run). */
-    dx_list_foreach_safe(node, tmp, &loop->deferred)
+    dx_list_foreach_safe(node, tmp, &ep->wsl->dead)
     {
-        dx__deferred *d = dx_list_entry(node, dx__deferred, node);
-        if (d->fn != conn_closed)
-            continue;
-        dx_conn *c = dx_list_entry(d, dx_conn, dfree);
+        dx_conn *c = dx_list_entry(node, dx_conn, link);
         if (c->ep != ep)
             continue;
         dx_list_remove(node);
@@ -466,7 +527,7 @@ void dx__conn_finish_after_flush(dx_conn *c)
         c->flags &= (uint16_t)~(CF_PAUSED | CF_DEFERRED | CF_OPEN_PENDING);
         update_events(c);
     }
-    dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.close_timeout_ms);
+    dx__conn_timer_start(c, c->ep->opt.close_timeout_ms);
     if (WQ_LEN(c) == 0)
         (void)dx__wq_done(c, false); /* nothing queued: FIN now */
 }
@@ -488,6 +549,68 @@ void dx__conn_after_session(dx_conn *c) { after_session(c); }
 
 /* ---- heartbeat and timeouts ------------------------------------------------ */
 
+/* The connection's deadline lives in the loop's connection wheel (ws.h
+ * dx__wsl): the same ticks and rounding as a loop timer (dx__timer_start),
+ * kept by the connection's `link` and 32-bit `due` instead of a timer of
+ * its own. */
+void dx__conn_timer_start(dx_conn *c, uint64_t ms)
+{
+    dx__wsl *w = c->ep->wsl;
+    dx_loop *loop = c->ep->loop;
+    uint64_t ticks = (ms + DX_TICK_MS - 1) / DX_TICK_MS;
+    if (ticks == 0)
+        ticks = 1;
+    if (ticks > INT32_MAX)
+        ticks = INT32_MAX; /* 17 years: due stays ahead in 32-bit arithmetic */
+    c->due = (uint32_t)(loop->tick + ticks);
+    dx_list_remove(&c->link);
+    dx_list_push_back(&w->wheel[c->due % DX_WHEEL_SLOTS], &c->link);
+    if (!(c->flags & CF_TIMER)) {
+        c->flags |= CF_TIMER;
+        w->armed++;
+    }
+    if (!dx__timer_armed(&w->tick))
+        dx__timer_start(loop, &w->tick, DX_TICK_MS);
+}
+
+void dx__conn_timer_stop(dx_conn *c)
+{
+    if (!(c->flags & CF_TIMER))
+        return;
+    c->flags &= (uint16_t)~CF_TIMER;
+    c->ep->wsl->armed--;
+    dx_list_remove(&c->link);
+    dx_list_push_back(&c->ep->conns, &c->link);
+}
+
+static void on_timer(dx_conn *c);
+
+/* One tick of the connection wheel: the slot of this tick, its connections
+ * due now fired one at a time (a handler may stop or restart any deadline,
+ * those that expired with it included), those due in a later turn left. */
+void dx__conn_wheel_tick(dx__timer *t)
+{
+    dx__wsl *w = dx_list_entry(t, dx__wsl, tick);
+    dx_loop *loop = w->loop;
+    uint32_t now = (uint32_t)loop->tick;
+    dx_list expired = DX_LIST_INIT(expired);
+    dx_list_foreach_safe(it, tmp, &w->wheel[now % DX_WHEEL_SLOTS])
+    {
+        if ((int32_t)(dx_list_entry(it, dx_conn, link)->due - now) <= 0) {
+            dx_list_remove(it);
+            dx_list_push_back(&expired, it);
+        }
+    }
+    dx_list *it;
+    while ((it = dx_list_first(&expired)) != NULL) {
+        dx_conn *c = dx_list_entry(it, dx_conn, link);
+        dx__conn_timer_stop(c);
+        on_timer(c);
+    }
+    if (w->armed && !dx__timer_armed(&w->tick))
+        dx__timer_start(loop, &w->tick, DX_TICK_MS);
+}
+
 /* Milliseconds since the last read (tick precision). */
 static uint64_t quiet_ms(const dx_conn *c)
 {
@@ -503,14 +626,13 @@ static void arm_heartbeat(dx_conn *c)
     if (o->idle_timeout_ms && (!next || o->idle_timeout_ms < next))
         next = o->idle_timeout_ms;
     if (next)
-        dx__timer_start(c->ep->loop, &c->timer, next);
+        dx__conn_timer_start(c, next);
     else
-        dx__timer_stop(c->ep->loop, &c->timer);
+        dx__conn_timer_stop(c);
 }
 
-static void on_timer(dx__timer *t)
+static void on_timer(dx_conn *c)
 {
-    dx_conn *c = dx_list_entry(t, dx_conn, timer);
     dx__ep *ep = c->ep;
     const dx_server_options *o = &ep->opt;
     uint64_t now = ep->loop->now_ms;
@@ -563,7 +685,7 @@ static void on_timer(dx__timer *t)
             if (o->idle_timeout_ms && quiet >= o->idle_timeout_ms)
                 (void)dx_conn_close(c, DX_CLOSE_GOING_AWAY, "idle timeout", 12);
             else if (o->idle_timeout_ms)
-                dx__timer_start(ep->loop, &c->timer, o->idle_timeout_ms - quiet);
+                dx__conn_timer_start(c, o->idle_timeout_ms - quiet);
             return;
         }
         if (c->flags & CF_PING_OUT) {
@@ -586,7 +708,7 @@ static void on_timer(dx__timer *t)
                     return; /* the write failed: marked dead */
                 if (rc == 0) {
                     c->flags |= CF_PING_OUT;
-                    dx__timer_start(ep->loop, &c->timer, o->pong_timeout_ms);
+                    dx__conn_timer_start(c, o->pong_timeout_ms);
                     return;
                 }
             }
@@ -596,7 +718,7 @@ static void on_timer(dx__timer *t)
             if (o->idle_timeout_ms && o->idle_timeout_ms - quiet < next)
                 next = o->idle_timeout_ms - quiet;
             if (next != UINT64_MAX)
-                dx__timer_start(ep->loop, &c->timer, next);
+                dx__conn_timer_start(c, next);
             return;
         }
     case CS_HTTP:
@@ -684,7 +806,7 @@ static void defer_start(dx_conn *c, struct dx_upgrade *h)
     update_events(c);
     uint64_t spent = (uint64_t)((uint32_t)ep->loop->tick - c->opened_tick) * DX_TICK_MS;
     uint64_t left = spent < ep->opt.handshake_timeout_ms ? ep->opt.handshake_timeout_ms - spent : 1;
-    dx__timer_start(ep->loop, &c->timer, left);
+    dx__conn_timer_start(c, left);
     dx__log(LOG(c), DX_LOG_DEBUG, "conn=%llu upgrade decision deferred remote=%s", (unsigned long long)c->id,
             REMOTE(c).s);
 }
@@ -702,7 +824,7 @@ int dx__conn_upgrade_accept(dx_conn *c, const dx_ws_request *ws, char *protocol,
     /* on_open and the bytes held behind the head come from the loop: the
      * ready list serves the connection after this batch; the timer (one
      * tick) is the fallback should the ready list be unable to grow. */
-    dx__timer_start(c->ep->loop, &c->timer, 0);
+    dx__conn_timer_start(c, 0);
     dx__loop_ready(c->ep->loop, &c->io);
     return 0;
 }
@@ -929,7 +1051,7 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
         /* The next request on a kept-alive connection has begun: its head
          * gets the handshake deadline, like a first one. */
         c->flags &= (uint16_t)~CF_HTTP_IDLE;
-        dx__timer_start(ep->loop, &c->timer, ep->opt.handshake_timeout_ms);
+        dx__conn_timer_start(c, ep->opt.handshake_timeout_ms);
     }
     if (!DX_COLD(c, head)) {
         /* The usual case: the whole head is in this read, parsed once for
@@ -989,7 +1111,7 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
         }
     }
     size_t used = (size_t)rc - before; /* bytes of `p` that were head */
-    dx__timer_stop(ep->loop, &c->timer);
+    dx__conn_timer_stop(c);
     if (ep->cl)
         dx__client_response(c, &resp);
     else if (!dx__http_find(req.headers, req.n_headers, "upgrade"))
@@ -1245,7 +1367,6 @@ dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state,
         dx__wsl_conn_free(ep->wsl, c);
         return NULL;
     }
-    dx__timer_init(&c->timer, on_timer);
     c->opened_tick = (uint32_t)loop->tick; /* accept time until the upgrade (handshake deadline) */
     c->state = (uint8_t)state;
     if (!ep->srv && (!sa || sa->sa_family != AF_UNIX)) { /* accepted ones inherit it (dx_server_start) */
@@ -1259,9 +1380,10 @@ dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state,
     }
     if (events & EPOLLOUT)
         c->flags |= CF_WANT_WRITE;
+    dx_list_init(&c->link);
     dx_list_push_back(&ep->conns, &c->link);
     ep->nconns++;
-    dx__timer_start(loop, &c->timer, timeout_ms);
+    dx__conn_timer_start(c, timeout_ms);
     return c;
 }
 
@@ -1382,7 +1504,7 @@ int dx_conn_close(dx_conn *c, unsigned code, const char *reason, size_t len)
         resume_reading(c); /* the peer's close frame must be read */
     int rc = dx__session_close(&c->s, code, reason, len);
     if (rc == 0 && c->state == CS_OPEN)
-        dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.close_timeout_ms);
+        dx__conn_timer_start(c, c->ep->opt.close_timeout_ms);
     after_session(c);
     return rc;
 }

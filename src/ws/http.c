@@ -258,7 +258,7 @@ static void answer_done(dx_conn *c)
     }
     c->state = CS_HEAD;
     c->flags |= CF_HTTP_IDLE;
-    dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.http_keepalive_ms);
+    dx__conn_timer_start(c, c->ep->opt.http_keepalive_ms);
     /* Input kept here or inside the transport (TLS records) would wake no
      * one: served from the loop (not from inside a reply). */
     if (h->pend || dx__stream_pending(&c->st))
@@ -271,7 +271,7 @@ static void wait_writable(dx_conn *c)
     if (!(c->flags & CF_READ_OFF) || (c->flags & CF_READ_HUP))
         dx__conn_reading(c, DX__READ_OFF);
     dx__conn_want_write(c, true);
-    dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.close_timeout_ms);
+    dx__conn_timer_start(c, c->ep->opt.close_timeout_ms);
 }
 
 /* Sends what the socket takes of the answer; at most send_max is ever
@@ -488,7 +488,7 @@ static int stream_start(dx_conn *c, const hreq *r, dx_http_stream *s, const char
     ep->nstreams++;
     /* A drain armed by an earlier answer on this connection is not ours. */
     c->flags &= (uint16_t)~CF_DRAIN_ARMED;
-    dx__timer_stop(ep->loop, &c->timer); /* no keep-alive or handshake deadline on a stream */
+    dx__conn_timer_stop(c); /* no keep-alive or handshake deadline on a stream */
     /* Pipelined input kept while the answer was pending: dropped, counted. */
     if (h->pend) {
         size_t pl = h->pend_len;
@@ -540,7 +540,7 @@ static void dispatch(dx_conn *c)
     dx__http *h = DX_COLD(c, http);
     hreq *r = h->req;
     h->phase = HP_WAIT;
-    dx__timer_stop(ep->loop, &c->timer);
+    dx__conn_timer_stop(c);
     int ret = 0;
     if (ep->opt.cb.on_http) {
         r->in_cb = true;
@@ -737,7 +737,7 @@ void dx__http_begin(dx_conn *c, const dx_http_request *req, const char *buf, siz
     h->body_left = clen;
     if (h->chunked || h->body_left) {
         h->phase = HP_BODY;
-        dx__timer_start(ep->loop, &c->timer, ep->opt.handshake_timeout_ms);
+        dx__conn_timer_start(c, ep->opt.handshake_timeout_ms);
         /* RFC 9110 §10.1.1: a client waiting for 100 before its body. */
         if (req->minor_version >= 1 && dx__http_headers_have(req->headers, nh, "expect", "100-continue")) {
             static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -775,7 +775,7 @@ size_t dx__http_input(dx_conn *c, const uint8_t *p, size_t n)
     }
     hreq *r = h->req;
     size_t max = c->ep->opt.max_http_body;
-    dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.handshake_timeout_ms); /* progress */
+    dx__conn_timer_start(c, c->ep->opt.handshake_timeout_ms); /* progress */
     if (!h->chunked) {
         size_t take = n < h->body_left ? n : (size_t)h->body_left;
         if (!body_append(c, r, p, take))
@@ -834,7 +834,7 @@ bool dx__http_io(dx_conn *c, uint32_t events)
         if (!WQ_LEN(c))
             send_more(c);
         else /* the queue moved (on_io flushed it): progress */
-            dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.close_timeout_ms);
+            dx__conn_timer_start(c, c->ep->opt.close_timeout_ms);
     }
     return false;
 }

@@ -43,6 +43,7 @@ enum {
     CF_OPENED = 1u << 0,       /* on_open fired: on_close is owed */
     CF_PING_OUT = 1u << 1,     /* a heartbeat ping awaits its pong */
     CF_DRAIN_ARMED = 1u << 2,  /* queue passed the high-water mark */
+    CF_TIMER = 1u << 3,        /* deadline armed: `link` in the loop's connection wheel, due at tick `due` */
     CF_WANT_WRITE = 1u << 5,   /* EPOLLOUT registered */
     CF_DEFERRED = 1u << 6,     /* CS_HEAD: on_upgrade deferred, no answer yet (c->upg set) */
     CF_OPEN_PENDING = 1u << 7, /* CS_HEAD: deferred upgrade accepted, on_open not fired yet */
@@ -147,6 +148,19 @@ typedef struct dx__wsl {
     uint64_t copied;       /* bytes copied into the arena or a backlog (not references) */
     size_t key_pos;
     uint8_t keys[4096];    /* mask keys: one getrandom per 1024 client frames */
+    /* Connection deadlines (conn.c): a wheel of DX_WHEEL_SLOTS lists, one
+     * per tick like the loop's, holding each armed connection by its
+     * `link` in slot due % DX_WHEEL_SLOTS; `tick`, a loop timer, turns it
+     * (one slot a tick) while any is armed. A connection needs no timer of
+     * its own: its 16-byte link is in this wheel or in its endpoint's list. */
+    dx_list wheel[DX_WHEEL_SLOTS];
+    size_t armed;          /* connections in the wheel (CF_TIMER) */
+    dx__timer tick;
+    /* Dead connections (CS_DEAD) waiting for their on_close and free, by
+     * `link`, oldest first; `reap` is queued in the loop's deferred list
+     * while any is (conn.c dx__conn_reap). */
+    dx_list dead;
+    dx__deferred reap;
     /* The loop's connections, one slab per size (a server's conn_ext_size
      * makes its own); a fifth size, or one too large for a slab page,
      * comes from the allocator. */
@@ -270,11 +284,10 @@ struct dx_conn {
     dx__io io;
     dx__stream st;
     dx__ep *ep;
-    dx__timer timer;
-    union {
-        dx_list link;        /* in ep->conns while alive (state < CS_DEAD) */
-        dx__deferred dfree;  /* in the loop's deferred list once dead, until freed */
-    };
+    /* Alive: in a slot of the loop's connection wheel (wsl->wheel) while
+     * its deadline is armed (CF_TIMER), else in ep->conns. Dead: in
+     * wsl->dead until on_close and the free (conn.c). */
+    dx_list link;
     void *user;
     dx__wq *wq;
     dx__cold *cold;          /* rare state, NULL when none (ws.h dx__cold) */
@@ -284,6 +297,7 @@ struct dx_conn {
     uint32_t msgs_in, msgs_out;
     uint32_t opened_ms;   /* loop->now_ms at open, low 32 bits: the close line's duration to the
                              millisecond (ticks are 250 ms; conn.c duration_ms) */
+    uint32_t due;         /* CF_TIMER: the loop tick (low 32 bits) the deadline falls on */
     uint8_t addr[4]; /* the peer's IPv4 address (v4-mapped ones included); IPv6: cold->addr6 */
     uint16_t port;
     uint8_t family; /* AF_INET, AF_INET6 (then c->cold is never NULL), AF_UNIX */
@@ -364,6 +378,20 @@ void dx__conn_opened(dx_conn *c);
 void dx__conn_drive_tls(dx_conn *c);
 /* Sets/clears EPOLLOUT interest. */
 void dx__conn_want_write(dx_conn *c, bool on);
+/* The connection's deadline: fires its timeout handling after about `ms`
+ * milliseconds (rounded up to a tick, at least one); re-arming moves it.
+ * O(1), no allocation. Stop: no deadline. */
+void dx__conn_timer_start(dx_conn *c, uint64_t ms);
+void dx__conn_timer_stop(dx_conn *c);
+/* ws_loop.c's wheel timer and deferred reaper (conn.c). */
+void dx__conn_wheel_tick(dx__timer *t);
+void dx__conn_reap(dx_loop *loop, dx__deferred *d);
+/* Every live connection of `ep` (parked or in the wheel) moved onto
+ * `todo` (initialised here), for a walk that may change any of them; each
+ * must go back with dx__conn_put_back (to the wheel slot or list it left)
+ * before anything else touches it. */
+void dx__ep_take_conns(dx__ep *ep, dx_list *todo);
+void dx__conn_put_back(dx_conn *c);
 
 /* msg.c: the frame a dx_msg holds (header then payload), its opcode and
  * header length. */
