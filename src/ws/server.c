@@ -230,7 +230,7 @@ void dx__server_conn_gone(dx_conn *c)
     if (!(c->flags & CF_IPCOUNTED))
         return;
     c->flags &= (uint16_t)~CF_IPCOUNTED;
-    dx_server *srv = c->ep->srv;
+    dx_server *srv = dx__conn_ep(c)->srv;
     dx__ipcount_remove(&srv->ipc, srv->ep.loop->seams, c->family, dx__ipcount_key(c->family, dx__conn_addr(c)));
 }
 

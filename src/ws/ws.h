@@ -44,6 +44,7 @@ enum {
     CF_PING_OUT = 1u << 1,     /* a heartbeat ping awaits its pong */
     CF_DRAIN_ARMED = 1u << 2,  /* queue passed the high-water mark */
     CF_TIMER = 1u << 3,        /* deadline armed: `link` in the loop's connection wheel, due at tick `due` */
+    CF_SESSION = 1u << 4,      /* the session was started (dx__conn_opened) */
     CF_WANT_WRITE = 1u << 5,   /* EPOLLOUT registered */
     CF_DEFERRED = 1u << 6,     /* CS_HEAD: on_upgrade deferred, no answer yet (c->upg set) */
     CF_OPEN_PENDING = 1u << 7, /* CS_HEAD: deferred upgrade accepted, on_open not fired yet */
@@ -280,10 +281,11 @@ dx__wsl *dx__wsl_find(dx_loop *loop);
 int dx__wsl_mask_key(dx__wsl *w, uint8_t key[4]);
 
 struct dx_conn {
-    dx__session s; /* first: session handlers find the connection */
+    dx__session s; /* first: session handlers find the connection. s.cfg is &ep->scfg from
+                      creation on (dx__conn_ep: the endpoint needs no pointer of its own);
+                      the session itself starts at open (CF_SESSION) */
     dx__io io;
     dx__stream st;
-    dx__ep *ep;
     /* Alive: in a slot of the loop's connection wheel (wsl->wheel) while
      * its deadline is armed (CF_TIMER), else in ep->conns. Dead: in
      * wsl->dead until on_close and the free (conn.c). */
@@ -292,19 +294,29 @@ struct dx_conn {
     dx__wq *wq;
     dx__cold *cold;          /* rare state, NULL when none (ws.h dx__cold) */
     uint64_t id;
-    uint32_t opened_tick, last_rx_tick;
     uint64_t bytes_in, bytes_out;
     uint32_t msgs_in, msgs_out;
-    uint32_t opened_ms;   /* loop->now_ms at open, low 32 bits: the close line's duration to the
-                             millisecond (ticks are 250 ms; conn.c duration_ms) */
-    uint32_t due;         /* CF_TIMER: the loop tick (low 32 bits) the deadline falls on */
+    uint32_t last_rx_tick; /* open: the loop tick of the last read (idle timeout); before: of the
+                              accept (the handshake deadline counts from it) */
+    uint32_t opened_ms;    /* loop->now_ms at open, low 32 bits; with opened_ms_hi, 40 bits (34
+                              years): the close line's duration to the millisecond */
+    union {
+        uint32_t due;      /* alive, CF_TIMER: the loop tick (low 32 bits) the deadline falls on */
+        uint16_t code;     /* dead: the close code reported (set as it dies, conn.c conn_mark) */
+    };
     uint8_t addr[4]; /* the peer's IPv4 address (v4-mapped ones included); IPv6: cold->addr6 */
     uint16_t port;
     uint8_t family; /* AF_INET, AF_INET6 (then c->cold is never NULL), AF_UNIX */
     uint8_t state;
     uint16_t flags;
-    uint16_t code;  /* close code to report (0: decide at the end) */
+    uint8_t opened_ms_hi;  /* bits 32-39 of loop->now_ms at open */
 };
+
+/* The connection's endpoint: its session configuration's owner. */
+static inline dx__ep *dx__conn_ep(const struct dx_conn *c)
+{
+    return (dx__ep *)(uintptr_t)((const char *)c->s.cfg - offsetof(dx__ep, scfg));
+}
 
 static inline const uint8_t *dx__conn_addr(const struct dx_conn *c)
 {
