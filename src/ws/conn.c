@@ -453,26 +453,36 @@ void dx__ep_take_conns(dx__ep *ep, dx_list *todo)
     dx__wsl *w = ep->wsl;
     if (!w || !w->armed)
         return;
-    /* The armed ones share the loop's wheel with other endpoints'. A walk
-     * of every armed connection of the loop: for an endpoint's shutdown or
-     * free, not for anything per message or per tick. */
-    for (size_t i = 0; i < DX_WHEEL_SLOTS; i++)
-        dx_list_foreach_safe(it, tmp, &w->wheel[i])
+    /* The armed ones share the loop's wheel (and, during a tick, its
+     * expired list) with other endpoints'. A walk of every armed connection
+     * of the loop: for an endpoint's shutdown or free, not for anything
+     * per message or per tick. */
+    for (size_t i = 0; i <= DX_WHEEL_SLOTS; i++) {
+        dx_list *l = i < DX_WHEEL_SLOTS ? &w->wheel[i] : &w->expired;
+        dx_list_foreach_safe(it, tmp, l)
         {
             if (dx__conn_ep(dx_list_entry(it, dx_conn, link)) != ep)
                 continue;
             dx_list_remove(it);
             dx_list_push_back(todo, it);
         }
+    }
 }
 
 void dx__conn_put_back(dx_conn *c)
 {
+    dx__ep *ep = dx__conn_ep(c);
     dx_list_remove(&c->link);
-    if (c->flags & CF_TIMER)
-        dx_list_push_back(&dx__conn_ep(c)->wsl->wheel[c->due % DX_WHEEL_SLOTS], &c->link);
-    else
-        dx_list_push_back(&dx__conn_ep(c)->conns, &c->link);
+    if (c->flags & CF_TIMER) {
+        /* Due now or earlier: it was taken from the expired list of the
+         * tick running (every other armed one is due later). */
+        dx__wsl *w = ep->wsl;
+        if ((int32_t)(c->due - (uint32_t)ep->loop->tick) <= 0)
+            dx_list_push_back(&w->expired, &c->link);
+        else
+            dx_list_push_back(&w->wheel[c->due % DX_WHEEL_SLOTS], &c->link);
+    } else
+        dx_list_push_back(&ep->conns, &c->link);
 }
 
 bool dx__ep_drop_conns(dx__ep *ep)
@@ -588,16 +598,18 @@ void dx__conn_wheel_tick(dx__timer *t)
     dx__wsl *w = dx_list_entry(t, dx__wsl, tick);
     dx_loop *loop = w->loop;
     uint32_t now = (uint32_t)loop->tick;
-    dx_list expired = DX_LIST_INIT(expired);
     dx_list_foreach_safe(it, tmp, &w->wheel[now % DX_WHEEL_SLOTS])
     {
         if ((int32_t)(dx_list_entry(it, dx_conn, link)->due - now) <= 0) {
             dx_list_remove(it);
-            dx_list_push_back(&expired, it);
+            dx_list_push_back(&w->expired, it);
         }
     }
+    /* In the wsl, not on the stack: a handler that frees or shuts down an
+     * endpoint (on_io's fallback may reach on_open) finds its connections
+     * here too (dx__ep_take_conns). */
     dx_list *it;
-    while ((it = dx_list_first(&expired)) != NULL) {
+    while ((it = dx_list_first(&w->expired)) != NULL) {
         dx_conn *c = dx_list_entry(it, dx_conn, link);
         dx__conn_timer_stop(c);
         on_timer(c);

@@ -155,7 +155,10 @@ typedef struct dx__wsl {
      * (one slot a tick) while any is armed. A connection needs no timer of
      * its own: its 16-byte link is in this wheel or in its endpoint's list. */
     dx_list wheel[DX_WHEEL_SLOTS];
-    size_t armed;          /* connections in the wheel (CF_TIMER) */
+    /* During a tick: the connections due, fired one at a time (still
+     * CF_TIMER until fired); an endpoint's walk finds its own here too. */
+    dx_list expired;
+    size_t armed;          /* connections in the wheel or expired (CF_TIMER) */
     dx__timer tick;
     /* Dead connections (CS_DEAD) waiting for their on_close and free, by
      * `link`, oldest first; `reap` is queued in the loop's deferred list

@@ -207,6 +207,7 @@ dx__wsl *dx__wsl_get(dx_loop *loop)
     dx_list_init(&w->pend);
     for (size_t i = 0; i < DX_WHEEL_SLOTS; i++)
         dx_list_init(&w->wheel[i]);
+    dx_list_init(&w->expired);
     dx__timer_init(&w->tick, dx__conn_wheel_tick);
     dx_list_init(&w->dead);
     dx_list_init(&w->reap.node);
