@@ -63,14 +63,16 @@ typedef struct dx__ep {
     dx_server_options opt;   /* limits and callbacks (a client fills it from its own options) */
     dx__session_cfg scfg;
     dx_server_stats st;
-    dx_list conns;
-    size_t nconns;
+    dx_list conns;           /* live connections without an armed deadline (the others are in
+                                the loop's connection wheel, wsl->wheel) */
+    size_t nconns;           /* live connections, wherever they are linked */
     uint64_t next_id;
     struct dx_server *srv;   /* the owner: exactly one of srv and cl is set */
     struct dx_client *cl;
     /* The owner is being freed: no callback fires any more; its dead
-     * connections still queued in the loop's deferred list release their
-     * memory silently, then `dfree` (queued after them) frees the owner. */
+     * connections still waiting in the loop's dead list (wsl->dead, reaped
+     * from the deferred list) release their memory silently, then `dfree`
+     * (queued after the reaper) frees the owner. */
     bool freeing;
     dx__deferred dfree;
     size_t nstreams;         /* of nconns, streamed HTTP answers (http.c): not handshaking */
