@@ -47,7 +47,8 @@ struct dx__rio {
     dx_loop *loop;
     dx_watch *watch;
     dx_timer *later;        /* a connect refused at once: reported from the loop */
-    dx__stream s;           /* fd -1 once closed */
+    dx__stream s;           /* the transport (TLS state) */
+    int fd;                 /* -1 once closed */
     int state;
     unsigned events;        /* what the watch asks for */
     bool rd_wants_write;    /* TLS: a read waits for writability */
@@ -103,12 +104,8 @@ static void close_socket(dx__rio *io)
     io->watch = NULL;
     dx_timer_free(io->later);
     io->later = NULL;
-    if (io->s.fd >= 0 && io->s.t)
-        io->s.t->close(&io->s); /* closes the descriptor */
-    else if (io->s.fd >= 0)
-        close(io->s.fd);
-    io->s.fd = -1;
-    io->s.tls = NULL;
+    dx__stream_close(&io->s, io->fd); /* closes the descriptor (if any) */
+    io->fd = -1;
     io->events = 0;
 }
 
@@ -148,8 +145,8 @@ void dx__rio_free(dx__rio *io)
     if (!io || io->freed)
         return;
     io->freed = true;
-    if (io->state == ST_UP && io->s.fd >= 0)
-        io->s.t->shutdown(&io->s); /* TLS: close_notify, best effort (no waiting) */
+    if (io->state == ST_UP && io->fd >= 0)
+        dx__stream_shutdown(&io->s, io->fd); /* TLS: close_notify, best effort (no waiting) */
     io->state = ST_DEAD;
     close_socket(io);
     enter(io);
@@ -173,7 +170,7 @@ static void set_events(dx__rio *io)
         ev = DX_WATCH_WRITE;
         break;
     case ST_HANDSHAKE:
-        ev = io->s.want == DX__WANT_WRITE ? DX_WATCH_WRITE : DX_WATCH_READ;
+        ev = dx__stream_want(&io->s) == DX__WANT_WRITE ? DX_WATCH_WRITE : DX_WATCH_READ;
         break;
     case ST_UP:
         ev = DX_WATCH_READ | (io->olen > io->opos || io->rd_wants_write ? DX_WATCH_WRITE : 0);
@@ -267,9 +264,9 @@ static void do_read(dx__rio *io)
     char buf[READ_CHUNK];
     io->rd_wants_write = false;
     for (;;) {
-        ssize_t n = io->s.t->read(&io->s, (uint8_t *)buf, sizeof buf);
+        ssize_t n = dx__stream_read(&io->s, io->fd, (uint8_t *)buf, sizeof buf);
         if (n == DX_EAGAIN) {
-            io->rd_wants_write = io->s.want == DX__WANT_WRITE;
+            io->rd_wants_write = dx__stream_want(&io->s) == DX__WANT_WRITE;
             return;
         }
         if (n == 0) {
@@ -289,7 +286,7 @@ static void do_read(dx__rio *io)
             return;
         /* a short read drained the socket; TLS records read but not yet
          * returned are invisible to epoll: read on while there are any */
-        if ((size_t)n < sizeof buf && !io->s.t->pending(&io->s))
+        if ((size_t)n < sizeof buf && !dx__stream_pending(&io->s))
             return;
     }
 }
@@ -298,7 +295,7 @@ static void do_write(dx__rio *io)
 {
     while (io->olen > io->opos) {
         struct iovec iov = {io->out + io->opos, io->olen - io->opos};
-        ssize_t n = io->s.t->writev(&io->s, &iov, 1);
+        ssize_t n = dx__stream_writev(&io->s, io->fd, &iov, 1);
         if (n == DX_EAGAIN)
             return;
         if (n <= 0) {
@@ -323,7 +320,7 @@ static void up(dx__rio *io)
         if (io->freed || io->state != ST_UP)
             return;
     }
-    if (io->s.t->pending(&io->s))
+    if (dx__stream_pending(&io->s))
         do_read(io);
     if (io->state == ST_UP && !io->freed)
         do_write(io);
@@ -331,7 +328,7 @@ static void up(dx__rio *io)
 
 static void handshake(dx__rio *io)
 {
-    int rc = io->s.t->handshake(&io->s);
+    int rc = dx__stream_handshake(&io->s);
     if (rc == DX_EAGAIN)
         return;
     if (rc != 0) {
@@ -359,12 +356,12 @@ static void on_event(dx_watch *wt, int fd, unsigned events, void *ud)
     if (io->state == ST_CONNECTING) {
         int soerr = 0;
         socklen_t sl = sizeof soerr;
-        if (getsockopt(io->s.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
+        if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
             soerr = errno;
         if (soerr) {
             fail(io, "connect to Redis failed: %s", strerror(soerr));
         } else if (io->o.tls) {
-            int rc = dx__tls_connect(io->o.tls, &io->s, io->tls_host);
+            int rc = dx__tls_connect(io->o.tls, &io->s, io->fd, io->tls_host);
             if (rc) {
                 fail(io, "TLS setup for Redis failed (%s)", dx_strerror(rc));
             } else {
@@ -577,7 +574,7 @@ dx__rio *dx__rio_new(dx_loop *loop, const dx__rio_opts *o, int *err, char *why, 
     if (!io)
         goto fail;
     memset(io, 0, sizeof *io);
-    io->s.fd = -1;
+    io->fd = -1;
     io->seams = o->seams;
     io->loop = loop;
     io->o = *o;
@@ -598,21 +595,20 @@ dx__rio *dx__rio_new(dx_loop *loop, const dx__rio_opts *o, int *err, char *why, 
     io->fns.createArray = create_array;
     io->rd->fn = &io->fns;
     io->rd->privdata = io;
-    io->s.t = &dx__tcp_transport;
-    io->s.fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (io->s.fd < 0) {
+    io->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (io->fd < 0) {
         e = DX_EIO;
         dx__redis_why(why, why_len, "socket: %s", strerror(errno));
         goto fail;
     }
     if (ss.ss_family != AF_UNIX) {
         int one = 1;
-        (void)setsockopt(io->s.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        (void)setsockopt(io->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     io->state = ST_CONNECTING;
-    int rc = connect(io->s.fd, (struct sockaddr *)&ss, sl);
+    int rc = connect(io->fd, (struct sockaddr *)&ss, sl);
     int cerr = rc == 0 ? 0 : errno;
-    io->watch = dx_watch_new(loop, io->s.fd, 0, on_event, io, &e);
+    io->watch = dx_watch_new(loop, io->fd, 0, on_event, io, &e);
     if (!io->watch) {
         dx__redis_why(why, why_len, "cannot watch the socket: %s", dx_strerror(e));
         goto fail;

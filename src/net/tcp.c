@@ -48,87 +48,63 @@ static inline long raw_syscall6(long nr, long a, long b, long c, long d, long e,
 }
 #endif
 
-static ssize_t map_errno(dx__stream *s, int e, uint8_t want)
+static ssize_t map_errno(int e)
 {
-    if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR) {
-        s->want = want;
+    if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR)
         return DX_EAGAIN;
-    }
     if (e == ECONNRESET || e == EPIPE || e == ETIMEDOUT || e == ENOTCONN)
         return DX_ECONNRESET;
     return DX_EIO;
 }
 
-static ssize_t tcp_read(dx__stream *s, uint8_t *buf, size_t len)
+ssize_t dx__tcp_read(int fd, uint8_t *buf, size_t len)
 {
     /* recv(2), not a cancellation point */
-    long n = raw_syscall6(SYS_recvfrom, s->fd, (long)(uintptr_t)buf, (long)len, 0, 0, 0);
+    long n = raw_syscall6(SYS_recvfrom, fd, (long)(uintptr_t)buf, (long)len, 0, 0, 0);
     if (n >= 0)
         return n;
-    return map_errno(s, (int)-n, DX__WANT_READ);
+    return map_errno((int)-n);
 }
 
-static ssize_t tcp_writev(dx__stream *s, const struct iovec *iov, int n)
+ssize_t dx__tcp_writev(int fd, const struct iovec *iov, int n)
 {
     long w;
     if (n == 1) { /* send(2) (sendto without an address): no message header to fill */
-        w = raw_syscall6(SYS_sendto, s->fd, (long)(uintptr_t)iov[0].iov_base, (long)iov[0].iov_len, MSG_NOSIGNAL, 0,
+        w = raw_syscall6(SYS_sendto, fd, (long)(uintptr_t)iov[0].iov_base, (long)iov[0].iov_len, MSG_NOSIGNAL, 0,
                          0);
     } else {
         struct msghdr msg;
         memset(&msg, 0, sizeof msg);
         msg.msg_iov = (struct iovec *)(uintptr_t)iov; /* sendmsg does not write through it */
         msg.msg_iovlen = (size_t)n;
-        w = raw_syscall6(SYS_sendmsg, s->fd, (long)(uintptr_t)&msg, MSG_NOSIGNAL, 0, 0, 0); /* likewise */
+        w = raw_syscall6(SYS_sendmsg, fd, (long)(uintptr_t)&msg, MSG_NOSIGNAL, 0, 0, 0); /* likewise */
     }
     if (w >= 0)
         return w;
-    return map_errno(s, (int)-w, DX__WANT_WRITE);
+    return map_errno((int)-w);
 }
 
-static ssize_t tcp_sendfile(dx__stream *s, int fd, int64_t *off, size_t len)
+ssize_t dx__tcp_sendfile(int fd, int file, int64_t *off, size_t len)
 {
     off_t o = (off_t)*off;
-    ssize_t w = sendfile(s->fd, fd, &o, len);
+    ssize_t w = sendfile(fd, file, &o, len);
     if (w >= 0) {
         *off = (int64_t)o;
         return w;
     }
-    return map_errno(s, errno, DX__WANT_WRITE);
+    return map_errno(errno);
 }
 
-static int tcp_handshake(dx__stream *s)
+void dx__tcp_shutdown(int fd)
 {
-    (void)s;
-    return 0;
+    if (fd >= 0)
+        (void)shutdown(fd, SHUT_WR);
 }
 
-static void tcp_shutdown(dx__stream *s)
+void dx__stream_close(dx__stream *s, int fd)
 {
-    if (s->fd >= 0)
-        (void)shutdown(s->fd, SHUT_WR);
+    if (s->tls)
+        dx__tls_free(s);
+    if (fd >= 0)
+        close(fd);
 }
-
-static int tcp_pending(const dx__stream *s)
-{
-    (void)s;
-    return 0; /* the kernel holds it: epoll sees it */
-}
-
-static void tcp_close(dx__stream *s)
-{
-    if (s->fd >= 0)
-        close(s->fd);
-    s->fd = -1;
-}
-
-const dx__transport dx__tcp_transport = {
-    .name = "tcp",
-    .read = tcp_read,
-    .writev = tcp_writev,
-    .sendfile = tcp_sendfile,
-    .handshake = tcp_handshake,
-    .shutdown = tcp_shutdown,
-    .pending = tcp_pending,
-    .close = tcp_close,
-};

@@ -163,12 +163,12 @@ void dx__tls_ctx_free(dx__tls_ctx *tc)
     dx__free(NULL, tc);
 }
 
-int dx__tls_accept(dx__tls_ctx *tc, dx__stream *s)
+int dx__tls_accept(dx__tls_ctx *tc, dx__stream *s, int fd)
 {
     SSL *ssl = SSL_new(tc->ctx[0]);
     if (!ssl)
         return DX_ENOMEM;
-    if (SSL_set_fd(ssl, s->fd) != 1) {
+    if (SSL_set_fd(ssl, fd) != 1) {
         SSL_free(ssl);
         return DX_ETLS;
     }
@@ -179,7 +179,6 @@ int dx__tls_accept(dx__tls_ctx *tc, dx__stream *s)
     atomic_fetch_add(&tc->refs, 1); /* dropped by tls_close */
     SSL_set_accept_state(ssl);
     s->tls = ssl;
-    s->t = &dx__tls_transport;
     return 0;
 }
 
@@ -243,12 +242,12 @@ int dx__tls_client_ctx_cert(dx__tls_ctx *tc, const char *cert_file, const char *
     return 0;
 }
 
-int dx__tls_connect(dx__tls_ctx *tc, dx__stream *s, const char *host)
+int dx__tls_connect(dx__tls_ctx *tc, dx__stream *s, int fd, const char *host)
 {
     SSL *ssl = SSL_new(tc->ctx[0]);
     if (!ssl)
         return DX_ENOMEM;
-    if (SSL_set_fd(ssl, s->fd) != 1) {
+    if (SSL_set_fd(ssl, fd) != 1) {
         SSL_free(ssl);
         return DX_ETLS;
     }
@@ -268,7 +267,6 @@ int dx__tls_connect(dx__tls_ctx *tc, dx__stream *s, const char *host)
         }
     }
     s->tls = ssl;
-    s->t = &dx__tls_transport;
     return 0;
 }
 
@@ -290,25 +288,21 @@ void dx__tls_describe_failure(const dx__stream *s, char *buf, size_t len)
     snprintf(buf, len, "TLS handshake failed");
 }
 
-/* Maps an SSL call's failure; sets s->want for the retryable ones. */
+/* Maps an SSL call's failure (dx__tls_want then says what a retryable one
+ * waits for). */
 static ssize_t ssl_fail(dx__stream *s, int rc)
 {
     SSL *ssl = s->tls;
     int e = SSL_get_error(ssl, rc);
     switch (e) {
     case SSL_ERROR_WANT_READ:
-        s->want = DX__WANT_READ;
-        return DX_EAGAIN;
     case SSL_ERROR_WANT_WRITE:
-        s->want = DX__WANT_WRITE;
         return DX_EAGAIN;
     case SSL_ERROR_ZERO_RETURN:
         return 0;
     case SSL_ERROR_SYSCALL:
-        if (errno == EAGAIN || errno == EINTR) {
-            s->want = DX__WANT_READ;
+        if (errno == EAGAIN || errno == EINTR)
             return DX_EAGAIN;
-        }
         return errno == 0 ? 0 : DX_ECONNRESET;
     default:
         ERR_clear_error();
@@ -316,7 +310,7 @@ static ssize_t ssl_fail(dx__stream *s, int rc)
     }
 }
 
-static ssize_t tls_read(dx__stream *s, uint8_t *buf, size_t len)
+ssize_t dx__tls_read(dx__stream *s, uint8_t *buf, size_t len)
 {
     size_t got = 0;
     while (got < len) {
@@ -344,7 +338,7 @@ static ssize_t tls_write_once(dx__stream *s, const void *p, size_t len)
     return ssl_fail(s, rc);
 }
 
-static ssize_t tls_writev(dx__stream *s, const struct iovec *iov, int n)
+ssize_t dx__tls_writev(dx__stream *s, const struct iovec *iov, int n)
 {
     /* Small leading pieces are coalesced into one record of up to 16 KiB.
      * Always so, whatever follows them: a write that blocked is retried with
@@ -378,7 +372,7 @@ static ssize_t tls_writev(dx__stream *s, const struct iovec *iov, int n)
     return (ssize_t)done;
 }
 
-static int tls_handshake(dx__stream *s)
+int dx__tls_handshake(dx__stream *s)
 {
     ERR_clear_error();
     int rc = SSL_do_handshake(s->tls);
@@ -388,22 +382,23 @@ static int tls_handshake(dx__stream *s)
     return r == DX_EAGAIN ? DX_EAGAIN : (r == 0 ? DX_ECONNRESET : (int)r);
 }
 
-static void tls_shutdown(dx__stream *s)
+void dx__tls_shutdown(dx__stream *s, int fd)
 {
     if (s->tls && SSL_is_init_finished(s->tls)) {
         ERR_clear_error();
         (void)SSL_shutdown(s->tls); /* sends close_notify; we do not wait for the peer's */
     }
-    if (s->fd >= 0)
-        (void)shutdown(s->fd, SHUT_WR);
+    if (fd >= 0)
+        (void)shutdown(fd, SHUT_WR);
 }
 
-static int tls_pending(const dx__stream *s)
-{
-    return s->tls && SSL_has_pending(s->tls);
-}
+int dx__tls_pending(const dx__stream *s) { return s->tls && SSL_has_pending(s->tls); }
 
-static void tls_close(dx__stream *s)
+/* What OpenSSL's last call on the stream was waiting for when it failed
+ * with WANT_READ/WANT_WRITE (its rwstate: SSL_get_error reads the same). */
+int dx__tls_want(const dx__stream *s) { return SSL_want_write((SSL *)s->tls) ? DX__WANT_WRITE : DX__WANT_READ; }
+
+void dx__tls_free(dx__stream *s)
 {
     if (s->tls) {
         dx__tls_ctx *tc = ssl_ctx_idx >= 0 ? SSL_get_ex_data(s->tls, ssl_ctx_idx) : NULL;
@@ -411,17 +406,4 @@ static void tls_close(dx__stream *s)
         dx__tls_ctx_free(tc); /* a server SSL's reference (client SSLs hold none) */
     }
     s->tls = NULL;
-    if (s->fd >= 0)
-        close(s->fd);
-    s->fd = -1;
 }
-
-const dx__transport dx__tls_transport = {
-    .name = "tls",
-    .read = tls_read,
-    .writev = tls_writev,
-    .handshake = tls_handshake,
-    .shutdown = tls_shutdown,
-    .pending = tls_pending,
-    .close = tls_close,
-};

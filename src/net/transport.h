@@ -4,8 +4,8 @@
  * implementation — tcp.c, tls.c). Generic code never asks "is this TLS?".
  *
  * Every call is non-blocking. Results: a byte count; 0 from read at EOF;
- * DX_EAGAIN when the call would block, with s->want telling which readiness
- * (DX__WANT_READ / DX__WANT_WRITE) will let it progress; or an error:
+ * DX_EAGAIN when the call would block, dx__stream_want then telling which
+ * readiness (DX__WANT_READ / DX__WANT_WRITE) will let it progress; or an error:
  * DX_ECONNRESET (peer reset / broken pipe), DX_EIO, DX_ETLS.
  */
 #ifndef DX_NET_TRANSPORT_H
@@ -13,6 +13,7 @@
 
 #include "duplex/duplex.h" /* dx_tls_cert */
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -20,40 +21,82 @@
 
 enum { DX__WANT_READ = 1, DX__WANT_WRITE = 2 };
 
-typedef struct dx__stream dx__stream;
+/* A byte stream: the descriptor is the owner's (a connection keeps it in
+ * its dx__io, the only copy), passed to each call; the stream holds only
+ * the TLS state. The transport is TLS iff `tls` is set (tls.c sets it when
+ * it starts a stream), plain TCP (or a Unix stream) otherwise: no vtable
+ * pointer per stream. 8 bytes, so an idle connection pays one pointer. */
+typedef struct dx__stream {
+    void *tls; /* tls.c: SSL *; NULL: tcp.c */
+} dx__stream;
 
-typedef struct dx__transport {
-    const char *name;
-    /* Reads as much as fits in buf (several TLS records if available), so a
-     * short count means "drained for now". */
-    ssize_t (*read)(dx__stream *s, uint8_t *buf, size_t len);
-    /* Writes a prefix of the iovec; the caller keeps the rest. A TLS write
-     * that returned DX_EAGAIN must be retried with the same bytes. */
-    ssize_t (*writev)(dx__stream *s, const struct iovec *iov, int n);
-    /* Writes up to len bytes of the file `fd` from *off (advanced) straight
-     * from the kernel (sendfile(2)); the file is the caller's. NULL when the
-     * transport cannot (TLS: bytes must go through the library). */
-    ssize_t (*sendfile)(dx__stream *s, int fd, int64_t *off, size_t len);
-    /* Drives the transport's own handshake: 0 when done, DX_EAGAIN, error. */
-    int (*handshake)(dx__stream *s);
-    /* Stops sending (TCP FIN; TLS close_notify then FIN). Best effort. */
-    void (*shutdown)(dx__stream *s);
-    /* True when input is buffered inside the transport (TLS records read
-     * from the socket but not yet returned), which epoll cannot report. */
-    int (*pending)(const dx__stream *s);
-    /* Closes the descriptor and frees transport state. */
-    void (*close)(dx__stream *s);
-} dx__transport;
+/* tcp.c: the plain transport's calls (the descriptor is all it needs). */
+ssize_t dx__tcp_read(int fd, uint8_t *buf, size_t len);
+ssize_t dx__tcp_writev(int fd, const struct iovec *iov, int n);
+ssize_t dx__tcp_sendfile(int fd, int file, int64_t *off, size_t len);
+void dx__tcp_shutdown(int fd);
 
-struct dx__stream {
-    const dx__transport *t;
-    void *tls;    /* tls.c: SSL *; tcp.c: NULL */
-    int fd;
-    uint8_t want; /* after DX_EAGAIN */
-};
+/* tls.c: the TLS transport's (the SSL holds the descriptor). */
+ssize_t dx__tls_read(dx__stream *s, uint8_t *buf, size_t len);
+ssize_t dx__tls_writev(dx__stream *s, const struct iovec *iov, int n);
+int dx__tls_handshake(dx__stream *s);
+void dx__tls_shutdown(dx__stream *s, int fd);
+int dx__tls_pending(const dx__stream *s);
+int dx__tls_want(const dx__stream *s);
+void dx__tls_free(dx__stream *s);
 
-extern const dx__transport dx__tcp_transport;
-extern const dx__transport dx__tls_transport;
+/* The interface generic code uses: one branch on s->tls picks the
+ * implementation (a direct call, no function pointer to load). */
+
+/* Reads as much as fits in buf (several TLS records if available), so a
+ * short count means "drained for now". */
+static inline ssize_t dx__stream_read(dx__stream *s, int fd, uint8_t *buf, size_t len)
+{
+    return s->tls ? dx__tls_read(s, buf, len) : dx__tcp_read(fd, buf, len);
+}
+
+/* Writes a prefix of the iovec; the caller keeps the rest. A TLS write
+ * that returned DX_EAGAIN must be retried with the same bytes. */
+static inline ssize_t dx__stream_writev(dx__stream *s, int fd, const struct iovec *iov, int n)
+{
+    return s->tls ? dx__tls_writev(s, iov, n) : dx__tcp_writev(fd, iov, n);
+}
+
+/* True when the stream can write up to len bytes of the file `file` from
+ * *off straight from the kernel (sendfile(2), dx__stream_sendfile): plain
+ * TCP only (TLS bytes must go through the library). */
+static inline bool dx__stream_can_sendfile(const dx__stream *s) { return !s->tls; }
+static inline ssize_t dx__stream_sendfile(dx__stream *s, int fd, int file, int64_t *off, size_t len)
+{
+    (void)s;
+    return dx__tcp_sendfile(fd, file, off, len);
+}
+
+/* Drives the transport's own handshake: 0 when done, DX_EAGAIN, error. */
+static inline int dx__stream_handshake(dx__stream *s) { return s->tls ? dx__tls_handshake(s) : 0; }
+
+/* After DX_EAGAIN from a call: the readiness (DX__WANT_READ or
+ * DX__WANT_WRITE) that lets it progress. Plain TCP: a read waits for input,
+ * a write for room (the caller knows which it made; the handshake never
+ * waits). TLS: what OpenSSL's last call waited for (a read may need to
+ * write, a write to read). */
+static inline int dx__stream_want(const dx__stream *s) { return s->tls ? dx__tls_want(s) : DX__WANT_READ; }
+
+/* Stops sending (TCP FIN; TLS close_notify then FIN). Best effort. */
+static inline void dx__stream_shutdown(dx__stream *s, int fd)
+{
+    if (s->tls)
+        dx__tls_shutdown(s, fd);
+    else
+        dx__tcp_shutdown(fd);
+}
+
+/* True when input is buffered inside the transport (TLS records read from
+ * the socket but not yet returned), which epoll cannot report. */
+static inline int dx__stream_pending(const dx__stream *s) { return s->tls && dx__tls_pending(s); }
+
+/* Frees the transport state and closes fd (if >= 0). */
+void dx__stream_close(dx__stream *s, int fd);
 
 /* TLS server context: one or more certificates (SNI picks), ALPN http/1.1.
  * Returns an opaque context or NULL with *err = DX_ETLS and a reason in
@@ -64,8 +107,8 @@ dx__tls_ctx *dx__tls_server_ctx_new(const dx_tls_cert *certs, size_t n, char *er
 /* Drops the caller's reference: the context is freed once no SSL accepted
  * from it remains (each holds a reference until its stream is closed). */
 void dx__tls_ctx_free(dx__tls_ctx *ctx);
-/* Starts a server-side TLS stream on s->fd. Returns 0 or DX_ENOMEM/DX_ETLS. */
-int dx__tls_accept(dx__tls_ctx *ctx, dx__stream *s);
+/* Starts a server-side TLS stream on fd. Returns 0 or DX_ENOMEM/DX_ETLS. */
+int dx__tls_accept(dx__tls_ctx *ctx, dx__stream *s, int fd);
 
 /* TLS client context: verification against the system store (or `ca_file`
  * only), unless `insecure`. NULL with *err = DX_ETLS and a reason in errbuf. */
@@ -75,9 +118,9 @@ dx__tls_ctx *dx__tls_client_ctx_new(const char *ca_file, int insecure, char *err
  * DX_ETLS with a reason in errbuf (unreadable file, key not matching). */
 int dx__tls_client_ctx_cert(dx__tls_ctx *ctx, const char *cert_file, const char *key_file, char *errbuf,
                             size_t errlen);
-/* Starts a client-side TLS stream on s->fd for `host` (SNI unless an IP
+/* Starts a client-side TLS stream on fd for `host` (SNI unless an IP
  * literal; the certificate must match the name or IP unless insecure). */
-int dx__tls_connect(dx__tls_ctx *ctx, dx__stream *s, const char *host);
+int dx__tls_connect(dx__tls_ctx *ctx, dx__stream *s, int fd, const char *host);
 /* After a failed TLS handshake: why, e.g. "certificate verify failed:
  * self-signed certificate" or "hostname mismatch". */
 void dx__tls_describe_failure(const dx__stream *s, char *buf, size_t len);

@@ -715,7 +715,7 @@ int dx_client_connect(dx_client *cl)
 
 /* ---- the connection's client part (called from conn.c) --------------------------- */
 
-static dx_client *client_of(const dx_conn *c) { return c->ep->cl; }
+static dx_client *client_of(const dx_conn *c) { return dx__conn_ep(c)->cl; }
 
 static void start_transport(dx_conn *c)
 {
@@ -724,7 +724,7 @@ static void start_transport(dx_conn *c)
         dx__client_transport_ready(c);
         return;
     }
-    if (dx__tls_connect(cl->tls, &c->st, cl->url.host)) {
+    if (dx__tls_connect(cl->tls, &c->st, c->io.fd, cl->url.host)) {
         cl->last_err = DX_ETLS;
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, "cannot start TLS");
         return;
@@ -822,7 +822,7 @@ static void read_socks_answer(dx_conn *c)
         socks_fail(c, why);
         return;
     }
-    dx__free(c->ep->loop->seams, hd);
+    dx__free(dx__conn_ep(c)->loop->seams, hd);
     c->cold->head = NULL;
     dx__conn_cold_trim(c);
     cl->socks_stage = 0;
@@ -834,8 +834,8 @@ static void read_socks_answer(dx_conn *c)
 static void read_proxy_answer(dx_conn *c)
 {
     dx_client *cl = client_of(c);
-    dx_loop *loop = c->ep->loop;
-    size_t max = c->ep->opt.max_head;
+    dx_loop *loop = dx__conn_ep(c)->loop;
+    size_t max = dx__conn_ep(c)->opt.max_head;
     if (!DX_COLD(c, head)) {
         dx__cold *k = dx__conn_cold(c);
         dx__head *fresh = k ? dx__alloc(loop->seams, sizeof *fresh + max) : NULL;
@@ -849,7 +849,7 @@ static void read_proxy_answer(dx_conn *c)
     dx__head *hd = c->cold->head;
     /* Byte by byte is not needed: nothing follows the proxy's head until we
      * speak (TLS ClientHello or the upgrade request). */
-    ssize_t n = c->st.t->read(&c->st, hd->data + hd->len, max - hd->len);
+    ssize_t n = dx__stream_read(&c->st, c->io.fd, hd->data + hd->len, max - hd->len);
     if (n == DX_EAGAIN)
         return;
     if (n <= 0) {
@@ -935,7 +935,7 @@ void dx__client_transport_ready(dx_conn *c)
 {
     dx_client *cl = client_of(c);
     char req[8192];
-    int n = dx__ws_client_request(req, sizeof req, &cl->wsopts, c->ep->loop->seams, cl->key);
+    int n = dx__ws_client_request(req, sizeof req, &cl->wsopts, dx__conn_ep(c)->loop->seams, cl->key);
     if (n < 0) {
         cl->last_err = n;
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, "cannot build the upgrade request");
@@ -958,10 +958,10 @@ void dx__client_response(dx_conn *c, const dx_http_response *resp)
         const dx_http_header *loc = resp->status / 100 == 3
                                         ? dx__http_find(resp->headers, resp->n_headers, "location")
                                         : NULL;
-        dx__free(c->ep->loop->seams, cl->location);
+        dx__free(dx__conn_ep(c)->loop->seams, cl->location);
         cl->location = NULL;
         if (loc && loc->value_len && loc->value_len <= CL_LOCATION_MAX &&
-            (cl->location = dx__alloc(c->ep->loop->seams, loc->value_len + 1)) != NULL) {
+            (cl->location = dx__alloc(dx__conn_ep(c)->loop->seams, loc->value_len + 1)) != NULL) {
             memcpy(cl->location, loc->value, loc->value_len);
             cl->location[loc->value_len] = 0;
         }
@@ -996,7 +996,7 @@ void dx__client_response(dx_conn *c, const dx_http_response *resp)
     }
     if (proto) {
         dx__cold *k = dx__conn_cold(c);
-        char *p = k ? dx__alloc(c->ep->loop->seams, plen + 1) : NULL;
+        char *p = k ? dx__alloc(dx__conn_ep(c)->loop->seams, plen + 1) : NULL;
         if (p) {
             memcpy(p, proto, plen);
             p[plen] = 0;
@@ -1032,12 +1032,12 @@ void dx__client_conn_marked(dx_conn *c, const char *why)
     dx_client *cl = client_of(c);
     if (cl->conn != c)
         return;
-    dx__free(c->ep->loop->seams, cl->why);
+    dx__free(dx__conn_ep(c)->loop->seams, cl->why);
     cl->why = NULL;
     if (why) {
         size_t n = strnlen(why, CL_WHY_MAX);
         /* Out of memory: the end is reported without its reason. */
-        if ((cl->why = dx__alloc(c->ep->loop->seams, n + 1)) != NULL) {
+        if ((cl->why = dx__alloc(dx__conn_ep(c)->loop->seams, n + 1)) != NULL) {
             memcpy(cl->why, why, n);
             cl->why[n] = 0;
         }
@@ -1056,7 +1056,7 @@ void dx__client_conn_end(dx_conn *c)
     const char *why = NULL;
     if (cl->why) {
         snprintf(whybuf, sizeof whybuf, "%s", cl->why);
-        dx__free(c->ep->loop->seams, cl->why);
+        dx__free(dx__conn_ep(c)->loop->seams, cl->why);
         cl->why = NULL;
         why = whybuf;
     }

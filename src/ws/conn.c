@@ -61,7 +61,7 @@
 #define READS_PER_EVENT 4 /* fairness: at most this many full buffers per wake-up */
 
 static dx_conn *conn_of(dx__session *s) { return (dx_conn *)(void *)s; }
-static const dx_log *LOG(const dx_conn *c) { return c->ep->loop->log; }
+static const dx_log *LOG(const dx_conn *c) { return dx__conn_ep(c)->loop->log; }
 
 static void conn_finish(dx_conn *c, const char *why);
 static void after_session(dx_conn *c);
@@ -176,7 +176,7 @@ static uint32_t io_events(const dx_conn *c)
 static void update_events(dx_conn *c)
 {
     if (c->state != CS_DEAD)
-        (void)dx__io_modify(c->ep->loop, &c->io, io_events(c));
+        (void)dx__io_modify(dx__conn_ep(c)->loop, &c->io, io_events(c));
 }
 
 static void want_write(dx_conn *c, bool on)
@@ -212,9 +212,9 @@ static void h_message(dx__session *s, int op, const uint8_t *p, size_t len)
     if (c->state == CS_DEAD)
         return;
     c->msgs_in++;
-    c->ep->st.messages_in++;
-    if (c->ep->opt.cb.on_message)
-        c->ep->opt.cb.on_message(c, op, p, len, c->ep->opt.ud);
+    dx__conn_ep(c)->st.messages_in++;
+    if (dx__conn_ep(c)->opt.cb.on_message)
+        dx__conn_ep(c)->opt.cb.on_message(c, op, p, len, dx__conn_ep(c)->opt.ud);
 }
 
 static void h_pong(dx__session *s, const uint8_t *p, size_t len)
@@ -222,8 +222,8 @@ static void h_pong(dx__session *s, const uint8_t *p, size_t len)
     dx_conn *c = conn_of(s);
     if (c->state == CS_DEAD)
         return;
-    if (c->ep->opt.cb.on_pong)
-        c->ep->opt.cb.on_pong(c, p, len, c->ep->opt.ud);
+    if (dx__conn_ep(c)->opt.cb.on_pong)
+        dx__conn_ep(c)->opt.cb.on_pong(c, p, len, dx__conn_ep(c)->opt.ud);
     if (c->state != CS_DEAD && (c->flags & CF_PING_OUT)) {
         c->flags &= (uint16_t)~CF_PING_OUT;
         arm_heartbeat(c);
@@ -233,8 +233,8 @@ static void h_pong(dx__session *s, const uint8_t *p, size_t len)
 static void h_frame(dx__session *s, const dx_frame_header *h, const uint8_t *head, size_t n)
 {
     dx_conn *c = conn_of(s);
-    if (c->state != CS_DEAD && c->ep->opt.cb.on_frame)
-        c->ep->opt.cb.on_frame(c, '<', h->opcode, h->fin, h->rsv, h->len, h->masked, head, n, c->ep->opt.ud);
+    if (c->state != CS_DEAD && dx__conn_ep(c)->opt.cb.on_frame)
+        dx__conn_ep(c)->opt.cb.on_frame(c, '<', h->opcode, h->fin, h->rsv, h->len, h->masked, head, n, dx__conn_ep(c)->opt.ud);
 }
 
 static void h_close(dx__session *s, unsigned code, const char *reason, size_t len)
@@ -245,7 +245,7 @@ static void h_close(dx__session *s, unsigned code, const char *reason, size_t le
     /* Keep the reason for on_close (the head slot is free once open). */
     if (len && !DX_COLD(c, head)) {
         dx__cold *k = dx__conn_cold(c);
-        dx__head *r = k ? dx__alloc(c->ep->loop->seams, sizeof *r + len + 1) : NULL;
+        dx__head *r = k ? dx__alloc(dx__conn_ep(c)->loop->seams, sizeof *r + len + 1) : NULL;
         if (r) {
             r->len = len;
             memcpy(r->data, reason, len);
@@ -279,7 +279,7 @@ void dx__ws_session_cfg(dx__ep *ep, int role)
 dx__cold *dx__conn_cold(dx_conn *c)
 {
     if (!c->cold) {
-        c->cold = dx__alloc(c->ep->loop->seams, sizeof *c->cold);
+        c->cold = dx__alloc(dx__conn_ep(c)->loop->seams, sizeof *c->cold);
         if (c->cold)
             memset(c->cold, 0, sizeof *c->cold);
     }
@@ -291,7 +291,7 @@ void dx__conn_cold_trim(dx_conn *c)
     dx__cold *k = c->cold;
     if (k && !k->head && !k->stash && !k->upg && !k->http && !k->protocol && c->family != AF_INET6) {
         c->cold = NULL;
-        dx__free(c->ep->loop->seams, k);
+        dx__free(dx__conn_ep(c)->loop->seams, k);
     }
 }
 
@@ -305,9 +305,10 @@ void dx__conn_cold_trim(dx_conn *c)
  *    the application made. It fires no callback. It decides the close code,
  *    sets CS_DEAD, stops the session (so the rest of a read is not
  *    delivered), takes the connection out of every list (epoll, ready,
- *    timer wheel, the gathered-output list, ep->conns), closes the socket and queues `dfree`.
- * 2. conn_closed, from the loop's deferred list once the callback stack has
- *    unwound: on_close (once, if on_open fired and the owner is not being
+ *    timer wheel, the gathered-output list, ep->conns), closes the socket and
+ *    appends it to the loop's dead list (wsl->dead, by its `link`).
+ * 2. conn_closed, from the loop's deferred list (dx__conn_reap, queued while
+ *    the dead list is not empty) once the callback stack has unwound: on_close (once, if on_open fired and the owner is not being
  *    freed), the client's follow-up (reconnect, on_error, on_done), then
  *    the memory: session receive buffer, queue, reason, protocol, struct.
  *
@@ -320,7 +321,7 @@ void dx__conn_cold_trim(dx_conn *c)
 static void conn_release(dx_loop *loop, dx_conn *c)
 {
     const dx_seams *seams = loop->seams;
-    if (c->s.cfg)
+    if (c->flags & CF_SESSION)
         dx__session_deinit(&c->s); /* a trailing partial message's buffer too */
     else
         dx__pmd_free(c->s.pmd); /* negotiated, never opened */
@@ -332,10 +333,9 @@ static void conn_release(dx_loop *loop, dx_conn *c)
     dx__wsl_conn_free(dx__wsl_find(loop), c); /* the loop's: it made c */
 }
 
-static void conn_closed(dx_loop *loop, dx__deferred *d)
+static void conn_closed(dx_loop *loop, dx_conn *c)
 {
-    dx_conn *c = dx_list_entry(d, dx_conn, dfree);
-    dx__ep *ep = c->ep; /* alive: its own free is queued after us */
+    dx__ep *ep = dx__conn_ep(c); /* alive: its own free is queued after us */
     /* Accepted (dx_upgrade_accept returned 0) but lost before the loop
      * opened it: the application still gets on_open, then on_close, so
      * the user pointer it handed over comes back. */
@@ -353,35 +353,31 @@ static void conn_closed(dx_loop *loop, dx__deferred *d)
     conn_release(loop, c);
 }
 
-/* Milliseconds since open, exact: the ticks since open (250 ms steps, 32
- * bits: 34 years) give a value within far less than 2^31 ms of it, and the
- * low 32 bits of the loop's clock at open then fix it to the millisecond. */
+/* Milliseconds since open, exact: the loop's clock at open is kept to 40
+ * bits (34 years of milliseconds), so the difference modulo 2^40 is it. */
 static uint64_t open_duration_ms(const dx_conn *c)
 {
-    const dx_loop *loop = c->ep->loop;
-    uint64_t coarse = (uint64_t)((uint32_t)loop->tick - c->opened_tick) * DX_TICK_MS;
-    uint32_t fine = (uint32_t)loop->now_ms - c->opened_ms;
-    int64_t d = (int64_t)coarse + (int32_t)(fine - (uint32_t)coarse);
-    return d > 0 ? (uint64_t)d : 0;
+    const uint64_t mask = ((uint64_t)1 << 40) - 1;
+    uint64_t opened = (uint64_t)c->opened_ms_hi << 32 | c->opened_ms;
+    return (dx__conn_ep(c)->loop->now_ms - opened) & mask;
 }
 
-static void conn_mark(dx_conn *c, const char *why, bool silent)
+static void conn_mark(dx_conn *c, unsigned explicit_code, const char *why, bool silent)
 {
     if (c->state == CS_DEAD)
         return;
-    dx__ep *ep = c->ep;
+    dx__ep *ep = dx__conn_ep(c);
     dx_loop *loop = ep->loop;
     /* What the application is told: an explicit code (TLS failure), else
      * the peer's close code, else ours when we failed the session, else
      * 1006: the connection was lost without a close frame. */
     unsigned code = DX_CLOSE_ABNORMAL;
-    if (c->code)
-        code = c->code;
+    if (explicit_code)
+        code = explicit_code;
     else if (c->s.close_recv)
         code = c->s.close_recv;
     else if (c->s.state == DX_CODEC_FAILED && c->s.close_sent)
         code = c->s.close_sent;
-    c->code = (uint16_t)code;
     if ((c->flags & CF_OPEN_PENDING) && !silent)
         c->flags |= CF_OPEN_OWED; /* cleared below by hooks_release: remember it */
     dx__conn_hooks_release(c);
@@ -390,11 +386,12 @@ static void conn_mark(dx_conn *c, const char *why, bool silent)
     c->state = CS_DEAD;
     /* A session_recv on the stack stops at its next frame: the rest of the
      * read is discarded (nothing is delivered after the connection died). */
-    if (c->s.cfg)
+    if (c->flags & CF_SESSION)
         c->s.state = DX_CODEC_FAILED;
-    dx__timer_stop(loop, &c->timer);
+    dx__conn_timer_stop(c); /* back in ep->conns */
+    c->code = (uint16_t)code; /* shares its bytes with `due`: set once no deadline is armed */
     dx__io_stop(loop, &c->io); /* epoll and the ready list */
-    c->st.t->close(&c->st);
+    dx__stream_close(&c->st, c->io.fd);
     c->io.fd = -1;
     dx_list_remove(&c->link);
     ep->nconns--;
@@ -412,31 +409,102 @@ static void conn_mark(dx_conn *c, const char *why, bool silent)
     }
     if (ep->cl && !silent)
         dx__client_conn_marked(c, why);
-    c->dfree.fn = conn_closed;
-    dx__loop_later(loop, &c->dfree);
+    dx__wsl *w = ep->wsl;
+    dx_list_push_back(&w->dead, &c->link);
+    if (!dx_list_linked(&w->reap.node))
+        dx__loop_later(loop, &w->reap);
+}
+
+/* The dead connections queued before this pass, oldest first. Those that
+ * die meanwhile (an on_close closing others) queue the reaper again, for
+ * the next pass: behind whatever their death queued before (a client's
+ * on_done), ahead of what is queued after (an endpoint's own free). */
+void dx__conn_reap(dx_loop *loop, dx__deferred *d)
+{
+    dx__wsl *w = dx_list_entry(d, dx__wsl, reap);
+    dx_list batch = DX_LIST_INIT(batch);
+    if (dx_list_empty(&w->dead))
+        return;
+    batch.next = w->dead.next;
+    batch.prev = w->dead.prev;
+    batch.next->prev = &batch;
+    batch.prev->next = &batch;
+    dx_list_init(&w->dead);
+    dx_list *it;
+    while ((it = dx_list_first(&batch)) != NULL) {
+        dx_list_remove(it);
+        conn_closed(loop, dx_list_entry(it, dx_conn, link));
+    }
 }
 
 /* The clean end (LINGER saw the peer's EOF). */
-static void conn_finish(dx_conn *c, const char *why) { conn_mark(c, why, false); }
+static void conn_finish(dx_conn *c, const char *why) { conn_mark(c, 0, why, false); }
+
+void dx__ep_take_conns(dx__ep *ep, dx_list *todo)
+{
+    dx_list_init(todo);
+    if (!dx_list_empty(&ep->conns)) {
+        todo->next = ep->conns.next;
+        todo->prev = ep->conns.prev;
+        todo->next->prev = todo;
+        todo->prev->next = todo;
+        dx_list_init(&ep->conns);
+    }
+    dx__wsl *w = ep->wsl;
+    if (!w || !w->armed)
+        return;
+    /* The armed ones share the loop's wheel (and, during a tick, its
+     * expired list) with other endpoints'. A walk of every armed connection
+     * of the loop: for an endpoint's shutdown or free, not for anything
+     * per message or per tick. */
+    for (size_t i = 0; i <= DX_WHEEL_SLOTS; i++) {
+        dx_list *l = i < DX_WHEEL_SLOTS ? &w->wheel[i] : &w->expired;
+        dx_list_foreach_safe(it, tmp, l)
+        {
+            if (dx__conn_ep(dx_list_entry(it, dx_conn, link)) != ep)
+                continue;
+            dx_list_remove(it);
+            dx_list_push_back(todo, it);
+        }
+    }
+}
+
+void dx__conn_put_back(dx_conn *c)
+{
+    dx__ep *ep = dx__conn_ep(c);
+    dx_list_remove(&c->link);
+    if (c->flags & CF_TIMER) {
+        /* Due now or earlier: it was taken from the expired list of the
+         * tick running (every other armed one is due later). */
+        dx__wsl *w = ep->wsl;
+        if ((int32_t)(c->due - (uint32_t)ep->loop->tick) <= 0)
+            dx_list_push_back(&w->expired, &c->link);
+        else
+            dx_list_push_back(&w->wheel[c->due % DX_WHEEL_SLOTS], &c->link);
+    } else
+        dx_list_push_back(&ep->conns, &c->link);
+}
 
 bool dx__ep_drop_conns(dx__ep *ep)
 {
     dx_loop *loop = ep->loop;
     ep->freeing = true;
+    dx_list todo;
+    dx__ep_take_conns(ep, &todo);
     dx_list *it;
-    while ((it = dx_list_first(&ep->conns)) != NULL)
-        conn_mark(dx_list_entry(it, dx_conn, link), NULL, true);
-    if (dx__loop_dispatching(loop))
-        return true; /* they, then the owner, are released from the deferred list */
+    while ((it = dx_list_first(&todo)) != NULL) {
+        dx_conn *c = dx_list_entry(it, dx_conn, link);
+        dx__conn_put_back(c);
+        conn_mark(c, 0, NULL, true);
+    }
+    if (dx__loop_dispatching(loop) || !ep->wsl)
+        return dx__loop_dispatching(loop); /* they, then the owner, are released from the deferred list */
     /* Nothing is on the stack: release this endpoint's dead connections now
      * (the others stay queued for the next dx_loop_run). */
-    dx_list_foreach_safe(node, tmp, &loop->deferred)
+    dx_list_foreach_safe(node, tmp, &ep->wsl->dead)
     {
-        dx__deferred *d = dx_list_entry(node, dx__deferred, node);
-        if (d->fn != conn_closed)
-            continue;
-        dx_conn *c = dx_list_entry(d, dx_conn, dfree);
-        if (c->ep != ep)
+        dx_conn *c = dx_list_entry(node, dx_conn, link);
+        if (dx__conn_ep(c) != ep)
             continue;
         dx_list_remove(node);
         conn_release(loop, c);
@@ -448,12 +516,10 @@ void dx__conn_abort(dx_conn *c, unsigned code, const char *why)
 {
     if (c->state == CS_DEAD)
         return;
-    if (code != DX_CLOSE_ABNORMAL)
-        c->code = (uint16_t)code;
     int level = (c->flags & CF_OPENED) ? DX_LOG_INFO : DX_LOG_DEBUG;
     if (dx__log_on(LOG(c), level))
         dx__log(LOG(c), level, "conn=%llu dropped remote=%s: %s", (unsigned long long)c->id, REMOTE(c).s, why);
-    conn_mark(c, why, false);
+    conn_mark(c, code != DX_CLOSE_ABNORMAL ? code : 0, why, false);
 }
 
 void dx__conn_finish_after_flush(dx_conn *c)
@@ -466,7 +532,7 @@ void dx__conn_finish_after_flush(dx_conn *c)
         c->flags &= (uint16_t)~(CF_PAUSED | CF_DEFERRED | CF_OPEN_PENDING);
         update_events(c);
     }
-    dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.close_timeout_ms);
+    dx__conn_timer_start(c, dx__conn_ep(c)->opt.close_timeout_ms);
     if (WQ_LEN(c) == 0)
         (void)dx__wq_done(c, false); /* nothing queued: FIN now */
 }
@@ -488,30 +554,93 @@ void dx__conn_after_session(dx_conn *c) { after_session(c); }
 
 /* ---- heartbeat and timeouts ------------------------------------------------ */
 
+/* The connection's deadline lives in the loop's connection wheel (ws.h
+ * dx__wsl): the same ticks and rounding as a loop timer (dx__timer_start),
+ * kept by the connection's `link` and 32-bit `due` instead of a timer of
+ * its own. */
+void dx__conn_timer_start(dx_conn *c, uint64_t ms)
+{
+    dx__wsl *w = dx__conn_ep(c)->wsl;
+    dx_loop *loop = dx__conn_ep(c)->loop;
+    uint64_t ticks = (ms + DX_TICK_MS - 1) / DX_TICK_MS;
+    if (ticks == 0)
+        ticks = 1;
+    if (ticks > INT32_MAX)
+        ticks = INT32_MAX; /* 17 years: due stays ahead in 32-bit arithmetic */
+    c->due = (uint32_t)(loop->tick + ticks);
+    dx_list_remove(&c->link);
+    dx_list_push_back(&w->wheel[c->due % DX_WHEEL_SLOTS], &c->link);
+    if (!(c->flags & CF_TIMER)) {
+        c->flags |= CF_TIMER;
+        w->armed++;
+    }
+    if (!dx__timer_armed(&w->tick))
+        dx__timer_start(loop, &w->tick, DX_TICK_MS);
+}
+
+void dx__conn_timer_stop(dx_conn *c)
+{
+    if (!(c->flags & CF_TIMER))
+        return;
+    c->flags &= (uint16_t)~CF_TIMER;
+    dx__conn_ep(c)->wsl->armed--;
+    dx_list_remove(&c->link);
+    dx_list_push_back(&dx__conn_ep(c)->conns, &c->link);
+}
+
+static void on_timer(dx_conn *c);
+
+/* One tick of the connection wheel: the slot of this tick, its connections
+ * due now fired one at a time (a handler may stop or restart any deadline,
+ * those that expired with it included), those due in a later turn left. */
+void dx__conn_wheel_tick(dx__timer *t)
+{
+    dx__wsl *w = dx_list_entry(t, dx__wsl, tick);
+    dx_loop *loop = w->loop;
+    uint32_t now = (uint32_t)loop->tick;
+    dx_list_foreach_safe(it, tmp, &w->wheel[now % DX_WHEEL_SLOTS])
+    {
+        if ((int32_t)(dx_list_entry(it, dx_conn, link)->due - now) <= 0) {
+            dx_list_remove(it);
+            dx_list_push_back(&w->expired, it);
+        }
+    }
+    /* In the wsl, not on the stack: a handler that frees or shuts down an
+     * endpoint (on_io's fallback may reach on_open) finds its connections
+     * here too (dx__ep_take_conns). */
+    dx_list *it;
+    while ((it = dx_list_first(&w->expired)) != NULL) {
+        dx_conn *c = dx_list_entry(it, dx_conn, link);
+        dx__conn_timer_stop(c);
+        on_timer(c);
+    }
+    if (w->armed && !dx__timer_armed(&w->tick))
+        dx__timer_start(loop, &w->tick, DX_TICK_MS);
+}
+
 /* Milliseconds since the last read (tick precision). */
 static uint64_t quiet_ms(const dx_conn *c)
 {
-    return (uint64_t)((uint32_t)c->ep->loop->tick - c->last_rx_tick) * DX_TICK_MS;
+    return (uint64_t)((uint32_t)dx__conn_ep(c)->loop->tick - c->last_rx_tick) * DX_TICK_MS;
 }
 
 static void arm_heartbeat(dx_conn *c)
 {
-    const dx_server_options *o = &c->ep->opt;
+    const dx_server_options *o = &dx__conn_ep(c)->opt;
     if (c->state != CS_OPEN || c->s.state != DX_CODEC_OPEN)
         return; /* the close timeout owns the timer now (or it is dead) */
     uint64_t next = o->ping_interval_ms == (unsigned)-1 ? 0 : o->ping_interval_ms;
     if (o->idle_timeout_ms && (!next || o->idle_timeout_ms < next))
         next = o->idle_timeout_ms;
     if (next)
-        dx__timer_start(c->ep->loop, &c->timer, next);
+        dx__conn_timer_start(c, next);
     else
-        dx__timer_stop(c->ep->loop, &c->timer);
+        dx__conn_timer_stop(c);
 }
 
-static void on_timer(dx__timer *t)
+static void on_timer(dx_conn *c)
 {
-    dx_conn *c = dx_list_entry(t, dx_conn, timer);
-    dx__ep *ep = c->ep;
+    dx__ep *ep = dx__conn_ep(c);
     const dx_server_options *o = &ep->opt;
     uint64_t now = ep->loop->now_ms;
     switch (c->state) {
@@ -563,7 +692,7 @@ static void on_timer(dx__timer *t)
             if (o->idle_timeout_ms && quiet >= o->idle_timeout_ms)
                 (void)dx_conn_close(c, DX_CLOSE_GOING_AWAY, "idle timeout", 12);
             else if (o->idle_timeout_ms)
-                dx__timer_start(ep->loop, &c->timer, o->idle_timeout_ms - quiet);
+                dx__conn_timer_start(c, o->idle_timeout_ms - quiet);
             return;
         }
         if (c->flags & CF_PING_OUT) {
@@ -586,7 +715,7 @@ static void on_timer(dx__timer *t)
                     return; /* the write failed: marked dead */
                 if (rc == 0) {
                     c->flags |= CF_PING_OUT;
-                    dx__timer_start(ep->loop, &c->timer, o->pong_timeout_ms);
+                    dx__conn_timer_start(c, o->pong_timeout_ms);
                     return;
                 }
             }
@@ -596,7 +725,7 @@ static void on_timer(dx__timer *t)
             if (o->idle_timeout_ms && o->idle_timeout_ms - quiet < next)
                 next = o->idle_timeout_ms - quiet;
             if (next != UINT64_MAX)
-                dx__timer_start(ep->loop, &c->timer, next);
+                dx__conn_timer_start(c, next);
             return;
         }
     case CS_HTTP:
@@ -616,7 +745,7 @@ static void on_timer(dx__timer *t)
 
 static void refuse(dx_conn *c, int status, const char *extra, const char *why)
 {
-    dx__ep *ep = c->ep;
+    dx__ep *ep = dx__conn_ep(c);
     ep->st.handshakes_failed++;
     dx__log(LOG(c), DX_LOG_INFO, "conn=%llu handshake refused remote=%s status=%d: %s", (unsigned long long)c->id,
             REMOTE(c).s, status, why);
@@ -644,14 +773,14 @@ static int write_101(dx_conn *c, const dx_ws_request *ws, char *protocol, void *
     }
     int n = dx__ws_server_response(resp, sizeof resp, ws, protocol, exts, NULL);
     if (n < 0) {
-        dx__free(c->ep->loop->seams, protocol);
+        dx__free(dx__conn_ep(c)->loop->seams, protocol);
         refuse(c, 500, NULL, "cannot build the response");
         return DX_ECLOSED;
     }
     if (protocol) {
         dx__cold *k = dx__conn_cold(c);
         if (!k) {
-            dx__free(c->ep->loop->seams, protocol);
+            dx__free(dx__conn_ep(c)->loop->seams, protocol);
             refuse(c, 500, NULL, "out of memory");
             return DX_ECLOSED;
         }
@@ -671,7 +800,7 @@ static int write_101(dx_conn *c, const dx_ws_request *ws, char *protocol, void *
  * counted from accept. */
 static void defer_start(dx_conn *c, struct dx_upgrade *h)
 {
-    dx__ep *ep = c->ep;
+    dx__ep *ep = dx__conn_ep(c);
     dx__cold *k = dx__conn_cold(c);
     if (!k) {
         dx__upgrade_detach(h); /* the application's answer will get DX_ECLOSED */
@@ -682,9 +811,9 @@ static void defer_start(dx_conn *c, struct dx_upgrade *h)
     c->flags |= CF_DEFERRED;
     ep->st.upgrades_deferred++;
     update_events(c);
-    uint64_t spent = (uint64_t)((uint32_t)ep->loop->tick - c->opened_tick) * DX_TICK_MS;
+    uint64_t spent = (uint64_t)((uint32_t)ep->loop->tick - c->last_rx_tick) * DX_TICK_MS; /* since accept */
     uint64_t left = spent < ep->opt.handshake_timeout_ms ? ep->opt.handshake_timeout_ms - spent : 1;
-    dx__timer_start(ep->loop, &c->timer, left);
+    dx__conn_timer_start(c, left);
     dx__log(LOG(c), DX_LOG_DEBUG, "conn=%llu upgrade decision deferred remote=%s", (unsigned long long)c->id,
             REMOTE(c).s);
 }
@@ -702,8 +831,8 @@ int dx__conn_upgrade_accept(dx_conn *c, const dx_ws_request *ws, char *protocol,
     /* on_open and the bytes held behind the head come from the loop: the
      * ready list serves the connection after this batch; the timer (one
      * tick) is the fallback should the ready list be unable to grow. */
-    dx__timer_start(c->ep->loop, &c->timer, 0);
-    dx__loop_ready(c->ep->loop, &c->io);
+    dx__conn_timer_start(c, 0);
+    dx__loop_ready(dx__conn_ep(c)->loop, &c->io);
     return 0;
 }
 
@@ -762,7 +891,7 @@ void dx__ep_deflate_stats(const dx__ep *ep, dx_server_stats *st)
  */
 static void negotiate_deflate(dx_conn *c, const dx_ws_request *ws)
 {
-    dx__ep *ep = c->ep;
+    dx__ep *ep = dx__conn_ep(c);
     if (!ep->pmd || !ws->n_exts)
         return;
     const dx_deflate_options *o = &ep->opt.deflate;
@@ -813,7 +942,7 @@ static void negotiate_deflate(dx_conn *c, const dx_ws_request *ws)
 
 int dx_conn_deflate(const dx_conn *c, dx_deflate_info *out)
 {
-    if (!c || !c->s.cfg || !c->s.pmd)
+    if (!c || !(c->flags & CF_SESSION) || !c->s.pmd)
         return 0;
     if (out) {
         const dx__pmd_params *p = dx__pmd_params_of(c->s.pmd);
@@ -829,7 +958,7 @@ int dx_conn_deflate(const dx_conn *c, dx_deflate_info *out)
  * ask the application (now or later: upgrade.c), and accept it. */
 static void handle_head(dx_conn *c, const dx_http_request *req)
 {
-    dx__ep *ep = c->ep;
+    dx__ep *ep = dx__conn_ep(c);
     dx_ws_ext_offer exts[DX_WS_DEFAULT_MAX_EXTS];
     dx_ws_request ws;
     int rc = dx__ws_server_check(req, &ws, exts, DX_WS_DEFAULT_MAX_EXTS);
@@ -870,14 +999,15 @@ static void handle_head(dx_conn *c, const dx_http_request *req)
 
 void dx__conn_opened(dx_conn *c)
 {
-    dx__ep *ep = c->ep;
+    dx__ep *ep = dx__conn_ep(c);
     dx__pmd *pmd = c->s.pmd; /* negotiated during the handshake (or NULL) */
     dx__session_init(&c->s, &ep->scfg, 0);
     dx__session_set_pmd(&c->s, pmd);
     c->state = CS_OPEN;
-    c->flags |= CF_OPENED;
-    c->opened_tick = c->last_rx_tick = (uint32_t)ep->loop->tick;
+    c->flags |= CF_OPENED | CF_SESSION;
+    c->last_rx_tick = (uint32_t)ep->loop->tick;
     c->opened_ms = (uint32_t)ep->loop->now_ms;
+    c->opened_ms_hi = (uint8_t)(ep->loop->now_ms >> 32);
     ep->st.open++;
     dx__conn_cold_trim(c); /* an idle open connection keeps none, unless a subprotocol or a stash */
     arm_heartbeat(c);
@@ -899,7 +1029,7 @@ static dx__head *head_room(dx_conn *c, size_t need, size_t max)
         cap *= 2;
     if (cap > max)
         cap = max;
-    dx__head *n = dx__realloc(c->ep->loop->seams, h, sizeof *n + cap);
+    dx__head *n = dx__realloc(dx__conn_ep(c)->loop->seams, h, sizeof *n + cap);
     if (!n)
         return NULL;
     if (!h)
@@ -915,7 +1045,7 @@ static dx__head *head_room(dx_conn *c, size_t need, size_t max)
  * n pieces is examined once, not n times. */
 static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
 {
-    dx__ep *ep = c->ep;
+    dx__ep *ep = dx__conn_ep(c);
     size_t max = ep->opt.max_head;
     size_t maxh = ep->opt.max_headers < 256 ? ep->opt.max_headers : 256;
     const uint8_t *buf = p;
@@ -929,7 +1059,7 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
         /* The next request on a kept-alive connection has begun: its head
          * gets the handshake deadline, like a first one. */
         c->flags &= (uint16_t)~CF_HTTP_IDLE;
-        dx__timer_start(ep->loop, &c->timer, ep->opt.handshake_timeout_ms);
+        dx__conn_timer_start(c, ep->opt.handshake_timeout_ms);
     }
     if (!DX_COLD(c, head)) {
         /* The usual case: the whole head is in this read, parsed once for
@@ -989,7 +1119,7 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
         }
     }
     size_t used = (size_t)rc - before; /* bytes of `p` that were head */
-    dx__timer_stop(ep->loop, &c->timer);
+    dx__conn_timer_stop(c);
     if (ep->cl)
         dx__client_response(c, &resp);
     else if (!dx__http_find(req.headers, req.n_headers, "upgrade"))
@@ -1012,7 +1142,7 @@ static size_t feed_head(dx_conn *c, const uint8_t *p, size_t len)
  * buffer), since nothing more is read while a stash exists. */
 static void stash_keep(dx_conn *c, const uint8_t *p, size_t n)
 {
-    const dx_seams *seams = c->ep->loop->seams;
+    const dx_seams *seams = dx__conn_ep(c)->loop->seams;
     dx__cold *k = dx__conn_cold(c);
     size_t have = k && k->stash ? k->stash->len : 0;
     dx__head *s = k ? dx__realloc(seams, k->stash, sizeof *s + have + n) : NULL;
@@ -1034,7 +1164,7 @@ static bool reading_held(const dx_conn *c)
  * from on_readable): replies are gathered, written before sleep. */
 static inline void process_open(dx_conn *c, uint8_t *p, size_t n)
 {
-    c->last_rx_tick = (uint32_t)c->ep->loop->tick;
+    c->last_rx_tick = (uint32_t)dx__conn_ep(c)->loop->tick;
     size_t used = n;
     (void)dx__session_recv_ex(&c->s, p, n, &used);
     if (used < n && c->state == CS_OPEN && (c->flags & CF_PAUSED))
@@ -1071,14 +1201,14 @@ static void drain_stash(dx_conn *c)
     dx__head *s = c->cold->stash; /* called with a stash: the block exists */
     c->cold->stash = NULL;
     process(c, s->data, s->len); /* may stash a remainder again (paused once more) */
-    dx__free(c->ep->loop->seams, s);
+    dx__free(dx__conn_ep(c)->loop->seams, s);
     dx__conn_cold_trim(c);
 }
 
 /* A deferred upgrade was accepted: the connection opens now, from the loop. */
 static void open_pending(dx_conn *c)
 {
-    dx__ep *ep = c->ep;
+    dx__ep *ep = dx__conn_ep(c);
     c->flags &= (uint16_t)~CF_OPEN_PENDING;
     dx__conn_opened(c);
     update_events(c);
@@ -1088,7 +1218,7 @@ static void open_pending(dx_conn *c)
 
 static void on_readable(dx_conn *c)
 {
-    dx_loop *loop = c->ep->loop;
+    dx_loop *loop = dx__conn_ep(c)->loop;
     /* Stops as soon as reading is held: a deferred upgrade, a pause, or a
      * plain HTTP answer pending (what follows waits in the kernel, not in
      * our memory). */
@@ -1097,9 +1227,9 @@ static void on_readable(dx_conn *c)
         /* While the head is read, read no more than a head: what follows
          * it may have to wait (deferred decision), and waits bounded. */
         size_t cap = DX_LOOP_RBUF;
-        if (c->state == CS_HEAD && c->ep->srv && c->ep->opt.max_head < cap)
-            cap = c->ep->opt.max_head;
-        ssize_t n = c->st.t->read(&c->st, loop->rbuf, cap);
+        if (c->state == CS_HEAD && dx__conn_ep(c)->srv && dx__conn_ep(c)->opt.max_head < cap)
+            cap = dx__conn_ep(c)->opt.max_head;
+        ssize_t n = dx__stream_read(&c->st, c->io.fd, loop->rbuf, cap);
         if (n == DX_EAGAIN)
             return;
         if (n == 0) {
@@ -1116,41 +1246,41 @@ static void on_readable(dx_conn *c)
             return;
         }
         c->bytes_in += (size_t)n;
-        c->ep->st.bytes_in += (size_t)n;
+        dx__conn_ep(c)->st.bytes_in += (size_t)n;
         if (c->state == CS_OPEN)
             process_open(c, loop->rbuf, (size_t)n);
         else
             process(c, loop->rbuf, (size_t)n);
         if (c->state == CS_DEAD)
             return; /* the transport is closed */
-        if ((size_t)n < cap && (c->st.t == &dx__tcp_transport || !c->st.t->pending(&c->st)))
+        if ((size_t)n < cap && !dx__stream_pending(&c->st))
             return; /* drained: another read would only say EAGAIN */
     }
     /* Fairness: others get their turn. Input still in the kernel wakes epoll
      * again; input already inside the transport (TLS) would not, so ask the
      * loop to come back after this batch (or at resume, when held). */
-    if (c->state != CS_DEAD && !reading_held(c) && c->st.t->pending(&c->st))
+    if (c->state != CS_DEAD && !reading_held(c) && dx__stream_pending(&c->st))
         dx__loop_ready(loop, &c->io);
 }
 
 static void drive_tls(dx_conn *c)
 {
-    int rc = c->st.t->handshake(&c->st);
+    int rc = dx__stream_handshake(&c->st);
     if (rc == DX_EAGAIN) {
-        want_write(c, c->st.want == DX__WANT_WRITE);
+        want_write(c, dx__stream_want(&c->st) == DX__WANT_WRITE);
         return;
     }
     if (rc) {
         char why[256];
         dx__tls_describe_failure(&c->st, why, sizeof why);
-        c->ep->st.handshakes_failed++;
+        dx__conn_ep(c)->st.handshakes_failed++;
         dx__log(LOG(c), DX_LOG_INFO, "conn=%llu TLS handshake failed remote=%s: %s", (unsigned long long)c->id,
                 REMOTE(c).s, why);
         dx__conn_abort(c, DX_CLOSE_TLS_HANDSHAKE, why);
         return;
     }
     want_write(c, false);
-    if (c->ep->cl)
+    if (dx__conn_ep(c)->cl)
         dx__client_transport_ready(c); /* sends the upgrade request, then CS_HEAD */
     else
         c->state = CS_HEAD;
@@ -1237,17 +1367,15 @@ dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state,
     if (!c)
         return NULL;
     memset(c, 0, size);
-    c->ep = ep;
+    c->s.cfg = &ep->scfg; /* the endpoint (dx__conn_ep); the session starts at open */
     c->id = ep->next_id;
     ep->next_id += ep->opt.instances;
     c->io = (dx__io){.fd = fd, .cb = on_io};
-    c->st = (dx__stream){.t = &dx__tcp_transport, .fd = fd};
     if (sa && store_addr(c, sa)) {
         dx__wsl_conn_free(ep->wsl, c);
         return NULL;
     }
-    dx__timer_init(&c->timer, on_timer);
-    c->opened_tick = (uint32_t)loop->tick; /* accept time until the upgrade (handshake deadline) */
+    c->last_rx_tick = (uint32_t)loop->tick; /* accept time until open (handshake deadline) */
     c->state = (uint8_t)state;
     if (!ep->srv && (!sa || sa->sa_family != AF_UNIX)) { /* accepted ones inherit it (dx_server_start) */
         int one = 1;
@@ -1260,9 +1388,10 @@ dx_conn *dx__conn_open(dx__ep *ep, int fd, const struct sockaddr *sa, int state,
     }
     if (events & EPOLLOUT)
         c->flags |= CF_WANT_WRITE;
+    dx_list_init(&c->link);
     dx_list_push_back(&ep->conns, &c->link);
     ep->nconns++;
-    dx__timer_start(loop, &c->timer, timeout_ms);
+    dx__conn_timer_start(c, timeout_ms);
     return c;
 }
 
@@ -1274,7 +1403,7 @@ dx_conn *dx__conn_new(dx_server *srv, int fd, const struct sockaddr *sa, socklen
                                srv->ep.opt.handshake_timeout_ms);
     if (!c)
         return NULL;
-    if (tls && dx__tls_accept(tls, &c->st)) {
+    if (tls && dx__tls_accept(tls, &c->st, c->io.fd)) {
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, "cannot start TLS");
         return c; /* accepted and dropped: the fd is closed */
     }
@@ -1292,8 +1421,8 @@ static void resume_reading(dx_conn *c)
     update_events(c);
     arm_heartbeat(c);
     /* What epoll cannot announce: bytes kept here, records inside TLS. */
-    if (DX_COLD(c, stash) || c->st.t->pending(&c->st))
-        dx__loop_ready(c->ep->loop, &c->io);
+    if (DX_COLD(c, stash) || dx__stream_pending(&c->st))
+        dx__loop_ready(dx__conn_ep(c)->loop, &c->io);
 }
 
 int dx_conn_pause(dx_conn *c)
@@ -1320,7 +1449,7 @@ int dx_conn_resume(dx_conn *c)
 
 void *dx_conn_ext(dx_conn *c)
 {
-    if (!c->ep->srv || !c->ep->opt.conn_ext_size)
+    if (!dx__conn_ep(c)->srv || !dx__conn_ep(c)->opt.conn_ext_size)
         return NULL;
     return (char *)c + DX__CONN_EXT_OFF;
 }
@@ -1328,7 +1457,7 @@ void *dx_conn_ext(dx_conn *c)
 void dx__conn_hooks_release(dx_conn *c)
 {
     if (c->cold) {
-        dx__free(c->ep->loop->seams, c->cold->stash);
+        dx__free(dx__conn_ep(c)->loop->seams, c->cold->stash);
         c->cold->stash = NULL;
         if (c->cold->upg) {
             dx__upgrade_detach(c->cold->upg); /* the application's answer will get DX_ECLOSED */
@@ -1336,7 +1465,7 @@ void dx__conn_hooks_release(dx_conn *c)
         }
     }
     c->flags &= (uint16_t)~(CF_DEFERRED | CF_OPEN_PENDING | CF_PAUSED);
-    if (c->ep->srv)
+    if (dx__conn_ep(c)->srv)
         dx__server_conn_gone(c);
 }
 
@@ -1359,8 +1488,8 @@ int dx_conn_send_msg(dx_conn *c, dx_msg *m)
          * no context (server role: the frame is shared unmasked), else per
          * connection through the session. */
         dx_rcbuf *z = NULL;
-        if (!c->ep->cl && dx__pmd_tx_stateless(c->s.pmd, &bits))
-            z = dx__msg_zframe(m, c->ep->pmd, bits);
+        if (!dx__conn_ep(c)->cl && dx__pmd_tx_stateless(c->s.pmd, &bits))
+            z = dx__msg_zframe(m, dx__conn_ep(c)->pmd, bits);
         if (z) {
             size_t zhl = dx__msg_zframe_hl(z);
             rc = dx__conn_put_frame(c, DX__PUT_DATA, opcode, true, DX_RSV1, dx_rcbuf_data(z) + zhl,
@@ -1383,7 +1512,7 @@ int dx_conn_close(dx_conn *c, unsigned code, const char *reason, size_t len)
         resume_reading(c); /* the peer's close frame must be read */
     int rc = dx__session_close(&c->s, code, reason, len);
     if (rc == 0 && c->state == CS_OPEN)
-        dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.close_timeout_ms);
+        dx__conn_timer_start(c, dx__conn_ep(c)->opt.close_timeout_ms);
     after_session(c);
     return rc;
 }
@@ -1396,6 +1525,6 @@ size_t dx_conn_buffered(const dx_conn *c)
 const char *dx_conn_protocol(const dx_conn *c) { return DX_COLD(c, protocol); }
 void *dx_conn_user(const dx_conn *c) { return c->user; }
 void dx_conn_set_user(dx_conn *c, void *user) { c->user = user; }
-dx_server *dx_conn_server(const dx_conn *c) { return c->ep->srv; }
-struct dx_client *dx_conn_client(const dx_conn *c) { return c->ep->cl; }
+dx_server *dx_conn_server(const dx_conn *c) { return dx__conn_ep(c)->srv; }
+struct dx_client *dx_conn_client(const dx_conn *c) { return dx__conn_ep(c)->cl; }
 uint64_t dx_conn_id(const dx_conn *c) { return c->id; }

@@ -121,7 +121,7 @@ struct dx_http_stream {
     dx__deferred dclose;
 };
 
-static const dx_log *LOG(const dx_conn *c) { return c->ep->loop->log; }
+static const dx_log *LOG(const dx_conn *c) { return dx__conn_ep(c)->loop->log; }
 
 static void free_req(hreq *r)
 {
@@ -258,11 +258,11 @@ static void answer_done(dx_conn *c)
     }
     c->state = CS_HEAD;
     c->flags |= CF_HTTP_IDLE;
-    dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.http_keepalive_ms);
+    dx__conn_timer_start(c, dx__conn_ep(c)->opt.http_keepalive_ms);
     /* Input kept here or inside the transport (TLS records) would wake no
      * one: served from the loop (not from inside a reply). */
-    if (h->pend || c->st.t->pending(&c->st))
-        dx__loop_ready(c->ep->loop, &c->io);
+    if (h->pend || dx__stream_pending(&c->st))
+        dx__loop_ready(dx__conn_ep(c)->loop, &c->io);
 }
 
 /* Waits for the socket to take more (EPOLLOUT), not reading meanwhile. */
@@ -271,7 +271,7 @@ static void wait_writable(dx_conn *c)
     if (!(c->flags & CF_READ_OFF) || (c->flags & CF_READ_HUP))
         dx__conn_reading(c, DX__READ_OFF);
     dx__conn_want_write(c, true);
-    dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.close_timeout_ms);
+    dx__conn_timer_start(c, dx__conn_ep(c)->opt.close_timeout_ms);
 }
 
 /* Sends what the socket takes of the answer; at most send_max is ever
@@ -291,8 +291,8 @@ static void send_more(dx_conn *c)
             return;
         }
         size_t want = h->left < budget ? (size_t)h->left : budget;
-        if (c->st.t->sendfile) {
-            ssize_t w = c->st.t->sendfile(&c->st, h->fd, &h->off, want);
+        if (dx__stream_can_sendfile(&c->st)) {
+            ssize_t w = dx__stream_sendfile(&c->st, c->io.fd, h->fd, &h->off, want);
             if (w == DX_EAGAIN) {
                 wait_writable(c);
                 return;
@@ -303,14 +303,14 @@ static void send_more(dx_conn *c)
                 return;
             }
             c->bytes_out += (size_t)w;
-            c->ep->st.bytes_out += (size_t)w;
+            dx__conn_ep(c)->st.bytes_out += (size_t)w;
             h->left -= (size_t)w;
             budget -= (size_t)w;
         } else {
             uint8_t piece[FILE_PIECE];
             size_t n = want < sizeof piece ? want : sizeof piece;
-            if (n > c->ep->opt.send_max)
-                n = c->ep->opt.send_max;
+            if (n > dx__conn_ep(c)->opt.send_max)
+                n = dx__conn_ep(c)->opt.send_max;
             ssize_t r = pread(h->fd, piece, n, (off_t)h->off);
             if (r <= 0) {
                 dx__conn_abort(c, DX_CLOSE_ABNORMAL, r == 0 ? "static file shrank while being sent"
@@ -354,7 +354,7 @@ static void http_error(dx_conn *c, int status, const char *why)
 
 static void serve_file(dx_conn *c, const hreq *r, const char *path)
 {
-    dx_server *srv = c->ep->srv;
+    dx_server *srv = dx__conn_ep(c)->srv;
     char full[PATH_MAX], real[PATH_MAX];
     if (snprintf(full, sizeof full, "%s%s", srv->static_root, path) >= (int)sizeof full) {
         simple(c, r, 404, NULL);
@@ -387,7 +387,7 @@ static void serve_file(dx_conn *c, const hreq *r, const char *path)
 /* The server's own answer: a static file for GET/HEAD, else 404/405. */
 static void serve_default(dx_conn *c, const hreq *r)
 {
-    dx_server *srv = c->ep->srv;
+    dx_server *srv = dx__conn_ep(c)->srv;
     const dx_http_req *q = &r->pub;
     bool get = q->method_len == 3 && memcmp(q->method, "GET", 3) == 0;
     if (!get && !r->head_method) {
@@ -422,7 +422,7 @@ static void stream_closed(dx_loop *loop, dx__deferred *d)
  * the connection reached LINGER: every byte was handed to the kernel. */
 static void stream_detach(dx_conn *c, dx_http_stream *s)
 {
-    c->ep->nstreams--;
+    dx__conn_ep(c)->nstreams--;
     s->conn = NULL;
     if (!s->err_set)
         s->err = s->ended && c->state == CS_LINGER ? 0 : DX_ECLOSED;
@@ -470,7 +470,7 @@ static bool stream_io(dx_conn *c, uint32_t events)
  * into a stream. 0, or DX_ECLOSED / DX_ENOMEM (s not attached). */
 static int stream_start(dx_conn *c, const hreq *r, dx_http_stream *s, const char *head, size_t n, int status)
 {
-    dx__ep *ep = c->ep;
+    dx__ep *ep = dx__conn_ep(c);
     dx__http *h = DX_COLD(c, http);
     dx__log(LOG(c), DX_LOG_INFO, "conn=%llu http remote=%s method=%s path=%.*s status=%d stream%s",
             (unsigned long long)c->id, r->remote, r->pub.method, (int)r->pub.path_len, r->pub.path, status,
@@ -488,7 +488,7 @@ static int stream_start(dx_conn *c, const hreq *r, dx_http_stream *s, const char
     ep->nstreams++;
     /* A drain armed by an earlier answer on this connection is not ours. */
     c->flags &= (uint16_t)~CF_DRAIN_ARMED;
-    dx__timer_stop(ep->loop, &c->timer); /* no keep-alive or handshake deadline on a stream */
+    dx__conn_timer_stop(c); /* no keep-alive or handshake deadline on a stream */
     /* Pipelined input kept while the answer was pending: dropped, counted. */
     if (h->pend) {
         size_t pl = h->pend_len;
@@ -501,7 +501,7 @@ static int stream_start(dx_conn *c, const hreq *r, dx_http_stream *s, const char
     }
     if (c->flags & CF_READ_OFF)
         dx__conn_reading(c, DX__READ_ON);
-    if (c->st.t->pending(&c->st))
+    if (dx__stream_pending(&c->st))
         dx__loop_ready(ep->loop, &c->io); /* TLS records epoll cannot announce: an EOF among them */
     if (r->head_method) {
         s->ended = true;
@@ -536,11 +536,11 @@ void dx__http_streams_drop(dx_loop *loop)
 /* The request is complete: the application's turn, or the server's. */
 static void dispatch(dx_conn *c)
 {
-    dx__ep *ep = c->ep;
+    dx__ep *ep = dx__conn_ep(c);
     dx__http *h = DX_COLD(c, http);
     hreq *r = h->req;
     h->phase = HP_WAIT;
-    dx__timer_stop(ep->loop, &c->timer);
+    dx__conn_timer_stop(c);
     int ret = 0;
     if (ep->opt.cb.on_http) {
         r->in_cb = true;
@@ -577,7 +577,7 @@ static bool body_append(dx_conn *c, hreq *r, const uint8_t *p, size_t n)
         size_t cap = r->body_cap ? r->body_cap : 1024;
         while (cap < need)
             cap *= 2;
-        size_t most = c->ep->opt.max_http_body + 1;
+        size_t most = dx__conn_ep(c)->opt.max_http_body + 1;
         if (cap > most)
             cap = most < need ? need : most;
         uint8_t *b = dx__realloc(r->seams, r->body, cap);
@@ -626,7 +626,7 @@ static int content_length(const dx_http_request *req, uint64_t *out)
 
 void dx__http_begin(dx_conn *c, const dx_http_request *req, const char *buf, size_t len)
 {
-    dx__ep *ep = c->ep;
+    dx__ep *ep = dx__conn_ep(c);
     const dx_seams *seams = ep->loop->seams;
     dx__http *h = DX_COLD(c, http);
     if (!h) {
@@ -737,7 +737,7 @@ void dx__http_begin(dx_conn *c, const dx_http_request *req, const char *buf, siz
     h->body_left = clen;
     if (h->chunked || h->body_left) {
         h->phase = HP_BODY;
-        dx__timer_start(ep->loop, &c->timer, ep->opt.handshake_timeout_ms);
+        dx__conn_timer_start(c, ep->opt.handshake_timeout_ms);
         /* RFC 9110 §10.1.1: a client waiting for 100 before its body. */
         if (req->minor_version >= 1 && dx__http_headers_have(req->headers, nh, "expect", "100-continue")) {
             static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -752,7 +752,7 @@ void dx__http_begin(dx_conn *c, const dx_http_request *req, const char *buf, siz
 static void stash(dx_conn *c, const uint8_t *p, size_t n)
 {
     dx__http *h = DX_COLD(c, http);
-    uint8_t *b = dx__realloc(c->ep->loop->seams, h->pend, h->pend_len + n);
+    uint8_t *b = dx__realloc(dx__conn_ep(c)->loop->seams, h->pend, h->pend_len + n);
     if (!b) {
         dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory");
         return;
@@ -774,8 +774,8 @@ size_t dx__http_input(dx_conn *c, const uint8_t *p, size_t n)
         return n;
     }
     hreq *r = h->req;
-    size_t max = c->ep->opt.max_http_body;
-    dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.handshake_timeout_ms); /* progress */
+    size_t max = dx__conn_ep(c)->opt.max_http_body;
+    dx__conn_timer_start(c, dx__conn_ep(c)->opt.handshake_timeout_ms); /* progress */
     if (!h->chunked) {
         size_t take = n < h->body_left ? n : (size_t)h->body_left;
         if (!body_append(c, r, p, take))
@@ -834,7 +834,7 @@ bool dx__http_io(dx_conn *c, uint32_t events)
         if (!WQ_LEN(c))
             send_more(c);
         else /* the queue moved (on_io flushed it): progress */
-            dx__timer_start(c->ep->loop, &c->timer, c->ep->opt.close_timeout_ms);
+            dx__conn_timer_start(c, dx__conn_ep(c)->opt.close_timeout_ms);
     }
     return false;
 }
@@ -844,7 +844,7 @@ void dx__http_resume(dx_conn *c)
     dx__http *h = DX_COLD(c, http);
     if (!h->pend)
         return;
-    const dx_seams *seams = c->ep->loop->seams;
+    const dx_seams *seams = dx__conn_ep(c)->loop->seams;
     uint8_t *b = h->pend;
     size_t n = h->pend_len;
     h->pend = NULL;
@@ -861,7 +861,7 @@ void dx__http_timeout(dx_conn *c)
     char why[96];
     snprintf(why, sizeof why, h->phase == HP_BODY ? "HTTP body: nothing received for %u ms"
                                                   : "HTTP answer: peer took nothing for %u ms",
-             h->phase == HP_BODY ? c->ep->opt.handshake_timeout_ms : c->ep->opt.close_timeout_ms);
+             h->phase == HP_BODY ? dx__conn_ep(c)->opt.handshake_timeout_ms : dx__conn_ep(c)->opt.close_timeout_ms);
     dx__log(LOG(c), DX_LOG_INFO, "conn=%llu http %s", (unsigned long long)c->id, why);
     dx__conn_abort(c, DX_CLOSE_ABNORMAL, why);
 }
@@ -882,7 +882,7 @@ void dx__http_conn_gone(dx_conn *c)
     }
     if (h->fd >= 0)
         close(h->fd);
-    const dx_seams *seams = c->ep->loop->seams;
+    const dx_seams *seams = dx__conn_ep(c)->loop->seams;
     dx__free(seams, h->pend);
     dx__free(seams, h);
 }
@@ -931,7 +931,7 @@ int dx_http_reply(dx_http_req *req, int status, const char *content_type, const 
         if (status < 200 || status > 599 || (headers && !dx__http_valid_header_block(headers)) ||
             (content_type && !dx__http_is_field_value(content_type, strlen(content_type))))
             rc = DX_EINVAL;
-        else if (len > c->ep->opt.send_max)
+        else if (len > dx__conn_ep(c)->opt.send_max)
             rc = DX_ELIMIT;
         if (rc) {
             dx__log(LOG(c), DX_LOG_WARN, "conn=%llu http: the application's answer was refused (%s): 500",
@@ -964,7 +964,7 @@ dx_http_stream *dx_http_reply_stream(dx_http_req *req, int status, const char *c
     if (!c || c->state == CS_DEAD) {
         rc = DX_ECLOSED;
     } else {
-        const dx_seams *seams = c->ep->loop->seams;
+        const dx_seams *seams = dx__conn_ep(c)->loop->seams;
         DX_COLD(c, http)->req = NULL;
         r->conn = NULL;
         char head[2048];
@@ -991,7 +991,7 @@ dx_http_stream *dx_http_reply_stream(dx_http_req *req, int status, const char *c
             simple(c, r, 500, NULL);
         } else {
             memset(s, 0, sizeof *s);
-            s->loop = c->ep->loop;
+            s->loop = dx__conn_ep(c)->loop;
             if (cb)
                 s->cb = *cb;
             s->ud = ud;
@@ -1021,7 +1021,7 @@ static int stream_put(dx_http_stream *s, const void *a, size_t alen, const void 
     size_t len = alen + blen;
     if (len == 0)
         return 0; /* a zero-size chunk would end the body */
-    dx__ep *ep = c->ep;
+    dx__ep *ep = dx__conn_ep(c);
     char hdr[24];
     size_t hl = s->chunked ? (size_t)snprintf(hdr, sizeof hdr, "%zx\r\n", len) : 0;
     size_t total = hl + len + (s->chunked ? 2u : 0u);

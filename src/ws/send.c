@@ -48,7 +48,7 @@ static bool backlogged(const dx_conn *c) { return (c->flags & CF_WANT_WRITE) != 
  * than before sleep (so what waits unoffered stays small next to send_max). */
 static size_t gather_max(const dx_conn *c)
 {
-    size_t m = c->ep->opt.send_max;
+    size_t m = dx__conn_ep(c)->opt.send_max;
     return m < DX_WS_CHUNK ? m : DX_WS_CHUNK;
 }
 
@@ -68,7 +68,7 @@ void dx__wq_release(dx_conn *c)
     dx__wq *q = c->wq;
     if (!q)
         return;
-    dx__wsl *w = c->ep->wsl;
+    dx__wsl *w = dx__conn_ep(c)->wsl;
     dx_list_remove(&q->pend);
     while (q) {
         for (unsigned i = q->first; i < (unsigned)q->first + q->n; i++)
@@ -83,7 +83,7 @@ void dx__wq_release(dx_conn *c)
 /* Makes room for k (<= DX_WQ_SEGS) more segments at the tail. */
 static int wq_room(dx_conn *c, unsigned k)
 {
-    dx__wsl *w = c->ep->wsl;
+    dx__wsl *w = dx__conn_ep(c)->wsl;
     if (!c->wq) {
         dx__wq *q = dx__wsl_block(w);
         if (!q)
@@ -129,14 +129,14 @@ static void wq_push(dx_conn *c, const uint8_t *p, size_t len, uintptr_t ref)
 static void wq_gathered(dx_conn *c)
 {
     if (!dx_list_linked(&c->wq->pend))
-        dx_list_push_back(&c->ep->wsl->pend, &c->wq->pend);
+        dx_list_push_back(&dx__conn_ep(c)->wsl->pend, &c->wq->pend);
 }
 
 /* Drops `done` written bytes from the front. */
 static void wq_consume(dx_conn *c, size_t done)
 {
     dx__wq *q = c->wq;
-    dx__wsl *w = c->ep->wsl;
+    dx__wsl *w = dx__conn_ep(c)->wsl;
     q->len -= done;
     while (done && q->n) {
         dx__seg *s = &q->seg[q->first];
@@ -179,7 +179,7 @@ static uint8_t *own_reserve(dx_conn *c, size_t len)
                 o->used += len;
                 last->len += len;
                 c->wq->len += len;
-                c->ep->wsl->copied += len;
+                dx__conn_ep(c)->wsl->copied += len;
                 return d;
             }
         }
@@ -187,13 +187,13 @@ static uint8_t *own_reserve(dx_conn *c, size_t len)
     size_t cap = len < OWN_MIN ? OWN_MIN : len;
     if (cap > SIZE_MAX - sizeof(dx__own))
         return NULL;
-    dx__own *o = dx__alloc(c->ep->wsl->seams, sizeof *o + cap);
+    dx__own *o = dx__alloc(dx__conn_ep(c)->wsl->seams, sizeof *o + cap);
     if (!o)
         return NULL;
     o->cap = cap;
     o->used = len;
     wq_push(c, o->data, len, (uintptr_t)o | SEG_OWN);
-    c->ep->wsl->copied += len;
+    dx__conn_ep(c)->wsl->copied += len;
     return o->data;
 }
 
@@ -210,7 +210,7 @@ static void wq_trim(dx_conn *c)
  * write failed (the connection was aborted and its queue released). */
 static int wq_write(dx_conn *c)
 {
-    dx__wsl *w = c->ep->wsl;
+    dx__wsl *w = dx__conn_ep(c)->wsl;
     while (c->wq && c->wq->len) {
         struct iovec iov[IOV_BATCH];
         int n = 0;
@@ -218,7 +218,7 @@ static int wq_write(dx_conn *c)
             for (unsigned i = b->first; i < (unsigned)b->first + b->n && n < IOV_BATCH; i++)
                 iov[n++] = (struct iovec){(void *)(uintptr_t)b->seg[i].p, b->seg[i].len};
         w->writes++;
-        ssize_t r = c->st.t->writev(&c->st, iov, n);
+        ssize_t r = dx__stream_writev(&c->st, c->io.fd, iov, n);
         if (r < 0 && r != DX_EAGAIN) {
             /* The peer is gone; the read side will notice and report 1006. */
             dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed");
@@ -227,7 +227,7 @@ static int wq_write(dx_conn *c)
         if (r <= 0)
             return 0; /* full: EPOLLOUT will say when to go on */
         c->bytes_out += (size_t)r;
-        c->ep->st.bytes_out += (size_t)r;
+        dx__conn_ep(c)->st.bytes_out += (size_t)r;
         wq_consume(c, (size_t)r);
         /* A short write may be a transport's unit (one TLS record), not a
          * full socket: go on until the kernel refuses. */
@@ -250,14 +250,14 @@ static int queue_emptied(dx_conn *c, bool from_loop)
     dx__conn_want_write(c, (!from_loop && c->state == CS_OPEN && (c->flags & CF_DRAIN_ARMED)) ||
                                (c->state == CS_HTTP && dx__http_sending(c)));
     if (c->state == CS_DRAIN) {
-        c->st.t->shutdown(&c->st);
+        dx__stream_shutdown(&c->st, c->io.fd);
         c->state = CS_LINGER;
         return 0;
     }
     if (from_loop && (c->flags & CF_DRAIN_ARMED) && c->state == CS_OPEN) {
         c->flags &= (uint16_t)~CF_DRAIN_ARMED;
-        if (c->ep->opt.cb.on_drain)
-            c->ep->opt.cb.on_drain(c, c->ep->opt.ud);
+        if (dx__conn_ep(c)->opt.cb.on_drain)
+            dx__conn_ep(c)->opt.cb.on_drain(c, dx__conn_ep(c)->opt.ud);
     }
     return 0;
 }
@@ -284,7 +284,7 @@ int dx__wq_done(dx_conn *c, bool from_loop)
                 continue;
             bool last = b == q->tail && i + 1 == (unsigned)b->first + b->n;
             size_t cap = last && s->len < OWN_MIN ? OWN_MIN : s->len;
-            dx__own *o = dx__alloc(c->ep->wsl->seams, sizeof *o + cap);
+            dx__own *o = dx__alloc(dx__conn_ep(c)->wsl->seams, sizeof *o + cap);
             if (!o) {
                 dx__conn_abort(c, DX_CLOSE_ABNORMAL, "out of memory for the send queue");
                 return DX_ENOMEM;
@@ -292,11 +292,11 @@ int dx__wq_done(dx_conn *c, bool from_loop)
             o->cap = cap;
             o->used = s->len;
             memcpy(o->data, s->p, s->len);
-            c->ep->wsl->copied += s->len;
+            dx__conn_ep(c)->wsl->copied += s->len;
             s->p = o->data;
             s->ref = (uintptr_t)o | SEG_OWN;
         }
-    if (q->len > c->ep->opt.send_high_water)
+    if (q->len > dx__conn_ep(c)->opt.send_high_water)
         c->flags |= CF_DRAIN_ARMED;
     dx__conn_want_write(c, true);
     return 0;
@@ -325,16 +325,16 @@ void dx__conn_flush(dx_conn *c)
             for (int i = 0; i < n; i++)
                 iov[i] = (struct iovec){(void *)(uintptr_t)sg[i].p, sg[i].len};
         }
-        dx__wsl *w = c->ep->wsl;
+        dx__wsl *w = dx__conn_ep(c)->wsl;
         w->writes++;
-        ssize_t r = c->st.t->writev(&c->st, iov, n);
+        ssize_t r = dx__stream_writev(&c->st, c->io.fd, iov, n);
         if (r < 0 && r != DX_EAGAIN) {
             dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed"); /* as wq_write */
             return;
         }
         if (r > 0) {
             c->bytes_out += (size_t)r;
-            c->ep->st.bytes_out += (size_t)r;
+            dx__conn_ep(c)->st.bytes_out += (size_t)r;
             if ((size_t)r == q->len) {
                 /* dx__wq_release for one block: arena segments own nothing. */
                 if (n != 1 || sg[0].ref != SEG_ARENA)
@@ -363,7 +363,7 @@ void dx__conn_flush(dx_conn *c)
 /* Appended to a backlog: note when it passes the high-water mark. */
 static void backlog_grew(dx_conn *c)
 {
-    if (WQ_LEN(c) > c->ep->opt.send_high_water)
+    if (WQ_LEN(c) > dx__conn_ep(c)->opt.send_high_water)
         c->flags |= CF_DRAIN_ARMED;
 }
 
@@ -374,7 +374,7 @@ static void backlog_grew(dx_conn *c)
 static int write_masked(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t *data, size_t len,
                         const uint8_t *key)
 {
-    dx__wsl *w = c->ep->wsl;
+    dx__wsl *w = dx__conn_ep(c)->wsl;
     uint8_t *sc = w->scratch;
     size_t off = 0;
     bool first = true;
@@ -393,7 +393,7 @@ static int write_masked(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t
         while (done < n) { /* a short write may be one TLS record: go on until refused */
             struct iovec iov = {sc + done, n - done};
             w->writes++;
-            ssize_t r = c->st.t->writev(&c->st, &iov, 1);
+            ssize_t r = dx__stream_writev(&c->st, c->io.fd, &iov, 1);
             if (r < 0 && r != DX_EAGAIN) {
                 dx__conn_abort(c, DX_CLOSE_ABNORMAL, "write failed");
                 return DX_ECLOSED;
@@ -402,7 +402,7 @@ static int write_masked(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t
                 break;
             done += (size_t)r;
             c->bytes_out += (size_t)r;
-            c->ep->st.bytes_out += (size_t)r;
+            dx__conn_ep(c)->st.bytes_out += (size_t)r;
         }
         if (done < n) {
             uint8_t *d = own_reserve(c, (n - done) + (len - off));
@@ -453,14 +453,14 @@ static int put_private(dx_conn *c, const uint8_t *hdr, size_t hl, const uint8_t 
         return 0;
     }
     if (len < DIRECT_MIN) {
-        uint8_t *d = wq_room(c, 1) ? NULL : dx__wsl_arena(c->ep->wsl, total);
+        uint8_t *d = wq_room(c, 1) ? NULL : dx__wsl_arena(dx__conn_ep(c)->wsl, total);
         if (!d) {
             wq_trim(c);
             return DX_ENOMEM;
         }
         frame_copy(d, hdr, hl, data, len, key);
         wq_push(c, d, total, SEG_ARENA);
-        c->ep->wsl->copied += total;
+        dx__conn_ep(c)->wsl->copied += total;
         wq_gathered(c);
         return c->wq->len >= gather_max(c) ? flush_now(c) : 0;
     }
@@ -518,7 +518,7 @@ __attribute__((always_inline)) static inline void copy_small(uint8_t *d, const u
 __attribute__((always_inline)) static inline bool put_small_fast(dx_conn *c, unsigned opcode, bool fin,
                                                                 unsigned rsv, const uint8_t *data, size_t len)
 {
-    dx__wsl *w = c->ep->wsl;
+    dx__wsl *w = dx__conn_ep(c)->wsl;
     dx__chunk *ch = w->cur;
     if (!ch || len >= DIRECT_MIN)
         return false;
@@ -580,10 +580,10 @@ static int send_general(dx_conn *c, int opcode, const void *data, size_t len);
 int dx_conn_send(dx_conn *c, int opcode, const void *data, size_t len)
 {
     if (c->state == CS_OPEN && (opcode == DX_OP_BINARY || (opcode == DX_OP_TEXT && dx__utf8_valid(data, len))) &&
-        dx__session_plain_send(&c->s) && c->ep->scfg.role == DX_ROLE_SERVER && !backlogged(c) &&
-        !c->ep->opt.cb.on_frame && put_small_fast(c, (unsigned)opcode, true, 0, data, len)) {
+        dx__session_plain_send(&c->s) && dx__conn_ep(c)->scfg.role == DX_ROLE_SERVER && !backlogged(c) &&
+        !dx__conn_ep(c)->opt.cb.on_frame && put_small_fast(c, (unsigned)opcode, true, 0, data, len)) {
         c->msgs_out++;
-        c->ep->st.messages_out++;
+        dx__conn_ep(c)->st.messages_out++;
         return c->wq->len >= gather_max(c) ? flush_now(c) : 0;
     }
     return send_general(c, opcode, data, len);
@@ -598,7 +598,7 @@ __attribute__((noinline)) static int send_general(dx_conn *c, int opcode, const 
     int rc;
     if ((opcode == DX_OP_BINARY || (opcode == DX_OP_TEXT && dx__utf8_valid(data, len))) &&
         dx__session_plain_send(&c->s)) {
-        dx__ep *ep = c->ep;
+        dx__ep *ep = dx__conn_ep(c);
         if (ep->scfg.role == DX_ROLE_SERVER && !backlogged(c) && !ep->opt.cb.on_frame) {
             /* dx__conn_put_frame's path for this case: no queue limit
              * applies (not backlogged), no trace. */
@@ -659,7 +659,7 @@ int dx__conn_write(dx_conn *c, const void *data, size_t len)
 int dx__conn_put_frame(dx_conn *c, int kind, unsigned opcode, bool fin, unsigned rsv, const uint8_t *data,
                        size_t len, dx_rcbuf *frame)
 {
-    dx__ep *ep = c->ep;
+    dx__ep *ep = dx__conn_ep(c);
     if (c->state == CS_DEAD)
         return DX_ECLOSED;
     /* The fast path: what the general path below does for a small server
@@ -693,7 +693,7 @@ int dx__conn_put_frame(dx_conn *c, int kind, unsigned opcode, bool fin, unsigned
         }
         /* The peer does not read fast enough: drop it (1008), count it. */
         ep->st.dropped_slow++;
-        dx__log(c->ep->loop->log, DX_LOG_WARN,
+        dx__log(dx__conn_ep(c)->loop->log, DX_LOG_WARN,
                 "conn=%llu slow consumer: %zu bytes queued, send_max %zu; closing with 1008",
                 (unsigned long long)c->id, WQ_LEN(c), ep->opt.send_max);
         dx__session_fail(&c->s, DX_EPOLICY, DX_CLOSE_POLICY, "send queue full");

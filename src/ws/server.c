@@ -230,7 +230,7 @@ void dx__server_conn_gone(dx_conn *c)
     if (!(c->flags & CF_IPCOUNTED))
         return;
     c->flags &= (uint16_t)~CF_IPCOUNTED;
-    dx_server *srv = c->ep->srv;
+    dx_server *srv = dx__conn_ep(c)->srv;
     dx__ipcount_remove(&srv->ipc, srv->ep.loop->seams, c->family, dx__ipcount_key(c->family, dx__conn_addr(c)));
 }
 
@@ -467,22 +467,16 @@ size_t dx_server_shutdown(dx_server *srv, unsigned code, const char *reason)
     close_listener(srv);
     size_t rlen = reason ? strlen(reason) : 0;
     /* No callback runs in here (a failed write only marks its connection),
-     * but the walk does not rely on it: the list is moved aside and consumed
-     * from its head, each connection going back to ep.conns unless it died,
-     * so any node may be unlinked or relinked meanwhile. */
-    dx_list todo = DX_LIST_INIT(todo);
-    if (!dx_list_empty(&srv->ep.conns)) {
-        todo.next = srv->ep.conns.next;
-        todo.prev = srv->ep.conns.prev;
-        todo.next->prev = &todo;
-        todo.prev->next = &todo;
-        dx_list_init(&srv->ep.conns);
-    }
+     * but the walk does not rely on it: every connection is moved aside
+     * (from ep.conns and the loop's wheel) and consumed from the head, each
+     * going back where it was before it is touched, so any one may be
+     * unlinked or relinked meanwhile. */
+    dx_list todo;
+    dx__ep_take_conns(&srv->ep, &todo);
     dx_list *it;
     while ((it = dx_list_first(&todo)) != NULL) {
         dx_conn *c = dx_list_entry(it, dx_conn, link);
-        dx_list_remove(it);
-        dx_list_push_back(&srv->ep.conns, it);
+        dx__conn_put_back(c);
         if (c->state == CS_OPEN)
             (void)dx_conn_close(c, code, reason, rlen);
         else if (c->state < CS_OPEN && !dx__http_stream_shutdown(c)) /* a stream ends cleanly */

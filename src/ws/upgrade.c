@@ -221,7 +221,7 @@ int dx_upgrade_refuse(dx_upgrade *h, int status, const char *headers)
 
 int dx__upgrade_decide(dx_conn *c, const dx_http_request *req, const dx_ws_request *ws, dx__decision *d)
 {
-    dx__ep *ep = c->ep;
+    dx__ep *ep = dx__conn_ep(c);
     const dx_seams *seams = ep->loop->seams;
     char remote[64];
     dx_conn_remote(c, remote, sizeof remote);
@@ -267,6 +267,6 @@ int dx__upgrade_decide(dx_conn *c, const dx_http_request *req, const dx_ws_reque
 
 void dx__decision_done(dx_conn *c, dx__decision *d)
 {
-    dx__free(c->ep->loop->seams, d->headers);
+    dx__free(dx__conn_ep(c)->loop->seams, d->headers);
     d->headers = NULL;
 }

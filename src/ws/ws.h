@@ -43,6 +43,8 @@ enum {
     CF_OPENED = 1u << 0,       /* on_open fired: on_close is owed */
     CF_PING_OUT = 1u << 1,     /* a heartbeat ping awaits its pong */
     CF_DRAIN_ARMED = 1u << 2,  /* queue passed the high-water mark */
+    CF_TIMER = 1u << 3,        /* deadline armed: `link` in the loop's connection wheel, due at tick `due` */
+    CF_SESSION = 1u << 4,      /* the session was started (dx__conn_opened) */
     CF_WANT_WRITE = 1u << 5,   /* EPOLLOUT registered */
     CF_DEFERRED = 1u << 6,     /* CS_HEAD: on_upgrade deferred, no answer yet (c->upg set) */
     CF_OPEN_PENDING = 1u << 7, /* CS_HEAD: deferred upgrade accepted, on_open not fired yet */
@@ -61,14 +63,16 @@ typedef struct dx__ep {
     dx_server_options opt;   /* limits and callbacks (a client fills it from its own options) */
     dx__session_cfg scfg;
     dx_server_stats st;
-    dx_list conns;
-    size_t nconns;
+    dx_list conns;           /* live connections without an armed deadline (the others are in
+                                the loop's connection wheel, wsl->wheel) */
+    size_t nconns;           /* live connections, wherever they are linked */
     uint64_t next_id;
     struct dx_server *srv;   /* the owner: exactly one of srv and cl is set */
     struct dx_client *cl;
     /* The owner is being freed: no callback fires any more; its dead
-     * connections still queued in the loop's deferred list release their
-     * memory silently, then `dfree` (queued after them) frees the owner. */
+     * connections still waiting in the loop's dead list (wsl->dead, reaped
+     * from the deferred list) release their memory silently, then `dfree`
+     * (queued after the reaper) frees the owner. */
     bool freeing;
     dx__deferred dfree;
     size_t nstreams;         /* of nconns, streamed HTTP answers (http.c): not handshaking */
@@ -147,6 +151,22 @@ typedef struct dx__wsl {
     uint64_t copied;       /* bytes copied into the arena or a backlog (not references) */
     size_t key_pos;
     uint8_t keys[4096];    /* mask keys: one getrandom per 1024 client frames */
+    /* Connection deadlines (conn.c): a wheel of DX_WHEEL_SLOTS lists, one
+     * per tick like the loop's, holding each armed connection by its
+     * `link` in slot due % DX_WHEEL_SLOTS; `tick`, a loop timer, turns it
+     * (one slot a tick) while any is armed. A connection needs no timer of
+     * its own: its 16-byte link is in this wheel or in its endpoint's list. */
+    dx_list wheel[DX_WHEEL_SLOTS];
+    /* During a tick: the connections due, fired one at a time (still
+     * CF_TIMER until fired); an endpoint's walk finds its own here too. */
+    dx_list expired;
+    size_t armed;          /* connections in the wheel or expired (CF_TIMER) */
+    dx__timer tick;
+    /* Dead connections (CS_DEAD) waiting for their on_close and free, by
+     * `link`, oldest first; `reap` is queued in the loop's deferred list
+     * while any is (conn.c dx__conn_reap). */
+    dx_list dead;
+    dx__deferred reap;
     /* The loop's connections, one slab per size (a server's conn_ext_size
      * makes its own); a fifth size, or one too large for a slab page,
      * comes from the allocator. */
@@ -266,31 +286,42 @@ dx__wsl *dx__wsl_find(dx_loop *loop);
 int dx__wsl_mask_key(dx__wsl *w, uint8_t key[4]);
 
 struct dx_conn {
-    dx__session s; /* first: session handlers find the connection */
+    dx__session s; /* first: session handlers find the connection. s.cfg is &ep->scfg from
+                      creation on (dx__conn_ep: the endpoint needs no pointer of its own);
+                      the session itself starts at open (CF_SESSION) */
     dx__io io;
     dx__stream st;
-    dx__ep *ep;
-    dx__timer timer;
-    union {
-        dx_list link;        /* in ep->conns while alive (state < CS_DEAD) */
-        dx__deferred dfree;  /* in the loop's deferred list once dead, until freed */
-    };
+    /* Alive: in a slot of the loop's connection wheel (wsl->wheel) while
+     * its deadline is armed (CF_TIMER), else in ep->conns. Dead: in
+     * wsl->dead until on_close and the free (conn.c). */
+    dx_list link;
     void *user;
     dx__wq *wq;
     dx__cold *cold;          /* rare state, NULL when none (ws.h dx__cold) */
     uint64_t id;
-    uint32_t opened_tick, last_rx_tick;
     uint64_t bytes_in, bytes_out;
     uint32_t msgs_in, msgs_out;
-    uint32_t opened_ms;   /* loop->now_ms at open, low 32 bits: the close line's duration to the
-                             millisecond (ticks are 250 ms; conn.c duration_ms) */
+    uint32_t last_rx_tick; /* open: the loop tick of the last read (idle timeout); before: of the
+                              accept (the handshake deadline counts from it) */
+    uint32_t opened_ms;    /* loop->now_ms at open, low 32 bits; with opened_ms_hi, 40 bits (34
+                              years): the close line's duration to the millisecond */
+    union {
+        uint32_t due;      /* alive, CF_TIMER: the loop tick (low 32 bits) the deadline falls on */
+        uint16_t code;     /* dead: the close code reported (set as it dies, conn.c conn_mark) */
+    };
     uint8_t addr[4]; /* the peer's IPv4 address (v4-mapped ones included); IPv6: cold->addr6 */
     uint16_t port;
     uint8_t family; /* AF_INET, AF_INET6 (then c->cold is never NULL), AF_UNIX */
     uint8_t state;
     uint16_t flags;
-    uint16_t code;  /* close code to report (0: decide at the end) */
+    uint8_t opened_ms_hi;  /* bits 32-39 of loop->now_ms at open */
 };
+
+/* The connection's endpoint: its session configuration's owner. */
+static inline dx__ep *dx__conn_ep(const struct dx_conn *c)
+{
+    return (dx__ep *)(uintptr_t)((const char *)c->s.cfg - offsetof(dx__ep, scfg));
+}
 
 static inline const uint8_t *dx__conn_addr(const struct dx_conn *c)
 {
@@ -364,6 +395,20 @@ void dx__conn_opened(dx_conn *c);
 void dx__conn_drive_tls(dx_conn *c);
 /* Sets/clears EPOLLOUT interest. */
 void dx__conn_want_write(dx_conn *c, bool on);
+/* The connection's deadline: fires its timeout handling after about `ms`
+ * milliseconds (rounded up to a tick, at least one); re-arming moves it.
+ * O(1), no allocation. Stop: no deadline. */
+void dx__conn_timer_start(dx_conn *c, uint64_t ms);
+void dx__conn_timer_stop(dx_conn *c);
+/* ws_loop.c's wheel timer and deferred reaper (conn.c). */
+void dx__conn_wheel_tick(dx__timer *t);
+void dx__conn_reap(dx_loop *loop, dx__deferred *d);
+/* Every live connection of `ep` (parked or in the wheel) moved onto
+ * `todo` (initialised here), for a walk that may change any of them; each
+ * must go back with dx__conn_put_back (to the wheel slot or list it left)
+ * before anything else touches it. */
+void dx__ep_take_conns(dx__ep *ep, dx_list *todo);
+void dx__conn_put_back(dx_conn *c);
 
 /* msg.c: the frame a dx_msg holds (header then payload), its opcode and
  * header length. */

@@ -172,6 +172,8 @@ void dx__wsl_conn_free(dx__wsl *w, void *p)
 static void destroy(dx_loop *loop, void *ctx)
 {
     dx__wsl *w = ctx;
+    dx__timer_stop(loop, &w->tick);
+    dx__loop_cancel(&w->reap); /* its connections died with their endpoint */
     dx__http_streams_drop(loop); /* streams whose on_close never ran: the loop will not run again */
     for (size_t i = 0; i < DX_WS_SLABS; i++)
         dx__slab_deinit(&w->conns[i]); /* connections still allocated died with their endpoint */
@@ -203,6 +205,13 @@ dx__wsl *dx__wsl_get(dx_loop *loop)
     w->loop = loop;
     w->seams = loop->seams;
     dx_list_init(&w->pend);
+    for (size_t i = 0; i < DX_WHEEL_SLOTS; i++)
+        dx_list_init(&w->wheel[i]);
+    dx_list_init(&w->expired);
+    dx__timer_init(&w->tick, dx__conn_wheel_tick);
+    dx_list_init(&w->dead);
+    dx_list_init(&w->reap.node);
+    w->reap.fn = dx__conn_reap;
     w->key_pos = sizeof w->keys;
     w->scratch = dx__alloc(loop->seams, DX_WS_SCRATCH);
     dx__loop_layer l = {.key = &ws_layer_key, .ctx = w, .before_sleep = before_sleep, .destroy = destroy};

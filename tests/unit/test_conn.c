@@ -294,6 +294,44 @@ static void test_shutdown_1001(void **state)
     assert_int_equal(f->shutdown_ret, 0);
 }
 
+/* dx_server_shutdown moves every connection aside, from the endpoint's
+ * list and from the loop's deadline wheel (ws.h dx__wsl), and puts each
+ * back before acting on it: one lingering after the close handshake (not
+ * touched by the shutdown) keeps its close deadline in the wheel, so it
+ * still ends, although the peer never sends its EOF. */
+static void test_shutdown_keeps_deadlines(void **state)
+{
+    sfx *f = *state;
+    dx_server_options o = base_opts(f);
+    o.close_timeout_ms = 500;
+    o.ping_interval_ms = (unsigned)-1;
+    start(f, &o);
+    cl *c[2];
+    for (int i = 0; i < 2; i++) {
+        c[i] = cl_tcp(f, 0);
+        assert_int_equal(cl_handshake(f, c[i], "/").status, 101);
+        wait_ev(f, EV_OPEN);
+    }
+    /* c[0]: our close, its answer, its FIN; then we keep the socket open */
+    cl_close_frame(c[0], 1000, "done");
+    expect_close(c[0], 1000, NULL);
+    expect_eof(c[0]);
+    assert_int_equal(conns(f), 2);
+    on_loop(f, do_shutdown, NULL);
+    assert_int_equal(f->shutdown_ret, 2);
+    /* c[1] is closed by the shutdown; c[0] by its close deadline */
+    expect_close(c[1], 1001, "bye");
+    cl_close_frame(c[1], 1001, "");
+    expect_eof(c[1]);
+    cl_close(c[1]);
+    wait_no_conns(f);
+    size_t codes = 0;
+    for (int i = 0; i < 2; i++)
+        codes += wait_ev(f, EV_CLOSE).code;
+    assert_int_equal(codes, 1000 + 1001);
+    cl_close(c[0]);
+}
+
 /* ---- tests: backpressure --------------------------------------------------------------- */
 
 static void test_drain_after_high_water(void **state)
@@ -475,7 +513,7 @@ static void test_idle_timeout(void **state)
 /* The hot struct's budget: what an idle, open connection costs in its
  * slab slot (ws.h struct dx_conn; docs/benchmarks.md "RSS per idle
  * connection"). Raising it needs a reason in the commit. */
-#define CONN_BUDGET 240u
+#define CONN_BUDGET 176u
 
 static size_t idle_seen, idle_bad, idle_live, idle_slot;
 
@@ -684,6 +722,7 @@ int main(void)
         T(test_protocol_error_1002),
         T(test_message_limits),
         T(test_shutdown_1001),
+        T(test_shutdown_keeps_deadlines),
         T(test_drain_after_high_water),
         T(test_slow_consumer_1008),
         T(test_pipelined_and_bytewise),

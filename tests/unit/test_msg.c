@@ -459,7 +459,7 @@ static void do_send_then_drop(mfx *f, void *p)
     for (size_t i = 0; i < 4; i++)
         (void)dx_conn_send_msg(f->conns[i], a->m);
     (void)dx_conn_send(f->conns[1], DX_OP_TEXT, "private", 7); /* an arena copy too */
-    dx__wsl *w = f->conns[0]->ep->wsl;
+    dx__wsl *w = dx__conn_ep(f->conns[0])->wsl;
     a->pend_before = 0;
     dx_list_foreach(it, &w->pend) a->pend_before++;
     dx__conn_abort(f->conns[1], DX_CLOSE_ABNORMAL, "test: dropped with output pending");

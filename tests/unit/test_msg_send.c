@@ -359,7 +359,7 @@ static void do_round(mfx *f, void *p)
 {
     alloc_arg *a = p;
     a->calls = f->loop_calls;
-    a->writes = ((dx__wsl *)f->conns[0]->ep->wsl)->writes;
+    a->writes = ((dx__wsl *)dx__conn_ep(f->conns[0])->wsl)->writes;
     for (size_t k = 0; k < 4; k++)
         for (size_t i = 0; i < a->n; i++)
             (void)dx_conn_send_msg(f->conns[i], a->m[k]);
@@ -369,7 +369,7 @@ static void do_writes(mfx *f, void *p)
 {
     alloc_arg *a = p;
     a->calls = f->loop_calls;
-    a->writes = ((dx__wsl *)f->conns[0]->ep->wsl)->writes;
+    a->writes = ((dx__wsl *)dx__conn_ep(f->conns[0])->wsl)->writes;
 }
 
 static void test_no_allocation_per_delivery(void **state)
