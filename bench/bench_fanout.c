@@ -123,7 +123,7 @@ static void kick(void)
     (void)r;
 }
 
-static dx__wsl *wsl(void) { return B.conns[0]->ep->wsl; }
+static dx__wsl *wsl(void) { return dx__conn_ep(B.conns[0])->wsl; }
 
 static void row_begin(void)
 {
