@@ -14,7 +14,9 @@
  * the kernel's calling convention, -errno on failure): glibc's syscall()
  * is a variadic call that shuffles all six arguments and sets errno, about
  * 20 instructions per call, a tenth of the server's per-read cost at
- * depth 1 (docs/benchmarks.md). Elsewhere syscall() is used.
+ * depth 1 (docs/benchmarks.md). Elsewhere syscall() is used. The read and
+ * the one-buffer send are inline in transport.h (dx__stream_read,
+ * dx__stream_writev), so the common case costs no call either.
  */
 #define _GNU_SOURCE
 #include "net/transport.h"
@@ -26,29 +28,15 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-/* The system call `nr`: its result, or -errno (never sets errno). */
-static inline long raw_syscall6(long nr, long a, long b, long c, long d, long e, long f)
-{
-    long ret;
-    register long r10 __asm__("r10") = d;
-    register long r8 __asm__("r8") = e;
-    register long r9 __asm__("r9") = f;
-    __asm__ volatile("syscall"
-                     : "=a"(ret)
-                     : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
-                     : "rcx", "r11", "memory");
-    return ret;
-}
-#else
-static inline long raw_syscall6(long nr, long a, long b, long c, long d, long e, long f)
+#if !(defined(__x86_64__) && defined(__GNUC__))
+long dx__raw_syscall6(long nr, long a, long b, long c, long d, long e, long f)
 {
     long r = syscall(nr, a, b, c, d, e, f);
     return r < 0 ? -errno : r;
 }
 #endif
 
-static ssize_t map_errno(int e)
+ssize_t dx__tcp_error(int e)
 {
     if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR)
         return DX_EAGAIN;
@@ -60,28 +48,28 @@ static ssize_t map_errno(int e)
 ssize_t dx__tcp_read(int fd, uint8_t *buf, size_t len)
 {
     /* recv(2), not a cancellation point */
-    long n = raw_syscall6(SYS_recvfrom, fd, (long)(uintptr_t)buf, (long)len, 0, 0, 0);
+    long n = dx__raw_syscall6(SYS_recvfrom, fd, (long)(uintptr_t)buf, (long)len, 0, 0, 0);
     if (n >= 0)
         return n;
-    return map_errno((int)-n);
+    return dx__tcp_error((int)-n);
 }
 
 ssize_t dx__tcp_writev(int fd, const struct iovec *iov, int n)
 {
     long w;
     if (n == 1) { /* send(2) (sendto without an address): no message header to fill */
-        w = raw_syscall6(SYS_sendto, fd, (long)(uintptr_t)iov[0].iov_base, (long)iov[0].iov_len, MSG_NOSIGNAL, 0,
+        w = dx__raw_syscall6(SYS_sendto, fd, (long)(uintptr_t)iov[0].iov_base, (long)iov[0].iov_len, MSG_NOSIGNAL, 0,
                          0);
     } else {
         struct msghdr msg;
         memset(&msg, 0, sizeof msg);
         msg.msg_iov = (struct iovec *)(uintptr_t)iov; /* sendmsg does not write through it */
         msg.msg_iovlen = (size_t)n;
-        w = raw_syscall6(SYS_sendmsg, fd, (long)(uintptr_t)&msg, MSG_NOSIGNAL, 0, 0, 0); /* likewise */
+        w = dx__raw_syscall6(SYS_sendmsg, fd, (long)(uintptr_t)&msg, MSG_NOSIGNAL, 0, 0, 0); /* likewise */
     }
     if (w >= 0)
         return w;
-    return map_errno((int)-w);
+    return dx__tcp_error((int)-w);
 }
 
 ssize_t dx__tcp_sendfile(int fd, int file, int64_t *off, size_t len)
@@ -92,7 +80,7 @@ ssize_t dx__tcp_sendfile(int fd, int file, int64_t *off, size_t len)
         *off = (int64_t)o;
         return w;
     }
-    return map_errno(errno);
+    return dx__tcp_error(errno);
 }
 
 void dx__tcp_shutdown(int fd)

@@ -16,6 +16,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
@@ -30,7 +32,30 @@ typedef struct dx__stream {
     void *tls; /* tls.c: SSL *; NULL: tcp.c */
 } dx__stream;
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* The system call `nr`: its result, or -errno (never sets errno). Inline:
+ * libc's wrappers of the hot calls are cancellation points, and its
+ * syscall() shuffles six arguments and sets errno (tcp.c). */
+static inline long dx__raw_syscall6(long nr, long a, long b, long c, long d, long e, long f)
+{
+    long ret;
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    register long r9 __asm__("r9") = f;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+#else
+/* tcp.c: through syscall(2), the result or -errno. */
+long dx__raw_syscall6(long nr, long a, long b, long c, long d, long e, long f);
+#endif
+
 /* tcp.c: the plain transport's calls (the descriptor is all it needs). */
+/* An errno value as a DX_E* result (DX_EAGAIN, DX_ECONNRESET, DX_EIO). */
+ssize_t dx__tcp_error(int e);
 ssize_t dx__tcp_read(int fd, uint8_t *buf, size_t len);
 ssize_t dx__tcp_writev(int fd, const struct iovec *iov, int n);
 ssize_t dx__tcp_sendfile(int fd, int file, int64_t *off, size_t len);
@@ -52,14 +77,23 @@ void dx__tls_free(dx__stream *s);
  * short count means "drained for now". */
 static inline ssize_t dx__stream_read(dx__stream *s, int fd, uint8_t *buf, size_t len)
 {
-    return s->tls ? dx__tls_read(s, buf, len) : dx__tcp_read(fd, buf, len);
+    if (s->tls)
+        return dx__tls_read(s, buf, len);
+    long r = dx__raw_syscall6(SYS_recvfrom, fd, (long)(uintptr_t)buf, (long)len, 0, 0, 0); /* dx__tcp_read */
+    return r >= 0 ? r : dx__tcp_error((int)-r);
 }
 
 /* Writes a prefix of the iovec; the caller keeps the rest. A TLS write
  * that returned DX_EAGAIN must be retried with the same bytes. */
 static inline ssize_t dx__stream_writev(dx__stream *s, int fd, const struct iovec *iov, int n)
 {
-    return s->tls ? dx__tls_writev(s, iov, n) : dx__tcp_writev(fd, iov, n);
+    if (s->tls)
+        return dx__tls_writev(s, iov, n);
+    if (n != 1)
+        return dx__tcp_writev(fd, iov, n);
+    long r = dx__raw_syscall6(SYS_sendto, fd, (long)(uintptr_t)iov[0].iov_base, (long)iov[0].iov_len, MSG_NOSIGNAL,
+                              0, 0); /* send(2), as dx__tcp_writev */
+    return r >= 0 ? r : dx__tcp_error((int)-r);
 }
 
 /* True when the stream can write up to len bytes of the file `file` from
