@@ -522,6 +522,8 @@ void dx__conn_abort(dx_conn *c, unsigned code, const char *why)
     conn_mark(c, code != DX_CLOSE_ABNORMAL ? code : 0, why, false);
 }
 
+void dx__conn_finish(dx_conn *c) { conn_finish(c, NULL); }
+
 void dx__conn_finish_after_flush(dx_conn *c)
 {
     if (c->state >= CS_DRAIN)

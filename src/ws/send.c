@@ -250,6 +250,20 @@ static int queue_emptied(dx_conn *c, bool from_loop)
     dx__conn_want_write(c, (!from_loop && c->state == CS_OPEN && (c->flags & CF_DRAIN_ARMED)) ||
                                (c->state == CS_HTTP && dx__http_sending(c)));
     if (c->state == CS_DRAIN) {
+        if (!c->st.tls && (c->flags & CF_SESSION) && c->s.close_recv &&
+            dx__conn_ep(c)->scfg.role == DX_ROLE_SERVER) {
+            /* The close handshake is complete: the peer's close frame
+             * came (after it the peer sends nothing, §5.5.1) and ours is
+             * written. The server closes the TCP connection first (§7.1.1),
+             * at once: nothing is left unread that would turn the FIN
+             * into a reset, so waiting for the peer's EOF (LINGER) would
+             * only cost a shutdown, a wake-up and a read per connection.
+             * TLS keeps LINGER (its close_notify), and so does a close the
+             * peer has not answered (it may still be sending) and a client
+             * (it waits for the server to close, §7.1.1). */
+            dx__conn_finish(c);
+            return 0;
+        }
         dx__stream_shutdown(&c->st, c->io.fd);
         c->state = CS_LINGER;
         return 0;

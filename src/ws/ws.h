@@ -374,6 +374,9 @@ dx_conn *dx__conn_new(dx_server *srv, int fd, const struct sockaddr *sa, socklen
  * loop's deferred list once the callback stack has unwound. Never fires a
  * callback itself, so it is safe anywhere (write paths included). */
 void dx__conn_abort(dx_conn *c, unsigned code, const char *why);
+/* The clean end, now (as LINGER's EOF would): marks c dead, reporting the
+ * close codes exchanged; like dx__conn_abort, never fires a callback. */
+void dx__conn_finish(dx_conn *c);
 /* Queues a copy of bytes in order after whatever is queued (gathered and
  * written before the loop sleeps; a large one is written at once). */
 int dx__conn_write(dx_conn *c, const void *data, size_t len);

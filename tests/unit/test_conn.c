@@ -312,9 +312,13 @@ static void test_shutdown_keeps_deadlines(void **state)
         assert_int_equal(cl_handshake(f, c[i], "/").status, 101);
         wait_ev(f, EV_OPEN);
     }
-    /* c[0]: our close, its answer, its FIN; then we keep the socket open */
-    cl_close_frame(c[0], 1000, "done");
-    expect_close(c[0], 1000, NULL);
+    /* c[0]: a protocol error, the server's 1002 and its FIN; we keep the
+     * socket open and send nothing, so the server lingers for our EOF (a
+     * close we answer is not held: test_close_handshake_closes_at_once) */
+    uint8_t b[16];
+    size_t n = frame_bytes(b, DX_OP_TEXT, true, "hi", 2, false); /* unmasked */
+    cl_send(c[0], b, n);
+    expect_close(c[0], 1002, NULL);
     expect_eof(c[0]);
     assert_int_equal(conns(f), 2);
     on_loop(f, do_shutdown, NULL);
@@ -328,8 +332,30 @@ static void test_shutdown_keeps_deadlines(void **state)
     size_t codes = 0;
     for (int i = 0; i < 2; i++)
         codes += wait_ev(f, EV_CLOSE).code;
-    assert_int_equal(codes, 1000 + 1001);
+    assert_int_equal(codes, 1002 + 1001);
     cl_close(c[0]);
+}
+
+/* A close handshake the peer started (or answered) over plain TCP: once the
+ * server's close frame is written it closes the TCP connection at once
+ * (§7.1.1, the server first), without waiting for the peer's EOF: the
+ * peer that keeps its socket open still gets the close frame, then a clean
+ * EOF (no reset), and the connection is gone on the server. */
+static void test_close_handshake_closes_at_once(void **state)
+{
+    sfx *f = *state;
+    dx_server_options o = base_opts(f);
+    o.close_timeout_ms = 60000; /* a LINGER would outlive the test */
+    start(f, &o);
+    cl *c = cl_tcp(f, 0);
+    assert_int_equal(cl_handshake(f, c, "/").status, 101);
+    wait_ev(f, EV_OPEN);
+    cl_close_frame(c, 1000, "done");
+    expect_close(c, 1000, NULL);
+    expect_eof(c); /* a reset would fail the read */
+    wait_no_conns(f); /* gone while our socket is still open */
+    assert_int_equal(wait_ev(f, EV_CLOSE).code, 1000);
+    cl_close(c);
 }
 
 /* ---- tests: backpressure --------------------------------------------------------------- */
@@ -720,6 +746,7 @@ int main(void)
         T(test_server_close_4001),
         T(test_peer_close_codes),
         T(test_protocol_error_1002),
+        T(test_close_handshake_closes_at_once),
         T(test_message_limits),
         T(test_shutdown_1001),
         T(test_shutdown_keeps_deadlines),
