@@ -437,6 +437,19 @@ async def expect_exact(js, ts, first, last, what):
             expect_eq(got[t], list(range(first, last + 1)), "%s: subscriber %d of %s" % (what, k, t))
 
 
+async def relay_closed(clients, ts, node, nodes):
+    """Closes the clients, then checks that node's relay let go of every
+    topic (topic ts[i] on master RS[i]): no shard subscription left in
+    Redis, the subscriptions gauge back to 0, no bus warning logged."""
+    for j in clients:
+        await j.close()
+    for i, t in enumerate(ts):
+        wait_for(lambda: shardnumsub(RS[i], "dx:m:{%s}" % t) == 0, 10, "no shard subscription of %s left" % t)
+    wait_for(lambda: metric_sum(metrics(node), "duplex_bus_subscriptions")[0] == 0, 10,
+             "the node's bus subscriptions gauge back to 0")
+    no_bus_warnings(*nodes)
+
+
 async def test_relay_one_shard_subscription_per_node():
     """--workers 4: 40 subscribers of a topic per master spread over the
     workers: one shard subscription per node (SHARDNUMSUB 1 on the topic's
@@ -473,13 +486,7 @@ async def test_relay_one_shard_subscription_per_node():
         expect_eq(rel, hand, "node C: messages forwarded by the owners (one per worker per message)")
         say("  node C: 40 subscribers per topic on %d workers: SHARDNUMSUB %r, %d forwards for %d messages" % (
             hand // per, figs, rel, per))
-        for j in js + jb:
-            await j.close()
-        for i, t in enumerate(ts):
-            wait_for(lambda: shardnumsub(RS[i], "dx:m:{%s}" % t) == 0, 10, "no shard subscription of %s left" % t)
-        wait_for(lambda: metric_sum(metrics(c), "duplex_bus_subscriptions")[0] == 0, 10,
-                 "node C's bus subscriptions gauge back to 0")
-        no_bus_warnings(a, b, c)
+        await relay_closed(js + jb, ts, c, (a, b, c))
     finally:
         c.stop()
 
@@ -578,13 +585,7 @@ async def test_relay_churn_four_workers():
         await expect_exact(stable, ts, 2, n, "stable subscribers through the churn")
         for i, t in enumerate(ts):
             expect_eq(shardnumsub(RS[i], "dx:m:{%s}" % t), 1, "SHARDNUMSUB of %s with the stable subscribers" % t)
-        for j in churners + stable:
-            await j.close()
-        for i, t in enumerate(ts):
-            wait_for(lambda: shardnumsub(RS[i], "dx:m:{%s}" % t) == 0, 10, "no shard subscription of %s left" % t)
-        wait_for(lambda: metric_sum(metrics(c), "duplex_bus_subscriptions")[0] == 0, 10,
-                 "node C's bus subscriptions gauge back to 0")
-        no_bus_warnings(a, b, c)
+        await relay_closed(churners + stable, ts, c, (a, b, c))
     finally:
         c.stop()
 
