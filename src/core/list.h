@@ -46,6 +46,20 @@ static inline void dx_list_remove(dx_list *node)
     node->next = node->prev = node;
 }
 
+/* Moves every node of `from` to the head `to` (its old contents, if any,
+ * are dropped: pass a fresh head), in order; `from` is left empty. */
+static inline void dx_list_take(dx_list *to, dx_list *from)
+{
+    dx_list_init(to);
+    if (dx_list_empty(from))
+        return;
+    to->next = from->next;
+    to->prev = from->prev;
+    to->next->prev = to;
+    to->prev->next = to;
+    dx_list_init(from);
+}
+
 /* The first node, or NULL when empty. */
 static inline dx_list *dx_list_first(const dx_list *head) { return dx_list_empty(head) ? NULL : head->next; }
 

@@ -146,14 +146,10 @@ static void on_wake(dx__io *io, uint32_t events)
  * the front, so work cancelled meanwhile (dx__loop_cancel) just leaves it. */
 static void run_deferred(dx_loop *loop)
 {
-    dx_list pass = DX_LIST_INIT(pass);
+    dx_list pass;
     if (dx_list_empty(&loop->deferred))
         return;
-    pass.next = loop->deferred.next;
-    pass.prev = loop->deferred.prev;
-    pass.next->prev = &pass;
-    pass.prev->next = &pass;
-    dx_list_init(&loop->deferred);
+    dx_list_take(&pass, &loop->deferred);
     dx_list *it;
     while ((it = dx_list_first(&pass)) != NULL) {
         dx__deferred *d = dx_list_entry(it, dx__deferred, node);
@@ -185,12 +181,8 @@ void dx__loop_ready(dx_loop *loop, dx__io *io)
  * the round (closing its connection) unlinks it, and it is not served. */
 static void run_ready(dx_loop *loop)
 {
-    dx_list round = DX_LIST_INIT(round);
-    round.next = loop->ready.next;
-    round.prev = loop->ready.prev;
-    round.next->prev = &round;
-    round.prev->next = &round;
-    dx_list_init(&loop->ready);
+    dx_list round;
+    dx_list_take(&round, &loop->ready);
     dx_list *it;
     while ((it = dx_list_first(&round)) != NULL) {
         dx_list_remove(it);

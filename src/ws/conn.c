@@ -422,14 +422,10 @@ static void conn_mark(dx_conn *c, unsigned explicit_code, const char *why, bool 
 void dx__conn_reap(dx_loop *loop, dx__deferred *d)
 {
     dx__wsl *w = dx_list_entry(d, dx__wsl, reap);
-    dx_list batch = DX_LIST_INIT(batch);
+    dx_list batch;
     if (dx_list_empty(&w->dead))
         return;
-    batch.next = w->dead.next;
-    batch.prev = w->dead.prev;
-    batch.next->prev = &batch;
-    batch.prev->next = &batch;
-    dx_list_init(&w->dead);
+    dx_list_take(&batch, &w->dead);
     dx_list *it;
     while ((it = dx_list_first(&batch)) != NULL) {
         dx_list_remove(it);
@@ -442,14 +438,7 @@ static void conn_finish(dx_conn *c, const char *why) { conn_mark(c, 0, why, fals
 
 void dx__ep_take_conns(dx__ep *ep, dx_list *todo)
 {
-    dx_list_init(todo);
-    if (!dx_list_empty(&ep->conns)) {
-        todo->next = ep->conns.next;
-        todo->prev = ep->conns.prev;
-        todo->next->prev = todo;
-        todo->prev->next = todo;
-        dx_list_init(&ep->conns);
-    }
+    dx_list_take(todo, &ep->conns);
     dx__wsl *w = ep->wsl;
     if (!w || !w->armed)
         return;

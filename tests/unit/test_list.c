@@ -213,6 +213,33 @@ static void test_first_as_queue(void **state)
     assert_int_equal(want, 13);
 }
 
+/* dx_list_take: all of a list to a fresh head, in order, the source empty
+ * and reusable; an empty source gives an empty head (not one pointing at
+ * the source). */
+static void test_take(void **state)
+{
+    (void)state;
+    dx_list from, to;
+    dx_list_init(&from);
+    dx_list_take(&to, &from);
+    assert_true(dx_list_empty(&to));
+    assert_true(dx_list_empty(&from));
+    assert_well_formed(&to);
+    item it[4] = {{.id = 1}, {.id = 2}, {.id = 3}, {.id = 4}};
+    for (int i = 0; i < 3; i++)
+        dx_list_push_back(&from, &it[i].node);
+    dx_list_take(&to, &from);
+    static const int want[] = {1, 2, 3};
+    assert_ids(&to, want, 3);
+    assert_true(dx_list_empty(&from));
+    assert_well_formed(&from);
+    dx_list_push_back(&from, &it[3].node); /* the source goes on as a list */
+    static const int four[] = {4};
+    assert_ids(&from, four, 1);
+    dx_list_take(&to, &from); /* a head taken into is fresh again */
+    assert_ids(&to, four, 1);
+}
+
 static void test_entry(void **state)
 {
     (void)state;
@@ -236,6 +263,7 @@ int main(void)
         cmocka_unit_test(test_push_back_front_order),
         cmocka_unit_test(test_remove),
         cmocka_unit_test(test_foreach_safe_removal),
+        cmocka_unit_test(test_take),
         cmocka_unit_test(test_first_as_queue),
         cmocka_unit_test(test_entry),
     };
