@@ -757,7 +757,7 @@ static int write_101(dx_conn *c, const dx_ws_request *ws, char *protocol, void *
     const char *exts = NULL;
     if (c->s.pmd) {
         const dx__pmd_params *p = dx__pmd_params_of(c->s.pmd);
-        /* The element chosen at the head (negotiate_deflate), written again
+        /* The element chosen at the head (dx__conn_negotiate_deflate), written again
          * from the parameters. */
         if (dx__pmd_response(p, ext, sizeof ext) > 0)
             exts = ext;
@@ -835,116 +835,6 @@ void dx__conn_upgrade_refuse(dx_conn *c, int status, const char *headers, const 
     refuse(c, status, headers, why);
 }
 
-/* ---- permessage-deflate ------------------------------------------------------ */
-
-bool dx__deflate_options_valid(const dx_deflate_options *o)
-{
-    unsigned sb = o->server_max_window_bits, cb = o->client_max_window_bits;
-    return (sb == 0 || (sb >= 8 && sb <= 15)) && (cb == 0 || (cb >= 8 && cb <= 15)) && o->level >= 0 &&
-           o->level <= 9 && o->mem_level >= 0 && o->mem_level <= 9;
-}
-
-int dx__ep_deflate_start(dx__ep *ep)
-{
-    if (!ep->opt.deflate.enable)
-        return 0;
-    ep->pmd = dx__pmd_ctx_new(ep->loop->seams, &ep->opt.deflate);
-    return ep->pmd ? 0 : DX_ENOMEM;
-}
-
-void dx__ep_deflate_stats(const dx__ep *ep, dx_server_stats *st)
-{
-    if (!ep->pmd)
-        return;
-    const dx__pmd_stats *z = dx__pmd_ctx_stats(ep->pmd);
-    st->deflate_messages_out = z->msgs_out;
-    st->deflate_bytes_raw = z->raw_out;
-    st->deflate_bytes_wire = z->wire_out;
-    st->inflate_messages_in = z->msgs_in;
-    st->inflate_bytes_wire = z->wire_in;
-    st->inflate_bytes_raw = z->raw_in;
-    st->deflate_mem = dx__pmd_ctx_mem(ep->pmd);
-}
-
-/*
- * The server's half of RFC 7692 §7 for the offers in the request: the
- * first acceptable one wins (declined ones are logged at debug). The memory
- * budget decides how much state the connection may hold:
- *  - what zlib holds now plus a connection that keeps both contexts
- *    (its own compressor and decompressor, at the windows negotiated) fits
- *    in mem_budget: the client's parameters (and our options) apply;
- *  - it does not fit, but what zlib holds now does: the answer carries both
- *    no_context_takeover parameters, so an idle connection holds nothing
- *    (shared compressor and decompressor; a message split across reads
- *    holds a decompressor only until it ends): counted in deflate_downgrades;
- *  - zlib already holds mem_budget or more: no compression for this
- *    connection (deflate_refused).
- */
-static void negotiate_deflate(dx_conn *c, const dx_ws_request *ws)
-{
-    dx__ep *ep = dx__conn_ep(c);
-    if (!ep->pmd || !ws->n_exts)
-        return;
-    const dx_deflate_options *o = &ep->opt.deflate;
-    size_t budget = o->mem_budget ? o->mem_budget : DX_PMD_DEFAULT_MEM_BUDGET;
-    size_t used = dx__pmd_ctx_mem(ep->pmd);
-    size_t reserved = dx__pmd_ctx_reserved(ep->pmd);
-    dx__pmd_params p;
-    char resp[DX__PMD_RESPONSE_MAX];
-    const char *why = NULL;
-    if (!dx__pmd_server_accept(o, ws->exts, ws->n_exts, false, &p, resp, sizeof resp, &why)) {
-        if (why)
-            dx__log(LOG(c), DX_LOG_DEBUG, "conn=%llu permessage-deflate offer declined remote=%s: %s",
-                    (unsigned long long)c->id, REMOTE(c).s, why);
-        return;
-    }
-    if (used >= budget) {
-        ep->st.deflate_refused++;
-        dx__log(LOG(c), DX_LOG_DEBUG,
-                "conn=%llu permessage-deflate declined remote=%s: zlib memory %zu >= mem_budget %zu",
-                (unsigned long long)c->id, REMOTE(c).s, used, budget);
-        return;
-    }
-    size_t cost = 0;
-    if (!p.server_nct)
-        cost += dx__pmd_deflate_cost(p.server_bits, dx__pmd_ctx_mem_level(ep->pmd));
-    if (!p.client_nct)
-        cost += dx__pmd_inflate_cost(p.client_bits);
-    if (cost && (reserved + cost > budget || used + cost > budget)) {
-        if (!dx__pmd_server_accept(o, ws->exts, ws->n_exts, true, &p, resp, sizeof resp, &why)) {
-            ep->st.deflate_refused++; /* no acceptable offer without context takeover: none at all */
-            dx__log(LOG(c), DX_LOG_DEBUG, "conn=%llu permessage-deflate declined remote=%s: over mem_budget, %s",
-                    (unsigned long long)c->id, REMOTE(c).s, why ? why : "no offer without context takeover");
-            return;
-        }
-        ep->st.deflate_downgrades++;
-        dx__log(LOG(c), DX_LOG_DEBUG,
-                "conn=%llu permessage-deflate without context takeover remote=%s: zlib memory %zu (reserved "
-                "%zu) + %zu > mem_budget %zu",
-                (unsigned long long)c->id, REMOTE(c).s, used, reserved, cost, budget);
-        cost = 0;
-    }
-    /* Before the 101 (and before the application decides): without the
-     * memory the extension is simply not accepted. */
-    c->s.pmd = dx__pmd_new(ep->pmd, DX_ROLE_SERVER, &p);
-    if (c->s.pmd)
-        dx__pmd_reserve(c->s.pmd, cost);
-}
-
-int dx_conn_deflate(const dx_conn *c, dx_deflate_info *out)
-{
-    if (!c || !(c->flags & CF_SESSION) || !c->s.pmd)
-        return 0;
-    if (out) {
-        const dx__pmd_params *p = dx__pmd_params_of(c->s.pmd);
-        *out = (dx_deflate_info){.server_no_context_takeover = p->server_nct,
-                                 .client_no_context_takeover = p->client_nct,
-                                 .server_max_window_bits = p->server_bits,
-                                 .client_max_window_bits = p->client_bits};
-    }
-    return 1;
-}
-
 /* A complete request head arrived: answer plain HTTP, refuse a bad upgrade,
  * ask the application (now or later: upgrade.c), and accept it. */
 static void handle_head(dx_conn *c, const dx_http_request *req)
@@ -958,7 +848,7 @@ static void handle_head(dx_conn *c, const dx_http_request *req)
         refuse(c, status, dx__ws_error_headers(rc), dx_strerror(rc));
         return;
     }
-    negotiate_deflate(c, &ws);
+    dx__conn_negotiate_deflate(c, &ws);
     dx__decision d;
     int how = dx__upgrade_decide(c, req, &ws, &d);
     if (c->state == CS_DEAD) {

@@ -246,13 +246,9 @@ uint8_t *dx__wsl_arena(dx__wsl *w, size_t len);
 #define DX_WS_KEEP_BLOCKS 65536 /* pooled queue blocks kept at most (32 MiB) */
 dx__wq *dx__wsl_block_new(dx__wsl *w);
 void dx__wsl_unblock_free(dx__wsl *w, dx__wq *b);
-static inline dx__wq *dx__wsl_block(dx__wsl *w)
+/* b, taken from the pool or just allocated, empty and counted in use. */
+static inline dx__wq *dx__wsl_block_fresh(dx__wsl *w, dx__wq *b)
 {
-    dx__wq *b = w->free;
-    if (!b)
-        return dx__wsl_block_new(w);
-    w->free = b->next;
-    w->nfree--;
     b->next = b->tail = NULL;
     b->conn = NULL;
     dx_list_init(&b->pend);
@@ -261,6 +257,15 @@ static inline dx__wq *dx__wsl_block(dx__wsl *w)
     if (++w->inuse > w->peak)
         w->peak = w->inuse;
     return b;
+}
+static inline dx__wq *dx__wsl_block(dx__wsl *w)
+{
+    dx__wq *b = w->free;
+    if (!b)
+        return dx__wsl_block_new(w);
+    w->free = b->next;
+    w->nfree--;
+    return dx__wsl_block_fresh(w, b);
 }
 static inline void dx__wsl_unblock(dx__wsl *w, dx__wq *b)
 {
@@ -497,7 +502,11 @@ void dx__upgrade_detach(struct dx_upgrade *h);
 int dx__conn_upgrade_accept(dx_conn *c, const dx_ws_request *ws, char *protocol, void *user);
 void dx__conn_upgrade_refuse(dx_conn *c, int status, const char *headers, const char *why);
 
-/* conn.c: permessage-deflate. dx__ep_deflate_start makes ep->pmd when
+/* conn_deflate.c: the server's answer to the request's permessage-deflate
+ * offers (RFC 7692 §7) under the endpoint's memory budget: sets c->s.pmd
+ * when one is accepted (nothing when none is, or out of memory). */
+void dx__conn_negotiate_deflate(dx_conn *c, const dx_ws_request *ws);
+/* conn_deflate.c: permessage-deflate. dx__ep_deflate_start makes ep->pmd when
  * opt.deflate.enable is set (0 or DX_ENOMEM); dx__ep_deflate_stats adds its
  * counters to *st. */
 int dx__ep_deflate_start(dx__ep *ep);

@@ -98,16 +98,7 @@ uint8_t *dx__wsl_arena(dx__wsl *w, size_t len)
 dx__wq *dx__wsl_block_new(dx__wsl *w)
 {
     dx__wq *b = dx__alloc(w->seams, sizeof *b);
-    if (!b)
-        return NULL;
-    b->next = b->tail = NULL;
-    b->conn = NULL;
-    dx_list_init(&b->pend);
-    b->len = 0;
-    b->first = b->n = 0;
-    if (++w->inuse > w->peak)
-        w->peak = w->inuse;
-    return b;
+    return b ? dx__wsl_block_fresh(w, b) : NULL;
 }
 
 /* dx__wsl_unblock's slow half: the pool already holds as many as were ever
