@@ -184,6 +184,13 @@ def server(name):
         for kid, k, algo in (("r1", RSA, jwt.algorithms.RSAAlgorithm), ("e1", EC, jwt.algorithms.ECAlgorithm),
                              ("d1", ED, jwt.algorithms.OKPAlgorithm)):
             j = json.loads(algo.to_jwk(k.public_key()))
+            if j.get("kty") == "EC":
+                # RFC 7518 §6.2.1.2: x and y are the full 32 bytes; this
+                # pyjwt drops leading zero bytes (1 key in ~64), which the
+                # server rightly refuses: the coordinates written in full.
+                n = k.public_key().public_numbers()
+                j["x"] = b64u(n.x.to_bytes(32, "big"))
+                j["y"] = b64u(n.y.to_bytes(32, "big"))
             j["kid"] = kid
             keys.append(j)
         h = json.loads(jwt.algorithms.HMACAlgorithm.to_jwk(SECRET.encode()))
